@@ -1,0 +1,552 @@
+package client
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"math/rand/v2"
+	"net/http"
+	"sync"
+	"time"
+
+	"github.com/fasthttp/websocket"
+
+	"github.com/switchboard-im/switchboard/gateway/protocol"
+)
+
+// Errors returned by the client.
+var (
+	ErrClosed   = errors.New("client: closed")
+	ErrReplaced = errors.New("client: the same device connected elsewhere")
+	ErrBadID    = protocol.ErrInvalidID
+)
+
+// ServerError is an error frame the server answered a send with, for a
+// code that resending cannot fix.
+type ServerError struct {
+	Code    protocol.ErrorCode
+	Message string
+}
+
+func (e *ServerError) Error() string { return fmt.Sprintf("client: server: %s: %s", e.Code, e.Message) }
+
+// HandshakeError is a refused WebSocket upgrade (401, 403, ...).
+type HandshakeError struct {
+	Status int
+	Body   string
+}
+
+func (e *HandshakeError) Error() string {
+	return fmt.Sprintf("client: handshake refused: %d %s", e.Status, e.Body)
+}
+
+// Options configure a Client.
+type Options struct {
+	// URL of the gateway's WebSocket endpoint, e.g. ws://127.0.0.1:8080/v1/ws.
+	URL string
+	// Token returns the token for each (re)connect, so an expiring token can
+	// be refreshed. Required.
+	Token func(ctx context.Context) (string, error)
+	// Header is added to the upgrade request (e.g. Origin).
+	Header http.Header
+	// MinBackoff and MaxBackoff bound the reconnect delay; zero means 100ms
+	// and 5s. Each attempt waits a random time up to the current bound.
+	MinBackoff, MaxBackoff time.Duration
+	// ReadTimeout reconnects when nothing, not even a ping, has arrived for
+	// this long. Zero means 90s.
+	ReadTimeout time.Duration
+	// Buffer is the capacity of the Messages and Receipts channels; zero
+	// means 1024.
+	Buffer int
+	// OnConnect is called after each successful (re)connect with the
+	// session id; OnDisconnect after each lost connection.
+	OnConnect    func(session string)
+	OnDisconnect func(err error)
+	// OnError receives error frames that answer no pending send.
+	OnError func(code protocol.ErrorCode, message string, seq uint64)
+}
+
+// Message is a chat message delivered to this device. Ack it (by Seq) once
+// it is safely stored by the app; then the sender gets "delivered".
+type Message struct {
+	ID     string
+	From   string
+	Device string
+	Seq    uint64
+	TS     time.Time
+	Body   json.RawMessage
+}
+
+// Receipt reports that By (on Device) received or read message ID.
+type Receipt struct {
+	ID     string
+	Status string
+	By     string
+	Device string
+	TS     time.Time
+}
+
+// Sent confirms a stored message.
+type Sent struct {
+	ID  string
+	Seq uint64
+	TS  time.Time
+	// Dup is true when the store already held this id (a retry).
+	Dup bool
+}
+
+type outgoing struct {
+	seq  uint64 // order of Send calls, for resending in order
+	to   string
+	body []byte
+	done chan result
+}
+
+type result struct {
+	sent Sent
+	err  error
+}
+
+// Client is one device's connection to Switchboard.
+type Client struct {
+	opts Options
+	msgs chan Message
+	rcpt chan Receipt
+
+	ctx    context.Context
+	cancel context.CancelFunc
+	wg     sync.WaitGroup
+
+	mu       sync.Mutex // guards everything below
+	conn     *websocket.Conn
+	session  string
+	outbox   map[string]*outgoing
+	nextSeq  uint64
+	seenMsg  *lru // from+id of messages handed to the app
+	seenRcpt *lru // receipts handed to the app
+	acked    *lru // seqs the app acked (redeliveries of them are acked again)
+	closeErr error
+	stats    Stats
+
+	writeMu sync.Mutex // one writer at a time on conn
+}
+
+// Dial connects and returns a Client that keeps reconnecting until Close.
+// It fails if the first connection cannot be made.
+func Dial(ctx context.Context, opts Options) (*Client, error) {
+	if opts.Token == nil {
+		return nil, errors.New("client: Options.Token is required")
+	}
+	if opts.MinBackoff <= 0 {
+		opts.MinBackoff = 100 * time.Millisecond
+	}
+	if opts.MaxBackoff <= 0 {
+		opts.MaxBackoff = 5 * time.Second
+	}
+	if opts.ReadTimeout <= 0 {
+		opts.ReadTimeout = 90 * time.Second
+	}
+	if opts.Buffer <= 0 {
+		opts.Buffer = 1024
+	}
+	c := &Client{
+		opts:     opts,
+		msgs:     make(chan Message, opts.Buffer),
+		rcpt:     make(chan Receipt, opts.Buffer),
+		outbox:   map[string]*outgoing{},
+		seenMsg:  newLRU(100000),
+		seenRcpt: newLRU(100000),
+		acked:    newLRU(100000),
+	}
+	conn, sid, err := c.dial(ctx)
+	if err != nil {
+		return nil, err
+	}
+	c.ctx, c.cancel = context.WithCancel(context.Background())
+	c.attach(conn, sid)
+	c.wg.Add(1)
+	go c.run(conn)
+	return c, nil
+}
+
+// WithToken returns an Options.Token that always gives tok.
+func WithToken(tok string) func(context.Context) (string, error) {
+	return func(context.Context) (string, error) { return tok, nil }
+}
+
+// Messages delivers each chat message once, in the order stored.
+func (c *Client) Messages() <-chan Message { return c.msgs }
+
+// Receipts delivers each receipt once. Receipts are acked automatically.
+func (c *Client) Receipts() <-chan Receipt { return c.rcpt }
+
+// Stats counts what the client did behind the app's back.
+type Stats struct {
+	// DuplicatesDropped counts redelivered messages not handed to the app
+	// again.
+	DuplicatesDropped uint64
+	// Connects counts successful connections, the first included.
+	Connects uint64
+}
+
+// Stats returns the client's counters.
+func (c *Client) Stats() Stats {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.stats
+}
+
+// Session returns the current session id, or "" while disconnected.
+func (c *Client) Session() string {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.session
+}
+
+// dial makes one connection and waits for the welcome frame.
+func (c *Client) dial(ctx context.Context) (*websocket.Conn, string, error) {
+	tok, err := c.opts.Token(ctx)
+	if err != nil {
+		return nil, "", fmt.Errorf("client: token: %w", err)
+	}
+	h := http.Header{}
+	for k, v := range c.opts.Header {
+		h[k] = v
+	}
+	h.Set("Authorization", "Bearer "+tok)
+	d := websocket.Dialer{
+		HandshakeTimeout: 10 * time.Second,
+		Subprotocols:     []string{protocol.Subprotocol},
+	}
+	conn, resp, err := d.DialContext(ctx, c.opts.URL, h)
+	if err != nil {
+		if resp != nil {
+			var body [256]byte
+			n, _ := resp.Body.Read(body[:])
+			resp.Body.Close()
+			return nil, "", &HandshakeError{Status: resp.StatusCode, Body: string(body[:n])}
+		}
+		return nil, "", fmt.Errorf("client: dial: %w", err)
+	}
+	_ = conn.SetReadDeadline(time.Now().Add(c.opts.ReadTimeout))
+	_, data, err := conn.ReadMessage()
+	if err != nil {
+		conn.Close()
+		return nil, "", fmt.Errorf("client: waiting for welcome: %w", err)
+	}
+	f, err := protocol.DecodeServer(data)
+	if err != nil || f.Type != protocol.TypeWelcome {
+		conn.Close()
+		return nil, "", fmt.Errorf("client: expected welcome, got %.100q", data)
+	}
+	return conn, f.Session, nil
+}
+
+// run owns the connection: it reads until the connection fails, then
+// reconnects with backoff, until Close.
+func (c *Client) run(conn *websocket.Conn) {
+	defer c.wg.Done()
+	backoff := c.opts.MinBackoff
+	for {
+		err := c.readLoop(conn)
+		c.detach(conn)
+		if c.opts.OnDisconnect != nil {
+			c.opts.OnDisconnect(err)
+		}
+		var ce *websocket.CloseError
+		if errors.As(err, &ce) && ce.Code == protocol.CloseReplaced {
+			c.shutdown(ErrReplaced)
+			return
+		}
+		for {
+			if c.ctx.Err() != nil {
+				return
+			}
+			wait := time.Duration(rand.Int64N(int64(backoff))) + time.Millisecond
+			select {
+			case <-c.ctx.Done():
+				return
+			case <-time.After(wait):
+			}
+			backoff = min(backoff*2, c.opts.MaxBackoff)
+			ctx, cancel := context.WithTimeout(c.ctx, 15*time.Second)
+			var sid string
+			conn, sid, err = c.dial(ctx)
+			cancel()
+			if err == nil {
+				backoff = c.opts.MinBackoff
+				c.attach(conn, sid)
+				break
+			}
+		}
+	}
+}
+
+// attach makes conn current and resends every unconfirmed send in order.
+func (c *Client) attach(conn *websocket.Conn, sid string) {
+	c.mu.Lock()
+	if c.ctx.Err() != nil {
+		// Closed while dialing: the read loop fails at once and run ends.
+		c.mu.Unlock()
+		conn.Close()
+		return
+	}
+	c.conn, c.session = conn, sid
+	c.stats.Connects++
+	pending := make([]*outgoing, 0, len(c.outbox))
+	ids := make(map[*outgoing]string, len(c.outbox))
+	for id, o := range c.outbox {
+		pending = append(pending, o)
+		ids[o] = id
+	}
+	c.mu.Unlock()
+	sortBySeq(pending)
+	for _, o := range pending {
+		_ = c.write(conn, protocol.AppendSend(nil, ids[o], o.to, o.body))
+	}
+	if c.opts.OnConnect != nil {
+		c.opts.OnConnect(sid)
+	}
+}
+
+func (c *Client) detach(conn *websocket.Conn) {
+	c.mu.Lock()
+	if c.conn == conn {
+		c.conn, c.session = nil, ""
+	}
+	c.mu.Unlock()
+	conn.Close()
+}
+
+func (c *Client) write(conn *websocket.Conn, frame []byte) error {
+	c.writeMu.Lock()
+	defer c.writeMu.Unlock()
+	_ = conn.SetWriteDeadline(time.Now().Add(10 * time.Second))
+	return conn.WriteMessage(websocket.TextMessage, frame)
+}
+
+// writeCurrent writes to the current connection, if any. A frame that cannot
+// be written now is covered by the resend after reconnecting.
+func (c *Client) writeCurrent(frame []byte) {
+	c.mu.Lock()
+	conn := c.conn
+	c.mu.Unlock()
+	if conn != nil {
+		if err := c.write(conn, frame); err != nil {
+			conn.Close() // the read loop sees it and reconnects
+		}
+	}
+}
+
+func (c *Client) readLoop(conn *websocket.Conn) error {
+	conn.SetPingHandler(func(data string) error {
+		_ = conn.SetReadDeadline(time.Now().Add(c.opts.ReadTimeout))
+		return conn.WriteControl(websocket.PongMessage, []byte(data), time.Now().Add(5*time.Second))
+	})
+	for {
+		_ = conn.SetReadDeadline(time.Now().Add(c.opts.ReadTimeout))
+		_, data, err := conn.ReadMessage()
+		if err != nil {
+			return err
+		}
+		f, err := protocol.DecodeServer(data)
+		if err != nil {
+			continue
+		}
+		if err := c.handle(conn, f); err != nil {
+			return err
+		}
+	}
+}
+
+func (c *Client) handle(conn *websocket.Conn, f *protocol.Frame) error {
+	switch f.Type {
+	case protocol.TypeSent:
+		c.resolve(f.ID, result{sent: Sent{ID: f.ID, Seq: f.Seq, TS: time.UnixMilli(f.TS), Dup: f.Dup}})
+	case protocol.TypeMsg:
+		key := f.From + "\x00" + f.ID
+		c.mu.Lock()
+		dup := c.seenMsg.has(key)
+		wasAcked := c.acked.has(seqKey(f.Seq))
+		if !dup {
+			c.seenMsg.add(key)
+		} else {
+			c.stats.DuplicatesDropped++
+		}
+		c.mu.Unlock()
+		if dup {
+			// Already handed to the app. If the app acked it, the ack was
+			// lost with the old connection: ack again. Otherwise the app
+			// still holds it and will ack by seq.
+			if wasAcked {
+				return c.write(conn, protocol.AppendSeqFrame(nil, protocol.TypeAck, f.Seq))
+			}
+			return nil
+		}
+		m := Message{ID: f.ID, From: f.From, Device: f.Device, Seq: f.Seq, TS: time.UnixMilli(f.TS), Body: f.Body}
+		select {
+		case c.msgs <- m:
+		case <-c.ctx.Done():
+			return ErrClosed
+		}
+	case protocol.TypeReceipt:
+		key := f.ID + "\x00" + f.Status + "\x00" + f.By + "\x00" + f.Device
+		c.mu.Lock()
+		dup := c.seenRcpt.has(key)
+		c.seenRcpt.add(key)
+		c.mu.Unlock()
+		if !dup {
+			r := Receipt{ID: f.ID, Status: f.Status, By: f.By, Device: f.Device, TS: time.UnixMilli(f.TS)}
+			select {
+			case c.rcpt <- r:
+			case <-c.ctx.Done():
+				return ErrClosed
+			}
+		}
+		return c.write(conn, protocol.AppendSeqFrame(nil, protocol.TypeAck, f.Seq))
+	case protocol.TypeError:
+		c.onError(f)
+	}
+	return nil
+}
+
+func (c *Client) onError(f *protocol.Frame) {
+	if f.ID != "" {
+		c.mu.Lock()
+		o := c.outbox[f.ID]
+		c.mu.Unlock()
+		if o != nil {
+			if retryable(f.Code) {
+				delay := time.Duration(f.RetryMS) * time.Millisecond
+				if delay <= 0 {
+					delay = c.opts.MinBackoff
+				}
+				id := f.ID
+				time.AfterFunc(delay, func() {
+					c.mu.Lock()
+					still := c.outbox[id] == o
+					c.mu.Unlock()
+					if still {
+						c.writeCurrent(protocol.AppendSend(nil, id, o.to, o.body))
+					}
+				})
+				return
+			}
+			c.resolve(f.ID, result{err: &ServerError{Code: f.Code, Message: f.Message}})
+			return
+		}
+	}
+	if c.opts.OnError != nil {
+		c.opts.OnError(f.Code, f.Message, f.Seq)
+	}
+}
+
+func retryable(code protocol.ErrorCode) bool {
+	for _, e := range protocol.Errors {
+		if e.Code == code {
+			return e.Retry
+		}
+	}
+	return false
+}
+
+func (c *Client) resolve(id string, r result) {
+	c.mu.Lock()
+	o := c.outbox[id]
+	delete(c.outbox, id)
+	c.mu.Unlock()
+	if o != nil {
+		o.done <- r
+	}
+}
+
+// Send stores body (any JSON value) for user to, under the client message
+// id, and returns once the server confirms it is stored. If the connection
+// drops first, the send is repeated after reconnecting with the same id, so
+// it is stored once. An error means the message may not have been stored,
+// except after ctx ends: then it stays queued and is still sent (call
+// Send again with the same id to wait for it).
+func (c *Client) Send(ctx context.Context, to, id string, body json.RawMessage) (Sent, error) {
+	if !protocol.ValidID(to) || !protocol.ValidID(id) {
+		return Sent{}, ErrBadID
+	}
+	if !json.Valid(body) {
+		return Sent{}, errors.New("client: body is not valid JSON")
+	}
+	c.mu.Lock()
+	if c.closeErr != nil {
+		c.mu.Unlock()
+		return Sent{}, c.closeErr
+	}
+	o := c.outbox[id]
+	if o == nil {
+		c.nextSeq++
+		o = &outgoing{seq: c.nextSeq, to: to, body: append([]byte(nil), body...), done: make(chan result, 1)}
+		c.outbox[id] = o
+		c.mu.Unlock()
+		c.writeCurrent(protocol.AppendSend(nil, id, to, o.body))
+	} else {
+		c.mu.Unlock()
+	}
+	select {
+	case r := <-o.done:
+		o.done <- r // let a second waiter on the same id see it too
+		return r.sent, r.err
+	case <-ctx.Done():
+		return Sent{}, ctx.Err()
+	case <-c.ctx.Done():
+		return Sent{}, ErrClosed
+	}
+}
+
+// Ack tells the server this device has the message with this seq; the
+// sender then gets "delivered". Acks lost to a dropped connection are
+// repeated when the message is redelivered.
+func (c *Client) Ack(seq uint64) {
+	c.mu.Lock()
+	c.acked.add(seqKey(seq))
+	c.mu.Unlock()
+	c.writeCurrent(protocol.AppendSeqFrame(nil, protocol.TypeAck, seq))
+}
+
+// Read tells the sender of the message with this seq that it was read.
+func (c *Client) Read(seq uint64) {
+	c.writeCurrent(protocol.AppendSeqFrame(nil, protocol.TypeRead, seq))
+}
+
+// Close ends the client: the connection closes with 1000 and no reconnect
+// follows. Unconfirmed sends fail with ErrClosed.
+func (c *Client) Close() error {
+	c.shutdown(ErrClosed)
+	c.mu.Lock()
+	conn := c.conn
+	c.mu.Unlock()
+	if conn != nil {
+		c.writeMu.Lock()
+		_ = conn.WriteControl(websocket.CloseMessage, websocket.FormatCloseMessage(protocol.CloseNormal, ""), time.Now().Add(time.Second))
+		c.writeMu.Unlock()
+		conn.Close()
+	}
+	c.wg.Wait()
+	return nil
+}
+
+func (c *Client) shutdown(err error) {
+	c.mu.Lock()
+	if c.closeErr == nil {
+		c.closeErr = err
+	}
+	c.cancel() // under mu, so attach sees it
+	c.mu.Unlock()
+}
+
+// Done is closed once the client has stopped for good (Close, or replaced).
+func (c *Client) Done() <-chan struct{} { return c.ctx.Done() }
+
+// Err says why the client stopped, once Done is closed.
+func (c *Client) Err() error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.closeErr
+}

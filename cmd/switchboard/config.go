@@ -1,0 +1,227 @@
+package main
+
+import (
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/switchboard-im/switchboard/gateway"
+	"github.com/switchboard-im/switchboard/streams"
+)
+
+// appConfig is everything the binary can be told. Flags and SWITCHBOARD_*
+// variables map onto it in bindFlags, and nowhere else.
+type appConfig struct {
+	Gateway gateway.Config
+	Streams streams.Options
+
+	// NATSURL, when set, uses that NATS instead of the embedded server.
+	NATSURL string
+	// NATSListen is the embedded server's client address.
+	NATSListen string
+	// NATSConfig is a nats-server config file for the embedded server.
+	NATSConfig string
+	// SyncAlways makes "sent" mean fsynced (embedded server only).
+	SyncAlways bool
+	// DataDir holds JetStream's files and the generated dev signing secret.
+	DataDir string
+
+	// JWTSecret (HS256) or JWTPublicKeyFile (Ed25519 PEM) verify tokens;
+	// JWTPrivateKeyFile lets "token" mint Ed25519 tokens. With none set,
+	// a random HS256 secret is kept in DataDir/jwt.secret.
+	JWTSecret         string
+	JWTPublicKeyFile  string
+	JWTPrivateKeyFile string
+
+	LogLevel  string
+	LogFormat string
+}
+
+func defaultAppConfig() appConfig {
+	return appConfig{
+		Gateway:    gateway.DefaultConfig(),
+		NATSListen: "127.0.0.1:4222",
+		DataDir:    "./data",
+		LogLevel:   "info",
+		LogFormat:  "text",
+	}
+}
+
+// bindFlags declares every flag. withNATS adds the embedded server's flags.
+func bindFlags(fs *flag.FlagSet, c *appConfig, withEmbedded bool) {
+	g := &c.Gateway
+	fs.StringVar(&c.NATSURL, "nats", c.NATSURL, "NATS URL to use instead of the embedded server")
+	if withEmbedded {
+		fs.StringVar(&c.NATSListen, "nats-listen", c.NATSListen, "embedded NATS client address (port 0: pick one)")
+		fs.StringVar(&c.NATSConfig, "nats-config", c.NATSConfig, "nats-server config file for the embedded server")
+		fs.BoolVar(&c.SyncAlways, "sync-always", c.SyncAlways, "fsync every message before \"sent\" (embedded server)")
+	}
+	fs.StringVar(&c.DataDir, "data", c.DataDir, "data directory (JetStream store, dev signing secret)")
+	fs.StringVar(&g.Listen, "listen", g.Listen, "gateway HTTP/WebSocket address")
+	fs.Func("origins", "comma-separated browser origins allowed besides same-origin (\"*\": any, dev only)", func(v string) error {
+		g.AllowedOrigins = splitList(v)
+		return nil
+	})
+	fs.IntVar(&g.MaxFrameBytes, "max-frame", g.MaxFrameBytes, "largest frame in bytes (bigger: close 1009)")
+	fs.DurationVar(&g.PingInterval, "ping-interval", g.PingInterval, "how often to ping each connection")
+	fs.DurationVar(&g.PongTimeout, "pong-timeout", g.PongTimeout, "close a connection silent for this long")
+	fs.DurationVar(&g.WriteTimeout, "write-timeout", g.WriteTimeout, "bound on one frame write (slow reader: close 4001)")
+	fs.DurationVar(&g.HandshakeTimeout, "handshake-timeout", g.HandshakeTimeout, "bound on reading the upgrade request")
+	fs.Float64Var(&g.SendRate, "send-rate", g.SendRate, "send frames per second per connection")
+	fs.IntVar(&g.SendBurst, "send-burst", g.SendBurst, "send frame burst per connection")
+	fs.Float64Var(&g.FrameRate, "frame-rate", g.FrameRate, "other frames per second per connection")
+	fs.IntVar(&g.FrameBurst, "frame-burst", g.FrameBurst, "other frame burst per connection")
+	fs.IntVar(&g.FloodStrikes, "flood-strikes", g.FloodStrikes, "rate-limited frames in a row before close 1008")
+	fs.IntVar(&g.MaxInflight, "max-inflight", g.MaxInflight, "messages a device may hold unacked (0: 256)")
+	fs.IntVar(&g.MaxPendingSends, "max-pending-sends", g.MaxPendingSends, "sends per connection awaiting their PubAck")
+	fs.IntVar(&g.OutboundQueue, "outbound-queue", g.OutboundQueue, "frames queued per connection before close 4001")
+	fs.DurationVar(&g.AckWait, "ack-wait", g.AckWait, "redeliver a message a device has not acked after this (0: 30s)")
+	fs.DurationVar(&g.ShutdownTimeout, "shutdown-timeout", g.ShutdownTimeout, "bound on graceful shutdown")
+	fs.DurationVar(&c.Streams.MaxAge, "max-age", c.Streams.MaxAge, "keep messages this long (0: 30 days)")
+	fs.DurationVar(&c.Streams.DuplicateWindow, "dedup-window", c.Streams.DuplicateWindow, "remember message ids this long (0: 2m)")
+	fs.IntVar(&c.Streams.Replicas, "replicas", c.Streams.Replicas, "stream replicas (0: 1)")
+	fs.IntVar(&c.Streams.MaxConsumers, "max-consumers", c.Streams.MaxConsumers, "max device consumers (0: 100000)")
+	bindKeyFlags(fs, c)
+	fs.StringVar(&c.LogLevel, "log-level", c.LogLevel, "debug, info, warn or error")
+	fs.StringVar(&c.LogFormat, "log-format", c.LogFormat, "text or json")
+}
+
+func bindKeyFlags(fs *flag.FlagSet, c *appConfig) {
+	fs.StringVar(&c.JWTSecret, "jwt-secret", c.JWTSecret, "HS256 secret (prefer SWITCHBOARD_JWT_SECRET; never logged)")
+	fs.StringVar(&c.JWTPublicKeyFile, "jwt-public-key", c.JWTPublicKeyFile, "Ed25519 public key PEM file")
+	fs.StringVar(&c.JWTPrivateKeyFile, "jwt-private-key", c.JWTPrivateKeyFile, "Ed25519 private key PEM file (to mint tokens)")
+}
+
+// parseFlags parses args, then fills every flag not given on the command
+// line from SWITCHBOARD_<FLAG> (dashes become underscores).
+func parseFlags(fs *flag.FlagSet, args []string) error {
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	set := map[string]bool{}
+	fs.Visit(func(f *flag.Flag) { set[f.Name] = true })
+	var err error
+	fs.VisitAll(func(f *flag.Flag) {
+		if set[f.Name] || err != nil {
+			return
+		}
+		env := "SWITCHBOARD_" + strings.ToUpper(strings.ReplaceAll(f.Name, "-", "_"))
+		if v, ok := os.LookupEnv(env); ok {
+			if e := fs.Set(f.Name, v); e != nil {
+				err = fmt.Errorf("%s: %w", env, e)
+			}
+		}
+	})
+	if fs.NArg() > 0 {
+		return fmt.Errorf("unexpected argument %q", fs.Arg(0))
+	}
+	return err
+}
+
+func splitList(v string) []string {
+	var out []string
+	for _, s := range strings.Split(v, ",") {
+		if s = strings.TrimSpace(s); s != "" {
+			out = append(out, s)
+		}
+	}
+	return out
+}
+
+func newLogger(c *appConfig, w io.Writer) (*slog.Logger, error) {
+	var lvl slog.Level
+	if err := lvl.UnmarshalText([]byte(c.LogLevel)); err != nil {
+		return nil, fmt.Errorf("log-level: %w", err)
+	}
+	opts := &slog.HandlerOptions{Level: lvl}
+	switch c.LogFormat {
+	case "text":
+		return slog.New(slog.NewTextHandler(w, opts)), nil
+	case "json":
+		return slog.New(slog.NewJSONHandler(w, opts)), nil
+	}
+	return nil, fmt.Errorf("log-format: %q is not text or json", c.LogFormat)
+}
+
+// logConfig logs the effective configuration with secrets redacted.
+func logConfig(log *slog.Logger, fs *flag.FlagSet) {
+	var attrs []any
+	fs.VisitAll(func(f *flag.Flag) {
+		v := f.Value.String()
+		if strings.Contains(f.Name, "secret") && v != "" {
+			v = "[redacted]"
+		}
+		attrs = append(attrs, slog.String(f.Name, v))
+	})
+	log.Info("config", attrs...)
+}
+
+// loadKeys builds the token keys from the config. With nothing configured it
+// uses DataDir/jwt.secret, creating it on first use, so a newcomer's
+// "switchboard" and "switchboard token" agree with no setup.
+func loadKeys(c *appConfig) (*gateway.Keys, error) {
+	switch {
+	case c.JWTSecret != "":
+		return gateway.NewHS256Keys([]byte(c.JWTSecret))
+	case c.JWTPublicKeyFile != "" || c.JWTPrivateKeyFile != "":
+		var pub, priv []byte
+		var err error
+		if c.JWTPublicKeyFile != "" {
+			if pub, err = os.ReadFile(c.JWTPublicKeyFile); err != nil {
+				return nil, err
+			}
+		}
+		if c.JWTPrivateKeyFile != "" {
+			if priv, err = os.ReadFile(c.JWTPrivateKeyFile); err != nil {
+				return nil, err
+			}
+		}
+		return gateway.NewEd25519Keys(pub, priv)
+	}
+	path := filepath.Join(c.DataDir, "jwt.secret")
+	b, err := os.ReadFile(path)
+	if errors.Is(err, os.ErrNotExist) {
+		raw := make([]byte, 32)
+		if _, err := rand.Read(raw); err != nil {
+			return nil, err
+		}
+		b = []byte(hex.EncodeToString(raw))
+		if err := os.MkdirAll(c.DataDir, 0o700); err != nil {
+			return nil, err
+		}
+		f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
+		if errors.Is(err, os.ErrExist) {
+			return loadKeys(c) // created meanwhile by another process
+		}
+		if err != nil {
+			return nil, err
+		}
+		_, werr := f.Write(b)
+		if cerr := f.Close(); werr == nil {
+			werr = cerr
+		}
+		if werr != nil {
+			return nil, werr
+		}
+	} else if err != nil {
+		return nil, err
+	}
+	return gateway.NewHS256Keys([]byte(strings.TrimSpace(string(b))))
+}
+
+func tokenTTLFlag(fs *flag.FlagSet) *time.Duration {
+	return fs.Duration("ttl", 24*time.Hour, "token lifetime")
+}
+
+func newJetStream(nc *nats.Conn) (jetstream.JetStream, error) { return jetstream.New(nc) }

@@ -1,0 +1,49 @@
+// Command switchboard runs Switchboard: with no subcommand (or "serve") the
+// whole system in one process; "gateway" a gateway against an existing NATS;
+// "token" mints a device token.
+package main
+
+import (
+	"fmt"
+	"os"
+)
+
+func main() {
+	args := os.Args[1:]
+	cmd := "serve"
+	if len(args) > 0 && args[0] != "" && args[0][0] != '-' {
+		cmd, args = args[0], args[1:]
+	}
+	var err error
+	switch cmd {
+	case "serve":
+		err = runServe(args, true)
+	case "gateway":
+		err = runServe(args, false)
+	case "token":
+		err = runToken(args, os.Stdout)
+	case "help":
+		usage()
+	default:
+		fmt.Fprintf(os.Stderr, "switchboard: unknown command %q\n", cmd)
+		usage()
+		os.Exit(2)
+	}
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "switchboard:", err)
+		os.Exit(1)
+	}
+}
+
+func usage() {
+	fmt.Fprint(os.Stderr, `usage: switchboard [command] [flags]
+
+commands:
+  serve    (default) embedded NATS with JetStream, streams and gateway in one process
+  gateway  a gateway only, against --nats URL
+  token    mint a device token: switchboard token --user alice --device phone
+
+Run "switchboard COMMAND -h" for a command's flags. Every flag can also be
+set as SWITCHBOARD_<FLAG> (e.g. --send-rate is SWITCHBOARD_SEND_RATE).
+`)
+}

@@ -1,0 +1,121 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"net"
+	"os"
+	"os/signal"
+	"path/filepath"
+	"syscall"
+	"time"
+
+	"github.com/nats-io/nats-server/v2/server"
+	"github.com/nats-io/nats.go"
+
+	"github.com/switchboard-im/switchboard/gateway"
+	"github.com/switchboard-im/switchboard/internal/embednats"
+	"github.com/switchboard-im/switchboard/streams"
+)
+
+// runServe runs the all-in-one (embedded NATS unless --nats is given) or,
+// with allInOne false, a gateway against --nats.
+func runServe(args []string, allInOne bool) error {
+	c := defaultAppConfig()
+	name := "serve"
+	if !allInOne {
+		name = "gateway"
+	}
+	fs := flag.NewFlagSet(name, flag.ContinueOnError)
+	bindFlags(fs, &c, allInOne)
+	if err := parseFlags(fs, args); err != nil {
+		return err
+	}
+	log, err := newLogger(&c, os.Stderr)
+	if err != nil {
+		return err
+	}
+	logConfig(log, fs)
+	if !allInOne && c.NATSURL == "" {
+		return errors.New("gateway: --nats is required")
+	}
+	keys, err := loadKeys(&c)
+	if err != nil {
+		return err
+	}
+
+	var ns *server.Server
+	var nc *nats.Conn
+	opts := []nats.Option{nats.MaxReconnects(-1), nats.ReconnectWait(250 * time.Millisecond)}
+	if c.NATSURL == "" {
+		ns, err = embednats.Start(embednats.Options{
+			Listen:     c.NATSListen,
+			StoreDir:   filepath.Join(c.DataDir, "jetstream"),
+			SyncAlways: c.SyncAlways,
+			ConfigFile: c.NATSConfig,
+		})
+		if err != nil {
+			return err
+		}
+		defer ns.Shutdown()
+		log.Info("nats listening", "url", ns.ClientURL(), "store", filepath.Join(c.DataDir, "jetstream"))
+		nc, err = embednats.Connect(ns, "switchboard", opts...)
+	} else {
+		nc, err = nats.Connect(c.NATSURL, append(opts, nats.Name("switchboard-"+name))...)
+	}
+	if err != nil {
+		return fmt.Errorf("nats: %w", err)
+	}
+	defer nc.Close()
+
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	if err := applyStreams(ctx, nc, c.Streams); err != nil {
+		return err
+	}
+	gw, err := gateway.New(ctx, c.Gateway, keys, nc, log)
+	if err != nil {
+		return err
+	}
+	ln, err := net.Listen("tcp", c.Gateway.Listen)
+	if err != nil {
+		return err
+	}
+	serveErr := make(chan error, 1)
+	go func() { serveErr <- gw.Serve(ln) }()
+
+	sig := make(chan os.Signal, 1)
+	signal.Notify(sig, syscall.SIGTERM, syscall.SIGINT)
+	select {
+	case s := <-sig:
+		log.Info("shutting down", "signal", s.String())
+	case err := <-serveErr:
+		return err
+	}
+	if err := gw.Shutdown(context.Background()); err != nil {
+		log.Warn("shutdown incomplete", "err", err)
+	}
+	if err := nc.Drain(); err != nil {
+		log.Warn("nats drain", "err", err)
+	}
+	waitClosed(nc, 5*time.Second)
+	log.Info("stopped")
+	return nil
+}
+
+func applyStreams(ctx context.Context, nc *nats.Conn, o streams.Options) error {
+	js, err := newJetStream(nc)
+	if err != nil {
+		return err
+	}
+	return streams.Apply(ctx, js, o)
+}
+
+func waitClosed(nc *nats.Conn, d time.Duration) {
+	deadline := time.Now().Add(d)
+	for !nc.IsClosed() && time.Now().Before(deadline) {
+		time.Sleep(10 * time.Millisecond)
+	}
+}

@@ -1,0 +1,163 @@
+package gateway
+
+import (
+	"errors"
+	"fmt"
+	"net/url"
+	"strings"
+	"time"
+)
+
+// ErrConfig wraps every invalid configuration value; the message names the
+// field.
+var ErrConfig = errors.New("gateway: invalid config")
+
+// Config is the gateway's configuration. DefaultConfig gives working values;
+// Validate names the first bad field.
+type Config struct {
+	// Listen is the HTTP/WebSocket address, e.g. ":8080" or "127.0.0.1:0".
+	Listen string
+	// AllowedOrigins lists browser origins (scheme://host[:port]) allowed
+	// besides same-origin. Requests with no Origin header (native apps) are
+	// always allowed; a request with any other Origin gets 403. "*" allows
+	// every origin and is meant for local development only.
+	AllowedOrigins []string
+
+	// MaxFrameBytes is the largest frame accepted; a larger one closes the
+	// connection with 1009. Zero is invalid.
+	MaxFrameBytes int
+	// PingInterval is how often the server pings each connection.
+	PingInterval time.Duration
+	// PongTimeout closes a connection from which nothing (pong or frame) has
+	// arrived for this long. Must exceed PingInterval.
+	PongTimeout time.Duration
+	// WriteTimeout bounds one frame write; a client that does not read for
+	// this long is closed with 4001 (slow).
+	WriteTimeout time.Duration
+	// HandshakeTimeout bounds reading the HTTP upgrade request (slowloris).
+	HandshakeTimeout time.Duration
+
+	// SendRate is the sustained send frames per second per connection and
+	// SendBurst the bucket size. Other frames (ack, read) have their own
+	// bucket of FrameRate/FrameBurst.
+	SendRate   float64
+	SendBurst  int
+	FrameRate  float64
+	FrameBurst int
+	// FloodStrikes is how many rate-limited frames in a row close the
+	// connection with 1008 "flood".
+	FloodStrikes int
+
+	// MaxInflight is how many messages one device may hold delivered but not
+	// acked (the consumer's max_ack_pending). Zero keeps the template's 256.
+	MaxInflight int
+	// MaxPendingSends is how many sends per connection may await their
+	// JetStream PubAck; past it the gateway stops reading from that socket.
+	MaxPendingSends int
+	// OutboundQueue is the per-connection queue of frames waiting to be
+	// written. Overflow closes the connection with 4001 (slow); the messages
+	// stay pending in JetStream.
+	OutboundQueue int
+	// AckWait is how long JetStream waits for a device's ack before it
+	// redelivers. Zero keeps the template's 30s.
+	AckWait time.Duration
+
+	// ShutdownTimeout bounds a graceful shutdown: finishing in-flight
+	// PubAcks and closing every connection with 1012.
+	ShutdownTimeout time.Duration
+	// KickTimeout bounds how long a new session waits for an older session
+	// of the same device (on any gateway) to close.
+	KickTimeout time.Duration
+}
+
+// DefaultConfig returns the configuration used when nothing is set.
+func DefaultConfig() Config {
+	return Config{
+		Listen:           ":8080",
+		MaxFrameBytes:    64 << 10,
+		PingInterval:     25 * time.Second,
+		PongTimeout:      60 * time.Second,
+		WriteTimeout:     10 * time.Second,
+		HandshakeTimeout: 10 * time.Second,
+		SendRate:         50,
+		SendBurst:        200,
+		FrameRate:        500,
+		FrameBurst:       1000,
+		FloodStrikes:     50,
+		MaxPendingSends:  256,
+		OutboundQueue:    1024,
+		ShutdownTimeout:  10 * time.Second,
+		KickTimeout:      3 * time.Second,
+	}
+}
+
+// Validate reports the first invalid field.
+func (c *Config) Validate() error {
+	bad := func(field, why string) error { return fmt.Errorf("%w: %s %s", ErrConfig, field, why) }
+	switch {
+	case c.Listen == "":
+		return bad("Listen", "is empty")
+	case c.MaxFrameBytes < 256 || c.MaxFrameBytes > 16<<20:
+		return bad("MaxFrameBytes", "must be between 256 B and 16 MiB")
+	case c.PingInterval <= 0:
+		return bad("PingInterval", "must be positive")
+	case c.PongTimeout <= c.PingInterval:
+		return bad("PongTimeout", "must exceed PingInterval")
+	case c.WriteTimeout <= 0:
+		return bad("WriteTimeout", "must be positive")
+	case c.HandshakeTimeout <= 0:
+		return bad("HandshakeTimeout", "must be positive")
+	case c.SendRate <= 0 || c.SendBurst < 1:
+		return bad("SendRate/SendBurst", "must be positive")
+	case c.FrameRate <= 0 || c.FrameBurst < 1:
+		return bad("FrameRate/FrameBurst", "must be positive")
+	case c.FloodStrikes < 1:
+		return bad("FloodStrikes", "must be at least 1")
+	case c.MaxInflight < 0 || c.MaxInflight > 100000:
+		return bad("MaxInflight", "must be between 0 and 100000")
+	case c.MaxPendingSends < 1:
+		return bad("MaxPendingSends", "must be at least 1")
+	case c.OutboundQueue < 16:
+		return bad("OutboundQueue", "must be at least 16")
+	case c.AckWait < 0:
+		return bad("AckWait", "must not be negative")
+	case c.ShutdownTimeout <= 0:
+		return bad("ShutdownTimeout", "must be positive")
+	case c.KickTimeout <= 0:
+		return bad("KickTimeout", "must be positive")
+	}
+	for _, o := range c.AllowedOrigins {
+		if o == "*" {
+			continue
+		}
+		if _, err := normalizeOrigin(o); err != nil {
+			return bad("AllowedOrigins", fmt.Sprintf("entry %q: %v", o, err))
+		}
+	}
+	return nil
+}
+
+// normalizeOrigin returns scheme://host:port in lower case with the default
+// port made explicit, so "https://A.example" and "https://a.example:443"
+// compare equal and "http://a.example" does not.
+func normalizeOrigin(o string) (string, error) {
+	u, err := url.Parse(o)
+	if err != nil {
+		return "", err
+	}
+	scheme := strings.ToLower(u.Scheme)
+	if scheme != "http" && scheme != "https" {
+		return "", errors.New("scheme must be http or https")
+	}
+	if u.Host == "" || u.User != nil || (u.Path != "" && u.Path != "/") || u.RawQuery != "" || u.Fragment != "" {
+		return "", errors.New("must be scheme://host[:port] only")
+	}
+	host, port := strings.ToLower(u.Hostname()), u.Port()
+	if port == "" {
+		port = map[string]string{"http": "80", "https": "443"}[scheme]
+	}
+	if strings.Contains(host, ":") {
+		host = "[" + host + "]"
+	}
+	return scheme + "://" + host + ":" + port, nil
+}

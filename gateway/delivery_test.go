@@ -1,0 +1,213 @@
+package gateway_test
+
+import (
+	"context"
+	"fmt"
+	"testing"
+	"time"
+
+	"github.com/switchboard-im/switchboard/client"
+	"github.com/switchboard-im/switchboard/gateway/protocol"
+	tk "github.com/switchboard-im/switchboard/internal/testkit"
+)
+
+const wait = 10 * time.Second
+
+func send(t *testing.T, c *client.Client, to, id, body string) client.Sent {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), wait)
+	defer cancel()
+	s, err := c.Send(ctx, to, id, tk.Body(body))
+	if err != nil {
+		t.Fatalf("send %s: %v", id, err)
+	}
+	return s
+}
+
+func TestOneToOneBothWaysWithTicks(t *testing.T) {
+	n := tk.StartNATS(t)
+	g := tk.StartGateway(t, n, tk.TestConfig())
+	alice := tk.Dial(t, g.URL, "alice", "phone")
+	bob := tk.Dial(t, g.URL, "bob", "phone")
+
+	sent := send(t, alice, "bob", "m1", "hello bob")
+	if sent.Seq == 0 || sent.Dup {
+		t.Fatalf("sent = %+v, want a fresh sequence", sent)
+	}
+	m := tk.RecvMsg(t, bob, wait)
+	if m.ID != "m1" || m.From != "alice" || m.Device != "phone" || string(m.Body) != `"hello bob"` || m.Seq != sent.Seq {
+		t.Fatalf("bob got %+v", m)
+	}
+	bob.Ack(m.Seq)
+	r := tk.RecvReceipt(t, alice, wait)
+	if r.ID != "m1" || r.Status != protocol.StatusDelivered || r.By != "bob" || r.Device != "phone" {
+		t.Fatalf("first receipt %+v, want delivered by bob", r)
+	}
+	bob.Read(m.Seq)
+	r = tk.RecvReceipt(t, alice, wait)
+	if r.ID != "m1" || r.Status != protocol.StatusRead || r.By != "bob" {
+		t.Fatalf("second receipt %+v, want read by bob", r)
+	}
+
+	// And back.
+	send(t, bob, "alice", "r1", "hi alice")
+	m = tk.RecvMsg(t, alice, wait)
+	if m.ID != "r1" || m.From != "bob" {
+		t.Fatalf("alice got %+v", m)
+	}
+	alice.Ack(m.Seq)
+	if r := tk.RecvReceipt(t, bob, wait); r.Status != protocol.StatusDelivered || r.ID != "r1" {
+		t.Fatalf("bob's receipt %+v", r)
+	}
+}
+
+func TestOfflineRecipientGetsAllInOrderOnce(t *testing.T) {
+	n := tk.StartNATS(t)
+	g := tk.StartGateway(t, n, tk.TestConfig())
+	alice := tk.Dial(t, g.URL, "alice", "phone")
+	// bob connects once so his device exists, then goes away.
+	bob := tk.Dial(t, g.URL, "bob", "phone")
+	if err := bob.Close(); err != nil {
+		t.Fatal(err)
+	}
+	const count = 100
+	for i := range count {
+		send(t, alice, "bob", fmt.Sprintf("m%03d", i), fmt.Sprintf("msg %d", i))
+	}
+	bob = tk.Dial(t, g.URL, "bob", "phone")
+	for i := range count {
+		m := tk.RecvMsg(t, bob, wait)
+		if want := fmt.Sprintf("m%03d", i); m.ID != want {
+			t.Fatalf("message %d is %s, want %s", i, m.ID, want)
+		}
+		bob.Ack(m.Seq)
+	}
+	tk.NoMsg(t, bob, 200*time.Millisecond)
+}
+
+func TestNeverConnectedUserGetsMessagesOnFirstConnect(t *testing.T) {
+	n := tk.StartNATS(t)
+	g := tk.StartGateway(t, n, tk.TestConfig())
+	alice := tk.Dial(t, g.URL, "alice", "phone")
+	send(t, alice, "carol", "a", "one")
+	send(t, alice, "carol", "b", "two")
+	carol := tk.Dial(t, g.URL, "carol", "laptop")
+	if m := tk.RecvMsg(t, carol, wait); m.ID != "a" {
+		t.Fatalf("first message %s, want a", m.ID)
+	}
+	if m := tk.RecvMsg(t, carol, wait); m.ID != "b" {
+		t.Fatalf("second message %s, want b", m.ID)
+	}
+}
+
+func TestTwoDevicesEachGetEveryMessageAndAckIndependently(t *testing.T) {
+	n := tk.StartNATS(t)
+	g := tk.StartGateway(t, n, tk.TestConfig())
+	alice := tk.Dial(t, g.URL, "alice", "phone")
+	phone := tk.Dial(t, g.URL, "bob", "phone")
+	laptop := tk.Dial(t, g.URL, "bob", "laptop")
+
+	send(t, alice, "bob", "m1", "to both")
+	send(t, alice, "bob", "m2", "again")
+	p1, l1 := tk.RecvMsg(t, phone, wait), tk.RecvMsg(t, laptop, wait)
+	if p1.ID != "m1" || l1.ID != "m1" {
+		t.Fatalf("phone %s laptop %s, want m1 on both", p1.ID, l1.ID)
+	}
+	// Only the phone acks m1: the delivered receipt names the phone.
+	phone.Ack(p1.Seq)
+	r := tk.RecvReceipt(t, alice, wait)
+	if r.Device != "phone" || r.ID != "m1" {
+		t.Fatalf("receipt %+v, want m1 delivered to phone", r)
+	}
+	// The laptop drops without acking: m1 and m2 come again to it, not to
+	// the phone.
+	p2 := tk.RecvMsg(t, phone, wait)
+	phone.Ack(p2.Seq)
+	if err := laptop.Close(); err != nil {
+		t.Fatal(err)
+	}
+	laptop = tk.Dial(t, g.URL, "bob", "laptop")
+	if m := tk.RecvMsg(t, laptop, wait); m.ID != "m1" {
+		t.Fatalf("laptop after reconnect got %s, want m1", m.ID)
+	}
+	if m := tk.RecvMsg(t, laptop, wait); m.ID != "m2" {
+		t.Fatalf("laptop after reconnect got %s, want m2", m.ID)
+	}
+	tk.NoMsg(t, phone, 100*time.Millisecond)
+}
+
+func TestNewDeviceGetsMessagesFromWhenItJoined(t *testing.T) {
+	n := tk.StartNATS(t)
+	g := tk.StartGateway(t, n, tk.TestConfig())
+	alice := tk.Dial(t, g.URL, "alice", "phone")
+	phone := tk.Dial(t, g.URL, "bob", "phone")
+	send(t, alice, "bob", "old", "before the tablet")
+	tk.RecvMsg(t, phone, wait)
+	tablet := tk.Dial(t, g.URL, "bob", "tablet")
+	send(t, alice, "bob", "new", "after the tablet")
+	if m := tk.RecvMsg(t, tablet, wait); m.ID != "new" {
+		t.Fatalf("tablet got %s, want only messages from after it joined", m.ID)
+	}
+}
+
+func TestRetryAfterDropIsStoredAndDeliveredOnce(t *testing.T) {
+	n := tk.StartNATS(t)
+	g := tk.StartGateway(t, n, tk.TestConfig())
+	alice := tk.Dial(t, g.URL, "alice", "phone")
+	bob := tk.Dial(t, g.URL, "bob", "phone")
+	first := send(t, alice, "bob", "same-id", "once")
+	// The connection drops; the app (or SDK) retries the same id on a new
+	// connection. The store keeps one copy.
+	if err := alice.Close(); err != nil {
+		t.Fatal(err)
+	}
+	alice = tk.Dial(t, g.URL, "alice", "phone")
+	again := send(t, alice, "bob", "same-id", "once")
+	if !again.Dup || again.Seq != first.Seq {
+		t.Fatalf("retry sent = %+v, want dup of seq %d", again, first.Seq)
+	}
+	m := tk.RecvMsg(t, bob, wait)
+	bob.Ack(m.Seq)
+	tk.NoMsg(t, bob, 200*time.Millisecond)
+	inbox, err := n.JS.Stream(context.Background(), "INBOX")
+	if err != nil {
+		t.Fatal(err)
+	}
+	// The message and its delivered receipt, nothing more.
+	tk.WaitFor(t, wait, func() error {
+		info, err := inbox.Info(context.Background())
+		if err != nil || info.State.Msgs != 2 {
+			return tk.Errorf("stream holds %v messages (err %v), want 2", info, err)
+		}
+		return nil
+	})
+}
+
+func TestDropBeforeAckRedeliversAndSDKDropsDuplicate(t *testing.T) {
+	n := tk.StartNATS(t)
+	g := tk.StartGateway(t, n, tk.TestConfig())
+	proxy := tk.StartProxy(t, g.Addr)
+	alice := tk.Dial(t, g.URL, "alice", "phone")
+	bob := tk.Dial(t, "ws://"+proxy.Addr+"/v1/ws", "bob", "phone")
+
+	send(t, alice, "bob", "m1", "one")
+	m := tk.RecvMsg(t, bob, wait)
+	// The network drops before bob acks. The SDK reconnects, the message
+	// is redelivered, and the SDK recognises it.
+	proxy.DropAll()
+	tk.WaitFor(t, wait, func() error {
+		if st := bob.Stats(); st.DuplicatesDropped != 1 {
+			return tk.Errorf("stats %+v, want one duplicate dropped", st)
+		}
+		return nil
+	})
+	// The app acks with the seq it holds; it works on the new session.
+	bob.Ack(m.Seq)
+	if r := tk.RecvReceipt(t, alice, wait); r.ID != "m1" || r.Status != protocol.StatusDelivered {
+		t.Fatalf("receipt %+v", r)
+	}
+	send(t, alice, "bob", "m2", "two")
+	if m := tk.RecvMsg(t, bob, wait); m.ID != "m2" {
+		t.Fatalf("next message %s, want m2 (m1 must not reach the app twice)", m.ID)
+	}
+}

@@ -1,0 +1,234 @@
+package protocol
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"strconv"
+)
+
+// Subprotocol is the WebSocket subprotocol of this version: JSON text frames.
+// A later version gets a new name (switchboard.v2.json); a gateway offers
+// every version it speaks and the client picks by listing its preferences.
+const Subprotocol = "switchboard.v1.json"
+
+// Version is the protocol version announced in the welcome frame.
+const Version = 1
+
+// Frame types.
+const (
+	// Client to server.
+	TypeSend = "send"
+	TypeAck  = "ack"
+	TypeRead = "read"
+
+	// Server to client.
+	TypeWelcome = "welcome"
+	TypeSent    = "sent"
+	TypeMsg     = "msg"
+	TypeReceipt = "receipt"
+	TypeError   = "error"
+)
+
+// Receipt statuses.
+const (
+	StatusDelivered = "delivered"
+	StatusRead      = "read"
+)
+
+// Frame is every frame of the protocol in one struct: each type uses a subset
+// of the fields (see gateway/PROTOCOL.md). Unknown fields are ignored so a
+// newer peer can add fields without breaking an older one.
+type Frame struct {
+	Type string `json:"type"`
+
+	// ID is the client message id: chosen by the sender, unique per sender.
+	ID string `json:"id,omitempty"`
+	// To is the recipient user of a send.
+	To string `json:"to,omitempty"`
+	// Body is opaque to the server: any JSON value, passed through verbatim.
+	Body json.RawMessage `json:"body,omitempty"`
+	// Seq is the JetStream stream sequence of a stored message.
+	Seq uint64 `json:"seq,omitempty"`
+	// TS is milliseconds since the Unix epoch when the gateway accepted the
+	// message (or the receipt).
+	TS int64 `json:"ts,omitempty"`
+	// Dup is true on a sent frame when the store already held this id.
+	Dup bool `json:"dup,omitempty"`
+
+	// From and Device name the sender of a msg.
+	From   string `json:"from,omitempty"`
+	Device string `json:"device,omitempty"`
+
+	// Status, By and (with Device) name who did what in a receipt.
+	Status string `json:"status,omitempty"`
+	By     string `json:"by,omitempty"`
+
+	// Code and Message describe an error; RetryMS hints when to resend.
+	Code    ErrorCode `json:"code,omitempty"`
+	Message string    `json:"message,omitempty"`
+	RetryMS int64     `json:"retry_ms,omitempty"`
+
+	// Welcome fields.
+	User     string `json:"user,omitempty"`
+	Session  string `json:"session,omitempty"`
+	Protocol int    `json:"protocol,omitempty"`
+	MaxFrame int    `json:"max_frame,omitempty"`
+}
+
+// DecodeError is a client frame the gateway could not accept, with the error
+// code to answer it with.
+type DecodeError struct {
+	Code   ErrorCode
+	Reason string
+	// ID is the client message id, when the frame had a readable one.
+	ID string
+}
+
+func (e *DecodeError) Error() string { return "protocol: " + string(e.Code) + ": " + e.Reason }
+
+// ErrDecode matches every *DecodeError with errors.Is.
+var ErrDecode = errors.New("protocol: decode")
+
+// Is makes errors.Is(err, ErrDecode) true for a *DecodeError.
+func (e *DecodeError) Is(target error) bool { return target == ErrDecode }
+
+func decodeErr(code ErrorCode, id, format string, args ...any) *DecodeError {
+	return &DecodeError{Code: code, ID: id, Reason: fmt.Sprintf(format, args...)}
+}
+
+// DecodeClient parses and validates a client-to-server frame. On error it
+// returns a *DecodeError whose Code is the error frame to send back.
+func DecodeClient(data []byte) (*Frame, error) {
+	var f Frame
+	if err := json.Unmarshal(data, &f); err != nil {
+		return nil, decodeErr(ErrBadJSON, "", "frame is not a valid JSON object")
+	}
+	switch f.Type {
+	case TypeSend:
+		if !ValidID(f.ID) {
+			return nil, decodeErr(ErrBadID, "", "id: %v", ErrInvalidID)
+		}
+		if !ValidID(f.To) {
+			return nil, decodeErr(ErrBadID, f.ID, "to: %v", ErrInvalidID)
+		}
+		if len(f.Body) == 0 || string(f.Body) == "null" {
+			return nil, decodeErr(ErrBadField, f.ID, "body is required")
+		}
+	case TypeAck, TypeRead:
+		if f.Seq == 0 {
+			return nil, decodeErr(ErrBadField, "", "seq is required and must be a positive integer")
+		}
+	case "":
+		return nil, decodeErr(ErrBadField, "", "type is required")
+	default:
+		return nil, decodeErr(ErrUnknownType, "", "unknown frame type %q", truncate(f.Type, 32))
+	}
+	return &f, nil
+}
+
+func truncate(s string, n int) string {
+	if len(s) > n {
+		return s[:n]
+	}
+	return s
+}
+
+// The encoders below write server frames by hand: every string field they
+// take is a validated id (no character needs escaping) and the body was
+// validated as JSON on the way in, so the output is valid JSON without the
+// cost of reflection and re-validating the body.
+
+// AppendSent appends a sent frame.
+func AppendSent(b []byte, id string, seq uint64, ts int64, dup bool) []byte {
+	b = append(b, `{"type":"sent","id":"`...)
+	b = append(b, id...)
+	b = append(b, `","seq":`...)
+	b = strconv.AppendUint(b, seq, 10)
+	b = append(b, `,"ts":`...)
+	b = strconv.AppendInt(b, ts, 10)
+	if dup {
+		b = append(b, `,"dup":true`...)
+	}
+	return append(b, '}')
+}
+
+// AppendMsg appends a msg frame.
+func AppendMsg(b []byte, id, from, device string, seq uint64, ts int64, body []byte) []byte {
+	b = append(b, `{"type":"msg","id":"`...)
+	b = append(b, id...)
+	b = append(b, `","from":"`...)
+	b = append(b, from...)
+	b = append(b, `","device":"`...)
+	b = append(b, device...)
+	b = append(b, `","seq":`...)
+	b = strconv.AppendUint(b, seq, 10)
+	b = append(b, `,"ts":`...)
+	b = strconv.AppendInt(b, ts, 10)
+	b = append(b, `,"body":`...)
+	b = append(b, body...)
+	return append(b, '}')
+}
+
+// AppendReceipt appends a receipt frame: by/device did status to message id;
+// seq is the receipt's own sequence, which the client acks.
+func AppendReceipt(b []byte, id, status, by, device string, seq uint64, ts int64) []byte {
+	b = append(b, `{"type":"receipt","id":"`...)
+	b = append(b, id...)
+	b = append(b, `","status":"`...)
+	b = append(b, status...)
+	b = append(b, `","by":"`...)
+	b = append(b, by...)
+	b = append(b, `","device":"`...)
+	b = append(b, device...)
+	b = append(b, `","seq":`...)
+	b = strconv.AppendUint(b, seq, 10)
+	b = append(b, `,"ts":`...)
+	b = strconv.AppendInt(b, ts, 10)
+	return append(b, '}')
+}
+
+// AppendSend appends a client send frame. body must be valid JSON.
+func AppendSend(b []byte, id, to string, body []byte) []byte {
+	b = append(b, `{"type":"send","id":"`...)
+	b = append(b, id...)
+	b = append(b, `","to":"`...)
+	b = append(b, to...)
+	b = append(b, `","body":`...)
+	b = append(b, body...)
+	return append(b, '}')
+}
+
+// AppendSeqFrame appends a client ack or read frame.
+func AppendSeqFrame(b []byte, typ string, seq uint64) []byte {
+	b = append(b, `{"type":"`...)
+	b = append(b, typ...)
+	b = append(b, `","seq":`...)
+	b = strconv.AppendUint(b, seq, 10)
+	return append(b, '}')
+}
+
+// EncodeError returns an error frame. The message is free text, so this one
+// goes through encoding/json.
+func EncodeError(code ErrorCode, message, id string, seq uint64, retryMS int64) []byte {
+	b, _ := json.Marshal(Frame{Type: TypeError, Code: code, Message: message, ID: id, Seq: seq, RetryMS: retryMS})
+	return b
+}
+
+// EncodeWelcome returns the welcome frame sent first on every connection.
+func EncodeWelcome(user, device, session string, maxFrame int) []byte {
+	b, _ := json.Marshal(Frame{Type: TypeWelcome, User: user, Device: device, Session: session, Protocol: Version, MaxFrame: maxFrame})
+	return b
+}
+
+// DecodeServer parses a server-to-client frame (used by the client SDK).
+func DecodeServer(data []byte) (*Frame, error) {
+	var f Frame
+	if err := json.Unmarshal(data, &f); err != nil {
+		return nil, fmt.Errorf("protocol: bad server frame: %w", err)
+	}
+	if f.Type == "" {
+		return nil, errors.New("protocol: server frame without type")
+	}
+	return &f, nil
+}

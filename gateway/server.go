@@ -1,0 +1,362 @@
+package gateway
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/fasthttp/websocket"
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+	"github.com/valyala/fasthttp"
+
+	"github.com/switchboard-im/switchboard/gateway/protocol"
+	"github.com/switchboard-im/switchboard/streams"
+)
+
+// Paths served over HTTP.
+const (
+	PathWS      = "/v1/ws"
+	PathHealthz = "/healthz"
+	PathReadyz  = "/readyz"
+)
+
+// Server is one gateway: it accepts WebSocket connections and runs a
+// session per device. It keeps no state that outlives a connection; any
+// number of gateways can share one NATS.
+type Server struct {
+	cfg         Config
+	keys        *Keys
+	log         *slog.Logger
+	nc          *nats.Conn
+	js          jetstream.JetStream
+	inbox       jetstream.Stream
+	devices     *devices
+	maxInflight int
+	origins     map[string]bool
+	anyOrigin   bool
+	upgrader    websocket.FastHTTPUpgrader
+	http        *fasthttp.Server
+
+	mu       sync.Mutex // guards sessions
+	sessions map[*session]struct{}
+	conns    sync.WaitGroup // one per upgraded connection
+	closing  atomic.Bool
+}
+
+// New builds a gateway on an established NATS connection. The streams must
+// already exist (streams.Apply).
+func New(ctx context.Context, cfg Config, keys *Keys, nc *nats.Conn, log *slog.Logger) (*Server, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	if keys == nil {
+		return nil, fmt.Errorf("%w: no token keys", ErrConfig)
+	}
+	js, err := jetstream.New(nc, jetstream.WithPublishAsyncMaxPending(16384))
+	if err != nil {
+		return nil, err
+	}
+	inbox, err := js.Stream(ctx, streams.Inbox)
+	if err != nil {
+		return nil, fmt.Errorf("gateway: stream %s: %w", streams.Inbox, err)
+	}
+	kv, err := js.KeyValue(ctx, streams.DevicesKV)
+	if err != nil {
+		return nil, fmt.Errorf("gateway: bucket %s: %w", streams.DevicesKV, err)
+	}
+	tmpl, err := streams.DeviceConsumerTemplate()
+	if err != nil {
+		return nil, err
+	}
+	if cfg.MaxInflight > 0 {
+		tmpl.MaxAckPending = cfg.MaxInflight
+	}
+	if cfg.AckWait > 0 {
+		tmpl.AckWait = cfg.AckWait
+	}
+	s := &Server{
+		cfg:         cfg,
+		keys:        keys,
+		log:         log.WithGroup("gateway"),
+		nc:          nc,
+		js:          js,
+		inbox:       inbox,
+		devices:     &devices{js: js, inbox: inbox, kv: kv, template: tmpl},
+		maxInflight: tmpl.MaxAckPending,
+		origins:     map[string]bool{},
+		sessions:    map[*session]struct{}{},
+	}
+	for _, o := range cfg.AllowedOrigins {
+		if o == "*" {
+			s.anyOrigin = true
+			continue
+		}
+		n, _ := normalizeOrigin(o)
+		s.origins[n] = true
+	}
+	s.upgrader = websocket.FastHTTPUpgrader{
+		HandshakeTimeout:  cfg.HandshakeTimeout,
+		Subprotocols:      []string{protocol.Subprotocol},
+		CheckOrigin:       func(*fasthttp.RequestCtx) bool { return true }, // checked before upgrading
+		EnableCompression: false,                                           // no compression bombs
+		ReadBufferSize:    4096,
+		WriteBufferSize:   4096,
+	}
+	s.http = &fasthttp.Server{
+		Handler:                       s.route,
+		Name:                          "switchboard",
+		ReadTimeout:                   cfg.HandshakeTimeout,
+		WriteTimeout:                  cfg.WriteTimeout,
+		IdleTimeout:                   cfg.PongTimeout,
+		MaxRequestBodySize:            64 << 10,
+		DisableHeaderNamesNormalizing: false,
+		NoDefaultServerHeader:         false,
+		CloseOnShutdown:               true,
+	}
+	return s, nil
+}
+
+// Serve accepts connections on ln until Shutdown.
+func (s *Server) Serve(ln net.Listener) error {
+	s.log.Info("listening", "addr", ln.Addr().String())
+	err := s.http.Serve(ln)
+	if s.closing.Load() {
+		return nil
+	}
+	return err
+}
+
+func (s *Server) route(ctx *fasthttp.RequestCtx) {
+	switch string(ctx.Path()) {
+	case PathWS:
+		s.serveWS(ctx)
+	case PathHealthz:
+		ctx.SetStatusCode(fasthttp.StatusOK)
+		ctx.SetBodyString("ok\n")
+	case PathReadyz:
+		if s.closing.Load() || !s.nc.IsConnected() {
+			ctx.SetStatusCode(fasthttp.StatusServiceUnavailable)
+			ctx.SetBodyString("not ready\n")
+			return
+		}
+		ctx.SetStatusCode(fasthttp.StatusOK)
+		ctx.SetBodyString("ready\n")
+	default:
+		ctx.SetStatusCode(fasthttp.StatusNotFound)
+	}
+}
+
+// httpError answers a refused handshake with a JSON body naming the reason.
+func httpError(ctx *fasthttp.RequestCtx, status int, code, msg string) {
+	ctx.SetStatusCode(status)
+	ctx.SetContentType("application/json")
+	ctx.SetBodyString(`{"code":"` + code + `","message":"` + msg + `"}`)
+}
+
+func (s *Server) serveWS(ctx *fasthttp.RequestCtx) {
+	if s.closing.Load() {
+		httpError(ctx, fasthttp.StatusServiceUnavailable, "shutting_down", "gateway is shutting down")
+		return
+	}
+	if !s.checkOrigin(ctx) {
+		httpError(ctx, fasthttp.StatusForbidden, "bad_origin", "origin not allowed")
+		return
+	}
+	id, err := s.keys.Verify(bearerToken(ctx), time.Now())
+	if err != nil {
+		ctx.Response.Header.Set("WWW-Authenticate", `Bearer realm="switchboard"`)
+		code := "bad_token"
+		switch {
+		case errors.Is(err, ErrNoToken):
+			code = "no_token"
+		case errors.Is(err, ErrTokenExpired):
+			code = "token_expired"
+		}
+		httpError(ctx, fasthttp.StatusUnauthorized, code, "missing, invalid or expired token")
+		return
+	}
+	if !offersSubprotocol(ctx) {
+		httpError(ctx, fasthttp.StatusBadRequest, "bad_subprotocol", "offer "+protocol.Subprotocol)
+		return
+	}
+	s.conns.Add(1)
+	err = s.upgrader.Upgrade(ctx, func(ws *websocket.Conn) {
+		defer s.conns.Done()
+		s.runConn(ws, id)
+	})
+	if err != nil {
+		s.conns.Done()
+	}
+}
+
+// offersSubprotocol accepts a client that offers switchboard.v1.json, or
+// offers nothing (then v1 JSON is assumed). One that offers only other
+// protocols is refused, so it cannot misread frames.
+func offersSubprotocol(ctx *fasthttp.RequestCtx) bool {
+	h := string(ctx.Request.Header.Peek("Sec-WebSocket-Protocol"))
+	if strings.TrimSpace(h) == "" {
+		return true
+	}
+	for _, p := range strings.Split(h, ",") {
+		if strings.TrimSpace(p) == protocol.Subprotocol {
+			return true
+		}
+	}
+	return false
+}
+
+// bearerToken reads the token from the Authorization header or, for
+// browsers (which cannot set headers on a WebSocket), the access_token
+// query parameter.
+func bearerToken(ctx *fasthttp.RequestCtx) string {
+	if h := string(ctx.Request.Header.Peek("Authorization")); h != "" {
+		if len(h) > 7 && strings.EqualFold(h[:7], "bearer ") {
+			return strings.TrimSpace(h[7:])
+		}
+		return ""
+	}
+	return string(ctx.QueryArgs().Peek("access_token"))
+}
+
+// checkOrigin allows requests without Origin (native apps are not subject
+// to cross-site hijacking), same-origin requests, and the allow-list.
+func (s *Server) checkOrigin(ctx *fasthttp.RequestCtx) bool {
+	o := string(ctx.Request.Header.Peek("Origin"))
+	if o == "" || s.anyOrigin {
+		return true
+	}
+	n, err := normalizeOrigin(o)
+	if err != nil {
+		return false
+	}
+	if s.origins[n] {
+		return true
+	}
+	// Same origin: the Origin's host:port equals the Host header. The
+	// scheme cannot be checked behind a TLS-terminating proxy.
+	host := strings.ToLower(string(ctx.Host()))
+	if !strings.Contains(host, ":") || strings.HasSuffix(host, "]") {
+		if strings.HasPrefix(n, "https://") {
+			host += ":443"
+		} else {
+			host += ":80"
+		}
+	}
+	return n[strings.Index(n, "://")+3:] == host
+}
+
+func (s *Server) runConn(ws *websocket.Conn, id Identity) {
+	c := newWSConn(ws, &s.cfg)
+	go c.writeLoop()
+	sess := newSession(s, id, c)
+	if !s.track(sess) {
+		c.Close(protocol.CloseServiceRestart, "gateway shutting down")
+		<-c.writerDone
+		return
+	}
+	defer s.untrack(sess)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	err := sess.start(ctx)
+	cancel()
+	if err != nil {
+		sess.log.Error("session start failed", "err", err)
+		c.Close(protocol.CloseInternal, "session start failed")
+	} else {
+		sess.log.Debug("connected")
+		_ = c.readLoop(sess.handle)
+	}
+	sess.stop()
+	<-c.writerDone
+	sess.log.Debug("disconnected", "code", c.closeCode, "reason", c.closeReason)
+	if err == nil {
+		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+		if err := s.devices.saveFloor(ctx, id.User, id.Device); err != nil {
+			sess.log.Debug("saving ack floor failed", "err", err)
+		}
+		cancel()
+	}
+}
+
+func (s *Server) track(sess *session) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.closing.Load() {
+		return false
+	}
+	s.sessions[sess] = struct{}{}
+	return true
+}
+
+func (s *Server) untrack(sess *session) {
+	s.mu.Lock()
+	delete(s.sessions, sess)
+	s.mu.Unlock()
+}
+
+// Sessions returns the number of connected devices.
+func (s *Server) Sessions() int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return len(s.sessions)
+}
+
+// Shutdown stops accepting connections, lets in-flight PubAcks finish,
+// closes every connection with 1012 and waits for them, all bounded by ctx
+// (or ShutdownTimeout, whichever is sooner). The caller drains NATS after.
+func (s *Server) Shutdown(ctx context.Context) error {
+	ctx, cancel := context.WithTimeout(ctx, s.cfg.ShutdownTimeout)
+	defer cancel()
+	s.mu.Lock()
+	s.closing.Store(true)
+	all := make([]*session, 0, len(s.sessions))
+	for sess := range s.sessions {
+		all = append(all, sess)
+	}
+	s.mu.Unlock()
+
+	lnDone := make(chan error, 1)
+	go func() { lnDone <- s.http.ShutdownWithContext(ctx) }()
+
+	var wg sync.WaitGroup
+	for _, sess := range all {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			sess.beginShutdown(ctx)
+		}()
+	}
+	wg.Wait()
+	done := make(chan struct{})
+	go func() { s.conns.Wait(); close(done) }()
+	select {
+	case <-done:
+	case <-ctx.Done():
+		return fmt.Errorf("gateway: shutdown: %w", ctx.Err())
+	}
+	return <-lnDone
+}
+
+// Abort drops every connection at once with no close frame and no
+// draining, as a crash would. For tests of the crash path.
+func (s *Server) Abort() {
+	s.mu.Lock()
+	s.closing.Store(true)
+	all := make([]*session, 0, len(s.sessions))
+	for sess := range s.sessions {
+		all = append(all, sess)
+	}
+	s.mu.Unlock()
+	_ = s.http.Shutdown()
+	for _, sess := range all {
+		if c, ok := sess.t.(*wsConn); ok {
+			_ = c.ws.NetConn().Close()
+		}
+	}
+}

@@ -1,0 +1,251 @@
+// Package testkit holds the helpers every test uses: an embedded JetStream
+// server per test, a gateway on a random loopback port, tokens, clients and
+// a poller that waits on a condition instead of sleeping.
+package testkit
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"os"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats-server/v2/server"
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/switchboard-im/switchboard/client"
+	"github.com/switchboard-im/switchboard/gateway"
+	"github.com/switchboard-im/switchboard/internal/embednats"
+	"github.com/switchboard-im/switchboard/streams"
+)
+
+// Secret is the HS256 secret test gateways verify with.
+var Secret = []byte("switchboard-test-secret-0123456789abcdef")
+
+// WaitFor polls fn every 10ms until it returns nil, failing the test with
+// fn's last error after timeout.
+func WaitFor(t testing.TB, timeout time.Duration, fn func() error) {
+	t.Helper()
+	deadline := time.Now().Add(timeout)
+	for {
+		err := fn()
+		if err == nil {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("condition not met within %s: %v", timeout, err)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+// Logger returns a logger that writes to the test log at debug level when
+// SWITCHBOARD_TEST_LOG is set, and discards otherwise.
+func Logger(t testing.TB) *slog.Logger {
+	if os.Getenv("SWITCHBOARD_TEST_LOG") == "" {
+		return slog.New(slog.NewTextHandler(io.Discard, nil))
+	}
+	return slog.New(slog.NewTextHandler(tlogWriter{t}, &slog.HandlerOptions{Level: slog.LevelDebug}))
+}
+
+type tlogWriter struct{ t testing.TB }
+
+func (w tlogWriter) Write(b []byte) (int, error) { w.t.Log(string(b)); return len(b), nil }
+
+// NATS is an embedded JetStream server with Switchboard's streams applied.
+type NATS struct {
+	Server *server.Server
+	Conn   *nats.Conn
+	JS     jetstream.JetStream
+	Dir    string
+}
+
+// StartNATS starts an embedded JetStream server on a random loopback port
+// in a temp dir, applies the streams, and stops it at the end of the test.
+func StartNATS(t testing.TB) *NATS {
+	t.Helper()
+	return StartNATSIn(t, t.TempDir())
+}
+
+// StartNATSIn is StartNATS with a given store dir (to restart on the same
+// data).
+func StartNATSIn(t testing.TB, dir string) *NATS {
+	t.Helper()
+	n := StartBareNATS(t, dir)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if err := streams.Apply(ctx, n.JS, streams.Options{}); err != nil {
+		t.Fatal(err)
+	}
+	return n
+}
+
+// StartBareNATS starts an embedded JetStream server with no streams.
+func StartBareNATS(t testing.TB, dir string) *NATS {
+	t.Helper()
+	ns, err := embednats.Start(embednats.Options{Listen: "127.0.0.1:0", StoreDir: dir})
+	if err != nil {
+		t.Fatal(err)
+	}
+	nc, err := nats.Connect(ns.ClientURL())
+	if err != nil {
+		ns.Shutdown()
+		t.Fatal(err)
+	}
+	js, err := jetstream.New(nc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	n := &NATS{Server: ns, Conn: nc, JS: js, Dir: dir}
+	t.Cleanup(n.Stop)
+	return n
+}
+
+// Stop shuts the server down (idempotent).
+func (n *NATS) Stop() {
+	n.Conn.Close()
+	n.Server.Shutdown()
+	n.Server.WaitForShutdown()
+}
+
+// Gateway is a gateway on a random loopback port.
+type Gateway struct {
+	Server *gateway.Server
+	Conn   *nats.Conn
+	Addr   string
+	URL    string
+	done   chan error
+}
+
+// TestConfig is the gateway config tests start from: defaults with short
+// timeouts so crash paths resolve quickly.
+func TestConfig() gateway.Config {
+	c := gateway.DefaultConfig()
+	c.Listen = "127.0.0.1:0"
+	c.ShutdownTimeout = 5 * time.Second
+	c.KickTimeout = 2 * time.Second
+	return c
+}
+
+// StartGateway starts a gateway with its own NATS connection to n.
+func StartGateway(t testing.TB, n *NATS, cfg gateway.Config) *Gateway {
+	t.Helper()
+	nc, err := nats.Connect(n.Server.ClientURL(), nats.MaxReconnects(-1), nats.ReconnectWait(50*time.Millisecond))
+	if err != nil {
+		t.Fatal(err)
+	}
+	keys, err := gateway.NewHS256Keys(Secret)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	srv, err := gateway.New(ctx, cfg, keys, nc, Logger(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	ln, err := net.Listen("tcp", cfg.Listen)
+	if err != nil {
+		t.Fatal(err)
+	}
+	g := &Gateway{Server: srv, Conn: nc, Addr: ln.Addr().String(), done: make(chan error, 1)}
+	g.URL = "ws://" + g.Addr + gateway.PathWS
+	go func() { g.done <- srv.Serve(ln) }()
+	t.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		_ = srv.Shutdown(ctx)
+		nc.Close()
+	})
+	return g
+}
+
+// Kill drops the gateway as a crash would: its NATS connection is cut
+// first, so PubAcks and acks still in flight are lost, then every socket is
+// dropped with no close frame.
+func (g *Gateway) Kill() {
+	g.Conn.Close()
+	g.Server.Abort()
+}
+
+// Token mints a test token.
+func Token(t testing.TB, user, device string, ttl time.Duration) string {
+	t.Helper()
+	keys, err := gateway.NewHS256Keys(Secret)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tok, err := keys.Mint(user, device, ttl, time.Now())
+	if err != nil {
+		t.Fatal(err)
+	}
+	return tok
+}
+
+// Dial connects a client for user/device to the gateway at url, with fast
+// reconnects, and closes it at the end of the test.
+func Dial(t testing.TB, url, user, device string, mod ...func(*client.Options)) *client.Client {
+	t.Helper()
+	tok := Token(t, user, device, time.Hour)
+	o := client.Options{URL: url, Token: client.WithToken(tok), MinBackoff: 20 * time.Millisecond, MaxBackoff: 200 * time.Millisecond}
+	for _, m := range mod {
+		m(&o)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	c, err := client.Dial(ctx, o)
+	if err != nil {
+		t.Fatalf("dial %s/%s: %v", user, device, err)
+	}
+	t.Cleanup(func() { _ = c.Close() })
+	return c
+}
+
+// Body returns a JSON string body.
+func Body(s string) json.RawMessage {
+	b, _ := json.Marshal(s)
+	return b
+}
+
+// RecvMsg waits for the next message on c.
+func RecvMsg(t testing.TB, c *client.Client, timeout time.Duration) client.Message {
+	t.Helper()
+	select {
+	case m := <-c.Messages():
+		return m
+	case <-time.After(timeout):
+		t.Fatalf("no message within %s", timeout)
+	}
+	return client.Message{}
+}
+
+// RecvReceipt waits for the next receipt on c.
+func RecvReceipt(t testing.TB, c *client.Client, timeout time.Duration) client.Receipt {
+	t.Helper()
+	select {
+	case r := <-c.Receipts():
+		return r
+	case <-time.After(timeout):
+		t.Fatalf("no receipt within %s", timeout)
+	}
+	return client.Receipt{}
+}
+
+// NoMsg checks that no message arrives on c within d. It is used only to
+// assert absence after a positive condition was already awaited.
+func NoMsg(t testing.TB, c *client.Client, d time.Duration) {
+	t.Helper()
+	select {
+	case m := <-c.Messages():
+		t.Fatalf("unexpected message %s from %s (seq %d)", m.ID, m.From, m.Seq)
+	case <-time.After(d):
+	}
+}
+
+// Errorf is fmt.Errorf, for WaitFor conditions.
+var Errorf = fmt.Errorf

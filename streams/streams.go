@@ -1,0 +1,129 @@
+// Package streams owns Switchboard's JetStream layout: the streams, the
+// consumer templates and the KV buckets, kept as JSON files in the nats CLI's
+// own format so that code and operators share one source of truth
+// (`nats stream add --config streams/INBOX.json` creates what Apply creates).
+//
+// It applies definitions idempotently and names things; it must not hold
+// connection state or know about the wire protocol.
+package streams
+
+import (
+	"context"
+	"embed"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+)
+
+//go:embed INBOX.json consumers/device.json kv/DEVICES.json
+var files embed.FS
+
+// Names of the JetStream assets.
+const (
+	Inbox       = "INBOX"
+	DevicesKV   = "DEVICES"
+	InboxPrefix = "inbox."
+)
+
+// InboxSubject is the subject of a user's inbox. The caller must have
+// validated user as a safe id.
+func InboxSubject(user string) string { return InboxPrefix + user }
+
+// ErrConfig wraps an invalid stream setting.
+var ErrConfig = errors.New("streams: invalid config")
+
+// Options override the JSON definitions. A zero field keeps the file's value.
+type Options struct {
+	// MaxAge is how long a message is kept in INBOX whether or not it was
+	// delivered. Zero keeps the file's 30 days.
+	MaxAge time.Duration
+	// DuplicateWindow is how long a Nats-Msg-Id is remembered, so a
+	// retried send is stored once. Zero keeps the file's 2 minutes.
+	DuplicateWindow time.Duration
+	// Replicas is the stream replication factor (1, 3 or 5). Zero keeps 1.
+	Replicas int
+	// MaxConsumers caps durable consumers on INBOX (one per device). Zero
+	// keeps the file's 100,000; the server's own default would be 1,000.
+	MaxConsumers int
+}
+
+// InboxConfig returns the INBOX stream configuration with opts applied.
+func InboxConfig(opts Options) (jetstream.StreamConfig, error) {
+	var cfg jetstream.StreamConfig
+	if err := load("INBOX.json", &cfg); err != nil {
+		return cfg, err
+	}
+	if opts.MaxAge < 0 || opts.DuplicateWindow < 0 || opts.Replicas < 0 || opts.MaxConsumers < 0 {
+		return cfg, fmt.Errorf("%w: negative value", ErrConfig)
+	}
+	if opts.MaxAge > 0 {
+		cfg.MaxAge = opts.MaxAge
+	}
+	if opts.DuplicateWindow > 0 {
+		cfg.Duplicates = opts.DuplicateWindow
+	}
+	if cfg.MaxAge > 0 && cfg.Duplicates > cfg.MaxAge {
+		return cfg, fmt.Errorf("%w: duplicate window %s exceeds max age %s", ErrConfig, cfg.Duplicates, cfg.MaxAge)
+	}
+	if opts.Replicas > 0 {
+		cfg.Replicas = opts.Replicas
+	}
+	if opts.MaxConsumers > 0 {
+		cfg.MaxConsumers = opts.MaxConsumers
+	}
+	return cfg, nil
+}
+
+// DeviceConsumerTemplate returns the template every device consumer is made
+// from; the caller fills in the name, filter and start position.
+func DeviceConsumerTemplate() (jetstream.ConsumerConfig, error) {
+	var cfg jetstream.ConsumerConfig
+	err := load("consumers/device.json", &cfg)
+	return cfg, err
+}
+
+// DevicesConfig returns the DEVICES KV bucket configuration.
+func DevicesConfig(replicas int) (jetstream.KeyValueConfig, error) {
+	var cfg jetstream.KeyValueConfig
+	if err := load("kv/DEVICES.json", &cfg); err != nil {
+		return cfg, err
+	}
+	if replicas > 0 {
+		cfg.Replicas = replicas
+	}
+	return cfg, nil
+}
+
+func load(name string, v any) error {
+	b, err := files.ReadFile(name)
+	if err != nil {
+		return fmt.Errorf("streams: %s: %w", name, err)
+	}
+	if err := json.Unmarshal(b, v); err != nil {
+		return fmt.Errorf("streams: %s: %w", name, err)
+	}
+	return nil
+}
+
+// Apply creates or updates every stream and bucket. It is safe to run on
+// every start and from many processes at once.
+func Apply(ctx context.Context, js jetstream.JetStream, opts Options) error {
+	cfg, err := InboxConfig(opts)
+	if err != nil {
+		return err
+	}
+	if _, err := js.CreateOrUpdateStream(ctx, cfg); err != nil {
+		return fmt.Errorf("streams: apply %s: %w", cfg.Name, err)
+	}
+	kv, err := DevicesConfig(opts.Replicas)
+	if err != nil {
+		return err
+	}
+	if _, err := js.CreateOrUpdateKeyValue(ctx, kv); err != nil {
+		return fmt.Errorf("streams: apply KV %s: %w", kv.Bucket, err)
+	}
+	return nil
+}
