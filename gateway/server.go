@@ -59,7 +59,10 @@ func New(ctx context.Context, cfg Config, keys *Keys, nc *nats.Conn, log *slog.L
 	if keys == nil {
 		return nil, fmt.Errorf("%w: no token keys", ErrConfig)
 	}
-	js, err := jetstream.New(nc, jetstream.WithPublishAsyncMaxPending(16384))
+	// A PubAck that never comes (connection lost mid-publish) fails after
+	// the timeout, so the client is told store_failed and retries.
+	js, err := jetstream.New(nc, jetstream.WithPublishAsyncMaxPending(16384),
+		jetstream.WithPublishAsyncTimeout(10*time.Second))
 	if err != nil {
 		return nil, err
 	}
@@ -119,6 +122,9 @@ func New(ctx context.Context, cfg Config, keys *Keys, nc *nats.Conn, log *slog.L
 		DisableHeaderNamesNormalizing: false,
 		NoDefaultServerHeader:         false,
 		CloseOnShutdown:               true,
+		// Upgraded connections are closed by the gateway itself; without
+		// this, closing one would be a no-op until its handler returned.
+		KeepHijackedConns: true,
 	}
 	return s, nil
 }
@@ -353,10 +359,10 @@ func (s *Server) Abort() {
 		all = append(all, sess)
 	}
 	s.mu.Unlock()
-	_ = s.http.Shutdown()
 	for _, sess := range all {
 		if c, ok := sess.t.(*wsConn); ok {
 			_ = c.ws.NetConn().Close()
 		}
 	}
+	go func() { _ = s.http.Shutdown() }()
 }

@@ -56,13 +56,13 @@ type session struct {
 	frameLim *rate.Limiter
 	strikes  int // rate-limited frames in a row; read loop only
 
-	mu      sync.Mutex // guards pending
+	mu      sync.Mutex // guards pending and msgs
 	pending map[uint64]jetstream.Msg
+	msgs    jetstream.MessagesContext
 
 	pubq     chan pubItem
 	shutting atomic.Bool
 
-	msgs    jetstream.MessagesContext
 	kickSub *nats.Subscription
 	expiry  *time.Timer
 
@@ -117,9 +117,11 @@ func (s *session) start(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
+	s.mu.Lock()
 	s.msgs = msgs
+	s.mu.Unlock()
 	s.loops.Add(2)
-	go s.deliverLoop()
+	go s.deliverLoop(msgs)
 	go s.pubAckLoop()
 
 	if d := time.Until(s.id.Expires); d > 0 {
@@ -156,9 +158,7 @@ func (s *session) stop() {
 		if s.kickSub != nil {
 			_ = s.kickSub.Unsubscribe()
 		}
-		if s.msgs != nil {
-			s.msgs.Stop()
-		}
+		s.stopDelivery()
 		close(s.pubq)
 		s.loops.Wait()
 		close(s.stopped)
@@ -169,9 +169,7 @@ func (s *session) stop() {
 // wait for stored sends to be answered, then close with 1012.
 func (s *session) beginShutdown(ctx context.Context) {
 	s.shutting.Store(true)
-	if s.msgs != nil {
-		s.msgs.Stop()
-	}
+	s.stopDelivery()
 	for len(s.pubq) > 0 && ctx.Err() == nil {
 		select {
 		case <-ctx.Done():
@@ -183,10 +181,19 @@ func (s *session) beginShutdown(ctx context.Context) {
 	s.t.Close(protocol.CloseServiceRestart, "gateway shutting down")
 }
 
-func (s *session) deliverLoop() {
+func (s *session) stopDelivery() {
+	s.mu.Lock()
+	msgs := s.msgs
+	s.mu.Unlock()
+	if msgs != nil {
+		msgs.Stop()
+	}
+}
+
+func (s *session) deliverLoop(msgs jetstream.MessagesContext) {
 	defer s.loops.Done()
 	for {
-		m, err := s.msgs.Next()
+		m, err := msgs.Next()
 		if err != nil {
 			if errors.Is(err, jetstream.ErrMsgIteratorClosed) {
 				return

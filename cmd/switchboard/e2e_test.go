@@ -1,0 +1,251 @@
+package main_test
+
+import (
+	"bufio"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/fasthttp/websocket"
+
+	"github.com/switchboard-im/switchboard/client"
+	"github.com/switchboard-im/switchboard/gateway/protocol"
+	tk "github.com/switchboard-im/switchboard/internal/testkit"
+)
+
+var binary string
+
+// TestMain builds the switchboard binary once; the tests run it as a user
+// would.
+func TestMain(m *testing.M) {
+	dir, err := os.MkdirTemp("", "switchboard-bin-")
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(1)
+	}
+	binary = filepath.Join(dir, "switchboard")
+	out, err := exec.Command("go", "build", "-race", "-o", binary, ".").CombinedOutput()
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "building switchboard: %v\n%s", err, out)
+		os.Exit(1)
+	}
+	code := m.Run()
+	os.RemoveAll(dir)
+	os.Exit(code)
+}
+
+// proc is a running switchboard process.
+type proc struct {
+	cmd     *exec.Cmd
+	WSURL   string // ws://host:port/v1/ws
+	HTTP    string // http://host:port
+	NATSURL string // only for the all-in-one
+	exited  chan struct{} // closed when the process has exited
+	exitErr error         // valid after exited is closed
+
+	mu   sync.Mutex
+	logs []string
+}
+
+// start runs the binary with args and waits until it logs where it listens.
+func start(t *testing.T, args ...string) *proc {
+	t.Helper()
+	cmd := exec.Command(binary, append(args, "--log-format", "json", "--listen", "127.0.0.1:0")...)
+	stderr, err := cmd.StderrPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	p := &proc{cmd: cmd, exited: make(chan struct{})}
+	ready := make(chan struct{})
+	go func() {
+		sc := bufio.NewScanner(stderr)
+		var once sync.Once
+		for sc.Scan() {
+			line := sc.Text()
+			p.mu.Lock()
+			p.logs = append(p.logs, line)
+			p.mu.Unlock()
+			var rec struct {
+				Msg     string `json:"msg"`
+				URL     string `json:"url"`
+				Gateway struct {
+					Addr string `json:"addr"`
+				} `json:"gateway"`
+			}
+			if json.Unmarshal([]byte(line), &rec) != nil {
+				continue
+			}
+			switch rec.Msg {
+			case "nats listening":
+				p.mu.Lock()
+				p.NATSURL = rec.URL
+				p.mu.Unlock()
+			case "listening":
+				p.mu.Lock()
+				p.WSURL = "ws://" + rec.Gateway.Addr + "/v1/ws"
+				p.HTTP = "http://" + rec.Gateway.Addr
+				p.mu.Unlock()
+				once.Do(func() { close(ready) })
+			}
+		}
+		_, _ = io.Copy(io.Discard, stderr)
+	}()
+	go func() { p.exitErr = cmd.Wait(); close(p.exited) }()
+	select {
+	case <-ready:
+	case <-p.exited:
+		t.Fatalf("switchboard exited before listening: %v\n%s", p.exitErr, p.Logs())
+	case <-time.After(60 * time.Second):
+		t.Fatalf("switchboard did not listen within 60s\n%s", p.Logs())
+	}
+	t.Cleanup(func() { p.kill() })
+	return p
+}
+
+func (p *proc) Logs() string {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return strings.Join(p.logs, "\n")
+}
+
+// kill is kill -9: no cleanup of any kind.
+func (p *proc) kill() {
+	_ = p.cmd.Process.Signal(syscall.SIGKILL)
+	select {
+	case <-p.exited:
+	case <-time.After(10 * time.Second):
+	}
+}
+
+func token(t *testing.T, data, user, device string) string {
+	t.Helper()
+	return strings.TrimSpace(tk.Run(t, binary, "token", "--data", data, "--user", user, "--device", device))
+}
+
+func dial(t *testing.T, url, tok string, mod ...func(*client.Options)) *client.Client {
+	t.Helper()
+	o := client.Options{URL: url, Token: client.WithToken(tok), MinBackoff: 20 * time.Millisecond, MaxBackoff: 300 * time.Millisecond}
+	for _, m := range mod {
+		m(&o)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	c, err := client.Dial(ctx, o)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = c.Close() })
+	return c
+}
+
+func httpGet(t *testing.T, url string) int {
+	t.Helper()
+	resp, err := http.Get(url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	return resp.StatusCode
+}
+
+// The README quick start: run the binary, mint two tokens, chat.
+func TestQuickStart(t *testing.T) {
+	data := t.TempDir()
+	p := start(t, "--data", data, "--nats-listen", "127.0.0.1:0")
+	if code := httpGet(t, p.HTTP+"/healthz"); code != 200 {
+		t.Fatalf("/healthz = %d", code)
+	}
+	if code := httpGet(t, p.HTTP+"/readyz"); code != 200 {
+		t.Fatalf("/readyz = %d", code)
+	}
+	alice := dial(t, p.WSURL, token(t, data, "alice", "phone"))
+	bob := dial(t, p.WSURL, token(t, data, "bob", "laptop"))
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if _, err := alice.Send(ctx, "bob", "hello-1", tk.Body("hello from the quick start")); err != nil {
+		t.Fatal(err)
+	}
+	m := tk.RecvMsg(t, bob, 10*time.Second)
+	if m.From != "alice" || string(m.Body) != `"hello from the quick start"` {
+		t.Fatalf("bob got %+v", m)
+	}
+	bob.Ack(m.Seq)
+	if r := tk.RecvReceipt(t, alice, 10*time.Second); r.Status != protocol.StatusDelivered {
+		t.Fatalf("receipt %+v", r)
+	}
+	if logs := p.Logs(); strings.Contains(logs, token(t, data, "alice", "phone")[:20]) {
+		t.Fatal("a token appears in the logs")
+	}
+}
+
+// The all-in-one is killed with kill -9 and restarted on the same data dir:
+// messages stored before are still delivered.
+func TestAllInOneRestartKeepsPendingMessages(t *testing.T) {
+	data := t.TempDir()
+	p := start(t, "--data", data, "--nats-listen", "127.0.0.1:0")
+	alice := dial(t, p.WSURL, token(t, data, "alice", "phone"))
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	for i := range 20 {
+		if _, err := alice.Send(ctx, "bob", fmt.Sprintf("m%02d", i), tk.Body("before the crash")); err != nil {
+			t.Fatal(err)
+		}
+	}
+	_ = alice.Close()
+	p.kill()
+
+	p = start(t, "--data", data, "--nats-listen", "127.0.0.1:0")
+	bob := dial(t, p.WSURL, token(t, data, "bob", "phone"))
+	for i := range 20 {
+		if m := tk.RecvMsg(t, bob, 10*time.Second); m.ID != fmt.Sprintf("m%02d", i) {
+			t.Fatalf("message %d is %s", i, m.ID)
+		}
+	}
+}
+
+// SIGTERM: clients get 1012, the process drains and exits 0.
+func TestGracefulShutdownSendsServiceRestart(t *testing.T) {
+	data := t.TempDir()
+	p := start(t, "--data", data, "--nats-listen", "127.0.0.1:0")
+	d := websocket.Dialer{Subprotocols: []string{protocol.Subprotocol}}
+	h := http.Header{"Authorization": {"Bearer " + token(t, data, "alice", "phone")}}
+	ws, _, err := d.Dial(p.WSURL, h)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ws.Close()
+	if _, _, err := ws.ReadMessage(); err != nil { // welcome
+		t.Fatal(err)
+	}
+	if err := p.cmd.Process.Signal(syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	_ = ws.SetReadDeadline(time.Now().Add(15 * time.Second))
+	_, _, err = ws.ReadMessage()
+	var ce *websocket.CloseError
+	if !errors.As(err, &ce) || ce.Code != protocol.CloseServiceRestart {
+		t.Fatalf("read after SIGTERM: %v, want close 1012", err)
+	}
+	select {
+	case <-p.exited:
+		if p.exitErr != nil {
+			t.Fatalf("exit: %v\n%s", p.exitErr, p.Logs())
+		}
+	case <-time.After(20 * time.Second):
+		t.Fatal("did not exit within 20s of SIGTERM")
+	}
+}

@@ -1,0 +1,112 @@
+package gateway_test
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/fasthttp/websocket"
+
+	"github.com/switchboard-im/switchboard/client"
+	"github.com/switchboard-im/switchboard/gateway/protocol"
+	tk "github.com/switchboard-im/switchboard/internal/testkit"
+)
+
+// runHandover sends a stream of messages from alice to bob through a proxy
+// while stop takes the first gateway away; the proxy then leads to a second
+// gateway. Every message acked as "sent" must reach bob once, in order.
+func runHandover(t *testing.T, stop func(g *tk.Gateway), wantClose func(code int) bool) {
+	n := tk.StartNATS(t)
+	cfg := tk.TestConfig()
+	cfg.SendRate, cfg.SendBurst = 10000, 10000
+	g1 := tk.StartGateway(t, n, cfg)
+	g2 := tk.StartGateway(t, n, cfg)
+	proxy := tk.StartProxy(t, g1.Addr)
+	url := "ws://" + proxy.Addr + "/v1/ws"
+
+	closes := make(chan int, 16)
+	onDisc := func(o *client.Options) {
+		o.OnDisconnect = func(err error) {
+			var ce *websocket.CloseError
+			if errors.As(err, &ce) {
+				closes <- ce.Code
+			} else {
+				closes <- 0
+			}
+		}
+	}
+	alice := tk.Dial(t, url, "alice", "phone", onDisc)
+	bob := tk.Dial(t, url, "bob", "phone")
+
+	const total = 300
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	var (
+		mu    sync.Mutex
+		acked = map[string]uint64{}
+		wg    sync.WaitGroup
+	)
+	window := make(chan struct{}, 16)
+	for i := range total {
+		if i == total/2 {
+			proxy.SetTarget(g2.Addr)
+			stop(g1)
+		}
+		window <- struct{}{}
+		wg.Add(1)
+		go func(id string) {
+			defer wg.Done()
+			defer func() { <-window }()
+			s, err := alice.Send(ctx, "bob", id, tk.Body(id))
+			if err != nil {
+				t.Errorf("send %s: %v", id, err)
+				return
+			}
+			mu.Lock()
+			acked[id] = s.Seq
+			mu.Unlock()
+		}(fmt.Sprintf("m%04d", i))
+	}
+	wg.Wait()
+	if t.Failed() {
+		return
+	}
+	select {
+	case code := <-closes:
+		if !wantClose(code) {
+			t.Fatalf("alice's connection closed with code %d", code)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("alice's connection never closed")
+	}
+	var last uint64
+	for seen := map[string]bool{}; len(seen) < total; {
+		m := tk.RecvMsg(t, bob, 20*time.Second)
+		if seen[m.ID] || m.Seq <= last || acked[m.ID] != m.Seq {
+			t.Fatalf("%s seq %d: duplicate, out of order (last %d) or not the acked seq %d", m.ID, m.Seq, last, acked[m.ID])
+		}
+		seen[m.ID], last = true, m.Seq
+		bob.Ack(m.Seq)
+	}
+	tk.NoMsg(t, bob, 200*time.Millisecond)
+}
+
+func TestGracefulShutdownHandsOverWithNothingLost(t *testing.T) {
+	runHandover(t, func(g *tk.Gateway) {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		if err := g.Server.Shutdown(ctx); err != nil {
+			t.Errorf("shutdown: %v", err)
+		}
+	}, func(code int) bool { return code == protocol.CloseServiceRestart })
+}
+
+func TestGatewayCrashHandsOverWithNothingLost(t *testing.T) {
+	// A crash sends no close frame: the client sees the connection drop.
+	runHandover(t, func(g *tk.Gateway) { g.Kill() }, func(code int) bool {
+		return code == 0 || code == websocket.CloseAbnormalClosure
+	})
+}
