@@ -56,7 +56,8 @@ type Config struct {
 	MaxPendingSends int
 	// OutboundQueue is the per-connection queue of frames waiting to be
 	// written. Overflow closes the connection with 4001 (slow); the messages
-	// stay pending in JetStream.
+	// stay pending in JetStream. It must hold at least MaxInflight +
+	// MaxPendingSends + 64 frames: all the gateway can owe a client at once.
 	OutboundQueue int
 	// AckWait is how long JetStream waits for a device's ack before it
 	// redelivers. Zero keeps the template's 30s.
@@ -97,8 +98,8 @@ func (c *Config) Validate() error {
 	switch {
 	case c.Listen == "":
 		return bad("Listen", "is empty")
-	case c.MaxFrameBytes < 256 || c.MaxFrameBytes > 16<<20:
-		return bad("MaxFrameBytes", "must be between 256 B and 16 MiB")
+	case c.MaxFrameBytes < 256 || c.MaxFrameBytes > MaxFrameLimit:
+		return bad("MaxFrameBytes", fmt.Sprintf("must be between 256 B and %d B (a stored message is at most 1 MiB)", MaxFrameLimit))
 	case c.PingInterval <= 0:
 		return bad("PingInterval", "must be positive")
 	case c.PongTimeout <= c.PingInterval:
@@ -117,8 +118,10 @@ func (c *Config) Validate() error {
 		return bad("MaxInflight", "must be between 0 and 100000")
 	case c.MaxPendingSends < 1:
 		return bad("MaxPendingSends", "must be at least 1")
-	case c.OutboundQueue < 16:
-		return bad("OutboundQueue", "must be at least 16")
+	case c.OutboundQueue < c.minOutboundQueue():
+		// Everything the gateway may owe a client at once must fit, or a
+		// prompt reader with a backlog would be closed as slow.
+		return bad("OutboundQueue", fmt.Sprintf("must be at least MaxInflight + MaxPendingSends + 64 = %d", c.minOutboundQueue()))
 	case c.AckWait < 0:
 		return bad("AckWait", "must not be negative")
 	case c.ShutdownTimeout <= 0:
@@ -135,6 +138,22 @@ func (c *Config) Validate() error {
 		}
 	}
 	return nil
+}
+
+// MaxFrameLimit is the largest MaxFrameBytes allowed: a stored message
+// (body plus headers) must fit JetStream's 1 MiB message limit.
+const MaxFrameLimit = 1<<20 - 16<<10
+
+// DefaultMaxInflight is the device consumer template's max_ack_pending,
+// used when MaxInflight is zero.
+const DefaultMaxInflight = 256
+
+func (c *Config) minOutboundQueue() int {
+	inflight := c.MaxInflight
+	if inflight == 0 {
+		inflight = DefaultMaxInflight
+	}
+	return inflight + c.MaxPendingSends + 64
 }
 
 // normalizeOrigin returns scheme://host:port in lower case with the default

@@ -46,7 +46,6 @@ type Server struct {
 
 	mu       sync.Mutex // guards sessions
 	sessions map[*session]struct{}
-	conns    sync.WaitGroup // one per upgraded connection
 	closing  atomic.Bool
 }
 
@@ -192,14 +191,10 @@ func (s *Server) serveWS(ctx *fasthttp.RequestCtx) {
 		httpError(ctx, fasthttp.StatusBadRequest, "bad_subprotocol", "offer "+protocol.Subprotocol)
 		return
 	}
-	s.conns.Add(1)
-	err = s.upgrader.Upgrade(ctx, func(ws *websocket.Conn) {
-		defer s.conns.Done()
-		s.runConn(ws, id)
-	})
-	if err != nil {
-		s.conns.Done()
-	}
+	// A request that fasthttp closes before the handler runs (Connection:
+	// close, a failed 101 write) never reaches runConn, so nothing is
+	// counted before it.
+	_ = s.upgrader.Upgrade(ctx, func(ws *websocket.Conn) { s.runConn(ws, id) })
 }
 
 // offersSubprotocol accepts a client that offers switchboard.v1.json, or
@@ -339,12 +334,15 @@ func (s *Server) Shutdown(ctx context.Context) error {
 		}()
 	}
 	wg.Wait()
-	done := make(chan struct{})
-	go func() { s.conns.Wait(); close(done) }()
-	select {
-	case <-done:
-	case <-ctx.Done():
-		return fmt.Errorf("gateway: shutdown: %w", ctx.Err())
+	// Wait for every session to finish (they untrack themselves last).
+	tick := time.NewTicker(5 * time.Millisecond)
+	defer tick.Stop()
+	for s.Sessions() > 0 {
+		select {
+		case <-tick.C:
+		case <-ctx.Done():
+			return fmt.Errorf("gateway: shutdown: %d sessions left: %w", s.Sessions(), ctx.Err())
+		}
 	}
 	return <-lnDone
 }

@@ -6,8 +6,8 @@ import (
 	"testing"
 	"time"
 
-	"github.com/switchboard-im/switchboard/streams"
 	tk "github.com/switchboard-im/switchboard/internal/testkit"
+	"github.com/switchboard-im/switchboard/streams"
 )
 
 // An operator creates the streams with the real nats CLI from the JSON in

@@ -48,9 +48,9 @@ func TestMain(m *testing.M) {
 // proc is a running switchboard process.
 type proc struct {
 	cmd     *exec.Cmd
-	WSURL   string // ws://host:port/v1/ws
-	HTTP    string // http://host:port
-	NATSURL string // only for the all-in-one
+	WSURL   string        // ws://host:port/v1/ws
+	HTTP    string        // http://host:port
+	NATSURL string        // only for the all-in-one
 	exited  chan struct{} // closed when the process has exited
 	exitErr error         // valid after exited is closed
 

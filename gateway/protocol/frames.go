@@ -97,13 +97,41 @@ func decodeErr(code ErrorCode, id, format string, args ...any) *DecodeError {
 	return &DecodeError{Code: code, ID: id, Reason: fmt.Sprintf(format, args...)}
 }
 
+// clientFrame holds only the fields a client may send, so a field that
+// only server frames use (ts, dup, ...) is ignored like any unknown field.
+type clientFrame struct {
+	Type string          `json:"type"`
+	ID   string          `json:"id"`
+	To   string          `json:"to"`
+	Body json.RawMessage `json:"body"`
+	Seq  uint64          `json:"seq"`
+}
+
 // DecodeClient parses and validates a client-to-server frame. On error it
 // returns a *DecodeError whose Code is the error frame to send back.
 func DecodeClient(data []byte) (*Frame, error) {
-	var f Frame
-	if err := json.Unmarshal(data, &f); err != nil {
+	var cf clientFrame
+	if err := json.Unmarshal(data, &cf); err != nil {
+		var te *json.UnmarshalTypeError
+		if errors.As(err, &te) && te.Field != "" {
+			// Valid JSON, wrong type for a field: name the field and keep
+			// the id if it was readable.
+			var idOnly struct {
+				ID string `json:"id"`
+			}
+			_ = json.Unmarshal(data, &idOnly)
+			id := ""
+			if ValidID(idOnly.ID) {
+				id = idOnly.ID
+			}
+			return nil, decodeErr(ErrBadField, id, "%s has the wrong type or is out of range", truncate(te.Field, 32))
+		}
 		return nil, decodeErr(ErrBadJSON, "", "frame is not a valid JSON object")
 	}
+	if len(data) == 0 || firstNonSpace(data) != '{' {
+		return nil, decodeErr(ErrBadJSON, "", "frame is not a JSON object")
+	}
+	f := Frame{Type: cf.Type, ID: cf.ID, To: cf.To, Body: cf.Body, Seq: cf.Seq}
 	switch f.Type {
 	case TypeSend:
 		if !ValidID(f.ID) {
@@ -125,6 +153,17 @@ func DecodeClient(data []byte) (*Frame, error) {
 		return nil, decodeErr(ErrUnknownType, "", "unknown frame type %q", truncate(f.Type, 32))
 	}
 	return &f, nil
+}
+
+func firstNonSpace(b []byte) byte {
+	for _, c := range b {
+		switch c {
+		case ' ', '\t', '\r', '\n':
+		default:
+			return c
+		}
+	}
+	return 0
 }
 
 func truncate(s string, n int) string {

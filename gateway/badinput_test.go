@@ -1,0 +1,943 @@
+package gateway_test
+
+import (
+	"bufio"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/url"
+	"strconv"
+	"strings"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/fasthttp/websocket"
+	"github.com/golang-jwt/jwt/v5"
+	"github.com/nats-io/nats.go/jetstream"
+	"golang.org/x/time/rate"
+
+	"github.com/switchboard-im/switchboard/client"
+	"github.com/switchboard-im/switchboard/gateway"
+	"github.com/switchboard-im/switchboard/gateway/protocol"
+	tk "github.com/switchboard-im/switchboard/internal/testkit"
+)
+
+// These tests speak the wire protocol by hand, as a hostile or broken client
+// would, and check the gateway's answers and that nobody else notices.
+// Failure messages never include a token or a URL that carries one.
+
+func bearer(tok string) http.Header { return http.Header{"Authorization": {"Bearer " + tok}} }
+
+// mintRaw signs arbitrary claims, for tokens Keys.Mint refuses to make.
+func mintRaw(t *testing.T, method jwt.SigningMethod, key any, claims jwt.MapClaims) string {
+	t.Helper()
+	tok, err := jwt.NewWithClaims(method, claims).SignedString(key)
+	if err != nil {
+		t.Fatalf("signing a test token: %v", err)
+	}
+	return tok
+}
+
+func claims(sub, dev string, exp time.Time) jwt.MapClaims {
+	return jwt.MapClaims{"sub": sub, "dev": dev, "iat": time.Now().Unix(), "exp": exp.Unix()}
+}
+
+func rawDial(d websocket.Dialer, u string, h http.Header) (*websocket.Conn, *http.Response, error) {
+	if d.HandshakeTimeout == 0 {
+		d.HandshakeTimeout = wait
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), wait)
+	defer cancel()
+	return d.DialContext(ctx, u, h)
+}
+
+// expectRefused checks that the upgrade is answered with status and a JSON
+// body carrying code, and that no session was started.
+func expectRefused(t *testing.T, u string, h http.Header, protos []string, status int, code string) {
+	t.Helper()
+	ws, resp, err := rawDial(websocket.Dialer{Subprotocols: protos}, u, h)
+	if err == nil {
+		ws.Close()
+		t.Fatalf("handshake accepted, want %d %s", status, code)
+	}
+	if !errors.Is(err, websocket.ErrBadHandshake) || resp == nil {
+		t.Fatalf("handshake failed with %v, want an HTTP %d answer", err, status)
+	}
+	b, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != status {
+		t.Fatalf("status %d (body %s), want %d %s", resp.StatusCode, b, status, code)
+	}
+	if ct := resp.Header.Get("Content-Type"); !strings.HasPrefix(ct, "application/json") {
+		t.Errorf("content type %q, want application/json", ct)
+	}
+	var body struct{ Code, Message string }
+	if err := json.Unmarshal(b, &body); err != nil || body.Code != code || body.Message == "" {
+		t.Fatalf("body %s (%v), want code %q and a message", b, err, code)
+	}
+	if status == http.StatusUnauthorized && resp.Header.Get("WWW-Authenticate") == "" {
+		t.Errorf("401 without a WWW-Authenticate header")
+	}
+}
+
+// raw is a WebSocket connection driven frame by frame.
+type raw struct {
+	t       *testing.T
+	ws      *websocket.Conn
+	welcome *protocol.Frame
+}
+
+// dialRaw upgrades with d and reads the welcome frame.
+func dialRaw(t *testing.T, d websocket.Dialer, u string, h http.Header) *raw {
+	t.Helper()
+	ws, resp, err := rawDial(d, u, h)
+	if err != nil {
+		status := 0
+		if resp != nil {
+			status = resp.StatusCode
+		}
+		t.Fatalf("handshake refused: %v (status %d)", err, status)
+	}
+	t.Cleanup(func() { ws.Close() })
+	r := &raw{t: t, ws: ws}
+	r.welcome = r.next()
+	if r.welcome.Type != protocol.TypeWelcome {
+		t.Fatalf("first frame %+v, want welcome", *r.welcome)
+	}
+	return r
+}
+
+// connectRaw connects user/device with a valid token and the v1 subprotocol.
+func connectRaw(t *testing.T, g *tk.Gateway, user, device string) *raw {
+	t.Helper()
+	return dialRaw(t, websocket.Dialer{Subprotocols: []string{protocol.Subprotocol}}, g.URL,
+		bearer(tk.Token(t, user, device, time.Hour)))
+}
+
+func (r *raw) write(frame string) {
+	r.t.Helper()
+	_ = r.ws.SetWriteDeadline(time.Now().Add(wait))
+	if err := r.ws.WriteMessage(websocket.TextMessage, []byte(frame)); err != nil {
+		r.t.Fatalf("write: %v", err)
+	}
+}
+
+// writeJSON writes v marshalled, so odd ids are still valid JSON.
+func (r *raw) writeJSON(v any) {
+	r.t.Helper()
+	b, err := json.Marshal(v)
+	if err != nil {
+		r.t.Fatal(err)
+	}
+	r.write(string(b))
+}
+
+func (r *raw) next() *protocol.Frame {
+	r.t.Helper()
+	_ = r.ws.SetReadDeadline(time.Now().Add(wait))
+	_, data, err := r.ws.ReadMessage()
+	if err != nil {
+		r.t.Fatalf("read: %v", err)
+	}
+	f, err := protocol.DecodeServer(data)
+	if err != nil {
+		r.t.Fatalf("server frame %q: %v", data, err)
+	}
+	return f
+}
+
+// expectError reads the next frame, which must be an error with code and
+// the given id and seq.
+func (r *raw) expectError(code protocol.ErrorCode, id string, seq uint64) *protocol.Frame {
+	r.t.Helper()
+	f := r.next()
+	if f.Type != protocol.TypeError || f.Code != code || f.ID != id || f.Seq != seq {
+		r.t.Fatalf("got %+v, want error %s with id %q seq %d", *f, code, id, seq)
+	}
+	if f.Message == "" {
+		r.t.Errorf("error frame %s without a message", code)
+	}
+	return f
+}
+
+// send sends a valid message and waits for its "sent".
+func (r *raw) send(to, id string) *protocol.Frame {
+	r.t.Helper()
+	r.write(string(protocol.AppendSend(nil, id, to, tk.Body("valid "+id))))
+	f := r.next()
+	if f.Type != protocol.TypeSent || f.ID != id || f.Seq == 0 || f.Dup {
+		r.t.Fatalf("got %+v, want sent for %s", *f, id)
+	}
+	return f
+}
+
+// expectClose reads until the connection fails; it must end with a close
+// frame of code (and reason, unless reason is "*"). It returns the frames
+// that came before.
+func (r *raw) expectClose(code int, reason string) []*protocol.Frame {
+	r.t.Helper()
+	var frames []*protocol.Frame
+	_ = r.ws.SetReadDeadline(time.Now().Add(wait))
+	for {
+		_, data, err := r.ws.ReadMessage()
+		if err != nil {
+			var ce *websocket.CloseError
+			if !errors.As(err, &ce) {
+				r.t.Fatalf("connection ended with %v, want close %d %q", err, code, reason)
+			}
+			if ce.Code != code || (reason != "*" && ce.Text != reason) {
+				r.t.Fatalf("closed with %d %q, want %d %q", ce.Code, ce.Text, code, reason)
+			}
+			return frames
+		}
+		f, err := protocol.DecodeServer(data)
+		if err != nil {
+			r.t.Fatalf("server frame %q: %v", data, err)
+		}
+		frames = append(frames, f)
+	}
+}
+
+// world is a gateway with a well-behaved pair, alice and bob, that must
+// keep working whatever other connections do, and the number of messages
+// INBOX must hold.
+type world struct {
+	n          *tk.NATS
+	g          *tk.Gateway
+	alice, bob *client.Client
+	stored     uint64
+	rounds     int
+	lastSeq    uint64 // seq of the last message alice sent bob
+}
+
+func newWorld(t *testing.T, cfg gateway.Config) *world {
+	t.Helper()
+	n := tk.StartNATS(t)
+	g := tk.StartGateway(t, n, cfg)
+	w := &world{n: n, g: g, alice: tk.Dial(t, g.URL, "alice", "phone"), bob: tk.Dial(t, g.URL, "bob", "phone")}
+	w.waitSessions(t, 2)
+	return w
+}
+
+// healthy has alice send bob a message, bob ack it and alice get the
+// delivered receipt, then checks INBOX holds exactly what was stored.
+func (w *world) healthy(t *testing.T) {
+	t.Helper()
+	w.rounds++
+	id := fmt.Sprintf("ok-%d", w.rounds)
+	s := send(t, w.alice, "bob", id, "still fine")
+	m := tk.RecvMsg(t, w.bob, wait)
+	if m.ID != id || m.From != "alice" || m.Seq != s.Seq || string(m.Body) != `"still fine"` {
+		t.Fatalf("bob got %+v, want %s at seq %d", m, id, s.Seq)
+	}
+	w.bob.Ack(m.Seq)
+	if r := tk.RecvReceipt(t, w.alice, wait); r.ID != id || r.Status != protocol.StatusDelivered || r.By != "bob" {
+		t.Fatalf("alice got receipt %+v, want %s delivered by bob", r, id)
+	}
+	w.lastSeq = s.Seq
+	w.stored += 2 // the message and its receipt
+	w.checkStored(t)
+	if st := w.bob.Stats(); st.Connects != 1 || st.DuplicatesDropped != 0 {
+		t.Fatalf("bob's client %+v: it was disconnected or got a message twice", st)
+	}
+	if st := w.alice.Stats(); st.Connects != 1 {
+		t.Fatalf("alice's client %+v: it was disconnected", st)
+	}
+}
+
+// checkStored waits until INBOX holds exactly w.stored messages.
+func (w *world) checkStored(t *testing.T) {
+	t.Helper()
+	tk.WaitFor(t, wait, func() error {
+		n, err := inboxCount(w.n, "")
+		if err != nil || n != w.stored {
+			return tk.Errorf("INBOX holds %d messages (err %v), want %d", n, err, w.stored)
+		}
+		return nil
+	})
+}
+
+// inboxCount returns how many messages INBOX holds, or only those to user.
+func inboxCount(n *tk.NATS, user string) (uint64, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	s, err := n.JS.Stream(ctx, "INBOX")
+	if err != nil {
+		return 0, err
+	}
+	if user == "" {
+		info, err := s.Info(ctx)
+		if err != nil {
+			return 0, err
+		}
+		return info.State.Msgs, nil
+	}
+	subj := "inbox." + user
+	info, err := s.Info(ctx, jetstream.WithSubjectFilter(subj))
+	if err != nil {
+		return 0, err
+	}
+	return info.State.Subjects[subj], nil
+}
+
+func (w *world) waitSessions(t *testing.T, want int) {
+	t.Helper()
+	tk.WaitFor(t, wait, func() error {
+		if got := w.g.Server.Sessions(); got != want {
+			return tk.Errorf("%d sessions, want %d", got, want)
+		}
+		return nil
+	})
+}
+
+func TestHandshakeRefusesBadTokensAndSubprotocols(t *testing.T) {
+	w := newWorld(t, tk.TestConfig())
+	wsURL := w.g.URL
+	v1 := []string{protocol.Subprotocol}
+	hour := time.Now().Add(time.Hour)
+	other := []byte("another-secret-0123456789abcdefghijklmnop")
+
+	for _, tc := range []struct {
+		name   string
+		h      http.Header
+		status int
+		code   string
+	}{
+		{"no token", nil, 401, "no_token"},
+		{"empty bearer", http.Header{"Authorization": {"Bearer "}}, 401, "no_token"},
+		{"not a bearer scheme", http.Header{"Authorization": {"Basic YWxpY2U6c2VjcmV0"}}, 401, "no_token"},
+		{"malformed", bearer("not-a-jwt"), 401, "bad_token"},
+		{"three garbage parts", bearer("aaa.bbb.ccc"), 401, "bad_token"},
+		{"forged with another secret", bearer(mintRaw(t, jwt.SigningMethodHS256, other, claims("mallory", "d", hour))), 401, "bad_token"},
+		{"wrong algorithm", bearer(mintRaw(t, jwt.SigningMethodHS512, tk.Secret, claims("mallory", "d", hour))), 401, "bad_token"},
+		{"alg none", bearer(mintRaw(t, jwt.SigningMethodNone, jwt.UnsafeAllowNoneSignatureType, claims("mallory", "d", hour))), 401, "bad_token"},
+		{"no exp", bearer(mintRaw(t, jwt.SigningMethodHS256, tk.Secret, jwt.MapClaims{"sub": "mallory", "dev": "d"})), 401, "bad_token"},
+		{"expired", bearer(mintRaw(t, jwt.SigningMethodHS256, tk.Secret, claims("mallory", "d", time.Now().Add(-time.Minute)))), 401, "token_expired"},
+		{"sub with dot", bearer(mintRaw(t, jwt.SigningMethodHS256, tk.Secret, claims("bob.phone", "d", hour))), 401, "bad_token"},
+		{"sub with star", bearer(mintRaw(t, jwt.SigningMethodHS256, tk.Secret, claims("*", "d", hour))), 401, "bad_token"},
+		{"sub with gt", bearer(mintRaw(t, jwt.SigningMethodHS256, tk.Secret, claims("bob>", "d", hour))), 401, "bad_token"},
+		{"sub with space", bearer(mintRaw(t, jwt.SigningMethodHS256, tk.Secret, claims("bob smith", "d", hour))), 401, "bad_token"},
+		{"sub empty", bearer(mintRaw(t, jwt.SigningMethodHS256, tk.Secret, claims("", "d", hour))), 401, "bad_token"},
+		{"dev with dot", bearer(mintRaw(t, jwt.SigningMethodHS256, tk.Secret, claims("mallory", "a.b", hour))), 401, "bad_token"},
+		{"dev missing", bearer(mintRaw(t, jwt.SigningMethodHS256, tk.Secret, jwt.MapClaims{"sub": "mallory", "exp": hour.Unix()})), 401, "bad_token"},
+	} {
+		t.Run(tc.name, func(t *testing.T) { expectRefused(t, wsURL, tc.h, v1, tc.status, tc.code) })
+	}
+
+	t.Run("control: a well-formed raw token is accepted", func(t *testing.T) {
+		// So each refusal above is down to the one thing it changes.
+		tok := mintRaw(t, jwt.SigningMethodHS256, tk.Secret, claims("mallory", "d", hour))
+		r := dialRaw(t, websocket.Dialer{Subprotocols: v1}, wsURL, bearer(tok))
+		if r.welcome.User != "mallory" || r.welcome.Device != "d" {
+			t.Fatalf("welcome %+v, want mallory/d", *r.welcome)
+		}
+	})
+	t.Run("token in query", func(t *testing.T) {
+		q := wsURL + "?access_token=" + url.QueryEscape(tk.Token(t, "qa", "browser", time.Hour))
+		r := dialRaw(t, websocket.Dialer{Subprotocols: v1}, q, nil)
+		if r.welcome.User != "qa" || r.welcome.Device != "browser" || r.welcome.Protocol != protocol.Version {
+			t.Fatalf("welcome %+v, want qa/browser", *r.welcome)
+		}
+		r.send("sink", "q-1")
+		w.stored++
+	})
+	t.Run("bad token in query", func(t *testing.T) {
+		expectRefused(t, wsURL+"?access_token=not-a-jwt", nil, v1, 401, "bad_token")
+		expired := mintRaw(t, jwt.SigningMethodHS256, tk.Secret, claims("qa", "browser", time.Now().Add(-time.Minute)))
+		expectRefused(t, wsURL+"?access_token="+url.QueryEscape(expired), nil, v1, 401, "token_expired")
+	})
+	t.Run("only unknown subprotocols", func(t *testing.T) {
+		h := bearer(tk.Token(t, "sp", "d1", time.Hour))
+		expectRefused(t, wsURL, h, []string{"chat.v9"}, 400, "bad_subprotocol")
+		expectRefused(t, wsURL, h, []string{"switchboard.v2.json", "switchboard.v1.proto"}, 400, "bad_subprotocol")
+	})
+	t.Run("v1 among others is chosen", func(t *testing.T) {
+		r := dialRaw(t, websocket.Dialer{Subprotocols: []string{"chat.v9", protocol.Subprotocol}}, wsURL,
+			bearer(tk.Token(t, "sp", "d2", time.Hour)))
+		if got := r.ws.Subprotocol(); got != protocol.Subprotocol {
+			t.Fatalf("negotiated %q, want %q", got, protocol.Subprotocol)
+		}
+	})
+	t.Run("no subprotocol means v1", func(t *testing.T) {
+		r := dialRaw(t, websocket.Dialer{}, wsURL, bearer(tk.Token(t, "sp", "d3", time.Hour)))
+		r.send("sink", "np-1")
+		w.stored++
+	})
+
+	w.waitSessions(t, 2)
+	w.healthy(t)
+}
+
+func TestOriginCheckBlocksCrossSiteHijacking(t *testing.T) {
+	cfg := tk.TestConfig()
+	cfg.AllowedOrigins = []string{"http://app.example:8080", "https://secure.example"}
+	w := newWorld(t, cfg)
+	host, portStr, err := net.SplitHostPort(w.g.Addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	port, _ := strconv.Atoi(portStr)
+	v1 := []string{protocol.Subprotocol}
+
+	allowed := []string{
+		"", // native apps send no Origin
+		"http://" + w.g.Addr,
+		"http://" + w.g.Addr + "/",
+		"HTTP://" + w.g.Addr,
+		"http://app.example:8080",
+		"http://APP.example:8080",
+		"https://secure.example",
+		"https://secure.example:443",
+	}
+	for i, o := range allowed {
+		t.Run("allowed "+o, func(t *testing.T) {
+			h := bearer(tk.Token(t, "origin", fmt.Sprintf("ok%d", i), time.Hour))
+			if o != "" {
+				h.Set("Origin", o)
+			}
+			r := dialRaw(t, websocket.Dialer{Subprotocols: v1}, w.g.URL, h)
+			if r.welcome.User != "origin" {
+				t.Fatalf("welcome %+v", *r.welcome)
+			}
+		})
+	}
+
+	refused := []string{
+		"http://evil.example",
+		"https://evil.example",
+		"http://" + host + ".evil.example:" + portStr,   // look-alike of the gateway's own host
+		"http://app.example.evil.example:8080",          // look-alike of an allowed origin
+		"http://evilapp.example:8080",                   // suffix look-alike
+		"http://app.example:8080@evil.example",          // userinfo trick
+		"http://" + w.g.Addr + "@evil.example",          // userinfo trick on same-origin
+		"https://app.example:8080",                      // wrong scheme for an allowed http origin
+		"http://secure.example",                         // wrong scheme for an allowed https origin
+		"http://app.example:8081",                       // wrong port
+		"http://app.example",                            // default port 80, not 8080
+		"https://secure.example:8443",                   // wrong port
+		"http://" + host + ":" + strconv.Itoa(port+1),   // same host, wrong port
+		"http://localhost:" + portStr,                   // another site to a browser
+		"http://app.example:8080/page",                  // not a bare origin
+		"ws://" + w.g.Addr,                              // not an http(s) origin
+		"null",                                          // sandboxed iframe, file://
+		"http://[::1]:" + portStr,                       // another host
+		"http://" + host + ":" + portStr + ".evil.test", // port look-alike
+	}
+	for i, o := range refused {
+		t.Run("refused "+o, func(t *testing.T) {
+			h := bearer(tk.Token(t, "origin", fmt.Sprintf("bad%d", i), time.Hour))
+			h.Set("Origin", o)
+			expectRefused(t, w.g.URL, h, v1, http.StatusForbidden, "bad_origin")
+		})
+	}
+
+	w.waitSessions(t, 2)
+	w.healthy(t)
+}
+
+func TestTokenExpiringMidSessionClosesWith1008(t *testing.T) {
+	w := newWorld(t, tk.TestConfig())
+	// JWT expiry has whole-second precision: a 2s ttl expires in 1-2s.
+	tok := tk.Token(t, "mallory", "phone", 2*time.Second)
+	r := dialRaw(t, websocket.Dialer{Subprotocols: []string{protocol.Subprotocol}}, w.g.URL, bearer(tok))
+	r.send("sink", "before-expiry")
+	w.stored++
+	start := time.Now()
+	r.expectClose(protocol.ClosePolicy, protocol.ReasonTokenExpired)
+	if d := time.Since(start); d > 5*time.Second {
+		t.Errorf("closed %s after the send, want within the 2s token lifetime (+slack)", d)
+	}
+	w.waitSessions(t, 2)
+	// Reconnecting with the expired token is refused.
+	expectRefused(t, w.g.URL, bearer(tok), []string{protocol.Subprotocol}, 401, "token_expired")
+	w.healthy(t)
+}
+
+func TestBadFramesAreAnsweredAndHarmNoOne(t *testing.T) {
+	cfg := tk.TestConfig()
+	cfg.MaxFrameBytes = 1024
+	w := newWorld(t, cfg)
+	w.healthy(t)
+
+	t.Run("bad json", func(t *testing.T) {
+		r := connectRaw(t, w.g, "mallory", "json")
+		for _, f := range []string{`{"type":"send","id":"m1",`, `not json`, `[1,2]`, `"send"`, ``} {
+			r.write(f)
+			r.expectError(protocol.ErrBadJSON, "", 0)
+		}
+		r.send("sink", "after-bad-json") // the connection is still open
+		w.stored++
+		w.healthy(t)
+	})
+
+	t.Run("unknown type", func(t *testing.T) {
+		r := connectRaw(t, w.g, "mallory", "type")
+		r.write(`{"type":"hello","id":"x1"}`)
+		r.expectError(protocol.ErrUnknownType, "", 0)
+		r.write(`{"type":"msg","id":"x2","from":"alice","device":"phone","seq":1,"body":"forged"}`)
+		r.expectError(protocol.ErrUnknownType, "", 0)
+		r.send("sink", "after-unknown-type")
+		w.stored++
+		w.healthy(t)
+	})
+
+	t.Run("bad ids", func(t *testing.T) {
+		r := connectRaw(t, w.g, "mallory", "ids")
+		for i, to := range []string{"bob.phone", "bob.*", "*", ">", "bob>", "bob carol", " bob", "bob\n", "inbox.bob"} {
+			id := fmt.Sprintf("bad-to-%d", i)
+			r.writeJSON(map[string]any{"type": "send", "id": id, "to": to, "body": "x"})
+			r.expectError(protocol.ErrBadID, id, 0)
+		}
+		r.writeJSON(map[string]any{"type": "send", "id": "m.1", "to": "bob", "body": "x"})
+		r.expectError(protocol.ErrBadID, "", 0)
+		r.send("sink", "after-bad-ids")
+		w.stored++
+		w.healthy(t) // bob got nothing but alice's message
+	})
+
+	t.Run("missing fields", func(t *testing.T) {
+		r := connectRaw(t, w.g, "mallory", "fields")
+		r.write(`{"type":"send","id":"nobody","to":"bob"}`)
+		r.expectError(protocol.ErrBadField, "nobody", 0)
+		r.write(`{"type":"send","id":"nullbody","to":"bob","body":null}`)
+		r.expectError(protocol.ErrBadField, "nullbody", 0)
+		r.write(`{"type":"ack"}`)
+		r.expectError(protocol.ErrBadField, "", 0)
+		r.write(`{"id":"notype","to":"bob","body":1}`)
+		r.expectError(protocol.ErrBadField, "", 0)
+		r.send("sink", "after-missing-fields")
+		w.stored++
+		w.healthy(t)
+	})
+
+	t.Run("unknown seq", func(t *testing.T) {
+		r := connectRaw(t, w.g, "mallory", "seq")
+		own := r.send("sink", "to-sink") // a message TO someone else
+		w.stored++
+		for _, seq := range []uint64{999999, w.lastSeq, own.Seq} {
+			r.write(string(protocol.AppendSeqFrame(nil, protocol.TypeAck, seq)))
+			r.expectError(protocol.ErrUnknownSeq, "", seq)
+			r.write(string(protocol.AppendSeqFrame(nil, protocol.TypeRead, seq)))
+			r.expectError(protocol.ErrUnknownSeq, "", seq)
+		}
+		r.send("sink", "after-unknown-seq")
+		w.stored++
+		// No receipt was stored for alice or mallory: healthy counts INBOX.
+		w.healthy(t)
+	})
+
+	t.Run("frame too big", func(t *testing.T) {
+		r := connectRaw(t, w.g, "mallory", "big")
+		if r.welcome.MaxFrame != cfg.MaxFrameBytes {
+			t.Fatalf("welcome announces max_frame %d, want %d", r.welcome.MaxFrame, cfg.MaxFrameBytes)
+		}
+		frame := func(id string, size int) string {
+			head := `{"type":"send","id":"` + id + `","to":"sink","body":"`
+			return head + strings.Repeat("x", size-len(head)-2) + `"}`
+		}
+		// Exactly the limit is allowed.
+		r.write(frame("at-limit", cfg.MaxFrameBytes))
+		if f := r.next(); f.Type != protocol.TypeSent || f.ID != "at-limit" {
+			t.Fatalf("frame of exactly max_frame bytes: got %+v, want sent", *f)
+		}
+		w.stored++
+		r.write(frame("over-limit", cfg.MaxFrameBytes+1))
+		r.expectClose(protocol.CloseTooBig, "*")
+		w.waitSessions(t, 2)
+		w.healthy(t) // over-limit was not stored
+	})
+
+	t.Run("binary frame", func(t *testing.T) {
+		r := connectRaw(t, w.g, "mallory", "binary")
+		_ = r.ws.SetWriteDeadline(time.Now().Add(wait))
+		if err := r.ws.WriteMessage(websocket.BinaryMessage, protocol.AppendSend(nil, "bin", "sink", tk.Body("x"))); err != nil {
+			t.Fatal(err)
+		}
+		r.expectClose(protocol.CloseUnsupported, "*")
+		w.waitSessions(t, 2)
+		w.healthy(t) // the binary send was not stored
+	})
+}
+
+func TestFloodGetsRateLimitedThenClosed(t *testing.T) {
+	cfg := tk.TestConfig()
+	cfg.SendRate = 0.1 // no refill during the test
+	cfg.SendBurst = 3
+	cfg.FrameRate = 0.1
+	cfg.FrameBurst = 3
+	cfg.FloodStrikes = 5
+	w := newWorld(t, cfg)
+
+	r := connectRaw(t, w.g, "mallory", "flood")
+	// 3 sends fit the burst; the next 4 are refused with rate_limited; the
+	// 5th refusal in a row closes the connection.
+	const total = 3 + 4 + 1
+	for i := range total {
+		r.write(string(protocol.AppendSend(nil, fmt.Sprintf("f%d", i), "sink", tk.Body("flood"))))
+	}
+	frames := r.expectClose(protocol.ClosePolicy, protocol.ReasonFlood)
+	var limited []string
+	for _, f := range frames {
+		switch {
+		case f.Type == protocol.TypeSent && (f.ID == "f0" || f.ID == "f1" || f.ID == "f2"):
+		case f.Type == protocol.TypeError && f.Code == protocol.ErrRateLimited:
+			if f.RetryMS <= 0 {
+				t.Errorf("rate_limited for %s with retry_ms %d, want > 0", f.ID, f.RetryMS)
+			}
+			limited = append(limited, f.ID)
+		default:
+			t.Errorf("unexpected frame %+v", *f)
+		}
+	}
+	if got := strings.Join(limited, ","); got != "f3,f4,f5,f6" {
+		t.Fatalf("rate_limited for [%s], want [f3,f4,f5,f6]", got)
+	}
+	// The three accepted sends are stored once; the refused ones not at all.
+	tk.WaitFor(t, wait, func() error {
+		if n, err := inboxCount(w.n, "sink"); err != nil || n != 3 {
+			return tk.Errorf("sink's inbox holds %d (err %v), want 3", n, err)
+		}
+		return nil
+	})
+	w.stored += 3
+	w.waitSessions(t, 2)
+	w.healthy(t)
+
+	// Garbage is limited too (by the bucket for frames other than sends).
+	r = connectRaw(t, w.g, "mallory", "garbage")
+	for range total {
+		r.write(`{"type":`)
+	}
+	frames = r.expectClose(protocol.ClosePolicy, protocol.ReasonFlood)
+	var bad, limitedGarbage int
+	for _, f := range frames {
+		switch {
+		case f.Type == protocol.TypeError && f.Code == protocol.ErrBadJSON:
+			bad++
+		case f.Type == protocol.TypeError && f.Code == protocol.ErrRateLimited && f.RetryMS > 0:
+			limitedGarbage++
+		default:
+			t.Errorf("unexpected frame %+v", *f)
+		}
+	}
+	if bad != 3 || limitedGarbage != 4 {
+		t.Fatalf("%d bad_json and %d rate_limited answers, want 3 and 4", bad, limitedGarbage)
+	}
+	w.waitSessions(t, 2)
+	w.healthy(t)
+
+	// A new connection starts with a fresh bucket.
+	r = connectRaw(t, w.g, "mallory", "flood")
+	r.send("sink", "after-flood")
+	w.stored++
+	w.checkStored(t)
+}
+
+func TestClientThatNeverReadsIsClosedAndLosesNothing(t *testing.T) {
+	cfg := tk.TestConfig()
+	cfg.WriteTimeout = 300 * time.Millisecond
+	cfg.MaxInflight, cfg.MaxPendingSends = 8, 8
+	cfg.OutboundQueue = 80
+	// With only 8 in flight the socket buffers may hold them all; then it
+	// is the unanswered pings (the client reads nothing) that close it.
+	cfg.PingInterval, cfg.PongTimeout = 200*time.Millisecond, 1500*time.Millisecond
+	cfg.MaxFrameBytes = 256 << 10
+	cfg.SendRate, cfg.SendBurst = 1000, 1000
+	n := tk.StartNATS(t)
+	g := tk.StartGateway(t, n, cfg)
+	alice := tk.Dial(t, g.URL, "alice", "phone")
+
+	// bob reads the welcome and nothing more. His receive buffer is made
+	// small so the server's writes stall once its send buffer is full.
+	small := websocket.Dialer{
+		Subprotocols: []string{protocol.Subprotocol},
+		NetDialContext: func(ctx context.Context, network, addr string) (net.Conn, error) {
+			c, err := (&net.Dialer{}).DialContext(ctx, network, addr)
+			if tc, ok := c.(*net.TCPConn); ok {
+				_ = tc.SetReadBuffer(4096)
+			}
+			return c, err
+		},
+	}
+	dialRaw(t, small, g.URL, bearer(tk.Token(t, "bob", "phone", time.Hour)))
+	tk.WaitFor(t, wait, func() error {
+		if s := g.Server.Sessions(); s != 2 {
+			return tk.Errorf("%d sessions, want 2", s)
+		}
+		return nil
+	})
+
+	// 48 messages of 200 KB: far more than socket buffers hold, and more
+	// than the outbound queue.
+	const count = 48
+	body := strings.Repeat("b", 200<<10)
+	for i := range count {
+		send(t, alice, "bob", fmt.Sprintf("s%02d", i), body)
+	}
+	tk.WaitFor(t, 3*wait, func() error {
+		if s := g.Server.Sessions(); s != 1 {
+			return tk.Errorf("%d sessions, want 1: the non-reading client was not closed", s)
+		}
+		return nil
+	})
+	// Everything is still queued for bob's device, delivered or not.
+	tk.WaitFor(t, wait, func() error {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		c, err := n.JS.Consumer(ctx, "INBOX", "bob~phone")
+		if err != nil {
+			return err
+		}
+		info, err := c.Info(ctx)
+		if err != nil {
+			return err
+		}
+		if got := info.NumPending + uint64(info.NumAckPending); got != count {
+			return tk.Errorf("consumer has %d pending + %d ack pending, want %d in all",
+				info.NumPending, info.NumAckPending, count)
+		}
+		return nil
+	})
+
+	// bob comes back with the SDK, through a second gateway.
+	g2 := tk.StartGateway(t, n, tk.TestConfig())
+	bob := tk.Dial(t, g2.URL, "bob", "phone")
+	var last uint64
+	for i := range count {
+		m := tk.RecvMsg(t, bob, wait)
+		if want := fmt.Sprintf("s%02d", i); m.ID != want || m.Seq <= last || len(m.Body) != len(body)+2 {
+			t.Fatalf("message %d is %s seq %d (last %d, body %d bytes), want %s in order", i, m.ID, m.Seq, last, len(m.Body), want)
+		}
+		last = m.Seq
+		bob.Ack(m.Seq)
+	}
+	tk.NoMsg(t, bob, 200*time.Millisecond)
+	if st := bob.Stats(); st.DuplicatesDropped != 0 || st.Connects != 1 {
+		t.Fatalf("bob's client %+v: the gateway dropped it or redelivered on the new connection", st)
+	}
+	if st := alice.Stats(); st.Connects != 1 {
+		t.Fatalf("alice's client %+v: she was dropped too", st)
+	}
+	seen := map[string]bool{}
+	for range count {
+		r := tk.RecvReceipt(t, alice, wait)
+		if r.Status != protocol.StatusDelivered || seen[r.ID] {
+			t.Fatalf("receipt %+v: not delivered, or twice", r)
+		}
+		seen[r.ID] = true
+	}
+}
+
+// throttledConn reads at most rate bytes a second, as a client on a slower
+// network than the gateway's link to NATS does.
+type throttledConn struct {
+	net.Conn
+	lim *rate.Limiter
+}
+
+func (c *throttledConn) Read(p []byte) (int, error) {
+	if len(p) > c.lim.Burst() {
+		p = p[:c.lim.Burst()]
+	}
+	if err := c.lim.WaitN(context.Background(), len(p)); err != nil {
+		return 0, err
+	}
+	return c.Conn.Read(p)
+}
+
+// A client that reads and acks every frame as it arrives, on a link slower
+// than the gateway's (8 MB/s here), must not be closed as slow: 4001 is for
+// clients that stop reading. With a backlog, the gateway pulls up to
+// MaxInflight messages and queues each for writing at once, so Validate
+// refuses an outbound queue too small to hold them, and the smallest queue
+// it accepts must carry the backlog.
+func TestPromptReaderWithBacklogIsNotClosedAsSlow(t *testing.T) {
+	cfg := tk.TestConfig()
+	cfg.OutboundQueue = 16
+	if err := cfg.Validate(); err == nil {
+		t.Fatal("Validate accepted an outbound queue smaller than MaxInflight")
+	}
+	cfg.MaxInflight, cfg.MaxPendingSends = 16, 16
+	cfg.OutboundQueue = 16 + 16 + 64
+	cfg.MaxFrameBytes = 256 << 10
+	if err := cfg.Validate(); err != nil {
+		t.Fatal(err)
+	}
+	n := tk.StartNATS(t)
+	g := tk.StartGateway(t, n, cfg)
+	alice := tk.Dial(t, g.URL, "alice", "phone")
+	if err := tk.Dial(t, g.URL, "bob", "phone").Close(); err != nil { // registers bob's device
+		t.Fatal(err)
+	}
+	const count = 96
+	body := strings.Repeat("b", 128<<10) // 12 MB in all
+	for i := range count {
+		send(t, alice, "bob", fmt.Sprintf("s%02d", i), body)
+	}
+
+	throttled := websocket.Dialer{
+		Subprotocols: []string{protocol.Subprotocol},
+		NetDialContext: func(ctx context.Context, network, addr string) (net.Conn, error) {
+			c, err := (&net.Dialer{}).DialContext(ctx, network, addr)
+			if err != nil {
+				return nil, err
+			}
+			_ = c.(*net.TCPConn).SetReadBuffer(16 << 10)
+			return &throttledConn{Conn: c, lim: rate.NewLimiter(8<<20, 16<<10)}, nil
+		},
+	}
+	r := dialRaw(t, throttled, g.URL, bearer(tk.Token(t, "bob", "phone", time.Hour)))
+	for i := 0; i < count; {
+		_ = r.ws.SetReadDeadline(time.Now().Add(wait))
+		_, data, err := r.ws.ReadMessage()
+		if err != nil {
+			t.Fatalf("a client reading every frame at once was dropped after %d of %d messages: %v", i, count, err)
+		}
+		f, err := protocol.DecodeServer(data)
+		if err != nil || f.Type != protocol.TypeMsg {
+			t.Fatalf("frame %.100q (%v), want msg", data, err)
+		}
+		if want := fmt.Sprintf("s%02d", i); f.ID != want {
+			t.Fatalf("message %d is %s, want %s", i, f.ID, want)
+		}
+		i++
+		_ = r.ws.SetWriteDeadline(time.Now().Add(wait))
+		if err := r.ws.WriteMessage(websocket.TextMessage, protocol.AppendSeqFrame(nil, protocol.TypeAck, f.Seq)); err != nil {
+			t.Fatalf("a client reading every frame at once was dropped after %d of %d messages (writing its ack: %v)", i, count, err)
+		}
+	}
+}
+
+func TestPeerThatIgnoresPingsIsClosed(t *testing.T) {
+	cfg := tk.TestConfig()
+	cfg.PingInterval = 100 * time.Millisecond
+	cfg.PongTimeout = 500 * time.Millisecond
+	w := newWorld(t, cfg)
+
+	r := connectRaw(t, w.g, "mallory", "mute")
+	var pings atomic.Int32
+	r.ws.SetPingHandler(func(string) error { pings.Add(1); return nil }) // never pong
+	ended := make(chan error, 1)
+	go func() {
+		_ = r.ws.SetReadDeadline(time.Now().Add(3 * wait))
+		for {
+			if _, _, err := r.ws.ReadMessage(); err != nil {
+				ended <- err
+				return
+			}
+		}
+	}()
+	select {
+	case err := <-ended:
+		var ce *websocket.CloseError
+		if !errors.As(err, &ce) || ce.Code != protocol.CloseSlow {
+			t.Fatalf("connection ended with %v, want close %d", err, protocol.CloseSlow)
+		}
+	case <-time.After(2 * wait):
+		t.Fatal("a peer that never answers pings is still connected")
+	}
+	if pings.Load() == 0 {
+		t.Fatal("the server never pinged")
+	}
+	w.waitSessions(t, 2)
+	// alice and bob's SDK clients answer pings: they were never dropped
+	// although several pong timeouts passed (healthy checks Connects).
+	w.healthy(t)
+}
+
+// A handshake that asks for the connection to be closed ("Connection:
+// Upgrade, close") must either get a session or be dropped, and either way
+// leave nothing behind: a graceful shutdown afterwards completes at once.
+func TestUpgradeWithConnectionCloseLeavesNothingBehind(t *testing.T) {
+	n := tk.StartNATS(t)
+	g := tk.StartGateway(t, n, tk.TestConfig())
+	tk.Dial(t, g.URL, "alice", "phone")
+
+	c, err := net.DialTimeout("tcp", g.Addr, wait)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	_ = c.SetDeadline(time.Now().Add(wait))
+	req := "GET " + gateway.PathWS + " HTTP/1.1\r\n" +
+		"Host: " + g.Addr + "\r\n" +
+		"Upgrade: websocket\r\n" +
+		"Connection: Upgrade, close\r\n" +
+		"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n" +
+		"Sec-WebSocket-Version: 13\r\n" +
+		"Sec-WebSocket-Protocol: " + protocol.Subprotocol + "\r\n" +
+		"Authorization: Bearer " + tk.Token(t, "mallory", "close", time.Hour) + "\r\n\r\n"
+	if _, err := io.WriteString(c, req); err != nil {
+		t.Fatal(err)
+	}
+	br := bufio.NewReader(c)
+	resp, err := http.ReadResponse(br, nil)
+	if err != nil {
+		t.Fatalf("reading the handshake answer: %v", err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode == http.StatusSwitchingProtocols {
+		// Upgraded: the gateway must now either greet this session or
+		// drop the socket; wait for whichever it does.
+		_, err := br.Peek(1)
+		if err != nil && !errors.Is(err, io.EOF) && !isClosedConn(err) {
+			t.Fatalf("after 101: %v", err)
+		}
+	}
+
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	defer cancel()
+	start := time.Now()
+	if err := g.Server.Shutdown(ctx); err != nil {
+		t.Fatalf("Shutdown after a handshake with %q (status %d) failed after %s: %v; the connection was never "+
+			"handed to the gateway's upgrade handler, so the gateway still waits for it",
+			"Connection: Upgrade, close", resp.StatusCode, time.Since(start).Round(time.Millisecond), err)
+	}
+}
+
+func isClosedConn(err error) bool {
+	var op *net.OpError
+	return errors.As(err, &op)
+}
+
+// A frame within MaxFrameBytes whose body can never be stored (Validate
+// accepts MaxFrameBytes up to 16 MiB; NATS payloads and INBOX messages are
+// at most 1 MiB) must be refused for good, not answered with an error that
+// PROTOCOL.md says to resend unchanged: the Go SDK resends such a send
+// forever.
+func TestSendTooBigToStoreIsNotRetryable(t *testing.T) {
+	cfg := tk.TestConfig()
+	cfg.MaxFrameBytes = 2 << 20
+	if err := cfg.Validate(); err != nil {
+		return // refusing such a frame limit at start is a fix too
+	}
+	w := newWorld(t, cfg)
+	r := connectRaw(t, w.g, "mallory", "huge")
+	r.write(string(protocol.AppendSend(nil, "huge", "sink", tk.Body(strings.Repeat("h", 1200<<10)))))
+	_ = r.ws.SetReadDeadline(time.Now().Add(wait))
+	_, data, err := r.ws.ReadMessage()
+	var ce *websocket.CloseError
+	switch {
+	case errors.As(err, &ce) && ce.Code == protocol.CloseTooBig:
+		// Refused as too big: fine.
+	case err != nil:
+		t.Fatalf("connection ended with %v", err)
+	default:
+		f, err := protocol.DecodeServer(data)
+		if err != nil || f.Type != protocol.TypeError || f.ID != "huge" {
+			t.Fatalf("answer %.200q (%v), want an error for huge", data, err)
+		}
+		for _, e := range protocol.Errors {
+			if e.Code == f.Code && e.Retry {
+				t.Fatalf("a 1.2 MB send under a 2 MiB frame limit was answered %s, which says resend unchanged; "+
+					"it can never be stored (1 MiB NATS payload / INBOX max_msg_size), so clients resend it forever", f.Code)
+			}
+		}
+	}
+	w.healthy(t)
+}
