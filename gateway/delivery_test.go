@@ -6,6 +6,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/nats-io/nats.go/jetstream"
+
 	"github.com/switchboard-im/switchboard/client"
 	"github.com/switchboard-im/switchboard/gateway/protocol"
 	tk "github.com/switchboard-im/switchboard/internal/testkit"
@@ -209,5 +211,43 @@ func TestDropBeforeAckRedeliversAndSDKDropsDuplicate(t *testing.T) {
 	send(t, alice, "bob", "m2", "two")
 	if m := tk.RecvMsg(t, bob, wait); m.ID != "m2" {
 		t.Fatalf("next message %s, want m2 (m1 must not reach the app twice)", m.ID)
+	}
+}
+
+func TestOfflineSenderGetsReceiptsOnReconnect(t *testing.T) {
+	n := tk.StartNATS(t)
+	g := tk.StartGateway(t, n, tk.TestConfig())
+	alice := tk.Dial(t, g.URL, "alice", "phone")
+	bob := tk.Dial(t, g.URL, "bob", "phone")
+	send(t, alice, "bob", "m1", "are you there?")
+	if err := alice.Close(); err != nil {
+		t.Fatal(err)
+	}
+	m := tk.RecvMsg(t, bob, wait)
+	bob.Ack(m.Seq)
+	bob.Read(m.Seq)
+	// Both receipts are stored in alice's inbox while she is away.
+	inbox, err := n.JS.Stream(context.Background(), "INBOX")
+	if err != nil {
+		t.Fatal(err)
+	}
+	tk.WaitFor(t, wait, func() error {
+		info, err := inbox.Info(context.Background(), jetstream.WithSubjectFilter("inbox.alice"))
+		if err != nil || info.State.Subjects["inbox.alice"] != 2 {
+			return tk.Errorf("alice's inbox: %+v, %v; want 2 receipts", info, err)
+		}
+		return nil
+	})
+	alice = tk.Dial(t, g.URL, "alice", "phone")
+	got := map[string]bool{}
+	for range 2 {
+		r := tk.RecvReceipt(t, alice, wait)
+		if r.ID != "m1" || r.By != "bob" {
+			t.Fatalf("receipt %+v", r)
+		}
+		got[r.Status] = true
+	}
+	if !got[protocol.StatusDelivered] || !got[protocol.StatusRead] {
+		t.Fatalf("receipts %v, want delivered and read", got)
 	}
 }

@@ -4,6 +4,8 @@
 package main
 
 import (
+	"errors"
+	"flag"
 	"fmt"
 	"os"
 )
@@ -22,12 +24,17 @@ func main() {
 		err = runServe(args, false)
 	case "token":
 		err = runToken(args, os.Stdout)
+	case "chat":
+		err = runChat(args, os.Stdin, os.Stdout)
 	case "help":
 		usage()
 	default:
 		fmt.Fprintf(os.Stderr, "switchboard: unknown command %q\n", cmd)
 		usage()
 		os.Exit(2)
+	}
+	if errors.Is(err, flag.ErrHelp) {
+		return
 	}
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "switchboard:", err)
@@ -42,6 +49,7 @@ commands:
   serve    (default) embedded NATS with JetStream, streams and gateway in one process
   gateway  a gateway only, against --nats URL
   token    mint a device token: switchboard token --user alice --device phone
+  chat     a line-based chat client: switchboard chat --token T --to bob
 
 Run "switchboard COMMAND -h" for a command's flags. Every flag can also be
 set as SWITCHBOARD_<FLAG> (e.g. --send-rate is SWITCHBOARD_SEND_RATE).

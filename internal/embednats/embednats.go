@@ -64,6 +64,11 @@ func Start(o Options) (*server.Server, error) {
 			p = server.RANDOM_PORT
 		}
 		opts.Host, opts.Port = host, p
+		if o.ConfigFile != "" && opts.HTTPPort != 0 {
+			// A config's monitoring port moves with its client port, so
+			// tests can run several servers from one file.
+			opts.HTTPHost, opts.HTTPPort = host, server.RANDOM_PORT
+		}
 	}
 	opts.JetStream = true
 	if o.StoreDir != "" {
