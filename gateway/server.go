@@ -301,6 +301,18 @@ func (s *Server) untrack(sess *session) {
 	s.mu.Unlock()
 }
 
+// beginClosing refuses new sessions and returns the current ones.
+func (s *Server) beginClosing() []*session {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.closing.Store(true)
+	all := make([]*session, 0, len(s.sessions))
+	for sess := range s.sessions {
+		all = append(all, sess)
+	}
+	return all
+}
+
 // Sessions returns the number of connected devices.
 func (s *Server) Sessions() int {
 	s.mu.Lock()
@@ -314,13 +326,7 @@ func (s *Server) Sessions() int {
 func (s *Server) Shutdown(ctx context.Context) error {
 	ctx, cancel := context.WithTimeout(ctx, s.cfg.ShutdownTimeout)
 	defer cancel()
-	s.mu.Lock()
-	s.closing.Store(true)
-	all := make([]*session, 0, len(s.sessions))
-	for sess := range s.sessions {
-		all = append(all, sess)
-	}
-	s.mu.Unlock()
+	all := s.beginClosing()
 
 	lnDone := make(chan error, 1)
 	go func() { lnDone <- s.http.ShutdownWithContext(ctx) }()
@@ -350,13 +356,7 @@ func (s *Server) Shutdown(ctx context.Context) error {
 // Abort drops every connection at once with no close frame and no
 // draining, as a crash would. For tests of the crash path.
 func (s *Server) Abort() {
-	s.mu.Lock()
-	s.closing.Store(true)
-	all := make([]*session, 0, len(s.sessions))
-	for sess := range s.sessions {
-		all = append(all, sess)
-	}
-	s.mu.Unlock()
+	all := s.beginClosing()
 	for _, sess := range all {
 		if c, ok := sess.t.(*wsConn); ok {
 			_ = c.ws.NetConn().Close()

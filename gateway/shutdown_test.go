@@ -3,8 +3,6 @@ package gateway_test
 import (
 	"context"
 	"errors"
-	"fmt"
-	"sync"
 	"testing"
 	"time"
 
@@ -41,36 +39,12 @@ func runHandover(t *testing.T, stop func(g *tk.Gateway), wantClose func(code int
 	alice := tk.Dial(t, url, "alice", "phone", onDisc)
 	bob := tk.Dial(t, url, "bob", "phone")
 
-	const total = 300
-	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
-	defer cancel()
-	var (
-		mu    sync.Mutex
-		acked = map[string]uint64{}
-		wg    sync.WaitGroup
-	)
-	window := make(chan struct{}, 16)
-	for i := range total {
-		if i == total/2 {
+	acked := tk.SendStream(t, alice, "bob", 300, 16, func(i int) {
+		if i == 150 {
 			proxy.SetTarget(g2.Addr)
 			stop(g1)
 		}
-		window <- struct{}{}
-		wg.Add(1)
-		go func(id string) {
-			defer wg.Done()
-			defer func() { <-window }()
-			s, err := alice.Send(ctx, "bob", id, tk.Body(id))
-			if err != nil {
-				t.Errorf("send %s: %v", id, err)
-				return
-			}
-			mu.Lock()
-			acked[id] = s.Seq
-			mu.Unlock()
-		}(fmt.Sprintf("m%04d", i))
-	}
-	wg.Wait()
+	})
 	if t.Failed() {
 		return
 	}
@@ -82,16 +56,7 @@ func runHandover(t *testing.T, stop func(g *tk.Gateway), wantClose func(code int
 	case <-time.After(10 * time.Second):
 		t.Fatal("alice's connection never closed")
 	}
-	var last uint64
-	for seen := map[string]bool{}; len(seen) < total; {
-		m := tk.RecvMsg(t, bob, 20*time.Second)
-		if seen[m.ID] || m.Seq <= last || acked[m.ID] != m.Seq {
-			t.Fatalf("%s seq %d: duplicate, out of order (last %d) or not the acked seq %d", m.ID, m.Seq, last, acked[m.ID])
-		}
-		seen[m.ID], last = true, m.Seq
-		bob.Ack(m.Seq)
-	}
-	tk.NoMsg(t, bob, 200*time.Millisecond)
+	tk.ExpectOnceInOrder(t, bob, acked)
 }
 
 func TestGracefulShutdownHandsOverWithNothingLost(t *testing.T) {

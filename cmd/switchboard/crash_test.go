@@ -1,14 +1,9 @@
 package main_test
 
 import (
-	"context"
-	"fmt"
 	"strings"
-	"sync"
 	"testing"
-	"time"
 
-	"github.com/switchboard-im/switchboard/client"
 	tk "github.com/switchboard-im/switchboard/internal/testkit"
 )
 
@@ -26,70 +21,20 @@ func TestGatewayKilledUnderLoadLosesNothing(t *testing.T) {
 	alice := dial(t, url, token(t, data, "alice", "phone"))
 	bob := dial(t, url, token(t, data, "bob", "phone"))
 
-	const total = 400
-	var (
-		mu    sync.Mutex
-		acked = map[string]uint64{} // id -> stored seq
-	)
-	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
-	defer cancel()
-	var wg sync.WaitGroup
-	window := make(chan struct{}, 32) // 32 sends in flight
-	killed := make(chan struct{})
-	var once sync.Once
-	for i := range total {
-		if i == total/3 {
+	gw2URL := make(chan string, 1)
+	acked := tk.SendStream(t, alice, "bob", 400, 32, func(i int) {
+		if i == 400/3 {
 			// Kill mid-stream and bring up a replacement behind the proxy.
-			once.Do(func() {
-				gw1.kill()
-				proxy.DropAll()
-				gw2 := start(t, gwArgs...)
-				proxy.SetTarget(strings.TrimPrefix(strings.TrimSuffix(gw2.WSURL, "/v1/ws"), "ws://"))
-				close(killed)
-			})
+			gw1.kill()
+			proxy.DropAll()
+			gw2 := start(t, gwArgs...)
+			proxy.SetTarget(strings.TrimPrefix(strings.TrimSuffix(gw2.WSURL, "/v1/ws"), "ws://"))
+			gw2URL <- gw2.WSURL
 		}
-		window <- struct{}{}
-		wg.Add(1)
-		go func(id string) {
-			defer wg.Done()
-			defer func() { <-window }()
-			s, err := alice.Send(ctx, "bob", id, tk.Body("load "+id))
-			if err != nil {
-				t.Errorf("send %s: %v", id, err)
-				return
-			}
-			mu.Lock()
-			acked[id] = s.Seq
-			mu.Unlock()
-		}(fmt.Sprintf("m%04d", i))
-	}
-	wg.Wait()
-	<-killed
+	})
+	<-gw2URL
 	if t.Failed() {
 		return
 	}
-
-	got := map[string]int{}
-	var lastSeq uint64
-	for len(got) < len(acked) {
-		var m client.Message
-		select {
-		case m = <-bob.Messages():
-		case <-time.After(20 * time.Second):
-			t.Fatalf("bob has %d of %d acked messages", len(got), len(acked))
-		}
-		got[m.ID]++
-		if got[m.ID] > 1 {
-			t.Fatalf("%s delivered twice", m.ID)
-		}
-		if m.Seq <= lastSeq {
-			t.Fatalf("%s (seq %d) after seq %d: out of order", m.ID, m.Seq, lastSeq)
-		}
-		lastSeq = m.Seq
-		if want, ok := acked[m.ID]; !ok || want != m.Seq {
-			t.Fatalf("%s arrived with seq %d, sent said %d", m.ID, m.Seq, want)
-		}
-		bob.Ack(m.Seq)
-	}
-	tk.NoMsg(t, bob, 300*time.Millisecond)
+	tk.ExpectOnceInOrder(t, bob, acked)
 }

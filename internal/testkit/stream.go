@@ -1,0 +1,77 @@
+package testkit
+
+import (
+	"context"
+	"fmt"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/switchboard-im/switchboard/client"
+)
+
+// SendStream sends total messages (ids m0000, m0001, ...) from c to user
+// `to`, with up to window sends in flight, calling before(i) ahead of the
+// i-th send (to inject a fault mid-stream). It returns the stored sequence
+// of every send that was acked "sent"; a send that fails fails the test.
+func SendStream(t testing.TB, c *client.Client, to string, total, window int, before func(i int)) map[string]uint64 {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	var (
+		mu    sync.Mutex
+		acked = make(map[string]uint64, total)
+		wg    sync.WaitGroup
+	)
+	slots := make(chan struct{}, window)
+	for i := range total {
+		if before != nil {
+			before(i)
+		}
+		slots <- struct{}{}
+		wg.Add(1)
+		go func(id string) {
+			defer wg.Done()
+			defer func() { <-slots }()
+			s, err := c.Send(ctx, to, id, Body(id))
+			if err != nil {
+				t.Errorf("send %s: %v", id, err)
+				return
+			}
+			mu.Lock()
+			acked[id] = s.Seq
+			mu.Unlock()
+		}(fmt.Sprintf("m%04d", i))
+	}
+	wg.Wait()
+	return acked
+}
+
+// ExpectOnceInOrder receives on c until every acked message has arrived,
+// acking each, and fails on a duplicate, a message out of stored order, or
+// one whose sequence differs from what "sent" said. Then nothing more may
+// arrive.
+func ExpectOnceInOrder(t testing.TB, c *client.Client, acked map[string]uint64) {
+	t.Helper()
+	seen := make(map[string]bool, len(acked))
+	var last uint64
+	for len(seen) < len(acked) {
+		var m client.Message
+		select {
+		case m = <-c.Messages():
+		case <-time.After(20 * time.Second):
+			t.Fatalf("received %d of %d acked messages", len(seen), len(acked))
+		}
+		switch want, ok := acked[m.ID]; {
+		case seen[m.ID]:
+			t.Fatalf("%s delivered twice", m.ID)
+		case m.Seq <= last:
+			t.Fatalf("%s (seq %d) after seq %d: out of order", m.ID, m.Seq, last)
+		case !ok || want != m.Seq:
+			t.Fatalf("%s arrived with seq %d, sent said %d", m.ID, m.Seq, want)
+		}
+		seen[m.ID], last = true, m.Seq
+		c.Ack(m.Seq)
+	}
+	NoMsg(t, c, 200*time.Millisecond)
+}
