@@ -18,8 +18,8 @@ func TestGatewayKilledUnderLoadLosesNothing(t *testing.T) {
 	proxy := tk.StartProxy(t, strings.TrimPrefix(strings.TrimSuffix(gw1.WSURL, "/v1/ws"), "ws://"))
 	url := "ws://" + proxy.Addr + "/v1/ws"
 
-	alice := dial(t, url, token(t, data, "alice", "phone"))
-	bob := dial(t, url, token(t, data, "bob", "phone"))
+	alice := tk.DialToken(t, url, token(t, data, "alice", "phone"))
+	bob := tk.DialToken(t, url, token(t, data, "bob", "phone"))
 
 	gw2URL := make(chan string, 1)
 	acked := tk.SendStream(t, alice, "bob", 400, 32, func(i int) {

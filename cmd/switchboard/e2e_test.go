@@ -19,7 +19,6 @@ import (
 
 	"github.com/fasthttp/websocket"
 
-	"github.com/switchboard-im/switchboard/client"
 	"github.com/switchboard-im/switchboard/gateway/protocol"
 	tk "github.com/switchboard-im/switchboard/internal/testkit"
 )
@@ -136,22 +135,6 @@ func token(t *testing.T, data, user, device string) string {
 	return strings.TrimSpace(tk.Run(t, binary, "token", "--data", data, "--user", user, "--device", device))
 }
 
-func dial(t *testing.T, url, tok string, mod ...func(*client.Options)) *client.Client {
-	t.Helper()
-	o := client.Options{URL: url, Token: client.WithToken(tok), MinBackoff: 20 * time.Millisecond, MaxBackoff: 300 * time.Millisecond}
-	for _, m := range mod {
-		m(&o)
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
-	c, err := client.Dial(ctx, o)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = c.Close() })
-	return c
-}
-
 func httpGet(t *testing.T, url string) int {
 	t.Helper()
 	resp, err := http.Get(url)
@@ -172,8 +155,8 @@ func TestQuickStart(t *testing.T) {
 	if code := httpGet(t, p.HTTP+"/readyz"); code != 200 {
 		t.Fatalf("/readyz = %d", code)
 	}
-	alice := dial(t, p.WSURL, token(t, data, "alice", "phone"))
-	bob := dial(t, p.WSURL, token(t, data, "bob", "laptop"))
+	alice := tk.DialToken(t, p.WSURL, token(t, data, "alice", "phone"))
+	bob := tk.DialToken(t, p.WSURL, token(t, data, "bob", "laptop"))
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	if _, err := alice.Send(ctx, "bob", "hello-1", tk.Body("hello from the quick start")); err != nil {
@@ -197,7 +180,7 @@ func TestQuickStart(t *testing.T) {
 func TestAllInOneRestartKeepsPendingMessages(t *testing.T) {
 	data := t.TempDir()
 	p := start(t, "--data", data, "--nats-listen", "127.0.0.1:0")
-	alice := dial(t, p.WSURL, token(t, data, "alice", "phone"))
+	alice := tk.DialToken(t, p.WSURL, token(t, data, "alice", "phone"))
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
 	for i := range 20 {
@@ -209,7 +192,7 @@ func TestAllInOneRestartKeepsPendingMessages(t *testing.T) {
 	p.kill()
 
 	p = start(t, "--data", data, "--nats-listen", "127.0.0.1:0")
-	bob := dial(t, p.WSURL, token(t, data, "bob", "phone"))
+	bob := tk.DialToken(t, p.WSURL, token(t, data, "bob", "phone"))
 	for i := range 20 {
 		if m := tk.RecvMsg(t, bob, 10*time.Second); m.ID != fmt.Sprintf("m%02d", i) {
 			t.Fatalf("message %d is %s", i, m.ID)

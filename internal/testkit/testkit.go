@@ -191,7 +191,12 @@ func Token(t testing.TB, user, device string, ttl time.Duration) string {
 // reconnects, and closes it at the end of the test.
 func Dial(t testing.TB, url, user, device string, mod ...func(*client.Options)) *client.Client {
 	t.Helper()
-	tok := Token(t, user, device, time.Hour)
+	return DialToken(t, url, Token(t, user, device, time.Hour), mod...)
+}
+
+// DialToken is Dial with a given token.
+func DialToken(t testing.TB, url, tok string, mod ...func(*client.Options)) *client.Client {
+	t.Helper()
 	o := client.Options{URL: url, Token: client.WithToken(tok), MinBackoff: 20 * time.Millisecond, MaxBackoff: 200 * time.Millisecond}
 	for _, m := range mod {
 		m(&o)
@@ -200,7 +205,7 @@ func Dial(t testing.TB, url, user, device string, mod ...func(*client.Options)) 
 	defer cancel()
 	c, err := client.Dial(ctx, o)
 	if err != nil {
-		t.Fatalf("dial %s/%s: %v", user, device, err)
+		t.Fatalf("dial %s: %v", url, err)
 	}
 	t.Cleanup(func() { _ = c.Close() })
 	return c
