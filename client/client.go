@@ -97,10 +97,11 @@ type Sent struct {
 }
 
 type outgoing struct {
-	seq  uint64 // order of Send calls, for resending in order
-	to   string
-	body []byte
-	done chan result
+	retries int    // guarded by Client.mu
+	seq     uint64 // order of Send calls, for resending in order
+	to      string
+	body    []byte
+	done    chan result
 }
 
 type result struct {
@@ -130,6 +131,9 @@ type Client struct {
 	stats    Stats
 
 	writeMu sync.Mutex // one writer at a time on conn
+	// sendMu orders sends: a reconnect resends every unconfirmed send
+	// before a new one goes out, so the store keeps the sender's order.
+	sendMu sync.Mutex
 }
 
 // Dial connects and returns a Client that keeps reconnecting until Close.
@@ -285,6 +289,8 @@ func (c *Client) run(conn *websocket.Conn) {
 
 // attach makes conn current and resends every unconfirmed send in order.
 func (c *Client) attach(conn *websocket.Conn, sid string) {
+	c.sendMu.Lock()
+	defer c.sendMu.Unlock()
 	c.mu.Lock()
 	if c.ctx.Err() != nil {
 		// Closed while dialing: the read loop fails at once and run ends.
@@ -367,19 +373,22 @@ func (c *Client) handle(conn *websocket.Conn, f *protocol.Frame) error {
 	case protocol.TypeMsg:
 		key := f.From + "\x00" + f.ID
 		c.mu.Lock()
-		dup := c.seenMsg.has(key)
+		firstSeq, dup := c.seenMsg.get(key)
 		wasAcked := c.acked.has(seqKey(f.Seq))
 		if !dup {
-			c.seenMsg.add(key)
+			c.seenMsg.put(key, f.Seq)
 		} else {
 			c.stats.DuplicatesDropped++
 		}
 		c.mu.Unlock()
 		if dup {
-			// Already handed to the app. If the app acked it, the ack was
-			// lost with the old connection: ack again. Otherwise the app
-			// still holds it and will ack by seq.
-			if wasAcked {
+			// Already handed to the app. A second stored copy (a resend
+			// after the server's duplicate window) has a new seq the app
+			// never saw: ack it here. The same seq again is a redelivery:
+			// if the app acked it, that ack was lost with the old
+			// connection, so ack again; otherwise the app still holds it
+			// and will ack by seq.
+			if firstSeq != f.Seq || wasAcked {
 				return c.write(conn, protocol.AppendSeqFrame(nil, protocol.TypeAck, f.Seq))
 			}
 			return nil
@@ -420,7 +429,14 @@ func (c *Client) onError(f *protocol.Frame) {
 			if retryable(f.Code) {
 				delay := time.Duration(f.RetryMS) * time.Millisecond
 				if delay <= 0 {
-					delay = c.opts.MinBackoff
+					// Back off per message: a store that keeps failing
+					// is not hammered.
+					c.mu.Lock()
+					o.retries++
+					n := o.retries
+					c.mu.Unlock()
+					delay = c.opts.MinBackoff << min(n, 10)
+					delay = min(delay, c.opts.MaxBackoff)
 				}
 				id := f.ID
 				time.AfterFunc(delay, func() {
@@ -485,7 +501,9 @@ func (c *Client) Send(ctx context.Context, to, id string, body json.RawMessage) 
 		o = &outgoing{seq: c.nextSeq, to: to, body: append([]byte(nil), body...), done: make(chan result, 1)}
 		c.outbox[id] = o
 		c.mu.Unlock()
+		c.sendMu.Lock()
 		c.writeCurrent(protocol.AppendSend(nil, id, to, o.body))
+		c.sendMu.Unlock()
 	} else {
 		c.mu.Unlock()
 	}

@@ -6,12 +6,17 @@ import (
 	"strconv"
 )
 
-// lru is a bounded set: adding past its size forgets the oldest key. Not
+// lru is a bounded map: adding past its size forgets the oldest key. Not
 // safe for concurrent use; the Client's mutex guards it.
 type lru struct {
 	max   int
 	order *list.List
 	keys  map[string]*list.Element
+}
+
+type lruEntry struct {
+	key string
+	val uint64
 }
 
 func newLRU(max int) *lru {
@@ -20,15 +25,27 @@ func newLRU(max int) *lru {
 
 func (l *lru) has(k string) bool { _, ok := l.keys[k]; return ok }
 
-func (l *lru) add(k string) {
+// get returns the value stored with k.
+func (l *lru) get(k string) (uint64, bool) {
+	e, ok := l.keys[k]
+	if !ok {
+		return 0, false
+	}
+	return e.Value.(*lruEntry).val, true
+}
+
+func (l *lru) add(k string) { l.put(k, 0) }
+
+// put stores k with v unless k is already there.
+func (l *lru) put(k string, v uint64) {
 	if _, ok := l.keys[k]; ok {
 		return
 	}
-	l.keys[k] = l.order.PushBack(k)
+	l.keys[k] = l.order.PushBack(&lruEntry{k, v})
 	if l.order.Len() > l.max {
 		oldest := l.order.Front()
 		l.order.Remove(oldest)
-		delete(l.keys, oldest.Value.(string))
+		delete(l.keys, oldest.Value.(*lruEntry).key)
 	}
 }
 

@@ -114,7 +114,9 @@ func (c *wsConn) write(b []byte) error {
 // flushAndClose writes frames already queued (so a client sees "sent" for
 // sends that were stored before a graceful close), then the close frame.
 func (c *wsConn) flushAndClose() {
-	if c.closeCode != protocol.CloseSlow {
+	// A slow client cannot take more, and a replaced one is gone to its
+	// newer session: only the others get what is queued.
+	if c.closeCode != protocol.CloseSlow && c.closeCode != protocol.CloseReplaced {
 	flush:
 		for {
 			select {

@@ -3,9 +3,13 @@ package gateway_test
 import (
 	"context"
 	"fmt"
+	"net/http"
+	"sync"
 	"testing"
 	"time"
 
+	"github.com/fasthttp/websocket"
+	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/switchboard-im/switchboard/client"
@@ -250,4 +254,97 @@ func TestOfflineSenderGetsReceiptsOnReconnect(t *testing.T) {
 	if !got[protocol.StatusDelivered] || !got[protocol.StatusRead] {
 		t.Fatalf("receipts %v, want delivered and read", got)
 	}
+}
+
+// Two connections of one device at the same instant: exactly one survives,
+// so two sockets never share the device's queue.
+func TestSimultaneousSessionsOfOneDeviceLeaveOne(t *testing.T) {
+	n := tk.StartNATS(t)
+	g := tk.StartGateway(t, n, tk.TestConfig())
+	tok := tk.Token(t, "bob", "phone", time.Hour)
+	for round := range 5 {
+		var conns [2]*websocket.Conn
+		var wg sync.WaitGroup
+		for i := range conns {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				d := websocket.Dialer{Subprotocols: []string{protocol.Subprotocol}}
+				ws, _, err := d.Dial(g.URL, http.Header{"Authorization": {"Bearer " + tok}})
+				if err != nil {
+					t.Error(err)
+					return
+				}
+				conns[i] = ws
+				go func() { // read until closed, so close frames are seen
+					for {
+						if _, _, err := ws.ReadMessage(); err != nil {
+							return
+						}
+					}
+				}()
+			}()
+		}
+		wg.Wait()
+		tk.WaitFor(t, wait, func() error {
+			if s := g.Server.Sessions(); s != 1 {
+				return tk.Errorf("round %d: %d sessions of bob/phone, want 1", round, s)
+			}
+			return nil
+		})
+		for _, c := range conns {
+			if c != nil {
+				c.Close()
+			}
+		}
+		tk.WaitFor(t, wait, func() error {
+			if s := g.Server.Sessions(); s != 0 {
+				return tk.Errorf("%d sessions after closing", s)
+			}
+			return nil
+		})
+	}
+}
+
+// A second stored copy of a message (a sender's resend after the duplicate
+// window) reaches the app once, and the SDK acks the copy so the device's
+// queue does not stall on it.
+func TestSecondStoredCopyIsAckedNotShown(t *testing.T) {
+	n := tk.StartNATS(t)
+	g := tk.StartGateway(t, n, tk.TestConfig())
+	alice := tk.Dial(t, g.URL, "alice", "phone")
+	bob := tk.Dial(t, g.URL, "bob", "phone")
+	first := send(t, alice, "bob", "m1", "once")
+	m := tk.RecvMsg(t, bob, wait)
+	bob.Ack(m.Seq)
+	// The same message stored again under a new dedup id, as a resend past
+	// the 2-minute window would be.
+	copyMsg := nats.NewMsg("inbox.bob")
+	copyMsg.Header.Set("Nats-Msg-Id", "m:alice:m1:again")
+	for k, v := range map[string]string{"Sb-Kind": "msg", "Sb-From": "alice", "Sb-Device": "phone", "Sb-Id": "m1", "Sb-Ts": "1"} {
+		copyMsg.Header.Set(k, v)
+	}
+	copyMsg.Data = []byte(`"once"`)
+	ack, err := n.JS.PublishMsg(context.Background(), copyMsg)
+	if err != nil || ack.Sequence == first.Seq {
+		t.Fatalf("second copy: %v %+v", err, ack)
+	}
+	send(t, alice, "bob", "m2", "next")
+	if m := tk.RecvMsg(t, bob, wait); m.ID != "m2" {
+		t.Fatalf("bob got %s, want m2 (the copy of m1 must not reach the app)", m.ID)
+	}
+	tk.WaitFor(t, wait, func() error {
+		c, err := n.JS.Consumer(context.Background(), "INBOX", "bob~phone")
+		if err != nil {
+			return err
+		}
+		info, err := c.Info(context.Background())
+		if err != nil {
+			return err
+		}
+		if info.AckFloor.Stream < ack.Sequence {
+			return tk.Errorf("ack floor %d, want %d: the copy was never acked", info.AckFloor.Stream, ack.Sequence)
+		}
+		return nil
+	})
 }

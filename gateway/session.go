@@ -3,8 +3,10 @@ package gateway
 import (
 	"context"
 	"errors"
+	"fmt"
 	"log/slog"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -24,6 +26,7 @@ const (
 	pubSend      pubKind = iota // a chat message: answer "sent"
 	pubDelivered                // a delivered receipt: then ack the message
 	pubRead                     // a read receipt: nothing more to do
+	pubAckOnly                  // no publish: ack a delivered receipt, in turn
 )
 
 // pubItem is a JetStream publish awaiting its PubAck, with what to do then.
@@ -46,66 +49,99 @@ type pubItem struct {
 // Goroutines: the read loop calls handle; deliverLoop and pubAckLoop run on
 // their own. handle must not block except on pubq (backpressure on sends).
 type session struct {
-	srv *Server
-	id  Identity
-	sid string
-	t   transport
-	log *slog.Logger
+	srv  *Server
+	id   Identity
+	sid  string
+	born int64 // start time, ns: of two sessions of one device the newer wins
+	t    transport
+	log  *slog.Logger
 
 	sendLim  *rate.Limiter
 	frameLim *rate.Limiter
 	strikes  int // rate-limited frames in a row; read loop only
 
-	mu      sync.Mutex // guards pending and msgs
-	pending map[uint64]jetstream.Msg
-	msgs    jetstream.MessagesContext
+	mu       sync.Mutex // guards pending, msgs and stopping
+	pending  map[uint64]jetstream.Msg
+	msgs     jetstream.MessagesContext
+	stopping bool // delivery was stopped on purpose
 
 	pubq     chan pubItem
+	owed     atomic.Int64 // items enqueued on pubq and not yet answered
 	shutting atomic.Bool
 
 	kickSub *nats.Subscription
 	expiry  *time.Timer
 
-	loops    sync.WaitGroup
-	stopOnce sync.Once
-	stopped  chan struct{}
+	loops sync.WaitGroup
+	// delivering is closed when deliverLoop has returned (or never ran):
+	// from then on this session pulls nothing from the consumer.
+	delivering     chan struct{}
+	deliveringOnce sync.Once
+	stopOnce       sync.Once
+	stopped        chan struct{}
 }
 
 func newSession(srv *Server, id Identity, t transport) *session {
 	cfg := &srv.cfg
 	sid := nats.NewInbox()[len(nats.InboxPrefix):]
 	return &session{
-		srv:      srv,
-		id:       id,
-		sid:      sid,
-		t:        t,
-		log:      srv.log.With("user", id.User, "device", id.Device, "session", sid),
-		sendLim:  rate.NewLimiter(rate.Limit(cfg.SendRate), cfg.SendBurst),
-		frameLim: rate.NewLimiter(rate.Limit(cfg.FrameRate), cfg.FrameBurst),
-		pending:  make(map[uint64]jetstream.Msg),
-		pubq:     make(chan pubItem, cfg.MaxPendingSends),
-		stopped:  make(chan struct{}),
+		born:       time.Now().UnixNano(),
+		srv:        srv,
+		id:         id,
+		sid:        sid,
+		t:          t,
+		log:        srv.log.With("user", id.User, "device", id.Device, "session", sid),
+		sendLim:    rate.NewLimiter(rate.Limit(cfg.SendRate), cfg.SendBurst),
+		frameLim:   rate.NewLimiter(rate.Limit(cfg.FrameRate), cfg.FrameBurst),
+		pending:    make(map[uint64]jetstream.Msg),
+		pubq:       make(chan pubItem, cfg.MaxPendingSends),
+		delivering: make(chan struct{}),
+		stopped:    make(chan struct{}),
 	}
 }
 
 func kickSubject(user, device string) string { return "sb.kick." + user + "." + device }
 
+// kickMsg identifies a session on the kick subject: its start time and id.
+func (s *session) kickMsg() []byte {
+	return []byte(strconv.FormatInt(s.born, 10) + " " + s.sid)
+}
+
+// newerThan reports whether a session born at born with id sid started
+// after s (ties broken by id), so that of two sessions of one device the
+// newer one always wins.
+func (s *session) newerThan(born int64, sid string) bool {
+	return born > s.born || (born == s.born && sid > s.sid)
+}
+
 // start takes over the device (ending any older session of it), prepares
 // its consumer, greets the client and starts delivery.
+//
+// Taking over: the session asks on sb.kick.<user>.<device> and waits for
+// the older session, on any gateway, to stop pulling before it touches the
+// consumer. It then subscribes there itself and announces itself once more,
+// so two sessions that started at the same instant (each asking before the
+// other listened) still meet: the older of the two closes.
 func (s *session) start(ctx context.Context) error {
 	nc := s.srv.nc
 	subj := kickSubject(s.id.User, s.id.Device)
-	// Ask any older session of this device, on any gateway, to close, and
-	// wait for it so two sessions never pull from one consumer.
-	if _, err := nc.Request(subj, []byte(s.sid), s.srv.cfg.KickTimeout); err != nil &&
-		!errors.Is(err, nats.ErrNoResponders) && !errors.Is(err, nats.ErrTimeout) {
-		return err
+	wait := s.srv.cfg.KickTimeout + time.Second // longer than the older session's own wait
+	reply, err := nc.Request(subj, s.kickMsg(), wait)
+	switch {
+	case errors.Is(err, nats.ErrNoResponders):
+	case err != nil:
+		return fmt.Errorf("gateway: older session did not stop: %w", err)
+	case string(reply.Data) == kickRefused:
+		return errors.New("gateway: a newer session of this device is connected")
 	}
 	sub, err := nc.Subscribe(subj, s.onKick)
 	if err != nil {
 		return err
 	}
 	s.kickSub = sub
+	if err := nc.Publish(subj, s.kickMsg()); err != nil {
+		return err
+	}
 
 	cons, err := s.srv.devices.ensure(ctx, s.id.User, s.id.Device)
 	if err != nil {
@@ -118,6 +154,12 @@ func (s *session) start(ctx context.Context) error {
 		return err
 	}
 	s.mu.Lock()
+	if s.stopping {
+		s.mu.Unlock()
+		msgs.Stop()
+		s.doneDelivering()
+		return nil
+	}
 	s.msgs = msgs
 	s.mu.Unlock()
 	s.loops.Add(2)
@@ -132,19 +174,36 @@ func (s *session) start(ctx context.Context) error {
 	return nil
 }
 
-// onKick runs when a newer session of the same device starts: close this
-// one, wait until it has stopped pulling, then answer so the newer one
-// proceeds.
+// kickRefused answers a kick from a session older than the one asked.
+const kickRefused = "refused"
+
+// onKick runs when another session of the same device announces itself.
+// The older of the two closes: if that is this one, it stops pulling at
+// once, closes, waits until it has stopped, then answers.
 func (s *session) onKick(m *nats.Msg) {
-	if string(m.Data) == s.sid {
+	bornStr, sid, ok := strings.Cut(string(m.Data), " ")
+	born, err := strconv.ParseInt(bornStr, 10, 64)
+	if !ok || err != nil || sid == s.sid {
 		return
 	}
+	if !s.newerThan(born, sid) {
+		// The other one is older: it must close, not this one.
+		if m.Reply != "" {
+			_ = m.Respond([]byte(kickRefused))
+		} else {
+			_ = s.srv.nc.Publish(m.Subject, s.kickMsg())
+		}
+		return
+	}
+	s.stopDelivery()
 	s.t.Close(protocol.CloseReplaced, "replaced")
 	select {
-	case <-s.stopped:
+	case <-s.delivering:
 	case <-time.After(s.srv.cfg.KickTimeout):
 	}
-	_ = m.Respond(nil)
+	if m.Reply != "" {
+		_ = m.Respond(nil)
+	}
 }
 
 // stop ends delivery, lets in-flight PubAcks finish (bounded) and saves the
@@ -161,6 +220,7 @@ func (s *session) stop() {
 		s.stopDelivery()
 		close(s.pubq)
 		s.loops.Wait()
+		s.doneDelivering() // if delivery never started
 		close(s.stopped)
 	})
 }
@@ -170,7 +230,7 @@ func (s *session) stop() {
 func (s *session) beginShutdown(ctx context.Context) {
 	s.shutting.Store(true)
 	s.stopDelivery()
-	for len(s.pubq) > 0 && ctx.Err() == nil {
+	for s.owed.Load() > 0 && ctx.Err() == nil {
 		select {
 		case <-ctx.Done():
 		case <-s.t.Done():
@@ -181,9 +241,12 @@ func (s *session) beginShutdown(ctx context.Context) {
 	s.t.Close(protocol.CloseServiceRestart, "gateway shutting down")
 }
 
+func (s *session) doneDelivering() { s.deliveringOnce.Do(func() { close(s.delivering) }) }
+
 func (s *session) stopDelivery() {
 	s.mu.Lock()
 	msgs := s.msgs
+	s.stopping = true
 	s.mu.Unlock()
 	if msgs != nil {
 		msgs.Stop()
@@ -192,12 +255,19 @@ func (s *session) stopDelivery() {
 
 func (s *session) deliverLoop(msgs jetstream.MessagesContext) {
 	defer s.loops.Done()
+	defer s.doneDelivering()
 	for {
 		m, err := msgs.Next()
 		if err != nil {
-			if errors.Is(err, jetstream.ErrMsgIteratorClosed) {
+			s.mu.Lock()
+			stopping := s.stopping
+			s.mu.Unlock()
+			if stopping {
 				return
 			}
+			// Not stopped by us: the NATS connection closed or the
+			// consumer went away. End the session so the client
+			// reconnects, rather than keep a socket that gets nothing.
 			s.log.Warn("delivery stopped", "err", err)
 			s.t.Close(protocol.CloseInternal, "delivery stopped")
 			return
@@ -247,29 +317,42 @@ func (s *session) deliver(m jetstream.Msg) {
 func (s *session) pubAckLoop() {
 	defer s.loops.Done()
 	for it := range s.pubq {
-		var ack *jetstream.PubAck
-		var err error
-		select {
-		case ack = <-it.fut.Ok():
-		case err = <-it.fut.Err():
-		}
-		if err != nil {
-			s.log.Warn("store failed", "err", err)
-		}
-		switch {
-		case it.kind == pubDelivered && err == nil:
-			_ = it.ack.Ack()
-		case it.kind == pubDelivered:
-			// The receipt was not stored: have the message redelivered so
-			// the device acks it again.
-			_ = it.ack.Nak()
-		case it.kind == pubSend && err == nil:
-			s.t.Send(protocol.AppendSent(nil, it.id, ack.Sequence, it.ts, ack.Duplicate))
-		case it.kind == pubSend:
-			s.t.Send(protocol.EncodeError(protocol.ErrStoreFailed, "message was not stored; resend with the same id", it.id, 0, 0))
-		case err != nil:
-			s.t.Send(protocol.EncodeError(protocol.ErrStoreFailed, "read receipt was not stored; resend", "", it.seq, 0))
-		}
+		s.handlePub(it)
+		s.owed.Add(-1)
+	}
+}
+
+// handlePub completes one pubq item. Items complete in the order they were
+// enqueued, so JetStream sees a device's acks in the order the device sent
+// them and its ack floor keeps up (a reset to the floor then re-sends as
+// little as possible).
+func (s *session) handlePub(it pubItem) {
+	if it.kind == pubAckOnly {
+		_ = it.ack.Ack()
+		return
+	}
+	var ack *jetstream.PubAck
+	var err error
+	select {
+	case ack = <-it.fut.Ok():
+	case err = <-it.fut.Err():
+	}
+	if err != nil {
+		s.log.Warn("store failed", "err", err)
+	}
+	switch {
+	case it.kind == pubDelivered && err == nil:
+		_ = it.ack.Ack()
+	case it.kind == pubDelivered:
+		// The receipt was not stored: have the message redelivered so
+		// the device acks it again.
+		_ = it.ack.Nak()
+	case it.kind == pubSend && err == nil:
+		s.t.Send(protocol.AppendSent(nil, it.id, ack.Sequence, it.ts, ack.Duplicate))
+	case it.kind == pubSend:
+		s.t.Send(protocol.EncodeError(protocol.ErrStoreFailed, "message was not stored; resend with the same id", it.id, 0, 0))
+	case err != nil:
+		s.t.Send(protocol.EncodeError(protocol.ErrStoreFailed, "read receipt was not stored; resend", "", it.seq, 0))
 	}
 }
 
@@ -318,9 +401,11 @@ func (s *session) allow(l *rate.Limiter, id string) bool {
 }
 
 func (s *session) enqueue(it pubItem) {
+	s.owed.Add(1)
 	select {
 	case s.pubq <- it:
 	case <-s.t.Done():
+		s.owed.Add(-1)
 	}
 }
 
@@ -362,7 +447,7 @@ func (s *session) ack(seq uint64) {
 	}
 	h := m.Headers()
 	if h.Get(hdrKind) != kindMsg {
-		_ = m.Ack()
+		s.enqueue(pubItem{kind: pubAckOnly, ack: m})
 		return
 	}
 	// The delivered receipt is stored in the sender's inbox before the

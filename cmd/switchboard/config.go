@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net/url"
 	"os"
 	"path/filepath"
 	"strings"
@@ -159,12 +160,27 @@ func logConfig(log *slog.Logger, fs *flag.FlagSet) {
 	var attrs []any
 	fs.VisitAll(func(f *flag.Flag) {
 		v := f.Value.String()
-		if strings.Contains(f.Name, "secret") && v != "" {
+		switch {
+		case strings.Contains(f.Name, "secret") && v != "":
 			v = "[redacted]"
+		case strings.Contains(v, "://"):
+			v = redactURL(v)
 		}
 		attrs = append(attrs, slog.String(f.Name, v))
 	})
 	log.Info("config", attrs...)
+}
+
+// redactURL hides the user info (user:password or a token) of a URL.
+func redactURL(v string) string {
+	u, err := url.Parse(v)
+	if err != nil {
+		return "[unparsable url]"
+	}
+	if u.User != nil {
+		u.User = url.User("redacted")
+	}
+	return u.String()
 }
 
 // loadKeys builds the token keys from the config. With nothing configured it

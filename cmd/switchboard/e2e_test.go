@@ -232,3 +232,18 @@ func TestGracefulShutdownSendsServiceRestart(t *testing.T) {
 		t.Fatal("did not exit within 20s of SIGTERM")
 	}
 }
+
+func TestLoggedConfigHidesURLCredentials(t *testing.T) {
+	data := t.TempDir()
+	core := start(t, "--data", data, "--nats-listen", "127.0.0.1:0")
+	// The embedded server has no users, so it accepts any credentials.
+	secretURL := strings.Replace(core.NATSURL, "nats://", "nats://user:hunter2@", 1)
+	gw := start(t, "gateway", "--nats", secretURL, "--data", data)
+	logs := gw.Logs()
+	if strings.Contains(logs, "hunter2") {
+		t.Fatalf("password logged:\n%s", logs)
+	}
+	if !strings.Contains(logs, "redacted@") {
+		t.Fatalf("config line missing or not redacted:\n%s", logs)
+	}
+}

@@ -37,6 +37,10 @@ func runServe(args []string, allInOne bool) error {
 	if err != nil {
 		return err
 	}
+	// Signals are caught from the start, so a SIGTERM during start-up is
+	// a clean stop too; a second one forces an exit.
+	sig := make(chan os.Signal, 2)
+	signal.Notify(sig, syscall.SIGTERM, syscall.SIGINT)
 	logConfig(log, fs)
 	if !allInOne && c.NATSURL == "" {
 		return errors.New("gateway: --nats is required")
@@ -86,14 +90,17 @@ func runServe(args []string, allInOne bool) error {
 	serveErr := make(chan error, 1)
 	go func() { serveErr <- gw.Serve(ln) }()
 
-	sig := make(chan os.Signal, 1)
-	signal.Notify(sig, syscall.SIGTERM, syscall.SIGINT)
 	select {
 	case s := <-sig:
 		log.Info("shutting down", "signal", s.String())
 	case err := <-serveErr:
 		return err
 	}
+	go func() {
+		s := <-sig
+		log.Warn("second signal: exiting at once", "signal", s.String())
+		os.Exit(1)
+	}()
 	if err := gw.Shutdown(context.Background()); err != nil {
 		log.Warn("shutdown incomplete", "err", err)
 	}

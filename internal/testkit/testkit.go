@@ -165,12 +165,12 @@ func StartGateway(t testing.TB, n *NATS, cfg gateway.Config) *Gateway {
 	return g
 }
 
-// Kill drops the gateway as a crash would: its NATS connection is cut
-// first, so PubAcks and acks still in flight are lost, then every socket is
-// dropped with no close frame.
+// Kill drops the gateway as a crash would: every socket is dropped with no
+// close frame and its NATS connection is cut, so PubAcks and acks still in
+// flight are lost.
 func (g *Gateway) Kill() {
-	g.Conn.Close()
 	g.Server.Abort()
+	g.Conn.Close()
 }
 
 // Token mints a test token.
