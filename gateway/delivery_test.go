@@ -348,3 +348,22 @@ func TestSecondStoredCopyIsAckedNotShown(t *testing.T) {
 		return nil
 	})
 }
+
+func TestChangedSettingsReachExistingConsumers(t *testing.T) {
+	n := tk.StartNATS(t)
+	g := tk.StartGateway(t, n, tk.TestConfig())
+	if err := tk.Dial(t, g.URL, "bob", "phone").Close(); err != nil {
+		t.Fatal(err)
+	}
+	cfg := tk.TestConfig()
+	cfg.MaxInflight, cfg.AckWait = 64, 5*time.Second
+	g2 := tk.StartGateway(t, n, cfg)
+	tk.Dial(t, g2.URL, "bob", "phone")
+	c, err := n.JS.Consumer(context.Background(), "INBOX", "bob~phone")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := c.CachedInfo().Config; got.MaxAckPending != 64 || got.AckWait != 5*time.Second {
+		t.Fatalf("consumer keeps max_ack_pending %d, ack_wait %s; want 64, 5s", got.MaxAckPending, got.AckWait)
+	}
+}

@@ -55,10 +55,20 @@ func (d *devices) ensure(ctx context.Context, user, device string) (jetstream.Co
 	c, err := d.inbox.Consumer(ctx, name)
 	switch {
 	case err == nil:
+		ci := c.CachedInfo()
+		// Settings changed since the consumer was made (--ack-wait,
+		// --max-inflight) are applied to it.
+		if ci.Config.AckWait != d.template.AckWait || ci.Config.MaxAckPending != d.template.MaxAckPending {
+			cfg := ci.Config
+			cfg.AckWait, cfg.MaxAckPending = d.template.AckWait, d.template.MaxAckPending
+			if c, err = d.inbox.UpdateConsumer(ctx, cfg); err != nil {
+				return nil, fmt.Errorf("gateway: update consumer: %w", err)
+			}
+		}
 		// Anything still unacked belongs to an earlier session that is
 		// gone. Rewind to the ack floor so it comes again at once and in
 		// order, instead of after AckWait and behind newer messages.
-		if ci := c.CachedInfo(); ci.NumAckPending > 0 || ci.NumRedelivered > 0 {
+		if ci.NumAckPending > 0 || ci.NumRedelivered > 0 {
 			if _, err := d.inbox.ResetConsumer(ctx, name); err != nil {
 				return nil, fmt.Errorf("gateway: reset consumer: %w", err)
 			}

@@ -247,3 +247,69 @@ func TestLoggedConfigHidesURLCredentials(t *testing.T) {
 		t.Fatalf("config line missing or not redacted:\n%s", logs)
 	}
 }
+
+func TestEmbeddedNATSRefusesOpenListenWithoutConfig(t *testing.T) {
+	out, err := exec.Command(binary, "--data", t.TempDir(), "--nats-listen", "0.0.0.0:0", "--listen", "127.0.0.1:0").CombinedOutput()
+	if err == nil || !strings.Contains(string(out), "not a loopback address") {
+		t.Fatalf("want a refusal naming the loopback rule, got %v:\n%s", err, out)
+	}
+}
+
+// The README's "try it": two chat clients, the way a newcomer runs them.
+func TestReadmeChat(t *testing.T) {
+	data := t.TempDir()
+	p := start(t, "--data", data, "--nats-listen", "127.0.0.1:0")
+	bobOut := &lockedBuffer{}
+	bob := exec.Command(binary, "chat", "--url", p.WSURL, "--token", token(t, data, "bob", "phone"))
+	bob.Stdout, bob.Stderr = bobOut, bobOut
+	if err := bob.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = bob.Process.Kill(); _ = bob.Wait() })
+	// Whether or not bob's session is up yet, his first device gets every
+	// message sent to him.
+	alice := exec.Command(binary, "chat", "--url", p.WSURL, "--token", token(t, data, "alice", "phone"), "--to", "bob")
+	aliceIn, err := alice.StdinPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	aliceOut := &lockedBuffer{}
+	alice.Stdout, alice.Stderr = aliceOut, aliceOut
+	if err := alice.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = alice.Process.Kill(); _ = alice.Wait() })
+	if _, err := io.WriteString(aliceIn, "hello bob\n"); err != nil {
+		t.Fatal(err)
+	}
+	tk.WaitFor(t, 15*time.Second, func() error {
+		if !strings.Contains(bobOut.String(), "alice/phone: hello bob") {
+			return fmt.Errorf("bob's terminal: %q", bobOut.String())
+		}
+		a := aliceOut.String()
+		for _, want := range []string{"sent, seq", "delivered by bob/phone", "read by bob/phone"} {
+			if !strings.Contains(a, want) {
+				return fmt.Errorf("alice's terminal lacks %q: %q", want, a)
+			}
+		}
+		return nil
+	})
+	aliceIn.Close()
+}
+
+type lockedBuffer struct {
+	mu sync.Mutex
+	b  strings.Builder
+}
+
+func (l *lockedBuffer) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.Write(p)
+}
+
+func (l *lockedBuffer) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.String()
+}

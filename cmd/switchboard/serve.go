@@ -54,6 +54,9 @@ func runServe(args []string, allInOne bool) error {
 	var nc *nats.Conn
 	opts := []nats.Option{nats.MaxReconnects(-1), nats.ReconnectWait(250 * time.Millisecond)}
 	if c.NATSURL == "" {
+		if err := checkEmbeddedListen(c.NATSListen, c.NATSConfig); err != nil {
+			return err
+		}
 		ns, err = embednats.Start(embednats.Options{
 			Listen:     c.NATSListen,
 			StoreDir:   filepath.Join(c.DataDir, "jetstream"),
@@ -125,4 +128,25 @@ func waitClosed(nc *nats.Conn, d time.Duration) {
 	for !nc.IsClosed() && time.Now().Before(deadline) {
 		time.Sleep(10 * time.Millisecond)
 	}
+}
+
+// checkEmbeddedListen refuses to expose the embedded NATS beyond loopback
+// without a config file: it has no users, and anyone who reaches it could
+// read every inbox or forge senders. A config file can set up auth.
+func checkEmbeddedListen(listen, configFile string) error {
+	if configFile != "" {
+		return nil
+	}
+	host, _, err := net.SplitHostPort(listen)
+	if err != nil {
+		return fmt.Errorf("nats-listen: %w", err)
+	}
+	if host == "localhost" {
+		return nil
+	}
+	if ip := net.ParseIP(host); ip != nil && ip.IsLoopback() {
+		return nil
+	}
+	return fmt.Errorf("nats-listen %q is not a loopback address: the embedded NATS has no auth; "+
+		"use --nats-config with authorization, or an external NATS", listen)
 }
