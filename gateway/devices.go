@@ -44,6 +44,7 @@ type devices struct {
 	inbox    jetstream.Stream
 	kv       jetstream.KeyValue
 	template jetstream.ConsumerConfig
+	onReset  func() // counts a rewind to the ack floor
 }
 
 func consumerName(user, device string) string { return user + "~" + device }
@@ -71,6 +72,9 @@ func (d *devices) ensure(ctx context.Context, user, device string) (jetstream.Co
 		if ci.NumAckPending > 0 || ci.NumRedelivered > 0 {
 			if _, err := d.inbox.ResetConsumer(ctx, name); err != nil {
 				return nil, fmt.Errorf("gateway: reset consumer: %w", err)
+			}
+			if d.onReset != nil {
+				d.onReset()
 			}
 		}
 		return c, nil

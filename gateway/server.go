@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -43,6 +44,8 @@ type Server struct {
 	anyOrigin   bool
 	upgrader    websocket.FastHTTPUpgrader
 	http        *fasthttp.Server
+
+	metrics *metrics
 
 	mu       sync.Mutex // guards sessions
 	sessions map[*session]struct{}
@@ -95,6 +98,8 @@ func New(ctx context.Context, cfg Config, keys *Keys, nc *nats.Conn, log *slog.L
 		origins:     map[string]bool{},
 		sessions:    map[*session]struct{}{},
 	}
+	s.metrics = newMetrics(s)
+	s.devices.onReset = s.metrics.resets.Inc
 	for _, o := range cfg.AllowedOrigins {
 		if o == "*" {
 			s.anyOrigin = true
@@ -142,6 +147,8 @@ func (s *Server) route(ctx *fasthttp.RequestCtx) {
 	switch string(ctx.Path()) {
 	case PathWS:
 		s.serveWS(ctx)
+	case PathMetrics:
+		s.metrics.handler(ctx)
 	case PathHealthz:
 		ctx.SetStatusCode(fasthttp.StatusOK)
 		ctx.SetBodyString("ok\n")
@@ -159,6 +166,11 @@ func (s *Server) route(ctx *fasthttp.RequestCtx) {
 }
 
 // httpError answers a refused handshake with a JSON body naming the reason.
+func (s *Server) refuse(ctx *fasthttp.RequestCtx, status int, code, msg string) {
+	s.metrics.refused.WithLabelValues(code).Inc()
+	httpError(ctx, status, code, msg)
+}
+
 func httpError(ctx *fasthttp.RequestCtx, status int, code, msg string) {
 	ctx.SetStatusCode(status)
 	ctx.SetContentType("application/json")
@@ -167,11 +179,11 @@ func httpError(ctx *fasthttp.RequestCtx, status int, code, msg string) {
 
 func (s *Server) serveWS(ctx *fasthttp.RequestCtx) {
 	if s.closing.Load() {
-		httpError(ctx, fasthttp.StatusServiceUnavailable, "shutting_down", "gateway is shutting down")
+		s.refuse(ctx, fasthttp.StatusServiceUnavailable, "shutting_down", "gateway is shutting down")
 		return
 	}
 	if !s.checkOrigin(ctx) {
-		httpError(ctx, fasthttp.StatusForbidden, "bad_origin", "origin not allowed")
+		s.refuse(ctx, fasthttp.StatusForbidden, "bad_origin", "origin not allowed")
 		return
 	}
 	id, err := s.keys.Verify(bearerToken(ctx), time.Now())
@@ -184,11 +196,11 @@ func (s *Server) serveWS(ctx *fasthttp.RequestCtx) {
 		case errors.Is(err, ErrTokenExpired):
 			code = "token_expired"
 		}
-		httpError(ctx, fasthttp.StatusUnauthorized, code, "missing, invalid or expired token")
+		s.refuse(ctx, fasthttp.StatusUnauthorized, code, "missing, invalid or expired token")
 		return
 	}
 	if !offersSubprotocol(ctx) {
-		httpError(ctx, fasthttp.StatusBadRequest, "bad_subprotocol", "offer "+protocol.Subprotocol)
+		s.refuse(ctx, fasthttp.StatusBadRequest, "bad_subprotocol", "offer "+protocol.Subprotocol)
 		return
 	}
 	// A request that fasthttp closes before the handler runs (Connection:
@@ -276,6 +288,7 @@ func (s *Server) runConn(ws *websocket.Conn, id Identity) {
 	sess.stop()
 	<-c.writerDone
 	sess.log.Debug("disconnected", "code", c.closeCode, "reason", c.closeReason)
+	s.metrics.closes.WithLabelValues(strconv.Itoa(c.closeCode)).Inc()
 	if err == nil {
 		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
 		if err := s.devices.saveFloor(ctx, id.User, id.Device); err != nil {

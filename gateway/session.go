@@ -311,6 +311,7 @@ func (s *session) deliver(m jetstream.Msg) {
 	s.mu.Lock()
 	s.pending[seq] = m
 	s.mu.Unlock()
+	s.srv.metrics.delivered.Inc()
 	s.t.Send(frame)
 }
 
@@ -348,11 +349,12 @@ func (s *session) handlePub(it pubItem) {
 		// the device acks it again.
 		_ = it.ack.Nak()
 	case it.kind == pubSend && err == nil:
+		s.srv.metrics.stored.Inc()
 		s.t.Send(protocol.AppendSent(nil, it.id, ack.Sequence, it.ts, ack.Duplicate))
 	case it.kind == pubSend:
-		s.t.Send(protocol.EncodeError(protocol.ErrStoreFailed, "message was not stored; resend with the same id", it.id, 0, 0))
+		s.sendError(protocol.ErrStoreFailed, "message was not stored; resend with the same id", it.id, 0, 0)
 	case err != nil:
-		s.t.Send(protocol.EncodeError(protocol.ErrStoreFailed, "read receipt was not stored; resend", "", it.seq, 0))
+		s.sendError(protocol.ErrStoreFailed, "read receipt was not stored; resend", "", it.seq, 0)
 	}
 }
 
@@ -362,10 +364,11 @@ func (s *session) handle(data []byte) {
 	if err != nil {
 		var de *protocol.DecodeError
 		if errors.As(err, &de) && s.allow(s.frameLim, de.ID) {
-			s.t.Send(protocol.EncodeError(de.Code, de.Reason, de.ID, 0, 0))
+			s.sendError(de.Code, de.Reason, de.ID, 0, 0)
 		}
 		return
 	}
+	s.srv.metrics.framesIn.WithLabelValues(f.Type).Inc()
 	switch f.Type {
 	case protocol.TypeSend:
 		if s.allow(s.sendLim, f.ID) {
@@ -393,7 +396,7 @@ func (s *session) allow(l *rate.Limiter, id string) bool {
 			s.t.Close(protocol.ClosePolicy, protocol.ReasonFlood)
 			return false
 		}
-		s.t.Send(protocol.EncodeError(protocol.ErrRateLimited, "too many frames", id, 0, d.Milliseconds()+1))
+		s.sendError(protocol.ErrRateLimited, "too many frames", id, 0, d.Milliseconds()+1)
 		return false
 	}
 	s.strikes = 0
@@ -411,7 +414,7 @@ func (s *session) enqueue(it pubItem) {
 
 func (s *session) send(f *protocol.Frame) {
 	if s.shutting.Load() {
-		s.t.Send(protocol.EncodeError(protocol.ErrShuttingDown, "gateway is shutting down", f.ID, 0, 0))
+		s.sendError(protocol.ErrShuttingDown, "gateway is shutting down", f.ID, 0, 0)
 		return
 	}
 	ts := time.Now().UnixMilli()
@@ -430,7 +433,7 @@ func (s *session) send(f *protocol.Frame) {
 	fut, err := s.srv.js.PublishMsgAsync(m)
 	if err != nil {
 		s.log.Warn("publish failed", "err", err)
-		s.t.Send(protocol.EncodeError(protocol.ErrStoreFailed, "message was not stored; resend with the same id", f.ID, 0, 0))
+		s.sendError(protocol.ErrStoreFailed, "message was not stored; resend with the same id", f.ID, 0, 0)
 		return
 	}
 	s.enqueue(pubItem{fut: fut, kind: pubSend, id: f.ID, ts: ts})
@@ -442,7 +445,7 @@ func (s *session) ack(seq uint64) {
 	delete(s.pending, seq)
 	s.mu.Unlock()
 	if m == nil {
-		s.t.Send(protocol.EncodeError(protocol.ErrUnknownSeq, "nothing pending with this seq", "", seq, 0))
+		s.sendError(protocol.ErrUnknownSeq, "nothing pending with this seq", "", seq, 0)
 		return
 	}
 	h := m.Headers()
@@ -485,14 +488,20 @@ func (s *session) read(seq uint64) {
 	defer cancel()
 	rm, err := s.srv.inbox.GetMsg(ctx, seq)
 	if err != nil || rm.Subject != streams.InboxSubject(s.id.User) || rm.Header.Get(hdrKind) != kindMsg {
-		s.t.Send(protocol.EncodeError(protocol.ErrUnknownSeq, "no message to you with this seq", "", seq, 0))
+		s.sendError(protocol.ErrUnknownSeq, "no message to you with this seq", "", seq, 0)
 		return
 	}
 	from, id := rm.Header.Get(hdrFrom), rm.Header.Get(hdrID)
 	fut, err := s.srv.js.PublishMsgAsync(s.receipt(protocol.StatusRead, from, id))
 	if err != nil {
-		s.t.Send(protocol.EncodeError(protocol.ErrStoreFailed, "read receipt was not stored; resend", "", seq, 0))
+		s.sendError(protocol.ErrStoreFailed, "read receipt was not stored; resend", "", seq, 0)
 		return
 	}
 	s.enqueue(pubItem{fut: fut, kind: pubRead, seq: seq})
+}
+
+// sendError answers a frame with an error frame and counts it.
+func (s *session) sendError(code protocol.ErrorCode, message, id string, seq uint64, retryMS int64) {
+	s.srv.metrics.errors.WithLabelValues(string(code)).Inc()
+	s.t.Send(protocol.EncodeError(code, message, id, seq, retryMS))
 }

@@ -1,0 +1,64 @@
+package gateway
+
+import (
+	"strconv"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"github.com/valyala/fasthttp"
+	"github.com/valyala/fasthttp/fasthttpadaptor"
+
+	"github.com/switchboard-im/switchboard/gateway/protocol"
+)
+
+// PathMetrics serves Prometheus metrics.
+const PathMetrics = "/metrics"
+
+// metrics are one gateway's Prometheus metrics, in a registry of its own so
+// several gateways can live in one process (tests, embedding).
+type metrics struct {
+	reg       *prometheus.Registry
+	handler   fasthttp.RequestHandler
+	sessions  prometheus.GaugeFunc
+	refused   *prometheus.CounterVec // handshakes refused, by code
+	closes    *prometheus.CounterVec // connections closed, by close code
+	framesIn  *prometheus.CounterVec // client frames accepted, by type
+	errors    *prometheus.CounterVec // error frames sent, by code
+	delivered prometheus.Counter     // msg and receipt frames queued to devices
+	stored    prometheus.Counter     // sends confirmed "sent"
+	resets    prometheus.Counter     // consumers rewound to their ack floor
+}
+
+func newMetrics(s *Server) *metrics {
+	m := &metrics{reg: prometheus.NewRegistry()}
+	ns := "switchboard_gateway"
+	m.sessions = prometheus.NewGaugeFunc(prometheus.GaugeOpts{Namespace: ns, Name: "sessions",
+		Help: "Connected device sessions."}, func() float64 { return float64(s.Sessions()) })
+	m.refused = prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Name: "handshakes_refused_total",
+		Help: "WebSocket upgrades refused, by reason code."}, []string{"code"})
+	m.closes = prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Name: "closes_total",
+		Help: "Connections closed, by WebSocket close code."}, []string{"code"})
+	m.framesIn = prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Name: "frames_in_total",
+		Help: "Client frames accepted, by type."}, []string{"type"})
+	m.errors = prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Name: "error_frames_total",
+		Help: "Error frames sent, by code."}, []string{"code"})
+	m.delivered = prometheus.NewCounter(prometheus.CounterOpts{Namespace: ns, Name: "deliveries_total",
+		Help: "Messages and receipts handed to devices (redeliveries included)."})
+	m.stored = prometheus.NewCounter(prometheus.CounterOpts{Namespace: ns, Name: "sends_stored_total",
+		Help: "Sends stored in JetStream and answered \"sent\"."})
+	m.resets = prometheus.NewCounter(prometheus.CounterOpts{Namespace: ns, Name: "consumer_resets_total",
+		Help: "Device consumers rewound to their ack floor on connect."})
+	m.reg.MustRegister(m.sessions, m.refused, m.closes, m.framesIn, m.errors, m.delivered, m.stored, m.resets,
+		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	// Pre-create the label values operators alert on, so they read 0
+	// rather than being absent.
+	for _, e := range protocol.Errors {
+		m.errors.WithLabelValues(string(e.Code))
+	}
+	for _, c := range protocol.Closes {
+		m.closes.WithLabelValues(strconv.Itoa(c.Code))
+	}
+	m.handler = fasthttpadaptor.NewFastHTTPHandler(promhttp.HandlerFor(m.reg, promhttp.HandlerOpts{}))
+	return m
+}
