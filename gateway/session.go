@@ -125,12 +125,17 @@ func (s *session) newerThan(born int64, sid string) bool {
 func (s *session) start(ctx context.Context) error {
 	nc := s.srv.nc
 	subj := kickSubject(s.id.User, s.id.Device)
-	wait := s.srv.cfg.KickTimeout + time.Second // longer than the older session's own wait
-	reply, err := nc.Request(subj, s.kickMsg(), wait)
+	reply, err := nc.Request(subj, s.kickMsg(), s.srv.cfg.KickTimeout)
 	switch {
 	case errors.Is(err, nats.ErrNoResponders):
+	case errors.Is(err, nats.ErrTimeout):
+		// The older session's gateway did not answer: it crashed and
+		// NATS has not noticed yet, or it is wedged. Waiting longer would
+		// keep the device offline for minutes, so go on; the reset below
+		// rewinds whatever the old session held.
+		s.log.Warn("older session did not answer the kick; taking over")
 	case err != nil:
-		return fmt.Errorf("gateway: older session did not stop: %w", err)
+		return fmt.Errorf("gateway: kick: %w", err)
 	case string(reply.Data) == kickRefused:
 		return errors.New("gateway: a newer session of this device is connected")
 	}
@@ -186,6 +191,15 @@ func (s *session) onKick(m *nats.Msg) {
 	if !ok || err != nil || sid == s.sid {
 		return
 	}
+	select {
+	case <-s.stopped:
+		// Gone already (a drained kick): never stand in a live one's way.
+		if m.Reply != "" {
+			_ = m.Respond(nil)
+		}
+		return
+	default:
+	}
 	if !s.newerThan(born, sid) {
 		// The other one is older: it must close, not this one.
 		if m.Reply != "" {
@@ -199,7 +213,7 @@ func (s *session) onKick(m *nats.Msg) {
 	s.t.Close(protocol.CloseReplaced, "replaced")
 	select {
 	case <-s.delivering:
-	case <-time.After(s.srv.cfg.KickTimeout):
+	case <-time.After(s.srv.cfg.KickTimeout / 2): // answer well within the asker's wait
 	}
 	if m.Reply != "" {
 		_ = m.Respond(nil)
@@ -214,14 +228,17 @@ func (s *session) stop() {
 		if s.expiry != nil {
 			s.expiry.Stop()
 		}
-		if s.kickSub != nil {
-			_ = s.kickSub.Unsubscribe()
-		}
 		s.stopDelivery()
 		close(s.pubq)
 		s.loops.Wait()
 		s.doneDelivering() // if delivery never started
 		close(s.stopped)
+		if s.kickSub != nil {
+			// Drain, not unsubscribe: a kick already on its way is still
+			// answered (at once: this session has stopped), so the newer
+			// session does not wait out its timeout.
+			_ = s.kickSub.Drain()
+		}
 	})
 }
 
