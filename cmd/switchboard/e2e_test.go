@@ -58,9 +58,15 @@ type proc struct {
 }
 
 // start runs the binary with args and waits until it logs where it listens.
-func start(t *testing.T, args ...string) *proc {
+func start(t testing.TB, args ...string) *proc {
 	t.Helper()
-	cmd := exec.Command(binary, append(args, "--log-format", "json", "--listen", "127.0.0.1:0")...)
+	return startBinary(t, binary, args...)
+}
+
+// startBinary is start with another build of the binary.
+func startBinary(t testing.TB, bin string, args ...string) *proc {
+	t.Helper()
+	cmd := exec.Command(bin, append(args, "--log-format", "json", "--listen", "127.0.0.1:0")...)
 	stderr, err := cmd.StderrPipe()
 	if err != nil {
 		t.Fatal(err)
