@@ -96,6 +96,13 @@ type Sent struct {
 	Dup bool
 }
 
+// Typing reports that From (on Device) is typing to this user. Typing
+// events are never stored: one missed while offline is gone.
+type Typing struct {
+	From   string
+	Device string
+}
+
 type outgoing struct {
 	retries int    // guarded by Client.mu
 	seq     uint64 // order of Send calls, for resending in order
@@ -111,9 +118,10 @@ type result struct {
 
 // Client is one device's connection to Switchboard.
 type Client struct {
-	opts Options
-	msgs chan Message
-	rcpt chan Receipt
+	opts   Options
+	msgs   chan Message
+	rcpt   chan Receipt
+	typing chan Typing
 
 	ctx    context.Context
 	cancel context.CancelFunc
@@ -158,6 +166,7 @@ func Dial(ctx context.Context, opts Options) (*Client, error) {
 		opts:     opts,
 		msgs:     make(chan Message, opts.Buffer),
 		rcpt:     make(chan Receipt, opts.Buffer),
+		typing:   make(chan Typing, 64),
 		outbox:   map[string]*outgoing{},
 		seenMsg:  newLRU(100000),
 		seenRcpt: newLRU(100000),
@@ -184,6 +193,21 @@ func (c *Client) Messages() <-chan Message { return c.msgs }
 
 // Receipts delivers each receipt once. Receipts are acked automatically.
 func (c *Client) Receipts() <-chan Receipt { return c.rcpt }
+
+// TypingEvents delivers typing signals. They are dropped, never queued
+// without bound, when the app does not keep up.
+func (c *Client) TypingEvents() <-chan Typing { return c.typing }
+
+// SendTyping tells user to's online devices that this user is typing.
+// Send it again every few seconds while typing; receivers show it for
+// about 5 seconds. Nothing is stored and nothing is answered.
+func (c *Client) SendTyping(to string) error {
+	if !protocol.ValidID(to) {
+		return ErrBadID
+	}
+	c.writeCurrent(protocol.AppendTypingTo(nil, to))
+	return nil
+}
 
 // Stats counts what the client did behind the app's back.
 type Stats struct {
@@ -414,6 +438,11 @@ func (c *Client) handle(conn *websocket.Conn, f *protocol.Frame) error {
 			}
 		}
 		return c.write(conn, protocol.AppendSeqFrame(nil, protocol.TypeAck, f.Seq))
+	case protocol.TypeTyping:
+		select {
+		case c.typing <- Typing{From: f.From, Device: f.Device}:
+		default: // ephemeral: drop rather than block the connection
+		}
 	case protocol.TypeError:
 		c.onError(f)
 	}

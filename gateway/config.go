@@ -44,6 +44,11 @@ type Config struct {
 	SendBurst  int
 	FrameRate  float64
 	FrameBurst int
+	// TypingRate and TypingBurst limit typing frames per connection; they
+	// fan out to every device of the recipient, so they get their own,
+	// tighter bucket.
+	TypingRate  float64
+	TypingBurst int
 	// FloodStrikes is how many rate-limited frames in a row close the
 	// connection with 1008 "flood".
 	FloodStrikes int
@@ -85,6 +90,8 @@ func DefaultConfig() Config {
 		FrameRate:        500,
 		FrameBurst:       1000,
 		FloodStrikes:     50,
+		TypingRate:       2,
+		TypingBurst:      5,
 		MaxPendingSends:  256,
 		OutboundQueue:    1024,
 		ShutdownTimeout:  10 * time.Second,
@@ -112,6 +119,8 @@ func (c *Config) Validate() error {
 		return bad("SendRate/SendBurst", "must be positive")
 	case c.FrameRate <= 0 || c.FrameBurst < 1:
 		return bad("FrameRate/FrameBurst", "must be positive")
+	case c.TypingRate <= 0 || c.TypingBurst < 1:
+		return bad("TypingRate/TypingBurst", "must be positive")
 	case c.FloodStrikes < 1:
 		return bad("FloodStrikes", "must be at least 1")
 	case c.MaxInflight < 0 || c.MaxInflight > 100000:

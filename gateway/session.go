@@ -56,9 +56,10 @@ type session struct {
 	t    transport
 	log  *slog.Logger
 
-	sendLim  *rate.Limiter
-	frameLim *rate.Limiter
-	strikes  int // rate-limited frames in a row; read loop only
+	sendLim   *rate.Limiter
+	frameLim  *rate.Limiter
+	typingLim *rate.Limiter
+	strikes   int // rate-limited frames in a row; read loop only
 
 	mu       sync.Mutex // guards pending, msgs and stopping
 	pending  map[uint64]jetstream.Msg
@@ -70,6 +71,7 @@ type session struct {
 	shutting atomic.Bool
 
 	kickSub *nats.Subscription
+	evSub   *nats.Subscription
 	expiry  *time.Timer
 
 	loops sync.WaitGroup
@@ -93,6 +95,7 @@ func newSession(srv *Server, id Identity, t transport) *session {
 		log:        srv.log.With("user", id.User, "device", id.Device, "session", sid),
 		sendLim:    rate.NewLimiter(rate.Limit(cfg.SendRate), cfg.SendBurst),
 		frameLim:   rate.NewLimiter(rate.Limit(cfg.FrameRate), cfg.FrameBurst),
+		typingLim:  rate.NewLimiter(rate.Limit(cfg.TypingRate), cfg.TypingBurst),
 		pending:    make(map[uint64]jetstream.Msg),
 		pubq:       make(chan pubItem, cfg.MaxPendingSends),
 		delivering: make(chan struct{}),
@@ -153,6 +156,10 @@ func (s *session) start(ctx context.Context) error {
 		return err
 	}
 	s.t.Send(protocol.EncodeWelcome(s.id.User, s.id.Device, s.sid, s.srv.cfg.MaxFrameBytes))
+	// Events only after the welcome, which must be the first frame.
+	if s.evSub, err = nc.Subscribe(eventSubject(s.id.User), s.onEvent); err != nil {
+		return err
+	}
 
 	msgs, err := cons.Messages(jetstream.PullMaxMessages(s.srv.maxInflight))
 	if err != nil {
@@ -233,6 +240,9 @@ func (s *session) stop() {
 		s.loops.Wait()
 		s.doneDelivering() // if delivery never started
 		close(s.stopped)
+		if s.evSub != nil {
+			_ = s.evSub.Unsubscribe()
+		}
 		if s.kickSub != nil {
 			// Drain, not unsubscribe: a kick already on its way is still
 			// answered (at once: this session has stopped), so the newer
@@ -399,8 +409,22 @@ func (s *session) handle(data []byte) {
 		if s.allow(s.frameLim, "") {
 			s.read(f.Seq)
 		}
+	case protocol.TypeTyping:
+		if s.allow(s.typingLim, "") && f.To != s.id.User {
+			// Core NATS only: a typing signal is worth nothing later, so
+			// it is never stored.
+			_ = s.srv.nc.Publish(eventSubject(f.To), protocol.AppendTyping(nil, s.id.User, s.id.Device))
+		}
 	}
 }
+
+// eventSubject carries ephemeral events for all of a user's online devices
+// (typing now). Core NATS: nothing on it is stored.
+func eventSubject(user string) string { return "sb.ev." + user }
+
+// onEvent forwards an ephemeral event to the device. Only gateways publish
+// on sb.ev.*, and they publish complete frames.
+func (s *session) onEvent(m *nats.Msg) { s.t.Send(m.Data) }
 
 // allow applies a rate limit. An over-limit frame gets rate_limited; too
 // many in a row close the connection with 1008 "flood".

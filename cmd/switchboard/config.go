@@ -83,6 +83,8 @@ func bindFlags(fs *flag.FlagSet, c *appConfig, withEmbedded bool) {
 	fs.IntVar(&g.SendBurst, "send-burst", g.SendBurst, "send frame burst per connection")
 	fs.Float64Var(&g.FrameRate, "frame-rate", g.FrameRate, "other frames per second per connection")
 	fs.IntVar(&g.FrameBurst, "frame-burst", g.FrameBurst, "other frame burst per connection")
+	fs.Float64Var(&g.TypingRate, "typing-rate", g.TypingRate, "typing frames per second per connection")
+	fs.IntVar(&g.TypingBurst, "typing-burst", g.TypingBurst, "typing frame burst per connection")
 	fs.IntVar(&g.FloodStrikes, "flood-strikes", g.FloodStrikes, "rate-limited frames in a row before close 1008")
 	fs.IntVar(&g.MaxInflight, "max-inflight", g.MaxInflight, "messages a device may hold unacked (0: 256)")
 	fs.IntVar(&g.MaxPendingSends, "max-pending-sends", g.MaxPendingSends, "sends per connection awaiting their PubAck")

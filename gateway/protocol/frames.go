@@ -21,6 +21,9 @@ const (
 	TypeSend = "send"
 	TypeAck  = "ack"
 	TypeRead = "read"
+	// TypeTyping goes both ways: a client says it is typing to `to`; the
+	// server tells the recipient's devices who is typing.
+	TypeTyping = "typing"
 
 	// Server to client.
 	TypeWelcome = "welcome"
@@ -143,6 +146,10 @@ func DecodeClient(data []byte) (*Frame, error) {
 		if len(f.Body) == 0 || string(f.Body) == "null" {
 			return nil, decodeErr(ErrBadField, f.ID, "body is required")
 		}
+	case TypeTyping:
+		if !ValidID(f.To) {
+			return nil, decodeErr(ErrBadID, "", "to: %v", ErrInvalidID)
+		}
 	case TypeAck, TypeRead:
 		if f.Seq == 0 {
 			return nil, decodeErr(ErrBadField, "", "seq is required and must be a positive integer")
@@ -225,6 +232,22 @@ func AppendReceipt(b []byte, id, status, by, device string, seq uint64, ts int64
 	b = append(b, `,"ts":`...)
 	b = strconv.AppendInt(b, ts, 10)
 	return append(b, '}')
+}
+
+// AppendTyping appends a server typing frame: from on device is typing.
+func AppendTyping(b []byte, from, device string) []byte {
+	b = append(b, `{"type":"typing","from":"`...)
+	b = append(b, from...)
+	b = append(b, `","device":"`...)
+	b = append(b, device...)
+	return append(b, `"}`...)
+}
+
+// AppendTypingTo appends a client typing frame.
+func AppendTypingTo(b []byte, to string) []byte {
+	b = append(b, `{"type":"typing","to":"`...)
+	b = append(b, to...)
+	return append(b, `"}`...)
 }
 
 // AppendSend appends a client send frame. body must be valid JSON.

@@ -551,6 +551,14 @@ func FuzzDecodeClient(f *testing.F) {
 			if err != nil || again.Type != fr.Type || again.Seq != fr.Seq {
 				t.Fatalf("re-encoded %s seq %d read back as %+v, %v", fr.Type, fr.Seq, again, err)
 			}
+		case TypeTyping:
+			if !ValidID(fr.To) {
+				t.Fatalf("typing accepted to %q", fr.To)
+			}
+			again, err := DecodeClient(AppendTypingTo(nil, fr.To))
+			if err != nil || again.Type != TypeTyping || again.To != fr.To {
+				t.Fatalf("re-encoded typing to %q read back as %+v, %v", fr.To, again, err)
+			}
 		default:
 			t.Fatalf("accepted a frame of type %q", fr.Type)
 		}
