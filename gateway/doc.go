@@ -21,6 +21,7 @@
 // a comment says so (a full PubAck queue stops reading from that socket:
 // backpressure on a sender that outruns the store).
 //
-// Lock order: Server.mu, then session.mu; neither is held while calling
-// into NATS or writing to a socket.
+// Locks: Server.mu (the session set) and session.mu (pending deliveries,
+// the delivery iterator) are never held together, nor while calling into
+// NATS or writing to a socket.
 package gateway
