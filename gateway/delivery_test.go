@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"net/http"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -15,6 +16,7 @@ import (
 	"github.com/switchboard-im/switchboard/client"
 	"github.com/switchboard-im/switchboard/gateway/protocol"
 	tk "github.com/switchboard-im/switchboard/internal/testkit"
+	"github.com/switchboard-im/switchboard/streams"
 )
 
 const wait = 10 * time.Second
@@ -365,5 +367,52 @@ func TestChangedSettingsReachExistingConsumers(t *testing.T) {
 	}
 	if got := c.CachedInfo().Config; got.MaxAckPending != 64 || got.AckWait != 5*time.Second {
 		t.Fatalf("consumer keeps max_ack_pending %d, ack_wait %s; want 64, 5s", got.MaxAckPending, got.AckWait)
+	}
+}
+
+// An operator deletes and recreates INBOX: sequences restart at 1, so the
+// position saved for a device in the old stream must not make it skip the
+// new stream's messages.
+func TestRecreatedInboxDoesNotSkipMessages(t *testing.T) {
+	n := tk.StartNATS(t)
+	g := tk.StartGateway(t, n, tk.TestConfig())
+	alice := tk.Dial(t, g.URL, "alice", "phone")
+	bob := tk.Dial(t, g.URL, "bob", "phone")
+	for i := range 5 {
+		send(t, alice, "bob", fmt.Sprintf("old%d", i), "old stream")
+		bob.Ack(tk.RecvMsg(t, bob, wait).Seq)
+	}
+	_ = bob.Close() // saves bob's ack floor (5 or more)
+	tk.WaitFor(t, wait, func() error {
+		e, err := n.JS.KeyValue(context.Background(), "DEVICES")
+		if err != nil {
+			return err
+		}
+		v, err := e.Get(context.Background(), "bob")
+		if err != nil || !strings.Contains(string(v.Value()), `"floor"`) {
+			return tk.Errorf("bob's floor not saved yet: %v", err)
+		}
+		return nil
+	})
+	_ = alice.Close()
+	g.Kill()
+
+	ctx := context.Background()
+	cfg, err := streams.InboxConfig(streams.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := n.JS.DeleteStream(ctx, "INBOX"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := n.JS.CreateStream(ctx, cfg); err != nil {
+		t.Fatal(err)
+	}
+	g2 := tk.StartGateway(t, n, tk.TestConfig())
+	alice = tk.Dial(t, g2.URL, "alice", "phone")
+	send(t, alice, "bob", "new", "new stream") // seq 1 of the new stream
+	bob = tk.Dial(t, g2.URL, "bob", "phone")
+	if m := tk.RecvMsg(t, bob, wait); m.ID != "new" {
+		t.Fatalf("bob got %s, want the new stream's first message", m.ID)
 	}
 }

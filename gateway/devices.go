@@ -20,6 +20,10 @@ type deviceRecord struct {
 	// Floor is the device's ack floor when its last session ended: every
 	// message at or below it was acked. Zero when never saved.
 	Floor uint64 `json:"floor,omitempty"`
+	// Stream is when the INBOX stream that Start and Floor count in was
+	// created. Sequences restart when INBOX is recreated, so positions
+	// from another stream are void.
+	Stream time.Time `json:"stream"`
 }
 
 // userRecord is the value of a DEVICES key: a user's devices.
@@ -45,6 +49,9 @@ type devices struct {
 	kv       jetstream.KeyValue
 	template jetstream.ConsumerConfig
 	onReset  func() // counts a rewind to the ack floor
+	// created is when the INBOX stream this gateway started with was
+	// created: the stream identity kept with saved positions.
+	created time.Time
 }
 
 func consumerName(user, device string) string { return user + "~" + device }
@@ -115,6 +122,11 @@ func (d *devices) register(ctx context.Context, user, device string) (uint64, er
 			return 0, err
 		}
 		if dr := rec.Devices[device]; dr != nil {
+			if !dr.Stream.Equal(d.created) {
+				// Saved in an INBOX since deleted and recreated: every
+				// message in this one is new to the device.
+				return 0, nil
+			}
 			if dr.Floor > 0 {
 				return dr.Floor + 1, nil
 			}
@@ -128,7 +140,7 @@ func (d *devices) register(ctx context.Context, user, device string) (uint64, er
 			}
 			start = info.State.LastSeq + 1
 		}
-		rec.Devices[device] = &deviceRecord{Joined: time.Now().UTC(), Start: start}
+		rec.Devices[device] = &deviceRecord{Joined: time.Now().UTC(), Start: start, Stream: d.created}
 		if err := d.store(ctx, user, rec, rev); err != nil {
 			if errors.Is(err, jetstream.ErrKeyExists) {
 				continue // lost a race with another device; read again
@@ -154,10 +166,10 @@ func (d *devices) saveFloor(ctx context.Context, user, device string) error {
 			return err
 		}
 		dr := rec.Devices[device]
-		if dr == nil || dr.Floor >= floor {
+		if dr == nil || (dr.Floor >= floor && dr.Stream.Equal(d.created)) {
 			return nil
 		}
-		dr.Floor = floor
+		dr.Floor, dr.Stream = floor, d.created
 		if err := d.store(ctx, user, rec, rev); err == nil || !errors.Is(err, jetstream.ErrKeyExists) {
 			return err
 		}

@@ -93,7 +93,7 @@ func New(ctx context.Context, cfg Config, keys *Keys, nc *nats.Conn, log *slog.L
 		nc:          nc,
 		js:          js,
 		inbox:       inbox,
-		devices:     &devices{js: js, inbox: inbox, kv: kv, template: tmpl},
+		devices:     &devices{js: js, inbox: inbox, kv: kv, template: tmpl, created: inbox.CachedInfo().Created},
 		maxInflight: tmpl.MaxAckPending,
 		origins:     map[string]bool{},
 		sessions:    map[*session]struct{}{},
