@@ -21,7 +21,8 @@
 // a comment says so (a full PubAck queue stops reading from that socket:
 // backpressure on a sender that outruns the store).
 //
-// Locks: Server.mu (the session set) and session.mu (pending deliveries,
-// the delivery iterator) are never held together, nor while calling into
-// NATS or writing to a socket.
+// Locks: Server.mu (the session set), session.mu (pending deliveries, the
+// delivery iterator) and session.evMu (welcome before events) are never
+// held together, nor while calling into NATS or writing to a socket
+// (evMu covers only an enqueue).
 package gateway

@@ -69,6 +69,10 @@ type session struct {
 	pubq     chan pubItem
 	owed     atomic.Int64 // items enqueued on pubq and not yet answered
 	shutting atomic.Bool
+	// evMu orders the welcome before any event: welcomed is set in the
+	// same critical section that queues the welcome (Send only enqueues).
+	evMu     sync.Mutex
+	welcomed bool
 
 	kickSub *nats.Subscription
 	evSub   *nats.Subscription
@@ -155,11 +159,19 @@ func (s *session) start(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	s.t.Send(protocol.EncodeWelcome(s.id.User, s.id.Device, s.sid, s.srv.cfg.MaxFrameBytes))
-	// Events only after the welcome, which must be the first frame.
+	// Events are subscribed, and the server has the subscription, before
+	// the welcome: a client that has its welcome gets every later event.
+	// None is forwarded before the welcome, which must be the first frame.
 	if s.evSub, err = nc.Subscribe(eventSubject(s.id.User), s.onEvent); err != nil {
 		return err
 	}
+	if err := nc.FlushWithContext(ctx); err != nil {
+		return err
+	}
+	s.evMu.Lock()
+	s.t.Send(protocol.EncodeWelcome(s.id.User, s.id.Device, s.sid, s.srv.cfg.MaxFrameBytes))
+	s.welcomed = true
+	s.evMu.Unlock()
 
 	msgs, err := cons.Messages(jetstream.PullMaxMessages(s.srv.maxInflight))
 	if err != nil {
@@ -424,7 +436,13 @@ func eventSubject(user string) string { return "sb.ev." + user }
 
 // onEvent forwards an ephemeral event to the device. Only gateways publish
 // on sb.ev.*, and they publish complete frames.
-func (s *session) onEvent(m *nats.Msg) { s.t.Send(m.Data) }
+func (s *session) onEvent(m *nats.Msg) {
+	s.evMu.Lock()
+	defer s.evMu.Unlock()
+	if s.welcomed {
+		s.t.Send(m.Data)
+	}
+}
 
 // allow applies a rate limit. An over-limit frame gets rate_limited; too
 // many in a row close the connection with 1008 "flood".
