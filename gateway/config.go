@@ -6,6 +6,8 @@ import (
 	"net/url"
 	"strings"
 	"time"
+
+	"github.com/switchboard-im/switchboard/streams"
 )
 
 // ErrConfig wraps every invalid configuration value; the message names the
@@ -153,14 +155,13 @@ func (c *Config) Validate() error {
 // (body plus headers) must fit JetStream's 1 MiB message limit.
 const MaxFrameLimit = 1<<20 - 16<<10
 
-// DefaultMaxInflight is the device consumer template's max_ack_pending,
-// used when MaxInflight is zero.
-const DefaultMaxInflight = 256
-
 func (c *Config) minOutboundQueue() int {
 	inflight := c.MaxInflight
 	if inflight == 0 {
-		inflight = DefaultMaxInflight
+		// The device consumer template's max_ack_pending (embedded, so
+		// it always loads).
+		tmpl, _ := streams.DeviceConsumerTemplate()
+		inflight = tmpl.MaxAckPending
 	}
 	return inflight + c.MaxPendingSends + 64
 }

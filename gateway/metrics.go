@@ -21,13 +21,14 @@ type metrics struct {
 	reg       *prometheus.Registry
 	handler   fasthttp.RequestHandler
 	sessions  prometheus.GaugeFunc
-	refused   *prometheus.CounterVec // handshakes refused, by code
-	closes    *prometheus.CounterVec // connections closed, by close code
-	framesIn  *prometheus.CounterVec // client frames accepted, by type
-	errors    *prometheus.CounterVec // error frames sent, by code
-	delivered prometheus.Counter     // msg and receipt frames queued to devices
-	stored    prometheus.Counter     // sends confirmed "sent"
-	resets    prometheus.Counter     // consumers rewound to their ack floor
+	refused   *prometheus.CounterVec        // handshakes refused, by code
+	closes    *prometheus.CounterVec        // connections closed, by close code
+	framesIn  *prometheus.CounterVec        // client frames accepted, by type
+	frameIn   map[string]prometheus.Counter // framesIn resolved per type
+	errors    *prometheus.CounterVec        // error frames sent, by code
+	delivered prometheus.Counter            // msg and receipt frames queued to devices
+	stored    prometheus.Counter            // sends confirmed "sent"
+	resets    prometheus.Counter            // consumers rewound to their ack floor
 }
 
 func newMetrics(s *Server) *metrics {
@@ -53,6 +54,10 @@ func newMetrics(s *Server) *metrics {
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	// Pre-create the label values operators alert on, so they read 0
 	// rather than being absent.
+	m.frameIn = map[string]prometheus.Counter{}
+	for _, typ := range []string{protocol.TypeSend, protocol.TypeAck, protocol.TypeRead, protocol.TypeTyping} {
+		m.frameIn[typ] = m.framesIn.WithLabelValues(typ)
+	}
 	for _, e := range protocol.Errors {
 		m.errors.WithLabelValues(string(e.Code))
 	}

@@ -165,12 +165,13 @@ func (s *Server) route(ctx *fasthttp.RequestCtx) {
 	}
 }
 
-// httpError answers a refused handshake with a JSON body naming the reason.
+// refuse answers a refused handshake and counts it by reason.
 func (s *Server) refuse(ctx *fasthttp.RequestCtx, status int, code, msg string) {
 	s.metrics.refused.WithLabelValues(code).Inc()
 	httpError(ctx, status, code, msg)
 }
 
+// httpError answers a refused handshake with a JSON body naming the reason.
 func httpError(ctx *fasthttp.RequestCtx, status int, code, msg string) {
 	ctx.SetStatusCode(status)
 	ctx.SetContentType("application/json")

@@ -407,7 +407,7 @@ func (s *session) handle(data []byte) {
 		}
 		return
 	}
-	s.srv.metrics.framesIn.WithLabelValues(f.Type).Inc()
+	s.srv.metrics.frameIn[f.Type].Inc() // DecodeClient returns only these types
 	switch f.Type {
 	case protocol.TypeSend:
 		if s.allow(s.sendLim, f.ID) {
