@@ -1,0 +1,200 @@
+package media
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"io"
+	"log/slog"
+	"net/http"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+	"github.com/valyala/fasthttp"
+
+	"github.com/switchboard-im/switchboard/gateway/protocol"
+)
+
+// The HTTP routes. Everything under PathPrefix except PathBlob needs the
+// caller's token (the gateway checks it and passes the user to
+// Authenticated); PathBlob is authorised by the URL's signature alone.
+const (
+	PathPrefix   = "/v1/media/"
+	PathUploads  = "/v1/media/uploads"
+	PathDownload = "/v1/media/download"
+	PathGrants   = "/v1/media/grants"
+	PathBlob     = "/v1/media/blob/"
+)
+
+// maxJSONBody bounds a request body on the authenticated routes: a grant
+// to MaxGrantees users of 64-character ids fits with room to spare.
+const maxJSONBody = 256 << 10
+
+// API is the media HTTP API as fasthttp handlers for the gateway to mount:
+//
+//	POST /v1/media/uploads            {"mime":"image/png","size":1234}
+//	     201 Ticket; 400 bad_request, 413 too_large, 415 bad_type
+//	GET  /v1/media/download?key=KEY
+//	     200 DownloadURL {"key","url","method","expires","expires_ms"};
+//	     400 bad_request, 403 forbidden (not the uploader nor granted), 404 not_found
+//	POST /v1/media/grants             {"key":KEY,"users":["bob"]}
+//	     200 GrantResult; 400 bad_request, 403 forbidden (not the uploader), 404 not_found, 413 too_large
+//	PUT  /v1/media/blob/KEY?type&max&exp&sig   (embedded store; the Ticket's URL)
+//	     201 UploadResult {"key","size","sha256","mime"}; 400, 403 bad_signature/url_expired,
+//	     409 exists, 411 length_required, 413 too_large, 415 bad_type
+//	GET  /v1/media/blob/KEY?exp&sig            (embedded store; the DownloadURL's URL)
+//	     200 the bytes; 403 bad_signature/url_expired, 404 not_found
+//
+// Every route may also answer 405 method_not_allowed, 500 internal and, for
+// the first three, 503 unavailable (the media function did not answer) and
+// 401 unauthorized, which the gateway sends before calling Authenticated.
+// Error bodies are {"code":"...","message":"..."}; Error lists the codes.
+//
+// The authenticated routes call the media function over NATS rather than
+// presigning in the gateway, so presigning scales with the function's
+// instances and the gateway needs no object-store credentials.
+//
+// Serving PathBlob needs the fasthttp.Server to stream request bodies
+// (StreamRequestBody: true); without it uploads above MaxRequestBodySize
+// are refused by fasthttp before reaching Blob. The server's ReadTimeout
+// covers a whole upload, so it must allow the largest upload at the
+// slowest client speed the deployment supports.
+//
+// An API is safe from many goroutines.
+type API struct {
+	client *Client
+	blob   *embeddedStore // nil with S3: clients talk to S3 directly
+	log    *slog.Logger
+}
+
+// NewAPI returns the HTTP API for a gateway that does not run the media
+// function itself (Service.API is the in-process shortcut). With the
+// embedded store it opens the object store and signing key, creating them
+// if the function has not yet.
+func NewAPI(ctx context.Context, nc *nats.Conn, js jetstream.JetStream, cfg Config, log *slog.Logger) (*API, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	cfg = cfg.withDefaults()
+	log = log.WithGroup("media")
+	a := &API{client: NewClient(nc, cfg.RequestTimeout), log: log}
+	if cfg.Embedded() {
+		_, _, blob, err := open(ctx, js, cfg, log)
+		if err != nil {
+			return nil, err
+		}
+		a.blob = blob
+	}
+	return a, nil
+}
+
+// Authenticated serves the routes that need a caller: user is the id the
+// gateway took from the verified token.
+func (a *API) Authenticated(ctx *fasthttp.RequestCtx, user string) {
+	if !protocol.ValidID(user) {
+		writeError(ctx, ErrUnauthorized)
+		return
+	}
+	method := string(ctx.Method())
+	switch string(ctx.Path()) {
+	case PathUploads:
+		if !allowMethod(ctx, method, http.MethodPost) {
+			return
+		}
+		var req struct {
+			Mime string `json:"mime"`
+			Size int64  `json:"size"`
+		}
+		if !readJSON(ctx, &req) {
+			return
+		}
+		t, err := a.client.Upload(context.Background(), user, req.Mime, req.Size)
+		a.answer(ctx, http.StatusCreated, t, err)
+	case PathDownload:
+		if !allowMethod(ctx, method, http.MethodGet) {
+			return
+		}
+		key := string(ctx.QueryArgs().Peek("key"))
+		if key == "" {
+			writeError(ctx, errorf(ErrBadRequest, "the key parameter is required"))
+			return
+		}
+		d, err := a.client.Download(context.Background(), user, key)
+		a.answer(ctx, http.StatusOK, d, err)
+	case PathGrants:
+		if !allowMethod(ctx, method, http.MethodPost) {
+			return
+		}
+		var req struct {
+			Key   string   `json:"key"`
+			Users []string `json:"users"`
+		}
+		if !readJSON(ctx, &req) {
+			return
+		}
+		g, err := a.client.Grant(context.Background(), req.Key, user, req.Users)
+		a.answer(ctx, http.StatusOK, g, err)
+	default:
+		writeError(ctx, errorf(ErrNotFound, "no such route"))
+	}
+}
+
+// Blob serves the embedded store's signed PUT and GET URLs. With an S3
+// backend there is nothing here and every request is not_found.
+func (a *API) Blob(ctx *fasthttp.RequestCtx) {
+	if a.blob == nil {
+		writeError(ctx, errorf(ErrNotFound, "this server has no embedded media store"))
+		return
+	}
+	a.blob.serveBlob(ctx)
+}
+
+func (a *API) answer(ctx *fasthttp.RequestCtx, status int, v any, err error) {
+	if err != nil {
+		e := asError(err)
+		if e.Status >= 500 {
+			a.log.Error("media request", "path", string(ctx.Path()), "err", err)
+		}
+		writeError(ctx, e)
+		return
+	}
+	writeJSON(ctx, status, v)
+}
+
+func allowMethod(ctx *fasthttp.RequestCtx, got, want string) bool {
+	if got == want {
+		return true
+	}
+	ctx.Response.Header.Set("Allow", want)
+	writeError(ctx, errorf(ErrMethodNotAllowed, "use %s", want))
+	return false
+}
+
+// readJSON decodes a bounded request body. It reads the body stream when
+// the server streams bodies, so a huge body is cut off at the bound
+// rather than buffered.
+func readJSON(ctx *fasthttp.RequestCtx, v any) bool {
+	var body []byte
+	if stream := ctx.RequestBodyStream(); stream != nil {
+		b, err := io.ReadAll(io.LimitReader(stream, maxJSONBody+1))
+		if err != nil {
+			ctx.SetConnectionClose()
+			writeError(ctx, errorf(ErrBadRequest, "could not read the request body"))
+			return false
+		}
+		body = b
+	} else {
+		body = ctx.PostBody()
+	}
+	if len(body) > maxJSONBody {
+		ctx.SetConnectionClose()
+		writeError(ctx, errorf(ErrTooLarge, "the request body is above %d bytes", maxJSONBody))
+		return false
+	}
+	dec := json.NewDecoder(bytes.NewReader(body))
+	if err := dec.Decode(v); err != nil {
+		writeError(ctx, errorf(ErrBadRequest, "the request body is not valid JSON"))
+		return false
+	}
+	return true
+}

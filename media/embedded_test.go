@@ -1,0 +1,236 @@
+package media_test
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/url"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/switchboard-im/switchboard/internal/testkit"
+	"github.com/switchboard-im/switchboard/media"
+)
+
+// A signed PUT URL stores one object: a second upload to it is refused and
+// the first bytes stay.
+func TestEmbeddedSecondUploadRefused(t *testing.T) {
+	t.Parallel()
+	h := backend{}.start(t)
+	first := randomBytes(t, 100)
+	tk := h.ticket("alice", "application/zip", 100)
+	if r := h.upload(tk, first); r.status != http.StatusCreated {
+		t.Fatal(r)
+	}
+	if r := h.upload(tk, randomBytes(t, 100)); r.status != http.StatusConflict || r.code() != "exists" {
+		t.Fatalf("second upload: %s", r)
+	}
+	d, r := h.downloadURL("alice", tk.Key)
+	if d == nil {
+		t.Fatal(r)
+	}
+	if got := h.get(d.URL); string(got.body) != string(first) {
+		t.Fatal("the second upload replaced the first")
+	}
+}
+
+// A body must declare its length, within the signed bound, and then have
+// exactly that many bytes. A refused upload releases the key, so the same
+// URL can be retried. Sizes are above the server's 64 KiB buffered-body
+// limit, so the handler (not fasthttp's own parser) sees the stream.
+func TestEmbeddedBodyLength(t *testing.T) {
+	t.Parallel()
+	h := backend{}.start(t)
+	const size = 100_000
+	tk := h.ticket("alice", "application/octet-stream", size)
+
+	// Chunked: no Content-Length.
+	req, _ := http.NewRequest(http.MethodPut, tk.URL, io.MultiReader(strings.NewReader(strings.Repeat("x", 50))))
+	req.Header.Set("Content-Type", tk.Headers["Content-Type"])
+	req.ContentLength = -1
+	if r := h.do(req); r.status != http.StatusLengthRequired || r.code() != "length_required" {
+		t.Fatalf("chunked body: %s", r)
+	}
+	// Declared above the bound: refused before the body is streamed. The
+	// server has read its 64 KiB buffered part by then; sending exactly
+	// that much leaves nothing unread for the close to reset.
+	if r := rawPut(t, tk, size+1, strings.Repeat("x", 64<<10)); !strings.HasPrefix(r, "HTTP/1.1 413") || !strings.Contains(r, "too_large") {
+		t.Fatalf("Content-Length %d on a %d-byte URL: %s", size+1, size, r)
+	}
+	// Declared in full, sent in part, then the client stops sending.
+	if r := rawPut(t, tk, size, strings.Repeat("x", size-30_000)); !strings.HasPrefix(r, "HTTP/1.1 400") || !strings.Contains(r, "bad_request") {
+		t.Fatalf("short body: %s", r)
+	}
+	if h.exists(tk.Key) {
+		t.Fatal("a short body was stored")
+	}
+	if r := h.upload(tk, randomBytes(t, size)); r.status != http.StatusCreated {
+		t.Fatalf("retry after a refused upload: %s", r)
+	}
+}
+
+// rawPut sends a PUT declaring length and carrying body, half-closes the
+// connection and returns the raw answer.
+func rawPut(t *testing.T, tk *media.Ticket, length int, body string) string {
+	t.Helper()
+	u, err := url.Parse(tk.URL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c, err := net.Dial("tcp", u.Host)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	_ = c.SetDeadline(time.Now().Add(10 * time.Second))
+	fmt.Fprintf(c, "PUT %s HTTP/1.1\r\nHost: %s\r\nContent-Type: %s\r\nContent-Length: %d\r\n\r\n%s",
+		u.RequestURI(), u.Host, tk.Headers["Content-Type"], length, body)
+	_ = c.(*net.TCPConn).CloseWrite()
+	resp, err := http.ReadResponse(bufio.NewReader(c), nil)
+	if err != nil {
+		t.Fatalf("reading the answer: %v", err)
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	return fmt.Sprintf("HTTP/1.1 %d %s", resp.StatusCode, b)
+}
+
+// Instances on one NATS sign with one generated key, so a URL issued by
+// one is served by another, and by the same one after a restart.
+func TestEmbeddedInstancesShareSigningKey(t *testing.T) {
+	t.Parallel()
+	h := backend{}.start(t)
+	key := h.mustUpload("alice", "image/png", []byte("png bytes"))
+
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	other, err := media.NewAPI(ctx, h.n.Conn, h.n.JS, h.cfg, testkit.Logger(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	d, r := h.downloadURL("alice", key)
+	if d == nil {
+		t.Fatal(r)
+	}
+	// Serve the URL with the other instance's handler, on the raw fasthttp
+	// context, as its own server would.
+	status, body := serveWith(t, other, d.URL)
+	if status != http.StatusOK || body != "png bytes" {
+		t.Fatalf("other instance: %d %s", status, body)
+	}
+	// An instance with its own configured key rejects the URL.
+	cfg := h.cfg
+	cfg.SigningKey = []byte(strings.Repeat("k", 32))
+	foreign, err := media.NewAPI(ctx, h.n.Conn, h.n.JS, cfg, testkit.Logger(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if status, body := serveWith(t, foreign, d.URL); status != http.StatusForbidden || !strings.Contains(body, "bad_signature") {
+		t.Fatalf("instance with another key: %d %s", status, body)
+	}
+}
+
+// With an S3 backend the blob routes do not exist.
+func TestBlobWithoutEmbeddedStore(t *testing.T) {
+	t.Parallel()
+	n := testkit.StartNATS(t)
+	cfg := media.DefaultConfig()
+	cfg.S3 = media.S3Config{Endpoint: "127.0.0.1:1", AccessKey: "a", SecretKey: "b"}
+	api, err := media.NewAPI(context.Background(), n.Conn, n.JS, cfg, testkit.Logger(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	status, body := serveWith(t, api, "http://x"+media.PathBlob+"u/alice/"+strings.Repeat("0", 32)+"?exp=1&sig=x")
+	var e media.Error
+	if status != http.StatusNotFound || json.Unmarshal([]byte(body), &e) != nil || e.Code != "not_found" {
+		t.Fatalf("blob on S3: %d %s", status, body)
+	}
+}
+
+// Racing uploads to one URL (a client retrying while its first attempt is
+// still running) store exactly one object: the winner's.
+func TestEmbeddedConcurrentUploadsStoreOne(t *testing.T) {
+	t.Parallel()
+	h := backend{}.start(t)
+	// Bodies within the server's buffered limit are read whole before the
+	// handler runs, so a refused racer's connection closes cleanly.
+	const size = 60 << 10
+	tk := h.ticket("alice", "image/png", size)
+	const n = 6
+	bodies := make([][]byte, n)
+	replies := make([]reply, n)
+	var wg sync.WaitGroup
+	for i := range n {
+		bodies[i] = randomBytes(t, size)
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			req, _ := http.NewRequest(http.MethodPut, tk.URL, bytes.NewReader(bodies[i]))
+			req.Header.Set("Content-Type", "image/png")
+			resp, err := h.hc.Do(req)
+			if err != nil {
+				t.Error(err)
+				return
+			}
+			defer resp.Body.Close()
+			b, _ := io.ReadAll(resp.Body)
+			replies[i] = reply{status: resp.StatusCode, body: b}
+		}()
+	}
+	wg.Wait()
+	winner := -1
+	for i, r := range replies {
+		switch {
+		case r.status == http.StatusCreated && winner < 0:
+			winner = i
+		case r.status == http.StatusConflict && r.code() == "exists":
+		default:
+			t.Fatalf("upload %d: %s", i, r)
+		}
+	}
+	if winner < 0 {
+		t.Fatal("no upload won")
+	}
+	d, r := h.downloadURL("alice", tk.Key)
+	if d == nil {
+		t.Fatal(r)
+	}
+	if got := h.get(d.URL); !bytes.Equal(got.body, bodies[winner]) {
+		t.Fatal("the stored bytes are not the winner's")
+	}
+}
+
+// Grants to one key from many workers at once (a group message fanned out)
+// all land: the record is merged with compare-and-set.
+func TestGrantsMergeConcurrently(t *testing.T) {
+	t.Parallel()
+	h := backend{}.start(t)
+	key := h.mustUpload("alice", "image/png", []byte("group photo"))
+	var wg sync.WaitGroup
+	for i := range 20 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if _, err := h.client.Grant(context.Background(), key, "alice", []string{fmt.Sprintf("member%02d", i)}); err != nil {
+				t.Error(err)
+			}
+		}()
+	}
+	wg.Wait()
+	for i := range 20 {
+		if ok, err := h.svc.Allowed(context.Background(), key, fmt.Sprintf("member%02d", i)); err != nil || !ok {
+			t.Fatalf("member%02d: %v, %v", i, ok, err)
+		}
+	}
+	g, err := h.client.Grant(context.Background(), key, "alice", nil)
+	if err != nil || len(g.Users) != 20 {
+		t.Fatalf("record after concurrent grants: %+v, %v", g, err)
+	}
+}

@@ -1,0 +1,354 @@
+package media
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"strconv"
+	"sync"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+	"github.com/nats-io/nats.go/micro"
+
+	"github.com/switchboard-im/switchboard/gateway/protocol"
+)
+
+// The media function as operators see it in `nats micro ls`.
+const (
+	ServiceName = "media"
+	Version     = "1.0.0"
+	// SubjectPrefix is the micro group; each endpoint is one token below.
+	SubjectPrefix   = "sb.fn.media"
+	SubjectUpload   = SubjectPrefix + ".upload"
+	SubjectDownload = SubjectPrefix + ".download"
+	SubjectGrant    = SubjectPrefix + ".grant"
+)
+
+// The JetStream assets, as `nats kv ls` and `nats object ls` show them.
+const (
+	// BucketACL is the KV bucket of grant records, key = object key.
+	BucketACL = "MEDIA_ACL"
+	// BucketObjects is the embedded store's object store.
+	BucketObjects = "MEDIA"
+	// BucketUploads is the embedded store's upload claims.
+	BucketUploads = "MEDIA_UPLOADS"
+)
+
+// UploadRequest asks the function for an upload ticket. User is the
+// authenticated uploader: the function trusts it, so only the gateway (or
+// another trusted component) may publish on sb.fn.media.>, which the NATS
+// account's permissions must ensure.
+type UploadRequest struct {
+	User string `json:"user"`
+	Mime string `json:"mime"`
+	Size int64  `json:"size"`
+}
+
+// DownloadRequest asks for a download URL on behalf of User.
+type DownloadRequest struct {
+	User string `json:"user"`
+	Key  string `json:"key"`
+}
+
+// GrantRequest lets Users download Key; User must own it.
+type GrantRequest struct {
+	User  string   `json:"user"`
+	Key   string   `json:"key"`
+	Users []string `json:"users"`
+}
+
+// GrantResult is the record after a grant: everyone who may download Key
+// besides Owner.
+type GrantResult struct {
+	Key   string   `json:"key"`
+	Owner string   `json:"owner"`
+	Users []string `json:"users"`
+}
+
+// Service is the media function: it issues upload tickets and download
+// URLs, keeps grants, and sweeps orphans. Any number of instances may run
+// on one NATS; they share requests through micro's default queue group
+// and state through JetStream.
+//
+// Its methods are safe from many goroutines. The micro handlers run one
+// request at a time per endpoint and instance, which keeps micro's stats
+// exact; more throughput comes from more instances.
+type Service struct {
+	cfg   Config
+	log   *slog.Logger
+	store Store
+	acl   *acl
+	svc   micro.Service
+	api   *API
+
+	cancel   context.CancelFunc
+	sweeper  sync.WaitGroup
+	stopOnce sync.Once
+	stopErr  error
+}
+
+// New creates the buckets (and the S3 bucket) if missing, starts the micro
+// service on nc and, unless SweepInterval is negative, the orphan sweep.
+// Stop undoes the last two.
+func New(ctx context.Context, nc *nats.Conn, js jetstream.JetStream, cfg Config, log *slog.Logger) (*Service, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	cfg = cfg.withDefaults()
+	log = log.WithGroup("media")
+	store, a, blob, err := open(ctx, js, cfg, log)
+	if err != nil {
+		return nil, err
+	}
+	s := &Service{cfg: cfg, log: log, store: store, acl: a}
+	s.api = &API{client: NewClient(nc, cfg.RequestTimeout), blob: blob, log: log}
+
+	backend := "s3"
+	if cfg.Embedded() {
+		backend = "embedded"
+	}
+	s.svc, err = micro.AddService(nc, micro.Config{
+		Name:        ServiceName,
+		Version:     Version,
+		Description: "Switchboard media: presigned upload and download URLs and who may download what",
+		Metadata:    map[string]string{"backend": backend},
+		ErrorHandler: func(_ micro.Service, e *micro.NATSError) {
+			log.Error("micro", "subject", e.Subject, "err", e.Description)
+		},
+	})
+	if err != nil {
+		return nil, fmt.Errorf("media: micro service: %w", err)
+	}
+	g := s.svc.AddGroup(SubjectPrefix)
+	for _, ep := range []struct {
+		name, doc string
+		h         micro.HandlerFunc
+	}{
+		{"upload", "an upload ticket for {user, mime, size}", s.handleUpload},
+		{"download", "a download URL for {user, key} if user may read key", s.handleDownload},
+		{"grant", "let {users} download {key}, owned by {user}", s.handleGrant},
+	} {
+		if err := g.AddEndpoint(ep.name, ep.h, micro.WithEndpointMetadata(map[string]string{"description": ep.doc})); err != nil {
+			_ = s.svc.Stop()
+			return nil, fmt.Errorf("media: endpoint %s: %w", ep.name, err)
+		}
+	}
+
+	sctx, cancel := context.WithCancel(context.Background())
+	s.cancel = cancel
+	if cfg.SweepInterval > 0 {
+		s.sweeper.Add(1)
+		go s.runSweeper(sctx)
+	}
+	log.Info("started", "backend", backend, "version", Version)
+	return s, nil
+}
+
+// open creates the buckets the config needs and the store. blob is the
+// embedded store when that is the backend, for the signed HTTP routes.
+func open(ctx context.Context, js jetstream.JetStream, cfg Config, log *slog.Logger) (Store, *acl, *embeddedStore, error) {
+	kv, err := js.CreateOrUpdateKeyValue(ctx, jetstream.KeyValueConfig{
+		Bucket: BucketACL,
+		Description: "Switchboard media access: key u/<owner>/<id>, value who besides the owner may download it; " +
+			"a record also marks the object as referenced, so the orphan sweep keeps it",
+		History:  1,
+		Storage:  jetstream.FileStorage,
+		Replicas: cfg.Replicas,
+	})
+	if err != nil {
+		return nil, nil, nil, fmt.Errorf("media: bucket %s: %w", BucketACL, err)
+	}
+	a := &acl{kv: kv, maxGrantees: cfg.MaxGrantees}
+	if cfg.Embedded() {
+		es, err := newEmbeddedStore(ctx, js, cfg, kv, log)
+		if err != nil {
+			return nil, nil, nil, err
+		}
+		return es, a, es, nil
+	}
+	ss, err := newS3Store(ctx, cfg.S3)
+	if err != nil {
+		return nil, nil, nil, err
+	}
+	return ss, a, nil, nil
+}
+
+// Stop stops the micro service (draining requests in flight) and the
+// sweep. It is safe to call twice.
+func (s *Service) Stop() error {
+	s.stopOnce.Do(func() {
+		s.stopErr = s.svc.Stop()
+		s.cancel()
+		s.sweeper.Wait()
+	})
+	return s.stopErr
+}
+
+// API returns the HTTP handlers, calling this deployment's media function
+// over NATS and serving this service's embedded store.
+func (s *Service) API() *API { return s.api }
+
+// Info is the micro service's description, as `nats micro info` shows it.
+func (s *Service) Info() micro.Info { return s.svc.Info() }
+
+// Upload issues a ticket for user to upload one object of type mime and
+// at most size bytes.
+func (s *Service) Upload(ctx context.Context, user, mime string, size int64) (*Ticket, error) {
+	if !protocol.ValidID(user) {
+		return nil, errorf(ErrBadRequest, "user id must be 1-64 characters of A-Z a-z 0-9 _ -")
+	}
+	mt, class, limit, err := s.cfg.classify(mime)
+	if err != nil {
+		return nil, err
+	}
+	if size < 1 {
+		return nil, errorf(ErrBadRequest, "size must be at least 1 byte")
+	}
+	if size > limit.MaxSize {
+		return nil, errorf(ErrTooLarge, "%d bytes is above the %s limit of %d bytes", size, class, limit.MaxSize)
+	}
+	key, err := NewKey(user)
+	if err != nil {
+		return nil, err
+	}
+	return s.store.PresignUpload(ctx, key, mt, size, s.cfg.UploadExpiry)
+}
+
+// Download issues a download URL for key if user may read it. Access is
+// checked before existence, so someone not granted a key cannot tell
+// whether it exists.
+//
+// Only the owner's request costs a Stat. A grant record proves the object
+// exists: Grant stats the object before writing one, the sweep never
+// removes an object that has one, and nothing else deletes objects. That
+// keeps the common request (a recipient fetching media) to one KV read and
+// a signature, with no round trip to the store.
+func (s *Service) Download(ctx context.Context, user, key string) (*DownloadURL, error) {
+	if !protocol.ValidID(user) {
+		return nil, errorf(ErrBadRequest, "user id must be 1-64 characters of A-Z a-z 0-9 _ -")
+	}
+	owner, err := ParseKey(key)
+	if err != nil {
+		return nil, err
+	}
+	if owner != user {
+		ok, err := s.acl.allowed(ctx, key, user)
+		if err != nil {
+			return nil, err
+		}
+		if !ok {
+			return nil, errorf(ErrForbidden, "%s may not download this object", user)
+		}
+	} else if _, err := s.store.Stat(ctx, key); err != nil {
+		if errors.Is(err, ErrNotFound) {
+			return nil, errorf(ErrNotFound, "no object has been uploaded under this key")
+		}
+		return nil, err
+	}
+	return s.store.PresignDownload(ctx, key, s.cfg.DownloadExpiry)
+}
+
+// Grant lets users download key, which owner must have uploaded: a key
+// outside u/<owner>/ is refused with ErrForbidden, and a key with no object
+// yet with ErrNotFound. Users are added to earlier grants, never replace
+// them. A grant with no users still marks the object as referenced.
+func (s *Service) Grant(ctx context.Context, key, owner string, users []string) error {
+	_, err := s.grant(ctx, key, owner, users)
+	return err
+}
+
+func (s *Service) grant(ctx context.Context, key, owner string, users []string) (grantRecord, error) {
+	keyOwner, err := ParseKey(key)
+	if err != nil {
+		return grantRecord{}, err
+	}
+	if !protocol.ValidID(owner) {
+		return grantRecord{}, errorf(ErrBadRequest, "user id must be 1-64 characters of A-Z a-z 0-9 _ -")
+	}
+	if keyOwner != owner {
+		return grantRecord{}, errorf(ErrForbidden, "only the uploader can grant a key; %s may grant keys under u/%s/ only", owner, owner)
+	}
+	if _, err := s.store.Stat(ctx, key); err != nil {
+		if errors.Is(err, ErrNotFound) {
+			return grantRecord{}, errorf(ErrNotFound, "no object has been uploaded under this key")
+		}
+		return grantRecord{}, err
+	}
+	return s.acl.grant(ctx, key, owner, users)
+}
+
+// Allowed reports whether user may download key: its uploader always may,
+// anyone else once granted.
+func (s *Service) Allowed(ctx context.Context, key, user string) (bool, error) {
+	owner, err := ParseKey(key)
+	if err != nil {
+		return false, err
+	}
+	if owner == user {
+		return true, nil
+	}
+	return s.acl.allowed(ctx, key, user)
+}
+
+func (s *Service) handleUpload(req micro.Request) {
+	var r UploadRequest
+	if !s.decode(req, &r) {
+		return
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), s.cfg.RequestTimeout)
+	defer cancel()
+	t, err := s.Upload(ctx, r.User, r.Mime, r.Size)
+	s.respond(req, t, err)
+}
+
+func (s *Service) handleDownload(req micro.Request) {
+	var r DownloadRequest
+	if !s.decode(req, &r) {
+		return
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), s.cfg.RequestTimeout)
+	defer cancel()
+	d, err := s.Download(ctx, r.User, r.Key)
+	s.respond(req, d, err)
+}
+
+func (s *Service) handleGrant(req micro.Request) {
+	var r GrantRequest
+	if !s.decode(req, &r) {
+		return
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), s.cfg.RequestTimeout)
+	defer cancel()
+	rec, err := s.grant(ctx, r.Key, r.User, r.Users)
+	s.respond(req, GrantResult{Key: r.Key, Owner: rec.Owner, Users: rec.Users}, err)
+}
+
+func (s *Service) decode(req micro.Request, v any) bool {
+	if err := json.Unmarshal(req.Data(), v); err != nil {
+		s.respond(req, nil, errorf(ErrBadRequest, "the request is not valid JSON"))
+		return false
+	}
+	return true
+}
+
+// respond answers with v, or with err as a micro error: the code is the
+// HTTP status, the description the message, the data the Error's JSON.
+func (s *Service) respond(req micro.Request, v any, err error) {
+	var rerr error
+	if err == nil {
+		rerr = req.RespondJSON(v)
+	} else {
+		e := asError(err)
+		if e.Status >= 500 {
+			s.log.Error("request failed", "subject", req.Subject(), "err", err)
+		}
+		data, _ := json.Marshal(e)
+		rerr = req.Error(strconv.Itoa(e.Status), e.Message, data)
+	}
+	if rerr != nil {
+		s.log.Warn("respond", "subject", req.Subject(), "err", rerr)
+	}
+}

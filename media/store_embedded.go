@@ -1,0 +1,458 @@
+package media
+
+import (
+	"bytes"
+	"context"
+	"crypto/hmac"
+	"crypto/rand"
+	"crypto/sha256"
+	"encoding/base64"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"hash"
+	"io"
+	"iter"
+	"log/slog"
+	"net/http"
+	"net/url"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+	"github.com/valyala/fasthttp"
+)
+
+// signingKeyName is the MEDIA_ACL entry holding a generated signing key.
+// It does not have the shape of an object key, so no request can name it.
+const signingKeyName = "_signing_key"
+
+// embeddedStore keeps media in a JetStream object store on the NATS the
+// rest of Switchboard already runs on, so the all-in-one binary serves
+// media with no object store to deploy. Its URLs point at the binary's own
+// HTTP server (API.Blob) and carry an HMAC-SHA256 signature in place of
+// S3's: the signature is the whole authorisation, so the routes need no
+// token and a URL can be handed to any HTTP client, as with S3.
+type embeddedStore struct {
+	obs     jetstream.ObjectStore
+	claims  jetstream.KeyValue // MEDIA_UPLOADS: one entry per upload started
+	baseURL string             // scheme://host[:port], no trailing slash
+	key     []byte
+	log     *slog.Logger
+}
+
+func newEmbeddedStore(ctx context.Context, js jetstream.JetStream, cfg Config, aclKV jetstream.KeyValue, log *slog.Logger) (*embeddedStore, error) {
+	obs, err := js.CreateOrUpdateObjectStore(ctx, jetstream.ObjectStoreConfig{
+		Bucket:      BucketObjects,
+		Description: "Switchboard media bytes, key u/<owner>/<id> (the embedded store, used when no S3 endpoint is configured)",
+		Storage:     jetstream.FileStorage,
+		Replicas:    cfg.Replicas,
+	})
+	if err != nil {
+		return nil, fmt.Errorf("media: object store %s: %w", BucketObjects, err)
+	}
+	claims, err := js.CreateOrUpdateKeyValue(ctx, jetstream.KeyValueConfig{
+		Bucket:      BucketUploads,
+		Description: "Switchboard embedded media: one claim per upload key, so a signed PUT URL stores at most one object",
+		History:     1,
+		// A claim must outlive every upload that could race it; those all
+		// start before the URL expires. The margin covers clock skew.
+		TTL:      cfg.UploadExpiry + time.Minute,
+		Storage:  jetstream.FileStorage,
+		Replicas: cfg.Replicas,
+	})
+	if err != nil {
+		return nil, fmt.Errorf("media: bucket %s: %w", BucketUploads, err)
+	}
+	key := cfg.SigningKey
+	if len(key) == 0 {
+		if key, err = sharedSigningKey(ctx, aclKV); err != nil {
+			return nil, err
+		}
+	}
+	return &embeddedStore{
+		obs:     obs,
+		claims:  claims,
+		baseURL: strings.TrimSuffix(cfg.BaseURL, "/"),
+		key:     key,
+		log:     log,
+	}, nil
+}
+
+// sharedSigningKey reads the generated signing key, making it on first
+// use. Instances that start together race on Create; the loser reads the
+// winner's key, so they all end up with one.
+func sharedSigningKey(ctx context.Context, kv jetstream.KeyValue) ([]byte, error) {
+	for range 3 {
+		e, err := kv.Get(ctx, signingKeyName)
+		if err == nil {
+			return e.Value(), nil
+		}
+		if !errors.Is(err, jetstream.ErrKeyNotFound) {
+			return nil, fmt.Errorf("media: read signing key: %w", err)
+		}
+		k := make([]byte, 32)
+		if _, err := rand.Read(k); err != nil {
+			return nil, err
+		}
+		_, err = kv.Create(ctx, signingKeyName, k)
+		if err == nil {
+			return k, nil
+		}
+		if !errors.Is(err, jetstream.ErrKeyExists) {
+			return nil, fmt.Errorf("media: store signing key: %w", err)
+		}
+	}
+	return nil, errors.New("media: signing key kept changing while being read")
+}
+
+// mac is the signature over everything a URL grants: the method, the key,
+// and for uploads the exact type and the size bound; and when it expires.
+// Each field is on its own line and none can contain a newline (keys and
+// media types are validated, numbers are decimal), so no two grants sign
+// the same text.
+func (s *embeddedStore) mac(method, key, mime string, maxSize, expMS int64) []byte {
+	m := hmac.New(sha256.New, s.key)
+	fmt.Fprintf(m, "switchboard-media-v1\n%s\n%s\n%s\n%d\n%d", method, key, mime, maxSize, expMS)
+	return m.Sum(nil)
+}
+
+func (s *embeddedStore) blobURL(key string, q url.Values) string {
+	return s.baseURL + PathBlob + key + "?" + q.Encode()
+}
+
+func (s *embeddedStore) PresignUpload(_ context.Context, key, mime string, size int64, expiry time.Duration) (*Ticket, error) {
+	exp := time.Now().Add(expiry)
+	sig := s.mac(http.MethodPut, key, mime, size, exp.UnixMilli())
+	q := url.Values{
+		"type": {mime},
+		"max":  {strconv.FormatInt(size, 10)},
+		"exp":  {strconv.FormatInt(exp.UnixMilli(), 10)},
+		"sig":  {base64.RawURLEncoding.EncodeToString(sig)},
+	}
+	t := &Ticket{
+		Key:           key,
+		URL:           s.blobURL(key, q),
+		Method:        http.MethodPut,
+		Headers:       map[string]string{"Content-Type": mime},
+		SignedHeaders: []string{"Content-Type", "Content-Length"},
+		Mime:          mime,
+		MaxSize:       size,
+	}
+	t.Expires, t.ExpiresMS = expiryFields(exp)
+	return t, nil
+}
+
+func (s *embeddedStore) PresignDownload(_ context.Context, key string, expiry time.Duration) (*DownloadURL, error) {
+	exp := time.Now().Add(expiry)
+	sig := s.mac(http.MethodGet, key, "", 0, exp.UnixMilli())
+	q := url.Values{
+		"exp": {strconv.FormatInt(exp.UnixMilli(), 10)},
+		"sig": {base64.RawURLEncoding.EncodeToString(sig)},
+	}
+	d := &DownloadURL{Key: key, URL: s.blobURL(key, q), Method: http.MethodGet}
+	d.Expires, d.ExpiresMS = expiryFields(exp)
+	return d, nil
+}
+
+func (s *embeddedStore) Stat(ctx context.Context, key string) (ObjectInfo, error) {
+	info, err := s.obs.GetInfo(ctx, key)
+	if errors.Is(err, jetstream.ErrObjectNotFound) {
+		return ObjectInfo{}, ErrNotFound
+	}
+	if err != nil {
+		return ObjectInfo{}, fmt.Errorf("media: object info: %w", err)
+	}
+	return objectInfo(info), nil
+}
+
+func objectInfo(info *jetstream.ObjectInfo) ObjectInfo {
+	return ObjectInfo{
+		Key:         info.Name,
+		Size:        int64(info.Size),
+		ContentType: info.Headers.Get("Content-Type"),
+		Modified:    info.ModTime,
+	}
+}
+
+func (s *embeddedStore) Objects(ctx context.Context) iter.Seq2[ObjectInfo, error] {
+	return func(yield func(ObjectInfo, error) bool) {
+		infos, err := s.obs.List(ctx)
+		if errors.Is(err, jetstream.ErrNoObjectsFound) {
+			return
+		}
+		if err != nil {
+			yield(ObjectInfo{}, fmt.Errorf("media: list objects: %w", err))
+			return
+		}
+		for _, info := range infos {
+			if !strings.HasPrefix(info.Name, keyPrefix) {
+				continue
+			}
+			if !yield(objectInfo(info), nil) {
+				return
+			}
+		}
+	}
+}
+
+func (s *embeddedStore) Remove(ctx context.Context, key string) error {
+	err := s.obs.Delete(ctx, key)
+	if err != nil && !errors.Is(err, jetstream.ErrObjectNotFound) {
+		return fmt.Errorf("media: delete object: %w", err)
+	}
+	return nil
+}
+
+// serveBlob answers the signed routes. The signature is checked before the
+// expiry so that an unsigned request learns nothing, and both before any
+// store access.
+func (s *embeddedStore) serveBlob(ctx *fasthttp.RequestCtx) {
+	key := strings.TrimPrefix(string(ctx.Path()), PathBlob)
+	if _, err := ParseKey(key); err != nil {
+		writeError(ctx, ErrNotFound)
+		return
+	}
+	switch string(ctx.Method()) {
+	case http.MethodPut:
+		s.servePut(ctx, key)
+	case http.MethodGet:
+		s.serveGet(ctx, key)
+	default:
+		ctx.Response.Header.Set("Allow", "GET, PUT")
+		writeError(ctx, ErrMethodNotAllowed)
+	}
+}
+
+// checkURL verifies the signature and expiry of a signed URL.
+func (s *embeddedStore) checkURL(ctx *fasthttp.RequestCtx, method, key, mime string, maxSize int64) error {
+	args := ctx.QueryArgs()
+	expMS, err := strconv.ParseInt(string(args.Peek("exp")), 10, 64)
+	if err != nil {
+		return errorf(ErrBadRequest, "the URL lacks a valid exp parameter")
+	}
+	sig, err := base64.RawURLEncoding.DecodeString(string(args.Peek("sig")))
+	if err != nil || len(sig) == 0 {
+		return errorf(ErrBadRequest, "the URL lacks a valid sig parameter")
+	}
+	if !hmac.Equal(sig, s.mac(method, key, mime, maxSize, expMS)) {
+		return ErrBadSignature
+	}
+	if time.Now().UnixMilli() > expMS {
+		return ErrURLExpired
+	}
+	return nil
+}
+
+func (s *embeddedStore) servePut(ctx *fasthttp.RequestCtx, key string) {
+	// Every refusal before the body is read leaves the body on the wire;
+	// closing the connection is the only way not to parse it as the next
+	// request.
+	refuse := func(e *Error) {
+		ctx.SetConnectionClose()
+		writeError(ctx, e)
+	}
+	args := ctx.QueryArgs()
+	mime := string(args.Peek("type"))
+	limit, err := strconv.ParseInt(string(args.Peek("max")), 10, 64)
+	if err != nil || limit < 1 || mime == "" {
+		refuse(errorf(ErrBadRequest, "the URL lacks valid type and max parameters"))
+		return
+	}
+	if err := s.checkURL(ctx, http.MethodPut, key, mime, limit); err != nil {
+		refuse(asError(err))
+		return
+	}
+	if ct := string(ctx.Request.Header.ContentType()); ct != mime {
+		refuse(errorf(ErrBadType, "Content-Type must be %s, as signed", mime))
+		return
+	}
+	// -1 is a chunked body and -2 one delimited by closing the connection.
+	// Neither declares a size that can be held against the signed bound
+	// before reading, so both are refused.
+	length := int64(ctx.Request.Header.ContentLength())
+	if length < 1 {
+		refuse(errorf(ErrLengthRequired, "a Content-Length of 1 to %d bytes is required", limit))
+		return
+	}
+	if length > limit {
+		refuse(errorf(ErrTooLarge, "Content-Length %d is above this URL's limit of %d bytes", length, limit))
+		return
+	}
+
+	// A context of its own for the store calls: the request context is
+	// recycled by fasthttp once the handler returns, and nats.go (or a
+	// derived context's watcher) may still look at it after that.
+	sctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+
+	// Claim the key, then look for an object: an upload that finished
+	// before our claim is seen by the lookup, one still running holds the
+	// claim. Either way a second upload is refused, across instances.
+	if _, err := s.claims.Create(sctx, key, []byte(strconv.FormatInt(time.Now().UnixMilli(), 10))); err != nil {
+		if errors.Is(err, jetstream.ErrKeyExists) {
+			refuse(ErrExists)
+			return
+		}
+		s.log.Error("claim upload", "key", key, "err", err)
+		refuse(ErrInternal)
+		return
+	}
+	release := func() {
+		c, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		if err := s.claims.Delete(c, key); err != nil {
+			s.log.Warn("release upload claim", "key", key, "err", err)
+		}
+	}
+	if _, err := s.obs.GetInfo(sctx, key); !errors.Is(err, jetstream.ErrObjectNotFound) {
+		if err == nil {
+			refuse(ErrExists)
+			return
+		}
+		release()
+		s.log.Error("object info", "key", key, "err", err)
+		refuse(ErrInternal)
+		return
+	}
+
+	var body io.Reader
+	if stream := ctx.RequestBodyStream(); stream != nil {
+		body = stream // the server streams bodies (StreamRequestBody)
+	} else {
+		body = bytes.NewReader(ctx.PostBody()) // already read, within the server's MaxRequestBodySize
+	}
+	b := &boundedBody{r: io.LimitReader(body, limit+1), max: limit, want: length, sum: sha256.New()}
+	meta := jetstream.ObjectMeta{Name: key, Headers: nats.Header{"Content-Type": []string{mime}}}
+	info, err := s.obs.Put(sctx, meta, b)
+	if err != nil {
+		release() // the URL may be retried until it expires
+		var re *readError
+		switch {
+		case errors.Is(err, ErrTooLarge):
+			refuse(errorf(ErrTooLarge, "the body is above this URL's limit of %d bytes", limit))
+		case errors.As(err, &re):
+			refuse(errorf(ErrBadRequest, "the body does not match its Content-Length of %d bytes", length))
+		default:
+			s.log.Error("store upload", "key", key, "err", err)
+			refuse(ErrInternal)
+		}
+		return
+	}
+	writeJSON(ctx, http.StatusCreated, UploadResult{
+		Key:    key,
+		Size:   int64(info.Size),
+		SHA256: hex.EncodeToString(b.sum.Sum(nil)),
+		Mime:   mime,
+	})
+}
+
+// UploadResult answers a successful embedded upload. SHA256 (hex) is
+// what the chat message should carry for recipients to verify.
+type UploadResult struct {
+	Key    string `json:"key"`
+	Size   int64  `json:"size"`
+	SHA256 string `json:"sha256"`
+	Mime   string `json:"mime"`
+}
+
+func (s *embeddedStore) serveGet(ctx *fasthttp.RequestCtx, key string) {
+	if err := s.checkURL(ctx, http.MethodGet, key, "", 0); err != nil {
+		writeError(ctx, asError(err))
+		return
+	}
+	// The body is written after this handler returns, so the read must not
+	// hang off the request's context; closing the body ends it.
+	rctx, cancel := context.WithCancel(context.Background())
+	res, err := s.obs.Get(rctx, key)
+	if err != nil {
+		cancel()
+		if errors.Is(err, jetstream.ErrObjectNotFound) {
+			writeError(ctx, ErrNotFound)
+			return
+		}
+		s.log.Error("read object", "key", key, "err", err)
+		writeError(ctx, ErrInternal)
+		return
+	}
+	info, err := res.Info()
+	if err != nil {
+		res.Close()
+		cancel()
+		s.log.Error("read object info", "key", key, "err", err)
+		writeError(ctx, ErrInternal)
+		return
+	}
+	expMS, _ := strconv.ParseInt(string(ctx.QueryArgs().Peek("exp")), 10, 64)
+	ctx.SetStatusCode(http.StatusOK)
+	ctx.SetContentType(info.Headers.Get("Content-Type"))
+	ctx.Response.Header.Set("X-Content-Type-Options", "nosniff")
+	// Keys are never reused, so the bytes never change: the client may
+	// keep them while the URL is valid.
+	ctx.Response.Header.Set("Cache-Control", "private, max-age="+strconv.FormatInt(max(0, (expMS-time.Now().UnixMilli())/1000), 10))
+	ctx.SetBodyStream(&closeBoth{ReadCloser: res, cancel: cancel}, int(info.Size))
+}
+
+// closeBoth closes an object read and cancels its context.
+type closeBoth struct {
+	io.ReadCloser
+	cancel context.CancelFunc
+}
+
+func (c *closeBoth) Close() error {
+	err := c.ReadCloser.Close()
+	c.cancel()
+	return err
+}
+
+// boundedBody enforces an upload's limits while it is read, so a body that
+// lies about its length is cut off at max+1 bytes rather than stored.
+type boundedBody struct {
+	r         io.Reader
+	n         int64
+	max, want int64
+	sum       hash.Hash
+}
+
+// readError marks a failure of the client's body, as opposed to the store.
+type readError struct{ err error }
+
+func (e *readError) Error() string { return "media: upload body: " + e.err.Error() }
+func (e *readError) Unwrap() error { return e.err }
+
+func (b *boundedBody) Read(p []byte) (int, error) {
+	n, err := b.r.Read(p)
+	b.n += int64(n)
+	b.sum.Write(p[:n])
+	switch {
+	case b.n > b.max:
+		return n, &readError{ErrTooLarge}
+	case b.n > b.want:
+		return n, &readError{errors.New("body longer than Content-Length")}
+	case err == io.EOF && b.n != b.want:
+		return n, &readError{io.ErrUnexpectedEOF}
+	case err != nil && err != io.EOF:
+		return n, &readError{err}
+	}
+	return n, err
+}
+
+func writeJSON(ctx *fasthttp.RequestCtx, status int, v any) {
+	b, err := json.Marshal(v)
+	if err != nil {
+		status, b = http.StatusInternalServerError, []byte(`{"code":"internal","message":"internal error"}`)
+	}
+	ctx.SetStatusCode(status)
+	ctx.SetContentType("application/json")
+	// Tickets and URLs are credentials: no cache may keep them.
+	ctx.Response.Header.Set("Cache-Control", "no-store")
+	ctx.SetBody(b)
+}
+
+// writeError answers with the error's status and its JSON.
+func writeError(ctx *fasthttp.RequestCtx, e *Error) {
+	writeJSON(ctx, e.Status, e)
+}
