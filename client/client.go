@@ -123,6 +123,10 @@ type Client struct {
 	rcpt   chan Receipt
 	typing chan Typing
 
+	presence      chan Presence
+	settingsReply chan Settings
+	settingsMu    sync.Mutex // one Settings call at a time
+
 	ctx    context.Context
 	cancel context.CancelFunc
 	wg     sync.WaitGroup
@@ -137,6 +141,9 @@ type Client struct {
 	acked    *lru // seqs the app acked (redeliveries of them are acked again)
 	closeErr error
 	stats    Stats
+	// following are the users whose presence this client follows.
+	following  map[string]bool
+	statusWait map[string][]chan statusResult
 
 	writeMu sync.Mutex // one writer at a time on conn
 	// sendMu orders sends: a reconnect resends every unconfirmed send
@@ -163,14 +170,19 @@ func Dial(ctx context.Context, opts Options) (*Client, error) {
 		opts.Buffer = 1024
 	}
 	c := &Client{
-		opts:     opts,
-		msgs:     make(chan Message, opts.Buffer),
-		rcpt:     make(chan Receipt, opts.Buffer),
-		typing:   make(chan Typing, 64),
-		outbox:   map[string]*outgoing{},
-		seenMsg:  newLRU(100000),
-		seenRcpt: newLRU(100000),
-		acked:    newLRU(100000),
+		opts:   opts,
+		msgs:   make(chan Message, opts.Buffer),
+		rcpt:   make(chan Receipt, opts.Buffer),
+		typing: make(chan Typing, 64),
+		outbox: map[string]*outgoing{},
+
+		presence:      make(chan Presence, 256),
+		settingsReply: make(chan Settings, 1),
+		following:     map[string]bool{},
+		statusWait:    map[string][]chan statusResult{},
+		seenMsg:       newLRU(100000),
+		seenRcpt:      newLRU(100000),
+		acked:         newLRU(100000),
 	}
 	conn, sid, err := c.dial(ctx)
 	if err != nil {
@@ -335,6 +347,7 @@ func (c *Client) attach(conn *websocket.Conn, sid string) {
 	for _, o := range pending {
 		_ = c.write(conn, protocol.AppendSend(nil, ids[o], o.to, o.body))
 	}
+	c.resubscribe()
 	if c.opts.OnConnect != nil {
 		c.opts.OnConnect(sid)
 	}
@@ -443,6 +456,12 @@ func (c *Client) handle(conn *websocket.Conn, f *protocol.Frame) error {
 		case c.typing <- Typing{From: f.From, Device: f.Device}:
 		default: // ephemeral: drop rather than block the connection
 		}
+	case protocol.TypePresence:
+		c.onPresence(f)
+	case protocol.TypeSettings:
+		c.onSettings(f)
+	case protocol.TypeStatus:
+		c.resolveStatus(f.ID, statusResult{to: f.Recipients})
 	case protocol.TypeError:
 		c.onError(f)
 	}
@@ -479,6 +498,9 @@ func (c *Client) onError(f *protocol.Frame) {
 				return
 			}
 			c.resolve(f.ID, result{err: &ServerError{Code: f.Code, Message: f.Message}})
+			return
+		}
+		if c.resolveStatus(f.ID, statusResult{err: &ServerError{Code: f.Code, Message: f.Message}}) {
 			return
 		}
 	}

@@ -76,6 +76,16 @@ type Config struct {
 	// KickTimeout bounds how long a new session waits for an older session
 	// of the same device (on any gateway) to close.
 	KickTimeout time.Duration
+
+	// PresenceTTL is the life of a device's presence lease: a gateway that
+	// dies without reporting has its devices shown offline within it. Live
+	// sessions refresh the lease three times per TTL. At least 1 s.
+	PresenceTTL time.Duration
+	// MaxPresenceSubs bounds the users one connection follows.
+	MaxPresenceSubs int
+	// FunctionTimeout bounds a request to a worker function (presence,
+	// receipts status) and a settings write.
+	FunctionTimeout time.Duration
 }
 
 // DefaultConfig returns the configuration used when nothing is set.
@@ -98,6 +108,9 @@ func DefaultConfig() Config {
 		OutboundQueue:    1024,
 		ShutdownTimeout:  10 * time.Second,
 		KickTimeout:      3 * time.Second,
+		PresenceTTL:      60 * time.Second,
+		MaxPresenceSubs:  1024,
+		FunctionTimeout:  3 * time.Second,
 	}
 }
 
@@ -139,6 +152,12 @@ func (c *Config) Validate() error {
 		return bad("ShutdownTimeout", "must be positive")
 	case c.KickTimeout <= 0:
 		return bad("KickTimeout", "must be positive")
+	case c.PresenceTTL < time.Second:
+		return bad("PresenceTTL", "must be at least 1s (the server's smallest message TTL)")
+	case c.MaxPresenceSubs < 1:
+		return bad("MaxPresenceSubs", "must be positive")
+	case c.FunctionTimeout <= 0:
+		return bad("FunctionTimeout", "must be positive")
 	}
 	for _, o := range c.AllowedOrigins {
 		if o == "*" {

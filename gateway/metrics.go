@@ -55,7 +55,7 @@ func newMetrics(s *Server) *metrics {
 	// Pre-create the label values operators alert on, so they read 0
 	// rather than being absent.
 	m.frameIn = map[string]prometheus.Counter{}
-	for _, typ := range []string{protocol.TypeSend, protocol.TypeAck, protocol.TypeRead, protocol.TypeTyping} {
+	for _, typ := range protocol.ClientTypes {
 		m.frameIn[typ] = m.framesIn.WithLabelValues(typ)
 	}
 	for _, e := range protocol.Errors {

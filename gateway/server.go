@@ -39,17 +39,25 @@ type Server struct {
 	js          jetstream.JetStream
 	inbox       jetstream.Stream
 	devices     *devices
+	presenceKV  jetstream.KeyValue
+	settingsKV  jetstream.KeyValue
 	maxInflight int
-	origins     map[string]bool
-	anyOrigin   bool
-	upgrader    websocket.FastHTTPUpgrader
-	http        *fasthttp.Server
+	// id names this gateway in presence leases.
+	id        string
+	origins   map[string]bool
+	anyOrigin bool
+	upgrader  websocket.FastHTTPUpgrader
+	http      *fasthttp.Server
 
 	metrics *metrics
 
 	mu       sync.Mutex // guards sessions
 	sessions map[*session]struct{}
 	closing  atomic.Bool
+
+	leaseStop     chan struct{}
+	leaseDone     chan struct{}
+	leaseStopOnce sync.Once
 }
 
 // New builds a gateway on an established NATS connection. The streams must
@@ -76,6 +84,14 @@ func New(ctx context.Context, cfg Config, keys *Keys, nc *nats.Conn, log *slog.L
 	if err != nil {
 		return nil, fmt.Errorf("gateway: bucket %s: %w", streams.DevicesKV, err)
 	}
+	presenceKV, err := js.KeyValue(ctx, streams.PresenceKV)
+	if err != nil {
+		return nil, fmt.Errorf("gateway: bucket %s: %w", streams.PresenceKV, err)
+	}
+	settingsKV, err := js.KeyValue(ctx, streams.SettingsKV)
+	if err != nil {
+		return nil, fmt.Errorf("gateway: bucket %s: %w", streams.SettingsKV, err)
+	}
 	tmpl, err := streams.DeviceConsumerTemplate()
 	if err != nil {
 		return nil, err
@@ -94,9 +110,14 @@ func New(ctx context.Context, cfg Config, keys *Keys, nc *nats.Conn, log *slog.L
 		js:          js,
 		inbox:       inbox,
 		devices:     &devices{js: js, inbox: inbox, kv: kv, template: tmpl, created: inbox.CachedInfo().Created},
+		presenceKV:  presenceKV,
+		settingsKV:  settingsKV,
 		maxInflight: tmpl.MaxAckPending,
+		id:          nats.NewInbox()[len(nats.InboxPrefix):],
 		origins:     map[string]bool{},
 		sessions:    map[*session]struct{}{},
+		leaseStop:   make(chan struct{}),
+		leaseDone:   make(chan struct{}),
 	}
 	s.metrics = newMetrics(s)
 	s.devices.onReset = s.metrics.resets.Inc
@@ -130,7 +151,15 @@ func New(ctx context.Context, cfg Config, keys *Keys, nc *nats.Conn, log *slog.L
 		// this, closing one would be a no-op until its handler returned.
 		KeepHijackedConns: true,
 	}
+	go s.leaseLoop()
 	return s, nil
+}
+
+// stopLeases ends the lease loop; the leases of sessions still open then
+// expire on their own.
+func (s *Server) stopLeases() {
+	s.leaseStopOnce.Do(func() { close(s.leaseStop) })
+	<-s.leaseDone
 }
 
 // Serve accepts connections on ln until Shutdown.
@@ -341,6 +370,7 @@ func (s *Server) Shutdown(ctx context.Context) error {
 	ctx, cancel := context.WithTimeout(ctx, s.cfg.ShutdownTimeout)
 	defer cancel()
 	all := s.beginClosing()
+	s.stopLeases()
 
 	lnDone := make(chan error, 1)
 	go func() { lnDone <- s.http.ShutdownWithContext(ctx) }()
@@ -371,6 +401,7 @@ func (s *Server) Shutdown(ctx context.Context) error {
 // draining, as a crash would. For tests of the crash path.
 func (s *Server) Abort() {
 	all := s.beginClosing()
+	s.stopLeases()
 	for _, sess := range all {
 		if c, ok := sess.t.(*wsConn); ok {
 			_ = c.ws.NetConn().Close()

@@ -76,7 +76,12 @@ type session struct {
 
 	kickSub *nats.Subscription
 	evSub   *nats.Subscription
-	expiry  *time.Timer
+	// leaseRev is the revision of this session's presence lease, 0 when
+	// it holds none.
+	leaseRev atomic.Uint64
+	presMu   sync.Mutex // guards presSubs
+	presSubs map[string]*nats.Subscription
+	expiry   *time.Timer
 
 	loops sync.WaitGroup
 	// delivering is closed when deliverLoop has returned (or never ran):
@@ -101,6 +106,7 @@ func newSession(srv *Server, id Identity, t transport) *session {
 		frameLim:   rate.NewLimiter(rate.Limit(cfg.FrameRate), cfg.FrameBurst),
 		typingLim:  rate.NewLimiter(rate.Limit(cfg.TypingRate), cfg.TypingBurst),
 		pending:    make(map[uint64]jetstream.Msg),
+		presSubs:   make(map[string]*nats.Subscription),
 		pubq:       make(chan pubItem, cfg.MaxPendingSends),
 		delivering: make(chan struct{}),
 		stopped:    make(chan struct{}),
@@ -172,6 +178,7 @@ func (s *session) start(ctx context.Context) error {
 	s.t.Send(protocol.EncodeWelcome(s.id.User, s.id.Device, s.sid, s.srv.cfg.MaxFrameBytes))
 	s.welcomed = true
 	s.evMu.Unlock()
+	s.goOnline(ctx)
 
 	msgs, err := cons.Messages(jetstream.PullMaxMessages(s.srv.maxInflight))
 	if err != nil {
@@ -255,6 +262,8 @@ func (s *session) stop() {
 		if s.evSub != nil {
 			_ = s.evSub.Unsubscribe()
 		}
+		s.dropPresenceSubs()
+		s.goOffline()
 		if s.kickSub != nil {
 			// Drain, not unsubscribe: a kick already on its way is still
 			// answered (at once: this session has stopped), so the newer
@@ -323,17 +332,17 @@ func (s *session) deliver(m jetstream.Msg) {
 	}
 	seq := meta.Sequence.Stream
 	h := m.Headers()
-	ts, _ := strconv.ParseInt(h.Get(hdrTS), 10, 64)
+	ts, _ := strconv.ParseInt(h.Get(streams.HdrTS), 10, 64)
 	if ts == 0 {
 		ts = meta.Timestamp.UnixMilli()
 	}
-	from, dev, id := h.Get(hdrFrom), h.Get(hdrDevice), h.Get(hdrID)
+	from, dev, id := h.Get(streams.HdrFrom), h.Get(streams.HdrDevice), h.Get(streams.HdrID)
 	var frame []byte
-	switch h.Get(hdrKind) {
-	case kindMsg:
+	switch h.Get(streams.HdrKind) {
+	case streams.KindMsg:
 		frame = protocol.AppendMsg(nil, id, from, dev, seq, ts, m.Data())
-	case kindReceipt:
-		frame = protocol.AppendReceipt(nil, id, h.Get(hdrStatus), from, dev, seq, ts)
+	case streams.KindReceipt:
+		frame = protocol.AppendReceipt(nil, id, h.Get(streams.HdrStatus), from, dev, seq, ts)
 	default:
 		// Not written by a gateway (for example published by hand with the
 		// nats CLI). Terminate it so it cannot block the queue; it stays
@@ -421,6 +430,22 @@ func (s *session) handle(data []byte) {
 		if s.allow(s.frameLim, "") {
 			s.read(f.Seq)
 		}
+	case protocol.TypeStatus:
+		if s.allow(s.frameLim, f.ID) {
+			s.status(f.ID)
+		}
+	case protocol.TypeSettings:
+		if s.allow(s.frameLim, "") {
+			s.settings(f)
+		}
+	case protocol.TypePresenceSub:
+		if s.allow(s.frameLim, "") {
+			s.presenceSub(f.Users)
+		}
+	case protocol.TypePresenceUnsub:
+		if s.allow(s.frameLim, "") {
+			s.presenceUnsub(f.Users)
+		}
 	case protocol.TypeTyping:
 		if s.allow(s.typingLim, "") && f.To != s.id.User {
 			// Core NATS only: a typing signal is worth nothing later, so
@@ -480,12 +505,12 @@ func (s *session) send(f *protocol.Frame) {
 	m := &nats.Msg{
 		Subject: streams.InboxSubject(f.To),
 		Header: nats.Header{
-			hdrMsgID:  {msgDedupID(s.id.User, f.ID)},
-			hdrKind:   {kindMsg},
-			hdrFrom:   {s.id.User},
-			hdrDevice: {s.id.Device},
-			hdrID:     {f.ID},
-			hdrTS:     {strconv.FormatInt(ts, 10)},
+			streams.HdrMsgID:  {streams.MsgDedupID(s.id.User, f.ID)},
+			streams.HdrKind:   {streams.KindMsg},
+			streams.HdrFrom:   {s.id.User},
+			streams.HdrDevice: {s.id.Device},
+			streams.HdrID:     {f.ID},
+			streams.HdrTS:     {strconv.FormatInt(ts, 10)},
 		},
 		Data: f.Body,
 	}
@@ -508,14 +533,14 @@ func (s *session) ack(seq uint64) {
 		return
 	}
 	h := m.Headers()
-	if h.Get(hdrKind) != kindMsg {
+	if h.Get(streams.HdrKind) != streams.KindMsg {
 		s.enqueue(pubItem{kind: pubAckOnly, ack: m})
 		return
 	}
-	// The delivered receipt is stored in the sender's inbox before the
-	// message is acked, so a crash between the two redelivers the message
-	// and the receipt's dedup id keeps the receipt single.
-	from, id := h.Get(hdrFrom), h.Get(hdrID)
+	// The delivered event is stored before the message is acked, so a
+	// crash between the two redelivers the message and the event's dedup
+	// id keeps the event single.
+	from, id := h.Get(streams.HdrFrom), h.Get(streams.HdrID)
 	fut, err := s.srv.js.PublishMsgAsync(s.receipt(protocol.StatusDelivered, from, id))
 	if err != nil {
 		_ = m.Nak()
@@ -524,17 +549,20 @@ func (s *session) ack(seq uint64) {
 	s.enqueue(pubItem{fut: fut, kind: pubDelivered, ack: m})
 }
 
+// receipt is a receipt event for the receipts function: this device got
+// or read the message id that from sent. The function keeps the message's
+// status and forwards each change to the sender's inbox.
 func (s *session) receipt(status, from, id string) *nats.Msg {
 	return &nats.Msg{
-		Subject: streams.InboxSubject(from),
+		Subject: streams.ReceiptsSubject(from),
 		Header: nats.Header{
-			hdrMsgID:  {receiptDedupID(status, from, id, s.id.User, s.id.Device)},
-			hdrKind:   {kindReceipt},
-			hdrStatus: {status},
-			hdrFrom:   {s.id.User},
-			hdrDevice: {s.id.Device},
-			hdrID:     {id},
-			hdrTS:     {strconv.FormatInt(time.Now().UnixMilli(), 10)},
+			streams.HdrMsgID:  {streams.ReceiptEventDedupID(status, from, id, s.id.User, s.id.Device)},
+			streams.HdrKind:   {streams.KindReceipt},
+			streams.HdrStatus: {status},
+			streams.HdrFrom:   {s.id.User},
+			streams.HdrDevice: {s.id.Device},
+			streams.HdrID:     {id},
+			streams.HdrTS:     {strconv.FormatInt(time.Now().UnixMilli(), 10)},
 		},
 	}
 }
@@ -546,11 +574,11 @@ func (s *session) read(seq uint64) {
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
 	rm, err := s.srv.inbox.GetMsg(ctx, seq)
-	if err != nil || rm.Subject != streams.InboxSubject(s.id.User) || rm.Header.Get(hdrKind) != kindMsg {
+	if err != nil || rm.Subject != streams.InboxSubject(s.id.User) || rm.Header.Get(streams.HdrKind) != streams.KindMsg {
 		s.sendError(protocol.ErrUnknownSeq, "no message to you with this seq", "", seq, 0)
 		return
 	}
-	from, id := rm.Header.Get(hdrFrom), rm.Header.Get(hdrID)
+	from, id := rm.Header.Get(streams.HdrFrom), rm.Header.Get(streams.HdrID)
 	fut, err := s.srv.js.PublishMsgAsync(s.receipt(protocol.StatusRead, from, id))
 	if err != nil {
 		s.sendError(protocol.ErrStoreFailed, "read receipt was not stored; resend", "", seq, 0)

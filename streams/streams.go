@@ -18,19 +18,37 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 )
 
-//go:embed INBOX.json consumers/device.json kv/DEVICES.json
+//go:embed *.json consumers/*.json kv/*.json
 var files embed.FS
 
 // Names of the JetStream assets.
 const (
-	Inbox       = "INBOX"
-	DevicesKV   = "DEVICES"
-	InboxPrefix = "inbox."
+	Inbox          = "INBOX"
+	Receipts       = "RECEIPTS"
+	DLQ            = "DLQ"
+	DevicesKV      = "DEVICES"
+	StatusKV       = "STATUS"
+	PresenceKV     = "PRESENCE"
+	SettingsKV     = "SETTINGS"
+	PushKV         = "PUSH"
+	InboxPrefix    = "inbox."
+	ReceiptsPrefix = "receipts."
+	DLQPrefix      = "dlq."
 )
 
 // InboxSubject is the subject of a user's inbox. The caller must have
 // validated user as a safe id.
 func InboxSubject(user string) string { return InboxPrefix + user }
+
+// ReceiptsSubject is where gateways store receipt events about messages
+// that sender sent; the receipts function consumes them.
+func ReceiptsSubject(sender string) string { return ReceiptsPrefix + sender }
+
+// streamFiles and kvFiles are applied by Apply, in this order.
+var (
+	streamFiles = []string{"INBOX.json", "RECEIPTS.json", "DLQ.json"}
+	kvFiles     = []string{"kv/DEVICES.json", "kv/STATUS.json", "kv/PRESENCE.json", "kv/SETTINGS.json", "kv/PUSH.json"}
+)
 
 // ErrConfig wraps an invalid stream setting.
 var ErrConfig = errors.New("streams: invalid config")
@@ -85,10 +103,22 @@ func DeviceConsumerTemplate() (jetstream.ConsumerConfig, error) {
 	return cfg, err
 }
 
+// ConsumerConfig returns a worker function's durable consumer from
+// consumers/<name>.json.
+func ConsumerConfig(name string) (jetstream.ConsumerConfig, error) {
+	var cfg jetstream.ConsumerConfig
+	err := load("consumers/"+name+".json", &cfg)
+	return cfg, err
+}
+
 // DevicesConfig returns the DEVICES KV bucket configuration.
 func DevicesConfig(replicas int) (jetstream.KeyValueConfig, error) {
+	return kvConfig("kv/DEVICES.json", replicas)
+}
+
+func kvConfig(file string, replicas int) (jetstream.KeyValueConfig, error) {
 	var cfg jetstream.KeyValueConfig
-	if err := load("kv/DEVICES.json", &cfg); err != nil {
+	if err := load(file, &cfg); err != nil {
 		return cfg, err
 	}
 	if replicas > 0 {
@@ -111,19 +141,29 @@ func load(name string, v any) error {
 // Apply creates or updates every stream and bucket. It is safe to run on
 // every start and from many processes at once.
 func Apply(ctx context.Context, js jetstream.JetStream, opts Options) error {
-	cfg, err := InboxConfig(opts)
-	if err != nil {
-		return err
+	for _, file := range streamFiles {
+		var cfg jetstream.StreamConfig
+		var err error
+		if file == "INBOX.json" {
+			cfg, err = InboxConfig(opts)
+		} else if err = load(file, &cfg); err == nil && opts.Replicas > 0 {
+			cfg.Replicas = opts.Replicas
+		}
+		if err != nil {
+			return err
+		}
+		if _, err := js.CreateOrUpdateStream(ctx, cfg); err != nil {
+			return fmt.Errorf("streams: apply %s: %w", cfg.Name, err)
+		}
 	}
-	if _, err := js.CreateOrUpdateStream(ctx, cfg); err != nil {
-		return fmt.Errorf("streams: apply %s: %w", cfg.Name, err)
-	}
-	kv, err := DevicesConfig(opts.Replicas)
-	if err != nil {
-		return err
-	}
-	if _, err := js.CreateOrUpdateKeyValue(ctx, kv); err != nil {
-		return fmt.Errorf("streams: apply KV %s: %w", kv.Bucket, err)
+	for _, file := range kvFiles {
+		kv, err := kvConfig(file, opts.Replicas)
+		if err != nil {
+			return err
+		}
+		if _, err := js.CreateOrUpdateKeyValue(ctx, kv); err != nil {
+			return fmt.Errorf("streams: apply KV %s: %w", kv.Bucket, err)
+		}
 	}
 	return nil
 }

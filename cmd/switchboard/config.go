@@ -24,8 +24,9 @@ import (
 // appConfig is everything the binary can be told. Flags and SWITCHBOARD_*
 // variables map onto it in bindFlags, and nowhere else.
 type appConfig struct {
-	Gateway gateway.Config
-	Streams streams.Options
+	Gateway   gateway.Config
+	Streams   streams.Options
+	Functions functionsConfig
 
 	// NATSURL, when set, uses that NATS instead of the embedded server.
 	NATSURL string
@@ -52,6 +53,7 @@ type appConfig struct {
 func defaultAppConfig() appConfig {
 	return appConfig{
 		Gateway:    gateway.DefaultConfig(),
+		Functions:  defaultFunctionsConfig(),
 		NATSListen: "127.0.0.1:4222",
 		DataDir:    "./data",
 		LogLevel:   "info",
@@ -91,10 +93,16 @@ func bindFlags(fs *flag.FlagSet, c *appConfig, withEmbedded bool) {
 	fs.IntVar(&g.OutboundQueue, "outbound-queue", g.OutboundQueue, "frames queued per connection before close 4001")
 	fs.DurationVar(&g.AckWait, "ack-wait", g.AckWait, "redeliver a message a device has not acked after this (0: 30s)")
 	fs.DurationVar(&g.ShutdownTimeout, "shutdown-timeout", g.ShutdownTimeout, "bound on graceful shutdown")
+	fs.DurationVar(&g.PresenceTTL, "presence-ttl", g.PresenceTTL, "a device's presence lease: a dead gateway's devices go offline within it")
+	fs.IntVar(&g.MaxPresenceSubs, "max-presence-subs", g.MaxPresenceSubs, "users one connection may follow")
+	fs.DurationVar(&g.FunctionTimeout, "function-timeout", g.FunctionTimeout, "bound on a request to a worker function")
 	fs.DurationVar(&c.Streams.MaxAge, "max-age", c.Streams.MaxAge, "keep messages this long (0: 30 days)")
 	fs.DurationVar(&c.Streams.DuplicateWindow, "dedup-window", c.Streams.DuplicateWindow, "remember message ids this long (0: 2m)")
 	fs.IntVar(&c.Streams.Replicas, "replicas", c.Streams.Replicas, "stream replicas (0: 1)")
 	fs.IntVar(&c.Streams.MaxConsumers, "max-consumers", c.Streams.MaxConsumers, "max device consumers (0: 100000)")
+	if withEmbedded {
+		bindFunctionFlags(fs, &c.Functions, true)
+	}
 	bindKeyFlags(fs, c)
 	fs.StringVar(&c.LogLevel, "log-level", c.LogLevel, "debug, info, warn or error")
 	fs.StringVar(&c.LogFormat, "log-format", c.LogFormat, "text or json")

@@ -22,6 +22,8 @@ func main() {
 		err = runServe(args, true)
 	case "gateway":
 		err = runServe(args, false)
+	case "function":
+		err = runFunction(args)
 	case "token":
 		err = runToken(args, os.Stdout)
 	case "chat":
@@ -46,8 +48,9 @@ func usage() {
 	fmt.Fprint(os.Stderr, `usage: switchboard [command] [flags]
 
 commands:
-  serve    (default) embedded NATS with JetStream, streams and gateway in one process
+  serve    (default) embedded NATS with JetStream, streams, worker functions and gateway in one process
   gateway  a gateway only, against --nats URL
+  function run one worker function: switchboard function receipts|presence|push --nats URL
   token    mint a device token: switchboard token --user alice --device phone
   chat     a line-based chat client: switchboard chat --token T --to bob
 

@@ -9,6 +9,7 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
+	"sync"
 	"syscall"
 	"time"
 
@@ -82,6 +83,17 @@ func runServe(args []string, allInOne bool) error {
 	if err := applyStreams(ctx, nc, c.Streams); err != nil {
 		return err
 	}
+	stopFunctions := func() {}
+	if allInOne {
+		stop, err := startFunctions(ctx, nc, c.Functions.Run, &c.Functions, log)
+		if err != nil {
+			return err
+		}
+		// They stop after the gateway, which may still be storing receipt
+		// events for them, and before NATS drains.
+		stopFunctions = sync.OnceFunc(stop)
+		defer stopFunctions()
+	}
 	gw, err := gateway.New(ctx, c.Gateway, keys, nc, log)
 	if err != nil {
 		return err
@@ -107,6 +119,7 @@ func runServe(args []string, allInOne bool) error {
 	if err := gw.Shutdown(context.Background()); err != nil {
 		log.Warn("shutdown incomplete", "err", err)
 	}
+	stopFunctions()
 	if err := nc.Drain(); err != nil {
 		log.Warn("nats drain", "err", err)
 	}

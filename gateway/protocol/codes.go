@@ -17,6 +17,8 @@ const (
 	ErrUnknownSeq   ErrorCode = "unknown_seq"
 	ErrShuttingDown ErrorCode = "shutting_down"
 	ErrInternal     ErrorCode = "internal"
+	ErrTooMany      ErrorCode = "too_many"
+	ErrUnavailable  ErrorCode = "unavailable"
 )
 
 // ErrorInfo documents one error code.
@@ -38,6 +40,8 @@ var Errors = []ErrorInfo{
 	{ErrUnknownSeq, false, "`ack` or `read` names a sequence that was not delivered to this device or is not a message to this user."},
 	{ErrShuttingDown, true, "The gateway is shutting down and took no action; resend after reconnecting."},
 	{ErrInternal, true, "An unexpected server error; resend after a pause."},
+	{ErrTooMany, false, "The frame would pass a per-connection limit (presence subscriptions); `message` says which."},
+	{ErrUnavailable, true, "A worker function (receipts, presence) did not answer in time; resend after a pause."},
 }
 
 // Close codes sent in the WebSocket close frame. 1000-1015 are RFC 6455's;

@@ -24,14 +24,40 @@ const (
 	// TypeTyping goes both ways: a client says it is typing to `to`; the
 	// server tells the recipient's devices who is typing.
 	TypeTyping = "typing"
+	// TypeSettings goes both ways: a client changes or asks for its
+	// settings; the server answers with all of them.
+	TypeSettings = "settings"
+	// TypeStatus goes both ways: a client asks for a message's status; the
+	// server answers with each recipient's ticks.
+	TypeStatus        = "status"
+	TypePresenceSub   = "presence_sub"
+	TypePresenceUnsub = "presence_unsub"
 
 	// Server to client.
-	TypeWelcome = "welcome"
-	TypeSent    = "sent"
-	TypeMsg     = "msg"
-	TypeReceipt = "receipt"
-	TypeError   = "error"
+	TypeWelcome  = "welcome"
+	TypeSent     = "sent"
+	TypeMsg      = "msg"
+	TypeReceipt  = "receipt"
+	TypeError    = "error"
+	TypePresence = "presence"
 )
+
+// ClientTypes are the frame types a client may send; DecodeClient returns
+// no other.
+var ClientTypes = []string{TypeSend, TypeAck, TypeRead, TypeTyping, TypeStatus, TypeSettings, TypePresenceSub, TypePresenceUnsub}
+
+// Last-seen privacy values of the settings frame.
+const (
+	PrivacyEveryone = "everyone"
+	PrivacyContacts = "contacts"
+	PrivacyNobody   = "nobody"
+)
+
+// MaxContacts bounds the contact list of a settings frame.
+const MaxContacts = 2000
+
+// MaxUsersPerFrame bounds the users of one presence_sub or presence_unsub.
+const MaxUsersPerFrame = 256
 
 // Receipt statuses.
 const (
@@ -72,11 +98,34 @@ type Frame struct {
 	Message string    `json:"message,omitempty"`
 	RetryMS int64     `json:"retry_ms,omitempty"`
 
+	// Users are the users of a presence_sub or presence_unsub.
+	Users []string `json:"users,omitempty"`
+	// Presence fields: User (below) is online, or was last seen at
+	// LastSeen; Hidden means their privacy setting hides both from you.
+	Online   bool  `json:"online,omitempty"`
+	LastSeen int64 `json:"last_seen,omitempty"`
+	Hidden   bool  `json:"hidden,omitempty"`
+
+	// Settings fields; nil or empty leaves a setting unchanged.
+	ReadReceipts    *bool     `json:"read_receipts,omitempty"`
+	LastSeenPrivacy string    `json:"last_seen_privacy,omitempty"`
+	Contacts        *[]string `json:"contacts,omitempty"`
+
+	// Recipients is a status answer: recipient user → their ticks.
+	Recipients map[string]Ticks `json:"recipients,omitempty"`
+
 	// Welcome fields.
 	User     string `json:"user,omitempty"`
 	Session  string `json:"session,omitempty"`
 	Protocol int    `json:"protocol,omitempty"`
 	MaxFrame int    `json:"max_frame,omitempty"`
+}
+
+// Ticks are one recipient's status of a message: ms since epoch when it
+// was delivered to them and read by them, 0 when not (yet).
+type Ticks struct {
+	Delivered int64 `json:"delivered,omitempty"`
+	Read      int64 `json:"read,omitempty"`
 }
 
 // DecodeError is a client frame the gateway could not accept, with the error
@@ -108,6 +157,11 @@ type clientFrame struct {
 	To   string          `json:"to"`
 	Body json.RawMessage `json:"body"`
 	Seq  uint64          `json:"seq"`
+
+	Users           []string  `json:"users"`
+	ReadReceipts    *bool     `json:"read_receipts"`
+	LastSeenPrivacy string    `json:"last_seen_privacy"`
+	Contacts        *[]string `json:"contacts"`
 }
 
 // DecodeClient parses and validates a client-to-server frame. On error it
@@ -134,7 +188,8 @@ func DecodeClient(data []byte) (*Frame, error) {
 	if len(data) == 0 || firstNonSpace(data) != '{' {
 		return nil, decodeErr(ErrBadJSON, "", "frame is not a JSON object")
 	}
-	f := Frame{Type: cf.Type, ID: cf.ID, To: cf.To, Body: cf.Body, Seq: cf.Seq}
+	f := Frame{Type: cf.Type, ID: cf.ID, To: cf.To, Body: cf.Body, Seq: cf.Seq,
+		Users: cf.Users, ReadReceipts: cf.ReadReceipts, LastSeenPrivacy: cf.LastSeenPrivacy, Contacts: cf.Contacts}
 	switch f.Type {
 	case TypeSend:
 		if !ValidID(f.ID) {
@@ -153,6 +208,35 @@ func DecodeClient(data []byte) (*Frame, error) {
 	case TypeAck, TypeRead:
 		if f.Seq == 0 {
 			return nil, decodeErr(ErrBadField, "", "seq is required and must be a positive integer")
+		}
+	case TypeStatus:
+		if !ValidID(f.ID) {
+			return nil, decodeErr(ErrBadID, "", "id: %v", ErrInvalidID)
+		}
+	case TypePresenceSub, TypePresenceUnsub:
+		if len(f.Users) == 0 || len(f.Users) > MaxUsersPerFrame {
+			return nil, decodeErr(ErrBadField, "", "users must list 1 to %d users", MaxUsersPerFrame)
+		}
+		for _, u := range f.Users {
+			if !ValidID(u) {
+				return nil, decodeErr(ErrBadID, "", "users: %v", ErrInvalidID)
+			}
+		}
+	case TypeSettings:
+		switch f.LastSeenPrivacy {
+		case "", PrivacyEveryone, PrivacyContacts, PrivacyNobody:
+		default:
+			return nil, decodeErr(ErrBadField, "", "last_seen_privacy must be everyone, contacts or nobody")
+		}
+		if f.Contacts != nil {
+			if len(*f.Contacts) > MaxContacts {
+				return nil, decodeErr(ErrBadField, "", "contacts may list at most %d users", MaxContacts)
+			}
+			for _, u := range *f.Contacts {
+				if !ValidID(u) {
+					return nil, decodeErr(ErrBadID, "", "contacts: %v", ErrInvalidID)
+				}
+			}
 		}
 	case "":
 		return nil, decodeErr(ErrBadField, "", "type is required")
@@ -241,6 +325,49 @@ func AppendTyping(b []byte, from, device string) []byte {
 	b = append(b, `","device":"`...)
 	b = append(b, device...)
 	return append(b, `"}`...)
+}
+
+// AppendPresence appends a presence frame.
+func AppendPresence(b []byte, user string, online bool, lastSeen int64, hidden bool) []byte {
+	b = append(b, `{"type":"presence","user":"`...)
+	b = append(b, user...)
+	b = append(b, '"')
+	switch {
+	case hidden:
+		b = append(b, `,"hidden":true`...)
+	case online:
+		b = append(b, `,"online":true`...)
+	default:
+		b = append(b, `,"online":false`...)
+		if lastSeen > 0 {
+			b = append(b, `,"last_seen":`...)
+			b = strconv.AppendInt(b, lastSeen, 10)
+		}
+	}
+	return append(b, '}')
+}
+
+// EncodeSettings returns a server settings frame with every setting.
+func EncodeSettings(readReceipts bool, lastSeenPrivacy string, contacts []string) []byte {
+	if contacts == nil {
+		contacts = []string{}
+	}
+	b, _ := json.Marshal(Frame{Type: TypeSettings, ReadReceipts: &readReceipts, LastSeenPrivacy: lastSeenPrivacy, Contacts: &contacts})
+	return b
+}
+
+// EncodeStatus returns a server status frame. An empty recipients map is
+// sent as {}: no recipient has the message yet (or there is no such id).
+func EncodeStatus(id string, recipients map[string]Ticks) []byte {
+	if recipients == nil {
+		recipients = map[string]Ticks{}
+	}
+	b, _ := json.Marshal(struct {
+		Type       string           `json:"type"`
+		ID         string           `json:"id"`
+		Recipients map[string]Ticks `json:"recipients"`
+	}{TypeStatus, id, recipients})
+	return b
 }
 
 // AppendTypingTo appends a client typing frame.

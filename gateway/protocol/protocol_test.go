@@ -559,6 +559,35 @@ func FuzzDecodeClient(f *testing.F) {
 			if err != nil || again.Type != TypeTyping || again.To != fr.To {
 				t.Fatalf("re-encoded typing to %q read back as %+v, %v", fr.To, again, err)
 			}
+		case TypeStatus:
+			if !ValidID(fr.ID) {
+				t.Fatalf("status accepted for id %q", fr.ID)
+			}
+		case TypePresenceSub, TypePresenceUnsub:
+			if len(fr.Users) == 0 || len(fr.Users) > MaxUsersPerFrame {
+				t.Fatalf("%s accepted with %d users", fr.Type, len(fr.Users))
+			}
+			for _, u := range fr.Users {
+				if !ValidID(u) {
+					t.Fatalf("%s accepted user %q", fr.Type, u)
+				}
+			}
+		case TypeSettings:
+			switch fr.LastSeenPrivacy {
+			case "", PrivacyEveryone, PrivacyContacts, PrivacyNobody:
+			default:
+				t.Fatalf("settings accepted privacy %q", fr.LastSeenPrivacy)
+			}
+			if fr.Contacts != nil {
+				if len(*fr.Contacts) > MaxContacts {
+					t.Fatalf("settings accepted %d contacts", len(*fr.Contacts))
+				}
+				for _, u := range *fr.Contacts {
+					if !ValidID(u) {
+						t.Fatalf("settings accepted contact %q", u)
+					}
+				}
+			}
 		default:
 			t.Fatalf("accepted a frame of type %q", fr.Type)
 		}

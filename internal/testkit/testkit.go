@@ -63,6 +63,9 @@ type NATS struct {
 	Conn   *nats.Conn
 	JS     jetstream.JetStream
 	Dir    string
+	// Functions are the receipts and presence functions StartNATS runs
+	// beside the server (nil for a bare server).
+	Functions *Functions
 }
 
 // StartNATS starts an embedded JetStream server on a random loopback port
@@ -82,6 +85,7 @@ func StartNATSIn(t testing.TB, dir string) *NATS {
 	if err := streams.Apply(ctx, n.JS, streams.Options{}); err != nil {
 		t.Fatal(err)
 	}
+	n.Functions = StartFunctions(t, n)
 	return n
 }
 

@@ -1,0 +1,202 @@
+package client
+
+import (
+	"context"
+	"encoding/json"
+	"slices"
+	"time"
+
+	"github.com/switchboard-im/switchboard/gateway/protocol"
+)
+
+// Presence is another user's online state as this user may see it.
+type Presence struct {
+	User   string
+	Online bool
+	// LastSeen is when the user was last online; zero if unknown.
+	LastSeen time.Time
+	// Hidden means the user's privacy setting hides their presence from
+	// this user.
+	Hidden bool
+}
+
+// Settings are this user's privacy settings.
+type Settings struct {
+	ReadReceipts bool
+	// LastSeenPrivacy is who sees this user online and their last seen:
+	// protocol.PrivacyEveryone, PrivacyContacts or PrivacyNobody.
+	LastSeenPrivacy string
+	Contacts        []string
+}
+
+// SettingsChange names the settings to change; nil or empty fields stay.
+type SettingsChange struct {
+	ReadReceipts    *bool
+	LastSeenPrivacy string
+	// Contacts, when not nil, replaces the contact list.
+	Contacts *[]string
+}
+
+// PresenceEvents delivers presence answers and changes for the users this
+// client follows. Like typing, they are dropped rather than block the
+// connection when the app does not keep up; SubscribePresence again to get
+// the current state.
+func (c *Client) PresenceEvents() <-chan Presence { return c.presence }
+
+// SubscribePresence follows users' presence: their current state comes at
+// once, then every change. The client follows them again after each
+// reconnect.
+func (c *Client) SubscribePresence(users ...string) error {
+	if err := checkUsers(users); err != nil {
+		return err
+	}
+	c.mu.Lock()
+	for _, u := range users {
+		c.following[u] = true
+	}
+	c.mu.Unlock()
+	c.writeCurrent(encodeUsers(protocol.TypePresenceSub, users))
+	return nil
+}
+
+// UnsubscribePresence stops following users.
+func (c *Client) UnsubscribePresence(users ...string) error {
+	if err := checkUsers(users); err != nil {
+		return err
+	}
+	c.mu.Lock()
+	for _, u := range users {
+		delete(c.following, u)
+	}
+	c.mu.Unlock()
+	c.writeCurrent(encodeUsers(protocol.TypePresenceUnsub, users))
+	return nil
+}
+
+func checkUsers(users []string) error {
+	if len(users) == 0 || len(users) > protocol.MaxUsersPerFrame {
+		return ErrBadID
+	}
+	for _, u := range users {
+		if !protocol.ValidID(u) {
+			return ErrBadID
+		}
+	}
+	return nil
+}
+
+func encodeUsers(typ string, users []string) []byte {
+	b, _ := json.Marshal(protocol.Frame{Type: typ, Users: users})
+	return b
+}
+
+// resubscribe follows again, on a new connection, every user followed.
+func (c *Client) resubscribe() {
+	c.mu.Lock()
+	users := make([]string, 0, len(c.following))
+	for u := range c.following {
+		users = append(users, u)
+	}
+	c.mu.Unlock()
+	slices.Sort(users)
+	for chunk := range slices.Chunk(users, protocol.MaxUsersPerFrame) {
+		c.writeCurrent(encodeUsers(protocol.TypePresenceSub, chunk))
+	}
+}
+
+// Settings changes this user's settings (an empty change just reads them)
+// and returns them as stored.
+func (c *Client) Settings(ctx context.Context, change SettingsChange) (Settings, error) {
+	c.settingsMu.Lock()
+	defer c.settingsMu.Unlock()
+	// Drop a reply a cancelled call left behind.
+	select {
+	case <-c.settingsReply:
+	default:
+	}
+	b, _ := json.Marshal(protocol.Frame{Type: protocol.TypeSettings, ReadReceipts: change.ReadReceipts,
+		LastSeenPrivacy: change.LastSeenPrivacy, Contacts: change.Contacts})
+	c.writeCurrent(b)
+	select {
+	case s := <-c.settingsReply:
+		return s, nil
+	case <-ctx.Done():
+		return Settings{}, ctx.Err()
+	case <-c.ctx.Done():
+		return Settings{}, ErrClosed
+	}
+}
+
+// Status returns each recipient's ticks for message id that this user
+// sent: when it was delivered to and read by them. An empty map means no
+// recipient has it yet.
+func (c *Client) Status(ctx context.Context, id string) (map[string]protocol.Ticks, error) {
+	if !protocol.ValidID(id) {
+		return nil, ErrBadID
+	}
+	ch := make(chan statusResult, 1)
+	c.mu.Lock()
+	c.statusWait[id] = append(c.statusWait[id], ch)
+	c.mu.Unlock()
+	defer func() {
+		c.mu.Lock()
+		c.statusWait[id] = slices.DeleteFunc(c.statusWait[id], func(w chan statusResult) bool { return w == ch })
+		if len(c.statusWait[id]) == 0 {
+			delete(c.statusWait, id)
+		}
+		c.mu.Unlock()
+	}()
+	b, _ := json.Marshal(protocol.Frame{Type: protocol.TypeStatus, ID: id})
+	c.writeCurrent(b)
+	select {
+	case r := <-ch:
+		return r.to, r.err
+	case <-ctx.Done():
+		return nil, ctx.Err()
+	case <-c.ctx.Done():
+		return nil, ErrClosed
+	}
+}
+
+type statusResult struct {
+	to  map[string]protocol.Ticks
+	err error
+}
+
+// resolveStatus hands a status answer (or error) to the calls waiting for
+// it, and reports whether there were any.
+func (c *Client) resolveStatus(id string, r statusResult) bool {
+	c.mu.Lock()
+	waiting := c.statusWait[id]
+	delete(c.statusWait, id)
+	c.mu.Unlock()
+	for _, ch := range waiting {
+		ch <- r
+	}
+	return len(waiting) > 0
+}
+
+func (c *Client) onPresence(f *protocol.Frame) {
+	p := Presence{User: f.User, Online: f.Online, Hidden: f.Hidden}
+	if f.LastSeen > 0 {
+		p.LastSeen = time.UnixMilli(f.LastSeen)
+	}
+	select {
+	case c.presence <- p:
+	default:
+	}
+}
+
+func (c *Client) onSettings(f *protocol.Frame) {
+	s := Settings{LastSeenPrivacy: f.LastSeenPrivacy}
+	if f.ReadReceipts != nil {
+		s.ReadReceipts = *f.ReadReceipts
+	}
+	if f.Contacts != nil {
+		s.Contacts = *f.Contacts
+	}
+	select {
+	case c.settingsReply <- s:
+	default:
+	}
+}

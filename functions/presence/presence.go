@@ -1,0 +1,366 @@
+// Package presence is the presence worker function: who is online and when
+// each user was last seen.
+//
+// Gateways report a device online by writing its lease,
+// lease.<user>.<device> in the PRESENCE bucket, with a per-key TTL
+// (nats-server message TTLs) that they refresh while the session lives,
+// and report it offline by deleting the lease. A gateway that dies without
+// reporting stops refreshing, and the server expires its leases within the
+// TTL, leaving a delete marker. This function consumes every lease change
+// through one durable consumer shared by all instances and keeps one
+// record per user, user.<user>: the devices online and the last seen time.
+// When a user comes online or goes offline it publishes the new state on
+// sb.presence.<user> (core NATS, never stored) for the gateways whose
+// clients subscribed.
+//
+// Events may be applied out of order (many instances), so the record keeps,
+// per device, the stream sequence of the latest change applied, and a
+// change older than that is ignored. Applying changes in any order, or
+// twice, therefore gives the record the latest change says.
+//
+// Privacy: each answer and update honours the user's last_seen setting
+// (SETTINGS): everyone, contacts (users on the user's own contact list) or
+// nobody. It covers both online and last seen; a viewer who may not see
+// them gets {"hidden": true}.
+package presence
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"strings"
+	"sync/atomic"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+	"github.com/nats-io/nats.go/micro"
+
+	"github.com/switchboard-im/switchboard/functions/worker"
+	"github.com/switchboard-im/switchboard/gateway/protocol"
+	"github.com/switchboard-im/switchboard/streams"
+)
+
+// Version is the micro service version.
+const Version = "1.0.0"
+
+// GetSubject is the request subject of the get endpoint.
+const GetSubject = "sb.fn.presence.get"
+
+// MaxGet is the most users one get request may ask about.
+const MaxGet = 256
+
+// UpdateSubject is where a user's presence changes are published.
+func UpdateSubject(user string) string { return "sb.presence." + user }
+
+// Lease is the value of a lease key, written by the gateway that holds the
+// device's session.
+type Lease struct {
+	Gateway string `json:"gateway"`
+	Session string `json:"session"`
+	Since   int64  `json:"since"` // ms since epoch the session started
+}
+
+// LeaseSubject is the KV subject of a device's lease, for gateways that
+// write it with a raw publish (to set a TTL on every refresh).
+func LeaseSubject(user, device string) string {
+	return "$KV." + streams.PresenceKV + "." + leaseKey(user, device)
+}
+
+// LeaseKey is the KV key of a device's lease.
+func LeaseKey(user, device string) string { return leaseKey(user, device) }
+
+// Update is published on UpdateSubject when a user comes online or goes
+// offline. Visibility is the user's last_seen setting at that moment;
+// gateways show the update as is to viewers when it is everyone, ask the
+// get endpoint for each viewer when it is contacts, and drop it when it is
+// nobody.
+type Update struct {
+	User       string `json:"user"`
+	Online     bool   `json:"online"`
+	LastSeen   int64  `json:"last_seen,omitempty"`
+	Visibility string `json:"visibility"`
+}
+
+// GetRequest asks for users' presence as Viewer may see it. The gateway
+// fills in Viewer from the token.
+type GetRequest struct {
+	Viewer string   `json:"viewer"`
+	Users  []string `json:"users"`
+}
+
+// View is one user's presence as one viewer may see it.
+type View struct {
+	User     string `json:"user"`
+	Online   bool   `json:"online"`
+	LastSeen int64  `json:"last_seen,omitempty"`
+	Hidden   bool   `json:"hidden,omitempty"`
+}
+
+// GetReply answers a GetRequest, in the order asked.
+type GetReply struct {
+	Users []View `json:"users"`
+}
+
+// Config tunes an instance.
+type Config struct {
+	Workers     int
+	MaxAttempts int
+	// AckWait overrides the durable's ack wait when set.
+	AckWait time.Duration
+}
+
+// DefaultConfig is what the binary runs with.
+func DefaultConfig() Config { return Config{Workers: 8, MaxAttempts: 10} }
+
+// Service is one running instance.
+type Service struct {
+	nc       *nats.Conn
+	js       jetstream.JetStream
+	kv       jetstream.KeyValue
+	settings jetstream.KeyValue
+	cfg      Config
+	log      *slog.Logger
+
+	svc  micro.Service
+	pool *worker.Pool
+
+	changes atomic.Int64
+}
+
+// Start binds the durable consumer and the micro service. The streams and
+// buckets must exist (streams.Apply).
+func Start(ctx context.Context, nc *nats.Conn, js jetstream.JetStream, cfg Config, log *slog.Logger) (*Service, error) {
+	if cfg.Workers <= 0 || cfg.MaxAttempts <= 0 {
+		return nil, fmt.Errorf("presence: workers and max attempts must be positive")
+	}
+	s := &Service{nc: nc, js: js, cfg: cfg, log: log.With("function", "presence")}
+	var err error
+	if s.kv, err = js.KeyValue(ctx, streams.PresenceKV); err != nil {
+		return nil, fmt.Errorf("presence: %w", err)
+	}
+	if s.settings, err = js.KeyValue(ctx, streams.SettingsKV); err != nil {
+		return nil, fmt.Errorf("presence: %w", err)
+	}
+	ccfg, err := streams.ConsumerConfig("presence")
+	if err != nil {
+		return nil, err
+	}
+	if cfg.AckWait > 0 {
+		ccfg.AckWait = cfg.AckWait
+	}
+	cons, err := js.CreateOrUpdateConsumer(ctx, "KV_"+streams.PresenceKV, ccfg)
+	if err != nil {
+		return nil, fmt.Errorf("presence: consumer: %w", err)
+	}
+	s.svc, err = micro.AddService(nc, micro.Config{
+		Name:         "presence",
+		Version:      Version,
+		Description:  "Keeps who is online and last seen from gateway leases; answers with privacy applied",
+		StatsHandler: s.stats,
+	})
+	if err != nil {
+		return nil, fmt.Errorf("presence: %w", err)
+	}
+	if err := s.svc.AddEndpoint("get", micro.HandlerFunc(s.handleGet),
+		micro.WithEndpointSubject(GetSubject),
+		micro.WithEndpointMetadata(map[string]string{"request": `{"viewer":"alice","users":["bob"]}`})); err != nil {
+		_ = s.svc.Stop()
+		return nil, fmt.Errorf("presence: %w", err)
+	}
+	s.pool, err = worker.Start(js, cons, worker.Options{
+		Function: "presence", Workers: cfg.Workers, MaxAttempts: cfg.MaxAttempts,
+		// One user's changes in stream order, within an instance: fewer
+		// compare-and-set retries on their record.
+		Key: func(m jetstream.Msg) string { u, _, _ := parseLeaseSubject(m.Subject()); return u },
+	}, s.log, s.handle)
+	if err != nil {
+		_ = s.svc.Stop()
+		return nil, fmt.Errorf("presence: %w", err)
+	}
+	// Started means reachable: the endpoint's subscription is on the
+	// server before Start returns.
+	if err := nc.Flush(); err != nil {
+		s.Stop()
+		return nil, fmt.Errorf("presence: %w", err)
+	}
+	return s, nil
+}
+
+// Stop stops pulling, finishes the events in hand and leaves the rest
+// unacked for another instance.
+func (s *Service) Stop() {
+	s.pool.Stop()
+	_ = s.svc.Stop()
+}
+
+func (s *Service) stats(*micro.Endpoint) any {
+	return map[string]int64{
+		"applied":       s.pool.Applied.Load(),
+		"changes":       s.changes.Load(),
+		"retried":       s.pool.Retried.Load(),
+		"dead_lettered": s.pool.DeadLettered.Load(),
+	}
+}
+
+// parseLeaseSubject splits $KV.PRESENCE.lease.<user>.<device>.
+func parseLeaseSubject(subj string) (user, device string, ok bool) {
+	rest, found := strings.CutPrefix(subj, "$KV."+streams.PresenceKV+".lease.")
+	if !found {
+		return "", "", false
+	}
+	user, device, found = strings.Cut(rest, ".")
+	return user, device, found && protocol.ValidID(user) && protocol.ValidID(device)
+}
+
+func (s *Service) handle(ctx context.Context, m jetstream.Msg) error {
+	user, device, ok := parseLeaseSubject(m.Subject())
+	if !ok {
+		return worker.Permanent(errors.New("not a lease key: " + m.Subject()))
+	}
+	meta, err := m.Metadata()
+	if err != nil {
+		return worker.Permanent(err)
+	}
+	// A put is a lease taken or refreshed; a delete, a purge or the
+	// server's marker for an expired lease is a lease gone.
+	h := m.Headers()
+	var since int64
+	if h.Get("KV-Operation") == "" && h.Get(jetstream.MarkerReasonHeader) == "" {
+		var l Lease
+		if json.Unmarshal(m.Data(), &l) != nil || l.Since <= 0 {
+			l.Since = meta.Timestamp.UnixMilli()
+		}
+		since = l.Since
+	}
+	return s.apply(ctx, user, device, change{seq: meta.Sequence.Stream, since: since, at: meta.Timestamp})
+}
+
+// change is one lease change: the device online since since (0: offline),
+// at stream sequence seq, at time at.
+type change struct {
+	seq   uint64
+	since int64
+	at    time.Time
+}
+
+// apply merges a lease change into the user's record, unless a later
+// change of the same device was applied already, and publishes the user's
+// new state if they came online or went offline. When the last device
+// goes, the change's time is the user's last seen.
+func (s *Service) apply(ctx context.Context, user, device string, c change) error {
+	for {
+		rec, rev, err := Load(ctx, s.kv, user)
+		if err != nil && rev == 0 {
+			return err
+		}
+		if rec.Applied[device] >= c.seq {
+			return nil // stale or applied already
+		}
+		wasOnline := rec.Online()
+		if rec.Applied == nil {
+			rec.Applied = map[string]uint64{}
+		}
+		rec.Applied[device] = c.seq
+		if c.since > 0 {
+			if rec.Devices == nil {
+				rec.Devices = map[string]int64{}
+			}
+			if _, had := rec.Devices[device]; !had {
+				rec.Devices[device] = c.since
+			}
+		} else {
+			delete(rec.Devices, device)
+			if !rec.Online() {
+				rec.LastSeen = max(rec.LastSeen, c.at.UnixMilli())
+			}
+		}
+		b, _ := json.Marshal(&rec)
+		if rev == 0 {
+			_, err = s.kv.Create(ctx, userKey(user), b)
+		} else {
+			_, err = s.kv.Update(ctx, userKey(user), b, rev)
+		}
+		if errors.Is(err, jetstream.ErrKeyExists) || errors.Is(err, jetstream.ErrKeyRevisionMismatch) {
+			continue
+		}
+		if err != nil {
+			return err
+		}
+		if wasOnline != rec.Online() {
+			s.changes.Add(1)
+			s.publish(ctx, user, &rec)
+		}
+		return nil
+	}
+}
+
+// publish announces a user's new state. It is core NATS: a gateway that
+// misses it still answers correctly from the record on the next get.
+func (s *Service) publish(ctx context.Context, user string, rec *Record) {
+	set, _, err := streams.LoadSettings(ctx, s.settings, user)
+	if err != nil {
+		set.LastSeen = streams.VisibleNobody // unreadable: err on the private side
+	}
+	b, _ := json.Marshal(Update{User: user, Online: rec.Online(), LastSeen: rec.LastSeen, Visibility: set.LastSeen})
+	_ = s.nc.Publish(UpdateSubject(user), b)
+}
+
+// Views returns users' presence as viewer may see it.
+func (s *Service) Views(ctx context.Context, viewer string, users []string) ([]View, error) {
+	out := make([]View, 0, len(users))
+	for _, u := range users {
+		set, _, err := streams.LoadSettings(ctx, s.settings, u)
+		if err != nil && !isDecodeError(err) {
+			return nil, err
+		}
+		if err != nil || !set.Shows(u, viewer) {
+			out = append(out, View{User: u, Hidden: true})
+			continue
+		}
+		rec, _, err := Load(ctx, s.kv, u)
+		if err != nil && !isDecodeError(err) {
+			return nil, err
+		}
+		out = append(out, View{User: u, Online: rec.Online(), LastSeen: rec.LastSeen})
+	}
+	return out, nil
+}
+
+func isDecodeError(err error) bool {
+	var se *json.SyntaxError
+	var te *json.UnmarshalTypeError
+	return errors.As(err, &se) || errors.As(err, &te)
+}
+
+func (s *Service) handleGet(r micro.Request) {
+	var req GetRequest
+	if err := json.Unmarshal(r.Data(), &req); err != nil {
+		_ = r.Error("400", "bad_json: "+err.Error(), nil)
+		return
+	}
+	if !protocol.ValidID(req.Viewer) {
+		_ = r.Error("400", "bad_id: viewer must be a valid id", nil)
+		return
+	}
+	if len(req.Users) == 0 || len(req.Users) > MaxGet {
+		_ = r.Error("400", fmt.Sprintf("bad_field: ask about 1 to %d users", MaxGet), nil)
+		return
+	}
+	for _, u := range req.Users {
+		if !protocol.ValidID(u) {
+			_ = r.Error("400", "bad_id: users must be valid ids", nil)
+			return
+		}
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	views, err := s.Views(ctx, req.Viewer, req.Users)
+	if err != nil {
+		_ = r.Error("500", "internal: "+err.Error(), nil)
+		return
+	}
+	_ = r.RespondJSON(GetReply{Users: views})
+}

@@ -1,0 +1,263 @@
+package presence_test
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/switchboard-im/switchboard/functions/presence"
+	tk "github.com/switchboard-im/switchboard/internal/testkit"
+	"github.com/switchboard-im/switchboard/streams"
+)
+
+type env struct {
+	n  *tk.NATS
+	js jetstream.JetStream
+	kv jetstream.KeyValue
+}
+
+func newEnv(t testing.TB) *env {
+	t.Helper()
+	n := tk.StartBareNATS(t, t.TempDir())
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if err := streams.Apply(ctx, n.JS, streams.Options{}); err != nil {
+		t.Fatal(err)
+	}
+	kv, err := n.JS.KeyValue(ctx, streams.PresenceKV)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return &env{n: n, js: n.JS, kv: kv}
+}
+
+func (e *env) instance(t testing.TB) {
+	t.Helper()
+	nc, err := nats.Connect(e.n.Server.ClientURL())
+	if err != nil {
+		t.Fatal(err)
+	}
+	js, _ := jetstream.New(nc)
+	s, err := presence.Start(context.Background(), nc, js, presence.DefaultConfig(), tk.Logger(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { s.Stop(); nc.Close() })
+}
+
+// lease writes a device's lease as a gateway does, with a TTL.
+func (e *env) lease(t testing.TB, user, device string, ttl time.Duration) {
+	t.Helper()
+	val, _ := json.Marshal(presence.Lease{Gateway: "gw", Session: "s", Since: time.Now().UnixMilli()})
+	if _, err := e.js.PublishMsg(context.Background(), &nats.Msg{Subject: presence.LeaseSubject(user, device), Data: val},
+		jetstream.WithMsgTTL(ttl)); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func (e *env) unlease(t testing.TB, user, device string) {
+	t.Helper()
+	if err := e.kv.Delete(context.Background(), presence.LeaseKey(user, device)); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// updates collects the updates published for user.
+func (e *env) updates(t testing.TB, user string) chan presence.Update {
+	t.Helper()
+	ch := make(chan presence.Update, 100)
+	sub, err := e.n.Conn.Subscribe(presence.UpdateSubject(user), func(m *nats.Msg) {
+		var u presence.Update
+		if err := json.Unmarshal(m.Data, &u); err != nil {
+			t.Errorf("bad update %q", m.Data)
+		}
+		ch <- u
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	_ = e.n.Conn.Flush()
+	t.Cleanup(func() { _ = sub.Unsubscribe() })
+	return ch
+}
+
+func next(t testing.TB, ch chan presence.Update, timeout time.Duration) presence.Update {
+	t.Helper()
+	select {
+	case u := <-ch:
+		return u
+	case <-time.After(timeout):
+		t.Fatalf("no presence update within %s", timeout)
+	}
+	return presence.Update{}
+}
+
+func (e *env) get(t testing.TB, viewer string, users ...string) []presence.View {
+	t.Helper()
+	req, _ := json.Marshal(presence.GetRequest{Viewer: viewer, Users: users})
+	m, err := e.n.Conn.Request(presence.GetSubject, req, 5*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if code := m.Header.Get("Nats-Service-Error-Code"); code != "" {
+		t.Fatalf("get: error %s %s", code, m.Header.Get("Nats-Service-Error"))
+	}
+	var r presence.GetReply
+	if err := json.Unmarshal(m.Data, &r); err != nil {
+		t.Fatal(err)
+	}
+	return r.Users
+}
+
+// A user is online while any device holds a lease, and goes offline with
+// a last seen time when the last one is released. Only the two changes
+// are published, not the second device or a refresh.
+func TestOnlineWhileAnyDeviceHoldsALease(t *testing.T) {
+	e := newEnv(t)
+	e.instance(t)
+	e.instance(t) // two instances: still one update per change
+	ups := e.updates(t, "bob")
+
+	e.lease(t, "bob", "phone", time.Minute)
+	if u := next(t, ups, 10*time.Second); !u.Online || u.Visibility != streams.VisibleEveryone {
+		t.Fatalf("first update %+v, want online", u)
+	}
+	e.lease(t, "bob", "laptop", time.Minute)
+	e.lease(t, "bob", "phone", time.Minute) // a refresh
+	e.unlease(t, "bob", "phone")
+	before := time.Now().UnixMilli()
+	e.unlease(t, "bob", "laptop")
+	u := next(t, ups, 10*time.Second)
+	if u.Online || u.LastSeen < before-1000 {
+		t.Fatalf("second update %+v, want offline with last seen about now", u)
+	}
+	if v := e.get(t, "alice", "bob"); v[0].Online || v[0].LastSeen != u.LastSeen {
+		t.Fatalf("get says %+v, update said %+v", v[0], u)
+	}
+	select {
+	case extra := <-ups:
+		t.Fatalf("an extra update %+v", extra)
+	default:
+	}
+}
+
+// A lease that is not refreshed (its gateway died) expires, and the user
+// goes offline within the TTL.
+func TestExpiredLeaseTurnsUserOffline(t *testing.T) {
+	e := newEnv(t)
+	e.instance(t)
+	ups := e.updates(t, "bob")
+	e.lease(t, "bob", "phone", time.Second)
+	if u := next(t, ups, 10*time.Second); !u.Online {
+		t.Fatalf("update %+v, want online", u)
+	}
+	start := time.Now()
+	u := next(t, ups, 10*time.Second)
+	if u.Online || u.LastSeen == 0 {
+		t.Fatalf("update %+v, want offline", u)
+	}
+	t.Logf("offline %s after the online update (TTL 1s)", time.Since(start).Round(time.Millisecond))
+}
+
+// Every answer honours the owner's last-seen privacy: everyone, contacts
+// (their own list) or nobody. A user always sees their own.
+func TestGetHonoursLastSeenPrivacy(t *testing.T) {
+	e := newEnv(t)
+	e.instance(t)
+	settings, err := e.js.KeyValue(context.Background(), streams.SettingsKV)
+	if err != nil {
+		t.Fatal(err)
+	}
+	set := func(user, vis string, contacts ...string) {
+		s := streams.DefaultSettings()
+		s.LastSeen, s.Contacts = vis, contacts
+		b, _ := json.Marshal(s)
+		if _, err := settings.Put(context.Background(), user, b); err != nil {
+			t.Fatal(err)
+		}
+	}
+	set("bob", streams.VisibleContacts, "carol")
+	set("dave", streams.VisibleNobody)
+	for _, u := range []string{"bob", "dave", "erin"} {
+		e.lease(t, u, "phone", time.Minute)
+	}
+	tk.WaitFor(t, 10*time.Second, func() error {
+		for _, v := range e.get(t, "dave", "dave", "erin") {
+			if !v.Online {
+				return fmt.Errorf("%s not online yet", v.User)
+			}
+		}
+		if !e.get(t, "carol", "bob")[0].Online {
+			return fmt.Errorf("bob not online yet")
+		}
+		return nil
+	})
+	cases := []struct {
+		viewer, user string
+		hidden       bool
+	}{
+		{"carol", "bob", false}, // a contact
+		{"alice", "bob", true},  // not one
+		{"bob", "bob", false},   // themselves
+		{"alice", "dave", true}, // nobody
+		{"bob", "dave", true},
+		{"alice", "erin", false}, // default: everyone
+	}
+	for _, c := range cases {
+		v := e.get(t, c.viewer, c.user)[0]
+		if v.Hidden != c.hidden || (c.hidden && (v.Online || v.LastSeen != 0)) {
+			t.Errorf("%s viewing %s: %+v, want hidden=%v and nothing else shown when hidden", c.viewer, c.user, v, c.hidden)
+		}
+	}
+}
+
+func TestGetRefusesBadRequests(t *testing.T) {
+	e := newEnv(t)
+	e.instance(t)
+	many, _ := json.Marshal(presence.GetRequest{Viewer: "a", Users: make([]string, presence.MaxGet+1)})
+	for _, bad := range []string{`{`, `{"viewer":"a.b","users":["x"]}`, `{"viewer":"a","users":[]}`,
+		`{"viewer":"a","users":["*"]}`, string(many)} {
+		m, err := e.n.Conn.Request(presence.GetSubject, []byte(bad), 5*time.Second)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if code := m.Header.Get("Nats-Service-Error-Code"); code != "400" {
+			t.Errorf("request %.60s: code %q, want 400", bad, code)
+		}
+	}
+}
+
+// BenchmarkPresence measures online/offline changes applied per second:
+// each is a lease write, a lease read and a compare-and-set of the record.
+func BenchmarkPresence(b *testing.B) {
+	e := newEnv(b)
+	e.instance(b)
+	done := make(chan struct{}, 1024)
+	sub, _ := e.n.Conn.Subscribe("sb.presence.*", func(*nats.Msg) { done <- struct{}{} })
+	defer func() { _ = sub.Unsubscribe() }()
+	_ = e.n.Conn.Flush()
+	b.ResetTimer()
+	go func() {
+		for i := range b.N {
+			val := []byte(`{"gateway":"gw","session":"s","since":1}`)
+			if _, err := e.js.PublishMsgAsync(&nats.Msg{Subject: presence.LeaseSubject(fmt.Sprintf("u%d", i), "phone"), Data: val},
+				jetstream.WithMsgTTL(time.Minute)); err != nil {
+				b.Error(err)
+				return
+			}
+		}
+	}()
+	for range b.N {
+		select {
+		case <-done:
+		case <-time.After(30 * time.Second):
+			b.Fatal("updates stopped")
+		}
+	}
+	b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "updates/s")
+}

@@ -1,0 +1,50 @@
+package presence
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+
+	"github.com/nats-io/nats.go/jetstream"
+)
+
+// Keys in the PRESENCE bucket. A lease is written by the gateway holding
+// the device's session, with a per-key TTL it refreshes; the user record
+// is written only by this function, from the leases' changes.
+func leaseKey(user, device string) string { return "lease." + user + "." + device }
+func userKey(user string) string          { return "user." + user }
+
+// Record is a user's presence: the devices online now (device → ms since
+// epoch when it came online) and when the user was last online. LastSeen
+// is 0 for a user never seen.
+//
+// Applied holds, per device, the stream sequence of the latest lease
+// change applied, online or offline. A change older than that is stale
+// and ignored, so changes applied in any order, or twice, leave the record
+// as the latest one says.
+type Record struct {
+	Devices  map[string]int64  `json:"devices,omitempty"`
+	LastSeen int64             `json:"last_seen,omitempty"`
+	Applied  map[string]uint64 `json:"applied,omitempty"`
+}
+
+// Online reports whether any device of the user is online.
+func (r *Record) Online() bool { return len(r.Devices) > 0 }
+
+// Load returns a user's presence record and its revision (a zero record and
+// revision 0 for a user never seen).
+func Load(ctx context.Context, kv jetstream.KeyValue, user string) (Record, uint64, error) {
+	var r Record
+	e, err := kv.Get(ctx, userKey(user))
+	switch {
+	case errors.Is(err, jetstream.ErrKeyNotFound):
+		return r, 0, nil
+	case err != nil:
+		return r, 0, err
+	}
+	if err := json.Unmarshal(e.Value(), &r); err != nil {
+		return Record{}, e.Revision(), fmt.Errorf("presence of %s: %w", user, err)
+	}
+	return r, e.Revision(), nil
+}

@@ -1,0 +1,164 @@
+package push
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"slices"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/switchboard-im/switchboard/streams"
+)
+
+// claim is the value of key <user> in the PUSH bucket: which message holds
+// the user's window and which devices it has finished with. Sent and Dead
+// are written after each device, so an attempt taken over by another
+// instance (crash, stop, retry) skips what is done.
+type claim struct {
+	Seq  uint64   `json:"seq"`
+	Sent []string `json:"sent"`
+	// Dead lists devices whose notification was dead-lettered, so a later
+	// attempt does not post it again.
+	Dead []string `json:"dead,omitempty"`
+}
+
+func (c *claim) done(device string) bool {
+	return slices.Contains(c.Sent, device) || slices.Contains(c.Dead, device)
+}
+
+// ticket is one message's hold on a user's window. It is used by one
+// goroutine at a time.
+type ticket struct {
+	kv   jetstream.KeyValue
+	js   jetstream.JetStream
+	user string
+	st   claim
+	rev  uint64
+	// lost is set when the key turned out to belong to another message:
+	// the window was taken over, and this attempt no longer records.
+	lost bool
+}
+
+// ttlSeconds rounds d up to whole seconds, the server's TTL unit, so a
+// hold is never shorter than asked.
+func ttlSeconds(d time.Duration) time.Duration {
+	return max(time.Second, (d + time.Second - 1).Truncate(time.Second))
+}
+
+// acquire tries to open the user's window for message seq. It returns the
+// ticket and true when this message holds the window (new, or an earlier
+// attempt of the same message), or false when another message holds it.
+// hold is the TTL of a fresh key; stale is the age past which a key with
+// no TTL left (written by hand, or by a crashed writer) is taken over
+// rather than blocking the user's pushes forever.
+func acquire(ctx context.Context, js jetstream.JetStream, kv jetstream.KeyValue, user string, seq uint64, hold, stale time.Duration) (*ticket, bool, error) {
+	t := &ticket{kv: kv, js: js, user: user}
+	for range 5 {
+		t.st = claim{Seq: seq, Sent: []string{}}
+		b, _ := json.Marshal(t.st)
+		rev, err := kv.Create(ctx, user, b, jetstream.KeyTTL(ttlSeconds(hold)))
+		if err == nil {
+			t.rev = rev
+			return t, true, nil
+		}
+		if !errors.Is(err, jetstream.ErrKeyExists) {
+			return nil, false, fmt.Errorf("push: coalescing key: %w", err)
+		}
+		e, err := kv.Get(ctx, user)
+		if errors.Is(err, jetstream.ErrKeyNotFound) {
+			continue // expired between the two calls
+		}
+		if err != nil {
+			return nil, false, fmt.Errorf("push: coalescing key: %w", err)
+		}
+		var cur claim
+		if json.Unmarshal(e.Value(), &cur) != nil || time.Since(e.Created()) > stale {
+			// Unreadable or stale: take it over, keeping nothing from it.
+			t.rev = e.Revision()
+			if err := t.save(ctx, hold); err != nil {
+				return nil, false, err
+			}
+			return t, !t.lost, nil
+		}
+		if cur.Seq != seq {
+			return nil, false, nil
+		}
+		t.st, t.rev = cur, e.Revision()
+		if t.st.Sent == nil {
+			t.st.Sent = []string{}
+		}
+		return t, true, nil
+	}
+	return nil, false, errors.New("push: coalescing key too contended")
+}
+
+// save writes the claim with a fresh TTL, if the key is still at the
+// revision read. KeyValue.Update cannot set a TTL, and a value written
+// without one would never expire (the TTL belongs to each revision, not
+// to the key), so it is a raw publish on the bucket's subject with the
+// same compare-and-set header Update uses.
+func (t *ticket) save(ctx context.Context, ttl time.Duration) error {
+	if t.lost {
+		return nil
+	}
+	for range 5 {
+		b, _ := json.Marshal(t.st)
+		m := &nats.Msg{Subject: "$KV." + streams.PushKV + "." + t.user, Data: b}
+		ack, err := t.js.PublishMsg(ctx, m,
+			jetstream.WithExpectLastSequencePerSubject(t.rev), jetstream.WithMsgTTL(ttlSeconds(ttl)))
+		if err == nil {
+			t.rev = ack.Sequence
+			return nil
+		}
+		if !isWrongLastSeq(err) {
+			return fmt.Errorf("push: coalescing key: %w", err)
+		}
+		// Someone else wrote the key. The same message on another instance
+		// (its ack wait ran out while this one worked) merges; a missing
+		// key is recreated; another message's key means the window moved on.
+		e, err := t.kv.Get(ctx, t.user)
+		switch {
+		case errors.Is(err, jetstream.ErrKeyNotFound):
+			// Create, not a publish expecting nothing: an expired key
+			// leaves a marker that a raw compare-and-set would trip on.
+			rev, err := t.kv.Create(ctx, t.user, b, jetstream.KeyTTL(ttlSeconds(ttl)))
+			if err == nil {
+				t.rev = rev
+				return nil
+			}
+			if !errors.Is(err, jetstream.ErrKeyExists) {
+				return fmt.Errorf("push: coalescing key: %w", err)
+			}
+			continue
+		case err != nil:
+			return fmt.Errorf("push: coalescing key: %w", err)
+		}
+		var cur claim
+		if json.Unmarshal(e.Value(), &cur) != nil || cur.Seq != t.st.Seq {
+			t.lost = true
+			return nil
+		}
+		for _, d := range cur.Sent {
+			if !slices.Contains(t.st.Sent, d) {
+				t.st.Sent = append(t.st.Sent, d)
+			}
+		}
+		for _, d := range cur.Dead {
+			if !slices.Contains(t.st.Dead, d) {
+				t.st.Dead = append(t.st.Dead, d)
+			}
+		}
+		t.rev = e.Revision()
+	}
+	return errors.New("push: coalescing key too contended")
+}
+
+func isWrongLastSeq(err error) bool {
+	var apiErr *jetstream.APIError
+	return errors.As(err, &apiErr) && (apiErr.ErrorCode == jetstream.JSErrCodeStreamWrongLastSequence ||
+		apiErr.ErrorCode == jetstream.JSErrCodeStreamWrongLastSequenceConstant)
+}

@@ -1,0 +1,110 @@
+// Package push is the push worker function: it wakes a user's devices
+// when a chat message lands in their inbox while none of them is online.
+//
+// It owns the push decision and the webhook call. It must not carry message
+// content anywhere: a notification names the message and the device wakes
+// to fetch it over its own session, so neither the webhook, nor FCM or
+// APNs behind it, nor the dead-letter queue ever sees a body.
+//
+// # Flow
+//
+// Every instance pulls from the one durable consumer `push` on INBOX
+// (streams/consumers/push.json, filter inbox.*), so N instances share the
+// work. For each stored message with Sb-Kind msg (receipts are acked and
+// ignored) for user U = the subject's last token:
+//
+//  1. U online (PRESENCE user.U lists a device): ack, no push.
+//  2. U has no DEVICES record (never connected): ack, counted as
+//     skipped_no_device; there is no device to wake, and the first
+//     connection delivers everything anyway.
+//  3. Coalescing: create key U in the PUSH bucket with a per-key TTL and
+//     value {"seq":<this message's stream seq>,"sent":[]}. Whoever creates
+//     it owns the user's window and pushes; a message that finds the key
+//     naming another seq is coalesced (acked, no push). A message that
+//     finds its own seq is a later delivery of its own attempt and pushes
+//     only the devices not yet in "sent" (or "dead").
+//  4. Per device (sorted by name): the pending count is NumPending +
+//     NumAckPending of the device consumer <U>~<device> on INBOX (1 when
+//     it does not exist); a device whose consumer already acked the
+//     message is skipped. The webhook is called, and after each success
+//     the key is rewritten (compare-and-set on its revision) with the
+//     device added to "sent", so a crash, a Stop or a retry never posts
+//     a device twice.
+//  5. All devices done: the key is rewritten to live one Window from now,
+//     and the message is acked. Leading edge: the first message of a burst
+//     pushes at once, the rest of the window is quiet.
+//
+// While a message is still being worked on (first attempt, waiting for a
+// retry), the key's TTL is its hold: the retry delay + the consumer's ack
+// wait + Window. It must outlive the next delivery of the message, or that
+// delivery would find no key, open a new window and push again devices
+// already done. Each rewrite carries its own TTL: a KV value written
+// without one never expires, because the server keeps TTLs per revision.
+//
+// # Webhook
+//
+// One POST per device to Config.WebhookURL, with Content-Type
+// application/json, "Authorization: Bearer <WebhookSecret>" when a secret
+// is set, and at most Config.Timeout per call. The body is exactly, in this
+// field order:
+//
+//	{"user":"bob","device":"phone","message_id":"m-1","from":"alice","pending":3,"seq":42,"ts":1795582349000}
+//
+// user and device say whom to wake; message_id (Sb-Id) and from (Sb-From)
+// name the newest message; pending is how many messages wait for the
+// device; seq is the INBOX stream sequence; ts is Sb-Ts, ms since epoch
+// when the gateway accepted the message. seq 0 marks a test push from the
+// notify endpoint (its message_id and from are empty).
+//
+// A 2xx answer is success. 429, 5xx and transport errors are retried: the
+// message is nak'd with exponential backoff and jitter (BaseBackoff
+// doubling up to MaxBackoff, never under a Retry-After the receiver sent),
+// and the attempt number is the delivery count. After MaxAttempts, or at
+// once for any other answer (4xx, or 3xx, as redirects are not followed),
+// the notification is dead-lettered: stored on dlq.push.<user> in the DLQ
+// stream with the webhook JSON as its body and headers Sb-Reason (the last
+// error), Sb-Attempts, Sb-Seq and the Sb-Origin-* headers every function's
+// dead letters carry; then the message is terminated. A malformed message
+// (no Sb-Kind, Sb-From, Sb-Id or Sb-Ts, or an invalid user in the subject)
+// is dead-lettered the same way at once, with what could be read.
+//
+// # FCM and APNs
+//
+// The webhook JSON is provider-neutral: the receiver knows each device's
+// provider token, which Switchboard does not keep. FCMRequest and
+// APNsRequest build the provider calls from it, for a relay written in Go
+// or a later in-process sender:
+//
+//	webhook     FCM HTTP v1 (message.*)                APNs (/3/device/<token>)
+//	user        data.user, android.collapse_key,       sb.user, apns-collapse-id
+//	            apns.headers.apns-collapse-id
+//	device      data.device                            sb.device
+//	message_id  data.message_id                        sb.message_id
+//	from        data.sender ("from" is reserved by FCM) sb.from
+//	pending     data.pending (as a string)             sb.pending
+//	seq         data.seq (as a string)                 sb.seq
+//	ts          data.ts (as a string); apns-expiration  sb.ts; apns-expiration
+//	            = ts + ProviderTTL, android.ttl
+//
+// Both are data-only wake-ups, never an alert composed by the server: FCM
+// android.priority high (what wakes a dozing Android device), APNs
+// apns-push-type background with apns-priority 5 and
+// {"aps":{"content-available":1}} (iOS refuses background pushes at 10).
+// The collapse id is the user, so a provider holding several undelivered
+// wake-ups for a device keeps only the newest.
+//
+// # Operators
+//
+// The function is the micro service "push" (`nats micro ls`; `nats micro
+// stats push --json` shows the counters as endpoint data, per instance,
+// which the table view leaves out). Its endpoint notify on
+// sb.fn.push.notify takes {"user":"bob"}, posts a test notification to each
+// of the user's devices now, bypassing presence and coalescing, and answers
+// {"sent":N}; a bad request gets micro error 400.
+//
+// # Concurrency
+//
+// Start and Stop may be called from any goroutine; Stop is idempotent and
+// waits for the messages in hand. An instance works on up to 32 messages
+// at once; webhook calls are not made under any lock.
+package push

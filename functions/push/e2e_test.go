@@ -1,0 +1,52 @@
+package push
+
+import (
+	"context"
+	"strings"
+	"testing"
+	"time"
+
+	tk "github.com/switchboard-im/switchboard/internal/testkit"
+)
+
+// Through a real gateway: bob's phone connected once and left; alice's
+// message to bob wakes that phone, naming alice and the message, and the
+// body stays out of the webhook.
+func TestGatewayMessageWakesOfflineDevice(t *testing.T) {
+	n := tk.StartNATS(t)
+	h := newHook(t, nil)
+	svc := startPush(t, n, testConfig(h.URL))
+	g := tk.StartGateway(t, n, tk.TestConfig())
+
+	bob := tk.Dial(t, g.URL, "bob", "phone")
+	if err := bob.Close(); err != nil {
+		t.Fatal(err)
+	}
+	alice := tk.Dial(t, g.URL, "alice", "phone")
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	sent, err := alice.Send(ctx, "bob", "m1", tk.Body("secret"))
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	tk.WaitFor(t, 20*time.Second, func() error {
+		if len(h.Calls()) == 0 {
+			return tk.Errorf("no push yet; stats %+v, %d dead letters", svc.Stats(), len(deadLetters(t, n.JS)))
+		}
+		return nil
+	})
+	waitDrained(t, n.JS, 10*time.Second)
+	calls := h.Calls()
+	if len(calls) != 1 {
+		t.Fatalf("%d calls: %+v", len(calls), calls)
+	}
+	got := calls[0].N
+	if got.User != "bob" || got.Device != "phone" || got.From != "alice" || got.MessageID != "m1" ||
+		got.Seq != sent.Seq || got.Pending != 1 || got.TS != sent.TS.UnixMilli() {
+		t.Errorf("notification %s (sent seq %d)", calls[0].Raw, sent.Seq)
+	}
+	if strings.Contains(calls[0].Raw, "secret") {
+		t.Errorf("the message body reached the webhook: %s", calls[0].Raw)
+	}
+}

@@ -1,0 +1,492 @@
+package push
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"slices"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+	"github.com/nats-io/nats.go/micro"
+
+	"github.com/switchboard-im/switchboard/functions/presence"
+	"github.com/switchboard-im/switchboard/gateway/protocol"
+	"github.com/switchboard-im/switchboard/streams"
+)
+
+// workers is how many messages one instance works on at once. A push is
+// I/O bound (a few NATS round trips and one HTTP call per device), so this
+// is well above the core count; the durable's max_ack_pending bounds all
+// instances together.
+const workers = 32
+
+// Service is one running instance. Its methods are safe for concurrent use.
+type Service struct {
+	nc   *nats.Conn
+	js   jetstream.JetStream
+	cfg  Config
+	log  *slog.Logger
+	hook *webhook
+
+	inbox      jetstream.Stream
+	consCfg    jetstream.ConsumerConfig
+	devicesKV  jetstream.KeyValue
+	presenceKV jetstream.KeyValue
+	pushKV     jetstream.KeyValue
+	// ackWait is the durable's: how long a message this instance holds
+	// stays its own before the server hands it to another.
+	ackWait time.Duration
+
+	svc micro.Service
+	sem chan struct{} // one slot per message being worked on
+	// stop is closed by Stop; stopping mirrors it for the hot path.
+	stop     chan struct{}
+	stopping atomic.Bool
+	stopOnce sync.Once
+
+	// mu guards iter and stopped, and orders wg.Add by the notify
+	// endpoint before Stop's wg.Wait.
+	mu      sync.Mutex
+	iter    jetstream.MessagesContext
+	stopped bool
+	// wg counts the pull loop, the messages in hand and notify requests.
+	wg sync.WaitGroup
+
+	counters counters
+}
+
+// Start checks cfg, binds the durable consumer `push` on INBOX and the
+// micro service, and begins pulling. The streams and buckets must exist
+// (streams.Apply). ctx bounds only the setup; the instance runs until
+// Stop. An empty WebhookURL returns ErrNotConfigured.
+func Start(ctx context.Context, nc *nats.Conn, js jetstream.JetStream, cfg Config, log *slog.Logger) (*Service, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	cfg = cfg.withDefaults()
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	s := &Service{
+		nc:   nc,
+		js:   js,
+		cfg:  cfg,
+		log:  log.WithGroup("push"),
+		hook: newWebhook(cfg),
+		sem:  make(chan struct{}, workers),
+		stop: make(chan struct{}),
+	}
+	var err error
+	if s.inbox, err = js.Stream(ctx, streams.Inbox); err != nil {
+		return nil, fmt.Errorf("push: stream %s: %w", streams.Inbox, err)
+	}
+	if s.devicesKV, err = js.KeyValue(ctx, streams.DevicesKV); err != nil {
+		return nil, fmt.Errorf("push: bucket %s: %w", streams.DevicesKV, err)
+	}
+	if s.presenceKV, err = js.KeyValue(ctx, streams.PresenceKV); err != nil {
+		return nil, fmt.Errorf("push: bucket %s: %w", streams.PresenceKV, err)
+	}
+	if s.pushKV, err = js.KeyValue(ctx, streams.PushKV); err != nil {
+		return nil, fmt.Errorf("push: bucket %s: %w", streams.PushKV, err)
+	}
+	st, err := s.pushKV.Status(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("push: bucket %s: %w", streams.PushKV, err)
+	}
+	if st.LimitMarkerTTL() <= 0 {
+		// Without per-key TTLs a window would never close and each user
+		// would be pushed once, ever.
+		return nil, fmt.Errorf("push: bucket %s has no limit_marker_ttl, so per-key TTLs are off", streams.PushKV)
+	}
+	if s.consCfg, err = streams.ConsumerConfig("push"); err != nil {
+		return nil, err
+	}
+	cons, err := js.CreateOrUpdateConsumer(ctx, streams.Inbox, s.consCfg)
+	if err != nil {
+		return nil, fmt.Errorf("push: consumer: %w", err)
+	}
+	s.ackWait = cons.CachedInfo().Config.AckWait
+	if s.svc, err = s.addService(); err != nil {
+		return nil, err
+	}
+	if s.iter, err = cons.Messages(jetstream.PullMaxMessages(workers)); err != nil {
+		_ = s.svc.Stop()
+		return nil, fmt.Errorf("push: consume: %w", err)
+	}
+	s.wg.Add(1)
+	go s.pull()
+	s.log.Info("started", "window", cfg.Window, "max_attempts", cfg.MaxAttempts)
+	return s, nil
+}
+
+// Stop stops pulling and waits for the messages in hand. A message whose
+// webhook call is under way finishes that call and records it; its other
+// devices and every message not yet started are handed back (nak) at once
+// for another instance, which skips whatever the claim records as done.
+// Stop is safe to call more than once.
+func (s *Service) Stop() {
+	s.stopOnce.Do(func() {
+		s.stopping.Store(true)
+		close(s.stop)
+		_ = s.svc.Stop()
+		s.mu.Lock()
+		s.stopped = true
+		s.iter.Drain()
+		s.mu.Unlock()
+		s.wg.Wait()
+		s.log.Info("stopped")
+	})
+}
+
+// enter counts a notify request in wg unless Stop has begun.
+func (s *Service) enter() bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.stopped {
+		return false
+	}
+	s.wg.Add(1)
+	return true
+}
+
+// pull hands messages to workers, and makes a new iterator when the one it
+// has dies (consumer deleted by an operator, connection lost for good).
+func (s *Service) pull() {
+	defer s.wg.Done()
+	for {
+		s.mu.Lock()
+		iter := s.iter
+		s.mu.Unlock()
+		s.dispatch(iter)
+		if s.stopping.Load() || s.nc.IsClosed() {
+			return
+		}
+		s.log.Warn("message iterator ended; rebinding the consumer")
+		select {
+		case <-s.stop:
+			return
+		case <-time.After(time.Second):
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		cons, err := s.js.CreateOrUpdateConsumer(ctx, streams.Inbox, s.consCfg)
+		cancel()
+		if err != nil {
+			s.log.Error("rebinding the consumer failed", "err", err)
+			continue
+		}
+		it, err := cons.Messages(jetstream.PullMaxMessages(workers))
+		if err != nil {
+			s.log.Error("consume failed", "err", err)
+			continue
+		}
+		s.mu.Lock()
+		if s.stopped {
+			it.Stop()
+		} else {
+			s.iter = it
+		}
+		s.mu.Unlock()
+	}
+}
+
+func (s *Service) dispatch(iter jetstream.MessagesContext) {
+	for {
+		m, err := iter.Next()
+		if errors.Is(err, jetstream.ErrMsgIteratorClosed) {
+			return
+		}
+		if err != nil {
+			// A terminal error closes the iterator; the next call says so.
+			s.log.Warn("pull", "err", err)
+			continue
+		}
+		if s.stopping.Load() {
+			_ = m.Nak()
+			continue
+		}
+		s.sem <- struct{}{}
+		s.wg.Add(1)
+		go func() {
+			defer s.wg.Done()
+			defer func() { <-s.sem }()
+			s.handle(m)
+		}()
+	}
+}
+
+// handle decides one INBOX message. Every path ends in ack, nak or term:
+// nothing is dropped silently and nothing is retried forever.
+func (s *Service) handle(m jetstream.Msg) {
+	if s.stopping.Load() {
+		_ = m.Nak()
+		return
+	}
+	meta, err := m.Metadata()
+	if err != nil {
+		// Not a JetStream delivery; nothing to retry or dead-letter.
+		s.log.Error("message without metadata", "subject", m.Subject(), "err", err)
+		_ = m.Term()
+		return
+	}
+	h := m.Headers()
+	switch h.Get(streams.HdrKind) {
+	case streams.KindMsg:
+	case "":
+		n := Notification{User: lastToken(m.Subject()), MessageID: h.Get(streams.HdrID), From: h.Get(streams.HdrFrom), Seq: meta.Sequence.Stream}
+		s.reject(m, meta, n, fmt.Errorf("%w: missing %s header", ErrMalformed, streams.HdrKind))
+		return
+	default:
+		// Receipts, and kinds added later, wake nobody.
+		s.counters.ignored.Add(1)
+		_ = m.Ack()
+		return
+	}
+	n, err := fromInbox(m.Subject(), h, meta.Sequence.Stream)
+	if err != nil {
+		s.reject(m, meta, n, err)
+		return
+	}
+	s.notify(m, meta, n)
+}
+
+// reject dead-letters a message that can never become a notification.
+func (s *Service) reject(m jetstream.Msg, meta *jetstream.MsgMetadata, n Notification, why error) {
+	ctx := context.Background()
+	if err := deadLetter(ctx, s.js, n, m.Subject(), why.Error(), meta.NumDelivered); err != nil {
+		s.log.Error("dead-lettering failed; will retry", "seq", n.Seq, "err", err)
+		_ = m.NakWithDelay(backoff(meta.NumDelivered, s.cfg.BaseBackoff, s.cfg.MaxBackoff, 0))
+		return
+	}
+	s.counters.deadLettered.Add(1)
+	s.log.Warn("dead-lettered", "seq", n.Seq, "subject", m.Subject(), "reason", why)
+	_ = m.Term()
+}
+
+// hold is the TTL of a claim still in progress: it must outlive the next
+// delivery of the message (after delay, or after the ack wait if this
+// instance dies), or that delivery would find no claim, open a new window
+// and push the devices already done a second time.
+func (s *Service) hold(delay time.Duration) time.Duration {
+	return delay + s.ackWait + s.cfg.Window
+}
+
+// stale is the age past which a claim cannot be live: no hold is longer
+// than hold(MaxBackoff), so a key older than twice that lost its TTL.
+func (s *Service) stale() time.Duration { return 2 * s.hold(s.cfg.MaxBackoff) }
+
+// notify is the push path of one chat message.
+func (s *Service) notify(m jetstream.Msg, meta *jetstream.MsgMetadata, n Notification) {
+	ctx := context.Background()
+	attempt := meta.NumDelivered
+	rec, _, err := presence.Load(ctx, s.presenceKV, n.User)
+	var syntax *json.SyntaxError
+	var typ *json.UnmarshalTypeError
+	switch {
+	case errors.As(err, &syntax) || errors.As(err, &typ):
+		// An unreadable record is the presence function's to fix; better
+		// a push too many than a message nobody hears about.
+		s.log.Warn("unreadable presence record; treating the user as offline", "user", n.User, "err", err)
+	case err != nil:
+		s.retry(m, attempt, nil, nil, fmt.Errorf("push: presence: %w", err))
+		return
+	case rec.Online():
+		s.counters.skippedOnline.Add(1)
+		s.log.Debug("online; no push", "user", n.User, "seq", n.Seq)
+		_ = m.Ack()
+		return
+	}
+	devices, err := s.devices(ctx, n.User)
+	if err != nil {
+		s.retry(m, attempt, nil, nil, err)
+		return
+	}
+	if len(devices) == 0 {
+		// Never connected: there is no device to wake, and its first
+		// connection delivers everything anyway.
+		s.counters.skippedNoDevice.Add(1)
+		s.log.Debug("no device to wake", "user", n.User, "seq", n.Seq)
+		_ = m.Ack()
+		return
+	}
+	t, ours, err := acquire(ctx, s.js, s.pushKV, n.User, n.Seq, s.hold(0), s.stale())
+	if err != nil {
+		s.retry(m, attempt, nil, nil, err)
+		return
+	}
+	if !ours {
+		s.counters.coalesced.Add(1)
+		s.log.Debug("coalesced", "user", n.User, "seq", n.Seq)
+		_ = m.Ack()
+		return
+	}
+
+	failed := map[string]Notification{}
+	var lastErr error
+	for _, d := range devices {
+		if t.st.done(d) {
+			continue
+		}
+		if s.stopping.Load() {
+			// The claim records what is done; the next delivery does the rest.
+			_ = m.Nak()
+			return
+		}
+		_ = m.InProgress() // one slow device must not hand the message to another instance
+		dn := n
+		dn.Device = d
+		pending, delivered, err := s.pending(ctx, n.User, d, n.Seq)
+		if err != nil {
+			failed[d], lastErr = dn, err
+			continue
+		}
+		if delivered {
+			s.log.Debug("device has the message; not woken", "user", n.User, "device", d, "seq", n.Seq)
+			continue
+		}
+		dn.Pending = pending
+		err = s.hook.post(ctx, dn)
+		switch {
+		case err == nil:
+			s.counters.pushed.Add(1)
+			s.log.Debug("pushed", "user", n.User, "device", d, "seq", n.Seq, "pending", pending)
+			t.st.Sent = append(t.st.Sent, d)
+		case isPermanent(err):
+			if dlErr := deadLetter(ctx, s.js, dn, m.Subject(), err.Error(), attempt); dlErr != nil {
+				failed[d], lastErr = dn, dlErr
+				continue
+			}
+			s.counters.deadLettered.Add(1)
+			s.log.Warn("webhook refused the notification; dead-lettered", "user", n.User, "device", d, "seq", n.Seq, "err", err)
+			t.st.Dead = append(t.st.Dead, d)
+		default:
+			failed[d], lastErr = dn, err
+			continue
+		}
+		if err := t.save(ctx, s.hold(0)); err != nil {
+			// The final save below tries again with the same state.
+			s.log.Warn("recording a pushed device failed", "user", n.User, "device", d, "err", err)
+		}
+	}
+
+	if len(failed) == 0 {
+		s.finish(ctx, m, t)
+		return
+	}
+	s.retry(m, attempt, t, failed, lastErr)
+}
+
+// finish closes the message's part of the window: the claim lives one
+// window from now, and the message is acked.
+func (s *Service) finish(ctx context.Context, m jetstream.Msg, t *ticket) {
+	if err := t.save(ctx, s.cfg.Window); err != nil {
+		s.log.Warn("closing the claim failed", "user", t.user, "err", err)
+	}
+	if err := m.DoubleAck(ctx); err != nil {
+		// The message may come again after the ack wait; keep the claim
+		// that long so that delivery finds every device done.
+		s.log.Warn("ack not confirmed", "user", t.user, "seq", t.st.Seq, "err", err)
+		_ = t.save(ctx, s.hold(0))
+	}
+}
+
+// retry schedules the next attempt, or dead-letters the failed devices'
+// notifications once the attempts are spent. t and failed are nil when no
+// device was tried yet.
+func (s *Service) retry(m jetstream.Msg, attempt uint64, t *ticket, failed map[string]Notification, lastErr error) {
+	ctx := context.Background()
+	if attempt < uint64(s.cfg.MaxAttempts) {
+		delay := backoff(attempt, s.cfg.BaseBackoff, s.cfg.MaxBackoff, retryAfter(lastErr))
+		if t != nil {
+			if err := t.save(ctx, s.hold(delay)); err != nil {
+				s.log.Warn("extending the claim failed", "user", t.user, "err", err)
+			}
+		}
+		s.counters.retried.Add(1)
+		s.log.Info("will retry", "subject", m.Subject(), "attempt", attempt, "delay", delay, "err", lastErr)
+		_ = m.NakWithDelay(delay)
+		return
+	}
+	if failed == nil {
+		// Nothing was tried: dead-letter the message's notification as a
+		// whole, with no device.
+		meta, _ := m.Metadata()
+		n, _ := fromInbox(m.Subject(), m.Headers(), meta.Sequence.Stream)
+		failed = map[string]Notification{"": n}
+	}
+	devices := slices.Sorted(func(yield func(string) bool) {
+		for d := range failed {
+			if !yield(d) {
+				return
+			}
+		}
+	})
+	for _, d := range devices {
+		if err := deadLetter(ctx, s.js, failed[d], m.Subject(), lastErr.Error(), attempt); err != nil {
+			s.log.Error("dead-lettering failed; will retry", "subject", m.Subject(), "err", err)
+			_ = m.NakWithDelay(backoff(attempt, s.cfg.BaseBackoff, s.cfg.MaxBackoff, 0))
+			return
+		}
+		s.counters.deadLettered.Add(1)
+		if t != nil && d != "" {
+			t.st.Dead = append(t.st.Dead, d)
+		}
+	}
+	s.log.Warn("gave up; dead-lettered", "subject", m.Subject(), "attempts", attempt, "err", lastErr)
+	if t != nil {
+		if err := t.save(ctx, s.cfg.Window); err != nil {
+			s.log.Warn("closing the claim failed", "user", t.user, "err", err)
+		}
+	}
+	_ = m.Term()
+}
+
+// devices returns the names of the user's devices in the DEVICES bucket,
+// sorted so every instance walks them in the same order.
+func (s *Service) devices(ctx context.Context, user string) ([]string, error) {
+	e, err := s.devicesKV.Get(ctx, user)
+	if errors.Is(err, jetstream.ErrKeyNotFound) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("push: devices of %s: %w", user, err)
+	}
+	// Only the names: the rest of the record is the gateway's business.
+	var rec struct {
+		Devices map[string]json.RawMessage `json:"devices"`
+	}
+	if err := json.Unmarshal(e.Value(), &rec); err != nil {
+		return nil, fmt.Errorf("push: devices of %s: %w", user, err)
+	}
+	names := make([]string, 0, len(rec.Devices))
+	for d := range rec.Devices {
+		if protocol.ValidID(d) {
+			names = append(names, d)
+		}
+	}
+	slices.Sort(names)
+	return names, nil
+}
+
+// pending counts the messages waiting for a device, from its consumer on
+// INBOX, and reports whether the device already acked seq (0: do not ask).
+// A device with no consumer (reaped, or never made) has at least this one.
+func (s *Service) pending(ctx context.Context, user, device string, seq uint64) (uint64, bool, error) {
+	c, err := s.inbox.Consumer(ctx, user+"~"+device)
+	if errors.Is(err, jetstream.ErrConsumerNotFound) {
+		return 1, false, nil
+	}
+	if err != nil {
+		return 0, false, fmt.Errorf("push: consumer of %s/%s: %w", user, device, err)
+	}
+	ci := c.CachedInfo()
+	if seq > 0 && ci.AckFloor.Stream >= seq {
+		return 0, true, nil
+	}
+	return max(1, ci.NumPending+uint64(ci.NumAckPending)), false, nil
+}

@@ -1,0 +1,287 @@
+package gateway
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"strconv"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/switchboard-im/switchboard/functions/presence"
+	"github.com/switchboard-im/switchboard/functions/receipts"
+	"github.com/switchboard-im/switchboard/gateway/protocol"
+	"github.com/switchboard-im/switchboard/streams"
+)
+
+// Presence, settings and status: the gateway's side of the presence and
+// receipts functions.
+//
+// Each session holds a lease, lease.<user>.<device> in PRESENCE, written
+// with a per-key TTL once the device is welcomed, refreshed by the
+// server's lease loop and deleted when the session ends. Writes after the
+// first expect the lease's last revision, so a session that was replaced
+// (the device connected again, elsewhere) can neither refresh nor delete
+// its successor's lease. A gateway that dies stops refreshing, and the
+// leases expire within PresenceTTL.
+
+// putLease writes the session's lease; rev is the revision the session
+// last wrote, 0 for the first write.
+func (s *session) putLease(ctx context.Context, rev uint64) (uint64, error) {
+	val, _ := json.Marshal(presence.Lease{Gateway: s.srv.id, Session: s.sid, Since: s.born / int64(time.Millisecond)})
+	opts := []jetstream.PublishOpt{jetstream.WithMsgTTL(s.srv.cfg.PresenceTTL)}
+	if rev > 0 {
+		opts = append(opts, jetstream.WithExpectLastSequencePerSubject(rev))
+	}
+	ack, err := s.srv.js.PublishMsg(ctx, &nats.Msg{Subject: presence.LeaseSubject(s.id.User, s.id.Device), Data: val}, opts...)
+	if err != nil {
+		return 0, err
+	}
+	return ack.Sequence, nil
+}
+
+// goOnline writes the first lease. A failure is logged, not fatal: chat
+// works without presence, and the next refresh tries again.
+func (s *session) goOnline(ctx context.Context) {
+	rev, err := s.putLease(ctx, 0)
+	if err != nil {
+		s.log.Warn("presence lease not written", "err", err)
+		return
+	}
+	s.leaseRev.Store(rev)
+}
+
+// refreshLease extends the lease; once the lease belongs to another
+// session it stops trying.
+func (s *session) refreshLease(ctx context.Context) {
+	rev := s.leaseRev.Load()
+	n, err := s.putLease(ctx, rev)
+	var apiErr *jetstream.APIError
+	switch {
+	case err == nil:
+		s.leaseRev.CompareAndSwap(rev, n)
+	case errors.As(err, &apiErr) && (apiErr.ErrorCode == jetstream.JSErrCodeStreamWrongLastSequence ||
+		apiErr.ErrorCode == jetstream.JSErrCodeStreamWrongLastSequenceConstant):
+		// Another session of this device wrote it since: it is theirs.
+		s.leaseRev.Store(0)
+	default:
+		s.log.Debug("presence lease not refreshed", "err", err)
+	}
+}
+
+// goOffline deletes the lease if it is still this session's.
+func (s *session) goOffline() {
+	rev := s.leaseRev.Swap(0)
+	if rev == 0 {
+		return
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	defer cancel()
+	if err := s.srv.presenceKV.Delete(ctx, presence.LeaseKey(s.id.User, s.id.Device), jetstream.LastRevision(rev)); err != nil {
+		// Replaced, or NATS is gone: the lease expires on its own.
+		s.log.Debug("presence lease not deleted", "err", err)
+	}
+}
+
+// leaseLoop refreshes every live session's lease three times per TTL, so
+// one lost refresh never lets a live device look offline.
+func (srv *Server) leaseLoop() {
+	defer close(srv.leaseDone)
+	t := time.NewTicker(srv.cfg.PresenceTTL / 3)
+	defer t.Stop()
+	for {
+		select {
+		case <-srv.leaseStop:
+			return
+		case <-t.C:
+		}
+		srv.mu.Lock()
+		live := make([]*session, 0, len(srv.sessions))
+		for sess := range srv.sessions {
+			if sess.leaseRev.Load() != 0 {
+				live = append(live, sess)
+			}
+		}
+		srv.mu.Unlock()
+		ctx, cancel := context.WithTimeout(context.Background(), srv.cfg.PresenceTTL/3)
+		for _, sess := range live {
+			sess.refreshLease(ctx)
+		}
+		cancel()
+	}
+}
+
+// presenceSub subscribes the device to users' presence changes and asks
+// for their current state.
+func (s *session) presenceSub(users []string) {
+	s.presMu.Lock()
+	var added []string
+	for _, u := range users {
+		if _, ok := s.presSubs[u]; ok {
+			continue
+		}
+		if len(s.presSubs) >= s.srv.cfg.MaxPresenceSubs {
+			s.presMu.Unlock()
+			s.sendError(protocol.ErrTooMany, "at most "+strconv.Itoa(s.srv.cfg.MaxPresenceSubs)+" presence subscriptions per connection", "", 0, 0)
+			s.askPresence(added)
+			return
+		}
+		sub, err := s.srv.nc.Subscribe(presence.UpdateSubject(u), s.onPresence)
+		if err != nil {
+			s.presMu.Unlock()
+			s.sendError(protocol.ErrInternal, "presence subscription failed", "", 0, 0)
+			return
+		}
+		s.presSubs[u] = sub
+		added = append(added, u)
+	}
+	s.presMu.Unlock()
+	s.askPresence(added)
+}
+
+func (s *session) presenceUnsub(users []string) {
+	s.presMu.Lock()
+	defer s.presMu.Unlock()
+	for _, u := range users {
+		if sub, ok := s.presSubs[u]; ok {
+			_ = sub.Unsubscribe()
+			delete(s.presSubs, u)
+		}
+	}
+}
+
+func (s *session) dropPresenceSubs() {
+	s.presMu.Lock()
+	defer s.presMu.Unlock()
+	for u, sub := range s.presSubs {
+		_ = sub.Unsubscribe()
+		delete(s.presSubs, u)
+	}
+}
+
+// onPresence forwards a presence change as this device's user may see it.
+func (s *session) onPresence(m *nats.Msg) {
+	var u presence.Update
+	if json.Unmarshal(m.Data, &u) != nil || !protocol.ValidID(u.User) {
+		return
+	}
+	switch u.Visibility {
+	case streams.VisibleEveryone:
+		s.t.Send(protocol.AppendPresence(nil, u.User, u.Online, u.LastSeen, false))
+	case streams.VisibleContacts:
+		// Whether this viewer is a contact is the function's to say.
+		s.askPresence([]string{u.User})
+	default:
+		s.t.Send(protocol.AppendPresence(nil, u.User, false, 0, true))
+	}
+}
+
+// askPresence asks the presence function for users' state as this
+// device's user may see it, and sends a presence frame per user. It does
+// not block the caller.
+func (s *session) askPresence(users []string) {
+	if len(users) == 0 {
+		return
+	}
+	go func() {
+		req, _ := json.Marshal(presence.GetRequest{Viewer: s.id.User, Users: users})
+		var reply presence.GetReply
+		if err := s.callFunction(presence.GetSubject, req, &reply); err != nil {
+			s.sendError(protocol.ErrUnavailable, "presence is unavailable: "+err.Error(), "", 0, 0)
+			return
+		}
+		for _, v := range reply.Users {
+			if protocol.ValidID(v.User) {
+				s.t.Send(protocol.AppendPresence(nil, v.User, v.Online, v.LastSeen, v.Hidden))
+			}
+		}
+	}()
+}
+
+// errNotFound is a function's 404.
+var errNotFound = errors.New("not found")
+
+// callFunction makes a request to a worker function and decodes its JSON
+// answer. A micro error reply (its code in a header) becomes an error.
+func (s *session) callFunction(subject string, req []byte, reply any) error {
+	m, err := s.srv.nc.Request(subject, req, s.srv.cfg.FunctionTimeout)
+	if err != nil {
+		return err
+	}
+	if code := m.Header.Get("Nats-Service-Error-Code"); code != "" {
+		if code == "404" {
+			return errNotFound
+		}
+		return errors.New(m.Header.Get("Nats-Service-Error"))
+	}
+	return json.Unmarshal(m.Data, reply)
+}
+
+// status answers a status frame: the ticks of message id that this user
+// sent, from the receipts function.
+func (s *session) status(id string) {
+	go func() {
+		req, _ := json.Marshal(receipts.StatusRequest{User: s.id.User, ID: id})
+		var reply receipts.StatusReply
+		err := s.callFunction(receipts.StatusSubject, req, &reply)
+		switch {
+		case errors.Is(err, errNotFound):
+			s.t.Send(protocol.EncodeStatus(id, nil))
+		case err != nil:
+			s.sendError(protocol.ErrUnavailable, "receipts are unavailable: "+err.Error(), id, 0, 0)
+		default:
+			to := make(map[string]protocol.Ticks, len(reply.To))
+			for u, t := range reply.To {
+				if t != nil {
+					to[u] = protocol.Ticks{Delivered: t.Delivered, Read: t.Read}
+				}
+			}
+			s.t.Send(protocol.EncodeStatus(id, to))
+		}
+	}()
+}
+
+// settings applies a settings frame's changes (none: just asking) and
+// answers with the settings stored. It runs on the read loop, so one
+// device's settings frames are applied in the order sent.
+func (s *session) settings(f *protocol.Frame) {
+	ctx, cancel := context.WithTimeout(context.Background(), s.srv.cfg.FunctionTimeout)
+	defer cancel()
+	var set streams.Settings
+	var err error
+	if f.ReadReceipts == nil && f.LastSeenPrivacy == "" && f.Contacts == nil {
+		set, _, err = streams.LoadSettings(ctx, s.srv.settingsKV, s.id.User)
+	} else {
+		set, err = streams.UpdateSettings(ctx, s.srv.settingsKV, s.id.User, func(set *streams.Settings) error {
+			if f.ReadReceipts != nil {
+				set.ReadReceipts = *f.ReadReceipts
+			}
+			if f.LastSeenPrivacy != "" {
+				set.LastSeen = f.LastSeenPrivacy
+			}
+			if f.Contacts != nil {
+				set.Contacts = dedupe(*f.Contacts)
+			}
+			return set.Validate(protocol.ValidID)
+		})
+	}
+	if err != nil {
+		s.sendError(protocol.ErrStoreFailed, "settings were not stored; resend", "", 0, 0)
+		return
+	}
+	s.t.Send(protocol.EncodeSettings(set.ReadReceipts, set.LastSeen, set.Contacts))
+}
+
+func dedupe(users []string) []string {
+	seen := make(map[string]bool, len(users))
+	out := make([]string, 0, len(users))
+	for _, u := range users {
+		if !seen[u] {
+			seen[u] = true
+			out = append(out, u)
+		}
+	}
+	return out
+}

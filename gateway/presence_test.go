@@ -1,0 +1,229 @@
+package gateway_test
+
+import (
+	"context"
+	"errors"
+	"testing"
+	"time"
+
+	"github.com/switchboard-im/switchboard/client"
+	"github.com/switchboard-im/switchboard/gateway/protocol"
+	tk "github.com/switchboard-im/switchboard/internal/testkit"
+)
+
+// recvPresence returns the next presence event about user, skipping
+// events about others.
+func recvPresence(t *testing.T, c *client.Client, user string) client.Presence {
+	t.Helper()
+	deadline := time.After(wait)
+	for {
+		select {
+		case p := <-c.PresenceEvents():
+			if p.User == user {
+				return p
+			}
+		case <-deadline:
+			t.Fatalf("no presence event about %s", user)
+		}
+	}
+}
+
+func noPresence(t *testing.T, c *client.Client, d time.Duration) {
+	t.Helper()
+	select {
+	case p := <-c.PresenceEvents():
+		t.Fatalf("unexpected presence event %+v", p)
+	case <-time.After(d):
+	}
+}
+
+// A follower gets the current state at once, then each change: online
+// when the first device connects, offline with a last seen time when the
+// last one leaves.
+func TestPresenceFollowsDevicesComingAndGoing(t *testing.T) {
+	n := tk.StartNATS(t)
+	g := tk.StartGateway(t, n, tk.TestConfig())
+	alice := tk.Dial(t, g.URL, "alice", "phone")
+	if err := alice.SubscribePresence("bob"); err != nil {
+		t.Fatal(err)
+	}
+	if p := recvPresence(t, alice, "bob"); p.Online || p.Hidden || !p.LastSeen.IsZero() {
+		t.Fatalf("never-seen bob: %+v", p)
+	}
+	phone := tk.Dial(t, g.URL, "bob", "phone")
+	if p := recvPresence(t, alice, "bob"); !p.Online {
+		t.Fatalf("bob connected: %+v", p)
+	}
+	laptop := tk.Dial(t, g.URL, "bob", "laptop")
+	_ = phone.Close()
+	before := time.Now().Add(-time.Second)
+	_ = laptop.Close()
+	p := recvPresence(t, alice, "bob")
+	if p.Online || p.LastSeen.Before(before) {
+		t.Fatalf("bob left: %+v, want offline, last seen after %s", p, before)
+	}
+
+	if err := alice.UnsubscribePresence("bob"); err != nil {
+		t.Fatal(err)
+	}
+	// The unsubscribe is applied in order with the frames after it: a
+	// status round trip proves the gateway has read it.
+	if _, err := alice.Status(context.Background(), "x"); err != nil {
+		t.Fatal(err)
+	}
+	tk.Dial(t, g.URL, "bob", "phone")
+	noPresence(t, alice, 500*time.Millisecond)
+	if err := alice.SubscribePresence("bad.id"); !errors.Is(err, client.ErrBadID) {
+		t.Fatalf("SDK accepted a bad id: %v", err)
+	}
+}
+
+// bob shows his presence to contacts only: carol, on his list, sees him;
+// alice gets hidden, in the first answer and in every update.
+func TestLastSeenPrivacyThroughTheGateway(t *testing.T) {
+	n := tk.StartNATS(t)
+	g := tk.StartGateway(t, n, tk.TestConfig())
+	bob := tk.Dial(t, g.URL, "bob", "phone")
+	ctx, cancel := context.WithTimeout(context.Background(), wait)
+	defer cancel()
+	contacts := []string{"carol", "carol"}
+	set, err := bob.Settings(ctx, client.SettingsChange{LastSeenPrivacy: protocol.PrivacyContacts, Contacts: &contacts})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if set.LastSeenPrivacy != protocol.PrivacyContacts || len(set.Contacts) != 1 || !set.ReadReceipts {
+		t.Fatalf("stored settings %+v", set)
+	}
+	alice := tk.Dial(t, g.URL, "alice", "phone")
+	carol := tk.Dial(t, g.URL, "carol", "phone")
+	for _, c := range []*client.Client{alice, carol} {
+		if err := c.SubscribePresence("bob"); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if p := recvPresence(t, carol, "bob"); !p.Online || p.Hidden {
+		t.Fatalf("carol (a contact) sees %+v", p)
+	}
+	if p := recvPresence(t, alice, "bob"); !p.Hidden || p.Online {
+		t.Fatalf("alice (not a contact) sees %+v", p)
+	}
+	_ = bob.Close()
+	if p := recvPresence(t, carol, "bob"); p.Online || p.LastSeen.IsZero() {
+		t.Fatalf("carol sees bob leave as %+v", p)
+	}
+	if p := recvPresence(t, alice, "bob"); !p.Hidden || !p.LastSeen.IsZero() {
+		t.Fatalf("alice sees bob leave as %+v", p)
+	}
+
+	// Nobody: carol is hidden from now on too.
+	bob = tk.Dial(t, g.URL, "bob", "phone")
+	recvPresence(t, carol, "bob")
+	recvPresence(t, alice, "bob")
+	if _, err := bob.Settings(ctx, client.SettingsChange{LastSeenPrivacy: protocol.PrivacyNobody}); err != nil {
+		t.Fatal(err)
+	}
+	_ = bob.Close()
+	if p := recvPresence(t, carol, "bob"); !p.Hidden {
+		t.Fatalf("carol sees %+v after bob chose nobody", p)
+	}
+}
+
+// The sender asks for a message's status and gets each recipient's ticks;
+// no one else can. With read receipts off, bob's reads stay private.
+func TestStatusAndReadReceiptsSetting(t *testing.T) {
+	n := tk.StartNATS(t)
+	g := tk.StartGateway(t, n, tk.TestConfig())
+	alice := tk.Dial(t, g.URL, "alice", "phone")
+	bob := tk.Dial(t, g.URL, "bob", "phone")
+	ctx, cancel := context.WithTimeout(context.Background(), wait)
+	defer cancel()
+
+	send(t, alice, "bob", "m1", "hi")
+	m := tk.RecvMsg(t, bob, wait)
+	bob.Ack(m.Seq)
+	bob.Read(m.Seq)
+	for _, want := range []string{protocol.StatusDelivered, protocol.StatusRead} {
+		if r := tk.RecvReceipt(t, alice, wait); r.Status != want || r.By != "bob" {
+			t.Fatalf("receipt %+v, want %s by bob", r, want)
+		}
+	}
+	st, err := alice.Status(ctx, "m1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if tick := st["bob"]; tick.Delivered == 0 || tick.Read < tick.Delivered {
+		t.Fatalf("status of m1: %+v", st)
+	}
+	if st, err := bob.Status(ctx, "m1"); err != nil || len(st) != 0 {
+		t.Fatalf("bob asking about alice's m1 got %+v, %v; want nothing", st, err)
+	}
+
+	off := false
+	if set, err := bob.Settings(ctx, client.SettingsChange{ReadReceipts: &off}); err != nil || set.ReadReceipts {
+		t.Fatalf("settings %+v, %v", set, err)
+	}
+	send(t, alice, "bob", "m2", "and this?")
+	m = tk.RecvMsg(t, bob, wait)
+	bob.Ack(m.Seq)
+	bob.Read(m.Seq)
+	if r := tk.RecvReceipt(t, alice, wait); r.Status != protocol.StatusDelivered || r.ID != "m2" {
+		t.Fatalf("receipt %+v, want delivered m2", r)
+	}
+	// The read is applied (or not) before a later message's delivered: a
+	// third message's receipt proves m2's read was skipped, not slow.
+	send(t, alice, "bob", "m3", "ok")
+	m = tk.RecvMsg(t, bob, wait)
+	bob.Ack(m.Seq)
+	if r := tk.RecvReceipt(t, alice, wait); r.ID != "m3" {
+		t.Fatalf("receipt %+v, want delivered m3 (no read of m2)", r)
+	}
+	st, _ = alice.Status(ctx, "m2")
+	if tick := st["bob"]; tick.Delivered == 0 || tick.Read != 0 {
+		t.Fatalf("status of m2 = %+v, want delivered only", tick)
+	}
+}
+
+// Bad presence and settings frames get error codes and change nothing.
+func TestBadPresenceAndSettingsFrames(t *testing.T) {
+	n := tk.StartNATS(t)
+	cfg := tk.TestConfig()
+	cfg.MaxPresenceSubs = 2
+	g := tk.StartGateway(t, n, cfg)
+	raw := connectRaw(t, g, "alice", "phone")
+	for _, c := range []struct {
+		frame string
+		code  protocol.ErrorCode
+	}{
+		{`{"type":"presence_sub"}`, protocol.ErrBadField},
+		{`{"type":"presence_sub","users":["a.b"]}`, protocol.ErrBadID},
+		{`{"type":"presence_sub","users":"bob"}`, protocol.ErrBadField},
+		{`{"type":"settings","last_seen_privacy":"friends"}`, protocol.ErrBadField},
+		{`{"type":"settings","contacts":["ok","not ok"]}`, protocol.ErrBadID},
+		{`{"type":"status"}`, protocol.ErrBadID},
+		{`{"type":"presence_sub","users":["b","c","d"]}`, protocol.ErrTooMany},
+	} {
+		raw.write(c.frame)
+		if f := nextOfType(raw, protocol.TypeError); f.Code != c.code {
+			t.Errorf("%s: code %s, want %s", c.frame, f.Code, c.code)
+		}
+	}
+	raw.write(`{"type":"settings"}`)
+	if f := nextOfType(raw, protocol.TypeSettings); f.LastSeenPrivacy != protocol.PrivacyEveryone || f.ReadReceipts == nil || !*f.ReadReceipts {
+		t.Fatalf("settings after bad frames: %+v", f)
+	}
+}
+
+// nextOfType reads frames until one of type typ, skipping presence frames
+// (answers to a subscription that arrive in their own time).
+func nextOfType(r *raw, typ string) *protocol.Frame {
+	r.t.Helper()
+	for {
+		f := r.next()
+		if f.Type == typ {
+			return f
+		}
+		if f.Type != protocol.TypePresence {
+			r.t.Fatalf("got %+v, want a %s frame", *f, typ)
+		}
+	}
+}

@@ -1,0 +1,37 @@
+package streams
+
+// Headers on messages stored in INBOX and RECEIPTS. The body of a stored
+// chat message is the client's body, verbatim; everything else travels in
+// these headers so no worker ever parses a body.
+const (
+	HdrMsgID  = "Nats-Msg-Id" // dedup key: see MsgDedupID and the receipt ids
+	HdrKind   = "Sb-Kind"     // KindMsg or KindReceipt
+	HdrFrom   = "Sb-From"     // sender user (msg) or reader user (receipt)
+	HdrDevice = "Sb-Device"   // sender's or reader's device
+	HdrID     = "Sb-Id"       // the client message id (for a receipt: of the message it is about)
+	HdrTS     = "Sb-Ts"       // ms since epoch when the gateway accepted it
+	HdrStatus = "Sb-Status"   // receipt status: delivered or read
+
+	KindMsg     = "msg"
+	KindReceipt = "receipt"
+)
+
+// MsgDedupID is the Nats-Msg-Id of a chat message. Ids cannot contain ':',
+// so sender and id never run together: two users' "m1" stay distinct and a
+// retry of the same send is stored once.
+func MsgDedupID(from, id string) string { return "m:" + from + ":" + id }
+
+// ReceiptEventDedupID is the Nats-Msg-Id of a receipt event in RECEIPTS:
+// one per status, message and reading device, so an event re-sent after a
+// gateway crash is stored once.
+func ReceiptEventDedupID(status, from, id, by, device string) string {
+	return "e:" + status + ":" + from + ":" + id + ":" + by + ":" + device
+}
+
+// ReceiptDedupID is the Nats-Msg-Id of a receipt forwarded to a sender's
+// inbox: one per status, message and recipient user (the tick is per
+// recipient, whichever of their devices caused it), so a receipts worker
+// that dies after forwarding and forwards again stores it once.
+func ReceiptDedupID(status, from, id, by string) string {
+	return "r:" + status + ":" + from + ":" + id + ":" + by
+}
