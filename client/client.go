@@ -76,6 +76,9 @@ type Message struct {
 	Seq    uint64
 	TS     time.Time
 	Body   json.RawMessage
+	// Media is set on a media message: fetch the object with the media
+	// API's download route and check its SHA256.
+	Media *protocol.Media
 }
 
 // Receipt reports that By (on Device) received or read message ID.
@@ -108,7 +111,17 @@ type outgoing struct {
 	seq     uint64 // order of Send calls, for resending in order
 	to      string
 	body    []byte
+	media   *protocol.Media
 	done    chan result
+}
+
+// frame is the send frame for this message under id.
+func (o *outgoing) frame(id string) []byte {
+	if o.media == nil {
+		return protocol.AppendSend(nil, id, o.to, o.body)
+	}
+	b, _ := json.Marshal(protocol.Frame{Type: protocol.TypeSend, ID: id, To: o.to, Body: o.body, Media: o.media})
+	return b
 }
 
 type result struct {
@@ -345,7 +358,7 @@ func (c *Client) attach(conn *websocket.Conn, sid string) {
 	c.mu.Unlock()
 	sortBySeq(pending)
 	for _, o := range pending {
-		_ = c.write(conn, protocol.AppendSend(nil, ids[o], o.to, o.body))
+		_ = c.write(conn, o.frame(ids[o]))
 	}
 	c.resubscribe()
 	if c.opts.OnConnect != nil {
@@ -430,7 +443,7 @@ func (c *Client) handle(conn *websocket.Conn, f *protocol.Frame) error {
 			}
 			return nil
 		}
-		m := Message{ID: f.ID, From: f.From, Device: f.Device, Seq: f.Seq, TS: time.UnixMilli(f.TS), Body: f.Body}
+		m := Message{ID: f.ID, From: f.From, Device: f.Device, Seq: f.Seq, TS: time.UnixMilli(f.TS), Body: f.Body, Media: f.Media}
 		select {
 		case c.msgs <- m:
 		case <-c.ctx.Done():
@@ -492,7 +505,7 @@ func (c *Client) onError(f *protocol.Frame) {
 					still := c.outbox[id] == o
 					c.mu.Unlock()
 					if still {
-						c.writeCurrent(protocol.AppendSend(nil, id, o.to, o.body))
+						c.writeCurrent(o.frame(id))
 					}
 				})
 				return
@@ -535,6 +548,21 @@ func (c *Client) resolve(id string, r result) {
 // except after ctx ends: then it stays queued and is still sent (call
 // Send again with the same id to wait for it).
 func (c *Client) Send(ctx context.Context, to, id string, body json.RawMessage) (Sent, error) {
+	return c.send(ctx, to, id, body, nil)
+}
+
+// SendMedia sends a media message: m names an object this user uploaded
+// through the media API (see media.Ticket), and body (may be nil) is the
+// rest of the message, a caption say. The gateway lets to download the
+// object before it stores the message. Like Send, it returns on "sent".
+func (c *Client) SendMedia(ctx context.Context, to, id string, m protocol.Media, body json.RawMessage) (Sent, error) {
+	if body == nil {
+		body = json.RawMessage("null")
+	}
+	return c.send(ctx, to, id, body, &m)
+}
+
+func (c *Client) send(ctx context.Context, to, id string, body json.RawMessage, media *protocol.Media) (Sent, error) {
 	if !protocol.ValidID(to) || !protocol.ValidID(id) {
 		return Sent{}, ErrBadID
 	}
@@ -549,11 +577,11 @@ func (c *Client) Send(ctx context.Context, to, id string, body json.RawMessage) 
 	o := c.outbox[id]
 	if o == nil {
 		c.nextSeq++
-		o = &outgoing{seq: c.nextSeq, to: to, body: append([]byte(nil), body...), done: make(chan result, 1)}
+		o = &outgoing{seq: c.nextSeq, to: to, body: append([]byte(nil), body...), media: media, done: make(chan result, 1)}
 		c.outbox[id] = o
 		c.mu.Unlock()
 		c.sendMu.Lock()
-		c.writeCurrent(protocol.AppendSend(nil, id, to, o.body))
+		c.writeCurrent(o.frame(id))
 		c.sendMu.Unlock()
 	} else {
 		c.mu.Unlock()

@@ -84,8 +84,11 @@ type Config struct {
 	// MaxPresenceSubs bounds the users one connection follows.
 	MaxPresenceSubs int
 	// FunctionTimeout bounds a request to a worker function (presence,
-	// receipts status) and a settings write.
+	// receipts status, media grant) and a settings write.
 	FunctionTimeout time.Duration
+	// MediaUploadTimeout bounds one upload to the embedded media store
+	// (the largest file at the slowest client), when media is enabled.
+	MediaUploadTimeout time.Duration
 }
 
 // DefaultConfig returns the configuration used when nothing is set.
@@ -111,6 +114,8 @@ func DefaultConfig() Config {
 		PresenceTTL:      60 * time.Second,
 		MaxPresenceSubs:  1024,
 		FunctionTimeout:  3 * time.Second,
+
+		MediaUploadTimeout: 10 * time.Minute,
 	}
 }
 
@@ -158,6 +163,8 @@ func (c *Config) Validate() error {
 		return bad("MaxPresenceSubs", "must be positive")
 	case c.FunctionTimeout <= 0:
 		return bad("FunctionTimeout", "must be positive")
+	case c.MediaUploadTimeout <= 0:
+		return bad("MediaUploadTimeout", "must be positive")
 	}
 	for _, o := range c.AllowedOrigins {
 		if o == "*" {

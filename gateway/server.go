@@ -18,6 +18,7 @@ import (
 	"github.com/valyala/fasthttp"
 
 	"github.com/switchboard-im/switchboard/gateway/protocol"
+	"github.com/switchboard-im/switchboard/media"
 	"github.com/switchboard-im/switchboard/streams"
 )
 
@@ -40,6 +41,8 @@ type Server struct {
 	inbox       jetstream.Stream
 	devices     *devices
 	presenceKV  jetstream.KeyValue
+	media       *media.Client
+	mediaAPI    atomic.Pointer[media.API]
 	settingsKV  jetstream.KeyValue
 	maxInflight int
 	// id names this gateway in presence leases.
@@ -111,6 +114,7 @@ func New(ctx context.Context, cfg Config, keys *Keys, nc *nats.Conn, log *slog.L
 		inbox:       inbox,
 		devices:     &devices{js: js, inbox: inbox, kv: kv, template: tmpl, created: inbox.CachedInfo().Created},
 		presenceKV:  presenceKV,
+		media:       media.NewClient(nc, cfg.FunctionTimeout),
 		settingsKV:  settingsKV,
 		maxInflight: tmpl.MaxAckPending,
 		id:          nats.NewInbox()[len(nats.InboxPrefix):],
@@ -138,12 +142,16 @@ func New(ctx context.Context, cfg Config, keys *Keys, nc *nats.Conn, log *slog.L
 		WriteBufferSize:   4096,
 	}
 	s.http = &fasthttp.Server{
-		Handler:                       s.route,
-		Name:                          "switchboard",
-		ReadTimeout:                   cfg.HandshakeTimeout,
-		WriteTimeout:                  cfg.WriteTimeout,
-		IdleTimeout:                   cfg.PongTimeout,
-		MaxRequestBodySize:            64 << 10,
+		Handler:            s.route,
+		HeaderReceived:     s.requestConfig,
+		Name:               "switchboard",
+		ReadTimeout:        cfg.HandshakeTimeout,
+		WriteTimeout:       cfg.WriteTimeout,
+		IdleTimeout:        cfg.PongTimeout,
+		MaxRequestBodySize: 64 << 10,
+		// Media uploads to the embedded store stream into it rather than
+		// being held in memory; see requestConfig.
+		StreamRequestBody:             true,
 		DisableHeaderNamesNormalizing: false,
 		NoDefaultServerHeader:         false,
 		CloseOnShutdown:               true,
@@ -190,6 +198,10 @@ func (s *Server) route(ctx *fasthttp.RequestCtx) {
 		ctx.SetStatusCode(fasthttp.StatusOK)
 		ctx.SetBodyString("ready\n")
 	default:
+		if strings.HasPrefix(string(ctx.Path()), media.PathPrefix) {
+			s.serveMedia(ctx)
+			return
+		}
 		ctx.SetStatusCode(fasthttp.StatusNotFound)
 	}
 }

@@ -340,7 +340,7 @@ func (s *session) deliver(m jetstream.Msg) {
 	var frame []byte
 	switch h.Get(streams.HdrKind) {
 	case streams.KindMsg:
-		frame = protocol.AppendMsg(nil, id, from, dev, seq, ts, m.Data())
+		frame = protocol.AppendMsg(nil, id, from, dev, seq, ts, m.Data(), []byte(h.Get(streams.HdrMedia)))
 	case streams.KindReceipt:
 		frame = protocol.AppendReceipt(nil, id, h.Get(streams.HdrStatus), from, dev, seq, ts)
 	default:
@@ -501,6 +501,12 @@ func (s *session) send(f *protocol.Frame) {
 		s.sendError(protocol.ErrShuttingDown, "gateway is shutting down", f.ID, 0, 0)
 		return
 	}
+	var mediaRef []byte
+	if f.Media != nil {
+		if mediaRef = s.grantMedia(f); mediaRef == nil {
+			return
+		}
+	}
 	ts := time.Now().UnixMilli()
 	m := &nats.Msg{
 		Subject: streams.InboxSubject(f.To),
@@ -513,6 +519,9 @@ func (s *session) send(f *protocol.Frame) {
 			streams.HdrTS:     {strconv.FormatInt(ts, 10)},
 		},
 		Data: f.Body,
+	}
+	if mediaRef != nil {
+		m.Header.Set(streams.HdrMedia, string(mediaRef))
 	}
 	fut, err := s.srv.js.PublishMsgAsync(m)
 	if err != nil {

@@ -11,6 +11,7 @@ const (
 	HdrID     = "Sb-Id"       // the client message id (for a receipt: of the message it is about)
 	HdrTS     = "Sb-Ts"       // ms since epoch when the gateway accepted it
 	HdrStatus = "Sb-Status"   // receipt status: delivered or read
+	HdrMedia  = "Sb-Media"    // a media message's reference: compact JSON, validated by the gateway
 
 	KindMsg     = "msg"
 	KindReceipt = "receipt"

@@ -17,21 +17,44 @@ import (
 	"github.com/switchboard-im/switchboard/functions/presence"
 	"github.com/switchboard-im/switchboard/functions/push"
 	"github.com/switchboard-im/switchboard/functions/receipts"
+	"github.com/switchboard-im/switchboard/media"
 )
 
 // functionNames are the worker functions this binary can run, in start
 // order.
-var functionNames = []string{"receipts", "presence", "push"}
+var functionNames = []string{"receipts", "presence", "push", "media"}
 
 // functionsConfig is what the worker functions are told.
 type functionsConfig struct {
 	// Run lists the functions the all-in-one runs in-process.
-	Run  []string
-	Push push.Config
+	Run   []string
+	Push  push.Config
+	Media media.Config
+	// MediaLimits are the per-class size limits in bytes (the types stay
+	// media's defaults).
+	MediaLimits map[media.Class]*int64
 }
 
 func defaultFunctionsConfig() functionsConfig {
-	return functionsConfig{Run: functionNames, Push: push.DefaultConfig()}
+	c := functionsConfig{Run: functionNames, Push: push.DefaultConfig(), Media: media.DefaultConfig(),
+		MediaLimits: map[media.Class]*int64{}}
+	c.Media.Limits = media.DefaultLimits()
+	for class, l := range c.Media.Limits {
+		size := l.MaxSize
+		c.MediaLimits[class] = &size
+	}
+	return c
+}
+
+// mediaConfig returns the media config with the per-class limits applied.
+func (c *functionsConfig) mediaConfig() media.Config {
+	m := c.Media
+	m.Limits = map[media.Class]media.Limit{}
+	for class, l := range media.DefaultLimits() {
+		l.MaxSize = *c.MediaLimits[class]
+		m.Limits[class] = l
+	}
+	return m
 }
 
 func bindFunctionFlags(fs *flag.FlagSet, c *functionsConfig, withRun bool) {
@@ -58,18 +81,38 @@ func bindFunctionFlags(fs *flag.FlagSet, c *functionsConfig, withRun bool) {
 	fs.IntVar(&p.MaxAttempts, "push-max-attempts", p.MaxAttempts, "webhook attempts before a notification is dead-lettered")
 }
 
+func bindMediaFlags(fs *flag.FlagSet, c *functionsConfig) {
+	m := &c.Media
+	fs.StringVar(&m.S3.Endpoint, "media-s3-endpoint", m.S3.Endpoint, "S3/MinIO host:port for media (empty: the embedded JetStream object store)")
+	fs.StringVar(&m.S3.PublicEndpoint, "media-s3-public-endpoint", m.S3.PublicEndpoint, "S3 host:port as clients reach it, if different")
+	fs.StringVar(&m.S3.AccessKey, "media-s3-access-key", m.S3.AccessKey, "S3 access key")
+	fs.StringVar(&m.S3.SecretKey, "media-s3-secret-key", m.S3.SecretKey, "S3 secret key (never logged)")
+	fs.StringVar(&m.S3.Bucket, "media-s3-bucket", m.S3.Bucket, "S3 bucket, created if missing")
+	fs.StringVar(&m.S3.Region, "media-s3-region", m.S3.Region, "S3 region")
+	fs.BoolVar(&m.S3.TLS, "media-s3-tls", m.S3.TLS, "use https to S3")
+	fs.StringVar(&m.BaseURL, "media-base-url", m.BaseURL, "http(s)://host:port clients reach this binary at, for embedded media URLs (default: from --listen)")
+	fs.DurationVar(&m.UploadExpiry, "media-upload-expiry", m.UploadExpiry, "life of an upload URL (at most 7 days)")
+	fs.DurationVar(&m.DownloadExpiry, "media-download-expiry", m.DownloadExpiry, "life of a download URL (at most 7 days)")
+	fs.DurationVar(&m.OrphanAge, "media-orphan-age", m.OrphanAge, "remove uploads no message referenced after this")
+	for _, class := range []media.Class{media.ClassImage, media.ClassVideo, media.ClassAudio, media.ClassDocument} {
+		fs.Int64Var(c.MediaLimits[class], "media-max-"+string(class), *c.MediaLimits[class], "largest "+string(class)+" upload in bytes")
+	}
+}
+
 // stopper stops a running function.
 type stopper interface{ Stop() }
 
 // startFunctions starts the named functions on nc and returns a func that
-// stops them in reverse order. push without a webhook is skipped with a
-// log line, so the all-in-one runs with no setup.
-func startFunctions(ctx context.Context, nc *nats.Conn, names []string, c *functionsConfig, log *slog.Logger) (func(), error) {
+// stops them in reverse order, and the media service if it runs. push
+// without a webhook is skipped with a log line, so the all-in-one runs
+// with no setup.
+func startFunctions(ctx context.Context, nc *nats.Conn, names []string, c *functionsConfig, log *slog.Logger) (func(), *media.Service, error) {
 	js, err := newJetStream(nc)
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	var running []stopper
+	var mediaSvc *media.Service
 	stop := func() {
 		for i := len(running) - 1; i >= 0; i-- {
 			running[i].Stop()
@@ -82,6 +125,10 @@ func startFunctions(ctx context.Context, nc *nats.Conn, names []string, c *funct
 			s, err = receipts.Start(ctx, nc, js, receipts.DefaultConfig(), log)
 		case "presence":
 			s, err = presence.Start(ctx, nc, js, presence.DefaultConfig(), log)
+		case "media":
+			if mediaSvc, err = media.New(ctx, nc, js, c.mediaConfig(), log); err == nil {
+				s = mediaService{mediaSvc}
+			}
 		case "push":
 			if c.Push.WebhookURL == "" {
 				log.Info("push function off: no --push-webhook")
@@ -93,13 +140,19 @@ func startFunctions(ctx context.Context, nc *nats.Conn, names []string, c *funct
 		}
 		if err != nil {
 			stop()
-			return nil, fmt.Errorf("function %s: %w", name, err)
+			return nil, nil, fmt.Errorf("function %s: %w", name, err)
 		}
 		log.Info("function started", "name", name)
 		running = append(running, s)
 	}
-	return stop, nil
+	return stop, mediaSvc, nil
 }
+
+// mediaService adapts media.Service (whose Stop returns an error) and
+// keeps it for the gateway's HTTP API.
+type mediaService struct{ *media.Service }
+
+func (m mediaService) Stop() { _ = m.Service.Stop() }
 
 // runFunction runs one worker function alone against --nats, until a
 // signal. Any number of these share the work with the in-process ones.
@@ -117,6 +170,7 @@ func runFunction(args []string) error {
 	fs.StringVar(&c.LogLevel, "log-level", c.LogLevel, "debug, info, warn or error")
 	fs.StringVar(&c.LogFormat, "log-format", c.LogFormat, "text or json")
 	bindFunctionFlags(fs, &c.Functions, false)
+	bindMediaFlags(fs, &c.Functions)
 	if err := parseFlags(fs, args); err != nil {
 		return err
 	}
@@ -140,7 +194,7 @@ func runFunction(args []string) error {
 	defer nc.Close()
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	stop, err := startFunctions(ctx, nc, []string{name}, &c.Functions, log)
+	stop, _, err := startFunctions(ctx, nc, []string{name}, &c.Functions, log)
 	if err != nil {
 		return err
 	}

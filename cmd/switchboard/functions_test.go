@@ -2,11 +2,14 @@ package main_test
 
 import (
 	"bufio"
+	"bytes"
 	"encoding/json"
 	"io"
 	"net/http"
 	"net/http/httptest"
+	"os"
 	"os/exec"
+	"path/filepath"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -149,4 +152,54 @@ func startFunction(t *testing.T, name string, args ...string) *exec.Cmd {
 		t.Fatalf("function %s did not start within 30s", name)
 	}
 	return cmd
+}
+
+// The README's media example runs as written, with curl and jq, against
+// the all-in-one's embedded store: upload through the ticket's URL, then
+// download, and the bytes match.
+func TestReadmeMediaExample(t *testing.T) {
+	for _, tool := range []string{"bash", "curl", "jq", "sha256sum", "stat"} {
+		if _, err := exec.LookPath(tool); err != nil {
+			t.Fatalf("the README's media example needs %s, which is not installed", tool)
+		}
+	}
+	readme, err := os.ReadFile("../../README.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, block, ok := strings.Cut(string(readme), "<!-- media-example -->\n```sh\n")
+	block, _, ok2 := strings.Cut(block, "```\n<!-- /media-example -->")
+	if !ok || !ok2 {
+		t.Fatal("README.md has no media example block")
+	}
+
+	dir := t.TempDir()
+	p := start(t, "--data", filepath.Join(dir, "data"), "--nats-listen", "127.0.0.1:0")
+	if err := os.Symlink(binary, filepath.Join(dir, "switchboard")); err != nil {
+		t.Fatal(err)
+	}
+	photo := make([]byte, 70_000)
+	copy(photo, "\x89PNG\r\n\x1a\n")
+	for i := 8; i < len(photo); i++ {
+		photo[i] = byte(i * 7)
+	}
+	if err := os.WriteFile(filepath.Join(dir, "photo.png"), photo, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	script := strings.ReplaceAll(block, "http://localhost:8080", p.HTTP)
+	cmd := exec.Command("bash", "-euo", "pipefail", "-c", script)
+	cmd.Dir = dir
+	out, err := cmd.CombinedOutput()
+	if err != nil {
+		t.Fatalf("the README's media example failed: %v\n%s", err, out)
+	}
+	got, err := os.ReadFile(filepath.Join(dir, "copy.png"))
+	if err != nil || !bytes.Equal(got, photo) {
+		t.Fatalf("copy.png differs from photo.png (%v)\n%s", err, out)
+	}
+	for _, want := range []string{`"key":"u/alice/`, `"mime":"image/png"`, "photo.png", "copy.png"} {
+		if !strings.Contains(string(out), want) {
+			t.Errorf("the example's output lacks %q:\n%s", want, out)
+		}
+	}
 }

@@ -18,6 +18,7 @@ import (
 
 	"github.com/switchboard-im/switchboard/gateway"
 	"github.com/switchboard-im/switchboard/internal/embednats"
+	"github.com/switchboard-im/switchboard/media"
 	"github.com/switchboard-im/switchboard/streams"
 )
 
@@ -83,12 +84,23 @@ func runServe(args []string, allInOne bool) error {
 	if err := applyStreams(ctx, nc, c.Streams); err != nil {
 		return err
 	}
+	// Listen first: the embedded media store's URLs name this address.
+	ln, err := net.Listen("tcp", c.Gateway.Listen)
+	if err != nil {
+		return err
+	}
+	defer ln.Close()
+	if c.Functions.Media.BaseURL == "" {
+		c.Functions.Media.BaseURL = baseURL(ln.Addr())
+	}
 	stopFunctions := func() {}
+	var mediaSvc *media.Service
 	if allInOne {
-		stop, err := startFunctions(ctx, nc, c.Functions.Run, &c.Functions, log)
+		stop, svc, err := startFunctions(ctx, nc, c.Functions.Run, &c.Functions, log)
 		if err != nil {
 			return err
 		}
+		mediaSvc = svc
 		// They stop after the gateway, which may still be storing receipt
 		// events for them, and before NATS drains.
 		stopFunctions = sync.OnceFunc(stop)
@@ -98,9 +110,18 @@ func runServe(args []string, allInOne bool) error {
 	if err != nil {
 		return err
 	}
-	ln, err := net.Listen("tcp", c.Gateway.Listen)
-	if err != nil {
-		return err
+	if mediaSvc != nil {
+		gw.EnableMedia(mediaSvc.API())
+	} else {
+		js, err := newJetStream(nc)
+		if err != nil {
+			return err
+		}
+		api, err := media.NewAPI(ctx, nc, js, c.Functions.mediaConfig(), log)
+		if err != nil {
+			return fmt.Errorf("media: %w", err)
+		}
+		gw.EnableMedia(api)
 	}
 	serveErr := make(chan error, 1)
 	go func() { serveErr <- gw.Serve(ln) }()
@@ -126,6 +147,20 @@ func runServe(args []string, allInOne bool) error {
 	waitClosed(nc, 5*time.Second)
 	log.Info("stopped")
 	return nil
+}
+
+// baseURL is how clients reach a listener, for URLs that point back at
+// it: a wildcard address becomes localhost (set --media-base-url for
+// clients on other machines).
+func baseURL(a net.Addr) string {
+	host, port, err := net.SplitHostPort(a.String())
+	if err != nil {
+		return "http://" + a.String()
+	}
+	if ip := net.ParseIP(host); ip == nil || ip.IsUnspecified() {
+		host = "localhost"
+	}
+	return "http://" + net.JoinHostPort(host, port)
 }
 
 func applyStreams(ctx context.Context, nc *nats.Conn, o streams.Options) error {

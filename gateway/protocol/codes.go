@@ -19,6 +19,7 @@ const (
 	ErrInternal     ErrorCode = "internal"
 	ErrTooMany      ErrorCode = "too_many"
 	ErrUnavailable  ErrorCode = "unavailable"
+	ErrBadMedia     ErrorCode = "bad_media"
 )
 
 // ErrorInfo documents one error code.
@@ -41,7 +42,8 @@ var Errors = []ErrorInfo{
 	{ErrShuttingDown, true, "The gateway is shutting down and took no action; resend after reconnecting."},
 	{ErrInternal, true, "An unexpected server error; resend after a pause."},
 	{ErrTooMany, false, "The frame would pass a per-connection limit (presence subscriptions); `message` says which."},
-	{ErrUnavailable, true, "A worker function (receipts, presence) did not answer in time; resend after a pause."},
+	{ErrUnavailable, true, "A worker function (receipts, presence, media) did not answer in time; resend after a pause."},
+	{ErrBadMedia, false, "`media` names an object that is not this user's upload or was not uploaded (yet); `message` says which."},
 }
 
 // Close codes sent in the WebSocket close frame. 1000-1015 are RFC 6455's;

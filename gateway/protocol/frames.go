@@ -1,10 +1,12 @@
 package protocol
 
 import (
+	"encoding/base64"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"strconv"
+	"strings"
 )
 
 // Subprotocol is the WebSocket subprotocol of this version: JSON text frames.
@@ -111,6 +113,9 @@ type Frame struct {
 	LastSeenPrivacy string    `json:"last_seen_privacy,omitempty"`
 	Contacts        *[]string `json:"contacts,omitempty"`
 
+	// Media references an uploaded object on a send or msg.
+	Media *Media `json:"media,omitempty"`
+
 	// Recipients is a status answer: recipient user → their ticks.
 	Recipients map[string]Ticks `json:"recipients,omitempty"`
 
@@ -119,6 +124,62 @@ type Frame struct {
 	Session  string `json:"session,omitempty"`
 	Protocol int    `json:"protocol,omitempty"`
 	MaxFrame int    `json:"max_frame,omitempty"`
+}
+
+// Media is a send's or msg's reference to an object uploaded through the
+// media API: the bytes never travel through the WebSocket.
+type Media struct {
+	// Key is the object key the upload ticket named: u/<sender>/<32 hex>.
+	Key  string `json:"key"`
+	Mime string `json:"mime"`
+	Size int64  `json:"size"`
+	// SHA256 is the hex digest of the bytes, for the recipient to check
+	// what it downloaded.
+	SHA256 string `json:"sha256"`
+	// Thumb is an optional small preview, base64 (standard alphabet).
+	Thumb string `json:"thumb,omitempty"`
+}
+
+// MaxThumb bounds an inline thumbnail (base64 characters).
+const MaxThumb = 16 << 10
+
+// validate checks a media reference's form; whether the object exists and
+// belongs to the sender is the media function's to say.
+func (m *Media) validate() error {
+	owner, rest, ok := strings.Cut(strings.TrimPrefix(m.Key, "u/"), "/")
+	switch {
+	case !strings.HasPrefix(m.Key, "u/") || !ok || !ValidID(owner) || len(rest) != 32 || !isLowerHex(rest):
+		return errors.New("media.key must be an upload key, u/<user>/<32 hex>")
+	case m.Mime == "" || len(m.Mime) > 127 || strings.ContainsFunc(m.Mime, func(r rune) bool { return r <= ' ' || r > '~' || r == '"' || r == '\\' }):
+		return errors.New("media.mime must be a media type")
+	case m.Size <= 0:
+		return errors.New("media.size must be positive")
+	case len(m.SHA256) != 64 || !isLowerHex(m.SHA256):
+		return errors.New("media.sha256 must be 64 lowercase hex digits")
+	case len(m.Thumb) > MaxThumb:
+		return fmt.Errorf("media.thumb may be at most %d characters", MaxThumb)
+	}
+	if m.Thumb != "" {
+		if _, err := base64.StdEncoding.DecodeString(m.Thumb); err != nil {
+			return errors.New("media.thumb must be base64")
+		}
+	}
+	return nil
+}
+
+// MediaOwner returns the user whose prefix a valid media key is under.
+func MediaOwner(key string) string {
+	owner, _, _ := strings.Cut(strings.TrimPrefix(key, "u/"), "/")
+	return owner
+}
+
+func isLowerHex(s string) bool {
+	for i := 0; i < len(s); i++ {
+		if c := s[i]; (c < '0' || c > '9') && (c < 'a' || c > 'f') {
+			return false
+		}
+	}
+	return true
 }
 
 // Ticks are one recipient's status of a message: ms since epoch when it
@@ -158,6 +219,7 @@ type clientFrame struct {
 	Body json.RawMessage `json:"body"`
 	Seq  uint64          `json:"seq"`
 
+	Media           *Media    `json:"media"`
 	Users           []string  `json:"users"`
 	ReadReceipts    *bool     `json:"read_receipts"`
 	LastSeenPrivacy string    `json:"last_seen_privacy"`
@@ -189,7 +251,7 @@ func DecodeClient(data []byte) (*Frame, error) {
 		return nil, decodeErr(ErrBadJSON, "", "frame is not a JSON object")
 	}
 	f := Frame{Type: cf.Type, ID: cf.ID, To: cf.To, Body: cf.Body, Seq: cf.Seq,
-		Users: cf.Users, ReadReceipts: cf.ReadReceipts, LastSeenPrivacy: cf.LastSeenPrivacy, Contacts: cf.Contacts}
+		Media: cf.Media, Users: cf.Users, ReadReceipts: cf.ReadReceipts, LastSeenPrivacy: cf.LastSeenPrivacy, Contacts: cf.Contacts}
 	switch f.Type {
 	case TypeSend:
 		if !ValidID(f.ID) {
@@ -198,7 +260,14 @@ func DecodeClient(data []byte) (*Frame, error) {
 		if !ValidID(f.To) {
 			return nil, decodeErr(ErrBadID, f.ID, "to: %v", ErrInvalidID)
 		}
-		if len(f.Body) == 0 || string(f.Body) == "null" {
+		if f.Media != nil {
+			if err := f.Media.validate(); err != nil {
+				return nil, decodeErr(ErrBadField, f.ID, "%v", err)
+			}
+			if len(f.Body) == 0 || string(f.Body) == "null" {
+				f.Body = json.RawMessage("null") // a media message may have no body
+			}
+		} else if len(f.Body) == 0 || string(f.Body) == "null" {
 			return nil, decodeErr(ErrBadField, f.ID, "body is required")
 		}
 	case TypeTyping:
@@ -283,8 +352,9 @@ func AppendSent(b []byte, id string, seq uint64, ts int64, dup bool) []byte {
 	return append(b, '}')
 }
 
-// AppendMsg appends a msg frame.
-func AppendMsg(b []byte, id, from, device string, seq uint64, ts int64, body []byte) []byte {
+// AppendMsg appends a msg frame. media, when not empty, is a media
+// reference as stored (compact JSON of a validated Media).
+func AppendMsg(b []byte, id, from, device string, seq uint64, ts int64, body, media []byte) []byte {
 	b = append(b, `{"type":"msg","id":"`...)
 	b = append(b, id...)
 	b = append(b, `","from":"`...)
@@ -295,6 +365,10 @@ func AppendMsg(b []byte, id, from, device string, seq uint64, ts int64, body []b
 	b = strconv.AppendUint(b, seq, 10)
 	b = append(b, `,"ts":`...)
 	b = strconv.AppendInt(b, ts, 10)
+	if len(media) > 0 {
+		b = append(b, `,"media":`...)
+		b = append(b, media...)
+	}
 	b = append(b, `,"body":`...)
 	b = append(b, body...)
 	return append(b, '}')

@@ -377,7 +377,7 @@ func TestEncodersRoundTrip(t *testing.T) {
 
 	t.Run("msg", func(t *testing.T) {
 		for i, body := range bodies {
-			fr := appended(t, prefix, AppendMsg(slices.Clone(prefix), "m-1", "alice", "phone", uint64(i+1), 1795582349000, []byte(body)))
+			fr := appended(t, prefix, AppendMsg(slices.Clone(prefix), "m-1", "alice", "phone", uint64(i+1), 1795582349000, []byte(body), nil))
 			f := decodeServer(t, fr)
 			if f.Type != TypeMsg || f.ID != "m-1" || f.From != "alice" || f.Device != "phone" ||
 				f.Seq != uint64(i+1) || f.TS != 1795582349000 {
@@ -533,8 +533,14 @@ func FuzzDecodeClient(f *testing.F) {
 			if !ValidID(fr.ID) || !ValidID(fr.To) {
 				t.Fatalf("send accepted with id %q to %q", fr.ID, fr.To)
 			}
-			if len(fr.Body) == 0 || string(fr.Body) == "null" || !json.Valid(fr.Body) {
+			if len(fr.Body) == 0 || (string(fr.Body) == "null" && fr.Media == nil) || !json.Valid(fr.Body) {
 				t.Fatalf("send accepted with body %q", fr.Body)
+			}
+			if fr.Media != nil {
+				if fr.Media.validate() != nil {
+					t.Fatalf("send accepted with media %+v", *fr.Media)
+				}
+				return
 			}
 			again, err := DecodeClient(AppendSend(nil, fr.ID, fr.To, fr.Body))
 			if err != nil {
@@ -615,10 +621,10 @@ func BenchmarkDecodeClientSend(b *testing.B) {
 
 func BenchmarkAppendMsg(b *testing.B) {
 	buf := make([]byte, 0, 512)
-	b.SetBytes(int64(len(AppendMsg(nil, "m-000001", "alice", "phone", 123456789, 1795582349000, benchBody))))
+	b.SetBytes(int64(len(AppendMsg(nil, "m-000001", "alice", "phone", 123456789, 1795582349000, benchBody, nil))))
 	b.ReportAllocs()
 	for b.Loop() {
-		buf = AppendMsg(buf[:0], "m-000001", "alice", "phone", 123456789, 1795582349000, benchBody)
+		buf = AppendMsg(buf[:0], "m-000001", "alice", "phone", 123456789, 1795582349000, benchBody, nil)
 	}
 	benchBuf = buf
 }

@@ -1,0 +1,40 @@
+package testkit
+
+import (
+	"context"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/switchboard-im/switchboard/media"
+)
+
+// StartMedia runs the media function on n and mounts its HTTP API on g.
+// A zero cfg.S3 uses the embedded store, with URLs pointing at g.
+func StartMedia(t testing.TB, n *NATS, g *Gateway, cfg media.Config) *media.Service {
+	t.Helper()
+	if cfg.Embedded() && cfg.BaseURL == "" {
+		cfg.BaseURL = "http://" + g.Addr
+	}
+	js, err := jetstream.New(n.Conn)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	svc, err := media.New(ctx, n.Conn, js, cfg, Logger(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = svc.Stop() })
+	g.Server.EnableMedia(svc.API())
+	return svc
+}
+
+// MediaS3Config is a media config against a test MinIO.
+func MediaS3Config(m *MinIO) media.Config {
+	cfg := media.DefaultConfig()
+	cfg.S3 = media.S3Config{Endpoint: m.Endpoint, AccessKey: m.AccessKey, SecretKey: m.SecretKey}
+	return cfg
+}
