@@ -450,9 +450,12 @@ func (c *Client) handle(conn *websocket.Conn, f *protocol.Frame) error {
 			return ErrClosed
 		}
 	case protocol.TypeReceipt:
-		key := f.ID + "\x00" + f.Status + "\x00" + f.By + "\x00" + f.Device
+		// One tick per status, message and recipient; a delivered that
+		// arrives after the read (two receipts workers raced) is stale.
+		key := f.ID + "\x00" + f.Status + "\x00" + f.By
 		c.mu.Lock()
-		dup := c.seenRcpt.has(key)
+		dup := c.seenRcpt.has(key) ||
+			(f.Status == protocol.StatusDelivered && c.seenRcpt.has(f.ID+"\x00"+protocol.StatusRead+"\x00"+f.By))
 		c.seenRcpt.add(key)
 		c.mu.Unlock()
 		if !dup {

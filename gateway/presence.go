@@ -42,39 +42,71 @@ func (s *session) putLease(ctx context.Context, rev uint64) (uint64, error) {
 	return ack.Sequence, nil
 }
 
-// goOnline writes the first lease. A failure is logged, not fatal: chat
-// works without presence, and the next refresh tries again.
+// goOnline writes the first lease and marks the session as one that
+// holds a lease. A failure is logged, not fatal: chat works without
+// presence, and the lease loop tries again.
 func (s *session) goOnline(ctx context.Context) {
+	s.leaseMu.Lock()
+	defer s.leaseMu.Unlock()
+	if s.leaseDone {
+		return
+	}
+	s.leaseWanted = true
 	rev, err := s.putLease(ctx, 0)
 	if err != nil {
 		s.log.Warn("presence lease not written", "err", err)
 		return
 	}
-	s.leaseRev.Store(rev)
+	s.leaseRev = rev
 }
 
-// refreshLease extends the lease; once the lease belongs to another
-// session it stops trying.
+// refreshLease extends the lease. When the lease changed under it, it
+// reads what is there: gone (expired during a NATS outage) or written by
+// an older session of this device, it takes the lease back; written by a
+// newer session, it leaves it to that one for good.
 func (s *session) refreshLease(ctx context.Context) {
-	rev := s.leaseRev.Load()
-	n, err := s.putLease(ctx, rev)
+	s.leaseMu.Lock()
+	defer s.leaseMu.Unlock()
+	if s.leaseDone || !s.leaseWanted {
+		return
+	}
+	n, err := s.putLease(ctx, s.leaseRev)
 	var apiErr *jetstream.APIError
 	switch {
 	case err == nil:
-		s.leaseRev.CompareAndSwap(rev, n)
-	case errors.As(err, &apiErr) && (apiErr.ErrorCode == jetstream.JSErrCodeStreamWrongLastSequence ||
-		apiErr.ErrorCode == jetstream.JSErrCodeStreamWrongLastSequenceConstant):
-		// Another session of this device wrote it since: it is theirs.
-		s.leaseRev.Store(0)
-	default:
+		s.leaseRev = n
+		return
+	case !(errors.As(err, &apiErr) && (apiErr.ErrorCode == jetstream.JSErrCodeStreamWrongLastSequence ||
+		apiErr.ErrorCode == jetstream.JSErrCodeStreamWrongLastSequenceConstant)):
 		s.log.Debug("presence lease not refreshed", "err", err)
+		return
 	}
+	e, err := s.srv.presenceKV.Get(ctx, presence.LeaseKey(s.id.User, s.id.Device))
+	if err == nil {
+		var l presence.Lease
+		if json.Unmarshal(e.Value(), &l) == nil && l.Session != s.sid && l.Since >= s.born/int64(time.Millisecond) {
+			s.leaseWanted = false // a newer session holds it
+			return
+		}
+		n, err = s.putLease(ctx, e.Revision())
+	} else {
+		n, err = s.putLease(ctx, 0)
+	}
+	if err != nil {
+		s.log.Debug("presence lease not taken back", "err", err)
+		return
+	}
+	s.leaseRev = n
 }
 
-// goOffline deletes the lease if it is still this session's.
+// goOffline deletes the lease if it is still this session's; no refresh
+// runs after it.
 func (s *session) goOffline() {
-	rev := s.leaseRev.Swap(0)
-	if rev == 0 {
+	s.leaseMu.Lock()
+	defer s.leaseMu.Unlock()
+	s.leaseDone = true
+	rev := s.leaseRev
+	if rev == 0 || !s.leaseWanted {
 		return
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
@@ -100,9 +132,7 @@ func (srv *Server) leaseLoop() {
 		srv.mu.Lock()
 		live := make([]*session, 0, len(srv.sessions))
 		for sess := range srv.sessions {
-			if sess.leaseRev.Load() != 0 {
-				live = append(live, sess)
-			}
+			live = append(live, sess)
 		}
 		srv.mu.Unlock()
 		ctx, cancel := context.WithTimeout(context.Background(), srv.cfg.PresenceTTL/3)
@@ -125,7 +155,9 @@ func (s *session) presenceSub(users []string) {
 		if len(s.presSubs) >= s.srv.cfg.MaxPresenceSubs {
 			s.presMu.Unlock()
 			s.sendError(protocol.ErrTooMany, "at most "+strconv.Itoa(s.srv.cfg.MaxPresenceSubs)+" presence subscriptions per connection", "", 0, 0)
-			s.askPresence(added)
+			if !s.askPresence(added) {
+				s.refuseBusy("")
+			}
 			return
 		}
 		sub, err := s.srv.nc.Subscribe(presence.UpdateSubject(u), s.onPresence)
@@ -138,7 +170,9 @@ func (s *session) presenceSub(users []string) {
 		added = append(added, u)
 	}
 	s.presMu.Unlock()
-	s.askPresence(added)
+	if !s.askPresence(added) {
+		s.refuseBusy("")
+	}
 }
 
 func (s *session) presenceUnsub(users []string) {
@@ -171,7 +205,9 @@ func (s *session) onPresence(m *nats.Msg) {
 	case streams.VisibleEveryone:
 		s.t.Send(protocol.AppendPresence(nil, u.User, u.Online, u.LastSeen, false))
 	case streams.VisibleContacts:
-		// Whether this viewer is a contact is the function's to say.
+		// Whether this viewer is a contact is the function's to say. A
+		// connection with too many calls in flight misses this one; its
+		// next presence_sub answers with the current state.
 		s.askPresence([]string{u.User})
 	default:
 		s.t.Send(protocol.AppendPresence(nil, u.User, false, 0, true))
@@ -180,12 +216,13 @@ func (s *session) onPresence(m *nats.Msg) {
 
 // askPresence asks the presence function for users' state as this
 // device's user may see it, and sends a presence frame per user. It does
-// not block the caller.
-func (s *session) askPresence(users []string) {
+// not block the caller; it reports false when too many calls are in
+// flight.
+func (s *session) askPresence(users []string) bool {
 	if len(users) == 0 {
-		return
+		return true
 	}
-	go func() {
+	return s.goCall(func() {
 		req, _ := json.Marshal(presence.GetRequest{Viewer: s.id.User, Users: users})
 		var reply presence.GetReply
 		if err := s.callFunction(presence.GetSubject, req, &reply); err != nil {
@@ -197,7 +234,29 @@ func (s *session) askPresence(users []string) {
 				s.t.Send(protocol.AppendPresence(nil, v.User, v.Online, v.LastSeen, v.Hidden))
 			}
 		}
+	})
+}
+
+// goCall runs fn (a request to a worker function) without blocking the
+// read loop, at most maxFunctionCalls at a time per connection, so a
+// client cannot pile up goroutines and requests. It reports false, having
+// run nothing, when that many are in flight.
+func (s *session) goCall(fn func()) bool {
+	select {
+	case s.calls <- struct{}{}:
+	default:
+		return false
+	}
+	go func() {
+		defer func() { <-s.calls }()
+		fn()
 	}()
+	return true
+}
+
+// refuseBusy answers a frame that found maxFunctionCalls in flight.
+func (s *session) refuseBusy(id string) {
+	s.sendError(protocol.ErrRateLimited, "too many requests in flight", id, 0, 100)
 }
 
 // errNotFound is a function's 404.
@@ -222,7 +281,7 @@ func (s *session) callFunction(subject string, req []byte, reply any) error {
 // status answers a status frame: the ticks of message id that this user
 // sent, from the receipts function.
 func (s *session) status(id string) {
-	go func() {
+	ok := s.goCall(func() {
 		req, _ := json.Marshal(receipts.StatusRequest{User: s.id.User, ID: id})
 		var reply receipts.StatusReply
 		err := s.callFunction(receipts.StatusSubject, req, &reply)
@@ -240,7 +299,10 @@ func (s *session) status(id string) {
 			}
 			s.t.Send(protocol.EncodeStatus(id, to))
 		}
-	}()
+	})
+	if !ok {
+		s.refuseBusy(id)
+	}
 }
 
 // settings applies a settings frame's changes (none: just asking) and
@@ -272,6 +334,14 @@ func (s *session) settings(f *protocol.Frame) {
 		return
 	}
 	s.t.Send(protocol.EncodeSettings(set.ReadReceipts, set.LastSeen, set.Contacts))
+	if f.LastSeenPrivacy != "" || f.Contacts != nil {
+		// Followers see the new privacy at once, not at the user's next
+		// change: the current state goes out under it.
+		if rec, _, err := presence.Load(ctx, s.srv.presenceKV, s.id.User); err == nil {
+			b, _ := json.Marshal(presence.Update{User: s.id.User, Online: rec.Online(), LastSeen: rec.LastSeen, Visibility: set.LastSeen})
+			_ = s.srv.nc.Publish(presence.UpdateSubject(s.id.User), b)
+		}
+	}
 }
 
 func dedupe(users []string) []string {

@@ -30,13 +30,15 @@ func recvPresence(t *testing.T, c *client.Client, user string) client.Presence {
 	}
 }
 
-func noPresence(t *testing.T, c *client.Client, d time.Duration) {
+func nextPresenceEvent(t *testing.T, c *client.Client) client.Presence {
 	t.Helper()
 	select {
 	case p := <-c.PresenceEvents():
-		t.Fatalf("unexpected presence event %+v", p)
-	case <-time.After(d):
+		return p
+	case <-time.After(wait):
+		t.Fatal("no presence event")
 	}
+	return client.Presence{}
 }
 
 // A follower gets the current state at once, then each change: online
@@ -73,8 +75,24 @@ func TestPresenceFollowsDevicesComingAndGoing(t *testing.T) {
 	if _, err := alice.Status(context.Background(), "x"); err != nil {
 		t.Fatal(err)
 	}
+	carol := tk.Dial(t, g.URL, "carol", "phone")
+	if err := carol.SubscribePresence("bob"); err != nil {
+		t.Fatal(err)
+	}
+	recvPresence(t, carol, "bob")
 	tk.Dial(t, g.URL, "bob", "phone")
-	noPresence(t, alice, 500*time.Millisecond)
+	// carol still follows bob: once she sees him online, the update was
+	// published; alice, who stopped following, then asks about zed and
+	// gets that answer with nothing about bob before it.
+	if p := recvPresence(t, carol, "bob"); !p.Online {
+		t.Fatalf("carol sees %+v", p)
+	}
+	if err := alice.SubscribePresence("zed"); err != nil {
+		t.Fatal(err)
+	}
+	if p := nextPresenceEvent(t, alice); p.User != "zed" {
+		t.Fatalf("alice, who unfollowed bob, got %+v", p)
+	}
 	if err := alice.SubscribePresence("bad.id"); !errors.Is(err, client.ErrBadID) {
 		t.Fatalf("SDK accepted a bad id: %v", err)
 	}

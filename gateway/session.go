@@ -76,12 +76,19 @@ type session struct {
 
 	kickSub *nats.Subscription
 	evSub   *nats.Subscription
-	// leaseRev is the revision of this session's presence lease, 0 when
-	// it holds none.
-	leaseRev atomic.Uint64
-	presMu   sync.Mutex // guards presSubs
-	presSubs map[string]*nats.Subscription
-	expiry   *time.Timer
+	// The presence lease: leaseMu orders writes and the delete, so no
+	// refresh lands after the delete. leaseRev is the revision last
+	// written (0: none yet); leaseWanted is false before the welcome and
+	// once a newer session holds the lease; leaseDone once deleted.
+	leaseMu     sync.Mutex
+	leaseRev    uint64
+	leaseWanted bool
+	leaseDone   bool
+	presMu      sync.Mutex // guards presSubs
+	presSubs    map[string]*nats.Subscription
+	// calls bounds the worker-function requests in flight (goCall).
+	calls  chan struct{}
+	expiry *time.Timer
 
 	loops sync.WaitGroup
 	// delivering is closed when deliverLoop has returned (or never ran):
@@ -107,11 +114,16 @@ func newSession(srv *Server, id Identity, t transport) *session {
 		typingLim:  rate.NewLimiter(rate.Limit(cfg.TypingRate), cfg.TypingBurst),
 		pending:    make(map[uint64]jetstream.Msg),
 		presSubs:   make(map[string]*nats.Subscription),
+		calls:      make(chan struct{}, maxFunctionCalls),
 		pubq:       make(chan pubItem, cfg.MaxPendingSends),
 		delivering: make(chan struct{}),
 		stopped:    make(chan struct{}),
 	}
 }
+
+// maxFunctionCalls bounds one connection's worker-function requests in
+// flight (status, presence answers).
+const maxFunctionCalls = 8
 
 func kickSubject(user, device string) string { return "sb.kick." + user + "." + device }
 

@@ -113,7 +113,7 @@ type Config struct {
 }
 
 // DefaultConfig is what the binary runs with.
-func DefaultConfig() Config { return Config{Workers: 8, MaxAttempts: 10} }
+func DefaultConfig() Config { return Config{Workers: 8, MaxAttempts: 100} }
 
 // Service is one running instance.
 type Service struct {
@@ -256,8 +256,15 @@ func (s *Service) apply(ctx context.Context, user, device string, c change) erro
 		if err != nil && rev == 0 {
 			return err
 		}
-		if rec.Applied[device] >= c.seq {
-			return nil // stale or applied already
+		if rec.Applied[device] > c.seq {
+			return nil // stale
+		}
+		if rec.Applied[device] == c.seq {
+			// Applied already: a redelivery after a crash, perhaps before
+			// the change was published. Publishing the current state
+			// again is harmless.
+			s.publish(ctx, user, &rec)
+			return nil
 		}
 		wasOnline := rec.Online()
 		if rec.Applied == nil {
@@ -320,7 +327,7 @@ func (s *Service) Views(ctx context.Context, viewer string, users []string) ([]V
 			out = append(out, View{User: u, Hidden: true})
 			continue
 		}
-		rec, _, err := Load(ctx, s.kv, u)
+		rec, err := LoadLive(ctx, s.kv, u)
 		if err != nil && !isDecodeError(err) {
 			return nil, err
 		}

@@ -139,6 +139,11 @@ func TestOnlineWhileAnyDeviceHoldsALease(t *testing.T) {
 	if v := e.get(t, "alice", "bob"); v[0].Online || v[0].LastSeen != u.LastSeen {
 		t.Fatalf("get says %+v, update said %+v", v[0], u)
 	}
+	// Barrier: carol's change is published after every change of bob's
+	// above was applied; nothing about bob may come in between.
+	carol := e.updates(t, "carol")
+	e.lease(t, "carol", "phone", time.Minute)
+	next(t, carol, 10*time.Second)
 	select {
 	case extra := <-ups:
 		t.Fatalf("an extra update %+v", extra)

@@ -48,3 +48,25 @@ func Load(ctx context.Context, kv jetstream.KeyValue, user string) (Record, uint
 	}
 	return r, e.Revision(), nil
 }
+
+// LoadLive is Load with every device checked against its lease: a device
+// whose lease is gone is not counted online even if the record says so.
+// The record can lag when the function missed a lease's expiry (it was
+// down longer than the bucket keeps expiry markers), and an answer must
+// not show a user online forever.
+func LoadLive(ctx context.Context, kv jetstream.KeyValue, user string) (Record, error) {
+	rec, _, err := Load(ctx, kv, user)
+	if err != nil {
+		return rec, err
+	}
+	for d := range rec.Devices {
+		_, err := kv.Get(ctx, leaseKey(user, d))
+		switch {
+		case errors.Is(err, jetstream.ErrKeyNotFound) || errors.Is(err, jetstream.ErrKeyDeleted):
+			delete(rec.Devices, d)
+		case err != nil:
+			return rec, err
+		}
+	}
+	return rec, nil
+}

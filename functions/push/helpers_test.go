@@ -160,9 +160,14 @@ func putDevices(t testing.TB, js jetstream.JetStream, user string, devices ...st
 	}
 }
 
-// setOnline writes the user's PRESENCE record as the presence function does.
+// setOnline writes the device's lease as a gateway does and the user's
+// PRESENCE record as the presence function does.
 func setOnline(t testing.TB, js jetstream.JetStream, user, device string) {
 	t.Helper()
+	lease := fmt.Sprintf(`{"gateway":"gw","session":"s","since":%d}`, time.Now().UnixMilli())
+	if _, err := kv(t, js, streams.PresenceKV).Put(context.Background(), "lease."+user+"."+device, []byte(lease)); err != nil {
+		t.Fatal(err)
+	}
 	b := fmt.Sprintf(`{"devices":{%q:%d},"last_seen":%d}`, device, time.Now().UnixMilli(), time.Now().UnixMilli())
 	if _, err := kv(t, js, streams.PresenceKV).Put(context.Background(), "user."+user, []byte(b)); err != nil {
 		t.Fatal(err)

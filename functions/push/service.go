@@ -284,7 +284,7 @@ func (s *Service) stale() time.Duration { return 2 * s.hold(s.cfg.MaxBackoff) }
 func (s *Service) notify(m jetstream.Msg, meta *jetstream.MsgMetadata, n Notification) {
 	ctx := context.Background()
 	attempt := meta.NumDelivered
-	rec, _, err := presence.Load(ctx, s.presenceKV, n.User)
+	rec, err := presence.LoadLive(ctx, s.presenceKV, n.User)
 	var syntax *json.SyntaxError
 	var typ *json.UnmarshalTypeError
 	switch {

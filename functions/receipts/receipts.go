@@ -57,7 +57,10 @@ type Config struct {
 	// Workers is how many events an instance applies at once.
 	Workers int
 	// MaxAttempts is how many times an event that fails (the store is
-	// unavailable) is tried before it is dead-lettered.
+	// unavailable) is tried before it is dead-lettered. Retries back off
+	// to 30 s, so the default of 100 rides out a long outage (a restart,
+	// a leader election) without losing a tick; malformed events are
+	// dead-lettered at once.
 	MaxAttempts int
 	// AckWait overrides the durable's ack wait (how long a dead instance
 	// holds events) when set.
@@ -65,7 +68,7 @@ type Config struct {
 }
 
 // DefaultConfig is what the binary runs with.
-func DefaultConfig() Config { return Config{Workers: 16, MaxAttempts: 10} }
+func DefaultConfig() Config { return Config{Workers: 16, MaxAttempts: 100} }
 
 // Tick is one recipient's status of a message: ms since epoch when it was
 // delivered to and read by them, 0 when not (yet).
