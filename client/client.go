@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"math/rand/v2"
+	"net"
 	"net/http"
 	"sync"
 	"time"
@@ -65,6 +66,10 @@ type Options struct {
 	OnDisconnect func(err error)
 	// OnError receives error frames that answer no pending send.
 	OnError func(code protocol.ErrorCode, message string, seq uint64)
+	// NetDialContext, when set, makes the TCP connection (a load
+	// generator binds many local source addresses with it, past the
+	// per-address port limit).
+	NetDialContext func(ctx context.Context, network, addr string) (net.Conn, error)
 }
 
 // Message is a chat message delivered to this device. Ack it (by Seq) once
@@ -271,6 +276,7 @@ func (c *Client) dial(ctx context.Context) (*websocket.Conn, string, error) {
 	d := websocket.Dialer{
 		HandshakeTimeout: 10 * time.Second,
 		Subprotocols:     []string{protocol.Subprotocol},
+		NetDialContext:   c.opts.NetDialContext,
 	}
 	conn, resp, err := d.DialContext(ctx, c.opts.URL, h)
 	if err != nil {
