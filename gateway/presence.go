@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"strconv"
+	"sync"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -143,8 +144,100 @@ func (srv *Server) leaseLoop() {
 	}
 }
 
-// presenceSub subscribes the device to users' presence changes and asks
-// for their current state.
+// presenceHub shares one NATS subscription per followed user among all
+// of this gateway's sessions that follow them. The subscriptions feed one
+// channel read by one goroutine, so following costs a map entry per
+// session and user, not a subscription goroutine each.
+type presenceHub struct {
+	nc    *nats.Conn
+	ch    chan *nats.Msg
+	stop  chan struct{}
+	done  chan struct{}
+	mu    sync.Mutex // guards users
+	users map[string]*followers
+}
+
+type followers struct {
+	sub      *nats.Subscription
+	sessions map[*session]struct{}
+}
+
+func newPresenceHub(nc *nats.Conn) *presenceHub {
+	h := &presenceHub{nc: nc, ch: make(chan *nats.Msg, 4096), stop: make(chan struct{}), done: make(chan struct{}),
+		users: map[string]*followers{}}
+	go h.run()
+	return h
+}
+
+func (h *presenceHub) follow(s *session, user string) error {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	f := h.users[user]
+	if f == nil {
+		sub, err := h.nc.ChanSubscribe(presence.UpdateSubject(user), h.ch)
+		if err != nil {
+			return err
+		}
+		f = &followers{sub: sub, sessions: map[*session]struct{}{}}
+		h.users[user] = f
+	}
+	f.sessions[s] = struct{}{}
+	return nil
+}
+
+func (h *presenceHub) unfollow(s *session, user string) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if f := h.users[user]; f != nil {
+		delete(f.sessions, s)
+		if len(f.sessions) == 0 {
+			_ = f.sub.Unsubscribe()
+			delete(h.users, user)
+		}
+	}
+}
+
+// run hands each change to the sessions following its user. A change is
+// decoded once for all of them.
+func (h *presenceHub) run() {
+	defer close(h.done)
+	var to []*session
+	for {
+		var m *nats.Msg
+		select {
+		case m = <-h.ch:
+		case <-h.stop:
+			return
+		}
+		var u presence.Update
+		if json.Unmarshal(m.Data, &u) != nil || !protocol.ValidID(u.User) {
+			continue
+		}
+		to = to[:0]
+		h.mu.Lock()
+		if f := h.users[u.User]; f != nil {
+			for s := range f.sessions {
+				to = append(to, s)
+			}
+		}
+		h.mu.Unlock()
+		for _, s := range to {
+			s.onPresence(&u)
+		}
+	}
+}
+
+func (h *presenceHub) close() {
+	select {
+	case <-h.stop:
+	default:
+		close(h.stop)
+	}
+	<-h.done
+}
+
+// presenceSub follows users' presence changes and asks for their current
+// state.
 func (s *session) presenceSub(users []string) {
 	s.presMu.Lock()
 	var added []string
@@ -160,13 +253,12 @@ func (s *session) presenceSub(users []string) {
 			}
 			return
 		}
-		sub, err := s.srv.nc.Subscribe(presence.UpdateSubject(u), s.onPresence)
-		if err != nil {
+		if err := s.srv.presence.follow(s, u); err != nil {
 			s.presMu.Unlock()
 			s.sendError(protocol.ErrInternal, "presence subscription failed", "", 0, 0)
 			return
 		}
-		s.presSubs[u] = sub
+		s.presSubs[u] = struct{}{}
 		added = append(added, u)
 	}
 	s.presMu.Unlock()
@@ -179,8 +271,8 @@ func (s *session) presenceUnsub(users []string) {
 	s.presMu.Lock()
 	defer s.presMu.Unlock()
 	for _, u := range users {
-		if sub, ok := s.presSubs[u]; ok {
-			_ = sub.Unsubscribe()
+		if _, ok := s.presSubs[u]; ok {
+			s.srv.presence.unfollow(s, u)
 			delete(s.presSubs, u)
 		}
 	}
@@ -189,18 +281,14 @@ func (s *session) presenceUnsub(users []string) {
 func (s *session) dropPresenceSubs() {
 	s.presMu.Lock()
 	defer s.presMu.Unlock()
-	for u, sub := range s.presSubs {
-		_ = sub.Unsubscribe()
+	for u := range s.presSubs {
+		s.srv.presence.unfollow(s, u)
 		delete(s.presSubs, u)
 	}
 }
 
 // onPresence forwards a presence change as this device's user may see it.
-func (s *session) onPresence(m *nats.Msg) {
-	var u presence.Update
-	if json.Unmarshal(m.Data, &u) != nil || !protocol.ValidID(u.User) {
-		return
-	}
+func (s *session) onPresence(u *presence.Update) {
 	switch u.Visibility {
 	case streams.VisibleEveryone:
 		s.t.Send(protocol.AppendPresence(nil, u.User, u.Online, u.LastSeen, false))

@@ -2,12 +2,14 @@ package gateway_test
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"testing"
 	"time"
 
 	"github.com/switchboard-im/switchboard/client"
+	"github.com/switchboard-im/switchboard/functions/presence"
 	"github.com/switchboard-im/switchboard/gateway/protocol"
 	tk "github.com/switchboard-im/switchboard/internal/testkit"
 	"github.com/switchboard-im/switchboard/streams"
@@ -27,6 +29,14 @@ func recvPresence(t *testing.T, c *client.Client, user string) client.Presence {
 		case <-deadline:
 			t.Fatalf("no presence event about %s", user)
 		}
+	}
+}
+
+// waitPresence reads presence events about user until one says online
+// (or offline), skipping answers that raced ahead of the change.
+func waitPresence(t *testing.T, c *client.Client, user string, online bool) {
+	t.Helper()
+	for p := recvPresence(t, c, user); p.Online != online; p = recvPresence(t, c, user) {
 	}
 }
 
@@ -272,4 +282,86 @@ func nextOfType(r *raw, typ string) *protocol.Frame {
 			r.t.Fatalf("got %+v, want a %s frame", *f, typ)
 		}
 	}
+}
+
+func leaseOf(t *testing.T, n *tk.NATS, user, device string) (presence.Lease, uint64, error) {
+	t.Helper()
+	kv, err := n.JS.KeyValue(context.Background(), streams.PresenceKV)
+	if err != nil {
+		t.Fatal(err)
+	}
+	e, err := kv.Get(context.Background(), presence.LeaseKey(user, device))
+	if err != nil {
+		return presence.Lease{}, 0, err
+	}
+	var l presence.Lease
+	if err := json.Unmarshal(e.Value(), &l); err != nil {
+		t.Fatal(err)
+	}
+	return l, e.Revision(), nil
+}
+
+// A lease that vanished under a live session (it expired while NATS was
+// unreachable) is written again by the next refresh, and the user shows
+// online again.
+func TestLeaseIsTakenBackAfterItVanished(t *testing.T) {
+	n := tk.StartNATS(t)
+	cfg := tk.TestConfig()
+	cfg.PresenceTTL = 3 * time.Second // refreshed every second
+	g := tk.StartGateway(t, n, cfg)
+	alice := tk.Dial(t, g.URL, "alice", "phone")
+	bob := tk.Dial(t, g.URL, "bob", "phone")
+	if err := alice.SubscribePresence("bob"); err != nil {
+		t.Fatal(err)
+	}
+	// The first answer may predate the function applying bob's lease.
+	waitPresence(t, alice, "bob", true)
+	kv, err := n.JS.KeyValue(context.Background(), streams.PresenceKV)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := kv.Delete(context.Background(), presence.LeaseKey("bob", "phone")); err != nil {
+		t.Fatal(err)
+	}
+	waitPresence(t, alice, "bob", false) // the lease is gone
+	waitPresence(t, alice, "bob", true)  // and written again by a refresh
+	if l, _, err := leaseOf(t, n, "bob", "phone"); err != nil || l.Session != bob.Session() {
+		t.Fatalf("lease %+v (%v), want bob's session %s", l, err, bob.Session())
+	}
+}
+
+// When a device connects again, the old session's end neither deletes nor
+// overwrites the new session's lease, and the new one keeps refreshing.
+func TestReplacedSessionLeavesTheNewLeaseAlone(t *testing.T) {
+	n := tk.StartNATS(t)
+	cfg := tk.TestConfig()
+	cfg.PresenceTTL = 3 * time.Second
+	g := tk.StartGateway(t, n, cfg)
+	first := tk.Dial(t, g.URL, "bob", "phone", func(o *client.Options) { o.MinBackoff, o.MaxBackoff = time.Hour, time.Hour })
+	old := first.Session()
+	second := tk.Dial(t, g.URL, "bob", "phone")
+	tk.WaitFor(t, wait, func() error {
+		if g.Server.Sessions() != 1 {
+			return fmt.Errorf("%d sessions", g.Server.Sessions())
+		}
+		return nil
+	})
+	_, rev, err := leaseOf(t, n, "bob", "phone")
+	if err != nil {
+		t.Fatal(err)
+	}
+	// A refresh after the old session ended proves the lease stayed the
+	// new session's.
+	tk.WaitFor(t, wait, func() error {
+		l, r, err := leaseOf(t, n, "bob", "phone")
+		switch {
+		case err != nil:
+			return err
+		case l.Session != second.Session() || l.Session == old:
+			return fmt.Errorf("lease held by session %s, want %s", l.Session, second.Session())
+		case r <= rev:
+			return fmt.Errorf("not refreshed yet")
+		}
+		return nil
+	})
 }

@@ -42,6 +42,7 @@ type Server struct {
 	devices     *devices
 	presenceKV  jetstream.KeyValue
 	media       *media.Client
+	presence    *presenceHub
 	mediaAPI    atomic.Pointer[media.API]
 	settingsKV  jetstream.KeyValue
 	maxInflight int
@@ -115,6 +116,7 @@ func New(ctx context.Context, cfg Config, keys *Keys, nc *nats.Conn, log *slog.L
 		devices:     &devices{js: js, inbox: inbox, kv: kv, template: tmpl, created: inbox.CachedInfo().Created},
 		presenceKV:  presenceKV,
 		media:       media.NewClient(nc, cfg.FunctionTimeout),
+		presence:    newPresenceHub(nc),
 		settingsKV:  settingsKV,
 		maxInflight: tmpl.MaxAckPending,
 		id:          nats.NewInbox()[len(nats.InboxPrefix):],
@@ -169,6 +171,10 @@ func (s *Server) stopLeases() {
 	s.leaseStopOnce.Do(func() { close(s.leaseStop) })
 	<-s.leaseDone
 }
+
+// stopPresence stops forwarding presence changes; called once sessions
+// are gone.
+func (s *Server) stopPresence() { s.presence.close() }
 
 // Serve accepts connections on ln until Shutdown.
 func (s *Server) Serve(ln net.Listener) error {
@@ -383,6 +389,7 @@ func (s *Server) Shutdown(ctx context.Context) error {
 	defer cancel()
 	all := s.beginClosing()
 	s.stopLeases()
+	defer s.stopPresence()
 
 	lnDone := make(chan error, 1)
 	go func() { lnDone <- s.http.ShutdownWithContext(ctx) }()
@@ -414,6 +421,7 @@ func (s *Server) Shutdown(ctx context.Context) error {
 func (s *Server) Abort() {
 	all := s.beginClosing()
 	s.stopLeases()
+	s.stopPresence()
 	for _, sess := range all {
 		if c, ok := sess.t.(*wsConn); ok {
 			_ = c.ws.NetConn().Close()

@@ -84,8 +84,8 @@ type session struct {
 	leaseRev    uint64
 	leaseWanted bool
 	leaseDone   bool
-	presMu      sync.Mutex // guards presSubs
-	presSubs    map[string]*nats.Subscription
+	presMu      sync.Mutex          // guards presSubs
+	presSubs    map[string]struct{} // users followed (see presenceHub)
 	// calls bounds the worker-function requests in flight (goCall).
 	calls  chan struct{}
 	expiry *time.Timer
@@ -113,7 +113,7 @@ func newSession(srv *Server, id Identity, t transport) *session {
 		frameLim:   rate.NewLimiter(rate.Limit(cfg.FrameRate), cfg.FrameBurst),
 		typingLim:  rate.NewLimiter(rate.Limit(cfg.TypingRate), cfg.TypingBurst),
 		pending:    make(map[uint64]jetstream.Msg),
-		presSubs:   make(map[string]*nats.Subscription),
+		presSubs:   make(map[string]struct{}),
 		calls:      make(chan struct{}, maxFunctionCalls),
 		pubq:       make(chan pubItem, cfg.MaxPendingSends),
 		delivering: make(chan struct{}),
