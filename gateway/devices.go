@@ -159,7 +159,11 @@ func (d *devices) saveFloor(ctx context.Context, user, device string) error {
 	if err != nil {
 		return err
 	}
-	floor := c.CachedInfo().AckFloor.Stream
+	return d.recordFloor(ctx, user, device, c.CachedInfo().AckFloor.Stream)
+}
+
+// recordFloor moves a device's saved floor forward to floor.
+func (d *devices) recordFloor(ctx context.Context, user, device string, floor uint64) error {
 	for attempt := 0; attempt < 10; attempt++ {
 		rec, rev, err := d.load(ctx, user)
 		if err != nil {

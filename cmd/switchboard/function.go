@@ -16,27 +16,29 @@ import (
 
 	"github.com/switchboard-im/switchboard/functions/presence"
 	"github.com/switchboard-im/switchboard/functions/push"
+	"github.com/switchboard-im/switchboard/functions/reaper"
 	"github.com/switchboard-im/switchboard/functions/receipts"
 	"github.com/switchboard-im/switchboard/media"
 )
 
 // functionNames are the worker functions this binary can run, in start
 // order.
-var functionNames = []string{"receipts", "presence", "push", "media"}
+var functionNames = []string{"receipts", "presence", "push", "media", "reaper"}
 
 // functionsConfig is what the worker functions are told.
 type functionsConfig struct {
 	// Run lists the functions the all-in-one runs in-process.
-	Run   []string
-	Push  push.Config
-	Media media.Config
+	Run    []string
+	Push   push.Config
+	Reaper reaper.Config
+	Media  media.Config
 	// MediaLimits are the per-class size limits in bytes (the types stay
 	// media's defaults).
 	MediaLimits map[media.Class]*int64
 }
 
 func defaultFunctionsConfig() functionsConfig {
-	c := functionsConfig{Run: functionNames, Push: push.DefaultConfig(), Media: media.DefaultConfig(),
+	c := functionsConfig{Run: functionNames, Push: push.DefaultConfig(), Reaper: reaper.DefaultConfig(), Media: media.DefaultConfig(),
 		MediaLimits: map[media.Class]*int64{}}
 	c.Media.Limits = media.DefaultLimits()
 	for class, l := range c.Media.Limits {
@@ -59,7 +61,7 @@ func (c *functionsConfig) mediaConfig() media.Config {
 
 func bindFunctionFlags(fs *flag.FlagSet, c *functionsConfig, withRun bool) {
 	if withRun {
-		fs.Func("functions", "worker functions to run in-process, comma-separated (receipts,presence,push; \"none\" for none)", func(v string) error {
+		fs.Func("functions", "worker functions to run in-process, comma-separated (receipts,presence,push,media,reaper; \"none\" for none)", func(v string) error {
 			c.Run = nil
 			if v == "none" {
 				return nil
@@ -79,6 +81,8 @@ func bindFunctionFlags(fs *flag.FlagSet, c *functionsConfig, withRun bool) {
 	fs.DurationVar(&p.Window, "push-window", p.Window, "at most one push per user per window")
 	fs.DurationVar(&p.Timeout, "push-timeout", p.Timeout, "bound on one webhook call")
 	fs.IntVar(&p.MaxAttempts, "push-max-attempts", p.MaxAttempts, "webhook attempts before a notification is dead-lettered")
+	fs.DurationVar(&c.Reaper.Idle, "device-idle", c.Reaper.Idle, "reap the consumers of devices away this long (they cost disk only)")
+	fs.DurationVar(&c.Reaper.Interval, "reap-interval", c.Reaper.Interval, "how often the reaper looks (negative: on request only)")
 }
 
 func bindMediaFlags(fs *flag.FlagSet, c *functionsConfig) {
@@ -129,6 +133,8 @@ func startFunctions(ctx context.Context, nc *nats.Conn, names []string, c *funct
 			if mediaSvc, err = media.New(ctx, nc, js, c.mediaConfig(), log); err == nil {
 				s = mediaService{mediaSvc}
 			}
+		case "reaper":
+			s, err = reaper.Start(ctx, nc, js, c.Reaper, log)
 		case "push":
 			if c.Push.WebhookURL == "" {
 				log.Info("push function off: no --push-webhook")

@@ -35,7 +35,7 @@ func TestFunctionsAreVisibleWithTheNATSCLI(t *testing.T) {
 	startFunction(t, "receipts", "--nats", core.NATSURL)
 
 	ls := tk.Run(t, cli, "-s", core.NATSURL, "micro", "ls")
-	for _, name := range []string{"receipts", "presence", "push"} {
+	for _, name := range []string{"receipts", "presence", "push", "media", "reaper"} {
 		if !strings.Contains(ls, name) {
 			t.Errorf("nats micro ls lacks %s:\n%s", name, ls)
 		}

@@ -50,7 +50,7 @@ func usage() {
 commands:
   serve    (default) embedded NATS with JetStream, streams, worker functions and gateway in one process
   gateway  a gateway only, against --nats URL
-  function run one worker function: switchboard function receipts|presence|push --nats URL
+  function run one worker function: switchboard function receipts|presence|push|media|reaper --nats URL
   token    mint a device token: switchboard token --user alice --device phone
   chat     a line-based chat client: switchboard chat --token T --to bob
 
