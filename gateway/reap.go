@@ -47,8 +47,17 @@ func Reap(ctx context.Context, js jetstream.JetStream, idle time.Duration) (Reap
 	}
 	d := &devices{js: js, inbox: inbox, kv: kv, created: inbox.CachedInfo().Created}
 	now := time.Now()
+	// List first, then delete: deleting while paging through the list
+	// would shift the pages and skip consumers.
+	var infos []*jetstream.ConsumerInfo
 	lister := inbox.ListConsumers(ctx)
 	for ci := range lister.Info() {
+		infos = append(infos, ci)
+	}
+	if err := lister.Err(); err != nil {
+		return res, fmt.Errorf("gateway: reap: list consumers: %w", err)
+	}
+	for _, ci := range infos {
 		user, device := ci.Config.Metadata["user"], ci.Config.Metadata["device"]
 		if user == "" || device == "" || ci.Name != consumerName(user, device) {
 			continue // not a device queue
@@ -79,9 +88,6 @@ func Reap(ctx context.Context, js jetstream.JetStream, idle time.Duration) (Reap
 			return res, fmt.Errorf("gateway: reap %s: %w", ci.Name, err)
 		}
 		res.Reaped++
-	}
-	if err := lister.Err(); err != nil {
-		return res, fmt.Errorf("gateway: reap: list consumers: %w", err)
 	}
 	return res, nil
 }

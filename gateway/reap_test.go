@@ -3,6 +3,8 @@ package gateway_test
 import (
 	"context"
 	"fmt"
+	"runtime"
+	"runtime/debug"
 	"testing"
 	"time"
 
@@ -67,4 +69,70 @@ func TestReapedDeviceComesBackWithNothingLostOrRepeated(t *testing.T) {
 		bob.Ack(m.Seq)
 	}
 	tk.NoMsg(t, bob, 300*time.Millisecond)
+}
+
+// BenchmarkOfflineDeviceMemory measures the server heap held per offline
+// device with a pending message, before and after reaping: N device
+// consumers are made as the gateway makes them, one message each waits,
+// then a reap pass deletes them. Heap figures are after a forced GC, from
+// the embedded server's process.
+func BenchmarkOfflineDeviceMemory(b *testing.B) {
+	const devices = 5000
+	n := tk.StartNATS(b)
+	ctx := context.Background()
+	inbox, err := n.JS.Stream(ctx, streams.Inbox)
+	if err != nil {
+		b.Fatal(err)
+	}
+	kv, err := n.JS.KeyValue(ctx, streams.DevicesKV)
+	if err != nil {
+		b.Fatal(err)
+	}
+	tmpl, err := streams.DeviceConsumerTemplate()
+	if err != nil {
+		b.Fatal(err)
+	}
+	heap := func() uint64 {
+		runtime.GC()
+		debug.FreeOSMemory()
+		var ms runtime.MemStats
+		runtime.ReadMemStats(&ms)
+		return ms.HeapInuse
+	}
+	base := heap()
+	created := inbox.CachedInfo().Created.UTC().Format(time.RFC3339Nano)
+	for i := range devices {
+		user := fmt.Sprintf("u%d", i)
+		rec := fmt.Sprintf(`{"devices":{"phone":{"joined":%q,"start":0,"stream":%q}}}`, created, created)
+		if _, err := kv.Put(ctx, user, []byte(rec)); err != nil {
+			b.Fatal(err)
+		}
+		cfg := tmpl
+		cfg.Durable = user + "~phone"
+		cfg.FilterSubject = streams.InboxSubject(user)
+		cfg.Metadata = map[string]string{"user": user, "device": "phone"}
+		if _, err := inbox.CreateConsumer(ctx, cfg); err != nil {
+			b.Fatal(err)
+		}
+		if _, err := n.JS.Publish(ctx, streams.InboxSubject(user), []byte(`"hi"`)); err != nil {
+			b.Fatal(err)
+		}
+	}
+	before := heap()
+	b.ResetTimer()
+	res, err := gateway.Reap(ctx, n.JS, 0)
+	if err != nil || res.Reaped != devices {
+		b.Fatalf("reap: %+v, %v", res, err)
+	}
+	b.StopTimer()
+	// The file store keeps recently written blocks cached for a while;
+	// take the lowest heap over the next 15 s, as caches expire.
+	after := heap()
+	for deadline := time.Now().Add(15 * time.Second); time.Now().Before(deadline); {
+		time.Sleep(time.Second) // sampling, not synchronisation
+		after = min(after, heap())
+	}
+	b.ReportMetric(float64(before-base)/devices, "B/device-before")
+	b.ReportMetric(float64(int64(after)-int64(base))/devices, "B/device-after")
+	b.ReportMetric(float64(devices)/b.Elapsed().Seconds(), "reaped/s")
 }
