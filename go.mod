@@ -3,6 +3,7 @@ module github.com/switchboard-im/switchboard
 go 1.26.8
 
 require (
+	github.com/HdrHistogram/hdrhistogram-go v1.3.0
 	github.com/fasthttp/websocket v1.5.12
 	github.com/golang-jwt/jwt/v5 v5.3.1
 	github.com/minio/minio-go/v7 v7.4.1

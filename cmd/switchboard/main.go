@@ -28,6 +28,8 @@ func main() {
 		err = runToken(args, os.Stdout)
 	case "chat":
 		err = runChat(args, os.Stdin, os.Stdout)
+	case "bench":
+		err = runBench(args, os.Stdout, os.Stderr)
 	case "help":
 		usage()
 	default:
@@ -53,6 +55,7 @@ commands:
   function run one worker function: switchboard function receipts|presence|push|media|reaper --nats URL
   token    mint a device token: switchboard token --user alice --device phone
   chat     a line-based chat client: switchboard chat --token T --to bob
+  bench    load a running system (or --spawn one) with SDK devices: switchboard bench --scenario pairs --spawn
 
 Run "switchboard COMMAND -h" for a command's flags. Every flag can also be
 set as SWITCHBOARD_<FLAG> (e.g. --send-rate is SWITCHBOARD_SEND_RATE).

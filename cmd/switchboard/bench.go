@@ -1,0 +1,262 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"os/signal"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+
+	"github.com/switchboard-im/switchboard/internal/load"
+)
+
+const benchUsage = `usage: switchboard bench --scenario NAME [target] [sizes] [--json FILE]
+
+Drives a running Switchboard with the Go SDK over real WebSockets, runs a raw
+JetStream baseline (async publish, durable consumer with explicit acks, same
+message size) on the same NATS in the same run, and prints every figure with
+its ratio to that baseline. Messages are counted like Jepsen's queue checker:
+every message acked "sent" must be delivered (lost, duplicated and reordered
+are reported).
+
+scenarios:
+  idle     --devices N connected devices, no traffic: bytes of server RSS per
+           device (gateway + NATS) and the connect rate (QUALITY.md P3)
+  pairs    --pairs N sender/recipient pairs for --duration, at a total --rate
+           msgs/s or flat out (--rate 0) with --inflight K sends per sender;
+           recipients ack, senders wait for the delivered receipt: throughput
+           and send→sent, send→deliver, send→receipt latencies (P1, P2)
+  storm    --devices N, each sent --pending P messages while disconnected, then
+           all reconnect at once: time until all are back and drained (P5)
+  offline  --users N never connected (or, --first-connect, connected once and
+           --away for a while) receive --messages M each: server RSS before
+           and after (P4); then --sample S of them connect and drain
+  Groups (P7) are not simulated: groups do not exist yet.
+
+target (one of):
+  --spawn                start the all-in-one from this binary in a temp dir
+                         (rate limits lifted), plus --gateways N more gateways
+  --url ws://H:P/v1/ws   gateways to load (repeat or comma-separate), with
+                         --nats URL, --jwt-secret S or --data DIR, and
+                         --pids GW,...,NATS (or --gateway-pid, --nats-pid) for
+                         memory and CPU from /proc. The gateways' per-connection
+                         send rate limit must allow the load (--send-rate).
+
+flags:
+`
+
+// runBench parses the bench flags, starts or finds the target, runs the
+// scenario and writes the table to out and the report to --json.
+func runBench(args []string, out, errOut io.Writer) error {
+	c := load.DefaultConfig()
+	fs := flag.NewFlagSet("bench", flag.ContinueOnError)
+	fs.SetOutput(errOut)
+	fs.Usage = func() {
+		fmt.Fprint(errOut, benchUsage)
+		fs.PrintDefaults()
+	}
+	var (
+		urls        []string
+		natsURL     string
+		secret      string
+		dataDir     = "./data"
+		pids        string
+		gatewayPIDs []int
+		natsPID     int
+		spawn       bool
+		gateways    int
+		spawnArgs   string
+		jsonPath    string
+		quiet       bool
+	)
+	fs.StringVar(&c.Scenario, "scenario", c.Scenario, "idle, pairs, storm or offline")
+	fs.Func("url", "gateway WebSocket URL (repeat or comma-separate; devices round-robin)", func(v string) error {
+		urls = append(urls, splitList(v)...)
+		return nil
+	})
+	fs.StringVar(&natsURL, "nats", "", "NATS URL of the target: the raw baseline and stream state (empty: no baseline)")
+	fs.StringVar(&secret, "jwt-secret", "", "HS256 secret to sign device tokens (prefer SWITCHBOARD_JWT_SECRET)")
+	fs.StringVar(&dataDir, "data", dataDir, "data directory whose jwt.secret signs tokens, as for \"switchboard token\"")
+	fs.StringVar(&pids, "pids", "", "server PIDs for /proc figures: gateways first, NATS last (one PID: an all-in-one)")
+	fs.Func("gateway-pid", "a gateway's PID (repeatable)", func(v string) error {
+		p, err := strconv.Atoi(v)
+		gatewayPIDs = append(gatewayPIDs, p)
+		return err
+	})
+	fs.IntVar(&natsPID, "nats-pid", 0, "the NATS server's PID")
+	fs.BoolVar(&spawn, "spawn", false, "start the all-in-one (this binary) in a temp dir and load it")
+	fs.IntVar(&gateways, "gateways", 0, "with --spawn: extra gateway processes on the same NATS")
+	fs.StringVar(&spawnArgs, "spawn-args", "", "with --spawn: extra flags for the all-in-one, space-separated (e.g. \"--sync-always\")")
+
+	fs.IntVar(&c.Devices, "devices", c.Devices, "idle, storm: devices")
+	fs.IntVar(&c.Pairs, "pairs", c.Pairs, "pairs: sender/recipient pairs")
+	fs.IntVar(&c.Users, "users", c.Users, "offline: users who receive while away")
+	fs.IntVar(&c.Messages, "messages", c.Messages, "offline: messages per user")
+	fs.IntVar(&c.Pending, "pending", c.Pending, "storm: messages per device while it is away")
+	fs.IntVar(&c.Sample, "sample", c.Sample, "offline: users who then connect and drain (0: all)")
+	fs.BoolVar(&c.FirstConnect, "first-connect", c.FirstConnect, "offline: connect each user once first (a device that went away)")
+	fs.DurationVar(&c.Away, "away", c.Away, "offline, with --first-connect: how long the devices stay away before their messages (past the server's --device-idle: reaped)")
+	fs.Float64Var(&c.Rate, "rate", c.Rate, "pairs: total sends per second (0: flat out)")
+	fs.IntVar(&c.Inflight, "inflight", c.Inflight, "sends outstanding per sender (flat out), or at most (at --rate)")
+	fs.DurationVar(&c.Duration, "duration", c.Duration, "pairs: how long to send")
+	fs.IntVar(&c.Size, "size", c.Size, "message body bytes, JSON quotes included")
+	fs.IntVar(&c.Senders, "senders", c.Senders, "storm, offline: devices that send the backlogs")
+	fs.IntVar(&c.ConnectConcurrency, "connect-concurrency", c.ConnectConcurrency, "dials in flight while connecting (the storm reconnects all at once)")
+	fs.IntVar(&c.PerSource, "per-source", c.PerSource, "connections per local source address 127.0.0.x on loopback (-1: never bind)")
+	fs.DurationVar(&c.DrainTimeout, "drain-timeout", c.DrainTimeout, "bound on waiting for deliveries and receipts after the load")
+	fs.DurationVar(&c.Settle, "settle", c.Settle, "pause before memory is read (negative: none)")
+	fs.IntVar(&c.BaselineMsgs, "baseline-msgs", c.BaselineMsgs, "raw baseline messages (negative: publish for --baseline-duration)")
+	fs.DurationVar(&c.BaselineDuration, "baseline-duration", c.BaselineDuration, "raw baseline length when counted by time, and of the paced baseline at --rate")
+	fs.IntVar(&c.BaselineConsumers, "baseline-consumers", c.BaselineConsumers, "idle: raw durable consumers to create (0: min(devices, 1000); negative: none)")
+	fs.BoolVar(&c.SkipBaseline, "no-baseline", c.SkipBaseline, "run no raw baseline (no ratios)")
+	fs.StringVar(&jsonPath, "json", "", "write every figure to this file as JSON")
+	fs.BoolVar(&quiet, "quiet", false, "no progress line on stderr")
+	if err := parseFlags(fs, args); err != nil {
+		return err
+	}
+	if err := c.Validate(); err != nil {
+		return err
+	}
+	c.Args = append([]string{"bench"}, args...)
+	if !quiet && isTerminal(os.Stderr) {
+		c.Progress = errOut
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
+	defer stop()
+
+	var target load.Target
+	var spawned *load.Spawned
+	if spawn {
+		if len(urls) > 0 {
+			return errors.New("bench: --spawn and --url exclude each other")
+		}
+		// This very binary is the system under test, so a bench and the
+		// code it measures never drift apart. os.Args[0] may be a bare
+		// name looked up in PATH; the executable's own path cannot be.
+		self, err := os.Executable()
+		if err != nil {
+			self = os.Args[0]
+		}
+		spawned, err = load.Spawn(ctx, load.SpawnOptions{
+			Binary: self, Gateways: gateways, ServeArgs: strings.Fields(spawnArgs),
+		})
+		if err != nil {
+			return err
+		}
+		defer spawned.Close()
+		target = spawned.Target
+	} else {
+		var err error
+		if target, err = benchTarget(urls, natsURL, secret, dataDir, pids, gatewayPIDs, natsPID); err != nil {
+			return err
+		}
+	}
+
+	rep, runErr := load.Run(ctx, c, target)
+	if rep == nil {
+		return runErr
+	}
+	if spawned != nil {
+		rep.ServerLogs = spawned.Warnings()
+		if err := spawned.Exited(); err != nil {
+			runErr = errors.Join(runErr, err)
+			rep.Error = runErr.Error()
+		}
+	}
+	if err := rep.WriteTable(out); err != nil {
+		return err
+	}
+	if jsonPath != "" {
+		if err := writeReport(jsonPath, rep); err != nil {
+			return errors.Join(runErr, err)
+		}
+	}
+	return runErr
+}
+
+// benchTarget assembles a target from the flags for a running system.
+func benchTarget(urls []string, natsURL, secret, dataDir, pids string, gatewayPIDs []int, natsPID int) (load.Target, error) {
+	t := load.Target{URLs: urls, NATSURL: natsURL}
+	if len(urls) == 0 {
+		return t, errors.New("bench: --url (or --spawn) is required")
+	}
+	raw := []byte(secret)
+	if secret == "" {
+		path := filepath.Join(dataDir, "jwt.secret")
+		b, err := os.ReadFile(path)
+		if err != nil {
+			// Never create one here, as "token" would: tokens signed
+			// with a fresh secret are refused by every gateway.
+			return t, fmt.Errorf("bench: no --jwt-secret, and %w", err)
+		}
+		raw = b
+	}
+	var err error
+	if t.Token, err = load.HS256Tokens(raw); err != nil {
+		return t, err
+	}
+	if pids != "" {
+		list := splitList(pids)
+		for i, s := range list {
+			p, err := strconv.Atoi(s)
+			if err != nil {
+				return t, fmt.Errorf("bench: --pids: %q is not a PID", s)
+			}
+			role := "gateway"
+			switch {
+			case len(list) == 1:
+				role = "serve"
+			case i == len(list)-1:
+				role = "nats"
+			}
+			t.Procs = append(t.Procs, load.Proc{Role: role, PID: p})
+		}
+	}
+	for _, p := range gatewayPIDs {
+		role := "gateway"
+		if p == natsPID {
+			role = "serve"
+		}
+		t.Procs = append(t.Procs, load.Proc{Role: role, PID: p})
+	}
+	if natsPID != 0 && !containsPID(gatewayPIDs, natsPID) {
+		t.Procs = append(t.Procs, load.Proc{Role: "nats", PID: natsPID})
+	}
+	return t, nil
+}
+
+func containsPID(list []int, p int) bool {
+	for _, q := range list {
+		if q == p {
+			return true
+		}
+	}
+	return false
+}
+
+func writeReport(path string, rep *load.Report) error {
+	b, err := json.MarshalIndent(rep, "", "  ")
+	if err != nil {
+		return err
+	}
+	if dir := filepath.Dir(path); dir != "" {
+		if err := os.MkdirAll(dir, 0o755); err != nil {
+			return err
+		}
+	}
+	return os.WriteFile(path, append(b, '\n'), 0o644)
+}
+
+// isTerminal reports whether f is a character device: a progress line
+// redrawn with \r is noise in a file or a pipe.
+func isTerminal(f *os.File) bool {
+	st, err := f.Stat()
+	return err == nil && st.Mode()&os.ModeCharDevice != 0
+}

@@ -1,0 +1,253 @@
+package main_test
+
+import (
+	"encoding/json"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"testing"
+
+	"github.com/switchboard-im/switchboard/internal/load"
+)
+
+// benchJSON runs `switchboard bench` (the race-built binary) against p at
+// tiny sizes and returns its JSON report, both as a generic tree (to check
+// that each field is present) and decoded.
+func benchJSON(t *testing.T, p *proc, data string, args ...string) (map[string]any, *load.Report) {
+	t.Helper()
+	out := filepath.Join(t.TempDir(), "report.json")
+	full := append([]string{"bench", "--url", p.WSURL, "--nats", p.NATSURL, "--data", data,
+		"--pids", strconv.Itoa(p.cmd.Process.Pid), "--json", out, "--quiet",
+		"--settle", "200ms", "--baseline-msgs", "5000", "--baseline-duration", "500ms", "--drain-timeout", "30s"}, args...)
+	return runBenchJSON(t, out, full...)
+}
+
+func runBenchJSON(t *testing.T, out string, args ...string) (map[string]any, *load.Report) {
+	t.Helper()
+	cmd := exec.Command(binary, args...)
+	stdout, err := cmd.Output()
+	if err != nil {
+		var stderr []byte
+		if ee, ok := err.(*exec.ExitError); ok {
+			stderr = ee.Stderr
+		}
+		t.Fatalf("bench %v: %v\n%s\n%s", args, err, stdout, stderr)
+	}
+	if !strings.Contains(string(stdout), "raw JetStream") {
+		t.Fatalf("no table on stdout:\n%s", stdout)
+	}
+	raw, err := os.ReadFile(out)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var tree map[string]any
+	var rep load.Report
+	if err := json.Unmarshal(raw, &tree); err != nil {
+		t.Fatal(err)
+	}
+	if err := json.Unmarshal(raw, &rep); err != nil {
+		t.Fatal(err)
+	}
+	if rep.Schema != load.Schema {
+		t.Fatalf("schema %q", rep.Schema)
+	}
+	return tree, &rep
+}
+
+// benchNum returns the number at a dotted path of the JSON tree, failing the
+// test when it is absent.
+func benchNum(t *testing.T, tree map[string]any, path string) float64 {
+	t.Helper()
+	var cur any = tree
+	for _, k := range strings.Split(path, ".") {
+		m, ok := cur.(map[string]any)
+		if !ok {
+			t.Fatalf("%s: %q is not an object", path, k)
+		}
+		if cur, ok = m[k]; !ok {
+			t.Fatalf("%s: no field %q", path, k)
+		}
+	}
+	v, ok := cur.(float64)
+	if !ok {
+		t.Fatalf("%s = %v, not a number", path, cur)
+	}
+	return v
+}
+
+func benchPositive(t *testing.T, tree map[string]any, paths ...string) {
+	t.Helper()
+	for _, p := range paths {
+		if v := benchNum(t, tree, p); v <= 0 {
+			t.Errorf("%s = %v, want > 0", p, v)
+		}
+	}
+}
+
+func benchZero(t *testing.T, tree map[string]any, paths ...string) {
+	t.Helper()
+	for _, p := range paths {
+		if v := benchNum(t, tree, p); v != 0 {
+			t.Errorf("%s = %v, want 0", p, v)
+		}
+	}
+}
+
+// benchOrdered checks p50 ≤ p90 ≤ p99 ≤ p99.9 ≤ max of a latency.
+func benchOrdered(t *testing.T, tree map[string]any, path string) {
+	t.Helper()
+	benchPositive(t, tree, path+".count", path+".p50_ms")
+	prev := 0.0
+	for _, q := range []string{"p50_ms", "p90_ms", "p99_ms", "p999_ms", "max_ms"} {
+		v := benchNum(t, tree, path+"."+q)
+		if v < prev {
+			t.Errorf("%s.%s = %v is below the lower quantile %v", path, q, v, prev)
+		}
+		prev = v
+	}
+}
+
+// benchClean checks the queue checker's verdict and the baseline.
+func benchClean(t *testing.T, tree map[string]any, rep *load.Report) {
+	t.Helper()
+	benchZero(t, tree, "messages.lost", "messages.duplicated", "messages.reordered", "messages.missing_receipts")
+	benchPositive(t, tree, "baseline.msgs_per_sec", "baseline.messages", "baseline.stream_bytes_per_msg")
+	benchOrdered(t, tree, "baseline.publish_ack")
+	benchOrdered(t, tree, "baseline.publish_consume")
+	if len(rep.Errors) != 0 {
+		t.Errorf("errors %v: %v", rep.Errors, rep.ErrorExamples)
+	}
+	var serve *load.ProcStat
+	for i, p := range rep.Processes {
+		if p.Role == "serve" {
+			serve = &rep.Processes[i]
+		}
+	}
+	if serve == nil || serve.Error != "" || serve.RSSAfter <= 0 {
+		t.Errorf("no /proc figures for the all-in-one: %+v", rep.Processes)
+	}
+}
+
+func startForBench(t *testing.T) (*proc, string) {
+	data := t.TempDir()
+	args := append([]string{"--data", data, "--nats-listen", "127.0.0.1:0"}, load.LiftedLimits...)
+	return start(t, args...), data
+}
+
+func TestBenchPairsFlatOut(t *testing.T) {
+	t.Parallel()
+	p, data := startForBench(t)
+	tree, rep := benchJSON(t, p, data, "--scenario", "pairs", "--pairs", "10", "--duration", "2s", "--inflight", "4")
+	benchClean(t, tree, rep)
+	benchPositive(t, tree, "pairs.throughput.sent_per_sec", "pairs.throughput.delivered_per_sec",
+		"pairs.throughput.receipts_per_sec", "ratios.throughput", "messages.sent", "pairs.connects.per_sec")
+	for _, l := range []string{"send_sent", "send_deliver", "send_receipt"} {
+		benchOrdered(t, tree, "pairs."+l)
+	}
+	m := rep.Messages
+	if m.Delivered != m.Sent || m.Receipts != m.Sent || !rep.Pairs.Complete {
+		t.Fatalf("not everything came back: %+v", m)
+	}
+}
+
+func TestBenchPairsAtFixedRate(t *testing.T) {
+	t.Parallel()
+	p, data := startForBench(t)
+	tree, rep := benchJSON(t, p, data, "--scenario", "pairs", "--pairs", "20", "--rate", "200", "--duration", "2s")
+	benchClean(t, tree, rep)
+	benchOrdered(t, tree, "pairs.send_deliver")
+	benchOrdered(t, tree, "baseline.paced.publish_consume")
+	benchPositive(t, tree, "baseline.paced.rate", "ratios.send_deliver_p99")
+	// 200/s for 2s, give or take the last tick.
+	if s := rep.Messages.Sent; s < 380 || s > 400 {
+		t.Fatalf("sent %d at 200/s for 2s", s)
+	}
+}
+
+func TestBenchIdle(t *testing.T) {
+	t.Parallel()
+	p, data := startForBench(t)
+	tree, rep := benchJSON(t, p, data, "--scenario", "idle", "--devices", "40", "--baseline-consumers", "20")
+	benchClean(t, tree, rep)
+	benchPositive(t, tree, "idle.bytes_per_device", "idle.connects.per_sec", "idle.rss_after_bytes",
+		"baseline.consumers.per_sec", "ratios.connect_rate")
+	// A few raw consumers may fit in heap the devices' churn freed: only
+	// present, not necessarily above zero.
+	benchNum(t, tree, "baseline.consumers.rss_bytes_each")
+	benchOrdered(t, tree, "idle.connects.latency")
+	if c := rep.Idle.Connects; c.Connected != 40 {
+		t.Fatalf("connected %d of 40", c.Connected)
+	}
+}
+
+func TestBenchStorm(t *testing.T) {
+	t.Parallel()
+	p, data := startForBench(t)
+	tree, rep := benchJSON(t, p, data, "--scenario", "storm", "--devices", "20", "--pending", "5", "--senders", "4")
+	benchClean(t, tree, rep)
+	benchPositive(t, tree, "storm.storm_seconds", "storm.reconnect_seconds", "storm.delivered_per_sec", "storm.feed_per_sec")
+	benchOrdered(t, tree, "storm.reconnect")
+	benchOrdered(t, tree, "storm.backlog_done")
+	s := rep.Storm
+	if !s.Complete || s.Reconnected != 20 || s.Backlog != 100 || rep.Messages.Delivered != 100 {
+		t.Fatalf("storm %+v, messages %+v", s, rep.Messages)
+	}
+	if rep.Server.ConsumerResets < 0 || rep.Server.Closes == nil {
+		t.Fatalf("server counters %+v", rep.Server)
+	}
+}
+
+func TestBenchOffline(t *testing.T) {
+	t.Parallel()
+	p, data := startForBench(t)
+	tree, rep := benchJSON(t, p, data, "--scenario", "offline", "--users", "20", "--messages", "3", "--sample", "5", "--senders", "4")
+	benchClean(t, tree, rep)
+	benchPositive(t, tree, "offline.stored_messages", "offline.rss_before_bytes", "offline.rss_after_bytes",
+		"offline.rss_after_drain_bytes", "offline.stream_bytes_per_msg", "offline.drain_per_sec", "ratios.drain_rate")
+	benchNum(t, tree, "offline.bytes_per_user") // present; its sign is the server's business
+	o := rep.Offline
+	if !o.Drained || o.Stored != 60 || rep.Messages.Delivered != 15 || rep.Messages.Checked != 15 {
+		t.Fatalf("offline %+v, messages %+v", o, rep.Messages)
+	}
+}
+
+// --spawn needs nothing running: the binary starts its own all-in-one and
+// an extra gateway, spreads devices over both and stops them afterwards.
+func TestBenchSpawnWithTwoGateways(t *testing.T) {
+	t.Parallel()
+	out := filepath.Join(t.TempDir(), "report.json")
+	tree, rep := runBenchJSON(t, out, "bench", "--spawn", "--gateways", "1", "--scenario", "pairs", "--pairs", "6",
+		"--duration", "1s", "--json", out, "--quiet", "--baseline-msgs", "5000")
+	benchClean(t, tree, rep)
+	if len(rep.Target.URLs) != 2 {
+		t.Fatalf("urls %v", rep.Target.URLs)
+	}
+	roles := map[string]bool{}
+	for _, p := range rep.Processes {
+		roles[p.Role] = p.Error == ""
+		if p.Role != "bench" {
+			if err := exec.Command("kill", "-0", strconv.Itoa(p.PID)).Run(); err == nil {
+				t.Errorf("spawned %s (pid %d) still runs after bench exited", p.Role, p.PID)
+			}
+		}
+	}
+	if !roles["serve"] || !roles["gateway"] || !roles["bench"] {
+		t.Fatalf("processes %+v", rep.Processes)
+	}
+}
+
+func TestBenchRefusesGroupsAndExplainsWhy(t *testing.T) {
+	t.Parallel()
+	out, err := exec.Command(binary, "bench", "--scenario", "groups", "--spawn").CombinedOutput()
+	if err == nil || !strings.Contains(string(out), "groups do not exist yet") {
+		t.Fatalf("want a refusal saying groups do not exist yet, got %v:\n%s", err, out)
+	}
+	help, _ := exec.Command(binary, "bench", "-h").CombinedOutput()
+	for _, want := range []string{"idle", "pairs", "storm", "offline", "Groups (P7) are not simulated", "--json"} {
+		if !strings.Contains(string(help), want) {
+			t.Errorf("bench -h lacks %q:\n%s", want, help)
+		}
+	}
+}

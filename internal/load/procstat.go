@@ -1,0 +1,152 @@
+package load
+
+import (
+	"fmt"
+	"os"
+	"strconv"
+	"strings"
+	"time"
+)
+
+// clockTicks is USER_HZ, the unit of utime and stime in /proc/PID/stat.
+// Linux fixes it at 100 for user space on every architecture Go supports,
+// whatever the kernel's own tick rate.
+const clockTicks = 100
+
+// procSample is one reading of a process.
+type procSample struct {
+	rss, hwm int64 // resident and peak resident bytes
+	cpu      time.Duration
+	at       time.Time
+}
+
+// readProc reads a process's memory from /proc/PID/status and its CPU time
+// from /proc/PID/stat.
+func readProc(pid int) (procSample, error) {
+	s := procSample{at: time.Now()}
+	status, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+	if err != nil {
+		return s, err
+	}
+	s.rss, s.hwm = parseStatus(string(status))
+	stat, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return s, err
+	}
+	ticks, err := parseStatTicks(string(stat))
+	if err != nil {
+		return s, fmt.Errorf("/proc/%d/stat: %w", pid, err)
+	}
+	s.cpu = time.Duration(ticks) * time.Second / clockTicks
+	return s, nil
+}
+
+// parseStatus returns VmRSS and VmHWM in bytes.
+func parseStatus(status string) (rss, hwm int64) {
+	for _, line := range strings.Split(status, "\n") {
+		f := strings.Fields(line)
+		if len(f) < 2 {
+			continue
+		}
+		kb, err := strconv.ParseInt(f[1], 10, 64)
+		if err != nil {
+			continue
+		}
+		switch f[0] {
+		case "VmRSS:":
+			rss = kb << 10
+		case "VmHWM:":
+			hwm = kb << 10
+		}
+	}
+	return rss, hwm
+}
+
+// parseStatTicks returns utime+stime. The command name (field 2) may hold
+// spaces and parentheses, so fields are counted after its last ')'.
+func parseStatTicks(stat string) (int64, error) {
+	i := strings.LastIndexByte(stat, ')')
+	if i < 0 {
+		return 0, fmt.Errorf("no command name")
+	}
+	f := strings.Fields(stat[i+1:])
+	// f[0] is field 3 (state); utime and stime are fields 14 and 15.
+	if len(f) < 13 {
+		return 0, fmt.Errorf("%d fields", len(f)+2)
+	}
+	u, err1 := strconv.ParseInt(f[11], 10, 64)
+	s, err2 := strconv.ParseInt(f[12], 10, 64)
+	if err1 != nil || err2 != nil {
+		return 0, fmt.Errorf("utime %q stime %q", f[11], f[12])
+	}
+	return u + s, nil
+}
+
+// ProcStat is one process over the measured phase of a run.
+type ProcStat struct {
+	Proc
+	RSSBefore int64 `json:"rss_before_bytes"`
+	RSSAfter  int64 `json:"rss_after_bytes"`
+	// PeakRSS is VmHWM at the end: the most the process ever held.
+	PeakRSS    int64   `json:"peak_rss_bytes"`
+	CPUSeconds float64 `json:"cpu_seconds"`
+	// CPUPercent is CPU time over wall time: 200 is both cores of a
+	// two-core machine.
+	CPUPercent float64 `json:"cpu_percent"`
+	Error      string  `json:"error,omitempty"`
+}
+
+// watch reads a set of processes at the start and the end of a phase.
+type watch struct {
+	procs  []Proc
+	before []procSample
+	errs   []error
+}
+
+func startWatch(procs []Proc) *watch {
+	w := &watch{procs: procs, before: make([]procSample, len(procs)), errs: make([]error, len(procs))}
+	for i, p := range procs {
+		w.before[i], w.errs[i] = readProc(p.PID)
+	}
+	return w
+}
+
+// stop reads every process again and returns the phase's figures.
+func (w *watch) stop() []ProcStat {
+	out := make([]ProcStat, len(w.procs))
+	for i, p := range w.procs {
+		st := ProcStat{Proc: p}
+		after, err := readProc(p.PID)
+		if err == nil {
+			err = w.errs[i]
+		}
+		if err != nil {
+			st.Error = err.Error()
+			out[i] = st
+			continue
+		}
+		b := w.before[i]
+		st.RSSBefore, st.RSSAfter, st.PeakRSS = b.rss, after.rss, after.hwm
+		st.CPUSeconds = (after.cpu - b.cpu).Seconds()
+		if wall := after.at.Sub(b.at).Seconds(); wall > 0 {
+			st.CPUPercent = 100 * st.CPUSeconds / wall
+		}
+		out[i] = st
+	}
+	return out
+}
+
+// rssDelta sums RSSAfter-RSSBefore over the processes read without error.
+func rssDelta(ps []ProcStat) (delta int64, ok bool) {
+	for _, p := range ps {
+		if p.Error == "" && p.Role != roleBench {
+			delta += p.RSSAfter - p.RSSBefore
+			ok = true
+		}
+	}
+	return delta, ok
+}
+
+// roleBench is the load tool's own process, reported beside the servers
+// because it shares their cores.
+const roleBench = "bench"
