@@ -149,6 +149,11 @@ func (c *wsConn) readLoop(handle func([]byte)) error {
 				c.Close(protocol.CloseTooBig, "frame too big")
 			case isTimeout(err):
 				c.Close(protocol.CloseSlow, "no pong")
+			case errors.As(err, new(*websocket.CloseError)):
+				// The client closed: count its own code (1000, 1001, ...).
+				var ce *websocket.CloseError
+				errors.As(err, &ce)
+				c.Close(ce.Code, "")
 			default:
 				c.Close(protocol.CloseGoingAway, "")
 			}

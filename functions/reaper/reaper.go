@@ -107,7 +107,9 @@ func (s *Service) loop() {
 			return
 		case <-t.C:
 		}
-		ctx, cancel := context.WithTimeout(context.Background(), s.cfg.Interval)
+		// A pass over many consumers takes a while; it is bounded on its
+		// own, not by how often passes start.
+		ctx, cancel := context.WithTimeout(context.Background(), max(s.cfg.Interval, 10*time.Minute))
 		res, err := s.Reap(ctx, s.cfg.Idle)
 		cancel()
 		if err != nil {
