@@ -106,23 +106,43 @@ func bindMediaFlags(fs *flag.FlagSet, c *functionsConfig) {
 // stopper stops a running function.
 type stopper interface{ Stop() }
 
-// startFunctions starts the named functions on nc and returns a func that
-// stops them in reverse order, and the media service if it runs. push
-// without a webhook is skipped with a log line, so the all-in-one runs
-// with no setup.
-func startFunctions(ctx context.Context, nc *nats.Conn, names []string, c *functionsConfig, log *slog.Logger) (func(), *media.Service, error) {
-	js, err := newJetStream(nc)
-	if err != nil {
-		return nil, nil, err
-	}
+// startFunctions starts the named functions, each on its own NATS
+// connection from connect (one connection shared with the gateway would
+// serialise every function's traffic behind the gateway's), and returns a
+// func that stops them in reverse order and closes their connections, and
+// the media service if it runs. push without a webhook is skipped with a
+// log line, so the all-in-one runs with no setup.
+func startFunctions(ctx context.Context, connect func(name string) (*nats.Conn, error), names []string, c *functionsConfig, log *slog.Logger) (func(), *media.Service, error) {
 	var running []stopper
+	var conns []*nats.Conn
 	var mediaSvc *media.Service
 	stop := func() {
 		for i := len(running) - 1; i >= 0; i-- {
 			running[i].Stop()
 		}
+		for _, nc := range conns {
+			_ = nc.Drain()
+		}
+		for _, nc := range conns {
+			waitClosed(nc, 5*time.Second)
+		}
 	}
 	for _, name := range names {
+		if name == "push" && c.Push.WebhookURL == "" {
+			log.Info("push function off: no --push-webhook")
+			continue
+		}
+		nc, err := connect(name)
+		if err != nil {
+			stop()
+			return nil, nil, fmt.Errorf("function %s: nats: %w", name, err)
+		}
+		conns = append(conns, nc)
+		js, err := newJetStream(nc)
+		if err != nil {
+			stop()
+			return nil, nil, err
+		}
 		var s stopper
 		switch name {
 		case "receipts":
@@ -136,10 +156,6 @@ func startFunctions(ctx context.Context, nc *nats.Conn, names []string, c *funct
 		case "reaper":
 			s, err = reaper.Start(ctx, nc, js, c.Reaper, log)
 		case "push":
-			if c.Push.WebhookURL == "" {
-				log.Info("push function off: no --push-webhook")
-				continue
-			}
 			s, err = push.Start(ctx, nc, js, c.Push, log)
 		default:
 			err = fmt.Errorf("unknown function %q", name)
@@ -154,8 +170,7 @@ func startFunctions(ctx context.Context, nc *nats.Conn, names []string, c *funct
 	return stop, mediaSvc, nil
 }
 
-// mediaService adapts media.Service (whose Stop returns an error) and
-// keeps it for the gateway's HTTP API.
+// mediaService adapts media.Service, whose Stop returns an error.
 type mediaService struct{ *media.Service }
 
 func (m mediaService) Stop() { _ = m.Service.Stop() }
@@ -193,14 +208,12 @@ func runFunction(args []string) error {
 	if name == "push" && c.Functions.Push.WebhookURL == "" {
 		return errors.New("function push: --push-webhook is required")
 	}
-	nc, err := nats.Connect(c.NATSURL, nats.MaxReconnects(-1), nats.ReconnectWait(250*time.Millisecond), nats.Name("switchboard-"+name))
-	if err != nil {
-		return fmt.Errorf("nats: %w", err)
+	connect := func(name string) (*nats.Conn, error) {
+		return nats.Connect(c.NATSURL, nats.MaxReconnects(-1), nats.ReconnectWait(250*time.Millisecond), nats.Name("switchboard-"+name))
 	}
-	defer nc.Close()
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	stop, _, err := startFunctions(ctx, nc, []string{name}, &c.Functions, log)
+	stop, _, err := startFunctions(ctx, connect, []string{name}, &c.Functions, log)
 	if err != nil {
 		return err
 	}
@@ -212,10 +225,6 @@ func runFunction(args []string) error {
 		os.Exit(1)
 	}()
 	stop()
-	if err := nc.Drain(); err != nil {
-		log.Warn("nats drain", "err", err)
-	}
-	waitClosed(nc, 5*time.Second)
 	log.Info("stopped")
 	return nil
 }

@@ -96,7 +96,13 @@ func runServe(args []string, allInOne bool) error {
 	stopFunctions := func() {}
 	var mediaSvc *media.Service
 	if allInOne {
-		stop, svc, err := startFunctions(ctx, nc, c.Functions.Run, &c.Functions, log)
+		connect := func(fn string) (*nats.Conn, error) {
+			if ns != nil {
+				return embednats.Connect(ns, "switchboard-"+fn, opts...)
+			}
+			return nats.Connect(c.NATSURL, append(opts, nats.Name("switchboard-"+fn))...)
+		}
+		stop, svc, err := startFunctions(ctx, connect, c.Functions.Run, &c.Functions, log)
 		if err != nil {
 			return err
 		}
