@@ -86,6 +86,11 @@ type Config struct {
 	// FunctionTimeout bounds a request to a worker function (presence,
 	// receipts status, media grant) and a settings write.
 	FunctionTimeout time.Duration
+	// MaxConcurrentStarts bounds the sessions starting at once (kick,
+	// consumer, welcome); the rest wait their turn, up to StartTimeout.
+	MaxConcurrentStarts int
+	// StartTimeout bounds a session start, waiting for a turn included.
+	StartTimeout time.Duration
 	// MediaUploadTimeout bounds one upload to the embedded media store
 	// (the largest file at the slowest client), when media is enabled.
 	MediaUploadTimeout time.Duration
@@ -115,7 +120,9 @@ func DefaultConfig() Config {
 		MaxPresenceSubs:  1024,
 		FunctionTimeout:  3 * time.Second,
 
-		MediaUploadTimeout: 10 * time.Minute,
+		MediaUploadTimeout:  10 * time.Minute,
+		MaxConcurrentStarts: 64,
+		StartTimeout:        30 * time.Second,
 	}
 }
 
@@ -165,6 +172,10 @@ func (c *Config) Validate() error {
 		return bad("FunctionTimeout", "must be positive")
 	case c.MediaUploadTimeout <= 0:
 		return bad("MediaUploadTimeout", "must be positive")
+	case c.MaxConcurrentStarts < 1:
+		return bad("MaxConcurrentStarts", "must be positive")
+	case c.StartTimeout <= 0:
+		return bad("StartTimeout", "must be positive")
 	}
 	for _, o := range c.AllowedOrigins {
 		if o == "*" {

@@ -59,6 +59,8 @@ type Server struct {
 	sessions map[*session]struct{}
 	closing  atomic.Bool
 
+	starts chan struct{} // one token per session start in progress
+
 	leaseStop     chan struct{}
 	leaseDone     chan struct{}
 	leaseStopOnce sync.Once
@@ -123,6 +125,7 @@ func New(ctx context.Context, cfg Config, keys *Keys, nc *nats.Conn, log *slog.L
 		origins:     map[string]bool{},
 		sessions:    map[*session]struct{}{},
 		leaseStop:   make(chan struct{}),
+		starts:      make(chan struct{}, cfg.MaxConcurrentStarts),
 		leaseDone:   make(chan struct{}),
 	}
 	s.metrics = newMetrics(s)
@@ -323,8 +326,21 @@ func (s *Server) runConn(ws *websocket.Conn, id Identity) {
 		return
 	}
 	defer s.untrack(sess)
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	err := sess.start(ctx)
+	// Session starts take turns (MaxConcurrentStarts at once): in a
+	// reconnect storm each start makes several JetStream API calls, and
+	// letting thousands race overflows the server's API queue, fails
+	// starts and brings the clients straight back.
+	ctx, cancel := context.WithTimeout(context.Background(), s.cfg.StartTimeout)
+	var err error
+	select {
+	case s.starts <- struct{}{}:
+		err = sess.start(ctx)
+		<-s.starts
+	case <-ctx.Done():
+		err = fmt.Errorf("gateway: waited %s for a turn to start: %w", s.cfg.StartTimeout, ctx.Err())
+	case <-c.Done():
+		err = errors.New("gateway: closed while waiting to start")
+	}
 	cancel()
 	if err != nil {
 		sess.log.Error("session start failed", "err", err)

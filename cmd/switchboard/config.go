@@ -93,6 +93,7 @@ func bindFlags(fs *flag.FlagSet, c *appConfig, withEmbedded bool) {
 	fs.IntVar(&g.OutboundQueue, "outbound-queue", g.OutboundQueue, "frames queued per connection before close 4001")
 	fs.DurationVar(&g.AckWait, "ack-wait", g.AckWait, "redeliver a message a device has not acked after this (0: 30s)")
 	fs.DurationVar(&g.ShutdownTimeout, "shutdown-timeout", g.ShutdownTimeout, "bound on graceful shutdown")
+	fs.IntVar(&g.MaxConcurrentStarts, "max-concurrent-starts", g.MaxConcurrentStarts, "sessions starting at once; the rest wait their turn (reconnect storms)")
 	fs.DurationVar(&g.PresenceTTL, "presence-ttl", g.PresenceTTL, "a device's presence lease: a dead gateway's devices go offline within it")
 	fs.IntVar(&g.MaxPresenceSubs, "max-presence-subs", g.MaxPresenceSubs, "users one connection may follow")
 	fs.DurationVar(&g.FunctionTimeout, "function-timeout", g.FunctionTimeout, "bound on a request to a worker function")
