@@ -66,6 +66,10 @@ type session struct {
 	msgs     jetstream.MessagesContext
 	stopping bool // delivery was stopped on purpose
 
+	// lastCSeq is the consumer sequence of the last delivery (deliverLoop
+	// only).
+	lastCSeq uint64
+
 	pubq     chan pubItem
 	owed     atomic.Int64 // items enqueued on pubq and not yet answered
 	shutting atomic.Bool
@@ -343,6 +347,18 @@ func (s *session) deliver(m jetstream.Msg) {
 		return
 	}
 	seq := meta.Sequence.Stream
+	// Consumer sequences count deliveries one by one. A gap means a
+	// delivery was lost on its way (its consumer leader died after sending
+	// it): that message would come again only after AckWait, behind newer
+	// ones. End the session instead; the reconnect rewinds the consumer to
+	// its ack floor, so everything comes again in order.
+	cs := meta.Sequence.Consumer
+	if s.lastCSeq != 0 && cs > s.lastCSeq+1 {
+		s.log.Warn("delivery gap; restarting the session", "expected", s.lastCSeq+1, "got", cs)
+		s.t.Close(protocol.CloseServiceRestart, "delivery gap")
+		return
+	}
+	s.lastCSeq = cs
 	h := m.Headers()
 	ts, _ := strconv.ParseInt(h.Get(streams.HdrTS), 10, 64)
 	if ts == 0 {
