@@ -423,7 +423,7 @@ func (s *session) handlePub(it pubItem) {
 	case it.kind == pubDelivered:
 		// The receipt was not stored: have the message redelivered so
 		// the device acks it again.
-		_ = it.ack.Nak()
+		_ = it.ack.NakWithDelay(time.Second) // not at once: during a leader election it would spin
 	case it.kind == pubSend && err == nil:
 		s.srv.metrics.stored.Inc()
 		s.t.Send(protocol.AppendSent(nil, it.id, ack.Sequence, it.ts, ack.Duplicate))
@@ -580,7 +580,7 @@ func (s *session) ack(seq uint64) {
 	from, id := h.Get(streams.HdrFrom), h.Get(streams.HdrID)
 	fut, err := s.srv.js.PublishMsgAsync(s.receipt(protocol.StatusDelivered, from, id))
 	if err != nil {
-		_ = m.Nak()
+		_ = m.NakWithDelay(time.Second)
 		return
 	}
 	s.enqueue(pubItem{fut: fut, kind: pubDelivered, ack: m})

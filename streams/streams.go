@@ -152,6 +152,7 @@ func Apply(ctx context.Context, js jetstream.JetStream, opts Options) error {
 		if err != nil {
 			return err
 		}
+		keepReplicas(ctx, js, cfg.Name, opts.Replicas, &cfg.Replicas)
 		if _, err := js.CreateOrUpdateStream(ctx, cfg); err != nil {
 			return fmt.Errorf("streams: apply %s: %w", cfg.Name, err)
 		}
@@ -161,9 +162,22 @@ func Apply(ctx context.Context, js jetstream.JetStream, opts Options) error {
 		if err != nil {
 			return err
 		}
+		keepReplicas(ctx, js, "KV_"+kv.Bucket, opts.Replicas, &kv.Replicas)
 		if _, err := js.CreateOrUpdateKeyValue(ctx, kv); err != nil {
 			return fmt.Errorf("streams: apply KV %s: %w", kv.Bucket, err)
 		}
 	}
 	return nil
+}
+
+// keepReplicas leaves an existing stream's replica count alone when none
+// was asked for: a gateway started without --replicas must not scale a
+// cluster's R3 streams back to one replica.
+func keepReplicas(ctx context.Context, js jetstream.JetStream, stream string, asked int, replicas *int) {
+	if asked > 0 {
+		return
+	}
+	if s, err := js.Stream(ctx, stream); err == nil {
+		*replicas = s.CachedInfo().Config.Replicas
+	}
 }
