@@ -1,12 +1,10 @@
 package testkit
 
 import (
-	"context"
 	"testing"
 	"time"
 
 	"github.com/nats-io/nats.go"
-	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/switchboard-im/switchboard/functions/presence"
 	"github.com/switchboard-im/switchboard/functions/receipts"
@@ -29,29 +27,7 @@ type Functions struct {
 // stops them at the end of the test.
 func StartFunctions(t testing.TB, n *NATS) *Functions {
 	t.Helper()
-	nc, err := nats.Connect(n.Server.ClientURL(), nats.MaxReconnects(-1), nats.ReconnectWait(50*time.Millisecond))
-	if err != nil {
-		t.Fatal(err)
-	}
-	js, err := jetstream.New(nc)
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
-	f := &Functions{Conn: nc}
-	rc := receipts.DefaultConfig()
-	rc.AckWait = FunctionAckWait
-	if f.Receipts, err = receipts.Start(ctx, nc, js, rc, Logger(t)); err != nil {
-		t.Fatal(err)
-	}
-	pc := presence.DefaultConfig()
-	pc.AckWait = FunctionAckWait
-	if f.Presence, err = presence.Start(ctx, nc, js, pc, Logger(t)); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(f.Stop)
-	return f
+	return StartFunctionsURL(t, n.Server.ClientURL())
 }
 
 // Stop stops both functions gracefully (idempotent).

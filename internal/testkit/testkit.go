@@ -9,7 +9,6 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
-	"net"
 	"os"
 	"testing"
 	"time"
@@ -140,37 +139,7 @@ func TestConfig() gateway.Config {
 // StartGateway starts a gateway with its own NATS connection to n.
 func StartGateway(t testing.TB, n *NATS, cfg gateway.Config) *Gateway {
 	t.Helper()
-	nc, err := nats.Connect(n.Server.ClientURL(), nats.MaxReconnects(-1), nats.ReconnectWait(50*time.Millisecond))
-	if err != nil {
-		t.Fatal(err)
-	}
-	keys, err := gateway.NewHS256Keys(Secret)
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
-	srv, err := gateway.New(ctx, cfg, keys, nc, Logger(t))
-	if err != nil {
-		t.Fatal(err)
-	}
-	ln, err := net.Listen("tcp", cfg.Listen)
-	if err != nil {
-		t.Fatal(err)
-	}
-	g := &Gateway{Server: srv, Conn: nc, Addr: ln.Addr().String(), done: make(chan error, 1)}
-	g.URL = "ws://" + g.Addr + gateway.PathWS
-	go func() { g.done <- srv.Serve(ln) }()
-	t.Cleanup(func() {
-		if g.killed {
-			return // its sessions wait out PubAcks that a dead connection never answers
-		}
-		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-		defer cancel()
-		_ = srv.Shutdown(ctx)
-		nc.Close()
-	})
-	return g
+	return StartGatewayURL(t, n.Server.ClientURL(), cfg)
 }
 
 // Kill drops the gateway as a crash would: every socket is dropped with no
