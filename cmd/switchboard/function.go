@@ -192,6 +192,7 @@ func runFunction(args []string) error {
 	fs.StringVar(&c.LogFormat, "log-format", c.LogFormat, "text or json")
 	bindFunctionFlags(fs, &c.Functions, false)
 	bindMediaFlags(fs, &c.Functions)
+	fs.IntVar(&c.Functions.Media.Replicas, "replicas", 0, "replicas of the media buckets (as the gateways' --replicas; 0: 1)")
 	if err := parseFlags(fs, args); err != nil {
 		return err
 	}

@@ -84,6 +84,8 @@ func runServe(args []string, allInOne bool) error {
 	if err := applyStreams(ctx, nc, c.Streams); err != nil {
 		return err
 	}
+	// Media's buckets are replicated like the streams.
+	c.Functions.Media.Replicas = c.Streams.Replicas
 	// Listen first: the embedded media store's URLs name this address.
 	ln, err := net.Listen("tcp", c.Gateway.Listen)
 	if err != nil {
