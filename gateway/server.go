@@ -145,6 +145,9 @@ func New(ctx context.Context, cfg Config, keys *Keys, nc *nats.Conn, log *slog.L
 		EnableCompression: false,                                           // no compression bombs
 		ReadBufferSize:    4096,
 		WriteBufferSize:   4096,
+		// Idle connections hold no write buffer: one is taken from the
+		// pool per message and given back after it.
+		WriteBufferPool: &sync.Pool{},
 	}
 	s.http = &fasthttp.Server{
 		Handler:            s.route,
