@@ -76,6 +76,10 @@ func (s *Settings) Validate(valid func(string) bool) error {
 	return nil
 }
 
+// ErrBadRecord wraps a KV record that does not decode. Readers treat it as
+// the record's defaults (the safe side) rather than fail on it forever.
+var ErrBadRecord = errors.New("streams: unreadable record")
+
 // LoadSettings returns a user's settings and their KV revision (0 and the
 // defaults when the user never set any).
 func LoadSettings(ctx context.Context, kv jetstream.KeyValue, user string) (Settings, uint64, error) {
@@ -88,7 +92,7 @@ func LoadSettings(ctx context.Context, kv jetstream.KeyValue, user string) (Sett
 		return s, 0, err
 	}
 	if err := json.Unmarshal(e.Value(), &s); err != nil {
-		return DefaultSettings(), e.Revision(), fmt.Errorf("settings of %s: %w", user, err)
+		return DefaultSettings(), e.Revision(), fmt.Errorf("%w: settings of %s: %w", ErrBadRecord, user, err)
 	}
 	return s, e.Revision(), nil
 }

@@ -220,11 +220,7 @@ func runFunction(args []string) error {
 	}
 	s := <-sig
 	log.Info("shutting down", "signal", s.String())
-	go func() {
-		s := <-sig
-		log.Warn("second signal: exiting at once", "signal", s.String())
-		os.Exit(1)
-	}()
+	go exitOnSecondSignal(sig, log)
 	stop()
 	log.Info("stopped")
 	return nil

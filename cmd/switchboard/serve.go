@@ -5,6 +5,7 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	"log/slog"
 	"net"
 	"os"
 	"os/signal"
@@ -140,11 +141,7 @@ func runServe(args []string, allInOne bool) error {
 	case err := <-serveErr:
 		return err
 	}
-	go func() {
-		s := <-sig
-		log.Warn("second signal: exiting at once", "signal", s.String())
-		os.Exit(1)
-	}()
+	go exitOnSecondSignal(sig, log)
 	if err := gw.Shutdown(context.Background()); err != nil {
 		log.Warn("shutdown incomplete", "err", err)
 	}
@@ -177,6 +174,14 @@ func applyStreams(ctx context.Context, nc *nats.Conn, o streams.Options) error {
 		return err
 	}
 	return streams.Apply(ctx, js, o)
+}
+
+// exitOnSecondSignal makes a second signal, during a graceful stop, an
+// immediate exit.
+func exitOnSecondSignal(sig <-chan os.Signal, log *slog.Logger) {
+	s := <-sig
+	log.Warn("second signal: exiting at once", "signal", s.String())
+	os.Exit(1)
 }
 
 func waitClosed(nc *nats.Conn, d time.Duration) {

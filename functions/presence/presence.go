@@ -144,53 +144,30 @@ func Start(ctx context.Context, nc *nats.Conn, js jetstream.JetStream, cfg Confi
 	if s.settings, err = js.KeyValue(ctx, streams.SettingsKV); err != nil {
 		return nil, fmt.Errorf("presence: %w", err)
 	}
-	ccfg, err := streams.ConsumerConfig("presence")
-	if err != nil {
-		return nil, err
-	}
-	if cfg.AckWait > 0 {
-		ccfg.AckWait = cfg.AckWait
-	}
-	cons, err := js.CreateOrUpdateConsumer(ctx, "KV_"+streams.PresenceKV, ccfg)
-	if err != nil {
-		return nil, fmt.Errorf("presence: consumer: %w", err)
-	}
-	s.svc, err = micro.AddService(nc, micro.Config{
-		Name:         "presence",
-		Version:      Version,
-		Description:  "Keeps who is online and last seen from gateway leases; answers with privacy applied",
-		StatsHandler: s.stats,
-	})
-	if err != nil {
-		return nil, fmt.Errorf("presence: %w", err)
-	}
-	if err := s.svc.AddEndpoint("get", micro.HandlerFunc(s.handleGet),
-		micro.WithEndpointSubject(GetSubject),
-		micro.WithEndpointMetadata(map[string]string{"request": `{"viewer":"alice","users":["bob"]}`})); err != nil {
-		_ = s.svc.Stop()
-		return nil, fmt.Errorf("presence: %w", err)
-	}
-	s.pool, err = worker.Start(js, cons, worker.Options{
+	s.svc, s.pool, err = worker.Serve(ctx, nc, js, worker.Service{
+		Stream:  "KV_" + streams.PresenceKV,
+		AckWait: cfg.AckWait,
+		Micro: micro.Config{
+			Name:         "presence",
+			Version:      Version,
+			Description:  "Keeps who is online and last seen from gateway leases; answers with privacy applied",
+			StatsHandler: s.stats,
+		},
+		Endpoint: "get", Subject: GetSubject, Example: `{"viewer":"alice","users":["bob"]}`, Handler: s.handleGet,
+	}, worker.Options{
 		Function: "presence", Workers: cfg.Workers, MaxAttempts: cfg.MaxAttempts,
 		// One user's changes in stream order, within an instance: fewer
 		// compare-and-set retries on their record.
 		Key: func(m jetstream.Msg) string { u, _, _ := parseLeaseSubject(m.Subject()); return u },
 	}, s.log, s.handle)
 	if err != nil {
-		_ = s.svc.Stop()
-		return nil, fmt.Errorf("presence: %w", err)
-	}
-	// Started means reachable: the endpoint's subscription is on the
-	// server before Start returns.
-	if err := nc.Flush(); err != nil {
-		s.Stop()
-		return nil, fmt.Errorf("presence: %w", err)
+		return nil, err
 	}
 	return s, nil
 }
 
-// Stop stops pulling, finishes the events in hand and leaves the rest
-// unacked for another instance.
+// Stop stops pulling, finishes the events in hand and hands the rest back
+// for another instance.
 func (s *Service) Stop() {
 	s.pool.Stop()
 	_ = s.svc.Stop()
@@ -320,7 +297,7 @@ func (s *Service) Views(ctx context.Context, viewer string, users []string) ([]V
 	out := make([]View, 0, len(users))
 	for _, u := range users {
 		set, _, err := streams.LoadSettings(ctx, s.settings, u)
-		if err != nil && !isDecodeError(err) {
+		if err != nil && !errors.Is(err, streams.ErrBadRecord) {
 			return nil, err
 		}
 		if err != nil || !set.Shows(u, viewer) {
@@ -328,18 +305,12 @@ func (s *Service) Views(ctx context.Context, viewer string, users []string) ([]V
 			continue
 		}
 		rec, err := LoadLive(ctx, s.kv, u)
-		if err != nil && !isDecodeError(err) {
+		if err != nil && !errors.Is(err, streams.ErrBadRecord) {
 			return nil, err
 		}
 		out = append(out, View{User: u, Online: rec.Online(), LastSeen: rec.LastSeen})
 	}
 	return out, nil
-}
-
-func isDecodeError(err error) bool {
-	var se *json.SyntaxError
-	var te *json.UnmarshalTypeError
-	return errors.As(err, &se) || errors.As(err, &te)
 }
 
 func (s *Service) handleGet(r micro.Request) {

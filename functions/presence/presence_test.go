@@ -23,13 +23,8 @@ type env struct {
 
 func newEnv(t testing.TB) *env {
 	t.Helper()
-	n := tk.StartBareNATS(t, t.TempDir())
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
-	if err := streams.Apply(ctx, n.JS, streams.Options{}); err != nil {
-		t.Fatal(err)
-	}
-	kv, err := n.JS.KeyValue(ctx, streams.PresenceKV)
+	n := tk.StartStreams(t, t.TempDir())
+	kv, err := n.JS.KeyValue(context.Background(), streams.PresenceKV)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -7,6 +7,8 @@ import (
 	"fmt"
 
 	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/switchboard-im/switchboard/streams"
 )
 
 // Keys in the PRESENCE bucket. A lease is written by the gateway holding
@@ -44,7 +46,7 @@ func Load(ctx context.Context, kv jetstream.KeyValue, user string) (Record, uint
 		return r, 0, err
 	}
 	if err := json.Unmarshal(e.Value(), &r); err != nil {
-		return Record{}, e.Revision(), fmt.Errorf("presence of %s: %w", user, err)
+		return Record{}, e.Revision(), fmt.Errorf("%w: presence of %s: %w", streams.ErrBadRecord, user, err)
 	}
 	return r, e.Revision(), nil
 }

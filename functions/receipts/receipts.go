@@ -124,52 +124,29 @@ func Start(ctx context.Context, nc *nats.Conn, js jetstream.JetStream, cfg Confi
 	if s.settings, err = js.KeyValue(ctx, streams.SettingsKV); err != nil {
 		return nil, fmt.Errorf("receipts: %w", err)
 	}
-	ccfg, err := streams.ConsumerConfig("receipts")
-	if err != nil {
-		return nil, err
-	}
-	if cfg.AckWait > 0 {
-		ccfg.AckWait = cfg.AckWait
-	}
-	cons, err := js.CreateOrUpdateConsumer(ctx, streams.Receipts, ccfg)
-	if err != nil {
-		return nil, fmt.Errorf("receipts: consumer: %w", err)
-	}
-	s.svc, err = micro.AddService(nc, micro.Config{
-		Name:         "receipts",
-		Version:      Version,
-		Description:  "Applies delivered/read events to message status and forwards them to senders",
-		StatsHandler: s.stats,
-	})
-	if err != nil {
-		return nil, fmt.Errorf("receipts: %w", err)
-	}
-	if err := s.svc.AddEndpoint("status", micro.HandlerFunc(s.handleStatus),
-		micro.WithEndpointSubject(StatusSubject),
-		micro.WithEndpointMetadata(map[string]string{"request": `{"user":"alice","id":"m-1"}`})); err != nil {
-		_ = s.svc.Stop()
-		return nil, fmt.Errorf("receipts: %w", err)
-	}
-	s.pool, err = worker.Start(js, cons, worker.Options{
+	s.svc, s.pool, err = worker.Serve(ctx, nc, js, worker.Service{
+		Stream:  streams.Receipts,
+		AckWait: cfg.AckWait,
+		Micro: micro.Config{
+			Name:         "receipts",
+			Version:      Version,
+			Description:  "Applies delivered/read events to message status and forwards them to senders",
+			StatsHandler: s.stats,
+		},
+		Endpoint: "status", Subject: StatusSubject, Example: `{"user":"alice","id":"m-1"}`, Handler: s.handleStatus,
+	}, worker.Options{
 		Function: "receipts", Workers: cfg.Workers, MaxAttempts: cfg.MaxAttempts,
 		// One message's events in stream order, within an instance.
 		Key: func(m jetstream.Msg) string { return m.Subject() + " " + m.Headers().Get(streams.HdrID) },
 	}, s.log, s.handle)
 	if err != nil {
-		_ = s.svc.Stop()
-		return nil, fmt.Errorf("receipts: %w", err)
-	}
-	// Started means reachable: the endpoint's subscription is on the
-	// server before Start returns.
-	if err := nc.Flush(); err != nil {
-		s.Stop()
-		return nil, fmt.Errorf("receipts: %w", err)
+		return nil, err
 	}
 	return s, nil
 }
 
-// Stop stops pulling, finishes the events in hand and leaves the rest
-// unacked for another instance.
+// Stop stops pulling, finishes the events in hand and hands the rest back
+// for another instance.
 func (s *Service) Stop() {
 	s.pool.Stop()
 	_ = s.svc.Stop()
@@ -296,7 +273,7 @@ func (s *Service) load(ctx context.Context, key string) (Status, uint64, error) 
 func (s *Service) readReceiptsOn(ctx context.Context, users ...string) (bool, error) {
 	for _, u := range users {
 		set, _, err := streams.LoadSettings(ctx, s.settings, u)
-		if err != nil && !isDecodeError(err) {
+		if err != nil && !errors.Is(err, streams.ErrBadRecord) {
 			return false, err
 		}
 		if !set.ReadReceipts {
@@ -304,12 +281,6 @@ func (s *Service) readReceiptsOn(ctx context.Context, users ...string) (bool, er
 		}
 	}
 	return true, nil
-}
-
-func isDecodeError(err error) bool {
-	var se *json.SyntaxError
-	var te *json.UnmarshalTypeError
-	return errors.As(err, &se) || errors.As(err, &te)
 }
 
 // forward stores the receipt in the sender's inbox.

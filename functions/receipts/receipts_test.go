@@ -26,12 +26,7 @@ type env struct {
 
 func newEnv(t testing.TB) *env {
 	t.Helper()
-	n := tk.StartBareNATS(t, t.TempDir())
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
-	if err := streams.Apply(ctx, n.JS, streams.Options{}); err != nil {
-		t.Fatal(err)
-	}
+	n := tk.StartStreams(t, t.TempDir())
 	return &env{n: n, js: n.JS}
 }
 

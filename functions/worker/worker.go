@@ -8,13 +8,16 @@ package worker
 import (
 	"context"
 	"errors"
+	"fmt"
 	"hash/fnv"
 	"log/slog"
 	"sync"
 	"sync/atomic"
 	"time"
 
+	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
+	"github.com/nats-io/nats.go/micro"
 
 	"github.com/switchboard-im/switchboard/streams"
 )
@@ -172,4 +175,55 @@ func Backoff(attempt int, base, limit time.Duration) time.Duration {
 		d *= 2
 	}
 	return min(d, limit)
+}
+
+// Service describes a worker function's face: the stream its durable
+// consumer reads (configured by streams/consumers/<Options.Function>.json)
+// and its micro service with one request endpoint.
+type Service struct {
+	Stream string
+	// AckWait overrides the durable's ack wait when set.
+	AckWait time.Duration
+	Micro   micro.Config
+	// Endpoint, Subject and Handler are the request endpoint; Example is a
+	// request, shown to operators in the endpoint's metadata.
+	Endpoint, Subject, Example string
+	Handler                    micro.HandlerFunc
+}
+
+// Serve binds the durable consumer, adds the micro service and starts a
+// Pool applying messages with h. When it returns the endpoint is
+// reachable: its subscription is on the server.
+func Serve(ctx context.Context, nc *nats.Conn, js jetstream.JetStream, svc Service, o Options, log *slog.Logger, h Handler) (micro.Service, *Pool, error) {
+	ccfg, err := streams.ConsumerConfig(o.Function)
+	if err != nil {
+		return nil, nil, err
+	}
+	if svc.AckWait > 0 {
+		ccfg.AckWait = svc.AckWait
+	}
+	cons, err := js.CreateOrUpdateConsumer(ctx, svc.Stream, ccfg)
+	if err != nil {
+		return nil, nil, fmt.Errorf("%s: consumer: %w", o.Function, err)
+	}
+	ms, err := micro.AddService(nc, svc.Micro)
+	if err != nil {
+		return nil, nil, fmt.Errorf("%s: %w", o.Function, err)
+	}
+	if err := ms.AddEndpoint(svc.Endpoint, svc.Handler, micro.WithEndpointSubject(svc.Subject),
+		micro.WithEndpointMetadata(map[string]string{"request": svc.Example})); err != nil {
+		_ = ms.Stop()
+		return nil, nil, fmt.Errorf("%s: %w", o.Function, err)
+	}
+	pool, err := Start(js, cons, o, log, h)
+	if err != nil {
+		_ = ms.Stop()
+		return nil, nil, fmt.Errorf("%s: %w", o.Function, err)
+	}
+	if err := nc.Flush(); err != nil {
+		pool.Stop()
+		_ = ms.Stop()
+		return nil, nil, fmt.Errorf("%s: %w", o.Function, err)
+	}
+	return ms, pool, nil
 }

@@ -138,6 +138,21 @@ func newFleet(t Target, cfg Config, run string, errs *errorCounts) *fleet {
 // recipient, ...) in this run.
 func (f *fleet) user(kind string, i int) string { return fmt.Sprintf("%s%s%d", f.run, kind, i) }
 
+// cast names nf sender users (with each one's index, for the ledger) and n
+// receiving users of the given kind.
+func (f *fleet) cast(nf int, kind string, n int) (feeders []string, index map[string]int, users []string) {
+	feeders, users = make([]string, nf), make([]string, n)
+	index = make(map[string]int, nf)
+	for i := range feeders {
+		feeders[i] = f.user("f", i)
+		index[feeders[i]] = i
+	}
+	for j := range users {
+		users[j] = f.user(kind, j)
+	}
+	return feeders, index, users
+}
+
 // device is one simulated device: a client and the goroutine that drains
 // its channels.
 type device struct {

@@ -23,15 +23,7 @@ func runOffline(ctx context.Context, e *env, rep *Report) error {
 	nf := min(cfg.Senders, n)
 	e.ledger = newLedger(nf)
 	l := e.ledger
-	feeders, users := make([]string, nf), make([]string, n)
-	index := make(map[string]int, nf)
-	for i := range feeders {
-		feeders[i] = e.fleet.user("f", i)
-		index[feeders[i]] = i
-	}
-	for j := range users {
-		users[j] = e.fleet.user("o", j)
-	}
+	feeders, index, users := e.fleet.cast(nf, "o", n)
 	res := &OfflineResult{Drain: Connects{Devices: cfg.Sample}}
 	rep.Offline = res
 

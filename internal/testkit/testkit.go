@@ -78,13 +78,22 @@ func StartNATS(t testing.TB) *NATS {
 // data).
 func StartNATSIn(t testing.TB, dir string) *NATS {
 	t.Helper()
+	n := StartStreams(t, dir)
+	n.Functions = StartFunctions(t, n)
+	return n
+}
+
+// StartStreams starts an embedded JetStream server with the streams
+// applied and no function running, for tests that start their own
+// instances.
+func StartStreams(t testing.TB, dir string) *NATS {
+	t.Helper()
 	n := StartBareNATS(t, dir)
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	if err := streams.Apply(ctx, n.JS, streams.Options{}); err != nil {
 		t.Fatal(err)
 	}
-	n.Functions = StartFunctions(t, n)
 	return n
 }
 
