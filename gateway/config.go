@@ -6,8 +6,6 @@ import (
 	"net/url"
 	"strings"
 	"time"
-
-	"github.com/switchboard-im/switchboard/streams"
 )
 
 // ErrConfig wraps every invalid configuration value; the message names the
@@ -56,7 +54,7 @@ type Config struct {
 	FloodStrikes int
 
 	// MaxInflight is how many messages one device may hold delivered but not
-	// acked (the consumer's max_ack_pending). Zero keeps the template's 256.
+	// acked. Past it, delivery waits for acks. Zero means 256.
 	MaxInflight int
 	// MaxPendingSends is how many sends per connection may await their
 	// JetStream PubAck; past it the gateway stops reading from that socket.
@@ -66,10 +64,6 @@ type Config struct {
 	// stay pending in JetStream. It must hold at least MaxInflight +
 	// MaxPendingSends + 64 frames: all the gateway can owe a client at once.
 	OutboundQueue int
-	// AckWait is how long JetStream waits for a device's ack before it
-	// redelivers. Zero keeps the template's 30s.
-	AckWait time.Duration
-
 	// ShutdownTimeout bounds a graceful shutdown: finishing in-flight
 	// PubAcks and closing every connection with 1012.
 	ShutdownTimeout time.Duration
@@ -77,6 +71,9 @@ type Config struct {
 	// of the same device (on any gateway) to close.
 	KickTimeout time.Duration
 
+	// SweepInterval is how often each session checks its inbox in the
+	// stream for a live copy lost with nothing to report it.
+	SweepInterval time.Duration
 	// PresenceTTL is the life of a device's presence lease: a gateway that
 	// dies without reporting has its devices shown offline within it. Live
 	// sessions refresh the lease three times per TTL. At least 1 s.
@@ -117,6 +114,7 @@ func DefaultConfig() Config {
 		ShutdownTimeout:  10 * time.Second,
 		KickTimeout:      3 * time.Second,
 		PresenceTTL:      60 * time.Second,
+		SweepInterval:    2 * time.Minute,
 		MaxPresenceSubs:  1024,
 		FunctionTimeout:  3 * time.Second,
 
@@ -158,12 +156,12 @@ func (c *Config) Validate() error {
 		// Everything the gateway may owe a client at once must fit, or a
 		// prompt reader with a backlog would be closed as slow.
 		return bad("OutboundQueue", fmt.Sprintf("must be at least MaxInflight + MaxPendingSends + 64 = %d", c.minOutboundQueue()))
-	case c.AckWait < 0:
-		return bad("AckWait", "must not be negative")
 	case c.ShutdownTimeout <= 0:
 		return bad("ShutdownTimeout", "must be positive")
 	case c.KickTimeout <= 0:
 		return bad("KickTimeout", "must be positive")
+	case c.SweepInterval < time.Second:
+		return bad("SweepInterval", "must be at least 1s")
 	case c.PresenceTTL < time.Second:
 		return bad("PresenceTTL", "must be at least 1s (the server's smallest message TTL)")
 	case c.MaxPresenceSubs < 1:
@@ -193,14 +191,17 @@ func (c *Config) Validate() error {
 const MaxFrameLimit = 1<<20 - 16<<10
 
 func (c *Config) minOutboundQueue() int {
-	inflight := c.MaxInflight
-	if inflight == 0 {
-		// The device consumer template's max_ack_pending (embedded, so
-		// it always loads).
-		tmpl, _ := streams.DeviceConsumerTemplate()
-		inflight = tmpl.MaxAckPending
+	return c.maxInflight() + c.MaxPendingSends + 64
+}
+
+// DefaultMaxInflight is MaxInflight when not set.
+const DefaultMaxInflight = 256
+
+func (c *Config) maxInflight() int {
+	if c.MaxInflight == 0 {
+		return DefaultMaxInflight
 	}
-	return inflight + c.MaxPendingSends + 64
+	return c.MaxInflight
 }
 
 // normalizeOrigin returns scheme://host:port in lower case with the default

@@ -5,8 +5,11 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"strconv"
+	"strings"
 	"time"
 
+	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/switchboard-im/switchboard/streams"
@@ -31,7 +34,7 @@ type userRecord struct {
 	Devices map[string]*deviceRecord `json:"devices"`
 }
 
-// devices finds or creates each device's durable consumer.
+// devices knows where each device is in its user's inbox.
 //
 // Which messages a device gets:
 //   - A user's first device gets everything INBOX still holds for the user
@@ -41,76 +44,88 @@ type userRecord struct {
 //     first connected. History from before is for the user's other devices
 //     to hand over, end to end encrypted, as WhatsApp does; the server
 //     never re-sends it.
-//   - A known device whose consumer is gone (deleted by an operator, or
-//     reaped) resumes after the ack floor saved when its last session ended.
+//   - A known device resumes after its cursor: the highest sequence below
+//     which it has settled everything (acked, and for a chat message its
+//     delivered event stored).
+//
+// A device's position is a record in the CURSORS bucket (key
+// <user>.<device>), not a durable consumer: an offline device costs disk,
+// and a connecting one costs a read of that record, not a consumer
+// creation (about 600 a second on one server).
 type devices struct {
-	js       jetstream.JetStream
-	inbox    jetstream.Stream
-	kv       jetstream.KeyValue
-	template jetstream.ConsumerConfig
-	onReset  func() // counts a rewind to the ack floor
+	js      jetstream.JetStream
+	inbox   jetstream.Stream
+	kv      jetstream.KeyValue // DEVICES
+	cursors jetstream.KeyValue // CURSORS
 	// created is when the INBOX stream this gateway started with was
 	// created: the stream identity kept with saved positions.
 	created time.Time
 }
 
+// consumerName is the durable consumer that earlier versions kept per
+// device; position migrates such a consumer's ack floor to a cursor.
 func consumerName(user, device string) string { return user + "~" + device }
 
-// ensure returns the device's consumer, ready to deliver from the oldest
-// message the device has not acked.
-func (d *devices) ensure(ctx context.Context, user, device string) (jetstream.Consumer, error) {
-	name := consumerName(user, device)
-	c, err := d.inbox.Consumer(ctx, name)
+// position returns the sequence after which the device's delivery starts:
+// its cursor, or for a device without one, where it joined.
+func (d *devices) position(ctx context.Context, user, device string) (uint64, error) {
+	e, err := d.cursors.Get(ctx, streams.CursorKey(user, device))
 	switch {
 	case err == nil:
-		ci := c.CachedInfo()
-		// Settings changed since the consumer was made (--ack-wait,
-		// --max-inflight) are applied to it.
-		if ci.Config.AckWait != d.template.AckWait || ci.Config.MaxAckPending != d.template.MaxAckPending {
-			cfg := ci.Config
-			cfg.AckWait, cfg.MaxAckPending = d.template.AckWait, d.template.MaxAckPending
-			if c, err = d.inbox.UpdateConsumer(ctx, cfg); err != nil {
-				return nil, fmt.Errorf("gateway: update consumer: %w", err)
-			}
+		if floor, ok := d.parseCursor(e.Value()); ok {
+			return floor, nil
 		}
-		// Anything still unacked belongs to an earlier session that is
-		// gone. Rewind to the ack floor so it comes again at once and in
-		// order, instead of after AckWait and behind newer messages.
-		if ci.NumAckPending > 0 || ci.NumRedelivered > 0 {
-			if _, err := d.inbox.ResetConsumer(ctx, name); err != nil {
-				return nil, fmt.Errorf("gateway: reset consumer: %w", err)
+		// From an INBOX since deleted and recreated: fall through to the
+		// registry, which knows that too.
+	case !errors.Is(err, jetstream.ErrKeyNotFound):
+		return 0, fmt.Errorf("gateway: cursor: %w", err)
+	default:
+		// A device queue left by an earlier version: carry its ack floor
+		// over and remove it.
+		if c, err := d.inbox.Consumer(ctx, consumerName(user, device)); err == nil {
+			floor := c.CachedInfo().AckFloor.Stream
+			if err := d.recordFloor(ctx, user, device, floor); err != nil {
+				return 0, err
 			}
-			if d.onReset != nil {
-				d.onReset()
+			if err := d.inbox.DeleteConsumer(ctx, consumerName(user, device)); err != nil &&
+				!errors.Is(err, jetstream.ErrConsumerNotFound) {
+				return 0, fmt.Errorf("gateway: remove legacy consumer: %w", err)
 			}
+			return floor, nil
 		}
-		return c, nil
-	case !errors.Is(err, jetstream.ErrConsumerNotFound):
-		return nil, fmt.Errorf("gateway: consumer info: %w", err)
 	}
 	start, err := d.register(ctx, user, device)
+	if err != nil || start == 0 {
+		return 0, err
+	}
+	return start - 1, nil
+}
+
+// cursorValue is a cursor record: the floor and the INBOX it counts in.
+func (d *devices) cursorValue(floor uint64) []byte {
+	b := strconv.AppendUint(nil, floor, 10)
+	b = append(b, ' ')
+	return strconv.AppendInt(b, d.created.UnixNano(), 10)
+}
+
+// parseCursor reads a cursor record; ok is false for a malformed one or
+// one saved in another INBOX.
+func (d *devices) parseCursor(v []byte) (floor uint64, ok bool) {
+	f, stream, found := strings.Cut(string(v), " ")
+	if !found {
+		return 0, false
+	}
+	floor, err := strconv.ParseUint(f, 10, 64)
 	if err != nil {
-		return nil, err
+		return 0, false
 	}
-	cfg := d.template
-	cfg.Durable = name
-	cfg.FilterSubject = streams.InboxSubject(user)
-	cfg.Metadata = map[string]string{"user": user, "device": device}
-	if start > 0 {
-		cfg.DeliverPolicy = jetstream.DeliverByStartSequencePolicy
-		cfg.OptStartSeq = start
-	} else {
-		cfg.DeliverPolicy = jetstream.DeliverAllPolicy
-	}
-	c, err = d.inbox.CreateConsumer(ctx, cfg)
-	if errors.Is(err, jetstream.ErrConsumerExists) {
-		// Another session of this device won the race; use its consumer.
-		return d.inbox.Consumer(ctx, name)
-	}
-	if err != nil {
-		return nil, fmt.Errorf("gateway: create consumer: %w", err)
-	}
-	return c, nil
+	created, err := strconv.ParseInt(stream, 10, 64)
+	return floor, err == nil && created == d.created.UnixNano()
+}
+
+// cursorMsg is the publish that saves a device's cursor, for PublishAsync.
+func (d *devices) cursorMsg(user, device string, floor uint64) *nats.Msg {
+	return &nats.Msg{Subject: "$KV." + streams.CursorsKV + "." + streams.CursorKey(user, device), Data: d.cursorValue(floor)}
 }
 
 // register records the device if it is new and returns the first sequence
@@ -152,33 +167,31 @@ func (d *devices) register(ctx context.Context, user, device string) (uint64, er
 	return 0, errors.New("gateway: device registry too contended")
 }
 
-// saveFloor records how far a device has acked, so a consumer that is
-// removed can be recreated at the right place.
-func (d *devices) saveFloor(ctx context.Context, user, device string) error {
-	c, err := d.inbox.Consumer(ctx, consumerName(user, device))
-	if err != nil {
-		return err
-	}
-	return d.recordFloor(ctx, user, device, c.CachedInfo().AckFloor.Stream)
-}
-
-// recordFloor moves a device's saved floor forward to floor.
+// recordFloor moves a device's cursor forward to floor (never back).
 func (d *devices) recordFloor(ctx context.Context, user, device string, floor uint64) error {
+	key := streams.CursorKey(user, device)
 	for attempt := 0; attempt < 10; attempt++ {
-		rec, rev, err := d.load(ctx, user)
-		if err != nil {
-			return err
+		var rev uint64
+		e, err := d.cursors.Get(ctx, key)
+		switch {
+		case err == nil:
+			if cur, ok := d.parseCursor(e.Value()); ok && cur >= floor {
+				return nil
+			}
+			rev = e.Revision()
+		case !errors.Is(err, jetstream.ErrKeyNotFound):
+			return fmt.Errorf("gateway: cursor: %w", err)
 		}
-		dr := rec.Devices[device]
-		if dr == nil || (dr.Floor >= floor && dr.Stream.Equal(d.created)) {
-			return nil
+		if rev == 0 {
+			_, err = d.cursors.Create(ctx, key, d.cursorValue(floor))
+		} else {
+			_, err = d.cursors.Update(ctx, key, d.cursorValue(floor), rev)
 		}
-		dr.Floor, dr.Stream = floor, d.created
-		if err := d.store(ctx, user, rec, rev); err == nil || !errors.Is(err, jetstream.ErrKeyExists) {
+		if err == nil || !isConflict(err) {
 			return err
 		}
 	}
-	return errors.New("gateway: device registry too contended")
+	return errors.New("gateway: cursor too contended")
 }
 
 func (d *devices) load(ctx context.Context, user string) (*userRecord, uint64, error) {
@@ -211,10 +224,16 @@ func (d *devices) store(ctx context.Context, user string, rec *userRecord, rev u
 	} else {
 		_, err = d.kv.Update(ctx, user, b, rev)
 	}
-	var apiErr *jetstream.APIError
-	if errors.As(err, &apiErr) && (apiErr.ErrorCode == jetstream.JSErrCodeStreamWrongLastSequence ||
-		apiErr.ErrorCode == jetstream.JSErrCodeStreamWrongLastSequenceConstant) {
+	if isConflict(err) {
 		return jetstream.ErrKeyExists
 	}
 	return err
+}
+
+// isConflict reports a compare-and-set write that lost.
+func isConflict(err error) bool {
+	var apiErr *jetstream.APIError
+	return errors.Is(err, jetstream.ErrKeyExists) || (errors.As(err, &apiErr) &&
+		(apiErr.ErrorCode == jetstream.JSErrCodeStreamWrongLastSequence ||
+			apiErr.ErrorCode == jetstream.JSErrCodeStreamWrongLastSequenceConstant))
 }

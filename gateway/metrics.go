@@ -28,7 +28,8 @@ type metrics struct {
 	errors    *prometheus.CounterVec        // error frames sent, by code
 	delivered prometheus.Counter            // msg and receipt frames queued to devices
 	stored    prometheus.Counter            // sends confirmed "sent"
-	resets    prometheus.Counter            // consumers rewound to their ack floor
+	catchUps  *prometheus.CounterVec        // stream reads started off the live path, by reason
+	inboxGets prometheus.Counter            // batched direct gets of inbox messages
 }
 
 func newMetrics(s *Server) *metrics {
@@ -48,9 +49,13 @@ func newMetrics(s *Server) *metrics {
 		Help: "Messages and receipts handed to devices (redeliveries included)."})
 	m.stored = prometheus.NewCounter(prometheus.CounterOpts{Namespace: ns, Name: "sends_stored_total",
 		Help: "Sends stored in JetStream and answered \"sent\"."})
-	m.resets = prometheus.NewCounter(prometheus.CounterOpts{Namespace: ns, Name: "consumer_resets_total",
-		Help: "Device consumers rewound to their ack floor on connect."})
-	m.reg.MustRegister(m.sessions, m.refused, m.closes, m.framesIn, m.errors, m.delivered, m.stored, m.resets,
+	m.catchUps = prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Name: "catchups_total",
+		Help: "Sessions that read their inbox from the stream after connecting, by reason: a gap in live copies, " +
+			"the NATS connection restored, a subscription overflowed, an INBOX leader change, the periodic sweep."},
+		[]string{"reason"})
+	m.inboxGets = prometheus.NewCounter(prometheus.CounterOpts{Namespace: ns, Name: "inbox_reads_total",
+		Help: "Batched reads of device inboxes from the stream (connects and catch-ups)."})
+	m.reg.MustRegister(m.sessions, m.refused, m.closes, m.framesIn, m.errors, m.delivered, m.stored, m.catchUps, m.inboxGets,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	// Pre-create the label values operators alert on, so they read 0
 	// rather than being absent.
@@ -60,6 +65,9 @@ func newMetrics(s *Server) *metrics {
 	}
 	for _, e := range protocol.Errors {
 		m.errors.WithLabelValues(string(e.Code))
+	}
+	for _, r := range catchUpReasons {
+		m.catchUps.WithLabelValues(r)
 	}
 	for _, c := range protocol.Closes {
 		m.closes.WithLabelValues(strconv.Itoa(c.Code))

@@ -19,18 +19,18 @@ type ReapResult struct {
 	Busy    int `json:"busy"`    // skipped: online, pulling, active within idle, or unregistered
 }
 
-// Reap deletes the durable consumers of devices idle for longer than idle,
-// after saving each one's ack floor in DEVICES, so a long-offline device
-// costs disk only (its messages wait in INBOX) and not the ~47 KB of
-// server memory a consumer holds. When the device comes back, its session
-// recreates the consumer from the saved floor: it gets every message it
-// had not acked and none it had.
+// Reap removes the per-device durable consumers that earlier versions kept
+// (this one keeps a cursor record per device instead, see devices), for
+// devices away for longer than idle: each one's ack floor is carried over
+// to the device's cursor first, so the device then gets every message it
+// had not acked and none it had. A consumer holds ~47 KB of server memory;
+// a cursor costs disk. A device that connects first carries its consumer
+// over itself.
 //
 // A device is idle when it holds no presence lease, has no pull waiting
-// (no session) and has had nothing delivered for idle. What it held
-// unacked comes again from the floor, as on any reconnect. Running
-// it from several places at once is safe: saving a floor only ever moves
-// it forward, and deleting a deleted consumer is a no-op.
+// and has had nothing delivered for idle. Running it from several places
+// at once is safe: a cursor only ever moves forward, and deleting a
+// deleted consumer is a no-op.
 func Reap(ctx context.Context, js jetstream.JetStream, idle time.Duration) (ReapResult, error) {
 	var res ReapResult
 	inbox, err := js.Stream(ctx, streams.Inbox)
@@ -45,7 +45,11 @@ func Reap(ctx context.Context, js jetstream.JetStream, idle time.Duration) (Reap
 	if err != nil {
 		return res, fmt.Errorf("gateway: reap: %w", err)
 	}
-	d := &devices{js: js, inbox: inbox, kv: kv, created: inbox.CachedInfo().Created}
+	cursors, err := js.KeyValue(ctx, streams.CursorsKV)
+	if err != nil {
+		return res, fmt.Errorf("gateway: reap: %w", err)
+	}
+	d := &devices{js: js, inbox: inbox, kv: kv, cursors: cursors, created: inbox.CachedInfo().Created}
 	now := time.Now()
 	// List first, then delete: deleting while paging through the list
 	// would shift the pages and skip consumers.

@@ -61,8 +61,15 @@ type Server struct {
 
 	starts chan struct{} // one token per session start in progress
 
-	leaseStop     chan struct{}
+	// liveSubs maps each session's live subscription to it, for the
+	// connection's slow-consumer reports (see watchLive).
+	liveMu    sync.Mutex
+	liveSubs  map[*nats.Subscription]*session
+	leaderSub *nats.Subscription
+
+	leaseStop     chan struct{} // ends leaseLoop and sweepLoop
 	leaseDone     chan struct{}
+	sweepDone     chan struct{}
 	leaseStopOnce sync.Once
 }
 
@@ -98,15 +105,9 @@ func New(ctx context.Context, cfg Config, keys *Keys, nc *nats.Conn, log *slog.L
 	if err != nil {
 		return nil, fmt.Errorf("gateway: bucket %s: %w", streams.SettingsKV, err)
 	}
-	tmpl, err := streams.DeviceConsumerTemplate()
+	cursors, err := js.KeyValue(ctx, streams.CursorsKV)
 	if err != nil {
-		return nil, err
-	}
-	if cfg.MaxInflight > 0 {
-		tmpl.MaxAckPending = cfg.MaxInflight
-	}
-	if cfg.AckWait > 0 {
-		tmpl.AckWait = cfg.AckWait
+		return nil, fmt.Errorf("gateway: bucket %s: %w", streams.CursorsKV, err)
 	}
 	s := &Server{
 		cfg:         cfg,
@@ -115,21 +116,25 @@ func New(ctx context.Context, cfg Config, keys *Keys, nc *nats.Conn, log *slog.L
 		nc:          nc,
 		js:          js,
 		inbox:       inbox,
-		devices:     &devices{js: js, inbox: inbox, kv: kv, template: tmpl, created: inbox.CachedInfo().Created},
+		devices:     &devices{js: js, inbox: inbox, kv: kv, cursors: cursors, created: inbox.CachedInfo().Created},
 		presenceKV:  presenceKV,
 		media:       media.NewClient(nc, cfg.FunctionTimeout),
 		presence:    newPresenceHub(nc),
 		settingsKV:  settingsKV,
-		maxInflight: tmpl.MaxAckPending,
+		maxInflight: cfg.maxInflight(),
 		id:          nats.NewInbox()[len(nats.InboxPrefix):],
 		origins:     map[string]bool{},
 		sessions:    map[*session]struct{}{},
 		leaseStop:   make(chan struct{}),
 		starts:      make(chan struct{}, cfg.MaxConcurrentStarts),
 		leaseDone:   make(chan struct{}),
+		sweepDone:   make(chan struct{}),
+		liveSubs:    map[*nats.Subscription]*session{},
 	}
 	s.metrics = newMetrics(s)
-	s.devices.onReset = s.metrics.resets.Inc
+	if err := s.watchLive(); err != nil {
+		return nil, err
+	}
 	for _, o := range cfg.AllowedOrigins {
 		if o == "*" {
 			s.anyOrigin = true
@@ -168,14 +173,21 @@ func New(ctx context.Context, cfg Config, keys *Keys, nc *nats.Conn, log *slog.L
 		KeepHijackedConns: true,
 	}
 	go s.leaseLoop()
+	go s.sweepLoop()
 	return s, nil
 }
 
 // stopLeases ends the lease loop; the leases of sessions still open then
 // expire on their own.
 func (s *Server) stopLeases() {
-	s.leaseStopOnce.Do(func() { close(s.leaseStop) })
+	s.leaseStopOnce.Do(func() {
+		close(s.leaseStop)
+		if s.leaderSub != nil {
+			_ = s.leaderSub.Unsubscribe()
+		}
+	})
 	<-s.leaseDone
+	<-s.sweepDone
 }
 
 // stopPresence stops forwarding presence changes; called once sessions
@@ -356,13 +368,6 @@ func (s *Server) runConn(ws *websocket.Conn, id Identity) {
 	<-c.writerDone
 	sess.log.Debug("disconnected", "code", c.closeCode, "reason", c.closeReason)
 	s.metrics.closes.WithLabelValues(strconv.Itoa(c.closeCode)).Inc()
-	if err == nil {
-		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
-		if err := s.devices.saveFloor(ctx, id.User, id.Device); err != nil {
-			sess.log.Debug("saving ack floor failed", "err", err)
-		}
-		cancel()
-	}
 }
 
 func (s *Server) track(sess *session) bool {

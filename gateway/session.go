@@ -26,7 +26,7 @@ const (
 	pubSend      pubKind = iota // a chat message: answer "sent"
 	pubDelivered                // a delivered receipt: then ack the message
 	pubRead                     // a read receipt: nothing more to do
-	pubAckOnly                  // no publish: ack a delivered receipt, in turn
+	pubSettle                   // no publish: settle a receipt the device acked, in turn
 )
 
 // pubItem is a JetStream publish awaiting its PubAck, with what to do then.
@@ -38,15 +38,15 @@ type pubItem struct {
 	ts int64
 	// For a read receipt: the sequence it was about, named in an error.
 	seq uint64
-	// For a delivered receipt: the message to ack once the receipt is stored.
-	ack jetstream.Msg
+	// For a delivered event or pubSettle: the message to settle once done.
+	settle uint64
 }
 
 // session is one device's connection: it publishes the device's sends,
-// delivers its queue from the durable consumer, and turns its acks into
-// JetStream acks and receipts.
+// delivers its inbox (feed.go), and turns its acks into receipts and cursor
+// moves.
 //
-// Goroutines: the read loop calls handle; deliverLoop and pubAckLoop run on
+// Goroutines: the read loop calls handle; feedLoop and pubAckLoop run on
 // their own. handle must not block except on pubq (backpressure on sends).
 type session struct {
 	srv  *Server
@@ -61,14 +61,23 @@ type session struct {
 	typingLim *rate.Limiter
 	strikes   int // rate-limited frames in a row; read loop only
 
-	mu       sync.Mutex // guards pending, msgs and stopping
-	pending  map[uint64]jetstream.Msg
-	msgs     jetstream.MessagesContext
-	stopping bool // delivery was stopped on purpose
+	// mu guards the delivery state below.
+	mu sync.Mutex
+	// pending: delivered and not acked by the device, by sequence.
+	pending map[uint64]pendingMsg
+	// unsettled: delivered and not yet settled (acked, and the delivered
+	// event stored), in order.
+	unsettled []uint64
+	last      uint64 // highest sequence delivered or skipped
+	floor     uint64 // everything at or below it is settled
+	saved     uint64 // the floor last written to the cursor
+	behind    bool   // let live copies go: too many unacked
+	stopping  bool   // delivery was stopped on purpose
 
-	// lastCSeq is the consumer sequence of the last delivery (deliverLoop
-	// only).
-	lastCSeq uint64
+	live    chan *nats.Msg // live copies for feedLoop
+	liveSub *nats.Subscription
+	poke    chan struct{} // wake feedLoop to read the stream
+	quit    chan struct{} // closed to end feedLoop
 
 	pubq     chan pubItem
 	owed     atomic.Int64 // items enqueued on pubq and not yet answered
@@ -95,7 +104,7 @@ type session struct {
 	expiry *time.Timer
 
 	loops sync.WaitGroup
-	// delivering is closed when deliverLoop has returned (or never ran):
+	// delivering is closed when feedLoop has returned (or never ran):
 	// from then on this session pulls nothing from the consumer.
 	delivering     chan struct{}
 	deliveringOnce sync.Once
@@ -116,7 +125,10 @@ func newSession(srv *Server, id Identity, t transport) *session {
 		sendLim:    rate.NewLimiter(rate.Limit(cfg.SendRate), cfg.SendBurst),
 		frameLim:   rate.NewLimiter(rate.Limit(cfg.FrameRate), cfg.FrameBurst),
 		typingLim:  rate.NewLimiter(rate.Limit(cfg.TypingRate), cfg.TypingBurst),
-		pending:    make(map[uint64]jetstream.Msg),
+		pending:    make(map[uint64]pendingMsg),
+		live:       make(chan *nats.Msg, liveBuffer),
+		poke:       make(chan struct{}, 1),
+		quit:       make(chan struct{}),
 		presSubs:   make(map[string]struct{}),
 		calls:      make(chan struct{}, maxFunctionCalls),
 		pubq:       make(chan pubItem, cfg.MaxPendingSends),
@@ -143,8 +155,8 @@ func (s *session) newerThan(born int64, sid string) bool {
 	return born > s.born || (born == s.born && sid > s.sid)
 }
 
-// start takes over the device (ending any older session of it), prepares
-// its consumer, greets the client and starts delivery.
+// start takes over the device (ending any older session of it), finds its
+// position, greets the client and starts delivery.
 //
 // Taking over: the session asks on sb.kick.<user>.<device> and waits for
 // the older session, on any gateway, to stop pulling before it touches the
@@ -177,16 +189,23 @@ func (s *session) start(ctx context.Context) error {
 		return err
 	}
 
-	cons, err := s.srv.devices.ensure(ctx, s.id.User, s.id.Device)
+	pos, err := s.srv.devices.position(ctx, s.id.User, s.id.Device)
 	if err != nil {
 		return err
 	}
-	// Events are subscribed, and the server has the subscription, before
-	// the welcome: a client that has its welcome gets every later event.
-	// None is forwarded before the welcome, which must be the first frame.
+	s.last, s.floor, s.saved = pos, pos, pos
+	// Events and live copies are subscribed, and the server has the
+	// subscriptions, before the welcome and before the first read of the
+	// stream: a client that has its welcome gets every later event, and
+	// every message is either read or arrives live. None is forwarded
+	// before the welcome, which must be the first frame.
 	if s.evSub, err = nc.Subscribe(eventSubject(s.id.User), s.onEvent); err != nil {
 		return err
 	}
+	if s.liveSub, err = nc.ChanSubscribe(streams.LiveSubject(s.id.User), s.live); err != nil {
+		return err
+	}
+	s.srv.watch(s.liveSub, s)
 	if err := nc.FlushWithContext(ctx); err != nil {
 		return err
 	}
@@ -196,21 +215,15 @@ func (s *session) start(ctx context.Context) error {
 	s.evMu.Unlock()
 	s.goOnline(ctx)
 
-	msgs, err := cons.Messages(jetstream.PullMaxMessages(s.srv.maxInflight))
-	if err != nil {
-		return err
-	}
 	s.mu.Lock()
 	if s.stopping {
 		s.mu.Unlock()
-		msgs.Stop()
 		s.doneDelivering()
 		return nil
 	}
-	s.msgs = msgs
-	s.mu.Unlock()
 	s.loops.Add(2)
-	go s.deliverLoop(msgs)
+	s.mu.Unlock()
+	go s.feedLoop()
 	go s.pubAckLoop()
 
 	if d := time.Until(s.id.Expires); d > 0 {
@@ -263,8 +276,8 @@ func (s *session) onKick(m *nats.Msg) {
 }
 
 // stop ends delivery, lets in-flight PubAcks finish (bounded) and saves the
-// device's position. Messages delivered but not acked stay pending in
-// JetStream; the next session resets the consumer to its ack floor.
+// device's cursor. Messages delivered but not settled stay in JetStream
+// past the cursor; the next session delivers them again.
 func (s *session) stop() {
 	s.stopOnce.Do(func() {
 		if s.expiry != nil {
@@ -275,9 +288,14 @@ func (s *session) stop() {
 		s.loops.Wait()
 		s.doneDelivering() // if delivery never started
 		close(s.stopped)
+		if s.liveSub != nil {
+			s.srv.unwatch(s.liveSub)
+			_ = s.liveSub.Unsubscribe()
+		}
 		if s.evSub != nil {
 			_ = s.evSub.Unsubscribe()
 		}
+		s.finalCursor()
 		s.dropPresenceSubs()
 		s.goOffline()
 		if s.kickSub != nil {
@@ -309,86 +327,27 @@ func (s *session) doneDelivering() { s.deliveringOnce.Do(func() { close(s.delive
 
 func (s *session) stopDelivery() {
 	s.mu.Lock()
-	msgs := s.msgs
-	s.stopping = true
+	if !s.stopping {
+		s.stopping = true
+		close(s.quit)
+	}
 	s.mu.Unlock()
-	if msgs != nil {
-		msgs.Stop()
-	}
 }
 
-func (s *session) deliverLoop(msgs jetstream.MessagesContext) {
-	defer s.loops.Done()
-	defer s.doneDelivering()
-	for {
-		m, err := msgs.Next()
-		if err != nil {
-			s.mu.Lock()
-			stopping := s.stopping
-			s.mu.Unlock()
-			if stopping {
-				return
-			}
-			// Not stopped by us: the NATS connection closed or the
-			// consumer went away. End the session so the client
-			// reconnects, rather than keep a socket that gets nothing.
-			s.log.Warn("delivery stopped", "err", err)
-			s.t.Close(protocol.CloseInternal, "delivery stopped")
-			return
-		}
-		s.deliver(m)
-	}
-}
-
-func (s *session) deliver(m jetstream.Msg) {
-	meta, err := m.Metadata()
-	if err != nil {
-		s.log.Error("message without metadata", "err", err)
-		return
-	}
-	seq := meta.Sequence.Stream
-	// Consumer sequences count deliveries one by one. A gap means a
-	// delivery was lost on its way (its consumer leader died after sending
-	// it): that message would come again only after AckWait, behind newer
-	// ones. End the session instead; the reconnect rewinds the consumer to
-	// its ack floor, so everything comes again in order.
-	cs := meta.Sequence.Consumer
-	if s.lastCSeq != 0 && cs > s.lastCSeq+1 {
-		s.log.Warn("delivery gap; restarting the session", "expected", s.lastCSeq+1, "got", cs)
-		s.t.Close(protocol.CloseServiceRestart, "delivery gap")
-		return
-	}
-	s.lastCSeq = cs
-	h := m.Headers()
-	ts, _ := strconv.ParseInt(h.Get(streams.HdrTS), 10, 64)
-	if ts == 0 {
-		ts = meta.Timestamp.UnixMilli()
-	}
-	from, dev, id := h.Get(streams.HdrFrom), h.Get(streams.HdrDevice), h.Get(streams.HdrID)
-	var frame []byte
-	switch h.Get(streams.HdrKind) {
-	case streams.KindMsg:
-		frame = protocol.AppendMsg(nil, id, from, dev, seq, ts, m.Data(), []byte(h.Get(streams.HdrMedia)))
-	case streams.KindReceipt:
-		frame = protocol.AppendReceipt(nil, id, h.Get(streams.HdrStatus), from, dev, seq, ts)
-	default:
-		// Not written by a gateway (for example published by hand with the
-		// nats CLI). Terminate it so it cannot block the queue; it stays
-		// in the stream for an operator to inspect.
-		s.log.Warn("terminating foreign message in inbox", "seq", seq)
-		_ = m.Term()
-		return
-	}
-	if !protocol.ValidID(from) || !protocol.ValidID(dev) || !protocol.ValidID(id) {
-		s.log.Warn("terminating malformed message in inbox", "seq", seq)
-		_ = m.Term()
-		return
-	}
+// finalCursor saves the device's floor and waits for it to be stored, so
+// the next session, on any gateway, starts right after it.
+func (s *session) finalCursor() {
 	s.mu.Lock()
-	s.pending[seq] = m
+	floor, saved := s.floor, s.saved
 	s.mu.Unlock()
-	s.srv.metrics.delivered.Inc()
-	s.t.Send(frame)
+	if floor <= saved {
+		return
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	defer cancel()
+	if _, err := s.srv.js.PublishMsg(ctx, s.srv.devices.cursorMsg(s.id.User, s.id.Device, floor)); err != nil {
+		s.log.Debug("saving the cursor failed", "err", err)
+	}
 }
 
 func (s *session) pubAckLoop() {
@@ -396,16 +355,18 @@ func (s *session) pubAckLoop() {
 	for it := range s.pubq {
 		s.handlePub(it)
 		s.owed.Add(-1)
+		if len(s.pubq) == 0 {
+			// Caught up: save the cursor now. Under load this saves once
+			// per burst rather than once per ack.
+			s.saveCursor()
+		}
 	}
 }
 
-// handlePub completes one pubq item. Items complete in the order they were
-// enqueued, so JetStream sees a device's acks in the order the device sent
-// them and its ack floor keeps up (a reset to the floor then re-sends as
-// little as possible).
+// handlePub completes one pubq item, in the order they were enqueued.
 func (s *session) handlePub(it pubItem) {
-	if it.kind == pubAckOnly {
-		_ = it.ack.Ack()
+	if it.kind == pubSettle {
+		s.settle(it.settle)
 		return
 	}
 	var ack *jetstream.PubAck
@@ -419,11 +380,13 @@ func (s *session) handlePub(it pubItem) {
 	}
 	switch {
 	case it.kind == pubDelivered && err == nil:
-		_ = it.ack.Ack()
+		s.settle(it.settle)
 	case it.kind == pubDelivered:
-		// The receipt was not stored: have the message redelivered so
-		// the device acks it again.
-		_ = it.ack.NakWithDelay(time.Second) // not at once: during a leader election it would spin
+		// The event was not stored: the message stays unsettled, so the
+		// cursor stops below it and the next session delivers it again.
+		// Restart now rather than hold the device's floor back for the
+		// rest of this session.
+		s.t.Close(protocol.CloseServiceRestart, "delivered event not stored")
 	case it.kind == pubSend && err == nil:
 		s.srv.metrics.stored.Inc()
 		s.t.Send(protocol.AppendSent(nil, it.id, ack.Sequence, it.ts, ack.Duplicate))
@@ -562,28 +525,26 @@ func (s *session) send(f *protocol.Frame) {
 
 func (s *session) ack(seq uint64) {
 	s.mu.Lock()
-	m := s.pending[seq]
+	p, ok := s.pending[seq]
 	delete(s.pending, seq)
 	s.mu.Unlock()
-	if m == nil {
+	if !ok {
 		s.sendError(protocol.ErrUnknownSeq, "nothing pending with this seq", "", seq, 0)
 		return
 	}
-	h := m.Headers()
-	if h.Get(streams.HdrKind) != streams.KindMsg {
-		s.enqueue(pubItem{kind: pubAckOnly, ack: m})
+	if p.receipt {
+		s.enqueue(pubItem{kind: pubSettle, settle: seq})
 		return
 	}
-	// The delivered event is stored before the message is acked, so a
-	// crash between the two redelivers the message and the event's dedup
-	// id keeps the event single.
-	from, id := h.Get(streams.HdrFrom), h.Get(streams.HdrID)
-	fut, err := s.srv.js.PublishMsgAsync(s.receipt(protocol.StatusDelivered, from, id))
+	// The delivered event is stored before the message is settled, so a
+	// crash between the two delivers the message again and the event's
+	// dedup id keeps the event single.
+	fut, err := s.srv.js.PublishMsgAsync(s.receipt(protocol.StatusDelivered, p.from, p.id))
 	if err != nil {
-		_ = m.NakWithDelay(time.Second)
+		s.t.Close(protocol.CloseServiceRestart, "delivered event not stored")
 		return
 	}
-	s.enqueue(pubItem{fut: fut, kind: pubDelivered, ack: m})
+	s.enqueue(pubItem{fut: fut, kind: pubDelivered, settle: seq})
 }
 
 // receipt is a receipt event for the receipts function: this device got

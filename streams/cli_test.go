@@ -2,6 +2,7 @@ package streams_test
 
 import (
 	"context"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -35,20 +36,32 @@ func TestOperatorAppliesStreamsWithNATSCLI(t *testing.T) {
 	if _, err := alice.Send(ctx, "bob", "m1", tk.Body("hi")); err != nil {
 		t.Fatal(err)
 	}
-	if m := tk.RecvMsg(t, bob, 10*time.Second); m.ID != "m1" {
+	m := tk.RecvMsg(t, bob, 10*time.Second)
+	if m.ID != "m1" {
 		t.Fatalf("bob got %s", m.ID)
 	}
+	bob.Ack(m.Seq)
 
 	info := tk.Run(t, cli, "-s", url, "stream", "info", streams.Inbox)
-	for _, want := range []string{"Subjects: inbox.*", "Maximum Consumers: 100,000", "Duplicate Window: 2m0s", "Messages: 1"} {
+	for _, want := range []string{"Subjects: inbox.*", "Republishing: inbox.* to sb.live.{{wildcard(1)}}",
+		"Duplicate Window: 2m0s", "Messages: 1"} {
 		if !strings.Contains(info, want) {
 			t.Errorf("nats stream info lacks %q:\n%s", want, info)
 		}
 	}
-	ls := tk.Run(t, cli, "-s", url, "consumer", "ls", streams.Inbox)
-	for _, want := range []string{"alice~phone", "bob~phone"} {
-		if !strings.Contains(ls, want) {
-			t.Errorf("nats consumer ls lacks %q:\n%s", want, ls)
-		}
+	// Devices are not consumers: each has a cursor, readable with the CLI
+	// once it has acked something.
+	if ls := tk.Run(t, cli, "-s", url, "consumer", "ls", streams.Inbox); !strings.Contains(ls, "No Consumers") {
+		t.Errorf("devices made consumers:\n%s", ls)
 	}
+	tk.WaitFor(t, 10*time.Second, func() error {
+		out, err := tk.RunErr(cli, "-s", url, "kv", "get", streams.CursorsKV, streams.CursorKey("bob", "phone"), "--raw")
+		if err != nil {
+			return err
+		}
+		if floor, _, _ := strings.Cut(strings.TrimSpace(out), " "); floor != strconv.FormatUint(m.Seq, 10) {
+			return tk.Errorf("bob's cursor reads %q, want floor %d", out, m.Seq)
+		}
+		return nil
+	})
 }

@@ -27,11 +27,13 @@ const (
 	Receipts       = "RECEIPTS"
 	DLQ            = "DLQ"
 	DevicesKV      = "DEVICES"
+	CursorsKV      = "CURSORS"
 	StatusKV       = "STATUS"
 	PresenceKV     = "PRESENCE"
 	SettingsKV     = "SETTINGS"
 	PushKV         = "PUSH"
 	InboxPrefix    = "inbox."
+	LivePrefix     = "sb.live."
 	ReceiptsPrefix = "receipts."
 	DLQPrefix      = "dlq."
 )
@@ -40,6 +42,15 @@ const (
 // validated user as a safe id.
 func InboxSubject(user string) string { return InboxPrefix + user }
 
+// LiveSubject is where INBOX republishes each message stored on the user's
+// inbox, once stored, with its stream sequence (header Nats-Sequence) and
+// the sequence of the previous message on the same inbox
+// (Nats-Last-Sequence), so a reader can tell when it missed one.
+func LiveSubject(user string) string { return LivePrefix + user }
+
+// CursorKey is a device's key in the CURSORS bucket.
+func CursorKey(user, device string) string { return user + "." + device }
+
 // ReceiptsSubject is where gateways store receipt events about messages
 // that sender sent; the receipts function consumes them.
 func ReceiptsSubject(sender string) string { return ReceiptsPrefix + sender }
@@ -47,7 +58,7 @@ func ReceiptsSubject(sender string) string { return ReceiptsPrefix + sender }
 // streamFiles and kvFiles are applied by Apply, in this order.
 var (
 	streamFiles = []string{"INBOX.json", "RECEIPTS.json", "DLQ.json"}
-	kvFiles     = []string{"kv/DEVICES.json", "kv/STATUS.json", "kv/PRESENCE.json", "kv/SETTINGS.json", "kv/PUSH.json"}
+	kvFiles     = []string{"kv/DEVICES.json", "kv/CURSORS.json", "kv/STATUS.json", "kv/PRESENCE.json", "kv/SETTINGS.json", "kv/PUSH.json"}
 )
 
 // ErrConfig wraps an invalid stream setting.
@@ -93,14 +104,6 @@ func InboxConfig(opts Options) (jetstream.StreamConfig, error) {
 		cfg.MaxConsumers = opts.MaxConsumers
 	}
 	return cfg, nil
-}
-
-// DeviceConsumerTemplate returns the template every device consumer is made
-// from; the caller fills in the name, filter and start position.
-func DeviceConsumerTemplate() (jetstream.ConsumerConfig, error) {
-	var cfg jetstream.ConsumerConfig
-	err := load("consumers/device.json", &cfg)
-	return cfg, err
 }
 
 // ConsumerConfig returns a worker function's durable consumer from

@@ -102,7 +102,7 @@ func runBench(args []string, out, errOut io.Writer) error {
 	fs.IntVar(&c.Pending, "pending", c.Pending, "storm: messages per device while it is away")
 	fs.IntVar(&c.Sample, "sample", c.Sample, "offline: users who then connect and drain (0: all)")
 	fs.BoolVar(&c.FirstConnect, "first-connect", c.FirstConnect, "offline: connect each user once first (a device that went away)")
-	fs.DurationVar(&c.Away, "away", c.Away, "offline, with --first-connect: how long the devices stay away before their messages (past the server's --device-idle: reaped)")
+	fs.DurationVar(&c.Away, "away", c.Away, "offline, with --first-connect: how long the devices stay away before their messages (their records and cursors count against them)")
 	fs.Float64Var(&c.Rate, "rate", c.Rate, "pairs: total sends per second (0: flat out)")
 	fs.IntVar(&c.Inflight, "inflight", c.Inflight, "sends outstanding per sender (flat out), or at most (at --rate)")
 	fs.DurationVar(&c.Duration, "duration", c.Duration, "pairs: how long to send")

@@ -194,7 +194,7 @@ func TestBenchStorm(t *testing.T) {
 	if !s.Complete || s.Reconnected != 20 || s.Backlog != 100 || rep.Messages.Delivered != 100 {
 		t.Fatalf("storm %+v, messages %+v", s, rep.Messages)
 	}
-	if rep.Server.ConsumerResets < 0 || rep.Server.Closes == nil {
+	if rep.Server.CatchUps < 0 || rep.Server.Closes == nil {
 		t.Fatalf("server counters %+v", rep.Server)
 	}
 }

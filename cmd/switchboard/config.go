@@ -48,6 +48,9 @@ type appConfig struct {
 
 	LogLevel  string
 	LogFormat string
+	// PprofListen serves Go's profiles (net/http/pprof) there when set:
+	// loopback only, for finding where time and memory go.
+	PprofListen string
 }
 
 func defaultAppConfig() appConfig {
@@ -91,9 +94,9 @@ func bindFlags(fs *flag.FlagSet, c *appConfig, withEmbedded bool) {
 	fs.IntVar(&g.MaxInflight, "max-inflight", g.MaxInflight, "messages a device may hold unacked (0: 256)")
 	fs.IntVar(&g.MaxPendingSends, "max-pending-sends", g.MaxPendingSends, "sends per connection awaiting their PubAck")
 	fs.IntVar(&g.OutboundQueue, "outbound-queue", g.OutboundQueue, "frames queued per connection before close 4001")
-	fs.DurationVar(&g.AckWait, "ack-wait", g.AckWait, "redeliver a message a device has not acked after this (0: 30s)")
 	fs.DurationVar(&g.ShutdownTimeout, "shutdown-timeout", g.ShutdownTimeout, "bound on graceful shutdown")
 	fs.IntVar(&g.MaxConcurrentStarts, "max-concurrent-starts", g.MaxConcurrentStarts, "sessions starting at once; the rest wait their turn (reconnect storms)")
+	fs.DurationVar(&g.SweepInterval, "sweep-interval", g.SweepInterval, "how often each session checks its inbox for a lost live copy")
 	fs.DurationVar(&g.PresenceTTL, "presence-ttl", g.PresenceTTL, "a device's presence lease: a dead gateway's devices go offline within it")
 	fs.IntVar(&g.MaxPresenceSubs, "max-presence-subs", g.MaxPresenceSubs, "users one connection may follow")
 	fs.DurationVar(&g.FunctionTimeout, "function-timeout", g.FunctionTimeout, "bound on a request to a worker function")
@@ -108,6 +111,7 @@ func bindFlags(fs *flag.FlagSet, c *appConfig, withEmbedded bool) {
 	fs.DurationVar(&g.MediaUploadTimeout, "media-upload-timeout", g.MediaUploadTimeout, "bound on one upload to the embedded media store")
 	bindKeyFlags(fs, c)
 	fs.StringVar(&c.LogLevel, "log-level", c.LogLevel, "debug, info, warn or error")
+	fs.StringVar(&c.PprofListen, "pprof", c.PprofListen, "serve Go profiles (/debug/pprof/) on this loopback address")
 	fs.StringVar(&c.LogFormat, "log-format", c.LogFormat, "text or json")
 }
 

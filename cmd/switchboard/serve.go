@@ -7,6 +7,8 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"net/http"
+	_ "net/http/pprof"
 	"os"
 	"os/signal"
 	"path/filepath"
@@ -50,6 +52,9 @@ func runServe(args []string, allInOne bool) error {
 	}
 	keys, err := loadKeys(&c)
 	if err != nil {
+		return err
+	}
+	if err := servePprof(c.PprofListen, log); err != nil {
 		return err
 	}
 
@@ -189,6 +194,28 @@ func waitClosed(nc *nats.Conn, d time.Duration) {
 	for !nc.IsClosed() && time.Now().Before(deadline) {
 		time.Sleep(10 * time.Millisecond)
 	}
+}
+
+// servePprof serves Go's profiles on addr (none when empty). Loopback
+// only: a profile shows memory contents and must not leave the machine.
+func servePprof(addr string, log *slog.Logger) error {
+	if addr == "" {
+		return nil
+	}
+	host, _, err := net.SplitHostPort(addr)
+	if err != nil {
+		return fmt.Errorf("--pprof: %w", err)
+	}
+	if ip := net.ParseIP(host); host != "localhost" && (ip == nil || !ip.IsLoopback()) {
+		return fmt.Errorf("--pprof %s: loopback addresses only", addr)
+	}
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		return fmt.Errorf("--pprof: %w", err)
+	}
+	log.Info("profiles", "url", "http://"+ln.Addr().String()+"/debug/pprof/")
+	go func() { _ = http.Serve(ln, nil) }() // net/http/pprof registers on the default mux
+	return nil
 }
 
 // checkEmbeddedListen refuses to expose the embedded NATS beyond loopback

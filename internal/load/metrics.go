@@ -28,8 +28,8 @@ type ServerCounters struct {
 	HandshakesRefused map[string]int64 `json:"handshakes_refused"`
 	SendsStored       int64            `json:"sends_stored"`
 	// Deliveries counts msg and receipt frames, redeliveries included.
-	Deliveries     int64 `json:"deliveries"`
-	ConsumerResets int64 `json:"consumer_resets"`
+	Deliveries int64 `json:"deliveries"`
+	CatchUps   int64 `json:"catchups"`
 	// Unreachable lists gateways whose /metrics could not be read.
 	Unreachable []string `json:"unreachable,omitempty"`
 }
@@ -175,8 +175,8 @@ func (c *counters) delta(ctx context.Context) ServerCounters {
 				out.SendsStored += d
 			case "deliveries_total":
 				out.Deliveries += d
-			case "consumer_resets_total":
-				out.ConsumerResets += d
+			case "catchups_total":
+				out.CatchUps += d
 			}
 		}
 	}

@@ -12,11 +12,11 @@ import (
 // drains, and every message it was sent must arrive.
 //
 // By default the users have never connected, so they have no device
-// queue and their first device gets everything on arrival. With
+// record and their first device gets everything on arrival. With
 // FirstConnect each connects once and goes away for Away first, as a
 // phone left in a drawer; memory is then read from before those first
-// connects, so whatever the away devices still hold (their queues, until
-// the server reaps them) counts against them.
+// connects, so whatever the away devices still hold (records, cursors)
+// counts against them.
 func runOffline(ctx context.Context, e *env, rep *Report) error {
 	cfg := e.cfg
 	n := cfg.Users

@@ -1,0 +1,305 @@
+package gateway
+
+import (
+	"encoding/json"
+	"errors"
+	"sort"
+	"strconv"
+	"time"
+
+	"github.com/nats-io/nats.go"
+
+	"github.com/switchboard-im/switchboard/gateway/protocol"
+	"github.com/switchboard-im/switchboard/streams"
+)
+
+// Delivery.
+//
+// INBOX republishes each message once it is stored, on sb.live.<user>, with
+// its stream sequence and the sequence of the previous message on the same
+// inbox. A session subscribes there and hands each copy straight to the
+// device. It reads the stream itself (a batched direct get from the
+// device's position) only to fill a gap:
+//   - on connect, from the device's cursor;
+//   - when a live copy names a predecessor the device has not had;
+//   - after the device had too many messages unacked (MaxInflight) and
+//     copies were let go meanwhile;
+//   - when copies may have been lost on the way: the NATS connection was
+//     restored, a subscription overflowed, the INBOX leader changed, and on
+//     a slow periodic sweep for the case none of those reports.
+//
+// Live copies are core NATS and may be lost; every one carries what is
+// needed to notice. The stream is the truth: nothing is settled (the
+// device's cursor moved past it) before the device acked it, and for a chat
+// message before its delivered event was stored.
+//
+// So a connected device costs the server one subscription, and one that is
+// away costs a cursor record; neither holds a consumer.
+
+const (
+	// liveBuffer is how many live copies wait per session for its feed
+	// loop. Past it they are dropped and read back from the stream.
+	liveBuffer = 64
+	// catchUpBatch is the most messages one direct get returns.
+	catchUpBatch = 256
+	// catchUpBytes bounds one direct get's response.
+	catchUpBytes = 1 << 20
+	// catchUpTimeout bounds one direct get.
+	catchUpTimeout = 5 * time.Second
+	// catchUpGiveUp is how long reads may keep failing before the session
+	// closes with 1012 so the client reconnects (to another gateway, or
+	// once the stream has a leader again).
+	catchUpGiveUp = 20 * time.Second
+)
+
+// Headers that INBOX adds to republished copies and direct get answers.
+const (
+	hdrSequence = "Nats-Sequence"
+	hdrLastSeq  = "Nats-Last-Sequence"
+	hdrNumPend  = "Nats-Num-Pending"
+	hdrStamp    = "Nats-Time-Stamp"
+)
+
+// pendingMsg is a message delivered to the device and not yet acked.
+type pendingMsg struct {
+	receipt bool   // a receipt forwarded to this sender (nothing to confirm)
+	from    string // for a chat message: its sender and id, for the
+	id      string // delivered event
+}
+
+// feedLoop delivers the device's messages in stream order until the session
+// stops. It starts by catching up from the device's position.
+func (s *session) feedLoop() {
+	defer s.loops.Done()
+	defer s.doneDelivering()
+	s.catchUp(0)
+	for {
+		select {
+		case <-s.quit:
+			return
+		case m := <-s.live:
+			s.onLive(m)
+		case <-s.poke:
+			s.catchUp(0)
+		}
+	}
+}
+
+// wake asks the feed loop to read the stream from the device's position.
+func (s *session) wake() {
+	select {
+	case s.poke <- struct{}{}:
+	default:
+	}
+}
+
+func (s *session) onLive(m *nats.Msg) {
+	seq, err := strconv.ParseUint(m.Header.Get(hdrSequence), 10, 64)
+	if err != nil {
+		return
+	}
+	prev, _ := strconv.ParseUint(m.Header.Get(hdrLastSeq), 10, 64)
+	s.mu.Lock()
+	last := s.last
+	if seq > last && len(s.unsettled) >= s.srv.maxInflight {
+		s.behind = true
+	}
+	behind := s.behind
+	s.mu.Unlock()
+	switch {
+	case seq <= last || behind:
+		// Had it already, or will read it from the stream once the
+		// device has acked enough.
+	case prev > last:
+		// A message before this one was missed: read both from the stream.
+		s.srv.metrics.catchUps.WithLabelValues(reasonGap).Inc()
+		s.catchUp(seq)
+	default:
+		s.take(seq, m.Header, m.Data)
+	}
+}
+
+// catchUp reads the device's inbox from its position and delivers what it
+// finds, until nothing is left, the device has as many unacked as it may,
+// or the session stops. through, when not zero, is a sequence known to be
+// stored (from a live copy): a replica that answers from behind it is
+// asked again.
+func (s *session) catchUp(through uint64) {
+	var failingSince time.Time
+	backoff := 50 * time.Millisecond
+	for {
+		s.mu.Lock()
+		from, room, stopping := s.last+1, s.srv.maxInflight-len(s.unsettled), s.stopping
+		if room <= 0 {
+			s.behind = true
+		}
+		s.mu.Unlock()
+		if stopping || room <= 0 {
+			return
+		}
+		more, err := s.readBatch(from, min(room, catchUpBatch))
+		switch {
+		case err != nil:
+			if failingSince.IsZero() {
+				failingSince = time.Now()
+			} else if time.Since(failingSince) > catchUpGiveUp {
+				s.log.Warn("cannot read the inbox; restarting the session", "err", err)
+				s.t.Close(protocol.CloseServiceRestart, "inbox unavailable")
+				return
+			}
+		case more:
+			failingSince, backoff = time.Time{}, 50*time.Millisecond
+			continue
+		default:
+			s.mu.Lock()
+			done := s.last >= through
+			s.mu.Unlock()
+			if done {
+				return
+			}
+			// Answered by a replica that has not stored through yet.
+		}
+		select {
+		case <-s.quit:
+			return
+		case <-time.After(backoff):
+		}
+		backoff = min(2*backoff, time.Second)
+	}
+}
+
+// directGet is a batched direct get request (nats-server's
+// JSApiMsgGetRequest).
+type directGet struct {
+	Seq      uint64 `json:"seq"`
+	NextFor  string `json:"next_by_subj"`
+	Batch    int    `json:"batch"`
+	MaxBytes int    `json:"max_bytes"`
+}
+
+// readBatch delivers up to n of the device's messages stored at from or
+// later. more reports that the stream holds further ones.
+func (s *session) readBatch(from uint64, n int) (more bool, err error) {
+	nc := s.srv.nc
+	reply := nc.NewRespInbox()
+	sub, err := nc.SubscribeSync(reply)
+	if err != nil {
+		return false, err
+	}
+	defer func() { _ = sub.Unsubscribe() }()
+	req, _ := json.Marshal(directGet{Seq: from, NextFor: streams.InboxSubject(s.id.User), Batch: n, MaxBytes: catchUpBytes})
+	if err := nc.PublishRequest("$JS.API.DIRECT.GET."+streams.Inbox, reply, req); err != nil {
+		return false, err
+	}
+	s.srv.metrics.inboxGets.Inc()
+	deadline := time.Now().Add(catchUpTimeout)
+	for {
+		m, err := sub.NextMsg(time.Until(deadline))
+		if err != nil {
+			return false, err
+		}
+		switch m.Header.Get("Status") {
+		case "":
+		case "404": // nothing stored at or after from
+			return false, nil
+		case "204": // end of batch
+			np, _ := strconv.ParseUint(m.Header.Get(hdrNumPend), 10, 64)
+			return np > 0, nil
+		case "503":
+			return false, nats.ErrNoResponders
+		default:
+			return false, errors.New("direct get: " + m.Header.Get("Status") + " " + m.Header.Get("Description"))
+		}
+		seq, err := strconv.ParseUint(m.Header.Get(hdrSequence), 10, 64)
+		if err != nil {
+			return false, errors.New("direct get: answer without a sequence")
+		}
+		s.mu.Lock()
+		stale, stopping := seq <= s.last, s.stopping
+		s.mu.Unlock()
+		if stopping {
+			return false, nil
+		}
+		if !stale {
+			s.take(seq, m.Header, m.Data)
+		}
+	}
+}
+
+// take hands the message stored at seq to the device. Anything that is
+// not a well-formed chat message or receipt (published by hand, say) is
+// skipped; it stays in the stream for an operator to look at.
+func (s *session) take(seq uint64, h nats.Header, data []byte) {
+	ts, _ := strconv.ParseInt(h.Get(streams.HdrTS), 10, 64)
+	if ts == 0 {
+		if t, err := time.Parse(time.RFC3339Nano, h.Get(hdrStamp)); err == nil {
+			ts = t.UnixMilli()
+		}
+	}
+	from, dev, id := h.Get(streams.HdrFrom), h.Get(streams.HdrDevice), h.Get(streams.HdrID)
+	var frame []byte
+	p := pendingMsg{from: from, id: id}
+	switch h.Get(streams.HdrKind) {
+	case streams.KindMsg:
+		frame = protocol.AppendMsg(nil, id, from, dev, seq, ts, data, []byte(h.Get(streams.HdrMedia)))
+	case streams.KindReceipt:
+		frame = protocol.AppendReceipt(nil, id, h.Get(streams.HdrStatus), from, dev, seq, ts)
+		p = pendingMsg{receipt: true}
+	}
+	if frame == nil || !protocol.ValidID(from) || !protocol.ValidID(dev) || !protocol.ValidID(id) {
+		s.log.Warn("skipping a malformed message in the inbox", "seq", seq)
+		s.mu.Lock()
+		s.last = seq
+		if len(s.unsettled) == 0 {
+			s.floor = seq
+		}
+		s.mu.Unlock()
+		return
+	}
+	s.mu.Lock()
+	s.last = seq
+	s.pending[seq] = p
+	s.unsettled = append(s.unsettled, seq)
+	s.mu.Unlock()
+	s.srv.metrics.delivered.Inc()
+	s.t.Send(frame)
+}
+
+// settle records that the device is done with seq: it acked it and, for a
+// chat message, the delivered event is stored. The device's floor moves up
+// to the oldest message still unsettled.
+func (s *session) settle(seq uint64) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	i := sort.Search(len(s.unsettled), func(i int) bool { return s.unsettled[i] >= seq })
+	if i < len(s.unsettled) && s.unsettled[i] == seq {
+		s.unsettled = append(s.unsettled[:i], s.unsettled[i+1:]...)
+	}
+	if len(s.unsettled) == 0 {
+		s.floor = s.last
+	} else {
+		s.floor = s.unsettled[0] - 1
+	}
+	if s.behind && len(s.unsettled) <= s.srv.maxInflight/2 {
+		s.behind = false
+		s.wake()
+	}
+}
+
+// saveCursor publishes the device's floor if it moved since the last save.
+// It does not wait: a cursor that lags only means a few messages come
+// again on the next connect, and the SDK drops repeats by id.
+func (s *session) saveCursor() {
+	s.mu.Lock()
+	floor := s.floor
+	changed := floor > s.saved
+	if changed {
+		s.saved = floor
+	}
+	s.mu.Unlock()
+	if changed {
+		if _, err := s.srv.js.PublishMsgAsync(s.srv.devices.cursorMsg(s.id.User, s.id.Device, floor)); err != nil {
+			s.log.Debug("saving the cursor failed", "err", err)
+		}
+	}
+}

@@ -1,0 +1,117 @@
+package gateway
+
+import (
+	"errors"
+	"hash/maphash"
+	"time"
+
+	"github.com/nats-io/nats.go"
+
+	"github.com/switchboard-im/switchboard/streams"
+)
+
+// Why a session reads its inbox from the stream after connecting (the
+// catchups_total metric's reason label).
+const (
+	reasonGap       = "gap"       // a live copy named a predecessor the device had not had
+	reasonReconnect = "reconnect" // the gateway's NATS connection was restored
+	reasonOverflow  = "overflow"  // the session's live buffer overflowed
+	reasonLeader    = "leader"    // INBOX has a new leader
+	reasonSweep     = "sweep"     // the periodic check
+)
+
+var catchUpReasons = []string{reasonGap, reasonReconnect, reasonOverflow, reasonLeader, reasonSweep}
+
+// sweepTicks is how many ticks one sweep is spread over: each tick wakes
+// the sessions whose id hashes to it.
+const sweepTicks = 60
+
+// watchLive hooks the NATS connection so that whatever may have lost live
+// copies wakes the sessions concerned: a restored connection and an INBOX
+// leader change wake all of them, an overflowing subscription its own.
+// Handlers set on the connection before are kept and called first.
+func (s *Server) watchLive() error {
+	nc := s.nc
+	prevErr, prevRe := nc.Opts.AsyncErrorCB, nc.Opts.ReconnectedCB
+	nc.SetErrorHandler(func(c *nats.Conn, sub *nats.Subscription, err error) {
+		if prevErr != nil {
+			prevErr(c, sub, err)
+		}
+		if sub != nil && errors.Is(err, nats.ErrSlowConsumer) {
+			s.liveMu.Lock()
+			sess := s.liveSubs[sub]
+			s.liveMu.Unlock()
+			if sess != nil {
+				s.metrics.catchUps.WithLabelValues(reasonOverflow).Inc()
+				sess.wake()
+			}
+		}
+	})
+	nc.SetReconnectHandler(func(c *nats.Conn) {
+		if prevRe != nil {
+			prevRe(c)
+		}
+		s.wakeAll(reasonReconnect)
+	})
+	sub, err := nc.Subscribe("$JS.EVENT.ADVISORY.STREAM.LEADER_ELECTED."+streams.Inbox, func(*nats.Msg) {
+		s.wakeAll(reasonLeader)
+	})
+	s.leaderSub = sub
+	return err
+}
+
+func (s *Server) watch(sub *nats.Subscription, sess *session) {
+	s.liveMu.Lock()
+	s.liveSubs[sub] = sess
+	s.liveMu.Unlock()
+}
+
+func (s *Server) unwatch(sub *nats.Subscription) {
+	s.liveMu.Lock()
+	delete(s.liveSubs, sub)
+	s.liveMu.Unlock()
+}
+
+// wakeAll has every session read its inbox from the stream.
+func (s *Server) wakeAll(reason string) {
+	for _, sess := range s.snapshot() {
+		s.metrics.catchUps.WithLabelValues(reason).Inc()
+		sess.wake()
+	}
+}
+
+// snapshot returns the sessions connected now.
+func (s *Server) snapshot() []*session {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	all := make([]*session, 0, len(s.sessions))
+	for sess := range s.sessions {
+		all = append(all, sess)
+	}
+	return all
+}
+
+// sweepLoop wakes every session once per SweepInterval, spread evenly over
+// it: the last resort for a live copy lost with nothing to report it (the
+// last message of a burst, republished by a stream leader that died before
+// it reached this gateway's server). Each wake is one direct get, answered
+// "nothing new" in the usual case.
+func (s *Server) sweepLoop() {
+	defer close(s.sweepDone)
+	t := time.NewTicker(s.cfg.SweepInterval / sweepTicks)
+	defer t.Stop()
+	seed := maphash.MakeSeed()
+	for tick := uint64(0); ; tick++ {
+		select {
+		case <-s.leaseStop:
+			return
+		case <-t.C:
+		}
+		for _, sess := range s.snapshot() {
+			if maphash.String(seed, sess.sid)%sweepTicks == tick%sweepTicks {
+				s.metrics.catchUps.WithLabelValues(reasonSweep).Inc()
+				sess.wake()
+			}
+		}
+	}
+}

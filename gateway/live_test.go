@@ -1,0 +1,151 @@
+package gateway_test
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"net/http"
+	"regexp"
+	"strconv"
+	"testing"
+	"time"
+
+	"github.com/switchboard-im/switchboard/client"
+	tk "github.com/switchboard-im/switchboard/internal/testkit"
+	"github.com/switchboard-im/switchboard/streams"
+)
+
+// republish turns INBOX's live copies off or back on, so a test can store
+// a message whose live copy never comes, as if lost on its way.
+func republish(t *testing.T, n *tk.NATS, on bool) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), wait)
+	defer cancel()
+	cfg, err := streams.InboxConfig(streams.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !on {
+		cfg.RePublish = nil
+	}
+	if _, err := n.JS.UpdateStream(ctx, cfg); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// catchUps reads the gateway's catchups_total for one reason.
+func catchUps(t *testing.T, g *tk.Gateway, reason string) int {
+	t.Helper()
+	resp, err := http.Get("http://" + g.Addr + "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	m := regexp.MustCompile(`switchboard_gateway_catchups_total\{reason="` + reason + `"\} (\d+)`).FindSubmatch(b)
+	if m == nil {
+		t.Fatalf("/metrics has no catch-up count for %q", reason)
+	}
+	v, _ := strconv.Atoi(string(m[1]))
+	return v
+}
+
+// A live copy that never arrives costs nothing but time: the next copy
+// names the missed message as its predecessor and the session reads both
+// from the stream, in order; a last message with no successor is found
+// by the sweep.
+func TestLostLiveCopyIsReadFromTheStream(t *testing.T) {
+	n := tk.StartNATS(t)
+	g := tk.StartGateway(t, n, tk.TestConfig()) // sweeps every 2 minutes: not in this test
+	cfg := tk.TestConfig()
+	cfg.SweepInterval = time.Second
+	swept := tk.StartGateway(t, n, cfg)
+	alice := tk.Dial(t, g.URL, "alice", "phone")
+	bob := tk.Dial(t, g.URL, "bob", "phone")
+	carol := tk.Dial(t, swept.URL, "carol", "phone")
+	expect := func(c *client.Client, ids ...string) {
+		t.Helper()
+		for _, id := range ids {
+			m := tk.RecvMsg(t, c, wait)
+			if m.ID != id {
+				t.Fatalf("got %s, want %s", m.ID, id)
+			}
+			c.Ack(m.Seq)
+		}
+	}
+	send(t, alice, "bob", "m1", "live")
+	expect(bob, "m1")
+
+	republish(t, n, false)
+	send(t, alice, "bob", "m2", "its copy is lost")
+	republish(t, n, true)
+	send(t, alice, "bob", "m3", "names m2 as its predecessor")
+	expect(bob, "m2", "m3")
+	if got := catchUps(t, g, "gap"); got != 1 {
+		t.Fatalf("%d catch-ups for a gap, want 1", got)
+	}
+
+	republish(t, n, false)
+	send(t, alice, "carol", "c1", "the last, its copy lost")
+	republish(t, n, true)
+	expect(carol, "c1") // within a sweep
+	for _, c := range []*client.Client{bob, carol} {
+		tk.NoMsg(t, c, 300*time.Millisecond)
+		if st := c.Stats(); st.DuplicatesDropped != 0 {
+			t.Fatalf("an SDK dropped %d repeats: a message was delivered twice", st.DuplicatesDropped)
+		}
+	}
+}
+
+// A device holds at most MaxInflight messages unacked. Past that the
+// gateway lets the live copies go and, once the device has acked, reads
+// the rest from the stream: all arrive, in order, once.
+func TestDeviceWithTooManyUnackedGetsTheRestAfterAcking(t *testing.T) {
+	n := tk.StartNATS(t)
+	cfg := tk.TestConfig()
+	cfg.MaxInflight = 8
+	cfg.SendRate, cfg.SendBurst = 1000, 1000
+	g := tk.StartGateway(t, n, cfg)
+	alice := tk.Dial(t, g.URL, "alice", "phone")
+	bob := tk.Dial(t, g.URL, "bob", "phone")
+	const count = 30
+	for i := range count {
+		send(t, alice, "bob", fmt.Sprintf("m%02d", i), "hi")
+	}
+	var held []uint64
+	for i := range cfg.MaxInflight {
+		m := tk.RecvMsg(t, bob, wait)
+		if want := fmt.Sprintf("m%02d", i); m.ID != want {
+			t.Fatalf("bob got %s, want %s", m.ID, want)
+		}
+		held = append(held, m.Seq)
+	}
+	tk.NoMsg(t, bob, 300*time.Millisecond) // the ninth waits for acks
+	for _, seq := range held {
+		bob.Ack(seq)
+	}
+	for i := cfg.MaxInflight; i < count; i++ {
+		m := tk.RecvMsg(t, bob, wait)
+		if want := fmt.Sprintf("m%02d", i); m.ID != want {
+			t.Fatalf("bob got %s, want %s", m.ID, want)
+		}
+		bob.Ack(m.Seq)
+	}
+	tk.NoMsg(t, bob, 300*time.Millisecond)
+	tk.WaitFor(t, wait, func() error {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		last, err := n.JS.Stream(ctx, streams.Inbox)
+		if err != nil {
+			return err
+		}
+		m, err := last.GetLastMsgForSubject(ctx, streams.InboxSubject("bob"))
+		if err != nil {
+			return err
+		}
+		if floor := cursor(t, n, "bob", "phone"); floor != m.Sequence {
+			return tk.Errorf("bob's cursor at %d, want %d (all acked)", floor, m.Sequence)
+		}
+		return nil
+	})
+}
