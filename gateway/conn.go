@@ -25,14 +25,22 @@ type transport interface {
 	Done() <-chan struct{}
 }
 
-// wsConn is one WebSocket connection: the read loop runs in the goroutine
-// that called serve, the write loop in its own goroutine. Only the write
-// loop writes data frames; close and ping go through WriteControl, which
-// gorilla-style connections allow concurrently.
+// wsConn is one WebSocket connection. The read loop runs in the goroutine
+// that called serve. Writes need no goroutine of their own while there is
+// nothing to write: Send queues a frame and, if no writer is running,
+// starts one, which writes until the queue is empty and ends. Pings are a
+// timer. So an idle connection holds one goroutine (its read loop), an
+// empty queue and no write buffer. Close and ping go through WriteControl,
+// which gorilla-style connections allow concurrently with a writer.
 type wsConn struct {
 	ws  *websocket.Conn
 	cfg *Config
-	out chan []byte
+
+	mu      sync.Mutex // guards queue, writing and closing
+	queue   [][]byte
+	writing bool // a writer goroutine is running
+	closing bool // Close was called; the writer sends the close frame
+	ping    *time.Timer
 
 	closeOnce sync.Once
 	done      chan struct{} // closed by Close
@@ -40,68 +48,101 @@ type wsConn struct {
 	closeCode   int
 	closeReason string
 
-	writerDone chan struct{}
+	writerDone chan struct{} // closed once the close frame is written and the socket closed
 }
 
 func newWSConn(ws *websocket.Conn, cfg *Config) *wsConn {
-	return &wsConn{
+	c := &wsConn{
 		ws:         ws,
 		cfg:        cfg,
-		out:        make(chan []byte, cfg.OutboundQueue),
 		done:       make(chan struct{}),
 		writerDone: make(chan struct{}),
 	}
+	c.ping = time.AfterFunc(cfg.PingInterval, c.sendPing)
+	return c
 }
 
 func (c *wsConn) Send(frame []byte) bool {
-	select {
-	case <-c.done:
+	c.mu.Lock()
+	if c.closing {
+		c.mu.Unlock()
 		return false
-	default:
 	}
-	select {
-	case c.out <- frame:
-		return true
-	default:
+	if len(c.queue) >= c.cfg.OutboundQueue {
+		c.mu.Unlock()
 		c.Close(protocol.CloseSlow, "outbound queue full")
 		return false
 	}
+	c.queue = append(c.queue, frame)
+	start := !c.writing
+	c.writing = true
+	c.mu.Unlock()
+	if start {
+		go c.writer()
+	}
+	return true
 }
 
 func (c *wsConn) Close(code int, reason string) {
 	c.closeOnce.Do(func() {
 		c.closeCode, c.closeReason = code, reason
 		close(c.done)
+		c.ping.Stop()
+		c.mu.Lock()
+		c.closing = true
+		start := !c.writing
+		c.writing = true
+		c.mu.Unlock()
+		if start {
+			go c.writer()
+		}
 	})
 }
 
 func (c *wsConn) Done() <-chan struct{} { return c.done }
 
-// writeLoop drains the outbound queue, pings, and on Close flushes what is
-// queued (bounded by WriteTimeout), sends the close frame and closes the
-// socket, which ends the read loop.
-func (c *wsConn) writeLoop() {
-	defer close(c.writerDone)
-	ping := time.NewTicker(c.cfg.PingInterval)
-	defer ping.Stop()
-	defer c.ws.Close()
+// writer writes queued frames until the queue is empty, then ends; after
+// Close it writes what is queued (bounded by WriteTimeout, and not for a
+// slow or replaced client), sends the close frame and closes the socket,
+// which ends the read loop.
+func (c *wsConn) writer() {
+	var batch [][]byte
+	failed := false
 	for {
-		select {
-		case b := <-c.out:
-			if err := c.write(b); err != nil {
-				c.Close(protocol.CloseSlow, "write failed")
-				return
-			}
-		case <-ping.C:
-			if err := c.ws.WriteControl(websocket.PingMessage, nil, time.Now().Add(c.cfg.WriteTimeout)); err != nil {
-				c.Close(protocol.CloseSlow, "ping failed")
-				return
-			}
-		case <-c.done:
-			c.flushAndClose()
+		c.mu.Lock()
+		closing := c.closing
+		if len(c.queue) == 0 && !closing {
+			c.writing = false
+			c.mu.Unlock()
 			return
 		}
+		batch, c.queue = c.queue, batch[:0]
+		c.mu.Unlock()
+		flush := !closing || (c.closeCode != protocol.CloseSlow && c.closeCode != protocol.CloseReplaced)
+		for i, b := range batch {
+			if flush && !failed && c.write(b) != nil {
+				failed = true
+				c.Close(protocol.CloseSlow, "write failed")
+			}
+			batch[i] = nil
+		}
+		if closing {
+			c.mu.Lock()
+			empty := len(c.queue) == 0
+			c.queue = nil
+			c.mu.Unlock()
+			if empty || failed || !flush {
+				break
+			}
+		}
+		if cap(batch) > 64 {
+			batch = nil // keep no large buffer
+		}
 	}
+	msg := websocket.FormatCloseMessage(c.closeCode, c.closeReason)
+	_ = c.ws.WriteControl(websocket.CloseMessage, msg, time.Now().Add(time.Second))
+	_ = c.ws.Close()
+	close(c.writerDone)
 }
 
 func (c *wsConn) write(b []byte) error {
@@ -111,26 +152,18 @@ func (c *wsConn) write(b []byte) error {
 	return c.ws.WriteMessage(websocket.TextMessage, b)
 }
 
-// flushAndClose writes frames already queued (so a client sees "sent" for
-// sends that were stored before a graceful close), then the close frame.
-func (c *wsConn) flushAndClose() {
-	// A slow client cannot take more, and a replaced one is gone to its
-	// newer session: only the others get what is queued.
-	if c.closeCode != protocol.CloseSlow && c.closeCode != protocol.CloseReplaced {
-	flush:
-		for {
-			select {
-			case b := <-c.out:
-				if c.write(b) != nil {
-					break flush
-				}
-			default:
-				break flush
-			}
-		}
+// sendPing runs on the ping timer and sets it again.
+func (c *wsConn) sendPing() {
+	select {
+	case <-c.done:
+		return
+	default:
 	}
-	msg := websocket.FormatCloseMessage(c.closeCode, c.closeReason)
-	_ = c.ws.WriteControl(websocket.CloseMessage, msg, time.Now().Add(time.Second))
+	if err := c.ws.WriteControl(websocket.PingMessage, nil, time.Now().Add(c.cfg.WriteTimeout)); err != nil {
+		c.Close(protocol.CloseSlow, "ping failed")
+		return
+	}
+	c.ping.Reset(c.cfg.PingInterval)
 }
 
 // readLoop reads frames until the socket fails or closes, passing each text

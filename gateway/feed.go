@@ -67,29 +67,75 @@ type pendingMsg struct {
 	id      string // delivered event
 }
 
-// feedLoop delivers the device's messages in stream order until the session
-// stops. It starts by catching up from the device's position.
-func (s *session) feedLoop() {
-	defer s.loops.Done()
-	defer s.doneDelivering()
-	s.catchUp(0)
-	for {
-		select {
-		case <-s.quit:
-			return
-		case m := <-s.live:
-			s.onLive(m)
-		case <-s.poke:
-			s.catchUp(0)
+// onLiveCopy queues a live copy for the feed. It runs on the router's
+// goroutine and does not block: past liveBuffer copies waiting, it lets
+// them go and asks for a read of the stream instead.
+func (s *session) onLiveCopy(m *nats.Msg) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.stopping {
+		return
+	}
+	if len(s.feedQ) >= liveBuffer {
+		if !s.feedWake {
+			s.srv.metrics.catchUps.WithLabelValues(reasonOverflow).Inc()
 		}
+		s.feedWake = true
+	} else {
+		s.feedQ = append(s.feedQ, m)
+	}
+	s.startFeedLocked()
+}
+
+// wake asks the feed to read the stream from the device's position.
+func (s *session) wake() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if !s.stopping {
+		s.feedWake = true
+		s.startFeedLocked()
 	}
 }
 
-// wake asks the feed loop to read the stream from the device's position.
-func (s *session) wake() {
-	select {
-	case s.poke <- struct{}{}:
-	default:
+// startFeedLocked starts feedRunner if there is work, the session is
+// started and it is not running. s.mu is held.
+func (s *session) startFeedLocked() {
+	if s.feedRunning || !s.started || s.stopping || (len(s.feedQ) == 0 && !s.feedWake) {
+		return
+	}
+	s.feedRunning = true
+	s.loops.Add(1)
+	go s.feedRunner()
+}
+
+// feedRunner delivers the device's messages in stream order: a read of
+// the stream when asked, then the live copies in turn. It ends when there
+// is nothing to do, or delivery stops.
+func (s *session) feedRunner() {
+	defer s.loops.Done()
+	for {
+		s.mu.Lock()
+		if s.stopping || (len(s.feedQ) == 0 && !s.feedWake) {
+			s.feedRunning = false
+			s.feedQ = nil
+			stopping := s.stopping
+			s.mu.Unlock()
+			if stopping {
+				s.doneDelivering()
+			}
+			return
+		}
+		if s.feedWake {
+			s.feedWake = false
+			s.mu.Unlock()
+			s.catchUp(0)
+			continue
+		}
+		m := s.feedQ[0]
+		s.feedQ[0] = nil
+		s.feedQ = s.feedQ[1:]
+		s.mu.Unlock()
+		s.onLive(m)
 	}
 }
 
@@ -180,23 +226,23 @@ type directGet struct {
 // readBatch delivers up to n of the device's messages stored at from or
 // later. more reports that the stream holds further ones.
 func (s *session) readBatch(from uint64, n int) (more bool, err error) {
-	nc := s.srv.nc
-	reply := nc.NewRespInbox()
-	sub, err := nc.SubscribeSync(reply)
-	if err != nil {
-		return false, err
-	}
-	defer func() { _ = sub.Unsubscribe() }()
+	reply, answers, done := s.srv.gets.open(n + 1) // n messages and the end of batch
+	defer done()
 	req, _ := json.Marshal(directGet{Seq: from, NextFor: streams.InboxSubject(s.id.User), Batch: n, MaxBytes: catchUpBytes})
-	if err := nc.PublishRequest("$JS.API.DIRECT.GET."+streams.Inbox, reply, req); err != nil {
+	if err := s.srv.nc.PublishRequest("$JS.API.DIRECT.GET."+streams.Inbox, reply, req); err != nil {
 		return false, err
 	}
 	s.srv.metrics.inboxGets.Inc()
-	deadline := time.Now().Add(catchUpTimeout)
+	timeout := time.NewTimer(catchUpTimeout)
+	defer timeout.Stop()
 	for {
-		m, err := sub.NextMsg(time.Until(deadline))
-		if err != nil {
-			return false, err
+		var m *nats.Msg
+		select {
+		case m = <-answers:
+		case <-timeout.C:
+			return false, nats.ErrTimeout
+		case <-s.quit:
+			return false, nil
 		}
 		switch m.Header.Get("Status") {
 		case "":
@@ -280,9 +326,10 @@ func (s *session) settle(seq uint64) {
 	} else {
 		s.floor = s.unsettled[0] - 1
 	}
-	if s.behind && len(s.unsettled) <= s.srv.maxInflight/2 {
+	if s.behind && len(s.unsettled) <= s.srv.maxInflight/2 && !s.stopping {
 		s.behind = false
-		s.wake()
+		s.feedWake = true
+		s.startFeedLocked()
 	}
 }
 

@@ -15,7 +15,7 @@ import (
 const (
 	reasonGap       = "gap"       // a live copy named a predecessor the device had not had
 	reasonReconnect = "reconnect" // the gateway's NATS connection was restored
-	reasonOverflow  = "overflow"  // the session's live buffer overflowed
+	reasonOverflow  = "overflow"  // live copies overflowed a buffer and were let go
 	reasonLeader    = "leader"    // INBOX has a new leader
 	reasonSweep     = "sweep"     // the periodic check
 )
@@ -38,10 +38,9 @@ func (s *Server) watchLive() error {
 			prevErr(c, sub, err)
 		}
 		if sub != nil && errors.Is(err, nats.ErrSlowConsumer) {
-			s.liveMu.Lock()
-			sess := s.liveSubs[sub]
-			s.liveMu.Unlock()
-			if sess != nil {
+			// The router fell behind and NATS dropped a message: if it
+			// was a live copy, its readers must read the stream.
+			for _, sess := range s.router.owners(sub) {
 				s.metrics.catchUps.WithLabelValues(reasonOverflow).Inc()
 				sess.wake()
 			}
@@ -58,18 +57,6 @@ func (s *Server) watchLive() error {
 	})
 	s.leaderSub = sub
 	return err
-}
-
-func (s *Server) watch(sub *nats.Subscription, sess *session) {
-	s.liveMu.Lock()
-	s.liveSubs[sub] = sess
-	s.liveMu.Unlock()
-}
-
-func (s *Server) unwatch(sub *nats.Subscription) {
-	s.liveMu.Lock()
-	delete(s.liveSubs, sub)
-	s.liveMu.Unlock()
 }
 
 // wakeAll has every session read its inbox from the stream.

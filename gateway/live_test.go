@@ -81,8 +81,10 @@ func TestLostLiveCopyIsReadFromTheStream(t *testing.T) {
 	republish(t, n, true)
 	send(t, alice, "bob", "m3", "names m2 as its predecessor")
 	expect(bob, "m2", "m3")
-	if got := catchUps(t, g, "gap"); got != 1 {
-		t.Fatalf("%d catch-ups for a gap, want 1", got)
+	// (alice may have had one too: a receipt forwarded to her while the
+	// copies were off.)
+	if got := catchUps(t, g, "gap"); got < 1 {
+		t.Fatalf("%d catch-ups for a gap, want at least bob's", got)
 	}
 
 	republish(t, n, false)

@@ -61,10 +61,8 @@ type Server struct {
 
 	starts chan struct{} // one token per session start in progress
 
-	// liveSubs maps each session's live subscription to it, for the
-	// connection's slow-consumer reports (see watchLive).
-	liveMu    sync.Mutex
-	liveSubs  map[*nats.Subscription]*session
+	router    *router // sessions' subscriptions: live copies, events, kicks
+	gets      *getMux // answers to sessions' reads of the stream
 	leaderSub *nats.Subscription
 
 	leaseStop     chan struct{} // ends leaseLoop and sweepLoop
@@ -129,10 +127,15 @@ func New(ctx context.Context, cfg Config, keys *Keys, nc *nats.Conn, log *slog.L
 		starts:      make(chan struct{}, cfg.MaxConcurrentStarts),
 		leaseDone:   make(chan struct{}),
 		sweepDone:   make(chan struct{}),
-		liveSubs:    map[*nats.Subscription]*session{},
+		router:      newRouter(nc),
 	}
 	s.metrics = newMetrics(s)
+	if s.gets, err = newGetMux(nc); err != nil {
+		s.router.close()
+		return nil, err
+	}
 	if err := s.watchLive(); err != nil {
+		s.closeRouting()
 		return nil, err
 	}
 	for _, o := range cfg.AllowedOrigins {
@@ -333,7 +336,6 @@ func (s *Server) checkOrigin(ctx *fasthttp.RequestCtx) bool {
 
 func (s *Server) runConn(ws *websocket.Conn, id Identity) {
 	c := newWSConn(ws, &s.cfg)
-	go c.writeLoop()
 	sess := newSession(s, id, c)
 	if !s.track(sess) {
 		c.Close(protocol.CloseServiceRestart, "gateway shutting down")
@@ -437,7 +439,14 @@ func (s *Server) Shutdown(ctx context.Context) error {
 			return fmt.Errorf("gateway: shutdown: %d sessions left: %w", s.Sessions(), ctx.Err())
 		}
 	}
+	s.closeRouting()
 	return <-lnDone
+}
+
+// closeRouting ends the router and the read answers' subscription.
+func (s *Server) closeRouting() {
+	s.router.close()
+	s.gets.close()
 }
 
 // Abort drops every connection at once with no close frame and no

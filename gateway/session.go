@@ -46,8 +46,10 @@ type pubItem struct {
 // delivers its inbox (feed.go), and turns its acks into receipts and cursor
 // moves.
 //
-// Goroutines: the read loop calls handle; feedLoop and pubAckLoop run on
-// their own. handle must not block except on pubq (backpressure on sends).
+// Goroutines: the read loop calls handle. Delivery (feedRunner) and PubAck
+// handling (pubRunner) each run in a goroutine started when there is work
+// and ended when there is none, so an idle session holds only its read
+// loop. handle must not block except on slots (backpressure on sends).
 type session struct {
 	srv  *Server
 	id   Identity
@@ -73,22 +75,31 @@ type session struct {
 	saved     uint64 // the floor last written to the cursor
 	behind    bool   // let live copies go: too many unacked
 	stopping  bool   // delivery was stopped on purpose
+	// The feed: live copies waiting, whether a read of the stream is
+	// asked for, and whether feedRunner is running (it starts only once
+	// started, after the welcome).
+	feedQ       []*nats.Msg
+	feedWake    bool
+	feedRunning bool
+	started     bool
+	quit        chan struct{} // closed when delivery stops
 
-	live    chan *nats.Msg // live copies for feedLoop
-	liveSub *nats.Subscription
-	poke    chan struct{} // wake feedLoop to read the stream
-	quit    chan struct{} // closed to end feedLoop
-
-	pubq     chan pubItem
-	owed     atomic.Int64 // items enqueued on pubq and not yet answered
-	shutting atomic.Bool
+	// PubAcks awaited, in order, and whether pubRunner is running.
+	pubMu      sync.Mutex
+	pubs       []pubItem
+	pubRunning bool
+	pubClosed  bool
+	slots      chan struct{} // one per item owed: MaxPendingSends at most
+	owed       atomic.Int64  // items enqueued and not yet answered
+	shutting   atomic.Bool
 	// evMu orders the welcome before any event: welcomed is set in the
 	// same critical section that queues the welcome (Send only enqueues).
 	evMu     sync.Mutex
 	welcomed bool
 
-	kickSub *nats.Subscription
-	evSub   *nats.Subscription
+	// routed lists the subjects this session listens on through the
+	// gateway's router.
+	routed []string
 	// The presence lease: leaseMu orders writes and the delete, so no
 	// refresh lands after the delete. leaseRev is the revision last
 	// written (0: none yet); leaseWanted is false before the welcome and
@@ -104,7 +115,7 @@ type session struct {
 	expiry *time.Timer
 
 	loops sync.WaitGroup
-	// delivering is closed when feedLoop has returned (or never ran):
+	// delivering is closed when feedRunner has returned (or never ran):
 	// from then on this session pulls nothing from the consumer.
 	delivering     chan struct{}
 	deliveringOnce sync.Once
@@ -126,12 +137,10 @@ func newSession(srv *Server, id Identity, t transport) *session {
 		frameLim:   rate.NewLimiter(rate.Limit(cfg.FrameRate), cfg.FrameBurst),
 		typingLim:  rate.NewLimiter(rate.Limit(cfg.TypingRate), cfg.TypingBurst),
 		pending:    make(map[uint64]pendingMsg),
-		live:       make(chan *nats.Msg, liveBuffer),
-		poke:       make(chan struct{}, 1),
 		quit:       make(chan struct{}),
+		slots:      make(chan struct{}, cfg.MaxPendingSends),
 		presSubs:   make(map[string]struct{}),
 		calls:      make(chan struct{}, maxFunctionCalls),
-		pubq:       make(chan pubItem, cfg.MaxPendingSends),
 		delivering: make(chan struct{}),
 		stopped:    make(chan struct{}),
 	}
@@ -180,11 +189,9 @@ func (s *session) start(ctx context.Context) error {
 	case string(reply.Data) == kickRefused:
 		return errors.New("gateway: a newer session of this device is connected")
 	}
-	sub, err := nc.Subscribe(subj, s.onKick)
-	if err != nil {
+	if err := s.listen(subj, func(m *nats.Msg) { go s.onKick(m) }); err != nil {
 		return err
 	}
-	s.kickSub = sub
 	if err := nc.Publish(subj, s.kickMsg()); err != nil {
 		return err
 	}
@@ -199,13 +206,12 @@ func (s *session) start(ctx context.Context) error {
 	// stream: a client that has its welcome gets every later event, and
 	// every message is either read or arrives live. None is forwarded
 	// before the welcome, which must be the first frame.
-	if s.evSub, err = nc.Subscribe(eventSubject(s.id.User), s.onEvent); err != nil {
+	if err := s.listen(eventSubject(s.id.User), s.onEvent); err != nil {
 		return err
 	}
-	if s.liveSub, err = nc.ChanSubscribe(streams.LiveSubject(s.id.User), s.live); err != nil {
+	if err := s.listen(streams.LiveSubject(s.id.User), s.onLiveCopy); err != nil {
 		return err
 	}
-	s.srv.watch(s.liveSub, s)
 	if err := nc.FlushWithContext(ctx); err != nil {
 		return err
 	}
@@ -221,10 +227,10 @@ func (s *session) start(ctx context.Context) error {
 		s.doneDelivering()
 		return nil
 	}
-	s.loops.Add(2)
+	// The first read of the stream, from the device's position.
+	s.started, s.feedWake = true, true
+	s.startFeedLocked()
 	s.mu.Unlock()
-	go s.feedLoop()
-	go s.pubAckLoop()
 
 	if d := time.Until(s.id.Expires); d > 0 {
 		s.expiry = time.AfterFunc(d, func() { s.t.Close(protocol.ClosePolicy, protocol.ReasonTokenExpired) })
@@ -284,26 +290,20 @@ func (s *session) stop() {
 			s.expiry.Stop()
 		}
 		s.stopDelivery()
-		close(s.pubq)
+		s.pubMu.Lock()
+		s.pubClosed = true
+		s.pubMu.Unlock()
 		s.loops.Wait()
 		s.doneDelivering() // if delivery never started
 		close(s.stopped)
-		if s.liveSub != nil {
-			s.srv.unwatch(s.liveSub)
-			_ = s.liveSub.Unsubscribe()
-		}
-		if s.evSub != nil {
-			_ = s.evSub.Unsubscribe()
+		// Unrouted last: a kick that arrives after this is answered empty
+		// by the router, at once, as this stopped session would.
+		for _, subj := range s.routed {
+			s.srv.router.remove(subj, s)
 		}
 		s.finalCursor()
 		s.dropPresenceSubs()
 		s.goOffline()
-		if s.kickSub != nil {
-			// Drain, not unsubscribe: a kick already on its way is still
-			// answered (at once: this session has stopped), so the newer
-			// session does not wait out its timeout.
-			_ = s.kickSub.Drain()
-		}
 	})
 }
 
@@ -331,7 +331,21 @@ func (s *session) stopDelivery() {
 		s.stopping = true
 		close(s.quit)
 	}
+	running := s.feedRunning
 	s.mu.Unlock()
+	if !running {
+		s.doneDelivering()
+	}
+}
+
+// listen routes subject's messages to fn through the gateway's router
+// until the session stops.
+func (s *session) listen(subject string, fn func(*nats.Msg)) error {
+	if err := s.srv.router.add(subject, s, fn); err != nil {
+		return err
+	}
+	s.routed = append(s.routed, subject)
+	return nil
 }
 
 // finalCursor saves the device's floor and waits for it to be stored, so
@@ -350,20 +364,39 @@ func (s *session) finalCursor() {
 	}
 }
 
-func (s *session) pubAckLoop() {
+// pubRunner completes the queued PubAck items in order, saves the
+// device's cursor once the queue is empty, and ends.
+func (s *session) pubRunner() {
 	defer s.loops.Done()
-	for it := range s.pubq {
-		s.handlePub(it)
-		s.owed.Add(-1)
-		if len(s.pubq) == 0 {
-			// Caught up: save the cursor now. Under load this saves once
-			// per burst rather than once per ack.
+	for {
+		s.pubMu.Lock()
+		if len(s.pubs) == 0 {
+			s.pubs = nil
+			s.pubMu.Unlock()
+			// Caught up: save the cursor now, while still the only
+			// runner, so saves go out in order. Under load this saves
+			// once per burst rather than once per ack.
 			s.saveCursor()
+			s.pubMu.Lock()
+			if len(s.pubs) == 0 {
+				s.pubRunning = false
+				s.pubMu.Unlock()
+				return
+			}
+			s.pubMu.Unlock()
+			continue
 		}
+		it := s.pubs[0]
+		s.pubs[0] = pubItem{}
+		s.pubs = s.pubs[1:]
+		s.pubMu.Unlock()
+		s.handlePub(it)
+		<-s.slots
+		s.owed.Add(-1)
 	}
 }
 
-// handlePub completes one pubq item, in the order they were enqueued.
+// handlePub completes one PubAck item, in the order they were enqueued.
 func (s *session) handlePub(it pubItem) {
 	if it.kind == pubSettle {
 		s.settle(it.settle)
@@ -478,13 +511,29 @@ func (s *session) allow(l *rate.Limiter, id string) bool {
 	return true
 }
 
+// enqueue queues a PubAck item, waiting for a slot while MaxPendingSends
+// are owed: the read loop then stops reading from this socket.
 func (s *session) enqueue(it pubItem) {
-	s.owed.Add(1)
 	select {
-	case s.pubq <- it:
+	case s.slots <- struct{}{}:
 	case <-s.t.Done():
-		s.owed.Add(-1)
+		return
 	}
+	s.owed.Add(1)
+	s.pubMu.Lock()
+	if s.pubClosed {
+		s.pubMu.Unlock()
+		<-s.slots
+		s.owed.Add(-1)
+		return
+	}
+	s.pubs = append(s.pubs, it)
+	if !s.pubRunning {
+		s.pubRunning = true
+		s.loops.Add(1)
+		go s.pubRunner()
+	}
+	s.pubMu.Unlock()
 }
 
 func (s *session) send(f *protocol.Frame) {
