@@ -84,7 +84,8 @@ type Config struct {
 	// receipts status, media grant) and a settings write.
 	FunctionTimeout time.Duration
 	// MaxConcurrentStarts bounds the sessions starting at once (kick,
-	// consumer, welcome); the rest wait their turn, up to StartTimeout.
+	// cursor, subscriptions, welcome); the rest wait their turn, up to
+	// StartTimeout.
 	MaxConcurrentStarts int
 	// StartTimeout bounds a session start, waiting for a turn included.
 	StartTimeout time.Duration

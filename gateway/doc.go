@@ -3,26 +3,42 @@
 // runs one session per connected device.
 //
 // A session publishes the device's sends to JetStream (inbox.<recipient>)
-// and answers "sent" only on the PubAck; it delivers the device's queue from
-// its durable consumer and acks a message in JetStream only when the device
-// acks it. Everything a session knows is also in JetStream, so a gateway
+// and answers "sent" only on the PubAck. It delivers the copies INBOX
+// republishes on sb.live.<user> once a message is stored, and reads the
+// stream itself (a batched direct get) only to fill a gap: on connect, from
+// the device's cursor, and whenever a live copy may have been missed or was
+// let go (the device had too many unacked). A device holds no consumer: its
+// position is a cursor in the CURSORS bucket, moved past a message only
+// once the device acked it and, for a chat message, its delivered event is
+// stored. Everything a session knows is also in JetStream, so a gateway
 // holds no state that outlives a connection and any number of gateways can
 // share one NATS.
 //
-// Files: server.go (HTTP, upgrade, origin, shutdown), conn.go (read and
-// write loops behind the transport seam), session.go (one device), devices.go
-// (device consumers and the DEVICES registry), auth.go, config.go,
-// metrics.go, headers.go (what stored messages carry).
+// Files: server.go (HTTP, upgrade, origin, shutdown), conn.go (the read
+// loop and an on-demand writer behind the transport seam), session.go (one
+// device: sends, acks, PubAcks), feed.go (delivery: live copies, stream
+// reads, settling, the cursor), live.go (what makes sessions read the
+// stream: a restored connection, an INBOX leader change, an overflow, the
+// sweep), router.go (NATS subscriptions shared by a gateway's sessions),
+// getmux.go (one reply subscription for all stream reads), devices.go (the
+// DEVICES registry and cursors), reap.go (carrying over device consumers of
+// earlier versions), presence.go, media.go, auth.go, config.go, metrics.go.
 //
-// Concurrency: Server methods are safe from many goroutines. Each connection
-// has one read goroutine (which runs the session's frame handling), one
-// write goroutine, a delivery goroutine and a PubAck goroutine; only the
-// write goroutine writes data frames. Handlers must not block except where
-// a comment says so (a full PubAck queue stops reading from that socket:
-// backpressure on a sender that outruns the store).
+// Concurrency: Server methods are safe from many goroutines. Each
+// connection has one read goroutine, which runs the session's frame
+// handling. Writing (wsConn.writer), delivery (session.feedRunner) and
+// PubAck handling (session.pubRunner) each run in a goroutine started when
+// there is work and ended when there is none, so an idle connection holds
+// only its read goroutine; pings are a timer. Only the writer writes data
+// frames. One router goroutine per gateway hands live copies and events to
+// the sessions. Handlers must not block except where a comment says so (a
+// full PubAck queue stops reading from that socket: backpressure on a
+// sender that outruns the store).
 //
-// Locks: Server.mu (the session set), session.mu (pending deliveries, the
-// delivery iterator) and session.evMu (welcome before events) are never
-// held together, nor while calling into NATS or writing to a socket
-// (evMu covers only an enqueue).
+// Locks: router.mu (the routes) is held while a handler runs, so handlers
+// take only session.mu or session.evMu. Server.mu (the session set),
+// session.mu (the delivery state and the feed), session.pubMu (the PubAck
+// queue) and session.evMu (welcome before events) are never held together,
+// nor while calling into NATS or writing to a socket (evMu covers only an
+// enqueue, which takes wsConn.mu last).
 package gateway

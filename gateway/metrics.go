@@ -30,6 +30,7 @@ type metrics struct {
 	stored    prometheus.Counter            // sends confirmed "sent"
 	catchUps  *prometheus.CounterVec        // stream reads started off the live path, by reason
 	inboxGets prometheus.Counter            // batched direct gets of inbox messages
+	fdFull    prometheus.Counter            // accepts held back: out of file descriptors
 }
 
 func newMetrics(s *Server) *metrics {
@@ -46,7 +47,7 @@ func newMetrics(s *Server) *metrics {
 	m.errors = prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Name: "error_frames_total",
 		Help: "Error frames sent, by code."}, []string{"code"})
 	m.delivered = prometheus.NewCounter(prometheus.CounterOpts{Namespace: ns, Name: "deliveries_total",
-		Help: "Messages and receipts handed to devices (redeliveries included)."})
+		Help: "Messages and receipts handed to devices (repeats after a reconnect included)."})
 	m.stored = prometheus.NewCounter(prometheus.CounterOpts{Namespace: ns, Name: "sends_stored_total",
 		Help: "Sends stored in JetStream and answered \"sent\"."})
 	m.catchUps = prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Name: "catchups_total",
@@ -55,7 +56,9 @@ func newMetrics(s *Server) *metrics {
 		[]string{"reason"})
 	m.inboxGets = prometheus.NewCounter(prometheus.CounterOpts{Namespace: ns, Name: "inbox_reads_total",
 		Help: "Batched reads of device inboxes from the stream (connects and catch-ups)."})
-	m.reg.MustRegister(m.sessions, m.refused, m.closes, m.framesIn, m.errors, m.delivered, m.stored, m.catchUps, m.inboxGets,
+	m.fdFull = prometheus.NewCounter(prometheus.CounterOpts{Namespace: ns, Name: "accept_waits_total",
+		Help: "Times accepting connections waited because the process ran out of file descriptors."})
+	m.reg.MustRegister(m.sessions, m.refused, m.closes, m.framesIn, m.errors, m.delivered, m.stored, m.catchUps, m.inboxGets, m.fdFull,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	// Pre-create the label values operators alert on, so they read 0
 	// rather than being absent.

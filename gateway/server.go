@@ -200,7 +200,7 @@ func (s *Server) stopPresence() { s.presence.close() }
 // Serve accepts connections on ln until Shutdown.
 func (s *Server) Serve(ln net.Listener) error {
 	s.log.Info("listening", "addr", ln.Addr().String())
-	err := s.http.Serve(ln)
+	err := s.http.Serve(patientListener{Listener: ln, log: s.log, onFull: s.metrics.fdFull.Inc, sleep: time.Sleep})
 	if s.closing.Load() {
 		return nil
 	}

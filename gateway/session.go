@@ -168,8 +168,8 @@ func (s *session) newerThan(born int64, sid string) bool {
 // position, greets the client and starts delivery.
 //
 // Taking over: the session asks on sb.kick.<user>.<device> and waits for
-// the older session, on any gateway, to stop pulling before it touches the
-// consumer. It then subscribes there itself and announces itself once more,
+// the older session, on any gateway, to stop delivering before it reads the
+// device's cursor. It then listens there itself and announces itself once more,
 // so two sessions that started at the same instant (each asking before the
 // other listened) still meet: the older of the two closes.
 func (s *session) start(ctx context.Context) error {
@@ -181,8 +181,8 @@ func (s *session) start(ctx context.Context) error {
 	case errors.Is(err, nats.ErrTimeout):
 		// The older session's gateway did not answer: it crashed and
 		// NATS has not noticed yet, or it is wedged. Waiting longer would
-		// keep the device offline for minutes, so go on; the reset below
-		// rewinds whatever the old session held.
+		// keep the device offline for minutes, so go on: whatever the old
+		// session had not settled is past the cursor and comes again.
 		s.log.Warn("older session did not answer the kick; taking over")
 	case err != nil:
 		return fmt.Errorf("gateway: kick: %w", err)

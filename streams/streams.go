@@ -74,7 +74,8 @@ type Options struct {
 	DuplicateWindow time.Duration
 	// Replicas is the stream replication factor (1, 3 or 5). Zero keeps 1.
 	Replicas int
-	// MaxConsumers caps durable consumers on INBOX (one per device). Zero
+	// MaxConsumers caps durable consumers on INBOX (the push function's,
+	// and device queues left by earlier versions until carried over). Zero
 	// keeps the file's 100,000; the server's own default would be 1,000.
 	MaxConsumers int
 }

@@ -103,7 +103,7 @@ func bindFlags(fs *flag.FlagSet, c *appConfig, withEmbedded bool) {
 	fs.DurationVar(&c.Streams.MaxAge, "max-age", c.Streams.MaxAge, "keep messages this long (0: 30 days)")
 	fs.DurationVar(&c.Streams.DuplicateWindow, "dedup-window", c.Streams.DuplicateWindow, "remember message ids this long (0: 2m)")
 	fs.IntVar(&c.Streams.Replicas, "replicas", c.Streams.Replicas, "stream replicas (0: 1)")
-	fs.IntVar(&c.Streams.MaxConsumers, "max-consumers", c.Streams.MaxConsumers, "max device consumers (0: 100000)")
+	fs.IntVar(&c.Streams.MaxConsumers, "max-consumers", c.Streams.MaxConsumers, "max consumers on INBOX: the push function's and device consumers an earlier version left (0: 100000)")
 	if withEmbedded {
 		bindFunctionFlags(fs, &c.Functions, true)
 	}

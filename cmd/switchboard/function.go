@@ -81,7 +81,7 @@ func bindFunctionFlags(fs *flag.FlagSet, c *functionsConfig, withRun bool) {
 	fs.DurationVar(&p.Window, "push-window", p.Window, "at most one push per user per window")
 	fs.DurationVar(&p.Timeout, "push-timeout", p.Timeout, "bound on one webhook call")
 	fs.IntVar(&p.MaxAttempts, "push-max-attempts", p.MaxAttempts, "webhook attempts before a notification is dead-lettered")
-	fs.DurationVar(&c.Reaper.Idle, "device-idle", c.Reaper.Idle, "reap the consumers of devices away this long (they cost disk only)")
+	fs.DurationVar(&c.Reaper.Idle, "device-idle", c.Reaper.Idle, "carry over to cursors, and delete, the device consumers an earlier version left, for devices away this long")
 	fs.DurationVar(&c.Reaper.Interval, "reap-interval", c.Reaper.Interval, "how often the reaper looks (negative: on request only)")
 }
 

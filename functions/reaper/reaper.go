@@ -1,9 +1,12 @@
-// Package reaper is the worker function that keeps long-offline devices
-// cheap: it periodically deletes the durable consumers of devices idle
-// past a set time, after saving their position, so such a device costs
-// disk (its messages in INBOX) and a DEVICES record, not server memory.
-// The device's next session recreates its consumer from the saved floor
-// (see gateway.Reap).
+// Package reaper is the worker function that carries over what earlier
+// versions left behind: a durable consumer on INBOX per device. This
+// version gives devices no consumer; a device's position is a cursor in
+// the CURSORS bucket. A pass finds the device consumers of devices idle
+// past a set time, copies each one's ack floor to the device's cursor and
+// deletes the consumer, so the device costs disk (its messages in INBOX
+// and a cursor), not server memory. A device that connects first carries
+// its consumer over itself (see gateway.Reap). Nothing creates such
+// consumers any more: once they are gone, a pass finds nothing to do.
 package reaper
 
 import (
@@ -31,8 +34,8 @@ const ReapSubject = "sb.fn.reaper.reap"
 
 // Config tunes an instance.
 type Config struct {
-	// Idle is how long a device must have been away before its consumer
-	// is reaped.
+	// Idle is how long a device must have been away before its legacy
+	// consumer is carried over to its cursor and deleted.
 	Idle time.Duration
 	// Interval is how often a pass runs; negative runs none (reap on
 	// request only). Each instance runs its own passes: they are safe
@@ -40,7 +43,8 @@ type Config struct {
 	Interval time.Duration
 }
 
-// DefaultConfig reaps devices away for three days, hourly.
+// DefaultConfig carries over the consumers of devices away for three
+// days, hourly.
 func DefaultConfig() Config { return Config{Idle: 72 * time.Hour, Interval: time.Hour} }
 
 // Service is one running instance.
@@ -66,7 +70,7 @@ func Start(ctx context.Context, nc *nats.Conn, js jetstream.JetStream, cfg Confi
 	s.svc, err = micro.AddService(nc, micro.Config{
 		Name:        "reaper",
 		Version:     Version,
-		Description: "Deletes the consumers of long-offline devices after saving their position",
+		Description: "Carries device consumers left by earlier versions over to cursors and deletes them",
 		StatsHandler: func(*micro.Endpoint) any {
 			return map[string]int64{"passes": s.passes.Load(), "reaped": s.reaped.Load()}
 		},

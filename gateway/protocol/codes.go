@@ -77,7 +77,7 @@ var Closes = []CloseInfo{
 	{ClosePolicy, "policy", true, "Reason `token_expired`: the token's expiry passed; reconnect with a fresh token. Reason `flood`: rate limit exceeded repeatedly; reconnect after backoff."},
 	{CloseTooBig, "too_big", true, "A frame exceeded the size limit (default 64 KiB); it was not processed."},
 	{CloseInternal, "internal", true, "The gateway hit an error it cannot recover from for this session."},
-	{CloseServiceRestart, "service_restart", true, "The gateway is shutting down; reconnect (to another gateway) at once, with jitter."},
+	{CloseServiceRestart, "service_restart", true, "The gateway is shutting down, or cannot store a delivered receipt or read the device's messages; reconnect (to another gateway) at once, with jitter."},
 	{CloseSlow, "slow", true, "The client did not read fast enough or stopped answering pings; undelivered messages stay queued in JetStream."},
 	{CloseReplaced, "replaced", false, "The same user and device connected again elsewhere; this older session ends."},
 }

@@ -17,6 +17,10 @@ import (
 // phone left in a drawer; memory is then read from before those first
 // connects, so whatever the away devices still hold (records, cursors)
 // counts against them.
+// firstConnectWave is how many users connect at once for their first
+// connect: well under the 20,000 open files one process may hold here.
+const firstConnectWave = 5000
+
 func runOffline(ctx context.Context, e *env, rep *Report) error {
 	cfg := e.cfg
 	n := cfg.Users
@@ -40,12 +44,17 @@ func runOffline(ctx context.Context, e *env, rep *Report) error {
 	res.ConsumersBefore = consBefore
 	if cfg.FirstConnect {
 		e.prog.set("first connects", int64(n), nil)
-		devs := e.fleet.connectAll(ctx, users, cfg.ConnectConcurrency, 8, nil, nil, func() { e.prog.add(1) })
-		closeAll(devs)
-		if c := connected(devs); c < n {
-			return fmt.Errorf("load: offline: %d of %d users connected once", c, n)
+		// In waves, each closed before the next: a gateway process may
+		// hold fewer sockets than there are users.
+		for i := 0; i < n; i += firstConnectWave {
+			wave := users[i:min(i+firstConnectWave, n)]
+			devs := e.fleet.connectAll(ctx, wave, cfg.ConnectConcurrency, 8, nil, nil, func() { e.prog.add(1) })
+			closeAll(devs)
+			if c := connected(devs); c < len(wave) {
+				return fmt.Errorf("load: offline: %d of %d users connected once (wave from user %d)", c, len(wave), i)
+			}
+			e.waitSessionsBelow(ctx, nf)
 		}
-		e.waitSessionsBelow(ctx, nf)
 		e.prog.set(fmt.Sprintf("away for %s", cfg.Away), cfg.Away.Milliseconds(), nil)
 		for end := time.Now().Add(cfg.Away); time.Now().Before(end) && ctx.Err() == nil; time.Sleep(100 * time.Millisecond) {
 			e.prog.done.Store(cfg.Away.Milliseconds() - time.Until(end).Milliseconds())

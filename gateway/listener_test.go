@@ -1,0 +1,72 @@
+package gateway
+
+import (
+	"errors"
+	"io"
+	"log/slog"
+	"net"
+	"os"
+	"syscall"
+	"testing"
+	"time"
+)
+
+// failingListener fails its first Accept calls as the kernel does when the
+// process is out of descriptors, then accepts for real.
+type failingListener struct {
+	net.Listener
+	fails int
+}
+
+func (l *failingListener) Accept() (net.Conn, error) {
+	if l.fails > 0 {
+		l.fails--
+		return nil, &net.OpError{Op: "accept", Net: "tcp", Err: os.NewSyscallError("accept4", syscall.EMFILE)}
+	}
+	return l.Listener.Accept()
+}
+
+// Running out of file descriptors holds accepting back, with a growing
+// pause, instead of ending the server; other errors still end it.
+func TestAcceptWaitsOutDescriptorExhaustion(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	var waits []time.Duration
+	full := 0
+	pl := patientListener{Listener: &failingListener{Listener: ln, fails: 9},
+		log: slog.New(slog.NewTextHandler(io.Discard, nil)), onFull: func() { full++ },
+		sleep: func(d time.Duration) { waits = append(waits, d) }}
+	dialed := make(chan error, 1)
+	go func() {
+		c, err := net.Dial("tcp", ln.Addr().String())
+		if err == nil {
+			c.Close()
+		}
+		dialed <- err
+	}()
+	c, err := pl.Accept()
+	if err != nil {
+		t.Fatalf("accept after running out of descriptors: %v", err)
+	}
+	c.Close()
+	if err := <-dialed; err != nil {
+		t.Fatal(err)
+	}
+	want := []time.Duration{5, 10, 20, 40, 80, 160, 320, 640, 1000}
+	if len(waits) != len(want) || full != 1 {
+		t.Fatalf("waited %v, limit reported %d times; want %d waits and 1 report", waits, full, len(want))
+	}
+	for i, w := range want {
+		if waits[i] != w*time.Millisecond {
+			t.Fatalf("wait %d was %s, want %s", i, waits[i], w*time.Millisecond)
+		}
+	}
+
+	ln.Close()
+	if _, err := pl.Accept(); err == nil || outOfDescriptors(err) || !errors.Is(err, net.ErrClosed) {
+		t.Fatalf("accept on a closed listener: %v, want net.ErrClosed", err)
+	}
+}
