@@ -151,8 +151,11 @@ func New(ctx context.Context, cfg Config, keys *Keys, nc *nats.Conn, log *slog.L
 		Subprotocols:      []string{protocol.Subprotocol},
 		CheckOrigin:       func(*fasthttp.RequestCtx) bool { return true }, // checked before upgrading
 		EnableCompression: false,                                           // no compression bombs
-		ReadBufferSize:    4096,
-		WriteBufferSize:   4096,
+		// The socket is already read through fasthttp's 4 KiB buffer,
+		// which the hijacked connection keeps; a second large one here
+		// would only copy between them, at 4 KiB per connection.
+		ReadBufferSize:  256,
+		WriteBufferSize: 4096,
 		// Idle connections hold no write buffer: one is taken from the
 		// pool per message and given back after it.
 		WriteBufferPool: &sync.Pool{},
