@@ -170,8 +170,26 @@ func (s *session) onLive(m *nats.Msg) {
 // or the session stops. through, when not zero, is a sequence known to be
 // stored (from a live copy): a replica that answers from behind it is
 // asked again.
+//
+// Without one, it first asks for the newest message in the inbox, which
+// the server finds from its per-subject index: usually there is nothing
+// new (a sweep, a reconnect), and reading on from the device's position
+// would have the server load the block that position is in, however old.
 func (s *session) catchUp(through uint64) {
-	var failingSince time.Time
+	if through == 0 {
+		newest, err := s.newestStored()
+		if err == nil {
+			s.mu.Lock()
+			had := s.last
+			s.mu.Unlock()
+			if newest <= had {
+				return
+			}
+			through = newest
+		}
+		// On an error the read below tries, and retries, itself.
+	}
+	var failingSince, lagging time.Time
 	backoff := 50 * time.Millisecond
 	for {
 		s.mu.Lock()
@@ -203,7 +221,14 @@ func (s *session) catchUp(through uint64) {
 			if done {
 				return
 			}
-			// Answered by a replica that has not stored through yet.
+			// Answered by a replica that has not stored through yet,
+			// or through is gone (purged by an operator): give up after
+			// a while, as nothing is then missing.
+			if lagging.IsZero() {
+				lagging = time.Now()
+			} else if time.Since(lagging) > catchUpGiveUp {
+				return
+			}
 		}
 		select {
 		case <-s.quit:
@@ -221,6 +246,36 @@ type directGet struct {
 	NextFor  string `json:"next_by_subj"`
 	Batch    int    `json:"batch"`
 	MaxBytes int    `json:"max_bytes"`
+}
+
+// newestStored returns the sequence of the newest message in the device's
+// inbox, 0 if it is empty.
+func (s *session) newestStored() (uint64, error) {
+	reply, answers, done := s.srv.gets.open(1)
+	defer done()
+	req, _ := json.Marshal(struct {
+		LastFor string `json:"last_by_subj"`
+	}{streams.InboxSubject(s.id.User)})
+	if err := s.srv.nc.PublishRequest("$JS.API.DIRECT.GET."+streams.Inbox, reply, req); err != nil {
+		return 0, err
+	}
+	timeout := time.NewTimer(catchUpTimeout)
+	defer timeout.Stop()
+	select {
+	case m := <-answers:
+		switch m.Header.Get("Status") {
+		case "":
+			return strconv.ParseUint(m.Header.Get(hdrSequence), 10, 64)
+		case "404":
+			return 0, nil
+		default:
+			return 0, errors.New("direct get: " + m.Header.Get("Status") + " " + m.Header.Get("Description"))
+		}
+	case <-timeout.C:
+		return 0, nats.ErrTimeout
+	case <-s.quit:
+		return 0, errors.New("gateway: stopped")
+	}
 }
 
 // readBatch delivers up to n of the device's messages stored at from or
