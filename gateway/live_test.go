@@ -7,6 +7,7 @@ import (
 	"net/http"
 	"regexp"
 	"strconv"
+	"strings"
 	"testing"
 	"time"
 
@@ -150,4 +151,34 @@ func TestDeviceWithTooManyUnackedGetsTheRestAfterAcking(t *testing.T) {
 		}
 		return nil
 	})
+}
+
+// Live copies sent while a gateway's NATS connection is down are lost with
+// it; once the connection is back, every session on that gateway reads its
+// inbox from the stream, long before a sweep would come round.
+func TestSessionsReadTheirInboxAfterNATSReconnect(t *testing.T) {
+	n := tk.StartNATS(t)
+	addr := strings.TrimPrefix(n.Server.ClientURL(), "nats://")
+	proxy := tk.StartProxy(t, addr)
+	g := tk.StartGatewayURL(t, "nats://"+proxy.Addr, tk.TestConfig()) // sweeps every 2 minutes
+	other := tk.StartGateway(t, n, tk.TestConfig())
+	alice := tk.Dial(t, other.URL, "alice", "phone")
+	bob := tk.Dial(t, g.URL, "bob", "phone")
+	send(t, alice, "bob", "m1", "before")
+	bob.Ack(tk.RecvMsg(t, bob, wait).Seq)
+
+	proxy.SetTarget("127.0.0.1:1") // nothing listens: reconnects fail
+	proxy.DropAll()
+	send(t, alice, "bob", "m2", "while bob's gateway is cut off") // its live copy is lost
+	proxy.SetTarget(addr)
+
+	m := tk.RecvMsg(t, bob, wait)
+	if m.ID != "m2" {
+		t.Fatalf("bob got %s, want m2", m.ID)
+	}
+	bob.Ack(m.Seq)
+	if got := catchUps(t, g, "reconnect"); got < 1 {
+		t.Fatalf("%d catch-ups after a reconnect, want at least 1", got)
+	}
+	tk.NoMsg(t, bob, 300*time.Millisecond)
 }
