@@ -59,13 +59,26 @@ func (s *Server) watchLive() error {
 	return err
 }
 
-// wakeAll has every session read its inbox from the stream.
+// wakeAll has every session read its inbox from the stream, wakeBatch at
+// a time every wakePause, so a gateway with tens of thousands of sessions
+// does not send as many reads in the same instant.
 func (s *Server) wakeAll(reason string) {
-	for _, sess := range s.snapshot() {
-		s.metrics.catchUps.WithLabelValues(reason).Inc()
-		sess.wake()
-	}
+	all := s.snapshot()
+	go func() {
+		for i, sess := range all {
+			if i > 0 && i%wakeBatch == 0 {
+				time.Sleep(wakePause) // pacing
+			}
+			s.metrics.catchUps.WithLabelValues(reason).Inc()
+			sess.wake()
+		}
+	}()
 }
+
+const (
+	wakeBatch = 256
+	wakePause = 20 * time.Millisecond
+)
 
 // snapshot returns the sessions connected now.
 func (s *Server) snapshot() []*session {
