@@ -71,6 +71,11 @@ type Config struct {
 	// of the same device (on any gateway) to close.
 	KickTimeout time.Duration
 
+	// CursorDelay is how long a device's cursor save waits after its acks,
+	// gathering those that follow. After a gateway crash, what the device
+	// acked in the last CursorDelay comes again on its next connection
+	// (the SDK drops the repeats). Zero saves at once.
+	CursorDelay time.Duration
 	// SweepInterval is how often each session checks its inbox in the
 	// stream for a live copy lost with nothing to report it.
 	SweepInterval time.Duration
@@ -116,6 +121,7 @@ func DefaultConfig() Config {
 		KickTimeout:      3 * time.Second,
 		PresenceTTL:      60 * time.Second,
 		SweepInterval:    2 * time.Minute,
+		CursorDelay:      time.Second,
 		MaxPresenceSubs:  1024,
 		FunctionTimeout:  3 * time.Second,
 
@@ -161,6 +167,8 @@ func (c *Config) Validate() error {
 		return bad("ShutdownTimeout", "must be positive")
 	case c.KickTimeout <= 0:
 		return bad("KickTimeout", "must be positive")
+	case c.CursorDelay < 0:
+		return bad("CursorDelay", "must not be negative")
 	case c.SweepInterval < time.Second:
 		return bad("SweepInterval", "must be at least 1s")
 	case c.PresenceTTL < time.Second:

@@ -388,6 +388,29 @@ func (s *session) settle(seq uint64) {
 	}
 }
 
+// scheduleCursor saves the cursor once CursorDelay has passed, unless a
+// save is already waiting: a device acking steadily then costs one cursor
+// write per CursorDelay, not one per message.
+func (s *session) scheduleCursor() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.stopping || s.cursorTimer != nil || s.floor <= s.saved {
+		return
+	}
+	if s.srv.cfg.CursorDelay == 0 {
+		s.mu.Unlock()
+		s.saveCursor()
+		s.mu.Lock()
+		return
+	}
+	s.cursorTimer = time.AfterFunc(s.srv.cfg.CursorDelay, func() {
+		s.mu.Lock()
+		s.cursorTimer = nil
+		s.mu.Unlock()
+		s.saveCursor()
+	})
+}
+
 // saveCursor publishes the device's floor if it moved since the last save.
 // It does not wait: a cursor that lags only means a few messages come
 // again on the next connect, and the SDK drops repeats by id.

@@ -75,6 +75,8 @@ type session struct {
 	saved     uint64 // the floor last written to the cursor
 	behind    bool   // let live copies go: too many unacked
 	stopping  bool   // delivery was stopped on purpose
+	// cursorTimer is a cursor save waiting out CursorDelay.
+	cursorTimer *time.Timer
 	// The feed: live copies waiting, whether a read of the stream is
 	// asked for, and whether feedRunner is running (it starts only once
 	// started, after the welcome).
@@ -353,6 +355,10 @@ func (s *session) listen(subject string, fn func(*nats.Msg)) error {
 func (s *session) finalCursor() {
 	s.mu.Lock()
 	floor, saved := s.floor, s.saved
+	if s.cursorTimer != nil {
+		s.cursorTimer.Stop()
+		s.cursorTimer = nil
+	}
 	s.mu.Unlock()
 	if floor <= saved {
 		return
@@ -373,10 +379,8 @@ func (s *session) pubRunner() {
 		if len(s.pubs) == 0 {
 			s.pubs = nil
 			s.pubMu.Unlock()
-			// Caught up: save the cursor now, while still the only
-			// runner, so saves go out in order. Under load this saves
-			// once per burst rather than once per ack.
-			s.saveCursor()
+			// Caught up: save the cursor (after CursorDelay).
+			s.scheduleCursor()
 			s.pubMu.Lock()
 			if len(s.pubs) == 0 {
 				s.pubRunning = false

@@ -96,6 +96,7 @@ func bindFlags(fs *flag.FlagSet, c *appConfig, withEmbedded bool) {
 	fs.IntVar(&g.OutboundQueue, "outbound-queue", g.OutboundQueue, "frames queued per connection before close 4001")
 	fs.DurationVar(&g.ShutdownTimeout, "shutdown-timeout", g.ShutdownTimeout, "bound on graceful shutdown")
 	fs.IntVar(&g.MaxConcurrentStarts, "max-concurrent-starts", g.MaxConcurrentStarts, "sessions starting at once; the rest wait their turn (reconnect storms)")
+	fs.DurationVar(&g.CursorDelay, "cursor-delay", g.CursorDelay, "how long a device's cursor save gathers further acks (0: save at once)")
 	fs.DurationVar(&g.SweepInterval, "sweep-interval", g.SweepInterval, "how often each session checks its inbox for a lost live copy")
 	fs.DurationVar(&g.PresenceTTL, "presence-ttl", g.PresenceTTL, "a device's presence lease: a dead gateway's devices go offline within it")
 	fs.IntVar(&g.MaxPresenceSubs, "max-presence-subs", g.MaxPresenceSubs, "users one connection may follow")
