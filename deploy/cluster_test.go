@@ -120,7 +120,7 @@ func runLeaderChange(t *testing.T, lc leaderChange) {
 	// New buckets answer reads only once their replicas are current and
 	// every node knows where they are.
 	c.WaitHealthy(t, 20*time.Second)
-	c.WaitKVReadable(t, 20*time.Second, streams.DevicesKV, streams.StatusKV, streams.PresenceKV,
+	c.WaitKVReadable(t, 20*time.Second, streams.DevicesKV, streams.CursorsKV, streams.StatusKV, streams.PresenceKV,
 		streams.SettingsKV, streams.PushKV)
 	leader := c.WaitForLeader(t, 10*time.Second, nil, tk.StreamInfo(setupJS, streams.Inbox))
 	others := c.Others(leader)

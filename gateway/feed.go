@@ -46,6 +46,9 @@ const (
 	catchUpBytes = 1 << 20
 	// catchUpTimeout bounds one direct get.
 	catchUpTimeout = 5 * time.Second
+	// secondLookDelay is when a session on a cluster reads its inbox once
+	// more after connecting.
+	secondLookDelay = 2 * time.Second
 	// catchUpGiveUp is how long reads may keep failing before the session
 	// closes with 1012 so the client reconnects (to another gateway, or
 	// once the stream has a leader again).

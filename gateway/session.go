@@ -77,6 +77,7 @@ type session struct {
 	stopping  bool   // delivery was stopped on purpose
 	// cursorTimer is a cursor save waiting out CursorDelay.
 	cursorTimer *time.Timer
+	secondLook  *time.Timer // a second read after connecting, on a cluster
 	// The feed: live copies waiting, whether a read of the stream is
 	// asked for, and whether feedRunner is running (it starts only once
 	// started, after the welcome).
@@ -233,6 +234,13 @@ func (s *session) start(ctx context.Context) error {
 	s.started, s.feedWake = true, true
 	s.startFeedLocked()
 	s.mu.Unlock()
+	if s.srv.inbox.CachedInfo().Config.Replicas > 1 {
+		// On a cluster that read may be answered by a replica a few
+		// milliseconds behind, and a message stored just before this
+		// session subscribed would then wait for the sweep. Look once
+		// more, when any replica has it.
+		s.secondLook = time.AfterFunc(secondLookDelay, s.wake)
+	}
 
 	if d := time.Until(s.id.Expires); d > 0 {
 		s.expiry = time.AfterFunc(d, func() { s.t.Close(protocol.ClosePolicy, protocol.ReasonTokenExpired) })
@@ -290,6 +298,9 @@ func (s *session) stop() {
 	s.stopOnce.Do(func() {
 		if s.expiry != nil {
 			s.expiry.Stop()
+		}
+		if s.secondLook != nil {
+			s.secondLook.Stop()
 		}
 		s.stopDelivery()
 		s.pubMu.Lock()
