@@ -518,17 +518,6 @@ func StreamInfo(js jetstream.JetStream, stream string) func(context.Context) (*j
 	}
 }
 
-// ConsumerInfo is StreamInfo for a consumer.
-func ConsumerInfo(js jetstream.JetStream, stream, consumer string) func(context.Context) (*jetstream.ClusterInfo, error) {
-	return func(ctx context.Context) (*jetstream.ClusterInfo, error) {
-		c, err := js.Consumer(ctx, stream, consumer)
-		if err != nil {
-			return nil, err
-		}
-		return c.CachedInfo().Cluster, nil
-	}
-}
-
 // StepDown asks the leader of a stream (consumer "") or of one of its
 // consumers to hand over, to preferred if not nil, as
 // `nats stream cluster step-down` does.
