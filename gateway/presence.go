@@ -274,6 +274,7 @@ func (s *session) presenceUnsub(users []string) {
 		if _, ok := s.presSubs[u]; ok {
 			s.srv.presence.unfollow(s, u)
 			delete(s.presSubs, u)
+			delete(s.presSent, u)
 		}
 	}
 }
@@ -285,20 +286,41 @@ func (s *session) dropPresenceSubs() {
 		s.srv.presence.unfollow(s, u)
 		delete(s.presSubs, u)
 	}
+	clear(s.presSent)
+}
+
+// nextPresenceGen takes the generation of a presence frame being prepared.
+func (s *session) nextPresenceGen() uint64 {
+	s.presMu.Lock()
+	defer s.presMu.Unlock()
+	s.presGen++
+	return s.presGen
+}
+
+// sendPresence sends a presence frame of generation gen about user,
+// unless a newer one about user went out already.
+func (s *session) sendPresence(gen uint64, user string, online bool, lastSeen int64, hidden bool) {
+	s.presMu.Lock()
+	defer s.presMu.Unlock()
+	if gen <= s.presSent[user] {
+		return
+	}
+	s.presSent[user] = gen
+	s.t.Send(protocol.AppendPresence(nil, user, online, lastSeen, hidden))
 }
 
 // onPresence forwards a presence change as this device's user may see it.
 func (s *session) onPresence(u *presence.Update) {
 	switch u.Visibility {
 	case streams.VisibleEveryone:
-		s.t.Send(protocol.AppendPresence(nil, u.User, u.Online, u.LastSeen, false))
+		s.sendPresence(s.nextPresenceGen(), u.User, u.Online, u.LastSeen, false)
 	case streams.VisibleContacts:
 		// Whether this viewer is a contact is the function's to say. A
 		// connection with too many calls in flight misses this one; its
 		// next presence_sub answers with the current state.
 		s.askPresence([]string{u.User})
 	default:
-		s.t.Send(protocol.AppendPresence(nil, u.User, false, 0, true))
+		s.sendPresence(s.nextPresenceGen(), u.User, false, 0, true)
 	}
 }
 
@@ -310,6 +332,7 @@ func (s *session) askPresence(users []string) bool {
 	if len(users) == 0 {
 		return true
 	}
+	gen := s.nextPresenceGen()
 	return s.goCall(func() {
 		req, _ := json.Marshal(presence.GetRequest{Viewer: s.id.User, Users: users})
 		var reply presence.GetReply
@@ -319,7 +342,7 @@ func (s *session) askPresence(users []string) bool {
 		}
 		for _, v := range reply.Users {
 			if protocol.ValidID(v.User) {
-				s.t.Send(protocol.AppendPresence(nil, v.User, v.Online, v.LastSeen, v.Hidden))
+				s.sendPresence(gen, v.User, v.Online, v.LastSeen, v.Hidden)
 			}
 		}
 	})

@@ -111,8 +111,14 @@ type session struct {
 	leaseRev    uint64
 	leaseWanted bool
 	leaseDone   bool
-	presMu      sync.Mutex          // guards presSubs
+	presMu      sync.Mutex          // guards presSubs, presGen and presSent
 	presSubs    map[string]struct{} // users followed (see presenceHub)
+	// Presence frames go out newest first only: each update forwarded and
+	// each answer asked for takes the next generation, and a frame older
+	// than the last one sent about its user is dropped. An answer asked
+	// for before an update, and arriving after it, is stale.
+	presGen  uint64
+	presSent map[string]uint64
 	// calls bounds the worker-function requests in flight (goCall).
 	calls  chan struct{}
 	expiry *time.Timer
@@ -143,6 +149,7 @@ func newSession(srv *Server, id Identity, t transport) *session {
 		quit:       make(chan struct{}),
 		slots:      make(chan struct{}, cfg.MaxPendingSends),
 		presSubs:   make(map[string]struct{}),
+		presSent:   make(map[string]uint64),
 		calls:      make(chan struct{}, maxFunctionCalls),
 		delivering: make(chan struct{}),
 		stopped:    make(chan struct{}),
