@@ -76,6 +76,10 @@ type Config struct {
 	// acked in the last CursorDelay comes again on its next connection
 	// (the SDK drops the repeats). Zero saves at once.
 	CursorDelay time.Duration
+	// SharedCatchUps is how many sessions may read their backlogs from the
+	// stream on their own at once; past it they share one reader (see
+	// backlog.go). 0 shares every read.
+	SharedCatchUps int
 	// SweepInterval is how often each session checks its inbox in the
 	// stream for a live copy lost with nothing to report it.
 	SweepInterval time.Duration
@@ -122,6 +126,7 @@ func DefaultConfig() Config {
 		PresenceTTL:      60 * time.Second,
 		SweepInterval:    2 * time.Minute,
 		CursorDelay:      time.Second,
+		SharedCatchUps:   32,
 		MaxPresenceSubs:  1024,
 		FunctionTimeout:  3 * time.Second,
 
@@ -167,6 +172,8 @@ func (c *Config) Validate() error {
 		return bad("ShutdownTimeout", "must be positive")
 	case c.KickTimeout <= 0:
 		return bad("KickTimeout", "must be positive")
+	case c.SharedCatchUps < 0:
+		return bad("SharedCatchUps", "must not be negative")
 	case c.CursorDelay < 0:
 		return bad("CursorDelay", "must not be negative")
 	case c.SweepInterval < time.Second:

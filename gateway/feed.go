@@ -192,6 +192,12 @@ func (s *session) catchUp(through uint64) {
 		}
 		// On an error the read below tries, and retries, itself.
 	}
+	backlog := s.srv.backlog
+	backlog.reading.Add(1)
+	defer backlog.reading.Add(-1)
+	if through > 0 && backlog.read(s, through) {
+		return
+	}
 	var failingSince, lagging time.Time
 	backoff := 50 * time.Millisecond
 	for {
@@ -284,13 +290,33 @@ func (s *session) newestStored() (uint64, error) {
 // readBatch delivers up to n of the device's messages stored at from or
 // later. more reports that the stream holds further ones.
 func (s *session) readBatch(from uint64, n int) (more bool, err error) {
-	reply, answers, done := s.srv.gets.open(n + 1) // n messages and the end of batch
+	req := directGet{Seq: from, NextFor: streams.InboxSubject(s.id.User), Batch: n, MaxBytes: catchUpBytes}
+	return s.srv.directBatch(req, s.quit, func(seq uint64, m *nats.Msg) bool {
+		s.mu.Lock()
+		stale, stopping := seq <= s.last, s.stopping
+		s.mu.Unlock()
+		if stopping {
+			return false
+		}
+		if !stale {
+			s.take(seq, m.Header, m.Data)
+		}
+		return true
+	})
+}
+
+// directBatch sends a batched direct get to INBOX and passes each message
+// it answers, with its sequence, to each until that returns false. more
+// reports that the stream holds further matching messages; quit ends the
+// wait early.
+func (srv *Server) directBatch(req directGet, quit <-chan struct{}, each func(uint64, *nats.Msg) bool) (more bool, err error) {
+	reply, answers, done := srv.gets.open(req.Batch + 1) // the messages and the end of batch
 	defer done()
-	req, _ := json.Marshal(directGet{Seq: from, NextFor: streams.InboxSubject(s.id.User), Batch: n, MaxBytes: catchUpBytes})
-	if err := s.srv.nc.PublishRequest("$JS.API.DIRECT.GET."+streams.Inbox, reply, req); err != nil {
+	body, _ := json.Marshal(req)
+	if err := srv.nc.PublishRequest("$JS.API.DIRECT.GET."+streams.Inbox, reply, body); err != nil {
 		return false, err
 	}
-	s.srv.metrics.inboxGets.Inc()
+	srv.metrics.inboxGets.Inc()
 	timeout := time.NewTimer(catchUpTimeout)
 	defer timeout.Stop()
 	for {
@@ -299,7 +325,7 @@ func (s *session) readBatch(from uint64, n int) (more bool, err error) {
 		case m = <-answers:
 		case <-timeout.C:
 			return false, nats.ErrTimeout
-		case <-s.quit:
+		case <-quit:
 			return false, nil
 		}
 		switch m.Header.Get("Status") {
@@ -318,14 +344,8 @@ func (s *session) readBatch(from uint64, n int) (more bool, err error) {
 		if err != nil {
 			return false, errors.New("direct get: answer without a sequence")
 		}
-		s.mu.Lock()
-		stale, stopping := seq <= s.last, s.stopping
-		s.mu.Unlock()
-		if stopping {
+		if !each(seq, m) {
 			return false, nil
-		}
-		if !stale {
-			s.take(seq, m.Header, m.Data)
 		}
 	}
 }

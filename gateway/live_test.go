@@ -8,6 +8,7 @@ import (
 	"regexp"
 	"strconv"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -181,4 +182,68 @@ func TestSessionsReadTheirInboxAfterNATSReconnect(t *testing.T) {
 		t.Fatalf("%d catch-ups after a reconnect, want at least 1", got)
 	}
 	tk.NoMsg(t, bob, 300*time.Millisecond)
+}
+
+// A reconnect storm's backlogs are read once for all: sessions that come
+// back together share one reader, which reads the range in stream order
+// and hands each message to its user's sessions. Each device gets its
+// own messages, interleaved in the stream with everyone else's, in order
+// and once.
+func TestStormSharesOneBacklogRead(t *testing.T) {
+	n := tk.StartNATS(t)
+	cfg := tk.TestConfig()
+	cfg.SharedCatchUps = 0 // share every read, however few
+	cfg.SendRate, cfg.SendBurst = 1000, 1000
+	g := tk.StartGateway(t, n, cfg)
+	alice := tk.Dial(t, g.URL, "alice", "phone")
+	const users, rounds = 24, 5
+	for u := range users {
+		_ = tk.Dial(t, g.URL, fmt.Sprintf("u%02d", u), "phone").Close() // registered
+	}
+	tk.WaitFor(t, wait, func() error {
+		if s := g.Server.Sessions(); s != 1 {
+			return tk.Errorf("%d sessions, want alice's alone", s)
+		}
+		return nil
+	})
+	for r := range rounds {
+		for u := range users {
+			send(t, alice, fmt.Sprintf("u%02d", u), fmt.Sprintf("u%02d-m%d", u, r), "while away")
+		}
+	}
+	devs := make([]*client.Client, users)
+	var wg sync.WaitGroup
+	for u := range users {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			devs[u] = tk.Dial(t, g.URL, fmt.Sprintf("u%02d", u), "phone")
+		}()
+	}
+	wg.Wait()
+	for u, d := range devs {
+		for r := range rounds {
+			m := tk.RecvMsg(t, d, wait)
+			if want := fmt.Sprintf("u%02d-m%d", u, r); m.ID != want {
+				t.Fatalf("u%02d got %s, want %s", u, m.ID, want)
+			}
+			d.Ack(m.Seq)
+		}
+	}
+	for _, d := range devs {
+		tk.NoMsg(t, d, 100*time.Millisecond)
+		if st := d.Stats(); st.DuplicatesDropped != 0 {
+			t.Fatalf("a device's SDK dropped %d repeats", st.DuplicatesDropped)
+		}
+	}
+	resp, err := http.Get("http://" + g.Addr + "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	m := regexp.MustCompile(`switchboard_gateway_shared_backlog_passes_total (\d+)`).FindSubmatch(b)
+	if m == nil || string(m[1]) == "0" {
+		t.Fatalf("no shared backlog pass ran: %q", m)
+	}
 }

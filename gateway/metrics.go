@@ -18,19 +18,20 @@ const PathMetrics = "/metrics"
 // metrics are one gateway's Prometheus metrics, in a registry of its own so
 // several gateways can live in one process (tests, embedding).
 type metrics struct {
-	reg       *prometheus.Registry
-	handler   fasthttp.RequestHandler
-	sessions  prometheus.GaugeFunc
-	refused   *prometheus.CounterVec        // handshakes refused, by code
-	closes    *prometheus.CounterVec        // connections closed, by close code
-	framesIn  *prometheus.CounterVec        // client frames accepted, by type
-	frameIn   map[string]prometheus.Counter // framesIn resolved per type
-	errors    *prometheus.CounterVec        // error frames sent, by code
-	delivered prometheus.Counter            // msg and receipt frames queued to devices
-	stored    prometheus.Counter            // sends confirmed "sent"
-	catchUps  *prometheus.CounterVec        // stream reads started off the live path, by reason
-	inboxGets prometheus.Counter            // batched direct gets of inbox messages
-	fdFull    prometheus.Counter            // accepts held back: out of file descriptors
+	reg          *prometheus.Registry
+	handler      fasthttp.RequestHandler
+	sessions     prometheus.GaugeFunc
+	refused      *prometheus.CounterVec        // handshakes refused, by code
+	closes       *prometheus.CounterVec        // connections closed, by close code
+	framesIn     *prometheus.CounterVec        // client frames accepted, by type
+	frameIn      map[string]prometheus.Counter // framesIn resolved per type
+	errors       *prometheus.CounterVec        // error frames sent, by code
+	delivered    prometheus.Counter            // msg and receipt frames queued to devices
+	stored       prometheus.Counter            // sends confirmed "sent"
+	catchUps     *prometheus.CounterVec        // stream reads started off the live path, by reason
+	inboxGets    prometheus.Counter            // batched direct gets of inbox messages
+	fdFull       prometheus.Counter            // accepts held back: out of file descriptors
+	sharedPasses prometheus.Counter            // passes of the shared backlog reader
 }
 
 func newMetrics(s *Server) *metrics {
@@ -58,7 +59,9 @@ func newMetrics(s *Server) *metrics {
 		Help: "Batched reads of device inboxes from the stream (connects and catch-ups)."})
 	m.fdFull = prometheus.NewCounter(prometheus.CounterOpts{Namespace: ns, Name: "accept_waits_total",
 		Help: "Times accepting connections waited because the process ran out of file descriptors."})
-	m.reg.MustRegister(m.sessions, m.refused, m.closes, m.framesIn, m.errors, m.delivered, m.stored, m.catchUps, m.inboxGets, m.fdFull,
+	m.sharedPasses = prometheus.NewCounter(prometheus.CounterOpts{Namespace: ns, Name: "shared_backlog_passes_total",
+		Help: "Passes of the reader that reads many sessions' backlogs at once (reconnect storms)."})
+	m.reg.MustRegister(m.sessions, m.refused, m.closes, m.framesIn, m.errors, m.delivered, m.stored, m.catchUps, m.inboxGets, m.fdFull, m.sharedPasses,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	// Pre-create the label values operators alert on, so they read 0
 	// rather than being absent.

@@ -61,8 +61,9 @@ type Server struct {
 
 	starts chan struct{} // one token per session start in progress
 
-	router    *router // sessions' subscriptions: live copies, events, kicks
-	gets      *getMux // answers to sessions' reads of the stream
+	router    *router  // sessions' subscriptions: live copies, events, kicks
+	gets      *getMux  // answers to sessions' reads of the stream
+	backlog   *backlog // reads shared by many sessions at once (storms)
 	leaderSub *nats.Subscription
 
 	leaseStop     chan struct{} // ends leaseLoop and sweepLoop
@@ -134,6 +135,7 @@ func New(ctx context.Context, cfg Config, keys *Keys, nc *nats.Conn, log *slog.L
 		s.router.close()
 		return nil, err
 	}
+	s.backlog = newBacklog(s)
 	if err := s.watchLive(); err != nil {
 		s.closeRouting()
 		return nil, err
@@ -448,6 +450,7 @@ func (s *Server) Shutdown(ctx context.Context) error {
 
 // closeRouting ends the router and the read answers' subscription.
 func (s *Server) closeRouting() {
+	s.backlog.close()
 	s.router.close()
 	s.gets.close()
 }
