@@ -20,7 +20,8 @@
 // reads, settling, the cursor), live.go (what makes sessions read the
 // stream: a restored connection, an INBOX leader change, an overflow, the
 // sweep), router.go (NATS subscriptions shared by a gateway's sessions),
-// getmux.go (one reply subscription for all stream reads), devices.go (the
+// getmux.go (one reply subscription for all stream reads), backlog.go (one
+// reader for many sessions' backlogs at once, in storms), devices.go (the
 // DEVICES registry and cursors), reap.go (carrying over device consumers of
 // earlier versions), presence.go, media.go, auth.go, config.go, metrics.go.
 //
@@ -31,7 +32,9 @@
 // there is work and ended when there is none, so an idle connection holds
 // only its read goroutine; pings are a timer. Only the writer writes data
 // frames. One router goroutine per gateway hands live copies and events to
-// the sessions. Handlers must not block except where a comment says so (a
+// the sessions. One backlog goroutine per gateway delivers to sessions
+// whose feedRunner is waiting on it (backlog.read), so a session's
+// messages are still handed on by one goroutine at a time. Handlers must not block except where a comment says so (a
 // full PubAck queue stops reading from that socket: backpressure on a
 // sender that outruns the store).
 //
