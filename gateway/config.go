@@ -131,7 +131,7 @@ func DefaultConfig() Config {
 		FunctionTimeout:  3 * time.Second,
 
 		MediaUploadTimeout:  10 * time.Minute,
-		MaxConcurrentStarts: 64,
+		MaxConcurrentStarts: 4096,
 		StartTimeout:        30 * time.Second,
 	}
 }

@@ -69,17 +69,24 @@ func consumerName(user, device string) string { return user + "~" + device }
 // position returns the sequence after which the device's delivery starts:
 // its cursor, or for a device without one, where it joined.
 func (d *devices) position(ctx context.Context, user, device string) (uint64, error) {
-	e, err := d.cursors.Get(ctx, streams.CursorKey(user, device))
+	key := streams.CursorKey(user, device)
+	e, err := d.cursors.Get(ctx, key)
+	missing := errors.Is(err, jetstream.ErrKeyNotFound)
 	switch {
 	case err == nil:
 		if floor, ok := d.parseCursor(e.Value()); ok {
 			return floor, nil
 		}
-		// From an INBOX since deleted and recreated: fall through to the
-		// registry, which knows that too.
-	case !errors.Is(err, jetstream.ErrKeyNotFound):
+		// From an INBOX since deleted and recreated: the registry knows
+		// that too.
+	case !missing:
 		return 0, fmt.Errorf("gateway: cursor: %w", err)
-	default:
+	}
+	start, known, err := d.register(ctx, user, device)
+	if err != nil {
+		return 0, err
+	}
+	if known && missing {
 		// A device queue left by an earlier version: carry its ack floor
 		// over and remove it.
 		if c, err := d.inbox.Consumer(ctx, consumerName(user, device)); err == nil {
@@ -94,11 +101,21 @@ func (d *devices) position(ctx context.Context, user, device string) (uint64, er
 			return floor, nil
 		}
 	}
-	start, err := d.register(ctx, user, device)
-	if err != nil || start == 0 {
-		return 0, err
+	var floor uint64
+	if start > 0 {
+		floor = start - 1
 	}
-	return start - 1, nil
+	// Saved now, so the device's next connect reads one record and looks
+	// for no legacy consumer (a JetStream API call) again.
+	if missing {
+		_, err = d.cursors.Create(ctx, key, d.cursorValue(floor))
+	} else {
+		_, err = d.cursors.Put(ctx, key, d.cursorValue(floor))
+	}
+	if err != nil && !errors.Is(err, jetstream.ErrKeyExists) {
+		return 0, fmt.Errorf("gateway: cursor: %w", err)
+	}
+	return floor, nil
 }
 
 // cursorValue is a cursor record: the floor and the INBOX it counts in.
@@ -129,29 +146,29 @@ func (d *devices) cursorMsg(user, device string, floor uint64) *nats.Msg {
 }
 
 // register records the device if it is new and returns the first sequence
-// it is to receive (0: everything retained).
-func (d *devices) register(ctx context.Context, user, device string) (uint64, error) {
+// it is to receive (0: everything retained), and whether it was known.
+func (d *devices) register(ctx context.Context, user, device string) (start uint64, known bool, err error) {
 	for attempt := 0; attempt < 10; attempt++ {
 		rec, rev, err := d.load(ctx, user)
 		if err != nil {
-			return 0, err
+			return 0, false, err
 		}
 		if dr := rec.Devices[device]; dr != nil {
 			if !dr.Stream.Equal(d.created) {
 				// Saved in an INBOX since deleted and recreated: every
 				// message in this one is new to the device.
-				return 0, nil
+				return 0, true, nil
 			}
 			if dr.Floor > 0 {
-				return dr.Floor + 1, nil
+				return dr.Floor + 1, true, nil
 			}
-			return dr.Start, nil
+			return dr.Start, true, nil
 		}
 		var start uint64
 		if len(rec.Devices) > 0 {
 			info, err := d.inbox.Info(ctx)
 			if err != nil {
-				return 0, fmt.Errorf("gateway: stream info: %w", err)
+				return 0, false, fmt.Errorf("gateway: stream info: %w", err)
 			}
 			start = info.State.LastSeq + 1
 		}
@@ -160,11 +177,11 @@ func (d *devices) register(ctx context.Context, user, device string) (uint64, er
 			if errors.Is(err, jetstream.ErrKeyExists) {
 				continue // lost a race with another device; read again
 			}
-			return 0, err
+			return 0, false, err
 		}
-		return start, nil
+		return start, false, nil
 	}
-	return 0, errors.New("gateway: device registry too contended")
+	return 0, false, errors.New("gateway: device registry too contended")
 }
 
 // recordFloor moves a device's cursor forward to floor (never back).

@@ -17,11 +17,19 @@ import (
 
 // legacyQueue makes the durable consumer an earlier version kept per
 // device, as it made it, and acks the first of its messages through it:
-// the device was away with m1 acked and m2 not.
+// the device was away with m1 acked and m2 not. The earlier version kept
+// no cursor, so the one this version wrote on registering is removed.
 func legacyQueue(t *testing.T, n *tk.NATS, user string) {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), wait)
 	defer cancel()
+	cursors, err := n.JS.KeyValue(ctx, streams.CursorsKV)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := cursors.Purge(ctx, streams.CursorKey(user, "phone")); err != nil {
+		t.Fatal(err)
+	}
 	inbox, err := n.JS.Stream(ctx, streams.Inbox)
 	if err != nil {
 		t.Fatal(err)

@@ -348,10 +348,11 @@ func (s *Server) runConn(ws *websocket.Conn, id Identity) {
 		return
 	}
 	defer s.untrack(sess)
-	// Session starts take turns (MaxConcurrentStarts at once): in a
-	// reconnect storm each start makes several JetStream API calls, and
-	// letting thousands race overflows the server's API queue, fails
-	// starts and brings the clients straight back.
+	// Session starts take turns (MaxConcurrentStarts at once), so a storm
+	// cannot pile up unbounded requests on NATS. A start of a known device
+	// makes no JetStream API call (reads are direct gets, writes are
+	// publishes), so the bound is generous: the more sessions catch up
+	// together, the more of them share one backlog read.
 	ctx, cancel := context.WithTimeout(context.Background(), s.cfg.StartTimeout)
 	var err error
 	select {
