@@ -177,11 +177,19 @@ func BenchmarkOfflineDeviceMemory(b *testing.B) {
 	}
 	b.StopTimer()
 	fresh := heap()
-	settled := fresh
-	for deadline := time.Now().Add(40 * time.Second); time.Now().Before(deadline); {
-		time.Sleep(2 * time.Second) // a measuring interval, not a wait for an event
-		settled = min(settled, heap())
+	// The settled figure takes 40 s to read: once per process, however
+	// many times the framework runs the benchmark.
+	if offlineSettled == 0 {
+		settled := fresh
+		for deadline := time.Now().Add(40 * time.Second); time.Now().Before(deadline); {
+			time.Sleep(2 * time.Second) // a measuring interval, not a wait for an event
+			settled = min(settled, heap())
+		}
+		offlineSettled = float64(int64(settled)-int64(base)) / devices
 	}
 	b.ReportMetric(float64(int64(fresh)-int64(base))/devices, "B/device-fresh")
-	b.ReportMetric(float64(int64(settled)-int64(base))/devices, "B/device-settled")
+	b.ReportMetric(offlineSettled, "B/device-settled")
 }
+
+// offlineSettled is BenchmarkOfflineDeviceMemory's settled figure.
+var offlineSettled float64
