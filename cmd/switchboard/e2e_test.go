@@ -11,6 +11,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"sync"
 	"syscall"
@@ -319,4 +320,22 @@ func (l *lockedBuffer) String() string {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	return l.b.String()
+}
+
+// --pprof serves Go's profiles on a loopback address and refuses any other.
+func TestPprofOnLoopbackOnly(t *testing.T) {
+	out, err := exec.Command(binary, "--data", t.TempDir(), "--nats-listen", "127.0.0.1:0", "--listen", "127.0.0.1:0",
+		"--pprof", "0.0.0.0:0").CombinedOutput()
+	if err == nil || !strings.Contains(string(out), "loopback addresses only") {
+		t.Fatalf("want a refusal naming the loopback rule, got %v:\n%s", err, out)
+	}
+
+	p := start(t, "--data", t.TempDir(), "--nats-listen", "127.0.0.1:0", "--pprof", "127.0.0.1:0")
+	m := regexp.MustCompile(`"msg":"profiles","url":"(http://127\.0\.0\.1:\d+/debug/pprof/)"`).FindStringSubmatch(p.Logs())
+	if m == nil {
+		t.Fatalf("no profiles URL logged:\n%s", p.Logs())
+	}
+	if code := httpGet(t, m[1]+"heap?debug=1"); code != http.StatusOK {
+		t.Fatalf("GET heap profile: %d", code)
+	}
 }
