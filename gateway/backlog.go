@@ -32,6 +32,12 @@ const (
 	sharedBytes = 8 << 20
 )
 
+// sharedMaxSpan is the furthest behind the newest message waited for that
+// a session may start and still join a pass. One device back after weeks
+// would otherwise have every pass read weeks of everyone's messages; it
+// reads its own backlog instead.
+const sharedMaxSpan = 1 << 18
+
 type backlog struct {
 	srv     *Server
 	reading atomic.Int64 // sessions reading their backlog now, alone or shared
@@ -110,16 +116,9 @@ func (b *backlog) pass() bool {
 	}
 	b.srv.metrics.sharedPasses.Inc()
 	byUser := make(map[string][]*backlogRead, len(reads))
-	var from, end uint64
-	for i, r := range reads {
-		r.s.mu.Lock()
-		pos := r.s.last + 1
-		r.s.mu.Unlock()
-		if i == 0 || pos < from {
-			from = pos
-		}
+	var end uint64
+	for _, r := range reads {
 		end = max(end, r.through)
-		byUser[r.s.id.User] = append(byUser[r.s.id.User], r)
 	}
 	open := len(reads)
 	finish := func(r *backlogRead, ok bool) {
@@ -128,6 +127,18 @@ func (b *backlog) pass() bool {
 			open--
 			close(r.finished)
 		}
+	}
+	from := end + 1
+	for _, r := range reads {
+		r.s.mu.Lock()
+		pos := r.s.last + 1
+		r.s.mu.Unlock()
+		if pos+sharedMaxSpan < end {
+			finish(r, false) // too far behind: it reads on its own
+			continue
+		}
+		from = min(from, pos)
+		byUser[r.s.id.User] = append(byUser[r.s.id.User], r)
 	}
 	seq := from
 	for open > 0 && seq <= end {
