@@ -20,8 +20,9 @@ type deviceRecord struct {
 	Joined time.Time `json:"joined"`
 	// Start is the first INBOX sequence this device is to receive.
 	Start uint64 `json:"start"`
-	// Floor is the device's ack floor when its last session ended: every
-	// message at or below it was acked. Zero when never saved.
+	// Floor is the ack floor an earlier version saved here when the
+	// device's last session ended (this one keeps cursors in CURSORS):
+	// every message at or below it was acked. Zero when never saved.
 	Floor uint64 `json:"floor,omitempty"`
 	// Stream is when the INBOX stream that Start and Floor count in was
 	// created. Sequences restart when INBOX is recreated, so positions

@@ -248,43 +248,24 @@ func (s *session) catchUp(through uint64) {
 	}
 }
 
-// directGet is a batched direct get request (nats-server's
-// JSApiMsgGetRequest).
+// directGet is a direct get request (nats-server's JSApiMsgGetRequest):
+// a batch from Seq on NextFor, or the last message on LastFor.
 type directGet struct {
-	Seq      uint64 `json:"seq"`
-	NextFor  string `json:"next_by_subj"`
-	Batch    int    `json:"batch"`
-	MaxBytes int    `json:"max_bytes"`
+	Seq      uint64 `json:"seq,omitempty"`
+	NextFor  string `json:"next_by_subj,omitempty"`
+	LastFor  string `json:"last_by_subj,omitempty"`
+	Batch    int    `json:"batch,omitempty"`
+	MaxBytes int    `json:"max_bytes,omitempty"`
 }
 
 // newestStored returns the sequence of the newest message in the device's
 // inbox, 0 if it is empty.
-func (s *session) newestStored() (uint64, error) {
-	reply, answers, done := s.srv.gets.open(1)
-	defer done()
-	req, _ := json.Marshal(struct {
-		LastFor string `json:"last_by_subj"`
-	}{streams.InboxSubject(s.id.User)})
-	if err := s.srv.nc.PublishRequest("$JS.API.DIRECT.GET."+streams.Inbox, reply, req); err != nil {
-		return 0, err
-	}
-	timeout := time.NewTimer(catchUpTimeout)
-	defer timeout.Stop()
-	select {
-	case m := <-answers:
-		switch m.Header.Get("Status") {
-		case "":
-			return strconv.ParseUint(m.Header.Get(hdrSequence), 10, 64)
-		case "404":
-			return 0, nil
-		default:
-			return 0, errors.New("direct get: " + m.Header.Get("Status") + " " + m.Header.Get("Description"))
-		}
-	case <-timeout.C:
-		return 0, nats.ErrTimeout
-	case <-s.quit:
-		return 0, errors.New("gateway: stopped")
-	}
+func (s *session) newestStored() (newest uint64, err error) {
+	_, err = s.srv.directBatch(directGet{LastFor: streams.InboxSubject(s.id.User)}, s.quit, func(seq uint64, _ *nats.Msg) bool {
+		newest = seq
+		return false
+	})
+	return newest, err
 }
 
 // readBatch delivers up to n of the device's messages stored at from or
@@ -305,10 +286,10 @@ func (s *session) readBatch(from uint64, n int) (more bool, err error) {
 	})
 }
 
-// directBatch sends a batched direct get to INBOX and passes each message
-// it answers, with its sequence, to each until that returns false. more
-// reports that the stream holds further matching messages; quit ends the
-// wait early.
+// directBatch sends a direct get to INBOX and passes each message it
+// answers, with its sequence, to each until that returns false. more
+// reports that the stream holds further matching messages (batches only:
+// a get without Batch has one answer); quit ends the wait early.
 func (srv *Server) directBatch(req directGet, quit <-chan struct{}, each func(uint64, *nats.Msg) bool) (more bool, err error) {
 	reply, answers, done := srv.gets.open(req.Batch + 1) // the messages and the end of batch
 	defer done()
@@ -344,7 +325,7 @@ func (srv *Server) directBatch(req directGet, quit <-chan struct{}, each func(ui
 		if err != nil {
 			return false, errors.New("direct get: answer without a sequence")
 		}
-		if !each(seq, m) {
+		if !each(seq, m) || req.Batch == 0 {
 			return false, nil
 		}
 	}
@@ -416,22 +397,20 @@ func (s *session) settle(seq uint64) {
 // write per CursorDelay, not one per message.
 func (s *session) scheduleCursor() {
 	s.mu.Lock()
-	defer s.mu.Unlock()
-	if s.stopping || s.cursorTimer != nil || s.floor <= s.saved {
-		return
+	wait := !s.stopping && s.cursorTimer == nil && s.floor > s.saved
+	now := wait && s.srv.cfg.CursorDelay == 0
+	if wait && !now {
+		s.cursorTimer = time.AfterFunc(s.srv.cfg.CursorDelay, func() {
+			s.mu.Lock()
+			s.cursorTimer = nil
+			s.mu.Unlock()
+			s.saveCursor()
+		})
 	}
-	if s.srv.cfg.CursorDelay == 0 {
-		s.mu.Unlock()
+	s.mu.Unlock()
+	if now {
 		s.saveCursor()
-		s.mu.Lock()
-		return
 	}
-	s.cursorTimer = time.AfterFunc(s.srv.cfg.CursorDelay, func() {
-		s.mu.Lock()
-		s.cursorTimer = nil
-		s.mu.Unlock()
-		s.saveCursor()
-	})
 }
 
 // saveCursor publishes the device's floor if it moved since the last save.

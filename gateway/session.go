@@ -125,7 +125,7 @@ type session struct {
 
 	loops sync.WaitGroup
 	// delivering is closed when feedRunner has returned (or never ran):
-	// from then on this session pulls nothing from the consumer.
+	// from then on this session delivers nothing more.
 	delivering     chan struct{}
 	deliveringOnce sync.Once
 	stopOnce       sync.Once
@@ -261,7 +261,7 @@ func (s *session) start(ctx context.Context) error {
 const kickRefused = "refused"
 
 // onKick runs when another session of the same device announces itself.
-// The older of the two closes: if that is this one, it stops pulling at
+// The older of the two closes: if that is this one, it stops delivering at
 // once, closes, waits until it has stopped, then answers.
 func (s *session) onKick(m *nats.Msg) {
 	bornStr, sid, ok := strings.Cut(string(m.Data), " ")
