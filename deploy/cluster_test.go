@@ -34,6 +34,7 @@ func clusterFiles(t *testing.T) []string {
 // `task config:check` covers deploy/*.conf only, so the same check runs
 // here for the cluster files, with the settings their comments promise.
 func TestClusterConfigsAreValid(t *testing.T) {
+	tk.DeployEnv(t)
 	for _, f := range clusterFiles(t) {
 		o, err := server.ProcessConfigFile(f) // what nats-server -t runs: a warning fails too
 		if err != nil {

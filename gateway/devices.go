@@ -20,11 +20,7 @@ type deviceRecord struct {
 	Joined time.Time `json:"joined"`
 	// Start is the first INBOX sequence this device is to receive.
 	Start uint64 `json:"start"`
-	// Floor is the ack floor an earlier version saved here when the
-	// device's last session ended (this one keeps cursors in CURSORS):
-	// every message at or below it was acked. Zero when never saved.
-	Floor uint64 `json:"floor,omitempty"`
-	// Stream is when the INBOX stream that Start and Floor count in was
+	// Stream is when the INBOX stream that Start counts in was
 	// created. Sequences restart when INBOX is recreated, so positions
 	// from another stream are void.
 	Stream time.Time `json:"stream"`
@@ -63,10 +59,6 @@ type devices struct {
 	created time.Time
 }
 
-// consumerName is the durable consumer that earlier versions kept per
-// device; position migrates such a consumer's ack floor to a cursor.
-func consumerName(user, device string) string { return user + "~" + device }
-
 // position returns the sequence after which the device's delivery starts:
 // its cursor, or for a device without one, where it joined.
 func (d *devices) position(ctx context.Context, user, device string) (uint64, error) {
@@ -83,31 +75,16 @@ func (d *devices) position(ctx context.Context, user, device string) (uint64, er
 	case !missing:
 		return 0, fmt.Errorf("gateway: cursor: %w", err)
 	}
-	start, known, err := d.register(ctx, user, device)
+	start, err := d.register(ctx, user, device)
 	if err != nil {
 		return 0, err
-	}
-	if known && missing {
-		// A device queue left by an earlier version: carry its ack floor
-		// over and remove it.
-		if c, err := d.inbox.Consumer(ctx, consumerName(user, device)); err == nil {
-			floor := c.CachedInfo().AckFloor.Stream
-			if err := d.recordFloor(ctx, user, device, floor); err != nil {
-				return 0, err
-			}
-			if err := d.inbox.DeleteConsumer(ctx, consumerName(user, device)); err != nil &&
-				!errors.Is(err, jetstream.ErrConsumerNotFound) {
-				return 0, fmt.Errorf("gateway: remove legacy consumer: %w", err)
-			}
-			return floor, nil
-		}
 	}
 	var floor uint64
 	if start > 0 {
 		floor = start - 1
 	}
-	// Saved now, so the device's next connect reads one record and looks
-	// for no legacy consumer (a JetStream API call) again.
+	// Saved now, so the device's next connect reads one record and no
+	// registry.
 	if missing {
 		_, err = d.cursors.Create(ctx, key, d.cursorValue(floor))
 	} else {
@@ -147,29 +124,26 @@ func (d *devices) cursorMsg(user, device string, floor uint64) *nats.Msg {
 }
 
 // register records the device if it is new and returns the first sequence
-// it is to receive (0: everything retained), and whether it was known.
-func (d *devices) register(ctx context.Context, user, device string) (start uint64, known bool, err error) {
+// it is to receive (0: everything retained).
+func (d *devices) register(ctx context.Context, user, device string) (start uint64, err error) {
 	for attempt := 0; attempt < 10; attempt++ {
 		rec, rev, err := d.load(ctx, user)
 		if err != nil {
-			return 0, false, err
+			return 0, err
 		}
 		if dr := rec.Devices[device]; dr != nil {
 			if !dr.Stream.Equal(d.created) {
 				// Saved in an INBOX since deleted and recreated: every
 				// message in this one is new to the device.
-				return 0, true, nil
+				return 0, nil
 			}
-			if dr.Floor > 0 {
-				return dr.Floor + 1, true, nil
-			}
-			return dr.Start, true, nil
+			return dr.Start, nil
 		}
 		var start uint64
 		if len(rec.Devices) > 0 {
 			info, err := d.inbox.Info(ctx)
 			if err != nil {
-				return 0, false, fmt.Errorf("gateway: stream info: %w", err)
+				return 0, fmt.Errorf("gateway: stream info: %w", err)
 			}
 			start = info.State.LastSeq + 1
 		}
@@ -178,38 +152,11 @@ func (d *devices) register(ctx context.Context, user, device string) (start uint
 			if errors.Is(err, jetstream.ErrKeyExists) {
 				continue // lost a race with another device; read again
 			}
-			return 0, false, err
+			return 0, err
 		}
-		return start, false, nil
+		return start, nil
 	}
-	return 0, false, errors.New("gateway: device registry too contended")
-}
-
-// recordFloor moves a device's cursor forward to floor (never back).
-func (d *devices) recordFloor(ctx context.Context, user, device string, floor uint64) error {
-	key := streams.CursorKey(user, device)
-	for attempt := 0; attempt < 10; attempt++ {
-		var rev uint64
-		e, err := d.cursors.Get(ctx, key)
-		switch {
-		case err == nil:
-			if cur, ok := d.parseCursor(e.Value()); ok && cur >= floor {
-				return nil
-			}
-			rev = e.Revision()
-		case !errors.Is(err, jetstream.ErrKeyNotFound):
-			return fmt.Errorf("gateway: cursor: %w", err)
-		}
-		if rev == 0 {
-			_, err = d.cursors.Create(ctx, key, d.cursorValue(floor))
-		} else {
-			_, err = d.cursors.Update(ctx, key, d.cursorValue(floor), rev)
-		}
-		if err == nil || !isConflict(err) {
-			return err
-		}
-	}
-	return errors.New("gateway: cursor too contended")
+	return 0, errors.New("gateway: device registry too contended")
 }
 
 func (d *devices) load(ctx context.Context, user string) (*userRecord, uint64, error) {

@@ -19,8 +19,10 @@ import (
 	"github.com/minio/minio-go/v7"
 	"github.com/minio/minio-go/v7/pkg/credentials"
 	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
 	"github.com/valyala/fasthttp"
 
+	"github.com/switchboard-im/switchboard/internal/natsauth"
 	"github.com/switchboard-im/switchboard/internal/testkit"
 	"github.com/switchboard-im/switchboard/media"
 )
@@ -60,6 +62,15 @@ func randomHex(t testing.TB, n int) string {
 	return hex.EncodeToString(b)
 }
 
+// mediaJS is a JetStream context in the media function's role.
+func (h *harness) mediaJS() jetstream.JetStream {
+	js, err := jetstream.New(h.n.Connect(h.t, natsauth.Media))
+	if err != nil {
+		h.t.Fatal(err)
+	}
+	return js
+}
+
 func (b backend) start(t testing.TB, mod ...func(*media.Config)) *harness {
 	t.Helper()
 	h := &harness{t: t, b: b, n: testkit.StartNATS(t)}
@@ -92,12 +103,13 @@ func (b backend) start(t testing.TB, mod ...func(*media.Config)) *harness {
 	h.cfg = cfg
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
-	h.svc, err = media.New(ctx, h.n.Conn, h.n.JS, cfg, testkit.Logger(t))
+	// The function in its own role, and its client as a gateway is.
+	h.svc, err = media.New(ctx, h.n.Connect(t, natsauth.Media), h.mediaJS(), cfg, testkit.Logger(t))
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { _ = h.svc.Stop() })
-	h.client = media.NewClient(h.n.Conn, 5*time.Second)
+	h.client = media.NewClient(h.n.Connect(t, natsauth.Gateway), 5*time.Second)
 
 	api := h.svc.API()
 	srv := &fasthttp.Server{

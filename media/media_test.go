@@ -17,6 +17,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/nats-io/nats.go/micro"
 
+	"github.com/switchboard-im/switchboard/internal/natsauth"
 	"github.com/switchboard-im/switchboard/internal/testkit"
 	"github.com/switchboard-im/switchboard/media"
 )
@@ -462,12 +463,12 @@ func testMicroService(t *testing.T, b backend) {
 		}
 	}
 	// What an operator sees.
-	cli, url := testkit.NATSCLI(t), h.n.Server.ClientURL()
-	ls := testkit.Run(t, cli, "-s", url, "micro", "ls")
+	cli, flags := testkit.NATSCLI(t), h.n.CLIFlags(t)
+	ls := testkit.Run(t, cli, append(flags, "micro", "ls")...)
 	if !strings.Contains(ls, "media ") || !strings.Contains(ls, "presigned upload and download URLs") {
 		t.Errorf("nats micro ls lacks the media service:\n%s", ls)
 	}
-	mi := testkit.Run(t, cli, "-s", url, "micro", "info", media.ServiceName)
+	mi := testkit.Run(t, cli, append(flags, "micro", "info", media.ServiceName)...)
 	for _, want := range []string{"Version: " + media.Version, "Subject: " + media.SubjectUpload, "Subject: " + media.SubjectDownload,
 		"Subject: " + media.SubjectGrant, "Queue Group: q", "backend: " + h.b.name} {
 		if !strings.Contains(mi, want) {
@@ -495,7 +496,7 @@ func testMicroService(t *testing.T, b backend) {
 	cfg := h.cfg
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	second, err := media.New(ctx, h.n.Conn, h.n.JS, cfg, testkit.Logger(t))
+	second, err := media.New(ctx, h.n.Connect(t, natsauth.Media), h.mediaJS(), cfg, testkit.Logger(t))
 	if err != nil {
 		t.Fatal(err)
 	}

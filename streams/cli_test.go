@@ -16,11 +16,11 @@ import (
 func TestOperatorAppliesStreamsWithNATSCLI(t *testing.T) {
 	cli := tk.NATSCLI(t)
 	n := tk.StartBareNATS(t, t.TempDir())
-	url := n.Server.ClientURL()
+	flags := n.CLIFlags(t)
 
-	tk.Run(t, cli, "-s", url, "stream", "add", "--config", "INBOX.json")
-	tk.Run(t, cli, "-s", url, "kv", "add", streams.DevicesKV, "--history=1", "--storage=file", "--replicas=1",
-		"--description=Switchboard device registry")
+	tk.Run(t, cli, append(flags, "stream", "add", "--config", "INBOX.json")...)
+	tk.Run(t, cli, append(flags, "kv", "add", streams.DevicesKV, "--history=1", "--storage=file", "--replicas=1",
+		"--description=Switchboard device registry")...)
 
 	// What the CLI made is what the code would make: applying again is a
 	// no-op, not a conflict.
@@ -42,7 +42,7 @@ func TestOperatorAppliesStreamsWithNATSCLI(t *testing.T) {
 	}
 	bob.Ack(m.Seq)
 
-	info := tk.Run(t, cli, "-s", url, "stream", "info", streams.Inbox)
+	info := tk.Run(t, cli, append(flags, "stream", "info", streams.Inbox)...)
 	for _, want := range []string{"Subjects: inbox.*", "Republishing: inbox.* to sb.live.{{wildcard(1)}}",
 		"Duplicate Window: 2m0s", "Messages: 1"} {
 		if !strings.Contains(info, want) {
@@ -51,11 +51,11 @@ func TestOperatorAppliesStreamsWithNATSCLI(t *testing.T) {
 	}
 	// Devices are not consumers: each has a cursor, readable with the CLI
 	// once it has acked something.
-	if ls := tk.Run(t, cli, "-s", url, "consumer", "ls", streams.Inbox); !strings.Contains(ls, "No Consumers") {
+	if ls := tk.Run(t, cli, append(flags, "consumer", "ls", streams.Inbox)...); !strings.Contains(ls, "No Consumers") {
 		t.Errorf("devices made consumers:\n%s", ls)
 	}
 	tk.WaitFor(t, 10*time.Second, func() error {
-		out, err := tk.RunErr(cli, "-s", url, "kv", "get", streams.CursorsKV, streams.CursorKey("bob", "phone"), "--raw")
+		out, err := tk.RunErr(cli, append(flags, "kv", "get", streams.CursorsKV, streams.CursorKey("bob", "phone"), "--raw")...)
 		if err != nil {
 			return err
 		}

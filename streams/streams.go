@@ -74,10 +74,6 @@ type Options struct {
 	DuplicateWindow time.Duration
 	// Replicas is the stream replication factor (1, 3 or 5). Zero keeps 1.
 	Replicas int
-	// MaxConsumers caps durable consumers on INBOX (the push function's,
-	// and device queues left by earlier versions until carried over). Zero
-	// keeps the file's 100,000; the server's own default would be 1,000.
-	MaxConsumers int
 }
 
 // InboxConfig returns the INBOX stream configuration with opts applied.
@@ -86,7 +82,7 @@ func InboxConfig(opts Options) (jetstream.StreamConfig, error) {
 	if err := load("INBOX.json", &cfg); err != nil {
 		return cfg, err
 	}
-	if opts.MaxAge < 0 || opts.DuplicateWindow < 0 || opts.Replicas < 0 || opts.MaxConsumers < 0 {
+	if opts.MaxAge < 0 || opts.DuplicateWindow < 0 || opts.Replicas < 0 {
 		return cfg, fmt.Errorf("%w: negative value", ErrConfig)
 	}
 	if opts.MaxAge > 0 {
@@ -100,9 +96,6 @@ func InboxConfig(opts Options) (jetstream.StreamConfig, error) {
 	}
 	if opts.Replicas > 0 {
 		cfg.Replicas = opts.Replicas
-	}
-	if opts.MaxConsumers > 0 {
-		cfg.MaxConsumers = opts.MaxConsumers
 	}
 	return cfg, nil
 }

@@ -1,6 +1,8 @@
 package main
 
 import (
+	"github.com/switchboard-im/switchboard/internal/natsauth"
+
 	"context"
 	"encoding/json"
 	"errors"
@@ -186,6 +188,12 @@ func benchTarget(urls []string, natsURL, secret, dataDir, pids string, gatewayPI
 	t := load.Target{URLs: urls, NATSURL: natsURL}
 	if len(urls) == 0 {
 		return t, errors.New("bench: --url (or --spawn) is required")
+	}
+	if natsURL != "" {
+		var err error
+		if t.NATSOptions, err = natsauth.RoleOptions(natsauth.Operator, filepath.Join(dataDir, "nats"), ""); err != nil {
+			return t, err
+		}
 	}
 	raw := []byte(secret)
 	if secret == "" {

@@ -34,6 +34,12 @@ type appConfig struct {
 	NATSListen string
 	// NATSConfig is a nats-server config file for the embedded server.
 	NATSConfig string
+	// NATSKeys is the directory of the roles' NKey seeds (<role>.nk).
+	// Empty means DataDir/nats, where the all-in-one makes them.
+	NATSKeys string
+	// NATSCreds, when set, authenticates with a JWT credentials file
+	// instead of the role's seed.
+	NATSCreds string
 	// SyncAlways makes "sent" mean fsynced (embedded server only).
 	SyncAlways bool
 	// DataDir holds JetStream's files and the generated dev signing secret.
@@ -73,7 +79,8 @@ func bindFlags(fs *flag.FlagSet, c *appConfig, withEmbedded bool) {
 		fs.StringVar(&c.NATSConfig, "nats-config", c.NATSConfig, "nats-server config file for the embedded server")
 		fs.BoolVar(&c.SyncAlways, "sync-always", c.SyncAlways, "fsync every message before \"sent\" (embedded server)")
 	}
-	fs.StringVar(&c.DataDir, "data", c.DataDir, "data directory (JetStream store, dev signing secret)")
+	bindNATSAuthFlags(fs, c)
+	fs.StringVar(&c.DataDir, "data", c.DataDir, "data directory (JetStream store, dev signing secret, NATS keys)")
 	fs.StringVar(&g.Listen, "listen", g.Listen, "gateway HTTP/WebSocket address")
 	fs.Func("origins", "comma-separated browser origins allowed besides same-origin (\"*\": any, dev only)", func(v string) error {
 		g.AllowedOrigins = splitList(v)
@@ -102,10 +109,9 @@ func bindFlags(fs *flag.FlagSet, c *appConfig, withEmbedded bool) {
 	fs.DurationVar(&g.PresenceTTL, "presence-ttl", g.PresenceTTL, "a device's presence lease: a dead gateway's devices go offline within it")
 	fs.IntVar(&g.MaxPresenceSubs, "max-presence-subs", g.MaxPresenceSubs, "users one connection may follow")
 	fs.DurationVar(&g.FunctionTimeout, "function-timeout", g.FunctionTimeout, "bound on a request to a worker function")
-	fs.DurationVar(&c.Streams.MaxAge, "max-age", c.Streams.MaxAge, "keep messages this long (0: 30 days)")
-	fs.DurationVar(&c.Streams.DuplicateWindow, "dedup-window", c.Streams.DuplicateWindow, "remember message ids this long (0: 2m)")
-	fs.IntVar(&c.Streams.Replicas, "replicas", c.Streams.Replicas, "stream replicas (0: 1)")
-	fs.IntVar(&c.Streams.MaxConsumers, "max-consumers", c.Streams.MaxConsumers, "max consumers on INBOX: the push function's and device consumers an earlier version left (0: 100000)")
+	if withEmbedded {
+		bindStreamFlags(fs, &c.Streams)
+	}
 	if withEmbedded {
 		bindFunctionFlags(fs, &c.Functions, true)
 	}
@@ -115,6 +121,27 @@ func bindFlags(fs *flag.FlagSet, c *appConfig, withEmbedded bool) {
 	fs.StringVar(&c.LogLevel, "log-level", c.LogLevel, "debug, info, warn or error")
 	fs.StringVar(&c.PprofListen, "pprof", c.PprofListen, "serve Go profiles (/debug/pprof/) on this loopback address")
 	fs.StringVar(&c.LogFormat, "log-format", c.LogFormat, "text or json")
+}
+
+// bindStreamFlags declares the stream settings: the all-in-one and
+// `switchboard setup` apply them; gateways only use the streams.
+func bindStreamFlags(fs *flag.FlagSet, o *streams.Options) {
+	fs.DurationVar(&o.MaxAge, "max-age", o.MaxAge, "keep messages this long (0: 30 days)")
+	fs.DurationVar(&o.DuplicateWindow, "dedup-window", o.DuplicateWindow, "remember message ids this long (0: 2m)")
+	fs.IntVar(&o.Replicas, "replicas", o.Replicas, "stream replicas (0: keep what the streams have, 1 for new ones)")
+}
+
+func bindNATSAuthFlags(fs *flag.FlagSet, c *appConfig) {
+	fs.StringVar(&c.NATSKeys, "nats-keys", c.NATSKeys, "directory of the NATS NKey seeds, one per role (default: <data>/nats)")
+	fs.StringVar(&c.NATSCreds, "nats-creds", c.NATSCreds, "a NATS JWT credentials file to use instead of the role's NKey")
+}
+
+// natsKeysDir is where the roles' seeds are.
+func (c *appConfig) natsKeysDir() string {
+	if c.NATSKeys != "" {
+		return c.NATSKeys
+	}
+	return filepath.Join(c.DataDir, "nats")
 }
 
 func bindKeyFlags(fs *flag.FlagSet, c *appConfig) {

@@ -16,29 +16,28 @@ import (
 
 	"github.com/switchboard-im/switchboard/functions/presence"
 	"github.com/switchboard-im/switchboard/functions/push"
-	"github.com/switchboard-im/switchboard/functions/reaper"
 	"github.com/switchboard-im/switchboard/functions/receipts"
+	"github.com/switchboard-im/switchboard/internal/natsauth"
 	"github.com/switchboard-im/switchboard/media"
 )
 
 // functionNames are the worker functions this binary can run, in start
 // order.
-var functionNames = []string{"receipts", "presence", "push", "media", "reaper"}
+var functionNames = []string{"receipts", "presence", "push", "media"}
 
 // functionsConfig is what the worker functions are told.
 type functionsConfig struct {
 	// Run lists the functions the all-in-one runs in-process.
-	Run    []string
-	Push   push.Config
-	Reaper reaper.Config
-	Media  media.Config
+	Run   []string
+	Push  push.Config
+	Media media.Config
 	// MediaLimits are the per-class size limits in bytes (the types stay
 	// media's defaults).
 	MediaLimits map[media.Class]*int64
 }
 
 func defaultFunctionsConfig() functionsConfig {
-	c := functionsConfig{Run: functionNames, Push: push.DefaultConfig(), Reaper: reaper.DefaultConfig(), Media: media.DefaultConfig(),
+	c := functionsConfig{Run: functionNames, Push: push.DefaultConfig(), Media: media.DefaultConfig(),
 		MediaLimits: map[media.Class]*int64{}}
 	c.Media.Limits = media.DefaultLimits()
 	for class, l := range c.Media.Limits {
@@ -61,7 +60,7 @@ func (c *functionsConfig) mediaConfig() media.Config {
 
 func bindFunctionFlags(fs *flag.FlagSet, c *functionsConfig, withRun bool) {
 	if withRun {
-		fs.Func("functions", "worker functions to run in-process, comma-separated (receipts,presence,push,media,reaper; \"none\" for none)", func(v string) error {
+		fs.Func("functions", "worker functions to run in-process, comma-separated (receipts,presence,push,media; \"none\" for none)", func(v string) error {
 			c.Run = nil
 			if v == "none" {
 				return nil
@@ -81,8 +80,6 @@ func bindFunctionFlags(fs *flag.FlagSet, c *functionsConfig, withRun bool) {
 	fs.DurationVar(&p.Window, "push-window", p.Window, "at most one push per user per window")
 	fs.DurationVar(&p.Timeout, "push-timeout", p.Timeout, "bound on one webhook call")
 	fs.IntVar(&p.MaxAttempts, "push-max-attempts", p.MaxAttempts, "webhook attempts before a notification is dead-lettered")
-	fs.DurationVar(&c.Reaper.Idle, "device-idle", c.Reaper.Idle, "carry over to cursors, and delete, the device consumers an earlier version left, for devices away this long")
-	fs.DurationVar(&c.Reaper.Interval, "reap-interval", c.Reaper.Interval, "how often the reaper looks (negative: on request only)")
 }
 
 func bindMediaFlags(fs *flag.FlagSet, c *functionsConfig) {
@@ -112,7 +109,7 @@ type stopper interface{ Stop() }
 // func that stops them in reverse order and closes their connections, and
 // the media service if it runs. push without a webhook is skipped with a
 // log line, so the all-in-one runs with no setup.
-func startFunctions(ctx context.Context, connect func(name string) (*nats.Conn, error), names []string, c *functionsConfig, log *slog.Logger) (func(), *media.Service, error) {
+func startFunctions(ctx context.Context, connect func(natsauth.Role) (*nats.Conn, error), names []string, c *functionsConfig, log *slog.Logger) (func(), *media.Service, error) {
 	var running []stopper
 	var conns []*nats.Conn
 	var mediaSvc *media.Service
@@ -132,7 +129,7 @@ func startFunctions(ctx context.Context, connect func(name string) (*nats.Conn, 
 			log.Info("push function off: no --push-webhook")
 			continue
 		}
-		nc, err := connect(name)
+		nc, err := connect(natsauth.Role(name))
 		if err != nil {
 			stop()
 			return nil, nil, fmt.Errorf("function %s: nats: %w", name, err)
@@ -153,8 +150,6 @@ func startFunctions(ctx context.Context, connect func(name string) (*nats.Conn, 
 			if mediaSvc, err = media.New(ctx, nc, js, c.mediaConfig(), log); err == nil {
 				s = mediaService{mediaSvc}
 			}
-		case "reaper":
-			s, err = reaper.Start(ctx, nc, js, c.Reaper, log)
 		case "push":
 			s, err = push.Start(ctx, nc, js, c.Push, log)
 		default:
@@ -188,6 +183,8 @@ func runFunction(args []string) error {
 	c := defaultAppConfig()
 	fs := flag.NewFlagSet("function "+name, flag.ContinueOnError)
 	fs.StringVar(&c.NATSURL, "nats", "", "NATS URL (required)")
+	fs.StringVar(&c.DataDir, "data", c.DataDir, "data directory, whose nats/ holds the NATS keys unless --nats-keys says otherwise")
+	bindNATSAuthFlags(fs, &c)
 	fs.StringVar(&c.LogLevel, "log-level", c.LogLevel, "debug, info, warn or error")
 	fs.StringVar(&c.LogFormat, "log-format", c.LogFormat, "text or json")
 	bindFunctionFlags(fs, &c.Functions, false)
@@ -209,8 +206,13 @@ func runFunction(args []string) error {
 	if name == "push" && c.Functions.Push.WebhookURL == "" {
 		return errors.New("function push: --push-webhook is required")
 	}
-	connect := func(name string) (*nats.Conn, error) {
-		return nats.Connect(c.NATSURL, nats.MaxReconnects(-1), nats.ReconnectWait(250*time.Millisecond), nats.Name("switchboard-"+name))
+	connect := func(r natsauth.Role) (*nats.Conn, error) {
+		ro, err := natsauth.RoleOptions(r, c.natsKeysDir(), c.NATSCreds)
+		if err != nil {
+			return nil, err
+		}
+		return nats.Connect(c.NATSURL, append(ro, nats.MaxReconnects(-1), nats.ReconnectWait(250*time.Millisecond),
+			nats.Name("switchboard-"+string(r)))...)
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()

@@ -32,10 +32,12 @@ func TestFunctionsAreVisibleWithTheNATSCLI(t *testing.T) {
 
 	data := t.TempDir()
 	core := start(t, "--data", data, "--nats-listen", "127.0.0.1:0", "--push-webhook", hook.URL)
-	startFunction(t, "receipts", "--nats", core.NATSURL)
+	startFunction(t, "receipts", "--nats", core.NATSURL, "--data", data)
+	// The nats CLI as the operator, with the key the all-in-one made.
+	op := filepath.Join(data, "nats", "operator.nk")
 
-	ls := tk.Run(t, cli, "-s", core.NATSURL, "micro", "ls")
-	for _, name := range []string{"receipts", "presence", "push", "media", "reaper"} {
+	ls := tk.Run(t, cli, "-s", core.NATSURL, "--nkey", op, "micro", "ls")
+	for _, name := range []string{"receipts", "presence", "push", "media"} {
 		if !strings.Contains(ls, name) {
 			t.Errorf("nats micro ls lacks %s:\n%s", name, ls)
 		}
@@ -44,17 +46,17 @@ func TestFunctionsAreVisibleWithTheNATSCLI(t *testing.T) {
 		Name string `json:"name"`
 		ID   string `json:"id"`
 	}
-	out := tk.Run(t, cli, "-s", core.NATSURL, "micro", "ls", "receipts", "--json")
+	out := tk.Run(t, cli, "-s", core.NATSURL, "--nkey", op, "micro", "ls", "receipts", "--json")
 	if err := json.Unmarshal([]byte(out), &instances); err != nil || len(instances) != 2 {
 		t.Errorf("nats micro ls receipts --json: %d instances (%v), want 2:\n%s", len(instances), err, out)
 	}
-	info := tk.Run(t, cli, "-s", core.NATSURL, "micro", "info", "receipts")
+	info := tk.Run(t, cli, "-s", core.NATSURL, "--nkey", op, "micro", "info", "receipts")
 	for _, want := range []string{"sb.fn.receipts.status", "1.0.0"} {
 		if !strings.Contains(info, want) {
 			t.Errorf("nats micro info receipts lacks %q:\n%s", want, info)
 		}
 	}
-	info = tk.Run(t, cli, "-s", core.NATSURL, "micro", "info", "presence")
+	info = tk.Run(t, cli, "-s", core.NATSURL, "--nkey", op, "micro", "info", "presence")
 	if !strings.Contains(info, "sb.fn.presence.get") {
 		t.Errorf("nats micro info presence lacks its subject:\n%s", info)
 	}
@@ -74,7 +76,7 @@ func TestFunctionsAreVisibleWithTheNATSCLI(t *testing.T) {
 			t.Fatalf("receipt %+v, want delivered %s", r, id)
 		}
 	}
-	stats := tk.Run(t, cli, "-s", core.NATSURL, "micro", "stats", "receipts", "--json")
+	stats := tk.Run(t, cli, "-s", core.NATSURL, "--nkey", op, "micro", "stats", "receipts", "--json")
 	if !strings.Contains(stats, "applied") {
 		t.Errorf("nats micro stats receipts shows no counters:\n%s", stats)
 	}

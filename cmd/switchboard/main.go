@@ -24,6 +24,10 @@ func main() {
 		err = runServe(args, false)
 	case "function":
 		err = runFunction(args)
+	case "setup":
+		err = runSetup(args, os.Stdout)
+	case "nats-keys":
+		err = runNATSKeys(args, os.Stdout)
 	case "token":
 		err = runToken(args, os.Stdout)
 	case "chat":
@@ -52,7 +56,9 @@ func usage() {
 commands:
   serve    (default) embedded NATS with JetStream, streams, worker functions and gateway in one process
   gateway  a gateway only, against --nats URL
-  function run one worker function: switchboard function receipts|presence|push|media|reaper --nats URL
+  function run one worker function: switchboard function receipts|presence|push|media --nats URL
+  setup    create or update the streams on a NATS, as the operator: switchboard setup --nats URL
+  nats-keys  make a NATS key per role for deploy/*.conf: switchboard nats-keys --out DIR
   token    mint a device token: switchboard token --user alice --device phone
   chat     a line-based chat client: switchboard chat --token T --to bob
   bench    load a running system (or --spawn one) with SDK devices: switchboard bench --scenario pairs --spawn

@@ -18,9 +18,11 @@ import (
 
 	"github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/switchboard-im/switchboard/gateway"
 	"github.com/switchboard-im/switchboard/internal/embednats"
+	"github.com/switchboard-im/switchboard/internal/natsauth"
 	"github.com/switchboard-im/switchboard/media"
 	"github.com/switchboard-im/switchboard/streams"
 )
@@ -59,37 +61,67 @@ func runServe(args []string, allInOne bool) error {
 	}
 
 	var ns *server.Server
-	var nc *nats.Conn
 	opts := []nats.Option{nats.MaxReconnects(-1), nats.ReconnectWait(250 * time.Millisecond)}
+	// connect opens a connection in one role: every component has its
+	// own key and only its role's rights (internal/natsauth).
+	var connect func(role natsauth.Role) (*nats.Conn, error)
 	if c.NATSURL == "" {
 		if err := checkEmbeddedListen(c.NATSListen, c.NATSConfig); err != nil {
 			return err
+		}
+		keys, err := natsauth.LoadOrCreate(c.natsKeysDir())
+		if err != nil {
+			return err
+		}
+		if c.NATSConfig != "" {
+			// deploy/*.conf take the roles' public keys from the
+			// environment: these are the keys this process connects with.
+			for _, r := range natsauth.Roles {
+				os.Setenv(natsauth.EnvVar(r), keys.Public(r))
+			}
 		}
 		ns, err = embednats.Start(embednats.Options{
 			Listen:     c.NATSListen,
 			StoreDir:   filepath.Join(c.DataDir, "jetstream"),
 			SyncAlways: c.SyncAlways,
 			ConfigFile: c.NATSConfig,
+			Users:      keys.ServerUsers(),
 		})
 		if err != nil {
 			return err
 		}
 		defer ns.Shutdown()
 		log.Info("nats listening", "url", ns.ClientURL(), "store", filepath.Join(c.DataDir, "jetstream"))
-		nc, err = embednats.Connect(ns, "switchboard", opts...)
+		log.Info("nats CLI: use the operator key", "NATS_URL", ns.ClientURL(),
+			"NATS_NKEY", natsauth.SeedFile(c.natsKeysDir(), natsauth.Operator))
+		connect = func(r natsauth.Role) (*nats.Conn, error) {
+			return embednats.Connect(ns, "switchboard-"+string(r), append(keys.Options(r), opts...)...)
+		}
 	} else {
-		nc, err = nats.Connect(c.NATSURL, append(opts, nats.Name("switchboard-"+name))...)
+		connect = func(r natsauth.Role) (*nats.Conn, error) {
+			ro, err := natsauth.RoleOptions(r, c.natsKeysDir(), c.NATSCreds)
+			if err != nil {
+				return nil, err
+			}
+			return nats.Connect(c.NATSURL, append(append(ro, opts...), nats.Name("switchboard-"+string(r)))...)
+		}
 	}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	if allInOne {
+		// The all-in-one sets up its streams itself, as the operator; a
+		// gateway has no right to, and finds them made by `switchboard
+		// setup` (or an all-in-one).
+		if err := setupStreams(ctx, connect, c.Streams); err != nil {
+			return err
+		}
+	}
+	nc, err := connect(natsauth.Gateway)
 	if err != nil {
 		return fmt.Errorf("nats: %w", err)
 	}
 	defer nc.Close()
 
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
-	if err := applyStreams(ctx, nc, c.Streams); err != nil {
-		return err
-	}
 	// Media's buckets are replicated like the streams.
 	c.Functions.Media.Replicas = c.Streams.Replicas
 	// Listen first: the embedded media store's URLs name this address.
@@ -104,12 +136,6 @@ func runServe(args []string, allInOne bool) error {
 	stopFunctions := func() {}
 	var mediaSvc *media.Service
 	if allInOne {
-		connect := func(fn string) (*nats.Conn, error) {
-			if ns != nil {
-				return embednats.Connect(ns, "switchboard-"+fn, opts...)
-			}
-			return nats.Connect(c.NATSURL, append(opts, nats.Name("switchboard-"+fn))...)
-		}
 		stop, svc, err := startFunctions(ctx, connect, c.Functions.Run, &c.Functions, log)
 		if err != nil {
 			return err
@@ -122,16 +148,15 @@ func runServe(args []string, allInOne bool) error {
 	}
 	gw, err := gateway.New(ctx, c.Gateway, keys, nc, log)
 	if err != nil {
+		if errors.Is(err, jetstream.ErrStreamNotFound) {
+			return fmt.Errorf("%w: create the streams first with `switchboard setup` (as the operator)", err)
+		}
 		return err
 	}
 	if mediaSvc != nil {
 		gw.EnableMedia(mediaSvc.API())
 	} else {
-		js, err := newJetStream(nc)
-		if err != nil {
-			return err
-		}
-		api, err := media.NewAPI(ctx, nc, js, c.Functions.mediaConfig(), log)
+		api, err := media.NewRemoteAPI(nc, c.Functions.mediaConfig(), log)
 		if err != nil {
 			return fmt.Errorf("media: %w", err)
 		}
@@ -173,7 +198,14 @@ func baseURL(a net.Addr) string {
 	return "http://" + net.JoinHostPort(host, port)
 }
 
-func applyStreams(ctx context.Context, nc *nats.Conn, o streams.Options) error {
+// setupStreams creates or updates the streams and buckets over an
+// operator connection, closed after.
+func setupStreams(ctx context.Context, connect func(natsauth.Role) (*nats.Conn, error), o streams.Options) error {
+	nc, err := connect(natsauth.Operator)
+	if err != nil {
+		return fmt.Errorf("nats: %w", err)
+	}
+	defer nc.Close()
 	js, err := newJetStream(nc)
 	if err != nil {
 		return err
@@ -219,8 +251,9 @@ func servePprof(addr string, log *slog.Logger) error {
 }
 
 // checkEmbeddedListen refuses to expose the embedded NATS beyond loopback
-// without a config file: it has no users, and anyone who reaches it could
-// read every inbox or forge senders. A config file can set up auth.
+// without a config file: its clients authenticate with keys, but nothing
+// would encrypt the messages between machines. A config file can set up
+// TLS.
 func checkEmbeddedListen(listen, configFile string) error {
 	if configFile != "" {
 		return nil
@@ -235,6 +268,6 @@ func checkEmbeddedListen(listen, configFile string) error {
 	if ip := net.ParseIP(host); ip != nil && ip.IsLoopback() {
 		return nil
 	}
-	return fmt.Errorf("nats-listen %q is not a loopback address: the embedded NATS has no auth; "+
-		"use --nats-config with authorization, or an external NATS", listen)
+	return fmt.Errorf("nats-listen %q is not a loopback address: the embedded NATS has no TLS; "+
+		"use --nats-config with tls, or an external NATS", listen)
 }

@@ -11,6 +11,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/switchboard-im/switchboard/functions/presence"
+	"github.com/switchboard-im/switchboard/internal/natsauth"
 	tk "github.com/switchboard-im/switchboard/internal/testkit"
 	"github.com/switchboard-im/switchboard/streams"
 )
@@ -33,7 +34,7 @@ func newEnv(t testing.TB) *env {
 
 func (e *env) instance(t testing.TB) {
 	t.Helper()
-	nc, err := nats.Connect(e.n.Server.ClientURL())
+	nc, err := nats.Connect(e.n.Server.ClientURL(), e.n.Keys.Options(natsauth.Presence)...)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -106,7 +106,7 @@ func TestDeadLetterAfterMaxAttempts(t *testing.T) {
 		t.Errorf("stats %+v", st)
 	}
 
-	out := tk.Run(t, cli, "-s", n.Server.ClientURL(), "stream", "get", streams.DLQ, "1")
+	out := tk.Run(t, cli, append(n.CLIFlags(t), "stream", "get", streams.DLQ, "1")...)
 	for _, want := range []string{"dlq.push.bob", "Sb-Reason", "Sb-Attempts: 3", "Sb-Seq: " + strconv.FormatUint(seq, 10), `"device":"phone"`} {
 		if !strings.Contains(out, want) {
 			t.Errorf("nats stream get lacks %q:\n%s", want, out)

@@ -120,11 +120,11 @@ func TestServiceDiscovery(t *testing.T) {
 		t.Errorf("stats data %s (%v)", stats.Endpoints[0].Data, err)
 	}
 
-	url := n.Server.ClientURL()
-	if out := tk.Run(t, cli, "-s", url, "micro", "ls"); !strings.Contains(out, "push") || !strings.Contains(out, Version) {
+	flags := n.CLIFlags(t)
+	if out := tk.Run(t, cli, append(flags, "micro", "ls")...); !strings.Contains(out, "push") || !strings.Contains(out, Version) {
 		t.Errorf("nats micro ls:\n%s", out)
 	}
-	if out := tk.Run(t, cli, "-s", url, "micro", "stats", "push", "--json"); !strings.Contains(out, `"pushed": 1`) {
+	if out := tk.Run(t, cli, append(flags, "micro", "stats", "push", "--json")...); !strings.Contains(out, `"pushed": 1`) {
 		t.Errorf("nats micro stats push --json lacks the counters:\n%s", out)
 	}
 }

@@ -13,6 +13,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/switchboard-im/switchboard/functions/receipts"
+	"github.com/switchboard-im/switchboard/internal/natsauth"
 	tk "github.com/switchboard-im/switchboard/internal/testkit"
 	"github.com/switchboard-im/switchboard/streams"
 )
@@ -34,7 +35,7 @@ func newEnv(t testing.TB) *env {
 // that connection as a crash would.
 func (e *env) instance(t testing.TB) (s *receipts.Service, kill func()) {
 	t.Helper()
-	nc, err := nats.Connect(e.n.Server.ClientURL())
+	nc, err := nats.Connect(e.n.Server.ClientURL(), e.n.Keys.Options(natsauth.Receipts)...)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -32,7 +32,15 @@ type Options struct {
 	ConfigFile string
 	// ServerName names the server in cluster and monitoring output.
 	ServerName string
+	// Users are the NKey users the server authenticates (natsauth). A
+	// server with a ConfigFile takes its users from the file instead, and
+	// must have some: a Switchboard NATS never lets an anonymous client
+	// in, since one could read every inbox and forge any sender.
+	Users []*server.NkeyUser
 }
+
+// ErrNoAuth is returned for a server that would let anyone in.
+var ErrNoAuth = errors.New("embednats: no users: every client could read every inbox")
 
 // Start starts the server and waits until it accepts connections.
 func Start(o Options) (*server.Server, error) {
@@ -79,6 +87,13 @@ func Start(o Options) (*server.Server, error) {
 	}
 	if o.ServerName != "" {
 		opts.ServerName = o.ServerName
+	}
+	if o.ConfigFile == "" {
+		opts.Nkeys = o.Users
+	}
+	if len(opts.Nkeys) == 0 && len(opts.Users) == 0 && opts.Authorization == "" &&
+		opts.TrustedOperators == nil && len(opts.TrustedKeys) == 0 {
+		return nil, ErrNoAuth
 	}
 	opts.NoSigs = true
 	opts.NoLog = true

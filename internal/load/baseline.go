@@ -64,8 +64,8 @@ type rawStream struct {
 	subject string // prefix: subjects are subject.<pass>
 }
 
-func openRaw(ctx context.Context, natsURL, run string) (*rawStream, error) {
-	nc, err := nats.Connect(natsURL, nats.Name("switchboard-bench"))
+func openRaw(ctx context.Context, t Target, run string) (*rawStream, error) {
+	nc, err := nats.Connect(t.NATSURL, append(t.NATSOptions, nats.Name("switchboard-bench"))...)
 	if err != nil {
 		return nil, fmt.Errorf("load: baseline: %w", err)
 	}
@@ -294,7 +294,7 @@ func runBaseline(ctx context.Context, cfg Config, t Target, run string, prog *pr
 	if t.NATSURL == "" {
 		return nil, errors.New("load: baseline: no NATS URL (--nats)")
 	}
-	r, err := openRaw(ctx, t.NATSURL, run)
+	r, err := openRaw(ctx, t, run)
 	if err != nil {
 		return nil, err
 	}

@@ -1,6 +1,8 @@
 package load
 
 import (
+	"github.com/nats-io/nats.go"
+
 	"errors"
 	"fmt"
 	"io"
@@ -32,6 +34,9 @@ type Target struct {
 	// NATSURL reaches the NATS the gateways use: the raw baseline runs
 	// there, and stream state is read from there. Empty skips both.
 	NATSURL string
+	// NATSOptions authenticate those connections: the operator's key
+	// (natsauth.RoleOptions).
+	NATSOptions []nats.Option
 	// Token mints a token for a device. Required.
 	Token func(user, device string) (string, error)
 	// Procs are the server processes whose memory and CPU are read from

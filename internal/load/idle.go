@@ -53,7 +53,7 @@ func runIdle(ctx context.Context, e *env, rep *Report) error {
 
 	if !cfg.SkipBaseline && cfg.BaselineConsumers > 0 && e.target.NATSURL != "" {
 		e.prog.set("raw consumers", int64(cfg.BaselineConsumers), nil)
-		if r, err := openRaw(ctx, e.target.NATSURL, e.run+"c"); err != nil {
+		if r, err := openRaw(ctx, e.target, e.run+"c"); err != nil {
 			e.errs.add("baseline:consumers", err)
 		} else {
 			cb, err := r.consumers(ctx, cfg.BaselineConsumers, cfg.ConnectConcurrency, natsProcs(e.target.Procs), cfg.Settle, func() { e.prog.add(1) })

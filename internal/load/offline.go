@@ -40,7 +40,7 @@ func runOffline(ctx context.Context, e *env, rep *Report) error {
 	e.settle(ctx)
 
 	w := startWatch(e.procs)
-	diskBefore, consBefore, diskOK := inboxState(ctx, e.target.NATSURL)
+	diskBefore, consBefore, diskOK := inboxState(ctx, e.target)
 	res.ConsumersBefore = consBefore
 	if cfg.FirstConnect {
 		e.prog.set("first connects", int64(n), nil)
@@ -81,7 +81,7 @@ func runOffline(ctx context.Context, e *env, rep *Report) error {
 		res.BytesPerUser = float64(delta) / float64(n)
 		res.RSSMeasured = true
 	}
-	if diskAfter, consAfter, ok := inboxState(ctx, e.target.NATSURL); ok && diskOK {
+	if diskAfter, consAfter, ok := inboxState(ctx, e.target); ok && diskOK {
 		res.ConsumersAfter = consAfter
 		if res.Stored > 0 {
 			res.StreamBytesPerMsg = float64(diskAfter-diskBefore) / float64(res.Stored)

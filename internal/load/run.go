@@ -227,11 +227,11 @@ func (e *env) send(ctx context.Context, d *device, i, n int, to string, at time.
 
 // inboxState reads INBOX's stored bytes (what a message costs on disk)
 // and its consumers (one per device that has not been reaped).
-func inboxState(ctx context.Context, natsURL string) (bytes uint64, consumers int, ok bool) {
-	if natsURL == "" {
+func inboxState(ctx context.Context, t Target) (bytes uint64, consumers int, ok bool) {
+	if t.NATSURL == "" {
 		return 0, 0, false
 	}
-	nc, err := nats.Connect(natsURL, nats.Name("switchboard-bench"))
+	nc, err := nats.Connect(t.NATSURL, append(t.NATSOptions, nats.Name("switchboard-bench"))...)
 	if err != nil {
 		return 0, 0, false
 	}

@@ -6,6 +6,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/switchboard-im/switchboard/internal/natsauth"
 	tk "github.com/switchboard-im/switchboard/internal/testkit"
 )
 
@@ -21,7 +22,7 @@ func target(t *testing.T) Target {
 	if err != nil {
 		t.Fatal(err)
 	}
-	return Target{URLs: []string{g.URL}, NATSURL: n.Server.ClientURL(), Token: tokens,
+	return Target{URLs: []string{g.URL}, NATSURL: n.Server.ClientURL(), NATSOptions: n.Keys.Options(natsauth.Operator), Token: tokens,
 		Procs: []Proc{{Role: "serve", PID: os.Getpid()}}}
 }
 

@@ -1,6 +1,8 @@
 package load
 
 import (
+	"github.com/switchboard-im/switchboard/internal/natsauth"
+
 	"bufio"
 	"context"
 	"encoding/json"
@@ -88,6 +90,12 @@ func Spawn(ctx context.Context, o SpawnOptions) (*Spawned, error) {
 	}
 	s.Target.URLs = []string{wsURL}
 	s.Target.NATSURL = natsURL
+	// The all-in-one made its NATS keys in its data dir; the load tool
+	// reads stream state and runs the baseline as the operator.
+	if s.Target.NATSOptions, err = natsauth.RoleOptions(natsauth.Operator, filepath.Join(s.DataDir, "nats"), ""); err != nil {
+		s.Close()
+		return nil, err
+	}
 	s.Target.Procs = []Proc{{Role: "serve", PID: c.cmd.Process.Pid}}
 	for i := range o.Gateways {
 		args := append([]string{"gateway", "--nats", natsURL}, common...)

@@ -25,6 +25,7 @@ import (
 	"github.com/switchboard-im/switchboard/functions/presence"
 	"github.com/switchboard-im/switchboard/functions/receipts"
 	"github.com/switchboard-im/switchboard/gateway"
+	"github.com/switchboard-im/switchboard/internal/natsauth"
 )
 
 // Cluster is a JetStream cluster of nats-server processes started from
@@ -63,6 +64,7 @@ type Node struct {
 func StartCluster(t testing.TB, files ...string) *Cluster {
 	t.Helper()
 	bin := NATSServer(t)
+	DeployEnv(t)
 	opts := make([]*server.Options, len(files))
 	for i, f := range files {
 		o, err := server.ProcessConfigFile(f)
@@ -549,7 +551,8 @@ func StepDown(nc *nats.Conn, stream, consumer string, preferred *Node) error {
 // fails over to them. It closes at the end of the test.
 func (n *Node) Connect(t testing.TB) (*nats.Conn, jetstream.JetStream) {
 	t.Helper()
-	nc, err := nats.Connect(n.ClientURL, nats.MaxReconnects(-1), nats.ReconnectWait(50*time.Millisecond))
+	nc, err := nats.Connect(n.ClientURL, append(TestKeys(t).Options(natsauth.Operator),
+		nats.MaxReconnects(-1), nats.ReconnectWait(50*time.Millisecond))...)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -565,7 +568,8 @@ func (n *Node) Connect(t testing.TB) (*nats.Conn, jetstream.JetStream) {
 // here, such as a cluster node: the gateway connects to url first.
 func StartGatewayURL(t testing.TB, url string, cfg gateway.Config) *Gateway {
 	t.Helper()
-	nc, err := nats.Connect(url, nats.MaxReconnects(-1), nats.ReconnectWait(50*time.Millisecond))
+	nc, err := nats.Connect(url, append(TestKeys(t).Options(natsauth.Gateway),
+		nats.MaxReconnects(-1), nats.ReconnectWait(50*time.Millisecond))...)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -602,25 +606,35 @@ func StartGatewayURL(t testing.TB, url string, cfg gateway.Config) *Gateway {
 // embedded here.
 func StartFunctionsURL(t testing.TB, url string) *Functions {
 	t.Helper()
-	nc, err := nats.Connect(url, nats.MaxReconnects(-1), nats.ReconnectWait(50*time.Millisecond))
-	if err != nil {
-		t.Fatal(err)
-	}
-	js, err := jetstream.New(nc)
-	if err != nil {
-		t.Fatal(err)
+	// Each function on its own connection with its own role, as separate
+	// processes would run them.
+	connect := func(r natsauth.Role) (*nats.Conn, jetstream.JetStream) {
+		nc, err := nats.Connect(url, append(TestKeys(t).Options(r),
+			nats.MaxReconnects(-1), nats.ReconnectWait(50*time.Millisecond))...)
+		if err != nil {
+			t.Fatal(err)
+		}
+		js, err := jetstream.New(nc)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return nc, js
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	f := &Functions{Conn: nc}
+	f := &Functions{}
+	var js jetstream.JetStream
+	var err error
+	f.Conn, js = connect(natsauth.Receipts)
 	rc := receipts.DefaultConfig()
 	rc.AckWait = FunctionAckWait
-	if f.Receipts, err = receipts.Start(ctx, nc, js, rc, Logger(t)); err != nil {
+	if f.Receipts, err = receipts.Start(ctx, f.Conn, js, rc, Logger(t)); err != nil {
 		t.Fatal(err)
 	}
+	f.PresenceConn, js = connect(natsauth.Presence)
 	pc := presence.DefaultConfig()
 	pc.AckWait = FunctionAckWait
-	if f.Presence, err = presence.Start(ctx, nc, js, pc, Logger(t)); err != nil {
+	if f.Presence, err = presence.Start(ctx, f.PresenceConn, js, pc, Logger(t)); err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(f.Stop)

@@ -14,13 +14,14 @@ import (
 // how long a killed instance holds its events before another gets them.
 const FunctionAckWait = 2 * time.Second
 
-// Functions are a receipts and a presence function on their own NATS
-// connection, as a separate process would run them.
+// Functions are a receipts and a presence function, each on its own NATS
+// connection in its own role, as separate processes would run them.
 type Functions struct {
-	Conn     *nats.Conn
-	Receipts *receipts.Service
-	Presence *presence.Service
-	stopped  bool
+	Conn         *nats.Conn // the receipts function's
+	PresenceConn *nats.Conn
+	Receipts     *receipts.Service
+	Presence     *presence.Service
+	stopped      bool
 }
 
 // StartFunctions starts the receipts and presence functions against n and
@@ -39,6 +40,7 @@ func (f *Functions) Stop() {
 	f.Receipts.Stop()
 	f.Presence.Stop()
 	f.Conn.Close()
+	f.PresenceConn.Close()
 }
 
 // Kill cuts the functions' NATS connection as a crash would: whatever
@@ -46,6 +48,7 @@ func (f *Functions) Stop() {
 func (f *Functions) Kill() {
 	f.stopped = true
 	f.Conn.Close()
+	f.PresenceConn.Close()
 	f.Receipts.Stop()
 	f.Presence.Stop()
 }

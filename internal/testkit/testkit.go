@@ -10,6 +10,8 @@ import (
 	"io"
 	"log/slog"
 	"os"
+	"path/filepath"
+	"sync"
 	"testing"
 	"time"
 
@@ -20,6 +22,7 @@ import (
 	"github.com/switchboard-im/switchboard/client"
 	"github.com/switchboard-im/switchboard/gateway"
 	"github.com/switchboard-im/switchboard/internal/embednats"
+	"github.com/switchboard-im/switchboard/internal/natsauth"
 	"github.com/switchboard-im/switchboard/streams"
 )
 
@@ -62,6 +65,9 @@ type NATS struct {
 	Conn   *nats.Conn
 	JS     jetstream.JetStream
 	Dir    string
+	// Keys are the NKeys the server authenticates: Conn is the operator's;
+	// a component connects with its own role (Connect).
+	Keys *natsauth.Keys
 	// Functions are the receipts and presence functions StartNATS runs
 	// beside the server (nil for a bare server).
 	Functions *Functions
@@ -97,14 +103,17 @@ func StartStreams(t testing.TB, dir string) *NATS {
 	return n
 }
 
-// StartBareNATS starts an embedded JetStream server with no streams.
+// StartBareNATS starts an embedded JetStream server with no streams. It
+// enforces the roles' permissions (natsauth) as production does, with keys
+// of its own, so a component that needs a right its role lacks fails here.
 func StartBareNATS(t testing.TB, dir string) *NATS {
 	t.Helper()
-	ns, err := embednats.Start(embednats.Options{Listen: "127.0.0.1:0", StoreDir: dir})
+	keys := TestKeys(t)
+	ns, err := embednats.Start(embednats.Options{Listen: "127.0.0.1:0", StoreDir: dir, Users: keys.ServerUsers()})
 	if err != nil {
 		t.Fatal(err)
 	}
-	nc, err := nats.Connect(ns.ClientURL())
+	nc, err := nats.Connect(ns.ClientURL(), keys.Options(natsauth.Operator)...)
 	if err != nil {
 		ns.Shutdown()
 		t.Fatal(err)
@@ -113,9 +122,39 @@ func StartBareNATS(t testing.TB, dir string) *NATS {
 	if err != nil {
 		t.Fatal(err)
 	}
-	n := &NATS{Server: ns, Conn: nc, JS: js, Dir: dir}
+	n := &NATS{Server: ns, Conn: nc, JS: js, Dir: dir, Keys: keys}
 	t.Cleanup(n.Stop)
 	return n
+}
+
+var (
+	testKeysOnce sync.Once
+	testKeys     *natsauth.Keys
+	testKeysErr  error
+)
+
+// TestKeys are the NKeys every test server of this process authenticates,
+// made once per process: a restarted server (same dir) and a cluster's
+// nodes must know the same keys, and making them is not what tests test.
+func TestKeys(t testing.TB) *natsauth.Keys {
+	t.Helper()
+	testKeysOnce.Do(func() { testKeys, testKeysErr = natsauth.Generate() })
+	if testKeysErr != nil {
+		t.Fatal(testKeysErr)
+	}
+	return testKeys
+}
+
+// Connect opens a connection to n in role r, closed at the end of the
+// test. The options come after the role's own.
+func (n *NATS) Connect(t testing.TB, r natsauth.Role, opts ...nats.Option) *nats.Conn {
+	t.Helper()
+	nc, err := nats.Connect(n.Server.ClientURL(), append(n.Keys.Options(r), opts...)...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(nc.Close)
+	return nc
 }
 
 // Stop shuts the server down (idempotent).
@@ -241,3 +280,42 @@ func NoMsg(t testing.TB, c *client.Client, d time.Duration) {
 
 // Errorf is fmt.Errorf, for WaitFor conditions.
 var Errorf = fmt.Errorf
+
+var deployEnvOnce sync.Once
+
+// DeployEnv sets, for this whole test process, the environment that
+// deploy/*.conf read (natsauth.DeployEnv): the test keys' public keys and a
+// route password, with deploy/cluster's default routes. Servers started
+// from those files, in-process or as child processes, then authenticate
+// the same clients as every other test server.
+func DeployEnv(t testing.TB) {
+	t.Helper()
+	keys := TestKeys(t)
+	deployEnvOnce.Do(func() {
+		pw, err := natsauth.NewRoutePassword()
+		if err != nil {
+			panic(err)
+		}
+		for k, v := range keys.DeployEnv(pw, natsauth.DefaultRoutes) {
+			os.Setenv(k, v)
+		}
+	})
+}
+
+// CLIFlags are the nats CLI's flags to reach n as the operator: its URL
+// and the operator's seed, written to a file of the test's.
+func (n *NATS) CLIFlags(t testing.TB) []string {
+	t.Helper()
+	return NATSCLIFlags(t, n.Server.ClientURL())
+}
+
+// NATSCLIFlags are the nats CLI's flags to reach url, a server that knows
+// TestKeys, as the operator.
+func NATSCLIFlags(t testing.TB, url string) []string {
+	t.Helper()
+	seed := filepath.Join(t.TempDir(), "operator.nk")
+	if err := TestKeys(t).WriteSeed(seed, natsauth.Operator); err != nil {
+		t.Fatal(err)
+	}
+	return []string{"-s", url, "--nkey", seed}
+}

@@ -1,0 +1,242 @@
+// Package natsauth owns who may do what on Switchboard's NATS: one role per
+// component (a gateway, each worker function, the media function, an
+// operator), each with its own NKey and only the publish and subscribe
+// rights that component needs.
+//
+// Why NKey users with static permissions, and not decentralised JWT auth:
+// a server holds only public keys (a stolen config grants nothing), a
+// client proves its key by signing a nonce (no secret crosses the wire),
+// and the whole model is a list of allow rules that the embedded server,
+// deploy/*.conf and the tests share. JWT auth adds an operator, account
+// JWTs and a resolver: worth it for many tenants or revoking users without
+// a restart, neither of which Switchboard needs. A JWT deployment still
+// works: give each component a .creds file with the same permissions.
+//
+// The rules are written once, here. The embedded server takes them as
+// server options (ServerUsers), deploy/permissions.conf is generated from
+// them (Conf; a test keeps the file in step), and every test server runs
+// them, so a component that needs a right it lacks fails the suite.
+//
+// It must not know the wire protocol or hold connections.
+package natsauth
+
+import (
+	"github.com/nats-io/nats-server/v2/server"
+
+	"github.com/switchboard-im/switchboard/streams"
+)
+
+// Role is a kind of NATS client. Every process of one kind shares its
+// role's key.
+type Role string
+
+// The roles. Each worker function is a role of its own, so a function can
+// do only its own work.
+const (
+	// Gateway serves devices: it stores their messages, reads their
+	// inboxes and writes their cursors and leases.
+	Gateway Role = "gateway"
+	// Receipts applies delivered and read events.
+	Receipts Role = "receipts"
+	// Presence keeps who is online.
+	Presence Role = "presence"
+	// Push wakes offline devices.
+	Push Role = "push"
+	// Media presigns uploads and downloads and keeps grants.
+	Media Role = "media"
+	// Operator is for the nats CLI, the load tool and setup (creating the
+	// streams): everything, as an administrator of the system.
+	Operator Role = "operator"
+)
+
+// Roles lists every role, components first.
+var Roles = []Role{Gateway, Receipts, Presence, Push, Media, Operator}
+
+// InboxPrefix is the prefix of a role's reply subjects. Each role may
+// subscribe only under its own, so no component reads another's replies
+// (a JetStream read of an inbox, a media function's signed URL). Clients
+// pass it with nats.CustomInboxPrefix (ClientOptions does).
+func InboxPrefix(r Role) string {
+	if r == Operator {
+		return "_INBOX" // the nats CLI's own default
+	}
+	return "_INBOX_" + string(r)
+}
+
+// Rules are a role's publish and subscribe allow lists.
+type Rules struct {
+	Publish   []string
+	Subscribe []string
+	// Respond lets a role answer requests it received (micro services,
+	// kicks): it may publish to the reply subject of a message it got,
+	// once, within a minute, whatever its publish list says.
+	Respond bool
+}
+
+// Core NATS subjects, shared between gateways and functions. Names only:
+// their meaning is documented where they are used.
+const (
+	subjLive     = streams.LivePrefix + "*" // republished inbox copies
+	subjEvents   = "sb.ev.*"                // typing, per user
+	subjKick     = "sb.kick.*.*"            // one session per device
+	subjPresence = "sb.presence.*"          // presence updates
+	subjFn       = "sb.fn."                 // function request subjects
+	subjMicro    = "$SRV.>"                 // micro discovery (nats micro ls)
+	leaderInbox  = "$JS.EVENT.ADVISORY.STREAM.LEADER_ELECTED." + streams.Inbox
+)
+
+// Buckets' stream names and subject prefixes.
+func kvStream(bucket string) string  { return "KV_" + bucket }
+func kvSubject(bucket string) string { return "$KV." + bucket + "." }
+
+// For returns the rules of role r.
+func For(r Role) Rules {
+	switch r {
+	case Gateway:
+		return Rules{
+			Publish: join(
+				// A device's sends, its delivered and read events, and its
+				// position, registry entry, lease and settings.
+				[]string{streams.InboxPrefix + "*", streams.ReceiptsPrefix + "*",
+					kvSubject(streams.DevicesKV) + "*", kvSubject(streams.CursorsKV) + "*.*",
+					kvSubject(streams.PresenceKV) + "lease.*.*", kvSubject(streams.SettingsKV) + "*",
+					subjEvents, subjKick, subjPresence,
+					subjFn + "receipts.status", subjFn + "presence.get", subjFn + "media.>"},
+				streamInfo(streams.Inbox, kvStream(streams.DevicesKV), kvStream(streams.CursorsKV),
+					kvStream(streams.PresenceKV), kvStream(streams.SettingsKV)),
+				reads(streams.Inbox, kvStream(streams.DevicesKV), kvStream(streams.CursorsKV),
+					kvStream(streams.PresenceKV), kvStream(streams.SettingsKV)),
+			),
+			Subscribe: []string{subjLive, subjEvents, subjKick, subjPresence, leaderInbox, InboxPrefix(r) + ".>"},
+			Respond:   true,
+		}
+	case Receipts:
+		return function(r, streams.Receipts,
+			// Status records and the receipts forwarded to senders'
+			// inboxes; settings are read for read-receipt privacy.
+			[]string{kvSubject(streams.StatusKV) + "*.*", streams.InboxPrefix + "*"},
+			[]string{kvStream(streams.StatusKV), kvStream(streams.SettingsKV)})
+	case Presence:
+		return function(r, kvStream(streams.PresenceKV),
+			[]string{kvSubject(streams.PresenceKV) + "user.*", subjPresence},
+			[]string{kvStream(streams.PresenceKV), kvStream(streams.SettingsKV)})
+	case Push:
+		return function(r, streams.Inbox,
+			[]string{kvSubject(streams.PushKV) + "*"},
+			[]string{streams.Inbox, kvStream(streams.PushKV), kvStream(streams.DevicesKV),
+				kvStream(streams.CursorsKV), kvStream(streams.PresenceKV)})
+	case Media:
+		// Its buckets are its own: it creates them, and nothing else may
+		// read them (grants, upload claims, the embedded store's bytes).
+		own := []string{kvStream(MediaACL), kvStream(MediaUploads), "OBJ_" + MediaObjects}
+		return Rules{
+			Publish: join(
+				// Its own requests too: its HTTP API (Service.API) asks
+				// whichever instance answers first.
+				[]string{subjFn + "media.>", kvSubject(MediaACL) + ">", kvSubject(MediaUploads) + ">",
+					"$O." + MediaObjects + ".>", "$JS.API.STREAM.CREATE.*", "$JS.API.STREAM.UPDATE.*"},
+				streamInfo(own...), reads(own...), manage(own...),
+			),
+			Subscribe: []string{subjFn + "media.>", subjMicro, InboxPrefix(r) + ".>"},
+			Respond:   true,
+		}
+	case Operator:
+		return Rules{Publish: []string{">"}, Subscribe: []string{">"}, Respond: true}
+	}
+	return Rules{}
+}
+
+// The media function's buckets (media.BucketACL and friends; named here
+// so this package need not import media).
+const (
+	MediaACL     = "MEDIA_ACL"
+	MediaUploads = "MEDIA_UPLOADS"
+	MediaObjects = "MEDIA"
+)
+
+// function is a worker function's rules: its durable consumer on stream
+// (named after the role), its micro service on sb.fn.<role>.>, dead
+// letters on dlq.<role>.>, the extra subjects it publishes, and the
+// streams it reads.
+func function(r Role, stream string, publish, read []string) Rules {
+	durable := string(r)
+	return Rules{
+		Publish: join(publish,
+			[]string{streams.DLQPrefix + string(r) + ".>"},
+			consumer(stream, durable),
+			streamInfo(append([]string{stream, streams.DLQ}, read...)...),
+			reads(read...),
+		),
+		Subscribe: []string{subjFn + string(r) + ".>", subjMicro, InboxPrefix(r) + ".>"},
+		Respond:   true,
+	}
+}
+
+// consumer is what binding and pulling a durable takes.
+func consumer(stream, durable string) []string {
+	api := "$JS.API.CONSUMER."
+	return []string{
+		api + "CREATE." + stream + "." + durable, api + "CREATE." + stream + "." + durable + ".>",
+		api + "DURABLE.CREATE." + stream + "." + durable, api + "INFO." + stream + "." + durable,
+		api + "MSG.NEXT." + stream + "." + durable, "$JS.ACK." + stream + "." + durable + ".>",
+	}
+}
+
+// streamInfo is reading the streams' configurations and state, and the
+// account's JetStream usage (which creating a bucket checks).
+func streamInfo(names ...string) []string {
+	out := []string{"$JS.API.INFO"}
+	for _, n := range names {
+		out = append(out, "$JS.API.STREAM.INFO."+n)
+	}
+	return out
+}
+
+// reads are the ways to read a stream's messages without a consumer.
+func reads(names ...string) []string {
+	var out []string
+	for _, n := range names {
+		out = append(out, "$JS.API.DIRECT.GET."+n, "$JS.API.DIRECT.GET."+n+".>", "$JS.API.STREAM.MSG.GET."+n)
+	}
+	return out
+}
+
+// manage is what an owner of a bucket does besides reading: ordered
+// consumers (object reads, listings), deletes and purges.
+func manage(names ...string) []string {
+	var out []string
+	for _, n := range names {
+		api := "$JS.API."
+		out = append(out, api+"CONSUMER.CREATE."+n, api+"CONSUMER.CREATE."+n+".>",
+			api+"CONSUMER.DELETE."+n+".>", api+"CONSUMER.INFO."+n+".>",
+			api+"STREAM.PURGE."+n, api+"STREAM.MSG.DELETE."+n, "$JS.FC."+n+".>")
+	}
+	return out
+}
+
+func join(lists ...[]string) []string {
+	var out []string
+	seen := map[string]bool{}
+	for _, l := range lists {
+		for _, s := range l {
+			if !seen[s] {
+				seen[s] = true
+				out = append(out, s)
+			}
+		}
+	}
+	return out
+}
+
+// Permissions are r's rules in nats-server's terms.
+func Permissions(r Role) *server.Permissions {
+	rules := For(r)
+	p := &server.Permissions{
+		Publish:   &server.SubjectPermission{Allow: rules.Publish},
+		Subscribe: &server.SubjectPermission{Allow: rules.Subscribe},
+	}
+	if rules.Respond {
+		p.Response = &server.ResponsePermission{MaxMsgs: 1, Expires: responseTTL}
+	}
+	return p
+}

@@ -1,0 +1,144 @@
+package natsauth_test
+
+import (
+	"errors"
+	"slices"
+	"strings"
+	"testing"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nkeys"
+
+	"github.com/switchboard-im/switchboard/internal/natsauth"
+	tk "github.com/switchboard-im/switchboard/internal/testkit"
+)
+
+func TestAnonymousAndUnknownClientsAreRefused(t *testing.T) {
+	n := tk.StartStreams(t, t.TempDir())
+	if nc, err := nats.Connect(n.Server.ClientURL()); err == nil {
+		nc.Close()
+		t.Fatal("a client without credentials was let in")
+	} else if !errors.Is(err, nats.ErrAuthorization) {
+		t.Fatalf("anonymous: %v, want an authorization violation", err)
+	}
+	stranger, _ := nkeys.CreateUser()
+	pub, _ := stranger.PublicKey()
+	nc, err := nats.Connect(n.Server.ClientURL(), nats.Nkey(pub, stranger.Sign))
+	if err == nil {
+		nc.Close()
+		t.Fatal("a client with an unknown key was let in")
+	}
+	// A known public key without its seed cannot sign the nonce.
+	gw := n.Keys.Public(natsauth.Gateway)
+	nc, err = nats.Connect(n.Server.ClientURL(), nats.Nkey(gw, stranger.Sign))
+	if err == nil {
+		nc.Close()
+		t.Fatal("a client claiming the gateway's key without its seed was let in")
+	}
+}
+
+// TestRolesAreRefusedWhatTheyMustNotDo checks each role against what an
+// attacker holding that role's key would try first. The server answers a
+// refused publish or subscribe with an error before the PONG of the flush
+// that follows, and the client records it as its last error on reading it,
+// so each refusal is known once the flush returns; and the same actions as
+// the operator are not refused, so the check can fail.
+func TestRolesAreRefusedWhatTheyMustNotDo(t *testing.T) {
+	n := tk.StartStreams(t, t.TempDir())
+	functions := []natsauth.Role{natsauth.Receipts, natsauth.Presence, natsauth.Push, natsauth.Media}
+	type act struct {
+		sub     bool // subscribe rather than publish
+		subject string
+		why     string
+	}
+	refused := map[natsauth.Role][]act{
+		natsauth.Gateway: {
+			{false, "$JS.API.DIRECT.GET.KV_MEDIA_ACL", "read grants or the media signing key"},
+			{false, "$JS.API.STREAM.MSG.GET.KV_MEDIA_ACL", "read grants or the media signing key"},
+			{false, "$KV.MEDIA_ACL.u.alice.x", "forge a media grant"},
+			{false, "$JS.API.DIRECT.GET.OBJ_MEDIA", "read media bytes"},
+			{false, "$JS.API.STREAM.DELETE.INBOX", "delete the inboxes"},
+			{false, "$JS.API.STREAM.PURGE.INBOX", "purge the inboxes"},
+			{false, "$JS.API.CONSUMER.CREATE.INBOX", "read inboxes through a consumer"},
+			{false, "$KV.STATUS.alice.m1", "forge a message status"},
+			{false, "$KV.PRESENCE.user.alice", "forge presence"},
+			{true, "_INBOX.>", "read other clients' replies"},
+			{true, "_INBOX_media.>", "read the media function's replies"},
+			{true, "$KV.>", "watch every bucket"},
+		},
+	}
+	for _, f := range functions {
+		refused[f] = append(refused[f],
+			act{false, "sb.kick.bob.phone", "kick a device"},
+			act{false, "sb.ev.bob", "push bytes to a device"},
+			act{false, "$KV.CURSORS.bob.phone", "move a device's cursor"},
+			act{false, "$KV.DEVICES.bob", "register a device"},
+			act{false, "receipts.alice", "forge a receipt event"},
+			act{false, "$JS.API.STREAM.DELETE.INBOX", "delete the inboxes"},
+			act{true, "sb.live.*", "read every message as it is stored"},
+			act{true, "sb.kick.*.*", "see who connects"},
+			act{true, "_INBOX_gateway.>", "read the gateway's replies"},
+		)
+		if f != natsauth.Receipts {
+			// Only the receipts function stores into inboxes (receipts
+			// for senders); no other function may write there at all.
+			refused[f] = append(refused[f], act{false, "inbox.bob", "store a message as anyone"})
+		}
+		if f != natsauth.Media {
+			refused[f] = append(refused[f],
+				act{false, "$JS.API.DIRECT.GET.KV_MEDIA_ACL", "read the media signing key"},
+				act{false, "$JS.API.DIRECT.GET.INBOX", "read inboxes"})
+		}
+	}
+	// Push reads inboxes: it counts what a device has waiting.
+	refused[natsauth.Push] = slices.DeleteFunc(refused[natsauth.Push], func(a act) bool { return a.subject == "$JS.API.DIRECT.GET.INBOX" })
+	refused[natsauth.Receipts] = append(refused[natsauth.Receipts], act{false, "sb.presence.bob", "forge presence"})
+	refused[natsauth.Media] = append(refused[natsauth.Media], act{false, "sb.presence.bob", "forge presence"})
+
+	op := n.Connect(t, natsauth.Operator)
+	for role, acts := range refused {
+		nc := n.Connect(t, role)
+		for _, a := range acts {
+			var err error
+			if a.sub {
+				var s *nats.Subscription
+				if s, err = nc.SubscribeSync(a.subject); err == nil {
+					defer s.Unsubscribe()
+				}
+			} else {
+				err = nc.Publish(a.subject, []byte("x"))
+			}
+			if err == nil {
+				err = nc.Flush()
+			}
+			if err != nil {
+				t.Fatalf("%s %s: %v", role, a.subject, err)
+			}
+			if got := nc.LastError(); !errors.Is(got, nats.ErrPermissionViolation) || !strings.Contains(got.Error(), `"`+a.subject+`"`) {
+				t.Errorf("%s may %s (%s %q): last error %v", role, a.why, verb(a.sub), a.subject, got)
+			}
+		}
+		if !nc.IsConnected() {
+			t.Fatalf("%s: connection lost after refusals", role)
+		}
+	}
+	// The operator is refused none of it.
+	for _, subj := range []string{"sb.kick.bob.phone", "inbox.bob", "$KV.MEDIA_ACL.u.alice.x"} {
+		if err := op.Publish(subj, []byte("x")); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := op.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	if err := op.LastError(); err != nil {
+		t.Fatalf("operator refused: %v", err)
+	}
+}
+
+func verb(sub bool) string {
+	if sub {
+		return "subscribe"
+	}
+	return "publish"
+}

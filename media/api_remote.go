@@ -1,0 +1,21 @@
+package media
+
+import (
+	"log/slog"
+
+	"github.com/nats-io/nats.go"
+)
+
+// NewRemoteAPI is the HTTP API of a process that does not run the media
+// function (a gateway): its routes ask the function over NATS, and it
+// never opens the media buckets or the signing key, which only the media
+// function may read. The embedded store's blob URLs are served where the
+// function runs (the all-in-one, or `switchboard function media
+// --media-listen`); here Blob answers not_found.
+func NewRemoteAPI(nc *nats.Conn, cfg Config, log *slog.Logger) (*API, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	cfg = cfg.withDefaults()
+	return &API{client: NewClient(nc, cfg.RequestTimeout), log: log.WithGroup("media")}, nil
+}
