@@ -179,6 +179,12 @@ func New(ctx context.Context, cfg Config, keys *Keys, nc *nats.Conn, log *slog.L
 		// Upgraded connections are closed by the gateway itself; without
 		// this, closing one would be a no-op until its handler returned.
 		KeepHijackedConns: true,
+		// fasthttp's own lines would quote the raw request, credentials
+		// and all; httpLogger keeps only what cannot carry one, and with
+		// SecureErrorLogMessage fasthttp leaves the request out of its
+		// errors in the first place.
+		Logger:                httpLogger{log: s.log},
+		SecureErrorLogMessage: true,
 	}
 	go s.leaseLoop()
 	go s.sweepLoop()
