@@ -40,8 +40,9 @@ const maxJSONBody = 256 << 10
 //	POST /v1/media/grants             {"key":KEY,"users":["bob"]}
 //	     200 GrantResult; 400 bad_request, 403 forbidden (not the uploader), 404 not_found, 413 too_large
 //	PUT  /v1/media/blob/KEY?type&max&exp&sig   (embedded store; the Ticket's URL)
-//	     201 UploadResult {"key","size","sha256","mime"}; 400, 403 bad_signature/url_expired,
-//	     409 exists, 411 length_required, 413 too_large, 415 bad_type
+//	     201 UploadResult {"key","size","sha256","mime"}; 400 bad_request (a body that is not its
+//	     Content-Length), 403 bad_signature/url_expired, 409 exists, 411 length_required,
+//	     413 too_large, 415 bad_type
 //	GET  /v1/media/blob/KEY?exp&sig            (embedded store; the DownloadURL's URL)
 //	     200 the bytes; 403 bad_signature/url_expired, 404 not_found
 //
