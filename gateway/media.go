@@ -82,12 +82,18 @@ func (s *session) grantMedia(f *protocol.Frame) []byte {
 	return ref
 }
 
-// requestConfig lets an upload to the embedded store run longer and
-// larger than the handshake-sized defaults: its body streams into the
-// object store, which enforces the upload's own size limit.
+// requestConfig decides from a request's header, before its body is
+// read, how long it may take and how large it may be. Only an upload to
+// the embedded store whose signed URL verifies gets more than the
+// handshake-sized defaults (its body streams into the object store, which
+// enforces the upload's own size limit); any other blob request is
+// answered without its body being read. The media API checks the URL, so
+// the gateway need not know how it is signed. Before then no one has
+// shown any right to hold a connection for an upload's time.
 func (s *Server) requestConfig(h *fasthttp.RequestHeader) fasthttp.RequestConfig {
-	if s.mediaAPI.Load() != nil && h.IsPut() && strings.HasPrefix(string(h.RequestURI()), media.PathBlob) {
-		return fasthttp.RequestConfig{ReadTimeout: s.cfg.MediaUploadTimeout, MaxRequestBodySize: 1 << 40}
+	api := s.mediaAPI.Load()
+	if api == nil {
+		return fasthttp.RequestConfig{}
 	}
-	return fasthttp.RequestConfig{}
+	return api.RequestConfig(h, fasthttp.RequestConfig{ReadTimeout: s.cfg.MediaUploadTimeout, MaxRequestBodySize: 1 << 40})
 }

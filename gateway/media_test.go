@@ -1,6 +1,7 @@
 package gateway_test
 
 import (
+	"bufio"
 	"bytes"
 	"context"
 	"crypto/rand"
@@ -8,9 +9,13 @@ import (
 	"encoding/hex"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"io"
 	"mime/multipart"
+	"net"
 	"net/http"
+	"net/url"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -188,4 +193,85 @@ func TestMediaMessageEndToEnd(t *testing.T) {
 			tk.NoMsg(t, bob, 200*time.Millisecond)
 		})
 	}
+}
+
+// An upload whose URL does not verify is answered 403 from its header
+// alone: the gateway neither waits for its body nor gives it an upload's
+// time, so a client that declares a large body and sends none is not held
+// for the upload timeout. The answer closes the connection.
+func TestUnverifiedUploadIsRefusedBeforeItsBody(t *testing.T) {
+	n := tk.StartNATS(t)
+	g := tk.StartGateway(t, n, tk.TestConfig())
+	cfg := media.DefaultConfig()
+	cfg.UploadExpiry = time.Second
+	tk.StartMedia(t, n, g, cfg)
+
+	ticket := func() *url.URL {
+		var tkt media.Ticket
+		if code := mediaHTTP(t, g, "alice", "POST", media.PathUploads, map[string]any{"mime": "image/png", "size": 100000}, &tkt); code != http.StatusCreated {
+			t.Fatalf("upload ticket: %d", code)
+		}
+		u, err := url.Parse(tkt.URL)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return u
+	}
+	withSig := func(u *url.URL, sig string, drop bool) string {
+		q := u.Query()
+		if drop {
+			q.Del("sig")
+		} else {
+			q.Set("sig", sig)
+		}
+		v := *u
+		v.RawQuery = q.Encode()
+		return v.RequestURI()
+	}
+	fresh, stale := ticket(), ticket()
+	tk.WaitFor(t, wait, func() error {
+		if exp, _ := strconv.ParseInt(stale.Query().Get("exp"), 10, 64); time.Now().UnixMilli() <= exp {
+			return tk.Errorf("the ticket has not expired yet")
+		}
+		return nil
+	})
+	for _, c := range []struct{ name, uri, code string }{
+		{"a tampered signature", withSig(fresh, tamper(fresh.Query().Get("sig")), false), "bad_signature"},
+		{"no signature", withSig(fresh, "", true), "bad_signature"},
+		{"not a key", media.PathBlob + "anything", "not_found"},
+		{"an expired URL", stale.RequestURI(), "url_expired"},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			conn, err := net.Dial("tcp", g.Addr)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer conn.Close()
+			_ = conn.SetDeadline(time.Now().Add(2 * wait)) // a failure bound only
+			// The header and not one byte of the declared body.
+			fmt.Fprintf(conn, "PUT %s HTTP/1.1\r\nHost: %s\r\nContent-Type: image/png\r\nContent-Length: 100000\r\n\r\n", c.uri, g.Addr)
+			br := bufio.NewReader(conn)
+			resp, err := http.ReadResponse(br, nil)
+			if err != nil {
+				t.Fatalf("no answer without the body: %v", err)
+			}
+			b, _ := io.ReadAll(resp.Body)
+			resp.Body.Close()
+			var e media.Error
+			if resp.StatusCode/100 != 4 || json.Unmarshal(b, &e) != nil || e.Code != c.code {
+				t.Fatalf("answer: %d %s, want %s", resp.StatusCode, b, c.code)
+			}
+			if _, err := br.ReadByte(); err != io.EOF {
+				t.Fatalf("the connection stays open after the refusal (%v): the body would be read as a request", err)
+			}
+		})
+	}
+}
+
+// tamper changes a signature's first character, keeping it well formed.
+func tamper(sig string) string {
+	if strings.HasPrefix(sig, "a") {
+		return "b" + sig[1:]
+	}
+	return "a" + sig[1:]
 }
