@@ -52,8 +52,9 @@ func (s *Server) serveMedia(ctx *fasthttp.RequestCtx) {
 
 // grantMedia lets the recipient download the object a media send names,
 // before the message is stored: a message whose recipient could not fetch
-// its media is never delivered. It returns the reference to store, or nil
-// after answering the client with an error.
+// its media, or whose size or sha256 are not those of the upload, is never
+// delivered. It returns the reference to store, or nil after answering
+// the client with an error.
 func (s *session) grantMedia(f *protocol.Frame) []byte {
 	if protocol.MediaOwner(f.Media.Key) != s.id.User {
 		s.sendError(protocol.ErrBadMedia, "media.key is not under your upload prefix", f.ID, 0, 0)
@@ -61,7 +62,10 @@ func (s *session) grantMedia(f *protocol.Frame) []byte {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), s.srv.cfg.FunctionTimeout)
 	defer cancel()
-	_, err := s.srv.media.Grant(ctx, f.Media.Key, s.id.User, []string{f.To})
+	_, err := s.srv.media.GrantMessage(ctx, media.GrantRequest{
+		User: s.id.User, Key: f.Media.Key, Users: []string{f.To},
+		Size: f.Media.Size, SHA256: f.Media.SHA256,
+	})
 	switch {
 	case err == nil:
 	case errors.Is(err, media.ErrUnavailable):

@@ -11,7 +11,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"hash"
 	"io"
 	"iter"
 	"log/slog"
@@ -169,13 +168,20 @@ func (s *embeddedStore) Stat(ctx context.Context, key string) (ObjectInfo, error
 	return objectInfo(info), nil
 }
 
+// objectInfo describes an object. Its digest is the object store's own:
+// the SHA-256 this process computed over the bytes as it stored them
+// (servePut is the only writer), which every read checks them against.
 func objectInfo(info *jetstream.ObjectInfo) ObjectInfo {
-	return ObjectInfo{
+	oi := ObjectInfo{
 		Key:         info.Name,
 		Size:        int64(info.Size),
 		ContentType: info.Headers.Get("Content-Type"),
 		Modified:    info.ModTime,
 	}
+	if sum, err := jetstream.DecodeObjectDigest(info.Digest); err == nil && len(sum) == sha256.Size {
+		oi.SHA256 = hex.EncodeToString(sum)
+	}
+	return oi
 }
 
 func (s *embeddedStore) Objects(ctx context.Context) iter.Seq2[ObjectInfo, error] {
@@ -365,7 +371,7 @@ func (s *embeddedStore) servePut(ctx *fasthttp.RequestCtx, g blobGrant) {
 	} else {
 		body = bytes.NewReader(ctx.PostBody()) // already read, within the server's MaxRequestBodySize
 	}
-	b := &boundedBody{r: io.LimitReader(body, limit+1), max: limit, want: length, sum: sha256.New()}
+	b := &boundedBody{r: io.LimitReader(body, limit+1), max: limit, want: length}
 	meta := jetstream.ObjectMeta{Name: key, Headers: nats.Header{"Content-Type": []string{mime}}}
 	info, err := s.obs.Put(sctx, meta, b)
 	if err != nil {
@@ -385,7 +391,7 @@ func (s *embeddedStore) servePut(ctx *fasthttp.RequestCtx, g blobGrant) {
 	writeJSON(ctx, http.StatusCreated, UploadResult{
 		Key:    key,
 		Size:   int64(info.Size),
-		SHA256: hex.EncodeToString(b.sum.Sum(nil)),
+		SHA256: objectInfo(info).SHA256,
 		Mime:   mime,
 	})
 }
@@ -450,7 +456,6 @@ type boundedBody struct {
 	r         io.Reader
 	n         int64
 	max, want int64
-	sum       hash.Hash
 }
 
 // readError marks a failure of the client's body, as opposed to the store.
@@ -462,7 +467,6 @@ func (e *readError) Unwrap() error { return e.err }
 func (b *boundedBody) Read(p []byte) (int, error) {
 	n, err := b.r.Read(p)
 	b.n += int64(n)
-	b.sum.Write(p[:n])
 	switch {
 	case b.n > b.max:
 		return n, &readError{ErrTooLarge}
