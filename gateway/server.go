@@ -172,7 +172,11 @@ func New(ctx context.Context, cfg Config, keys *Keys, nc *nats.Conn, log *slog.L
 		MaxRequestBodySize: 64 << 10,
 		// Media uploads to the embedded store stream into it rather than
 		// being held in memory; see requestConfig.
-		StreamRequestBody:             true,
+		StreamRequestBody: true,
+		// No route takes a multipart form. Parsed ahead of the handler,
+		// one would be read to its declared length, past
+		// MaxRequestBodySize, into temporary files, before any check.
+		DisablePreParseMultipartForm:  true,
 		DisableHeaderNamesNormalizing: false,
 		NoDefaultServerHeader:         false,
 		CloseOnShutdown:               true,
