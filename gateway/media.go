@@ -52,8 +52,9 @@ func (s *Server) serveMedia(ctx *fasthttp.RequestCtx) {
 
 // grantMedia lets the recipient download the object a media send names,
 // before the message is stored: a message whose recipient could not fetch
-// its media is never delivered. It returns the reference to store, or nil
-// after answering the client with an error.
+// its media, or whose size or sha256 are not those of the upload, is never
+// delivered. It returns the reference to store, or nil after answering
+// the client with an error.
 func (s *session) grantMedia(f *protocol.Frame) []byte {
 	if protocol.MediaOwner(f.Media.Key) != s.id.User {
 		s.sendError(protocol.ErrBadMedia, "media.key is not under your upload prefix", f.ID, 0, 0)
@@ -61,7 +62,10 @@ func (s *session) grantMedia(f *protocol.Frame) []byte {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), s.srv.cfg.FunctionTimeout)
 	defer cancel()
-	_, err := s.srv.media.Grant(ctx, f.Media.Key, s.id.User, []string{f.To})
+	_, err := s.srv.media.GrantMessage(ctx, media.GrantRequest{
+		User: s.id.User, Key: f.Media.Key, Users: []string{f.To},
+		Size: f.Media.Size, SHA256: f.Media.SHA256,
+	})
 	switch {
 	case err == nil:
 	case errors.Is(err, media.ErrUnavailable):
@@ -82,12 +86,18 @@ func (s *session) grantMedia(f *protocol.Frame) []byte {
 	return ref
 }
 
-// requestConfig lets an upload to the embedded store run longer and
-// larger than the handshake-sized defaults: its body streams into the
-// object store, which enforces the upload's own size limit.
+// requestConfig decides from a request's header, before its body is
+// read, how long it may take and how large it may be. Only an upload to
+// the embedded store whose signed URL verifies gets more than the
+// handshake-sized defaults (its body streams into the object store, which
+// enforces the upload's own size limit); any other blob request is
+// answered without its body being read. The media API checks the URL, so
+// the gateway need not know how it is signed. Before then no one has
+// shown any right to hold a connection for an upload's time.
 func (s *Server) requestConfig(h *fasthttp.RequestHeader) fasthttp.RequestConfig {
-	if s.mediaAPI.Load() != nil && h.IsPut() && strings.HasPrefix(string(h.RequestURI()), media.PathBlob) {
-		return fasthttp.RequestConfig{ReadTimeout: s.cfg.MediaUploadTimeout, MaxRequestBodySize: 1 << 40}
+	api := s.mediaAPI.Load()
+	if api == nil {
+		return fasthttp.RequestConfig{}
 	}
-	return fasthttp.RequestConfig{}
+	return api.RequestConfig(h, fasthttp.RequestConfig{ReadTimeout: s.cfg.MediaUploadTimeout, MaxRequestBodySize: 1 << 40})
 }

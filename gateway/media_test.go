@@ -1,6 +1,7 @@
 package gateway_test
 
 import (
+	"bufio"
 	"bytes"
 	"context"
 	"crypto/rand"
@@ -8,9 +9,13 @@ import (
 	"encoding/hex"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"io"
 	"mime/multipart"
+	"net"
 	"net/http"
+	"net/url"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -186,6 +191,145 @@ func TestMediaMessageEndToEnd(t *testing.T) {
 				t.Errorf("carol after her refused send: %d, want 403", code)
 			}
 			tk.NoMsg(t, bob, 200*time.Millisecond)
+		})
+	}
+}
+
+// An upload whose URL does not verify is answered 403 from its header
+// alone: the gateway neither waits for its body nor gives it an upload's
+// time, so a client that declares a large body and sends none is not held
+// for the upload timeout. The answer closes the connection.
+func TestUnverifiedUploadIsRefusedBeforeItsBody(t *testing.T) {
+	n := tk.StartNATS(t)
+	g := tk.StartGateway(t, n, tk.TestConfig())
+	cfg := media.DefaultConfig()
+	cfg.UploadExpiry = time.Second
+	tk.StartMedia(t, n, g, cfg)
+
+	ticket := func() *url.URL {
+		var tkt media.Ticket
+		if code := mediaHTTP(t, g, "alice", "POST", media.PathUploads, map[string]any{"mime": "image/png", "size": 100000}, &tkt); code != http.StatusCreated {
+			t.Fatalf("upload ticket: %d", code)
+		}
+		u, err := url.Parse(tkt.URL)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return u
+	}
+	withSig := func(u *url.URL, sig string, drop bool) string {
+		q := u.Query()
+		if drop {
+			q.Del("sig")
+		} else {
+			q.Set("sig", sig)
+		}
+		v := *u
+		v.RawQuery = q.Encode()
+		return v.RequestURI()
+	}
+	fresh, stale := ticket(), ticket()
+	tk.WaitFor(t, wait, func() error {
+		if exp, _ := strconv.ParseInt(stale.Query().Get("exp"), 10, 64); time.Now().UnixMilli() <= exp {
+			return tk.Errorf("the ticket has not expired yet")
+		}
+		return nil
+	})
+	for _, c := range []struct{ name, uri, code string }{
+		{"a tampered signature", withSig(fresh, tamper(fresh.Query().Get("sig")), false), "bad_signature"},
+		{"no signature", withSig(fresh, "", true), "bad_signature"},
+		{"not a key", media.PathBlob + "anything", "not_found"},
+		{"an expired URL", stale.RequestURI(), "url_expired"},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			conn, err := net.Dial("tcp", g.Addr)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer conn.Close()
+			_ = conn.SetDeadline(time.Now().Add(2 * wait)) // a failure bound only
+			// The header and not one byte of the declared body.
+			fmt.Fprintf(conn, "PUT %s HTTP/1.1\r\nHost: %s\r\nContent-Type: image/png\r\nContent-Length: 100000\r\n\r\n", c.uri, g.Addr)
+			br := bufio.NewReader(conn)
+			resp, err := http.ReadResponse(br, nil)
+			if err != nil {
+				t.Fatalf("no answer without the body: %v", err)
+			}
+			b, _ := io.ReadAll(resp.Body)
+			resp.Body.Close()
+			var e media.Error
+			if resp.StatusCode/100 != 4 || json.Unmarshal(b, &e) != nil || e.Code != c.code {
+				t.Fatalf("answer: %d %s, want %s", resp.StatusCode, b, c.code)
+			}
+			if _, err := br.ReadByte(); err != io.EOF {
+				t.Fatalf("the connection stays open after the refusal (%v): the body would be read as a request", err)
+			}
+		})
+	}
+}
+
+// tamper changes a signature's first character, keeping it well formed.
+func tamper(sig string) string {
+	if strings.HasPrefix(sig, "a") {
+		return "b" + sig[1:]
+	}
+	return "a" + sig[1:]
+}
+
+// A media message must describe the object it names: the media function
+// compares its size, and its sha256 where the store knows the object's
+// (the embedded store), with what was uploaded, and refuses a mismatch
+// with bad_media before anything is stored or granted.
+func TestMediaMessageMustMatchTheUpload(t *testing.T) {
+	for _, backend := range []string{"embedded", "minio"} {
+		t.Run(backend, func(t *testing.T) {
+			n := tk.StartNATS(t)
+			g := tk.StartGateway(t, n, tk.TestConfig())
+			cfg := media.DefaultConfig()
+			if backend == "minio" {
+				cfg = tk.MediaS3Config(tk.StartMinIO(t))
+			}
+			tk.StartMedia(t, n, g, cfg)
+			alice := tk.Dial(t, g.URL, "alice", "phone")
+			bob := tk.Dial(t, g.URL, "bob", "phone")
+
+			photo := make([]byte, 1000)
+			_, _ = rand.Read(photo)
+			sum := sha256.Sum256(photo)
+			var ticket media.Ticket
+			if code := mediaHTTP(t, g, "alice", "POST", media.PathUploads, map[string]any{"mime": "image/png", "size": len(photo)}, &ticket); code != http.StatusCreated {
+				t.Fatalf("upload ticket: %d", code)
+			}
+			upload(t, &ticket, photo)
+			ref := protocol.Media{Key: ticket.Key, Mime: "image/png", Size: int64(len(photo)), SHA256: hex.EncodeToString(sum[:])}
+
+			ctx, cancel := context.WithTimeout(context.Background(), wait)
+			defer cancel()
+			otherSum := sha256.Sum256([]byte("other bytes"))
+			wrongSize, wrongSum := ref, ref
+			wrongSize.Size++
+			wrongSum.SHA256 = hex.EncodeToString(otherSum[:])
+			wrong := map[string]protocol.Media{"size": wrongSize}
+			if backend == "embedded" {
+				wrong["sha256"] = wrongSum // S3 gives no sha256 without reading the object: see media/doc.go
+			}
+			for what, m := range wrong {
+				_, err := alice.SendMedia(ctx, "bob", "wrong-"+what, m, nil)
+				if se := (*client.ServerError)(nil); !errors.As(err, &se) || se.Code != protocol.ErrBadMedia {
+					t.Errorf("a message with another %s: %v, want bad_media", what, err)
+				}
+			}
+			// Nothing was granted: bob may not download the object yet.
+			if code := mediaHTTP(t, g, "bob", "GET", media.PathDownload+"?key="+ticket.Key, nil, nil); code != http.StatusForbidden {
+				t.Errorf("bob's download after refused sends: %d, want 403", code)
+			}
+			// The true description goes through, and is the next message bob gets.
+			if _, err := alice.SendMedia(ctx, "bob", "right", ref, nil); err != nil {
+				t.Fatal(err)
+			}
+			if m := tk.RecvMsg(t, bob, wait); m.ID != "right" || m.Media == nil || *m.Media != ref {
+				t.Fatalf("bob got %s with %+v, want the matching message", m.ID, m.Media)
+			}
 		})
 	}
 }

@@ -172,13 +172,23 @@ func New(ctx context.Context, cfg Config, keys *Keys, nc *nats.Conn, log *slog.L
 		MaxRequestBodySize: 64 << 10,
 		// Media uploads to the embedded store stream into it rather than
 		// being held in memory; see requestConfig.
-		StreamRequestBody:             true,
+		StreamRequestBody: true,
+		// No route takes a multipart form. Parsed ahead of the handler,
+		// one would be read to its declared length, past
+		// MaxRequestBodySize, into temporary files, before any check.
+		DisablePreParseMultipartForm:  true,
 		DisableHeaderNamesNormalizing: false,
 		NoDefaultServerHeader:         false,
 		CloseOnShutdown:               true,
 		// Upgraded connections are closed by the gateway itself; without
 		// this, closing one would be a no-op until its handler returned.
 		KeepHijackedConns: true,
+		// fasthttp's own lines would quote the raw request, credentials
+		// and all; httpLogger keeps only what cannot carry one, and with
+		// SecureErrorLogMessage fasthttp leaves the request out of its
+		// errors in the first place.
+		Logger:                httpLogger{log: s.log},
+		SecureErrorLogMessage: true,
 	}
 	go s.leaseLoop()
 	go s.sweepLoop()

@@ -40,8 +40,9 @@ const maxJSONBody = 256 << 10
 //	POST /v1/media/grants             {"key":KEY,"users":["bob"]}
 //	     200 GrantResult; 400 bad_request, 403 forbidden (not the uploader), 404 not_found, 413 too_large
 //	PUT  /v1/media/blob/KEY?type&max&exp&sig   (embedded store; the Ticket's URL)
-//	     201 UploadResult {"key","size","sha256","mime"}; 400, 403 bad_signature/url_expired,
-//	     409 exists, 411 length_required, 413 too_large, 415 bad_type
+//	     201 UploadResult {"key","size","sha256","mime"}; 400 bad_request (a body that is not its
+//	     Content-Length), 403 bad_signature/url_expired, 409 exists, 411 length_required,
+//	     413 too_large, 415 bad_type
 //	GET  /v1/media/blob/KEY?exp&sig            (embedded store; the DownloadURL's URL)
 //	     200 the bytes; 403 bad_signature/url_expired, 404 not_found
 //
@@ -58,7 +59,8 @@ const maxJSONBody = 256 << 10
 // (StreamRequestBody: true); without it uploads above MaxRequestBodySize
 // are refused by fasthttp before reaching Blob. The server's ReadTimeout
 // covers a whole upload, so it must allow the largest upload at the
-// slowest client speed the deployment supports.
+// slowest client speed the deployment supports; RequestConfig, as the
+// server's HeaderReceived hook, gives that time to verified uploads only.
 //
 // An API is safe from many goroutines.
 type API struct {
@@ -147,6 +149,43 @@ func (a *API) Blob(ctx *fasthttp.RequestCtx) {
 		return
 	}
 	a.blob.serveBlob(ctx)
+}
+
+// RequestConfig is for the HTTP server's HeaderReceived hook: it decides
+// what a request on PathBlob may cost from its header alone, before any
+// of its body is read. A PUT whose URL verifies (signed by this store,
+// exactly as issued, not expired) gets upload, the time and body size an
+// upload needs. A blob request that does not verify (a bad or missing
+// signature, an expired URL, a path that is no key, another method, or
+// any at all without an embedded store) keeps the server's limits and has
+// its body cut off: its header is made to declare no body and to close
+// the connection, so the server reads none of the body and Blob answers
+// the refusal at once. Anything else is left as it is, with the zero
+// RequestConfig (the server's own limits).
+//
+// The path is parsed as the server will parse it to route the request,
+// so no spelling of a blob path escapes the check.
+func (a *API) RequestConfig(h *fasthttp.RequestHeader, upload fasthttp.RequestConfig) fasthttp.RequestConfig {
+	uri := fasthttp.AcquireURI()
+	defer fasthttp.ReleaseURI(uri)
+	if uri.Parse(h.Host(), h.RequestURI()) != nil || !bytes.HasPrefix(uri.Path(), []byte(PathBlob)) {
+		return fasthttp.RequestConfig{}
+	}
+	err := ErrNotFound
+	var g blobGrant
+	if a.blob != nil {
+		g, err = a.blob.verify(h.Method(), uri)
+	}
+	if err != nil {
+		h.SetContentLength(0)        // and no Transfer-Encoding
+		h.Del(fasthttp.HeaderExpect) // no "100 Continue" inviting the body
+		h.SetConnectionClose()       // what was sent of it is never read as a request
+		return fasthttp.RequestConfig{}
+	}
+	if g.method == http.MethodPut {
+		return upload
+	}
+	return fasthttp.RequestConfig{}
 }
 
 func (a *API) answer(ctx *fasthttp.RequestCtx, status int, v any, err error) {

@@ -59,6 +59,17 @@ func (c *Client) Grant(ctx context.Context, key, owner string, users []string) (
 	return &g, nil
 }
 
+// GrantMessage is Grant for a media message: r also carries what the
+// message says of the object (Size, SHA256), and the grant is refused with
+// ErrBadRequest unless the stored object matches it.
+func (c *Client) GrantMessage(ctx context.Context, r GrantRequest) (*GrantResult, error) {
+	var g GrantResult
+	if err := c.call(ctx, SubjectGrant, r, &g); err != nil {
+		return nil, err
+	}
+	return &g, nil
+}
+
 func (c *Client) call(ctx context.Context, subject string, in, out any) error {
 	data, err := json.Marshal(in)
 	if err != nil {

@@ -19,6 +19,21 @@
 //     deployments with no object store, served by the binary's own HTTP
 //     server with HMAC-signed URLs.
 //
+// Digests: a media message carries the object's size and sha256 so the
+// recipient can check what it downloaded; that check is what protects a
+// recipient, whatever the store. The function also refuses to grant a
+// media message that does not describe its object: the size always (a
+// Stat, which the grant makes anyway), the sha256 on the embedded store,
+// which keeps the SHA-256 it computed while storing the bytes. S3 gives
+// no sha256 of an object uploaded with a POST policy short of reading it
+// back: its ETag is an MD5, or a hash of part hashes, and it stores a
+// SHA-256 checksum only if the upload sent one, which the ticket does not
+// ask for (binding one in the POST policy would need the digest in the
+// upload request). Reading the object back would cost a download per
+// message sent. So on S3 a wrong digest passes the grant: the recipient's
+// check refuses the download, and a sender who lies about its own upload
+// breaks only its own message.
+//
 // What it must not do: authenticate tokens (the gateway does, and passes
 // the user in), import the gateway, hold credentials in URLs beyond their
 // signature, or log tickets or URLs, which are credentials.

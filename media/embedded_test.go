@@ -234,3 +234,75 @@ func TestGrantsMergeConcurrently(t *testing.T) {
 		t.Fatalf("record after concurrent grants: %+v, %v", g, err)
 	}
 }
+
+// A signature has one spelling: the strict raw base64url of its HMAC.
+// Another spelling of the same bytes (other trailing bits, a line break,
+// padding) and anything that is no signature at all are all refused
+// with 403 bad_signature, on downloads and uploads alike.
+func TestEmbeddedSignatureHasOneSpelling(t *testing.T) {
+	t.Parallel()
+	h := backend{}.start(t)
+	data := randomBytes(t, 64)
+	key := h.mustUpload("alice", "image/png", data)
+	d, r := h.downloadURL("alice", key)
+	if d == nil {
+		t.Fatal(r)
+	}
+	tk := h.ticket("alice", "image/png", 64)
+
+	// withSig is rawURL with its sig set to sig, or removed when sig is nil.
+	withSig := func(rawURL string, sig *string) string {
+		u, err := url.Parse(rawURL)
+		if err != nil {
+			t.Fatal(err)
+		}
+		q := u.Query()
+		if sig == nil {
+			q.Del("sig")
+		} else {
+			q.Set("sig", *sig)
+		}
+		u.RawQuery = q.Encode()
+		return u.String()
+	}
+	spellings := func(rawURL string) map[string]*string {
+		u, _ := url.Parse(rawURL)
+		sig := u.Query().Get("sig")
+		const alphabet = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
+		// 32 bytes take 43 characters: the last one carries 4 bits of the
+		// HMAC and 2 that must be zero.
+		last := strings.IndexByte(alphabet, sig[len(sig)-1])
+		s := func(v string) *string { return &v }
+		out := map[string]*string{
+			"line break at the end":    s(sig + "\n"),
+			"line break in the middle": s(sig[:20] + "\r\n" + sig[20:]),
+			"padded":                   s(sig + "="),
+			"standard alphabet":        s(strings.NewReplacer("-", "+", "_", "/").Replace(sig) + "+/"),
+			"garbage":                  s("!!not base64!!"),
+			"too short":                s(sig[:40]),
+			"empty":                    s(""),
+			"missing":                  nil,
+		}
+		for k := 1; k <= 3; k++ {
+			out[fmt.Sprintf("trailing bits %02b", k)] = s(sig[:len(sig)-1] + string(alphabet[last^k]))
+		}
+		return out
+	}
+	for name, sig := range spellings(d.URL) {
+		if r := h.get(withSig(d.URL, sig)); r.status != http.StatusForbidden || r.code() != "bad_signature" {
+			t.Errorf("download, sig %s: %s", name, r)
+		}
+	}
+	for name, sig := range spellings(tk.URL) {
+		if r := h.upload(tk, data, uploadOpts{url: withSig(tk.URL, sig)}); r.status != http.StatusForbidden || r.code() != "bad_signature" {
+			t.Errorf("upload, sig %s: %s", name, r)
+		}
+	}
+	// The one true spelling still works, for both.
+	if r := h.get(d.URL); r.status != http.StatusOK {
+		t.Fatalf("download with the issued URL: %s", r)
+	}
+	if r := h.upload(tk, data); r.status != http.StatusCreated {
+		t.Fatalf("upload with the issued URL: %s", r)
+	}
+}

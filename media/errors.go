@@ -16,11 +16,11 @@ import (
 // The codes, their HTTP status and when they are used:
 //
 //	code                status  when
-//	bad_request         400     malformed JSON, key, user id or URL parameter; size below 1 byte; body shorter than its Content-Length
+//	bad_request         400     malformed JSON, key or user id; size below 1 byte; body shorter than its Content-Length
 //	unauthorized        401     no or bad token on an authenticated route (answered by the gateway, never by this package)
 //	forbidden           403     download by someone the object was not granted to; grant of a key outside u/<caller>/
 //	url_expired         403     a signed URL used after its expiry
-//	bad_signature       403     a signed URL whose signature does not match (tampered, or signed with another key)
+//	bad_signature       403     a signed URL that is not exactly as issued: a parameter missing, malformed, respelled or altered, or signed with another key
 //	not_found           404     no such object, route or embedded store
 //	method_not_allowed  405     a route called with the wrong method
 //	exists              409     a second upload to a key that already holds (or is receiving) an object

@@ -131,7 +131,11 @@ func (b backend) start(t testing.TB, mod ...func(*media.Config)) *harness {
 			}
 		},
 		// As the gateway's: a small buffered body limit, so uploads above
-		// it prove the blob route streams.
+		// it prove the blob route streams, and an upload's time and size
+		// only for a URL that verifies.
+		HeaderReceived: func(hdr *fasthttp.RequestHeader) fasthttp.RequestConfig {
+			return api.RequestConfig(hdr, fasthttp.RequestConfig{ReadTimeout: time.Minute, MaxRequestBodySize: 1 << 40})
+		},
 		MaxRequestBodySize: 64 << 10,
 		StreamRequestBody:  true,
 		CloseOnShutdown:    true,

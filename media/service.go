@@ -54,10 +54,18 @@ type DownloadRequest struct {
 }
 
 // GrantRequest lets Users download Key; User must own it.
+//
+// A grant made for a media message also carries what the message says of
+// the object, Size and SHA256 (hex), and is refused with ErrBadRequest
+// unless the stored object matches: its size always, its digest where the
+// store knows it (the embedded store; S3 does not, see doc.go). Zero
+// values check nothing, as for a grant through the HTTP API.
 type GrantRequest struct {
-	User  string   `json:"user"`
-	Key   string   `json:"key"`
-	Users []string `json:"users"`
+	User   string   `json:"user"`
+	Key    string   `json:"key"`
+	Users  []string `json:"users"`
+	Size   int64    `json:"size,omitempty"`
+	SHA256 string   `json:"sha256,omitempty"`
 }
 
 // GrantResult is the record after a grant: everyone who may download Key
@@ -256,28 +264,47 @@ func (s *Service) Download(ctx context.Context, user, key string) (*DownloadURL,
 // yet with ErrNotFound. Users are added to earlier grants, never replace
 // them. A grant with no users still marks the object as referenced.
 func (s *Service) Grant(ctx context.Context, key, owner string, users []string) error {
-	_, err := s.grant(ctx, key, owner, users)
+	_, err := s.grant(ctx, GrantRequest{User: owner, Key: key, Users: users})
 	return err
 }
 
-func (s *Service) grant(ctx context.Context, key, owner string, users []string) (grantRecord, error) {
-	keyOwner, err := ParseKey(key)
+func (s *Service) grant(ctx context.Context, r GrantRequest) (grantRecord, error) {
+	keyOwner, err := ParseKey(r.Key)
 	if err != nil {
 		return grantRecord{}, err
 	}
-	if !protocol.ValidID(owner) {
+	if !protocol.ValidID(r.User) {
 		return grantRecord{}, errorf(ErrBadRequest, "user id must be 1-64 characters of A-Z a-z 0-9 _ -")
 	}
-	if keyOwner != owner {
-		return grantRecord{}, errorf(ErrForbidden, "only the uploader can grant a key; %s may grant keys under u/%s/ only", owner, owner)
+	if keyOwner != r.User {
+		return grantRecord{}, errorf(ErrForbidden, "only the uploader can grant a key; %s may grant keys under u/%s/ only", r.User, r.User)
 	}
-	if _, err := s.store.Stat(ctx, key); err != nil {
+	info, err := s.store.Stat(ctx, r.Key)
+	if err != nil {
 		if errors.Is(err, ErrNotFound) {
 			return grantRecord{}, errorf(ErrNotFound, "no object has been uploaded under this key")
 		}
 		return grantRecord{}, err
 	}
-	return s.acl.grant(ctx, key, owner, users)
+	if err := r.describes(info); err != nil {
+		return grantRecord{}, err
+	}
+	return s.acl.grant(ctx, r.Key, r.User, r.Users)
+}
+
+// describes checks what a media message says of an object against the
+// object as stored. A sender who lies about its own upload would only
+// break its message (the recipient checks the digest of what it
+// downloads), but refusing here keeps such a message from being stored
+// and tells the sender why.
+func (r GrantRequest) describes(info ObjectInfo) error {
+	if r.Size != 0 && r.Size != info.Size {
+		return errorf(ErrBadRequest, "the message says %d bytes, but %d were uploaded under this key", r.Size, info.Size)
+	}
+	if r.SHA256 != "" && info.SHA256 != "" && r.SHA256 != info.SHA256 {
+		return errorf(ErrBadRequest, "the message's sha256 is not that of the bytes uploaded under this key")
+	}
+	return nil
 }
 
 // Allowed reports whether user may download key: its uploader always may,
@@ -322,7 +349,7 @@ func (s *Service) handleGrant(req micro.Request) {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), s.cfg.RequestTimeout)
 	defer cancel()
-	rec, err := s.grant(ctx, r.Key, r.User, r.Users)
+	rec, err := s.grant(ctx, r)
 	s.respond(req, GrantResult{Key: r.Key, Owner: rec.Owner, Users: rec.Users}, err)
 }
 

@@ -32,6 +32,9 @@ type ObjectInfo struct {
 	Size        int64
 	ContentType string
 	Modified    time.Time
+	// SHA256 is the hex digest of the bytes as stored, or "" when the
+	// store cannot tell without reading them (S3: see doc.go).
+	SHA256 string
 }
 
 // Ticket is what a client needs to upload one object straight to the

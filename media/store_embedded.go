@@ -11,7 +11,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"hash"
 	"io"
 	"iter"
 	"log/slog"
@@ -169,13 +168,20 @@ func (s *embeddedStore) Stat(ctx context.Context, key string) (ObjectInfo, error
 	return objectInfo(info), nil
 }
 
+// objectInfo describes an object. Its digest is the object store's own:
+// the SHA-256 this process computed over the bytes as it stored them
+// (servePut is the only writer), which every read checks them against.
 func objectInfo(info *jetstream.ObjectInfo) ObjectInfo {
-	return ObjectInfo{
+	oi := ObjectInfo{
 		Key:         info.Name,
 		Size:        int64(info.Size),
 		ContentType: info.Headers.Get("Content-Type"),
 		Modified:    info.ModTime,
 	}
+	if sum, err := jetstream.DecodeObjectDigest(info.Digest); err == nil && len(sum) == sha256.Size {
+		oi.SHA256 = hex.EncodeToString(sum)
+	}
+	return oi
 }
 
 func (s *embeddedStore) Objects(ctx context.Context) iter.Seq2[ObjectInfo, error] {
@@ -207,47 +213,97 @@ func (s *embeddedStore) Remove(ctx context.Context, key string) error {
 	return nil
 }
 
-// serveBlob answers the signed routes. The signature is checked before the
-// expiry so that an unsigned request learns nothing, and both before any
-// store access.
+// serveBlob answers the signed routes.
 func (s *embeddedStore) serveBlob(ctx *fasthttp.RequestCtx) {
-	key := strings.TrimPrefix(string(ctx.Path()), PathBlob)
-	if _, err := ParseKey(key); err != nil {
-		writeError(ctx, ErrNotFound)
+	g, err := s.verify(ctx.Method(), ctx.URI())
+	if err != nil {
+		// A refused upload's body is still on the wire; closing the
+		// connection is the only way not to parse it as the next request.
+		ctx.SetConnectionClose()
+		if errors.Is(err, ErrMethodNotAllowed) {
+			ctx.Response.Header.Set("Allow", "GET, PUT")
+		}
+		writeError(ctx, err)
 		return
 	}
-	switch string(ctx.Method()) {
+	if g.method == http.MethodPut {
+		s.servePut(ctx, g)
+		return
+	}
+	s.serveGet(ctx, g)
+}
+
+// blobGrant is what a verified blob URL allows: a method on a key until
+// expMS and, for an upload, one body of exactly type mime and at most
+// limit bytes.
+type blobGrant struct {
+	method, key, mime string
+	limit, expMS      int64
+}
+
+// verify checks a blob request from its method and URL alone, before any
+// of its body is read: the key, the method, the signature over everything
+// the URL grants, and last the expiry, so a request this store did not
+// sign learns nothing else. A URL is accepted in exactly the spelling
+// PresignUpload or PresignDownload gave it; whatever else is wrong with
+// one (a parameter missing, malformed or spelled another way, a signature
+// that does not match) is ErrBadSignature.
+func (s *embeddedStore) verify(method []byte, uri *fasthttp.URI) (blobGrant, *Error) {
+	g := blobGrant{key: strings.TrimPrefix(string(uri.Path()), PathBlob)}
+	if _, err := ParseKey(g.key); err != nil {
+		return g, ErrNotFound
+	}
+	args := uri.QueryArgs()
+	switch string(method) {
 	case http.MethodPut:
-		s.servePut(ctx, key)
+		g.method = http.MethodPut
+		g.mime = string(args.Peek("type"))
+		limit, ok := parseDecimal(args.Peek("max"))
+		if !ok || limit < 1 || g.mime == "" {
+			return g, errorf(ErrBadSignature, "the URL's type and max parameters are not as signed")
+		}
+		g.limit = limit
 	case http.MethodGet:
-		s.serveGet(ctx, key)
+		g.method = http.MethodGet
 	default:
-		ctx.Response.Header.Set("Allow", "GET, PUT")
-		writeError(ctx, ErrMethodNotAllowed)
+		return g, ErrMethodNotAllowed
 	}
+	expMS, ok := parseDecimal(args.Peek("exp"))
+	if !ok {
+		return g, errorf(ErrBadSignature, "the URL's exp parameter is not as signed")
+	}
+	g.expMS = expMS
+	sig, ok := decodeSig(args.Peek("sig"))
+	if !ok || !hmac.Equal(sig, s.mac(g.method, g.key, g.mime, g.limit, g.expMS)) {
+		return g, ErrBadSignature
+	}
+	if time.Now().UnixMilli() > g.expMS {
+		return g, ErrURLExpired
+	}
+	return g, nil
 }
 
-// checkURL verifies the signature and expiry of a signed URL.
-func (s *embeddedStore) checkURL(ctx *fasthttp.RequestCtx, method, key, mime string, maxSize int64) error {
-	args := ctx.QueryArgs()
-	expMS, err := strconv.ParseInt(string(args.Peek("exp")), 10, 64)
-	if err != nil {
-		return errorf(ErrBadRequest, "the URL lacks a valid exp parameter")
+// decodeSig reads a signature in its one spelling: the raw base64url of
+// an HMAC-SHA256, with the unused trailing bits zero (Strict) and no line
+// breaks, which even the strict decoder skips. Any other spelling of the
+// same bytes would be a second URL for one grant.
+func decodeSig(p []byte) ([]byte, bool) {
+	if len(p) != base64.RawURLEncoding.EncodedLen(sha256.Size) || bytes.ContainsAny(p, "\r\n") {
+		return nil, false
 	}
-	sig, err := base64.RawURLEncoding.DecodeString(string(args.Peek("sig")))
-	if err != nil || len(sig) == 0 {
-		return errorf(ErrBadRequest, "the URL lacks a valid sig parameter")
-	}
-	if !hmac.Equal(sig, s.mac(method, key, mime, maxSize, expMS)) {
-		return ErrBadSignature
-	}
-	if time.Now().UnixMilli() > expMS {
-		return ErrURLExpired
-	}
-	return nil
+	sig := make([]byte, sha256.Size)
+	n, err := base64.RawURLEncoding.Strict().Decode(sig, p)
+	return sig, err == nil && n == sha256.Size
 }
 
-func (s *embeddedStore) servePut(ctx *fasthttp.RequestCtx, key string) {
+// parseDecimal reads a number as strconv.FormatInt writes it: no sign,
+// no leading zeros, nothing around it.
+func parseDecimal(p []byte) (int64, bool) {
+	v, err := strconv.ParseInt(string(p), 10, 64)
+	return v, err == nil && strconv.FormatInt(v, 10) == string(p)
+}
+
+func (s *embeddedStore) servePut(ctx *fasthttp.RequestCtx, g blobGrant) {
 	// Every refusal before the body is read leaves the body on the wire;
 	// closing the connection is the only way not to parse it as the next
 	// request.
@@ -255,17 +311,7 @@ func (s *embeddedStore) servePut(ctx *fasthttp.RequestCtx, key string) {
 		ctx.SetConnectionClose()
 		writeError(ctx, e)
 	}
-	args := ctx.QueryArgs()
-	mime := string(args.Peek("type"))
-	limit, err := strconv.ParseInt(string(args.Peek("max")), 10, 64)
-	if err != nil || limit < 1 || mime == "" {
-		refuse(errorf(ErrBadRequest, "the URL lacks valid type and max parameters"))
-		return
-	}
-	if err := s.checkURL(ctx, http.MethodPut, key, mime, limit); err != nil {
-		refuse(asError(err))
-		return
-	}
+	key, mime, limit := g.key, g.mime, g.limit
 	if ct := string(ctx.Request.Header.ContentType()); ct != mime {
 		refuse(errorf(ErrBadType, "Content-Type must be %s, as signed", mime))
 		return
@@ -325,7 +371,7 @@ func (s *embeddedStore) servePut(ctx *fasthttp.RequestCtx, key string) {
 	} else {
 		body = bytes.NewReader(ctx.PostBody()) // already read, within the server's MaxRequestBodySize
 	}
-	b := &boundedBody{r: io.LimitReader(body, limit+1), max: limit, want: length, sum: sha256.New()}
+	b := &boundedBody{r: io.LimitReader(body, limit+1), max: limit, want: length}
 	meta := jetstream.ObjectMeta{Name: key, Headers: nats.Header{"Content-Type": []string{mime}}}
 	info, err := s.obs.Put(sctx, meta, b)
 	if err != nil {
@@ -345,7 +391,7 @@ func (s *embeddedStore) servePut(ctx *fasthttp.RequestCtx, key string) {
 	writeJSON(ctx, http.StatusCreated, UploadResult{
 		Key:    key,
 		Size:   int64(info.Size),
-		SHA256: hex.EncodeToString(b.sum.Sum(nil)),
+		SHA256: objectInfo(info).SHA256,
 		Mime:   mime,
 	})
 }
@@ -359,11 +405,8 @@ type UploadResult struct {
 	Mime   string `json:"mime"`
 }
 
-func (s *embeddedStore) serveGet(ctx *fasthttp.RequestCtx, key string) {
-	if err := s.checkURL(ctx, http.MethodGet, key, "", 0); err != nil {
-		writeError(ctx, asError(err))
-		return
-	}
+func (s *embeddedStore) serveGet(ctx *fasthttp.RequestCtx, g blobGrant) {
+	key := g.key
 	// The body is written after this handler returns, so the read must not
 	// hang off the request's context; closing the body ends it.
 	rctx, cancel := context.WithCancel(context.Background())
@@ -386,13 +429,12 @@ func (s *embeddedStore) serveGet(ctx *fasthttp.RequestCtx, key string) {
 		writeError(ctx, ErrInternal)
 		return
 	}
-	expMS, _ := strconv.ParseInt(string(ctx.QueryArgs().Peek("exp")), 10, 64)
 	ctx.SetStatusCode(http.StatusOK)
 	ctx.SetContentType(info.Headers.Get("Content-Type"))
 	ctx.Response.Header.Set("X-Content-Type-Options", "nosniff")
 	// Keys are never reused, so the bytes never change: the client may
 	// keep them while the URL is valid.
-	ctx.Response.Header.Set("Cache-Control", "private, max-age="+strconv.FormatInt(max(0, (expMS-time.Now().UnixMilli())/1000), 10))
+	ctx.Response.Header.Set("Cache-Control", "private, max-age="+strconv.FormatInt(max(0, (g.expMS-time.Now().UnixMilli())/1000), 10))
 	ctx.SetBodyStream(&closeBoth{ReadCloser: res, cancel: cancel}, int(info.Size))
 }
 
@@ -414,7 +456,6 @@ type boundedBody struct {
 	r         io.Reader
 	n         int64
 	max, want int64
-	sum       hash.Hash
 }
 
 // readError marks a failure of the client's body, as opposed to the store.
@@ -426,7 +467,6 @@ func (e *readError) Unwrap() error { return e.err }
 func (b *boundedBody) Read(p []byte) (int, error) {
 	n, err := b.r.Read(p)
 	b.n += int64(n)
-	b.sum.Write(p[:n])
 	switch {
 	case b.n > b.max:
 		return n, &readError{ErrTooLarge}

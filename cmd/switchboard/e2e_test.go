@@ -53,6 +53,9 @@ type proc struct {
 	NATSURL string        // only for the all-in-one
 	exited  chan struct{} // closed when the process has exited
 	exitErr error         // valid after exited is closed
+	// logsDone is closed once every line the process wrote to stderr is
+	// in logs: at its exit, or earlier if it closed stderr.
+	logsDone chan struct{}
 
 	mu   sync.Mutex
 	logs []string
@@ -68,17 +71,26 @@ func start(t testing.TB, args ...string) *proc {
 func startBinary(t testing.TB, bin string, args ...string) *proc {
 	t.Helper()
 	cmd := exec.Command(bin, append(args, "--log-format", "json", "--listen", "127.0.0.1:0")...)
-	stderr, err := cmd.StderrPipe()
+	// A pipe of our own rather than StderrPipe, whose read end Wait closes
+	// at exit, perhaps before the last lines are read.
+	stderr, w, err := os.Pipe()
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := cmd.Start(); err != nil {
+	cmd.Stderr = w
+	err = cmd.Start()
+	w.Close()
+	if err != nil {
+		stderr.Close()
 		t.Fatal(err)
 	}
-	p := &proc{cmd: cmd, exited: make(chan struct{})}
+	p := &proc{cmd: cmd, exited: make(chan struct{}), logsDone: make(chan struct{})}
 	ready := make(chan struct{})
 	go func() {
+		defer close(p.logsDone)
+		defer stderr.Close()
 		sc := bufio.NewScanner(stderr)
+		sc.Buffer(nil, 4<<20)
 		var once sync.Once
 		for sc.Scan() {
 			line := sc.Text()

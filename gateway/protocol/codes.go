@@ -43,7 +43,7 @@ var Errors = []ErrorInfo{
 	{ErrInternal, true, "An unexpected server error; resend after a pause."},
 	{ErrTooMany, false, "The frame would pass a per-connection limit (presence subscriptions); `message` says which."},
 	{ErrUnavailable, true, "A worker function (receipts, presence, media) did not answer in time; resend after a pause."},
-	{ErrBadMedia, false, "`media` names an object that is not this user's upload or was not uploaded (yet); `message` says which."},
+	{ErrBadMedia, false, "`media` names an object that is not this user's upload or was not uploaded (yet), or gives a `size` or `sha256` other than the upload's; `message` says which."},
 }
 
 // Close codes sent in the WebSocket close frame. 1000-1015 are RFC 6455's;

@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"log/slog"
 	"net"
 	"net/http"
 	"net/url"
@@ -568,6 +569,11 @@ func (n *Node) Connect(t testing.TB) (*nats.Conn, jetstream.JetStream) {
 // here, such as a cluster node: the gateway connects to url first.
 func StartGatewayURL(t testing.TB, url string, cfg gateway.Config) *Gateway {
 	t.Helper()
+	return startGateway(t, url, cfg, Logger(t))
+}
+
+func startGateway(t testing.TB, url string, cfg gateway.Config, log *slog.Logger) *Gateway {
+	t.Helper()
 	nc, err := nats.Connect(url, append(TestKeys(t).Options(natsauth.Gateway),
 		nats.MaxReconnects(-1), nats.ReconnectWait(50*time.Millisecond))...)
 	if err != nil {
@@ -579,7 +585,7 @@ func StartGatewayURL(t testing.TB, url string, cfg gateway.Config) *Gateway {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	srv, err := gateway.New(ctx, cfg, keys, nc, Logger(t))
+	srv, err := gateway.New(ctx, cfg, keys, nc, log)
 	if err != nil {
 		t.Fatal(err)
 	}

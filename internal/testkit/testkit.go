@@ -4,6 +4,7 @@
 package testkit
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"fmt"
@@ -53,6 +54,31 @@ func Logger(t testing.TB) *slog.Logger {
 		return slog.New(slog.NewTextHandler(io.Discard, nil))
 	}
 	return slog.New(slog.NewTextHandler(tlogWriter{t}, &slog.HandlerOptions{Level: slog.LevelDebug}))
+}
+
+// LogBuffer keeps everything logged through its Logger, at debug level,
+// for tests of what a component logs. It is safe from many goroutines.
+type LogBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+// Logger returns a text logger at debug level writing to l.
+func (l *LogBuffer) Logger() *slog.Logger {
+	return slog.New(slog.NewTextHandler(l, &slog.HandlerOptions{Level: slog.LevelDebug}))
+}
+
+func (l *LogBuffer) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.Write(p)
+}
+
+// String is everything logged so far.
+func (l *LogBuffer) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.String()
 }
 
 type tlogWriter struct{ t testing.TB }
@@ -188,6 +214,13 @@ func TestConfig() gateway.Config {
 func StartGateway(t testing.TB, n *NATS, cfg gateway.Config) *Gateway {
 	t.Helper()
 	return StartGatewayURL(t, n.Server.ClientURL(), cfg)
+}
+
+// StartGatewayLog is StartGateway with the gateway logging to log, for
+// tests of what the gateway writes there.
+func StartGatewayLog(t testing.TB, n *NATS, cfg gateway.Config, log *slog.Logger) *Gateway {
+	t.Helper()
+	return startGateway(t, n.Server.ClientURL(), cfg, log)
 }
 
 // Kill drops the gateway as a crash would: every socket is dropped with no
