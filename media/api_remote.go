@@ -12,10 +12,7 @@ import (
 // function may read. The embedded store's blob URLs are served where the
 // function runs (the all-in-one, or `switchboard function media
 // --media-listen`); here Blob answers not_found.
-func NewRemoteAPI(nc *nats.Conn, cfg Config, log *slog.Logger) (*API, error) {
-	if err := cfg.Validate(); err != nil {
-		return nil, err
-	}
+func NewRemoteAPI(nc *nats.Conn, cfg Config, log *slog.Logger) *API {
 	cfg = cfg.withDefaults()
-	return &API{client: NewClient(nc, cfg.RequestTimeout), log: log.WithGroup("media")}, nil
+	return &API{client: NewClient(nc, cfg.RequestTimeout), log: log.WithGroup("media")}
 }

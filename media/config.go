@@ -87,10 +87,11 @@ type Config struct {
 	// clients reach it; the embedded store's signed URLs point at it.
 	// Required with the embedded store, unused with S3.
 	BaseURL string
-	// SigningKey signs the embedded store's URLs; at least 32 bytes. Empty
-	// means a random key made once and kept in the MEDIA_ACL bucket, so all
-	// instances on one NATS verify each other's URLs and a restart does not
-	// void URLs already handed out.
+	// SigningKey signs the embedded store's URLs; at least 32 bytes,
+	// required with the embedded store. Every instance must have the same
+	// one (LoadOrCreateSigningKey keeps it in a file), and only media
+	// instances may: it is never stored in NATS, where other components
+	// could read it and forge URLs.
 	SigningKey []byte
 
 	// Limits maps each class to its size limit and types. Nil means
@@ -187,8 +188,8 @@ func (c Config) Validate() error {
 		case err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" || (u.Path != "" && u.Path != "/") || u.RawQuery != "":
 			return bad("BaseURL %q must be http(s)://host[:port]", c.BaseURL)
 		}
-		if len(c.SigningKey) > 0 && len(c.SigningKey) < 32 {
-			return bad("SigningKey must be at least 32 bytes (or empty for a generated one)")
+		if len(c.SigningKey) < 32 {
+			return bad("SigningKey must be at least 32 bytes with the embedded store")
 		}
 	} else {
 		switch {

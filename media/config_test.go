@@ -13,8 +13,9 @@ import (
 func TestConfigValidate(t *testing.T) {
 	ok := media.DefaultConfig()
 	ok.BaseURL = "http://127.0.0.1:8080"
+	ok.SigningKey = []byte("0123456789abcdef0123456789abcdef")
 	if err := ok.Validate(); err != nil {
-		t.Fatalf("defaults with a base URL: %v", err)
+		t.Fatalf("defaults with a base URL and a key: %v", err)
 	}
 	if d := media.DefaultConfig(); d.UploadExpiry != 15*time.Minute || d.DownloadExpiry != 15*time.Minute ||
 		d.OrphanAge != 24*time.Hour || d.Limits[media.ClassVideo].MaxSize != 64*media.MiB ||
@@ -28,6 +29,7 @@ func TestConfigValidate(t *testing.T) {
 		{"no base URL", "BaseURL", func(c *media.Config) { c.BaseURL = "" }},
 		{"base URL with a path", "BaseURL", func(c *media.Config) { c.BaseURL = "http://h/x" }},
 		{"short signing key", "SigningKey", func(c *media.Config) { c.SigningKey = []byte("short") }},
+		{"no signing key", "SigningKey", func(c *media.Config) { c.SigningKey = nil }},
 		{"upload expiry above 7 days", "UploadExpiry", func(c *media.Config) { c.UploadExpiry = 7*24*time.Hour + time.Second }},
 		{"download expiry above 7 days", "DownloadExpiry", func(c *media.Config) { c.DownloadExpiry = 8 * 24 * time.Hour }},
 		{"download expiry below 1s", "DownloadExpiry", func(c *media.Config) { c.DownloadExpiry = time.Millisecond }},

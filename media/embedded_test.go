@@ -10,6 +10,8 @@ import (
 	"net"
 	"net/http"
 	"net/url"
+	"os"
+	"path/filepath"
 	"strings"
 	"sync"
 	"testing"
@@ -102,8 +104,9 @@ func rawPut(t *testing.T, tk *media.Ticket, length int, body string) string {
 	return fmt.Sprintf("HTTP/1.1 %d %s", resp.StatusCode, b)
 }
 
-// Instances on one NATS sign with one generated key, so a URL issued by
-// one is served by another, and by the same one after a restart.
+// Instances given one key (a file each has a copy of) serve each other's
+// URLs, and an instance with another key serves none of them. The key is
+// nowhere in NATS, where other components could read it.
 func TestEmbeddedInstancesShareSigningKey(t *testing.T) {
 	t.Parallel()
 	h := backend{}.start(t)
@@ -134,6 +137,47 @@ func TestEmbeddedInstancesShareSigningKey(t *testing.T) {
 	}
 	if status, body := serveWith(t, foreign, d.URL); status != http.StatusForbidden || !strings.Contains(body, "bad_signature") {
 		t.Fatalf("instance with another key: %d %s", status, body)
+	}
+	for _, bucket := range []string{media.BucketACL, media.BucketUploads} {
+		kv, err := h.n.JS.KeyValue(ctx, bucket)
+		if err != nil {
+			t.Fatal(err)
+		}
+		keys, err := kv.ListKeys(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for k := range keys.Keys() {
+			if !strings.HasPrefix(k, "u/") && !strings.HasPrefix(k, "u.") {
+				t.Errorf("%s holds %q, which is not an object's record", bucket, k)
+			}
+		}
+	}
+}
+
+func TestSigningKeyFile(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "media.key")
+	k1, err := media.LoadOrCreateSigningKey(path)
+	if err != nil || len(k1) < 32 {
+		t.Fatalf("made %d bytes: %v", len(k1), err)
+	}
+	k2, err := media.LoadOrCreateSigningKey(path)
+	if err != nil || !bytes.Equal(k1, k2) {
+		t.Fatalf("read back %x, made %x: %v", k2, k1, err)
+	}
+	if fi, err := os.Stat(path); err != nil || fi.Mode().Perm() != 0o600 {
+		t.Fatalf("key file mode %v: %v", fi.Mode(), err)
+	}
+	if err := os.WriteFile(path, []byte("short"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := media.LoadOrCreateSigningKey(path); err == nil {
+		t.Fatal("a file without a key was accepted")
+	}
+	cfg := media.DefaultConfig()
+	cfg.BaseURL = "http://localhost"
+	if err := cfg.Validate(); err == nil {
+		t.Fatal("an embedded store without a signing key was accepted")
 	}
 }
 

@@ -46,6 +46,7 @@ type harness struct {
 	b      backend
 	n      *testkit.NATS
 	svc    *media.Service
+	svcNC  *nats.Conn // the function's connection, in its own role
 	cfg    media.Config
 	base   string
 	hc     *http.Client
@@ -82,6 +83,7 @@ func (b backend) start(t testing.TB, mod ...func(*media.Config)) *harness {
 
 	cfg := media.DefaultConfig()
 	cfg.BaseURL = h.base
+	cfg.SigningKey = testkit.MediaSigningKey
 	cfg.SweepInterval = -1 // tests sweep explicitly
 	if b.s3() {
 		cfg.S3 = media.S3Config{
@@ -104,7 +106,8 @@ func (b backend) start(t testing.TB, mod ...func(*media.Config)) *harness {
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
 	// The function in its own role, and its client as a gateway is.
-	h.svc, err = media.New(ctx, h.n.Connect(t, natsauth.Media), h.mediaJS(), cfg, testkit.Logger(t))
+	h.svcNC = h.n.Connect(t, natsauth.Media)
+	h.svc, err = media.New(ctx, h.svcNC, h.mediaJS(), cfg, testkit.Logger(t))
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -496,7 +496,8 @@ func testMicroService(t *testing.T, b backend) {
 	cfg := h.cfg
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	second, err := media.New(ctx, h.n.Connect(t, natsauth.Media), h.mediaJS(), cfg, testkit.Logger(t))
+	secondNC := h.n.Connect(t, natsauth.Media)
+	second, err := media.New(ctx, secondNC, h.mediaJS(), cfg, testkit.Logger(t))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -539,9 +540,16 @@ func testMicroService(t *testing.T, b backend) {
 		t.Fatal(err)
 	}
 
-	// No instance at all: the API says unavailable, not a timeout.
+	// No instance at all: the API says unavailable, not a timeout. The
+	// functions' connections are flushed, so the server has dropped their
+	// subscriptions before the request on the client's connection.
 	if err := h.svc.Stop(); err != nil {
 		t.Fatal(err)
+	}
+	for _, nc := range []*nats.Conn{h.svcNC, secondNC} {
+		if err := nc.Flush(); err != nil {
+			t.Fatal(err)
+		}
 	}
 	if _, err := h.client.Upload(context.Background(), "alice", "image/png", 10); !errors.Is(err, media.ErrUnavailable) {
 		t.Fatalf("with no function running: %v", err)

@@ -171,7 +171,7 @@ func open(ctx context.Context, js jetstream.JetStream, cfg Config, log *slog.Log
 	}
 	a := &acl{kv: kv, maxGrantees: cfg.MaxGrantees}
 	if cfg.Embedded() {
-		es, err := newEmbeddedStore(ctx, js, cfg, kv, log)
+		es, err := newEmbeddedStore(ctx, js, cfg, log)
 		if err != nil {
 			return nil, nil, nil, err
 		}

@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"context"
 	"crypto/hmac"
-	"crypto/rand"
 	"crypto/sha256"
 	"encoding/base64"
 	"encoding/hex"
@@ -25,10 +24,6 @@ import (
 	"github.com/valyala/fasthttp"
 )
 
-// signingKeyName is the MEDIA_ACL entry holding a generated signing key.
-// It does not have the shape of an object key, so no request can name it.
-const signingKeyName = "_signing_key"
-
 // embeddedStore keeps media in a JetStream object store on the NATS the
 // rest of Switchboard already runs on, so the all-in-one binary serves
 // media with no object store to deploy. Its URLs point at the binary's own
@@ -43,7 +38,7 @@ type embeddedStore struct {
 	log     *slog.Logger
 }
 
-func newEmbeddedStore(ctx context.Context, js jetstream.JetStream, cfg Config, aclKV jetstream.KeyValue, log *slog.Logger) (*embeddedStore, error) {
+func newEmbeddedStore(ctx context.Context, js jetstream.JetStream, cfg Config, log *slog.Logger) (*embeddedStore, error) {
 	obs, err := js.CreateOrUpdateObjectStore(ctx, jetstream.ObjectStoreConfig{
 		Bucket:      BucketObjects,
 		Description: "Switchboard media bytes, key u/<owner>/<id> (the embedded store, used when no S3 endpoint is configured)",
@@ -66,12 +61,9 @@ func newEmbeddedStore(ctx context.Context, js jetstream.JetStream, cfg Config, a
 	if err != nil {
 		return nil, fmt.Errorf("media: bucket %s: %w", BucketUploads, err)
 	}
+	// The key is the function's own (a file, Config.SigningKey), never
+	// stored in NATS, so no other component can forge a URL.
 	key := cfg.SigningKey
-	if len(key) == 0 {
-		if key, err = sharedSigningKey(ctx, aclKV); err != nil {
-			return nil, err
-		}
-	}
 	return &embeddedStore{
 		obs:     obs,
 		claims:  claims,
@@ -79,33 +71,6 @@ func newEmbeddedStore(ctx context.Context, js jetstream.JetStream, cfg Config, a
 		key:     key,
 		log:     log,
 	}, nil
-}
-
-// sharedSigningKey reads the generated signing key, making it on first
-// use. Instances that start together race on Create; the loser reads the
-// winner's key, so they all end up with one.
-func sharedSigningKey(ctx context.Context, kv jetstream.KeyValue) ([]byte, error) {
-	for range 3 {
-		e, err := kv.Get(ctx, signingKeyName)
-		if err == nil {
-			return e.Value(), nil
-		}
-		if !errors.Is(err, jetstream.ErrKeyNotFound) {
-			return nil, fmt.Errorf("media: read signing key: %w", err)
-		}
-		k := make([]byte, 32)
-		if _, err := rand.Read(k); err != nil {
-			return nil, err
-		}
-		_, err = kv.Create(ctx, signingKeyName, k)
-		if err == nil {
-			return k, nil
-		}
-		if !errors.Is(err, jetstream.ErrKeyExists) {
-			return nil, fmt.Errorf("media: store signing key: %w", err)
-		}
-	}
-	return nil, errors.New("media: signing key kept changing while being read")
 }
 
 // mac is the signature over everything a URL grants: the method, the key,

@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"os"
 	"os/signal"
+	"path/filepath"
 	"slices"
 	"syscall"
 	"time"
@@ -34,6 +35,9 @@ type functionsConfig struct {
 	// MediaLimits are the per-class size limits in bytes (the types stay
 	// media's defaults).
 	MediaLimits map[media.Class]*int64
+	// MediaKeyFile holds the embedded store's URL signing key; empty means
+	// <data>/media.key. Made on first use.
+	MediaKeyFile string
 }
 
 func defaultFunctionsConfig() functionsConfig {
@@ -95,6 +99,7 @@ func bindMediaFlags(fs *flag.FlagSet, c *functionsConfig) {
 	fs.DurationVar(&m.UploadExpiry, "media-upload-expiry", m.UploadExpiry, "life of an upload URL (at most 7 days)")
 	fs.DurationVar(&m.DownloadExpiry, "media-download-expiry", m.DownloadExpiry, "life of a download URL (at most 7 days)")
 	fs.DurationVar(&m.OrphanAge, "media-orphan-age", m.OrphanAge, "remove uploads no message referenced after this")
+	fs.StringVar(&c.MediaKeyFile, "media-signing-key", c.MediaKeyFile, "file of the embedded store's URL signing key, made on first use; every media instance needs the same one (default: <data>/media.key)")
 	for _, class := range []media.Class{media.ClassImage, media.ClassVideo, media.ClassAudio, media.ClassDocument} {
 		fs.Int64Var(c.MediaLimits[class], "media-max-"+string(class), *c.MediaLimits[class], "largest "+string(class)+" upload in bytes")
 	}
@@ -147,7 +152,13 @@ func startFunctions(ctx context.Context, connect func(natsauth.Role) (*nats.Conn
 		case "presence":
 			s, err = presence.Start(ctx, nc, js, presence.DefaultConfig(), log)
 		case "media":
-			if mediaSvc, err = media.New(ctx, nc, js, c.mediaConfig(), log); err == nil {
+			mc := c.mediaConfig()
+			if mc.Embedded() {
+				if mc.SigningKey, err = media.LoadOrCreateSigningKey(c.MediaKeyFile); err != nil {
+					break
+				}
+			}
+			if mediaSvc, err = media.New(ctx, nc, js, mc, log); err == nil {
 				s = mediaService{mediaSvc}
 			}
 		case "push":
@@ -192,6 +203,9 @@ func runFunction(args []string) error {
 	fs.IntVar(&c.Functions.Media.Replicas, "replicas", 0, "replicas of the media buckets (as the gateways' --replicas; 0: 1)")
 	if err := parseFlags(fs, args); err != nil {
 		return err
+	}
+	if c.Functions.MediaKeyFile == "" {
+		c.Functions.MediaKeyFile = filepath.Join(c.DataDir, "media.key")
 	}
 	log, err := newLogger(&c, os.Stderr)
 	if err != nil {

@@ -40,6 +40,9 @@ func runServe(args []string, allInOne bool) error {
 	if err := parseFlags(fs, args); err != nil {
 		return err
 	}
+	if c.Functions.MediaKeyFile == "" {
+		c.Functions.MediaKeyFile = filepath.Join(c.DataDir, "media.key")
+	}
 	log, err := newLogger(&c, os.Stderr)
 	if err != nil {
 		return err
@@ -156,11 +159,7 @@ func runServe(args []string, allInOne bool) error {
 	if mediaSvc != nil {
 		gw.EnableMedia(mediaSvc.API())
 	} else {
-		api, err := media.NewRemoteAPI(nc, c.Functions.mediaConfig(), log)
-		if err != nil {
-			return fmt.Errorf("media: %w", err)
-		}
-		gw.EnableMedia(api)
+		gw.EnableMedia(media.NewRemoteAPI(nc, c.Functions.mediaConfig(), log))
 	}
 	serveErr := make(chan error, 1)
 	go func() { serveErr <- gw.Serve(ln) }()

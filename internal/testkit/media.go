@@ -7,6 +7,7 @@ import (
 
 	"github.com/nats-io/nats.go/jetstream"
 
+	"github.com/switchboard-im/switchboard/internal/natsauth"
 	"github.com/switchboard-im/switchboard/media"
 )
 
@@ -17,13 +18,17 @@ func StartMedia(t testing.TB, n *NATS, g *Gateway, cfg media.Config) *media.Serv
 	if cfg.Embedded() && cfg.BaseURL == "" {
 		cfg.BaseURL = "http://" + g.Addr
 	}
-	js, err := jetstream.New(n.Conn)
+	if cfg.Embedded() && cfg.SigningKey == nil {
+		cfg.SigningKey = MediaSigningKey
+	}
+	nc := n.Connect(t, natsauth.Media) // its own role, as a separate process
+	js, err := jetstream.New(nc)
 	if err != nil {
 		t.Fatal(err)
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	svc, err := media.New(ctx, n.Conn, js, cfg, Logger(t))
+	svc, err := media.New(ctx, nc, js, cfg, Logger(t))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -31,6 +36,9 @@ func StartMedia(t testing.TB, n *NATS, g *Gateway, cfg media.Config) *media.Serv
 	g.Server.EnableMedia(svc.API())
 	return svc
 }
+
+// MediaSigningKey signs test media URLs where a test gives none.
+var MediaSigningKey = []byte("switchboard-test-media-signing-key-0123456789")
 
 // MediaS3Config is a media config against a test MinIO.
 func MediaS3Config(m *MinIO) media.Config {
