@@ -7,6 +7,8 @@ import (
 	"log/slog"
 	"net"
 	"strings"
+
+	"github.com/valyala/fasthttp"
 )
 
 // httpLogger carries fasthttp's own log lines (a malformed request, an
@@ -102,3 +104,8 @@ func plainWords(s string) bool {
 	}
 	return true
 }
+
+// HTTPLogger is the logger to give any other fasthttp server of the
+// binary (the media function's blob listener): fasthttp's lines without a
+// credential in them, as the gateway's own.
+func HTTPLogger(log *slog.Logger) fasthttp.Logger { return httpLogger{log: log} }

@@ -5,11 +5,15 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	"github.com/switchboard-im/switchboard/gateway"
+	"github.com/valyala/fasthttp"
 	"log/slog"
+	"net"
 	"os"
 	"os/signal"
 	"path/filepath"
 	"slices"
+	"strings"
 	"syscall"
 	"time"
 
@@ -38,6 +42,9 @@ type functionsConfig struct {
 	// MediaKeyFile holds the embedded store's URL signing key; empty means
 	// <data>/media.key. Made on first use.
 	MediaKeyFile string
+	// MediaListen is where a media function running alone serves the
+	// embedded store's signed URLs.
+	MediaListen string
 }
 
 func defaultFunctionsConfig() functionsConfig {
@@ -201,6 +208,10 @@ func runFunction(args []string) error {
 	bindFunctionFlags(fs, &c.Functions, false)
 	bindMediaFlags(fs, &c.Functions)
 	fs.IntVar(&c.Functions.Media.Replicas, "replicas", 0, "replicas of the media buckets (as the gateways' --replicas; 0: 1)")
+	if name == "media" {
+		fs.StringVar(&c.Functions.MediaListen, "media-listen", "", "address to serve the embedded store's signed upload and download URLs on")
+		fs.DurationVar(&c.Gateway.MediaUploadTimeout, "media-upload-timeout", c.Gateway.MediaUploadTimeout, "bound on one upload to the embedded media store")
+	}
 	if err := parseFlags(fs, args); err != nil {
 		return err
 	}
@@ -230,9 +241,28 @@ func runFunction(args []string) error {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	stop, _, err := startFunctions(ctx, connect, []string{name}, &c.Functions, log)
+	// The embedded store's signed URLs are served where the store's key
+	// is: here, not by gateways. Listen first: the URLs name the address.
+	var blobs net.Listener
+	if name == "media" && c.Functions.Media.Embedded() {
+		if c.Functions.MediaListen == "" {
+			return errors.New("function media: the embedded store needs --media-listen, where clients upload and download")
+		}
+		if blobs, err = net.Listen("tcp", c.Functions.MediaListen); err != nil {
+			return fmt.Errorf("--media-listen: %w", err)
+		}
+		defer blobs.Close()
+		if c.Functions.Media.BaseURL == "" {
+			c.Functions.Media.BaseURL = baseURL(blobs.Addr())
+		}
+	}
+	stop, mediaSvc, err := startFunctions(ctx, connect, []string{name}, &c.Functions, log)
 	if err != nil {
 		return err
+	}
+	if blobs != nil {
+		srv := serveBlobs(blobs, mediaSvc.API(), c.Gateway.MediaUploadTimeout, log)
+		defer func() { _ = srv.Shutdown() }()
 	}
 	s := <-sig
 	log.Info("shutting down", "signal", s.String())
@@ -240,4 +270,33 @@ func runFunction(args []string) error {
 	stop()
 	log.Info("stopped")
 	return nil
+}
+
+// serveBlobs serves the embedded store's signed URLs on ln, with the
+// gateway's limits: only an upload whose URL verifies (from its header)
+// may take longer or send more than a handshake's worth.
+func serveBlobs(ln net.Listener, api *media.API, uploadTimeout time.Duration, log *slog.Logger) *fasthttp.Server {
+	srv := &fasthttp.Server{
+		Handler: func(ctx *fasthttp.RequestCtx) {
+			if !strings.HasPrefix(string(ctx.Path()), media.PathBlob) {
+				ctx.SetStatusCode(fasthttp.StatusNotFound)
+				return
+			}
+			api.Blob(ctx)
+		},
+		HeaderReceived: func(h *fasthttp.RequestHeader) fasthttp.RequestConfig {
+			return api.RequestConfig(h, fasthttp.RequestConfig{ReadTimeout: uploadTimeout, MaxRequestBodySize: 1 << 40})
+		},
+		Name:                         "switchboard",
+		ReadTimeout:                  10 * time.Second,
+		WriteTimeout:                 10 * time.Second,
+		MaxRequestBodySize:           64 << 10,
+		StreamRequestBody:            true,
+		DisablePreParseMultipartForm: true,
+		SecureErrorLogMessage:        true,
+		Logger:                       gateway.HTTPLogger(log),
+	}
+	log.Info("media URLs", "addr", ln.Addr().String())
+	go func() { _ = srv.Serve(ln) }()
+	return srv
 }
