@@ -3,6 +3,7 @@ package main_test
 import (
 	"bufio"
 	"bytes"
+	"context"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -260,5 +261,49 @@ func TestStandaloneMediaFunctionServesItsURLs(t *testing.T) {
 	// The gateway's own blob route serves nothing: it has no key.
 	if code, _ := call("GET", core.HTTP+strings.TrimPrefix(dl.URL, dl.URL[:strings.Index(dl.URL, "/v1/")]), nil, nil); code != http.StatusNotFound {
 		t.Fatalf("the gateway served a blob URL: %d", code)
+	}
+}
+
+// The README's nats CLI example runs as written, as the operator with the
+// key the all-in-one made, against a system with a device in it.
+func TestReadmeNATSCLIExample(t *testing.T) {
+	cli := tk.NATSCLI(t)
+	readme, err := os.ReadFile("../../README.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, block, ok := strings.Cut(string(readme), "<!-- nats-cli-example -->\n```sh\n")
+	block, _, ok2 := strings.Cut(block, "```\n<!-- /nats-cli-example -->")
+	if !ok || !ok2 {
+		t.Fatal("README.md has no nats CLI example block")
+	}
+	dir := t.TempDir()
+	p := start(t, "--data", filepath.Join(dir, "data"), "--nats-listen", "127.0.0.1:0")
+	bob := tk.DialToken(t, p.WSURL, token(t, filepath.Join(dir, "data"), "bob", "phone"))
+	alice := tk.DialToken(t, p.WSURL, token(t, filepath.Join(dir, "data"), "alice", "phone"))
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if _, err := alice.Send(ctx, "bob", "m1", tk.Body("hi")); err != nil {
+		t.Fatal(err)
+	}
+	bob.Ack(tk.RecvMsg(t, bob, 10*time.Second).Seq)
+	_ = bob.Close() // its cursor is saved as its session ends
+
+	script := strings.ReplaceAll(block, "nats://127.0.0.1:4222", p.NATSURL)
+	cmd := exec.Command("bash", "-euo", "pipefail", "-c", script)
+	cmd.Dir = dir
+	cmd.Env = append(os.Environ(), "PATH="+filepath.Dir(cli)+":"+os.Getenv("PATH"))
+	out, err := cmd.CombinedOutput()
+	if err != nil {
+		t.Fatalf("the README's nats CLI example failed: %v\n%s", err, out)
+	}
+	for _, want := range []string{"Republishing: inbox.* to sb.live.{{wildcard(1)}}", "bob.phone", "receipts", "presence", "media"} {
+		if !strings.Contains(string(out), want) {
+			t.Errorf("the example's output lacks %q:\n%s", want, out)
+		}
+	}
+	// And without the key, the server refuses the CLI.
+	if out, err := exec.Command(cli, "-s", p.NATSURL, "stream", "ls").CombinedOutput(); err == nil {
+		t.Fatalf("the nats CLI got in without a key:\n%s", out)
 	}
 }
