@@ -5,8 +5,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"strconv"
-	"strings"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -14,22 +12,6 @@ import (
 
 	"github.com/switchboard-im/switchboard/streams"
 )
-
-// deviceRecord is one device in the DEVICES bucket.
-type deviceRecord struct {
-	Joined time.Time `json:"joined"`
-	// Start is the first INBOX sequence this device is to receive.
-	Start uint64 `json:"start"`
-	// Stream is when the INBOX stream that Start counts in was
-	// created. Sequences restart when INBOX is recreated, so positions
-	// from another stream are void.
-	Stream time.Time `json:"stream"`
-}
-
-// userRecord is the value of a DEVICES key: a user's devices.
-type userRecord struct {
-	Devices map[string]*deviceRecord `json:"devices"`
-}
 
 // devices knows where each device is in its user's inbox.
 //
@@ -98,24 +80,14 @@ func (d *devices) position(ctx context.Context, user, device string) (uint64, er
 
 // cursorValue is a cursor record: the floor and the INBOX it counts in.
 func (d *devices) cursorValue(floor uint64) []byte {
-	b := strconv.AppendUint(nil, floor, 10)
-	b = append(b, ' ')
-	return strconv.AppendInt(b, d.created.UnixNano(), 10)
+	return streams.Cursor{Floor: floor, Stream: d.created.UnixNano()}.Encode()
 }
 
 // parseCursor reads a cursor record; ok is false for a malformed one or
 // one saved in another INBOX.
 func (d *devices) parseCursor(v []byte) (floor uint64, ok bool) {
-	f, stream, found := strings.Cut(string(v), " ")
-	if !found {
-		return 0, false
-	}
-	floor, err := strconv.ParseUint(f, 10, 64)
-	if err != nil {
-		return 0, false
-	}
-	created, err := strconv.ParseInt(stream, 10, 64)
-	return floor, err == nil && created == d.created.UnixNano()
+	c, ok := streams.ParseCursor(v)
+	return c.Floor, ok && c.Stream == d.created.UnixNano()
 }
 
 // cursorMsg is the publish that saves a device's cursor, for PublishAsync.
@@ -147,7 +119,7 @@ func (d *devices) register(ctx context.Context, user, device string) (start uint
 			}
 			start = info.State.LastSeq + 1
 		}
-		rec.Devices[device] = &deviceRecord{Joined: time.Now().UTC(), Start: start, Stream: d.created}
+		rec.Devices[device] = &streams.Device{Joined: time.Now().UTC(), Start: start, Stream: d.created}
 		if err := d.store(ctx, user, rec, rev); err != nil {
 			if errors.Is(err, jetstream.ErrKeyExists) {
 				continue // lost a race with another device; read again
@@ -159,8 +131,8 @@ func (d *devices) register(ctx context.Context, user, device string) (start uint
 	return 0, errors.New("gateway: device registry too contended")
 }
 
-func (d *devices) load(ctx context.Context, user string) (*userRecord, uint64, error) {
-	rec := &userRecord{Devices: map[string]*deviceRecord{}}
+func (d *devices) load(ctx context.Context, user string) (*streams.Devices, uint64, error) {
+	rec := &streams.Devices{Devices: map[string]*streams.Device{}}
 	e, err := d.kv.Get(ctx, user)
 	if errors.Is(err, jetstream.ErrKeyNotFound) {
 		return rec, 0, nil
@@ -172,14 +144,14 @@ func (d *devices) load(ctx context.Context, user string) (*userRecord, uint64, e
 		return nil, 0, fmt.Errorf("gateway: device registry record %q: %w", user, err)
 	}
 	if rec.Devices == nil {
-		rec.Devices = map[string]*deviceRecord{}
+		rec.Devices = map[string]*streams.Device{}
 	}
 	return rec, e.Revision(), nil
 }
 
 // store writes rec if the key is still at rev (0: must not exist yet). A
 // conflict is reported as jetstream.ErrKeyExists.
-func (d *devices) store(ctx context.Context, user string, rec *userRecord, rev uint64) error {
+func (d *devices) store(ctx context.Context, user string, rec *streams.Devices, rev uint64) error {
 	b, err := json.Marshal(rec)
 	if err != nil {
 		return err

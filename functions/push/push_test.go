@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"github.com/switchboard-im/switchboard/functions/presence"
 	"strings"
 	"testing"
 	"time"
@@ -58,66 +59,93 @@ func TestOfflineUserGetsOnePushPerDevice(t *testing.T) {
 
 // The pending count comes from the device's own consumer on INBOX; a
 // device with no consumer counts the one message. A device that already
-// acked the message is not woken.
-func TestPendingCountsFromDeviceConsumer(t *testing.T) {
+// Devices connected through a real gateway, so positions are what a
+// gateway saves: each device's pending count is what waits past its
+// cursor, and a device that has already settled the message (it read it
+// before the function came to it) is not woken.
+func TestPendingCountsFromCursors(t *testing.T) {
 	n := tk.StartNATS(t)
 	h := newHook(t, nil)
 	svc := startPush(t, n, testConfig(h.URL))
-	ctx := context.Background()
-	putDevices(t, n.JS, "bob", "phone", "tablet", "watch")
-	for _, dev := range []string{"phone", "watch"} {
-		if _, err := n.JS.CreateConsumer(ctx, streams.Inbox, jetstream.ConsumerConfig{
-			Durable: "bob~" + dev, FilterSubject: "inbox.bob", AckPolicy: jetstream.AckExplicitPolicy,
-		}); err != nil {
+	g := tk.StartGateway(t, n, tk.TestConfig())
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	online := func(want bool) {
+		t.Helper()
+		tk.WaitFor(t, 10*time.Second, func() error {
+			rec, err := presence.LoadLive(ctx, kv(t, n.JS, streams.PresenceKV), "bob")
+			if err != nil && !errors.Is(err, jetstream.ErrKeyNotFound) {
+				return err
+			}
+			if rec.Online() != want {
+				return tk.Errorf("bob online: %v, want %v", rec.Online(), want)
+			}
+			return nil
+		})
+	}
+	// The tablet and the watch join, then leave; the phone stays.
+	for _, dev := range []string{"tablet", "watch"} {
+		if err := tk.Dial(t, g.URL, "bob", dev).Close(); err != nil {
 			t.Fatal(err)
 		}
 	}
-	// Two messages while bob is online: no push, but they wait for phone.
-	setOnline(t, n.JS, "bob", "phone")
-	publish(t, n.JS, "bob", "alice", "m1")
-	publish(t, n.JS, "bob", "alice", "m2")
-	waitDrained(t, n.JS, 10*time.Second)
-	if len(h.Calls()) != 0 || svc.Stats().SkippedOnline != 2 {
-		t.Fatalf("online user was pushed: %+v, stats %+v", h.Calls(), svc.Stats())
+	phone := tk.Dial(t, g.URL, "bob", "phone")
+	online(true)
+	alice := tk.Dial(t, g.URL, "alice", "phone")
+	send := func(id string) uint64 {
+		t.Helper()
+		sent, err := alice.Send(ctx, "bob", id, tk.Body(id))
+		if err != nil {
+			t.Fatal(err)
+		}
+		return sent.Seq
 	}
-	// Bob goes offline and m3 arrives while the function is down, so the
-	// watch can read it before the function sees it.
+	// Two messages while bob is online: no push. The phone gets them and
+	// does not ack.
+	send("m1")
+	send("m2")
+	tk.RecvMsg(t, phone, 10*time.Second)
+	tk.RecvMsg(t, phone, 10*time.Second)
+	tk.WaitFor(t, 10*time.Second, func() error {
+		if st := svc.Stats(); st.SkippedOnline != 2 {
+			return tk.Errorf("stats %+v", st)
+		}
+		return nil
+	})
+	// Bob goes offline and m3 arrives while the function is down; the
+	// watch reads and acks all three before the function sees m3.
 	svc.Stop()
-	watch, err := n.JS.Consumer(ctx, streams.Inbox, "bob~watch")
-	if err != nil {
+	if err := phone.Close(); err != nil {
 		t.Fatal(err)
 	}
-	if err := kv(t, n.JS, streams.PresenceKV).Delete(ctx, "user.bob"); err != nil {
+	online(false)
+	seq := send("m3")
+	watch := tk.Dial(t, g.URL, "bob", "watch")
+	for range 3 {
+		watch.Ack(tk.RecvMsg(t, watch, 10*time.Second).Seq)
+	}
+	if err := watch.Close(); err != nil { // the session saves its cursor as it ends
 		t.Fatal(err)
 	}
-	seq := publish(t, n.JS, "bob", "carol", "m3")
-	batch, err := watch.Fetch(3, jetstream.FetchMaxWait(5*time.Second))
-	if err != nil {
-		t.Fatal(err)
-	}
-	acked := 0
-	for m := range batch.Messages() {
-		if err := m.DoubleAck(ctx); err != nil {
-			t.Fatal(err)
+	tk.WaitFor(t, 10*time.Second, func() error {
+		e, err := kv(t, n.JS, streams.CursorsKV).Get(ctx, streams.CursorKey("bob", "watch"))
+		if err != nil {
+			return err
 		}
-		acked++
-	}
-	if acked != 3 {
-		t.Fatalf("watch acked %d of 3", acked)
-	}
+		if c, _ := streams.ParseCursor(e.Value()); c.Floor < seq {
+			return tk.Errorf("watch's cursor %d, want %d", c.Floor, seq)
+		}
+		return nil
+	})
 	startPush(t, n, testConfig(h.URL))
 	waitDrained(t, n.JS, 10*time.Second)
 
-	got := map[string]string{}
+	got := map[string]Notification{}
 	for _, c := range h.Calls() {
-		got[c.N.Device] = c.Raw
+		got[c.N.Device] = c.N
 	}
-	want := map[string]string{
-		"phone":  fmt.Sprintf(`{"user":"bob","device":"phone","message_id":"m3","from":"carol","pending":3,"seq":%d,"ts":%d}`, seq, testTS),
-		"tablet": fmt.Sprintf(`{"user":"bob","device":"tablet","message_id":"m3","from":"carol","pending":1,"seq":%d,"ts":%d}`, seq, testTS),
-	}
-	if len(got) != len(want) || got["phone"] != want["phone"] || got["tablet"] != want["tablet"] {
-		t.Fatalf("calls\n got %v\nwant %v (the watch acked m3 and must not be woken)", got, want)
+	if len(got) != 2 || got["phone"].Pending != 3 || got["tablet"].Pending != 3 || got["phone"].Seq != seq {
+		t.Fatalf("pushed %+v; want phone and tablet with 3 pending each (the watch settled m3 and must not be woken)", got)
 	}
 }
 

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"log/slog"
 	"slices"
+	"strconv"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -37,6 +38,7 @@ type Service struct {
 	inbox      jetstream.Stream
 	consCfg    jetstream.ConsumerConfig
 	devicesKV  jetstream.KeyValue
+	cursorsKV  jetstream.KeyValue
 	presenceKV jetstream.KeyValue
 	pushKV     jetstream.KeyValue
 	// ackWait is the durable's: how long a message this instance holds
@@ -88,6 +90,9 @@ func Start(ctx context.Context, nc *nats.Conn, js jetstream.JetStream, cfg Confi
 	}
 	if s.devicesKV, err = js.KeyValue(ctx, streams.DevicesKV); err != nil {
 		return nil, fmt.Errorf("push: bucket %s: %w", streams.DevicesKV, err)
+	}
+	if s.cursorsKV, err = js.KeyValue(ctx, streams.CursorsKV); err != nil {
+		return nil, fmt.Errorf("push: %w", err)
 	}
 	if s.presenceKV, err = js.KeyValue(ctx, streams.PresenceKV); err != nil {
 		return nil, fmt.Errorf("push: bucket %s: %w", streams.PresenceKV, err)
@@ -456,10 +461,7 @@ func (s *Service) devices(ctx context.Context, user string) ([]string, error) {
 	if err != nil {
 		return nil, fmt.Errorf("push: devices of %s: %w", user, err)
 	}
-	// Only the names: the rest of the record is the gateway's business.
-	var rec struct {
-		Devices map[string]json.RawMessage `json:"devices"`
-	}
+	var rec streams.Devices
 	if err := json.Unmarshal(e.Value(), &rec); err != nil {
 		return nil, fmt.Errorf("push: devices of %s: %w", user, err)
 	}
@@ -473,20 +475,62 @@ func (s *Service) devices(ctx context.Context, user string) ([]string, error) {
 	return names, nil
 }
 
-// pending counts the messages waiting for a device, from its consumer on
-// INBOX, and reports whether the device already acked seq (0: do not ask).
-// A device with no consumer (reaped, or never made) has at least this one.
+// pending counts what waits for a device in its inbox (messages and
+// receipts past its cursor) and reports whether the device has already
+// settled seq (0: do not ask), so a device that read a message on
+// another path is not woken for it. A device's position is its cursor
+// (KV CURSORS), or where it joined (DEVICES) before its first save.
 func (s *Service) pending(ctx context.Context, user, device string, seq uint64) (uint64, bool, error) {
-	c, err := s.inbox.Consumer(ctx, user+"~"+device)
-	if errors.Is(err, jetstream.ErrConsumerNotFound) {
-		return 1, false, nil
-	}
+	floor, err := s.position(ctx, user, device)
 	if err != nil {
-		return 0, false, fmt.Errorf("push: consumer of %s/%s: %w", user, device, err)
+		return 0, false, err
 	}
-	ci := c.CachedInfo()
-	if seq > 0 && ci.AckFloor.Stream >= seq {
+	if seq > 0 && floor >= seq {
 		return 0, true, nil
 	}
-	return max(1, ci.NumPending+uint64(ci.NumAckPending)), false, nil
+	// One direct get of the first message past the floor: its
+	// Nats-Num-Pending is how many more follow, from the stream's
+	// per-subject index, so counting costs no scan.
+	req, _ := json.Marshal(map[string]any{"seq": floor + 1, "next_by_subj": streams.InboxSubject(user), "batch": 1})
+	m, err := s.nc.RequestWithContext(ctx, "$JS.API.DIRECT.GET."+streams.Inbox, req)
+	if err != nil {
+		return 0, false, fmt.Errorf("push: inbox of %s: %w", user, err)
+	}
+	switch m.Header.Get("Status") {
+	case "":
+	case "404":
+		return 1, false, nil // the message was settled meanwhile, or purged: it still was news
+	default:
+		return 0, false, fmt.Errorf("push: inbox of %s: %s %s", user, m.Header.Get("Status"), m.Header.Get("Description"))
+	}
+	more, _ := strconv.ParseUint(m.Header.Get("Nats-Num-Pending"), 10, 64)
+	return 1 + more, false, nil
+}
+
+// position is the highest INBOX sequence the device has settled.
+func (s *Service) position(ctx context.Context, user, device string) (uint64, error) {
+	created := s.inbox.CachedInfo().Created.UnixNano()
+	e, err := s.cursorsKV.Get(ctx, streams.CursorKey(user, device))
+	switch {
+	case err == nil:
+		if c, ok := streams.ParseCursor(e.Value()); ok && c.Stream == created {
+			return c.Floor, nil
+		}
+	case !errors.Is(err, jetstream.ErrKeyNotFound):
+		return 0, fmt.Errorf("push: cursor of %s/%s: %w", user, device, err)
+	}
+	rec, err := s.devicesKV.Get(ctx, user)
+	if err != nil {
+		if errors.Is(err, jetstream.ErrKeyNotFound) {
+			return 0, nil
+		}
+		return 0, fmt.Errorf("push: devices of %s: %w", user, err)
+	}
+	var ds streams.Devices
+	if json.Unmarshal(rec.Value(), &ds) == nil {
+		if d := ds.Devices[device]; d != nil && d.Start > 0 && d.Stream.UnixNano() == created {
+			return d.Start - 1, nil
+		}
+	}
+	return 0, nil
 }
