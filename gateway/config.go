@@ -3,6 +3,7 @@ package gateway
 import (
 	"errors"
 	"fmt"
+	"net"
 	"net/url"
 	"strings"
 	"time"
@@ -17,6 +18,11 @@ var ErrConfig = errors.New("gateway: invalid config")
 type Config struct {
 	// Listen is the HTTP/WebSocket address, e.g. ":8080" or "127.0.0.1:0".
 	Listen string
+	// MetricsListen is where Prometheus metrics are served (see
+	// Server.ServeMetrics), apart from Listen: they tell anyone who reads
+	// them how loaded the gateway is and what is failing, so they are for
+	// operators only. Loopback by default; empty serves no metrics.
+	MetricsListen string
 	// AllowedOrigins lists browser origins (scheme://host[:port]) allowed
 	// besides same-origin. Requests with no Origin header (native apps) are
 	// always allowed; a request with any other Origin gets 403. "*" allows
@@ -107,6 +113,7 @@ type Config struct {
 func DefaultConfig() Config {
 	return Config{
 		Listen:           ":8080",
+		MetricsListen:    "127.0.0.1:9090",
 		MaxFrameBytes:    64 << 10,
 		PingInterval:     25 * time.Second,
 		PongTimeout:      60 * time.Second,
@@ -142,6 +149,8 @@ func (c *Config) Validate() error {
 	switch {
 	case c.Listen == "":
 		return bad("Listen", "is empty")
+	case c.MetricsListen != "" && !isHostPort(c.MetricsListen):
+		return bad("MetricsListen", "must be host:port")
 	case c.MaxFrameBytes < 256 || c.MaxFrameBytes > MaxFrameLimit:
 		return bad("MaxFrameBytes", fmt.Sprintf("must be between 256 B and %d B (a stored message is at most 1 MiB)", MaxFrameLimit))
 	case c.PingInterval <= 0:
@@ -200,6 +209,11 @@ func (c *Config) Validate() error {
 		}
 	}
 	return nil
+}
+
+func isHostPort(addr string) bool {
+	_, _, err := net.SplitHostPort(addr)
+	return err == nil
 }
 
 // MaxFrameLimit is the largest MaxFrameBytes allowed: a stored message

@@ -23,7 +23,8 @@
 // getmux.go (one reply subscription for all stream reads), backlog.go (one
 // reader for many sessions' backlogs at once, in storms), devices.go (the
 // DEVICES registry and cursors), reap.go (carrying over device consumers of
-// earlier versions), presence.go, media.go, auth.go, config.go, metrics.go.
+// earlier versions), presence.go, media.go, auth.go, config.go, metrics.go
+// (Prometheus metrics, served on a listener of their own: ServeMetrics).
 //
 // Concurrency: Server methods are safe from many goroutines. Each
 // connection has one read goroutine, which runs the session's frame

@@ -1,25 +1,52 @@
 package gateway
 
 import (
+	"errors"
+	"net"
+	"net/http"
 	"strconv"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
-	"github.com/valyala/fasthttp"
-	"github.com/valyala/fasthttp/fasthttpadaptor"
 
 	"github.com/switchboard-im/switchboard/gateway/protocol"
 )
 
-// PathMetrics serves Prometheus metrics.
+// PathMetrics serves Prometheus metrics, on the metrics listener only
+// (ServeMetrics), never on the WebSocket one.
 const PathMetrics = "/metrics"
+
+// ServeMetrics serves Prometheus metrics at PathMetrics on ln until
+// Shutdown; every other path answers 404. The WebSocket listener does not
+// serve them: they tell whoever reads them how loaded the gateway is and
+// what is failing, so ln should be reachable by operators only (the binary
+// listens on loopback by default). It may be called for several listeners.
+func (s *Server) ServeMetrics(ln net.Listener) error {
+	err := s.metricsHTTP.Serve(ln)
+	if errors.Is(err, http.ErrServerClosed) {
+		return nil
+	}
+	return err
+}
+
+// newMetricsHTTP is the metrics listener's server: plain net/http, as
+// nothing on it is on the hot path.
+func newMetricsHTTP(m *metrics, cfg *Config) *http.Server {
+	mux := http.NewServeMux()
+	mux.Handle(PathMetrics, promhttp.HandlerFor(m.reg, promhttp.HandlerOpts{}))
+	return &http.Server{
+		Handler:           mux,
+		ReadHeaderTimeout: cfg.HandshakeTimeout,
+		WriteTimeout:      cfg.WriteTimeout,
+		IdleTimeout:       cfg.PongTimeout,
+	}
+}
 
 // metrics are one gateway's Prometheus metrics, in a registry of its own so
 // several gateways can live in one process (tests, embedding).
 type metrics struct {
 	reg          *prometheus.Registry
-	handler      fasthttp.RequestHandler
 	sessions     prometheus.GaugeFunc
 	refused      *prometheus.CounterVec        // handshakes refused, by code
 	closes       *prometheus.CounterVec        // connections closed, by close code
@@ -78,6 +105,5 @@ func newMetrics(s *Server) *metrics {
 	for _, c := range protocol.Closes {
 		m.closes.WithLabelValues(strconv.Itoa(c.Code))
 	}
-	m.handler = fasthttpadaptor.NewFastHTTPHandler(promhttp.HandlerFor(m.reg, promhttp.HandlerOpts{}))
 	return m
 }

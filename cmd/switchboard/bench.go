@@ -46,8 +46,11 @@ target (one of):
   --url ws://H:P/v1/ws   gateways to load (repeat or comma-separate), with
                          --nats URL, --jwt-secret S or --data DIR, and
                          --pids GW,...,NATS (or --gateway-pid, --nats-pid) for
-                         memory and CPU from /proc. The gateways' per-connection
-                         send rate limit must allow the load (--send-rate).
+                         memory and CPU from /proc, and --metrics URL (each
+                         gateway's --metrics-listen, http://H:P/metrics) for
+                         its error and close counters. The gateways'
+                         per-connection send rate limit must allow the load
+                         (--send-rate).
 
 flags:
 `
@@ -64,6 +67,7 @@ func runBench(args []string, out, errOut io.Writer) error {
 	}
 	var (
 		urls        []string
+		metricsURLs []string
 		natsURL     string
 		secret      string
 		dataDir     = "./data"
@@ -79,6 +83,10 @@ func runBench(args []string, out, errOut io.Writer) error {
 	fs.StringVar(&c.Scenario, "scenario", c.Scenario, "idle, pairs, storm or offline")
 	fs.Func("url", "gateway WebSocket URL (repeat or comma-separate; devices round-robin)", func(v string) error {
 		urls = append(urls, splitList(v)...)
+		return nil
+	})
+	fs.Func("metrics", "the gateways' metrics URLs, http://H:P/metrics on their --metrics-listen (repeat or comma-separate)", func(v string) error {
+		metricsURLs = append(metricsURLs, splitList(v)...)
 		return nil
 	})
 	fs.StringVar(&natsURL, "nats", "", "NATS URL of the target: the raw baseline and stream state (empty: no baseline)")
@@ -134,8 +142,8 @@ func runBench(args []string, out, errOut io.Writer) error {
 	var target load.Target
 	var spawned *load.Spawned
 	if spawn {
-		if len(urls) > 0 {
-			return errors.New("bench: --spawn and --url exclude each other")
+		if len(urls) > 0 || len(metricsURLs) > 0 {
+			return errors.New("bench: --spawn excludes --url and --metrics")
 		}
 		// This very binary is the system under test, so a bench and the
 		// code it measures never drift apart. os.Args[0] may be a bare
@@ -157,6 +165,7 @@ func runBench(args []string, out, errOut io.Writer) error {
 		if target, err = benchTarget(urls, natsURL, secret, dataDir, pids, gatewayPIDs, natsPID); err != nil {
 			return err
 		}
+		target.MetricsURLs = metricsURLs
 	}
 
 	rep, runErr := load.Run(ctx, c, target)

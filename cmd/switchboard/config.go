@@ -75,6 +75,7 @@ func bindFlags(fs *flag.FlagSet, c *appConfig, withEmbedded bool) {
 	}
 	fs.StringVar(&c.DataDir, "data", c.DataDir, "data directory (JetStream store, dev signing secret)")
 	fs.StringVar(&g.Listen, "listen", g.Listen, "gateway HTTP/WebSocket address")
+	fs.StringVar(&g.MetricsListen, "metrics-listen", g.MetricsListen, "serve Prometheus metrics (/metrics) on this address, for operators only (empty: none)")
 	fs.Func("origins", "comma-separated browser origins allowed besides same-origin (\"*\": any, dev only)", func(v string) error {
 		g.AllowedOrigins = splitList(v)
 		return nil

@@ -50,6 +50,7 @@ type proc struct {
 	cmd     *exec.Cmd
 	WSURL   string        // ws://host:port/v1/ws
 	HTTP    string        // http://host:port
+	Metrics string        // http://host:port/metrics, on --metrics-listen
 	NATSURL string        // only for the all-in-one
 	exited  chan struct{} // closed when the process has exited
 	exitErr error         // valid after exited is closed
@@ -59,6 +60,7 @@ type proc struct {
 }
 
 // start runs the binary with args and waits until it logs where it listens.
+// Its WebSocket and metrics listeners take free loopback ports.
 func start(t testing.TB, args ...string) *proc {
 	t.Helper()
 	return startBinary(t, binary, args...)
@@ -67,7 +69,7 @@ func start(t testing.TB, args ...string) *proc {
 // startBinary is start with another build of the binary.
 func startBinary(t testing.TB, bin string, args ...string) *proc {
 	t.Helper()
-	cmd := exec.Command(bin, append(args, "--log-format", "json", "--listen", "127.0.0.1:0")...)
+	cmd := exec.Command(bin, append(args, "--log-format", "json", "--listen", "127.0.0.1:0", "--metrics-listen", "127.0.0.1:0")...)
 	stderr, err := cmd.StderrPipe()
 	if err != nil {
 		t.Fatal(err)
@@ -99,6 +101,10 @@ func startBinary(t testing.TB, bin string, args ...string) *proc {
 			case "nats listening":
 				p.mu.Lock()
 				p.NATSURL = rec.URL
+				p.mu.Unlock()
+			case "metrics":
+				p.mu.Lock()
+				p.Metrics = rec.URL
 				p.mu.Unlock()
 			case "listening":
 				p.mu.Lock()
@@ -320,6 +326,29 @@ func (l *lockedBuffer) String() string {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	return l.b.String()
+}
+
+// Metrics are served on --metrics-listen and not on the WebSocket
+// listener; a metrics address already taken stops the start with an error
+// naming the flag and the address.
+func TestMetricsOnTheirOwnListener(t *testing.T) {
+	p := start(t, "--data", t.TempDir(), "--nats-listen", "127.0.0.1:0")
+	if !strings.HasPrefix(p.Metrics, "http://127.0.0.1:") {
+		t.Fatalf("metrics URL %q logged, want one on loopback\n%s", p.Metrics, p.Logs())
+	}
+	if code := httpGet(t, p.Metrics); code != http.StatusOK {
+		t.Fatalf("GET %s: %d", p.Metrics, code)
+	}
+	if code := httpGet(t, p.HTTP+"/metrics"); code != http.StatusNotFound {
+		t.Fatalf("GET /metrics on the WebSocket listener: %d, want 404", code)
+	}
+
+	taken := strings.TrimSuffix(strings.TrimPrefix(p.Metrics, "http://"), "/metrics")
+	out, err := exec.Command(binary, "--data", t.TempDir(), "--nats-listen", "127.0.0.1:0", "--listen", "127.0.0.1:0",
+		"--metrics-listen", taken).CombinedOutput()
+	if err == nil || !strings.Contains(string(out), "--metrics-listen "+taken) {
+		t.Fatalf("metrics address taken: want an error naming --metrics-listen %s, got %v:\n%s", taken, err, out)
+	}
 }
 
 // --pprof serves Go's profiles on a loopback address and refuses any other.

@@ -21,7 +21,7 @@ func target(t *testing.T) Target {
 	if err != nil {
 		t.Fatal(err)
 	}
-	return Target{URLs: []string{g.URL}, NATSURL: n.Server.ClientURL(), Token: tokens,
+	return Target{URLs: []string{g.URL}, MetricsURLs: []string{g.MetricsURL}, NATSURL: n.Server.ClientURL(), Token: tokens,
 		Procs: []Proc{{Role: "serve", PID: os.Getpid()}}}
 }
 

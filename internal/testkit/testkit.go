@@ -6,9 +6,11 @@ package testkit
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"log/slog"
+	"net/http"
 	"os"
 	"testing"
 	"time"
@@ -131,8 +133,11 @@ type Gateway struct {
 	Conn   *nats.Conn
 	Addr   string
 	URL    string
-	done   chan error
-	killed bool
+	// MetricsURL is http://host:port/metrics on the gateway's metrics
+	// listener (empty when the config sets no MetricsListen).
+	MetricsURL string
+	done       chan error
+	killed     bool
 }
 
 // TestConfig is the gateway config tests start from: defaults with short
@@ -140,6 +145,7 @@ type Gateway struct {
 func TestConfig() gateway.Config {
 	c := gateway.DefaultConfig()
 	c.Listen = "127.0.0.1:0"
+	c.MetricsListen = "127.0.0.1:0"
 	c.ShutdownTimeout = 5 * time.Second
 	c.KickTimeout = 2 * time.Second
 	return c
@@ -158,6 +164,24 @@ func (g *Gateway) Kill() {
 	g.killed = true
 	g.Server.Abort()
 	g.Conn.Close()
+}
+
+// Metrics reads the gateway's Prometheus metrics from its metrics
+// listener.
+func (g *Gateway) Metrics() (string, error) {
+	if g.MetricsURL == "" {
+		return "", errors.New("testkit: the gateway serves no metrics (no MetricsListen)")
+	}
+	resp, err := http.Get(g.MetricsURL)
+	if err != nil {
+		return "", err
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	if err == nil && resp.StatusCode != http.StatusOK {
+		err = fmt.Errorf("testkit: GET %s: %s", g.MetricsURL, resp.Status)
+	}
+	return string(b), err
 }
 
 // Token mints a test token.
