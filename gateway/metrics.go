@@ -59,6 +59,7 @@ type metrics struct {
 	inboxGets    prometheus.Counter            // batched direct gets of inbox messages
 	fdFull       prometheus.Counter            // accepts held back: out of file descriptors
 	sharedPasses prometheus.Counter            // passes of the shared backlog reader
+	skipped      *prometheus.CounterVec        // inbox messages skipped, not delivered, by reason
 }
 
 func newMetrics(s *Server) *metrics {
@@ -88,7 +89,11 @@ func newMetrics(s *Server) *metrics {
 		Help: "Times accepting connections waited because the process ran out of file descriptors."})
 	m.sharedPasses = prometheus.NewCounter(prometheus.CounterOpts{Namespace: ns, Name: "shared_backlog_passes_total",
 		Help: "Passes of the reader that reads many sessions' backlogs at once (reconnect storms)."})
-	m.reg.MustRegister(m.sessions, m.refused, m.closes, m.framesIn, m.errors, m.delivered, m.stored, m.catchUps, m.inboxGets, m.fdFull, m.sharedPasses,
+	m.skipped = prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Name: "inbox_skipped_total",
+		Help: "Messages in device inboxes skipped rather than delivered, by reason: malformed (not a chat message or " +
+			"receipt the gateway could have stored), invalid_utf8 (its frame would not be UTF-8). They stay in INBOX."},
+		[]string{"reason"})
+	m.reg.MustRegister(m.sessions, m.refused, m.closes, m.framesIn, m.errors, m.delivered, m.stored, m.catchUps, m.inboxGets, m.fdFull, m.sharedPasses, m.skipped,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	// Pre-create the label values operators alert on, so they read 0
 	// rather than being absent.
@@ -101,6 +106,9 @@ func newMetrics(s *Server) *metrics {
 	}
 	for _, r := range catchUpReasons {
 		m.catchUps.WithLabelValues(r)
+	}
+	for _, r := range skipReasons {
+		m.skipped.WithLabelValues(r)
 	}
 	for _, c := range protocol.Closes {
 		m.closes.WithLabelValues(strconv.Itoa(c.Code))
