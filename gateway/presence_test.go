@@ -352,10 +352,13 @@ func TestReplacedSessionLeavesTheNewLeaseAlone(t *testing.T) {
 		}
 		return nil
 	})
-	_, rev, err := leaseOf(t, n, "bob", "phone")
-	if err != nil {
-		t.Fatal(err)
-	}
+	// The welcome goes out before the first lease is written: wait for
+	// one (the old session's or the new one's).
+	var rev uint64
+	tk.WaitFor(t, wait, func() (err error) {
+		_, rev, err = leaseOf(t, n, "bob", "phone")
+		return err
+	})
 	// A refresh after the old session ended proves the lease stayed the
 	// new session's.
 	tk.WaitFor(t, wait, func() error {
