@@ -116,9 +116,11 @@ type session struct {
 	// Presence frames go out newest first only: each update forwarded and
 	// each answer asked for takes the next generation, and a frame older
 	// than the last one sent about its user is dropped. An answer asked
-	// for before an update, and arriving after it, is stale.
+	// for before an update, and arriving after it, is stale. presSent
+	// also says whether that last frame was hidden: a hidden frame after
+	// a hidden one is not sent (see sendPresence).
 	presGen  uint64
-	presSent map[string]uint64
+	presSent map[string]presenceSent
 	// calls bounds the worker-function requests in flight (goCall).
 	calls  chan struct{}
 	expiry *time.Timer
@@ -149,7 +151,7 @@ func newSession(srv *Server, id Identity, t transport) *session {
 		quit:       make(chan struct{}),
 		slots:      make(chan struct{}, cfg.MaxPendingSends),
 		presSubs:   make(map[string]struct{}),
-		presSent:   make(map[string]uint64),
+		presSent:   make(map[string]presenceSent),
 		calls:      make(chan struct{}, maxFunctionCalls),
 		delivering: make(chan struct{}),
 		stopped:    make(chan struct{}),
