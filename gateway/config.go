@@ -29,6 +29,15 @@ type Config struct {
 	// every origin and is meant for local development only.
 	AllowedOrigins []string
 
+	// JWTAudience, when set, must be one of a token's aud, and JWTIssuer,
+	// when set, its iss. Empty checks nothing.
+	JWTAudience string
+	JWTIssuer   string
+	// JWTMaxTTL is the longest a token may live: exp - iat, or exp - now
+	// for a token without iat. A token that says it lives longer is
+	// refused (bad_token). Must be positive.
+	JWTMaxTTL time.Duration
+
 	// MaxFrameBytes is the largest frame accepted; a larger one closes the
 	// connection with 1009. Zero is invalid.
 	MaxFrameBytes int
@@ -114,6 +123,7 @@ func DefaultConfig() Config {
 	return Config{
 		Listen:           ":8080",
 		MetricsListen:    "127.0.0.1:9090",
+		JWTMaxTTL:        DefaultJWTMaxTTL,
 		MaxFrameBytes:    64 << 10,
 		PingInterval:     25 * time.Second,
 		PongTimeout:      60 * time.Second,
@@ -151,6 +161,8 @@ func (c *Config) Validate() error {
 		return bad("Listen", "is empty")
 	case c.MetricsListen != "" && !isHostPort(c.MetricsListen):
 		return bad("MetricsListen", "must be host:port")
+	case c.JWTMaxTTL <= 0:
+		return bad("JWTMaxTTL", "must be positive")
 	case c.MaxFrameBytes < 256 || c.MaxFrameBytes > MaxFrameLimit:
 		return bad("MaxFrameBytes", fmt.Sprintf("must be between 256 B and %d B (a stored message is at most 1 MiB)", MaxFrameLimit))
 	case c.PingInterval <= 0:
@@ -214,6 +226,15 @@ func (c *Config) Validate() error {
 func isHostPort(addr string) bool {
 	_, _, err := net.SplitHostPort(addr)
 	return err == nil
+}
+
+// DefaultJWTMaxTTL is JWTMaxTTL by default.
+const DefaultJWTMaxTTL = 30 * 24 * time.Hour
+
+// TokenRules are the checks the gateway makes of a token beyond its
+// signature and expiry.
+func (c *Config) TokenRules() TokenRules {
+	return TokenRules{Audience: c.JWTAudience, Issuer: c.JWTIssuer, MaxTTL: c.JWTMaxTTL}
 }
 
 // MaxFrameLimit is the largest MaxFrameBytes allowed: a stored message

@@ -261,7 +261,7 @@ func (s *Server) serveWS(ctx *fasthttp.RequestCtx) {
 		s.refuse(ctx, fasthttp.StatusForbidden, "bad_origin", "origin not allowed")
 		return
 	}
-	id, err := s.keys.Verify(bearerToken(ctx), time.Now())
+	id, err := s.verifyToken(bearerToken(ctx))
 	if err != nil {
 		ctx.Response.Header.Set("WWW-Authenticate", `Bearer realm="switchboard"`)
 		code := "bad_token"

@@ -14,6 +14,7 @@ import (
 	"strings"
 	"syscall"
 
+	"github.com/switchboard-im/switchboard/gateway"
 	"github.com/switchboard-im/switchboard/internal/load"
 )
 
@@ -70,6 +71,7 @@ func runBench(args []string, out, errOut io.Writer) error {
 		metricsURLs []string
 		natsURL     string
 		secret      string
+		rules       gateway.TokenRules
 		dataDir     = "./data"
 		pids        string
 		gatewayPIDs []int
@@ -91,6 +93,8 @@ func runBench(args []string, out, errOut io.Writer) error {
 	})
 	fs.StringVar(&natsURL, "nats", "", "NATS URL of the target: the raw baseline and stream state (empty: no baseline)")
 	fs.StringVar(&secret, "jwt-secret", "", "HS256 secret to sign device tokens (prefer SWITCHBOARD_JWT_SECRET)")
+	fs.StringVar(&rules.Audience, "jwt-audience", "", "aud of the device tokens, when the gateways check it")
+	fs.StringVar(&rules.Issuer, "jwt-issuer", "", "iss of the device tokens, when the gateways check it")
 	fs.StringVar(&dataDir, "data", dataDir, "data directory whose jwt.secret signs tokens, as for \"switchboard token\"")
 	fs.StringVar(&pids, "pids", "", "server PIDs for /proc figures: gateways first, NATS last (one PID: an all-in-one)")
 	fs.Func("gateway-pid", "a gateway's PID (repeatable)", func(v string) error {
@@ -162,7 +166,7 @@ func runBench(args []string, out, errOut io.Writer) error {
 		target = spawned.Target
 	} else {
 		var err error
-		if target, err = benchTarget(urls, natsURL, secret, dataDir, pids, gatewayPIDs, natsPID); err != nil {
+		if target, err = benchTarget(urls, natsURL, secret, rules, dataDir, pids, gatewayPIDs, natsPID); err != nil {
 			return err
 		}
 		target.MetricsURLs = metricsURLs
@@ -191,7 +195,7 @@ func runBench(args []string, out, errOut io.Writer) error {
 }
 
 // benchTarget assembles a target from the flags for a running system.
-func benchTarget(urls []string, natsURL, secret, dataDir, pids string, gatewayPIDs []int, natsPID int) (load.Target, error) {
+func benchTarget(urls []string, natsURL, secret string, rules gateway.TokenRules, dataDir, pids string, gatewayPIDs []int, natsPID int) (load.Target, error) {
 	t := load.Target{URLs: urls, NATSURL: natsURL}
 	if len(urls) == 0 {
 		return t, errors.New("bench: --url (or --spawn) is required")
@@ -208,7 +212,7 @@ func benchTarget(urls []string, natsURL, secret, dataDir, pids string, gatewayPI
 		raw = b
 	}
 	var err error
-	if t.Token, err = load.HS256Tokens(raw); err != nil {
+	if t.Token, err = load.HS256Tokens(raw, rules); err != nil {
 		return t, err
 	}
 	if pids != "" {

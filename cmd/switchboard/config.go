@@ -118,10 +118,16 @@ func bindFlags(fs *flag.FlagSet, c *appConfig, withEmbedded bool) {
 	fs.StringVar(&c.LogFormat, "log-format", c.LogFormat, "text or json")
 }
 
+// bindKeyFlags declares the token flags, shared by the gateway and
+// "token" so the tokens it mints are ones the gateway accepts.
 func bindKeyFlags(fs *flag.FlagSet, c *appConfig) {
 	fs.StringVar(&c.JWTSecret, "jwt-secret", c.JWTSecret, "HS256 secret (prefer SWITCHBOARD_JWT_SECRET; never logged)")
 	fs.StringVar(&c.JWTPublicKeyFile, "jwt-public-key", c.JWTPublicKeyFile, "Ed25519 public key PEM file")
 	fs.StringVar(&c.JWTPrivateKeyFile, "jwt-private-key", c.JWTPrivateKeyFile, "Ed25519 private key PEM file (to mint tokens)")
+	g := &c.Gateway
+	fs.StringVar(&g.JWTAudience, "jwt-audience", g.JWTAudience, "tokens must name this audience (aud); \"token\" sets it (empty: not checked)")
+	fs.StringVar(&g.JWTIssuer, "jwt-issuer", g.JWTIssuer, "tokens must name this issuer (iss); \"token\" sets it (empty: not checked)")
+	fs.DurationVar(&g.JWTMaxTTL, "jwt-max-ttl", g.JWTMaxTTL, "refuse tokens that live longer (exp - iat, or exp - now without iat)")
 }
 
 // parseFlags parses args, then fills every flag not given on the command

@@ -189,6 +189,41 @@ func TestQuickStart(t *testing.T) {
 	}
 }
 
+// With --jwt-audience and --jwt-issuer the gateway refuses tokens without
+// them, and "token" given the same flags mints tokens it accepts. "token"
+// mints no token that lives past --jwt-max-ttl, and the gateway refuses
+// one minted with a higher bound than its own.
+func TestTokenAudienceIssuerAndLifetime(t *testing.T) {
+	data := t.TempDir()
+	rules := []string{"--jwt-audience", "switchboard", "--jwt-issuer", "ops"}
+	p := start(t, append([]string{"--data", data, "--nats-listen", "127.0.0.1:0"}, rules...)...)
+	mint := func(extra ...string) string {
+		t.Helper()
+		args := append([]string{"token", "--data", data, "--user", "alice", "--device", "phone"}, extra...)
+		return strings.TrimSpace(tk.Run(t, binary, args...))
+	}
+	refused := func(tok string) {
+		t.Helper()
+		ws, resp, err := websocket.DefaultDialer.Dial(p.WSURL, http.Header{"Authorization": {"Bearer " + tok}})
+		if err == nil {
+			ws.Close()
+			t.Fatal("the gateway accepted a token it should refuse")
+		}
+		if resp == nil || resp.StatusCode != http.StatusUnauthorized {
+			t.Fatalf("handshake: %v, want 401", err)
+		}
+	}
+	tk.DialToken(t, p.WSURL, mint(rules...))
+	refused(mint()) // no aud, no iss
+	refused(mint("--jwt-audience", "switchboard", "--jwt-issuer", "someone-else"))
+
+	out, err := exec.Command(binary, "token", "--data", data, "--user", "alice", "--device", "phone", "--ttl", "721h").CombinedOutput()
+	if err == nil || !strings.Contains(string(out), "maximum token lifetime") {
+		t.Fatalf("token --ttl 721h (past the 720h default bound): want a refusal, got %v:\n%s", err, out)
+	}
+	refused(mint(append(rules, "--ttl", "721h", "--jwt-max-ttl", "1000h")...))
+}
+
 // The all-in-one is killed with kill -9 and restarted on the same data dir:
 // messages stored before are still delivered.
 func TestAllInOneRestartKeepsPendingMessages(t *testing.T) {

@@ -6,6 +6,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/switchboard-im/switchboard/gateway"
 	tk "github.com/switchboard-im/switchboard/internal/testkit"
 )
 
@@ -17,7 +18,7 @@ func target(t *testing.T) Target {
 	cfg := tk.TestConfig()
 	cfg.SendRate, cfg.SendBurst, cfg.FrameRate, cfg.FrameBurst = 1e6, 1e6, 1e6, 1e6
 	g := tk.StartGateway(t, n, cfg)
-	tokens, err := HS256Tokens(tk.Secret)
+	tokens, err := HS256Tokens(tk.Secret, gateway.TokenRules{})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -107,7 +107,7 @@ func Spawn(ctx context.Context, o SpawnOptions) (*Spawned, error) {
 		s.Close()
 		return nil, fmt.Errorf("load: spawn: %w", err)
 	}
-	if s.Target.Token, err = HS256Tokens(secret); err != nil {
+	if s.Target.Token, err = HS256Tokens(secret, gateway.TokenRules{}); err != nil {
 		s.Close()
 		return nil, err
 	}
@@ -267,13 +267,15 @@ func (s *Spawned) Close() {
 }
 
 // HS256Tokens mints device tokens with a shared secret (the gateway's
-// --jwt-secret, or the all-in-one's <data>/jwt.secret), valid for a day.
-func HS256Tokens(secret []byte) (func(user, device string) (string, error), error) {
+// --jwt-secret, or the all-in-one's <data>/jwt.secret), valid for a day,
+// with rules' audience and issuer (the gateway's --jwt-audience and
+// --jwt-issuer).
+func HS256Tokens(secret []byte, rules gateway.TokenRules) (func(user, device string) (string, error), error) {
 	keys, err := gateway.NewHS256Keys([]byte(strings.TrimSpace(string(secret))))
 	if err != nil {
 		return nil, err
 	}
 	return func(user, device string) (string, error) {
-		return keys.Mint(user, device, 24*time.Hour, time.Now())
+		return keys.Mint(user, device, 24*time.Hour, time.Now(), rules)
 	}, nil
 }

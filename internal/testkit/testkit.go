@@ -191,7 +191,7 @@ func Token(t testing.TB, user, device string, ttl time.Duration) string {
 	if err != nil {
 		t.Fatal(err)
 	}
-	tok, err := keys.Mint(user, device, ttl, time.Now())
+	tok, err := keys.Mint(user, device, ttl, time.Now(), gateway.TokenRules{})
 	if err != nil {
 		t.Fatal(err)
 	}
