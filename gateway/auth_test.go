@@ -95,6 +95,7 @@ func TestConfigValidateNamesTheField(t *testing.T) {
 		"AllowedOrigins": func(c *gateway.Config) { c.AllowedOrigins = []string{"ftp://x"} },
 		"OutboundQueue":  func(c *gateway.Config) { c.OutboundQueue = 100 },
 		"JWTMaxTTL":      func(c *gateway.Config) { c.JWTMaxTTL = 0 },
+		"SettingsRate":   func(c *gateway.Config) { c.SettingsBurst = 0 },
 		"MetricsListen":  func(c *gateway.Config) { c.MetricsListen = "9090" },
 	} {
 		c := gateway.DefaultConfig()

@@ -64,6 +64,11 @@ type Config struct {
 	// tighter bucket.
 	TypingRate  float64
 	TypingBurst int
+	// SettingsRate and SettingsBurst limit settings frames per
+	// connection; each that changes something is a KV write of up to a
+	// frame's size, so they get their own, tightest bucket.
+	SettingsRate  float64
+	SettingsBurst int
 	// FloodStrikes is how many rate-limited frames in a row close the
 	// connection with 1008 "flood".
 	FloodStrikes int
@@ -136,6 +141,8 @@ func DefaultConfig() Config {
 		FloodStrikes:     50,
 		TypingRate:       2,
 		TypingBurst:      5,
+		SettingsRate:     1,
+		SettingsBurst:    5,
 		MaxPendingSends:  256,
 		OutboundQueue:    1024,
 		ShutdownTimeout:  10 * time.Second,
@@ -179,6 +186,8 @@ func (c *Config) Validate() error {
 		return bad("FrameRate/FrameBurst", "must be positive")
 	case c.TypingRate <= 0 || c.TypingBurst < 1:
 		return bad("TypingRate/TypingBurst", "must be positive")
+	case c.SettingsRate <= 0 || c.SettingsBurst < 1:
+		return bad("SettingsRate/SettingsBurst", "must be positive")
 	case c.FloodStrikes < 1:
 		return bad("FloodStrikes", "must be at least 1")
 	case c.MaxInflight < 0 || c.MaxInflight > 100000:

@@ -538,3 +538,33 @@ func TestPrivacyChangeSendsHiddenOnceThenStateAgain(t *testing.T) {
 		t.Fatalf("after bob chose everyone alice got %+v, want bob online", *f)
 	}
 }
+
+// Each settings frame that changes something is a KV write, so they have
+// a bucket of their own, far tighter than other frames': 1 a second with
+// a burst of 5. Past it a frame gets rate_limited and writes nothing.
+func TestSettingsFramesHaveTheirOwnRateLimit(t *testing.T) {
+	n := tk.StartNATS(t)
+	g := tk.StartGateway(t, n, tk.TestConfig())
+	r := connectRaw(t, g, "mallory", "phone")
+	const frames = 10
+	start := time.Now()
+	for i := range frames {
+		r.write(fmt.Sprintf(`{"type":"settings","read_receipts":%v}`, i%2 == 0))
+	}
+	answered, limited := 0, 0
+	for range frames {
+		switch f := r.next(); {
+		case f.Type == protocol.TypeSettings:
+			answered++
+		case f.Type == protocol.TypeError && f.Code == protocol.ErrRateLimited && f.RetryMS > 0:
+			limited++
+		default:
+			t.Fatalf("got %+v, want settings or rate_limited", *f)
+		}
+	}
+	// The bucket refills at 1 a second while the frames are handled.
+	if allowed := 5 + int(time.Since(start).Seconds()) + 1; limited == 0 || answered > allowed {
+		t.Fatalf("%d settings frames answered, %d rate_limited; want at most %d answered", answered, limited, allowed)
+	}
+	r.send("sink", "after-settings-flood") // the connection is still open
+}

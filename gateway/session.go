@@ -58,10 +58,11 @@ type session struct {
 	t    transport
 	log  *slog.Logger
 
-	sendLim   *rate.Limiter
-	frameLim  *rate.Limiter
-	typingLim *rate.Limiter
-	strikes   int // rate-limited frames in a row; read loop only
+	sendLim     *rate.Limiter
+	frameLim    *rate.Limiter
+	typingLim   *rate.Limiter
+	settingsLim *rate.Limiter
+	strikes     int // rate-limited frames in a row; read loop only
 
 	// mu guards the delivery state below.
 	mu sync.Mutex
@@ -138,23 +139,24 @@ func newSession(srv *Server, id Identity, t transport) *session {
 	cfg := &srv.cfg
 	sid := nats.NewInbox()[len(nats.InboxPrefix):]
 	return &session{
-		born:       time.Now().UnixNano(),
-		srv:        srv,
-		id:         id,
-		sid:        sid,
-		t:          t,
-		log:        srv.log.With("user", id.User, "device", id.Device, "session", sid),
-		sendLim:    rate.NewLimiter(rate.Limit(cfg.SendRate), cfg.SendBurst),
-		frameLim:   rate.NewLimiter(rate.Limit(cfg.FrameRate), cfg.FrameBurst),
-		typingLim:  rate.NewLimiter(rate.Limit(cfg.TypingRate), cfg.TypingBurst),
-		pending:    make(map[uint64]pendingMsg),
-		quit:       make(chan struct{}),
-		slots:      make(chan struct{}, cfg.MaxPendingSends),
-		presSubs:   make(map[string]struct{}),
-		presSent:   make(map[string]presenceSent),
-		calls:      make(chan struct{}, maxFunctionCalls),
-		delivering: make(chan struct{}),
-		stopped:    make(chan struct{}),
+		born:        time.Now().UnixNano(),
+		srv:         srv,
+		id:          id,
+		sid:         sid,
+		t:           t,
+		log:         srv.log.With("user", id.User, "device", id.Device, "session", sid),
+		sendLim:     rate.NewLimiter(rate.Limit(cfg.SendRate), cfg.SendBurst),
+		frameLim:    rate.NewLimiter(rate.Limit(cfg.FrameRate), cfg.FrameBurst),
+		typingLim:   rate.NewLimiter(rate.Limit(cfg.TypingRate), cfg.TypingBurst),
+		settingsLim: rate.NewLimiter(rate.Limit(cfg.SettingsRate), cfg.SettingsBurst),
+		pending:     make(map[uint64]pendingMsg),
+		quit:        make(chan struct{}),
+		slots:       make(chan struct{}, cfg.MaxPendingSends),
+		presSubs:    make(map[string]struct{}),
+		presSent:    make(map[string]presenceSent),
+		calls:       make(chan struct{}, maxFunctionCalls),
+		delivering:  make(chan struct{}),
+		stopped:     make(chan struct{}),
 	}
 }
 
@@ -483,7 +485,9 @@ func (s *session) handle(data []byte) {
 			s.status(f.ID)
 		}
 	case protocol.TypeSettings:
-		if s.allow(s.frameLim, "") {
+		// Its own bucket: a settings frame can be a KV write of up to a
+		// frame's size.
+		if s.allow(s.settingsLim, "") {
 			s.settings(f)
 		}
 	case protocol.TypePresenceSub:

@@ -91,6 +91,8 @@ func bindFlags(fs *flag.FlagSet, c *appConfig, withEmbedded bool) {
 	fs.IntVar(&g.FrameBurst, "frame-burst", g.FrameBurst, "other frame burst per connection")
 	fs.Float64Var(&g.TypingRate, "typing-rate", g.TypingRate, "typing frames per second per connection")
 	fs.IntVar(&g.TypingBurst, "typing-burst", g.TypingBurst, "typing frame burst per connection")
+	fs.Float64Var(&g.SettingsRate, "settings-rate", g.SettingsRate, "settings frames per second per connection")
+	fs.IntVar(&g.SettingsBurst, "settings-burst", g.SettingsBurst, "settings frame burst per connection")
 	fs.IntVar(&g.FloodStrikes, "flood-strikes", g.FloodStrikes, "rate-limited frames in a row before close 1008")
 	fs.IntVar(&g.MaxInflight, "max-inflight", g.MaxInflight, "messages a device may hold unacked (0: 256)")
 	fs.IntVar(&g.MaxPendingSends, "max-pending-sends", g.MaxPendingSends, "sends per connection awaiting their PubAck")
