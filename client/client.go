@@ -10,6 +10,7 @@ import (
 	"net/http"
 	"sync"
 	"time"
+	"unicode/utf8"
 
 	"github.com/fasthttp/websocket"
 
@@ -21,6 +22,10 @@ var (
 	ErrClosed   = errors.New("client: closed")
 	ErrReplaced = errors.New("client: the same device connected elsewhere")
 	ErrBadID    = protocol.ErrInvalidID
+	// ErrBadBody: a body must be JSON, and JSON is UTF-8. A frame that is
+	// not UTF-8 would make the gateway close the connection (1007), and
+	// the send would be resent, and refused, on every reconnect.
+	ErrBadBody = errors.New("client: body is not valid UTF-8 JSON")
 )
 
 // ServerError is an error frame the server answered a send with, for a
@@ -575,8 +580,8 @@ func (c *Client) send(ctx context.Context, to, id string, body json.RawMessage, 
 	if !protocol.ValidID(to) || !protocol.ValidID(id) {
 		return Sent{}, ErrBadID
 	}
-	if !json.Valid(body) {
-		return Sent{}, errors.New("client: body is not valid JSON")
+	if !json.Valid(body) || !utf8.Valid(body) {
+		return Sent{}, ErrBadBody
 	}
 	c.mu.Lock()
 	if c.closeErr != nil {

@@ -4,8 +4,6 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
-	"io"
-	"net/http"
 	"path/filepath"
 	"regexp"
 	"sort"
@@ -314,14 +312,12 @@ var storeFailedRE = regexp.MustCompile(`(?m)^switchboard_gateway_error_frames_to
 // storeFailed reads from a gateway's metrics how many sends it answered
 // with store_failed, each of which the SDK resent.
 func storeFailed(g *tk.Gateway) string {
-	resp, err := http.Get("http://" + g.Addr + "/metrics")
+	b, err := g.Metrics()
 	if err != nil {
 		return fmt.Sprint(err)
 	}
-	defer resp.Body.Close()
-	b, _ := io.ReadAll(resp.Body)
-	if m := storeFailedRE.FindSubmatch(b); m != nil {
-		return string(m[1])
+	if m := storeFailedRE.FindStringSubmatch(b); m != nil {
+		return m[1]
 	}
 	return "?"
 }

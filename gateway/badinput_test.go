@@ -15,6 +15,7 @@ import (
 	"sync/atomic"
 	"testing"
 	"time"
+	"unicode/utf8"
 
 	"github.com/fasthttp/websocket"
 	"github.com/golang-jwt/jwt/v5"
@@ -137,12 +138,22 @@ func (r *raw) writeJSON(v any) {
 	r.write(string(b))
 }
 
+// next reads the next frame. Like a browser, it fails on a text frame
+// that is not valid UTF-8 (RFC 6455 §8.1).
 func (r *raw) next() *protocol.Frame {
 	r.t.Helper()
 	_ = r.ws.SetReadDeadline(time.Now().Add(wait))
 	_, data, err := r.ws.ReadMessage()
 	if err != nil {
 		r.t.Fatalf("read: %v", err)
+	}
+	return r.decode(data)
+}
+
+func (r *raw) decode(data []byte) *protocol.Frame {
+	r.t.Helper()
+	if !utf8.Valid(data) {
+		r.t.Fatalf("server frame %q is not valid UTF-8: a browser fails the connection on it", data)
 	}
 	f, err := protocol.DecodeServer(data)
 	if err != nil {
@@ -195,11 +206,7 @@ func (r *raw) expectClose(code int, reason string) []*protocol.Frame {
 			}
 			return frames
 		}
-		f, err := protocol.DecodeServer(data)
-		if err != nil {
-			r.t.Fatalf("server frame %q: %v", data, err)
-		}
-		frames = append(frames, f)
+		frames = append(frames, r.decode(data))
 	}
 }
 

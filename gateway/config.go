@@ -3,6 +3,7 @@ package gateway
 import (
 	"errors"
 	"fmt"
+	"net"
 	"net/url"
 	"strings"
 	"time"
@@ -17,11 +18,25 @@ var ErrConfig = errors.New("gateway: invalid config")
 type Config struct {
 	// Listen is the HTTP/WebSocket address, e.g. ":8080" or "127.0.0.1:0".
 	Listen string
+	// MetricsListen is where Prometheus metrics are served (see
+	// Server.ServeMetrics), apart from Listen: they tell anyone who reads
+	// them how loaded the gateway is and what is failing, so they are for
+	// operators only. Loopback by default; empty serves no metrics.
+	MetricsListen string
 	// AllowedOrigins lists browser origins (scheme://host[:port]) allowed
 	// besides same-origin. Requests with no Origin header (native apps) are
 	// always allowed; a request with any other Origin gets 403. "*" allows
 	// every origin and is meant for local development only.
 	AllowedOrigins []string
+
+	// JWTAudience, when set, must be one of a token's aud, and JWTIssuer,
+	// when set, its iss. Empty checks nothing.
+	JWTAudience string
+	JWTIssuer   string
+	// JWTMaxTTL is the longest a token may live: exp - iat, or exp - now
+	// for a token without iat. A token that says it lives longer is
+	// refused (bad_token). Must be positive.
+	JWTMaxTTL time.Duration
 
 	// MaxFrameBytes is the largest frame accepted; a larger one closes the
 	// connection with 1009. Zero is invalid.
@@ -49,6 +64,11 @@ type Config struct {
 	// tighter bucket.
 	TypingRate  float64
 	TypingBurst int
+	// SettingsRate and SettingsBurst limit settings frames per
+	// connection; each that changes something is a KV write of up to a
+	// frame's size, so they get their own, tightest bucket.
+	SettingsRate  float64
+	SettingsBurst int
 	// FloodStrikes is how many rate-limited frames in a row close the
 	// connection with 1008 "flood".
 	FloodStrikes int
@@ -107,6 +127,8 @@ type Config struct {
 func DefaultConfig() Config {
 	return Config{
 		Listen:           ":8080",
+		MetricsListen:    "127.0.0.1:9090",
+		JWTMaxTTL:        DefaultJWTMaxTTL,
 		MaxFrameBytes:    64 << 10,
 		PingInterval:     25 * time.Second,
 		PongTimeout:      60 * time.Second,
@@ -119,6 +141,8 @@ func DefaultConfig() Config {
 		FloodStrikes:     50,
 		TypingRate:       2,
 		TypingBurst:      5,
+		SettingsRate:     1,
+		SettingsBurst:    5,
 		MaxPendingSends:  256,
 		OutboundQueue:    1024,
 		ShutdownTimeout:  10 * time.Second,
@@ -142,6 +166,10 @@ func (c *Config) Validate() error {
 	switch {
 	case c.Listen == "":
 		return bad("Listen", "is empty")
+	case c.MetricsListen != "" && !isHostPort(c.MetricsListen):
+		return bad("MetricsListen", "must be host:port")
+	case c.JWTMaxTTL <= 0:
+		return bad("JWTMaxTTL", "must be positive")
 	case c.MaxFrameBytes < 256 || c.MaxFrameBytes > MaxFrameLimit:
 		return bad("MaxFrameBytes", fmt.Sprintf("must be between 256 B and %d B (a stored message is at most 1 MiB)", MaxFrameLimit))
 	case c.PingInterval <= 0:
@@ -158,6 +186,8 @@ func (c *Config) Validate() error {
 		return bad("FrameRate/FrameBurst", "must be positive")
 	case c.TypingRate <= 0 || c.TypingBurst < 1:
 		return bad("TypingRate/TypingBurst", "must be positive")
+	case c.SettingsRate <= 0 || c.SettingsBurst < 1:
+		return bad("SettingsRate/SettingsBurst", "must be positive")
 	case c.FloodStrikes < 1:
 		return bad("FloodStrikes", "must be at least 1")
 	case c.MaxInflight < 0 || c.MaxInflight > 100000:
@@ -200,6 +230,20 @@ func (c *Config) Validate() error {
 		}
 	}
 	return nil
+}
+
+func isHostPort(addr string) bool {
+	_, _, err := net.SplitHostPort(addr)
+	return err == nil
+}
+
+// DefaultJWTMaxTTL is JWTMaxTTL by default.
+const DefaultJWTMaxTTL = 30 * 24 * time.Hour
+
+// TokenRules are the checks the gateway makes of a token beyond its
+// signature and expiry.
+func (c *Config) TokenRules() TokenRules {
+	return TokenRules{Audience: c.JWTAudience, Issuer: c.JWTIssuer, MaxTTL: c.JWTMaxTTL}
 }
 
 // MaxFrameLimit is the largest MaxFrameBytes allowed: a stored message

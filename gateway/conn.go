@@ -4,6 +4,7 @@ import (
 	"errors"
 	"sync"
 	"time"
+	"unicode/utf8"
 
 	"github.com/fasthttp/websocket"
 
@@ -167,7 +168,8 @@ func (c *wsConn) sendPing() {
 }
 
 // readLoop reads frames until the socket fails or closes, passing each text
-// frame to handle. It returns the reason it stopped.
+// frame to handle; a binary frame or one that is not UTF-8 ends it. It
+// returns the reason it stopped.
 func (c *wsConn) readLoop(handle func([]byte)) error {
 	c.ws.SetReadLimit(int64(c.cfg.MaxFrameBytes))
 	alive := func() { _ = c.ws.SetReadDeadline(time.Now().Add(c.cfg.PongTimeout)) }
@@ -196,6 +198,13 @@ func (c *wsConn) readLoop(handle func([]byte)) error {
 		if mt != websocket.TextMessage {
 			c.Close(protocol.CloseUnsupported, "binary frames are not part of "+protocol.Subprotocol)
 			return errors.New("gateway: binary frame")
+		}
+		if !utf8.Valid(data) {
+			// RFC 6455 §8.1: a text frame that is not UTF-8 fails the
+			// connection. Acted on, its bytes could be stored and passed
+			// on to a browser, which would fail its own connection.
+			c.Close(protocol.CloseInvalidData, "text frame is not valid UTF-8")
+			return errors.New("gateway: text frame is not valid UTF-8")
 		}
 		handle(data)
 		select {

@@ -25,7 +25,8 @@
 // DEVICES registry and cursors), reap.go (carrying over device consumers of
 // earlier versions), httplog.go (fasthttp's own log lines, without the
 // request's credentials), presence.go, media.go, auth.go, config.go,
-// metrics.go.
+// metrics.go (Prometheus metrics, served on a listener of their own:
+// ServeMetrics).
 //
 // Concurrency: Server methods are safe from many goroutines. Each
 // connection has one read goroutine, which runs the session's frame

@@ -6,6 +6,7 @@ import (
 	"sort"
 	"strconv"
 	"time"
+	"unicode/utf8"
 
 	"github.com/nats-io/nats.go"
 
@@ -332,8 +333,13 @@ func (srv *Server) directBatch(req directGet, quit <-chan struct{}, each func(ui
 }
 
 // take hands the message stored at seq to the device. Anything that is
-// not a well-formed chat message or receipt (published by hand, say) is
-// skipped; it stays in the stream for an operator to look at.
+// not a well-formed chat message or receipt (published by hand, say), or
+// whose frame would not be valid UTF-8 (a body stored by an earlier
+// version, which did not check), is skipped: the device's position moves
+// past it, it is counted, and it stays in the stream for an operator to
+// look at. A frame that is not UTF-8 would make a browser fail its
+// connection without acking, and the message would come first again on
+// every reconnect.
 func (s *session) take(seq uint64, h nats.Header, data []byte) {
 	ts, _ := strconv.ParseInt(h.Get(streams.HdrTS), 10, 64)
 	if ts == 0 {
@@ -348,17 +354,17 @@ func (s *session) take(seq uint64, h nats.Header, data []byte) {
 	case streams.KindMsg:
 		frame = protocol.AppendMsg(nil, id, from, dev, seq, ts, data, []byte(h.Get(streams.HdrMedia)))
 	case streams.KindReceipt:
-		frame = protocol.AppendReceipt(nil, id, h.Get(streams.HdrStatus), from, dev, seq, ts)
+		if st := h.Get(streams.HdrStatus); st == protocol.StatusDelivered || st == protocol.StatusRead {
+			frame = protocol.AppendReceipt(nil, id, st, from, dev, seq, ts)
+		}
 		p = pendingMsg{receipt: true}
 	}
-	if frame == nil || !protocol.ValidID(from) || !protocol.ValidID(dev) || !protocol.ValidID(id) {
-		s.log.Warn("skipping a malformed message in the inbox", "seq", seq)
-		s.mu.Lock()
-		s.last = seq
-		if len(s.unsettled) == 0 {
-			s.floor = seq
-		}
-		s.mu.Unlock()
+	switch {
+	case frame == nil || !protocol.ValidID(from) || !protocol.ValidID(dev) || !protocol.ValidID(id):
+		s.skip(seq, skipMalformed)
+		return
+	case !utf8.Valid(frame):
+		s.skip(seq, skipInvalidUTF8)
 		return
 	}
 	s.mu.Lock()
@@ -368,6 +374,29 @@ func (s *session) take(seq uint64, h nats.Header, data []byte) {
 	s.mu.Unlock()
 	s.srv.metrics.delivered.Inc()
 	s.t.Send(frame)
+}
+
+// Reasons a stored message is skipped, as counted.
+const (
+	skipMalformed   = "malformed"
+	skipInvalidUTF8 = "invalid_utf8"
+)
+
+var skipReasons = []string{skipMalformed, skipInvalidUTF8}
+
+// skip moves the device's position past the message stored at seq
+// without delivering it. The cursor is saved as after an ack, so a crash
+// does not bring it back either.
+func (s *session) skip(seq uint64, reason string) {
+	s.log.Warn("skipping a message in the inbox", "seq", seq, "reason", reason)
+	s.srv.metrics.skipped.WithLabelValues(reason).Inc()
+	s.mu.Lock()
+	s.last = seq
+	if len(s.unsettled) == 0 {
+		s.floor = seq
+	}
+	s.mu.Unlock()
+	s.scheduleCursor()
 }
 
 // settle records that the device is done with seq: it acked it and, for a

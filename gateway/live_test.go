@@ -3,8 +3,6 @@ package gateway_test
 import (
 	"context"
 	"fmt"
-	"io"
-	"net/http"
 	"regexp"
 	"strconv"
 	"strings"
@@ -38,17 +36,15 @@ func republish(t *testing.T, n *tk.NATS, on bool) {
 // catchUps reads the gateway's catchups_total for one reason.
 func catchUps(t *testing.T, g *tk.Gateway, reason string) int {
 	t.Helper()
-	resp, err := http.Get("http://" + g.Addr + "/metrics")
+	b, err := g.Metrics()
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer resp.Body.Close()
-	b, _ := io.ReadAll(resp.Body)
-	m := regexp.MustCompile(`switchboard_gateway_catchups_total\{reason="` + reason + `"\} (\d+)`).FindSubmatch(b)
+	m := regexp.MustCompile(`switchboard_gateway_catchups_total\{reason="` + reason + `"\} (\d+)`).FindStringSubmatch(b)
 	if m == nil {
 		t.Fatalf("/metrics has no catch-up count for %q", reason)
 	}
-	v, _ := strconv.Atoi(string(m[1]))
+	v, _ := strconv.Atoi(m[1])
 	return v
 }
 
@@ -236,14 +232,12 @@ func TestStormSharesOneBacklogRead(t *testing.T) {
 			t.Fatalf("a device's SDK dropped %d repeats", st.DuplicatesDropped)
 		}
 	}
-	resp, err := http.Get("http://" + g.Addr + "/metrics")
+	b, err := g.Metrics()
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer resp.Body.Close()
-	b, _ := io.ReadAll(resp.Body)
-	m := regexp.MustCompile(`switchboard_gateway_shared_backlog_passes_total (\d+)`).FindSubmatch(b)
-	if m == nil || string(m[1]) == "0" {
+	m := regexp.MustCompile(`switchboard_gateway_shared_backlog_passes_total (\d+)`).FindStringSubmatch(b)
+	if m == nil || m[1] == "0" {
 		t.Fatalf("no shared backlog pass ran: %q", m)
 	}
 }

@@ -5,7 +5,6 @@ import (
 	"encoding/json"
 	"errors"
 	"strings"
-	"time"
 
 	"github.com/valyala/fasthttp"
 
@@ -37,7 +36,7 @@ func (s *Server) serveMedia(ctx *fasthttp.RequestCtx) {
 		httpError(ctx, fasthttp.StatusUnauthorized, "no_token", "a token is required")
 		return
 	}
-	id, err := s.keys.Verify(tok, time.Now())
+	id, err := s.verifyToken(tok)
 	if err != nil {
 		code := "bad_token"
 		if errors.Is(err, ErrTokenExpired) {

@@ -1,25 +1,52 @@
 package gateway
 
 import (
+	"errors"
+	"net"
+	"net/http"
 	"strconv"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
-	"github.com/valyala/fasthttp"
-	"github.com/valyala/fasthttp/fasthttpadaptor"
 
 	"github.com/switchboard-im/switchboard/gateway/protocol"
 )
 
-// PathMetrics serves Prometheus metrics.
+// PathMetrics serves Prometheus metrics, on the metrics listener only
+// (ServeMetrics), never on the WebSocket one.
 const PathMetrics = "/metrics"
+
+// ServeMetrics serves Prometheus metrics at PathMetrics on ln until
+// Shutdown; every other path answers 404. The WebSocket listener does not
+// serve them: they tell whoever reads them how loaded the gateway is and
+// what is failing, so ln should be reachable by operators only (the binary
+// listens on loopback by default). It may be called for several listeners.
+func (s *Server) ServeMetrics(ln net.Listener) error {
+	err := s.metricsHTTP.Serve(ln)
+	if errors.Is(err, http.ErrServerClosed) {
+		return nil
+	}
+	return err
+}
+
+// newMetricsHTTP is the metrics listener's server: plain net/http, as
+// nothing on it is on the hot path.
+func newMetricsHTTP(m *metrics, cfg *Config) *http.Server {
+	mux := http.NewServeMux()
+	mux.Handle(PathMetrics, promhttp.HandlerFor(m.reg, promhttp.HandlerOpts{}))
+	return &http.Server{
+		Handler:           mux,
+		ReadHeaderTimeout: cfg.HandshakeTimeout,
+		WriteTimeout:      cfg.WriteTimeout,
+		IdleTimeout:       cfg.PongTimeout,
+	}
+}
 
 // metrics are one gateway's Prometheus metrics, in a registry of its own so
 // several gateways can live in one process (tests, embedding).
 type metrics struct {
 	reg          *prometheus.Registry
-	handler      fasthttp.RequestHandler
 	sessions     prometheus.GaugeFunc
 	refused      *prometheus.CounterVec        // handshakes refused, by code
 	closes       *prometheus.CounterVec        // connections closed, by close code
@@ -32,6 +59,7 @@ type metrics struct {
 	inboxGets    prometheus.Counter            // batched direct gets of inbox messages
 	fdFull       prometheus.Counter            // accepts held back: out of file descriptors
 	sharedPasses prometheus.Counter            // passes of the shared backlog reader
+	skipped      *prometheus.CounterVec        // inbox messages skipped, not delivered, by reason
 }
 
 func newMetrics(s *Server) *metrics {
@@ -61,7 +89,11 @@ func newMetrics(s *Server) *metrics {
 		Help: "Times accepting connections waited because the process ran out of file descriptors."})
 	m.sharedPasses = prometheus.NewCounter(prometheus.CounterOpts{Namespace: ns, Name: "shared_backlog_passes_total",
 		Help: "Passes of the reader that reads many sessions' backlogs at once (reconnect storms)."})
-	m.reg.MustRegister(m.sessions, m.refused, m.closes, m.framesIn, m.errors, m.delivered, m.stored, m.catchUps, m.inboxGets, m.fdFull, m.sharedPasses,
+	m.skipped = prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Name: "inbox_skipped_total",
+		Help: "Messages in device inboxes skipped rather than delivered, by reason: malformed (not a chat message or " +
+			"receipt the gateway could have stored), invalid_utf8 (its frame would not be UTF-8). They stay in INBOX."},
+		[]string{"reason"})
+	m.reg.MustRegister(m.sessions, m.refused, m.closes, m.framesIn, m.errors, m.delivered, m.stored, m.catchUps, m.inboxGets, m.fdFull, m.sharedPasses, m.skipped,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	// Pre-create the label values operators alert on, so they read 0
 	// rather than being absent.
@@ -75,9 +107,11 @@ func newMetrics(s *Server) *metrics {
 	for _, r := range catchUpReasons {
 		m.catchUps.WithLabelValues(r)
 	}
+	for _, r := range skipReasons {
+		m.skipped.WithLabelValues(r)
+	}
 	for _, c := range protocol.Closes {
 		m.closes.WithLabelValues(strconv.Itoa(c.Code))
 	}
-	m.handler = fasthttpadaptor.NewFastHTTPHandler(promhttp.HandlerFor(m.reg, promhttp.HandlerOpts{}))
 	return m
 }

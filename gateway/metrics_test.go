@@ -6,6 +6,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/switchboard-im/switchboard/gateway"
 	tk "github.com/switchboard-im/switchboard/internal/testkit"
 )
 
@@ -26,13 +27,10 @@ func TestMetricsCountWhatHappened(t *testing.T) {
 	resp.Body.Close()
 
 	tk.WaitFor(t, wait, func() error {
-		resp, err := http.Get("http://" + g.Addr + "/metrics")
+		body, err := g.Metrics()
 		if err != nil {
 			return err
 		}
-		defer resp.Body.Close()
-		b, _ := io.ReadAll(resp.Body)
-		body := string(b)
 		for _, want := range []string{
 			"switchboard_gateway_sessions 2",
 			"switchboard_gateway_sends_stored_total 1",
@@ -50,4 +48,34 @@ func TestMetricsCountWhatHappened(t *testing.T) {
 		}
 		return nil
 	})
+}
+
+// Metrics are served on their own listener only: the public WebSocket
+// listener answers 404 for them, and the metrics listener serves nothing
+// else.
+func TestMetricsAreNotOnThePublicListener(t *testing.T) {
+	n := tk.StartNATS(t)
+	g := tk.StartGateway(t, n, tk.TestConfig())
+	get := func(url string) (int, string) {
+		t.Helper()
+		resp, err := http.Get(url)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		b, _ := io.ReadAll(resp.Body)
+		return resp.StatusCode, string(b)
+	}
+	if code, body := get("http://" + g.Addr + gateway.PathMetrics); code != http.StatusNotFound || strings.Contains(body, "switchboard_gateway") {
+		t.Fatalf("GET /metrics on the WebSocket listener: %d %.80q, want 404 and no metrics", code, body)
+	}
+	if code, body := get(g.MetricsURL); code != http.StatusOK || !strings.Contains(body, "switchboard_gateway_sessions 0") {
+		t.Fatalf("GET %s: %d %.80q, want the metrics", g.MetricsURL, code, body)
+	}
+	base := strings.TrimSuffix(g.MetricsURL, gateway.PathMetrics)
+	for _, path := range []string{gateway.PathWS, gateway.PathHealthz, "/"} {
+		if code, _ := get(base + path); code != http.StatusNotFound {
+			t.Errorf("GET %s on the metrics listener: %d, want 404", path, code)
+		}
+	}
 }

@@ -297,15 +297,30 @@ func (s *session) nextPresenceGen() uint64 {
 	return s.presGen
 }
 
+// presenceSent is what a session last decided about a followed user:
+// the generation of that decision and whether the user was hidden.
+type presenceSent struct {
+	gen    uint64
+	hidden bool
+}
+
 // sendPresence sends a presence frame of generation gen about user,
-// unless a newer one about user went out already.
+// unless a newer one about user went out already, or it is hidden and so
+// was the last one. A hidden user's changes must not show: a hidden frame
+// at each of them would tell exactly when the user comes and goes. So a
+// follower gets hidden once, when following, and again only when the
+// user's privacy hides them after showing them.
 func (s *session) sendPresence(gen uint64, user string, online bool, lastSeen int64, hidden bool) {
 	s.presMu.Lock()
 	defer s.presMu.Unlock()
-	if gen <= s.presSent[user] {
+	last := s.presSent[user]
+	if gen <= last.gen {
 		return
 	}
-	s.presSent[user] = gen
+	s.presSent[user] = presenceSent{gen: gen, hidden: hidden}
+	if hidden && last.hidden {
+		return
+	}
 	s.t.Send(protocol.AppendPresence(nil, user, online, lastSeen, hidden))
 }
 
@@ -317,8 +332,12 @@ func (s *session) onPresence(u *presence.Update) {
 	case streams.VisibleContacts:
 		// Whether this viewer is a contact is the function's to say. A
 		// connection with too many calls in flight misses this one; its
-		// next presence_sub answers with the current state.
-		s.askPresence([]string{u.User})
+		// next presence_sub answers with the current state. A failure is
+		// not reported: the client asked nothing, and an error frame at
+		// each change would show when the user comes and goes.
+		s.askPresenceThen([]string{u.User}, func(err error) {
+			s.log.Debug("presence answer for a change failed", "user", u.User, "err", err)
+		})
 	default:
 		s.sendPresence(s.nextPresenceGen(), u.User, false, 0, true)
 	}
@@ -329,6 +348,14 @@ func (s *session) onPresence(u *presence.Update) {
 // not block the caller; it reports false when too many calls are in
 // flight.
 func (s *session) askPresence(users []string) bool {
+	return s.askPresenceThen(users, func(err error) {
+		s.sendError(protocol.ErrUnavailable, "presence is unavailable: "+err.Error(), "", 0, 0)
+	})
+}
+
+// askPresenceThen is askPresence, calling failed if the function does
+// not answer.
+func (s *session) askPresenceThen(users []string, failed func(error)) bool {
 	if len(users) == 0 {
 		return true
 	}
@@ -337,7 +364,7 @@ func (s *session) askPresence(users []string) bool {
 		req, _ := json.Marshal(presence.GetRequest{Viewer: s.id.User, Users: users})
 		var reply presence.GetReply
 		if err := s.callFunction(presence.GetSubject, req, &reply); err != nil {
-			s.sendError(protocol.ErrUnavailable, "presence is unavailable: "+err.Error(), "", 0, 0)
+			failed(err)
 			return
 		}
 		for _, v := range reply.Users {

@@ -8,6 +8,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/nats-io/nats.go"
+
 	"github.com/switchboard-im/switchboard/client"
 	"github.com/switchboard-im/switchboard/functions/presence"
 	"github.com/switchboard-im/switchboard/gateway/protocol"
@@ -33,10 +35,21 @@ func recvPresence(t *testing.T, c *client.Client, user string) client.Presence {
 }
 
 // waitPresence reads presence events about user until one says online
-// (or offline), skipping answers that raced ahead of the change.
+// (or offline), skipping answers that raced ahead of the change. The user
+// must not be hidden, and offline must come with a last seen time.
 func waitPresence(t *testing.T, c *client.Client, user string, online bool) {
 	t.Helper()
-	for p := recvPresence(t, c, user); p.Online != online; p = recvPresence(t, c, user) {
+	for {
+		p := recvPresence(t, c, user)
+		switch {
+		case p.Hidden:
+			t.Fatalf("%s hidden: %+v", user, p)
+		case p.Online != online:
+			continue
+		case !online && p.LastSeen.IsZero():
+			t.Fatalf("%s offline with no last seen: %+v", user, p)
+		}
+		return
 	}
 }
 
@@ -94,9 +107,9 @@ func TestPresenceFollowsDevicesComingAndGoing(t *testing.T) {
 	// carol still follows bob: once she sees him online, the update was
 	// published; alice, who stopped following, then asks about zed and
 	// gets that answer with nothing about bob before it.
-	if p := recvPresence(t, carol, "bob"); !p.Online {
-		t.Fatalf("carol sees %+v", p)
-	}
+	// (bob's leaving, published before carol followed, may still reach
+	// her after her answer.)
+	waitPresence(t, carol, "bob", true)
 	if err := alice.SubscribePresence("zed"); err != nil {
 		t.Fatal(err)
 	}
@@ -109,7 +122,8 @@ func TestPresenceFollowsDevicesComingAndGoing(t *testing.T) {
 }
 
 // bob shows his presence to contacts only: carol, on his list, sees him;
-// alice gets hidden, in the first answer and in every update.
+// alice gets hidden in the first answer, and nothing when he comes and
+// goes (TestHiddenPresenceSendsNothingOnChanges).
 func TestLastSeenPrivacyThroughTheGateway(t *testing.T) {
 	n := tk.StartNATS(t)
 	g := tk.StartGateway(t, n, tk.TestConfig())
@@ -131,34 +145,25 @@ func TestLastSeenPrivacyThroughTheGateway(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	// The answer may race ahead of bob's lease reaching the presence
-	// function; the change follows it.
+	// Each change comes as it happens; an answer and a change that cross
+	// may both say the same, so carol reads until the state she expects.
 	waitPresence(t, carol, "bob", true)
 	if p := recvPresence(t, alice, "bob"); !p.Hidden || p.Online {
 		t.Fatalf("alice (not a contact) sees %+v", p)
 	}
 	_ = bob.Close()
-	p := recvPresence(t, carol, "bob")
-	for p.Online { // the change after the answer above, if both came
-		p = recvPresence(t, carol, "bob")
-	}
-	if p.LastSeen.IsZero() {
-		t.Fatalf("carol sees bob leave as %+v", p)
-	}
-	if p := recvPresence(t, alice, "bob"); !p.Hidden || !p.LastSeen.IsZero() {
-		t.Fatalf("alice sees bob leave as %+v", p)
-	}
+	waitPresence(t, carol, "bob", false)
 
 	// Nobody: carol is hidden from now on too.
 	bob = tk.Dial(t, g.URL, "bob", "phone")
-	recvPresence(t, carol, "bob")
-	recvPresence(t, alice, "bob")
+	waitPresence(t, carol, "bob", true)
 	if _, err := bob.Settings(ctx, client.SettingsChange{LastSeenPrivacy: protocol.PrivacyNobody}); err != nil {
 		t.Fatal(err)
 	}
-	_ = bob.Close()
-	if p := recvPresence(t, carol, "bob"); !p.Hidden {
-		t.Fatalf("carol sees %+v after bob chose nobody", p)
+	for p := recvPresence(t, carol, "bob"); !p.Hidden; p = recvPresence(t, carol, "bob") {
+		if !p.Online {
+			t.Fatalf("carol sees %+v after bob chose nobody", p)
+		}
 	}
 }
 
@@ -356,10 +361,13 @@ func TestReplacedSessionLeavesTheNewLeaseAlone(t *testing.T) {
 		}
 		return nil
 	})
-	_, rev, err := leaseOf(t, n, "bob", "phone")
-	if err != nil {
-		t.Fatal(err)
-	}
+	// The welcome goes out before the first lease is written: wait for
+	// one (the old session's or the new one's).
+	var rev uint64
+	tk.WaitFor(t, wait, func() (err error) {
+		_, rev, err = leaseOf(t, n, "bob", "phone")
+		return err
+	})
 	// A refresh after the old session ended proves the lease stayed the
 	// new session's.
 	tk.WaitFor(t, wait, func() error {
@@ -374,4 +382,189 @@ func TestReplacedSessionLeavesTheNewLeaseAlone(t *testing.T) {
 		}
 		return nil
 	})
+}
+
+// updates watches a user's presence changes as the presence function (or
+// a settings change) publishes them, so a test knows a change is on its
+// way to the gateways before it acts again.
+type updates struct {
+	t   *testing.T
+	sub *nats.Subscription
+}
+
+func watchUpdates(t *testing.T, n *tk.NATS, user string) *updates {
+	t.Helper()
+	sub, err := n.Conn.SubscribeSync(presence.UpdateSubject(user))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := n.Conn.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = sub.Unsubscribe() })
+	return &updates{t: t, sub: sub}
+}
+
+// await reads published changes until one matches.
+func (u *updates) await(online bool, visibility string) {
+	u.t.Helper()
+	deadline := time.Now().Add(wait)
+	for {
+		m, err := u.sub.NextMsg(time.Until(deadline))
+		if err != nil {
+			u.t.Fatalf("no presence update online=%v visibility=%s: %v", online, visibility, err)
+		}
+		var up presence.Update
+		if json.Unmarshal(m.Data, &up) == nil && up.Online == online && up.Visibility == visibility {
+			return
+		}
+	}
+}
+
+// nextPresence reads the viewer's next frame, which must be a presence
+// frame.
+func nextPresence(r *raw) *protocol.Frame {
+	r.t.Helper()
+	f := r.next()
+	if f.Type != protocol.TypePresence {
+		r.t.Fatalf("got %+v, want a presence frame", *f)
+	}
+	return f
+}
+
+// answers reads the viewer's presence frames until there is one about
+// each of users, and returns the last about each. A change published just
+// before the viewer followed may reach it as well as the answer.
+func answers(r *raw, users ...string) map[string]*protocol.Frame {
+	r.t.Helper()
+	got := map[string]*protocol.Frame{}
+	for len(got) < len(users) {
+		f := nextPresence(r)
+		got[f.User] = f
+	}
+	return got
+}
+
+func setPrivacy(t *testing.T, c *client.Client, privacy string, contacts ...string) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), wait)
+	defer cancel()
+	ch := client.SettingsChange{LastSeenPrivacy: privacy}
+	if contacts != nil {
+		ch.Contacts = &contacts
+	}
+	if _, err := c.Settings(ctx, ch); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// A follower who may not see a user's presence gets one hidden answer
+// and then nothing when the user comes and goes: a hidden frame at each
+// change would tell exactly when. The fence is carol, whom the follower
+// may see, coming online after bob's changes were published.
+func TestHiddenPresenceSendsNothingOnChanges(t *testing.T) {
+	for _, tc := range []struct {
+		name     string
+		privacy  string
+		contacts []string
+	}{
+		{"nobody", protocol.PrivacyNobody, nil},
+		{"contacts, follower not one", protocol.PrivacyContacts, []string{"carol"}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			n := tk.StartNATS(t)
+			g := tk.StartGateway(t, n, tk.TestConfig())
+			bobs := watchUpdates(t, n, "bob")
+			bob := tk.Dial(t, g.URL, "bob", "phone")
+			bobs.await(true, protocol.PrivacyEveryone)
+			setPrivacy(t, bob, tc.privacy, tc.contacts...)
+			bobs.await(true, tc.privacy)
+			_ = bob.Close()
+			bobs.await(false, tc.privacy)
+
+			alice := connectRaw(t, g, "alice", "phone")
+			alice.write(`{"type":"presence_sub","users":["bob","carol"]}`)
+			got := answers(alice, "bob", "carol")
+			if f := got["bob"]; f == nil || !f.Hidden || f.Online || f.LastSeen != 0 {
+				t.Fatalf("first answer about bob: %+v, want hidden", f)
+			}
+			if f := got["carol"]; f == nil || f.Hidden || f.Online {
+				t.Fatalf("first answer about carol: %+v, want offline", f)
+			}
+
+			bob = tk.Dial(t, g.URL, "bob", "phone")
+			bobs.await(true, tc.privacy)
+			_ = bob.Close()
+			bobs.await(false, tc.privacy)
+			// The fence: carol's change is published after bob's.
+			tk.Dial(t, g.URL, "carol", "phone")
+			if f := nextPresence(alice); f.User != "carol" || !f.Online {
+				t.Fatalf("alice got %+v before the fence (carol online): bob's comings and goings show", *f)
+			}
+		})
+	}
+}
+
+// A privacy change is itself a change of what the follower may see: from
+// everyone to nobody one hidden frame goes out, a second change that
+// hides nothing new sends nothing, and back to everyone the state goes
+// out again.
+func TestPrivacyChangeSendsHiddenOnceThenStateAgain(t *testing.T) {
+	n := tk.StartNATS(t)
+	g := tk.StartGateway(t, n, tk.TestConfig())
+	bobs := watchUpdates(t, n, "bob")
+	bob := tk.Dial(t, g.URL, "bob", "phone")
+	bobs.await(true, protocol.PrivacyEveryone)
+	alice := connectRaw(t, g, "alice", "phone")
+	alice.write(`{"type":"presence_sub","users":["bob","carol"]}`)
+	got := answers(alice, "bob", "carol")
+	if f := got["bob"]; f == nil || f.Hidden || !f.Online {
+		t.Fatalf("first answer about bob: %+v, want online", f)
+	}
+
+	setPrivacy(t, bob, protocol.PrivacyNobody)
+	if f := nextPresence(alice); f.User != "bob" || !f.Hidden {
+		t.Fatalf("after bob chose nobody alice got %+v, want bob hidden", *f)
+	}
+	setPrivacy(t, bob, protocol.PrivacyContacts, "carol")
+	bobs.await(true, protocol.PrivacyContacts)
+	tk.Dial(t, g.URL, "carol", "phone")
+	if f := nextPresence(alice); f.User != "carol" || !f.Online {
+		t.Fatalf("alice got %+v before the fence (carol online), want no second hidden frame", *f)
+	}
+
+	setPrivacy(t, bob, protocol.PrivacyEveryone)
+	if f := nextPresence(alice); f.User != "bob" || f.Hidden || !f.Online {
+		t.Fatalf("after bob chose everyone alice got %+v, want bob online", *f)
+	}
+}
+
+// Each settings frame that changes something is a KV write, so they have
+// a bucket of their own, far tighter than other frames': 1 a second with
+// a burst of 5. Past it a frame gets rate_limited and writes nothing.
+func TestSettingsFramesHaveTheirOwnRateLimit(t *testing.T) {
+	n := tk.StartNATS(t)
+	g := tk.StartGateway(t, n, tk.TestConfig())
+	r := connectRaw(t, g, "mallory", "phone")
+	const frames = 10
+	start := time.Now()
+	for i := range frames {
+		r.write(fmt.Sprintf(`{"type":"settings","read_receipts":%v}`, i%2 == 0))
+	}
+	answered, limited := 0, 0
+	for range frames {
+		switch f := r.next(); {
+		case f.Type == protocol.TypeSettings:
+			answered++
+		case f.Type == protocol.TypeError && f.Code == protocol.ErrRateLimited && f.RetryMS > 0:
+			limited++
+		default:
+			t.Fatalf("got %+v, want settings or rate_limited", *f)
+		}
+	}
+	// The bucket refills at 1 a second while the frames are handled.
+	if allowed := 5 + int(time.Since(start).Seconds()) + 1; limited == 0 || answered > allowed {
+		t.Fatalf("%d settings frames answered, %d rate_limited; want at most %d answered", answered, limited, allowed)
+	}
+	r.send("sink", "after-settings-flood") // the connection is still open
 }

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"net/http"
 	"strconv"
 	"strings"
 	"sync"
@@ -53,7 +54,8 @@ type Server struct {
 	upgrader  websocket.FastHTTPUpgrader
 	http      *fasthttp.Server
 
-	metrics *metrics
+	metrics     *metrics
+	metricsHTTP *http.Server // serves metrics on listeners of their own (ServeMetrics)
 
 	mu       sync.Mutex // guards sessions
 	sessions map[*session]struct{}
@@ -131,6 +133,7 @@ func New(ctx context.Context, cfg Config, keys *Keys, nc *nats.Conn, log *slog.L
 		router:      newRouter(nc),
 	}
 	s.metrics = newMetrics(s)
+	s.metricsHTTP = newMetricsHTTP(s.metrics, &s.cfg)
 	if s.gets, err = newGetMux(nc); err != nil {
 		s.router.close()
 		return nil, err
@@ -226,8 +229,6 @@ func (s *Server) route(ctx *fasthttp.RequestCtx) {
 	switch string(ctx.Path()) {
 	case PathWS:
 		s.serveWS(ctx)
-	case PathMetrics:
-		s.metrics.handler(ctx)
 	case PathHealthz:
 		ctx.SetStatusCode(fasthttp.StatusOK)
 		ctx.SetBodyString("ok\n")
@@ -270,7 +271,7 @@ func (s *Server) serveWS(ctx *fasthttp.RequestCtx) {
 		s.refuse(ctx, fasthttp.StatusForbidden, "bad_origin", "origin not allowed")
 		return
 	}
-	id, err := s.keys.Verify(bearerToken(ctx), time.Now())
+	id, err := s.verifyToken(bearerToken(ctx))
 	if err != nil {
 		ctx.Response.Header.Set("WWW-Authenticate", `Bearer realm="switchboard"`)
 		code := "bad_token"
@@ -432,6 +433,8 @@ func (s *Server) Shutdown(ctx context.Context) error {
 	all := s.beginClosing()
 	s.stopLeases()
 	defer s.stopPresence()
+	// Metrics stay readable while the sessions drain.
+	defer func() { _ = s.metricsHTTP.Close() }()
 
 	lnDone := make(chan error, 1)
 	go func() { lnDone <- s.http.ShutdownWithContext(ctx) }()
@@ -478,4 +481,5 @@ func (s *Server) Abort() {
 		}
 	}
 	go func() { _ = s.http.Shutdown() }()
+	_ = s.metricsHTTP.Close()
 }

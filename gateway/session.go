@@ -58,10 +58,11 @@ type session struct {
 	t    transport
 	log  *slog.Logger
 
-	sendLim   *rate.Limiter
-	frameLim  *rate.Limiter
-	typingLim *rate.Limiter
-	strikes   int // rate-limited frames in a row; read loop only
+	sendLim     *rate.Limiter
+	frameLim    *rate.Limiter
+	typingLim   *rate.Limiter
+	settingsLim *rate.Limiter
+	strikes     int // rate-limited frames in a row; read loop only
 
 	// mu guards the delivery state below.
 	mu sync.Mutex
@@ -116,9 +117,11 @@ type session struct {
 	// Presence frames go out newest first only: each update forwarded and
 	// each answer asked for takes the next generation, and a frame older
 	// than the last one sent about its user is dropped. An answer asked
-	// for before an update, and arriving after it, is stale.
+	// for before an update, and arriving after it, is stale. presSent
+	// also says whether that last frame was hidden: a hidden frame after
+	// a hidden one is not sent (see sendPresence).
 	presGen  uint64
-	presSent map[string]uint64
+	presSent map[string]presenceSent
 	// calls bounds the worker-function requests in flight (goCall).
 	calls  chan struct{}
 	expiry *time.Timer
@@ -136,23 +139,24 @@ func newSession(srv *Server, id Identity, t transport) *session {
 	cfg := &srv.cfg
 	sid := nats.NewInbox()[len(nats.InboxPrefix):]
 	return &session{
-		born:       time.Now().UnixNano(),
-		srv:        srv,
-		id:         id,
-		sid:        sid,
-		t:          t,
-		log:        srv.log.With("user", id.User, "device", id.Device, "session", sid),
-		sendLim:    rate.NewLimiter(rate.Limit(cfg.SendRate), cfg.SendBurst),
-		frameLim:   rate.NewLimiter(rate.Limit(cfg.FrameRate), cfg.FrameBurst),
-		typingLim:  rate.NewLimiter(rate.Limit(cfg.TypingRate), cfg.TypingBurst),
-		pending:    make(map[uint64]pendingMsg),
-		quit:       make(chan struct{}),
-		slots:      make(chan struct{}, cfg.MaxPendingSends),
-		presSubs:   make(map[string]struct{}),
-		presSent:   make(map[string]uint64),
-		calls:      make(chan struct{}, maxFunctionCalls),
-		delivering: make(chan struct{}),
-		stopped:    make(chan struct{}),
+		born:        time.Now().UnixNano(),
+		srv:         srv,
+		id:          id,
+		sid:         sid,
+		t:           t,
+		log:         srv.log.With("user", id.User, "device", id.Device, "session", sid),
+		sendLim:     rate.NewLimiter(rate.Limit(cfg.SendRate), cfg.SendBurst),
+		frameLim:    rate.NewLimiter(rate.Limit(cfg.FrameRate), cfg.FrameBurst),
+		typingLim:   rate.NewLimiter(rate.Limit(cfg.TypingRate), cfg.TypingBurst),
+		settingsLim: rate.NewLimiter(rate.Limit(cfg.SettingsRate), cfg.SettingsBurst),
+		pending:     make(map[uint64]pendingMsg),
+		quit:        make(chan struct{}),
+		slots:       make(chan struct{}, cfg.MaxPendingSends),
+		presSubs:    make(map[string]struct{}),
+		presSent:    make(map[string]presenceSent),
+		calls:       make(chan struct{}, maxFunctionCalls),
+		delivering:  make(chan struct{}),
+		stopped:     make(chan struct{}),
 	}
 }
 
@@ -481,7 +485,9 @@ func (s *session) handle(data []byte) {
 			s.status(f.ID)
 		}
 	case protocol.TypeSettings:
-		if s.allow(s.frameLim, "") {
+		// Its own bucket: a settings frame can be a KV write of up to a
+		// frame's size.
+		if s.allow(s.settingsLim, "") {
 			s.settings(f)
 		}
 	case protocol.TypePresenceSub:

@@ -16,6 +16,7 @@ import (
 	"strings"
 	"syscall"
 
+	"github.com/switchboard-im/switchboard/gateway"
 	"github.com/switchboard-im/switchboard/internal/load"
 )
 
@@ -48,8 +49,11 @@ target (one of):
   --url ws://H:P/v1/ws   gateways to load (repeat or comma-separate), with
                          --nats URL, --jwt-secret S or --data DIR, and
                          --pids GW,...,NATS (or --gateway-pid, --nats-pid) for
-                         memory and CPU from /proc. The gateways' per-connection
-                         send rate limit must allow the load (--send-rate).
+                         memory and CPU from /proc, and --metrics URL (each
+                         gateway's --metrics-listen, http://H:P/metrics) for
+                         its error and close counters. The gateways'
+                         per-connection send rate limit must allow the load
+                         (--send-rate).
 
 flags:
 `
@@ -66,8 +70,10 @@ func runBench(args []string, out, errOut io.Writer) error {
 	}
 	var (
 		urls        []string
+		metricsURLs []string
 		natsURL     string
 		secret      string
+		rules       gateway.TokenRules
 		dataDir     = "./data"
 		pids        string
 		gatewayPIDs []int
@@ -83,8 +89,14 @@ func runBench(args []string, out, errOut io.Writer) error {
 		urls = append(urls, splitList(v)...)
 		return nil
 	})
+	fs.Func("metrics", "the gateways' metrics URLs, http://H:P/metrics on their --metrics-listen (repeat or comma-separate)", func(v string) error {
+		metricsURLs = append(metricsURLs, splitList(v)...)
+		return nil
+	})
 	fs.StringVar(&natsURL, "nats", "", "NATS URL of the target: the raw baseline and stream state (empty: no baseline)")
 	fs.StringVar(&secret, "jwt-secret", "", "HS256 secret to sign device tokens (prefer SWITCHBOARD_JWT_SECRET)")
+	fs.StringVar(&rules.Audience, "jwt-audience", "", "aud of the device tokens, when the gateways check it")
+	fs.StringVar(&rules.Issuer, "jwt-issuer", "", "iss of the device tokens, when the gateways check it")
 	fs.StringVar(&dataDir, "data", dataDir, "data directory whose jwt.secret signs tokens, as for \"switchboard token\"")
 	fs.StringVar(&pids, "pids", "", "server PIDs for /proc figures: gateways first, NATS last (one PID: an all-in-one)")
 	fs.Func("gateway-pid", "a gateway's PID (repeatable)", func(v string) error {
@@ -136,8 +148,8 @@ func runBench(args []string, out, errOut io.Writer) error {
 	var target load.Target
 	var spawned *load.Spawned
 	if spawn {
-		if len(urls) > 0 {
-			return errors.New("bench: --spawn and --url exclude each other")
+		if len(urls) > 0 || len(metricsURLs) > 0 {
+			return errors.New("bench: --spawn excludes --url and --metrics")
 		}
 		// This very binary is the system under test, so a bench and the
 		// code it measures never drift apart. os.Args[0] may be a bare
@@ -156,9 +168,10 @@ func runBench(args []string, out, errOut io.Writer) error {
 		target = spawned.Target
 	} else {
 		var err error
-		if target, err = benchTarget(urls, natsURL, secret, dataDir, pids, gatewayPIDs, natsPID); err != nil {
+		if target, err = benchTarget(urls, natsURL, secret, rules, dataDir, pids, gatewayPIDs, natsPID); err != nil {
 			return err
 		}
+		target.MetricsURLs = metricsURLs
 	}
 
 	rep, runErr := load.Run(ctx, c, target)
@@ -184,7 +197,7 @@ func runBench(args []string, out, errOut io.Writer) error {
 }
 
 // benchTarget assembles a target from the flags for a running system.
-func benchTarget(urls []string, natsURL, secret, dataDir, pids string, gatewayPIDs []int, natsPID int) (load.Target, error) {
+func benchTarget(urls []string, natsURL, secret string, rules gateway.TokenRules, dataDir, pids string, gatewayPIDs []int, natsPID int) (load.Target, error) {
 	t := load.Target{URLs: urls, NATSURL: natsURL}
 	if len(urls) == 0 {
 		return t, errors.New("bench: --url (or --spawn) is required")
@@ -207,7 +220,7 @@ func benchTarget(urls []string, natsURL, secret, dataDir, pids string, gatewayPI
 		raw = b
 	}
 	var err error
-	if t.Token, err = load.HS256Tokens(raw); err != nil {
+	if t.Token, err = load.HS256Tokens(raw, rules); err != nil {
 		return t, err
 	}
 	if pids != "" {

@@ -18,7 +18,7 @@ import (
 func benchJSON(t *testing.T, p *proc, data string, args ...string) (map[string]any, *load.Report) {
 	t.Helper()
 	out := filepath.Join(t.TempDir(), "report.json")
-	full := append([]string{"bench", "--url", p.WSURL, "--nats", p.NATSURL, "--data", data,
+	full := append([]string{"bench", "--url", p.WSURL, "--metrics", p.Metrics, "--nats", p.NATSURL, "--data", data,
 		"--pids", strconv.Itoa(p.cmd.Process.Pid), "--json", out, "--quiet",
 		"--settle", "200ms", "--baseline-msgs", "5000", "--baseline-duration", "500ms", "--drain-timeout", "30s"}, args...)
 	return runBenchJSON(t, out, full...)
@@ -194,8 +194,8 @@ func TestBenchStorm(t *testing.T) {
 	if !s.Complete || s.Reconnected != 20 || s.Backlog != 100 || rep.Messages.Delivered != 100 {
 		t.Fatalf("storm %+v, messages %+v", s, rep.Messages)
 	}
-	if rep.Server.CatchUps < 0 || rep.Server.Closes == nil {
-		t.Fatalf("server counters %+v", rep.Server)
+	if len(rep.Server.Unreachable) != 0 || rep.Server.SendsStored < 100 {
+		t.Fatalf("server counters %+v, want 100 sends stored, read from --metrics", rep.Server)
 	}
 }
 
@@ -223,6 +223,10 @@ func TestBenchSpawnWithTwoGateways(t *testing.T) {
 	benchClean(t, tree, rep)
 	if len(rep.Target.URLs) != 2 {
 		t.Fatalf("urls %v", rep.Target.URLs)
+	}
+	// Each spawned gateway's counters come from its own metrics listener.
+	if len(rep.Target.MetricsURLs) != 2 || len(rep.Server.Unreachable) != 0 || rep.Server.SendsStored != rep.Messages.Sent {
+		t.Fatalf("metrics %v, server counters %+v, %d sent", rep.Target.MetricsURLs, rep.Server, rep.Messages.Sent)
 	}
 	roles := map[string]bool{}
 	for _, p := range rep.Processes {

@@ -82,6 +82,7 @@ func bindFlags(fs *flag.FlagSet, c *appConfig, withEmbedded bool) {
 	bindNATSAuthFlags(fs, c)
 	fs.StringVar(&c.DataDir, "data", c.DataDir, "data directory (JetStream store, dev signing secret, NATS keys)")
 	fs.StringVar(&g.Listen, "listen", g.Listen, "gateway HTTP/WebSocket address")
+	fs.StringVar(&g.MetricsListen, "metrics-listen", g.MetricsListen, "serve Prometheus metrics (/metrics) on this address, for operators only (empty: none)")
 	fs.Func("origins", "comma-separated browser origins allowed besides same-origin (\"*\": any, dev only)", func(v string) error {
 		g.AllowedOrigins = splitList(v)
 		return nil
@@ -97,6 +98,8 @@ func bindFlags(fs *flag.FlagSet, c *appConfig, withEmbedded bool) {
 	fs.IntVar(&g.FrameBurst, "frame-burst", g.FrameBurst, "other frame burst per connection")
 	fs.Float64Var(&g.TypingRate, "typing-rate", g.TypingRate, "typing frames per second per connection")
 	fs.IntVar(&g.TypingBurst, "typing-burst", g.TypingBurst, "typing frame burst per connection")
+	fs.Float64Var(&g.SettingsRate, "settings-rate", g.SettingsRate, "settings frames per second per connection")
+	fs.IntVar(&g.SettingsBurst, "settings-burst", g.SettingsBurst, "settings frame burst per connection")
 	fs.IntVar(&g.FloodStrikes, "flood-strikes", g.FloodStrikes, "rate-limited frames in a row before close 1008")
 	fs.IntVar(&g.MaxInflight, "max-inflight", g.MaxInflight, "messages a device may hold unacked (0: 256)")
 	fs.IntVar(&g.MaxPendingSends, "max-pending-sends", g.MaxPendingSends, "sends per connection awaiting their PubAck")
@@ -144,10 +147,16 @@ func (c *appConfig) natsKeysDir() string {
 	return filepath.Join(c.DataDir, "nats")
 }
 
+// bindKeyFlags declares the token flags, shared by the gateway and
+// "token" so the tokens it mints are ones the gateway accepts.
 func bindKeyFlags(fs *flag.FlagSet, c *appConfig) {
 	fs.StringVar(&c.JWTSecret, "jwt-secret", c.JWTSecret, "HS256 secret (prefer SWITCHBOARD_JWT_SECRET; never logged)")
 	fs.StringVar(&c.JWTPublicKeyFile, "jwt-public-key", c.JWTPublicKeyFile, "Ed25519 public key PEM file")
 	fs.StringVar(&c.JWTPrivateKeyFile, "jwt-private-key", c.JWTPrivateKeyFile, "Ed25519 private key PEM file (to mint tokens)")
+	g := &c.Gateway
+	fs.StringVar(&g.JWTAudience, "jwt-audience", g.JWTAudience, "tokens must name this audience (aud); \"token\" sets it (empty: not checked)")
+	fs.StringVar(&g.JWTIssuer, "jwt-issuer", g.JWTIssuer, "tokens must name this issuer (iss); \"token\" sets it (empty: not checked)")
+	fs.DurationVar(&g.JWTMaxTTL, "jwt-max-ttl", g.JWTMaxTTL, "refuse tokens that live longer (exp - iat, or exp - now without iat)")
 }
 
 // parseFlags parses args, then fills every flag not given on the command

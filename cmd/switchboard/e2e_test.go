@@ -50,6 +50,7 @@ type proc struct {
 	cmd     *exec.Cmd
 	WSURL   string        // ws://host:port/v1/ws
 	HTTP    string        // http://host:port
+	Metrics string        // http://host:port/metrics, on --metrics-listen
 	NATSURL string        // only for the all-in-one
 	exited  chan struct{} // closed when the process has exited
 	exitErr error         // valid after exited is closed
@@ -62,6 +63,7 @@ type proc struct {
 }
 
 // start runs the binary with args and waits until it logs where it listens.
+// Its WebSocket and metrics listeners take free loopback ports.
 func start(t testing.TB, args ...string) *proc {
 	t.Helper()
 	return startBinary(t, binary, args...)
@@ -70,7 +72,7 @@ func start(t testing.TB, args ...string) *proc {
 // startBinary is start with another build of the binary.
 func startBinary(t testing.TB, bin string, args ...string) *proc {
 	t.Helper()
-	cmd := exec.Command(bin, append(args, "--log-format", "json", "--listen", "127.0.0.1:0")...)
+	cmd := exec.Command(bin, append(args, "--log-format", "json", "--listen", "127.0.0.1:0", "--metrics-listen", "127.0.0.1:0")...)
 	// A pipe of our own rather than StderrPipe, whose read end Wait closes
 	// at exit, perhaps before the last lines are read.
 	stderr, w, err := os.Pipe()
@@ -111,6 +113,10 @@ func startBinary(t testing.TB, bin string, args ...string) *proc {
 			case "nats listening":
 				p.mu.Lock()
 				p.NATSURL = rec.URL
+				p.mu.Unlock()
+			case "metrics":
+				p.mu.Lock()
+				p.Metrics = rec.URL
 				p.mu.Unlock()
 			case "listening":
 				p.mu.Lock()
@@ -193,6 +199,41 @@ func TestQuickStart(t *testing.T) {
 	if logs := p.Logs(); strings.Contains(logs, tok[strings.LastIndex(tok, ".")+1:]) { // the signature
 		t.Fatal("a token appears in the logs")
 	}
+}
+
+// With --jwt-audience and --jwt-issuer the gateway refuses tokens without
+// them, and "token" given the same flags mints tokens it accepts. "token"
+// mints no token that lives past --jwt-max-ttl, and the gateway refuses
+// one minted with a higher bound than its own.
+func TestTokenAudienceIssuerAndLifetime(t *testing.T) {
+	data := t.TempDir()
+	rules := []string{"--jwt-audience", "switchboard", "--jwt-issuer", "ops"}
+	p := start(t, append([]string{"--data", data, "--nats-listen", "127.0.0.1:0"}, rules...)...)
+	mint := func(extra ...string) string {
+		t.Helper()
+		args := append([]string{"token", "--data", data, "--user", "alice", "--device", "phone"}, extra...)
+		return strings.TrimSpace(tk.Run(t, binary, args...))
+	}
+	refused := func(tok string) {
+		t.Helper()
+		ws, resp, err := websocket.DefaultDialer.Dial(p.WSURL, http.Header{"Authorization": {"Bearer " + tok}})
+		if err == nil {
+			ws.Close()
+			t.Fatal("the gateway accepted a token it should refuse")
+		}
+		if resp == nil || resp.StatusCode != http.StatusUnauthorized {
+			t.Fatalf("handshake: %v, want 401", err)
+		}
+	}
+	tk.DialToken(t, p.WSURL, mint(rules...))
+	refused(mint()) // no aud, no iss
+	refused(mint("--jwt-audience", "switchboard", "--jwt-issuer", "someone-else"))
+
+	out, err := exec.Command(binary, "token", "--data", data, "--user", "alice", "--device", "phone", "--ttl", "721h").CombinedOutput()
+	if err == nil || !strings.Contains(string(out), "maximum token lifetime") {
+		t.Fatalf("token --ttl 721h (past the 720h default bound): want a refusal, got %v:\n%s", err, out)
+	}
+	refused(mint(append(rules, "--ttl", "721h", "--jwt-max-ttl", "1000h")...))
 }
 
 // The all-in-one is killed with kill -9 and restarted on the same data dir:
@@ -334,6 +375,29 @@ func (l *lockedBuffer) String() string {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	return l.b.String()
+}
+
+// Metrics are served on --metrics-listen and not on the WebSocket
+// listener; a metrics address already taken stops the start with an error
+// naming the flag and the address.
+func TestMetricsOnTheirOwnListener(t *testing.T) {
+	p := start(t, "--data", t.TempDir(), "--nats-listen", "127.0.0.1:0")
+	if !strings.HasPrefix(p.Metrics, "http://127.0.0.1:") {
+		t.Fatalf("metrics URL %q logged, want one on loopback\n%s", p.Metrics, p.Logs())
+	}
+	if code := httpGet(t, p.Metrics); code != http.StatusOK {
+		t.Fatalf("GET %s: %d", p.Metrics, code)
+	}
+	if code := httpGet(t, p.HTTP+"/metrics"); code != http.StatusNotFound {
+		t.Fatalf("GET /metrics on the WebSocket listener: %d, want 404", code)
+	}
+
+	taken := strings.TrimSuffix(strings.TrimPrefix(p.Metrics, "http://"), "/metrics")
+	out, err := exec.Command(binary, "--data", t.TempDir(), "--nats-listen", "127.0.0.1:0", "--listen", "127.0.0.1:0",
+		"--metrics-listen", taken).CombinedOutput()
+	if err == nil || !strings.Contains(string(out), "--metrics-listen "+taken) {
+		t.Fatalf("metrics address taken: want an error naming --metrics-listen %s, got %v:\n%s", taken, err, out)
+	}
 }
 
 // --pprof serves Go's profiles on a loopback address and refuses any other.

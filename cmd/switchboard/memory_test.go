@@ -64,7 +64,7 @@ func BenchmarkIdleDeviceMemory(b *testing.B) {
 		conns := make([]*websocket.Conn, 0, devices)
 		start := time.Now()
 		for i := range devices {
-			tok, _ := keys.Mint(fmt.Sprintf("u%05d", i), "phone", time.Hour, time.Now())
+			tok, _ := keys.Mint(fmt.Sprintf("u%05d", i), "phone", time.Hour, time.Now(), gateway.TokenRules{})
 			ws, _, err := d.Dial(p.WSURL, http.Header{"Authorization": {"Bearer " + tok}})
 			if err != nil {
 				b.Fatalf("device %d: %v", i, err)

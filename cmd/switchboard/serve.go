@@ -133,6 +133,15 @@ func runServe(args []string, allInOne bool) error {
 		return err
 	}
 	defer ln.Close()
+	// Metrics get a listener of their own, loopback by default: they are
+	// for operators, not for whoever reaches the WebSocket port.
+	var metricsLn net.Listener
+	if addr := c.Gateway.MetricsListen; addr != "" {
+		if metricsLn, err = net.Listen("tcp", addr); err != nil {
+			return fmt.Errorf("--metrics-listen %s: %w", addr, err)
+		}
+		defer metricsLn.Close()
+	}
 	if c.Functions.Media.BaseURL == "" {
 		c.Functions.Media.BaseURL = baseURL(ln.Addr())
 	}
@@ -161,7 +170,11 @@ func runServe(args []string, allInOne bool) error {
 	} else {
 		gw.EnableMedia(media.NewRemoteAPI(nc, c.Functions.mediaConfig(), log))
 	}
-	serveErr := make(chan error, 1)
+	serveErr := make(chan error, 2)
+	if metricsLn != nil {
+		log.Info("metrics", "url", "http://"+metricsLn.Addr().String()+gateway.PathMetrics)
+		go func() { serveErr <- gw.ServeMetrics(metricsLn) }()
+	}
 	go func() { serveErr <- gw.Serve(ln) }()
 
 	select {

@@ -26,7 +26,7 @@ func runToken(args []string, out io.Writer) error {
 	if err != nil {
 		return err
 	}
-	tok, err := keys.Mint(*user, *device, *ttl, time.Now())
+	tok, err := keys.Mint(*user, *device, *ttl, time.Now(), c.Gateway.TokenRules())
 	if err != nil {
 		return err
 	}

@@ -75,8 +75,9 @@ func LeaseKey(user, device string) string { return leaseKey(user, device) }
 // Update is published on UpdateSubject when a user comes online or goes
 // offline. Visibility is the user's last_seen setting at that moment;
 // gateways show the update as is to viewers when it is everyone, ask the
-// get endpoint for each viewer when it is contacts, and drop it when it is
-// nobody.
+// get endpoint for each viewer when it is contacts, and show it to no one
+// when it is nobody. A viewer already told the user is hidden is told
+// nothing more, so the update's timing does not show.
 type Update struct {
 	User       string `json:"user"`
 	Online     bool   `json:"online"`

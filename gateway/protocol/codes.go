@@ -52,6 +52,7 @@ const (
 	CloseNormal         = 1000
 	CloseGoingAway      = 1001
 	CloseUnsupported    = 1003
+	CloseInvalidData    = 1007
 	ClosePolicy         = 1008
 	CloseTooBig         = 1009
 	CloseInternal       = 1011
@@ -74,6 +75,7 @@ var Closes = []CloseInfo{
 	{CloseNormal, "normal", false, "The client or server ended the session on purpose."},
 	{CloseGoingAway, "going_away", true, "The peer went away (for example a browser tab closed)."},
 	{CloseUnsupported, "unsupported_data", false, "A binary frame was sent on the JSON subprotocol."},
+	{CloseInvalidData, "invalid_data", false, "A text frame was not valid UTF-8 (RFC 6455 §8.1); nothing in it was acted on."},
 	{ClosePolicy, "policy", true, "Reason `token_expired`: the token's expiry passed; reconnect with a fresh token. Reason `flood`: rate limit exceeded repeatedly; reconnect after backoff."},
 	{CloseTooBig, "too_big", true, "A frame exceeded the size limit (default 64 KiB); it was not processed."},
 	{CloseInternal, "internal", true, "The gateway hit an error it cannot recover from for this session."},

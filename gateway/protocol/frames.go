@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"strconv"
 	"strings"
+	"unicode/utf8"
 )
 
 // Subprotocol is the WebSocket subprotocol of this version: JSON text frames.
@@ -229,6 +230,13 @@ type clientFrame struct {
 // DecodeClient parses and validates a client-to-server frame. On error it
 // returns a *DecodeError whose Code is the error frame to send back.
 func DecodeClient(data []byte) (*Frame, error) {
+	// JSON text is UTF-8 (RFC 8259 §8.1), but encoding/json passes other
+	// bytes through into a body, which would then be stored and handed to
+	// a recipient that cannot read it. The gateway's read loop refuses
+	// such frames first; this holds for every other caller.
+	if !utf8.Valid(data) {
+		return nil, decodeErr(ErrBadJSON, "", "frame is not valid UTF-8")
+	}
 	var cf clientFrame
 	if err := json.Unmarshal(data, &cf); err != nil {
 		var te *json.UnmarshalTypeError

@@ -11,6 +11,7 @@ import (
 	"sort"
 	"strings"
 	"testing"
+	"unicode/utf8"
 )
 
 // seedDir holds client frames, valid ("ok-*.json") and malformed
@@ -115,6 +116,11 @@ func TestDecodeClientErrors(t *testing.T) {
 		{"two objects", `{"type":"ack","seq":1}{"type":"ack","seq":2}`, ErrBadJSON, "", ""},
 		{"nesting beyond the decoder's limit", `{"type":"send","id":"d","to":"b","body":` +
 			strings.Repeat("[", 20000) + strings.Repeat("]", 20000) + `}`, ErrBadJSON, "", ""},
+		// JSON text is UTF-8 (RFC 8259 §8.1); encoding/json would pass
+		// these bytes through in a body.
+		{"body not utf-8", "{\"type\":\"send\",\"id\":\"m1\",\"to\":\"bob\",\"body\":\"\xff\"}", ErrBadJSON, "", "UTF-8"},
+		{"truncated utf-8 in an unknown field", "{\"type\":\"ack\",\"seq\":1,\"x\":\"\xc3\"}", ErrBadJSON, "", "UTF-8"},
+		{"utf-16 surrogate as utf-8", "{\"type\":\"send\",\"id\":\"m1\",\"to\":\"bob\",\"body\":\"\xed\xa0\x80\"}", ErrBadJSON, "", "UTF-8"},
 
 		// Type.
 		{"type unknown", `{"type":"hello"}`, ErrUnknownType, "", `"hello"`},
@@ -485,7 +491,7 @@ func TestDecodeServerRefusesFramesWithoutType(t *testing.T) {
 }
 
 // FuzzDecodeClient checks DecodeClient on arbitrary input: it never panics;
-// a frame it returns is a send, ack or read whose ids (a send's id and to)
+// it accepts only UTF-8; a frame it returns is a send, ack or read whose ids (a send's id and to)
 // are valid and that survives re-encoding unchanged; an error is always a
 // *DecodeError with a registered code. (ack and read carry no ids, so
 // their id/to fields, which the gateway ignores, are not checked.)
@@ -509,6 +515,9 @@ func FuzzDecodeClient(f *testing.F) {
 	}
 	f.Fuzz(func(t *testing.T, data []byte) {
 		fr, err := DecodeClient(data)
+		if err == nil && !utf8.Valid(data) {
+			t.Fatalf("accepted a frame that is not UTF-8: %q", data)
+		}
 		if err != nil {
 			if fr != nil {
 				t.Fatalf("frame %+v returned with error %v", *fr, err)

@@ -31,6 +31,11 @@ type Target struct {
 	// Devices are spread over them round-robin, so several gateway
 	// processes sharing one NATS are loaded evenly. At least one.
 	URLs []string
+	// MetricsURLs are the gateways' metrics endpoints
+	// (http://host:port/metrics, served on --metrics-listen), read for
+	// the server-side counters: error frames and closes by code. Empty:
+	// no server counters.
+	MetricsURLs []string
 	// NATSURL reaches the NATS the gateways use: the raw baseline runs
 	// there, and stream state is read from there. Empty skips both.
 	NATSURL string

@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"io"
 	"net/http"
-	"net/url"
 	"strconv"
 	"strings"
 	"time"
@@ -30,34 +29,16 @@ type ServerCounters struct {
 	// Deliveries counts msg and receipt frames, redeliveries included.
 	Deliveries int64 `json:"deliveries"`
 	CatchUps   int64 `json:"catchups"`
-	// Unreachable lists gateways whose /metrics could not be read.
+	// Unreachable lists metrics endpoints that could not be read.
 	Unreachable []string `json:"unreachable,omitempty"`
-}
-
-// metricsURL is the /metrics address of the gateway serving wsURL.
-func metricsURL(wsURL string) (string, error) {
-	u, err := url.Parse(wsURL)
-	if err != nil {
-		return "", err
-	}
-	switch u.Scheme {
-	case "ws":
-		u.Scheme = "http"
-	case "wss":
-		u.Scheme = "https"
-	}
-	u.Path, u.RawQuery = "/metrics", ""
-	return u.String(), nil
 }
 
 // sample is one scrape: "name{label=...}" → value, for the series below.
 type sample map[string]float64
 
-func scrape(ctx context.Context, wsURL string) (sample, error) {
-	mu, err := metricsURL(wsURL)
-	if err != nil {
-		return nil, err
-	}
+// scrape reads one gateway's metrics endpoint (its --metrics-listen
+// address, http://host:port/metrics).
+func scrape(ctx context.Context, mu string) (sample, error) {
 	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 	defer cancel()
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, mu, nil)
@@ -113,8 +94,9 @@ func label(series, key string) string {
 	return ""
 }
 
-// counters scrapes every gateway at the start of a scenario; delta turns
-// a second scrape into ServerCounters.
+// counters scrapes every gateway's metrics endpoint at the start of a
+// scenario; delta turns a second scrape into ServerCounters. With no
+// endpoints there are no counters, and the gateways' sessions are unknown.
 type counters struct {
 	urls   []string
 	before []sample
@@ -125,6 +107,9 @@ type counters struct {
 
 func startCounters(ctx context.Context, urls []string) *counters {
 	c := &counters{urls: urls, before: make([]sample, len(urls))}
+	if len(urls) == 0 {
+		c.startSessions = -1
+	}
 	for i, u := range urls {
 		s, err := scrape(ctx, u)
 		if err != nil {
@@ -140,6 +125,9 @@ func startCounters(ctx context.Context, urls []string) *counters {
 // sessions sums the gateways' connected sessions now, or -1 when a gateway
 // cannot be read.
 func (c *counters) sessions(ctx context.Context) int {
+	if len(c.urls) == 0 {
+		return -1
+	}
 	n := 0
 	for _, u := range c.urls {
 		s, err := scrape(ctx, u)

@@ -66,9 +66,12 @@ func thisHost() Host {
 
 // TargetInfo is what was loaded.
 type TargetInfo struct {
-	URLs    []string `json:"urls"`
-	NATSURL string   `json:"nats_url,omitempty"`
-	Procs   []Proc   `json:"procs,omitempty"`
+	URLs []string `json:"urls"`
+	// MetricsURLs are the metrics endpoints the server counters came
+	// from; none: there are no server counters.
+	MetricsURLs []string `json:"metrics_urls,omitempty"`
+	NATSURL     string   `json:"nats_url,omitempty"`
+	Procs       []Proc   `json:"procs,omitempty"`
 	// SourceAddrs is how many local addresses the connections came from.
 	SourceAddrs int `json:"source_addrs"`
 }
@@ -405,14 +408,18 @@ func (r *Report) WriteTable(w io.Writer) error {
 		m.Unconfirmed, m.MissingReceipts, m.SDKDuplicatesDropped, m.Reconnects)
 	fmt.Fprintf(w, "errors: %s\n", kv(r.Errors))
 	s := r.Server
-	fmt.Fprintf(w, "gateways: error frames %s; closes %s; refused handshakes %s; catch-ups %d\n",
-		kv(s.ErrorFrames), kv(s.Closes), kv(s.HandshakesRefused), s.CatchUps)
+	if len(r.Target.MetricsURLs) == 0 {
+		fmt.Fprintln(w, "gateways: no counters (give --metrics with each gateway's --metrics-listen address)")
+	} else {
+		fmt.Fprintf(w, "gateways: error frames %s; closes %s; refused handshakes %s; catch-ups %d\n",
+			kv(s.ErrorFrames), kv(s.Closes), kv(s.HandshakesRefused), s.CatchUps)
+	}
 	if s.ErrorFrames["rate_limited"] > 0 || s.Closes["1008"] > 0 {
 		fmt.Fprintln(w, "  the gateways throttled the load (rate_limited, 1008): this measured their per-connection limits;"+
 			" raise --send-rate/--send-burst/--frame-rate/--frame-burst on them, as --spawn does")
 	}
 	if len(s.Unreachable) > 0 {
-		fmt.Fprintf(w, "  no counters from %s (/metrics unreachable)\n", strings.Join(s.Unreachable, ", "))
+		fmt.Fprintf(w, "  no counters from %s (unreachable)\n", strings.Join(s.Unreachable, ", "))
 	}
 	for _, p := range r.Processes {
 		if p.Error != "" {

@@ -56,7 +56,7 @@ func Run(ctx context.Context, cfg Config, t Target) (*Report, error) {
 	rep := &Report{
 		Schema: Schema, Scenario: cfg.Scenario, RunID: e.run, Started: time.Now(), Args: cfg.Args,
 		Host:   thisHost(),
-		Target: TargetInfo{URLs: t.URLs, NATSURL: t.NATSURL, Procs: t.Procs, SourceAddrs: 1},
+		Target: TargetInfo{URLs: t.URLs, MetricsURLs: t.MetricsURLs, NATSURL: t.NATSURL, Procs: t.Procs, SourceAddrs: 1},
 		Config: configInfo(cfg),
 	}
 	if e.fleet.perSource > 0 {
@@ -67,7 +67,7 @@ func Run(ctx context.Context, cfg Config, t Target) (*Report, error) {
 	if wantBaseline && baselineFirst {
 		rep.Baseline = e.baseline(ctx)
 	}
-	e.ctrs = startCounters(ctx, t.URLs)
+	e.ctrs = startCounters(ctx, t.MetricsURLs)
 	var err error
 	switch cfg.Scenario {
 	case ScenarioIdle:

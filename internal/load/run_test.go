@@ -6,6 +6,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/switchboard-im/switchboard/gateway"
 	"github.com/switchboard-im/switchboard/internal/natsauth"
 	tk "github.com/switchboard-im/switchboard/internal/testkit"
 )
@@ -18,11 +19,11 @@ func target(t *testing.T) Target {
 	cfg := tk.TestConfig()
 	cfg.SendRate, cfg.SendBurst, cfg.FrameRate, cfg.FrameBurst = 1e6, 1e6, 1e6, 1e6
 	g := tk.StartGateway(t, n, cfg)
-	tokens, err := HS256Tokens(tk.Secret)
+	tokens, err := HS256Tokens(tk.Secret, gateway.TokenRules{})
 	if err != nil {
 		t.Fatal(err)
 	}
-	return Target{URLs: []string{g.URL}, NATSURL: n.Server.ClientURL(), NATSOptions: n.Keys.Options(natsauth.Operator), Token: tokens,
+	return Target{URLs: []string{g.URL}, MetricsURLs: []string{g.MetricsURL}, NATSURL: n.Server.ClientURL(), NATSOptions: n.Keys.Options(natsauth.Operator), Token: tokens,
 		Procs: []Proc{{Role: "serve", PID: os.Getpid()}}}
 }
 

@@ -81,15 +81,16 @@ func Spawn(ctx context.Context, o SpawnOptions) (*Spawned, error) {
 		}
 		s.DataDir, s.tmp = dir, true
 	}
-	common := append(append([]string{"--data", s.DataDir, "--listen", "127.0.0.1:0", "--log-format", "json"}, LiftedLimits...), o.Args...)
+	common := append(append([]string{"--data", s.DataDir, "--listen", "127.0.0.1:0", "--metrics-listen", "127.0.0.1:0",
+		"--log-format", "json"}, LiftedLimits...), o.Args...)
 	serve := append(append([]string{"serve", "--nats-listen", "127.0.0.1:0"}, common...), o.ServeArgs...)
-	c, wsURL, natsURL, err := s.start(ctx, "serve", o.Binary, serve, true)
+	c, r, err := s.start(ctx, "serve", o.Binary, serve, true)
 	if err != nil {
 		s.Close()
 		return nil, err
 	}
-	s.Target.URLs = []string{wsURL}
-	s.Target.NATSURL = natsURL
+	s.Target.URLs = []string{r.ws}
+	s.Target.NATSURL = r.nats
 	// The all-in-one made its NATS keys in its data dir; the load tool
 	// reads stream state and runs the baseline as the operator.
 	if s.Target.NATSOptions, err = natsauth.RoleOptions(natsauth.Operator, filepath.Join(s.DataDir, "nats"), ""); err != nil {
@@ -97,14 +98,16 @@ func Spawn(ctx context.Context, o SpawnOptions) (*Spawned, error) {
 		return nil, err
 	}
 	s.Target.Procs = []Proc{{Role: "serve", PID: c.cmd.Process.Pid}}
+	s.Target.MetricsURLs = appendNonEmpty(nil, r.metrics)
 	for i := range o.Gateways {
-		args := append([]string{"gateway", "--nats", natsURL}, common...)
-		c, wsURL, _, err := s.start(ctx, fmt.Sprintf("gateway %d", i+1), o.Binary, args, false)
+		args := append([]string{"gateway", "--nats", r.nats}, common...)
+		c, g, err := s.start(ctx, fmt.Sprintf("gateway %d", i+1), o.Binary, args, false)
 		if err != nil {
 			s.Close()
 			return nil, err
 		}
-		s.Target.URLs = append(s.Target.URLs, wsURL)
+		s.Target.URLs = append(s.Target.URLs, g.ws)
+		s.Target.MetricsURLs = appendNonEmpty(s.Target.MetricsURLs, g.metrics)
 		s.Target.Procs = append(s.Target.Procs, Proc{Role: "gateway", PID: c.cmd.Process.Pid})
 	}
 	secret, err := os.ReadFile(filepath.Join(s.DataDir, "jwt.secret"))
@@ -112,33 +115,44 @@ func Spawn(ctx context.Context, o SpawnOptions) (*Spawned, error) {
 		s.Close()
 		return nil, fmt.Errorf("load: spawn: %w", err)
 	}
-	if s.Target.Token, err = HS256Tokens(secret); err != nil {
+	if s.Target.Token, err = HS256Tokens(secret, gateway.TokenRules{}); err != nil {
 		s.Close()
 		return nil, err
 	}
 	return s, nil
 }
 
+func appendNonEmpty(list []string, s string) []string {
+	if s == "" {
+		return list
+	}
+	return append(list, s)
+}
+
+// ready is where a started process serves: WebSockets, its metrics, and
+// (the all-in-one) NATS.
+type ready struct{ ws, metrics, nats string }
+
 // start runs one process and waits for its "listening" log line (and,
-// for the all-in-one, "nats listening" before it).
-func (s *Spawned) start(ctx context.Context, name, bin string, args []string, wantNATS bool) (*child, string, string, error) {
+// for the all-in-one, "nats listening" before it). The metrics address is
+// logged before "listening".
+func (s *Spawned) start(ctx context.Context, name, bin string, args []string, wantNATS bool) (*child, ready, error) {
 	cmd := exec.Command(bin, args...)
 	stderr, err := cmd.StderrPipe()
 	if err != nil {
-		return nil, "", "", err
+		return nil, ready{}, err
 	}
 	cmd.Stdout = io.Discard
 	if err := cmd.Start(); err != nil {
-		return nil, "", "", fmt.Errorf("load: spawn %s: %w", name, err)
+		return nil, ready{}, fmt.Errorf("load: spawn %s: %w", name, err)
 	}
 	c := &child{name: name, cmd: cmd, exited: make(chan struct{}), warn: map[string]int64{}}
 	s.procs = append(s.procs, c)
-	type ready struct{ ws, nats string }
 	readyc := make(chan ready, 1)
 	go func() {
 		sc := bufio.NewScanner(stderr)
 		sc.Buffer(make([]byte, 64<<10), 4<<20)
-		var natsURL string
+		var natsURL, metricsURL string
 		sent := false
 		for sc.Scan() {
 			line := sc.Text()
@@ -165,9 +179,11 @@ func (s *Spawned) start(ctx context.Context, name, bin string, args []string, wa
 			switch rec.Msg {
 			case "nats listening":
 				natsURL = rec.URL
+			case "metrics":
+				metricsURL = rec.URL
 			case "listening":
 				if !sent && (natsURL != "" || !wantNATS) {
-					readyc <- ready{"ws://" + rec.Gateway.Addr + gateway.PathWS, natsURL}
+					readyc <- ready{"ws://" + rec.Gateway.Addr + gateway.PathWS, metricsURL, natsURL}
 					sent = true
 				}
 			}
@@ -177,13 +193,13 @@ func (s *Spawned) start(ctx context.Context, name, bin string, args []string, wa
 	go func() { c.err = cmd.Wait(); close(c.exited) }()
 	select {
 	case r := <-readyc:
-		return c, r.ws, r.nats, nil
+		return c, r, nil
 	case <-c.exited:
-		return nil, "", "", fmt.Errorf("load: spawn %s exited before listening: %v\n%s", name, c.err, c.lastLines())
+		return nil, ready{}, fmt.Errorf("load: spawn %s exited before listening: %v\n%s", name, c.err, c.lastLines())
 	case <-time.After(60 * time.Second):
-		return nil, "", "", fmt.Errorf("load: spawn %s did not listen within 60s\n%s", name, c.lastLines())
+		return nil, ready{}, fmt.Errorf("load: spawn %s did not listen within 60s\n%s", name, c.lastLines())
 	case <-ctx.Done():
-		return nil, "", "", ctx.Err()
+		return nil, ready{}, ctx.Err()
 	}
 }
 
@@ -259,13 +275,15 @@ func (s *Spawned) Close() {
 }
 
 // HS256Tokens mints device tokens with a shared secret (the gateway's
-// --jwt-secret, or the all-in-one's <data>/jwt.secret), valid for a day.
-func HS256Tokens(secret []byte) (func(user, device string) (string, error), error) {
+// --jwt-secret, or the all-in-one's <data>/jwt.secret), valid for a day,
+// with rules' audience and issuer (the gateway's --jwt-audience and
+// --jwt-issuer).
+func HS256Tokens(secret []byte, rules gateway.TokenRules) (func(user, device string) (string, error), error) {
 	keys, err := gateway.NewHS256Keys([]byte(strings.TrimSpace(string(secret))))
 	if err != nil {
 		return nil, err
 	}
 	return func(user, device string) (string, error) {
-		return keys.Mint(user, device, 24*time.Hour, time.Now())
+		return keys.Mint(user, device, 24*time.Hour, time.Now(), rules)
 	}, nil
 }

@@ -162,9 +162,6 @@ go_goroutines 42
 	if got := label(`error_frames_total{code="rate_limited"}`, "code"); got != "rate_limited" {
 		t.Fatalf("label %q", got)
 	}
-	if u, _ := metricsURL("wss://gw.example:443/v1/ws?x=1"); u != "https://gw.example:443/metrics" {
-		t.Fatalf("metrics url %q", u)
-	}
 }
 
 func TestValidateNamesTheFlag(t *testing.T) {

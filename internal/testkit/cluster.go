@@ -595,6 +595,15 @@ func startGateway(t testing.TB, url string, cfg gateway.Config, log *slog.Logger
 	}
 	g := &Gateway{Server: srv, Conn: nc, Addr: ln.Addr().String(), done: make(chan error, 1)}
 	g.URL = "ws://" + g.Addr + gateway.PathWS
+	if cfg.MetricsListen != "" {
+		mln, err := net.Listen("tcp", cfg.MetricsListen)
+		if err != nil {
+			ln.Close()
+			t.Fatal(err)
+		}
+		g.MetricsURL = "http://" + mln.Addr().String() + gateway.PathMetrics
+		go func() { _ = srv.ServeMetrics(mln) }()
+	}
 	go func() { g.done <- srv.Serve(ln) }()
 	t.Cleanup(func() {
 		if g.killed {

@@ -7,9 +7,11 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"log/slog"
+	"net/http"
 	"os"
 	"path/filepath"
 	"sync"
@@ -196,8 +198,11 @@ type Gateway struct {
 	Conn   *nats.Conn
 	Addr   string
 	URL    string
-	done   chan error
-	killed bool
+	// MetricsURL is http://host:port/metrics on the gateway's metrics
+	// listener (empty when the config sets no MetricsListen).
+	MetricsURL string
+	done       chan error
+	killed     bool
 }
 
 // TestConfig is the gateway config tests start from: defaults with short
@@ -205,6 +210,7 @@ type Gateway struct {
 func TestConfig() gateway.Config {
 	c := gateway.DefaultConfig()
 	c.Listen = "127.0.0.1:0"
+	c.MetricsListen = "127.0.0.1:0"
 	c.ShutdownTimeout = 5 * time.Second
 	c.KickTimeout = 2 * time.Second
 	return c
@@ -232,6 +238,24 @@ func (g *Gateway) Kill() {
 	g.Conn.Close()
 }
 
+// Metrics reads the gateway's Prometheus metrics from its metrics
+// listener.
+func (g *Gateway) Metrics() (string, error) {
+	if g.MetricsURL == "" {
+		return "", errors.New("testkit: the gateway serves no metrics (no MetricsListen)")
+	}
+	resp, err := http.Get(g.MetricsURL)
+	if err != nil {
+		return "", err
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	if err == nil && resp.StatusCode != http.StatusOK {
+		err = fmt.Errorf("testkit: GET %s: %s", g.MetricsURL, resp.Status)
+	}
+	return string(b), err
+}
+
 // Token mints a test token.
 func Token(t testing.TB, user, device string, ttl time.Duration) string {
 	t.Helper()
@@ -239,7 +263,7 @@ func Token(t testing.TB, user, device string, ttl time.Duration) string {
 	if err != nil {
 		t.Fatal(err)
 	}
-	tok, err := keys.Mint(user, device, ttl, time.Now())
+	tok, err := keys.Mint(user, device, ttl, time.Now(), gateway.TokenRules{})
 	if err != nil {
 		t.Fatal(err)
 	}
