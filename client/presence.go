@@ -6,7 +6,7 @@ import (
 	"slices"
 	"time"
 
-	"github.com/switchboard-im/switchboard/gateway/protocol"
+	"github.com/switchboard-im/switchboard/protocol"
 )
 
 // Presence is another user's online state as this user may see it.

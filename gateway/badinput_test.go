@@ -24,8 +24,8 @@ import (
 
 	"github.com/switchboard-im/switchboard/client"
 	"github.com/switchboard-im/switchboard/gateway"
-	"github.com/switchboard-im/switchboard/gateway/protocol"
 	tk "github.com/switchboard-im/switchboard/internal/testkit"
+	"github.com/switchboard-im/switchboard/protocol"
 )
 
 // These tests speak the wire protocol by hand, as a hostile or broken client

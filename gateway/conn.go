@@ -8,7 +8,7 @@ import (
 
 	"github.com/fasthttp/websocket"
 
-	"github.com/switchboard-im/switchboard/gateway/protocol"
+	"github.com/switchboard-im/switchboard/protocol"
 )
 
 // transport is what a session needs from a connection. The WebSocket code

@@ -1,5 +1,5 @@
 // Package gateway is Switchboard's WebSocket edge: it authenticates devices,
-// speaks the wire protocol (gateway/protocol, documented in PROTOCOL.md) and
+// speaks the wire protocol (package protocol, documented in protocol/PROTOCOL.md) and
 // runs one session per connected device.
 //
 // A session publishes the device's sends to JetStream (inbox.<recipient>)

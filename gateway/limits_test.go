@@ -12,8 +12,8 @@ import (
 	"github.com/fasthttp/websocket"
 
 	"github.com/switchboard-im/switchboard/gateway"
-	"github.com/switchboard-im/switchboard/gateway/protocol"
 	tk "github.com/switchboard-im/switchboard/internal/testkit"
+	"github.com/switchboard-im/switchboard/protocol"
 )
 
 // permessage-deflate is never negotiated, so no compressed frame can expand

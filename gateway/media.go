@@ -8,8 +8,8 @@ import (
 
 	"github.com/valyala/fasthttp"
 
-	"github.com/switchboard-im/switchboard/gateway/protocol"
 	"github.com/switchboard-im/switchboard/media"
+	"github.com/switchboard-im/switchboard/protocol"
 )
 
 // EnableMedia mounts the media HTTP API (uploads, downloads, grants, and

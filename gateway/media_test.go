@@ -21,9 +21,9 @@ import (
 	"time"
 
 	"github.com/switchboard-im/switchboard/client"
-	"github.com/switchboard-im/switchboard/gateway/protocol"
 	tk "github.com/switchboard-im/switchboard/internal/testkit"
 	"github.com/switchboard-im/switchboard/media"
+	"github.com/switchboard-im/switchboard/protocol"
 )
 
 // mediaHTTP calls the gateway's media API as user (no token when user is

@@ -12,8 +12,8 @@ import (
 
 	"github.com/switchboard-im/switchboard/client"
 	"github.com/switchboard-im/switchboard/functions/presence"
-	"github.com/switchboard-im/switchboard/gateway/protocol"
 	tk "github.com/switchboard-im/switchboard/internal/testkit"
+	"github.com/switchboard-im/switchboard/protocol"
 	"github.com/switchboard-im/switchboard/streams"
 )
 

@@ -9,8 +9,8 @@ import (
 	"github.com/fasthttp/websocket"
 
 	"github.com/switchboard-im/switchboard/client"
-	"github.com/switchboard-im/switchboard/gateway/protocol"
 	tk "github.com/switchboard-im/switchboard/internal/testkit"
+	"github.com/switchboard-im/switchboard/protocol"
 )
 
 // runHandover sends a stream of messages from alice to bob through a proxy

@@ -6,8 +6,8 @@ import (
 	"time"
 
 	"github.com/switchboard-im/switchboard/client"
-	"github.com/switchboard-im/switchboard/gateway/protocol"
 	tk "github.com/switchboard-im/switchboard/internal/testkit"
+	"github.com/switchboard-im/switchboard/protocol"
 )
 
 func recvTyping(t *testing.T, c *client.Client) client.Typing {

@@ -10,8 +10,8 @@ import (
 	"github.com/fasthttp/websocket"
 	"github.com/nats-io/nats.go"
 
-	"github.com/switchboard-im/switchboard/gateway/protocol"
 	tk "github.com/switchboard-im/switchboard/internal/testkit"
+	"github.com/switchboard-im/switchboard/protocol"
 	"github.com/switchboard-im/switchboard/streams"
 )
 

@@ -20,8 +20,8 @@ import (
 
 	"github.com/fasthttp/websocket"
 
-	"github.com/switchboard-im/switchboard/gateway/protocol"
 	tk "github.com/switchboard-im/switchboard/internal/testkit"
+	"github.com/switchboard-im/switchboard/protocol"
 )
 
 var binary string

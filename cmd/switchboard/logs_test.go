@@ -18,8 +18,8 @@ import (
 
 	"github.com/fasthttp/websocket"
 
-	"github.com/switchboard-im/switchboard/gateway/protocol"
 	tk "github.com/switchboard-im/switchboard/internal/testkit"
+	"github.com/switchboard-im/switchboard/protocol"
 )
 
 // logWait bounds each step of the no-secrets test; it is a failure bound,

@@ -15,7 +15,7 @@ import (
 	"github.com/fasthttp/websocket"
 
 	"github.com/switchboard-im/switchboard/gateway"
-	"github.com/switchboard-im/switchboard/gateway/protocol"
+	"github.com/switchboard-im/switchboard/protocol"
 )
 
 // rssBytes reads a process's resident set size from /proc.

@@ -39,7 +39,7 @@ import (
 	"github.com/nats-io/nats.go/micro"
 
 	"github.com/switchboard-im/switchboard/functions/worker"
-	"github.com/switchboard-im/switchboard/gateway/protocol"
+	"github.com/switchboard-im/switchboard/protocol"
 	"github.com/switchboard-im/switchboard/streams"
 )
 

@@ -10,7 +10,7 @@ import (
 
 	"github.com/nats-io/nats.go/micro"
 
-	"github.com/switchboard-im/switchboard/gateway/protocol"
+	"github.com/switchboard-im/switchboard/protocol"
 )
 
 // Version is the micro service version.

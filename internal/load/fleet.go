@@ -17,7 +17,7 @@ import (
 	"github.com/fasthttp/websocket"
 
 	"github.com/switchboard-im/switchboard/client"
-	"github.com/switchboard-im/switchboard/gateway/protocol"
+	"github.com/switchboard-im/switchboard/protocol"
 )
 
 // errorCounts counts failures by kind: "dial:http_401", "close:4001",

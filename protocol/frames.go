@@ -69,7 +69,7 @@ const (
 )
 
 // Frame is every frame of the protocol in one struct: each type uses a subset
-// of the fields (see gateway/PROTOCOL.md). Unknown fields are ignored so a
+// of the fields (see PROTOCOL.md). Unknown fields are ignored so a
 // newer peer can add fields without breaking an older one.
 type Frame struct {
 	Type string `json:"type"`

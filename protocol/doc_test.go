@@ -11,7 +11,7 @@ import (
 // PROTOCOL.md and the registries must agree: every code has its row with
 // the same retry/reconnect flag, and every row has its code.
 func TestProtocolDocMatchesRegistry(t *testing.T) {
-	b, err := os.ReadFile("../PROTOCOL.md")
+	b, err := os.ReadFile("PROTOCOL.md")
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -6,7 +6,7 @@ package protocol
 type ErrorCode string
 
 // The error codes. Every one is listed in Errors and documented in
-// gateway/PROTOCOL.md (a test keeps the two in step).
+// PROTOCOL.md (a test keeps the two in step).
 const (
 	ErrBadJSON      ErrorCode = "bad_json"
 	ErrUnknownType  ErrorCode = "unknown_type"

@@ -16,7 +16,7 @@ import (
 
 // seedDir holds client frames, valid ("ok-*.json") and malformed
 // ("bad-*.json"), that seed FuzzDecodeClient.
-const seedDir = "../../testdata/frames"
+const seedDir = "../testdata/frames"
 
 type seedFrame struct {
 	name string
