@@ -14,6 +14,7 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
+	"github.com/switchboard-im/switchboard/contract"
 	tk "github.com/switchboard-im/switchboard/internal/testkit"
 	"github.com/switchboard-im/switchboard/streams"
 )
@@ -89,7 +90,7 @@ func kill(_ *nats.Conn, leader *tk.Node) error {
 }
 
 func stepDown(admin *nats.Conn, _ *tk.Node) error {
-	return tk.StepDown(admin, streams.Inbox, "", nil)
+	return tk.StepDown(admin, contract.Inbox, "", nil)
 }
 
 const (
@@ -119,9 +120,9 @@ func runLeaderChange(t *testing.T, lc leaderChange) {
 	// New buckets answer reads only once their replicas are current and
 	// every node knows where they are.
 	c.WaitHealthy(t, 20*time.Second)
-	c.WaitKVReadable(t, 20*time.Second, streams.DevicesKV, streams.CursorsKV, streams.StatusKV, streams.PresenceKV,
-		streams.SettingsKV, streams.PushKV)
-	leader := c.WaitForLeader(t, 10*time.Second, nil, tk.StreamInfo(setupJS, streams.Inbox))
+	c.WaitKVReadable(t, 20*time.Second, contract.DevicesKV, contract.CursorsKV, contract.StatusKV, contract.PresenceKV,
+		contract.SettingsKV, contract.PushKV)
+	leader := c.WaitForLeader(t, 10*time.Second, nil, tk.StreamInfo(setupJS, contract.Inbox))
 	others := c.Others(leader)
 	// Off the node that changes, so its requests never wait on it.
 	admin, adminJS := others[0].Connect(t)
@@ -156,7 +157,7 @@ func runLeaderChange(t *testing.T, lc leaderChange) {
 				t.Error(err)
 			}
 			go func() {
-				n, err := c.AwaitNewLeader(20*time.Second, leader, tk.StreamInfo(adminJS, streams.Inbox))
+				n, err := c.AwaitNewLeader(20*time.Second, leader, tk.StreamInfo(adminJS, contract.Inbox))
 				if err == nil {
 					t.Logf("INBOX led by %s %s after the change", n.Name, time.Since(changedAt).Round(time.Millisecond))
 				}
@@ -229,7 +230,7 @@ func applyStreams(t *testing.T, js jetstream.JetStream) {
 // answers (direct gets, which INBOX allows, may come from any replica).
 func expectOneStoredCopy(t *testing.T, nc *nats.Conn, acked map[string]uint64) {
 	t.Helper()
-	subj := streams.InboxSubject("bob")
+	subj := contract.InboxSubject("bob")
 	copies := map[string][]uint64{}
 	for seq := uint64(1); ; seq++ {
 		var msg *server.StoredMsg
@@ -237,7 +238,7 @@ func expectOneStoredCopy(t *testing.T, nc *nats.Conn, acked map[string]uint64) {
 		// "temporarily unavailable" for a moment.
 		tk.WaitFor(t, 10*time.Second, func() error {
 			req, _ := json.Marshal(server.JSApiMsgGetRequest{Seq: seq, NextFor: subj})
-			m, err := nc.Request("$JS.API.STREAM.MSG.GET."+streams.Inbox, req, 2*time.Second)
+			m, err := nc.Request("$JS.API.STREAM.MSG.GET."+contract.Inbox, req, 2*time.Second)
 			if err != nil {
 				return fmt.Errorf("get %s from %d: %w", subj, seq, err)
 			}
@@ -263,8 +264,8 @@ func expectOneStoredCopy(t *testing.T, nc *nats.Conn, acked map[string]uint64) {
 			t.Fatal(err)
 		}
 		seq = msg.Sequence
-		if h.Get(streams.HdrKind) == streams.KindMsg {
-			copies[h.Get(streams.HdrID)] = append(copies[h.Get(streams.HdrID)], seq)
+		if h.Get(contract.HdrKind) == contract.KindMsg {
+			copies[h.Get(contract.HdrID)] = append(copies[h.Get(contract.HdrID)], seq)
 		}
 	}
 	for id, seq := range acked {
@@ -289,7 +290,7 @@ func expectSameReplicas(t *testing.T, c *tk.Cluster) {
 			if !n.Running() {
 				continue
 			}
-			st, ok := n.StreamState(streams.Inbox)
+			st, ok := n.StreamState(contract.Inbox)
 			if !ok {
 				return tk.Errorf("%s has no INBOX replica", n.Name)
 			}

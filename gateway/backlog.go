@@ -7,7 +7,7 @@ import (
 
 	"github.com/nats-io/nats.go"
 
-	"github.com/switchboard-im/switchboard/streams"
+	"github.com/switchboard-im/switchboard/contract"
 )
 
 // A reconnect storm makes thousands of sessions read their backlogs at
@@ -142,12 +142,12 @@ func (b *backlog) pass() bool {
 	}
 	seq := from
 	for open > 0 && seq <= end {
-		req := directGet{Seq: seq, NextFor: streams.InboxPrefix + "*", Batch: sharedBatch, MaxBytes: sharedBytes}
+		req := directGet{Seq: seq, NextFor: contract.InboxPrefix + "*", Batch: sharedBatch, MaxBytes: sharedBytes}
 		got := false
 		more, err := b.srv.directBatch(req, b.stop, func(mseq uint64, m *nats.Msg) bool {
 			got = true
 			seq = mseq + 1
-			user := strings.TrimPrefix(m.Header.Get("Nats-Subject"), streams.InboxPrefix)
+			user := strings.TrimPrefix(m.Header.Get(contract.HdrSubject), contract.InboxPrefix)
 			for _, r := range byUser[user] {
 				if !r.over && b.offer(r, mseq, m) {
 					finish(r, true)

@@ -118,9 +118,6 @@ type Config struct {
 	MaxConcurrentStarts int
 	// StartTimeout bounds a session start, waiting for a turn included.
 	StartTimeout time.Duration
-	// MediaUploadTimeout bounds one upload to the embedded media store
-	// (the largest file at the slowest client), when media is enabled.
-	MediaUploadTimeout time.Duration
 }
 
 // DefaultConfig returns the configuration used when nothing is set.
@@ -154,7 +151,6 @@ func DefaultConfig() Config {
 		MaxPresenceSubs:  1024,
 		FunctionTimeout:  3 * time.Second,
 
-		MediaUploadTimeout:  10 * time.Minute,
 		MaxConcurrentStarts: 4096,
 		StartTimeout:        30 * time.Second,
 	}
@@ -214,8 +210,6 @@ func (c *Config) Validate() error {
 		return bad("MaxPresenceSubs", "must be positive")
 	case c.FunctionTimeout <= 0:
 		return bad("FunctionTimeout", "must be positive")
-	case c.MediaUploadTimeout <= 0:
-		return bad("MediaUploadTimeout", "must be positive")
 	case c.MaxConcurrentStarts < 1:
 		return bad("MaxConcurrentStarts", "must be positive")
 	case c.StartTimeout <= 0:

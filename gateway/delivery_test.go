@@ -16,6 +16,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/switchboard-im/switchboard/client"
+	"github.com/switchboard-im/switchboard/contract"
 	tk "github.com/switchboard-im/switchboard/internal/testkit"
 	"github.com/switchboard-im/switchboard/protocol"
 	"github.com/switchboard-im/switchboard/streams"
@@ -29,11 +30,11 @@ func cursor(t *testing.T, n *tk.NATS, user, device string) uint64 {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
-	kv, err := n.JS.KeyValue(ctx, streams.CursorsKV)
+	kv, err := n.JS.KeyValue(ctx, contract.CursorsKV)
 	if err != nil {
 		t.Fatal(err)
 	}
-	e, err := kv.Get(ctx, streams.CursorKey(user, device))
+	e, err := kv.Get(ctx, contract.CursorKey(user, device))
 	if errors.Is(err, jetstream.ErrKeyNotFound) {
 		return 0
 	}

@@ -10,8 +10,8 @@ import (
 
 	"github.com/nats-io/nats.go"
 
+	"github.com/switchboard-im/switchboard/contract"
 	"github.com/switchboard-im/switchboard/protocol"
-	"github.com/switchboard-im/switchboard/streams"
 )
 
 // Delivery.
@@ -54,14 +54,6 @@ const (
 	// closes with 1012 so the client reconnects (to another gateway, or
 	// once the stream has a leader again).
 	catchUpGiveUp = 20 * time.Second
-)
-
-// Headers that INBOX adds to republished copies and direct get answers.
-const (
-	hdrSequence = "Nats-Sequence"
-	hdrLastSeq  = "Nats-Last-Sequence"
-	hdrNumPend  = "Nats-Num-Pending"
-	hdrStamp    = "Nats-Time-Stamp"
 )
 
 // pendingMsg is a message delivered to the device and not yet acked.
@@ -144,11 +136,11 @@ func (s *session) feedRunner() {
 }
 
 func (s *session) onLive(m *nats.Msg) {
-	seq, err := strconv.ParseUint(m.Header.Get(hdrSequence), 10, 64)
+	seq, err := strconv.ParseUint(m.Header.Get(contract.HdrSequence), 10, 64)
 	if err != nil {
 		return
 	}
-	prev, _ := strconv.ParseUint(m.Header.Get(hdrLastSeq), 10, 64)
+	prev, _ := strconv.ParseUint(m.Header.Get(contract.HdrLastSeq), 10, 64)
 	s.mu.Lock()
 	last := s.last
 	if seq > last && len(s.unsettled) >= s.srv.maxInflight {
@@ -262,7 +254,7 @@ type directGet struct {
 // newestStored returns the sequence of the newest message in the device's
 // inbox, 0 if it is empty.
 func (s *session) newestStored() (newest uint64, err error) {
-	_, err = s.srv.directBatch(directGet{LastFor: streams.InboxSubject(s.id.User)}, s.quit, func(seq uint64, _ *nats.Msg) bool {
+	_, err = s.srv.directBatch(directGet{LastFor: contract.InboxSubject(s.id.User)}, s.quit, func(seq uint64, _ *nats.Msg) bool {
 		newest = seq
 		return false
 	})
@@ -272,7 +264,7 @@ func (s *session) newestStored() (newest uint64, err error) {
 // readBatch delivers up to n of the device's messages stored at from or
 // later. more reports that the stream holds further ones.
 func (s *session) readBatch(from uint64, n int) (more bool, err error) {
-	req := directGet{Seq: from, NextFor: streams.InboxSubject(s.id.User), Batch: n, MaxBytes: catchUpBytes}
+	req := directGet{Seq: from, NextFor: contract.InboxSubject(s.id.User), Batch: n, MaxBytes: catchUpBytes}
 	return s.srv.directBatch(req, s.quit, func(seq uint64, m *nats.Msg) bool {
 		s.mu.Lock()
 		stale, stopping := seq <= s.last, s.stopping
@@ -295,7 +287,7 @@ func (srv *Server) directBatch(req directGet, quit <-chan struct{}, each func(ui
 	reply, answers, done := srv.gets.open(req.Batch + 1) // the messages and the end of batch
 	defer done()
 	body, _ := json.Marshal(req)
-	if err := srv.nc.PublishRequest("$JS.API.DIRECT.GET."+streams.Inbox, reply, body); err != nil {
+	if err := srv.nc.PublishRequest(contract.DirectGetSubject(contract.Inbox), reply, body); err != nil {
 		return false, err
 	}
 	srv.metrics.inboxGets.Inc()
@@ -315,14 +307,14 @@ func (srv *Server) directBatch(req directGet, quit <-chan struct{}, each func(ui
 		case "404": // nothing stored at or after from
 			return false, nil
 		case "204": // end of batch
-			np, _ := strconv.ParseUint(m.Header.Get(hdrNumPend), 10, 64)
+			np, _ := strconv.ParseUint(m.Header.Get(contract.HdrNumPend), 10, 64)
 			return np > 0, nil
 		case "503":
 			return false, nats.ErrNoResponders
 		default:
 			return false, errors.New("direct get: " + m.Header.Get("Status") + " " + m.Header.Get("Description"))
 		}
-		seq, err := strconv.ParseUint(m.Header.Get(hdrSequence), 10, 64)
+		seq, err := strconv.ParseUint(m.Header.Get(contract.HdrSequence), 10, 64)
 		if err != nil {
 			return false, errors.New("direct get: answer without a sequence")
 		}
@@ -341,20 +333,20 @@ func (srv *Server) directBatch(req directGet, quit <-chan struct{}, each func(ui
 // connection without acking, and the message would come first again on
 // every reconnect.
 func (s *session) take(seq uint64, h nats.Header, data []byte) {
-	ts, _ := strconv.ParseInt(h.Get(streams.HdrTS), 10, 64)
+	ts, _ := strconv.ParseInt(h.Get(contract.HdrTS), 10, 64)
 	if ts == 0 {
-		if t, err := time.Parse(time.RFC3339Nano, h.Get(hdrStamp)); err == nil {
+		if t, err := time.Parse(time.RFC3339Nano, h.Get(contract.HdrStamp)); err == nil {
 			ts = t.UnixMilli()
 		}
 	}
-	from, dev, id := h.Get(streams.HdrFrom), h.Get(streams.HdrDevice), h.Get(streams.HdrID)
+	from, dev, id := h.Get(contract.HdrFrom), h.Get(contract.HdrDevice), h.Get(contract.HdrID)
 	var frame []byte
 	p := pendingMsg{from: from, id: id}
-	switch h.Get(streams.HdrKind) {
-	case streams.KindMsg:
-		frame = protocol.AppendMsg(nil, id, from, dev, seq, ts, data, []byte(h.Get(streams.HdrMedia)))
-	case streams.KindReceipt:
-		if st := h.Get(streams.HdrStatus); st == protocol.StatusDelivered || st == protocol.StatusRead {
+	switch h.Get(contract.HdrKind) {
+	case contract.KindMsg:
+		frame = protocol.AppendMsg(nil, id, from, dev, seq, ts, data, []byte(h.Get(contract.HdrMedia)))
+	case contract.KindReceipt:
+		if st := h.Get(contract.HdrStatus); st == protocol.StatusDelivered || st == protocol.StatusRead {
 			frame = protocol.AppendReceipt(nil, id, st, from, dev, seq, ts)
 		}
 		p = pendingMsg{receipt: true}

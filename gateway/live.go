@@ -7,7 +7,7 @@ import (
 
 	"github.com/nats-io/nats.go"
 
-	"github.com/switchboard-im/switchboard/streams"
+	"github.com/switchboard-im/switchboard/contract"
 )
 
 // Why a session reads its inbox from the stream after connecting (the
@@ -52,7 +52,7 @@ func (s *Server) watchLive() error {
 		}
 		s.wakeAll(reasonReconnect)
 	})
-	sub, err := nc.Subscribe("$JS.EVENT.ADVISORY.STREAM.LEADER_ELECTED."+streams.Inbox, func(*nats.Msg) {
+	sub, err := nc.Subscribe(contract.LeaderSubject, func(*nats.Msg) {
 		s.wakeAll(reasonLeader)
 	})
 	s.leaderSub = sub

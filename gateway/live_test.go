@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/switchboard-im/switchboard/client"
+	"github.com/switchboard-im/switchboard/contract"
 	tk "github.com/switchboard-im/switchboard/internal/testkit"
 	"github.com/switchboard-im/switchboard/streams"
 )
@@ -135,11 +136,11 @@ func TestDeviceWithTooManyUnackedGetsTheRestAfterAcking(t *testing.T) {
 	tk.WaitFor(t, wait, func() error {
 		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 		defer cancel()
-		last, err := n.JS.Stream(ctx, streams.Inbox)
+		last, err := n.JS.Stream(ctx, contract.Inbox)
 		if err != nil {
 			return err
 		}
-		m, err := last.GetLastMsgForSubject(ctx, streams.InboxSubject("bob"))
+		m, err := last.GetLastMsgForSubject(ctx, contract.InboxSubject("bob"))
 		if err != nil {
 			return err
 		}

@@ -11,10 +11,8 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
-	"github.com/switchboard-im/switchboard/functions/presence"
-	"github.com/switchboard-im/switchboard/functions/receipts"
+	"github.com/switchboard-im/switchboard/contract"
 	"github.com/switchboard-im/switchboard/protocol"
-	"github.com/switchboard-im/switchboard/streams"
 )
 
 // Presence, settings and status: the gateway's side of the presence and
@@ -31,12 +29,12 @@ import (
 // putLease writes the session's lease; rev is the revision the session
 // last wrote, 0 for the first write.
 func (s *session) putLease(ctx context.Context, rev uint64) (uint64, error) {
-	val, _ := json.Marshal(presence.Lease{Gateway: s.srv.id, Session: s.sid, Since: s.born / int64(time.Millisecond)})
+	val, _ := json.Marshal(contract.Lease{Gateway: s.srv.id, Session: s.sid, Since: s.born / int64(time.Millisecond)})
 	opts := []jetstream.PublishOpt{jetstream.WithMsgTTL(s.srv.cfg.PresenceTTL)}
 	if rev > 0 {
 		opts = append(opts, jetstream.WithExpectLastSequencePerSubject(rev))
 	}
-	ack, err := s.srv.js.PublishMsg(ctx, &nats.Msg{Subject: presence.LeaseSubject(s.id.User, s.id.Device), Data: val}, opts...)
+	ack, err := s.srv.js.PublishMsg(ctx, &nats.Msg{Subject: contract.LeaseSubject(s.id.User, s.id.Device), Data: val}, opts...)
 	if err != nil {
 		return 0, err
 	}
@@ -72,19 +70,17 @@ func (s *session) refreshLease(ctx context.Context) {
 		return
 	}
 	n, err := s.putLease(ctx, s.leaseRev)
-	var apiErr *jetstream.APIError
 	switch {
 	case err == nil:
 		s.leaseRev = n
 		return
-	case !(errors.As(err, &apiErr) && (apiErr.ErrorCode == jetstream.JSErrCodeStreamWrongLastSequence ||
-		apiErr.ErrorCode == jetstream.JSErrCodeStreamWrongLastSequenceConstant)):
+	case !contract.IsConflict(err):
 		s.log.Debug("presence lease not refreshed", "err", err)
 		return
 	}
-	e, err := s.srv.presenceKV.Get(ctx, presence.LeaseKey(s.id.User, s.id.Device))
+	e, err := s.srv.presenceKV.Get(ctx, contract.LeaseKey(s.id.User, s.id.Device))
 	if err == nil {
-		var l presence.Lease
+		var l contract.Lease
 		if json.Unmarshal(e.Value(), &l) == nil && l.Session != s.sid && l.Since >= s.born/int64(time.Millisecond) {
 			s.leaseWanted = false // a newer session holds it
 			return
@@ -112,7 +108,7 @@ func (s *session) goOffline() {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
 	defer cancel()
-	if err := s.srv.presenceKV.Delete(ctx, presence.LeaseKey(s.id.User, s.id.Device), jetstream.LastRevision(rev)); err != nil {
+	if err := s.srv.presenceKV.Delete(ctx, contract.LeaseKey(s.id.User, s.id.Device), jetstream.LastRevision(rev)); err != nil {
 		// Replaced, or NATS is gone: the lease expires on its own.
 		s.log.Debug("presence lease not deleted", "err", err)
 	}
@@ -174,7 +170,7 @@ func (h *presenceHub) follow(s *session, user string) error {
 	defer h.mu.Unlock()
 	f := h.users[user]
 	if f == nil {
-		sub, err := h.nc.ChanSubscribe(presence.UpdateSubject(user), h.ch)
+		sub, err := h.nc.ChanSubscribe(contract.PresenceSubject(user), h.ch)
 		if err != nil {
 			return err
 		}
@@ -209,7 +205,7 @@ func (h *presenceHub) run() {
 		case <-h.stop:
 			return
 		}
-		var u presence.Update
+		var u contract.PresenceUpdate
 		if json.Unmarshal(m.Data, &u) != nil || !protocol.ValidID(u.User) {
 			continue
 		}
@@ -325,11 +321,11 @@ func (s *session) sendPresence(gen uint64, user string, online bool, lastSeen in
 }
 
 // onPresence forwards a presence change as this device's user may see it.
-func (s *session) onPresence(u *presence.Update) {
+func (s *session) onPresence(u *contract.PresenceUpdate) {
 	switch u.Visibility {
-	case streams.VisibleEveryone:
+	case contract.VisibleEveryone:
 		s.sendPresence(s.nextPresenceGen(), u.User, u.Online, u.LastSeen, false)
-	case streams.VisibleContacts:
+	case contract.VisibleContacts:
 		// Whether this viewer is a contact is the function's to say. A
 		// connection with too many calls in flight misses this one; its
 		// next presence_sub answers with the current state. A failure is
@@ -361,9 +357,9 @@ func (s *session) askPresenceThen(users []string, failed func(error)) bool {
 	}
 	gen := s.nextPresenceGen()
 	return s.goCall(func() {
-		req, _ := json.Marshal(presence.GetRequest{Viewer: s.id.User, Users: users})
-		var reply presence.GetReply
-		if err := s.callFunction(presence.GetSubject, req, &reply); err != nil {
+		req, _ := json.Marshal(contract.PresenceRequest{Viewer: s.id.User, Users: users})
+		var reply contract.PresenceReply
+		if err := s.callFunction(contract.PresenceGetSubject, req, &reply); err != nil {
 			failed(err)
 			return
 		}
@@ -420,9 +416,9 @@ func (s *session) callFunction(subject string, req []byte, reply any) error {
 // sent, from the receipts function.
 func (s *session) status(id string) {
 	ok := s.goCall(func() {
-		req, _ := json.Marshal(receipts.StatusRequest{User: s.id.User, ID: id})
-		var reply receipts.StatusReply
-		err := s.callFunction(receipts.StatusSubject, req, &reply)
+		req, _ := json.Marshal(contract.StatusRequest{User: s.id.User, ID: id})
+		var reply contract.StatusReply
+		err := s.callFunction(contract.StatusSubject, req, &reply)
 		switch {
 		case errors.Is(err, errNotFound):
 			s.t.Send(protocol.EncodeStatus(id, nil))
@@ -449,12 +445,12 @@ func (s *session) status(id string) {
 func (s *session) settings(f *protocol.Frame) {
 	ctx, cancel := context.WithTimeout(context.Background(), s.srv.cfg.FunctionTimeout)
 	defer cancel()
-	var set streams.Settings
+	var set contract.Settings
 	var err error
 	if f.ReadReceipts == nil && f.LastSeenPrivacy == "" && f.Contacts == nil {
-		set, _, err = streams.LoadSettings(ctx, s.srv.settingsKV, s.id.User)
+		set, _, err = contract.LoadSettings(ctx, s.srv.settingsKV, s.id.User)
 	} else {
-		set, err = streams.UpdateSettings(ctx, s.srv.settingsKV, s.id.User, func(set *streams.Settings) error {
+		set, err = contract.UpdateSettings(ctx, s.srv.settingsKV, s.id.User, func(set *contract.Settings) error {
 			if f.ReadReceipts != nil {
 				set.ReadReceipts = *f.ReadReceipts
 			}
@@ -475,9 +471,9 @@ func (s *session) settings(f *protocol.Frame) {
 	if f.LastSeenPrivacy != "" || f.Contacts != nil {
 		// Followers see the new privacy at once, not at the user's next
 		// change: the current state goes out under it.
-		if rec, _, err := presence.Load(ctx, s.srv.presenceKV, s.id.User); err == nil {
-			b, _ := json.Marshal(presence.Update{User: s.id.User, Online: rec.Online(), LastSeen: rec.LastSeen, Visibility: set.LastSeen})
-			_ = s.srv.nc.Publish(presence.UpdateSubject(s.id.User), b)
+		// The presence function is the one publisher of updates.
+		if err := contract.Call(ctx, s.srv.nc, contract.PresenceAnnounceSubject, contract.AnnounceRequest{User: s.id.User}, nil); err != nil {
+			s.log.Debug("presence not announced after a privacy change", "err", err)
 		}
 	}
 }

@@ -11,10 +11,9 @@ import (
 	"github.com/nats-io/nats.go"
 
 	"github.com/switchboard-im/switchboard/client"
-	"github.com/switchboard-im/switchboard/functions/presence"
+	"github.com/switchboard-im/switchboard/contract"
 	tk "github.com/switchboard-im/switchboard/internal/testkit"
 	"github.com/switchboard-im/switchboard/protocol"
-	"github.com/switchboard-im/switchboard/streams"
 )
 
 // recvPresence returns the next presence event about user, skipping
@@ -217,7 +216,7 @@ func TestStatusAndReadReceiptsSetting(t *testing.T) {
 	// events leave it), there is no read receipt and the status says
 	// delivered only.
 	tk.WaitFor(t, wait, func() error {
-		st, err := n.JS.Stream(ctx, streams.Receipts)
+		st, err := n.JS.Stream(ctx, contract.Receipts)
 		if err != nil {
 			return err
 		}
@@ -293,17 +292,17 @@ func nextOfType(r *raw, typ string) *protocol.Frame {
 	}
 }
 
-func leaseOf(t *testing.T, n *tk.NATS, user, device string) (presence.Lease, uint64, error) {
+func leaseOf(t *testing.T, n *tk.NATS, user, device string) (contract.Lease, uint64, error) {
 	t.Helper()
-	kv, err := n.JS.KeyValue(context.Background(), streams.PresenceKV)
+	kv, err := n.JS.KeyValue(context.Background(), contract.PresenceKV)
 	if err != nil {
 		t.Fatal(err)
 	}
-	e, err := kv.Get(context.Background(), presence.LeaseKey(user, device))
+	e, err := kv.Get(context.Background(), contract.LeaseKey(user, device))
 	if err != nil {
-		return presence.Lease{}, 0, err
+		return contract.Lease{}, 0, err
 	}
-	var l presence.Lease
+	var l contract.Lease
 	if err := json.Unmarshal(e.Value(), &l); err != nil {
 		t.Fatal(err)
 	}
@@ -325,11 +324,11 @@ func TestLeaseIsTakenBackAfterItVanished(t *testing.T) {
 	}
 	// The first answer may predate the function applying bob's lease.
 	waitPresence(t, alice, "bob", true)
-	kv, err := n.JS.KeyValue(context.Background(), streams.PresenceKV)
+	kv, err := n.JS.KeyValue(context.Background(), contract.PresenceKV)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := kv.Delete(context.Background(), presence.LeaseKey("bob", "phone")); err != nil {
+	if err := kv.Delete(context.Background(), contract.LeaseKey("bob", "phone")); err != nil {
 		t.Fatal(err)
 	}
 	waitPresence(t, alice, "bob", false) // the lease is gone
@@ -394,7 +393,7 @@ type updates struct {
 
 func watchUpdates(t *testing.T, n *tk.NATS, user string) *updates {
 	t.Helper()
-	sub, err := n.Conn.SubscribeSync(presence.UpdateSubject(user))
+	sub, err := n.Conn.SubscribeSync(contract.PresenceSubject(user))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -414,7 +413,7 @@ func (u *updates) await(online bool, visibility string) {
 		if err != nil {
 			u.t.Fatalf("no presence update online=%v visibility=%s: %v", online, visibility, err)
 		}
-		var up presence.Update
+		var up contract.PresenceUpdate
 		if json.Unmarshal(m.Data, &up) == nil && up.Online == online && up.Visibility == visibility {
 			return
 		}

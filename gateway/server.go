@@ -18,9 +18,8 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/valyala/fasthttp"
 
-	"github.com/switchboard-im/switchboard/media"
+	"github.com/switchboard-im/switchboard/contract"
 	"github.com/switchboard-im/switchboard/protocol"
-	"github.com/switchboard-im/switchboard/streams"
 )
 
 // Paths served over HTTP.
@@ -42,9 +41,8 @@ type Server struct {
 	inbox       jetstream.Stream
 	devices     *devices
 	presenceKV  jetstream.KeyValue
-	media       *media.Client
 	presence    *presenceHub
-	mediaAPI    atomic.Pointer[media.API]
+	routes      []Route // mounted APIs: see Mount
 	settingsKV  jetstream.KeyValue
 	maxInflight int
 	// id names this gateway in presence leases.
@@ -90,25 +88,25 @@ func New(ctx context.Context, cfg Config, keys *Keys, nc *nats.Conn, log *slog.L
 	if err != nil {
 		return nil, err
 	}
-	inbox, err := js.Stream(ctx, streams.Inbox)
+	inbox, err := js.Stream(ctx, contract.Inbox)
 	if err != nil {
-		return nil, fmt.Errorf("gateway: stream %s: %w", streams.Inbox, err)
+		return nil, fmt.Errorf("gateway: stream %s: %w", contract.Inbox, err)
 	}
-	kv, err := js.KeyValue(ctx, streams.DevicesKV)
+	kv, err := js.KeyValue(ctx, contract.DevicesKV)
 	if err != nil {
-		return nil, fmt.Errorf("gateway: bucket %s: %w", streams.DevicesKV, err)
+		return nil, fmt.Errorf("gateway: bucket %s: %w", contract.DevicesKV, err)
 	}
-	presenceKV, err := js.KeyValue(ctx, streams.PresenceKV)
+	presenceKV, err := js.KeyValue(ctx, contract.PresenceKV)
 	if err != nil {
-		return nil, fmt.Errorf("gateway: bucket %s: %w", streams.PresenceKV, err)
+		return nil, fmt.Errorf("gateway: bucket %s: %w", contract.PresenceKV, err)
 	}
-	settingsKV, err := js.KeyValue(ctx, streams.SettingsKV)
+	settingsKV, err := js.KeyValue(ctx, contract.SettingsKV)
 	if err != nil {
-		return nil, fmt.Errorf("gateway: bucket %s: %w", streams.SettingsKV, err)
+		return nil, fmt.Errorf("gateway: bucket %s: %w", contract.SettingsKV, err)
 	}
-	cursors, err := js.KeyValue(ctx, streams.CursorsKV)
+	cursors, err := js.KeyValue(ctx, contract.CursorsKV)
 	if err != nil {
-		return nil, fmt.Errorf("gateway: bucket %s: %w", streams.CursorsKV, err)
+		return nil, fmt.Errorf("gateway: bucket %s: %w", contract.CursorsKV, err)
 	}
 	s := &Server{
 		cfg:         cfg,
@@ -119,7 +117,6 @@ func New(ctx context.Context, cfg Config, keys *Keys, nc *nats.Conn, log *slog.L
 		inbox:       inbox,
 		devices:     &devices{js: js, inbox: inbox, kv: kv, cursors: cursors, created: inbox.CachedInfo().Created},
 		presenceKV:  presenceKV,
-		media:       media.NewClient(nc, cfg.FunctionTimeout),
 		presence:    newPresenceHub(nc),
 		settingsKV:  settingsKV,
 		maxInflight: cfg.maxInflight(),
@@ -241,8 +238,8 @@ func (s *Server) route(ctx *fasthttp.RequestCtx) {
 		ctx.SetStatusCode(fasthttp.StatusOK)
 		ctx.SetBodyString("ready\n")
 	default:
-		if strings.HasPrefix(string(ctx.Path()), media.PathPrefix) {
-			s.serveMedia(ctx)
+		if r := s.mounted(ctx.Path()); r != nil {
+			r.Handle(ctx)
 			return
 		}
 		ctx.SetStatusCode(fasthttp.StatusNotFound)

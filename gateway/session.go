@@ -15,8 +15,8 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 	"golang.org/x/time/rate"
 
+	"github.com/switchboard-im/switchboard/contract"
 	"github.com/switchboard-im/switchboard/protocol"
-	"github.com/switchboard-im/switchboard/streams"
 )
 
 // pubKind says what a PubAck completes.
@@ -164,8 +164,6 @@ func newSession(srv *Server, id Identity, t transport) *session {
 // flight (status, presence answers).
 const maxFunctionCalls = 8
 
-func kickSubject(user, device string) string { return "sb.kick." + user + "." + device }
-
 // kickMsg identifies a session on the kick subject: its start time and id.
 func (s *session) kickMsg() []byte {
 	return []byte(strconv.FormatInt(s.born, 10) + " " + s.sid)
@@ -188,7 +186,7 @@ func (s *session) newerThan(born int64, sid string) bool {
 // other listened) still meet: the older of the two closes.
 func (s *session) start(ctx context.Context) error {
 	nc := s.srv.nc
-	subj := kickSubject(s.id.User, s.id.Device)
+	subj := contract.KickSubject(s.id.User, s.id.Device)
 	reply, err := nc.Request(subj, s.kickMsg(), s.srv.cfg.KickTimeout)
 	switch {
 	case errors.Is(err, nats.ErrNoResponders):
@@ -220,10 +218,10 @@ func (s *session) start(ctx context.Context) error {
 	// stream: a client that has its welcome gets every later event, and
 	// every message is either read or arrives live. None is forwarded
 	// before the welcome, which must be the first frame.
-	if err := s.listen(eventSubject(s.id.User), s.onEvent); err != nil {
+	if err := s.listen(contract.EventSubject(s.id.User), s.onEvent); err != nil {
 		return err
 	}
-	if err := s.listen(streams.LiveSubject(s.id.User), s.onLiveCopy); err != nil {
+	if err := s.listen(contract.LiveSubject(s.id.User), s.onLiveCopy); err != nil {
 		return err
 	}
 	if err := nc.FlushWithContext(ctx); err != nil {
@@ -502,14 +500,10 @@ func (s *session) handle(data []byte) {
 		if s.allow(s.typingLim, "") && f.To != s.id.User {
 			// Core NATS only: a typing signal is worth nothing later, so
 			// it is never stored.
-			_ = s.srv.nc.Publish(eventSubject(f.To), protocol.AppendTyping(nil, s.id.User, s.id.Device))
+			_ = s.srv.nc.Publish(contract.EventSubject(f.To), protocol.AppendTyping(nil, s.id.User, s.id.Device))
 		}
 	}
 }
-
-// eventSubject carries ephemeral events for all of a user's online devices
-// (typing now). Core NATS: nothing on it is stored.
-func eventSubject(user string) string { return "sb.ev." + user }
 
 // onEvent forwards an ephemeral event to the device. Only gateways publish
 // on sb.ev.*, and they publish complete frames.
@@ -577,19 +571,19 @@ func (s *session) send(f *protocol.Frame) {
 	}
 	ts := time.Now().UnixMilli()
 	m := &nats.Msg{
-		Subject: streams.InboxSubject(f.To),
+		Subject: contract.InboxSubject(f.To),
 		Header: nats.Header{
-			streams.HdrMsgID:  {streams.MsgDedupID(s.id.User, f.ID)},
-			streams.HdrKind:   {streams.KindMsg},
-			streams.HdrFrom:   {s.id.User},
-			streams.HdrDevice: {s.id.Device},
-			streams.HdrID:     {f.ID},
-			streams.HdrTS:     {strconv.FormatInt(ts, 10)},
+			contract.HdrMsgID:  {contract.MsgDedupID(s.id.User, f.ID)},
+			contract.HdrKind:   {contract.KindMsg},
+			contract.HdrFrom:   {s.id.User},
+			contract.HdrDevice: {s.id.Device},
+			contract.HdrID:     {f.ID},
+			contract.HdrTS:     {strconv.FormatInt(ts, 10)},
 		},
 		Data: f.Body,
 	}
 	if mediaRef != nil {
-		m.Header.Set(streams.HdrMedia, string(mediaRef))
+		m.Header.Set(contract.HdrMedia, string(mediaRef))
 	}
 	fut, err := s.srv.js.PublishMsgAsync(m)
 	if err != nil {
@@ -629,15 +623,15 @@ func (s *session) ack(seq uint64) {
 // status and forwards each change to the sender's inbox.
 func (s *session) receipt(status, from, id string) *nats.Msg {
 	return &nats.Msg{
-		Subject: streams.ReceiptsSubject(from),
+		Subject: contract.ReceiptsSubject(from),
 		Header: nats.Header{
-			streams.HdrMsgID:  {streams.ReceiptEventDedupID(status, from, id, s.id.User, s.id.Device)},
-			streams.HdrKind:   {streams.KindReceipt},
-			streams.HdrStatus: {status},
-			streams.HdrFrom:   {s.id.User},
-			streams.HdrDevice: {s.id.Device},
-			streams.HdrID:     {id},
-			streams.HdrTS:     {strconv.FormatInt(time.Now().UnixMilli(), 10)},
+			contract.HdrMsgID:  {contract.ReceiptEventDedupID(status, from, id, s.id.User, s.id.Device)},
+			contract.HdrKind:   {contract.KindReceipt},
+			contract.HdrStatus: {status},
+			contract.HdrFrom:   {s.id.User},
+			contract.HdrDevice: {s.id.Device},
+			contract.HdrID:     {id},
+			contract.HdrTS:     {strconv.FormatInt(time.Now().UnixMilli(), 10)},
 		},
 	}
 }
@@ -649,11 +643,11 @@ func (s *session) read(seq uint64) {
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
 	rm, err := s.srv.inbox.GetMsg(ctx, seq)
-	if err != nil || rm.Subject != streams.InboxSubject(s.id.User) || rm.Header.Get(streams.HdrKind) != streams.KindMsg {
+	if err != nil || rm.Subject != contract.InboxSubject(s.id.User) || rm.Header.Get(contract.HdrKind) != contract.KindMsg {
 		s.sendError(protocol.ErrUnknownSeq, "no message to you with this seq", "", seq, 0)
 		return
 	}
-	from, id := rm.Header.Get(streams.HdrFrom), rm.Header.Get(streams.HdrID)
+	from, id := rm.Header.Get(contract.HdrFrom), rm.Header.Get(contract.HdrID)
 	fut, err := s.srv.js.PublishMsgAsync(s.receipt(protocol.StatusRead, from, id))
 	if err != nil {
 		s.sendError(protocol.ErrStoreFailed, "read receipt was not stored; resend", "", seq, 0)

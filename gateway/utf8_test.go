@@ -10,9 +10,9 @@ import (
 	"github.com/fasthttp/websocket"
 	"github.com/nats-io/nats.go"
 
+	"github.com/switchboard-im/switchboard/contract"
 	tk "github.com/switchboard-im/switchboard/internal/testkit"
 	"github.com/switchboard-im/switchboard/protocol"
-	"github.com/switchboard-im/switchboard/streams"
 )
 
 // A browser fails a connection on a text frame that is not valid UTF-8
@@ -53,19 +53,19 @@ func TestInvalidUTF8FrameClosesWith1007AndStoresNothing(t *testing.T) {
 func storeByHand(t *testing.T, n *tk.NATS, user, id string, body []byte, media string) uint64 {
 	t.Helper()
 	h := nats.Header{
-		streams.HdrMsgID:  {streams.MsgDedupID("alice", id)},
-		streams.HdrKind:   {streams.KindMsg},
-		streams.HdrFrom:   {"alice"},
-		streams.HdrDevice: {"phone"},
-		streams.HdrID:     {id},
-		streams.HdrTS:     {strconv.FormatInt(time.Now().UnixMilli(), 10)},
+		contract.HdrMsgID:  {contract.MsgDedupID("alice", id)},
+		contract.HdrKind:   {contract.KindMsg},
+		contract.HdrFrom:   {"alice"},
+		contract.HdrDevice: {"phone"},
+		contract.HdrID:     {id},
+		contract.HdrTS:     {strconv.FormatInt(time.Now().UnixMilli(), 10)},
 	}
 	if media != "" {
-		h.Set(streams.HdrMedia, media)
+		h.Set(contract.HdrMedia, media)
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), wait)
 	defer cancel()
-	ack, err := n.JS.PublishMsg(ctx, &nats.Msg{Subject: streams.InboxSubject(user), Header: h, Data: body})
+	ack, err := n.JS.PublishMsg(ctx, &nats.Msg{Subject: contract.InboxSubject(user), Header: h, Data: body})
 	if err != nil {
 		t.Fatal(err)
 	}

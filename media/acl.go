@@ -10,6 +10,7 @@ import (
 
 	"github.com/nats-io/nats.go/jetstream"
 
+	"github.com/switchboard-im/switchboard/contract"
 	"github.com/switchboard-im/switchboard/protocol"
 )
 
@@ -47,46 +48,28 @@ func (a *acl) grant(ctx context.Context, key, owner string, users []string) (gra
 	slices.Sort(add)
 	add = slices.Compact(add)
 
-	for attempt := 0; ; attempt++ {
-		rec := grantRecord{Owner: owner}
-		var rev uint64
-		e, err := a.kv.Get(ctx, key)
-		switch {
-		case errors.Is(err, jetstream.ErrKeyNotFound):
-		case err != nil:
-			return grantRecord{}, fmt.Errorf("media: read grant: %w", err)
-		default:
-			if err := json.Unmarshal(e.Value(), &rec); err != nil {
-				return grantRecord{}, fmt.Errorf("media: grant record %s: %w", key, err)
+	var rec grantRecord
+	_, err := contract.Swap(ctx, a.kv, key, func(cur []byte, _ uint64) ([]byte, error) {
+		rec = grantRecord{Owner: owner}
+		if cur != nil {
+			if err := json.Unmarshal(cur, &rec); err != nil {
+				return nil, fmt.Errorf("media: grant record %s: %w", key, err)
 			}
-			rev = e.Revision()
 		}
 		merged := mergeSorted(rec.Users, add)
-		if rev != 0 && len(merged) == len(rec.Users) {
-			return rec, nil // nothing new; skip a write
+		if cur != nil && len(merged) == len(rec.Users) {
+			return nil, nil // nothing new; skip a write
 		}
 		if len(merged) > a.maxGrantees {
-			return grantRecord{}, errorf(ErrTooLarge, "an object can be granted to at most %d users", a.maxGrantees)
+			return nil, errorf(ErrTooLarge, "an object can be granted to at most %d users", a.maxGrantees)
 		}
 		rec.Users, rec.UpdatedMS = merged, time.Now().UnixMilli()
-		val, err := json.Marshal(rec)
-		if err != nil {
-			return grantRecord{}, err
-		}
-		if rev == 0 {
-			_, err = a.kv.Create(ctx, key, val)
-		} else {
-			_, err = a.kv.Update(ctx, key, val, rev)
-		}
-		if err == nil {
-			return rec, nil
-		}
-		// ErrKeyExists is what both a lost Create and a stale Update
-		// report: someone else wrote first, so read again and re-merge.
-		if !errors.Is(err, jetstream.ErrKeyExists) || attempt >= 20 {
-			return grantRecord{}, fmt.Errorf("media: write grant: %w", err)
-		}
+		return json.Marshal(rec)
+	})
+	if err != nil {
+		return grantRecord{}, err
 	}
+	return rec, nil
 }
 
 // allowed reports whether user was granted key. The owner is answered by

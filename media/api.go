@@ -7,6 +7,7 @@ import (
 	"io"
 	"log/slog"
 	"net/http"
+	"time"
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
@@ -139,6 +140,28 @@ func (a *API) Authenticated(ctx *fasthttp.RequestCtx, user string) {
 	default:
 		writeError(ctx, errorf(ErrNotFound, "no such route"))
 	}
+}
+
+// Handler serves every route under PathPrefix: the blob URLs by their
+// signature, the others after authenticate (the gateway's token check,
+// which answers a refusal itself) names the user.
+func (a *API) Handler(authenticate func(*fasthttp.RequestCtx) (user string, ok bool)) fasthttp.RequestHandler {
+	return func(ctx *fasthttp.RequestCtx) {
+		if bytes.HasPrefix(ctx.Path(), []byte(PathBlob)) {
+			a.Blob(ctx)
+			return
+		}
+		if user, ok := authenticate(ctx); ok {
+			a.Authenticated(ctx, user)
+		}
+	}
+}
+
+// HeaderConfig is RequestConfig with upload's limits: the time an upload
+// may take, and no body limit but the upload's own.
+func (a *API) HeaderConfig(uploadTimeout time.Duration) func(*fasthttp.RequestHeader) fasthttp.RequestConfig {
+	upload := fasthttp.RequestConfig{ReadTimeout: uploadTimeout, MaxRequestBodySize: 1 << 40}
+	return func(h *fasthttp.RequestHeader) fasthttp.RequestConfig { return a.RequestConfig(h, upload) }
 }
 
 // Blob serves the embedded store's signed PUT and GET URLs. With an S3

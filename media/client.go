@@ -2,14 +2,13 @@ package media
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
-	"strconv"
 	"time"
 
 	"github.com/nats-io/nats.go"
-	"github.com/nats-io/nats.go/micro"
+
+	"github.com/switchboard-im/switchboard/contract"
 )
 
 // Client calls the media function over NATS. The HTTP API uses it, and so
@@ -35,7 +34,7 @@ func NewClient(nc *nats.Conn, timeout time.Duration) *Client {
 // Upload asks for an upload ticket for user.
 func (c *Client) Upload(ctx context.Context, user, mime string, size int64) (*Ticket, error) {
 	var t Ticket
-	if err := c.call(ctx, SubjectUpload, UploadRequest{User: user, Mime: mime, Size: size}, &t); err != nil {
+	if err := c.call(ctx, contract.MediaUploadSubject, contract.UploadRequest{User: user, Mime: mime, Size: size}, &t); err != nil {
 		return nil, err
 	}
 	return &t, nil
@@ -44,16 +43,16 @@ func (c *Client) Upload(ctx context.Context, user, mime string, size int64) (*Ti
 // Download asks for a download URL for key on behalf of user.
 func (c *Client) Download(ctx context.Context, user, key string) (*DownloadURL, error) {
 	var d DownloadURL
-	if err := c.call(ctx, SubjectDownload, DownloadRequest{User: user, Key: key}, &d); err != nil {
+	if err := c.call(ctx, contract.MediaDownloadSubject, contract.DownloadRequest{User: user, Key: key}, &d); err != nil {
 		return nil, err
 	}
 	return &d, nil
 }
 
 // Grant lets users download key, owned by owner.
-func (c *Client) Grant(ctx context.Context, key, owner string, users []string) (*GrantResult, error) {
-	var g GrantResult
-	if err := c.call(ctx, SubjectGrant, GrantRequest{User: owner, Key: key, Users: users}, &g); err != nil {
+func (c *Client) Grant(ctx context.Context, key, owner string, users []string) (*contract.GrantResult, error) {
+	var g contract.GrantResult
+	if err := c.call(ctx, contract.MediaGrantSubject, contract.GrantRequest{User: owner, Key: key, Users: users}, &g); err != nil {
 		return nil, err
 	}
 	return &g, nil
@@ -62,50 +61,36 @@ func (c *Client) Grant(ctx context.Context, key, owner string, users []string) (
 // GrantMessage is Grant for a media message: r also carries what the
 // message says of the object (Size, SHA256), and the grant is refused with
 // ErrBadRequest unless the stored object matches it.
-func (c *Client) GrantMessage(ctx context.Context, r GrantRequest) (*GrantResult, error) {
-	var g GrantResult
-	if err := c.call(ctx, SubjectGrant, r, &g); err != nil {
+func (c *Client) GrantMessage(ctx context.Context, r contract.GrantRequest) (*contract.GrantResult, error) {
+	var g contract.GrantResult
+	if err := c.call(ctx, contract.MediaGrantSubject, r, &g); err != nil {
 		return nil, err
 	}
 	return &g, nil
 }
 
 func (c *Client) call(ctx context.Context, subject string, in, out any) error {
-	data, err := json.Marshal(in)
-	if err != nil {
-		return err
-	}
 	ctx, cancel := context.WithTimeout(ctx, c.timeout)
 	defer cancel()
-	msg, err := c.nc.RequestWithContext(ctx, subject, data)
+	err := contract.Call(ctx, c.nc, subject, in, out)
+	var fe *contract.FnError
 	switch {
-	case errors.Is(err, nats.ErrNoResponders):
+	case err == nil:
+		return nil
+	case errors.Is(err, contract.ErrUnavailable):
+		if ctx.Err() != nil {
+			return errorf(ErrUnavailable, "the media function did not answer within %s", c.timeout)
+		}
 		return errorf(ErrUnavailable, "the media function is not running")
-	case errors.Is(err, context.DeadlineExceeded), errors.Is(err, nats.ErrTimeout):
-		return errorf(ErrUnavailable, "the media function did not answer within %s", c.timeout)
-	case err != nil:
-		return fmt.Errorf("media: request %s: %w", subject, err)
+	case errors.As(err, &fe):
+		// The function's own code when it sent one; a bare micro error
+		// (another implementation, an older version) maps by its status.
+		base := errorForCode(fe.Code, fe.Status)
+		msg := fe.Message
+		if msg == "" {
+			msg = base.Message
+		}
+		return &Error{Status: base.Status, Code: base.Code, Message: msg}
 	}
-	if code := msg.Header.Get(micro.ErrorCodeHeader); code != "" {
-		return remoteError(code, msg.Header.Get(micro.ErrorHeader), msg.Data)
-	}
-	if err := json.Unmarshal(msg.Data, out); err != nil {
-		return fmt.Errorf("media: response on %s: %w", subject, err)
-	}
-	return nil
-}
-
-// remoteError rebuilds the *Error a function answered with. The data
-// carries the code and message; a bare micro error (another
-// implementation, an older version) still maps through its status.
-func remoteError(code, description string, data []byte) error {
-	status, _ := strconv.Atoi(code)
-	var e Error
-	if json.Unmarshal(data, &e) == nil && e.Code != "" {
-		base := errorForCode(e.Code, status)
-		e.Status = base.Status
-		return &e
-	}
-	base := errorForCode("", status)
-	return &Error{Status: base.Status, Code: base.Code, Message: description}
+	return fmt.Errorf("media: %w", err)
 }

@@ -17,6 +17,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/nats-io/nats.go/micro"
 
+	"github.com/switchboard-im/switchboard/contract"
 	"github.com/switchboard-im/switchboard/internal/natsauth"
 	"github.com/switchboard-im/switchboard/internal/testkit"
 	"github.com/switchboard-im/switchboard/media"
@@ -114,7 +115,7 @@ func testUploadGrantDownload(t *testing.T, b backend) {
 	if r := h.grant("alice", tk.Key, "bob", "bob", "alice"); r.status != http.StatusOK {
 		t.Fatalf("grant: %s", r)
 	} else {
-		var g media.GrantResult
+		var g contract.GrantResult
 		if err := json.Unmarshal(r.body, &g); err != nil || len(g.Users) != 1 || g.Users[0] != "bob" || g.Owner != "alice" {
 			t.Fatalf("grant result %s: %v", r, err)
 		}
@@ -457,7 +458,7 @@ func testMicroService(t *testing.T, b backend) {
 	for _, e := range info.Endpoints {
 		subjects[e.Subject] = e.QueueGroup
 	}
-	for _, s := range []string{media.SubjectUpload, media.SubjectDownload, media.SubjectGrant} {
+	for _, s := range []string{contract.MediaUploadSubject, contract.MediaDownloadSubject, contract.MediaGrantSubject} {
 		if qg, ok := subjects[s]; !ok || qg != micro.DefaultQueueGroup {
 			t.Errorf("endpoint %s: present %v, queue group %q", s, ok, qg)
 		}
@@ -469,8 +470,8 @@ func testMicroService(t *testing.T, b backend) {
 		t.Errorf("nats micro ls lacks the media service:\n%s", ls)
 	}
 	mi := testkit.Run(t, cli, append(flags, "micro", "info", media.ServiceName)...)
-	for _, want := range []string{"Version: " + media.Version, "Subject: " + media.SubjectUpload, "Subject: " + media.SubjectDownload,
-		"Subject: " + media.SubjectGrant, "Queue Group: q", "backend: " + h.b.name} {
+	for _, want := range []string{"Version: " + media.Version, "Subject: " + contract.MediaUploadSubject, "Subject: " + contract.MediaDownloadSubject,
+		"Subject: " + contract.MediaGrantSubject, "Queue Group: q", "backend: " + h.b.name} {
 		if !strings.Contains(mi, want) {
 			t.Errorf("nats micro info media lacks %q:\n%s", want, mi)
 		}
@@ -481,7 +482,7 @@ func testMicroService(t *testing.T, b backend) {
 	}
 
 	// Raw micro errors carry the HTTP-like code and the JSON error.
-	m := natsRequest(t, h.n.Conn, media.SubjectUpload, []byte(`{"user":"alice","mime":"image/png","size":0}`))
+	m := natsRequest(t, h.n.Conn, contract.MediaUploadSubject, []byte(`{"user":"alice","mime":"image/png","size":0}`))
 	if m.Header.Get(micro.ErrorCodeHeader) != "400" || !strings.Contains(string(m.Data), `"code":"bad_request"`) {
 		t.Fatalf("micro error: %v %s", m.Header, m.Data)
 	}
@@ -525,7 +526,7 @@ func testMicroService(t *testing.T, b backend) {
 			t.Fatal(err)
 		}
 		for _, e := range st.Endpoints {
-			if e.Subject == media.SubjectUpload {
+			if e.Subject == contract.MediaUploadSubject {
 				if e.NumRequests == 0 {
 					t.Errorf("instance %s took no upload requests", st.ID)
 				}

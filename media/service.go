@@ -13,6 +13,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/nats-io/nats.go/micro"
 
+	"github.com/switchboard-im/switchboard/contract"
 	"github.com/switchboard-im/switchboard/protocol"
 )
 
@@ -20,11 +21,6 @@ import (
 const (
 	ServiceName = "media"
 	Version     = "1.0.0"
-	// SubjectPrefix is the micro group; each endpoint is one token below.
-	SubjectPrefix   = "sb.fn.media"
-	SubjectUpload   = SubjectPrefix + ".upload"
-	SubjectDownload = SubjectPrefix + ".download"
-	SubjectGrant    = SubjectPrefix + ".grant"
 )
 
 // The JetStream assets, as `nats kv ls` and `nats object ls` show them.
@@ -36,45 +32,6 @@ const (
 	// BucketUploads is the embedded store's upload claims.
 	BucketUploads = "MEDIA_UPLOADS"
 )
-
-// UploadRequest asks the function for an upload ticket. User is the
-// authenticated uploader: the function trusts it, so only the gateway (or
-// another trusted component) may publish on sb.fn.media.>, which the NATS
-// account's permissions must ensure.
-type UploadRequest struct {
-	User string `json:"user"`
-	Mime string `json:"mime"`
-	Size int64  `json:"size"`
-}
-
-// DownloadRequest asks for a download URL on behalf of User.
-type DownloadRequest struct {
-	User string `json:"user"`
-	Key  string `json:"key"`
-}
-
-// GrantRequest lets Users download Key; User must own it.
-//
-// A grant made for a media message also carries what the message says of
-// the object, Size and SHA256 (hex), and is refused with ErrBadRequest
-// unless the stored object matches: its size always, its digest where the
-// store knows it (the embedded store; S3 does not, see doc.go). Zero
-// values check nothing, as for a grant through the HTTP API.
-type GrantRequest struct {
-	User   string   `json:"user"`
-	Key    string   `json:"key"`
-	Users  []string `json:"users"`
-	Size   int64    `json:"size,omitempty"`
-	SHA256 string   `json:"sha256,omitempty"`
-}
-
-// GrantResult is the record after a grant: everyone who may download Key
-// besides Owner.
-type GrantResult struct {
-	Key   string   `json:"key"`
-	Owner string   `json:"owner"`
-	Users []string `json:"users"`
-}
 
 // Service is the media function: it issues upload tickets and download
 // URLs, keeps grants, and sweeps orphans. Any number of instances may run
@@ -130,7 +87,7 @@ func New(ctx context.Context, nc *nats.Conn, js jetstream.JetStream, cfg Config,
 	if err != nil {
 		return nil, fmt.Errorf("media: micro service: %w", err)
 	}
-	g := s.svc.AddGroup(SubjectPrefix)
+	g := s.svc.AddGroup(contract.MediaSubjectPrefix)
 	for _, ep := range []struct {
 		name, doc string
 		h         micro.HandlerFunc
@@ -264,11 +221,11 @@ func (s *Service) Download(ctx context.Context, user, key string) (*DownloadURL,
 // yet with ErrNotFound. Users are added to earlier grants, never replace
 // them. A grant with no users still marks the object as referenced.
 func (s *Service) Grant(ctx context.Context, key, owner string, users []string) error {
-	_, err := s.grant(ctx, GrantRequest{User: owner, Key: key, Users: users})
+	_, err := s.grant(ctx, contract.GrantRequest{User: owner, Key: key, Users: users})
 	return err
 }
 
-func (s *Service) grant(ctx context.Context, r GrantRequest) (grantRecord, error) {
+func (s *Service) grant(ctx context.Context, r contract.GrantRequest) (grantRecord, error) {
 	keyOwner, err := ParseKey(r.Key)
 	if err != nil {
 		return grantRecord{}, err
@@ -286,7 +243,7 @@ func (s *Service) grant(ctx context.Context, r GrantRequest) (grantRecord, error
 		}
 		return grantRecord{}, err
 	}
-	if err := r.describes(info); err != nil {
+	if err := describes(r, info); err != nil {
 		return grantRecord{}, err
 	}
 	return s.acl.grant(ctx, r.Key, r.User, r.Users)
@@ -297,7 +254,7 @@ func (s *Service) grant(ctx context.Context, r GrantRequest) (grantRecord, error
 // break its message (the recipient checks the digest of what it
 // downloads), but refusing here keeps such a message from being stored
 // and tells the sender why.
-func (r GrantRequest) describes(info ObjectInfo) error {
+func describes(r contract.GrantRequest, info ObjectInfo) error {
 	if r.Size != 0 && r.Size != info.Size {
 		return errorf(ErrBadRequest, "the message says %d bytes, but %d were uploaded under this key", r.Size, info.Size)
 	}
@@ -321,7 +278,7 @@ func (s *Service) Allowed(ctx context.Context, key, user string) (bool, error) {
 }
 
 func (s *Service) handleUpload(req micro.Request) {
-	var r UploadRequest
+	var r contract.UploadRequest
 	if !s.decode(req, &r) {
 		return
 	}
@@ -332,7 +289,7 @@ func (s *Service) handleUpload(req micro.Request) {
 }
 
 func (s *Service) handleDownload(req micro.Request) {
-	var r DownloadRequest
+	var r contract.DownloadRequest
 	if !s.decode(req, &r) {
 		return
 	}
@@ -343,14 +300,14 @@ func (s *Service) handleDownload(req micro.Request) {
 }
 
 func (s *Service) handleGrant(req micro.Request) {
-	var r GrantRequest
+	var r contract.GrantRequest
 	if !s.decode(req, &r) {
 		return
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), s.cfg.RequestTimeout)
 	defer cancel()
 	rec, err := s.grant(ctx, r)
-	s.respond(req, GrantResult{Key: r.Key, Owner: rec.Owner, Users: rec.Users}, err)
+	s.respond(req, contract.GrantResult{Key: r.Key, Owner: rec.Owner, Users: rec.Users}, err)
 }
 
 func (s *Service) decode(req micro.Request, v any) bool {

@@ -7,6 +7,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/switchboard-im/switchboard/contract"
 	tk "github.com/switchboard-im/switchboard/internal/testkit"
 	"github.com/switchboard-im/switchboard/streams"
 )
@@ -19,7 +20,7 @@ func TestOperatorAppliesStreamsWithNATSCLI(t *testing.T) {
 	flags := n.CLIFlags(t)
 
 	tk.Run(t, cli, append(flags, "stream", "add", "--config", "INBOX.json")...)
-	tk.Run(t, cli, append(flags, "kv", "add", streams.DevicesKV, "--history=1", "--storage=file", "--replicas=1",
+	tk.Run(t, cli, append(flags, "kv", "add", contract.DevicesKV, "--history=1", "--storage=file", "--replicas=1",
 		"--description=Switchboard device registry")...)
 
 	// What the CLI made is what the code would make: applying again is a
@@ -42,7 +43,7 @@ func TestOperatorAppliesStreamsWithNATSCLI(t *testing.T) {
 	}
 	bob.Ack(m.Seq)
 
-	info := tk.Run(t, cli, append(flags, "stream", "info", streams.Inbox)...)
+	info := tk.Run(t, cli, append(flags, "stream", "info", contract.Inbox)...)
 	for _, want := range []string{"Subjects: inbox.*", "Republishing: inbox.* to sb.live.{{wildcard(1)}}",
 		"Duplicate Window: 2m0s", "Messages: 1"} {
 		if !strings.Contains(info, want) {
@@ -51,11 +52,11 @@ func TestOperatorAppliesStreamsWithNATSCLI(t *testing.T) {
 	}
 	// Devices are not consumers: each has a cursor, readable with the CLI
 	// once it has acked something.
-	if ls := tk.Run(t, cli, append(flags, "consumer", "ls", streams.Inbox)...); !strings.Contains(ls, "No Consumers") {
+	if ls := tk.Run(t, cli, append(flags, "consumer", "ls", contract.Inbox)...); !strings.Contains(ls, "No Consumers") {
 		t.Errorf("devices made consumers:\n%s", ls)
 	}
 	tk.WaitFor(t, 10*time.Second, func() error {
-		out, err := tk.RunErr(cli, append(flags, "kv", "get", streams.CursorsKV, streams.CursorKey("bob", "phone"), "--raw")...)
+		out, err := tk.RunErr(cli, append(flags, "kv", "get", contract.CursorsKV, contract.CursorKey("bob", "phone"), "--raw")...)
 		if err != nil {
 			return err
 		}

@@ -21,40 +21,6 @@ import (
 //go:embed *.json consumers/*.json kv/*.json
 var files embed.FS
 
-// Names of the JetStream assets.
-const (
-	Inbox          = "INBOX"
-	Receipts       = "RECEIPTS"
-	DLQ            = "DLQ"
-	DevicesKV      = "DEVICES"
-	CursorsKV      = "CURSORS"
-	StatusKV       = "STATUS"
-	PresenceKV     = "PRESENCE"
-	SettingsKV     = "SETTINGS"
-	PushKV         = "PUSH"
-	InboxPrefix    = "inbox."
-	LivePrefix     = "sb.live."
-	ReceiptsPrefix = "receipts."
-	DLQPrefix      = "dlq."
-)
-
-// InboxSubject is the subject of a user's inbox. The caller must have
-// validated user as a safe id.
-func InboxSubject(user string) string { return InboxPrefix + user }
-
-// LiveSubject is where INBOX republishes each message stored on the user's
-// inbox, once stored, with its stream sequence (header Nats-Sequence) and
-// the sequence of the previous message on the same inbox
-// (Nats-Last-Sequence), so a reader can tell when it missed one.
-func LiveSubject(user string) string { return LivePrefix + user }
-
-// CursorKey is a device's key in the CURSORS bucket.
-func CursorKey(user, device string) string { return user + "." + device }
-
-// ReceiptsSubject is where gateways store receipt events about messages
-// that sender sent; the receipts function consumes them.
-func ReceiptsSubject(sender string) string { return ReceiptsPrefix + sender }
-
 // streamFiles and kvFiles are applied by Apply, in this order.
 var (
 	streamFiles = []string{"INBOX.json", "RECEIPTS.json", "DLQ.json"}

@@ -119,7 +119,6 @@ func bindFlags(fs *flag.FlagSet, c *appConfig, withEmbedded bool) {
 		bindFunctionFlags(fs, &c.Functions, true)
 	}
 	bindMediaFlags(fs, &c.Functions)
-	fs.DurationVar(&g.MediaUploadTimeout, "media-upload-timeout", g.MediaUploadTimeout, "bound on one upload to the embedded media store")
 	bindKeyFlags(fs, c)
 	fs.StringVar(&c.LogLevel, "log-level", c.LogLevel, "debug, info, warn or error")
 	fs.StringVar(&c.PprofListen, "pprof", c.PprofListen, "serve Go profiles (/debug/pprof/) on this loopback address")

@@ -45,10 +45,13 @@ type functionsConfig struct {
 	// MediaListen is where a media function running alone serves the
 	// embedded store's signed URLs.
 	MediaListen string
+	// MediaUploadTimeout bounds one upload to the embedded store: only a
+	// request whose signed URL verifies gets it.
+	MediaUploadTimeout time.Duration
 }
 
 func defaultFunctionsConfig() functionsConfig {
-	c := functionsConfig{Run: functionNames, Push: push.DefaultConfig(), Media: media.DefaultConfig(),
+	c := functionsConfig{Run: functionNames, Push: push.DefaultConfig(), Media: media.DefaultConfig(), MediaUploadTimeout: 10 * time.Minute,
 		MediaLimits: map[media.Class]*int64{}}
 	c.Media.Limits = media.DefaultLimits()
 	for class, l := range c.Media.Limits {
@@ -106,6 +109,7 @@ func bindMediaFlags(fs *flag.FlagSet, c *functionsConfig) {
 	fs.DurationVar(&m.UploadExpiry, "media-upload-expiry", m.UploadExpiry, "life of an upload URL (at most 7 days)")
 	fs.DurationVar(&m.DownloadExpiry, "media-download-expiry", m.DownloadExpiry, "life of a download URL (at most 7 days)")
 	fs.DurationVar(&m.OrphanAge, "media-orphan-age", m.OrphanAge, "remove uploads no message referenced after this")
+	fs.DurationVar(&c.MediaUploadTimeout, "media-upload-timeout", c.MediaUploadTimeout, "bound on one upload to the embedded media store")
 	fs.StringVar(&c.MediaKeyFile, "media-signing-key", c.MediaKeyFile, "file of the embedded store's URL signing key, made on first use; every media instance needs the same one (default: <data>/media.key)")
 	for _, class := range []media.Class{media.ClassImage, media.ClassVideo, media.ClassAudio, media.ClassDocument} {
 		fs.Int64Var(c.MediaLimits[class], "media-max-"+string(class), *c.MediaLimits[class], "largest "+string(class)+" upload in bytes")
@@ -210,7 +214,6 @@ func runFunction(args []string) error {
 	fs.IntVar(&c.Functions.Media.Replicas, "replicas", 0, "replicas of the media buckets (as the gateways' --replicas; 0: 1)")
 	if name == "media" {
 		fs.StringVar(&c.Functions.MediaListen, "media-listen", "", "address to serve the embedded store's signed upload and download URLs on")
-		fs.DurationVar(&c.Gateway.MediaUploadTimeout, "media-upload-timeout", c.Gateway.MediaUploadTimeout, "bound on one upload to the embedded media store")
 	}
 	if err := parseFlags(fs, args); err != nil {
 		return err
@@ -261,7 +264,7 @@ func runFunction(args []string) error {
 		return err
 	}
 	if blobs != nil {
-		srv := serveBlobs(blobs, mediaSvc.API(), c.Gateway.MediaUploadTimeout, log)
+		srv := serveBlobs(blobs, mediaSvc.API(), c.Functions.MediaUploadTimeout, log)
 		defer func() { _ = srv.Shutdown() }()
 	}
 	s := <-sig
@@ -284,9 +287,7 @@ func serveBlobs(ln net.Listener, api *media.API, uploadTimeout time.Duration, lo
 			}
 			api.Blob(ctx)
 		},
-		HeaderReceived: func(h *fasthttp.RequestHeader) fasthttp.RequestConfig {
-			return api.RequestConfig(h, fasthttp.RequestConfig{ReadTimeout: uploadTimeout, MaxRequestBodySize: 1 << 40})
-		},
+		HeaderReceived:               api.HeaderConfig(uploadTimeout),
 		Name:                         "switchboard",
 		ReadTimeout:                  10 * time.Second,
 		WriteTimeout:                 10 * time.Second,

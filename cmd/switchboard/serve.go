@@ -165,11 +165,14 @@ func runServe(args []string, allInOne bool) error {
 		}
 		return err
 	}
+	// The media API on the gateway's listener: its own routes when the
+	// function runs here, else only the token-checked ones, which ask the
+	// function over NATS.
+	api := media.NewRemoteAPI(nc, c.Functions.mediaConfig(), log)
 	if mediaSvc != nil {
-		gw.EnableMedia(mediaSvc.API())
-	} else {
-		gw.EnableMedia(media.NewRemoteAPI(nc, c.Functions.mediaConfig(), log))
+		api = mediaSvc.API()
 	}
+	gw.Mount(gateway.Route{Prefix: media.PathPrefix, Handle: api.Handler(gw.Authenticate), Config: api.HeaderConfig(c.Functions.MediaUploadTimeout)})
 	serveErr := make(chan error, 2)
 	if metricsLn != nil {
 		log.Info("metrics", "url", "http://"+metricsLn.Addr().String()+gateway.PathMetrics)

@@ -38,72 +38,13 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/nats-io/nats.go/micro"
 
+	"github.com/switchboard-im/switchboard/contract"
 	"github.com/switchboard-im/switchboard/functions/worker"
 	"github.com/switchboard-im/switchboard/protocol"
-	"github.com/switchboard-im/switchboard/streams"
 )
 
 // Version is the micro service version.
 const Version = "1.0.0"
-
-// GetSubject is the request subject of the get endpoint.
-const GetSubject = "sb.fn.presence.get"
-
-// MaxGet is the most users one get request may ask about.
-const MaxGet = 256
-
-// UpdateSubject is where a user's presence changes are published.
-func UpdateSubject(user string) string { return "sb.presence." + user }
-
-// Lease is the value of a lease key, written by the gateway that holds the
-// device's session.
-type Lease struct {
-	Gateway string `json:"gateway"`
-	Session string `json:"session"`
-	Since   int64  `json:"since"` // ms since epoch the session started
-}
-
-// LeaseSubject is the KV subject of a device's lease, for gateways that
-// write it with a raw publish (to set a TTL on every refresh).
-func LeaseSubject(user, device string) string {
-	return "$KV." + streams.PresenceKV + "." + leaseKey(user, device)
-}
-
-// LeaseKey is the KV key of a device's lease.
-func LeaseKey(user, device string) string { return leaseKey(user, device) }
-
-// Update is published on UpdateSubject when a user comes online or goes
-// offline. Visibility is the user's last_seen setting at that moment;
-// gateways show the update as is to viewers when it is everyone, ask the
-// get endpoint for each viewer when it is contacts, and show it to no one
-// when it is nobody. A viewer already told the user is hidden is told
-// nothing more, so the update's timing does not show.
-type Update struct {
-	User       string `json:"user"`
-	Online     bool   `json:"online"`
-	LastSeen   int64  `json:"last_seen,omitempty"`
-	Visibility string `json:"visibility"`
-}
-
-// GetRequest asks for users' presence as Viewer may see it. The gateway
-// fills in Viewer from the token.
-type GetRequest struct {
-	Viewer string   `json:"viewer"`
-	Users  []string `json:"users"`
-}
-
-// View is one user's presence as one viewer may see it.
-type View struct {
-	User     string `json:"user"`
-	Online   bool   `json:"online"`
-	LastSeen int64  `json:"last_seen,omitempty"`
-	Hidden   bool   `json:"hidden,omitempty"`
-}
-
-// GetReply answers a GetRequest, in the order asked.
-type GetReply struct {
-	Users []View `json:"users"`
-}
 
 // Config tunes an instance.
 type Config struct {
@@ -139,14 +80,14 @@ func Start(ctx context.Context, nc *nats.Conn, js jetstream.JetStream, cfg Confi
 	}
 	s := &Service{nc: nc, js: js, cfg: cfg, log: log.With("function", "presence")}
 	var err error
-	if s.kv, err = js.KeyValue(ctx, streams.PresenceKV); err != nil {
+	if s.kv, err = js.KeyValue(ctx, contract.PresenceKV); err != nil {
 		return nil, fmt.Errorf("presence: %w", err)
 	}
-	if s.settings, err = js.KeyValue(ctx, streams.SettingsKV); err != nil {
+	if s.settings, err = js.KeyValue(ctx, contract.SettingsKV); err != nil {
 		return nil, fmt.Errorf("presence: %w", err)
 	}
 	s.svc, s.pool, err = worker.Serve(ctx, nc, js, worker.Service{
-		Stream:  "KV_" + streams.PresenceKV,
+		Stream:  "KV_" + contract.PresenceKV,
 		AckWait: cfg.AckWait,
 		Micro: micro.Config{
 			Name:         "presence",
@@ -154,13 +95,21 @@ func Start(ctx context.Context, nc *nats.Conn, js jetstream.JetStream, cfg Confi
 			Description:  "Keeps who is online and last seen from gateway leases; answers with privacy applied",
 			StatsHandler: s.stats,
 		},
-		Endpoint: "get", Subject: GetSubject, Example: `{"viewer":"alice","users":["bob"]}`, Handler: s.handleGet,
+		Endpoint: "get", Subject: contract.PresenceGetSubject, Example: `{"viewer":"alice","users":["bob"]}`, Handler: s.handleGet,
 	}, worker.Options{
 		Function: "presence", Workers: cfg.Workers, MaxAttempts: cfg.MaxAttempts,
 		// One user's changes in stream order, within an instance: fewer
 		// compare-and-set retries on their record.
 		Key: func(m jetstream.Msg) string { u, _, _ := parseLeaseSubject(m.Subject()); return u },
 	}, s.log, s.handle)
+	if err == nil {
+		err = s.svc.AddEndpoint("announce", micro.HandlerFunc(s.handleAnnounce), micro.WithEndpointSubject(contract.PresenceAnnounceSubject),
+			micro.WithEndpointMetadata(map[string]string{"request": `{"user":"bob"}`}))
+		if err != nil {
+			s.pool.Stop()
+			_ = s.svc.Stop()
+		}
+	}
 	if err != nil {
 		return nil, err
 	}
@@ -185,7 +134,7 @@ func (s *Service) stats(*micro.Endpoint) any {
 
 // parseLeaseSubject splits $KV.PRESENCE.lease.<user>.<device>.
 func parseLeaseSubject(subj string) (user, device string, ok bool) {
-	rest, found := strings.CutPrefix(subj, "$KV."+streams.PresenceKV+".lease.")
+	rest, found := strings.CutPrefix(subj, "$KV."+contract.PresenceKV+".lease.")
 	if !found {
 		return "", "", false
 	}
@@ -207,7 +156,7 @@ func (s *Service) handle(ctx context.Context, m jetstream.Msg) error {
 	h := m.Headers()
 	var since int64
 	if h.Get("KV-Operation") == "" && h.Get(jetstream.MarkerReasonHeader) == "" {
-		var l Lease
+		var l contract.Lease
 		if json.Unmarshal(m.Data(), &l) != nil || l.Since <= 0 {
 			l.Since = meta.Timestamp.UnixMilli()
 		}
@@ -229,22 +178,24 @@ type change struct {
 // new state if they came online or went offline. When the last device
 // goes, the change's time is the user's last seen.
 func (s *Service) apply(ctx context.Context, user, device string, c change) error {
-	for {
-		rec, rev, err := Load(ctx, s.kv, user)
-		if err != nil && rev == 0 {
-			return err
+	var rec contract.PresenceRecord
+	var wasOnline, again, stale bool
+	_, err := contract.Swap(ctx, s.kv, contract.PresenceUserKey(user), func(cur []byte, _ uint64) ([]byte, error) {
+		rec, again, stale = contract.PresenceRecord{}, false, false
+		if cur != nil && json.Unmarshal(cur, &rec) != nil {
+			rec = contract.PresenceRecord{} // unreadable: rebuilt from the changes to come
 		}
-		if rec.Applied[device] > c.seq {
-			return nil // stale
+		wasOnline = rec.Online()
+		switch {
+		case rec.Applied[device] > c.seq:
+			stale = true
+			return nil, nil
+		case rec.Applied[device] == c.seq:
+			// Applied already: a redelivery after a crash, perhaps
+			// before the change was published.
+			again = true
+			return nil, nil
 		}
-		if rec.Applied[device] == c.seq {
-			// Applied already: a redelivery after a crash, perhaps before
-			// the change was published. Publishing the current state
-			// again is harmless.
-			s.publish(ctx, user, &rec)
-			return nil
-		}
-		wasOnline := rec.Online()
 		if rec.Applied == nil {
 			rec.Applied = map[string]uint64{}
 		}
@@ -262,60 +213,74 @@ func (s *Service) apply(ctx context.Context, user, device string, c change) erro
 				rec.LastSeen = max(rec.LastSeen, c.at.UnixMilli())
 			}
 		}
-		b, _ := json.Marshal(&rec)
-		if rev == 0 {
-			_, err = s.kv.Create(ctx, userKey(user), b)
-		} else {
-			_, err = s.kv.Update(ctx, userKey(user), b, rev)
-		}
-		if errors.Is(err, jetstream.ErrKeyExists) || errors.Is(err, jetstream.ErrKeyRevisionMismatch) {
-			continue
-		}
-		if err != nil {
-			return err
-		}
-		if wasOnline != rec.Online() {
-			s.changes.Add(1)
-			s.publish(ctx, user, &rec)
-		}
-		return nil
+		return json.Marshal(&rec)
+	})
+	switch {
+	case err != nil || stale:
+		return err
+	case again:
+		// Publishing the current state again is harmless.
+		s.publish(ctx, user, &rec)
+	case wasOnline != rec.Online():
+		s.changes.Add(1)
+		s.publish(ctx, user, &rec)
 	}
+	return nil
 }
 
 // publish announces a user's new state. It is core NATS: a gateway that
 // misses it still answers correctly from the record on the next get.
-func (s *Service) publish(ctx context.Context, user string, rec *Record) {
-	set, _, err := streams.LoadSettings(ctx, s.settings, user)
+func (s *Service) publish(ctx context.Context, user string, rec *contract.PresenceRecord) {
+	set, _, err := contract.LoadSettings(ctx, s.settings, user)
 	if err != nil {
-		set.LastSeen = streams.VisibleNobody // unreadable: err on the private side
+		set.LastSeen = contract.VisibleNobody // unreadable: err on the private side
 	}
-	b, _ := json.Marshal(Update{User: user, Online: rec.Online(), LastSeen: rec.LastSeen, Visibility: set.LastSeen})
-	_ = s.nc.Publish(UpdateSubject(user), b)
+	b, _ := json.Marshal(contract.PresenceUpdate{User: user, Online: rec.Online(), LastSeen: rec.LastSeen, Visibility: set.LastSeen})
+	_ = s.nc.Publish(contract.PresenceSubject(user), b)
 }
 
 // Views returns users' presence as viewer may see it.
-func (s *Service) Views(ctx context.Context, viewer string, users []string) ([]View, error) {
-	out := make([]View, 0, len(users))
+func (s *Service) Views(ctx context.Context, viewer string, users []string) ([]contract.PresenceView, error) {
+	out := make([]contract.PresenceView, 0, len(users))
 	for _, u := range users {
-		set, _, err := streams.LoadSettings(ctx, s.settings, u)
-		if err != nil && !errors.Is(err, streams.ErrBadRecord) {
+		set, _, err := contract.LoadSettings(ctx, s.settings, u)
+		if err != nil && !errors.Is(err, contract.ErrBadRecord) {
 			return nil, err
 		}
 		if err != nil || !set.Shows(u, viewer) {
-			out = append(out, View{User: u, Hidden: true})
+			out = append(out, contract.PresenceView{User: u, Hidden: true})
 			continue
 		}
-		rec, err := LoadLive(ctx, s.kv, u)
-		if err != nil && !errors.Is(err, streams.ErrBadRecord) {
+		rec, err := contract.LoadLivePresence(ctx, s.kv, u)
+		if err != nil && !errors.Is(err, contract.ErrBadRecord) {
 			return nil, err
 		}
-		out = append(out, View{User: u, Online: rec.Online(), LastSeen: rec.LastSeen})
+		out = append(out, contract.PresenceView{User: u, Online: rec.Online(), LastSeen: rec.LastSeen})
 	}
 	return out, nil
 }
 
+// handleAnnounce publishes a user's current state under their current
+// settings, for a gateway whose device just changed them.
+func (s *Service) handleAnnounce(r micro.Request) {
+	var req contract.AnnounceRequest
+	if err := json.Unmarshal(r.Data(), &req); err != nil || !protocol.ValidID(req.User) {
+		_ = r.Error("400", "bad_id: user must be a valid id", nil)
+		return
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	rec, err := contract.LoadLivePresence(ctx, s.kv, req.User)
+	if err != nil && !errors.Is(err, contract.ErrBadRecord) {
+		_ = r.Error("500", "internal: "+err.Error(), nil)
+		return
+	}
+	s.publish(ctx, req.User, &rec)
+	_ = r.Respond([]byte("{}"))
+}
+
 func (s *Service) handleGet(r micro.Request) {
-	var req GetRequest
+	var req contract.PresenceRequest
 	if err := json.Unmarshal(r.Data(), &req); err != nil {
 		_ = r.Error("400", "bad_json: "+err.Error(), nil)
 		return
@@ -324,8 +289,8 @@ func (s *Service) handleGet(r micro.Request) {
 		_ = r.Error("400", "bad_id: viewer must be a valid id", nil)
 		return
 	}
-	if len(req.Users) == 0 || len(req.Users) > MaxGet {
-		_ = r.Error("400", fmt.Sprintf("bad_field: ask about 1 to %d users", MaxGet), nil)
+	if len(req.Users) == 0 || len(req.Users) > contract.MaxPresenceGet {
+		_ = r.Error("400", fmt.Sprintf("bad_field: ask about 1 to %d users", contract.MaxPresenceGet), nil)
 		return
 	}
 	for _, u := range req.Users {
@@ -341,5 +306,5 @@ func (s *Service) handleGet(r micro.Request) {
 		_ = r.Error("500", "internal: "+err.Error(), nil)
 		return
 	}
-	_ = r.RespondJSON(GetReply{Users: views})
+	_ = r.RespondJSON(contract.PresenceReply{Users: views})
 }

@@ -10,10 +10,10 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
+	"github.com/switchboard-im/switchboard/contract"
 	"github.com/switchboard-im/switchboard/functions/presence"
 	"github.com/switchboard-im/switchboard/internal/natsauth"
 	tk "github.com/switchboard-im/switchboard/internal/testkit"
-	"github.com/switchboard-im/switchboard/streams"
 )
 
 type env struct {
@@ -25,7 +25,7 @@ type env struct {
 func newEnv(t testing.TB) *env {
 	t.Helper()
 	n := tk.StartStreams(t, t.TempDir())
-	kv, err := n.JS.KeyValue(context.Background(), streams.PresenceKV)
+	kv, err := n.JS.KeyValue(context.Background(), contract.PresenceKV)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -49,8 +49,8 @@ func (e *env) instance(t testing.TB) {
 // lease writes a device's lease as a gateway does, with a TTL.
 func (e *env) lease(t testing.TB, user, device string, ttl time.Duration) {
 	t.Helper()
-	val, _ := json.Marshal(presence.Lease{Gateway: "gw", Session: "s", Since: time.Now().UnixMilli()})
-	if _, err := e.js.PublishMsg(context.Background(), &nats.Msg{Subject: presence.LeaseSubject(user, device), Data: val},
+	val, _ := json.Marshal(contract.Lease{Gateway: "gw", Session: "s", Since: time.Now().UnixMilli()})
+	if _, err := e.js.PublishMsg(context.Background(), &nats.Msg{Subject: contract.LeaseSubject(user, device), Data: val},
 		jetstream.WithMsgTTL(ttl)); err != nil {
 		t.Fatal(err)
 	}
@@ -58,17 +58,17 @@ func (e *env) lease(t testing.TB, user, device string, ttl time.Duration) {
 
 func (e *env) unlease(t testing.TB, user, device string) {
 	t.Helper()
-	if err := e.kv.Delete(context.Background(), presence.LeaseKey(user, device)); err != nil {
+	if err := e.kv.Delete(context.Background(), contract.LeaseKey(user, device)); err != nil {
 		t.Fatal(err)
 	}
 }
 
 // updates collects the updates published for user.
-func (e *env) updates(t testing.TB, user string) chan presence.Update {
+func (e *env) updates(t testing.TB, user string) chan contract.PresenceUpdate {
 	t.Helper()
-	ch := make(chan presence.Update, 100)
-	sub, err := e.n.Conn.Subscribe(presence.UpdateSubject(user), func(m *nats.Msg) {
-		var u presence.Update
+	ch := make(chan contract.PresenceUpdate, 100)
+	sub, err := e.n.Conn.Subscribe(contract.PresenceSubject(user), func(m *nats.Msg) {
+		var u contract.PresenceUpdate
 		if err := json.Unmarshal(m.Data, &u); err != nil {
 			t.Errorf("bad update %q", m.Data)
 		}
@@ -82,7 +82,7 @@ func (e *env) updates(t testing.TB, user string) chan presence.Update {
 	return ch
 }
 
-func next(t testing.TB, ch chan presence.Update, timeout time.Duration) presence.Update {
+func next(t testing.TB, ch chan contract.PresenceUpdate, timeout time.Duration) contract.PresenceUpdate {
 	t.Helper()
 	select {
 	case u := <-ch:
@@ -90,20 +90,20 @@ func next(t testing.TB, ch chan presence.Update, timeout time.Duration) presence
 	case <-time.After(timeout):
 		t.Fatalf("no presence update within %s", timeout)
 	}
-	return presence.Update{}
+	return contract.PresenceUpdate{}
 }
 
-func (e *env) get(t testing.TB, viewer string, users ...string) []presence.View {
+func (e *env) get(t testing.TB, viewer string, users ...string) []contract.PresenceView {
 	t.Helper()
-	req, _ := json.Marshal(presence.GetRequest{Viewer: viewer, Users: users})
-	m, err := e.n.Conn.Request(presence.GetSubject, req, 5*time.Second)
+	req, _ := json.Marshal(contract.PresenceRequest{Viewer: viewer, Users: users})
+	m, err := e.n.Conn.Request(contract.PresenceGetSubject, req, 5*time.Second)
 	if err != nil {
 		t.Fatal(err)
 	}
 	if code := m.Header.Get("Nats-Service-Error-Code"); code != "" {
 		t.Fatalf("get: error %s %s", code, m.Header.Get("Nats-Service-Error"))
 	}
-	var r presence.GetReply
+	var r contract.PresenceReply
 	if err := json.Unmarshal(m.Data, &r); err != nil {
 		t.Fatal(err)
 	}
@@ -120,7 +120,7 @@ func TestOnlineWhileAnyDeviceHoldsALease(t *testing.T) {
 	ups := e.updates(t, "bob")
 
 	e.lease(t, "bob", "phone", time.Minute)
-	if u := next(t, ups, 10*time.Second); !u.Online || u.Visibility != streams.VisibleEveryone {
+	if u := next(t, ups, 10*time.Second); !u.Online || u.Visibility != contract.VisibleEveryone {
 		t.Fatalf("first update %+v, want online", u)
 	}
 	e.lease(t, "bob", "laptop", time.Minute)
@@ -170,20 +170,20 @@ func TestExpiredLeaseTurnsUserOffline(t *testing.T) {
 func TestGetHonoursLastSeenPrivacy(t *testing.T) {
 	e := newEnv(t)
 	e.instance(t)
-	settings, err := e.js.KeyValue(context.Background(), streams.SettingsKV)
+	settings, err := e.js.KeyValue(context.Background(), contract.SettingsKV)
 	if err != nil {
 		t.Fatal(err)
 	}
 	set := func(user, vis string, contacts ...string) {
-		s := streams.DefaultSettings()
+		s := contract.DefaultSettings()
 		s.LastSeen, s.Contacts = vis, contacts
 		b, _ := json.Marshal(s)
 		if _, err := settings.Put(context.Background(), user, b); err != nil {
 			t.Fatal(err)
 		}
 	}
-	set("bob", streams.VisibleContacts, "carol")
-	set("dave", streams.VisibleNobody)
+	set("bob", contract.VisibleContacts, "carol")
+	set("dave", contract.VisibleNobody)
 	for _, u := range []string{"bob", "dave", "erin"} {
 		e.lease(t, u, "phone", time.Minute)
 	}
@@ -220,10 +220,10 @@ func TestGetHonoursLastSeenPrivacy(t *testing.T) {
 func TestGetRefusesBadRequests(t *testing.T) {
 	e := newEnv(t)
 	e.instance(t)
-	many, _ := json.Marshal(presence.GetRequest{Viewer: "a", Users: make([]string, presence.MaxGet+1)})
+	many, _ := json.Marshal(contract.PresenceRequest{Viewer: "a", Users: make([]string, contract.MaxPresenceGet+1)})
 	for _, bad := range []string{`{`, `{"viewer":"a.b","users":["x"]}`, `{"viewer":"a","users":[]}`,
 		`{"viewer":"a","users":["*"]}`, string(many)} {
-		m, err := e.n.Conn.Request(presence.GetSubject, []byte(bad), 5*time.Second)
+		m, err := e.n.Conn.Request(contract.PresenceGetSubject, []byte(bad), 5*time.Second)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -246,7 +246,7 @@ func BenchmarkPresence(b *testing.B) {
 	go func() {
 		for i := range b.N {
 			val := []byte(`{"gateway":"gw","session":"s","since":1}`)
-			if _, err := e.js.PublishMsgAsync(&nats.Msg{Subject: presence.LeaseSubject(fmt.Sprintf("u%d", i), "phone"), Data: val},
+			if _, err := e.js.PublishMsgAsync(&nats.Msg{Subject: contract.LeaseSubject(fmt.Sprintf("u%d", i), "phone"), Data: val},
 				jetstream.WithMsgTTL(time.Minute)); err != nil {
 				b.Error(err)
 				return

@@ -11,6 +11,7 @@ import (
 
 	"github.com/nats-io/nats.go"
 
+	"github.com/switchboard-im/switchboard/contract"
 	tk "github.com/switchboard-im/switchboard/internal/testkit"
 	"github.com/switchboard-im/switchboard/streams"
 )
@@ -40,18 +41,18 @@ func BenchmarkPush(b *testing.B) {
 	if err != nil {
 		b.Fatal(err)
 	}
-	if _, err := n.JS.CreateOrUpdateConsumer(ctx, streams.Inbox, ccfg); err != nil {
+	if _, err := n.JS.CreateOrUpdateConsumer(ctx, contract.Inbox, ccfg); err != nil {
 		b.Fatal(err)
 	}
 	for i := range b.N {
 		putDevices(b, n.JS, fmt.Sprintf("u%d", i), "phone")
 	}
 	for i := range b.N {
-		m := nats.NewMsg(streams.InboxSubject(fmt.Sprintf("u%d", i)))
-		m.Header.Set(streams.HdrKind, streams.KindMsg)
-		m.Header.Set(streams.HdrFrom, "alice")
-		m.Header.Set(streams.HdrID, fmt.Sprintf("m%d", i))
-		m.Header.Set(streams.HdrTS, "1795582349000")
+		m := nats.NewMsg(contract.InboxSubject(fmt.Sprintf("u%d", i)))
+		m.Header.Set(contract.HdrKind, contract.KindMsg)
+		m.Header.Set(contract.HdrFrom, "alice")
+		m.Header.Set(contract.HdrID, fmt.Sprintf("m%d", i))
+		m.Header.Set(contract.HdrTS, "1795582349000")
 		m.Data = []byte(secretBody)
 		if _, err := n.JS.PublishMsgAsync(m); err != nil {
 			b.Fatal(err)

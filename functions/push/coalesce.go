@@ -11,7 +11,7 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
-	"github.com/switchboard-im/switchboard/streams"
+	"github.com/switchboard-im/switchboard/contract"
 )
 
 // claim is the value of key <user> in the PUSH bucket: which message holds
@@ -107,14 +107,14 @@ func (t *ticket) save(ctx context.Context, ttl time.Duration) error {
 	}
 	for range 5 {
 		b, _ := json.Marshal(t.st)
-		m := &nats.Msg{Subject: "$KV." + streams.PushKV + "." + t.user, Data: b}
+		m := &nats.Msg{Subject: contract.KVSubject(contract.PushKV, t.user), Data: b}
 		ack, err := t.js.PublishMsg(ctx, m,
 			jetstream.WithExpectLastSequencePerSubject(t.rev), jetstream.WithMsgTTL(ttlSeconds(ttl)))
 		if err == nil {
 			t.rev = ack.Sequence
 			return nil
 		}
-		if !isWrongLastSeq(err) {
+		if !contract.IsConflict(err) {
 			return fmt.Errorf("push: coalescing key: %w", err)
 		}
 		// Someone else wrote the key. The same message on another instance
@@ -155,10 +155,4 @@ func (t *ticket) save(ctx context.Context, ttl time.Duration) error {
 		t.rev = e.Revision()
 	}
 	return errors.New("push: coalescing key too contended")
-}
-
-func isWrongLastSeq(err error) bool {
-	var apiErr *jetstream.APIError
-	return errors.As(err, &apiErr) && (apiErr.ErrorCode == jetstream.JSErrCodeStreamWrongLastSequence ||
-		apiErr.ErrorCode == jetstream.JSErrCodeStreamWrongLastSequenceConstant)
 }

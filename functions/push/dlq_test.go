@@ -13,8 +13,8 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
+	"github.com/switchboard-im/switchboard/contract"
 	tk "github.com/switchboard-im/switchboard/internal/testkit"
-	"github.com/switchboard-im/switchboard/streams"
 )
 
 // A webhook that fails twice with 500 and then accepts gets each device
@@ -95,10 +95,10 @@ func TestDeadLetterAfterMaxAttempts(t *testing.T) {
 		if m.Subject != "dlq.push.bob" || string(m.Data) != want {
 			t.Errorf("dead letter %d: %s %s, want dlq.push.bob %s", i, m.Subject, m.Data, want)
 		}
-		if r := m.Header.Get(streams.HdrReason); !strings.Contains(r, "500") {
+		if r := m.Header.Get(contract.HdrReason); !strings.Contains(r, "500") {
 			t.Errorf("reason %q", r)
 		}
-		if a, s := m.Header.Get(streams.HdrAttempts), m.Header.Get(HdrSeq); a != "3" || s != strconv.FormatUint(seq, 10) {
+		if a, s := m.Header.Get(contract.HdrAttempts), m.Header.Get(HdrSeq); a != "3" || s != strconv.FormatUint(seq, 10) {
 			t.Errorf("attempts %q seq %q", a, s)
 		}
 	}
@@ -106,7 +106,7 @@ func TestDeadLetterAfterMaxAttempts(t *testing.T) {
 		t.Errorf("stats %+v", st)
 	}
 
-	out := tk.Run(t, cli, append(n.CLIFlags(t), "stream", "get", streams.DLQ, "1")...)
+	out := tk.Run(t, cli, append(n.CLIFlags(t), "stream", "get", contract.DLQ, "1")...)
 	for _, want := range []string{"dlq.push.bob", "Sb-Reason", "Sb-Attempts: 3", "Sb-Seq: " + strconv.FormatUint(seq, 10), `"device":"phone"`} {
 		if !strings.Contains(out, want) {
 			t.Errorf("nats stream get lacks %q:\n%s", want, out)
@@ -134,7 +134,7 @@ func TestUnreachableWebhookIsRetriedAndRedacted(t *testing.T) {
 	if len(dl) != 1 {
 		t.Fatalf("%d dead letters", len(dl))
 	}
-	reason := dl[0].Header.Get(streams.HdrReason)
+	reason := dl[0].Header.Get(contract.HdrReason)
 	if !strings.Contains(reason, "refused") || strings.Contains(reason, "s3cret") || strings.Contains(reason, "/hook") {
 		t.Errorf("reason %q", reason)
 	}
@@ -165,7 +165,7 @@ func TestRejectedNotificationIsDeadLetteredAtOnce(t *testing.T) {
 		t.Errorf("tablet: %d accepted, want 1", ok)
 	}
 	dl := deadLetters(t, n.JS)
-	if len(dl) != 1 || dl[0].Header.Get(streams.HdrAttempts) != "1" || !strings.Contains(dl[0].Header.Get(streams.HdrReason), "400") {
+	if len(dl) != 1 || dl[0].Header.Get(contract.HdrAttempts) != "1" || !strings.Contains(dl[0].Header.Get(contract.HdrReason), "400") {
 		t.Fatalf("dead letters %+v", dl)
 	}
 	if st := svc.Stats(); st.DeadLettered != 1 || st.Pushed != 1 || st.Retried != 0 {
@@ -182,17 +182,17 @@ func TestMalformedMessageIsDeadLettered(t *testing.T) {
 	putDevices(t, n.JS, "bob", "phone")
 	full := func() nats.Header {
 		return nats.Header{
-			streams.HdrKind: {streams.KindMsg}, streams.HdrFrom: {"alice"},
-			streams.HdrID: {"m1"}, streams.HdrTS: {"1795582349000"},
+			contract.HdrKind: {contract.KindMsg}, contract.HdrFrom: {"alice"},
+			contract.HdrID: {"m1"}, contract.HdrTS: {"1795582349000"},
 		}
 	}
 	cases := []struct {
 		name, subject, drop, set, value, reason, dlq string
 	}{
-		{"no Sb-From", "inbox.bob", streams.HdrFrom, "", "", "Sb-From", "dlq.push.bob"},
-		{"no Sb-Kind", "inbox.bob", streams.HdrKind, "", "", "Sb-Kind", "dlq.push.bob"},
-		{"bad Sb-Id", "inbox.bob", "", streams.HdrID, "a.b", "Sb-Id", "dlq.push.bob"},
-		{"bad Sb-Ts", "inbox.bob", "", streams.HdrTS, "yesterday", "Sb-Ts", "dlq.push.bob"},
+		{"no Sb-From", "inbox.bob", contract.HdrFrom, "", "", "Sb-From", "dlq.push.bob"},
+		{"no Sb-Kind", "inbox.bob", contract.HdrKind, "", "", "Sb-Kind", "dlq.push.bob"},
+		{"bad Sb-Id", "inbox.bob", "", contract.HdrID, "a.b", "Sb-Id", "dlq.push.bob"},
+		{"bad Sb-Ts", "inbox.bob", "", contract.HdrTS, "yesterday", "Sb-Ts", "dlq.push.bob"},
 		{"bad user", "inbox.b$b", "", "", "", "does not name a valid user", "dlq.push.b$b"},
 	}
 	var seqs []string // of each case's message
@@ -204,7 +204,7 @@ func TestMalformedMessageIsDeadLettered(t *testing.T) {
 		if c.set != "" {
 			hdr.Set(c.set, c.value)
 		}
-		hdr.Set(streams.HdrMsgID, fmt.Sprint("bad-", i))
+		hdr.Set(contract.HdrMsgID, fmt.Sprint("bad-", i))
 		ack, err := n.JS.PublishMsg(context.Background(), &nats.Msg{Subject: c.subject, Header: hdr, Data: []byte(secretBody)})
 		if err != nil {
 			t.Fatal(err)
@@ -228,8 +228,8 @@ func TestMalformedMessageIsDeadLettered(t *testing.T) {
 			t.Errorf("%s: no dead letter with %s %s", c.name, HdrSeq, seqs[i])
 			continue
 		}
-		if m.Subject != c.dlq || !strings.Contains(m.Header.Get(streams.HdrReason), c.reason) || m.Header.Get(streams.HdrAttempts) != "1" {
-			t.Errorf("%s: dead letter on %s with reason %q attempts %q", c.name, m.Subject, m.Header.Get(streams.HdrReason), m.Header.Get(streams.HdrAttempts))
+		if m.Subject != c.dlq || !strings.Contains(m.Header.Get(contract.HdrReason), c.reason) || m.Header.Get(contract.HdrAttempts) != "1" {
+			t.Errorf("%s: dead letter on %s with reason %q attempts %q", c.name, m.Subject, m.Header.Get(contract.HdrReason), m.Header.Get(contract.HdrAttempts))
 		}
 		if strings.Contains(string(m.Data), "secret") {
 			t.Errorf("%s: the message body is in the DLQ: %s", c.name, m.Data)

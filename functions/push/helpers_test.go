@@ -16,8 +16,8 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
+	"github.com/switchboard-im/switchboard/contract"
 	tk "github.com/switchboard-im/switchboard/internal/testkit"
-	"github.com/switchboard-im/switchboard/streams"
 )
 
 // secretBody is every test message's body: it must never reach a webhook
@@ -155,7 +155,7 @@ func putDevices(t testing.TB, js jetstream.JetStream, user string, devices ...st
 		rec.Devices[d] = dev{Joined: time.Now().UTC(), Stream: time.Now().UTC()}
 	}
 	b, _ := json.Marshal(rec)
-	if _, err := kv(t, js, streams.DevicesKV).Put(context.Background(), user, b); err != nil {
+	if _, err := kv(t, js, contract.DevicesKV).Put(context.Background(), user, b); err != nil {
 		t.Fatal(err)
 	}
 }
@@ -165,11 +165,11 @@ func putDevices(t testing.TB, js jetstream.JetStream, user string, devices ...st
 func setOnline(t testing.TB, js jetstream.JetStream, user, device string) {
 	t.Helper()
 	lease := fmt.Sprintf(`{"gateway":"gw","session":"s","since":%d}`, time.Now().UnixMilli())
-	if _, err := kv(t, js, streams.PresenceKV).Put(context.Background(), "lease."+user+"."+device, []byte(lease)); err != nil {
+	if _, err := kv(t, js, contract.PresenceKV).Put(context.Background(), "lease."+user+"."+device, []byte(lease)); err != nil {
 		t.Fatal(err)
 	}
 	b := fmt.Sprintf(`{"devices":{%q:%d},"last_seen":%d}`, device, time.Now().UnixMilli(), time.Now().UnixMilli())
-	if _, err := kv(t, js, streams.PresenceKV).Put(context.Background(), "user."+user, []byte(b)); err != nil {
+	if _, err := kv(t, js, contract.PresenceKV).Put(context.Background(), "user."+user, []byte(b)); err != nil {
 		t.Fatal(err)
 	}
 }
@@ -179,14 +179,14 @@ func setOnline(t testing.TB, js jetstream.JetStream, user, device string) {
 func publish(t testing.TB, js jetstream.JetStream, to, from, id string) uint64 {
 	t.Helper()
 	m := &nats.Msg{
-		Subject: streams.InboxSubject(to),
+		Subject: contract.InboxSubject(to),
 		Header: nats.Header{
-			streams.HdrMsgID:  {streams.MsgDedupID(from, id)},
-			streams.HdrKind:   {streams.KindMsg},
-			streams.HdrFrom:   {from},
-			streams.HdrDevice: {"laptop"},
-			streams.HdrID:     {id},
-			streams.HdrTS:     {strconv.FormatInt(testTS, 10)},
+			contract.HdrMsgID:  {contract.MsgDedupID(from, id)},
+			contract.HdrKind:   {contract.KindMsg},
+			contract.HdrFrom:   {from},
+			contract.HdrDevice: {"laptop"},
+			contract.HdrID:     {id},
+			contract.HdrTS:     {strconv.FormatInt(testTS, 10)},
 		},
 		Data: []byte(secretBody),
 	}
@@ -203,12 +203,12 @@ func waitDrained(t testing.TB, js jetstream.JetStream, timeout time.Duration) {
 	t.Helper()
 	ctx := context.Background()
 	tk.WaitFor(t, timeout, func() error {
-		s, err := js.Stream(ctx, streams.Inbox)
+		s, err := js.Stream(ctx, contract.Inbox)
 		if err != nil {
 			return err
 		}
 		last := s.CachedInfo().State.LastSeq
-		c, err := js.Consumer(ctx, streams.Inbox, "push")
+		c, err := js.Consumer(ctx, contract.Inbox, "push")
 		if err != nil {
 			return err
 		}
@@ -225,7 +225,7 @@ func waitDrained(t testing.TB, js jetstream.JetStream, timeout time.Duration) {
 func deadLetters(t testing.TB, js jetstream.JetStream) []*jetstream.RawStreamMsg {
 	t.Helper()
 	ctx := context.Background()
-	s, err := js.Stream(ctx, streams.DLQ)
+	s, err := js.Stream(ctx, contract.DLQ)
 	if err != nil {
 		t.Fatal(err)
 	}

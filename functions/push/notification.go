@@ -7,8 +7,8 @@ import (
 
 	"github.com/nats-io/nats.go"
 
+	"github.com/switchboard-im/switchboard/contract"
 	"github.com/switchboard-im/switchboard/protocol"
-	"github.com/switchboard-im/switchboard/streams"
 )
 
 // Notification is the webhook body, one per device. It names the message
@@ -35,21 +35,21 @@ type Notification struct {
 // letter.
 func fromInbox(subject string, h nats.Header, seq uint64) (Notification, error) {
 	n := Notification{Seq: seq}
-	user, ok := strings.CutPrefix(subject, streams.InboxPrefix)
+	user, ok := strings.CutPrefix(subject, contract.InboxPrefix)
 	n.User = user
 	if !ok || !protocol.ValidID(user) {
 		return n, fmt.Errorf("%w: subject %q does not name a valid user", ErrMalformed, subject)
 	}
-	n.From, n.MessageID = h.Get(streams.HdrFrom), h.Get(streams.HdrID)
+	n.From, n.MessageID = h.Get(contract.HdrFrom), h.Get(contract.HdrID)
 	if !protocol.ValidID(n.From) {
-		return n, fmt.Errorf("%w: missing or invalid %s header", ErrMalformed, streams.HdrFrom)
+		return n, fmt.Errorf("%w: missing or invalid %s header", ErrMalformed, contract.HdrFrom)
 	}
 	if !protocol.ValidID(n.MessageID) {
-		return n, fmt.Errorf("%w: missing or invalid %s header", ErrMalformed, streams.HdrID)
+		return n, fmt.Errorf("%w: missing or invalid %s header", ErrMalformed, contract.HdrID)
 	}
-	ts, err := strconv.ParseInt(h.Get(streams.HdrTS), 10, 64)
+	ts, err := strconv.ParseInt(h.Get(contract.HdrTS), 10, 64)
 	if err != nil || ts <= 0 {
-		return n, fmt.Errorf("%w: missing or invalid %s header", ErrMalformed, streams.HdrTS)
+		return n, fmt.Errorf("%w: missing or invalid %s header", ErrMalformed, contract.HdrTS)
 	}
 	n.TS = ts
 	return n, nil

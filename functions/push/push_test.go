@@ -4,7 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"github.com/switchboard-im/switchboard/functions/presence"
+	"github.com/switchboard-im/switchboard/contract"
 	"strings"
 	"testing"
 	"time"
@@ -13,7 +13,6 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	tk "github.com/switchboard-im/switchboard/internal/testkit"
-	"github.com/switchboard-im/switchboard/streams"
 )
 
 // An offline user with two devices gets one webhook call per device, with
@@ -48,7 +47,7 @@ func TestOfflineUserGetsOnePushPerDevice(t *testing.T) {
 		t.Errorf("stats %+v", st)
 	}
 	// The claim records the message and both devices.
-	e, err := kv(t, n.JS, streams.PushKV).Get(context.Background(), "bob")
+	e, err := kv(t, n.JS, contract.PushKV).Get(context.Background(), "bob")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -73,7 +72,7 @@ func TestPendingCountsFromCursors(t *testing.T) {
 	online := func(want bool) {
 		t.Helper()
 		tk.WaitFor(t, 10*time.Second, func() error {
-			rec, err := presence.LoadLive(ctx, kv(t, n.JS, streams.PresenceKV), "bob")
+			rec, err := contract.LoadLivePresence(ctx, kv(t, n.JS, contract.PresenceKV), "bob")
 			if err != nil && !errors.Is(err, jetstream.ErrKeyNotFound) {
 				return err
 			}
@@ -128,11 +127,11 @@ func TestPendingCountsFromCursors(t *testing.T) {
 		t.Fatal(err)
 	}
 	tk.WaitFor(t, 10*time.Second, func() error {
-		e, err := kv(t, n.JS, streams.CursorsKV).Get(ctx, streams.CursorKey("bob", "watch"))
+		e, err := kv(t, n.JS, contract.CursorsKV).Get(ctx, contract.CursorKey("bob", "watch"))
 		if err != nil {
 			return err
 		}
-		if c, _ := streams.ParseCursor(e.Value()); c.Floor < seq {
+		if c, _ := contract.ParseCursor(e.Value()); c.Floor < seq {
 			return tk.Errorf("watch's cursor %d, want %d", c.Floor, seq)
 		}
 		return nil
@@ -201,7 +200,7 @@ func TestBurstCoalescesWithinWindow(t *testing.T) {
 
 	// The claim expires with the window (it was rewritten after each
 	// device; each rewrite must carry a TTL, or it would live forever).
-	push := kv(t, n.JS, streams.PushKV)
+	push := kv(t, n.JS, contract.PushKV)
 	tk.WaitFor(t, 10*time.Second, func() error {
 		if _, err := push.Get(context.Background(), "bob"); err == nil {
 			return tk.Errorf("claim still there")
@@ -334,15 +333,15 @@ func TestStartWithoutWebhookIsNotConfigured(t *testing.T) {
 
 func receiptMsg(to, by, id string) *nats.Msg {
 	return &nats.Msg{
-		Subject: streams.InboxSubject(to),
+		Subject: contract.InboxSubject(to),
 		Header: nats.Header{
-			streams.HdrMsgID:  {streams.ReceiptDedupID("delivered", to, id, by)},
-			streams.HdrKind:   {streams.KindReceipt},
-			streams.HdrStatus: {"delivered"},
-			streams.HdrFrom:   {by},
-			streams.HdrDevice: {"phone"},
-			streams.HdrID:     {id},
-			streams.HdrTS:     {"1"},
+			contract.HdrMsgID:  {contract.ReceiptDedupID("delivered", to, id, by)},
+			contract.HdrKind:   {contract.KindReceipt},
+			contract.HdrStatus: {"delivered"},
+			contract.HdrFrom:   {by},
+			contract.HdrDevice: {"phone"},
+			contract.HdrID:     {id},
+			contract.HdrTS:     {"1"},
 		},
 	}
 }
@@ -354,7 +353,7 @@ func TestUnreadableClaimIsTakenOver(t *testing.T) {
 	h := newHook(t, nil)
 	startPush(t, n, testConfig(h.URL))
 	putDevices(t, n.JS, "bob", "phone")
-	push := kv(t, n.JS, streams.PushKV)
+	push := kv(t, n.JS, contract.PushKV)
 	if _, err := push.Put(context.Background(), "bob", []byte("not json")); err != nil {
 		t.Fatal(err)
 	}

@@ -11,7 +11,7 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
-	"github.com/switchboard-im/switchboard/streams"
+	"github.com/switchboard-im/switchboard/contract"
 )
 
 // HdrSeq on a dead letter is the INBOX sequence of the message whose
@@ -24,7 +24,7 @@ const maxReason = 512
 
 // DeadLetterSubject is where a user's failed notifications are kept for an
 // operator: `nats stream view DLQ --subject dlq.push.bob`.
-func DeadLetterSubject(user string) string { return streams.DLQPrefix + "push." + user }
+func DeadLetterSubject(user string) string { return contract.DLQPrefix + "push." + user }
 
 // backoff is the delay before the attempt after attempt (1-based):
 // base·2^(attempt-1) capped at limit, with equal jitter (half fixed, half
@@ -64,13 +64,13 @@ func deadLetter(ctx context.Context, js jetstream.JetStream, n Notification, sub
 	m := &nats.Msg{
 		Subject: DeadLetterSubject(lastToken(subject)),
 		Header: nats.Header{
-			streams.HdrMsgID:       {"dlq:push:" + streams.Inbox + ":" + seq + ":" + n.Device},
-			streams.HdrReason:      {reason},
-			streams.HdrAttempts:    {strconv.FormatUint(attempts, 10)},
-			HdrSeq:                 {seq},
-			streams.HdrOrigStream:  {streams.Inbox},
-			streams.HdrOrigSubject: {subject},
-			streams.HdrOrigSeq:     {seq},
+			contract.HdrMsgID:       {"dlq:push:" + contract.Inbox + ":" + seq + ":" + n.Device},
+			contract.HdrReason:      {reason},
+			contract.HdrAttempts:    {strconv.FormatUint(attempts, 10)},
+			HdrSeq:                  {seq},
+			contract.HdrOrigStream:  {contract.Inbox},
+			contract.HdrOrigSubject: {subject},
+			contract.HdrOrigSeq:     {seq},
 		},
 		Data: body,
 	}

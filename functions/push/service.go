@@ -16,7 +16,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/nats-io/nats.go/micro"
 
-	"github.com/switchboard-im/switchboard/functions/presence"
+	"github.com/switchboard-im/switchboard/contract"
 	"github.com/switchboard-im/switchboard/protocol"
 	"github.com/switchboard-im/switchboard/streams"
 )
@@ -85,34 +85,34 @@ func Start(ctx context.Context, nc *nats.Conn, js jetstream.JetStream, cfg Confi
 		stop: make(chan struct{}),
 	}
 	var err error
-	if s.inbox, err = js.Stream(ctx, streams.Inbox); err != nil {
-		return nil, fmt.Errorf("push: stream %s: %w", streams.Inbox, err)
+	if s.inbox, err = js.Stream(ctx, contract.Inbox); err != nil {
+		return nil, fmt.Errorf("push: stream %s: %w", contract.Inbox, err)
 	}
-	if s.devicesKV, err = js.KeyValue(ctx, streams.DevicesKV); err != nil {
-		return nil, fmt.Errorf("push: bucket %s: %w", streams.DevicesKV, err)
+	if s.devicesKV, err = js.KeyValue(ctx, contract.DevicesKV); err != nil {
+		return nil, fmt.Errorf("push: bucket %s: %w", contract.DevicesKV, err)
 	}
-	if s.cursorsKV, err = js.KeyValue(ctx, streams.CursorsKV); err != nil {
+	if s.cursorsKV, err = js.KeyValue(ctx, contract.CursorsKV); err != nil {
 		return nil, fmt.Errorf("push: %w", err)
 	}
-	if s.presenceKV, err = js.KeyValue(ctx, streams.PresenceKV); err != nil {
-		return nil, fmt.Errorf("push: bucket %s: %w", streams.PresenceKV, err)
+	if s.presenceKV, err = js.KeyValue(ctx, contract.PresenceKV); err != nil {
+		return nil, fmt.Errorf("push: bucket %s: %w", contract.PresenceKV, err)
 	}
-	if s.pushKV, err = js.KeyValue(ctx, streams.PushKV); err != nil {
-		return nil, fmt.Errorf("push: bucket %s: %w", streams.PushKV, err)
+	if s.pushKV, err = js.KeyValue(ctx, contract.PushKV); err != nil {
+		return nil, fmt.Errorf("push: bucket %s: %w", contract.PushKV, err)
 	}
 	st, err := s.pushKV.Status(ctx)
 	if err != nil {
-		return nil, fmt.Errorf("push: bucket %s: %w", streams.PushKV, err)
+		return nil, fmt.Errorf("push: bucket %s: %w", contract.PushKV, err)
 	}
 	if st.LimitMarkerTTL() <= 0 {
 		// Without per-key TTLs a window would never close and each user
 		// would be pushed once, ever.
-		return nil, fmt.Errorf("push: bucket %s has no limit_marker_ttl, so per-key TTLs are off", streams.PushKV)
+		return nil, fmt.Errorf("push: bucket %s has no limit_marker_ttl, so per-key TTLs are off", contract.PushKV)
 	}
 	if s.consCfg, err = streams.ConsumerConfig("push"); err != nil {
 		return nil, err
 	}
-	cons, err := js.CreateOrUpdateConsumer(ctx, streams.Inbox, s.consCfg)
+	cons, err := js.CreateOrUpdateConsumer(ctx, contract.Inbox, s.consCfg)
 	if err != nil {
 		return nil, fmt.Errorf("push: consumer: %w", err)
 	}
@@ -179,7 +179,7 @@ func (s *Service) pull() {
 		case <-time.After(time.Second):
 		}
 		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-		cons, err := s.js.CreateOrUpdateConsumer(ctx, streams.Inbox, s.consCfg)
+		cons, err := s.js.CreateOrUpdateConsumer(ctx, contract.Inbox, s.consCfg)
 		cancel()
 		if err != nil {
 			s.log.Error("rebinding the consumer failed", "err", err)
@@ -240,11 +240,11 @@ func (s *Service) handle(m jetstream.Msg) {
 		return
 	}
 	h := m.Headers()
-	switch h.Get(streams.HdrKind) {
-	case streams.KindMsg:
+	switch h.Get(contract.HdrKind) {
+	case contract.KindMsg:
 	case "":
-		n := Notification{User: lastToken(m.Subject()), MessageID: h.Get(streams.HdrID), From: h.Get(streams.HdrFrom), Seq: meta.Sequence.Stream}
-		s.reject(m, meta, n, fmt.Errorf("%w: missing %s header", ErrMalformed, streams.HdrKind))
+		n := Notification{User: lastToken(m.Subject()), MessageID: h.Get(contract.HdrID), From: h.Get(contract.HdrFrom), Seq: meta.Sequence.Stream}
+		s.reject(m, meta, n, fmt.Errorf("%w: missing %s header", ErrMalformed, contract.HdrKind))
 		return
 	default:
 		// Receipts, and kinds added later, wake nobody.
@@ -289,7 +289,7 @@ func (s *Service) stale() time.Duration { return 2 * s.hold(s.cfg.MaxBackoff) }
 func (s *Service) notify(m jetstream.Msg, meta *jetstream.MsgMetadata, n Notification) {
 	ctx := context.Background()
 	attempt := meta.NumDelivered
-	rec, err := presence.LoadLive(ctx, s.presenceKV, n.User)
+	rec, err := contract.LoadLivePresence(ctx, s.presenceKV, n.User)
 	var syntax *json.SyntaxError
 	var typ *json.UnmarshalTypeError
 	switch {
@@ -461,7 +461,7 @@ func (s *Service) devices(ctx context.Context, user string) ([]string, error) {
 	if err != nil {
 		return nil, fmt.Errorf("push: devices of %s: %w", user, err)
 	}
-	var rec streams.Devices
+	var rec contract.Devices
 	if err := json.Unmarshal(e.Value(), &rec); err != nil {
 		return nil, fmt.Errorf("push: devices of %s: %w", user, err)
 	}
@@ -491,8 +491,8 @@ func (s *Service) pending(ctx context.Context, user, device string, seq uint64) 
 	// One direct get of the first message past the floor: its
 	// Nats-Num-Pending is how many more follow, from the stream's
 	// per-subject index, so counting costs no scan.
-	req, _ := json.Marshal(map[string]any{"seq": floor + 1, "next_by_subj": streams.InboxSubject(user), "batch": 1})
-	m, err := s.nc.RequestWithContext(ctx, "$JS.API.DIRECT.GET."+streams.Inbox, req)
+	req, _ := json.Marshal(map[string]any{"seq": floor + 1, "next_by_subj": contract.InboxSubject(user), "batch": 1})
+	m, err := s.nc.RequestWithContext(ctx, contract.DirectGetSubject(contract.Inbox), req)
 	if err != nil {
 		return 0, false, fmt.Errorf("push: inbox of %s: %w", user, err)
 	}
@@ -503,17 +503,17 @@ func (s *Service) pending(ctx context.Context, user, device string, seq uint64) 
 	default:
 		return 0, false, fmt.Errorf("push: inbox of %s: %s %s", user, m.Header.Get("Status"), m.Header.Get("Description"))
 	}
-	more, _ := strconv.ParseUint(m.Header.Get("Nats-Num-Pending"), 10, 64)
+	more, _ := strconv.ParseUint(m.Header.Get(contract.HdrNumPend), 10, 64)
 	return 1 + more, false, nil
 }
 
 // position is the highest INBOX sequence the device has settled.
 func (s *Service) position(ctx context.Context, user, device string) (uint64, error) {
 	created := s.inbox.CachedInfo().Created.UnixNano()
-	e, err := s.cursorsKV.Get(ctx, streams.CursorKey(user, device))
+	e, err := s.cursorsKV.Get(ctx, contract.CursorKey(user, device))
 	switch {
 	case err == nil:
-		if c, ok := streams.ParseCursor(e.Value()); ok && c.Stream == created {
+		if c, ok := contract.ParseCursor(e.Value()); ok && c.Stream == created {
 			return c.Floor, nil
 		}
 	case !errors.Is(err, jetstream.ErrKeyNotFound):
@@ -526,7 +526,7 @@ func (s *Service) position(ctx context.Context, user, device string) (uint64, er
 		}
 		return 0, fmt.Errorf("push: devices of %s: %w", user, err)
 	}
-	var ds streams.Devices
+	var ds contract.Devices
 	if json.Unmarshal(rec.Value(), &ds) == nil {
 		if d := ds.Devices[device]; d != nil && d.Start > 0 && d.Stream.UnixNano() == created {
 			return d.Start - 1, nil

@@ -41,16 +41,13 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/nats-io/nats.go/micro"
 
+	"github.com/switchboard-im/switchboard/contract"
 	"github.com/switchboard-im/switchboard/functions/worker"
 	"github.com/switchboard-im/switchboard/protocol"
-	"github.com/switchboard-im/switchboard/streams"
 )
 
 // Version is the micro service version.
 const Version = "1.0.0"
-
-// StatusSubject is the request subject of the status endpoint.
-const StatusSubject = "sb.fn.receipts.status"
 
 // Config tunes an instance.
 type Config struct {
@@ -69,32 +66,6 @@ type Config struct {
 
 // DefaultConfig is what the binary runs with.
 func DefaultConfig() Config { return Config{Workers: 16, MaxAttempts: 100} }
-
-// Tick is one recipient's status of a message: ms since epoch when it was
-// delivered to and read by them, 0 when not (yet).
-type Tick struct {
-	Delivered int64 `json:"delivered,omitempty"`
-	Read      int64 `json:"read,omitempty"`
-}
-
-// Status is the STATUS record of one message: recipient user → tick.
-type Status struct {
-	To map[string]*Tick `json:"to"`
-}
-
-// StatusRequest asks for the status of message ID sent by User. The
-// gateway fills in User from the token, so a user can only ask about their
-// own messages: the key is built from it.
-type StatusRequest struct {
-	User string `json:"user"`
-	ID   string `json:"id"`
-}
-
-// StatusReply answers a StatusRequest.
-type StatusReply struct {
-	ID string           `json:"id"`
-	To map[string]*Tick `json:"to"`
-}
 
 // Service is one running instance.
 type Service struct {
@@ -118,14 +89,14 @@ func Start(ctx context.Context, nc *nats.Conn, js jetstream.JetStream, cfg Confi
 	}
 	s := &Service{js: js, cfg: cfg, log: log.With("function", "receipts")}
 	var err error
-	if s.status, err = js.KeyValue(ctx, streams.StatusKV); err != nil {
+	if s.status, err = js.KeyValue(ctx, contract.StatusKV); err != nil {
 		return nil, fmt.Errorf("receipts: %w", err)
 	}
-	if s.settings, err = js.KeyValue(ctx, streams.SettingsKV); err != nil {
+	if s.settings, err = js.KeyValue(ctx, contract.SettingsKV); err != nil {
 		return nil, fmt.Errorf("receipts: %w", err)
 	}
 	s.svc, s.pool, err = worker.Serve(ctx, nc, js, worker.Service{
-		Stream:  streams.Receipts,
+		Stream:  contract.Receipts,
 		AckWait: cfg.AckWait,
 		Micro: micro.Config{
 			Name:         "receipts",
@@ -133,11 +104,11 @@ func Start(ctx context.Context, nc *nats.Conn, js jetstream.JetStream, cfg Confi
 			Description:  "Applies delivered/read events to message status and forwards them to senders",
 			StatsHandler: s.stats,
 		},
-		Endpoint: "status", Subject: StatusSubject, Example: `{"user":"alice","id":"m-1"}`, Handler: s.handleStatus,
+		Endpoint: "status", Subject: contract.StatusSubject, Example: `{"user":"alice","id":"m-1"}`, Handler: s.handleStatus,
 	}, worker.Options{
 		Function: "receipts", Workers: cfg.Workers, MaxAttempts: cfg.MaxAttempts,
 		// One message's events in stream order, within an instance.
-		Key: func(m jetstream.Msg) string { return m.Subject() + " " + m.Headers().Get(streams.HdrID) },
+		Key: func(m jetstream.Msg) string { return m.Subject() + " " + m.Headers().Get(contract.HdrID) },
 	}, s.log, s.handle)
 	if err != nil {
 		return nil, err
@@ -171,15 +142,15 @@ type event struct {
 func parse(m jetstream.Msg) (event, error) {
 	h := m.Headers()
 	e := event{
-		sender: strings.TrimPrefix(m.Subject(), streams.ReceiptsPrefix),
-		id:     h.Get(streams.HdrID),
-		status: h.Get(streams.HdrStatus),
-		by:     h.Get(streams.HdrFrom),
-		device: h.Get(streams.HdrDevice),
+		sender: strings.TrimPrefix(m.Subject(), contract.ReceiptsPrefix),
+		id:     h.Get(contract.HdrID),
+		status: h.Get(contract.HdrStatus),
+		by:     h.Get(contract.HdrFrom),
+		device: h.Get(contract.HdrDevice),
 	}
-	e.ts, _ = strconv.ParseInt(h.Get(streams.HdrTS), 10, 64)
+	e.ts, _ = strconv.ParseInt(h.Get(contract.HdrTS), 10, 64)
 	switch {
-	case h.Get(streams.HdrKind) != streams.KindReceipt:
+	case h.Get(contract.HdrKind) != contract.KindReceipt:
 		return e, errors.New("not a receipt event")
 	case e.status != protocol.StatusDelivered && e.status != protocol.StatusRead:
 		return e, fmt.Errorf("unknown status %q", e.status)
@@ -221,7 +192,7 @@ func (s *Service) apply(ctx context.Context, e event) error {
 		}
 		t := rec.To[e.by]
 		if t == nil {
-			t = &Tick{}
+			t = &contract.Tick{}
 			rec.To[e.by] = t
 		}
 		switch {
@@ -252,8 +223,8 @@ func (s *Service) apply(ctx context.Context, e event) error {
 	}
 }
 
-func (s *Service) load(ctx context.Context, key string) (Status, uint64, error) {
-	rec := Status{To: map[string]*Tick{}}
+func (s *Service) load(ctx context.Context, key string) (contract.Status, uint64, error) {
+	rec := contract.Status{To: map[string]*contract.Tick{}}
 	e, err := s.status.Get(ctx, key)
 	switch {
 	case errors.Is(err, jetstream.ErrKeyNotFound):
@@ -265,15 +236,15 @@ func (s *Service) load(ctx context.Context, key string) (Status, uint64, error) 
 		// A record this function cannot read is replaced, not kept
 		// failing forever: the events still to come rebuild it.
 		s.log.Warn("replacing unreadable status record", "key", key, "err", err)
-		rec = Status{To: map[string]*Tick{}}
+		rec = contract.Status{To: map[string]*contract.Tick{}}
 	}
 	return rec, e.Revision(), nil
 }
 
 func (s *Service) readReceiptsOn(ctx context.Context, users ...string) (bool, error) {
 	for _, u := range users {
-		set, _, err := streams.LoadSettings(ctx, s.settings, u)
-		if err != nil && !errors.Is(err, streams.ErrBadRecord) {
+		set, _, err := contract.LoadSettings(ctx, s.settings, u)
+		if err != nil && !errors.Is(err, contract.ErrBadRecord) {
 			return false, err
 		}
 		if !set.ReadReceipts {
@@ -286,15 +257,15 @@ func (s *Service) readReceiptsOn(ctx context.Context, users ...string) (bool, er
 // forward stores the receipt in the sender's inbox.
 func (s *Service) forward(ctx context.Context, e event, status string) error {
 	m := &nats.Msg{
-		Subject: streams.InboxSubject(e.sender),
+		Subject: contract.InboxSubject(e.sender),
 		Header: nats.Header{
-			streams.HdrMsgID:  {streams.ReceiptDedupID(status, e.sender, e.id, e.by)},
-			streams.HdrKind:   {streams.KindReceipt},
-			streams.HdrStatus: {status},
-			streams.HdrFrom:   {e.by},
-			streams.HdrDevice: {e.device},
-			streams.HdrID:     {e.id},
-			streams.HdrTS:     {strconv.FormatInt(e.ts, 10)},
+			contract.HdrMsgID:  {contract.ReceiptDedupID(status, e.sender, e.id, e.by)},
+			contract.HdrKind:   {contract.KindReceipt},
+			contract.HdrStatus: {status},
+			contract.HdrFrom:   {e.by},
+			contract.HdrDevice: {e.device},
+			contract.HdrID:     {e.id},
+			contract.HdrTS:     {strconv.FormatInt(e.ts, 10)},
 		},
 	}
 	if _, err := s.js.PublishMsg(ctx, m); err != nil {
@@ -305,7 +276,7 @@ func (s *Service) forward(ctx context.Context, e event, status string) error {
 }
 
 func (s *Service) handleStatus(r micro.Request) {
-	var req StatusRequest
+	var req contract.StatusRequest
 	if err := json.Unmarshal(r.Data(), &req); err != nil {
 		_ = r.Error("400", "bad_json: "+err.Error(), nil)
 		return
@@ -323,6 +294,6 @@ func (s *Service) handleStatus(r micro.Request) {
 	case rev == 0:
 		_ = r.Error("404", "not_found: no status for this message", nil)
 	default:
-		_ = r.RespondJSON(StatusReply{ID: req.ID, To: rec.To})
+		_ = r.RespondJSON(contract.StatusReply{ID: req.ID, To: rec.To})
 	}
 }

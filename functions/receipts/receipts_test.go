@@ -12,10 +12,10 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
+	"github.com/switchboard-im/switchboard/contract"
 	"github.com/switchboard-im/switchboard/functions/receipts"
 	"github.com/switchboard-im/switchboard/internal/natsauth"
 	tk "github.com/switchboard-im/switchboard/internal/testkit"
-	"github.com/switchboard-im/switchboard/streams"
 )
 
 // env is a bare server with the streams applied and no function running,
@@ -60,14 +60,14 @@ func (e *env) instance(t testing.TB) (s *receipts.Service, kill func()) {
 // event stores a receipt event as a gateway does.
 func (e *env) event(t testing.TB, status, sender, id, by, device string, ts int64) {
 	t.Helper()
-	m := &nats.Msg{Subject: streams.ReceiptsSubject(sender), Header: nats.Header{
-		streams.HdrMsgID:  {streams.ReceiptEventDedupID(status, sender, id, by, device) + ":" + strconv.FormatInt(ts, 10)},
-		streams.HdrKind:   {streams.KindReceipt},
-		streams.HdrStatus: {status},
-		streams.HdrFrom:   {by},
-		streams.HdrDevice: {device},
-		streams.HdrID:     {id},
-		streams.HdrTS:     {strconv.FormatInt(ts, 10)},
+	m := &nats.Msg{Subject: contract.ReceiptsSubject(sender), Header: nats.Header{
+		contract.HdrMsgID:  {contract.ReceiptEventDedupID(status, sender, id, by, device) + ":" + strconv.FormatInt(ts, 10)},
+		contract.HdrKind:   {contract.KindReceipt},
+		contract.HdrStatus: {status},
+		contract.HdrFrom:   {by},
+		contract.HdrDevice: {device},
+		contract.HdrID:     {id},
+		contract.HdrTS:     {strconv.FormatInt(ts, 10)},
 	}}
 	if _, err := e.js.PublishMsg(context.Background(), m); err != nil {
 		t.Fatal(err)
@@ -80,7 +80,7 @@ func (e *env) forwarded(t testing.TB, user string) []string {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	c, err := e.js.OrderedConsumer(ctx, streams.Inbox, jetstream.OrderedConsumerConfig{FilterSubjects: []string{streams.InboxSubject(user)}})
+	c, err := e.js.OrderedConsumer(ctx, contract.Inbox, jetstream.OrderedConsumerConfig{FilterSubjects: []string{contract.InboxSubject(user)}})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -95,7 +95,7 @@ func (e *env) forwarded(t testing.TB, user string) []string {
 			t.Fatal(err)
 		}
 		h := m.Headers()
-		out = append(out, h.Get(streams.HdrStatus)+":"+h.Get(streams.HdrID)+":"+h.Get(streams.HdrFrom))
+		out = append(out, h.Get(contract.HdrStatus)+":"+h.Get(contract.HdrID)+":"+h.Get(contract.HdrFrom))
 	}
 	return out
 }
@@ -104,7 +104,7 @@ func (e *env) forwarded(t testing.TB, user string) []string {
 func (e *env) drained(t testing.TB) {
 	t.Helper()
 	tk.WaitFor(t, 20*time.Second, func() error {
-		st, err := e.js.Stream(context.Background(), streams.Receipts)
+		st, err := e.js.Stream(context.Background(), contract.Receipts)
 		if err != nil {
 			return err
 		}
@@ -119,14 +119,14 @@ func (e *env) drained(t testing.TB) {
 	})
 }
 
-func (e *env) status(t testing.TB, user, id string) (receipts.StatusReply, string) {
+func (e *env) status(t testing.TB, user, id string) (contract.StatusReply, string) {
 	t.Helper()
-	req, _ := json.Marshal(receipts.StatusRequest{User: user, ID: id})
-	m, err := e.n.Conn.Request(receipts.StatusSubject, req, 5*time.Second)
+	req, _ := json.Marshal(contract.StatusRequest{User: user, ID: id})
+	m, err := e.n.Conn.Request(contract.StatusSubject, req, 5*time.Second)
 	if err != nil {
 		t.Fatal(err)
 	}
-	var r receipts.StatusReply
+	var r contract.StatusReply
 	if code := m.Header.Get("Nats-Service-Error-Code"); code != "" {
 		return r, code
 	}
@@ -136,9 +136,9 @@ func (e *env) status(t testing.TB, user, id string) (receipts.StatusReply, strin
 	return r, ""
 }
 
-func setSettings(t testing.TB, e *env, user string, s streams.Settings) {
+func setSettings(t testing.TB, e *env, user string, s contract.Settings) {
 	t.Helper()
-	kv, err := e.js.KeyValue(context.Background(), streams.SettingsKV)
+	kv, err := e.js.KeyValue(context.Background(), contract.SettingsKV)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -210,7 +210,7 @@ func TestReadBeforeDeliveredImpliesDelivered(t *testing.T) {
 func TestReadReceiptsOffForReaderOrSender(t *testing.T) {
 	e := newEnv(t)
 	e.instance(t)
-	off := streams.DefaultSettings()
+	off := contract.DefaultSettings()
 	off.ReadReceipts = false
 	setSettings(t, e, "bob", off)   // bob hides his reads
 	setSettings(t, e, "carol", off) // carol sees nobody's
@@ -247,7 +247,7 @@ func TestStatusEndpointAnswersOnlyTheSender(t *testing.T) {
 		t.Fatalf("another user asking: code %q, want 404", code)
 	}
 	for _, bad := range []string{`{`, `{"user":"a.b","id":"m1"}`, `{"user":"alice","id":""}`} {
-		m, err := e.n.Conn.Request(receipts.StatusSubject, []byte(bad), 5*time.Second)
+		m, err := e.n.Conn.Request(contract.StatusSubject, []byte(bad), 5*time.Second)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -264,10 +264,10 @@ func TestPoisonEventsAreDeadLettered(t *testing.T) {
 	e.instance(t)
 	ctx := context.Background()
 	bad := []*nats.Msg{
-		{Subject: "receipts.alice", Header: nats.Header{streams.HdrKind: {"receipt"}}},                                                // no fields
-		{Subject: "receipts.alice", Header: nats.Header{streams.HdrKind: {"msg"}}, Data: []byte("hi")},                                // not an event
-		{Subject: "receipts.alice", Header: nats.Header{streams.HdrKind: {"receipt"}, streams.HdrStatus: {"seen"}}},                   // bad status
-		{Subject: "receipts.alice", Header: nats.Header{streams.HdrKind: {"receipt"}, streams.HdrStatus: {"read"}, "Sb-Id": {"x y"}}}, // bad id
+		{Subject: "receipts.alice", Header: nats.Header{contract.HdrKind: {"receipt"}}},                                                 // no fields
+		{Subject: "receipts.alice", Header: nats.Header{contract.HdrKind: {"msg"}}, Data: []byte("hi")},                                 // not an event
+		{Subject: "receipts.alice", Header: nats.Header{contract.HdrKind: {"receipt"}, contract.HdrStatus: {"seen"}}},                   // bad status
+		{Subject: "receipts.alice", Header: nats.Header{contract.HdrKind: {"receipt"}, contract.HdrStatus: {"read"}, "Sb-Id": {"x y"}}}, // bad id
 	}
 	for _, m := range bad {
 		if _, err := e.js.PublishMsg(ctx, m); err != nil {
@@ -279,7 +279,7 @@ func TestPoisonEventsAreDeadLettered(t *testing.T) {
 	if got := e.forwarded(t, "alice"); !equal(got, []string{"delivered:m1:bob"}) {
 		t.Fatalf("alice's inbox has %v", got)
 	}
-	dlq, err := e.js.Stream(ctx, streams.DLQ)
+	dlq, err := e.js.Stream(ctx, contract.DLQ)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -294,7 +294,7 @@ func TestPoisonEventsAreDeadLettered(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if m.Subject != "dlq.receipts.alice" || m.Header.Get(streams.HdrReason) == "" || m.Header.Get(streams.HdrOrigSeq) == "" {
+	if m.Subject != "dlq.receipts.alice" || m.Header.Get(contract.HdrReason) == "" || m.Header.Get(contract.HdrOrigSeq) == "" {
 		t.Fatalf("dead letter %s lacks its reason or origin: %v", m.Subject, m.Header)
 	}
 }
@@ -348,14 +348,14 @@ func BenchmarkReceipts(b *testing.B) {
 			}
 			b.ResetTimer()
 			for i := range b.N {
-				m := &nats.Msg{Subject: streams.ReceiptsSubject("alice"), Header: nats.Header{
-					streams.HdrMsgID:  {"bench:" + strconv.Itoa(i)},
-					streams.HdrKind:   {streams.KindReceipt},
-					streams.HdrStatus: {"delivered"},
-					streams.HdrFrom:   {"bob"},
-					streams.HdrDevice: {"phone"},
-					streams.HdrID:     {"m" + strconv.Itoa(i)},
-					streams.HdrTS:     {"1000"},
+				m := &nats.Msg{Subject: contract.ReceiptsSubject("alice"), Header: nats.Header{
+					contract.HdrMsgID:  {"bench:" + strconv.Itoa(i)},
+					contract.HdrKind:   {contract.KindReceipt},
+					contract.HdrStatus: {"delivered"},
+					contract.HdrFrom:   {"bob"},
+					contract.HdrDevice: {"phone"},
+					contract.HdrID:     {"m" + strconv.Itoa(i)},
+					contract.HdrTS:     {"1000"},
 				}}
 				if _, err := e.js.PublishMsgAsync(m); err != nil {
 					b.Fatal(err)

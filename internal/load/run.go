@@ -10,8 +10,8 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/switchboard-im/switchboard/client"
+	"github.com/switchboard-im/switchboard/contract"
 	"github.com/switchboard-im/switchboard/protocol"
-	"github.com/switchboard-im/switchboard/streams"
 )
 
 // env is what every scenario works with.
@@ -242,7 +242,7 @@ func inboxState(ctx context.Context, t Target) (bytes uint64, consumers int, ok 
 	}
 	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	defer cancel()
-	s, err := js.Stream(ctx, streams.Inbox)
+	s, err := js.Stream(ctx, contract.Inbox)
 	if err != nil {
 		return 0, 0, false
 	}

@@ -23,7 +23,7 @@ package natsauth
 import (
 	"github.com/nats-io/nats-server/v2/server"
 
-	"github.com/switchboard-im/switchboard/streams"
+	"github.com/switchboard-im/switchboard/contract"
 )
 
 // Role is a kind of NATS client. Every process of one kind shares its
@@ -76,13 +76,13 @@ type Rules struct {
 // Core NATS subjects, shared between gateways and functions. Names only:
 // their meaning is documented where they are used.
 const (
-	subjLive     = streams.LivePrefix + "*" // republished inbox copies
-	subjEvents   = "sb.ev.*"                // typing, per user
-	subjKick     = "sb.kick.*.*"            // one session per device
-	subjPresence = "sb.presence.*"          // presence updates
-	subjFn       = "sb.fn."                 // function request subjects
-	subjMicro    = "$SRV.>"                 // micro discovery (nats micro ls)
-	leaderInbox  = "$JS.EVENT.ADVISORY.STREAM.LEADER_ELECTED." + streams.Inbox
+	subjLive     = contract.LivePrefix + "*" // republished inbox copies
+	subjEvents   = "sb.ev.*"                 // typing, per user
+	subjKick     = "sb.kick.*.*"             // one session per device
+	subjPresence = "sb.presence.*"           // presence updates
+	subjFn       = "sb.fn."                  // function request subjects
+	subjMicro    = "$SRV.>"                  // micro discovery (nats micro ls)
+	leaderInbox  = "$JS.EVENT.ADVISORY.STREAM.LEADER_ELECTED." + contract.Inbox
 )
 
 // Buckets' stream names and subject prefixes.
@@ -97,34 +97,34 @@ func For(r Role) Rules {
 			Publish: join(
 				// A device's sends, its delivered and read events, and its
 				// position, registry entry, lease and settings.
-				[]string{streams.InboxPrefix + "*", streams.ReceiptsPrefix + "*",
-					kvSubject(streams.DevicesKV) + "*", kvSubject(streams.CursorsKV) + "*.*",
-					kvSubject(streams.PresenceKV) + "lease.*.*", kvSubject(streams.SettingsKV) + "*",
-					subjEvents, subjKick, subjPresence,
-					subjFn + "receipts.status", subjFn + "presence.get", subjFn + "media.>"},
-				streamInfo(streams.Inbox, kvStream(streams.DevicesKV), kvStream(streams.CursorsKV),
-					kvStream(streams.PresenceKV), kvStream(streams.SettingsKV)),
-				reads(streams.Inbox, kvStream(streams.DevicesKV), kvStream(streams.CursorsKV),
-					kvStream(streams.PresenceKV), kvStream(streams.SettingsKV)),
+				[]string{contract.InboxPrefix + "*", contract.ReceiptsPrefix + "*",
+					kvSubject(contract.DevicesKV) + "*", kvSubject(contract.CursorsKV) + "*.*",
+					kvSubject(contract.PresenceKV) + "lease.*.*", kvSubject(contract.SettingsKV) + "*",
+					subjEvents, subjKick,
+					subjFn + "receipts.status", subjFn + "presence.get", subjFn + "presence.announce", subjFn + "media.>"},
+				streamInfo(contract.Inbox, kvStream(contract.DevicesKV), kvStream(contract.CursorsKV),
+					kvStream(contract.PresenceKV), kvStream(contract.SettingsKV)),
+				reads(contract.Inbox, kvStream(contract.DevicesKV), kvStream(contract.CursorsKV),
+					kvStream(contract.PresenceKV), kvStream(contract.SettingsKV)),
 			),
 			Subscribe: []string{subjLive, subjEvents, subjKick, subjPresence, leaderInbox, InboxPrefix(r) + ".>"},
 			Respond:   true,
 		}
 	case Receipts:
-		return function(r, streams.Receipts,
+		return function(r, contract.Receipts,
 			// Status records and the receipts forwarded to senders'
 			// inboxes; settings are read for read-receipt privacy.
-			[]string{kvSubject(streams.StatusKV) + "*.*", streams.InboxPrefix + "*"},
-			[]string{kvStream(streams.StatusKV), kvStream(streams.SettingsKV)})
+			[]string{kvSubject(contract.StatusKV) + "*.*", contract.InboxPrefix + "*"},
+			[]string{kvStream(contract.StatusKV), kvStream(contract.SettingsKV)})
 	case Presence:
-		return function(r, kvStream(streams.PresenceKV),
-			[]string{kvSubject(streams.PresenceKV) + "user.*", subjPresence},
-			[]string{kvStream(streams.PresenceKV), kvStream(streams.SettingsKV)})
+		return function(r, kvStream(contract.PresenceKV),
+			[]string{kvSubject(contract.PresenceKV) + "user.*", subjPresence},
+			[]string{kvStream(contract.PresenceKV), kvStream(contract.SettingsKV)})
 	case Push:
-		return function(r, streams.Inbox,
-			[]string{kvSubject(streams.PushKV) + "*"},
-			[]string{streams.Inbox, kvStream(streams.PushKV), kvStream(streams.DevicesKV),
-				kvStream(streams.CursorsKV), kvStream(streams.PresenceKV)})
+		return function(r, contract.Inbox,
+			[]string{kvSubject(contract.PushKV) + "*"},
+			[]string{contract.Inbox, kvStream(contract.PushKV), kvStream(contract.DevicesKV),
+				kvStream(contract.CursorsKV), kvStream(contract.PresenceKV)})
 	case Media:
 		// Its buckets are its own: it creates them, and nothing else may
 		// read them (grants, upload claims, the embedded store's bytes).
@@ -162,9 +162,9 @@ func function(r Role, stream string, publish, read []string) Rules {
 	durable := string(r)
 	return Rules{
 		Publish: join(publish,
-			[]string{streams.DLQPrefix + string(r) + ".>"},
+			[]string{contract.DLQPrefix + string(r) + ".>"},
 			consumer(stream, durable),
-			streamInfo(append([]string{stream, streams.DLQ}, read...)...),
+			streamInfo(append([]string{stream, contract.DLQ}, read...)...),
 			reads(read...),
 		),
 		Subscribe: []string{subjFn + string(r) + ".>", subjMicro, InboxPrefix(r) + ".>"},

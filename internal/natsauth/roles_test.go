@@ -62,6 +62,7 @@ func TestRolesAreRefusedWhatTheyMustNotDo(t *testing.T) {
 			{false, "$JS.API.CONSUMER.CREATE.INBOX", "read inboxes through a consumer"},
 			{false, "$KV.STATUS.alice.m1", "forge a message status"},
 			{false, "$KV.PRESENCE.user.alice", "forge presence"},
+			{false, "sb.presence.alice", "publish presence updates (the presence function's alone)"},
 			{true, "_INBOX.>", "read other clients' replies"},
 			{true, "_INBOX_media.>", "read the media function's replies"},
 			{true, "$KV.>", "watch every bucket"},

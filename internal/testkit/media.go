@@ -7,6 +7,7 @@ import (
 
 	"github.com/nats-io/nats.go/jetstream"
 
+	"github.com/switchboard-im/switchboard/gateway"
 	"github.com/switchboard-im/switchboard/internal/natsauth"
 	"github.com/switchboard-im/switchboard/media"
 )
@@ -33,7 +34,8 @@ func StartMedia(t testing.TB, n *NATS, g *Gateway, cfg media.Config) *media.Serv
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { _ = svc.Stop() })
-	g.Server.EnableMedia(svc.API())
+	api := svc.API()
+	g.Server.Mount(gateway.Route{Prefix: media.PathPrefix, Handle: api.Handler(g.Server.Authenticate), Config: api.HeaderConfig(10 * time.Minute)})
 	return svc
 }
 

@@ -1,4 +1,4 @@
-package streams
+package contract
 
 import (
 	"context"
@@ -78,7 +78,7 @@ func (s *Settings) Validate(valid func(string) bool) error {
 
 // ErrBadRecord wraps a KV record that does not decode. Readers treat it as
 // the record's defaults (the safe side) rather than fail on it forever.
-var ErrBadRecord = errors.New("streams: unreadable record")
+var ErrBadRecord = errors.New("contract: unreadable record")
 
 // LoadSettings returns a user's settings and their KV revision (0 and the
 // defaults when the user never set any).
@@ -99,25 +99,19 @@ func LoadSettings(ctx context.Context, kv jetstream.KeyValue, user string) (Sett
 
 // UpdateSettings applies change to a user's settings and stores them,
 // retrying when another writer got there first, and returns what was
-// stored. change may refuse by returning an error.
+// stored. change may refuse by returning an error. An unreadable record is
+// replaced: change starts from the defaults.
 func UpdateSettings(ctx context.Context, kv jetstream.KeyValue, user string, change func(*Settings) error) (Settings, error) {
-	for {
-		s, rev, err := LoadSettings(ctx, kv, user)
-		if err != nil && rev == 0 {
-			return s, err
+	var s Settings
+	_, err := Swap(ctx, kv, user, func(cur []byte, _ uint64) ([]byte, error) {
+		s = DefaultSettings()
+		if cur != nil && json.Unmarshal(cur, &s) != nil {
+			s = DefaultSettings()
 		}
 		if err := change(&s); err != nil {
-			return s, err
+			return nil, err
 		}
-		b, _ := json.Marshal(&s)
-		if rev == 0 {
-			_, err = kv.Create(ctx, user, b)
-		} else {
-			_, err = kv.Update(ctx, user, b, rev)
-		}
-		if errors.Is(err, jetstream.ErrKeyExists) || errors.Is(err, jetstream.ErrKeyRevisionMismatch) {
-			continue
-		}
-		return s, err
-	}
+		return json.Marshal(&s)
+	})
+	return s, err
 }

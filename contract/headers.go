@@ -1,4 +1,4 @@
-package streams
+package contract
 
 // Headers on messages stored in INBOX and RECEIPTS. The body of a stored
 // chat message is the client's body, verbatim; everything else travels in
@@ -36,3 +36,21 @@ func ReceiptEventDedupID(status, from, id, by, device string) string {
 func ReceiptDedupID(status, from, id, by string) string {
 	return "r:" + status + ":" + from + ":" + id + ":" + by
 }
+
+// Headers a dead letter carries besides the original's own.
+const (
+	HdrReason      = "Sb-Reason"        // why the function gave up
+	HdrOrigStream  = "Sb-Origin-Stream" // where the message was
+	HdrOrigSubject = "Sb-Origin-Subject"
+	HdrOrigSeq     = "Sb-Origin-Seq"
+	HdrAttempts    = "Sb-Attempts"
+)
+
+// Headers JetStream adds to republished copies and direct get answers.
+const (
+	HdrSequence = "Nats-Sequence"      // the message's stream sequence
+	HdrLastSeq  = "Nats-Last-Sequence" // the previous message's on the same subject (republish)
+	HdrNumPend  = "Nats-Num-Pending"   // matching messages after this one (batched direct get)
+	HdrStamp    = "Nats-Time-Stamp"    // when it was stored, RFC 3339
+	HdrSubject  = "Nats-Subject"       // the subject it was stored under
+)

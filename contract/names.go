@@ -1,0 +1,56 @@
+package contract
+
+// Names of the JetStream assets.
+const (
+	Inbox          = "INBOX"
+	Receipts       = "RECEIPTS"
+	DLQ            = "DLQ"
+	DevicesKV      = "DEVICES"
+	CursorsKV      = "CURSORS"
+	StatusKV       = "STATUS"
+	PresenceKV     = "PRESENCE"
+	SettingsKV     = "SETTINGS"
+	PushKV         = "PUSH"
+	InboxPrefix    = "inbox."
+	LivePrefix     = "sb.live."
+	ReceiptsPrefix = "receipts."
+	DLQPrefix      = "dlq."
+)
+
+// InboxSubject is the subject of a user's inbox. The caller must have
+// validated user as a safe id.
+func InboxSubject(user string) string { return InboxPrefix + user }
+
+// LiveSubject is where INBOX republishes each message stored on the user's
+// inbox, once stored, with its stream sequence (header Nats-Sequence) and
+// the sequence of the previous message on the same inbox
+// (Nats-Last-Sequence), so a reader can tell when it missed one.
+func LiveSubject(user string) string { return LivePrefix + user }
+
+// CursorKey is a device's key in the CURSORS bucket.
+func CursorKey(user, device string) string { return user + "." + device }
+
+// ReceiptsSubject is where gateways store receipt events about messages
+// that sender sent; the receipts function consumes them.
+func ReceiptsSubject(sender string) string { return ReceiptsPrefix + sender }
+
+// KickSubject is where a new session of a device asks any older one, on
+// any gateway, to close (core NATS, request and reply): one session per
+// device.
+func KickSubject(user, device string) string { return "sb.kick." + user + "." + device }
+
+// EventSubject carries ephemeral events to all of a user's online devices
+// (typing): core NATS, never stored. Only gateways publish there, and they
+// publish complete frames of the wire protocol.
+func EventSubject(user string) string { return "sb.ev." + user }
+
+// LeaderSubject is the advisory JetStream publishes when INBOX elects a
+// leader: live copies may have been lost on the way.
+const LeaderSubject = "$JS.EVENT.ADVISORY.STREAM.LEADER_ELECTED." + Inbox
+
+// KVSubject is the subject a KV bucket stores key under, for writes that
+// need a raw publish (a per-message TTL, an async write).
+func KVSubject(bucket, key string) string { return "$KV." + bucket + "." + key }
+
+// DirectGetSubject is where a stream answers direct gets.
+func DirectGetSubject(stream string) string { return "$JS.API.DIRECT.GET." + stream }
