@@ -38,8 +38,8 @@ scenarios:
            and send→sent, send→deliver, send→receipt latencies (P1, P2)
   storm    --devices N, each sent --pending P messages while disconnected, then
            all reconnect at once: time until all are back and drained (P5)
-  offline  --users N never connected (or, --first-connect, connected once and
-           --away for a while) receive --messages M each: server RSS before
+  offline  --users N never connected (or, --first-connect, connected once)
+           receive --messages M each while away: server RSS before
            and after (P4); then --sample S of them connect and drain
   Groups (P7) are not simulated: groups do not exist yet.
 
@@ -116,7 +116,6 @@ func runBench(args []string, out, errOut io.Writer) error {
 	fs.IntVar(&c.Pending, "pending", c.Pending, "storm: messages per device while it is away")
 	fs.IntVar(&c.Sample, "sample", c.Sample, "offline: users who then connect and drain (0: all)")
 	fs.BoolVar(&c.FirstConnect, "first-connect", c.FirstConnect, "offline: connect each user once first (a device that went away)")
-	fs.DurationVar(&c.Away, "away", c.Away, "offline, with --first-connect: how long the devices stay away before their messages (their records and cursors count against them)")
 	fs.Float64Var(&c.Rate, "rate", c.Rate, "pairs: total sends per second (0: flat out)")
 	fs.IntVar(&c.Inflight, "inflight", c.Inflight, "sends outstanding per sender (flat out), or at most (at --rate)")
 	fs.DurationVar(&c.Duration, "duration", c.Duration, "pairs: how long to send")

@@ -80,10 +80,6 @@ type Config struct {
 	// messages, so the device has its queue (a device that went away
 	// rather than one never seen).
 	FirstConnect bool
-	// Away is how long first-connected devices stay away before their
-	// messages are stored; set it past the server's --device-idle to
-	// measure devices whose queues were reaped. Zero: no wait.
-	Away time.Duration
 
 	// Rate is the total sends per second across all senders (pairs).
 	// Zero: flat out, each sender keeping Inflight sends outstanding.
@@ -184,8 +180,6 @@ func (c *Config) Validate() error {
 		return bad("messages", "must be at least 1")
 	case c.Scenario == ScenarioStorm && c.Pending < 1:
 		return bad("pending", "must be at least 1")
-	case c.Away < 0:
-		return bad("away", "must not be negative")
 	case c.Sample < 0:
 		return bad("sample", "must not be negative")
 	case c.Rate < 0:

@@ -13,8 +13,8 @@ import (
 //
 // By default the users have never connected, so they have no device
 // record and their first device gets everything on arrival. With
-// FirstConnect each connects once and goes away for Away first, as a
-// phone left in a drawer; memory is then read from before those first
+// FirstConnect each connects once and goes away first, as a phone left in
+// a drawer; memory is then read from before those first
 // connects, so whatever the away devices still hold (records, cursors)
 // counts against them.
 // firstConnectWave is how many users connect at once for their first
@@ -40,8 +40,7 @@ func runOffline(ctx context.Context, e *env, rep *Report) error {
 	e.settle(ctx)
 
 	w := startWatch(e.procs)
-	diskBefore, consBefore, diskOK := inboxState(ctx, e.target)
-	res.ConsumersBefore = consBefore
+	diskBefore, diskOK := inboxBytes(ctx, e.target)
 	if cfg.FirstConnect {
 		e.prog.set("first connects", int64(n), nil)
 		// In waves, each closed before the next: a gateway process may
@@ -54,10 +53,6 @@ func runOffline(ctx context.Context, e *env, rep *Report) error {
 				return fmt.Errorf("load: offline: %d of %d users connected once (wave from user %d)", c, len(wave), i)
 			}
 			e.waitSessionsBelow(ctx, nf)
-		}
-		e.prog.set(fmt.Sprintf("away for %s", cfg.Away), cfg.Away.Milliseconds(), nil)
-		for end := time.Now().Add(cfg.Away); time.Now().Before(end) && ctx.Err() == nil; time.Sleep(100 * time.Millisecond) {
-			e.prog.done.Store(cfg.Away.Milliseconds() - time.Until(end).Milliseconds())
 		}
 		res.RSSAway = sumRSS(e.target.Procs)
 	}
@@ -81,8 +76,7 @@ func runOffline(ctx context.Context, e *env, rep *Report) error {
 		res.BytesPerUser = float64(delta) / float64(n)
 		res.RSSMeasured = true
 	}
-	if diskAfter, consAfter, ok := inboxState(ctx, e.target); ok && diskOK {
-		res.ConsumersAfter = consAfter
+	if diskAfter, ok := inboxBytes(ctx, e.target); ok && diskOK {
 		if res.Stored > 0 {
 			res.StreamBytesPerMsg = float64(diskAfter-diskBefore) / float64(res.Stored)
 		}

@@ -85,7 +85,6 @@ type ConfigInfo struct {
 	Pending            int     `json:"pending"`
 	Sample             int     `json:"sample"`
 	FirstConnect       bool    `json:"first_connect"`
-	Away               float64 `json:"away_s"`
 	Rate               float64 `json:"rate"`
 	Inflight           int     `json:"inflight"`
 	DurationSeconds    float64 `json:"duration_s"`
@@ -103,7 +102,7 @@ type ConfigInfo struct {
 func configInfo(c Config) ConfigInfo {
 	return ConfigInfo{
 		Devices: c.Devices, Pairs: c.Pairs, Users: c.Users, Messages: c.Messages, Pending: c.Pending,
-		Sample: c.Sample, FirstConnect: c.FirstConnect, Away: c.Away.Seconds(), Rate: c.Rate, Inflight: c.Inflight,
+		Sample: c.Sample, FirstConnect: c.FirstConnect, Rate: c.Rate, Inflight: c.Inflight,
 		DurationSeconds: c.Duration.Seconds(), Size: c.Size, Senders: c.Senders,
 		ConnectConcurrency: c.ConnectConcurrency, PerSource: c.PerSource,
 		DrainTimeout: c.DrainTimeout.Seconds(), Settle: max(c.Settle, 0).Seconds(),
@@ -207,11 +206,6 @@ type OfflineResult struct {
 	RSSMeasured  bool    `json:"rss_measured"`
 	// StreamBytesPerMsg is INBOX's growth over the messages stored.
 	StreamBytesPerMsg float64 `json:"stream_bytes_per_msg"`
-	// Consumers are INBOX's consumers before the users and when the
-	// messages were stored. Devices hold none (a cursor record each), so
-	// the two should match; a difference would be a device costing RAM.
-	ConsumersBefore int `json:"consumers_before"`
-	ConsumersAfter  int `json:"consumers_after"`
 	// The sample reconnects and drains what it was sent.
 	Drain        Connects `json:"drain_connects"`
 	DrainSeconds float64  `json:"drain_seconds"`
@@ -374,8 +368,6 @@ func (r *Report) WriteTable(w io.Writer) error {
 			row("RSS bytes per offline user", o.BytesPerUser, "B", 0, "")
 		}
 		row("stream bytes per message", o.StreamBytesPerMsg, "B", rawBytes, "stream_bytes_per_msg")
-		row("INBOX consumers before", float64(o.ConsumersBefore), "", 0, "")
-		row("INBOX consumers after", float64(o.ConsumersAfter), "", 0, "")
 		row(fmt.Sprintf("sample drained (of %d)", o.Drain.Devices), float64(o.Drain.Connected), "", 0, "")
 		row("drain time", o.DrainSeconds, "s", 0, "")
 		row("drain msgs/s", o.DrainPerSec, "/s", rawRate, "drain_rate")
@@ -454,7 +446,7 @@ func (r *Report) describe() string {
 	case ScenarioOffline:
 		seen := "never connected"
 		if c.FirstConnect {
-			seen = fmt.Sprintf("connected once, away %.0fs", c.Away)
+			seen = "connected once"
 		}
 		return fmt.Sprintf("offline, %d users (%s) × %d messages, sample %d", c.Users, seen, c.Messages, c.Sample)
 	}

@@ -225,32 +225,31 @@ func (e *env) send(ctx context.Context, d *device, i, n int, to string, at time.
 	e.ledger.confirmed(i, n, s.Seq, time.Now())
 }
 
-// inboxState reads INBOX's stored bytes (what a message costs on disk)
-// and its consumers (one per device that has not been reaped).
-func inboxState(ctx context.Context, t Target) (bytes uint64, consumers int, ok bool) {
+// inboxBytes reads INBOX's stored bytes: what a message costs on disk.
+func inboxBytes(ctx context.Context, t Target) (uint64, bool) {
 	if t.NATSURL == "" {
-		return 0, 0, false
+		return 0, false
 	}
 	nc, err := nats.Connect(t.NATSURL, append(t.NATSOptions, nats.Name("switchboard-bench"))...)
 	if err != nil {
-		return 0, 0, false
+		return 0, false
 	}
 	defer nc.Close()
 	js, err := jetstream.New(nc)
 	if err != nil {
-		return 0, 0, false
+		return 0, false
 	}
 	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	defer cancel()
 	s, err := js.Stream(ctx, contract.Inbox)
 	if err != nil {
-		return 0, 0, false
+		return 0, false
 	}
 	info, err := s.Info(ctx)
 	if err != nil {
-		return 0, 0, false
+		return 0, false
 	}
-	return info.State.Bytes, info.State.Consumers, true
+	return info.State.Bytes, true
 }
 
 // rate is n over the time from start to the unix-ns instant last.
