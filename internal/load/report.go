@@ -193,7 +193,7 @@ type OfflineResult struct {
 	FeedPerSec  float64 `json:"feed_per_sec"`
 	Stored      int64   `json:"stored_messages"`
 	// RSS sums the servers: before the users (before their first
-	// connects, with FirstConnect), when they had been away for Away
+	// connects, with FirstConnect), once they had all gone away
 	// (FirstConnect only), Settle after their messages were stored, and
 	// after the sample drained.
 	RSSBefore     int64 `json:"rss_before_bytes"`
