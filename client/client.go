@@ -5,7 +5,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"math/rand/v2"
 	"net"
 	"net/http"
 	"sync"
@@ -150,6 +149,7 @@ type Client struct {
 	settingsReply chan Settings
 	settingsMu    sync.Mutex // one Settings call at a time
 
+	hooks  hooks
 	ctx    context.Context
 	cancel context.CancelFunc
 	wg     sync.WaitGroup
@@ -177,6 +177,13 @@ type Client struct {
 // Dial connects and returns a Client that keeps reconnecting until Close.
 // It fails if the first connection cannot be made.
 func Dial(ctx context.Context, opts Options) (*Client, error) {
+	return dialWith(ctx, opts, hooks{})
+}
+
+func dialWith(ctx context.Context, opts Options, h hooks) (*Client, error) {
+	if h.wait == nil {
+		h.wait = sleep
+	}
 	if opts.Token == nil {
 		return nil, errors.New("client: Options.Token is required")
 	}
@@ -194,6 +201,7 @@ func Dial(ctx context.Context, opts Options) (*Client, error) {
 	}
 	c := &Client{
 		opts:   opts,
+		hooks:  h,
 		msgs:   make(chan Message, opts.Buffer),
 		rcpt:   make(chan Receipt, opts.Buffer),
 		typing: make(chan Typing, 64),
@@ -311,7 +319,7 @@ func (c *Client) dial(ctx context.Context) (*websocket.Conn, string, error) {
 // reconnects with backoff, until Close.
 func (c *Client) run(conn *websocket.Conn) {
 	defer c.wg.Done()
-	backoff := c.opts.MinBackoff
+	b := newBackoff(c.opts.MinBackoff, c.opts.MaxBackoff)
 	for {
 		err := c.readLoop(conn)
 		c.detach(conn)
@@ -324,22 +332,15 @@ func (c *Client) run(conn *websocket.Conn) {
 			return
 		}
 		for {
-			if c.ctx.Err() != nil {
+			if c.ctx.Err() != nil || !c.hooks.wait(c.ctx, b.next()) {
 				return
 			}
-			wait := time.Duration(rand.Int64N(int64(backoff))) + time.Millisecond
-			select {
-			case <-c.ctx.Done():
-				return
-			case <-time.After(wait):
-			}
-			backoff = min(backoff*2, c.opts.MaxBackoff)
 			ctx, cancel := context.WithTimeout(c.ctx, 15*time.Second)
 			var sid string
 			conn, sid, err = c.dial(ctx)
 			cancel()
 			if err == nil {
-				backoff = c.opts.MinBackoff
+				b.reset()
 				c.attach(conn, sid)
 				break
 			}
