@@ -35,6 +35,16 @@ func (b *backoff) next() time.Duration {
 
 func (b *backoff) reset() { b.bound = b.min }
 
+// retryWait is the wait before resending a send answered with a retryable
+// error for the n-th time (n ≥ 1), unless the server gave retry_ms.
+func retryWait(n int, minB, maxB time.Duration) time.Duration {
+	bound := minB
+	for i := 1; i < n && bound < maxB; i++ {
+		bound *= 2
+	}
+	return jitter(min(bound, maxB))
+}
+
 // sleep waits d, or until ctx ends (then it reports false). It is the
 // default of hooks.wait.
 func sleep(ctx context.Context, d time.Duration) bool {
