@@ -27,6 +27,45 @@ var (
 	ErrBadBody = errors.New("client: body is not valid UTF-8 JSON")
 )
 
+// CloseError is the close the server ended the connection with when its
+// code is one after which a client must not reconnect (its row in
+// protocol.Closes says so): the client has stopped, and Err returns it.
+// For 4002 (replaced) it matches ErrReplaced with errors.Is.
+type CloseError struct {
+	Code   int
+	Name   string // the code's name in protocol.Closes
+	Reason string // the close frame's reason, as the server wrote it
+}
+
+func (e *CloseError) Error() string {
+	return fmt.Sprintf("client: the server closed the connection with %d %s (%s); not reconnecting", e.Code, e.Name, e.Reason)
+}
+
+// Is makes errors.Is(err, ErrReplaced) true for a 4002 close.
+func (e *CloseError) Is(target error) bool {
+	return target == ErrReplaced && e.Code == protocol.CloseReplaced
+}
+
+// stopError returns the error to stop the client with when err, what
+// ended a connection, is a close whose code says not to reconnect, and
+// nil otherwise (a network error, or a code that says to reconnect or
+// that protocol.Closes does not know).
+func stopError(err error) error {
+	var ce *websocket.CloseError
+	if !errors.As(err, &ce) {
+		return nil
+	}
+	for _, info := range protocol.Closes {
+		if info.Code == ce.Code {
+			if info.Reconnect {
+				return nil
+			}
+			return &CloseError{Code: ce.Code, Name: info.Name, Reason: ce.Text}
+		}
+	}
+	return nil
+}
+
 // ServerError is an error frame the server answered a send with, for a
 // code that resending cannot fix.
 type ServerError struct {
@@ -297,7 +336,8 @@ func (c *Client) dial(ctx context.Context) (*websocket.Conn, string, error) {
 }
 
 // run owns the connection: it reads until the connection fails, then
-// reconnects with backoff, until Close.
+// reconnects with backoff, until Close or a close code that says not to
+// reconnect.
 func (c *Client) run(conn *websocket.Conn) {
 	defer c.wg.Done()
 	b := newBackoff(c.opts.MinBackoff, c.opts.MaxBackoff)
@@ -307,9 +347,8 @@ func (c *Client) run(conn *websocket.Conn) {
 		if c.opts.OnDisconnect != nil {
 			c.opts.OnDisconnect(err)
 		}
-		var ce *websocket.CloseError
-		if errors.As(err, &ce) && ce.Code == protocol.CloseReplaced {
-			c.shutdown(ErrReplaced)
+		if stop := stopError(err); stop != nil {
+			c.shutdown(stop)
 			return
 		}
 		for {
@@ -660,7 +699,7 @@ func (c *Client) await(ctx context.Context, o *outgoing) (Sent, error) {
 		return r.sent, r.err
 	case <-ctx.Done():
 	case <-c.ctx.Done():
-		return Sent{}, ErrClosed
+		return Sent{}, c.Err()
 	}
 	c.mu.Lock()
 	resolved := c.ob.byID[o.id] != o
@@ -722,7 +761,8 @@ func (c *Client) shutdown(err error) {
 	c.mu.Unlock()
 }
 
-// Done is closed once the client has stopped for good (Close, or replaced).
+// Done is closed once the client has stopped for good: Close, or a close
+// code after which it must not reconnect (see CloseError).
 func (c *Client) Done() <-chan struct{} { return c.ctx.Done() }
 
 // Err says why the client stopped, once Done is closed.

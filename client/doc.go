@@ -48,6 +48,16 @@
 // written before the error frame arrived can do so. An app that needs no
 // exception at all waits for each "sent" before the next Send.
 //
+// # Closes
+//
+// A close whose code protocol.Closes marks "reconnect: no" (1000, 1003,
+// 1007, 4002) stops the client: Done is closed, and Err, pending sends and
+// later calls return a *CloseError naming the code (for 4002 it matches
+// ErrReplaced). Every other close, a code the table does not know, and a
+// connection lost without a close frame make the client reconnect. Each
+// connect asks Options.Token for a token, so a 1008 token_expired close is
+// followed by a connection with a fresh one.
+//
 // # Concurrency
 //
 // All methods are safe to call from many goroutines. The Messages and
