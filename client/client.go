@@ -661,6 +661,9 @@ func (c *Client) send(ctx context.Context, to, id string, body json.RawMessage, 
 	if !json.Valid(body) || !utf8.Valid(body) {
 		return Sent{}, ErrBadBody
 	}
+	if err := ctx.Err(); err != nil {
+		return Sent{}, err // given up before it started: write nothing
+	}
 	o, err := c.enqueue(to, id, body, media)
 	if err != nil {
 		return Sent{}, err

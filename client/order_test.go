@@ -161,6 +161,49 @@ func TestWithdrawnHolderLetsTheOthersGo(t *testing.T) {
 	sc.fence(t, c) // m1 was not written again
 }
 
+// Two Sends of the same id wait for one send; one giving up does not
+// withdraw it while the other still waits.
+func TestSendsOfOneIDShareIt(t *testing.T) {
+	s := newScript(t)
+	c := s.dial(t, Options{}, newWaiter(false))
+	sc := s.accept(t)
+	ctx, cancel := context.WithCancel(context.Background())
+	errc := make(chan error, 1)
+	go func() {
+		_, err := c.Send(ctx, "bob", "m1", []byte(`"m1"`))
+		errc <- err
+	}()
+	sc.expectSends(t, "m1")
+	o := queue(t, c, "m1") // joins: nothing more is written
+	sc.fence(t, c)
+	cancel()
+	select {
+	case err := <-errc:
+		if !errors.Is(err, context.Canceled) {
+			t.Fatalf("first Send = %v", err)
+		}
+	case <-time.After(stuck):
+		t.Fatal("first Send did not return when its context ended")
+	}
+	sc.sent("m1", 7)
+	if s, err := outcome(t, c, o); err != nil || s.Seq != 7 {
+		t.Fatalf("second Send: %+v %v", s, err)
+	}
+}
+
+// A Send whose context has already ended writes nothing.
+func TestSendWithAnEndedContextWritesNothing(t *testing.T) {
+	s := newScript(t)
+	c := s.dial(t, Options{}, newWaiter(false))
+	sc := s.accept(t)
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	if _, err := c.Send(ctx, "bob", "m1", []byte(`"m1"`)); !errors.Is(err, context.Canceled) {
+		t.Fatalf("Send = %v, want context.Canceled", err)
+	}
+	sc.fence(t, c)
+}
+
 // A resend refused for good (an error resending cannot fix) fails its Send
 // and ends the hold.
 func TestRefusedResendEndsTheHold(t *testing.T) {
