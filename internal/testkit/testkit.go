@@ -347,17 +347,6 @@ func NextMsgIs(t testing.TB, c *client.Client, from, id string, timeout time.Dur
 	return m
 }
 
-// NoMsg checks that no message arrives on c within d. It is used only to
-// assert absence after a positive condition was already awaited.
-func NoMsg(t testing.TB, c *client.Client, d time.Duration) {
-	t.Helper()
-	select {
-	case m := <-c.Messages():
-		t.Fatalf("unexpected message %s from %s (seq %d)", m.ID, m.From, m.Seq)
-	case <-time.After(d):
-	}
-}
-
 // Errorf is fmt.Errorf, for WaitFor conditions.
 var Errorf = fmt.Errorf
 
