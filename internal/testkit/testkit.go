@@ -339,10 +339,10 @@ func NextMsgIs(t testing.TB, c *client.Client, from, id string, timeout time.Dur
 	select {
 	case m = <-c.Messages():
 	case <-time.After(timeout):
-		t.Fatalf("the fence %s from %s did not arrive within %s", id, from, timeout)
+		t.Fatalf("the fence (%s from %s) did not arrive within %s", id, from, timeout)
 	}
 	if m.From != from || m.ID != id {
-		t.Fatalf("got %s from %s (seq %d) before the fence %s from %s", m.ID, m.From, m.Seq, id, from)
+		t.Fatalf("got %s from %s (seq %d) before the fence (%s from %s)", m.ID, m.From, m.Seq, id, from)
 	}
 	return m
 }
