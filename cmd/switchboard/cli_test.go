@@ -1,10 +1,14 @@
 package main_test
 
 import (
+	"fmt"
+	tk "github.com/switchboard-im/switchboard/internal/testkit"
+	"io"
 	"net"
 	"os/exec"
 	"strings"
 	"testing"
+	"time"
 )
 
 // run runs the binary to completion and returns its output.
@@ -54,4 +58,71 @@ func TestCLIGuides(t *testing.T) {
 	if err == nil || !strings.Contains(out, ln.Addr().String()) || !strings.Contains(out, "address already in use") {
 		t.Errorf("a taken NATS port: %v\n%s", err, out)
 	}
+}
+
+// The terminal chat guides: a banner names who is connected, a line with
+// no recipient says how to pick one, /to picks one and shows their
+// presence, and a session replaced by the same device elsewhere exits
+// saying so.
+func TestChatGuides(t *testing.T) {
+	data := t.TempDir()
+	p := start(t, "--data", data, "--nats-listen", "127.0.0.1:0")
+	bobTok := token(t, data, "bob", "phone")
+	bobOut := &lockedBuffer{}
+	bob := exec.Command(binary, "chat", "--url", p.WSURL, "--token", bobTok)
+	bob.Stdout, bob.Stderr = bobOut, bobOut
+	bobIn, err := bob.StdinPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := bob.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = bob.Process.Kill(); _ = bob.Wait() })
+	defer bobIn.Close()
+	waitOut := func(b *lockedBuffer, want string) {
+		t.Helper()
+		tk.WaitFor(t, 15*time.Second, func() error {
+			if !strings.Contains(b.String(), want) {
+				return fmt.Errorf("terminal lacks %q: %q", want, b.String())
+			}
+			return nil
+		})
+	}
+	waitOut(bobOut, "connected as bob/phone")
+
+	aliceOut := &lockedBuffer{}
+	alice := exec.Command(binary, "chat", "--url", p.WSURL, "--token", token(t, data, "alice", "phone"))
+	alice.Stdout, alice.Stderr = aliceOut, aliceOut
+	aliceIn, err := alice.StdinPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := alice.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = alice.Process.Kill(); _ = alice.Wait() })
+	defer aliceIn.Close()
+	waitOut(aliceOut, "connected as alice/phone")
+	_, _ = io.WriteString(aliceIn, "hello?\n")
+	waitOut(aliceOut, "pick a recipient first")
+	_, _ = io.WriteString(aliceIn, "/to bob\nhi bob\n")
+	waitOut(aliceOut, "[bob is online]")
+	waitOut(bobOut, "alice/phone: hi bob")
+	waitOut(aliceOut, "read by bob/phone")
+
+	// The same device connects again: the first session ends, and says why.
+	second := exec.Command(binary, "chat", "--url", p.WSURL, "--token", bobTok)
+	secondOut := &lockedBuffer{}
+	second.Stdout, second.Stderr = secondOut, secondOut
+	secondIn, err := second.StdinPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer secondIn.Close()
+	if err := second.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = second.Process.Kill(); _ = second.Wait() })
+	waitOut(bobOut, "connected again elsewhere")
 }
