@@ -126,3 +126,39 @@ func TestChatGuides(t *testing.T) {
 	t.Cleanup(func() { _ = second.Process.Kill(); _ = second.Wait() })
 	waitOut(bobOut, "connected again elsewhere")
 }
+
+// An operator sees what waits for each of a user's devices: the count
+// past its position and the oldest one's age.
+func TestInspectShowsWhatWaits(t *testing.T) {
+	data := t.TempDir()
+	p := start(t, "--data", data, "--nats-listen", "127.0.0.1:0")
+	phone := tk.DialToken(t, p.WSURL, token(t, data, "bob", "phone"))
+	laptop := tk.DialToken(t, p.WSURL, token(t, data, "bob", "laptop"))
+	alice := tk.DialToken(t, p.WSURL, token(t, data, "alice", "phone"))
+	for _, id := range []string{"m1", "m2", "m3"} {
+		if _, err := alice.Send(t.Context(), "bob", id, tk.Body(id)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for range 3 { // the phone acks all three; the laptop none
+		phone.Ack(tk.RecvMsg(t, phone, 10*time.Second).Seq)
+	}
+	tk.RecvMsg(t, laptop, 10*time.Second)
+	_ = phone.Close()
+	_ = laptop.Close()
+	tk.WaitFor(t, 15*time.Second, func() error {
+		out, err := run(t, "inspect", "--nats", p.NATSURL, "--data", data, "--user", "bob")
+		if err != nil {
+			return fmt.Errorf("%v: %s", err, out)
+		}
+		lines := strings.Split(strings.TrimSpace(out), "\n")
+		if len(lines) != 3 || !strings.Contains(out, "WAITING") {
+			return fmt.Errorf("inspect: %s", out)
+		}
+		laptopRow, phoneRow := strings.Fields(lines[1]), strings.Fields(lines[2])
+		if laptopRow[0] != "laptop" || laptopRow[2] != "3" || phoneRow[0] != "phone" || phoneRow[2] != "0" {
+			return fmt.Errorf("inspect: want 3 waiting for the laptop, none for the phone:\n%s", out)
+		}
+		return nil
+	})
+}
