@@ -217,26 +217,9 @@ func TestStandaloneMediaFunctionServesItsURLs(t *testing.T) {
 	startFunction(t, "media", "--nats", core.NATSURL, "--data", data, "--media-listen", "127.0.0.1:0")
 	tok := token(t, data, "alice", "phone")
 
-	call := func(method, url string, body io.Reader, hdr map[string]string) (int, []byte) {
-		t.Helper()
-		req, err := http.NewRequest(method, url, body)
-		if err != nil {
-			t.Fatal(err)
-		}
-		for k, v := range hdr {
-			req.Header.Set(k, v)
-		}
-		resp, err := http.DefaultClient.Do(req)
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer resp.Body.Close()
-		b, _ := io.ReadAll(resp.Body)
-		return resp.StatusCode, b
-	}
 	photo := []byte("not really a png, but its bytes")
-	code, b := call("POST", core.HTTP+"/v1/media/uploads", strings.NewReader(fmt.Sprintf(`{"mime":"image/png","size":%d}`, len(photo))),
-		map[string]string{"Authorization": "Bearer " + tok})
+	auth := http.Header{"Authorization": {"Bearer " + tok}}
+	code, b := httpDo(t, "POST", core.HTTP+"/v1/media/uploads", auth, fmt.Appendf(nil, `{"mime":"image/png","size":%d}`, len(photo)))
 	var ticket struct {
 		Key, URL string
 		Headers  map[string]string
@@ -247,19 +230,23 @@ func TestStandaloneMediaFunctionServesItsURLs(t *testing.T) {
 	if strings.HasPrefix(ticket.URL, core.HTTP) {
 		t.Fatalf("the ticket points at the gateway (%s), which cannot verify it", ticket.URL)
 	}
-	if code, b := call("PUT", ticket.URL, bytes.NewReader(photo), ticket.Headers); code != http.StatusCreated {
+	put := http.Header{}
+	for k, v := range ticket.Headers {
+		put.Set(k, v)
+	}
+	if code, b := httpDo(t, "PUT", ticket.URL, put, photo); code != http.StatusCreated {
 		t.Fatalf("upload to the function: %d %s", code, b)
 	}
-	code, b = call("GET", core.HTTP+"/v1/media/download?key="+ticket.Key, nil, map[string]string{"Authorization": "Bearer " + tok})
+	code, b = httpDo(t, "GET", core.HTTP+"/v1/media/download?key="+ticket.Key, auth, nil)
 	var dl struct{ URL string }
 	if code != http.StatusOK || json.Unmarshal(b, &dl) != nil {
 		t.Fatalf("download URL: %d %s", code, b)
 	}
-	if code, b := call("GET", dl.URL, nil, nil); code != http.StatusOK || !bytes.Equal(b, photo) {
+	if code, b := httpDo(t, "GET", dl.URL, nil, nil); code != http.StatusOK || !bytes.Equal(b, photo) {
 		t.Fatalf("download from the function: %d %q", code, b)
 	}
 	// The gateway's own blob route serves nothing: it has no key.
-	if code, _ := call("GET", core.HTTP+strings.TrimPrefix(dl.URL, dl.URL[:strings.Index(dl.URL, "/v1/")]), nil, nil); code != http.StatusNotFound {
+	if code, _ := httpDo(t, "GET", core.HTTP+dl.URL[strings.Index(dl.URL, "/v1/"):], nil, nil); code != http.StatusNotFound {
 		t.Fatalf("the gateway served a blob URL: %d", code)
 	}
 }
