@@ -16,24 +16,25 @@
 //
 // Files: server.go (HTTP, upgrade, origin, shutdown), conn.go (the read
 // loop and an on-demand writer behind the transport seam), session.go (one
-// device: sends, acks, PubAcks), feed.go (delivery: live copies, stream
-// reads, settling, the cursor), live.go (what makes sessions read the
-// stream: a restored connection, an INBOX leader change, an overflow, the
-// sweep), router.go (NATS subscriptions shared by a gateway's sessions),
-// getmux.go (one reply subscription for all stream reads), backlog.go (one
-// reader for many sessions' backlogs at once, in storms), devices.go (the
-// DEVICES registry and cursors), reap.go (carrying over device consumers of
-// earlier versions), httplog.go (fasthttp's own log lines, without the
-// request's credentials), presence.go, media.go, auth.go, config.go,
-// metrics.go (Prometheus metrics, served on a listener of their own:
-// ServeMetrics).
+// device: sends, acks), pubqueue.go (its writes awaiting their PubAcks:
+// sends in order, one at a time, published again when refused or lost),
+// feed.go (delivery: live copies, stream reads, settling, the cursor),
+// live.go (what makes sessions read the stream or publish again: a
+// restored connection, an INBOX leader change, an overflow, the sweep),
+// router.go (NATS subscriptions shared by a gateway's sessions),
+// replies.go (one reply subscription for stream reads and PubAcks),
+// backlog.go (one reader for many sessions' backlogs at once, in storms),
+// devices.go (the DEVICES registry and cursors), httplog.go (fasthttp's
+// own log lines, without the request's credentials), presence.go,
+// media.go, auth.go, config.go, metrics.go (Prometheus metrics, served on
+// a listener of their own: ServeMetrics).
 //
 // Concurrency: Server methods are safe from many goroutines. Each
 // connection has one read goroutine, which runs the session's frame
-// handling. Writing (wsConn.writer), delivery (session.feedRunner) and
-// PubAck handling (session.pubRunner) each run in a goroutine started when
-// there is work and ended when there is none, so an idle connection holds
-// only its read goroutine; pings are a timer. Only the writer writes data
+// handling. Writing (wsConn.writer) and delivery (session.feedRunner) each
+// run in a goroutine started when there is work and ended when there is
+// none, and PubAcks arrive on the replies goroutine (pubQueue.onReply), so
+// an idle connection holds only its read goroutine; pings are a timer. Only the writer writes data
 // frames. One router goroutine per gateway hands live copies and events to
 // the sessions. One backlog goroutine per gateway delivers to sessions
 // whose feedRunner is waiting on it (backlog.read), so a session's
@@ -42,9 +43,11 @@
 // sender that outruns the store).
 //
 // Locks: router.mu (the routes) is held while a handler runs, so handlers
-// take only session.mu or session.evMu. Server.mu (the session set),
-// session.mu (the delivery state and the feed), session.pubMu (the PubAck
-// queue) and session.evMu (welcome before events) are never held together,
-// nor while calling into NATS or writing to a socket (evMu covers only an
-// enqueue, which takes wsConn.mu last).
+// take only session.mu or session.evMu. pubQueue.mu (the PubAck queue) is
+// held while it publishes, answers (wsConn.mu) and settles (session.mu),
+// so the queue's order is the order of its writes and answers. Server.mu
+// (the session set), session.mu (the delivery state and the feed) and
+// session.evMu (welcome before events) are never held together, nor while
+// calling into NATS or writing to a socket (evMu covers only an enqueue,
+// which takes wsConn.mu last).
 package gateway

@@ -284,7 +284,7 @@ func (s *session) readBatch(from uint64, n int) (more bool, err error) {
 // reports that the stream holds further matching messages (batches only:
 // a get without Batch has one answer); quit ends the wait early.
 func (srv *Server) directBatch(req directGet, quit <-chan struct{}, each func(uint64, *nats.Msg) bool) (more bool, err error) {
-	reply, answers, done := srv.gets.open(req.Batch + 1) // the messages and the end of batch
+	reply, answers, done := srv.replies.open(req.Batch + 1) // the messages and the end of batch
 	defer done()
 	body, _ := json.Marshal(req)
 	if err := srv.nc.PublishRequest(contract.DirectGetSubject(contract.Inbox), reply, body); err != nil {
@@ -393,8 +393,13 @@ func (s *session) skip(seq uint64, reason string) {
 
 // settle records that the device is done with seq: it acked it and, for a
 // chat message, the delivered event is stored. The device's floor moves up
-// to the oldest message still unsettled.
+// to the oldest message still unsettled, and the cursor is saved.
 func (s *session) settle(seq uint64) {
+	s.settleLocked(seq)
+	s.scheduleCursor()
+}
+
+func (s *session) settleLocked(seq uint64) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	i := sort.Search(len(s.unsettled), func(i int) bool { return s.unsettled[i] >= seq })

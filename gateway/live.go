@@ -29,7 +29,9 @@ const sweepTicks = 60
 // watchLive hooks the NATS connection so that whatever may have lost live
 // copies wakes the sessions concerned: a restored connection and an INBOX
 // leader change wake all of them, an overflowing subscription its own.
-// Handlers set on the connection before are kept and called first.
+// The first two may have lost PubAcks too: every session publishes again,
+// at once, what it has not had a PubAck for (pubQueue.recover). Handlers
+// set on the connection before are kept and called first.
 func (s *Server) watchLive() error {
 	nc := s.nc
 	prevErr, prevRe := nc.Opts.AsyncErrorCB, nc.Opts.ReconnectedCB
@@ -50,13 +52,23 @@ func (s *Server) watchLive() error {
 		if prevRe != nil {
 			prevRe(c)
 		}
+		s.recoverAll(republishReconnect)
 		s.wakeAll(reasonReconnect)
 	})
 	sub, err := nc.Subscribe(contract.LeaderSubject, func(*nats.Msg) {
+		s.recoverAll(republishLeader)
 		s.wakeAll(reasonLeader)
 	})
 	s.leaderSub = sub
 	return err
+}
+
+// recoverAll has every session publish again what it has not had a PubAck
+// for. It does not wait: a session with nothing in flight costs a lock.
+func (s *Server) recoverAll(reason string) {
+	for _, sess := range s.snapshot() {
+		sess.pubs.recover(reason)
+	}
 }
 
 // wakeAll has every session read its inbox from the stream, wakeBatch at

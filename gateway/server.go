@@ -62,7 +62,7 @@ type Server struct {
 	starts chan struct{} // one token per session start in progress
 
 	router    *router  // sessions' subscriptions: live copies, events, kicks
-	gets      *getMux  // answers to sessions' reads of the stream
+	replies   *replies // answers to reads of the stream and to sessions' writes
 	backlog   *backlog // reads shared by many sessions at once (storms)
 	leaderSub *nats.Subscription
 
@@ -81,8 +81,9 @@ func New(ctx context.Context, cfg Config, keys *Keys, nc *nats.Conn, log *slog.L
 	if keys == nil {
 		return nil, fmt.Errorf("%w: no token keys", ErrConfig)
 	}
-	// A PubAck that never comes (connection lost mid-publish) fails after
-	// the timeout, so the client is told store_failed and retries.
+	// Sessions publish their sends and receipt events themselves and take
+	// the PubAcks through replies (pubqueue.go); this context's async
+	// publishes are the cursor saves, which nobody waits for.
 	js, err := jetstream.New(nc, jetstream.WithPublishAsyncMaxPending(16384),
 		jetstream.WithPublishAsyncTimeout(10*time.Second))
 	if err != nil {
@@ -131,7 +132,7 @@ func New(ctx context.Context, cfg Config, keys *Keys, nc *nats.Conn, log *slog.L
 	}
 	s.metrics = newMetrics(s)
 	s.metricsHTTP = newMetricsHTTP(s.metrics, &s.cfg)
-	if s.gets, err = newGetMux(nc); err != nil {
+	if s.replies, err = newReplies(nc); err != nil {
 		s.router.close()
 		return nil, err
 	}
@@ -459,11 +460,11 @@ func (s *Server) Shutdown(ctx context.Context) error {
 	return <-lnDone
 }
 
-// closeRouting ends the router and the read answers' subscription.
+// closeRouting ends the router and the replies' subscription.
 func (s *Server) closeRouting() {
 	s.backlog.close()
 	s.router.close()
-	s.gets.close()
+	s.replies.close()
 }
 
 // Abort drops every connection at once with no close frame and no

@@ -12,51 +12,29 @@ import (
 	"time"
 
 	"github.com/nats-io/nats.go"
-	"github.com/nats-io/nats.go/jetstream"
 	"golang.org/x/time/rate"
 
 	"github.com/switchboard-im/switchboard/contract"
 	"github.com/switchboard-im/switchboard/protocol"
 )
 
-// pubKind says what a PubAck completes.
-type pubKind uint8
-
-const (
-	pubSend      pubKind = iota // a chat message: answer "sent"
-	pubDelivered                // a delivered receipt: then ack the message
-	pubRead                     // a read receipt: nothing more to do
-	pubSettle                   // no publish: settle a receipt the device acked, in turn
-)
-
-// pubItem is a JetStream publish awaiting its PubAck, with what to do then.
-type pubItem struct {
-	fut  jetstream.PubAckFuture
-	kind pubKind
-	// For a send: the client id and accept time, answered with "sent".
-	id string
-	ts int64
-	// For a read receipt: the sequence it was about, named in an error.
-	seq uint64
-	// For a delivered event or pubSettle: the message to settle once done.
-	settle uint64
-}
-
 // session is one device's connection: it publishes the device's sends,
 // delivers its inbox (feed.go), and turns its acks into receipts and cursor
 // moves.
 //
-// Goroutines: the read loop calls handle. Delivery (feedRunner) and PubAck
-// handling (pubRunner) each run in a goroutine started when there is work
-// and ended when there is none, so an idle session holds only its read
-// loop. handle must not block except on slots (backpressure on sends).
+// Goroutines: the read loop calls handle. Delivery (feedRunner) runs in a
+// goroutine started when there is work and ended when there is none, and
+// PubAcks arrive on the gateway's replies goroutine (pubs, pubqueue.go),
+// so an idle session holds only its read loop. handle must not block
+// except on slots (backpressure on sends).
 type session struct {
-	srv  *Server
-	id   Identity
-	sid  string
-	born int64 // start time, ns: of two sessions of one device the newer wins
-	t    transport
-	log  *slog.Logger
+	srv   *Server
+	id    Identity
+	sid   string
+	born  int64 // start time, ns: of two sessions of one device the newer wins
+	t     transport
+	log   *slog.Logger
+	owner uint64 // names this session in reply subjects (replies)
 
 	sendLim     *rate.Limiter
 	frameLim    *rate.Limiter
@@ -88,14 +66,11 @@ type session struct {
 	started     bool
 	quit        chan struct{} // closed when delivery stops
 
-	// PubAcks awaited, in order, and whether pubRunner is running.
-	pubMu      sync.Mutex
-	pubs       []pubItem
-	pubRunning bool
-	pubClosed  bool
-	slots      chan struct{} // one per item owed: MaxPendingSends at most
-	owed       atomic.Int64  // items enqueued and not yet answered
-	shutting   atomic.Bool
+	// pubs are the writes awaiting their PubAcks; pubTimer runs its
+	// onTimer when it asks (wakeAt).
+	pubs     pubQueue
+	pubTimer *time.Timer
+	shutting atomic.Bool
 	// evMu orders the welcome before any event: welcomed is set in the
 	// same critical section that queues the welcome (Send only enqueues).
 	evMu     sync.Mutex
@@ -138,7 +113,7 @@ type session struct {
 func newSession(srv *Server, id Identity, t transport) *session {
 	cfg := &srv.cfg
 	sid := nats.NewInbox()[len(nats.InboxPrefix):]
-	return &session{
+	s := &session{
 		born:        time.Now().UnixNano(),
 		srv:         srv,
 		id:          id,
@@ -151,13 +126,14 @@ func newSession(srv *Server, id Identity, t transport) *session {
 		settingsLim: rate.NewLimiter(rate.Limit(cfg.SettingsRate), cfg.SettingsBurst),
 		pending:     make(map[uint64]pendingMsg),
 		quit:        make(chan struct{}),
-		slots:       make(chan struct{}, cfg.MaxPendingSends),
 		presSubs:    make(map[string]struct{}),
 		presSent:    make(map[string]presenceSent),
 		calls:       make(chan struct{}, maxFunctionCalls),
 		delivering:  make(chan struct{}),
 		stopped:     make(chan struct{}),
 	}
+	s.pubs.init(s, cfg.MaxPendingSends)
+	return s
 }
 
 // maxFunctionCalls bounds one connection's worker-function requests in
@@ -186,6 +162,7 @@ func (s *session) newerThan(born int64, sid string) bool {
 // other listened) still meet: the older of the two closes.
 func (s *session) start(ctx context.Context) error {
 	nc := s.srv.nc
+	s.owner = s.srv.replies.register(s)
 	subj := contract.KickSubject(s.id.User, s.id.Device)
 	reply, err := nc.Request(subj, s.kickMsg(), s.srv.cfg.KickTimeout)
 	switch {
@@ -312,9 +289,19 @@ func (s *session) stop() {
 			s.secondLook.Stop()
 		}
 		s.stopDelivery()
-		s.pubMu.Lock()
-		s.pubClosed = true
-		s.pubMu.Unlock()
+		drained := s.pubs.close()
+		wait := time.NewTimer(pubStopWait)
+		select {
+		case <-drained:
+		case <-wait.C:
+		}
+		wait.Stop()
+		s.pubs.abandon()
+		s.mu.Lock()
+		if s.pubTimer != nil {
+			s.pubTimer.Stop()
+		}
+		s.mu.Unlock()
 		s.loops.Wait()
 		s.doneDelivering() // if delivery never started
 		close(s.stopped)
@@ -326,6 +313,7 @@ func (s *session) stop() {
 		s.finalCursor()
 		s.dropPresenceSubs()
 		s.goOffline()
+		s.srv.replies.unregister(s.owner)
 	})
 }
 
@@ -334,7 +322,7 @@ func (s *session) stop() {
 func (s *session) beginShutdown(ctx context.Context) {
 	s.shutting.Store(true)
 	s.stopDelivery()
-	for s.owed.Load() > 0 && ctx.Err() == nil {
+	for s.pubs.owed() > 0 && ctx.Err() == nil {
 		select {
 		case <-ctx.Done():
 		case <-s.t.Done():
@@ -387,70 +375,6 @@ func (s *session) finalCursor() {
 	defer cancel()
 	if _, err := s.srv.js.PublishMsg(ctx, s.srv.devices.cursorMsg(s.id.User, s.id.Device, floor)); err != nil {
 		s.log.Debug("saving the cursor failed", "err", err)
-	}
-}
-
-// pubRunner completes the queued PubAck items in order, saves the
-// device's cursor once the queue is empty, and ends.
-func (s *session) pubRunner() {
-	defer s.loops.Done()
-	for {
-		s.pubMu.Lock()
-		if len(s.pubs) == 0 {
-			s.pubs = nil
-			s.pubMu.Unlock()
-			// Caught up: save the cursor (after CursorDelay).
-			s.scheduleCursor()
-			s.pubMu.Lock()
-			if len(s.pubs) == 0 {
-				s.pubRunning = false
-				s.pubMu.Unlock()
-				return
-			}
-			s.pubMu.Unlock()
-			continue
-		}
-		it := s.pubs[0]
-		s.pubs[0] = pubItem{}
-		s.pubs = s.pubs[1:]
-		s.pubMu.Unlock()
-		s.handlePub(it)
-		<-s.slots
-		s.owed.Add(-1)
-	}
-}
-
-// handlePub completes one PubAck item, in the order they were enqueued.
-func (s *session) handlePub(it pubItem) {
-	if it.kind == pubSettle {
-		s.settle(it.settle)
-		return
-	}
-	var ack *jetstream.PubAck
-	var err error
-	select {
-	case ack = <-it.fut.Ok():
-	case err = <-it.fut.Err():
-	}
-	if err != nil {
-		s.log.Warn("store failed", "err", err)
-	}
-	switch {
-	case it.kind == pubDelivered && err == nil:
-		s.settle(it.settle)
-	case it.kind == pubDelivered:
-		// The event was not stored: the message stays unsettled, so the
-		// cursor stops below it and the next session delivers it again.
-		// Restart now rather than hold the device's floor back for the
-		// rest of this session.
-		s.t.Close(protocol.CloseServiceRestart, "delivered event not stored")
-	case it.kind == pubSend && err == nil:
-		s.srv.metrics.stored.Inc()
-		s.t.Send(protocol.AppendSent(nil, it.id, ack.Sequence, it.ts, ack.Duplicate))
-	case it.kind == pubSend:
-		s.sendError(protocol.ErrStoreFailed, "message was not stored; resend with the same id", it.id, 0, 0)
-	case err != nil:
-		s.sendError(protocol.ErrStoreFailed, "read receipt was not stored; resend", "", it.seq, 0)
 	}
 }
 
@@ -533,29 +457,16 @@ func (s *session) allow(l *rate.Limiter, id string) bool {
 	return true
 }
 
-// enqueue queues a PubAck item, waiting for a slot while MaxPendingSends
-// are owed: the read loop then stops reading from this socket.
-func (s *session) enqueue(it pubItem) {
+// queue hands a write to the PubAck queue, waiting for a slot while
+// MaxPendingSends are owed: the read loop then stops reading from this
+// socket.
+func (s *session) queue(it *pubItem) {
 	select {
-	case s.slots <- struct{}{}:
+	case s.pubs.slots <- struct{}{}:
 	case <-s.t.Done():
 		return
 	}
-	s.owed.Add(1)
-	s.pubMu.Lock()
-	if s.pubClosed {
-		s.pubMu.Unlock()
-		<-s.slots
-		s.owed.Add(-1)
-		return
-	}
-	s.pubs = append(s.pubs, it)
-	if !s.pubRunning {
-		s.pubRunning = true
-		s.loops.Add(1)
-		go s.pubRunner()
-	}
-	s.pubMu.Unlock()
+	s.pubs.add(it)
 }
 
 func (s *session) send(f *protocol.Frame) {
@@ -585,13 +496,7 @@ func (s *session) send(f *protocol.Frame) {
 	if mediaRef != nil {
 		m.Header.Set(contract.HdrMedia, string(mediaRef))
 	}
-	fut, err := s.srv.js.PublishMsgAsync(m)
-	if err != nil {
-		s.log.Warn("publish failed", "err", err)
-		s.sendError(protocol.ErrStoreFailed, "message was not stored; resend with the same id", f.ID, 0, 0)
-		return
-	}
-	s.enqueue(pubItem{fut: fut, kind: pubSend, id: f.ID, ts: ts})
+	s.queue(&pubItem{kind: pubSend, msg: m, id: f.ID, ts: ts})
 }
 
 func (s *session) ack(seq uint64) {
@@ -604,18 +509,13 @@ func (s *session) ack(seq uint64) {
 		return
 	}
 	if p.receipt {
-		s.enqueue(pubItem{kind: pubSettle, settle: seq})
+		s.settle(seq) // nothing to confirm
 		return
 	}
 	// The delivered event is stored before the message is settled, so a
 	// crash between the two delivers the message again and the event's
 	// dedup id keeps the event single.
-	fut, err := s.srv.js.PublishMsgAsync(s.receipt(protocol.StatusDelivered, p.from, p.id))
-	if err != nil {
-		s.t.Close(protocol.CloseServiceRestart, "delivered event not stored")
-		return
-	}
-	s.enqueue(pubItem{fut: fut, kind: pubDelivered, settle: seq})
+	s.queue(&pubItem{kind: pubDelivered, msg: s.receipt(protocol.StatusDelivered, p.from, p.id), seq: seq})
 }
 
 // receipt is a receipt event for the receipts function: this device got
@@ -648,12 +548,7 @@ func (s *session) read(seq uint64) {
 		return
 	}
 	from, id := rm.Header.Get(contract.HdrFrom), rm.Header.Get(contract.HdrID)
-	fut, err := s.srv.js.PublishMsgAsync(s.receipt(protocol.StatusRead, from, id))
-	if err != nil {
-		s.sendError(protocol.ErrStoreFailed, "read receipt was not stored; resend", "", seq, 0)
-		return
-	}
-	s.enqueue(pubItem{fut: fut, kind: pubRead, seq: seq})
+	s.queue(&pubItem{kind: pubRead, msg: s.receipt(protocol.StatusRead, from, id), seq: seq})
 }
 
 // sendError answers a frame with an error frame and counts it.
@@ -661,3 +556,42 @@ func (s *session) sendError(code protocol.ErrorCode, message, id string, seq uin
 	s.srv.metrics.errors.WithLabelValues(string(code)).Inc()
 	s.t.Send(protocol.EncodeError(code, message, id, seq, retryMS))
 }
+
+// onReply takes the answer to one of this session's requests (replies).
+func (s *session) onReply(token string, m *nats.Msg) {
+	if kind, n, a, ok := parseToken(token); ok && kind == replyPub {
+		s.pubs.onReply(n, a, m)
+	}
+}
+
+// replyPub is the kind of a write of the PubAck queue in reply tokens.
+const replyPub = 'q'
+
+// The session is its PubAck queue's pubEnv.
+
+func (s *session) publish(m *nats.Msg, n, a uint64) error {
+	m.Reply = s.srv.replies.subject(s.owner, replyPub, n, a)
+	return s.srv.nc.PublishMsg(m)
+}
+
+func (s *session) answer(frame []byte) { s.t.Send(frame) }
+
+func (s *session) refuse(code protocol.ErrorCode, message, id string, seq uint64) {
+	s.sendError(code, message, id, seq, 0)
+}
+
+func (s *session) restart(reason string) { s.t.Close(protocol.CloseServiceRestart, reason) }
+
+func (s *session) wakeAt(at time.Time) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.pubTimer == nil {
+		s.pubTimer = time.AfterFunc(time.Until(at), s.pubs.onTimer)
+		return
+	}
+	s.pubTimer.Reset(time.Until(at))
+}
+
+func (s *session) stored() { s.srv.metrics.stored.Inc() }
+
+func (s *session) republished(reason string) { s.srv.metrics.republished[reason].Inc() }
