@@ -38,9 +38,12 @@
 // frames. One router goroutine per gateway hands live copies and events to
 // the sessions. One backlog goroutine per gateway delivers to sessions
 // whose feedRunner is waiting on it (backlog.read), so a session's
-// messages are still handed on by one goroutine at a time. Handlers must not block except where a comment says so (a
-// full PubAck queue stops reading from that socket: backpressure on a
-// sender that outruns the store).
+// messages are still handed on by one goroutine at a time. Handlers must
+// not block: a media send's grant and a read's lookup are steps of the
+// PubAck queue, worker-function requests run in goroutines of their own.
+// Two wait on purpose: a full PubAck queue stops reading from that socket
+// (backpressure on a sender that outruns the store), and a settings frame
+// waits for its KV write, so the frames after it are judged by it.
 //
 // Locks: router.mu (the routes) is held while a handler runs, so handlers
 // take only session.mu or session.evMu. pubQueue.mu (the PubAck queue) is

@@ -7,6 +7,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/switchboard-im/switchboard/contract"
@@ -15,8 +16,8 @@ import (
 )
 
 // These tests hold one session's sends to their promise: stored in the
-// order the frames arrived, whatever the store does meanwhile, and
-// answered store_failed only when the gateway gives up.
+// order the frames arrived, whatever the store or a worker function does
+// meanwhile, and answered store_failed only when the gateway gives up.
 
 // metricValue reads one sample from the gateway's metrics (-1: absent).
 func metricValue(t *testing.T, g *tk.Gateway, sample string) float64 {
@@ -118,5 +119,80 @@ func TestSendsKeepTheirOrderThroughAStoreFailure(t *testing.T) {
 			t.Fatalf("%s stored at %d, not after %d: out of the order sent", id, f.Seq, prev)
 		}
 		prev = f.Seq
+	}
+}
+
+// A media send waits for the media function to let its recipient download
+// the object, and the plain send after it waits in line behind it; the
+// device's other frames do not. With the function holding the grant
+// request unanswered, alice's typing reaches bob and her ack reaches
+// carol as a delivered receipt; once the grant is answered both sends are
+// stored, media first.
+func TestSlowMediaGrantHoldsOnlyTheSendsBehindIt(t *testing.T) {
+	n := tk.StartNATS(t)
+	cfg := tk.TestConfig()
+	cfg.FunctionTimeout = time.Minute // the grant is never given up while the test runs
+	g := tk.StartGateway(t, n, cfg)
+	grants := make(chan *nats.Msg, 1)
+	sub, err := n.Conn.Subscribe(contract.MediaGrantSubject, func(m *nats.Msg) { grants <- m })
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sub.Unsubscribe()
+	if err := n.Conn.Flush(); err != nil {
+		t.Fatal(err)
+	}
+
+	alice := connectRaw(t, g, "alice", "phone")
+	bob := tk.Dial(t, g.URL, "bob", "phone")
+	carol := tk.Dial(t, g.URL, "carol", "phone")
+	send(t, carol, "alice", "c1", "hi alice")
+	msg := alice.next()
+	if msg.Type != protocol.TypeMsg || msg.ID != "c1" {
+		t.Fatalf("alice got %+v, want c1", *msg)
+	}
+
+	ref := protocol.Media{Key: "u/alice/0123456789abcdef0123456789abcdef", Mime: "image/png", Size: 10,
+		SHA256: "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08"}
+	alice.writeJSON(protocol.Frame{Type: protocol.TypeSend, ID: "p1", To: "bob", Body: tk.Body("a photo"), Media: &ref})
+	alice.write(string(protocol.AppendSend(nil, "m2", "bob", tk.Body("after the photo"))))
+	alice.write(string(protocol.AppendTypingTo(nil, "bob")))
+	alice.write(string(protocol.AppendSeqFrame(nil, protocol.TypeAck, msg.Seq)))
+
+	var grant *nats.Msg
+	select {
+	case grant = <-grants:
+	case <-time.After(wait):
+		t.Fatal("no grant request")
+	}
+	// Fences: frames alice sent after the media send were handled while
+	// its grant is unanswered.
+	select {
+	case ty := <-bob.TypingEvents():
+		if ty.From != "alice" {
+			t.Fatalf("bob got typing %+v", ty)
+		}
+	case <-time.After(wait):
+		t.Fatal("alice's typing, sent after her media send, did not reach bob while the grant was pending")
+	}
+	if r := tk.RecvReceipt(t, carol, wait); r.ID != "c1" || r.Status != protocol.StatusDelivered {
+		t.Fatalf("carol got %+v, want c1 delivered", r)
+	}
+
+	if err := grant.Respond([]byte(`{}`)); err != nil {
+		t.Fatal(err)
+	}
+	p1 := alice.next()
+	m2 := alice.next()
+	if p1.Type != protocol.TypeSent || p1.ID != "p1" || m2.Type != protocol.TypeSent || m2.ID != "m2" {
+		t.Fatalf("alice got %+v then %+v, want sent for p1 then m2", *p1, *m2)
+	}
+	if p1.Seq >= m2.Seq {
+		t.Fatalf("p1 stored at %d, m2 at %d: out of the order sent", p1.Seq, m2.Seq)
+	}
+	for _, want := range []string{"p1", "m2"} {
+		if m := tk.RecvMsg(t, bob, wait); m.ID != want {
+			t.Fatalf("bob got %s, want %s", m.ID, want)
+		}
 	}
 }

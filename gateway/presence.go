@@ -440,8 +440,10 @@ func (s *session) status(id string) {
 }
 
 // settings applies a settings frame's changes (none: just asking) and
-// answers with the settings stored. It runs on the read loop, so one
-// device's settings frames are applied in the order sent.
+// answers with the settings stored. It runs on the read loop and waits
+// for the write, so one device's settings frames are applied in the order
+// sent, and a frame after one (a read, say) is judged by them; settings
+// frames are limited to a few per second (SettingsRate).
 func (s *session) settings(f *protocol.Frame) {
 	ctx, cancel := context.WithTimeout(context.Background(), s.srv.cfg.FunctionTimeout)
 	defer cancel()
@@ -470,11 +472,17 @@ func (s *session) settings(f *protocol.Frame) {
 	s.t.Send(protocol.EncodeSettings(set.ReadReceipts, set.LastSeen, set.Contacts))
 	if f.LastSeenPrivacy != "" || f.Contacts != nil {
 		// Followers see the new privacy at once, not at the user's next
-		// change: the current state goes out under it.
-		// The presence function is the one publisher of updates.
-		if err := contract.Call(ctx, s.srv.nc, contract.PresenceAnnounceSubject, contract.AnnounceRequest{User: s.id.User}, nil); err != nil {
-			s.log.Debug("presence not announced after a privacy change", "err", err)
-		}
+		// change: the current state goes out under it. The presence
+		// function is the one publisher of updates; waiting for it is
+		// no business of the read loop's. Settings frames are limited
+		// to a few per second, so these are few.
+		go func() {
+			ctx, cancel := context.WithTimeout(context.Background(), s.srv.cfg.FunctionTimeout)
+			defer cancel()
+			if err := contract.Call(ctx, s.srv.nc, contract.PresenceAnnounceSubject, contract.AnnounceRequest{User: s.id.User}, nil); err != nil {
+				s.log.Debug("presence not announced after a privacy change", "err", err)
+			}
+		}()
 	}
 }
 

@@ -7,6 +7,7 @@ import (
 
 	"github.com/nats-io/nats.go"
 
+	"github.com/switchboard-im/switchboard/contract"
 	"github.com/switchboard-im/switchboard/protocol"
 )
 
@@ -39,7 +40,8 @@ import (
 // stored or given up.
 //
 // Receipt events. A delivered event (the device acked a message) and a
-// read event (the device read one) are published at once, each on its
+// read event (the device read one, which is looked up first: a device may
+// only mark messages to its own user) are published at once, each on its
 // own, as they need no order: a delivered event settles its message when
 // stored, whatever else is outstanding. They are published again like
 // sends. A delivered event given up closes the session with 1012 (the
@@ -77,16 +79,18 @@ type pubKind uint8
 const (
 	pubSend      pubKind = iota // a chat message: answer "sent"
 	pubDelivered                // a delivered event: then settle the message
-	pubRead                     // a read event
+	pubRead                     // a read event: the message is looked up first
 )
 
 // pubState is where a queued write stands.
 type pubState uint8
 
 const (
-	pubWaiting  pubState = iota // a send behind the one published
-	pubInFlight                 // published; its PubAck is awaited until due
-	pubRefused                  // refused for now; published again at due
+	pubWaiting   pubState = iota // a send behind the one published
+	pubGranting                  // a media send whose recipient is being let download its object
+	pubLookingUp                 // a read whose message is being looked up
+	pubInFlight                  // published; its PubAck is awaited until due
+	pubRefused                   // refused for now; published again at due
 )
 
 // pubItem is one write and what to do once it is stored.
@@ -94,17 +98,23 @@ type pubItem struct {
 	n     uint64 // its number in the queue, in its requests' reply subjects
 	kind  pubKind
 	state pubState
-	// attempt counts its publishes. A reply names its attempt: a PubAck
-	// of any publish is taken, an error only from the latest.
-	attempt  uint64
-	msg      *nats.Msg // what to publish
-	since    time.Time // when it arrived
-	due      time.Time // when to publish again if nothing was heard
-	refusals int       // refused for now, in a row
+	// attempt counts its requests (lookups and publishes); published is
+	// the attempt that first published it (0 while looking up). A reply
+	// names its attempt: a PubAck of any publish is taken, an error only
+	// from the latest, and a lookup's answer only while looking up.
+	attempt   uint64
+	published uint64
+	msg       *nats.Msg // what to publish; a read's is made once looked up
+	since     time.Time // when it arrived
+	due       time.Time // when to act if nothing was heard: publish again, or give up a lookup
+	refusals  int       // refused for now, in a row
 
-	// For a send: the client's id and the time it was accepted (ms).
-	id string
-	ts int64
+	// For a send: the client's id, the recipient, the time it was
+	// accepted (ms) and, for a media message, the object to grant first.
+	id    string
+	to    string
+	ts    int64
+	media *protocol.Media
 	// For a delivered event, the message to settle once stored; for a
 	// read, the message read.
 	seq uint64
@@ -115,6 +125,15 @@ type pubEnv interface {
 	// publish publishes m with the reply subject of item n's attempt a:
 	// its answer comes back to onReply.
 	publish(m *nats.Msg, n, a uint64) error
+	// lookup asks for the message stored at seq, the answer coming back
+	// to onReply like a PubAck's.
+	lookup(seq, n, a uint64) error
+	// readEvent is the read event for a looked-up message, nil when the
+	// answer is not a message to this device's user.
+	readEvent(answer *nats.Msg) *nats.Msg
+	// grant lets a media send's recipient download its object, off the
+	// caller's goroutine, and then calls the queue's granted.
+	grant(it *pubItem)
 	// answer sends the device a frame; refuse an error frame.
 	answer(frame []byte)
 	refuse(code protocol.ErrorCode, message, id string, seq uint64)
@@ -160,7 +179,8 @@ func (q *pubQueue) init(env pubEnv, slots int) {
 }
 
 // add queues a write the caller took a slot for. A send is published
-// once every send before it is done; a receipt event at once.
+// once every send before it is done; a receipt event at once (a read once
+// looked up).
 func (q *pubQueue) add(it *pubItem) {
 	q.mu.Lock()
 	defer q.mu.Unlock()
@@ -172,8 +192,15 @@ func (q *pubQueue) add(it *pubItem) {
 	it.n, it.since = q.next, now
 	q.next++
 	q.items = append(q.items, it)
-	if it.kind != pubSend || q.firstSendLocked() == it {
+	switch it.kind {
+	case pubSend:
+		if q.firstSendLocked() == it {
+			q.startSendLocked(it, now)
+		}
+	case pubDelivered:
 		q.publishLocked(it, now)
+	case pubRead:
+		q.lookupLocked(it, now)
 	}
 }
 
@@ -196,17 +223,65 @@ func (q *pubQueue) firstSendLocked() *pubItem {
 	return nil
 }
 
+// startSendLocked publishes the send now first in line, letting its
+// recipient download its media first if it has any.
+//
+// Lock should be held.
+func (q *pubQueue) startSendLocked(it *pubItem, now time.Time) {
+	if it.media != nil {
+		it.state = pubGranting
+		q.env.grant(it)
+		return
+	}
+	q.publishLocked(it, now)
+}
+
+// granted takes the outcome of a media send's grant: the message is
+// published with its reference, or refused with code.
+func (q *pubQueue) granted(it *pubItem, ref []byte, code protocol.ErrorCode, message string) {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	now := q.clock()
+	if it.state != pubGranting || q.findLocked(it.n) != it {
+		return // given up or dropped meanwhile
+	}
+	it.media = nil
+	if code != "" {
+		q.env.refuse(code, message, it.id, 0)
+		q.removeLocked(it, now)
+		return
+	}
+	it.msg.Header.Set(contract.HdrMedia, string(ref))
+	q.publishLocked(it, now)
+}
+
 // publishLocked publishes it (again).
 //
 // Lock should be held.
 func (q *pubQueue) publishLocked(it *pubItem, now time.Time) {
 	it.attempt++
+	if it.published == 0 {
+		it.published = it.attempt
+	}
 	if err := q.env.publish(it.msg, it.n, it.attempt); err != nil {
 		q.failLocked(it, err, now)
 		return
 	}
 	it.state = pubInFlight
+	it.due = now.Add(pubAckWait << min(it.attempt-it.published, 3))
+	q.wakeLocked(it.due)
+}
+
+// lookupLocked asks for the message a read is about (again).
+//
+// Lock should be held.
+func (q *pubQueue) lookupLocked(it *pubItem, now time.Time) {
+	it.attempt++
+	it.state = pubLookingUp
 	it.due = now.Add(pubAckWait << min(it.attempt-1, 3))
+	if err := q.env.lookup(it.seq, it.n, it.attempt); err != nil {
+		it.due = now.Add(pubRetryMin)
+	}
 	q.wakeLocked(it.due)
 }
 
@@ -225,7 +300,8 @@ func (q *pubQueue) failLocked(it *pubItem, err error, now time.Time) {
 	q.wakeLocked(it.due)
 }
 
-// onReply takes the answer to item n's attempt a: a PubAck or a refusal.
+// onReply takes the answer to item n's attempt a: a PubAck, a refusal,
+// or a lookup's answer.
 func (q *pubQueue) onReply(n, a uint64, m *nats.Msg) {
 	q.mu.Lock()
 	defer q.mu.Unlock()
@@ -234,6 +310,19 @@ func (q *pubQueue) onReply(n, a uint64, m *nats.Msg) {
 		return
 	}
 	now := q.clock()
+	if it.published == 0 || a < it.published {
+		// A lookup's answer.
+		if it.state != pubLookingUp {
+			return
+		}
+		if it.msg = q.env.readEvent(m); it.msg == nil {
+			q.env.refuse(protocol.ErrUnknownSeq, "no message to you with this seq", "", it.seq)
+			q.removeLocked(it, now)
+			return
+		}
+		q.publishLocked(it, now)
+		return
+	}
 	ack, err := parsePubAck(m)
 	switch {
 	case err == nil:
@@ -316,7 +405,7 @@ func (q *pubQueue) removeLocked(it *pubItem, now time.Time) {
 	}
 	if wasFirst {
 		if next := q.firstSendLocked(); next != nil {
-			q.publishLocked(next, now)
+			q.startSendLocked(next, now)
 		}
 	}
 }
@@ -345,7 +434,7 @@ func (q *pubQueue) wakeLocked(at time.Time) {
 // onTimer acts on every write whose time has come: a send not stored
 // within pubGiveUp of arriving is given up (with those behind it), any
 // other write too; the rest whose PubAck is overdue, or that were refused
-// for now, are published again.
+// for now, are published again, and lookups asked again.
 func (q *pubQueue) onTimer() {
 	q.mu.Lock()
 	defer q.mu.Unlock()
@@ -360,7 +449,7 @@ func (q *pubQueue) onTimer() {
 	}
 	var next time.Time
 	for _, it := range q.items {
-		if it.state == pubWaiting {
+		if it.state == pubWaiting || it.state == pubGranting {
 			continue // the one before it decides when it goes
 		}
 		if next.IsZero() || it.due.Before(next) {
@@ -376,12 +465,14 @@ func (q *pubQueue) onTimer() {
 //
 // Lock should be held.
 func (q *pubQueue) actLocked(it *pubItem, now time.Time) {
-	if it.state == pubWaiting || now.Before(it.due) {
-		return // the one before it decides
+	if it.state == pubWaiting || it.state == pubGranting || now.Before(it.due) {
+		return // the one before it, or a grant's own timeout, decides
 	}
 	switch {
 	case now.Sub(it.since) >= pubGiveUp:
 		q.failedLocked(it, now, true)
+	case it.state == pubLookingUp:
+		q.lookupLocked(it, now)
 	case it.state == pubRefused:
 		q.env.republished(republishRefused)
 		q.publishLocked(it, now)
@@ -392,17 +483,20 @@ func (q *pubQueue) actLocked(it *pubItem, now time.Time) {
 }
 
 // recover publishes again, at once, every write whose PubAck has not
-// come: after an INBOX leader change or a restored NATS connection, their
-// answers may be lost, and waiting for pubAckWait would hold the session's
-// sends that long.
+// come, and asks again for every lookup: after an INBOX leader change or a
+// restored NATS connection, their answers may be lost, and waiting for
+// pubAckWait would hold the session's sends that long.
 func (q *pubQueue) recover(reason string) {
 	q.mu.Lock()
 	defer q.mu.Unlock()
 	now := q.clock()
 	for _, it := range q.items {
-		if it.state == pubInFlight || it.state == pubRefused {
+		switch it.state {
+		case pubInFlight, pubRefused:
 			q.env.republished(reason)
 			q.publishLocked(it, now)
+		case pubLookingUp:
+			q.lookupLocked(it, now)
 		}
 	}
 }

@@ -17,8 +17,10 @@ import (
 
 // fakePubEnv records what a pubQueue does to its session.
 type fakePubEnv struct {
-	publishes   []published       // every publish, in order
-	failPublish error             // the next publish fails with it
+	publishes   []published // every publish, in order
+	failPublish error       // the next publish fails with it
+	lookups     []uint64
+	grants      []*pubItem
 	frames      []*protocol.Frame // answers and refusals
 	settled     []uint64
 	restarts    []string
@@ -41,6 +43,21 @@ func (e *fakePubEnv) publish(m *nats.Msg, n, a uint64) error {
 	e.publishes = append(e.publishes, published{id: m.Header.Get(contract.HdrID), n: n, a: a, msg: m})
 	return nil
 }
+
+func (e *fakePubEnv) lookup(seq, _, _ uint64) error {
+	e.lookups = append(e.lookups, seq)
+	return nil
+}
+
+func (e *fakePubEnv) readEvent(answer *nats.Msg) *nats.Msg {
+	if answer.Header.Get(contract.HdrSubject) != contract.InboxSubject("bob") {
+		return nil
+	}
+	return &nats.Msg{Subject: contract.ReceiptsSubject(answer.Header.Get(contract.HdrFrom)),
+		Header: nats.Header{contract.HdrID: {"read:" + answer.Header.Get(contract.HdrID)}}}
+}
+
+func (e *fakePubEnv) grant(it *pubItem) { e.grants = append(e.grants, it) }
 
 func (e *fakePubEnv) answer(frame []byte) {
 	f, err := protocol.DecodeServer(frame)
@@ -120,7 +137,7 @@ func (q *testQueue) put(t *testing.T, it *pubItem, now time.Time) {
 }
 
 func sendItem(id string) *pubItem {
-	return &pubItem{kind: pubSend, id: id, ts: 1,
+	return &pubItem{kind: pubSend, id: id, to: "bob", ts: 1,
 		msg: &nats.Msg{Subject: contract.InboxSubject("bob"), Header: nats.Header{contract.HdrID: {id}}}}
 }
 
@@ -305,6 +322,58 @@ func TestPubQueueGivesUpInOrder(t *testing.T) {
 	if env.last().id != "s4" {
 		t.Fatalf("published %s, want s4 at once", env.last().id)
 	}
+}
+
+// A read is looked up first: a message to this user gets its read event
+// published; anything else is answered unknown_seq.
+func TestPubQueueLooksUpReads(t *testing.T) {
+	q, env := newTestQueue(8)
+	now := q.now
+	q.put(t, &pubItem{kind: pubRead, seq: 42}, now)
+	q.put(t, &pubItem{kind: pubRead, seq: 43}, now)
+	if !slices.Equal(env.lookups, []uint64{42, 43}) || len(env.publishes) != 0 {
+		t.Fatalf("looked up %v, published %d: want both looked up, nothing published", env.lookups, len(env.publishes))
+	}
+	mine := storedMsg(42, "bob", "alice", "a1")
+	theirs := storedMsg(43, "carol", "alice", "a2")
+	// A lookup's answer that looks like a PubAck is still a lookup's.
+	q.onReply(2, 1, theirs)
+	q.onReply(1, 1, mine)
+	expectStrings(t, "published", env.ids(), []string{"read:a1"})
+	q.onReply(1, 1, mine) // the lookup's answer again: the read is past it
+	q.onReply(env.last().n, env.last().a, ackMsg(50, false))
+	expectStrings(t, "answers", env.answers(), []string{"unknown_seq:43"})
+	if q.owed() != 0 {
+		t.Fatalf("%d owed", q.owed())
+	}
+}
+
+// A media send is published once its recipient may download its object;
+// the sends behind it wait meanwhile, and go on if it is refused.
+func TestPubQueueGrantsBeforeMedia(t *testing.T) {
+	q, env := newTestQueue(8)
+	now := q.now
+	p1 := sendItem("p1")
+	p1.media = &protocol.Media{Key: "u/alice/x"}
+	p2 := sendItem("p2")
+	p2.media = &protocol.Media{Key: "u/alice/y"}
+	q.put(t, p1, now)
+	q.put(t, p2, now)
+	q.put(t, sendItem("s3"), now)
+	if len(env.grants) != 1 || len(env.publishes) != 0 {
+		t.Fatalf("%d grants, %d publishes: want p1's grant only", len(env.grants), len(env.publishes))
+	}
+	q.granted(p1, []byte(`{"key":"u/alice/x"}`), "", "")
+	if got := env.last(); got.id != "p1" || got.msg.Header.Get(contract.HdrMedia) != `{"key":"u/alice/x"}` {
+		t.Fatalf("published %s with media %q", got.id, got.msg.Header.Get(contract.HdrMedia))
+	}
+	q.onReply(env.last().n, env.last().a, ackMsg(1, false))
+	if len(env.grants) != 2 {
+		t.Fatalf("%d grants, want p2's next", len(env.grants))
+	}
+	q.granted(p2, nil, protocol.ErrBadMedia, "not uploaded")
+	expectStrings(t, "published", env.ids(), []string{"p1", "s3"})
+	expectStrings(t, "answers", env.answers(), []string{"sent:p1:1", "bad_media:p2"})
 }
 
 // A closed queue takes nothing more but still stores what it holds, in

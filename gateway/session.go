@@ -2,6 +2,7 @@ package gateway
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -474,11 +475,9 @@ func (s *session) send(f *protocol.Frame) {
 		s.sendError(protocol.ErrShuttingDown, "gateway is shutting down", f.ID, 0, 0)
 		return
 	}
-	var mediaRef []byte
-	if f.Media != nil {
-		if mediaRef = s.grantMedia(f); mediaRef == nil {
-			return
-		}
+	if f.Media != nil && protocol.MediaOwner(f.Media.Key) != s.id.User {
+		s.sendError(protocol.ErrBadMedia, "media.key is not under your upload prefix", f.ID, 0, 0)
+		return
 	}
 	ts := time.Now().UnixMilli()
 	m := &nats.Msg{
@@ -493,10 +492,7 @@ func (s *session) send(f *protocol.Frame) {
 		},
 		Data: f.Body,
 	}
-	if mediaRef != nil {
-		m.Header.Set(contract.HdrMedia, string(mediaRef))
-	}
-	s.queue(&pubItem{kind: pubSend, msg: m, id: f.ID, ts: ts})
+	s.queue(&pubItem{kind: pubSend, msg: m, id: f.ID, to: f.To, ts: ts, media: f.Media})
 }
 
 func (s *session) ack(seq uint64) {
@@ -537,18 +533,11 @@ func (s *session) receipt(status, from, id string) *nats.Msg {
 }
 
 // read sends a read receipt for the message stored at seq. The message is
-// looked up so a device can only mark messages sent to its own user, and
-// the receipt goes to their real sender.
+// looked up first (by the PubAck queue, off the read loop), so a device
+// can only mark messages sent to its own user, and the receipt goes to
+// their real sender.
 func (s *session) read(seq uint64) {
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-	defer cancel()
-	rm, err := s.srv.inbox.GetMsg(ctx, seq)
-	if err != nil || rm.Subject != contract.InboxSubject(s.id.User) || rm.Header.Get(contract.HdrKind) != contract.KindMsg {
-		s.sendError(protocol.ErrUnknownSeq, "no message to you with this seq", "", seq, 0)
-		return
-	}
-	from, id := rm.Header.Get(contract.HdrFrom), rm.Header.Get(contract.HdrID)
-	s.queue(&pubItem{kind: pubRead, msg: s.receipt(protocol.StatusRead, from, id), seq: seq})
+	s.queue(&pubItem{kind: pubRead, seq: seq})
 }
 
 // sendError answers a frame with an error frame and counts it.
@@ -564,7 +553,8 @@ func (s *session) onReply(token string, m *nats.Msg) {
 	}
 }
 
-// replyPub is the kind of a write of the PubAck queue in reply tokens.
+// replyPub is the kind of a write of the PubAck queue, or a read's
+// lookup, in reply tokens.
 const replyPub = 'q'
 
 // The session is its PubAck queue's pubEnv.
@@ -572,6 +562,27 @@ const replyPub = 'q'
 func (s *session) publish(m *nats.Msg, n, a uint64) error {
 	m.Reply = s.srv.replies.subject(s.owner, replyPub, n, a)
 	return s.srv.nc.PublishMsg(m)
+}
+
+func (s *session) lookup(seq, n, a uint64) error {
+	body, _ := json.Marshal(directGet{Seq: seq})
+	return s.srv.nc.PublishRequest(contract.DirectGetSubject(contract.Inbox), s.srv.replies.subject(s.owner, replyPub, n, a), body)
+}
+
+func (s *session) readEvent(answer *nats.Msg) *nats.Msg {
+	h := answer.Header
+	if h.Get("Status") != "" || h.Get(contract.HdrSubject) != contract.InboxSubject(s.id.User) || h.Get(contract.HdrKind) != contract.KindMsg {
+		return nil
+	}
+	return s.receipt(protocol.StatusRead, h.Get(contract.HdrFrom), h.Get(contract.HdrID))
+}
+
+func (s *session) grant(it *pubItem) {
+	media, to := *it.media, it.to
+	go func() {
+		ref, code, message := s.grantMedia(media, to)
+		s.pubs.granted(it, ref, code, message)
+	}()
 }
 
 func (s *session) answer(frame []byte) { s.t.Send(frame) }
