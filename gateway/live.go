@@ -42,9 +42,9 @@ func (s *Server) watchLive() error {
 		if sub != nil && errors.Is(err, nats.ErrSlowConsumer) {
 			// The router fell behind and NATS dropped a message: if it
 			// was a live copy, its readers must read the stream.
-			for _, sess := range s.router.owners(sub) {
+			for _, sess := range s.router.liveOwners(sub) {
 				s.metrics.catchUps.WithLabelValues(reasonOverflow).Inc()
-				sess.wake()
+				sess.feed.wakeUp()
 			}
 		}
 	})
@@ -82,7 +82,7 @@ func (s *Server) wakeAll(reason string) {
 				time.Sleep(wakePause) // pacing
 			}
 			s.metrics.catchUps.WithLabelValues(reason).Inc()
-			sess.wake()
+			sess.feed.wakeUp()
 		}
 	}()
 }
@@ -122,7 +122,7 @@ func (s *Server) sweepLoop() {
 		for _, sess := range s.snapshot() {
 			if maphash.String(seed, sess.sid)%sweepTicks == tick%sweepTicks {
 				s.metrics.catchUps.WithLabelValues(reasonSweep).Inc()
-				sess.wake()
+				sess.feed.wakeUp()
 			}
 		}
 	}

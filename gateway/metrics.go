@@ -63,11 +63,12 @@ type metrics struct {
 	skipped      *prometheus.CounterVec        // inbox messages skipped, not delivered, by reason
 }
 
-func newMetrics(s *Server) *metrics {
+// newMetrics makes the metrics; sessions counts the connected devices.
+func newMetrics(sessions func() float64) *metrics {
 	m := &metrics{reg: prometheus.NewRegistry()}
 	ns := "switchboard_gateway"
 	m.sessions = prometheus.NewGaugeFunc(prometheus.GaugeOpts{Namespace: ns, Name: "sessions",
-		Help: "Connected device sessions."}, func() float64 { return float64(s.Sessions()) })
+		Help: "Connected device sessions."}, sessions)
 	m.refused = prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Name: "handshakes_refused_total",
 		Help: "WebSocket upgrades refused, by reason code."}, []string{"code"})
 	m.closes = prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Name: "closes_total",

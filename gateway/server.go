@@ -41,7 +41,6 @@ type Server struct {
 	inbox       jetstream.Stream
 	devices     *devices
 	presenceKV  jetstream.KeyValue
-	presence    *presenceHub
 	routes      []Route // mounted APIs: see Mount
 	settingsKV  jetstream.KeyValue
 	maxInflight int
@@ -61,10 +60,14 @@ type Server struct {
 
 	starts chan struct{} // one token per session start in progress
 
-	router    *router  // sessions' subscriptions: live copies, events, kicks
-	replies   *replies // answers to reads of the stream and to sessions' writes
+	router    *router  // sessions' subscriptions: live copies, events, kicks, presence
+	replies   *replies // answers to reads of the stream and PubAcks
 	backlog   *backlog // reads shared by many sessions at once (storms)
 	leaderSub *nats.Subscription
+	// The seams to JetStream that sessions' parts use, the Server's own
+	// in production and fakes in tests.
+	stream  streamReader // reads of INBOX
+	cursors cursorStore  // writes of CURSORS
 
 	leaseStop     chan struct{} // ends leaseLoop and sweepLoop
 	leaseDone     chan struct{}
@@ -81,11 +84,11 @@ func New(ctx context.Context, cfg Config, keys *Keys, nc *nats.Conn, log *slog.L
 	if keys == nil {
 		return nil, fmt.Errorf("%w: no token keys", ErrConfig)
 	}
-	// Sessions publish their sends and receipt events themselves and take
-	// the PubAcks through replies (pubqueue.go); this context's async
-	// publishes are the cursor saves, which nobody waits for.
-	js, err := jetstream.New(nc, jetstream.WithPublishAsyncMaxPending(16384),
-		jetstream.WithPublishAsyncTimeout(10*time.Second))
+	// Sessions publish their writes themselves and take the PubAcks
+	// through replies (pubqueue.go); this context makes the requests that
+	// are waited for (KV reads, lease writes, the final cursor, stream
+	// info).
+	js, err := jetstream.New(nc)
 	if err != nil {
 		return nil, err
 	}
@@ -116,9 +119,8 @@ func New(ctx context.Context, cfg Config, keys *Keys, nc *nats.Conn, log *slog.L
 		nc:          nc,
 		js:          js,
 		inbox:       inbox,
-		devices:     &devices{js: js, inbox: inbox, kv: kv, cursors: cursors, created: inbox.CachedInfo().Created},
+		devices:     &devices{nc: nc, js: js, inbox: inbox, kv: kv, cursors: cursors, created: inbox.CachedInfo().Created},
 		presenceKV:  presenceKV,
-		presence:    newPresenceHub(nc),
 		settingsKV:  settingsKV,
 		maxInflight: cfg.maxInflight(),
 		id:          nats.NewInbox()[len(nats.InboxPrefix):],
@@ -130,7 +132,8 @@ func New(ctx context.Context, cfg Config, keys *Keys, nc *nats.Conn, log *slog.L
 		sweepDone:   make(chan struct{}),
 		router:      newRouter(nc),
 	}
-	s.metrics = newMetrics(s)
+	s.stream, s.cursors = s, s.devices
+	s.metrics = newMetrics(func() float64 { return float64(s.Sessions()) })
 	s.metricsHTTP = newMetricsHTTP(s.metrics, &s.cfg)
 	if s.replies, err = newReplies(nc); err != nil {
 		s.router.close()
@@ -208,10 +211,6 @@ func (s *Server) stopLeases() {
 	<-s.leaseDone
 	<-s.sweepDone
 }
-
-// stopPresence stops forwarding presence changes; called once sessions
-// are gone.
-func (s *Server) stopPresence() { s.presence.close() }
 
 // Serve accepts connections on ln until Shutdown.
 func (s *Server) Serve(ln net.Listener) error {
@@ -430,7 +429,6 @@ func (s *Server) Shutdown(ctx context.Context) error {
 	defer cancel()
 	all := s.beginClosing()
 	s.stopLeases()
-	defer s.stopPresence()
 	// Metrics stay readable while the sessions drain.
 	defer func() { _ = s.metricsHTTP.Close() }()
 
@@ -472,7 +470,6 @@ func (s *Server) closeRouting() {
 func (s *Server) Abort() {
 	all := s.beginClosing()
 	s.stopLeases()
-	s.stopPresence()
 	for _, sess := range all {
 		if c, ok := sess.t.(*wsConn); ok {
 			_ = c.ws.NetConn().Close()
