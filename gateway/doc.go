@@ -18,7 +18,7 @@
 // router.go (NATS subscriptions shared by a gateway's sessions: live
 // copies, events, kicks, presence changes), replies.go (one reply
 // subscription for everything the gateway asks without waiting: stream
-// reads, PubAcks), backlog.go (one reader for many
+// reads, PubAcks, lease writes), backlog.go (one reader for many
 // sessions' backlogs at once, in storms), live.go (what makes sessions
 // read the stream or publish again: a restored connection, an INBOX leader
 // change, an overflow, the sweep), devices.go (the DEVICES registry and

@@ -16,8 +16,8 @@ import (
 // without waiting on the spot, on one subscription (a wildcard under its
 // own inbox prefix): batched stream reads, each to a channel of its own
 // (a subscription per read would cost a 64k-slot channel each in
-// nats.go), and its sessions' PubAcks and single reads, each handed to
-// the session that asked, on the subscription's goroutine.
+// nats.go), and its sessions' PubAcks, lease writes and single reads,
+// each handed to the session that asked, on the subscription's goroutine.
 //
 // Reply subjects: <prefix>.<token> for a read, <prefix>.<owner>.<token>
 // for a session's request.

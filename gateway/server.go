@@ -61,7 +61,7 @@ type Server struct {
 	starts chan struct{} // one token per session start in progress
 
 	router    *router  // sessions' subscriptions: live copies, events, kicks, presence
-	replies   *replies // answers to reads of the stream and PubAcks
+	replies   *replies // answers to reads of the stream, PubAcks, lease writes
 	backlog   *backlog // reads shared by many sessions at once (storms)
 	leaderSub *nats.Subscription
 	// The seams to JetStream that sessions' parts use, the Server's own
@@ -86,8 +86,7 @@ func New(ctx context.Context, cfg Config, keys *Keys, nc *nats.Conn, log *slog.L
 	}
 	// Sessions publish their writes themselves and take the PubAcks
 	// through replies (pubqueue.go); this context makes the requests that
-	// are waited for (KV reads, lease writes, the final cursor, stream
-	// info).
+	// are waited for (KV reads, the final cursor, stream info).
 	js, err := jetstream.New(nc)
 	if err != nil {
 		return nil, err

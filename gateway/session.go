@@ -182,7 +182,7 @@ func (s *session) start(ctx context.Context) error {
 	s.t.Send(protocol.EncodeWelcome(s.id.User, s.id.Device, s.sid, s.srv.cfg.MaxFrameBytes))
 	s.welcomed = true
 	s.evMu.Unlock()
-	s.lease.goOnline(ctx)
+	s.lease.goOnline()
 
 	// The first read of the stream, from the device's position.
 	if !s.feed.start() {
@@ -219,14 +219,21 @@ func (s *session) onTimer(op timerOp) {
 
 // onReply takes the answer to one of this session's requests (replies).
 func (s *session) onReply(token string, m *nats.Msg) {
-	if kind, n, a, ok := parseToken(token); ok && kind == replyPub {
+	kind, n, a, ok := parseToken(token)
+	switch {
+	case !ok:
+	case kind == replyPub:
 		s.pubs.onReply(n, a, m)
+	case kind == replyLease:
+		s.lease.onReply(n, m)
 	}
 }
 
-// replyPub is the kind of a write of the PubAck queue, or a read's
-// lookup, in reply tokens.
-const replyPub = 'q'
+// The kinds of a session's requests, in their reply tokens.
+const (
+	replyPub   = 'q' // a write of the PubAck queue, or a read's lookup
+	replyLease = 'l' // a lease write
+)
 
 // kickRefused answers a kick from a session older than the one asked.
 const kickRefused = "refused"
