@@ -50,9 +50,10 @@ type backlog struct {
 }
 
 // backlogRead is one session's wait for the reader: everything in its
-// inbox after its position, up to through.
+// inbox after its feed's position, up to through.
 type backlogRead struct {
-	s       *session
+	f       *feed
+	user    string
 	through uint64
 	// finished is closed once the reader is done with it; ok says whether
 	// it read everything up to through (or the session is full).
@@ -67,14 +68,14 @@ func newBacklog(srv *Server) *backlog {
 	return b
 }
 
-// read has the reader deliver s's messages up to through. It reports
-// false if the session must read on its own: few sessions are reading, or
-// the shared read failed. It returns early, with true, if s stops.
-func (b *backlog) read(s *session, through uint64) bool {
+// read has the reader deliver f's messages up to through. It reports
+// false if the feed must read on its own: few sessions are reading, or
+// the shared read failed. It returns early, with true, if f stops.
+func (b *backlog) read(f *feed, through uint64) bool {
 	if b.reading.Load() <= int64(b.srv.cfg.SharedCatchUps) {
 		return false
 	}
-	r := &backlogRead{s: s, through: through, finished: make(chan struct{})}
+	r := &backlogRead{f: f, user: f.s.id.User, through: through, finished: make(chan struct{})}
 	b.mu.Lock()
 	b.pending = append(b.pending, r)
 	b.mu.Unlock()
@@ -85,8 +86,8 @@ func (b *backlog) read(s *session, through uint64) bool {
 	select {
 	case <-r.finished:
 		return r.ok
-	case <-s.quit:
-		return true // the reader sees the session stopping and lets it go
+	case <-f.quit:
+		return true // the reader sees the feed stopping and lets it go
 	case <-b.stop:
 		return false
 	}
@@ -130,26 +131,24 @@ func (b *backlog) pass() bool {
 	}
 	from := end + 1
 	for _, r := range reads {
-		r.s.mu.Lock()
-		pos := r.s.last + 1
-		r.s.mu.Unlock()
+		pos := r.f.nextFrom()
 		if pos+sharedMaxSpan < end {
 			finish(r, false) // too far behind: it reads on its own
 			continue
 		}
 		from = min(from, pos)
-		byUser[r.s.id.User] = append(byUser[r.s.id.User], r)
+		byUser[r.user] = append(byUser[r.user], r)
 	}
 	seq := from
 	for open > 0 && seq <= end {
 		req := directGet{Seq: seq, NextFor: contract.InboxPrefix + "*", Batch: sharedBatch, MaxBytes: sharedBytes}
 		got := false
-		more, err := b.srv.directBatch(req, b.stop, func(mseq uint64, m *nats.Msg) bool {
+		more, err := b.srv.stream.directBatch(req, b.stop, func(mseq uint64, m *nats.Msg) bool {
 			got = true
 			seq = mseq + 1
 			user := strings.TrimPrefix(m.Header.Get(contract.HdrSubject), contract.InboxPrefix)
 			for _, r := range byUser[user] {
-				if !r.over && b.offer(r, mseq, m) {
+				if !r.over && r.f.offer(mseq, r.through, m) {
 					finish(r, true)
 				}
 			}
@@ -170,27 +169,6 @@ func (b *backlog) pass() bool {
 		finish(r, ok)
 	}
 	return true
-}
-
-// offer gives r's session the message stored at seq, and reports whether
-// r is done: it reached through, filled up (it reads the rest later, as
-// after any time it had too many unacked), or stopped.
-func (b *backlog) offer(r *backlogRead, seq uint64, m *nats.Msg) bool {
-	s := r.s
-	s.mu.Lock()
-	stale, stopping := seq <= s.last, s.stopping
-	full := !stale && len(s.unsettled) >= s.srv.maxInflight
-	if full {
-		s.behind = true
-	}
-	s.mu.Unlock()
-	switch {
-	case stopping || full:
-		return true
-	case !stale:
-		s.take(seq, m.Header, m.Data)
-	}
-	return seq >= r.through
 }
 
 func (b *backlog) close() {

@@ -11,9 +11,9 @@ import (
 	"testing"
 	"time"
 
-	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
+	"github.com/switchboard-im/switchboard/internal/natsauth"
 	tk "github.com/switchboard-im/switchboard/internal/testkit"
 )
 
@@ -109,11 +109,7 @@ func benchEndToEnd(b *testing.B, pairs int) {
 // consumed by a durable consumer with explicit acks.
 func BenchmarkRawJetStream(b *testing.B) {
 	n := tk.StartNATS(b)
-	nc, err := nats.Connect(n.Server.ClientURL())
-	if err != nil {
-		b.Fatal(err)
-	}
-	defer nc.Close()
+	nc := n.Connect(b, natsauth.Operator)
 	js, _ := jetstream.New(nc, jetstream.WithPublishAsyncMaxPending(4096))
 	ctx := context.Background()
 	cons, err := js.CreateConsumer(ctx, "INBOX", jetstream.ConsumerConfig{
@@ -158,8 +154,9 @@ func BenchmarkNATSCLIPubAsync(b *testing.B) {
 	re := regexp.MustCompile(`([\d,]+) msgs/sec`)
 	var rate float64
 	for range b.N {
-		out, err := exec.Command(cli, "-s", n.Server.ClientURL(), "bench", "js", "pub", "async", "bench.cli",
-			"--msgs", "100000", "--size", "256", "--create", "--storage", "file", "--purge", "--no-progress").CombinedOutput()
+		args := append(n.CLIFlags(b), "bench", "js", "pub", "async", "bench.cli",
+			"--msgs", "100000", "--size", "256", "--create", "--storage", "file", "--purge", "--no-progress")
+		out, err := exec.Command(cli, args...).CombinedOutput()
 		if err != nil {
 			b.Fatalf("nats bench: %v\n%s", err, out)
 		}

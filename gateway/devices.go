@@ -32,6 +32,7 @@ import (
 // and a connecting one costs a read of that record, not a consumer
 // creation (about 600 a second on one server).
 type devices struct {
+	nc      *nats.Conn
 	js      jetstream.JetStream
 	inbox   jetstream.Stream
 	kv      jetstream.KeyValue // DEVICES
@@ -90,9 +91,21 @@ func (d *devices) parseCursor(v []byte) (floor uint64, ok bool) {
 	return c.Floor, ok && c.Stream == d.created.UnixNano()
 }
 
-// cursorMsg is the publish that saves a device's cursor, for PublishAsync.
+// cursorMsg is the publish that saves a device's cursor.
 func (d *devices) cursorMsg(user, device string, floor uint64) *nats.Msg {
 	return &nats.Msg{Subject: contract.KVSubject(contract.CursorsKV, contract.CursorKey(user, device)), Data: d.cursorValue(floor)}
+}
+
+// saveCursor publishes a cursor with no reply: JetStream stores it and
+// nobody waits for the PubAck.
+func (d *devices) saveCursor(user, device string, floor uint64) error {
+	return d.nc.PublishMsg(d.cursorMsg(user, device, floor))
+}
+
+// storeCursor publishes a cursor and waits until it is stored.
+func (d *devices) storeCursor(ctx context.Context, user, device string, floor uint64) error {
+	_, err := d.js.PublishMsg(ctx, d.cursorMsg(user, device, floor))
+	return err
 }
 
 // register records the device if it is new and returns the first sequence

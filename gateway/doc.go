@@ -14,37 +14,65 @@
 // holds no state that outlives a connection and any number of gateways can
 // share one NATS.
 //
-// Files: server.go (HTTP, upgrade, origin, shutdown), conn.go (the read
-// loop and an on-demand writer behind the transport seam), session.go (one
-// device: sends, acks, PubAcks), feed.go (delivery: live copies, stream
-// reads, settling, the cursor), live.go (what makes sessions read the
-// stream: a restored connection, an INBOX leader change, an overflow, the
-// sweep), router.go (NATS subscriptions shared by a gateway's sessions),
-// getmux.go (one reply subscription for all stream reads), backlog.go (one
-// reader for many sessions' backlogs at once, in storms), devices.go (the
-// DEVICES registry and cursors), reap.go (carrying over device consumers of
-// earlier versions), httplog.go (fasthttp's own log lines, without the
-// request's credentials), presence.go, media.go, auth.go, config.go,
-// metrics.go (Prometheus metrics, served on a listener of their own:
-// ServeMetrics).
+// Files. The gateway: server.go (HTTP, upgrade, origin, shutdown),
+// router.go (NATS subscriptions shared by a gateway's sessions: live
+// copies, events, kicks, presence changes), replies.go (one reply
+// subscription for everything the gateway asks without waiting: stream
+// reads, PubAcks, lease writes), backlog.go (one reader for many
+// sessions' backlogs at once, in storms), live.go (what makes sessions
+// read the stream or publish again: a restored connection, an INBOX leader
+// change, an overflow, the sweep), devices.go (the DEVICES registry and
+// cursors), auth.go, config.go, metrics.go (Prometheus metrics, served on
+// a listener of their own: ServeMetrics), routes.go (mounted HTTP APIs),
+// listener.go, httplog.go (fasthttp's own log lines, without the
+// request's credentials).
 //
-// Concurrency: Server methods are safe from many goroutines. Each
+// A connection: transport.go (the seam between a session and its socket)
+// and transport_ws.go (the WebSocket behind it: the read loop and an
+// on-demand writer). A session: session.go (the device: start, kicks,
+// frames, stop) and its parts, each a type owning its state and its one
+// lock: feed.go (delivery: live copies, stream reads, settling),
+// cursor.go (the device's cursor), pubqueue.go (writes awaiting their
+// PubAcks: sends in order, one at a time, published again when refused or
+// lost; receipt events), lease.go (the presence lease and the loop that
+// refreshes them all), follows.go (presence_sub and presence frames),
+// timer.go (the session's one timer); calls.go (requests to the worker
+// functions, settings) and media.go (a media send's grant).
+//
+// Concurrency. Server methods are safe from many goroutines. Each
 // connection has one read goroutine, which runs the session's frame
-// handling. Writing (wsConn.writer), delivery (session.feedRunner) and
-// PubAck handling (session.pubRunner) each run in a goroutine started when
-// there is work and ended when there is none, so an idle connection holds
-// only its read goroutine; pings are a timer. Only the writer writes data
-// frames. One router goroutine per gateway hands live copies and events to
-// the sessions. One backlog goroutine per gateway delivers to sessions
-// whose feedRunner is waiting on it (backlog.read), so a session's
-// messages are still handed on by one goroutine at a time. Handlers must not block except where a comment says so (a
-// full PubAck queue stops reading from that socket: backpressure on a
-// sender that outruns the store).
+// handling (session.handle). Handlers do not block: a media grant and a
+// read's lookup are steps of the PubAck queue, worker-function requests
+// run in goroutines of their own (at most 8 per connection). The two
+// exceptions wait on purpose: a full PubAck queue stops reading from that
+// socket (backpressure on a sender that outruns the store), and a settings
+// frame waits for its KV write, so the frames after it are judged by it.
+// Writing (wsConn.writer) and delivery (feed.run) each run in a goroutine
+// started when there is work and ended when there is none, so an idle
+// connection holds only its read goroutine; its deadlines are one timer
+// (sessionTimer) plus the transport's ping timer. One router goroutine
+// hands live copies, events, kicks and presence changes to the sessions;
+// one replies goroutine hands them their PubAcks; one backlog goroutine
+// delivers to sessions whose feed waits on it (backlog.read), so a
+// session's messages are still handed on by one goroutine at a time.
+// Callbacks on the router's and the replies' goroutines must not block.
 //
-// Locks: router.mu (the routes) is held while a handler runs, so handlers
-// take only session.mu or session.evMu. Server.mu (the session set),
-// session.mu (the delivery state and the feed), session.pubMu (the PubAck
-// queue) and session.evMu (welcome before events) are never held together,
-// nor while calling into NATS or writing to a socket (evMu covers only an
-// enqueue, which takes wsConn.mu last).
+// Locks. Each lock guards its own type's state and only that type's
+// methods take it; "Lock should be held" marks the methods that need it.
+// Where one is taken while another is held, it is in this order (A → B:
+// B may be taken while A is held, never the reverse):
+//
+//	router.mu    → feed.mu, follows.mu, session.evMu
+//	pubQueue.mu  → feed.mu, cursorSaver.mu, sessionTimer.mu
+//	cursorSaver.mu → sessionTimer.mu
+//	follows.mu, session.evMu, pubQueue.mu → wsConn.mu
+//
+// Server.mu, replies.mu, backlog.mu, lease.mu, feed.mu, sessionTimer.mu
+// and wsConn.mu are leaves: nothing of this package is locked under them.
+// No lock of a session's is held while calling the router (router.add,
+// router.remove), the replies' owner callbacks run with replies.mu
+// released, and the session timer runs its ops with its lock released.
+// NATS calls (publishes, subscribes) are made under pubQueue.mu,
+// cursorSaver.mu, lease.mu and router.mu: nats.go calls back into this
+// package only from goroutines of its own, holding none of its locks.
 package gateway

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"sort"
 	"strconv"
+	"sync"
 	"time"
 	"unicode/utf8"
 
@@ -63,107 +64,194 @@ type pendingMsg struct {
 	id      string // delivered event
 }
 
-// onLiveCopy queues a live copy for the feed. It runs on the router's
-// goroutine and does not block: past liveBuffer copies waiting, it lets
-// them go and asks for a read of the stream instead.
-func (s *session) onLiveCopy(m *nats.Msg) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if s.stopping {
+// feed is a session's delivery: it hands the device its messages in
+// stream order, from live copies and reads of the stream, and keeps what
+// the device holds unacked and unsettled.
+//
+// Its runner (run) is a goroutine started when there is work (a live copy,
+// a read asked for) and ended when there is none, so an idle feed holds no
+// goroutine. The router hands it live copies; the backlog reader, while the
+// runner waits on it, hands it messages read for many sessions at once
+// (nextFrom, offer), so a device's messages are still handed on by one
+// goroutine at a time.
+type feed struct {
+	s *session
+
+	mu sync.Mutex // guards the fields below
+	// pending: delivered and not acked by the device, by sequence; made
+	// at the first delivery, so a device that gets nothing holds no map.
+	pending map[uint64]pendingMsg
+	// unsettled: delivered and not yet settled (acked, and the delivered
+	// event stored), in order.
+	unsettled []uint64
+	last      uint64 // highest sequence delivered or skipped
+	floor     uint64 // everything at or below it is settled
+	behind    bool   // live copies are let go: too many unacked
+	stopping  bool   // delivery was stopped on purpose
+	liveQ     []*nats.Msg
+	wake      bool          // a read of the stream is asked for
+	running   bool          // the runner is running
+	started   bool          // the runner may start: the welcome went out
+	ended     bool          // done is closed
+	quit      chan struct{} // closed when delivery stops
+	done      chan struct{} // closed once the runner has returned for good, or never ran
+}
+
+func (f *feed) init(s *session) {
+	f.s = s
+	f.quit = make(chan struct{})
+	f.done = make(chan struct{})
+}
+
+// begin sets the device's position, before anything is delivered.
+func (f *feed) begin(pos uint64) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.last, f.floor = pos, pos
+}
+
+// start lets delivery begin, with a read of the stream from the device's
+// position. It reports false if delivery was stopped already.
+func (f *feed) start() bool {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.stopping {
+		f.endLocked()
+		return false
+	}
+	f.started, f.wake = true, true
+	f.runLocked()
+	return true
+}
+
+// stop ends delivery: nothing more is handed to the device once finished
+// is closed.
+func (f *feed) stop() {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if !f.stopping {
+		f.stopping = true
+		close(f.quit)
+	}
+	if !f.running {
+		f.endLocked()
+	}
+}
+
+// finished is closed once delivery has stopped for good.
+func (f *feed) finished() <-chan struct{} { return f.done }
+
+// endLocked closes done once.
+//
+// Lock should be held.
+func (f *feed) endLocked() {
+	if !f.ended {
+		f.ended = true
+		close(f.done)
+	}
+}
+
+// onLive queues a live copy. It runs on the router's goroutine and does
+// not block: past liveBuffer copies waiting, it lets them go and asks for
+// a read of the stream instead.
+func (f *feed) onLive(m *nats.Msg) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.stopping {
 		return
 	}
-	if len(s.feedQ) >= liveBuffer {
-		if !s.feedWake {
-			s.srv.metrics.catchUps.WithLabelValues(reasonOverflow).Inc()
+	if len(f.liveQ) >= liveBuffer {
+		if !f.wake {
+			f.s.srv.metrics.catchUps.WithLabelValues(reasonOverflow).Inc()
 		}
-		s.feedWake = true
+		f.wake = true
 	} else {
-		s.feedQ = append(s.feedQ, m)
+		f.liveQ = append(f.liveQ, m)
 	}
-	s.startFeedLocked()
+	f.runLocked()
 }
 
-// wake asks the feed to read the stream from the device's position.
-func (s *session) wake() {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if !s.stopping {
-		s.feedWake = true
-		s.startFeedLocked()
+// wakeUp asks for a read of the stream from the device's position.
+func (f *feed) wakeUp() {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if !f.stopping {
+		f.wake = true
+		f.runLocked()
 	}
 }
 
-// startFeedLocked starts feedRunner if there is work, the session is
-// started and it is not running. s.mu is held.
-func (s *session) startFeedLocked() {
-	if s.feedRunning || !s.started || s.stopping || (len(s.feedQ) == 0 && !s.feedWake) {
+// runLocked starts the runner if there is work, delivery has started and
+// it is not running.
+//
+// Lock should be held.
+func (f *feed) runLocked() {
+	if f.running || !f.started || f.stopping || (len(f.liveQ) == 0 && !f.wake) {
 		return
 	}
-	s.feedRunning = true
-	s.loops.Add(1)
-	go s.feedRunner()
+	f.running = true
+	go f.run()
 }
 
-// feedRunner delivers the device's messages in stream order: a read of
-// the stream when asked, then the live copies in turn. It ends when there
-// is nothing to do, or delivery stops.
-func (s *session) feedRunner() {
-	defer s.loops.Done()
+// run delivers the device's messages in stream order: a read of the
+// stream when asked, then the live copies in turn. It ends when there is
+// nothing to do, or delivery stops.
+func (f *feed) run() {
 	for {
-		s.mu.Lock()
-		if s.stopping || (len(s.feedQ) == 0 && !s.feedWake) {
-			s.feedRunning = false
-			s.feedQ = nil
-			stopping := s.stopping
-			s.mu.Unlock()
-			if stopping {
-				s.doneDelivering()
+		f.mu.Lock()
+		if f.stopping || (len(f.liveQ) == 0 && !f.wake) {
+			f.running = false
+			f.liveQ = nil
+			if f.stopping {
+				f.endLocked()
 			}
+			f.mu.Unlock()
 			return
 		}
-		if s.feedWake {
-			s.feedWake = false
-			s.mu.Unlock()
-			s.catchUp(0)
+		if f.wake {
+			f.wake = false
+			f.mu.Unlock()
+			f.catchUp(0)
 			continue
 		}
-		m := s.feedQ[0]
-		s.feedQ[0] = nil
-		s.feedQ = s.feedQ[1:]
-		s.mu.Unlock()
-		s.onLive(m)
+		m := f.liveQ[0]
+		f.liveQ[0] = nil
+		f.liveQ = f.liveQ[1:]
+		f.mu.Unlock()
+		f.live(m)
 	}
 }
 
-func (s *session) onLive(m *nats.Msg) {
+// live hands on one live copy, or reads the stream when it shows a gap.
+func (f *feed) live(m *nats.Msg) {
 	seq, err := strconv.ParseUint(m.Header.Get(contract.HdrSequence), 10, 64)
 	if err != nil {
 		return
 	}
 	prev, _ := strconv.ParseUint(m.Header.Get(contract.HdrLastSeq), 10, 64)
-	s.mu.Lock()
-	last := s.last
-	if seq > last && len(s.unsettled) >= s.srv.maxInflight {
-		s.behind = true
+	f.mu.Lock()
+	last := f.last
+	if seq > last && len(f.unsettled) >= f.s.srv.maxInflight {
+		f.behind = true
 	}
-	behind := s.behind
-	s.mu.Unlock()
+	behind := f.behind
+	f.mu.Unlock()
 	switch {
 	case seq <= last || behind:
 		// Had it already, or will read it from the stream once the
 		// device has acked enough.
 	case prev > last:
 		// A message before this one was missed: read both from the stream.
-		s.srv.metrics.catchUps.WithLabelValues(reasonGap).Inc()
-		s.catchUp(seq)
+		f.s.srv.metrics.catchUps.WithLabelValues(reasonGap).Inc()
+		f.catchUp(seq)
 	default:
-		s.take(seq, m.Header, m.Data)
+		f.take(seq, m.Header, m.Data)
 	}
 }
 
 // catchUp reads the device's inbox from its position and delivers what it
 // finds, until nothing is left, the device has as many unacked as it may,
-// or the session stops. through, when not zero, is a sequence known to be
+// or delivery stops. through, when not zero, is a sequence known to be
 // stored (from a live copy): a replica that answers from behind it is
 // asked again.
 //
@@ -171,13 +259,14 @@ func (s *session) onLive(m *nats.Msg) {
 // the server finds from its per-subject index: usually there is nothing
 // new (a sweep, a reconnect), and reading on from the device's position
 // would have the server load the block that position is in, however old.
-func (s *session) catchUp(through uint64) {
+func (f *feed) catchUp(through uint64) {
+	srv := f.s.srv
 	if through == 0 {
-		newest, err := s.newestStored()
+		newest, err := f.newestStored()
 		if err == nil {
-			s.mu.Lock()
-			had := s.last
-			s.mu.Unlock()
+			f.mu.Lock()
+			had := f.last
+			f.mu.Unlock()
 			if newest <= had {
 				return
 			}
@@ -185,41 +274,40 @@ func (s *session) catchUp(through uint64) {
 		}
 		// On an error the read below tries, and retries, itself.
 	}
-	backlog := s.srv.backlog
-	backlog.reading.Add(1)
-	defer backlog.reading.Add(-1)
-	if through > 0 && backlog.read(s, through) {
+	srv.backlog.reading.Add(1)
+	defer srv.backlog.reading.Add(-1)
+	if through > 0 && srv.backlog.read(f, through) {
 		return
 	}
 	var failingSince, lagging time.Time
 	backoff := 50 * time.Millisecond
 	for {
-		s.mu.Lock()
-		from, room, stopping := s.last+1, s.srv.maxInflight-len(s.unsettled), s.stopping
+		f.mu.Lock()
+		from, room, stopping := f.last+1, srv.maxInflight-len(f.unsettled), f.stopping
 		if room <= 0 {
-			s.behind = true
+			f.behind = true
 		}
-		s.mu.Unlock()
+		f.mu.Unlock()
 		if stopping || room <= 0 {
 			return
 		}
-		more, err := s.readBatch(from, min(room, catchUpBatch))
+		more, err := f.readBatch(from, min(room, catchUpBatch))
 		switch {
 		case err != nil:
 			if failingSince.IsZero() {
 				failingSince = time.Now()
 			} else if time.Since(failingSince) > catchUpGiveUp {
-				s.log.Warn("cannot read the inbox; restarting the session", "err", err)
-				s.t.Close(protocol.CloseServiceRestart, "inbox unavailable")
+				f.s.log.Warn("cannot read the inbox; restarting the session", "err", err)
+				f.s.t.Close(protocol.CloseServiceRestart, "inbox unavailable")
 				return
 			}
 		case more:
 			failingSince, backoff = time.Time{}, 50*time.Millisecond
 			continue
 		default:
-			s.mu.Lock()
-			done := s.last >= through
-			s.mu.Unlock()
+			f.mu.Lock()
+			done := f.last >= through
+			f.mu.Unlock()
 			if done {
 				return
 			}
@@ -233,12 +321,174 @@ func (s *session) catchUp(through uint64) {
 			}
 		}
 		select {
-		case <-s.quit:
+		case <-f.quit:
 			return
 		case <-time.After(backoff):
 		}
 		backoff = min(2*backoff, time.Second)
 	}
+}
+
+// newestStored returns the sequence of the newest message in the device's
+// inbox, 0 if it is empty.
+func (f *feed) newestStored() (newest uint64, err error) {
+	_, err = f.s.srv.stream.directBatch(directGet{LastFor: contract.InboxSubject(f.s.id.User)}, f.quit, func(seq uint64, _ *nats.Msg) bool {
+		newest = seq
+		return false
+	})
+	return newest, err
+}
+
+// readBatch delivers up to n of the device's messages stored at from or
+// later. more reports that the stream holds further ones.
+func (f *feed) readBatch(from uint64, n int) (more bool, err error) {
+	req := directGet{Seq: from, NextFor: contract.InboxSubject(f.s.id.User), Batch: n, MaxBytes: catchUpBytes}
+	return f.s.srv.stream.directBatch(req, f.quit, func(seq uint64, m *nats.Msg) bool {
+		f.mu.Lock()
+		stale, stopping := seq <= f.last, f.stopping
+		f.mu.Unlock()
+		if stopping {
+			return false
+		}
+		if !stale {
+			f.take(seq, m.Header, m.Data)
+		}
+		return true
+	})
+}
+
+// nextFrom is where the device's next message is to be read from, for
+// the backlog reader.
+func (f *feed) nextFrom() uint64 {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.last + 1
+}
+
+// offer hands the device a message the backlog reader read for it, and
+// reports whether the reader is done with this feed: it reached through,
+// the device holds as many unacked as it may (it reads the rest later, as
+// after any time it had too many unacked), or delivery stopped.
+func (f *feed) offer(seq, through uint64, m *nats.Msg) bool {
+	f.mu.Lock()
+	stale, stopping := seq <= f.last, f.stopping
+	full := !stale && len(f.unsettled) >= f.s.srv.maxInflight
+	if full {
+		f.behind = true
+	}
+	f.mu.Unlock()
+	switch {
+	case stopping || full:
+		return true
+	case !stale:
+		f.take(seq, m.Header, m.Data)
+	}
+	return seq >= through
+}
+
+// take hands the message stored at seq to the device. Anything that is
+// not a well-formed chat message or receipt (published by hand, say), or
+// whose frame would not be valid UTF-8 (a body stored by an earlier
+// version, which did not check), is skipped: the device's position moves
+// past it, it is counted, and it stays in the stream for an operator to
+// look at. A frame that is not UTF-8 would make a browser fail its
+// connection without acking, and the message would come first again on
+// every reconnect.
+func (f *feed) take(seq uint64, h nats.Header, data []byte) {
+	ts, _ := strconv.ParseInt(h.Get(contract.HdrTS), 10, 64)
+	if ts == 0 {
+		if t, err := time.Parse(time.RFC3339Nano, h.Get(contract.HdrStamp)); err == nil {
+			ts = t.UnixMilli()
+		}
+	}
+	from, dev, id := h.Get(contract.HdrFrom), h.Get(contract.HdrDevice), h.Get(contract.HdrID)
+	var frame []byte
+	p := pendingMsg{from: from, id: id}
+	switch h.Get(contract.HdrKind) {
+	case contract.KindMsg:
+		frame = protocol.AppendMsg(nil, id, from, dev, seq, ts, data, []byte(h.Get(contract.HdrMedia)))
+	case contract.KindReceipt:
+		if st := h.Get(contract.HdrStatus); st == protocol.StatusDelivered || st == protocol.StatusRead {
+			frame = protocol.AppendReceipt(nil, id, st, from, dev, seq, ts)
+		}
+		p = pendingMsg{receipt: true}
+	}
+	switch {
+	case frame == nil || !protocol.ValidID(from) || !protocol.ValidID(dev) || !protocol.ValidID(id):
+		f.skip(seq, skipMalformed)
+		return
+	case !utf8.Valid(frame):
+		f.skip(seq, skipInvalidUTF8)
+		return
+	}
+	f.mu.Lock()
+	f.last = seq
+	if f.pending == nil {
+		f.pending = make(map[uint64]pendingMsg)
+	}
+	f.pending[seq] = p
+	f.unsettled = append(f.unsettled, seq)
+	f.mu.Unlock()
+	f.s.srv.metrics.delivered.Inc()
+	f.s.t.Send(frame)
+}
+
+// Reasons a stored message is skipped, as counted.
+const (
+	skipMalformed   = "malformed"
+	skipInvalidUTF8 = "invalid_utf8"
+)
+
+var skipReasons = []string{skipMalformed, skipInvalidUTF8}
+
+// skip moves the device's position past the message stored at seq
+// without delivering it. The cursor is saved as after an ack, so a crash
+// does not bring it back either.
+func (f *feed) skip(seq uint64, reason string) {
+	f.s.log.Warn("skipping a message in the inbox", "seq", seq, "reason", reason)
+	f.s.srv.metrics.skipped.WithLabelValues(reason).Inc()
+	f.mu.Lock()
+	f.last = seq
+	if len(f.unsettled) == 0 {
+		f.floor = seq
+	}
+	floor := f.floor
+	f.mu.Unlock()
+	f.s.cursor.moved(floor)
+}
+
+// acked takes seq off what the device holds unacked, and reports what it
+// was; false if nothing with this seq is pending.
+func (f *feed) acked(seq uint64) (pendingMsg, bool) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	p, ok := f.pending[seq]
+	delete(f.pending, seq)
+	return p, ok
+}
+
+// settle records that the device is done with seq: it acked it and, for a
+// chat message, the delivered event is stored. The device's floor moves up
+// to the oldest message still unsettled.
+func (f *feed) settle(seq uint64) {
+	f.mu.Lock()
+	i := sort.Search(len(f.unsettled), func(i int) bool { return f.unsettled[i] >= seq })
+	if i < len(f.unsettled) && f.unsettled[i] == seq {
+		f.unsettled = append(f.unsettled[:i], f.unsettled[i+1:]...)
+	}
+	if len(f.unsettled) == 0 {
+		f.floor = f.last
+	} else {
+		f.floor = f.unsettled[0] - 1
+	}
+	if f.behind && len(f.unsettled) <= f.s.srv.maxInflight/2 && !f.stopping {
+		f.behind = false
+		f.wake = true
+		f.runLocked()
+	}
+	floor := f.floor
+	f.mu.Unlock()
+	f.s.cursor.moved(floor)
 }
 
 // directGet is a direct get request (nats-server's JSApiMsgGetRequest):
@@ -251,40 +501,17 @@ type directGet struct {
 	MaxBytes int    `json:"max_bytes,omitempty"`
 }
 
-// newestStored returns the sequence of the newest message in the device's
-// inbox, 0 if it is empty.
-func (s *session) newestStored() (newest uint64, err error) {
-	_, err = s.srv.directBatch(directGet{LastFor: contract.InboxSubject(s.id.User)}, s.quit, func(seq uint64, _ *nats.Msg) bool {
-		newest = seq
-		return false
-	})
-	return newest, err
+// streamReader reads INBOX (the Server, with direct gets; a fake in tests).
+type streamReader interface {
+	// directBatch sends a direct get and passes each message it answers,
+	// with its sequence, to each until that returns false. more reports
+	// that the stream holds further matching messages (batches only: a
+	// get without Batch has one answer); quit ends the wait early.
+	directBatch(req directGet, quit <-chan struct{}, each func(uint64, *nats.Msg) bool) (more bool, err error)
 }
 
-// readBatch delivers up to n of the device's messages stored at from or
-// later. more reports that the stream holds further ones.
-func (s *session) readBatch(from uint64, n int) (more bool, err error) {
-	req := directGet{Seq: from, NextFor: contract.InboxSubject(s.id.User), Batch: n, MaxBytes: catchUpBytes}
-	return s.srv.directBatch(req, s.quit, func(seq uint64, m *nats.Msg) bool {
-		s.mu.Lock()
-		stale, stopping := seq <= s.last, s.stopping
-		s.mu.Unlock()
-		if stopping {
-			return false
-		}
-		if !stale {
-			s.take(seq, m.Header, m.Data)
-		}
-		return true
-	})
-}
-
-// directBatch sends a direct get to INBOX and passes each message it
-// answers, with its sequence, to each until that returns false. more
-// reports that the stream holds further matching messages (batches only:
-// a get without Batch has one answer); quit ends the wait early.
 func (srv *Server) directBatch(req directGet, quit <-chan struct{}, each func(uint64, *nats.Msg) bool) (more bool, err error) {
-	reply, answers, done := srv.gets.open(req.Batch + 1) // the messages and the end of batch
+	reply, answers, done := srv.replies.open(req.Batch + 1) // the messages and the end of batch
 	defer done()
 	body, _ := json.Marshal(req)
 	if err := srv.nc.PublishRequest(contract.DirectGetSubject(contract.Inbox), reply, body); err != nil {
@@ -320,134 +547,6 @@ func (srv *Server) directBatch(req directGet, quit <-chan struct{}, each func(ui
 		}
 		if !each(seq, m) || req.Batch == 0 {
 			return false, nil
-		}
-	}
-}
-
-// take hands the message stored at seq to the device. Anything that is
-// not a well-formed chat message or receipt (published by hand, say), or
-// whose frame would not be valid UTF-8 (a body stored by an earlier
-// version, which did not check), is skipped: the device's position moves
-// past it, it is counted, and it stays in the stream for an operator to
-// look at. A frame that is not UTF-8 would make a browser fail its
-// connection without acking, and the message would come first again on
-// every reconnect.
-func (s *session) take(seq uint64, h nats.Header, data []byte) {
-	ts, _ := strconv.ParseInt(h.Get(contract.HdrTS), 10, 64)
-	if ts == 0 {
-		if t, err := time.Parse(time.RFC3339Nano, h.Get(contract.HdrStamp)); err == nil {
-			ts = t.UnixMilli()
-		}
-	}
-	from, dev, id := h.Get(contract.HdrFrom), h.Get(contract.HdrDevice), h.Get(contract.HdrID)
-	var frame []byte
-	p := pendingMsg{from: from, id: id}
-	switch h.Get(contract.HdrKind) {
-	case contract.KindMsg:
-		frame = protocol.AppendMsg(nil, id, from, dev, seq, ts, data, []byte(h.Get(contract.HdrMedia)))
-	case contract.KindReceipt:
-		if st := h.Get(contract.HdrStatus); st == protocol.StatusDelivered || st == protocol.StatusRead {
-			frame = protocol.AppendReceipt(nil, id, st, from, dev, seq, ts)
-		}
-		p = pendingMsg{receipt: true}
-	}
-	switch {
-	case frame == nil || !protocol.ValidID(from) || !protocol.ValidID(dev) || !protocol.ValidID(id):
-		s.skip(seq, skipMalformed)
-		return
-	case !utf8.Valid(frame):
-		s.skip(seq, skipInvalidUTF8)
-		return
-	}
-	s.mu.Lock()
-	s.last = seq
-	s.pending[seq] = p
-	s.unsettled = append(s.unsettled, seq)
-	s.mu.Unlock()
-	s.srv.metrics.delivered.Inc()
-	s.t.Send(frame)
-}
-
-// Reasons a stored message is skipped, as counted.
-const (
-	skipMalformed   = "malformed"
-	skipInvalidUTF8 = "invalid_utf8"
-)
-
-var skipReasons = []string{skipMalformed, skipInvalidUTF8}
-
-// skip moves the device's position past the message stored at seq
-// without delivering it. The cursor is saved as after an ack, so a crash
-// does not bring it back either.
-func (s *session) skip(seq uint64, reason string) {
-	s.log.Warn("skipping a message in the inbox", "seq", seq, "reason", reason)
-	s.srv.metrics.skipped.WithLabelValues(reason).Inc()
-	s.mu.Lock()
-	s.last = seq
-	if len(s.unsettled) == 0 {
-		s.floor = seq
-	}
-	s.mu.Unlock()
-	s.scheduleCursor()
-}
-
-// settle records that the device is done with seq: it acked it and, for a
-// chat message, the delivered event is stored. The device's floor moves up
-// to the oldest message still unsettled.
-func (s *session) settle(seq uint64) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	i := sort.Search(len(s.unsettled), func(i int) bool { return s.unsettled[i] >= seq })
-	if i < len(s.unsettled) && s.unsettled[i] == seq {
-		s.unsettled = append(s.unsettled[:i], s.unsettled[i+1:]...)
-	}
-	if len(s.unsettled) == 0 {
-		s.floor = s.last
-	} else {
-		s.floor = s.unsettled[0] - 1
-	}
-	if s.behind && len(s.unsettled) <= s.srv.maxInflight/2 && !s.stopping {
-		s.behind = false
-		s.feedWake = true
-		s.startFeedLocked()
-	}
-}
-
-// scheduleCursor saves the cursor once CursorDelay has passed, unless a
-// save is already waiting: a device acking steadily then costs one cursor
-// write per CursorDelay, not one per message.
-func (s *session) scheduleCursor() {
-	s.mu.Lock()
-	wait := !s.stopping && s.cursorTimer == nil && s.floor > s.saved
-	now := wait && s.srv.cfg.CursorDelay == 0
-	if wait && !now {
-		s.cursorTimer = time.AfterFunc(s.srv.cfg.CursorDelay, func() {
-			s.mu.Lock()
-			s.cursorTimer = nil
-			s.mu.Unlock()
-			s.saveCursor()
-		})
-	}
-	s.mu.Unlock()
-	if now {
-		s.saveCursor()
-	}
-}
-
-// saveCursor publishes the device's floor if it moved since the last save.
-// It does not wait: a cursor that lags only means a few messages come
-// again on the next connect, and the SDK drops repeats by id.
-func (s *session) saveCursor() {
-	s.mu.Lock()
-	floor := s.floor
-	changed := floor > s.saved
-	if changed {
-		s.saved = floor
-	}
-	s.mu.Unlock()
-	if changed {
-		if _, err := s.srv.js.PublishMsgAsync(s.srv.devices.cursorMsg(s.id.User, s.id.Device, floor)); err != nil {
-			s.log.Debug("saving the cursor failed", "err", err)
 		}
 	}
 }

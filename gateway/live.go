@@ -29,7 +29,9 @@ const sweepTicks = 60
 // watchLive hooks the NATS connection so that whatever may have lost live
 // copies wakes the sessions concerned: a restored connection and an INBOX
 // leader change wake all of them, an overflowing subscription its own.
-// Handlers set on the connection before are kept and called first.
+// The first two may have lost PubAcks too: every session publishes again,
+// at once, what it has not had a PubAck for (pubQueue.recover). Handlers
+// set on the connection before are kept and called first.
 func (s *Server) watchLive() error {
 	nc := s.nc
 	prevErr, prevRe := nc.Opts.AsyncErrorCB, nc.Opts.ReconnectedCB
@@ -40,9 +42,9 @@ func (s *Server) watchLive() error {
 		if sub != nil && errors.Is(err, nats.ErrSlowConsumer) {
 			// The router fell behind and NATS dropped a message: if it
 			// was a live copy, its readers must read the stream.
-			for _, sess := range s.router.owners(sub) {
+			for _, sess := range s.router.liveOwners(sub) {
 				s.metrics.catchUps.WithLabelValues(reasonOverflow).Inc()
-				sess.wake()
+				sess.feed.wakeUp()
 			}
 		}
 	})
@@ -50,13 +52,23 @@ func (s *Server) watchLive() error {
 		if prevRe != nil {
 			prevRe(c)
 		}
+		s.recoverAll(republishReconnect)
 		s.wakeAll(reasonReconnect)
 	})
 	sub, err := nc.Subscribe(contract.LeaderSubject, func(*nats.Msg) {
+		s.recoverAll(republishLeader)
 		s.wakeAll(reasonLeader)
 	})
 	s.leaderSub = sub
 	return err
+}
+
+// recoverAll has every session publish again what it has not had a PubAck
+// for. It does not wait: a session with nothing in flight costs a lock.
+func (s *Server) recoverAll(reason string) {
+	for _, sess := range s.snapshot() {
+		sess.pubs.recover(reason)
+	}
 }
 
 // wakeAll has every session read its inbox from the stream, wakeBatch at
@@ -70,7 +82,7 @@ func (s *Server) wakeAll(reason string) {
 				time.Sleep(wakePause) // pacing
 			}
 			s.metrics.catchUps.WithLabelValues(reason).Inc()
-			sess.wake()
+			sess.feed.wakeUp()
 		}
 	}()
 }
@@ -110,7 +122,7 @@ func (s *Server) sweepLoop() {
 		for _, sess := range s.snapshot() {
 			if maphash.String(seed, sess.sid)%sweepTicks == tick%sweepTicks {
 				s.metrics.catchUps.WithLabelValues(reasonSweep).Inc()
-				sess.wake()
+				sess.feed.wakeUp()
 			}
 		}
 	}

@@ -12,36 +12,31 @@ import (
 // grantMedia lets the recipient download the object a media send names,
 // before the message is stored: a message whose recipient could not fetch
 // its media, or whose size or sha256 are not those of the upload, is never
-// delivered. It returns the reference to store, or nil after answering
-// the client with an error.
-func (s *session) grantMedia(f *protocol.Frame) []byte {
-	if protocol.MediaOwner(f.Media.Key) != s.id.User {
-		s.sendError(protocol.ErrBadMedia, "media.key is not under your upload prefix", f.ID, 0, 0)
-		return nil
-	}
+// delivered. It returns the reference to store, or the error to answer
+// the client with. It waits for the media function (FunctionTimeout at
+// most), so it runs as a step of the PubAck queue, off the read loop: the
+// device's other frames go on meanwhile, and its later sends wait for
+// this one, in order.
+func (s *session) grantMedia(m protocol.Media, to string) (ref []byte, code protocol.ErrorCode, message string) {
 	ctx, cancel := context.WithTimeout(context.Background(), s.srv.cfg.FunctionTimeout)
 	defer cancel()
 	err := contract.Call(ctx, s.srv.nc, contract.MediaGrantSubject, contract.GrantRequest{
-		User: s.id.User, Key: f.Media.Key, Users: []string{f.To},
-		Size: f.Media.Size, SHA256: f.Media.SHA256,
+		User: s.id.User, Key: m.Key, Users: []string{to},
+		Size: m.Size, SHA256: m.SHA256,
 	}, nil)
 	var fe *contract.FnError
 	switch {
 	case err == nil:
 	case errors.Is(err, contract.ErrUnavailable):
-		s.sendError(protocol.ErrUnavailable, "media is unavailable; resend", f.ID, 0, 0)
-		return nil
+		return nil, protocol.ErrUnavailable, "media is unavailable; resend"
 	case errors.As(err, &fe) && fe.Status == 404:
-		s.sendError(protocol.ErrBadMedia, "media.key was not uploaded (yet)", f.ID, 0, 0)
-		return nil
+		return nil, protocol.ErrBadMedia, "media.key was not uploaded (yet)"
 	case errors.As(err, &fe) && fe.Status < 500:
-		s.sendError(protocol.ErrBadMedia, "media.key cannot be shared: "+fe.Message, f.ID, 0, 0)
-		return nil
+		return nil, protocol.ErrBadMedia, "media.key cannot be shared: " + fe.Message
 	default:
 		s.log.Warn("media grant failed", "err", err)
-		s.sendError(protocol.ErrUnavailable, "media is unavailable; resend", f.ID, 0, 0)
-		return nil
+		return nil, protocol.ErrUnavailable, "media is unavailable; resend"
 	}
-	ref, _ := json.Marshal(f.Media)
-	return ref
+	ref, _ = json.Marshal(m)
+	return ref, "", ""
 }

@@ -55,6 +55,7 @@ type metrics struct {
 	errors       *prometheus.CounterVec        // error frames sent, by code
 	delivered    prometheus.Counter            // msg and receipt frames queued to devices
 	stored       prometheus.Counter            // sends confirmed "sent"
+	republished  map[string]prometheus.Counter // writes published again, by reason
 	catchUps     *prometheus.CounterVec        // stream reads started off the live path, by reason
 	inboxGets    prometheus.Counter            // batched direct gets of inbox messages
 	fdFull       prometheus.Counter            // accepts held back: out of file descriptors
@@ -62,11 +63,12 @@ type metrics struct {
 	skipped      *prometheus.CounterVec        // inbox messages skipped, not delivered, by reason
 }
 
-func newMetrics(s *Server) *metrics {
+// newMetrics makes the metrics; sessions counts the connected devices.
+func newMetrics(sessions func() float64) *metrics {
 	m := &metrics{reg: prometheus.NewRegistry()}
 	ns := "switchboard_gateway"
 	m.sessions = prometheus.NewGaugeFunc(prometheus.GaugeOpts{Namespace: ns, Name: "sessions",
-		Help: "Connected device sessions."}, func() float64 { return float64(s.Sessions()) })
+		Help: "Connected device sessions."}, sessions)
 	m.refused = prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Name: "handshakes_refused_total",
 		Help: "WebSocket upgrades refused, by reason code."}, []string{"code"})
 	m.closes = prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Name: "closes_total",
@@ -83,6 +85,10 @@ func newMetrics(s *Server) *metrics {
 		Help: "Sessions that read their inbox from the stream after connecting, by reason: a gap in live copies, " +
 			"the NATS connection restored, a subscription overflowed, an INBOX leader change, the periodic sweep."},
 		[]string{"reason"})
+	republished := prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Name: "republished_total",
+		Help: "Writes (sends, receipt events) a session published again under the same dedup id, by reason: refused " +
+			"(the stream answered 503 or no responders), overdue (no PubAck within a second, doubling), leader (INBOX " +
+			"elected a leader), reconnect (the NATS connection was restored)."}, []string{"reason"})
 	m.inboxGets = prometheus.NewCounter(prometheus.CounterOpts{Namespace: ns, Name: "inbox_reads_total",
 		Help: "Batched reads of device inboxes from the stream (connects and catch-ups)."})
 	m.fdFull = prometheus.NewCounter(prometheus.CounterOpts{Namespace: ns, Name: "accept_waits_total",
@@ -93,7 +99,7 @@ func newMetrics(s *Server) *metrics {
 		Help: "Messages in device inboxes skipped rather than delivered, by reason: malformed (not a chat message or " +
 			"receipt the gateway could have stored), invalid_utf8 (its frame would not be UTF-8). They stay in INBOX."},
 		[]string{"reason"})
-	m.reg.MustRegister(m.sessions, m.refused, m.closes, m.framesIn, m.errors, m.delivered, m.stored, m.catchUps, m.inboxGets, m.fdFull, m.sharedPasses, m.skipped,
+	m.reg.MustRegister(m.sessions, m.refused, m.closes, m.framesIn, m.errors, m.delivered, m.stored, republished, m.catchUps, m.inboxGets, m.fdFull, m.sharedPasses, m.skipped,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	// Pre-create the label values operators alert on, so they read 0
 	// rather than being absent.
@@ -103,6 +109,10 @@ func newMetrics(s *Server) *metrics {
 	}
 	for _, e := range protocol.Errors {
 		m.errors.WithLabelValues(string(e.Code))
+	}
+	m.republished = map[string]prometheus.Counter{}
+	for _, r := range republishReasons {
+		m.republished[r] = republished.WithLabelValues(r)
 	}
 	for _, r := range catchUpReasons {
 		m.catchUps.WithLabelValues(r)

@@ -1,22 +1,42 @@
 package gateway
 
 import (
+	"encoding/json"
 	"sync"
 
 	"github.com/nats-io/nats.go"
+
+	"github.com/switchboard-im/switchboard/contract"
+	"github.com/switchboard-im/switchboard/protocol"
 )
 
 // routerBuffer is how many messages wait for the router's goroutine. Past
 // it NATS drops them and reports the subscription as slow (see watchLive).
 const routerBuffer = 16384
 
+// routeKind is what the messages on a route are, and so which part of its
+// sessions takes them.
+type routeKind uint8
+
+const (
+	routeLive     routeKind = iota // a user's live copies: to each session's feed
+	routeEvents                    // a user's events (typing): to each session's device
+	routeKick                      // a device's kicks: to its session, off the router's goroutine
+	routePresence                  // a user's presence changes: decoded once, to each follower
+)
+
 // router shares NATS subscriptions among this gateway's sessions: one per
-// subject however many sessions listen there (a user's live copies and
-// events reach all of the user's devices on this gateway), all feeding
-// one channel read by one goroutine. A session that listens on three
-// subjects so costs three map entries, not three subscription goroutines.
+// subject however many sessions listen there (a user's live copies, events
+// and presence changes reach all of the user's devices, or followers, on
+// this gateway), all feeding one channel read by one goroutine. A session
+// that listens on three subjects so costs three slice entries, not three
+// subscription goroutines.
 //
-// Handlers run on the router's goroutine and must not block.
+// The router holds mu while it hands a message to a route's sessions, so a
+// session removed from a route gets nothing after remove returns. The parts
+// it hands messages to (feed.onLive, session.onEvent, follows.onPresence)
+// take only their own locks and must not block, and no lock of theirs is
+// held while calling add or remove.
 type router struct {
 	nc       *nats.Conn
 	ch       chan *nats.Msg
@@ -28,13 +48,9 @@ type router struct {
 }
 
 type route struct {
-	sub      *nats.Subscription
-	handlers []routeHandler
-}
-
-type routeHandler struct {
-	owner *session
-	fn    func(*nats.Msg)
+	sub    *nats.Subscription
+	kind   routeKind
+	owners []*session
 }
 
 func newRouter(nc *nats.Conn) *router {
@@ -44,9 +60,9 @@ func newRouter(nc *nats.Conn) *router {
 	return r
 }
 
-// add has fn called for each message on subject, for owner. The server
-// has the subscription once the connection is next flushed.
-func (r *router) add(subject string, owner *session, fn func(*nats.Msg)) error {
+// add routes subject's messages to s, as kind. The server has the
+// subscription once the connection is next flushed.
+func (r *router) add(kind routeKind, subject string, s *session) error {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	rt := r.subjects[subject]
@@ -55,49 +71,46 @@ func (r *router) add(subject string, owner *session, fn func(*nats.Msg)) error {
 		if err != nil {
 			return err
 		}
-		rt = &route{sub: sub}
+		rt = &route{sub: sub, kind: kind}
 		r.subjects[subject] = rt
 		r.bySub[sub] = rt
 	}
-	rt.handlers = append(rt.handlers, routeHandler{owner: owner, fn: fn})
+	rt.owners = append(rt.owners, s)
 	return nil
 }
 
-// remove ends owner's handler on subject, and the subscription with the
-// last one.
-func (r *router) remove(subject string, owner *session) {
+// remove ends s's route on subject, and the subscription with the last
+// session.
+func (r *router) remove(subject string, s *session) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	rt := r.subjects[subject]
 	if rt == nil {
 		return
 	}
-	for i, h := range rt.handlers {
-		if h.owner == owner {
-			rt.handlers = append(rt.handlers[:i], rt.handlers[i+1:]...)
+	for i, o := range rt.owners {
+		if o == s {
+			rt.owners = append(rt.owners[:i], rt.owners[i+1:]...)
 			break
 		}
 	}
-	if len(rt.handlers) == 0 {
+	if len(rt.owners) == 0 {
 		_ = rt.sub.Unsubscribe()
 		delete(r.subjects, subject)
 		delete(r.bySub, rt.sub)
 	}
 }
 
-// owners returns the sessions listening through sub.
-func (r *router) owners(sub *nats.Subscription) []*session {
+// liveOwners returns the sessions whose live copies come through sub
+// (none if sub carries anything else).
+func (r *router) liveOwners(sub *nats.Subscription) []*session {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	rt := r.bySub[sub]
-	if rt == nil {
+	if rt == nil || rt.kind != routeLive {
 		return nil
 	}
-	out := make([]*session, len(rt.handlers))
-	for i, h := range rt.handlers {
-		out[i] = h.owner
-	}
-	return out
+	return append([]*session(nil), rt.owners...)
 }
 
 func (r *router) run() {
@@ -116,7 +129,7 @@ func (r *router) dispatch(m *nats.Msg) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	rt := r.subjects[m.Subject]
-	if rt == nil || len(rt.handlers) == 0 {
+	if rt == nil || len(rt.owners) == 0 {
 		// Its listener left while the message waited here. A request
 		// (a kick) is answered empty, as a stopped session answers it,
 		// so the asker need not wait out its timeout.
@@ -125,8 +138,27 @@ func (r *router) dispatch(m *nats.Msg) {
 		}
 		return
 	}
-	for _, h := range rt.handlers {
-		h.fn(m)
+	switch rt.kind {
+	case routeLive:
+		for _, s := range rt.owners {
+			s.feed.onLive(m)
+		}
+	case routeEvents:
+		for _, s := range rt.owners {
+			s.onEvent(m)
+		}
+	case routeKick:
+		for _, s := range rt.owners {
+			go s.onKick(m) // it waits for the session to stop delivering
+		}
+	case routePresence:
+		var u contract.PresenceUpdate
+		if json.Unmarshal(m.Data, &u) != nil || !protocol.ValidID(u.User) {
+			return
+		}
+		for _, s := range rt.owners {
+			s.follows.onPresence(&u)
+		}
 	}
 }
 

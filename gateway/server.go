@@ -41,7 +41,6 @@ type Server struct {
 	inbox       jetstream.Stream
 	devices     *devices
 	presenceKV  jetstream.KeyValue
-	presence    *presenceHub
 	routes      []Route // mounted APIs: see Mount
 	settingsKV  jetstream.KeyValue
 	maxInflight int
@@ -61,10 +60,14 @@ type Server struct {
 
 	starts chan struct{} // one token per session start in progress
 
-	router    *router  // sessions' subscriptions: live copies, events, kicks
-	gets      *getMux  // answers to sessions' reads of the stream
+	router    *router  // sessions' subscriptions: live copies, events, kicks, presence
+	replies   *replies // answers to reads of the stream, PubAcks, lease writes
 	backlog   *backlog // reads shared by many sessions at once (storms)
 	leaderSub *nats.Subscription
+	// The seams to JetStream that sessions' parts use, the Server's own
+	// in production and fakes in tests.
+	stream  streamReader // reads of INBOX
+	cursors cursorStore  // writes of CURSORS
 
 	leaseStop     chan struct{} // ends leaseLoop and sweepLoop
 	leaseDone     chan struct{}
@@ -81,10 +84,10 @@ func New(ctx context.Context, cfg Config, keys *Keys, nc *nats.Conn, log *slog.L
 	if keys == nil {
 		return nil, fmt.Errorf("%w: no token keys", ErrConfig)
 	}
-	// A PubAck that never comes (connection lost mid-publish) fails after
-	// the timeout, so the client is told store_failed and retries.
-	js, err := jetstream.New(nc, jetstream.WithPublishAsyncMaxPending(16384),
-		jetstream.WithPublishAsyncTimeout(10*time.Second))
+	// Sessions publish their writes themselves and take the PubAcks
+	// through replies (pubqueue.go); this context makes the requests that
+	// are waited for (KV reads, the final cursor, stream info).
+	js, err := jetstream.New(nc)
 	if err != nil {
 		return nil, err
 	}
@@ -115,9 +118,8 @@ func New(ctx context.Context, cfg Config, keys *Keys, nc *nats.Conn, log *slog.L
 		nc:          nc,
 		js:          js,
 		inbox:       inbox,
-		devices:     &devices{js: js, inbox: inbox, kv: kv, cursors: cursors, created: inbox.CachedInfo().Created},
+		devices:     &devices{nc: nc, js: js, inbox: inbox, kv: kv, cursors: cursors, created: inbox.CachedInfo().Created},
 		presenceKV:  presenceKV,
-		presence:    newPresenceHub(nc),
 		settingsKV:  settingsKV,
 		maxInflight: cfg.maxInflight(),
 		id:          nats.NewInbox()[len(nats.InboxPrefix):],
@@ -129,9 +131,10 @@ func New(ctx context.Context, cfg Config, keys *Keys, nc *nats.Conn, log *slog.L
 		sweepDone:   make(chan struct{}),
 		router:      newRouter(nc),
 	}
-	s.metrics = newMetrics(s)
+	s.stream, s.cursors = s, s.devices
+	s.metrics = newMetrics(func() float64 { return float64(s.Sessions()) })
 	s.metricsHTTP = newMetricsHTTP(s.metrics, &s.cfg)
-	if s.gets, err = newGetMux(nc); err != nil {
+	if s.replies, err = newReplies(nc); err != nil {
 		s.router.close()
 		return nil, err
 	}
@@ -207,10 +210,6 @@ func (s *Server) stopLeases() {
 	<-s.leaseDone
 	<-s.sweepDone
 }
-
-// stopPresence stops forwarding presence changes; called once sessions
-// are gone.
-func (s *Server) stopPresence() { s.presence.close() }
 
 // Serve accepts connections on ln until Shutdown.
 func (s *Server) Serve(ln net.Listener) error {
@@ -429,7 +428,6 @@ func (s *Server) Shutdown(ctx context.Context) error {
 	defer cancel()
 	all := s.beginClosing()
 	s.stopLeases()
-	defer s.stopPresence()
 	// Metrics stay readable while the sessions drain.
 	defer func() { _ = s.metricsHTTP.Close() }()
 
@@ -459,11 +457,11 @@ func (s *Server) Shutdown(ctx context.Context) error {
 	return <-lnDone
 }
 
-// closeRouting ends the router and the read answers' subscription.
+// closeRouting ends the router and the replies' subscription.
 func (s *Server) closeRouting() {
 	s.backlog.close()
 	s.router.close()
-	s.gets.close()
+	s.replies.close()
 }
 
 // Abort drops every connection at once with no close frame and no
@@ -471,7 +469,6 @@ func (s *Server) closeRouting() {
 func (s *Server) Abort() {
 	all := s.beginClosing()
 	s.stopLeases()
-	s.stopPresence()
 	for _, sess := range all {
 		if c, ok := sess.t.(*wsConn); ok {
 			_ = c.ws.NetConn().Close()

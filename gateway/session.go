@@ -2,6 +2,7 @@ package gateway
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -12,152 +13,100 @@ import (
 	"time"
 
 	"github.com/nats-io/nats.go"
-	"github.com/nats-io/nats.go/jetstream"
 	"golang.org/x/time/rate"
 
 	"github.com/switchboard-im/switchboard/contract"
 	"github.com/switchboard-im/switchboard/protocol"
 )
 
-// pubKind says what a PubAck completes.
-type pubKind uint8
-
-const (
-	pubSend      pubKind = iota // a chat message: answer "sent"
-	pubDelivered                // a delivered receipt: then ack the message
-	pubRead                     // a read receipt: nothing more to do
-	pubSettle                   // no publish: settle a receipt the device acked, in turn
-)
-
-// pubItem is a JetStream publish awaiting its PubAck, with what to do then.
-type pubItem struct {
-	fut  jetstream.PubAckFuture
-	kind pubKind
-	// For a send: the client id and accept time, answered with "sent".
-	id string
-	ts int64
-	// For a read receipt: the sequence it was about, named in an error.
-	seq uint64
-	// For a delivered event or pubSettle: the message to settle once done.
-	settle uint64
-}
-
-// session is one device's connection: it publishes the device's sends,
-// delivers its inbox (feed.go), and turns its acks into receipts and cursor
-// moves.
+// session is one device's connection. It keeps the device's identity and
+// its frame handling; the machinery is in parts of its own, each owning
+// its state behind its methods and taking only its own lock:
 //
-// Goroutines: the read loop calls handle. Delivery (feedRunner) and PubAck
-// handling (pubRunner) each run in a goroutine started when there is work
-// and ended when there is none, so an idle session holds only its read
-// loop. handle must not block except on slots (backpressure on sends).
+//   - inbound: the rate limits (read loop only, no lock);
+//   - feed: delivery to the device, and what it holds unacked (feed.go);
+//   - cursor: the device's position in CURSORS (cursor.go);
+//   - pubs: its writes to JetStream awaiting their PubAcks (pubqueue.go);
+//   - lease: its presence lease (lease.go);
+//   - follows: the users it follows and the presence frames it got
+//     (follows.go);
+//   - timer: its one timer, for the token's expiry, the second look, the
+//     cursor delay and overdue PubAcks (timer.go).
+//
+// Goroutines: the read loop calls handle. The feed's runner runs while
+// there is something to deliver. PubAcks, lease answers and single reads
+// arrive on the gateway's replies goroutine (onReply), live copies, events,
+// kicks and presence changes on its router's. So an idle session holds
+// only its read loop. handle does not block except on a slot of the
+// PubAck queue (backpressure on sends) and on a settings frame's write.
 type session struct {
-	srv  *Server
-	id   Identity
-	sid  string
-	born int64 // start time, ns: of two sessions of one device the newer wins
-	t    transport
-	log  *slog.Logger
+	srv   *Server
+	id    Identity
+	sid   string
+	born  int64 // start time, ns: of two sessions of one device the newer wins
+	t     transport
+	log   *slog.Logger
+	owner uint64 // names this session in reply subjects (replies)
 
-	sendLim     *rate.Limiter
-	frameLim    *rate.Limiter
-	typingLim   *rate.Limiter
-	settingsLim *rate.Limiter
-	strikes     int // rate-limited frames in a row; read loop only
+	in      inbound
+	feed    feed
+	cursor  cursorSaver
+	pubs    pubQueue
+	lease   lease
+	follows follows
+	timer   sessionTimer
 
-	// mu guards the delivery state below.
-	mu sync.Mutex
-	// pending: delivered and not acked by the device, by sequence.
-	pending map[uint64]pendingMsg
-	// unsettled: delivered and not yet settled (acked, and the delivered
-	// event stored), in order.
-	unsettled []uint64
-	last      uint64 // highest sequence delivered or skipped
-	floor     uint64 // everything at or below it is settled
-	saved     uint64 // the floor last written to the cursor
-	behind    bool   // let live copies go: too many unacked
-	stopping  bool   // delivery was stopped on purpose
-	// cursorTimer is a cursor save waiting out CursorDelay.
-	cursorTimer *time.Timer
-	secondLook  *time.Timer // a second read after connecting, on a cluster
-	// The feed: live copies waiting, whether a read of the stream is
-	// asked for, and whether feedRunner is running (it starts only once
-	// started, after the welcome).
-	feedQ       []*nats.Msg
-	feedWake    bool
-	feedRunning bool
-	started     bool
-	quit        chan struct{} // closed when delivery stops
-
-	// PubAcks awaited, in order, and whether pubRunner is running.
-	pubMu      sync.Mutex
-	pubs       []pubItem
-	pubRunning bool
-	pubClosed  bool
-	slots      chan struct{} // one per item owed: MaxPendingSends at most
-	owed       atomic.Int64  // items enqueued and not yet answered
-	shutting   atomic.Bool
+	// calls bounds the worker-function requests in flight (goCall).
+	calls chan struct{}
 	// evMu orders the welcome before any event: welcomed is set in the
 	// same critical section that queues the welcome (Send only enqueues).
 	evMu     sync.Mutex
 	welcomed bool
 
 	// routed lists the subjects this session listens on through the
-	// gateway's router.
-	routed []string
-	// The presence lease: leaseMu orders writes and the delete, so no
-	// refresh lands after the delete. leaseRev is the revision last
-	// written (0: none yet); leaseWanted is false before the welcome and
-	// once a newer session holds the lease; leaseDone once deleted.
-	leaseMu     sync.Mutex
-	leaseRev    uint64
-	leaseWanted bool
-	leaseDone   bool
-	presMu      sync.Mutex          // guards presSubs, presGen and presSent
-	presSubs    map[string]struct{} // users followed (see presenceHub)
-	// Presence frames go out newest first only: each update forwarded and
-	// each answer asked for takes the next generation, and a frame older
-	// than the last one sent about its user is dropped. An answer asked
-	// for before an update, and arriving after it, is stale. presSent
-	// also says whether that last frame was hidden: a hidden frame after
-	// a hidden one is not sent (see sendPresence).
-	presGen  uint64
-	presSent map[string]presenceSent
-	// calls bounds the worker-function requests in flight (goCall).
-	calls  chan struct{}
-	expiry *time.Timer
+	// gateway's router (start and stop only).
+	routed   []string
+	shutting atomic.Bool
+	stopOnce sync.Once
+	stopped  chan struct{}
+}
 
-	loops sync.WaitGroup
-	// delivering is closed when feedRunner has returned (or never ran):
-	// from then on this session delivers nothing more.
-	delivering     chan struct{}
-	deliveringOnce sync.Once
-	stopOnce       sync.Once
-	stopped        chan struct{}
+// inbound is what the read loop keeps about the frames it reads: the rate
+// limits. Only the read loop touches it, so it has no lock.
+type inbound struct {
+	sendLim     *rate.Limiter
+	frameLim    *rate.Limiter
+	typingLim   *rate.Limiter
+	settingsLim *rate.Limiter
+	strikes     int // rate-limited frames in a row
 }
 
 func newSession(srv *Server, id Identity, t transport) *session {
 	cfg := &srv.cfg
 	sid := nats.NewInbox()[len(nats.InboxPrefix):]
-	return &session{
-		born:        time.Now().UnixNano(),
-		srv:         srv,
-		id:          id,
-		sid:         sid,
-		t:           t,
-		log:         srv.log.With("user", id.User, "device", id.Device, "session", sid),
-		sendLim:     rate.NewLimiter(rate.Limit(cfg.SendRate), cfg.SendBurst),
-		frameLim:    rate.NewLimiter(rate.Limit(cfg.FrameRate), cfg.FrameBurst),
-		typingLim:   rate.NewLimiter(rate.Limit(cfg.TypingRate), cfg.TypingBurst),
-		settingsLim: rate.NewLimiter(rate.Limit(cfg.SettingsRate), cfg.SettingsBurst),
-		pending:     make(map[uint64]pendingMsg),
-		quit:        make(chan struct{}),
-		slots:       make(chan struct{}, cfg.MaxPendingSends),
-		presSubs:    make(map[string]struct{}),
-		presSent:    make(map[string]presenceSent),
-		calls:       make(chan struct{}, maxFunctionCalls),
-		delivering:  make(chan struct{}),
-		stopped:     make(chan struct{}),
+	s := &session{
+		born: time.Now().UnixNano(),
+		srv:  srv,
+		id:   id,
+		sid:  sid,
+		t:    t,
+		log:  srv.log.With("user", id.User, "device", id.Device, "session", sid),
+		in: inbound{
+			sendLim:     rate.NewLimiter(rate.Limit(cfg.SendRate), cfg.SendBurst),
+			frameLim:    rate.NewLimiter(rate.Limit(cfg.FrameRate), cfg.FrameBurst),
+			typingLim:   rate.NewLimiter(rate.Limit(cfg.TypingRate), cfg.TypingBurst),
+			settingsLim: rate.NewLimiter(rate.Limit(cfg.SettingsRate), cfg.SettingsBurst),
+		},
+		calls:   make(chan struct{}, maxFunctionCalls),
+		stopped: make(chan struct{}),
 	}
+	s.feed.init(s)
+	s.cursor.s = s
+	s.pubs.init(s, cfg.MaxPendingSends)
+	s.lease.s = s
+	s.follows.s = s
+	s.timer.owner = s
+	return s
 }
 
 // maxFunctionCalls bounds one connection's worker-function requests in
@@ -186,6 +135,7 @@ func (s *session) newerThan(born int64, sid string) bool {
 // other listened) still meet: the older of the two closes.
 func (s *session) start(ctx context.Context) error {
 	nc := s.srv.nc
+	s.owner = s.srv.replies.register(s)
 	subj := contract.KickSubject(s.id.User, s.id.Device)
 	reply, err := nc.Request(subj, s.kickMsg(), s.srv.cfg.KickTimeout)
 	switch {
@@ -201,7 +151,7 @@ func (s *session) start(ctx context.Context) error {
 	case string(reply.Data) == kickRefused:
 		return errors.New("gateway: a newer session of this device is connected")
 	}
-	if err := s.listen(subj, func(m *nats.Msg) { go s.onKick(m) }); err != nil {
+	if err := s.listen(routeKick, subj); err != nil {
 		return err
 	}
 	if err := nc.Publish(subj, s.kickMsg()); err != nil {
@@ -212,16 +162,17 @@ func (s *session) start(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	s.last, s.floor, s.saved = pos, pos, pos
+	s.feed.begin(pos)
+	s.cursor.init(pos)
 	// Events and live copies are subscribed, and the server has the
 	// subscriptions, before the welcome and before the first read of the
 	// stream: a client that has its welcome gets every later event, and
 	// every message is either read or arrives live. None is forwarded
 	// before the welcome, which must be the first frame.
-	if err := s.listen(contract.EventSubject(s.id.User), s.onEvent); err != nil {
+	if err := s.listen(routeEvents, contract.EventSubject(s.id.User)); err != nil {
 		return err
 	}
-	if err := s.listen(contract.LiveSubject(s.id.User), s.onLiveCopy); err != nil {
+	if err := s.listen(routeLive, contract.LiveSubject(s.id.User)); err != nil {
 		return err
 	}
 	if err := nc.FlushWithContext(ctx); err != nil {
@@ -231,33 +182,58 @@ func (s *session) start(ctx context.Context) error {
 	s.t.Send(protocol.EncodeWelcome(s.id.User, s.id.Device, s.sid, s.srv.cfg.MaxFrameBytes))
 	s.welcomed = true
 	s.evMu.Unlock()
-	s.goOnline(ctx)
+	s.lease.goOnline()
 
-	s.mu.Lock()
-	if s.stopping {
-		s.mu.Unlock()
-		s.doneDelivering()
+	// The first read of the stream, from the device's position.
+	if !s.feed.start() {
 		return nil
 	}
-	// The first read of the stream, from the device's position.
-	s.started, s.feedWake = true, true
-	s.startFeedLocked()
-	s.mu.Unlock()
 	if s.srv.inbox.CachedInfo().Config.Replicas > 1 {
 		// On a cluster that read may be answered by a replica a few
 		// milliseconds behind, and a message stored just before this
 		// session subscribed would then wait for the sweep. Look once
 		// more, when any replica has it.
-		s.secondLook = time.AfterFunc(secondLookDelay, s.wake)
+		s.timer.set(opSecondLook, time.Now().Add(secondLookDelay))
 	}
-
-	if d := time.Until(s.id.Expires); d > 0 {
-		s.expiry = time.AfterFunc(d, func() { s.t.Close(protocol.ClosePolicy, protocol.ReasonTokenExpired) })
+	if time.Until(s.id.Expires) > 0 {
+		s.timer.set(opExpire, s.id.Expires)
 	} else {
 		s.t.Close(protocol.ClosePolicy, protocol.ReasonTokenExpired)
 	}
 	return nil
 }
+
+// onTimer runs an op of the session's timer that is due.
+func (s *session) onTimer(op timerOp) {
+	switch op {
+	case opExpire:
+		s.t.Close(protocol.ClosePolicy, protocol.ReasonTokenExpired)
+	case opSecondLook:
+		s.feed.wakeUp()
+	case opCursor:
+		s.cursor.due()
+	case opPubs:
+		s.pubs.onTimer()
+	}
+}
+
+// onReply takes the answer to one of this session's requests (replies).
+func (s *session) onReply(token string, m *nats.Msg) {
+	kind, n, a, ok := parseToken(token)
+	switch {
+	case !ok:
+	case kind == replyPub:
+		s.pubs.onReply(n, a, m)
+	case kind == replyLease:
+		s.lease.onReply(n, m)
+	}
+}
+
+// The kinds of a session's requests, in their reply tokens.
+const (
+	replyPub   = 'q' // a write of the PubAck queue, or a read's lookup
+	replyLease = 'l' // a lease write
+)
 
 // kickRefused answers a kick from a session older than the one asked.
 const kickRefused = "refused"
@@ -289,10 +265,10 @@ func (s *session) onKick(m *nats.Msg) {
 		}
 		return
 	}
-	s.stopDelivery()
+	s.feed.stop()
 	s.t.Close(protocol.CloseReplaced, "replaced")
 	select {
-	case <-s.delivering:
+	case <-s.feed.finished():
 	case <-time.After(s.srv.cfg.KickTimeout / 2): // answer well within the asker's wait
 	}
 	if m.Reply != "" {
@@ -305,27 +281,27 @@ func (s *session) onKick(m *nats.Msg) {
 // past the cursor; the next session delivers them again.
 func (s *session) stop() {
 	s.stopOnce.Do(func() {
-		if s.expiry != nil {
-			s.expiry.Stop()
+		s.feed.stop()
+		drained := s.pubs.close()
+		wait := time.NewTimer(pubStopWait)
+		select {
+		case <-drained:
+		case <-wait.C:
 		}
-		if s.secondLook != nil {
-			s.secondLook.Stop()
-		}
-		s.stopDelivery()
-		s.pubMu.Lock()
-		s.pubClosed = true
-		s.pubMu.Unlock()
-		s.loops.Wait()
-		s.doneDelivering() // if delivery never started
+		wait.Stop()
+		s.pubs.abandon()
+		s.timer.stop()
+		<-s.feed.finished()
 		close(s.stopped)
 		// Unrouted last: a kick that arrives after this is answered empty
 		// by the router, at once, as this stopped session would.
 		for _, subj := range s.routed {
 			s.srv.router.remove(subj, s)
 		}
-		s.finalCursor()
-		s.dropPresenceSubs()
-		s.goOffline()
+		s.cursor.final()
+		s.follows.dropAll()
+		s.lease.goOffline()
+		s.srv.replies.unregister(s.owner)
 	})
 }
 
@@ -333,8 +309,8 @@ func (s *session) stop() {
 // wait for stored sends to be answered, then close with 1012.
 func (s *session) beginShutdown(ctx context.Context) {
 	s.shutting.Store(true)
-	s.stopDelivery()
-	for s.owed.Load() > 0 && ctx.Err() == nil {
+	s.feed.stop()
+	for s.pubs.owed() > 0 && ctx.Err() == nil {
 		select {
 		case <-ctx.Done():
 		case <-s.t.Done():
@@ -345,113 +321,14 @@ func (s *session) beginShutdown(ctx context.Context) {
 	s.t.Close(protocol.CloseServiceRestart, "gateway shutting down")
 }
 
-func (s *session) doneDelivering() { s.deliveringOnce.Do(func() { close(s.delivering) }) }
-
-func (s *session) stopDelivery() {
-	s.mu.Lock()
-	if !s.stopping {
-		s.stopping = true
-		close(s.quit)
-	}
-	running := s.feedRunning
-	s.mu.Unlock()
-	if !running {
-		s.doneDelivering()
-	}
-}
-
-// listen routes subject's messages to fn through the gateway's router
-// until the session stops.
-func (s *session) listen(subject string, fn func(*nats.Msg)) error {
-	if err := s.srv.router.add(subject, s, fn); err != nil {
+// listen routes subject's messages to this session, as kind, through the
+// gateway's router until the session stops.
+func (s *session) listen(kind routeKind, subject string) error {
+	if err := s.srv.router.add(kind, subject, s); err != nil {
 		return err
 	}
 	s.routed = append(s.routed, subject)
 	return nil
-}
-
-// finalCursor saves the device's floor and waits for it to be stored, so
-// the next session, on any gateway, starts right after it.
-func (s *session) finalCursor() {
-	s.mu.Lock()
-	floor, saved := s.floor, s.saved
-	if s.cursorTimer != nil {
-		s.cursorTimer.Stop()
-		s.cursorTimer = nil
-	}
-	s.mu.Unlock()
-	if floor <= saved {
-		return
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
-	defer cancel()
-	if _, err := s.srv.js.PublishMsg(ctx, s.srv.devices.cursorMsg(s.id.User, s.id.Device, floor)); err != nil {
-		s.log.Debug("saving the cursor failed", "err", err)
-	}
-}
-
-// pubRunner completes the queued PubAck items in order, saves the
-// device's cursor once the queue is empty, and ends.
-func (s *session) pubRunner() {
-	defer s.loops.Done()
-	for {
-		s.pubMu.Lock()
-		if len(s.pubs) == 0 {
-			s.pubs = nil
-			s.pubMu.Unlock()
-			// Caught up: save the cursor (after CursorDelay).
-			s.scheduleCursor()
-			s.pubMu.Lock()
-			if len(s.pubs) == 0 {
-				s.pubRunning = false
-				s.pubMu.Unlock()
-				return
-			}
-			s.pubMu.Unlock()
-			continue
-		}
-		it := s.pubs[0]
-		s.pubs[0] = pubItem{}
-		s.pubs = s.pubs[1:]
-		s.pubMu.Unlock()
-		s.handlePub(it)
-		<-s.slots
-		s.owed.Add(-1)
-	}
-}
-
-// handlePub completes one PubAck item, in the order they were enqueued.
-func (s *session) handlePub(it pubItem) {
-	if it.kind == pubSettle {
-		s.settle(it.settle)
-		return
-	}
-	var ack *jetstream.PubAck
-	var err error
-	select {
-	case ack = <-it.fut.Ok():
-	case err = <-it.fut.Err():
-	}
-	if err != nil {
-		s.log.Warn("store failed", "err", err)
-	}
-	switch {
-	case it.kind == pubDelivered && err == nil:
-		s.settle(it.settle)
-	case it.kind == pubDelivered:
-		// The event was not stored: the message stays unsettled, so the
-		// cursor stops below it and the next session delivers it again.
-		// Restart now rather than hold the device's floor back for the
-		// rest of this session.
-		s.t.Close(protocol.CloseServiceRestart, "delivered event not stored")
-	case it.kind == pubSend && err == nil:
-		s.srv.metrics.stored.Inc()
-		s.t.Send(protocol.AppendSent(nil, it.id, ack.Sequence, it.ts, ack.Duplicate))
-	case it.kind == pubSend:
-		s.sendError(protocol.ErrStoreFailed, "message was not stored; resend with the same id", it.id, 0, 0)
-	case err != nil:
-		s.sendError(protocol.ErrStoreFailed, "read receipt was not stored; resend", "", it.seq, 0)
-	}
 }
 
 // handle processes one client frame. It runs on the read loop.
@@ -459,7 +336,7 @@ func (s *session) handle(data []byte) {
 	f, err := protocol.DecodeClient(data)
 	if err != nil {
 		var de *protocol.DecodeError
-		if errors.As(err, &de) && s.allow(s.frameLim, de.ID) {
+		if errors.As(err, &de) && s.allow(s.in.frameLim, de.ID) {
 			s.sendError(de.Code, de.Reason, de.ID, 0, 0)
 		}
 		return
@@ -467,37 +344,37 @@ func (s *session) handle(data []byte) {
 	s.srv.metrics.frameIn[f.Type].Inc() // DecodeClient returns only these types
 	switch f.Type {
 	case protocol.TypeSend:
-		if s.allow(s.sendLim, f.ID) {
+		if s.allow(s.in.sendLim, f.ID) {
 			s.send(f)
 		}
 	case protocol.TypeAck:
-		if s.allow(s.frameLim, "") {
+		if s.allow(s.in.frameLim, "") {
 			s.ack(f.Seq)
 		}
 	case protocol.TypeRead:
-		if s.allow(s.frameLim, "") {
+		if s.allow(s.in.frameLim, "") {
 			s.read(f.Seq)
 		}
 	case protocol.TypeStatus:
-		if s.allow(s.frameLim, f.ID) {
+		if s.allow(s.in.frameLim, f.ID) {
 			s.status(f.ID)
 		}
 	case protocol.TypeSettings:
 		// Its own bucket: a settings frame can be a KV write of up to a
 		// frame's size.
-		if s.allow(s.settingsLim, "") {
+		if s.allow(s.in.settingsLim, "") {
 			s.settings(f)
 		}
 	case protocol.TypePresenceSub:
-		if s.allow(s.frameLim, "") {
-			s.presenceSub(f.Users)
+		if s.allow(s.in.frameLim, "") {
+			s.follows.subscribe(f.Users)
 		}
 	case protocol.TypePresenceUnsub:
-		if s.allow(s.frameLim, "") {
-			s.presenceUnsub(f.Users)
+		if s.allow(s.in.frameLim, "") {
+			s.follows.unsubscribe(f.Users)
 		}
 	case protocol.TypeTyping:
-		if s.allow(s.typingLim, "") && f.To != s.id.User {
+		if s.allow(s.in.typingLim, "") && f.To != s.id.User {
 			// Core NATS only: a typing signal is worth nothing later, so
 			// it is never stored.
 			_ = s.srv.nc.Publish(contract.EventSubject(f.To), protocol.AppendTyping(nil, s.id.User, s.id.Device))
@@ -521,41 +398,28 @@ func (s *session) allow(l *rate.Limiter, id string) bool {
 	r := l.Reserve()
 	if d := r.Delay(); d > 0 {
 		r.Cancel()
-		s.strikes++
-		if s.strikes >= s.srv.cfg.FloodStrikes {
+		s.in.strikes++
+		if s.in.strikes >= s.srv.cfg.FloodStrikes {
 			s.t.Close(protocol.ClosePolicy, protocol.ReasonFlood)
 			return false
 		}
 		s.sendError(protocol.ErrRateLimited, "too many frames", id, 0, d.Milliseconds()+1)
 		return false
 	}
-	s.strikes = 0
+	s.in.strikes = 0
 	return true
 }
 
-// enqueue queues a PubAck item, waiting for a slot while MaxPendingSends
-// are owed: the read loop then stops reading from this socket.
-func (s *session) enqueue(it pubItem) {
+// queue hands a write to the PubAck queue, waiting for a slot while
+// MaxPendingSends are owed: the read loop then stops reading from this
+// socket.
+func (s *session) queue(it *pubItem) {
 	select {
-	case s.slots <- struct{}{}:
+	case s.pubs.slots <- struct{}{}:
 	case <-s.t.Done():
 		return
 	}
-	s.owed.Add(1)
-	s.pubMu.Lock()
-	if s.pubClosed {
-		s.pubMu.Unlock()
-		<-s.slots
-		s.owed.Add(-1)
-		return
-	}
-	s.pubs = append(s.pubs, it)
-	if !s.pubRunning {
-		s.pubRunning = true
-		s.loops.Add(1)
-		go s.pubRunner()
-	}
-	s.pubMu.Unlock()
+	s.pubs.add(it)
 }
 
 func (s *session) send(f *protocol.Frame) {
@@ -563,11 +427,9 @@ func (s *session) send(f *protocol.Frame) {
 		s.sendError(protocol.ErrShuttingDown, "gateway is shutting down", f.ID, 0, 0)
 		return
 	}
-	var mediaRef []byte
-	if f.Media != nil {
-		if mediaRef = s.grantMedia(f); mediaRef == nil {
-			return
-		}
+	if f.Media != nil && protocol.MediaOwner(f.Media.Key) != s.id.User {
+		s.sendError(protocol.ErrBadMedia, "media.key is not under your upload prefix", f.ID, 0, 0)
+		return
 	}
 	ts := time.Now().UnixMilli()
 	m := &nats.Msg{
@@ -582,40 +444,30 @@ func (s *session) send(f *protocol.Frame) {
 		},
 		Data: f.Body,
 	}
-	if mediaRef != nil {
-		m.Header.Set(contract.HdrMedia, string(mediaRef))
-	}
-	fut, err := s.srv.js.PublishMsgAsync(m)
-	if err != nil {
-		s.log.Warn("publish failed", "err", err)
-		s.sendError(protocol.ErrStoreFailed, "message was not stored; resend with the same id", f.ID, 0, 0)
-		return
-	}
-	s.enqueue(pubItem{fut: fut, kind: pubSend, id: f.ID, ts: ts})
+	s.queue(&pubItem{kind: pubSend, msg: m, id: f.ID, to: f.To, ts: ts, media: f.Media})
 }
 
 func (s *session) ack(seq uint64) {
-	s.mu.Lock()
-	p, ok := s.pending[seq]
-	delete(s.pending, seq)
-	s.mu.Unlock()
-	if !ok {
+	p, ok := s.feed.acked(seq)
+	switch {
+	case !ok:
 		s.sendError(protocol.ErrUnknownSeq, "nothing pending with this seq", "", seq, 0)
-		return
+	case p.receipt:
+		s.feed.settle(seq) // nothing to confirm
+	default:
+		// The delivered event is stored before the message is settled,
+		// so a crash between the two delivers the message again and the
+		// event's dedup id keeps the event single.
+		s.queue(&pubItem{kind: pubDelivered, msg: s.receipt(protocol.StatusDelivered, p.from, p.id), seq: seq})
 	}
-	if p.receipt {
-		s.enqueue(pubItem{kind: pubSettle, settle: seq})
-		return
-	}
-	// The delivered event is stored before the message is settled, so a
-	// crash between the two delivers the message again and the event's
-	// dedup id keeps the event single.
-	fut, err := s.srv.js.PublishMsgAsync(s.receipt(protocol.StatusDelivered, p.from, p.id))
-	if err != nil {
-		s.t.Close(protocol.CloseServiceRestart, "delivered event not stored")
-		return
-	}
-	s.enqueue(pubItem{fut: fut, kind: pubDelivered, settle: seq})
+}
+
+// read sends a read receipt for the message stored at seq. The message is
+// looked up first (by the PubAck queue, off the read loop), so a device
+// can only mark messages sent to its own user, and the receipt goes to
+// their real sender.
+func (s *session) read(seq uint64) {
+	s.queue(&pubItem{kind: pubRead, seq: seq})
 }
 
 // receipt is a receipt event for the receipts function: this device got
@@ -636,28 +488,52 @@ func (s *session) receipt(status, from, id string) *nats.Msg {
 	}
 }
 
-// read sends a read receipt for the message stored at seq. The message is
-// looked up so a device can only mark messages sent to its own user, and
-// the receipt goes to their real sender.
-func (s *session) read(seq uint64) {
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-	defer cancel()
-	rm, err := s.srv.inbox.GetMsg(ctx, seq)
-	if err != nil || rm.Subject != contract.InboxSubject(s.id.User) || rm.Header.Get(contract.HdrKind) != contract.KindMsg {
-		s.sendError(protocol.ErrUnknownSeq, "no message to you with this seq", "", seq, 0)
-		return
-	}
-	from, id := rm.Header.Get(contract.HdrFrom), rm.Header.Get(contract.HdrID)
-	fut, err := s.srv.js.PublishMsgAsync(s.receipt(protocol.StatusRead, from, id))
-	if err != nil {
-		s.sendError(protocol.ErrStoreFailed, "read receipt was not stored; resend", "", seq, 0)
-		return
-	}
-	s.enqueue(pubItem{fut: fut, kind: pubRead, seq: seq})
-}
-
 // sendError answers a frame with an error frame and counts it.
 func (s *session) sendError(code protocol.ErrorCode, message, id string, seq uint64, retryMS int64) {
 	s.srv.metrics.errors.WithLabelValues(string(code)).Inc()
 	s.t.Send(protocol.EncodeError(code, message, id, seq, retryMS))
 }
+
+// The session is its PubAck queue's pubEnv.
+
+func (s *session) publish(m *nats.Msg, n, a uint64) error {
+	m.Reply = s.srv.replies.subject(s.owner, replyPub, n, a)
+	return s.srv.nc.PublishMsg(m)
+}
+
+func (s *session) lookup(seq, n, a uint64) error {
+	body, _ := json.Marshal(directGet{Seq: seq})
+	return s.srv.nc.PublishRequest(contract.DirectGetSubject(contract.Inbox), s.srv.replies.subject(s.owner, replyPub, n, a), body)
+}
+
+func (s *session) readEvent(answer *nats.Msg) *nats.Msg {
+	h := answer.Header
+	if h.Get("Status") != "" || h.Get(contract.HdrSubject) != contract.InboxSubject(s.id.User) || h.Get(contract.HdrKind) != contract.KindMsg {
+		return nil
+	}
+	return s.receipt(protocol.StatusRead, h.Get(contract.HdrFrom), h.Get(contract.HdrID))
+}
+
+func (s *session) grant(it *pubItem) {
+	media, to := *it.media, it.to
+	go func() {
+		ref, code, message := s.grantMedia(media, to)
+		s.pubs.granted(it, ref, code, message)
+	}()
+}
+
+func (s *session) answer(frame []byte) { s.t.Send(frame) }
+
+func (s *session) refuse(code protocol.ErrorCode, message, id string, seq uint64) {
+	s.sendError(code, message, id, seq, 0)
+}
+
+func (s *session) settle(seq uint64) { s.feed.settle(seq) }
+
+func (s *session) restart(reason string) { s.t.Close(protocol.CloseServiceRestart, reason) }
+
+func (s *session) wakeAt(at time.Time) { s.timer.set(opPubs, at) }
+
+func (s *session) stored() { s.srv.metrics.stored.Inc() }
+
+func (s *session) republished(reason string) { s.srv.metrics.republished[reason].Inc() }

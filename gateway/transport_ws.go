@@ -11,21 +11,6 @@ import (
 	"github.com/switchboard-im/switchboard/protocol"
 )
 
-// transport is what a session needs from a connection. The WebSocket code
-// stays here; session logic depends only on this seam.
-type transport interface {
-	// Send queues one text frame without blocking. It returns false when
-	// the connection is closing; when the queue is full it closes the
-	// connection with CloseSlow and returns false.
-	Send(frame []byte) bool
-	// Close sends a close frame with code and reason, then closes the
-	// socket. Safe to call many times and from any goroutine; the first
-	// call wins.
-	Close(code int, reason string)
-	// Done is closed once Close has been called.
-	Done() <-chan struct{}
-}
-
 // wsConn is one WebSocket connection. The read loop runs in the goroutine
 // that called serve. Writes need no goroutine of their own while there is
 // nothing to write: Send queues a frame and, if no writer is running,

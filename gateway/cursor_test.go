@@ -1,0 +1,101 @@
+package gateway
+
+import (
+	"fmt"
+	"slices"
+	"sync"
+	"testing"
+	"time"
+)
+
+// The cursor is saved CursorDelay after the floor first moves, with every
+// move made meanwhile: one write, not one per ack. The session's end saves
+// the last floor and waits for it; nothing is saved after that.
+func TestCursorGathersMovesAndSavesLast(t *testing.T) {
+	cfg := testConfig()
+	cfg.CursorDelay = time.Hour // the test runs the timer's op itself
+	fc := &fakeCursors{}
+	srv := testServer(t, cfg, &fakeStream{}, fc)
+	s := newSession(srv, Identity{User: "bob", Device: "phone"}, newFakeTransport())
+	defer s.timer.stop()
+	c := &s.cursor
+	c.init(10)
+
+	c.moved(10) // not past what is saved
+	c.moved(12)
+	c.moved(15)
+	c.moved(14) // a floor never goes back
+	if saved, _ := fc.saves(); len(saved) != 0 {
+		t.Fatalf("saved %v before CursorDelay", saved)
+	}
+	c.due()
+	c.due() // nothing new
+	if saved, _ := fc.saves(); !slices.Equal(saved, []uint64{15}) {
+		t.Fatalf("saved %v, want [15]", saved)
+	}
+	c.moved(20)
+	c.final()
+	c.moved(30)
+	c.due()
+	saved, stored := fc.saves()
+	if !slices.Equal(saved, []uint64{15}) || !slices.Equal(stored, []uint64{20}) {
+		t.Fatalf("saved %v and stored %v, want [15] and, at the end, [20]", saved, stored)
+	}
+}
+
+// With no CursorDelay every move is saved at once.
+func TestCursorWithoutDelaySavesAtOnce(t *testing.T) {
+	fc := &fakeCursors{}
+	srv := testServer(t, testConfig(), &fakeStream{}, fc)
+	s := newSession(srv, Identity{User: "bob", Device: "phone"}, newFakeTransport())
+	defer s.timer.stop()
+	s.cursor.init(0)
+	s.cursor.moved(1)
+	s.cursor.moved(2)
+	s.cursor.final() // nothing left to store
+	if saved, stored := fc.saves(); !slices.Equal(saved, []uint64{1, 2}) || len(stored) != 0 {
+		t.Fatalf("saved %v, stored %v; want [1 2] and nothing", saved, stored)
+	}
+}
+
+// The session's timer runs its ops when due, each once, earliest first.
+func TestSessionTimerRunsEachOpWhenDue(t *testing.T) {
+	o := &opLog{}
+	st := &sessionTimer{owner: o}
+	defer st.stop()
+	now := time.Now()
+	st.set(opCursor, now.Add(20*time.Millisecond))
+	st.set(opExpire, now.Add(time.Hour))
+	st.set(opPubs, now.Add(time.Millisecond))
+	st.set(opSecondLook, now.Add(10*time.Millisecond))
+	st.clear(opSecondLook)
+	waitFor(t, func() error {
+		if got := o.list(); !slices.Equal(got, []timerOp{opPubs, opCursor}) {
+			return fmt.Errorf("ran %v, want [opPubs opCursor]", got)
+		}
+		return nil
+	})
+	st.mu.Lock()
+	next := st.nextLocked()
+	st.mu.Unlock()
+	if next != now.Add(time.Hour).UnixNano() {
+		t.Fatalf("timer next set for %d, want the expiry", next)
+	}
+}
+
+type opLog struct {
+	mu  sync.Mutex
+	ops []timerOp
+}
+
+func (o *opLog) onTimer(op timerOp) {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	o.ops = append(o.ops, op)
+}
+
+func (o *opLog) list() []timerOp {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	return slices.Clone(o.ops)
+}

@@ -1,0 +1,230 @@
+package gateway
+
+import (
+	"fmt"
+	"slices"
+	"testing"
+
+	"github.com/nats-io/nats.go"
+
+	"github.com/switchboard-im/switchboard/contract"
+	"github.com/switchboard-im/switchboard/protocol"
+)
+
+// expectSeqs waits until the device has been sent exactly want (msg and
+// receipt frames), in that order.
+func expectSeqs(t *testing.T, ft *fakeTransport, want ...uint64) {
+	t.Helper()
+	waitFor(t, func() error {
+		if got := ft.seqs(t); !slices.Equal(got, want) {
+			return fmt.Errorf("delivered %v, want %v", got, want)
+		}
+		return nil
+	})
+}
+
+// waitIdle waits until the feed's runner has nothing left to do.
+func waitIdle(t *testing.T, s *session) {
+	t.Helper()
+	waitFor(t, func() error {
+		s.feed.mu.Lock()
+		defer s.feed.mu.Unlock()
+		if s.feed.running || s.feed.wake || len(s.feed.liveQ) > 0 {
+			return fmt.Errorf("the feed is busy")
+		}
+		return nil
+	})
+}
+
+// counted reads the value of metric name with label value label.
+func counted(t *testing.T, m *metrics, name, label string) float64 {
+	t.Helper()
+	families, err := m.reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, f := range families {
+		if f.GetName() != name {
+			continue
+		}
+		for _, s := range f.GetMetric() {
+			for _, l := range s.GetLabel() {
+				if l.GetValue() == label {
+					return s.GetCounter().GetValue()
+				}
+			}
+		}
+	}
+	t.Fatalf("no %s{%s}", name, label)
+	return 0
+}
+
+// On connect the feed reads the device's inbox from its position, then
+// hands on live copies; a copy of a message it had is not sent twice.
+func TestFeedReadsFromThePositionThenGoesLive(t *testing.T) {
+	fs := &fakeStream{}
+	fs.store("bob", "alice", "a1")   // 1: settled before this session
+	fs.store("carol", "alice", "x1") // 2: someone else's
+	fs.store("bob", "alice", "a2")   // 3
+	fs.store("bob", "dave", "d1")    // 4
+	srv := testServer(t, testConfig(), fs, &fakeCursors{})
+	s, ft := startedSession(t, srv, "bob", 1)
+	expectSeqs(t, ft, 3, 4)
+
+	s.feed.onLive(liveCopy(4, 3, "bob", "dave", "d1")) // already had it
+	fs.store("bob", "alice", "a3")                     // 5
+	s.feed.onLive(liveCopy(5, 4, "bob", "alice", "a3"))
+	expectSeqs(t, ft, 3, 4, 5)
+	if f := ft.sent(t)[2]; f.Type != protocol.TypeMsg || f.ID != "a3" || f.From != "alice" || string(f.Body) != `"a3"` {
+		t.Fatalf("frame %+v, want a3 from alice", *f)
+	}
+}
+
+// A live copy whose predecessor the device never had (its copy was lost)
+// makes the feed read both from the stream, in order.
+func TestFeedFillsAGapFromTheStream(t *testing.T) {
+	fs := &fakeStream{}
+	srv := testServer(t, testConfig(), fs, &fakeCursors{})
+	s, ft := startedSession(t, srv, "bob", 0)
+	waitIdle(t, s)                                      // the read on connect found nothing
+	fs.store("bob", "alice", "a1")                      // 1: its copy is lost
+	fs.store("bob", "alice", "a2")                      // 2
+	s.feed.onLive(liveCopy(2, 1, "bob", "alice", "a2")) // names 1, never had
+	expectSeqs(t, ft, 1, 2)
+	if v := counted(t, srv.metrics, "switchboard_gateway_catchups_total", reasonGap); v != 1 {
+		t.Fatalf("gap reads counted %v, want 1", v)
+	}
+}
+
+// Live copies that arrive faster than the feed hands them on are let go
+// past liveBuffer, and read back from the stream: the device gets every
+// message once and in order.
+func TestFeedOverflowIsReadBack(t *testing.T) {
+	fs := &fakeStream{gate: make(chan struct{})} // the first read waits
+	srv := testServer(t, testConfig(), fs, &fakeCursors{})
+	s, ft := startedSession(t, srv, "bob", 0)
+	waitFor(t, func() error { // the read on connect waits at the gate
+		if fs.readCount() == 0 {
+			return fmt.Errorf("no read yet")
+		}
+		return nil
+	})
+	const n = liveBuffer + 20
+	var want []uint64
+	for i := range n {
+		seq := fs.store("bob", "alice", fmt.Sprintf("a%d", i))
+		s.feed.onLive(liveCopy(seq, seq-1, "bob", "alice", fmt.Sprintf("a%d", i)))
+		want = append(want, seq)
+	}
+	close(fs.gate)
+	expectSeqs(t, ft, want...)
+	if v := counted(t, srv.metrics, "switchboard_gateway_catchups_total", reasonOverflow); v != 1 {
+		t.Fatalf("overflows counted %v, want 1", v)
+	}
+}
+
+// The floor is the highest sequence below which everything is settled:
+// acks out of order move it only as far as the oldest unsettled message,
+// and each move is saved to the cursor.
+func TestFeedSettlesUpToTheOldestUnsettled(t *testing.T) {
+	fs := &fakeStream{}
+	for i := range 3 {
+		fs.store("bob", "alice", fmt.Sprintf("a%d", i)) // 1, 2, 3
+	}
+	fc := &fakeCursors{}
+	srv := testServer(t, testConfig(), fs, fc)
+	s, ft := startedSession(t, srv, "bob", 0)
+	expectSeqs(t, ft, 1, 2, 3)
+
+	floor := func() uint64 {
+		s.feed.mu.Lock()
+		defer s.feed.mu.Unlock()
+		return s.feed.floor
+	}
+	for _, c := range []struct{ settle, floor uint64 }{{2, 0}, {1, 2}, {3, 3}} {
+		if _, ok := s.feed.acked(c.settle); !ok {
+			t.Fatalf("%d was not pending", c.settle)
+		}
+		s.feed.settle(c.settle)
+		if got := floor(); got != c.floor {
+			t.Fatalf("after settling %d the floor is %d, want %d", c.settle, got, c.floor)
+		}
+	}
+	if _, ok := s.feed.acked(3); ok {
+		t.Fatal("3 was acked twice")
+	}
+	if saved, _ := fc.saves(); !slices.Equal(saved, []uint64{2, 3}) {
+		t.Fatalf("cursors saved %v, want [2 3]", saved)
+	}
+}
+
+// A device holds at most MaxInflight messages unsettled. Past it, live
+// copies are let go; once it settled half, the feed reads on from the
+// stream where it stopped.
+func TestFeedWaitsForAcksPastMaxInflight(t *testing.T) {
+	fs := &fakeStream{}
+	for i := range 6 {
+		fs.store("bob", "alice", fmt.Sprintf("a%d", i)) // 1..6
+	}
+	cfg := testConfig()
+	cfg.MaxInflight = 4
+	srv := testServer(t, cfg, fs, &fakeCursors{})
+	s, ft := startedSession(t, srv, "bob", 0)
+	expectSeqs(t, ft, 1, 2, 3, 4)
+
+	seq := fs.store("bob", "alice", "a6") // 7
+	s.feed.onLive(liveCopy(seq, seq-1, "bob", "alice", "a6"))
+	// One settled leaves three unsettled, more than half: still behind,
+	// so neither the copy nor anything else is sent.
+	s.feed.settle(1)
+	s.feed.mu.Lock()
+	behind := s.feed.behind
+	s.feed.mu.Unlock()
+	if !behind {
+		t.Fatal("the feed is not behind with MaxInflight unsettled")
+	}
+	expectSeqs(t, ft, 1, 2, 3, 4)
+	s.feed.settle(2) // two left: half
+	expectSeqs(t, ft, 1, 2, 3, 4, 5, 6)
+	s.feed.settle(3)
+	s.feed.settle(4)
+	expectSeqs(t, ft, 1, 2, 3, 4, 5, 6, 7)
+}
+
+// A stored message that cannot go out as a valid frame is skipped: the
+// position moves past it, it is counted, and what follows is delivered.
+func TestFeedSkipsWhatItCannotDeliver(t *testing.T) {
+	fs := &fakeStream{}
+	fs.storeRaw("bob", nats.Header{contract.HdrKind: {"something"}}, []byte("x")) // 1: malformed
+	fs.storeRaw("bob", nats.Header{contract.HdrKind: {contract.KindMsg}, contract.HdrFrom: {"alice"},
+		contract.HdrDevice: {"phone"}, contract.HdrID: {"bad"}}, []byte("\"\xff\"")) // 2: not UTF-8
+	fs.store("bob", "alice", "a3") // 3
+	fc := &fakeCursors{}
+	srv := testServer(t, testConfig(), fs, fc)
+	_, ft := startedSession(t, srv, "bob", 0)
+	expectSeqs(t, ft, 3)
+	if v := counted(t, srv.metrics, "switchboard_gateway_inbox_skipped_total", skipMalformed); v != 1 {
+		t.Fatalf("malformed skips %v, want 1", v)
+	}
+	if v := counted(t, srv.metrics, "switchboard_gateway_inbox_skipped_total", skipInvalidUTF8); v != 1 {
+		t.Fatalf("invalid UTF-8 skips %v, want 1", v)
+	}
+	if saved, _ := fc.saves(); !slices.Equal(saved, []uint64{1, 2}) {
+		t.Fatalf("cursors saved %v, want [1 2]: a skipped message never comes first again", saved)
+	}
+}
+
+// A feed stopped while a read of the stream waits ends at once.
+func TestFeedStopsWhileReading(t *testing.T) {
+	fs := &fakeStream{gate: make(chan struct{})}
+	srv := testServer(t, testConfig(), fs, &fakeCursors{})
+	s, _ := startedSession(t, srv, "bob", 0)
+	waitFor(t, func() error {
+		if fs.readCount() == 0 {
+			return fmt.Errorf("no read started")
+		}
+		return nil
+	})
+	s.feed.stop()
+	<-s.feed.finished() // the read waiting on the gate ends with the feed
+}

@@ -1,0 +1,174 @@
+package gateway
+
+import (
+	"encoding/json"
+	"strconv"
+	"sync"
+
+	"github.com/switchboard-im/switchboard/contract"
+	"github.com/switchboard-im/switchboard/protocol"
+)
+
+// follows is whose presence a session follows (presence_sub) and what it
+// last told the device about each. Following a user costs the gateway one
+// NATS subscription on sb.presence.<user>, shared through the router by
+// all of its sessions that follow them; each change is decoded once for
+// all of them.
+type follows struct {
+	s *session
+
+	// users are the users followed. Only the read loop changes it (and
+	// stop, after the read loop ended), so it has no lock.
+	users map[string]struct{}
+
+	mu sync.Mutex // guards gen and sent; never held while calling the router
+	// Presence frames go out newest first only: each update forwarded and
+	// each answer asked for takes the next generation, and a frame older
+	// than the last one sent about its user is dropped. An answer asked
+	// for before an update, and arriving after it, is stale. sent also
+	// says whether that last frame was hidden: a hidden frame after a
+	// hidden one is not sent (see send).
+	gen  uint64
+	sent map[string]presenceSent
+}
+
+// presenceSent is what a session last decided about a followed user:
+// the generation of that decision and whether the user was hidden.
+type presenceSent struct {
+	gen    uint64
+	hidden bool
+}
+
+// subscribe follows users' presence changes and asks for their current
+// state. It runs on the read loop.
+func (f *follows) subscribe(users []string) {
+	s := f.s
+	var added []string
+	for _, u := range users {
+		if _, ok := f.users[u]; ok {
+			continue
+		}
+		if len(f.users) >= s.srv.cfg.MaxPresenceSubs {
+			s.sendError(protocol.ErrTooMany, "at most "+strconv.Itoa(s.srv.cfg.MaxPresenceSubs)+" presence subscriptions per connection", "", 0, 0)
+			break
+		}
+		if err := s.srv.router.add(routePresence, contract.PresenceSubject(u), s); err != nil {
+			s.sendError(protocol.ErrInternal, "presence subscription failed", "", 0, 0)
+			return
+		}
+		if f.users == nil {
+			f.users = map[string]struct{}{}
+		}
+		f.users[u] = struct{}{}
+		added = append(added, u)
+	}
+	if !f.ask(added) {
+		s.refuseBusy("")
+	}
+}
+
+// unsubscribe stops following users. It runs on the read loop.
+func (f *follows) unsubscribe(users []string) {
+	for _, u := range users {
+		if _, ok := f.users[u]; ok {
+			f.s.srv.router.remove(contract.PresenceSubject(u), f.s)
+			delete(f.users, u)
+			f.mu.Lock()
+			delete(f.sent, u)
+			f.mu.Unlock()
+		}
+	}
+}
+
+// dropAll stops following everyone, when the session stops.
+func (f *follows) dropAll() {
+	for u := range f.users {
+		f.s.srv.router.remove(contract.PresenceSubject(u), f.s)
+	}
+	f.users = nil
+	f.mu.Lock()
+	f.sent = nil
+	f.mu.Unlock()
+}
+
+// nextGen takes the generation of a presence frame being prepared.
+func (f *follows) nextGen() uint64 {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.gen++
+	return f.gen
+}
+
+// send sends a presence frame of generation gen about user, unless a
+// newer one about user went out already, or it is hidden and so was the
+// last one. A hidden user's changes must not show: a hidden frame at each
+// of them would tell exactly when the user comes and goes. So a follower
+// gets hidden once, when following, and again only when the user's
+// privacy hides them after showing them.
+func (f *follows) send(gen uint64, user string, online bool, lastSeen int64, hidden bool) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	last := f.sent[user]
+	if gen <= last.gen {
+		return
+	}
+	if f.sent == nil {
+		f.sent = map[string]presenceSent{}
+	}
+	f.sent[user] = presenceSent{gen: gen, hidden: hidden}
+	if hidden && last.hidden {
+		return
+	}
+	f.s.t.Send(protocol.AppendPresence(nil, user, online, lastSeen, hidden))
+}
+
+// onPresence forwards a presence change as this device's user may see it.
+// It runs on the router's goroutine.
+func (f *follows) onPresence(u *contract.PresenceUpdate) {
+	switch u.Visibility {
+	case contract.VisibleEveryone:
+		f.send(f.nextGen(), u.User, u.Online, u.LastSeen, false)
+	case contract.VisibleContacts:
+		// Whether this viewer is a contact is the function's to say. A
+		// connection with too many calls in flight misses this one; its
+		// next presence_sub answers with the current state. A failure is
+		// not reported: the client asked nothing, and an error frame at
+		// each change would show when the user comes and goes.
+		f.askThen([]string{u.User}, func(err error) {
+			f.s.log.Debug("presence answer for a change failed", "user", u.User, "err", err)
+		})
+	default:
+		f.send(f.nextGen(), u.User, false, 0, true)
+	}
+}
+
+// ask asks the presence function for users' state as this device's user
+// may see it, and sends a presence frame per user. It does not block the
+// caller; it reports false when too many calls are in flight.
+func (f *follows) ask(users []string) bool {
+	return f.askThen(users, func(err error) {
+		f.s.sendError(protocol.ErrUnavailable, "presence is unavailable: "+err.Error(), "", 0, 0)
+	})
+}
+
+// askThen is ask, calling failed if the function does not answer.
+func (f *follows) askThen(users []string, failed func(error)) bool {
+	if len(users) == 0 {
+		return true
+	}
+	s := f.s
+	gen := f.nextGen()
+	return s.goCall(func() {
+		req, _ := json.Marshal(contract.PresenceRequest{Viewer: s.id.User, Users: users})
+		var reply contract.PresenceReply
+		if err := s.callFunction(contract.PresenceGetSubject, req, &reply); err != nil {
+			failed(err)
+			return
+		}
+		for _, v := range reply.Users {
+			if protocol.ValidID(v.User) {
+				f.send(gen, v.User, v.Online, v.LastSeen, v.Hidden)
+			}
+		}
+	})
+}

@@ -1,0 +1,534 @@
+package gateway
+
+import (
+	"sort"
+	"sync"
+	"time"
+
+	"github.com/nats-io/nats.go"
+
+	"github.com/switchboard-im/switchboard/contract"
+	"github.com/switchboard-im/switchboard/protocol"
+)
+
+// The PubAck queue: a session's writes to JetStream, and what to do once
+// each is stored.
+//
+// Sends. A device's sends are stored in the order its frames arrived, and
+// the session has one send published at a time: the next is published
+// when the one before is stored (its PubAck) or given up. JetStream keeps
+// one connection's publishes in order only while the stream's leader
+// stays put: across a leader change, a publish the old leader never took
+// is refused or lost while one sent just after it reaches the new leader
+// and is stored first (measured with sends pipelined: 19 of 3,000 sends
+// of one session, 200 in flight, stored out of order through one
+// step-down). So a send whose publish fails, or
+// whose PubAck does not come, is published again by the session itself
+// under the same Nats-Msg-Id (a copy already stored is not stored twice:
+// the PubAck says duplicate and gives its sequence), and the sends after
+// it wait:
+//   - refused for now (no leader, 503): again after 50 ms, doubling to 1 s;
+//   - no PubAck: again as soon as INBOX has a new leader (the advisory) or
+//     the gateway's NATS connection is restored, else after pubAckWait,
+//     doubling;
+//   - refused for good (too large, say): answered store_failed at once.
+//
+// A send not stored within pubGiveUp of arriving is given up: it is
+// answered store_failed, and so is every send queued behind it (none of
+// them was published), so the client resends them all, in order, with the
+// same ids. Nothing newer of a session is stored before an older send is
+// stored or given up.
+//
+// Receipt events. A delivered event (the device acked a message) and a
+// read event (the device read one, which is looked up first: a device may
+// only mark messages to its own user) are published at once, each on its
+// own, as they need no order: a delivered event settles its message when
+// stored, whatever else is outstanding. They are published again like
+// sends. A delivered event given up closes the session with 1012 (the
+// message stays unsettled and comes again); a read event given up is
+// answered store_failed.
+const (
+	// pubAckWait is how long a PubAck may take before the write is
+	// published again (doubling per attempt), when nothing said the
+	// stream changed leader.
+	pubAckWait = time.Second
+	// pubRetryMin is the first wait after a write was refused for now.
+	pubRetryMin = 50 * time.Millisecond
+	// pubGiveUp is how long a write may go unstored from when it arrived
+	// before it is given up.
+	pubGiveUp = 10 * time.Second
+	// pubStopWait bounds how long a session that ends waits for its
+	// queue to be stored before it drops the rest (see close).
+	pubStopWait = 2 * time.Second
+)
+
+// Why a write was published again (the republished_total metric's
+// reason label).
+const (
+	republishRefused   = "refused"   // the stream answered 503 or had no responders
+	republishOverdue   = "overdue"   // its PubAck did not come within pubAckWait
+	republishLeader    = "leader"    // INBOX elected a leader
+	republishReconnect = "reconnect" // the gateway's NATS connection was restored
+)
+
+var republishReasons = []string{republishRefused, republishOverdue, republishLeader, republishReconnect}
+
+// pubKind is what a queued write is.
+type pubKind uint8
+
+const (
+	pubSend      pubKind = iota // a chat message: answer "sent"
+	pubDelivered                // a delivered event: then settle the message
+	pubRead                     // a read event: the message is looked up first
+)
+
+// pubState is where a queued write stands.
+type pubState uint8
+
+const (
+	pubWaiting   pubState = iota // a send behind the one published
+	pubGranting                  // a media send whose recipient is being let download its object
+	pubLookingUp                 // a read whose message is being looked up
+	pubInFlight                  // published; its PubAck is awaited until due
+	pubRefused                   // refused for now; published again at due
+)
+
+// pubItem is one write and what to do once it is stored.
+type pubItem struct {
+	n     uint64 // its number in the queue, in its requests' reply subjects
+	kind  pubKind
+	state pubState
+	// attempt counts its requests (lookups and publishes); published is
+	// the attempt that first published it (0 while looking up). A reply
+	// names its attempt: a PubAck of any publish is taken, an error only
+	// from the latest, and a lookup's answer only while looking up.
+	attempt   uint64
+	published uint64
+	msg       *nats.Msg // what to publish; a read's is made once looked up
+	since     time.Time // when it arrived
+	due       time.Time // when to act if nothing was heard: publish again, or give up a lookup
+	refusals  int       // refused for now, in a row
+
+	// For a send: the client's id, the recipient, the time it was
+	// accepted (ms) and, for a media message, the object to grant first.
+	id    string
+	to    string
+	ts    int64
+	media *protocol.Media
+	// For a delivered event, the message to settle once stored; for a
+	// read, the message read.
+	seq uint64
+}
+
+// pubEnv is what the queue needs of its session (a fake in tests).
+type pubEnv interface {
+	// publish publishes m with the reply subject of item n's attempt a:
+	// its answer comes back to onReply.
+	publish(m *nats.Msg, n, a uint64) error
+	// lookup asks for the message stored at seq, the answer coming back
+	// to onReply like a PubAck's.
+	lookup(seq, n, a uint64) error
+	// readEvent is the read event for a looked-up message, nil when the
+	// answer is not a message to this device's user.
+	readEvent(answer *nats.Msg) *nats.Msg
+	// grant lets a media send's recipient download its object, off the
+	// caller's goroutine, and then calls the queue's granted.
+	grant(it *pubItem)
+	// answer sends the device a frame; refuse an error frame.
+	answer(frame []byte)
+	refuse(code protocol.ErrorCode, message, id string, seq uint64)
+	// settle tells the feed a message's delivered event is stored.
+	settle(seq uint64)
+	// restart closes the session with 1012.
+	restart(reason string)
+	// wakeAt sets the session's timer (opPubs) for at.
+	wakeAt(at time.Time)
+	// counted: a send stored, a write published again.
+	stored()
+	republished(reason string)
+}
+
+// pubQueue is a session's writes to JetStream awaiting their PubAcks.
+// Writes are queued by the read loop (add); answers arrive on the
+// replies' goroutine (onReply); the session's timer and the gateway's
+// leader and reconnect watches publish again (onTimer, recover). None of
+// them blocks.
+type pubQueue struct {
+	env   pubEnv
+	clock func() time.Time // time.Now; a test's own clock in tests
+	// slots holds one token per write queued: MaxPendingSends at most.
+	// The read loop takes one before add, so a full queue stops it
+	// reading from the socket: backpressure on a sender that outruns the
+	// store. The queue gives the token back when the write is done.
+	slots chan struct{}
+
+	// mu guards the fields below. Writes are published and answers sent
+	// under it, so both keep the queue's order.
+	mu      sync.Mutex
+	items   []*pubItem // by number, which is the order they arrived in
+	next    uint64     // the next item's number
+	timerAt time.Time  // when the session's timer is set for (zero: not set)
+	closed  bool
+	drained chan struct{} // made by close while items remain; closed once none do
+}
+
+func (q *pubQueue) init(env pubEnv, slots int) {
+	q.env, q.clock = env, time.Now
+	q.slots = make(chan struct{}, slots)
+	q.next = 1
+}
+
+// add queues a write the caller took a slot for. A send is published
+// once every send before it is done; a receipt event at once (a read once
+// looked up).
+func (q *pubQueue) add(it *pubItem) {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	if q.closed {
+		<-q.slots
+		return
+	}
+	now := q.clock()
+	it.n, it.since = q.next, now
+	q.next++
+	q.items = append(q.items, it)
+	switch it.kind {
+	case pubSend:
+		if q.firstSendLocked() == it {
+			q.startSendLocked(it, now)
+		}
+	case pubDelivered:
+		q.publishLocked(it, now)
+	case pubRead:
+		q.lookupLocked(it, now)
+	}
+}
+
+// owed is how many writes are queued and not yet done.
+func (q *pubQueue) owed() int {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	return len(q.items)
+}
+
+// firstSendLocked is the oldest send queued, nil if none is.
+//
+// Lock should be held.
+func (q *pubQueue) firstSendLocked() *pubItem {
+	for _, it := range q.items {
+		if it.kind == pubSend {
+			return it
+		}
+	}
+	return nil
+}
+
+// startSendLocked publishes the send now first in line, letting its
+// recipient download its media first if it has any.
+//
+// Lock should be held.
+func (q *pubQueue) startSendLocked(it *pubItem, now time.Time) {
+	if it.media != nil {
+		it.state = pubGranting
+		q.env.grant(it)
+		return
+	}
+	q.publishLocked(it, now)
+}
+
+// granted takes the outcome of a media send's grant: the message is
+// published with its reference, or refused with code.
+func (q *pubQueue) granted(it *pubItem, ref []byte, code protocol.ErrorCode, message string) {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	now := q.clock()
+	if it.state != pubGranting || q.findLocked(it.n) != it {
+		return // given up or dropped meanwhile
+	}
+	it.media = nil
+	if code != "" {
+		q.env.refuse(code, message, it.id, 0)
+		q.removeLocked(it, now)
+		return
+	}
+	it.msg.Header.Set(contract.HdrMedia, string(ref))
+	q.publishLocked(it, now)
+}
+
+// publishLocked publishes it (again).
+//
+// Lock should be held.
+func (q *pubQueue) publishLocked(it *pubItem, now time.Time) {
+	it.attempt++
+	if it.published == 0 {
+		it.published = it.attempt
+	}
+	if err := q.env.publish(it.msg, it.n, it.attempt); err != nil {
+		q.failLocked(it, err, now)
+		return
+	}
+	it.state = pubInFlight
+	it.due = now.Add(pubAckWait << min(it.attempt-it.published, 3))
+	q.wakeLocked(it.due)
+}
+
+// lookupLocked asks for the message a read is about (again).
+//
+// Lock should be held.
+func (q *pubQueue) lookupLocked(it *pubItem, now time.Time) {
+	it.attempt++
+	it.state = pubLookingUp
+	it.due = now.Add(pubAckWait << min(it.attempt-1, 3))
+	if err := q.env.lookup(it.seq, it.n, it.attempt); err != nil {
+		it.due = now.Add(pubRetryMin)
+	}
+	q.wakeLocked(it.due)
+}
+
+// failLocked handles a write refused, or a publish that failed: published
+// again later if it may yet succeed, else given up.
+//
+// Lock should be held.
+func (q *pubQueue) failLocked(it *pubItem, err error, now time.Time) {
+	if !transient(err) {
+		q.failedLocked(it, now, false)
+		return
+	}
+	it.refusals++
+	it.state = pubRefused
+	it.due = now.Add(min(pubRetryMin<<min(it.refusals-1, 10), pubAckWait))
+	q.wakeLocked(it.due)
+}
+
+// onReply takes the answer to item n's attempt a: a PubAck, a refusal,
+// or a lookup's answer.
+func (q *pubQueue) onReply(n, a uint64, m *nats.Msg) {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	it := q.findLocked(n)
+	if it == nil || a == 0 || a > it.attempt {
+		return
+	}
+	now := q.clock()
+	if it.published == 0 || a < it.published {
+		// A lookup's answer.
+		if it.state != pubLookingUp {
+			return
+		}
+		if it.msg = q.env.readEvent(m); it.msg == nil {
+			q.env.refuse(protocol.ErrUnknownSeq, "no message to you with this seq", "", it.seq)
+			q.removeLocked(it, now)
+			return
+		}
+		q.publishLocked(it, now)
+		return
+	}
+	ack, err := parsePubAck(m)
+	switch {
+	case err == nil:
+		q.storedLocked(it, ack, now)
+	case a == it.attempt && it.state == pubInFlight:
+		q.failLocked(it, err, now)
+	}
+}
+
+// storedLocked completes a write JetStream stored.
+//
+// Lock should be held.
+func (q *pubQueue) storedLocked(it *pubItem, ack pubAck, now time.Time) {
+	switch it.kind {
+	case pubSend:
+		q.env.stored()
+		q.env.answer(protocol.AppendSent(nil, it.id, ack.seq, it.ts, ack.dup))
+	case pubDelivered:
+		q.env.settle(it.seq)
+	}
+	q.removeLocked(it, now)
+}
+
+// failedLocked answers a write that will not be stored: a send with
+// store_failed; a read with store_failed; a delivered event closes the
+// session. A send given up (the store stayed unavailable, not one that
+// refused the message itself) takes every send queued behind it along.
+//
+// Lock should be held.
+func (q *pubQueue) failedLocked(it *pubItem, now time.Time, givenUp bool) {
+	switch it.kind {
+	case pubSend:
+		q.env.refuse(protocol.ErrStoreFailed, "message was not stored; resend with the same id", it.id, 0)
+		q.removeLocked(it, now)
+		if !givenUp {
+			return
+		}
+		// Stored after it, a send behind it would overtake its resend.
+		for i := 0; i < len(q.items); {
+			if b := q.items[i]; b.kind == pubSend && b.n > it.n {
+				q.env.refuse(protocol.ErrStoreFailed, "an earlier message was not stored; resend both with the same ids", b.id, 0)
+				q.removeLocked(b, now)
+				continue
+			}
+			i++
+		}
+	case pubDelivered:
+		// The message stays unsettled, so the cursor stops below it and
+		// the next session delivers it again. Restart now rather than
+		// hold the device's floor back for the rest of this session.
+		q.env.restart("delivered event not stored")
+		q.removeLocked(it, now)
+	case pubRead:
+		q.env.refuse(protocol.ErrStoreFailed, "read receipt was not stored; resend", "", it.seq)
+		q.removeLocked(it, now)
+	}
+}
+
+// removeLocked takes a done write off the queue, gives its slot back and,
+// if it was the send first in line, starts the next.
+//
+// Lock should be held.
+func (q *pubQueue) removeLocked(it *pubItem, now time.Time) {
+	i := sort.Search(len(q.items), func(i int) bool { return q.items[i].n >= it.n })
+	if i == len(q.items) || q.items[i] != it {
+		return
+	}
+	wasFirst := it.kind == pubSend && q.firstSendLocked() == it
+	copy(q.items[i:], q.items[i+1:])
+	q.items[len(q.items)-1] = nil
+	q.items = q.items[:len(q.items)-1]
+	<-q.slots
+	if len(q.items) == 0 {
+		q.items = q.items[:0:0] // keep no buffer while idle
+		if q.drained != nil {
+			close(q.drained)
+			q.drained = nil
+		}
+		return
+	}
+	if wasFirst {
+		if next := q.firstSendLocked(); next != nil {
+			q.startSendLocked(next, now)
+		}
+	}
+}
+
+// findLocked is item n, nil if it is done.
+//
+// Lock should be held.
+func (q *pubQueue) findLocked(n uint64) *pubItem {
+	i := sort.Search(len(q.items), func(i int) bool { return q.items[i].n >= n })
+	if i < len(q.items) && q.items[i].n == n {
+		return q.items[i]
+	}
+	return nil
+}
+
+// wakeLocked has the session's timer run onTimer by at.
+//
+// Lock should be held.
+func (q *pubQueue) wakeLocked(at time.Time) {
+	if q.timerAt.IsZero() || at.Before(q.timerAt) {
+		q.timerAt = at
+		q.env.wakeAt(at)
+	}
+}
+
+// onTimer acts on every write whose time has come: a send not stored
+// within pubGiveUp of arriving is given up (with those behind it), any
+// other write too; the rest whose PubAck is overdue, or that were refused
+// for now, are published again, and lookups asked again.
+func (q *pubQueue) onTimer() {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	now := q.clock()
+	q.timerAt = time.Time{}
+	for i := 0; i < len(q.items); {
+		it := q.items[i]
+		q.actLocked(it, now)
+		if i < len(q.items) && q.items[i] == it {
+			i++
+		} // else it is done, and what followed it moved up
+	}
+	var next time.Time
+	for _, it := range q.items {
+		if it.state == pubWaiting || it.state == pubGranting {
+			continue // the one before it decides when it goes
+		}
+		if next.IsZero() || it.due.Before(next) {
+			next = it.due
+		}
+	}
+	if !next.IsZero() {
+		q.wakeLocked(next)
+	}
+}
+
+// actLocked does what is due for it at now.
+//
+// Lock should be held.
+func (q *pubQueue) actLocked(it *pubItem, now time.Time) {
+	if it.state == pubWaiting || it.state == pubGranting || now.Before(it.due) {
+		return // the one before it, or a grant's own timeout, decides
+	}
+	switch {
+	case now.Sub(it.since) >= pubGiveUp:
+		q.failedLocked(it, now, true)
+	case it.state == pubLookingUp:
+		q.lookupLocked(it, now)
+	case it.state == pubRefused:
+		q.env.republished(republishRefused)
+		q.publishLocked(it, now)
+	default:
+		q.env.republished(republishOverdue)
+		q.publishLocked(it, now)
+	}
+}
+
+// recover publishes again, at once, every write whose PubAck has not
+// come, and asks again for every lookup: after an INBOX leader change or a
+// restored NATS connection, their answers may be lost, and waiting for
+// pubAckWait would hold the session's sends that long.
+func (q *pubQueue) recover(reason string) {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	now := q.clock()
+	for _, it := range q.items {
+		switch it.state {
+		case pubInFlight, pubRefused:
+			q.env.republished(reason)
+			q.publishLocked(it, now)
+		case pubLookingUp:
+			q.lookupLocked(it, now)
+		}
+	}
+}
+
+// close stops the queue taking writes. What it holds is still stored, in
+// order, as if the device were there: a send the gateway accepted is
+// stored even when its "sent" can no longer be answered (the device
+// resends it after reconnecting, and the store keeps one copy). The
+// returned channel is closed once the queue is empty.
+func (q *pubQueue) close() <-chan struct{} {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	q.closed = true
+	done := make(chan struct{})
+	if len(q.items) == 0 {
+		close(done)
+	} else {
+		q.drained = done
+	}
+	return done
+}
+
+// abandon drops whatever close left, once the session stops waiting for
+// it: no more attempts are made. The device resends its sends after
+// reconnecting, and a message whose delivered event was not stored comes
+// again.
+func (q *pubQueue) abandon() {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	for range q.items {
+		<-q.slots
+	}
+	q.items = nil
+	q.drained = nil
+}

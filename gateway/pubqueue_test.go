@@ -1,0 +1,442 @@
+package gateway
+
+import (
+	"errors"
+	"fmt"
+	"slices"
+	"strconv"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/switchboard-im/switchboard/contract"
+	"github.com/switchboard-im/switchboard/protocol"
+)
+
+// fakePubEnv records what a pubQueue does to its session.
+type fakePubEnv struct {
+	publishes   []published // every publish, in order
+	failPublish error       // the next publish fails with it
+	lookups     []uint64
+	grants      []*pubItem
+	frames      []*protocol.Frame // answers and refusals
+	settled     []uint64
+	restarts    []string
+	wakes       []time.Time
+	stores      int
+	republishes []string
+}
+
+type published struct {
+	id   string // Sb-Id of the message
+	n, a uint64
+	msg  *nats.Msg
+}
+
+func (e *fakePubEnv) publish(m *nats.Msg, n, a uint64) error {
+	if err := e.failPublish; err != nil {
+		e.failPublish = nil
+		return err
+	}
+	e.publishes = append(e.publishes, published{id: m.Header.Get(contract.HdrID), n: n, a: a, msg: m})
+	return nil
+}
+
+func (e *fakePubEnv) lookup(seq, _, _ uint64) error {
+	e.lookups = append(e.lookups, seq)
+	return nil
+}
+
+func (e *fakePubEnv) readEvent(answer *nats.Msg) *nats.Msg {
+	if answer.Header.Get(contract.HdrSubject) != contract.InboxSubject("bob") {
+		return nil
+	}
+	return &nats.Msg{Subject: contract.ReceiptsSubject(answer.Header.Get(contract.HdrFrom)),
+		Header: nats.Header{contract.HdrID: {"read:" + answer.Header.Get(contract.HdrID)}}}
+}
+
+func (e *fakePubEnv) grant(it *pubItem) { e.grants = append(e.grants, it) }
+
+func (e *fakePubEnv) answer(frame []byte) {
+	f, err := protocol.DecodeServer(frame)
+	if err != nil {
+		panic(err)
+	}
+	e.frames = append(e.frames, f)
+}
+
+func (e *fakePubEnv) refuse(code protocol.ErrorCode, message, id string, seq uint64) {
+	e.frames = append(e.frames, &protocol.Frame{Type: protocol.TypeError, Code: code, Message: message, ID: id, Seq: seq})
+}
+
+func (e *fakePubEnv) settle(seq uint64)         { e.settled = append(e.settled, seq) }
+func (e *fakePubEnv) restart(reason string)     { e.restarts = append(e.restarts, reason) }
+func (e *fakePubEnv) wakeAt(at time.Time)       { e.wakes = append(e.wakes, at) }
+func (e *fakePubEnv) stored()                   { e.stores++ }
+func (e *fakePubEnv) republished(reason string) { e.republishes = append(e.republishes, reason) }
+func (e *fakePubEnv) last() published           { return e.publishes[len(e.publishes)-1] }
+func (e *fakePubEnv) ids() (ids []string)       { return idsOf(e.publishes) }
+func idsOf(ps []published) (ids []string)       { return appendIDs(nil, ps) }
+func appendIDs(b []string, ps []published) []string {
+	for _, p := range ps {
+		b = append(b, p.id)
+	}
+	return b
+}
+
+// answers lists the frames as "sent:<id>:<seq>" and "<code>:<id or seq>".
+func (e *fakePubEnv) answers() []string {
+	var out []string
+	for _, f := range e.frames {
+		switch f.Type {
+		case protocol.TypeSent:
+			out = append(out, fmt.Sprintf("sent:%s:%d", f.ID, f.Seq))
+		default:
+			if f.ID != "" {
+				out = append(out, string(f.Code)+":"+f.ID)
+			} else {
+				out = append(out, string(f.Code)+":"+strconv.FormatUint(f.Seq, 10))
+			}
+		}
+	}
+	return out
+}
+
+// testQueue is a queue over a fake env, on a clock the test moves.
+type testQueue struct {
+	*pubQueue
+	now time.Time
+}
+
+func newTestQueue(slots int) (*testQueue, *fakePubEnv) {
+	env := &fakePubEnv{}
+	q := &testQueue{pubQueue: &pubQueue{}, now: time.Now()}
+	q.init(env, slots)
+	q.clock = func() time.Time { return q.now }
+	return q, env
+}
+
+// at moves the clock to at and runs what the session's timer would.
+func (q *testQueue) at(at time.Time) {
+	q.now = at
+	q.onTimer()
+}
+
+// put queues a write at now, as the read loop does: a slot first.
+func (q *testQueue) put(t *testing.T, it *pubItem, now time.Time) {
+	t.Helper()
+	select {
+	case q.slots <- struct{}{}:
+	default:
+		t.Fatal("no slot free")
+	}
+	q.now = now
+	q.add(it)
+}
+
+func sendItem(id string) *pubItem {
+	return &pubItem{kind: pubSend, id: id, to: "bob", ts: 1,
+		msg: &nats.Msg{Subject: contract.InboxSubject("bob"), Header: nats.Header{contract.HdrID: {id}}}}
+}
+
+func deliveredItem(seq uint64) *pubItem {
+	return &pubItem{kind: pubDelivered, seq: seq,
+		msg: &nats.Msg{Subject: contract.ReceiptsSubject("alice"), Header: nats.Header{contract.HdrID: {"d" + strconv.FormatUint(seq, 10)}}}}
+}
+
+func ackMsg(seq uint64, dup bool) *nats.Msg {
+	if dup {
+		return &nats.Msg{Data: []byte(`{"stream":"INBOX","seq":` + strconv.FormatUint(seq, 10) + `,"duplicate": true}`)}
+	}
+	return &nats.Msg{Data: []byte(`{"stream":"INBOX","seq":` + strconv.FormatUint(seq, 10) + `}`)}
+}
+
+func noResponders() *nats.Msg { return &nats.Msg{Header: nats.Header{"Status": {"503"}}} }
+
+func apiError(code, errCode int) *nats.Msg {
+	return &nats.Msg{Data: []byte(fmt.Sprintf(`{"error":{"code":%d,"err_code":%d,"description":"no"},"stream":"INBOX","seq":0}`, code, errCode))}
+}
+
+func expectStrings(t *testing.T, what string, got, want []string) {
+	t.Helper()
+	if !slices.Equal(got, want) {
+		t.Fatalf("%s: %q, want %q", what, got, want)
+	}
+}
+
+// One send is published at a time, in the order they arrived; each PubAck
+// answers its send and publishes the next. Receipt events go at once and
+// settle in whatever order they are stored.
+func TestPubQueueSendsOneAtATimeEventsAtOnce(t *testing.T) {
+	q, env := newTestQueue(8)
+	now := q.now
+	q.put(t, sendItem("s1"), now)
+	q.put(t, sendItem("s2"), now)
+	q.put(t, deliveredItem(41), now)
+	q.put(t, sendItem("s3"), now)
+	q.put(t, deliveredItem(42), now)
+	expectStrings(t, "published", env.ids(), []string{"s1", "d41", "d42"})
+
+	d42 := env.publishes[2]
+	q.onReply(d42.n, d42.a, ackMsg(100, false))
+	if !slices.Equal(env.settled, []uint64{42}) {
+		t.Fatalf("settled %v, want [42]: a delivered event settles when stored", env.settled)
+	}
+	for i, want := range []string{"s2", "s3"} {
+		s := env.publishes[0]
+		if i > 0 {
+			s = env.last()
+		}
+		q.onReply(s.n, s.a, ackMsg(uint64(10+i), false))
+		if got := env.last().id; got != want {
+			t.Fatalf("after a PubAck the queue published %s, want %s", got, want)
+		}
+	}
+	q.onReply(env.last().n, env.last().a, ackMsg(12, false))
+	expectStrings(t, "answers", env.answers(), []string{"sent:s1:10", "sent:s2:11", "sent:s3:12"})
+	if q.owed() != 1 || len(q.slots) != 1 {
+		t.Fatalf("%d writes owed, %d slots taken, want the delivered event of 41 only", q.owed(), len(q.slots))
+	}
+	d41 := env.publishes[1]
+	q.onReply(d41.n, d41.a, ackMsg(101, false))
+	if q.owed() != 0 || len(q.slots) != 0 || env.stores != 3 {
+		t.Fatalf("%d owed, %d slots, %d stored: want 0, 0, 3", q.owed(), len(q.slots), env.stores)
+	}
+}
+
+// A PubAck lost in a leader change: the send is published again, at once,
+// under the same message, when the new leader is known; the sends behind
+// it wait; the second PubAck (a duplicate: the first publish was stored)
+// answers it.
+func TestPubQueueRecoversALostPubAck(t *testing.T) {
+	q, env := newTestQueue(8)
+	now := q.now
+	q.put(t, sendItem("s1"), now)
+	q.put(t, sendItem("s2"), now)
+	first := env.last()
+	q.recover(republishLeader)
+	again := env.last()
+	if again.msg != first.msg || again.a != first.a+1 || again.id != "s1" {
+		t.Fatalf("recover published %+v, want s1 again as attempt %d", again, first.a+1)
+	}
+	expectStrings(t, "republished", env.republishes, []string{republishLeader})
+	q.onReply(again.n, again.a, ackMsg(7, true))
+	expectStrings(t, "answers", env.answers(), []string{"sent:s1:7"})
+	if !env.frames[0].Dup {
+		t.Fatal("sent without dup for a copy stored by the first publish")
+	}
+	expectStrings(t, "published", env.ids(), []string{"s1", "s1", "s2"})
+	// The first publish's PubAck, late, changes nothing.
+	q.onReply(first.n, first.a, ackMsg(7, false))
+	expectStrings(t, "answers", env.answers(), []string{"sent:s1:7"})
+}
+
+// With no word of a leader change, a PubAck that does not come within
+// pubAckWait is given up on and the write published again.
+func TestPubQueueRepublishesAnOverdueWrite(t *testing.T) {
+	q, env := newTestQueue(8)
+	now := q.now
+	q.put(t, sendItem("s1"), now)
+	if len(env.wakes) == 0 || env.wakes[0] != now.Add(pubAckWait) {
+		t.Fatalf("timer set for %v, want %v", env.wakes, now.Add(pubAckWait))
+	}
+	q.at(now.Add(pubAckWait - time.Millisecond))
+	expectStrings(t, "published", env.ids(), []string{"s1"})
+	q.at(now.Add(pubAckWait))
+	expectStrings(t, "published", env.ids(), []string{"s1", "s1"})
+	expectStrings(t, "republished", env.republishes, []string{republishOverdue})
+	if got := env.wakes[len(env.wakes)-1]; got != now.Add(3*pubAckWait) {
+		t.Fatalf("next wait until %v, want twice as long: %v", got, now.Add(3*pubAckWait))
+	}
+}
+
+// A refusal for now (no leader: no responders, or a 503) is published
+// again after a short wait, and the sends behind it wait; an error from
+// an attempt that was published again since changes nothing.
+func TestPubQueueRetriesARefusal(t *testing.T) {
+	q, env := newTestQueue(8)
+	now := q.now
+	q.put(t, sendItem("s1"), now)
+	q.put(t, sendItem("s2"), now)
+	q.onReply(env.last().n, env.last().a, noResponders())
+	q.at(now.Add(pubRetryMin))
+	expectStrings(t, "published", env.ids(), []string{"s1", "s1"})
+	q.onReply(env.last().n, env.last().a, apiError(503, 10077))
+	q.onReply(env.publishes[0].n, env.publishes[0].a, noResponders()) // the first attempt's, late
+	q.at(now.Add(pubRetryMin + 2*pubRetryMin))
+	expectStrings(t, "published", env.ids(), []string{"s1", "s1", "s1"})
+	expectStrings(t, "republished", env.republishes, []string{republishRefused, republishRefused})
+	q.onReply(env.last().n, env.last().a, ackMsg(3, false))
+	expectStrings(t, "published", env.ids(), []string{"s1", "s1", "s1", "s2"})
+	if len(env.frames) != 1 || env.frames[0].Type != protocol.TypeSent {
+		t.Fatalf("answers %q, want s1 sent and nothing else", env.answers())
+	}
+}
+
+// A refusal for good (the stream refuses what the message is) is answered
+// store_failed at once; the next send goes on.
+func TestPubQueueAnswersAFinalRefusal(t *testing.T) {
+	q, env := newTestQueue(8)
+	now := q.now
+	q.put(t, sendItem("s1"), now)
+	q.put(t, sendItem("s2"), now)
+	q.onReply(env.last().n, env.last().a, apiError(400, 10054))
+	expectStrings(t, "answers", env.answers(), []string{"store_failed:s1"})
+	expectStrings(t, "published", env.ids(), []string{"s1", "s2"})
+	env.failPublish = nats.ErrMaxPayload
+	q.put(t, deliveredItem(5), now)
+	if len(env.restarts) != 1 {
+		t.Fatalf("restarts %q, want one: a delivered event that cannot be stored", env.restarts)
+	}
+}
+
+// A send not stored within pubGiveUp of arriving is given up, and with it
+// every send queued behind it: the client resends them all, in order. A
+// later send starts afresh.
+func TestPubQueueGivesUpInOrder(t *testing.T) {
+	q, env := newTestQueue(8)
+	now := q.now
+	q.put(t, sendItem("s1"), now)
+	q.put(t, sendItem("s2"), now.Add(time.Second))
+	q.put(t, deliveredItem(9), now)
+	q.put(t, sendItem("s3"), now.Add(2*time.Second))
+	// The store has no leader: every attempt is refused.
+	at := now
+	for at.Before(now.Add(pubGiveUp)) {
+		for _, p := range env.publishes {
+			q.onReply(p.n, p.a, noResponders())
+		}
+		at = at.Add(pubAckWait)
+		q.at(at)
+	}
+	expectStrings(t, "answers", env.answers(), []string{"store_failed:s1", "store_failed:s2", "store_failed:s3"})
+	if len(env.restarts) != 1 {
+		t.Fatalf("restarts %q, want one for the delivered event given up", env.restarts)
+	}
+	if q.owed() != 0 || len(q.slots) != 0 {
+		t.Fatalf("%d owed, %d slots taken after giving up", q.owed(), len(q.slots))
+	}
+	q.put(t, sendItem("s4"), at)
+	if env.last().id != "s4" {
+		t.Fatalf("published %s, want s4 at once", env.last().id)
+	}
+}
+
+// A read is looked up first: a message to this user gets its read event
+// published; anything else is answered unknown_seq.
+func TestPubQueueLooksUpReads(t *testing.T) {
+	q, env := newTestQueue(8)
+	now := q.now
+	q.put(t, &pubItem{kind: pubRead, seq: 42}, now)
+	q.put(t, &pubItem{kind: pubRead, seq: 43}, now)
+	if !slices.Equal(env.lookups, []uint64{42, 43}) || len(env.publishes) != 0 {
+		t.Fatalf("looked up %v, published %d: want both looked up, nothing published", env.lookups, len(env.publishes))
+	}
+	mine := storedMsg(42, "bob", "alice", "a1")
+	theirs := storedMsg(43, "carol", "alice", "a2")
+	// A lookup's answer that looks like a PubAck is still a lookup's.
+	q.onReply(2, 1, theirs)
+	q.onReply(1, 1, mine)
+	expectStrings(t, "published", env.ids(), []string{"read:a1"})
+	q.onReply(1, 1, mine) // the lookup's answer again: the read is past it
+	q.onReply(env.last().n, env.last().a, ackMsg(50, false))
+	expectStrings(t, "answers", env.answers(), []string{"unknown_seq:43"})
+	if q.owed() != 0 {
+		t.Fatalf("%d owed", q.owed())
+	}
+}
+
+// A media send is published once its recipient may download its object;
+// the sends behind it wait meanwhile, and go on if it is refused.
+func TestPubQueueGrantsBeforeMedia(t *testing.T) {
+	q, env := newTestQueue(8)
+	now := q.now
+	p1 := sendItem("p1")
+	p1.media = &protocol.Media{Key: "u/alice/x"}
+	p2 := sendItem("p2")
+	p2.media = &protocol.Media{Key: "u/alice/y"}
+	q.put(t, p1, now)
+	q.put(t, p2, now)
+	q.put(t, sendItem("s3"), now)
+	if len(env.grants) != 1 || len(env.publishes) != 0 {
+		t.Fatalf("%d grants, %d publishes: want p1's grant only", len(env.grants), len(env.publishes))
+	}
+	q.granted(p1, []byte(`{"key":"u/alice/x"}`), "", "")
+	if got := env.last(); got.id != "p1" || got.msg.Header.Get(contract.HdrMedia) != `{"key":"u/alice/x"}` {
+		t.Fatalf("published %s with media %q", got.id, got.msg.Header.Get(contract.HdrMedia))
+	}
+	q.onReply(env.last().n, env.last().a, ackMsg(1, false))
+	if len(env.grants) != 2 {
+		t.Fatalf("%d grants, want p2's next", len(env.grants))
+	}
+	q.granted(p2, nil, protocol.ErrBadMedia, "not uploaded")
+	expectStrings(t, "published", env.ids(), []string{"p1", "s3"})
+	expectStrings(t, "answers", env.answers(), []string{"sent:p1:1", "bad_media:p2"})
+}
+
+// A closed queue takes nothing more but still stores what it holds, in
+// order; its channel closes once it is empty.
+func TestPubQueueDrainsWhenClosed(t *testing.T) {
+	q, env := newTestQueue(8)
+	now := q.now
+	q.put(t, sendItem("s1"), now)
+	q.put(t, sendItem("s2"), now)
+	drained := q.close()
+	select {
+	case q.slots <- struct{}{}:
+		q.add(sendItem("late"))
+	default:
+		t.Fatal("no slot")
+	}
+	q.onReply(env.last().n, env.last().a, ackMsg(1, false))
+	q.onReply(env.last().n, env.last().a, ackMsg(2, false))
+	expectStrings(t, "published", env.ids(), []string{"s1", "s2"})
+	select {
+	case <-drained:
+	default:
+		t.Fatal("not drained with nothing left")
+	}
+	if len(q.slots) != 0 {
+		t.Fatalf("%d slots taken", len(q.slots))
+	}
+}
+
+// The PubAck as nats-server writes it, and what else may answer a
+// publish.
+func TestParsePubAck(t *testing.T) {
+	for _, c := range []struct {
+		data   string
+		status string
+		want   pubAck
+		err    error
+	}{
+		{data: `{"stream":"INBOX","seq":42}`, want: pubAck{seq: 42}},
+		{data: `{"stream":"INBOX","seq":42,"duplicate": true}`, want: pubAck{seq: 42, dup: true}},
+		{data: `{"stream":"INBOX","seq":42,"duplicate":true}`, want: pubAck{seq: 42, dup: true}},
+		{data: `{"stream":"INBOX","domain":"hub","seq":7}`, want: pubAck{seq: 7}},
+		{data: `{"seq":9,"stream":"INBOX"}`, want: pubAck{seq: 9}},
+		{status: "503", err: nats.ErrNoResponders},
+		{data: `not json`, err: errBadPubAck},
+		{data: `{"stream":"","seq":3}`, err: errBadPubAck},
+		{data: `{"stream":"INBOX","seq":0}`, err: errBadPubAck},
+	} {
+		m := &nats.Msg{Data: []byte(c.data), Header: nats.Header{}}
+		if c.status != "" {
+			m.Header.Set("Status", c.status)
+		}
+		got, err := parsePubAck(m)
+		if got != c.want || !errors.Is(err, c.err) {
+			t.Errorf("%q: %+v, %v; want %+v, %v", c.data, got, err, c.want, c.err)
+		}
+	}
+	_, err := parsePubAck(apiError(503, 10077))
+	var apiErr *jetstream.APIError
+	if !errors.As(err, &apiErr) || apiErr.ErrorCode != 10077 || !transient(err) {
+		t.Errorf("a 503 store failure: %v, want a transient API error", err)
+	}
+	if _, err := parsePubAck(apiError(400, 10054)); err == nil || transient(err) {
+		t.Errorf("a 400: %v, want a final API error", err)
+	}
+}

@@ -1,0 +1,23 @@
+package gateway
+
+// The transport seam: what a session needs from its connection. The
+// WebSocket code (transport_ws.go) stays behind it, so the session's logic
+// can be driven by a fake in tests and knows nothing of fasthttp.
+//
+// A transport writes on its own: Send only queues, so a session never
+// waits for a socket, and a client that does not read is closed as slow
+// (4001) while its messages stay pending in JetStream.
+
+// transport is what a session needs from a connection.
+type transport interface {
+	// Send queues one text frame without blocking. It returns false when
+	// the connection is closing; when the queue is full it closes the
+	// connection with CloseSlow and returns false.
+	Send(frame []byte) bool
+	// Close sends a close frame with code and reason, then closes the
+	// socket. Safe to call many times and from any goroutine; the first
+	// call wins.
+	Close(code int, reason string)
+	// Done is closed once Close has been called.
+	Done() <-chan struct{}
+}
