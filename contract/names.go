@@ -2,19 +2,17 @@ package contract
 
 // Names of the JetStream assets.
 const (
-	Inbox          = "INBOX"
-	Receipts       = "RECEIPTS"
-	DLQ            = "DLQ"
-	DevicesKV      = "DEVICES"
-	CursorsKV      = "CURSORS"
-	StatusKV       = "STATUS"
-	PresenceKV     = "PRESENCE"
-	SettingsKV     = "SETTINGS"
-	PushKV         = "PUSH"
-	InboxPrefix    = "inbox."
-	LivePrefix     = "sb.live."
-	ReceiptsPrefix = "receipts."
-	DLQPrefix      = "dlq."
+	Inbox       = "INBOX"
+	DLQ         = "DLQ"
+	DevicesKV   = "DEVICES"
+	CursorsKV   = "CURSORS"
+	ReadsKV     = "READS"
+	PresenceKV  = "PRESENCE"
+	SettingsKV  = "SETTINGS"
+	PushKV      = "PUSH"
+	InboxPrefix = "inbox."
+	LivePrefix  = "sb.live."
+	DLQPrefix   = "dlq."
 )
 
 // InboxSubject is the subject of a user's inbox. The caller must have
@@ -29,10 +27,6 @@ func LiveSubject(user string) string { return LivePrefix + user }
 
 // CursorKey is a device's key in the CURSORS bucket.
 func CursorKey(user, device string) string { return user + "." + device }
-
-// ReceiptsSubject is where gateways store receipt events about messages
-// that sender sent; the receipts function consumes them.
-func ReceiptsSubject(sender string) string { return ReceiptsPrefix + sender }
 
 // KickSubject is where a new session of a device asks any older one, on
 // any gateway, to close (core NATS, request and reply): one session per
