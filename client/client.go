@@ -5,7 +5,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"math/rand/v2"
 	"net"
 	"net/http"
 	"sync"
@@ -27,6 +26,45 @@ var (
 	// the send would be resent, and refused, on every reconnect.
 	ErrBadBody = errors.New("client: body is not valid UTF-8 JSON")
 )
+
+// CloseError is the close the server ended the connection with when its
+// code is one after which a client must not reconnect (its row in
+// protocol.Closes says so): the client has stopped, and Err returns it.
+// For 4002 (replaced) it matches ErrReplaced with errors.Is.
+type CloseError struct {
+	Code   int
+	Name   string // the code's name in protocol.Closes
+	Reason string // the close frame's reason, as the server wrote it
+}
+
+func (e *CloseError) Error() string {
+	return fmt.Sprintf("client: the server closed the connection with %d %s (%s); not reconnecting", e.Code, e.Name, e.Reason)
+}
+
+// Is makes errors.Is(err, ErrReplaced) true for a 4002 close.
+func (e *CloseError) Is(target error) bool {
+	return target == ErrReplaced && e.Code == protocol.CloseReplaced
+}
+
+// stopError returns the error to stop the client with when err, what
+// ended a connection, is a close whose code says not to reconnect, and
+// nil otherwise (a network error, or a code that says to reconnect or
+// that protocol.Closes does not know).
+func stopError(err error) error {
+	var ce *websocket.CloseError
+	if !errors.As(err, &ce) {
+		return nil
+	}
+	for _, info := range protocol.Closes {
+		if info.Code == ce.Code {
+			if info.Reconnect {
+				return nil
+			}
+			return &CloseError{Code: ce.Code, Name: info.Name, Reason: ce.Text}
+		}
+	}
+	return nil
+}
 
 // ServerError is an error frame the server answered a send with, for a
 // code that resending cannot fix.
@@ -57,7 +95,11 @@ type Options struct {
 	// Header is added to the upgrade request (e.g. Origin).
 	Header http.Header
 	// MinBackoff and MaxBackoff bound the reconnect delay; zero means 100ms
-	// and 5s. Each attempt waits a random time up to the current bound.
+	// and 5s. Each attempt waits a random time up to the current bound,
+	// which doubles after each failed attempt and starts again from
+	// MinBackoff after a connect. A send answered with a retryable error
+	// is resent after a wait drawn the same way (or the server's
+	// retry_ms).
 	MinBackoff, MaxBackoff time.Duration
 	// ReadTimeout reconnects when nothing, not even a ping, has arrived for
 	// this long. Zero means 90s.
@@ -116,29 +158,6 @@ type Typing struct {
 	Device string
 }
 
-type outgoing struct {
-	retries int    // guarded by Client.mu
-	seq     uint64 // order of Send calls, for resending in order
-	to      string
-	body    []byte
-	media   *protocol.Media
-	done    chan result
-}
-
-// frame is the send frame for this message under id.
-func (o *outgoing) frame(id string) []byte {
-	if o.media == nil {
-		return protocol.AppendSend(nil, id, o.to, o.body)
-	}
-	b, _ := json.Marshal(protocol.Frame{Type: protocol.TypeSend, ID: id, To: o.to, Body: o.body, Media: o.media})
-	return b
-}
-
-type result struct {
-	sent Sent
-	err  error
-}
-
 // Client is one device's connection to Switchboard.
 type Client struct {
 	opts   Options
@@ -150,18 +169,18 @@ type Client struct {
 	settingsReply chan Settings
 	settingsMu    sync.Mutex // one Settings call at a time
 
+	hooks  hooks
 	ctx    context.Context
 	cancel context.CancelFunc
-	wg     sync.WaitGroup
+	wg     sync.WaitGroup // run and pending resend waits
 
 	mu       sync.Mutex // guards everything below
 	conn     *websocket.Conn
 	session  string
-	outbox   map[string]*outgoing
-	nextSeq  uint64
-	seenMsg  *lru // from+id of messages handed to the app
-	seenRcpt *lru // receipts handed to the app
-	acked    *lru // seqs the app acked (redeliveries of them are acked again)
+	ob       *outbox // unconfirmed sends, in order
+	seenMsg  *lru    // from+id of messages handed to the app
+	seenRcpt *lru    // receipts handed to the app
+	acked    *lru    // seqs the app acked (redeliveries of them are acked again)
 	closeErr error
 	stats    Stats
 	// following are the users whose presence this client follows.
@@ -169,14 +188,22 @@ type Client struct {
 	statusWait map[string][]chan statusResult
 
 	writeMu sync.Mutex // one writer at a time on conn
-	// sendMu orders sends: a reconnect resends every unconfirmed send
-	// before a new one goes out, so the store keeps the sender's order.
+	// sendMu makes choosing send frames to write (under mu) and writing
+	// them one step, so they reach the connection in the order the outbox
+	// chose them. Lock order: sendMu, then mu or writeMu.
 	sendMu sync.Mutex
 }
 
 // Dial connects and returns a Client that keeps reconnecting until Close.
 // It fails if the first connection cannot be made.
 func Dial(ctx context.Context, opts Options) (*Client, error) {
+	return dialWith(ctx, opts, hooks{})
+}
+
+func dialWith(ctx context.Context, opts Options, h hooks) (*Client, error) {
+	if h.wait == nil {
+		h.wait = sleep
+	}
 	if opts.Token == nil {
 		return nil, errors.New("client: Options.Token is required")
 	}
@@ -194,10 +221,11 @@ func Dial(ctx context.Context, opts Options) (*Client, error) {
 	}
 	c := &Client{
 		opts:   opts,
+		hooks:  h,
 		msgs:   make(chan Message, opts.Buffer),
 		rcpt:   make(chan Receipt, opts.Buffer),
 		typing: make(chan Typing, 64),
-		outbox: map[string]*outgoing{},
+		ob:     newOutbox(),
 
 		presence:      make(chan Presence, 256),
 		settingsReply: make(chan Settings, 1),
@@ -308,38 +336,31 @@ func (c *Client) dial(ctx context.Context) (*websocket.Conn, string, error) {
 }
 
 // run owns the connection: it reads until the connection fails, then
-// reconnects with backoff, until Close.
+// reconnects with backoff, until Close or a close code that says not to
+// reconnect.
 func (c *Client) run(conn *websocket.Conn) {
 	defer c.wg.Done()
-	backoff := c.opts.MinBackoff
+	b := newBackoff(c.opts.MinBackoff, c.opts.MaxBackoff)
 	for {
 		err := c.readLoop(conn)
 		c.detach(conn)
 		if c.opts.OnDisconnect != nil {
 			c.opts.OnDisconnect(err)
 		}
-		var ce *websocket.CloseError
-		if errors.As(err, &ce) && ce.Code == protocol.CloseReplaced {
-			c.shutdown(ErrReplaced)
+		if stop := stopError(err); stop != nil {
+			c.shutdown(stop)
 			return
 		}
 		for {
-			if c.ctx.Err() != nil {
+			if c.ctx.Err() != nil || !c.hooks.wait(c.ctx, b.next()) {
 				return
 			}
-			wait := time.Duration(rand.Int64N(int64(backoff))) + time.Millisecond
-			select {
-			case <-c.ctx.Done():
-				return
-			case <-time.After(wait):
-			}
-			backoff = min(backoff*2, c.opts.MaxBackoff)
 			ctx, cancel := context.WithTimeout(c.ctx, 15*time.Second)
 			var sid string
 			conn, sid, err = c.dial(ctx)
 			cancel()
 			if err == nil {
-				backoff = c.opts.MinBackoff
+				b.reset()
 				c.attach(conn, sid)
 				break
 			}
@@ -360,16 +381,13 @@ func (c *Client) attach(conn *websocket.Conn, sid string) {
 	}
 	c.conn, c.session = conn, sid
 	c.stats.Connects++
-	pending := make([]*outgoing, 0, len(c.outbox))
-	ids := make(map[*outgoing]string, len(c.outbox))
-	for id, o := range c.outbox {
-		pending = append(pending, o)
-		ids[o] = id
-	}
+	pending := c.ob.rewriteAll()
 	c.mu.Unlock()
-	sortBySeq(pending)
 	for _, o := range pending {
-		_ = c.write(conn, o.frame(ids[o]))
+		if err := c.write(conn, o.frame()); err != nil {
+			conn.Close() // the read loop sees it and reconnects
+			break
+		}
 	}
 	c.resubscribe()
 	if c.opts.OnConnect != nil {
@@ -430,7 +448,7 @@ func (c *Client) readLoop(conn *websocket.Conn) error {
 func (c *Client) handle(conn *websocket.Conn, f *protocol.Frame) error {
 	switch f.Type {
 	case protocol.TypeSent:
-		c.resolve(f.ID, result{sent: Sent{ID: f.ID, Seq: f.Seq, TS: time.UnixMilli(f.TS), Dup: f.Dup}})
+		c.onSent(f)
 	case protocol.TypeMsg:
 		key := f.From + "\x00" + f.ID
 		c.mu.Lock()
@@ -498,33 +516,23 @@ func (c *Client) handle(conn *websocket.Conn, f *protocol.Frame) error {
 func (c *Client) onError(f *protocol.Frame) {
 	if f.ID != "" {
 		c.mu.Lock()
-		o := c.outbox[f.ID]
-		c.mu.Unlock()
-		if o != nil {
-			if retryable(f.Code) {
+		o := c.ob.byID[f.ID]
+		if o != nil && retryable(f.Code) {
+			// Resend it, and hold newer sends until it is stored: a
+			// newer send stored first would break the sender's order.
+			if c.ob.failed(o) {
 				delay := time.Duration(f.RetryMS) * time.Millisecond
 				if delay <= 0 {
-					// Back off per message: a store that keeps failing
-					// is not hammered.
-					c.mu.Lock()
-					o.retries++
-					n := o.retries
-					c.mu.Unlock()
-					delay = c.opts.MinBackoff << min(n, 10)
-					delay = min(delay, c.opts.MaxBackoff)
+					delay = retryWait(o.retries, c.opts.MinBackoff, c.opts.MaxBackoff)
 				}
-				id := f.ID
-				time.AfterFunc(delay, func() {
-					c.mu.Lock()
-					still := c.outbox[id] == o
-					c.mu.Unlock()
-					if still {
-						c.writeCurrent(o.frame(id))
-					}
-				})
-				return
+				c.scheduleProbe(delay)
 			}
-			c.resolve(f.ID, result{err: &ServerError{Code: f.Code, Message: f.Message}})
+			c.mu.Unlock()
+			return
+		}
+		c.mu.Unlock()
+		if o != nil {
+			c.resolve(o, result{err: &ServerError{Code: f.Code, Message: f.Message}})
 			return
 		}
 		if c.resolveStatus(f.ID, statusResult{err: &ServerError{Code: f.Code, Message: f.Message}}) {
@@ -536,6 +544,30 @@ func (c *Client) onError(f *protocol.Frame) {
 	}
 }
 
+// scheduleProbe lets the holder be written again after d. A later call,
+// or the end of the hold, makes a pending one moot. c.mu must be held.
+func (c *Client) scheduleProbe(d time.Duration) {
+	c.ob.probeGen++
+	gen := c.ob.probeGen
+	c.ob.probeDue = false
+	// Called from the read loop, so run holds wg above zero and Add
+	// cannot race Close's Wait.
+	c.wg.Add(1)
+	go func() {
+		defer c.wg.Done()
+		if !c.hooks.wait(c.ctx, d) {
+			return
+		}
+		c.mu.Lock()
+		due := c.ob.probeGen == gen && c.ob.holder != nil
+		c.ob.probeDue = c.ob.probeDue || due
+		c.mu.Unlock()
+		if due {
+			c.flush()
+		}
+	}()
+}
+
 func retryable(code protocol.ErrorCode) bool {
 	for _, e := range protocol.Errors {
 		if e.Code == code {
@@ -545,22 +577,68 @@ func retryable(code protocol.ErrorCode) bool {
 	return false
 }
 
-func (c *Client) resolve(id string, r result) {
+// onSent resolves the send a sent frame confirms.
+func (c *Client) onSent(f *protocol.Frame) {
 	c.mu.Lock()
-	o := c.outbox[id]
-	delete(c.outbox, id)
+	o := c.ob.byID[f.ID]
 	c.mu.Unlock()
 	if o != nil {
-		o.done <- r
+		c.resolve(o, result{sent: Sent{ID: f.ID, Seq: f.Seq, TS: time.UnixMilli(f.TS), Dup: f.Dup}})
+	}
+}
+
+// resolve ends send o with r, and writes what its end lets go out.
+func (c *Client) resolve(o *outgoing, r result) {
+	c.mu.Lock()
+	if c.ob.byID[o.id] != o {
+		c.mu.Unlock()
+		return
+	}
+	released := c.ob.remove(o)
+	o.done <- r // under mu: whoever finds o gone finds its result
+	// Held with the probe due, and something older than the holder just
+	// answered: the holder may go now.
+	flush := released || (c.ob.holder != nil && c.ob.probeDue)
+	c.mu.Unlock()
+	if flush {
+		c.flush()
+	}
+}
+
+// flush writes the sends the outbox lets go out now, in order, on the
+// current connection. Without one, the next connection writes them all.
+func (c *Client) flush() {
+	c.sendMu.Lock()
+	defer c.sendMu.Unlock()
+	c.mu.Lock()
+	conn := c.conn
+	var batch []*outgoing
+	if conn != nil {
+		batch = c.ob.writable()
+	}
+	c.mu.Unlock()
+	for _, o := range batch {
+		if err := c.write(conn, o.frame()); err != nil {
+			conn.Close() // the read loop sees it; the next connection writes them again
+			return
+		}
 	}
 }
 
 // Send stores body (any JSON value) for user to, under the client message
-// id, and returns once the server confirms it is stored. If the connection
-// drops first, the send is repeated after reconnecting with the same id, so
-// it is stored once. An error means the message may not have been stored,
-// except after ctx ends: then it stays queued and is still sent (call
-// Send again with the same id to wait for it).
+// id, and returns once the server confirms it is stored. Sends go out in
+// the order of the calls and are stored in that order (see the package
+// doc for the rule). If the connection drops first, the send is repeated
+// after reconnecting with the same id, so it is stored once; a retryable
+// error frame (store_failed, say) makes it be resent, while newer sends
+// wait.
+//
+// If ctx ends first, the send is withdrawn: the client writes it no more
+// and the sends behind it go ahead. A frame already written may still be
+// stored, in its place; Send again with the same id to learn whether it
+// was (the server answers dup) or to store it now, after the others. A
+// second Send with the id of a send still waiting joins it, and the send
+// is withdrawn only when every such call has given up.
 func (c *Client) Send(ctx context.Context, to, id string, body json.RawMessage) (Sent, error) {
 	return c.send(ctx, to, id, body, nil)
 }
@@ -583,32 +661,66 @@ func (c *Client) send(ctx context.Context, to, id string, body json.RawMessage, 
 	if !json.Valid(body) || !utf8.Valid(body) {
 		return Sent{}, ErrBadBody
 	}
+	if err := ctx.Err(); err != nil {
+		return Sent{}, err // given up before it started: write nothing
+	}
+	o, err := c.enqueue(to, id, body, media)
+	if err != nil {
+		return Sent{}, err
+	}
+	return c.await(ctx, o)
+}
+
+// enqueue adds a send to the outbox, or joins the one with the same id
+// still waiting, and writes what may go out now.
+func (c *Client) enqueue(to, id string, body json.RawMessage, media *protocol.Media) (*outgoing, error) {
 	c.mu.Lock()
 	if c.closeErr != nil {
 		c.mu.Unlock()
-		return Sent{}, c.closeErr
+		return nil, c.closeErr
 	}
-	o := c.outbox[id]
-	if o == nil {
-		c.nextSeq++
-		o = &outgoing{seq: c.nextSeq, to: to, body: append([]byte(nil), body...), media: media, done: make(chan result, 1)}
-		c.outbox[id] = o
-		c.mu.Unlock()
-		c.sendMu.Lock()
-		c.writeCurrent(o.frame(id))
-		c.sendMu.Unlock()
-	} else {
-		c.mu.Unlock()
+	o := c.ob.byID[id]
+	fresh := o == nil
+	if fresh {
+		o = &outgoing{id: id, to: to, body: append([]byte(nil), body...), media: media, done: make(chan result, 1)}
+		c.ob.add(o)
 	}
+	o.waiters++
+	c.mu.Unlock()
+	if fresh {
+		c.flush()
+	}
+	return o, nil
+}
+
+// await waits for o's outcome; if ctx ends first, it withdraws o unless
+// another call still waits for it.
+func (c *Client) await(ctx context.Context, o *outgoing) (Sent, error) {
 	select {
 	case r := <-o.done:
 		o.done <- r // let a second waiter on the same id see it too
 		return r.sent, r.err
 	case <-ctx.Done():
-		return Sent{}, ctx.Err()
 	case <-c.ctx.Done():
-		return Sent{}, ErrClosed
+		return Sent{}, c.Err()
 	}
+	c.mu.Lock()
+	resolved := c.ob.byID[o.id] != o
+	o.waiters--
+	released := false
+	if !resolved && o.waiters == 0 {
+		released = c.ob.remove(o)
+	}
+	c.mu.Unlock()
+	if released {
+		c.flush()
+	}
+	if resolved { // answered as ctx ended
+		r := <-o.done
+		o.done <- r
+		return r.sent, r.err
+	}
+	return Sent{}, ctx.Err()
 }
 
 // Ack tells the server this device has the message with this seq; the
@@ -652,7 +764,8 @@ func (c *Client) shutdown(err error) {
 	c.mu.Unlock()
 }
 
-// Done is closed once the client has stopped for good (Close, or replaced).
+// Done is closed once the client has stopped for good: Close, or a close
+// code after which it must not reconnect (see CloseError).
 func (c *Client) Done() <-chan struct{} { return c.ctx.Done() }
 
 // Err says why the client stopped, once Done is closed.

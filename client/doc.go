@@ -7,7 +7,67 @@
 // reconnect, and the server stores them once. Messages and receipts arrive
 // on channels with duplicates (redeliveries after a reconnect) removed.
 //
+// # Order of sends
+//
+// A client's messages are stored in the order of its Send calls (calls
+// made at once from several goroutines are ordered as they enter Send).
+// Sends are pipelined: each is written as soon as it is made, without
+// waiting for the "sent" of those before it, and the gateway stores one
+// connection's sends in the order they arrive. A send answered with an
+// error can break that order only if newer sends overtake its resend, so:
+//
+//   - When a send is answered with an error that protocol.Errors marks
+//     retryable (store_failed, rate_limited, internal, unavailable,
+//     shutting_down), it is resent under the same id, and no newer send is
+//     written until it is stored. Sends made meanwhile queue behind it.
+//   - It is resent alone, once every older send has been answered, after a
+//     wait: the server's retry_ms if it gave one, otherwise a random time
+//     up to a bound that starts at MinBackoff and doubles with each failure
+//     of the same send, up to MaxBackoff.
+//   - Once it is stored, every send not on the wire goes out at once, in
+//     the original order (those that failed behind it first), and
+//     pipelining resumes. A failure among them starts a new hold.
+//   - It stops holding the others back if its Send fails instead, with an
+//     error resending cannot fix (bad_media, say), or if it is withdrawn.
+//     The sends behind it then go ahead, in order.
+//   - A send is withdrawn when the context of the Send waiting for it ends
+//     (of every Send, if several wait for the same id): the client never
+//     writes it again, and Send returns the context's error. A frame of
+//     it already written may have been stored, in its place (a store can
+//     fail to answer after storing); Send again with the same id to find
+//     out (the answer is "sent" with dup) or to store it now, after the
+//     others.
+//   - After a reconnect every unconfirmed send is written again at once, in
+//     order, then the sends made while disconnected. A send that was
+//     holding the others back keeps sends made after the reconnect waiting
+//     until its "sent" comes back.
+//
+// What the client cannot undo is a send already on the wire behind the one
+// that failed, when the store accepts it: it was stored ahead of the
+// failed one before the client learned of the failure. At most the sends
+// written before the error frame arrived can do so. An app that needs no
+// exception at all waits for each "sent" before the next Send.
+//
+// # Closes
+//
+// A close whose code protocol.Closes marks "reconnect: no" (1000, 1003,
+// 1007, 4002) stops the client: Done is closed, and Err, pending sends and
+// later calls return a *CloseError naming the code (for 4002 it matches
+// ErrReplaced). Every other close, a code the table does not know, and a
+// connection lost without a close frame make the client reconnect. Each
+// connect asks Options.Token for a token, so a 1008 token_expired close is
+// followed by a connection with a fresh one.
+//
+// # Concurrency
+//
 // All methods are safe to call from many goroutines. The Messages and
 // Receipts channels must be drained: a client that stops reading them
 // stops reading its socket, and the gateway eventually closes it as slow.
+//
+// Locks: Client.sendMu is taken before Client.mu and Client.writeMu, so
+// choosing send frames and writing them is one step; Client.mu (the
+// outbox, the connection, the dedup sets) is never held while writing.
+// Files: client.go (connection, reading, sending), outbox.go (which sends
+// may be written, in what order), backoff.go (waits), presence.go
+// (presence, settings, status), lru.go.
 package client

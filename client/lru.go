@@ -2,7 +2,6 @@ package client
 
 import (
 	"container/list"
-	"sort"
 	"strconv"
 )
 
@@ -50,5 +49,3 @@ func (l *lru) put(k string, v uint64) {
 }
 
 func seqKey(seq uint64) string { return strconv.FormatUint(seq, 10) }
-
-func sortBySeq(o []*outgoing) { sort.Slice(o, func(i, j int) bool { return o[i].seq < o[j].seq }) }

@@ -59,8 +59,10 @@ type appConfig struct {
 	PprofListen string
 }
 
+// defaultAppConfig gives every setting its value, so that the logged
+// configuration shows what applies rather than zeros that mean "default".
 func defaultAppConfig() appConfig {
-	return appConfig{
+	c := appConfig{
 		Gateway:    gateway.DefaultConfig(),
 		Functions:  defaultFunctionsConfig(),
 		NATSListen: "127.0.0.1:4222",
@@ -68,7 +70,26 @@ func defaultAppConfig() appConfig {
 		LogLevel:   "info",
 		LogFormat:  "text",
 	}
+	c.Gateway.MaxInflight = gateway.DefaultMaxInflight
+	c.Streams.MaxAge = 30 * 24 * time.Hour
+	c.Streams.DuplicateWindow = 2 * time.Minute
+	return c
 }
+
+// listFlag is a comma-separated list flag that shows its value.
+type listFlag struct {
+	list *[]string
+	set  func(v string) error
+}
+
+func (l listFlag) String() string {
+	if l.list == nil || len(*l.list) == 0 {
+		return "none"
+	}
+	return strings.Join(*l.list, ",")
+}
+
+func (l listFlag) Set(v string) error { return l.set(v) }
 
 // bindFlags declares every flag. withNATS adds the embedded server's flags.
 func bindFlags(fs *flag.FlagSet, c *appConfig, withEmbedded bool) {
@@ -83,10 +104,10 @@ func bindFlags(fs *flag.FlagSet, c *appConfig, withEmbedded bool) {
 	fs.StringVar(&c.DataDir, "data", c.DataDir, "data directory (JetStream store, dev signing secret, NATS keys)")
 	fs.StringVar(&g.Listen, "listen", g.Listen, "gateway HTTP/WebSocket address")
 	fs.StringVar(&g.MetricsListen, "metrics-listen", g.MetricsListen, "serve Prometheus metrics (/metrics) on this address, for operators only (empty: none)")
-	fs.Func("origins", "comma-separated browser origins allowed besides same-origin (\"*\": any, dev only)", func(v string) error {
+	fs.Var(listFlag{&g.AllowedOrigins, func(v string) error {
 		g.AllowedOrigins = splitList(v)
 		return nil
-	})
+	}}, "origins", "comma-separated browser origins allowed besides same-origin (\"*\": any, dev only)")
 	fs.IntVar(&g.MaxFrameBytes, "max-frame", g.MaxFrameBytes, "largest frame in bytes (bigger: close 1009)")
 	fs.DurationVar(&g.PingInterval, "ping-interval", g.PingInterval, "how often to ping each connection")
 	fs.DurationVar(&g.PongTimeout, "pong-timeout", g.PongTimeout, "close a connection silent for this long")
@@ -240,7 +261,7 @@ func redactURL(v string) string {
 // loadKeys builds the token keys from the config. With nothing configured it
 // uses DataDir/jwt.secret, creating it on first use, so a newcomer's
 // "switchboard" and "switchboard token" agree with no setup.
-func loadKeys(c *appConfig) (*gateway.Keys, error) {
+func loadKeys(c *appConfig, create bool) (*gateway.Keys, error) {
 	switch {
 	case c.JWTSecret != "":
 		return gateway.NewHS256Keys([]byte(c.JWTSecret))
@@ -261,6 +282,13 @@ func loadKeys(c *appConfig) (*gateway.Keys, error) {
 	}
 	path := filepath.Join(c.DataDir, "jwt.secret")
 	b, err := os.ReadFile(path)
+	if errors.Is(err, os.ErrNotExist) && !create {
+		// A fresh secret here would sign tokens no server accepts, or
+		// make a gateway refuse every token the others accept.
+		return nil, fmt.Errorf("no token key: %s does not exist. The all-in-one makes it on its first start; "+
+			"give --data the server's data directory, or --jwt-secret (or --jwt-public-key) as the server has it: "+
+			"every gateway must verify with the same key", path)
+	}
 	if errors.Is(err, os.ErrNotExist) {
 		raw := make([]byte, 32)
 		if _, err := rand.Read(raw); err != nil {
@@ -272,7 +300,7 @@ func loadKeys(c *appConfig) (*gateway.Keys, error) {
 		}
 		f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
 		if errors.Is(err, os.ErrExist) {
-			return loadKeys(c) // created meanwhile by another process
+			return loadKeys(c, false) // created meanwhile by another process
 		}
 		if err != nil {
 			return nil, err

@@ -74,7 +74,7 @@ func (c *functionsConfig) mediaConfig() media.Config {
 
 func bindFunctionFlags(fs *flag.FlagSet, c *functionsConfig, withRun bool) {
 	if withRun {
-		fs.Func("functions", "worker functions to run in-process, comma-separated (receipts,presence,push,media; \"none\" for none)", func(v string) error {
+		fs.Var(listFlag{&c.Run, func(v string) error {
 			c.Run = nil
 			if v == "none" {
 				return nil
@@ -86,8 +86,13 @@ func bindFunctionFlags(fs *flag.FlagSet, c *functionsConfig, withRun bool) {
 				c.Run = append(c.Run, n)
 			}
 			return nil
-		})
+		}}, "functions", "worker functions to run in-process, comma-separated (receipts,presence,push,media; \"none\" for none)")
 	}
+	bindPushFlags(fs, c)
+}
+
+// bindPushFlags declares the push function's flags.
+func bindPushFlags(fs *flag.FlagSet, c *functionsConfig) {
 	p := &c.Push
 	fs.StringVar(&p.WebhookURL, "push-webhook", p.WebhookURL, "URL the push function POSTs notifications to (empty: push off)")
 	fs.StringVar(&p.WebhookSecret, "push-webhook-secret", p.WebhookSecret, "sent as Authorization: Bearer to the webhook (never logged)")
@@ -195,6 +200,20 @@ func (m mediaService) Stop() { _ = m.Service.Stop() }
 // runFunction runs one worker function alone against --nats, until a
 // signal. Any number of these share the work with the in-process ones.
 func runFunction(args []string) error {
+	if len(args) > 0 && (args[0] == "-h" || args[0] == "-help" || args[0] == "--help") {
+		fmt.Fprint(os.Stderr, `usage: switchboard function NAME --nats URL [flags]
+
+Runs one worker function alone; any number of instances share the work.
+  receipts  delivered and read ticks for senders, and message status
+  presence  who is online and last seen, from the gateways' leases
+  push      wakes offline devices through --push-webhook
+  media     upload tickets and download URLs (--media-listen serves the
+            embedded store's signed URLs)
+
+Run "switchboard function NAME -h" for that function's flags.
+`)
+		return flag.ErrHelp
+	}
 	if len(args) == 0 || args[0] == "" || args[0][0] == '-' {
 		return fmt.Errorf("function: name one of %v: switchboard function NAME --nats URL", functionNames)
 	}
@@ -209,10 +228,13 @@ func runFunction(args []string) error {
 	bindNATSAuthFlags(fs, &c)
 	fs.StringVar(&c.LogLevel, "log-level", c.LogLevel, "debug, info, warn or error")
 	fs.StringVar(&c.LogFormat, "log-format", c.LogFormat, "text or json")
-	bindFunctionFlags(fs, &c.Functions, false)
-	bindMediaFlags(fs, &c.Functions)
-	fs.IntVar(&c.Functions.Media.Replicas, "replicas", 0, "replicas of the media buckets (as the gateways' --replicas; 0: 1)")
-	if name == "media" {
+	// Only this function's own flags.
+	switch name {
+	case "push":
+		bindPushFlags(fs, &c.Functions)
+	case "media":
+		bindMediaFlags(fs, &c.Functions)
+		fs.IntVar(&c.Functions.Media.Replicas, "replicas", 0, "replicas of the media buckets (as the gateways' --replicas; 0: 1)")
 		fs.StringVar(&c.Functions.MediaListen, "media-listen", "", "address to serve the embedded store's signed upload and download URLs on")
 	}
 	if err := parseFlags(fs, args); err != nil {
@@ -221,6 +243,7 @@ func runFunction(args []string) error {
 	if c.Functions.MediaKeyFile == "" {
 		c.Functions.MediaKeyFile = filepath.Join(c.DataDir, "media.key")
 	}
+	c.NATSKeys = c.natsKeysDir() // logged as it applies
 	log, err := newLogger(&c, os.Stderr)
 	if err != nil {
 		return err

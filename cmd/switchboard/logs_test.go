@@ -172,7 +172,8 @@ func TestNoSecretIsLogged(t *testing.T) {
 	aliceTok := token(t, data, "alice", "phone")
 	bobTok := token(t, data, "bob", "phone")
 	carolTok := token(t, data, "carol", "phone")
-	foreignTok := token(t, t.TempDir(), "alice", "phone") // signed with another secret
+	// Signed with another secret.
+	foreignTok := strings.TrimSpace(tk.Run(t, binary, "token", "--jwt-secret", "another-secret-0123456789abcdef-0123456789", "--user", "alice", "--device", "phone"))
 	expiredTok := strings.TrimSpace(tk.Run(t, binary, "token", "--data", data, "--user", "alice", "--device", "tablet", "--ttl", "1s"))
 	secrets := map[string]string{}
 	for name, tok := range map[string]string{"alice's": aliceTok, "bob's": bobTok, "carol's": carolTok, "the foreign": foreignTok, "the expired": expiredTok} {

@@ -15,6 +15,8 @@ func main() {
 	cmd := "serve"
 	if len(args) > 0 && args[0] != "" && args[0][0] != '-' {
 		cmd, args = args[0], args[1:]
+	} else if len(args) > 0 && (args[0] == "-h" || args[0] == "-help" || args[0] == "--help") {
+		cmd = "help"
 	}
 	var err error
 	switch cmd {
@@ -34,6 +36,8 @@ func main() {
 		err = runChat(args, os.Stdin, os.Stdout)
 	case "bench":
 		err = runBench(args, os.Stdout, os.Stderr)
+	case "version":
+		printVersion(os.Stdout)
 	case "help":
 		usage()
 	default:
@@ -54,16 +58,18 @@ func usage() {
 	fmt.Fprint(os.Stderr, `usage: switchboard [command] [flags]
 
 commands:
-  serve    (default) embedded NATS with JetStream, streams, worker functions and gateway in one process
-  gateway  a gateway only, against --nats URL
-  function run one worker function: switchboard function receipts|presence|push|media --nats URL
-  setup    create or update the streams on a NATS, as the operator: switchboard setup --nats URL
+  serve      (default) embedded NATS with JetStream, streams, worker functions and gateway in one process
+  gateway    a gateway only, against --nats URL (it needs the all-in-one's token key: --data or --jwt-secret)
+  function   run one worker function: switchboard function receipts|presence|push|media --nats URL
+  setup      create or update the streams on a NATS, as the operator: switchboard setup --nats URL
   nats-keys  make a NATS key per role for deploy/*.conf: switchboard nats-keys --out DIR
-  token    mint a device token: switchboard token --user alice --device phone
-  chat     a line-based chat client: switchboard chat --token T --to bob
-  bench    load a running system (or --spawn one) with SDK devices: switchboard bench --scenario pairs --spawn
+  token      mint a device token: switchboard token --user alice --device phone
+  chat       a terminal chat client: switchboard chat --token T --to bob
+  bench      load a running system (or --spawn one) with SDK devices: switchboard bench --scenario pairs --spawn
+  version    print the version of switchboard and of the NATS server it embeds
 
-Run "switchboard COMMAND -h" for a command's flags. Every flag can also be
-set as SWITCHBOARD_<FLAG> (e.g. --send-rate is SWITCHBOARD_SEND_RATE).
+Run "switchboard COMMAND -h" for a command's flags ("switchboard serve -h"
+for the all-in-one's). Every flag can also be set as SWITCHBOARD_<FLAG>
+(e.g. --send-rate is SWITCHBOARD_SEND_RATE).
 `)
 }

@@ -12,6 +12,7 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
+	"strings"
 	"sync"
 	"syscall"
 	"time"
@@ -43,6 +44,7 @@ func runServe(args []string, allInOne bool) error {
 	if c.Functions.MediaKeyFile == "" {
 		c.Functions.MediaKeyFile = filepath.Join(c.DataDir, "media.key")
 	}
+	c.NATSKeys = c.natsKeysDir() // logged as it applies
 	log, err := newLogger(&c, os.Stderr)
 	if err != nil {
 		return err
@@ -55,7 +57,7 @@ func runServe(args []string, allInOne bool) error {
 	if !allInOne && c.NATSURL == "" {
 		return errors.New("gateway: --nats is required")
 	}
-	keys, err := loadKeys(&c)
+	keys, err := loadKeys(&c, allInOne)
 	if err != nil {
 		return err
 	}
@@ -90,6 +92,9 @@ func runServe(args []string, allInOne bool) error {
 			ConfigFile: c.NATSConfig,
 			Users:      keys.ServerUsers(),
 		})
+		if errors.Is(err, embednats.ErrListen) {
+			return fmt.Errorf("--nats-listen: %w (is another switchboard or nats-server running? choose another address, or port 0)", err)
+		}
 		if err != nil {
 			return err
 		}
@@ -179,6 +184,12 @@ func runServe(args []string, allInOne bool) error {
 		go func() { serveErr <- gw.ServeMetrics(metricsLn) }()
 	}
 	go func() { serveErr <- gw.Serve(ln) }()
+	if allInOne {
+		ws := strings.Replace(baseURL(ln.Addr()), "http://", "ws://", 1) + gateway.PathWS
+		log.Info("ready: mint a token per device, then chat from two terminals", "ws", ws,
+			"token", "switchboard token --data "+c.DataDir+" --user alice --device phone",
+			"chat", "switchboard chat --url "+ws+" --token TOKEN --to bob")
+	}
 
 	select {
 	case s := <-sig:

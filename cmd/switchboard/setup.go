@@ -29,6 +29,7 @@ func runSetup(args []string, out io.Writer) error {
 	if c.NATSURL == "" {
 		return errors.New("setup: --nats is required")
 	}
+	c.NATSKeys = c.natsKeysDir()
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	connect := func(r natsauth.Role) (*nats.Conn, error) {

@@ -22,7 +22,7 @@ func runToken(args []string, out io.Writer) error {
 	if *user == "" || *device == "" {
 		return fmt.Errorf("token: --user and --device are required")
 	}
-	keys, err := loadKeys(&c)
+	keys, err := loadKeys(&c, false)
 	if err != nil {
 		return err
 	}

@@ -39,6 +39,10 @@ type Options struct {
 	Users []*server.NkeyUser
 }
 
+// ErrListen is returned when the client port cannot be listened on (taken
+// by another server, say).
+var ErrListen = errors.New("embednats: cannot listen")
+
 // ErrNoAuth is returned for a server that would let anyone in.
 var ErrNoAuth = errors.New("embednats: no users: every client could read every inbox")
 
@@ -94,6 +98,16 @@ func Start(o Options) (*server.Server, error) {
 	if len(opts.Nkeys) == 0 && len(opts.Users) == 0 && opts.Authorization == "" &&
 		opts.TrustedOperators == nil && len(opts.TrustedKeys) == 0 {
 		return nil, ErrNoAuth
+	}
+	if opts.Port > 0 {
+		// The server only logs a listen failure and never gets ready;
+		// say at once which port, and why.
+		addr := net.JoinHostPort(opts.Host, strconv.Itoa(opts.Port))
+		ln, err := net.Listen("tcp", addr)
+		if err != nil {
+			return nil, fmt.Errorf("%w: %s: %w", ErrListen, addr, err)
+		}
+		ln.Close()
 	}
 	opts.NoSigs = true
 	opts.NoLog = true

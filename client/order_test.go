@@ -1,0 +1,290 @@
+package client
+
+import (
+	"context"
+	"errors"
+	"testing"
+	"time"
+
+	"github.com/switchboard-im/switchboard/protocol"
+)
+
+// checkSeqs checks that each send was stored with the seq the script gave.
+func checkSeqs(t *testing.T, c *Client, outs []*outgoing, first uint64) {
+	t.Helper()
+	for i, o := range outs {
+		s, err := outcome(t, c, o)
+		if err != nil || s.Seq != first+uint64(i) || s.ID != o.id {
+			t.Fatalf("send %s: %+v, %v; want seq %d", o.id, s, err, first+uint64(i))
+		}
+	}
+}
+
+// A store_failed in the middle of a pipelined burst: the failed send is
+// resent alone, after a backoff, and nothing newer is written until it is
+// stored; then the rest go out in their original order.
+func TestStoreFailedHoldsNewerSendsUntilTheResendIsStored(t *testing.T) {
+	s := newScript(t)
+	w := newWaiter(false)
+	c := s.dial(t, Options{MinBackoff: 100 * time.Millisecond, MaxBackoff: 5 * time.Second}, w)
+	sc := s.accept(t)
+
+	// Pipelined: all five are written before any is answered.
+	var outs []*outgoing
+	for _, id := range []string{"m1", "m2", "m3", "m4", "m5"} {
+		outs = append(outs, queue(t, c, id))
+	}
+	sc.expectSends(t, "m1", "m2", "m3", "m4", "m5")
+
+	// m1 is stored; the store fails for m2 and for the three behind it,
+	// which were in flight during the same outage.
+	sc.sent("m1", 1)
+	sc.fail(protocol.ErrStoreFailed, "m2", 0)
+	sc.fail(protocol.ErrStoreFailed, "m3", 0)
+	sc.fail(protocol.ErrStoreFailed, "m4", 0)
+	sc.fail(protocol.ErrStoreFailed, "m5", 0)
+	sc.msg("after-the-errors", "carol", 100)
+	if m := recvMsg(t, c); m.ID != "after-the-errors" { // the client has read every error
+		t.Fatalf("got %s", m.ID)
+	}
+
+	// The wait before m2's resend: a first retry waits up to MinBackoff.
+	r := w.next(t)
+	if r.d < time.Millisecond || r.d > 100*time.Millisecond {
+		t.Fatalf("first resend waits %s, want 1ms..100ms", r.d)
+	}
+	// Sends made while m2 is held queue behind it: none is written.
+	outs = append(outs, queue(t, c, "m6"), queue(t, c, "m7"))
+	sc.fence(t, c)
+
+	// The backoff passes: m2 goes out alone.
+	r.end()
+	sc.expectSends(t, "m2")
+	sc.fence(t, c) // nothing newer while m2's resend is unanswered
+
+	// m2 stored: the others follow in their original order, pipelined.
+	sc.sent("m2", 2)
+	sc.expectSends(t, "m3", "m4", "m5", "m6", "m7")
+	for i, id := range []string{"m3", "m4", "m5", "m6", "m7"} {
+		sc.sent(id, uint64(3+i))
+	}
+	checkSeqs(t, c, outs, 1)
+	if len(w.reqs) != 0 {
+		t.Fatalf("%d more waits asked for", len(w.reqs))
+	}
+}
+
+// A resend that fails again waits longer (the bound doubles) and still
+// holds the others; retry_ms, when the server gives it, is the wait.
+func TestRepeatedFailuresBackOffAndHonourRetryMS(t *testing.T) {
+	s := newScript(t)
+	w := newWaiter(false)
+	c := s.dial(t, Options{MinBackoff: 100 * time.Millisecond, MaxBackoff: 300 * time.Millisecond}, w)
+	sc := s.accept(t)
+
+	m1, m2 := queue(t, c, "m1"), queue(t, c, "m2")
+	sc.expectSends(t, "m1", "m2")
+	sc.fail(protocol.ErrStoreFailed, "m1", 0)
+	sc.sent("m2", 1) // in flight behind m1 and stored: the window no client can close
+	if _, err := outcome(t, c, m2); err != nil {
+		t.Fatal(err)
+	}
+	m3 := queue(t, c, "m3")
+	for i, bound := range []time.Duration{100, 200, 300, 300} {
+		r := w.next(t)
+		if r.d < time.Millisecond || r.d > bound*time.Millisecond {
+			t.Fatalf("resend %d waits %s, want 1ms..%dms", i+1, r.d, bound)
+		}
+		r.end()
+		sc.expectSends(t, "m1")
+		sc.fail(protocol.ErrStoreFailed, "m1", 0)
+	}
+	r := w.next(t)
+	r.end()
+	sc.expectSends(t, "m1")
+	sc.fail(protocol.ErrRateLimited, "m1", 250)
+	if r := w.next(t); r.d != 250*time.Millisecond {
+		t.Fatalf("rate_limited with retry_ms 250: waits %s", r.d)
+	} else {
+		sc.fence(t, c) // m3 still held
+		r.end()
+	}
+	sc.expectSends(t, "m1")
+	sc.sent("m1", 2)
+	sc.expectSends(t, "m3")
+	sc.sent("m3", 3)
+	if s, err := outcome(t, c, m1); err != nil || s.Seq != 2 {
+		t.Fatalf("m1: %+v %v", s, err)
+	}
+	if s, err := outcome(t, c, m3); err != nil || s.Seq != 3 {
+		t.Fatalf("m3: %+v %v", s, err)
+	}
+}
+
+// A held send whose caller gives up (its context ends) is withdrawn: it is
+// not written again, and the sends behind it go ahead.
+func TestWithdrawnHolderLetsTheOthersGo(t *testing.T) {
+	s := newScript(t)
+	w := newWaiter(false)
+	c := s.dial(t, Options{}, w)
+	sc := s.accept(t)
+
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	errc := make(chan error, 1)
+	go func() {
+		_, err := c.Send(ctx, "bob", "m1", []byte(`"m1"`))
+		errc <- err
+	}()
+	sc.expectSends(t, "m1")
+	m2 := queue(t, c, "m2")
+	sc.expectSends(t, "m2")
+	sc.fail(protocol.ErrStoreFailed, "m1", 0)
+	w.next(t) // held; this wait is never ended
+	m3 := queue(t, c, "m3")
+	sc.fence(t, c)
+
+	cancel()
+	select {
+	case err := <-errc:
+		if !errors.Is(err, context.Canceled) {
+			t.Fatalf("Send m1 = %v, want context.Canceled", err)
+		}
+	case <-time.After(stuck):
+		t.Fatal("Send m1 did not return when its context ended")
+	}
+	// m2 is still on the wire; m3 was waiting and now goes.
+	sc.expectSends(t, "m3")
+	sc.sent("m2", 1)
+	sc.sent("m3", 2)
+	checkSeqs(t, c, []*outgoing{m2, m3}, 1)
+	sc.fence(t, c) // m1 was not written again
+}
+
+// Two Sends of the same id wait for one send; one giving up does not
+// withdraw it while the other still waits.
+func TestSendsOfOneIDShareIt(t *testing.T) {
+	s := newScript(t)
+	c := s.dial(t, Options{}, newWaiter(false))
+	sc := s.accept(t)
+	ctx, cancel := context.WithCancel(context.Background())
+	errc := make(chan error, 1)
+	go func() {
+		_, err := c.Send(ctx, "bob", "m1", []byte(`"m1"`))
+		errc <- err
+	}()
+	sc.expectSends(t, "m1")
+	o := queue(t, c, "m1") // joins: nothing more is written
+	sc.fence(t, c)
+	cancel()
+	select {
+	case err := <-errc:
+		if !errors.Is(err, context.Canceled) {
+			t.Fatalf("first Send = %v", err)
+		}
+	case <-time.After(stuck):
+		t.Fatal("first Send did not return when its context ended")
+	}
+	sc.sent("m1", 7)
+	if s, err := outcome(t, c, o); err != nil || s.Seq != 7 {
+		t.Fatalf("second Send: %+v %v", s, err)
+	}
+}
+
+// A Send whose context has already ended writes nothing.
+func TestSendWithAnEndedContextWritesNothing(t *testing.T) {
+	s := newScript(t)
+	c := s.dial(t, Options{}, newWaiter(false))
+	sc := s.accept(t)
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	if _, err := c.Send(ctx, "bob", "m1", []byte(`"m1"`)); !errors.Is(err, context.Canceled) {
+		t.Fatalf("Send = %v, want context.Canceled", err)
+	}
+	sc.fence(t, c)
+}
+
+// A resend refused for good (an error resending cannot fix) fails its Send
+// and ends the hold.
+func TestRefusedResendEndsTheHold(t *testing.T) {
+	s := newScript(t)
+	w := newWaiter(false)
+	c := s.dial(t, Options{}, w)
+	sc := s.accept(t)
+
+	m1 := queue(t, c, "m1")
+	sc.expectSends(t, "m1")
+	sc.fail(protocol.ErrUnavailable, "m1", 0)
+	r := w.next(t)
+	m2 := queue(t, c, "m2")
+	sc.fence(t, c)
+	r.end()
+	sc.expectSends(t, "m1")
+	sc.fail(protocol.ErrBadMedia, "m1", 0)
+	var se *ServerError
+	if _, err := outcome(t, c, m1); !errors.As(err, &se) || se.Code != protocol.ErrBadMedia {
+		t.Fatalf("m1: %v, want bad_media", err)
+	}
+	sc.expectSends(t, "m2")
+	sc.sent("m2", 1)
+	checkSeqs(t, c, []*outgoing{m2}, 1)
+}
+
+// After a reconnect every unconfirmed send is written again, in order,
+// followed by those made while disconnected.
+func TestReconnectResendsUnconfirmedSendsInOrder(t *testing.T) {
+	s := newScript(t)
+	w := newWaiter(false)
+	c := s.dial(t, Options{}, w)
+	sc := s.accept(t)
+
+	var outs []*outgoing
+	for _, id := range []string{"m1", "m2", "m3", "m4"} {
+		outs = append(outs, queue(t, c, id))
+	}
+	sc.expectSends(t, "m1", "m2", "m3", "m4")
+	sc.sent("m1", 1)
+	sc.sent("m2", 2)
+	checkSeqs(t, c, outs[:2], 1)
+	sc.closeWith(protocol.CloseServiceRestart, "gateway shutting down")
+
+	r := w.next(t) // the reconnect's backoff: the client is disconnected
+	outs = append(outs, queue(t, c, "m5"))
+	r.end()
+	sc2 := s.accept(t)
+	sc2.expectSends(t, "m3", "m4", "m5")
+	sc2.sent("m3", 3)
+	sc2.sent("m4", 4)
+	sc2.sent("m5", 5)
+	checkSeqs(t, c, outs[2:], 3)
+}
+
+// A reconnect while a send is held writes every unconfirmed send in order;
+// the hold then lasts until the held send is answered, so sends made after
+// the reconnect still wait behind it.
+func TestReconnectWhileHeld(t *testing.T) {
+	s := newScript(t)
+	w := newWaiter(false)
+	c := s.dial(t, Options{}, w)
+	sc := s.accept(t)
+
+	m1, m2 := queue(t, c, "m1"), queue(t, c, "m2")
+	sc.expectSends(t, "m1", "m2")
+	sc.fail(protocol.ErrStoreFailed, "m1", 0)
+	w.next(t) // m1's backoff, never ended: the reconnect overtakes it
+	m3 := queue(t, c, "m3")
+	sc.fence(t, c)
+	sc.closeWith(protocol.CloseServiceRestart, "gateway shutting down")
+
+	w.next(t).end() // the reconnect's backoff
+	sc2 := s.accept(t)
+	sc2.expectSends(t, "m1", "m2", "m3")
+	m4 := queue(t, c, "m4")
+	sc2.fence(t, c) // m4 waits for m1
+	sc2.sent("m1", 1)
+	sc2.expectSends(t, "m4")
+	sc2.sent("m2", 2)
+	sc2.sent("m3", 3)
+	sc2.sent("m4", 4)
+	checkSeqs(t, c, []*outgoing{m1, m2, m3, m4}, 1)
+}

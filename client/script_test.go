@@ -1,0 +1,322 @@
+package client
+
+import (
+	"context"
+	"fmt"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/fasthttp/websocket"
+
+	"github.com/switchboard-im/switchboard/protocol"
+)
+
+// stuck is how long a helper waits for something the test is sure will
+// happen before it fails the test instead of hanging. It is a deadline for
+// a broken client, never a window that passes a test.
+const stuck = 10 * time.Second
+
+// script is a scripted gateway: a WebSocket server on real TCP that
+// upgrades like the gateway, writes the welcome frame, and then writes
+// only what the test tells it to. Every frame the client writes must be
+// one the gateway accepts (protocol.DecodeClient).
+type script struct {
+	t     *testing.T
+	url   string
+	conns chan *sconn
+	// auths gets the Authorization header of every upgrade attempt,
+	// refused ones included.
+	auths chan string
+	// refuse is how many upgrades to refuse next, with 503.
+	refuse atomic.Int32
+
+	mu      sync.Mutex // guards open
+	open    []*sconn
+	readers sync.WaitGroup
+	n       atomic.Int32
+}
+
+// sconn is one connection as the scripted gateway sees it.
+type sconn struct {
+	t      *testing.T
+	ws     *websocket.Conn
+	frames chan *protocol.Frame // what the client wrote, in order
+	wmu    sync.Mutex           // one writer at a time on ws
+}
+
+func newScript(t *testing.T) *script {
+	t.Helper()
+	s := &script{t: t, conns: make(chan *sconn, 16), auths: make(chan string, 64)}
+	srv := httptest.NewServer(http.HandlerFunc(s.serve))
+	s.url = "ws" + strings.TrimPrefix(srv.URL, "http") + "/v1/ws"
+	t.Cleanup(func() {
+		srv.Close()
+		s.mu.Lock()
+		for _, c := range s.open {
+			c.ws.Close()
+		}
+		s.mu.Unlock()
+		s.readers.Wait()
+	})
+	return s
+}
+
+func (s *script) serve(w http.ResponseWriter, r *http.Request) {
+	s.auths <- r.Header.Get("Authorization")
+	if s.refuse.Load() > 0 {
+		s.refuse.Add(-1)
+		w.WriteHeader(http.StatusServiceUnavailable)
+		fmt.Fprint(w, `{"code":"shutting_down","message":"draining"}`)
+		return
+	}
+	up := websocket.Upgrader{Subprotocols: []string{protocol.Subprotocol}}
+	ws, err := up.Upgrade(w, r, nil)
+	if err != nil {
+		s.t.Errorf("upgrade: %v", err)
+		return
+	}
+	if ws.Subprotocol() != protocol.Subprotocol {
+		s.t.Errorf("client offered %q, want %s", r.Header.Get("Sec-WebSocket-Protocol"), protocol.Subprotocol)
+	}
+	c := &sconn{t: s.t, ws: ws, frames: make(chan *protocol.Frame, 1024)}
+	s.mu.Lock()
+	s.open = append(s.open, c)
+	s.mu.Unlock()
+	c.write(protocol.EncodeWelcome("alice", "phone", fmt.Sprintf("session-%d", s.n.Add(1)), 65536))
+	s.readers.Add(1)
+	go func() {
+		defer s.readers.Done()
+		c.read()
+	}()
+	s.conns <- c
+}
+
+// read hands on every frame the client writes until the connection ends.
+func (c *sconn) read() {
+	defer close(c.frames)
+	for {
+		typ, data, err := c.ws.ReadMessage()
+		if err != nil {
+			return
+		}
+		if typ != websocket.TextMessage {
+			c.t.Errorf("client wrote a %d frame; the protocol has only text frames", typ)
+			return
+		}
+		f, err := protocol.DecodeClient(data)
+		if err != nil {
+			c.t.Errorf("client wrote a frame the gateway refuses: %s: %v", data, err)
+			return
+		}
+		c.frames <- f
+	}
+}
+
+// accept returns the next connection the client made.
+func (s *script) accept(t *testing.T) *sconn {
+	t.Helper()
+	select {
+	case c := <-s.conns:
+		return c
+	case <-time.After(stuck):
+		t.Fatal("the client did not connect")
+		return nil
+	}
+}
+
+// dial connects a client to the script through hooks.wait = w.
+func (s *script) dial(t *testing.T, opts Options, w *waiter) *Client {
+	t.Helper()
+	opts.URL = s.url
+	if opts.Token == nil {
+		opts.Token = WithToken("tok")
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), stuck)
+	defer cancel()
+	var h hooks
+	if w != nil {
+		h.wait = w.wait
+	}
+	c, err := dialWith(ctx, opts, h)
+	if err != nil {
+		t.Fatalf("dial: %v", err)
+	}
+	t.Cleanup(func() { _ = c.Close() })
+	return c
+}
+
+func (c *sconn) write(frame []byte) {
+	c.wmu.Lock()
+	defer c.wmu.Unlock()
+	if err := c.ws.WriteMessage(websocket.TextMessage, frame); err != nil {
+		c.t.Errorf("writing %s: %v", frame, err)
+	}
+}
+
+// closeWith ends the connection with a close frame.
+func (c *sconn) closeWith(code int, reason string) {
+	c.wmu.Lock()
+	_ = c.ws.WriteControl(websocket.CloseMessage, websocket.FormatCloseMessage(code, reason), time.Now().Add(time.Second))
+	c.wmu.Unlock()
+	c.ws.Close()
+}
+
+// next returns the next frame the client wrote.
+func (c *sconn) next(t *testing.T) *protocol.Frame {
+	t.Helper()
+	select {
+	case f, ok := <-c.frames:
+		if !ok {
+			t.Fatal("the connection ended; the test expected a frame")
+		}
+		return f
+	case <-time.After(stuck):
+		t.Fatal("the client wrote nothing; the test expected a frame")
+		return nil
+	}
+}
+
+// expectSends checks that the next frames are sends of ids, in this order.
+func (c *sconn) expectSends(t *testing.T, ids ...string) {
+	t.Helper()
+	for _, id := range ids {
+		if f := c.next(t); f.Type != protocol.TypeSend || f.ID != id {
+			t.Fatalf("next frame %s %q, want send %q (of %v)", f.Type, f.ID, id, ids)
+		}
+	}
+}
+
+// expectAcks checks that the next frames are acks of seqs, in this order.
+func (c *sconn) expectAcks(t *testing.T, seqs ...uint64) {
+	t.Helper()
+	for _, seq := range seqs {
+		if f := c.next(t); f.Type != protocol.TypeAck || f.Seq != seq {
+			t.Fatalf("next frame %s id %q seq %d, want ack %d (of %v)", f.Type, f.ID, f.Seq, seq, seqs)
+		}
+	}
+}
+
+// fence makes the client write a typing frame and checks that it is the
+// next frame: whatever the client was not to write before it, it did not.
+func (c *sconn) fence(t *testing.T, cl *Client) {
+	t.Helper()
+	if err := cl.SendTyping("fence"); err != nil {
+		t.Fatal(err)
+	}
+	if f := c.next(t); f.Type != protocol.TypeTyping || f.To != "fence" {
+		t.Fatalf("next frame %s id %q, want the typing fence", f.Type, f.ID)
+	}
+}
+
+func (c *sconn) sent(id string, seq uint64) {
+	c.write(protocol.AppendSent(nil, id, seq, 1795582349000, false))
+}
+
+func (c *sconn) fail(code protocol.ErrorCode, id string, retryMS int64) {
+	c.write(protocol.EncodeError(code, "scripted", id, 0, retryMS))
+}
+
+func (c *sconn) msg(id, from string, seq uint64) {
+	c.write(protocol.AppendMsg(nil, id, from, "phone", seq, 1795582349000, []byte(`"hi"`), nil))
+}
+
+func (c *sconn) receipt(id, status, by string, seq uint64) {
+	c.write(protocol.AppendReceipt(nil, id, status, by, "phone", seq, 1795582350000))
+}
+
+// waiter stands in for hooks.wait: it records every wait the client asks
+// for (reconnect backoff and resend backoff) and, unless auto, lets the
+// test end each one.
+type waiter struct {
+	auto bool
+	reqs chan *waitReq
+}
+
+type waitReq struct {
+	d    time.Duration
+	done chan struct{}
+}
+
+func newWaiter(auto bool) *waiter { return &waiter{auto: auto, reqs: make(chan *waitReq, 256)} }
+
+func (w *waiter) wait(ctx context.Context, d time.Duration) bool {
+	r := &waitReq{d: d, done: make(chan struct{})}
+	if w.auto {
+		close(r.done)
+	}
+	select {
+	case w.reqs <- r:
+	case <-ctx.Done():
+		return false
+	}
+	select {
+	case <-r.done:
+		return ctx.Err() == nil
+	case <-ctx.Done():
+		return false
+	}
+}
+
+// next returns the next wait the client asked for.
+func (w *waiter) next(t *testing.T) *waitReq {
+	t.Helper()
+	select {
+	case r := <-w.reqs:
+		return r
+	case <-time.After(stuck):
+		t.Fatal("the client asked for no wait")
+		return nil
+	}
+}
+
+func (r *waitReq) end() { close(r.done) }
+
+// queue makes a send the way Send does, and returns once the client has
+// queued it (and written it, if it may go out now).
+func queue(t *testing.T, c *Client, id string) *outgoing {
+	t.Helper()
+	o, err := c.enqueue("bob", id, []byte(`"`+id+`"`), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return o
+}
+
+// outcome waits for a queued send's outcome.
+func outcome(t *testing.T, c *Client, o *outgoing) (Sent, error) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), stuck)
+	defer cancel()
+	s, err := c.await(ctx, o)
+	if err == context.DeadlineExceeded {
+		t.Fatalf("send %s: no outcome", o.id)
+	}
+	return s, err
+}
+
+func recvMsg(t *testing.T, c *Client) Message {
+	t.Helper()
+	select {
+	case m := <-c.Messages():
+		return m
+	case <-time.After(stuck):
+		t.Fatal("no message")
+		return Message{}
+	}
+}
+
+func recvReceipt(t *testing.T, c *Client) Receipt {
+	t.Helper()
+	select {
+	case r := <-c.Receipts():
+		return r
+	case <-time.After(stuck):
+		t.Fatal("no receipt")
+		return Receipt{}
+	}
+}
