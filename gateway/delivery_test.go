@@ -118,7 +118,13 @@ func TestOfflineRecipientGetsAllInOrderOnce(t *testing.T) {
 		}
 		bob.Ack(m.Seq)
 	}
-	tk.NoMsg(t, bob, 200*time.Millisecond)
+	// Nothing more, not even a repeat the SDK would drop: the fence is
+	// stored after the hundred and comes next.
+	send(t, alice, "bob", "fence", "fence")
+	tk.NextMsgIs(t, bob, "alice", "fence", wait)
+	if st := bob.Stats(); st.DuplicatesDropped != 0 {
+		t.Fatalf("bob's SDK dropped %d repeats: a message came twice", st.DuplicatesDropped)
+	}
 }
 
 func TestNeverConnectedUserGetsMessagesOnFirstConnect(t *testing.T) {
@@ -169,7 +175,14 @@ func TestTwoDevicesEachGetEveryMessageAndAckIndependently(t *testing.T) {
 	if m := tk.RecvMsg(t, laptop, wait); m.ID != "m2" {
 		t.Fatalf("laptop after reconnect got %s, want m2", m.ID)
 	}
-	tk.NoMsg(t, phone, 100*time.Millisecond)
+	// The laptop's read is over, so anything it sent the phone's way came
+	// before the fence; the phone's SDK would drop m1 and m2 as repeats,
+	// so its count is what shows them.
+	send(t, alice, "bob", "fence", "fence")
+	tk.NextMsgIs(t, phone, "alice", "fence", wait)
+	if st := phone.Stats(); st.DuplicatesDropped != 0 {
+		t.Fatalf("the phone's SDK dropped %d repeats: m1 or m2 came to it again", st.DuplicatesDropped)
+	}
 }
 
 func TestNewDeviceGetsMessagesFromWhenItJoined(t *testing.T) {
@@ -204,16 +217,23 @@ func TestRetryAfterDropIsStoredAndDeliveredOnce(t *testing.T) {
 	}
 	m := tk.RecvMsg(t, bob, wait)
 	bob.Ack(m.Seq)
-	tk.NoMsg(t, bob, 200*time.Millisecond)
+	// A second copy would come before the fence, and be dropped by the
+	// SDK as a repeat: its count shows it.
+	send(t, alice, "bob", "fence", "fence")
+	tk.NextMsgIs(t, bob, "alice", "fence", wait)
+	if st := bob.Stats(); st.DuplicatesDropped != 0 {
+		t.Fatalf("bob's SDK dropped %d repeats: the retry was delivered again", st.DuplicatesDropped)
+	}
 	inbox, err := n.JS.Stream(context.Background(), "INBOX")
 	if err != nil {
 		t.Fatal(err)
 	}
-	// The message and its delivered receipt, nothing more.
+	// The message, its delivered receipt and the fence (not acked, so
+	// with no receipt), nothing more.
 	tk.WaitFor(t, wait, func() error {
 		info, err := inbox.Info(context.Background())
-		if err != nil || info.State.Msgs != 2 {
-			return tk.Errorf("stream holds %v messages (err %v), want 2", info, err)
+		if err != nil || info.State.Msgs != 3 {
+			return tk.Errorf("stream holds %v messages (err %v), want 3", info, err)
 		}
 		return nil
 	})

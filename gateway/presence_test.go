@@ -212,9 +212,10 @@ func TestStatusAndReadReceiptsSetting(t *testing.T) {
 	if r := tk.RecvReceipt(t, alice, wait); r.Status != protocol.StatusDelivered || r.ID != "m2" {
 		t.Fatalf("receipt %+v, want delivered m2", r)
 	}
-	// Once every event is applied (RECEIPTS is a work queue: applied
-	// events leave it), there is no read receipt and the status says
-	// delivered only.
+	// Once every event is applied (all four, delivered and read for m1
+	// and m2, are stored, and RECEIPTS is a work queue: applied events
+	// leave it), there is no read receipt and the status says delivered
+	// only.
 	tk.WaitFor(t, wait, func() error {
 		st, err := n.JS.Stream(ctx, contract.Receipts)
 		if err != nil {
@@ -224,8 +225,8 @@ func TestStatusAndReadReceiptsSetting(t *testing.T) {
 		if err != nil {
 			return err
 		}
-		if info.State.Msgs > 0 {
-			return fmt.Errorf("%d receipt events not applied yet", info.State.Msgs)
+		if info.State.LastSeq < 4 || info.State.Msgs > 0 {
+			return fmt.Errorf("%d receipt events stored, %d not applied yet", info.State.LastSeq, info.State.Msgs)
 		}
 		return nil
 	})
@@ -240,10 +241,15 @@ func TestStatusAndReadReceiptsSetting(t *testing.T) {
 	if tick := st["bob"]; tick.Read != 0 {
 		t.Fatalf("status of m2 = %+v, want delivered only", tick)
 	}
-	select {
-	case r := <-alice.Receipts():
-		t.Fatalf("alice got %+v although bob turned read receipts off", r)
-	case <-time.After(200 * time.Millisecond):
+	// Fence: a receipt that takes the path a read receipt would (the
+	// receipts function, then alice's inbox), for an event stored after
+	// m2's read was applied. The function stores a receipt in alice's
+	// inbox before its event leaves RECEIPTS, so one for m2's read would
+	// be stored first and come first.
+	send(t, alice, "bob", "m3", "fence")
+	bob.Ack(tk.NextMsgIs(t, bob, "alice", "m3", wait).Seq)
+	if r := tk.RecvReceipt(t, alice, wait); r.ID != "m3" || r.Status != protocol.StatusDelivered {
+		t.Fatalf("alice got %+v before the fence (m3 delivered) although bob turned read receipts off", r)
 	}
 }
 

@@ -56,7 +56,7 @@ func runHandover(t *testing.T, stop func(g *tk.Gateway), wantClose func(code int
 	case <-time.After(10 * time.Second):
 		t.Fatal("alice's connection never closed")
 	}
-	tk.ExpectOnceInOrder(t, bob, acked)
+	tk.ExpectOnceInOrder(t, bob, acked, alice, "bob")
 }
 
 func TestGracefulShutdownHandsOverWithNothingLost(t *testing.T) {

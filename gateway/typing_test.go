@@ -49,10 +49,15 @@ func TestTypingReachesOnlineDevicesAndIsNeverStored(t *testing.T) {
 	if m := tk.RecvMsg(t, tablet, wait); m.ID != "m2" {
 		t.Fatalf("tablet got %s", m.ID)
 	}
-	select {
-	case ev := <-tablet.TypingEvents():
-		t.Fatalf("a device that connected later got typing %+v", ev)
-	default:
+	// Fence: carol types after the tablet joined, on the same path
+	// (sb.ev.bob); alice's old signal, were it kept for the tablet,
+	// would come first.
+	carol := tk.Dial(t, g.URL, "carol", "phone")
+	if err := carol.SendTyping("bob"); err != nil {
+		t.Fatal(err)
+	}
+	if ev := recvTyping(t, tablet); ev.From != "carol" {
+		t.Fatalf("a device that connected later got typing %+v before the fence (carol's)", ev)
 	}
 	if err := alice.SendTyping("bob.*"); err == nil {
 		t.Fatal("SDK accepted a bad recipient")

@@ -36,7 +36,7 @@ func TestGatewayKilledUnderLoadLosesNothing(t *testing.T) {
 	if t.Failed() {
 		return
 	}
-	tk.ExpectOnceInOrder(t, bob, acked)
+	tk.ExpectOnceInOrder(t, bob, acked, alice, "bob")
 }
 
 // In durable mode (--sync-always: "sent" means fsynced) the whole process,
@@ -67,5 +67,5 @@ func TestDurableModeServerKilledLosesNothingSent(t *testing.T) {
 	if t.Failed() {
 		return
 	}
-	tk.ExpectOnceInOrder(t, bob, acked)
+	tk.ExpectOnceInOrder(t, bob, acked, alice, "bob")
 }

@@ -50,8 +50,10 @@ func SendStream(t testing.TB, c *client.Client, to string, total, window int, be
 // ExpectOnceInOrder receives on c until every acked message has arrived,
 // acking each, and fails on a duplicate, a message out of stored order, or
 // one whose sequence differs from what "sent" said. Then nothing more may
-// arrive.
-func ExpectOnceInOrder(t testing.TB, c *client.Client, acked map[string]uint64) {
+// arrive: sender sends c's user, to, a fence (id "fence"), which must be
+// the next message. It returns the fence's Sent, for a test that counts
+// what the inbox stores.
+func ExpectOnceInOrder(t testing.TB, c *client.Client, acked map[string]uint64, sender *client.Client, to string) client.Sent {
 	t.Helper()
 	seen := make(map[string]bool, len(acked))
 	var last uint64
@@ -73,5 +75,19 @@ func ExpectOnceInOrder(t testing.TB, c *client.Client, acked map[string]uint64) 
 		seen[m.ID], last = true, m.Seq
 		c.Ack(m.Seq)
 	}
-	NoMsg(t, c, 200*time.Millisecond)
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	fence, err := sender.Send(ctx, to, "fence", Body("fence"))
+	if err != nil {
+		t.Fatalf("send the fence: %v", err)
+	}
+	select {
+	case m := <-c.Messages():
+		if m.ID != "fence" || m.Seq != fence.Seq {
+			t.Fatalf("%s (seq %d) arrived after all %d acked messages, before the fence (seq %d)", m.ID, m.Seq, len(acked), fence.Seq)
+		}
+	case <-time.After(20 * time.Second):
+		t.Fatalf("the fence (seq %d) did not arrive", fence.Seq)
+	}
+	return fence
 }

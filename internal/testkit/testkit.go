@@ -324,15 +324,27 @@ func RecvReceipt(t testing.TB, c *client.Client, timeout time.Duration) client.R
 	return client.Receipt{}
 }
 
-// NoMsg checks that no message arrives on c within d. It is used only to
-// assert absence after a positive condition was already awaited.
-func NoMsg(t testing.TB, c *client.Client, d time.Duration) {
+// NextMsgIs waits for the next message on c and fails unless it is the
+// message user from sent with client id id, and returns it.
+//
+// It is how a test proves that something does not arrive: send a marker
+// after the event under test and expect it next. A device gets its
+// messages in stored order, so anything stored before the marker that is
+// still to come arrives first, however late; a quiet window passes when
+// the unwanted message is only slow. Repeats the SDK drops are counted in
+// c.Stats().DuplicatesDropped by the time the marker is handed on.
+func NextMsgIs(t testing.TB, c *client.Client, from, id string, timeout time.Duration) client.Message {
 	t.Helper()
+	var m client.Message
 	select {
-	case m := <-c.Messages():
-		t.Fatalf("unexpected message %s from %s (seq %d)", m.ID, m.From, m.Seq)
-	case <-time.After(d):
+	case m = <-c.Messages():
+	case <-time.After(timeout):
+		t.Fatalf("the fence (%s from %s) did not arrive within %s", id, from, timeout)
 	}
+	if m.From != from || m.ID != id {
+		t.Fatalf("got %s from %s (seq %d) before the fence (%s from %s)", m.ID, m.From, m.Seq, id, from)
+	}
+	return m
 }
 
 // Errorf is fmt.Errorf, for WaitFor conditions.
