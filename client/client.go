@@ -580,12 +580,20 @@ func retryable(code protocol.ErrorCode) bool {
 func (c *Client) onSent(f *protocol.Frame) {
 	c.mu.Lock()
 	o := c.ob.byID[f.ID]
+	var early string
 	if o != nil {
-		c.ticks.sent(o.to, f.ID, f.Seq)
+		early = c.ticks.sent(o.to, f.ID, f.Seq)
 	}
 	c.mu.Unlock()
 	if o != nil {
 		c.resolve(o, result{sent: Sent{ID: f.ID, Seq: f.Seq, TS: time.UnixMilli(f.TS), Dup: f.Dup}})
+		if early != "" {
+			// Its tick came before its "sent" did.
+			select {
+			case c.rcpt <- Receipt{ID: f.ID, Status: early, By: o.to, Seq: f.Seq, TS: time.Now()}:
+			case <-c.ctx.Done():
+			}
+		}
 	}
 }
 

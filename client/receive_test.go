@@ -99,3 +99,29 @@ func TestReceiptsArePositionsHandedOnceAndAllAcked(t *testing.T) {
 		t.Fatalf("got %+v, want m4's read", r)
 	}
 }
+
+// A tick can overtake the "sent" of the message it covers (they travel
+// apart): the SDK keeps the receipt's position and applies it when the
+// "sent" comes.
+func TestTickBeforeSentIsApplied(t *testing.T) {
+	s := newScript(t)
+	c := s.dial(t, Options{}, newWaiter(true))
+	sc := s.accept(t)
+	o1, o2 := queue(t, c, "m1"), queue(t, c, "m2")
+	sc.expectSends(t, "m1", "m2")
+	sc.receipt(protocol.StatusDelivered, "bob", 20, 21, 40) // m1 and m2, both not yet confirmed
+	sc.receipt(protocol.StatusRead, "bob", 0, 20, 41)       // m1 read
+	sc.expectAcks(t, 40, 41)
+	sc.sent("m1", 20)
+	sc.sent("m2", 21)
+	for _, o := range []*outgoing{o1, o2} {
+		if _, err := outcome(t, c, o); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for _, w := range []Receipt{{ID: "m1", Status: protocol.StatusRead, Seq: 20}, {ID: "m2", Status: protocol.StatusDelivered, Seq: 21}} {
+		if r := recvReceipt(t, c); r.ID != w.ID || r.Status != w.Status || r.Seq != w.Seq || r.By != "bob" {
+			t.Fatalf("got %+v, want %+v", r, w)
+		}
+	}
+}

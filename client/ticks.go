@@ -37,7 +37,18 @@ type recipientTicks struct {
 	// read is the index of the first message not known read: reads are
 	// positions, so everything before it is.
 	read int
+	// What the recipient's receipts said, kept for a message whose "sent"
+	// comes after its tick (the two travel apart): the highest read
+	// position, and the latest delivered ranges.
+	readTo    uint64
+	delivered []span
 }
+
+type span struct{ from, to uint64 }
+
+// maxSpans bounds the delivered ranges kept per recipient: only the
+// latest matter, for sends still waiting for their "sent".
+const maxSpans = 32
 
 // ticks tracks this client's sent messages by recipient. Guarded by
 // Client.mu.
@@ -56,8 +67,9 @@ type trackedKey struct {
 
 func newTicks() *ticks { return &ticks{to: map[string]*recipientTicks{}} }
 
-// sent records that message id to `to` is stored at seq.
-func (t *ticks) sent(to, id string, seq uint64) {
+// sent records that message id to `to` is stored at seq, and returns the
+// tick a receipt already gave it ("" if none).
+func (t *ticks) sent(to, id string, seq uint64) (status string) {
 	r := t.to[to]
 	if r == nil {
 		r = &recipientTicks{}
@@ -65,12 +77,19 @@ func (t *ticks) sent(to, id string, seq uint64) {
 	}
 	i := sort.Search(len(r.msgs), func(i int) bool { return r.msgs[i].seq >= seq })
 	if i < len(r.msgs) && r.msgs[i].seq == seq {
-		return // a duplicate "sent"
+		return "" // a duplicate "sent"
+	}
+	m := sentMsg{seq: seq, id: id}
+	switch {
+	case seq <= r.readTo:
+		m.tick, status = tickRead, protocol.StatusRead
+	case r.covered(seq):
+		m.tick, status = tickDelivered, protocol.StatusDelivered
 	}
 	r.msgs = append(r.msgs, sentMsg{})
 	copy(r.msgs[i+1:], r.msgs[i:])
-	r.msgs[i] = sentMsg{seq: seq, id: id}
-	if i < r.read {
+	r.msgs[i] = m
+	if i < r.read && m.tick < tickRead {
 		r.read = i // an older seq confirmed late: not known read yet
 	}
 	t.order = append(t.order, trackedKey{to, seq})
@@ -80,6 +99,16 @@ func (t *ticks) sent(to, id string, seq uint64) {
 		t.order[0] = trackedKey{}
 		t.order = t.order[1:]
 	}
+	return status
+}
+
+func (r *recipientTicks) covered(seq uint64) bool {
+	for _, s := range r.delivered {
+		if s.from <= seq && seq <= s.to {
+			return true
+		}
+	}
+	return false
 }
 
 func (t *ticks) forget(k trackedKey) {
@@ -117,10 +146,12 @@ func (t *ticks) seqOf(id string) uint64 {
 func (t *ticks) apply(f *protocol.Frame) (ids []string, seqs []uint64) {
 	r := t.to[f.By]
 	if r == nil {
-		return nil, nil
+		r = &recipientTicks{}
+		t.to[f.By] = r
 	}
 	switch f.Status {
 	case protocol.StatusRead:
+		r.readTo = max(r.readTo, f.ToSeq)
 		for ; r.read < len(r.msgs) && r.msgs[r.read].seq <= f.ToSeq; r.read++ {
 			if m := &r.msgs[r.read]; m.tick < tickRead {
 				m.tick = tickRead
@@ -128,6 +159,10 @@ func (t *ticks) apply(f *protocol.Frame) (ids []string, seqs []uint64) {
 			}
 		}
 	case protocol.StatusDelivered:
+		r.delivered = append(r.delivered, span{f.FromSeq, f.ToSeq})
+		if len(r.delivered) > maxSpans {
+			r.delivered = r.delivered[1:]
+		}
 		i := sort.Search(len(r.msgs), func(i int) bool { return r.msgs[i].seq >= f.FromSeq })
 		for ; i < len(r.msgs) && r.msgs[i].seq <= f.ToSeq; i++ {
 			if m := &r.msgs[i]; m.tick < tickDelivered {

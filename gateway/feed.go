@@ -58,7 +58,8 @@ const (
 
 // pendingMsg is a message delivered to the device and not yet acked.
 type pendingMsg struct {
-	receipt bool   // a receipt forwarded to this sender (nothing to confirm)
+	receipt bool   // a receipt for this sender (it ticks nothing)
+	acked   bool   // the device acked it; settled with its tick
 	from    string // for a chat message: its sender and id, for the
 	id      string // delivered event
 }
@@ -346,8 +347,12 @@ func (s *session) take(seq uint64, h nats.Header, data []byte) {
 	case contract.KindMsg:
 		frame = protocol.AppendMsg(nil, id, from, dev, seq, ts, data, []byte(h.Get(contract.HdrMedia)))
 	case contract.KindReceipt:
-		if st := h.Get(contract.HdrStatus); st == protocol.StatusDelivered || st == protocol.StatusRead {
-			frame = protocol.AppendReceipt(nil, id, st, from, dev, seq, ts)
+		id = "r" // a receipt names no message: a range of them
+		fromSeq, _ := strconv.ParseUint(h.Get(contract.HdrSeqFrom), 10, 64)
+		toSeq, _ := strconv.ParseUint(h.Get(contract.HdrSeqTo), 10, 64)
+		st := h.Get(contract.HdrStatus)
+		if toSeq > 0 && fromSeq <= toSeq && (st == protocol.StatusRead || (st == protocol.StatusDelivered && fromSeq > 0)) {
+			frame = protocol.AppendReceipt(nil, st, from, dev, fromSeq, toSeq, seq, ts)
 		}
 		p = pendingMsg{receipt: true}
 	}
@@ -391,16 +396,16 @@ func (s *session) skip(seq uint64, reason string) {
 	s.scheduleCursor()
 }
 
-// settle records that the device is done with seq: it acked it and, for a
-// chat message, the delivered event is stored. The device's floor moves up
-// to the oldest message still unsettled.
-func (s *session) settle(seq uint64) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	i := sort.Search(len(s.unsettled), func(i int) bool { return s.unsettled[i] >= seq })
-	if i < len(s.unsettled) && s.unsettled[i] == seq {
-		s.unsettled = append(s.unsettled[:i], s.unsettled[i+1:]...)
+// settleThrough records that the device is done with everything up to
+// seq: it acked it and, for chat messages, their senders' delivered ticks
+// are stored. The device's floor moves up to the oldest message still
+// unsettled. s.mu is held.
+func (s *session) settleThroughLocked(seq uint64) {
+	i := sort.Search(len(s.unsettled), func(i int) bool { return s.unsettled[i] > seq })
+	for _, q := range s.unsettled[:i] {
+		delete(s.pending, q)
 	}
+	s.unsettled = append(s.unsettled[:0], s.unsettled[i:]...)
 	if len(s.unsettled) == 0 {
 		s.floor = s.last
 	} else {

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"strconv"
+	"strings"
 	"sync"
 	"time"
 
@@ -412,30 +413,34 @@ func (s *session) callFunction(subject string, req []byte, reply any) error {
 	return json.Unmarshal(m.Data, reply)
 }
 
-// status answers a status frame: the ticks of message id that this user
-// sent, from the receipts function.
-func (s *session) status(id string) {
+// status answers a status frame: the ticks of the message stored at seq,
+// if this user sent it, from the receipts function. The message is read
+// off the read loop to learn its sender and recipient.
+func (s *session) status(seq uint64) {
 	ok := s.goCall(func() {
-		req, _ := json.Marshal(contract.StatusRequest{User: s.id.User, ID: id})
-		var reply contract.StatusReply
-		err := s.callFunction(contract.StatusSubject, req, &reply)
-		switch {
-		case errors.Is(err, errNotFound):
-			s.t.Send(protocol.EncodeStatus(id, nil))
-		case err != nil:
-			s.sendError(protocol.ErrUnavailable, "receipts are unavailable: "+err.Error(), id, 0, 0)
-		default:
-			to := make(map[string]protocol.Ticks, len(reply.To))
-			for u, t := range reply.To {
-				if t != nil {
-					to[u] = protocol.Ticks{Delivered: t.Delivered, Read: t.Read}
-				}
-			}
-			s.t.Send(protocol.EncodeStatus(id, to))
+		ctx, cancel := context.WithTimeout(context.Background(), s.srv.cfg.FunctionTimeout)
+		defer cancel()
+		rm, err := s.srv.inbox.GetMsg(ctx, seq)
+		if err != nil || rm.Header.Get(contract.HdrKind) != contract.KindMsg || rm.Header.Get(contract.HdrFrom) != s.id.User {
+			s.sendError(protocol.ErrUnknownSeq, "you sent no message with this seq", "", seq, 0)
+			return
 		}
+		var reply contract.StatusReply
+		req := contract.StatusRequest{Sender: s.id.User, Recipient: strings.TrimPrefix(rm.Subject, contract.InboxPrefix), Seq: seq}
+		if err := contract.Call(ctx, s.srv.nc, contract.StatusSubject, req, &reply); err != nil {
+			s.sendError(protocol.ErrUnavailable, "receipts are unavailable", "", seq, 0)
+			return
+		}
+		to := make(map[string]protocol.Ticks, len(reply.Recipients))
+		for u, t := range reply.Recipients {
+			if protocol.ValidID(u) {
+				to[u] = protocol.Ticks{Delivered: t.Delivered, Read: t.Read}
+			}
+		}
+		s.t.Send(protocol.EncodeStatus(seq, to))
 	})
 	if !ok {
-		s.refuseBusy(id)
+		s.sendError(protocol.ErrRateLimited, "too many requests in flight", "", seq, 100)
 	}
 }
 

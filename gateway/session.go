@@ -23,10 +23,7 @@ import (
 type pubKind uint8
 
 const (
-	pubSend      pubKind = iota // a chat message: answer "sent"
-	pubDelivered                // a delivered receipt: then ack the message
-	pubRead                     // a read receipt: nothing more to do
-	pubSettle                   // no publish: settle a receipt the device acked, in turn
+	pubSend pubKind = iota // a chat message: answer "sent"
 )
 
 // pubItem is a JetStream publish awaiting its PubAck, with what to do then.
@@ -75,6 +72,7 @@ type session struct {
 	floor     uint64 // everything at or below it is settled
 	saved     uint64 // the floor last written to the cursor
 	behind    bool   // let live copies go: too many unacked
+	ticking   bool   // ticker is running (ticks.go)
 	stopping  bool   // delivery was stopped on purpose
 	// cursorTimer is a cursor save waiting out CursorDelay.
 	cursorTimer *time.Timer
@@ -422,10 +420,6 @@ func (s *session) pubRunner() {
 
 // handlePub completes one PubAck item, in the order they were enqueued.
 func (s *session) handlePub(it pubItem) {
-	if it.kind == pubSettle {
-		s.settle(it.settle)
-		return
-	}
 	var ack *jetstream.PubAck
 	var err error
 	select {
@@ -434,24 +428,11 @@ func (s *session) handlePub(it pubItem) {
 	}
 	if err != nil {
 		s.log.Warn("store failed", "err", err)
-	}
-	switch {
-	case it.kind == pubDelivered && err == nil:
-		s.settle(it.settle)
-	case it.kind == pubDelivered:
-		// The event was not stored: the message stays unsettled, so the
-		// cursor stops below it and the next session delivers it again.
-		// Restart now rather than hold the device's floor back for the
-		// rest of this session.
-		s.t.Close(protocol.CloseServiceRestart, "delivered event not stored")
-	case it.kind == pubSend && err == nil:
-		s.srv.metrics.stored.Inc()
-		s.t.Send(protocol.AppendSent(nil, it.id, ack.Sequence, it.ts, ack.Duplicate))
-	case it.kind == pubSend:
 		s.sendError(protocol.ErrStoreFailed, "message was not stored; resend with the same id", it.id, 0, 0)
-	case err != nil:
-		s.sendError(protocol.ErrStoreFailed, "read receipt was not stored; resend", "", it.seq, 0)
+		return
 	}
+	s.srv.metrics.stored.Inc()
+	s.t.Send(protocol.AppendSent(nil, it.id, ack.Sequence, it.ts, ack.Duplicate))
 }
 
 // handle processes one client frame. It runs on the read loop.
@@ -479,8 +460,8 @@ func (s *session) handle(data []byte) {
 			s.read(f.Seq)
 		}
 	case protocol.TypeStatus:
-		if s.allow(s.frameLim, f.ID) {
-			s.status(f.ID)
+		if s.allow(s.frameLim, "") {
+			s.status(f.Seq)
 		}
 	case protocol.TypeSettings:
 		// Its own bucket: a settings frame can be a KV write of up to a
@@ -594,66 +575,55 @@ func (s *session) send(f *protocol.Frame) {
 	s.enqueue(pubItem{fut: fut, kind: pubSend, id: f.ID, ts: ts})
 }
 
+// ack records that the device has the message or receipt at seq. It is
+// settled once the device has acked everything before it too, and, for a
+// chat message, its sender's delivered tick is stored (ticks.go).
 func (s *session) ack(seq uint64) {
 	s.mu.Lock()
 	p, ok := s.pending[seq]
-	delete(s.pending, seq)
+	again := ok && p.acked
+	if ok && !again {
+		p.acked = true
+		s.pending[seq] = p
+	}
 	s.mu.Unlock()
-	if !ok {
-		s.sendError(protocol.ErrUnknownSeq, "nothing pending with this seq", "", seq, 0)
+	if !ok || again {
+		s.sendError(protocol.ErrUnknownSeq, "nothing delivered and unacked with this seq", "", seq, 0)
 		return
 	}
-	if p.receipt {
-		s.enqueue(pubItem{kind: pubSettle, settle: seq})
-		return
-	}
-	// The delivered event is stored before the message is settled, so a
-	// crash between the two delivers the message again and the event's
-	// dedup id keeps the event single.
-	fut, err := s.srv.js.PublishMsgAsync(s.receipt(protocol.StatusDelivered, p.from, p.id))
-	if err != nil {
-		s.t.Close(protocol.CloseServiceRestart, "delivered event not stored")
-		return
-	}
-	s.enqueue(pubItem{fut: fut, kind: pubDelivered, settle: seq})
+	s.flushTicks()
 }
 
-// receipt is a receipt event for the receipts function: this device got
-// or read the message id that from sent. The function keeps the message's
-// status and forwards each change to the sender's inbox.
-func (s *session) receipt(status, from, id string) *nats.Msg {
-	return &nats.Msg{
-		Subject: contract.ReceiptsSubject(from),
-		Header: nats.Header{
-			contract.HdrMsgID:  {contract.ReceiptEventDedupID(status, from, id, s.id.User, s.id.Device)},
-			contract.HdrKind:   {contract.KindReceipt},
-			contract.HdrStatus: {status},
-			contract.HdrFrom:   {s.id.User},
-			contract.HdrDevice: {s.id.Device},
-			contract.HdrID:     {id},
-			contract.HdrTS:     {strconv.FormatInt(time.Now().UnixMilli(), 10)},
-		},
-	}
-}
-
-// read sends a read receipt for the message stored at seq. The message is
-// looked up so a device can only mark messages sent to its own user, and
-// the receipt goes to their real sender.
+// read tells the sender of the message stored at seq, and the user's
+// conversation with them, that the user read it and everything before it.
+// The message is looked up, off the read loop, so a device can only mark
+// messages sent to its own user that it was given, and the receipt goes
+// to their real sender.
 func (s *session) read(seq uint64) {
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-	defer cancel()
-	rm, err := s.srv.inbox.GetMsg(ctx, seq)
-	if err != nil || rm.Subject != contract.InboxSubject(s.id.User) || rm.Header.Get(contract.HdrKind) != contract.KindMsg {
-		s.sendError(protocol.ErrUnknownSeq, "no message to you with this seq", "", seq, 0)
+	s.mu.Lock()
+	given := seq <= s.last
+	s.mu.Unlock()
+	if !given {
+		s.sendError(protocol.ErrUnknownSeq, "no message with this seq was delivered to this device", "", seq, 0)
 		return
 	}
-	from, id := rm.Header.Get(contract.HdrFrom), rm.Header.Get(contract.HdrID)
-	fut, err := s.srv.js.PublishMsgAsync(s.receipt(protocol.StatusRead, from, id))
-	if err != nil {
-		s.sendError(protocol.ErrStoreFailed, "read receipt was not stored; resend", "", seq, 0)
-		return
+	ok := s.goCall(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), s.srv.cfg.FunctionTimeout)
+		defer cancel()
+		rm, err := s.srv.inbox.GetMsg(ctx, seq)
+		if err != nil || rm.Subject != contract.InboxSubject(s.id.User) || rm.Header.Get(contract.HdrKind) != contract.KindMsg {
+			s.sendError(protocol.ErrUnknownSeq, "no message to you with this seq", "", seq, 0)
+			return
+		}
+		err = contract.Call(ctx, s.srv.nc, contract.ReadSubject, contract.ReadRequest{
+			Reader: s.id.User, Device: s.id.Device, Sender: rm.Header.Get(contract.HdrFrom), Seq: seq}, nil)
+		if err != nil {
+			s.sendError(protocol.ErrUnavailable, "read receipt not taken; resend", "", seq, 0)
+		}
+	})
+	if !ok {
+		s.sendError(protocol.ErrRateLimited, "too many requests in flight", "", seq, 100)
 	}
-	s.enqueue(pubItem{fut: fut, kind: pubRead, seq: seq})
 }
 
 // sendError answers a frame with an error frame and counts it.
