@@ -31,6 +31,9 @@ func TestOperatorAppliesStreamsWithNATSCLI(t *testing.T) {
 		t.Fatalf("apply over CLI-made streams: %v", err)
 	}
 
+	// Acks settle once their delivered ticks are stored: by the receipts
+	// function.
+	tk.StartFunctions(t, n)
 	g := tk.StartGateway(t, n, tk.TestConfig())
 	alice := tk.Dial(t, g.URL, "alice", "phone")
 	bob := tk.Dial(t, g.URL, "bob", "phone")
