@@ -1,9 +1,12 @@
 package contract
 
+import "strconv"
+
 // Names of the JetStream assets.
 const (
 	Inbox       = "INBOX"
 	DLQ         = "DLQ"
+	TicksStream = "TICKS"
 	DevicesKV   = "DEVICES"
 	CursorsKV   = "CURSORS"
 	ReadsKV     = "READS"
@@ -13,6 +16,7 @@ const (
 	InboxPrefix = "inbox."
 	LivePrefix  = "sb.live."
 	DLQPrefix   = "dlq."
+	TicksPrefix = "ticks."
 )
 
 // InboxSubject is the subject of a user's inbox. The caller must have
@@ -48,3 +52,14 @@ func KVSubject(bucket, key string) string { return "$KV." + bucket + "." + key }
 
 // DirectGetSubject is where a stream answers direct gets.
 func DirectGetSubject(stream string) string { return "$JS.API.DIRECT.GET." + stream }
+
+// TicksSubject is where a gateway stores a DeliveredRequest the receipts
+// function did not answer, for it to apply later: delivery never waits on
+// the function, and no tick is lost to its absence.
+func TicksSubject(reader string) string { return TicksPrefix + reader }
+
+// QueuedTickDedupID is the Nats-Msg-Id of such a stored request: one per
+// device and range.
+func QueuedTickDedupID(reader, device string, from, to uint64) string {
+	return "q:" + reader + ":" + device + ":" + strconv.FormatUint(from, 10) + ":" + strconv.FormatUint(to, 10)
+}

@@ -56,6 +56,7 @@ type metrics struct {
 	delivered    prometheus.Counter            // msg and receipt frames queued to devices
 	stored       prometheus.Counter            // sends confirmed "sent"
 	ticks        prometheus.Counter            // delivered-tick requests answered
+	ticksQueued  prometheus.Counter            // delivered-tick requests left in TICKS
 	catchUps     *prometheus.CounterVec        // stream reads started off the live path, by reason
 	inboxGets    prometheus.Counter            // batched direct gets of inbox messages
 	fdFull       prometheus.Counter            // accepts held back: out of file descriptors
@@ -81,7 +82,9 @@ func newMetrics(s *Server) *metrics {
 	m.stored = prometheus.NewCounter(prometheus.CounterOpts{Namespace: ns, Name: "sends_stored_total",
 		Help: "Sends stored in JetStream and answered \"sent\"."})
 	m.ticks = prometheus.NewCounter(prometheus.CounterOpts{Namespace: ns, Name: "delivered_tick_requests_total",
-		Help: "Stretches of acked messages whose senders' delivered ticks were stored (one request each, however many messages)."})
+		Help: "Stretches of acked messages settled with their senders' delivered ticks stored or queued (one request each, however many messages)."})
+	m.ticksQueued = prometheus.NewCounter(prometheus.CounterOpts{Namespace: ns, Name: "delivered_ticks_queued_total",
+		Help: "Stretches of acked messages whose ticks were left in TICKS because the receipts function did not answer in time."})
 	m.catchUps = prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Name: "catchups_total",
 		Help: "Sessions that read their inbox from the stream after connecting, by reason: a gap in live copies, " +
 			"the NATS connection restored, a subscription overflowed, an INBOX leader change, the periodic sweep."},
@@ -96,7 +99,7 @@ func newMetrics(s *Server) *metrics {
 		Help: "Messages in device inboxes skipped rather than delivered, by reason: malformed (not a chat message or " +
 			"receipt the gateway could have stored), invalid_utf8 (its frame would not be UTF-8). They stay in INBOX."},
 		[]string{"reason"})
-	m.reg.MustRegister(m.sessions, m.refused, m.closes, m.framesIn, m.errors, m.delivered, m.stored, m.ticks, m.catchUps, m.inboxGets, m.fdFull, m.sharedPasses, m.skipped,
+	m.reg.MustRegister(m.sessions, m.refused, m.closes, m.framesIn, m.errors, m.delivered, m.stored, m.ticks, m.ticksQueued, m.catchUps, m.inboxGets, m.fdFull, m.sharedPasses, m.skipped,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	// Pre-create the label values operators alert on, so they read 0
 	// rather than being absent.

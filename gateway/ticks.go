@@ -2,7 +2,11 @@ package gateway
 
 import (
 	"context"
+	"encoding/json"
+	"errors"
 	"time"
+
+	"github.com/nats-io/nats.go"
 
 	"github.com/switchboard-im/switchboard/contract"
 	"github.com/switchboard-im/switchboard/protocol"
@@ -21,6 +25,11 @@ import (
 // One request at a time per session: acks that arrive while one is on its
 // way are gathered into the next, so a device acking 200 messages after a
 // reconnect costs a request or two, and a tick per sender.
+//
+// Delivery never waits on the receipts function: when it does not answer
+// in time, the request is stored in TICKS (a work queue it drains when it
+// is back) and the stretch is settled then. That costs a second stored
+// write, only while the function is away, and loses nothing.
 
 // flushTicks has the ticker run, unless it is running.
 func (s *session) flushTicks() {
@@ -64,6 +73,9 @@ func (s *session) ticker() {
 		s.mu.Unlock()
 		ctx, cancel := context.WithTimeout(context.Background(), s.srv.cfg.FunctionTimeout)
 		err := contract.Call(ctx, s.srv.nc, contract.DeliveredSubject, req, nil)
+		if errors.Is(err, contract.ErrUnavailable) {
+			err = s.queueTicks(ctx, req)
+		}
 		cancel()
 		if err == nil {
 			s.srv.metrics.ticks.Inc()
@@ -122,4 +134,18 @@ func (s *session) ackedStretchLocked() (req contract.DeliveredRequest, through u
 	}
 	req.Reader, req.Device, req.From, req.To = s.id.User, s.id.Device, s.floor+1, through
 	return req, through, ok
+}
+
+// queueTicks stores req in TICKS for the receipts function to apply when
+// it is back.
+func (s *session) queueTicks(ctx context.Context, req contract.DeliveredRequest) error {
+	b, _ := json.Marshal(req)
+	m := &nats.Msg{Subject: contract.TicksSubject(req.Reader), Data: b, Header: nats.Header{
+		contract.HdrMsgID: {contract.QueuedTickDedupID(req.Reader, req.Device, req.From, req.To)},
+	}}
+	if _, err := s.srv.js.PublishMsg(ctx, m); err != nil {
+		return err
+	}
+	s.srv.metrics.ticksQueued.Inc()
+	return nil
 }

@@ -23,7 +23,7 @@ var files embed.FS
 
 // streamFiles and kvFiles are applied by Apply, in this order.
 var (
-	streamFiles = []string{"INBOX.json", "DLQ.json"}
+	streamFiles = []string{"INBOX.json", "TICKS.json", "DLQ.json"}
 	kvFiles     = []string{"kv/DEVICES.json", "kv/CURSORS.json", "kv/READS.json", "kv/PRESENCE.json", "kv/SETTINGS.json", "kv/PUSH.json"}
 )
 

@@ -19,6 +19,12 @@
 //     where it joined to its cursor); read if the conversation's read
 //     position is at or past it and both have read receipts on.
 //
+// Delivery never waits on this function: a gateway whose delivered request
+// is not answered in time stores it in TICKS, a work queue every instance
+// drains through one durable consumer, and settles its device's acks; so
+// an outage of the function costs a second stored write per tick while it
+// lasts, and loses nothing.
+//
 // Crash safety: every request is idempotent. A receipt's dedup id is its
 // status, reader, sender and range, so a request asked again (the gateway
 // got no answer, an instance died mid-way) stores nothing twice; the read
@@ -46,7 +52,9 @@ import (
 	"github.com/nats-io/nats.go/micro"
 
 	"github.com/switchboard-im/switchboard/contract"
+	"github.com/switchboard-im/switchboard/functions/worker"
 	"github.com/switchboard-im/switchboard/protocol"
+	"github.com/switchboard-im/switchboard/streams"
 )
 
 // Version is the micro service version.
@@ -79,6 +87,7 @@ type Service struct {
 	log      *slog.Logger
 
 	svc  micro.Service
+	pool *worker.Pool // ticks queued in TICKS
 	sem  chan struct{}
 	wg   sync.WaitGroup
 	stop chan struct{}
@@ -129,7 +138,20 @@ func Start(ctx context.Context, nc *nats.Conn, js jetstream.JetStream, cfg Confi
 			return nil, fmt.Errorf("receipts: %w", err)
 		}
 	}
+	// Ticks gateways left while no instance answered.
+	ccfg, err := streams.ConsumerConfig("receipts")
+	if err == nil {
+		var cons jetstream.Consumer
+		if cons, err = js.CreateOrUpdateConsumer(ctx, contract.TicksStream, ccfg); err == nil {
+			s.pool, err = worker.Start(js, cons, worker.Options{Function: "receipts", Workers: 4, MaxAttempts: 100}, s.log, s.applyQueued)
+		}
+	}
+	if err != nil {
+		_ = s.svc.Stop()
+		return nil, fmt.Errorf("receipts: queued ticks: %w", err)
+	}
 	if err := nc.Flush(); err != nil {
+		s.pool.Stop()
 		_ = s.svc.Stop()
 		return nil, fmt.Errorf("receipts: %w", err)
 	}
@@ -139,6 +161,7 @@ func Start(ctx context.Context, nc *nats.Conn, js jetstream.JetStream, cfg Confi
 // Stop stops answering and waits for the requests in hand. A request not
 // answered is asked again by its gateway, of another instance.
 func (s *Service) Stop() {
+	s.pool.Stop()
 	_ = s.svc.Stop()
 	close(s.stop)
 	s.wg.Wait()
@@ -206,6 +229,14 @@ func (s *Service) handleDelivered(ctx context.Context, r micro.Request) error {
 	if err := decode(r, &req); err != nil {
 		return err
 	}
+	if err := s.deliver(ctx, req); err != nil {
+		return err
+	}
+	return r.Respond([]byte("{}"))
+}
+
+// deliver stores a delivered tick for each sender in req.
+func (s *Service) deliver(ctx context.Context, req contract.DeliveredRequest) error {
 	switch {
 	case !protocol.ValidID(req.Reader) || !protocol.ValidID(req.Device):
 		return badRequest{"reader and device must be valid ids"}
@@ -235,7 +266,21 @@ func (s *Service) handleDelivered(ctx context.Context, r micro.Request) error {
 	}
 	s.delivered.Add(1)
 	s.stored.Add(int64(len(futs)))
-	return r.Respond([]byte("{}"))
+	return nil
+}
+
+// applyQueued applies a request a gateway left in TICKS.
+func (s *Service) applyQueued(ctx context.Context, m jetstream.Msg) error {
+	var req contract.DeliveredRequest
+	if err := json.Unmarshal(m.Data(), &req); err != nil {
+		return worker.Permanent(err)
+	}
+	err := s.deliver(ctx, req)
+	var bad badRequest
+	if errors.As(err, &bad) {
+		return worker.Permanent(err)
+	}
+	return err
 }
 
 func (s *Service) handleRead(ctx context.Context, r micro.Request) error {

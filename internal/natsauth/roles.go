@@ -97,7 +97,7 @@ func For(r Role) Rules {
 			Publish: join(
 				// A device's sends, its delivered and read events, and its
 				// position, registry entry, lease and settings.
-				[]string{contract.InboxPrefix + "*",
+				[]string{contract.InboxPrefix + "*", contract.TicksPrefix + "*",
 					kvSubject(contract.DevicesKV) + "*", kvSubject(contract.CursorsKV) + "*.*",
 					kvSubject(contract.PresenceKV) + "lease.*.*", kvSubject(contract.SettingsKV) + "*",
 					subjEvents, subjKick,
@@ -117,8 +117,9 @@ func For(r Role) Rules {
 		read := []string{kvStream(contract.ReadsKV), kvStream(contract.SettingsKV), kvStream(contract.CursorsKV), kvStream(contract.DevicesKV)}
 		return Rules{
 			Publish: join(
-				[]string{contract.InboxPrefix + "*", kvSubject(contract.ReadsKV) + "*.*"},
-				streamInfo(append([]string{contract.Inbox}, read...)...),
+				[]string{contract.InboxPrefix + "*", kvSubject(contract.ReadsKV) + "*.*", contract.DLQPrefix + string(r) + ".>"},
+				consumer(contract.TicksStream, string(r)),
+				streamInfo(append([]string{contract.Inbox, contract.TicksStream, contract.DLQ}, read...)...),
 				reads(read...),
 			),
 			Subscribe: []string{subjFn + string(r) + ".>", subjMicro, InboxPrefix(r) + ".>"},
