@@ -1,9 +1,16 @@
 package contract
 
 import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
 	"strconv"
 	"strings"
 	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
 )
 
 // Records kept in KV that more than one component reads. Only the gateway
@@ -50,4 +57,55 @@ type Device struct {
 // Devices is the value of a DEVICES key: a user's devices by name.
 type Devices struct {
 	Devices map[string]*Device `json:"devices"`
+}
+
+// DevicePosition is the highest INBOX sequence a device has settled: its
+// cursor, or where it joined before its first cursor save. created is when
+// the INBOX it counts in was created; positions from another are void.
+func DevicePosition(ctx context.Context, devices, cursors jetstream.KeyValue, created time.Time, user, device string) (uint64, error) {
+	e, err := cursors.Get(ctx, CursorKey(user, device))
+	switch {
+	case err == nil:
+		if c, ok := ParseCursor(e.Value()); ok && c.Stream == created.UnixNano() {
+			return c.Floor, nil
+		}
+	case !errors.Is(err, jetstream.ErrKeyNotFound):
+		return 0, fmt.Errorf("contract: cursor of %s/%s: %w", user, device, err)
+	}
+	rec, err := devices.Get(ctx, user)
+	if errors.Is(err, jetstream.ErrKeyNotFound) {
+		return 0, nil
+	}
+	if err != nil {
+		return 0, fmt.Errorf("contract: devices of %s: %w", user, err)
+	}
+	var ds Devices
+	if json.Unmarshal(rec.Value(), &ds) == nil {
+		if d := ds.Devices[device]; d != nil && d.Start > 0 && d.Stream.Equal(created) {
+			return d.Start - 1, nil
+		}
+	}
+	return 0, nil
+}
+
+// Waiting asks INBOX what is stored for user past sequence after: how many
+// messages and receipts, and when the first of them was stored. One direct
+// get answers it: Nats-Num-Pending comes from the per-subject index, so
+// counting costs no scan.
+func Waiting(ctx context.Context, nc *nats.Conn, user string, after uint64) (n uint64, first time.Time, err error) {
+	req, _ := json.Marshal(map[string]any{"seq": after + 1, "next_by_subj": InboxSubject(user), "batch": 1})
+	m, err := nc.RequestWithContext(ctx, DirectGetSubject(Inbox), req)
+	if err != nil {
+		return 0, time.Time{}, fmt.Errorf("contract: inbox of %s: %w", user, err)
+	}
+	switch m.Header.Get("Status") {
+	case "":
+	case "404":
+		return 0, time.Time{}, nil
+	default:
+		return 0, time.Time{}, fmt.Errorf("contract: inbox of %s: %s %s", user, m.Header.Get("Status"), m.Header.Get("Description"))
+	}
+	more, _ := strconv.ParseUint(m.Header.Get(HdrNumPend), 10, 64)
+	first, _ = time.Parse(time.RFC3339Nano, m.Header.Get(HdrStamp))
+	return 1 + more, first, nil
 }

@@ -52,6 +52,8 @@ const (
 	CloseNormal         = 1000
 	CloseGoingAway      = 1001
 	CloseUnsupported    = 1003
+	CloseNoStatus       = 1005
+	CloseAbnormal       = 1006
 	CloseInvalidData    = 1007
 	ClosePolicy         = 1008
 	CloseTooBig         = 1009
@@ -75,6 +77,8 @@ var Closes = []CloseInfo{
 	{CloseNormal, "normal", false, "The client or server ended the session on purpose."},
 	{CloseGoingAway, "going_away", true, "The peer went away (for example a browser tab closed)."},
 	{CloseUnsupported, "unsupported_data", false, "A binary frame was sent on the JSON subprotocol."},
+	{CloseNoStatus, "no_status", true, "Never sent: a peer closed without a code (counted so in the gateway's metrics)."},
+	{CloseAbnormal, "abnormal", true, "Never sent: the connection was lost without a close frame (counted so in the gateway's metrics)."},
 	{CloseInvalidData, "invalid_data", false, "A text frame was not valid UTF-8 (RFC 6455 §8.1); nothing in it was acted on."},
 	{ClosePolicy, "policy", true, "Reason `token_expired`: the token's expiry passed; reconnect with a fresh token. Reason `flood`: rate limit exceeded repeatedly; reconnect after backoff."},
 	{CloseTooBig, "too_big", true, "A frame exceeded the size limit (default 64 KiB); it was not processed."},

@@ -266,10 +266,14 @@ func DecodeClient(data []byte) (*Frame, error) {
 		Media: cf.Media, Users: cf.Users, ReadReceipts: cf.ReadReceipts, LastSeenPrivacy: cf.LastSeenPrivacy, Contacts: cf.Contacts}
 	switch f.Type {
 	case TypeSend:
-		if !ValidID(f.ID) {
+		switch {
+		case f.ID == "":
+			return nil, decodeErr(ErrBadField, "", "id is required")
+		case !ValidID(f.ID):
 			return nil, decodeErr(ErrBadID, "", "id: %v", ErrInvalidID)
-		}
-		if !ValidID(f.To) {
+		case f.To == "":
+			return nil, decodeErr(ErrBadField, f.ID, "to is required")
+		case !ValidID(f.To):
 			return nil, decodeErr(ErrBadID, f.ID, "to: %v", ErrInvalidID)
 		}
 		if f.Media != nil {

@@ -130,13 +130,13 @@ func TestDecodeClientErrors(t *testing.T) {
 		{"type empty", `{"type":"","seq":1}`, ErrBadField, "", "type"},
 
 		// Send ids.
-		{"send id missing", `{"type":"send","to":"bob","body":1}`, ErrBadID, "", "id"},
 		{"send id too long", `{"type":"send","id":"` + long + `","to":"bob","body":1}`, ErrBadID, "", "id"},
 		{"send id with colon", `{"type":"send","id":"m:1","to":"bob","body":1}`, ErrBadID, "", "id"},
 		{"send id with dot", `{"type":"send","id":"m.1","to":"bob","body":1}`, ErrBadID, "", "id"},
 		{"send id non-ascii", `{"type":"send","id":"m\u00e9","to":"bob","body":1}`, ErrBadID, "", "id"},
 		{"send id with nul", `{"type":"send","id":"m\u0000","to":"bob","body":1}`, ErrBadID, "", "id"},
-		{"send to missing", `{"type":"send","id":"m1","body":1}`, ErrBadID, "m1", "to"},
+		{"send to missing", `{"type":"send","id":"m1","body":1}`, ErrBadField, "m1", "to"},
+		{"send id missing", `{"type":"send","to":"bob","body":1}`, ErrBadField, "", "id"},
 		{"send to dot", `{"type":"send","id":"m1","to":"bob.carol","body":1}`, ErrBadID, "m1", "to"},
 		{"send to star", `{"type":"send","id":"m1","to":"*","body":1}`, ErrBadID, "m1", "to"},
 		{"send to gt", `{"type":"send","id":"m1","to":">","body":1}`, ErrBadID, "m1", "to"},

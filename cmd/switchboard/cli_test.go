@@ -1,10 +1,14 @@
 package main_test
 
 import (
+	"fmt"
+	tk "github.com/switchboard-im/switchboard/internal/testkit"
+	"io"
 	"net"
 	"os/exec"
 	"strings"
 	"testing"
+	"time"
 )
 
 // run runs the binary to completion and returns its output.
@@ -54,4 +58,107 @@ func TestCLIGuides(t *testing.T) {
 	if err == nil || !strings.Contains(out, ln.Addr().String()) || !strings.Contains(out, "address already in use") {
 		t.Errorf("a taken NATS port: %v\n%s", err, out)
 	}
+}
+
+// The terminal chat guides: a banner names who is connected, a line with
+// no recipient says how to pick one, /to picks one and shows their
+// presence, and a session replaced by the same device elsewhere exits
+// saying so.
+func TestChatGuides(t *testing.T) {
+	data := t.TempDir()
+	p := start(t, "--data", data, "--nats-listen", "127.0.0.1:0")
+	bobTok := token(t, data, "bob", "phone")
+	bobOut := &lockedBuffer{}
+	bob := exec.Command(binary, "chat", "--url", p.WSURL, "--token", bobTok)
+	bob.Stdout, bob.Stderr = bobOut, bobOut
+	bobIn, err := bob.StdinPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := bob.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = bob.Process.Kill(); _ = bob.Wait() })
+	defer bobIn.Close()
+	waitOut := func(b *lockedBuffer, want string) {
+		t.Helper()
+		tk.WaitFor(t, 15*time.Second, func() error {
+			if !strings.Contains(b.String(), want) {
+				return fmt.Errorf("terminal lacks %q: %q", want, b.String())
+			}
+			return nil
+		})
+	}
+	waitOut(bobOut, "connected as bob/phone")
+
+	aliceOut := &lockedBuffer{}
+	alice := exec.Command(binary, "chat", "--url", p.WSURL, "--token", token(t, data, "alice", "phone"))
+	alice.Stdout, alice.Stderr = aliceOut, aliceOut
+	aliceIn, err := alice.StdinPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := alice.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = alice.Process.Kill(); _ = alice.Wait() })
+	defer aliceIn.Close()
+	waitOut(aliceOut, "connected as alice/phone")
+	_, _ = io.WriteString(aliceIn, "hello?\n")
+	waitOut(aliceOut, "pick a recipient first")
+	_, _ = io.WriteString(aliceIn, "/to bob\nhi bob\n")
+	waitOut(aliceOut, "[bob is online]")
+	waitOut(bobOut, "alice/phone: hi bob")
+	waitOut(aliceOut, "read by bob/phone")
+
+	// The same device connects again: the first session ends, and says why.
+	second := exec.Command(binary, "chat", "--url", p.WSURL, "--token", bobTok)
+	secondOut := &lockedBuffer{}
+	second.Stdout, second.Stderr = secondOut, secondOut
+	secondIn, err := second.StdinPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer secondIn.Close()
+	if err := second.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = second.Process.Kill(); _ = second.Wait() })
+	waitOut(bobOut, "connected again elsewhere")
+}
+
+// An operator sees what waits for each of a user's devices: the count
+// past its position and the oldest one's age.
+func TestInspectShowsWhatWaits(t *testing.T) {
+	data := t.TempDir()
+	p := start(t, "--data", data, "--nats-listen", "127.0.0.1:0")
+	phone := tk.DialToken(t, p.WSURL, token(t, data, "bob", "phone"))
+	laptop := tk.DialToken(t, p.WSURL, token(t, data, "bob", "laptop"))
+	alice := tk.DialToken(t, p.WSURL, token(t, data, "alice", "phone"))
+	for _, id := range []string{"m1", "m2", "m3"} {
+		if _, err := alice.Send(t.Context(), "bob", id, tk.Body(id)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for range 3 { // the phone acks all three; the laptop none
+		phone.Ack(tk.RecvMsg(t, phone, 10*time.Second).Seq)
+	}
+	tk.RecvMsg(t, laptop, 10*time.Second)
+	_ = phone.Close()
+	_ = laptop.Close()
+	tk.WaitFor(t, 15*time.Second, func() error {
+		out, err := run(t, "inspect", "--nats", p.NATSURL, "--data", data, "--user", "bob")
+		if err != nil {
+			return fmt.Errorf("%v: %s", err, out)
+		}
+		lines := strings.Split(strings.TrimSpace(out), "\n")
+		if len(lines) != 3 || !strings.Contains(out, "WAITING") {
+			return fmt.Errorf("inspect: %s", out)
+		}
+		laptopRow, phoneRow := strings.Fields(lines[1]), strings.Fields(lines[2])
+		if laptopRow[0] != "laptop" || laptopRow[2] != "3" || phoneRow[0] != "phone" || phoneRow[2] != "0" {
+			return fmt.Errorf("inspect: want 3 waiting for the laptop, none for the phone:\n%s", out)
+		}
+		return nil
+	})
 }

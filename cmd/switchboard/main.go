@@ -30,6 +30,8 @@ func main() {
 		err = runSetup(args, os.Stdout)
 	case "nats-keys":
 		err = runNATSKeys(args, os.Stdout)
+	case "inspect":
+		err = runInspect(args, os.Stdout)
 	case "token":
 		err = runToken(args, os.Stdout)
 	case "chat":
@@ -63,6 +65,7 @@ commands:
   function   run one worker function: switchboard function receipts|presence|push|media --nats URL
   setup      create or update the streams on a NATS, as the operator: switchboard setup --nats URL
   nats-keys  make a NATS key per role for deploy/*.conf: switchboard nats-keys --out DIR
+  inspect    what waits for each of a user's devices: switchboard inspect --user bob
   token      mint a device token: switchboard token --user alice --device phone
   chat       a terminal chat client: switchboard chat --token T --to bob
   bench      load a running system (or --spawn one) with SDK devices: switchboard bench --scenario pairs --spawn

@@ -7,7 +7,6 @@ import (
 	"fmt"
 	"log/slog"
 	"slices"
-	"strconv"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -476,61 +475,20 @@ func (s *Service) devices(ctx context.Context, user string) ([]string, error) {
 }
 
 // pending counts what waits for a device in its inbox (messages and
-// receipts past its cursor) and reports whether the device has already
-// settled seq (0: do not ask), so a device that read a message on
-// another path is not woken for it. A device's position is its cursor
-// (KV CURSORS), or where it joined (DEVICES) before its first save.
+// receipts past its position) and reports whether the device has already
+// settled seq (0: do not ask), so a device that read a message on another
+// path is not woken for it.
 func (s *Service) pending(ctx context.Context, user, device string, seq uint64) (uint64, bool, error) {
-	floor, err := s.position(ctx, user, device)
+	floor, err := contract.DevicePosition(ctx, s.devicesKV, s.cursorsKV, s.inbox.CachedInfo().Created, user, device)
 	if err != nil {
-		return 0, false, err
+		return 0, false, fmt.Errorf("push: %w", err)
 	}
 	if seq > 0 && floor >= seq {
 		return 0, true, nil
 	}
-	// One direct get of the first message past the floor: its
-	// Nats-Num-Pending is how many more follow, from the stream's
-	// per-subject index, so counting costs no scan.
-	req, _ := json.Marshal(map[string]any{"seq": floor + 1, "next_by_subj": contract.InboxSubject(user), "batch": 1})
-	m, err := s.nc.RequestWithContext(ctx, contract.DirectGetSubject(contract.Inbox), req)
+	n, _, err := contract.Waiting(ctx, s.nc, user, floor)
 	if err != nil {
-		return 0, false, fmt.Errorf("push: inbox of %s: %w", user, err)
+		return 0, false, fmt.Errorf("push: %w", err)
 	}
-	switch m.Header.Get("Status") {
-	case "":
-	case "404":
-		return 1, false, nil // the message was settled meanwhile, or purged: it still was news
-	default:
-		return 0, false, fmt.Errorf("push: inbox of %s: %s %s", user, m.Header.Get("Status"), m.Header.Get("Description"))
-	}
-	more, _ := strconv.ParseUint(m.Header.Get(contract.HdrNumPend), 10, 64)
-	return 1 + more, false, nil
-}
-
-// position is the highest INBOX sequence the device has settled.
-func (s *Service) position(ctx context.Context, user, device string) (uint64, error) {
-	created := s.inbox.CachedInfo().Created.UnixNano()
-	e, err := s.cursorsKV.Get(ctx, contract.CursorKey(user, device))
-	switch {
-	case err == nil:
-		if c, ok := contract.ParseCursor(e.Value()); ok && c.Stream == created {
-			return c.Floor, nil
-		}
-	case !errors.Is(err, jetstream.ErrKeyNotFound):
-		return 0, fmt.Errorf("push: cursor of %s/%s: %w", user, device, err)
-	}
-	rec, err := s.devicesKV.Get(ctx, user)
-	if err != nil {
-		if errors.Is(err, jetstream.ErrKeyNotFound) {
-			return 0, nil
-		}
-		return 0, fmt.Errorf("push: devices of %s: %w", user, err)
-	}
-	var ds contract.Devices
-	if json.Unmarshal(rec.Value(), &ds) == nil {
-		if d := ds.Devices[device]; d != nil && d.Start > 0 && d.Stream.UnixNano() == created {
-			return d.Start - 1, nil
-		}
-	}
-	return 0, nil
+	return max(1, n), false, nil // settled meanwhile, or purged: it still was news
 }
