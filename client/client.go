@@ -140,6 +140,8 @@ type Receipt struct {
 	By     string
 	Device string
 	TS     time.Time
+	// Seq is where the message was stored (its Sent.Seq).
+	Seq uint64
 }
 
 // Sent confirms a stored message.
@@ -179,13 +181,13 @@ type Client struct {
 	session  string
 	ob       *outbox // unconfirmed sends, in order
 	seenMsg  *lru    // from+id of messages handed to the app
-	seenRcpt *lru    // receipts handed to the app
 	acked    *lru    // seqs the app acked (redeliveries of them are acked again)
 	closeErr error
 	stats    Stats
 	// following are the users whose presence this client follows.
 	following  map[string]bool
-	statusWait map[string][]chan statusResult
+	statusWait map[uint64][]chan statusResult
+	ticks      *ticks // sent messages by recipient, for their receipts
 
 	writeMu sync.Mutex // one writer at a time on conn
 	// sendMu makes choosing send frames to write (under mu) and writing
@@ -230,9 +232,9 @@ func dialWith(ctx context.Context, opts Options, h hooks) (*Client, error) {
 		presence:      make(chan Presence, 256),
 		settingsReply: make(chan Settings, 1),
 		following:     map[string]bool{},
-		statusWait:    map[string][]chan statusResult{},
+		statusWait:    map[uint64][]chan statusResult{},
+		ticks:         newTicks(),
 		seenMsg:       newLRU(100000),
-		seenRcpt:      newLRU(100000),
 		acked:         newLRU(100000),
 	}
 	conn, sid, err := c.dial(ctx)
@@ -479,16 +481,13 @@ func (c *Client) handle(conn *websocket.Conn, f *protocol.Frame) error {
 			return ErrClosed
 		}
 	case protocol.TypeReceipt:
-		// One tick per status, message and recipient; a delivered that
-		// arrives after the read (two receipts workers raced) is stale.
-		key := f.ID + "\x00" + f.Status + "\x00" + f.By
+		// One frame covers many messages: each tick goes to the app once
+		// per message, and never goes back.
 		c.mu.Lock()
-		dup := c.seenRcpt.has(key) ||
-			(f.Status == protocol.StatusDelivered && c.seenRcpt.has(f.ID+"\x00"+protocol.StatusRead+"\x00"+f.By))
-		c.seenRcpt.add(key)
+		ids, seqs := c.ticks.apply(f)
 		c.mu.Unlock()
-		if !dup {
-			r := Receipt{ID: f.ID, Status: f.Status, By: f.By, Device: f.Device, TS: time.UnixMilli(f.TS)}
+		for i, id := range ids {
+			r := Receipt{ID: id, Status: f.Status, By: f.By, Device: f.Device, TS: time.UnixMilli(f.TS), Seq: seqs[i]}
 			select {
 			case c.rcpt <- r:
 			case <-c.ctx.Done():
@@ -506,7 +505,7 @@ func (c *Client) handle(conn *websocket.Conn, f *protocol.Frame) error {
 	case protocol.TypeSettings:
 		c.onSettings(f)
 	case protocol.TypeStatus:
-		c.resolveStatus(f.ID, statusResult{to: f.Recipients})
+		c.resolveStatus(f.Seq, statusResult{to: f.Recipients})
 	case protocol.TypeError:
 		c.onError(f)
 	}
@@ -535,9 +534,9 @@ func (c *Client) onError(f *protocol.Frame) {
 			c.resolve(o, result{err: &ServerError{Code: f.Code, Message: f.Message}})
 			return
 		}
-		if c.resolveStatus(f.ID, statusResult{err: &ServerError{Code: f.Code, Message: f.Message}}) {
-			return
-		}
+	}
+	if f.Seq > 0 && c.resolveStatus(f.Seq, statusResult{err: &ServerError{Code: f.Code, Message: f.Message}}) {
+		return
 	}
 	if c.opts.OnError != nil {
 		c.opts.OnError(f.Code, f.Message, f.Seq)
@@ -581,9 +580,20 @@ func retryable(code protocol.ErrorCode) bool {
 func (c *Client) onSent(f *protocol.Frame) {
 	c.mu.Lock()
 	o := c.ob.byID[f.ID]
+	var early string
+	if o != nil {
+		early = c.ticks.sent(o.to, f.ID, f.Seq)
+	}
 	c.mu.Unlock()
 	if o != nil {
 		c.resolve(o, result{sent: Sent{ID: f.ID, Seq: f.Seq, TS: time.UnixMilli(f.TS), Dup: f.Dup}})
+		if early != "" {
+			// Its tick came before its "sent" did.
+			select {
+			case c.rcpt <- Receipt{ID: f.ID, Status: early, By: o.to, Seq: f.Seq, TS: time.Now()}:
+			case <-c.ctx.Done():
+			}
+		}
 	}
 }
 

@@ -3,6 +3,7 @@ package client
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"slices"
 	"time"
 
@@ -127,27 +128,38 @@ func (c *Client) Settings(ctx context.Context, change SettingsChange) (Settings,
 	}
 }
 
-// Status returns each recipient's ticks for message id that this user
-// sent: when it was delivered to and read by them. An empty map means no
-// recipient has it yet.
+// ErrUnknownMessage is a Status call about a message this client did not
+// send, or sent so long ago that it no longer remembers its seq.
+var ErrUnknownMessage = errors.New("client: no message sent with this id")
+
+// Status returns each recipient's ticks for message id that this client
+// sent: whether any of their devices has it, and whether they read it.
 func (c *Client) Status(ctx context.Context, id string) (map[string]protocol.Ticks, error) {
-	if !protocol.ValidID(id) {
-		return nil, ErrBadID
+	c.mu.Lock()
+	seq := c.ticks.seqOf(id)
+	c.mu.Unlock()
+	if seq == 0 {
+		return nil, ErrUnknownMessage
 	}
+	return c.StatusOf(ctx, seq)
+}
+
+// StatusOf is Status for the message stored at seq (its Sent.Seq): the
+// server answers only the message's sender.
+func (c *Client) StatusOf(ctx context.Context, seq uint64) (map[string]protocol.Ticks, error) {
 	ch := make(chan statusResult, 1)
 	c.mu.Lock()
-	c.statusWait[id] = append(c.statusWait[id], ch)
+	c.statusWait[seq] = append(c.statusWait[seq], ch)
 	c.mu.Unlock()
 	defer func() {
 		c.mu.Lock()
-		c.statusWait[id] = slices.DeleteFunc(c.statusWait[id], func(w chan statusResult) bool { return w == ch })
-		if len(c.statusWait[id]) == 0 {
-			delete(c.statusWait, id)
+		c.statusWait[seq] = slices.DeleteFunc(c.statusWait[seq], func(w chan statusResult) bool { return w == ch })
+		if len(c.statusWait[seq]) == 0 {
+			delete(c.statusWait, seq)
 		}
 		c.mu.Unlock()
 	}()
-	b, _ := json.Marshal(protocol.Frame{Type: protocol.TypeStatus, ID: id})
-	c.writeCurrent(b)
+	c.writeCurrent(protocol.AppendSeqFrame(nil, protocol.TypeStatus, seq))
 	select {
 	case r := <-ch:
 		return r.to, r.err
@@ -165,10 +177,10 @@ type statusResult struct {
 
 // resolveStatus hands a status answer (or error) to the calls waiting for
 // it, and reports whether there were any.
-func (c *Client) resolveStatus(id string, r statusResult) bool {
+func (c *Client) resolveStatus(seq uint64, r statusResult) bool {
 	c.mu.Lock()
-	waiting := c.statusWait[id]
-	delete(c.statusWait, id)
+	waiting := c.statusWait[seq]
+	delete(c.statusWait, seq)
 	c.mu.Unlock()
 	for _, ch := range waiting {
 		ch <- r

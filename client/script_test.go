@@ -225,8 +225,10 @@ func (c *sconn) msg(id, from string, seq uint64) {
 	c.write(protocol.AppendMsg(nil, id, from, "phone", seq, 1795582349000, []byte(`"hi"`), nil))
 }
 
-func (c *sconn) receipt(id, status, by string, seq uint64) {
-	c.write(protocol.AppendReceipt(nil, id, status, by, "phone", seq, 1795582350000))
+// receipt writes a receipt frame: by did status to this user's messages
+// stored from from (0: the start) to to; seq is the frame's own.
+func (c *sconn) receipt(status, by string, from, to, seq uint64) {
+	c.write(protocol.AppendReceipt(nil, status, by, "phone", from, to, seq, 1795582350000))
 }
 
 // waiter stands in for hooks.wait: it records every wait the client asks
@@ -280,7 +282,13 @@ func (r *waitReq) end() { close(r.done) }
 // queued it (and written it, if it may go out now).
 func queue(t *testing.T, c *Client, id string) *outgoing {
 	t.Helper()
-	o, err := c.enqueue("bob", id, []byte(`"`+id+`"`), nil)
+	return queueTo(t, c, "bob", id)
+}
+
+// queueTo is queue to another recipient.
+func queueTo(t *testing.T, c *Client, to, id string) *outgoing {
+	t.Helper()
+	o, err := c.enqueue(to, id, []byte(`"`+id+`"`), nil)
 	if err != nil {
 		t.Fatal(err)
 	}

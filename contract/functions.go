@@ -78,35 +78,73 @@ type PresenceReply struct {
 }
 
 // Receipts.
+//
+// A tick is a position, not a record per message. When a device's position
+// in its inbox moves (it acked everything up to a sequence), the gateway
+// asks the receipts function to tell each sender with messages in the
+// range: one tick per sender covering all of them. When a user reads a
+// conversation up to a message, one read tick covers everything before it.
+// The function stores each tick in the sender's inbox (one stored write),
+// keeps each conversation's read position (READS), and answers status from
+// positions (cursors, devices, read positions): nothing is kept per
+// message.
 
-// StatusSubject is the request subject of the status endpoint.
-const StatusSubject = "sb.fn.receipts.status"
+// The receipts function's request subjects.
+const (
+	DeliveredSubject = "sb.fn.receipts.delivered"
+	ReadSubject      = "sb.fn.receipts.read"
+	StatusSubject    = "sb.fn.receipts.status"
+)
 
-// Tick is one recipient's status of a message: ms since epoch when it was
-// delivered to and read by them, 0 when not (yet).
-type Tick struct {
-	Delivered int64 `json:"delivered,omitempty"`
-	Read      int64 `json:"read,omitempty"`
+// DeliveredRequest says that Reader's device Device has every message of
+// Reader's inbox from sequence From to To, both included (it acked them).
+// Senders are the users with chat messages in that range; each gets one
+// delivered tick covering it. A gateway asks before it moves the device's
+// cursor past To, and asks again until it is answered, so a tick cannot be
+// lost to a crash; the tick's dedup id keeps a repeat single.
+type DeliveredRequest struct {
+	Reader  string   `json:"reader"`
+	Device  string   `json:"device"`
+	From    uint64   `json:"from"`
+	To      uint64   `json:"to"`
+	Senders []string `json:"senders"`
 }
 
-// Status is the STATUS record of one message: recipient user → tick.
-type Status struct {
-	To map[string]*Tick `json:"to"`
+// ReadRequest says that Reader, on Device, has read Sender's messages up to
+// and including the one stored at Seq in Reader's inbox (the gateway
+// checked that it is Sender's and was delivered to Device).
+type ReadRequest struct {
+	Reader string `json:"reader"`
+	Device string `json:"device"`
+	Sender string `json:"sender"`
+	Seq    uint64 `json:"seq"`
 }
 
-// StatusRequest asks for the status of message ID sent by User. The
-// gateway fills in User from the token, so a user can only ask about their
-// own messages: the key is built from it.
+// StatusRequest asks for the status of the message stored at Seq, which
+// Sender sent to Recipient: the gateway read both from the stream, and
+// asks only for the sender.
 type StatusRequest struct {
-	User string `json:"user"`
-	ID   string `json:"id"`
+	Sender    string `json:"sender"`
+	Recipient string `json:"recipient"`
+	Seq       uint64 `json:"seq"`
 }
 
-// StatusReply answers a StatusRequest.
-type StatusReply struct {
-	ID string           `json:"id"`
-	To map[string]*Tick `json:"to"`
+// Ticks are one recipient's status of a message.
+type Ticks struct {
+	Delivered bool `json:"delivered"`
+	Read      bool `json:"read"`
 }
+
+// StatusReply answers a StatusRequest: per recipient, whether any of their
+// devices has the message and whether they read it (shown only if both
+// users have read receipts on).
+type StatusReply struct {
+	Recipients map[string]Ticks `json:"recipients"`
+}
+
+// ReadKey is a conversation's read position in READS: the sequence in
+// reader's inbox up to which reader has read peer's messages.
+func ReadKey(reader, peer string) string { return reader + "." + peer }
 
 // Media.
 

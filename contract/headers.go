@@ -1,17 +1,24 @@
 package contract
 
-// Headers on messages stored in INBOX and RECEIPTS. The body of a stored
-// chat message is the client's body, verbatim; everything else travels in
-// these headers so no worker ever parses a body.
+import "strconv"
+
+// Headers on messages stored in INBOX. The body of a stored chat message is
+// the client's body, verbatim; everything else travels in these headers so
+// no worker ever parses a body.
 const (
 	HdrMsgID  = "Nats-Msg-Id" // dedup key: see MsgDedupID and the receipt ids
 	HdrKind   = "Sb-Kind"     // KindMsg or KindReceipt
 	HdrFrom   = "Sb-From"     // sender user (msg) or reader user (receipt)
 	HdrDevice = "Sb-Device"   // sender's or reader's device
-	HdrID     = "Sb-Id"       // the client message id (for a receipt: of the message it is about)
+	HdrID     = "Sb-Id"       // the client message id
 	HdrTS     = "Sb-Ts"       // ms since epoch when the gateway accepted it
 	HdrStatus = "Sb-Status"   // receipt status: delivered or read
 	HdrMedia  = "Sb-Media"    // a media message's reference: compact JSON, validated by the gateway
+	// A receipt's range: the sender's messages stored in the reader's
+	// inbox from HdrSeqFrom to HdrSeqTo (both included; a read receipt has
+	// only HdrSeqTo: everything up to it).
+	HdrSeqFrom = "Sb-Seq-From"
+	HdrSeqTo   = "Sb-Seq-To"
 
 	KindMsg     = "msg"
 	KindReceipt = "receipt"
@@ -22,19 +29,12 @@ const (
 // retry of the same send is stored once.
 func MsgDedupID(from, id string) string { return "m:" + from + ":" + id }
 
-// ReceiptEventDedupID is the Nats-Msg-Id of a receipt event in RECEIPTS:
-// one per status, message and reading device, so an event re-sent after a
-// gateway crash is stored once.
-func ReceiptEventDedupID(status, from, id, by, device string) string {
-	return "e:" + status + ":" + from + ":" + id + ":" + by + ":" + device
-}
-
-// ReceiptDedupID is the Nats-Msg-Id of a receipt forwarded to a sender's
-// inbox: one per status, message and recipient user (the tick is per
-// recipient, whichever of their devices caused it), so a receipts worker
-// that dies after forwarding and forwards again stores it once.
-func ReceiptDedupID(status, from, id, by string) string {
-	return "r:" + status + ":" + from + ":" + id + ":" + by
+// TickDedupID is the Nats-Msg-Id of a receipt stored in a sender's inbox:
+// one per status, reader, sender and range, so a tick asked for again
+// (the gateway got no answer, or crashed and its device acked again) is
+// stored once.
+func TickDedupID(status, reader, sender string, from, to uint64) string {
+	return "t:" + status + ":" + reader + ":" + sender + ":" + strconv.FormatUint(from, 10) + ":" + strconv.FormatUint(to, 10)
 }
 
 // Headers a dead letter carries besides the original's own.

@@ -1,20 +1,22 @@
 package contract
 
+import "strconv"
+
 // Names of the JetStream assets.
 const (
-	Inbox          = "INBOX"
-	Receipts       = "RECEIPTS"
-	DLQ            = "DLQ"
-	DevicesKV      = "DEVICES"
-	CursorsKV      = "CURSORS"
-	StatusKV       = "STATUS"
-	PresenceKV     = "PRESENCE"
-	SettingsKV     = "SETTINGS"
-	PushKV         = "PUSH"
-	InboxPrefix    = "inbox."
-	LivePrefix     = "sb.live."
-	ReceiptsPrefix = "receipts."
-	DLQPrefix      = "dlq."
+	Inbox       = "INBOX"
+	DLQ         = "DLQ"
+	TicksStream = "TICKS"
+	DevicesKV   = "DEVICES"
+	CursorsKV   = "CURSORS"
+	ReadsKV     = "READS"
+	PresenceKV  = "PRESENCE"
+	SettingsKV  = "SETTINGS"
+	PushKV      = "PUSH"
+	InboxPrefix = "inbox."
+	LivePrefix  = "sb.live."
+	DLQPrefix   = "dlq."
+	TicksPrefix = "ticks."
 )
 
 // InboxSubject is the subject of a user's inbox. The caller must have
@@ -29,10 +31,6 @@ func LiveSubject(user string) string { return LivePrefix + user }
 
 // CursorKey is a device's key in the CURSORS bucket.
 func CursorKey(user, device string) string { return user + "." + device }
-
-// ReceiptsSubject is where gateways store receipt events about messages
-// that sender sent; the receipts function consumes them.
-func ReceiptsSubject(sender string) string { return ReceiptsPrefix + sender }
 
 // KickSubject is where a new session of a device asks any older one, on
 // any gateway, to close (core NATS, request and reply): one session per
@@ -54,3 +52,14 @@ func KVSubject(bucket, key string) string { return "$KV." + bucket + "." + key }
 
 // DirectGetSubject is where a stream answers direct gets.
 func DirectGetSubject(stream string) string { return "$JS.API.DIRECT.GET." + stream }
+
+// TicksSubject is where a gateway stores a DeliveredRequest the receipts
+// function did not answer, for it to apply later: delivery never waits on
+// the function, and no tick is lost to its absence.
+func TicksSubject(reader string) string { return TicksPrefix + reader }
+
+// QueuedTickDedupID is the Nats-Msg-Id of such a stored request: one per
+// device and range.
+func QueuedTickDedupID(reader, device string, from, to uint64) string {
+	return "q:" + reader + ":" + device + ":" + strconv.FormatUint(from, 10) + ":" + strconv.FormatUint(to, 10)
+}

@@ -120,7 +120,7 @@ func runLeaderChange(t *testing.T, lc leaderChange) {
 	// New buckets answer reads only once their replicas are current and
 	// every node knows where they are.
 	c.WaitHealthy(t, 20*time.Second)
-	c.WaitKVReadable(t, 20*time.Second, contract.DevicesKV, contract.CursorsKV, contract.StatusKV, contract.PresenceKV,
+	c.WaitKVReadable(t, 20*time.Second, contract.DevicesKV, contract.CursorsKV, contract.ReadsKV, contract.PresenceKV,
 		contract.SettingsKV, contract.PushKV)
 	leader := c.WaitForLeader(t, 10*time.Second, nil, tk.StreamInfo(setupJS, contract.Inbox))
 	others := c.Others(leader)

@@ -29,7 +29,7 @@ func TestClusterSendOrderThroughStepDown(t *testing.T) {
 	_, setupJS := c.Nodes[0].Connect(t)
 	applyStreams(t, setupJS)
 	c.WaitHealthy(t, 20*time.Second)
-	c.WaitKVReadable(t, 20*time.Second, contract.DevicesKV, contract.CursorsKV, contract.StatusKV, contract.PresenceKV,
+	c.WaitKVReadable(t, 20*time.Second, contract.DevicesKV, contract.CursorsKV, contract.ReadsKV, contract.PresenceKV,
 		contract.SettingsKV, contract.PushKV)
 	leader := c.WaitForLeader(t, 10*time.Second, nil, tk.StreamInfo(setupJS, contract.Inbox))
 	others := c.Others(leader)

@@ -2,8 +2,7 @@ package gateway
 
 import (
 	"context"
-	"encoding/json"
-	"errors"
+	"strings"
 
 	"github.com/switchboard-im/switchboard/contract"
 	"github.com/switchboard-im/switchboard/protocol"
@@ -34,49 +33,62 @@ func (s *session) refuseBusy(id string) {
 	s.sendError(protocol.ErrRateLimited, "too many requests in flight", id, 0, 100)
 }
 
-// errNotFound is a function's 404.
-var errNotFound = errors.New("not found")
-
-// callFunction makes a request to a worker function and decodes its JSON
-// answer. A micro error reply (its code in a header) becomes an error.
-func (s *session) callFunction(subject string, req []byte, reply any) error {
-	m, err := s.srv.nc.Request(subject, req, s.srv.cfg.FunctionTimeout)
-	if err != nil {
-		return err
-	}
-	if code := m.Header.Get("Nats-Service-Error-Code"); code != "" {
-		if code == "404" {
-			return errNotFound
+// status answers a status frame: the ticks of the message stored at seq,
+// if this user sent it, from the receipts function. The message is read
+// (off the read loop) to learn its sender and recipient.
+func (s *session) status(seq uint64) {
+	ok := s.goCall(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), s.srv.cfg.FunctionTimeout)
+		defer cancel()
+		rm, err := s.srv.inbox.GetMsg(ctx, seq)
+		if err != nil || rm.Header.Get(contract.HdrKind) != contract.KindMsg || rm.Header.Get(contract.HdrFrom) != s.id.User {
+			s.sendError(protocol.ErrUnknownSeq, "you sent no message with this seq", "", seq, 0)
+			return
 		}
-		return errors.New(m.Header.Get("Nats-Service-Error"))
+		var reply contract.StatusReply
+		req := contract.StatusRequest{Sender: s.id.User, Recipient: strings.TrimPrefix(rm.Subject, contract.InboxPrefix), Seq: seq}
+		if err := contract.Call(ctx, s.srv.nc, contract.StatusSubject, req, &reply); err != nil {
+			s.sendError(protocol.ErrUnavailable, "receipts are unavailable", "", seq, 0)
+			return
+		}
+		to := make(map[string]protocol.Ticks, len(reply.Recipients))
+		for u, t := range reply.Recipients {
+			if protocol.ValidID(u) {
+				to[u] = protocol.Ticks{Delivered: t.Delivered, Read: t.Read}
+			}
+		}
+		s.t.Send(protocol.EncodeStatus(seq, to))
+	})
+	if !ok {
+		s.sendError(protocol.ErrRateLimited, "too many requests in flight", "", seq, 100)
 	}
-	return json.Unmarshal(m.Data, reply)
 }
 
-// status answers a status frame: the ticks of message id that this user
-// sent, from the receipts function.
-func (s *session) status(id string) {
+// read takes a read frame: the user has seen everything up to the message
+// at seq from its sender. The message must have been delivered to this
+// device and be a chat message to this user; the receipts function moves
+// the user's read position in that chat and tells the sender, if the
+// user's settings allow it.
+func (s *session) read(seq uint64) {
+	if seq > s.feed.lastSeq() {
+		s.sendError(protocol.ErrUnknownSeq, "no message with this seq was delivered to this device", "", seq, 0)
+		return
+	}
 	ok := s.goCall(func() {
-		req, _ := json.Marshal(contract.StatusRequest{User: s.id.User, ID: id})
-		var reply contract.StatusReply
-		err := s.callFunction(contract.StatusSubject, req, &reply)
-		switch {
-		case errors.Is(err, errNotFound):
-			s.t.Send(protocol.EncodeStatus(id, nil))
-		case err != nil:
-			s.sendError(protocol.ErrUnavailable, "receipts are unavailable: "+err.Error(), id, 0, 0)
-		default:
-			to := make(map[string]protocol.Ticks, len(reply.To))
-			for u, t := range reply.To {
-				if t != nil {
-					to[u] = protocol.Ticks{Delivered: t.Delivered, Read: t.Read}
-				}
-			}
-			s.t.Send(protocol.EncodeStatus(id, to))
+		ctx, cancel := context.WithTimeout(context.Background(), s.srv.cfg.FunctionTimeout)
+		defer cancel()
+		rm, err := s.srv.inbox.GetMsg(ctx, seq)
+		if err != nil || rm.Subject != contract.InboxSubject(s.id.User) || rm.Header.Get(contract.HdrKind) != contract.KindMsg {
+			s.sendError(protocol.ErrUnknownSeq, "no message to you with this seq", "", seq, 0)
+			return
+		}
+		req := contract.ReadRequest{Reader: s.id.User, Device: s.id.Device, Sender: rm.Header.Get(contract.HdrFrom), Seq: seq}
+		if err := contract.Call(ctx, s.srv.nc, contract.ReadSubject, req, nil); err != nil {
+			s.sendError(protocol.ErrUnavailable, "read receipt not taken; resend", "", seq, 0)
 		}
 	})
 	if !ok {
-		s.refuseBusy(id)
+		s.sendError(protocol.ErrRateLimited, "too many requests in flight", "", seq, 100)
 	}
 }
 

@@ -268,12 +268,14 @@ func TestDropBeforeAckRedeliversAndSDKDropsDuplicate(t *testing.T) {
 	}
 }
 
+// An offline sender gets its ticks when it comes back: they wait in its
+// inbox as receipts, each a position covering the message.
 func TestOfflineSenderGetsReceiptsOnReconnect(t *testing.T) {
 	n := tk.StartNATS(t)
 	g := tk.StartGateway(t, n, tk.TestConfig())
 	alice := tk.Dial(t, g.URL, "alice", "phone")
 	bob := tk.Dial(t, g.URL, "bob", "phone")
-	send(t, alice, "bob", "m1", "are you there?")
+	sent := send(t, alice, "bob", "m1", "are you there?")
 	if err := alice.Close(); err != nil {
 		t.Fatal(err)
 	}
@@ -292,14 +294,17 @@ func TestOfflineSenderGetsReceiptsOnReconnect(t *testing.T) {
 		}
 		return nil
 	})
-	alice = tk.Dial(t, g.URL, "alice", "phone")
+	// As a device that comes back knows the seq of what it sent (an app
+	// keeps it with the message), the receipt frames are checked as such.
+	back := connectRaw(t, g, "alice", "phone")
 	got := map[string]bool{}
 	for range 2 {
-		r := tk.RecvReceipt(t, alice, wait)
-		if r.ID != "m1" || r.By != "bob" {
-			t.Fatalf("receipt %+v", r)
+		f := nextOfType(back, protocol.TypeReceipt)
+		covers := f.ToSeq >= sent.Seq && (f.Status == protocol.StatusRead || f.FromSeq <= sent.Seq)
+		if f.By != "bob" || !covers {
+			t.Fatalf("receipt %+v does not cover m1 at seq %d", *f, sent.Seq)
 		}
-		got[r.Status] = true
+		got[f.Status] = true
 	}
 	if !got[protocol.StatusDelivered] || !got[protocol.StatusRead] {
 		t.Fatalf("receipts %v, want delivered and read", got)
@@ -430,5 +435,85 @@ func TestRecreatedInboxDoesNotSkipMessages(t *testing.T) {
 	bob = tk.Dial(t, g2.URL, "bob", "phone")
 	if m := tk.RecvMsg(t, bob, wait); m.ID != "new" {
 		t.Fatalf("bob got %s, want the new stream's first message", m.ID)
+	}
+}
+
+// Delivery never waits on the receipts function: with none running, a
+// device's acks are settled once their ticks are left in TICKS, so it gets
+// far more than it may hold unacked; when the function is back, the
+// sender gets every tick, none twice.
+func TestReceiptsFunctionDownStallsNothingLosesNoTick(t *testing.T) {
+	n := tk.StartNATS(t)
+	n.Functions.Stop()
+	cfg := tk.TestConfig()
+	cfg.MaxInflight = 4
+	cfg.FunctionTimeout = 200 * time.Millisecond
+	g := tk.StartGateway(t, n, cfg)
+	alice := tk.Dial(t, g.URL, "alice", "phone")
+	bob := tk.Dial(t, g.URL, "bob", "phone")
+	const total = 20
+	for i := range total {
+		send(t, alice, "bob", fmt.Sprintf("m%02d", i), "while receipts are down")
+	}
+	for i := range total {
+		m := tk.RecvMsg(t, bob, wait)
+		if want := fmt.Sprintf("m%02d", i); m.ID != want {
+			t.Fatalf("bob got %s, want %s", m.ID, want)
+		}
+		bob.Ack(m.Seq)
+	}
+	tk.StartFunctions(t, n)
+	got := map[string]bool{}
+	for len(got) < total {
+		r := tk.RecvReceipt(t, alice, wait)
+		if r.Status != protocol.StatusDelivered || got[r.ID] {
+			t.Fatalf("receipt %+v (had %d)", r, len(got))
+		}
+		got[r.ID] = true
+	}
+}
+
+// A gateway killed after the device acked and before the delivered tick
+// was stored loses no tick and shows none twice: the message was not
+// settled, so it comes again on the device's next connection, its ack asks
+// for the tick again, and the sender's app sees it once.
+func TestGatewayKilledBetweenAckAndTick(t *testing.T) {
+	n := tk.StartNATS(t)
+	n.Functions.Stop()
+	// Something takes the delivered requests and never answers, so the
+	// ack's tick is on its way when the gateway dies.
+	hole, err := n.Conn.QueueSubscribeSync(contract.DeliveredSubject, "q")
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg := tk.TestConfig()
+	cfg.FunctionTimeout = time.Minute
+	g1 := tk.StartGateway(t, n, cfg)
+	g2 := tk.StartGateway(t, n, tk.TestConfig())
+	alice := tk.Dial(t, g1.URL, "alice", "phone")
+	bob := tk.Dial(t, g2.URL, "bob", "phone")
+	send(t, alice, "bob", "m1", "hi")
+	bob.Ack(tk.RecvMsg(t, bob, wait).Seq)
+	if _, err := hole.NextMsg(wait); err != nil {
+		t.Fatalf("the tick was never asked for: %v", err)
+	}
+	g2.Kill()
+	_ = hole.Unsubscribe()
+	tk.StartFunctions(t, n)
+
+	bob2 := tk.Dial(t, g1.URL, "bob", "phone")
+	m := tk.RecvMsg(t, bob2, wait)
+	if m.ID != "m1" {
+		t.Fatalf("bob got %s again, want m1", m.ID)
+	}
+	bob2.Ack(m.Seq)
+	if r := tk.RecvReceipt(t, alice, wait); r.ID != "m1" || r.Status != protocol.StatusDelivered {
+		t.Fatalf("receipt %+v, want m1 delivered", r)
+	}
+	// Fence: m2's tick is the next thing alice's app gets.
+	send(t, alice, "bob", "m2", "fence")
+	bob2.Ack(tk.NextMsgIs(t, bob2, "alice", "m2", wait).Seq)
+	if r := tk.RecvReceipt(t, alice, wait); r.ID != "m2" {
+		t.Fatalf("alice got %+v before m2's tick", r)
 	}
 }

@@ -9,8 +9,9 @@
 // the device's cursor, and whenever a live copy may have been missed or was
 // let go (the device had too many unacked). A device holds no consumer: its
 // position is a cursor in the CURSORS bucket, moved past a message only
-// once the device acked it and, for a chat message, its delivered event is
-// stored. Everything a session knows is also in JetStream, so a gateway
+// once the device acked it and everything before it and, for chat
+// messages, their senders' delivered ticks are stored (one request to the
+// receipts function per acked stretch, not per message). Everything a session knows is also in JetStream, so a gateway
 // holds no state that outlives a connection and any number of gateways can
 // share one NATS.
 //
@@ -34,20 +35,20 @@
 // lock: feed.go (delivery: live copies, stream reads, settling),
 // cursor.go (the device's cursor), pubqueue.go (writes awaiting their
 // PubAcks: sends in order, one at a time, published again when refused or
-// lost; receipt events), lease.go (the presence lease and the loop that
+// lost), ticks.go (the delivered ticks of acked stretches), lease.go (the presence lease and the loop that
 // refreshes them all), follows.go (presence_sub and presence frames),
 // timer.go (the session's one timer); calls.go (requests to the worker
-// functions, settings) and media.go (a media send's grant).
+// functions: reads, status; settings) and media.go (a media send's grant).
 //
 // Concurrency. Server methods are safe from many goroutines. Each
 // connection has one read goroutine, which runs the session's frame
-// handling (session.handle). Handlers do not block: a media grant and a
-// read's lookup are steps of the PubAck queue, worker-function requests
-// run in goroutines of their own (at most 8 per connection). The two
+// handling (session.handle). Handlers do not block: a media grant is a step of
+// the PubAck queue, worker-function requests run in goroutines of their
+// own (at most 8 per connection), and delivered ticks in the ticker's. The two
 // exceptions wait on purpose: a full PubAck queue stops reading from that
 // socket (backpressure on a sender that outruns the store), and a settings
 // frame waits for its KV write, so the frames after it are judged by it.
-// Writing (wsConn.writer) and delivery (feed.run) each run in a goroutine
+// Writing (wsConn.writer), delivery (feed.run) and ticks (ticker.run) each run in a goroutine
 // started when there is work and ended when there is none, so an idle
 // connection holds only its read goroutine; its deadlines are one timer
 // (sessionTimer) plus the transport's ping timer. One router goroutine
@@ -63,7 +64,8 @@
 // B may be taken while A is held, never the reverse):
 //
 //	router.mu    → feed.mu, follows.mu, session.evMu
-//	pubQueue.mu  → feed.mu, cursorSaver.mu, sessionTimer.mu
+//	pubQueue.mu  → sessionTimer.mu
+//	ticker.mu    → feed.mu
 //	cursorSaver.mu → sessionTimer.mu
 //	follows.mu, session.evMu, pubQueue.mu → wsConn.mu
 //

@@ -59,7 +59,8 @@ const (
 
 // pendingMsg is a message delivered to the device and not yet acked.
 type pendingMsg struct {
-	receipt bool   // a receipt forwarded to this sender (nothing to confirm)
+	receipt bool   // a receipt for this sender (it ticks nothing)
+	acked   bool   // the device acked it; settled with its stretch's ticks
 	from    string // for a chat message: its sender and id, for the
 	id      string // delivered event
 }
@@ -408,8 +409,12 @@ func (f *feed) take(seq uint64, h nats.Header, data []byte) {
 	case contract.KindMsg:
 		frame = protocol.AppendMsg(nil, id, from, dev, seq, ts, data, []byte(h.Get(contract.HdrMedia)))
 	case contract.KindReceipt:
-		if st := h.Get(contract.HdrStatus); st == protocol.StatusDelivered || st == protocol.StatusRead {
-			frame = protocol.AppendReceipt(nil, id, st, from, dev, seq, ts)
+		id = "r" // a receipt names no message: a range of them
+		fromSeq, _ := strconv.ParseUint(h.Get(contract.HdrSeqFrom), 10, 64)
+		toSeq, _ := strconv.ParseUint(h.Get(contract.HdrSeqTo), 10, 64)
+		st := h.Get(contract.HdrStatus)
+		if toSeq > 0 && fromSeq <= toSeq && (st == protocol.StatusRead || (st == protocol.StatusDelivered && fromSeq > 0)) {
+			frame = protocol.AppendReceipt(nil, st, from, dev, fromSeq, toSeq, seq, ts)
 		}
 		p = pendingMsg{receipt: true}
 	}
@@ -457,25 +462,73 @@ func (f *feed) skip(seq uint64, reason string) {
 	f.s.cursor.moved(floor)
 }
 
-// acked takes seq off what the device holds unacked, and reports what it
-// was; false if nothing with this seq is pending.
-func (f *feed) acked(seq uint64) (pendingMsg, bool) {
+// acked marks seq acked by the device; false if nothing with this seq is
+// delivered and unacked. It stays unsettled until the stretch it ends is
+// settled (ackedStretch, settleThrough).
+func (f *feed) acked(seq uint64) bool {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	p, ok := f.pending[seq]
-	delete(f.pending, seq)
-	return p, ok
+	if !ok || p.acked {
+		return false
+	}
+	p.acked = true
+	f.pending[seq] = p
+	return true
 }
 
-// settle records that the device is done with seq: it acked it and, for a
-// chat message, the delivered event is stored. The device's floor moves up
-// to the oldest message still unsettled.
-func (f *feed) settle(seq uint64) {
+// ackedStretch is the run of acked messages at the front of the unsettled
+// ones: the delivered request for it (from just past the floor through its
+// last one, naming the senders of the chat messages in it), and its last
+// sequence; ok is false when the front is not acked.
+func (f *feed) ackedStretch() (req contract.DeliveredRequest, through uint64, ok bool) {
 	f.mu.Lock()
-	i := sort.Search(len(f.unsettled), func(i int) bool { return f.unsettled[i] >= seq })
-	if i < len(f.unsettled) && f.unsettled[i] == seq {
-		f.unsettled = append(f.unsettled[:i], f.unsettled[i+1:]...)
+	defer f.mu.Unlock()
+	seen := map[string]bool{}
+	for _, q := range f.unsettled {
+		p := f.pending[q]
+		if !p.acked {
+			break
+		}
+		through, ok = q, true
+		if !p.receipt && !seen[p.from] {
+			seen[p.from] = true
+			req.Senders = append(req.Senders, p.from)
+		}
 	}
+	req.Reader, req.Device, req.From, req.To = f.s.id.User, f.s.id.Device, f.floor+1, through
+	return req, through, ok
+}
+
+// settleThrough records that the device is done with everything up to
+// through: acked, and for chat messages their senders' delivered ticks
+// stored.
+func (f *feed) settleThrough(through uint64) {
+	f.mu.Lock()
+	i := sort.Search(len(f.unsettled), func(i int) bool { return f.unsettled[i] > through })
+	for _, q := range f.unsettled[:i] {
+		delete(f.pending, q)
+	}
+	n := copy(f.unsettled, f.unsettled[i:])
+	f.unsettled = f.unsettled[:n]
+	floor := f.settledLocked()
+	f.mu.Unlock()
+	f.s.cursor.moved(floor)
+}
+
+// lastSeq is the highest sequence handed to the device (or skipped).
+func (f *feed) lastSeq() uint64 {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.last
+}
+
+// settledLocked moves the floor up to the oldest message still unsettled
+// and, if the device had fallen behind and has settled half, asks for a
+// read of the stream. It returns the floor.
+//
+// Lock should be held.
+func (f *feed) settledLocked() uint64 {
 	if len(f.unsettled) == 0 {
 		f.floor = f.last
 	} else {
@@ -486,9 +539,7 @@ func (f *feed) settle(seq uint64) {
 		f.wake = true
 		f.runLocked()
 	}
-	floor := f.floor
-	f.mu.Unlock()
-	f.s.cursor.moved(floor)
+	return f.floor
 }
 
 // directGet is a direct get request (nats-server's JSApiMsgGetRequest):

@@ -2,6 +2,7 @@ package gateway
 
 import (
 	"fmt"
+	"reflect"
 	"slices"
 	"testing"
 
@@ -124,13 +125,14 @@ func TestFeedOverflowIsReadBack(t *testing.T) {
 }
 
 // The floor is the highest sequence below which everything is settled:
-// acks out of order move it only as far as the oldest unsettled message,
-// and each move is saved to the cursor.
-func TestFeedSettlesUpToTheOldestUnsettled(t *testing.T) {
+// acks out of order make an acked stretch only from the oldest unsettled
+// message on, its request names each sender once, and each move of the
+// floor is saved to the cursor.
+func TestFeedSettlesAckedStretches(t *testing.T) {
 	fs := &fakeStream{}
-	for i := range 3 {
-		fs.store("bob", "alice", fmt.Sprintf("a%d", i)) // 1, 2, 3
-	}
+	fs.store("bob", "alice", "a0") // 1
+	fs.store("bob", "carol", "c0") // 2
+	fs.store("bob", "alice", "a1") // 3
 	fc := &fakeCursors{}
 	srv := testServer(t, testConfig(), fs, fc)
 	s, ft := startedSession(t, srv, "bob", 0)
@@ -141,17 +143,38 @@ func TestFeedSettlesUpToTheOldestUnsettled(t *testing.T) {
 		defer s.feed.mu.Unlock()
 		return s.feed.floor
 	}
-	for _, c := range []struct{ settle, floor uint64 }{{2, 0}, {1, 2}, {3, 3}} {
-		if _, ok := s.feed.acked(c.settle); !ok {
-			t.Fatalf("%d was not pending", c.settle)
-		}
-		s.feed.settle(c.settle)
-		if got := floor(); got != c.floor {
-			t.Fatalf("after settling %d the floor is %d, want %d", c.settle, got, c.floor)
-		}
+	if !s.feed.acked(2) {
+		t.Fatal("2 was not pending")
 	}
-	if _, ok := s.feed.acked(3); ok {
+	if _, _, ok := s.feed.ackedStretch(); ok {
+		t.Fatal("an acked stretch without 1 acked")
+	}
+	if !s.feed.acked(1) {
+		t.Fatal("1 was not pending")
+	}
+	req, through, ok := s.feed.ackedStretch()
+	want := contract.DeliveredRequest{Reader: "bob", Device: s.id.Device, From: 1, To: 2, Senders: []string{"alice", "carol"}}
+	if !ok || through != 2 || !reflect.DeepEqual(req, want) {
+		t.Fatalf("stretch %+v through %d (%v), want %+v through 2", req, through, ok, want)
+	}
+	s.feed.settleThrough(through)
+	if got := floor(); got != 2 {
+		t.Fatalf("floor %d after settling through 2", got)
+	}
+	if !s.feed.acked(3) {
+		t.Fatal("3 was not pending")
+	}
+	if s.feed.acked(3) {
 		t.Fatal("3 was acked twice")
+	}
+	req, through, ok = s.feed.ackedStretch()
+	want = contract.DeliveredRequest{Reader: "bob", Device: s.id.Device, From: 3, To: 3, Senders: []string{"alice"}}
+	if !ok || through != 3 || !reflect.DeepEqual(req, want) {
+		t.Fatalf("stretch %+v through %d (%v), want %+v through 3", req, through, ok, want)
+	}
+	s.feed.settleThrough(through)
+	if got := floor(); got != 3 {
+		t.Fatalf("floor %d after settling through 3", got)
 	}
 	if saved, _ := fc.saves(); !slices.Equal(saved, []uint64{2, 3}) {
 		t.Fatalf("cursors saved %v, want [2 3]", saved)
@@ -227,4 +250,11 @@ func TestFeedStopsWhileReading(t *testing.T) {
 	})
 	s.feed.stop()
 	<-s.feed.finished() // the read waiting on the gate ends with the feed
+}
+
+// settle acks seq and settles everything up to it, as the ticker does once
+// the ticks are stored (tests settle in order).
+func (f *feed) settle(seq uint64) {
+	f.acked(seq)
+	f.settleThrough(seq)
 }

@@ -1,7 +1,7 @@
 package gateway
 
 import (
-	"encoding/json"
+	"context"
 	"strconv"
 	"sync"
 
@@ -159,9 +159,11 @@ func (f *follows) askThen(users []string, failed func(error)) bool {
 	s := f.s
 	gen := f.nextGen()
 	return s.goCall(func() {
-		req, _ := json.Marshal(contract.PresenceRequest{Viewer: s.id.User, Users: users})
+		ctx, cancel := context.WithTimeout(context.Background(), s.srv.cfg.FunctionTimeout)
+		defer cancel()
 		var reply contract.PresenceReply
-		if err := s.callFunction(contract.PresenceGetSubject, req, &reply); err != nil {
+		req := contract.PresenceRequest{Viewer: s.id.User, Users: users}
+		if err := contract.Call(ctx, s.srv.nc, contract.PresenceGetSubject, req, &reply); err != nil {
 			failed(err)
 			return
 		}

@@ -132,14 +132,14 @@ func TestDeviceWithTooManyUnackedGetsTheRestAfterAcking(t *testing.T) {
 		held = append(held, m.Seq)
 	}
 	// The ninth waits for acks. Everything held back is stored in bob's
-	// inbox, so no message can fence it; the answer to a status frame
+	// inbox, so no message can fence it; the answer to a settings frame
 	// sent now can: a message written to the socket before the answer
-	// would be in Messages() by the time Status returns. The feed takes
+	// would be in Messages() by the time Settings returns. The feed takes
 	// the copies one after another, so a ninth handed over without
 	// waiting would follow the eighth at once.
 	ctx, cancel := context.WithTimeout(context.Background(), wait)
 	defer cancel()
-	if _, err := bob.Status(ctx, "x"); err != nil {
+	if _, err := bob.Settings(ctx, client.SettingsChange{}); err != nil {
 		t.Fatal(err)
 	}
 	select {

@@ -55,6 +55,8 @@ type metrics struct {
 	errors       *prometheus.CounterVec        // error frames sent, by code
 	delivered    prometheus.Counter            // msg and receipt frames queued to devices
 	stored       prometheus.Counter            // sends confirmed "sent"
+	ticks        prometheus.Counter            // delivered-tick requests answered
+	ticksQueued  prometheus.Counter            // delivered-tick requests left in TICKS
 	republished  map[string]prometheus.Counter // writes published again, by reason
 	catchUps     *prometheus.CounterVec        // stream reads started off the live path, by reason
 	inboxGets    prometheus.Counter            // batched direct gets of inbox messages
@@ -81,12 +83,16 @@ func newMetrics(sessions func() float64) *metrics {
 		Help: "Messages and receipts handed to devices (repeats after a reconnect included)."})
 	m.stored = prometheus.NewCounter(prometheus.CounterOpts{Namespace: ns, Name: "sends_stored_total",
 		Help: "Sends stored in JetStream and answered \"sent\"."})
+	m.ticks = prometheus.NewCounter(prometheus.CounterOpts{Namespace: ns, Name: "delivered_tick_requests_total",
+		Help: "Stretches of acked messages settled with their senders' delivered ticks stored or queued (one request each, however many messages)."})
+	m.ticksQueued = prometheus.NewCounter(prometheus.CounterOpts{Namespace: ns, Name: "delivered_ticks_queued_total",
+		Help: "Stretches of acked messages whose ticks were left in TICKS because the receipts function did not answer in time."})
 	m.catchUps = prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Name: "catchups_total",
 		Help: "Sessions that read their inbox from the stream after connecting, by reason: a gap in live copies, " +
 			"the NATS connection restored, a subscription overflowed, an INBOX leader change, the periodic sweep."},
 		[]string{"reason"})
 	republished := prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Name: "republished_total",
-		Help: "Writes (sends, receipt events) a session published again under the same dedup id, by reason: refused " +
+		Help: "Sends a session published again under the same dedup id, by reason: refused " +
 			"(the stream answered 503 or no responders), overdue (no PubAck within a second, doubling), leader (INBOX " +
 			"elected a leader), reconnect (the NATS connection was restored)."}, []string{"reason"})
 	m.inboxGets = prometheus.NewCounter(prometheus.CounterOpts{Namespace: ns, Name: "inbox_reads_total",
@@ -99,7 +105,7 @@ func newMetrics(sessions func() float64) *metrics {
 		Help: "Messages in device inboxes skipped rather than delivered, by reason: malformed (not a chat message or " +
 			"receipt the gateway could have stored), invalid_utf8 (its frame would not be UTF-8). They stay in INBOX."},
 		[]string{"reason"})
-	m.reg.MustRegister(m.sessions, m.refused, m.closes, m.framesIn, m.errors, m.delivered, m.stored, republished, m.catchUps, m.inboxGets, m.fdFull, m.sharedPasses, m.skipped,
+	m.reg.MustRegister(m.sessions, m.refused, m.closes, m.framesIn, m.errors, m.delivered, m.stored, m.ticks, m.ticksQueued, republished, m.catchUps, m.inboxGets, m.fdFull, m.sharedPasses, m.skipped,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	// Pre-create the label values operators alert on, so they read 0
 	// rather than being absent.

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"strconv"
 	"testing"
 	"time"
 
@@ -94,7 +95,7 @@ func TestPresenceFollowsDevicesComingAndGoing(t *testing.T) {
 	}
 	// The unsubscribe is applied in order with the frames after it: a
 	// status round trip proves the gateway has read it.
-	if _, err := alice.Status(context.Background(), "x"); err != nil {
+	if _, err := alice.Settings(context.Background(), client.SettingsChange{}); err != nil {
 		t.Fatal(err)
 	}
 	carol := tk.Dial(t, g.URL, "carol", "phone")
@@ -179,26 +180,29 @@ func TestStatusAndReadReceiptsSetting(t *testing.T) {
 	send(t, alice, "bob", "m1", "hi")
 	m := tk.RecvMsg(t, bob, wait)
 	bob.Ack(m.Seq)
-	bob.Read(m.Seq)
-	for _, want := range []string{protocol.StatusDelivered, protocol.StatusRead} {
-		if r := tk.RecvReceipt(t, alice, wait); r.Status != want || r.By != "bob" {
-			t.Fatalf("receipt %+v, want %s by bob", r, want)
-		}
+	if r := tk.RecvReceipt(t, alice, wait); r.Status != protocol.StatusDelivered || r.By != "bob" || r.ID != "m1" {
+		t.Fatalf("receipt %+v, want delivered of m1 by bob", r)
 	}
-	// The receipt is stored before the status record is written (so a
-	// crash cannot lose it): the status may lag it by a moment.
+	bob.Read(m.Seq)
+	if r := tk.RecvReceipt(t, alice, wait); r.Status != protocol.StatusRead || r.By != "bob" || r.ID != "m1" {
+		t.Fatalf("receipt %+v, want read of m1 by bob", r)
+	}
+	// Delivered is answered from bob's cursor, saved a moment after his
+	// ack: the status may lag the tick by that much, never the other way.
 	tk.WaitFor(t, wait, func() error {
 		st, err := alice.Status(ctx, "m1")
 		if err != nil {
 			return err
 		}
-		if tick := st["bob"]; tick.Delivered == 0 || tick.Read < tick.Delivered || tick.Read == 0 {
+		if tick := st["bob"]; !tick.Delivered || !tick.Read {
 			return fmt.Errorf("status of m1: %+v", st)
 		}
 		return nil
 	})
-	if st, err := bob.Status(ctx, "m1"); err != nil || len(st) != 0 {
-		t.Fatalf("bob asking about alice's m1 got %+v, %v; want nothing", st, err)
+	// Bob asking about alice's message by its seq is refused.
+	var se *client.ServerError
+	if st, err := bob.StatusOf(ctx, m.Seq); !errors.As(err, &se) || se.Code != protocol.ErrUnknownSeq {
+		t.Fatalf("bob asking about alice's m1 got %+v, %v; want unknown_seq", st, err)
 	}
 
 	off := false
@@ -212,40 +216,31 @@ func TestStatusAndReadReceiptsSetting(t *testing.T) {
 	if r := tk.RecvReceipt(t, alice, wait); r.Status != protocol.StatusDelivered || r.ID != "m2" {
 		t.Fatalf("receipt %+v, want delivered m2", r)
 	}
-	// Once every event is applied (all four, delivered and read for m1
-	// and m2, are stored, and RECEIPTS is a work queue: applied events
-	// leave it), there is no read receipt and the status says delivered
-	// only.
-	tk.WaitFor(t, wait, func() error {
-		st, err := n.JS.Stream(ctx, contract.Receipts)
-		if err != nil {
-			return err
-		}
-		info, err := st.Info(ctx)
-		if err != nil {
-			return err
-		}
-		if info.State.LastSeq < 4 || info.State.Msgs > 0 {
-			return fmt.Errorf("%d receipt events stored, %d not applied yet", info.State.LastSeq, info.State.Msgs)
-		}
-		return nil
-	})
 	tk.WaitFor(t, wait, func() error {
 		st, err := alice.Status(ctx, "m2")
-		if tick := st["bob"]; err != nil || tick.Delivered == 0 {
+		if tick := st["bob"]; err != nil || !tick.Delivered {
 			return fmt.Errorf("status of m2 = %+v, %v", st, err)
 		}
 		return nil
 	})
-	st, _ := alice.Status(ctx, "m2")
-	if tick := st["bob"]; tick.Read != 0 {
-		t.Fatalf("status of m2 = %+v, want delivered only", tick)
+	if st, _ := alice.Status(ctx, "m2"); st["bob"].Read {
+		t.Fatalf("status of m2 = %+v, want delivered only", st["bob"])
 	}
-	// Fence: a receipt that takes the path a read receipt would (the
-	// receipts function, then alice's inbox), for an event stored after
-	// m2's read was applied. The function stores a receipt in alice's
-	// inbox before its event leaves RECEIPTS, so one for m2's read would
-	// be stored first and come first.
+	// Fence: a tick that takes the path a read receipt would (the
+	// receipts function, then alice's inbox), asked for once m2's read
+	// was applied: the function stores a read tick before it raises the
+	// read position, so one for m2 would come first.
+	reads, err := n.JS.KeyValue(ctx, contract.ReadsKV)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tk.WaitFor(t, wait, func() error {
+		e, err := reads.Get(ctx, contract.ReadKey("bob", "alice"))
+		if err != nil || string(e.Value()) != strconv.FormatUint(m.Seq, 10) {
+			return fmt.Errorf("bob's read position of alice: %v", err)
+		}
+		return nil
+	})
 	send(t, alice, "bob", "m3", "fence")
 	bob.Ack(tk.NextMsgIs(t, bob, "alice", "m3", wait).Seq)
 	if r := tk.RecvReceipt(t, alice, wait); r.ID != "m3" || r.Status != protocol.StatusDelivered {
@@ -269,7 +264,7 @@ func TestBadPresenceAndSettingsFrames(t *testing.T) {
 		{`{"type":"presence_sub","users":"bob"}`, protocol.ErrBadField},
 		{`{"type":"settings","last_seen_privacy":"friends"}`, protocol.ErrBadField},
 		{`{"type":"settings","contacts":["ok","not ok"]}`, protocol.ErrBadID},
-		{`{"type":"status"}`, protocol.ErrBadID},
+		{`{"type":"status"}`, protocol.ErrBadField},
 		{`{"type":"presence_sub","users":["b","c","d"]}`, protocol.ErrTooMany},
 	} {
 		raw.write(c.frame)

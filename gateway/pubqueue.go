@@ -39,14 +39,9 @@ import (
 // same ids. Nothing newer of a session is stored before an older send is
 // stored or given up.
 //
-// Receipt events. A delivered event (the device acked a message) and a
-// read event (the device read one, which is looked up first: a device may
-// only mark messages to its own user) are published at once, each on its
-// own, as they need no order: a delivered event settles its message when
-// stored, whatever else is outstanding. They are published again like
-// sends. A delivered event given up closes the session with 1012 (the
-// message stays unsettled and comes again); a read event given up is
-// answered store_failed.
+// Receipts are not written here: delivered ticks are asked of the
+// receipts function once a stretch of the device's messages is acked
+// (ticks.go), and a read is a request of its own (calls.go).
 const (
 	// pubAckWait is how long a PubAck may take before the write is
 	// published again (doubling per attempt), when nothing said the
@@ -73,41 +68,27 @@ const (
 
 var republishReasons = []string{republishRefused, republishOverdue, republishLeader, republishReconnect}
 
-// pubKind is what a queued write is.
-type pubKind uint8
-
-const (
-	pubSend      pubKind = iota // a chat message: answer "sent"
-	pubDelivered                // a delivered event: then settle the message
-	pubRead                     // a read event: the message is looked up first
-)
-
 // pubState is where a queued write stands.
 type pubState uint8
 
 const (
-	pubWaiting   pubState = iota // a send behind the one published
-	pubGranting                  // a media send whose recipient is being let download its object
-	pubLookingUp                 // a read whose message is being looked up
-	pubInFlight                  // published; its PubAck is awaited until due
-	pubRefused                   // refused for now; published again at due
+	pubWaiting  pubState = iota // a send behind the one published
+	pubGranting                 // a media send whose recipient is being let download its object
+	pubInFlight                 // published; its PubAck is awaited until due
+	pubRefused                  // refused for now; published again at due
 )
 
 // pubItem is one write and what to do once it is stored.
 type pubItem struct {
 	n     uint64 // its number in the queue, in its requests' reply subjects
-	kind  pubKind
 	state pubState
-	// attempt counts its requests (lookups and publishes); published is
-	// the attempt that first published it (0 while looking up). A reply
-	// names its attempt: a PubAck of any publish is taken, an error only
-	// from the latest, and a lookup's answer only while looking up.
-	attempt   uint64
-	published uint64
-	msg       *nats.Msg // what to publish; a read's is made once looked up
-	since     time.Time // when it arrived
-	due       time.Time // when to act if nothing was heard: publish again, or give up a lookup
-	refusals  int       // refused for now, in a row
+	// attempt counts its publishes. A reply names its attempt: a PubAck
+	// of any publish is taken, an error only from the latest.
+	attempt  uint64
+	msg      *nats.Msg // what to publish
+	since    time.Time // when it arrived
+	due      time.Time // when to act if nothing was heard: publish again
+	refusals int       // refused for now, in a row
 
 	// For a send: the client's id, the recipient, the time it was
 	// accepted (ms) and, for a media message, the object to grant first.
@@ -115,9 +96,6 @@ type pubItem struct {
 	to    string
 	ts    int64
 	media *protocol.Media
-	// For a delivered event, the message to settle once stored; for a
-	// read, the message read.
-	seq uint64
 }
 
 // pubEnv is what the queue needs of its session (a fake in tests).
@@ -125,22 +103,12 @@ type pubEnv interface {
 	// publish publishes m with the reply subject of item n's attempt a:
 	// its answer comes back to onReply.
 	publish(m *nats.Msg, n, a uint64) error
-	// lookup asks for the message stored at seq, the answer coming back
-	// to onReply like a PubAck's.
-	lookup(seq, n, a uint64) error
-	// readEvent is the read event for a looked-up message, nil when the
-	// answer is not a message to this device's user.
-	readEvent(answer *nats.Msg) *nats.Msg
 	// grant lets a media send's recipient download its object, off the
 	// caller's goroutine, and then calls the queue's granted.
 	grant(it *pubItem)
 	// answer sends the device a frame; refuse an error frame.
 	answer(frame []byte)
 	refuse(code protocol.ErrorCode, message, id string, seq uint64)
-	// settle tells the feed a message's delivered event is stored.
-	settle(seq uint64)
-	// restart closes the session with 1012.
-	restart(reason string)
 	// wakeAt sets the session's timer (opPubs) for at.
 	wakeAt(at time.Time)
 	// counted: a send stored, a write published again.
@@ -178,9 +146,8 @@ func (q *pubQueue) init(env pubEnv, slots int) {
 	q.next = 1
 }
 
-// add queues a write the caller took a slot for. A send is published
-// once every send before it is done; a receipt event at once (a read once
-// looked up).
+// add queues a send the caller took a slot for. It is published once
+// every send before it is done.
 func (q *pubQueue) add(it *pubItem) {
 	q.mu.Lock()
 	defer q.mu.Unlock()
@@ -192,15 +159,8 @@ func (q *pubQueue) add(it *pubItem) {
 	it.n, it.since = q.next, now
 	q.next++
 	q.items = append(q.items, it)
-	switch it.kind {
-	case pubSend:
-		if q.firstSendLocked() == it {
-			q.startSendLocked(it, now)
-		}
-	case pubDelivered:
-		q.publishLocked(it, now)
-	case pubRead:
-		q.lookupLocked(it, now)
+	if len(q.items) == 1 {
+		q.startSendLocked(it, now)
 	}
 }
 
@@ -209,18 +169,6 @@ func (q *pubQueue) owed() int {
 	q.mu.Lock()
 	defer q.mu.Unlock()
 	return len(q.items)
-}
-
-// firstSendLocked is the oldest send queued, nil if none is.
-//
-// Lock should be held.
-func (q *pubQueue) firstSendLocked() *pubItem {
-	for _, it := range q.items {
-		if it.kind == pubSend {
-			return it
-		}
-	}
-	return nil
 }
 
 // startSendLocked publishes the send now first in line, letting its
@@ -260,28 +208,12 @@ func (q *pubQueue) granted(it *pubItem, ref []byte, code protocol.ErrorCode, mes
 // Lock should be held.
 func (q *pubQueue) publishLocked(it *pubItem, now time.Time) {
 	it.attempt++
-	if it.published == 0 {
-		it.published = it.attempt
-	}
 	if err := q.env.publish(it.msg, it.n, it.attempt); err != nil {
 		q.failLocked(it, err, now)
 		return
 	}
 	it.state = pubInFlight
-	it.due = now.Add(pubAckWait << min(it.attempt-it.published, 3))
-	q.wakeLocked(it.due)
-}
-
-// lookupLocked asks for the message a read is about (again).
-//
-// Lock should be held.
-func (q *pubQueue) lookupLocked(it *pubItem, now time.Time) {
-	it.attempt++
-	it.state = pubLookingUp
 	it.due = now.Add(pubAckWait << min(it.attempt-1, 3))
-	if err := q.env.lookup(it.seq, it.n, it.attempt); err != nil {
-		it.due = now.Add(pubRetryMin)
-	}
 	q.wakeLocked(it.due)
 }
 
@@ -300,8 +232,7 @@ func (q *pubQueue) failLocked(it *pubItem, err error, now time.Time) {
 	q.wakeLocked(it.due)
 }
 
-// onReply takes the answer to item n's attempt a: a PubAck, a refusal,
-// or a lookup's answer.
+// onReply takes the answer to item n's attempt a: a PubAck or a refusal.
 func (q *pubQueue) onReply(n, a uint64, m *nats.Msg) {
 	q.mu.Lock()
 	defer q.mu.Unlock()
@@ -310,19 +241,6 @@ func (q *pubQueue) onReply(n, a uint64, m *nats.Msg) {
 		return
 	}
 	now := q.clock()
-	if it.published == 0 || a < it.published {
-		// A lookup's answer.
-		if it.state != pubLookingUp {
-			return
-		}
-		if it.msg = q.env.readEvent(m); it.msg == nil {
-			q.env.refuse(protocol.ErrUnknownSeq, "no message to you with this seq", "", it.seq)
-			q.removeLocked(it, now)
-			return
-		}
-		q.publishLocked(it, now)
-		return
-	}
 	ack, err := parsePubAck(m)
 	switch {
 	case err == nil:
@@ -336,48 +254,30 @@ func (q *pubQueue) onReply(n, a uint64, m *nats.Msg) {
 //
 // Lock should be held.
 func (q *pubQueue) storedLocked(it *pubItem, ack pubAck, now time.Time) {
-	switch it.kind {
-	case pubSend:
-		q.env.stored()
-		q.env.answer(protocol.AppendSent(nil, it.id, ack.seq, it.ts, ack.dup))
-	case pubDelivered:
-		q.env.settle(it.seq)
-	}
+	q.env.stored()
+	q.env.answer(protocol.AppendSent(nil, it.id, ack.seq, it.ts, ack.dup))
 	q.removeLocked(it, now)
 }
 
-// failedLocked answers a write that will not be stored: a send with
-// store_failed; a read with store_failed; a delivered event closes the
-// session. A send given up (the store stayed unavailable, not one that
+// failedLocked answers a send that will not be stored with store_failed.
+// A send given up (the store stayed unavailable, not one that
 // refused the message itself) takes every send queued behind it along.
 //
 // Lock should be held.
 func (q *pubQueue) failedLocked(it *pubItem, now time.Time, givenUp bool) {
-	switch it.kind {
-	case pubSend:
-		q.env.refuse(protocol.ErrStoreFailed, "message was not stored; resend with the same id", it.id, 0)
-		q.removeLocked(it, now)
-		if !givenUp {
-			return
+	q.env.refuse(protocol.ErrStoreFailed, "message was not stored; resend with the same id", it.id, 0)
+	q.removeLocked(it, now)
+	if !givenUp {
+		return
+	}
+	// Stored after it, a send behind it would overtake its resend.
+	for i := 0; i < len(q.items); {
+		if b := q.items[i]; b.n > it.n {
+			q.env.refuse(protocol.ErrStoreFailed, "an earlier message was not stored; resend both with the same ids", b.id, 0)
+			q.removeLocked(b, now)
+			continue
 		}
-		// Stored after it, a send behind it would overtake its resend.
-		for i := 0; i < len(q.items); {
-			if b := q.items[i]; b.kind == pubSend && b.n > it.n {
-				q.env.refuse(protocol.ErrStoreFailed, "an earlier message was not stored; resend both with the same ids", b.id, 0)
-				q.removeLocked(b, now)
-				continue
-			}
-			i++
-		}
-	case pubDelivered:
-		// The message stays unsettled, so the cursor stops below it and
-		// the next session delivers it again. Restart now rather than
-		// hold the device's floor back for the rest of this session.
-		q.env.restart("delivered event not stored")
-		q.removeLocked(it, now)
-	case pubRead:
-		q.env.refuse(protocol.ErrStoreFailed, "read receipt was not stored; resend", "", it.seq)
-		q.removeLocked(it, now)
+		i++
 	}
 }
 
@@ -390,7 +290,7 @@ func (q *pubQueue) removeLocked(it *pubItem, now time.Time) {
 	if i == len(q.items) || q.items[i] != it {
 		return
 	}
-	wasFirst := it.kind == pubSend && q.firstSendLocked() == it
+	wasFirst := i == 0
 	copy(q.items[i:], q.items[i+1:])
 	q.items[len(q.items)-1] = nil
 	q.items = q.items[:len(q.items)-1]
@@ -404,9 +304,7 @@ func (q *pubQueue) removeLocked(it *pubItem, now time.Time) {
 		return
 	}
 	if wasFirst {
-		if next := q.firstSendLocked(); next != nil {
-			q.startSendLocked(next, now)
-		}
+		q.startSendLocked(q.items[0], now)
 	}
 }
 
@@ -434,7 +332,7 @@ func (q *pubQueue) wakeLocked(at time.Time) {
 // onTimer acts on every write whose time has come: a send not stored
 // within pubGiveUp of arriving is given up (with those behind it), any
 // other write too; the rest whose PubAck is overdue, or that were refused
-// for now, are published again, and lookups asked again.
+// for now, are published again.
 func (q *pubQueue) onTimer() {
 	q.mu.Lock()
 	defer q.mu.Unlock()
@@ -471,8 +369,6 @@ func (q *pubQueue) actLocked(it *pubItem, now time.Time) {
 	switch {
 	case now.Sub(it.since) >= pubGiveUp:
 		q.failedLocked(it, now, true)
-	case it.state == pubLookingUp:
-		q.lookupLocked(it, now)
 	case it.state == pubRefused:
 		q.env.republished(republishRefused)
 		q.publishLocked(it, now)
@@ -483,7 +379,7 @@ func (q *pubQueue) actLocked(it *pubItem, now time.Time) {
 }
 
 // recover publishes again, at once, every write whose PubAck has not
-// come, and asks again for every lookup: after an INBOX leader change or a
+// come: after an INBOX leader change or a
 // restored NATS connection, their answers may be lost, and waiting for
 // pubAckWait would hold the session's sends that long.
 func (q *pubQueue) recover(reason string) {
@@ -495,8 +391,6 @@ func (q *pubQueue) recover(reason string) {
 		case pubInFlight, pubRefused:
 			q.env.republished(reason)
 			q.publishLocked(it, now)
-		case pubLookingUp:
-			q.lookupLocked(it, now)
 		}
 	}
 }

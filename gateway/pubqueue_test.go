@@ -19,11 +19,8 @@ import (
 type fakePubEnv struct {
 	publishes   []published // every publish, in order
 	failPublish error       // the next publish fails with it
-	lookups     []uint64
 	grants      []*pubItem
 	frames      []*protocol.Frame // answers and refusals
-	settled     []uint64
-	restarts    []string
 	wakes       []time.Time
 	stores      int
 	republishes []string
@@ -44,19 +41,6 @@ func (e *fakePubEnv) publish(m *nats.Msg, n, a uint64) error {
 	return nil
 }
 
-func (e *fakePubEnv) lookup(seq, _, _ uint64) error {
-	e.lookups = append(e.lookups, seq)
-	return nil
-}
-
-func (e *fakePubEnv) readEvent(answer *nats.Msg) *nats.Msg {
-	if answer.Header.Get(contract.HdrSubject) != contract.InboxSubject("bob") {
-		return nil
-	}
-	return &nats.Msg{Subject: contract.ReceiptsSubject(answer.Header.Get(contract.HdrFrom)),
-		Header: nats.Header{contract.HdrID: {"read:" + answer.Header.Get(contract.HdrID)}}}
-}
-
 func (e *fakePubEnv) grant(it *pubItem) { e.grants = append(e.grants, it) }
 
 func (e *fakePubEnv) answer(frame []byte) {
@@ -71,8 +55,6 @@ func (e *fakePubEnv) refuse(code protocol.ErrorCode, message, id string, seq uin
 	e.frames = append(e.frames, &protocol.Frame{Type: protocol.TypeError, Code: code, Message: message, ID: id, Seq: seq})
 }
 
-func (e *fakePubEnv) settle(seq uint64)         { e.settled = append(e.settled, seq) }
-func (e *fakePubEnv) restart(reason string)     { e.restarts = append(e.restarts, reason) }
 func (e *fakePubEnv) wakeAt(at time.Time)       { e.wakes = append(e.wakes, at) }
 func (e *fakePubEnv) stored()                   { e.stores++ }
 func (e *fakePubEnv) republished(reason string) { e.republishes = append(e.republishes, reason) }
@@ -137,13 +119,8 @@ func (q *testQueue) put(t *testing.T, it *pubItem, now time.Time) {
 }
 
 func sendItem(id string) *pubItem {
-	return &pubItem{kind: pubSend, id: id, to: "bob", ts: 1,
+	return &pubItem{id: id, to: "bob", ts: 1,
 		msg: &nats.Msg{Subject: contract.InboxSubject("bob"), Header: nats.Header{contract.HdrID: {id}}}}
-}
-
-func deliveredItem(seq uint64) *pubItem {
-	return &pubItem{kind: pubDelivered, seq: seq,
-		msg: &nats.Msg{Subject: contract.ReceiptsSubject("alice"), Header: nats.Header{contract.HdrID: {"d" + strconv.FormatUint(seq, 10)}}}}
 }
 
 func ackMsg(seq uint64, dup bool) *nats.Msg {
@@ -167,40 +144,25 @@ func expectStrings(t *testing.T, what string, got, want []string) {
 }
 
 // One send is published at a time, in the order they arrived; each PubAck
-// answers its send and publishes the next. Receipt events go at once and
-// settle in whatever order they are stored.
-func TestPubQueueSendsOneAtATimeEventsAtOnce(t *testing.T) {
+// answers its send and publishes the next.
+func TestPubQueueSendsOneAtATime(t *testing.T) {
 	q, env := newTestQueue(8)
 	now := q.now
 	q.put(t, sendItem("s1"), now)
 	q.put(t, sendItem("s2"), now)
-	q.put(t, deliveredItem(41), now)
 	q.put(t, sendItem("s3"), now)
-	q.put(t, deliveredItem(42), now)
-	expectStrings(t, "published", env.ids(), []string{"s1", "d41", "d42"})
-
-	d42 := env.publishes[2]
-	q.onReply(d42.n, d42.a, ackMsg(100, false))
-	if !slices.Equal(env.settled, []uint64{42}) {
-		t.Fatalf("settled %v, want [42]: a delivered event settles when stored", env.settled)
-	}
+	expectStrings(t, "published", env.ids(), []string{"s1"})
 	for i, want := range []string{"s2", "s3"} {
-		s := env.publishes[0]
-		if i > 0 {
-			s = env.last()
-		}
-		q.onReply(s.n, s.a, ackMsg(uint64(10+i), false))
+		q.onReply(env.last().n, env.last().a, ackMsg(uint64(10+i), false))
 		if got := env.last().id; got != want {
 			t.Fatalf("after a PubAck the queue published %s, want %s", got, want)
 		}
 	}
+	if q.owed() != 1 || len(q.slots) != 1 {
+		t.Fatalf("%d sends owed, %d slots taken, want s3 only", q.owed(), len(q.slots))
+	}
 	q.onReply(env.last().n, env.last().a, ackMsg(12, false))
 	expectStrings(t, "answers", env.answers(), []string{"sent:s1:10", "sent:s2:11", "sent:s3:12"})
-	if q.owed() != 1 || len(q.slots) != 1 {
-		t.Fatalf("%d writes owed, %d slots taken, want the delivered event of 41 only", q.owed(), len(q.slots))
-	}
-	d41 := env.publishes[1]
-	q.onReply(d41.n, d41.a, ackMsg(101, false))
 	if q.owed() != 0 || len(q.slots) != 0 || env.stores != 3 {
 		t.Fatalf("%d owed, %d slots, %d stored: want 0, 0, 3", q.owed(), len(q.slots), env.stores)
 	}
@@ -285,11 +247,6 @@ func TestPubQueueAnswersAFinalRefusal(t *testing.T) {
 	q.onReply(env.last().n, env.last().a, apiError(400, 10054))
 	expectStrings(t, "answers", env.answers(), []string{"store_failed:s1"})
 	expectStrings(t, "published", env.ids(), []string{"s1", "s2"})
-	env.failPublish = nats.ErrMaxPayload
-	q.put(t, deliveredItem(5), now)
-	if len(env.restarts) != 1 {
-		t.Fatalf("restarts %q, want one: a delivered event that cannot be stored", env.restarts)
-	}
 }
 
 // A send not stored within pubGiveUp of arriving is given up, and with it
@@ -300,7 +257,6 @@ func TestPubQueueGivesUpInOrder(t *testing.T) {
 	now := q.now
 	q.put(t, sendItem("s1"), now)
 	q.put(t, sendItem("s2"), now.Add(time.Second))
-	q.put(t, deliveredItem(9), now)
 	q.put(t, sendItem("s3"), now.Add(2*time.Second))
 	// The store has no leader: every attempt is refused.
 	at := now
@@ -312,39 +268,12 @@ func TestPubQueueGivesUpInOrder(t *testing.T) {
 		q.at(at)
 	}
 	expectStrings(t, "answers", env.answers(), []string{"store_failed:s1", "store_failed:s2", "store_failed:s3"})
-	if len(env.restarts) != 1 {
-		t.Fatalf("restarts %q, want one for the delivered event given up", env.restarts)
-	}
 	if q.owed() != 0 || len(q.slots) != 0 {
 		t.Fatalf("%d owed, %d slots taken after giving up", q.owed(), len(q.slots))
 	}
 	q.put(t, sendItem("s4"), at)
 	if env.last().id != "s4" {
 		t.Fatalf("published %s, want s4 at once", env.last().id)
-	}
-}
-
-// A read is looked up first: a message to this user gets its read event
-// published; anything else is answered unknown_seq.
-func TestPubQueueLooksUpReads(t *testing.T) {
-	q, env := newTestQueue(8)
-	now := q.now
-	q.put(t, &pubItem{kind: pubRead, seq: 42}, now)
-	q.put(t, &pubItem{kind: pubRead, seq: 43}, now)
-	if !slices.Equal(env.lookups, []uint64{42, 43}) || len(env.publishes) != 0 {
-		t.Fatalf("looked up %v, published %d: want both looked up, nothing published", env.lookups, len(env.publishes))
-	}
-	mine := storedMsg(42, "bob", "alice", "a1")
-	theirs := storedMsg(43, "carol", "alice", "a2")
-	// A lookup's answer that looks like a PubAck is still a lookup's.
-	q.onReply(2, 1, theirs)
-	q.onReply(1, 1, mine)
-	expectStrings(t, "published", env.ids(), []string{"read:a1"})
-	q.onReply(1, 1, mine) // the lookup's answer again: the read is past it
-	q.onReply(env.last().n, env.last().a, ackMsg(50, false))
-	expectStrings(t, "answers", env.answers(), []string{"unknown_seq:43"})
-	if q.owed() != 0 {
-		t.Fatalf("%d owed", q.owed())
 	}
 }
 

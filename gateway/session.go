@@ -2,7 +2,6 @@ package gateway
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -26,6 +25,7 @@ import (
 //   - inbound: the rate limits (read loop only, no lock);
 //   - feed: delivery to the device, and what it holds unacked (feed.go);
 //   - cursor: the device's position in CURSORS (cursor.go);
+//   - ticks: the delivered ticks of what the device acked (ticks.go);
 //   - pubs: its writes to JetStream awaiting their PubAcks (pubqueue.go);
 //   - lease: its presence lease (lease.go);
 //   - follows: the users it follows and the presence frames it got
@@ -34,10 +34,12 @@ import (
 //     cursor delay and overdue PubAcks (timer.go).
 //
 // Goroutines: the read loop calls handle. The feed's runner runs while
-// there is something to deliver. PubAcks, lease answers and single reads
-// arrive on the gateway's replies goroutine (onReply), live copies, events,
-// kicks and presence changes on its router's. So an idle session holds
-// only its read loop. handle does not block except on a slot of the
+// there is something to deliver, the ticker's while something acked
+// awaits its ticks. PubAcks and lease answers arrive on the gateway's
+// replies goroutine (onReply), live copies, events, kicks and presence
+// changes on its router's; requests to worker functions (reads, status,
+// presence) run on goroutines of their own, a few at most (goCall). So an
+// idle session holds only its read loop. handle does not block except on a slot of the
 // PubAck queue (backpressure on sends) and on a settings frame's write.
 type session struct {
 	srv   *Server
@@ -51,6 +53,7 @@ type session struct {
 	in      inbound
 	feed    feed
 	cursor  cursorSaver
+	ticks   ticker
 	pubs    pubQueue
 	lease   lease
 	follows follows
@@ -102,6 +105,7 @@ func newSession(srv *Server, id Identity, t transport) *session {
 	}
 	s.feed.init(s)
 	s.cursor.s = s
+	s.ticks.init(s)
 	s.pubs.init(s, cfg.MaxPendingSends)
 	s.lease.s = s
 	s.follows.s = s
@@ -231,7 +235,7 @@ func (s *session) onReply(token string, m *nats.Msg) {
 
 // The kinds of a session's requests, in their reply tokens.
 const (
-	replyPub   = 'q' // a write of the PubAck queue, or a read's lookup
+	replyPub   = 'q' // a send of the PubAck queue
 	replyLease = 'l' // a lease write
 )
 
@@ -298,6 +302,7 @@ func (s *session) stop() {
 		for _, subj := range s.routed {
 			s.srv.router.remove(subj, s)
 		}
+		s.ticks.finish()
 		s.cursor.final()
 		s.follows.dropAll()
 		s.lease.goOffline()
@@ -356,8 +361,8 @@ func (s *session) handle(data []byte) {
 			s.read(f.Seq)
 		}
 	case protocol.TypeStatus:
-		if s.allow(s.in.frameLim, f.ID) {
-			s.status(f.ID)
+		if s.allow(s.in.frameLim, "") {
+			s.status(f.Seq)
 		}
 	case protocol.TypeSettings:
 		// Its own bucket: a settings frame can be a KV write of up to a
@@ -444,48 +449,18 @@ func (s *session) send(f *protocol.Frame) {
 		},
 		Data: f.Body,
 	}
-	s.queue(&pubItem{kind: pubSend, msg: m, id: f.ID, to: f.To, ts: ts, media: f.Media})
+	s.queue(&pubItem{msg: m, id: f.ID, to: f.To, ts: ts, media: f.Media})
 }
 
+// ack records that the device has the message or receipt at seq. It is
+// settled once the device has acked everything before it too and, for
+// chat messages, their senders' delivered ticks are stored (ticks.go).
 func (s *session) ack(seq uint64) {
-	p, ok := s.feed.acked(seq)
-	switch {
-	case !ok:
-		s.sendError(protocol.ErrUnknownSeq, "nothing pending with this seq", "", seq, 0)
-	case p.receipt:
-		s.feed.settle(seq) // nothing to confirm
-	default:
-		// The delivered event is stored before the message is settled,
-		// so a crash between the two delivers the message again and the
-		// event's dedup id keeps the event single.
-		s.queue(&pubItem{kind: pubDelivered, msg: s.receipt(protocol.StatusDelivered, p.from, p.id), seq: seq})
+	if !s.feed.acked(seq) {
+		s.sendError(protocol.ErrUnknownSeq, "nothing delivered and unacked with this seq", "", seq, 0)
+		return
 	}
-}
-
-// read sends a read receipt for the message stored at seq. The message is
-// looked up first (by the PubAck queue, off the read loop), so a device
-// can only mark messages sent to its own user, and the receipt goes to
-// their real sender.
-func (s *session) read(seq uint64) {
-	s.queue(&pubItem{kind: pubRead, seq: seq})
-}
-
-// receipt is a receipt event for the receipts function: this device got
-// or read the message id that from sent. The function keeps the message's
-// status and forwards each change to the sender's inbox.
-func (s *session) receipt(status, from, id string) *nats.Msg {
-	return &nats.Msg{
-		Subject: contract.ReceiptsSubject(from),
-		Header: nats.Header{
-			contract.HdrMsgID:  {contract.ReceiptEventDedupID(status, from, id, s.id.User, s.id.Device)},
-			contract.HdrKind:   {contract.KindReceipt},
-			contract.HdrStatus: {status},
-			contract.HdrFrom:   {s.id.User},
-			contract.HdrDevice: {s.id.Device},
-			contract.HdrID:     {id},
-			contract.HdrTS:     {strconv.FormatInt(time.Now().UnixMilli(), 10)},
-		},
-	}
+	s.ticks.kick()
 }
 
 // sendError answers a frame with an error frame and counts it.
@@ -501,19 +476,6 @@ func (s *session) publish(m *nats.Msg, n, a uint64) error {
 	return s.srv.nc.PublishMsg(m)
 }
 
-func (s *session) lookup(seq, n, a uint64) error {
-	body, _ := json.Marshal(directGet{Seq: seq})
-	return s.srv.nc.PublishRequest(contract.DirectGetSubject(contract.Inbox), s.srv.replies.subject(s.owner, replyPub, n, a), body)
-}
-
-func (s *session) readEvent(answer *nats.Msg) *nats.Msg {
-	h := answer.Header
-	if h.Get("Status") != "" || h.Get(contract.HdrSubject) != contract.InboxSubject(s.id.User) || h.Get(contract.HdrKind) != contract.KindMsg {
-		return nil
-	}
-	return s.receipt(protocol.StatusRead, h.Get(contract.HdrFrom), h.Get(contract.HdrID))
-}
-
 func (s *session) grant(it *pubItem) {
 	media, to := *it.media, it.to
 	go func() {
@@ -527,10 +489,6 @@ func (s *session) answer(frame []byte) { s.t.Send(frame) }
 func (s *session) refuse(code protocol.ErrorCode, message, id string, seq uint64) {
 	s.sendError(code, message, id, seq, 0)
 }
-
-func (s *session) settle(seq uint64) { s.feed.settle(seq) }
-
-func (s *session) restart(reason string) { s.t.Close(protocol.CloseServiceRestart, reason) }
 
 func (s *session) wakeAt(at time.Time) { s.timer.set(opPubs, at) }
 

@@ -92,9 +92,13 @@ type Frame struct {
 	From   string `json:"from,omitempty"`
 	Device string `json:"device,omitempty"`
 
-	// Status, By and (with Device) name who did what in a receipt.
-	Status string `json:"status,omitempty"`
-	By     string `json:"by,omitempty"`
+	// Status, By and (with Device) name who did what in a receipt, to
+	// this user's messages stored from FromSeq to ToSeq (both included;
+	// no FromSeq: every one up to ToSeq).
+	Status  string `json:"status,omitempty"`
+	By      string `json:"by,omitempty"`
+	FromSeq uint64 `json:"from_seq,omitempty"`
+	ToSeq   uint64 `json:"to_seq,omitempty"`
 
 	// Code and Message describe an error; RetryMS hints when to resend.
 	Code    ErrorCode `json:"code,omitempty"`
@@ -183,11 +187,11 @@ func isLowerHex(s string) bool {
 	return true
 }
 
-// Ticks are one recipient's status of a message: ms since epoch when it
-// was delivered to them and read by them, 0 when not (yet).
+// Ticks are one recipient's status of a message: whether any of their
+// devices has it, and whether they read it.
 type Ticks struct {
-	Delivered int64 `json:"delivered,omitempty"`
-	Read      int64 `json:"read,omitempty"`
+	Delivered bool `json:"delivered"`
+	Read      bool `json:"read"`
 }
 
 // DecodeError is a client frame the gateway could not accept, with the error
@@ -291,8 +295,8 @@ func DecodeClient(data []byte) (*Frame, error) {
 			return nil, decodeErr(ErrBadField, "", "seq is required and must be a positive integer")
 		}
 	case TypeStatus:
-		if !ValidID(f.ID) {
-			return nil, decodeErr(ErrBadID, "", "id: %v", ErrInvalidID)
+		if f.Seq == 0 {
+			return nil, decodeErr(ErrBadField, "", "seq is required: the message's seq from its sent frame")
 		}
 	case TypePresenceSub, TypePresenceUnsub:
 		if len(f.Users) == 0 || len(f.Users) > MaxUsersPerFrame {
@@ -386,18 +390,24 @@ func AppendMsg(b []byte, id, from, device string, seq uint64, ts int64, body, me
 	return append(b, '}')
 }
 
-// AppendReceipt appends a receipt frame: by/device did status to message id;
-// seq is the receipt's own sequence, which the client acks.
-func AppendReceipt(b []byte, id, status, by, device string, seq uint64, ts int64) []byte {
-	b = append(b, `{"type":"receipt","id":"`...)
-	b = append(b, id...)
-	b = append(b, `","status":"`...)
+// AppendReceipt appends a receipt frame: by/device did status to this
+// user's messages stored from fromSeq (0: the start) to toSeq; seq is the
+// receipt's own sequence, which the client acks.
+func AppendReceipt(b []byte, status, by, device string, fromSeq, toSeq, seq uint64, ts int64) []byte {
+	b = append(b, `{"type":"receipt","status":"`...)
 	b = append(b, status...)
 	b = append(b, `","by":"`...)
 	b = append(b, by...)
 	b = append(b, `","device":"`...)
 	b = append(b, device...)
-	b = append(b, `","seq":`...)
+	b = append(b, '"')
+	if fromSeq > 0 {
+		b = append(b, `,"from_seq":`...)
+		b = strconv.AppendUint(b, fromSeq, 10)
+	}
+	b = append(b, `,"to_seq":`...)
+	b = strconv.AppendUint(b, toSeq, 10)
+	b = append(b, `,"seq":`...)
 	b = strconv.AppendUint(b, seq, 10)
 	b = append(b, `,"ts":`...)
 	b = strconv.AppendInt(b, ts, 10)
@@ -442,17 +452,17 @@ func EncodeSettings(readReceipts bool, lastSeenPrivacy string, contacts []string
 	return b
 }
 
-// EncodeStatus returns a server status frame. An empty recipients map is
-// sent as {}: no recipient has the message yet (or there is no such id).
-func EncodeStatus(id string, recipients map[string]Ticks) []byte {
+// EncodeStatus returns a server status frame about the message stored at
+// seq: each recipient's ticks.
+func EncodeStatus(seq uint64, recipients map[string]Ticks) []byte {
 	if recipients == nil {
 		recipients = map[string]Ticks{}
 	}
 	b, _ := json.Marshal(struct {
 		Type       string           `json:"type"`
-		ID         string           `json:"id"`
+		Seq        uint64           `json:"seq"`
 		Recipients map[string]Ticks `json:"recipients"`
-	}{TypeStatus, id, recipients})
+	}{TypeStatus, seq, recipients})
 	return b
 }
 

@@ -403,15 +403,22 @@ func TestEncodersRoundTrip(t *testing.T) {
 	})
 
 	t.Run("receipt", func(t *testing.T) {
-		for _, status := range []string{StatusDelivered, StatusRead} {
-			fr := appended(t, prefix, AppendReceipt(slices.Clone(prefix), "m-1", status, "bob", "laptop", math.MaxUint64, 1795582350000))
+		for _, c := range []struct {
+			status string
+			from   uint64
+			keys   []string
+		}{
+			{StatusDelivered, 40, []string{"by", "device", "from_seq", "seq", "status", "to_seq", "ts", "type"}},
+			{StatusRead, 0, []string{"by", "device", "seq", "status", "to_seq", "ts", "type"}},
+		} {
+			fr := appended(t, prefix, AppendReceipt(slices.Clone(prefix), c.status, "bob", "laptop", c.from, 45, math.MaxUint64, 1795582350000))
 			f := decodeServer(t, fr)
-			if f.Type != TypeReceipt || f.ID != "m-1" || f.Status != status || f.By != "bob" || f.Device != "laptop" ||
-				f.Seq != math.MaxUint64 || f.TS != 1795582350000 {
-				t.Errorf("AppendReceipt(%s) read back as %+v", status, *f)
+			if f.Type != TypeReceipt || f.Status != c.status || f.By != "bob" || f.Device != "laptop" ||
+				f.FromSeq != c.from || f.ToSeq != 45 || f.Seq != math.MaxUint64 || f.TS != 1795582350000 {
+				t.Errorf("AppendReceipt(%s) read back as %+v", c.status, *f)
 			}
-			if got, want := keys(t, fr), []string{"by", "device", "id", "seq", "status", "ts", "type"}; !slices.Equal(got, want) {
-				t.Errorf("receipt keys %v, want %v", got, want)
+			if got := keys(t, fr); !slices.Equal(got, c.keys) {
+				t.Errorf("receipt keys %v, want %v", got, c.keys)
 			}
 		}
 	})
@@ -575,8 +582,8 @@ func FuzzDecodeClient(f *testing.F) {
 				t.Fatalf("re-encoded typing to %q read back as %+v, %v", fr.To, again, err)
 			}
 		case TypeStatus:
-			if !ValidID(fr.ID) {
-				t.Fatalf("status accepted for id %q", fr.ID)
+			if fr.Seq == 0 {
+				t.Fatal("status accepted without a seq")
 			}
 		case TypePresenceSub, TypePresenceUnsub:
 			if len(fr.Users) == 0 || len(fr.Users) > MaxUsersPerFrame {

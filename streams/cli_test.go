@@ -31,6 +31,9 @@ func TestOperatorAppliesStreamsWithNATSCLI(t *testing.T) {
 		t.Fatalf("apply over CLI-made streams: %v", err)
 	}
 
+	// Acks settle once their delivered ticks are stored: by the receipts
+	// function.
+	tk.StartFunctions(t, n)
 	g := tk.StartGateway(t, n, tk.TestConfig())
 	alice := tk.Dial(t, g.URL, "alice", "phone")
 	bob := tk.Dial(t, g.URL, "bob", "phone")
@@ -45,7 +48,7 @@ func TestOperatorAppliesStreamsWithNATSCLI(t *testing.T) {
 
 	info := tk.Run(t, cli, append(flags, "stream", "info", contract.Inbox)...)
 	for _, want := range []string{"Subjects: inbox.*", "Republishing: inbox.* to sb.live.{{wildcard(1)}}",
-		"Duplicate Window: 2m0s", "Messages: 1"} {
+		"Duplicate Window: 2m0s"} {
 		if !strings.Contains(info, want) {
 			t.Errorf("nats stream info lacks %q:\n%s", want, info)
 		}

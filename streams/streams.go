@@ -23,8 +23,8 @@ var files embed.FS
 
 // streamFiles and kvFiles are applied by Apply, in this order.
 var (
-	streamFiles = []string{"INBOX.json", "RECEIPTS.json", "DLQ.json"}
-	kvFiles     = []string{"kv/DEVICES.json", "kv/CURSORS.json", "kv/STATUS.json", "kv/PRESENCE.json", "kv/SETTINGS.json", "kv/PUSH.json"}
+	streamFiles = []string{"INBOX.json", "TICKS.json", "DLQ.json"}
+	kvFiles     = []string{"kv/DEVICES.json", "kv/CURSORS.json", "kv/READS.json", "kv/PRESENCE.json", "kv/SETTINGS.json", "kv/PUSH.json"}
 )
 
 // ErrConfig wraps an invalid stream setting.

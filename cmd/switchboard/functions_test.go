@@ -18,6 +18,7 @@ import (
 	"time"
 
 	"github.com/switchboard-im/switchboard/client"
+	"github.com/switchboard-im/switchboard/functions/receipts"
 	tk "github.com/switchboard-im/switchboard/internal/testkit"
 )
 
@@ -53,7 +54,7 @@ func TestFunctionsAreVisibleWithTheNATSCLI(t *testing.T) {
 		t.Errorf("nats micro ls receipts --json: %d instances (%v), want 2:\n%s", len(instances), err, out)
 	}
 	info := tk.Run(t, cli, "-s", core.NATSURL, "--nkey", op, "micro", "info", "receipts")
-	for _, want := range []string{"sb.fn.receipts.status", "1.0.0"} {
+	for _, want := range []string{"sb.fn.receipts.status", "sb.fn.receipts.delivered", "sb.fn.receipts.read", receipts.Version} {
 		if !strings.Contains(info, want) {
 			t.Errorf("nats micro info receipts lacks %q:\n%s", want, info)
 		}
@@ -79,7 +80,7 @@ func TestFunctionsAreVisibleWithTheNATSCLI(t *testing.T) {
 		}
 	}
 	stats := tk.Run(t, cli, "-s", core.NATSURL, "--nkey", op, "micro", "stats", "receipts", "--json")
-	if !strings.Contains(stats, "applied") {
+	if !strings.Contains(stats, "stored") {
 		t.Errorf("nats micro stats receipts shows no counters:\n%s", stats)
 	}
 }

@@ -335,13 +335,14 @@ func receiptMsg(to, by, id string) *nats.Msg {
 	return &nats.Msg{
 		Subject: contract.InboxSubject(to),
 		Header: nats.Header{
-			contract.HdrMsgID:  {contract.ReceiptDedupID("delivered", to, id, by)},
-			contract.HdrKind:   {contract.KindReceipt},
-			contract.HdrStatus: {"delivered"},
-			contract.HdrFrom:   {by},
-			contract.HdrDevice: {"phone"},
-			contract.HdrID:     {id},
-			contract.HdrTS:     {"1"},
+			contract.HdrMsgID:   {contract.TickDedupID("delivered", by, to, 1, 1)},
+			contract.HdrKind:    {contract.KindReceipt},
+			contract.HdrStatus:  {"delivered"},
+			contract.HdrFrom:    {by},
+			contract.HdrDevice:  {"phone"},
+			contract.HdrSeqFrom: {"1"},
+			contract.HdrSeqTo:   {"1"},
+			contract.HdrTS:      {"1"},
 		},
 	}
 }

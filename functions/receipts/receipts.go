@@ -1,29 +1,39 @@
-// Package receipts is the receipts worker function. Gateways store a
-// receipt event in RECEIPTS (receipts.<sender>) when a device acks or reads
-// a message; this function applies each event to the message's status in
-// the STATUS bucket and forwards every change to the sender's inbox, where
-// the sender's devices get it as a receipt frame, online or later.
+// Package receipts is the receipts worker function: it turns positions
+// into ticks, and answers what a sender may know of its message.
 //
-// Rules:
-//   - Status is per recipient user: delivered when the first of their
-//     devices acked, read when the first one read. It never goes back.
-//   - A read that arrives before its delivered implies delivered; the
-//     sender gets the read receipt only, which clients show as both ticks.
-//   - Read receipts go only when both the reader and the sender have them
-//     on (SETTINGS read_receipts), as WhatsApp does: turning them off hides
-//     your reads from others and theirs from you. A read not forwarded is
-//     not recorded either, so STATUS shows what the sender was told.
-//   - Duplicate events change nothing and forward nothing.
+// Nothing is kept per message. A device's position in its inbox (its
+// cursor) already says "everything up to here is settled", and a read is
+// "everything up to here is read", as Matrix's m.read and Tinode's recv and
+// read sequences are. So:
+//   - Delivered: when a device has acked a range of its inbox, its gateway
+//     asks (DeliveredRequest) before moving the device's cursor; the
+//     function stores one receipt in each sender's inbox covering all of
+//     that sender's messages in the range. A device that acks 200 messages
+//     from 3 senders costs 3 stored writes, not 200.
+//   - Read: the gateway asks (ReadRequest) with the newest message read;
+//     the function raises the conversation's read position in READS and,
+//     when both users have read receipts on (as WhatsApp does), stores one
+//     receipt in the sender's inbox covering everything up to it.
+//   - Status (StatusRequest, for the sender only): delivered if any of the
+//     recipient's devices has the message inside its settled range (from
+//     where it joined to its cursor); read if the conversation's read
+//     position is at or past it and both have read receipts on.
 //
-// Crash safety: an event is acked only after its forward is stored (with a
-// dedup id per status, message and recipient) and the status is written
-// with compare-and-set. An instance that dies anywhere in between leaves
-// the event to be redelivered; the redelivery finds the status written
-// (nothing to do) or forwards again, which the inbox's duplicate window
-// drops. Any number of instances pull from the one durable consumer.
+// Delivery never waits on this function: a gateway whose delivered request
+// is not answered in time stores it in TICKS, a work queue every instance
+// drains through one durable consumer, and settles its device's acks; so
+// an outage of the function costs a second stored write per tick while it
+// lasts, and loses nothing.
 //
-// Records are keyed <sender>.<id> and hold a map of recipients, so a group
-// message keeps one entry per member in the same record.
+// Crash safety: every request is idempotent. A receipt's dedup id is its
+// status, reader, sender and range, so a request asked again (the gateway
+// got no answer, an instance died mid-way) stores nothing twice; the read
+// position only rises, and is raised after the receipt is stored, so a
+// read seen as done has its receipt. Any number of instances answer in a
+// queue group; the function keeps no state of its own.
+//
+// Senders' apps see each tick once per message (the SDKs keep the highest
+// tick per message), and a tick never goes back.
 package receipts
 
 import (
@@ -33,7 +43,7 @@ import (
 	"fmt"
 	"log/slog"
 	"strconv"
-	"strings"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -44,203 +54,355 @@ import (
 	"github.com/switchboard-im/switchboard/contract"
 	"github.com/switchboard-im/switchboard/functions/worker"
 	"github.com/switchboard-im/switchboard/protocol"
+	"github.com/switchboard-im/switchboard/streams"
 )
 
 // Version is the micro service version.
-const Version = "1.0.0"
+const Version = "2.0.0"
+
+// MaxSenders bounds the senders of one DeliveredRequest: a gateway asks
+// for at most as many as a device may hold unacked.
+const MaxSenders = 1024
 
 // Config tunes an instance.
 type Config struct {
-	// Workers is how many events an instance applies at once.
+	// Workers is how many requests an instance handles at once.
 	Workers int
-	// MaxAttempts is how many times an event that fails (the store is
-	// unavailable) is tried before it is dead-lettered. Retries back off
-	// to 30 s, so the default of 100 rides out a long outage (a restart,
-	// a leader election) without losing a tick; malformed events are
-	// dead-lettered at once.
-	MaxAttempts int
-	// AckWait overrides the durable's ack wait (how long a dead instance
-	// holds events) when set.
-	AckWait time.Duration
+	// Timeout bounds one request's work.
+	Timeout time.Duration
 }
 
 // DefaultConfig is what the binary runs with.
-func DefaultConfig() Config { return Config{Workers: 16, MaxAttempts: 100} }
+func DefaultConfig() Config { return Config{Workers: 64, Timeout: 5 * time.Second} }
 
 // Service is one running instance.
 type Service struct {
 	js       jetstream.JetStream
-	status   jetstream.KeyValue
 	settings jetstream.KeyValue
+	reads    jetstream.KeyValue
+	cursors  jetstream.KeyValue
+	devices  jetstream.KeyValue
+	inbox    int64 // when INBOX was created: positions from another are void
 	cfg      Config
 	log      *slog.Logger
 
 	svc  micro.Service
-	pool *worker.Pool
+	pool *worker.Pool // ticks queued in TICKS
+	sem  chan struct{}
+	wg   sync.WaitGroup
+	stop chan struct{}
 
-	forwarded, unchanged atomic.Int64
+	delivered, read, stored, hidden atomic.Int64
 }
 
-// Start binds the durable consumer and the micro service and starts
-// applying events. The streams and buckets must exist (streams.Apply).
+// Start binds the micro service. The streams and buckets must exist.
 func Start(ctx context.Context, nc *nats.Conn, js jetstream.JetStream, cfg Config, log *slog.Logger) (*Service, error) {
-	if cfg.Workers <= 0 || cfg.MaxAttempts <= 0 {
-		return nil, fmt.Errorf("receipts: workers and max attempts must be positive")
+	if cfg.Workers <= 0 || cfg.Timeout <= 0 {
+		return nil, fmt.Errorf("receipts: workers and timeout must be positive")
 	}
-	s := &Service{js: js, cfg: cfg, log: log.With("function", "receipts")}
-	var err error
-	if s.status, err = js.KeyValue(ctx, contract.StatusKV); err != nil {
-		return nil, fmt.Errorf("receipts: %w", err)
-	}
-	if s.settings, err = js.KeyValue(ctx, contract.SettingsKV); err != nil {
-		return nil, fmt.Errorf("receipts: %w", err)
-	}
-	s.svc, s.pool, err = worker.Serve(ctx, nc, js, worker.Service{
-		Stream:  contract.Receipts,
-		AckWait: cfg.AckWait,
-		Micro: micro.Config{
-			Name:         "receipts",
-			Version:      Version,
-			Description:  "Applies delivered/read events to message status and forwards them to senders",
-			StatsHandler: s.stats,
-		},
-		Endpoint: "status", Subject: contract.StatusSubject, Example: `{"user":"alice","id":"m-1"}`, Handler: s.handleStatus,
-	}, worker.Options{
-		Function: "receipts", Workers: cfg.Workers, MaxAttempts: cfg.MaxAttempts,
-		// One message's events in stream order, within an instance.
-		Key: func(m jetstream.Msg) string { return m.Subject() + " " + m.Headers().Get(contract.HdrID) },
-	}, s.log, s.handle)
+	s := &Service{js: js, cfg: cfg, log: log.With("function", "receipts"),
+		sem: make(chan struct{}, cfg.Workers), stop: make(chan struct{})}
+	inbox, err := js.Stream(ctx, contract.Inbox)
 	if err != nil {
-		return nil, err
+		return nil, fmt.Errorf("receipts: %w", err)
+	}
+	s.inbox = inbox.CachedInfo().Created.UnixNano()
+	for _, b := range []struct {
+		kv   *jetstream.KeyValue
+		name string
+	}{{&s.settings, contract.SettingsKV}, {&s.reads, contract.ReadsKV}, {&s.cursors, contract.CursorsKV}, {&s.devices, contract.DevicesKV}} {
+		if *b.kv, err = js.KeyValue(ctx, b.name); err != nil {
+			return nil, fmt.Errorf("receipts: %w", err)
+		}
+	}
+	s.svc, err = micro.AddService(nc, micro.Config{
+		Name:         "receipts",
+		Version:      Version,
+		Description:  "Turns devices' positions into delivered and read ticks for senders; answers a message's status",
+		StatsHandler: s.stats,
+	})
+	if err != nil {
+		return nil, fmt.Errorf("receipts: %w", err)
+	}
+	for _, e := range []struct {
+		name, subject, example string
+		h                      func(context.Context, micro.Request) error
+	}{
+		{"delivered", contract.DeliveredSubject, `{"reader":"bob","device":"phone","from":40,"to":45,"senders":["alice"]}`, s.handleDelivered},
+		{"read", contract.ReadSubject, `{"reader":"bob","device":"phone","sender":"alice","seq":45}`, s.handleRead},
+		{"status", contract.StatusSubject, `{"sender":"alice","recipient":"bob","seq":45}`, s.handleStatus},
+	} {
+		if err := s.svc.AddEndpoint(e.name, s.async(e.h), micro.WithEndpointSubject(e.subject),
+			micro.WithEndpointMetadata(map[string]string{"request": e.example})); err != nil {
+			_ = s.svc.Stop()
+			return nil, fmt.Errorf("receipts: %w", err)
+		}
+	}
+	// Ticks gateways left while no instance answered.
+	ccfg, err := streams.ConsumerConfig("receipts")
+	if err == nil {
+		var cons jetstream.Consumer
+		if cons, err = js.CreateOrUpdateConsumer(ctx, contract.TicksStream, ccfg); err == nil {
+			s.pool, err = worker.Start(js, cons, worker.Options{Function: "receipts", Workers: 4, MaxAttempts: 100}, s.log, s.applyQueued)
+		}
+	}
+	if err != nil {
+		_ = s.svc.Stop()
+		return nil, fmt.Errorf("receipts: queued ticks: %w", err)
+	}
+	if err := nc.Flush(); err != nil {
+		s.pool.Stop()
+		_ = s.svc.Stop()
+		return nil, fmt.Errorf("receipts: %w", err)
 	}
 	return s, nil
 }
 
-// Stop stops pulling, finishes the events in hand and hands the rest back
-// for another instance.
+// Stop stops answering and waits for the requests in hand. A request not
+// answered is asked again by its gateway, of another instance.
 func (s *Service) Stop() {
 	s.pool.Stop()
 	_ = s.svc.Stop()
+	close(s.stop)
+	s.wg.Wait()
+}
+
+// Stats are an instance's counters.
+type Stats struct {
+	Delivered, Read, Stored, Hidden int64
+}
+
+// Stats returns the instance's counters.
+func (s *Service) Stats() Stats {
+	return Stats{Delivered: s.delivered.Load(), Read: s.read.Load(), Stored: s.stored.Load(), Hidden: s.hidden.Load()}
 }
 
 func (s *Service) stats(*micro.Endpoint) any {
-	return map[string]int64{
-		"applied":       s.pool.Applied.Load(),
-		"forwarded":     s.forwarded.Load(),
-		"unchanged":     s.unchanged.Load(),
-		"retried":       s.pool.Retried.Load(),
-		"dead_lettered": s.pool.DeadLettered.Load(),
-	}
+	st := s.Stats()
+	return map[string]int64{"delivered": st.Delivered, "read": st.Read, "stored": st.Stored, "hidden": st.Hidden}
 }
 
-// event is one decoded receipt event.
-type event struct {
-	sender, id, status, by, device string
-	ts                             int64
-}
+// badRequest is a refusal the asker caused; anything else is the store's.
+type badRequest struct{ msg string }
 
-func parse(m jetstream.Msg) (event, error) {
-	h := m.Headers()
-	e := event{
-		sender: strings.TrimPrefix(m.Subject(), contract.ReceiptsPrefix),
-		id:     h.Get(contract.HdrID),
-		status: h.Get(contract.HdrStatus),
-		by:     h.Get(contract.HdrFrom),
-		device: h.Get(contract.HdrDevice),
-	}
-	e.ts, _ = strconv.ParseInt(h.Get(contract.HdrTS), 10, 64)
-	switch {
-	case h.Get(contract.HdrKind) != contract.KindReceipt:
-		return e, errors.New("not a receipt event")
-	case e.status != protocol.StatusDelivered && e.status != protocol.StatusRead:
-		return e, fmt.Errorf("unknown status %q", e.status)
-	case !protocol.ValidID(e.sender) || !protocol.ValidID(e.id) || !protocol.ValidID(e.by) || !protocol.ValidID(e.device):
-		return e, errors.New("missing or invalid sender, id, reader or device")
-	case e.ts <= 0:
-		return e, errors.New("missing or invalid timestamp")
-	}
-	return e, nil
-}
+func (e badRequest) Error() string { return e.msg }
 
-func (s *Service) handle(ctx context.Context, m jetstream.Msg) error {
-	e, err := parse(m)
-	if err != nil {
-		return worker.Permanent(err)
-	}
-	return s.apply(ctx, e)
-}
-
-// apply merges one event into the message's status, forwarding the change
-// first so that a crash after the forward cannot lose it.
-func (s *Service) apply(ctx context.Context, e event) error {
-	status := e.status
-	if status == protocol.StatusRead {
-		on, err := s.readReceiptsOn(ctx, e.by, e.sender)
-		if err != nil {
-			return err
+// async runs h on its own goroutine, at most Workers at a time, so one
+// slow request does not hold the others behind it; micro answers in the
+// handler's stead. A refusal is a micro error with the code the contract
+// names: 400 for a bad request, 503 when the store failed.
+func (s *Service) async(h func(context.Context, micro.Request) error) micro.HandlerFunc {
+	return func(r micro.Request) {
+		select {
+		case s.sem <- struct{}{}:
+		case <-s.stop:
+			return
 		}
-		if !on {
-			// The read still implies delivered.
-			status = protocol.StatusDelivered
-		}
-	}
-	key := e.sender + "." + e.id
-	for {
-		rec, rev, err := s.load(ctx, key)
-		if err != nil {
-			return err
-		}
-		t := rec.To[e.by]
-		if t == nil {
-			t = &contract.Tick{}
-			rec.To[e.by] = t
-		}
-		switch {
-		case status == protocol.StatusRead && t.Read == 0:
-			t.Read = e.ts
-			if t.Delivered == 0 {
-				t.Delivered = e.ts
+		s.wg.Add(1)
+		go func() {
+			defer func() { <-s.sem; s.wg.Done() }()
+			ctx, cancel := context.WithTimeout(context.Background(), s.cfg.Timeout)
+			defer cancel()
+			err := h(ctx, r)
+			var bad badRequest
+			switch {
+			case err == nil:
+			case errors.As(err, &bad):
+				_ = r.Error("400", "bad_request: "+bad.msg, nil)
+			default:
+				s.log.Warn("request failed", "subject", r.Subject(), "err", err)
+				_ = r.Error("503", "unavailable: "+err.Error(), nil)
 			}
-		case status == protocol.StatusDelivered && t.Delivered == 0:
-			t.Delivered = e.ts
-		default:
-			s.unchanged.Add(1)
-			return nil
-		}
-		if err := s.forward(ctx, e, status); err != nil {
-			return err
-		}
-		b, _ := json.Marshal(rec)
-		if rev == 0 {
-			_, err = s.status.Create(ctx, key, b)
-		} else {
-			_, err = s.status.Update(ctx, key, b, rev)
-		}
-		if errors.Is(err, jetstream.ErrKeyExists) || errors.Is(err, jetstream.ErrKeyRevisionMismatch) {
-			continue // another instance changed it: merge again
-		}
+		}()
+	}
+}
+
+func decode(r micro.Request, v any) error {
+	if err := json.Unmarshal(r.Data(), v); err != nil {
+		return badRequest{"the request is not valid JSON"}
+	}
+	return nil
+}
+
+func (s *Service) handleDelivered(ctx context.Context, r micro.Request) error {
+	var req contract.DeliveredRequest
+	if err := decode(r, &req); err != nil {
 		return err
 	}
+	if err := s.deliver(ctx, req); err != nil {
+		return err
+	}
+	return r.Respond([]byte("{}"))
 }
 
-func (s *Service) load(ctx context.Context, key string) (contract.Status, uint64, error) {
-	rec := contract.Status{To: map[string]*contract.Tick{}}
-	e, err := s.status.Get(ctx, key)
+// deliver stores a delivered tick for each sender in req.
+func (s *Service) deliver(ctx context.Context, req contract.DeliveredRequest) error {
+	switch {
+	case !protocol.ValidID(req.Reader) || !protocol.ValidID(req.Device):
+		return badRequest{"reader and device must be valid ids"}
+	case req.From == 0 || req.To < req.From:
+		return badRequest{"from and to must be a range of sequences"}
+	case len(req.Senders) > MaxSenders:
+		return badRequest{"too many senders"}
+	}
+	for _, u := range req.Senders {
+		if !protocol.ValidID(u) {
+			return badRequest{"senders must be valid ids"}
+		}
+	}
+	var futs []jetstream.PubAckFuture
+	for _, sender := range req.Senders {
+		if sender == req.Reader {
+			continue // a note to self is nobody's tick
+		}
+		f, err := s.js.PublishMsgAsync(s.tick(protocol.StatusDelivered, req.Reader, req.Device, sender, req.From, req.To))
+		if err != nil {
+			return err
+		}
+		futs = append(futs, f)
+	}
+	if err := wait(ctx, futs); err != nil {
+		return err
+	}
+	s.delivered.Add(1)
+	s.stored.Add(int64(len(futs)))
+	return nil
+}
+
+// applyQueued applies a request a gateway left in TICKS.
+func (s *Service) applyQueued(ctx context.Context, m jetstream.Msg) error {
+	var req contract.DeliveredRequest
+	if err := json.Unmarshal(m.Data(), &req); err != nil {
+		return worker.Permanent(err)
+	}
+	err := s.deliver(ctx, req)
+	var bad badRequest
+	if errors.As(err, &bad) {
+		return worker.Permanent(err)
+	}
+	return err
+}
+
+func (s *Service) handleRead(ctx context.Context, r micro.Request) error {
+	var req contract.ReadRequest
+	if err := decode(r, &req); err != nil {
+		return err
+	}
+	switch {
+	case !protocol.ValidID(req.Reader) || !protocol.ValidID(req.Device) || !protocol.ValidID(req.Sender):
+		return badRequest{"reader, device and sender must be valid ids"}
+	case req.Seq == 0:
+		return badRequest{"seq must be a positive sequence"}
+	}
+	key := contract.ReadKey(req.Reader, req.Sender)
+	at, err := s.readPosition(ctx, key)
+	if err != nil {
+		return err
+	}
+	if req.Sender != req.Reader && at < req.Seq {
+		// The receipt first, then the position: a position seen as raised
+		// has its receipt stored, and a crash in between leaves a request
+		// that, asked again, stores the same receipt once.
+		on, err := s.readReceiptsOn(ctx, req.Reader, req.Sender)
+		if err != nil {
+			return err
+		}
+		if on {
+			if _, err := s.js.PublishMsg(ctx, s.tick(protocol.StatusRead, req.Reader, req.Device, req.Sender, 0, req.Seq)); err != nil {
+				return err
+			}
+			s.stored.Add(1)
+		} else {
+			s.hidden.Add(1)
+		}
+	}
+	if _, err := contract.Swap(ctx, s.reads, key, func(cur []byte, _ uint64) ([]byte, error) {
+		if n, _ := strconv.ParseUint(string(cur), 10, 64); n >= req.Seq {
+			return nil, nil // read this far already: a position never goes back
+		}
+		return strconv.AppendUint(nil, req.Seq, 10), nil
+	}); err != nil {
+		return err
+	}
+	s.read.Add(1)
+	return r.Respond([]byte("{}"))
+}
+
+func (s *Service) handleStatus(ctx context.Context, r micro.Request) error {
+	var req contract.StatusRequest
+	if err := decode(r, &req); err != nil {
+		return err
+	}
+	if !protocol.ValidID(req.Sender) || !protocol.ValidID(req.Recipient) || req.Seq == 0 {
+		return badRequest{"sender and recipient must be valid ids and seq positive"}
+	}
+	var t contract.Ticks
+	var err error
+	if t.Delivered, err = s.deliveredTo(ctx, req.Recipient, req.Seq); err != nil {
+		return err
+	}
+	at, err := s.readPosition(ctx, contract.ReadKey(req.Recipient, req.Sender))
+	if err != nil {
+		return err
+	}
+	if at >= req.Seq {
+		on, err := s.readReceiptsOn(ctx, req.Recipient, req.Sender)
+		if err != nil {
+			return err
+		}
+		// Hidden reads still imply delivered: the message was on a device.
+		t.Read, t.Delivered = on, true
+	}
+	return r.RespondJSON(contract.StatusReply{Recipients: map[string]contract.Ticks{req.Recipient: t}})
+}
+
+// deliveredTo reports whether any of user's devices has settled seq: it
+// lies between where the device joined and its cursor.
+func (s *Service) deliveredTo(ctx context.Context, user string, seq uint64) (bool, error) {
+	e, err := s.devices.Get(ctx, user)
+	if errors.Is(err, jetstream.ErrKeyNotFound) {
+		return false, nil
+	}
+	if err != nil {
+		return false, err
+	}
+	var ds contract.Devices
+	if err := json.Unmarshal(e.Value(), &ds); err != nil {
+		return false, nil // unreadable: the gateway's to fix; say nothing
+	}
+	for name, d := range ds.Devices {
+		if d.Stream.UnixNano() == s.inbox && d.Start > seq {
+			continue // joined after it
+		}
+		c, err := s.cursors.Get(ctx, contract.CursorKey(user, name))
+		if errors.Is(err, jetstream.ErrKeyNotFound) {
+			continue
+		}
+		if err != nil {
+			return false, err
+		}
+		if cur, ok := contract.ParseCursor(c.Value()); ok && cur.Stream == s.inbox && cur.Floor >= seq {
+			return true, nil
+		}
+	}
+	return false, nil
+}
+
+// readPosition is a conversation's read position, 0 when never read.
+func (s *Service) readPosition(ctx context.Context, key string) (uint64, error) {
+	e, err := s.reads.Get(ctx, key)
 	switch {
 	case errors.Is(err, jetstream.ErrKeyNotFound):
-		return rec, 0, nil
+		return 0, nil
 	case err != nil:
-		return rec, 0, err
+		return 0, err
 	}
-	if err := json.Unmarshal(e.Value(), &rec); err != nil || rec.To == nil {
-		// A record this function cannot read is replaced, not kept
-		// failing forever: the events still to come rebuild it.
-		s.log.Warn("replacing unreadable status record", "key", key, "err", err)
-		rec = contract.Status{To: map[string]*contract.Tick{}}
-	}
-	return rec, e.Revision(), nil
+	n, _ := strconv.ParseUint(string(e.Value()), 10, 64)
+	return n, nil
 }
 
+// readReceiptsOn reports whether every one of users has read receipts on.
+// An unreadable record counts as its defaults.
 func (s *Service) readReceiptsOn(ctx context.Context, users ...string) (bool, error) {
 	for _, u := range users {
 		set, _, err := contract.LoadSettings(ctx, s.settings, u)
@@ -254,46 +416,35 @@ func (s *Service) readReceiptsOn(ctx context.Context, users ...string) (bool, er
 	return true, nil
 }
 
-// forward stores the receipt in the sender's inbox.
-func (s *Service) forward(ctx context.Context, e event, status string) error {
-	m := &nats.Msg{
-		Subject: contract.InboxSubject(e.sender),
-		Header: nats.Header{
-			contract.HdrMsgID:  {contract.ReceiptDedupID(status, e.sender, e.id, e.by)},
-			contract.HdrKind:   {contract.KindReceipt},
-			contract.HdrStatus: {status},
-			contract.HdrFrom:   {e.by},
-			contract.HdrDevice: {e.device},
-			contract.HdrID:     {e.id},
-			contract.HdrTS:     {strconv.FormatInt(e.ts, 10)},
-		},
+// tick is a receipt for sender's inbox: reader's device did status to
+// sender's messages stored in reader's inbox from from (0: the start) to
+// to.
+func (s *Service) tick(status, reader, device, sender string, from, to uint64) *nats.Msg {
+	h := nats.Header{
+		contract.HdrMsgID:  {contract.TickDedupID(status, reader, sender, from, to)},
+		contract.HdrKind:   {contract.KindReceipt},
+		contract.HdrStatus: {status},
+		contract.HdrFrom:   {reader},
+		contract.HdrDevice: {device},
+		contract.HdrSeqTo:  {strconv.FormatUint(to, 10)},
+		contract.HdrTS:     {strconv.FormatInt(time.Now().UnixMilli(), 10)},
 	}
-	if _, err := s.js.PublishMsg(ctx, m); err != nil {
-		return fmt.Errorf("forward to %s: %w", e.sender, err)
+	if from > 0 {
+		h.Set(contract.HdrSeqFrom, strconv.FormatUint(from, 10))
 	}
-	s.forwarded.Add(1)
-	return nil
+	return &nats.Msg{Subject: contract.InboxSubject(sender), Header: h}
 }
 
-func (s *Service) handleStatus(r micro.Request) {
-	var req contract.StatusRequest
-	if err := json.Unmarshal(r.Data(), &req); err != nil {
-		_ = r.Error("400", "bad_json: "+err.Error(), nil)
-		return
+// wait waits for every publish to be stored.
+func wait(ctx context.Context, futs []jetstream.PubAckFuture) error {
+	for _, f := range futs {
+		select {
+		case <-f.Ok():
+		case err := <-f.Err():
+			return err
+		case <-ctx.Done():
+			return ctx.Err()
+		}
 	}
-	if !protocol.ValidID(req.User) || !protocol.ValidID(req.ID) {
-		_ = r.Error("400", "bad_id: user and id must be valid ids", nil)
-		return
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-	defer cancel()
-	rec, rev, err := s.load(ctx, req.User+"."+req.ID)
-	switch {
-	case err != nil:
-		_ = r.Error("500", "internal: "+err.Error(), nil)
-	case rev == 0:
-		_ = r.Error("404", "not_found: no status for this message", nil)
-	default:
-		_ = r.RespondJSON(contract.StatusReply{ID: req.ID, To: rec.To})
-	}
+	return nil
 }

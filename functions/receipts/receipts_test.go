@@ -3,8 +3,7 @@ package receipts_test
 import (
 	"context"
 	"encoding/json"
-	"fmt"
-	"slices"
+	"errors"
 	"strconv"
 	"testing"
 	"time"
@@ -16,34 +15,29 @@ import (
 	"github.com/switchboard-im/switchboard/functions/receipts"
 	"github.com/switchboard-im/switchboard/internal/natsauth"
 	tk "github.com/switchboard-im/switchboard/internal/testkit"
+	"github.com/switchboard-im/switchboard/protocol"
 )
 
 // env is a bare server with the streams applied and no function running,
-// so each test starts the instances it needs.
+// so each test starts the instances it needs; gw asks as a gateway does.
 type env struct {
 	n  *tk.NATS
-	js jetstream.JetStream
+	gw *nats.Conn
 }
 
 func newEnv(t testing.TB) *env {
 	t.Helper()
 	n := tk.StartStreams(t, t.TempDir())
-	return &env{n: n, js: n.JS}
+	return &env{n: n, gw: n.Connect(t, natsauth.Gateway)}
 }
 
-// instance starts a receipts function on its own connection; kill closes
-// that connection as a crash would.
+// instance starts a receipts function on its own connection in its own
+// role; kill closes that connection as a crash would.
 func (e *env) instance(t testing.TB) (s *receipts.Service, kill func()) {
 	t.Helper()
-	nc, err := nats.Connect(e.n.Server.ClientURL(), e.n.Keys.Options(natsauth.Receipts)...)
-	if err != nil {
-		t.Fatal(err)
-	}
+	nc := e.n.Connect(t, natsauth.Receipts)
 	js, _ := jetstream.New(nc)
-	cfg := receipts.DefaultConfig()
-	cfg.AckWait = time.Second
-	cfg.MaxAttempts = 3
-	s, err = receipts.Start(context.Background(), nc, js, cfg, tk.Logger(t))
+	s, err := receipts.Start(context.Background(), nc, js, receipts.DefaultConfig(), tk.Logger(t))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -52,318 +46,259 @@ func (e *env) instance(t testing.TB) (s *receipts.Service, kill func()) {
 		if !stopped {
 			s.Stop()
 		}
-		nc.Close()
 	})
 	return s, func() { stopped = true; nc.Close(); s.Stop() }
 }
 
-// event stores a receipt event as a gateway does.
-func (e *env) event(t testing.TB, status, sender, id, by, device string, ts int64) {
+func (e *env) call(t testing.TB, subject string, req, reply any) error {
 	t.Helper()
-	m := &nats.Msg{Subject: contract.ReceiptsSubject(sender), Header: nats.Header{
-		contract.HdrMsgID:  {contract.ReceiptEventDedupID(status, sender, id, by, device) + ":" + strconv.FormatInt(ts, 10)},
-		contract.HdrKind:   {contract.KindReceipt},
-		contract.HdrStatus: {status},
-		contract.HdrFrom:   {by},
-		contract.HdrDevice: {device},
-		contract.HdrID:     {id},
-		contract.HdrTS:     {strconv.FormatInt(ts, 10)},
-	}}
-	if _, err := e.js.PublishMsg(context.Background(), m); err != nil {
-		t.Fatal(err)
-	}
-}
-
-// forwarded returns the receipts stored in user's inbox, as
-// "status:id:by".
-func (e *env) forwarded(t testing.TB, user string) []string {
-	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
-	c, err := e.js.OrderedConsumer(ctx, contract.Inbox, jetstream.OrderedConsumerConfig{FilterSubjects: []string{contract.InboxSubject(user)}})
+	return contract.Call(ctx, e.gw, subject, req, reply)
+}
+
+// ticks returns the receipts stored in user's inbox, in order.
+func (e *env) ticks(t testing.TB, user string) []*jetstream.RawStreamMsg {
+	t.Helper()
+	ctx := context.Background()
+	s, err := e.n.JS.Stream(ctx, contract.Inbox)
 	if err != nil {
 		t.Fatal(err)
 	}
-	info, err := c.Info(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
-	var out []string
-	for range info.NumPending {
-		m, err := c.Next(jetstream.FetchMaxWait(5 * time.Second))
+	var out []*jetstream.RawStreamMsg
+	for seq := uint64(1); ; {
+		m, err := s.GetMsg(ctx, seq, jetstream.WithGetMsgSubject(contract.InboxSubject(user)))
+		if errors.Is(err, jetstream.ErrMsgNotFound) {
+			return out
+		}
 		if err != nil {
 			t.Fatal(err)
 		}
-		h := m.Headers()
-		out = append(out, h.Get(contract.HdrStatus)+":"+h.Get(contract.HdrID)+":"+h.Get(contract.HdrFrom))
+		if m.Header.Get(contract.HdrKind) == contract.KindReceipt {
+			out = append(out, m)
+		}
+		seq = m.Sequence + 1
 	}
-	return out
 }
 
-// drained waits until every event was acked by some instance.
-func (e *env) drained(t testing.TB) {
+func tickSays(m *jetstream.RawStreamMsg) string {
+	return m.Header.Get(contract.HdrStatus) + " by " + m.Header.Get(contract.HdrFrom) + "/" + m.Header.Get(contract.HdrDevice) +
+		" " + m.Header.Get(contract.HdrSeqFrom) + ".." + m.Header.Get(contract.HdrSeqTo)
+}
+
+// A device's acked range is one tick per sender, however many messages:
+// here 3 writes for 2 senders and a note to self, and none when asked
+// again.
+func TestDeliveredIsOneTickPerSender(t *testing.T) {
+	e := newEnv(t)
+	s, _ := e.instance(t)
+	req := contract.DeliveredRequest{Reader: "bob", Device: "phone", From: 40, To: 240, Senders: []string{"alice", "carol", "bob"}}
+	for range 2 { // the second time, as after a lost answer
+		if err := e.call(t, contract.DeliveredSubject, req, nil); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for _, u := range []string{"alice", "carol"} {
+		got := e.ticks(t, u)
+		if len(got) != 1 || tickSays(got[0]) != "delivered by bob/phone 40..240" {
+			t.Fatalf("%s's inbox: %d receipts, first %v", u, len(got), got)
+		}
+	}
+	if got := e.ticks(t, "bob"); len(got) != 0 {
+		t.Fatalf("bob got a tick for his note to self: %v", tickSays(got[0]))
+	}
+	if st := s.Stats(); st.Stored != 4 || st.Delivered != 2 {
+		t.Fatalf("stats %+v: want 4 publishes (2 stored, 2 deduped) in 2 requests", st)
+	}
+}
+
+func setReceipts(t testing.TB, e *env, user string, on bool) {
 	t.Helper()
-	tk.WaitFor(t, 20*time.Second, func() error {
-		st, err := e.js.Stream(context.Background(), contract.Receipts)
-		if err != nil {
-			return err
-		}
-		info, err := st.Info(context.Background())
-		if err != nil {
-			return err
-		}
-		if info.State.Msgs != 0 {
-			return fmt.Errorf("%d events not applied", info.State.Msgs)
-		}
+	kv, err := e.n.JS.KeyValue(context.Background(), contract.SettingsKV)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := contract.UpdateSettings(context.Background(), kv, user, func(s *contract.Settings) error {
+		s.ReadReceipts = on
 		return nil
-	})
+	}); err != nil {
+		t.Fatal(err)
+	}
 }
 
-func (e *env) status(t testing.TB, user, id string) (contract.StatusReply, string) {
+func readPosition(t testing.TB, e *env, reader, peer string) uint64 {
 	t.Helper()
-	req, _ := json.Marshal(contract.StatusRequest{User: user, ID: id})
-	m, err := e.n.Conn.Request(contract.StatusSubject, req, 5*time.Second)
+	kv, err := e.n.JS.KeyValue(context.Background(), contract.ReadsKV)
 	if err != nil {
 		t.Fatal(err)
 	}
-	var r contract.StatusReply
-	if code := m.Header.Get("Nats-Service-Error-Code"); code != "" {
-		return r, code
+	v, err := kv.Get(context.Background(), contract.ReadKey(reader, peer))
+	if errors.Is(err, jetstream.ErrKeyNotFound) {
+		return 0
 	}
-	if err := json.Unmarshal(m.Data, &r); err != nil {
-		t.Fatal(err)
-	}
-	return r, ""
-}
-
-func setSettings(t testing.TB, e *env, user string, s contract.Settings) {
-	t.Helper()
-	kv, err := e.js.KeyValue(context.Background(), contract.SettingsKV)
 	if err != nil {
 		t.Fatal(err)
 	}
-	b, _ := json.Marshal(s)
-	if _, err := kv.Put(context.Background(), user, b); err != nil {
-		t.Fatal(err)
-	}
+	n, _ := strconv.ParseUint(string(v.Value()), 10, 64)
+	return n
 }
 
-// equal compares as sets: events about different messages are applied in
-// any order.
-func equal(a, b []string) bool {
-	a, b = slices.Sorted(slices.Values(a)), slices.Sorted(slices.Values(b))
-	if len(a) != len(b) {
-		return false
-	}
-	for i := range a {
-		if a[i] != b[i] {
-			return false
-		}
-	}
-	return true
-}
-
-// Delivered then read forward one receipt each; repeats, and a delivered
-// from another device or after the read, forward nothing and leave the
-// first times in place.
-func TestStatusNeverGoesBackAndDuplicatesChangeNothing(t *testing.T) {
+// A read is a position: it rises, never falls, and each rise is one tick.
+// With read receipts off on either side the position still rises (the
+// reader's own devices follow it) but the sender is told nothing.
+func TestReadIsAPositionAndHonoursPrivacy(t *testing.T) {
 	e := newEnv(t)
 	e.instance(t)
-	e.event(t, "delivered", "alice", "m1", "bob", "phone", 1000)
-	e.event(t, "delivered", "alice", "m1", "bob", "laptop", 1100)
-	e.event(t, "read", "alice", "m1", "bob", "laptop", 2000)
-	e.event(t, "read", "alice", "m1", "bob", "phone", 2100)
-	e.event(t, "delivered", "alice", "m1", "bob", "tablet", 3000)
-	e.drained(t)
-
-	if got, want := e.forwarded(t, "alice"), []string{"delivered:m1:bob", "read:m1:bob"}; !equal(got, want) {
-		t.Fatalf("alice's inbox has %v, want %v", got, want)
-	}
-	r, code := e.status(t, "alice", "m1")
-	if code != "" {
-		t.Fatalf("status: error %s", code)
-	}
-	if tick := r.To["bob"]; tick == nil || tick.Delivered != 1000 || tick.Read != 2000 {
-		t.Fatalf("status of m1 = %+v, want delivered 1000 read 2000", tick)
-	}
-}
-
-// A read that arrives before its delivered implies delivered; the late
-// delivered changes nothing.
-func TestReadBeforeDeliveredImpliesDelivered(t *testing.T) {
-	e := newEnv(t)
-	e.instance(t)
-	e.event(t, "read", "alice", "m1", "bob", "phone", 5000)
-	e.event(t, "delivered", "alice", "m1", "bob", "phone", 4000)
-	e.drained(t)
-	if got, want := e.forwarded(t, "alice"), []string{"read:m1:bob"}; !equal(got, want) {
-		t.Fatalf("alice's inbox has %v, want %v", got, want)
-	}
-	r, _ := e.status(t, "alice", "m1")
-	if tick := r.To["bob"]; tick == nil || tick.Delivered != 5000 || tick.Read != 5000 {
-		t.Fatalf("status = %+v, want delivered = read = 5000", tick)
-	}
-}
-
-// Read receipts go only when both reader and sender have them on; a read
-// still counts as delivered.
-func TestReadReceiptsOffForReaderOrSender(t *testing.T) {
-	e := newEnv(t)
-	e.instance(t)
-	off := contract.DefaultSettings()
-	off.ReadReceipts = false
-	setSettings(t, e, "bob", off)   // bob hides his reads
-	setSettings(t, e, "carol", off) // carol sees nobody's
-
-	e.event(t, "read", "alice", "m1", "bob", "phone", 1000) // bob reads alice's
-	e.event(t, "read", "carol", "m2", "dave", "phone", 1000)
-	e.event(t, "delivered", "alice", "m3", "dave", "phone", 1000)
-	e.event(t, "read", "alice", "m3", "dave", "phone", 2000) // both on: goes
-	e.drained(t)
-
-	if got, want := e.forwarded(t, "alice"), []string{"delivered:m1:bob", "delivered:m3:dave", "read:m3:dave"}; !equal(got, want) {
-		t.Fatalf("alice's inbox has %v, want %v", got, want)
-	}
-	if got, want := e.forwarded(t, "carol"), []string{"delivered:m2:dave"}; !equal(got, want) {
-		t.Fatalf("carol's inbox has %v, want %v", got, want)
-	}
-	r, _ := e.status(t, "alice", "m1")
-	if tick := r.To["bob"]; tick == nil || tick.Delivered != 1000 || tick.Read != 0 {
-		t.Fatalf("status of m1 = %+v, want delivered only", tick)
-	}
-}
-
-// The status endpoint answers only the sender: the key is built from the
-// asking user, so another user asking about the same id finds nothing.
-func TestStatusEndpointAnswersOnlyTheSender(t *testing.T) {
-	e := newEnv(t)
-	e.instance(t)
-	e.event(t, "delivered", "alice", "m1", "bob", "phone", 1000)
-	e.drained(t)
-	if _, code := e.status(t, "alice", "m1"); code != "" {
-		t.Fatalf("sender asking: %s", code)
-	}
-	if _, code := e.status(t, "eve", "m1"); code != "404" {
-		t.Fatalf("another user asking: code %q, want 404", code)
-	}
-	for _, bad := range []string{`{`, `{"user":"a.b","id":"m1"}`, `{"user":"alice","id":""}`} {
-		m, err := e.n.Conn.Request(contract.StatusSubject, []byte(bad), 5*time.Second)
-		if err != nil {
+	read := func(reader, sender string, seq uint64) {
+		t.Helper()
+		if err := e.call(t, contract.ReadSubject, contract.ReadRequest{Reader: reader, Device: "phone", Sender: sender, Seq: seq}, nil); err != nil {
 			t.Fatal(err)
 		}
-		if code := m.Header.Get("Nats-Service-Error-Code"); code != "400" {
-			t.Errorf("request %s: code %q, want 400", bad, code)
-		}
+	}
+	read("bob", "alice", 10)
+	read("bob", "alice", 7) // lower: nothing
+	read("bob", "alice", 10)
+	read("bob", "alice", 12)
+	got := e.ticks(t, "alice")
+	if len(got) != 2 || tickSays(got[0]) != "read by bob/phone ..10" || tickSays(got[1]) != "read by bob/phone ..12" {
+		t.Fatalf("alice's receipts: %d %v", len(got), got)
+	}
+	if p := readPosition(t, e, "bob", "alice"); p != 12 {
+		t.Fatalf("read position %d, want 12", p)
+	}
+
+	setReceipts(t, e, "dave", false) // the reader's off
+	read("dave", "alice", 20)
+	setReceipts(t, e, "erin", false) // the sender's off
+	read("bob", "erin", 30)
+	if got := e.ticks(t, "alice"); len(got) != 2 {
+		t.Fatalf("alice got a read from dave, who has read receipts off: %v", tickSays(got[len(got)-1]))
+	}
+	if got := e.ticks(t, "erin"); len(got) != 0 {
+		t.Fatalf("erin, who has read receipts off, got a read: %v", tickSays(got[0]))
+	}
+	if readPosition(t, e, "dave", "alice") != 20 || readPosition(t, e, "bob", "erin") != 30 {
+		t.Fatal("a hidden read did not move the reader's own position")
 	}
 }
 
-// Events the function cannot apply are dead-lettered with a reason, once,
-// and never block the ones behind them.
-func TestPoisonEventsAreDeadLettered(t *testing.T) {
+// Status is answered from positions: bob's phone joined at 5 and settled
+// to 20, his laptop joined at 30 and settled to 40; a read position of 15.
+func TestStatusFromPositions(t *testing.T) {
 	e := newEnv(t)
 	e.instance(t)
 	ctx := context.Background()
-	bad := []*nats.Msg{
-		{Subject: "receipts.alice", Header: nats.Header{contract.HdrKind: {"receipt"}}},                                                 // no fields
-		{Subject: "receipts.alice", Header: nats.Header{contract.HdrKind: {"msg"}}, Data: []byte("hi")},                                 // not an event
-		{Subject: "receipts.alice", Header: nats.Header{contract.HdrKind: {"receipt"}, contract.HdrStatus: {"seen"}}},                   // bad status
-		{Subject: "receipts.alice", Header: nats.Header{contract.HdrKind: {"receipt"}, contract.HdrStatus: {"read"}, "Sb-Id": {"x y"}}}, // bad id
+	inbox, err := e.n.JS.Stream(ctx, contract.Inbox)
+	if err != nil {
+		t.Fatal(err)
 	}
-	for _, m := range bad {
-		if _, err := e.js.PublishMsg(ctx, m); err != nil {
+	created := inbox.CachedInfo().Created
+	devs := contract.Devices{Devices: map[string]*contract.Device{
+		"phone":  {Start: 5, Stream: created},
+		"laptop": {Start: 30, Stream: created},
+	}}
+	b, _ := json.Marshal(devs)
+	kv := func(name string) jetstream.KeyValue {
+		k, err := e.n.JS.KeyValue(ctx, name)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return k
+	}
+	if _, err := kv(contract.DevicesKV).Put(ctx, "bob", b); err != nil {
+		t.Fatal(err)
+	}
+	for dev, floor := range map[string]uint64{"phone": 20, "laptop": 40} {
+		if _, err := kv(contract.CursorsKV).Put(ctx, contract.CursorKey("bob", dev), contract.Cursor{Floor: floor, Stream: created.UnixNano()}.Encode()); err != nil {
 			t.Fatal(err)
 		}
 	}
-	e.event(t, "delivered", "alice", "m1", "bob", "phone", 1000)
-	e.drained(t)
-	if got := e.forwarded(t, "alice"); !equal(got, []string{"delivered:m1:bob"}) {
-		t.Fatalf("alice's inbox has %v", got)
-	}
-	dlq, err := e.js.Stream(ctx, contract.DLQ)
-	if err != nil {
+	if _, err := kv(contract.ReadsKV).Put(ctx, contract.ReadKey("bob", "alice"), []byte("15")); err != nil {
 		t.Fatal(err)
 	}
-	info, err := dlq.Info(ctx, jetstream.WithSubjectFilter("dlq.receipts.>"))
-	if err != nil {
-		t.Fatal(err)
+	status := func(seq uint64) contract.Ticks {
+		t.Helper()
+		var r contract.StatusReply
+		if err := e.call(t, contract.StatusSubject, contract.StatusRequest{Sender: "alice", Recipient: "bob", Seq: seq}, &r); err != nil {
+			t.Fatal(err)
+		}
+		return r.Recipients["bob"]
 	}
-	if info.State.Msgs != uint64(len(bad)) {
-		t.Fatalf("DLQ holds %d, want %d", info.State.Msgs, len(bad))
+	for seq, want := range map[uint64]contract.Ticks{
+		3:  {Delivered: true, Read: true}, // on neither device, but read: a read covers all before it
+		10: {Delivered: true, Read: true}, // on the phone, and read
+		18: {Delivered: true},             // on the phone
+		25: {},                            // between: on neither
+		35: {Delivered: true},             // on the laptop
+		45: {},                            // past both
+	} {
+		if got := status(seq); got != want {
+			t.Errorf("seq %d: %+v, want %+v", seq, got, want)
+		}
 	}
-	m, err := dlq.GetMsg(ctx, info.State.FirstSeq)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if m.Subject != "dlq.receipts.alice" || m.Header.Get(contract.HdrReason) == "" || m.Header.Get(contract.HdrOrigSeq) == "" {
-		t.Fatalf("dead letter %s lacks its reason or origin: %v", m.Subject, m.Header)
+	setReceipts(t, e, "bob", false)
+	if got := status(10); got != (contract.Ticks{Delivered: true}) {
+		t.Errorf("with bob's read receipts off, seq 10: %+v, want delivered only", got)
 	}
 }
 
-// Two instances share the work; one is killed mid-stream. Every message
-// ends up delivered and read, and the sender's inbox holds exactly one
-// receipt per message and status.
-func TestInstanceKilledMidStreamLosesNothingAppliesOnce(t *testing.T) {
+// Bad requests get 400 and change nothing; no function running is
+// unavailable, which a gateway answers by asking again later.
+func TestBadRequestsAndNoInstance(t *testing.T) {
+	e := newEnv(t)
+	if err := e.call(t, contract.DeliveredSubject, contract.DeliveredRequest{Reader: "bob", Device: "phone", From: 1, To: 2}, nil); !errors.Is(err, contract.ErrUnavailable) {
+		t.Fatalf("with no instance: %v", err)
+	}
+	e.instance(t)
+	for _, req := range []struct {
+		subject string
+		req     any
+	}{
+		{contract.DeliveredSubject, contract.DeliveredRequest{Reader: "bob", Device: "phone", From: 5, To: 2, Senders: []string{"alice"}}},
+		{contract.DeliveredSubject, contract.DeliveredRequest{Reader: "bob", Device: "phone", From: 0, To: 2, Senders: []string{"alice"}}},
+		{contract.DeliveredSubject, contract.DeliveredRequest{Reader: "bob", Device: "phone", From: 1, To: 2, Senders: []string{"a.b"}}},
+		{contract.DeliveredSubject, contract.DeliveredRequest{Reader: "b*", Device: "phone", From: 1, To: 2}},
+		{contract.ReadSubject, contract.ReadRequest{Reader: "bob", Device: "phone", Sender: "alice"}},
+		{contract.ReadSubject, contract.ReadRequest{Reader: "bob", Device: "phone", Sender: ">", Seq: 3}},
+		{contract.StatusSubject, contract.StatusRequest{Sender: "alice", Recipient: "", Seq: 3}},
+	} {
+		var fe *contract.FnError
+		if err := e.call(t, req.subject, req.req, nil); !errors.As(err, &fe) || fe.Status != 400 {
+			t.Errorf("%s %+v: %v, want a 400", req.subject, req.req, err)
+		}
+	}
+	m, err := e.gw.Request(contract.StatusSubject, []byte("not json"), 5*time.Second)
+	if err != nil || m.Header.Get("Nats-Service-Error-Code") != "400" {
+		t.Errorf("a request that is not JSON: %v %v", err, m)
+	}
+	if got := e.ticks(t, "alice"); len(got) != 0 {
+		t.Fatalf("a bad request stored %v", tickSays(got[0]))
+	}
+}
+
+// Two instances share the requests; one killed mid-stream leaves the
+// other answering, and what was asked again stores nothing twice.
+func TestInstanceKilledLosesNothingStoresOnce(t *testing.T) {
 	e := newEnv(t)
 	_, kill := e.instance(t)
 	e.instance(t)
-	const n = 300
-	for i := range n {
-		id := "m" + strconv.Itoa(i)
-		e.event(t, "delivered", "alice", id, "bob", "phone", int64(1000+i))
-		e.event(t, "read", "alice", id, "bob", "phone", int64(5000+i))
-		if i == n/3 {
+	ask := func(i uint64) error {
+		return e.call(t, contract.DeliveredSubject, contract.DeliveredRequest{Reader: "bob", Device: "phone", From: i, To: i, Senders: []string{"alice"}}, nil)
+	}
+	for i := uint64(1); i <= 50; i++ {
+		if i == 25 {
 			kill()
 		}
+		// As a gateway does: ask again until answered.
+		tk.WaitFor(t, 10*time.Second, func() error { return ask(i) })
 	}
-	e.drained(t)
-	got := e.forwarded(t, "alice")
-	seen := map[string]int{}
-	for _, r := range got {
-		seen[r]++
+	got := e.ticks(t, "alice")
+	if len(got) != 50 {
+		t.Fatalf("%d receipts for 50 ranges", len(got))
 	}
-	for i := range n {
-		if k := "read:m" + strconv.Itoa(i) + ":bob"; seen[k] != 1 {
-			t.Fatalf("%s forwarded %d times", k, seen[k])
+	for i, m := range got {
+		if want := strconv.Itoa(i + 1); m.Header.Get(contract.HdrSeqTo) != want || m.Header.Get(contract.HdrStatus) != protocol.StatusDelivered {
+			t.Fatalf("receipt %d: %s", i, tickSays(m))
 		}
-		r, code := e.status(t, "alice", "m"+strconv.Itoa(i))
-		if tick := r.To["bob"]; code != "" || tick == nil || tick.Read != int64(5000+i) || tick.Delivered == 0 {
-			t.Fatalf("m%d status %+v (%s)", i, tick, code)
-		}
-	}
-	for r, c := range seen {
-		if c != 1 {
-			t.Fatalf("%s forwarded %d times", r, c)
-		}
-	}
-}
-
-// BenchmarkReceipts measures events applied per second by 1 and 2
-// instances: each event is a KV read, a stored forward and a KV write.
-func BenchmarkReceipts(b *testing.B) {
-	for _, instances := range []int{1, 2} {
-		b.Run(fmt.Sprintf("instances=%d", instances), func(b *testing.B) {
-			e := newEnv(b)
-			for range instances {
-				e.instance(b)
-			}
-			b.ResetTimer()
-			for i := range b.N {
-				m := &nats.Msg{Subject: contract.ReceiptsSubject("alice"), Header: nats.Header{
-					contract.HdrMsgID:  {"bench:" + strconv.Itoa(i)},
-					contract.HdrKind:   {contract.KindReceipt},
-					contract.HdrStatus: {"delivered"},
-					contract.HdrFrom:   {"bob"},
-					contract.HdrDevice: {"phone"},
-					contract.HdrID:     {"m" + strconv.Itoa(i)},
-					contract.HdrTS:     {"1000"},
-				}}
-				if _, err := e.js.PublishMsgAsync(m); err != nil {
-					b.Fatal(err)
-				}
-			}
-			<-e.js.PublishAsyncComplete()
-			e.drained(b)
-			b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "events/s")
-		})
 	}
 }

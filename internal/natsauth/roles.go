@@ -97,11 +97,11 @@ func For(r Role) Rules {
 			Publish: join(
 				// A device's sends, its delivered and read events, and its
 				// position, registry entry, lease and settings.
-				[]string{contract.InboxPrefix + "*", contract.ReceiptsPrefix + "*",
+				[]string{contract.InboxPrefix + "*", contract.TicksPrefix + "*",
 					kvSubject(contract.DevicesKV) + "*", kvSubject(contract.CursorsKV) + "*.*",
 					kvSubject(contract.PresenceKV) + "lease.*.*", kvSubject(contract.SettingsKV) + "*",
 					subjEvents, subjKick,
-					subjFn + "receipts.status", subjFn + "presence.get", subjFn + "presence.announce", subjFn + "media.>"},
+					subjFn + "receipts.delivered", subjFn + "receipts.read", subjFn + "receipts.status", subjFn + "presence.get", subjFn + "presence.announce", subjFn + "media.>"},
 				streamInfo(contract.Inbox, kvStream(contract.DevicesKV), kvStream(contract.CursorsKV),
 					kvStream(contract.PresenceKV), kvStream(contract.SettingsKV)),
 				reads(contract.Inbox, kvStream(contract.DevicesKV), kvStream(contract.CursorsKV),
@@ -111,11 +111,20 @@ func For(r Role) Rules {
 			Respond:   true,
 		}
 	case Receipts:
-		return function(r, contract.Receipts,
-			// Status records and the receipts forwarded to senders'
-			// inboxes; settings are read for read-receipt privacy.
-			[]string{kvSubject(contract.StatusKV) + "*.*", contract.InboxPrefix + "*"},
-			[]string{kvStream(contract.StatusKV), kvStream(contract.SettingsKV)})
+		// Receipts into senders' inboxes and conversations' read
+		// positions; positions and settings read to answer status and
+		// apply read-receipt privacy. It reads no message.
+		read := []string{kvStream(contract.ReadsKV), kvStream(contract.SettingsKV), kvStream(contract.CursorsKV), kvStream(contract.DevicesKV)}
+		return Rules{
+			Publish: join(
+				[]string{contract.InboxPrefix + "*", kvSubject(contract.ReadsKV) + "*.*", contract.DLQPrefix + string(r) + ".>"},
+				consumer(contract.TicksStream, string(r)),
+				streamInfo(append([]string{contract.Inbox, contract.TicksStream, contract.DLQ}, read...)...),
+				reads(read...),
+			),
+			Subscribe: []string{subjFn + string(r) + ".>", subjMicro, InboxPrefix(r) + ".>"},
+			Respond:   true,
+		}
 	case Presence:
 		return function(r, kvStream(contract.PresenceKV),
 			[]string{kvSubject(contract.PresenceKV) + "user.*", subjPresence},

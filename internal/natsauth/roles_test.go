@@ -60,7 +60,7 @@ func TestRolesAreRefusedWhatTheyMustNotDo(t *testing.T) {
 			{false, "$JS.API.STREAM.DELETE.INBOX", "delete the inboxes"},
 			{false, "$JS.API.STREAM.PURGE.INBOX", "purge the inboxes"},
 			{false, "$JS.API.CONSUMER.CREATE.INBOX", "read inboxes through a consumer"},
-			{false, "$KV.STATUS.alice.m1", "forge a message status"},
+			{false, "$KV.READS.alice.bob", "forge a read position"},
 			{false, "$KV.PRESENCE.user.alice", "forge presence"},
 			{false, "sb.presence.alice", "publish presence updates (the presence function's alone)"},
 			{true, "_INBOX.>", "read other clients' replies"},

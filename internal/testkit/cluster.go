@@ -641,9 +641,7 @@ func StartFunctionsURL(t testing.TB, url string) *Functions {
 	var js jetstream.JetStream
 	var err error
 	f.Conn, js = connect(natsauth.Receipts)
-	rc := receipts.DefaultConfig()
-	rc.AckWait = FunctionAckWait
-	if f.Receipts, err = receipts.Start(ctx, f.Conn, js, rc, Logger(t)); err != nil {
+	if f.Receipts, err = receipts.Start(ctx, f.Conn, js, receipts.DefaultConfig(), Logger(t)); err != nil {
 		t.Fatal(err)
 	}
 	f.PresenceConn, js = connect(natsauth.Presence)

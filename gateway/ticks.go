@@ -1,0 +1,180 @@
+package gateway
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"sync"
+	"time"
+
+	"github.com/nats-io/nats.go"
+
+	"github.com/switchboard-im/switchboard/contract"
+	"github.com/switchboard-im/switchboard/protocol"
+)
+
+// Delivered ticks.
+//
+// A device's acks move its position: once it has acked every message up to
+// a sequence, the senders of the chat messages in that stretch are told,
+// one tick each whatever the number of messages (the receipts function
+// stores them, contract.DeliveredRequest), and only then is the stretch
+// settled and the cursor free to move past it. So a crash before the tick
+// is stored delivers the messages again and the tick is asked for again
+// (its dedup id keeps it single); nothing is kept per message.
+//
+// One request at a time per session: acks that arrive while one is on its
+// way are gathered into the next, so a device acking 200 messages after a
+// reconnect costs a request or two, and a tick per sender.
+//
+// Delivery never waits on the receipts function: when it does not answer
+// in time, the request is stored in TICKS (a work queue it drains when it
+// is back) and the stretch is settled then. That costs a second stored
+// write, only while the function is away, and loses nothing.
+
+// ticker settles a session's acked stretches (feed.ackedStretch), asking
+// for their ticks first. Its runner is a goroutine started by an ack and
+// ended when nothing acked is left, so an idle session holds none.
+type ticker struct {
+	s *session
+
+	mu       sync.Mutex // guards the fields below
+	running  bool       // the runner is running
+	closing  bool       // the session stops: one last attempt, no retries
+	finished chan struct{}
+	wake     chan struct{} // closed by finish: ends the runner's backoff
+}
+
+func (t *ticker) init(s *session) {
+	t.s = s
+	t.finished = make(chan struct{})
+	t.wake = make(chan struct{})
+}
+
+// kick has the runner run, unless it is running or the session stops.
+func (t *ticker) kick() {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if t.running || t.closing {
+		return
+	}
+	t.running = true
+	go t.run()
+}
+
+// finish settles what the device acked before its cursor is saved for the
+// last time, if the receipts function (or TICKS) answers at once, and
+// returns once the runner has returned for good. Called once, by stop,
+// after delivery has finished (no ack is taken after it).
+func (t *ticker) finish() {
+	t.mu.Lock()
+	t.closing = true
+	close(t.wake)
+	if t.running {
+		t.mu.Unlock()
+		<-t.finished
+		return
+	}
+	t.running = true
+	t.mu.Unlock()
+	t.run()
+}
+
+// run settles the acked stretch at the front of the device's unsettled
+// messages, asking for its ticks first, until there is none. It closes the
+// session with 1012 when the ticks cannot be stored for catchUpGiveUp.
+func (t *ticker) run() {
+	s := t.s
+	var failingSince time.Time
+	backoff := 50 * time.Millisecond
+	for {
+		t.mu.Lock()
+		closing := t.closing
+		t.mu.Unlock()
+		req, through, ok := s.feed.ackedStretch()
+		if !ok {
+			if t.idle() {
+				return
+			}
+			continue
+		}
+		if len(req.Senders) == 0 {
+			// Receipts only: they tick nothing.
+			s.feed.settleThrough(through)
+			continue
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), s.srv.cfg.FunctionTimeout)
+		err := contract.Call(ctx, s.srv.nc, contract.DeliveredSubject, req, nil)
+		if errors.Is(err, contract.ErrUnavailable) {
+			err = t.queue(ctx, req)
+		}
+		cancel()
+		if err == nil {
+			s.srv.metrics.ticks.Inc()
+			s.feed.settleThrough(through)
+			failingSince, backoff = time.Time{}, 50*time.Millisecond
+			continue
+		}
+		if closing {
+			// No retries on the way out: the next session asks again.
+			t.end()
+			return
+		}
+		if failingSince.IsZero() {
+			failingSince = time.Now()
+		} else if time.Since(failingSince) > catchUpGiveUp {
+			s.log.Warn("cannot store delivered ticks; restarting the session", "err", err)
+			s.t.Close(protocol.CloseServiceRestart, "receipts unavailable")
+			t.end()
+			return
+		}
+		select {
+		case <-t.wake:
+		case <-time.After(backoff):
+		}
+		backoff = min(2*backoff, time.Second)
+	}
+}
+
+// idle ends the runner when nothing acked is left, and reports true; an
+// ack taken between the look and the lock finds the runner still running,
+// so it looks once more (false).
+func (t *ticker) idle() bool {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if _, _, ok := t.s.feed.ackedStretch(); ok {
+		return false
+	}
+	t.endLocked()
+	return true
+}
+
+func (t *ticker) end() {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	t.endLocked()
+}
+
+// endLocked marks the runner stopped; on the way out, for good.
+//
+// Lock should be held.
+func (t *ticker) endLocked() {
+	t.running = false
+	if t.closing {
+		close(t.finished)
+	}
+}
+
+// queue stores req in TICKS for the receipts function to apply when it is
+// back.
+func (t *ticker) queue(ctx context.Context, req contract.DeliveredRequest) error {
+	b, _ := json.Marshal(req)
+	m := &nats.Msg{Subject: contract.TicksSubject(req.Reader), Data: b, Header: nats.Header{
+		contract.HdrMsgID: {contract.QueuedTickDedupID(req.Reader, req.Device, req.From, req.To)},
+	}}
+	if _, err := t.s.srv.js.PublishMsg(ctx, m); err != nil {
+		return err
+	}
+	t.s.srv.metrics.ticksQueued.Inc()
+	return nil
+}
