@@ -167,7 +167,7 @@ func TestBrowserMedia(t *testing.T) {
 
 // The page survives a restart of the server: a message typed while it
 // was down goes out once it is back, and what was sent meanwhile from
-// elsewhere arrives, once.
+// elsewhere arrives, once. A reload keeps the device and its history.
 func TestBrowserSurvivesRestart(t *testing.T) {
 	data := t.TempDir()
 	l, err := net.Listen("tcp", "127.0.0.1:0")
@@ -209,6 +209,17 @@ func TestBrowserSurvivesRestart(t *testing.T) {
 	if n := tk.Eval[int](bob, incoming("before")); n != 1 {
 		t.Fatalf("bob's page shows %q %d times", "before", n)
 	}
+
+	// A reload keeps the device signed in, with its history: the page
+	// is the device, and the server hands each message to it once.
+	bob.Navigate(p.HTTP + "/")
+	bob.WaitFor(seen, "signed in again", `document.getElementById('conn').dataset.state === 'connected'`)
+	bob.WaitFor(seen, "the conversation back", incoming("before")+` === 1 && `+incoming("while down")+` === 1`)
+	alice.Navigate(p.HTTP + "/")
+	alice.WaitFor(seen, "alice's ticks back", outgoing("while down")+` === 'read'`)
+	say(alice, "after the reload")
+	bob.WaitFor(seen, "a message after the reload", incoming("after the reload")+` === 1`)
+	alice.WaitFor(seen, "after the reload read", outgoing("after the reload")+` === 'read'`)
 }
 
 // A page served from another origin cannot open a WebSocket to the
