@@ -86,7 +86,8 @@ func peerStatus(s string) string {
 }
 
 // Two users chat 1:1 in two browsers: presence, the three ticks, a read
-// receipt only once the message is on screen, typing, last seen.
+// receipt only once the message is on screen, typing, the last-seen
+// setting, last seen.
 func TestBrowserChat(t *testing.T) {
 	data := t.TempDir()
 	p := start(t, "--data", data, "--nats-listen", "127.0.0.1:0")
@@ -125,6 +126,18 @@ func TestBrowserChat(t *testing.T) {
 	alice.WaitFor(seen, "bob's answer", incoming("hi alice")+` === 1`)
 	alice.WaitFor(seen, "typing gone with the message", peerStatus("online"))
 	bob.WaitFor(seen, "hi alice read", outgoing("hi alice")+` === 'read'`)
+
+	// Bob hides his last seen from everyone, then shows it again.
+	lastSeen := func(v string) {
+		bob.Do(chromedp.Evaluate[chromedp.Void](fmt.Sprintf(
+			`(() => { const s = document.getElementById('set-lastseen'); s.value = %q; s.dispatchEvent(new Event('change')); })()`, v)))
+	}
+	bob.Do(chromedp.Click(chromedp.ID("settings-toggle")))
+	bob.WaitFor(seen, "bob's settings read", `document.getElementById('set-receipts').checked`)
+	lastSeen("nobody")
+	alice.WaitFor(seen, "bob hidden", `document.getElementById('peer-status').textContent === ''`)
+	lastSeen("everyone")
+	alice.WaitFor(seen, "bob shown again", peerStatus("online"))
 
 	// Bob leaves: alice sees when he was last seen.
 	bob.Do(chromedp.Click(chromedp.ID("signout")))

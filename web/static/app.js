@@ -21,6 +21,7 @@ const presence = new Map(); // user -> {online, lastSeen, hidden}
 const typingUntil = new Map(); // user -> ms until which "typing…" shows
 const mediaURLs = new Map(); // media key -> object URL of the verified bytes
 let lastTyping = 0;
+let settings = null; // this user's settings, once read
 
 // --- tokens ---
 
@@ -79,6 +80,8 @@ function addContact(user) {
   save();
   sb.subscribePresence(user);
   renderContacts();
+  // Last seen shown to contacts only: the server's list follows ours.
+  if (settings?.lastSeenPrivacy === 'contacts') sb.settings({ contacts: store.contacts }).then(showSettings, () => {});
 }
 
 // --- signing in ---
@@ -172,6 +175,7 @@ async function start(token) {
   $('me').textContent = `${me.user} · ${me.device}`;
   setConn('connected');
   if (store.contacts.length) sb.subscribePresence(...store.contacts);
+  sb.settings({}).then(showSettings, () => {});
   // Sends from an earlier visit: confirmed ones still waiting for ticks,
   // and those never confirmed, sent again under their ids (in order).
   for (const peer of Object.keys(store.chats)) {
@@ -194,11 +198,8 @@ function onMessage(m) {
   const list = chat(m.from);
   if (!list.some((x) => x.from === m.from && x.id === m.id)) {
     list.push({ id: m.id, from: m.from, to: me.user, seq: m.seq, ts: m.ts, body: m.body, media: m.media });
-    if (!store.contacts.includes(m.from)) {
-      store.contacts.push(m.from);
-      sb.subscribePresence(m.from);
-    }
     save();
+    addContact(m.from);
   }
   sb.ack(m.seq); // stored on this device: now it counts as delivered
   typingUntil.delete(m.from);
@@ -346,6 +347,7 @@ $('settings-toggle').addEventListener('click', async () => {
 
 function showSettings(s) {
   if (!s) return;
+  settings = s;
   $('set-receipts').checked = s.readReceipts;
   $('set-lastseen').value = s.lastSeenPrivacy || 'everyone';
 }
