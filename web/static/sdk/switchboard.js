@@ -28,9 +28,12 @@
  * After that the client reconnects by itself, after a random wait up to a
  * bound that starts at minBackoff and doubles up to maxBackoff ("full
  * jitter"), reset by each connect; a browser coming back online cuts the
- * wait short. A close whose code says not to reconnect (1000, 1003, 1007,
- * 4002 replaced: CLOSES) stops it for good: 'close' is emitted with a
- * CloseError, and pending and later calls reject with it.
+ * wait short. Unlike the Go SDK it keeps no read timeout: a browser
+ * answers the gateway's pings itself, out of the page's sight, so a quiet
+ * connection is not a dead one. A close whose code says not to
+ * reconnect (1000, 1003, 1007, 4002 replaced: CLOSES) stops it for good:
+ * 'close' is emitted with a CloseError, and pending and later calls
+ * reject with it.
  *
  * Sending. `send(to, id, body, {signal})` stores any JSON value but null
  * for user `to` under the message id `id` (newId() makes one) and
