@@ -235,6 +235,18 @@ func TestBrowserSurvivesRestart(t *testing.T) {
 	alice.WaitFor(seen, "after the reload read", outgoing("after the reload")+` === 'read'`)
 }
 
+// A token the server does not accept is refused at sign-in, saying why.
+func TestBrowserSignInWithARefusedToken(t *testing.T) {
+	p := start(t, "--data", t.TempDir(), "--nats-listen", "127.0.0.1:0")
+	other := strings.TrimSpace(tk.Run(t, binary, "token", "--jwt-secret", "another-secret-0123456789abcdef-0123456789",
+		"--user", "alice", "--device", "laptop"))
+	pg := tk.StartBrowser(t).NewPage(t, "alice")
+	pg.Navigate(p.HTTP + "/")
+	pg.WaitFor(seen, "the sign-in form", `!document.getElementById('signin').hidden`)
+	pg.Do(chromedp.SetValue(chromedp.ID("token"), other), chromedp.Click(chromedp.ID("token-signin")))
+	pg.WaitFor(seen, "the refusal", `document.getElementById('signin-error').textContent === 'The server refused the token (bad_token).'`)
+}
+
 // A page served from another origin cannot open a WebSocket to the
 // gateway: the handshake is refused with 403, and the SDK's connect fails.
 func TestBrowserForeignOriginRefused(t *testing.T) {
