@@ -11,6 +11,7 @@ import (
 	"net/url"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"time"
 
@@ -51,6 +52,12 @@ type appConfig struct {
 	JWTSecret         string
 	JWTPublicKeyFile  string
 	JWTPrivateKeyFile string
+
+	// DevTokens serves POST /v1/dev/token, a token for any user and
+	// device, for the chat page in development. Unset (auto): on only for
+	// the all-in-one with no token key configured (its own secret in
+	// DataDir); explicitly on, it needs a key that can sign.
+	DevTokens autoBool
 
 	LogLevel  string
 	LogFormat string
@@ -141,9 +148,47 @@ func bindFlags(fs *flag.FlagSet, c *appConfig, withEmbedded bool) {
 	}
 	bindMediaFlags(fs, &c.Functions)
 	bindKeyFlags(fs, c)
+	fs.Var(&c.DevTokens, "dev-tokens", "serve POST /v1/dev/token {\"user\",\"device\"}: a token for anyone who asks, for the chat page in development "+
+		"(default: on for the all-in-one when no --jwt-secret or key is given)")
 	fs.StringVar(&c.LogLevel, "log-level", c.LogLevel, "debug, info, warn or error")
 	fs.StringVar(&c.PprofListen, "pprof", c.PprofListen, "serve Go profiles (/debug/pprof/) on this loopback address")
 	fs.StringVar(&c.LogFormat, "log-format", c.LogFormat, "text or json")
+}
+
+// autoBool is a bool flag that knows whether it was given, for a default
+// that depends on other flags.
+type autoBool struct{ set, on bool }
+
+func (b *autoBool) String() string {
+	if b == nil || !b.set {
+		return "auto"
+	}
+	return strconv.FormatBool(b.on)
+}
+
+func (b *autoBool) Set(v string) error {
+	on, err := strconv.ParseBool(v)
+	if err != nil {
+		return err
+	}
+	b.set, b.on = true, on
+	return nil
+}
+
+func (b *autoBool) IsBoolFlag() bool { return true }
+
+// or is the flag's value, or def when it was not given.
+func (b autoBool) or(def bool) bool {
+	if b.set {
+		return b.on
+	}
+	return def
+}
+
+// devTokens says whether to serve development tokens: as --dev-tokens
+// says, else only for the all-in-one signing with its own secret.
+func (c *appConfig) devTokens(allInOne bool) bool {
+	return c.DevTokens.or(allInOne && c.JWTSecret == "" && c.JWTPublicKeyFile == "" && c.JWTPrivateKeyFile == "")
 }
 
 // bindStreamFlags declares the stream settings: the all-in-one and

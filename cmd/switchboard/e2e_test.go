@@ -12,6 +12,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"strings"
 	"sync"
 	"syscall"
@@ -63,7 +64,8 @@ type proc struct {
 }
 
 // start runs the binary with args and waits until it logs where it listens.
-// Its WebSocket and metrics listeners take free loopback ports.
+// Its WebSocket and metrics listeners take free loopback ports, unless args
+// give --listen or --metrics-listen.
 func start(t testing.TB, args ...string) *proc {
 	t.Helper()
 	return startBinary(t, binary, args...)
@@ -72,7 +74,13 @@ func start(t testing.TB, args ...string) *proc {
 // startBinary is start with another build of the binary.
 func startBinary(t testing.TB, bin string, args ...string) *proc {
 	t.Helper()
-	cmd := exec.Command(bin, append(args, "--log-format", "json", "--listen", "127.0.0.1:0", "--metrics-listen", "127.0.0.1:0")...)
+	args = append(args, "--log-format", "json")
+	for _, f := range []string{"--listen", "--metrics-listen"} {
+		if !slices.Contains(args, f) {
+			args = append(args, f, "127.0.0.1:0")
+		}
+	}
+	cmd := exec.Command(bin, args...)
 	// A pipe of our own rather than StderrPipe, whose read end Wait closes
 	// at exit, perhaps before the last lines are read.
 	stderr, w, err := os.Pipe()

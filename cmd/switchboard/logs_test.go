@@ -157,8 +157,9 @@ func rawHTTP(t *testing.T, addr, req string) string {
 
 // No token, URL signature or message body reaches the log, whatever a
 // client does: every kind of frame and frame error, refused handshakes,
-// media up and down through signed URLs, malformed HTTP. The all-in-one
-// logs at debug level, and its log is read to the end after it stops.
+// media up and down through signed URLs, development tokens, malformed
+// HTTP. The all-in-one logs at debug level, and its log is read to the end
+// after it stops.
 func TestNoSecretIsLogged(t *testing.T) {
 	data := t.TempDir()
 	p := start(t, "--data", data, "--nats-listen", "127.0.0.1:0", "--log-level", "debug",
@@ -298,6 +299,20 @@ func TestNoSecretIsLogged(t *testing.T) {
 	}
 	if status, _ := httpDo(t, "GET", p.HTTP+"/v1/media/download?key="+ticket.Key, bearer(foreignTok), nil); status != http.StatusUnauthorized {
 		t.Fatalf("download link with a foreign token: %d", status)
+	}
+
+	// A development token handed to the page, used, and one refused.
+	status, b = httpDo(t, "POST", p.HTTP+"/v1/dev/token", http.Header{"Content-Type": {"application/json"}}, []byte(`{"user":"dave","device":"browser"}`))
+	var dev struct{ Token string }
+	if status != http.StatusOK || json.Unmarshal(b, &dev) != nil {
+		t.Fatalf("development token: %d %s", status, b)
+	}
+	parts := strings.Split(dev.Token, ".")
+	secrets["the development token"], secrets["the development token's signature"] = dev.Token, parts[2]
+	dialWS(t, p.WSURL+"?access_token="+dev.Token, nil)
+	if status, b := httpDo(t, "POST", p.HTTP+"/v1/dev/token", http.Header{"Content-Type": {"application/json"}, "Origin": {"http://elsewhere.example"}},
+		[]byte(`{"user":"dave","device":"browser"}`)); status != http.StatusForbidden {
+		t.Fatalf("development token for another origin: %d %s", status, b)
 	}
 
 	// Malformed HTTP carrying a token or a signed URL.

@@ -178,6 +178,9 @@ func runServe(args []string, allInOne bool) error {
 		api = mediaSvc.API()
 	}
 	gw.Mount(gateway.Route{Prefix: media.PathPrefix, Handle: api.Handler(gw.Authenticate), Config: api.HeaderConfig(c.Functions.MediaUploadTimeout)})
+	if err := mountWeb(gw, &c, keys, allInOne, log); err != nil {
+		return err
+	}
 	serveErr := make(chan error, 2)
 	if metricsLn != nil {
 		log.Info("metrics", "url", "http://"+metricsLn.Addr().String()+gateway.PathMetrics)
@@ -186,7 +189,8 @@ func runServe(args []string, allInOne bool) error {
 	go func() { serveErr <- gw.Serve(ln) }()
 	if allInOne {
 		ws := strings.Replace(baseURL(ln.Addr()), "http://", "ws://", 1) + gateway.PathWS
-		log.Info("ready: mint a token per device, then chat from two terminals", "ws", ws,
+		log.Info("ready: open the chat page in a browser, or mint a token per device and chat from two terminals",
+			"page", baseURL(ln.Addr())+"/", "ws", ws,
 			"token", "switchboard token --data "+c.DataDir+" --user alice --device phone",
 			"chat", "switchboard chat --url "+ws+" --token TOKEN --to bob")
 	}

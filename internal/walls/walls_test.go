@@ -64,6 +64,10 @@ func TestWalls(t *testing.T) {
 		{"protocol", isProject, "the wire protocol imports nothing of the project"},
 		{"client", func(d string) bool { return isProject(d) && d != mod+"protocol" },
 			"the SDK speaks the wire protocol only"},
+		{"gateway", func(d string) bool { return under(d, "web") },
+			"the gateway serves the page only as a route cmd mounts"},
+		{"web", func(d string) bool { return isProject(d) && d != mod+"protocol" },
+			"the page and the JavaScript SDK speak the wire protocol only"},
 	}
 	for _, p := range project(t) {
 		if under(p, "functions") || under(p, "media") {

@@ -1,0 +1,301 @@
+package main_test
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"image"
+	"image/color"
+	"image/png"
+	"io"
+	"net"
+	"net/http"
+	"net/http/httptest"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/chromedp/chromedp"
+
+	tk "github.com/switchboard-im/switchboard/internal/testkit"
+	"github.com/switchboard-im/switchboard/web"
+)
+
+// The browser tests drive the chat page in headless Chromium against the
+// real all-in-one binary: each user is a browser context of its own, signed
+// in through the development token form. They wait on what the pages show,
+// never on time.
+
+// seen is how long a page may take to show something the test is sure will
+// happen: a deadline for a broken page, never a window that passes a test.
+const seen = 15 * time.Second
+
+// recordSent keeps every frame a page writes to its WebSocket in
+// window.__sent, in order, for tests of what a page did not send.
+const recordSent = `(() => {
+	const send = WebSocket.prototype.send;
+	window.__sent = [];
+	WebSocket.prototype.send = function (data) {
+		try { window.__sent.push(JSON.parse(data)); } catch {}
+		return send.call(this, data);
+	};
+})();`
+
+// signIn opens the chat page for user in a browser context of its own and
+// signs in through the development token form.
+func signIn(t *testing.T, b *tk.Browser, p *proc, user, device string) *tk.Page {
+	t.Helper()
+	pg := b.NewPage(t, user, recordSent)
+	pg.Navigate(p.HTTP + "/")
+	pg.WaitFor(seen, "the development sign-in form", `!document.getElementById('dev-form').hidden`)
+	pg.Do(
+		chromedp.SetValue(chromedp.ID("dev-user"), user),
+		chromedp.SetValue(chromedp.ID("dev-device"), device),
+		chromedp.Click(chromedp.ID("dev-signin")),
+	)
+	pg.WaitFor(seen, user+" signed in and connected", `document.getElementById('conn').dataset.state === 'connected'`)
+	return pg
+}
+
+// openChat adds user as a contact (or picks them) and opens the conversation.
+func openChat(pg *tk.Page, user string) {
+	pg.Do(chromedp.SetValue(chromedp.ID("contact-id"), user), chromedp.Click(chromedp.CSS("#add-contact button")))
+	pg.WaitFor(seen, "the conversation with "+user+" open", fmt.Sprintf(`document.getElementById('peer').textContent === %q`, user))
+}
+
+// say types text into the composer and sends it.
+func say(pg *tk.Page, text string) {
+	pg.Do(chromedp.SendKeys(chromedp.ID("text"), text), chromedp.Click(chromedp.ID("send")))
+}
+
+// outgoing is a JavaScript expression: the tick ("pending", "sent",
+// "delivered", "read") of this page's message with text, or undefined.
+func outgoing(text string) string {
+	return fmt.Sprintf(`[...document.querySelectorAll('#messages .msg.out')].find((e) => e.querySelector('.text')?.textContent === %q)?.dataset.tick`, text)
+}
+
+// incoming counts the messages on screen from the other user with text.
+func incoming(text string) string {
+	return fmt.Sprintf(`[...document.querySelectorAll('#messages .msg.in')].filter((e) => e.querySelector('.text')?.textContent === %q).length`, text)
+}
+
+func peerStatus(s string) string {
+	return fmt.Sprintf(`document.getElementById('peer-status').textContent.startsWith(%q)`, s)
+}
+
+// Two users chat 1:1 in two browsers: presence, the three ticks, a read
+// receipt only once the message is on screen, typing, the last-seen
+// setting, last seen.
+func TestBrowserChat(t *testing.T) {
+	data := t.TempDir()
+	p := start(t, "--data", data, "--nats-listen", "127.0.0.1:0")
+	b := tk.StartBrowser(t)
+	alice := signIn(t, b, p, "alice", "laptop")
+	bob := signIn(t, b, p, "bob", "laptop")
+
+	// Bob looks at another conversation when alice's message comes.
+	openChat(bob, "carol")
+	openChat(alice, "bob")
+	alice.WaitFor(seen, "bob shown online", peerStatus("online"))
+
+	say(alice, "hello bob")
+	alice.WaitFor(seen, "hello bob delivered", outgoing("hello bob")+` === 'delivered'`)
+	bob.WaitFor(seen, "an unread badge for alice", `document.querySelector('#contacts li[data-user="alice"] .badge')?.textContent === '1'`)
+	// Fence: bob's page acked the message (alice saw it delivered), and a
+	// read on arrival would have been written in the same step, right
+	// after that ack. There is none: it was not on screen.
+	if n := tk.Eval[int](bob, `window.__sent.filter((f) => f.type === 'read').length`); n != 0 {
+		t.Fatalf("bob's page sent %d read frames for a message not on screen", n)
+	}
+	if tick := tk.Eval[string](alice, outgoing("hello bob")); tick != "delivered" {
+		t.Fatalf("alice's message is %q before bob opened it, want delivered", tick)
+	}
+
+	bob.Do(chromedp.Click(chromedp.CSS(`#contacts li[data-user="alice"]`)))
+	bob.WaitFor(seen, "alice's message on bob's screen", incoming("hello bob")+` === 1`)
+	alice.WaitFor(seen, "hello bob read", outgoing("hello bob")+` === 'read'`)
+	bob.WaitFor(seen, "the badge gone", `document.querySelector('#contacts li[data-user="alice"] .badge').textContent === ''`)
+
+	// Typing shows on the other side; the message that follows replaces it
+	// and, the conversation being open there, is read at once.
+	bob.Do(chromedp.SendKeys(chromedp.ID("text"), "hi al"))
+	alice.WaitFor(seen, "bob typing", peerStatus("typing…"))
+	bob.Do(chromedp.SendKeys(chromedp.ID("text"), "ice"), chromedp.Click(chromedp.ID("send")))
+	alice.WaitFor(seen, "bob's answer", incoming("hi alice")+` === 1`)
+	alice.WaitFor(seen, "typing gone with the message", peerStatus("online"))
+	bob.WaitFor(seen, "hi alice read", outgoing("hi alice")+` === 'read'`)
+
+	// Bob hides his last seen from everyone, then shows it again.
+	lastSeen := func(v string) {
+		bob.Do(chromedp.Evaluate[chromedp.Void](fmt.Sprintf(
+			`(() => { const s = document.getElementById('set-lastseen'); s.value = %q; s.dispatchEvent(new Event('change')); })()`, v)))
+	}
+	bob.Do(chromedp.Click(chromedp.ID("settings-toggle")))
+	bob.WaitFor(seen, "bob's settings read", `document.getElementById('set-receipts').checked`)
+	lastSeen("nobody")
+	alice.WaitFor(seen, "bob hidden", `document.getElementById('peer-status').textContent === ''`)
+	lastSeen("everyone")
+	alice.WaitFor(seen, "bob shown again", peerStatus("online"))
+
+	// Bob leaves: alice sees when he was last seen.
+	bob.Do(chromedp.Click(chromedp.ID("signout")))
+	alice.WaitFor(seen, "bob's last seen", peerStatus("last seen today at"))
+}
+
+// A photo sent from one page is uploaded through a ticket, sent as a media
+// message and shown on the other page from its download URL, its sha256
+// checked.
+func TestBrowserMedia(t *testing.T) {
+	data := t.TempDir()
+	p := start(t, "--data", data, "--nats-listen", "127.0.0.1:0")
+	b := tk.StartBrowser(t)
+	alice := signIn(t, b, p, "alice", "laptop")
+	bob := signIn(t, b, p, "bob", "phone")
+	openChat(alice, "bob")
+	openChat(bob, "alice")
+
+	img := image.NewRGBA(image.Rect(0, 0, 7, 5))
+	for x := range 7 {
+		for y := range 5 {
+			img.Set(x, y, color.RGBA{uint8(30 * x), uint8(50 * y), 200, 255})
+		}
+	}
+	path := filepath.Join(t.TempDir(), "photo.png")
+	f, err := os.Create(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := png.Encode(f, img); err != nil {
+		t.Fatal(err)
+	}
+	f.Close()
+
+	alice.Do(chromedp.SetUploadFiles(chromedp.ID("file"), []string{path}))
+	const shown = `(() => { const i = document.querySelector('#messages .msg.in img'); return i && i.dataset.loaded === 'true' && i.src.startsWith('blob:') && i.naturalWidth === 7 && i.naturalHeight === 5; })()`
+	bob.WaitFor(seen, "the photo downloaded, checked and shown", shown)
+	alice.WaitFor(seen, "the photo read", `document.querySelector('#messages .msg.out')?.dataset.tick === 'read'`)
+}
+
+// The page survives a restart of the server: a message typed while it
+// was down goes out once it is back, and what was sent meanwhile from
+// elsewhere arrives, once. A reload keeps the device and its history.
+func TestBrowserSurvivesRestart(t *testing.T) {
+	data := t.TempDir()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := l.Addr().String()
+	l.Close()
+	args := []string{"--data", data, "--nats-listen", "127.0.0.1:0", "--listen", addr}
+	p := start(t, args...)
+	b := tk.StartBrowser(t)
+	alice := signIn(t, b, p, "alice", "laptop")
+	bob := signIn(t, b, p, "bob", "laptop")
+	openChat(alice, "bob")
+	openChat(bob, "alice")
+	say(alice, "before")
+	alice.WaitFor(seen, "before read", outgoing("before")+` === 'read'`)
+
+	p.kill()
+	alice.WaitFor(seen, "alice's page reconnecting", `document.getElementById('conn').dataset.state === 'reconnecting'`)
+	say(alice, "while down")
+	alice.WaitFor(seen, "while down pending", outgoing("while down")+` === 'pending'`)
+
+	p = start(t, args...)
+	cli := tk.DialToken(t, p.WSURL, token(t, data, "alice", "terminal"))
+	ctx, cancel := context.WithTimeout(context.Background(), seen)
+	defer cancel()
+	if _, err := cli.Send(ctx, "bob", "from-the-terminal", tk.Body("sent while the page was away")); err != nil {
+		t.Fatal(err)
+	}
+
+	bob.WaitFor(seen, "the terminal's message", incoming("sent while the page was away")+` === 1`)
+	bob.WaitFor(seen, "the message typed while down", incoming("while down")+` === 1`)
+	alice.WaitFor(seen, "while down read", outgoing("while down")+` === 'read'`)
+	for _, pg := range []*tk.Page{alice, bob} {
+		pg.WaitFor(seen, "connected again", `document.getElementById('conn').dataset.state === 'connected'`)
+	}
+	// Whatever came again after the crash is on screen once.
+	if n := tk.Eval[int](bob, incoming("before")); n != 1 {
+		t.Fatalf("bob's page shows %q %d times", "before", n)
+	}
+
+	// A reload keeps the device signed in, with its history: the page
+	// is the device, and the server hands each message to it once.
+	bob.Navigate(p.HTTP + "/")
+	bob.WaitFor(seen, "signed in again", `document.getElementById('conn').dataset.state === 'connected'`)
+	bob.WaitFor(seen, "the conversation back", incoming("before")+` === 1 && `+incoming("while down")+` === 1`)
+	alice.Navigate(p.HTTP + "/")
+	alice.WaitFor(seen, "alice's ticks back", outgoing("while down")+` === 'read'`)
+	say(alice, "after the reload")
+	bob.WaitFor(seen, "a message after the reload", incoming("after the reload")+` === 1`)
+	alice.WaitFor(seen, "after the reload read", outgoing("after the reload")+` === 'read'`)
+}
+
+// A token the server does not accept is refused at sign-in, saying why.
+func TestBrowserSignInWithARefusedToken(t *testing.T) {
+	p := start(t, "--data", t.TempDir(), "--nats-listen", "127.0.0.1:0")
+	other := strings.TrimSpace(tk.Run(t, binary, "token", "--jwt-secret", "another-secret-0123456789abcdef-0123456789",
+		"--user", "alice", "--device", "laptop"))
+	pg := tk.StartBrowser(t).NewPage(t, "alice")
+	pg.Navigate(p.HTTP + "/")
+	pg.WaitFor(seen, "the sign-in form", `!document.getElementById('signin').hidden`)
+	pg.Do(chromedp.SetValue(chromedp.ID("token"), other), chromedp.Click(chromedp.ID("token-signin")))
+	pg.WaitFor(seen, "the refusal", `document.getElementById('signin-error').textContent === 'The server refused the token (bad_token).'`)
+}
+
+// A page served from another origin cannot open a WebSocket to the
+// gateway: the handshake is refused with 403, and the SDK's connect fails.
+func TestBrowserForeignOriginRefused(t *testing.T) {
+	data := t.TempDir()
+	p := start(t, "--data", data, "--nats-listen", "127.0.0.1:0")
+	// Another site, serving the SDK as a copy of its own.
+	foreign := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path == web.PathSDK {
+			w.Header().Set("Content-Type", "text/javascript")
+			f, _ := web.Files.Open(strings.TrimPrefix(web.PathSDK, "/"))
+			defer f.Close()
+			_, _ = io.Copy(w, f)
+			return
+		}
+		w.Header().Set("Content-Type", "text/html")
+		fmt.Fprint(w, `<!doctype html><title>foreign</title><script type="module">
+import { connect } from '/sdk/switchboard.js';
+const q = new URLSearchParams(location.hash.slice(1));
+connect({ url: q.get('ws'), token: q.get('token') }).then(
+	() => { document.title = 'connected'; },
+	(e) => { window.__err = e.name; document.title = 'refused'; });
+</script>`)
+	}))
+	defer foreign.Close()
+
+	b := tk.StartBrowser(t)
+	pg := b.NewPage(t, "foreign")
+	tok := token(t, data, "mallory", "browser")
+	pg.Navigate(foreign.URL + "/#ws=" + p.WSURL + "&token=" + tok)
+	pg.WaitFor(seen, "the connect refused", `document.title === 'refused'`)
+	if e := tk.Eval[string](pg, `window.__err`); e != "ConnectError" {
+		t.Fatalf("connect failed with %s, want a ConnectError", e)
+	}
+	// A page cannot read a refused handshake's status; the browser reports it.
+	tk.WaitFor(t, seen, func() error {
+		for _, l := range pg.Logs() {
+			if strings.Contains(l, "WebSocket handshake: Unexpected response code: 403") {
+				return nil
+			}
+		}
+		return errors.New("the browser reported no 403 for the handshake")
+	})
+	m, err := http.Get(p.Metrics)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer m.Body.Close()
+	body, _ := io.ReadAll(m.Body)
+	if !strings.Contains(string(body), `switchboard_gateway_handshakes_refused_total{code="bad_origin"} `) {
+		t.Fatalf("no bad_origin refusal counted:\n%s", body)
+	}
+}

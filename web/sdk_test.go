@@ -1,0 +1,578 @@
+package web_test
+
+import (
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/fasthttp/websocket"
+
+	tk "github.com/switchboard-im/switchboard/internal/testkit"
+	"github.com/switchboard-im/switchboard/protocol"
+	"github.com/switchboard-im/switchboard/web"
+)
+
+// The JavaScript SDK's own tests: the SDK runs in headless Chromium, in a
+// page that imports it as any page would, against a scripted gateway, a
+// real WebSocket server on loopback that writes only what the test tells
+// it to and hands on every frame the SDK writes. They pin the rules of
+// sending, receiving and reconnecting that the real gateway cannot be
+// made to exercise on demand (a store_failed, a redelivery, a 4002).
+
+// stuck is how long a helper waits for something the test is sure will
+// happen: a deadline for a broken SDK, never a window that passes a test.
+const stuck = 10 * time.Second
+
+// script is the scripted gateway; it also serves the SDK and a page that
+// imports it, and, when media is set, the media routes.
+type script struct {
+	t     *testing.T
+	srv   *httptest.Server
+	conns chan *sconn
+	// refuse is how many upgrades to refuse next, with 503.
+	refuse atomic.Int32
+	// deny, when set, refuses every upgrade and plain request to /v1/ws
+	// with 401 and this code.
+	deny atomic.Value
+	// media serves /v1/media/... when set.
+	media http.Handler
+
+	mu   sync.Mutex // guards open
+	open []*sconn
+	n    atomic.Int32
+}
+
+type sconn struct {
+	t      *testing.T
+	ws     *websocket.Conn
+	token  string
+	frames chan *protocol.Frame
+	wmu    sync.Mutex
+}
+
+const sdkPage = `<!doctype html><title>sdk</title><script type="module">
+import * as sb from '/sdk/switchboard.js';
+window.sb = sb;
+window.log = [];
+window.results = {};
+window.ready = true;
+</script>`
+
+func newScript(t *testing.T) *script {
+	t.Helper()
+	s := &script{t: t, conns: make(chan *sconn, 16)}
+	s.deny.Store("")
+	mux := http.NewServeMux()
+	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "text/html")
+		fmt.Fprint(w, sdkPage)
+	})
+	mux.HandleFunc(web.PathSDK, func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "text/javascript")
+		f, _ := web.Files.Open(strings.TrimPrefix(web.PathSDK, "/"))
+		defer f.Close()
+		_, _ = io.Copy(w, f)
+	})
+	mux.HandleFunc("/v1/ws", s.serve)
+	mux.HandleFunc("/v1/media/", func(w http.ResponseWriter, r *http.Request) {
+		if s.media == nil {
+			http.NotFound(w, r)
+			return
+		}
+		s.media.ServeHTTP(w, r)
+	})
+	s.srv = httptest.NewServer(mux)
+	t.Cleanup(func() {
+		s.srv.CloseClientConnections()
+		s.srv.Close()
+		s.mu.Lock()
+		for _, c := range s.open {
+			c.ws.Close()
+		}
+		s.mu.Unlock()
+	})
+	return s
+}
+
+func (s *script) wsURL() string { return "ws" + strings.TrimPrefix(s.srv.URL, "http") + "/v1/ws" }
+
+func (s *script) serve(w http.ResponseWriter, r *http.Request) {
+	if code := s.deny.Load().(string); code != "" {
+		w.Header().Set("Content-Type", "application/json")
+		w.WriteHeader(http.StatusUnauthorized)
+		fmt.Fprintf(w, `{"code":%q,"message":"scripted"}`, code)
+		return
+	}
+	if s.refuse.Load() > 0 {
+		s.refuse.Add(-1)
+		w.WriteHeader(http.StatusServiceUnavailable)
+		return
+	}
+	up := websocket.Upgrader{Subprotocols: []string{protocol.Subprotocol}, CheckOrigin: func(*http.Request) bool { return true }}
+	ws, err := up.Upgrade(w, r, nil)
+	if err != nil {
+		return
+	}
+	if ws.Subprotocol() != protocol.Subprotocol {
+		s.t.Errorf("the SDK offered %q, want %s", r.Header.Get("Sec-WebSocket-Protocol"), protocol.Subprotocol)
+	}
+	c := &sconn{t: s.t, ws: ws, token: r.URL.Query().Get("access_token"), frames: make(chan *protocol.Frame, 1024)}
+	s.mu.Lock()
+	s.open = append(s.open, c)
+	s.mu.Unlock()
+	c.write(protocol.EncodeWelcome("alice", "browser", fmt.Sprintf("session-%d", s.n.Add(1)), 65536))
+	go c.read()
+	s.conns <- c
+}
+
+// read hands on every frame the SDK writes, each one the gateway accepts.
+func (c *sconn) read() {
+	defer close(c.frames)
+	for {
+		typ, data, err := c.ws.ReadMessage()
+		if err != nil {
+			return
+		}
+		if typ != websocket.TextMessage {
+			c.t.Errorf("the SDK wrote a %d frame; the protocol has only text frames", typ)
+			return
+		}
+		f, err := protocol.DecodeClient(data)
+		if err != nil {
+			c.t.Errorf("the SDK wrote a frame the gateway refuses: %s: %v", data, err)
+			return
+		}
+		c.frames <- f
+	}
+}
+
+func (s *script) accept(t *testing.T) *sconn {
+	t.Helper()
+	select {
+	case c := <-s.conns:
+		return c
+	case <-time.After(stuck):
+		t.Fatal("the SDK did not connect")
+		return nil
+	}
+}
+
+func (c *sconn) write(frame []byte) {
+	c.wmu.Lock()
+	defer c.wmu.Unlock()
+	_ = c.ws.WriteMessage(websocket.TextMessage, frame)
+}
+
+func (c *sconn) closeWith(code int, reason string) {
+	c.wmu.Lock()
+	_ = c.ws.WriteControl(websocket.CloseMessage, websocket.FormatCloseMessage(code, reason), time.Now().Add(time.Second))
+	c.wmu.Unlock()
+	c.ws.Close()
+}
+
+func (c *sconn) next(t *testing.T) *protocol.Frame {
+	t.Helper()
+	select {
+	case f, ok := <-c.frames:
+		if !ok {
+			t.Fatal("the connection ended; the test expected a frame")
+		}
+		return f
+	case <-time.After(stuck):
+		t.Fatal("the SDK wrote nothing; the test expected a frame")
+		return nil
+	}
+}
+
+func (c *sconn) expect(t *testing.T, typ string, idOrSeq ...any) {
+	t.Helper()
+	for _, want := range idOrSeq {
+		f := c.next(t)
+		got := any(f.ID)
+		if _, isSeq := want.(int); isSeq {
+			got = int(f.Seq)
+		}
+		if f.Type != typ || got != want {
+			t.Fatalf("next frame %s id %q seq %d, want %s %v (of %v)", f.Type, f.ID, f.Seq, typ, want, idOrSeq)
+		}
+	}
+}
+
+// fence makes the SDK write a typing frame and checks that it is the
+// next frame: whatever the SDK was not to write before it, it did not.
+func (c *sconn) fence(t *testing.T, pg *tk.Page) {
+	t.Helper()
+	js(pg, `c.typing('fence')`)
+	if f := c.next(t); f.Type != protocol.TypeTyping || f.To != "fence" {
+		t.Fatalf("next frame %s id %q seq %d, want the typing fence", f.Type, f.ID, f.Seq)
+	}
+}
+
+func (c *sconn) sent(id string, seq uint64) {
+	c.write(protocol.AppendSent(nil, id, seq, 1795582349000, false))
+}
+
+func (c *sconn) msg(id, from string, seq uint64) {
+	c.write(protocol.AppendMsg(nil, id, from, "phone", seq, 1795582349000, []byte(`"hi"`), nil))
+}
+
+// js runs statements on the page.
+func js(pg *tk.Page, code string) {
+	tk.Eval[json.RawMessage](pg, "(() => { "+code+"; return null; })()")
+}
+
+// startSDK opens the page and connects a client to the script, recording
+// every event in window.log as [type, detail]. opts are more Client
+// options, as JavaScript.
+func startSDK(t *testing.T, s *script, opts string) (*tk.Page, *sconn) {
+	t.Helper()
+	pg := tk.StartBrowser(t).NewPage(t, "sdk")
+	pg.Navigate(s.srv.URL + "/")
+	pg.WaitFor(stuck, "the SDK imported", `window.ready === true`)
+	js(pg, fmt.Sprintf(`
+		window.c = new sb.Client({ url: %q, token: 'tok', minBackoff: 1, maxBackoff: 20, %s });
+		for (const ev of ['message', 'receipt', 'typing', 'presence', 'connect', 'disconnect', 'close', 'error']) {
+			c.on(ev, (d) => log.push([ev, d]));
+		}
+		c.start().then(() => { window.started = true; }, (e) => { window.started = { name: e.name, status: e.status, code: e.code }; })`,
+		s.wsURL(), opts))
+	conn := s.accept(t)
+	pg.WaitFor(stuck, "connected", `window.started === true`)
+	return pg, conn
+}
+
+// send calls c.send on the page; its outcome goes to results[id].
+func send(pg *tk.Page, id string) {
+	js(pg, fmt.Sprintf(`c.send('bob', %q, %q).then((v) => { results[%q] = v; }, (e) => { results[%q] = { error: e.name, code: e.code }; })`, id, id, id, id))
+}
+
+// result waits for a send's outcome: its seq, or its error's code.
+func result(t *testing.T, pg *tk.Page, id string) string {
+	t.Helper()
+	pg.WaitFor(stuck, "the outcome of "+id, fmt.Sprintf(`results[%q] !== undefined`, id))
+	return tk.Eval[string](pg, fmt.Sprintf(`(() => { const r = results[%q]; return r.error ? r.error + ' ' + r.code : 'seq ' + r.seq; })()`, id))
+}
+
+// events returns the logged events of one type, as JSON.
+func events(pg *tk.Page, typ string) string {
+	return tk.Eval[string](pg, fmt.Sprintf(`JSON.stringify(log.filter(([t]) => t === %q).map(([, d]) => d))`, typ))
+}
+
+// Unconfirmed sends go again after a reconnect, under their ids, in
+// order, and resolve on the new connection's "sent".
+func TestSDKResendsInOrderAfterReconnect(t *testing.T) {
+	s := newScript(t)
+	pg, c := startSDK(t, s, "")
+	for _, id := range []string{"m1", "m2", "m3"} {
+		send(pg, id)
+	}
+	c.expect(t, protocol.TypeSend, "m1", "m2", "m3")
+	c.sent("m1", 1)
+	if got := result(t, pg, "m1"); got != "seq 1" {
+		t.Fatalf("m1: %s", got)
+	}
+	c.closeWith(protocol.CloseServiceRestart, "restart")
+	c = s.accept(t)
+	c.expect(t, protocol.TypeSend, "m2", "m3")
+	c.sent("m2", 2)
+	c.sent("m3", 3)
+	if a, b := result(t, pg, "m2"), result(t, pg, "m3"); a != "seq 2" || b != "seq 3" {
+		t.Fatalf("m2: %s, m3: %s", a, b)
+	}
+	if got := events(pg, "disconnect"); got != `[{"code":1012,"reason":"restart"}]` {
+		t.Fatalf("disconnects: %s", got)
+	}
+}
+
+// A send answered with a retryable error is resent alone, after the
+// server's retry_ms, and newer sends wait until it is stored; the sends
+// already on the wire behind it are not held.
+func TestSDKHoldsNewerSendsBehindARetryableError(t *testing.T) {
+	s := newScript(t)
+	pg, c := startSDK(t, s, "")
+	send(pg, "a")
+	send(pg, "b")
+	c.expect(t, protocol.TypeSend, "a", "b")
+	c.write(protocol.EncodeError(protocol.ErrStoreFailed, "scripted", "a", 0, 30))
+	c.sent("b", 1)
+	if got := result(t, pg, "b"); got != "seq 1" {
+		t.Fatalf("b: %s", got)
+	}
+	send(pg, "c") // made while a holds: not written before a is stored
+	c.expect(t, protocol.TypeSend, "a")
+	c.fence(t, pg)
+	c.sent("a", 2)
+	c.expect(t, protocol.TypeSend, "c")
+	c.sent("c", 3)
+	if a, cc := result(t, pg, "a"), result(t, pg, "c"); a != "seq 2" || cc != "seq 3" {
+		t.Fatalf("a: %s, c: %s", a, cc)
+	}
+}
+
+// An error resending cannot fix rejects the send, and the sends behind it
+// go on.
+func TestSDKRejectsOnANonRetryableError(t *testing.T) {
+	s := newScript(t)
+	pg, c := startSDK(t, s, "")
+	send(pg, "bad")
+	c.expect(t, protocol.TypeSend, "bad")
+	c.write(protocol.EncodeError(protocol.ErrBadMedia, "not your upload", "bad", 0, 0))
+	if got := result(t, pg, "bad"); got != "ServerError bad_media" {
+		t.Fatalf("bad: %s", got)
+	}
+	send(pg, "good")
+	c.expect(t, protocol.TypeSend, "good")
+	// An error frame that answers no call is an event.
+	c.write(protocol.EncodeError(protocol.ErrUnknownSeq, "scripted", "", 99, 0))
+	pg.WaitFor(stuck, "the error event", `log.some(([t, d]) => t === 'error' && d.code === 'unknown_seq' && d.seq === 99)`)
+}
+
+// A message comes to the app once: a redelivery after a reconnect is
+// acked again if the app had acked it, and a second stored copy (a new
+// seq, the same sender and id) is acked without being shown.
+func TestSDKDropsRepeatsAndAcksThem(t *testing.T) {
+	s := newScript(t)
+	pg, c := startSDK(t, s, "")
+	js(pg, `c.on('message', (m) => { if (m.id !== 'unacked') c.ack(m.seq); })`)
+	c.msg("m-1", "bob", 5)
+	c.expect(t, protocol.TypeAck, 5)
+	c.msg("unacked", "bob", 6) // the app keeps it unacked
+	c.fence(t, pg)
+	c.closeWith(protocol.CloseServiceRestart, "restart")
+	c = s.accept(t)
+	c.msg("m-1", "bob", 5)     // the ack was lost with the connection: ack again
+	c.msg("unacked", "bob", 6) // the app still holds it: no ack
+	c.msg("m-1", "bob", 9)     // a second stored copy
+	c.expect(t, protocol.TypeAck, 5, 9)
+	c.fence(t, pg)
+	c.msg("m-2", "bob", 10)
+	c.expect(t, protocol.TypeAck, 10)
+	if got := tk.Eval[string](pg, `JSON.stringify(log.filter(([t]) => t === 'message').map(([, m]) => m.id + '@' + m.seq))`); got != `["m-1@5","unacked@6","m-2@10"]` {
+		t.Fatalf("messages given to the app: %s", got)
+	}
+	if got := tk.Eval[int](pg, `c.stats.duplicatesDropped`); got != 3 {
+		t.Fatalf("duplicates dropped: %d, want 3", got)
+	}
+}
+
+// Receipts are positions: the SDK turns each into one event per message
+// it sent, each tick once, never going back, and acks the receipt.
+func TestSDKTurnsReceiptsIntoMessageEvents(t *testing.T) {
+	s := newScript(t)
+	pg, c := startSDK(t, s, "")
+	for i, id := range []string{"a", "b", "c"} {
+		send(pg, id)
+		c.expect(t, protocol.TypeSend, id)
+		c.sent(id, uint64(10+i))
+		result(t, pg, id)
+	}
+	c.write(protocol.AppendReceipt(nil, protocol.StatusDelivered, "bob", "phone", 10, 11, 50, 1795582350000))
+	c.expect(t, protocol.TypeAck, 50)
+	c.write(protocol.AppendReceipt(nil, protocol.StatusRead, "bob", "phone", 0, 12, 51, 1795582350000))
+	c.expect(t, protocol.TypeAck, 51)
+	// Lower ticks after a read move nothing.
+	c.write(protocol.AppendReceipt(nil, protocol.StatusDelivered, "bob", "laptop", 10, 12, 52, 1795582350000))
+	c.expect(t, protocol.TypeAck, 52)
+	// A tick that comes before its message's "sent" is given once the
+	// "sent" is in.
+	send(pg, "d")
+	c.expect(t, protocol.TypeSend, "d")
+	c.write(protocol.AppendReceipt(nil, protocol.StatusRead, "bob", "phone", 0, 13, 53, 1795582350000))
+	c.expect(t, protocol.TypeAck, 53)
+	c.sent("d", 13)
+	result(t, pg, "d")
+	// A message sent in an earlier page load, remembered by the app.
+	js(pg, `c.trackSent('carol', 'old', 7)`)
+	c.write(protocol.AppendReceipt(nil, protocol.StatusDelivered, "carol", "phone", 7, 7, 54, 1795582350000))
+	c.expect(t, protocol.TypeAck, 54)
+	got := tk.Eval[string](pg, `JSON.stringify(log.filter(([t]) => t === 'receipt').map(([, r]) => r.status + ' ' + r.id + '@' + r.seq + ' by ' + r.by))`)
+	want := `["delivered a@10 by bob","delivered b@11 by bob","read a@10 by bob","read b@11 by bob","read c@12 by bob","read d@13 by bob","delivered old@7 by carol"]`
+	if got != want {
+		t.Fatalf("receipt events:\n%s\nwant\n%s", got, want)
+	}
+}
+
+// A close that says not to reconnect (4002: the device connected
+// elsewhere) stops the client: 'close' with a CloseError, sends rejected.
+// Any other close, and refused handshakes, are followed by reconnects.
+func TestSDKStopsOnReplacedAndReconnectsOtherwise(t *testing.T) {
+	s := newScript(t)
+	pg, c := startSDK(t, s, "")
+	js(pg, `c.subscribePresence('bob', 'carol')`)
+	c.next(t) // presence_sub
+	s.refuse.Store(3)
+	c.closeWith(protocol.CloseSlow, "slow")
+	c = s.accept(t) // after three refused attempts
+	// Followed users are followed again on the new connection.
+	if f := c.next(t); f.Type != protocol.TypePresenceSub || strings.Join(f.Users, ",") != "bob,carol" {
+		t.Fatalf("after reconnecting: %s %v, want presence_sub bob,carol", f.Type, f.Users)
+	}
+	send(pg, "late")
+	c.expect(t, protocol.TypeSend, "late")
+	c.closeWith(protocol.CloseReplaced, "replaced")
+	pg.WaitFor(stuck, "the client stopped", `log.some(([t, d]) => t === 'close' && d.error.name === 'CloseError' && d.error.replaced)`)
+	if got := result(t, pg, "late"); got != "CloseError 4002" {
+		t.Fatalf("a send pending at the 4002: %s", got)
+	}
+	send(pg, "after")
+	if got := result(t, pg, "after"); got != "CloseError 4002" {
+		t.Fatalf("a send after the 4002: %s", got)
+	}
+	// Fence: the stopped client does not reconnect; a second client's
+	// connection is the next one the gateway sees (the first would have
+	// come back within a millisecond).
+	js(pg, fmt.Sprintf(`new sb.Client({ url: %q, token: 'second' }).start()`, s.wsURL()))
+	if c := s.accept(t); c.token != "second" {
+		t.Fatalf("the next connection has token %q: the stopped client reconnected", c.token)
+	}
+}
+
+// A first connect the gateway refuses rejects with the refusal's status
+// and code, learnt over plain HTTP (a browser cannot read a refused
+// handshake).
+func TestSDKSaysWhyTheFirstConnectFailed(t *testing.T) {
+	s := newScript(t)
+	s.deny.Store("token_expired")
+	pg := tk.StartBrowser(t).NewPage(t, "sdk")
+	pg.Navigate(s.srv.URL + "/")
+	pg.WaitFor(stuck, "the SDK imported", `window.ready === true`)
+	got := tk.Eval[string](pg, fmt.Sprintf(`sb.connect({ url: %q, token: 'old' }).then(() => 'connected', (e) => e.name + ' ' + e.status + ' ' + e.code)`, s.wsURL()))
+	if got != "ConnectError 401 token_expired" {
+		t.Fatalf("connect: %s", got)
+	}
+}
+
+// upload asks for a ticket and sends the bytes as the ticket says: a PUT
+// with its headers (the embedded store), or a form with its fields and
+// the file last (S3). download checks the digest.
+func TestSDKMedia(t *testing.T) {
+	s := newScript(t)
+	var mu sync.Mutex
+	stored := map[string][]byte{}
+	s.media = http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.Header.Get("Authorization") != "Bearer tok" && !strings.HasPrefix(r.URL.Path, "/v1/media/blob/") {
+			http.Error(w, `{"code":"no_token"}`, 401)
+			return
+		}
+		switch {
+		case r.URL.Path == "/v1/media/uploads":
+			var req struct {
+				Mime string
+				Size int64
+			}
+			_ = json.NewDecoder(r.Body).Decode(&req)
+			key := fmt.Sprintf("u/alice/%032d", req.Size)
+			ticket := map[string]any{"key": key, "url": s.srv.URL + "/v1/media/blob/" + key + "?sig=x", "method": "PUT",
+				"headers": map[string]string{"Content-Type": req.Mime}}
+			if req.Mime == "application/pdf" { // this one goes as an S3 form
+				ticket["method"], ticket["url"] = "POST", s.srv.URL+"/v1/media/blob/form"
+				ticket["fields"] = map[string]string{"key": key, "policy": "p", "x-amz-signature": "s"}
+			}
+			w.WriteHeader(201)
+			_ = json.NewEncoder(w).Encode(ticket)
+		case r.URL.Path == "/v1/media/blob/form":
+			mr, err := r.MultipartReader()
+			if err != nil {
+				http.Error(w, err.Error(), 400)
+				return
+			}
+			var names []string
+			var key string
+			for {
+				part, err := mr.NextPart()
+				if err != nil {
+					break
+				}
+				b, _ := io.ReadAll(part)
+				names = append(names, part.FormName())
+				if part.FormName() == "key" {
+					key = string(b)
+				}
+				if part.FormName() == "file" {
+					mu.Lock()
+					stored[key] = b
+					mu.Unlock()
+				}
+			}
+			if strings.Join(names, ",") != "key,policy,x-amz-signature,file" {
+				http.Error(w, "form parts "+strings.Join(names, ","), 400)
+				return
+			}
+			w.WriteHeader(204)
+		case strings.HasPrefix(r.URL.Path, "/v1/media/blob/"):
+			key := strings.TrimPrefix(r.URL.Path, "/v1/media/blob/")
+			if r.Method == "PUT" {
+				if r.URL.Query().Get("sig") != "x" || r.Header.Get("Content-Type") != "image/png" {
+					http.Error(w, `{"code":"bad_signature"}`, 403)
+					return
+				}
+				b, _ := io.ReadAll(r.Body)
+				mu.Lock()
+				stored[key] = b
+				mu.Unlock()
+				w.WriteHeader(201)
+				return
+			}
+			mu.Lock()
+			b := stored[key]
+			mu.Unlock()
+			_, _ = w.Write(b)
+		case r.URL.Path == "/v1/media/download":
+			key := r.URL.Query().Get("key")
+			_ = json.NewEncoder(w).Encode(map[string]any{"key": key, "url": s.srv.URL + "/v1/media/blob/" + key, "method": "GET"})
+		default:
+			http.NotFound(w, r)
+		}
+	})
+	pg, _ := startSDK(t, s, "")
+	got := tk.Eval[string](pg, `(async () => {
+		const png = new Blob([new Uint8Array([137, 80, 78, 71, 1, 2, 3])], { type: 'image/png' });
+		const m = await c.upload(png);
+		const back = new Uint8Array(await (await c.download(m)).arrayBuffer());
+		const pdf = await c.upload(new Blob(['%PDF-1.4 hello'], { type: 'application/pdf' }));
+		const pdfBack = await (await c.download(pdf)).text();
+		let refused = '';
+		await c.download({ ...m, sha256: '0'.repeat(64) }).catch((e) => { refused = e.message; });
+		return [m.mime, m.size, m.sha256, back.join(','), pdfBack, refused.includes('sha256')].join(' ');
+	})()`)
+	want := "image/png 7 " + sha256hex([]byte{137, 80, 78, 71, 1, 2, 3}) + " 137,80,78,71,1,2,3 %PDF-1.4 hello true"
+	if got != want {
+		t.Fatalf("media: %s\nwant %s", got, want)
+	}
+}
+
+func sha256hex(b []byte) string {
+	sum := sha256.Sum256(b)
+	return hex.EncodeToString(sum[:])
+}
+
+// The SDK's own SHA-256, for pages without WebCrypto (plain http on a LAN
+// address), agrees with WebCrypto.
+func TestSDKPortableSHA256(t *testing.T) {
+	s := newScript(t)
+	pg := tk.StartBrowser(t).NewPage(t, "sdk")
+	pg.Navigate(s.srv.URL + "/")
+	pg.WaitFor(stuck, "the SDK imported", `window.ready === true`)
+	bad := tk.Eval[[]int](pg, `(async () => {
+		const bad = [];
+		for (const n of [0, 1, 55, 56, 63, 64, 65, 1000, 70000]) {
+			const b = new Uint8Array(n);
+			for (let i = 0; i < n; i++) b[i] = (i * 7 + n) & 255;
+			const want = [...new Uint8Array(await crypto.subtle.digest('SHA-256', b))].map((x) => x.toString(16).padStart(2, '0')).join('');
+			if (sb.sha256Portable(b) !== want) bad.push(n);
+		}
+		return bad;
+	})()`)
+	if len(bad) != 0 {
+		t.Fatalf("sha256Portable differs from WebCrypto at sizes %v", bad)
+	}
+}

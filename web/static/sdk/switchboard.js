@@ -1,0 +1,1135 @@
+/**
+ * switchboard.js: the JavaScript SDK for Switchboard's WebSocket protocol
+ * (switchboard.v1.json, protocol/PROTOCOL.md). A plain ES module with no
+ * dependencies: import it from a gateway (/sdk/switchboard.js) or copy it.
+ * It behaves as the Go SDK (package client) does.
+ *
+ *   import { connect, newId } from '/sdk/switchboard.js';
+ *
+ *   const sb = await connect({ token: () => fetchMyToken() });
+ *   sb.on('message', (m) => { show(m); sb.ack(m.seq); });   // ack once stored
+ *   sb.on('receipt', (r) => tick(r.id, r.status));          // 'delivered', 'read'
+ *   const sent = await sb.send('bob', newId(), 'hello');    // resolves on "sent"
+ *   sb.read(lastShownSeq);                                  // when it is on screen
+ *
+ * Connecting. `connect(options)` resolves once the gateway's welcome
+ * arrives and rejects if that first connection fails (a ConnectError,
+ * whose `status` and `code` say why when the gateway could tell: 401
+ * bad_token, 403 bad_origin, ...). Options:
+ *   url         ws(s)://host/v1/ws; default: this page's host.
+ *   token       a JWT, or a function (may be async) that returns one; it is
+ *               asked again for every connect, so an expiring token can be
+ *               refreshed. Browsers send it as ?access_token=.
+ *   httpURL     base of the media API; default: url's origin over http(s).
+ *   minBackoff, maxBackoff   reconnect waits in ms (100, 5000).
+ *   transport   how frames travel (default: webSocketTransport); see below.
+ * Or make `new Client(options)`, add listeners with on(), then await
+ * start(), which connect() does: no event can come before its listener.
+ * After that the client reconnects by itself, after a random wait up to a
+ * bound that starts at minBackoff and doubles up to maxBackoff ("full
+ * jitter"), reset by each connect; a browser coming back online cuts the
+ * wait short. Unlike the Go SDK it keeps no read timeout: a browser
+ * answers the gateway's pings itself, out of the page's sight, so a quiet
+ * connection is not a dead one. A close whose code says not to
+ * reconnect (1000, 1003, 1007, 4002 replaced: CLOSES) stops it for good:
+ * 'close' is emitted with a CloseError, and pending and later calls
+ * reject with it.
+ *
+ * Sending. `send(to, id, body, {signal})` stores any JSON value but null
+ * for user `to` under the message id `id` (newId() makes one) and
+ * resolves with {id, seq, ts, dup} once it is stored ("sent"). It rejects
+ * with a ServerError for an error resending cannot fix (bad_media, ...).
+ * Sends are written at once, many in flight, and stored in call order:
+ *   - one answered with a retryable error (store_failed, rate_limited,
+ *     internal, unavailable, shutting_down, or a code this SDK does not
+ *     know) is resent under the same id after a wait (the server's
+ *     retry_ms, or a backoff), alone, and no newer send is written until
+ *     it is stored; then the others follow in order;
+ *   - after a reconnect every unconfirmed send is written again, in order,
+ *     under its id, so the server stores it once;
+ *   - aborting `signal` withdraws a send (when every call waiting for that
+ *     id has aborted): it is written no more and the ones behind it go
+ *     ahead. A frame already written may still be stored; send again with
+ *     the same id to learn whether it was (dup) or to store it now.
+ * `sendMedia(to, id, media, body)` sends a media message: media is what
+ * upload() returns (plus an optional base64 `thumb`), body an optional
+ * caption.
+ *
+ * Receiving (events, with `on(type, fn)`, which returns a function that
+ * removes the listener):
+ *   'message'  {id, from, device, seq, ts, body, media}: each message once;
+ *              redeliveries after a reconnect and second stored copies are
+ *              dropped by (from, id) and acked here when needed. Call
+ *              ack(seq) once the app has stored it: then the sender gets
+ *              "delivered". Call read(seq) when it is on screen: the sender
+ *              gets "read" for it and every earlier message to this user.
+ *   'receipt'  {id, status, by, device, ts, seq}: one event per message this
+ *              client sent, each tick once, never going back. The gateway's
+ *              receipts are positions (a range of seqs); the client turns
+ *              them into messages by the seqs of its own sends. trackSent()
+ *              adds sends the app remembers from an earlier page load.
+ *              Receipts are acked here.
+ *   'typing'   {from, device}: show it for about 5 s.
+ *   'presence' {user, online, lastSeen, hidden} for users followed with
+ *              subscribePresence(...users), followed again after reconnects.
+ *   'connect' {session}, 'disconnect' {code, reason}, 'close' {error}.
+ *   'error'    {code, message, seq, id}: error frames that answer no call
+ *              (an ack or read the gateway refused, say).
+ * Other calls: typing(to), settings(change) resolving with the user's
+ * settings, status(seq) resolving with {user: {delivered, read}} for a
+ * message this user sent, close().
+ *
+ * Media (over HTTP, with the same token): upload(blob, {mime}) asks for an
+ * upload ticket, uploads the bytes as the ticket says (PUT to the embedded
+ * store, or a POST form to S3) and resolves with {key, mime, size, sha256}
+ * to pass to sendMedia; downloadURL(key) resolves with the gateway's
+ * {url, expires_ms}; download(media) fetches the object and resolves with
+ * a Blob once its sha256 matches the message's (else it rejects).
+ *
+ * Transports. A transport is {name, open(url, token, handlers)}: open
+ * resolves with a connection {send(text), close(code, reason)} once it can
+ * carry frames (or rejects), then calls handlers.frame(text) for each frame
+ * from the gateway and handlers.close(code, reason) once when it ends. The
+ * client makes one connection per connect and knows nothing else about it,
+ * so a transport over something other than a WebSocket fits the same slot.
+ *
+ * All of it runs on the page's one thread: no call blocks, and listeners
+ * run inside the client's frame handling, so they should not take long.
+ */
+
+/** The WebSocket subprotocol this SDK speaks. */
+export const SUBPROTOCOL = 'switchboard.v1.json';
+/** The gateway's WebSocket path. */
+export const WS_PATH = '/v1/ws';
+
+/**
+ * Error codes: true when resending the same frame can succeed. A code not
+ * listed is treated as `internal` (retryable), as PROTOCOL.md asks. Kept in
+ * step with package protocol's registry by web's tests.
+ */
+export const ERRORS = Object.freeze({
+  bad_json: false,
+  unknown_type: false,
+  bad_field: false,
+  bad_id: false,
+  rate_limited: true,
+  store_failed: true,
+  unknown_seq: false,
+  shutting_down: true,
+  internal: true,
+  too_many: false,
+  unavailable: true,
+  bad_media: false,
+});
+
+/**
+ * Close codes: [name, reconnect]. A code not listed means reconnect. Kept
+ * in step with package protocol's registry by web's tests.
+ */
+export const CLOSES = Object.freeze({
+  1000: ['normal', false],
+  1001: ['going_away', true],
+  1003: ['unsupported_data', false],
+  1005: ['no_status', true],
+  1006: ['abnormal', true],
+  1007: ['invalid_data', false],
+  1008: ['policy', true],
+  1009: ['too_big', true],
+  1011: ['internal', true],
+  1012: ['service_restart', true],
+  4001: ['slow', true],
+  4002: ['replaced', false],
+});
+
+const ID = /^[A-Za-z0-9_-]{1,64}$/;
+/** validId reports whether s is a user, device or message id. */
+export const validId = (s) => typeof s === 'string' && ID.test(s);
+
+let idCounter = 0;
+/** newId returns a fresh message id: random, then a counter. */
+export function newId() {
+  const r = new Uint8Array(9);
+  crypto.getRandomValues(r);
+  let s = '';
+  for (const b of r) s += 'abcdefghijklmnopqrstuvwxyz234567'[b & 31];
+  return s + '-' + (++idCounter).toString(36);
+}
+
+/** The client has stopped: close() was called. */
+export class ClosedError extends Error {
+  constructor() { super('switchboard: client closed'); this.name = 'ClosedError'; }
+}
+
+/** The gateway closed with a code after which a client must not reconnect. */
+export class CloseError extends Error {
+  constructor(code, name, reason) {
+    super(`switchboard: the server closed the connection with ${code} ${name} (${reason}); not reconnecting`);
+    this.name = 'CloseError';
+    this.code = code;
+    this.closeName = name;
+    this.reason = reason;
+    /** True for 4002: the same device connected elsewhere. */
+    this.replaced = code === 4002;
+  }
+}
+
+/** An error frame that answered a call, with a code resending cannot fix. */
+export class ServerError extends Error {
+  constructor(code, message) {
+    super(`switchboard: server: ${code}: ${message}`);
+    this.name = 'ServerError';
+    this.code = code;
+    this.serverMessage = message;
+  }
+}
+
+/** The first connection could not be made. */
+export class ConnectError extends Error {
+  constructor(message, status = 0, code = '') {
+    super(message);
+    this.name = 'ConnectError';
+    /** The HTTP status the gateway refused with, 0 if unknown. */
+    this.status = status;
+    /** Its code (no_token, bad_token, token_expired, bad_origin, ...), '' if unknown. */
+    this.code = code;
+  }
+}
+
+/** An HTTP request of the media API failed. */
+export class HTTPError extends Error {
+  constructor(status, code, message) {
+    super(`switchboard: HTTP ${status} ${code}: ${message}`);
+    this.name = 'HTTPError';
+    this.status = status;
+    this.code = code;
+  }
+}
+
+/** The WebSocket transport: the token goes in the query, as browsers must. */
+export const webSocketTransport = Object.freeze({
+  name: 'websocket',
+  open(url, token, handlers) {
+    return new Promise((resolve, reject) => {
+      const u = new URL(url);
+      u.searchParams.set('access_token', token);
+      let ws;
+      try {
+        ws = new WebSocket(u.href, SUBPROTOCOL);
+      } catch (e) {
+        reject(e);
+        return;
+      }
+      let open = false;
+      ws.onopen = () => {
+        open = true;
+        resolve({
+          send(text) { if (ws.readyState === WebSocket.OPEN) ws.send(text); },
+          close(code, reason) { ws.close(code, reason); },
+        });
+      };
+      ws.onmessage = (e) => { if (typeof e.data === 'string') handlers.frame(e.data); };
+      ws.onclose = (e) => {
+        if (open) handlers.close(e.code, e.reason);
+        else reject(new ConnectError(`switchboard: could not connect to ${url} (${e.code})`));
+      };
+    });
+  },
+});
+
+/** connect makes a Client and resolves once its first connection is up. */
+export async function connect(options) {
+  const c = new Client(options);
+  await c.start();
+  return c;
+}
+
+const WELCOME_TIMEOUT = 15000;
+const MAX_SEEN = 100000;
+
+/** Client is one device's connection to Switchboard. */
+export class Client {
+  #opts;
+  #listeners = new Map();
+  #link = null; // the current connection: {conn, session}
+  #stopped = null; // why the client stopped, once it has
+  #outbox = new Outbox();
+  #seen = new Lru(MAX_SEEN); // from + '\0' + id -> seq of messages given to the app
+  #acked = new Lru(MAX_SEEN); // seqs the app acked
+  #ticks = new Ticks();
+  #following = new Set();
+  #statusWait = new Map(); // seq -> [{resolve, reject}]
+  #settingsChain = Promise.resolve();
+  #settingsWait = null;
+  #wake = null; // ends the current reconnect wait early
+  #onOnline = () => this.#wake?.();
+  #stats = { connects: 0, duplicatesDropped: 0 };
+
+  constructor(options = {}) {
+    const o = { minBackoff: 100, maxBackoff: 5000, transport: webSocketTransport, ...options };
+    if (!o.url) {
+      if (typeof location === 'undefined') throw new TypeError('switchboard: options.url is required');
+      o.url = (location.protocol === 'https:' ? 'wss://' : 'ws://') + location.host + WS_PATH;
+    }
+    if (!o.httpURL) o.httpURL = new URL(o.url).origin.replace(/^ws/, 'http');
+    if (o.token === undefined) throw new TypeError('switchboard: options.token is required');
+    this.#opts = o;
+  }
+
+  /** on adds a listener for an event type and returns a function that removes it. */
+  on(type, fn) {
+    if (!this.#listeners.has(type)) this.#listeners.set(type, new Set());
+    this.#listeners.get(type).add(fn);
+    return () => this.#listeners.get(type)?.delete(fn);
+  }
+
+  #emit(type, detail) {
+    for (const fn of this.#listeners.get(type) ?? []) {
+      try {
+        fn(detail);
+      } catch (e) {
+        setTimeout(() => { throw e; }); // reported, without breaking the client
+      }
+    }
+  }
+
+  /** The current session id, or '' while disconnected. */
+  get session() { return this.#link?.session ?? ''; }
+  /** Whether a connection is up. */
+  get connected() { return this.#link !== null; }
+  /** What the client did behind the app's back: {connects, duplicatesDropped}. */
+  get stats() { return { ...this.#stats }; }
+  /** Why the client stopped (a CloseError or ClosedError), or null. */
+  get error() { return this.#stopped; }
+
+  /** start makes the first connection; connect() calls it. */
+  async start() {
+    let link;
+    try {
+      link = await this.#dial();
+    } catch (e) {
+      throw await this.#explain(e);
+    }
+    this.#attach(link);
+    globalThis.addEventListener?.('online', this.#onOnline);
+    this.#run(link);
+  }
+
+  async #token() {
+    const t = this.#opts.token;
+    return typeof t === 'function' ? await t() : t;
+  }
+
+  // dial makes one connection and waits for its welcome frame.
+  async #dial() {
+    const token = await this.#token();
+    let welcomed, failed, closed;
+    const welcome = new Promise((res, rej) => { welcomed = res; failed = rej; });
+    welcome.catch(() => {}); // a close after the wait gave up is no one's news
+    const ended = new Promise((res) => { closed = res; });
+    const link = { conn: null, session: '', ended, live: false };
+    const conn = await this.#opts.transport.open(this.#opts.url, token, {
+      frame: (text) => {
+        let f;
+        try {
+          f = JSON.parse(text);
+        } catch {
+          return;
+        }
+        if (!f || typeof f !== 'object') return;
+        if (link.live) this.#handle(link, f);
+        else if (f.type === 'welcome') welcomed(f);
+      },
+      close: (code, reason) => {
+        failed(new ConnectError(`switchboard: closed before the welcome (${code} ${reason})`));
+        closed({ code, reason });
+      },
+    });
+    link.conn = conn;
+    let timer;
+    const late = new Promise((_, rej) => {
+      timer = setTimeout(() => rej(new ConnectError('switchboard: no welcome from the gateway')), WELCOME_TIMEOUT);
+    });
+    try {
+      const w = await Promise.race([welcome, late]);
+      link.session = w.session;
+      return link;
+    } catch (e) {
+      conn.close(1000, '');
+      throw e;
+    } finally {
+      clearTimeout(timer);
+    }
+  }
+
+  // explain turns a failed first connect into a ConnectError that says
+  // why when it can: a browser cannot read a refused handshake's status,
+  // so the same URL is asked over plain HTTP, where the gateway answers
+  // with the same refusal.
+  async #explain(err) {
+    if (err instanceof ConnectError && err.status) return err;
+    try {
+      const token = await this.#token();
+      const u = new URL(this.#opts.url);
+      u.protocol = u.protocol === 'wss:' ? 'https:' : 'http:';
+      const res = await fetch(u.href, { headers: { Authorization: 'Bearer ' + token } });
+      if (res.status === 401 || res.status === 403 || res.status === 503) {
+        const b = await res.json().catch(() => ({}));
+        return new ConnectError(`switchboard: the gateway refused the connection: ${res.status} ${b.code ?? ''} ${b.message ?? ''}`.trim(),
+          res.status, b.code ?? '');
+      }
+    } catch {
+      // Unreachable, or another origin's answer the page may not read.
+    }
+    return err instanceof ConnectError ? err : new ConnectError(`switchboard: ${err?.message ?? err}`);
+  }
+
+  // run waits for each connection to end and makes the next, until the
+  // client stops.
+  async #run(link) {
+    const b = new Backoff(this.#opts.minBackoff, this.#opts.maxBackoff);
+    for (;;) {
+      const { code, reason } = await link.ended;
+      this.#detach(link);
+      this.#emit('disconnect', { code, reason });
+      if (this.#stopped) return;
+      const info = Object.hasOwn(CLOSES, code) ? CLOSES[code] : null;
+      if (info && !info[1]) {
+        this.#shutdown(new CloseError(code, info[0], reason));
+        return;
+      }
+      for (;;) {
+        await this.#sleep(b.next());
+        if (this.#stopped) return;
+        try {
+          link = await this.#dial();
+        } catch {
+          continue;
+        }
+        if (this.#stopped) {
+          link.conn.close(1000, '');
+          return;
+        }
+        b.reset();
+        this.#attach(link);
+        break;
+      }
+    }
+  }
+
+  // sleep waits ms, or less if woken (close, or the browser back online).
+  #sleep(ms) {
+    return new Promise((resolve) => {
+      const done = () => {
+        clearTimeout(timer);
+        this.#wake = null;
+        resolve();
+      };
+      const timer = setTimeout(done, ms);
+      this.#wake = done;
+    });
+  }
+
+  // attach makes link current and writes every unconfirmed send again, in
+  // order, then follows the users followed before.
+  #attach(link) {
+    link.live = true;
+    this.#link = link;
+    this.#stats.connects++;
+    for (const o of this.#outbox.rewriteAll()) this.#write(o.frame);
+    const users = [...this.#following].sort();
+    for (let i = 0; i < users.length; i += 256) {
+      this.#write(JSON.stringify({ type: 'presence_sub', users: users.slice(i, i + 256) }));
+    }
+    this.#emit('connect', { session: link.session });
+  }
+
+  #detach(link) {
+    link.live = false;
+    if (this.#link === link) this.#link = null;
+  }
+
+  // write sends a frame on the current connection, if any: one that cannot
+  // go now is covered by the resend after the next connect, or was not
+  // worth keeping (typing, say).
+  #write(frame) {
+    if (this.#link) this.#link.conn.send(typeof frame === 'string' ? frame : JSON.stringify(frame));
+  }
+
+  #handle(link, f) {
+    switch (f.type) {
+      case 'sent':
+        this.#onSent(f);
+        break;
+      case 'msg': {
+        const key = f.from + '\0' + f.id;
+        const first = this.#seen.get(key);
+        if (first !== undefined) {
+          this.#stats.duplicatesDropped++;
+          // Already given to the app. A second stored copy (a resend after
+          // the server's duplicate window) has a seq the app never saw:
+          // ack it here. The same seq again is a redelivery: if the app
+          // acked it, that ack was lost with the old connection, so ack
+          // again; otherwise the app still holds it and will ack it.
+          if (first !== f.seq || this.#acked.has(f.seq)) this.#write({ type: 'ack', seq: f.seq });
+          return;
+        }
+        this.#seen.set(key, f.seq);
+        this.#emit('message', {
+          id: f.id, from: f.from, device: f.device, seq: f.seq, ts: f.ts,
+          body: f.body === undefined ? null : f.body, media: f.media ?? null,
+        });
+        break;
+      }
+      case 'receipt':
+        for (const m of this.#ticks.apply(f)) {
+          this.#emit('receipt', { id: m.id, status: f.status, by: f.by, device: f.device, ts: f.ts, seq: m.seq });
+        }
+        this.#write({ type: 'ack', seq: f.seq });
+        break;
+      case 'typing':
+        this.#emit('typing', { from: f.from, device: f.device });
+        break;
+      case 'presence':
+        this.#emit('presence', { user: f.user, online: !!f.online, lastSeen: f.last_seen ?? 0, hidden: !!f.hidden });
+        break;
+      case 'settings': {
+        const w = this.#settingsWait;
+        this.#settingsWait = null;
+        w?.resolve({ readReceipts: !!f.read_receipts, lastSeenPrivacy: f.last_seen_privacy ?? '', contacts: f.contacts ?? [] });
+        break;
+      }
+      case 'status':
+        this.#resolveStatus(f.seq, (w) => w.resolve(f.recipients ?? {}));
+        break;
+      case 'error':
+        this.#onError(f);
+        break;
+    }
+  }
+
+  #onSent(f) {
+    const o = this.#outbox.byId.get(f.id);
+    if (!o) return;
+    const early = this.#ticks.sent(o.to, f.id, f.seq);
+    this.#resolve(o, { ok: { id: f.id, seq: f.seq, ts: f.ts, dup: !!f.dup } });
+    // Its tick came before its "sent" did.
+    if (early) this.#emit('receipt', { id: f.id, status: early, by: o.to, device: '', ts: Date.now(), seq: f.seq });
+  }
+
+  #onError(f) {
+    if (f.id) {
+      const o = this.#outbox.byId.get(f.id);
+      if (o && retryable(f.code)) {
+        // Resend it, and hold newer sends until it is stored: a newer send
+        // stored first would break the sender's order.
+        if (this.#outbox.failed(o)) {
+          const delay = f.retry_ms > 0 ? f.retry_ms : retryWait(o.retries, this.#opts.minBackoff, this.#opts.maxBackoff);
+          this.#scheduleProbe(delay);
+        }
+        return;
+      }
+      if (o) {
+        this.#resolve(o, { err: new ServerError(f.code, f.message) });
+        return;
+      }
+    }
+    if (f.seq && this.#resolveStatus(f.seq, (w) => w.reject(new ServerError(f.code, f.message)))) return;
+    this.#emit('error', { code: f.code, message: f.message, seq: f.seq ?? 0, id: f.id ?? '' });
+  }
+
+  // scheduleProbe lets the send holding the others back be written again
+  // after ms. A later call, or the end of the hold, makes it moot.
+  #scheduleProbe(ms) {
+    const ob = this.#outbox;
+    const gen = ++ob.probeGen;
+    ob.probeDue = false;
+    setTimeout(() => {
+      if (this.#stopped) return;
+      const due = ob.probeGen === gen && ob.holder !== null;
+      ob.probeDue ||= due;
+      if (due) this.#flush();
+    }, ms);
+  }
+
+  // resolve ends send o and writes what its end lets go out.
+  #resolve(o, r) {
+    const ob = this.#outbox;
+    if (ob.byId.get(o.id) !== o) return;
+    const released = ob.remove(o);
+    if (r.err) o.reject(r.err);
+    else o.resolve(r.ok);
+    // Held with the probe due, and something older than the holder just
+    // answered: the holder may go now.
+    if (released || (ob.holder && ob.probeDue)) this.#flush();
+  }
+
+  // flush writes the sends the outbox lets go out now, in order.
+  #flush() {
+    if (!this.#link) return;
+    for (const o of this.#outbox.writable()) this.#write(o.frame);
+  }
+
+  /**
+   * send stores body (any JSON value but null) for user `to` under message
+   * id `id`, and resolves on "sent" with {id, seq, ts, dup}.
+   */
+  send(to, id, body, { signal } = {}) {
+    if (body === null || body === undefined) return Promise.reject(new TypeError('switchboard: a body is required (any JSON value but null)'));
+    return this.#send(to, id, body, null, signal);
+  }
+
+  /**
+   * sendMedia sends a media message: media is {key, mime, size, sha256,
+   * thumb?} of an upload of this user's; body (optional) is a caption.
+   */
+  sendMedia(to, id, media, body = null, { signal } = {}) {
+    if (!media || typeof media.key !== 'string') return Promise.reject(new TypeError('switchboard: media.key is required'));
+    const m = { key: media.key, mime: media.mime, size: media.size, sha256: media.sha256 };
+    if (media.thumb) m.thumb = media.thumb;
+    return this.#send(to, id, body, m, signal);
+  }
+
+  #send(to, id, body, media, signal) {
+    if (!validId(to) || !validId(id)) return Promise.reject(new TypeError('switchboard: to and id must be 1-64 characters of A-Z a-z 0-9 _ -'));
+    let frame;
+    try {
+      const f = { type: 'send', id, to };
+      if (body !== null && body !== undefined) f.body = body;
+      if (media) f.media = media;
+      frame = JSON.stringify(f);
+    } catch (e) {
+      return Promise.reject(e);
+    }
+    if (signal?.aborted) return Promise.reject(signal.reason); // given up before it started: write nothing
+    if (this.#stopped) return Promise.reject(this.#stopped);
+    const ob = this.#outbox;
+    let o = ob.byId.get(id);
+    const fresh = !o;
+    if (fresh) {
+      o = { id, to, frame, written: false, retries: 0, waiters: 0, order: 0 };
+      o.done = new Promise((res, rej) => { o.resolve = res; o.reject = rej; });
+      ob.add(o);
+    }
+    o.waiters++;
+    if (fresh) this.#flush();
+    if (!signal) return o.done;
+    return new Promise((resolve, reject) => {
+      const abort = () => {
+        if (ob.byId.get(o.id) !== o) return; // answered meanwhile: that answer wins
+        o.waiters--;
+        if (o.waiters === 0 && ob.remove(o)) this.#flush();
+        reject(signal.reason);
+      };
+      signal.addEventListener('abort', abort, { once: true });
+      o.done.then(resolve, reject).finally(() => signal.removeEventListener('abort', abort));
+    });
+  }
+
+  /** ack tells the gateway this device has stored the message at seq. */
+  ack(seq) {
+    this.#acked.set(String(seq), 0);
+    this.#write({ type: 'ack', seq });
+  }
+
+  /** read tells the sender of the message at seq that it (and every earlier one to this user) was read. */
+  read(seq) {
+    this.#write({ type: 'read', seq });
+  }
+
+  /** typing tells user `to`'s online devices that this user is typing; repeat every ~3 s while typing. */
+  typing(to) {
+    if (!validId(to)) throw new TypeError('switchboard: bad user id');
+    this.#write({ type: 'typing', to });
+  }
+
+  /** subscribePresence follows users' presence: their state now, then each change, across reconnects. */
+  subscribePresence(...users) {
+    checkUsers(users);
+    for (const u of users) this.#following.add(u);
+    this.#write({ type: 'presence_sub', users });
+  }
+
+  /** unsubscribePresence stops following users. */
+  unsubscribePresence(...users) {
+    checkUsers(users);
+    for (const u of users) this.#following.delete(u);
+    this.#write({ type: 'presence_unsub', users });
+  }
+
+  /**
+   * trackSent remembers a message this user sent to `to`, stored at seq, in
+   * an earlier page load, so receipts for it become events again.
+   */
+  trackSent(to, id, seq) {
+    this.#ticks.sent(to, id, seq);
+  }
+
+  /**
+   * settings changes this user's settings ({readReceipts, lastSeenPrivacy,
+   * contacts}: what is left out stays; {} just reads them) and resolves
+   * with all of them. Calls take turns; each waits for a connection.
+   */
+  settings(change = {}, { timeout = 10000 } = {}) {
+    const run = async () => {
+      await this.#connected();
+      const f = { type: 'settings' };
+      if (change.readReceipts !== undefined) f.read_receipts = !!change.readReceipts;
+      if (change.lastSeenPrivacy) f.last_seen_privacy = change.lastSeenPrivacy;
+      if (change.contacts) f.contacts = change.contacts;
+      return this.#await(timeout, (w) => {
+        this.#settingsWait = w;
+        this.#write(f);
+      }, () => { this.#settingsWait = null; });
+    };
+    const p = this.#settingsChain.then(run, run);
+    this.#settingsChain = p.catch(() => {});
+    return p;
+  }
+
+  /** status resolves with each recipient's ticks, {bob: {delivered, read}}, for the message this user sent at seq. */
+  status(seq, { timeout = 10000 } = {}) {
+    return this.#connected().then(() => this.#await(timeout, (w) => {
+      if (!this.#statusWait.has(seq)) this.#statusWait.set(seq, []);
+      this.#statusWait.get(seq).push(w);
+      this.#write({ type: 'status', seq });
+    }, (w) => {
+      const ws = (this.#statusWait.get(seq) ?? []).filter((x) => x !== w);
+      if (ws.length) this.#statusWait.set(seq, ws);
+      else this.#statusWait.delete(seq);
+    }));
+  }
+
+  #resolveStatus(seq, fn) {
+    const ws = this.#statusWait.get(seq);
+    if (!ws) return false;
+    this.#statusWait.delete(seq);
+    ws.forEach(fn);
+    return true;
+  }
+
+  // await runs start with a waiter {resolve, reject} and settles with it,
+  // or rejects after timeout ms (then cancel forgets the waiter) or when
+  // the client stops.
+  #await(timeout, start, cancel) {
+    if (this.#stopped) return Promise.reject(this.#stopped);
+    return new Promise((resolve, reject) => {
+      const w = {};
+      const timer = setTimeout(() => {
+        cancel(w);
+        reject(new Error('switchboard: no answer in time'));
+      }, timeout);
+      const off = this.on('close', ({ error }) => w.reject(error));
+      w.resolve = (v) => { clearTimeout(timer); off(); resolve(v); };
+      w.reject = (e) => { clearTimeout(timer); off(); reject(e); };
+      start(w);
+    });
+  }
+
+  #connected() {
+    if (this.#link) return Promise.resolve();
+    if (this.#stopped) return Promise.reject(this.#stopped);
+    return new Promise((resolve, reject) => {
+      const offs = [
+        this.on('connect', () => { offs.forEach((f) => f()); resolve(); }),
+        this.on('close', ({ error }) => { offs.forEach((f) => f()); reject(error); }),
+      ];
+    });
+  }
+
+  /** close ends the client: the connection closes with 1000 and no reconnect follows. */
+  close() {
+    this.#shutdown(new ClosedError());
+  }
+
+  #shutdown(err) {
+    if (this.#stopped) return;
+    this.#stopped = err;
+    globalThis.removeEventListener?.('online', this.#onOnline);
+    this.#wake?.();
+    const link = this.#link;
+    if (link) {
+      this.#detach(link);
+      link.conn.close(1000, '');
+    }
+    for (const o of this.#outbox.drain()) o.reject(err);
+    this.#emit('close', { error: err });
+  }
+
+  // --- media over HTTP ---
+
+  async #http(method, path, body) {
+    const headers = { Authorization: 'Bearer ' + (await this.#token()) };
+    if (body !== undefined) headers['Content-Type'] = 'application/json';
+    const res = await fetch(this.#opts.httpURL + path, { method, headers, body: body === undefined ? undefined : JSON.stringify(body) });
+    return answer(res);
+  }
+
+  /**
+   * upload uploads a File or Blob through an upload ticket and resolves
+   * with {key, mime, size, sha256} for sendMedia.
+   */
+  async upload(blob, { mime = blob.type } = {}) {
+    if (!mime) throw new TypeError('switchboard: the upload has no type; give {mime}');
+    const size = blob.size;
+    const [t, sha256] = await Promise.all([
+      this.#http('POST', '/v1/media/uploads', { mime, size }),
+      blob.arrayBuffer().then(sha256Hex),
+    ]);
+    let res;
+    if (t.method === 'POST') {
+      const form = new FormData();
+      for (const [k, v] of Object.entries(t.fields ?? {})) form.append(k, v);
+      form.append('file', blob);
+      res = await fetch(t.url, { method: 'POST', body: form });
+    } else {
+      res = await fetch(t.url, { method: t.method || 'PUT', headers: t.headers ?? { 'Content-Type': mime }, body: blob });
+    }
+    if (!res.ok) await answer(res);
+    return { key: t.key, mime, size, sha256 };
+  }
+
+  /** downloadURL resolves with {key, url, method, expires_ms} for an object this user may read. */
+  downloadURL(key) {
+    return this.#http('GET', '/v1/media/download?key=' + encodeURIComponent(key));
+  }
+
+  /**
+   * download fetches a media message's object and resolves with it as a
+   * Blob once its sha256 is the one the message gives.
+   */
+  async download(media) {
+    const d = await this.downloadURL(media.key);
+    const res = await fetch(d.url);
+    if (!res.ok) await answer(res);
+    const bytes = await res.arrayBuffer();
+    if (media.sha256 && (await sha256Hex(bytes)) !== media.sha256) {
+      throw new Error('switchboard: the downloaded object is not the one the message names (sha256 differs)');
+    }
+    return new Blob([bytes], { type: media.mime || res.headers.get('Content-Type') || '' });
+  }
+}
+
+// answer returns a JSON answer's body, or throws an HTTPError.
+async function answer(res) {
+  const text = await res.text();
+  let b = {};
+  try {
+    b = text ? JSON.parse(text) : {};
+  } catch {
+    b = { message: text.slice(0, 200) };
+  }
+  if (!res.ok) throw new HTTPError(res.status, b.code ?? '', b.message ?? res.statusText);
+  return b;
+}
+
+// retryable says whether resending a frame refused with code can succeed;
+// an unknown code counts as internal.
+const retryable = (code) => (Object.hasOwn(ERRORS, code) ? ERRORS[code] : true);
+
+function checkUsers(users) {
+  if (users.length === 0 || users.length > 256 || !users.every(validId)) {
+    throw new TypeError('switchboard: 1 to 256 user ids');
+  }
+}
+
+// --- waits ---
+
+// jitter is a random wait from 1 ms up to bound: "full jitter", so clients
+// that lost the same gateway at once do not come back together.
+const jitter = (bound) => (bound <= 1 ? 1 : 1 + Math.random() * (bound - 1));
+
+class Backoff {
+  constructor(min, max) { this.min = min; this.max = max; this.bound = min; }
+  next() { const d = jitter(this.bound); this.bound = Math.min(this.bound * 2, this.max); return d; }
+  reset() { this.bound = this.min; }
+}
+
+// retryWait is the wait before resending a send answered with a
+// retryable error for the n-th time, unless the server gave retry_ms.
+function retryWait(n, min, max) {
+  let bound = min;
+  for (let i = 1; i < n && bound < max; i++) bound *= 2;
+  return jitter(Math.min(bound, max));
+}
+
+// --- the outbox: which sends may be written, in what order ---
+
+// Outbox holds the unconfirmed sends in the order of the send calls. In
+// the normal case each is written as soon as it is made. A send answered
+// with a retryable error becomes the holder: no newer send is written, and
+// it alone is written again (the probe) once its wait has passed and
+// nothing older is unanswered. The hold ends when it is stored, refused for
+// good or withdrawn; then every send not on the wire goes out, in order. A
+// new connection writes every unconfirmed send in order; a holder among
+// them keeps newer sends made after that waiting until it is answered.
+class Outbox {
+  byId = new Map();
+  order = []; // oldest first
+  next = 0;
+  unwritten = 0; // entries whose frame is not on the current connection
+  holder = null;
+  probeDue = false;
+  probeGen = 0;
+
+  add(o) {
+    o.order = ++this.next;
+    this.order.push(o);
+    this.byId.set(o.id, o);
+    this.unwritten++;
+  }
+
+  // remove drops o and reports whether that ended a hold.
+  remove(o) {
+    if (this.byId.get(o.id) !== o) return false;
+    this.byId.delete(o.id);
+    this.order.splice(this.order.indexOf(o), 1);
+    if (!o.written) this.unwritten--;
+    if (this.holder === o) {
+      this.holder = null;
+      this.probeDue = false;
+      this.probeGen++;
+      return true;
+    }
+    return false;
+  }
+
+  // failed records a retryable error answered to o, and reports whether o
+  // is now the holder (whose resend the caller schedules).
+  failed(o) {
+    if (o.written) {
+      o.written = false;
+      this.unwritten++;
+    }
+    o.retries++;
+    if (this.holder === null || o.order <= this.holder.order) {
+      this.holder = o;
+      return true;
+    }
+    return false;
+  }
+
+  // writable returns the sends to write now, in order, and counts them as
+  // written.
+  writable() {
+    if (this.unwritten === 0) return [];
+    if (this.holder !== null) {
+      const head = this.order[0];
+      if (!this.probeDue || head.written) return [];
+      this.probeDue = false;
+      head.written = true;
+      this.unwritten--;
+      return [head];
+    }
+    const out = this.order.filter((o) => !o.written);
+    for (const o of out) o.written = true;
+    this.unwritten = 0;
+    return out;
+  }
+
+  // rewriteAll returns every unconfirmed send, in order, for a new
+  // connection. A holder stays the holder until it is answered.
+  rewriteAll() {
+    for (const o of this.order) o.written = true;
+    this.unwritten = 0;
+    this.probeDue = false;
+    this.probeGen++; // the holder is on the wire: a pending wait is moot
+    return [...this.order];
+  }
+
+  // drain removes and returns every send (the client stopped).
+  drain() {
+    const all = this.order;
+    this.order = [];
+    this.byId.clear();
+    this.unwritten = 0;
+    this.holder = null;
+    return all;
+  }
+}
+
+// --- receipts: positions turned into this client's messages ---
+
+const NONE = 0;
+const DELIVERED = 1;
+const READ = 2;
+const MAX_TRACKED = 100000;
+const MAX_SPANS = 32;
+
+// Ticks tracks this client's sent messages by recipient, sorted by seq,
+// and turns a receipt (a range of seqs, or everything up to one) into the
+// messages it moves on, each tick once. What receipts said is kept for a
+// message whose "sent" comes after its tick (the two travel apart).
+class Ticks {
+  to = new Map(); // recipient -> {msgs: [{seq, id, tick}], read, readTo, delivered: [[from, to]]}
+  count = 0;
+  order = []; // [to, seq], oldest first, to forget the oldest past MAX_TRACKED
+  head = 0;
+
+  #recipient(to) {
+    let r = this.to.get(to);
+    if (!r) {
+      r = { msgs: [], read: 0, readTo: 0, delivered: [] };
+      this.to.set(to, r);
+    }
+    return r;
+  }
+
+  // sent records message id to `to` at seq, and returns the tick a receipt
+  // already gave it ('' if none).
+  sent(to, id, seq) {
+    const r = this.#recipient(to);
+    const i = search(r.msgs, seq);
+    if (i < r.msgs.length && r.msgs[i].seq === seq) return '';
+    const m = { seq, id, tick: NONE };
+    let status = '';
+    if (seq <= r.readTo) {
+      m.tick = READ;
+      status = 'read';
+    } else if (r.delivered.some(([a, b]) => a <= seq && seq <= b)) {
+      m.tick = DELIVERED;
+      status = 'delivered';
+    }
+    r.msgs.splice(i, 0, m);
+    if (i < r.read && m.tick < READ) r.read = i; // an older seq confirmed late: not known read
+    this.order.push([to, seq]);
+    this.count++;
+    while (this.count > MAX_TRACKED) this.#forget(...this.order[this.head++]);
+    if (this.head > 4096 && this.head * 2 > this.order.length) {
+      this.order = this.order.slice(this.head);
+      this.head = 0;
+    }
+    return status;
+  }
+
+  #forget(to, seq) {
+    const r = this.to.get(to);
+    if (!r) return;
+    const i = search(r.msgs, seq);
+    if (i < r.msgs.length && r.msgs[i].seq === seq) {
+      r.msgs.splice(i, 1);
+      if (i < r.read) r.read--;
+      this.count--;
+    }
+    if (r.msgs.length === 0) this.to.delete(to);
+  }
+
+  // apply returns the messages a receipt frame moves on: [{id, seq}].
+  apply(f) {
+    const r = this.#recipient(f.by);
+    const out = [];
+    if (f.status === 'read') {
+      r.readTo = Math.max(r.readTo, f.to_seq);
+      for (; r.read < r.msgs.length && r.msgs[r.read].seq <= f.to_seq; r.read++) {
+        const m = r.msgs[r.read];
+        if (m.tick < READ) {
+          m.tick = READ;
+          out.push({ id: m.id, seq: m.seq });
+        }
+      }
+    } else if (f.status === 'delivered') {
+      const from = f.from_seq ?? 0;
+      r.delivered.push([from, f.to_seq]);
+      if (r.delivered.length > MAX_SPANS) r.delivered.shift();
+      for (let i = search(r.msgs, from); i < r.msgs.length && r.msgs[i].seq <= f.to_seq; i++) {
+        const m = r.msgs[i];
+        if (m.tick < DELIVERED) {
+          m.tick = DELIVERED;
+          out.push({ id: m.id, seq: m.seq });
+        }
+      }
+    }
+    return out;
+  }
+}
+
+// search returns the index of the first message with a seq >= seq.
+function search(msgs, seq) {
+  let lo = 0;
+  let hi = msgs.length;
+  while (lo < hi) {
+    const mid = (lo + hi) >> 1;
+    if (msgs[mid].seq < seq) lo = mid + 1;
+    else hi = mid;
+  }
+  return lo;
+}
+
+// Lru is a bounded map: adding past its size forgets the oldest key.
+class Lru {
+  constructor(max) { this.max = max; this.m = new Map(); }
+  get(k) { return this.m.get(k); }
+  has(k) { return this.m.has(String(k)); }
+  set(k, v) {
+    if (this.m.has(k)) return;
+    this.m.set(k, v);
+    if (this.m.size > this.max) this.m.delete(this.m.keys().next().value);
+  }
+}
+
+// --- SHA-256 ---
+
+/**
+ * sha256Hex returns the hex SHA-256 of an ArrayBuffer or typed array, with
+ * WebCrypto where the page has it (secure contexts: https, localhost) and
+ * sha256Portable elsewhere (a page on a LAN address over plain http).
+ */
+export async function sha256Hex(data) {
+  const bytes = data instanceof ArrayBuffer ? new Uint8Array(data) : new Uint8Array(data.buffer, data.byteOffset, data.byteLength);
+  if (globalThis.crypto?.subtle) {
+    return hex(new Uint8Array(await crypto.subtle.digest('SHA-256', bytes)));
+  }
+  return sha256Portable(bytes);
+}
+
+// The constants of FIPS 180-4: the first 32 bits of the fractional parts
+// of the square roots (H) and cube roots (K) of the first primes.
+const PRIMES = (() => {
+  const p = [];
+  for (let n = 2; p.length < 64; n++) if (p.every((q) => n % q)) p.push(n);
+  return p;
+})();
+const frac32 = (x) => ((x - Math.floor(x)) * 0x100000000) >>> 0;
+const K = Uint32Array.from(PRIMES, (p) => frac32(Math.cbrt(p)));
+const H0 = Uint32Array.from(PRIMES.slice(0, 8), (p) => frac32(Math.sqrt(p)));
+
+/** sha256Portable is SHA-256 in plain JavaScript: the hex digest of a Uint8Array. */
+export function sha256Portable(bytes) {
+  const n = bytes.length;
+  const padded = new Uint8Array((((n + 8) >> 6) + 1) << 6);
+  padded.set(bytes);
+  padded[n] = 0x80;
+  const dv = new DataView(padded.buffer);
+  dv.setUint32(padded.length - 8, Math.floor(n / 0x20000000));
+  dv.setUint32(padded.length - 4, (n << 3) >>> 0);
+  const h = Uint32Array.from(H0);
+  const w = new Uint32Array(64);
+  const rotr = (x, r) => (x >>> r) | (x << (32 - r));
+  for (let off = 0; off < padded.length; off += 64) {
+    for (let i = 0; i < 16; i++) w[i] = dv.getUint32(off + 4 * i);
+    for (let i = 16; i < 64; i++) {
+      const a = w[i - 15];
+      const b = w[i - 2];
+      w[i] = w[i - 16] + (rotr(a, 7) ^ rotr(a, 18) ^ (a >>> 3)) + w[i - 7] + (rotr(b, 17) ^ rotr(b, 19) ^ (b >>> 10));
+    }
+    let [a, b, c, d, e, f, g, hh] = h;
+    for (let i = 0; i < 64; i++) {
+      const t1 = (hh + (rotr(e, 6) ^ rotr(e, 11) ^ rotr(e, 25)) + ((e & f) ^ (~e & g)) + K[i] + w[i]) >>> 0;
+      const t2 = ((rotr(a, 2) ^ rotr(a, 13) ^ rotr(a, 22)) + ((a & b) ^ (a & c) ^ (b & c))) >>> 0;
+      hh = g;
+      g = f;
+      f = e;
+      e = (d + t1) >>> 0;
+      d = c;
+      c = b;
+      b = a;
+      a = (t1 + t2) >>> 0;
+    }
+    h[0] += a; h[1] += b; h[2] += c; h[3] += d; h[4] += e; h[5] += f; h[6] += g; h[7] += hh;
+  }
+  const out = new Uint8Array(32);
+  const odv = new DataView(out.buffer);
+  h.forEach((v, i) => odv.setUint32(4 * i, v));
+  return hex(out);
+}
+
+const hex = (b) => Array.from(b, (x) => x.toString(16).padStart(2, '0')).join('');
