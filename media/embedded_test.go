@@ -350,3 +350,43 @@ func TestEmbeddedSignatureHasOneSpelling(t *testing.T) {
 		t.Fatalf("upload with the issued URL: %s", r)
 	}
 }
+
+// The signed URLs serve pages of any origin (CORS): a preflight is
+// answered without a signature, and uploads and downloads carry
+// Access-Control-Allow-Origin, so a page served from another address than
+// the store can use the URLs it was given. A refused request gets the
+// header too, so the page can read why.
+func TestEmbeddedBlobsAllowOtherOrigins(t *testing.T) {
+	t.Parallel()
+	h := backend{}.start(t)
+	data := randomBytes(t, 64)
+	tk := h.ticket("alice", "image/png", int64(len(data)))
+
+	pre, err := http.NewRequest(http.MethodOptions, tk.URL, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	pre.Header.Set("Origin", "http://127.0.0.1:8080")
+	pre.Header.Set("Access-Control-Request-Method", http.MethodPut)
+	pre.Header.Set("Access-Control-Request-Headers", "content-type")
+	r := h.do(pre)
+	if r.status != http.StatusNoContent || r.header.Get("Access-Control-Allow-Origin") != "*" ||
+		!strings.Contains(r.header.Get("Access-Control-Allow-Methods"), http.MethodPut) ||
+		!strings.EqualFold(r.header.Get("Access-Control-Allow-Headers"), "Content-Type") {
+		t.Fatalf("preflight: %s %v", r, r.header)
+	}
+
+	if r := h.upload(tk, data); r.status != http.StatusCreated || r.header.Get("Access-Control-Allow-Origin") != "*" {
+		t.Fatalf("upload: %s, Access-Control-Allow-Origin %q", r, r.header.Get("Access-Control-Allow-Origin"))
+	}
+	d, r := h.downloadURL("alice", tk.Key)
+	if d == nil {
+		t.Fatal(r)
+	}
+	if r := h.get(d.URL); !bytes.Equal(r.body, data) || r.header.Get("Access-Control-Allow-Origin") != "*" {
+		t.Fatalf("download: %d bytes, Access-Control-Allow-Origin %q", len(r.body), r.header.Get("Access-Control-Allow-Origin"))
+	}
+	if r := h.get(d.URL + "x"); r.status != http.StatusForbidden || r.header.Get("Access-Control-Allow-Origin") != "*" {
+		t.Fatalf("tampered download: %s, Access-Control-Allow-Origin %q", r, r.header.Get("Access-Control-Allow-Origin"))
+	}
+}

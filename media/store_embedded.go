@@ -179,14 +179,32 @@ func (s *embeddedStore) Remove(ctx context.Context, key string) error {
 }
 
 // serveBlob answers the signed routes.
+//
+// Any origin may use them (CORS): the URL's signature is the whole
+// credential, and the requests carry no cookie or token, so a page on
+// another origin than the store (the chat page at 127.0.0.1 while
+// --media-base-url says localhost, an app's own site) can upload and
+// download what it was given a URL for, and nothing else. A preflight is
+// answered without looking at the URL: it carries no body and grants
+// nothing.
 func (s *embeddedStore) serveBlob(ctx *fasthttp.RequestCtx) {
+	h := &ctx.Response.Header
+	h.Set("Access-Control-Allow-Origin", "*")
+	if string(ctx.Method()) == http.MethodOptions {
+		h.Set("Access-Control-Allow-Methods", "GET, PUT")
+		h.Set("Access-Control-Allow-Headers", "Content-Type")
+		h.Set("Access-Control-Max-Age", "600")
+		ctx.SetStatusCode(http.StatusNoContent)
+		return
+	}
+	h.Set("Access-Control-Expose-Headers", "Content-Length, Content-Type, ETag")
 	g, err := s.verify(ctx.Method(), ctx.URI())
 	if err != nil {
 		// A refused upload's body is still on the wire; closing the
 		// connection is the only way not to parse it as the next request.
 		ctx.SetConnectionClose()
 		if errors.Is(err, ErrMethodNotAllowed) {
-			ctx.Response.Header.Set("Allow", "GET, PUT")
+			ctx.Response.Header.Set("Allow", "GET, PUT, OPTIONS")
 		}
 		writeError(ctx, err)
 		return
