@@ -573,7 +573,9 @@ func retryable(code protocol.ErrorCode) bool {
 			return e.Retry
 		}
 	}
-	return false
+	// A code newer than this SDK: as internal, which the protocol says
+	// to retry (PROTOCOL.md, Versioning).
+	return retryable(protocol.ErrInternal)
 }
 
 // onSent resolves the send a sent frame confirms.

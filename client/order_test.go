@@ -288,3 +288,16 @@ func TestReconnectWhileHeld(t *testing.T) {
 	sc2.sent("m4", 4)
 	checkSeqs(t, c, []*outgoing{m1, m2, m3, m4}, 1)
 }
+
+// Error codes follow the protocol's table, and one this SDK does not know
+// (a newer server's) is retried like internal, as the protocol says.
+func TestRetryableFollowsTheProtocol(t *testing.T) {
+	for _, e := range protocol.Errors {
+		if got := retryable(e.Code); got != e.Retry {
+			t.Errorf("retryable(%s) = %v, want %v", e.Code, got, e.Retry)
+		}
+	}
+	if !retryable("some_code_from_the_future") {
+		t.Error("an unknown code is not retried, unlike internal")
+	}
+}

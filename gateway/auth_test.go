@@ -4,8 +4,10 @@ import (
 	"crypto/ed25519"
 	"crypto/rand"
 	"crypto/x509"
+	"encoding/json"
 	"encoding/pem"
 	"errors"
+	"net/http"
 	"testing"
 	"time"
 
@@ -276,5 +278,49 @@ func TestGatewayChecksConfiguredAudienceAndIssuer(t *testing.T) {
 			}
 			expectRefused(t, g.URL, bearer(tok), v1, 401, "bad_token")
 		})
+	}
+}
+
+// A plain HTTP GET of the WebSocket path is judged like a handshake, up to
+// the upgrade: a browser cannot read why a handshake was refused, so the
+// SDK asks this way (PROTOCOL.md, Connecting).
+func TestPlainGetIsRefusedLikeAHandshake(t *testing.T) {
+	n := tk.StartNATS(t)
+	g := tk.StartGateway(t, n, tk.TestConfig())
+	get := func(h http.Header) (int, string) {
+		t.Helper()
+		req, err := http.NewRequest(http.MethodGet, "http://"+g.Addr+gateway.PathWS, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		req.Header = h
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		var body struct{ Code string }
+		if err := json.NewDecoder(resp.Body).Decode(&body); err != nil {
+			t.Fatalf("status %d, body not the JSON refusal: %v", resp.StatusCode, err)
+		}
+		return resp.StatusCode, body.Code
+	}
+	good := tk.Token(t, "alice", "phone", time.Hour)
+	foreign := bearer(good)
+	foreign.Set("Origin", "http://evil.example")
+	for _, tc := range []struct {
+		name   string
+		h      http.Header
+		status int
+		code   string
+	}{
+		{"no token", http.Header{}, 401, "no_token"},
+		{"bad token", bearer(good + "x"), 401, "bad_token"},
+		{"foreign origin", foreign, 403, "bad_origin"},
+		{"good token", bearer(good), 400, "not_websocket"},
+	} {
+		if status, code := get(tc.h); status != tc.status || code != tc.code {
+			t.Errorf("%s: %d %s, want %d %s", tc.name, status, code, tc.status, tc.code)
+		}
 	}
 }

@@ -284,6 +284,12 @@ func (s *Server) serveWS(ctx *fasthttp.RequestCtx) {
 		s.refuse(ctx, fasthttp.StatusBadRequest, "bad_subprotocol", "offer "+protocol.Subprotocol)
 		return
 	}
+	if !websocket.FastHTTPIsWebSocketUpgrade(ctx) {
+		// Everything else passed: a plain GET learns that the token and
+		// origin are good (PROTOCOL.md, Connecting).
+		s.refuse(ctx, fasthttp.StatusBadRequest, "not_websocket", "send a WebSocket upgrade")
+		return
+	}
 	// A request that fasthttp closes before the handler runs (Connection:
 	// close, a failed 101 write) never reaches runConn, so nothing is
 	// counted before it.
