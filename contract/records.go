@@ -17,8 +17,8 @@ import (
 // writes them.
 
 // Cursor is a device's position in INBOX (KV CURSORS, key CursorKey):
-// everything at or below Floor is settled for the device (acked and, for a
-// chat message, its delivered event stored). Stream is when the INBOX it
+// everything at or below Floor is settled for the device (acked and, for
+// chat messages, their senders' delivered ticks stored). Stream is when the INBOX it
 // counts in was created (unix ns): sequences restart when INBOX is
 // recreated, so a cursor from another INBOX is void.
 type Cursor struct {

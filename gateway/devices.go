@@ -24,8 +24,8 @@ import (
 //     to hand over, end to end encrypted, as WhatsApp does; the server
 //     never re-sends it.
 //   - A known device resumes after its cursor: the highest sequence below
-//     which it has settled everything (acked, and for a chat message its
-//     delivered event stored).
+//     which it has settled everything (acked, and for chat messages their
+//     senders' delivered ticks stored).
 //
 // A device's position is a record in the CURSORS bucket (key
 // <user>.<device>), not a durable consumer: an offline device costs disk,

@@ -32,8 +32,9 @@ import (
 //
 // Live copies are core NATS and may be lost; every one carries what is
 // needed to notice. The stream is the truth: nothing is settled (the
-// device's cursor moved past it) before the device acked it, and for a chat
-// message before its delivered event was stored.
+// device's cursor moved past it) before the device acked it and everything
+// before it, and for chat messages before their senders' delivered ticks
+// were stored (ticks.go).
 //
 // So a connected device costs the server one subscription, and one that is
 // away costs a cursor record; neither holds a consumer.
@@ -61,8 +62,7 @@ const (
 type pendingMsg struct {
 	receipt bool   // a receipt for this sender (it ticks nothing)
 	acked   bool   // the device acked it; settled with its stretch's ticks
-	from    string // for a chat message: its sender and id, for the
-	id      string // delivered event
+	from    string // for a chat message, its sender: who gets the tick
 }
 
 // feed is a session's delivery: it hands the device its messages in
@@ -404,7 +404,7 @@ func (f *feed) take(seq uint64, h nats.Header, data []byte) {
 	}
 	from, dev, id := h.Get(contract.HdrFrom), h.Get(contract.HdrDevice), h.Get(contract.HdrID)
 	var frame []byte
-	p := pendingMsg{from: from, id: id}
+	p := pendingMsg{from: from}
 	switch h.Get(contract.HdrKind) {
 	case contract.KindMsg:
 		frame = protocol.AppendMsg(nil, id, from, dev, seq, ts, data, []byte(h.Get(contract.HdrMedia)))
