@@ -6,6 +6,7 @@ import (
 	"io"
 	"net"
 	"os/exec"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -161,4 +162,32 @@ func TestInspectShowsWhatWaits(t *testing.T) {
 		}
 		return nil
 	})
+
+	// Every device of every user: alice's phone, bob's two. What waits
+	// for alice is her delivered ticks (one or more, as the phone's acks
+	// were gathered), so the total is checked against the rows.
+	out, err := run(t, "inspect", "--nats", p.NATSURL, "--data", data, "--all")
+	if err != nil {
+		t.Fatalf("%v: %s", err, out)
+	}
+	lines := strings.Split(strings.TrimSpace(out), "\n")
+	totals := strings.Fields(lines[1])
+	if len(totals) != 3 || totals[0] != "3" {
+		t.Fatalf("inspect --all: want 3 devices:\n%s", out)
+	}
+	var sum, rows int
+	var laptopSeen bool
+	for _, l := range lines[4:] {
+		f := strings.Fields(l)
+		n, _ := strconv.Atoi(f[2])
+		sum += n
+		rows++
+		laptopSeen = laptopSeen || (f[0] == "bob" && f[1] == "laptop" && n == 3)
+	}
+	if !laptopSeen || strconv.Itoa(sum) != totals[2] || strconv.Itoa(rows) != totals[1] {
+		t.Fatalf("inspect --all: want bob's laptop with 3, rows adding up to the totals:\n%s", out)
+	}
+	if out, err := run(t, "inspect", "--nats", p.NATSURL, "--data", data); err == nil || !strings.Contains(out+err.Error(), "--user ID or --all") {
+		t.Fatalf("inspect without --user or --all: %v %s", err, out)
+	}
 }
