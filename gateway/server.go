@@ -269,15 +269,7 @@ func (s *Server) serveWS(ctx *fasthttp.RequestCtx) {
 	}
 	id, err := s.verifyToken(bearerToken(ctx))
 	if err != nil {
-		ctx.Response.Header.Set("WWW-Authenticate", `Bearer realm="switchboard"`)
-		code := "bad_token"
-		switch {
-		case errors.Is(err, ErrNoToken):
-			code = "no_token"
-		case errors.Is(err, ErrTokenExpired):
-			code = "token_expired"
-		}
-		s.refuse(ctx, fasthttp.StatusUnauthorized, code, "missing, invalid or expired token")
+		s.refuseToken(ctx, err)
 		return
 	}
 	if !offersSubprotocol(ctx) {
@@ -288,6 +280,20 @@ func (s *Server) serveWS(ctx *fasthttp.RequestCtx) {
 	// close, a failed 101 write) never reaches runConn, so nothing is
 	// counted before it.
 	_ = s.upgrader.Upgrade(ctx, func(ws *websocket.Conn) { s.runConn(ws, id) })
+}
+
+// refuseToken answers a request whose token verifyToken refused, with
+// 401 and the reason's code.
+func (s *Server) refuseToken(ctx *fasthttp.RequestCtx, err error) {
+	ctx.Response.Header.Set("WWW-Authenticate", `Bearer realm="switchboard"`)
+	code := "bad_token"
+	switch {
+	case errors.Is(err, ErrNoToken):
+		code = "no_token"
+	case errors.Is(err, ErrTokenExpired):
+		code = "token_expired"
+	}
+	s.refuse(ctx, fasthttp.StatusUnauthorized, code, "missing, invalid or expired token")
 }
 
 // offersSubprotocol accepts a client that offers switchboard.v1.json, or
@@ -348,10 +354,15 @@ func (s *Server) checkOrigin(ctx *fasthttp.RequestCtx) bool {
 
 func (s *Server) runConn(ws *websocket.Conn, id Identity) {
 	c := newWSConn(ws, &s.cfg)
-	sess := newSession(s, id, c)
+	s.runSession(newSession(s, id, c), c)
+}
+
+// runSession runs sess on its connection c, whichever transport it is,
+// until c ends: it starts the session, hands it c's frames and stops it.
+func (s *Server) runSession(sess *session, c conn) {
 	if !s.track(sess) {
 		c.Close(protocol.CloseServiceRestart, "gateway shutting down")
-		<-c.writerDone
+		<-c.finished()
 		return
 	}
 	defer s.untrack(sess)
@@ -380,9 +391,10 @@ func (s *Server) runConn(ws *websocket.Conn, id Identity) {
 		_ = c.readLoop(sess.handle)
 	}
 	sess.stop()
-	<-c.writerDone
-	sess.log.Debug("disconnected", "code", c.closeCode, "reason", c.closeReason)
-	s.metrics.closes.WithLabelValues(strconv.Itoa(c.closeCode)).Inc()
+	<-c.finished()
+	code, reason := c.closedWith()
+	sess.log.Debug("disconnected", "code", code, "reason", reason)
+	s.metrics.closes.WithLabelValues(strconv.Itoa(code)).Inc()
 }
 
 func (s *Server) track(sess *session) bool {
@@ -470,8 +482,8 @@ func (s *Server) Abort() {
 	all := s.beginClosing()
 	s.stopLeases()
 	for _, sess := range all {
-		if c, ok := sess.t.(*wsConn); ok {
-			_ = c.ws.NetConn().Close()
+		if c, ok := sess.t.(conn); ok {
+			c.drop()
 		}
 	}
 	go func() { _ = s.http.Shutdown() }()
