@@ -29,8 +29,9 @@ const (
 	PathReadyz  = "/readyz"
 )
 
-// Server is one gateway: it accepts WebSocket connections and runs a
-// session per device. It keeps no state that outlives a connection; any
+// Server is one gateway: it accepts WebSocket connections (and event
+// streams, the HTTP fallback: transport_sse.go) and runs a session per
+// device. It keeps no state that outlives a connection; any
 // number of gateways can share one NATS.
 type Server struct {
 	cfg         Config
@@ -57,6 +58,7 @@ type Server struct {
 	mu       sync.Mutex // guards sessions
 	sessions map[*session]struct{}
 	closing  atomic.Bool
+	sse      sseSessions // event streams by session id, for their POSTs
 
 	starts chan struct{} // one token per session start in progress
 
@@ -225,6 +227,8 @@ func (s *Server) route(ctx *fasthttp.RequestCtx) {
 	switch string(ctx.Path()) {
 	case PathWS:
 		s.serveWS(ctx)
+	case PathSSE:
+		s.serveSSE(ctx)
 	case PathHealthz:
 		ctx.SetStatusCode(fasthttp.StatusOK)
 		ctx.SetBodyString("ok\n")
@@ -237,6 +241,10 @@ func (s *Server) route(ctx *fasthttp.RequestCtx) {
 		ctx.SetStatusCode(fasthttp.StatusOK)
 		ctx.SetBodyString("ready\n")
 	default:
+		if strings.HasPrefix(string(ctx.Path()), PathSSE+"/") {
+			s.serveSSEPost(ctx)
+			return
+		}
 		if r := s.mounted(ctx.Path()); r != nil {
 			r.Handle(ctx)
 			return
@@ -286,14 +294,18 @@ func (s *Server) serveWS(ctx *fasthttp.RequestCtx) {
 // 401 and the reason's code.
 func (s *Server) refuseToken(ctx *fasthttp.RequestCtx, err error) {
 	ctx.Response.Header.Set("WWW-Authenticate", `Bearer realm="switchboard"`)
-	code := "bad_token"
+	s.refuse(ctx, fasthttp.StatusUnauthorized, tokenRefusal(err), "missing, invalid or expired token")
+}
+
+// tokenRefusal is the code that says why verifyToken refused a token.
+func tokenRefusal(err error) string {
 	switch {
 	case errors.Is(err, ErrNoToken):
-		code = "no_token"
+		return "no_token"
 	case errors.Is(err, ErrTokenExpired):
-		code = "token_expired"
+		return "token_expired"
 	}
-	s.refuse(ctx, fasthttp.StatusUnauthorized, code, "missing, invalid or expired token")
+	return "bad_token"
 }
 
 // offersSubprotocol accepts a client that offers switchboard.v1.json, or

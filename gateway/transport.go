@@ -23,8 +23,9 @@ type transport interface {
 }
 
 // conn is a transport together with the loop its session runs on. The
-// server runs a session on any conn the same way (Server.runSession), so
-// a second kind of connection needs no session code of its own.
+// server runs a session on any conn the same way (Server.runSession):
+// the WebSocket (transport_ws.go) and the HTTP fallback's event stream
+// with its POSTs (transport_sse.go).
 type conn interface {
 	transport
 	// readLoop hands the client's frames to handle, one at a time and
