@@ -275,6 +275,10 @@ func (s *Server) serveWS(ctx *fasthttp.RequestCtx) {
 		s.refuse(ctx, fasthttp.StatusForbidden, "bad_origin", "origin not allowed")
 		return
 	}
+	// An allowed page of another origin may read why it was refused: a
+	// browser cannot see a refused handshake, so clients ask again over
+	// plain HTTP (the SDK does).
+	allowCrossOrigin(ctx)
 	id, err := s.verifyToken(bearerToken(ctx))
 	if err != nil {
 		s.refuseToken(ctx, err)
@@ -282,6 +286,14 @@ func (s *Server) serveWS(ctx *fasthttp.RequestCtx) {
 	}
 	if !offersSubprotocol(ctx) {
 		s.refuse(ctx, fasthttp.StatusBadRequest, "bad_subprotocol", "offer "+protocol.Subprotocol)
+		return
+	}
+	if !websocket.FastHTTPIsWebSocketUpgrade(ctx) {
+		// Plain HTTP got here with a good token: when the client's
+		// WebSocket failed, something on the way stopped it, and the
+		// HTTP fallback will get through.
+		ctx.Response.Header.Set("Upgrade", "websocket")
+		httpError(ctx, fasthttp.StatusUpgradeRequired, "upgrade_required", "not a WebSocket upgrade; the token and origin are good: where WebSockets are blocked, use "+PathSSE)
 		return
 	}
 	// A request that fasthttp closes before the handler runs (Connection:

@@ -801,3 +801,48 @@ func TestSSELogsNoTokenOrBody(t *testing.T) {
 		}
 	}
 }
+
+// Plain HTTP to the WebSocket's path with a good token says the gateway
+// would take it (426), which is how a client tells a WebSocket stopped on
+// the way from a refusal; an allowed page of another origin may read that
+// answer and the refusals, a foreign one may not.
+func TestPlainHTTPToTheWebSocketPathSaysUpgradeRequired(t *testing.T) {
+	cfg := tk.TestConfig()
+	cfg.AllowedOrigins = []string{"http://app.example:8080"}
+	n := tk.StartNATS(t)
+	g := tk.StartGateway(t, n, cfg)
+	good := tk.Token(t, "alice", "laptop", time.Hour)
+	for _, c := range []struct {
+		name, query, origin string
+		status              int
+		code, acao          string
+	}{
+		{"good token", "?access_token=" + good, "", 426, "upgrade_required", ""},
+		{"allowed origin", "?access_token=" + good, "http://app.example:8080", 426, "upgrade_required", "http://app.example:8080"},
+		{"allowed origin, no token", "", "http://app.example:8080", 401, "no_token", "http://app.example:8080"},
+		{"foreign origin", "?access_token=" + good, "http://evil.example", 403, "bad_origin", ""},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			req, _ := http.NewRequest(http.MethodGet, "http://"+g.Addr+gateway.PathWS+c.query, nil)
+			if c.origin != "" {
+				req.Header.Set("Origin", c.origin)
+			}
+			resp, err := sseHTTP.Do(req)
+			if err != nil {
+				t.Fatal(err)
+			}
+			b, _ := io.ReadAll(resp.Body)
+			resp.Body.Close()
+			var body struct{ Code string }
+			if resp.StatusCode != c.status || json.Unmarshal(b, &body) != nil || body.Code != c.code {
+				t.Fatalf("answered %d %s, want %d %s", resp.StatusCode, b, c.status, c.code)
+			}
+			if got := resp.Header.Get("Access-Control-Allow-Origin"); got != c.acao {
+				t.Fatalf("Access-Control-Allow-Origin %q, want %q", got, c.acao)
+			}
+		})
+	}
+	if s := g.Server.Sessions(); s != 0 {
+		t.Fatalf("%d sessions: a plain request started one", s)
+	}
+}

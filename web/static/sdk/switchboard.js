@@ -445,18 +445,29 @@ export function fallbackTransport({ openTimeout = 6000 } = {}) {
   };
 }
 
-// reachable asks the gateway's WebSocket URL over plain HTTP whether it
-// would take this token: any answer but a refusal says the gateway is
-// reachable, and no answer says it is not.
-async function reachable(url, token) {
+// probe asks the gateway's WebSocket URL over plain HTTP what it would
+// answer this token: {status, code}, or null when there is no answer the
+// page may read (unreachable, or another origin's). The token goes in the
+// query, as for a WebSocket, so the request needs no CORS preflight. The
+// gateway answers 426 upgrade_required when it would take the token.
+async function probe(url, token) {
   try {
     const u = new URL(url);
     u.protocol = u.protocol === 'wss:' ? 'https:' : 'http:';
-    const res = await fetch(u.href, { headers: { Authorization: 'Bearer ' + token }, cache: 'no-store' });
-    return res.status !== 401 && res.status !== 403 && res.status !== 503;
+    u.searchParams.set('access_token', token);
+    const res = await fetch(u.href, { cache: 'no-store' });
+    const b = await res.json().catch(() => ({}));
+    return { status: res.status, code: b.code ?? '', message: b.message ?? '' };
   } catch {
-    return false;
+    return null;
   }
+}
+
+// reachable says whether the gateway answers plain HTTP and does not
+// refuse the token there.
+async function reachable(url, token) {
+  const p = await probe(url, token);
+  return p !== null && p.status !== 401 && p.status !== 403 && p.status !== 503;
 }
 
 /** connect makes a Client and resolves once its first connection is up. */
@@ -594,17 +605,13 @@ export class Client {
   async #explain(err) {
     if (err instanceof ConnectError && err.status) return err;
     try {
-      const token = await this.#token();
-      const u = new URL(this.#opts.url);
-      u.protocol = u.protocol === 'wss:' ? 'https:' : 'http:';
-      const res = await fetch(u.href, { headers: { Authorization: 'Bearer ' + token } });
-      if (res.status === 401 || res.status === 403 || res.status === 503) {
-        const b = await res.json().catch(() => ({}));
-        return new ConnectError(`switchboard: the gateway refused the connection: ${res.status} ${b.code ?? ''} ${b.message ?? ''}`.trim(),
-          res.status, b.code ?? '');
+      const p = await probe(this.#opts.url, await this.#token());
+      if (p && (p.status === 401 || p.status === 403 || p.status === 503)) {
+        return new ConnectError(`switchboard: the gateway refused the connection: ${p.status} ${p.code} ${p.message}`.trim(),
+          p.status, p.code);
       }
     } catch {
-      // Unreachable, or another origin's answer the page may not read.
+      // No token to ask with.
     }
     return err instanceof ConnectError ? err : new ConnectError(`switchboard: ${err?.message ?? err}`);
   }
