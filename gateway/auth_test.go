@@ -317,7 +317,7 @@ func TestPlainGetIsRefusedLikeAHandshake(t *testing.T) {
 		{"no token", http.Header{}, 401, "no_token"},
 		{"bad token", bearer(good + "x"), 401, "bad_token"},
 		{"foreign origin", foreign, 403, "bad_origin"},
-		{"good token", bearer(good), 400, "not_websocket"},
+		{"good token", bearer(good), 426, "upgrade_required"},
 	} {
 		if status, code := get(tc.h); status != tc.status || code != tc.code {
 			t.Errorf("%s: %d %s, want %d %s", tc.name, status, code, tc.status, tc.code)

@@ -1,5 +1,6 @@
-// Package gateway is Switchboard's WebSocket edge: it authenticates devices,
-// speaks the wire protocol (package protocol, documented in protocol/PROTOCOL.md) and
+// Package gateway is Switchboard's WebSocket edge, with an HTTP fallback
+// for networks that block WebSockets: it authenticates devices, speaks the
+// wire protocol (package protocol, documented in protocol/PROTOCOL.md) and
 // runs one session per connected device.
 //
 // A session publishes the device's sends to JetStream (inbox.<recipient>)
@@ -28,9 +29,11 @@
 // listener.go, httplog.go (fasthttp's own log lines, without the
 // request's credentials).
 //
-// A connection: transport.go (the seam between a session and its socket)
-// and transport_ws.go (the WebSocket behind it: the read loop and an
-// on-demand writer). A session: session.go (the device: start, kicks,
+// A connection: transport.go (the seam between a session and its socket),
+// transport_ws.go (the WebSocket behind it: the read loop and an
+// on-demand writer) and transport_sse.go (the HTTP fallback behind the
+// same seam: Server-Sent Events on a GET for the server's frames, POSTs
+// for the client's, which take the read loop's turn). A session: session.go (the device: start, kicks,
 // frames, stop) and its parts, each a type owning its state and its one
 // lock: feed.go (delivery: live copies, stream reads, settling),
 // cursor.go (the device's cursor), pubqueue.go (writes awaiting their
@@ -42,13 +45,17 @@
 //
 // Concurrency. Server methods are safe from many goroutines. Each
 // connection has one read goroutine, which runs the session's frame
-// handling (session.handle). Handlers do not block: a media grant is a step of
+// handling (session.handle); an event stream's read goroutine only
+// watches its socket, and its POSTs run session.handle in their own
+// request goroutines, one at a time (sseConn.in), never after the read
+// loop has ended. Handlers do not block: a media grant is a step of
 // the PubAck queue, worker-function requests run in goroutines of their
 // own (at most 8 per connection), and delivered ticks in the ticker's. The two
 // exceptions wait on purpose: a full PubAck queue stops reading from that
 // socket (backpressure on a sender that outruns the store), and a settings
 // frame waits for its KV write, so the frames after it are judged by it.
-// Writing (wsConn.writer), delivery (feed.run) and ticks (ticker.run) each run in a goroutine
+// Writing (wsConn.writer, sseConn.writer), delivery (feed.run) and ticks
+// (ticker.run) each run in a goroutine
 // started when there is work and ended when there is none, so an idle
 // connection holds only its read goroutine; its deadlines are one timer
 // (sessionTimer) plus the transport's ping timer. One router goroutine
@@ -67,10 +74,14 @@
 //	pubQueue.mu  → sessionTimer.mu
 //	ticker.mu    → feed.mu
 //	cursorSaver.mu → sessionTimer.mu
-//	follows.mu, session.evMu, pubQueue.mu → wsConn.mu
+//	follows.mu, session.evMu, pubQueue.mu → wsConn.mu, sseConn.mu
+//	sseConn.in   → every lock session.handle takes, the router's too (a
+//	               POST's frames run through handle under it; nothing
+//	               takes sseConn.in while holding another lock)
 //
-// Server.mu, replies.mu, backlog.mu, lease.mu, feed.mu, sessionTimer.mu
-// and wsConn.mu are leaves: nothing of this package is locked under them.
+// Server.mu, sseSessions.mu, replies.mu, backlog.mu, lease.mu, feed.mu,
+// sessionTimer.mu, wsConn.mu and sseConn.mu are leaves: nothing of this
+// package is locked under them.
 // No lock of a session's is held while calling the router (router.add,
 // router.remove), the replies' owner callbacks run with replies.mu
 // released, and the session timer runs its ops with its lock released.

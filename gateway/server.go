@@ -29,8 +29,9 @@ const (
 	PathReadyz  = "/readyz"
 )
 
-// Server is one gateway: it accepts WebSocket connections and runs a
-// session per device. It keeps no state that outlives a connection; any
+// Server is one gateway: it accepts WebSocket connections (and event
+// streams, the HTTP fallback: transport_sse.go) and runs a session per
+// device. It keeps no state that outlives a connection; any
 // number of gateways can share one NATS.
 type Server struct {
 	cfg         Config
@@ -57,6 +58,7 @@ type Server struct {
 	mu       sync.Mutex // guards sessions
 	sessions map[*session]struct{}
 	closing  atomic.Bool
+	sse      sseSessions // event streams by session id, for their POSTs
 
 	starts chan struct{} // one token per session start in progress
 
@@ -225,6 +227,8 @@ func (s *Server) route(ctx *fasthttp.RequestCtx) {
 	switch string(ctx.Path()) {
 	case PathWS:
 		s.serveWS(ctx)
+	case PathSSE:
+		s.serveSSE(ctx)
 	case PathHealthz:
 		ctx.SetStatusCode(fasthttp.StatusOK)
 		ctx.SetBodyString("ok\n")
@@ -237,6 +241,10 @@ func (s *Server) route(ctx *fasthttp.RequestCtx) {
 		ctx.SetStatusCode(fasthttp.StatusOK)
 		ctx.SetBodyString("ready\n")
 	default:
+		if strings.HasPrefix(string(ctx.Path()), PathSSE+"/") {
+			s.serveSSEPost(ctx)
+			return
+		}
 		if r := s.mounted(ctx.Path()); r != nil {
 			r.Handle(ctx)
 			return
@@ -267,17 +275,13 @@ func (s *Server) serveWS(ctx *fasthttp.RequestCtx) {
 		s.refuse(ctx, fasthttp.StatusForbidden, "bad_origin", "origin not allowed")
 		return
 	}
+	// An allowed page of another origin may read why it was refused: a
+	// browser cannot see a refused handshake, so clients ask again over
+	// plain HTTP (the SDK does).
+	allowCrossOrigin(ctx)
 	id, err := s.verifyToken(bearerToken(ctx))
 	if err != nil {
-		ctx.Response.Header.Set("WWW-Authenticate", `Bearer realm="switchboard"`)
-		code := "bad_token"
-		switch {
-		case errors.Is(err, ErrNoToken):
-			code = "no_token"
-		case errors.Is(err, ErrTokenExpired):
-			code = "token_expired"
-		}
-		s.refuse(ctx, fasthttp.StatusUnauthorized, code, "missing, invalid or expired token")
+		s.refuseToken(ctx, err)
 		return
 	}
 	if !offersSubprotocol(ctx) {
@@ -285,15 +289,35 @@ func (s *Server) serveWS(ctx *fasthttp.RequestCtx) {
 		return
 	}
 	if !websocket.FastHTTPIsWebSocketUpgrade(ctx) {
-		// Everything else passed: a plain GET learns that the token and
-		// origin are good (PROTOCOL.md, Connecting).
-		s.refuse(ctx, fasthttp.StatusBadRequest, "not_websocket", "send a WebSocket upgrade")
+		// Plain HTTP got here with a good token: when the client's
+		// WebSocket failed, something on the way stopped it, and the
+		// HTTP fallback will get through.
+		ctx.Response.Header.Set("Upgrade", "websocket")
+		httpError(ctx, fasthttp.StatusUpgradeRequired, "upgrade_required", "not a WebSocket upgrade; the token and origin are good: where WebSockets are blocked, use "+PathSSE)
 		return
 	}
 	// A request that fasthttp closes before the handler runs (Connection:
 	// close, a failed 101 write) never reaches runConn, so nothing is
 	// counted before it.
 	_ = s.upgrader.Upgrade(ctx, func(ws *websocket.Conn) { s.runConn(ws, id) })
+}
+
+// refuseToken answers a request whose token verifyToken refused, with
+// 401 and the reason's code.
+func (s *Server) refuseToken(ctx *fasthttp.RequestCtx, err error) {
+	ctx.Response.Header.Set("WWW-Authenticate", `Bearer realm="switchboard"`)
+	s.refuse(ctx, fasthttp.StatusUnauthorized, tokenRefusal(err), "missing, invalid or expired token")
+}
+
+// tokenRefusal is the code that says why verifyToken refused a token.
+func tokenRefusal(err error) string {
+	switch {
+	case errors.Is(err, ErrNoToken):
+		return "no_token"
+	case errors.Is(err, ErrTokenExpired):
+		return "token_expired"
+	}
+	return "bad_token"
 }
 
 // offersSubprotocol accepts a client that offers switchboard.v1.json, or
@@ -354,10 +378,15 @@ func (s *Server) checkOrigin(ctx *fasthttp.RequestCtx) bool {
 
 func (s *Server) runConn(ws *websocket.Conn, id Identity) {
 	c := newWSConn(ws, &s.cfg)
-	sess := newSession(s, id, c)
+	s.runSession(newSession(s, id, c), c)
+}
+
+// runSession runs sess on its connection c, whichever transport it is,
+// until c ends: it starts the session, hands it c's frames and stops it.
+func (s *Server) runSession(sess *session, c conn) {
 	if !s.track(sess) {
 		c.Close(protocol.CloseServiceRestart, "gateway shutting down")
-		<-c.writerDone
+		<-c.finished()
 		return
 	}
 	defer s.untrack(sess)
@@ -386,9 +415,10 @@ func (s *Server) runConn(ws *websocket.Conn, id Identity) {
 		_ = c.readLoop(sess.handle)
 	}
 	sess.stop()
-	<-c.writerDone
-	sess.log.Debug("disconnected", "code", c.closeCode, "reason", c.closeReason)
-	s.metrics.closes.WithLabelValues(strconv.Itoa(c.closeCode)).Inc()
+	<-c.finished()
+	code, reason := c.closedWith()
+	sess.log.Debug("disconnected", "code", code, "reason", reason)
+	s.metrics.closes.WithLabelValues(strconv.Itoa(code)).Inc()
 }
 
 func (s *Server) track(sess *session) bool {
@@ -476,8 +506,8 @@ func (s *Server) Abort() {
 	all := s.beginClosing()
 	s.stopLeases()
 	for _, sess := range all {
-		if c, ok := sess.t.(*wsConn); ok {
-			_ = c.ws.NetConn().Close()
+		if c, ok := sess.t.(conn); ok {
+			c.drop()
 		}
 	}
 	go func() { _ = s.http.Shutdown() }()

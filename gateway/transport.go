@@ -21,3 +21,23 @@ type transport interface {
 	// Done is closed once Close has been called.
 	Done() <-chan struct{}
 }
+
+// conn is a transport together with the loop its session runs on. The
+// server runs a session on any conn the same way (Server.runSession):
+// the WebSocket (transport_ws.go) and the HTTP fallback's event stream
+// with its POSTs (transport_sse.go).
+type conn interface {
+	transport
+	// readLoop hands the client's frames to handle, one at a time and
+	// never two at once, until the connection ends; it returns why it
+	// ended. No frame is handed on after it returns.
+	readLoop(handle func([]byte)) error
+	// finished is closed once the connection's last write is done and its
+	// socket is closed.
+	finished() <-chan struct{}
+	// closedWith is the close code and reason; valid once Done is closed.
+	closedWith() (code int, reason string)
+	// drop closes the socket at once, writing nothing more, as a crash
+	// would (Server.Abort).
+	drop()
+}

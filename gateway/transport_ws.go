@@ -204,3 +204,9 @@ func isTimeout(err error) bool {
 	var t interface{ Timeout() bool }
 	return errors.As(err, &t) && t.Timeout()
 }
+
+func (c *wsConn) finished() <-chan struct{} { return c.writerDone }
+
+func (c *wsConn) closedWith() (int, string) { return c.closeCode, c.closeReason }
+
+func (c *wsConn) drop() { _ = c.ws.NetConn().Close() }

@@ -1,6 +1,7 @@
 package web_test
 
 import (
+	"context"
 	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
@@ -575,4 +576,64 @@ func TestSDKPortableSHA256(t *testing.T) {
 	if len(bad) != 0 {
 		t.Fatalf("sha256Portable differs from WebCrypto at sizes %v", bad)
 	}
+}
+
+// blockWebSocket makes a page's network refuse every WebSocket, as some
+// proxies and firewalls do: the constructor throws.
+const blockWebSocket = `window.WebSocket = class {
+	constructor() { throw new DOMException('this network does not carry WebSockets', 'SecurityError'); }
+};`
+
+// Where WebSockets are blocked the SDK falls back by itself to the
+// gateway's event stream, here a real gateway's from a page of another,
+// allowed, origin (so the probe, the stream and the POSTs' preflights all
+// cross origins): messages arrive and are acked, a run of sends is stored
+// in order, and a WebSocket of the same device replaces it with 4002.
+func TestSDKFallsBackToTheEventStream(t *testing.T) {
+	s := newScript(t)
+	n := tk.StartNATS(t)
+	cfg := tk.TestConfig()
+	cfg.AllowedOrigins = []string{s.srv.URL}
+	g := tk.StartGateway(t, n, cfg)
+	bob := tk.Dial(t, g.URL, "bob", "phone")
+
+	pg := tk.StartBrowser(t).NewPage(t, "sdk", blockWebSocket)
+	pg.Navigate(s.srv.URL + "/")
+	pg.WaitFor(stuck, "the SDK imported", `window.ready === true`)
+	js(pg, fmt.Sprintf(`
+		window.c = new sb.Client({ url: %q, token: %q, minBackoff: 1, maxBackoff: 20 });
+		for (const ev of ['message', 'receipt', 'connect', 'disconnect', 'close', 'error']) {
+			c.on(ev, (d) => log.push([ev, d]));
+		}
+		c.on('message', (m) => c.ack(m.seq));
+		c.start().then(() => { window.started = true; }, (e) => { window.started = e.name + ': ' + e.message; })`,
+		g.URL, tk.Token(t, "alice", "browser", time.Hour)))
+	pg.WaitFor(stuck, "connected", `window.started === true`)
+	if tr := tk.Eval[string](pg, `c.transport`); tr != "sse" {
+		t.Fatalf("the client connected over %q, want sse", tr)
+	}
+
+	ctx, cancel := context.WithTimeout(context.Background(), stuck)
+	defer cancel()
+	if _, err := bob.Send(ctx, "alice", "b1", json.RawMessage(`"hi alice"`)); err != nil {
+		t.Fatal(err)
+	}
+	pg.WaitFor(stuck, "bob's message", `log.some(([t, d]) => t === 'message' && d.id === 'b1' && d.body === 'hi alice')`)
+	if r := tk.RecvReceipt(t, bob, stuck); r.ID != "b1" || r.Status != protocol.StatusDelivered {
+		t.Fatalf("bob got %+v, want b1 delivered: the page's ack went nowhere", r)
+	}
+
+	js(pg, `for (const id of ['a1', 'a2', 'a3', 'a4', 'a5']) c.send('bob', id, id).then((v) => { results[id] = v.seq; })`)
+	var last uint64
+	for i := range 5 {
+		m := tk.RecvMsg(t, bob, stuck)
+		if want := fmt.Sprintf("a%d", i+1); m.ID != want || m.Seq <= last {
+			t.Fatalf("bob got %s at seq %d (after %d), want %s in order", m.ID, m.Seq, last, want)
+		}
+		last = m.Seq
+	}
+	pg.WaitFor(stuck, "every send confirmed", `Object.keys(results).length === 5`)
+
+	tk.Dial(t, g.URL, "alice", "browser")
+	pg.WaitFor(stuck, "replaced", `log.some(([t, d]) => t === 'close' && d.error.name === 'CloseError' && d.error.replaced)`)
 }

@@ -43,11 +43,21 @@ const recordSent = `(() => {
 	};
 })();`
 
+// blockWebSocket makes a page's network refuse every WebSocket, as some
+// proxies and firewalls do: the constructor throws. (A blocked URL in
+// the DevTools protocol does not stop a WebSocket.)
+const blockWebSocket = `(() => {
+	window.WebSocket = class {
+		constructor() { throw new DOMException('this network does not carry WebSockets', 'SecurityError'); }
+	};
+})();`
+
 // signIn opens the chat page for user in a browser context of its own and
-// signs in through the development token form.
-func signIn(t *testing.T, b *tk.Browser, p *proc, user, device string) *tk.Page {
+// signs in through the development token form. Scripts run in the page
+// before its own.
+func signIn(t *testing.T, b *tk.Browser, p *proc, user, device string, scripts ...string) *tk.Page {
 	t.Helper()
-	pg := b.NewPage(t, user, recordSent)
+	pg := b.NewPage(t, user, append([]string{recordSent}, scripts...)...)
 	pg.Navigate(p.HTTP + "/")
 	pg.WaitFor(seen, "the development sign-in form", `!document.getElementById('dev-form').hidden`)
 	pg.Do(
@@ -297,5 +307,52 @@ connect({ url: q.get('ws'), token: q.get('token') }).then(
 	body, _ := io.ReadAll(m.Body)
 	if !strings.Contains(string(body), `switchboard_gateway_handshakes_refused_total{code="bad_origin"} `) {
 		t.Fatalf("no bad_origin refusal counted:\n%s", body)
+	}
+}
+
+// Two users chat where one's network blocks WebSockets: that page falls
+// back to the HTTP fallback by itself (an event stream and POSTs) and the
+// chat is the same: presence, typing, and all three ticks both ways, each
+// message shown once.
+func TestBrowserChatOverTheHTTPFallback(t *testing.T) {
+	p := start(t, "--data", t.TempDir(), "--nats-listen", "127.0.0.1:0")
+	b := tk.StartBrowser(t)
+	alice := signIn(t, b, p, "alice", "laptop", blockWebSocket)
+	bob := signIn(t, b, p, "bob", "laptop")
+	alice.WaitFor(seen, "alice on the HTTP fallback", `document.getElementById('conn').dataset.transport === 'sse'`)
+	bob.WaitFor(seen, "bob on a WebSocket", `document.getElementById('conn').dataset.transport === 'websocket'`)
+
+	openChat(bob, "carol")
+	openChat(alice, "bob")
+	alice.WaitFor(seen, "bob shown online", peerStatus("online"))
+
+	// alice → bob: sent and delivered while bob looks elsewhere, read
+	// once he opens the conversation.
+	say(alice, "over http")
+	alice.WaitFor(seen, "over http delivered", outgoing("over http")+` === 'delivered'`)
+	bob.Do(chromedp.Click(chromedp.CSS(`#contacts li[data-user="alice"]`)))
+	bob.WaitFor(seen, "alice's message on bob's screen", incoming("over http")+` === 1`)
+	alice.WaitFor(seen, "over http read", outgoing("over http")+` === 'read'`)
+
+	// bob → alice: typing, then the message, read at once on alice's open
+	// conversation (her ack and read go out as POSTs).
+	bob.Do(chromedp.SendKeys(chromedp.ID("text"), "over w"))
+	alice.WaitFor(seen, "bob typing", peerStatus("typing…"))
+	bob.Do(chromedp.SendKeys(chromedp.ID("text"), "s"), chromedp.Click(chromedp.ID("send")))
+	alice.WaitFor(seen, "bob's message", incoming("over ws")+` === 1`)
+	bob.WaitFor(seen, "over ws read", outgoing("over ws")+` === 'read'`)
+
+	// A fence: nothing came twice before it, either way.
+	say(alice, "fence")
+	bob.WaitFor(seen, "the fence", incoming("fence")+` === 1`)
+	if n := tk.Eval[int](bob, incoming("over http")); n != 1 {
+		t.Fatalf("bob's page shows %q %d times", "over http", n)
+	}
+	if n := tk.Eval[int](alice, incoming("over ws")); n != 1 {
+		t.Fatalf("alice's page shows %q %d times", "over ws", n)
+	}
+	// alice's page never had a WebSocket to write to.
+	if n := tk.Eval[int](alice, `window.__sent.length`); n != 0 {
+		t.Fatalf("alice's page wrote %d frames to a WebSocket", n)
 	}
 }

@@ -22,6 +22,46 @@ import (
 	"github.com/switchboard-im/switchboard/protocol"
 )
 
+// eventStream is an event stream of the HTTP fallback, read line by line.
+type eventStream struct {
+	r       *bufio.Reader
+	session string
+}
+
+// openEventStream opens a stream (url carries the token) and reads its
+// welcome; the stream is closed at the end of the test.
+func openEventStream(t *testing.T, url string) *eventStream {
+	t.Helper()
+	// The bound is a failure bound for the whole stream, never a pause.
+	resp, err := (&http.Client{Timeout: 4 * logWait}).Get(url)
+	if err != nil || resp.StatusCode != http.StatusOK {
+		t.Fatalf("event stream: %v %v", err, resp)
+	}
+	t.Cleanup(func() { resp.Body.Close() })
+	s := &eventStream{r: bufio.NewReader(resp.Body)}
+	line := s.await(t, `"type":"welcome"`)
+	var w struct{ Session string }
+	if err := json.Unmarshal([]byte(strings.TrimPrefix(line, "data: ")), &w); err != nil || w.Session == "" {
+		t.Fatalf("welcome %q: %v", line, err)
+	}
+	s.session = w.Session
+	return s
+}
+
+// await reads lines until one holds want, and returns it.
+func (s *eventStream) await(t *testing.T, want string) string {
+	t.Helper()
+	for {
+		line, err := s.r.ReadString('\n')
+		if err != nil {
+			t.Fatalf("the event stream ended before %s: %v", want, err)
+		}
+		if strings.Contains(line, want) {
+			return strings.TrimSpace(line)
+		}
+	}
+}
+
 // logWait bounds each step of the no-secrets test; it is a failure bound,
 // never a pause.
 const logWait = 15 * time.Second
@@ -260,6 +300,34 @@ func TestNoSecretIsLogged(t *testing.T) {
 	carol = dialWS(t, p.WSURL, bearer(carolTok))
 	carol.awaitClose(websocket.BinaryMessage, []byte(body("binary")), websocket.CloseUnsupportedData)
 
+	// The HTTP fallback: a stream with its token in the URL (as
+	// EventSource sends it) and Last-Event-ID, frames POSTed to it, and
+	// POSTs refused.
+	stream := openEventStream(t, p.HTTP+"/v1/sse?access_token="+carolTok+"&last_event_id=1")
+	postURL := p.HTTP + "/v1/sse/" + stream.session
+	if status, b := httpDo(t, "POST", postURL, bearer(carolTok), []byte(`{"type":"send","id":"s-1","to":"bob","body":"`+body("fallback")+`"}`)); status != http.StatusNoContent {
+		t.Fatalf("POST to the stream: %d %s", status, b)
+	}
+	stream.await(t, `"type":"sent"`)
+	bob.await("the fallback's msg", func(f wsFrame) bool { return f.Type == protocol.TypeMsg && f.ID == "s-1" })
+	if status, b := httpDo(t, "POST", postURL, bearer(carolTok), []byte(body("fallback-not-json"))); status != http.StatusNoContent {
+		t.Fatalf("POST of a bad frame: %d %s", status, b)
+	}
+	stream.await(t, `"code":"bad_json"`)
+	if status, _ := httpDo(t, "POST", postURL, bearer(foreignTok), []byte(body("fallback-foreign"))); status != http.StatusUnauthorized {
+		t.Fatalf("POST with a foreign token: %d", status)
+	}
+	if status, _ := httpDo(t, "POST", p.HTTP+"/v1/sse/nosuchsession?access_token="+carolTok, nil, []byte(body("fallback-nowhere"))); status != http.StatusNotFound {
+		t.Fatalf("POST to no session: %d", status)
+	}
+	if status, _ := httpDo(t, "POST", postURL, bearer(carolTok), []byte(body("fallback-too-big")+strings.Repeat("x", 70<<10))); status != http.StatusRequestEntityTooLarge {
+		t.Fatalf("oversized POST: %d", status)
+	}
+	stream.await(t, `"code":1009`)
+	if status, _ := httpDo(t, "GET", p.HTTP+"/v1/sse?access_token="+foreignTok, nil, nil); status != http.StatusUnauthorized {
+		t.Fatalf("a stream with a foreign token: %d", status)
+	}
+
 	// Media up and down through the embedded store's signed URLs.
 	photo := []byte(body("photo") + strings.Repeat("\x89PNG", 5000))
 	sum := sha256.Sum256(photo)
@@ -317,6 +385,7 @@ func TestNoSecretIsLogged(t *testing.T) {
 
 	// Malformed HTTP carrying a token or a signed URL.
 	for _, req := range []string{
+		"GET /v1/sse?access_token=" + carolTok + " HTTP/1.1\r\nHost: " + addr + "\r\nContent-Length: 0\r\nContent-Length: 0\r\n\r\n",
 		"GET /v1/ws?access_token=" + aliceTok + " HTTP/1.1\r\nHost: " + addr + "\r\nContent-Length: 0\r\nContent-Length: 0\r\n\r\n",
 		"GET /v1/ws HTTP/1.1\r\nAuthorization: Bearer " + bobTok + "\r\n\r\n",
 		"PUT " + uploadURL.RequestURI() + " HTTP/1.1\r\nHost: " + addr + "\r\nContent-Type: image/png\r\nContent-Length: ten\r\n\r\n",

@@ -371,8 +371,10 @@ $('signout').addEventListener('click', () => {
 // --- rendering ---
 
 function setConn(state) {
+  const transport = state === 'connected' ? sb?.transport ?? '' : '';
   $('conn').dataset.state = state;
-  $('conn').title = state;
+  $('conn').dataset.transport = transport;
+  $('conn').title = transport === 'sse' ? `${state} (HTTP fallback: this network blocks WebSockets)` : state;
 }
 
 function banner(text) {

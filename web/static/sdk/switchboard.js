@@ -22,7 +22,9 @@
  *               refreshed. Browsers send it as ?access_token=.
  *   httpURL     base of the media API; default: url's origin over http(s).
  *   minBackoff, maxBackoff   reconnect waits in ms (100, 5000).
- *   transport   how frames travel (default: webSocketTransport); see below.
+ *   transport   how frames travel (default: fallbackTransport(): a
+ *               WebSocket, or the HTTP fallback where one cannot get
+ *               through); see below.
  * Or make `new Client(options)`, add listeners with on(), then await
  * start(), which connect() does: no event can come before its listener.
  * After that the client reconnects by itself, after a random wait up to a
@@ -87,11 +89,20 @@
  * a Blob once its sha256 matches the message's (else it rejects).
  *
  * Transports. A transport is {name, open(url, token, handlers)}: open
- * resolves with a connection {send(text), close(code, reason)} once it can
- * carry frames (or rejects), then calls handlers.frame(text) for each frame
- * from the gateway and handlers.close(code, reason) once when it ends. The
- * client makes one connection per connect and knows nothing else about it,
- * so a transport over something other than a WebSocket fits the same slot.
+ * resolves with a connection {name, send(text), close(code, reason)} once
+ * it can carry frames (or rejects), then calls handlers.frame(text) for
+ * each frame from the gateway and handlers.close(code, reason) once when
+ * it ends. The client makes one connection per connect and knows nothing
+ * else about it. Three come with the SDK: webSocketTransport;
+ * sseTransport(), the gateway's HTTP fallback for networks that block
+ * WebSockets (Server-Sent Events from /v1/sse, the client's frames POSTed
+ * to /v1/sse/<session>, the same frames, close codes and rules); and
+ * fallbackTransport({openTimeout}), the default, which uses a WebSocket
+ * and falls back by itself: when a WebSocket fails before it opens (or
+ * does not open within openTimeout, 6000 ms) and the gateway still
+ * answers plain HTTP without refusing the token, the network stopped the
+ * WebSocket, so it opens the event stream instead, and keeps to it. The
+ * client's `transport` says which one the current connection uses.
  *
  * All of it runs on the page's one thread: no call blocks, and listeners
  * run inside the client's frame handling, so they should not take long.
@@ -208,33 +219,256 @@ export class HTTPError extends Error {
 /** The WebSocket transport: the token goes in the query, as browsers must. */
 export const webSocketTransport = Object.freeze({
   name: 'websocket',
-  open(url, token, handlers) {
-    return new Promise((resolve, reject) => {
-      const u = new URL(url);
-      u.searchParams.set('access_token', token);
-      let ws;
-      try {
-        ws = new WebSocket(u.href, SUBPROTOCOL);
-      } catch (e) {
-        reject(e);
-        return;
-      }
-      let open = false;
-      ws.onopen = () => {
-        open = true;
-        resolve({
-          send(text) { if (ws.readyState === WebSocket.OPEN) ws.send(text); },
-          close(code, reason) { ws.close(code, reason); },
-        });
-      };
-      ws.onmessage = (e) => { if (typeof e.data === 'string') handlers.frame(e.data); };
-      ws.onclose = (e) => {
-        if (open) handlers.close(e.code, e.reason);
-        else reject(new ConnectError(`switchboard: could not connect to ${url} (${e.code})`));
-      };
-    });
-  },
+  open(url, token, handlers) { return openWebSocket(url, token, handlers, 0); },
 });
+
+// openWebSocket opens a WebSocket; with a timeout (ms), one that has not
+// opened by then is given up and rejects.
+function openWebSocket(url, token, handlers, timeout) {
+  return new Promise((resolve, reject) => {
+    const u = new URL(url);
+    u.searchParams.set('access_token', token);
+    let ws;
+    try {
+      ws = new WebSocket(u.href, SUBPROTOCOL);
+    } catch (e) {
+      reject(e);
+      return;
+    }
+    let open = false;
+    let timer = 0;
+    if (timeout > 0) {
+      timer = setTimeout(() => {
+        ws.onclose = null;
+        ws.onmessage = null;
+        ws.close();
+        reject(new ConnectError(`switchboard: the WebSocket to ${url} did not open within ${timeout} ms`));
+      }, timeout);
+    }
+    ws.onopen = () => {
+      clearTimeout(timer);
+      open = true;
+      resolve({
+        name: 'websocket',
+        send(text) { if (ws.readyState === WebSocket.OPEN) ws.send(text); },
+        close(code, reason) { ws.close(code, reason); },
+      });
+    };
+    ws.onmessage = (e) => { if (typeof e.data === 'string') handlers.frame(e.data); };
+    ws.onclose = (e) => {
+      clearTimeout(timer);
+      if (open) handlers.close(e.code, e.reason);
+      else reject(new ConnectError(`switchboard: could not connect to ${url} (${e.code})`));
+    };
+  });
+}
+
+/** The HTTP fallback's path: the event stream, and its frames' POSTs under it. */
+export const SSE_PATH = '/v1/sse';
+
+// The fallback's POSTs: at most this many frames in one body, and how long
+// a POST the gateway refused waits for the stream's close event (which
+// says why) before the connection is ended here.
+const MAX_BATCH = 100;
+const POST_REFUSED_WAIT = 5000;
+const utf8 = new TextEncoder();
+
+// sseBase is the event stream's URL for a gateway's WebSocket URL.
+function sseBase(url) {
+  const u = new URL(url);
+  u.protocol = u.protocol === 'wss:' ? 'https:' : 'http:';
+  // /v1/ws → /v1/sse, under whatever prefix the gateway is served.
+  u.pathname = /\/ws\/?$/.test(u.pathname) ? u.pathname.replace(/\/ws\/?$/, '/sse') : SSE_PATH;
+  u.search = '';
+  u.hash = '';
+  return u;
+}
+
+/**
+ * sseTransport makes a transport over the gateway's HTTP fallback
+ * (PROTOCOL.md): Server-Sent Events for the gateway's frames, and POSTs
+ * of the client's, one at a time, each carrying what queued meanwhile.
+ * It keeps the last event id it saw and tells the gateway on its next
+ * stream (last_event_id), which resumes from the device's cursor anyway.
+ */
+export function sseTransport() {
+  let lastEventId = '';
+  return {
+    name: 'sse',
+    open(url, token, handlers) {
+      return new Promise((resolve, reject) => {
+        const base = sseBase(url);
+        const u = new URL(base);
+        u.searchParams.set('access_token', token);
+        if (lastEventId) u.searchParams.set('last_event_id', lastEventId);
+        let es;
+        try {
+          es = new EventSource(u.href);
+        } catch (e) {
+          reject(e);
+          return;
+        }
+        let opened = false;
+        let ended = false;
+        let session = '';
+        let maxFrame = 65536;
+        let queue = [];
+        let posting = false;
+        let refused = false;
+        let refusedTimer = 0;
+        // end ends the connection once: the gateway's close event, a lost
+        // stream, a refused POST or the client's close.
+        const end = (code, reason) => {
+          if (ended) return;
+          ended = true;
+          es.close();
+          clearTimeout(refusedTimer);
+          queue = [];
+          if (opened) setTimeout(() => handlers.close(code, reason));
+          else reject(new ConnectError(`switchboard: could not open the event stream at ${base.href} (${reason})`));
+        };
+        // post writes the queued frames, one POST at a time, so they reach
+        // the session in order.
+        const post = async () => {
+          if (posting || ended || refused || !session || queue.length === 0) return;
+          let n = 0;
+          let size = -1;
+          for (; n < queue.length && n < MAX_BATCH; n++) {
+            const b = utf8.encode(queue[n]).length + 1;
+            if (n > 0 && size + b > maxFrame) break;
+            size += b;
+          }
+          const body = queue.splice(0, n).join('\n');
+          posting = true;
+          let status = 0;
+          try {
+            const res = await fetch(base.href + '/' + encodeURIComponent(session), {
+              method: 'POST',
+              headers: { Authorization: 'Bearer ' + token, 'Content-Type': 'text/plain;charset=UTF-8' },
+              body,
+              cache: 'no-store',
+            });
+            status = res.status;
+          } catch {
+            // Unreachable: the stream goes the same way, or the wait below ends it.
+          }
+          posting = false;
+          if (ended) return;
+          if (status === 204) {
+            post();
+            return;
+          }
+          // Not every frame reached the session. When it ended, its close
+          // event says why and ends this connection; what was queued goes
+          // again after the reconnect (sends are rewritten, acks come again
+          // with the redeliveries).
+          refused = true;
+          queue = [];
+          refusedTimer = setTimeout(() => end(status === 413 ? 1009 : status === 400 ? 1007 : 1006,
+            `the gateway answered a POST with ${status || 'no answer'}`), POST_REFUSED_WAIT);
+        };
+        const conn = {
+          name: 'sse',
+          send(text) {
+            if (ended || refused) return;
+            queue.push(text);
+            post();
+          },
+          close(code, reason) { end(code, reason); },
+        };
+        es.onopen = () => {
+          opened = true;
+          resolve(conn);
+        };
+        es.onmessage = (e) => {
+          if (ended) return;
+          if (e.lastEventId) lastEventId = e.lastEventId;
+          if (!session) {
+            try {
+              const f = JSON.parse(e.data);
+              if (f?.type === 'welcome' && typeof f.session === 'string') {
+                session = f.session;
+                if (f.max_frame > 0) maxFrame = f.max_frame;
+              }
+            } catch {
+              // Not a frame; the client ignores it too.
+            }
+          }
+          handlers.frame(e.data);
+          post();
+        };
+        es.addEventListener('close', (e) => {
+          let f = {};
+          try {
+            f = JSON.parse(e.data);
+          } catch {
+            // A close event without its frame: still the end.
+          }
+          end(Number.isInteger(f.code) ? f.code : 1006, typeof f.reason === 'string' ? f.reason : '');
+        });
+        // EventSource would reconnect by itself; the client does that,
+        // with its backoff and a fresh token.
+        es.onerror = () => end(1006, 'the event stream was lost');
+      });
+    },
+  };
+}
+
+/**
+ * fallbackTransport makes the default transport: a WebSocket, and the
+ * HTTP fallback when a WebSocket cannot get through. When a WebSocket
+ * fails before it opens (refused, dropped, or not open within
+ * openTimeout ms), the gateway's WebSocket URL is asked over plain HTTP
+ * with the token: if the gateway answers, and not with a refusal (401,
+ * 403, 503), it is reachable and something on the way stopped the
+ * WebSocket, so the event stream is tried. Once a stream has opened the
+ * client stays on it (a new page tries a WebSocket again). The current
+ * transport's name is Client.transport.
+ */
+export function fallbackTransport({ openTimeout = 6000 } = {}) {
+  const sse = sseTransport();
+  let onSSE = false;
+  return {
+    name: 'fallback',
+    async open(url, token, handlers) {
+      if (!onSSE) {
+        try {
+          return await openWebSocket(url, token, handlers, openTimeout);
+        } catch (e) {
+          if (!(await reachable(url, token))) throw e;
+        }
+      }
+      const conn = await sse.open(url, token, handlers);
+      onSSE = true;
+      return conn;
+    },
+  };
+}
+
+// probe asks the gateway's WebSocket URL over plain HTTP what it would
+// answer this token: {status, code}, or null when there is no answer the
+// page may read (unreachable, or another origin's). The token goes in the
+// query, as for a WebSocket, so the request needs no CORS preflight. The
+// gateway answers 426 upgrade_required when it would take the token.
+async function probe(url, token) {
+  try {
+    const u = new URL(url);
+    u.protocol = u.protocol === 'wss:' ? 'https:' : 'http:';
+    u.searchParams.set('access_token', token);
+    const res = await fetch(u.href, { cache: 'no-store' });
+    const b = await res.json().catch(() => ({}));
+    return { status: res.status, code: b.code ?? '', message: b.message ?? '' };
+  } catch {
+    return null;
+  }
+}
+
+// reachable says whether the gateway answers plain HTTP and does not
+// refuse the token there.
+async function reachable(url, token) {
+  const p = await probe(url, token);
+  return p !== null && p.status !== 401 && p.status !== 403 && p.status !== 503;
+}
 
 /** connect makes a Client and resolves once its first connection is up. */
 export async function connect(options) {
@@ -265,7 +499,8 @@ export class Client {
   #stats = { connects: 0, duplicatesDropped: 0 };
 
   constructor(options = {}) {
-    const o = { minBackoff: 100, maxBackoff: 5000, transport: webSocketTransport, ...options };
+    const o = { minBackoff: 100, maxBackoff: 5000, ...options };
+    if (!o.transport) o.transport = fallbackTransport();
     if (!o.url) {
       if (typeof location === 'undefined') throw new TypeError('switchboard: options.url is required');
       o.url = (location.protocol === 'https:' ? 'wss://' : 'ws://') + location.host + WS_PATH;
@@ -296,6 +531,8 @@ export class Client {
   get session() { return this.#link?.session ?? ''; }
   /** Whether a connection is up. */
   get connected() { return this.#link !== null; }
+  /** How the current connection travels ('websocket', 'sse'), or '' while disconnected. */
+  get transport() { return this.#link?.conn?.name ?? ''; }
   /** What the client did behind the app's back: {connects, duplicatesDropped}. */
   get stats() { return { ...this.#stats }; }
   /** Why the client stopped (a CloseError or ClosedError), or null. */
@@ -368,17 +605,13 @@ export class Client {
   async #explain(err) {
     if (err instanceof ConnectError && err.status) return err;
     try {
-      const token = await this.#token();
-      const u = new URL(this.#opts.url);
-      u.protocol = u.protocol === 'wss:' ? 'https:' : 'http:';
-      const res = await fetch(u.href, { headers: { Authorization: 'Bearer ' + token } });
-      if (res.status === 401 || res.status === 403 || res.status === 503) {
-        const b = await res.json().catch(() => ({}));
-        return new ConnectError(`switchboard: the gateway refused the connection: ${res.status} ${b.code ?? ''} ${b.message ?? ''}`.trim(),
-          res.status, b.code ?? '');
+      const p = await probe(this.#opts.url, await this.#token());
+      if (p && (p.status === 401 || p.status === 403 || p.status === 503)) {
+        return new ConnectError(`switchboard: the gateway refused the connection: ${p.status} ${p.code} ${p.message}`.trim(),
+          p.status, p.code);
       }
     } catch {
-      // Unreachable, or another origin's answer the page may not read.
+      // No token to ask with.
     }
     return err instanceof ConnectError ? err : new ConnectError(`switchboard: ${err?.message ?? err}`);
   }
