@@ -120,6 +120,13 @@ export const ERRORS = Object.freeze({
   too_many: false,
   unavailable: true,
   bad_media: false,
+  unknown_group: false,
+  group_exists: false,
+  not_member: false,
+  not_admin: false,
+  group_full: false,
+  already_member: false,
+  unknown_member: false,
 });
 
 /**
