@@ -25,8 +25,8 @@ const (
 	TypeSend = "send"
 	TypeAck  = "ack"
 	TypeRead = "read"
-	// TypeTyping goes both ways: a client says it is typing to `to`; the
-	// server tells the recipient's devices who is typing.
+	// TypeTyping goes both ways: a client says it is typing to `to` (or
+	// in `group`); the server tells the recipients' devices who is typing.
 	TypeTyping = "typing"
 	// TypeSettings goes both ways: a client changes or asks for its
 	// settings; the server answers with all of them.
@@ -83,8 +83,8 @@ type Frame struct {
 	ID string `json:"id,omitempty"`
 	// To is the recipient user of a send.
 	To string `json:"to,omitempty"`
-	// Group is the group of a send, of a msg sent in a group, and of a
-	// group frame.
+	// Group is the group of a send, of a msg sent in a group, of a typing
+	// frame in a group, and of a group frame.
 	Group string `json:"group,omitempty"`
 	// Body is opaque to the server: any JSON value, passed through verbatim.
 	Body json.RawMessage `json:"body,omitempty"`
@@ -368,7 +368,14 @@ func DecodeClient(data []byte) (*Frame, error) {
 			return nil, decodeErr(ErrBadField, f.ID, "body is required")
 		}
 	case TypeTyping:
-		if !ValidID(f.To) {
+		switch {
+		case f.To != "" && f.Group != "":
+			return nil, decodeErr(ErrBadField, "", "typing goes to a user (to) or a group (group), not both")
+		case f.Group != "":
+			if !ValidID(f.Group) {
+				return nil, decodeErr(ErrBadID, "", "group: %v", ErrInvalidID)
+			}
+		case !ValidID(f.To):
 			return nil, decodeErr(ErrBadID, "", "to: %v", ErrInvalidID)
 		}
 	case TypeAck, TypeRead:
@@ -378,6 +385,9 @@ func DecodeClient(data []byte) (*Frame, error) {
 	case TypeStatus:
 		if f.Seq == 0 {
 			return nil, decodeErr(ErrBadField, "", "seq is required: the message's seq from its sent frame")
+		}
+		if f.Group != "" && !ValidID(f.Group) {
+			return nil, decodeErr(ErrBadID, "", "group: %v", ErrInvalidID)
 		}
 	case TypePresenceSub, TypePresenceUnsub:
 		if len(f.Users) == 0 || len(f.Users) > MaxUsersPerFrame {
@@ -625,6 +635,18 @@ func AppendTyping(b []byte, from, device string) []byte {
 	return append(b, `"}`...)
 }
 
+// AppendGroupTyping appends a server typing frame: from on device is
+// typing in group.
+func AppendGroupTyping(b []byte, from, device, group string) []byte {
+	b = append(b, `{"type":"typing","from":"`...)
+	b = append(b, from...)
+	b = append(b, `","device":"`...)
+	b = append(b, device...)
+	b = append(b, `","group":"`...)
+	b = append(b, group...)
+	return append(b, `"}`...)
+}
+
 // AppendPresence appends a presence frame.
 func AppendPresence(b []byte, user string, online bool, lastSeen int64, hidden bool) []byte {
 	b = append(b, `{"type":"presence","user":"`...)
@@ -672,6 +694,13 @@ func EncodeStatus(seq uint64, recipients map[string]Ticks) []byte {
 func AppendTypingTo(b []byte, to string) []byte {
 	b = append(b, `{"type":"typing","to":"`...)
 	b = append(b, to...)
+	return append(b, `"}`...)
+}
+
+// AppendTypingGroup appends a client typing frame to a group.
+func AppendTypingGroup(b []byte, group string) []byte {
+	b = append(b, `{"type":"typing","group":"`...)
+	b = append(b, group...)
 	return append(b, `"}`...)
 }
 

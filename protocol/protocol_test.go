@@ -609,6 +609,16 @@ func FuzzDecodeClient(f *testing.F) {
 				t.Fatalf("re-encoded %s seq %d read back as %+v, %v", fr.Type, fr.Seq, again, err)
 			}
 		case TypeTyping:
+			if fr.Group != "" {
+				if fr.To != "" || !ValidID(fr.Group) {
+					t.Fatalf("typing accepted to %q in group %q", fr.To, fr.Group)
+				}
+				again, err := DecodeClient(AppendTypingGroup(nil, fr.Group))
+				if err != nil || again.Type != TypeTyping || again.Group != fr.Group {
+					t.Fatalf("re-encoded typing in group %q read back as %+v, %v", fr.Group, again, err)
+				}
+				break
+			}
 			if !ValidID(fr.To) {
 				t.Fatalf("typing accepted to %q", fr.To)
 			}
