@@ -386,3 +386,33 @@ func TestGroupTypingReachesMembers(t *testing.T) {
 		t.Fatalf("alice got typing %+v, want carol's only", ev)
 	}
 }
+
+// What the wire refuses about groups: media in a group send, a status
+// about a group message, typing to a user and a group at once.
+func TestGroupFramesTheGatewayRefuses(t *testing.T) {
+	n := tk.StartNATS(t)
+	g := tk.StartGateway(t, n, tk.TestConfig())
+	putGroup(t, n, "friends", "alice", "bob")
+	st := groupsStream(t, n)
+	alice := connectRaw(t, g, "alice", "phone")
+
+	alice.writeJSON(protocol.Frame{Type: protocol.TypeSend, ID: "p1", Group: "friends", Media: &protocol.Media{
+		Key: "u/alice/4f0c8a2e9b7d41c6a3e5f1d2c7b8a901", Mime: "image/jpeg", Size: 10,
+		SHA256: "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08"}})
+	alice.expectError(protocol.ErrBadMedia, "p1", 0)
+
+	alice.write(string(protocol.AppendGroupSend(nil, "g1", "friends", tk.Body("hi all"))))
+	f := alice.next()
+	if f.Type != protocol.TypeSent || f.ID != "g1" || f.Seq == 0 {
+		t.Fatalf("got %+v, want sent for g1", *f)
+	}
+	alice.write(fmt.Sprintf(`{"type":"status","seq":%d,"group":"friends"}`, f.Seq))
+	alice.expectError(protocol.ErrUnknownSeq, "", f.Seq)
+	alice.write(`{"type":"typing","to":"bob","group":"friends"}`)
+	alice.expectError(protocol.ErrBadField, "", 0)
+	alice.write(`{"type":"typing","group":"friends.*"}`)
+	alice.expectError(protocol.ErrBadID, "", 0)
+	if got := storedCount(t, st); got != 1 {
+		t.Fatalf("GROUPS holds %d messages, want g1 only", got)
+	}
+}
