@@ -416,3 +416,47 @@ func TestGroupFramesTheGatewayRefuses(t *testing.T) {
 		t.Fatalf("GROUPS holds %d messages, want g1 only", got)
 	}
 }
+
+// Group sends and sends to users written at once, pipelined, are stored
+// one after the other in the order they arrived, across the two streams,
+// and answered in that order.
+func TestGroupAndUserSendsShareOneOrder(t *testing.T) {
+	n := tk.StartNATS(t)
+	g := tk.StartGateway(t, n, tk.TestConfig())
+	putGroup(t, n, "friends", "alice", "bob")
+	alice := connectRaw(t, g, "alice", "phone")
+	ids := []string{"g1", "u1", "g2", "u2", "g3", "u3"}
+	for _, id := range ids {
+		if id[0] == 'g' {
+			alice.write(string(protocol.AppendGroupSend(nil, id, "friends", tk.Body(id))))
+		} else {
+			alice.write(string(protocol.AppendSend(nil, id, "bob", tk.Body(id))))
+		}
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), wait)
+	defer cancel()
+	inbox, err := n.JS.Stream(ctx, contract.Inbox)
+	if err != nil {
+		t.Fatal(err)
+	}
+	st := groupsStream(t, n)
+	var last time.Time
+	for _, id := range ids {
+		f := alice.next()
+		if f.Type != protocol.TypeSent || f.ID != id {
+			t.Fatalf("got %+v, want sent for %s", *f, id)
+		}
+		from := inbox
+		if id[0] == 'g' {
+			from = st
+		}
+		rm, err := from.GetMsg(ctx, f.Seq)
+		if err != nil || rm.Header.Get(contract.HdrID) != id {
+			t.Fatalf("%s at seq %d: %v, %v", id, f.Seq, rm, err)
+		}
+		if !rm.Time.After(last) {
+			t.Fatalf("%s stored at %s, not after the send before it (%s)", id, rm.Time, last)
+		}
+		last = rm.Time
+	}
+}

@@ -33,6 +33,11 @@ import (
 //     doubling;
 //   - refused for good (too large, say): answered store_failed at once.
 //
+// A group send is stored in GROUPS the same way, under the same rules;
+// only INBOX's leader changes are watched (the gateway's role may not
+// listen to GROUPS' advisories), so a group send whose PubAck a GROUPS
+// leader change lost goes again after pubAckWait.
+//
 // A send not stored within pubGiveUp of arriving is given up: it is
 // answered store_failed, and so is every send queued behind it (none of
 // them was published), so the client resends them all, in order, with the
