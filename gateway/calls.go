@@ -76,7 +76,9 @@ func (s *session) status(seq uint64, group string) {
 // at seq from its sender. The message must have been delivered to this
 // device and be a chat message to this user; the receipts function moves
 // the user's read position in that chat and tells the sender, if the
-// user's settings allow it.
+// user's settings allow it. A read of a member's copy of a group message
+// or change is taken and changes nothing: group messages have no read
+// receipts yet.
 func (s *session) read(seq uint64) {
 	if seq > s.feed.lastSeq() {
 		s.sendError(protocol.ErrUnknownSeq, "no message with this seq was delivered to this device", "", seq, 0)
