@@ -389,7 +389,9 @@ func (f *feed) offer(seq, through uint64, m *nats.Msg) bool {
 }
 
 // take hands the message stored at seq to the device. Anything that is
-// not a well-formed chat message or receipt (published by hand, say), or
+// not a well-formed chat message, receipt, or member's copy of a group
+// message or change (with a group id, and for a change a JSON object as
+// its body) (published by hand, say), or
 // whose frame would not be valid UTF-8 (a body stored by an earlier
 // version, which did not check), is skipped: the device's position moves
 // past it, it is counted, and it stays in the stream for an operator to
