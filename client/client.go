@@ -200,6 +200,8 @@ type Client struct {
 	groupWait   map[string]chan groupResult
 	groupPrefix string
 	groupNext   uint64
+	// down is closed by the next connect; nil while connected.
+	down chan struct{}
 
 	writeMu sync.Mutex // one writer at a time on conn
 	// sendMu makes choosing send frames to write (under mu) and writing
@@ -394,6 +396,10 @@ func (c *Client) attach(conn *websocket.Conn, sid string) {
 		return
 	}
 	c.conn, c.session = conn, sid
+	if c.down != nil {
+		close(c.down)
+		c.down = nil
+	}
 	c.stats.Connects++
 	pending := c.ob.rewriteAll()
 	c.mu.Unlock()
@@ -414,6 +420,9 @@ func (c *Client) detach(conn *websocket.Conn) {
 	if c.conn == conn {
 		c.conn, c.session = nil, ""
 		c.failGroupsLocked()
+		if c.down == nil {
+			c.down = make(chan struct{})
+		}
 	}
 	c.mu.Unlock()
 	conn.Close()

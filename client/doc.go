@@ -57,8 +57,8 @@
 // (not_member, unknown_group). Group operations (CreateGroup, AddMembers,
 // ..., GroupOp) return the group as it is after them, or a *ServerError
 // with the refusal's code; each is written once and never repeated by the
-// client: a connection lost before the answer fails it with ErrNoAnswer,
-// and one asked while disconnected with ErrNotConnected. Messages sent in
+// client: a connection lost before the answer fails it with ErrNoAnswer;
+// one asked while reconnecting waits for the connection. Messages sent in
 // a group carry Message.Group, and a group's system messages Event (what
 // changed) instead of a Body; repeats are dropped by (group, from, id)
 // and (group, id). SendTypingGroup and Typing.Group are typing in a group.

@@ -49,10 +49,6 @@ func (g Group) IsAdmin(user string) bool {
 // group_exists; a second add, already_member).
 var ErrNoAnswer = errors.New("client: the connection was lost before the answer; the operation may have been applied")
 
-// ErrNotConnected is a group operation asked while the client is
-// reconnecting: nothing was sent.
-var ErrNotConnected = errors.New("client: not connected; nothing was sent")
-
 type groupResult struct {
 	g   Group
 	err error
@@ -63,7 +59,8 @@ type groupResult struct {
 // it is after it. A refusal is a *ServerError whose Code says why
 // (protocol.ErrNotAdmin, protocol.ErrUnknownGroup, ...); operations are
 // not repeated by the client, retryable codes (unavailable, rate_limited)
-// included.
+// included. Asked while the client is reconnecting, it waits for the
+// connection (or ctx).
 func (c *Client) GroupOp(ctx context.Context, op, group, name string, users []string) (Group, error) {
 	if !protocol.ValidID(group) {
 		return Group{}, ErrBadID
@@ -75,15 +72,23 @@ func (c *Client) GroupOp(ctx context.Context, op, group, name string, users []st
 	}
 	ch := make(chan groupResult, 1)
 	c.mu.Lock()
+	for c.conn == nil && c.closeErr == nil {
+		// Reconnecting: wait for the next connection.
+		down := c.down
+		c.mu.Unlock()
+		select {
+		case <-down:
+		case <-ctx.Done():
+			return Group{}, ctx.Err()
+		case <-c.ctx.Done():
+		}
+		c.mu.Lock()
+	}
 	if c.closeErr != nil {
 		c.mu.Unlock()
 		return Group{}, c.closeErr
 	}
 	conn := c.conn
-	if conn == nil {
-		c.mu.Unlock()
-		return Group{}, ErrNotConnected
-	}
 	if c.groupWait == nil {
 		c.groupWait = map[string]chan groupResult{}
 		var b [6]byte

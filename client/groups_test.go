@@ -142,3 +142,25 @@ func TestGroupSendsAndMessages(t *testing.T) {
 		t.Fatal("no typing event")
 	}
 }
+
+// A group operation asked while the client reconnects waits for the
+// connection and goes out on it.
+func TestGroupOperationWaitsForTheConnection(t *testing.T) {
+	s := newScript(t)
+	w := newWaiter(false)
+	c := s.dial(t, Options{}, w)
+	sc := s.accept(t)
+	sc.closeWith(protocol.CloseServiceRestart, "restart")
+	r := w.next(t) // disconnected, waiting to reconnect
+	res := groupCall(c, func(ctx context.Context) (Group, error) { return c.GroupInfo(ctx, "friends") })
+	r.end()
+	sc2 := s.accept(t)
+	f := sc2.next(t)
+	if f.Type != protocol.TypeGroup || f.Op != protocol.GroupInfo {
+		t.Fatalf("frame %+v, want the info", f)
+	}
+	sc2.write(protocol.EncodeGroup(f.ID, "friends", "Friends", "alice", 1795582349000, []protocol.GroupMember{{User: "alice", Admin: true}}))
+	if r := <-res; r.err != nil || r.g.Name != "Friends" {
+		t.Fatalf("info: %+v, %v", r.g, r.err)
+	}
+}
