@@ -73,7 +73,7 @@
 //	follows.mu, session.evMu, pubQueue.mu → wsConn.mu
 //
 // Server.mu, replies.mu, backlog.mu, lease.mu, feed.mu, sessionTimer.mu,
-// groupCache.mu and wsConn.mu are leaves: nothing of this package is locked under them.
+// groupCache.mu, groupBucket.mu and wsConn.mu are leaves: nothing of this package is locked under them.
 // No lock of a session's is held while calling the router (router.add,
 // router.remove), the replies' owner callbacks run with replies.mu
 // released, and the session timer runs its ops with its lock released.

@@ -3,6 +3,7 @@ package gateway
 import (
 	"context"
 	"errors"
+	"fmt"
 	"slices"
 	"strconv"
 	"strings"
@@ -10,6 +11,7 @@ import (
 	"time"
 
 	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/switchboard-im/switchboard/contract"
 	"github.com/switchboard-im/switchboard/protocol"
@@ -162,12 +164,9 @@ func (s *session) sendGroup(f *protocol.Frame, ts int64) {
 // fresh read of its record (no cache: a member removed a moment ago is
 // refused). It returns the error to answer the send with, if any.
 func (s *session) checkGroupSend(gid string) (protocol.ErrorCode, string) {
-	if s.srv.groupInfo == nil {
-		return protocol.ErrUnavailable, "groups are unavailable"
-	}
 	ctx, cancel := context.WithTimeout(context.Background(), s.srv.cfg.FunctionTimeout)
 	defer cancel()
-	g, _, err := contract.LoadGroup(ctx, s.srv.groupInfo, gid)
+	g, err := s.srv.groupInfo.load(ctx, gid)
 	if err != nil {
 		if !errors.Is(err, contract.ErrUnknownGroup) {
 			s.log.Warn("cannot read a group's record", "group", gid, "err", err)
@@ -244,15 +243,39 @@ func (c *groupCache) get(srv *Server, gid string) (contract.GroupRecord, error) 
 	if ok && time.Since(e.at) < groupCacheTTL {
 		return e.g, nil
 	}
-	if srv.groupInfo == nil {
-		return contract.GroupRecord{}, contract.ErrUnavailable
-	}
 	ctx, cancel := context.WithTimeout(context.Background(), srv.cfg.FunctionTimeout)
 	defer cancel()
-	g, _, err := contract.LoadGroup(ctx, srv.groupInfo, gid)
+	g, err := srv.groupInfo.load(ctx, gid)
 	if err != nil {
 		return g, err
 	}
 	c.put(gid, g)
 	return g, nil
+}
+
+// groupBucket is GROUP_INFO, opened at start or, when it did not exist
+// then, when a group first needs it. Its lock is a leaf, never held over
+// a request.
+type groupBucket struct {
+	js jetstream.JetStream
+	mu sync.Mutex
+	kv jetstream.KeyValue
+}
+
+// load returns group gid's record.
+func (b *groupBucket) load(ctx context.Context, gid string) (contract.GroupRecord, error) {
+	b.mu.Lock()
+	kv := b.kv
+	b.mu.Unlock()
+	if kv == nil {
+		var err error
+		if kv, err = b.js.KeyValue(ctx, contract.GroupInfoKV); err != nil {
+			return contract.GroupRecord{}, fmt.Errorf("%w: bucket %s: %w", contract.ErrUnavailable, contract.GroupInfoKV, err)
+		}
+		b.mu.Lock()
+		b.kv = kv
+		b.mu.Unlock()
+	}
+	g, _, err := contract.LoadGroup(ctx, kv, gid)
+	return g, err
 }

@@ -18,6 +18,7 @@ import (
 	"github.com/switchboard-im/switchboard/internal/natsauth"
 	tk "github.com/switchboard-im/switchboard/internal/testkit"
 	"github.com/switchboard-im/switchboard/protocol"
+	"github.com/switchboard-im/switchboard/streams"
 )
 
 // putGroup writes group gid's record into GROUP_INFO, as the groups
@@ -458,5 +459,29 @@ func TestGroupAndUserSendsShareOneOrder(t *testing.T) {
 			t.Fatalf("%s stored at %s, not after the send before it (%s)", id, rm.Time, last)
 		}
 		last = rm.Time
+	}
+}
+
+// A gateway started before GROUP_INFO existed answers group sends
+// unavailable, and takes them once the bucket is made.
+func TestGroupSendsWaitForTheBucket(t *testing.T) {
+	n := tk.StartNATS(t)
+	ctx, cancel := context.WithTimeout(context.Background(), wait)
+	defer cancel()
+	if err := n.JS.DeleteKeyValue(ctx, contract.GroupInfoKV); err != nil {
+		t.Fatal(err)
+	}
+	g := tk.StartGateway(t, n, tk.TestConfig())
+	alice := connectRaw(t, g, "alice", "phone")
+	alice.write(string(protocol.AppendGroupSend(nil, "g1", "friends", tk.Body("hi"))))
+	alice.expectError(protocol.ErrUnavailable, "g1", 0)
+
+	if err := streams.Apply(ctx, n.JS, streams.Options{}); err != nil {
+		t.Fatal(err)
+	}
+	putGroup(t, n, "friends", "alice", "bob")
+	alice.write(string(protocol.AppendGroupSend(nil, "g1", "friends", tk.Body("hi"))))
+	if f := alice.next(); f.Type != protocol.TypeSent || f.ID != "g1" {
+		t.Fatalf("got %+v, want sent for g1", *f)
 	}
 }

@@ -43,11 +43,10 @@ type Server struct {
 	presenceKV jetstream.KeyValue
 	routes     []Route // mounted APIs: see Mount
 	settingsKV jetstream.KeyValue
-	// groupInfo is GROUP_INFO, for members' checks (nil when the bucket
-	// does not exist: group sends and typing then answer unavailable);
+	// groupInfo is GROUP_INFO, for members' checks (see groupBucket);
 	// groups caches its records briefly for typing; groupTTL is the
 	// Nats-TTL of a stored group message (empty: none).
-	groupInfo   jetstream.KeyValue
+	groupInfo   groupBucket
 	groups      groupCache
 	groupTTL    string
 	maxInflight int
@@ -123,7 +122,9 @@ func New(ctx context.Context, cfg Config, keys *Keys, nc *nats.Conn, log *slog.L
 		if !errors.Is(err, jetstream.ErrBucketNotFound) {
 			return nil, fmt.Errorf("gateway: bucket %s: %w", contract.GroupInfoKV, err)
 		}
-		log.Warn("no GROUP_INFO bucket: group sends and typing are unavailable until it is made and the gateway restarted")
+		// Made later (an upgrade whose setup has not run yet): looked
+		// for again when a group needs it.
+		log.Warn("no GROUP_INFO bucket: group sends and typing are unavailable until it is made")
 		groupInfo = nil
 	}
 	s := &Server{
@@ -136,7 +137,7 @@ func New(ctx context.Context, cfg Config, keys *Keys, nc *nats.Conn, log *slog.L
 		devices:     &devices{nc: nc, js: js, inbox: inbox, kv: kv, cursors: cursors, created: inbox.CachedInfo().Created},
 		presenceKV:  presenceKV,
 		settingsKV:  settingsKV,
-		groupInfo:   groupInfo,
+		groupInfo:   groupBucket{js: js, kv: groupInfo},
 		groupTTL:    groupTTL(inbox.CachedInfo().Config.MaxAge),
 		maxInflight: cfg.maxInflight(),
 		id:          nats.NewInbox()[len(nats.InboxPrefix):],
