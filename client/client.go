@@ -131,6 +131,11 @@ type Message struct {
 	// Media is set on a media message: fetch the object with the media
 	// API's download route and check its SHA256.
 	Media *protocol.Media
+	// Group is set on a message sent in a group, and on a group's system
+	// message, which has Event (what changed, made by From) instead of a
+	// Body. A system message's ID is unique within the group only.
+	Group string
+	Event *protocol.GroupEvent
 }
 
 // Receipt reports that By (on Device) received or read message ID.
@@ -158,6 +163,8 @@ type Sent struct {
 type Typing struct {
 	From   string
 	Device string
+	// Group is set when From is typing in that group.
+	Group string
 }
 
 // Client is one device's connection to Switchboard.
@@ -188,6 +195,13 @@ type Client struct {
 	following  map[string]bool
 	statusWait map[uint64][]chan statusResult
 	ticks      *ticks // sent messages by recipient, for their receipts
+	// groupWait: group operations awaiting their answers, by request id
+	// (groups.go).
+	groupWait   map[string]chan groupResult
+	groupPrefix string
+	groupNext   uint64
+	// down is closed by the next connect; nil while connected.
+	down chan struct{}
 
 	writeMu sync.Mutex // one writer at a time on conn
 	// sendMu makes choosing send frames to write (under mu) and writing
@@ -382,6 +396,10 @@ func (c *Client) attach(conn *websocket.Conn, sid string) {
 		return
 	}
 	c.conn, c.session = conn, sid
+	if c.down != nil {
+		close(c.down)
+		c.down = nil
+	}
 	c.stats.Connects++
 	pending := c.ob.rewriteAll()
 	c.mu.Unlock()
@@ -401,6 +419,10 @@ func (c *Client) detach(conn *websocket.Conn) {
 	c.mu.Lock()
 	if c.conn == conn {
 		c.conn, c.session = nil, ""
+		c.failGroupsLocked()
+		if c.down == nil {
+			c.down = make(chan struct{})
+		}
 	}
 	c.mu.Unlock()
 	conn.Close()
@@ -452,7 +474,7 @@ func (c *Client) handle(conn *websocket.Conn, f *protocol.Frame) error {
 	case protocol.TypeSent:
 		c.onSent(f)
 	case protocol.TypeMsg:
-		key := f.From + "\x00" + f.ID
+		key := msgKey(f)
 		c.mu.Lock()
 		firstSeq, dup := c.seenMsg.get(key)
 		wasAcked := c.acked.has(seqKey(f.Seq))
@@ -474,7 +496,8 @@ func (c *Client) handle(conn *websocket.Conn, f *protocol.Frame) error {
 			}
 			return nil
 		}
-		m := Message{ID: f.ID, From: f.From, Device: f.Device, Seq: f.Seq, TS: time.UnixMilli(f.TS), Body: f.Body, Media: f.Media}
+		m := Message{ID: f.ID, From: f.From, Device: f.Device, Seq: f.Seq, TS: time.UnixMilli(f.TS), Body: f.Body, Media: f.Media,
+			Group: f.Group, Event: f.Event}
 		select {
 		case c.msgs <- m:
 		case <-c.ctx.Done():
@@ -497,7 +520,7 @@ func (c *Client) handle(conn *websocket.Conn, f *protocol.Frame) error {
 		return c.write(conn, protocol.AppendSeqFrame(nil, protocol.TypeAck, f.Seq))
 	case protocol.TypeTyping:
 		select {
-		case c.typing <- Typing{From: f.From, Device: f.Device}:
+		case c.typing <- Typing{From: f.From, Device: f.Device, Group: f.Group}:
 		default: // ephemeral: drop rather than block the connection
 		}
 	case protocol.TypePresence:
@@ -506,6 +529,8 @@ func (c *Client) handle(conn *websocket.Conn, f *protocol.Frame) error {
 		c.onSettings(f)
 	case protocol.TypeStatus:
 		c.resolveStatus(f.Seq, statusResult{to: f.Recipients})
+	case protocol.TypeGroup:
+		c.onGroup(f)
 	case protocol.TypeError:
 		c.onError(f)
 	}
@@ -513,6 +538,9 @@ func (c *Client) handle(conn *websocket.Conn, f *protocol.Frame) error {
 }
 
 func (c *Client) onError(f *protocol.Frame) {
+	if f.ID != "" && c.resolveGroup(f.ID, groupResult{err: &ServerError{Code: f.Code, Message: f.Message}}) {
+		return
+	}
 	if f.ID != "" {
 		c.mu.Lock()
 		o := c.ob.byID[f.ID]
@@ -583,7 +611,9 @@ func (c *Client) onSent(f *protocol.Frame) {
 	c.mu.Lock()
 	o := c.ob.byID[f.ID]
 	var early string
-	if o != nil {
+	if o != nil && o.group == "" {
+		// A group message's seq is its place in the group's log, and it
+		// gets no receipts.
 		early = c.ticks.sent(o.to, f.ID, f.Seq)
 	}
 	c.mu.Unlock()
@@ -676,16 +706,19 @@ func (c *Client) send(ctx context.Context, to, id string, body json.RawMessage, 
 	if err := ctx.Err(); err != nil {
 		return Sent{}, err // given up before it started: write nothing
 	}
-	o, err := c.enqueue(to, id, body, media)
+	o, err := c.enqueueTo(dest{to: to}, id, body, media)
 	if err != nil {
 		return Sent{}, err
 	}
 	return c.await(ctx, o)
 }
 
-// enqueue adds a send to the outbox, or joins the one with the same id
+// dest is where a send goes: a user or a group.
+type dest struct{ to, group string }
+
+// enqueueTo adds a send to the outbox, or joins the one with the same id
 // still waiting, and writes what may go out now.
-func (c *Client) enqueue(to, id string, body json.RawMessage, media *protocol.Media) (*outgoing, error) {
+func (c *Client) enqueueTo(d dest, id string, body json.RawMessage, media *protocol.Media) (*outgoing, error) {
 	c.mu.Lock()
 	if c.closeErr != nil {
 		c.mu.Unlock()
@@ -694,7 +727,7 @@ func (c *Client) enqueue(to, id string, body json.RawMessage, media *protocol.Me
 	o := c.ob.byID[id]
 	fresh := o == nil
 	if fresh {
-		o = &outgoing{id: id, to: to, body: append([]byte(nil), body...), media: media, done: make(chan result, 1)}
+		o = &outgoing{id: id, to: d.to, group: d.group, body: append([]byte(nil), body...), media: media, done: make(chan result, 1)}
 		c.ob.add(o)
 	}
 	o.waiters++
@@ -786,3 +819,18 @@ func (c *Client) Err() error {
 	defer c.mu.Unlock()
 	return c.closeErr
 }
+
+// msgKey is what tells a message's repeats apart from other messages: a
+// user's message by (from, id), a group message by (group, from, id), a
+// group's system message by (group, id).
+func msgKey(f *protocol.Frame) string {
+	switch {
+	case f.Group != "" && f.Event != nil:
+		return "e\x00" + f.Group + "\x00" + f.ID
+	case f.Group != "":
+		return "g\x00" + f.Group + "\x00" + f.From + "\x00" + f.ID
+	}
+	return f.From + "\x00" + f.ID
+}
+
+func validUTF8(b []byte) bool { return utf8.Valid(b) }

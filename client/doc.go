@@ -48,6 +48,21 @@
 // written before the error frame arrived can do so. An app that needs no
 // exception at all waits for each "sent" before the next Send.
 //
+// # Groups
+//
+// SendGroup stores a message once in a group's log, for its members; it
+// shares Send's order, outbox and resends, and its Sent.Seq is its place
+// in the group's log (group messages get no receipts yet, and Status knows
+// nothing of them). A non-member's send fails with a *ServerError
+// (not_member, unknown_group). Group operations (CreateGroup, AddMembers,
+// ..., GroupOp) return the group as it is after them, or a *ServerError
+// with the refusal's code; each is written once and never repeated by the
+// client: a connection lost before the answer fails it with ErrNoAnswer;
+// one asked while reconnecting waits for the connection. Messages sent in
+// a group carry Message.Group, and a group's system messages Event (what
+// changed) instead of a Body; repeats are dropped by (group, from, id)
+// and (group, id). SendTypingGroup and Typing.Group are typing in a group.
+//
 // # Closes
 //
 // A close whose code protocol.Closes marks "reconnect: no" (1000, 1003,
@@ -69,5 +84,6 @@
 // outbox, the connection, the dedup sets) is never held while writing.
 // Files: client.go (connection, reading, sending), outbox.go (which sends
 // may be written, in what order), backoff.go (waits), presence.go
-// (presence, settings, status), lru.go.
+// (presence, settings, status), groups.go (group operations, group sends
+// and typing), lru.go.
 package client

@@ -13,6 +13,7 @@ type outgoing struct {
 	id    string
 	seq   uint64 // order of Send calls: send frames go out in this order
 	to    string
+	group string // a send to a group: to is empty
 	body  []byte
 	media *protocol.Media
 	done  chan result // capacity 1; receives the outcome once
@@ -25,6 +26,9 @@ type outgoing struct {
 
 // frame is the send frame for this message.
 func (o *outgoing) frame() []byte {
+	if o.group != "" {
+		return protocol.AppendGroupSend(nil, o.id, o.group, o.body)
+	}
 	if o.media == nil {
 		return protocol.AppendSend(nil, o.id, o.to, o.body)
 	}

@@ -288,7 +288,7 @@ func queue(t *testing.T, c *Client, id string) *outgoing {
 // queueTo is queue to another recipient.
 func queueTo(t *testing.T, c *Client, to, id string) *outgoing {
 	t.Helper()
-	o, err := c.enqueue(to, id, []byte(`"`+id+`"`), nil)
+	o, err := c.enqueueTo(dest{to: to}, id, []byte(`"`+id+`"`), nil)
 	if err != nil {
 		t.Fatal(err)
 	}

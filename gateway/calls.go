@@ -36,12 +36,20 @@ func (s *session) refuseBusy(id string) {
 // status answers a status frame: the ticks of the message stored at seq,
 // if this user sent it, from the receipts function. The message is read
 // (off the read loop) to learn its sender and recipient.
-func (s *session) status(seq uint64) {
+//
+// A group message has no status yet: a status naming a group, or a seq
+// that is a member's copy of a group message, gets unknown_seq.
+func (s *session) status(seq uint64, group string) {
+	if group != "" {
+		s.sendError(protocol.ErrUnknownSeq, "group messages have no status yet", "", seq, 0)
+		return
+	}
 	ok := s.goCall(func() {
 		ctx, cancel := context.WithTimeout(context.Background(), s.srv.cfg.FunctionTimeout)
 		defer cancel()
 		rm, err := s.srv.inbox.GetMsg(ctx, seq)
-		if err != nil || rm.Header.Get(contract.HdrKind) != contract.KindMsg || rm.Header.Get(contract.HdrFrom) != s.id.User {
+		if err != nil || rm.Header.Get(contract.HdrKind) != contract.KindMsg || rm.Header.Get(contract.HdrFrom) != s.id.User ||
+			rm.Header.Get(contract.HdrGroup) != "" {
 			s.sendError(protocol.ErrUnknownSeq, "you sent no message with this seq", "", seq, 0)
 			return
 		}
@@ -68,7 +76,9 @@ func (s *session) status(seq uint64) {
 // at seq from its sender. The message must have been delivered to this
 // device and be a chat message to this user; the receipts function moves
 // the user's read position in that chat and tells the sender, if the
-// user's settings allow it.
+// user's settings allow it. A read of a member's copy of a group message
+// or change is taken and changes nothing: group messages have no read
+// receipts yet.
 func (s *session) read(seq uint64) {
 	if seq > s.feed.lastSeq() {
 		s.sendError(protocol.ErrUnknownSeq, "no message with this seq was delivered to this device", "", seq, 0)
@@ -78,6 +88,12 @@ func (s *session) read(seq uint64) {
 		ctx, cancel := context.WithTimeout(context.Background(), s.srv.cfg.FunctionTimeout)
 		defer cancel()
 		rm, err := s.srv.inbox.GetMsg(ctx, seq)
+		if err == nil && rm.Subject == contract.InboxSubject(s.id.User) && rm.Header.Get(contract.HdrGroup) != "" {
+			switch rm.Header.Get(contract.HdrKind) {
+			case contract.KindMsg, contract.KindEvent:
+				return // a group copy: taken, and it changes nothing yet
+			}
+		}
 		if err != nil || rm.Subject != contract.InboxSubject(s.id.User) || rm.Header.Get(contract.HdrKind) != contract.KindMsg {
 			s.sendError(protocol.ErrUnknownSeq, "no message to you with this seq", "", seq, 0)
 			return

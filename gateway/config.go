@@ -69,6 +69,11 @@ type Config struct {
 	// frame's size, so they get their own, tightest bucket.
 	SettingsRate  float64
 	SettingsBurst int
+	// GroupRate and GroupBurst limit group frames per connection: each is
+	// a request to the groups function, and a change is a stored event
+	// fanned out to every member. Zero means 2/s and 10.
+	GroupRate  float64
+	GroupBurst int
 	// FloodStrikes is how many rate-limited frames in a row close the
 	// connection with 1008 "flood".
 	FloodStrikes int
@@ -140,6 +145,8 @@ func DefaultConfig() Config {
 		TypingBurst:      5,
 		SettingsRate:     1,
 		SettingsBurst:    5,
+		GroupRate:        2,
+		GroupBurst:       10,
 		MaxPendingSends:  256,
 		OutboundQueue:    1024,
 		ShutdownTimeout:  10 * time.Second,
@@ -184,6 +191,8 @@ func (c *Config) Validate() error {
 		return bad("TypingRate/TypingBurst", "must be positive")
 	case c.SettingsRate <= 0 || c.SettingsBurst < 1:
 		return bad("SettingsRate/SettingsBurst", "must be positive")
+	case c.GroupRate < 0 || c.GroupBurst < 0:
+		return bad("GroupRate/GroupBurst", "must not be negative")
 	case c.FloodStrikes < 1:
 		return bad("FloodStrikes", "must be at least 1")
 	case c.MaxInflight < 0 || c.MaxInflight > 100000:
@@ -281,4 +290,18 @@ func normalizeOrigin(o string) (string, error) {
 		host = "[" + host + "]"
 	}
 	return scheme + "://" + host + ":" + port, nil
+}
+
+func (c *Config) groupRate() float64 {
+	if c.GroupRate <= 0 {
+		return 2
+	}
+	return c.GroupRate
+}
+
+func (c *Config) groupBurst() int {
+	if c.GroupBurst <= 0 {
+		return 10
+	}
+	return c.GroupBurst
 }

@@ -41,7 +41,10 @@
 // lost), ticks.go (the delivered ticks of acked stretches), lease.go (the presence lease and the loop that
 // refreshes them all), follows.go (presence_sub and presence frames),
 // timer.go (the session's one timer); calls.go (requests to the worker
-// functions: reads, status; settings) and media.go (a media send's grant).
+// functions: reads, status; settings), media.go (a media send's grant)
+// and groups.go (group frames to the groups function, group sends checked
+// against GROUP_INFO and stored once in GROUPS, members' copies as group
+// msg frames, typing in a group, and a brief cache of groups' records).
 //
 // Concurrency. Server methods are safe from many goroutines. Each
 // connection has one read goroutine, which runs the session's frame
@@ -80,8 +83,8 @@
 //	               takes sseConn.in while holding another lock)
 //
 // Server.mu, sseSessions.mu, replies.mu, backlog.mu, lease.mu, feed.mu,
-// sessionTimer.mu, wsConn.mu and sseConn.mu are leaves: nothing of this
-// package is locked under them.
+// sessionTimer.mu, groupCache.mu, groupBucket.mu, wsConn.mu and
+// sseConn.mu are leaves: nothing of this package is locked under them.
 // No lock of a session's is held while calling the router (router.add,
 // router.remove), the replies' owner callbacks run with replies.mu
 // released, and the session timer runs its ops with its lock released.

@@ -61,6 +61,7 @@ const (
 // pendingMsg is a message delivered to the device and not yet acked.
 type pendingMsg struct {
 	receipt bool   // a receipt for this sender (it ticks nothing)
+	group   bool   // a member's copy of a group message or change (it ticks nothing yet)
 	acked   bool   // the device acked it; settled with its stretch's ticks
 	from    string // for a chat message, its sender: who gets the tick
 }
@@ -388,7 +389,9 @@ func (f *feed) offer(seq, through uint64, m *nats.Msg) bool {
 }
 
 // take hands the message stored at seq to the device. Anything that is
-// not a well-formed chat message or receipt (published by hand, say), or
+// not a well-formed chat message, receipt, or member's copy of a group
+// message or change (with a group id, and for a change a JSON object as
+// its body) (published by hand, say), or
 // whose frame would not be valid UTF-8 (a body stored by an earlier
 // version, which did not check), is skipped: the device's position moves
 // past it, it is counted, and it stays in the stream for an operator to
@@ -405,10 +408,21 @@ func (f *feed) take(seq uint64, h nats.Header, data []byte) {
 	from, dev, id := h.Get(contract.HdrFrom), h.Get(contract.HdrDevice), h.Get(contract.HdrID)
 	var frame []byte
 	p := pendingMsg{from: from}
-	switch h.Get(contract.HdrKind) {
-	case contract.KindMsg:
+	group := h.Get(contract.HdrGroup)
+	switch kind := h.Get(contract.HdrKind); {
+	case group != "" && !protocol.ValidID(group):
+		// Malformed: skipped below.
+	case kind == contract.KindMsg && group != "":
+		frame = protocol.AppendGroupMsg(nil, id, from, dev, group, seq, ts, data, []byte(h.Get(contract.HdrMedia)))
+		p.group = true
+	case kind == contract.KindEvent && group != "":
+		if isJSONObject(data) {
+			frame = protocol.AppendGroupEvent(nil, id, from, dev, group, seq, ts, data)
+		}
+		p.group = true
+	case kind == contract.KindMsg:
 		frame = protocol.AppendMsg(nil, id, from, dev, seq, ts, data, []byte(h.Get(contract.HdrMedia)))
-	case contract.KindReceipt:
+	case kind == contract.KindReceipt:
 		id = "r" // a receipt names no message: a range of them
 		fromSeq, _ := strconv.ParseUint(h.Get(contract.HdrSeqFrom), 10, 64)
 		toSeq, _ := strconv.ParseUint(h.Get(contract.HdrSeqTo), 10, 64)
@@ -436,6 +450,12 @@ func (f *feed) take(seq uint64, h nats.Header, data []byte) {
 	f.mu.Unlock()
 	f.s.srv.metrics.delivered.Inc()
 	f.s.t.Send(frame)
+}
+
+// isJSONObject reports whether b is one JSON object (a group event as the
+// groups function stores it), with nothing around it.
+func isJSONObject(b []byte) bool {
+	return len(b) > 1 && b[0] == '{' && b[len(b)-1] == '}' && json.Valid(b)
 }
 
 // Reasons a stored message is skipped, as counted.
@@ -491,7 +511,7 @@ func (f *feed) ackedStretch() (req contract.DeliveredRequest, through uint64, ok
 			break
 		}
 		through, ok = q, true
-		if !p.receipt && !seen[p.from] {
+		if !p.receipt && !p.group && !seen[p.from] {
 			seen[p.from] = true
 			req.Senders = append(req.Senders, p.from)
 		}

@@ -237,6 +237,46 @@ func TestFeedSkipsWhatItCannotDeliver(t *testing.T) {
 	}
 }
 
+// Members' copies of group messages and changes go out with their
+// group; one that is malformed (a bad group id, a change whose body is not
+// a JSON object, a change with no group) is skipped. An acked stretch of
+// group copies asks for no tick.
+func TestFeedGroupCopies(t *testing.T) {
+	fs := &fakeStream{}
+	h := func(kind, group, id string) nats.Header {
+		hd := nats.Header{contract.HdrKind: {kind}, contract.HdrFrom: {"alice"}, contract.HdrDevice: {"phone"},
+			contract.HdrID: {id}, contract.HdrTS: {"1795582349000"}}
+		if group != "" {
+			hd.Set(contract.HdrGroup, group)
+		}
+		return hd
+	}
+	fs.storeRaw("bob", h(contract.KindMsg, "friends", "m1"), []byte(`"hi all"`))                           // 1
+	fs.storeRaw("bob", h(contract.KindEvent, "friends", "ev-2"), []byte(`{"op":"add","users":["carol"]}`)) // 2
+	fs.storeRaw("bob", h(contract.KindMsg, "friends.*", "m3"), []byte(`"bad group"`))                      // 3: skipped
+	fs.storeRaw("bob", h(contract.KindEvent, "friends", "ev-4"), []byte(`"not an object"`))                // 4: skipped
+	fs.storeRaw("bob", h(contract.KindEvent, "", "ev-5"), []byte(`{"op":"add"}`))                          // 5: skipped
+	srv := testServer(t, testConfig(), fs, &fakeCursors{})
+	s, ft := startedSession(t, srv, "bob", 0)
+	expectSeqs(t, ft, 1, 2)
+	frames := ft.sent(t)
+	if f := frames[len(frames)-2]; f.Group != "friends" || string(f.Body) != `"hi all"` || f.Event != nil {
+		t.Fatalf("group message %+v", f)
+	}
+	if f := frames[len(frames)-1]; f.Group != "friends" || f.Event == nil || f.Event.Op != "add" || f.Body != nil {
+		t.Fatalf("group change %+v", f)
+	}
+	if v := counted(t, srv.metrics, "switchboard_gateway_inbox_skipped_total", skipMalformed); v != 3 {
+		t.Fatalf("malformed skips %v, want 3", v)
+	}
+	s.feed.acked(1)
+	s.feed.acked(2)
+	req, through, ok := s.feed.ackedStretch()
+	if !ok || through != 2 || len(req.Senders) != 0 {
+		t.Fatalf("acked stretch through %d (%v) names %v, want no sender", through, ok, req.Senders)
+	}
+}
+
 // A feed stopped while a read of the stream waits ends at once.
 func TestFeedStopsWhileReading(t *testing.T) {
 	fs := &fakeStream{gate: make(chan struct{})}

@@ -33,6 +33,11 @@ import (
 //     doubling;
 //   - refused for good (too large, say): answered store_failed at once.
 //
+// A group send is stored in GROUPS the same way, under the same rules;
+// only INBOX's leader changes are watched (the gateway's role may not
+// listen to GROUPS' advisories), so a group send whose PubAck a GROUPS
+// leader change lost goes again after pubAckWait.
+//
 // A send not stored within pubGiveUp of arriving is given up: it is
 // answered store_failed, and so is every send queued behind it (none of
 // them was published), so the client resends them all, in order, with the
@@ -90,10 +95,13 @@ type pubItem struct {
 	due      time.Time // when to act if nothing was heard: publish again
 	refusals int       // refused for now, in a row
 
-	// For a send: the client's id, the recipient, the time it was
-	// accepted (ms) and, for a media message, the object to grant first.
+	// For a send: the client's id, the recipient (or the group), the
+	// time it was accepted (ms) and, for a media message, the object to
+	// grant first. A group send's sender is checked to be a member first,
+	// the same way.
 	id    string
 	to    string
+	group string
 	ts    int64
 	media *protocol.Media
 }
@@ -103,8 +111,9 @@ type pubEnv interface {
 	// publish publishes m with the reply subject of item n's attempt a:
 	// its answer comes back to onReply.
 	publish(m *nats.Msg, n, a uint64) error
-	// grant lets a media send's recipient download its object, off the
-	// caller's goroutine, and then calls the queue's granted.
+	// grant lets a media send's recipient download its object, or checks
+	// that a group send's sender is a member, off the caller's goroutine,
+	// and then calls the queue's granted.
 	grant(it *pubItem)
 	// answer sends the device a frame; refuse an error frame.
 	answer(frame []byte)
@@ -172,11 +181,12 @@ func (q *pubQueue) owed() int {
 }
 
 // startSendLocked publishes the send now first in line, letting its
-// recipient download its media first if it has any.
+// recipient download its media first if it has any, or checking the
+// sender is a member of the group it goes to.
 //
 // Lock should be held.
 func (q *pubQueue) startSendLocked(it *pubItem, now time.Time) {
-	if it.media != nil {
+	if it.media != nil || it.group != "" {
 		it.state = pubGranting
 		q.env.grant(it)
 		return
@@ -184,8 +194,9 @@ func (q *pubQueue) startSendLocked(it *pubItem, now time.Time) {
 	q.publishLocked(it, now)
 }
 
-// granted takes the outcome of a media send's grant: the message is
-// published with its reference, or refused with code.
+// granted takes the outcome of a media send's grant, or of a group
+// send's check: the message is published (with its media reference, if
+// ref is not nil), or refused with code.
 func (q *pubQueue) granted(it *pubItem, ref []byte, code protocol.ErrorCode, message string) {
 	q.mu.Lock()
 	defer q.mu.Unlock()
@@ -199,7 +210,9 @@ func (q *pubQueue) granted(it *pubItem, ref []byte, code protocol.ErrorCode, mes
 		q.removeLocked(it, now)
 		return
 	}
-	it.msg.Header.Set(contract.HdrMedia, string(ref))
+	if ref != nil {
+		it.msg.Header.Set(contract.HdrMedia, string(ref))
+	}
 	q.publishLocked(it, now)
 }
 

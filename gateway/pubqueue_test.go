@@ -305,6 +305,42 @@ func TestPubQueueGrantsBeforeMedia(t *testing.T) {
 	expectStrings(t, "answers", env.answers(), []string{"sent:p1:1", "bad_media:p2"})
 }
 
+// A group send is published once its sender is found to be a member,
+// with no media reference; the sends behind it, to users or groups, wait
+// meanwhile and go on when it is refused. Lost, it is published again
+// like any send.
+func TestPubQueueChecksGroupSendsInOrder(t *testing.T) {
+	q, env := newTestQueue(8)
+	now := q.now
+	g1 := sendItem("g1")
+	g1.group = "friends"
+	g2 := sendItem("g2")
+	g2.group = "strangers"
+	q.put(t, g1, now)
+	q.put(t, sendItem("s2"), now)
+	q.put(t, g2, now)
+	q.put(t, sendItem("s4"), now)
+	if len(env.grants) != 1 || len(env.publishes) != 0 {
+		t.Fatalf("%d checks, %d publishes: want g1's check only", len(env.grants), len(env.publishes))
+	}
+	q.granted(g1, nil, "", "")
+	if got := env.last(); got.id != "g1" || got.msg.Header.Get(contract.HdrMedia) != "" {
+		t.Fatalf("published %s with media %q", got.id, got.msg.Header.Get(contract.HdrMedia))
+	}
+	// Its PubAck is lost: it goes again, and s2 still waits.
+	q.at(now.Add(pubAckWait))
+	expectStrings(t, "published", env.ids(), []string{"g1", "g1"})
+	q.onReply(env.last().n, env.last().a, ackMsg(7, false))
+	expectStrings(t, "published", env.ids(), []string{"g1", "g1", "s2"})
+	q.onReply(env.last().n, env.last().a, ackMsg(8, false))
+	if len(env.grants) != 2 || env.grants[1] != g2 {
+		t.Fatalf("%d checks, want g2's next", len(env.grants))
+	}
+	q.granted(g2, nil, protocol.ErrNotMember, "not a member")
+	expectStrings(t, "published", env.ids(), []string{"g1", "g1", "s2", "s4"})
+	expectStrings(t, "answers", env.answers(), []string{"sent:g1:7", "sent:s2:8", "not_member:g2"})
+}
+
 // A closed queue takes nothing more but still stores what it holds, in
 // order; its channel closes once it is empty.
 func TestPubQueueDrainsWhenClosed(t *testing.T) {

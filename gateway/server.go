@@ -34,16 +34,22 @@ const (
 // device. It keeps no state that outlives a connection; any
 // number of gateways can share one NATS.
 type Server struct {
-	cfg         Config
-	keys        *Keys
-	log         *slog.Logger
-	nc          *nats.Conn
-	js          jetstream.JetStream
-	inbox       jetstream.Stream
-	devices     *devices
-	presenceKV  jetstream.KeyValue
-	routes      []Route // mounted APIs: see Mount
-	settingsKV  jetstream.KeyValue
+	cfg        Config
+	keys       *Keys
+	log        *slog.Logger
+	nc         *nats.Conn
+	js         jetstream.JetStream
+	inbox      jetstream.Stream
+	devices    *devices
+	presenceKV jetstream.KeyValue
+	routes     []Route // mounted APIs: see Mount
+	settingsKV jetstream.KeyValue
+	// groupInfo is GROUP_INFO, for members' checks (see groupBucket);
+	// groups caches its records briefly for typing; groupTTL is the
+	// Nats-TTL of a stored group message (empty: none).
+	groupInfo   groupBucket
+	groups      groupCache
+	groupTTL    string
 	maxInflight int
 	// id names this gateway in presence leases.
 	id        string
@@ -113,6 +119,16 @@ func New(ctx context.Context, cfg Config, keys *Keys, nc *nats.Conn, log *slog.L
 	if err != nil {
 		return nil, fmt.Errorf("gateway: bucket %s: %w", contract.CursorsKV, err)
 	}
+	groupInfo, err := js.KeyValue(ctx, contract.GroupInfoKV)
+	if err != nil {
+		if !errors.Is(err, jetstream.ErrBucketNotFound) {
+			return nil, fmt.Errorf("gateway: bucket %s: %w", contract.GroupInfoKV, err)
+		}
+		// Made later (an upgrade whose setup has not run yet): looked
+		// for again when a group needs it.
+		log.Warn("no GROUP_INFO bucket: group sends and typing are unavailable until it is made")
+		groupInfo = nil
+	}
 	s := &Server{
 		cfg:         cfg,
 		keys:        keys,
@@ -123,6 +139,8 @@ func New(ctx context.Context, cfg Config, keys *Keys, nc *nats.Conn, log *slog.L
 		devices:     &devices{nc: nc, js: js, inbox: inbox, kv: kv, cursors: cursors, created: inbox.CachedInfo().Created},
 		presenceKV:  presenceKV,
 		settingsKV:  settingsKV,
+		groupInfo:   groupBucket{js: js, kv: groupInfo},
+		groupTTL:    groupTTL(inbox.CachedInfo().Config.MaxAge),
 		maxInflight: cfg.maxInflight(),
 		id:          nats.NewInbox()[len(nats.InboxPrefix):],
 		origins:     map[string]bool{},

@@ -81,6 +81,7 @@ type inbound struct {
 	frameLim    *rate.Limiter
 	typingLim   *rate.Limiter
 	settingsLim *rate.Limiter
+	groupLim    *rate.Limiter
 	strikes     int // rate-limited frames in a row
 }
 
@@ -99,6 +100,7 @@ func newSession(srv *Server, id Identity, t transport) *session {
 			frameLim:    rate.NewLimiter(rate.Limit(cfg.FrameRate), cfg.FrameBurst),
 			typingLim:   rate.NewLimiter(rate.Limit(cfg.TypingRate), cfg.TypingBurst),
 			settingsLim: rate.NewLimiter(rate.Limit(cfg.SettingsRate), cfg.SettingsBurst),
+			groupLim:    rate.NewLimiter(rate.Limit(cfg.groupRate()), cfg.groupBurst()),
 		},
 		calls:   make(chan struct{}, maxFunctionCalls),
 		stopped: make(chan struct{}),
@@ -362,7 +364,7 @@ func (s *session) handle(data []byte) {
 		}
 	case protocol.TypeStatus:
 		if s.allow(s.in.frameLim, "") {
-			s.status(f.Seq)
+			s.status(f.Seq, f.Group)
 		}
 	case protocol.TypeSettings:
 		// Its own bucket: a settings frame can be a KV write of up to a
@@ -378,7 +380,19 @@ func (s *session) handle(data []byte) {
 		if s.allow(s.in.frameLim, "") {
 			s.follows.unsubscribe(f.Users)
 		}
+	case protocol.TypeGroup:
+		// Its own bucket: each is a request to the groups function, and
+		// a change is fanned out to every member.
+		if s.allow(s.in.groupLim, f.ID) {
+			s.group(f)
+		}
 	case protocol.TypeTyping:
+		if f.Group != "" {
+			if s.allow(s.in.typingLim, "") {
+				s.typingGroup(f.Group)
+			}
+			return
+		}
 		if s.allow(s.in.typingLim, "") && f.To != s.id.User {
 			// Core NATS only: a typing signal is worth nothing later, so
 			// it is never stored.
@@ -437,6 +451,10 @@ func (s *session) send(f *protocol.Frame) {
 		return
 	}
 	ts := time.Now().UnixMilli()
+	if f.Group != "" {
+		s.sendGroup(f, ts)
+		return
+	}
 	m := &nats.Msg{
 		Subject: contract.InboxSubject(f.To),
 		Header: nats.Header{
@@ -477,6 +495,14 @@ func (s *session) publish(m *nats.Msg, n, a uint64) error {
 }
 
 func (s *session) grant(it *pubItem) {
+	if it.media == nil {
+		gid := it.group
+		go func() {
+			code, message := s.checkGroupSend(gid)
+			s.pubs.granted(it, nil, code, message)
+		}()
+		return
+	}
 	media, to := *it.media, it.to
 	go func() {
 		ref, code, message := s.grantMedia(media, to)

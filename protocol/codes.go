@@ -20,6 +20,15 @@ const (
 	ErrTooMany      ErrorCode = "too_many"
 	ErrUnavailable  ErrorCode = "unavailable"
 	ErrBadMedia     ErrorCode = "bad_media"
+
+	// Groups.
+	ErrUnknownGroup  ErrorCode = "unknown_group"
+	ErrGroupExists   ErrorCode = "group_exists"
+	ErrNotMember     ErrorCode = "not_member"
+	ErrNotAdmin      ErrorCode = "not_admin"
+	ErrGroupFull     ErrorCode = "group_full"
+	ErrAlreadyMember ErrorCode = "already_member"
+	ErrUnknownMember ErrorCode = "unknown_member"
 )
 
 // ErrorInfo documents one error code.
@@ -44,6 +53,13 @@ var Errors = []ErrorInfo{
 	{ErrTooMany, false, "The frame would pass a per-connection limit (presence subscriptions); `message` says which."},
 	{ErrUnavailable, true, "A worker function (receipts, presence, media) did not answer in time; resend after a pause."},
 	{ErrBadMedia, false, "`media` names an object that is not this user's upload or was not uploaded (yet), or gives a `size` or `sha256` other than the upload's; `message` says which."},
+	{ErrUnknownGroup, false, "The group does not exist."},
+	{ErrGroupExists, false, "`create` names a group id that is taken."},
+	{ErrNotMember, false, "This user is not a member of the group: it may not send to it, read it or change it."},
+	{ErrNotAdmin, false, "The operation is for the group's admins."},
+	{ErrGroupFull, false, "Adding the users would pass the group's size limit."},
+	{ErrAlreadyMember, false, "`add` names a user who is a member already."},
+	{ErrUnknownMember, false, "`remove`, `promote` or `demote` names a user who is not a member."},
 }
 
 // Close codes sent in the WebSocket close frame. 1000-1015 are RFC 6455's;

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"slices"
 	"strconv"
 	"strings"
 	"unicode/utf8"
@@ -24,8 +25,8 @@ const (
 	TypeSend = "send"
 	TypeAck  = "ack"
 	TypeRead = "read"
-	// TypeTyping goes both ways: a client says it is typing to `to`; the
-	// server tells the recipient's devices who is typing.
+	// TypeTyping goes both ways: a client says it is typing to `to` (or
+	// in `group`); the server tells the recipients' devices who is typing.
 	TypeTyping = "typing"
 	// TypeSettings goes both ways: a client changes or asks for its
 	// settings; the server answers with all of them.
@@ -35,6 +36,9 @@ const (
 	TypeStatus        = "status"
 	TypePresenceSub   = "presence_sub"
 	TypePresenceUnsub = "presence_unsub"
+	// TypeGroup goes both ways: a client asks for a group operation (op);
+	// the server answers with the group as it then is.
+	TypeGroup = "group"
 
 	// Server to client.
 	TypeWelcome  = "welcome"
@@ -47,7 +51,7 @@ const (
 
 // ClientTypes are the frame types a client may send; DecodeClient returns
 // no other.
-var ClientTypes = []string{TypeSend, TypeAck, TypeRead, TypeTyping, TypeStatus, TypeSettings, TypePresenceSub, TypePresenceUnsub}
+var ClientTypes = []string{TypeSend, TypeAck, TypeRead, TypeTyping, TypeStatus, TypeSettings, TypePresenceSub, TypePresenceUnsub, TypeGroup}
 
 // Last-seen privacy values of the settings frame.
 const (
@@ -75,9 +79,13 @@ type Frame struct {
 	Type string `json:"type"`
 
 	// ID is the client message id: chosen by the sender, unique per sender.
+	// On group frames it is the client's request id, echoed in the answer.
 	ID string `json:"id,omitempty"`
 	// To is the recipient user of a send.
 	To string `json:"to,omitempty"`
+	// Group is the group of a send, of a msg sent in a group, of a typing
+	// frame in a group, and of a group frame.
+	Group string `json:"group,omitempty"`
 	// Body is opaque to the server: any JSON value, passed through verbatim.
 	Body json.RawMessage `json:"body,omitempty"`
 	// Seq is the JetStream stream sequence of a stored message.
@@ -123,6 +131,17 @@ type Frame struct {
 
 	// Recipients is a status answer: recipient user → their ticks.
 	Recipients map[string]Ticks `json:"recipients,omitempty"`
+
+	// Group frame fields: the operation asked for (Op, Name, Users), and
+	// the group in the answer (Name, CreatedBy, Created, Members).
+	Op        string        `json:"op,omitempty"`
+	Name      string        `json:"name,omitempty"`
+	CreatedBy string        `json:"created_by,omitempty"`
+	Created   int64         `json:"created,omitempty"`
+	Members   []GroupMember `json:"members,omitempty"`
+	// Event is set on a msg that is a group's system message: a change of
+	// its membership or name, made by From.
+	Event *GroupEvent `json:"event,omitempty"`
 
 	// Welcome fields.
 	User     string `json:"user,omitempty"`
@@ -187,6 +206,61 @@ func isLowerHex(s string) bool {
 	return true
 }
 
+// Group operations: the op of a client group frame.
+const (
+	GroupCreate  = "create"
+	GroupRename  = "rename"
+	GroupAdd     = "add"
+	GroupRemove  = "remove"
+	GroupPromote = "promote"
+	GroupDemote  = "demote"
+	GroupLeave   = "leave"
+	GroupInfo    = "info"
+)
+
+// GroupOps lists the group operations, in documentation order.
+var GroupOps = []string{GroupCreate, GroupRename, GroupAdd, GroupRemove, GroupPromote, GroupDemote, GroupLeave, GroupInfo}
+
+// MaxGroupUsersPerFrame bounds the users of one group frame: 256 ids of
+// 64 characters fit a 64 KiB frame. A bigger group is built with several
+// add frames.
+const MaxGroupUsersPerFrame = 256
+
+// MaxGroupName bounds a group's name, in bytes.
+const MaxGroupName = 128
+
+// GroupMember is one member in a group frame.
+type GroupMember struct {
+	User  string `json:"user"`
+	Admin bool   `json:"admin,omitempty"`
+}
+
+// GroupEvent is a group's system message: what changed. Op is the
+// operation (create, rename, add, remove, promote, demote, leave); Users
+// whom it named (the members a create or add brought in, the removed, the
+// promoted or demoted); Name the name a create or rename gave; Promoted
+// the members who became admins because no admin was left.
+type GroupEvent struct {
+	Op       string   `json:"op"`
+	Users    []string `json:"users,omitempty"`
+	Name     string   `json:"name,omitempty"`
+	Promoted []string `json:"promoted,omitempty"`
+}
+
+// ValidGroupName reports whether name may name a group: 1 to MaxGroupName
+// bytes of UTF-8 with no control characters.
+func ValidGroupName(name string) bool {
+	if name == "" || len(name) > MaxGroupName || !utf8.ValidString(name) {
+		return false
+	}
+	for _, r := range name {
+		if r < ' ' || r == 0x7f || (r >= 0x80 && r < 0xa0) || r == 0x2028 || r == 0x2029 {
+			return false
+		}
+	}
+	return true
+}
+
 // Ticks are one recipient's status of a message: whether any of their
 // devices has it, and whether they read it.
 type Ticks struct {
@@ -218,11 +292,14 @@ func decodeErr(code ErrorCode, id, format string, args ...any) *DecodeError {
 // clientFrame holds only the fields a client may send, so a field that
 // only server frames use (ts, dup, ...) is ignored like any unknown field.
 type clientFrame struct {
-	Type string          `json:"type"`
-	ID   string          `json:"id"`
-	To   string          `json:"to"`
-	Body json.RawMessage `json:"body"`
-	Seq  uint64          `json:"seq"`
+	Type  string          `json:"type"`
+	ID    string          `json:"id"`
+	To    string          `json:"to"`
+	Group string          `json:"group"`
+	Body  json.RawMessage `json:"body"`
+	Seq   uint64          `json:"seq"`
+	Op    string          `json:"op"`
+	Name  string          `json:"name"`
 
 	Media           *Media    `json:"media"`
 	Users           []string  `json:"users"`
@@ -262,7 +339,7 @@ func DecodeClient(data []byte) (*Frame, error) {
 	if len(data) == 0 || firstNonSpace(data) != '{' {
 		return nil, decodeErr(ErrBadJSON, "", "frame is not a JSON object")
 	}
-	f := Frame{Type: cf.Type, ID: cf.ID, To: cf.To, Body: cf.Body, Seq: cf.Seq,
+	f := Frame{Type: cf.Type, ID: cf.ID, To: cf.To, Group: cf.Group, Body: cf.Body, Seq: cf.Seq, Op: cf.Op, Name: cf.Name,
 		Media: cf.Media, Users: cf.Users, ReadReceipts: cf.ReadReceipts, LastSeenPrivacy: cf.LastSeenPrivacy, Contacts: cf.Contacts}
 	switch f.Type {
 	case TypeSend:
@@ -271,10 +348,14 @@ func DecodeClient(data []byte) (*Frame, error) {
 			return nil, decodeErr(ErrBadField, "", "id is required")
 		case !ValidID(f.ID):
 			return nil, decodeErr(ErrBadID, "", "id: %v", ErrInvalidID)
-		case f.To == "":
-			return nil, decodeErr(ErrBadField, f.ID, "to is required")
-		case !ValidID(f.To):
+		case f.To == "" && f.Group == "":
+			return nil, decodeErr(ErrBadField, f.ID, "to (or group) is required")
+		case f.To != "" && f.Group != "":
+			return nil, decodeErr(ErrBadField, f.ID, "a send goes to a user (to) or a group (group), not both")
+		case f.To != "" && !ValidID(f.To):
 			return nil, decodeErr(ErrBadID, f.ID, "to: %v", ErrInvalidID)
+		case f.Group != "" && !ValidID(f.Group):
+			return nil, decodeErr(ErrBadID, f.ID, "group: %v", ErrInvalidID)
 		}
 		if f.Media != nil {
 			if err := f.Media.validate(); err != nil {
@@ -287,7 +368,14 @@ func DecodeClient(data []byte) (*Frame, error) {
 			return nil, decodeErr(ErrBadField, f.ID, "body is required")
 		}
 	case TypeTyping:
-		if !ValidID(f.To) {
+		switch {
+		case f.To != "" && f.Group != "":
+			return nil, decodeErr(ErrBadField, "", "typing goes to a user (to) or a group (group), not both")
+		case f.Group != "":
+			if !ValidID(f.Group) {
+				return nil, decodeErr(ErrBadID, "", "group: %v", ErrInvalidID)
+			}
+		case !ValidID(f.To):
 			return nil, decodeErr(ErrBadID, "", "to: %v", ErrInvalidID)
 		}
 	case TypeAck, TypeRead:
@@ -297,6 +385,9 @@ func DecodeClient(data []byte) (*Frame, error) {
 	case TypeStatus:
 		if f.Seq == 0 {
 			return nil, decodeErr(ErrBadField, "", "seq is required: the message's seq from its sent frame")
+		}
+		if f.Group != "" && !ValidID(f.Group) {
+			return nil, decodeErr(ErrBadID, "", "group: %v", ErrInvalidID)
 		}
 	case TypePresenceSub, TypePresenceUnsub:
 		if len(f.Users) == 0 || len(f.Users) > MaxUsersPerFrame {
@@ -323,12 +414,65 @@ func DecodeClient(data []byte) (*Frame, error) {
 				}
 			}
 		}
+	case TypeGroup:
+		if err := validateGroupFrame(&f); err != nil {
+			return nil, err
+		}
 	case "":
 		return nil, decodeErr(ErrBadField, "", "type is required")
 	default:
 		return nil, decodeErr(ErrUnknownType, "", "unknown frame type %q", truncate(f.Type, 32))
 	}
 	return &f, nil
+}
+
+// validateGroupFrame checks a client group frame: a request id, a known
+// op, a group id, and the name and users that op takes.
+func validateGroupFrame(f *Frame) error {
+	switch {
+	case f.ID == "":
+		return decodeErr(ErrBadField, "", "id is required: the request's id, echoed in the answer")
+	case !ValidID(f.ID):
+		return decodeErr(ErrBadID, "", "id: %v", ErrInvalidID)
+	case !slices.Contains(GroupOps, f.Op):
+		return decodeErr(ErrBadField, f.ID, "op must be one of %s", strings.Join(GroupOps, ", "))
+	case f.Group == "":
+		return decodeErr(ErrBadField, f.ID, "group is required")
+	case !ValidID(f.Group):
+		return decodeErr(ErrBadID, f.ID, "group: %v", ErrInvalidID)
+	}
+	switch f.Op {
+	case GroupCreate, GroupRename:
+		if !ValidGroupName(f.Name) {
+			return decodeErr(ErrBadField, f.ID, "name must be 1 to %d bytes with no control characters", MaxGroupName)
+		}
+	}
+	switch f.Op {
+	case GroupAdd, GroupRemove, GroupPromote, GroupDemote:
+		if len(f.Users) == 0 {
+			return decodeErr(ErrBadField, f.ID, "users must list 1 to %d users", MaxGroupUsersPerFrame)
+		}
+		fallthrough
+	case GroupCreate:
+		if len(f.Users) > MaxGroupUsersPerFrame {
+			return decodeErr(ErrBadField, f.ID, "users may list at most %d users; add more with further add frames", MaxGroupUsersPerFrame)
+		}
+		seen := make(map[string]bool, len(f.Users))
+		for _, u := range f.Users {
+			if !ValidID(u) {
+				return decodeErr(ErrBadID, f.ID, "users: %v", ErrInvalidID)
+			}
+			if seen[u] {
+				return decodeErr(ErrBadField, f.ID, "users names %s twice", u)
+			}
+			seen[u] = true
+		}
+	default:
+		if len(f.Users) > 0 {
+			return decodeErr(ErrBadField, f.ID, "users is not taken by op %s", f.Op)
+		}
+	}
+	return nil
 }
 
 func firstNonSpace(b []byte) byte {
@@ -390,6 +534,74 @@ func AppendMsg(b []byte, id, from, device string, seq uint64, ts int64, body, me
 	return append(b, '}')
 }
 
+// AppendGroupMsg appends a msg frame for a message sent in group. media,
+// when not empty, is a media reference as stored.
+func AppendGroupMsg(b []byte, id, from, device, group string, seq uint64, ts int64, body, media []byte) []byte {
+	b = appendGroupMsgHead(b, id, from, device, group, seq, ts)
+	if len(media) > 0 {
+		b = append(b, `,"media":`...)
+		b = append(b, media...)
+	}
+	b = append(b, `,"body":`...)
+	b = append(b, body...)
+	return append(b, '}')
+}
+
+// AppendGroupEvent appends a msg frame that is group's system message:
+// event is a GroupEvent as JSON, made by from on device.
+func AppendGroupEvent(b []byte, id, from, device, group string, seq uint64, ts int64, event []byte) []byte {
+	b = appendGroupMsgHead(b, id, from, device, group, seq, ts)
+	b = append(b, `,"event":`...)
+	b = append(b, event...)
+	return append(b, '}')
+}
+
+func appendGroupMsgHead(b []byte, id, from, device, group string, seq uint64, ts int64) []byte {
+	b = append(b, `{"type":"msg","id":"`...)
+	b = append(b, id...)
+	b = append(b, `","from":"`...)
+	b = append(b, from...)
+	b = append(b, `","device":"`...)
+	b = append(b, device...)
+	b = append(b, `","group":"`...)
+	b = append(b, group...)
+	b = append(b, `","seq":`...)
+	b = strconv.AppendUint(b, seq, 10)
+	b = append(b, `,"ts":`...)
+	return strconv.AppendInt(b, ts, 10)
+}
+
+// EncodeGroup returns a server group frame answering request id: the
+// group as it now is. The name is free text, so this goes through
+// encoding/json.
+func EncodeGroup(id, group, name, createdBy string, created int64, members []GroupMember) []byte {
+	if members == nil {
+		members = []GroupMember{}
+	}
+	b, _ := json.Marshal(struct {
+		Type      string        `json:"type"`
+		ID        string        `json:"id"`
+		Group     string        `json:"group"`
+		Name      string        `json:"name"`
+		CreatedBy string        `json:"created_by"`
+		Created   int64         `json:"created"`
+		Members   []GroupMember `json:"members"`
+	}{TypeGroup, id, group, name, createdBy, created, members})
+	return b
+}
+
+// AppendGroupSend appends a client send frame to a group. body must be
+// valid JSON.
+func AppendGroupSend(b []byte, id, group string, body []byte) []byte {
+	b = append(b, `{"type":"send","id":"`...)
+	b = append(b, id...)
+	b = append(b, `","group":"`...)
+	b = append(b, group...)
+	b = append(b, `","body":`...)
+	b = append(b, body...)
+	return append(b, '}')
+}
+
 // AppendReceipt appends a receipt frame: by/device did status to this
 // user's messages stored from fromSeq (0: the start) to toSeq; seq is the
 // receipt's own sequence, which the client acks.
@@ -420,6 +632,18 @@ func AppendTyping(b []byte, from, device string) []byte {
 	b = append(b, from...)
 	b = append(b, `","device":"`...)
 	b = append(b, device...)
+	return append(b, `"}`...)
+}
+
+// AppendGroupTyping appends a server typing frame: from on device is
+// typing in group.
+func AppendGroupTyping(b []byte, from, device, group string) []byte {
+	b = append(b, `{"type":"typing","from":"`...)
+	b = append(b, from...)
+	b = append(b, `","device":"`...)
+	b = append(b, device...)
+	b = append(b, `","group":"`...)
+	b = append(b, group...)
 	return append(b, `"}`...)
 }
 
@@ -470,6 +694,13 @@ func EncodeStatus(seq uint64, recipients map[string]Ticks) []byte {
 func AppendTypingTo(b []byte, to string) []byte {
 	b = append(b, `{"type":"typing","to":"`...)
 	b = append(b, to...)
+	return append(b, `"}`...)
+}
+
+// AppendTypingGroup appends a client typing frame to a group.
+func AppendTypingGroup(b []byte, group string) []byte {
+	b = append(b, `{"type":"typing","group":"`...)
+	b = append(b, group...)
 	return append(b, `"}`...)
 }
 

@@ -82,6 +82,14 @@ func TestDecodeClientValidFrames(t *testing.T) {
 		{"ack", `{"type":"ack","seq":42}`, Frame{Type: TypeAck, Seq: 42}},
 		{"ack max seq", `{"type":"ack","seq":18446744073709551615}`, Frame{Type: TypeAck, Seq: math.MaxUint64}},
 		{"read", `{"type":"read","seq":1}`, Frame{Type: TypeRead, Seq: 1}},
+		{"send to a group", `{"type":"send","id":"m1","group":"g1","body":"hi"}`,
+			Frame{Type: TypeSend, ID: "m1", Group: "g1", Body: json.RawMessage(`"hi"`)}},
+		{"group create", `{"type":"group","id":"q1","op":"create","group":"g1","name":"Friends ❤","users":["bob"]}`,
+			Frame{Type: TypeGroup, ID: "q1", Op: GroupCreate, Group: "g1", Name: "Friends ❤", Users: []string{"bob"}}},
+		{"group create alone", `{"type":"group","id":"q1","op":"create","group":"g1","name":"Me"}`,
+			Frame{Type: TypeGroup, ID: "q1", Op: GroupCreate, Group: "g1", Name: "Me"}},
+		{"group leave", `{"type":"group","id":"q1","op":"leave","group":"g1"}`,
+			Frame{Type: TypeGroup, ID: "q1", Op: GroupLeave, Group: "g1"}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			f, err := DecodeClient([]byte(tc.in))
@@ -89,7 +97,8 @@ func TestDecodeClientValidFrames(t *testing.T) {
 				t.Fatalf("DecodeClient(%s): %v", tc.in, err)
 			}
 			if f.Type != tc.want.Type || f.ID != tc.want.ID || f.To != tc.want.To || f.Seq != tc.want.Seq ||
-				!bytes.Equal(f.Body, tc.want.Body) {
+				!bytes.Equal(f.Body, tc.want.Body) || f.Group != tc.want.Group || f.Op != tc.want.Op || f.Name != tc.want.Name ||
+				!slices.Equal(f.Users, tc.want.Users) {
 				t.Fatalf("DecodeClient(%s) = %+v (body %s), want %+v (body %s)", tc.in, *f, f.Body, tc.want, tc.want.Body)
 			}
 		})
@@ -143,6 +152,25 @@ func TestDecodeClientErrors(t *testing.T) {
 		{"send to space", `{"type":"send","id":"m1","to":"bob carol","body":1}`, ErrBadID, "m1", "to"},
 		{"send to tab", `{"type":"send","id":"m1","to":"bob\t","body":1}`, ErrBadID, "m1", "to"},
 		{"send to too long", `{"type":"send","id":"m1","to":"` + long + `","body":1}`, ErrBadID, "m1", "to"},
+		{"send to a user and a group", `{"type":"send","id":"m1","to":"bob","group":"g1","body":1}`, ErrBadField, "m1", "not both"},
+		{"send group dot", `{"type":"send","id":"m1","group":"g.1","body":1}`, ErrBadID, "m1", "group"},
+		{"send group wildcard", `{"type":"send","id":"m1","group":"*","body":1}`, ErrBadID, "m1", "group"},
+
+		// Group frames.
+		{"group id missing", `{"type":"group","op":"info","group":"g1"}`, ErrBadField, "", "id"},
+		{"group id bad", `{"type":"group","id":"q.1","op":"info","group":"g1"}`, ErrBadID, "", "id"},
+		{"group op unknown", `{"type":"group","id":"q1","op":"delete","group":"g1"}`, ErrBadField, "q1", "op"},
+		{"group op missing", `{"type":"group","id":"q1","group":"g1"}`, ErrBadField, "q1", "op"},
+		{"group missing", `{"type":"group","id":"q1","op":"info"}`, ErrBadField, "q1", "group"},
+		{"group bad", `{"type":"group","id":"q1","op":"info","group":"a b"}`, ErrBadID, "q1", "group"},
+		{"group create without name", `{"type":"group","id":"q1","op":"create","group":"g1"}`, ErrBadField, "q1", "name"},
+		{"group name with newline", `{"type":"group","id":"q1","op":"rename","group":"g1","name":"a\nb"}`, ErrBadField, "q1", "name"},
+		{"group name too long", `{"type":"group","id":"q1","op":"rename","group":"g1","name":"` + strings.Repeat("n", MaxGroupName+1) + `"}`, ErrBadField, "q1", "name"},
+		{"group add nobody", `{"type":"group","id":"q1","op":"add","group":"g1","users":[]}`, ErrBadField, "q1", "users"},
+		{"group add a bad id", `{"type":"group","id":"q1","op":"add","group":"g1","users":["bob","x>"]}`, ErrBadID, "q1", "users"},
+		{"group add twice", `{"type":"group","id":"q1","op":"add","group":"g1","users":["bob","bob"]}`, ErrBadField, "q1", "twice"},
+		{"group add too many", `{"type":"group","id":"q1","op":"add","group":"g1","users":[` + strings.Repeat(`"u",`, MaxGroupUsersPerFrame) + `"v"]}`, ErrBadField, "q1", "users"},
+		{"group leave with users", `{"type":"group","id":"q1","op":"leave","group":"g1","users":["bob"]}`, ErrBadField, "q1", "users"},
 
 		// Send body.
 		{"send body missing", `{"type":"send","id":"m1","to":"bob"}`, ErrBadField, "m1", "body"},
@@ -546,8 +574,8 @@ func FuzzDecodeClient(f *testing.F) {
 		}
 		switch fr.Type {
 		case TypeSend:
-			if !ValidID(fr.ID) || !ValidID(fr.To) {
-				t.Fatalf("send accepted with id %q to %q", fr.ID, fr.To)
+			if !ValidID(fr.ID) || (fr.To == "") == (fr.Group == "") || (fr.To != "" && !ValidID(fr.To)) || (fr.Group != "" && !ValidID(fr.Group)) {
+				t.Fatalf("send accepted with id %q to %q group %q", fr.ID, fr.To, fr.Group)
 			}
 			if len(fr.Body) == 0 || (string(fr.Body) == "null" && fr.Media == nil) || !json.Valid(fr.Body) {
 				t.Fatalf("send accepted with body %q", fr.Body)
@@ -555,6 +583,13 @@ func FuzzDecodeClient(f *testing.F) {
 			if fr.Media != nil {
 				if fr.Media.validate() != nil {
 					t.Fatalf("send accepted with media %+v", *fr.Media)
+				}
+				return
+			}
+			if fr.Group != "" {
+				again, err := DecodeClient(AppendGroupSend(nil, fr.ID, fr.Group, fr.Body))
+				if err != nil || again.ID != fr.ID || again.Group != fr.Group || !bytes.Equal(again.Body, fr.Body) {
+					t.Fatalf("re-encoded group send %+v, %v differs from %+v", again, err, *fr)
 				}
 				return
 			}
@@ -574,6 +609,16 @@ func FuzzDecodeClient(f *testing.F) {
 				t.Fatalf("re-encoded %s seq %d read back as %+v, %v", fr.Type, fr.Seq, again, err)
 			}
 		case TypeTyping:
+			if fr.Group != "" {
+				if fr.To != "" || !ValidID(fr.Group) {
+					t.Fatalf("typing accepted to %q in group %q", fr.To, fr.Group)
+				}
+				again, err := DecodeClient(AppendTypingGroup(nil, fr.Group))
+				if err != nil || again.Type != TypeTyping || again.Group != fr.Group {
+					t.Fatalf("re-encoded typing in group %q read back as %+v, %v", fr.Group, again, err)
+				}
+				break
+			}
 			if !ValidID(fr.To) {
 				t.Fatalf("typing accepted to %q", fr.To)
 			}
@@ -608,6 +653,18 @@ func FuzzDecodeClient(f *testing.F) {
 					if !ValidID(u) {
 						t.Fatalf("settings accepted contact %q", u)
 					}
+				}
+			}
+		case TypeGroup:
+			if !ValidID(fr.ID) || !ValidID(fr.Group) || !slices.Contains(GroupOps, fr.Op) || len(fr.Users) > MaxGroupUsersPerFrame {
+				t.Fatalf("group frame accepted: %+v", *fr)
+			}
+			if (fr.Op == GroupCreate || fr.Op == GroupRename) && !ValidGroupName(fr.Name) {
+				t.Fatalf("group %s accepted with name %q", fr.Op, fr.Name)
+			}
+			for _, u := range fr.Users {
+				if !ValidID(u) {
+					t.Fatalf("group frame accepted user %q", u)
 				}
 			}
 		default:

@@ -16,6 +16,8 @@ import (
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/switchboard-im/switchboard/contract"
 )
 
 //go:embed *.json consumers/*.json kv/*.json
@@ -23,8 +25,8 @@ var files embed.FS
 
 // streamFiles and kvFiles are applied by Apply, in this order.
 var (
-	streamFiles = []string{"INBOX.json", "TICKS.json", "DLQ.json"}
-	kvFiles     = []string{"kv/DEVICES.json", "kv/CURSORS.json", "kv/READS.json", "kv/PRESENCE.json", "kv/SETTINGS.json", "kv/PUSH.json"}
+	streamFiles = []string{"INBOX.json", "TICKS.json", "DLQ.json", "GROUPS.json"}
+	kvFiles     = []string{"kv/DEVICES.json", "kv/CURSORS.json", "kv/READS.json", "kv/PRESENCE.json", "kv/SETTINGS.json", "kv/PUSH.json", "kv/GROUP_INFO.json"}
 )
 
 // ErrConfig wraps an invalid stream setting.
@@ -72,6 +74,19 @@ func ConsumerConfig(name string) (jetstream.ConsumerConfig, error) {
 	var cfg jetstream.ConsumerConfig
 	err := load("consumers/"+name+".json", &cfg)
 	return cfg, err
+}
+
+// GroupsConsumerConfig returns the groups function's durable consumer of
+// partition p of the group logs: consumers/groups.json, named and
+// filtered for p.
+func GroupsConsumerConfig(p int) (jetstream.ConsumerConfig, error) {
+	cfg, err := ConsumerConfig("groups")
+	if err != nil {
+		return cfg, err
+	}
+	cfg.Durable = contract.GroupsDurable(p)
+	cfg.FilterSubject = contract.GroupPartitionFilter(p)
+	return cfg, nil
 }
 
 // DevicesConfig returns the DEVICES KV bucket configuration.

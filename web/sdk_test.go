@@ -637,3 +637,77 @@ func TestSDKFallsBackToTheEventStream(t *testing.T) {
 	tk.Dial(t, g.URL, "alice", "browser")
 	pg.WaitFor(stuck, "replaced", `log.some(([t, d]) => t === 'close' && d.error.name === 'CloseError' && d.error.replaced)`)
 }
+
+// Groups: an operation resolves with the group or rejects with the
+// refusal's code; sendGroup shares send's order; group messages and
+// system messages carry group (and event), and their repeats are told
+// apart from a user's message with the same sender and id; typing goes
+// both ways with a group.
+func TestSDKGroups(t *testing.T) {
+	s := newScript(t)
+	pg, c := startSDK(t, s, "")
+	js(pg, `c.group('create', 'friends', { name: 'Friends', users: ['bob', 'carol'] }).then((v) => { results.create = v; }, (e) => { results.create = { error: e.name, code: e.code }; })`)
+	f := c.next(t)
+	if f.Type != protocol.TypeGroup || f.Op != protocol.GroupCreate || f.Group != "friends" || f.Name != "Friends" || fmt.Sprint(f.Users) != "[bob carol]" || f.ID == "" {
+		t.Fatalf("create frame %+v", f)
+	}
+	c.write(protocol.EncodeGroup(f.ID, "friends", "Friends", "alice", 1795582349000,
+		[]protocol.GroupMember{{User: "alice", Admin: true}, {User: "bob"}, {User: "carol"}}))
+	pg.WaitFor(stuck, "the create answer", `results.create !== undefined`)
+	if got := tk.Eval[string](pg, `JSON.stringify(results.create)`); got != `{"id":"friends","name":"Friends","createdBy":"alice","created":1795582349000,"members":[{"user":"alice","admin":true},{"user":"bob"},{"user":"carol"}]}` {
+		t.Fatalf("create resolved with %s", got)
+	}
+	js(pg, `c.group('add', 'friends', { users: ['dave'] }).then((v) => { results.add = v; }, (e) => { results.add = { error: e.name, code: e.code }; })`)
+	f = c.next(t)
+	if f.Op != protocol.GroupAdd || fmt.Sprint(f.Users) != "[dave]" {
+		t.Fatalf("add frame %+v", f)
+	}
+	c.write(protocol.EncodeError(protocol.ErrNotAdmin, "scripted", f.ID, 0, 0))
+	pg.WaitFor(stuck, "the add refusal", `results.add !== undefined`)
+	if got := tk.Eval[string](pg, `JSON.stringify(results.add)`); got != `{"error":"ServerError","code":"not_admin"}` {
+		t.Fatalf("add: %s", got)
+	}
+
+	// One order for sends to groups and to users.
+	js(pg, `c.sendGroup('friends', 'g-1', 'hi all').then((v) => { results['g-1'] = v; }, (e) => { results['g-1'] = { error: e.name, code: e.code }; })`)
+	send(pg, "m-1")
+	if f = c.next(t); f.Type != protocol.TypeSend || f.ID != "g-1" || f.Group != "friends" || f.To != "" {
+		t.Fatalf("first send %+v, want g-1 to friends", f)
+	}
+	c.expect(t, protocol.TypeSend, "m-1")
+	c.sent("g-1", 51)
+	c.sent("m-1", 7)
+	if got := result(t, pg, "g-1"); got != "seq 51" {
+		t.Fatalf("g-1: %s", got)
+	}
+	if got := result(t, pg, "m-1"); got != "seq 7" {
+		t.Fatalf("m-1: %s", got)
+	}
+
+	c.write(protocol.AppendGroupMsg(nil, "x", "bob", "phone", "friends", 20, 1795582349000, []byte(`"in the group"`), nil))
+	c.write(protocol.AppendGroupEvent(nil, "ev-3", "alice", "browser", "friends", 21, 1795582349000, []byte(`{"op":"add","users":["dave"]}`)))
+	c.msg("x", "bob", 22)                                                                                                   // the same sender and id, one to one: another message
+	c.write(protocol.AppendGroupMsg(nil, "x", "bob", "phone", "friends", 23, 1795582349000, []byte(`"in the group"`), nil)) // a second stored copy
+	c.expect(t, protocol.TypeAck, 23)
+	if got := tk.Eval[string](pg, `JSON.stringify(log.filter(([t]) => t === 'message').map(([, m]) => [m.id, m.seq, m.group, m.event, m.body]))`); got != `[["x",20,"friends",null,"in the group"],["ev-3",21,"friends",{"op":"add","users":["dave"]},null],["x",22,"",null,"hi"]]` {
+		t.Fatalf("messages given to the app: %s", got)
+	}
+
+	js(pg, `c.typingGroup('friends')`)
+	if f = c.next(t); f.Type != protocol.TypeTyping || f.Group != "friends" || f.To != "" {
+		t.Fatalf("typing frame %+v", f)
+	}
+	c.write(protocol.AppendGroupTyping(nil, "bob", "phone", "friends"))
+	pg.WaitFor(stuck, "the typing event", `log.some(([t, d]) => t === 'typing' && d.group === 'friends' && d.from === 'bob')`)
+
+	// A connection lost before the answer rejects the operation.
+	js(pg, `c.group('info', 'friends').then((v) => { results.info = v; }, (e) => { results.info = { error: e.name, message: e.message }; })`)
+	if f = c.next(t); f.Op != protocol.GroupInfo {
+		t.Fatalf("info frame %+v", f)
+	}
+	c.closeWith(protocol.CloseServiceRestart, "restart")
+	pg.WaitFor(stuck, "the info rejection", `results.info !== undefined`)
+	if got := tk.Eval[string](pg, `results.info.error || 'resolved'`); got != "Error" {
+		t.Fatalf("info after a lost connection: %s", got)
+	}
+}

@@ -44,13 +44,16 @@ const (
 	Push Role = "push"
 	// Media presigns uploads and downloads and keeps grants.
 	Media Role = "media"
+	// Groups keeps groups' membership and fans their messages out to the
+	// members' inboxes.
+	Groups Role = "groups"
 	// Operator is for the nats CLI, the load tool and setup (creating the
 	// streams): everything, as an administrator of the system.
 	Operator Role = "operator"
 )
 
 // Roles lists every role, components first.
-var Roles = []Role{Gateway, Receipts, Presence, Push, Media, Operator}
+var Roles = []Role{Gateway, Receipts, Presence, Push, Media, Groups, Operator}
 
 // InboxPrefix is the prefix of a role's reply subjects. Each role may
 // subscribe only under its own, so no component reads another's replies
@@ -83,6 +86,8 @@ const (
 	subjFn       = "sb.fn."                  // function request subjects
 	subjMicro    = "$SRV.>"                  // micro discovery (nats micro ls)
 	leaderInbox  = "$JS.EVENT.ADVISORY.STREAM.LEADER_ELECTED." + contract.Inbox
+	groupMsgs    = contract.GroupsPrefix + "*.*.m" // group chat messages (gateways)
+	groupEvents  = contract.GroupsPrefix + "*.*.e" // membership changes (the groups function)
 )
 
 // Buckets' stream names and subject prefixes.
@@ -97,15 +102,18 @@ func For(r Role) Rules {
 			Publish: join(
 				// A device's sends, its delivered and read events, and its
 				// position, registry entry, lease and settings.
-				[]string{contract.InboxPrefix + "*", contract.TicksPrefix + "*",
+				// A group message is stored once, in its group's log; only
+				// the groups function stores membership changes there.
+				[]string{contract.InboxPrefix + "*", contract.TicksPrefix + "*", groupMsgs,
 					kvSubject(contract.DevicesKV) + "*", kvSubject(contract.CursorsKV) + "*.*",
 					kvSubject(contract.PresenceKV) + "lease.*.*", kvSubject(contract.SettingsKV) + "*",
 					subjEvents, subjKick,
-					subjFn + "receipts.delivered", subjFn + "receipts.read", subjFn + "receipts.status", subjFn + "presence.get", subjFn + "presence.announce", subjFn + "media.>"},
+					subjFn + "receipts.delivered", subjFn + "receipts.read", subjFn + "receipts.status", subjFn + "presence.get", subjFn + "presence.announce", subjFn + "media.>",
+					subjFn + "groups.>"},
 				streamInfo(contract.Inbox, kvStream(contract.DevicesKV), kvStream(contract.CursorsKV),
-					kvStream(contract.PresenceKV), kvStream(contract.SettingsKV)),
+					kvStream(contract.PresenceKV), kvStream(contract.SettingsKV), kvStream(contract.GroupInfoKV)),
 				reads(contract.Inbox, kvStream(contract.DevicesKV), kvStream(contract.CursorsKV),
-					kvStream(contract.PresenceKV), kvStream(contract.SettingsKV)),
+					kvStream(contract.PresenceKV), kvStream(contract.SettingsKV), kvStream(contract.GroupInfoKV)),
 			),
 			Subscribe: []string{subjLive, subjEvents, subjKick, subjPresence, leaderInbox, InboxPrefix(r) + ".>"},
 			Respond:   true,
@@ -147,6 +155,27 @@ func For(r Role) Rules {
 				streamInfo(own...), reads(own...), manage(own...),
 			),
 			Subscribe: []string{subjFn + "media.>", subjMicro, InboxPrefix(r) + ".>"},
+			Respond:   true,
+		}
+	case Groups:
+		// Membership changes into the group logs and the records that
+		// follow them; every member's copy of a group message into the
+		// member's inbox (the receipts function and this one are the only
+		// functions that store there). It stores no chat message of its
+		// own: those are the gateways'.
+		var cons []string
+		for p := range contract.GroupPartitions {
+			cons = append(cons, consumer(contract.GroupsStream, contract.GroupsDurable(p))...)
+		}
+		read := []string{contract.GroupsStream, kvStream(contract.GroupInfoKV)}
+		return Rules{
+			Publish: join(
+				[]string{groupEvents, contract.InboxPrefix + "*", kvSubject(contract.GroupInfoKV) + "*", contract.DLQPrefix + string(r) + ".>"},
+				cons,
+				streamInfo(append([]string{contract.DLQ}, read...)...),
+				reads(read...),
+			),
+			Subscribe: []string{subjFn + string(r) + ".>", subjMicro, InboxPrefix(r) + ".>"},
 			Respond:   true,
 		}
 	case Operator:

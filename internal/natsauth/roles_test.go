@@ -45,7 +45,7 @@ func TestAnonymousAndUnknownClientsAreRefused(t *testing.T) {
 // the operator are not refused, so the check can fail.
 func TestRolesAreRefusedWhatTheyMustNotDo(t *testing.T) {
 	n := tk.StartStreams(t, t.TempDir())
-	functions := []natsauth.Role{natsauth.Receipts, natsauth.Presence, natsauth.Push, natsauth.Media}
+	functions := []natsauth.Role{natsauth.Receipts, natsauth.Presence, natsauth.Push, natsauth.Media, natsauth.Groups}
 	type act struct {
 		sub     bool // subscribe rather than publish
 		subject string
@@ -63,6 +63,9 @@ func TestRolesAreRefusedWhatTheyMustNotDo(t *testing.T) {
 			{false, "$KV.READS.alice.bob", "forge a read position"},
 			{false, "$KV.PRESENCE.user.alice", "forge presence"},
 			{false, "sb.presence.alice", "publish presence updates (the presence function's alone)"},
+			{false, "group.00.friends.e", "forge a group's membership change (the groups function's alone)"},
+			{false, "$KV.GROUP_INFO.friends", "forge a group's record"},
+			{false, "$JS.API.CONSUMER.CREATE.GROUPS.groups-00", "take a partition of the group fan-out"},
 			{true, "_INBOX.>", "read other clients' replies"},
 			{true, "_INBOX_media.>", "read the media function's replies"},
 			{true, "$KV.>", "watch every bucket"},
@@ -80,10 +83,18 @@ func TestRolesAreRefusedWhatTheyMustNotDo(t *testing.T) {
 			act{true, "sb.kick.*.*", "see who connects"},
 			act{true, "_INBOX_gateway.>", "read the gateway's replies"},
 		)
-		if f != natsauth.Receipts {
-			// Only the receipts function stores into inboxes (receipts
-			// for senders); no other function may write there at all.
+		if f != natsauth.Receipts && f != natsauth.Groups {
+			// Only the receipts function (receipts for senders) and the
+			// groups function (members' copies) store into inboxes; no
+			// other function may write there at all.
 			refused[f] = append(refused[f], act{false, "inbox.bob", "store a message as anyone"})
+		}
+		// Chat messages into a group's log are the gateways' alone.
+		refused[f] = append(refused[f], act{false, "group.00.friends.m", "store a group message as anyone"})
+		if f != natsauth.Groups {
+			refused[f] = append(refused[f],
+				act{false, "group.00.friends.e", "forge a group's membership change"},
+				act{false, "$KV.GROUP_INFO.friends", "forge a group's record"})
 		}
 		if f != natsauth.Media {
 			refused[f] = append(refused[f],
@@ -95,6 +106,8 @@ func TestRolesAreRefusedWhatTheyMustNotDo(t *testing.T) {
 	refused[natsauth.Push] = slices.DeleteFunc(refused[natsauth.Push], func(a act) bool { return a.subject == "$JS.API.DIRECT.GET.INBOX" })
 	refused[natsauth.Receipts] = append(refused[natsauth.Receipts], act{false, "sb.presence.bob", "forge presence"})
 	refused[natsauth.Media] = append(refused[natsauth.Media], act{false, "sb.presence.bob", "forge presence"})
+	refused[natsauth.Groups] = append(refused[natsauth.Groups], act{false, "sb.presence.bob", "forge presence"},
+		act{false, "ticks.bob", "forge a delivered tick"}, act{false, "$KV.READS.bob.alice", "forge a read position"})
 
 	op := n.Connect(t, natsauth.Operator)
 	for role, acts := range refused {

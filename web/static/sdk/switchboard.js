@@ -55,13 +55,28 @@
  *     the same id to learn whether it was (dup) or to store it now.
  * `sendMedia(to, id, media, body)` sends a media message: media is what
  * upload() returns (plus an optional base64 `thumb`), body an optional
- * caption.
+ * caption. `sendGroup(group, id, body, {signal})` stores a message in a
+ * group's log, for its members, in the same order and outbox as send();
+ * its seq is its place in the group's log, and it gets no receipts yet
+ * (not_member and unknown_group reject it).
+ *
+ * Groups. `group(op, group, {name, users, timeout})` asks for a group
+ * operation (create, rename, add, remove, promote, demote, leave, info)
+ * and resolves with the group as it then is: {id, name, createdBy,
+ * created, members: [{user, admin}]}, members in the order they joined.
+ * It rejects with a ServerError (not_admin, unknown_group, ...) and is
+ * never repeated by the client; a connection lost before the answer
+ * rejects it too (the operation may have been applied).
  *
  * Receiving (events, with `on(type, fn)`, which returns a function that
  * removes the listener):
- *   'message'  {id, from, device, seq, ts, body, media}: each message once;
- *              redeliveries after a reconnect and second stored copies are
- *              dropped by (from, id) and acked here when needed. Call
+ *   'message'  {id, from, device, seq, ts, body, media, group, event}:
+ *              each message once; group is set on a group's messages, and
+ *              a group's system message has event ({op, users, name,
+ *              promoted}) instead of a body; redeliveries after a reconnect
+ *              and second stored copies are dropped by (from, id), (group,
+ *              from, id) or, for system messages, (group, id), and acked
+ *              here when needed. Call
  *              ack(seq) once the app has stored it: then the sender gets
  *              "delivered". Call read(seq) when it is on screen: the sender
  *              gets "read" for it and every earlier message to this user.
@@ -71,13 +86,14 @@
  *              them into messages by the seqs of its own sends. trackSent()
  *              adds sends the app remembers from an earlier page load.
  *              Receipts are acked here.
- *   'typing'   {from, device}: show it for about 5 s.
+ *   'typing'   {from, device, group}: show it for about 5 s; group is
+ *              set when from is typing in that group.
  *   'presence' {user, online, lastSeen, hidden} for users followed with
  *              subscribePresence(...users), followed again after reconnects.
  *   'connect' {session}, 'disconnect' {code, reason}, 'close' {error}.
  *   'error'    {code, message, seq, id}: error frames that answer no call
  *              (an ack or read the gateway refused, say).
- * Other calls: typing(to), settings(change) resolving with the user's
+ * Other calls: typing(to), typingGroup(group), settings(change) resolving with the user's
  * settings, status(seq) resolving with {user: {delivered, read}} for a
  * message this user sent, close().
  *
@@ -131,6 +147,13 @@ export const ERRORS = Object.freeze({
   too_many: false,
   unavailable: true,
   bad_media: false,
+  unknown_group: false,
+  group_exists: false,
+  not_member: false,
+  not_admin: false,
+  group_full: false,
+  already_member: false,
+  unknown_member: false,
 });
 
 /**
@@ -492,6 +515,7 @@ export class Client {
   #ticks = new Ticks();
   #following = new Set();
   #statusWait = new Map(); // seq -> [{resolve, reject}]
+  #groupWait = new Map(); // group request id -> {resolve, reject}
   #settingsChain = Promise.resolve();
   #settingsWait = null;
   #wake = null; // ends the current reconnect wait early
@@ -678,7 +702,13 @@ export class Client {
 
   #detach(link) {
     link.live = false;
-    if (this.#link === link) this.#link = null;
+    if (this.#link === link) {
+      this.#link = null;
+      // Their answers went with the connection.
+      const ws = [...this.#groupWait.values()];
+      this.#groupWait.clear();
+      for (const w of ws) w.reject(new Error('switchboard: the connection was lost before the answer; the operation may have been applied'));
+    }
   }
 
   // write sends a frame on the current connection, if any: one that cannot
@@ -694,7 +724,7 @@ export class Client {
         this.#onSent(f);
         break;
       case 'msg': {
-        const key = f.from + '\0' + f.id;
+        const key = msgKey(f);
         const first = this.#seen.get(key);
         if (first !== undefined) {
           this.#stats.duplicatesDropped++;
@@ -710,6 +740,7 @@ export class Client {
         this.#emit('message', {
           id: f.id, from: f.from, device: f.device, seq: f.seq, ts: f.ts,
           body: f.body === undefined ? null : f.body, media: f.media ?? null,
+          group: f.group ?? '', event: f.event ?? null,
         });
         break;
       }
@@ -720,7 +751,7 @@ export class Client {
         this.#write({ type: 'ack', seq: f.seq });
         break;
       case 'typing':
-        this.#emit('typing', { from: f.from, device: f.device });
+        this.#emit('typing', { from: f.from, device: f.device, group: f.group ?? '' });
         break;
       case 'presence':
         this.#emit('presence', { user: f.user, online: !!f.online, lastSeen: f.last_seen ?? 0, hidden: !!f.hidden });
@@ -734,6 +765,12 @@ export class Client {
       case 'status':
         this.#resolveStatus(f.seq, (w) => w.resolve(f.recipients ?? {}));
         break;
+      case 'group': {
+        const w = this.#groupWait.get(f.id);
+        this.#groupWait.delete(f.id);
+        w?.resolve({ id: f.group, name: f.name ?? '', createdBy: f.created_by ?? '', created: f.created ?? 0, members: f.members ?? [] });
+        break;
+      }
       case 'error':
         this.#onError(f);
         break;
@@ -743,13 +780,20 @@ export class Client {
   #onSent(f) {
     const o = this.#outbox.byId.get(f.id);
     if (!o) return;
-    const early = this.#ticks.sent(o.to, f.id, f.seq);
+    // A group message's seq is its place in the group's log: no receipts.
+    const early = o.group ? '' : this.#ticks.sent(o.to, f.id, f.seq);
     this.#resolve(o, { ok: { id: f.id, seq: f.seq, ts: f.ts, dup: !!f.dup } });
     // Its tick came before its "sent" did.
     if (early) this.#emit('receipt', { id: f.id, status: early, by: o.to, device: '', ts: Date.now(), seq: f.seq });
   }
 
   #onError(f) {
+    if (f.id && this.#groupWait.has(f.id)) {
+      const w = this.#groupWait.get(f.id);
+      this.#groupWait.delete(f.id);
+      w.reject(new ServerError(f.code, f.message));
+      return;
+    }
     if (f.id) {
       const o = this.#outbox.byId.get(f.id);
       if (o && retryable(f.code)) {
@@ -822,11 +866,23 @@ export class Client {
     return this.#send(to, id, body, m, signal);
   }
 
-  #send(to, id, body, media, signal) {
-    if (!validId(to) || !validId(id)) return Promise.reject(new TypeError('switchboard: to and id must be 1-64 characters of A-Z a-z 0-9 _ -'));
+  /**
+   * sendGroup stores body (any JSON value but null) in group's log under
+   * message id `id`, for its members, and resolves on "sent" as send()
+   * does; it shares send()'s order.
+   */
+  sendGroup(group, id, body, { signal } = {}) {
+    if (body === null || body === undefined) return Promise.reject(new TypeError('switchboard: a body is required (any JSON value but null)'));
+    return this.#send('', id, body, null, signal, group);
+  }
+
+  #send(to, id, body, media, signal, group = '') {
+    if (!(group ? validId(group) : validId(to)) || !validId(id)) {
+      return Promise.reject(new TypeError('switchboard: to (or group) and id must be 1-64 characters of A-Z a-z 0-9 _ -'));
+    }
     let frame;
     try {
-      const f = { type: 'send', id, to };
+      const f = group ? { type: 'send', id, group } : { type: 'send', id, to };
       if (body !== null && body !== undefined) f.body = body;
       if (media) f.media = media;
       frame = JSON.stringify(f);
@@ -839,7 +895,7 @@ export class Client {
     let o = ob.byId.get(id);
     const fresh = !o;
     if (fresh) {
-      o = { id, to, frame, written: false, retries: 0, waiters: 0, order: 0 };
+      o = { id, to, group, frame, written: false, retries: 0, waiters: 0, order: 0 };
       o.done = new Promise((res, rej) => { o.resolve = res; o.reject = rej; });
       ob.add(o);
     }
@@ -873,6 +929,38 @@ export class Client {
   typing(to) {
     if (!validId(to)) throw new TypeError('switchboard: bad user id');
     this.#write({ type: 'typing', to });
+  }
+
+  /** typingGroup tells the online devices of group's other members that this user is typing there. */
+  typingGroup(group) {
+    if (!validId(group)) throw new TypeError('switchboard: bad group id');
+    this.#write({ type: 'typing', group });
+  }
+
+  /**
+   * group asks for group operation op on group (with name for create and
+   * rename, users for create, add, remove, promote and demote) and resolves
+   * with the group as it then is. It waits for a connection, is written
+   * once, and rejects with a ServerError on a refusal.
+   */
+  group(op, group, { name, users, timeout = 10000 } = {}) {
+    if (!validId(group)) return Promise.reject(new TypeError('switchboard: bad group id'));
+    if (users !== undefined && users.length > 0) {
+      try {
+        checkUsers(users);
+      } catch (e) {
+        return Promise.reject(e);
+      }
+    }
+    return this.#connected().then(() => this.#await(timeout, (w) => {
+      const id = 'q' + newId();
+      const f = { type: 'group', id, op, group };
+      if (name !== undefined) f.name = name;
+      if (users !== undefined) f.users = users;
+      this.#groupWait.set(id, w);
+      w.id = id;
+      this.#write(f);
+    }, (w) => { this.#groupWait.delete(w.id); }));
   }
 
   /** subscribePresence follows users' presence: their state now, then each change, across reconnects. */
@@ -1070,6 +1158,15 @@ function checkUsers(users) {
 // jitter is a random wait from 1 ms up to bound: "full jitter", so clients
 // that lost the same gateway at once do not come back together.
 const jitter = (bound) => (bound <= 1 ? 1 : 1 + Math.random() * (bound - 1));
+
+// msgKey tells a message's repeats from other messages: a user's message
+// by (from, id), a group message by (group, from, id), a group's system
+// message by (group, id).
+function msgKey(f) {
+  if (f.group && f.event) return 'e\0' + f.group + '\0' + f.id;
+  if (f.group) return 'g\0' + f.group + '\0' + f.from + '\0' + f.id;
+  return f.from + '\0' + f.id;
+}
 
 class Backoff {
   constructor(min, max) { this.min = min; this.max = max; this.bound = min; }

@@ -1,0 +1,227 @@
+package client
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"strconv"
+	"time"
+
+	"github.com/switchboard-im/switchboard/protocol"
+)
+
+// Group is a group as the server answered a group operation: as it is
+// after the operation.
+type Group struct {
+	ID        string
+	Name      string
+	CreatedBy string
+	Created   time.Time
+	// Members are in the order they joined, the longest-standing first.
+	Members []protocol.GroupMember
+}
+
+// IsMember reports whether user is one of g's members.
+func (g Group) IsMember(user string) bool {
+	for _, m := range g.Members {
+		if m.User == user {
+			return true
+		}
+	}
+	return false
+}
+
+// IsAdmin reports whether user is one of g's admins.
+func (g Group) IsAdmin(user string) bool {
+	for _, m := range g.Members {
+		if m.User == user {
+			return m.Admin
+		}
+	}
+	return false
+}
+
+// ErrNoAnswer is a group operation whose connection was lost before its
+// answer came: it may or may not have been applied. Ask with GroupInfo,
+// or do it again (a second create of the same group is refused with
+// group_exists; a second add, already_member).
+var ErrNoAnswer = errors.New("client: the connection was lost before the answer; the operation may have been applied")
+
+type groupResult struct {
+	g   Group
+	err error
+}
+
+// GroupOp asks for group operation op (protocol.GroupCreate, ...) on
+// group, with the name and users that op takes, and returns the group as
+// it is after it. A refusal is a *ServerError whose Code says why
+// (protocol.ErrNotAdmin, protocol.ErrUnknownGroup, ...); operations are
+// not repeated by the client, retryable codes (unavailable, rate_limited)
+// included. Asked while the client is reconnecting, it waits for the
+// connection (or ctx).
+func (c *Client) GroupOp(ctx context.Context, op, group, name string, users []string) (Group, error) {
+	if !protocol.ValidID(group) {
+		return Group{}, ErrBadID
+	}
+	for _, u := range users {
+		if !protocol.ValidID(u) {
+			return Group{}, ErrBadID
+		}
+	}
+	ch := make(chan groupResult, 1)
+	c.mu.Lock()
+	for c.conn == nil && c.closeErr == nil {
+		// Reconnecting: wait for the next connection.
+		down := c.down
+		c.mu.Unlock()
+		select {
+		case <-down:
+		case <-ctx.Done():
+			return Group{}, ctx.Err()
+		case <-c.ctx.Done():
+		}
+		c.mu.Lock()
+	}
+	if c.closeErr != nil {
+		c.mu.Unlock()
+		return Group{}, c.closeErr
+	}
+	conn := c.conn
+	if c.groupWait == nil {
+		c.groupWait = map[string]chan groupResult{}
+		var b [6]byte
+		_, _ = rand.Read(b[:])
+		c.groupPrefix = "q" + hex.EncodeToString(b[:]) + "-"
+	}
+	c.groupNext++
+	id := c.groupPrefix + strconv.FormatUint(c.groupNext, 10)
+	c.groupWait[id] = ch
+	c.mu.Unlock()
+	defer func() {
+		c.mu.Lock()
+		delete(c.groupWait, id)
+		c.mu.Unlock()
+	}()
+	b, _ := json.Marshal(protocol.Frame{Type: protocol.TypeGroup, ID: id, Op: op, Group: group, Name: name, Users: users})
+	if err := c.write(conn, b); err != nil {
+		conn.Close() // the read loop sees it and reconnects
+		return Group{}, ErrNoAnswer
+	}
+	select {
+	case r := <-ch:
+		return r.g, r.err
+	case <-ctx.Done():
+		return Group{}, ctx.Err()
+	case <-c.ctx.Done():
+		return Group{}, ErrClosed
+	}
+}
+
+// CreateGroup makes group, named name, with this user as its first member
+// and admin and users as the other members.
+func (c *Client) CreateGroup(ctx context.Context, group, name string, users ...string) (Group, error) {
+	return c.GroupOp(ctx, protocol.GroupCreate, group, name, users)
+}
+
+// RenameGroup renames group (admins only).
+func (c *Client) RenameGroup(ctx context.Context, group, name string) (Group, error) {
+	return c.GroupOp(ctx, protocol.GroupRename, group, name, nil)
+}
+
+// AddMembers adds users to group (admins only).
+func (c *Client) AddMembers(ctx context.Context, group string, users ...string) (Group, error) {
+	return c.GroupOp(ctx, protocol.GroupAdd, group, "", users)
+}
+
+// RemoveMembers removes users from group (admins only).
+func (c *Client) RemoveMembers(ctx context.Context, group string, users ...string) (Group, error) {
+	return c.GroupOp(ctx, protocol.GroupRemove, group, "", users)
+}
+
+// PromoteMembers makes members of group admins (admins only).
+func (c *Client) PromoteMembers(ctx context.Context, group string, users ...string) (Group, error) {
+	return c.GroupOp(ctx, protocol.GroupPromote, group, "", users)
+}
+
+// DemoteMembers makes admins of group plain members (admins only).
+func (c *Client) DemoteMembers(ctx context.Context, group string, users ...string) (Group, error) {
+	return c.GroupOp(ctx, protocol.GroupDemote, group, "", users)
+}
+
+// LeaveGroup takes this user out of group.
+func (c *Client) LeaveGroup(ctx context.Context, group string) (Group, error) {
+	return c.GroupOp(ctx, protocol.GroupLeave, group, "", nil)
+}
+
+// GroupInfo returns group as it is (members only).
+func (c *Client) GroupInfo(ctx context.Context, group string) (Group, error) {
+	return c.GroupOp(ctx, protocol.GroupInfo, group, "", nil)
+}
+
+// SendGroup stores body for group's members, under the client message id,
+// and returns once the server confirms it is stored in the group's log
+// (Sent.Seq is its place there). It shares Send's order, outbox and
+// resends: a group send and a send to a user made after it are stored
+// after it. A refusal is a *ServerError (protocol.ErrNotMember,
+// protocol.ErrUnknownGroup). Group messages get no receipts yet.
+func (c *Client) SendGroup(ctx context.Context, group, id string, body json.RawMessage) (Sent, error) {
+	if !protocol.ValidID(group) || !protocol.ValidID(id) {
+		return Sent{}, ErrBadID
+	}
+	if !json.Valid(body) || !validUTF8(body) {
+		return Sent{}, ErrBadBody
+	}
+	if err := ctx.Err(); err != nil {
+		return Sent{}, err
+	}
+	o, err := c.enqueueTo(dest{group: group}, id, body, nil)
+	if err != nil {
+		return Sent{}, err
+	}
+	return c.await(ctx, o)
+}
+
+// SendTypingGroup tells the online devices of group's other members that
+// this user is typing there. Like SendTyping, nothing is stored or
+// answered (but a not_member or unknown_group error, to OnError).
+func (c *Client) SendTypingGroup(group string) error {
+	if !protocol.ValidID(group) {
+		return ErrBadID
+	}
+	c.writeCurrent(protocol.AppendTypingGroup(nil, group))
+	return nil
+}
+
+// onGroup resolves the group operation a group frame answers.
+func (c *Client) onGroup(f *protocol.Frame) {
+	g := Group{ID: f.Group, Name: f.Name, CreatedBy: f.CreatedBy, Created: time.UnixMilli(f.Created), Members: f.Members}
+	c.resolveGroup(f.ID, groupResult{g: g})
+}
+
+// resolveGroup hands r to the group operation id waits on, and reports
+// whether one did.
+func (c *Client) resolveGroup(id string, r groupResult) bool {
+	c.mu.Lock()
+	ch, ok := c.groupWait[id]
+	if ok {
+		delete(c.groupWait, id)
+	}
+	c.mu.Unlock()
+	if ok {
+		ch <- r
+	}
+	return ok
+}
+
+// failGroups ends every group operation waiting for its answer: the
+// connection it was asked on is gone.
+//
+// c.mu must be held.
+func (c *Client) failGroupsLocked() {
+	for id, ch := range c.groupWait {
+		delete(c.groupWait, id)
+		ch <- groupResult{err: ErrNoAnswer}
+	}
+}

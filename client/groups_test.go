@@ -1,0 +1,166 @@
+package client
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"testing"
+	"time"
+
+	"github.com/switchboard-im/switchboard/protocol"
+)
+
+// groupCall runs a group operation on its own goroutine; its outcome
+// comes on the channel.
+func groupCall(c *Client, fn func(ctx context.Context) (Group, error)) <-chan groupResult {
+	ch := make(chan groupResult, 1)
+	go func() {
+		ctx, cancel := context.WithTimeout(context.Background(), stuck)
+		defer cancel()
+		g, err := fn(ctx)
+		ch <- groupResult{g, err}
+	}()
+	return ch
+}
+
+// A group operation is one frame, answered by the group or refused with a
+// code; one whose connection is lost before its answer fails with
+// ErrNoAnswer and is not written again.
+func TestGroupOperations(t *testing.T) {
+	s := newScript(t)
+	connected := make(chan string, 4)
+	c := s.dial(t, Options{OnConnect: func(sid string) { connected <- sid }}, newWaiter(true))
+	sc := s.accept(t)
+	<-connected
+
+	res := groupCall(c, func(ctx context.Context) (Group, error) {
+		return c.CreateGroup(ctx, "friends", "Friends", "bob", "carol")
+	})
+	f := sc.next(t)
+	if f.Type != protocol.TypeGroup || f.Op != protocol.GroupCreate || f.Group != "friends" || f.Name != "Friends" || fmt.Sprint(f.Users) != "[bob carol]" {
+		t.Fatalf("create frame %+v", f)
+	}
+	members := []protocol.GroupMember{{User: "alice", Admin: true}, {User: "bob"}, {User: "carol"}}
+	sc.write(protocol.EncodeGroup(f.ID, "friends", "Friends", "alice", 1795582349000, members))
+	r := <-res
+	if r.err != nil || r.g.ID != "friends" || r.g.CreatedBy != "alice" || r.g.Created.UnixMilli() != 1795582349000 ||
+		fmt.Sprint(r.g.Members) != fmt.Sprint(members) || !r.g.IsAdmin("alice") || r.g.IsAdmin("bob") || !r.g.IsMember("carol") {
+		t.Fatalf("create: %+v, %v", r.g, r.err)
+	}
+
+	res = groupCall(c, func(ctx context.Context) (Group, error) { return c.AddMembers(ctx, "friends", "dave") })
+	f = sc.next(t)
+	sc.fail(protocol.ErrNotAdmin, f.ID, 0)
+	var se *ServerError
+	if r := <-res; !errors.As(r.err, &se) || se.Code != protocol.ErrNotAdmin {
+		t.Fatalf("add: %v, want not_admin", r.err)
+	}
+
+	res = groupCall(c, func(ctx context.Context) (Group, error) { return c.GroupInfo(ctx, "friends") })
+	if f = sc.next(t); f.Op != protocol.GroupInfo {
+		t.Fatalf("info frame %+v", f)
+	}
+	sc.closeWith(protocol.CloseServiceRestart, "restart")
+	if r := <-res; !errors.Is(r.err, ErrNoAnswer) {
+		t.Fatalf("info across a lost connection: %v, want ErrNoAnswer", r.err)
+	}
+	sc2 := s.accept(t)
+	<-connected
+	sc2.fence(t, c) // the info was not written again
+
+	if _, err := c.GroupOp(context.Background(), protocol.GroupInfo, "bad.group", "", nil); !errors.Is(err, ErrBadID) {
+		t.Fatalf("bad group id: %v", err)
+	}
+}
+
+// A group send takes its place in the one send order and outbox, and its
+// seq is kept out of receipts; group messages and system messages carry
+// group (and event), and repeats are told apart by (group, from, id) and
+// (group, id).
+func TestGroupSendsAndMessages(t *testing.T) {
+	s := newScript(t)
+	c := s.dial(t, Options{}, newWaiter(true))
+	sc := s.accept(t)
+
+	o1, err := c.enqueueTo(dest{group: "friends"}, "g1", []byte(`"hi all"`), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	o2 := queue(t, c, "m2")
+	f := sc.next(t)
+	if f.Type != protocol.TypeSend || f.ID != "g1" || f.Group != "friends" || f.To != "" || string(f.Body) != `"hi all"` {
+		t.Fatalf("first send %+v, want g1 to friends", f)
+	}
+	sc.expectSends(t, "m2")
+	sc.sent("g1", 51)
+	sc.sent("m2", 51) // the same number in bob's inbox: only m2 takes bob's receipts
+	if st, err := outcome(t, c, o1); err != nil || st.Seq != 51 {
+		t.Fatalf("g1: %+v, %v", st, err)
+	}
+	if _, err := outcome(t, c, o2); err != nil {
+		t.Fatal(err)
+	}
+	sc.receipt(protocol.StatusDelivered, "bob", 51, 51, 90)
+	if r := recvReceipt(t, c); r.ID != "m2" {
+		t.Fatalf("receipt for %s, want m2", r.ID)
+	}
+	sc.expectAcks(t, 90)
+	ctx, cancel := context.WithTimeout(context.Background(), stuck)
+	defer cancel()
+	if _, err := c.SendGroup(ctx, "bad.group", "g3", []byte(`1`)); !errors.Is(err, ErrBadID) {
+		t.Fatalf("bad group: %v", err)
+	}
+
+	sc.write(protocol.AppendGroupMsg(nil, "x", "bob", "phone", "friends", 20, 1795582349000, []byte(`"in the group"`), nil))
+	sc.write(protocol.AppendGroupEvent(nil, "ev-3", "alice", "phone", "friends", 21, 1795582349000, []byte(`{"op":"add","users":["dave"]}`)))
+	sc.msg("x", "bob", 22)                                                                                                   // one to one: another message
+	sc.write(protocol.AppendGroupMsg(nil, "x", "bob", "phone", "friends", 23, 1795582349000, []byte(`"in the group"`), nil)) // a second copy
+	if m := recvMsg(t, c); m.Seq != 20 || m.Group != "friends" || m.Event != nil || string(m.Body) != `"in the group"` {
+		t.Fatalf("group message %+v", m)
+	}
+	if m := recvMsg(t, c); m.Seq != 21 || m.Group != "friends" || m.Event == nil || m.Event.Op != "add" || fmt.Sprint(m.Event.Users) != "[dave]" {
+		t.Fatalf("system message %+v", m)
+	}
+	if m := recvMsg(t, c); m.Seq != 22 || m.Group != "" {
+		t.Fatalf("one-to-one message %+v", m)
+	}
+	sc.expectAcks(t, 23)
+
+	if err := c.SendTypingGroup("friends"); err != nil {
+		t.Fatal(err)
+	}
+	if f := sc.next(t); f.Type != protocol.TypeTyping || f.Group != "friends" || f.To != "" {
+		t.Fatalf("typing frame %+v", f)
+	}
+	sc.write(protocol.AppendGroupTyping(nil, "bob", "phone", "friends"))
+	select {
+	case ty := <-c.TypingEvents():
+		if ty.From != "bob" || ty.Group != "friends" {
+			t.Fatalf("typing %+v", ty)
+		}
+	case <-time.After(stuck):
+		t.Fatal("no typing event")
+	}
+}
+
+// A group operation asked while the client reconnects waits for the
+// connection and goes out on it.
+func TestGroupOperationWaitsForTheConnection(t *testing.T) {
+	s := newScript(t)
+	w := newWaiter(false)
+	c := s.dial(t, Options{}, w)
+	sc := s.accept(t)
+	sc.closeWith(protocol.CloseServiceRestart, "restart")
+	r := w.next(t) // disconnected, waiting to reconnect
+	res := groupCall(c, func(ctx context.Context) (Group, error) { return c.GroupInfo(ctx, "friends") })
+	r.end()
+	sc2 := s.accept(t)
+	f := sc2.next(t)
+	if f.Type != protocol.TypeGroup || f.Op != protocol.GroupInfo {
+		t.Fatalf("frame %+v, want the info", f)
+	}
+	sc2.write(protocol.EncodeGroup(f.ID, "friends", "Friends", "alice", 1795582349000, []protocol.GroupMember{{User: "alice", Admin: true}}))
+	if r := <-res; r.err != nil || r.g.Name != "Friends" {
+		t.Fatalf("info: %+v, %v", r.g, r.err)
+	}
+}

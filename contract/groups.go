@@ -1,0 +1,208 @@
+package contract
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"hash/fnv"
+	"strconv"
+
+	"github.com/nats-io/nats.go/jetstream"
+)
+
+// Groups.
+//
+// A group's log is its subjects in stream GROUPS, in one stream so that
+// one sequence orders everything that happens in the group:
+//
+//	group.<partition>.<group>.m   chat messages, stored by gateways
+//	group.<partition>.<group>.e   membership changes, stored by the groups function
+//
+// A change is stored only if the event subject's last sequence is the one
+// the function decided from (Nats-Expected-Last-Subject-Sequence), so two
+// admins' concurrent edits are applied one after the other, each to the
+// state the other left. The log decides who gets what: the fan-out
+// delivers a message stored at sequence S to the members as of S, which
+// are the events stored before S applied in order. KV GROUP_INFO holds
+// each group's record as of its latest event, for reads (a gateway's
+// check that a sender is a member); it follows the log, and is never
+// ahead of it.
+//
+// The partition is a hash of the group id: the fan-out reads each
+// partition through one durable consumer holding one message at a time,
+// so one group's messages are handled in stream order while many groups
+// are handled at once. Partitions are part of the subjects: their number
+// cannot change under a stream that holds messages.
+
+// Names of the groups' JetStream assets.
+const (
+	GroupsStream = "GROUPS"
+	GroupInfoKV  = "GROUP_INFO"
+	GroupsPrefix = "group."
+)
+
+// GroupPartitions is how many partitions the groups' subjects are spread
+// over.
+const GroupPartitions = 16
+
+// GroupPartition is the partition of group gid, two digits.
+func GroupPartition(gid string) string {
+	h := fnv.New32a()
+	h.Write([]byte(gid))
+	return partitionToken(int(h.Sum32() % GroupPartitions))
+}
+
+func partitionToken(p int) string {
+	if p < 10 {
+		return "0" + strconv.Itoa(p)
+	}
+	return strconv.Itoa(p)
+}
+
+// GroupMsgSubject is where group gid's chat messages are stored. The caller
+// must have validated gid as a safe id.
+func GroupMsgSubject(gid string) string {
+	return GroupsPrefix + GroupPartition(gid) + "." + gid + ".m"
+}
+
+// GroupEventSubject is where group gid's membership changes are stored.
+func GroupEventSubject(gid string) string {
+	return GroupsPrefix + GroupPartition(gid) + "." + gid + ".e"
+}
+
+// GroupPartitionFilter is every subject of partition p (0 to
+// GroupPartitions-1).
+func GroupPartitionFilter(p int) string { return GroupsPrefix + partitionToken(p) + ".>" }
+
+// GroupsDurable is the fan-out's durable consumer of partition p.
+func GroupsDurable(p int) string { return "groups-" + partitionToken(p) }
+
+// Headers of group messages, on the stored message and on every member's
+// copy; a copy also carries the original's HdrFrom, HdrDevice, HdrID and
+// HdrTS.
+const (
+	HdrGroup    = "Sb-Group"     // the group's id
+	HdrGroupSeq = "Sb-Group-Seq" // the message's sequence in GROUPS (on copies)
+	// HdrTTL is JetStream's per-message TTL: group messages need to stay in
+	// GROUPS only as long as INBOX keeps their copies; membership changes
+	// stay, since they make up the group.
+	HdrTTL = "Nats-TTL"
+	// HdrExpectLastSubjSeq makes a store conditional on the subject's last
+	// sequence (0: the subject holds nothing yet).
+	HdrExpectLastSubjSeq = "Nats-Expected-Last-Subject-Sequence"
+
+	// KindEvent is a membership change (the body is the event, as the wire
+	// protocol's msg frame carries it).
+	KindEvent = "event"
+)
+
+// GroupCopyDedupID is the Nats-Msg-Id of member's copy of the group
+// message stored at seq: a fan-out that runs again over the same message
+// stores each copy once.
+func GroupCopyDedupID(gid string, seq uint64, member string) string {
+	return "g:" + gid + ":" + strconv.FormatUint(seq, 10) + ":" + member
+}
+
+// GroupRecord is a group as of one event: the value of its key in
+// GROUP_INFO, and what the groups function answers.
+type GroupRecord struct {
+	ID        string                 `json:"id"`
+	Name      string                 `json:"name"`
+	CreatedBy string                 `json:"created_by"`
+	Created   int64                  `json:"created"` // ms since epoch
+	Members   map[string]GroupMember `json:"members"`
+	// Changes counts the events applied; a member's Joined is the count
+	// when they joined, so the lowest is the longest-standing member.
+	Changes uint64 `json:"changes"`
+	// Seq is the GROUPS sequence of the last event applied.
+	Seq uint64 `json:"seq"`
+}
+
+// GroupMember is one member of a group.
+type GroupMember struct {
+	Admin  bool   `json:"admin,omitempty"`
+	Joined uint64 `json:"joined"`
+}
+
+// IsMember reports whether user is in the group.
+func (g *GroupRecord) IsMember(user string) bool {
+	_, ok := g.Members[user]
+	return ok
+}
+
+// IsAdmin reports whether user is one of the group's admins.
+func (g *GroupRecord) IsAdmin(user string) bool { return g.Members[user].Admin }
+
+// ErrUnknownGroup is a group with no record.
+var ErrUnknownGroup = errors.New("contract: unknown group")
+
+// LoadGroup returns group gid's record from GROUP_INFO and its revision.
+func LoadGroup(ctx context.Context, kv jetstream.KeyValue, gid string) (GroupRecord, uint64, error) {
+	var g GroupRecord
+	e, err := kv.Get(ctx, gid)
+	switch {
+	case errors.Is(err, jetstream.ErrKeyNotFound):
+		return g, 0, ErrUnknownGroup
+	case err != nil:
+		return g, 0, err
+	}
+	if err := json.Unmarshal(e.Value(), &g); err != nil {
+		return GroupRecord{}, e.Revision(), fmt.Errorf("%w: group %s: %w", ErrBadRecord, gid, err)
+	}
+	return g, e.Revision(), nil
+}
+
+// The groups function's request subjects: one endpoint per operation,
+// GroupsSubjectPrefix.<op>.
+const GroupsSubjectPrefix = "sb.fn.groups"
+
+// The operations. Every one but info is a change, stored as an event.
+const (
+	GroupCreate  = "create"
+	GroupRename  = "rename"
+	GroupAdd     = "add"
+	GroupRemove  = "remove"
+	GroupPromote = "promote"
+	GroupDemote  = "demote"
+	GroupLeave   = "leave"
+	GroupInfo    = "info"
+)
+
+// GroupOps lists the operations, in documentation order.
+var GroupOps = []string{GroupCreate, GroupRename, GroupAdd, GroupRemove, GroupPromote, GroupDemote, GroupLeave, GroupInfo}
+
+// GroupSubject is the request subject of op.
+func GroupSubject(op string) string { return GroupsSubjectPrefix + "." + op }
+
+// GroupRequest asks the groups function to apply an operation on behalf
+// of Actor (on Device): the gateway fills both in from the token. Name is
+// for create and rename; Users for create (the members besides the
+// creator), add, remove, promote and demote.
+type GroupRequest struct {
+	Actor  string   `json:"actor"`
+	Device string   `json:"device"`
+	Group  string   `json:"group"`
+	Name   string   `json:"name,omitempty"`
+	Users  []string `json:"users,omitempty"`
+}
+
+// GroupReply answers a GroupRequest: the group as of the change (or, for
+// info and a change that changed nothing, as it is).
+type GroupReply struct {
+	Group GroupRecord `json:"group"`
+}
+
+// The groups function's refusals: the Code of its FnError. Each is the
+// wire protocol's error code of the same name.
+const (
+	GroupErrUnknown       = "unknown_group"  // no such group
+	GroupErrExists        = "group_exists"   // create: the id is taken
+	GroupErrNotMember     = "not_member"     // the actor is not a member
+	GroupErrNotAdmin      = "not_admin"      // the change needs an admin
+	GroupErrFull          = "group_full"     // past the size limit
+	GroupErrAlreadyMember = "already_member" // add: a user is a member already
+	GroupErrUnknownMember = "unknown_member" // a user named is not a member
+	GroupErrBadID         = "bad_id"         // an id is not a safe id
+	GroupErrBadField      = "bad_field"      // any other malformed request
+)

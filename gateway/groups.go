@@ -1,0 +1,281 @@
+package gateway
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/switchboard-im/switchboard/contract"
+	"github.com/switchboard-im/switchboard/protocol"
+)
+
+// Groups.
+//
+// The gateway's part: it passes group frames to the groups function
+// (contract.GroupSubject) and answers with the group it returns; it stores
+// a member's group send once, in the group's log in GROUPS, after checking
+// in GROUP_INFO that the sender is a member (a step of the PubAck queue,
+// like a media grant, so group sends and sends to users keep one order);
+// it hands on the members' copies the groups function stores in their
+// inboxes, as msg frames with group (and event, for a system message); and
+// it relays typing in a group to the members' online devices.
+//
+// Group copies tick nothing: no delivered receipt names their senders, a
+// read of one is taken and changes nothing, and status does not answer
+// about them (PROTOCOL.md).
+
+// groupTTL is the Nats-TTL of a stored group message: as long as INBOX
+// keeps the members' copies (maxAge, whole seconds), so GROUPS does not
+// keep messages no one can be handed any more. Zero keeps them.
+func groupTTL(maxAge time.Duration) string {
+	if maxAge < time.Second {
+		return ""
+	}
+	return strconv.FormatInt(int64(maxAge/time.Second), 10)
+}
+
+// groupError is the wire error for an error of the groups function or of
+// a GROUP_INFO read.
+func groupError(err error) (protocol.ErrorCode, string) {
+	var fe *contract.FnError
+	switch {
+	case errors.Is(err, contract.ErrUnknownGroup):
+		return protocol.ErrUnknownGroup, "no such group"
+	case errors.Is(err, contract.ErrUnavailable), errors.Is(err, context.DeadlineExceeded):
+		return protocol.ErrUnavailable, "groups are unavailable; resend"
+	case errors.As(err, &fe):
+		if code, ok := groupCodes[fe.Code]; ok {
+			return code, fe.Message
+		}
+		if fe.Status >= 500 {
+			return protocol.ErrUnavailable, "groups are unavailable; resend"
+		}
+		return protocol.ErrInternal, "the groups function refused: " + fe.Message
+	default:
+		return protocol.ErrUnavailable, "groups are unavailable; resend"
+	}
+}
+
+// groupCodes maps the groups function's refusals to the wire's codes.
+var groupCodes = map[string]protocol.ErrorCode{
+	contract.GroupErrUnknown:       protocol.ErrUnknownGroup,
+	contract.GroupErrExists:        protocol.ErrGroupExists,
+	contract.GroupErrNotMember:     protocol.ErrNotMember,
+	contract.GroupErrNotAdmin:      protocol.ErrNotAdmin,
+	contract.GroupErrFull:          protocol.ErrGroupFull,
+	contract.GroupErrAlreadyMember: protocol.ErrAlreadyMember,
+	contract.GroupErrUnknownMember: protocol.ErrUnknownMember,
+	contract.GroupErrBadID:         protocol.ErrBadID,
+	contract.GroupErrBadField:      protocol.ErrBadField,
+}
+
+// group passes a group frame to the groups function, off the read loop,
+// and answers with the group as it then is, or the function's refusal.
+func (s *session) group(f *protocol.Frame) {
+	if s.shutting.Load() {
+		s.sendError(protocol.ErrShuttingDown, "gateway is shutting down", f.ID, 0, 0)
+		return
+	}
+	req := contract.GroupRequest{Actor: s.id.User, Device: s.id.Device, Group: f.Group, Name: f.Name, Users: f.Users}
+	id, op, gid := f.ID, f.Op, f.Group
+	ok := s.goCall(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), s.srv.cfg.FunctionTimeout)
+		defer cancel()
+		var reply contract.GroupReply
+		if err := contract.Call(ctx, s.srv.nc, contract.GroupSubject(op), req, &reply); err != nil {
+			code, msg := groupError(err)
+			if code == protocol.ErrInternal {
+				s.log.Warn("group operation failed", "op", op, "err", err)
+			}
+			s.sendError(code, msg, id, 0, 0)
+			return
+		}
+		g := reply.Group
+		s.srv.groups.put(gid, g)
+		s.t.Send(protocol.EncodeGroup(id, gid, g.Name, g.CreatedBy, g.Created, groupMembers(g)))
+	})
+	if !ok {
+		s.refuseBusy(id)
+	}
+}
+
+// groupMembers lists g's members as the wire has them: in the order they
+// joined, the longest-standing first.
+func groupMembers(g contract.GroupRecord) []protocol.GroupMember {
+	type m struct {
+		user   string
+		joined uint64
+		admin  bool
+	}
+	all := make([]m, 0, len(g.Members))
+	for u, gm := range g.Members {
+		if protocol.ValidID(u) {
+			all = append(all, m{u, gm.Joined, gm.Admin})
+		}
+	}
+	slices.SortFunc(all, func(a, b m) int {
+		if a.joined != b.joined {
+			if a.joined < b.joined {
+				return -1
+			}
+			return 1
+		}
+		return strings.Compare(a.user, b.user)
+	})
+	out := make([]protocol.GroupMember, len(all))
+	for i, x := range all {
+		out[i] = protocol.GroupMember{User: x.user, Admin: x.admin}
+	}
+	return out
+}
+
+// sendGroup queues a send to group f.Group: checked (checkGroupSend)
+// when its turn comes, then stored once in the group's log.
+func (s *session) sendGroup(f *protocol.Frame, ts int64) {
+	if f.Media != nil {
+		s.sendError(protocol.ErrBadMedia, "media in group messages is not supported yet", f.ID, 0, 0)
+		return
+	}
+	h := nats.Header{
+		contract.HdrMsgID:  {contract.MsgDedupID(s.id.User, f.ID)},
+		contract.HdrKind:   {contract.KindMsg},
+		contract.HdrFrom:   {s.id.User},
+		contract.HdrDevice: {s.id.Device},
+		contract.HdrID:     {f.ID},
+		contract.HdrTS:     {strconv.FormatInt(ts, 10)},
+		contract.HdrGroup:  {f.Group},
+	}
+	if s.srv.groupTTL != "" {
+		h.Set(contract.HdrTTL, s.srv.groupTTL)
+	}
+	m := &nats.Msg{Subject: contract.GroupMsgSubject(f.Group), Header: h, Data: f.Body}
+	s.queue(&pubItem{msg: m, id: f.ID, group: f.Group, ts: ts})
+}
+
+// checkGroupSend tells whether this user may send to group gid now: a
+// fresh read of its record (no cache: a member removed a moment ago is
+// refused). It returns the error to answer the send with, if any.
+func (s *session) checkGroupSend(gid string) (protocol.ErrorCode, string) {
+	ctx, cancel := context.WithTimeout(context.Background(), s.srv.cfg.FunctionTimeout)
+	defer cancel()
+	g, err := s.srv.groupInfo.load(ctx, gid)
+	if err != nil {
+		if !errors.Is(err, contract.ErrUnknownGroup) {
+			s.log.Warn("cannot read a group's record", "group", gid, "err", err)
+		}
+		return groupError(err)
+	}
+	s.srv.groups.put(gid, g)
+	if !g.IsMember(s.id.User) {
+		return protocol.ErrNotMember, "you are not a member of this group"
+	}
+	return "", ""
+}
+
+// typingGroup relays a typing frame in group gid to the online devices of
+// its other members (core NATS, as typing to a user), if this user is one
+// of them. The members come from a record at most groupCacheTTL old.
+func (s *session) typingGroup(gid string) {
+	ok := s.goCall(func() {
+		g, err := s.srv.groups.get(s.srv, gid)
+		if err != nil {
+			code, msg := groupError(err)
+			s.sendError(code, msg, "", 0, 0)
+			return
+		}
+		if !g.IsMember(s.id.User) {
+			s.sendError(protocol.ErrNotMember, "you are not a member of this group", "", 0, 0)
+			return
+		}
+		frame := protocol.AppendGroupTyping(nil, s.id.User, s.id.Device, gid)
+		for u := range g.Members {
+			if u != s.id.User && protocol.ValidID(u) {
+				_ = s.srv.nc.Publish(contract.EventSubject(u), frame)
+			}
+		}
+	})
+	_ = ok // typing is worth nothing later: with too many requests in flight it is dropped
+}
+
+// groupCacheTTL is how long a group's record serves typing frames.
+const groupCacheTTL = 2 * time.Second
+
+// groupCacheMax bounds the records kept; past it the cache starts over.
+const groupCacheMax = 4096
+
+// groupCache keeps groups' records briefly, for typing: a member typing
+// sends a frame every few seconds, and each would otherwise read
+// GROUP_INFO. Its lock is a leaf.
+type groupCache struct {
+	mu sync.Mutex
+	m  map[string]cachedGroup
+}
+
+type cachedGroup struct {
+	g  contract.GroupRecord
+	at time.Time
+}
+
+// put keeps g as group gid's record as of now.
+func (c *groupCache) put(gid string, g contract.GroupRecord) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.m == nil || len(c.m) >= groupCacheMax {
+		c.m = make(map[string]cachedGroup)
+	}
+	c.m[gid] = cachedGroup{g, time.Now()}
+}
+
+// get returns group gid's record, from the cache if it is fresh enough,
+// else read from GROUP_INFO.
+func (c *groupCache) get(srv *Server, gid string) (contract.GroupRecord, error) {
+	c.mu.Lock()
+	e, ok := c.m[gid]
+	c.mu.Unlock()
+	if ok && time.Since(e.at) < groupCacheTTL {
+		return e.g, nil
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), srv.cfg.FunctionTimeout)
+	defer cancel()
+	g, err := srv.groupInfo.load(ctx, gid)
+	if err != nil {
+		return g, err
+	}
+	c.put(gid, g)
+	return g, nil
+}
+
+// groupBucket is GROUP_INFO, opened at start or, when it did not exist
+// then, when a group first needs it. Its lock is a leaf, never held over
+// a request.
+type groupBucket struct {
+	js jetstream.JetStream
+	mu sync.Mutex
+	kv jetstream.KeyValue
+}
+
+// load returns group gid's record.
+func (b *groupBucket) load(ctx context.Context, gid string) (contract.GroupRecord, error) {
+	b.mu.Lock()
+	kv := b.kv
+	b.mu.Unlock()
+	if kv == nil {
+		var err error
+		if kv, err = b.js.KeyValue(ctx, contract.GroupInfoKV); err != nil {
+			return contract.GroupRecord{}, fmt.Errorf("%w: bucket %s: %w", contract.ErrUnavailable, contract.GroupInfoKV, err)
+		}
+		b.mu.Lock()
+		b.kv = kv
+		b.mu.Unlock()
+	}
+	g, _, err := contract.LoadGroup(ctx, kv, gid)
+	return g, err
+}
