@@ -547,7 +547,14 @@ func TestStopMidFanOutStoresEachCopyOnce(t *testing.T) {
 		e.must(t, contract.GroupAdd, req("alice", gid, users[i:min(i+256, len(users))]...))
 	}
 	e.refused(t, contract.GroupErrFull, contract.GroupAdd, req("alice", gid, "one-more"))
+	// A small group in another partition, to show the big fan-out holds
+	// up nobody else.
+	other := "side"
+	for i := 0; contract.GroupPartition(other) == contract.GroupPartition(gid); i++ {
+		other = fmt.Sprintf("side-%d", i)
+	}
 	e.settled(t, gid, e.lastSeq(t))
+	e.settled(t, other, e.must(t, contract.GroupCreate, named("bob", other, "Side", "carol")).Seq)
 	first.Stop()
 	before := e.count(t, contract.Inbox, contract.InboxPrefix+">")
 
@@ -566,6 +573,11 @@ func TestStopMidFanOutStoresEachCopyOnce(t *testing.T) {
 	case <-reached:
 	case <-time.After(30 * time.Second):
 		t.Fatal("the fan-out never stored 300 copies")
+	}
+	// While it is held half-way, another partition goes on.
+	e.settled(t, other, e.send(t, other, "bob", "meanwhile"))
+	if got := inboxSays(t, e, "carol"); !slices.Equal(got, []string{"event create [carol] by bob", "msg meanwhile from bob"}) {
+		t.Fatalf("carol's inbox: %q", got)
 	}
 	stopped.Stop()
 	mid := e.count(t, contract.Inbox, contract.InboxPrefix+">")
