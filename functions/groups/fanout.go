@@ -27,6 +27,7 @@ type partition struct {
 	// partition in a row: lastDelivery is the consumer's delivery
 	// sequence of the last one.
 	cache        map[string]*members
+	cached       int // members in cache
 	lastDelivery uint64
 }
 
@@ -86,7 +87,7 @@ func (p *partition) handle(m jetstream.Msg) {
 	if meta.Sequence.Consumer != p.lastDelivery+1 {
 		// Someone else handled deliveries in between: what they applied
 		// is not here.
-		clear(p.cache)
+		p.forget()
 	}
 	p.lastDelivery = meta.Sequence.Consumer
 	s.log.Debug("fan out", "subject", m.Subject(), "seq", meta.Sequence.Stream, "delivery", meta.Sequence.Consumer)
@@ -117,7 +118,10 @@ func (p *partition) apply(m jetstream.Msg, seq uint64) error {
 		ev, err := parseEvent(&storedMsg{Subject: m.Subject(), Sequence: seq, Data: m.Data()})
 		if err != nil {
 			s.log.Error("unreadable group event skipped", "group", gid, "seq", seq, "err", err)
-			delete(p.cache, gid)
+			if old, ok := p.cache[gid]; ok {
+				p.cached -= len(old.list)
+				delete(p.cache, gid)
+			}
 			return nil
 		}
 		to := sortedMembers(&ev.Group)
@@ -183,10 +187,19 @@ func (p *partition) apply(m jetstream.Msg, seq uint64) error {
 }
 
 func (p *partition) remember(gid string, g *members) {
-	if len(p.cache) >= p.s.cfg.CacheGroups {
-		clear(p.cache)
+	if old, ok := p.cache[gid]; ok {
+		p.cached -= len(old.list)
+	}
+	if p.cached+len(g.list) > p.s.cfg.CacheMembers {
+		p.forget()
 	}
 	p.cache[gid] = g
+	p.cached += len(g.list)
+}
+
+func (p *partition) forget() {
+	clear(p.cache)
+	p.cached = 0
 }
 
 // membersAt is group gid as of its last event before seq: from the cache,

@@ -87,10 +87,10 @@ type Config struct {
 	// Attempts bounds how often a change is decided again after another
 	// change was stored first.
 	Attempts int
-	// CacheGroups bounds the groups whose membership a partition keeps in
-	// memory; past it the partition forgets them all and reads them back
-	// from the log as they come.
-	CacheGroups int
+	// CacheMembers bounds the members a partition keeps in memory, over
+	// all its groups; past it the partition forgets them all and reads
+	// each group back from the log as its messages come.
+	CacheMembers int
 
 	// afterCopy, for tests, is called after each copy of a fan-out is
 	// stored, with how many of that message's copies are; ctx ends when
@@ -102,7 +102,7 @@ type Config struct {
 
 // DefaultConfig is what the binary runs with.
 func DefaultConfig() Config {
-	return Config{MaxMembers: 1024, Workers: 64, Timeout: 5 * time.Second, InFlight: 256, Attempts: 10, CacheGroups: 10000}
+	return Config{MaxMembers: 1024, Workers: 64, Timeout: 5 * time.Second, InFlight: 256, Attempts: 10, CacheMembers: 1 << 16}
 }
 
 // Service is one running instance.
@@ -130,7 +130,7 @@ type Service struct {
 // Start binds the micro service and the partitions' durables. The GROUPS
 // stream and the GROUP_INFO bucket must exist.
 func Start(ctx context.Context, nc *nats.Conn, js jetstream.JetStream, cfg Config, log *slog.Logger) (*Service, error) {
-	if cfg.MaxMembers <= 0 || cfg.Workers <= 0 || cfg.Timeout <= 0 || cfg.InFlight <= 0 || cfg.Attempts <= 0 || cfg.CacheGroups <= 0 {
+	if cfg.MaxMembers <= 0 || cfg.Workers <= 0 || cfg.Timeout <= 0 || cfg.InFlight <= 0 || cfg.Attempts <= 0 || cfg.CacheMembers <= 0 {
 		return nil, fmt.Errorf("groups: max members, workers, timeout, in-flight, attempts and cache must be positive")
 	}
 	// A JetStream context of its own, whose async window holds every

@@ -636,3 +636,33 @@ func TestRecordRepairedFromTheLog(t *testing.T) {
 		t.Fatalf("record %+v, want %+v", r, g)
 	}
 }
+
+// Instances share the partitions: whichever handles a message, it goes to
+// the members as of the message, though another instance handled the
+// change before it.
+func TestInstancesShareThePartitions(t *testing.T) {
+	e := newEnv(t)
+	e.instance(t, groups.DefaultConfig())
+	e.instance(t, groups.DefaultConfig())
+	e.instance(t, groups.DefaultConfig())
+	const gid = "revolving"
+	e.must(t, contract.GroupCreate, named("alice", gid, "Revolving door", "bob"))
+	var want []string
+	want = append(want, "event create [bob] by alice")
+	var last uint64
+	for i := range 15 {
+		id := fmt.Sprintf("in-%d", i)
+		e.send(t, gid, "alice", id)
+		want = append(want, "msg "+id+" from alice")
+		e.must(t, contract.GroupRemove, req("alice", gid, "bob"))
+		want = append(want, "event remove [bob] by alice")
+		e.send(t, gid, "alice", fmt.Sprintf("out-%d", i))
+		e.must(t, contract.GroupAdd, req("alice", gid, "bob"))
+		want = append(want, "event add [bob] by alice")
+		last = e.send(t, gid, "carol", fmt.Sprintf("stranger-%d", i))
+	}
+	e.settled(t, gid, last)
+	if got := inboxSays(t, e, "bob"); !slices.Equal(got, want) {
+		t.Fatalf("bob's inbox:\n%q\nwant\n%q", got, want)
+	}
+}
