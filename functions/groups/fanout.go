@@ -90,7 +90,6 @@ func (p *partition) handle(m jetstream.Msg) {
 		p.forget()
 	}
 	p.lastDelivery = meta.Sequence.Consumer
-	s.log.Debug("fan out", "subject", m.Subject(), "seq", meta.Sequence.Stream, "delivery", meta.Sequence.Consumer)
 	err = p.apply(m, meta.Sequence.Stream)
 	s.log.Debug("fanned out", "seq", meta.Sequence.Stream, "err", err)
 	switch {
