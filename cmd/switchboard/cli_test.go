@@ -31,6 +31,9 @@ func TestCLIGuides(t *testing.T) {
 	if out, _ := run(t, "function", "-h"); !strings.Contains(out, "receipts") || !strings.Contains(out, "presence") {
 		t.Errorf("function -h does not list the functions:\n%s", out)
 	}
+	if out, _ := run(t, "function", "groups", "-h"); !strings.Contains(out, "group-max-members") || strings.Contains(out, "push-webhook") {
+		t.Errorf("function groups -h does not show its own flags only:\n%s", out)
+	}
 	out, _ := run(t, "function", "presence", "-h")
 	if strings.Contains(out, "push-webhook") || strings.Contains(out, "media-s3") || !strings.Contains(out, "-nats") {
 		t.Errorf("function presence -h shows other functions' flags:\n%s", out)

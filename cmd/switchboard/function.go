@@ -19,6 +19,7 @@ import (
 
 	"github.com/nats-io/nats.go"
 
+	"github.com/switchboard-im/switchboard/functions/groups"
 	"github.com/switchboard-im/switchboard/functions/presence"
 	"github.com/switchboard-im/switchboard/functions/push"
 	"github.com/switchboard-im/switchboard/functions/receipts"
@@ -28,14 +29,15 @@ import (
 
 // functionNames are the worker functions this binary can run, in start
 // order.
-var functionNames = []string{"receipts", "presence", "push", "media"}
+var functionNames = []string{"receipts", "presence", "push", "media", "groups"}
 
 // functionsConfig is what the worker functions are told.
 type functionsConfig struct {
 	// Run lists the functions the all-in-one runs in-process.
-	Run   []string
-	Push  push.Config
-	Media media.Config
+	Run    []string
+	Push   push.Config
+	Groups groups.Config
+	Media  media.Config
 	// MediaLimits are the per-class size limits in bytes (the types stay
 	// media's defaults).
 	MediaLimits map[media.Class]*int64
@@ -51,7 +53,7 @@ type functionsConfig struct {
 }
 
 func defaultFunctionsConfig() functionsConfig {
-	c := functionsConfig{Run: functionNames, Push: push.DefaultConfig(), Media: media.DefaultConfig(), MediaUploadTimeout: 10 * time.Minute,
+	c := functionsConfig{Run: functionNames, Push: push.DefaultConfig(), Groups: groups.DefaultConfig(), Media: media.DefaultConfig(), MediaUploadTimeout: 10 * time.Minute,
 		MediaLimits: map[media.Class]*int64{}}
 	c.Media.Limits = media.DefaultLimits()
 	for class, l := range c.Media.Limits {
@@ -86,9 +88,15 @@ func bindFunctionFlags(fs *flag.FlagSet, c *functionsConfig, withRun bool) {
 				c.Run = append(c.Run, n)
 			}
 			return nil
-		}}, "functions", "worker functions to run in-process, comma-separated (receipts,presence,push,media; \"none\" for none)")
+		}}, "functions", "worker functions to run in-process, comma-separated (receipts,presence,push,media,groups; \"none\" for none)")
 	}
 	bindPushFlags(fs, c)
+	bindGroupsFlags(fs, c)
+}
+
+// bindGroupsFlags declares the groups function's flags.
+func bindGroupsFlags(fs *flag.FlagSet, c *functionsConfig) {
+	fs.IntVar(&c.Groups.MaxMembers, "group-max-members", c.Groups.MaxMembers, "most members a group may have")
 }
 
 // bindPushFlags declares the push function's flags.
@@ -179,6 +187,8 @@ func startFunctions(ctx context.Context, connect func(natsauth.Role) (*nats.Conn
 			}
 		case "push":
 			s, err = push.Start(ctx, nc, js, c.Push, log)
+		case "groups":
+			s, err = groups.Start(ctx, nc, js, c.Groups, log)
 		default:
 			err = fmt.Errorf("unknown function %q", name)
 		}
@@ -209,6 +219,7 @@ Runs one worker function alone; any number of instances share the work.
   push      wakes offline devices through --push-webhook
   media     upload tickets and download URLs (--media-listen serves the
             embedded store's signed URLs)
+  groups    groups' membership, and their messages fanned out to members
 
 Run "switchboard function NAME -h" for that function's flags.
 `)
@@ -232,6 +243,8 @@ Run "switchboard function NAME -h" for that function's flags.
 	switch name {
 	case "push":
 		bindPushFlags(fs, &c.Functions)
+	case "groups":
+		bindGroupsFlags(fs, &c.Functions)
 	case "media":
 		bindMediaFlags(fs, &c.Functions)
 		fs.IntVar(&c.Functions.Media.Replicas, "replicas", 0, "replicas of the media buckets (as the gateways' --replicas; 0: 1)")

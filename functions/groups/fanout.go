@@ -1,0 +1,291 @@
+package groups
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/switchboard-im/switchboard/contract"
+	"github.com/switchboard-im/switchboard/functions/worker"
+)
+
+// partition fans out one partition of the group logs, one message at a
+// time, in stream order.
+type partition struct {
+	s    *Service
+	id   int
+	cons jetstream.Consumer
+
+	// cache holds groups' members as of the consumer's position. It is
+	// trusted only while this instance handled every delivery of the
+	// partition in a row: lastDelivery is the consumer's delivery
+	// sequence of the last one.
+	cache        map[string]*members
+	cached       int // members in cache
+	lastDelivery uint64
+}
+
+// members is a group as of its last event before the consumer's
+// position.
+type members struct {
+	g    contract.GroupRecord
+	list []string // in the order they joined
+}
+
+func newMembers(g contract.GroupRecord) *members { return &members{g: g, list: sortedMembers(&g)} }
+
+func (p *partition) start() error {
+	p.s.pwg.Add(1)
+	go p.run()
+	return nil
+}
+
+// pullWait is how long one pull waits for a message; a stopping instance
+// waits at most this long for its pulls to end.
+const pullWait = 2 * time.Second
+
+func (p *partition) run() {
+	defer p.s.pwg.Done()
+	for p.s.ctx.Err() == nil {
+		// One message per pull: the durable holds one at a time anyway.
+		ctx, cancel := context.WithTimeout(p.s.ctx, pullWait)
+		batch, err := p.cons.Fetch(1, jetstream.FetchContext(ctx))
+		if err != nil {
+			cancel()
+			p.s.log.Debug("pull", "partition", p.id, "err", err)
+			select {
+			case <-p.s.ctx.Done():
+			case <-time.After(pullWait):
+			}
+			continue
+		}
+		for m := range batch.Messages() {
+			p.handle(m)
+		}
+		cancel()
+	}
+}
+
+func (p *partition) handle(m jetstream.Msg) {
+	s := p.s
+	if s.ctx.Err() != nil {
+		_ = m.Nak() // stopping: another instance takes it now
+		return
+	}
+	meta, err := m.Metadata()
+	if err != nil {
+		s.log.Error("group message without metadata", "subject", m.Subject(), "err", err)
+		_ = m.Term()
+		return
+	}
+	if meta.Sequence.Consumer != p.lastDelivery+1 {
+		// Someone else handled deliveries in between: what they applied
+		// is not here.
+		p.forget()
+	}
+	p.lastDelivery = meta.Sequence.Consumer
+	err = p.apply(m, meta.Sequence.Stream)
+	s.log.Debug("fanned out", "seq", meta.Sequence.Stream, "err", err)
+	switch {
+	case err == nil:
+		_ = m.Ack()
+	case s.ctx.Err() != nil:
+		_ = m.Nak()
+	default:
+		s.log.Warn("fan-out will retry", "subject", m.Subject(), "seq", meta.Sequence.Stream, "attempt", meta.NumDelivered, "err", err)
+		_ = m.NakWithDelay(worker.Backoff(int(meta.NumDelivered), 100*time.Millisecond, 30*time.Second))
+	}
+}
+
+// apply fans out the message stored at seq.
+func (p *partition) apply(m jetstream.Msg, seq uint64) error {
+	s := p.s
+	tok := strings.Split(m.Subject(), ".")
+	if len(tok) != 4 {
+		s.log.Error("not a group subject", "subject", m.Subject())
+		return nil
+	}
+	gid := tok[2]
+	switch tok[3] {
+	case "e":
+		ev, err := parseEvent(&storedMsg{Subject: m.Subject(), Sequence: seq, Data: m.Data()})
+		if err != nil {
+			s.log.Error("unreadable group event skipped", "group", gid, "seq", seq, "err", err)
+			if old, ok := p.cache[gid]; ok {
+				p.cached -= len(old.list)
+				delete(p.cache, gid)
+			}
+			return nil
+		}
+		to := sortedMembers(&ev.Group)
+		switch {
+		case ev.Op == contract.GroupRemove:
+			to = append(to, ev.Users...)
+		case ev.Op == contract.GroupLeave:
+			to = append(to, ev.Actor)
+		}
+		body, _ := json.Marshal(ev.systemMessage())
+		h := func(member string) nats.Header {
+			return nats.Header{
+				contract.HdrMsgID:    {contract.GroupCopyDedupID(gid, seq, member)},
+				contract.HdrKind:     {contract.KindEvent},
+				contract.HdrFrom:     {ev.Actor},
+				contract.HdrDevice:   {ev.Device},
+				contract.HdrID:       {"ev-" + strconv.FormatUint(seq, 10)},
+				contract.HdrTS:       {strconv.FormatInt(ev.TS, 10)},
+				contract.HdrGroup:    {gid},
+				contract.HdrGroupSeq: {strconv.FormatUint(seq, 10)},
+			}
+		}
+		if err := p.fanOut(m, to, body, h); err != nil {
+			return err
+		}
+		p.remember(gid, newMembers(ev.Group))
+		return nil
+	case "m":
+		from := m.Headers().Get(contract.HdrFrom)
+		g, err := p.membersAt(gid, seq)
+		if err != nil {
+			return err
+		}
+		if from == "" || !g.g.IsMember(from) {
+			s.dropped.Add(1)
+			s.log.Info("group message from a non-member dropped", "group", gid, "seq", seq, "from", from)
+			return nil
+		}
+		to := make([]string, 0, len(g.list))
+		for _, u := range g.list {
+			if u != from {
+				to = append(to, u)
+			}
+		}
+		src := m.Headers()
+		h := func(member string) nats.Header {
+			return nats.Header{
+				contract.HdrMsgID:    {contract.GroupCopyDedupID(gid, seq, member)},
+				contract.HdrKind:     {contract.KindMsg},
+				contract.HdrFrom:     {from},
+				contract.HdrDevice:   {src.Get(contract.HdrDevice)},
+				contract.HdrID:       {src.Get(contract.HdrID)},
+				contract.HdrTS:       {src.Get(contract.HdrTS)},
+				contract.HdrGroup:    {gid},
+				contract.HdrGroupSeq: {strconv.FormatUint(seq, 10)},
+			}
+		}
+		return p.fanOut(m, to, m.Data(), h)
+	default:
+		s.log.Error("not a group subject", "subject", m.Subject())
+		return nil
+	}
+}
+
+func (p *partition) remember(gid string, g *members) {
+	if old, ok := p.cache[gid]; ok {
+		p.cached -= len(old.list)
+	}
+	if p.cached+len(g.list) > p.s.cfg.CacheMembers {
+		p.forget()
+	}
+	p.cache[gid] = g
+	p.cached += len(g.list)
+}
+
+func (p *partition) forget() {
+	clear(p.cache)
+	p.cached = 0
+}
+
+// membersAt is group gid as of its last event before seq: from the cache,
+// or else from the log, walking back from the group's last event.
+func (p *partition) membersAt(gid string, seq uint64) (*members, error) {
+	if g, ok := p.cache[gid]; ok && g.g.Seq < seq {
+		return g, nil
+	}
+	ctx, cancel := context.WithTimeout(p.s.ctx, p.s.cfg.Timeout)
+	defer cancel()
+	var g contract.GroupRecord
+	sm, err := p.s.getMsg(ctx, msgGetRequest{LastBySubject: contract.GroupEventSubject(gid)})
+	for err == nil {
+		ev, perr := parseEvent(sm)
+		if perr != nil {
+			return nil, perr
+		}
+		if sm.Sequence < seq {
+			g = ev.Group
+			break
+		}
+		if ev.Prev == 0 {
+			err = errNoMsg
+			break
+		}
+		sm, err = p.s.getMsg(ctx, msgGetRequest{Seq: ev.Prev})
+	}
+	if err != nil && !errors.Is(err, errNoMsg) {
+		return nil, err
+	}
+	// No event before seq: no group, no members.
+	m := newMembers(g)
+	p.remember(gid, m)
+	return m, nil
+}
+
+// fanOut stores a copy of body in the inbox of each of to, with the
+// headers h gives, at most InFlight unconfirmed at a time, and returns
+// once every copy is stored. A copy stored before (the same dedup id) is
+// not stored again.
+func (p *partition) fanOut(m jetstream.Msg, to []string, body []byte, h func(string) nats.Header) error {
+	s := p.s
+	ctx := s.ctx
+	tick := time.NewTicker(5 * time.Second)
+	defer tick.Stop()
+	stored := 0
+	wait := func(f jetstream.PubAckFuture) error {
+		for {
+			select {
+			case <-f.Ok():
+				stored++
+				if s.cfg.afterCopy != nil {
+					s.cfg.afterCopy(ctx, stored)
+				}
+				return nil
+			case err := <-f.Err():
+				return err
+			case <-ctx.Done():
+				return ctx.Err()
+			case <-tick.C:
+				_ = m.InProgress() // a big fan-out outlasting the ack wait
+			}
+		}
+	}
+	pending := make([]jetstream.PubAckFuture, 0, s.cfg.InFlight)
+	for _, u := range to {
+		if len(pending) == s.cfg.InFlight {
+			if err := wait(pending[0]); err != nil {
+				return err
+			}
+			pending = pending[1:]
+		}
+		if ctx.Err() != nil {
+			return ctx.Err()
+		}
+		f, err := s.js.PublishMsgAsync(&nats.Msg{Subject: contract.InboxSubject(u), Header: h(u), Data: body})
+		if err != nil {
+			return err
+		}
+		pending = append(pending, f)
+	}
+	for _, f := range pending {
+		if err := wait(f); err != nil {
+			return err
+		}
+	}
+	s.fannedOut.Add(1)
+	s.copies.Add(int64(len(to)))
+	return nil
+}

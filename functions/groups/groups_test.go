@@ -1,0 +1,668 @@
+package groups_test
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"reflect"
+	"slices"
+	"strconv"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/switchboard-im/switchboard/contract"
+	"github.com/switchboard-im/switchboard/functions/groups"
+	"github.com/switchboard-im/switchboard/internal/natsauth"
+	tk "github.com/switchboard-im/switchboard/internal/testkit"
+	"github.com/switchboard-im/switchboard/protocol"
+)
+
+// env is a bare server with the streams applied and no function running;
+// gw asks and stores group messages as a gateway does.
+type env struct {
+	n    *tk.NATS
+	gw   *nats.Conn
+	gwJS jetstream.JetStream
+}
+
+func newEnv(t testing.TB) *env {
+	t.Helper()
+	n := tk.StartStreams(t, t.TempDir())
+	gw := n.Connect(t, natsauth.Gateway)
+	js, err := jetstream.New(gw)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return &env{n: n, gw: gw, gwJS: js}
+}
+
+// instance starts a groups function on its own connection in its own
+// role, stopped at the end of the test unless stopped before.
+func (e *env) instance(t testing.TB, cfg groups.Config) *groups.Service {
+	t.Helper()
+	nc := e.n.Connect(t, natsauth.Groups)
+	js, _ := jetstream.New(nc)
+	s, err := groups.Start(context.Background(), nc, js, cfg, tk.Logger(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var once sync.Once
+	t.Cleanup(func() { once.Do(s.Stop) })
+	return s
+}
+
+func (e *env) do(t testing.TB, op string, req contract.GroupRequest) (contract.GroupRecord, error) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if req.Device == "" {
+		req.Device = "phone"
+	}
+	var r contract.GroupReply
+	err := contract.Call(ctx, e.gw, contract.GroupSubject(op), req, &r)
+	return r.Group, err
+}
+
+func (e *env) must(t testing.TB, op string, req contract.GroupRequest) contract.GroupRecord {
+	t.Helper()
+	g, err := e.do(t, op, req)
+	if err != nil {
+		t.Fatalf("%s %+v: %v", op, req, err)
+	}
+	return g
+}
+
+// refused asks and wants the refusal code, and nothing changed: the
+// group's events and record are as before.
+func (e *env) refused(t testing.TB, code, op string, req contract.GroupRequest) {
+	t.Helper()
+	n, rec := e.events(t, req.Group), e.record(t, req.Group)
+	_, err := e.do(t, op, req)
+	var fe *contract.FnError
+	if !errors.As(err, &fe) || fe.Code != code {
+		t.Fatalf("%s %+v: %v, want refusal %s", op, req, err, code)
+	}
+	if m, r := e.events(t, req.Group), e.record(t, req.Group); m != n || !reflect.DeepEqual(r, rec) {
+		t.Fatalf("%s refused with %s changed the group: %d events (was %d), record %+v (was %+v)", op, code, m, n, r, rec)
+	}
+}
+
+// events counts group gid's stored events.
+func (e *env) events(t testing.TB, gid string) uint64 {
+	t.Helper()
+	return e.count(t, contract.GroupsStream, contract.GroupEventSubject(gid))[contract.GroupEventSubject(gid)]
+}
+
+// count is how many messages stream holds per subject matching filter.
+func (e *env) count(t testing.TB, stream, filter string) map[string]uint64 {
+	t.Helper()
+	ctx := context.Background()
+	s, err := e.n.JS.Stream(ctx, stream)
+	if err != nil {
+		t.Fatal(err)
+	}
+	info, err := s.Info(ctx, jetstream.WithSubjectFilter(filter))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if info.State.Subjects == nil {
+		return map[string]uint64{}
+	}
+	return info.State.Subjects
+}
+
+// record is gid's value in GROUP_INFO (zero when none).
+func (e *env) record(t testing.TB, gid string) contract.GroupRecord {
+	t.Helper()
+	kv, err := e.n.JS.KeyValue(context.Background(), contract.GroupInfoKV)
+	if err != nil {
+		t.Fatal(err)
+	}
+	g, _, err := contract.LoadGroup(context.Background(), kv, gid)
+	if err != nil && !errors.Is(err, contract.ErrUnknownGroup) {
+		t.Fatal(err)
+	}
+	return g
+}
+
+// send stores a chat message in gid's log as a gateway does, and returns
+// its sequence.
+func (e *env) send(t testing.TB, gid, from, id string) uint64 {
+	t.Helper()
+	ack, err := e.gwJS.PublishMsg(context.Background(), &nats.Msg{Subject: contract.GroupMsgSubject(gid), Data: []byte(`"` + id + ` from ` + from + `"`),
+		Header: nats.Header{
+			contract.HdrMsgID:  {"gm:" + gid + ":" + from + ":" + id},
+			contract.HdrKind:   {contract.KindMsg},
+			contract.HdrFrom:   {from},
+			contract.HdrDevice: {"laptop"},
+			contract.HdrID:     {id},
+			contract.HdrTS:     {"1795582349000"},
+			contract.HdrGroup:  {gid},
+		}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return ack.Sequence
+}
+
+// settled waits until gid's partition has fanned out everything up to
+// seq (its durable's ack floor).
+func (e *env) settled(t testing.TB, gid string, seq uint64) {
+	t.Helper()
+	p, _ := strconv.Atoi(contract.GroupPartition(gid))
+	tk.WaitFor(t, 30*time.Second, func() error {
+		c, err := e.n.JS.Consumer(context.Background(), contract.GroupsStream, contract.GroupsDurable(p))
+		if err != nil {
+			return err
+		}
+		info, err := c.Info(context.Background())
+		if err != nil {
+			return err
+		}
+		if info.AckFloor.Stream < seq {
+			return fmt.Errorf("ack floor %d, want %d", info.AckFloor.Stream, seq)
+		}
+		return nil
+	})
+}
+
+// lastSeq is GROUPS' last sequence.
+func (e *env) lastSeq(t testing.TB) uint64 {
+	t.Helper()
+	s, err := e.n.JS.Stream(context.Background(), contract.GroupsStream)
+	if err != nil {
+		t.Fatal(err)
+	}
+	info, err := s.Info(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	return info.State.LastSeq
+}
+
+// inbox returns the group copies in user's inbox, in order.
+func (e *env) inbox(t testing.TB, user string) []*jetstream.RawStreamMsg {
+	t.Helper()
+	ctx := context.Background()
+	s, err := e.n.JS.Stream(ctx, contract.Inbox)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var out []*jetstream.RawStreamMsg
+	for seq := uint64(1); ; {
+		m, err := s.GetMsg(ctx, seq, jetstream.WithGetMsgSubject(contract.InboxSubject(user)))
+		if errors.Is(err, jetstream.ErrMsgNotFound) {
+			return out
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		if m.Header.Get(contract.HdrGroup) != "" {
+			out = append(out, m)
+		}
+		seq = m.Sequence + 1
+	}
+}
+
+// says is a copy in short: "msg m1 from alice" or "event add [dave] by alice".
+func says(m *jetstream.RawStreamMsg) string {
+	if m.Header.Get(contract.HdrKind) == contract.KindEvent {
+		var ev protocol.GroupEvent
+		_ = json.Unmarshal(m.Data, &ev)
+		s := fmt.Sprintf("event %s %v by %s", ev.Op, ev.Users, m.Header.Get(contract.HdrFrom))
+		if len(ev.Promoted) > 0 {
+			s += fmt.Sprintf(" promoted %v", ev.Promoted)
+		}
+		return s
+	}
+	return "msg " + m.Header.Get(contract.HdrID) + " from " + m.Header.Get(contract.HdrFrom)
+}
+
+func inboxSays(t testing.TB, e *env, user string) []string {
+	t.Helper()
+	var out []string
+	for _, m := range e.inbox(t, user) {
+		out = append(out, says(m))
+	}
+	return out
+}
+
+func admins(g contract.GroupRecord) []string {
+	var out []string
+	for u, m := range g.Members {
+		if m.Admin {
+			out = append(out, u)
+		}
+	}
+	slices.Sort(out)
+	return out
+}
+
+func members(g contract.GroupRecord) []string {
+	var out []string
+	for u := range g.Members {
+		out = append(out, u)
+	}
+	slices.Sort(out)
+	return out
+}
+
+func req(actor, gid string, users ...string) contract.GroupRequest {
+	return contract.GroupRequest{Actor: actor, Group: gid, Users: users}
+}
+
+func named(actor, gid, name string, users ...string) contract.GroupRequest {
+	return contract.GroupRequest{Actor: actor, Group: gid, Name: name, Users: users}
+}
+
+// Every operation does what the protocol's table says, stores one event
+// per change and none for a change that changes nothing, and the record
+// follows; every refusal changes nothing.
+func TestOperationsAndRefusals(t *testing.T) {
+	e := newEnv(t)
+	e.instance(t, groups.DefaultConfig())
+	const gid = "friends"
+
+	e.refused(t, contract.GroupErrUnknown, contract.GroupInfo, req("alice", gid))
+	e.refused(t, contract.GroupErrBadID, contract.GroupCreate, named("alice", "bad.id", "Friends"))
+	e.refused(t, contract.GroupErrBadID, contract.GroupCreate, named("alice", gid, "Friends", "b*b"))
+	e.refused(t, contract.GroupErrBadField, contract.GroupCreate, named("alice", gid, ""))
+	e.refused(t, contract.GroupErrBadField, contract.GroupCreate, named("alice", gid, "Friends", "bob", "bob"))
+	e.refused(t, contract.GroupErrAlreadyMember, contract.GroupCreate, named("alice", gid, "Friends", "alice"))
+
+	g := e.must(t, contract.GroupCreate, named("alice", gid, "Friends", "bob", "carol"))
+	if g.ID != gid || g.Name != "Friends" || g.CreatedBy != "alice" || !slices.Equal(members(g), []string{"alice", "bob", "carol"}) ||
+		!slices.Equal(admins(g), []string{"alice"}) || g.Seq == 0 || g.Changes != 1 {
+		t.Fatalf("created %+v", g)
+	}
+	if r := e.record(t, gid); !reflect.DeepEqual(r, g) {
+		t.Fatalf("record %+v, answer %+v", r, g)
+	}
+
+	e.refused(t, contract.GroupErrExists, contract.GroupCreate, named("dave", gid, "Mine"))
+	e.refused(t, contract.GroupErrNotAdmin, contract.GroupRename, named("bob", gid, "Bob's"))
+	e.refused(t, contract.GroupErrNotMember, contract.GroupInfo, req("eve", gid))
+	e.refused(t, contract.GroupErrNotMember, contract.GroupLeave, req("eve", gid))
+	e.refused(t, contract.GroupErrNotMember, contract.GroupAdd, req("eve", gid, "mallory"))
+	e.refused(t, contract.GroupErrAlreadyMember, contract.GroupAdd, req("alice", gid, "dave", "bob"))
+	e.refused(t, contract.GroupErrUnknownMember, contract.GroupRemove, req("alice", gid, "dave"))
+	e.refused(t, contract.GroupErrUnknownMember, contract.GroupPromote, req("alice", gid, "bob", "dave"))
+	e.refused(t, contract.GroupErrBadField, contract.GroupRemove, req("alice", gid, "alice"))
+	e.refused(t, contract.GroupErrBadField, contract.GroupAdd, req("alice", gid))
+	e.refused(t, contract.GroupErrBadField, contract.GroupLeave, req("alice", gid, "bob"))
+	e.refused(t, contract.GroupErrBadField, contract.GroupRename, named("alice", gid, "bad\nname"))
+	e.refused(t, contract.GroupErrBadID, contract.GroupInfo, contract.GroupRequest{Actor: "alice", Device: "a.b", Group: gid})
+
+	steps := []struct {
+		op  string
+		req contract.GroupRequest
+		ok  func(contract.GroupRecord) bool
+	}{
+		{contract.GroupRename, named("alice", gid, "Old friends"), func(g contract.GroupRecord) bool { return g.Name == "Old friends" }},
+		{contract.GroupAdd, req("alice", gid, "dave", "erin"), func(g contract.GroupRecord) bool { return len(g.Members) == 5 && g.Members["dave"].Joined == g.Changes }},
+		{contract.GroupPromote, req("alice", gid, "bob"), func(g contract.GroupRecord) bool { return slices.Equal(admins(g), []string{"alice", "bob"}) }},
+		{contract.GroupRemove, req("bob", gid, "erin"), func(g contract.GroupRecord) bool { return !g.IsMember("erin") }},
+		{contract.GroupDemote, req("bob", gid, "alice"), func(g contract.GroupRecord) bool { return slices.Equal(admins(g), []string{"bob"}) }},
+		{contract.GroupLeave, req("dave", gid), func(g contract.GroupRecord) bool { return slices.Equal(members(g), []string{"alice", "bob", "carol"}) }},
+	}
+	for _, s := range steps {
+		before := e.events(t, gid)
+		prev := e.record(t, gid)
+		g := e.must(t, s.op, s.req)
+		if !s.ok(g) || g.Changes != prev.Changes+1 || g.Seq <= prev.Seq {
+			t.Fatalf("%s: %+v (before %+v)", s.op, g, prev)
+		}
+		if n := e.events(t, gid); n != before+1 {
+			t.Fatalf("%s: %d events, want %d", s.op, n, before+1)
+		}
+		if r := e.record(t, gid); !reflect.DeepEqual(r, g) {
+			t.Fatalf("%s: record %+v, answer %+v", s.op, r, g)
+		}
+	}
+
+	// Changes that change nothing answer the group and store nothing.
+	before, rec := e.events(t, gid), e.record(t, gid)
+	for _, s := range []struct {
+		op  string
+		req contract.GroupRequest
+	}{
+		{contract.GroupPromote, req("bob", gid, "bob")},
+		{contract.GroupDemote, req("bob", gid, "carol")},
+		{contract.GroupRename, named("bob", gid, "Old friends")},
+		{contract.GroupInfo, req("carol", gid)},
+	} {
+		if g := e.must(t, s.op, s.req); !reflect.DeepEqual(g, rec) {
+			t.Fatalf("%s: %+v, want the group as it is %+v", s.op, g, rec)
+		}
+	}
+	if n := e.events(t, gid); n != before {
+		t.Fatalf("no-op changes stored %d events", n-before)
+	}
+	// The former admin is a plain member now.
+	e.refused(t, contract.GroupErrNotAdmin, contract.GroupAdd, req("alice", gid, "frank"))
+}
+
+// Two admins adding at once are both applied, each to the group the
+// other left.
+func TestConcurrentChangesAreAllApplied(t *testing.T) {
+	e := newEnv(t)
+	s := e.instance(t, groups.DefaultConfig())
+	e.instance(t, groups.DefaultConfig()) // a second instance: decisions race across instances too
+	const gid = "team"
+	e.must(t, contract.GroupCreate, named("alice", gid, "Team", "bob"))
+	e.must(t, contract.GroupPromote, req("alice", gid, "bob"))
+	const n = 20
+	var wg sync.WaitGroup
+	for i := range n {
+		for _, admin := range []string{"alice", "bob"} {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				if _, err := e.do(t, contract.GroupAdd, req(admin, gid, fmt.Sprintf("%s-%02d", admin, i))); err != nil {
+					t.Errorf("%s add %d: %v", admin, i, err)
+				}
+			}()
+		}
+	}
+	wg.Wait()
+	g := e.must(t, contract.GroupInfo, req("alice", gid))
+	if len(g.Members) != 2+2*n || g.Changes != 2+2*n {
+		t.Fatalf("%d members after %d changes, want %d and %d", len(g.Members), g.Changes, 2+2*n, 2+2*n)
+	}
+	if ev := e.events(t, gid); ev != 2+2*n {
+		t.Fatalf("%d events, want %d", ev, 2+2*n)
+	}
+	if r := e.record(t, gid); !reflect.DeepEqual(r, g) {
+		t.Fatalf("record %+v, info %+v", r, g)
+	}
+	t.Logf("conflicts decided again: %d (this instance)", s.Stats().Conflicts)
+}
+
+// When the last admin leaves, the longest-standing member becomes one;
+// the last member may not step down, and leaving empties the group,
+// which may then be made again.
+func TestLastAdminLeaves(t *testing.T) {
+	e := newEnv(t)
+	e.instance(t, groups.DefaultConfig())
+	const gid = "club"
+	e.must(t, contract.GroupCreate, named("alice", gid, "Club", "carol"))
+	e.must(t, contract.GroupAdd, req("alice", gid, "bob"))
+	g := e.must(t, contract.GroupLeave, req("alice", gid))
+	if !slices.Equal(admins(g), []string{"carol"}) || g.IsMember("alice") {
+		t.Fatalf("after the last admin left: %+v, want carol (the longest-standing) promoted", g)
+	}
+	// Stepping down is leaving the admins: the longest-standing other
+	// member takes over.
+	g = e.must(t, contract.GroupDemote, req("carol", gid, "carol"))
+	if !slices.Equal(admins(g), []string{"bob"}) {
+		t.Fatalf("after the last admin stepped down: admins %v, want bob", admins(g))
+	}
+	e.must(t, contract.GroupLeave, req("carol", gid))
+	e.refused(t, contract.GroupErrBadField, contract.GroupDemote, req("bob", gid, "bob"))
+	g = e.must(t, contract.GroupLeave, req("bob", gid))
+	if len(g.Members) != 0 {
+		t.Fatalf("after the last member left: %+v", g)
+	}
+	e.refused(t, contract.GroupErrUnknown, contract.GroupInfo, req("bob", gid))
+	g = e.must(t, contract.GroupCreate, named("dave", gid, "Club again"))
+	if g.CreatedBy != "dave" || !slices.Equal(members(g), []string{"dave"}) {
+		t.Fatalf("made again: %+v", g)
+	}
+	e.settled(t, gid, e.lastSeq(t))
+	want := []string{"event create [carol] by alice", "event add [bob] by alice", "event leave [] by alice promoted [carol]",
+		"event demote [carol] by carol promoted [bob]", "event leave [] by carol"}
+	if got := inboxSays(t, e, "carol"); !slices.Equal(got, want) {
+		t.Fatalf("carol's inbox:\n%q\nwant\n%q", got, want)
+	}
+}
+
+// A group has at most MaxMembers members.
+func TestSizeLimit(t *testing.T) {
+	e := newEnv(t)
+	cfg := groups.DefaultConfig()
+	cfg.MaxMembers = 4
+	e.instance(t, cfg)
+	e.refused(t, contract.GroupErrFull, contract.GroupCreate, named("alice", "g", "G", "b", "c", "d", "e"))
+	e.must(t, contract.GroupCreate, named("alice", "g", "G", "b", "c"))
+	e.refused(t, contract.GroupErrFull, contract.GroupAdd, req("alice", "g", "d", "e"))
+	if g := e.must(t, contract.GroupAdd, req("alice", "g", "d")); len(g.Members) != 4 {
+		t.Fatalf("%+v", g)
+	}
+	e.refused(t, contract.GroupErrFull, contract.GroupAdd, req("alice", "g", "e"))
+}
+
+// A message lands once in every member's inbox but the sender's, with
+// the original's headers and the group's; system messages go to every
+// member, the actor included.
+func TestFanOut(t *testing.T) {
+	e := newEnv(t)
+	e.instance(t, groups.DefaultConfig())
+	const gid = "friends"
+	e.must(t, contract.GroupCreate, named("alice", gid, "Friends", "bob", "carol"))
+	seq := e.send(t, gid, "alice", "m-7")
+	e.settled(t, gid, seq)
+	for _, u := range []string{"bob", "carol"} {
+		in := e.inbox(t, u)
+		if len(in) != 2 {
+			t.Fatalf("%s's inbox: %d copies, want the create and the message", u, len(in))
+		}
+		ev, m := in[0], in[1]
+		if says(ev) != "event create [bob carol] by alice" || ev.Header.Get(contract.HdrID) != "ev-1" ||
+			ev.Header.Get(contract.HdrDevice) != "phone" || ev.Header.Get(contract.HdrGroupSeq) != "1" ||
+			ev.Header.Get(contract.HdrMsgID) != contract.GroupCopyDedupID(gid, 1, u) {
+			t.Fatalf("%s's event: %s %v", u, says(ev), ev.Header)
+		}
+		var body map[string]any
+		if err := json.Unmarshal(ev.Data, &body); err != nil || body["name"] != "Friends" || body["op"] != "create" || len(body) != 3 {
+			t.Fatalf("%s's event body %s", u, ev.Data)
+		}
+		h := m.Header
+		if h.Get(contract.HdrKind) != contract.KindMsg || h.Get(contract.HdrFrom) != "alice" || h.Get(contract.HdrDevice) != "laptop" ||
+			h.Get(contract.HdrID) != "m-7" || h.Get(contract.HdrTS) != "1795582349000" || h.Get(contract.HdrGroup) != gid ||
+			h.Get(contract.HdrGroupSeq) != strconv.FormatUint(seq, 10) || h.Get(contract.HdrMsgID) != contract.GroupCopyDedupID(gid, seq, u) ||
+			string(m.Data) != `"m-7 from alice"` {
+			t.Fatalf("%s's copy: %v %s", u, h, m.Data)
+		}
+	}
+	if got := inboxSays(t, e, "alice"); !slices.Equal(got, []string{"event create [bob carol] by alice"}) {
+		t.Fatalf("alice's inbox: %q: the sender gets no copy of her message, but the system message", got)
+	}
+}
+
+// A message goes to the members as of where the log stored it, whether
+// the function runs as they are stored or starts afterwards (and reads
+// membership back from the log).
+func TestMembershipAtTheMessage(t *testing.T) {
+	for _, late := range []bool{false, true} {
+		t.Run(map[bool]string{false: "live", true: "from the log"}[late], func(t *testing.T) {
+			e := newEnv(t)
+			cfg := groups.DefaultConfig()
+			if late {
+				cfg = groups.WithoutFanOut(cfg) // answers, fans nothing out
+			}
+			e.instance(t, cfg)
+			const gid = "book-club"
+			e.must(t, contract.GroupCreate, named("alice", gid, "Books", "bob"))
+			change := func(op string, r contract.GroupRequest) { e.must(t, op, r) }
+			e.send(t, gid, "alice", "m1")
+			change(contract.GroupRemove, req("alice", gid, "bob"))
+			e.send(t, gid, "alice", "m2")
+			change(contract.GroupAdd, req("alice", gid, "dave"))
+			last := e.send(t, gid, "alice", "m3")
+			if late {
+				e.instance(t, groups.DefaultConfig())
+			}
+			e.settled(t, gid, last)
+			want := map[string][]string{
+				"bob":   {"event create [bob] by alice", "msg m1 from alice", "event remove [bob] by alice"},
+				"dave":  {"event add [dave] by alice", "msg m3 from alice"},
+				"alice": {"event create [bob] by alice", "event remove [bob] by alice", "event add [dave] by alice"},
+			}
+			for u, w := range want {
+				if got := inboxSays(t, e, u); !slices.Equal(got, w) {
+					t.Errorf("%s's inbox:\n%q\nwant\n%q", u, got, w)
+				}
+			}
+		})
+	}
+}
+
+// A message stored by someone who is not a member is dropped.
+func TestNonMemberMessageDropped(t *testing.T) {
+	e := newEnv(t)
+	s := e.instance(t, groups.DefaultConfig())
+	const gid = "quiet"
+	e.must(t, contract.GroupCreate, named("alice", gid, "Quiet", "bob"))
+	e.send(t, gid, "eve", "spam")
+	none := e.send(t, "nogroup", "eve", "spam") // no such group at all
+	last := e.send(t, gid, "bob", "hi")
+	e.settled(t, gid, last)
+	e.settled(t, "nogroup", none)
+	if got := inboxSays(t, e, "alice"); !slices.Equal(got, []string{"event create [bob] by alice", "msg hi from bob"}) {
+		t.Fatalf("alice's inbox: %q", got)
+	}
+	if st := s.Stats(); st.Dropped != 2 {
+		t.Fatalf("stats %+v: want 2 dropped", st)
+	}
+}
+
+// An instance stopped in the middle of a 1,024-member fan-out hands the
+// message back; the next one fans it out again, and every member's inbox
+// holds exactly one copy.
+func TestStopMidFanOutStoresEachCopyOnce(t *testing.T) {
+	e := newEnv(t)
+	first := e.instance(t, groups.DefaultConfig())
+	const gid = "stadium"
+	var users []string
+	for i := range 1023 {
+		users = append(users, fmt.Sprintf("u%04d", i))
+	}
+	e.must(t, contract.GroupCreate, named("alice", gid, "Stadium", users[:255]...))
+	for i := 255; i < len(users); i += 256 {
+		e.must(t, contract.GroupAdd, req("alice", gid, users[i:min(i+256, len(users))]...))
+	}
+	e.refused(t, contract.GroupErrFull, contract.GroupAdd, req("alice", gid, "one-more"))
+	// A small group in another partition, to show the big fan-out holds
+	// up nobody else.
+	other := "side"
+	for i := 0; contract.GroupPartition(other) == contract.GroupPartition(gid); i++ {
+		other = fmt.Sprintf("side-%d", i)
+	}
+	e.settled(t, gid, e.lastSeq(t))
+	e.settled(t, other, e.must(t, contract.GroupCreate, named("bob", other, "Side", "carol")).Seq)
+	first.Stop()
+	before := e.count(t, contract.Inbox, contract.InboxPrefix+">")
+
+	const stopAfter = 300
+	reached := make(chan struct{})
+	var once sync.Once
+	cfg := groups.WithAfterCopy(groups.DefaultConfig(), func(ctx context.Context, stored int) {
+		if stored == stopAfter {
+			once.Do(func() { close(reached) })
+			<-ctx.Done() // held here until the instance stops
+		}
+	})
+	stopped := e.instance(t, cfg)
+	seq := e.send(t, gid, "alice", "kickoff")
+	select {
+	case <-reached:
+	case <-time.After(30 * time.Second):
+		t.Fatal("the fan-out never stored 300 copies")
+	}
+	// While it is held half-way, another partition goes on.
+	e.settled(t, other, e.send(t, other, "bob", "meanwhile"))
+	if got := inboxSays(t, e, "carol"); !slices.Equal(got, []string{"event create [carol] by bob", "msg meanwhile from bob"}) {
+		t.Fatalf("carol's inbox: %q", got)
+	}
+	stopped.Stop()
+	mid := e.count(t, contract.Inbox, contract.InboxPrefix+">")
+	got := 0
+	for _, u := range users {
+		got += int(mid[contract.InboxSubject(u)] - before[contract.InboxSubject(u)])
+	}
+	if got < stopAfter || got >= len(users) {
+		t.Fatalf("%d copies stored when stopped: want the fan-out stopped half-way", got)
+	}
+
+	e.instance(t, groups.DefaultConfig())
+	e.settled(t, gid, seq)
+	after := e.count(t, contract.Inbox, contract.InboxPrefix+">")
+	for _, u := range users {
+		if n := after[contract.InboxSubject(u)] - before[contract.InboxSubject(u)]; n != 1 {
+			t.Fatalf("%s's inbox got %d copies, want 1", u, n)
+		}
+	}
+	if n := after[contract.InboxSubject("alice")] - before[contract.InboxSubject("alice")]; n != 0 {
+		t.Fatalf("the sender got %d copies", n)
+	}
+	t.Logf("%d of %d copies stored before the stop", got, len(users))
+}
+
+// GROUP_INFO follows the log: a record left behind (an instance died
+// between storing the event and writing the record) is repaired from the
+// group's last event before the next decision.
+func TestRecordRepairedFromTheLog(t *testing.T) {
+	e := newEnv(t)
+	e.instance(t, groups.DefaultConfig())
+	const gid = "lagging"
+	old := e.must(t, contract.GroupCreate, named("alice", gid, "Lagging", "bob"))
+	cur := e.must(t, contract.GroupAdd, req("alice", gid, "carol"))
+	kv, err := e.n.JS.KeyValue(context.Background(), contract.GroupInfoKV)
+	if err != nil {
+		t.Fatal(err)
+	}
+	stale, _ := json.Marshal(old)
+	if _, err := kv.Put(context.Background(), gid, stale); err != nil {
+		t.Fatal(err)
+	}
+	// carol is a member as of the log, whatever the record says.
+	if g := e.must(t, contract.GroupInfo, req("carol", gid)); !reflect.DeepEqual(g, cur) {
+		t.Fatalf("info %+v, want %+v", g, cur)
+	}
+	if r := e.record(t, gid); !reflect.DeepEqual(r, cur) {
+		t.Fatalf("record %+v, want it repaired to %+v", r, cur)
+	}
+	// A record that is missing altogether is made again.
+	if err := kv.Purge(context.Background(), gid); err != nil {
+		t.Fatal(err)
+	}
+	g := e.must(t, contract.GroupRename, named("alice", gid, "Repaired"))
+	if r := e.record(t, gid); !reflect.DeepEqual(r, g) {
+		t.Fatalf("record %+v, want %+v", r, g)
+	}
+}
+
+// Instances share the partitions: whichever handles a message, it goes to
+// the members as of the message, though another instance handled the
+// change before it.
+func TestInstancesShareThePartitions(t *testing.T) {
+	e := newEnv(t)
+	e.instance(t, groups.DefaultConfig())
+	e.instance(t, groups.DefaultConfig())
+	e.instance(t, groups.DefaultConfig())
+	const gid = "revolving"
+	e.must(t, contract.GroupCreate, named("alice", gid, "Revolving door", "bob"))
+	var want []string
+	want = append(want, "event create [bob] by alice")
+	var last uint64
+	for i := range 15 {
+		id := fmt.Sprintf("in-%d", i)
+		e.send(t, gid, "alice", id)
+		want = append(want, "msg "+id+" from alice")
+		e.must(t, contract.GroupRemove, req("alice", gid, "bob"))
+		want = append(want, "event remove [bob] by alice")
+		e.send(t, gid, "alice", fmt.Sprintf("out-%d", i))
+		e.must(t, contract.GroupAdd, req("alice", gid, "bob"))
+		want = append(want, "event add [bob] by alice")
+		last = e.send(t, gid, "carol", fmt.Sprintf("stranger-%d", i))
+	}
+	e.settled(t, gid, last)
+	if got := inboxSays(t, e, "bob"); !slices.Equal(got, want) {
+		t.Fatalf("bob's inbox:\n%q\nwant\n%q", got, want)
+	}
+}

@@ -1,0 +1,419 @@
+package groups
+
+import (
+	"cmp"
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"hash/fnv"
+	mrand "math/rand/v2"
+	"slices"
+	"strconv"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/switchboard-im/switchboard/contract"
+	"github.com/switchboard-im/switchboard/protocol"
+)
+
+// event is the body of a membership change stored on a group's event
+// subject: what changed (the system message members get), who changed
+// it, and the group as it is after the change.
+type event struct {
+	Op       string   `json:"op"`
+	Users    []string `json:"users,omitempty"`
+	Name     string   `json:"name,omitempty"`
+	Promoted []string `json:"promoted,omitempty"`
+	Actor    string   `json:"actor"`
+	Device   string   `json:"device"`
+	TS       int64    `json:"ts"` // ms since epoch
+	// Prev is the sequence of the group's event before this one (0: none):
+	// the events form a chain back to the group's creation.
+	Prev uint64 `json:"prev"`
+	// Group is the group after the change. Its Seq is left 0: it is the
+	// event's own sequence, known once stored.
+	Group contract.GroupRecord `json:"group"`
+}
+
+// systemMessage is what members are told: the wire protocol's event.
+func (e *event) systemMessage() protocol.GroupEvent {
+	return protocol.GroupEvent{Op: e.Op, Users: e.Users, Name: e.Name, Promoted: e.Promoted}
+}
+
+// exists reports whether g is a group: one with members. A group whose
+// last member left is none.
+func exists(g *contract.GroupRecord) bool { return len(g.Members) > 0 }
+
+// apply runs op for req: a refusal (*refusal), the group unchanged, or
+// the group after the change, once the change is stored.
+func (s *Service) apply(ctx context.Context, op string, req contract.GroupRequest) (contract.GroupRecord, error) {
+	if err := s.validate(op, &req); err != nil {
+		return contract.GroupRecord{}, err
+	}
+	// One decision per group at a time in this instance: only other
+	// instances' changes can be stored in between.
+	mu := &s.locks[lockOf(req.Group)]
+	mu.Lock()
+	defer mu.Unlock()
+	for attempt := range s.cfg.Attempts {
+		if attempt > 0 {
+			// Another instance's change won: let it finish its record.
+			t := time.NewTimer(time.Duration(attempt) * time.Duration(1+mrand.IntN(5)) * time.Millisecond)
+			select {
+			case <-t.C:
+			case <-ctx.Done():
+				t.Stop()
+				return contract.GroupRecord{}, ctx.Err()
+			}
+		}
+		cur, err := s.load(ctx, req.Group)
+		if err != nil {
+			return contract.GroupRecord{}, err
+		}
+		ev, err := decide(op, req, cur, s.cfg.MaxMembers, time.Now().UnixMilli())
+		if err != nil || ev == nil {
+			return cur, err // refused, or nothing to change
+		}
+		seq, err := s.storeEvent(ctx, req.Group, ev)
+		if isWrongLastSeq(err) {
+			s.conflicts.Add(1)
+			continue // another change was stored first: decide again
+		}
+		if err != nil {
+			return contract.GroupRecord{}, err
+		}
+		s.changes.Add(1)
+		g := ev.Group
+		g.Seq = seq
+		if err := s.follow(ctx, g); err != nil {
+			// The log has the change; the next change repairs the record.
+			s.log.Warn("group record behind its log", "group", g.ID, "seq", seq, "err", err)
+		}
+		return g, nil
+	}
+	return contract.GroupRecord{}, fmt.Errorf("groups: %s: changed by others %d times in a row", req.Group, s.cfg.Attempts)
+}
+
+// validate checks what the request says before anything is read.
+func (s *Service) validate(op string, req *contract.GroupRequest) error {
+	switch {
+	case !protocol.ValidID(req.Actor) || !protocol.ValidID(req.Device):
+		return refuse(contract.GroupErrBadID, "actor and device must be valid ids")
+	case !protocol.ValidID(req.Group):
+		return refuse(contract.GroupErrBadID, "group: %v", protocol.ErrInvalidID)
+	}
+	switch op {
+	case contract.GroupCreate, contract.GroupRename:
+		if !protocol.ValidGroupName(req.Name) {
+			return refuse(contract.GroupErrBadField, "name must be 1 to %d bytes with no control characters", protocol.MaxGroupName)
+		}
+	}
+	switch op {
+	case contract.GroupAdd, contract.GroupRemove, contract.GroupPromote, contract.GroupDemote:
+		if len(req.Users) == 0 {
+			return refuse(contract.GroupErrBadField, "users must list 1 to %d users", protocol.MaxGroupUsersPerFrame)
+		}
+		fallthrough
+	case contract.GroupCreate:
+		if len(req.Users) > protocol.MaxGroupUsersPerFrame {
+			return refuse(contract.GroupErrBadField, "users may list at most %d users", protocol.MaxGroupUsersPerFrame)
+		}
+		seen := make(map[string]bool, len(req.Users))
+		for _, u := range req.Users {
+			if !protocol.ValidID(u) {
+				return refuse(contract.GroupErrBadID, "users: %v", protocol.ErrInvalidID)
+			}
+			if seen[u] {
+				return refuse(contract.GroupErrBadField, "users names %s twice", u)
+			}
+			seen[u] = true
+		}
+	default:
+		if len(req.Users) > 0 {
+			return refuse(contract.GroupErrBadField, "users is not taken by op %s", op)
+		}
+	}
+	return nil
+}
+
+// decide judges op against cur, the group as of its last event (Seq 0:
+// no event yet): a refusal, nil when nothing would change, or the event
+// to store.
+func decide(op string, req contract.GroupRequest, cur contract.GroupRecord, maxMembers int, now int64) (*event, error) {
+	if op == contract.GroupCreate {
+		if exists(&cur) {
+			return nil, refuse(contract.GroupErrExists, "group %s exists", req.Group)
+		}
+		if slices.Contains(req.Users, req.Actor) {
+			return nil, refuse(contract.GroupErrAlreadyMember, "%s makes the group and is its first member", req.Actor)
+		}
+		if 1+len(req.Users) > maxMembers {
+			return nil, refuse(contract.GroupErrFull, "a group has at most %d members", maxMembers)
+		}
+		next := contract.GroupRecord{ID: req.Group, Name: req.Name, CreatedBy: req.Actor, Created: now,
+			Changes: cur.Changes + 1, Members: make(map[string]contract.GroupMember, 1+len(req.Users))}
+		next.Members[req.Actor] = contract.GroupMember{Admin: true, Joined: next.Changes}
+		for _, u := range req.Users {
+			next.Members[u] = contract.GroupMember{Joined: next.Changes}
+		}
+		return newEvent(op, req, cur, next, now, req.Users, nil), nil
+	}
+	switch {
+	case !exists(&cur):
+		return nil, refuse(contract.GroupErrUnknown, "no group %s", req.Group)
+	case !cur.IsMember(req.Actor):
+		return nil, refuse(contract.GroupErrNotMember, "%s is not a member of %s", req.Actor, req.Group)
+	case op == contract.GroupInfo:
+		return nil, nil
+	case op != contract.GroupLeave && !cur.IsAdmin(req.Actor):
+		return nil, refuse(contract.GroupErrNotAdmin, "%s is for the group's admins", op)
+	}
+	next := cur
+	next.Seq = 0
+	next.Changes = cur.Changes + 1
+	next.Members = make(map[string]contract.GroupMember, len(cur.Members)+len(req.Users))
+	for u, m := range cur.Members {
+		next.Members[u] = m
+	}
+	var promoted []string
+	switch op {
+	case contract.GroupRename:
+		if req.Name == cur.Name {
+			return nil, nil
+		}
+		next.Name = req.Name
+		return newEvent(op, req, cur, next, now, nil, nil), nil
+	case contract.GroupAdd:
+		for _, u := range req.Users {
+			if cur.IsMember(u) {
+				return nil, refuse(contract.GroupErrAlreadyMember, "%s is a member already", u)
+			}
+		}
+		if len(cur.Members)+len(req.Users) > maxMembers {
+			return nil, refuse(contract.GroupErrFull, "a group has at most %d members: %d more would make %d",
+				maxMembers, len(req.Users), len(cur.Members)+len(req.Users))
+		}
+		for _, u := range req.Users {
+			next.Members[u] = contract.GroupMember{Joined: next.Changes}
+		}
+	case contract.GroupRemove, contract.GroupPromote, contract.GroupDemote:
+		for _, u := range req.Users {
+			if !cur.IsMember(u) {
+				return nil, refuse(contract.GroupErrUnknownMember, "%s is not a member", u)
+			}
+		}
+		changed := false
+		for _, u := range req.Users {
+			m := next.Members[u]
+			switch op {
+			case contract.GroupRemove:
+				if u == req.Actor {
+					return nil, refuse(contract.GroupErrBadField, "to take yourself out, leave")
+				}
+				delete(next.Members, u)
+				changed = true
+			case contract.GroupPromote:
+				changed = changed || !m.Admin
+				m.Admin = true
+				next.Members[u] = m
+			case contract.GroupDemote:
+				changed = changed || m.Admin
+				m.Admin = false
+				next.Members[u] = m
+			}
+		}
+		if !changed {
+			return nil, nil // a promote or demote that changes nothing
+		}
+		if op == contract.GroupDemote && !hasAdmin(next) {
+			// The last admins stepped down: the longest-standing member
+			// not among them becomes one.
+			p, ok := longestStanding(next, req.Users)
+			if !ok {
+				return nil, refuse(contract.GroupErrBadField, "a group always has an admin: the last member may not step down")
+			}
+			promoted = []string{p}
+		}
+	case contract.GroupLeave:
+		delete(next.Members, req.Actor)
+		if len(next.Members) > 0 && !hasAdmin(next) {
+			p, _ := longestStanding(next, nil)
+			promoted = []string{p}
+		}
+	default:
+		return nil, refuse(contract.GroupErrBadField, "unknown op %s", op)
+	}
+	for _, p := range promoted {
+		m := next.Members[p]
+		m.Admin = true
+		next.Members[p] = m
+	}
+	return newEvent(op, req, cur, next, now, req.Users, promoted), nil
+}
+
+func newEvent(op string, req contract.GroupRequest, cur, next contract.GroupRecord, now int64, users, promoted []string) *event {
+	ev := &event{Op: op, Users: users, Promoted: promoted, Actor: req.Actor, Device: req.Device, TS: now, Prev: cur.Seq, Group: next}
+	if op == contract.GroupCreate || op == contract.GroupRename {
+		ev.Name = req.Name
+	}
+	return ev
+}
+
+func hasAdmin(g contract.GroupRecord) bool {
+	for _, m := range g.Members {
+		if m.Admin {
+			return true
+		}
+	}
+	return false
+}
+
+// longestStanding is g's member with the lowest Joined (ties: the lowest
+// id) not among except.
+func longestStanding(g contract.GroupRecord, except []string) (string, bool) {
+	best, found := "", false
+	for u, m := range g.Members {
+		if slices.Contains(except, u) {
+			continue
+		}
+		if !found || m.Joined < g.Members[best].Joined || (m.Joined == g.Members[best].Joined && u < best) {
+			best, found = u, true
+		}
+	}
+	return best, found
+}
+
+// sortedMembers lists g's members in the order they joined (ties: by id).
+func sortedMembers(g *contract.GroupRecord) []string {
+	out := make([]string, 0, len(g.Members))
+	for u := range g.Members {
+		out = append(out, u)
+	}
+	slices.SortFunc(out, func(a, b string) int {
+		return cmp.Or(cmp.Compare(g.Members[a].Joined, g.Members[b].Joined), cmp.Compare(a, b))
+	})
+	return out
+}
+
+// storeEvent stores ev on gid's event subject if the subject's last
+// sequence is still ev.Prev, and returns its sequence. A publish whose
+// answer was lost is sent again as is: its dedup id, unique to this
+// decision, keeps it from being stored twice.
+func (s *Service) storeEvent(ctx context.Context, gid string, ev *event) (uint64, error) {
+	body, err := json.Marshal(ev)
+	if err != nil {
+		return 0, err
+	}
+	m := &nats.Msg{Subject: contract.GroupEventSubject(gid), Data: body, Header: nats.Header{
+		contract.HdrMsgID:             {"ge:" + gid + ":" + strconv.FormatUint(ev.Prev, 10) + ":" + nonce()},
+		contract.HdrExpectLastSubjSeq: {strconv.FormatUint(ev.Prev, 10)},
+		contract.HdrKind:              {contract.KindEvent},
+		contract.HdrFrom:              {ev.Actor},
+		contract.HdrDevice:            {ev.Device},
+		contract.HdrTS:                {strconv.FormatInt(ev.TS, 10)},
+		contract.HdrGroup:             {gid},
+	}}
+	for attempt := 1; ; attempt++ {
+		ack, err := s.js.PublishMsg(ctx, m)
+		if err == nil {
+			return ack.Sequence, nil
+		}
+		if attempt >= 3 || ctx.Err() != nil || !(errors.Is(err, nats.ErrTimeout) || errors.Is(err, context.DeadlineExceeded) || errors.Is(err, nats.ErrNoResponders)) {
+			return 0, err
+		}
+	}
+}
+
+// isWrongLastSeq reports whether a store was refused because the
+// subject's last sequence was not the one expected.
+func isWrongLastSeq(err error) bool {
+	var api *jetstream.APIError
+	if errors.As(err, &api) {
+		return api.ErrorCode == jetstream.JSErrCodeStreamWrongLastSequence || api.ErrorCode == jetstream.JSErrCodeStreamWrongLastSequenceConstant
+	}
+	var jse jetstream.JetStreamError
+	if errors.As(err, &jse) && jse.APIError() != nil {
+		c := jse.APIError().ErrorCode
+		return c == jetstream.JSErrCodeStreamWrongLastSequence || c == jetstream.JSErrCodeStreamWrongLastSequenceConstant
+	}
+	return false
+}
+
+// load returns group gid as of its last event (an empty record with Seq 0
+// when it has none), and brings GROUP_INFO up to it.
+func (s *Service) load(ctx context.Context, gid string) (contract.GroupRecord, error) {
+	m, err := s.getMsg(ctx, msgGetRequest{LastBySubject: contract.GroupEventSubject(gid)})
+	if errors.Is(err, errNoMsg) {
+		return contract.GroupRecord{}, nil
+	}
+	if err != nil {
+		return contract.GroupRecord{}, err
+	}
+	ev, err := parseEvent(m)
+	if err != nil {
+		return contract.GroupRecord{}, err
+	}
+	if err := s.follow(ctx, ev.Group); err != nil {
+		s.log.Warn("group record behind its log", "group", gid, "seq", m.Sequence, "err", err)
+	}
+	return ev.Group, nil
+}
+
+// follow brings g's key in GROUP_INFO up to g, unless it is there or
+// further already: a record only moves forward, whichever instance
+// writes it.
+func (s *Service) follow(ctx context.Context, g contract.GroupRecord) error {
+	val, err := json.Marshal(g)
+	if err != nil {
+		return err
+	}
+	for range s.cfg.Attempts {
+		cur, rev, err := contract.LoadGroup(ctx, s.info, g.ID)
+		switch {
+		case errors.Is(err, contract.ErrUnknownGroup):
+			_, err = s.info.Create(ctx, g.ID, val)
+		case err != nil && !errors.Is(err, contract.ErrBadRecord):
+			return err
+		case err == nil && cur.Seq >= g.Seq:
+			return nil
+		default:
+			_, err = s.info.Update(ctx, g.ID, val, rev)
+		}
+		if err == nil {
+			return nil
+		}
+		if !errors.Is(err, jetstream.ErrKeyExists) && !errors.Is(err, jetstream.ErrKeyRevisionMismatch) && !isWrongLastSeq(err) {
+			return err
+		}
+	}
+	return fmt.Errorf("groups: record of %s: written by others %d times in a row", g.ID, s.cfg.Attempts)
+}
+
+// parseEvent reads a stored event, its record's Seq set to its sequence.
+func parseEvent(m *storedMsg) (*event, error) {
+	var ev event
+	if err := json.Unmarshal(m.Data, &ev); err != nil {
+		return nil, fmt.Errorf("groups: event %d on %s: %w", m.Sequence, m.Subject, err)
+	}
+	ev.Group.Seq = m.Sequence
+	return &ev, nil
+}
+
+// nonce tells one decision's store from another's.
+func nonce() string {
+	b := make([]byte, 8)
+	_, _ = rand.Read(b)
+	return hex.EncodeToString(b)
+}
+
+// lockOf is group gid's stripe of Service.locks.
+func lockOf(gid string) int {
+	h := fnv.New32a()
+	h.Write([]byte(gid))
+	return int(h.Sum32() % lockStripes)
+}
