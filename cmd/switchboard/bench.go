@@ -41,7 +41,10 @@ scenarios:
   offline  --users N never connected (or, --first-connect, connected once)
            receive --messages M each while away: server RSS before
            and after (P4); then --sample S of them connect and drain
-  Groups (P7) are not simulated: groups do not exist yet.
+  groups   --groups G groups of --group-size N members, all online, one
+           sender each, for --duration at a total --rate or flat out: member
+           deliveries/s against raw publish (P7), send→each member and
+           send→last member latencies, stored bytes per group message
 
 target (one of):
   --spawn                start the all-in-one from this binary in a temp dir
@@ -84,7 +87,7 @@ func runBench(args []string, out, errOut io.Writer) error {
 		jsonPath    string
 		quiet       bool
 	)
-	fs.StringVar(&c.Scenario, "scenario", c.Scenario, "idle, pairs, storm or offline")
+	fs.StringVar(&c.Scenario, "scenario", c.Scenario, "idle, pairs, storm, offline or groups")
 	fs.Func("url", "gateway WebSocket URL (repeat or comma-separate; devices round-robin)", func(v string) error {
 		urls = append(urls, splitList(v)...)
 		return nil
@@ -111,14 +114,16 @@ func runBench(args []string, out, errOut io.Writer) error {
 
 	fs.IntVar(&c.Devices, "devices", c.Devices, "idle, storm: devices")
 	fs.IntVar(&c.Pairs, "pairs", c.Pairs, "pairs: sender/recipient pairs")
+	fs.IntVar(&c.GroupSize, "group-size", c.GroupSize, "groups: members of each group, the sender included")
+	fs.IntVar(&c.Groups, "groups", c.Groups, "groups: groups sending at once")
 	fs.IntVar(&c.Users, "users", c.Users, "offline: users who receive while away")
 	fs.IntVar(&c.Messages, "messages", c.Messages, "offline: messages per user")
 	fs.IntVar(&c.Pending, "pending", c.Pending, "storm: messages per device while it is away")
 	fs.IntVar(&c.Sample, "sample", c.Sample, "offline: users who then connect and drain (0: all)")
 	fs.BoolVar(&c.FirstConnect, "first-connect", c.FirstConnect, "offline: connect each user once first (a device that went away)")
-	fs.Float64Var(&c.Rate, "rate", c.Rate, "pairs: total sends per second (0: flat out)")
+	fs.Float64Var(&c.Rate, "rate", c.Rate, "pairs, groups: total sends per second (0: flat out)")
 	fs.IntVar(&c.Inflight, "inflight", c.Inflight, "sends outstanding per sender (flat out), or at most (at --rate)")
-	fs.DurationVar(&c.Duration, "duration", c.Duration, "pairs: how long to send")
+	fs.DurationVar(&c.Duration, "duration", c.Duration, "pairs, groups: how long to send")
 	fs.IntVar(&c.Size, "size", c.Size, "message body bytes, JSON quotes included")
 	fs.IntVar(&c.Senders, "senders", c.Senders, "storm, offline: devices that send the backlogs")
 	fs.IntVar(&c.ConnectConcurrency, "connect-concurrency", c.ConnectConcurrency, "dials in flight while connecting (the storm reconnects all at once)")

@@ -242,14 +242,21 @@ func TestBenchSpawnWithTwoGateways(t *testing.T) {
 	}
 }
 
-func TestBenchRefusesGroupsAndExplainsWhy(t *testing.T) {
+func TestBenchGroups(t *testing.T) {
 	t.Parallel()
-	out, err := exec.Command(binary, "bench", "--scenario", "groups", "--spawn").CombinedOutput()
-	if err == nil || !strings.Contains(string(out), "groups do not exist yet") {
-		t.Fatalf("want a refusal saying groups do not exist yet, got %v:\n%s", err, out)
+	p, data := startForBench(t)
+	tree, rep := benchJSON(t, p, data, "--scenario", "groups", "--groups", "2", "--group-size", "12", "--duration", "2s", "--inflight", "2")
+	benchClean(t, tree, rep)
+	benchPositive(t, tree, "groups.deliveries_per_sec", "groups.sent_per_sec", "ratios.fanout_throughput",
+		"groups.groups_bytes_per_msg", "groups.inbox_bytes_per_msg")
+	benchOrdered(t, tree, "groups.send_deliver")
+	benchOrdered(t, tree, "groups.send_all_delivered")
+	g, m := rep.Groups, rep.Messages
+	if !g.Complete || m.Sent == 0 || m.Delivered != 11*m.Sent || m.Checked != m.Delivered || g.Foreign != 0 {
+		t.Fatalf("groups %+v, messages %+v", g, m)
 	}
 	help, _ := exec.Command(binary, "bench", "-h").CombinedOutput()
-	for _, want := range []string{"idle", "pairs", "storm", "offline", "Groups (P7) are not simulated", "--json"} {
+	for _, want := range []string{"idle", "pairs", "storm", "offline", "groups", "--group-size", "--json"} {
 		if !strings.Contains(string(help), want) {
 			t.Errorf("bench -h lacks %q:\n%s", want, help)
 		}

@@ -20,10 +20,11 @@ const (
 	ScenarioPairs   = "pairs"
 	ScenarioStorm   = "storm"
 	ScenarioOffline = "offline"
+	ScenarioGroups  = "groups"
 )
 
 // Scenarios lists the scenarios in the order the help text gives them.
-var Scenarios = []string{ScenarioIdle, ScenarioPairs, ScenarioStorm, ScenarioOffline}
+var Scenarios = []string{ScenarioIdle, ScenarioPairs, ScenarioStorm, ScenarioOffline, ScenarioGroups}
 
 // Target is the system under load.
 type Target struct {
@@ -81,7 +82,14 @@ type Config struct {
 	// rather than one never seen).
 	FirstConnect bool
 
-	// Rate is the total sends per second across all senders (pairs).
+	// GroupSize is the members of each group, the sender included
+	// (groups).
+	GroupSize int
+	// Groups is how many groups send at once (groups).
+	Groups int
+
+	// Rate is the total sends per second across all senders (pairs,
+	// groups).
 	// Zero: flat out, each sender keeping Inflight sends outstanding.
 	Rate float64
 	// Inflight is the number of sends one sender keeps outstanding; at a
@@ -138,6 +146,8 @@ func DefaultConfig() Config {
 		Scenario:           ScenarioPairs,
 		Devices:            2000,
 		Pairs:              100,
+		GroupSize:          100,
+		Groups:             1,
 		Users:              2000,
 		Messages:           5,
 		Pending:            10,
@@ -168,12 +178,16 @@ func (c *Config) Validate() error {
 	}
 	switch {
 	case !known:
-		return bad("scenario", fmt.Sprintf("%q is not one of %v (groups do not exist yet)", c.Scenario, Scenarios))
+		return bad("scenario", fmt.Sprintf("%q is not one of %v", c.Scenario, Scenarios))
 	case c.Scenario == ScenarioIdle && c.Devices < 1,
 		c.Scenario == ScenarioStorm && c.Devices < 1:
 		return bad("devices", "must be at least 1")
 	case c.Scenario == ScenarioPairs && c.Pairs < 1:
 		return bad("pairs", "must be at least 1")
+	case c.Scenario == ScenarioGroups && c.GroupSize < 2:
+		return bad("group-size", "must be at least 2 (a sender and a member)")
+	case c.Scenario == ScenarioGroups && c.Groups < 1:
+		return bad("groups", "must be at least 1")
 	case c.Scenario == ScenarioOffline && c.Users < 1:
 		return bad("users", "must be at least 1")
 	case c.Scenario == ScenarioOffline && c.Messages < 1:

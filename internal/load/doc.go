@@ -19,11 +19,11 @@
 // The package owns the load and its measurement only. It never starts a
 // server by itself except through Spawn, never writes to Switchboard's
 // streams other than through the SDK, and creates and deletes its own
-// temporary stream for the baseline. Groups (P7) are not simulated: they
-// do not exist yet.
+// temporary stream for the baseline.
 //
 // Files: config.go (what to run and against what), run.go (a run's
-// skeleton), idle.go, pairs.go, storm.go, offline.go (the scenarios),
+// skeleton), idle.go, pairs.go, storm.go, offline.go, groups.go (the
+// scenarios),
 // fleet.go (devices and their connections), ledger.go (the checker),
 // body.go (the send time inside each message), baseline.go, hist.go,
 // procstat.go, metrics.go (server-side counters), report.go (JSON and the

@@ -31,6 +31,7 @@ type Report struct {
 	Pairs   *PairsResult   `json:"pairs,omitempty"`
 	Storm   *StormResult   `json:"storm,omitempty"`
 	Offline *OfflineResult `json:"offline,omitempty"`
+	Groups  *GroupsResult  `json:"groups,omitempty"`
 
 	Messages Counts `json:"messages"`
 	// Errors are what the devices met, by kind (see errorCounts);
@@ -80,6 +81,8 @@ type TargetInfo struct {
 type ConfigInfo struct {
 	Devices            int     `json:"devices"`
 	Pairs              int     `json:"pairs"`
+	GroupSize          int     `json:"group_size,omitempty"`
+	Groups             int     `json:"groups,omitempty"`
 	Users              int     `json:"users"`
 	Messages           int     `json:"messages"`
 	Pending            int     `json:"pending"`
@@ -101,7 +104,7 @@ type ConfigInfo struct {
 
 func configInfo(c Config) ConfigInfo {
 	return ConfigInfo{
-		Devices: c.Devices, Pairs: c.Pairs, Users: c.Users, Messages: c.Messages, Pending: c.Pending,
+		Devices: c.Devices, Pairs: c.Pairs, GroupSize: c.GroupSize, Groups: c.Groups, Users: c.Users, Messages: c.Messages, Pending: c.Pending,
 		Sample: c.Sample, FirstConnect: c.FirstConnect, Rate: c.Rate, Inflight: c.Inflight,
 		DurationSeconds: c.Duration.Seconds(), Size: c.Size, Senders: c.Senders,
 		ConnectConcurrency: c.ConnectConcurrency, PerSource: c.PerSource,
@@ -213,6 +216,38 @@ type OfflineResult struct {
 	Drained      bool     `json:"drained"`
 }
 
+// GroupsResult is Groups groups of GroupSize online members, one sender
+// each. Deliveries count members: a message to a group of 100 is 99.
+type GroupsResult struct {
+	GroupSize int      `json:"group_size"`
+	Groups    int      `json:"groups"`
+	Connects  Connects `json:"connects"`
+	Sent      int64    `json:"sent"`
+	// SentPerSec is group messages stored; DeliveriesPerSec member
+	// deliveries, from the first send to the last delivery (QUALITY.md's
+	// P7 sets it against the raw publish rate).
+	SentPerSec       float64 `json:"sent_per_sec"`
+	Deliveries       int64   `json:"deliveries"`
+	DeliveriesPerSec float64 `json:"deliveries_per_sec"`
+	// SendDeliver is from each send to each member's app;
+	// SendAllDelivered from each send until its last member had it.
+	SendDeliver      Latency `json:"send_deliver"`
+	SendAllDelivered Latency `json:"send_all_delivered"`
+	// Lost is member deliveries of confirmed messages missing at the
+	// end; Duplicated and Reordered are per member; Foreign is a message
+	// this run did not send to that member's group.
+	Lost       int64 `json:"lost"`
+	Duplicated int64 `json:"duplicated"`
+	Reordered  int64 `json:"reordered"`
+	Foreign    int64 `json:"foreign"`
+	// Stored bytes per group message: the group's log, and the member
+	// copies in INBOX (all of them).
+	GroupsBytesPerMsg float64 `json:"groups_bytes_per_msg"`
+	InboxBytesPerMsg  float64 `json:"inbox_bytes_per_msg"`
+	DrainSeconds      float64 `json:"drain_seconds"`
+	Complete          bool    `json:"complete"`
+}
+
 // ratios fills Report.Ratios from the results and the baseline.
 func (r *Report) ratios() {
 	r.Ratios = map[string]float64{}
@@ -255,6 +290,9 @@ func (r *Report) ratios() {
 	case r.Storm != nil:
 		put("feed_rate", r.Storm.FeedPerSec, b.MsgsPerSec)
 		put("storm_delivered_rate", r.Storm.DeliveredPerSec, b.MsgsPerSec)
+	case r.Groups != nil:
+		put("fanout_throughput", r.Groups.DeliveriesPerSec, b.MsgsPerSec)
+		put("stream_bytes_per_msg", r.Groups.InboxBytesPerMsg, b.StreamBytesPerMsg)
 	case r.Offline != nil:
 		put("feed_rate", r.Offline.FeedPerSec, b.MsgsPerSec)
 		put("drain_rate", r.Offline.DrainPerSec, b.MsgsPerSec)
@@ -371,6 +409,20 @@ func (r *Report) WriteTable(w io.Writer) error {
 		row(fmt.Sprintf("sample drained (of %d)", o.Drain.Devices), float64(o.Drain.Connected), "", 0, "")
 		row("drain time", o.DrainSeconds, "s", 0, "")
 		row("drain msgs/s", o.DrainPerSec, "/s", rawRate, "drain_rate")
+	case r.Groups != nil:
+		g := r.Groups
+		var rawBytes float64
+		if b != nil {
+			rawBytes = b.StreamBytesPerMsg
+		}
+		row("group msgs sent/s", g.SentPerSec, "/s", 0, "")
+		row("member deliveries/s", g.DeliveriesPerSec, "/s", rawRate, "fanout_throughput")
+		latRows("send→member", g.SendDeliver, rawCons, "")
+		latRows("send→last member", g.SendAllDelivered, Latency{}, "")
+		row("group log bytes per message", g.GroupsBytesPerMsg, "B", 0, "")
+		row("inbox bytes per message (all copies)", g.InboxBytesPerMsg, "B", rawBytes, "stream_bytes_per_msg")
+		row("drain after last send", g.DrainSeconds, "s", 0, "")
+		connects(g.Connects, 0, "")
 	}
 	if b != nil {
 		row("raw JetStream async publish + consume", b.MsgsPerSec, "/s", 0, "")
@@ -389,7 +441,7 @@ func (r *Report) WriteTable(w io.Writer) error {
 	}
 	m := r.Messages
 	incomplete := (r.Pairs != nil && !r.Pairs.Complete) || (r.Storm != nil && !r.Storm.Complete) ||
-		(r.Offline != nil && !r.Offline.Drained)
+		(r.Offline != nil && !r.Offline.Drained) || (r.Groups != nil && !r.Groups.Complete)
 	if incomplete && r.Error == "" {
 		fmt.Fprintf(w, "incomplete: %d of %d confirmed messages arrived within --drain-timeout (%.0fs); "+
 			"\"lost\" counts the rest, which JetStream may still hold\n", m.Checked-m.Lost, m.Checked, r.Config.DrainTimeout)
@@ -449,6 +501,12 @@ func (r *Report) describe() string {
 			seen = "connected once"
 		}
 		return fmt.Sprintf("offline, %d users (%s) × %d messages, sample %d", c.Users, seen, c.Messages, c.Sample)
+	case ScenarioGroups:
+		mode := fmt.Sprintf("flat out, %d in flight per sender", c.Inflight)
+		if c.Rate > 0 {
+			mode = fmt.Sprintf("%.0f msgs/s in total", c.Rate)
+		}
+		return fmt.Sprintf("groups, %d × %d members, %s, %.0fs", c.Groups, c.GroupSize, mode, c.DurationSeconds)
 	}
 	return r.Scenario
 }

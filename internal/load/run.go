@@ -62,7 +62,7 @@ func Run(ctx context.Context, cfg Config, t Target) (*Report, error) {
 	if e.fleet.perSource > 0 {
 		rep.Target.SourceAddrs = min((e.cfg.devicesTotal()+e.fleet.perSource-1)/e.fleet.perSource, 254)
 	}
-	baselineFirst := cfg.Scenario == ScenarioPairs || cfg.Scenario == ScenarioStorm
+	baselineFirst := cfg.Scenario == ScenarioPairs || cfg.Scenario == ScenarioStorm || cfg.Scenario == ScenarioGroups
 	wantBaseline := !cfg.SkipBaseline && t.NATSURL != ""
 	if wantBaseline && baselineFirst {
 		rep.Baseline = e.baseline(ctx)
@@ -78,6 +78,8 @@ func Run(ctx context.Context, cfg Config, t Target) (*Report, error) {
 		err = runStorm(ctx, e, rep)
 	case ScenarioOffline:
 		err = runOffline(ctx, e, rep)
+	case ScenarioGroups:
+		err = runGroups(ctx, e, rep)
 	}
 	e.fleet.closeRest()
 	if e.ledger != nil {
@@ -128,6 +130,8 @@ func (c Config) devicesTotal() int {
 		return 2 * c.Pairs
 	case ScenarioStorm:
 		return 2*c.Devices + c.Senders
+	case ScenarioGroups:
+		return c.GroupSize * c.Groups
 	case ScenarioOffline:
 		n := c.Senders + c.Sample
 		if c.FirstConnect {

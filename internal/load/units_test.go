@@ -169,7 +169,8 @@ func TestValidateNamesTheFlag(t *testing.T) {
 		mod  func(*Config)
 		flag string
 	}{
-		{func(c *Config) { c.Scenario = "groups" }, "groups do not exist yet"},
+		{func(c *Config) { c.Scenario = "rooms" }, "scenario"},
+		{func(c *Config) { c.Scenario, c.GroupSize = ScenarioGroups, 1 }, "group-size"},
 		{func(c *Config) { c.Scenario, c.Devices = ScenarioIdle, 0 }, "devices"},
 		{func(c *Config) { c.Pairs = 0 }, "pairs"},
 		{func(c *Config) { c.Size = 10 }, "size"},
