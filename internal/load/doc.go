@@ -23,8 +23,8 @@
 //
 // Files: config.go (what to run and against what), run.go (a run's
 // skeleton), idle.go, pairs.go, storm.go, offline.go, groups.go (the
-// scenarios),
-// fleet.go (devices and their connections), ledger.go (the checker),
+// scenarios), fleet.go (devices and their connections), ledger.go (the
+// checker),
 // body.go (the send time inside each message), baseline.go, hist.go,
 // procstat.go, metrics.go (server-side counters), report.go (JSON and the
 // table), progress.go, spawn.go.
