@@ -106,8 +106,8 @@ func BenchmarkStoreOpen100k(b *testing.B) {
 // TestOpenTime100k logs how long opening a store of 100,000 messages
 // takes; it asserts nothing about the time.
 func TestOpenTime100k(t *testing.T) {
-	if testing.Short() {
-		t.Skip("builds a 100,000 message store")
+	if testing.Short() || raceEnabled {
+		t.Skip("builds a 100,000 message store; its time means nothing under -race")
 	}
 	path := filepath.Join(t.TempDir(), "big.db")
 	s := openT(t, path)
