@@ -111,6 +111,7 @@ func (c *Client) storeMsg(conn *websocket.Conn, f *protocol.Frame, key string) (
 	c.stats.DuplicatesDropped++
 	c.acked.add(seqKey(f.Seq)) // a later redelivery is acked again
 	c.mu.Unlock()
+	c.storeAcked(f.Seq)
 	return true, c.write(conn, protocol.AppendSeqFrame(nil, protocol.TypeAck, f.Seq))
 }
 

@@ -29,6 +29,9 @@ const (
 	envURL   = "SB_STORE_TEST_URL"
 	envToken = "SB_STORE_TEST_TOKEN"
 	envPath  = "SB_STORE_TEST_PATH"
+	envUntil = "SB_STORE_TEST_UNTIL"
+	envAck   = "SB_STORE_TEST_ACK"
+	envExit  = "SB_STORE_TEST_EXIT"
 )
 
 // Directions of a pipe in mutingProxy.
@@ -164,6 +167,37 @@ func TestStoreApp(t *testing.T) {
 		next("up-held") // nothing reaches the gateway from now on
 		queue("m09", "m10", "m11")
 		select {} // killed here
+	case "receiver":
+		// Takes messages until the id in envUntil, acking only those in
+		// envAck, prints them, and waits to be killed or, with envExit,
+		// closes and exits.
+		until, ack := os.Getenv(envUntil), ","+os.Getenv(envAck)+","
+		fmt.Println("ready")
+		var got []string
+		for {
+			var m client.Message
+			select {
+			case m = <-c.Messages():
+			case <-ctx.Done():
+				fail("no %s; got %v", until, got)
+			}
+			got = append(got, m.ID)
+			if strings.Contains(ack, ","+m.ID+",") {
+				c.Ack(m.Seq)
+			}
+			if m.ID == until {
+				break
+			}
+		}
+		fmt.Println("got", strings.Join(got, ","), "dups", c.Stats().DuplicatesDropped)
+		if os.Getenv(envExit) == "" {
+			select {} // killed here
+		}
+		c.Close()
+		if err := st.Close(); err != nil {
+			fail("close store: %v", err)
+		}
+		os.Exit(0)
 	case "restart":
 		send("m12") // the restored sends go first, then this one
 		for {
@@ -358,4 +392,117 @@ func TestStoreErrorsReachTheApp(t *testing.T) {
 		t.Fatal(err)
 	}
 	tk.NextMsgIs(t, bob, "carol", "fence", 10*time.Second)
+}
+
+// runApp starts this binary as the app process with env, and returns it
+// and a reader of its output lines.
+func runApp(t *testing.T, env ...string) (*exec.Cmd, func(prefix string) string) {
+	cmd := exec.Command(os.Args[0], "-test.run=^TestStoreApp$", "-test.v")
+	cmd.Env = append(os.Environ(), env...)
+	stdout, err := cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	cmd.Stderr = os.Stderr
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = cmd.Process.Kill(); _ = cmd.Wait() })
+	out := bufio.NewScanner(stdout)
+	return cmd, func(prefix string) string {
+		t.Helper()
+		for out.Scan() {
+			line := out.Text()
+			if strings.HasPrefix(line, "FAIL") {
+				t.Fatalf("app: %s", line)
+			}
+			if strings.HasPrefix(line, prefix) {
+				return line
+			}
+		}
+		t.Fatalf("app ended before printing %q", prefix)
+		return ""
+	}
+}
+
+// A Go app killed with kill -9 after it received messages, some acked
+// and some not, is shown each message once after a restart on its
+// store: the ones it had are dropped (and acked by the SDK), the new
+// ones come, and nothing comes a third time.
+func TestStoreReceiverKilledBeforeAckShowsEachMessageOnce(t *testing.T) {
+	if testing.Short() {
+		t.Skip("starts a gateway and three app processes")
+	}
+	n := tk.StartNATS(t)
+	g := tk.StartGateway(t, n, tk.TestConfig())
+	alice := tk.Dial(t, g.URL, "alice", "laptop")
+	path := t.TempDir() + "/bob.db"
+	env := []string{
+		envApp + "=receiver", envURL + "=" + g.URL, envPath + "=" + path,
+		envToken + "=" + tk.Token(t, "bob", "phone", time.Hour),
+	}
+	send := func(id string) {
+		t.Helper()
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		if _, err := alice.Send(ctx, "bob", id, tk.Body(id)); err != nil {
+			t.Fatal(err)
+		}
+	}
+
+	app, line := runApp(t, append(env, envUntil+"=m5", envAck+"=m1,m2,m3")...)
+	line("ready")
+	for _, id := range []string{"m1", "m2", "m3", "m4", "m5"} {
+		send(id)
+	}
+	if got := line("got"); got != "got m1,m2,m3,m4,m5 dups 0" {
+		t.Fatalf("first run: %s", got)
+	}
+	if err := app.Process.Signal(syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	_ = app.Wait()
+
+	// m4 and m5 come again (never acked): the store has them, so the
+	// app is not shown them, and the SDK acks them.
+	app, line = runApp(t, append(env, envUntil+"=m6", envAck+"=m6", envExit+"=1")...)
+	line("ready")
+	send("m6")
+	if got := line("got"); got != "got m6 dups 2" && got != "got m6 dups 5" {
+		t.Fatalf("after the restart: %s, want only m6 (m4 and m5, maybe m1-m3, dropped)", got)
+	} else {
+		t.Logf("after the restart: %s", got)
+	}
+	if err := app.Wait(); err != nil {
+		t.Fatal(err)
+	}
+	app, line = runApp(t, append(env, envUntil+"=m7", envAck+"=m7", envExit+"=1")...)
+	line("ready")
+	send("m7")
+	if got := line("got"); got != "got m7 dups 0" {
+		t.Fatalf("third run: %s, want m7 alone and nothing redelivered", got)
+	}
+	if err := app.Wait(); err != nil {
+		t.Fatal(err)
+	}
+
+	st, err := localstore.Open(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer st.Close()
+	ms, err := st.Messages("alice", 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var ids []string
+	for _, m := range ms {
+		ids = append(ids, m.ID)
+		if !m.Acked {
+			t.Errorf("%s not marked acked", m.ID)
+		}
+	}
+	if strings.Join(ids, " ") != "m1 m2 m3 m4 m5 m6 m7" {
+		t.Fatalf("bob's store has %v", ids)
+	}
 }
