@@ -35,50 +35,68 @@ func fill(t testing.TB, s *Store, n int) {
 	}
 }
 
-// BenchmarkStoreSend is the store's cost of one send: kept in the outbox
-// before it goes out, then confirmed. Two durable writes (fsync each).
-func BenchmarkStoreSend(b *testing.B) {
-	s := openT(b, tmpPath(b))
-	body := json.RawMessage(`{"text":"hello"}`)
-	i := 0
-	for b.Loop() {
-		id := fmt.Sprintf("m-%d", i)
-		i++
-		if err := s.AddOutgoing(Outgoing{ID: id, To: "bob", Body: body}); err != nil {
-			b.Fatal(err)
-		}
-		if err := s.Confirm(id, uint64(i), time.Now(), Sent); err != nil {
-			b.Fatal(err)
-		}
+// durabilities runs a store benchmark as the store is (synchronous=FULL:
+// an fsync per write) and with synchronous=OFF, which leaves what the
+// write costs without the fsync: the CPU and the file system's page cache.
+func durabilities(b *testing.B, fn func(b *testing.B, s *Store)) {
+	for _, sync := range []string{"FULL", "OFF"} {
+		b.Run("sync="+sync, func(b *testing.B) {
+			s := openT(b, tmpPath(b))
+			if _, err := s.exec("PRAGMA synchronous = " + sync); err != nil {
+				b.Fatal(err)
+			}
+			fn(b, s)
+		})
 	}
+}
+
+// BenchmarkStoreSend is the store's cost of one send: kept in the outbox
+// before it goes out, then confirmed. Two durable writes.
+func BenchmarkStoreSend(b *testing.B) {
+	durabilities(b, func(b *testing.B, s *Store) {
+		body := json.RawMessage(`{"text":"hello"}`)
+		i := 0
+		for b.Loop() {
+			id := fmt.Sprintf("m-%d", i)
+			i++
+			if err := s.AddOutgoing(Outgoing{ID: id, To: "bob", Body: body}); err != nil {
+				b.Fatal(err)
+			}
+			if err := s.Confirm(id, uint64(i), time.Now(), Sent); err != nil {
+				b.Fatal(err)
+			}
+		}
+	})
 }
 
 // BenchmarkStoreAddOutgoing is the write Send waits for before the frame
 // goes out.
 func BenchmarkStoreAddOutgoing(b *testing.B) {
-	s := openT(b, tmpPath(b))
-	body := json.RawMessage(`{"text":"hello"}`)
-	i := 0
-	for b.Loop() {
-		i++
-		if err := s.AddOutgoing(Outgoing{ID: fmt.Sprintf("m-%d", i), To: "bob", Body: body}); err != nil {
-			b.Fatal(err)
+	durabilities(b, func(b *testing.B, s *Store) {
+		body := json.RawMessage(`{"text":"hello"}`)
+		i := 0
+		for b.Loop() {
+			i++
+			if err := s.AddOutgoing(Outgoing{ID: fmt.Sprintf("m-%d", i), To: "bob", Body: body}); err != nil {
+				b.Fatal(err)
+			}
 		}
-	}
+	})
 }
 
 // BenchmarkStoreReceived is the store's cost of one received message:
 // the dedup check and the insert, one durable write.
 func BenchmarkStoreReceived(b *testing.B) {
-	s := openT(b, tmpPath(b))
-	body := json.RawMessage(`{"text":"hello"}`)
-	i := 0
-	for b.Loop() {
-		i++
-		if _, err := s.Received(Message{Conv: "alice", From: "alice", ID: fmt.Sprintf("m-%d", i), Seq: uint64(i), Body: body}); err != nil {
-			b.Fatal(err)
+	durabilities(b, func(b *testing.B, s *Store) {
+		body := json.RawMessage(`{"text":"hello"}`)
+		i := 0
+		for b.Loop() {
+			i++
+			if _, err := s.Received(Message{Conv: "alice", From: "alice", ID: fmt.Sprintf("m-%d", i), Seq: uint64(i), Body: body}); err != nil {
+				b.Fatal(err)
+			}
 		}
-	}
+	})
 }
 
 // BenchmarkStoreOpen100k opens (and closes) a store of 100,000 messages:

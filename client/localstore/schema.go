@@ -32,9 +32,12 @@ CREATE TABLE messages (
 	acked  INTEGER NOT NULL DEFAULT 0, -- incoming: this device acked it
 	UNIQUE (sender, id)
 );
-CREATE INDEX messages_conv ON messages (conv, n);
-CREATE INDEX messages_seq ON messages (seq) WHERE seq > 0;
+CREATE INDEX messages_conv ON messages (conv, n);      -- history
+CREATE INDEX messages_seq ON messages (seq);           -- Ack and Read name a seq
 CREATE INDEX messages_outbox ON messages (n) WHERE status = 0;
+CREATE INDEX messages_in ON messages (conv, seq) WHERE sender <> '';  -- unread counts
+CREATE INDEX messages_unread_out ON messages (conv, seq)  -- sent, not yet read: receipts
+	WHERE sender = '' AND status IN (1, 2);
 CREATE TABLE conversations (
 	conv     TEXT PRIMARY KEY,
 	read_seq INTEGER NOT NULL DEFAULT 0 -- this user read every message up to it

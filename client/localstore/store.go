@@ -427,7 +427,7 @@ func (s *Store) Count() (int, error) {
 // Conversation is a summary of one conversation.
 type Conversation struct {
 	Conv     string
-	Messages int    // stored, both directions
+	Messages int    // stored, both directions (dropped sends included)
 	Unread   int    // incoming above the read watermark
 	ReadSeq  uint64 // the read watermark
 	LastN    int64  // local order of its newest message
@@ -437,10 +437,14 @@ type Conversation struct {
 func (s *Store) Conversations() ([]Conversation, error) {
 	var out []Conversation
 	err := s.read(func(ctx context.Context, c *sql.Conn) error {
-		rows, err := c.QueryContext(ctx, `SELECT m.conv, count(*),
-	coalesce(sum(m.sender <> '' AND m.seq > coalesce(c.read_seq, 0)), 0), coalesce(c.read_seq, 0), max(m.n)
-FROM messages m LEFT JOIN conversations c ON c.conv = m.conv
-WHERE m.status >= 0 GROUP BY m.conv ORDER BY max(m.n) DESC`)
+		rows, err := c.QueryContext(ctx, `WITH convs AS (
+	SELECT conv, count(*) AS msgs, max(n) AS last FROM messages GROUP BY conv
+)
+SELECT v.conv, v.msgs,
+	(SELECT count(*) FROM messages m WHERE m.conv = v.conv AND m.sender <> '' AND m.seq > coalesce(c.read_seq, 0)),
+	coalesce(c.read_seq, 0), v.last
+FROM convs v LEFT JOIN conversations c ON c.conv = v.conv
+ORDER BY v.last DESC`)
 		if err != nil {
 			return err
 		}
