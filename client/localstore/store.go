@@ -25,7 +25,9 @@
 // and refuses one that is not a store or is damaged, half-written say,
 // with ErrCorrupt, and one written by a newer schema with a
 // *VersionError (errors.Is ErrNewerVersion) without changing it. A write
-// on a full disk fails with ErrDiskFull, and changes nothing.
+// on a full disk fails with ErrDiskFull (SQLite's SQLITE_FULL), or with
+// ErrIO when the file system reports it otherwise (a file size limit
+// gives EFBIG, say), and changes nothing: what was written before stays.
 //
 // # Schema
 //
@@ -64,6 +66,10 @@ var (
 	ErrLocked = errors.New("localstore: the store is held by another open Store (in this process or another)")
 	// ErrDiskFull: a write found no room. Nothing of it was kept.
 	ErrDiskFull = errors.New("localstore: the disk is full")
+	// ErrIO: the file system failed a read or write of the store: a
+	// file that may not grow any more, a failing disk. Nothing of the
+	// failed write was kept.
+	ErrIO = errors.New("localstore: the store file could not be read or written")
 	// ErrClosed: the Store was closed.
 	ErrClosed = errors.New("localstore: closed")
 )
@@ -94,6 +100,8 @@ func classify(err error) error {
 		return fmt.Errorf("%w (%v)", ErrCorrupt, err)
 	case sqlite3.SQLITE_FULL:
 		return fmt.Errorf("%w (%v)", ErrDiskFull, err)
+	case sqlite3.SQLITE_IOERR:
+		return fmt.Errorf("%w (%v)", ErrIO, err)
 	}
 	return err
 }

@@ -199,6 +199,10 @@ const childEnv = "LOCALSTORE_TEST_CHILD_OPEN"
 // TestMain lets a test run this binary as a second process that opens a
 // store and prints what Open said.
 func TestMain(m *testing.M) {
+	if path := os.Getenv(fsizeEnv); path != "" {
+		fsizeChild(path)
+		os.Exit(0)
+	}
 	if path := os.Getenv(childEnv); path != "" {
 		s, err := Open(path)
 		if err != nil {
