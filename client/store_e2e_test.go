@@ -234,41 +234,9 @@ func TestStoreResumesSendsAfterKill9(t *testing.T) {
 	bob := tk.Dial(t, g.URL, "bob", "phone")
 	path := t.TempDir() + "/alice.db"
 
-	start := func(role string) (*exec.Cmd, io.WriteCloser, *bufio.Scanner) {
-		cmd := exec.Command(os.Args[0], "-test.run=^TestStoreApp$", "-test.v")
-		cmd.Env = append(os.Environ(),
-			envApp+"="+role,
-			envURL+"=ws://"+p.addr+gateway.PathWS,
-			envToken+"="+tk.Token(t, "alice", "laptop", time.Hour),
-			envPath+"="+path)
-		stdin, err := cmd.StdinPipe()
-		if err != nil {
-			t.Fatal(err)
-		}
-		stdout, err := cmd.StdoutPipe()
-		if err != nil {
-			t.Fatal(err)
-		}
-		cmd.Stderr = os.Stderr
-		if err := cmd.Start(); err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() { _ = cmd.Process.Kill(); _ = cmd.Wait() })
-		return cmd, stdin, bufio.NewScanner(stdout)
-	}
-	expect := func(out *bufio.Scanner, prefix string) string {
-		t.Helper()
-		for out.Scan() {
-			line := out.Text()
-			if strings.HasPrefix(line, "FAIL") {
-				t.Fatalf("app: %s", line)
-			}
-			if strings.HasPrefix(line, prefix) {
-				return line
-			}
-		}
-		t.Fatalf("app ended before printing %q", prefix)
-		return ""
+	start := func(role string) (*exec.Cmd, io.Writer, func(string) string) {
+		return runApp(t, envApp+"="+role, envURL+"=ws://"+p.addr+gateway.PathWS,
+			envToken+"="+tk.Token(t, "alice", "laptop", time.Hour), envPath+"="+path)
 	}
 	var got []string
 	recv := func(until string) {
@@ -283,19 +251,19 @@ func TestStoreResumesSendsAfterKill9(t *testing.T) {
 		}
 	}
 
-	app, stdin, out := start("first")
-	expect(out, "confirmed")
+	app, stdin, line := start("first")
+	line("confirmed")
 	recv("m04")
 	p.down.Store(discard)
 	fmt.Fprintln(stdin, "down-muted")
-	if line := expect(out, "queued"); line != "queued m05,m06,m07,m08" {
-		t.Fatalf("app: %s", line)
+	if got := line("queued"); got != "queued m05,m06,m07,m08" {
+		t.Fatalf("app: %s", got)
 	}
 	recv("m08") // stored and delivered; alice never heard "sent"
 	p.up.Store(hold)
 	fmt.Fprintln(stdin, "up-held")
-	if line := expect(out, "queued"); line != "queued m05,m06,m07,m08,m09,m10,m11" {
-		t.Fatalf("app: %s", line)
+	if got := line("queued"); got != "queued m05,m06,m07,m08,m09,m10,m11" {
+		t.Fatalf("app: %s", got)
 	}
 	if err := app.Process.Signal(syscall.SIGKILL); err != nil {
 		t.Fatal(err)
@@ -306,8 +274,8 @@ func TestStoreResumesSendsAfterKill9(t *testing.T) {
 	p.up.Store(forward)
 	p.down.Store(forward)
 
-	app, _, out = start("restart")
-	expect(out, "done")
+	app, _, line = start("restart")
+	line("done")
 	if err := app.Wait(); err != nil {
 		t.Fatalf("restarted app: %v", err)
 	}
@@ -394,11 +362,16 @@ func TestStoreErrorsReachTheApp(t *testing.T) {
 	tk.NextMsgIs(t, bob, "carol", "fence", 10*time.Second)
 }
 
-// runApp starts this binary as the app process with env, and returns it
-// and a reader of its output lines.
-func runApp(t *testing.T, env ...string) (*exec.Cmd, func(prefix string) string) {
+// runApp starts this binary as the app process with env, and returns
+// it, its stdin, and a func that returns its next output line starting
+// with prefix.
+func runApp(t *testing.T, env ...string) (*exec.Cmd, io.Writer, func(prefix string) string) {
 	cmd := exec.Command(os.Args[0], "-test.run=^TestStoreApp$", "-test.v")
 	cmd.Env = append(os.Environ(), env...)
+	stdin, err := cmd.StdinPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
 	stdout, err := cmd.StdoutPipe()
 	if err != nil {
 		t.Fatal(err)
@@ -409,7 +382,7 @@ func runApp(t *testing.T, env ...string) (*exec.Cmd, func(prefix string) string)
 	}
 	t.Cleanup(func() { _ = cmd.Process.Kill(); _ = cmd.Wait() })
 	out := bufio.NewScanner(stdout)
-	return cmd, func(prefix string) string {
+	return cmd, stdin, func(prefix string) string {
 		t.Helper()
 		for out.Scan() {
 			line := out.Text()
@@ -450,7 +423,7 @@ func TestStoreReceiverKilledBeforeAckShowsEachMessageOnce(t *testing.T) {
 		}
 	}
 
-	app, line := runApp(t, append(env, envUntil+"=m5", envAck+"=m1,m2,m3")...)
+	app, _, line := runApp(t, append(env, envUntil+"=m5", envAck+"=m1,m2,m3")...)
 	line("ready")
 	for _, id := range []string{"m1", "m2", "m3", "m4", "m5"} {
 		send(id)
@@ -465,7 +438,7 @@ func TestStoreReceiverKilledBeforeAckShowsEachMessageOnce(t *testing.T) {
 
 	// m4 and m5 come again (never acked): the store has them, so the
 	// app is not shown them, and the SDK acks them.
-	app, line = runApp(t, append(env, envUntil+"=m6", envAck+"=m6", envExit+"=1")...)
+	app, _, line = runApp(t, append(env, envUntil+"=m6", envAck+"=m6", envExit+"=1")...)
 	line("ready")
 	send("m6")
 	if got := line("got"); got != "got m6 dups 2" && got != "got m6 dups 5" {
@@ -476,7 +449,7 @@ func TestStoreReceiverKilledBeforeAckShowsEachMessageOnce(t *testing.T) {
 	if err := app.Wait(); err != nil {
 		t.Fatal(err)
 	}
-	app, line = runApp(t, append(env, envUntil+"=m7", envAck+"=m7", envExit+"=1")...)
+	app, _, line = runApp(t, append(env, envUntil+"=m7", envAck+"=m7", envExit+"=1")...)
 	line("ready")
 	send("m7")
 	if got := line("got"); got != "got m7 dups 0" {
