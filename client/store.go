@@ -29,8 +29,9 @@ import (
 func storeErr(err error) error { return fmt.Errorf("client: local store: %w", err) }
 
 // restore loads the store's unconfirmed sends into the outbox, in order,
-// under their ids. Nobody waits for them; a Send with the same id joins
-// one.
+// under their ids, and the sent messages not yet read into the ticks, so
+// receipts for them reach the app. Nobody waits for the sends; a Send
+// with the same id joins one.
 func (c *Client) restore() error {
 	if c.opts.Store == nil {
 		return nil
@@ -41,6 +42,16 @@ func (c *Client) restore() error {
 	}
 	for _, p := range pending {
 		c.ob.add(&outgoing{id: p.ID, to: p.To, body: p.Body, media: p.Media, done: make(chan result, 1)})
+	}
+	unread, err := c.opts.Store.Unread()
+	if err != nil {
+		return storeErr(err)
+	}
+	for _, m := range unread {
+		c.ticks.sent(m.Conv, m.ID, m.Seq)
+		if m.Status == localstore.Delivered {
+			c.ticks.apply(&protocol.Frame{Status: protocol.StatusDelivered, By: m.Conv, FromSeq: m.Seq, ToSeq: m.Seq})
+		}
 	}
 	return nil
 }

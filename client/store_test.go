@@ -149,4 +149,18 @@ func TestStoreRecordsEachStepAndANewClientResumesFromIt(t *testing.T) {
 	if got := storeOutbox(t, st); got != "" {
 		t.Fatalf("outbox at the end: [%s]", got)
 	}
+
+	// m1 (delivered) and m2 (sent) were sent by earlier clients: their
+	// receipts still reach the app, each tick once.
+	sc2.receipt(protocol.StatusRead, "bob", 0, 40, 50)
+	want := []string{"m1 read", "m2 read"}
+	for _, w := range want {
+		if r := recvReceipt(t, c2); r.ID+" "+r.Status != w {
+			t.Fatalf("receipt %+v, want %s", r, w)
+		}
+	}
+	sc2.expectAcks(t, 50)
+	if m := storedMsg(t, st, "", "m2"); m.Status != localstore.Read {
+		t.Fatalf("m2 after the read: %+v", m)
+	}
 }

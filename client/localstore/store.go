@@ -349,6 +349,13 @@ WHERE conv = ? AND sender = '' AND status IN (1, 2) AND status < 2 AND seq BETWE
 	return err
 }
 
+// Unread returns this user's messages stored by the server and not yet
+// known read by their recipient, by seq: the ones a receipt can still
+// move.
+func (s *Store) Unread() ([]Message, error) {
+	return s.query(`WHERE sender = '' AND status IN (1, 2) ORDER BY seq`)
+}
+
 // Seen says what the store knew of a received message.
 type Seen struct {
 	Dup      bool   // it was stored already (by this process or an earlier one)
