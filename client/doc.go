@@ -67,9 +67,10 @@
 // it when "sent" comes, before Send returns; a new client resends the
 // stored outbox first, in order and under the same ids, so a send made
 // before a kill -9 is stored by the server once. Nobody waits for those
-// resends: a Send with the same id joins one. Messages are stored before
-// the app gets them; one an earlier process stored is not handed to the
-// app again but acked, as the store has it (read it with
+// resends: a Send with the same id joins one. Sent messages not yet read
+// are loaded too, so their receipts reach the app. Messages are stored
+// before the app gets them; one an earlier process stored is not handed
+// to the app again but acked, as the store has it (read it with
 // Store.Messages). Receipts' ticks are stored before the receipt is
 // acked, Ack and Read record the cursor hint and the read watermark.
 //
