@@ -535,3 +535,41 @@ func TestClosedStore(t *testing.T) {
 		t.Fatalf("Outbox after Close: %v", err)
 	}
 }
+
+// A process killed mid-write leaves the WAL with a torn last frame: the
+// copy of a store taken while it is open (as a kill -9 would leave it)
+// with garbage after its WAL opens with every committed write.
+func TestTornWALTailKeepsCommittedWrites(t *testing.T) {
+	path := tmpPath(t)
+	s := openT(t, path)
+	for i := range 10 {
+		if err := s.AddOutgoing(Outgoing{ID: fmt.Sprintf("m%d", i), To: "bob", Body: json.RawMessage(`1`)}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	crash := func(name string, tear func([]byte) []byte) *Store {
+		crashed := filepath.Join(t.TempDir(), name)
+		for _, suffix := range []string{"", "-wal"} {
+			b, err := os.ReadFile(path + suffix)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if suffix == "-wal" {
+				if len(b) == 0 {
+					t.Fatal("the writes are not in the WAL")
+				}
+				b = tear(b)
+			}
+			if err := os.WriteFile(crashed+suffix, b, 0o600); err != nil {
+				t.Fatal(err)
+			}
+		}
+		return openT(t, crashed)
+	}
+	// Garbage where the next frame would be.
+	c := crash("garbage.db", func(b []byte) []byte { return append(b, bytes.Repeat([]byte{0x5A}, 3000)...) })
+	mustOutbox(t, c, "m0,m1,m2,m3,m4,m5,m6,m7,m8,m9")
+	// The last transaction cut short: it is gone, the others stay.
+	c = crash("cut.db", func(b []byte) []byte { return b[:len(b)-100] })
+	mustOutbox(t, c, "m0,m1,m2,m3,m4,m5,m6,m7,m8")
+}
