@@ -127,21 +127,28 @@ func TestStoreApp(t *testing.T) {
 			fail("send %s: %v", id, err)
 		}
 	}
+	// waitOutbox polls the store's outbox until ok, within ctx.
+	waitOutbox := func(what string, ok func([]localstore.Outgoing) bool) {
+		for {
+			ob, err := st.Outbox()
+			if err != nil {
+				fail("outbox: %v", err)
+			}
+			if ok(ob) {
+				return
+			}
+			if ctx.Err() != nil {
+				fail("%s: outbox still %v", what, ob)
+			}
+			time.Sleep(time.Millisecond)
+		}
+	}
 	// queue starts Sends of ids without waiting for their "sent", one at
 	// a time once the one before is in the store's outbox.
 	queue := func(ids ...string) {
 		for _, id := range ids {
 			go func() { _, _ = c.Send(ctx, "bob", id, tk.Body(id)) }()
-			for {
-				ob, err := st.Outbox()
-				if err != nil {
-					fail("outbox: %v", err)
-				}
-				if len(ob) > 0 && ob[len(ob)-1].ID == id {
-					break
-				}
-				time.Sleep(time.Millisecond)
-			}
+			waitOutbox("queueing "+id, func(ob []localstore.Outgoing) bool { return len(ob) > 0 && ob[len(ob)-1].ID == id })
 		}
 		ob, _ := st.Outbox()
 		var got []string
@@ -200,16 +207,7 @@ func TestStoreApp(t *testing.T) {
 		os.Exit(0)
 	case "restart":
 		send("m12") // the restored sends go first, then this one
-		for {
-			ob, err := st.Outbox()
-			if err != nil {
-				fail("outbox: %v", err)
-			}
-			if len(ob) == 0 {
-				break
-			}
-			time.Sleep(5 * time.Millisecond)
-		}
+		waitOutbox("resending", func(ob []localstore.Outgoing) bool { return len(ob) == 0 })
 		c.Close()
 		if err := st.Close(); err != nil {
 			fail("close store: %v", err)
