@@ -13,6 +13,7 @@ import (
 
 	"github.com/fasthttp/websocket"
 
+	"github.com/switchboard-im/switchboard/client/localstore"
 	"github.com/switchboard-im/switchboard/protocol"
 )
 
@@ -107,6 +108,14 @@ type Options struct {
 	// Buffer is the capacity of the Messages and Receipts channels; zero
 	// means 1024.
 	Buffer int
+	// Store, when set, keeps this device's state across restarts (see
+	// package localstore): each send is written to it before it goes
+	// out, and the sends it holds unconfirmed are resent first, in order
+	// and under the same ids, when the client starts; received messages
+	// are kept and ones an earlier process received are not handed to
+	// the app again; ticks, acks and read watermarks are recorded. The
+	// app opens and closes it (after the client); one client per store.
+	Store *localstore.Store
 	// OnConnect is called after each successful (re)connect with the
 	// session id; OnDisconnect after each lost connection.
 	OnConnect    func(session string)
@@ -204,6 +213,7 @@ type Client struct {
 	down chan struct{}
 
 	writeMu sync.Mutex // one writer at a time on conn
+	storeMu sync.Mutex // see lockStore; taken before mu
 	// sendMu makes choosing send frames to write (under mu) and writing
 	// them one step, so they reach the connection in the order the outbox
 	// chose them. Lock order: sendMu, then mu or writeMu.
@@ -250,6 +260,9 @@ func dialWith(ctx context.Context, opts Options, h hooks) (*Client, error) {
 		ticks:         newTicks(),
 		seenMsg:       newLRU(100000),
 		acked:         newLRU(100000),
+	}
+	if err := c.restore(); err != nil {
+		return nil, err
 	}
 	conn, sid, err := c.dial(ctx)
 	if err != nil {
@@ -496,6 +509,9 @@ func (c *Client) handle(conn *websocket.Conn, f *protocol.Frame) error {
 			}
 			return nil
 		}
+		if known, err := c.storeMsg(conn, f, key); known || err != nil {
+			return err
+		}
 		m := Message{ID: f.ID, From: f.From, Device: f.Device, Seq: f.Seq, TS: time.UnixMilli(f.TS), Body: f.Body, Media: f.Media,
 			Group: f.Group, Event: f.Event}
 		select {
@@ -509,6 +525,9 @@ func (c *Client) handle(conn *websocket.Conn, f *protocol.Frame) error {
 		c.mu.Lock()
 		ids, seqs := c.ticks.apply(f)
 		c.mu.Unlock()
+		if err := c.storeReceipt(f); err != nil {
+			return err
+		}
 		for i, id := range ids {
 			r := Receipt{ID: id, Status: f.Status, By: f.By, Device: f.Device, TS: time.UnixMilli(f.TS), Seq: seqs[i]}
 			select {
@@ -559,6 +578,7 @@ func (c *Client) onError(f *protocol.Frame) {
 		}
 		c.mu.Unlock()
 		if o != nil {
+			c.storeDrop(o.id)
 			c.resolve(o, result{err: &ServerError{Code: f.Code, Message: f.Message}})
 			return
 		}
@@ -618,6 +638,7 @@ func (c *Client) onSent(f *protocol.Frame) {
 	}
 	c.mu.Unlock()
 	if o != nil {
+		c.storeSent(o, f, early)
 		c.resolve(o, result{sent: Sent{ID: f.ID, Seq: f.Seq, TS: time.UnixMilli(f.TS), Dup: f.Dup}})
 		if early != "" {
 			// Its tick came before its "sent" did.
@@ -719,19 +740,27 @@ type dest struct{ to, group string }
 // enqueueTo adds a send to the outbox, or joins the one with the same id
 // still waiting, and writes what may go out now.
 func (c *Client) enqueueTo(d dest, id string, body json.RawMessage, media *protocol.Media) (*outgoing, error) {
+	unlock := c.lockStore()
 	c.mu.Lock()
 	if c.closeErr != nil {
 		c.mu.Unlock()
+		unlock()
 		return nil, c.closeErr
 	}
 	o := c.ob.byID[id]
 	fresh := o == nil
 	if fresh {
 		o = &outgoing{id: id, to: d.to, group: d.group, body: append([]byte(nil), body...), media: media, done: make(chan result, 1)}
+		if err := c.keep(o); err != nil {
+			c.mu.Unlock()
+			unlock()
+			return nil, err
+		}
 		c.ob.add(o)
 	}
 	o.waiters++
 	c.mu.Unlock()
+	unlock()
 	if fresh {
 		c.flush()
 	}
@@ -753,10 +782,14 @@ func (c *Client) await(ctx context.Context, o *outgoing) (Sent, error) {
 	resolved := c.ob.byID[o.id] != o
 	o.waiters--
 	released := false
-	if !resolved && o.waiters == 0 {
+	withdrawn := !resolved && o.waiters == 0
+	if withdrawn {
 		released = c.ob.remove(o)
 	}
 	c.mu.Unlock()
+	if withdrawn {
+		c.storeDrop(o.id)
+	}
 	if released {
 		c.flush()
 	}
@@ -775,11 +808,13 @@ func (c *Client) Ack(seq uint64) {
 	c.mu.Lock()
 	c.acked.add(seqKey(seq))
 	c.mu.Unlock()
+	c.storeAcked(seq)
 	c.writeCurrent(protocol.AppendSeqFrame(nil, protocol.TypeAck, seq))
 }
 
 // Read tells the sender of the message with this seq that it was read.
 func (c *Client) Read(seq uint64) {
+	c.storeRead(seq)
 	c.writeCurrent(protocol.AppendSeqFrame(nil, protocol.TypeRead, seq))
 }
 

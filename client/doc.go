@@ -73,6 +73,22 @@
 // connect asks Options.Token for a token, so a 1008 token_expired close is
 // followed by a connection with a fresh one.
 //
+// # Local store
+//
+// With Options.Store (package localstore, one SQLite file per device)
+// the client remembers across restarts: each send is written to the
+// store's outbox before its frame can go out (a store error, such as
+// localstore.ErrDiskFull, fails the Send and nothing is sent) and leaves
+// it when "sent" comes, before Send returns; a new client resends the
+// stored outbox first, in order and under the same ids, so a send made
+// before a kill -9 is stored by the server once. Nobody waits for those
+// resends: a Send with the same id joins one. Sent messages not yet read
+// are loaded too, so their receipts reach the app. Messages are stored
+// before the app gets them; one an earlier process stored is not handed
+// to the app again but acked, as the store has it (read it with
+// Store.Messages). Receipts' ticks are stored before the receipt is
+// acked, Ack and Read record the cursor hint and the read watermark.
+//
 // # Concurrency
 //
 // All methods are safe to call from many goroutines. The Messages and

@@ -48,4 +48,12 @@ func (l *lru) put(k string, v uint64) {
 	}
 }
 
+// remove forgets k.
+func (l *lru) remove(k string) {
+	if e, ok := l.keys[k]; ok {
+		l.order.Remove(e)
+		delete(l.keys, k)
+	}
+}
+
 func seqKey(seq uint64) string { return strconv.FormatUint(seq, 10) }

@@ -1,0 +1,157 @@
+package client
+
+import (
+	"fmt"
+	"time"
+
+	"github.com/fasthttp/websocket"
+
+	"github.com/switchboard-im/switchboard/client/localstore"
+	"github.com/switchboard-im/switchboard/protocol"
+)
+
+// What the client writes to Options.Store, and when. Without a Store
+// each of these does nothing.
+//
+//   - Send: the send goes into the store's outbox before its frame can be
+//     written (keep); a store error fails the Send and nothing is sent.
+//   - "sent": the send leaves the outbox, with its seq (and a tick that
+//     came before it), before Send returns (storeSent).
+//   - A refusal for good or a withdrawal takes it out (storeDrop).
+//   - Start: the outbox is loaded in order before the first connection,
+//     whose attach writes it first (restore).
+//   - msg: stored before it is handed to the app; one an earlier process
+//     stored is dropped and acked (storeMsg).
+//   - receipt: ticks stored before the receipt is acked (storeReceipt).
+//   - Ack and Read: the acked flag and cursor hint, the read watermark.
+
+// storeErr wraps an error of the local store.
+func storeErr(err error) error { return fmt.Errorf("client: local store: %w", err) }
+
+// restore loads the store's unconfirmed sends into the outbox, in order,
+// under their ids, and the sent messages not yet read into the ticks, so
+// receipts for them reach the app. Nobody waits for the sends; a Send
+// with the same id joins one.
+func (c *Client) restore() error {
+	if c.opts.Store == nil {
+		return nil
+	}
+	pending, err := c.opts.Store.Outbox()
+	if err != nil {
+		return storeErr(err)
+	}
+	for _, p := range pending {
+		c.ob.add(&outgoing{id: p.ID, to: p.To, body: p.Body, media: p.Media, done: make(chan result, 1)})
+	}
+	unread, err := c.opts.Store.Unread()
+	if err != nil {
+		return storeErr(err)
+	}
+	for _, m := range unread {
+		c.ticks.sent(m.Conv, m.ID, m.Seq)
+		if m.Status == localstore.Delivered {
+			c.ticks.apply(&protocol.Frame{Status: protocol.StatusDelivered, By: m.Conv, FromSeq: m.Seq, ToSeq: m.Seq})
+		}
+	}
+	return nil
+}
+
+// lockStore serializes keeps, so the store's outbox has the outbox's
+// order, and returns its unlock. Taken before c.mu.
+func (c *Client) lockStore() (unlock func()) {
+	if c.opts.Store == nil {
+		return func() {}
+	}
+	c.storeMu.Lock()
+	return c.storeMu.Unlock
+}
+
+// keep writes o to the store's outbox. c.mu is held on entry and exit
+// but released for the write; lockStore keeps other sends out meanwhile.
+// Group sends and group messages are not kept yet: the store's
+// conversations are users.
+func (c *Client) keep(o *outgoing) error {
+	if c.opts.Store == nil || o.group != "" {
+		return nil
+	}
+	c.mu.Unlock()
+	err := c.opts.Store.AddOutgoing(localstore.Outgoing{ID: o.id, To: o.to, Body: o.body, Media: o.media})
+	c.mu.Lock()
+	if err != nil {
+		return storeErr(err)
+	}
+	return nil
+}
+
+// storeSent records o stored at f.Seq. A failure leaves it in the
+// store's outbox: after a restart it is resent, and the server answers
+// dup.
+func (c *Client) storeSent(o *outgoing, f *protocol.Frame, early string) {
+	if c.opts.Store != nil {
+		_ = c.opts.Store.Confirm(o.id, f.Seq, time.UnixMilli(f.TS), localstore.StatusOf(early))
+	}
+}
+
+// storeDrop takes send id out of the store's outbox.
+func (c *Client) storeDrop(id string) {
+	if c.opts.Store != nil {
+		_ = c.opts.Store.Drop(id)
+	}
+}
+
+// storeMsg stores a message new to this process. It reports known when
+// an earlier process stored it already: it was handed to the app then,
+// so it is dropped now, and acked, as the store holds it. On an error the
+// message is forgotten, so its redelivery is tried again.
+func (c *Client) storeMsg(conn *websocket.Conn, f *protocol.Frame, key string) (known bool, err error) {
+	if c.opts.Store == nil || f.Group != "" {
+		return false, nil
+	}
+	seen, err := c.opts.Store.Received(localstore.Message{
+		Conv: f.From, From: f.From, Device: f.Device, ID: f.ID, Seq: f.Seq,
+		TS: time.UnixMilli(f.TS), Body: f.Body, Media: f.Media,
+	})
+	if err != nil {
+		c.mu.Lock()
+		c.seenMsg.remove(key)
+		c.mu.Unlock()
+		return false, storeErr(err)
+	}
+	if !seen.Dup {
+		return false, nil
+	}
+	c.mu.Lock()
+	c.stats.DuplicatesDropped++
+	c.acked.add(seqKey(f.Seq)) // a later redelivery is acked again
+	c.mu.Unlock()
+	c.storeAcked(f.Seq)
+	return true, c.write(conn, protocol.AppendSeqFrame(nil, protocol.TypeAck, f.Seq))
+}
+
+// storeReceipt records the ticks a receipt frame gives, before it is
+// acked: on an error the connection is dropped and the receipt comes
+// again.
+func (c *Client) storeReceipt(f *protocol.Frame) error {
+	if c.opts.Store == nil {
+		return nil
+	}
+	if err := c.opts.Store.ApplyReceipt(f.By, f.Status, f.FromSeq, f.ToSeq); err != nil {
+		return storeErr(err)
+	}
+	return nil
+}
+
+// storeAcked and storeRead record the app's ack and read of seq. Their
+// errors are not reported: the server keeps the cursor and the read
+// position, the store only a copy.
+func (c *Client) storeAcked(seq uint64) {
+	if c.opts.Store != nil {
+		_ = c.opts.Store.Acked(seq)
+	}
+}
+
+func (c *Client) storeRead(seq uint64) {
+	if c.opts.Store != nil {
+		_, _ = c.opts.Store.MarkRead(seq)
+	}
+}
