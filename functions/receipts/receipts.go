@@ -77,6 +77,7 @@ func DefaultConfig() Config { return Config{Workers: 64, Timeout: 5 * time.Secon
 
 // Service is one running instance.
 type Service struct {
+	nc       *nats.Conn
 	js       jetstream.JetStream
 	settings jetstream.KeyValue
 	reads    jetstream.KeyValue
@@ -100,7 +101,7 @@ func Start(ctx context.Context, nc *nats.Conn, js jetstream.JetStream, cfg Confi
 	if cfg.Workers <= 0 || cfg.Timeout <= 0 {
 		return nil, fmt.Errorf("receipts: workers and timeout must be positive")
 	}
-	s := &Service{js: js, cfg: cfg, log: log.With("function", "receipts"),
+	s := &Service{nc: nc, js: js, cfg: cfg, log: log.With("function", "receipts"),
 		sem: make(chan struct{}, cfg.Workers), stop: make(chan struct{})}
 	inbox, err := js.Stream(ctx, contract.Inbox)
 	if err != nil {
@@ -203,6 +204,7 @@ func (s *Service) async(h func(context.Context, micro.Request) error) micro.Hand
 			defer func() { <-s.sem; s.wg.Done() }()
 			ctx, cancel := context.WithTimeout(context.Background(), s.cfg.Timeout)
 			defer cancel()
+			r := direct{r, s.nc}
 			err := h(ctx, r)
 			var bad badRequest
 			switch {
@@ -215,6 +217,37 @@ func (s *Service) async(h func(context.Context, micro.Request) error) micro.Hand
 			}
 		}()
 	}
+}
+
+// direct answers a request straight on the connection. micro's own
+// Respond and Error record the answer in state its handler goroutine
+// reads once the handler returns, which async's handlers have by then.
+type direct struct {
+	micro.Request
+	nc *nats.Conn
+}
+
+func (d direct) Respond(data []byte, _ ...micro.RespondOpt) error {
+	if d.Reply() == "" {
+		return nil
+	}
+	return d.nc.Publish(d.Reply(), data)
+}
+
+func (d direct) RespondJSON(v any, _ ...micro.RespondOpt) error {
+	b, err := json.Marshal(v)
+	if err != nil {
+		return err
+	}
+	return d.Respond(b)
+}
+
+func (d direct) Error(code, description string, data []byte, _ ...micro.RespondOpt) error {
+	if d.Reply() == "" {
+		return nil
+	}
+	return d.nc.PublishMsg(&nats.Msg{Subject: d.Reply(), Data: data,
+		Header: nats.Header{micro.ErrorCodeHeader: {code}, micro.ErrorHeader: {description}}})
 }
 
 func decode(r micro.Request, v any) error {
