@@ -128,6 +128,8 @@ func bindFlags(fs *flag.FlagSet, c *appConfig, withEmbedded bool) {
 	fs.IntVar(&g.TypingBurst, "typing-burst", g.TypingBurst, "typing frame burst per connection")
 	fs.Float64Var(&g.SettingsRate, "settings-rate", g.SettingsRate, "settings frames per second per connection")
 	fs.IntVar(&g.SettingsBurst, "settings-burst", g.SettingsBurst, "settings frame burst per connection")
+	fs.Float64Var(&g.GroupRate, "group-rate", g.GroupRate, "group frames (operations) per second per connection")
+	fs.IntVar(&g.GroupBurst, "group-burst", g.GroupBurst, "group frame burst per connection")
 	fs.IntVar(&g.FloodStrikes, "flood-strikes", g.FloodStrikes, "rate-limited frames in a row before close 1008")
 	fs.IntVar(&g.MaxInflight, "max-inflight", g.MaxInflight, "messages a device may hold unacked (0: 256)")
 	fs.IntVar(&g.MaxPendingSends, "max-pending-sends", g.MaxPendingSends, "sends per connection awaiting their PubAck")

@@ -27,6 +27,7 @@ import (
 var LiftedLimits = []string{
 	"--send-rate", "1000000", "--send-burst", "1000000",
 	"--frame-rate", "1000000", "--frame-burst", "1000000",
+	"--group-rate", "1000000", "--group-burst", "1000000",
 }
 
 // SpawnOptions say what Spawn starts.
