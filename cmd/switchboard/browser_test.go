@@ -453,6 +453,14 @@ func TestBrowserGroupChat(t *testing.T) {
 	alice.Do(chromedp.Click(chromedp.CSS(`#gi-members li[data-user="bob"] button.promote`)))
 	bob.WaitFor(seen, "bob made admin", notices("Alice made you an admin")+` === 1`)
 
+	// A rename shows on the members' pages, in the list and the header;
+	// a removal is a notice.
+	alice.Do(chromedp.SetValue(chromedp.ID("gi-rename-name"), "Best Friends"), chromedp.Click(chromedp.CSS("#gi-rename button")))
+	bob.WaitFor(seen, "the rename on bob's page", notices("Alice renamed the group to “Best Friends”")+` === 1`)
+	bob.WaitFor(seen, "the new name on bob's page", `document.getElementById('peer').textContent === 'Best Friends' && document.querySelector('#contacts li[data-group="friends"] .name').textContent === 'Best Friends'`)
+	alice.Do(chromedp.Click(chromedp.CSS(`#gi-members li[data-user="dave"] button.remove`)))
+	bob.WaitFor(seen, "dave's removal on bob's page", notices("Alice removed dave")+` === 1`)
+
 	say(alice, "after carol")
 	bob.WaitFor(seen, "the message after carol left", incomingFrom("alice", "after carol")+` === 1`)
 	say(bob, "a fence")
@@ -460,4 +468,12 @@ func TestBrowserGroupChat(t *testing.T) {
 	if n := tk.Eval[int](carol, incomingFrom("alice", "after carol")); n != 0 {
 		t.Fatalf("carol's page shows a message sent after she left")
 	}
+
+	// A reload keeps the group and its history, each message once.
+	bob.Navigate(p.HTTP + "/")
+	bob.WaitFor(seen, "bob signed in again", `document.getElementById('conn').dataset.state === 'connected'`)
+	bob.WaitFor(seen, "the group open again", `document.getElementById('chat-head').dataset.group === 'friends' && document.getElementById('peer').textContent === 'Best Friends'`)
+	bob.WaitFor(seen, "the history back", notices("Carol left")+` === 1 && `+incomingFrom("alice", "hi all")+` === 1 && `+outgoing("a fence")+` === 'sent'`)
+	say(bob, "after the reload")
+	alice.WaitFor(seen, "bob's message after the reload", incomingFrom("bob", "after the reload")+` === 1`)
 }
