@@ -461,8 +461,14 @@ func TestBrowserGroupChat(t *testing.T) {
 	alice.Do(chromedp.Click(chromedp.CSS(`#gi-members li[data-user="dave"] button.remove`)))
 	bob.WaitFor(seen, "dave's removal on bob's page", notices("Alice removed dave")+` === 1`)
 
+	// Bob looks at another conversation: the group's message is counted
+	// unread until he opens it.
+	openChat(bob, "alice")
 	say(alice, "after carol")
+	bob.WaitFor(seen, "an unread badge for the group", `document.querySelector('#contacts li[data-group="friends"] .badge')?.textContent === '1'`)
+	openGroup(bob, "friends")
 	bob.WaitFor(seen, "the message after carol left", incomingFrom("alice", "after carol")+` === 1`)
+	bob.WaitFor(seen, "the badge gone", `document.querySelector('#contacts li[data-group="friends"] .badge').textContent === ''`)
 	say(bob, "a fence")
 	alice.WaitFor(seen, "bob's fence", incomingFrom("bob", "a fence")+` === 1`)
 	if n := tk.Eval[int](carol, incomingFrom("alice", "after carol")); n != 0 {

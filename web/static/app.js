@@ -262,9 +262,9 @@ function tick(m, status, note = '') {
 
 // markRead sends a read receipt for what is on screen: the open
 // conversation's newest message, while the page is visible. A read covers
-// every earlier message of that user's.
-// A group's messages get no read receipts yet: there the page only keeps
-// its own read position, for the unread badge.
+// every earlier message of that user's. A group's messages get no read
+// receipts yet: there the page only keeps its own read position, for the
+// unread badge.
 function markRead() {
   if (!open || !sb?.connected || document.visibilityState !== 'visible') return;
   const last = chat(open).findLast((m) => (isGroup(open) ? m.from !== me.user && m.seq : m.from === open));
@@ -437,14 +437,13 @@ function noticeText(m) {
 
 // setGroup keeps a group as an operation's answer gave it.
 function setGroup(g) {
-  const had = store.groups[g.id];
   store.groups[g.id] = {
     name: g.name, createdBy: g.createdBy,
     members: g.members.map((x) => ({ user: x.user, admin: !!x.admin })),
     left: !g.members.some((x) => x.user === me.user),
   };
   save();
-  if (!had) renderContacts();
+  renderContacts();
   renderGroup(g.id);
 }
 
