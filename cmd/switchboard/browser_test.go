@@ -394,7 +394,8 @@ func incomingFrom(user, text string) string {
 // creation, each other's messages with their senders' names, and typing
 // in the group; the sender's messages show one tick, sent (group messages
 // have no receipts); a member who leaves is a notice to the others, and
-// stops getting the group's messages.
+// stops getting the group's messages; a member added later learns the
+// group from the server and gets nothing sent before.
 func TestBrowserGroupChat(t *testing.T) {
 	p := start(t, "--data", t.TempDir(), "--nats-listen", "127.0.0.1:0")
 	b := tk.StartBrowser(t)
@@ -446,9 +447,19 @@ func TestBrowserGroupChat(t *testing.T) {
 	carol.WaitFor(seen, "carol's page out of the group", `document.getElementById('composer').hidden && !document.getElementById('left-note').hidden`)
 	carol.WaitFor(seen, "carol's own leaving", notices("You left")+` === 1`)
 
-	// An admin adds a member and makes bob an admin.
+	// An admin adds a member, who learns the group's name and members from
+	// the server and sees nothing sent before, and makes bob an admin.
+	dave := signIn(t, b, p, "dave", "laptop")
 	alice.Do(chromedp.SetValue(chromedp.ID("gi-add-users"), "dave"), chromedp.Click(chromedp.CSS("#gi-add button")))
 	bob.WaitFor(seen, "dave's adding on bob's page", notices("Alice added dave")+` === 1`)
+	openGroup(dave, "friends")
+	dave.WaitFor(seen, "dave's adding on his page", notices("Alice added you")+` === 1`)
+	dave.WaitFor(seen, "the group's name on dave's page", `document.getElementById('peer').textContent === 'Friends'`)
+	dave.Do(chromedp.Click(chromedp.ID("group-info-toggle")))
+	dave.WaitFor(seen, "the members on dave's page", `[...document.querySelectorAll('#gi-members li')].map((l) => l.dataset.user + ':' + l.dataset.admin).join(' ') === 'alice:true bob:false dave:false'`)
+	if n := tk.Eval[int](dave, `document.querySelectorAll('#messages .msg').length + document.querySelectorAll('#gi-add:not([hidden]), #gi-members button').length`); n != 0 {
+		t.Fatalf("dave's page shows %d messages from before he was added, or admin controls", n)
+	}
 	alice.WaitFor(seen, "the promote button", `!!document.querySelector('#gi-members li[data-user="bob"] button.promote')`)
 	alice.Do(chromedp.Click(chromedp.CSS(`#gi-members li[data-user="bob"] button.promote`)))
 	bob.WaitFor(seen, "bob made admin", notices("Alice made you an admin")+` === 1`)
@@ -460,6 +471,7 @@ func TestBrowserGroupChat(t *testing.T) {
 	bob.WaitFor(seen, "the new name on bob's page", `document.getElementById('peer').textContent === 'Best Friends' && document.querySelector('#contacts li[data-group="friends"] .name').textContent === 'Best Friends'`)
 	alice.Do(chromedp.Click(chromedp.CSS(`#gi-members li[data-user="dave"] button.remove`)))
 	bob.WaitFor(seen, "dave's removal on bob's page", notices("Alice removed dave")+` === 1`)
+	dave.WaitFor(seen, "dave's removal on his page", notices("Alice removed you")+` === 1 && !document.getElementById('left-note').hidden`)
 
 	// Bob looks at another conversation: the group's message is counted
 	// unread until he opens it.
