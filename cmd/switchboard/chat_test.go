@@ -49,13 +49,23 @@ func typeLine(t *testing.T, in io.Writer, line string) {
 
 // Three terminals chat in a group one of them creates: the members see
 // its creation and its messages as "[group] from: body", its changes as
-// "[group] * ..."; a member who leaves is a notice to the others.
+// "[group] * ..."; a member who leaves is a notice to the others; the
+// admin adds and removes members.
 func TestChatGroups(t *testing.T) {
 	data := t.TempDir()
 	p := start(t, "--data", data, "--nats-listen", "127.0.0.1:0")
 	aliceIn, alice := chatTerminal(t, p, data, "alice")
 	_, bob := chatTerminal(t, p, data, "bob")
 	carolIn, carol := chatTerminal(t, p, data, "carol")
+
+	// The commands are listed; one about a group asks for a group first;
+	// a line that merely starts with a slash is no command.
+	typeLine(t, aliceIn, "/help")
+	waitTerminal(t, alice, "/create ID NAME USER,USER")
+	typeLine(t, aliceIn, "/members")
+	waitTerminal(t, alice, "[no group picked: /group ID picks one]")
+	typeLine(t, aliceIn, "/usr/bin is a path")
+	waitTerminal(t, alice, "[not sent: pick a recipient first")
 
 	typeLine(t, aliceIn, "/create friends Old Friends bob,carol")
 	tk.WaitFor(t, 15*time.Second, func() error {
@@ -90,9 +100,12 @@ func TestChatGroups(t *testing.T) {
 	waitTerminal(t, bob, "[friends] * carol left")
 	waitTerminal(t, alice, "[friends] * carol left")
 
-	// The admin adds a member and asks for the members.
+	// The admin adds a member, asks for the members, and removes one.
 	typeLine(t, aliceIn, "/add dave")
 	waitTerminal(t, bob, "[friends] * alice added dave")
 	typeLine(t, aliceIn, "/members")
 	waitTerminal(t, alice, `[members: friends "Old Friends": alice (admin), bob, dave]`)
+	typeLine(t, aliceIn, "/remove dave")
+	waitTerminal(t, bob, "[friends] * alice removed dave")
+	waitTerminal(t, alice, `[removed: friends "Old Friends": alice (admin), bob]`)
 }
