@@ -356,3 +356,142 @@ func TestBrowserChatOverTheHTTPFallback(t *testing.T) {
 		t.Fatalf("alice's page wrote %d frames to a WebSocket", n)
 	}
 }
+
+// createGroup makes a group from the page's new group form and returns
+// the code of its refusal, or "" once the group is open.
+func createGroup(t *testing.T, pg *tk.Page, group, name, members string) string {
+	t.Helper()
+	pg.Do(
+		chromedp.Click(chromedp.ID("new-group-toggle")),
+		chromedp.SetValue(chromedp.ID("group-id"), group),
+		chromedp.SetValue(chromedp.ID("group-name"), name),
+		chromedp.SetValue(chromedp.ID("group-members"), members),
+		chromedp.Click(chromedp.ID("group-create")),
+	)
+	pg.WaitFor(seen, "the create answered", fmt.Sprintf(
+		`document.getElementById('chat-head').dataset.group === %q || !!document.getElementById('group-error').dataset.code`, group))
+	return tk.Eval[string](pg, `document.getElementById('group-error').dataset.code || ''`)
+}
+
+// openGroup picks a group in the page's list and waits for it to open.
+func openGroup(pg *tk.Page, group string) {
+	pg.WaitFor(seen, "the group "+group+" listed", fmt.Sprintf(`!!document.querySelector('#contacts li[data-group=%q]')`, group))
+	pg.Do(chromedp.Click(chromedp.CSS(fmt.Sprintf(`#contacts li[data-group=%q]`, group))))
+	pg.WaitFor(seen, "the group "+group+" open", fmt.Sprintf(`document.getElementById('chat-head').dataset.group === %q`, group))
+}
+
+// notices counts the system messages on screen that read text.
+func notices(text string) string {
+	return fmt.Sprintf(`[...document.querySelectorAll('#messages .notice')].filter((e) => e.textContent === %q).length`, text)
+}
+
+// incomingFrom counts the group messages on screen from user with text.
+func incomingFrom(user, text string) string {
+	return fmt.Sprintf(`[...document.querySelectorAll('#messages .msg.in')].filter((e) => e.querySelector('.from')?.textContent === %q && e.querySelector('.text')?.textContent === %q).length`, user, text)
+}
+
+// Three users chat in a group made from the page: the members see its
+// creation, each other's messages with their senders' names, and typing
+// in the group; the sender's messages show one tick, sent (group messages
+// have no receipts); a member who leaves is a notice to the others, and
+// stops getting the group's messages; a member added later learns the
+// group from the server and gets nothing sent before.
+func TestBrowserGroupChat(t *testing.T) {
+	p := start(t, "--data", t.TempDir(), "--nats-listen", "127.0.0.1:0")
+	b := tk.StartBrowser(t)
+	alice := signIn(t, b, p, "alice", "laptop")
+	bob := signIn(t, b, p, "bob", "laptop")
+	carol := signIn(t, b, p, "carol", "laptop")
+
+	switch code := createGroup(t, alice, "friends", "Friends", "bob, carol"); code {
+	case "":
+	case "unavailable":
+		t.Skip("groups function not running")
+	default:
+		t.Fatalf("the create was refused: %s: %s", code, tk.Eval[string](alice, `document.getElementById('group-error').textContent`))
+	}
+	alice.WaitFor(seen, "the group named on alice's page", `document.getElementById('peer').textContent === 'Friends'`)
+	alice.WaitFor(seen, "alice's create notice", notices("You created the group “Friends” with bob and carol")+` === 1`)
+	openGroup(bob, "friends")
+	bob.WaitFor(seen, "the create notice on bob's page", notices("Alice created the group “Friends” with you and carol")+` === 1`)
+	bob.WaitFor(seen, "the group's name on bob's page", `document.getElementById('peer').textContent === 'Friends'`)
+	openGroup(carol, "friends")
+	carol.WaitFor(seen, "the create notice on carol's page", notices("Alice created the group “Friends” with bob and you")+` === 1`)
+
+	// Typing in the group shows on the other members' pages, named.
+	carol.Do(chromedp.SendKeys(chromedp.ID("text"), "hello"))
+	bob.WaitFor(seen, "carol typing in the group", `document.getElementById('peer-status').textContent === 'carol is typing…'`)
+	carol.Do(chromedp.SendKeys(chromedp.ID("text"), " all"), chromedp.Click(chromedp.ID("send")))
+	bob.WaitFor(seen, "carol's message on bob's page", incomingFrom("carol", "hello all")+` === 1`)
+	alice.WaitFor(seen, "carol's message on alice's page", incomingFrom("carol", "hello all")+` === 1`)
+	bob.WaitFor(seen, "typing gone with the message", `!document.getElementById('peer-status').textContent.includes('typing')`)
+
+	say(alice, "hi all")
+	bob.WaitFor(seen, "alice's message on bob's page", incomingFrom("alice", "hi all")+` === 1`)
+	carol.WaitFor(seen, "alice's message on carol's page", incomingFrom("alice", "hi all")+` === 1`)
+	alice.WaitFor(seen, "hi all sent", outgoing("hi all")+` === 'sent'`)
+	if g := tk.Eval[string](alice, `document.querySelector('#messages .msg.out .tick').textContent`); g != "✓" {
+		t.Fatalf("alice's group message shows %q, want one tick", g)
+	}
+
+	// The group's info: its members in the order they joined, alice its admin.
+	alice.Do(chromedp.Click(chromedp.ID("group-info-toggle")))
+	alice.WaitFor(seen, "the members listed", `[...document.querySelectorAll('#gi-members li')].map((l) => l.dataset.user + ':' + l.dataset.admin).join(' ') === 'alice:true bob:false carol:false'`)
+
+	// Carol leaves: the others see it, her page stops offering the composer,
+	// and what alice sends next reaches bob only.
+	carol.Do(chromedp.Click(chromedp.ID("group-info-toggle")), chromedp.Click(chromedp.ID("gi-leave")))
+	bob.WaitFor(seen, "carol's leaving on bob's page", notices("Carol left")+` === 1`)
+	alice.WaitFor(seen, "carol's leaving on alice's page", notices("Carol left")+` === 1`)
+	alice.WaitFor(seen, "carol gone from the members", `[...document.querySelectorAll('#gi-members li')].map((l) => l.dataset.user).join(' ') === 'alice bob'`)
+	carol.WaitFor(seen, "carol's page out of the group", `document.getElementById('composer').hidden && !document.getElementById('left-note').hidden`)
+	carol.WaitFor(seen, "carol's own leaving", notices("You left")+` === 1`)
+
+	// An admin adds a member, who learns the group's name and members from
+	// the server and sees nothing sent before, and makes bob an admin.
+	dave := signIn(t, b, p, "dave", "laptop")
+	alice.Do(chromedp.SetValue(chromedp.ID("gi-add-users"), "dave"), chromedp.Click(chromedp.CSS("#gi-add button")))
+	bob.WaitFor(seen, "dave's adding on bob's page", notices("Alice added dave")+` === 1`)
+	openGroup(dave, "friends")
+	dave.WaitFor(seen, "dave's adding on his page", notices("Alice added you")+` === 1`)
+	dave.WaitFor(seen, "the group's name on dave's page", `document.getElementById('peer').textContent === 'Friends'`)
+	dave.Do(chromedp.Click(chromedp.ID("group-info-toggle")))
+	dave.WaitFor(seen, "the members on dave's page", `[...document.querySelectorAll('#gi-members li')].map((l) => l.dataset.user + ':' + l.dataset.admin).join(' ') === 'alice:true bob:false dave:false'`)
+	if n := tk.Eval[int](dave, `document.querySelectorAll('#messages .msg').length + document.querySelectorAll('#gi-add:not([hidden]), #gi-members button').length`); n != 0 {
+		t.Fatalf("dave's page shows %d messages from before he was added, or admin controls", n)
+	}
+	alice.WaitFor(seen, "the promote button", `!!document.querySelector('#gi-members li[data-user="bob"] button.promote')`)
+	alice.Do(chromedp.Click(chromedp.CSS(`#gi-members li[data-user="bob"] button.promote`)))
+	bob.WaitFor(seen, "bob made admin", notices("Alice made you an admin")+` === 1`)
+
+	// A rename shows on the members' pages, in the list and the header;
+	// a removal is a notice.
+	alice.Do(chromedp.SetValue(chromedp.ID("gi-rename-name"), "Best Friends"), chromedp.Click(chromedp.CSS("#gi-rename button")))
+	bob.WaitFor(seen, "the rename on bob's page", notices("Alice renamed the group to “Best Friends”")+` === 1`)
+	bob.WaitFor(seen, "the new name on bob's page", `document.getElementById('peer').textContent === 'Best Friends' && document.querySelector('#contacts li[data-group="friends"] .name').textContent === 'Best Friends'`)
+	alice.Do(chromedp.Click(chromedp.CSS(`#gi-members li[data-user="dave"] button.remove`)))
+	bob.WaitFor(seen, "dave's removal on bob's page", notices("Alice removed dave")+` === 1`)
+	dave.WaitFor(seen, "dave's removal on his page", notices("Alice removed you")+` === 1 && !document.getElementById('left-note').hidden`)
+
+	// Bob looks at another conversation: the group's message is counted
+	// unread until he opens it.
+	openChat(bob, "alice")
+	say(alice, "after carol")
+	bob.WaitFor(seen, "an unread badge for the group", `document.querySelector('#contacts li[data-group="friends"] .badge')?.textContent === '1'`)
+	openGroup(bob, "friends")
+	bob.WaitFor(seen, "the message after carol left", incomingFrom("alice", "after carol")+` === 1`)
+	bob.WaitFor(seen, "the badge gone", `document.querySelector('#contacts li[data-group="friends"] .badge').textContent === ''`)
+	say(bob, "a fence")
+	alice.WaitFor(seen, "bob's fence", incomingFrom("bob", "a fence")+` === 1`)
+	if n := tk.Eval[int](carol, incomingFrom("alice", "after carol")); n != 0 {
+		t.Fatalf("carol's page shows a message sent after she left")
+	}
+
+	// A reload keeps the group and its history, each message once.
+	bob.Navigate(p.HTTP + "/")
+	bob.WaitFor(seen, "bob signed in again", `document.getElementById('conn').dataset.state === 'connected'`)
+	bob.WaitFor(seen, "the group open again", `document.getElementById('chat-head').dataset.group === 'friends' && document.getElementById('peer').textContent === 'Best Friends'`)
+	bob.WaitFor(seen, "the history back", notices("Carol left")+` === 1 && `+incomingFrom("alice", "hi all")+` === 1 && `+outgoing("a fence")+` === 'sent'`)
+	say(bob, "after the reload")
+	alice.WaitFor(seen, "bob's message after the reload", incomingFrom("bob", "after the reload")+` === 1`)
+}

@@ -1,7 +1,12 @@
 // The chat page: sign in, 1:1 conversations with ticks, typing, presence,
-// photos and settings, on the JavaScript SDK. Each device keeps its own
-// history in localStorage, as a phone keeps its chats: the server hands a
-// message to a device once, and the page acks it only once it is stored.
+// photos and settings, and group chats, on the JavaScript SDK. Each device
+// keeps its own history in localStorage, as a phone keeps its chats: the
+// server hands a message to a device once, and the page acks it only once
+// it is stored.
+//
+// A conversation is named by a key: a user id for a 1:1 chat, or 'g:' and
+// the group's id for a group (ids never hold a colon). Group messages get
+// no receipts yet, so ours show one tick, sent.
 import { Client, newId, validId, ConnectError, CloseError } from '/sdk/switchboard.js';
 
 const $ = (id) => document.getElementById(id);
@@ -16,9 +21,9 @@ let sb = null; // the SDK client
 let me = null; // {user, device}
 let store = null; // this device's contacts and history (load, save)
 let devTokens = false; // the server hands out development tokens
-let open = ''; // the user whose conversation is on screen
+let open = ''; // the key of the conversation on screen
 const presence = new Map(); // user -> {online, lastSeen, hidden}
-const typingUntil = new Map(); // user -> ms until which "typing…" shows
+const typingUntil = new Map(); // conversation key, NUL, user -> ms until which "typing…" shows
 const mediaURLs = new Map(); // media key -> object URL of the verified bytes
 let lastTyping = 0;
 let settings = null; // this user's settings, once read
@@ -58,7 +63,7 @@ function load() {
   } catch {
     s = {};
   }
-  store = { contacts: s.contacts ?? [], chats: s.chats ?? {}, read: s.read ?? {}, open: s.open ?? '' };
+  store = { contacts: s.contacts ?? [], groups: s.groups ?? {}, chats: s.chats ?? {}, read: s.read ?? {}, open: s.open ?? '' };
   store.key = key;
 }
 
@@ -72,7 +77,17 @@ function save() {
   }
 }
 
-const chat = (peer) => (store.chats[peer] ??= []);
+const chat = (key) => (store.chats[key] ??= []);
+
+// --- conversation keys ---
+
+const GROUP = 'g:';
+const isGroup = (key) => key.startsWith(GROUP);
+const groupKey = (group) => GROUP + group;
+const groupOf = (key) => (isGroup(key) ? key.slice(GROUP.length) : '');
+// keyOf is the conversation a message belongs to.
+const keyOf = (m) => (m.group ? groupKey(m.group) : m.from === me.user ? m.to : m.from);
+const known = (key) => (isGroup(key) ? !!store.groups[groupOf(key)] : store.contacts.includes(key));
 
 function addContact(user) {
   if (user === me.user || store.contacts.includes(user)) return;
@@ -178,10 +193,10 @@ async function start(token) {
   sb.settings({}).then(showSettings, () => {});
   // Sends from an earlier visit: confirmed ones still waiting for ticks,
   // and those never confirmed, sent again under their ids (in order).
-  for (const peer of Object.keys(store.chats)) {
-    for (const m of chat(peer)) {
-      if (m.from !== me.user) continue;
-      if (m.seq && m.tick !== 'read') sb.trackSent(peer, m.id, m.seq);
+  for (const key of Object.keys(store.chats)) {
+    for (const m of chat(key)) {
+      if (m.from !== me.user || m.event) continue;
+      if (m.seq && m.tick !== 'read' && !m.group) sb.trackSent(key, m.id, m.seq);
       if (m.tick === 'pending') {
         if (m.media || m.body !== null) deliver(m);
         else tick(m, 'failed', 'the upload did not finish');
@@ -189,12 +204,16 @@ async function start(token) {
     }
   }
   renderContacts();
-  openChat(store.open && store.contacts.includes(store.open) ? store.open : '');
+  openChat(store.open && known(store.open) ? store.open : '');
 }
 
 // --- events from the SDK ---
 
 function onMessage(m) {
+  if (m.group) {
+    onGroupMessage(m);
+    return;
+  }
   const list = chat(m.from);
   if (!list.some((x) => x.from === m.from && x.id === m.id)) {
     list.push({ id: m.id, from: m.from, to: me.user, seq: m.seq, ts: m.ts, body: m.body, media: m.media });
@@ -202,7 +221,7 @@ function onMessage(m) {
     addContact(m.from);
   }
   sb.ack(m.seq); // stored on this device: now it counts as delivered
-  typingUntil.delete(m.from);
+  typingUntil.delete(m.from + '\0' + m.from);
   if (m.from === open) {
     appendMessage(list.at(-1));
     renderPeerStatus();
@@ -217,7 +236,7 @@ function onReceipt(r) {
 }
 
 function onTyping(t) {
-  typingUntil.set(t.from, Date.now() + TYPING_SHOWN);
+  typingUntil.set((t.group ? groupKey(t.group) : t.from) + '\0' + t.from, Date.now() + TYPING_SHOWN);
   renderPeerStatus();
   setTimeout(renderPeerStatus, TYPING_SHOWN + 50);
 }
@@ -232,7 +251,7 @@ function tick(m, status, note = '') {
   }
   m.tick = status;
   save();
-  const el = m.to === open && document.querySelector(`#messages li[data-id="${CSS.escape(m.id)}"]`);
+  const el = keyOf(m) === open && document.querySelector(`#messages li[data-id="${CSS.escape(m.id)}"]`);
   if (!el) return;
   el.dataset.tick = m.tick;
   const t = el.querySelector('.tick');
@@ -243,12 +262,14 @@ function tick(m, status, note = '') {
 
 // markRead sends a read receipt for what is on screen: the open
 // conversation's newest message, while the page is visible. A read covers
-// every earlier message of that user's.
+// every earlier message of that user's. A group's messages get no read
+// receipts yet: there the page only keeps its own read position, for the
+// unread badge.
 function markRead() {
   if (!open || !sb?.connected || document.visibilityState !== 'visible') return;
-  const last = chat(open).findLast((m) => m.from === open);
+  const last = chat(open).findLast((m) => (isGroup(open) ? m.from !== me.user && m.seq : m.from === open));
   if (!last || last.seq <= (store.read[open] ?? 0)) return;
-  sb.read(last.seq);
+  if (!isGroup(open)) sb.read(last.seq);
   store.read[open] = last.seq;
   save();
   renderContacts();
@@ -260,7 +281,8 @@ document.addEventListener('visibilitychange', markRead);
 
 async function deliver(m) {
   try {
-    const s = m.media ? await sb.sendMedia(m.to, m.id, m.media, m.body) : await sb.send(m.to, m.id, m.body);
+    const s = m.group ? await sb.sendGroup(m.group, m.id, m.body)
+      : m.media ? await sb.sendMedia(m.to, m.id, m.media, m.body) : await sb.send(m.to, m.id, m.body);
     m.seq = s.seq;
     tick(m, 'sent');
   } catch (e) {
@@ -269,7 +291,8 @@ async function deliver(m) {
 }
 
 function compose(extra) {
-  const m = { id: newId(), from: me.user, to: open, ts: Date.now(), body: null, tick: 'pending', ...extra };
+  const dest = isGroup(open) ? { group: groupOf(open) } : { to: open };
+  const m = { id: newId(), from: me.user, ...dest, ts: Date.now(), body: null, tick: 'pending', ...extra };
   chat(open).push(m);
   save();
   appendMessage(m);
@@ -288,13 +311,17 @@ $('composer').addEventListener('submit', (e) => {
 $('text').addEventListener('input', () => {
   if (!open || !$('text').value || Date.now() - lastTyping < TYPING_EVERY) return;
   lastTyping = Date.now();
-  sb.typing(open);
+  if (isGroup(open)) {
+    if (!store.groups[groupOf(open)]?.left) sb.typingGroup(groupOf(open));
+  } else {
+    sb.typing(open);
+  }
 });
 
 $('file').addEventListener('change', async () => {
   const file = $('file').files[0];
   $('file').value = '';
-  if (!open || !file) return;
+  if (!open || !file || isGroup(open)) return;
   const local = URL.createObjectURL(file);
   const m = compose({ local });
   try {
@@ -368,6 +395,255 @@ $('signout').addEventListener('click', () => {
   location.reload();
 });
 
+// --- groups ---
+
+// store.groups: group id -> {name, createdBy, members: [{user, admin}],
+// left}: what this device knows of each group it is or was in, from the
+// answers to its own operations and the system messages it received.
+
+const groupName = (group) => store.groups[group]?.name || group;
+
+// list joins names as a sentence does: "bob", "bob and carol", "bob, carol and dave".
+function list(names) {
+  return names.length < 2 ? names.join('') : names.slice(0, -1).join(', ') + ' and ' + names.at(-1);
+}
+
+const who = (user) => (user === me.user ? 'you' : user);
+const capital = (s) => s.charAt(0).toUpperCase() + s.slice(1);
+
+// noticeText is how a group's system message reads: "alice added carol".
+function noticeText(m) {
+  const e = m.event;
+  const by = who(m.from);
+  const users = list((e.users ?? []).map(who));
+  let s;
+  switch (e.op) {
+    case 'create':
+      s = `${by} created the group “${e.name ?? ''}”` + (users ? ` with ${users}` : '');
+      break;
+    case 'rename': s = `${by} renamed the group to “${e.name ?? ''}”`; break;
+    case 'add': s = `${by} added ${users}`; break;
+    case 'remove': s = `${by} removed ${users}`; break;
+    case 'leave': s = `${by} left`; break;
+    case 'promote': s = `${by} made ${users} ${e.users?.length > 1 ? 'admins' : 'an admin'}`; break;
+    case 'demote': s = `${by} dismissed ${users} as ${e.users?.length > 1 ? 'admins' : 'admin'}`; break;
+    default: s = `${by} changed the group (${e.op})`;
+  }
+  if (e.promoted?.length) {
+    s += `; ${list(e.promoted.map(who))} ${e.promoted.length === 1 && e.promoted[0] !== me.user ? 'is' : 'are'} now ${e.promoted.length > 1 ? 'admins' : 'an admin'}`;
+  }
+  return capital(s);
+}
+
+// setGroup keeps a group as an operation's answer gave it.
+function setGroup(g) {
+  store.groups[g.id] = {
+    name: g.name, createdBy: g.createdBy,
+    members: g.members.map((x) => ({ user: x.user, admin: !!x.admin })),
+    left: !g.members.some((x) => x.user === me.user),
+  };
+  save();
+  renderContacts();
+  renderGroup(g.id);
+}
+
+// applyEvent changes what this device knows of a group by one of its
+// system messages.
+function applyEvent(group, from, e) {
+  const g = (store.groups[group] ??= { name: '', createdBy: '', members: [], left: false });
+  const has = (u) => g.members.some((x) => x.user === u);
+  const drop = (users) => { g.members = g.members.filter((x) => !users.includes(x.user)); };
+  const admin = (users, on) => { for (const x of g.members) if (users.includes(x.user)) x.admin = on; };
+  const users = e.users ?? [];
+  switch (e.op) {
+    case 'create':
+      g.name = e.name ?? g.name;
+      g.createdBy = from;
+      g.members = [{ user: from, admin: true }, ...users.map((user) => ({ user, admin: false }))];
+      break;
+    case 'rename': g.name = e.name ?? g.name; break;
+    case 'add':
+      for (const user of users) if (!has(user)) g.members.push({ user, admin: false });
+      break;
+    case 'remove': drop(users); break;
+    case 'leave': drop([from]); break;
+    case 'promote': admin(users, true); break;
+    case 'demote': admin(users, false); break;
+  }
+  admin(e.promoted ?? [], true);
+  g.left = !has(me.user);
+  // Added to a group made before: its members and name come from the server.
+  if (e.op === 'add' && users.includes(me.user)) refreshGroup(group);
+}
+
+function refreshGroup(group) {
+  sb.group('info', group).then(setGroup, () => {});
+}
+
+function onGroupMessage(m) {
+  const key = groupKey(m.group);
+  const msgs = chat(key);
+  // Repeats: a system message by (group, id), a message by (group, from, id).
+  const fresh = !msgs.some((x) => (m.event ? x.event && x.id === m.id : !x.event && x.from === m.from && x.id === m.id));
+  if (fresh) {
+    const isNew = !store.groups[m.group];
+    msgs.push({ id: m.id, from: m.from, group: m.group, seq: m.seq, ts: m.ts, body: m.body, event: m.event ?? undefined });
+    if (m.event) applyEvent(m.group, m.from, m.event);
+    else if (isNew) {
+      store.groups[m.group] = { name: '', createdBy: '', members: [], left: false };
+      refreshGroup(m.group);
+    }
+    save();
+  }
+  sb.ack(m.seq);
+  if (!m.event) typingUntil.delete(key + '\0' + m.from);
+  if (fresh && key === open) {
+    appendMessage(msgs.at(-1));
+    markRead();
+  }
+  if (key === open) {
+    $('peer').textContent = groupName(m.group);
+    renderPeerStatus();
+    renderComposer();
+    if (!$('group-info').hidden) renderGroup(m.group);
+  }
+  renderContacts();
+}
+
+// groupFailed shows why a group operation was refused, in the element
+// with id, its code in data-code.
+function groupFailed(id, what, e) {
+  $(id).dataset.code = e?.code ?? 'failed';
+  $(id).textContent = `${what}: ${e?.code === 'unavailable' ? 'groups are not available on this server right now' : e?.serverMessage ?? e?.message ?? e}`;
+}
+
+function groupDone(id) {
+  $(id).dataset.code = '';
+  $(id).textContent = '';
+}
+
+const ids = (text) => text.split(/[\s,]+/).filter(Boolean);
+
+$('new-group-toggle').addEventListener('click', () => {
+  const f = $('new-group');
+  f.hidden = !f.hidden;
+  $('new-group-toggle').setAttribute('aria-expanded', String(!f.hidden));
+  if (!f.hidden) $('group-id').focus();
+});
+
+$('new-group').addEventListener('submit', async (e) => {
+  e.preventDefault();
+  const group = $('group-id').value.trim();
+  const name = $('group-name').value.trim() || group;
+  const users = ids($('group-members').value).filter((u) => u !== me.user);
+  groupDone('group-error');
+  if (!validId(group)) return groupFailed('group-error', 'Not created', { message: 'a group id is 1-64 characters of A-Z a-z 0-9 _ -' });
+  const bad = users.find((u) => !validId(u));
+  if (bad) return groupFailed('group-error', 'Not created', { message: `"${bad}" is not a user id` });
+  $('group-create').disabled = true;
+  try {
+    setGroup(await sb.group('create', group, { name, users: [...new Set(users)] }));
+    $('group-id').value = $('group-name').value = $('group-members').value = '';
+    $('new-group').hidden = true;
+    $('new-group-toggle').setAttribute('aria-expanded', 'false');
+    openChat(groupKey(group));
+  } catch (err) {
+    groupFailed('group-error', 'Not created', err);
+  } finally {
+    $('group-create').disabled = false;
+  }
+});
+
+$('group-info-toggle').addEventListener('click', () => {
+  const panel = $('group-info');
+  panel.hidden = !panel.hidden;
+  $('group-info-toggle').setAttribute('aria-expanded', String(!panel.hidden));
+  const group = groupOf(open);
+  if (panel.hidden || !group) return;
+  groupDone('gi-error');
+  renderGroup(group);
+  if (!store.groups[group]?.left) refreshGroup(group);
+});
+
+// op runs a group operation from the info panel on the open group.
+async function op(name, opts = {}) {
+  const group = groupOf(open);
+  if (!group) return;
+  groupDone('gi-error');
+  try {
+    setGroup(await sb.group(name, group, opts));
+    return true;
+  } catch (err) {
+    groupFailed('gi-error', `Could not ${name}`, err);
+    return false;
+  } finally {
+    renderComposer();
+    renderPeerStatus();
+  }
+}
+
+$('gi-add').addEventListener('submit', async (e) => {
+  e.preventDefault();
+  const users = ids($('gi-add-users').value);
+  if (!users.length) return;
+  if (users.some((u) => !validId(u))) return groupFailed('gi-error', 'Could not add', { message: 'user ids are 1-64 characters of A-Z a-z 0-9 _ -' });
+  if (await op('add', { users })) $('gi-add-users').value = '';
+});
+
+$('gi-rename').addEventListener('submit', async (e) => {
+  e.preventDefault();
+  const name = $('gi-rename-name').value.trim();
+  if (name && (await op('rename', { name }))) $('gi-rename-name').value = '';
+});
+
+$('gi-leave').addEventListener('click', () => op('leave'));
+
+// renderGroup fills the info panel of the open group: its members and
+// admins, and what this user may do there.
+function renderGroup(group) {
+  if (groupOf(open) !== group) return;
+  $('peer').textContent = groupName(group);
+  const g = store.groups[group] ?? { members: [] };
+  const admin = !g.left && g.members.some((x) => x.user === me.user && x.admin);
+  $('gi-name').textContent = groupName(group);
+  $('gi-id').textContent = group;
+  $('gi-created').textContent = g.createdBy ? `created by ${who(g.createdBy)}` : '';
+  $('gi-count').textContent = `${g.members.length} member${g.members.length === 1 ? '' : 's'}`;
+  $('gi-members').replaceChildren(...g.members.map((x) => {
+    const li = document.createElement('li');
+    li.dataset.user = x.user;
+    li.dataset.admin = String(x.admin);
+    li.append(span('name', x.user === me.user ? `${x.user} (you)` : x.user));
+    if (x.admin) li.append(span('role', 'admin'));
+    if (admin && x.user !== me.user) {
+      li.append(
+        button(x.admin ? 'demote' : 'promote', x.admin ? 'Dismiss as admin' : 'Make admin', () => op(x.admin ? 'demote' : 'promote', { users: [x.user] })),
+        button('remove', 'Remove', () => op('remove', { users: [x.user] })));
+    }
+    return li;
+  }));
+  $('gi-add').hidden = $('gi-rename').hidden = !admin;
+  $('gi-leave').hidden = !!g.left;
+  renderComposer();
+  renderPeerStatus();
+}
+
+function button(cls, text, onclick) {
+  const b = document.createElement('button');
+  b.type = 'button';
+  b.className = cls;
+  b.textContent = text;
+  b.addEventListener('click', onclick);
+  return b;
+}
+
+// userColor gives each sender in a group a colour of their own.
+function userColor(user) {
+  let h = 0;
+  for (const c of user) h = (h * 31 + c.codePointAt(0)) % 360;
+  return `hsl(${h} 60% 35%)`;
+}
+
 // --- rendering ---
 
 function setConn(state) {
@@ -382,39 +658,69 @@ function banner(text) {
   $('banner').hidden = !text;
 }
 
+// renderContacts lists the groups, then the contacts.
 function renderContacts() {
   const ul = $('contacts');
-  ul.replaceChildren(...store.contacts.map((user) => {
+  const unread = (key, from) => {
+    const read = store.read[key] ?? 0;
+    const n = chat(key).filter((m) => from(m) && m.seq > read).length;
+    return span('badge', n && key !== open ? String(n) : '');
+  };
+  const groups = Object.keys(store.groups).map((group) => {
+    const key = groupKey(group);
+    const li = document.createElement('li');
+    li.dataset.group = group;
+    li.setAttribute('aria-current', String(key === open));
+    li.append(span('dot group', '#'), span('name', groupName(group)),
+      unread(key, (m) => m.from !== me.user && !m.event));
+    li.addEventListener('click', () => openChat(key));
+    return li;
+  });
+  const users = store.contacts.map((user) => {
     const li = document.createElement('li');
     li.dataset.user = user;
     li.setAttribute('aria-current', String(user === open));
     const dot = span('dot');
     if (presence.get(user)?.online) dot.classList.add('online');
-    const read = store.read[user] ?? 0;
-    const unread = chat(user).filter((m) => m.from === user && m.seq > read).length;
-    li.append(dot, span('name', user), span('badge', unread && user !== open ? String(unread) : ''));
+    li.append(dot, span('name', user), unread(user, (m) => m.from === user));
     li.addEventListener('click', () => openChat(user));
     return li;
-  }));
+  });
+  ul.replaceChildren(...groups, ...users);
 }
 
-function openChat(user) {
-  open = user;
-  store.open = user;
+function openChat(key) {
+  if (key !== open) lastTyping = 0;
+  open = key;
+  store.open = key;
   save();
-  $('chat-head').hidden = $('composer').hidden = !user;
-  $('empty').hidden = !!user;
-  $('peer').textContent = user;
-  $('messages').replaceChildren(...(user ? chat(user).map(messageElement) : []));
+  const group = groupOf(key);
+  $('chat-head').hidden = !key;
+  $('chat-head').dataset.group = group;
+  $('empty').hidden = !!key;
+  $('peer').textContent = group ? groupName(group) : key;
+  $('group-info-toggle').hidden = !group;
+  $('attach').hidden = !!group;
+  $('group-info').hidden = true;
+  $('messages').replaceChildren(...(key ? chat(key).map(messageElement) : []));
+  renderComposer();
   scrollDown();
   renderPeerStatus();
   renderContacts();
   markRead();
-  if (user) $('text').focus();
+  if (key && !$('composer').hidden) $('text').focus();
+}
+
+// renderComposer shows the composer, or, in a group this user is no
+// longer in, why there is none.
+function renderComposer() {
+  const left = isGroup(open) && !!store.groups[groupOf(open)]?.left;
+  $('composer').hidden = !open || left;
+  $('left-note').hidden = !left;
 }
 
 function appendMessage(m) {
-  if (m.from === open || m.to === open) {
+  if (keyOf(m) === open) {
     $('messages').append(messageElement(m));
     scrollDown();
   }
@@ -427,9 +733,22 @@ function scrollDown() {
 
 function messageElement(m) {
   const li = document.createElement('li');
+  if (m.event) {
+    li.className = 'notice';
+    li.dataset.id = m.id;
+    li.dataset.op = m.event.op;
+    li.textContent = noticeText(m);
+    li.title = time(m.ts);
+    return li;
+  }
   const out = m.from === me.user;
   li.className = 'msg ' + (out ? 'out' : 'in');
   li.dataset.id = m.id;
+  if (m.group && !out) {
+    const from = span('from', m.from);
+    from.style.color = userColor(m.from);
+    li.append(from);
+  }
   if (m.local || m.media) li.append(photo(m));
   const text = typeof m.body === 'string' ? m.body : m.body == null ? '' : JSON.stringify(m.body);
   const meta = span('meta', time(m.ts));
@@ -468,11 +787,31 @@ function photo(m) {
   return img;
 }
 
+// typingIn lists who is typing in the conversation with key now.
+function typingIn(key) {
+  const now = Date.now();
+  const who = [];
+  for (const [k, until] of typingUntil) {
+    const [at, user] = k.split('\0');
+    if (until <= now) typingUntil.delete(k);
+    else if (at === key) who.push(user);
+  }
+  return who;
+}
+
 function renderPeerStatus() {
   if (!open) return;
+  if (isGroup(open)) {
+    const g = store.groups[groupOf(open)];
+    const who = typingIn(open);
+    $('peer-status').textContent = who.length ? `${list(who)} ${who.length === 1 ? 'is' : 'are'} typing…`
+      : g?.left ? 'you are no longer a member'
+        : (g?.members ?? []).map((x) => (x.user === me.user ? 'you' : x.user)).join(', ');
+    return;
+  }
   let s = '';
   const p = presence.get(open);
-  if ((typingUntil.get(open) ?? 0) > Date.now()) s = 'typing…';
+  if (typingIn(open).includes(open)) s = 'typing…';
   else if (p?.online) s = 'online';
   else if (p?.lastSeen) s = 'last seen ' + when(p.lastSeen);
   $('peer-status').textContent = s;
