@@ -75,9 +75,6 @@ func TestChatGroups(t *testing.T) {
 		return nil
 	})
 	if s := alice.String(); strings.Contains(s, "[created failed:") {
-		if strings.Contains(s, "unavailable") {
-			t.Skip("groups function not running")
-		}
 		t.Fatalf("the create failed: %q", s)
 	}
 	waitTerminal(t, alice, `[created: friends "Old Friends": alice (admin), bob, carol]`)
