@@ -467,6 +467,10 @@ func (s *session) send(f *protocol.Frame) {
 		},
 		Data: f.Body,
 	}
+	if code, why := s.srv.regions.address(m, f.To, f.Media != nil); code != "" { // regions.go
+		s.sendError(code, why, f.ID, 0, 0)
+		return
+	}
 	s.queue(&pubItem{msg: m, id: f.ID, to: f.To, ts: ts, media: f.Media})
 }
 

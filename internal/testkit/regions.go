@@ -17,6 +17,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/switchboard-im/switchboard/contract"
+	"github.com/switchboard-im/switchboard/gateway"
 	"github.com/switchboard-im/switchboard/internal/natsauth"
 	"github.com/switchboard-im/switchboard/streams"
 )
@@ -39,7 +40,9 @@ type Region struct {
 	*NATS
 	// Link is the region's leaf link to the hub.
 	Link *Proxy
-	hub  string // the hub's leaf address, the link's target while not cut
+	// Gateway is the region's gateway (Start).
+	Gateway *Gateway
+	hub     string // the hub's leaf address, the link's target while not cut
 }
 
 // RegionsDir is deploy/regions in this module.
@@ -206,6 +209,29 @@ func (rs *Regions) SetHome(t testing.TB, user, region string) {
 			}
 			return nil
 		})
+	}
+}
+
+// Start runs, in every region, the receipts and presence functions and a
+// gateway configured with cfg placed in its region, every region's URL
+// known to each.
+func (rs *Regions) Start(t testing.TB, cfg gateway.Config) {
+	t.Helper()
+	urls := map[string]string{}
+	addrs := map[string]string{}
+	for _, r := range rs.Regions {
+		addr, err := freePort()
+		if err != nil {
+			t.Fatal(err)
+		}
+		addrs[r.Name], urls[r.Name] = addr, "ws://"+addr+gateway.PathWS
+	}
+	for _, r := range rs.Regions {
+		r.Functions = StartFunctionsURL(t, r.Server.ClientURL())
+		c := cfg
+		c.Listen = addrs[r.Name]
+		c.Regions = gateway.RegionsConfig{Region: r.Name, URLs: urls}
+		r.Gateway = StartGatewayURL(t, r.Server.ClientURL(), c)
 	}
 }
 
