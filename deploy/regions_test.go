@@ -2,6 +2,7 @@ package deploy
 
 import (
 	"context"
+	"errors"
 	"os"
 	"path/filepath"
 	"strings"
@@ -9,6 +10,7 @@ import (
 	"time"
 
 	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/switchboard-im/switchboard/contract"
 	"github.com/switchboard-im/switchboard/internal/natsauth"
@@ -119,4 +121,46 @@ func TestRegionsLeafLinksCarryOnlySourcing(t *testing.T) {
 		}
 		return nil
 	})
+}
+
+// A layout that would loop messages between regions, or lay one region
+// out under another's name, is refused before anything is changed.
+func TestRegionsRefuseLoopingLayouts(t *testing.T) {
+	rs := tk.StartRegions(t, "us", "eu")
+	rs.Apply(t, streams.Options{})
+	us := rs.Region("us")
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+
+	// eu's layout on us's server: us would take eu's messages as its own.
+	err := streams.Apply(ctx, us.JS, streams.Options{Region: rs.Layout(rs.Region("eu"))})
+	if !errors.Is(err, streams.ErrRegions) || !strings.Contains(err.Error(), "domain") {
+		t.Fatalf("eu's layout on us: %v", err)
+	}
+	// A region named twice, or a directory that is no region.
+	for _, r := range []*streams.Region{
+		{Name: "us", Peers: []string{"eu", "us"}, Directory: "us"},
+		{Name: "us", Peers: []string{"eu"}, Directory: "ap"},
+		{Name: "us", Directory: "us"},
+		{Name: "U.S.", Peers: []string{"eu"}, Directory: "eu"},
+	} {
+		if err := streams.Apply(ctx, us.JS, streams.Options{Region: r}); !errors.Is(err, streams.ErrRegions) {
+			t.Fatalf("%+v: %v", r, err)
+		}
+	}
+	// An OUTBOX that sources another region's OUTBOX would send eu's
+	// messages on again, and back: refused at the next start.
+	s, err := us.JS.Stream(ctx, contract.Outbox)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg := s.CachedInfo().Config
+	cfg.Sources = []*jetstream.StreamSource{{Name: contract.Outbox, External: &jetstream.ExternalStream{APIPrefix: "$JS.eu.API"}}}
+	if _, err := us.JS.UpdateStream(ctx, cfg); err != nil {
+		t.Fatal(err)
+	}
+	err = streams.Apply(ctx, us.JS, streams.Options{Region: rs.Layout(us)})
+	if !errors.Is(err, streams.ErrRegions) || !strings.Contains(err.Error(), "loop") {
+		t.Fatalf("a sourcing OUTBOX: %v", err)
+	}
 }

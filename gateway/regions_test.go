@@ -5,9 +5,12 @@ import (
 	"encoding/json"
 	"errors"
 	"net/http"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/nats-io/nats.go"
 
 	"github.com/switchboard-im/switchboard/client"
 	"github.com/switchboard-im/switchboard/contract"
@@ -162,4 +165,110 @@ func TestRegionsRefuseWhatHasNoPlace(t *testing.T) {
 		t.Fatal(err)
 	}
 	tk.NextMsgIs(t, bob, "alice", "m1", 15*time.Second)
+}
+
+// A cut leaf link loses nothing and duplicates nothing. While us is cut
+// off from the hub both users keep sending and get "sent" at once (their
+// own region stores the messages); once the link is back every message
+// arrives once, in the order sent, and the ticks catch up, each message
+// ticked once. A raw retry of a stored send, published again under its
+// dedup id during the cut, is stored once. The fences at the end prove
+// that nothing more is on its way.
+func TestRegionsPartitionLosesAndDuplicatesNothing(t *testing.T) {
+	_, us, eu := startRegions(t)
+	alice := tk.Dial(t, us.Gateway.URL, "alice", "phone")
+	bob := tk.Dial(t, eu.Gateway.URL, "bob", "phone")
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	const n = 50
+
+	us.Cut(t)
+	sendAll := func(c *client.Client, from, to string) map[string]uint64 {
+		sent := map[string]uint64{}
+		for i := 0; i < n; i++ {
+			id := from + "-" + strconv.Itoa(i)
+			s, err := c.Send(ctx, to, id, tk.Body(id))
+			if err != nil {
+				t.Fatalf("%s while the link is cut: %v", id, err)
+			}
+			sent[id] = s.Seq
+		}
+		return sent
+	}
+	fromAlice := sendAll(alice, "alice", "bob")
+	fromBob := sendAll(bob, "bob", "alice")
+	// A gateway's retry of alice's first send, as after a lost PubAck.
+	ack, err := us.JS.PublishMsg(ctx, &nats.Msg{Subject: contract.OutboxSubject("eu", "bob"), Data: []byte(`"alice-0"`),
+		Header: nats.Header{contract.HdrMsgID: {contract.MsgDedupID("alice", "alice-0")}, contract.HdrKind: {contract.KindMsg},
+			contract.HdrFrom: {"alice"}, contract.HdrDevice: {"phone"}, contract.HdrID: {"alice-0"},
+			contract.HdrOriginRegion: {"us"}, contract.HdrTS: {"1"}}})
+	if err != nil || !ack.Duplicate || ack.Sequence != fromAlice["alice-0"] {
+		t.Fatalf("retry of alice-0: %+v %v, want a duplicate of %d", ack, err, fromAlice["alice-0"])
+	}
+	// Everything waits in its sender's region, once.
+	for _, r := range []*tk.Region{us, eu} {
+		info, err := r.JS.Stream(ctx, contract.Outbox)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if msgs := info.CachedInfo().State.Msgs; msgs != n {
+			t.Fatalf("%s's OUTBOX holds %d during the cut, want %d", r.Name, msgs, n)
+		}
+	}
+	us.Restore()
+
+	receive := func(c *client.Client, from string) {
+		for i := 0; i < n; i++ {
+			m := tk.NextMsgIs(t, c, from, from+"-"+strconv.Itoa(i), 30*time.Second)
+			c.Ack(m.Seq)
+		}
+	}
+	receive(bob, "alice")
+	receive(alice, "bob")
+	ticked := func(c *client.Client, sent map[string]uint64, by string) {
+		seen := map[string]bool{}
+		for len(seen) < n {
+			r := tk.RecvReceipt(t, c, 30*time.Second)
+			switch {
+			case r.Status != protocol.StatusDelivered || r.By != by || sent[r.ID] != r.Seq:
+				t.Fatalf("receipt %+v", r)
+			case seen[r.ID]:
+				t.Fatalf("%s ticked delivered twice", r.ID)
+			}
+			seen[r.ID] = true
+		}
+	}
+	ticked(alice, fromAlice, "bob")
+	ticked(bob, fromBob, "alice")
+
+	// Fences: the next message each way is the fence, and the SDKs
+	// dropped no repeat on the way.
+	if _, err := alice.Send(ctx, "bob", "fence-a", tk.Body("fence")); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := bob.Send(ctx, "alice", "fence-b", tk.Body("fence")); err != nil {
+		t.Fatal(err)
+	}
+	bob.Ack(tk.NextMsgIs(t, bob, "alice", "fence-a", 30*time.Second).Seq)
+	alice.Ack(tk.NextMsgIs(t, alice, "bob", "fence-b", 30*time.Second).Seq)
+	wantReceipt(t, alice, "fence-a", protocol.StatusDelivered, "bob")
+	wantReceipt(t, bob, "fence-b", protocol.StatusDelivered, "alice")
+	if d := alice.Stats().DuplicatesDropped + bob.Stats().DuplicatesDropped; d != 0 {
+		t.Fatalf("%d repeats reached the SDKs", d)
+	}
+	// A second stored copy of anything would have come before the
+	// fences, and been dropped and counted by the SDK: none was. And
+	// OUTBOX keeps nothing once the other region has it.
+	for _, r := range []*tk.Region{us, eu} {
+		tk.WaitFor(t, 10*time.Second, func() error {
+			s, err := r.JS.Stream(ctx, contract.Outbox)
+			if err != nil {
+				return err
+			}
+			if msgs := s.CachedInfo().State.Msgs; msgs != 0 {
+				return tk.Errorf("%s's OUTBOX still holds %d", r.Name, msgs)
+			}
+			return nil
+		})
+	}
 }
