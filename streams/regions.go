@@ -242,3 +242,29 @@ func CheckRegion(ctx context.Context, js jetstream.JetStream, r *Region) error {
 	}
 	return nil
 }
+
+// DeployedRegions are the regions of the deployment as laid out on the
+// server js talks to: its own JetStream domain first, then each region
+// whose OUTBOX its INBOX sources. A server with no regions layout (no
+// domain, or an INBOX that sources nothing) is an error.
+func DeployedRegions(ctx context.Context, js jetstream.JetStream) ([]string, error) {
+	info, err := js.AccountInfo(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("streams: account info: %w", err)
+	}
+	s, err := js.Stream(ctx, contract.Inbox)
+	if err != nil {
+		return nil, fmt.Errorf("streams: %s: %w", contract.Inbox, err)
+	}
+	names := []string{info.Domain}
+	for _, src := range s.CachedInfo().Config.Sources {
+		if src.Name != contract.Outbox || src.External == nil {
+			continue
+		}
+		names = append(names, strings.TrimSuffix(strings.TrimPrefix(src.External.APIPrefix, "$JS."), ".API"))
+	}
+	if info.Domain == "" || len(names) < 2 {
+		return nil, fmt.Errorf("%w: this server has no regions layout (run setup with --region)", ErrRegions)
+	}
+	return names, nil
+}
