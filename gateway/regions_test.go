@@ -14,6 +14,7 @@ import (
 
 	"github.com/switchboard-im/switchboard/client"
 	"github.com/switchboard-im/switchboard/contract"
+	"github.com/switchboard-im/switchboard/gateway"
 	tk "github.com/switchboard-im/switchboard/internal/testkit"
 	"github.com/switchboard-im/switchboard/protocol"
 	"github.com/switchboard-im/switchboard/streams"
@@ -124,17 +125,19 @@ func TestRegionsRefuseWhatHasNoPlace(t *testing.T) {
 		{"carol", http.StatusForbidden, "no_home_region", ""},
 		{"dave", http.StatusForbidden, "no_home_region", ""},
 	} {
-		req, _ := http.NewRequest(http.MethodGet, "http://"+us.Gateway.Addr+"/v1/ws", nil)
-		req.Header.Set("Authorization", "Bearer "+tk.Token(t, c.user, "phone", time.Hour))
-		resp, err := http.DefaultClient.Do(req)
-		if err != nil {
-			t.Fatal(err)
-		}
-		var body struct{ Code, Message, Region, URL string }
-		err = json.NewDecoder(resp.Body).Decode(&body)
-		resp.Body.Close()
-		if err != nil || resp.StatusCode != c.status || body.Code != c.code || body.URL != c.url {
-			t.Fatalf("%s in us: %d %+v (%v), want %d %s %q", c.user, resp.StatusCode, body, err, c.status, c.code, c.url)
+		for _, path := range []string{gateway.PathWS, gateway.PathSSE} { // the HTTP fallback alike
+			req, _ := http.NewRequest(http.MethodGet, "http://"+us.Gateway.Addr+path, nil)
+			req.Header.Set("Authorization", "Bearer "+tk.Token(t, c.user, "phone", time.Hour))
+			resp, err := http.DefaultClient.Do(req)
+			if err != nil {
+				t.Fatal(err)
+			}
+			var body struct{ Code, Message, Region, URL string }
+			err = json.NewDecoder(resp.Body).Decode(&body)
+			resp.Body.Close()
+			if err != nil || resp.StatusCode != c.status || body.Code != c.code || body.URL != c.url {
+				t.Fatalf("%s in us on %s: %d %+v (%v), want %d %s %q", c.user, path, resp.StatusCode, body, err, c.status, c.code, c.url)
+			}
 		}
 	}
 	// The SDK reports the refusal, with the body that says where to go.
