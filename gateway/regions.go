@@ -5,10 +5,14 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"slices"
+	"strings"
 	"sync"
+	"time"
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
+	"github.com/prometheus/client_golang/prometheus"
 	"github.com/valyala/fasthttp"
 
 	"github.com/switchboard-im/switchboard/contract"
@@ -230,4 +234,147 @@ func addOrigin(req *contract.DeliveredRequest, sender, region string, seq uint64
 		}
 	}
 	req.Origins = append(req.Origins, contract.Origin{Sender: sender, Region: region, From: seq, To: seq})
+}
+
+// Links.
+//
+// Each other region's messages reach this one through INBOX's source of
+// that region's OUTBOX, which reads through a durable consumer that sends
+// an idle heartbeat every second (streams/consumers/to-region.json). So a
+// working link is heard from at least once a second, traffic or none: the
+// source's last activity is a canary that needs no test messages. A link
+// not heard from for LinkStale, or whose source reports an error, is down,
+// whatever caused it (a cut network, a stopped hub or region, a source
+// that was never set up right and says nothing, which is how most
+// misconfigurations of sourcing fail).
+
+// LinkStale is how long a region's source may go unheard before its link
+// counts as down: ten of its heartbeats.
+const LinkStale = 10 * time.Second
+
+// Link is what this region's INBOX knows of its source of another
+// region's OUTBOX.
+type Link struct {
+	// From is the other region.
+	From string
+	// Lag is how many messages the source last knew to be waiting in that
+	// region's OUTBOX for this one. It is as old as Active: while a link
+	// is down it is the lag when it went down.
+	Lag uint64
+	// Active is the time since the source last heard from that region (a
+	// message or a heartbeat); negative if it never has.
+	Active time.Duration
+	// Error is the source's error, if the server reports one.
+	Error string
+}
+
+// Up reports whether the link was heard from within LinkStale and
+// reports no error.
+func (l Link) Up() bool { return l.Error == "" && l.Active >= 0 && l.Active < LinkStale }
+
+// Links reads, from INBOX's state, the link from every other region of
+// the deployment. A single-region gateway has none.
+func (s *Server) Links(ctx context.Context) ([]Link, error) {
+	if s.regions == nil {
+		return nil, nil
+	}
+	info, err := s.inbox.Info(ctx)
+	if err != nil {
+		return nil, err
+	}
+	var links []Link
+	for _, si := range info.Sources {
+		if si.External == nil {
+			continue
+		}
+		l := Link{From: domainOf(si.External.APIPrefix), Lag: si.Lag, Active: si.Active}
+		if si.Error != nil {
+			l.Error = si.Error.Error()
+		}
+		links = append(links, l)
+	}
+	// A configured source the server does not report at all is down too.
+	for _, src := range info.Config.Sources {
+		if src.External == nil {
+			continue
+		}
+		from := domainOf(src.External.APIPrefix)
+		if !slices.ContainsFunc(links, func(l Link) bool { return l.From == from }) {
+			links = append(links, Link{From: from, Active: -1, Error: "not reported by the server"})
+		}
+	}
+	return links, nil
+}
+
+// domainOf is the JetStream domain an API prefix $JS.<domain>.API names.
+func domainOf(api string) string {
+	return strings.TrimSuffix(strings.TrimPrefix(api, "$JS."), ".API")
+}
+
+// outboxWaiting is how many messages and ticks this region's OUTBOX holds
+// for other regions: a work queue, it keeps each until the other region
+// has taken it.
+func (s *Server) outboxWaiting(ctx context.Context) (uint64, error) {
+	st, err := s.js.Stream(ctx, contract.Outbox)
+	if err != nil {
+		return 0, err
+	}
+	return st.CachedInfo().State.Msgs, nil
+}
+
+// linkCollector exports the links on each scrape, read then (a stream
+// info or two: scrapes are seconds apart).
+type linkCollector struct {
+	s                           *Server
+	up, active, lag, outbox, ok *prometheus.Desc
+}
+
+func newLinkCollector(s *Server) *linkCollector {
+	ns := "switchboard_region"
+	return &linkCollector{s: s,
+		up: prometheus.NewDesc(ns+"_link_up", "1 if this region's INBOX heard from the region's OUTBOX (a message or a heartbeat) "+
+			"within "+LinkStale.String()+" and its source reports no error, else 0: alert on 0.", []string{"from"}, nil),
+		active: prometheus.NewDesc(ns+"_link_last_active_seconds", "Seconds since this region's INBOX last heard from "+
+			"the region's OUTBOX; -1 if it never has.", []string{"from"}, nil),
+		lag: prometheus.NewDesc(ns+"_link_lag_messages", "Messages the source last knew to be waiting in the region's "+
+			"OUTBOX for this region (as old as last_active).", []string{"from"}, nil),
+		outbox: prometheus.NewDesc(ns+"_outbox_messages", "Messages and ticks in this region's OUTBOX, stored here "+
+			"and not yet taken by the regions they are for.", nil, nil),
+		ok: prometheus.NewDesc(ns+"_links_read", "1 if the links could be read from INBOX and OUTBOX at this scrape, else 0.", nil, nil),
+	}
+}
+
+func (c *linkCollector) Describe(ch chan<- *prometheus.Desc) {
+	ch <- c.up
+	ch <- c.active
+	ch <- c.lag
+	ch <- c.outbox
+	ch <- c.ok
+}
+
+func (c *linkCollector) Collect(ch chan<- prometheus.Metric) {
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	defer cancel()
+	links, err := c.s.Links(ctx)
+	waiting, oerr := c.s.outboxWaiting(ctx)
+	ok := 1.0
+	if err != nil || oerr != nil {
+		ok = 0
+	}
+	ch <- prometheus.MustNewConstMetric(c.ok, prometheus.GaugeValue, ok)
+	if oerr == nil {
+		ch <- prometheus.MustNewConstMetric(c.outbox, prometheus.GaugeValue, float64(waiting))
+	}
+	for _, l := range links {
+		up, active := 0.0, -1.0
+		if l.Up() {
+			up = 1
+		}
+		if l.Active >= 0 {
+			active = l.Active.Seconds()
+		}
+		ch <- prometheus.MustNewConstMetric(c.up, prometheus.GaugeValue, up, l.From)
+		ch <- prometheus.MustNewConstMetric(c.active, prometheus.GaugeValue, active, l.From)
+		ch <- prometheus.MustNewConstMetric(c.lag, prometheus.GaugeValue, float64(l.Lag), l.From)
+	}
 }

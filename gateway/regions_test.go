@@ -275,3 +275,62 @@ func TestRegionsPartitionLosesAndDuplicatesNothing(t *testing.T) {
 		})
 	}
 }
+
+// Operators see each link: a working one is heard from every second
+// (the consumer's heartbeat), traffic or none, and counts as up; a cut one
+// counts as down once unheard for gateway.LinkStale, on both sides, while
+// what is sent meanwhile waits in the sender's OUTBOX, which is counted;
+// once restored it is up again and OUTBOX empties.
+func TestRegionsLinksShowInMetrics(t *testing.T) {
+	_, us, eu := startRegions(t)
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	up := func(g *tk.Gateway, from string) float64 {
+		return metricValue(t, g, `switchboard_region_link_up{from="`+from+`"}`)
+	}
+	tk.WaitFor(t, 15*time.Second, func() error {
+		if up(eu.Gateway, "us") != 1 || up(us.Gateway, "eu") != 1 {
+			return tk.Errorf("links not up yet")
+		}
+		return nil
+	})
+	time.Sleep(3 * time.Second) // idle: no message crosses
+	links, err := eu.Gateway.Server.Links(ctx)
+	if err != nil || len(links) != 1 || links[0].From != "us" || !links[0].Up() || links[0].Active > 2*time.Second {
+		t.Fatalf("eu's link from us after 3 s idle: %+v %v, want heard from within 2 s (heartbeats)", links, err)
+	}
+
+	us.Cut(t)
+	alice := tk.Dial(t, us.Gateway.URL, "alice", "phone")
+	if _, err := alice.Send(ctx, "bob", "while-cut", tk.Body("later")); err != nil {
+		t.Fatal(err)
+	}
+	tk.WaitFor(t, gateway.LinkStale+10*time.Second, func() error {
+		if up(eu.Gateway, "us") != 0 || up(us.Gateway, "eu") != 0 {
+			return tk.Errorf("links still up after the cut")
+		}
+		return nil
+	})
+	if v := metricValue(t, eu.Gateway, `switchboard_region_link_last_active_seconds{from="us"}`); v < gateway.LinkStale.Seconds() {
+		t.Errorf("eu last heard from us %v s ago, with the link down", v)
+	}
+	if v := metricValue(t, us.Gateway, `switchboard_region_outbox_messages`); v != 1 {
+		t.Errorf("us's OUTBOX holds %v during the cut, want 1", v)
+	}
+	if v := metricValue(t, us.Gateway, `switchboard_region_links_read`); v != 1 {
+		t.Errorf("links_read %v", v)
+	}
+
+	us.Restore()
+	tk.WaitFor(t, 30*time.Second, func() error {
+		switch {
+		case up(eu.Gateway, "us") != 1 || up(us.Gateway, "eu") != 1:
+			return tk.Errorf("links not up again")
+		case metricValue(t, us.Gateway, `switchboard_region_outbox_messages`) != 0:
+			return tk.Errorf("us's OUTBOX not empty")
+		}
+		return nil
+	})
+	bob := tk.Dial(t, eu.Gateway.URL, "bob", "phone")
+	tk.NextMsgIs(t, bob, "alice", "while-cut", 15*time.Second)
+}

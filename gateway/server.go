@@ -158,6 +158,9 @@ func New(ctx context.Context, cfg Config, keys *Keys, nc *nats.Conn, log *slog.L
 		return nil, err
 	}
 	s.metrics = newMetrics(func() float64 { return float64(s.Sessions()) })
+	if s.regions != nil {
+		s.metrics.reg.MustRegister(newLinkCollector(s)) // regions.go
+	}
 	s.metricsHTTP = newMetricsHTTP(s.metrics, &s.cfg)
 	if s.replies, err = newReplies(nc); err != nil {
 		s.router.close()

@@ -117,7 +117,7 @@ func For(r Role) Rules {
 				// Regions: sends to users homed elsewhere, and the
 				// directory of home regions.
 				[]string{contract.OutboxPrefix + "*.*"},
-				streamInfo(kvStream(contract.HomesKV)), reads(kvStream(contract.HomesKV)),
+				streamInfo(kvStream(contract.HomesKV), contract.Outbox), reads(kvStream(contract.HomesKV)),
 			),
 			Subscribe: []string{subjLive, subjEvents, subjKick, subjPresence, leaderInbox, InboxPrefix(r) + ".>"},
 			Respond:   true,
