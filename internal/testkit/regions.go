@@ -28,7 +28,8 @@ import (
 // is a free one and each store dir a temp dir. Each region's leaf link to
 // the hub runs through a Proxy of its own, so a test can cut it.
 type Regions struct {
-	Hub *server.Server
+	Hub     *server.Server
+	hubOpts *server.Options // to start it again on the same address (StartHub)
 	// Regions are the regions in the order started; the first is the
 	// directory region (streams.Region.Directory).
 	Regions []*Region
@@ -42,7 +43,8 @@ type Region struct {
 	Link *Proxy
 	// Gateway is the region's gateway (Start).
 	Gateway *Gateway
-	hub     string // the hub's leaf address, the link's target while not cut
+	hub     string          // the hub's leaf address, the link's target while not cut
+	opts    *server.Options // its file's, to start it again (Restart)
 }
 
 // RegionsDir is deploy/regions in this module.
@@ -68,8 +70,8 @@ func StartRegions(t testing.TB, names ...string) *Regions {
 	}
 	_, port, _ := net.SplitHostPort(hubLeaf)
 	hubOpts.LeafNode.Host, hubOpts.LeafNode.Port = "127.0.0.1", atoi(port)
-	hub := startEmbedded(t, hubOpts)
-	rs := &Regions{Hub: hub}
+	hub := startEmbedded(t, hubOpts.Clone())
+	rs := &Regions{Hub: hub, hubOpts: hubOpts}
 	for _, name := range names {
 		o := loadConf(t, filepath.Join(dir, name+".conf"))
 		switch {
@@ -85,7 +87,7 @@ func StartRegions(t testing.TB, names ...string) *Regions {
 		u.Host = r.Link.Addr
 		remote.URLs = []*url.URL{&u}
 		o.StoreDir = t.TempDir()
-		ns := startEmbedded(t, o)
+		ns := startEmbedded(t, o.Clone())
 		nc, err := nats.Connect(ns.ClientURL(), TestKeys(t).Options(natsauth.Operator)...)
 		if err != nil {
 			t.Fatal(err)
@@ -94,6 +96,7 @@ func StartRegions(t testing.TB, names ...string) *Regions {
 		if err != nil {
 			t.Fatal(err)
 		}
+		r.opts = o
 		r.NATS = &NATS{Server: ns, Conn: nc, JS: js, Dir: o.StoreDir, Keys: TestKeys(t)}
 		t.Cleanup(r.NATS.Stop)
 		rs.Regions = append(rs.Regions, r)
@@ -295,3 +298,53 @@ func (r *Region) Cut(t testing.TB) {
 
 // Restore lets the region's leaf link connect again; it does not wait.
 func (r *Region) Restore() { r.Link.SetTarget(r.hub) }
+
+// StopHub stops the hub, as a crash of its machine would, and waits until
+// every region has lost its leaf link.
+func (rs *Regions) StopHub(t testing.TB) {
+	t.Helper()
+	rs.Hub.Shutdown()
+	rs.Hub.WaitForShutdown()
+	for _, r := range rs.Regions {
+		WaitFor(t, 10*time.Second, func() error {
+			if r.Server.NumLeafNodes() != 0 {
+				return fmt.Errorf("region %s: leaf link still up", r.Name)
+			}
+			return nil
+		})
+	}
+}
+
+// StartHub starts the hub again from its file's options, on the same
+// leaf address, and waits until every region has linked again.
+func (rs *Regions) StartHub(t testing.TB) {
+	t.Helper()
+	rs.Hub = startEmbedded(t, rs.hubOpts.Clone())
+	for _, r := range rs.Regions {
+		r.WaitLinked(t, 20*time.Second)
+	}
+}
+
+// Restart shuts the region's server down and starts it
+// again on the same client address and store, then waits until its leaf
+// link is up. Its gateway and functions reconnect by themselves; the
+// operator's connection (NATS.Conn, JS) is a new one.
+func (r *Region) Restart(t testing.TB) {
+	t.Helper()
+	o := r.opts.Clone()
+	_, port, _ := net.SplitHostPort(r.Server.Addr().String())
+	o.Port = atoi(port)
+	r.NATS.Stop()
+	ns := startEmbedded(t, o)
+	nc, err := nats.Connect(ns.ClientURL(), TestKeys(t).Options(natsauth.Operator)...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	js, err := jetstream.New(nc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	r.NATS = &NATS{Server: ns, Conn: nc, JS: js, Dir: o.StoreDir, Keys: TestKeys(t)}
+	t.Cleanup(r.NATS.Stop)
+	r.WaitLinked(t, 20*time.Second)
+}
