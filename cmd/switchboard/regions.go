@@ -11,9 +11,11 @@ import (
 	"time"
 
 	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/switchboard-im/switchboard/contract"
 	"github.com/switchboard-im/switchboard/gateway"
+	"github.com/switchboard-im/switchboard/internal/load"
 	"github.com/switchboard-im/switchboard/internal/natsauth"
 	"github.com/switchboard-im/switchboard/protocol"
 	"github.com/switchboard-im/switchboard/streams"
@@ -149,4 +151,98 @@ func runHome(args []string, out io.Writer) error {
 		fmt.Fprintf(out, "%s is homed in %s\n", h.user, h.region)
 	}
 	return nil
+}
+
+// regionURLs is a bench flag naming a region and its gateways:
+// REGION=URL, repeatable for more gateways of the same region.
+type regionURLs struct {
+	region string
+	urls   []string
+}
+
+func (r *regionURLs) String() string {
+	if r.region == "" {
+		return ""
+	}
+	return r.region + "=" + strings.Join(r.urls, ",")
+}
+
+func (r *regionURLs) Set(v string) error {
+	name, url, ok := strings.Cut(v, "=")
+	if !ok || !protocol.ValidID(name) || url == "" {
+		return fmt.Errorf("%q is not REGION=ws://host:port/v1/ws", v)
+	}
+	if r.region != "" && r.region != name {
+		return fmt.Errorf("one region per flag: %s and %s", r.region, name)
+	}
+	r.region = name
+	r.urls = append(r.urls, url)
+	return nil
+}
+
+// checkPlacement checks the bench flags of a pairs run on a regions
+// deployment.
+func checkPlacement(scenario string, urls []string, natsURL string, senders, recipients regionURLs) error {
+	switch {
+	case scenario != load.ScenarioPairs:
+		return errors.New("bench: --senders-in and --recipients-in are for --scenario pairs")
+	case senders.region == "" || recipients.region == "":
+		return errors.New("bench: --senders-in and --recipients-in go together")
+	case len(urls) > 0:
+		return errors.New("bench: --senders-in and --recipients-in name the gateways: no --url")
+	case natsURL == "":
+		return errors.New("bench: --senders-in needs --nats, the directory region's NATS, to give the users their homes")
+	}
+	return nil
+}
+
+// benchHomes writes a bench run's homes in the directory, as the
+// operator on natsURL, and waits until each of regions reads them (in
+// its own HOMES, through its JetStream domain).
+func benchHomes(natsURL string, opts []nats.Option, regions []string) func(context.Context, map[string]string) error {
+	return func(ctx context.Context, homes map[string]string) error {
+		nc, err := nats.Connect(natsURL, append(opts, nats.Name("switchboard-bench-homes"))...)
+		if err != nil {
+			return err
+		}
+		defer nc.Close()
+		js, err := jetstream.New(nc)
+		if err != nil {
+			return err
+		}
+		kv, err := js.KeyValue(ctx, contract.HomesKV)
+		if err != nil {
+			return fmt.Errorf("bucket %s (is --nats the directory region?): %w", contract.HomesKV, err)
+		}
+		for user, region := range homes {
+			if _, err := kv.PutString(ctx, user, region); err != nil {
+				return err
+			}
+		}
+		ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+		defer cancel()
+		for _, region := range regions {
+			rjs, err := jetstream.NewWithDomain(nc, region)
+			if err != nil {
+				return err
+			}
+			rkv, err := rjs.KeyValue(ctx, contract.HomesKV)
+			if err != nil {
+				return fmt.Errorf("region %s: %w", region, err)
+			}
+			for user, want := range homes {
+				for {
+					e, err := rkv.Get(ctx, user)
+					if err == nil && string(e.Value()) == want {
+						break
+					}
+					if ctx.Err() != nil {
+						return fmt.Errorf("region %s does not read %s's home: %w", region, user, err)
+					}
+					time.Sleep(20 * time.Millisecond)
+				}
+			}
+		}
+		return nil
+	}
 }

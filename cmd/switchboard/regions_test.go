@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -12,6 +13,7 @@ import (
 	"github.com/switchboard-im/switchboard/client"
 	"github.com/switchboard-im/switchboard/contract"
 	tk "github.com/switchboard-im/switchboard/internal/testkit"
+	"github.com/switchboard-im/switchboard/streams"
 )
 
 // An operator lays out a regions deployment with setup --region and
@@ -95,5 +97,42 @@ func TestHomeFillsTheDirectory(t *testing.T) {
 			}
 			return nil
 		})
+	}
+}
+
+// The load tool drives a pairs run across regions: senders homed in us
+// and connected there, recipients in eu; every message delivered once, in
+// order, with its receipt, and the report says where each side was.
+func TestBenchPairsAcrossRegions(t *testing.T) {
+	t.Parallel()
+	rs := tk.StartRegions(t, "us", "eu")
+	rs.Apply(t, streams.Options{})
+	rs.Start(t, tk.TestConfig())
+	us, eu := rs.Region("us"), rs.Region("eu")
+	data := t.TempDir()
+	if err := tk.TestKeys(t).Write(filepath.Join(data, "nats")); err != nil {
+		t.Fatal(err)
+	}
+	out := filepath.Join(t.TempDir(), "report.json")
+	_, rep := runBenchJSON(t, out, "bench", "--scenario", "pairs", "--pairs", "4", "--rate", "40", "--duration", "1s",
+		"--senders-in", "us="+us.Gateway.URL, "--recipients-in", "eu="+eu.Gateway.URL,
+		"--nats", us.Server.ClientURL(), "--data", data, "--jwt-secret", string(tk.Secret),
+		"--json", out, "--quiet", "--settle", "-1s", "--baseline-msgs", "2000", "--drain-timeout", "30s")
+	m := rep.Messages
+	if rep.Pairs == nil || rep.Pairs.SenderRegion != "us" || rep.Pairs.RecipientRegion != "eu" {
+		t.Fatalf("report: %+v", rep.Pairs)
+	}
+	if m.Sent == 0 || m.Delivered != m.Sent || m.Receipts != m.Sent || m.Lost+m.Duplicated+m.Reordered+m.MissingReceipts != 0 {
+		t.Fatalf("messages: %+v", m)
+	}
+	for _, bad := range [][]string{
+		{"--scenario", "idle", "--senders-in", "us=" + us.Gateway.URL, "--recipients-in", "eu=" + eu.Gateway.URL},
+		{"--scenario", "pairs", "--senders-in", "us=" + us.Gateway.URL},
+		{"--scenario", "pairs", "--senders-in", "us=" + us.Gateway.URL, "--recipients-in", "eu=" + eu.Gateway.URL, "--url", us.Gateway.URL},
+	} {
+		args := append(append([]string{"bench"}, bad...), "--nats", us.Server.ClientURL(), "--data", data, "--jwt-secret", string(tk.Secret))
+		if out, err := run(t, args...); err == nil || !strings.Contains(out, "--senders-in") {
+			t.Errorf("bench %v: want a refusal naming the flags, got %v\n%s", bad, err, out)
+		}
 	}
 }
