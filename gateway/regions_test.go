@@ -457,3 +457,61 @@ func TestRegionsRegionRestartDuringTraffic(t *testing.T) {
 		time.Sleep(500 * time.Millisecond)
 	})
 }
+
+// The partition: us's leaf link is cut for 60 s while alice and
+// bob send to each other the whole time, then restored. Everything is
+// delivered once, in per-sender order, and ticked once. (-short skips it.)
+func TestRegionsSixtySecondPartition(t *testing.T) {
+	if testing.Short() {
+		t.Skip("a 60 s partition")
+	}
+	_, us, eu := startRegions(t)
+	t.Cleanup(func() { regionsState(t, us, eu) })
+	alice := tk.Dial(t, us.Gateway.URL, "alice", "phone")
+	bob := tk.Dial(t, eu.Gateway.URL, "bob", "phone")
+	trafficThrough(t, alice, bob, func() {
+		us.Cut(t)
+		time.Sleep(60 * time.Second)
+		us.Restore()
+	})
+}
+
+// regionsState logs, for a failed test, what each region's OUTBOX and
+// INBOX hold and what INBOX's sources report.
+func regionsState(t *testing.T, rs ...*tk.Region) {
+	if !t.Failed() {
+		return
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	for _, r := range rs {
+		if m, err := r.Gateway.Metrics(); err == nil {
+			for _, l := range strings.Split(m, "\n") {
+				if strings.HasPrefix(l, "switchboard_gateway_catchups_total") || strings.HasPrefix(l, "switchboard_gateway_closes_total") && !strings.HasSuffix(l, " 0") ||
+					strings.HasPrefix(l, "switchboard_gateway_deliveries_total") || strings.HasPrefix(l, "switchboard_gateway_inbox_skipped") || strings.HasPrefix(l, "switchboard_gateway_sessions") {
+					t.Logf("%s gateway: %s", r.Name, l)
+				}
+			}
+		}
+		for _, name := range []string{contract.Outbox, contract.Inbox} {
+			s, err := r.JS.Stream(ctx, name)
+			if err != nil {
+				t.Logf("%s %s: %v", r.Name, name, err)
+				continue
+			}
+			info := s.CachedInfo()
+			t.Logf("%s %s: %d msgs, seq %d..%d", r.Name, name, info.State.Msgs, info.State.FirstSeq, info.State.LastSeq)
+			for _, si := range info.Sources {
+				t.Logf("%s %s source %s %v: lag %d active %v error %v", r.Name, name, si.Name, si.External, si.Lag, si.Active, si.Error)
+			}
+			if name == contract.Outbox {
+				for _, c := range []string{"to-us", "to-eu"} {
+					if ci, err := s.Consumer(ctx, c); err == nil {
+						i := ci.CachedInfo()
+						t.Logf("%s OUTBOX consumer %s: delivered %+v ackfloor %+v pending %d ackpending %d push bound %v", r.Name, c, i.Delivered, i.AckFloor, i.NumPending, i.NumAckPending, i.PushBound)
+					}
+				}
+			}
+		}
+	}
+}
