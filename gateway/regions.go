@@ -33,7 +33,9 @@ import (
 //     out.<region>.<user>, so "sent" comes at local latency whether or not
 //     the other region is reachable; the home region's INBOX sources it
 //     from there. A send to a user with no home region (or one this
-//     deployment does not know) is refused with bad_field;
+//     deployment does not know) is refused with bad_field, and so is any
+//     send to a user homed elsewhere from a pinned region
+//     (RegionsConfig.Pinned);
 //   - hands the receipts function, for a sender homed elsewhere, the
 //     sequences its messages had in its region's OUTBOX, which its app
 //     knows them by ("sent"), so their ticks can name them.
@@ -50,6 +52,12 @@ type RegionsConfig struct {
 	// the deployment, this one included, by region name: a device of a
 	// user homed elsewhere is told where to go.
 	URLs map[string]string
+	// Pinned keeps this region's users' messages in it: a send from here
+	// to a user homed in another region, which would be stored there for
+	// good, is refused (bad_field). Messages to this region's users from
+	// elsewhere are stored here, passing through the sender's OUTBOX
+	// only in transit. Every gateway of the region must say the same.
+	Pinned bool
 }
 
 func (c *RegionsConfig) validate() error {
@@ -78,10 +86,11 @@ const maxCachedHomes = 100_000
 // others', and the homes of the users it met. A nil *regions is a single
 // region: every method then says "local".
 type regions struct {
-	self string
-	urls map[string]string
-	kv   jetstream.KeyValue // HOMES
-	wait func() (context.Context, context.CancelFunc)
+	self   string
+	pinned bool // RegionsConfig.Pinned
+	urls   map[string]string
+	kv     jetstream.KeyValue // HOMES
+	wait   func() (context.Context, context.CancelFunc)
 
 	mu    sync.Mutex        // guards homes
 	homes map[string]string // user -> home region, as read from HOMES
@@ -100,10 +109,11 @@ func newRegions(ctx context.Context, cfg Config, js jetstream.JetStream) (*regio
 		return nil, fmt.Errorf("gateway: bucket %s (a regions deployment needs its directory): %w", contract.HomesKV, err)
 	}
 	return &regions{
-		self:  cfg.Regions.Region,
-		urls:  cfg.Regions.URLs,
-		kv:    kv,
-		homes: map[string]string{},
+		self:   cfg.Regions.Region,
+		pinned: cfg.Regions.Pinned,
+		urls:   cfg.Regions.URLs,
+		kv:     kv,
+		homes:  map[string]string{},
 		wait: func() (context.Context, context.CancelFunc) {
 			return context.WithTimeout(context.Background(), cfg.FunctionTimeout)
 		},
@@ -199,6 +209,8 @@ func (r *regions) address(m *nats.Msg, to string, media bool) (protocol.ErrorCod
 		return protocol.ErrUnavailable, "the directory of home regions did not answer; resend"
 	case h == r.self:
 		return "", ""
+	case r.pinned:
+		return protocol.ErrBadField, "to: region " + r.self + " keeps its users' messages in it, and this user is homed in region " + h
 	case media:
 		return protocol.ErrBadMedia, "media does not cross regions yet: the recipient is homed in region " + h
 	}

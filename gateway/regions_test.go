@@ -515,3 +515,82 @@ func regionsState(t *testing.T, rs ...*tk.Region) {
 		}
 	}
 }
+
+// inboxHolds counts what region r's INBOX holds on inbox.<user> of the
+// given kind from sender.
+func inboxHolds(t *testing.T, r *tk.Region, user, kind, from string) int {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	s, err := r.JS.Stream(ctx, contract.Inbox)
+	if err != nil {
+		t.Fatal(err)
+	}
+	n := 0
+	for seq := s.CachedInfo().State.FirstSeq; seq > 0 && seq <= s.CachedInfo().State.LastSeq; seq++ {
+		m, err := s.GetMsg(ctx, seq)
+		if err != nil {
+			continue // deleted
+		}
+		if m.Subject == contract.InboxSubject(user) && m.Header.Get(contract.HdrKind) == kind && m.Header.Get(contract.HdrFrom) == from {
+			n++
+		}
+	}
+	return n
+}
+
+// Where data lives, read from the streams: a message from us to a user
+// of eu is stored in eu's INBOX and nowhere in us once delivered (OUTBOX
+// held it in transit only). A pinned region keeps its users' messages:
+// bob's send to alice, homed in us, is refused by eu's pinned gateway and
+// stored nowhere, while alice's messages still reach him; his delivered
+// tick, which is alice's, goes back to us.
+func TestRegionsDataStaysWhereItBelongs(t *testing.T) {
+	_, us, eu := startRegions(t)
+	cfg := tk.TestConfig()
+	cfg.Regions = gateway.RegionsConfig{Region: "eu", URLs: map[string]string{"us": us.Gateway.URL, "eu": eu.Gateway.URL}, Pinned: true}
+	pinned := tk.StartGatewayURL(t, eu.Server.ClientURL(), cfg)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	alice := tk.Dial(t, us.Gateway.URL, "alice", "phone")
+	bob := tk.Dial(t, pinned.URL, "bob", "phone")
+
+	if _, err := alice.Send(ctx, "bob", "to-bob", tk.Body("hi")); err != nil {
+		t.Fatal(err)
+	}
+	bob.Ack(tk.NextMsgIs(t, bob, "alice", "to-bob", 15*time.Second).Seq)
+	wantReceipt(t, alice, "to-bob", protocol.StatusDelivered, "bob")
+	_, err := bob.Send(ctx, "alice", "to-alice", tk.Body("from a pinned region"))
+	var se *client.ServerError
+	if !errors.As(err, &se) || se.Code != protocol.ErrBadField || !strings.Contains(se.Message, "keeps its users' messages") {
+		t.Fatalf("bob's send out of his pinned region: %v, want bad_field", err)
+	}
+
+	tk.WaitFor(t, 10*time.Second, func() error {
+		s, err := us.JS.Stream(ctx, contract.Outbox)
+		if err != nil {
+			return err
+		}
+		if n := s.CachedInfo().State.Msgs; n != 0 {
+			return tk.Errorf("us's OUTBOX still holds %d", n)
+		}
+		return nil
+	})
+	for _, c := range []struct {
+		r          *tk.Region
+		user, from string
+		want       int
+	}{
+		{eu, "bob", "alice", 1}, // alice's message lives in bob's region
+		{us, "bob", "alice", 0}, // and not in hers
+		{us, "alice", "bob", 0}, // bob's refused send is nowhere
+		{eu, "alice", "bob", 0},
+	} {
+		if got := inboxHolds(t, c.r, c.user, contract.KindMsg, c.from); got != c.want {
+			t.Errorf("%s's INBOX holds %d messages from %s to %s, want %d", c.r.Name, got, c.from, c.user, c.want)
+		}
+	}
+	if got := inboxHolds(t, us, "alice", contract.KindReceipt, "bob"); got != 1 {
+		t.Errorf("us's INBOX holds %d ticks from bob for alice, want 1", got)
+	}
+}

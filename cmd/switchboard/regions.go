@@ -28,19 +28,21 @@ type regionFlags struct {
 	Region    string
 	Regions   string // name=url,... every region, this one included
 	Directory string // the region holding HOMES; default: the first listed
+	Pinned    bool   // this region's users' messages are stored nowhere else
 }
 
 func bindRegionFlags(fs *flag.FlagSet, r *regionFlags) {
 	fs.StringVar(&r.Region, "region", r.Region, "this region's name, which is also its NATS server's JetStream domain (empty: a single region)")
 	fs.StringVar(&r.Regions, "regions", r.Regions, "every region of the deployment and where its devices connect: us=wss://us.example/v1/ws,eu=...")
 	fs.StringVar(&r.Directory, "directory-region", r.Directory, "the region whose HOMES bucket is the directory of home regions (default: the first in --regions)")
+	fs.BoolVar(&r.Pinned, "pinned", r.Pinned, "keep this region's users' messages in it: refuse their sends to users homed in other regions (every gateway of the region alike)")
 }
 
 // parse reads --regions into URLs by name and the names in order.
 func (r regionFlags) parse() (map[string]string, []string, error) {
 	if r.Region == "" {
-		if r.Regions != "" || r.Directory != "" {
-			return nil, nil, errors.New("--regions and --directory-region need --region")
+		if r.Regions != "" || r.Directory != "" || r.Pinned {
+			return nil, nil, errors.New("--regions, --directory-region and --pinned need --region")
 		}
 		return nil, nil, nil
 	}
@@ -69,7 +71,7 @@ func (r regionFlags) gateway() (gateway.RegionsConfig, error) {
 	if err != nil || urls == nil {
 		return gateway.RegionsConfig{}, err
 	}
-	return gateway.RegionsConfig{Region: r.Region, URLs: urls}, nil
+	return gateway.RegionsConfig{Region: r.Region, URLs: urls, Pinned: r.Pinned}, nil
 }
 
 // layout is the streams layout of this region.

@@ -37,6 +37,9 @@ func TestHomeFillsTheDirectory(t *testing.T) {
 	for _, r := range rs.Regions {
 		r.WaitSourcing(t, 30*time.Second)
 	}
+	if out, err := run(t, "gateway", "--nats", rs.Regions[0].Server.ClientURL(), "--nats-keys", keys, "--pinned"); err == nil || !strings.Contains(out, "need --region") {
+		t.Errorf("--pinned without --region: want a refusal, got %v\n%s", err, out)
+	}
 	if out, err := run(t, "setup", "--nats", rs.Regions[0].Server.ClientURL(), "--nats-keys", keys, "--region", "mars", "--regions", regions); err == nil || !strings.Contains(out, "mars") {
 		t.Errorf("setup for a region not in --regions: want a refusal naming it, got %v\n%s", err, out)
 	}
