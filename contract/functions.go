@@ -108,6 +108,10 @@ type DeliveredRequest struct {
 	From    uint64   `json:"from"`
 	To      uint64   `json:"to"`
 	Senders []string `json:"senders"`
+	// Origins are the Senders homed in another region, with their
+	// messages' range in that region's OUTBOX: their ticks go back there
+	// (contract/regions.go).
+	Origins []Origin `json:"origins,omitempty"`
 }
 
 // ReadRequest says that Reader, on Device, has read Sender's messages up to
@@ -118,6 +122,10 @@ type ReadRequest struct {
 	Device string `json:"device"`
 	Sender string `json:"sender"`
 	Seq    uint64 `json:"seq"`
+	// For a Sender homed in another region: that region, and the
+	// message's sequence in its OUTBOX, which the read tick names.
+	Region string `json:"region,omitempty"`
+	Origin uint64 `json:"origin,omitempty"`
 }
 
 // StatusRequest asks for the status of the message stored at Seq, which

@@ -99,6 +99,7 @@ func (s *session) read(seq uint64) {
 			return
 		}
 		req := contract.ReadRequest{Reader: s.id.User, Device: s.id.Device, Sender: rm.Header.Get(contract.HdrFrom), Seq: seq}
+		req.Region, req.Origin = s.srv.regions.origin(rm.Header) // a sender homed elsewhere: regions.go
 		if err := contract.Call(ctx, s.srv.nc, contract.ReadSubject, req, nil); err != nil {
 			s.sendError(protocol.ErrUnavailable, "read receipt not taken; resend", "", seq, 0)
 		}

@@ -123,6 +123,10 @@ type Config struct {
 	MaxConcurrentStarts int
 	// StartTimeout bounds a session start, waiting for a turn included.
 	StartTimeout time.Duration
+
+	// Regions places the gateway in a regions deployment (regions.go);
+	// the zero value is a single region.
+	Regions RegionsConfig
 }
 
 // DefaultConfig returns the configuration used when nothing is set.
@@ -232,7 +236,7 @@ func (c *Config) Validate() error {
 			return bad("AllowedOrigins", fmt.Sprintf("entry %q: %v", o, err))
 		}
 	}
-	return nil
+	return c.Regions.validate()
 }
 
 func isHostPort(addr string) bool {

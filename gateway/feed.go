@@ -64,6 +64,10 @@ type pendingMsg struct {
 	group   bool   // a member's copy of a group message or change (it ticks nothing yet)
 	acked   bool   // the device acked it; settled with its stretch's ticks
 	from    string // for a chat message, its sender: who gets the tick
+	// For a chat message from a user homed in another region: that
+	// region and the message's sequence in its OUTBOX (regions.go).
+	region string
+	origin uint64
 }
 
 // feed is a session's delivery: it hands the device its messages in
@@ -422,6 +426,7 @@ func (f *feed) take(seq uint64, h nats.Header, data []byte) {
 		p.group = true
 	case kind == contract.KindMsg:
 		frame = protocol.AppendMsg(nil, id, from, dev, seq, ts, data, []byte(h.Get(contract.HdrMedia)))
+		p.region, p.origin = f.s.srv.regions.origin(h)
 	case kind == contract.KindReceipt:
 		id = "r" // a receipt names no message: a range of them
 		fromSeq, _ := strconv.ParseUint(h.Get(contract.HdrSeqFrom), 10, 64)
@@ -514,6 +519,9 @@ func (f *feed) ackedStretch() (req contract.DeliveredRequest, through uint64, ok
 		if !p.receipt && !p.group && !seen[p.from] {
 			seen[p.from] = true
 			req.Senders = append(req.Senders, p.from)
+		}
+		if p.origin > 0 {
+			addOrigin(&req, p.from, p.region, p.origin)
 		}
 	}
 	req.Reader, req.Device, req.From, req.To = f.s.id.User, f.s.id.Device, f.floor+1, through

@@ -77,6 +77,8 @@ type Server struct {
 	stream  streamReader // reads of INBOX
 	cursors cursorStore  // writes of CURSORS
 
+	regions *regions // homes and cross-region sends (regions.go); nil: one region
+
 	leaseStop     chan struct{} // ends leaseLoop and sweepLoop
 	leaseDone     chan struct{}
 	sweepDone     chan struct{}
@@ -152,7 +154,13 @@ func New(ctx context.Context, cfg Config, keys *Keys, nc *nats.Conn, log *slog.L
 		router:      newRouter(nc),
 	}
 	s.stream, s.cursors = s, s.devices
+	if s.regions, err = newRegions(ctx, cfg, js); err != nil {
+		return nil, err
+	}
 	s.metrics = newMetrics(func() float64 { return float64(s.Sessions()) })
+	if s.regions != nil {
+		s.metrics.reg.MustRegister(newLinkCollector(s)) // regions.go
+	}
 	s.metricsHTTP = newMetricsHTTP(s.metrics, &s.cfg)
 	if s.replies, err = newReplies(nc); err != nil {
 		s.router.close()
@@ -300,6 +308,9 @@ func (s *Server) serveWS(ctx *fasthttp.RequestCtx) {
 	id, err := s.verifyToken(bearerToken(ctx))
 	if err != nil {
 		s.refuseToken(ctx, err)
+		return
+	}
+	if !s.regions.admit(s, ctx, id) { // served only in its home region
 		return
 	}
 	if !offersSubprotocol(ctx) {

@@ -355,7 +355,14 @@ func (s *session) handle(data []byte) {
 			s.send(f)
 		}
 	case protocol.TypeAck:
-		if s.allow(s.in.frameLim, "") {
+		// An ack of a message delivered and unacked is taken at any
+		// rate: there are never more of them than deliveries, and one
+		// dropped would leave its message unsettled for the rest of
+		// the session, which stops delivery once max-inflight are (the
+		// SDKs do not resend acks). Any other ack counts as a frame.
+		if s.feed.acked(f.Seq) {
+			s.ticks.kick()
+		} else if s.allow(s.in.frameLim, "") {
 			s.ack(f.Seq)
 		}
 	case protocol.TypeRead:
@@ -466,6 +473,10 @@ func (s *session) send(f *protocol.Frame) {
 			contract.HdrTS:     {strconv.FormatInt(ts, 10)},
 		},
 		Data: f.Body,
+	}
+	if code, why := s.srv.regions.address(m, f.To, f.Media != nil); code != "" { // regions.go
+		s.sendError(code, why, f.ID, 0, 0)
+		return
 	}
 	s.queue(&pubItem{msg: m, id: f.ID, to: f.To, ts: ts, media: f.Media})
 }

@@ -426,6 +426,9 @@ func (s *Server) serveSSE(ctx *fasthttp.RequestCtx) {
 		s.refuseToken(ctx, err)
 		return
 	}
+	if !s.regions.admit(s, ctx, id) { // served only in its home region (regions.go)
+		return
+	}
 	last := string(ctx.Request.Header.Peek("Last-Event-ID"))
 	if last == "" {
 		last = string(ctx.QueryArgs().Peek("last_event_id"))

@@ -42,6 +42,9 @@ type Options struct {
 	DuplicateWindow time.Duration
 	// Replicas is the stream replication factor (1, 3 or 5). Zero keeps 1.
 	Replicas int
+	// Region, when set, lays out one region of a regions deployment
+	// (regions.go). Nil: a single region.
+	Region *Region
 }
 
 // InboxConfig returns the INBOX stream configuration with opts applied.
@@ -64,6 +67,9 @@ func InboxConfig(opts Options) (jetstream.StreamConfig, error) {
 	}
 	if opts.Replicas > 0 {
 		cfg.Replicas = opts.Replicas
+	}
+	if opts.Region != nil {
+		applyRegionInbox(&cfg, opts.Region)
 	}
 	return cfg, nil
 }
@@ -119,6 +125,11 @@ func load(name string, v any) error {
 // Apply creates or updates every stream and bucket. It is safe to run on
 // every start and from many processes at once.
 func Apply(ctx context.Context, js jetstream.JetStream, opts Options) error {
+	if opts.Region != nil {
+		if err := CheckRegion(ctx, js, opts.Region); err != nil {
+			return err
+		}
+	}
 	for _, file := range streamFiles {
 		var cfg jetstream.StreamConfig
 		var err error
@@ -144,6 +155,9 @@ func Apply(ctx context.Context, js jetstream.JetStream, opts Options) error {
 		if _, err := js.CreateOrUpdateKeyValue(ctx, kv); err != nil {
 			return fmt.Errorf("streams: apply KV %s: %w", kv.Bucket, err)
 		}
+	}
+	if opts.Region != nil {
+		return applyRegion(ctx, js, opts)
 	}
 	return nil
 }

@@ -57,6 +57,13 @@ target (one of):
                          its error and close counters. The gateways'
                          per-connection send rate limit must allow the load
                          (--send-rate).
+  --senders-in R=URL --recipients-in R=URL
+                         pairs on a regions deployment (README, "Regions"):
+                         senders homed in region R and connected to its
+                         gateway URL, recipients likewise (the same region
+                         for a same-region run; repeat a flag for more
+                         gateways); --nats is the directory region's, where
+                         the homes are written and the baseline runs
 
 flags:
 `
@@ -86,6 +93,8 @@ func runBench(args []string, out, errOut io.Writer) error {
 		spawnArgs   string
 		jsonPath    string
 		quiet       bool
+		sendersIn   regionURLs
+		recipsIn    regionURLs
 	)
 	fs.StringVar(&c.Scenario, "scenario", c.Scenario, "idle, pairs, storm, offline or groups")
 	fs.Func("url", "gateway WebSocket URL (repeat or comma-separate; devices round-robin)", func(v string) error {
@@ -134,6 +143,8 @@ func runBench(args []string, out, errOut io.Writer) error {
 	fs.DurationVar(&c.BaselineDuration, "baseline-duration", c.BaselineDuration, "raw baseline length when counted by time, and of the paced baseline at --rate")
 	fs.IntVar(&c.BaselineConsumers, "baseline-consumers", c.BaselineConsumers, "idle: raw durable consumers to create (0: min(devices, 1000); negative: none)")
 	fs.BoolVar(&c.SkipBaseline, "no-baseline", c.SkipBaseline, "run no raw baseline (no ratios)")
+	fs.Var(&sendersIn, "senders-in", "pairs on a regions deployment: REGION=ws://H:P/v1/ws, where the senders are homed and connect (repeatable)")
+	fs.Var(&recipsIn, "recipients-in", "pairs on a regions deployment: REGION=ws://H:P/v1/ws, where the recipients are homed and connect (repeatable)")
 	fs.StringVar(&jsonPath, "json", "", "write every figure to this file as JSON")
 	fs.BoolVar(&quiet, "quiet", false, "no progress line on stderr")
 	if err := parseFlags(fs, args); err != nil {
@@ -152,6 +163,9 @@ func runBench(args []string, out, errOut io.Writer) error {
 	var target load.Target
 	var spawned *load.Spawned
 	if spawn {
+		if sendersIn.region != "" || recipsIn.region != "" {
+			return errors.New("bench: --senders-in and --recipients-in load a running regions deployment, not --spawn")
+		}
 		if len(urls) > 0 || len(metricsURLs) > 0 {
 			return errors.New("bench: --spawn excludes --url and --metrics")
 		}
@@ -172,10 +186,24 @@ func runBench(args []string, out, errOut io.Writer) error {
 		target = spawned.Target
 	} else {
 		var err error
+		placed := sendersIn.region != "" || recipsIn.region != ""
+		if placed {
+			if err := checkPlacement(c.Scenario, urls, natsURL, sendersIn, recipsIn); err != nil {
+				return err
+			}
+			urls = append(append([]string(nil), sendersIn.urls...), recipsIn.urls...)
+		}
 		if target, err = benchTarget(urls, natsURL, secret, rules, dataDir, pids, gatewayPIDs, natsPID); err != nil {
 			return err
 		}
 		target.MetricsURLs = metricsURLs
+		if placed {
+			target.Placement = &load.Placement{
+				SenderRegion: sendersIn.region, RecipientRegion: recipsIn.region,
+				SenderURLs: sendersIn.urls, RecipientURLs: recipsIn.urls,
+				Home: benchHomes(natsURL, target.NATSOptions, []string{sendersIn.region, recipsIn.region}),
+			}
+		}
 	}
 
 	rep, runErr := load.Run(ctx, c, target)

@@ -27,6 +27,7 @@ import (
 type appConfig struct {
 	Gateway   gateway.Config
 	Streams   streams.Options
+	Regions   regionFlags // a regions deployment (regions.go)
 	Functions functionsConfig
 
 	// NATSURL, when set, uses that NATS instead of the embedded server.
@@ -145,6 +146,7 @@ func bindFlags(fs *flag.FlagSet, c *appConfig, withEmbedded bool) {
 	if withEmbedded {
 		bindStreamFlags(fs, &c.Streams)
 	}
+	bindRegionFlags(fs, &c.Regions)
 	if withEmbedded {
 		bindFunctionFlags(fs, &c.Functions, true)
 	}
@@ -227,8 +229,21 @@ func bindKeyFlags(fs *flag.FlagSet, c *appConfig) {
 }
 
 // parseFlags parses args, then fills every flag not given on the command
-// line from SWITCHBOARD_<FLAG> (dashes become underscores).
+// line from SWITCHBOARD_<FLAG> (dashes become underscores). An argument
+// that is not a flag is refused.
 func parseFlags(fs *flag.FlagSet, args []string) error {
+	if err := parseFlagsArgs(fs, args); err != nil {
+		return err
+	}
+	if fs.NArg() > 0 {
+		return fmt.Errorf("unexpected argument %q", fs.Arg(0))
+	}
+	return nil
+}
+
+// parseFlagsArgs is parseFlags for a command that takes arguments after
+// its flags (fs.Args()).
+func parseFlagsArgs(fs *flag.FlagSet, args []string) error {
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
@@ -246,9 +261,6 @@ func parseFlags(fs *flag.FlagSet, args []string) error {
 			}
 		}
 	})
-	if fs.NArg() > 0 {
-		return fmt.Errorf("unexpected argument %q", fs.Arg(0))
-	}
 	return err
 }
 

@@ -28,6 +28,8 @@ func main() {
 		err = runFunction(args)
 	case "setup":
 		err = runSetup(args, os.Stdout)
+	case "home":
+		err = runHome(args, os.Stdout)
 	case "nats-keys":
 		err = runNATSKeys(args, os.Stdout)
 	case "inspect":
@@ -64,6 +66,7 @@ commands:
   gateway    a gateway only, against --nats URL (it needs the all-in-one's token key: --data or --jwt-secret)
   function   run one worker function: switchboard function receipts|presence|push|media|groups --nats URL
   setup      create or update the streams on a NATS, as the operator: switchboard setup --nats URL
+  home       give users their home regions (a regions deployment): switchboard home --nats URL alice=us bob=eu
   nats-keys  make a NATS key per role for deploy/*.conf: switchboard nats-keys --out DIR
   inspect    what waits for each of a user's devices: switchboard inspect --user bob
   token      mint a device token: switchboard token --user alice --device phone

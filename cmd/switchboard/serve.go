@@ -38,7 +38,14 @@ func runServe(args []string, allInOne bool) error {
 	}
 	fs := flag.NewFlagSet(name, flag.ContinueOnError)
 	bindFlags(fs, &c, allInOne)
-	if err := parseFlags(fs, args); err != nil {
+	var err error
+	if err = parseFlags(fs, args); err != nil {
+		return err
+	}
+	if c.Gateway.Regions, err = c.Regions.gateway(); err != nil { // regions.go
+		return err
+	}
+	if c.Streams.Region, err = c.Regions.layout(); err != nil {
 		return err
 	}
 	if c.Functions.MediaKeyFile == "" {

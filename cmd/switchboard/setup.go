@@ -23,8 +23,13 @@ func runSetup(args []string, out io.Writer) error {
 	fs.StringVar(&c.DataDir, "data", c.DataDir, "data directory, whose nats/ holds the NATS keys unless --nats-keys says otherwise")
 	bindNATSAuthFlags(fs, &c)
 	bindStreamFlags(fs, &c.Streams)
+	bindRegionFlags(fs, &c.Regions)
 	if err := parseFlags(fs, args); err != nil {
 		return err
+	}
+	var err error
+	if c.Streams.Region, err = c.Regions.layout(); err != nil { // regions.go
+		return fmt.Errorf("setup: %w", err)
 	}
 	if c.NATSURL == "" {
 		return errors.New("setup: --nats is required")

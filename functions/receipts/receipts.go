@@ -34,6 +34,15 @@
 //
 // Senders' apps see each tick once per message (the SDKs keep the highest
 // tick per message), and a tick never goes back.
+//
+// Regions: a sender homed in another region knows its messages by their
+// sequences in its region's OUTBOX (its "sent"), not by where they landed
+// in the reader's INBOX. The gateway names those (DeliveredRequest's
+// Origins, ReadRequest's Region and Origin), and the tick, naming them, is
+// stored in this region's OUTBOX on out.<region>.<sender>, which the
+// sender's home INBOX sources: it reaches the sender's app as any tick
+// does, once the link is up. READS keeps the read position in this
+// region's terms.
 package receipts
 
 import (
@@ -283,12 +292,26 @@ func (s *Service) deliver(ctx context.Context, req contract.DeliveredRequest) er
 			return badRequest{"senders must be valid ids"}
 		}
 	}
+	origins := map[string]contract.Origin{}
+	for _, o := range req.Origins {
+		if !protocol.ValidID(o.Sender) || !protocol.ValidID(o.Region) || !contract.IsOutboxSeq(o.From) || o.To < o.From {
+			return badRequest{"origins must name a sender, a region and a range of OUTBOX sequences"}
+		}
+		origins[o.Sender] = o
+	}
 	var futs []jetstream.PubAckFuture
 	for _, sender := range req.Senders {
 		if sender == req.Reader {
 			continue // a note to self is nobody's tick
 		}
-		f, err := s.js.PublishMsgAsync(s.tick(protocol.StatusDelivered, req.Reader, req.Device, sender, req.From, req.To))
+		m := s.tick(protocol.StatusDelivered, req.Reader, req.Device, sender, req.From, req.To)
+		if o, ok := origins[sender]; ok {
+			// Homed in another region: the tick names the messages as
+			// the sender's app knows them, and goes back through OUTBOX.
+			m = s.tick(protocol.StatusDelivered, req.Reader, req.Device, sender, o.From, o.To)
+			m.Subject = contract.OutboxSubject(o.Region, sender)
+		}
+		f, err := s.js.PublishMsgAsync(m)
 		if err != nil {
 			return err
 		}
@@ -326,6 +349,8 @@ func (s *Service) handleRead(ctx context.Context, r micro.Request) error {
 		return badRequest{"reader, device and sender must be valid ids"}
 	case req.Seq == 0:
 		return badRequest{"seq must be a positive sequence"}
+	case req.Region != "" && (!protocol.ValidID(req.Region) || !contract.IsOutboxSeq(req.Origin)):
+		return badRequest{"a read of a message from another region needs the region and its OUTBOX sequence"}
 	}
 	key := contract.ReadKey(req.Reader, req.Sender)
 	at, err := s.readPosition(ctx, key)
@@ -341,7 +366,13 @@ func (s *Service) handleRead(ctx context.Context, r micro.Request) error {
 			return err
 		}
 		if on {
-			if _, err := s.js.PublishMsg(ctx, s.tick(protocol.StatusRead, req.Reader, req.Device, req.Sender, 0, req.Seq)); err != nil {
+			m := s.tick(protocol.StatusRead, req.Reader, req.Device, req.Sender, 0, req.Seq)
+			if req.Region != "" {
+				// Homed in another region: as for delivered ticks.
+				m = s.tick(protocol.StatusRead, req.Reader, req.Device, req.Sender, 0, req.Origin)
+				m.Subject = contract.OutboxSubject(req.Region, req.Sender)
+			}
+			if _, err := s.js.PublishMsg(ctx, m); err != nil {
 				return err
 			}
 			s.stored.Add(1)

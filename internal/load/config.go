@@ -1,6 +1,7 @@
 package load
 
 import (
+	"context"
 	"github.com/nats-io/nats.go"
 
 	"errors"
@@ -48,6 +49,21 @@ type Target struct {
 	// Procs are the server processes whose memory and CPU are read from
 	// /proc. Empty: no server-side memory figures.
 	Procs []Proc
+	// Placement, for a pairs run on a regions deployment (README,
+	// "Regions"), homes the senders in one region and the recipients in
+	// another, or the same, and connects each to its own region's
+	// gateways. Nil: every device on URLs, no homes given.
+	Placement *Placement
+}
+
+// Placement homes a pairs run's users in regions.
+type Placement struct {
+	SenderRegion, RecipientRegion string
+	// SenderURLs and RecipientURLs are each region's gateways.
+	SenderURLs, RecipientURLs []string
+	// Home records the homes (user -> region) in the deployment's
+	// directory and returns once every region named reads them.
+	Home func(ctx context.Context, homes map[string]string) error
 }
 
 // Proc is one server process to watch.
@@ -269,6 +285,10 @@ func (t *Target) Validate() error {
 	}
 	if t.Token == nil {
 		return fmt.Errorf("%w: a token source is needed (--jwt-secret or --data)", ErrConfig)
+	}
+	if p := t.Placement; p != nil && (p.SenderRegion == "" || p.RecipientRegion == "" ||
+		len(p.SenderURLs) == 0 || len(p.RecipientURLs) == 0 || p.Home == nil) {
+		return fmt.Errorf("%w: a placement names both regions, their gateways and a directory", ErrConfig)
 	}
 	return nil
 }

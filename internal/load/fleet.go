@@ -122,8 +122,9 @@ type fleet struct {
 	errs      *errorCounts
 	next      atomic.Int64 // device index: picks the URL and source address
 
-	mu      sync.Mutex // guards devices
+	mu      sync.Mutex // guards devices and placed
 	devices []*device
+	placed  map[string][]string // user -> its home region's gateways (Placement)
 }
 
 func newFleet(t Target, cfg Config, run string, errs *errorCounts) *fleet {
@@ -174,8 +175,14 @@ type handlers struct {
 func (f *fleet) dial(ctx context.Context, user string, buffer int, h handlers) (*device, error) {
 	idx := int(f.next.Add(1) - 1)
 	d := &device{user: user, drained: make(chan struct{})}
+	urls := f.target.URLs
+	f.mu.Lock()
+	if u, ok := f.placed[user]; ok {
+		urls = u
+	}
+	f.mu.Unlock()
 	opts := client.Options{
-		URL: f.target.URLs[idx%len(f.target.URLs)],
+		URL: urls[idx%len(urls)],
 		Token: func(context.Context) (string, error) {
 			return f.target.Token(user, "d")
 		},
@@ -358,4 +365,25 @@ func runID() string {
 		b.WriteByte(letters[rand.IntN(len(letters))])
 	}
 	return b.String()
+}
+
+// place homes users in region, through the target's directory, and has
+// their devices connect to urls, that region's gateways.
+func (f *fleet) place(ctx context.Context, home func(context.Context, map[string]string) error, region string, urls []string, users ...string) error {
+	homes := make(map[string]string, len(users))
+	for _, u := range users {
+		homes[u] = region
+	}
+	if err := home(ctx, homes); err != nil {
+		return fmt.Errorf("load: homes in %s: %w", region, err)
+	}
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.placed == nil {
+		f.placed = map[string][]string{}
+	}
+	for _, u := range users {
+		f.placed[u] = urls
+	}
+	return nil
 }

@@ -25,6 +25,15 @@ func runPairs(ctx context.Context, e *env, rep *Report) error {
 	}
 	res := &PairsResult{Connects: Connects{Devices: 2 * n}}
 	rep.Pairs = res
+	if p := e.target.Placement; p != nil {
+		if err := e.fleet.place(ctx, p.Home, p.SenderRegion, p.SenderURLs, senders...); err != nil {
+			return err
+		}
+		if err := e.fleet.place(ctx, p.Home, p.RecipientRegion, p.RecipientURLs, recips...); err != nil {
+			return err
+		}
+		res.SenderRegion, res.RecipientRegion = p.SenderRegion, p.RecipientRegion
+	}
 
 	e.prog.set("connecting", int64(2*n), nil)
 	lat := newHist()

@@ -150,6 +150,10 @@ type Throughput struct {
 // PairsResult is N senders each sending to its own recipient.
 type PairsResult struct {
 	Connects Connects `json:"connects"`
+	// SenderRegion and RecipientRegion are where the senders and the
+	// recipients were homed, on a regions deployment (Placement).
+	SenderRegion    string `json:"sender_region,omitempty"`
+	RecipientRegion string `json:"recipient_region,omitempty"`
 	// SendSeconds runs from the first send until the last one was
 	// answered: Duration, plus however long the system took to catch up.
 	SendSeconds float64 `json:"send_seconds"`
@@ -492,7 +496,11 @@ func (r *Report) describe() string {
 		if c.Rate > 0 {
 			mode = fmt.Sprintf("%.0f msgs/s in total", c.Rate)
 		}
-		return fmt.Sprintf("pairs, %d pairs, %s, %.0fs", c.Pairs, mode, c.DurationSeconds)
+		where := ""
+		if p := r.Pairs; p != nil && p.SenderRegion != "" {
+			where = fmt.Sprintf(", senders in %s, recipients in %s", p.SenderRegion, p.RecipientRegion)
+		}
+		return fmt.Sprintf("pairs, %d pairs%s, %s, %.0fs", c.Pairs, where, mode, c.DurationSeconds)
 	case ScenarioStorm:
 		return fmt.Sprintf("storm, %d devices × %d pending", c.Devices, c.Pending)
 	case ScenarioOffline:

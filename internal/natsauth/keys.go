@@ -33,7 +33,7 @@ type Keys struct {
 // Generate makes a fresh key for every role.
 func Generate() (*Keys, error) {
 	k := &Keys{pairs: map[Role]nkeys.KeyPair{}}
-	for _, r := range Roles {
+	for _, r := range keyRoles {
 		kp, err := nkeys.CreateUser()
 		if err != nil {
 			return nil, err
@@ -54,7 +54,7 @@ func LoadOrCreate(dir string) (*Keys, error) {
 		return nil, err
 	}
 	k := &Keys{pairs: map[Role]nkeys.KeyPair{}}
-	for _, r := range Roles {
+	for _, r := range keyRoles {
 		kp, err := readSeed(SeedFile(dir, r))
 		if errors.Is(err, fs.ErrNotExist) {
 			if kp, err = nkeys.CreateUser(); err == nil {
@@ -77,7 +77,7 @@ func (k *Keys) Write(dir string) error {
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return err
 	}
-	for _, r := range Roles {
+	for _, r := range keyRoles {
 		if err := writeSeed(SeedFile(dir, r), k.pairs[r]); err != nil {
 			return err
 		}
@@ -171,14 +171,17 @@ func NewRoutePassword() (string, error) {
 	return hex.EncodeToString(b[:]), nil
 }
 
-// DeployEnv is the environment deploy/*.conf read: every role's public key
-// and, for a cluster, the route password and the routes (host:port each)
-// with it.
+// DeployEnv is the environment deploy/*.conf read: every role's public key,
+// the leaf links' seed (deploy/regions) and, for a cluster, the route
+// password and the routes (host:port each) with it.
 func (k *Keys) DeployEnv(routePassword string, routes []string) map[string]string {
 	env := map[string]string{}
-	for _, r := range Roles {
+	for _, r := range keyRoles {
 		env[EnvVar(r)] = k.Public(r)
 	}
+	// A region's leaf link signs in with the leaf key (deploy/regions).
+	seed, _ := k.pairs[Leaf].Seed()
+	env[EnvLeafSeed] = string(seed)
 	env[EnvRoutePassword] = routePassword
 	urls := make([]string, len(routes))
 	for i, hp := range routes {

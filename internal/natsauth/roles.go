@@ -114,6 +114,10 @@ func For(r Role) Rules {
 					kvStream(contract.PresenceKV), kvStream(contract.SettingsKV), kvStream(contract.GroupInfoKV)),
 				reads(contract.Inbox, kvStream(contract.DevicesKV), kvStream(contract.CursorsKV),
 					kvStream(contract.PresenceKV), kvStream(contract.SettingsKV), kvStream(contract.GroupInfoKV)),
+				// Regions: sends to users homed elsewhere, and the
+				// directory of home regions.
+				[]string{contract.OutboxPrefix + "*.*"},
+				streamInfo(kvStream(contract.HomesKV), contract.Outbox), reads(kvStream(contract.HomesKV)),
 			),
 			Subscribe: []string{subjLive, subjEvents, subjKick, subjPresence, leaderInbox, InboxPrefix(r) + ".>"},
 			Respond:   true,
@@ -125,7 +129,9 @@ func For(r Role) Rules {
 		read := []string{kvStream(contract.ReadsKV), kvStream(contract.SettingsKV), kvStream(contract.CursorsKV), kvStream(contract.DevicesKV)}
 		return Rules{
 			Publish: join(
-				[]string{contract.InboxPrefix + "*", kvSubject(contract.ReadsKV) + "*.*", contract.DLQPrefix + string(r) + ".>"},
+				// Ticks for senders homed in another region go through
+				// this region's OUTBOX (contract/regions.go).
+				[]string{contract.InboxPrefix + "*", contract.OutboxPrefix + "*.*", kvSubject(contract.ReadsKV) + "*.*", contract.DLQPrefix + string(r) + ".>"},
 				consumer(contract.TicksStream, string(r)),
 				streamInfo(append([]string{contract.Inbox, contract.TicksStream, contract.DLQ}, read...)...),
 				reads(read...),

@@ -1,0 +1,55 @@
+package gateway_test
+
+import (
+	"strconv"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/switchboard-im/switchboard/contract"
+	tk "github.com/switchboard-im/switchboard/internal/testkit"
+)
+
+// A device draining a burst acks each message as it comes, faster than
+// the frame rate limit allows other frames: the acks of what it was
+// delivered are taken all the same. (Dropped, each would have left its
+// message unacked for the rest of the session, and once max-inflight of
+// them were unsettled, delivery would have stopped: the SDK does not
+// resend an ack.) A backlog after a partition between regions arrives
+// as such a burst.
+func TestAcksOfDeliveredMessagesAreNotRateLimited(t *testing.T) {
+	n := tk.StartNATS(t)
+	tk.StartFunctions(t, n)
+	cfg := tk.TestConfig()
+	cfg.FrameRate, cfg.FrameBurst, cfg.FloodStrikes = 1, 5, 10_000
+	g := tk.StartGateway(t, n, cfg)
+	bob := tk.Dial(t, g.URL, "bob", "phone")
+	const total = 1000
+	for i := range total {
+		id := "alice-" + strconv.Itoa(i)
+		_, err := n.JS.PublishMsgAsync(&nats.Msg{Subject: contract.InboxSubject("bob"), Data: []byte(`"` + id + `"`),
+			Header: nats.Header{contract.HdrMsgID: {contract.MsgDedupID("alice", id)}, contract.HdrKind: {contract.KindMsg},
+				contract.HdrFrom: {"alice"}, contract.HdrDevice: {"phone"}, contract.HdrID: {id}, contract.HdrTS: {"1"}}},
+			jetstream.WithStallWait(time.Minute))
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	<-n.JS.PublishAsyncComplete()
+	for i := range total {
+		bob.Ack(tk.NextMsgIs(t, bob, "alice", "alice-"+strconv.Itoa(i), 15*time.Second).Seq)
+	}
+	// Acks of nothing delivered are still limited: past the burst they
+	// are answered rate_limited, not unknown_seq.
+	for range 20 {
+		bob.Ack(1 << 40)
+	}
+	tk.WaitFor(t, 10*time.Second, func() error {
+		if v := metricValue(t, g, `switchboard_gateway_error_frames_total{code="rate_limited"}`); v < 1 {
+			return tk.Errorf("no rate_limited answer to acks of nothing")
+		}
+		return nil
+	})
+}

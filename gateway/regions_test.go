@@ -1,0 +1,596 @@
+package gateway_test
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net/http"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats.go"
+
+	"github.com/switchboard-im/switchboard/client"
+	"github.com/switchboard-im/switchboard/contract"
+	"github.com/switchboard-im/switchboard/gateway"
+	tk "github.com/switchboard-im/switchboard/internal/testkit"
+	"github.com/switchboard-im/switchboard/protocol"
+	"github.com/switchboard-im/switchboard/streams"
+)
+
+// startRegions runs us and eu from deploy/regions, each with its
+// functions and a gateway, alice homed in us and bob in eu.
+func startRegions(t *testing.T) (*tk.Regions, *tk.Region, *tk.Region) {
+	t.Helper()
+	rs := tk.StartRegions(t, "us", "eu")
+	rs.Apply(t, streams.Options{})
+	rs.SetHome(t, "alice", "us")
+	rs.SetHome(t, "bob", "eu")
+	rs.Start(t, tk.TestConfig())
+	return rs, rs.Region("us"), rs.Region("eu")
+}
+
+func wantReceipt(t *testing.T, c *client.Client, id, status, by string) client.Receipt {
+	t.Helper()
+	r := tk.RecvReceipt(t, c, 15*time.Second)
+	if r.ID != id || r.Status != status || r.By != by {
+		t.Fatalf("receipt %s %s by %s, want %s %s by %s", r.ID, r.Status, r.By, id, status, by)
+	}
+	return r
+}
+
+// Users homed in two regions chat as if in one: "sent" comes from the
+// sender's region (an OUTBOX sequence), the message reaches the
+// recipient's home inbox across the leaf link, and the delivered and read
+// ticks come back naming the messages as the sender knows them.
+func TestRegionsChatAcrossRegions(t *testing.T) {
+	_, us, eu := startRegions(t)
+	alice := tk.Dial(t, us.Gateway.URL, "alice", "phone")
+	bob := tk.Dial(t, eu.Gateway.URL, "bob", "phone")
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+
+	var sent []client.Sent
+	for _, id := range []string{"m1", "m2", "m3"} {
+		s, err := alice.Send(ctx, "bob", id, tk.Body("hello "+id))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !contract.IsOutboxSeq(s.Seq) {
+			t.Fatalf("%s sent at %d: not an OUTBOX sequence", id, s.Seq)
+		}
+		sent = append(sent, s)
+	}
+	var got []client.Message
+	for _, id := range []string{"m1", "m2", "m3"} {
+		m := tk.NextMsgIs(t, bob, "alice", id, 15*time.Second)
+		if contract.IsOutboxSeq(m.Seq) {
+			t.Fatalf("bob got %s at %d: not an INBOX sequence", id, m.Seq)
+		}
+		got = append(got, m)
+	}
+	// One ack for the three: one tick, which names alice's three sends.
+	bob.Ack(got[0].Seq)
+	bob.Ack(got[1].Seq)
+	bob.Ack(got[2].Seq)
+	for i, id := range []string{"m1", "m2", "m3"} {
+		r := wantReceipt(t, alice, id, protocol.StatusDelivered, "bob")
+		if r.Seq != sent[i].Seq {
+			t.Fatalf("delivered %s at %d, sent at %d", id, r.Seq, sent[i].Seq)
+		}
+	}
+	// Bob reads up to m2: m1 and m2 are read, m3 not yet.
+	bob.Read(got[1].Seq)
+	wantReceipt(t, alice, "m1", protocol.StatusRead, "bob")
+	wantReceipt(t, alice, "m2", protocol.StatusRead, "bob")
+
+	// And the other way round, through eu's OUTBOX into us.
+	s, err := bob.Send(ctx, "alice", "r1", tk.Body("hi alice"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	m := tk.NextMsgIs(t, alice, "bob", "r1", 15*time.Second)
+	alice.Ack(m.Seq)
+	if r := wantReceipt(t, bob, "r1", protocol.StatusDelivered, "alice"); r.Seq != s.Seq {
+		t.Fatalf("delivered r1 at %d, sent at %d", r.Seq, s.Seq)
+	}
+	alice.Read(m.Seq)
+	wantReceipt(t, bob, "r1", protocol.StatusRead, "alice")
+
+	// m3's read tick comes only when bob reads it, and it is the next
+	// receipt alice gets: nothing else was on its way.
+	bob.Read(got[2].Seq)
+	wantReceipt(t, alice, "m3", protocol.StatusRead, "bob")
+}
+
+// A device is served only in its user's home region: elsewhere the
+// handshake is refused with 421 naming the home region's URL, and a user
+// with no home region is refused with 403. Sends to a user with no home
+// region, or one homed in a region the deployment does not know, are
+// refused with bad_field, and media to another region with bad_media;
+// the pair that is well configured keeps chatting.
+func TestRegionsRefuseWhatHasNoPlace(t *testing.T) {
+	rs, us, eu := startRegions(t)
+	rs.SetHome(t, "dave", "mars")
+
+	for _, c := range []struct {
+		user   string
+		status int
+		code   string
+		url    string
+	}{
+		{"bob", http.StatusMisdirectedRequest, "wrong_region", eu.Gateway.URL},
+		{"carol", http.StatusForbidden, "no_home_region", ""},
+		{"dave", http.StatusForbidden, "no_home_region", ""},
+	} {
+		for _, path := range []string{gateway.PathWS, gateway.PathSSE} { // the HTTP fallback alike
+			req, _ := http.NewRequest(http.MethodGet, "http://"+us.Gateway.Addr+path, nil)
+			req.Header.Set("Authorization", "Bearer "+tk.Token(t, c.user, "phone", time.Hour))
+			resp, err := http.DefaultClient.Do(req)
+			if err != nil {
+				t.Fatal(err)
+			}
+			var body struct{ Code, Message, Region, URL string }
+			err = json.NewDecoder(resp.Body).Decode(&body)
+			resp.Body.Close()
+			if err != nil || resp.StatusCode != c.status || body.Code != c.code || body.URL != c.url {
+				t.Fatalf("%s in us on %s: %d %+v (%v), want %d %s %q", c.user, path, resp.StatusCode, body, err, c.status, c.code, c.url)
+			}
+		}
+	}
+	// The SDK reports the refusal, with the body that says where to go.
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	_, err := client.Dial(ctx, client.Options{URL: us.Gateway.URL, Token: client.WithToken(tk.Token(t, "bob", "phone", time.Hour))})
+	var he *client.HandshakeError
+	if !errors.As(err, &he) || he.Status != http.StatusMisdirectedRequest || !strings.Contains(he.Body, eu.Gateway.URL) {
+		t.Fatalf("bob's SDK in us: %v", err)
+	}
+
+	alice := tk.Dial(t, us.Gateway.URL, "alice", "phone")
+	bob := tk.Dial(t, eu.Gateway.URL, "bob", "phone")
+	for _, to := range []string{"carol", "dave"} {
+		_, err := alice.Send(ctx, to, "x-"+to, tk.Body("anyone?"))
+		var se *client.ServerError
+		if !errors.As(err, &se) || se.Code != protocol.ErrBadField {
+			t.Fatalf("send to %s: %v, want bad_field", to, err)
+		}
+	}
+	_, err = alice.SendMedia(ctx, "bob", "pic", protocol.Media{Key: "u/alice/" + strings.Repeat("a", 32), Mime: "image/png", Size: 1,
+		SHA256: strings.Repeat("0", 64)}, tk.Body("look"))
+	var se *client.ServerError
+	if !errors.As(err, &se) || se.Code != protocol.ErrBadMedia {
+		t.Fatalf("media to another region: %v, want bad_media", err)
+	}
+	if _, err := alice.Send(ctx, "bob", "m1", tk.Body("still here")); err != nil {
+		t.Fatal(err)
+	}
+	tk.NextMsgIs(t, bob, "alice", "m1", 15*time.Second)
+}
+
+// A cut leaf link loses nothing and duplicates nothing. While us is cut
+// off from the hub both users keep sending and get "sent" at once (their
+// own region stores the messages); once the link is back every message
+// arrives once, in the order sent, and the ticks catch up, each message
+// ticked once. A raw retry of a stored send, published again under its
+// dedup id during the cut, is stored once. The fences at the end prove
+// that nothing more is on its way.
+func TestRegionsPartitionLosesAndDuplicatesNothing(t *testing.T) {
+	_, us, eu := startRegions(t)
+	alice := tk.Dial(t, us.Gateway.URL, "alice", "phone")
+	bob := tk.Dial(t, eu.Gateway.URL, "bob", "phone")
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	const n = 50
+
+	us.Cut(t)
+	sendAll := func(c *client.Client, from, to string) map[string]uint64 {
+		sent := map[string]uint64{}
+		for i := 0; i < n; i++ {
+			id := from + "-" + strconv.Itoa(i)
+			s, err := c.Send(ctx, to, id, tk.Body(id))
+			if err != nil {
+				t.Fatalf("%s while the link is cut: %v", id, err)
+			}
+			sent[id] = s.Seq
+		}
+		return sent
+	}
+	fromAlice := sendAll(alice, "alice", "bob")
+	fromBob := sendAll(bob, "bob", "alice")
+	// A gateway's retry of alice's first send, as after a lost PubAck.
+	ack, err := us.JS.PublishMsg(ctx, &nats.Msg{Subject: contract.OutboxSubject("eu", "bob"), Data: []byte(`"alice-0"`),
+		Header: nats.Header{contract.HdrMsgID: {contract.MsgDedupID("alice", "alice-0")}, contract.HdrKind: {contract.KindMsg},
+			contract.HdrFrom: {"alice"}, contract.HdrDevice: {"phone"}, contract.HdrID: {"alice-0"},
+			contract.HdrOriginRegion: {"us"}, contract.HdrTS: {"1"}}})
+	if err != nil || !ack.Duplicate || ack.Sequence != fromAlice["alice-0"] {
+		t.Fatalf("retry of alice-0: %+v %v, want a duplicate of %d", ack, err, fromAlice["alice-0"])
+	}
+	// Everything waits in its sender's region, once.
+	for _, r := range []*tk.Region{us, eu} {
+		info, err := r.JS.Stream(ctx, contract.Outbox)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if msgs := info.CachedInfo().State.Msgs; msgs != n {
+			t.Fatalf("%s's OUTBOX holds %d during the cut, want %d", r.Name, msgs, n)
+		}
+	}
+	us.Restore()
+
+	receive := func(c *client.Client, from string) {
+		for i := 0; i < n; i++ {
+			m := tk.NextMsgIs(t, c, from, from+"-"+strconv.Itoa(i), 30*time.Second)
+			c.Ack(m.Seq)
+		}
+	}
+	receive(bob, "alice")
+	receive(alice, "bob")
+	ticked := func(c *client.Client, sent map[string]uint64, by string) {
+		seen := map[string]bool{}
+		for len(seen) < n {
+			r := tk.RecvReceipt(t, c, 30*time.Second)
+			switch {
+			case r.Status != protocol.StatusDelivered || r.By != by || sent[r.ID] != r.Seq:
+				t.Fatalf("receipt %+v", r)
+			case seen[r.ID]:
+				t.Fatalf("%s ticked delivered twice", r.ID)
+			}
+			seen[r.ID] = true
+		}
+	}
+	ticked(alice, fromAlice, "bob")
+	ticked(bob, fromBob, "alice")
+
+	// Fences: the next message each way is the fence, and the SDKs
+	// dropped no repeat on the way.
+	if _, err := alice.Send(ctx, "bob", "fence-a", tk.Body("fence")); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := bob.Send(ctx, "alice", "fence-b", tk.Body("fence")); err != nil {
+		t.Fatal(err)
+	}
+	bob.Ack(tk.NextMsgIs(t, bob, "alice", "fence-a", 30*time.Second).Seq)
+	alice.Ack(tk.NextMsgIs(t, alice, "bob", "fence-b", 30*time.Second).Seq)
+	wantReceipt(t, alice, "fence-a", protocol.StatusDelivered, "bob")
+	wantReceipt(t, bob, "fence-b", protocol.StatusDelivered, "alice")
+	if d := alice.Stats().DuplicatesDropped + bob.Stats().DuplicatesDropped; d != 0 {
+		t.Fatalf("%d repeats reached the SDKs", d)
+	}
+	// A second stored copy of anything would have come before the
+	// fences, and been dropped and counted by the SDK: none was. And
+	// OUTBOX keeps nothing once the other region has it.
+	for _, r := range []*tk.Region{us, eu} {
+		tk.WaitFor(t, 10*time.Second, func() error {
+			s, err := r.JS.Stream(ctx, contract.Outbox)
+			if err != nil {
+				return err
+			}
+			if msgs := s.CachedInfo().State.Msgs; msgs != 0 {
+				return tk.Errorf("%s's OUTBOX still holds %d", r.Name, msgs)
+			}
+			return nil
+		})
+	}
+}
+
+// Operators see each link: a working one is heard from every second
+// (the consumer's heartbeat), traffic or none, and counts as up; a cut one
+// counts as down once unheard for gateway.LinkStale, on both sides, while
+// what is sent meanwhile waits in the sender's OUTBOX, which is counted;
+// once restored it is up again and OUTBOX empties.
+func TestRegionsLinksShowInMetrics(t *testing.T) {
+	_, us, eu := startRegions(t)
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	up := func(g *tk.Gateway, from string) float64 {
+		return metricValue(t, g, `switchboard_region_link_up{from="`+from+`"}`)
+	}
+	tk.WaitFor(t, 15*time.Second, func() error {
+		if up(eu.Gateway, "us") != 1 || up(us.Gateway, "eu") != 1 {
+			return tk.Errorf("links not up yet")
+		}
+		return nil
+	})
+	time.Sleep(3 * time.Second) // idle: no message crosses
+	links, err := eu.Gateway.Server.Links(ctx)
+	if err != nil || len(links) != 1 || links[0].From != "us" || !links[0].Up() || links[0].Active > 2*time.Second {
+		t.Fatalf("eu's link from us after 3 s idle: %+v %v, want heard from within 2 s (heartbeats)", links, err)
+	}
+
+	us.Cut(t)
+	alice := tk.Dial(t, us.Gateway.URL, "alice", "phone")
+	if _, err := alice.Send(ctx, "bob", "while-cut", tk.Body("later")); err != nil {
+		t.Fatal(err)
+	}
+	tk.WaitFor(t, gateway.LinkStale+10*time.Second, func() error {
+		if up(eu.Gateway, "us") != 0 || up(us.Gateway, "eu") != 0 {
+			return tk.Errorf("links still up after the cut")
+		}
+		return nil
+	})
+	if v := metricValue(t, eu.Gateway, `switchboard_region_link_last_active_seconds{from="us"}`); v < gateway.LinkStale.Seconds() {
+		t.Errorf("eu last heard from us %v s ago, with the link down", v)
+	}
+	if v := metricValue(t, us.Gateway, `switchboard_region_outbox_messages`); v != 1 {
+		t.Errorf("us's OUTBOX holds %v during the cut, want 1", v)
+	}
+	if v := metricValue(t, us.Gateway, `switchboard_region_links_read`); v != 1 {
+		t.Errorf("links_read %v", v)
+	}
+
+	us.Restore()
+	tk.WaitFor(t, 30*time.Second, func() error {
+		switch {
+		case up(eu.Gateway, "us") != 1 || up(us.Gateway, "eu") != 1:
+			return tk.Errorf("links not up again")
+		case metricValue(t, us.Gateway, `switchboard_region_outbox_messages`) != 0:
+			return tk.Errorf("us's OUTBOX not empty")
+		}
+		return nil
+	})
+	bob := tk.Dial(t, eu.Gateway.URL, "bob", "phone")
+	tk.NextMsgIs(t, bob, "alice", "while-cut", 15*time.Second)
+}
+
+// sentMsg is a message a test sent, with its "sent" sequence.
+type sentMsg struct {
+	id  string
+	seq uint64
+}
+
+// sendUntil sends from c to to, paced under the send rate, until stop is
+// closed, and returns what was sent in order; every send must be "sent".
+func sendUntil(ctx context.Context, c *client.Client, from, to string, stop <-chan struct{}) ([]sentMsg, error) {
+	var sent []sentMsg
+	for i := 0; ; i++ {
+		select {
+		case <-stop:
+			return sent, nil
+		case <-time.After(25 * time.Millisecond):
+		}
+		id := from + "-" + strconv.Itoa(i)
+		s, err := c.Send(ctx, to, id, tk.Body(id))
+		if err != nil {
+			return sent, fmt.Errorf("%s: %w", id, err)
+		}
+		sent = append(sent, sentMsg{id, s.Seq})
+	}
+}
+
+// trafficThrough has alice and bob send to each other while disrupt
+// runs, then checks that everything arrived once and in order, that
+// every message was ticked delivered once under the sequence its sender
+// knows, and, by fences, that nothing more is on its way.
+func trafficThrough(t *testing.T, alice, bob *client.Client, disrupt func()) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+	stop := make(chan struct{})
+	type result struct {
+		sent []sentMsg
+		err  error
+	}
+	fromAlice, fromBob := make(chan result, 1), make(chan result, 1)
+	go func() { s, err := sendUntil(ctx, alice, "alice", "bob", stop); fromAlice <- result{s, err} }()
+	go func() { s, err := sendUntil(ctx, bob, "bob", "alice", stop); fromBob <- result{s, err} }()
+	disrupt()
+	close(stop)
+	ra, rb := <-fromAlice, <-fromBob
+	if ra.err != nil || rb.err != nil {
+		t.Fatalf("sends during the disruption: alice %v, bob %v", ra.err, rb.err)
+	}
+	receive := func(c *client.Client, from string, sent []sentMsg) {
+		for _, s := range sent {
+			c.Ack(tk.NextMsgIs(t, c, from, s.id, 30*time.Second).Seq)
+		}
+	}
+	receive(bob, "alice", ra.sent)
+	receive(alice, "bob", rb.sent)
+	ticked := func(c *client.Client, sent []sentMsg, by string) {
+		want := map[string]uint64{}
+		for _, s := range sent {
+			want[s.id] = s.seq
+		}
+		seen := map[string]bool{}
+		for len(seen) < len(sent) {
+			r := tk.RecvReceipt(t, c, 30*time.Second)
+			switch {
+			case r.Status != protocol.StatusDelivered || r.By != by || want[r.ID] != r.Seq:
+				t.Fatalf("receipt %+v", r)
+			case seen[r.ID]:
+				t.Fatalf("%s ticked delivered twice", r.ID)
+			}
+			seen[r.ID] = true
+		}
+	}
+	ticked(alice, ra.sent, "bob")
+	ticked(bob, rb.sent, "alice")
+	if _, err := alice.Send(ctx, "bob", "fence-a", tk.Body("fence")); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := bob.Send(ctx, "alice", "fence-b", tk.Body("fence")); err != nil {
+		t.Fatal(err)
+	}
+	bob.Ack(tk.NextMsgIs(t, bob, "alice", "fence-a", 30*time.Second).Seq)
+	alice.Ack(tk.NextMsgIs(t, alice, "bob", "fence-b", 30*time.Second).Seq)
+	wantReceipt(t, alice, "fence-a", protocol.StatusDelivered, "bob")
+	wantReceipt(t, bob, "fence-b", protocol.StatusDelivered, "alice")
+	if d := alice.Stats().DuplicatesDropped + bob.Stats().DuplicatesDropped; d != 0 {
+		t.Fatalf("%d repeats reached the SDKs", d)
+	}
+	t.Logf("%d messages from alice, %d from bob, each delivered and ticked once", len(ra.sent), len(rb.sent))
+}
+
+// The hub stops, as its machine would crash, while users in us and eu
+// chat, and starts again: sends go on being "sent" in their own region
+// meanwhile, and afterwards everything is delivered once, in order, and
+// ticked once.
+func TestRegionsHubRestartDuringTraffic(t *testing.T) {
+	rs, us, eu := startRegions(t)
+	alice := tk.Dial(t, us.Gateway.URL, "alice", "phone")
+	bob := tk.Dial(t, eu.Gateway.URL, "bob", "phone")
+	trafficThrough(t, alice, bob, func() {
+		time.Sleep(500 * time.Millisecond)
+		rs.StopHub(t)
+		time.Sleep(2 * time.Second)
+		rs.StartHub(t)
+		time.Sleep(500 * time.Millisecond)
+	})
+}
+
+// eu's server stops and starts again on its store while users in us and
+// eu chat: bob's sends wait for it (his gateway publishes them again
+// under the same ids), alice's wait in us, and afterwards everything is
+// delivered once, in order, and ticked once.
+func TestRegionsRegionRestartDuringTraffic(t *testing.T) {
+	_, us, eu := startRegions(t)
+	alice := tk.Dial(t, us.Gateway.URL, "alice", "phone")
+	bob := tk.Dial(t, eu.Gateway.URL, "bob", "phone")
+	trafficThrough(t, alice, bob, func() {
+		time.Sleep(500 * time.Millisecond)
+		eu.Restart(t)
+		eu.WaitSourcing(t, 30*time.Second)
+		time.Sleep(500 * time.Millisecond)
+	})
+}
+
+// The issue's partition: us's leaf link is cut for 60 s while alice and
+// bob send to each other the whole time, then restored. Everything is
+// delivered once, in per-sender order, and ticked once. (-short skips it.)
+func TestRegionsSixtySecondPartition(t *testing.T) {
+	if testing.Short() {
+		t.Skip("a 60 s partition")
+	}
+	_, us, eu := startRegions(t)
+	t.Cleanup(func() { regionsState(t, us, eu) })
+	alice := tk.Dial(t, us.Gateway.URL, "alice", "phone")
+	bob := tk.Dial(t, eu.Gateway.URL, "bob", "phone")
+	trafficThrough(t, alice, bob, func() {
+		us.Cut(t)
+		time.Sleep(60 * time.Second)
+		us.Restore()
+	})
+}
+
+// regionsState logs, for a failed test, what each region's OUTBOX and
+// INBOX hold and what INBOX's sources report.
+func regionsState(t *testing.T, rs ...*tk.Region) {
+	if !t.Failed() {
+		return
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	for _, r := range rs {
+		if m, err := r.Gateway.Metrics(); err == nil {
+			for _, l := range strings.Split(m, "\n") {
+				if strings.HasPrefix(l, "switchboard_gateway_catchups_total") || strings.HasPrefix(l, "switchboard_gateway_closes_total") && !strings.HasSuffix(l, " 0") ||
+					strings.HasPrefix(l, "switchboard_gateway_deliveries_total") || strings.HasPrefix(l, "switchboard_gateway_inbox_skipped") || strings.HasPrefix(l, "switchboard_gateway_sessions") {
+					t.Logf("%s gateway: %s", r.Name, l)
+				}
+			}
+		}
+		for _, name := range []string{contract.Outbox, contract.Inbox} {
+			s, err := r.JS.Stream(ctx, name)
+			if err != nil {
+				t.Logf("%s %s: %v", r.Name, name, err)
+				continue
+			}
+			info := s.CachedInfo()
+			t.Logf("%s %s: %d msgs, seq %d..%d", r.Name, name, info.State.Msgs, info.State.FirstSeq, info.State.LastSeq)
+			for _, si := range info.Sources {
+				t.Logf("%s %s source %s %v: lag %d active %v error %v", r.Name, name, si.Name, si.External, si.Lag, si.Active, si.Error)
+			}
+			if name == contract.Outbox {
+				for _, c := range []string{"to-us", "to-eu"} {
+					if ci, err := s.Consumer(ctx, c); err == nil {
+						i := ci.CachedInfo()
+						t.Logf("%s OUTBOX consumer %s: delivered %+v ackfloor %+v pending %d ackpending %d push bound %v", r.Name, c, i.Delivered, i.AckFloor, i.NumPending, i.NumAckPending, i.PushBound)
+					}
+				}
+			}
+		}
+	}
+}
+
+// inboxHolds counts what region r's INBOX holds on inbox.<user> of the
+// given kind from sender.
+func inboxHolds(t *testing.T, r *tk.Region, user, kind, from string) int {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	s, err := r.JS.Stream(ctx, contract.Inbox)
+	if err != nil {
+		t.Fatal(err)
+	}
+	n := 0
+	for seq := s.CachedInfo().State.FirstSeq; seq > 0 && seq <= s.CachedInfo().State.LastSeq; seq++ {
+		m, err := s.GetMsg(ctx, seq)
+		if err != nil {
+			continue // deleted
+		}
+		if m.Subject == contract.InboxSubject(user) && m.Header.Get(contract.HdrKind) == kind && m.Header.Get(contract.HdrFrom) == from {
+			n++
+		}
+	}
+	return n
+}
+
+// Where data lives, read from the streams: a message from us to a user
+// of eu is stored in eu's INBOX and nowhere in us once delivered (OUTBOX
+// held it in transit only). A pinned region keeps its users' messages:
+// bob's send to alice, homed in us, is refused by eu's pinned gateway and
+// stored nowhere, while alice's messages still reach him; his delivered
+// tick, which is alice's, goes back to us.
+func TestRegionsDataStaysWhereItBelongs(t *testing.T) {
+	_, us, eu := startRegions(t)
+	cfg := tk.TestConfig()
+	cfg.Regions = gateway.RegionsConfig{Region: "eu", URLs: map[string]string{"us": us.Gateway.URL, "eu": eu.Gateway.URL}, Pinned: true}
+	pinned := tk.StartGatewayURL(t, eu.Server.ClientURL(), cfg)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	alice := tk.Dial(t, us.Gateway.URL, "alice", "phone")
+	bob := tk.Dial(t, pinned.URL, "bob", "phone")
+
+	if _, err := alice.Send(ctx, "bob", "to-bob", tk.Body("hi")); err != nil {
+		t.Fatal(err)
+	}
+	bob.Ack(tk.NextMsgIs(t, bob, "alice", "to-bob", 15*time.Second).Seq)
+	wantReceipt(t, alice, "to-bob", protocol.StatusDelivered, "bob")
+	_, err := bob.Send(ctx, "alice", "to-alice", tk.Body("from a pinned region"))
+	var se *client.ServerError
+	if !errors.As(err, &se) || se.Code != protocol.ErrBadField || !strings.Contains(se.Message, "keeps its users' messages") {
+		t.Fatalf("bob's send out of his pinned region: %v, want bad_field", err)
+	}
+
+	tk.WaitFor(t, 10*time.Second, func() error {
+		s, err := us.JS.Stream(ctx, contract.Outbox)
+		if err != nil {
+			return err
+		}
+		if n := s.CachedInfo().State.Msgs; n != 0 {
+			return tk.Errorf("us's OUTBOX still holds %d", n)
+		}
+		return nil
+	})
+	for _, c := range []struct {
+		r          *tk.Region
+		user, from string
+		want       int
+	}{
+		{eu, "bob", "alice", 1}, // alice's message lives in bob's region
+		{us, "bob", "alice", 0}, // and not in hers
+		{us, "alice", "bob", 0}, // bob's refused send is nowhere
+		{eu, "alice", "bob", 0},
+	} {
+		if got := inboxHolds(t, c.r, c.user, contract.KindMsg, c.from); got != c.want {
+			t.Errorf("%s's INBOX holds %d messages from %s to %s, want %d", c.r.Name, got, c.from, c.user, c.want)
+		}
+	}
+	if got := inboxHolds(t, us, "alice", contract.KindReceipt, "bob"); got != 1 {
+		t.Errorf("us's INBOX holds %d ticks from bob for alice, want 1", got)
+	}
+}

@@ -1,0 +1,270 @@
+package streams
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strings"
+
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/switchboard-im/switchboard/contract"
+)
+
+// Regions: the layout one region of a regions deployment adds to the
+// single-region one (README, "Regions"; contract/regions.go).
+//
+//   - OUTBOX (OUTBOX.json): what this region stores for users homed
+//     elsewhere, on out.<region>.<user>. A work queue with no age limit:
+//     a message stays until its region's INBOX has sourced it, however
+//     long the link is down, and is deleted then. (A max age, or a
+//     message TTL, would drop messages during a long outage without an
+//     error.) It numbers from contract.OutboxFirstSeq, so its sequences,
+//     which senders get as "sent", are never INBOX sequences.
+//   - One durable push consumer on OUTBOX per other region
+//     (consumers/to-region.json): the other region's INBOX sources through
+//     it, so after a cut the source resumes where the consumer stands in
+//     seconds, rather than after the half-minute health check and
+//     back-off of an ephemeral source.
+//   - INBOX sources every other region's OUTBOX, across domains
+//     ($JS.<region>.API), taking out.<this region>.* as inbox.*: the same
+//     inbox, cursors, live copies and push as a message sent within the
+//     region. Its duplicate window is set explicitly (a stream with
+//     sources otherwise gets none), so a send retried under the same id
+//     stays single across the hop too.
+//   - HOMES: the directory of home regions, a bucket in the directory
+//     region and a mirror of it in every other region, read locally.
+//
+// This is applied in code, over the single-region files, for a region
+// deployment only: INBOX.json itself is unchanged.
+
+// Region is this region's place in a regions deployment.
+type Region struct {
+	// Name is this region's name, which is also its JetStream domain.
+	Name string
+	// Peers are the other regions.
+	Peers []string
+	// Directory is the region whose HOMES bucket is the directory; the
+	// others mirror it.
+	Directory string
+}
+
+// ErrRegions wraps a regions layout that must not be applied: one that
+// names a region twice or itself as a peer, runs on a server of another
+// domain, or would carry messages around in a loop.
+var ErrRegions = errors.New("streams: regions")
+
+// Validate checks r's names: ids, distinct, and the directory one of the
+// regions.
+func (r *Region) Validate() error {
+	all := append([]string{r.Name}, r.Peers...)
+	seen := map[string]bool{}
+	for _, n := range all {
+		if !validRegion(n) {
+			return fmt.Errorf("%w: %q is not a region name (1-32 of a-z 0-9 _ -)", ErrRegions, n)
+		}
+		if seen[n] {
+			return fmt.Errorf("%w: region %q named twice", ErrRegions, n)
+		}
+		seen[n] = true
+	}
+	if len(r.Peers) == 0 {
+		return fmt.Errorf("%w: no other region", ErrRegions)
+	}
+	if !seen[r.Directory] {
+		return fmt.Errorf("%w: directory region %q is not one of the regions", ErrRegions, r.Directory)
+	}
+	return nil
+}
+
+// validRegion: a region name is a subject token and a JetStream domain.
+func validRegion(n string) bool {
+	if n == "" || len(n) > 32 {
+		return false
+	}
+	for _, c := range n {
+		if !(c >= 'a' && c <= 'z' || c >= '0' && c <= '9' || c == '_' || c == '-') {
+			return false
+		}
+	}
+	return true
+}
+
+// applyRegionInbox adds the sources of opts.Region to INBOX's config.
+func applyRegionInbox(cfg *jetstream.StreamConfig, r *Region) {
+	for _, p := range r.Peers {
+		cfg.Sources = append(cfg.Sources, &jetstream.StreamSource{
+			Name:     contract.Outbox,
+			External: &jetstream.ExternalStream{APIPrefix: apiPrefix(p)},
+			SubjectTransforms: []jetstream.SubjectTransformConfig{{
+				Source:      contract.OutboxSubject(r.Name, "*"),
+				Destination: contract.InboxPrefix + "{{wildcard(1)}}",
+			}},
+			Consumer: &jetstream.StreamConsumerSource{
+				Name:           contract.CrossRegionConsumer(r.Name),
+				DeliverSubject: contract.CrossRegionDeliver(p, r.Name),
+			},
+		})
+	}
+}
+
+func apiPrefix(domain string) string { return "$JS." + domain + ".API" }
+
+// OutboxConfig returns OUTBOX's config for region r: subjects only for
+// its peers, so nothing can be stored for a region that is not one.
+func OutboxConfig(opts Options, r *Region) (jetstream.StreamConfig, error) {
+	var cfg jetstream.StreamConfig
+	if err := load("OUTBOX.json", &cfg); err != nil {
+		return cfg, err
+	}
+	cfg.Subjects = nil
+	for _, p := range r.Peers {
+		cfg.Subjects = append(cfg.Subjects, contract.OutboxSubject(p, "*"))
+	}
+	if opts.DuplicateWindow > 0 {
+		cfg.Duplicates = opts.DuplicateWindow
+	}
+	if opts.Replicas > 0 {
+		cfg.Replicas = opts.Replicas
+	}
+	return cfg, nil
+}
+
+// CrossRegionConsumerConfig is the durable consumer on region from's
+// OUTBOX that region to's INBOX sources through.
+func CrossRegionConsumerConfig(from, to string) (jetstream.ConsumerConfig, error) {
+	var cfg jetstream.ConsumerConfig
+	if err := load("consumers/to-region.json", &cfg); err != nil {
+		return cfg, err
+	}
+	cfg.Durable = contract.CrossRegionConsumer(to)
+	cfg.Description = strings.ReplaceAll(cfg.Description, "REGION", to)
+	cfg.DeliverSubject = contract.CrossRegionDeliver(from, to)
+	cfg.FilterSubject = contract.OutboxSubject(to, "*")
+	return cfg, nil
+}
+
+// HomesConfig is the HOMES bucket in region r: the directory itself in
+// the directory region, else a mirror of it.
+func HomesConfig(replicas int, r *Region) (jetstream.KeyValueConfig, error) {
+	cfg, err := kvConfig("kv/HOMES.json", replicas)
+	if err != nil || r.Name == r.Directory {
+		return cfg, err
+	}
+	cfg.Description = "Switchboard regions: each user's home region, mirrored from region " + r.Directory
+	cfg.Mirror = &jetstream.StreamSource{
+		Name:     "KV_" + contract.HomesKV,
+		External: &jetstream.ExternalStream{APIPrefix: apiPrefix(r.Directory)},
+	}
+	return cfg, nil
+}
+
+// applyRegion creates or updates OUTBOX, its consumers and HOMES (Apply
+// has checked the server with CheckRegion).
+func applyRegion(ctx context.Context, js jetstream.JetStream, opts Options) error {
+	r := opts.Region
+	cfg, err := OutboxConfig(opts, r)
+	if err != nil {
+		return err
+	}
+	keepReplicas(ctx, js, cfg.Name, opts.Replicas, &cfg.Replicas)
+	outbox, err := js.CreateOrUpdateStream(ctx, cfg)
+	if err != nil {
+		return fmt.Errorf("streams: apply %s: %w", cfg.Name, err)
+	}
+	for _, p := range r.Peers {
+		c, err := CrossRegionConsumerConfig(r.Name, p)
+		if err != nil {
+			return err
+		}
+		// A work queue's consumers have the stream's replica count.
+		c.Replicas = outbox.CachedInfo().Config.Replicas
+		if _, err := outbox.CreateOrUpdatePushConsumer(ctx, c); err != nil {
+			return fmt.Errorf("streams: apply consumer %s on %s: %w", c.Durable, cfg.Name, err)
+		}
+	}
+	kv, err := HomesConfig(opts.Replicas, r)
+	if err != nil {
+		return err
+	}
+	keepReplicas(ctx, js, "KV_"+kv.Bucket, opts.Replicas, &kv.Replicas)
+	if _, err := js.CreateOrUpdateKeyValue(ctx, kv); err != nil {
+		return fmt.Errorf("streams: apply KV %s: %w", kv.Bucket, err)
+	}
+	return nil
+}
+
+// CheckRegion refuses to lay region r out on a server that is not
+// region r's, or where what exists would loop messages between regions:
+//   - the server's JetStream domain must be r.Name: sourcing addresses
+//     each region by its domain, and a region laid out under another
+//     region's name would take that region's messages as its own;
+//   - OUTBOX must source and mirror nothing: a region's OUTBOX holds only
+//     what its own users sent, else a message taken from another region
+//     would be sent on again, and between two such regions for ever;
+//   - INBOX may source only other regions' OUTBOX streams (never an
+//     INBOX, never its own region's OUTBOX).
+func CheckRegion(ctx context.Context, js jetstream.JetStream, r *Region) error {
+	if err := r.Validate(); err != nil {
+		return err
+	}
+	info, err := js.AccountInfo(ctx)
+	if err != nil {
+		return fmt.Errorf("streams: account info: %w", err)
+	}
+	if info.Domain != r.Name {
+		return fmt.Errorf("%w: the server's JetStream domain is %q, not region %q: each region runs as the domain of its name (jetstream { domain: %s })",
+			ErrRegions, info.Domain, r.Name, r.Name)
+	}
+	if s, err := js.Stream(ctx, contract.Outbox); err == nil {
+		c := s.CachedInfo().Config
+		if c.Mirror != nil || len(c.Sources) > 0 {
+			return fmt.Errorf("%w: stream %s sources or mirrors another stream, which would send other regions' messages on again, in a loop; remove them (nats stream edit %s)",
+				ErrRegions, contract.Outbox, contract.Outbox)
+		}
+	} else if !errors.Is(err, jetstream.ErrStreamNotFound) {
+		return fmt.Errorf("streams: %s: %w", contract.Outbox, err)
+	}
+	if s, err := js.Stream(ctx, contract.Inbox); err == nil {
+		for _, src := range s.CachedInfo().Config.Sources {
+			var api string
+			if src.External != nil {
+				api = src.External.APIPrefix
+			}
+			domain := strings.TrimSuffix(strings.TrimPrefix(api, "$JS."), ".API")
+			if src.Name != contract.Outbox || api == "" || domain == r.Name {
+				return fmt.Errorf("%w: stream %s sources %s from %q: an INBOX may source only other regions' %s",
+					ErrRegions, contract.Inbox, src.Name, api, contract.Outbox)
+			}
+		}
+	} else if !errors.Is(err, jetstream.ErrStreamNotFound) {
+		return fmt.Errorf("streams: %s: %w", contract.Inbox, err)
+	}
+	return nil
+}
+
+// DeployedRegions are the regions of the deployment as laid out on the
+// server js talks to: its own JetStream domain first, then each region
+// whose OUTBOX its INBOX sources. A server with no regions layout (no
+// domain, or an INBOX that sources nothing) is an error.
+func DeployedRegions(ctx context.Context, js jetstream.JetStream) ([]string, error) {
+	info, err := js.AccountInfo(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("streams: account info: %w", err)
+	}
+	s, err := js.Stream(ctx, contract.Inbox)
+	if err != nil {
+		return nil, fmt.Errorf("streams: %s: %w", contract.Inbox, err)
+	}
+	names := []string{info.Domain}
+	for _, src := range s.CachedInfo().Config.Sources {
+		if src.Name != contract.Outbox || src.External == nil {
+			continue
+		}
+		names = append(names, strings.TrimSuffix(strings.TrimPrefix(src.External.APIPrefix, "$JS."), ".API"))
+	}
+	if info.Domain == "" || len(names) < 2 {
+		return nil, fmt.Errorf("%w: this server has no regions layout (run setup with --region)", ErrRegions)
+	}
+	return names, nil
+}
