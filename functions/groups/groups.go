@@ -110,8 +110,10 @@ type Service struct {
 	nc   *nats.Conn
 	js   jetstream.JetStream // publishes copies and events, paced per partition
 	info jetstream.KeyValue
-	cfg  Config
-	log  *slog.Logger
+	// devices is DEVICES: a sender with another device gets a copy too.
+	devices jetstream.KeyValue
+	cfg     Config
+	log     *slog.Logger
 
 	svc   micro.Service
 	locks [lockStripes]sync.Mutex // a group's decisions, one at a time per instance
@@ -146,6 +148,9 @@ func Start(ctx context.Context, nc *nats.Conn, js jetstream.JetStream, cfg Confi
 		return nil, fmt.Errorf("groups: %w", err)
 	}
 	if s.info, err = js.KeyValue(ctx, contract.GroupInfoKV); err != nil {
+		return nil, fmt.Errorf("groups: %w", err)
+	}
+	if s.devices, err = js.KeyValue(ctx, contract.DevicesKV); err != nil {
 		return nil, fmt.Errorf("groups: %w", err)
 	}
 	cons := make([]jetstream.Consumer, contract.GroupPartitions)
