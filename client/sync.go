@@ -43,6 +43,12 @@ func (c *Client) ownTicks(f *protocol.Frame) error {
 	if early == "" {
 		return nil
 	}
+	// The tick came before the message did: the store records it too.
+	if c.opts.Store != nil {
+		if err := c.opts.Store.ApplyReceipt(f.To, early, f.SentSeq, f.SentSeq); err != nil {
+			return storeErr(err)
+		}
+	}
 	select {
 	case c.rcpt <- Receipt{ID: f.ID, Status: early, By: f.To, Seq: f.SentSeq, TS: time.Now()}:
 		return nil

@@ -23,7 +23,8 @@
 //     message at a time, so each group's log is handled in stream order
 //     while the 16 partitions run at once. For a chat message at S the
 //     function stores a copy in the inbox of every member as of S but the
-//     sender; for an event, a system message to every member after the
+//     sender (and in the sender's too when the sender has another device,
+//     for that device); for an event, a system message to every member after the
 //     change, to those it removed, and to the actor. A message from a
 //     sender who was not a member at S is dropped. Copies are published
 //     asynchronously, a bounded number in flight per partition, and the
