@@ -23,15 +23,20 @@
 // again to another and its copy is stored once (within INBOX's duplicate
 // window, longer than the ack wait).
 //
-// Order: one instance applies one sender's messages one at a time, in
-// the order the durable hands them over (the pool's key is the sender), so
-// a sender's copies are stored in the order of the originals. A retried
-// copy, or several instances sharing the durable, can store one sender's
-// copies out of that order; each copy still names its original's seq.
+// Order: the durable is pinned to one instance at a time (a priority
+// group; the others stand by and take over once it stops pulling), which
+// applies one sender's messages one at a time in the order the durable
+// hands them over (the pool's key is the sender), retrying a failed copy
+// in place, so a sender's copies are stored in the order of the originals.
+// A copy that keeps failing for the whole timeout is handed back and can
+// land after the next one; after an instance dies, its unacked messages
+// come again to the next and can land after newer ones. Each copy names
+// its original's seq.
 package devsync
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
 	"strconv"
@@ -55,6 +60,11 @@ const Version = "1.0.0"
 // Name is the function's name: its role, durable and dead-letter prefix.
 const Name = "sync"
 
+// priorityGroup is the durable's one priority group: the server hands its
+// messages to one instance at a time (pinned), so two instances never
+// copy one sender's messages at once.
+const priorityGroup = "sync"
+
 // Config tunes an instance.
 type Config struct {
 	// Workers is how many senders' messages an instance copies at once.
@@ -62,6 +72,10 @@ type Config struct {
 	// AckWait overrides the durable's ack wait when set: how long a
 	// message an instance dies with waits before another gets it.
 	AckWait time.Duration
+	// PinnedTTL overrides how long the durable stays pinned to an
+	// instance that stopped pulling before another takes over; it must
+	// outlast the ack wait.
+	PinnedTTL time.Duration
 	// Timeout bounds one copy.
 	Timeout time.Duration
 }
@@ -110,6 +124,9 @@ func Start(ctx context.Context, nc *nats.Conn, js jetstream.JetStream, cfg Confi
 	if cfg.AckWait > 0 {
 		ccfg.AckWait = cfg.AckWait
 	}
+	if cfg.PinnedTTL > 0 {
+		ccfg.PinnedTTL = cfg.PinnedTTL
+	}
 	cons, err := js.CreateOrUpdateConsumer(ctx, contract.Inbox, ccfg)
 	if err != nil {
 		return nil, fmt.Errorf("%s: consumer: %w", Name, err)
@@ -124,7 +141,8 @@ func Start(ctx context.Context, nc *nats.Conn, js jetstream.JetStream, cfg Confi
 		return nil, fmt.Errorf("%s: %w", Name, err)
 	}
 	s.pool, err = worker.Start(js, cons, worker.Options{Function: Name, Workers: cfg.Workers, MaxAttempts: 100, Timeout: cfg.Timeout,
-		Key: func(m jetstream.Msg) string { return m.Headers().Get(contract.HdrFrom) }}, s.log, s.apply)
+		Key:     func(m jetstream.Msg) string { return m.Headers().Get(contract.HdrFrom) },
+		Consume: []jetstream.PullConsumeOpt{jetstream.PullPriorityGroup(priorityGroup)}}, s.log, s.apply)
 	if err != nil {
 		_ = s.svc.Stop()
 		return nil, fmt.Errorf("%s: %w", Name, err)
@@ -197,9 +215,24 @@ func (s *Service) apply(ctx context.Context, m jetstream.Msg) error {
 	if media := h.Get(contract.HdrMedia); media != "" {
 		ch.Set(contract.HdrMedia, media)
 	}
-	if _, err := s.js.PublishMsg(ctx, &nats.Msg{Subject: contract.InboxSubject(from), Header: ch, Data: m.Data()}); err != nil {
-		return err
+	cp := &nats.Msg{Subject: contract.InboxSubject(from), Header: ch, Data: m.Data()}
+	for attempt := 1; ; attempt++ {
+		_, err = s.js.PublishMsg(ctx, cp)
+		var api *jetstream.APIError
+		switch {
+		case err == nil:
+			s.copied.Add(1)
+			return nil
+		case errors.As(err, &api) && api.Code < 500:
+			return worker.Permanent(err) // refused for what it is: dead-lettered
+		}
+		// Tried again here, not handed back, so the sender's next
+		// message waits for it and the copies keep their order.
+		_ = m.InProgress()
+		select {
+		case <-ctx.Done():
+			return err
+		case <-time.After(worker.Backoff(attempt, 50*time.Millisecond, time.Second)):
+		}
 	}
-	s.copied.Add(1)
-	return nil
 }

@@ -143,7 +143,46 @@ func TestKilledMidStreamEachCopyOnce(t *testing.T) {
 			t.Fatalf("copy %s names seq %d, the original is at %d", id, sent[id], want[id])
 		}
 	}
+	inOrder := true
+	for i := 1; i < len(ids); i++ {
+		if want[ids[i]] < want[ids[i-1]] {
+			inOrder = false
+			t.Logf("copy %s stored after %s", ids[i], ids[i-1])
+		}
+	}
+	t.Logf("copies in the originals' order across the kill: %v", inOrder)
 	if ids, _ := copies(t, n, "carol"); len(ids) != 0 {
 		t.Fatalf("carol's copies %v, want none: her tablet joined after them", ids)
+	}
+}
+
+// Two instances running at once: the durable is pinned to one, so one
+// sender's copies are never made by both at once and keep the originals'
+// order.
+func TestTwoInstancesKeepASendersOrder(t *testing.T) {
+	n := tk.StartStreams(t, t.TempDir())
+	a, b := tk.StartSync(t, n), tk.StartSync(t, n)
+	register(t, n, "alice", map[string]uint64{"phone": 0, "laptop": 1})
+	const total = 300
+	want := map[string]uint64{}
+	for i := range total {
+		id := fmt.Sprintf("m%03d", i)
+		want[id] = store(t, n, "alice", "phone", fmt.Sprintf("u%d", i%7), id)
+	}
+	tk.WaitFor(t, wait, func() error {
+		if ids, _ := copies(t, n, "alice"); len(ids) < total {
+			return tk.Errorf("%d copies of %d", len(ids), total)
+		}
+		return nil
+	})
+	ids, _ := copies(t, n, "alice")
+	for i := 1; i < len(ids); i++ {
+		if want[ids[i]] < want[ids[i-1]] {
+			t.Fatalf("copy %s stored after %s", ids[i], ids[i-1])
+		}
+	}
+	ca, cb := a.Service.Stats().Copied, b.Service.Stats().Copied
+	if ca+cb != total || (ca != 0 && cb != 0) {
+		t.Fatalf("copies made: %d and %d, want all %d by one pinned instance", ca, cb, total)
 	}
 }

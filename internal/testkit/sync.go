@@ -36,6 +36,7 @@ func StartSync(t testing.TB, n *NATS) *Sync {
 	defer cancel()
 	cfg := devsync.DefaultConfig()
 	cfg.AckWait = FunctionAckWait
+	cfg.PinnedTTL = FunctionAckWait + time.Second
 	s := &Sync{Conn: nc}
 	if s.Service, err = devsync.Start(ctx, nc, js, cfg, Logger(t)); err != nil {
 		t.Fatal(err)
