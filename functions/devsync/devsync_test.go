@@ -18,7 +18,7 @@ const wait = 20 * time.Second
 
 // register writes user's DEVICES record with devices that joined at
 // start (0: the first device, everything).
-func register(t *testing.T, n *tk.NATS, user string, devices map[string]uint64) {
+func register(t testing.TB, n *tk.NATS, user string, devices map[string]uint64) {
 	t.Helper()
 	ctx := context.Background()
 	kv, err := n.JS.KeyValue(ctx, contract.DevicesKV)
@@ -40,7 +40,7 @@ func register(t *testing.T, n *tk.NATS, user string, devices map[string]uint64) 
 }
 
 // store stores a chat message as a gateway does: from on device to `to`.
-func store(t *testing.T, n *tk.NATS, from, device, to, id string) uint64 {
+func store(t testing.TB, n *tk.NATS, from, device, to, id string) uint64 {
 	t.Helper()
 	m := &nats.Msg{Subject: contract.InboxSubject(to), Data: []byte(`"hi"`), Header: nats.Header{
 		contract.HdrMsgID:  {contract.MsgDedupID(from, id)},
