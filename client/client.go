@@ -145,6 +145,13 @@ type Message struct {
 	// Body. A system message's ID is unique within the group only.
 	Group string
 	Event *protocol.GroupEvent
+	// To is set on a message this user sent from another device (From is
+	// this user, Device that device): whom it went to. SentSeq is where it
+	// is stored, the seq its receipts name; its ticks reach this device as
+	// Receipts too. A group message this user sent from another device has
+	// Group and no To.
+	To      string
+	SentSeq uint64
 }
 
 // Receipt reports that By (on Device) received or read message ID.
@@ -181,6 +188,7 @@ type Client struct {
 	opts   Options
 	msgs   chan Message
 	rcpt   chan Receipt
+	rsync  chan ReadSync
 	typing chan Typing
 
 	presence      chan Presence
@@ -250,6 +258,7 @@ func dialWith(ctx context.Context, opts Options, h hooks) (*Client, error) {
 		hooks:  h,
 		msgs:   make(chan Message, opts.Buffer),
 		rcpt:   make(chan Receipt, opts.Buffer),
+		rsync:  make(chan ReadSync, opts.Buffer),
 		typing: make(chan Typing, 64),
 		ob:     newOutbox(),
 
@@ -513,12 +522,15 @@ func (c *Client) handle(conn *websocket.Conn, f *protocol.Frame) error {
 			return err
 		}
 		m := Message{ID: f.ID, From: f.From, Device: f.Device, Seq: f.Seq, TS: time.UnixMilli(f.TS), Body: f.Body, Media: f.Media,
-			Group: f.Group, Event: f.Event}
+			Group: f.Group, Event: f.Event, To: f.To, SentSeq: f.SentSeq}
 		select {
 		case c.msgs <- m:
 		case <-c.ctx.Done():
 			return ErrClosed
 		}
+		return c.ownTicks(f)
+	case protocol.TypeReadSync:
+		return c.onReadSync(conn, f)
 	case protocol.TypeReceipt:
 		// One frame covers many messages: each tick goes to the app once
 		// per message, and never goes back.

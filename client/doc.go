@@ -48,6 +48,17 @@
 // written before the error frame arrived can do so. An app that needs no
 // exception at all waits for each "sent" before the next Send.
 //
+// # Every device of a user
+//
+// A message this user sent from another device arrives on Messages with To
+// (whom it went to) and SentSeq (where it is stored): deduped like any
+// other, and its ticks arrive on Receipts here too, as on the device that
+// sent it, with Seq = SentSeq. A read made on another device arrives on
+// ReadSyncs: the conversation with Peer is read up to Seq (a watermark,
+// acked by the client). With a Store, both are recorded: the message as
+// this user's own in the conversation with To, the read as that
+// conversation's read watermark.
+//
 // # Groups
 //
 // SendGroup stores a message once in a group's log, for its members; it

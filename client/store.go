@@ -107,10 +107,15 @@ func (c *Client) storeMsg(conn *websocket.Conn, f *protocol.Frame, key string) (
 	if c.opts.Store == nil || f.Group != "" {
 		return false, nil
 	}
-	seen, err := c.opts.Store.Received(localstore.Message{
-		Conv: f.From, From: f.From, Device: f.Device, ID: f.ID, Seq: f.Seq,
-		TS: time.UnixMilli(f.TS), Body: f.Body, Media: f.Media,
-	})
+	var seen localstore.Seen
+	if f.To != "" {
+		seen, err = c.opts.Store.ReceivedOwn(ownMessage(f))
+	} else {
+		seen, err = c.opts.Store.Received(localstore.Message{
+			Conv: f.From, From: f.From, Device: f.Device, ID: f.ID, Seq: f.Seq,
+			TS: time.UnixMilli(f.TS), Body: f.Body, Media: f.Media,
+		})
+	}
 	if err != nil {
 		c.mu.Lock()
 		c.seenMsg.remove(key)

@@ -49,7 +49,7 @@ func (s *session) status(seq uint64, group string) {
 		defer cancel()
 		rm, err := s.srv.inbox.GetMsg(ctx, seq)
 		if err != nil || rm.Header.Get(contract.HdrKind) != contract.KindMsg || rm.Header.Get(contract.HdrFrom) != s.id.User ||
-			rm.Header.Get(contract.HdrGroup) != "" {
+			rm.Header.Get(contract.HdrGroup) != "" || rm.Header.Get(contract.HdrTo) != "" {
 			s.sendError(protocol.ErrUnknownSeq, "you sent no message with this seq", "", seq, 0)
 			return
 		}
@@ -93,6 +93,9 @@ func (s *session) read(seq uint64) {
 			case contract.KindMsg, contract.KindEvent:
 				return // a group copy: taken, and it changes nothing yet
 			}
+		}
+		if err == nil && rm.Subject == contract.InboxSubject(s.id.User) && contract.IsOwnCopy(s.id.User, rm.Header) {
+			return // this user's own message: taken, and it changes nothing
 		}
 		if err != nil || rm.Subject != contract.InboxSubject(s.id.User) || rm.Header.Get(contract.HdrKind) != contract.KindMsg {
 			s.sendError(protocol.ErrUnknownSeq, "no message to you with this seq", "", seq, 0)

@@ -35,7 +35,8 @@
 // same seam: Server-Sent Events on a GET for the server's frames, POSTs
 // for the client's, which take the read loop's turn). A session: session.go (the device: start, kicks,
 // frames, stop) and its parts, each a type owning its state and its one
-// lock: feed.go (delivery: live copies, stream reads, settling),
+// lock: feed.go (delivery: live copies, stream reads, settling; own.go:
+// the user's own messages and read_sync markers from their other devices),
 // cursor.go (the device's cursor), pubqueue.go (writes awaiting their
 // PubAcks: sends in order, one at a time, published again when refused or
 // lost), ticks.go (the delivered ticks of acked stretches), lease.go (the presence lease and the loop that

@@ -413,6 +413,10 @@ func (f *feed) take(seq uint64, h nats.Header, data []byte) {
 	var frame []byte
 	p := pendingMsg{from: from}
 	group := h.Get(contract.HdrGroup)
+	if f.fromThisDevice(h) {
+		f.pass(seq) // its own message, or its own read: the device has it
+		return
+	}
 	switch kind := h.Get(contract.HdrKind); {
 	case group != "" && !protocol.ValidID(group):
 		// Malformed: skipped below.
@@ -424,6 +428,11 @@ func (f *feed) take(seq uint64, h nats.Header, data []byte) {
 			frame = protocol.AppendGroupEvent(nil, id, from, dev, group, seq, ts, data)
 		}
 		p.group = true
+	case kind == contract.KindMsg && h.Get(contract.HdrTo) != "":
+		frame, p = f.ownMsgFrame(seq, ts, id, from, dev, h, data)
+	case kind == contract.KindReadSync:
+		id = "s" // a marker names no message: a position
+		frame, p = f.readSyncFrame(seq, ts, from, dev, h)
 	case kind == contract.KindMsg:
 		frame = protocol.AppendMsg(nil, id, from, dev, seq, ts, data, []byte(h.Get(contract.HdrMedia)))
 		p.region, p.origin = f.s.srv.regions.origin(h)

@@ -48,7 +48,7 @@ func TestProtocolDocMatchesRegistry(t *testing.T) {
 		t.Errorf("PROTOCOL.md documents close code %s that the registry lacks", code)
 	}
 
-	for _, typ := range []string{TypeSend, TypeAck, TypeRead, TypeWelcome, TypeSent, TypeMsg, TypeReceipt, TypeError, TypeTyping, TypeGroup} {
+	for _, typ := range []string{TypeSend, TypeAck, TypeRead, TypeWelcome, TypeSent, TypeMsg, TypeReceipt, TypeError, TypeTyping, TypeGroup, TypeReadSync} {
 		if !strings.Contains(doc, "**"+typ+"**") {
 			t.Errorf("PROTOCOL.md does not describe frame %q", typ)
 		}

@@ -108,6 +108,13 @@ type Frame struct {
 	FromSeq uint64 `json:"from_seq,omitempty"`
 	ToSeq   uint64 `json:"to_seq,omitempty"`
 
+	// On a msg this user sent from another device, To is whom it went to
+	// and SentSeq where it is stored (the seq of its sent frame, which its
+	// receipts name). On a read_sync frame, Peer is the user whose
+	// messages this user read, up to ToSeq, on Device.
+	SentSeq uint64 `json:"sent_seq,omitempty"`
+	Peer    string `json:"peer,omitempty"`
+
 	// Code and Message describe an error; RetryMS hints when to resend.
 	Code    ErrorCode `json:"code,omitempty"`
 	Message string    `json:"message,omitempty"`

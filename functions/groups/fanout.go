@@ -166,6 +166,18 @@ func (p *partition) apply(m jetstream.Msg, seq uint64) error {
 			}
 		}
 		src := m.Headers()
+		// The sender's own copy, for their other devices (the gateway
+		// skips it on the device that sent it): only for a sender who
+		// has another.
+		ctx, cancel := context.WithTimeout(s.ctx, s.cfg.Timeout)
+		other, err := contract.OtherDevice(ctx, s.devices, time.Time{}, from, src.Get(contract.HdrDevice), 0)
+		cancel()
+		if err != nil {
+			return err
+		}
+		if other {
+			to = append(to, from)
+		}
 		h := func(member string) nats.Header {
 			return nats.Header{
 				contract.HdrMsgID:    {contract.GroupCopyDedupID(gid, seq, member)},

@@ -23,7 +23,8 @@
 //     message at a time, so each group's log is handled in stream order
 //     while the 16 partitions run at once. For a chat message at S the
 //     function stores a copy in the inbox of every member as of S but the
-//     sender; for an event, a system message to every member after the
+//     sender (and in the sender's too when the sender has another device,
+//     for that device); for an event, a system message to every member after the
 //     change, to those it removed, and to the actor. A message from a
 //     sender who was not a member at S is dropped. Copies are published
 //     asynchronously, a bounded number in flight per partition, and the
@@ -110,8 +111,10 @@ type Service struct {
 	nc   *nats.Conn
 	js   jetstream.JetStream // publishes copies and events, paced per partition
 	info jetstream.KeyValue
-	cfg  Config
-	log  *slog.Logger
+	// devices is DEVICES: a sender with another device gets a copy too.
+	devices jetstream.KeyValue
+	cfg     Config
+	log     *slog.Logger
 
 	svc   micro.Service
 	locks [lockStripes]sync.Mutex // a group's decisions, one at a time per instance
@@ -146,6 +149,9 @@ func Start(ctx context.Context, nc *nats.Conn, js jetstream.JetStream, cfg Confi
 		return nil, fmt.Errorf("groups: %w", err)
 	}
 	if s.info, err = js.KeyValue(ctx, contract.GroupInfoKV); err != nil {
+		return nil, fmt.Errorf("groups: %w", err)
+	}
+	if s.devices, err = js.KeyValue(ctx, contract.DevicesKV); err != nil {
 		return nil, fmt.Errorf("groups: %w", err)
 	}
 	cons := make([]jetstream.Consumer, contract.GroupPartitions)

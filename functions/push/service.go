@@ -241,6 +241,13 @@ func (s *Service) handle(m jetstream.Msg) {
 	h := m.Headers()
 	switch h.Get(contract.HdrKind) {
 	case contract.KindMsg:
+		if contract.IsOwnCopy(lastToken(m.Subject()), h) {
+			// The user's own message, for their other devices: it
+			// wakes nobody.
+			s.counters.ignored.Add(1)
+			_ = m.Ack()
+			return
+		}
 	case "":
 		n := Notification{User: lastToken(m.Subject()), MessageID: h.Get(contract.HdrID), From: h.Get(contract.HdrFrom), Seq: meta.Sequence.Stream}
 		s.reject(m, meta, n, fmt.Errorf("%w: missing %s header", ErrMalformed, contract.HdrKind))

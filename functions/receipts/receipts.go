@@ -380,6 +380,11 @@ func (s *Service) handleRead(ctx context.Context, r micro.Request) error {
 			s.hidden.Add(1)
 		}
 	}
+	if at < req.Seq {
+		if err := s.syncRead(ctx, req); err != nil { // before the position, as the receipt
+			return err
+		}
+	}
 	if _, err := contract.Swap(ctx, s.reads, key, func(cur []byte, _ uint64) ([]byte, error) {
 		if n, _ := strconv.ParseUint(string(cur), 10, 64); n >= req.Seq {
 			return nil, nil // read this far already: a position never goes back

@@ -37,6 +37,8 @@ type Options struct {
 	// goroutine, so an instance applies them in stream order (events about
 	// one message, say). Without it any goroutine takes any message.
 	Key func(jetstream.Msg) string
+	// Consume are further options of the pull (a priority group, say).
+	Consume []jetstream.PullConsumeOpt
 }
 
 // Handler applies one message. nil acks it. An error marked Permanent
@@ -88,7 +90,7 @@ func Start(js jetstream.JetStream, cons jetstream.Consumer, o Options, log *slog
 		p.wg.Add(1)
 		go p.run(p.work[i%queues])
 	}
-	cc, err := cons.Consume(p.dispatch, jetstream.PullMaxMessages(2*o.Workers))
+	cc, err := cons.Consume(p.dispatch, append([]jetstream.PullConsumeOpt{jetstream.PullMaxMessages(2 * o.Workers)}, o.Consume...)...)
 	if err != nil {
 		close(p.quit)
 		p.wg.Wait()

@@ -47,13 +47,16 @@ const (
 	// Groups keeps groups' membership and fans their messages out to the
 	// members' inboxes.
 	Groups Role = "groups"
+	// Sync copies each 1:1 message into its sender's own inbox, for the
+	// sender's other devices.
+	Sync Role = "sync"
 	// Operator is for the nats CLI, the load tool and setup (creating the
 	// streams): everything, as an administrator of the system.
 	Operator Role = "operator"
 )
 
 // Roles lists every role, components first.
-var Roles = []Role{Gateway, Receipts, Presence, Push, Media, Groups, Operator}
+var Roles = []Role{Gateway, Receipts, Presence, Push, Media, Groups, Sync, Operator}
 
 // InboxPrefix is the prefix of a role's reply subjects. Each role may
 // subscribe only under its own, so no component reads another's replies
@@ -173,7 +176,7 @@ func For(r Role) Rules {
 		for p := range contract.GroupPartitions {
 			cons = append(cons, consumer(contract.GroupsStream, contract.GroupsDurable(p))...)
 		}
-		read := []string{contract.GroupsStream, kvStream(contract.GroupInfoKV)}
+		read := []string{contract.GroupsStream, kvStream(contract.GroupInfoKV), kvStream(contract.DevicesKV)}
 		return Rules{
 			Publish: join(
 				[]string{groupEvents, contract.InboxPrefix + "*", kvSubject(contract.GroupInfoKV) + "*", contract.DLQPrefix + string(r) + ".>"},
@@ -184,6 +187,12 @@ func For(r Role) Rules {
 			Subscribe: []string{subjFn + string(r) + ".>", subjMicro, InboxPrefix(r) + ".>"},
 			Respond:   true,
 		}
+	case Sync:
+		// Its durable on INBOX, the copies into senders' own inboxes,
+		// and the senders' devices, to copy only for a user with another.
+		return function(r, contract.Inbox,
+			[]string{contract.InboxPrefix + "*"},
+			[]string{kvStream(contract.DevicesKV)})
 	case Operator:
 		return Rules{Publish: []string{">"}, Subscribe: []string{">"}, Respond: true}
 	}

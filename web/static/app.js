@@ -214,15 +214,18 @@ function onMessage(m) {
     onGroupMessage(m);
     return;
   }
-  const list = chat(m.from);
+  // One of this user's own messages, sent from another device, has `to`:
+  // it belongs to the chat with its recipient.
+  const peer = m.to || m.from;
+  const list = chat(peer);
   if (!list.some((x) => x.from === m.from && x.id === m.id)) {
-    list.push({ id: m.id, from: m.from, to: me.user, seq: m.seq, ts: m.ts, body: m.body, media: m.media });
+    list.push({ id: m.id, from: m.from, to: m.to || me.user, seq: m.seq, ts: m.ts, body: m.body, media: m.media });
     save();
-    addContact(m.from);
+    addContact(peer);
   }
   sb.ack(m.seq); // stored on this device: now it counts as delivered
-  typingUntil.delete(m.from + '\0' + m.from);
-  if (m.from === open) {
+  if (!m.to) typingUntil.delete(m.from + '\0' + m.from);
+  if (peer === open) {
     appendMessage(list.at(-1));
     renderPeerStatus();
     markRead();

@@ -70,7 +70,12 @@
  *
  * Receiving (events, with `on(type, fn)`, which returns a function that
  * removes the listener):
- *   'message'  {id, from, device, seq, ts, body, media, group, event}:
+ *   'message'  {id, from, device, seq, ts, body, media, group, event, to,
+ *              sentSeq}: to is set on a message this user sent from
+ *              another device (from is this user, device that device):
+ *              whom it went to; sentSeq is where it is stored, the seq its
+ *              receipts name, and its ticks come as 'receipt' events here
+ *              too. Like the others:
  *              each message once; group is set on a group's messages, and
  *              a group's system message has event ({op, users, name,
  *              promoted}) instead of a body; redeliveries after a reconnect
@@ -86,6 +91,9 @@
  *              them into messages by the seqs of its own sends. trackSent()
  *              adds sends the app remembers from an earlier page load.
  *              Receipts are acked here.
+ *   'read_sync' {peer, device, seq}: this user read peer's messages up to
+ *              seq on another device: mark the chat read up to there (a
+ *              watermark; ignore a lower one). Acked here.
  *   'typing'   {from, device, group}: show it for about 5 s; group is
  *              set when from is typing in that group.
  *   'presence' {user, online, lastSeen, hidden} for users followed with
@@ -741,9 +749,19 @@ export class Client {
           id: f.id, from: f.from, device: f.device, seq: f.seq, ts: f.ts,
           body: f.body === undefined ? null : f.body, media: f.media ?? null,
           group: f.group ?? '', event: f.event ?? null,
+          to: f.to ?? '', sentSeq: f.sent_seq ?? 0,
         });
+        if (f.to && f.sent_seq) {
+          // Sent by this user from another device: its ticks are ours too.
+          const early = this.#ticks.sent(f.to, f.id, f.sent_seq);
+          if (early) this.#emit('receipt', { id: f.id, status: early, by: f.to, device: '', ts: Date.now(), seq: f.sent_seq });
+        }
         break;
       }
+      case 'read_sync':
+        this.#emit('read_sync', { peer: f.peer, device: f.device, seq: f.to_seq, ts: f.ts });
+        this.#write({ type: 'ack', seq: f.seq });
+        break;
       case 'receipt':
         for (const m of this.#ticks.apply(f)) {
           this.#emit('receipt', { id: m.id, status: f.status, by: f.by, device: f.device, ts: f.ts, seq: m.seq });

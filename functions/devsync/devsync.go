@@ -1,0 +1,238 @@
+// Package devsync is the sync worker function: it gives a user's other
+// devices the messages the user sent from one of them.
+//
+// A 1:1 message is stored in the recipient's inbox only. This function
+// reads INBOX through one durable consumer (every instance shares it) and,
+// for each chat message that is neither a group copy nor itself a copy,
+// stores a copy in the sender's own inbox (contract.HdrTo names the
+// recipient, contract.HdrSentSeq where the original is stored, the seq its
+// sent frame and receipts name). Every device of the sender reads its
+// inbox, so the copy reaches each of them in that inbox's order, online or
+// later, through the same cursors, gap fills and sweeps as any message,
+// and the sender's ticks, which already land in that inbox, reach them
+// too. The gateway does not hand the copy to the device that sent it.
+//
+// A copy is made only when the sender has another device that is to get
+// it: one that joined at or before the original was stored (a device
+// added later starts from when it joined, as for any message). A user
+// with one device costs one DEVICES read per message and no stored write.
+//
+// Crash safety: a message is acked only once its copy is stored, and the
+// copy's Nats-Msg-Id is the sender and the client's id
+// (contract.OwnCopyDedupID), so a message an instance dies with comes
+// again to another and its copy is stored once (within INBOX's duplicate
+// window, longer than the ack wait).
+//
+// Order: the durable is pinned to one instance at a time (a priority
+// group; the others stand by and take over once it stops pulling), which
+// applies one sender's messages one at a time in the order the durable
+// hands them over (the pool's key is the sender), retrying a failed copy
+// in place, so a sender's copies are stored in the order of the originals.
+// A copy that keeps failing for the whole timeout is handed back and can
+// land after the next one; after an instance dies, its unacked messages
+// come again to the next and can land after newer ones. Each copy names
+// its original's seq.
+package devsync
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"strconv"
+	"strings"
+	"sync/atomic"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+	"github.com/nats-io/nats.go/micro"
+
+	"github.com/switchboard-im/switchboard/contract"
+	"github.com/switchboard-im/switchboard/functions/worker"
+	"github.com/switchboard-im/switchboard/protocol"
+	"github.com/switchboard-im/switchboard/streams"
+)
+
+// Version is the micro service version.
+const Version = "1.0.0"
+
+// Name is the function's name: its role, durable and dead-letter prefix.
+const Name = "sync"
+
+// priorityGroup is the durable's one priority group: the server hands its
+// messages to one instance at a time (pinned), so two instances never
+// copy one sender's messages at once.
+const priorityGroup = "sync"
+
+// Config tunes an instance.
+type Config struct {
+	// Workers is how many senders' messages an instance copies at once.
+	Workers int
+	// AckWait overrides the durable's ack wait when set: how long a
+	// message an instance dies with waits before another gets it.
+	AckWait time.Duration
+	// PinnedTTL overrides how long the durable stays pinned to an
+	// instance that stopped pulling before another takes over; it must
+	// outlast the ack wait.
+	PinnedTTL time.Duration
+	// Timeout bounds one copy.
+	Timeout time.Duration
+}
+
+// DefaultConfig is what the binary runs with.
+func DefaultConfig() Config { return Config{Workers: 32, Timeout: 10 * time.Second} }
+
+// Service is one running instance.
+type Service struct {
+	js      jetstream.JetStream
+	devices jetstream.KeyValue
+	created time.Time // when INBOX was created
+	log     *slog.Logger
+	svc     micro.Service
+	pool    *worker.Pool
+
+	copied, single, ignored atomic.Int64
+}
+
+// Start binds the durable consumer `sync` on INBOX and a micro service
+// (for nats micro ls and stats) and begins copying. The streams and
+// buckets must exist.
+func Start(ctx context.Context, nc *nats.Conn, js jetstream.JetStream, cfg Config, log *slog.Logger) (*Service, error) {
+	if cfg.Workers <= 0 {
+		return nil, fmt.Errorf("%s: workers must be positive", Name)
+	}
+	if cfg.Timeout <= 0 {
+		cfg.Timeout = 10 * time.Second
+	}
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	s := &Service{js: js, log: log.With("function", Name)}
+	inbox, err := js.Stream(ctx, contract.Inbox)
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", Name, err)
+	}
+	s.created = inbox.CachedInfo().Created
+	if s.devices, err = js.KeyValue(ctx, contract.DevicesKV); err != nil {
+		return nil, fmt.Errorf("%s: %w", Name, err)
+	}
+	ccfg, err := streams.ConsumerConfig(Name)
+	if err != nil {
+		return nil, err
+	}
+	if cfg.AckWait > 0 {
+		ccfg.AckWait = cfg.AckWait
+	}
+	if cfg.PinnedTTL > 0 {
+		ccfg.PinnedTTL = cfg.PinnedTTL
+	}
+	cons, err := js.CreateOrUpdateConsumer(ctx, contract.Inbox, ccfg)
+	if err != nil {
+		return nil, fmt.Errorf("%s: consumer: %w", Name, err)
+	}
+	s.svc, err = micro.AddService(nc, micro.Config{
+		Name:         Name,
+		Version:      Version,
+		Description:  "Copies each 1:1 message into its sender's inbox, for the sender's other devices",
+		StatsHandler: func(*micro.Endpoint) any { return s.Stats() },
+	})
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", Name, err)
+	}
+	s.pool, err = worker.Start(js, cons, worker.Options{Function: Name, Workers: cfg.Workers, MaxAttempts: 100, Timeout: cfg.Timeout,
+		Key:     func(m jetstream.Msg) string { return m.Headers().Get(contract.HdrFrom) },
+		Consume: []jetstream.PullConsumeOpt{jetstream.PullPriorityGroup(priorityGroup)}}, s.log, s.apply)
+	if err != nil {
+		_ = s.svc.Stop()
+		return nil, fmt.Errorf("%s: %w", Name, err)
+	}
+	if err := nc.Flush(); err != nil {
+		s.Stop()
+		return nil, fmt.Errorf("%s: %w", Name, err)
+	}
+	return s, nil
+}
+
+// Stop stops pulling and finishes the copies under way; messages fetched
+// and not started are handed back for another instance.
+func (s *Service) Stop() {
+	s.pool.Stop()
+	_ = s.svc.Stop()
+}
+
+// Stats are an instance's counters: copies stored, messages whose sender
+// had no other device, and messages that needed no copy (receipts, group
+// copies, copies, notes to self).
+type Stats struct {
+	Copied  int64 `json:"copied"`
+	Single  int64 `json:"single_device"`
+	Ignored int64 `json:"ignored"`
+}
+
+// Stats returns the instance's counters.
+func (s *Service) Stats() Stats {
+	return Stats{Copied: s.copied.Load(), Single: s.single.Load(), Ignored: s.ignored.Load()}
+}
+
+// apply copies one INBOX message into its sender's inbox if it needs it.
+func (s *Service) apply(ctx context.Context, m jetstream.Msg) error {
+	h := m.Headers()
+	to := strings.TrimPrefix(m.Subject(), contract.InboxPrefix)
+	from, dev, id := h.Get(contract.HdrFrom), h.Get(contract.HdrDevice), h.Get(contract.HdrID)
+	switch {
+	case h.Get(contract.HdrKind) != contract.KindMsg, h.Get(contract.HdrGroup) != "", h.Get(contract.HdrTo) != "",
+		from == to, !protocol.ValidID(from), !protocol.ValidID(dev), !protocol.ValidID(id), !protocol.ValidID(to):
+		// Receipts, group copies (the groups function makes the
+		// sender's), copies, notes to self; and what the gateway would
+		// skip as malformed.
+		s.ignored.Add(1)
+		return nil
+	}
+	meta, err := m.Metadata()
+	if err != nil {
+		return worker.Permanent(err)
+	}
+	seq := meta.Sequence.Stream
+	other, err := contract.OtherDevice(ctx, s.devices, s.created, from, dev, seq)
+	if err != nil {
+		return err
+	}
+	if !other {
+		s.single.Add(1)
+		return nil
+	}
+	ch := nats.Header{
+		contract.HdrMsgID:   {contract.OwnCopyDedupID(from, id)},
+		contract.HdrKind:    {contract.KindMsg},
+		contract.HdrFrom:    {from},
+		contract.HdrDevice:  {dev},
+		contract.HdrID:      {id},
+		contract.HdrTS:      {h.Get(contract.HdrTS)},
+		contract.HdrTo:      {to},
+		contract.HdrSentSeq: {strconv.FormatUint(seq, 10)},
+	}
+	if media := h.Get(contract.HdrMedia); media != "" {
+		ch.Set(contract.HdrMedia, media)
+	}
+	cp := &nats.Msg{Subject: contract.InboxSubject(from), Header: ch, Data: m.Data()}
+	for attempt := 1; ; attempt++ {
+		_, err = s.js.PublishMsg(ctx, cp)
+		var api *jetstream.APIError
+		switch {
+		case err == nil:
+			s.copied.Add(1)
+			return nil
+		case errors.As(err, &api) && api.Code < 500:
+			return worker.Permanent(err) // refused for what it is: dead-lettered
+		}
+		// Tried again here, not handed back, so the sender's next
+		// message waits for it and the copies keep their order.
+		_ = m.InProgress()
+		select {
+		case <-ctx.Done():
+			return err
+		case <-time.After(worker.Backoff(attempt, 50*time.Millisecond, time.Second)):
+		}
+	}
+}

@@ -1,0 +1,188 @@
+package devsync_test
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"strconv"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats.go"
+
+	"github.com/switchboard-im/switchboard/contract"
+	tk "github.com/switchboard-im/switchboard/internal/testkit"
+)
+
+const wait = 20 * time.Second
+
+// register writes user's DEVICES record with devices that joined at
+// start (0: the first device, everything).
+func register(t testing.TB, n *tk.NATS, user string, devices map[string]uint64) {
+	t.Helper()
+	ctx := context.Background()
+	kv, err := n.JS.KeyValue(ctx, contract.DevicesKV)
+	if err != nil {
+		t.Fatal(err)
+	}
+	inbox, err := n.JS.Stream(ctx, contract.Inbox)
+	if err != nil {
+		t.Fatal(err)
+	}
+	rec := contract.Devices{Devices: map[string]*contract.Device{}}
+	for d, start := range devices {
+		rec.Devices[d] = &contract.Device{Joined: time.Now(), Start: start, Stream: inbox.CachedInfo().Created}
+	}
+	b, _ := json.Marshal(rec)
+	if _, err := kv.Put(ctx, user, b); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// store stores a chat message as a gateway does: from on device to `to`.
+func store(t testing.TB, n *tk.NATS, from, device, to, id string) uint64 {
+	t.Helper()
+	m := &nats.Msg{Subject: contract.InboxSubject(to), Data: []byte(`"hi"`), Header: nats.Header{
+		contract.HdrMsgID:  {contract.MsgDedupID(from, id)},
+		contract.HdrKind:   {contract.KindMsg},
+		contract.HdrFrom:   {from},
+		contract.HdrDevice: {device},
+		contract.HdrID:     {id},
+		contract.HdrTS:     {strconv.FormatInt(time.Now().UnixMilli(), 10)},
+	}}
+	ack, err := n.JS.PublishMsg(context.Background(), m)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return ack.Sequence
+}
+
+// copies returns the own copies in user's inbox, by client id, in stored
+// order.
+func copies(t *testing.T, n *tk.NATS, user string) (ids []string, sent map[string]uint64) {
+	t.Helper()
+	sent = map[string]uint64{}
+	tk.CountInbox(t, n.JS, user, func(h nats.Header) bool {
+		if h.Get(contract.HdrTo) != "" {
+			ids = append(ids, h.Get(contract.HdrID))
+			sent[h.Get(contract.HdrID)], _ = strconv.ParseUint(h.Get(contract.HdrSentSeq), 10, 64)
+		}
+		return false
+	})
+	return ids, sent
+}
+
+// An instance stopped as a crash would (its connection cut) mid-stream,
+// and another started: every copy is stored once, nothing is lost, and
+// a sender with one device, or messages from before a device joined, cost
+// none.
+func TestKilledMidStreamEachCopyOnce(t *testing.T) {
+	n := tk.StartStreams(t, t.TempDir())
+	a := tk.StartSync(t, n)
+	// alice: a phone, and a laptop that joined at seq 1 (before anything);
+	// bob: one device; carol: a second device that joins later.
+	register(t, n, "alice", map[string]uint64{"phone": 0, "laptop": 1})
+	register(t, n, "bob", map[string]uint64{"phone": 0})
+	register(t, n, "carol", map[string]uint64{"phone": 0, "tablet": 1 << 40})
+
+	const total = 400
+	want := map[string]uint64{}
+	for i := range total {
+		id := fmt.Sprintf("m%03d", i)
+		want[id] = store(t, n, "alice", "phone", "bob", id)
+		store(t, n, "bob", "phone", "alice", id)   // one device: no copy
+		store(t, n, "carol", "phone", "alice", id) // the tablet joins later: no copy
+		if i == total/4 {
+			// Kill the first instance once it has copied some.
+			tk.WaitFor(t, wait, func() error {
+				if c := a.Service.Stats().Copied; c == 0 {
+					return tk.Errorf("nothing copied yet")
+				}
+				return nil
+			})
+			a.Kill()
+			tk.StartSync(t, n)
+		}
+	}
+	tk.WaitFor(t, wait, func() error {
+		if ids, _ := copies(t, n, "alice"); len(ids) < total {
+			return tk.Errorf("%d copies of %d", len(ids), total)
+		}
+		return nil
+	})
+	// Nothing left to copy: the durable has handed out and had acked
+	// every message, so a copy still to come cannot be.
+	tk.WaitFor(t, wait, func() error {
+		cons, err := n.JS.Consumer(context.Background(), contract.Inbox, "sync")
+		if err != nil {
+			return err
+		}
+		info, err := cons.Info(context.Background())
+		if err != nil {
+			return err
+		}
+		if info.NumPending > 0 || info.NumAckPending > 0 {
+			return tk.Errorf("sync durable: %d pending, %d unacked", info.NumPending, info.NumAckPending)
+		}
+		return nil
+	})
+	if ids, _ := copies(t, n, "bob"); len(ids) != 0 {
+		t.Fatalf("bob's copies %v, want none: he has one device", ids)
+	}
+	ids, sent := copies(t, n, "alice")
+	if len(ids) != total {
+		t.Fatalf("%d copies in alice's inbox, want %d", len(ids), total)
+	}
+	seen := map[string]bool{}
+	for _, id := range ids {
+		if seen[id] {
+			t.Fatalf("copy %s stored twice", id)
+		}
+		seen[id] = true
+		if sent[id] != want[id] {
+			t.Fatalf("copy %s names seq %d, the original is at %d", id, sent[id], want[id])
+		}
+	}
+	inOrder := true
+	for i := 1; i < len(ids); i++ {
+		if want[ids[i]] < want[ids[i-1]] {
+			inOrder = false
+			t.Logf("copy %s stored after %s", ids[i], ids[i-1])
+		}
+	}
+	t.Logf("copies in the originals' order across the kill: %v", inOrder)
+	if ids, _ := copies(t, n, "carol"); len(ids) != 0 {
+		t.Fatalf("carol's copies %v, want none: her tablet joined after them", ids)
+	}
+}
+
+// Two instances running at once: the durable is pinned to one, so one
+// sender's copies are never made by both at once and keep the originals'
+// order.
+func TestTwoInstancesKeepASendersOrder(t *testing.T) {
+	n := tk.StartStreams(t, t.TempDir())
+	a, b := tk.StartSync(t, n), tk.StartSync(t, n)
+	register(t, n, "alice", map[string]uint64{"phone": 0, "laptop": 1})
+	const total = 300
+	want := map[string]uint64{}
+	for i := range total {
+		id := fmt.Sprintf("m%03d", i)
+		want[id] = store(t, n, "alice", "phone", fmt.Sprintf("u%d", i%7), id)
+	}
+	tk.WaitFor(t, wait, func() error {
+		if ids, _ := copies(t, n, "alice"); len(ids) < total {
+			return tk.Errorf("%d copies of %d", len(ids), total)
+		}
+		return nil
+	})
+	ids, _ := copies(t, n, "alice")
+	for i := 1; i < len(ids); i++ {
+		if want[ids[i]] < want[ids[i-1]] {
+			t.Fatalf("copy %s stored after %s", ids[i], ids[i-1])
+		}
+	}
+	ca, cb := a.Service.Stats().Copied, b.Service.Stats().Copied
+	if ca+cb != total || (ca != 0 && cb != 0) {
+		t.Fatalf("copies made: %d and %d, want all %d by one pinned instance", ca, cb, total)
+	}
+}

@@ -1,0 +1,52 @@
+package protocol
+
+import "strconv"
+
+// TypeReadSync is a server frame: this user read a conversation up to a
+// point on another device of theirs.
+const TypeReadSync = "read_sync"
+
+// AppendOwnMsg appends a msg frame for a message this user sent from
+// device (another of theirs) to user to: it is stored in to's inbox at
+// sentSeq, and its copy for this user's devices at seq. media, when not
+// empty, is a media reference as stored.
+func AppendOwnMsg(b []byte, id, from, device, to string, seq, sentSeq uint64, ts int64, body, media []byte) []byte {
+	b = append(b, `{"type":"msg","id":"`...)
+	b = append(b, id...)
+	b = append(b, `","from":"`...)
+	b = append(b, from...)
+	b = append(b, `","device":"`...)
+	b = append(b, device...)
+	b = append(b, `","to":"`...)
+	b = append(b, to...)
+	b = append(b, `","seq":`...)
+	b = strconv.AppendUint(b, seq, 10)
+	b = append(b, `,"sent_seq":`...)
+	b = strconv.AppendUint(b, sentSeq, 10)
+	b = append(b, `,"ts":`...)
+	b = strconv.AppendInt(b, ts, 10)
+	if len(media) > 0 {
+		b = append(b, `,"media":`...)
+		b = append(b, media...)
+	}
+	b = append(b, `,"body":`...)
+	b = append(b, body...)
+	return append(b, '}')
+}
+
+// AppendReadSync appends a read_sync frame: this user, on device, read
+// peer's messages up to toSeq (a seq of this user's inbox); seq is the
+// frame's own sequence, which the client acks.
+func AppendReadSync(b []byte, peer, device string, toSeq, seq uint64, ts int64) []byte {
+	b = append(b, `{"type":"read_sync","peer":"`...)
+	b = append(b, peer...)
+	b = append(b, `","device":"`...)
+	b = append(b, device...)
+	b = append(b, `","to_seq":`...)
+	b = strconv.AppendUint(b, toSeq, 10)
+	b = append(b, `,"seq":`...)
+	b = strconv.AppendUint(b, seq, 10)
+	b = append(b, `,"ts":`...)
+	b = strconv.AppendInt(b, ts, 10)
+	return append(b, '}')
+}
