@@ -389,7 +389,8 @@ func TestGroupTypingReachesMembers(t *testing.T) {
 }
 
 // What the wire refuses about groups: media in a group send, a status
-// about a group message, typing to a user and a group at once.
+// about a group message naming another group, typing to a user and a
+// group at once.
 func TestGroupFramesTheGatewayRefuses(t *testing.T) {
 	n := tk.StartNATS(t)
 	g := tk.StartGateway(t, n, tk.TestConfig())
@@ -407,7 +408,9 @@ func TestGroupFramesTheGatewayRefuses(t *testing.T) {
 	if f.Type != protocol.TypeSent || f.ID != "g1" || f.Seq == 0 {
 		t.Fatalf("got %+v, want sent for g1", *f)
 	}
-	alice.write(fmt.Sprintf(`{"type":"status","seq":%d,"group":"friends"}`, f.Seq))
+	// A status names the group the message was sent in: another group's
+	// is unknown_seq.
+	alice.write(fmt.Sprintf(`{"type":"status","seq":%d,"group":"others"}`, f.Seq))
 	alice.expectError(protocol.ErrUnknownSeq, "", f.Seq)
 	alice.write(`{"type":"typing","to":"bob","group":"friends"}`)
 	alice.expectError(protocol.ErrBadField, "", 0)
