@@ -23,10 +23,10 @@ package receipts
 // a request reads the aggregate and the witnesses' records (a few gets),
 // and only when a witness has moved past what was told, or the group's
 // membership changed, reads every member's position again (one batched
-// direct get, multi_last over <group>.*) and recomputes. The witness
-// chosen among the members at the lowest position is the one whose record
-// changed longest ago (an offline member, typically), so a group with a
-// member away recomputes nothing until that member comes back.
+// direct get, multi_last over <group>.*) and recomputes. The witness is
+// drawn at random among the members tied at the lowest position; a member
+// who is away is soon the only one there, and stays the witness without
+// a recompute until they come back.
 //
 // When the minimum rises, the function reads the group's messages in the
 // range that became due (a batched direct get on the group's message
@@ -44,17 +44,21 @@ package receipts
 // per message, N position writes for delivered (one per member, the same
 // request the ack makes anyway) and N more when all read it; the
 // recomputes, each a read of N small records in one request, happen when
-// a witness moves, about ln N times per advance when members move in
-// random order and none when one member lags; each recompute writes the
-// aggregate once; and one receipt per sender per advance per status. So
-// stored writes per message are about 2N + 2 + a few aggregate writes,
-// reads about N ln N records, never N × messages: a device that acks 200
-// copies of a group at once raises its position once.
+// a witness moves: with the witness drawn at random among the tied,
+// about ln N times per rise of the lowest (and as many of the second
+// lowest), whatever order the members move in; each recompute writes
+// the aggregate once; and one receipt per sender per advance per status. So
+// stored writes per message are at most 2N + 2 + a few aggregate writes
+// (the 2N as many as the copies and reads themselves, fewer when acks
+// coincide: a device that acks 200 copies of a group at once raises its
+// position once), and records read about N ln N, where reading every
+// position on every ack would be N × N.
 
 import (
 	"context"
 	"encoding/json"
 	"errors"
+	"math/rand/v2"
 	"strconv"
 	"strings"
 	"sync"
@@ -244,21 +248,30 @@ func (s *Service) memberPosition(ctx context.Context, gid, member string) (membe
 }
 
 // nextTrack is track old recomputed from the members' positions: the
-// lowest member (the one whose record changed longest ago among those
-// tied) is the witness, told up to the second lowest; everyone else is
-// told up to the lowest. What was told never goes back.
+// lowest member is the witness, told up to the second lowest; everyone
+// else is told up to the lowest. Among members tied at the lowest the
+// witness is drawn at random, so however the members move after it,
+// the witness is expected to be among the last about half the time,
+// and a rise through N tied members costs about ln N recomputes. What
+// was told never goes back.
 func nextTrack(g *contract.GroupRecord, pos map[string]memberPos, old *contract.GroupTrack, read bool) contract.GroupTrack {
 	lowest := func(skip string) (string, uint64) {
 		var who string
-		var at, rev uint64
+		var at uint64
+		tied := 0
 		for m := range g.Members {
 			if m == skip {
 				continue
 			}
-			p := pos[m]
-			a := p.at(read)
-			if who == "" || a < at || (a == at && (p.rev < rev || (p.rev == rev && m < who))) {
-				who, at, rev = m, a, p.rev
+			a := pos[m].at(read)
+			switch {
+			case who == "" || a < at:
+				who, at, tied = m, a, 1
+			case a == at:
+				tied++ // one of tied, each as likely
+				if rand.IntN(tied) == 0 {
+					who = m
+				}
 			}
 		}
 		return who, at
