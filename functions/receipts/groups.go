@@ -111,6 +111,7 @@ func (s *Service) groupPosition(ctx context.Context, req contract.GroupPositionR
 		return nil // removed since: their position counts for nothing
 	}
 	read := req.Status == protocol.StatusRead
+	changed := false
 	if _, err := contract.Swap(ctx, s.groupTicks, contract.GroupTickKey(req.Group, req.Member), func(cur []byte, _ uint64) ([]byte, error) {
 		var p contract.GroupPosition
 		_ = json.Unmarshal(cur, &p) // unreadable: from nothing
@@ -119,7 +120,7 @@ func (s *Service) groupPosition(ctx context.Context, req contract.GroupPositionR
 		if read {
 			next.Read = max(next.Read, req.Seq)
 		}
-		if next == p && cur != nil {
+		if changed = next != p || cur == nil; !changed {
 			return nil, nil // there already: a position never goes back
 		}
 		return json.Marshal(next)
@@ -131,7 +132,7 @@ func (s *Service) groupPosition(ctx context.Context, req contract.GroupPositionR
 	} else {
 		s.groupDelivered.Add(1)
 	}
-	return s.settleGroup(ctx, &g, req.Member, req.Device, read)
+	return s.settleGroup(ctx, &g, req.Member, req.Device, read, changed)
 }
 
 // memberPos is a member's record and its revision (0: none).
@@ -150,7 +151,20 @@ func (m memberPos) at(read bool) uint64 {
 // settleGroup recomputes group g's aggregate while it is due, telling
 // the senders what became due each time. by and device are the member
 // whose request this is. read says the read track may have moved too.
-func (s *Service) settleGroup(ctx context.Context, g *contract.GroupRecord, by, device string, read bool) error {
+//
+// A request that moved its member recomputes only if its member is a
+// witness: another witness that moved is its own request's to handle, so
+// members moving at once do not all recompute. Every request that wrote
+// the aggregate (or lost the race to write it) then looks at both
+// witnesses, whoever they are, and so does a request that moved nothing
+// (a repeat, after a crash that may have cut the one before short): a
+// witness chosen from positions read just before it moved is caught by
+// the writer that chose it.
+func (s *Service) settleGroup(ctx context.Context, g *contract.GroupRecord, by, device string, read, moved bool) error {
+	only := ""
+	if moved {
+		only = by
+	}
 	for range groupSettleRounds {
 		var agg contract.GroupAggregate
 		var rev uint64
@@ -166,12 +180,12 @@ func (s *Service) settleGroup(ctx context.Context, g *contract.GroupRecord, by, 
 		}
 		due := rev == 0 || agg.Seq != g.Seq
 		if !due {
-			if due, err = s.witnessMoved(ctx, g, &agg.Delivered, false); err != nil {
+			if due, err = s.witnessMoved(ctx, g, &agg.Delivered, false, only); err != nil {
 				return err
 			}
 		}
 		if !due && read {
-			if due, err = s.witnessMoved(ctx, g, &agg.Read, true); err != nil {
+			if due, err = s.witnessMoved(ctx, g, &agg.Read, true, only); err != nil {
 				return err
 			}
 		}
@@ -201,15 +215,18 @@ func (s *Service) settleGroup(ctx context.Context, g *contract.GroupRecord, by, 
 		if err != nil && !contract.IsConflict(err) {
 			return err
 		}
-		// Written or lost to another: either way look again, for a
-		// witness that moved while this was computed.
+		// Written or lost to another: either way look again, at every
+		// witness of both tracks (this wrote both), for one that moved
+		// while this was computed.
+		only, read = "", true
 	}
 	return contract.ErrContended
 }
 
 // witnessMoved reports whether a witness of track t has moved past what
 // was told, or is no longer a member: only then may a sender be owed.
-func (s *Service) witnessMoved(ctx context.Context, g *contract.GroupRecord, t *contract.GroupTrack, read bool) (bool, error) {
+// With only set, of the witnesses' moves it looks at only's.
+func (s *Service) witnessMoved(ctx context.Context, g *contract.GroupRecord, t *contract.GroupTrack, read bool, only string) (bool, error) {
 	for _, w := range []struct {
 		who  string
 		told uint64
@@ -222,6 +239,9 @@ func (s *Service) witnessMoved(ctx context.Context, g *contract.GroupRecord, t *
 		}
 		if !g.IsMember(w.who) {
 			return true, nil
+		}
+		if only != "" && w.who != only {
+			continue
 		}
 		p, err := s.memberPosition(ctx, g.ID, w.who)
 		if err != nil {

@@ -305,3 +305,72 @@ func TestQueuedGroupPositionIsApplied(t *testing.T) {
 		t.Fatalf("bob's position %+v", p)
 	}
 }
+
+// Members moving at once, on two instances: once every request is
+// answered, the sender has been told everything every member has, and
+// what it cost is logged: stored writes and recomputes per message.
+func TestGroupTicksConcurrentMembers(t *testing.T) {
+	e := newEnv(t)
+	s1, _ := e.instance(t)
+	s2, _ := e.instance(t)
+	const recipients, msgs = 200, 5
+	members := []string{"alice"}
+	for i := range recipients {
+		members = append(members, fmt.Sprintf("u%03d", i))
+	}
+	makeGroup(t, e, "big", members...)
+	kvWrites := func() uint64 {
+		st, err := e.n.JS.Stream(context.Background(), "KV_"+contract.GroupTicksKV)
+		if err != nil {
+			t.Fatal(err)
+		}
+		info, err := st.Info(context.Background())
+		if err != nil {
+			t.Fatal(err)
+		}
+		return info.State.LastSeq
+	}
+	before := kvWrites()
+	var last uint64
+	for range msgs {
+		last = sendGroup(t, e, "big", "alice")
+		for _, status := range []string{protocol.StatusDelivered, protocol.StatusRead} {
+			errs := make(chan error, recipients)
+			for _, m := range members[1:] {
+				go func() {
+					req := contract.GroupPositionRequest{Group: "big", Member: m, Device: "phone", Status: status, Seq: last}
+					errs <- e.call(t, contract.GroupPositionSubject, req, nil)
+				}()
+			}
+			for range recipients {
+				if err := <-errs; err != nil {
+					t.Fatal(err)
+				}
+			}
+		}
+	}
+	got := groupTicks(t, e, "alice")
+	toldD, toldR := map[uint64]bool{}, map[uint64]bool{}
+	for _, r := range got {
+		var st string
+		var from, to uint64
+		if _, err := fmt.Sscanf(r, "%s %d..%d", &st, &from, &to); err != nil {
+			t.Fatal(err)
+		}
+		for q := from; q <= to; q++ {
+			if st == protocol.StatusRead {
+				toldR[q] = true
+			} else {
+				toldD[q] = true
+			}
+		}
+	}
+	for q := uint64(1); q <= last; q++ {
+		if !toldD[q] || !toldR[q] {
+			t.Fatalf("message %d: delivered told %v, read told %v; receipts %v", q, toldD[q], toldR[q], got)
+		}
+	}
+	rc := s1.Stats().Recomputes + s2.Stats().Recomputes
+	t.Logf("group of %d, %d messages each acked and read by every member alone, at once: %.1f position and aggregate writes per message (%.2f per recipient), %.1f receipts, %.1f recomputes (each a read of %d records)",
+		recipients+1, msgs, float64(kvWrites()-before)/msgs, float64(kvWrites()-before)/msgs/recipients, float64(len(got))/msgs, float64(rc)/msgs, recipients+1)
+}
