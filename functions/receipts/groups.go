@@ -52,7 +52,10 @@ package receipts
 // (the 2N as many as the copies and reads themselves, fewer when acks
 // coincide: a device that acks 200 copies of a group at once raises its
 // position once), and records read about N ln N, where reading every
-// position on every ack would be N × N.
+// position on every ack would be N × N. Measured (TestGroupTicks-
+// ConcurrentMembers, 1,024 members acking and reading at once on two
+// instances): 2.01 writes per member per message and 28 recomputes per
+// message, both statuses together.
 
 import (
 	"context"
