@@ -115,6 +115,7 @@ func (s *Service) groupPosition(ctx context.Context, req contract.GroupPositionR
 	}
 	read := req.Status == protocol.StatusRead
 	changed := false
+	var mine contract.GroupPosition
 	if _, err := contract.Swap(ctx, s.groupTicks, contract.GroupTickKey(req.Group, req.Member), func(cur []byte, _ uint64) ([]byte, error) {
 		var p contract.GroupPosition
 		_ = json.Unmarshal(cur, &p) // unreadable: from nothing
@@ -123,6 +124,7 @@ func (s *Service) groupPosition(ctx context.Context, req contract.GroupPositionR
 		if read {
 			next.Read = max(next.Read, req.Seq)
 		}
+		mine = next
 		if changed = next != p || cur == nil; !changed {
 			return nil, nil // there already: a position never goes back
 		}
@@ -135,7 +137,7 @@ func (s *Service) groupPosition(ctx context.Context, req contract.GroupPositionR
 	} else {
 		s.groupDelivered.Add(1)
 	}
-	return s.settleGroup(ctx, &g, req.Member, req.Device, read, changed)
+	return s.settleGroup(ctx, &g, memberPos{p: mine}, req.Member, req.Device, read, changed)
 }
 
 // memberPos is a member's record and its revision (0: none).
@@ -163,7 +165,10 @@ func (m memberPos) at(read bool) uint64 {
 // (a repeat, after a crash that may have cut the one before short): a
 // witness chosen from positions read just before it moved is caught by
 // the writer that chose it.
-func (s *Service) settleGroup(ctx context.Context, g *contract.GroupRecord, by, device string, read, moved bool) error {
+//
+// mine is by's position as this request left it: by's own record is not
+// read again.
+func (s *Service) settleGroup(ctx context.Context, g *contract.GroupRecord, mine memberPos, by, device string, read, moved bool) error {
 	only := ""
 	if moved {
 		only = by
@@ -183,12 +188,12 @@ func (s *Service) settleGroup(ctx context.Context, g *contract.GroupRecord, by, 
 		}
 		due := rev == 0 || agg.Seq != g.Seq
 		if !due {
-			if due, err = s.witnessMoved(ctx, g, &agg.Delivered, false, only); err != nil {
+			if due, err = s.witnessMoved(ctx, g, &agg.Delivered, false, only, by, mine); err != nil {
 				return err
 			}
 		}
 		if !due && read {
-			if due, err = s.witnessMoved(ctx, g, &agg.Read, true, only); err != nil {
+			if due, err = s.witnessMoved(ctx, g, &agg.Read, true, only, by, mine); err != nil {
 				return err
 			}
 		}
@@ -228,8 +233,9 @@ func (s *Service) settleGroup(ctx context.Context, g *contract.GroupRecord, by, 
 
 // witnessMoved reports whether a witness of track t has moved past what
 // was told, or is no longer a member: only then may a sender be owed.
-// With only set, of the witnesses' moves it looks at only's.
-func (s *Service) witnessMoved(ctx context.Context, g *contract.GroupRecord, t *contract.GroupTrack, read bool, only string) (bool, error) {
+// With only set, of the witnesses' moves it looks at only's. by's
+// position is known: mine.
+func (s *Service) witnessMoved(ctx context.Context, g *contract.GroupRecord, t *contract.GroupTrack, read bool, only, by string, mine memberPos) (bool, error) {
 	for _, w := range []struct {
 		who  string
 		told uint64
@@ -246,9 +252,12 @@ func (s *Service) witnessMoved(ctx context.Context, g *contract.GroupRecord, t *
 		if only != "" && w.who != only {
 			continue
 		}
-		p, err := s.memberPosition(ctx, g.ID, w.who)
-		if err != nil {
-			return false, err
+		p := mine
+		if w.who != by {
+			var err error
+			if p, err = s.memberPosition(ctx, g.ID, w.who); err != nil {
+				return false, err
+			}
 		}
 		if p.at(read) > w.told {
 			return true, nil
