@@ -374,3 +374,33 @@ func TestGroupTicksConcurrentMembers(t *testing.T) {
 	t.Logf("group of %d, %d messages each acked and read by every member alone, at once: %.1f position and aggregate writes per message (%.2f per recipient), %.1f receipts, %.1f recomputes (each a read of %d records)",
 		recipients+1, msgs, float64(kvWrites()-before)/msgs, float64(kvWrites()-before)/msgs/recipients, float64(len(got))/msgs, float64(rc)/msgs, recipients+1)
 }
+
+// A group whose keys are more than one direct get answers (members
+// removed leave theirs) is read one member at a time.
+func TestGroupPositionsPastOneDirectGet(t *testing.T) {
+	e := newEnv(t)
+	e.instance(t)
+	makeGroup(t, e, "g1", "alice", "bob", "carol")
+	kv, err := e.n.JS.KeyValue(context.Background(), contract.GroupTicksKV)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := range 1100 { // former members
+		if _, err := kv.Put(context.Background(), contract.GroupTickKey("g1", fmt.Sprintf("gone%04d", i)), []byte(`{"d":1,"r":1}`)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	a1 := sendGroup(t, e, "g1", "alice")
+	position(t, e, "g1", "bob", protocol.StatusRead, a1)
+	position(t, e, "g1", "carol", protocol.StatusDelivered, a1)
+	if got := groupTicks(t, e, "alice"); fmt.Sprint(got) != fmt.Sprintf("[delivered %d..%d]", a1, a1) {
+		t.Fatalf("alice's receipts %v", got)
+	}
+	var r contract.StatusReply
+	if err := e.call(t, contract.StatusSubject, contract.StatusRequest{Sender: "alice", Group: "g1", Seq: a1}, &r); err != nil {
+		t.Fatal(err)
+	}
+	if fmt.Sprint(r) != fmt.Sprint(contract.StatusReply{Recipients: map[string]contract.Ticks{"bob": {Delivered: true, Read: true}, "carol": {Delivered: true}}, AllDelivered: true}) {
+		t.Fatalf("status %+v", r)
+	}
+}
