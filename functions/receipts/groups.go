@@ -284,10 +284,10 @@ func (s *Service) memberPosition(ctx context.Context, gid, member string) (membe
 // else is told up to the lowest. Among members tied at the lowest the
 // witness is drawn at random, so however the members move after it,
 // the witness is expected to be among the last about half the time,
-// and a rise through N tied members costs about ln N recomputes. What
-// was told never goes back.
+// and a rise through N tied members costs about ln N recomputes; a
+// witness still among the lowest stays. What was told never goes back.
 func nextTrack(g *contract.GroupRecord, pos map[string]memberPos, old *contract.GroupTrack, read bool) contract.GroupTrack {
-	lowest := func(skip string) (string, uint64) {
+	lowest := func(skip, keep string) (string, uint64) {
 		var who string
 		var at uint64
 		tied := 0
@@ -306,13 +306,18 @@ func nextTrack(g *contract.GroupRecord, pos map[string]memberPos, old *contract.
 				}
 			}
 		}
+		if keep != "" && keep != skip && g.IsMember(keep) && pos[keep].at(read) == at {
+			// Still among the lowest: it stays, and so does what it was
+			// told of its own messages.
+			who = keep
+		}
 		return who, at
 	}
 	var t contract.GroupTrack
 	var min1, min2 uint64
-	t.Witness, min1 = lowest("")
+	t.Witness, min1 = lowest("", old.Witness)
 	t.Told = max(old.Told, min1)
-	t.Witness2, min2 = lowest(t.Witness)
+	t.Witness2, min2 = lowest(t.Witness, old.Witness2)
 	t.Told2 = t.Told
 	if t.Witness2 != "" {
 		t.Told2 = max(t.Told, min2)

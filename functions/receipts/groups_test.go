@@ -19,11 +19,17 @@ import (
 // of a change stored at 1.
 func makeGroup(t testing.TB, e *env, gid string, members ...string) {
 	t.Helper()
+	changeGroup(t, e, gid, 1, members...)
+}
+
+// changeGroup writes group gid's record as of a change stored at seq.
+func changeGroup(t testing.TB, e *env, gid string, seq uint64, members ...string) {
+	t.Helper()
 	kv, err := e.n.JS.KeyValue(context.Background(), contract.GroupInfoKV)
 	if err != nil {
 		t.Fatal(err)
 	}
-	g := contract.GroupRecord{ID: gid, Name: gid, CreatedBy: members[0], Members: map[string]contract.GroupMember{}, Seq: 1}
+	g := contract.GroupRecord{ID: gid, Name: gid, CreatedBy: members[0], Members: map[string]contract.GroupMember{}, Seq: seq}
 	for i, m := range members {
 		g.Members[m] = contract.GroupMember{Admin: i == 0, Joined: 1}
 	}
@@ -402,5 +408,36 @@ func TestGroupPositionsPastOneDirectGet(t *testing.T) {
 	}
 	if fmt.Sprint(r) != fmt.Sprint(contract.StatusReply{Recipients: map[string]contract.Ticks{"bob": {Delivered: true, Read: true}, "carol": {Delivered: true}}, AllDelivered: true}) {
 		t.Fatalf("status %+v", r)
+	}
+}
+
+// Members as of now: one added waits for nothing sent before once a copy
+// of theirs is acked (their add's system message), one removed stops
+// counting at the next position taken in the group.
+func TestGroupTicksFollowMembership(t *testing.T) {
+	e := newEnv(t)
+	e.instance(t)
+	makeGroup(t, e, "g1", "alice", "bob", "carol")
+	a1 := sendGroup(t, e, "g1", "alice")
+	position(t, e, "g1", "bob", protocol.StatusDelivered, a1)
+	if got := groupTicks(t, e, "alice"); len(got) != 0 {
+		t.Fatalf("alice told before carol had it: %v", got)
+	}
+	changeGroup(t, e, "g1", a1+1, "alice", "bob") // carol removed
+	position(t, e, "g1", "bob", protocol.StatusDelivered, a1)
+	want := []string{fmt.Sprintf("delivered %d..%d", a1, a1)}
+	if got := groupTicks(t, e, "alice"); fmt.Sprint(got) != fmt.Sprint(want) {
+		t.Fatalf("after carol's removal alice has %v, want %v", got, want)
+	}
+	changeGroup(t, e, "g1", a1+2, "alice", "bob", "dave") // dave added
+	a2 := sendGroup(t, e, "g1", "alice")
+	position(t, e, "g1", "bob", protocol.StatusDelivered, a2)
+	if got := groupTicks(t, e, "alice"); len(got) != 1 {
+		t.Fatalf("alice told before dave had anything: %v", got)
+	}
+	position(t, e, "g1", "dave", protocol.StatusDelivered, a2)
+	want = append(want, fmt.Sprintf("delivered %d..%d", a1+1, a2))
+	if got := groupTicks(t, e, "alice"); fmt.Sprint(got) != fmt.Sprint(want) {
+		t.Fatalf("alice has %v, want %v", got, want)
 	}
 }
