@@ -154,10 +154,14 @@ type Message struct {
 	SentSeq uint64
 }
 
-// Receipt reports that By (on Device) received or read message ID.
+// Receipt reports that By (on Device) received or read message ID. For
+// a message sent in a group, Group is set, and the tick is the group's:
+// every member but this user has it (delivered) or has read it (read);
+// By is the member whose position made it so.
 type Receipt struct {
 	ID     string
 	Status string
+	Group  string
 	By     string
 	Device string
 	TS     time.Time
@@ -211,7 +215,10 @@ type Client struct {
 	// following are the users whose presence this client follows.
 	following  map[string]bool
 	statusWait map[uint64][]chan statusResult
-	ticks      *ticks // sent messages by recipient, for their receipts
+	// groupStatusWait: GroupStatus calls awaiting their answers, by
+	// group and seq (groupticks.go).
+	groupStatusWait map[groupSeq][]chan groupStatusResult
+	ticks           *ticks // sent messages by recipient, for their receipts
 	// groupWait: group operations awaiting their answers, by request id
 	// (groups.go).
 	groupWait   map[string]chan groupResult
@@ -262,13 +269,14 @@ func dialWith(ctx context.Context, opts Options, h hooks) (*Client, error) {
 		typing: make(chan Typing, 64),
 		ob:     newOutbox(),
 
-		presence:      make(chan Presence, 256),
-		settingsReply: make(chan Settings, 1),
-		following:     map[string]bool{},
-		statusWait:    map[uint64][]chan statusResult{},
-		ticks:         newTicks(),
-		seenMsg:       newLRU(100000),
-		acked:         newLRU(100000),
+		presence:        make(chan Presence, 256),
+		settingsReply:   make(chan Settings, 1),
+		following:       map[string]bool{},
+		statusWait:      map[uint64][]chan statusResult{},
+		groupStatusWait: map[groupSeq][]chan groupStatusResult{},
+		ticks:           newTicks(),
+		seenMsg:         newLRU(100000),
+		acked:           newLRU(100000),
 	}
 	if err := c.restore(); err != nil {
 		return nil, err
@@ -537,11 +545,13 @@ func (c *Client) handle(conn *websocket.Conn, f *protocol.Frame) error {
 		c.mu.Lock()
 		ids, seqs := c.ticks.apply(f)
 		c.mu.Unlock()
-		if err := c.storeReceipt(f); err != nil {
-			return err
+		if f.Group == "" { // the local store keeps 1:1 ticks only
+			if err := c.storeReceipt(f); err != nil {
+				return err
+			}
 		}
 		for i, id := range ids {
-			r := Receipt{ID: id, Status: f.Status, By: f.By, Device: f.Device, TS: time.UnixMilli(f.TS), Seq: seqs[i]}
+			r := Receipt{ID: id, Status: f.Status, Group: f.Group, By: f.By, Device: f.Device, TS: time.UnixMilli(f.TS), Seq: seqs[i]}
 			select {
 			case c.rcpt <- r:
 			case <-c.ctx.Done():
@@ -559,7 +569,11 @@ func (c *Client) handle(conn *websocket.Conn, f *protocol.Frame) error {
 	case protocol.TypeSettings:
 		c.onSettings(f)
 	case protocol.TypeStatus:
-		c.resolveStatus(f.Seq, statusResult{to: f.Recipients})
+		if f.Group != "" {
+			c.resolveGroupStatus(f.Group, f.Seq, groupStatusResult{st: GroupStatus{Members: f.Recipients, AllDelivered: f.AllDelivered, AllRead: f.AllRead}})
+		} else {
+			c.resolveStatus(f.Seq, statusResult{to: f.Recipients})
+		}
 	case protocol.TypeGroup:
 		c.onGroup(f)
 	case protocol.TypeError:
@@ -596,6 +610,9 @@ func (c *Client) onError(f *protocol.Frame) {
 		}
 	}
 	if f.Seq > 0 && c.resolveStatus(f.Seq, statusResult{err: &ServerError{Code: f.Code, Message: f.Message}}) {
+		return
+	}
+	if f.Seq > 0 && c.failGroupStatus(f.Seq, &ServerError{Code: f.Code, Message: f.Message}) {
 		return
 	}
 	if c.opts.OnError != nil {
@@ -643,9 +660,12 @@ func (c *Client) onSent(f *protocol.Frame) {
 	c.mu.Lock()
 	o := c.ob.byID[f.ID]
 	var early string
-	if o != nil && o.group == "" {
-		// A group message's seq is its place in the group's log, and it
-		// gets no receipts.
+	switch {
+	case o != nil && o.group != "":
+		// A group message's seq is its place in the group's log: its
+		// ticks are the group's.
+		early = c.ticks.sent(groupKey(o.group), f.ID, f.Seq)
+	case o != nil:
 		early = c.ticks.sent(o.to, f.ID, f.Seq)
 	}
 	c.mu.Unlock()
@@ -655,7 +675,7 @@ func (c *Client) onSent(f *protocol.Frame) {
 		if early != "" {
 			// Its tick came before its "sent" did.
 			select {
-			case c.rcpt <- Receipt{ID: f.ID, Status: early, By: o.to, Seq: f.Seq, TS: time.Now()}:
+			case c.rcpt <- Receipt{ID: f.ID, Status: early, Group: o.group, By: o.to, Seq: f.Seq, TS: time.Now()}:
 			case <-c.ctx.Done():
 			}
 		}

@@ -63,8 +63,9 @@
 //
 // SendGroup stores a message once in a group's log, for its members; it
 // shares Send's order, outbox and resends, and its Sent.Seq is its place
-// in the group's log (group messages get no receipts yet, and Status knows
-// nothing of them). A non-member's send fails with a *ServerError
+// in the group's log. Its receipts come with Receipt.Group set, one per
+// message, once every other member has it (delivered) or read it (read);
+// GroupStatus is its message info (Status knows only sends to users). A non-member's send fails with a *ServerError
 // (not_member, unknown_group). Group operations (CreateGroup, AddMembers,
 // ..., GroupOp) return the group as it is after them, or a *ServerError
 // with the refusal's code; each is written once and never repeated by the

@@ -165,7 +165,9 @@ func (c *Client) GroupInfo(ctx context.Context, group string) (Group, error) {
 // (Sent.Seq is its place there). It shares Send's order, outbox and
 // resends: a group send and a send to a user made after it are stored
 // after it. A refusal is a *ServerError (protocol.ErrNotMember,
-// protocol.ErrUnknownGroup). Group messages get no receipts yet.
+// protocol.ErrUnknownGroup). Its receipts are the group's (Receipt.Group
+// set): delivered once every other member has it, read once every one
+// read it; GroupStatus gives each member's ticks.
 func (c *Client) SendGroup(ctx context.Context, group, id string, body json.RawMessage) (Sent, error) {
 	if !protocol.ValidID(group) || !protocol.ValidID(id) {
 		return Sent{}, ErrBadID

@@ -2,6 +2,7 @@ package client
 
 import (
 	"sort"
+	"strings"
 
 	"github.com/switchboard-im/switchboard/protocol"
 )
@@ -12,6 +13,11 @@ import (
 // sent (from its "sent" frame) and turns a frame into one Receipt per
 // message it covers, each tick once: a message goes from nothing to
 // delivered to read, never back, and a read covers delivered.
+//
+// A group receipt (with a group) is the same position in the group's log:
+// every member but this user has (or has read) this user's messages in
+// the group from from_seq to to_seq. The SDK keeps its group sends under
+// the group (groupKey), apart from its sends to users.
 
 // maxTracked bounds the sent messages the SDK remembers for its ticks.
 // Past it the oldest are forgotten: their ticks are no longer reported
@@ -66,6 +72,18 @@ type trackedKey struct {
 }
 
 func newTicks() *ticks { return &ticks{to: map[string]*recipientTicks{}} }
+
+// groupKey is where the ticks of this user's messages in group are kept:
+// no user id starts with '#'.
+func groupKey(group string) string { return "#" + group }
+
+// tickKey is where a receipt frame's ticks go: its group's, or by's.
+func tickKey(f *protocol.Frame) string {
+	if f.Group != "" {
+		return groupKey(f.Group)
+	}
+	return f.By
+}
 
 // sent records that message id to `to` is stored at seq, and returns the
 // tick a receipt already gave it ("" if none).
@@ -129,9 +147,12 @@ func (t *ticks) forget(k trackedKey) {
 	}
 }
 
-// seqOf returns the seq of message id sent to anyone, 0 if unknown.
+// seqOf returns the seq of message id sent to a user, 0 if unknown.
 func (t *ticks) seqOf(id string) uint64 {
-	for _, r := range t.to {
+	for to, r := range t.to {
+		if strings.HasPrefix(to, "#") {
+			continue // a group's: see GroupStatus
+		}
 		for _, m := range r.msgs {
 			if m.id == id {
 				return m.seq
@@ -144,10 +165,11 @@ func (t *ticks) seqOf(id string) uint64 {
 // apply takes a receipt frame and returns the ids it moves on, each with
 // the tick it reached (protocol.StatusDelivered or StatusRead).
 func (t *ticks) apply(f *protocol.Frame) (ids []string, seqs []uint64) {
-	r := t.to[f.By]
+	key := tickKey(f)
+	r := t.to[key]
 	if r == nil {
 		r = &recipientTicks{}
-		t.to[f.By] = r
+		t.to[key] = r
 	}
 	switch f.Status {
 	case protocol.StatusRead:

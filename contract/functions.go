@@ -130,10 +130,13 @@ type ReadRequest struct {
 
 // StatusRequest asks for the status of the message stored at Seq, which
 // Sender sent to Recipient: the gateway read both from the stream, and
-// asks only for the sender.
+// asks only for the sender. With Group instead of Recipient, Seq is a
+// GROUPS sequence: the function checks that Sender sent it in Group
+// (else it refuses with ErrCodeUnknownSeq) and answers for every member.
 type StatusRequest struct {
 	Sender    string `json:"sender"`
-	Recipient string `json:"recipient"`
+	Recipient string `json:"recipient,omitempty"`
+	Group     string `json:"group,omitempty"`
 	Seq       uint64 `json:"seq"`
 }
 
@@ -146,8 +149,14 @@ type Ticks struct {
 // StatusReply answers a StatusRequest: per recipient, whether any of their
 // devices has the message and whether they read it (shown only if both
 // users have read receipts on).
+//
+// For a group message, Recipients are the group's members as of now but
+// the sender, from their positions; AllDelivered and AllRead say whether
+// every one of them has it, and has read it.
 type StatusReply struct {
-	Recipients map[string]Ticks `json:"recipients"`
+	Recipients   map[string]Ticks `json:"recipients"`
+	AllDelivered bool             `json:"all_delivered,omitempty"`
+	AllRead      bool             `json:"all_read,omitempty"`
 }
 
 // ReadKey is a conversation's read position in READS: the sequence in

@@ -37,11 +37,12 @@ func (s *session) refuseBusy(id string) {
 // if this user sent it, from the receipts function. The message is read
 // (off the read loop) to learn its sender and recipient.
 //
-// A group message has no status yet: a status naming a group, or a seq
-// that is a member's copy of a group message, gets unknown_seq.
+// A status naming a group asks about a message this user sent there,
+// seq being its place in the group's log (groupticks.go); a seq that is
+// a member's copy of a group message gets unknown_seq.
 func (s *session) status(seq uint64, group string) {
 	if group != "" {
-		s.sendError(protocol.ErrUnknownSeq, "group messages have no status yet", "", seq, 0)
+		s.groupStatus(seq, group)
 		return
 	}
 	ok := s.goCall(func() {
@@ -77,8 +78,8 @@ func (s *session) status(seq uint64, group string) {
 // device and be a chat message to this user; the receipts function moves
 // the user's read position in that chat and tells the sender, if the
 // user's settings allow it. A read of a member's copy of a group message
-// or change is taken and changes nothing: group messages have no read
-// receipts yet.
+// or change raises the member's read position in the group
+// (groupticks.go).
 func (s *session) read(seq uint64) {
 	if seq > s.feed.lastSeq() {
 		s.sendError(protocol.ErrUnknownSeq, "no message with this seq was delivered to this device", "", seq, 0)
@@ -91,7 +92,8 @@ func (s *session) read(seq uint64) {
 		if err == nil && rm.Subject == contract.InboxSubject(s.id.User) && rm.Header.Get(contract.HdrGroup) != "" {
 			switch rm.Header.Get(contract.HdrKind) {
 			case contract.KindMsg, contract.KindEvent:
-				return // a group copy: taken, and it changes nothing yet
+				s.readGroup(ctx, seq, rm.Header)
+				return
 			}
 		}
 		if err == nil && rm.Subject == contract.InboxSubject(s.id.User) && contract.IsOwnCopy(s.id.User, rm.Header) {

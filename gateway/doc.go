@@ -45,7 +45,9 @@
 // functions: reads, status; settings), media.go (a media send's grant)
 // and groups.go (group frames to the groups function, group sends checked
 // against GROUP_INFO and stored once in GROUPS, members' copies as group
-// msg frames, typing in a group, and a brief cache of groups' records).
+// msg frames, typing in a group, and a brief cache of groups' records),
+// groupticks.go (members' positions in their groups from acks and reads,
+// and status about a group message).
 //
 // Concurrency. Server methods are safe from many goroutines. Each
 // connection has one read goroutine, which runs the session's frame

@@ -61,13 +61,15 @@ const (
 // pendingMsg is a message delivered to the device and not yet acked.
 type pendingMsg struct {
 	receipt bool   // a receipt for this sender (it ticks nothing)
-	group   bool   // a member's copy of a group message or change (it ticks nothing yet)
+	group   bool   // a member's copy of a group message or change (it ticks its group, groupticks.go)
 	acked   bool   // the device acked it; settled with its stretch's ticks
 	from    string // for a chat message, its sender: who gets the tick
 	// For a chat message from a user homed in another region: that
 	// region and the message's sequence in its OUTBOX (regions.go).
 	region string
 	origin uint64
+	gid     string // for a group copy, its group
+	gseq    uint64 // and its place in the group's log (Sb-Group-Seq)
 }
 
 // feed is a session's delivery: it hands the device its messages in
@@ -422,12 +424,16 @@ func (f *feed) take(seq uint64, h nats.Header, data []byte) {
 		// Malformed: skipped below.
 	case kind == contract.KindMsg && group != "":
 		frame = protocol.AppendGroupMsg(nil, id, from, dev, group, seq, ts, data, []byte(h.Get(contract.HdrMedia)))
-		p.group = true
+		p.group, p.gid, p.gseq = true, group, groupSeq(h)
 	case kind == contract.KindEvent && group != "":
 		if isJSONObject(data) {
 			frame = protocol.AppendGroupEvent(nil, id, from, dev, group, seq, ts, data)
 		}
-		p.group = true
+		p.group, p.gid, p.gseq = true, group, groupSeq(h)
+	case kind == contract.KindReceipt && group != "":
+		id = "r"
+		frame = groupReceiptFrame(h, group, from, dev, seq, ts)
+		p = pendingMsg{receipt: true}
 	case kind == contract.KindMsg && h.Get(contract.HdrTo) != "":
 		frame, p = f.ownMsgFrame(seq, ts, id, from, dev, h, data)
 	case kind == contract.KindReadSync:

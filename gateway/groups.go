@@ -28,9 +28,9 @@ import (
 // inboxes, as msg frames with group (and event, for a system message); and
 // it relays typing in a group to the members' online devices.
 //
-// Group copies tick nothing: no delivered receipt names their senders, a
-// read of one is taken and changes nothing, and status does not answer
-// about them (PROTOCOL.md).
+// Group copies tick their group, not their senders: an acked stretch of
+// them, or a read of one, raises the member's position in the group, and
+// status about a group message names the group (groupticks.go).
 
 // groupTTL is the Nats-TTL of a stored group message: as long as INBOX
 // keeps the members' copies (maxAge, whole seconds), so GROUPS does not

@@ -275,11 +275,14 @@ func copyInto(t *testing.T, js jetstream.JetStream, member, kind, from, device, 
 }
 
 // Members' copies arrive as msg frames with group, a change with event
-// instead of body; acking a stretch that holds a group copy ticks no one
-// for it, and a read of one is taken and changes nothing.
-func TestGroupCopiesAreDeliveredAndTickNoOne(t *testing.T) {
+// instead of body; acking a stretch that holds group copies raises the
+// member's delivered position in the group to the newest of them, and a
+// read of one their read position; the copies' sender is told nothing
+// of a message the log does not hold.
+func TestGroupCopiesRaiseTheMembersPositions(t *testing.T) {
 	n := tk.StartNATS(t)
 	g := tk.StartGateway(t, n, tk.TestConfig())
+	putGroup(t, n, "friends", "alice", "bob")
 	groups, err := jetstream.New(n.Connect(t, natsauth.Groups))
 	if err != nil {
 		t.Fatal(err)
@@ -331,8 +334,22 @@ func TestGroupCopiesAreDeliveredAndTickNoOne(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	ticks, err := n.JS.KeyValue(ctx, contract.GroupTicksKV)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tk.WaitFor(t, wait, func() error {
+		e, err := ticks.Get(ctx, contract.GroupTickKey("friends", "bob"))
+		if err != nil {
+			return err
+		}
+		if got := string(e.Value()); got != `{"d":52,"r":51}` {
+			return fmt.Errorf("bob's position in friends %s", got)
+		}
+		return nil
+	})
 	if rm, err := inbox.GetLastMsgForSubject(ctx, contract.InboxSubject("alice")); !errors.Is(err, jetstream.ErrMsgNotFound) {
-		t.Fatalf("alice's inbox holds %v (%v): a tick for a group copy", rm, err)
+		t.Fatalf("alice's inbox holds %v (%v): a tick for a message the group's log does not hold", rm, err)
 	}
 	select {
 	case code := <-errs:
@@ -389,7 +406,8 @@ func TestGroupTypingReachesMembers(t *testing.T) {
 }
 
 // What the wire refuses about groups: media in a group send, a status
-// about a group message, typing to a user and a group at once.
+// about a group message naming another group, typing to a user and a
+// group at once.
 func TestGroupFramesTheGatewayRefuses(t *testing.T) {
 	n := tk.StartNATS(t)
 	g := tk.StartGateway(t, n, tk.TestConfig())
@@ -407,7 +425,9 @@ func TestGroupFramesTheGatewayRefuses(t *testing.T) {
 	if f.Type != protocol.TypeSent || f.ID != "g1" || f.Seq == 0 {
 		t.Fatalf("got %+v, want sent for g1", *f)
 	}
-	alice.write(fmt.Sprintf(`{"type":"status","seq":%d,"group":"friends"}`, f.Seq))
+	// A status names the group the message was sent in: another group's
+	// is unknown_seq.
+	alice.write(fmt.Sprintf(`{"type":"status","seq":%d,"group":"others"}`, f.Seq))
 	alice.expectError(protocol.ErrUnknownSeq, "", f.Seq)
 	alice.write(`{"type":"typing","to":"bob","group":"friends"}`)
 	alice.expectError(protocol.ErrBadField, "", 0)

@@ -98,19 +98,29 @@ func (t *ticker) run() {
 			}
 			continue
 		}
-		if len(req.Senders) == 0 {
+		groups := s.feed.groupPositions(through)
+		if len(req.Senders) == 0 && len(groups) == 0 {
 			// Receipts only: they tick nothing.
 			s.feed.settleThrough(through)
 			continue
 		}
 		ctx, cancel := context.WithTimeout(context.Background(), s.srv.cfg.FunctionTimeout)
-		err := contract.Call(ctx, s.srv.nc, contract.DeliveredSubject, req, nil)
-		if errors.Is(err, contract.ErrUnavailable) {
-			err = t.queue(ctx, req)
+		var err error
+		if len(req.Senders) > 0 {
+			err = contract.Call(ctx, s.srv.nc, contract.DeliveredSubject, req, nil)
+			if errors.Is(err, contract.ErrUnavailable) {
+				err = t.queue(ctx, req)
+			}
+			if err == nil {
+				s.srv.metrics.ticks.Inc()
+			}
+		}
+		if err == nil {
+			// Group copies: one request per group (groupticks.go).
+			err = t.groupTicks(ctx, groups)
 		}
 		cancel()
 		if err == nil {
-			s.srv.metrics.ticks.Inc()
 			s.feed.settleThrough(through)
 			failingSince, backoff = time.Time{}, 50*time.Millisecond
 			continue

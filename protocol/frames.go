@@ -138,6 +138,10 @@ type Frame struct {
 
 	// Recipients is a status answer: recipient user → their ticks.
 	Recipients map[string]Ticks `json:"recipients,omitempty"`
+	// AllDelivered and AllRead total a group message's status answer:
+	// every member but the sender has it, has read it.
+	AllDelivered bool `json:"all_delivered,omitempty"`
+	AllRead      bool `json:"all_read,omitempty"`
 
 	// Group frame fields: the operation asked for (Op, Name, Users), and
 	// the group in the answer (Name, CreatedBy, Created, Members).
@@ -633,6 +637,30 @@ func AppendReceipt(b []byte, status, by, device string, fromSeq, toSeq, seq uint
 	return append(b, '}')
 }
 
+// AppendGroupReceipt appends a group receipt frame: every member of group
+// but this user has (delivered) or has read (read) this user's messages
+// in the group stored in its log from fromSeq to toSeq; by/device was the
+// last member to get there. seq is the receipt's own sequence.
+func AppendGroupReceipt(b []byte, status, group, by, device string, fromSeq, toSeq, seq uint64, ts int64) []byte {
+	b = append(b, `{"type":"receipt","status":"`...)
+	b = append(b, status...)
+	b = append(b, `","group":"`...)
+	b = append(b, group...)
+	b = append(b, `","by":"`...)
+	b = append(b, by...)
+	b = append(b, `","device":"`...)
+	b = append(b, device...)
+	b = append(b, `","from_seq":`...)
+	b = strconv.AppendUint(b, fromSeq, 10)
+	b = append(b, `,"to_seq":`...)
+	b = strconv.AppendUint(b, toSeq, 10)
+	b = append(b, `,"seq":`...)
+	b = strconv.AppendUint(b, seq, 10)
+	b = append(b, `,"ts":`...)
+	b = strconv.AppendInt(b, ts, 10)
+	return append(b, '}')
+}
+
 // AppendTyping appends a server typing frame: from on device is typing.
 func AppendTyping(b []byte, from, device string) []byte {
 	b = append(b, `{"type":"typing","from":"`...)
@@ -695,6 +723,34 @@ func EncodeStatus(seq uint64, recipients map[string]Ticks) []byte {
 		Recipients map[string]Ticks `json:"recipients"`
 	}{TypeStatus, seq, recipients})
 	return b
+}
+
+// EncodeGroupStatus returns a server status frame about the group
+// message stored at seq in group's log: each member's ticks (the sender
+// left out) and the totals.
+func EncodeGroupStatus(seq uint64, group string, recipients map[string]Ticks, allDelivered, allRead bool) []byte {
+	if recipients == nil {
+		recipients = map[string]Ticks{}
+	}
+	b, _ := json.Marshal(struct {
+		Type         string           `json:"type"`
+		Seq          uint64           `json:"seq"`
+		Group        string           `json:"group"`
+		Recipients   map[string]Ticks `json:"recipients"`
+		AllDelivered bool             `json:"all_delivered"`
+		AllRead      bool             `json:"all_read"`
+	}{TypeStatus, seq, group, recipients, allDelivered, allRead})
+	return b
+}
+
+// AppendStatusGroup appends a client status frame about the message this
+// user sent in group, stored at seq in the group's log.
+func AppendStatusGroup(b []byte, group string, seq uint64) []byte {
+	b = append(b, `{"type":"status","group":"`...)
+	b = append(b, group...)
+	b = append(b, `","seq":`...)
+	b = strconv.AppendUint(b, seq, 10)
+	return append(b, '}')
 }
 
 // AppendTypingTo appends a client typing frame.

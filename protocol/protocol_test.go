@@ -451,6 +451,30 @@ func TestEncodersRoundTrip(t *testing.T) {
 		}
 	})
 
+	t.Run("group receipt", func(t *testing.T) {
+		fr := appended(t, prefix, AppendGroupReceipt(slices.Clone(prefix), StatusRead, "friends", "carol", "phone", 51, 60, 79, 1795582352000))
+		f := decodeServer(t, fr)
+		if f.Type != TypeReceipt || f.Status != StatusRead || f.Group != "friends" || f.By != "carol" || f.Device != "phone" ||
+			f.FromSeq != 51 || f.ToSeq != 60 || f.Seq != 79 || f.TS != 1795582352000 {
+			t.Errorf("AppendGroupReceipt read back as %+v", *f)
+		}
+		want := []string{"by", "device", "from_seq", "group", "seq", "status", "to_seq", "ts", "type"}
+		if got := keys(t, fr); !slices.Equal(got, want) {
+			t.Errorf("group receipt keys %v, want %v", got, want)
+		}
+	})
+
+	t.Run("group status", func(t *testing.T) {
+		f := decodeServer(t, EncodeGroupStatus(51, "friends", map[string]Ticks{"bob": {Delivered: true}}, false, false))
+		if f.Type != TypeStatus || f.Seq != 51 || f.Group != "friends" || f.Recipients["bob"] != (Ticks{Delivered: true}) || f.AllDelivered || f.AllRead {
+			t.Errorf("EncodeGroupStatus read back as %+v", *f)
+		}
+		c, err := DecodeClient(AppendStatusGroup(nil, "friends", 51))
+		if err != nil || c.Type != TypeStatus || c.Group != "friends" || c.Seq != 51 {
+			t.Errorf("AppendStatusGroup read back as %+v, %v", c, err)
+		}
+	})
+
 	t.Run("send", func(t *testing.T) {
 		for _, body := range bodies {
 			if body == "null" {

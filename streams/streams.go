@@ -26,7 +26,7 @@ var files embed.FS
 // streamFiles and kvFiles are applied by Apply, in this order.
 var (
 	streamFiles = []string{"INBOX.json", "TICKS.json", "DLQ.json", "GROUPS.json"}
-	kvFiles     = []string{"kv/DEVICES.json", "kv/CURSORS.json", "kv/READS.json", "kv/PRESENCE.json", "kv/SETTINGS.json", "kv/PUSH.json", "kv/GROUP_INFO.json"}
+	kvFiles     = []string{"kv/DEVICES.json", "kv/CURSORS.json", "kv/READS.json", "kv/PRESENCE.json", "kv/SETTINGS.json", "kv/PUSH.json", "kv/GROUP_INFO.json", "kv/GROUP_TICKS.json"}
 )
 
 // ErrConfig wraps an invalid stream setting.

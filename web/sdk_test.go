@@ -711,3 +711,50 @@ func TestSDKGroups(t *testing.T) {
 		t.Fatalf("info after a lost connection: %s", got)
 	}
 }
+
+// Group receipts tick the client's own messages in that group's range,
+// not its messages to users with the same seqs; groupStatus asks with
+// the group and resolves with the members' ticks and totals, or rejects
+// with the error that names its seq.
+func TestSDKGroupReceipts(t *testing.T) {
+	s := newScript(t)
+	pg, c := startSDK(t, s, "")
+	js(pg, `c.sendGroup('friends', 'g-1', 'hi all').then((v) => { results['g-1'] = v; }, (e) => { results['g-1'] = { error: e.name, code: e.code }; })`)
+	c.expect(t, protocol.TypeSend, "g-1")
+	c.sent("g-1", 51)
+	result(t, pg, "g-1")
+	send(pg, "m-1")
+	c.expect(t, protocol.TypeSend, "m-1")
+	c.sent("m-1", 51) // an inbox seq that happens to be the same number
+	result(t, pg, "m-1")
+	c.write(protocol.AppendGroupReceipt(nil, protocol.StatusDelivered, "friends", "carol", "phone", 40, 51, 60, 1795582350000))
+	c.expect(t, protocol.TypeAck, 60)
+	c.write(protocol.AppendGroupReceipt(nil, protocol.StatusRead, "friends", "carol", "phone", 40, 51, 61, 1795582350000))
+	c.expect(t, protocol.TypeAck, 61)
+	c.write(protocol.AppendGroupReceipt(nil, protocol.StatusDelivered, "friends", "bob", "phone", 1, 51, 62, 1795582350000))
+	c.expect(t, protocol.TypeAck, 62)
+	got := tk.Eval[string](pg, `JSON.stringify(log.filter(([t]) => t === 'receipt').map(([, r]) => r.status + ' ' + r.id + '@' + r.seq + ' in ' + r.group + ' by ' + r.by))`)
+	if want := `["delivered g-1@51 in friends by carol","read g-1@51 in friends by carol"]`; got != want {
+		t.Fatalf("receipt events:\n%s\nwant\n%s", got, want)
+	}
+
+	js(pg, `c.groupStatus('friends', 51).then((v) => { results.st = v; }, (e) => { results.st = { error: e.name, code: e.code }; })`)
+	f := c.next(t)
+	if f.Type != protocol.TypeStatus || f.Group != "friends" || f.Seq != 51 {
+		t.Fatalf("status frame %+v", f)
+	}
+	c.write(protocol.EncodeGroupStatus(51, "friends", map[string]protocol.Ticks{"bob": {Delivered: true}, "carol": {Delivered: true, Read: true}}, true, false))
+	pg.WaitFor(stuck, "the group status", `results.st !== undefined`)
+	if got := tk.Eval[string](pg, `JSON.stringify(results.st)`); got != `{"members":{"bob":{"delivered":true,"read":false},"carol":{"delivered":true,"read":true}},"allDelivered":true,"allRead":false}` {
+		t.Fatalf("groupStatus resolved with %s", got)
+	}
+	js(pg, `c.groupStatus('friends', 9).then((v) => { results.st2 = v; }, (e) => { results.st2 = { error: e.name, code: e.code }; })`)
+	if f = c.next(t); f.Type != protocol.TypeStatus || f.Seq != 9 {
+		t.Fatalf("status frame %+v", f)
+	}
+	c.write(protocol.EncodeError(protocol.ErrUnknownSeq, "scripted", "", 9, 0))
+	pg.WaitFor(stuck, "the group status refusal", `results.st2 !== undefined`)
+	if got := tk.Eval[string](pg, `JSON.stringify(results.st2)`); got != `{"error":"ServerError","code":"unknown_seq"}` {
+		t.Fatalf("groupStatus of another's message: %s", got)
+	}
+}

@@ -18,6 +18,9 @@
 //     recipient's devices has the message inside its settled range (from
 //     where it joined to its cursor); read if the conversation's read
 //     position is at or past it and both have read receipts on.
+//   - Groups (GroupPositionRequest): members' positions in each group's
+//     log, and one receipt per sender when the group's lowest position
+//     rises; see groups.go.
 //
 // Delivery never waits on this function: a gateway whose delivered request
 // is not answered in time stores it in TICKS, a work queue every instance
@@ -92,9 +95,14 @@ type Service struct {
 	reads    jetstream.KeyValue
 	cursors  jetstream.KeyValue
 	devices  jetstream.KeyValue
-	inbox    int64 // when INBOX was created: positions from another are void
-	cfg      Config
-	log      *slog.Logger
+	// Groups: members' positions and aggregates, the groups' records,
+	// and their logs (who sent what).
+	groupTicks jetstream.KeyValue
+	groupInfo  jetstream.KeyValue
+	groups     jetstream.Stream
+	inbox      int64 // when INBOX was created: positions from another are void
+	cfg        Config
+	log        *slog.Logger
 
 	svc  micro.Service
 	pool *worker.Pool // ticks queued in TICKS
@@ -102,7 +110,8 @@ type Service struct {
 	wg   sync.WaitGroup
 	stop chan struct{}
 
-	delivered, read, stored, hidden atomic.Int64
+	delivered, read, stored, hidden       atomic.Int64
+	groupDelivered, groupRead, recomputes atomic.Int64
 }
 
 // Start binds the micro service. The streams and buckets must exist.
@@ -120,10 +129,14 @@ func Start(ctx context.Context, nc *nats.Conn, js jetstream.JetStream, cfg Confi
 	for _, b := range []struct {
 		kv   *jetstream.KeyValue
 		name string
-	}{{&s.settings, contract.SettingsKV}, {&s.reads, contract.ReadsKV}, {&s.cursors, contract.CursorsKV}, {&s.devices, contract.DevicesKV}} {
+	}{{&s.settings, contract.SettingsKV}, {&s.reads, contract.ReadsKV}, {&s.cursors, contract.CursorsKV}, {&s.devices, contract.DevicesKV},
+		{&s.groupTicks, contract.GroupTicksKV}, {&s.groupInfo, contract.GroupInfoKV}} {
 		if *b.kv, err = js.KeyValue(ctx, b.name); err != nil {
 			return nil, fmt.Errorf("receipts: %w", err)
 		}
+	}
+	if s.groups, err = js.Stream(ctx, contract.GroupsStream); err != nil {
+		return nil, fmt.Errorf("receipts: %w", err)
 	}
 	s.svc, err = micro.AddService(nc, micro.Config{
 		Name:         "receipts",
@@ -141,6 +154,7 @@ func Start(ctx context.Context, nc *nats.Conn, js jetstream.JetStream, cfg Confi
 		{"delivered", contract.DeliveredSubject, `{"reader":"bob","device":"phone","from":40,"to":45,"senders":["alice"]}`, s.handleDelivered},
 		{"read", contract.ReadSubject, `{"reader":"bob","device":"phone","sender":"alice","seq":45}`, s.handleRead},
 		{"status", contract.StatusSubject, `{"sender":"alice","recipient":"bob","seq":45}`, s.handleStatus},
+		{"group", contract.GroupPositionSubject, `{"group":"friends","member":"bob","device":"phone","status":"delivered","seq":45}`, s.handleGroupPosition},
 	} {
 		if err := s.svc.AddEndpoint(e.name, s.async(e.h), micro.WithEndpointSubject(e.subject),
 			micro.WithEndpointMetadata(map[string]string{"request": e.example})); err != nil {
@@ -180,16 +194,21 @@ func (s *Service) Stop() {
 // Stats are an instance's counters.
 type Stats struct {
 	Delivered, Read, Stored, Hidden int64
+	// GroupDelivered and GroupRead count members' group positions taken;
+	// Recomputes, the times a group's positions were all read again.
+	GroupDelivered, GroupRead, Recomputes int64
 }
 
 // Stats returns the instance's counters.
 func (s *Service) Stats() Stats {
-	return Stats{Delivered: s.delivered.Load(), Read: s.read.Load(), Stored: s.stored.Load(), Hidden: s.hidden.Load()}
+	return Stats{Delivered: s.delivered.Load(), Read: s.read.Load(), Stored: s.stored.Load(), Hidden: s.hidden.Load(),
+		GroupDelivered: s.groupDelivered.Load(), GroupRead: s.groupRead.Load(), Recomputes: s.recomputes.Load()}
 }
 
 func (s *Service) stats(*micro.Endpoint) any {
 	st := s.Stats()
-	return map[string]int64{"delivered": st.Delivered, "read": st.Read, "stored": st.Stored, "hidden": st.Hidden}
+	return map[string]int64{"delivered": st.Delivered, "read": st.Read, "stored": st.Stored, "hidden": st.Hidden,
+		"group_delivered": st.GroupDelivered, "group_read": st.GroupRead, "group_recomputes": st.Recomputes}
 }
 
 // badRequest is a refusal the asker caused; anything else is the store's.
@@ -327,11 +346,20 @@ func (s *Service) deliver(ctx context.Context, req contract.DeliveredRequest) er
 
 // applyQueued applies a request a gateway left in TICKS.
 func (s *Service) applyQueued(ctx context.Context, m jetstream.Msg) error {
-	var req contract.DeliveredRequest
-	if err := json.Unmarshal(m.Data(), &req); err != nil {
-		return worker.Permanent(err)
+	var err error
+	if m.Headers().Get(contract.HdrKind) == contract.KindGroupPosition {
+		var req contract.GroupPositionRequest
+		if err := json.Unmarshal(m.Data(), &req); err != nil {
+			return worker.Permanent(err)
+		}
+		err = s.groupPosition(ctx, req)
+	} else {
+		var req contract.DeliveredRequest
+		if err := json.Unmarshal(m.Data(), &req); err != nil {
+			return worker.Permanent(err)
+		}
+		err = s.deliver(ctx, req)
 	}
-	err := s.deliver(ctx, req)
 	var bad badRequest
 	if errors.As(err, &bad) {
 		return worker.Permanent(err)
@@ -401,6 +429,9 @@ func (s *Service) handleStatus(ctx context.Context, r micro.Request) error {
 	var req contract.StatusRequest
 	if err := decode(r, &req); err != nil {
 		return err
+	}
+	if req.Group != "" && protocol.ValidID(req.Sender) && req.Seq > 0 {
+		return s.groupStatus(ctx, req, r)
 	}
 	if !protocol.ValidID(req.Sender) || !protocol.ValidID(req.Recipient) || req.Seq == 0 {
 		return badRequest{"sender and recipient must be valid ids and seq positive"}

@@ -111,7 +111,7 @@ func For(r Role) Rules {
 					kvSubject(contract.DevicesKV) + "*", kvSubject(contract.CursorsKV) + "*.*",
 					kvSubject(contract.PresenceKV) + "lease.*.*", kvSubject(contract.SettingsKV) + "*",
 					subjEvents, subjKick,
-					subjFn + "receipts.delivered", subjFn + "receipts.read", subjFn + "receipts.status", subjFn + "presence.get", subjFn + "presence.announce", subjFn + "media.>",
+					subjFn + "receipts.delivered", subjFn + "receipts.read", subjFn + "receipts.status", subjFn + "receipts.group", subjFn + "presence.get", subjFn + "presence.announce", subjFn + "media.>",
 					subjFn + "groups.>"},
 				streamInfo(contract.Inbox, kvStream(contract.DevicesKV), kvStream(contract.CursorsKV),
 					kvStream(contract.PresenceKV), kvStream(contract.SettingsKV), kvStream(contract.GroupInfoKV)),
@@ -126,15 +126,18 @@ func For(r Role) Rules {
 			Respond:   true,
 		}
 	case Receipts:
-		// Receipts into senders' inboxes and conversations' read
-		// positions; positions and settings read to answer status and
-		// apply read-receipt privacy. It reads no message.
-		read := []string{kvStream(contract.ReadsKV), kvStream(contract.SettingsKV), kvStream(contract.CursorsKV), kvStream(contract.DevicesKV)}
+		// Receipts into senders' inboxes, conversations' read positions and
+		// members' group positions; positions and settings read to answer
+		// status and apply read-receipt privacy. Of messages it reads only
+		// the group logs, for who sent what.
+		read := []string{kvStream(contract.ReadsKV), kvStream(contract.SettingsKV), kvStream(contract.CursorsKV), kvStream(contract.DevicesKV),
+			kvStream(contract.GroupTicksKV), kvStream(contract.GroupInfoKV), contract.GroupsStream}
 		return Rules{
 			Publish: join(
 				// Ticks for senders homed in another region go through
 				// this region's OUTBOX (contract/regions.go).
-				[]string{contract.InboxPrefix + "*", contract.OutboxPrefix + "*.*", kvSubject(contract.ReadsKV) + "*.*", contract.DLQPrefix + string(r) + ".>"},
+				[]string{contract.InboxPrefix + "*", contract.OutboxPrefix + "*.*", kvSubject(contract.ReadsKV) + "*.*",
+					kvSubject(contract.GroupTicksKV) + "*", kvSubject(contract.GroupTicksKV) + "*.*", contract.DLQPrefix + string(r) + ".>"},
 				consumer(contract.TicksStream, string(r)),
 				streamInfo(append([]string{contract.Inbox, contract.TicksStream, contract.DLQ}, read...)...),
 				reads(read...),

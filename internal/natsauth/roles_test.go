@@ -65,6 +65,8 @@ func TestRolesAreRefusedWhatTheyMustNotDo(t *testing.T) {
 			{false, "sb.presence.alice", "publish presence updates (the presence function's alone)"},
 			{false, "group.00.friends.e", "forge a group's membership change (the groups function's alone)"},
 			{false, "$KV.GROUP_INFO.friends", "forge a group's record"},
+			{false, "$KV.GROUP_TICKS.friends.alice", "forge a member's group position"},
+			{false, "$KV.GROUP_TICKS.friends", "forge what a group's senders were told"},
 			{false, "$JS.API.CONSUMER.CREATE.GROUPS.groups-00", "take a partition of the group fan-out"},
 			{true, "_INBOX.>", "read other clients' replies"},
 			{true, "_INBOX_media.>", "read the media function's replies"},
@@ -108,7 +110,8 @@ func TestRolesAreRefusedWhatTheyMustNotDo(t *testing.T) {
 	refused[natsauth.Receipts] = append(refused[natsauth.Receipts], act{false, "sb.presence.bob", "forge presence"})
 	refused[natsauth.Media] = append(refused[natsauth.Media], act{false, "sb.presence.bob", "forge presence"})
 	refused[natsauth.Groups] = append(refused[natsauth.Groups], act{false, "sb.presence.bob", "forge presence"},
-		act{false, "ticks.bob", "forge a delivered tick"}, act{false, "$KV.READS.bob.alice", "forge a read position"})
+		act{false, "ticks.bob", "forge a delivered tick"}, act{false, "$KV.READS.bob.alice", "forge a read position"},
+		act{false, "$KV.GROUP_TICKS.friends.bob", "forge a member's group position"})
 	refused[natsauth.Sync] = append(refused[natsauth.Sync], act{false, "sb.presence.bob", "forge presence"},
 		act{false, "ticks.bob", "forge a delivered tick"}, act{false, "$KV.READS.bob.alice", "forge a read position"},
 		act{false, "$JS.API.CONSUMER.CREATE.INBOX.push", "take the push function's durable"})

@@ -57,8 +57,9 @@
  * upload() returns (plus an optional base64 `thumb`), body an optional
  * caption. `sendGroup(group, id, body, {signal})` stores a message in a
  * group's log, for its members, in the same order and outbox as send();
- * its seq is its place in the group's log, and it gets no receipts yet
- * (not_member and unknown_group reject it).
+ * its seq is its place in the group's log, and its receipts are the
+ * group's: 'delivered' once every other member has it, 'read' once every
+ * one read it (not_member and unknown_group reject it).
  *
  * Groups. `group(op, group, {name, users, timeout})` asks for a group
  * operation (create, rename, add, remove, promote, demote, leave, info)
@@ -85,12 +86,13 @@
  *              ack(seq) once the app has stored it: then the sender gets
  *              "delivered". Call read(seq) when it is on screen: the sender
  *              gets "read" for it and every earlier message to this user.
- *   'receipt'  {id, status, by, device, ts, seq}: one event per message this
+ *   'receipt'  {id, status, group, by, device, ts, seq}: one event per message this
  *              client sent, each tick once, never going back. The gateway's
  *              receipts are positions (a range of seqs); the client turns
  *              them into messages by the seqs of its own sends. trackSent()
  *              adds sends the app remembers from an earlier page load.
- *              Receipts are acked here.
+ *              Receipts are acked here. For a group message group is set
+ *              and by is the member whose move completed the tick.
  *   'read_sync' {peer, device, seq}: this user read peer's messages up to
  *              seq on another device: mark the chat read up to there (a
  *              watermark; ignore a lower one). Acked here.
@@ -103,7 +105,9 @@
  *              (an ack or read the gateway refused, say).
  * Other calls: typing(to), typingGroup(group), settings(change) resolving with the user's
  * settings, status(seq) resolving with {user: {delivered, read}} for a
- * message this user sent, close().
+ * message this user sent, groupStatus(group, seq) resolving with
+ * {members: {user: {delivered, read}}, allDelivered, allRead} for one it
+ * sent in a group (seq from its sent), close().
  *
  * Media (over HTTP, with the same token): upload(blob, {mime}) asks for an
  * upload ticket, uploads the bytes as the ticket says (PUT to the embedded
@@ -523,6 +527,7 @@ export class Client {
   #ticks = new Ticks();
   #following = new Set();
   #statusWait = new Map(); // seq -> [{resolve, reject}]
+  #groupStatusWait = new Map(); // group + ' ' + seq -> [{resolve, reject}]
   #groupWait = new Map(); // group request id -> {resolve, reject}
   #settingsChain = Promise.resolve();
   #settingsWait = null;
@@ -764,7 +769,7 @@ export class Client {
         break;
       case 'receipt':
         for (const m of this.#ticks.apply(f)) {
-          this.#emit('receipt', { id: m.id, status: f.status, by: f.by, device: f.device, ts: f.ts, seq: m.seq });
+          this.#emit('receipt', { id: m.id, status: f.status, group: f.group ?? '', by: f.by, device: f.device, ts: f.ts, seq: m.seq });
         }
         this.#write({ type: 'ack', seq: f.seq });
         break;
@@ -781,7 +786,14 @@ export class Client {
         break;
       }
       case 'status':
-        this.#resolveStatus(f.seq, (w) => w.resolve(f.recipients ?? {}));
+        if (f.group) {
+          const k = f.group + ' ' + f.seq;
+          const ws = this.#groupStatusWait.get(k) ?? [];
+          this.#groupStatusWait.delete(k);
+          ws.forEach((w) => w.resolve({ members: f.recipients ?? {}, allDelivered: !!f.all_delivered, allRead: !!f.all_read }));
+        } else {
+          this.#resolveStatus(f.seq, (w) => w.resolve(f.recipients ?? {}));
+        }
         break;
       case 'group': {
         const w = this.#groupWait.get(f.id);
@@ -798,11 +810,12 @@ export class Client {
   #onSent(f) {
     const o = this.#outbox.byId.get(f.id);
     if (!o) return;
-    // A group message's seq is its place in the group's log: no receipts.
-    const early = o.group ? '' : this.#ticks.sent(o.to, f.id, f.seq);
+    // A group message's seq is its place in the group's log: its ticks
+    // are the group's, kept apart ('#' starts no user id).
+    const early = this.#ticks.sent(o.group ? '#' + o.group : o.to, f.id, f.seq);
     this.#resolve(o, { ok: { id: f.id, seq: f.seq, ts: f.ts, dup: !!f.dup } });
     // Its tick came before its "sent" did.
-    if (early) this.#emit('receipt', { id: f.id, status: early, by: o.to, device: '', ts: Date.now(), seq: f.seq });
+    if (early) this.#emit('receipt', { id: f.id, status: early, group: o.group, by: o.to, device: '', ts: Date.now(), seq: f.seq });
   }
 
   #onError(f) {
@@ -829,6 +842,17 @@ export class Client {
       }
     }
     if (f.seq && this.#resolveStatus(f.seq, (w) => w.reject(new ServerError(f.code, f.message)))) return;
+    if (f.seq) {
+      // An error frame names no group: every group status asked at seq.
+      let any = false;
+      for (const [k, ws] of [...this.#groupStatusWait]) {
+        if (!k.endsWith(' ' + f.seq)) continue;
+        this.#groupStatusWait.delete(k);
+        ws.forEach((w) => w.reject(new ServerError(f.code, f.message)));
+        any = true;
+      }
+      if (any) return;
+    }
     this.#emit('error', { code: f.code, message: f.message, seq: f.seq ?? 0, id: f.id ?? '' });
   }
 
@@ -1035,6 +1059,25 @@ export class Client {
       const ws = (this.#statusWait.get(seq) ?? []).filter((x) => x !== w);
       if (ws.length) this.#statusWait.set(seq, ws);
       else this.#statusWait.delete(seq);
+    }));
+  }
+
+  /**
+   * groupStatus resolves with {members: {bob: {delivered, read}}, allDelivered,
+   * allRead} for the message this user sent in group at seq (its place in
+   * the group's log); anyone else's rejects with unknown_seq.
+   */
+  groupStatus(group, seq, { timeout = 10000 } = {}) {
+    if (!validId(group)) return Promise.reject(new TypeError('switchboard: group must be 1-64 characters of A-Z a-z 0-9 _ -'));
+    const k = group + ' ' + seq;
+    return this.#connected().then(() => this.#await(timeout, (w) => {
+      if (!this.#groupStatusWait.has(k)) this.#groupStatusWait.set(k, []);
+      this.#groupStatusWait.get(k).push(w);
+      this.#write({ type: 'status', group, seq });
+    }, (w) => {
+      const ws = (this.#groupStatusWait.get(k) ?? []).filter((x) => x !== w);
+      if (ws.length) this.#groupStatusWait.set(k, ws);
+      else this.#groupStatusWait.delete(k);
     }));
   }
 
@@ -1363,7 +1406,8 @@ class Ticks {
 
   // apply returns the messages a receipt frame moves on: [{id, seq}].
   apply(f) {
-    const r = this.#recipient(f.by);
+    // A group receipt is the group's: every member but this user.
+    const r = this.#recipient(f.group ? '#' + f.group : f.by);
     const out = [];
     if (f.status === 'read') {
       r.readTo = Math.max(r.readTo, f.to_seq);

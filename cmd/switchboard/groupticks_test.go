@@ -1,0 +1,113 @@
+package main_test
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"testing"
+	"time"
+
+	"github.com/switchboard-im/switchboard/client"
+	tk "github.com/switchboard-im/switchboard/internal/testkit"
+	"github.com/switchboard-im/switchboard/protocol"
+)
+
+// Group receipts on the all-in-one: the sender's delivered tick comes
+// once the last member's device acked, its read once the last member
+// read (a member with read receipts off included, as WhatsApp does in
+// groups), one event per message; message info for the sender only.
+// Each tick names the member whose move made it, so a tick that came too
+// early would be the earlier member's, and the next one tells.
+func TestGroupReceiptsEndToEnd(t *testing.T) {
+	data := t.TempDir()
+	p := start(t, "--data", data, "--nats-listen", "127.0.0.1:0")
+	dial := func(user string) *client.Client {
+		return tk.DialToken(t, p.WSURL, token(t, data, user, "phone"))
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	const wait = 15 * time.Second
+
+	alice, bob, carol := dial("alice"), dial("bob"), dial("carol")
+	off := false
+	if _, err := carol.Settings(ctx, client.SettingsChange{ReadReceipts: &off}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := alice.CreateGroup(ctx, "club", "Club", "bob", "carol"); err != nil {
+		t.Fatal(err)
+	}
+	for _, c := range []*client.Client{bob, carol} {
+		m := tk.RecvMsg(t, c, wait)
+		if m.Event == nil || m.Event.Op != "create" {
+			t.Fatalf("got %+v, want the create", m)
+		}
+		c.Ack(m.Seq)
+	}
+	s1, err := alice.SendGroup(ctx, "club", "c1", tk.Body("one"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	s2, err := alice.SendGroup(ctx, "club", "c2", tk.Body("two"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	recv2 := func(c *client.Client) (a, b client.Message) {
+		t.Helper()
+		a, b = tk.RecvMsg(t, c, wait), tk.RecvMsg(t, c, wait)
+		if a.ID != "c1" || b.ID != "c2" || a.Group != "club" {
+			t.Fatalf("got %s, %s, want c1, c2 in club", a.ID, b.ID)
+		}
+		return a, b
+	}
+	b1, b2 := recv2(bob)
+	c1, c2 := recv2(carol)
+
+	// bob's device acks; carol's holds both.
+	bob.Ack(b1.Seq)
+	bob.Ack(b2.Seq)
+	status := func(seq uint64, want string) client.GroupStatus {
+		t.Helper()
+		var st client.GroupStatus
+		tk.WaitFor(t, wait, func() error {
+			var err error
+			if st, err = alice.GroupStatus(ctx, "club", seq); err != nil {
+				return err
+			}
+			if got := fmt.Sprint(st.Members); got != want {
+				return fmt.Errorf("members %s, want %s", got, want)
+			}
+			return nil
+		})
+		return st
+	}
+	if st := status(s2.Seq, "map[bob:{true false} carol:{false false}]"); st.AllDelivered || st.AllRead {
+		t.Fatalf("status %+v: all delivered before carol had it", st)
+	}
+	carol.Ack(c1.Seq)
+	carol.Ack(c2.Seq)
+	for _, id := range []string{"c1", "c2"} {
+		r := tk.RecvReceipt(t, alice, wait)
+		if r.ID != id || r.Status != protocol.StatusDelivered || r.Group != "club" || r.By != "carol" {
+			t.Fatalf("alice's receipt %+v, want %s delivered in club, made so by carol", r, id)
+		}
+	}
+
+	// Reads: bob first, then carol.
+	bob.Read(b2.Seq)
+	status(s2.Seq, "map[bob:{true true} carol:{true false}]")
+	carol.Read(c2.Seq)
+	for _, id := range []string{"c1", "c2"} {
+		r := tk.RecvReceipt(t, alice, wait)
+		if r.ID != id || r.Status != protocol.StatusRead || r.Group != "club" || r.By != "carol" {
+			t.Fatalf("alice's receipt %+v, want %s read in club, made so by carol", r, id)
+		}
+	}
+	if st := status(s1.Seq, "map[bob:{true true} carol:{true true}]"); !st.AllDelivered || !st.AllRead {
+		t.Fatalf("status %+v, want all delivered and read", st)
+	}
+	// Message info is the sender's only.
+	var se *client.ServerError
+	if _, err := bob.GroupStatus(ctx, "club", s1.Seq); !errors.As(err, &se) || se.Code != protocol.ErrUnknownSeq {
+		t.Fatalf("bob asking about alice's message: %v, want unknown_seq", err)
+	}
+}

@@ -1,0 +1,148 @@
+package gateway
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"strconv"
+
+	"github.com/nats-io/nats.go"
+
+	"github.com/switchboard-im/switchboard/contract"
+	"github.com/switchboard-im/switchboard/protocol"
+)
+
+// Group ticks.
+//
+// A member's copies of a group's log carry their place in it
+// (Sb-Group-Seq). When a device's acked stretch holds copies of a group,
+// the ticker asks the receipts function, once per group, to raise the
+// member's delivered position in that group to the highest of them
+// (contract.GroupPositionRequest), with the 1:1 ticks of the stretch and
+// before the stretch is settled, so a crash asks again and nothing is
+// kept per message. A read of a group copy raises the member's read
+// position the same way. The function tells the senders when every
+// member has their messages (functions/receipts/groups.go).
+//
+// As for 1:1 ticks, delivery does not wait on the function: a request it
+// does not answer in time is stored in TICKS (Sb-Kind group-position) for
+// it to apply when it is back.
+
+// groupSeq is a group copy's place in its group's log, 0 if it has none.
+func groupSeq(h nats.Header) uint64 {
+	n, _ := strconv.ParseUint(h.Get(contract.HdrGroupSeq), 10, 64)
+	return n
+}
+
+// groupReceiptFrame is the frame of a group receipt stored at seq, nil
+// if it is malformed.
+func groupReceiptFrame(h nats.Header, group, by, device string, seq uint64, ts int64) []byte {
+	fromSeq, _ := strconv.ParseUint(h.Get(contract.HdrSeqFrom), 10, 64)
+	toSeq, _ := strconv.ParseUint(h.Get(contract.HdrSeqTo), 10, 64)
+	st := h.Get(contract.HdrStatus)
+	if fromSeq == 0 || toSeq < fromSeq || (st != protocol.StatusDelivered && st != protocol.StatusRead) {
+		return nil
+	}
+	return protocol.AppendGroupReceipt(nil, st, group, by, device, fromSeq, toSeq, seq, ts)
+}
+
+// groupPositions are the delivered requests for the group copies in the
+// device's unsettled messages up to through: per group, the highest
+// place in its log, in the order the groups first appear.
+func (f *feed) groupPositions(through uint64) []contract.GroupPositionRequest {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	var out []contract.GroupPositionRequest
+	at := map[string]int{}
+	for _, q := range f.unsettled {
+		if q > through {
+			break
+		}
+		p := f.pending[q]
+		if !p.group || p.gseq == 0 {
+			continue
+		}
+		i, ok := at[p.gid]
+		if !ok {
+			i = len(out)
+			at[p.gid] = i
+			out = append(out, contract.GroupPositionRequest{Group: p.gid, Member: f.s.id.User, Device: f.s.id.Device,
+				Status: protocol.StatusDelivered})
+		}
+		out[i].Seq = max(out[i].Seq, p.gseq)
+	}
+	return out
+}
+
+// groupTicks asks for each of reqs, storing in TICKS those the receipts
+// function does not answer.
+func (t *ticker) groupTicks(ctx context.Context, reqs []contract.GroupPositionRequest) error {
+	for _, req := range reqs {
+		err := contract.Call(ctx, t.s.srv.nc, contract.GroupPositionSubject, req, nil)
+		if errors.Is(err, contract.ErrUnavailable) {
+			err = t.queueGroup(ctx, req)
+		}
+		if err != nil {
+			return err
+		}
+		t.s.srv.metrics.ticks.Inc()
+	}
+	return nil
+}
+
+func (t *ticker) queueGroup(ctx context.Context, req contract.GroupPositionRequest) error {
+	b, _ := json.Marshal(req)
+	m := &nats.Msg{Subject: contract.TicksSubject(req.Member), Data: b, Header: nats.Header{
+		contract.HdrMsgID: {contract.QueuedGroupTickDedupID(req.Member, req.Device, req.Group, req.Status, req.Seq)},
+		contract.HdrKind:  {contract.KindGroupPosition},
+	}}
+	if _, err := t.s.srv.js.PublishMsg(ctx, m); err != nil {
+		return err
+	}
+	t.s.srv.metrics.ticksQueued.Inc()
+	return nil
+}
+
+// readGroup takes a read of the group copy rm, stored at seq in this
+// user's inbox: the member has read the group's log up to its place.
+func (s *session) readGroup(ctx context.Context, seq uint64, h nats.Header) {
+	gid, at := h.Get(contract.HdrGroup), groupSeq(h)
+	if !protocol.ValidID(gid) || at == 0 {
+		s.sendError(protocol.ErrUnknownSeq, "no message to you with this seq", "", seq, 0)
+		return
+	}
+	req := contract.GroupPositionRequest{Group: gid, Member: s.id.User, Device: s.id.Device, Status: protocol.StatusRead, Seq: at}
+	if err := contract.Call(ctx, s.srv.nc, contract.GroupPositionSubject, req, nil); err != nil {
+		s.sendError(protocol.ErrUnavailable, "read receipt not taken; resend", "", seq, 0)
+	}
+}
+
+// groupStatus answers a status frame about the message stored at seq in
+// group's log: the receipts function checks that this user sent it there.
+func (s *session) groupStatus(seq uint64, group string) {
+	ok := s.goCall(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), s.srv.cfg.FunctionTimeout)
+		defer cancel()
+		var reply contract.StatusReply
+		err := contract.Call(ctx, s.srv.nc, contract.StatusSubject, contract.StatusRequest{Sender: s.id.User, Group: group, Seq: seq}, &reply)
+		var fe *contract.FnError
+		switch {
+		case errors.As(err, &fe) && fe.Code == contract.ErrCodeUnknownSeq:
+			s.sendError(protocol.ErrUnknownSeq, "you sent no message with this seq in this group", "", seq, 0)
+			return
+		case err != nil:
+			s.sendError(protocol.ErrUnavailable, "receipts are unavailable", "", seq, 0)
+			return
+		}
+		to := make(map[string]protocol.Ticks, len(reply.Recipients))
+		for u, t := range reply.Recipients {
+			if protocol.ValidID(u) {
+				to[u] = protocol.Ticks{Delivered: t.Delivered, Read: t.Read}
+			}
+		}
+		s.t.Send(protocol.EncodeGroupStatus(seq, group, to, reply.AllDelivered, reply.AllRead))
+	})
+	if !ok {
+		s.sendError(protocol.ErrRateLimited, "too many requests in flight", "", seq, 100)
+	}
+}
