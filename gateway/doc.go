@@ -80,14 +80,14 @@
 //	pubQueue.mu  → sessionTimer.mu
 //	ticker.mu    → feed.mu
 //	cursorSaver.mu → sessionTimer.mu
-//	follows.mu, session.evMu, pubQueue.mu → wsConn.mu, sseConn.mu
+//	follows.mu, session.evMu, pubQueue.mu → outQueue.mu (a transport's queue)
 //	sseConn.in   → every lock session.handle takes, the router's too (a
 //	               POST's frames run through handle under it; nothing
 //	               takes sseConn.in while holding another lock)
 //
 // Server.mu, sseSessions.mu, replies.mu, backlog.mu, lease.mu, feed.mu,
-// sessionTimer.mu, groupCache.mu, groupBucket.mu, wsConn.mu and
-// sseConn.mu are leaves: nothing of this package is locked under them.
+// sessionTimer.mu, groupCache.mu, groupBucket.mu and outQueue.mu
+// are leaves: nothing of this package is locked under them.
 // No lock of a session's is held while calling the router (router.add,
 // router.remove), the replies' owner callbacks run with replies.mu
 // released, and the session timer runs its ops with its lock released.

@@ -68,8 +68,8 @@ type pendingMsg struct {
 	// region and the message's sequence in its OUTBOX (regions.go).
 	region string
 	origin uint64
-	gid     string // for a group copy, its group
-	gseq    uint64 // and its place in the group's log (Sb-Group-Seq)
+	gid    string // for a group copy, its group
+	gseq   uint64 // and its place in the group's log (Sb-Group-Seq)
 }
 
 // feed is a session's delivery: it hands the device its messages in

@@ -1,5 +1,12 @@
 package gateway
 
+import (
+	"sync"
+	"time"
+
+	"github.com/switchboard-im/switchboard/protocol"
+)
+
 // The transport seam: what a session needs from its connection. The
 // WebSocket code (transport_ws.go) stays behind it, so the session's logic
 // can be driven by a fake in tests and knows nothing of fasthttp.
@@ -40,4 +47,108 @@ type conn interface {
 	// drop closes the socket at once, writing nothing more, as a crash
 	// would (Server.Abort).
 	drop()
+}
+
+// outQueue is the queue both transports write from: Send and Close only
+// queue and start the transport's writer when none runs, so no caller
+// waits for a socket. The writer takes batches with take and, once
+// closing, asks drained whether it is done.
+type outQueue struct {
+	cfg    *Config
+	writer func() // the transport's writer, run on its own goroutine
+
+	mu      sync.Mutex // guards queue, writing, closing and pingDue
+	queue   [][]byte
+	writing bool // a writer goroutine is running
+	closing bool // Close was called; the writer writes the close
+	pingDue bool // the heartbeat is due (the event stream's)
+	ping    *time.Timer
+
+	closeOnce sync.Once
+	done      chan struct{} // closed by Close
+	// closeCode and closeReason are written once, before done is closed.
+	closeCode   int
+	closeReason string
+
+	writerDone chan struct{} // closed once the close is written and the socket closed
+}
+
+func newOutQueue(cfg *Config, writer func()) outQueue {
+	return outQueue{cfg: cfg, writer: writer, done: make(chan struct{}), writerDone: make(chan struct{})}
+}
+
+func (q *outQueue) Send(frame []byte) bool {
+	q.mu.Lock()
+	if q.closing {
+		q.mu.Unlock()
+		return false
+	}
+	if len(q.queue) >= q.cfg.OutboundQueue {
+		q.mu.Unlock()
+		q.Close(protocol.CloseSlow, "outbound queue full")
+		return false
+	}
+	q.queue = append(q.queue, frame)
+	q.startLocked()
+	return true
+}
+
+func (q *outQueue) Close(code int, reason string) {
+	q.closeOnce.Do(func() {
+		q.closeCode, q.closeReason = code, reason
+		close(q.done)
+		q.ping.Stop()
+		q.mu.Lock()
+		q.closing = true
+		q.startLocked()
+	})
+}
+
+// startLocked starts the writer unless one runs, and unlocks.
+func (q *outQueue) startLocked() {
+	start := !q.writing
+	q.writing = true
+	q.mu.Unlock()
+	if start {
+		go q.writer()
+	}
+}
+
+func (q *outQueue) Done() <-chan struct{} { return q.done }
+
+func (q *outQueue) finished() <-chan struct{} { return q.writerDone }
+
+func (q *outQueue) closedWith() (int, string) { return q.closeCode, q.closeReason }
+
+// take hands the writer everything queued, swapping in batch (emptied)
+// for the next frames, and says whether Close was called and a
+// heartbeat is due. stop is true when there is nothing to write: the
+// writer ends, and the next Send starts another.
+func (q *outQueue) take(batch [][]byte) (next [][]byte, closing, ping, stop bool) {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	closing, ping = q.closing, q.pingDue
+	q.pingDue = false
+	if len(q.queue) == 0 && !closing && !ping {
+		q.writing = false
+		return batch, false, false, true
+	}
+	next, q.queue = q.queue, batch[:0]
+	return next, closing, ping, false
+}
+
+// flushOnClose reports whether what is queued is still written after
+// Close: not for a slow or replaced client.
+func (q *outQueue) flushOnClose() bool {
+	return q.closeCode != protocol.CloseSlow && q.closeCode != protocol.CloseReplaced
+}
+
+// drained, once closing, drops whatever was queued meanwhile and reports
+// whether there was none.
+func (q *outQueue) drained() bool {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	empty := len(q.queue) == 0
+	q.queue = nil
+	return empty
 }

@@ -37,9 +37,8 @@ const PathSSE = "/v1/sse"
 // sseConn is one event stream and the POSTs that carry its client's
 // frames.
 type sseConn struct {
-	nc  net.Conn
-	cfg *Config
-	id  Identity // whose stream it is; a POST must carry a token of the same device
+	nc net.Conn
+	id Identity // whose stream it is; a POST must carry a token of the same device
 
 	// in is the read loop's turn: a POST holds it while its frames run
 	// through handle, so frames are handled one at a time and none after
@@ -49,31 +48,12 @@ type sseConn struct {
 	ended  bool          // readLoop returned
 	ready  chan struct{} // closed once handle is set
 
-	mu      sync.Mutex // guards queue, writing, closing and pingDue
-	queue   [][]byte
-	writing bool // a writer goroutine is running
-	closing bool // Close was called; the writer writes the close event
-	pingDue bool // the heartbeat is due
-	ping    *time.Timer
-
-	closeOnce sync.Once
-	done      chan struct{} // closed by Close
-	// closeCode and closeReason are written once, before done is closed.
-	closeCode   int
-	closeReason string
-
-	writerDone chan struct{} // closed once the close event is written and the socket closed
+	outQueue
 }
 
 func newSSEConn(nc net.Conn, cfg *Config, id Identity) *sseConn {
-	c := &sseConn{
-		nc:         nc,
-		cfg:        cfg,
-		id:         id,
-		ready:      make(chan struct{}),
-		done:       make(chan struct{}),
-		writerDone: make(chan struct{}),
-	}
+	c := &sseConn{nc: nc, id: id, ready: make(chan struct{})}
+	c.outQueue = newOutQueue(cfg, c.writer)
 	c.ping = time.AfterFunc(cfg.PingInterval, c.heartbeat)
 	return c
 }
@@ -100,49 +80,6 @@ func (c *sseConn) writeHeader(allowOrigin string) error {
 	return err
 }
 
-func (c *sseConn) Send(frame []byte) bool {
-	c.mu.Lock()
-	if c.closing {
-		c.mu.Unlock()
-		return false
-	}
-	if len(c.queue) >= c.cfg.OutboundQueue {
-		c.mu.Unlock()
-		c.Close(protocol.CloseSlow, "outbound queue full")
-		return false
-	}
-	c.queue = append(c.queue, frame)
-	start := !c.writing
-	c.writing = true
-	c.mu.Unlock()
-	if start {
-		go c.writer()
-	}
-	return true
-}
-
-func (c *sseConn) Close(code int, reason string) {
-	c.closeOnce.Do(func() {
-		c.closeCode, c.closeReason = code, reason
-		close(c.done)
-		c.ping.Stop()
-		c.mu.Lock()
-		c.closing = true
-		start := !c.writing
-		c.writing = true
-		c.mu.Unlock()
-		if start {
-			go c.writer()
-		}
-	})
-}
-
-func (c *sseConn) Done() <-chan struct{} { return c.done }
-
-func (c *sseConn) finished() <-chan struct{} { return c.writerDone }
-
-func (c *sseConn) closedWith() (int, string) { return c.closeCode, c.closeReason }
-
 func (c *sseConn) drop() { _ = c.nc.Close() }
 
 // heartbeat runs on the ping timer: it has the writer write a comment,
@@ -155,12 +92,7 @@ func (c *sseConn) heartbeat() {
 		return
 	}
 	c.pingDue = true
-	start := !c.writing
-	c.writing = true
-	c.mu.Unlock()
-	if start {
-		go c.writer()
-	}
+	c.startLocked()
 	c.ping.Reset(c.cfg.PingInterval)
 }
 
@@ -174,18 +106,12 @@ func (c *sseConn) writer() {
 	var buf []byte
 	failed := false
 	for {
-		c.mu.Lock()
-		closing := c.closing
-		ping := c.pingDue
-		c.pingDue = false
-		if len(c.queue) == 0 && !closing && !ping {
-			c.writing = false
-			c.mu.Unlock()
+		var closing, ping, stop bool
+		batch, closing, ping, stop = c.take(batch)
+		if stop {
 			return
 		}
-		batch, c.queue = c.queue, batch[:0]
-		c.mu.Unlock()
-		flush := !closing || (c.closeCode != protocol.CloseSlow && c.closeCode != protocol.CloseReplaced)
+		flush := !closing || c.flushOnClose()
 		buf = buf[:0]
 		for i, b := range batch {
 			if flush {
@@ -202,14 +128,8 @@ func (c *sseConn) writer() {
 				c.Close(protocol.CloseSlow, "write failed")
 			}
 		}
-		if closing {
-			c.mu.Lock()
-			empty := len(c.queue) == 0
-			c.queue = nil
-			c.mu.Unlock()
-			if empty || failed || !flush {
-				break
-			}
+		if closing && (c.drained() || failed || !flush) {
+			break
 		}
 		if cap(batch) > 64 {
 			batch = nil // keep no large buffer

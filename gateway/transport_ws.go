@@ -2,7 +2,6 @@ package gateway
 
 import (
 	"errors"
-	"sync"
 	"time"
 	"unicode/utf8"
 
@@ -19,73 +18,16 @@ import (
 // empty queue and no write buffer. Close and ping go through WriteControl,
 // which gorilla-style connections allow concurrently with a writer.
 type wsConn struct {
-	ws  *websocket.Conn
-	cfg *Config
-
-	mu      sync.Mutex // guards queue, writing and closing
-	queue   [][]byte
-	writing bool // a writer goroutine is running
-	closing bool // Close was called; the writer sends the close frame
-	ping    *time.Timer
-
-	closeOnce sync.Once
-	done      chan struct{} // closed by Close
-	// closeCode and closeReason are written once, before done is closed.
-	closeCode   int
-	closeReason string
-
-	writerDone chan struct{} // closed once the close frame is written and the socket closed
+	ws *websocket.Conn
+	outQueue
 }
 
 func newWSConn(ws *websocket.Conn, cfg *Config) *wsConn {
-	c := &wsConn{
-		ws:         ws,
-		cfg:        cfg,
-		done:       make(chan struct{}),
-		writerDone: make(chan struct{}),
-	}
+	c := &wsConn{ws: ws}
+	c.outQueue = newOutQueue(cfg, c.writer)
 	c.ping = time.AfterFunc(cfg.PingInterval, c.sendPing)
 	return c
 }
-
-func (c *wsConn) Send(frame []byte) bool {
-	c.mu.Lock()
-	if c.closing {
-		c.mu.Unlock()
-		return false
-	}
-	if len(c.queue) >= c.cfg.OutboundQueue {
-		c.mu.Unlock()
-		c.Close(protocol.CloseSlow, "outbound queue full")
-		return false
-	}
-	c.queue = append(c.queue, frame)
-	start := !c.writing
-	c.writing = true
-	c.mu.Unlock()
-	if start {
-		go c.writer()
-	}
-	return true
-}
-
-func (c *wsConn) Close(code int, reason string) {
-	c.closeOnce.Do(func() {
-		c.closeCode, c.closeReason = code, reason
-		close(c.done)
-		c.ping.Stop()
-		c.mu.Lock()
-		c.closing = true
-		start := !c.writing
-		c.writing = true
-		c.mu.Unlock()
-		if start {
-			go c.writer()
-		}
-	})
-}
-
-func (c *wsConn) Done() <-chan struct{} { return c.done }
 
 // writer writes queued frames until the queue is empty, then ends; after
 // Close it writes what is queued (bounded by WriteTimeout, and not for a
@@ -95,16 +37,12 @@ func (c *wsConn) writer() {
 	var batch [][]byte
 	failed := false
 	for {
-		c.mu.Lock()
-		closing := c.closing
-		if len(c.queue) == 0 && !closing {
-			c.writing = false
-			c.mu.Unlock()
+		var closing, stop bool
+		batch, closing, _, stop = c.take(batch)
+		if stop {
 			return
 		}
-		batch, c.queue = c.queue, batch[:0]
-		c.mu.Unlock()
-		flush := !closing || (c.closeCode != protocol.CloseSlow && c.closeCode != protocol.CloseReplaced)
+		flush := !closing || c.flushOnClose()
 		for i, b := range batch {
 			if flush && !failed && c.write(b) != nil {
 				failed = true
@@ -112,14 +50,8 @@ func (c *wsConn) writer() {
 			}
 			batch[i] = nil
 		}
-		if closing {
-			c.mu.Lock()
-			empty := len(c.queue) == 0
-			c.queue = nil
-			c.mu.Unlock()
-			if empty || failed || !flush {
-				break
-			}
+		if closing && (c.drained() || failed || !flush) {
+			break
 		}
 		if cap(batch) > 64 {
 			batch = nil // keep no large buffer
@@ -204,9 +136,5 @@ func isTimeout(err error) bool {
 	var t interface{ Timeout() bool }
 	return errors.As(err, &t) && t.Timeout()
 }
-
-func (c *wsConn) finished() <-chan struct{} { return c.writerDone }
-
-func (c *wsConn) closedWith() (int, string) { return c.closeCode, c.closeReason }
 
 func (c *wsConn) drop() { _ = c.ws.NetConn().Close() }
