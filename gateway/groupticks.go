@@ -76,11 +76,13 @@ func (f *feed) groupPositions(through uint64) []contract.GroupPositionRequest {
 
 // groupTicks asks for each of reqs, storing in TICKS those the receipts
 // function does not answer.
-func (t *ticker) groupTicks(ctx context.Context, reqs []contract.GroupPositionRequest) error {
+func (t *ticker) groupTicks(reqs []contract.GroupPositionRequest) error {
 	for _, req := range reqs {
+		ctx, cancel := context.WithTimeout(context.Background(), t.s.srv.cfg.FunctionTimeout)
 		err := contract.Call(ctx, t.s.srv.nc, contract.GroupPositionSubject, req, nil)
+		cancel()
 		if errors.Is(err, contract.ErrUnavailable) {
-			err = t.queueGroup(ctx, req)
+			err = t.queueGroup(req)
 		}
 		if err != nil {
 			return err
@@ -90,7 +92,9 @@ func (t *ticker) groupTicks(ctx context.Context, reqs []contract.GroupPositionRe
 	return nil
 }
 
-func (t *ticker) queueGroup(ctx context.Context, req contract.GroupPositionRequest) error {
+func (t *ticker) queueGroup(req contract.GroupPositionRequest) error {
+	ctx, cancel := context.WithTimeout(context.Background(), t.s.srv.cfg.FunctionTimeout)
+	defer cancel()
 	b, _ := json.Marshal(req)
 	m := &nats.Msg{Subject: contract.TicksSubject(req.Member), Data: b, Header: nats.Header{
 		contract.HdrMsgID: {contract.QueuedGroupTickDedupID(req.Member, req.Device, req.Group, req.Status, req.Seq)},

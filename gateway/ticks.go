@@ -104,22 +104,14 @@ func (t *ticker) run() {
 			s.feed.settleThrough(through)
 			continue
 		}
-		ctx, cancel := context.WithTimeout(context.Background(), s.srv.cfg.FunctionTimeout)
 		var err error
 		if len(req.Senders) > 0 {
-			err = contract.Call(ctx, s.srv.nc, contract.DeliveredSubject, req, nil)
-			if errors.Is(err, contract.ErrUnavailable) {
-				err = t.queue(ctx, req)
-			}
-			if err == nil {
-				s.srv.metrics.ticks.Inc()
-			}
+			err = t.delivered(req)
 		}
 		if err == nil {
 			// Group copies: one request per group (groupticks.go).
-			err = t.groupTicks(ctx, groups)
+			err = t.groupTicks(groups)
 		}
-		cancel()
 		if err == nil {
 			s.feed.settleThrough(through)
 			failingSince, backoff = time.Time{}, 50*time.Millisecond
@@ -177,7 +169,27 @@ func (t *ticker) endLocked() {
 
 // queue stores req in TICKS for the receipts function to apply when it is
 // back.
-func (t *ticker) queue(ctx context.Context, req contract.DeliveredRequest) error {
+// delivered asks the receipts function for req's ticks, and leaves them
+// in TICKS when it does not answer in time: a slow function, like a
+// stopped one, costs a second stored write, not the session.
+func (t *ticker) delivered(req contract.DeliveredRequest) error {
+	ctx, cancel := context.WithTimeout(context.Background(), t.s.srv.cfg.FunctionTimeout)
+	err := contract.Call(ctx, t.s.srv.nc, contract.DeliveredSubject, req, nil)
+	cancel()
+	if errors.Is(err, contract.ErrUnavailable) {
+		err = t.queue(req)
+	}
+	if err == nil {
+		t.s.srv.metrics.ticks.Inc()
+	}
+	return err
+}
+
+// queue stores req in TICKS, on a context of its own: the request's may
+// have run out waiting for the function.
+func (t *ticker) queue(req contract.DeliveredRequest) error {
+	ctx, cancel := context.WithTimeout(context.Background(), t.s.srv.cfg.FunctionTimeout)
+	defer cancel()
 	b, _ := json.Marshal(req)
 	m := &nats.Msg{Subject: contract.TicksSubject(req.Reader), Data: b, Header: nats.Header{
 		contract.HdrMsgID: {contract.QueuedTickDedupID(req.Reader, req.Device, req.From, req.To)},
