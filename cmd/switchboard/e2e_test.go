@@ -357,8 +357,11 @@ func TestReadmeChat(t *testing.T) {
 		if !strings.Contains(bobOut.String(), "alice/phone: hello bob") {
 			return fmt.Errorf("bob's terminal: %q", bobOut.String())
 		}
+		// bob's terminal acks and reads at once, so the read tick may
+		// come first; it covers delivered, and the SDK then shows only
+		// the read (a tick never goes back).
 		a := aliceOut.String()
-		for _, want := range []string{"sent, seq", "delivered by bob/phone", "read by bob/phone"} {
+		for _, want := range []string{"sent, seq", "read by bob/phone"} {
 			if !strings.Contains(a, want) {
 				return fmt.Errorf("alice's terminal lacks %q: %q", want, a)
 			}
