@@ -2,8 +2,6 @@ package gateway
 
 import (
 	"errors"
-	"io"
-	"net"
 	"time"
 	"unicode/utf8"
 
@@ -61,34 +59,8 @@ func (c *wsConn) writer() {
 	}
 	msg := websocket.FormatCloseMessage(c.closeCode, c.closeReason)
 	_ = c.ws.WriteControl(websocket.CloseMessage, msg, time.Now().Add(time.Second))
-	c.linger()
 	_ = c.ws.Close()
 	close(c.writerDone)
-}
-
-// closeLinger bounds how long a closing connection waits for the client
-// to close its side.
-const closeLinger = time.Second
-
-// linger ends the connection the way TCP keeps the close frame: closing a
-// socket with unread input (sends the read loop no longer reads) resets
-// the connection, and a reset can destroy the close frame before the
-// client reads it. So the gateway closes its sending side first and reads
-// and drops what still comes until the client closes (its close frame
-// answers ours) or closeLinger passes.
-func (c *wsConn) linger() {
-	nc := c.ws.NetConn()
-	if u, ok := nc.(interface{ UnsafeConn() net.Conn }); ok {
-		nc = u.UnsafeConn() // fasthttp's hijacked wrapper hides CloseWrite
-	}
-	hc, ok := nc.(interface{ CloseWrite() error })
-	if !ok || hc.CloseWrite() != nil {
-		return
-	}
-	if nc.SetReadDeadline(time.Now().Add(closeLinger)) != nil {
-		return
-	}
-	_, _ = io.Copy(io.Discard, nc)
 }
 
 func (c *wsConn) write(b []byte) error {
