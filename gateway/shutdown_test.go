@@ -66,7 +66,13 @@ func TestGracefulShutdownHandsOverWithNothingLost(t *testing.T) {
 		if err := g.Server.Shutdown(ctx); err != nil {
 			t.Errorf("shutdown: %v", err)
 		}
-	}, func(code int) bool { return code == protocol.CloseServiceRestart })
+	}, func(code int) bool {
+		// 1012 as a rule; a drop when the socket was reset under the
+		// close frame: alice keeps sending, and a socket closed with
+		// unread input is reset. That 1012 is sent to an idle client is
+		// TestGracefulShutdownSendsServiceRestart's (cmd/switchboard).
+		return code == protocol.CloseServiceRestart || code == 0 || code == websocket.CloseAbnormalClosure
+	})
 }
 
 func TestGatewayCrashHandsOverWithNothingLost(t *testing.T) {
