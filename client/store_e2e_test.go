@@ -45,7 +45,8 @@ const (
 // in one direction or stop it, for every connection at once.
 type mutingProxy struct {
 	addr     string
-	up, down atomic.Int32 // client to server, server to client
+	up, down atomic.Int32 // client to server, server to client; hold is for good
+	closed   chan struct{}
 }
 
 func startMutingProxy(t *testing.T, target string) *mutingProxy {
@@ -53,9 +54,10 @@ func startMutingProxy(t *testing.T, target string) *mutingProxy {
 	if err != nil {
 		t.Fatal(err)
 	}
-	p := &mutingProxy{addr: ln.Addr().String()}
+	p := &mutingProxy{addr: ln.Addr().String(), closed: make(chan struct{})}
 	var conns sync.Map
 	t.Cleanup(func() {
+		close(p.closed)
 		ln.Close()
 		conns.Range(func(k, _ any) bool { k.(net.Conn).Close(); return true })
 	})
@@ -84,8 +86,9 @@ func (p *mutingProxy) pipe(dst, src net.Conn, mode *atomic.Int32) {
 	defer src.Close()
 	buf := make([]byte, 32<<10)
 	for {
-		for mode.Load() == hold {
-			time.Sleep(5 * time.Millisecond)
+		if mode.Load() == hold {
+			<-p.closed // held until the proxy closes
+			return
 		}
 		n, err := src.Read(buf)
 		if n > 0 && mode.Load() != discard {
@@ -99,12 +102,20 @@ func (p *mutingProxy) pipe(dst, src net.Conn, mode *atomic.Int32) {
 	}
 }
 
-// TestStoreApp is the app process, run by TestStoreResumesSendsAfterKill9.
-func TestStoreApp(t *testing.T) {
-	role := os.Getenv(envApp)
-	if role == "" {
-		t.Skip("run as a child process by TestStoreResumesSendsAfterKill9")
+// TestMain runs this binary as the app process (storeApp) when runApp
+// started it, and as the tests otherwise.
+func TestMain(m *testing.M) {
+	if role := os.Getenv(envApp); role != "" {
+		storeApp(role)
+		fmt.Printf("FAIL unknown app role %q\n", role)
+		os.Exit(2)
 	}
+	os.Exit(m.Run())
+}
+
+// storeApp is the app process the kill tests start (runApp): it never
+// returns from a role it knows.
+func storeApp(role string) {
 	fail := func(format string, args ...any) {
 		fmt.Printf("FAIL "+format+"\n", args...)
 		os.Exit(1)
@@ -137,10 +148,11 @@ func TestStoreApp(t *testing.T) {
 			if ok(ob) {
 				return
 			}
-			if ctx.Err() != nil {
+			select {
+			case <-ctx.Done():
 				fail("%s: outbox still %v", what, ob)
+			case <-time.After(time.Millisecond): // no event says the store changed: look again
 			}
-			time.Sleep(time.Millisecond)
 		}
 	}
 	// queue starts Sends of ids without waiting for their "sent", one at
@@ -223,9 +235,6 @@ func TestStoreApp(t *testing.T) {
 // order and under the same ids, before its new sends: bob gets every
 // message once, in order.
 func TestStoreResumesSendsAfterKill9(t *testing.T) {
-	if testing.Short() {
-		t.Skip("starts a gateway and two app processes")
-	}
 	n := tk.StartNATS(t)
 	g := tk.StartGateway(t, n, tk.TestConfig())
 	p := startMutingProxy(t, g.Addr)
@@ -317,9 +326,6 @@ func TestStoreResumesSendsAfterKill9(t *testing.T) {
 // A second client cannot open a store another process holds, and a Send
 // whose store write fails is not sent.
 func TestStoreErrorsReachTheApp(t *testing.T) {
-	if testing.Short() {
-		t.Skip("starts a gateway")
-	}
 	n := tk.StartNATS(t)
 	g := tk.StartGateway(t, n, tk.TestConfig())
 	st, err := localstore.Open(t.TempDir() + "/alice.db")
@@ -364,7 +370,7 @@ func TestStoreErrorsReachTheApp(t *testing.T) {
 // it, its stdin, and a func that returns its next output line starting
 // with prefix.
 func runApp(t *testing.T, env ...string) (*exec.Cmd, io.Writer, func(prefix string) string) {
-	cmd := exec.Command(os.Args[0], "-test.run=^TestStoreApp$", "-test.v")
+	cmd := exec.Command(os.Args[0], "-test.run=^$") // TestMain runs the app
 	cmd.Env = append(os.Environ(), env...)
 	stdin, err := cmd.StdinPipe()
 	if err != nil {
@@ -401,9 +407,6 @@ func runApp(t *testing.T, env ...string) (*exec.Cmd, io.Writer, func(prefix stri
 // store: the ones it had are dropped (and acked by the SDK), the new
 // ones come, and nothing comes a third time.
 func TestStoreReceiverKilledBeforeAckShowsEachMessageOnce(t *testing.T) {
-	if testing.Short() {
-		t.Skip("starts a gateway and three app processes")
-	}
 	n := tk.StartNATS(t)
 	g := tk.StartGateway(t, n, tk.TestConfig())
 	alice := tk.Dial(t, g.URL, "alice", "laptop")

@@ -16,9 +16,6 @@ import (
 // right conversation, as the user's own with its ticks, and takes a read
 // made on another device as the conversation's read watermark.
 func TestStoreKeepsOwnMessagesAndReadsFromOtherDevices(t *testing.T) {
-	if testing.Short() {
-		t.Skip("starts a gateway")
-	}
 	n := tk.StartNATS(t)
 	tk.StartSync(t, n)
 	g := tk.StartGateway(t, n, tk.TestConfig())

@@ -438,81 +438,57 @@ func TestRecreatedInboxDoesNotSkipMessages(t *testing.T) {
 	}
 }
 
-// Delivery never waits on the receipts function: with none running, a
-// device's acks are settled once their ticks are left in TICKS, so it gets
-// far more than it may hold unacked; when the function is back, the
-// sender gets every tick, none twice.
+// Delivery never waits on the receipts function: with none running, or
+// one too slow to answer, a device's acks are settled once their ticks
+// are left in TICKS (on a context of their own: the request's has run out
+// by then), so it gets far more than it may hold unacked; when the
+// function answers again, the sender gets every tick, none twice.
 func TestReceiptsFunctionDownStallsNothingLosesNoTick(t *testing.T) {
-	n := tk.StartNATS(t)
-	n.Functions.Stop()
-	cfg := tk.TestConfig()
-	cfg.MaxInflight = 4
-	cfg.FunctionTimeout = 200 * time.Millisecond
-	g := tk.StartGateway(t, n, cfg)
-	alice := tk.Dial(t, g.URL, "alice", "phone")
-	bob := tk.Dial(t, g.URL, "bob", "phone")
-	const total = 20
-	for i := range total {
-		send(t, alice, "bob", fmt.Sprintf("m%02d", i), "while receipts are down")
-	}
-	for i := range total {
-		m := tk.RecvMsg(t, bob, wait)
-		if want := fmt.Sprintf("m%02d", i); m.ID != want {
-			t.Fatalf("bob got %s, want %s", m.ID, want)
-		}
-		bob.Ack(m.Seq)
-	}
-	tk.StartFunctions(t, n)
-	got := map[string]bool{}
-	for len(got) < total {
-		r := tk.RecvReceipt(t, alice, wait)
-		if r.Status != protocol.StatusDelivered || got[r.ID] {
-			t.Fatalf("receipt %+v (had %d)", r, len(got))
-		}
-		got[r.ID] = true
-	}
-}
-
-// A receipts function too slow to answer is treated like a stopped one:
-// the ticks go to TICKS on a context of their own (the request's has run
-// out by then), delivery goes on past max-inflight, and every tick reaches
-// the sender once the function answers again.
-func TestSlowReceiptsFunctionStallsNothingLosesNoTick(t *testing.T) {
-	n := tk.StartNATS(t)
-	n.Functions.Stop()
-	hole, err := n.Conn.QueueSubscribeSync(contract.DeliveredSubject, "q")
-	if err != nil {
-		t.Fatal(err)
-	}
-	cfg := tk.TestConfig()
-	cfg.MaxInflight = 4
-	cfg.FunctionTimeout = 200 * time.Millisecond
-	g := tk.StartGateway(t, n, cfg)
-	alice := tk.Dial(t, g.URL, "alice", "phone")
-	bob := tk.Dial(t, g.URL, "bob", "phone")
-	const total = 20
-	for i := range total {
-		send(t, alice, "bob", fmt.Sprintf("m%02d", i), "while receipts are slow")
-	}
-	for i := range total {
-		m := tk.RecvMsg(t, bob, wait)
-		if want := fmt.Sprintf("m%02d", i); m.ID != want {
-			t.Fatalf("bob got %s, want %s", m.ID, want)
-		}
-		bob.Ack(m.Seq)
-	}
-	if _, err := hole.NextMsg(wait); err != nil {
-		t.Fatalf("the ticks were never asked for: %v", err)
-	}
-	_ = hole.Unsubscribe()
-	tk.StartFunctions(t, n)
-	got := map[string]bool{}
-	for len(got) < total {
-		r := tk.RecvReceipt(t, alice, wait)
-		if r.Status != protocol.StatusDelivered || got[r.ID] {
-			t.Fatalf("receipt %+v (had %d)", r, len(got))
-		}
-		got[r.ID] = true
+	for _, slow := range []bool{false, true} {
+		name := map[bool]string{false: "stopped", true: "too slow"}[slow]
+		t.Run(name, func(t *testing.T) {
+			n := tk.StartNATS(t)
+			n.Functions.Stop()
+			var hole *nats.Subscription
+			if slow {
+				var err error
+				if hole, err = n.Conn.QueueSubscribeSync(contract.DeliveredSubject, "q"); err != nil {
+					t.Fatal(err)
+				}
+			}
+			cfg := tk.TestConfig()
+			cfg.MaxInflight = 4
+			cfg.FunctionTimeout = 200 * time.Millisecond
+			g := tk.StartGateway(t, n, cfg)
+			alice := tk.Dial(t, g.URL, "alice", "phone")
+			bob := tk.Dial(t, g.URL, "bob", "phone")
+			const total = 20
+			for i := range total {
+				send(t, alice, "bob", fmt.Sprintf("m%02d", i), "while receipts do not answer")
+			}
+			for i := range total {
+				m := tk.RecvMsg(t, bob, wait)
+				if want := fmt.Sprintf("m%02d", i); m.ID != want {
+					t.Fatalf("bob got %s, want %s", m.ID, want)
+				}
+				bob.Ack(m.Seq)
+			}
+			if slow {
+				if _, err := hole.NextMsg(wait); err != nil {
+					t.Fatalf("the ticks were never asked for: %v", err)
+				}
+				_ = hole.Unsubscribe()
+			}
+			tk.StartFunctions(t, n)
+			got := map[string]bool{}
+			for len(got) < total {
+				r := tk.RecvReceipt(t, alice, wait)
+				if r.Status != protocol.StatusDelivered || got[r.ID] {
+					t.Fatalf("receipt %+v (had %d)", r, len(got))
+				}
+				got[r.ID] = true
+			}
+		})
 	}
 }
 

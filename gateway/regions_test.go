@@ -460,11 +460,8 @@ func TestRegionsRegionRestartDuringTraffic(t *testing.T) {
 
 // The partition: us's leaf link is cut for 60 s while alice and
 // bob send to each other the whole time, then restored. Everything is
-// delivered once, in per-sender order, and ticked once. (-short skips it.)
+// delivered once, in per-sender order, and ticked once.
 func TestRegionsSixtySecondPartition(t *testing.T) {
-	if testing.Short() {
-		t.Skip("a 60 s partition")
-	}
 	_, us, eu := startRegions(t)
 	t.Cleanup(func() { regionsState(t, us, eu) })
 	alice := tk.Dial(t, us.Gateway.URL, "alice", "phone")

@@ -12,6 +12,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/switchboard-im/switchboard/contract"
+	tk "github.com/switchboard-im/switchboard/internal/testkit"
 	"github.com/switchboard-im/switchboard/protocol"
 )
 
@@ -296,17 +297,12 @@ func TestQueuedGroupPositionIsApplied(t *testing.T) {
 	}
 	e.instance(t)
 	want := fmt.Sprint([]string{fmt.Sprintf("delivered %d..%d", a1, a1), fmt.Sprintf("read %d..%d", a1, a1)})
-	deadline := time.Now().Add(10 * time.Second)
-	for {
-		got := groupTicks(t, e, "alice")
-		if fmt.Sprint(got) == want {
-			break
+	tk.WaitFor(t, 10*time.Second, func() error {
+		if got := groupTicks(t, e, "alice"); fmt.Sprint(got) != want {
+			return tk.Errorf("alice's receipts %v, want %s", got, want)
 		}
-		if time.Now().After(deadline) {
-			t.Fatalf("alice's receipts %v, want %s", got, want)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
+		return nil
+	})
 	if p, _ := memberRecord(t, e, "g1", "bob"); p != (contract.GroupPosition{Delivered: a1, Read: a1}) {
 		t.Fatalf("bob's position %+v", p)
 	}
