@@ -213,8 +213,10 @@ type Client struct {
 	closeErr error
 	stats    Stats
 	// following are the users whose presence this client follows.
-	following  map[string]bool
-	statusWait map[uint64][]chan statusResult
+	following map[string]bool
+	// followingGroups are the groups whose members' presence it follows.
+	followingGroups map[string]bool
+	statusWait      map[uint64][]chan statusResult
 	// groupStatusWait: GroupStatus calls awaiting their answers, by
 	// group and seq (groupticks.go).
 	groupStatusWait map[groupSeq][]chan groupStatusResult
