@@ -149,7 +149,8 @@ type Message struct {
 	// this user, Device that device): whom it went to. SentSeq is where it
 	// is stored, the seq its receipts name; its ticks reach this device as
 	// Receipts too. A group message this user sent from another device has
-	// Group and no To.
+	// Group and no To, and SentSeq its place in the group's log, which
+	// its group receipts name.
 	To      string
 	SentSeq uint64
 }
@@ -545,10 +546,8 @@ func (c *Client) handle(conn *websocket.Conn, f *protocol.Frame) error {
 		c.mu.Lock()
 		ids, seqs := c.ticks.apply(f)
 		c.mu.Unlock()
-		if f.Group == "" { // the local store keeps 1:1 ticks only
-			if err := c.storeReceipt(f); err != nil {
-				return err
-			}
+		if err := c.storeReceipt(f); err != nil {
+			return err
 		}
 		for i, id := range ids {
 			r := Receipt{ID: id, Status: f.Status, Group: f.Group, By: f.By, Device: f.Device, TS: time.UnixMilli(f.TS), Seq: seqs[i]}
@@ -604,7 +603,7 @@ func (c *Client) onError(f *protocol.Frame) {
 		}
 		c.mu.Unlock()
 		if o != nil {
-			c.storeDrop(o.id)
+			c.storeDrop(o)
 			c.resolve(o, result{err: &ServerError{Code: f.Code, Message: f.Message}})
 			return
 		}
@@ -820,7 +819,7 @@ func (c *Client) await(ctx context.Context, o *outgoing) (Sent, error) {
 	}
 	c.mu.Unlock()
 	if withdrawn {
-		c.storeDrop(o.id)
+		c.storeDrop(o)
 	}
 	if released {
 		c.flush()
