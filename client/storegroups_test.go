@@ -10,10 +10,12 @@ import (
 	"testing"
 	"time"
 
+	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/switchboard-im/switchboard/client"
 	"github.com/switchboard-im/switchboard/client/localstore"
+	"github.com/switchboard-im/switchboard/contract"
 	"github.com/switchboard-im/switchboard/functions/groups"
 	"github.com/switchboard-im/switchboard/gateway"
 	"github.com/switchboard-im/switchboard/internal/natsauth"
@@ -256,5 +258,113 @@ func TestStoreKeepsGroupTraffic(t *testing.T) {
 		if m, _, _ := st.GroupMessage("club", "", id); m.Status != localstore.Read {
 			t.Fatalf("%s stored as %+v, want read", id, m)
 		}
+	}
+}
+
+// Reading a group on one device marks it read up to there on the user's
+// other device, on another gateway, as a watermark (read_sync with the
+// group), and the sender gets one group read receipt: a read on the
+// other device that raises nothing sends nothing, to either. Each
+// absence is proven by what must come next.
+func TestGroupReadSyncAcrossDevices(t *testing.T) {
+	n := tk.StartNATS(t)
+	tk.StartSync(t, n)
+	startGroups(t, n)
+	g1 := tk.StartGateway(t, n, tk.TestConfig())
+	g2 := tk.StartGateway(t, n, tk.TestConfig())
+	st, err := localstore.Open(t.TempDir() + "/laptop.db")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer st.Close()
+	bob := tk.Dial(t, g1.URL, "bob", "phone")
+	phone := tk.Dial(t, g1.URL, "alice", "phone")
+	laptop := tk.Dial(t, g2.URL, "alice", "laptop", func(o *client.Options) { o.Store = st })
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	const wait = 15 * time.Second
+	next := func(c *client.Client, from, id string) client.Message {
+		t.Helper()
+		m := tk.NextMsgIs(t, c, from, id, wait)
+		c.Ack(m.Seq)
+		return m
+	}
+	readSync := func(c *client.Client) client.ReadSync {
+		t.Helper()
+		select {
+		case rs := <-c.ReadSyncs():
+			return rs
+		case <-time.After(wait):
+			t.Fatal("no read_sync")
+		}
+		return client.ReadSync{}
+	}
+	readTicks := func(ids ...string) {
+		t.Helper()
+		for _, id := range ids {
+			r := tk.RecvReceipt(t, bob, wait)
+			for r.Status != protocol.StatusRead {
+				r = tk.RecvReceipt(t, bob, wait) // the delivered ticks come first
+			}
+			if r.ID != id || r.Group != "club" || r.By != "alice" {
+				t.Fatalf("bob's read tick %+v, want %s in club by alice", r, id)
+			}
+		}
+	}
+
+	if _, err := bob.CreateGroup(ctx, "club", "Club", "alice"); err != nil {
+		t.Fatal(err)
+	}
+	for _, c := range []*client.Client{bob, phone, laptop} {
+		next(c, "bob", "ev-1")
+	}
+	for _, id := range []string{"b1", "b2"} {
+		if _, err := bob.SendGroup(ctx, "club", id, tk.Body(id)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	next(phone, "bob", "b1")
+	p2 := next(phone, "bob", "b2")
+	next(laptop, "bob", "b1")
+	l2 := next(laptop, "bob", "b2")
+	if p2.Seq != l2.Seq {
+		t.Fatalf("b2 at %d on the phone, %d on the laptop: one inbox", p2.Seq, l2.Seq)
+	}
+
+	phone.Read(p2.Seq)
+	if rs := readSync(laptop); rs.Group != "club" || rs.Peer != "" || rs.Seq != p2.Seq || rs.Device != "phone" {
+		t.Fatalf("laptop's read_sync %+v, want club read to %d on the phone", rs, p2.Seq)
+	}
+	readTicks("b1", "b2")
+	if w, _ := st.GroupReadWatermark("club"); w != p2.Seq {
+		t.Fatalf("laptop's store has club read to %d, want %d", w, p2.Seq)
+	}
+	convs, err := st.Conversations()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(convs) != 1 || convs[0].Group != "club" || convs[0].Unread != 0 {
+		t.Fatalf("laptop's conversations %+v, want club with nothing unread", convs)
+	}
+
+	// The laptop reads b2 too: nothing rises. Then b3, read on the
+	// laptop: the phone's next read_sync and bob's next read tick are
+	// b3's.
+	laptop.Read(l2.Seq)
+	if _, err := bob.SendGroup(ctx, "club", "b3", tk.Body("b3")); err != nil {
+		t.Fatal(err)
+	}
+	next(phone, "bob", "b3")
+	l3 := next(laptop, "bob", "b3")
+	laptop.Read(l3.Seq)
+	if rs := readSync(phone); rs.Group != "club" || rs.Seq != l3.Seq || rs.Device != "laptop" {
+		t.Fatalf("phone's read_sync %+v, want club read to %d on the laptop", rs, l3.Seq)
+	}
+	readTicks("b3")
+	reads := tk.CountInbox(t, n.JS, "bob", func(h nats.Header) bool {
+		return h.Get(contract.HdrKind) == contract.KindReceipt && h.Get(contract.HdrStatus) == protocol.StatusRead
+	})
+	if reads != 2 {
+		t.Fatalf("%d read receipts stored for bob, want 2 (b1..b2, b3)", reads)
 	}
 }
