@@ -76,7 +76,7 @@ ALTER TABLE messages_v2 RENAME TO messages;
 CREATE INDEX messages_conv ON messages (grp, conv, n);
 CREATE INDEX messages_seq ON messages (seq);
 CREATE INDEX messages_outbox ON messages (n) WHERE status = 0;
-CREATE INDEX messages_in ON messages (grp, conv, seq) WHERE sender <> '';
+CREATE INDEX messages_in ON messages (grp, conv, seq) WHERE sender <> '' AND event IS NULL; -- unread counts
 CREATE INDEX messages_unread_out ON messages (grp, conv, seq)
 	WHERE sender = '' AND status IN (1, 2);
 CREATE TABLE conversations_v2 (
