@@ -115,7 +115,7 @@ func (s *session) readGroup(ctx context.Context, seq uint64, h nats.Header) {
 		s.sendError(protocol.ErrUnknownSeq, "no message to you with this seq", "", seq, 0)
 		return
 	}
-	req := contract.GroupPositionRequest{Group: gid, Member: s.id.User, Device: s.id.Device, Status: protocol.StatusRead, Seq: at}
+	req := contract.GroupPositionRequest{Group: gid, Member: s.id.User, Device: s.id.Device, Status: protocol.StatusRead, Seq: at, InboxSeq: seq}
 	if err := contract.Call(ctx, s.srv.nc, contract.GroupPositionSubject, req, nil); err != nil {
 		s.sendError(protocol.ErrUnavailable, "read receipt not taken; resend", "", seq, 0)
 	}

@@ -114,6 +114,11 @@ func (s *Service) groupPosition(ctx context.Context, req contract.GroupPositionR
 		return nil // removed since: their position counts for nothing
 	}
 	read := req.Status == protocol.StatusRead
+	if read {
+		if err := s.syncGroupRead(ctx, req); err != nil { // before the position, as for 1:1
+			return err
+		}
+	}
 	changed := false
 	var mine contract.GroupPosition
 	if _, err := contract.Swap(ctx, s.groupTicks, contract.GroupTickKey(req.Group, req.Member), func(cur []byte, _ uint64) ([]byte, error) {
