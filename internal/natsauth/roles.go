@@ -195,9 +195,12 @@ func For(r Role) Rules {
 	case Sync:
 		// Its durable on INBOX, the copies into senders' own inboxes,
 		// and the senders' devices, to copy only for a user with another.
-		return function(r, contract.Inbox,
+		// A clean stop unpins the durable, so a standby takes over at once.
+		rules := function(r, contract.Inbox,
 			[]string{contract.InboxPrefix + "*"},
 			[]string{kvStream(contract.DevicesKV)})
+		rules.Publish = append(rules.Publish, "$JS.API.CONSUMER.UNPIN."+contract.Inbox+"."+string(r))
+		return rules
 	case Operator:
 		return Rules{Publish: []string{">"}, Subscribe: []string{">"}, Respond: true}
 	}
