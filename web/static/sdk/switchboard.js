@@ -159,8 +159,10 @@
  * start() reject with a StoreError when the database was written by a
  * newer SDK (code newer_version: it is left as it is), when another tab
  * holding an older version blocks the upgrade (blocked), or when another
- * client has the store open (locked, through a Web Lock). A client that
- * opened the store by name closes it on close().
+ * client has the store open (locked: each open store holds a Web Lock
+ * named after it, waited for up to a second, so a page being reloaded
+ * hands it over). A client that opened the store by name closes it on
+ * close().
  *
  * Transports. A transport is {name, open(url, token, handlers)}: open
  * resolves with a connection {name, send(text), close(code, reason)} once
@@ -1706,6 +1708,7 @@ export const STORE_VERSION = 1;
  *   blocked        another tab holds an older version of it open and does
  *                  not let it be upgraded
  *   locked         another client (in this tab or another) has it open
+ *                  and did not close it within a second
  *   quota          the browser's storage quota is full: nothing of the
  *                  write was kept (for a send: nothing was sent)
  *   corrupt        the database is not a store (its object stores are missing)
@@ -1822,21 +1825,32 @@ export async function openStore(name) {
   }
 }
 
+// How long openStore waits for another client to let go of the store
+// (one closing as this one opens: a page being reloaded, say) before it
+// gives up with locked.
+const LOCK_WAIT = 1000;
+
 // lockStore holds the Web Lock named after the store until the returned
-// function is called, so two clients never write one store at once (the
-// Go SDK's store holds its file's lock the same way). Where the page has
-// no Web Locks (an insecure context) there is no lock.
+// function is called (which resolves once the lock is let go), so two
+// clients never write one store at once (the Go SDK's store holds its
+// file's lock the same way). Where the page has no Web Locks (an
+// insecure context) there is no lock.
 function lockStore(name) {
   const locks = globalThis.navigator?.locks;
-  if (!locks) return Promise.resolve(() => {});
+  if (!locks) return Promise.resolve(() => Promise.resolve());
   return new Promise((resolve, reject) => {
-    locks.request('switchboard.store:' + name, { ifAvailable: true }, (lock) => {
-      if (!lock) {
-        reject(new StoreError('locked', `switchboard: local store ${JSON.stringify(name)} is open in another client (this tab or another): close it first`));
-        return undefined;
-      }
-      return new Promise((release) => resolve(release));
-    }).catch((e) => reject(storeError(e, name)));
+    let release;
+    const held = new Promise((r) => { release = r; });
+    const done = locks.request('switchboard.store:' + name, { signal: AbortSignal.timeout(LOCK_WAIT) }, () => {
+      resolve(() => {
+        release();
+        return done.catch(() => {});
+      });
+      return held;
+    });
+    done.catch((e) => reject(e?.name === 'TimeoutError' || e?.name === 'AbortError'
+      ? new StoreError('locked', `switchboard: local store ${JSON.stringify(name)} is open in another client (this tab or another): close it first`, { cause: e })
+      : storeError(e, name)));
   });
 }
 
@@ -1921,8 +1935,8 @@ export class Store {
     this.#db = db;
     this.#release = release;
     // Another tab opens a newer schema: let it, and stop here.
-    db.onversionchange = () => this.close();
-    db.onclose = () => this.close();
+    db.onversionchange = () => { this.close(); };
+    db.onclose = () => { this.close(); };
   }
 
   /** The schema version of the open database. */
@@ -1930,13 +1944,17 @@ export class Store {
   /** Whether the store is open. */
   get open() { return this.#db !== null; }
 
-  /** close closes the store and releases its lock; writes already begun finish. */
+  /**
+   * close closes the store; writes already begun finish. It resolves once
+   * its lock is let go, when another client may open it.
+   */
   close() {
     const db = this.#db;
     this.#db = null;
     db?.close();
-    this.#release?.();
+    const release = this.#release;
     this.#release = null;
+    return release ? release() : Promise.resolve();
   }
 
   // tx runs fn(transaction) in one transaction on stores and resolves
