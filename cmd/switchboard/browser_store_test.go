@@ -220,3 +220,59 @@ func TestBrowserStoreRefusesANewerVersion(t *testing.T) {
 		t.Fatalf("the refused page wrote %d frames", n)
 	}
 }
+
+// badge is a JavaScript expression: the unread badge of user's contact.
+func badge(user string) string {
+	return fmt.Sprintf(`document.querySelector('#contacts li[data-user=%q] .badge')?.textContent`, user)
+}
+
+// What alice sends from her phone shows on her laptop's page in the
+// conversation with bob, with its ticks, and a read on the phone clears
+// the unread badge there; both are kept in the page's store and shown the
+// same after a reload.
+func TestBrowserStoreOwnMessagesAndReadsFromAnotherDevice(t *testing.T) {
+	data := t.TempDir()
+	p := start(t, "--data", data, "--nats-listen", "127.0.0.1:0")
+	b := tk.StartBrowser(t)
+	laptop := signIn(t, b, p, "alice", "laptop")
+	openChat(laptop, "carol") // looking elsewhere
+	phone := tk.DialToken(t, p.WSURL, token(t, data, "alice", "phone"))
+	bob := tk.DialToken(t, p.WSURL, token(t, data, "bob", "phone"))
+
+	ctx, cancel := context.WithTimeout(context.Background(), seen)
+	defer cancel()
+	if _, err := phone.Send(ctx, "bob", "from-phone", tk.Body("from my phone")); err != nil {
+		t.Fatal(err)
+	}
+	m := tk.RecvMsg(t, bob, seen)
+	bob.Ack(m.Seq)
+	bob.Read(m.Seq)
+	laptop.WaitFor(seen, "bob listed on the laptop", `!!document.querySelector('#contacts li[data-user="bob"]')`)
+	laptop.Do(chromedp.Click(chromedp.CSS(`#contacts li[data-user="bob"]`)))
+	laptop.WaitFor(seen, "the phone's message read, on the laptop", outgoing("from my phone")+` === 'read'`)
+
+	openChat(laptop, "carol")
+	if _, err := bob.Send(ctx, "alice", "to-alice", tk.Body("hi alice")); err != nil {
+		t.Fatal(err)
+	}
+	laptop.WaitFor(seen, "bob's message unread on the laptop", badge("bob")+` === '1'`)
+	got := tk.RecvMsg(t, phone, seen)
+	if got.ID != "to-alice" {
+		t.Fatalf("the phone got %s, want bob's message", got.ID)
+	}
+	phone.Ack(got.Seq)
+	phone.Read(got.Seq)
+	laptop.WaitFor(seen, "the badge cleared by the phone's read", badge("bob")+` === ''`)
+
+	laptop.Navigate(p.HTTP + "/")
+	laptop.WaitFor(seen, "signed in again", `document.getElementById('conn').dataset.state === 'connected'`)
+	laptop.WaitFor(seen, "bob listed", `!!document.querySelector('#contacts li[data-user="bob"]')`)
+	if b := tk.Eval[string](laptop, badge("bob")); b != "" {
+		t.Fatalf("after the reload bob's badge is %q, want none", b)
+	}
+	laptop.Do(chromedp.Click(chromedp.CSS(`#contacts li[data-user="bob"]`)))
+	laptop.WaitFor(seen, "the conversation with bob", `document.getElementById('peer').textContent === 'bob'`)
+	if got, want := tk.Eval[string](laptop, conversation), "out from my phone read\nin hi alice "; got != want {
+		t.Fatalf("after the reload the laptop shows\n%q\nwant\n%q", got, want)
+	}
+}
