@@ -17,8 +17,9 @@ import (
 // browser profile, so with the same databases.
 
 // reloadSDK reloads the page and connects a new client with opts (more
-// Client options, as JavaScript), recording events as startSDK does.
-func reloadSDK(t *testing.T, s *script, pg *tk.Page, opts string) *sconn {
+// Client options, as JavaScript), recording events as startSDK does; code
+// runs right after the client is made, before its store is open.
+func reloadSDK(t *testing.T, s *script, pg *tk.Page, opts string, code ...string) *sconn {
 	t.Helper()
 	pg.Navigate(s.srv.URL + "/")
 	pg.WaitFor(stuck, "the SDK imported", `window.ready === true`)
@@ -27,8 +28,9 @@ func reloadSDK(t *testing.T, s *script, pg *tk.Page, opts string) *sconn {
 		for (const ev of ['message', 'receipt', 'read_sync', 'typing', 'presence', 'connect', 'disconnect', 'close', 'error']) {
 			c.on(ev, (d) => log.push([ev, d]));
 		}
+		%s;
 		c.start().then(() => { window.started = true; }, (e) => { window.started = { name: e.name, code: e.code }; })`,
-		s.wsURL(), opts))
+		s.wsURL(), opts, strings.Join(code, ";")))
 	conn := s.accept(t)
 	pg.WaitFor(stuck, "connected", `window.started === true`)
 	return conn
@@ -56,15 +58,17 @@ func TestSDKStoreResendsTheOutboxAfterAReload(t *testing.T) {
 	if got := result(t, pg, "m1"); got != "seq 1" {
 		t.Fatalf("m1: %s", got)
 	}
-	// The page goes away with m2 and m3 unconfirmed.
-	c = reloadSDK(t, s, pg, storeOpt)
+	// The page goes away with m2 and m3 unconfirmed. The app of the next
+	// page sends m3 again at once, and m2 once connected: each joins the
+	// restored send, in its place.
+	c = reloadSDK(t, s, pg, storeOpt, `c.send('bob', 'm3', 'm3').then((v) => { results.m3 = v; })`)
 	c.expect(t, protocol.TypeSend, "m2", "m3")
-	send(pg, "m2") // the app sends it again: it joins the restored one
+	send(pg, "m2")
 	c.fence(t, pg)
 	c.sent("m2", 2)
 	c.sent("m3", 3)
-	if got := result(t, pg, "m2"); got != "seq 2" {
-		t.Fatalf("m2 after the reload: %s", got)
+	if a, b := result(t, pg, "m2"), result(t, pg, "m3"); a != "seq 2" || b != "seq 3" {
+		t.Fatalf("after the reload m2: %s, m3: %s", a, b)
 	}
 	pg.WaitFor(stuck, "the outbox empty", `c.store.outbox().then((o) => o.length === 0)`)
 	if got := history(pg, "bob"); got != ">m1@1:sent >m2@2:sent >m3@3:sent" {

@@ -1152,6 +1152,14 @@ export class Client {
         o.reject(err);
         return;
       }
+      const restored = this.#outbox.byId.get(o.id);
+      if (restored) {
+        // Sent again while the store was opening, which restored it: its
+        // callers wait for the restored one, in its place in the order.
+        restored.waiters += o.waiters;
+        restored.done.then(o.resolve, o.reject);
+        return;
+      }
       if (o.waiters === 0) { // withdrawn while it was written
         this.#storeDrop(o);
         o.reject(new DOMException('the send was withdrawn', 'AbortError'));
