@@ -213,6 +213,11 @@ async function start(token, saved = false) {
     markRead();
   });
   sb.on('disconnect', () => setConn('reconnecting'));
+  // A message or receipt the store could not keep comes again after a
+  // reconnect; the quota being full is worth saying.
+  sb.on('error', (e) => {
+    if (e.code === 'local_store') banner(`This browser could not store the chat: ${e.message}`);
+  });
   sb.on('close', ({ error }) => {
     setConn('closed');
     if (error instanceof CloseError) {
