@@ -16,5 +16,3 @@ func NewGroupRecords(kv jetstream.KeyValue) GroupRecords { return GroupRecords{n
 func (g GroupRecords) Get(ctx context.Context, gid string) (*contract.GroupRecord, error) {
 	return g.c.get(ctx, gid)
 }
-func (g GroupRecords) Apply(e jetstream.KeyValueEntry) { g.c.apply(e) }
-func (g GroupRecords) MarkWatching()                   { g.c.watching.Store(true) }

@@ -141,8 +141,6 @@ func For(r Role) Rules {
 				consumer(contract.TicksStream, string(r)),
 				streamInfo(append([]string{contract.Inbox, contract.TicksStream, contract.DLQ}, read...)...),
 				reads(read...),
-				// Groups' records, kept decoded and current by a watch.
-				watches(kvStream(contract.GroupInfoKV)),
 			),
 			Subscribe: []string{subjFn + string(r) + ".>", subjMicro, InboxPrefix(r) + ".>"},
 			Respond:   true,
@@ -258,18 +256,6 @@ func reads(names ...string) []string {
 	var out []string
 	for _, n := range names {
 		out = append(out, "$JS.API.DIRECT.GET."+n, "$JS.API.DIRECT.GET."+n+".>", "$JS.API.STREAM.MSG.GET."+n)
-	}
-	return out
-}
-
-// watches are what a KV watch on a bucket takes: an ordered consumer of
-// its own (created, looked up, deleted) and its flow control replies.
-func watches(names ...string) []string {
-	var out []string
-	for _, n := range names {
-		api := "$JS.API."
-		out = append(out, api+"CONSUMER.CREATE."+n, api+"CONSUMER.CREATE."+n+".>",
-			api+"CONSUMER.DELETE."+n+".>", api+"CONSUMER.INFO."+n+".>", "$JS.FC."+n+".>")
 	}
 	return out
 }
