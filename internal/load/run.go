@@ -169,6 +169,45 @@ func (e *env) settle(ctx context.Context) {
 	}
 }
 
+// waitFunctionsIdle waits until the worker functions reading INBOX (the
+// sync function's durable, and push's with a webhook) have caught up
+// with what was stored, so a scenario's next phase measures itself, not
+// the tail of the work the previous one left. It gives up quietly after
+// 30 s, or at once when the target's NATS is not reachable.
+func (e *env) waitFunctionsIdle(ctx context.Context) {
+	t := e.target
+	if t.NATSURL == "" {
+		return
+	}
+	nc, err := nats.Connect(t.NATSURL, append(t.NATSOptions, nats.Name("switchboard-bench"))...)
+	if err != nil {
+		return
+	}
+	defer nc.Close()
+	js, err := jetstream.New(nc)
+	if err != nil {
+		return
+	}
+	waitUntil(ctx, 30*time.Second, func() bool {
+		ictx, cancel := context.WithTimeout(ctx, 5*time.Second)
+		defer cancel()
+		st, err := js.Stream(ictx, contract.Inbox)
+		if err != nil {
+			return true
+		}
+		for name := range st.ConsumerNames(ictx).Name() {
+			c, err := st.Consumer(ictx, name)
+			if err != nil {
+				continue
+			}
+			if i := c.CachedInfo(); i.NumPending > 0 || i.NumAckPending > 0 {
+				return false
+			}
+		}
+		return true
+	})
+}
+
 // waitSessionsBelow waits until the gateways hold at most n sessions, so a
 // closed device is really gone before its backlog is sent (a message
 // handed to a closing session would be delivered live, not pending). It

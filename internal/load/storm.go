@@ -65,6 +65,9 @@ func runStorm(ctx context.Context, e *env, rep *Report) error {
 	res.FeedSeconds = time.Since(feedStart).Seconds()
 	res.FeedPerSec = float64(l.sent.Load()) / res.FeedSeconds
 	res.Backlog = l.sent.Load()
+	// The backlogs are stored; the functions that read every stored
+	// message finish with them before the devices come back.
+	e.waitFunctionsIdle(ctx)
 	for _, o := range l.senders {
 		o.mu.Lock()
 		for _, r := range o.msgs {
