@@ -408,6 +408,7 @@ func (s *Server) checkOrigin(ctx *fasthttp.RequestCtx) bool {
 func (s *Server) runConn(ws *websocket.Conn, id Identity) {
 	c := newWSConn(ws, &s.cfg)
 	s.runSession(newSession(s, id, c), c)
+	c.linger()
 }
 
 // runSession runs sess on its connection c, whichever transport it is,

@@ -3,7 +3,10 @@ package gateway
 import (
 	"encoding/binary"
 	"errors"
+	"io"
+	"net"
 	"sync"
+	"sync/atomic"
 	"time"
 	"unicode/utf8"
 
@@ -22,6 +25,9 @@ import (
 type wsConn struct {
 	ws *websocket.Conn
 	outQueue
+	// lingering: the writer half-closed the socket after the close
+	// frame; linger closes it.
+	lingering atomic.Bool
 }
 
 func newWSConn(ws *websocket.Conn, cfg *Config) *wsConn {
@@ -61,8 +67,49 @@ func (c *wsConn) writer() {
 	}
 	msg := websocket.FormatCloseMessage(c.closeCode, c.closeReason)
 	_ = c.ws.WriteControl(websocket.CloseMessage, msg, time.Now().Add(time.Second))
-	_ = c.ws.Close()
+	c.halfClose()
 	close(c.writerDone)
+}
+
+// closeLinger bounds how long a closed connection's socket is still read
+// (and what comes dropped) for the client to close its side.
+const closeLinger = time.Second
+
+// halfClose ends the socket's sending side after the close frame, and
+// wakes the read loop, without closing the socket: a socket closed with
+// unread input (frames the client sent before it read the close) is
+// reset, and a reset can destroy the close frame before the client reads
+// it, so a client told 4002 (replaced) or 1012 (restart) would see a
+// drop and act on the wrong code. The socket is closed by linger, once
+// the session has ended. Where the socket cannot half-close, it is
+// closed here.
+func (c *wsConn) halfClose() {
+	nc := c.ws.NetConn()
+	if u, ok := nc.(interface{ UnsafeConn() net.Conn }); ok {
+		nc = u.UnsafeConn() // fasthttp's hijacked wrapper hides CloseWrite
+	}
+	hc, ok := nc.(interface{ CloseWrite() error })
+	if !ok || hc.CloseWrite() != nil || nc.SetReadDeadline(time.Now()) != nil {
+		_ = c.ws.Close()
+		return
+	}
+	c.lingering.Store(true)
+}
+
+// linger, once the read loop has ended, reads and drops what the client
+// still sends until it closes (its close frame answers ours) or
+// closeLinger passes, then closes the socket. It does not block.
+func (c *wsConn) linger() {
+	if !c.lingering.Load() {
+		return
+	}
+	go func() {
+		nc := c.ws.NetConn()
+		if nc.SetReadDeadline(time.Now().Add(closeLinger)) == nil {
+			_, _ = io.Copy(io.Discard, nc)
+		}
+		_ = c.ws.Close()
+	}()
 }
 
 // maxWrite bounds one write to the socket: frames are gathered up to it.
@@ -159,7 +206,15 @@ func (c *wsConn) sendPing() {
 // returns the reason it stopped.
 func (c *wsConn) readLoop(handle func([]byte)) error {
 	c.ws.SetReadLimit(int64(c.cfg.MaxFrameBytes))
-	alive := func() { _ = c.ws.SetReadDeadline(time.Now().Add(c.cfg.PongTimeout)) }
+	alive := func() {
+		select {
+		case <-c.done:
+			// Closing: the writer wakes the read loop with a deadline
+			// that must not be pushed back.
+		default:
+			_ = c.ws.SetReadDeadline(time.Now().Add(c.cfg.PongTimeout))
+		}
+	}
 	alive()
 	c.ws.SetPongHandler(func(string) error { alive(); return nil })
 	for {
