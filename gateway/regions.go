@@ -90,10 +90,12 @@ type regions struct {
 	pinned bool // RegionsConfig.Pinned
 	urls   map[string]string
 	kv     jetstream.KeyValue // HOMES
+	js     jetstream.JetStream
 	wait   func() (context.Context, context.CancelFunc)
 
-	mu    sync.Mutex        // guards homes
-	homes map[string]string // user -> home region, as read from HOMES
+	mu    sync.Mutex         // guards homes and dir
+	homes map[string]string  // user -> home region, as read from HOMES
+	dir   jetstream.KeyValue // GROUP_DIR, once opened
 }
 
 // errNoHome is a user with no home region, or one the deployment does
@@ -113,6 +115,7 @@ func newRegions(ctx context.Context, cfg Config, js jetstream.JetStream) (*regio
 		pinned: cfg.Regions.Pinned,
 		urls:   cfg.Regions.URLs,
 		kv:     kv,
+		js:     js,
 		homes:  map[string]string{},
 		wait: func() (context.Context, context.CancelFunc) {
 			return context.WithTimeout(context.Background(), cfg.FunctionTimeout)
@@ -216,6 +219,58 @@ func (r *regions) address(m *nats.Msg, to string, media bool) (protocol.ErrorCod
 	}
 	m.Subject = contract.OutboxSubject(h, to)
 	m.Header.Set(contract.HdrOriginRegion, r.self)
+	return "", ""
+}
+
+// Groups across regions (contract/regions.go): a group lives in its home
+// region, the one it was created in (GroupRecord.Region). A member homed
+// elsewhere sends to it through this region's OUTBOX, and their
+// positions in it go the same way to the home's TICKS; its record is read
+// from GROUP_DIR, which sources every other region's GROUP_INFO.
+
+// group reads group gid's record from GROUP_DIR (opened on first use).
+func (r *regions) group(ctx context.Context, gid string) (contract.GroupRecord, error) {
+	r.mu.Lock()
+	dir := r.dir
+	r.mu.Unlock()
+	if dir == nil {
+		var err error
+		if dir, err = r.js.KeyValue(ctx, contract.GroupDirKV); err != nil {
+			return contract.GroupRecord{}, fmt.Errorf("%w: bucket %s: %w", contract.ErrUnavailable, contract.GroupDirKV, err)
+		}
+		r.mu.Lock()
+		r.dir = dir
+		r.mu.Unlock()
+	}
+	g, _, err := contract.LoadGroup(ctx, dir, gid)
+	return g, err
+}
+
+// elsewhere is g's home region when that is not this one, else "".
+func (r *regions) elsewhere(g *contract.GroupRecord) string {
+	if r == nil || g.Region == "" || g.Region == r.self {
+		return ""
+	}
+	return g.Region
+}
+
+// addressGroup points a send to group g at OUTBOX when g is homed in
+// another region, stamping this region as its origin. It drops the
+// message's TTL there: OUTBOX keeps everything until taken (a TTL would
+// lose messages in a long outage), so such a message stays in its
+// group's log until deleted by hand. A pinned region refuses it: the
+// message would be stored for good in the group's home.
+func (r *regions) addressGroup(m *nats.Msg, g *contract.GroupRecord) (protocol.ErrorCode, string) {
+	h := r.elsewhere(g)
+	switch {
+	case h == "":
+		return "", ""
+	case r.pinned:
+		return protocol.ErrBadField, "group: region " + r.self + " keeps its users' messages in it, and this group is homed in region " + h
+	}
+	m.Subject = contract.OutboxGroupSubject(h, g.ID)
+	m.Header.Set(contract.HdrOriginRegion, r.self)
+	m.Header.Del(contract.HdrTTL)
 	return "", ""
 }
 

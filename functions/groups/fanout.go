@@ -286,7 +286,15 @@ func (p *partition) fanOut(m jetstream.Msg, to []string, body []byte, h func(str
 		if ctx.Err() != nil {
 			return ctx.Err()
 		}
-		f, err := s.js.PublishMsgAsync(&nats.Msg{Subject: contract.InboxSubject(u), Header: h(u), Data: body})
+		subj, origin, err := s.regions.inboxOf(ctx, u)
+		if err != nil {
+			return err
+		}
+		hdr := h(u)
+		if origin != "" {
+			hdr.Set(contract.HdrOriginRegion, origin) // through OUTBOX to the member's region
+		}
+		f, err := s.js.PublishMsgAsync(&nats.Msg{Subject: subj, Header: hdr, Data: body})
 		if err != nil {
 			return err
 		}

@@ -17,6 +17,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/switchboard-im/switchboard/contract"
+	"github.com/switchboard-im/switchboard/functions/groups"
 	"github.com/switchboard-im/switchboard/gateway"
 	"github.com/switchboard-im/switchboard/internal/natsauth"
 	"github.com/switchboard-im/switchboard/streams"
@@ -43,8 +44,10 @@ type Region struct {
 	Link *Proxy
 	// Gateway is the region's gateway (Start).
 	Gateway *Gateway
-	hub     string          // the hub's leaf address, the link's target while not cut
-	opts    *server.Options // its file's, to start it again (Restart)
+	// Groups is the region's groups function (Start).
+	Groups *groups.Service
+	hub    string          // the hub's leaf address, the link's target while not cut
+	opts   *server.Options // its file's, to start it again (Restart)
 }
 
 // RegionsDir is deploy/regions in this module.
@@ -215,9 +218,9 @@ func (rs *Regions) SetHome(t testing.TB, user, region string) {
 	}
 }
 
-// Start runs, in every region, the receipts and presence functions and a
-// gateway configured with cfg placed in its region, every region's URL
-// known to each.
+// Start runs, in every region, the receipts, presence and groups
+// functions and a gateway configured with cfg placed in its region, every
+// region's URL known to each.
 func (rs *Regions) Start(t testing.TB, cfg gateway.Config) {
 	t.Helper()
 	urls := map[string]string{}
@@ -231,11 +234,35 @@ func (rs *Regions) Start(t testing.TB, cfg gateway.Config) {
 	}
 	for _, r := range rs.Regions {
 		r.Functions = StartFunctionsURL(t, r.Server.ClientURL())
+		r.Groups = startGroups(t, r.Server.ClientURL())
 		c := cfg
 		c.Listen = addrs[r.Name]
 		c.Regions = gateway.RegionsConfig{Region: r.Name, URLs: urls}
 		r.Gateway = StartGatewayURL(t, r.Server.ClientURL(), c)
 	}
+}
+
+// startGroups runs a groups function on its own connection in its role,
+// reconnecting for ever as a separate process would, until the test ends.
+func startGroups(t testing.TB, url string) *groups.Service {
+	t.Helper()
+	nc, err := nats.Connect(url, append(TestKeys(t).Options(natsauth.Groups),
+		nats.MaxReconnects(-1), nats.ReconnectWait(50*time.Millisecond))...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	js, err := jetstream.New(nc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	s, err := groups.Start(ctx, nc, js, groups.DefaultConfig(), Logger(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { s.Stop(); nc.Close() })
+	return s
 }
 
 // WaitLinked waits until the region's server has its leaf link up.
@@ -249,27 +276,30 @@ func (r *Region) WaitLinked(t testing.TB, timeout time.Duration) {
 	})
 }
 
-// WaitSourcing waits until the region's INBOX has an active source for
-// every other region's OUTBOX.
+// WaitSourcing waits until the region's INBOX, GROUPS and TICKS have an
+// active source for every other region's OUTBOX, and GROUP_DIR for every
+// other region's GROUP_INFO.
 func (r *Region) WaitSourcing(t testing.TB, timeout time.Duration) {
 	t.Helper()
 	WaitFor(t, timeout, func() error {
 		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
 		defer cancel()
-		s, err := r.JS.Stream(ctx, contract.Inbox)
-		if err != nil {
-			return err
-		}
-		info := s.CachedInfo()
-		if len(info.Sources) != len(info.Config.Sources) || len(info.Sources) == 0 {
-			return fmt.Errorf("region %s: %d of %d sources reported", r.Name, len(info.Sources), len(info.Config.Sources))
-		}
-		for _, si := range info.Sources {
-			if si.Error != nil {
-				return fmt.Errorf("region %s: source %s: %v", r.Name, si.Name, si.Error)
+		for _, name := range []string{contract.Inbox, contract.GroupsStream, contract.TicksStream, "KV_" + contract.GroupDirKV} {
+			s, err := r.JS.Stream(ctx, name)
+			if err != nil {
+				return err
 			}
-			if si.Active < 0 {
-				return fmt.Errorf("region %s: source %s from %v not active", r.Name, si.Name, si.External)
+			info := s.CachedInfo()
+			if len(info.Sources) != len(info.Config.Sources) || len(info.Sources) == 0 {
+				return fmt.Errorf("region %s: %s: %d of %d sources reported", r.Name, name, len(info.Sources), len(info.Config.Sources))
+			}
+			for _, si := range info.Sources {
+				if si.Error != nil {
+					return fmt.Errorf("region %s: %s: source %s: %v", r.Name, name, si.Name, si.Error)
+				}
+				if si.Active < 0 {
+					return fmt.Errorf("region %s: %s: source %s from %v not active", r.Name, name, si.Name, si.External)
+				}
 			}
 		}
 		return nil
