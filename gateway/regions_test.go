@@ -25,7 +25,13 @@ import (
 // functions and a gateway, alice homed in us and bob in eu.
 func startRegions(t *testing.T) (*tk.Regions, *tk.Region, *tk.Region) {
 	t.Helper()
-	rs := tk.StartRegions(t, "us", "eu")
+	return startRegionsWith(t, tk.RegionsOptions{})
+}
+
+// startRegionsWith is startRegions with o.
+func startRegionsWith(t *testing.T, o tk.RegionsOptions) (*tk.Regions, *tk.Region, *tk.Region) {
+	t.Helper()
+	rs := tk.StartRegionsWith(t, o, "us", "eu")
 	rs.Apply(t, streams.Options{})
 	rs.SetHome(t, "alice", "us")
 	rs.SetHome(t, "bob", "eu")
@@ -442,10 +448,10 @@ func TestRegionsHubRestartDuringTraffic(t *testing.T) {
 	})
 }
 
-// eu's server stops and starts again on its store while users in us and
-// eu chat: bob's sends wait for it (his gateway publishes them again
-// under the same ids), alice's wait in us, and afterwards everything is
-// delivered once, in order, and ticked once.
+// eu's server shuts down cleanly and starts again on its store while
+// users in us and eu chat: bob's sends wait for it (his gateway
+// publishes them again under the same ids), alice's wait in us, and
+// afterwards everything is delivered once, in order, and ticked once.
 func TestRegionsRegionRestartDuringTraffic(t *testing.T) {
 	_, us, eu := startRegions(t)
 	alice := tk.Dial(t, us.Gateway.URL, "alice", "phone")
@@ -453,6 +459,27 @@ func TestRegionsRegionRestartDuringTraffic(t *testing.T) {
 	trafficThrough(t, alice, bob, func() {
 		time.Sleep(500 * time.Millisecond)
 		eu.Restart(t)
+		eu.WaitSourcing(t, 30*time.Second)
+		time.Sleep(500 * time.Millisecond)
+	})
+}
+
+// eu's nats-server, a process running deploy/regions/eu.conf, is killed
+// (SIGKILL: no shutdown, nothing flushed or written on the way out) while
+// users in us and eu chat, and started again on its store. Every send
+// answered "sent" before the kill is in the store it recovers (a PubAck
+// comes once the message is written), bob's sends in flight are
+// published again under the same ids and stored once (the duplicate
+// window is rebuilt from the store), alice's wait in us; afterwards
+// everything is delivered once, in order, and ticked once.
+func TestRegionsRegionCrashDuringTraffic(t *testing.T) {
+	_, us, eu := startRegionsWith(t, tk.RegionsOptions{Processes: []string{"eu"}})
+	t.Cleanup(func() { regionsState(t, us, eu) })
+	alice := tk.Dial(t, us.Gateway.URL, "alice", "phone")
+	bob := tk.Dial(t, eu.Gateway.URL, "bob", "phone")
+	trafficThrough(t, alice, bob, func() {
+		time.Sleep(500 * time.Millisecond)
+		eu.Crash(t)
 		eu.WaitSourcing(t, 30*time.Second)
 		time.Sleep(500 * time.Millisecond)
 	})
