@@ -271,7 +271,8 @@ func TestRegionsGroupAcrossRegions(t *testing.T) {
 // eu's OUTBOX, and the fan-out's copies for eu wait in us's. Once the
 // link is back every member gets every message once, in the group's one
 // order, each sender's in the order sent, and both senders get their
-// delivered receipts.
+// delivered receipts. A membership change asked from eu meanwhile is
+// refused as unavailable: it needs the home's answer.
 func TestRegionsGroupPartition(t *testing.T) {
 	us, eu, alice, bob, carol, dave := groupRegions(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
@@ -289,6 +290,13 @@ func TestRegionsGroupPartition(t *testing.T) {
 	us.Cut(t)
 	fromAlice := sendGroupAll(ctx, t, alice, "club", seq("alice", n))
 	fromBob := sendGroupAll(ctx, t, bob, "club", seq("bob", n))
+	// A change needs an answer from the group's home: while it cannot be
+	// reached, one asked in eu is refused as unavailable (ask again), and
+	// nothing is changed.
+	var se *client.ServerError
+	if _, err := bob.LeaveGroup(ctx, "club"); !errors.As(err, &se) || se.Code != protocol.ErrUnavailable {
+		t.Fatalf("bob's leave while us is cut off: %v, want unavailable", err)
+	}
 	// bob's group sends wait in eu, once each.
 	s, err := eu.JS.Stream(ctx, contract.Outbox)
 	if err != nil {
