@@ -40,8 +40,8 @@ import (
 //     group.<partition>.<group>.m, and TICKS its out.<this region>.t.<member>
 //     (a member's position in a group homed here) as ticks.<member>, each
 //     through a durable consumer of its own on that OUTBOX, like INBOX;
-//     GROUP_DIR sources every other region's GROUP_INFO, so every group's
-//     record is read locally.
+//     GROUP_DIR sources every other region's GROUP_INFO, through a durable
+//     consumer there too, so every group's record is read locally.
 //
 // This is applied in code, over the single-region files, for a region
 // deployment only: INBOX.json itself is unchanged.
@@ -230,8 +230,38 @@ func GroupDirConfig(replicas int, r *Region) (jetstream.KeyValueConfig, error) {
 		cfg.Sources = append(cfg.Sources, &jetstream.StreamSource{
 			Name:     "KV_" + contract.GroupInfoKV,
 			External: &jetstream.ExternalStream{APIPrefix: apiPrefix(p)},
+			SubjectTransforms: []jetstream.SubjectTransformConfig{{
+				Source:      contract.KVSubject(contract.GroupInfoKV, ">"),
+				Destination: contract.KVSubject(contract.GroupDirKV, ">"),
+			}},
+			Consumer: &jetstream.StreamConsumerSource{
+				Name:           groupDirConsumer(r.Name),
+				DeliverSubject: groupDirDeliver(p, r.Name),
+			},
 		})
 	}
+	return cfg, nil
+}
+
+// groupDirConsumer names the durable consumer on a region's GROUP_INFO
+// through which region to's GROUP_DIR sources it: like OUTBOX's, so that
+// after a cut the records resume in seconds, not after the back-off of
+// an ephemeral source.
+func groupDirConsumer(to string) string { return contract.CrossRegionConsumer(to) + "-dir" }
+
+func groupDirDeliver(from, to string) string { return contract.CrossRegionDeliver(from, to) + ".dir" }
+
+// GroupDirConsumerConfig is the durable consumer on region from's
+// GROUP_INFO that region to's GROUP_DIR sources through.
+func GroupDirConsumerConfig(from, to string) (jetstream.ConsumerConfig, error) {
+	var cfg jetstream.ConsumerConfig
+	if err := load("consumers/to-region.json", &cfg); err != nil {
+		return cfg, err
+	}
+	cfg.Durable = groupDirConsumer(to)
+	cfg.Description = "Switchboard regions: carries GROUP_INFO's records to region " + to + "'s GROUP_DIR, which sources through it"
+	cfg.DeliverSubject = groupDirDeliver(from, to)
+	cfg.FilterSubject = contract.KVSubject(contract.GroupInfoKV, ">")
 	return cfg, nil
 }
 
@@ -274,6 +304,19 @@ func applyRegion(ctx context.Context, js jetstream.JetStream, opts Options) erro
 			if _, err := outbox.CreateOrUpdatePushConsumer(ctx, c); err != nil {
 				return fmt.Errorf("streams: apply consumer %s on %s: %w", c.Durable, cfg.Name, err)
 			}
+		}
+	}
+	info, err := js.Stream(ctx, "KV_"+contract.GroupInfoKV)
+	if err != nil {
+		return fmt.Errorf("streams: %s: %w", contract.GroupInfoKV, err)
+	}
+	for _, p := range r.Peers {
+		c, err := GroupDirConsumerConfig(r.Name, p)
+		if err != nil {
+			return err
+		}
+		if _, err := info.CreateOrUpdatePushConsumer(ctx, c); err != nil {
+			return fmt.Errorf("streams: apply consumer %s on %s: %w", c.Durable, contract.GroupInfoKV, err)
 		}
 	}
 	homes, err := HomesConfig(opts.Replicas, r)
