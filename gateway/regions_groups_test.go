@@ -165,11 +165,14 @@ func seq(prefix string, n int) []string {
 // A group spans regions: created in us (its home, where its log is),
 // changed from eu (bob's add is decided by us's groups function, passed
 // on by eu's), written to from both. Every member, homed in us or eu,
-// gets every message once and in the group's one order; bob's sends from
-// eu are "sent" from eu's OUTBOX; the delivered and read receipts reach
-// both senders naming their messages as they know them.
+// gets every message once and in the group's one order (bob's other
+// device his own too); bob's sends from eu are "sent" from eu's OUTBOX;
+// the delivered and read receipts reach both senders naming their
+// messages as they know them.
 func TestRegionsGroupAcrossRegions(t *testing.T) {
 	us, eu, alice, bob, carol, dave := groupRegions(t)
+	// bob's second device, which gets his own sends too.
+	bobLaptop := tk.Dial(t, eu.Gateway.URL, "bob", "laptop")
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
 
@@ -177,13 +180,13 @@ func TestRegionsGroupAcrossRegions(t *testing.T) {
 		t.Fatal(err)
 	}
 	// Every change is a system message to every member, its actor too.
-	for _, c := range []*client.Client{alice, bob} {
+	for _, c := range []*client.Client{alice, bob, bobLaptop} {
 		nextEvent(t, c, "club", "create")
 	}
 	if _, err := alice.PromoteMembers(ctx, "club", "bob"); err != nil {
 		t.Fatal(err)
 	}
-	for _, c := range []*client.Client{alice, bob} {
+	for _, c := range []*client.Client{alice, bob, bobLaptop} {
 		nextEvent(t, c, "club", "promote")
 	}
 	waitGroupEverywhere(t, "club", 2, us, eu)
@@ -195,7 +198,7 @@ func TestRegionsGroupAcrossRegions(t *testing.T) {
 	if len(g.Members) != 4 {
 		t.Fatalf("the group after bob's add: %+v", g)
 	}
-	for _, c := range []*client.Client{alice, bob, carol, dave} {
+	for _, c := range []*client.Client{alice, bob, bobLaptop, carol, dave} {
 		nextEvent(t, c, "club", "add")
 	}
 	waitGroupEverywhere(t, "club", 4, us, eu)
@@ -217,7 +220,8 @@ func TestRegionsGroupAcrossRegions(t *testing.T) {
 	daveGot := takeGroup(t, dave, "club", 6)
 	aliceGot := takeGroup(t, alice, "club", 3)
 	bobGot := takeGroup(t, bob, "club", 3)
-	sameLog(t, ids(carolGot), map[string][]string{"dave": ids(daveGot), "alice": ids(aliceGot), "bob": ids(bobGot)},
+	laptopGot := takeGroup(t, bobLaptop, "club", 6)
+	sameLog(t, ids(carolGot), map[string][]string{"dave": ids(daveGot), "alice": ids(aliceGot), "bob": ids(bobGot), "bob's laptop": ids(laptopGot)},
 		map[string][]string{"alice": seq("alice", 3), "bob": seq("bob", 3)})
 	wantGroupReceipts(t, alice, "club", fromAlice, protocol.StatusDelivered)
 	wantGroupReceipts(t, bob, "club", fromBob, protocol.StatusDelivered)
@@ -234,7 +238,7 @@ func TestRegionsGroupAcrossRegions(t *testing.T) {
 	if _, err := dave.LeaveGroup(ctx, "club"); err != nil {
 		t.Fatalf("dave's leave from eu: %v", err)
 	}
-	for _, c := range []*client.Client{alice, bob, carol, dave} {
+	for _, c := range []*client.Client{alice, bob, bobLaptop, carol, dave} {
 		nextEvent(t, c, "club", "leave")
 	}
 	waitGroupEverywhere(t, "club", 3, us, eu)
@@ -247,18 +251,20 @@ func TestRegionsGroupAcrossRegions(t *testing.T) {
 	if _, err := bob.SendGroup(ctx, "club", "bob-fence", tk.Body("fence")); err != nil {
 		t.Fatal(err)
 	}
-	for _, c := range []*client.Client{alice, carol} {
+	for _, c := range []*client.Client{alice, carol, bobLaptop} {
 		tk.NextMsgIs(t, c, "bob", "bob-fence", 15*time.Second)
 	}
 	if _, err := dave.Send(ctx, "bob", "dave-fence", tk.Body("fence")); err != nil {
 		t.Fatal(err)
 	}
-	tk.NextMsgIs(t, bob, "dave", "dave-fence", 15*time.Second)
+	for _, c := range []*client.Client{bob, bobLaptop} {
+		tk.NextMsgIs(t, c, "dave", "dave-fence", 15*time.Second)
+	}
 	if _, err := alice.Send(ctx, "dave", "alice-fence", tk.Body("fence")); err != nil {
 		t.Fatal(err)
 	}
 	tk.NextMsgIs(t, dave, "alice", "alice-fence", 15*time.Second)
-	for _, c := range []*client.Client{alice, bob, carol, dave} {
+	for _, c := range []*client.Client{alice, bob, bobLaptop, carol, dave} {
 		if d := c.Stats().DuplicatesDropped; d != 0 {
 			t.Fatalf("%d repeats reached an SDK", d)
 		}

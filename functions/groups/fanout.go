@@ -168,9 +168,10 @@ func (p *partition) apply(m jetstream.Msg, seq uint64) error {
 		src := m.Headers()
 		// The sender's own copy, for their other devices (the gateway
 		// skips it on the device that sent it): only for a sender who
-		// has another.
+		// has another. A sender homed in another region has their devices
+		// there: they get it whatever.
 		ctx, cancel := context.WithTimeout(s.ctx, s.cfg.Timeout)
-		other, err := contract.OtherDevice(ctx, s.devices, time.Time{}, from, src.Get(contract.HdrDevice), 0)
+		other, err := s.otherDevice(ctx, from, src.Get(contract.HdrDevice))
 		cancel()
 		if err != nil {
 			return err
@@ -308,4 +309,15 @@ func (p *partition) fanOut(m jetstream.Msg, to []string, body []byte, h func(str
 	s.fannedOut.Add(1)
 	s.copies.Add(int64(len(to)))
 	return nil
+}
+
+// otherDevice reports whether sender has a device besides device, as far
+// as this region can tell: one homed elsewhere has theirs in DEVICES
+// there, so is taken to have one.
+func (s *Service) otherDevice(ctx context.Context, sender, device string) (bool, error) {
+	_, origin, err := s.regions.inboxOf(ctx, sender)
+	if err != nil || origin != "" {
+		return origin != "", err
+	}
+	return contract.OtherDevice(ctx, s.devices, time.Time{}, sender, device, 0)
 }

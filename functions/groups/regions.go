@@ -155,5 +155,10 @@ func (s *Service) forward(ctx context.Context, region, op string, data []byte) (
 	if err != nil {
 		return nil, fmt.Errorf("groups: region %s did not answer: %w", region, err)
 	}
+	if m.Header.Get("Status") == "503" && len(m.Data) == 0 {
+		// The server's "no responders": no groups function of that region
+		// can be reached (a cut link, or none running there).
+		return nil, fmt.Errorf("groups: region %s unreachable: %w", region, nats.ErrNoResponders)
+	}
 	return m, nil
 }
