@@ -157,7 +157,7 @@ func Start(ctx context.Context, nc *nats.Conn, js jetstream.JetStream, cfg Confi
 	if s.devices, err = js.KeyValue(ctx, contract.DevicesKV); err != nil {
 		return nil, fmt.Errorf("groups: %w", err)
 	}
-	if s.regions, err = openRegions(ctx, js); err != nil {
+	if s.regions, err = openRegions(ctx, js, s.log); err != nil {
 		return nil, err
 	}
 	cons := make([]jetstream.Consumer, contract.GroupPartitions)

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"sync"
 
 	"github.com/nats-io/nats.go"
@@ -42,7 +43,7 @@ const maxCachedHomes = 100_000
 type regions struct {
 	self  string
 	homes jetstream.KeyValue // HOMES
-	dir   jetstream.KeyValue // GROUP_DIR: other regions' groups
+	dir   jetstream.KeyValue // GROUP_DIR: other regions' groups (nil: not laid out)
 
 	mu   sync.Mutex        // guards home
 	home map[string]string // member -> home region, as read from HOMES
@@ -50,7 +51,7 @@ type regions struct {
 
 // openRegions finds out whether the server is a region's: nil, nil if
 // not.
-func openRegions(ctx context.Context, js jetstream.JetStream) (*regions, error) {
+func openRegions(ctx context.Context, js jetstream.JetStream, log *slog.Logger) (*regions, error) {
 	homes, err := js.KeyValue(ctx, contract.HomesKV)
 	if errors.Is(err, jetstream.ErrBucketNotFound) {
 		return nil, nil
@@ -66,8 +67,14 @@ func openRegions(ctx context.Context, js jetstream.JetStream) (*regions, error) 
 		return nil, fmt.Errorf("groups: bucket %s exists but the server has no JetStream domain (its region)", contract.HomesKV)
 	}
 	dir, err := js.KeyValue(ctx, contract.GroupDirKV)
-	if err != nil {
-		return nil, fmt.Errorf("groups: bucket %s (run setup with --region): %w", contract.GroupDirKV, err)
+	switch {
+	case errors.Is(err, jetstream.ErrBucketNotFound):
+		// A layout from before groups crossed regions: every group is
+		// taken to be homed here until setup makes the bucket.
+		log.Warn("no GROUP_DIR bucket: groups homed in other regions are unknown here until setup --region runs")
+		dir = nil
+	case err != nil:
+		return nil, fmt.Errorf("groups: bucket %s: %w", contract.GroupDirKV, err)
 	}
 	return &regions{self: info.Domain, homes: homes, dir: dir, home: map[string]string{}}, nil
 }
@@ -118,7 +125,7 @@ func (r *regions) inboxOf(ctx context.Context, member string) (subject, origin s
 // homeElsewhere reports the region a group with no log here is homed
 // in, from GROUP_DIR: "" when it is here, or nowhere known.
 func (s *Service) homeElsewhere(ctx context.Context, gid string) (string, error) {
-	if s.regions == nil {
+	if s.regions == nil || s.regions.dir == nil {
 		return "", nil
 	}
 	if _, err := s.getMsg(ctx, msgGetRequest{LastBySubject: contract.GroupEventSubject(gid)}); !errors.Is(err, errNoMsg) {
