@@ -149,7 +149,8 @@ type Message struct {
 	// this user, Device that device): whom it went to. SentSeq is where it
 	// is stored, the seq its receipts name; its ticks reach this device as
 	// Receipts too. A group message this user sent from another device has
-	// Group and no To.
+	// Group and no To, and SentSeq its place in the group's log, which
+	// its group receipts name.
 	To      string
 	SentSeq uint64
 }
@@ -213,8 +214,10 @@ type Client struct {
 	closeErr error
 	stats    Stats
 	// following are the users whose presence this client follows.
-	following  map[string]bool
-	statusWait map[uint64][]chan statusResult
+	following map[string]bool
+	// followingGroups are the groups whose members' presence it follows.
+	followingGroups map[string]bool
+	statusWait      map[uint64][]chan statusResult
 	// groupStatusWait: GroupStatus calls awaiting their answers, by
 	// group and seq (groupticks.go).
 	groupStatusWait map[groupSeq][]chan groupStatusResult
@@ -545,10 +548,8 @@ func (c *Client) handle(conn *websocket.Conn, f *protocol.Frame) error {
 		c.mu.Lock()
 		ids, seqs := c.ticks.apply(f)
 		c.mu.Unlock()
-		if f.Group == "" { // the local store keeps 1:1 ticks only
-			if err := c.storeReceipt(f); err != nil {
-				return err
-			}
+		if err := c.storeReceipt(f); err != nil {
+			return err
 		}
 		for i, id := range ids {
 			r := Receipt{ID: id, Status: f.Status, Group: f.Group, By: f.By, Device: f.Device, TS: time.UnixMilli(f.TS), Seq: seqs[i]}
@@ -604,7 +605,7 @@ func (c *Client) onError(f *protocol.Frame) {
 		}
 		c.mu.Unlock()
 		if o != nil {
-			c.storeDrop(o.id)
+			c.storeDrop(o)
 			c.resolve(o, result{err: &ServerError{Code: f.Code, Message: f.Message}})
 			return
 		}
@@ -766,6 +767,53 @@ func (c *Client) send(ctx context.Context, to, id string, body json.RawMessage, 
 	return c.await(ctx, o)
 }
 
+// Pending is a send handed to the client with Queue or QueueGroup and
+// not yet known stored: Wait gives its outcome.
+type Pending struct {
+	c *Client
+	o *outgoing
+}
+
+// ID is the send's client message id.
+func (p *Pending) ID() string { return p.o.id }
+
+// Wait returns once the server confirms the send is stored, like Send.
+// If ctx ends first the send is withdrawn (as Send's is), unless another
+// call still waits for it; a client closed first returns its error, and
+// the send stays in the Store's outbox, for the next client.
+func (p *Pending) Wait(ctx context.Context) (Sent, error) { return p.c.await(ctx, p.o) }
+
+// Queue is Send without the wait: it returns once the send is in the
+// outbox (and in Options.Store, durably, when one is set), in the order
+// of the calls with every other send, and goes out as Send's does. An
+// app that takes what its user types uses it to keep each line as it is
+// typed, online or not.
+func (c *Client) Queue(to, id string, body json.RawMessage) (*Pending, error) {
+	if !protocol.ValidID(to) || !protocol.ValidID(id) {
+		return nil, ErrBadID
+	}
+	return c.queue(dest{to: to}, id, body)
+}
+
+// QueueGroup is Queue for a send to group (SendGroup without the wait).
+func (c *Client) QueueGroup(group, id string, body json.RawMessage) (*Pending, error) {
+	if !protocol.ValidID(group) || !protocol.ValidID(id) {
+		return nil, ErrBadID
+	}
+	return c.queue(dest{group: group}, id, body)
+}
+
+func (c *Client) queue(d dest, id string, body json.RawMessage) (*Pending, error) {
+	if !json.Valid(body) || !utf8.Valid(body) {
+		return nil, ErrBadBody
+	}
+	o, err := c.enqueueTo(d, id, body, nil)
+	if err != nil {
+		return nil, err
+	}
+	return &Pending{c: c, o: o}, nil
+}
+
 // dest is where a send goes: a user or a group.
 type dest struct{ to, group string }
 
@@ -820,7 +868,7 @@ func (c *Client) await(ctx context.Context, o *outgoing) (Sent, error) {
 	}
 	c.mu.Unlock()
 	if withdrawn {
-		c.storeDrop(o.id)
+		c.storeDrop(o)
 	}
 	if released {
 		c.flush()

@@ -51,13 +51,14 @@
 // # Every device of a user
 //
 // A message this user sent from another device arrives on Messages with To
-// (whom it went to) and SentSeq (where it is stored): deduped like any
-// other, and its ticks arrive on Receipts here too, as on the device that
-// sent it, with Seq = SentSeq. A read made on another device arrives on
-// ReadSyncs: the conversation with Peer is read up to Seq (a watermark,
-// acked by the client). With a Store, both are recorded: the message as
-// this user's own in the conversation with To, the read as that
-// conversation's read watermark.
+// (whom it went to), or Group, and SentSeq (where it is stored; in a
+// group, its place in the group's log): deduped like any other, and its
+// ticks arrive on Receipts here too, as on the device that sent it, with
+// Seq = SentSeq. A read made on another device arrives on ReadSyncs: the
+// conversation with Peer, or Group, is read up to Seq (a watermark, acked
+// by the client). With a Store, both are recorded: the message as this
+// user's own in its conversation, the read as that conversation's read
+// watermark.
 //
 // # Groups
 //
@@ -89,7 +90,7 @@
 //
 // With Options.Store (package localstore, one SQLite file per device)
 // the client remembers across restarts: each send is written to the
-// store's outbox before its frame can go out (a store error, such as
+// store's outbox before its frame can go out, a group send's too (a store error, such as
 // localstore.ErrDiskFull, fails the Send and nothing is sent) and leaves
 // it when "sent" comes, before Send returns; a new client resends the
 // stored outbox first, in order and under the same ids, so a send made
@@ -98,8 +99,12 @@
 // are loaded too, so their receipts reach the app. Messages are stored
 // before the app gets them; one an earlier process stored is not handed
 // to the app again but acked, as the store has it (read it with
-// Store.Messages). Receipts' ticks are stored before the receipt is
-// acked, Ack and Read record the cursor hint and the read watermark.
+// Store.Messages, or Store.GroupMessages for a group's, its system
+// messages included). Receipts' ticks, a group's too, are stored before
+// the receipt is acked, Ack and Read record the cursor hint and the read
+// watermark. Queue and QueueGroup return once a send is kept, without
+// waiting for its "sent" (Pending.Wait does), for an app that keeps what
+// its user types whether or not it is online.
 //
 // # Concurrency
 //

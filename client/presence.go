@@ -91,17 +91,64 @@ func encodeUsers(typ string, users []string) []byte {
 	return b
 }
 
-// resubscribe follows again, on a new connection, every user followed.
+// SubscribePresenceGroup follows the presence of every other member of
+// group gid, as the group is at the time, with one frame however large
+// the group: each one's state comes at once (PresenceEvents), then their
+// changes. Members who join later are followed when it is called again,
+// and after each reconnect, when it is sent again. A group this user is
+// not in comes back as an error event (not_member, unknown_group).
+func (c *Client) SubscribePresenceGroup(gid string) error {
+	if !protocol.ValidID(gid) {
+		return ErrBadID
+	}
+	c.mu.Lock()
+	if c.followingGroups == nil {
+		c.followingGroups = map[string]bool{}
+	}
+	c.followingGroups[gid] = true
+	c.mu.Unlock()
+	c.writeCurrent(encodeGroupPresence(protocol.TypePresenceSub, gid))
+	return nil
+}
+
+// UnsubscribePresenceGroup stops following group gid's members (as the
+// group is at the time).
+func (c *Client) UnsubscribePresenceGroup(gid string) error {
+	if !protocol.ValidID(gid) {
+		return ErrBadID
+	}
+	c.mu.Lock()
+	delete(c.followingGroups, gid)
+	c.mu.Unlock()
+	c.writeCurrent(encodeGroupPresence(protocol.TypePresenceUnsub, gid))
+	return nil
+}
+
+func encodeGroupPresence(typ, gid string) []byte {
+	b, _ := json.Marshal(protocol.Frame{Type: typ, Group: gid})
+	return b
+}
+
+// resubscribe follows again, on a new connection, every user and group
+// followed.
 func (c *Client) resubscribe() {
 	c.mu.Lock()
 	users := make([]string, 0, len(c.following))
 	for u := range c.following {
 		users = append(users, u)
 	}
+	groups := make([]string, 0, len(c.followingGroups))
+	for g := range c.followingGroups {
+		groups = append(groups, g)
+	}
 	c.mu.Unlock()
 	slices.Sort(users)
 	for chunk := range slices.Chunk(users, protocol.MaxUsersPerFrame) {
 		c.writeCurrent(encodeUsers(protocol.TypePresenceSub, chunk))
+	}
+	slices.Sort(groups)
+	for _, g := range groups {
+		c.writeCurrent(encodeGroupPresence(protocol.TypePresenceSub, g))
 	}
 }
 

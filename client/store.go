@@ -41,16 +41,20 @@ func (c *Client) restore() error {
 		return storeErr(err)
 	}
 	for _, p := range pending {
-		c.ob.add(&outgoing{id: p.ID, to: p.To, body: p.Body, media: p.Media, done: make(chan result, 1)})
+		c.ob.add(&outgoing{id: p.ID, to: p.To, group: p.Group, body: p.Body, media: p.Media, done: make(chan result, 1)})
 	}
 	unread, err := c.opts.Store.Unread()
 	if err != nil {
 		return storeErr(err)
 	}
 	for _, m := range unread {
-		c.ticks.sent(m.Conv, m.ID, m.Seq)
+		key := m.Conv
+		if m.Group != "" {
+			key = groupKey(m.Group)
+		}
+		c.ticks.sent(key, m.ID, m.Seq)
 		if m.Status == localstore.Delivered {
-			c.ticks.apply(&protocol.Frame{Status: protocol.StatusDelivered, By: m.Conv, FromSeq: m.Seq, ToSeq: m.Seq})
+			c.ticks.apply(&protocol.Frame{Status: protocol.StatusDelivered, By: m.Conv, Group: m.Group, FromSeq: m.Seq, ToSeq: m.Seq})
 		}
 	}
 	return nil
@@ -66,16 +70,15 @@ func (c *Client) lockStore() (unlock func()) {
 	return c.storeMu.Unlock
 }
 
-// keep writes o to the store's outbox. c.mu is held on entry and exit
-// but released for the write; lockStore keeps other sends out meanwhile.
-// Group sends and group messages are not kept yet: the store's
-// conversations are users.
+// keep writes o, a send to a user or to a group, to the store's outbox.
+// c.mu is held on entry and exit but released for the write; lockStore
+// keeps other sends out meanwhile.
 func (c *Client) keep(o *outgoing) error {
-	if c.opts.Store == nil || o.group != "" {
+	if c.opts.Store == nil {
 		return nil
 	}
 	c.mu.Unlock()
-	err := c.opts.Store.AddOutgoing(localstore.Outgoing{ID: o.id, To: o.to, Body: o.body, Media: o.media})
+	err := c.opts.Store.AddOutgoing(localstore.Outgoing{ID: o.id, To: o.to, Group: o.group, Body: o.body, Media: o.media})
 	c.mu.Lock()
 	if err != nil {
 		return storeErr(err)
@@ -88,14 +91,14 @@ func (c *Client) keep(o *outgoing) error {
 // dup.
 func (c *Client) storeSent(o *outgoing, f *protocol.Frame, early string) {
 	if c.opts.Store != nil {
-		_ = c.opts.Store.Confirm(o.id, f.Seq, time.UnixMilli(f.TS), localstore.StatusOf(early))
+		_ = c.opts.Store.ConfirmGroup(o.group, o.id, f.Seq, time.UnixMilli(f.TS), localstore.StatusOf(early))
 	}
 }
 
-// storeDrop takes send id out of the store's outbox.
-func (c *Client) storeDrop(id string) {
+// storeDrop takes send o out of the store's outbox.
+func (c *Client) storeDrop(o *outgoing) {
 	if c.opts.Store != nil {
-		_ = c.opts.Store.Drop(id)
+		_ = c.opts.Store.DropGroup(o.group, o.id)
 	}
 }
 
@@ -104,16 +107,20 @@ func (c *Client) storeDrop(id string) {
 // so it is dropped now, and acked, as the store holds it. On an error the
 // message is forgotten, so its redelivery is tried again.
 func (c *Client) storeMsg(conn *websocket.Conn, f *protocol.Frame, key string) (known bool, err error) {
-	if c.opts.Store == nil || f.Group != "" {
+	if c.opts.Store == nil {
 		return false, nil
 	}
 	var seen localstore.Seen
-	if f.To != "" {
+	if isOwnCopy(f) {
 		seen, err = c.opts.Store.ReceivedOwn(ownMessage(f))
 	} else {
+		conv := f.From
+		if f.Group != "" {
+			conv = f.Group
+		}
 		seen, err = c.opts.Store.Received(localstore.Message{
-			Conv: f.From, From: f.From, Device: f.Device, ID: f.ID, Seq: f.Seq,
-			TS: time.UnixMilli(f.TS), Body: f.Body, Media: f.Media,
+			Group: f.Group, Conv: conv, From: f.From, Device: f.Device, ID: f.ID, Seq: f.Seq,
+			TS: time.UnixMilli(f.TS), Body: f.Body, Media: f.Media, Event: f.Event,
 		})
 	}
 	if err != nil {
@@ -140,7 +147,13 @@ func (c *Client) storeReceipt(f *protocol.Frame) error {
 	if c.opts.Store == nil {
 		return nil
 	}
-	if err := c.opts.Store.ApplyReceipt(f.By, f.Status, f.FromSeq, f.ToSeq); err != nil {
+	var err error
+	if f.Group != "" {
+		err = c.opts.Store.ApplyGroupReceipt(f.Group, f.Status, f.FromSeq, f.ToSeq)
+	} else {
+		err = c.opts.Store.ApplyReceipt(f.By, f.Status, f.FromSeq, f.ToSeq)
+	}
+	if err != nil {
 		return storeErr(err)
 	}
 	return nil

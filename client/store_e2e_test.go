@@ -32,6 +32,7 @@ const (
 	envUntil = "SB_STORE_TEST_UNTIL"
 	envAck   = "SB_STORE_TEST_ACK"
 	envExit  = "SB_STORE_TEST_EXIT"
+	envGroup = "SB_STORE_TEST_GROUP" // set: the app sends in this group, not to bob
 )
 
 // Directions of a pipe in mutingProxy.
@@ -133,8 +134,14 @@ func storeApp(role string) {
 	if err != nil {
 		fail("dial: %v", err)
 	}
+	sendTo := func(id string) (client.Sent, error) {
+		if g := os.Getenv(envGroup); g != "" {
+			return c.SendGroup(ctx, g, id, tk.Body(id))
+		}
+		return c.Send(ctx, "bob", id, tk.Body(id))
+	}
 	send := func(id string) {
-		if _, err := c.Send(ctx, "bob", id, tk.Body(id)); err != nil {
+		if _, err := sendTo(id); err != nil {
 			fail("send %s: %v", id, err)
 		}
 	}
@@ -159,7 +166,7 @@ func storeApp(role string) {
 	// a time once the one before is in the store's outbox.
 	queue := func(ids ...string) {
 		for _, id := range ids {
-			go func() { _, _ = c.Send(ctx, "bob", id, tk.Body(id)) }()
+			go func() { _, _ = sendTo(id) }()
 			waitOutbox("queueing "+id, func(ob []localstore.Outgoing) bool { return len(ob) > 0 && ob[len(ob)-1].ID == id })
 		}
 		ob, _ := st.Outbox()

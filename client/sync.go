@@ -12,15 +12,18 @@ import (
 // Own messages and read state from this user's other devices.
 //
 // A message this user sent from another device arrives as a Message with
-// To (whom it went to) and SentSeq (where it is stored): it is deduped
-// like any other, by (From, ID), and its ticks become Receipts here as on
-// the device that sent it. A read on another device arrives as a ReadSync:
-// the conversation with Peer is read up to Seq, a watermark.
+// To (whom it went to), or Group, and SentSeq (where it is stored): it is
+// deduped like any other, by (From, ID), and its ticks become Receipts
+// here as on the device that sent it. A read on another device arrives as
+// a ReadSync: the conversation with Peer, or Group, is read up to Seq, a
+// watermark.
 
-// ReadSync reports that this user read Peer's messages up to Seq (a seq of
-// this user's inbox, as Message.Seq) on Device, another of their devices.
+// ReadSync reports that this user read Peer's messages, or group Group,
+// up to Seq (a seq of this user's inbox, as Message.Seq) on Device,
+// another of their devices.
 type ReadSync struct {
 	Peer   string
+	Group  string
 	Device string
 	Seq    uint64
 	TS     time.Time
@@ -34,23 +37,25 @@ func (c *Client) ReadSyncs() <-chan ReadSync { return c.rsync }
 // the ticks, so its receipts reach the app; a tick that came before it
 // goes to the app now.
 func (c *Client) ownTicks(f *protocol.Frame) error {
-	if f.To == "" || f.SentSeq == 0 || f.Group != "" {
+	if !isOwnCopy(f) {
 		return nil
 	}
+	key := f.To
+	if f.Group != "" {
+		key = groupKey(f.Group)
+	}
 	c.mu.Lock()
-	early := c.ticks.sent(f.To, f.ID, f.SentSeq)
+	early := c.ticks.sent(key, f.ID, f.SentSeq)
 	c.mu.Unlock()
 	if early == "" {
 		return nil
 	}
 	// The tick came before the message did: the store records it too.
-	if c.opts.Store != nil {
-		if err := c.opts.Store.ApplyReceipt(f.To, early, f.SentSeq, f.SentSeq); err != nil {
-			return storeErr(err)
-		}
+	if err := c.storeReceipt(&protocol.Frame{Group: f.Group, By: f.To, Status: early, FromSeq: f.SentSeq, ToSeq: f.SentSeq}); err != nil {
+		return err
 	}
 	select {
-	case c.rcpt <- Receipt{ID: f.ID, Status: early, By: f.To, Seq: f.SentSeq, TS: time.Now()}:
+	case c.rcpt <- Receipt{ID: f.ID, Status: early, Group: f.Group, By: f.To, Seq: f.SentSeq, TS: time.Now()}:
 		return nil
 	case <-c.ctx.Done():
 		return ErrClosed
@@ -60,23 +65,41 @@ func (c *Client) ownTicks(f *protocol.Frame) error {
 // onReadSync hands a read_sync frame to the app, records its watermark in
 // the store, and acks it.
 func (c *Client) onReadSync(conn *websocket.Conn, f *protocol.Frame) error {
-	if c.opts.Store != nil && f.Peer != "" {
-		if err := c.opts.Store.SetReadWatermark(f.Peer, f.ToSeq); err != nil {
+	if c.opts.Store != nil {
+		var err error
+		switch {
+		case f.Group != "":
+			err = c.opts.Store.SetGroupReadWatermark(f.Group, f.ToSeq)
+		case f.Peer != "":
+			err = c.opts.Store.SetReadWatermark(f.Peer, f.ToSeq)
+		}
+		if err != nil {
 			return storeErr(err)
 		}
 	}
 	select {
-	case c.rsync <- ReadSync{Peer: f.Peer, Device: f.Device, Seq: f.ToSeq, TS: time.UnixMilli(f.TS)}:
+	case c.rsync <- ReadSync{Peer: f.Peer, Group: f.Group, Device: f.Device, Seq: f.ToSeq, TS: time.UnixMilli(f.TS)}:
 	case <-c.ctx.Done():
 		return ErrClosed
 	}
 	return c.write(conn, protocol.AppendSeqFrame(nil, protocol.TypeAck, f.Seq))
 }
 
+// isOwnCopy reports whether msg frame f is a message this user sent from
+// another device: to a user (to), or in a group (a group message with
+// sent_seq, its place in the group's log).
+func isOwnCopy(f *protocol.Frame) bool {
+	return f.SentSeq != 0 && f.Event == nil && (f.To != "" || f.Group != "")
+}
+
 // ownMessage is what the store keeps of a message this user sent from
-// another device: one of its own, in the conversation with f.To, at the
-// seq its receipts name.
+// another device: one of its own, in the conversation with f.To or in
+// f.Group, at the seq its receipts name.
 func ownMessage(f *protocol.Frame) localstore.Message {
-	return localstore.Message{Conv: f.To, Device: f.Device, ID: f.ID, Seq: f.SentSeq,
+	conv := f.To
+	if f.Group != "" {
+		conv = f.Group
+	}
+	return localstore.Message{Group: f.Group, Conv: conv, Device: f.Device, ID: f.ID, Seq: f.SentSeq,
 		TS: time.UnixMilli(f.TS), Body: f.Body, Media: f.Media, Status: localstore.Sent}
 }

@@ -28,13 +28,15 @@ const GroupPositionSubject = "sb.fn.receipts.group"
 // delivered) or has read (Status read) group Group's log up to Seq, a
 // GROUPS sequence: the highest Sb-Group-Seq of the group's copies the
 // device acked in one stretch, or of the copy it read. Asked again it
-// changes nothing.
+// changes nothing. A read names the copy read by its seq in the member's
+// inbox too (InboxSeq), for the member's other devices (read_sync).
 type GroupPositionRequest struct {
-	Group  string `json:"group"`
-	Member string `json:"member"`
-	Device string `json:"device"`
-	Status string `json:"status"`
-	Seq    uint64 `json:"seq"`
+	Group    string `json:"group"`
+	Member   string `json:"member"`
+	Device   string `json:"device"`
+	Status   string `json:"status"`
+	Seq      uint64 `json:"seq"`
+	InboxSeq uint64 `json:"inbox_seq,omitempty"`
 }
 
 // KindGroupPosition marks a GroupPositionRequest a gateway stored in

@@ -28,7 +28,9 @@ import (
 // A conversation's read position, when it rises, is also stored in the
 // reader's own inbox as a read_sync marker (KindReadSync: HdrPeer and
 // HdrSeqTo), so the reader's other devices mark the conversation read up
-// to there. Both are skipped for the device that caused them.
+// to there; a group's read position the same way, with HdrGroup instead
+// of HdrPeer (HdrSeqTo the copy read in the reader's inbox, HdrGroupSeq
+// its place in the group's log). Both are skipped for the device that caused them.
 const (
 	HdrTo      = "Sb-To"       // on an own copy: whom the sender sent it to
 	HdrSentSeq = "Sb-Sent-Seq" // on an own copy: where the original is stored in INBOX
@@ -46,6 +48,12 @@ func OwnCopyDedupID(from, id string) string { return "o:" + from + ":" + id }
 // read peer's messages up to seq.
 func ReadSyncDedupID(reader, peer string, seq uint64) string {
 	return "rs:" + reader + ":" + peer + ":" + strconv.FormatUint(seq, 10)
+}
+
+// GroupReadSyncDedupID is the Nats-Msg-Id of a read_sync marker for a
+// group: reader has read group up to seq, a place in the group's log.
+func GroupReadSyncDedupID(reader, group string, seq uint64) string {
+	return "rsg:" + reader + ":" + group + ":" + strconv.FormatUint(seq, 10)
 }
 
 // IsOwnCopy reports whether a message stored in user's inbox with headers

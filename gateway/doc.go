@@ -76,6 +76,7 @@
 // Where one is taken while another is held, it is in this order (A → B:
 // B may be taken while A is held, never the reverse):
 //
+//	follows.subMu → router.mu, follows.mu, outQueue.mu
 //	router.mu    → feed.mu, follows.mu, session.evMu
 //	pubQueue.mu  → sessionTimer.mu
 //	ticker.mu    → feed.mu

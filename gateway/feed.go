@@ -423,7 +423,7 @@ func (f *feed) take(seq uint64, h nats.Header, data []byte) {
 	case group != "" && !protocol.ValidID(group):
 		// Malformed: skipped below.
 	case kind == contract.KindMsg && group != "":
-		frame = protocol.AppendGroupMsg(nil, id, from, dev, group, seq, ts, data, []byte(h.Get(contract.HdrMedia)))
+		frame = f.groupMsgFrame(seq, ts, id, from, dev, group, h, data)
 		p.group, p.gid, p.gseq = true, group, groupSeq(h)
 	case kind == contract.KindEvent && group != "":
 		if isJSONObject(data) {

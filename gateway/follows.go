@@ -2,6 +2,8 @@ package gateway
 
 import (
 	"context"
+	"slices"
+	"sort"
 	"strconv"
 	"sync"
 
@@ -17,9 +19,13 @@ import (
 type follows struct {
 	s *session
 
-	// users are the users followed. Only the read loop changes it (and
-	// stop, after the read loop ended), so it has no lock.
-	users map[string]struct{}
+	// subMu guards users and stopped. The read loop follows users named
+	// in a frame; a group's members are followed from the call that read
+	// the group's record. It is held while calling the router (subMu →
+	// router.mu), which never takes it.
+	subMu   sync.Mutex
+	users   map[string]struct{} // the users followed
+	stopped bool                // dropAll ran: follow no one any more
 
 	mu sync.Mutex // guards gen and sent; never held while calling the router
 	// Presence frames go out newest first only: each update forwarded and
@@ -42,8 +48,22 @@ type presenceSent struct {
 // subscribe follows users' presence changes and asks for their current
 // state. It runs on the read loop.
 func (f *follows) subscribe(users []string) {
+	added, ok := f.follow(users)
+	if ok && !f.ask(added) {
+		f.s.refuseBusy("")
+	}
+}
+
+// follow subscribes to the users not followed yet, up to the
+// connection's limit, and returns them; ok is false when the router
+// failed (the device was told).
+func (f *follows) follow(users []string) (added []string, ok bool) {
 	s := f.s
-	var added []string
+	f.subMu.Lock()
+	defer f.subMu.Unlock()
+	if f.stopped {
+		return nil, false
+	}
 	for _, u := range users {
 		if _, ok := f.users[u]; ok {
 			continue
@@ -54,7 +74,7 @@ func (f *follows) subscribe(users []string) {
 		}
 		if err := s.srv.router.add(routePresence, contract.PresenceSubject(u), s); err != nil {
 			s.sendError(protocol.ErrInternal, "presence subscription failed", "", 0, 0)
-			return
+			return added, false
 		}
 		if f.users == nil {
 			f.users = map[string]struct{}{}
@@ -62,13 +82,75 @@ func (f *follows) subscribe(users []string) {
 		f.users[u] = struct{}{}
 		added = append(added, u)
 	}
-	if !f.ask(added) {
+	return added, true
+}
+
+// subscribeGroup follows every other member of group gid, as the group
+// is now, and sends each one's current state: a member may follow the
+// whole group with one frame. It runs on the read loop and reads the
+// group's record off it; members who join later are not followed until
+// the device asks again.
+func (f *follows) subscribeGroup(gid string) {
+	s := f.s
+	ok := s.goCall(func() {
+		members, ok := f.groupMembers(gid)
+		if !ok {
+			return
+		}
+		added, ok := f.follow(members)
+		if !ok {
+			return
+		}
+		if err := f.fetch(f.nextGen(), added); err != nil {
+			s.sendError(protocol.ErrUnavailable, "presence is unavailable: "+err.Error(), "", 0, 0)
+		}
+	})
+	if !ok {
 		s.refuseBusy("")
 	}
 }
 
-// unsubscribe stops following users. It runs on the read loop.
+// unsubscribeGroup stops following group gid's members, as the group is
+// now. It runs on the read loop and reads the group's record off it.
+func (f *follows) unsubscribeGroup(gid string) {
+	ok := f.s.goCall(func() {
+		if members, ok := f.groupMembers(gid); ok {
+			f.unsubscribe(members)
+		}
+	})
+	if !ok {
+		f.s.refuseBusy("")
+	}
+}
+
+// groupMembers lists group gid's members other than this user, if this
+// user is one of them; else it tells the device why not.
+func (f *follows) groupMembers(gid string) ([]string, bool) {
+	s := f.s
+	g, err := s.srv.groups.get(s.srv, gid)
+	if err != nil {
+		code, msg := groupError(err)
+		s.sendError(code, msg, "", 0, 0)
+		return nil, false
+	}
+	if !g.IsMember(s.id.User) {
+		s.sendError(protocol.ErrNotMember, "you are not a member of this group", "", 0, 0)
+		return nil, false
+	}
+	members := make([]string, 0, len(g.Members))
+	for u := range g.Members {
+		if u != s.id.User && protocol.ValidID(u) {
+			members = append(members, u)
+		}
+	}
+	sort.Strings(members)
+	return members, true
+}
+
+// unsubscribe stops following users.
 func (f *follows) unsubscribe(users []string) {
+	f.subMu.Lock()
+	defer f.subMu.Unlock()
 	for _, u := range users {
 		if _, ok := f.users[u]; ok {
 			f.s.srv.router.remove(contract.PresenceSubject(u), f.s)
@@ -80,8 +162,12 @@ func (f *follows) unsubscribe(users []string) {
 	}
 }
 
-// dropAll stops following everyone, when the session stops.
+// dropAll stops following everyone, when the session stops; a group's
+// members being followed meanwhile are not.
 func (f *follows) dropAll() {
+	f.subMu.Lock()
+	defer f.subMu.Unlock()
+	f.stopped = true
 	for u := range f.users {
 		f.s.srv.router.remove(contract.PresenceSubject(u), f.s)
 	}
@@ -156,21 +242,33 @@ func (f *follows) askThen(users []string, failed func(error)) bool {
 	if len(users) == 0 {
 		return true
 	}
-	s := f.s
 	gen := f.nextGen()
-	return s.goCall(func() {
-		ctx, cancel := context.WithTimeout(context.Background(), s.srv.cfg.FunctionTimeout)
-		defer cancel()
-		var reply contract.PresenceReply
-		req := contract.PresenceRequest{Viewer: s.id.User, Users: users}
-		if err := contract.Call(ctx, s.srv.nc, contract.PresenceGetSubject, req, &reply); err != nil {
+	return f.s.goCall(func() {
+		if err := f.fetch(gen, users); err != nil {
 			failed(err)
-			return
+		}
+	})
+}
+
+// fetch asks the presence function for users' state, contract.MaxPresenceGet
+// at a time, and sends a presence frame of generation gen per user. It
+// blocks: it runs in a call's goroutine.
+func (f *follows) fetch(gen uint64, users []string) error {
+	s := f.s
+	for chunk := range slices.Chunk(users, contract.MaxPresenceGet) {
+		ctx, cancel := context.WithTimeout(context.Background(), s.srv.cfg.FunctionTimeout)
+		var reply contract.PresenceReply
+		req := contract.PresenceRequest{Viewer: s.id.User, Users: chunk}
+		err := contract.Call(ctx, s.srv.nc, contract.PresenceGetSubject, req, &reply)
+		cancel()
+		if err != nil {
+			return err
 		}
 		for _, v := range reply.Users {
 			if protocol.ValidID(v.User) {
 				f.send(gen, v.User, v.Online, v.LastSeen, v.Hidden)
 			}
 		}
-	})
+	}
+	return nil
 }

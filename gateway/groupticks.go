@@ -159,7 +159,7 @@ func (s *session) readGroup(ctx context.Context, seq uint64, h nats.Header) {
 		s.sendError(protocol.ErrUnknownSeq, "no message to you with this seq", "", seq, 0)
 		return
 	}
-	req := contract.GroupPositionRequest{Group: gid, Member: s.id.User, Device: s.id.Device, Status: protocol.StatusRead, Seq: at}
+	req := contract.GroupPositionRequest{Group: gid, Member: s.id.User, Device: s.id.Device, Status: protocol.StatusRead, Seq: at, InboxSeq: seq}
 	home, err := s.groupHomeElsewhere(gid)
 	if err == nil && home != "" {
 		err = s.sendPosition(home, req)

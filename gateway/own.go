@@ -59,14 +59,32 @@ func (f *feed) ownMsgFrame(seq uint64, ts int64, id, from, dev string, h nats.He
 	return protocol.AppendOwnMsg(nil, id, from, dev, to, seq, sent, ts, data, []byte(h.Get(contract.HdrMedia))), pendingMsg{receipt: true}
 }
 
+// groupMsgFrame is the msg frame of a member's copy of a group message.
+// The sender's own copy, for their other devices, names its place in the
+// group's log (sent_seq), which its group receipts name.
+func (f *feed) groupMsgFrame(seq uint64, ts int64, id, from, dev, group string, h nats.Header, data []byte) []byte {
+	media := []byte(h.Get(contract.HdrMedia))
+	if at := groupSeq(h); from == f.s.id.User && at != 0 {
+		return protocol.AppendOwnGroupMsg(nil, id, from, dev, group, seq, at, ts, data, media)
+	}
+	return protocol.AppendGroupMsg(nil, id, from, dev, group, seq, ts, data, media)
+}
+
 // readSyncFrame is the read_sync frame of a marker: this user read peer's
-// messages up to a seq on another device; nil if the marker is malformed,
-// or names another reader than this user.
+// messages, or a group (HdrGroup), up to a seq of their inbox on another
+// device; nil if the marker is malformed, or names another reader than
+// this user.
 func (f *feed) readSyncFrame(seq uint64, ts int64, from, dev string, h nats.Header) ([]byte, pendingMsg) {
-	peer := h.Get(contract.HdrPeer)
+	peer, group := h.Get(contract.HdrPeer), h.Get(contract.HdrGroup)
 	to, err := strconv.ParseUint(h.Get(contract.HdrSeqTo), 10, 64)
-	if err != nil || to == 0 || !protocol.ValidID(peer) || from != f.s.id.User {
+	if err != nil || to == 0 || from != f.s.id.User {
 		return nil, pendingMsg{receipt: true}
 	}
-	return protocol.AppendReadSync(nil, peer, dev, to, seq, ts), pendingMsg{receipt: true}
+	switch {
+	case group != "" && protocol.ValidID(group):
+		return protocol.AppendGroupReadSync(nil, group, dev, to, seq, ts), pendingMsg{receipt: true}
+	case group == "" && protocol.ValidID(peer):
+		return protocol.AppendReadSync(nil, peer, dev, to, seq, ts), pendingMsg{receipt: true}
+	}
+	return nil, pendingMsg{receipt: true}
 }

@@ -576,3 +576,118 @@ func TestSettingsFramesHaveTheirOwnRateLimit(t *testing.T) {
 	}
 	r.send("sink", "after-settings-flood") // the connection is still open
 }
+
+// One presence_sub naming a group follows all its other members, more
+// than a users list may name, and answers each one's state; changes
+// follow. presence_unsub with the group stops them all.
+func TestPresenceOfAWholeGroupInOneFrame(t *testing.T) {
+	n := tk.StartNATS(t)
+	g := tk.StartGateway(t, n, tk.TestConfig())
+	members := []string{"alice"}
+	for i := range protocol.MaxUsersPerFrame + 44 {
+		members = append(members, fmt.Sprintf("m%03d", i))
+	}
+	putGroup(t, n, "big", members...)
+	m005 := watchUpdates(t, n, "m005")
+	tk.Dial(t, g.URL, "m005", "phone")
+	m005.await(true, protocol.PrivacyEveryone)
+
+	alice := connectRaw(t, g, "alice", "phone")
+	alice.write(`{"type":"presence_sub","group":"big"}`)
+	got := answers(alice, members[1:]...)
+	for _, u := range members[1:] {
+		if f := got[u]; f == nil || f.Hidden || f.Online != (u == "m005") {
+			t.Fatalf("answer about %s: %+v, want online only for m005", u, f)
+		}
+	}
+	tk.Dial(t, g.URL, "m007", "phone")
+	if f := nextPresence(alice); f.User != "m007" || !f.Online {
+		t.Fatalf("after m007 connected alice got %+v", *f)
+	}
+
+	alice.write(`{"type":"presence_sub","users":["zed"]}`)
+	if f := nextPresence(alice); f.User != "zed" || f.Online {
+		t.Fatalf("answer about zed: %+v", *f)
+	}
+	alice.write(`{"type":"presence_unsub","group":"big"}`)
+	// Fence: zed is still followed; m008's coming must not show before
+	// zed's, which is published after it.
+	m008 := watchUpdates(t, n, "m008")
+	tk.Dial(t, g.URL, "m008", "phone")
+	m008.await(true, protocol.PrivacyEveryone)
+	tk.Dial(t, g.URL, "zed", "phone")
+	if f := nextPresence(alice); f.User != "zed" || !f.Online {
+		t.Fatalf("after unfollowing the group alice got %+v, want zed online", *f)
+	}
+}
+
+// What a group presence_sub refuses: users and a group at once, a bad
+// group id, a group that does not exist, a group the user is not in, and
+// a group larger than the connection may follow.
+func TestPresenceOfAGroupRefusals(t *testing.T) {
+	n := tk.StartNATS(t)
+	cfg := tk.TestConfig()
+	cfg.MaxPresenceSubs = 2
+	g := tk.StartGateway(t, n, cfg)
+	putGroup(t, n, "trio", "alice", "bob", "carol")
+	putGroup(t, n, "four", "alice", "bob", "carol", "dave")
+	alice := connectRaw(t, g, "alice", "phone")
+	alice.write(`{"type":"presence_sub","group":"trio","users":["bob"]}`)
+	alice.expectError(protocol.ErrBadField, "", 0)
+	alice.write(`{"type":"presence_sub","group":"tr.io"}`)
+	alice.expectError(protocol.ErrBadID, "", 0)
+	alice.write(`{"type":"presence_sub","group":"nope"}`)
+	alice.expectError(protocol.ErrUnknownGroup, "", 0)
+	erin := connectRaw(t, g, "erin", "phone")
+	erin.write(`{"type":"presence_sub","group":"trio"}`)
+	erin.expectError(protocol.ErrNotMember, "", 0)
+
+	// Three others, two allowed: the first two are followed and
+	// answered, the third refused.
+	alice.write(`{"type":"presence_sub","group":"four"}`)
+	var followed []string
+	refused := false
+	for len(followed) < 2 || !refused {
+		f := alice.next()
+		switch f.Type {
+		case protocol.TypePresence:
+			followed = append(followed, f.User)
+		case protocol.TypeError:
+			if f.Code != protocol.ErrTooMany || refused {
+				t.Fatalf("got %+v, want one too_many", *f)
+			}
+			refused = true
+		default:
+			t.Fatalf("got %+v", *f)
+		}
+	}
+	if followed[0] == "dave" || followed[1] == "dave" {
+		t.Fatalf("followed %v past the limit of 2", followed)
+	}
+}
+
+// The SDK follows a group's members with one call, and again after a
+// reconnect: carol connecting after alice's connection dropped shows
+// only to a session that follows the group again (in the answer or as a
+// change, whichever comes after the other).
+func TestSDKFollowsAGroupsPresence(t *testing.T) {
+	n := tk.StartNATS(t)
+	g := tk.StartGateway(t, n, tk.TestConfig())
+	putGroup(t, n, "trio", "alice", "bob", "carol")
+	proxy := tk.StartProxy(t, g.Addr)
+	alice := tk.Dial(t, "ws://"+proxy.Addr+"/v1/ws", "alice", "phone")
+	if err := alice.SubscribePresenceGroup("trio"); err != nil {
+		t.Fatal(err)
+	}
+	for _, u := range []string{"bob", "carol"} {
+		if p := recvPresence(t, alice, u); p.Online || p.Hidden {
+			t.Fatalf("answer about %s: %+v, want offline", u, p)
+		}
+	}
+	if err := alice.SubscribePresenceGroup("trio.x"); !errors.Is(err, client.ErrBadID) {
+		t.Fatalf("bad group id: %v, want ErrBadID", err)
+	}
+	proxy.DropAll()
+	tk.Dial(t, g.URL, "carol", "phone")
+	waitPresence(t, alice, "carol", true)
+}

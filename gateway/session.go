@@ -381,11 +381,19 @@ func (s *session) handle(data []byte) {
 		}
 	case protocol.TypePresenceSub:
 		if s.allow(s.in.frameLim, "") {
-			s.follows.subscribe(f.Users)
+			if f.Group != "" {
+				s.follows.subscribeGroup(f.Group)
+			} else {
+				s.follows.subscribe(f.Users)
+			}
 		}
 	case protocol.TypePresenceUnsub:
 		if s.allow(s.in.frameLim, "") {
-			s.follows.unsubscribe(f.Users)
+			if f.Group != "" {
+				s.follows.unsubscribeGroup(f.Group)
+			} else {
+				s.follows.unsubscribe(f.Users)
+			}
 		}
 	case protocol.TypeGroup:
 		// Its own bucket: each is a request to the groups function, and

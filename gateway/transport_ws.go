@@ -1,7 +1,9 @@
 package gateway
 
 import (
+	"encoding/binary"
 	"errors"
+	"sync"
 	"time"
 	"unicode/utf8"
 
@@ -35,6 +37,8 @@ func newWSConn(ws *websocket.Conn, cfg *Config) *wsConn {
 // which ends the read loop.
 func (c *wsConn) writer() {
 	var batch [][]byte
+	var w frameWriter
+	defer w.release()
 	failed := false
 	for {
 		var closing, stop bool
@@ -43,13 +47,11 @@ func (c *wsConn) writer() {
 			return
 		}
 		flush := !closing || c.flushOnClose()
-		for i, b := range batch {
-			if flush && !failed && c.write(b) != nil {
-				failed = true
-				c.Close(protocol.CloseSlow, "write failed")
-			}
-			batch[i] = nil
+		if flush && !failed && w.write(c, batch) != nil {
+			failed = true
+			c.Close(protocol.CloseSlow, "write failed")
 		}
+		clear(batch)
 		if closing && (c.drained() || failed || !flush) {
 			break
 		}
@@ -63,11 +65,79 @@ func (c *wsConn) writer() {
 	close(c.writerDone)
 }
 
-func (c *wsConn) write(b []byte) error {
-	if err := c.ws.SetWriteDeadline(time.Now().Add(c.cfg.WriteTimeout)); err != nil {
+// maxWrite bounds one write to the socket: frames are gathered up to it.
+const maxWrite = 64 << 10
+
+// writeBufs holds the writers' buffers between runs, so an idle
+// connection holds none.
+var writeBufs = sync.Pool{New: func() any { return new([]byte) }}
+
+// frameWriter writes a batch of text frames with one write to the socket
+// for as many frames as fit in maxWrite, not one per frame: at a
+// receiving device's rate of messages, ticks and "sent" answers, the
+// per-frame system call was the gateway's largest single cost.
+//
+// It frames the messages itself and writes to the socket under the
+// library's Conn. That is safe because every data frame of a connection
+// is written here, by its one writer goroutine, and the library writes
+// only control frames (ping, pong, close), each with one Write, which
+// the socket's own write lock keeps whole. Server frames are never
+// masked and compression is off (server.go), so a frame is its header
+// and the bytes as they are (RFC 6455 §5.2).
+type frameWriter struct {
+	buf *[]byte
+}
+
+func (w *frameWriter) write(c *wsConn, frames [][]byte) error {
+	if w.buf == nil {
+		w.buf = writeBufs.Get().(*[]byte)
+	}
+	conn := c.ws.NetConn()
+	if err := conn.SetWriteDeadline(time.Now().Add(c.cfg.WriteTimeout)); err != nil {
 		return err
 	}
-	return c.ws.WriteMessage(websocket.TextMessage, b)
+	b := (*w.buf)[:0]
+	for _, f := range frames {
+		if len(b) > 0 && len(b)+len(f)+maxFrameHeader > maxWrite {
+			if _, err := conn.Write(b); err != nil {
+				return err
+			}
+			b = b[:0]
+		}
+		b = appendTextFrame(b, f)
+	}
+	_, err := conn.Write(b)
+	if cap(b) <= maxWrite {
+		*w.buf = b[:0]
+	}
+	return err
+}
+
+// release gives the buffer back for another connection's writer.
+func (w *frameWriter) release() {
+	if w.buf != nil {
+		writeBufs.Put(w.buf)
+		w.buf = nil
+	}
+}
+
+// maxFrameHeader is the longest header of an unmasked frame.
+const maxFrameHeader = 10
+
+// appendTextFrame appends p as one final, unmasked text frame.
+func appendTextFrame(b, p []byte) []byte {
+	const finText = 0x80 | websocket.TextMessage
+	switch n := len(p); {
+	case n < 126:
+		b = append(b, finText, byte(n))
+	case n <= 0xffff:
+		b = append(b, finText, 126)
+		b = binary.BigEndian.AppendUint16(b, uint16(n))
+	default:
+		b = append(b, finText, 127)
+		b = binary.BigEndian.AppendUint64(b, uint64(n))
+	}
+	return append(b, p...)
 }
 
 // sendPing runs on the ping timer and sets it again.

@@ -401,8 +401,19 @@ func DecodeClient(data []byte) (*Frame, error) {
 			return nil, decodeErr(ErrBadID, "", "group: %v", ErrInvalidID)
 		}
 	case TypePresenceSub, TypePresenceUnsub:
+		if f.Group != "" {
+			// A group's members at once: the whole group in one frame,
+			// which a list of 1,024 ids would not fit.
+			if len(f.Users) > 0 {
+				return nil, decodeErr(ErrBadField, "", "give users or group, not both")
+			}
+			if !ValidID(f.Group) {
+				return nil, decodeErr(ErrBadID, "", "group: %v", ErrInvalidID)
+			}
+			break
+		}
 		if len(f.Users) == 0 || len(f.Users) > MaxUsersPerFrame {
-			return nil, decodeErr(ErrBadField, "", "users must list 1 to %d users", MaxUsersPerFrame)
+			return nil, decodeErr(ErrBadField, "", "users must list 1 to %d users, or group name a group", MaxUsersPerFrame)
 		}
 		for _, u := range f.Users {
 			if !ValidID(u) {

@@ -50,3 +50,37 @@ func AppendReadSync(b []byte, peer, device string, toSeq, seq uint64, ts int64) 
 	b = strconv.AppendInt(b, ts, 10)
 	return append(b, '}')
 }
+
+// AppendOwnGroupMsg appends a msg frame for a message this user sent in
+// group from device (another of theirs): it is stored at sentSeq in the
+// group's log (the place its group receipts name), and its copy for this
+// user's devices at seq.
+func AppendOwnGroupMsg(b []byte, id, from, device, group string, seq, sentSeq uint64, ts int64, body, media []byte) []byte {
+	b = appendGroupMsgHead(b, id, from, device, group, seq, ts)
+	b = append(b, `,"sent_seq":`...)
+	b = strconv.AppendUint(b, sentSeq, 10)
+	if len(media) > 0 {
+		b = append(b, `,"media":`...)
+		b = append(b, media...)
+	}
+	b = append(b, `,"body":`...)
+	b = append(b, body...)
+	return append(b, '}')
+}
+
+// AppendGroupReadSync appends a read_sync frame for a group: this user,
+// on device, read group up to toSeq (a seq of this user's inbox, the
+// group copy read); seq is the frame's own sequence.
+func AppendGroupReadSync(b []byte, group, device string, toSeq, seq uint64, ts int64) []byte {
+	b = append(b, `{"type":"read_sync","group":"`...)
+	b = append(b, group...)
+	b = append(b, `","device":"`...)
+	b = append(b, device...)
+	b = append(b, `","to_seq":`...)
+	b = strconv.AppendUint(b, toSeq, 10)
+	b = append(b, `,"seq":`...)
+	b = strconv.AppendUint(b, seq, 10)
+	b = append(b, `,"ts":`...)
+	b = strconv.AppendInt(b, ts, 10)
+	return append(b, '}')
+}

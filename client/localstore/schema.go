@@ -8,7 +8,7 @@ import (
 
 // SchemaVersion is the schema this package writes: the number of
 // migrations it knows. It is kept in the file's PRAGMA user_version.
-const SchemaVersion = 1
+const SchemaVersion = 2
 
 // migrations[i] takes a store from version i to version i+1. A migration
 // is never edited once released: a change is a new entry. Each one runs,
@@ -46,6 +46,48 @@ CREATE TABLE meta (
 	key   TEXT PRIMARY KEY,
 	value INTEGER NOT NULL
 ) WITHOUT ROWID;
+`,
+	// 2: group traffic. A message and a conversation belong to a group
+	// (grp) or are one to one (grp ''); a group's conversation is named
+	// by the group. Repeats are told apart within a group, as a group's
+	// system messages have ids unique in the group only, so the unique
+	// key gains grp and both tables are built again.
+	`
+CREATE TABLE messages_v2 (
+	n      INTEGER PRIMARY KEY,        -- local order: outbox order, then arrival
+	grp    TEXT    NOT NULL DEFAULT '', -- the group; '' one to one
+	conv   TEXT    NOT NULL,           -- the conversation: the other user, or the group
+	sender TEXT    NOT NULL,           -- '' for this user's own messages
+	device TEXT    NOT NULL DEFAULT '',
+	id     TEXT    NOT NULL,           -- the client message id (a system message's: ev-<n>)
+	seq    INTEGER NOT NULL DEFAULT 0, -- incoming: this user's inbox seq; own: the seq its ticks name
+	ts     INTEGER NOT NULL DEFAULT 0, -- server time, Unix ms
+	body   BLOB,
+	media  TEXT,                       -- protocol.Media as JSON, or NULL
+	event  TEXT,                       -- a group's system message: protocol.GroupEvent as JSON
+	status INTEGER NOT NULL,           -- see Status; only rises, except to dropped
+	acked  INTEGER NOT NULL DEFAULT 0, -- incoming: this device acked it
+	UNIQUE (grp, sender, id)
+);
+INSERT INTO messages_v2 (n, conv, sender, device, id, seq, ts, body, media, status, acked)
+	SELECT n, conv, sender, device, id, seq, ts, body, media, status, acked FROM messages;
+DROP TABLE messages;
+ALTER TABLE messages_v2 RENAME TO messages;
+CREATE INDEX messages_conv ON messages (grp, conv, n);
+CREATE INDEX messages_seq ON messages (seq);
+CREATE INDEX messages_outbox ON messages (n) WHERE status = 0;
+CREATE INDEX messages_in ON messages (grp, conv, seq) WHERE sender <> '' AND event IS NULL; -- unread counts
+CREATE INDEX messages_unread_out ON messages (grp, conv, seq)
+	WHERE sender = '' AND status IN (1, 2);
+CREATE TABLE conversations_v2 (
+	grp      TEXT    NOT NULL DEFAULT '',
+	conv     TEXT    NOT NULL,
+	read_seq INTEGER NOT NULL DEFAULT 0, -- this user read every message up to it (inbox seq)
+	PRIMARY KEY (grp, conv)
+) WITHOUT ROWID;
+INSERT INTO conversations_v2 (conv, read_seq) SELECT conv, read_seq FROM conversations;
+DROP TABLE conversations;
+ALTER TABLE conversations_v2 RENAME TO conversations;
 `,
 }
 

@@ -2,12 +2,14 @@
 // device, through modernc.org/sqlite (pure Go, no cgo), that keeps what a
 // Client must not forget when its process ends.
 //
-// It keeps the conversations and their messages, both directions; the
+// It keeps the conversations, with users and in groups, and their
+// messages, both directions (a group's system messages too); the
 // outbox (this device's sends not yet confirmed by "sent", in the order of
-// their Send calls); the ticks of each sent message (sent, delivered,
-// read: they only rise); which received messages this device acked and
-// the highest acked seq (its cursor hint); and each conversation's read
-// watermark. Pass an open Store as client.Options.Store; the Client then
+// their Send and SendGroup calls); the ticks of each sent message
+// (sent, delivered, read: they only rise; a group message's are the
+// group's); which received messages this device acked and the highest
+// acked seq (its cursor hint); and each conversation's read watermark,
+// a group's too. Pass an open Store as client.Options.Store; the Client then
 // writes each send here before it goes on the wire, resends the outbox
 // in order under the same ids after a restart, and drops messages already
 // received by an earlier process.
@@ -132,25 +134,34 @@ func StatusOf(s string) Status {
 	return Sent
 }
 
-// Outgoing is a send to keep in the outbox.
+// Outgoing is a send to keep in the outbox: to user To, or in Group.
 type Outgoing struct {
 	ID    string
 	To    string
+	Group string
 	Body  json.RawMessage
 	Media *protocol.Media
 }
 
 // Message is a stored message, either direction.
 type Message struct {
-	N      int64  // local order: the outbox's for sends, arrival for others
-	Conv   string // the conversation: the other user
+	N int64 // local order: the outbox's for sends, arrival for others
+	// Group is the group of a message sent in one ("" one to one); Conv
+	// is the conversation: the other user, or the group.
+	Group  string
+	Conv   string
 	From   string // the sender; "" for this user's own messages
 	Device string // the sender's device (incoming)
 	ID     string
-	Seq    uint64 // where the server stored it; 0 while Pending
+	// Seq is where the server stored it: for an incoming message its seq
+	// in this user's inbox (what Ack and Read name), for an own one the
+	// seq its ticks name (its sent frame's: in a group, its place in the
+	// group's log); 0 while Pending.
+	Seq    uint64
 	TS     time.Time
 	Body   json.RawMessage
 	Media  *protocol.Media
+	Event  *protocol.GroupEvent // a group's system message (no Body)
 	Status Status
 	Acked  bool // incoming: this device acked it
 }
@@ -290,15 +301,28 @@ func mediaJSON(m *protocol.Media) any {
 	return string(b)
 }
 
+func eventJSON(e *protocol.GroupEvent) any {
+	if e == nil {
+		return nil
+	}
+	b, _ := json.Marshal(e)
+	return string(b)
+}
+
 // AddOutgoing puts a send at the end of the outbox, durably. A send with
-// the same id already pending or stored stays as it is; one dropped goes
-// back into the outbox, at its end.
+// the same id (in the same group, or one to one) already pending or
+// stored stays as it is; one dropped goes back into the outbox, at its
+// end.
 func (s *Store) AddOutgoing(o Outgoing) error {
-	_, err := s.exec(`INSERT INTO messages (conv, sender, id, body, media, status) VALUES (?, '', ?, ?, ?, 0)
-ON CONFLICT (sender, id) DO UPDATE SET
+	conv := o.To
+	if o.Group != "" {
+		conv = o.Group
+	}
+	_, err := s.exec(`INSERT INTO messages (grp, conv, sender, id, body, media, status) VALUES (?, ?, '', ?, ?, ?, 0)
+ON CONFLICT (grp, sender, id) DO UPDATE SET
 	n = (SELECT max(n) + 1 FROM messages), conv = excluded.conv, body = excluded.body,
 	media = excluded.media, status = 0, seq = 0, ts = 0
-WHERE status = -1`, o.To, o.ID, []byte(o.Body), mediaJSON(o.Media))
+WHERE status = -1`, o.Group, conv, o.ID, []byte(o.Body), mediaJSON(o.Media))
 	if err != nil {
 		return fmt.Errorf("localstore: keeping send %s: %w", o.ID, err)
 	}
@@ -313,23 +337,38 @@ func (s *Store) Outbox() ([]Outgoing, error) {
 	}
 	out := make([]Outgoing, len(ms))
 	for i, m := range ms {
-		out[i] = Outgoing{ID: m.ID, To: m.Conv, Body: m.Body, Media: m.Media}
+		out[i] = Outgoing{ID: m.ID, Body: m.Body, Media: m.Media}
+		if m.Group != "" {
+			out[i].Group = m.Group
+		} else {
+			out[i].To = m.Conv
+		}
 	}
 	return out, nil
 }
 
-// Confirm records that the server stored send id at seq: it leaves the
-// outbox. tick is a receipt that came before the "sent" (Sent if none).
+// Confirm records that the server stored send id (to a user) at seq: it
+// leaves the outbox. tick is a receipt that came before the "sent" (Sent
+// if none).
 func (s *Store) Confirm(id string, seq uint64, ts time.Time, tick Status) error {
+	return s.ConfirmGroup("", id, seq, ts, tick)
+}
+
+// ConfirmGroup is Confirm for send id in group ("" for a send to a
+// user); seq is its place in the group's log.
+func (s *Store) ConfirmGroup(group, id string, seq uint64, ts time.Time, tick Status) error {
 	_, err := s.exec(`UPDATE messages SET seq = ?, ts = ?, status = max(status, ?, 1)
-WHERE sender = '' AND id = ? AND status >= 0`, int64(seq), ts.UnixMilli(), int(tick), id)
+WHERE grp = ? AND sender = '' AND id = ? AND status >= 0`, int64(seq), ts.UnixMilli(), int(tick), group, id)
 	return err
 }
 
-// Drop takes a pending send out of the outbox: the app withdrew it, or
-// the server refused it for good.
-func (s *Store) Drop(id string) error {
-	_, err := s.exec(`UPDATE messages SET status = -1 WHERE sender = '' AND id = ? AND status = 0`, id)
+// Drop takes a pending send to a user out of the outbox: the app
+// withdrew it, or the server refused it for good.
+func (s *Store) Drop(id string) error { return s.DropGroup("", id) }
+
+// DropGroup is Drop for send id in group ("" for a send to a user).
+func (s *Store) DropGroup(group, id string) error {
+	_, err := s.exec(`UPDATE messages SET status = -1 WHERE grp = ? AND sender = '' AND id = ? AND status = 0`, group, id)
 	return err
 }
 
@@ -341,10 +380,27 @@ func (s *Store) ApplyReceipt(by, status string, from, to uint64) error {
 	switch StatusOf(status) {
 	case Read:
 		_, err = s.exec(`UPDATE messages SET status = 3
-WHERE conv = ? AND sender = '' AND status IN (1, 2) AND seq <= ?`, by, int64(to))
+WHERE grp = '' AND conv = ? AND sender = '' AND status IN (1, 2) AND seq <= ?`, by, int64(to))
 	case Delivered:
 		_, err = s.exec(`UPDATE messages SET status = 2
-WHERE conv = ? AND sender = '' AND status IN (1, 2) AND status < 2 AND seq BETWEEN ? AND ?`, by, int64(from), int64(to))
+WHERE grp = '' AND conv = ? AND sender = '' AND status = 1 AND seq BETWEEN ? AND ?`, by, int64(from), int64(to))
+	}
+	return err
+}
+
+// ApplyGroupReceipt records a group receipt: every other member of group
+// has (delivered) or has read this user's messages there stored from
+// from to to, places in the group's log. A read covers every one up to
+// to, as the group's lowest read position is there. Ticks only rise.
+func (s *Store) ApplyGroupReceipt(group, status string, from, to uint64) error {
+	var err error
+	switch StatusOf(status) {
+	case Read:
+		_, err = s.exec(`UPDATE messages SET status = 3
+WHERE grp = ? AND conv = ? AND sender = '' AND status IN (1, 2) AND seq <= ?`, group, group, int64(to))
+	case Delivered:
+		_, err = s.exec(`UPDATE messages SET status = 2
+WHERE grp = ? AND conv = ? AND sender = '' AND status = 1 AND seq BETWEEN ? AND ?`, group, group, int64(from), int64(to))
 	}
 	return err
 }
@@ -363,14 +419,15 @@ type Seen struct {
 	Acked    bool   // this device acked it
 }
 
-// Received stores an incoming message unless one with the same (From,
-// ID) is stored already, and says which.
+// Received stores an incoming message unless one with the same (Group,
+// From, ID) is stored already, and says which. A message in a group (or
+// a group's system message, with Event) has Group and Conv the group.
 func (s *Store) Received(m Message) (Seen, error) {
 	var seen Seen
 	err := s.tx(func(ctx context.Context, c *sql.Conn) error {
-		r, err := c.ExecContext(ctx, `INSERT INTO messages (conv, sender, device, id, seq, ts, body, media, status)
-VALUES (?, ?, ?, ?, ?, ?, ?, ?, 1) ON CONFLICT (sender, id) DO NOTHING`,
-			m.Conv, m.From, m.Device, m.ID, int64(m.Seq), m.TS.UnixMilli(), []byte(m.Body), mediaJSON(m.Media))
+		r, err := c.ExecContext(ctx, `INSERT INTO messages (grp, conv, sender, device, id, seq, ts, body, media, event, status)
+VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 1) ON CONFLICT (grp, sender, id) DO NOTHING`,
+			m.Group, m.Conv, m.From, m.Device, m.ID, int64(m.Seq), m.TS.UnixMilli(), []byte(m.Body), mediaJSON(m.Media), eventJSON(m.Event))
 		if err != nil {
 			return err
 		}
@@ -379,7 +436,7 @@ VALUES (?, ?, ?, ?, ?, ?, ?, ?, 1) ON CONFLICT (sender, id) DO NOTHING`,
 		}
 		var seq int64
 		seen.Dup = true
-		err = c.QueryRowContext(ctx, `SELECT seq, acked FROM messages WHERE sender = ? AND id = ?`, m.From, m.ID).Scan(&seq, &seen.Acked)
+		err = c.QueryRowContext(ctx, `SELECT seq, acked FROM messages WHERE grp = ? AND sender = ? AND id = ?`, m.Group, m.From, m.ID).Scan(&seq, &seen.Acked)
 		seen.FirstSeq = uint64(seq)
 		return err
 	})
@@ -407,12 +464,12 @@ func (s *Store) CursorHint() (uint64, error) {
 }
 
 // MarkRead raises the read watermark of the conversation of the incoming
-// message at seq to seq. It reports false if no incoming message is
-// stored at seq.
+// message at seq (with a user or in a group) to seq. It reports false if
+// no incoming message is stored at seq.
 func (s *Store) MarkRead(seq uint64) (bool, error) {
-	r, err := s.exec(`INSERT INTO conversations (conv, read_seq)
-SELECT conv, seq FROM messages WHERE seq = ? AND sender <> ''
-ON CONFLICT (conv) DO UPDATE SET read_seq = max(read_seq, excluded.read_seq)`, int64(seq))
+	r, err := s.exec(`INSERT INTO conversations (grp, conv, read_seq)
+SELECT grp, conv, seq FROM messages WHERE seq = ? AND sender <> ''
+ON CONFLICT (grp, conv) DO UPDATE SET read_seq = max(read_seq, excluded.read_seq)`, int64(seq))
 	if err != nil {
 		return false, err
 	}
@@ -420,17 +477,34 @@ ON CONFLICT (conv) DO UPDATE SET read_seq = max(read_seq, excluded.read_seq)`, i
 	return n > 0, nil
 }
 
-// SetReadWatermark raises conversation conv's read watermark to seq.
+// SetReadWatermark raises the read watermark of the conversation with
+// user conv to seq.
 func (s *Store) SetReadWatermark(conv string, seq uint64) error {
-	_, err := s.exec(`INSERT INTO conversations (conv, read_seq) VALUES (?, ?)
-ON CONFLICT (conv) DO UPDATE SET read_seq = max(read_seq, excluded.read_seq)`, conv, int64(seq))
+	return s.setWatermark("", conv, seq)
+}
+
+// SetGroupReadWatermark raises group's read watermark to seq, a seq of
+// this user's inbox (as a group Message's Seq).
+func (s *Store) SetGroupReadWatermark(group string, seq uint64) error {
+	return s.setWatermark(group, group, seq)
+}
+
+func (s *Store) setWatermark(grp, conv string, seq uint64) error {
+	_, err := s.exec(`INSERT INTO conversations (grp, conv, read_seq) VALUES (?, ?, ?)
+ON CONFLICT (grp, conv) DO UPDATE SET read_seq = max(read_seq, excluded.read_seq)`, grp, conv, int64(seq))
 	return err
 }
 
-// ReadWatermark returns the seq up to which this user read conversation
-// conv (0 if none).
+// ReadWatermark returns the seq up to which this user read the
+// conversation with user conv (0 if none).
 func (s *Store) ReadWatermark(conv string) (uint64, error) {
-	return s.scalar(`SELECT coalesce((SELECT read_seq FROM conversations WHERE conv = ?), 0)`, conv)
+	return s.scalar(`SELECT coalesce((SELECT read_seq FROM conversations WHERE grp = '' AND conv = ?), 0)`, conv)
+}
+
+// GroupReadWatermark returns the inbox seq up to which this user read
+// group (0 if none).
+func (s *Store) GroupReadWatermark(group string) (uint64, error) {
+	return s.scalar(`SELECT coalesce((SELECT read_seq FROM conversations WHERE grp = ? AND conv = ?), 0)`, group, group)
 }
 
 // Count returns the number of stored messages, both directions.
@@ -441,9 +515,10 @@ func (s *Store) Count() (int, error) {
 
 // Conversation is a summary of one conversation.
 type Conversation struct {
-	Conv     string
+	Group    string // the group of a group's conversation ("" with a user)
+	Conv     string // the other user, or the group
 	Messages int    // stored, both directions (dropped sends included)
-	Unread   int    // incoming above the read watermark
+	Unread   int    // incoming above the read watermark (system messages left out)
 	ReadSeq  uint64 // the read watermark
 	LastN    int64  // local order of its newest message
 }
@@ -453,12 +528,13 @@ func (s *Store) Conversations() ([]Conversation, error) {
 	var out []Conversation
 	err := s.read(func(ctx context.Context, c *sql.Conn) error {
 		rows, err := c.QueryContext(ctx, `WITH convs AS (
-	SELECT conv, count(*) AS msgs, max(n) AS last FROM messages GROUP BY conv
+	SELECT grp, conv, count(*) AS msgs, max(n) AS last FROM messages GROUP BY grp, conv
 )
-SELECT v.conv, v.msgs,
-	(SELECT count(*) FROM messages m WHERE m.conv = v.conv AND m.sender <> '' AND m.seq > coalesce(c.read_seq, 0)),
+SELECT v.grp, v.conv, v.msgs,
+	(SELECT count(*) FROM messages m WHERE m.grp = v.grp AND m.conv = v.conv AND m.sender <> ''
+		AND m.event IS NULL AND m.seq > coalesce(c.read_seq, 0)),
 	coalesce(c.read_seq, 0), v.last
-FROM convs v LEFT JOIN conversations c ON c.conv = v.conv
+FROM convs v LEFT JOIN conversations c ON c.grp = v.grp AND c.conv = v.conv
 ORDER BY v.last DESC`)
 		if err != nil {
 			return err
@@ -467,7 +543,7 @@ ORDER BY v.last DESC`)
 		for rows.Next() {
 			var c Conversation
 			var read int64
-			if err := rows.Scan(&c.Conv, &c.Messages, &c.Unread, &read, &c.LastN); err != nil {
+			if err := rows.Scan(&c.Group, &c.Conv, &c.Messages, &c.Unread, &read, &c.LastN); err != nil {
 				return err
 			}
 			c.ReadSeq = uint64(read)
@@ -478,22 +554,39 @@ ORDER BY v.last DESC`)
 	return out, err
 }
 
-// Messages returns conversation conv's last limit messages (all if limit
-// is 0), oldest first; dropped sends are left out.
+// Messages returns the last limit messages (all if limit is 0) of the
+// conversation with user conv, oldest first; dropped sends are left out.
 func (s *Store) Messages(conv string, limit int) ([]Message, error) {
+	return s.messages("", conv, limit)
+}
+
+// GroupMessages is Messages for group's conversation, its system
+// messages included.
+func (s *Store) GroupMessages(group string, limit int) ([]Message, error) {
+	return s.messages(group, group, limit)
+}
+
+func (s *Store) messages(grp, conv string, limit int) ([]Message, error) {
 	if limit <= 0 {
-		return s.query(`WHERE conv = ? AND status >= 0 ORDER BY n`, conv)
+		return s.query(`WHERE grp = ? AND conv = ? AND status >= 0 ORDER BY n`, grp, conv)
 	}
-	ms, err := s.query(`WHERE conv = ? AND status >= 0 ORDER BY n DESC LIMIT ?`, conv, limit)
+	ms, err := s.query(`WHERE grp = ? AND conv = ? AND status >= 0 ORDER BY n DESC LIMIT ?`, grp, conv, limit)
 	for i, j := 0, len(ms)-1; i < j; i, j = i+1, j-1 {
 		ms[i], ms[j] = ms[j], ms[i]
 	}
 	return ms, err
 }
 
-// Message returns the message (from, id), from "" for an own one.
+// Message returns the message (from, id) with a user, from "" for an own
+// one.
 func (s *Store) Message(from, id string) (Message, bool, error) {
-	ms, err := s.query(`WHERE sender = ? AND id = ?`, from, id)
+	return s.GroupMessage("", from, id)
+}
+
+// GroupMessage returns the message (from, id) in group, from "" for an
+// own one ("" group: with a user).
+func (s *Store) GroupMessage(group, from, id string) (Message, bool, error) {
+	ms, err := s.query(`WHERE grp = ? AND sender = ? AND id = ?`, group, from, id)
 	if err != nil || len(ms) == 0 {
 		return Message{}, false, err
 	}
@@ -503,7 +596,7 @@ func (s *Store) Message(from, id string) (Message, bool, error) {
 func (s *Store) query(where string, args ...any) ([]Message, error) {
 	var out []Message
 	err := s.read(func(ctx context.Context, c *sql.Conn) error {
-		rows, err := c.QueryContext(ctx, `SELECT n, conv, sender, device, id, seq, ts, body, media, status, acked FROM messages `+where, args...)
+		rows, err := c.QueryContext(ctx, `SELECT n, grp, conv, sender, device, id, seq, ts, body, media, event, status, acked FROM messages `+where, args...)
 		if err != nil {
 			return err
 		}
@@ -512,9 +605,15 @@ func (s *Store) query(where string, args ...any) ([]Message, error) {
 			var m Message
 			var seq, ts int64
 			var body []byte
-			var media sql.NullString
-			if err := rows.Scan(&m.N, &m.Conv, &m.From, &m.Device, &m.ID, &seq, &ts, &body, &media, &m.Status, &m.Acked); err != nil {
+			var media, event sql.NullString
+			if err := rows.Scan(&m.N, &m.Group, &m.Conv, &m.From, &m.Device, &m.ID, &seq, &ts, &body, &media, &event, &m.Status, &m.Acked); err != nil {
 				return err
+			}
+			if event.Valid {
+				m.Event = new(protocol.GroupEvent)
+				if err := json.Unmarshal([]byte(event.String), m.Event); err != nil {
+					return fmt.Errorf("%w (message %s: event: %v)", ErrCorrupt, m.ID, err)
+				}
 			}
 			m.Seq, m.TS, m.Body = uint64(seq), time.UnixMilli(ts), body
 			if media.Valid {

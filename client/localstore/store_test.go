@@ -64,12 +64,20 @@ func TestMigrationsStepAndAreAllOrNothing(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := s.AddOutgoing(Outgoing{ID: "m1", To: "bob", Body: json.RawMessage(`"hi"`)}); err != nil {
-		t.Fatal(err)
+	// As version 1 wrote them: a pending send, a message from carol and
+	// her conversation's watermark.
+	for _, q := range []string{
+		`INSERT INTO messages (conv, sender, id, body, status) VALUES ('bob', '', 'm1', '"hi"', 0)`,
+		`INSERT INTO messages (conv, sender, device, id, seq, body, status) VALUES ('carol', 'carol', 'phone', 'c1', 7, '1', 1)`,
+		`INSERT INTO conversations (conv, read_seq) VALUES ('carol', 7)`,
+	} {
+		if _, err := s.exec(q); err != nil {
+			t.Fatal(err)
+		}
 	}
 	s.Close()
 
-	v2 := append(append([]string{}, v1...), `ALTER TABLE messages ADD COLUMN edited INTEGER NOT NULL DEFAULT 0; CREATE TABLE drafts (conv TEXT PRIMARY KEY, body BLOB);`)
+	v2 := migrations[:2] // version 2: group traffic, tables built again
 	s, err = open(path, v2)
 	if err != nil {
 		t.Fatal(err)
@@ -77,8 +85,14 @@ func TestMigrationsStepAndAreAllOrNothing(t *testing.T) {
 	if got := pragma(t, s, "user_version"); got != "2" {
 		t.Fatalf("user_version = %s after the second migration, want 2", got)
 	}
-	if ob, err := s.Outbox(); err != nil || len(ob) != 1 || ob[0].ID != "m1" {
+	if ob, err := s.Outbox(); err != nil || len(ob) != 1 || ob[0].ID != "m1" || ob[0].To != "bob" {
 		t.Fatalf("outbox after migrating: %v %v", ob, err)
+	}
+	if m, ok, err := s.Message("carol", "c1"); err != nil || !ok || m.Seq != 7 || m.Conv != "carol" {
+		t.Fatalf("carol's message after migrating: %+v %v %v", m, ok, err)
+	}
+	if w, err := s.ReadWatermark("carol"); err != nil || w != 7 {
+		t.Fatalf("carol's watermark after migrating: %d %v", w, err)
 	}
 	s.Close()
 
@@ -485,7 +499,7 @@ func TestReadWatermarks(t *testing.T) {
 		t.Fatal(err)
 	}
 	got := fmt.Sprint(cs)
-	want := "[{alice 3 1 11 4} {carol 1 0 12 3}]"
+	want := "[{ alice 3 1 11 4} { carol 1 0 12 3}]"
 	if got != want {
 		t.Fatalf("conversations = %s, want %s", got, want)
 	}
@@ -572,4 +586,141 @@ func TestTornWALTailKeepsCommittedWrites(t *testing.T) {
 	// The last transaction cut short: it is gone, the others stay.
 	c = crash("cut.db", func(b []byte) []byte { return b[:len(b)-100] })
 	mustOutbox(t, c, "m0,m1,m2,m3,m4,m5,m6,m7,m8")
+}
+
+// Group traffic: sends to a group go through the outbox in order with
+// sends to users, and a send keeps its group; messages in a group,
+// system messages and own messages from another device are kept per
+// group, told apart from the same ids elsewhere; group receipts tick own
+// messages in their group only; a group's read watermark is its own.
+func TestGroupTraffic(t *testing.T) {
+	s := openT(t, tmpPath(t))
+	for _, o := range []Outgoing{
+		{ID: "a1", To: "bob", Body: json.RawMessage(`1`)},
+		{ID: "g1", Group: "club", Body: json.RawMessage(`2`)},
+		{ID: "g1", Group: "club", Body: json.RawMessage(`"again"`)}, // the same send: stays
+		{ID: "g2", Group: "club", Body: json.RawMessage(`3`)},
+	} {
+		if err := s.AddOutgoing(o); err != nil {
+			t.Fatal(err)
+		}
+	}
+	ob, err := s.Outbox()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var got []string
+	for _, o := range ob {
+		got = append(got, o.ID+">"+o.To+"#"+o.Group+"="+string(o.Body))
+	}
+	if want := "a1>bob#=1 g1>#club=2 g2>#club=3"; strings.Join(got, " ") != want {
+		t.Fatalf("outbox %s, want %s", strings.Join(got, " "), want)
+	}
+	// A 1:1 confirm does not reach a group send of the same id.
+	if err := s.Confirm("g1", 99, time.UnixMilli(1), Sent); err != nil {
+		t.Fatal(err)
+	}
+	for _, c := range []struct {
+		id  string
+		seq uint64
+	}{{"a1", 40}, {"g1", 5}, {"g2", 6}} {
+		group := "club"
+		if c.id == "a1" {
+			group = ""
+		}
+		if err := s.ConfirmGroup(group, c.id, c.seq, time.UnixMilli(int64(c.seq)), Sent); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if ob, _ := s.Outbox(); len(ob) != 0 {
+		t.Fatalf("outbox after the confirms: %v", ob)
+	}
+
+	in := []Message{
+		{Group: "club", Conv: "club", From: "bob", ID: "ev-1", Seq: 10, Event: &protocol.GroupEvent{Op: "create", Users: []string{"me", "bob"}}},
+		{Group: "club", Conv: "club", From: "bob", ID: "b1", Seq: 11, Body: json.RawMessage(`"hi"`)},
+		{Group: "club", Conv: "club", From: "bob", ID: "b2", Seq: 12, Body: json.RawMessage(`"ho"`)},
+		{Conv: "bob", From: "bob", ID: "b1", Seq: 13, Body: json.RawMessage(`"1:1"`)}, // same id, one to one
+		{Group: "pals", Conv: "pals", From: "bob", ID: "ev-1", Seq: 14, Event: &protocol.GroupEvent{Op: "create"}},
+	}
+	for _, m := range in {
+		if seen, err := s.Received(m); err != nil || seen.Dup {
+			t.Fatalf("%s in %q: %+v %v", m.ID, m.Group, seen, err)
+		}
+	}
+	if seen, err := s.Received(in[1]); err != nil || !seen.Dup || seen.FirstSeq != 11 {
+		t.Fatalf("a repeat of b1 in club: %+v %v", seen, err)
+	}
+	own := Message{Group: "club", Conv: "club", Device: "phone", ID: "g3", Seq: 7, Body: json.RawMessage(`4`), Status: Sent}
+	if seen, err := s.ReceivedOwn(own); err != nil || seen.Dup {
+		t.Fatalf("own g3: %+v %v", seen, err)
+	}
+	if seen, err := s.ReceivedOwn(own); err != nil || !seen.Dup {
+		t.Fatalf("own g3 again: %+v %v", seen, err)
+	}
+
+	// Group receipts: delivered 5..6, read to 5; a 1:1 receipt from bob
+	// reaches a1 only.
+	for _, r := range []struct {
+		group, by, status string
+		from, to          uint64
+	}{{"club", "", protocol.StatusDelivered, 5, 6}, {"club", "", protocol.StatusRead, 5, 5}, {"", "bob", protocol.StatusRead, 0, 40}} {
+		var err error
+		if r.group != "" {
+			err = s.ApplyGroupReceipt(r.group, r.status, r.from, r.to)
+		} else {
+			err = s.ApplyReceipt(r.by, r.status, r.from, r.to)
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	ms, err := s.GroupMessages("club", 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	got = got[:0]
+	for _, m := range ms {
+		e := ""
+		if m.Event != nil {
+			e = "/" + m.Event.Op
+		}
+		got = append(got, fmt.Sprintf("%s:%s@%d=%d%s", m.From, m.ID, m.Seq, m.Status, e))
+	}
+	if want := ":g1@5=3 :g2@6=2 bob:ev-1@10=1/create bob:b1@11=1 bob:b2@12=1 :g3@7=1"; strings.Join(got, " ") != want {
+		t.Fatalf("club: %s, want %s", strings.Join(got, " "), want)
+	}
+	if m, ok, _ := s.Message("", "a1"); !ok || m.Status != Read {
+		t.Fatalf("a1: %+v", m)
+	}
+
+	// Read watermarks: a read of a group copy, and one from another device.
+	if ok, err := s.MarkRead(11); err != nil || !ok {
+		t.Fatalf("MarkRead(11): %v %v", ok, err)
+	}
+	if w, _ := s.GroupReadWatermark("club"); w != 11 {
+		t.Fatalf("club's watermark %d, want 11", w)
+	}
+	if err := s.SetGroupReadWatermark("club", 12); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.SetGroupReadWatermark("club", 10); err != nil { // lower: stays
+		t.Fatal(err)
+	}
+	if w, _ := s.ReadWatermark("club"); w != 0 {
+		t.Fatalf("a user named club has watermark %d", w)
+	}
+	cs, err := s.Conversations()
+	if err != nil {
+		t.Fatal(err)
+	}
+	got = got[:0]
+	for _, c := range cs {
+		got = append(got, fmt.Sprintf("%s/%s:%d,%d,%d", c.Group, c.Conv, c.Messages, c.Unread, c.ReadSeq))
+	}
+	// club: 3 own + ev-1 + b1, b2; read to 12, and the system message
+	// is not unread. pals: a system message only.
+	if want := "club/club:6,0,12 pals/pals:1,0,0 /bob:2,1,0"; strings.Join(got, " ") != want {
+		t.Fatalf("conversations %s, want %s", strings.Join(got, " "), want)
+	}
 }

@@ -2,6 +2,7 @@ package main
 
 import (
 	"github.com/switchboard-im/switchboard/internal/natsauth"
+	"runtime/pprof"
 
 	"context"
 	"encoding/json"
@@ -147,8 +148,21 @@ func runBench(args []string, out, errOut io.Writer) error {
 	fs.Var(&recipsIn, "recipients-in", "pairs on a regions deployment: REGION=ws://H:P/v1/ws, where the recipients are homed and connect (repeatable)")
 	fs.StringVar(&jsonPath, "json", "", "write every figure to this file as JSON")
 	fs.BoolVar(&quiet, "quiet", false, "no progress line on stderr")
+	var cpuProfile string
+	fs.StringVar(&cpuProfile, "cpuprofile", "", "write the load tool's own CPU profile to this file (its cost shares the machine with the target's)")
 	if err := parseFlags(fs, args); err != nil {
 		return err
+	}
+	if cpuProfile != "" {
+		f, err := os.Create(cpuProfile)
+		if err != nil {
+			return err
+		}
+		defer f.Close()
+		if err := pprof.StartCPUProfile(f); err != nil {
+			return err
+		}
+		defer pprof.StopCPUProfile()
 	}
 	if err := c.Validate(); err != nil {
 		return err

@@ -25,23 +25,39 @@ import (
 // Incoming messages, receipts, typing and the recipient's presence are
 // printed, a group's as "[group] from: body" and its changes as
 // "[group] * alice added carol". A message counts as read when it is
-// printed on the screen, so its sender gets "read" then (group messages
-// have no receipts yet).
+// printed on the screen, so its sender gets "read" then.
+//
+// It keeps a local store (chatstore.go): the conversations so far are
+// shown on start, and each line typed is kept there before it goes out,
+// so one typed while the connection is down, or when the chat was killed
+// before the server confirmed it, is sent once when it is back.
 func runChat(args []string, in io.Reader, out io.Writer) error {
 	fs := flag.NewFlagSet("chat", flag.ContinueOnError)
 	url := fs.String("url", "ws://127.0.0.1:8080/v1/ws", "gateway WebSocket URL")
 	tok := fs.String("token", "", "device token (from switchboard token); or SWITCHBOARD_TOKEN")
 	to := fs.String("to", "", "user to send lines to (or type /to NAME, or /group ID for a group)")
+	storeFlag := fs.String("store", "", "local store file (history, and lines not yet sent); empty: "+defaultStoreHint+"; off: none")
 	if err := parseFlags(fs, args); err != nil {
 		return err
 	}
 	if *tok == "" {
 		return errors.New("chat: --token is required (switchboard token --user ME --device NAME prints one)")
 	}
+	user, device := tokenIdentity(*tok)
 	t := &terminal{out: out}
+	st, err := openChatStore(*storeFlag, *url, user, device)
+	if err != nil {
+		return err
+	}
+	if st != nil {
+		defer st.Close()
+		if err := showHistory(t, st, user); err != nil {
+			return err
+		}
+	}
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	c, err := client.Dial(ctx, client.Options{
-		URL: *url, Token: client.WithToken(*tok),
+		URL: *url, Token: client.WithToken(*tok), Store: st,
 		OnDisconnect: func(err error) { t.say("[disconnected (%v); reconnecting]", err) },
 		OnConnect:    func(string) { t.say("[connected]") },
 	})
@@ -50,7 +66,6 @@ func runChat(args []string, in io.Reader, out io.Writer) error {
 		return err
 	}
 	defer c.Close()
-	user, device := tokenIdentity(*tok)
 	t.say("connected as %s/%s. Type a line to send it%s; /to NAME picks who gets it, /group ID a group; /help lists the commands; Ctrl-D quits.", user, device, recipientHint(*to))
 
 	var mu sync.Mutex // guards recipient and group
@@ -66,17 +81,28 @@ func runChat(args []string, in io.Reader, out io.Writer) error {
 		for {
 			select {
 			case m := <-c.Messages():
+				own := m.SentSeq != 0 // sent from another device of this user
 				switch {
 				case m.Event != nil:
 					t.say("%s [%s] * %s", m.TS.Format("15:04:05"), m.Group, describeEvent(user, m.From, m.Event))
+				case m.Group != "" && own:
+					t.say("%s [%s] you/%s: %s", m.TS.Format("15:04:05"), m.Group, m.Device, describe(m))
 				case m.Group != "":
 					t.say("%s [%s] %s: %s", m.TS.Format("15:04:05"), m.Group, m.From, describe(m))
+				case own:
+					t.say("%s you/%s → %s: %s", m.TS.Format("15:04:05"), m.Device, m.To, describe(m))
 				default:
 					t.say("%s %s/%s: %s", m.TS.Format("15:04:05"), m.From, m.Device, describe(m))
 				}
 				c.Ack(m.Seq)
-				if m.Group == "" {
+				if !own {
 					c.Read(m.Seq) // shown on the screen: read
+				}
+			case rs := <-c.ReadSyncs():
+				if rs.Group != "" {
+					t.say("  [%s read on %s]", rs.Group, rs.Device)
+				} else {
+					t.say("  [%s's messages read on %s]", rs.Peer, rs.Device)
 				}
 			case r := <-c.Receipts():
 				t.say("  [%s %s by %s/%s]", r.ID, r.Status, r.By, r.Device)
@@ -126,6 +152,7 @@ func runChat(args []string, in io.Reader, out io.Writer) error {
 		t.say("  [%s: %s]", what, describeGroup(g))
 		return g, true
 	}
+	var sending sync.WaitGroup // lines queued, until their outcome
 	for n := 1; ; n++ {
 		var line string
 		var ok bool
@@ -141,6 +168,7 @@ func runChat(args []string, in io.Reader, out io.Writer) error {
 			if *to == "" && idle {
 				<-c.Done() // nothing to send: receive until interrupted
 			}
+			waitSent(c, &sending) // the lines typed go out before the chat ends
 			return nil
 		}
 		mu.Lock()
@@ -217,20 +245,54 @@ func runChat(args []string, in io.Reader, out io.Writer) error {
 		}
 		body, _ := json.Marshal(line)
 		id := strconv.FormatInt(time.Now().UnixNano(), 36) + "-" + strconv.Itoa(n)
-		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-		var s client.Sent
+		// Queued, not sent and waited for: the line is kept (in the
+		// store) at once, in order, and goes out whenever it can.
+		var p *client.Pending
 		var err error
 		if g != "" {
-			s, err = c.SendGroup(ctx, g, id, body)
+			p, err = c.QueueGroup(g, id, body)
 		} else {
-			s, err = c.Send(ctx, dest, id, body)
+			p, err = c.Queue(dest, id, body)
 		}
-		cancel()
 		if err != nil {
 			t.say("  [%s not sent: %v]", id, err)
 			continue
 		}
-		t.say("  [%s sent, seq %d]", id, s.Seq)
+		if c.Session() == "" {
+			t.say("  [%s not sent yet: kept, and sent once connected]", id)
+		}
+		sending.Add(1)
+		go func() {
+			defer sending.Done()
+			confirm(t, p)
+		}()
+	}
+}
+
+// waitSent waits until every line queued has its outcome, or the client
+// stops for good.
+func waitSent(c *client.Client, sending *sync.WaitGroup) {
+	done := make(chan struct{})
+	go func() {
+		sending.Wait()
+		close(done)
+	}()
+	select {
+	case <-done:
+	case <-c.Done():
+	}
+}
+
+// confirm prints the outcome of a queued line. A chat closed first says
+// nothing: the line stays in the store's outbox, for the next start.
+func confirm(t *terminal, p *client.Pending) {
+	s, err := p.Wait(context.Background())
+	switch {
+	case errors.Is(err, client.ErrClosed):
+	case err != nil:
+		t.say("  [%s not sent: %v]", p.ID(), err)
+	default:
+		t.say("  [%s sent, seq %d]", p.ID(), s.Seq)
 	}
 }
 

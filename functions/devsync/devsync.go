@@ -65,6 +65,10 @@ const Name = "sync"
 // copy one sender's messages at once.
 const priorityGroup = "sync"
 
+// pinHeader names the pin a pinned consumer's message was handed over
+// under.
+const pinHeader = "Nats-Pin-Id"
+
 // Config tunes an instance.
 type Config struct {
 	// Workers is how many senders' messages an instance copies at once.
@@ -86,6 +90,7 @@ func DefaultConfig() Config { return Config{Workers: 32, Timeout: 10 * time.Seco
 // Service is one running instance.
 type Service struct {
 	js      jetstream.JetStream
+	inbox   jetstream.Stream
 	devices jetstream.KeyValue
 	created time.Time // when INBOX was created
 	log     *slog.Logger
@@ -93,6 +98,9 @@ type Service struct {
 	pool    *worker.Pool
 
 	copied, single, ignored atomic.Int64
+	// pin is the id the server pinned this instance with, as the last
+	// message it handed over said (Nats-Pin-Id).
+	pin atomic.Pointer[string]
 }
 
 // Start binds the durable consumer `sync` on INBOX and a micro service
@@ -113,6 +121,7 @@ func Start(ctx context.Context, nc *nats.Conn, js jetstream.JetStream, cfg Confi
 	if err != nil {
 		return nil, fmt.Errorf("%s: %w", Name, err)
 	}
+	s.inbox = inbox
 	s.created = inbox.CachedInfo().Created
 	if s.devices, err = js.KeyValue(ctx, contract.DevicesKV); err != nil {
 		return nil, fmt.Errorf("%s: %w", Name, err)
@@ -155,10 +164,36 @@ func Start(ctx context.Context, nc *nats.Conn, js jetstream.JetStream, cfg Confi
 }
 
 // Stop stops pulling and finishes the copies under way; messages fetched
-// and not started are handed back for another instance.
+// and not started are handed back for another instance, which takes the
+// durable over at once: a stop unpins this instance, where a crash
+// leaves the others waiting out the pin's timeout.
 func (s *Service) Stop() {
 	s.pool.Stop()
 	_ = s.svc.Stop()
+	s.unpin()
+}
+
+// unpin hands the durable to an instance standing by, if this one is
+// still the pinned one (unpinning another would let two instances copy
+// one sender's messages at once).
+func (s *Service) unpin() {
+	pin := s.pin.Load()
+	if pin == nil {
+		return
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	defer cancel()
+	c, err := s.inbox.Consumer(ctx, Name)
+	if err != nil {
+		return
+	}
+	for _, g := range c.CachedInfo().PriorityGroups {
+		if g.Group == priorityGroup && g.PinnedClientID == *pin {
+			if err := s.inbox.UnpinConsumer(ctx, Name, priorityGroup); err != nil {
+				s.log.Warn("unpin on stop failed; another instance takes over after the pin's timeout", "err", err)
+			}
+		}
+	}
 }
 
 // Stats are an instance's counters: copies stored, messages whose sender
@@ -178,6 +213,11 @@ func (s *Service) Stats() Stats {
 // apply copies one INBOX message into its sender's inbox if it needs it.
 func (s *Service) apply(ctx context.Context, m jetstream.Msg) error {
 	h := m.Headers()
+	if pin := h.Get(pinHeader); pin != "" {
+		if old := s.pin.Load(); old == nil || *old != pin {
+			s.pin.Store(&pin)
+		}
+	}
 	to := strings.TrimPrefix(m.Subject(), contract.InboxPrefix)
 	from, dev, id := h.Get(contract.HdrFrom), h.Get(contract.HdrDevice), h.Get(contract.HdrID)
 	switch {

@@ -9,8 +9,11 @@ import (
 	"time"
 
 	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/switchboard-im/switchboard/contract"
+	"github.com/switchboard-im/switchboard/functions/devsync"
+	"github.com/switchboard-im/switchboard/internal/natsauth"
 	tk "github.com/switchboard-im/switchboard/internal/testkit"
 )
 
@@ -184,5 +187,61 @@ func TestTwoInstancesKeepASendersOrder(t *testing.T) {
 	ca, cb := a.Service.Stats().Copied, b.Service.Stats().Copied
 	if ca+cb != total || (ca != 0 && cb != 0) {
 		t.Fatalf("copies made: %d and %d, want all %d by one pinned instance", ca, cb, total)
+	}
+}
+
+// An instance stopped cleanly hands the durable over at once: with the
+// pin's full timeout (40 s), the standby copies the next message well
+// within the test's wait, which it could not if it waited the pin out.
+func TestCleanStopHandsOverAtOnce(t *testing.T) {
+	n := tk.StartStreams(t, t.TempDir())
+	start := func() *devsync.Service {
+		nc, err := nats.Connect(n.Server.ClientURL(), tk.TestKeys(t).Options(natsauth.Sync)...)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(nc.Close)
+		js, err := jetstream.New(nc)
+		if err != nil {
+			t.Fatal(err)
+		}
+		s, err := devsync.Start(context.Background(), nc, js, devsync.DefaultConfig(), tk.Logger(t))
+		if err != nil {
+			t.Fatal(err)
+		}
+		return s
+	}
+	a, b := start(), start()
+	stopped := map[*devsync.Service]bool{}
+	t.Cleanup(func() {
+		for _, s := range []*devsync.Service{a, b} {
+			if !stopped[s] {
+				s.Stop()
+			}
+		}
+	})
+	register(t, n, "alice", map[string]uint64{"phone": 0, "laptop": 1})
+	store(t, n, "alice", "phone", "bob", "m1")
+	tk.WaitFor(t, wait, func() error {
+		if a.Stats().Copied+b.Stats().Copied < 1 {
+			return tk.Errorf("m1 not copied yet")
+		}
+		return nil
+	})
+	pinned, standby := a, b
+	if b.Stats().Copied == 1 {
+		pinned, standby = b, a
+	}
+	pinned.Stop()
+	stopped[pinned] = true
+	store(t, n, "alice", "phone", "bob", "m2")
+	tk.WaitFor(t, wait, func() error {
+		if standby.Stats().Copied < 1 {
+			return tk.Errorf("m2 not copied by the standby yet")
+		}
+		return nil
+	})
+	if ids, _ := copies(t, n, "alice"); len(ids) != 2 || ids[0] != "m1" || ids[1] != "m2" {
+		t.Fatalf("copies %v, want m1 then m2", ids)
 	}
 }

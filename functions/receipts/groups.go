@@ -104,7 +104,7 @@ func (s *Service) groupPosition(ctx context.Context, req contract.GroupPositionR
 	case req.Seq == 0:
 		return badRequest{"seq must be a positive sequence"}
 	}
-	g, _, err := contract.LoadGroup(ctx, s.groupInfo, req.Group)
+	g, err := s.records.get(ctx, req.Group)
 	switch {
 	case errors.Is(err, contract.ErrUnknownGroup), errors.Is(err, contract.ErrBadRecord):
 		return nil // no group (or none readable): nobody to tell
@@ -114,6 +114,11 @@ func (s *Service) groupPosition(ctx context.Context, req contract.GroupPositionR
 		return nil // removed since: their position counts for nothing
 	}
 	read := req.Status == protocol.StatusRead
+	if read {
+		if err := s.syncGroupRead(ctx, req); err != nil { // before the position, as for 1:1
+			return err
+		}
+	}
 	changed := false
 	var mine contract.GroupPosition
 	if _, err := contract.Swap(ctx, s.groupTicks, contract.GroupTickKey(req.Group, req.Member), func(cur []byte, _ uint64) ([]byte, error) {
@@ -137,7 +142,7 @@ func (s *Service) groupPosition(ctx context.Context, req contract.GroupPositionR
 	} else {
 		s.groupDelivered.Add(1)
 	}
-	return s.settleGroup(ctx, &g, memberPos{p: mine}, req.Member, req.Device, read, changed)
+	return s.settleGroup(ctx, g, memberPos{p: mine}, req.Member, req.Device, read, changed)
 }
 
 // memberPos is a member's record and its revision (0: none).
@@ -560,14 +565,14 @@ func (s *Service) groupStatus(ctx context.Context, req contract.StatusRequest, r
 		return unknown()
 	}
 	reply := contract.StatusReply{Recipients: map[string]contract.Ticks{}, AllDelivered: true, AllRead: true}
-	g, _, err := contract.LoadGroup(ctx, s.groupInfo, req.Group)
+	g, err := s.records.get(ctx, req.Group)
 	switch {
 	case errors.Is(err, contract.ErrUnknownGroup), errors.Is(err, contract.ErrBadRecord):
 		return r.RespondJSON(reply)
 	case err != nil:
 		return err
 	}
-	pos, err := s.memberPositions(ctx, &g)
+	pos, err := s.memberPositions(ctx, g)
 	if err != nil {
 		return err
 	}

@@ -2,10 +2,13 @@ package receipts
 
 import (
 	"context"
+	"encoding/json"
+	"errors"
 	"strconv"
 	"time"
 
 	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/switchboard-im/switchboard/contract"
 )
@@ -39,6 +42,52 @@ func (s *Service) syncRead(ctx context.Context, req contract.ReadRequest) error 
 		contract.HdrPeer:   {req.Sender},
 		contract.HdrSeqTo:  {strconv.FormatUint(req.Seq, 10)},
 		contract.HdrTS:     {strconv.FormatInt(time.Now().UnixMilli(), 10)},
+	}}
+	if _, err := s.js.PublishMsg(ctx, m); err != nil {
+		return err
+	}
+	s.stored.Add(1)
+	return nil
+}
+
+// syncGroupRead stores the read_sync marker of req, a read in a group,
+// for the member's other devices, when it raises the member's read
+// position there: the same watermark as for a conversation, with the
+// group instead of the peer, naming the copy read in the member's inbox
+// (what their devices know it by) and its place in the group's log. It
+// is stored before the position, so a request asked again after a crash
+// stores it once (its dedup id is member, group and place). The senders
+// hear of the read only through the group's receipts, once: the marker
+// ticks nothing. A request without InboxSeq (from an older gateway)
+// stores none.
+func (s *Service) syncGroupRead(ctx context.Context, req contract.GroupPositionRequest) error {
+	if req.InboxSeq == 0 {
+		return nil
+	}
+	e, err := s.groupTicks.Get(ctx, contract.GroupTickKey(req.Group, req.Member))
+	switch {
+	case errors.Is(err, jetstream.ErrKeyNotFound):
+	case err != nil:
+		return err
+	default:
+		var p contract.GroupPosition
+		if json.Unmarshal(e.Value(), &p) == nil && p.Read >= req.Seq {
+			return nil // read this far already: no rise, no marker
+		}
+	}
+	other, err := contract.OtherDevice(ctx, s.devices, time.Unix(0, s.inbox), req.Member, req.Device, 0)
+	if err != nil || !other {
+		return err
+	}
+	m := &nats.Msg{Subject: contract.InboxSubject(req.Member), Header: nats.Header{
+		contract.HdrMsgID:    {contract.GroupReadSyncDedupID(req.Member, req.Group, req.Seq)},
+		contract.HdrKind:     {contract.KindReadSync},
+		contract.HdrFrom:     {req.Member},
+		contract.HdrDevice:   {req.Device},
+		contract.HdrGroup:    {req.Group},
+		contract.HdrSeqTo:    {strconv.FormatUint(req.InboxSeq, 10)},
+		contract.HdrGroupSeq: {strconv.FormatUint(req.Seq, 10)},
+		contract.HdrTS:       {strconv.FormatInt(time.Now().UnixMilli(), 10)},
 	}}
 	if _, err := s.js.PublishMsg(ctx, m); err != nil {
 		return err

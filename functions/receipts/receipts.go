@@ -99,6 +99,7 @@ type Service struct {
 	// and their logs (who sent what).
 	groupTicks jetstream.KeyValue
 	groupInfo  jetstream.KeyValue
+	records    *groupRecords // GROUP_INFO's records, decoded
 	groups     jetstream.Stream
 	inbox      int64 // when INBOX was created: positions from another are void
 	cfg        Config
@@ -109,6 +110,8 @@ type Service struct {
 	sem  chan struct{}
 	wg   sync.WaitGroup
 	stop chan struct{}
+	// unwatch stops the watch on GROUP_INFO.
+	unwatch context.CancelFunc
 
 	delivered, read, stored, hidden       atomic.Int64
 	groupDelivered, groupRead, recomputes atomic.Int64
@@ -138,6 +141,13 @@ func Start(ctx context.Context, nc *nats.Conn, js jetstream.JetStream, cfg Confi
 	if s.groups, err = js.Stream(ctx, contract.GroupsStream); err != nil {
 		return nil, fmt.Errorf("receipts: %w", err)
 	}
+	s.records = newGroupRecords(s.groupInfo)
+	var wctx context.Context
+	wctx, s.unwatch = context.WithCancel(context.Background())
+	if err := s.records.watch(wctx, s.log); err != nil {
+		s.unwatch()
+		return nil, fmt.Errorf("receipts: watch %s: %w", contract.GroupInfoKV, err)
+	}
 	s.svc, err = micro.AddService(nc, micro.Config{
 		Name:         "receipts",
 		Version:      Version,
@@ -145,6 +155,7 @@ func Start(ctx context.Context, nc *nats.Conn, js jetstream.JetStream, cfg Confi
 		StatsHandler: s.stats,
 	})
 	if err != nil {
+		s.unwatch()
 		return nil, fmt.Errorf("receipts: %w", err)
 	}
 	for _, e := range []struct {
@@ -159,6 +170,7 @@ func Start(ctx context.Context, nc *nats.Conn, js jetstream.JetStream, cfg Confi
 		if err := s.svc.AddEndpoint(e.name, s.async(e.h), micro.WithEndpointSubject(e.subject),
 			micro.WithEndpointMetadata(map[string]string{"request": e.example})); err != nil {
 			_ = s.svc.Stop()
+			s.unwatch()
 			return nil, fmt.Errorf("receipts: %w", err)
 		}
 	}
@@ -172,11 +184,13 @@ func Start(ctx context.Context, nc *nats.Conn, js jetstream.JetStream, cfg Confi
 	}
 	if err != nil {
 		_ = s.svc.Stop()
+		s.unwatch()
 		return nil, fmt.Errorf("receipts: queued ticks: %w", err)
 	}
 	if err := nc.Flush(); err != nil {
 		s.pool.Stop()
 		_ = s.svc.Stop()
+		s.unwatch()
 		return nil, fmt.Errorf("receipts: %w", err)
 	}
 	return s, nil
@@ -189,6 +203,7 @@ func (s *Service) Stop() {
 	_ = s.svc.Stop()
 	close(s.stop)
 	s.wg.Wait()
+	s.unwatch()
 }
 
 // Stats are an instance's counters.

@@ -143,6 +143,8 @@ func For(r Role) Rules {
 				consumer(contract.TicksStream, string(r)),
 				streamInfo(append([]string{contract.Inbox, contract.TicksStream, contract.DLQ}, read...)...),
 				reads(read...),
+				// Groups' records, kept decoded and current by a watch.
+				watches(kvStream(contract.GroupInfoKV)),
 			),
 			Subscribe: []string{subjFn + string(r) + ".>", subjMicro, InboxPrefix(r) + ".>"},
 			Respond:   true,
@@ -202,9 +204,12 @@ func For(r Role) Rules {
 	case Sync:
 		// Its durable on INBOX, the copies into senders' own inboxes,
 		// and the senders' devices, to copy only for a user with another.
-		return function(r, contract.Inbox,
+		// A clean stop unpins the durable, so a standby takes over at once.
+		rules := function(r, contract.Inbox,
 			[]string{contract.InboxPrefix + "*"},
 			[]string{kvStream(contract.DevicesKV)})
+		rules.Publish = append(rules.Publish, "$JS.API.CONSUMER.UNPIN."+contract.Inbox+"."+string(r))
+		return rules
 	case Operator:
 		return Rules{Publish: []string{">"}, Subscribe: []string{">"}, Respond: true}
 	}
@@ -262,6 +267,18 @@ func reads(names ...string) []string {
 	var out []string
 	for _, n := range names {
 		out = append(out, "$JS.API.DIRECT.GET."+n, "$JS.API.DIRECT.GET."+n+".>", "$JS.API.STREAM.MSG.GET."+n)
+	}
+	return out
+}
+
+// watches are what a KV watch on a bucket takes: an ordered consumer of
+// its own (created, looked up, deleted) and its flow control replies.
+func watches(names ...string) []string {
+	var out []string
+	for _, n := range names {
+		api := "$JS.API."
+		out = append(out, api+"CONSUMER.CREATE."+n, api+"CONSUMER.CREATE."+n+".>",
+			api+"CONSUMER.DELETE."+n+".>", api+"CONSUMER.INFO."+n+".>", "$JS.FC."+n+".>")
 	}
 	return out
 }

@@ -1,13 +1,18 @@
 // The chat page: sign in, 1:1 conversations with ticks, typing, presence,
 // photos and settings, and group chats, on the JavaScript SDK. Each device
-// keeps its own history in localStorage, as a phone keeps its chats: the
-// server hands a message to a device once, and the page acks it only once
-// it is stored.
+// keeps its own history, as a phone keeps its chats: the server hands a
+// message to a device once, and the page acks it only once it is stored.
+// 1:1 conversations live in the SDK's local store (IndexedDB, one database
+// per user and device): their messages both ways with ticks, read
+// watermarks, and the outbox, so a message written while offline, or not
+// yet confirmed when the page goes away, is sent once the page is back
+// online, under its id, once. Contacts, groups and group chats are kept in
+// localStorage.
 //
 // A conversation is named by a key: a user id for a 1:1 chat, or 'g:' and
 // the group's id for a group (ids never hold a colon). Group messages get
 // no receipts yet, so ours show one tick, sent.
-import { Client, newId, validId, ConnectError, CloseError } from '/sdk/switchboard.js';
+import { Client, newId, validId, ConnectError, CloseError, StoreError } from '/sdk/switchboard.js';
 
 const $ = (id) => document.getElementById(id);
 const TOKEN_KEY = 'switchboard.token';
@@ -16,6 +21,7 @@ const TICKS = ['pending', 'sent', 'delivered', 'read'];
 const GLYPH = { pending: '', sent: '✓', delivered: '✓✓', read: '✓✓', failed: '!' }; // pending: a clock, in CSS
 const TYPING_EVERY = 3000; // ms between our typing frames while typing
 const TYPING_SHOWN = 5000; // ms theirs stays on screen
+const RETRY_MAX = 5000; // ms between tries to reach the server when it could not be reached at start
 
 let sb = null; // the SDK client
 let me = null; // {user, device}
@@ -63,13 +69,29 @@ function load() {
   } catch {
     s = {};
   }
-  store = { contacts: s.contacts ?? [], groups: s.groups ?? {}, chats: s.chats ?? {}, read: s.read ?? {}, open: s.open ?? '' };
+  // 1:1 chats come from the SDK's store (loadHistory).
+  const chats = Object.fromEntries(Object.entries(s.chats ?? {}).filter(([k]) => isGroup(k)));
+  store = { contacts: s.contacts ?? [], groups: s.groups ?? {}, chats, read: s.read ?? {}, open: s.open ?? '' };
   store.key = key;
+}
+
+// loadHistory reads the 1:1 conversations from the SDK's store: their
+// last KEEP messages, read watermarks and peers (as contacts).
+async function loadHistory() {
+  for (const c of await sb.store.conversations()) {
+    store.chats[c.conv] = (await sb.store.messages(c.conv, KEEP)).map((m) => (m.own
+      ? { id: m.id, from: me.user, to: m.conv, seq: m.seq, ts: m.ts, body: m.body, media: m.media, tick: m.status }
+      : { id: m.id, from: m.from, to: me.user, seq: m.seq, ts: m.ts, body: m.body, media: m.media }));
+    store.read[c.conv] = Math.max(store.read[c.conv] ?? 0, c.readSeq);
+    if (!store.contacts.includes(c.conv) && c.conv !== me.user) store.contacts.push(c.conv);
+  }
 }
 
 function save() {
   const { key, ...s } = store;
-  for (const peer of Object.keys(s.chats)) s.chats[peer] = s.chats[peer].slice(-KEEP);
+  for (const k of Object.keys(s.chats)) store.chats[k] = store.chats[k].slice(-KEEP);
+  // The SDK's store keeps the 1:1 chats.
+  s.chats = Object.fromEntries(Object.entries(store.chats).filter(([k]) => isGroup(k)));
   try {
     localStorage.setItem(key, JSON.stringify(s, (k, v) => (k === 'local' ? undefined : v)));
   } catch (e) {
@@ -114,7 +136,7 @@ async function main() {
   });
   const saved = localStorage.getItem(TOKEN_KEY);
   if (saved && claims(saved) && (!expiresSoon(saved) || devTokens)) {
-    await start(saved).catch((e) => showSignIn(e.message));
+    await start(saved, true).catch((e) => showSignIn(e.message));
   } else {
     showSignIn('');
   }
@@ -137,11 +159,32 @@ async function signIn(getToken) {
   }
 }
 
-async function start(token) {
+// storeProblem says why this device's store could not be opened.
+function storeProblem(e) {
+  const who = `${me.user} on ${me.device}`;
+  switch (e instanceof StoreError ? e.code : '') {
+    case 'newer_version':
+      return `This browser's chat store for ${who} was written by a newer version of Switchboard (schema ${e.found}; this page knows ${e.known}), and was left as it is. Reload to get the newer page, or clear this site's data to start over.`;
+    case 'locked':
+      return `${who} is open in another tab of this browser: use that one, or close it and sign in here again.`;
+    case 'blocked':
+      return `Another tab holds ${who}'s chat store open at an older version: close it and reload.`;
+    default:
+      return `This browser could not open the chat store for ${who}: ${e.message}`;
+  }
+}
+
+// start signs in with token: opens this device's store, shows its
+// history and sends again what it had not sent, then connects. With a
+// token saved by an earlier visit (saved), a server out of reach is not
+// a failure: the page works offline, keeps what is written, and keeps
+// trying.
+async function start(token, saved = false) {
   const c = claims(token);
   me = { user: c.sub, device: c.dev };
   let current = token;
   sb = new Client({
+    store: `switchboard.${me.user}.${me.device}`,
     // Each connect asks: an expiring development token is renewed.
     token: async () => {
       if (expiresSoon(current)) {
@@ -157,6 +200,7 @@ async function start(token) {
   });
   sb.on('message', onMessage);
   sb.on('receipt', onReceipt);
+  sb.on('read_sync', onReadSync);
   sb.on('typing', onTyping);
   sb.on('presence', (p) => {
     presence.set(p.user, p);
@@ -169,6 +213,11 @@ async function start(token) {
     markRead();
   });
   sb.on('disconnect', () => setConn('reconnecting'));
+  // A message or receipt the store could not keep comes again after a
+  // reconnect; the quota being full is worth saying.
+  sb.on('error', (e) => {
+    if (e.code === 'local_store') banner(`This browser could not store the chat: ${e.message}`);
+  });
   sb.on('close', ({ error }) => {
     setConn('closed');
     if (error instanceof CloseError) {
@@ -178,33 +227,82 @@ async function start(token) {
   });
   load();
   try {
+    await sb.ready();
+    await loadHistory();
+  } catch (e) {
+    sb.close();
+    sb = null;
+    throw new Error(storeProblem(e));
+  }
+  // Sends from an earlier visit never confirmed: the SDK's store sends
+  // the 1:1 ones again under their ids, in order, and these calls join
+  // them to learn their outcome; group ones are sent again from here.
+  // (The SDK tracks the ticks of the confirmed ones itself.)
+  for (const key of Object.keys(store.chats)) {
+    for (const m of chat(key)) {
+      if (m.from !== me.user || m.event || m.tick !== 'pending') continue;
+      if (m.media || m.body !== null) deliver(m);
+      else tick(m, 'failed', 'the upload did not finish');
+    }
+  }
+  if (store.contacts.length) sb.subscribePresence(...store.contacts);
+  let offline = false;
+  try {
     await sb.start();
   } catch (e) {
-    sb = null;
-    throw new Error(e instanceof ConnectError && e.status === 401
-      ? `The server refused the token (${e.code}).` : `Could not connect: ${e.message}`);
+    if (!saved || !(e instanceof ConnectError) || refused(e)) {
+      sb.close();
+      sb = null;
+      throw new Error(e instanceof ConnectError && e.status === 401 ? `The server refused the token (${e.code}).`
+        : e instanceof StoreError ? storeProblem(e) : `Could not connect: ${e.message}`);
+    }
+    offline = true;
   }
   localStorage.setItem(TOKEN_KEY, current);
   $('signin').hidden = true;
   $('app').hidden = false;
   $('me').textContent = `${me.user} · ${me.device}`;
-  setConn('connected');
-  if (store.contacts.length) sb.subscribePresence(...store.contacts);
+  setConn(offline ? 'reconnecting' : 'connected');
+  if (offline) {
+    banner('The server cannot be reached: what you write is kept and sent once it is back.');
+    retryStart(sb);
+  }
   sb.settings({}).then(showSettings, () => {});
-  // Sends from an earlier visit: confirmed ones still waiting for ticks,
-  // and those never confirmed, sent again under their ids (in order).
-  for (const key of Object.keys(store.chats)) {
-    for (const m of chat(key)) {
-      if (m.from !== me.user || m.event) continue;
-      if (m.seq && m.tick !== 'read' && !m.group) sb.trackSent(key, m.id, m.seq);
-      if (m.tick === 'pending') {
-        if (m.media || m.body !== null) deliver(m);
-        else tick(m, 'failed', 'the upload did not finish');
+  renderContacts();
+  openChat(store.open && known(store.open) ? store.open : '');
+}
+
+// refused says a connect failed because the server refused this page or
+// its token, which trying again will not change; anything else (out of
+// reach, 503 unavailable) may pass.
+const refused = (e) => e.status === 401 || e.status === 403;
+
+// retryStart tries to make client's first connection until it is made
+// (its 'connect' event shows it), after a growing random wait, or at once
+// when the browser is back online.
+async function retryStart(client) {
+  for (let bound = 250; client === sb; bound = Math.min(bound * 2, RETRY_MAX)) {
+    await new Promise((resolve) => {
+      const done = () => {
+        clearTimeout(timer);
+        removeEventListener('online', done);
+        resolve();
+      };
+      const timer = setTimeout(done, bound / 2 + Math.random() * bound / 2);
+      addEventListener('online', done);
+    });
+    if (client !== sb) return;
+    try {
+      await client.start();
+      return;
+    } catch (e) {
+      if (!(e instanceof ConnectError) || refused(e)) {
+        banner(e instanceof ConnectError && e.status === 401 ? `The server refused the token (${e.code}): sign out, and in again.`
+          : `Could not connect: ${e.message}`);
+        return;
       }
     }
   }
-  renderContacts();
-  openChat(store.open && known(store.open) ? store.open : '');
 }
 
 // --- events from the SDK ---
@@ -230,6 +328,15 @@ function onMessage(m) {
     renderPeerStatus();
     markRead();
   }
+  renderContacts();
+}
+
+// onReadSync marks a chat read up to where another device of this user
+// read it.
+function onReadSync(r) {
+  if ((store.read[r.peer] ?? 0) >= r.seq) return;
+  store.read[r.peer] = r.seq;
+  save();
   renderContacts();
 }
 
@@ -827,7 +934,8 @@ function span(cls, text = '') {
   return s;
 }
 
-const time = (ms) => new Date(ms).toLocaleTimeString([], { hour: '2-digit', minute: '2-digit' });
+// time is a message's time of day; '' for one not yet stored by the server.
+const time = (ms) => (ms ? new Date(ms).toLocaleTimeString([], { hour: '2-digit', minute: '2-digit' }) : '');
 
 function when(ms) {
   const d = new Date(ms);

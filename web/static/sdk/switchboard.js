@@ -25,6 +25,10 @@
  *   transport   how frames travel (default: fallbackTransport(): a
  *               WebSocket, or the HTTP fallback where one cannot get
  *               through); see below.
+ *   store       the name of an IndexedDB database to keep this device's
+ *               state in across page loads (or a Store from openStore());
+ *               see Local store below. One per user and device, say
+ *               'switchboard.alice.laptop'.
  * Or make `new Client(options)`, add listeners with on(), then await
  * start(), which connect() does: no event can come before its listener.
  * After that the client reconnects by itself, after a random wait up to a
@@ -102,7 +106,9 @@
  *              subscribePresence(...users), followed again after reconnects.
  *   'connect' {session}, 'disconnect' {code, reason}, 'close' {error}.
  *   'error'    {code, message, seq, id}: error frames that answer no call
- *              (an ack or read the gateway refused, say).
+ *              (an ack or read the gateway refused, say); code
+ *              'local_store' (with error, a StoreError) when the local
+ *              store failed a write.
  * Other calls: typing(to), typingGroup(group), settings(change) resolving with the user's
  * settings, status(seq) resolving with {user: {delivered, read}} for a
  * message this user sent, groupStatus(group, seq) resolving with
@@ -115,6 +121,48 @@
  * to pass to sendMedia; downloadURL(key) resolves with the gateway's
  * {url, expires_ms}; download(media) fetches the object and resolves with
  * a Blob once its sha256 matches the message's (else it rejects).
+ *
+ * Local store. With options.store the client remembers across page
+ * loads, as the Go SDK's store (package client/localstore) does, in
+ * IndexedDB: the conversations and their messages both ways (this
+ * user's own sent from other devices included, filed under the peer),
+ * the outbox of sends not yet confirmed by "sent", each sent message's
+ * ticks, each conversation's read watermark, which received messages
+ * this device acked and the highest acked seq (its cursor hint). What
+ * the client writes, and when:
+ *   - send: the send goes into the store's outbox (a durable
+ *     transaction) before its frame can be written; sends enter the
+ *     outbox in call order. A write that fails (the quota is full, say)
+ *     rejects the send with a StoreError and nothing is sent.
+ *   - "sent": the send leaves the outbox, with its seq, before it
+ *     resolves; refused for good or withdrawn, it is dropped.
+ *   - the next page load: the outbox is loaded in order and written first
+ *     on the first connection, under the same ids, so the server stores
+ *     each once (a send it stored already is answered dup); nobody waits
+ *     for them, and a send with the same id joins one. Sent messages not
+ *     yet read are tracked again, so their receipts are events.
+ *   - 'message': stored before the event; one an earlier page stored is
+ *     dropped and acked (it is in the history). Group messages and group
+ *     sends are not kept (as in the Go SDK): a group send only waits its
+ *     turn.
+ *   - 'receipt' and 'read_sync': stored before they are events and acked.
+ *   - ack(seq) and read(seq): the acked flag and cursor hint, the read
+ *     watermark (their write errors are not reported: the server keeps
+ *     the real ones).
+ * A write that fails while a frame is handled is an 'error' event with
+ * code 'local_store' (and the StoreError as error), and ends the
+ * connection unanswered: the frame comes again after the reconnect. The
+ * app reads the history from client.store (messages(conv, limit),
+ * conversations(), ...) once ready() resolves, which it may do before
+ * start(). The schema is versioned (STORE_VERSION, the database's
+ * version) with migrations run in its upgrade transaction; ready() and
+ * start() reject with a StoreError when the database was written by a
+ * newer SDK (code newer_version: it is left as it is), when another tab
+ * holding an older version blocks the upgrade (blocked), or when another
+ * client has the store open (locked: each open store holds a Web Lock
+ * named after it, waited for up to a second, so a page being reloaded
+ * hands it over). A client that opened the store by name closes it on
+ * close().
  *
  * Transports. A transport is {name, open(url, token, handlers)}: open
  * resolves with a connection {name, send(text), close(code, reason)} once
@@ -534,6 +582,13 @@ export class Client {
   #wake = null; // ends the current reconnect wait early
   #onOnline = () => this.#wake?.();
   #stats = { connects: 0, duplicatesDropped: 0 };
+  // The local store (options.store), once open; see the top of the file.
+  #store = null;
+  #ownsStore = false; // opened here by name: closed here too
+  #ready = Promise.resolve(); // the store open and its outbox loaded
+  #keeping = new Map(); // id -> send being written to the store's outbox
+  #keepChain = Promise.resolve(); // sends enter the outbox in call order
+  #chain = Promise.resolve(); // with a store: frames are handled one after another
 
   constructor(options = {}) {
     const o = { minBackoff: 100, maxBackoff: 5000, ...options };
@@ -544,7 +599,37 @@ export class Client {
     }
     if (!o.httpURL) o.httpURL = new URL(o.url).origin.replace(/^ws/, 'http');
     if (o.token === undefined) throw new TypeError('switchboard: options.token is required');
+    if (o.store != null && typeof o.store !== 'string' && !(o.store instanceof Store)) {
+      throw new TypeError('switchboard: options.store is a database name or a Store');
+    }
     this.#opts = o;
+    if (o.store != null) {
+      this.#ready = this.#openStore(o.store);
+      this.#ready.catch(() => {}); // reported by ready(), start() and every send
+      this.#keepChain = this.#ready.catch(() => {});
+    }
+  }
+
+  // openStore opens the local store and loads its outbox and the ticks of
+  // its sent messages not yet read.
+  async #openStore(s) {
+    const st = typeof s === 'string' ? await openStore(s) : s;
+    this.#ownsStore = typeof s === 'string';
+    if (this.#stopped) {
+      if (this.#ownsStore) st.close();
+      throw this.#stopped;
+    }
+    this.#store = st;
+    for (const p of await st.outbox()) {
+      if (this.#outbox.byId.has(p.id)) continue;
+      const o = outgoing(p.id, p.to, '', sendFrame(p.id, p.to, '', p.body, p.media));
+      o.done.catch(() => {}); // nobody may wait for it: a send with its id joins it
+      this.#outbox.add(o);
+    }
+    for (const m of await st.unread()) {
+      this.#ticks.sent(m.conv, m.id, m.seq);
+      if (m.status === 'delivered') this.#ticks.apply({ status: 'delivered', by: m.conv, from_seq: m.seq, to_seq: m.seq });
+    }
   }
 
   /** on adds a listener for an event type and returns a function that removes it. */
@@ -574,14 +659,34 @@ export class Client {
   get stats() { return { ...this.#stats }; }
   /** Why the client stopped (a CloseError or ClosedError), or null. */
   get error() { return this.#stopped; }
+  /** The local store (a Store) once open, or null: the app reads its conversations and history there. */
+  get store() { return this.#store; }
 
-  /** start makes the first connection; connect() calls it. */
+  /**
+   * ready resolves once the local store (options.store) is open and its
+   * outbox loaded, at once without one; it rejects with a StoreError.
+   * The app may read the store's history then, before start().
+   */
+  ready() { return this.#ready; }
+
+  /**
+   * start makes the first connection; connect() calls it. It rejects with
+   * a StoreError when the local store cannot be opened, and with a
+   * ConnectError when the connection fails; after a ConnectError it may
+   * be called again.
+   */
   async start() {
+    await this.#ready;
+    if (this.#stopped) throw this.#stopped;
     let link;
     try {
       link = await this.#dial();
     } catch (e) {
       throw await this.#explain(e);
+    }
+    if (this.#stopped) {
+      link.conn.close(1000, '');
+      throw this.#stopped;
     }
     this.#attach(link);
     globalThis.addEventListener?.('online', this.#onOnline);
@@ -610,7 +715,7 @@ export class Client {
           return;
         }
         if (!f || typeof f !== 'object') return;
-        if (link.live) this.#handle(link, f);
+        if (link.live) this.#take(link, f);
         else if (f.type === 'welcome') welcomed(f);
       },
       close: (code, reason) => {
@@ -731,10 +836,39 @@ export class Client {
     if (this.#link) this.#link.conn.send(typeof frame === 'string' ? frame : JSON.stringify(frame));
   }
 
-  #handle(link, f) {
+  // writeOn sends a frame answering one that came on link (an ack), only
+  // on that connection: after it ended, the frame comes again and is
+  // answered then.
+  #writeOn(link, frame) {
+    if (this.#link === link) link.conn.send(JSON.stringify(frame));
+  }
+
+  // take handles a frame from link. With a local store, frames are
+  // handled one after another, each once the store writes it asks for are
+  // done; one whose write fails ends the connection (see storeFailed).
+  #take(link, f) {
+    if (!this.#store) {
+      this.#handle(link, f);
+      return;
+    }
+    this.#chain = this.#chain.then(() => this.#handle(link, f)).catch((e) => this.#storeFailed(link, e));
+  }
+
+  // storeFailed reports a store write that failed while handling a frame
+  // from link, and ends that connection unanswered: the frame (a message,
+  // a receipt) comes again on the next one, and is stored then.
+  #storeFailed(link, e) {
+    const err = storeError(e, this.#store?.name ?? '');
+    this.#emit('error', { code: 'local_store', message: err.message, seq: 0, id: '', error: err });
+    if (this.#link === link) link.conn.close(3000, 'local store failed');
+  }
+
+  // handle handles one frame. It awaits nothing without a store, so it
+  // then runs to its end at once.
+  async #handle(link, f) {
     switch (f.type) {
       case 'sent':
-        this.#onSent(f);
+        await this.#onSent(f);
         break;
       case 'msg': {
         const key = msgKey(f);
@@ -746,32 +880,46 @@ export class Client {
           // ack it here. The same seq again is a redelivery: if the app
           // acked it, that ack was lost with the old connection, so ack
           // again; otherwise the app still holds it and will ack it.
-          if (first !== f.seq || this.#acked.has(f.seq)) this.#write({ type: 'ack', seq: f.seq });
+          if (first !== f.seq || this.#acked.has(f.seq)) this.#writeOn(link, { type: 'ack', seq: f.seq });
           return;
         }
         this.#seen.set(key, f.seq);
+        if (this.#store && !f.group && (await this.#storeMsg(f, key))) {
+          // Stored by an earlier page: given to the app then, and in its
+          // history now. Acked, as the store holds it.
+          this.#stats.duplicatesDropped++;
+          this.#acked.set(String(f.seq), 0);
+          this.#store.acked(f.seq).catch(() => {});
+          this.#writeOn(link, { type: 'ack', seq: f.seq });
+          return;
+        }
         this.#emit('message', {
           id: f.id, from: f.from, device: f.device, seq: f.seq, ts: f.ts,
           body: f.body === undefined ? null : f.body, media: f.media ?? null,
           group: f.group ?? '', event: f.event ?? null,
           to: f.to ?? '', sentSeq: f.sent_seq ?? 0,
         });
-        if (f.to && f.sent_seq) {
+        if (f.to && f.sent_seq && !f.group) {
           // Sent by this user from another device: its ticks are ours too.
           const early = this.#ticks.sent(f.to, f.id, f.sent_seq);
-          if (early) this.#emit('receipt', { id: f.id, status: early, by: f.to, device: '', ts: Date.now(), seq: f.sent_seq });
+          if (early && this.#store) await this.#store.applyReceipt(f.to, early, f.sent_seq, f.sent_seq);
+          if (early) this.#emit('receipt', { id: f.id, status: early, group: '', by: f.to, device: '', ts: Date.now(), seq: f.sent_seq });
         }
         break;
       }
       case 'read_sync':
+        if (this.#store && f.peer) await this.#store.setReadWatermark(f.peer, f.to_seq);
         this.#emit('read_sync', { peer: f.peer, device: f.device, seq: f.to_seq, ts: f.ts });
-        this.#write({ type: 'ack', seq: f.seq });
+        this.#writeOn(link, { type: 'ack', seq: f.seq });
         break;
       case 'receipt':
+        // Stored first: a receipt whose write fails comes again, and its
+        // ticks are news then.
+        if (this.#store && !f.group) await this.#store.applyReceipt(f.by, f.status, f.from_seq ?? 0, f.to_seq);
         for (const m of this.#ticks.apply(f)) {
           this.#emit('receipt', { id: m.id, status: f.status, group: f.group ?? '', by: f.by, device: f.device, ts: f.ts, seq: m.seq });
         }
-        this.#write({ type: 'ack', seq: f.seq });
+        this.#writeOn(link, { type: 'ack', seq: f.seq });
         break;
       case 'typing':
         this.#emit('typing', { from: f.from, device: f.device, group: f.group ?? '' });
@@ -807,12 +955,31 @@ export class Client {
     }
   }
 
-  #onSent(f) {
+  // storeMsg stores a message new to this page, and reports whether an
+  // earlier page stored it already. On an error the message is forgotten,
+  // so its redelivery is tried again.
+  async #storeMsg(f, key) {
+    const m = { device: f.device, id: f.id, ts: f.ts, body: f.body ?? null, media: f.media ?? null };
+    try {
+      const seen = f.to
+        ? await this.#store.receivedOwn({ ...m, conv: f.to, seq: f.sent_seq ?? 0 })
+        : await this.#store.received({ ...m, conv: f.from, from: f.from, seq: f.seq });
+      return seen.dup;
+    } catch (e) {
+      this.#seen.delete(key);
+      throw e;
+    }
+  }
+
+  async #onSent(f) {
     const o = this.#outbox.byId.get(f.id);
     if (!o) return;
     // A group message's seq is its place in the group's log: its ticks
     // are the group's, kept apart ('#' starts no user id).
     const early = this.#ticks.sent(o.group ? '#' + o.group : o.to, f.id, f.seq);
+    // Out of the store's outbox before the send resolves. A failure
+    // leaves it there: after a reload it is resent, and answered dup.
+    if (this.#store && !o.group) await this.#store.confirm(f.id, f.seq, f.ts, early).catch(() => {});
     this.#resolve(o, { ok: { id: f.id, seq: f.seq, ts: f.ts, dup: !!f.dup } });
     // Its tick came before its "sent" did.
     if (early) this.#emit('receipt', { id: f.id, status: early, group: o.group, by: o.to, device: '', ts: Date.now(), seq: f.seq });
@@ -837,6 +1004,7 @@ export class Client {
         return;
       }
       if (o) {
+        this.#storeDrop(o);
         this.#resolve(o, { err: new ServerError(f.code, f.message) });
         return;
       }
@@ -924,31 +1092,37 @@ export class Client {
     }
     let frame;
     try {
-      const f = group ? { type: 'send', id, group } : { type: 'send', id, to };
-      if (body !== null && body !== undefined) f.body = body;
-      if (media) f.media = media;
-      frame = JSON.stringify(f);
+      frame = sendFrame(id, to, group, body, media);
     } catch (e) {
       return Promise.reject(e);
     }
     if (signal?.aborted) return Promise.reject(signal.reason); // given up before it started: write nothing
     if (this.#stopped) return Promise.reject(this.#stopped);
     const ob = this.#outbox;
-    let o = ob.byId.get(id);
+    let o = ob.byId.get(id) ?? this.#keeping.get(id);
     const fresh = !o;
     if (fresh) {
-      o = { id, to, group, frame, written: false, retries: 0, waiters: 0, order: 0 };
-      o.done = new Promise((res, rej) => { o.resolve = res; o.reject = rej; });
-      ob.add(o);
+      o = outgoing(id, to, group, frame);
+      if (this.#opts.store != null) this.#keep(o, group ? null : { id, to, body: body ?? null, media: media ?? null });
+      else ob.add(o);
     }
     o.waiters++;
-    if (fresh) this.#flush();
+    if (fresh && this.#opts.store == null) this.#flush();
     if (!signal) return o.done;
     return new Promise((resolve, reject) => {
       const abort = () => {
+        if (this.#keeping.get(o.id) === o) { // not in the outbox yet: keep sees no waiter left
+          o.waiters--;
+          reject(signal.reason);
+          return;
+        }
         if (ob.byId.get(o.id) !== o) return; // answered meanwhile: that answer wins
         o.waiters--;
-        if (o.waiters === 0 && ob.remove(o)) this.#flush();
+        if (o.waiters === 0) {
+          const released = ob.remove(o);
+          this.#storeDrop(o);
+          if (released) this.#flush();
+        }
         reject(signal.reason);
       };
       signal.addEventListener('abort', abort, { once: true });
@@ -956,14 +1130,65 @@ export class Client {
     });
   }
 
+  // keep writes send o to the store's outbox, then puts it in the
+  // outbox; rec is null for a group send, which the store does not keep
+  // but which waits its turn, so sends enter the outbox in call order. A
+  // send whose write fails is rejected with the StoreError and never
+  // written to the wire.
+  #keep(o, rec) {
+    this.#keeping.set(o.id, o);
+    this.#keepChain = this.#keepChain.then(async () => {
+      let err = this.#stopped;
+      if (!err) {
+        try {
+          await this.#ready;
+          if (rec) await this.#store.addOutgoing(rec);
+        } catch (e) {
+          err = storeError(e, this.#store?.name ?? String(this.#opts.store));
+        }
+      }
+      this.#keeping.delete(o.id);
+      if (err) {
+        o.reject(err);
+        return;
+      }
+      const restored = this.#outbox.byId.get(o.id);
+      if (restored) {
+        // Sent again while the store was opening, which restored it: its
+        // callers wait for the restored one, in its place in the order.
+        restored.waiters += o.waiters;
+        restored.done.then(o.resolve, o.reject);
+        return;
+      }
+      if (o.waiters === 0) { // withdrawn while it was written
+        this.#storeDrop(o);
+        o.reject(new DOMException('the send was withdrawn', 'AbortError'));
+        return;
+      }
+      if (this.#stopped) {
+        o.reject(this.#stopped); // kept: the next client sends it
+        return;
+      }
+      this.#outbox.add(o);
+      this.#flush();
+    });
+  }
+
+  // storeDrop takes send o out of the store's outbox.
+  #storeDrop(o) {
+    if (this.#store && !o.group) this.#store.drop(o.id).catch(() => {});
+  }
+
   /** ack tells the gateway this device has stored the message at seq. */
   ack(seq) {
     this.#acked.set(String(seq), 0);
+    this.#store?.acked(seq).catch(() => {});
     this.#write({ type: 'ack', seq });
   }
 
   /** read tells the sender of the message at seq that it (and every earlier one to this user) was read. */
   read(seq) {
+    this.#store?.markRead(seq).catch(() => {});
     this.#write({ type: 'read', seq });
   }
 
@@ -1135,6 +1360,11 @@ export class Client {
     }
     for (const o of this.#outbox.drain()) o.reject(err);
     this.#emit('close', { error: err });
+    // A store opened here closes once what was begun on it is done; its
+    // outbox keeps the unconfirmed sends for the next client.
+    Promise.allSettled([this.#ready, this.#chain, this.#keepChain]).then(() => {
+      if (this.#ownsStore) this.#store?.close();
+    });
   }
 
   // --- media over HTTP ---
@@ -1202,6 +1432,21 @@ async function answer(res) {
   }
   if (!res.ok) throw new HTTPError(res.status, b.code ?? '', b.message ?? res.statusText);
   return b;
+}
+
+// outgoing makes an outbox entry for a send.
+function outgoing(id, to, group, frame) {
+  const o = { id, to, group, frame, written: false, retries: 0, waiters: 0, order: 0 };
+  o.done = new Promise((res, rej) => { o.resolve = res; o.reject = rej; });
+  return o;
+}
+
+// sendFrame is a send's frame, as JSON.
+function sendFrame(id, to, group, body, media) {
+  const f = group ? { type: 'send', id, group } : { type: 'send', id, to };
+  if (body !== null && body !== undefined) f.body = body;
+  if (media) f.media = media;
+  return JSON.stringify(f);
 }
 
 // retryable says whether resending a frame refused with code can succeed;
@@ -1451,10 +1696,521 @@ class Lru {
   constructor(max) { this.max = max; this.m = new Map(); }
   get(k) { return this.m.get(k); }
   has(k) { return this.m.has(String(k)); }
+  delete(k) { this.m.delete(k); }
   set(k, v) {
     if (this.m.has(k)) return;
     this.m.set(k, v);
     if (this.m.size > this.max) this.m.delete(this.m.keys().next().value);
+  }
+}
+
+// --- the local store: IndexedDB ---
+
+/** The local store's schema version this SDK writes: the number of migrations it knows. */
+export const STORE_VERSION = 1;
+
+/**
+ * A local store could not be opened or written. code says why:
+ *   newer_version  the database was written by a newer SDK (found, known
+ *                  say which schema versions); it was not changed
+ *   blocked        another tab holds an older version of it open and does
+ *                  not let it be upgraded
+ *   locked         another client (in this tab or another) has it open
+ *                  and did not close it within a second
+ *   quota          the browser's storage quota is full: nothing of the
+ *                  write was kept (for a send: nothing was sent)
+ *   corrupt        the database is not a store (its object stores are missing)
+ *   unavailable    this browser has no IndexedDB (some private modes)
+ *   closed         the store was closed (by close(), or to let another tab
+ *                  upgrade it)
+ *   failed         any other error of the browser's, named in the message
+ */
+export class StoreError extends Error {
+  constructor(code, message, { cause, found = 0, known = STORE_VERSION } = {}) {
+    super(message, { cause });
+    this.name = 'StoreError';
+    this.code = code;
+    /** For newer_version: the database's schema version and the newest this SDK knows. */
+    this.found = found;
+    this.known = known;
+  }
+}
+
+// A message's status in the store: an own message goes from PENDING (in
+// the outbox) to SENT to DELIVERED to READ, never back, or to DROPPED; a
+// received one is SENT (the server stored it). As the Go SDK's store.
+const DROPPED = -1;
+const PENDING = 0;
+const SENT = 1;
+const DELIVERED_ = 2;
+const READ_ = 3;
+const STATUS_NAMES = { [DROPPED]: 'dropped', [PENDING]: 'pending', [SENT]: 'sent', [DELIVERED_]: 'delivered', [READ_]: 'read' };
+const statusOf = (s) => (s === 'read' ? READ_ : s === 'delivered' ? DELIVERED_ : SENT);
+
+// MIGRATIONS[i] takes a database from version i to i+1, inside the
+// versionchange transaction of its open, so a store is at one version or
+// the next, never between. A migration is never edited once released: a
+// change is a new entry. The IndexedDB version is the schema version.
+const MIGRATIONS = [
+  // 1: messages both ways (the outbox is the pending own ones),
+  // conversations with their read watermarks, and meta (the cursor hint).
+  // Records of 'messages': {n, conv, from ('' for this user's own), device,
+  // id, seq (0 until "sent"), ts, body, media, status, acked}, plus the
+  // sparse index fields set by indexed(): an index holds only the records
+  // that have its field, as SQLite's partial indexes do.
+  (db) => {
+    const m = db.createObjectStore('messages', { keyPath: 'n', autoIncrement: true });
+    m.createIndex('key', ['from', 'id'], { unique: true }); // dedup: (sender, id)
+    m.createIndex('conv', ['conv', 'n']); // history
+    m.createIndex('seq', 'seq'); // ack and read name a seq
+    m.createIndex('outbox', 'pending'); // pending sends, in n order
+    m.createIndex('tickable', 'tickable'); // [conv, seq] of own messages sent or delivered: receipts move them
+    m.createIndex('incoming', 'incoming'); // [conv, seq] of received messages: unread counts
+    db.createObjectStore('conversations', { keyPath: 'conv' }); // {conv, readSeq}
+    db.createObjectStore('meta', { keyPath: 'key' }); // {key, value}
+  },
+];
+const OBJECT_STORES = ['messages', 'conversations', 'meta'];
+
+// indexed sets a message record's sparse index fields from its status.
+function indexed(r) {
+  delete r.pending;
+  delete r.tickable;
+  delete r.incoming;
+  if (r.from !== '') r.incoming = [r.conv, r.seq];
+  else if (r.status === PENDING) r.pending = 1;
+  else if (r.status === SENT || r.status === DELIVERED_) r.tickable = [r.conv, r.seq];
+  return r;
+}
+
+// record is what the store hands out of a message record.
+function record(r) {
+  return {
+    n: r.n, conv: r.conv, from: r.from, own: r.from === '', device: r.device, id: r.id, seq: r.seq, ts: r.ts,
+    body: r.body ?? null, media: r.media ?? null, status: STATUS_NAMES[r.status] ?? 'sent', acked: !!r.acked,
+  };
+}
+
+// req waits for an IndexedDB request. Called again on a cursor's request
+// after continue(), it waits for the next step.
+const req = (r) => new Promise((resolve, reject) => {
+  r.onsuccess = () => resolve(r.result);
+  r.onerror = () => reject(r.error);
+});
+
+// storeError turns an error of IndexedDB's into a StoreError.
+function storeError(e, name) {
+  if (e instanceof StoreError) return e;
+  const what = `switchboard: local store ${JSON.stringify(name)}`;
+  switch (e?.name) {
+    case 'QuotaExceededError':
+      return new StoreError('quota', `${what}: the browser's storage quota for this site is full; nothing of this write was kept (${e.message})`, { cause: e });
+    case 'InvalidStateError':
+      return new StoreError('closed', `${what} is closed`, { cause: e });
+    case 'NotFoundError':
+      return new StoreError('corrupt', `${what} is damaged: ${e.message}`, { cause: e });
+  }
+  return new StoreError('failed', `${what}: ${e?.name ?? 'Error'}: ${e?.message ?? e}`, { cause: e });
+}
+
+/**
+ * openStore opens (or creates) the local store in the IndexedDB database
+ * `name` and brings its schema to STORE_VERSION. It rejects with a
+ * StoreError: newer_version (the database untouched), blocked, locked,
+ * corrupt, unavailable, quota. A Client given options.store opens its own.
+ */
+export async function openStore(name) {
+  if (typeof name !== 'string' || name === '') throw new TypeError('switchboard: a local store is named by a non-empty string');
+  if (!globalThis.indexedDB) {
+    throw new StoreError('unavailable', `switchboard: local store ${JSON.stringify(name)}: this browser offers no IndexedDB (a private window, say)`);
+  }
+  const release = await lockStore(name);
+  try {
+    return new Store(name, await openDatabase(name, MIGRATIONS), release);
+  } catch (e) {
+    release();
+    throw e;
+  }
+}
+
+// How long openStore waits for another client to let go of the store
+// (one closing as this one opens: a page being reloaded, say) before it
+// gives up with locked.
+const LOCK_WAIT = 1000;
+
+// lockStore holds the Web Lock named after the store until the returned
+// function is called (which resolves once the lock is let go), so two
+// clients never write one store at once (the Go SDK's store holds its
+// file's lock the same way). Where the page has no Web Locks (an
+// insecure context) there is no lock.
+function lockStore(name) {
+  const locks = globalThis.navigator?.locks;
+  if (!locks) return Promise.resolve(() => Promise.resolve());
+  return new Promise((resolve, reject) => {
+    let release;
+    const held = new Promise((r) => { release = r; });
+    const done = locks.request('switchboard.store:' + name, { signal: AbortSignal.timeout(LOCK_WAIT) }, () => {
+      resolve(() => {
+        release();
+        return done.catch(() => {});
+      });
+      return held;
+    });
+    done.catch((e) => reject(e?.name === 'TimeoutError' || e?.name === 'AbortError'
+      ? new StoreError('locked', `switchboard: local store ${JSON.stringify(name)} is open in another client (this tab or another): close it first`, { cause: e })
+      : storeError(e, name)));
+  });
+}
+
+// openDatabase opens the database at the migrations' version, running the
+// missing ones in its versionchange transaction.
+function openDatabase(name, migrations) {
+  return new Promise((resolve, reject) => {
+    let r;
+    try {
+      r = indexedDB.open(name, migrations.length);
+    } catch (e) {
+      reject(storeError(e, name));
+      return;
+    }
+    let settled = false;
+    const fail = (e) => {
+      if (settled) return;
+      settled = true;
+      reject(e);
+    };
+    r.onupgradeneeded = (e) => {
+      try {
+        for (let v = e.oldVersion; v < migrations.length; v++) migrations[v](r.result, r.transaction);
+      } catch (err) {
+        fail(new StoreError('failed', `switchboard: local store ${JSON.stringify(name)}: migration failed: ${err.message}`, { cause: err }));
+        r.transaction.abort();
+      }
+    };
+    r.onblocked = () => fail(new StoreError('blocked', `switchboard: local store ${JSON.stringify(name)} is held open at an older version by another tab, so it cannot be upgraded: close that tab and try again`));
+    r.onsuccess = () => {
+      const db = r.result;
+      if (settled) { // blocked, then let through: the caller has given up
+        db.close();
+        return;
+      }
+      const missing = OBJECT_STORES.filter((s) => !db.objectStoreNames.contains(s));
+      if (missing.length) {
+        db.close();
+        fail(new StoreError('corrupt', `switchboard: local store ${JSON.stringify(name)} is not a Switchboard store (no ${missing.join(', ')})`));
+        return;
+      }
+      settled = true;
+      resolve(db);
+    };
+    r.onerror = (e) => {
+      e.preventDefault();
+      const err = r.error;
+      if (err?.name !== 'VersionError') {
+        fail(storeError(err, name));
+        return;
+      }
+      databaseVersion(name).then((found) => fail(new StoreError('newer_version',
+        `switchboard: local store ${JSON.stringify(name)} is at schema version ${found || 'unknown'}, written by a newer SDK; this SDK knows up to ${migrations.length}: use the newer SDK, or delete the database (it was not changed)`,
+        { cause: err, found, known: migrations.length })));
+    };
+  });
+}
+
+// databaseVersion returns the version of database name, 0 if unknown.
+async function databaseVersion(name) {
+  try {
+    return (await indexedDB.databases()).find((d) => d.name === name)?.version ?? 0;
+  } catch {
+    return 0;
+  }
+}
+
+/**
+ * Store is an open local store (openStore). What a Client with a store
+ * writes, and when, is said at the top of this file; the app reads its
+ * conversations and history here. Each write is one transaction with
+ * strict durability: once it resolves it is on disk. Methods reject with
+ * a StoreError.
+ */
+export class Store {
+  #db;
+  #release;
+
+  constructor(name, db, release) {
+    /** The IndexedDB database's name. */
+    this.name = name;
+    this.#db = db;
+    this.#release = release;
+    // Another tab opens a newer schema: let it, and stop here.
+    db.onversionchange = () => { this.close(); };
+    db.onclose = () => { this.close(); };
+  }
+
+  /** The schema version of the open database. */
+  get version() { return this.#db?.version ?? 0; }
+  /** Whether the store is open. */
+  get open() { return this.#db !== null; }
+
+  /**
+   * close closes the store; writes already begun finish. It resolves once
+   * its lock is let go, when another client may open it.
+   */
+  close() {
+    const db = this.#db;
+    this.#db = null;
+    db?.close();
+    const release = this.#release;
+    this.#release = null;
+    return release ? release() : Promise.resolve();
+  }
+
+  // tx runs fn(transaction) in one transaction on stores and resolves
+  // with its result once the transaction is committed.
+  async #tx(stores, mode, fn) {
+    if (!this.#db) throw new StoreError('closed', `switchboard: local store ${JSON.stringify(this.name)} is closed`);
+    let tx;
+    try {
+      tx = this.#db.transaction(stores, mode, { durability: mode === 'readwrite' ? 'strict' : 'default' });
+    } catch (e) {
+      throw storeError(e, this.name);
+    }
+    const done = new Promise((resolve, reject) => {
+      tx.oncomplete = () => resolve();
+      tx.onabort = () => reject(tx.error ?? new DOMException('the transaction was aborted', 'AbortError'));
+    });
+    let out;
+    try {
+      out = await fn(tx);
+    } catch (e) {
+      try {
+        tx.abort();
+      } catch {
+        // Aborted already.
+      }
+      await done.catch(() => {});
+      throw storeError(e, this.name);
+    }
+    try {
+      await done;
+    } catch (e) {
+      throw storeError(e, this.name);
+    }
+    return out;
+  }
+
+  #write(fn) { return this.#tx(['messages', 'conversations', 'meta'], 'readwrite', fn); }
+  #read(fn) { return this.#tx(['messages', 'conversations', 'meta'], 'readonly', fn); }
+
+  /**
+   * addOutgoing puts a send {id, to, body, media} at the end of the
+   * outbox. A send with the same id pending or stored stays as it is; one
+   * dropped goes back into the outbox, at its end.
+   */
+  addOutgoing({ id, to, body = null, media = null }) {
+    return this.#write(async (tx) => {
+      const ms = tx.objectStore('messages');
+      const old = await req(ms.index('key').get(['', id]));
+      if (old && old.status !== DROPPED) return;
+      if (old) await req(ms.delete(old.n));
+      await req(ms.add(indexed({ conv: to, from: '', device: '', id, seq: 0, ts: 0, body, media, status: PENDING, acked: false })));
+    });
+  }
+
+  /** outbox resolves with the sends not yet confirmed, oldest first: [{id, to, body, media}]. */
+  outbox() {
+    return this.#read(async (tx) => {
+      const rs = await req(tx.objectStore('messages').index('outbox').getAll());
+      return rs.map((r) => ({ id: r.id, to: r.conv, body: r.body ?? null, media: r.media ?? null }));
+    });
+  }
+
+  // #update applies change to the records found by get and writes them back.
+  async #update(tx, rs, change) {
+    const ms = tx.objectStore('messages');
+    for (const r of rs) {
+      if (change(r) !== false) await req(ms.put(indexed(r)));
+    }
+  }
+
+  /**
+   * confirm records that the server stored send id at seq (time ts): it
+   * leaves the outbox. tick is a receipt status that came before the
+   * "sent" ('' if none).
+   */
+  confirm(id, seq, ts, tick = '') {
+    return this.#write(async (tx) => {
+      const r = await req(tx.objectStore('messages').index('key').get(['', id]));
+      if (!r || r.status < 0) return;
+      await this.#update(tx, [r], () => {
+        r.seq = seq;
+        r.ts = ts;
+        r.status = Math.max(r.status, statusOf(tick), SENT);
+      });
+    });
+  }
+
+  /** drop takes a pending send out of the outbox: withdrawn, or refused for good. */
+  drop(id) {
+    return this.#write(async (tx) => {
+      const r = await req(tx.objectStore('messages').index('key').get(['', id]));
+      if (r && r.status === PENDING) await this.#update(tx, [r], () => { r.status = DROPPED; });
+    });
+  }
+
+  /**
+   * applyReceipt records a receipt from user `by`: delivered covers this
+   * user's messages to by stored from `from` to `to`, read every one up to
+   * `to`. Ticks only rise.
+   */
+  applyReceipt(by, status, from, to) {
+    const st = statusOf(status);
+    if (st === SENT) return Promise.resolve();
+    return this.#write(async (tx) => {
+      const lo = st === READ_ ? 0 : from;
+      const rs = await req(tx.objectStore('messages').index('tickable').getAll(IDBKeyRange.bound([by, lo], [by, to])));
+      await this.#update(tx, rs, (r) => {
+        if (r.status >= st) return false;
+        r.status = st;
+        return true;
+      });
+    });
+  }
+
+  /** unread resolves with this user's messages stored and not yet known read, by seq: the ones a receipt can still move. */
+  unread() {
+    return this.#read(async (tx) => {
+      const rs = await req(tx.objectStore('messages').index('tickable').getAll());
+      return rs.sort((a, b) => a.seq - b.seq).map(record);
+    });
+  }
+
+  // #receive stores r unless a message with its (from, id) is stored, and
+  // says which: {dup, firstSeq, acked}.
+  #receive(r) {
+    return this.#write(async (tx) => {
+      const ms = tx.objectStore('messages');
+      const old = await req(ms.index('key').get([r.from, r.id]));
+      if (old) return { dup: true, firstSeq: old.seq, acked: !!old.acked };
+      await req(ms.add(indexed(r)));
+      return { dup: false, firstSeq: r.seq, acked: false };
+    });
+  }
+
+  /** received stores a message from another user {conv, from, device, id, seq, ts, body, media} unless one with its (from, id) is stored: {dup, firstSeq, acked}. */
+  received(m) {
+    return this.#receive({ conv: m.conv ?? m.from, from: m.from, device: m.device ?? '', id: m.id, seq: m.seq, ts: m.ts ?? 0,
+      body: m.body ?? null, media: m.media ?? null, status: SENT, acked: false });
+  }
+
+  /**
+   * receivedOwn stores a message this user sent from another device, as
+   * one of its own, in conversation conv at seq (the seq its receipts
+   * name), unless a message of this user's with its id is stored (sent
+   * from here, or stored before).
+   */
+  receivedOwn(m) {
+    return this.#receive({ conv: m.conv, from: '', device: m.device ?? '', id: m.id, seq: m.seq, ts: m.ts ?? 0,
+      body: m.body ?? null, media: m.media ?? null, status: Math.max(statusOf(m.status ?? ''), SENT), acked: false });
+  }
+
+  /** acked records that this device acked the message at seq, and raises the cursor hint to it. */
+  acked(seq) {
+    return this.#write(async (tx) => {
+      const rs = await req(tx.objectStore('messages').index('seq').getAll(seq));
+      await this.#update(tx, rs.filter((r) => r.from !== '' && !r.acked), (r) => { r.acked = true; });
+      const meta = tx.objectStore('meta');
+      const hint = (await req(meta.get('cursor_hint')))?.value ?? 0;
+      if (seq > hint) await req(meta.put({ key: 'cursor_hint', value: seq }));
+    });
+  }
+
+  /** cursorHint resolves with the highest seq this device acked (0 if none): the device's own record of where it was. */
+  cursorHint() {
+    return this.#read(async (tx) => (await req(tx.objectStore('meta').get('cursor_hint')))?.value ?? 0);
+  }
+
+  /** markRead raises the read watermark of the conversation of the received message at seq to seq; resolves false if none is stored at seq. */
+  markRead(seq) {
+    return this.#write(async (tx) => {
+      const rs = await req(tx.objectStore('messages').index('seq').getAll(seq));
+      const m = rs.find((r) => r.from !== '');
+      if (!m) return false;
+      await this.#raise(tx, m.conv, seq);
+      return true;
+    });
+  }
+
+  async #raise(tx, conv, seq) {
+    const cs = tx.objectStore('conversations');
+    const c = await req(cs.get(conv));
+    if (!c || c.readSeq < seq) await req(cs.put({ conv, readSeq: seq }));
+  }
+
+  /** setReadWatermark raises conversation conv's read watermark to seq (a read made on another device). */
+  setReadWatermark(conv, seq) {
+    return this.#write((tx) => this.#raise(tx, conv, seq));
+  }
+
+  /** readWatermark resolves with the seq up to which this user read conversation conv (0 if none). */
+  readWatermark(conv) {
+    return this.#read(async (tx) => (await req(tx.objectStore('conversations').get(conv)))?.readSeq ?? 0);
+  }
+
+  /** count resolves with the number of stored messages, both directions. */
+  count() {
+    return this.#read((tx) => req(tx.objectStore('messages').count()));
+  }
+
+  /**
+   * conversations resolves with a summary of each conversation, the most
+   * recently active first: [{conv, messages, unread, readSeq, lastN}]
+   * (messages counts both directions, dropped sends included; unread the
+   * received ones above the read watermark).
+   */
+  conversations() {
+    return this.#read(async (tx) => {
+      const ix = tx.objectStore('messages').index('conv');
+      const convs = [];
+      const r = ix.openKeyCursor();
+      for (let c = await req(r); c; c = await req(r)) {
+        convs.push(c.key[0]);
+        c.continue([c.key[0], Infinity]); // the next conversation
+      }
+      const out = [];
+      for (const conv of convs) {
+        const all = IDBKeyRange.bound([conv, -Infinity], [conv, Infinity]);
+        const readSeq = (await req(tx.objectStore('conversations').get(conv)))?.readSeq ?? 0;
+        const [messages, last, unread] = await Promise.all([
+          req(ix.count(all)),
+          req(ix.openKeyCursor(all, 'prev')),
+          req(tx.objectStore('messages').index('incoming').count(IDBKeyRange.bound([conv, readSeq], [conv, Infinity], true))),
+        ]);
+        out.push({ conv, messages, unread, readSeq, lastN: last.key[1] });
+      }
+      return out.sort((a, b) => b.lastN - a.lastN);
+    });
+  }
+
+  /** messages resolves with conversation conv's last limit messages (all if limit is 0), oldest first; dropped sends are left out. */
+  messages(conv, limit = 0) {
+    return this.#read(async (tx) => {
+      const out = [];
+      const r = tx.objectStore('messages').index('conv').openCursor(IDBKeyRange.bound([conv, -Infinity], [conv, Infinity]), 'prev');
+      for (let c = await req(r); c && (limit <= 0 || out.length < limit); c = await req(r)) {
+        if (c.value.status !== DROPPED) out.push(record(c.value));
+        c.continue();
+      }
+      return out.reverse();
+    });
+  }
+
+  /** message resolves with the message (from, id), from '' for an own one, or null. */
+  message(from, id) {
+    return this.#read(async (tx) => {
+      const r = await req(tx.objectStore('messages').index('key').get([from, id]));
+      return r ? record(r) : null;
+    });
   }
 }
 
