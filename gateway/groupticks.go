@@ -131,6 +131,7 @@ func (s *session) storePosition(subject string, req contract.GroupPositionReques
 // region's OUTBOX into the home's TICKS, so it is taken here at once,
 // and applied there when the link lets it through.
 func (s *session) sendPosition(home string, req contract.GroupPositionRequest) error {
+	req.Region = s.srv.regions.self // where the member's read_sync goes
 	return s.storePosition(contract.OutboxTicksSubject(home, req.Member), req)
 }
 

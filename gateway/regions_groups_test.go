@@ -223,6 +223,12 @@ func TestRegionsGroupAcrossRegions(t *testing.T) {
 	laptopGot := takeGroup(t, bobLaptop, "club", 6)
 	sameLog(t, ids(carolGot), map[string][]string{"dave": ids(daveGot), "alice": ids(aliceGot), "bob": ids(bobGot), "bob's laptop": ids(laptopGot)},
 		map[string][]string{"alice": seq("alice", 3), "bob": seq("bob", 3)})
+	// bob's laptop knows his messages by the seqs his phone was "sent".
+	for _, m := range laptopGot {
+		if m.From == "bob" && m.SentSeq != fromBob[m.ID] {
+			t.Fatalf("bob's laptop has his %s as sent at %d, his phone at %d", m.ID, m.SentSeq, fromBob[m.ID])
+		}
+	}
 	wantGroupReceipts(t, alice, "club", fromAlice, protocol.StatusDelivered)
 	wantGroupReceipts(t, bob, "club", fromBob, protocol.StatusDelivered)
 
@@ -233,6 +239,16 @@ func TestRegionsGroupAcrossRegions(t *testing.T) {
 	}
 	wantGroupReceipts(t, alice, "club", fromAlice, protocol.StatusRead)
 	wantGroupReceipts(t, bob, "club", fromBob, protocol.StatusRead)
+	// bob's laptop ticks his messages too, and hears of his phone's read.
+	wantGroupReceipts(t, bobLaptop, "club", fromBob, protocol.StatusDelivered, protocol.StatusRead)
+	select {
+	case rs := <-bobLaptop.ReadSyncs():
+		if rs.Group != "club" || rs.Device != "phone" || rs.Seq != bobGot[len(bobGot)-1].Seq {
+			t.Fatalf("bob's laptop: read sync %+v, want club read up to %d on phone", rs, bobGot[len(bobGot)-1].Seq)
+		}
+	case <-time.After(15 * time.Second):
+		t.Fatal("bob's laptop heard nothing of his phone's read")
+	}
 
 	// A member in eu leaves; the next message reaches only the others.
 	if _, err := dave.LeaveGroup(ctx, "club"); err != nil {

@@ -179,8 +179,15 @@ func (p *partition) apply(m jetstream.Msg, seq uint64) error {
 		if other {
 			to = append(to, from)
 		}
+		// A sender homed in another region knows the message by its
+		// sequence in their region's OUTBOX ("sent"), and so must their
+		// other devices, whose ticks name it by that.
+		sentAt := ""
+		if contract.IsOutboxSeq(contract.OriginSeq(src.Get(contract.HdrStreamSource))) && src.Get(contract.HdrOriginRegion) != "" {
+			sentAt = strconv.FormatUint(contract.OriginSeq(src.Get(contract.HdrStreamSource)), 10)
+		}
 		h := func(member string) nats.Header {
-			return nats.Header{
+			hdr := nats.Header{
 				contract.HdrMsgID:    {contract.GroupCopyDedupID(gid, seq, member)},
 				contract.HdrKind:     {contract.KindMsg},
 				contract.HdrFrom:     {from},
@@ -190,6 +197,10 @@ func (p *partition) apply(m jetstream.Msg, seq uint64) error {
 				contract.HdrGroup:    {gid},
 				contract.HdrGroupSeq: {strconv.FormatUint(seq, 10)},
 			}
+			if member == from && sentAt != "" {
+				hdr.Set(contract.HdrSentSeq, sentAt)
+			}
+			return hdr
 		}
 		return p.fanOut(m, to, m.Data(), h)
 	default:

@@ -103,6 +103,8 @@ func (s *Service) groupPosition(ctx context.Context, req contract.GroupPositionR
 		return badRequest{"status must be delivered or read"}
 	case req.Seq == 0:
 		return badRequest{"seq must be a positive sequence"}
+	case req.Region != "" && !protocol.ValidID(req.Region):
+		return badRequest{"region must be a valid id"}
 	}
 	g, err := s.records.get(ctx, req.Group)
 	switch {
