@@ -349,6 +349,34 @@ func (s *Server) Links(ctx context.Context) ([]Link, error) {
 	if err != nil {
 		return nil, err
 	}
+	return linksOf(info), nil
+}
+
+// sourcingStreams are a region's streams that source other regions
+// besides INBOX, each through a consumer of its own over the same leaf
+// links: group sends, group positions, other regions' group records.
+var sourcingStreams = []string{contract.GroupsStream, contract.TicksStream, "KV_" + contract.GroupDirKV}
+
+// SourceLinks reads the link from every other region as each of
+// sourcingStreams sees it, by stream: a source can be broken on its own
+// (its consumer deleted, say) while INBOX's works.
+func (s *Server) SourceLinks(ctx context.Context) (map[string][]Link, error) {
+	if s.regions == nil {
+		return nil, nil
+	}
+	out := map[string][]Link{}
+	for _, name := range sourcingStreams {
+		st, err := s.js.Stream(ctx, name)
+		if err != nil {
+			return nil, err
+		}
+		out[name] = linksOf(st.CachedInfo())
+	}
+	return out, nil
+}
+
+// linksOf is the link from every other region a stream's sources report.
+func linksOf(info *jetstream.StreamInfo) []Link {
 	var links []Link
 	for _, si := range info.Sources {
 		if si.External == nil {
@@ -370,7 +398,7 @@ func (s *Server) Links(ctx context.Context) ([]Link, error) {
 			links = append(links, Link{From: from, Active: -1, Error: "not reported by the server"})
 		}
 	}
-	return links, nil
+	return links
 }
 
 // domainOf is the JetStream domain an API prefix $JS.<domain>.API names.
@@ -394,6 +422,7 @@ func (s *Server) outboxWaiting(ctx context.Context) (uint64, error) {
 type linkCollector struct {
 	s                           *Server
 	up, active, lag, outbox, ok *prometheus.Desc
+	srcUp, srcLag               *prometheus.Desc // sourcingStreams'
 }
 
 func newLinkCollector(s *Server) *linkCollector {
@@ -407,7 +436,11 @@ func newLinkCollector(s *Server) *linkCollector {
 			"OUTBOX for this region (as old as last_active).", []string{"from"}, nil),
 		outbox: prometheus.NewDesc(ns+"_outbox_messages", "Messages and ticks in this region's OUTBOX, stored here "+
 			"and not yet taken by the regions they are for.", nil, nil),
-		ok: prometheus.NewDesc(ns+"_links_read", "1 if the links could be read from INBOX and OUTBOX at this scrape, else 0.", nil, nil),
+		ok: prometheus.NewDesc(ns+"_links_read", "1 if the links could be read from INBOX, OUTBOX and the other sourcing streams at this scrape, else 0.", nil, nil),
+		srcUp: prometheus.NewDesc(ns+"_source_up", "1 if this region's stream (GROUPS, TICKS, KV_GROUP_DIR) heard from the region "+
+			"within "+LinkStale.String()+" and its source reports no error, else 0: alert on 0.", []string{"from", "stream"}, nil),
+		srcLag: prometheus.NewDesc(ns+"_source_lag_messages", "Messages the stream's source last knew to be waiting in the region "+
+			"for this one.", []string{"from", "stream"}, nil),
 	}
 }
 
@@ -417,6 +450,8 @@ func (c *linkCollector) Describe(ch chan<- *prometheus.Desc) {
 	ch <- c.lag
 	ch <- c.outbox
 	ch <- c.ok
+	ch <- c.srcUp
+	ch <- c.srcLag
 }
 
 func (c *linkCollector) Collect(ch chan<- prometheus.Metric) {
@@ -424,9 +459,20 @@ func (c *linkCollector) Collect(ch chan<- prometheus.Metric) {
 	defer cancel()
 	links, err := c.s.Links(ctx)
 	waiting, oerr := c.s.outboxWaiting(ctx)
+	sources, serr := c.s.SourceLinks(ctx)
 	ok := 1.0
-	if err != nil || oerr != nil {
+	if err != nil || oerr != nil || serr != nil {
 		ok = 0
+	}
+	for stream, ls := range sources {
+		for _, l := range ls {
+			up := 0.0
+			if l.Up() {
+				up = 1
+			}
+			ch <- prometheus.MustNewConstMetric(c.srcUp, prometheus.GaugeValue, up, l.From, stream)
+			ch <- prometheus.MustNewConstMetric(c.srcLag, prometheus.GaugeValue, float64(l.Lag), l.From, stream)
+		}
 	}
 	ch <- prometheus.MustNewConstMetric(c.ok, prometheus.GaugeValue, ok)
 	if oerr == nil {

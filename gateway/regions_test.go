@@ -295,11 +295,23 @@ func TestRegionsLinksShowInMetrics(t *testing.T) {
 	up := func(g *tk.Gateway, from string) float64 {
 		return metricValue(t, g, `switchboard_region_link_up{from="`+from+`"}`)
 	}
+	// The other streams that source across the link, each on its own.
+	sourcesUp := func(g *tk.Gateway, from string, want float64) error {
+		for _, stream := range []string{"GROUPS", "TICKS", "KV_GROUP_DIR"} {
+			if v := metricValue(t, g, `switchboard_region_source_up{from="`+from+`",stream="`+stream+`"}`); v != want {
+				return tk.Errorf("%s's source from %s: up %v, want %v", stream, from, v, want)
+			}
+		}
+		return nil
+	}
 	tk.WaitFor(t, 15*time.Second, func() error {
 		if up(eu.Gateway, "us") != 1 || up(us.Gateway, "eu") != 1 {
 			return tk.Errorf("links not up yet")
 		}
-		return nil
+		if err := sourcesUp(eu.Gateway, "us", 1); err != nil {
+			return err
+		}
+		return sourcesUp(us.Gateway, "eu", 1)
 	})
 	time.Sleep(3 * time.Second) // idle: no message crosses
 	links, err := eu.Gateway.Server.Links(ctx)
@@ -316,7 +328,10 @@ func TestRegionsLinksShowInMetrics(t *testing.T) {
 		if up(eu.Gateway, "us") != 0 || up(us.Gateway, "eu") != 0 {
 			return tk.Errorf("links still up after the cut")
 		}
-		return nil
+		if err := sourcesUp(eu.Gateway, "us", 0); err != nil {
+			return err
+		}
+		return sourcesUp(us.Gateway, "eu", 0)
 	})
 	if v := metricValue(t, eu.Gateway, `switchboard_region_link_last_active_seconds{from="us"}`); v < gateway.LinkStale.Seconds() {
 		t.Errorf("eu last heard from us %v s ago, with the link down", v)
@@ -336,7 +351,10 @@ func TestRegionsLinksShowInMetrics(t *testing.T) {
 		case metricValue(t, us.Gateway, `switchboard_region_outbox_messages`) != 0:
 			return tk.Errorf("us's OUTBOX not empty")
 		}
-		return nil
+		if err := sourcesUp(eu.Gateway, "us", 1); err != nil {
+			return err
+		}
+		return sourcesUp(us.Gateway, "eu", 1)
 	})
 	bob := tk.Dial(t, eu.Gateway.URL, "bob", "phone")
 	tk.NextMsgIs(t, bob, "alice", "while-cut", 15*time.Second)

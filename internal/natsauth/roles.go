@@ -121,7 +121,8 @@ func For(r Role) Rules {
 				// directory of home regions; sends to and positions in
 				// groups homed elsewhere, and those groups' records.
 				[]string{contract.OutboxPrefix + "*.*", contract.OutboxPrefix + "*.g.*.*", contract.OutboxPrefix + "*.t.*"},
-				streamInfo(kvStream(contract.HomesKV), contract.Outbox, kvStream(contract.GroupDirKV)),
+				// And the other sourcing streams' state, for the link metrics.
+				streamInfo(kvStream(contract.HomesKV), contract.Outbox, kvStream(contract.GroupDirKV), contract.GroupsStream, contract.TicksStream),
 				reads(kvStream(contract.HomesKV), kvStream(contract.GroupDirKV)),
 			),
 			Subscribe: []string{subjLive, subjEvents, subjKick, subjPresence, leaderInbox, InboxPrefix(r) + ".>"},
