@@ -117,6 +117,10 @@ type GroupRecord struct {
 	Changes uint64 `json:"changes"`
 	// Seq is the GROUPS sequence of the last event applied.
 	Seq uint64 `json:"seq"`
+	// Region is the group's home region in a regions deployment, where
+	// it was created and its log is (contract/regions.go); empty in a
+	// single region.
+	Region string `json:"region,omitempty"`
 }
 
 // GroupMember is one member of a group.

@@ -37,6 +37,10 @@ type GroupPositionRequest struct {
 	Status   string `json:"status"`
 	Seq      uint64 `json:"seq"`
 	InboxSeq uint64 `json:"inbox_seq,omitempty"`
+	// Region is the member's home region when it is not the group's (a
+	// regions deployment, contract/regions.go): their inbox, and so their
+	// read_sync, is there.
+	Region string `json:"region,omitempty"`
 }
 
 // KindGroupPosition marks a GroupPositionRequest a gateway stored in

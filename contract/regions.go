@@ -85,3 +85,57 @@ type Origin struct {
 	From   uint64 `json:"from"`
 	To     uint64 `json:"to"`
 }
+
+// Groups across regions.
+//
+// A group's home is the region it was created in: its log (GROUPS), its
+// record (GROUP_INFO), its members' positions (GROUP_TICKS) and its
+// fan-out are there and nowhere else, so one log orders it. The other
+// regions take part through the same store-and-forward as 1:1 sends:
+//   - a member homed elsewhere sends into their own region's OUTBOX, on
+//     OutboxGroupSubject (a fast "sent" that survives a cut), and the
+//     group's home GROUPS sources it, as group.<partition>.<group>.m;
+//   - the fan-out stores a member's copy in their home INBOX, through the
+//     home region's OUTBOX when that is another region, under the same
+//     dedup id (GroupCopyDedupID) either way;
+//   - a member's position in a group homed elsewhere is stored in their
+//     region's OUTBOX, on OutboxTicksSubject, and the group's home TICKS
+//     sources it for its receipts function; a receipt for a sender homed
+//     elsewhere goes back through the home's OUTBOX, naming the sender's
+//     messages by their OUTBOX sequences (their "sent");
+//   - membership changes are requests (they need an answer): a groups
+//     function passes a request about a group homed elsewhere on to that
+//     region's groups function over GroupsForwardSubject, across the leaf
+//     links, and relays its answer.
+//
+// Every region reads every group's record locally: GROUP_DIR sources each
+// other region's GROUP_INFO (GroupRecord.Region names the home).
+
+// GroupDirKV holds the records of groups homed in other regions, sourced
+// from their GROUP_INFO buckets: read only, written by no one here.
+const GroupDirKV = "GROUP_DIR"
+
+// OutboxGroupSubject is where a member's send to group gid, homed in
+// region, waits in the sender's region for the home's GROUPS.
+func OutboxGroupSubject(region, gid string) string {
+	return OutboxPrefix + region + ".g." + GroupPartition(gid) + "." + gid
+}
+
+// OutboxTicksSubject is where a member's position request (a
+// GroupPositionRequest) for a group homed in region waits for that
+// region's TICKS.
+func OutboxTicksSubject(region, member string) string {
+	return OutboxPrefix + region + ".t." + member
+}
+
+// GroupsForwardSubject is where the groups function of region answers
+// op for groups homed there, asked by other regions' groups functions.
+func GroupsForwardSubject(region, op string) string {
+	return CrossRegionPrefix + "fn." + region + ".groups." + op
+}
+
+// GroupsForwardReply starts the reply subjects of forwarded group
+// requests asked from region: they cross the leaf links back.
+func GroupsForwardReply(region string) string {
+	return CrossRegionPrefix + "re." + region + ".groups."
+}

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -162,5 +163,37 @@ func TestRegionsRefuseLoopingLayouts(t *testing.T) {
 	err = streams.Apply(ctx, us.JS, streams.Options{Region: rs.Layout(us)})
 	if !errors.Is(err, streams.ErrRegions) || !strings.Contains(err.Error(), "loop") {
 		t.Fatalf("a sourcing OUTBOX: %v", err)
+	}
+	cfg.Sources = nil
+	if _, err := us.JS.UpdateStream(ctx, cfg); err != nil {
+		t.Fatal(err)
+	}
+	// A GROUPS that sources eu's GROUPS, or a GROUP_DIR that sources eu's
+	// GROUP_DIR, would pass logs or records round the regions.
+	for _, c := range []struct{ stream, from string }{
+		{contract.GroupsStream, contract.GroupsStream},
+		{"KV_" + contract.GroupDirKV, "KV_" + contract.GroupDirKV},
+	} {
+		s, err := us.JS.Stream(ctx, c.stream)
+		if err != nil {
+			t.Fatal(err)
+		}
+		good := s.CachedInfo().Config
+		bad := good
+		bad.Sources = append(slices.Clone(good.Sources), &jetstream.StreamSource{Name: c.from, External: &jetstream.ExternalStream{APIPrefix: "$JS.eu.API"}})
+		if _, err := us.JS.UpdateStream(ctx, bad); err != nil {
+			t.Fatal(err)
+		}
+		err = streams.Apply(ctx, us.JS, streams.Options{Region: rs.Layout(us)})
+		if !errors.Is(err, streams.ErrRegions) || !strings.Contains(err.Error(), "may source only") {
+			t.Fatalf("%s sourcing eu's %s: %v", c.stream, c.from, err)
+		}
+		if _, err := us.JS.UpdateStream(ctx, good); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// Put right, the layout applies again.
+	if err := streams.Apply(ctx, us.JS, streams.Options{Region: rs.Layout(us)}); err != nil {
+		t.Fatalf("the layout put right: %v", err)
 	}
 }

@@ -162,11 +162,13 @@ func (s *session) sendGroup(f *protocol.Frame, ts int64) {
 
 // checkGroupSend tells whether this user may send to group gid now: a
 // fresh read of its record (no cache: a member removed a moment ago is
-// refused). It returns the error to answer the send with, if any.
-func (s *session) checkGroupSend(gid string) (protocol.ErrorCode, string) {
+// refused). It returns the error to answer the send with, if any. A
+// group homed in another region is sent to through OUTBOX (m is pointed
+// there, regions.go).
+func (s *session) checkGroupSend(gid string, m *nats.Msg) (protocol.ErrorCode, string) {
 	ctx, cancel := context.WithTimeout(context.Background(), s.srv.cfg.FunctionTimeout)
 	defer cancel()
-	g, err := s.srv.groupInfo.load(ctx, gid)
+	g, err := s.srv.loadGroup(ctx, gid)
 	if err != nil {
 		if !errors.Is(err, contract.ErrUnknownGroup) {
 			s.log.Warn("cannot read a group's record", "group", gid, "err", err)
@@ -177,7 +179,17 @@ func (s *session) checkGroupSend(gid string) (protocol.ErrorCode, string) {
 	if !g.IsMember(s.id.User) {
 		return protocol.ErrNotMember, "you are not a member of this group"
 	}
-	return "", ""
+	return s.srv.regions.addressGroup(m, &g)
+}
+
+// loadGroup reads group gid's record: from GROUP_INFO, or, for a group
+// homed in another region, from GROUP_DIR.
+func (srv *Server) loadGroup(ctx context.Context, gid string) (contract.GroupRecord, error) {
+	g, err := srv.groupInfo.load(ctx, gid)
+	if errors.Is(err, contract.ErrUnknownGroup) && srv.regions != nil {
+		return srv.regions.group(ctx, gid)
+	}
+	return g, err
 }
 
 // typingGroup relays a typing frame in group gid to the online devices of
@@ -245,7 +257,7 @@ func (c *groupCache) get(srv *Server, gid string) (contract.GroupRecord, error) 
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), srv.cfg.FunctionTimeout)
 	defer cancel()
-	g, err := srv.groupInfo.load(ctx, gid)
+	g, err := srv.loadGroup(ctx, gid)
 	if err != nil {
 		return g, err
 	}

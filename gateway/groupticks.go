@@ -78,8 +78,19 @@ func (f *feed) groupPositions(through uint64) []contract.GroupPositionRequest {
 // function does not answer.
 func (t *ticker) groupTicks(reqs []contract.GroupPositionRequest) error {
 	for _, req := range reqs {
+		home, err := t.s.groupHomeElsewhere(req.Group)
+		if err != nil {
+			return err
+		}
+		if home != "" {
+			if err := t.s.sendPosition(home, req); err != nil {
+				return err
+			}
+			t.s.srv.metrics.ticks.Inc()
+			continue
+		}
 		ctx, cancel := context.WithTimeout(context.Background(), t.s.srv.cfg.FunctionTimeout)
-		err := contract.Call(ctx, t.s.srv.nc, contract.GroupPositionSubject, req, nil)
+		err = contract.Call(ctx, t.s.srv.nc, contract.GroupPositionSubject, req, nil)
 		cancel()
 		if errors.Is(err, contract.ErrUnavailable) {
 			err = t.queueGroup(req)
@@ -93,18 +104,52 @@ func (t *ticker) groupTicks(reqs []contract.GroupPositionRequest) error {
 }
 
 func (t *ticker) queueGroup(req contract.GroupPositionRequest) error {
-	ctx, cancel := context.WithTimeout(context.Background(), t.s.srv.cfg.FunctionTimeout)
-	defer cancel()
-	b, _ := json.Marshal(req)
-	m := &nats.Msg{Subject: contract.TicksSubject(req.Member), Data: b, Header: nats.Header{
-		contract.HdrMsgID: {contract.QueuedGroupTickDedupID(req.Member, req.Device, req.Group, req.Status, req.Seq)},
-		contract.HdrKind:  {contract.KindGroupPosition},
-	}}
-	if _, err := t.s.srv.js.PublishMsg(ctx, m); err != nil {
+	if err := t.s.storePosition(contract.TicksSubject(req.Member), req); err != nil {
 		return err
 	}
 	t.s.srv.metrics.ticksQueued.Inc()
 	return nil
+}
+
+// storePosition stores req on subject, for the receipts function to
+// apply from TICKS: here, or in the group's home region once its TICKS
+// has sourced it from this region's OUTBOX. Its dedup id keeps a repeat
+// single on either path.
+func (s *session) storePosition(subject string, req contract.GroupPositionRequest) error {
+	ctx, cancel := context.WithTimeout(context.Background(), s.srv.cfg.FunctionTimeout)
+	defer cancel()
+	b, _ := json.Marshal(req)
+	m := &nats.Msg{Subject: subject, Data: b, Header: nats.Header{
+		contract.HdrMsgID: {contract.QueuedGroupTickDedupID(req.Member, req.Device, req.Group, req.Status, req.Seq)},
+		contract.HdrKind:  {contract.KindGroupPosition},
+	}}
+	_, err := s.srv.js.PublishMsg(ctx, m)
+	return err
+}
+
+// sendPosition stores req for a group homed in region home: through this
+// region's OUTBOX into the home's TICKS, so it is taken here at once,
+// and applied there when the link lets it through.
+func (s *session) sendPosition(home string, req contract.GroupPositionRequest) error {
+	req.Region = s.srv.regions.self // where the member's read_sync goes
+	return s.storePosition(contract.OutboxTicksSubject(home, req.Member), req)
+}
+
+// groupHomeElsewhere is group gid's home region when that is another
+// region, else "" (a group not found is asked about here, as in one
+// region).
+func (s *session) groupHomeElsewhere(gid string) (string, error) {
+	if s.srv.regions == nil {
+		return "", nil
+	}
+	g, err := s.srv.groups.get(s.srv, gid)
+	switch {
+	case errors.Is(err, contract.ErrUnknownGroup):
+		return "", nil
+	case err != nil:
+		return "", err
+	}
+	return s.srv.regions.elsewhere(&g), nil
 }
 
 // readGroup takes a read of the group copy rm, stored at seq in this
@@ -116,7 +161,13 @@ func (s *session) readGroup(ctx context.Context, seq uint64, h nats.Header) {
 		return
 	}
 	req := contract.GroupPositionRequest{Group: gid, Member: s.id.User, Device: s.id.Device, Status: protocol.StatusRead, Seq: at, InboxSeq: seq}
-	if err := contract.Call(ctx, s.srv.nc, contract.GroupPositionSubject, req, nil); err != nil {
+	home, err := s.groupHomeElsewhere(gid)
+	if err == nil && home != "" {
+		err = s.sendPosition(home, req)
+	} else if err == nil {
+		err = contract.Call(ctx, s.srv.nc, contract.GroupPositionSubject, req, nil)
+	}
+	if err != nil {
 		s.sendError(protocol.ErrUnavailable, "read receipt not taken; resend", "", seq, 0)
 	}
 }

@@ -65,6 +65,9 @@ func (f *feed) ownMsgFrame(seq uint64, ts int64, id, from, dev string, h nats.He
 func (f *feed) groupMsgFrame(seq uint64, ts int64, id, from, dev, group string, h nats.Header, data []byte) []byte {
 	media := []byte(h.Get(contract.HdrMedia))
 	if at := groupSeq(h); from == f.s.id.User && at != 0 {
+		if sent, _ := strconv.ParseUint(h.Get(contract.HdrSentSeq), 10, 64); sent != 0 {
+			at = sent // sent from another region than the group's: its OUTBOX seq (regions.go)
+		}
 		return protocol.AppendOwnGroupMsg(nil, id, from, dev, group, seq, at, ts, data, media)
 	}
 	return protocol.AppendGroupMsg(nil, id, from, dev, group, seq, ts, data, media)

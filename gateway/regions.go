@@ -90,10 +90,12 @@ type regions struct {
 	pinned bool // RegionsConfig.Pinned
 	urls   map[string]string
 	kv     jetstream.KeyValue // HOMES
+	js     jetstream.JetStream
 	wait   func() (context.Context, context.CancelFunc)
 
-	mu    sync.Mutex        // guards homes
-	homes map[string]string // user -> home region, as read from HOMES
+	mu    sync.Mutex         // guards homes and dir
+	homes map[string]string  // user -> home region, as read from HOMES
+	dir   jetstream.KeyValue // GROUP_DIR, once opened
 }
 
 // errNoHome is a user with no home region, or one the deployment does
@@ -113,6 +115,7 @@ func newRegions(ctx context.Context, cfg Config, js jetstream.JetStream) (*regio
 		pinned: cfg.Regions.Pinned,
 		urls:   cfg.Regions.URLs,
 		kv:     kv,
+		js:     js,
 		homes:  map[string]string{},
 		wait: func() (context.Context, context.CancelFunc) {
 			return context.WithTimeout(context.Background(), cfg.FunctionTimeout)
@@ -219,6 +222,58 @@ func (r *regions) address(m *nats.Msg, to string, media bool) (protocol.ErrorCod
 	return "", ""
 }
 
+// Groups across regions (contract/regions.go): a group lives in its home
+// region, the one it was created in (GroupRecord.Region). A member homed
+// elsewhere sends to it through this region's OUTBOX, and their
+// positions in it go the same way to the home's TICKS; its record is read
+// from GROUP_DIR, which sources every other region's GROUP_INFO.
+
+// group reads group gid's record from GROUP_DIR (opened on first use).
+func (r *regions) group(ctx context.Context, gid string) (contract.GroupRecord, error) {
+	r.mu.Lock()
+	dir := r.dir
+	r.mu.Unlock()
+	if dir == nil {
+		var err error
+		if dir, err = r.js.KeyValue(ctx, contract.GroupDirKV); err != nil {
+			return contract.GroupRecord{}, fmt.Errorf("%w: bucket %s: %w", contract.ErrUnavailable, contract.GroupDirKV, err)
+		}
+		r.mu.Lock()
+		r.dir = dir
+		r.mu.Unlock()
+	}
+	g, _, err := contract.LoadGroup(ctx, dir, gid)
+	return g, err
+}
+
+// elsewhere is g's home region when that is not this one, else "".
+func (r *regions) elsewhere(g *contract.GroupRecord) string {
+	if r == nil || g.Region == "" || g.Region == r.self {
+		return ""
+	}
+	return g.Region
+}
+
+// addressGroup points a send to group g at OUTBOX when g is homed in
+// another region, stamping this region as its origin. It drops the
+// message's TTL there: OUTBOX keeps everything until taken (a TTL would
+// lose messages in a long outage), so such a message stays in its
+// group's log until deleted by hand. A pinned region refuses it: the
+// message would be stored for good in the group's home.
+func (r *regions) addressGroup(m *nats.Msg, g *contract.GroupRecord) (protocol.ErrorCode, string) {
+	h := r.elsewhere(g)
+	switch {
+	case h == "":
+		return "", ""
+	case r.pinned:
+		return protocol.ErrBadField, "group: region " + r.self + " keeps its users' messages in it, and this group is homed in region " + h
+	}
+	m.Subject = contract.OutboxGroupSubject(h, g.ID)
+	m.Header.Set(contract.HdrOriginRegion, r.self)
+	m.Header.Del(contract.HdrTTL)
+	return "", ""
+}
+
 // origin is where a message in this region's INBOX came from: the region
 // it was stored in first and its sequence in that region's OUTBOX; "" and
 // 0 for a message stored here.
@@ -294,6 +349,34 @@ func (s *Server) Links(ctx context.Context) ([]Link, error) {
 	if err != nil {
 		return nil, err
 	}
+	return linksOf(info), nil
+}
+
+// sourcingStreams are a region's streams that source other regions
+// besides INBOX, each through a consumer of its own over the same leaf
+// links: group sends, group positions, other regions' group records.
+var sourcingStreams = []string{contract.GroupsStream, contract.TicksStream, "KV_" + contract.GroupDirKV}
+
+// SourceLinks reads the link from every other region as each of
+// sourcingStreams sees it, by stream: a source can be broken on its own
+// (its consumer deleted, say) while INBOX's works.
+func (s *Server) SourceLinks(ctx context.Context) (map[string][]Link, error) {
+	if s.regions == nil {
+		return nil, nil
+	}
+	out := map[string][]Link{}
+	for _, name := range sourcingStreams {
+		st, err := s.js.Stream(ctx, name)
+		if err != nil {
+			return nil, err
+		}
+		out[name] = linksOf(st.CachedInfo())
+	}
+	return out, nil
+}
+
+// linksOf is the link from every other region a stream's sources report.
+func linksOf(info *jetstream.StreamInfo) []Link {
 	var links []Link
 	for _, si := range info.Sources {
 		if si.External == nil {
@@ -315,7 +398,7 @@ func (s *Server) Links(ctx context.Context) ([]Link, error) {
 			links = append(links, Link{From: from, Active: -1, Error: "not reported by the server"})
 		}
 	}
-	return links, nil
+	return links
 }
 
 // domainOf is the JetStream domain an API prefix $JS.<domain>.API names.
@@ -339,6 +422,7 @@ func (s *Server) outboxWaiting(ctx context.Context) (uint64, error) {
 type linkCollector struct {
 	s                           *Server
 	up, active, lag, outbox, ok *prometheus.Desc
+	srcUp, srcLag               *prometheus.Desc // sourcingStreams'
 }
 
 func newLinkCollector(s *Server) *linkCollector {
@@ -352,7 +436,11 @@ func newLinkCollector(s *Server) *linkCollector {
 			"OUTBOX for this region (as old as last_active).", []string{"from"}, nil),
 		outbox: prometheus.NewDesc(ns+"_outbox_messages", "Messages and ticks in this region's OUTBOX, stored here "+
 			"and not yet taken by the regions they are for.", nil, nil),
-		ok: prometheus.NewDesc(ns+"_links_read", "1 if the links could be read from INBOX and OUTBOX at this scrape, else 0.", nil, nil),
+		ok: prometheus.NewDesc(ns+"_links_read", "1 if the links could be read from INBOX, OUTBOX and the other sourcing streams at this scrape, else 0.", nil, nil),
+		srcUp: prometheus.NewDesc(ns+"_source_up", "1 if this region's stream (GROUPS, TICKS, KV_GROUP_DIR) heard from the region "+
+			"within "+LinkStale.String()+" and its source reports no error, else 0: alert on 0.", []string{"from", "stream"}, nil),
+		srcLag: prometheus.NewDesc(ns+"_source_lag_messages", "Messages the stream's source last knew to be waiting in the region "+
+			"for this one.", []string{"from", "stream"}, nil),
 	}
 }
 
@@ -362,6 +450,8 @@ func (c *linkCollector) Describe(ch chan<- *prometheus.Desc) {
 	ch <- c.lag
 	ch <- c.outbox
 	ch <- c.ok
+	ch <- c.srcUp
+	ch <- c.srcLag
 }
 
 func (c *linkCollector) Collect(ch chan<- prometheus.Metric) {
@@ -369,9 +459,20 @@ func (c *linkCollector) Collect(ch chan<- prometheus.Metric) {
 	defer cancel()
 	links, err := c.s.Links(ctx)
 	waiting, oerr := c.s.outboxWaiting(ctx)
+	sources, serr := c.s.SourceLinks(ctx)
 	ok := 1.0
-	if err != nil || oerr != nil {
+	if err != nil || oerr != nil || serr != nil {
 		ok = 0
+	}
+	for stream, ls := range sources {
+		for _, l := range ls {
+			up := 0.0
+			if l.Up() {
+				up = 1
+			}
+			ch <- prometheus.MustNewConstMetric(c.srcUp, prometheus.GaugeValue, up, l.From, stream)
+			ch <- prometheus.MustNewConstMetric(c.srcLag, prometheus.GaugeValue, float64(l.Lag), l.From, stream)
+		}
 	}
 	ch <- prometheus.MustNewConstMetric(c.ok, prometheus.GaugeValue, ok)
 	if oerr == nil {

@@ -25,7 +25,13 @@ import (
 // functions and a gateway, alice homed in us and bob in eu.
 func startRegions(t *testing.T) (*tk.Regions, *tk.Region, *tk.Region) {
 	t.Helper()
-	rs := tk.StartRegions(t, "us", "eu")
+	return startRegionsWith(t, tk.RegionsOptions{})
+}
+
+// startRegionsWith is startRegions with o.
+func startRegionsWith(t *testing.T, o tk.RegionsOptions) (*tk.Regions, *tk.Region, *tk.Region) {
+	t.Helper()
+	rs := tk.StartRegionsWith(t, o, "us", "eu")
 	rs.Apply(t, streams.Options{})
 	rs.SetHome(t, "alice", "us")
 	rs.SetHome(t, "bob", "eu")
@@ -289,11 +295,23 @@ func TestRegionsLinksShowInMetrics(t *testing.T) {
 	up := func(g *tk.Gateway, from string) float64 {
 		return metricValue(t, g, `switchboard_region_link_up{from="`+from+`"}`)
 	}
+	// The other streams that source across the link, each on its own.
+	sourcesUp := func(g *tk.Gateway, from string, want float64) error {
+		for _, stream := range []string{"GROUPS", "TICKS", "KV_GROUP_DIR"} {
+			if v := metricValue(t, g, `switchboard_region_source_up{from="`+from+`",stream="`+stream+`"}`); v != want {
+				return tk.Errorf("%s's source from %s: up %v, want %v", stream, from, v, want)
+			}
+		}
+		return nil
+	}
 	tk.WaitFor(t, 15*time.Second, func() error {
 		if up(eu.Gateway, "us") != 1 || up(us.Gateway, "eu") != 1 {
 			return tk.Errorf("links not up yet")
 		}
-		return nil
+		if err := sourcesUp(eu.Gateway, "us", 1); err != nil {
+			return err
+		}
+		return sourcesUp(us.Gateway, "eu", 1)
 	})
 	time.Sleep(3 * time.Second) // idle: no message crosses
 	links, err := eu.Gateway.Server.Links(ctx)
@@ -310,7 +328,10 @@ func TestRegionsLinksShowInMetrics(t *testing.T) {
 		if up(eu.Gateway, "us") != 0 || up(us.Gateway, "eu") != 0 {
 			return tk.Errorf("links still up after the cut")
 		}
-		return nil
+		if err := sourcesUp(eu.Gateway, "us", 0); err != nil {
+			return err
+		}
+		return sourcesUp(us.Gateway, "eu", 0)
 	})
 	if v := metricValue(t, eu.Gateway, `switchboard_region_link_last_active_seconds{from="us"}`); v < gateway.LinkStale.Seconds() {
 		t.Errorf("eu last heard from us %v s ago, with the link down", v)
@@ -330,7 +351,10 @@ func TestRegionsLinksShowInMetrics(t *testing.T) {
 		case metricValue(t, us.Gateway, `switchboard_region_outbox_messages`) != 0:
 			return tk.Errorf("us's OUTBOX not empty")
 		}
-		return nil
+		if err := sourcesUp(eu.Gateway, "us", 1); err != nil {
+			return err
+		}
+		return sourcesUp(us.Gateway, "eu", 1)
 	})
 	bob := tk.Dial(t, eu.Gateway.URL, "bob", "phone")
 	tk.NextMsgIs(t, bob, "alice", "while-cut", 15*time.Second)
@@ -442,10 +466,10 @@ func TestRegionsHubRestartDuringTraffic(t *testing.T) {
 	})
 }
 
-// eu's server stops and starts again on its store while users in us and
-// eu chat: bob's sends wait for it (his gateway publishes them again
-// under the same ids), alice's wait in us, and afterwards everything is
-// delivered once, in order, and ticked once.
+// eu's server shuts down cleanly and starts again on its store while
+// users in us and eu chat: bob's sends wait for it (his gateway
+// publishes them again under the same ids), alice's wait in us, and
+// afterwards everything is delivered once, in order, and ticked once.
 func TestRegionsRegionRestartDuringTraffic(t *testing.T) {
 	_, us, eu := startRegions(t)
 	alice := tk.Dial(t, us.Gateway.URL, "alice", "phone")
@@ -453,6 +477,27 @@ func TestRegionsRegionRestartDuringTraffic(t *testing.T) {
 	trafficThrough(t, alice, bob, func() {
 		time.Sleep(500 * time.Millisecond)
 		eu.Restart(t)
+		eu.WaitSourcing(t, 30*time.Second)
+		time.Sleep(500 * time.Millisecond)
+	})
+}
+
+// eu's nats-server, a process running deploy/regions/eu.conf, is killed
+// (SIGKILL: no shutdown, nothing flushed or written on the way out) while
+// users in us and eu chat, and started again on its store. Every send
+// answered "sent" before the kill is in the store it recovers (a PubAck
+// comes once the message is written), bob's sends in flight are
+// published again under the same ids and stored once (the duplicate
+// window is rebuilt from the store), alice's wait in us; afterwards
+// everything is delivered once, in order, and ticked once.
+func TestRegionsRegionCrashDuringTraffic(t *testing.T) {
+	_, us, eu := startRegionsWith(t, tk.RegionsOptions{Processes: []string{"eu"}})
+	t.Cleanup(func() { regionsState(t, us, eu) })
+	alice := tk.Dial(t, us.Gateway.URL, "alice", "phone")
+	bob := tk.Dial(t, eu.Gateway.URL, "bob", "phone")
+	trafficThrough(t, alice, bob, func() {
+		time.Sleep(500 * time.Millisecond)
+		eu.Crash(t)
 		eu.WaitSourcing(t, 30*time.Second)
 		time.Sleep(500 * time.Millisecond)
 	})

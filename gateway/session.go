@@ -515,9 +515,9 @@ func (s *session) publish(m *nats.Msg, n, a uint64) error {
 
 func (s *session) grant(it *pubItem) {
 	if it.media == nil {
-		gid := it.group
+		gid, m := it.group, it.msg
 		go func() {
-			code, message := s.checkGroupSend(gid)
+			code, message := s.checkGroupSend(gid, m)
 			s.pubs.granted(it, nil, code, message)
 		}()
 		return

@@ -34,6 +34,14 @@ import (
 //     stays single across the hop too.
 //   - HOMES: the directory of home regions, a bucket in the directory
 //     region and a mirror of it in every other region, read locally.
+//   - Groups across regions (contract/regions.go): GROUPS sources every
+//     other region's OUTBOX out.<this region>.g.<partition>.<group> (a
+//     member's send to a group homed here) as
+//     group.<partition>.<group>.m, and TICKS its out.<this region>.t.<member>
+//     (a member's position in a group homed here) as ticks.<member>, each
+//     through a durable consumer of its own on that OUTBOX, like INBOX;
+//     GROUP_DIR sources every other region's GROUP_INFO, through a durable
+//     consumer there too, so every group's record is read locally.
 //
 // This is applied in code, over the single-region files, for a region
 // deployment only: INBOX.json itself is unchanged.
@@ -90,23 +98,77 @@ func validRegion(n string) bool {
 	return true
 }
 
-// applyRegionInbox adds the sources of opts.Region to INBOX's config.
-func applyRegionInbox(cfg *jetstream.StreamConfig, r *Region) {
+// carrier is one kind of what crosses from a region's OUTBOX into a
+// stream of the region it is for, through a durable consumer of its own
+// on that OUTBOX (so each resumes where it stood after a cut).
+type carrier struct {
+	stream string // the receiving region's stream that sources it
+	suffix string // of the consumer's name and deliver subject
+	// filter is the OUTBOX subjects for region to; dest, what the
+	// receiving stream stores them as.
+	filter func(to string) string
+	dest   string
+}
+
+// carriers: 1:1 messages and ticks into INBOX, group sends into the
+// group's home GROUPS, group positions into its TICKS. Their OUTBOX
+// subjects have different numbers of tokens, so the work queue's
+// consumers never overlap.
+var carriers = []carrier{
+	{contract.Inbox, "", func(to string) string { return contract.OutboxSubject(to, "*") }, contract.InboxPrefix + "{{wildcard(1)}}"},
+	{contract.GroupsStream, "groups", func(to string) string { return contract.OutboxPrefix + to + ".g.*.*" }, contract.GroupsPrefix + "{{wildcard(1)}}.{{wildcard(2)}}.m"},
+	{contract.TicksStream, "ticks", func(to string) string { return contract.OutboxTicksSubject(to, "*") }, contract.TicksPrefix + "{{wildcard(1)}}"},
+}
+
+func (c carrier) consumer(to string) string {
+	if c.suffix == "" {
+		return contract.CrossRegionConsumer(to)
+	}
+	return contract.CrossRegionConsumer(to) + "-" + c.suffix
+}
+
+func (c carrier) deliver(from, to string) string {
+	if c.suffix == "" {
+		return contract.CrossRegionDeliver(from, to)
+	}
+	return contract.CrossRegionDeliver(from, to) + "." + c.suffix
+}
+
+// carrierOf is the carrier into stream, if one sources into it.
+func carrierOf(stream string) (carrier, bool) {
+	for _, c := range carriers {
+		if c.stream == stream {
+			return c, true
+		}
+	}
+	return carrier{}, false
+}
+
+// applyRegionSources adds to cfg, the config of a stream some carrier
+// sources into, its source of every peer's OUTBOX.
+func applyRegionSources(cfg *jetstream.StreamConfig, r *Region) {
+	c, ok := carrierOf(cfg.Name)
+	if !ok {
+		return
+	}
 	for _, p := range r.Peers {
 		cfg.Sources = append(cfg.Sources, &jetstream.StreamSource{
 			Name:     contract.Outbox,
 			External: &jetstream.ExternalStream{APIPrefix: apiPrefix(p)},
 			SubjectTransforms: []jetstream.SubjectTransformConfig{{
-				Source:      contract.OutboxSubject(r.Name, "*"),
-				Destination: contract.InboxPrefix + "{{wildcard(1)}}",
+				Source:      c.filter(r.Name),
+				Destination: c.dest,
 			}},
 			Consumer: &jetstream.StreamConsumerSource{
-				Name:           contract.CrossRegionConsumer(r.Name),
-				DeliverSubject: contract.CrossRegionDeliver(p, r.Name),
+				Name:           c.consumer(r.Name),
+				DeliverSubject: c.deliver(p, r.Name),
 			},
 		})
 	}
 }
+
+// applyRegionInbox adds the sources of opts.Region to INBOX's config.
+func applyRegionInbox(cfg *jetstream.StreamConfig, r *Region) { applyRegionSources(cfg, r) }
 
 func apiPrefix(domain string) string { return "$JS." + domain + ".API" }
 
@@ -119,7 +181,9 @@ func OutboxConfig(opts Options, r *Region) (jetstream.StreamConfig, error) {
 	}
 	cfg.Subjects = nil
 	for _, p := range r.Peers {
-		cfg.Subjects = append(cfg.Subjects, contract.OutboxSubject(p, "*"))
+		for _, c := range carriers {
+			cfg.Subjects = append(cfg.Subjects, c.filter(p))
+		}
 	}
 	if opts.DuplicateWindow > 0 {
 		cfg.Duplicates = opts.DuplicateWindow
@@ -133,14 +197,71 @@ func OutboxConfig(opts Options, r *Region) (jetstream.StreamConfig, error) {
 // CrossRegionConsumerConfig is the durable consumer on region from's
 // OUTBOX that region to's INBOX sources through.
 func CrossRegionConsumerConfig(from, to string) (jetstream.ConsumerConfig, error) {
+	return carriers[0].consumerConfig(from, to)
+}
+
+// consumerConfig is the durable consumer on region from's OUTBOX that
+// carries c's messages for region to.
+func (c carrier) consumerConfig(from, to string) (jetstream.ConsumerConfig, error) {
 	var cfg jetstream.ConsumerConfig
 	if err := load("consumers/to-region.json", &cfg); err != nil {
 		return cfg, err
 	}
-	cfg.Durable = contract.CrossRegionConsumer(to)
+	cfg.Durable = c.consumer(to)
 	cfg.Description = strings.ReplaceAll(cfg.Description, "REGION", to)
-	cfg.DeliverSubject = contract.CrossRegionDeliver(from, to)
-	cfg.FilterSubject = contract.OutboxSubject(to, "*")
+	if c.stream != contract.Inbox {
+		cfg.Description = "Switchboard regions: carries OUTBOX's " + c.filter(to) + " to region " + to + "'s " + c.stream +
+			", which sources through it; a message is deleted once that stream has it"
+	}
+	cfg.DeliverSubject = c.deliver(from, to)
+	cfg.FilterSubject = c.filter(to)
+	return cfg, nil
+}
+
+// GroupDirConfig is GROUP_DIR in region r: a source of every peer's
+// GROUP_INFO. Only the group's home writes its record, so the sources
+// never disagree, and GROUP_INFO sources nothing, so nothing loops.
+func GroupDirConfig(replicas int, r *Region) (jetstream.KeyValueConfig, error) {
+	cfg, err := kvConfig("kv/GROUP_DIR.json", replicas)
+	if err != nil {
+		return cfg, err
+	}
+	for _, p := range r.Peers {
+		cfg.Sources = append(cfg.Sources, &jetstream.StreamSource{
+			Name:     "KV_" + contract.GroupInfoKV,
+			External: &jetstream.ExternalStream{APIPrefix: apiPrefix(p)},
+			SubjectTransforms: []jetstream.SubjectTransformConfig{{
+				Source:      contract.KVSubject(contract.GroupInfoKV, ">"),
+				Destination: contract.KVSubject(contract.GroupDirKV, ">"),
+			}},
+			Consumer: &jetstream.StreamConsumerSource{
+				Name:           groupDirConsumer(r.Name),
+				DeliverSubject: groupDirDeliver(p, r.Name),
+			},
+		})
+	}
+	return cfg, nil
+}
+
+// groupDirConsumer names the durable consumer on a region's GROUP_INFO
+// through which region to's GROUP_DIR sources it: like OUTBOX's, so that
+// after a cut the records resume in seconds, not after the back-off of
+// an ephemeral source.
+func groupDirConsumer(to string) string { return contract.CrossRegionConsumer(to) + "-dir" }
+
+func groupDirDeliver(from, to string) string { return contract.CrossRegionDeliver(from, to) + ".dir" }
+
+// GroupDirConsumerConfig is the durable consumer on region from's
+// GROUP_INFO that region to's GROUP_DIR sources through.
+func GroupDirConsumerConfig(from, to string) (jetstream.ConsumerConfig, error) {
+	var cfg jetstream.ConsumerConfig
+	if err := load("consumers/to-region.json", &cfg); err != nil {
+		return cfg, err
+	}
+	cfg.Durable = groupDirConsumer(to)
+	cfg.Description = "Switchboard regions: carries GROUP_INFO's records to region " + to + "'s GROUP_DIR, which sources through it"
+	cfg.DeliverSubject = groupDirDeliver(from, to)
+	cfg.FilterSubject = contract.KVSubject(contract.GroupInfoKV, ">")
 	return cfg, nil
 }
 
@@ -173,23 +294,44 @@ func applyRegion(ctx context.Context, js jetstream.JetStream, opts Options) erro
 		return fmt.Errorf("streams: apply %s: %w", cfg.Name, err)
 	}
 	for _, p := range r.Peers {
-		c, err := CrossRegionConsumerConfig(r.Name, p)
+		for _, car := range carriers {
+			c, err := car.consumerConfig(r.Name, p)
+			if err != nil {
+				return err
+			}
+			// A work queue's consumers have the stream's replica count.
+			c.Replicas = outbox.CachedInfo().Config.Replicas
+			if _, err := outbox.CreateOrUpdatePushConsumer(ctx, c); err != nil {
+				return fmt.Errorf("streams: apply consumer %s on %s: %w", c.Durable, cfg.Name, err)
+			}
+		}
+	}
+	info, err := js.Stream(ctx, "KV_"+contract.GroupInfoKV)
+	if err != nil {
+		return fmt.Errorf("streams: %s: %w", contract.GroupInfoKV, err)
+	}
+	for _, p := range r.Peers {
+		c, err := GroupDirConsumerConfig(r.Name, p)
 		if err != nil {
 			return err
 		}
-		// A work queue's consumers have the stream's replica count.
-		c.Replicas = outbox.CachedInfo().Config.Replicas
-		if _, err := outbox.CreateOrUpdatePushConsumer(ctx, c); err != nil {
-			return fmt.Errorf("streams: apply consumer %s on %s: %w", c.Durable, cfg.Name, err)
+		if _, err := info.CreateOrUpdatePushConsumer(ctx, c); err != nil {
+			return fmt.Errorf("streams: apply consumer %s on %s: %w", c.Durable, contract.GroupInfoKV, err)
 		}
 	}
-	kv, err := HomesConfig(opts.Replicas, r)
+	homes, err := HomesConfig(opts.Replicas, r)
 	if err != nil {
 		return err
 	}
-	keepReplicas(ctx, js, "KV_"+kv.Bucket, opts.Replicas, &kv.Replicas)
-	if _, err := js.CreateOrUpdateKeyValue(ctx, kv); err != nil {
-		return fmt.Errorf("streams: apply KV %s: %w", kv.Bucket, err)
+	dir, err := GroupDirConfig(opts.Replicas, r)
+	if err != nil {
+		return err
+	}
+	for _, kv := range []jetstream.KeyValueConfig{homes, dir} {
+		keepReplicas(ctx, js, "KV_"+kv.Bucket, opts.Replicas, &kv.Replicas)
+		if _, err := js.CreateOrUpdateKeyValue(ctx, kv); err != nil {
+			return fmt.Errorf("streams: apply KV %s: %w", kv.Bucket, err)
+		}
 	}
 	return nil
 }
@@ -225,20 +367,35 @@ func CheckRegion(ctx context.Context, js jetstream.JetStream, r *Region) error {
 	} else if !errors.Is(err, jetstream.ErrStreamNotFound) {
 		return fmt.Errorf("streams: %s: %w", contract.Outbox, err)
 	}
-	if s, err := js.Stream(ctx, contract.Inbox); err == nil {
+	// What sources: the carriers' streams, only other regions' OUTBOX;
+	// GROUP_DIR, only other regions' GROUP_INFO (never a GROUP_DIR, which
+	// would pass records on round the regions).
+	only := map[string]string{"KV_" + contract.GroupDirKV: "KV_" + contract.GroupInfoKV}
+	for _, c := range carriers {
+		only[c.stream] = contract.Outbox
+	}
+	for _, name := range []string{contract.Inbox, contract.GroupsStream, contract.TicksStream, "KV_" + contract.GroupDirKV} {
+		s, err := js.Stream(ctx, name)
+		if errors.Is(err, jetstream.ErrStreamNotFound) {
+			continue
+		}
+		if err != nil {
+			return fmt.Errorf("streams: %s: %w", name, err)
+		}
+		if s.CachedInfo().Config.Mirror != nil {
+			return fmt.Errorf("%w: stream %s mirrors another stream; it may source only other regions' %s", ErrRegions, name, only[name])
+		}
 		for _, src := range s.CachedInfo().Config.Sources {
 			var api string
 			if src.External != nil {
 				api = src.External.APIPrefix
 			}
 			domain := strings.TrimSuffix(strings.TrimPrefix(api, "$JS."), ".API")
-			if src.Name != contract.Outbox || api == "" || domain == r.Name {
-				return fmt.Errorf("%w: stream %s sources %s from %q: an INBOX may source only other regions' %s",
-					ErrRegions, contract.Inbox, src.Name, api, contract.Outbox)
+			if src.Name != only[name] || api == "" || domain == r.Name {
+				return fmt.Errorf("%w: stream %s sources %s from %q: it may source only other regions' %s",
+					ErrRegions, name, src.Name, api, only[name])
 			}
 		}
-	} else if !errors.Is(err, jetstream.ErrStreamNotFound) {
-		return fmt.Errorf("streams: %s: %w", contract.Inbox, err)
 	}
 	return nil
 }

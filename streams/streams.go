@@ -138,6 +138,9 @@ func Apply(ctx context.Context, js jetstream.JetStream, opts Options) error {
 		} else if err = load(file, &cfg); err == nil && opts.Replicas > 0 {
 			cfg.Replicas = opts.Replicas
 		}
+		if err == nil && opts.Region != nil && file != "INBOX.json" {
+			applyRegionSources(&cfg, opts.Region) // regions.go: GROUPS and TICKS
+		}
 		if err != nil {
 			return err
 		}

@@ -168,9 +168,10 @@ func (p *partition) apply(m jetstream.Msg, seq uint64) error {
 		src := m.Headers()
 		// The sender's own copy, for their other devices (the gateway
 		// skips it on the device that sent it): only for a sender who
-		// has another.
+		// has another. A sender homed in another region has their devices
+		// there: they get it whatever.
 		ctx, cancel := context.WithTimeout(s.ctx, s.cfg.Timeout)
-		other, err := contract.OtherDevice(ctx, s.devices, time.Time{}, from, src.Get(contract.HdrDevice), 0)
+		other, err := s.otherDevice(ctx, from, src.Get(contract.HdrDevice))
 		cancel()
 		if err != nil {
 			return err
@@ -178,8 +179,15 @@ func (p *partition) apply(m jetstream.Msg, seq uint64) error {
 		if other {
 			to = append(to, from)
 		}
+		// A sender homed in another region knows the message by its
+		// sequence in their region's OUTBOX ("sent"), and so must their
+		// other devices, whose ticks name it by that.
+		sentAt := ""
+		if contract.IsOutboxSeq(contract.OriginSeq(src.Get(contract.HdrStreamSource))) && src.Get(contract.HdrOriginRegion) != "" {
+			sentAt = strconv.FormatUint(contract.OriginSeq(src.Get(contract.HdrStreamSource)), 10)
+		}
 		h := func(member string) nats.Header {
-			return nats.Header{
+			hdr := nats.Header{
 				contract.HdrMsgID:    {contract.GroupCopyDedupID(gid, seq, member)},
 				contract.HdrKind:     {contract.KindMsg},
 				contract.HdrFrom:     {from},
@@ -189,6 +197,10 @@ func (p *partition) apply(m jetstream.Msg, seq uint64) error {
 				contract.HdrGroup:    {gid},
 				contract.HdrGroupSeq: {strconv.FormatUint(seq, 10)},
 			}
+			if member == from && sentAt != "" {
+				hdr.Set(contract.HdrSentSeq, sentAt)
+			}
+			return hdr
 		}
 		return p.fanOut(m, to, m.Data(), h)
 	default:
@@ -286,7 +298,15 @@ func (p *partition) fanOut(m jetstream.Msg, to []string, body []byte, h func(str
 		if ctx.Err() != nil {
 			return ctx.Err()
 		}
-		f, err := s.js.PublishMsgAsync(&nats.Msg{Subject: contract.InboxSubject(u), Header: h(u), Data: body})
+		subj, origin, err := s.regions.inboxOf(ctx, u)
+		if err != nil {
+			return err
+		}
+		hdr := h(u)
+		if origin != "" {
+			hdr.Set(contract.HdrOriginRegion, origin) // through OUTBOX to the member's region
+		}
+		f, err := s.js.PublishMsgAsync(&nats.Msg{Subject: subj, Header: hdr, Data: body})
 		if err != nil {
 			return err
 		}
@@ -300,4 +320,15 @@ func (p *partition) fanOut(m jetstream.Msg, to []string, body []byte, h func(str
 	s.fannedOut.Add(1)
 	s.copies.Add(int64(len(to)))
 	return nil
+}
+
+// otherDevice reports whether sender has a device besides device, as far
+// as this region can tell: one homed elsewhere has theirs in DEVICES
+// there, so is taken to have one.
+func (s *Service) otherDevice(ctx context.Context, sender, device string) (bool, error) {
+	_, origin, err := s.regions.inboxOf(ctx, sender)
+	if err != nil || origin != "" {
+		return origin != "", err
+	}
+	return contract.OtherDevice(ctx, s.devices, time.Time{}, sender, device, 0)
 }

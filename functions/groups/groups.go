@@ -64,6 +64,7 @@ import (
 	"github.com/nats-io/nats.go/micro"
 
 	"github.com/switchboard-im/switchboard/contract"
+	"github.com/switchboard-im/switchboard/protocol"
 	"github.com/switchboard-im/switchboard/streams"
 )
 
@@ -116,6 +117,8 @@ type Service struct {
 	cfg     Config
 	log     *slog.Logger
 
+	regions *regions // a regions deployment's homes and groups (regions.go); nil: one region
+
 	svc   micro.Service
 	locks [lockStripes]sync.Mutex // a group's decisions, one at a time per instance
 	sem   chan struct{}
@@ -154,6 +157,9 @@ func Start(ctx context.Context, nc *nats.Conn, js jetstream.JetStream, cfg Confi
 	if s.devices, err = js.KeyValue(ctx, contract.DevicesKV); err != nil {
 		return nil, fmt.Errorf("groups: %w", err)
 	}
+	if s.regions, err = openRegions(ctx, js, s.log); err != nil {
+		return nil, err
+	}
 	cons := make([]jetstream.Consumer, contract.GroupPartitions)
 	for p := range contract.GroupPartitions {
 		ccfg, err := streams.GroupsConsumerConfig(p)
@@ -186,6 +192,15 @@ func Start(ctx context.Context, nc *nats.Conn, js jetstream.JetStream, cfg Confi
 	for _, op := range contract.GroupOps {
 		if err := s.svc.AddEndpoint(op, s.handler(op), micro.WithEndpointSubject(contract.GroupSubject(op)),
 			micro.WithEndpointMetadata(map[string]string{"request": examples[op]})); err != nil {
+			_ = s.svc.Stop()
+			return nil, fmt.Errorf("groups: %w", err)
+		}
+		if s.regions == nil {
+			continue
+		}
+		// Other regions' groups functions ask here about groups homed here.
+		if err := s.svc.AddEndpoint("forwarded-"+op, s.handlerFrom(op, true),
+			micro.WithEndpointSubject(contract.GroupsForwardSubject(s.regions.self, op))); err != nil {
 			_ = s.svc.Stop()
 			return nil, fmt.Errorf("groups: %w", err)
 		}
@@ -276,7 +291,12 @@ func refuse(code, format string, args ...any) *refusal {
 // at a time. A refusal is a micro error whose data is
 // {"code":...,"message":...} (contract.FnError's Code and Message); a
 // failure of the store is a 503.
-func (s *Service) handler(op string) micro.HandlerFunc {
+func (s *Service) handler(op string) micro.HandlerFunc { return s.handlerFrom(op, false) }
+
+// handlerFrom is handler; forwarded marks requests another region's
+// groups function passed on, which are answered here whatever: never
+// passed on again, so no request goes round the regions.
+func (s *Service) handlerFrom(op string, forwarded bool) micro.HandlerFunc {
 	return func(r micro.Request) {
 		select {
 		case s.sem <- struct{}{}:
@@ -288,32 +308,50 @@ func (s *Service) handler(op string) micro.HandlerFunc {
 			defer func() { <-s.sem; s.wg.Done() }()
 			ctx, cancel := context.WithTimeout(context.Background(), s.cfg.Timeout)
 			defer cancel()
-			var req contract.GroupRequest
-			var g contract.GroupRecord
-			err := json.Unmarshal(r.Data(), &req)
-			if err != nil {
-				err = refuse(contract.GroupErrBadField, "the request is not valid JSON")
-			} else {
-				g, err = s.apply(ctx, op, req)
-			}
 			// Answered straight on the connection: micro's Respond, called
 			// after the handler returned, races with its bookkeeping.
-			reply := &nats.Msg{Subject: r.Reply()}
-			var ref *refusal
-			switch {
-			case err == nil:
-				reply.Data, _ = json.Marshal(contract.GroupReply{Group: g})
-			case errors.As(err, &ref):
-				s.refused.Add(1)
-				reply.Data, _ = json.Marshal(map[string]string{"code": ref.code, "message": ref.message})
-				reply.Header = nats.Header{micro.ErrorCodeHeader: {strconv.Itoa(ref.status)}, micro.ErrorHeader: {ref.message}}
-			default:
-				s.log.Warn("request failed", "op", op, "group", req.Group, "err", err)
-				reply.Header = nats.Header{micro.ErrorCodeHeader: {"503"}, micro.ErrorHeader: {"unavailable: " + err.Error()}}
-			}
+			reply := s.answer(ctx, op, r.Data(), forwarded)
+			reply.Subject = r.Reply()
 			if reply.Subject != "" {
 				_ = s.nc.PublishMsg(reply)
 			}
 		}()
 	}
+}
+
+// answer is the reply to op's request data: decided here, or, for a
+// group homed in another region, by that region's groups function.
+func (s *Service) answer(ctx context.Context, op string, data []byte, forwarded bool) *nats.Msg {
+	var req contract.GroupRequest
+	var g contract.GroupRecord
+	err := json.Unmarshal(data, &req)
+	if err != nil {
+		err = refuse(contract.GroupErrBadField, "the request is not valid JSON")
+	} else if !forwarded && protocol.ValidID(req.Group) {
+		var home string
+		if home, err = s.homeElsewhere(ctx, req.Group); err == nil && home != "" {
+			m, ferr := s.forward(ctx, home, op, data)
+			if ferr == nil {
+				return &nats.Msg{Header: m.Header, Data: m.Data}
+			}
+			err = ferr
+		}
+	}
+	if err == nil {
+		g, err = s.apply(ctx, op, req)
+	}
+	reply := &nats.Msg{}
+	var ref *refusal
+	switch {
+	case err == nil:
+		reply.Data, _ = json.Marshal(contract.GroupReply{Group: g})
+	case errors.As(err, &ref):
+		s.refused.Add(1)
+		reply.Data, _ = json.Marshal(map[string]string{"code": ref.code, "message": ref.message})
+		reply.Header = nats.Header{micro.ErrorCodeHeader: {strconv.Itoa(ref.status)}, micro.ErrorHeader: {ref.message}}
+	default:
+		s.log.Warn("request failed", "op", op, "group", req.Group, "err", err)
+		reply.Header = nats.Header{micro.ErrorCodeHeader: {"503"}, micro.ErrorHeader: {"unavailable: " + err.Error()}}
+	}
+	return reply
 }

@@ -79,6 +79,9 @@ func (s *Service) apply(ctx context.Context, op string, req contract.GroupReques
 		if err != nil || ev == nil {
 			return cur, err // refused, or nothing to change
 		}
+		if op == contract.GroupCreate {
+			ev.Group.Region = s.regions.region() // its home: here (regions.go)
+		}
 		seq, err := s.storeEvent(ctx, req.Group, ev)
 		if isWrongLastSeq(err) {
 			s.conflicts.Add(1)

@@ -103,6 +103,8 @@ func (s *Service) groupPosition(ctx context.Context, req contract.GroupPositionR
 		return badRequest{"status must be delivered or read"}
 	case req.Seq == 0:
 		return badRequest{"seq must be a positive sequence"}
+	case req.Region != "" && !protocol.ValidID(req.Region):
+		return badRequest{"region must be a valid id"}
 	}
 	g, err := s.records.get(ctx, req.Group)
 	switch {
@@ -344,16 +346,34 @@ func toldTo(t *contract.GroupTrack, sender string) uint64 {
 // tellSenders stores one receipt per sender of group gid's messages that
 // became due between tracks old and next.
 func (s *Service) tellSenders(ctx context.Context, gid, status, by, device string, old, next *contract.GroupTrack) error {
-	type span struct{ from, to uint64 }
+	// A span is in the log's sequences; for a sender homed in another
+	// region (whose messages came through its region's OUTBOX), also in
+	// the OUTBOX sequences the sender's app knows them by ("sent"), and
+	// the receipt goes back there through this region's OUTBOX.
+	type span struct {
+		from, to   uint64
+		region     string
+		ofrom, oto uint64
+	}
 	due := map[string]span{}
-	see := func(seq uint64, from string) {
+	see := func(seq uint64, from string, h nats.Header) {
 		if !protocol.ValidID(from) {
 			return
 		}
 		lo, hi := toldTo(old, from), toldTo(next, from)
-		if seq > lo && seq <= hi {
-			due[from] = span{lo + 1, hi}
+		if seq <= lo || seq > hi {
+			return
 		}
+		sp := due[from]
+		sp.from, sp.to = lo+1, hi
+		if region, oseq := h.Get(contract.HdrOriginRegion), contract.OriginSeq(h.Get(contract.HdrStreamSource)); protocol.ValidID(region) && contract.IsOutboxSeq(oseq) {
+			sp.region = region
+			if sp.ofrom == 0 || oseq < sp.ofrom {
+				sp.ofrom = oseq
+			}
+			sp.oto = max(sp.oto, oseq)
+		}
+		due[from] = sp
 	}
 	// Everyone's messages up to the new lowest; the witness's own up to
 	// the second lowest.
@@ -363,9 +383,9 @@ func (s *Service) tellSenders(ctx context.Context, gid, status, by, device strin
 		}
 	}
 	if lo := max(next.Told, toldTo(old, next.Witness)); next.Told2 > lo && next.Witness != "" {
-		if err := s.scanGroup(ctx, gid, lo, next.Told2, func(seq uint64, from string) {
+		if err := s.scanGroup(ctx, gid, lo, next.Told2, func(seq uint64, from string, h nats.Header) {
 			if from == next.Witness {
-				see(seq, from)
+				see(seq, from, h)
 			}
 		}); err != nil {
 			return err
@@ -373,7 +393,12 @@ func (s *Service) tellSenders(ctx context.Context, gid, status, by, device strin
 	}
 	var futs []jetstream.PubAckFuture
 	for sender, sp := range due {
-		f, err := s.js.PublishMsgAsync(groupTick(gid, status, by, device, sender, sp.from, sp.to))
+		m := groupTick(gid, status, by, device, sender, sp.from, sp.to)
+		if sp.region != "" {
+			m = groupTick(gid, status, by, device, sender, sp.ofrom, sp.oto)
+			m.Subject = contract.OutboxSubject(sp.region, sender)
+		}
+		f, err := s.js.PublishMsgAsync(m)
 		if err != nil {
 			return err
 		}
@@ -404,8 +429,8 @@ func groupTick(gid, status, by, device, sender string, from, to uint64) *nats.Ms
 }
 
 // scanGroup passes each chat message of group gid stored after lo and up
-// to hi to each, with its sender, in order.
-func (s *Service) scanGroup(ctx context.Context, gid string, lo, hi uint64, each func(seq uint64, from string)) error {
+// to hi to each, with its sender and headers, in order.
+func (s *Service) scanGroup(ctx context.Context, gid string, lo, hi uint64, each func(seq uint64, from string, h nats.Header)) error {
 	subj := contract.GroupMsgSubject(gid)
 	for from := lo + 1; from <= hi; {
 		var last uint64
@@ -416,7 +441,7 @@ func (s *Service) scanGroup(ctx context.Context, gid string, lo, hi uint64, each
 					last = seq
 				}
 				if seq >= from && seq <= hi {
-					each(seq, m.Header.Get(contract.HdrFrom))
+					each(seq, m.Header.Get(contract.HdrFrom), m.Header)
 				}
 			})
 		if err != nil {

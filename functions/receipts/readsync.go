@@ -75,11 +75,18 @@ func (s *Service) syncGroupRead(ctx context.Context, req contract.GroupPositionR
 			return nil // read this far already: no rise, no marker
 		}
 	}
-	other, err := contract.OtherDevice(ctx, s.devices, time.Unix(0, s.inbox), req.Member, req.Device, 0)
-	if err != nil || !other {
-		return err
+	subject := contract.InboxSubject(req.Member)
+	if req.Region != "" {
+		// Homed in another region: the marker goes there through OUTBOX,
+		// whatever devices they have (they are recorded there).
+		subject = contract.OutboxSubject(req.Region, req.Member)
+	} else {
+		other, err := contract.OtherDevice(ctx, s.devices, time.Unix(0, s.inbox), req.Member, req.Device, 0)
+		if err != nil || !other {
+			return err
+		}
 	}
-	m := &nats.Msg{Subject: contract.InboxSubject(req.Member), Header: nats.Header{
+	m := &nats.Msg{Subject: subject, Header: nats.Header{
 		contract.HdrMsgID:    {contract.GroupReadSyncDedupID(req.Member, req.Group, req.Seq)},
 		contract.HdrKind:     {contract.KindReadSync},
 		contract.HdrFrom:     {req.Member},

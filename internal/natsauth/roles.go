@@ -118,9 +118,12 @@ func For(r Role) Rules {
 				reads(contract.Inbox, kvStream(contract.DevicesKV), kvStream(contract.CursorsKV),
 					kvStream(contract.PresenceKV), kvStream(contract.SettingsKV), kvStream(contract.GroupInfoKV)),
 				// Regions: sends to users homed elsewhere, and the
-				// directory of home regions.
-				[]string{contract.OutboxPrefix + "*.*"},
-				streamInfo(kvStream(contract.HomesKV), contract.Outbox), reads(kvStream(contract.HomesKV)),
+				// directory of home regions; sends to and positions in
+				// groups homed elsewhere, and those groups' records.
+				[]string{contract.OutboxPrefix + "*.*", contract.OutboxPrefix + "*.g.*.*", contract.OutboxPrefix + "*.t.*"},
+				// And the other sourcing streams' state, for the link metrics.
+				streamInfo(kvStream(contract.HomesKV), contract.Outbox, kvStream(contract.GroupDirKV), contract.GroupsStream, contract.TicksStream),
+				reads(kvStream(contract.HomesKV), kvStream(contract.GroupDirKV)),
 			),
 			Subscribe: []string{subjLive, subjEvents, subjKick, subjPresence, leaderInbox, InboxPrefix(r) + ".>"},
 			Respond:   true,
@@ -179,16 +182,23 @@ func For(r Role) Rules {
 		for p := range contract.GroupPartitions {
 			cons = append(cons, consumer(contract.GroupsStream, contract.GroupsDurable(p))...)
 		}
-		read := []string{contract.GroupsStream, kvStream(contract.GroupInfoKV), kvStream(contract.DevicesKV)}
+		// Regions: copies for members homed elsewhere through OUTBOX, the
+		// members' homes and other regions' groups, and changes to those
+		// asked of their home regions' groups functions, whose answers
+		// come back over the leaf links (contract/regions.go).
+		read := []string{contract.GroupsStream, kvStream(contract.GroupInfoKV), kvStream(contract.DevicesKV),
+			kvStream(contract.HomesKV), kvStream(contract.GroupDirKV)}
 		return Rules{
 			Publish: join(
-				[]string{groupEvents, contract.InboxPrefix + "*", kvSubject(contract.GroupInfoKV) + "*", contract.DLQPrefix + string(r) + ".>"},
+				[]string{groupEvents, contract.InboxPrefix + "*", kvSubject(contract.GroupInfoKV) + "*", contract.DLQPrefix + string(r) + ".>",
+					contract.OutboxPrefix + "*.*", contract.GroupsForwardSubject("*", "*")},
 				cons,
 				streamInfo(append([]string{contract.DLQ}, read...)...),
 				reads(read...),
 			),
-			Subscribe: []string{subjFn + string(r) + ".>", subjMicro, InboxPrefix(r) + ".>"},
-			Respond:   true,
+			Subscribe: []string{subjFn + string(r) + ".>", subjMicro, InboxPrefix(r) + ".>",
+				contract.GroupsForwardSubject("*", "*"), contract.GroupsForwardReply("*") + ">"},
+			Respond: true,
 		}
 	case Sync:
 		// Its durable on INBOX, the copies into senders' own inboxes,

@@ -2,12 +2,15 @@ package testkit
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"net"
 	"net/url"
+	"os"
 	"path/filepath"
 	"runtime"
+	"slices"
 	"strconv"
 	"testing"
 	"time"
@@ -17,6 +20,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/switchboard-im/switchboard/contract"
+	"github.com/switchboard-im/switchboard/functions/groups"
 	"github.com/switchboard-im/switchboard/gateway"
 	"github.com/switchboard-im/switchboard/internal/natsauth"
 	"github.com/switchboard-im/switchboard/streams"
@@ -43,8 +47,11 @@ type Region struct {
 	Link *Proxy
 	// Gateway is the region's gateway (Start).
 	Gateway *Gateway
-	hub     string          // the hub's leaf address, the link's target while not cut
-	opts    *server.Options // its file's, to start it again (Restart)
+	// Groups is the region's groups function (Start).
+	Groups *groups.Service
+	hub    string          // the hub's leaf address, the link's target while not cut
+	opts   *server.Options // its file's, to start it again (Restart)
+	proc   *regionProc     // a region run as a process (RegionsOptions.Processes); nil: embedded
 }
 
 // RegionsDir is deploy/regions in this module.
@@ -53,10 +60,25 @@ func RegionsDir() string {
 	return filepath.Join(filepath.Dir(file), "..", "..", "deploy", "regions")
 }
 
+// RegionsOptions change how StartRegionsWith runs the regions.
+type RegionsOptions struct {
+	// Processes names the regions whose nats-server runs as a process of
+	// its own (the nats-server binary of go.mod's version, NATSServer),
+	// on its very file, so that a test can kill it (Region.Crash); the
+	// others run embedded.
+	Processes []string
+}
+
 // StartRegions starts hub.conf and <name>.conf for each name from
 // deploy/regions, and waits until every region's leaf link is up. The
 // servers stop at the end of the test. Streams are not applied (Apply).
 func StartRegions(t testing.TB, names ...string) *Regions {
+	t.Helper()
+	return StartRegionsWith(t, RegionsOptions{}, names...)
+}
+
+// StartRegionsWith is StartRegions with ro.
+func StartRegionsWith(t testing.TB, ro RegionsOptions, names ...string) *Regions {
 	t.Helper()
 	DeployEnv(t)
 	dir := RegionsDir()
@@ -73,7 +95,8 @@ func StartRegions(t testing.TB, names ...string) *Regions {
 	hub := startEmbedded(t, hubOpts.Clone())
 	rs := &Regions{Hub: hub, hubOpts: hubOpts}
 	for _, name := range names {
-		o := loadConf(t, filepath.Join(dir, name+".conf"))
+		file := filepath.Join(dir, name+".conf")
+		o := loadConf(t, file)
 		switch {
 		case !o.JetStream || o.JetStreamDomain != name:
 			t.Fatalf("%s.conf: want JetStream in domain %q, got %v %q", name, name, o.JetStream, o.JetStreamDomain)
@@ -87,18 +110,14 @@ func StartRegions(t testing.TB, names ...string) *Regions {
 		u.Host = r.Link.Addr
 		remote.URLs = []*url.URL{&u}
 		o.StoreDir = t.TempDir()
-		ns := startEmbedded(t, o.Clone())
-		nc, err := nats.Connect(ns.ClientURL(), TestKeys(t).Options(natsauth.Operator)...)
-		if err != nil {
-			t.Fatal(err)
-		}
-		js, err := jetstream.New(nc)
-		if err != nil {
-			t.Fatal(err)
-		}
 		r.opts = o
-		r.NATS = &NATS{Server: ns, Conn: nc, JS: js, Dir: o.StoreDir, Keys: TestKeys(t)}
-		t.Cleanup(r.NATS.Stop)
+		if slices.Contains(ro.Processes, name) {
+			r.proc = startRegionProc(t, file, r.Link.Addr)
+			r.connect(t, r.proc.node.ClientURL, nil)
+		} else {
+			ns := startEmbedded(t, o.Clone())
+			r.connect(t, ns.ClientURL(), ns)
+		}
 		rs.Regions = append(rs.Regions, r)
 	}
 	for _, r := range rs.Regions {
@@ -215,9 +234,9 @@ func (rs *Regions) SetHome(t testing.TB, user, region string) {
 	}
 }
 
-// Start runs, in every region, the receipts and presence functions and a
-// gateway configured with cfg placed in its region, every region's URL
-// known to each.
+// Start runs, in every region, the receipts, presence and groups
+// functions and a gateway configured with cfg placed in its region, every
+// region's URL known to each.
 func (rs *Regions) Start(t testing.TB, cfg gateway.Config) {
 	t.Helper()
 	urls := map[string]string{}
@@ -230,46 +249,73 @@ func (rs *Regions) Start(t testing.TB, cfg gateway.Config) {
 		addrs[r.Name], urls[r.Name] = addr, "ws://"+addr+gateway.PathWS
 	}
 	for _, r := range rs.Regions {
-		r.Functions = StartFunctionsURL(t, r.Server.ClientURL())
+		r.Functions = StartFunctionsURL(t, r.URL())
+		r.Groups = startGroups(t, r.URL())
 		c := cfg
 		c.Listen = addrs[r.Name]
 		c.Regions = gateway.RegionsConfig{Region: r.Name, URLs: urls}
-		r.Gateway = StartGatewayURL(t, r.Server.ClientURL(), c)
+		r.Gateway = StartGatewayURL(t, r.URL(), c)
 	}
+}
+
+// startGroups runs a groups function on its own connection in its role,
+// reconnecting for ever as a separate process would, until the test ends.
+func startGroups(t testing.TB, url string) *groups.Service {
+	t.Helper()
+	nc, err := nats.Connect(url, append(TestKeys(t).Options(natsauth.Groups),
+		nats.MaxReconnects(-1), nats.ReconnectWait(50*time.Millisecond))...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	js, err := jetstream.New(nc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	s, err := groups.Start(ctx, nc, js, groups.DefaultConfig(), Logger(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { s.Stop(); nc.Close() })
+	return s
 }
 
 // WaitLinked waits until the region's server has its leaf link up.
 func (r *Region) WaitLinked(t testing.TB, timeout time.Duration) {
 	t.Helper()
 	WaitFor(t, timeout, func() error {
-		if r.Server.NumLeafNodes() == 0 {
+		if r.leafLinks() == 0 {
 			return fmt.Errorf("region %s: no leaf link", r.Name)
 		}
 		return nil
 	})
 }
 
-// WaitSourcing waits until the region's INBOX has an active source for
-// every other region's OUTBOX.
+// WaitSourcing waits until the region's INBOX, GROUPS and TICKS have an
+// active source for every other region's OUTBOX, and GROUP_DIR for every
+// other region's GROUP_INFO.
 func (r *Region) WaitSourcing(t testing.TB, timeout time.Duration) {
 	t.Helper()
 	WaitFor(t, timeout, func() error {
 		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
 		defer cancel()
-		s, err := r.JS.Stream(ctx, contract.Inbox)
-		if err != nil {
-			return err
-		}
-		info := s.CachedInfo()
-		if len(info.Sources) != len(info.Config.Sources) || len(info.Sources) == 0 {
-			return fmt.Errorf("region %s: %d of %d sources reported", r.Name, len(info.Sources), len(info.Config.Sources))
-		}
-		for _, si := range info.Sources {
-			if si.Error != nil {
-				return fmt.Errorf("region %s: source %s: %v", r.Name, si.Name, si.Error)
+		for _, name := range []string{contract.Inbox, contract.GroupsStream, contract.TicksStream, "KV_" + contract.GroupDirKV} {
+			s, err := r.JS.Stream(ctx, name)
+			if err != nil {
+				return err
 			}
-			if si.Active < 0 {
-				return fmt.Errorf("region %s: source %s from %v not active", r.Name, si.Name, si.External)
+			info := s.CachedInfo()
+			if len(info.Sources) != len(info.Config.Sources) || len(info.Sources) == 0 {
+				return fmt.Errorf("region %s: %s: %d of %d sources reported", r.Name, name, len(info.Sources), len(info.Config.Sources))
+			}
+			for _, si := range info.Sources {
+				if si.Error != nil {
+					return fmt.Errorf("region %s: %s: source %s: %v", r.Name, name, si.Name, si.Error)
+				}
+				if si.Active < 0 {
+					return fmt.Errorf("region %s: %s: source %s from %v not active", r.Name, name, si.Name, si.External)
+				}
 			}
 		}
 		return nil
@@ -289,7 +335,7 @@ func (r *Region) Cut(t testing.TB) {
 	r.Link.SetTarget(nowhere)
 	r.Link.DropAll()
 	WaitFor(t, 10*time.Second, func() error {
-		if r.Server.NumLeafNodes() != 0 {
+		if r.leafLinks() != 0 {
 			return errors.New("leaf link still up")
 		}
 		return nil
@@ -307,7 +353,7 @@ func (rs *Regions) StopHub(t testing.TB) {
 	rs.Hub.WaitForShutdown()
 	for _, r := range rs.Regions {
 		WaitFor(t, 10*time.Second, func() error {
-			if r.Server.NumLeafNodes() != 0 {
+			if r.leafLinks() != 0 {
 				return fmt.Errorf("region %s: leaf link still up", r.Name)
 			}
 			return nil
@@ -325,18 +371,56 @@ func (rs *Regions) StartHub(t testing.TB) {
 	}
 }
 
-// Restart shuts the region's server down and starts it
-// again on the same client address and store, then waits until its leaf
-// link is up. Its gateway and functions reconnect by themselves; the
-// operator's connection (NATS.Conn, JS) is a new one.
+// Restart shuts the region's server down cleanly (it writes its
+// streams' state and closes its files) and starts it again on the same
+// client address and store, then waits until its leaf link is up. Its
+// gateway and functions reconnect by themselves; the operator's
+// connection (NATS.Conn, JS) is a new one. For a crash, see Crash.
 func (r *Region) Restart(t testing.TB) {
 	t.Helper()
+	if r.proc != nil {
+		t.Fatalf("region %s runs as a process: Crash it", r.Name)
+	}
 	o := r.opts.Clone()
 	_, port, _ := net.SplitHostPort(r.Server.Addr().String())
 	o.Port = atoi(port)
 	r.NATS.Stop()
 	ns := startEmbedded(t, o)
-	nc, err := nats.Connect(ns.ClientURL(), TestKeys(t).Options(natsauth.Operator)...)
+	r.connect(t, ns.ClientURL(), ns)
+	r.WaitLinked(t, 20*time.Second)
+}
+
+// Crash kills the region's nats-server process with SIGKILL, as a crash
+// or the OOM killer would (no shutdown: nothing flushed, no state
+// written, connections dropped), and starts it again on the same file,
+// client address and store, then waits until its leaf link is up. Only
+// for a region run as a process (RegionsOptions.Processes).
+func (r *Region) Crash(t testing.TB) {
+	t.Helper()
+	if r.proc == nil {
+		t.Fatalf("region %s runs embedded: start it with RegionsOptions.Processes to crash it", r.Name)
+	}
+	r.NATS.Conn.Close()
+	r.proc.node.Kill()
+	r.proc.start(t)
+	r.connect(t, r.proc.node.ClientURL, nil)
+	r.WaitLinked(t, 20*time.Second)
+}
+
+// URL is the region's client URL.
+func (r *Region) URL() string {
+	if r.proc != nil {
+		return r.proc.node.ClientURL
+	}
+	return r.Server.ClientURL()
+}
+
+// connect opens the operator's connection to the region's server at url
+// (ns: the embedded server, nil for a process), closed at the end of the
+// test with the server.
+func (r *Region) connect(t testing.TB, url string, ns *server.Server) {
+	t.Helper()
+	nc, err := nats.Connect(url, TestKeys(t).Options(natsauth.Operator)...)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -344,7 +428,93 @@ func (r *Region) Restart(t testing.TB) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	r.NATS = &NATS{Server: ns, Conn: nc, JS: js, Dir: o.StoreDir, Keys: TestKeys(t)}
-	t.Cleanup(r.NATS.Stop)
-	r.WaitLinked(t, 20*time.Second)
+	r.NATS = &NATS{Server: ns, Conn: nc, JS: js, Dir: r.opts.StoreDir, Keys: TestKeys(t)}
+	if ns != nil {
+		t.Cleanup(r.NATS.Stop)
+	} else {
+		t.Cleanup(nc.Close)
+	}
+}
+
+// leafLinks is how many leaf links the region's server has (-1: a
+// process that did not answer).
+func (r *Region) leafLinks() int {
+	if r.proc == nil {
+		return r.Server.NumLeafNodes()
+	}
+	resp, err := monitorClient.Get(r.proc.node.MonitorURL + "/varz")
+	if err != nil {
+		return -1
+	}
+	defer resp.Body.Close()
+	var v server.Varz
+	if err := json.NewDecoder(resp.Body).Decode(&v); err != nil {
+		return -1
+	}
+	return v.Leafs
+}
+
+// regionProc is a region's nats-server run as a process on its file. A
+// file's leaf remote names the hub's address, which a test cannot use, so
+// the process reads a file of the test's that includes the region's file
+// and states its remote again, with the link's proxy as its URL and the
+// region's own leaf.inc; its client and monitoring ports are flags, the
+// same ones again after a crash, and it runs in a temp dir, where the
+// file's relative store_dir puts its data.
+type regionProc struct {
+	bin, dir string
+	args     []string
+	node     *Node
+}
+
+func startRegionProc(t testing.TB, file, link string) *regionProc {
+	t.Helper()
+	dir := t.TempDir()
+	rel := func(path string) string {
+		r, err := filepath.Rel(dir, path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return r
+	}
+	conf := filepath.Join(dir, "region.conf")
+	text := fmt.Sprintf("include %q\nleafnodes {\n  remotes: [\n    {\n      url: %q\n      include %q\n    }\n  ]\n}\n",
+		rel(file), "nats-leaf://"+link, rel(filepath.Join(filepath.Dir(file), "leaf.inc")))
+	if err := os.WriteFile(conf, []byte(text), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	client, err := freePort()
+	if err != nil {
+		t.Fatal(err)
+	}
+	monitor, err := freePort()
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, cport, _ := net.SplitHostPort(client)
+	_, mport, _ := net.SplitHostPort(monitor)
+	p := &regionProc{bin: NATSServer(t), dir: dir,
+		args: []string{"-c", conf, "-a", "127.0.0.1", "-p", cport, "-m", mport}}
+	p.start(t)
+	t.Cleanup(func() {
+		if t.Failed() {
+			t.Logf("region process log:\n%s", p.node.logTail(30))
+		}
+		p.node.Kill()
+	})
+	return p
+}
+
+// start runs the process and waits until it listens.
+func (p *regionProc) start(t testing.TB) {
+	t.Helper()
+	n, err := startNode(p.bin, "region", p.dir, p.args)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := n.waitReady(20 * time.Second); err != nil {
+		n.Kill()
+		t.Fatal(err)
+	}
+	p.node = n
 }

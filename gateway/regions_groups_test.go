@@ -1,0 +1,382 @@
+package gateway_test
+
+import (
+	"context"
+	"errors"
+	"slices"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/switchboard-im/switchboard/client"
+	"github.com/switchboard-im/switchboard/contract"
+	tk "github.com/switchboard-im/switchboard/internal/testkit"
+	"github.com/switchboard-im/switchboard/protocol"
+)
+
+// groupRegions runs us and eu with alice and carol homed in us, bob and
+// dave in eu, all four connected to their home regions.
+func groupRegions(t *testing.T) (us, eu *tk.Region, alice, bob, carol, dave *client.Client) {
+	t.Helper()
+	rs, us, eu := startRegions(t)
+	rs.SetHome(t, "carol", "us")
+	rs.SetHome(t, "dave", "eu")
+	t.Cleanup(func() { regionsState(t, us, eu) })
+	return us, eu, tk.Dial(t, us.Gateway.URL, "alice", "phone"), tk.Dial(t, eu.Gateway.URL, "bob", "phone"),
+		tk.Dial(t, us.Gateway.URL, "carol", "phone"), tk.Dial(t, eu.Gateway.URL, "dave", "phone")
+}
+
+// waitGroupEverywhere waits until every region reads group gid's record
+// with want members: eu's GROUP_DIR sources it from us's GROUP_INFO.
+func waitGroupEverywhere(t *testing.T, gid string, want int, rs ...*tk.Region) {
+	t.Helper()
+	for _, r := range rs {
+		tk.WaitFor(t, 15*time.Second, func() error {
+			ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+			defer cancel()
+			for _, bucket := range []string{contract.GroupInfoKV, contract.GroupDirKV} {
+				kv, err := r.JS.KeyValue(ctx, bucket)
+				if err != nil {
+					return err
+				}
+				if g, _, err := contract.LoadGroup(ctx, kv, gid); err == nil && len(g.Members) == want {
+					return nil
+				}
+			}
+			return tk.Errorf("region %s does not read %s with %d members yet", r.Name, gid, want)
+		})
+	}
+}
+
+// nextEvent takes c's next message, which must be group gid's system
+// message of op, and acks it.
+func nextEvent(t *testing.T, c *client.Client, gid, op string) {
+	t.Helper()
+	m := tk.RecvMsg(t, c, 15*time.Second)
+	if m.Group != gid || m.Event == nil || m.Event.Op != op {
+		t.Fatalf("got %+v, want %s's %s", m, gid, op)
+	}
+	c.Ack(m.Seq)
+}
+
+// takeGroup receives n messages of group gid on c, acking each, and
+// returns their ids in the order they came.
+func takeGroup(t *testing.T, c *client.Client, gid string, n int) []client.Message {
+	t.Helper()
+	var got []client.Message
+	for len(got) < n {
+		m := tk.RecvMsg(t, c, 30*time.Second)
+		if m.Group != gid || m.Event != nil {
+			t.Fatalf("got %+v, want a message of %s", m, gid)
+		}
+		c.Ack(m.Seq)
+		got = append(got, m)
+	}
+	return got
+}
+
+func ids(ms []client.Message) []string {
+	out := make([]string, len(ms))
+	for i, m := range ms {
+		out[i] = m.ID
+	}
+	return out
+}
+
+// sameLog checks that what each member got is the group's one log: every
+// message once, each member's view the full order with their own
+// messages left out, and each sender's messages in the order sent.
+func sameLog(t *testing.T, full []string, views map[string][]string, sent map[string][]string) {
+	t.Helper()
+	seen := map[string]bool{}
+	for _, id := range full {
+		if seen[id] {
+			t.Fatalf("%s came twice: %v", id, full)
+		}
+		seen[id] = true
+	}
+	for sender, want := range sent {
+		var got []string
+		for _, id := range full {
+			if strings.HasPrefix(id, sender+"-") {
+				got = append(got, id)
+			}
+		}
+		if !slices.Equal(got, want) {
+			t.Fatalf("%s's messages came as %v, sent as %v", sender, got, want)
+		}
+	}
+	for member, view := range views {
+		var want []string
+		for _, id := range full {
+			if !strings.HasPrefix(id, member+"-") {
+				want = append(want, id)
+			}
+		}
+		if !slices.Equal(view, want) {
+			t.Fatalf("%s got %v, the log without theirs is %v", member, view, want)
+		}
+	}
+}
+
+// wantGroupReceipts takes c's receipts until each of sent (id -> "sent"
+// seq) has one of status, in group gid, naming the message as its sender
+// knows it; a second receipt for a message and status fails.
+func wantGroupReceipts(t *testing.T, c *client.Client, gid string, sent map[string]uint64, statuses ...string) {
+	t.Helper()
+	seen := map[string]bool{}
+	for len(seen) < len(sent)*len(statuses) {
+		r := tk.RecvReceipt(t, c, 30*time.Second)
+		key := r.ID + " " + r.Status
+		switch {
+		case r.Group != gid || !slices.Contains(statuses, r.Status) || sent[r.ID] == 0 || r.Seq != sent[r.ID]:
+			t.Fatalf("receipt %+v, want one of %v in %s for %v", r, statuses, gid, sent)
+		case seen[key]:
+			t.Fatalf("%s twice", key)
+		}
+		seen[key] = true
+	}
+}
+
+// sendGroupAll sends ids from c to group gid, each "sent" before the
+// next, and returns their "sent" sequences.
+func sendGroupAll(ctx context.Context, t *testing.T, c *client.Client, gid string, ids []string) map[string]uint64 {
+	t.Helper()
+	sent := map[string]uint64{}
+	for _, id := range ids {
+		s, err := c.SendGroup(ctx, gid, id, tk.Body(id))
+		if err != nil {
+			t.Fatalf("%s: %v", id, err)
+		}
+		sent[id] = s.Seq
+	}
+	return sent
+}
+
+func seq(prefix string, n int) []string {
+	out := make([]string, n)
+	for i := range out {
+		out[i] = prefix + "-" + strconv.Itoa(i)
+	}
+	return out
+}
+
+// A group spans regions: created in us (its home, where its log is),
+// changed from eu (bob's add is decided by us's groups function, passed
+// on by eu's), written to from both. Every member, homed in us or eu,
+// gets every message once and in the group's one order (bob's other
+// device his own too); bob's sends from eu are "sent" from eu's OUTBOX;
+// the delivered and read receipts reach both senders naming their
+// messages as they know them.
+func TestRegionsGroupAcrossRegions(t *testing.T) {
+	us, eu, alice, bob, carol, dave := groupRegions(t)
+	// bob's second device, which gets his own sends too.
+	bobLaptop := tk.Dial(t, eu.Gateway.URL, "bob", "laptop")
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+
+	if _, err := alice.CreateGroup(ctx, "club", "Club", "bob"); err != nil {
+		t.Fatal(err)
+	}
+	// Every change is a system message to every member, its actor too.
+	for _, c := range []*client.Client{alice, bob, bobLaptop} {
+		nextEvent(t, c, "club", "create")
+	}
+	if _, err := alice.PromoteMembers(ctx, "club", "bob"); err != nil {
+		t.Fatal(err)
+	}
+	for _, c := range []*client.Client{alice, bob, bobLaptop} {
+		nextEvent(t, c, "club", "promote")
+	}
+	waitGroupEverywhere(t, "club", 2, us, eu)
+	// A change asked in eu, decided in us.
+	g, err := bob.AddMembers(ctx, "club", "carol", "dave")
+	if err != nil {
+		t.Fatalf("bob's add from eu: %v", err)
+	}
+	if len(g.Members) != 4 {
+		t.Fatalf("the group after bob's add: %+v", g)
+	}
+	for _, c := range []*client.Client{alice, bob, bobLaptop, carol, dave} {
+		nextEvent(t, c, "club", "add")
+	}
+	waitGroupEverywhere(t, "club", 4, us, eu)
+
+	// Both sides write, in turns.
+	fromAlice, fromBob := map[string]uint64{}, map[string]uint64{}
+	for i := range 3 {
+		for k, v := range sendGroupAll(ctx, t, alice, "club", []string{"alice-" + strconv.Itoa(i)}) {
+			fromAlice[k] = v
+		}
+		for k, v := range sendGroupAll(ctx, t, bob, "club", []string{"bob-" + strconv.Itoa(i)}) {
+			if !contract.IsOutboxSeq(v) {
+				t.Fatalf("bob's %s sent at %d: not eu's OUTBOX", k, v)
+			}
+			fromBob[k] = v
+		}
+	}
+	carolGot := takeGroup(t, carol, "club", 6)
+	daveGot := takeGroup(t, dave, "club", 6)
+	aliceGot := takeGroup(t, alice, "club", 3)
+	bobGot := takeGroup(t, bob, "club", 3)
+	laptopGot := takeGroup(t, bobLaptop, "club", 6)
+	sameLog(t, ids(carolGot), map[string][]string{"dave": ids(daveGot), "alice": ids(aliceGot), "bob": ids(bobGot), "bob's laptop": ids(laptopGot)},
+		map[string][]string{"alice": seq("alice", 3), "bob": seq("bob", 3)})
+	// bob's laptop knows his messages by the seqs his phone was "sent".
+	for _, m := range laptopGot {
+		if m.From == "bob" && m.SentSeq != fromBob[m.ID] {
+			t.Fatalf("bob's laptop has his %s as sent at %d, his phone at %d", m.ID, m.SentSeq, fromBob[m.ID])
+		}
+	}
+	wantGroupReceipts(t, alice, "club", fromAlice, protocol.StatusDelivered)
+	wantGroupReceipts(t, bob, "club", fromBob, protocol.StatusDelivered)
+
+	// Everyone reads everything: the read receipts come back too, to us
+	// and to eu.
+	for c, got := range map[*client.Client][]client.Message{alice: aliceGot, bob: bobGot, carol: carolGot, dave: daveGot} {
+		c.Read(got[len(got)-1].Seq)
+	}
+	wantGroupReceipts(t, alice, "club", fromAlice, protocol.StatusRead)
+	wantGroupReceipts(t, bob, "club", fromBob, protocol.StatusRead)
+	// bob's laptop ticks his messages too, and hears of his phone's read.
+	wantGroupReceipts(t, bobLaptop, "club", fromBob, protocol.StatusDelivered, protocol.StatusRead)
+	select {
+	case rs := <-bobLaptop.ReadSyncs():
+		if rs.Group != "club" || rs.Device != "phone" || rs.Seq != bobGot[len(bobGot)-1].Seq {
+			t.Fatalf("bob's laptop: read sync %+v, want club read up to %d on phone", rs, bobGot[len(bobGot)-1].Seq)
+		}
+	case <-time.After(15 * time.Second):
+		t.Fatal("bob's laptop heard nothing of his phone's read")
+	}
+
+	// A member in eu leaves; the next message reaches only the others.
+	if _, err := dave.LeaveGroup(ctx, "club"); err != nil {
+		t.Fatalf("dave's leave from eu: %v", err)
+	}
+	for _, c := range []*client.Client{alice, bob, bobLaptop, carol, dave} {
+		nextEvent(t, c, "club", "leave")
+	}
+	waitGroupEverywhere(t, "club", 3, us, eu)
+	var se *client.ServerError
+	if _, err := dave.SendGroup(ctx, "club", "dave-0", tk.Body("still here?")); !errors.As(err, &se) || se.Code != protocol.ErrNotMember {
+		t.Fatalf("dave's send after leaving: %v, want not_member", err)
+	}
+	// Fences: the next thing each member gets is the fence, so nothing
+	// came twice; and nothing reached dave.
+	if _, err := bob.SendGroup(ctx, "club", "bob-fence", tk.Body("fence")); err != nil {
+		t.Fatal(err)
+	}
+	for _, c := range []*client.Client{alice, carol, bobLaptop} {
+		tk.NextMsgIs(t, c, "bob", "bob-fence", 15*time.Second)
+	}
+	if _, err := dave.Send(ctx, "bob", "dave-fence", tk.Body("fence")); err != nil {
+		t.Fatal(err)
+	}
+	for _, c := range []*client.Client{bob, bobLaptop} {
+		tk.NextMsgIs(t, c, "dave", "dave-fence", 15*time.Second)
+	}
+	if _, err := alice.Send(ctx, "dave", "alice-fence", tk.Body("fence")); err != nil {
+		t.Fatal(err)
+	}
+	tk.NextMsgIs(t, dave, "alice", "alice-fence", 15*time.Second)
+	for _, c := range []*client.Client{alice, bob, bobLaptop, carol, dave} {
+		if d := c.Stats().DuplicatesDropped; d != 0 {
+			t.Fatalf("%d repeats reached an SDK", d)
+		}
+	}
+}
+
+// A cut link loses and duplicates nothing in a group either. While us is
+// cut off, alice (us) and bob (eu) keep writing to a group homed in us
+// and get "sent" at once: alice's messages are in the log, bob's wait in
+// eu's OUTBOX, and the fan-out's copies for eu wait in us's. Once the
+// link is back every member gets every message once, in the group's one
+// order, each sender's in the order sent, and both senders get their
+// delivered receipts. A membership change asked from eu meanwhile is
+// refused as unavailable: it needs the home's answer.
+func TestRegionsGroupPartition(t *testing.T) {
+	us, eu, alice, bob, carol, dave := groupRegions(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	if _, err := alice.CreateGroup(ctx, "club", "Club", "bob", "carol", "dave"); err != nil {
+		t.Fatal(err)
+	}
+	for _, c := range []*client.Client{alice, bob, carol, dave} {
+		nextEvent(t, c, "club", "create")
+	}
+	waitGroupEverywhere(t, "club", 4, us, eu)
+
+	const n = 20
+	outboxEmpty(t, us, eu) // the members' acks of the create have crossed
+	us.Cut(t)
+	fromAlice := sendGroupAll(ctx, t, alice, "club", seq("alice", n))
+	fromBob := sendGroupAll(ctx, t, bob, "club", seq("bob", n))
+	// A change needs an answer from the group's home: while it cannot be
+	// reached, one asked in eu is refused as unavailable (ask again), and
+	// nothing is changed.
+	var se *client.ServerError
+	if _, err := bob.LeaveGroup(ctx, "club"); !errors.As(err, &se) || se.Code != protocol.ErrUnavailable {
+		t.Fatalf("bob's leave while us is cut off: %v, want unavailable", err)
+	}
+	// bob's group sends wait in eu, once each.
+	s, err := eu.JS.Stream(ctx, contract.Outbox)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if msgs := s.CachedInfo().State.Msgs; msgs != n {
+		t.Fatalf("eu's OUTBOX holds %d during the cut, want bob's %d", msgs, n)
+	}
+	us.Restore()
+
+	carolGot := takeGroup(t, carol, "club", 2*n)
+	daveGot := takeGroup(t, dave, "club", 2*n)
+	aliceGot := takeGroup(t, alice, "club", n)
+	bobGot := takeGroup(t, bob, "club", n)
+	sameLog(t, ids(carolGot), map[string][]string{"dave": ids(daveGot), "alice": ids(aliceGot), "bob": ids(bobGot)},
+		map[string][]string{"alice": seq("alice", n), "bob": seq("bob", n)})
+	wantGroupReceipts(t, alice, "club", fromAlice, protocol.StatusDelivered)
+	wantGroupReceipts(t, bob, "club", fromBob, protocol.StatusDelivered)
+
+	// Fences from both sides, to every member: nothing more was on its
+	// way, and no SDK dropped a repeat.
+	if _, err := alice.SendGroup(ctx, "club", "alice-fence", tk.Body("fence")); err != nil {
+		t.Fatal(err)
+	}
+	for _, c := range []*client.Client{bob, carol, dave} {
+		c.Ack(tk.NextMsgIs(t, c, "alice", "alice-fence", 30*time.Second).Seq)
+	}
+	if _, err := bob.SendGroup(ctx, "club", "bob-fence", tk.Body("fence")); err != nil {
+		t.Fatal(err)
+	}
+	for _, c := range []*client.Client{alice, carol, dave} {
+		c.Ack(tk.NextMsgIs(t, c, "bob", "bob-fence", 30*time.Second).Seq)
+	}
+	for _, c := range []*client.Client{alice, bob, carol, dave} {
+		if d := c.Stats().DuplicatesDropped; d != 0 {
+			t.Fatalf("%d repeats reached an SDK", d)
+		}
+	}
+	// And OUTBOX keeps nothing once the other region has it.
+	outboxEmpty(t, us, eu)
+}
+
+// outboxEmpty waits until each region's OUTBOX holds nothing: the other
+// regions took everything.
+func outboxEmpty(t *testing.T, rs ...*tk.Region) {
+	t.Helper()
+	for _, r := range rs {
+		tk.WaitFor(t, 15*time.Second, func() error {
+			ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+			defer cancel()
+			s, err := r.JS.Stream(ctx, contract.Outbox)
+			if err != nil {
+				return err
+			}
+			if msgs := s.CachedInfo().State.Msgs; msgs != 0 {
+				return tk.Errorf("%s's OUTBOX still holds %d", r.Name, msgs)
+			}
+			return nil
+		})
+	}
+}
