@@ -106,8 +106,8 @@ func TestSDKStoreKeepsGroupTraffic(t *testing.T) {
 
 // v1Store makes the database sb-test as version 1 of the store left it
 // (the schema of its first migration, written here as it was released),
-// with 1:1 messages both ways, a pending send, ticks, a read watermark
-// and a cursor hint.
+// with 1:1 messages both ways (4,500 from zed first), a pending send,
+// ticks, a read watermark and a cursor hint.
 const v1Store = `new Promise((res, rej) => {
 	const r = indexedDB.open('sb-test', 1);
 	r.onupgradeneeded = () => {
@@ -121,6 +121,9 @@ const v1Store = `new Promise((res, rej) => {
 		m.createIndex('incoming', 'incoming');
 		db.createObjectStore('conversations', { keyPath: 'conv' });
 		db.createObjectStore('meta', { keyPath: 'key' });
+		for (let i = 0; i < 4500; i++) { // more than the migration reads at once
+			m.add({ conv: 'zed', from: 'zed', device: 'phone', id: 'z' + i, seq: 100 + i, ts: 1795582349000, body: 'z', media: null, status: 1, acked: true, incoming: ['zed', 100 + i] });
+		}
 		const own = (id, seq, status) => ({ conv: 'bob', from: '', device: '', id, seq, ts: 1795582349000, body: id, media: null, status, acked: false });
 		m.add({ ...own('a', 10, 1), tickable: ['bob', 10] });
 		m.add({ ...own('b', 11, 2), tickable: ['bob', 11] });
@@ -154,7 +157,7 @@ func TestSDKStoreMigratesVersion1(t *testing.T) {
 	if got, want := history(pg, "bob"), ">a@10:sent >b@11:delivered m@50:sent >p@0:pending"; got != want {
 		t.Fatalf("bob's history after the migration:\n%s\nwant\n%s", got, want)
 	}
-	if got, want := conversations(pg), "/bob 4 unread 0 read 50, /erin 1 unread 1 read 0"; got != want {
+	if got, want := conversations(pg), "/bob 4 unread 0 read 50, /erin 1 unread 1 read 0, /zed 4500 unread 4500 read 0"; got != want {
 		t.Fatalf("conversations after the migration:\n%s\nwant\n%s", got, want)
 	}
 	if h := tk.Eval[int](pg, `c.store.cursorHint()`); h != 51 {
@@ -164,6 +167,8 @@ func TestSDKStoreMigratesVersion1(t *testing.T) {
 	// The dedup keys came along: bob's message again is acked, not shown.
 	c.msg("m", "bob", 50)
 	c.expect(t, protocol.TypeAck, 50)
+	c.write(protocol.AppendMsg(nil, "z4499", "zed", "phone", 4599, 1795582349000, []byte(`"z"`), nil))
+	c.expect(t, protocol.TypeAck, 4599)
 	c.write(protocol.AppendReceipt(nil, protocol.StatusRead, "bob", "phone", 0, 11, 71, 1795582350000))
 	c.expect(t, protocol.TypeAck, 71)
 	c.sent("p", 12)
@@ -176,7 +181,7 @@ func TestSDKStoreMigratesVersion1(t *testing.T) {
 	if got, want := history(pg, "bob"), ">a@10:read >b@11:read m@50:sent >p@12:sent"; got != want {
 		t.Fatalf("bob's history at the end:\n%s\nwant\n%s", got, want)
 	}
-	if got, want := conversations(pg), "friends/friends 1 unread 1 read 0, /bob 4 unread 0 read 50, /erin 1 unread 1 read 0"; got != want {
+	if got, want := conversations(pg), "friends/friends 1 unread 1 read 0, /bob 4 unread 0 read 50, /erin 1 unread 1 read 0, /zed 4500 unread 4500 read 0"; got != want {
 		t.Fatalf("conversations at the end:\n%s\nwant\n%s", got, want)
 	}
 }
