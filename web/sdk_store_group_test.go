@@ -102,6 +102,19 @@ func TestSDKStoreKeepsGroupTraffic(t *testing.T) {
 	if got := history(pg, "bob"); got != ">d1@12:sent" {
 		t.Fatalf("bob's history: %s", got)
 	}
+
+	// A group send refused for good leaves the outbox, dropped.
+	js(pg, `c.sendGroup('friends', 'g3', 'three').then((v) => { results.g3 = v; }, (e) => { results.g3 = { error: e.name, code: e.code }; })`)
+	c.expect(t, protocol.TypeSend, "g3")
+	pg.WaitFor(stuck, "g3 in the store's outbox", `c.store.outbox().then((o) => o.length === 1 && o[0].group === 'friends')`)
+	c.write(protocol.EncodeError(protocol.ErrNotMember, "scripted", "g3", 0, 0))
+	if got := result(t, pg, "g3"); got != "ServerError not_member" {
+		t.Fatalf("g3: %s", got)
+	}
+	pg.WaitFor(stuck, "g3 dropped", `c.store.groupMessage('friends', '', 'g3').then((m) => m.status === 'dropped')`)
+	if n := tk.Eval[int](pg, `c.store.outbox().then((o) => o.length)`); n != 0 {
+		t.Fatalf("the outbox holds %d sends after the refusal", n)
+	}
 }
 
 // v1Store makes the database sb-test as version 1 of the store left it
