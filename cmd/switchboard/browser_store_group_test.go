@@ -223,3 +223,50 @@ func TestBrowserStoreGroupReadOnAnotherDevice(t *testing.T) {
 		t.Fatalf("after the reload the laptop shows\n%q\nwant\n%q", got, want)
 	}
 }
+
+// A group chat an older page kept in localStorage stays on screen, before
+// what the store holds of the group, across reloads, each message once.
+func TestBrowserStoreKeepsAnOlderPagesGroupChat(t *testing.T) {
+	data := t.TempDir()
+	p := start(t, "--data", data, "--nats-listen", "127.0.0.1:0")
+	bob := tk.DialToken(t, p.WSURL, token(t, data, "bob", "phone"))
+	ctx, cancel := context.WithTimeout(context.Background(), seen)
+	defer cancel()
+	if _, err := bob.GroupOp(ctx, "create", "friends", "Friends", []string{"alice"}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := bob.SendGroup(ctx, "friends", "new1", tk.Body("new")); err != nil {
+		t.Fatal(err)
+	}
+
+	pg := tk.StartBrowser(t).NewPage(t, "alice", recordSent)
+	pg.Navigate(p.HTTP + "/")
+	pg.WaitFor(seen, "the development sign-in form", `!document.getElementById('dev-form').hidden`)
+	pg.Do(chromedp.Evaluate[chromedp.Void](`localStorage.setItem('switchboard.v1.alice.laptop', JSON.stringify({
+		contacts: [],
+		groups: { friends: { name: 'Friends', createdBy: 'bob', members: [{ user: 'bob', admin: true }, { user: 'alice', admin: false }], left: false } },
+		chats: { 'g:friends': [
+			{ id: 'old1', from: 'bob', group: 'friends', seq: 0, ts: 1795582349000, body: 'from before' },
+			{ id: 'old2', from: 'alice', group: 'friends', seq: 0, ts: 1795582349000, body: 'mine before', tick: 'read' },
+		] },
+		read: {},
+		open: 'g:friends',
+	}))`))
+	pg.Do(
+		chromedp.SetValue(chromedp.ID("dev-user"), "alice"),
+		chromedp.SetValue(chromedp.ID("dev-device"), "laptop"),
+		chromedp.Click(chromedp.ID("dev-signin")),
+	)
+	pg.WaitFor(seen, "alice connected", `document.getElementById('conn').dataset.state === 'connected'`)
+	pg.WaitFor(seen, "the group open", `document.getElementById('chat-head').dataset.group === 'friends'`)
+	const want = "in from before \nout mine before read\nin new "
+	pg.WaitFor(seen, "the older page's messages, then the new one", conversation+` === `+fmt.Sprintf("%q", want))
+	for range 2 {
+		pg.Navigate(p.HTTP + "/")
+		pg.WaitFor(seen, "signed in again", `document.getElementById('conn').dataset.state === 'connected'`)
+		pg.WaitFor(seen, "the group open", `document.getElementById('chat-head').dataset.group === 'friends'`)
+		if got := tk.Eval[string](pg, conversation); got != want {
+			t.Fatalf("after a reload the page shows\n%q\nwant\n%q", got, want)
+		}
+	}
+}
