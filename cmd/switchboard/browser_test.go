@@ -392,8 +392,8 @@ func incomingFrom(user, text string) string {
 
 // Three users chat in a group made from the page: the members see its
 // creation, each other's messages with their senders' names, and typing
-// in the group; the sender's messages show one tick, sent (group messages
-// have no receipts); a member who leaves is a notice to the others, and
+// in the group; the sender's messages tick read once every member read
+// them; a member who leaves is a notice to the others, and
 // stops getting the group's messages; a member added later learns the
 // group from the server and gets nothing sent before.
 func TestBrowserGroupChat(t *testing.T) {
@@ -425,9 +425,10 @@ func TestBrowserGroupChat(t *testing.T) {
 	say(alice, "hi all")
 	bob.WaitFor(seen, "alice's message on bob's page", incomingFrom("alice", "hi all")+` === 1`)
 	carol.WaitFor(seen, "alice's message on carol's page", incomingFrom("alice", "hi all")+` === 1`)
-	alice.WaitFor(seen, "hi all sent", outgoing("hi all")+` === 'sent'`)
-	if g := tk.Eval[string](alice, `document.querySelector('#messages .msg.out .tick').textContent`); g != "✓" {
-		t.Fatalf("alice's group message shows %q, want one tick", g)
+	// Both have the group on screen: the group's receipts tick it read.
+	alice.WaitFor(seen, "hi all read", outgoing("hi all")+` === 'read'`)
+	if g := tk.Eval[string](alice, `document.querySelector('#messages .msg.out .tick').textContent`); g != "✓✓" {
+		t.Fatalf("alice's group message shows %q, want two ticks", g)
 	}
 
 	// The group's info: its members in the order they joined, alice its admin.
@@ -487,7 +488,7 @@ func TestBrowserGroupChat(t *testing.T) {
 	bob.Navigate(p.HTTP + "/")
 	bob.WaitFor(seen, "bob signed in again", `document.getElementById('conn').dataset.state === 'connected'`)
 	bob.WaitFor(seen, "the group open again", `document.getElementById('chat-head').dataset.group === 'friends' && document.getElementById('peer').textContent === 'Best Friends'`)
-	bob.WaitFor(seen, "the history back", notices("Carol left")+` === 1 && `+incomingFrom("alice", "hi all")+` === 1 && `+outgoing("a fence")+` === 'sent'`)
+	bob.WaitFor(seen, "the history back", notices("Carol left")+` === 1 && `+incomingFrom("alice", "hi all")+` === 1 && `+outgoing("a fence")+` === 'read'`)
 	say(bob, "after the reload")
 	alice.WaitFor(seen, "bob's message after the reload", incomingFrom("bob", "after the reload")+` === 1`)
 }

@@ -2,16 +2,18 @@
 // photos and settings, and group chats, on the JavaScript SDK. Each device
 // keeps its own history, as a phone keeps its chats: the server hands a
 // message to a device once, and the page acks it only once it is stored.
-// 1:1 conversations live in the SDK's local store (IndexedDB, one database
-// per user and device): their messages both ways with ticks, read
-// watermarks, and the outbox, so a message written while offline, or not
-// yet confirmed when the page goes away, is sent once the page is back
-// online, under its id, once. Contacts, groups and group chats are kept in
-// localStorage.
+// Conversations, 1:1 and in groups, live in the SDK's local store
+// (IndexedDB, one database per user and device): their messages both ways
+// with ticks, a group's system messages, read watermarks, and the outbox,
+// so a message written while offline, or not yet confirmed when the page
+// goes away, is sent once the page is back online, under its id, once.
+// Contacts and what this device knows of each group (name, members) are
+// kept in localStorage, with the group chats an older page kept there.
 //
 // A conversation is named by a key: a user id for a 1:1 chat, or 'g:' and
-// the group's id for a group (ids never hold a colon). Group messages get
-// no receipts yet, so ours show one tick, sent.
+// the group's id for a group (ids never hold a colon). Our group messages
+// tick as the group's receipts say: delivered once every other member has
+// them, read once every one read them.
 import { Client, newId, validId, ConnectError, CloseError, StoreError } from '/sdk/switchboard.js';
 
 const $ = (id) => document.getElementById(id);
@@ -69,29 +71,53 @@ function load() {
   } catch {
     s = {};
   }
-  // 1:1 chats come from the SDK's store (loadHistory).
-  const chats = Object.fromEntries(Object.entries(s.chats ?? {}).filter(([k]) => isGroup(k)));
+  // The chats come from the SDK's store (loadHistory); group chats an
+  // older page kept here are shown before what the store holds of them.
+  const chats = Object.fromEntries(Object.entries(s.chats ?? {}).filter(([k]) => isGroup(k))
+    .map(([k, ms]) => [k, ms.map((m) => ({ ...m, legacy: true }))]));
   store = { contacts: s.contacts ?? [], groups: s.groups ?? {}, chats, read: s.read ?? {}, open: s.open ?? '' };
   store.key = key;
 }
 
-// loadHistory reads the 1:1 conversations from the SDK's store: their
-// last KEEP messages, read watermarks and peers (as contacts).
+// loadHistory reads the conversations from the SDK's store: their last
+// KEEP messages, read watermarks and peers (as contacts). A group chat
+// an older page kept in localStorage keeps its messages the store does
+// not hold, first.
 async function loadHistory() {
   for (const c of await sb.store.conversations()) {
-    store.chats[c.conv] = (await sb.store.messages(c.conv, KEEP)).map((m) => (m.own
-      ? { id: m.id, from: me.user, to: m.conv, seq: m.seq, ts: m.ts, body: m.body, media: m.media, tick: m.status }
-      : { id: m.id, from: m.from, to: me.user, seq: m.seq, ts: m.ts, body: m.body, media: m.media }));
-    store.read[c.conv] = Math.max(store.read[c.conv] ?? 0, c.readSeq);
-    if (!store.contacts.includes(c.conv) && c.conv !== me.user) store.contacts.push(c.conv);
+    const key = c.group ? groupKey(c.group) : c.conv;
+    const ms = await (c.group ? sb.store.groupMessages(c.group, KEEP) : sb.store.messages(c.conv, KEEP));
+    const kept = ms.map((m) => (m.own
+      ? { id: m.id, from: me.user, ...dest(m), seq: m.seq, ts: m.ts, body: m.body, media: m.media, tick: m.status }
+      : { id: m.id, from: m.from, ...(m.group ? { group: m.group } : { to: me.user }), seq: m.seq, ts: m.ts, body: m.body, media: m.media, event: m.event ?? undefined }));
+    const old = (store.chats[key] ?? []).filter((x) => !kept.some((m) => sameMessage(x, m)));
+    store.chats[key] = [...old, ...kept];
+    store.read[key] = Math.max(store.read[key] ?? 0, c.readSeq);
+    if (c.group) {
+      if (!store.groups[c.group]) {
+        store.groups[c.group] = { name: '', createdBy: '', members: [], left: false };
+        refreshGroup(c.group);
+      }
+    } else if (!store.contacts.includes(c.conv) && c.conv !== me.user) {
+      store.contacts.push(c.conv);
+    }
   }
 }
+
+// dest is where a stored message of ours went: {group} or {to}.
+const dest = (m) => (m.group ? { group: m.group } : { to: m.conv });
+
+// sameMessage says whether two messages of a conversation are one: a
+// system message by its id, a message by (from, id).
+const sameMessage = (a, b) => (a.event || b.event ? !!a.event && !!b.event && a.id === b.id : a.from === b.from && a.id === b.id);
 
 function save() {
   const { key, ...s } = store;
   for (const k of Object.keys(s.chats)) store.chats[k] = store.chats[k].slice(-KEEP);
-  // The SDK's store keeps the 1:1 chats.
-  s.chats = Object.fromEntries(Object.entries(store.chats).filter(([k]) => isGroup(k)));
+  // The SDK's store keeps the chats; group messages an older page kept
+  // here stay here.
+  s.chats = Object.fromEntries(Object.entries(store.chats).filter(([k]) => isGroup(k))
+    .map(([k, ms]) => [k, ms.filter((m) => m.legacy)]).filter(([, ms]) => ms.length));
   try {
     localStorage.setItem(key, JSON.stringify(s, (k, v) => (k === 'local' ? undefined : v)));
   } catch (e) {
@@ -235,9 +261,10 @@ async function start(token, saved = false) {
     throw new Error(storeProblem(e));
   }
   // Sends from an earlier visit never confirmed: the SDK's store sends
-  // the 1:1 ones again under their ids, in order, and these calls join
-  // them to learn their outcome; group ones are sent again from here.
-  // (The SDK tracks the ticks of the confirmed ones itself.)
+  // them again under their ids, in order, and these calls join them to
+  // learn their outcome; group ones an older page kept in localStorage
+  // are sent from here. (The SDK tracks the ticks of the confirmed ones
+  // itself.)
   for (const key of Object.keys(store.chats)) {
     for (const m of chat(key)) {
       if (m.from !== me.user || m.event || m.tick !== 'pending') continue;
@@ -332,16 +359,17 @@ function onMessage(m) {
 }
 
 // onReadSync marks a chat read up to where another device of this user
-// read it.
+// read it; with group, a group chat.
 function onReadSync(r) {
-  if ((store.read[r.peer] ?? 0) >= r.seq) return;
-  store.read[r.peer] = r.seq;
+  const key = r.group ? groupKey(r.group) : r.peer;
+  if ((store.read[key] ?? 0) >= r.seq) return;
+  store.read[key] = r.seq;
   save();
   renderContacts();
 }
 
 function onReceipt(r) {
-  const m = chat(r.by).find((x) => x.from === me.user && x.id === r.id);
+  const m = chat(r.group ? groupKey(r.group) : r.by).find((x) => x.from === me.user && x.id === r.id);
   if (m) tick(m, r.status);
 }
 
@@ -372,14 +400,13 @@ function tick(m, status, note = '') {
 
 // markRead sends a read receipt for what is on screen: the open
 // conversation's newest message, while the page is visible. A read covers
-// every earlier message of that user's. A group's messages get no read
-// receipts yet: there the page only keeps its own read position, for the
-// unread badge.
+// every earlier message of that user's, or, in a group, every earlier
+// message of the group's; this user's other devices clear their badge.
 function markRead() {
   if (!open || !sb?.connected || document.visibilityState !== 'visible') return;
   const last = chat(open).findLast((m) => (isGroup(open) ? m.from !== me.user && m.seq : m.from === open));
   if (!last || last.seq <= (store.read[open] ?? 0)) return;
-  if (!isGroup(open)) sb.read(last.seq);
+  sb.read(last.seq);
   store.read[open] = last.seq;
   save();
   renderContacts();
@@ -594,10 +621,13 @@ function onGroupMessage(m) {
   const key = groupKey(m.group);
   const msgs = chat(key);
   // Repeats: a system message by (group, id), a message by (group, from, id).
-  const fresh = !msgs.some((x) => (m.event ? x.event && x.id === m.id : !x.event && x.from === m.from && x.id === m.id));
+  const fresh = !msgs.some((x) => sameMessage(x, m));
   if (fresh) {
     const isNew = !store.groups[m.group];
-    msgs.push({ id: m.id, from: m.from, group: m.group, seq: m.seq, ts: m.ts, body: m.body, event: m.event ?? undefined });
+    // Ours from another device is one of ours, at the seq its ticks name.
+    msgs.push(m.from === me.user && m.sentSeq
+      ? { id: m.id, from: m.from, group: m.group, seq: m.sentSeq, ts: m.ts, body: m.body, tick: 'sent' }
+      : { id: m.id, from: m.from, group: m.group, seq: m.seq, ts: m.ts, body: m.body, event: m.event ?? undefined });
     if (m.event) applyEvent(m.group, m.from, m.event);
     else if (isNew) {
       store.groups[m.group] = { name: '', createdBy: '', members: [], left: false };

@@ -97,13 +97,17 @@
  *              adds sends the app remembers from an earlier page load.
  *              Receipts are acked here. For a group message group is set
  *              and by is the member whose move completed the tick.
- *   'read_sync' {peer, device, seq}: this user read peer's messages up to
- *              seq on another device: mark the chat read up to there (a
- *              watermark; ignore a lower one). Acked here.
+ *   'read_sync' {peer, group, device, seq}: this user read peer's
+ *              messages up to seq on another device: mark the chat read up
+ *              to there (a watermark; ignore a lower one). With group set
+ *              (and peer ''), the group was read up to seq, the seq of a
+ *              group message as this device got it. Acked here.
  *   'typing'   {from, device, group}: show it for about 5 s; group is
  *              set when from is typing in that group.
  *   'presence' {user, online, lastSeen, hidden} for users followed with
- *              subscribePresence(...users), followed again after reconnects.
+ *              subscribePresence(...users), or for the other members of a
+ *              group followed with subscribePresenceGroup(group), followed
+ *              again after reconnects.
  *   'connect' {session}, 'disconnect' {code, reason}, 'close' {error}.
  *   'error'    {code, message, seq, id}: error frames that answer no call
  *              (an ack or read the gateway refused, say); code
@@ -124,15 +128,17 @@
  *
  * Local store. With options.store the client remembers across page
  * loads, as the Go SDK's store (package client/localstore) does, in
- * IndexedDB: the conversations and their messages both ways (this
- * user's own sent from other devices included, filed under the peer),
- * the outbox of sends not yet confirmed by "sent", each sent message's
- * ticks, each conversation's read watermark, which received messages
- * this device acked and the highest acked seq (its cursor hint). What
- * the client writes, and when:
- *   - send: the send goes into the store's outbox (a durable
- *     transaction) before its frame can be written; sends enter the
- *     outbox in call order. A write that fails (the quota is full, say)
+ * IndexedDB: the conversations, with users and in groups, and their
+ * messages both ways (this user's own sent from other devices included,
+ * filed under the peer or the group; a group's system messages with
+ * their event), the outbox of sends not yet confirmed by "sent" (to
+ * users and to groups, in one order), each sent message's ticks (a
+ * group message's are the group's), each conversation's read watermark,
+ * which received messages this device acked and the highest acked seq
+ * (its cursor hint). What the client writes, and when:
+ *   - send, sendMedia, sendGroup: the send goes into the store's outbox
+ *     (a durable transaction) before its frame can be written; sends
+ *     enter the outbox in call order. A write that fails (the quota is full, say)
  *     rejects the send with a StoreError and nothing is sent.
  *   - "sent": the send leaves the outbox, with its seq, before it
  *     resolves; refused for good or withdrawn, it is dropped.
@@ -142,10 +148,9 @@
  *     for them, and a send with the same id joins one. Sent messages not
  *     yet read are tracked again, so their receipts are events.
  *   - 'message': stored before the event; one an earlier page stored is
- *     dropped and acked (it is in the history). Group messages and group
- *     sends are not kept (as in the Go SDK): a group send only waits its
- *     turn.
- *   - 'receipt' and 'read_sync': stored before they are events and acked.
+ *     dropped and acked (it is in the history).
+ *   - 'receipt' and 'read_sync' (a group's too): stored before they are
+ *     events and acked.
  *   - ack(seq) and read(seq): the acked flag and cursor hint, the read
  *     watermark (their write errors are not reported: the server keeps
  *     the real ones).
@@ -153,16 +158,16 @@
  * code 'local_store' (and the StoreError as error), and ends the
  * connection unanswered: the frame comes again after the reconnect. The
  * app reads the history from client.store (messages(conv, limit),
- * conversations(), ...) once ready() resolves, which it may do before
- * start(). The schema is versioned (STORE_VERSION, the database's
- * version) with migrations run in its upgrade transaction; ready() and
- * start() reject with a StoreError when the database was written by a
- * newer SDK (code newer_version: it is left as it is), when another tab
- * holding an older version blocks the upgrade (blocked), or when another
- * client has the store open (locked: each open store holds a Web Lock
- * named after it, waited for up to a second, so a page being reloaded
- * hands it over). A client that opened the store by name closes it on
- * close().
+ * groupMessages(group, limit), conversations(), ...) once ready()
+ * resolves, which it may do before start(). The schema is versioned
+ * (STORE_VERSION, the database's version) with migrations run in its
+ * upgrade transaction; ready() and start() reject with a StoreError when
+ * the database was written by a newer SDK (code newer_version: it is
+ * left as it is), when another tab holding an older version blocks the
+ * upgrade (blocked), or when another client has the store open (locked:
+ * each open store holds a Web Lock named after it, waited for up to a
+ * second, so a page being reloaded hands it over). A client that opened
+ * the store by name closes it on close().
  *
  * Transports. A transport is {name, open(url, token, handlers)}: open
  * resolves with a connection {name, send(text), close(code, reason)} once
@@ -574,6 +579,7 @@ export class Client {
   #acked = new Lru(MAX_SEEN); // seqs the app acked
   #ticks = new Ticks();
   #following = new Set();
+  #followingGroups = new Set(); // groups whose members' presence is followed
   #statusWait = new Map(); // seq -> [{resolve, reject}]
   #groupStatusWait = new Map(); // group + ' ' + seq -> [{resolve, reject}]
   #groupWait = new Map(); // group request id -> {resolve, reject}
@@ -622,13 +628,13 @@ export class Client {
     this.#store = st;
     for (const p of await st.outbox()) {
       if (this.#outbox.byId.has(p.id)) continue;
-      const o = outgoing(p.id, p.to, '', sendFrame(p.id, p.to, '', p.body, p.media));
+      const o = outgoing(p.id, p.to, p.group, sendFrame(p.id, p.to, p.group, p.body, p.media));
       o.done.catch(() => {}); // nobody may wait for it: a send with its id joins it
       this.#outbox.add(o);
     }
     for (const m of await st.unread()) {
-      this.#ticks.sent(m.conv, m.id, m.seq);
-      if (m.status === 'delivered') this.#ticks.apply({ status: 'delivered', by: m.conv, from_seq: m.seq, to_seq: m.seq });
+      this.#ticks.sent(m.group ? '#' + m.group : m.conv, m.id, m.seq);
+      if (m.status === 'delivered') this.#ticks.apply({ status: 'delivered', by: m.conv, group: m.group, from_seq: m.seq, to_seq: m.seq });
     }
   }
 
@@ -815,6 +821,7 @@ export class Client {
     for (let i = 0; i < users.length; i += 256) {
       this.#write(JSON.stringify({ type: 'presence_sub', users: users.slice(i, i + 256) }));
     }
+    for (const group of [...this.#followingGroups].sort()) this.#write({ type: 'presence_sub', group });
     this.#emit('connect', { session: link.session });
   }
 
@@ -884,7 +891,7 @@ export class Client {
           return;
         }
         this.#seen.set(key, f.seq);
-        if (this.#store && !f.group && (await this.#storeMsg(f, key))) {
+        if (this.#store && (await this.#storeMsg(f, key))) {
           // Stored by an earlier page: given to the app then, and in its
           // history now. Acked, as the store holds it.
           this.#stats.duplicatesDropped++;
@@ -899,23 +906,29 @@ export class Client {
           group: f.group ?? '', event: f.event ?? null,
           to: f.to ?? '', sentSeq: f.sent_seq ?? 0,
         });
-        if (f.to && f.sent_seq && !f.group) {
-          // Sent by this user from another device: its ticks are ours too.
-          const early = this.#ticks.sent(f.to, f.id, f.sent_seq);
-          if (early && this.#store) await this.#store.applyReceipt(f.to, early, f.sent_seq, f.sent_seq);
-          if (early) this.#emit('receipt', { id: f.id, status: early, group: '', by: f.to, device: '', ts: Date.now(), seq: f.sent_seq });
+        if (ownCopy(f) && f.sent_seq) {
+          // Sent by this user from another device: its ticks are ours too
+          // (a group's kept apart, as for a group send of ours).
+          const early = this.#ticks.sent(f.group ? '#' + f.group : f.to, f.id, f.sent_seq);
+          if (early && this.#store) {
+            if (f.group) await this.#store.applyGroupReceipt(f.group, early, f.sent_seq, f.sent_seq);
+            else await this.#store.applyReceipt(f.to, early, f.sent_seq, f.sent_seq);
+          }
+          if (early) this.#emit('receipt', { id: f.id, status: early, group: f.group ?? '', by: f.to ?? '', device: '', ts: Date.now(), seq: f.sent_seq });
         }
         break;
       }
       case 'read_sync':
-        if (this.#store && f.peer) await this.#store.setReadWatermark(f.peer, f.to_seq);
-        this.#emit('read_sync', { peer: f.peer, device: f.device, seq: f.to_seq, ts: f.ts });
+        if (this.#store && f.group) await this.#store.setGroupReadWatermark(f.group, f.to_seq);
+        else if (this.#store && f.peer) await this.#store.setReadWatermark(f.peer, f.to_seq);
+        this.#emit('read_sync', { peer: f.peer ?? '', group: f.group ?? '', device: f.device, seq: f.to_seq, ts: f.ts });
         this.#writeOn(link, { type: 'ack', seq: f.seq });
         break;
       case 'receipt':
         // Stored first: a receipt whose write fails comes again, and its
         // ticks are news then.
-        if (this.#store && !f.group) await this.#store.applyReceipt(f.by, f.status, f.from_seq ?? 0, f.to_seq);
+        if (this.#store && f.group) await this.#store.applyGroupReceipt(f.group, f.status, f.from_seq ?? 0, f.to_seq);
+        else if (this.#store) await this.#store.applyReceipt(f.by, f.status, f.from_seq ?? 0, f.to_seq);
         for (const m of this.#ticks.apply(f)) {
           this.#emit('receipt', { id: m.id, status: f.status, group: f.group ?? '', by: f.by, device: f.device, ts: f.ts, seq: m.seq });
         }
@@ -959,11 +972,11 @@ export class Client {
   // earlier page stored it already. On an error the message is forgotten,
   // so its redelivery is tried again.
   async #storeMsg(f, key) {
-    const m = { device: f.device, id: f.id, ts: f.ts, body: f.body ?? null, media: f.media ?? null };
+    const m = { group: f.group ?? '', device: f.device, id: f.id, ts: f.ts, body: f.body ?? null, media: f.media ?? null };
     try {
-      const seen = f.to
-        ? await this.#store.receivedOwn({ ...m, conv: f.to, seq: f.sent_seq ?? 0 })
-        : await this.#store.received({ ...m, conv: f.from, from: f.from, seq: f.seq });
+      const seen = ownCopy(f)
+        ? await this.#store.receivedOwn({ ...m, conv: f.to ?? '', seq: f.sent_seq ?? 0 })
+        : await this.#store.received({ ...m, conv: f.from, from: f.from, seq: f.seq, event: f.event ?? null });
       return seen.dup;
     } catch (e) {
       this.#seen.delete(key);
@@ -979,7 +992,7 @@ export class Client {
     const early = this.#ticks.sent(o.group ? '#' + o.group : o.to, f.id, f.seq);
     // Out of the store's outbox before the send resolves. A failure
     // leaves it there: after a reload it is resent, and answered dup.
-    if (this.#store && !o.group) await this.#store.confirm(f.id, f.seq, f.ts, early).catch(() => {});
+    if (this.#store) await this.#store.confirm(f.id, f.seq, f.ts, early, o.group).catch(() => {});
     this.#resolve(o, { ok: { id: f.id, seq: f.seq, ts: f.ts, dup: !!f.dup } });
     // Its tick came before its "sent" did.
     if (early) this.#emit('receipt', { id: f.id, status: early, group: o.group, by: o.to, device: '', ts: Date.now(), seq: f.seq });
@@ -1103,7 +1116,7 @@ export class Client {
     const fresh = !o;
     if (fresh) {
       o = outgoing(id, to, group, frame);
-      if (this.#opts.store != null) this.#keep(o, group ? null : { id, to, body: body ?? null, media: media ?? null });
+      if (this.#opts.store != null) this.#keep(o, { id, to, group, body: body ?? null, media: media ?? null });
       else ob.add(o);
     }
     o.waiters++;
@@ -1130,11 +1143,10 @@ export class Client {
     });
   }
 
-  // keep writes send o to the store's outbox, then puts it in the
-  // outbox; rec is null for a group send, which the store does not keep
-  // but which waits its turn, so sends enter the outbox in call order. A
-  // send whose write fails is rejected with the StoreError and never
-  // written to the wire.
+  // keep writes send o (rec, to a user or in a group) to the store's
+  // outbox, then puts it in the outbox, one after another, so sends
+  // enter both in call order. A send whose write fails is rejected with
+  // the StoreError and never written to the wire.
   #keep(o, rec) {
     this.#keeping.set(o.id, o);
     this.#keepChain = this.#keepChain.then(async () => {
@@ -1142,7 +1154,7 @@ export class Client {
       if (!err) {
         try {
           await this.#ready;
-          if (rec) await this.#store.addOutgoing(rec);
+          await this.#store.addOutgoing(rec);
         } catch (e) {
           err = storeError(e, this.#store?.name ?? String(this.#opts.store));
         }
@@ -1176,7 +1188,7 @@ export class Client {
 
   // storeDrop takes send o out of the store's outbox.
   #storeDrop(o) {
-    if (this.#store && !o.group) this.#store.drop(o.id).catch(() => {});
+    if (this.#store) this.#store.drop(o.id, o.group).catch(() => {});
   }
 
   /** ack tells the gateway this device has stored the message at seq. */
@@ -1242,6 +1254,27 @@ export class Client {
     checkUsers(users);
     for (const u of users) this.#following.delete(u);
     this.#write({ type: 'presence_unsub', users });
+  }
+
+  /**
+   * subscribePresenceGroup follows the presence of every other member of
+   * group with one frame: their state now, then each change, as
+   * 'presence' events. It is sent again after each reconnect, so members
+   * who joined meanwhile are followed then (call it again to follow them
+   * at once). Refusals (unknown_group, not_member, too_many) are 'error'
+   * events.
+   */
+  subscribePresenceGroup(group) {
+    if (!validId(group)) throw new TypeError('switchboard: bad group id');
+    this.#followingGroups.add(group);
+    this.#write({ type: 'presence_sub', group });
+  }
+
+  /** unsubscribePresenceGroup stops following group's current members, and following it after reconnects. */
+  unsubscribePresenceGroup(group) {
+    if (!validId(group)) throw new TypeError('switchboard: bad group id');
+    this.#followingGroups.delete(group);
+    this.#write({ type: 'presence_unsub', group });
   }
 
   /**
@@ -1464,6 +1497,10 @@ function checkUsers(users) {
 // jitter is a random wait from 1 ms up to bound: "full jitter", so clients
 // that lost the same gateway at once do not come back together.
 const jitter = (bound) => (bound <= 1 ? 1 : 1 + Math.random() * (bound - 1));
+
+// ownCopy says whether message frame f is one this user sent from another
+// device (to a user, or in a group): its sent_seq is where its ticks are.
+const ownCopy = (f) => !f.event && (!!f.to || (!!f.group && !!f.sent_seq));
 
 // msgKey tells a message's repeats from other messages: a user's message
 // by (from, id), a group message by (group, from, id), a group's system
@@ -1707,7 +1744,7 @@ class Lru {
 // --- the local store: IndexedDB ---
 
 /** The local store's schema version this SDK writes: the number of migrations it knows. */
-export const STORE_VERSION = 1;
+export const STORE_VERSION = 2;
 
 /**
  * A local store could not be opened or written. code says why:
@@ -1769,25 +1806,67 @@ const MIGRATIONS = [
     db.createObjectStore('conversations', { keyPath: 'conv' }); // {conv, readSeq}
     db.createObjectStore('meta', { keyPath: 'key' }); // {key, value}
   },
+  // 2: group traffic, as the Go store's version 2. A message and a
+  // conversation belong to a group (grp) or are one to one (grp ''); a
+  // group's conversation is named by the group. Repeats are told apart
+  // within a group (a system message's id is unique in its group only),
+  // so the indexes gain grp; a system message keeps its event. The
+  // conversations are keyed by [grp, conv] in a new object store that
+  // takes the old one's name. Every record is rewritten with grp '' in
+  // this same transaction, so the version-1 data stays as it was: in
+  // batches, their puts not waited for one by one, with the changed
+  // indexes dropped meanwhile and built once at the end (a cursor's step
+  // per record into live indexes took three times as long).
+  (db, tx) => {
+    const m = tx.objectStore('messages');
+    for (const ix of ['key', 'conv', 'tickable', 'incoming']) m.deleteIndex(ix);
+    const batch = (after) => {
+      const r = m.getAll(after === undefined ? null : IDBKeyRange.lowerBound(after, true), MIGRATION_BATCH);
+      r.onsuccess = () => {
+        for (const v of r.result) m.put(indexed({ ...v, grp: '' }));
+        if (r.result.length === MIGRATION_BATCH) {
+          batch(r.result.at(-1).n);
+          return;
+        }
+        m.createIndex('key', ['grp', 'from', 'id'], { unique: true });
+        m.createIndex('conv', ['grp', 'conv', 'n']);
+        m.createIndex('tickable', 'tickable'); // [grp, conv, seq]
+        m.createIndex('incoming', 'incoming'); // [grp, conv, seq], system messages left out
+      };
+    };
+    batch();
+    const cs = db.createObjectStore('conversations_v2', { keyPath: ['grp', 'conv'] }); // {grp, conv, readSeq}
+    const old = tx.objectStore('conversations').getAll();
+    old.onsuccess = () => {
+      for (const c of old.result) cs.put({ grp: '', conv: c.conv, readSeq: c.readSeq });
+      db.deleteObjectStore('conversations');
+      cs.name = 'conversations';
+    };
+  },
 ];
 const OBJECT_STORES = ['messages', 'conversations', 'meta'];
+const MIGRATION_BATCH = 2000; // records read at once by a migration that rewrites them
 
-// indexed sets a message record's sparse index fields from its status.
+// indexed sets a message record's sparse index fields from its status
+// (for the schema's latest version).
 function indexed(r) {
   delete r.pending;
   delete r.tickable;
   delete r.incoming;
-  if (r.from !== '') r.incoming = [r.conv, r.seq];
-  else if (r.status === PENDING) r.pending = 1;
-  else if (r.status === SENT || r.status === DELIVERED_) r.tickable = [r.conv, r.seq];
+  if (r.from !== '') {
+    if (!r.event) r.incoming = [r.grp, r.conv, r.seq];
+  } else if (r.status === PENDING) r.pending = 1;
+  else if (r.status === SENT || r.status === DELIVERED_) r.tickable = [r.grp, r.conv, r.seq];
   return r;
 }
 
 // record is what the store hands out of a message record.
+// group is '' for a 1:1 message; event is set on a group's system
+// message.
 function record(r) {
   return {
-    n: r.n, conv: r.conv, from: r.from, own: r.from === '', device: r.device, id: r.id, seq: r.seq, ts: r.ts,
-    body: r.body ?? null, media: r.media ?? null, status: STATUS_NAMES[r.status] ?? 'sent', acked: !!r.acked,
+    n: r.n, group: r.grp, conv: r.conv, from: r.from, own: r.from === '', device: r.device, id: r.id, seq: r.seq, ts: r.ts,
+    body: r.body ?? null, media: r.media ?? null, event: r.event ?? null, status: STATUS_NAMES[r.status] ?? 'sent', acked: !!r.acked,
   };
 }
 
@@ -1883,7 +1962,11 @@ function openDatabase(name, migrations) {
       try {
         for (let v = e.oldVersion; v < migrations.length; v++) migrations[v](r.result, r.transaction);
       } catch (err) {
-        fail(new StoreError('failed', `switchboard: local store ${JSON.stringify(name)}: migration failed: ${err.message}`, { cause: err }));
+        // A migration that finds no object store to change: the database
+        // is not a store (it is left as it was).
+        fail(err?.name === 'NotFoundError'
+          ? new StoreError('corrupt', `switchboard: local store ${JSON.stringify(name)} is not a Switchboard store (${err.message})`, { cause: err })
+          : new StoreError('failed', `switchboard: local store ${JSON.stringify(name)}: migration failed: ${err.message}`, { cause: err }));
         r.transaction.abort();
       }
     };
@@ -2003,25 +2086,26 @@ export class Store {
   #read(fn) { return this.#tx(['messages', 'conversations', 'meta'], 'readonly', fn); }
 
   /**
-   * addOutgoing puts a send {id, to, body, media} at the end of the
-   * outbox. A send with the same id pending or stored stays as it is; one
+   * addOutgoing puts a send {id, to, group, body, media} (to a user, or
+   * in group) at the end of the outbox. A send with the same id (in the
+   * same group, or one to one) pending or stored stays as it is; one
    * dropped goes back into the outbox, at its end.
    */
-  addOutgoing({ id, to, body = null, media = null }) {
+  addOutgoing({ id, to = '', group = '', body = null, media = null }) {
     return this.#write(async (tx) => {
       const ms = tx.objectStore('messages');
-      const old = await req(ms.index('key').get(['', id]));
+      const old = await req(ms.index('key').get([group, '', id]));
       if (old && old.status !== DROPPED) return;
       if (old) await req(ms.delete(old.n));
-      await req(ms.add(indexed({ conv: to, from: '', device: '', id, seq: 0, ts: 0, body, media, status: PENDING, acked: false })));
+      await req(ms.add(indexed({ grp: group, conv: group || to, from: '', device: '', id, seq: 0, ts: 0, body, media, status: PENDING, acked: false })));
     });
   }
 
-  /** outbox resolves with the sends not yet confirmed, oldest first: [{id, to, body, media}]. */
+  /** outbox resolves with the sends not yet confirmed, oldest first: [{id, to, group, body, media}] (to '' for a group's). */
   outbox() {
     return this.#read(async (tx) => {
       const rs = await req(tx.objectStore('messages').index('outbox').getAll());
-      return rs.map((r) => ({ id: r.id, to: r.conv, body: r.body ?? null, media: r.media ?? null }));
+      return rs.map((r) => ({ id: r.id, to: r.grp ? '' : r.conv, group: r.grp, body: r.body ?? null, media: r.media ?? null }));
     });
   }
 
@@ -2034,13 +2118,14 @@ export class Store {
   }
 
   /**
-   * confirm records that the server stored send id at seq (time ts): it
-   * leaves the outbox. tick is a receipt status that came before the
-   * "sent" ('' if none).
+   * confirm records that the server stored send id (in group, '' for a
+   * send to a user) at seq (time ts; in a group, its place in the group's
+   * log): it leaves the outbox. tick is a receipt status that came before
+   * the "sent" ('' if none).
    */
-  confirm(id, seq, ts, tick = '') {
+  confirm(id, seq, ts, tick = '', group = '') {
     return this.#write(async (tx) => {
-      const r = await req(tx.objectStore('messages').index('key').get(['', id]));
+      const r = await req(tx.objectStore('messages').index('key').get([group, '', id]));
       if (!r || r.status < 0) return;
       await this.#update(tx, [r], () => {
         r.seq = seq;
@@ -2050,10 +2135,10 @@ export class Store {
     });
   }
 
-  /** drop takes a pending send out of the outbox: withdrawn, or refused for good. */
-  drop(id) {
+  /** drop takes a pending send (in group, '' for one to a user) out of the outbox: withdrawn, or refused for good. */
+  drop(id, group = '') {
     return this.#write(async (tx) => {
-      const r = await req(tx.objectStore('messages').index('key').get(['', id]));
+      const r = await req(tx.objectStore('messages').index('key').get([group, '', id]));
       if (r && r.status === PENDING) await this.#update(tx, [r], () => { r.status = DROPPED; });
     });
   }
@@ -2064,11 +2149,25 @@ export class Store {
    * `to`. Ticks only rise.
    */
   applyReceipt(by, status, from, to) {
+    return this.#tick('', by, status, from, to);
+  }
+
+  /**
+   * applyGroupReceipt records a group receipt: every other member of
+   * group has (delivered) or has read this user's messages there stored
+   * from `from` to `to`, places in the group's log; a read covers every
+   * one up to `to`. Ticks only rise.
+   */
+  applyGroupReceipt(group, status, from, to) {
+    return this.#tick(group, group, status, from, to);
+  }
+
+  #tick(grp, conv, status, from, to) {
     const st = statusOf(status);
     if (st === SENT) return Promise.resolve();
     return this.#write(async (tx) => {
       const lo = st === READ_ ? 0 : from;
-      const rs = await req(tx.objectStore('messages').index('tickable').getAll(IDBKeyRange.bound([by, lo], [by, to])));
+      const rs = await req(tx.objectStore('messages').index('tickable').getAll(IDBKeyRange.bound([grp, conv, lo], [grp, conv, to])));
       await this.#update(tx, rs, (r) => {
         if (r.status >= st) return false;
         r.status = st;
@@ -2077,7 +2176,7 @@ export class Store {
     });
   }
 
-  /** unread resolves with this user's messages stored and not yet known read, by seq: the ones a receipt can still move. */
+  /** unread resolves with this user's messages stored and not yet known read (group set on a group's), by seq: the ones a receipt can still move. */
   unread() {
     return this.#read(async (tx) => {
       const rs = await req(tx.objectStore('messages').index('tickable').getAll());
@@ -2085,32 +2184,42 @@ export class Store {
     });
   }
 
-  // #receive stores r unless a message with its (from, id) is stored, and
-  // says which: {dup, firstSeq, acked}.
+  // #receive stores r unless a message with its (grp, from, id) is
+  // stored, and says which: {dup, firstSeq, acked}.
   #receive(r) {
     return this.#write(async (tx) => {
       const ms = tx.objectStore('messages');
-      const old = await req(ms.index('key').get([r.from, r.id]));
+      const old = await req(ms.index('key').get([r.grp, r.from, r.id]));
       if (old) return { dup: true, firstSeq: old.seq, acked: !!old.acked };
       await req(ms.add(indexed(r)));
       return { dup: false, firstSeq: r.seq, acked: false };
     });
   }
 
-  /** received stores a message from another user {conv, from, device, id, seq, ts, body, media} unless one with its (from, id) is stored: {dup, firstSeq, acked}. */
+  /**
+   * received stores a message from another user {group, conv, from,
+   * device, id, seq, ts, body, media, event} unless one with its (group,
+   * from, id) is stored: {dup, firstSeq, acked}. A group's message, or its
+   * system message (with event, and no body), has group set and is in the
+   * group's conversation.
+   */
   received(m) {
-    return this.#receive({ conv: m.conv ?? m.from, from: m.from, device: m.device ?? '', id: m.id, seq: m.seq, ts: m.ts ?? 0,
-      body: m.body ?? null, media: m.media ?? null, status: SENT, acked: false });
+    const grp = m.group ?? '';
+    const r = { grp, conv: grp || (m.conv ?? m.from), from: m.from, device: m.device ?? '', id: m.id, seq: m.seq, ts: m.ts ?? 0,
+      body: m.body ?? null, media: m.media ?? null, status: SENT, acked: false };
+    if (m.event) r.event = m.event;
+    return this.#receive(r);
   }
 
   /**
    * receivedOwn stores a message this user sent from another device, as
-   * one of its own, in conversation conv at seq (the seq its receipts
-   * name), unless a message of this user's with its id is stored (sent
-   * from here, or stored before).
+   * one of its own, in conversation conv (or in group) at seq (the seq its
+   * receipts name), unless a message of this user's with its id is stored
+   * there (sent from here, or stored before).
    */
   receivedOwn(m) {
-    return this.#receive({ conv: m.conv, from: '', device: m.device ?? '', id: m.id, seq: m.seq, ts: m.ts ?? 0,
+    const grp = m.group ?? '';
+    return this.#receive({ grp, conv: grp || m.conv, from: '', device: m.device ?? '', id: m.id, seq: m.seq, ts: m.ts ?? 0,
       body: m.body ?? null, media: m.media ?? null, status: Math.max(statusOf(m.status ?? ''), SENT), acked: false });
   }
 
@@ -2130,31 +2239,49 @@ export class Store {
     return this.#read(async (tx) => (await req(tx.objectStore('meta').get('cursor_hint')))?.value ?? 0);
   }
 
-  /** markRead raises the read watermark of the conversation of the received message at seq to seq; resolves false if none is stored at seq. */
+  /**
+   * markRead raises the read watermark of the conversation (with a user,
+   * or a group) of the received message at seq to seq; resolves false if
+   * none is stored at seq.
+   */
   markRead(seq) {
     return this.#write(async (tx) => {
       const rs = await req(tx.objectStore('messages').index('seq').getAll(seq));
       const m = rs.find((r) => r.from !== '');
       if (!m) return false;
-      await this.#raise(tx, m.conv, seq);
+      await this.#raise(tx, m.grp, m.conv, seq);
       return true;
     });
   }
 
-  async #raise(tx, conv, seq) {
+  async #raise(tx, grp, conv, seq) {
     const cs = tx.objectStore('conversations');
-    const c = await req(cs.get(conv));
-    if (!c || c.readSeq < seq) await req(cs.put({ conv, readSeq: seq }));
+    const c = await req(cs.get([grp, conv]));
+    if (!c || c.readSeq < seq) await req(cs.put({ grp, conv, readSeq: seq }));
   }
 
-  /** setReadWatermark raises conversation conv's read watermark to seq (a read made on another device). */
+  /** setReadWatermark raises the read watermark of the conversation with user conv to seq (a read made on another device). */
   setReadWatermark(conv, seq) {
-    return this.#write((tx) => this.#raise(tx, conv, seq));
+    return this.#write((tx) => this.#raise(tx, '', conv, seq));
   }
 
-  /** readWatermark resolves with the seq up to which this user read conversation conv (0 if none). */
+  /** setGroupReadWatermark raises group's read watermark to seq, a seq of this user's messages (a group read_sync). */
+  setGroupReadWatermark(group, seq) {
+    return this.#write((tx) => this.#raise(tx, group, group, seq));
+  }
+
+  /** readWatermark resolves with the seq up to which this user read the conversation with user conv (0 if none). */
   readWatermark(conv) {
-    return this.#read(async (tx) => (await req(tx.objectStore('conversations').get(conv)))?.readSeq ?? 0);
+    return this.#watermark('', conv);
+  }
+
+  /** groupReadWatermark resolves with the seq (of this user's messages) up to which this user read group (0 if none). */
+  groupReadWatermark(group) {
+    return this.#watermark(group, group);
+  }
+
+  #watermark(grp, conv) {
+    return this.#read(async (tx) => (await req(tx.objectStore('conversations').get([grp, conv])))?.readSeq ?? 0);
   }
 
   /** count resolves with the number of stored messages, both directions. */
@@ -2164,9 +2291,11 @@ export class Store {
 
   /**
    * conversations resolves with a summary of each conversation, the most
-   * recently active first: [{conv, messages, unread, readSeq, lastN}]
-   * (messages counts both directions, dropped sends included; unread the
-   * received ones above the read watermark).
+   * recently active first: [{group, conv, messages, unread, readSeq,
+   * lastN}] (group and conv the group for a group's, group '' with a
+   * user; messages counts both directions, dropped sends and system
+   * messages included; unread the received ones above the read
+   * watermark, system messages left out).
    */
   conversations() {
     return this.#read(async (tx) => {
@@ -2174,29 +2303,38 @@ export class Store {
       const convs = [];
       const r = ix.openKeyCursor();
       for (let c = await req(r); c; c = await req(r)) {
-        convs.push(c.key[0]);
-        c.continue([c.key[0], Infinity]); // the next conversation
+        convs.push([c.key[0], c.key[1]]);
+        c.continue([c.key[0], c.key[1], Infinity]); // the next conversation
       }
       const out = [];
-      for (const conv of convs) {
-        const all = IDBKeyRange.bound([conv, -Infinity], [conv, Infinity]);
-        const readSeq = (await req(tx.objectStore('conversations').get(conv)))?.readSeq ?? 0;
+      for (const [grp, conv] of convs) {
+        const all = IDBKeyRange.bound([grp, conv, -Infinity], [grp, conv, Infinity]);
+        const readSeq = (await req(tx.objectStore('conversations').get([grp, conv])))?.readSeq ?? 0;
         const [messages, last, unread] = await Promise.all([
           req(ix.count(all)),
           req(ix.openKeyCursor(all, 'prev')),
-          req(tx.objectStore('messages').index('incoming').count(IDBKeyRange.bound([conv, readSeq], [conv, Infinity], true))),
+          req(tx.objectStore('messages').index('incoming').count(IDBKeyRange.bound([grp, conv, readSeq], [grp, conv, Infinity], true))),
         ]);
-        out.push({ conv, messages, unread, readSeq, lastN: last.key[1] });
+        out.push({ group: grp, conv, messages, unread, readSeq, lastN: last.key[2] });
       }
       return out.sort((a, b) => b.lastN - a.lastN);
     });
   }
 
-  /** messages resolves with conversation conv's last limit messages (all if limit is 0), oldest first; dropped sends are left out. */
+  /** messages resolves with the conversation with user conv's last limit messages (all if limit is 0), oldest first; dropped sends are left out. */
   messages(conv, limit = 0) {
+    return this.#messages('', conv, limit);
+  }
+
+  /** groupMessages is messages() for group's conversation, its system messages included. */
+  groupMessages(group, limit = 0) {
+    return this.#messages(group, group, limit);
+  }
+
+  #messages(grp, conv, limit) {
     return this.#read(async (tx) => {
       const out = [];
-      const r = tx.objectStore('messages').index('conv').openCursor(IDBKeyRange.bound([conv, -Infinity], [conv, Infinity]), 'prev');
+      const r = tx.objectStore('messages').index('conv').openCursor(IDBKeyRange.bound([grp, conv, -Infinity], [grp, conv, Infinity]), 'prev');
       for (let c = await req(r); c && (limit <= 0 || out.length < limit); c = await req(r)) {
         if (c.value.status !== DROPPED) out.push(record(c.value));
         c.continue();
@@ -2205,10 +2343,15 @@ export class Store {
     });
   }
 
-  /** message resolves with the message (from, id), from '' for an own one, or null. */
+  /** message resolves with the message (from, id) with a user, from '' for an own one, or null. */
   message(from, id) {
+    return this.groupMessage('', from, id);
+  }
+
+  /** groupMessage resolves with the message (from, id) in group ('' : with a user), from '' for an own one, or null. */
+  groupMessage(group, from, id) {
     return this.#read(async (tx) => {
-      const r = await req(tx.objectStore('messages').index('key').get([from, id]));
+      const r = await req(tx.objectStore('messages').index('key').get([group, from, id]));
       return r ? record(r) : null;
     });
   }
