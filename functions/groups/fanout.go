@@ -266,7 +266,9 @@ func (p *partition) membersAt(gid string, seq uint64) (*members, error) {
 func (p *partition) fanOut(m jetstream.Msg, to []string, body []byte, h func(string) nats.Header) error {
 	s := p.s
 	ctx := s.ctx
-	tick := time.NewTicker(5 * time.Second)
+	// Well inside the durable's ack wait (10 s, short so that a fan-out
+	// an instance died with resumes soon after a restart).
+	tick := time.NewTicker(3 * time.Second)
 	defer tick.Stop()
 	stored := 0
 	wait := func(f jetstream.PubAckFuture) error {
