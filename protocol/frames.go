@@ -547,26 +547,14 @@ func AppendMsg(b []byte, id, from, device string, seq uint64, ts int64, body, me
 	b = strconv.AppendUint(b, seq, 10)
 	b = append(b, `,"ts":`...)
 	b = strconv.AppendInt(b, ts, 10)
-	if len(media) > 0 {
-		b = append(b, `,"media":`...)
-		b = append(b, media...)
-	}
-	b = append(b, `,"body":`...)
-	b = append(b, body...)
-	return append(b, '}')
+	return appendMsgTail(b, body, media)
 }
 
 // AppendGroupMsg appends a msg frame for a message sent in group. media,
 // when not empty, is a media reference as stored.
 func AppendGroupMsg(b []byte, id, from, device, group string, seq uint64, ts int64, body, media []byte) []byte {
 	b = appendGroupMsgHead(b, id, from, device, group, seq, ts)
-	if len(media) > 0 {
-		b = append(b, `,"media":`...)
-		b = append(b, media...)
-	}
-	b = append(b, `,"body":`...)
-	b = append(b, body...)
-	return append(b, '}')
+	return appendMsgTail(b, body, media)
 }
 
 // AppendGroupEvent appends a msg frame that is group's system message:
@@ -821,4 +809,15 @@ func DecodeServer(data []byte) (*Frame, error) {
 		return nil, errors.New("protocol: server frame without type")
 	}
 	return &f, nil
+}
+
+// appendMsgTail ends a msg frame: its media reference, if any, and body.
+func appendMsgTail(b, body, media []byte) []byte {
+	if len(media) > 0 {
+		b = append(b, `,"media":`...)
+		b = append(b, media...)
+	}
+	b = append(b, `,"body":`...)
+	b = append(b, body...)
+	return append(b, '}')
 }

@@ -25,13 +25,7 @@ func AppendOwnMsg(b []byte, id, from, device, to string, seq, sentSeq uint64, ts
 	b = strconv.AppendUint(b, sentSeq, 10)
 	b = append(b, `,"ts":`...)
 	b = strconv.AppendInt(b, ts, 10)
-	if len(media) > 0 {
-		b = append(b, `,"media":`...)
-		b = append(b, media...)
-	}
-	b = append(b, `,"body":`...)
-	b = append(b, body...)
-	return append(b, '}')
+	return appendMsgTail(b, body, media)
 }
 
 // AppendReadSync appends a read_sync frame: this user, on device, read
@@ -40,15 +34,7 @@ func AppendOwnMsg(b []byte, id, from, device, to string, seq, sentSeq uint64, ts
 func AppendReadSync(b []byte, peer, device string, toSeq, seq uint64, ts int64) []byte {
 	b = append(b, `{"type":"read_sync","peer":"`...)
 	b = append(b, peer...)
-	b = append(b, `","device":"`...)
-	b = append(b, device...)
-	b = append(b, `","to_seq":`...)
-	b = strconv.AppendUint(b, toSeq, 10)
-	b = append(b, `,"seq":`...)
-	b = strconv.AppendUint(b, seq, 10)
-	b = append(b, `,"ts":`...)
-	b = strconv.AppendInt(b, ts, 10)
-	return append(b, '}')
+	return appendReadSyncTail(b, device, toSeq, seq, ts)
 }
 
 // AppendOwnGroupMsg appends a msg frame for a message this user sent in
@@ -59,13 +45,7 @@ func AppendOwnGroupMsg(b []byte, id, from, device, group string, seq, sentSeq ui
 	b = appendGroupMsgHead(b, id, from, device, group, seq, ts)
 	b = append(b, `,"sent_seq":`...)
 	b = strconv.AppendUint(b, sentSeq, 10)
-	if len(media) > 0 {
-		b = append(b, `,"media":`...)
-		b = append(b, media...)
-	}
-	b = append(b, `,"body":`...)
-	b = append(b, body...)
-	return append(b, '}')
+	return appendMsgTail(b, body, media)
 }
 
 // AppendGroupReadSync appends a read_sync frame for a group: this user,
@@ -74,6 +54,11 @@ func AppendOwnGroupMsg(b []byte, id, from, device, group string, seq, sentSeq ui
 func AppendGroupReadSync(b []byte, group, device string, toSeq, seq uint64, ts int64) []byte {
 	b = append(b, `{"type":"read_sync","group":"`...)
 	b = append(b, group...)
+	return appendReadSyncTail(b, device, toSeq, seq, ts)
+}
+
+// appendReadSyncTail ends a read_sync frame after its peer or group.
+func appendReadSyncTail(b []byte, device string, toSeq, seq uint64, ts int64) []byte {
 	b = append(b, `","device":"`...)
 	b = append(b, device...)
 	b = append(b, `","to_seq":`...)
