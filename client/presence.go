@@ -112,7 +112,8 @@ func (c *Client) SubscribePresenceGroup(gid string) error {
 }
 
 // UnsubscribePresenceGroup stops following group gid's members (as the
-// group is at the time).
+// group is at the time), those also followed by name included: follow
+// them again with SubscribePresence (a reconnect does so too).
 func (c *Client) UnsubscribePresenceGroup(gid string) error {
 	if !protocol.ValidID(gid) {
 		return ErrBadID

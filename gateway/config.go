@@ -46,8 +46,9 @@ type Config struct {
 	// PongTimeout closes a connection from which nothing (pong or frame) has
 	// arrived for this long. Must exceed PingInterval.
 	PongTimeout time.Duration
-	// WriteTimeout bounds one frame write; a client that does not read for
-	// this long is closed with 4001 (slow).
+	// WriteTimeout bounds one write to the socket (the frames queued
+	// together, up to 64 KiB); a client that does not read for this long
+	// is closed with 4001 (slow).
 	WriteTimeout time.Duration
 	// HandshakeTimeout bounds reading the HTTP upgrade request (slowloris).
 	HandshakeTimeout time.Duration

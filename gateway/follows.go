@@ -27,6 +27,14 @@ type follows struct {
 	users   map[string]struct{} // the users followed
 	stopped bool                // dropAll ran: follow no one any more
 
+	// opMu guards ops and opRunning: presence_sub and presence_unsub
+	// frames take effect in the order they came. One naming a group
+	// reads the group's record, off the read loop; while one waits,
+	// those after it wait behind it, in one goroutine at a time.
+	opMu      sync.Mutex
+	ops       []func()
+	opRunning bool
+
 	mu sync.Mutex // guards gen and sent; never held while calling the router
 	// Presence frames go out newest first only: each update forwarded and
 	// each answer asked for takes the next generation, and a frame older
@@ -45,13 +53,64 @@ type presenceSent struct {
 	hidden bool
 }
 
+// maxPendingOps bounds the presence frames waiting behind a group's.
+const maxPendingOps = 16
+
+// inOrder runs op after the presence frames before it: at once, on the
+// read loop, when none waits and op does not block; else in the
+// goroutine that runs them in turn. It runs on the read loop.
+func (f *follows) inOrder(blocks bool, op func()) {
+	f.opMu.Lock()
+	switch {
+	case !f.opRunning && !blocks:
+		f.opMu.Unlock()
+		op()
+		return
+	case f.opRunning && len(f.ops) >= maxPendingOps:
+		f.opMu.Unlock()
+		f.s.refuseBusy("")
+		return
+	case f.opRunning:
+		f.ops = append(f.ops, op)
+		f.opMu.Unlock()
+		return
+	}
+	f.opRunning = true
+	f.ops = append(f.ops, op)
+	f.opMu.Unlock()
+	if !f.s.goCall(f.runOps) {
+		f.opMu.Lock()
+		f.ops, f.opRunning = nil, false
+		f.opMu.Unlock()
+		f.s.refuseBusy("")
+	}
+}
+
+// runOps runs the waiting presence frames in turn until none is left.
+func (f *follows) runOps() {
+	for {
+		f.opMu.Lock()
+		if len(f.ops) == 0 {
+			f.ops, f.opRunning = nil, false
+			f.opMu.Unlock()
+			return
+		}
+		op := f.ops[0]
+		f.ops = f.ops[1:]
+		f.opMu.Unlock()
+		op()
+	}
+}
+
 // subscribe follows users' presence changes and asks for their current
 // state. It runs on the read loop.
 func (f *follows) subscribe(users []string) {
-	added, ok := f.follow(users)
-	if ok && !f.ask(added) {
-		f.s.refuseBusy("")
-	}
+	f.inOrder(false, func() {
+		added, ok := f.follow(users)
+		if ok && !f.ask(added) {
+			f.s.refuseBusy("")
+		}
+	})
 }
 
 // follow subscribes to the users not followed yet, up to the
@@ -91,8 +150,7 @@ func (f *follows) follow(users []string) (added []string, ok bool) {
 // group's record off it; members who join later are not followed until
 // the device asks again.
 func (f *follows) subscribeGroup(gid string) {
-	s := f.s
-	ok := s.goCall(func() {
+	f.inOrder(true, func() {
 		members, ok := f.groupMembers(gid)
 		if !ok {
 			return
@@ -102,25 +160,20 @@ func (f *follows) subscribeGroup(gid string) {
 			return
 		}
 		if err := f.fetch(f.nextGen(), added); err != nil {
-			s.sendError(protocol.ErrUnavailable, "presence is unavailable: "+err.Error(), "", 0, 0)
+			f.s.sendError(protocol.ErrUnavailable, "presence is unavailable: "+err.Error(), "", 0, 0)
 		}
 	})
-	if !ok {
-		s.refuseBusy("")
-	}
 }
 
 // unsubscribeGroup stops following group gid's members, as the group is
-// now. It runs on the read loop and reads the group's record off it.
+// now, whether followed through it or by name. It runs on the read loop
+// and reads the group's record off it.
 func (f *follows) unsubscribeGroup(gid string) {
-	ok := f.s.goCall(func() {
+	f.inOrder(true, func() {
 		if members, ok := f.groupMembers(gid); ok {
-			f.unsubscribe(members)
+			f.unfollow(members)
 		}
 	})
-	if !ok {
-		f.s.refuseBusy("")
-	}
 }
 
 // groupMembers lists group gid's members other than this user, if this
@@ -147,8 +200,13 @@ func (f *follows) groupMembers(gid string) ([]string, bool) {
 	return members, true
 }
 
-// unsubscribe stops following users.
+// unsubscribe stops following users. It runs on the read loop.
 func (f *follows) unsubscribe(users []string) {
+	f.inOrder(false, func() { f.unfollow(users) })
+}
+
+// unfollow stops following users.
+func (f *follows) unfollow(users []string) {
 	f.subMu.Lock()
 	defer f.subMu.Unlock()
 	for _, u := range users {

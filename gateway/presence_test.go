@@ -610,6 +610,12 @@ func TestPresenceOfAWholeGroupInOneFrame(t *testing.T) {
 		t.Fatalf("answer about zed: %+v", *f)
 	}
 	alice.write(`{"type":"presence_unsub","group":"big"}`)
+	// Frames take effect in order: yan's answer comes once the group is
+	// unfollowed.
+	alice.write(`{"type":"presence_sub","users":["yan"]}`)
+	if f := nextPresence(alice); f.User != "yan" {
+		t.Fatalf("after unfollowing the group alice got %+v, want the answer about yan", *f)
+	}
 	// Fence: zed is still followed; m008's coming must not show before
 	// zed's, which is published after it.
 	m008 := watchUpdates(t, n, "m008")

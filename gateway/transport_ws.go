@@ -28,6 +28,10 @@ type wsConn struct {
 	// lingering: the writer half-closed the socket after the close
 	// frame; linger closes it.
 	lingering atomic.Bool
+	// closeSent: the library itself sent the close frame (1009 for an
+	// oversized frame), which no frame may follow; peerClosed: the
+	// client sent its close, which the writer answers with its code.
+	closeSent, peerClosed atomic.Bool
 }
 
 func newWSConn(ws *websocket.Conn, cfg *Config) *wsConn {
@@ -52,7 +56,10 @@ func (c *wsConn) writer() {
 		if stop {
 			return
 		}
-		flush := !closing || c.flushOnClose()
+		// Once the client closed nothing it is sent is read; after the
+		// library refused an oversized frame with 1009 no data frame
+		// may follow.
+		flush := !closing || (c.flushOnClose() && !c.peerClosed.Load() && !c.closeSent.Load())
 		if flush && !failed && w.write(c, batch) != nil {
 			failed = true
 			c.Close(protocol.CloseSlow, "write failed")
@@ -65,9 +72,17 @@ func (c *wsConn) writer() {
 			batch = nil // keep no large buffer
 		}
 	}
-	msg := websocket.FormatCloseMessage(c.closeCode, c.closeReason)
-	_ = c.ws.WriteControl(websocket.CloseMessage, msg, time.Now().Add(time.Second))
-	c.halfClose()
+	switch {
+	case failed:
+		// A write broke off mid-frame: nothing more can be framed.
+		_ = c.ws.Close()
+	case c.closeSent.Load():
+		c.halfClose()
+	default:
+		msg := websocket.FormatCloseMessage(c.closeCode, c.closeReason)
+		_ = c.ws.WriteControl(websocket.CloseMessage, msg, time.Now().Add(time.Second))
+		c.halfClose()
+	}
 	close(c.writerDone)
 }
 
@@ -140,20 +155,25 @@ func (w *frameWriter) write(c *wsConn, frames [][]byte) error {
 		w.buf = writeBufs.Get().(*[]byte)
 	}
 	conn := c.ws.NetConn()
-	if err := conn.SetWriteDeadline(time.Now().Add(c.cfg.WriteTimeout)); err != nil {
+	// WriteTimeout bounds each write, as it bounded each frame's.
+	flush := func(b []byte) error {
+		if err := conn.SetWriteDeadline(time.Now().Add(c.cfg.WriteTimeout)); err != nil {
+			return err
+		}
+		_, err := conn.Write(b)
 		return err
 	}
 	b := (*w.buf)[:0]
 	for _, f := range frames {
 		if len(b) > 0 && len(b)+len(f)+maxFrameHeader > maxWrite {
-			if _, err := conn.Write(b); err != nil {
+			if err := flush(b); err != nil {
 				return err
 			}
 			b = b[:0]
 		}
 		b = appendTextFrame(b, f)
 	}
-	_, err := conn.Write(b)
+	err := flush(b)
 	if cap(b) <= maxWrite {
 		*w.buf = b[:0]
 	}
@@ -217,12 +237,17 @@ func (c *wsConn) readLoop(handle func([]byte)) error {
 	}
 	alive()
 	c.ws.SetPongHandler(func(string) error { alive(); return nil })
+	// The client's close is answered by the writer, after the frames it
+	// is writing and with nothing after it (the library's own answer
+	// would race them on the socket).
+	c.ws.SetCloseHandler(func(int, string) error { c.peerClosed.Store(true); return nil })
 	for {
 		mt, data, err := c.ws.ReadMessage()
 		if err != nil {
 			switch {
 			case errors.Is(err, websocket.ErrReadLimit):
 				// The library already sent close 1009.
+				c.closeSent.Store(true)
 				c.Close(protocol.CloseTooBig, "frame too big")
 			case isTimeout(err):
 				c.Close(protocol.CloseSlow, "no pong")

@@ -2,12 +2,108 @@ package gateway
 
 import (
 	"bytes"
+	"context"
+	"errors"
+	"fmt"
 	"net"
 	"testing"
+	"time"
 
 	"github.com/fasthttp/websocket"
 	"github.com/valyala/fasthttp"
+
+	"github.com/switchboard-im/switchboard/protocol"
 )
+
+// pipeConn is a wsConn over net.Pipe, with the client's end, and the
+// frames its read loop handed on.
+func pipeConn(t *testing.T, cfg Config) (*wsConn, *websocket.Conn, <-chan []byte) {
+	t.Helper()
+	serverEnd, clientEnd := net.Pipe()
+	conns := make(chan *wsConn, 1)
+	handled := make(chan []byte, 16)
+	up := websocket.FastHTTPUpgrader{Subprotocols: []string{protocol.Subprotocol}}
+	srv := &fasthttp.Server{Handler: func(ctx *fasthttp.RequestCtx) {
+		_ = up.Upgrade(ctx, func(ws *websocket.Conn) {
+			c := newWSConn(ws, &cfg)
+			conns <- c
+			_ = c.readLoop(func(b []byte) { handled <- b })
+			<-c.writerDone
+		})
+	}}
+	go func() { _ = srv.ServeConn(serverEnd) }()
+	d := websocket.Dialer{
+		Subprotocols:     []string{protocol.Subprotocol},
+		HandshakeTimeout: 5 * time.Second,
+		NetDialContext:   func(context.Context, string, string) (net.Conn, error) { return clientEnd, nil },
+	}
+	client, _, err := d.Dial("ws://pipe"+PathWS, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { client.Close() })
+	return <-conns, client, handled
+}
+
+// The transport writes frames in the order queued, from a writer that
+// ends when the queue is empty; Close writes what is queued, then the
+// close frame, and later frames are refused.
+func TestWSConnWritesInOrderThenCloses(t *testing.T) {
+	c, client, _ := pipeConn(t, DefaultConfig())
+	for i := range 5 {
+		if !c.Send([]byte(fmt.Sprintf(`{"n":%d}`, i))) {
+			t.Fatalf("frame %d refused", i)
+		}
+	}
+	for i := range 5 {
+		_ = client.SetReadDeadline(time.Now().Add(5 * time.Second))
+		_, data, err := client.ReadMessage()
+		if err != nil || string(data) != fmt.Sprintf(`{"n":%d}`, i) {
+			t.Fatalf("frame %d: %q, %v", i, data, err)
+		}
+	}
+	waitFor(t, func() error {
+		c.mu.Lock()
+		defer c.mu.Unlock()
+		if c.writing {
+			return errors.New("the writer still runs with nothing to write")
+		}
+		return nil
+	})
+	c.Send([]byte(`{"last":true}`))
+	c.Close(protocol.CloseServiceRestart, "restarting")
+	if c.Send([]byte(`{"after":true}`)) {
+		t.Fatal("a frame was taken after Close")
+	}
+	_, data, err := client.ReadMessage()
+	if err != nil || string(data) != `{"last":true}` {
+		t.Fatalf("got %q, %v; want the frame queued before Close", data, err)
+	}
+	_, _, err = client.ReadMessage()
+	var ce *websocket.CloseError
+	if !errors.As(err, &ce) || ce.Code != protocol.CloseServiceRestart || ce.Text != "restarting" {
+		t.Fatalf("connection ended with %v, want close 1012 restarting", err)
+	}
+}
+
+// The read loop hands on text frames and closes a connection that sends a
+// binary one with 1003.
+func TestWSConnReadLoopRefusesBinaryFrames(t *testing.T) {
+	c, client, handled := pipeConn(t, DefaultConfig())
+	if err := client.WriteMessage(websocket.TextMessage, []byte(`{"type":"ack","seq":1}`)); err != nil {
+		t.Fatal(err)
+	}
+	if got := <-handled; string(got) != `{"type":"ack","seq":1}` {
+		t.Fatalf("handled %q", got)
+	}
+	if err := client.WriteMessage(websocket.BinaryMessage, []byte{1, 2, 3}); err != nil {
+		t.Fatal(err)
+	}
+	<-c.Done()
+	if c.closeCode != protocol.CloseUnsupported {
+		t.Fatalf("closed with %d, want %d", c.closeCode, protocol.CloseUnsupported)
+	}
+}
 
 // TestFrameWriterFramesAreReadBack writes frames of every header length,
 // batched into shared writes and split where a batch passes maxWrite, and

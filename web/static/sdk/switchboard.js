@@ -867,7 +867,7 @@ export class Client {
   #storeFailed(link, e) {
     const err = storeError(e, this.#store?.name ?? '');
     this.#emit('error', { code: 'local_store', message: err.message, seq: 0, id: '', error: err });
-    if (this.#link === link) link.conn.close(3000, 'local store failed');
+    if (this.#link === link) link.conn.close(4000, 'local store failed');
   }
 
   // handle handles one frame. It awaits nothing without a store, so it
