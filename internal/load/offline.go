@@ -64,6 +64,9 @@ func runOffline(ctx context.Context, e *env, rep *Report) error {
 	res.Stored = l.sent.Load()
 	res.FeedPerSec = float64(res.Stored) / res.FeedSeconds
 	e.prog.set("settling", 0, nil)
+	// What the stored messages cost at rest: the functions that read
+	// every stored message are done with them first.
+	e.waitFunctionsIdle(ctx)
 	e.settle(ctx)
 	rep.Processes = w.stop()
 	if delta, ok := rssDelta(rep.Processes); ok {
