@@ -1,12 +1,15 @@
 package main_test
 
 import (
+	"context"
+	"encoding/json"
 	"fmt"
 	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"runtime"
+	"runtime/debug"
 	"strconv"
 	"strings"
 	"testing"
@@ -14,7 +17,9 @@ import (
 
 	"github.com/fasthttp/websocket"
 
+	"github.com/switchboard-im/switchboard/contract"
 	"github.com/switchboard-im/switchboard/gateway"
+	tk "github.com/switchboard-im/switchboard/internal/testkit"
 	"github.com/switchboard-im/switchboard/protocol"
 )
 
@@ -84,3 +89,84 @@ func BenchmarkIdleDeviceMemory(b *testing.B) {
 		p.kill()
 	}
 }
+
+// BenchmarkOfflineDeviceMemory measures the server heap held per offline
+// device with a pending message: its DEVICES record, its cursor and the
+// message, as the gateway leaves them. Heap figures are after a forced GC,
+// from the embedded server's process: straight after the writes, and once
+// the file store has let its caches of them go.
+func BenchmarkOfflineDeviceMemory(b *testing.B) {
+	const devices = 5000
+	n := tk.StartNATS(b)
+	ctx := context.Background()
+	inbox, err := n.JS.Stream(ctx, contract.Inbox)
+	if err != nil {
+		b.Fatal(err)
+	}
+	kv, err := n.JS.KeyValue(ctx, contract.DevicesKV)
+	if err != nil {
+		b.Fatal(err)
+	}
+	cursors, err := n.JS.KeyValue(ctx, contract.CursorsKV)
+	if err != nil {
+		b.Fatal(err)
+	}
+	heap := func() uint64 {
+		runtime.GC()
+		debug.FreeOSMemory()
+		var ms runtime.MemStats
+		runtime.ReadMemStats(&ms)
+		return ms.HeapInuse
+	}
+	base := heap()
+	created := inbox.CachedInfo().Created
+	b.ResetTimer()
+	for i := range devices {
+		user := fmt.Sprintf("u%d", i)
+		rec, _ := json.Marshal(contract.Devices{Devices: map[string]*contract.Device{"phone": {Joined: created, Stream: created}}})
+		if _, err := kv.Put(ctx, user, rec); err != nil {
+			b.Fatal(err)
+		}
+		ack, err := n.JS.Publish(ctx, contract.InboxSubject(user), []byte(`"hi"`))
+		if err != nil {
+			b.Fatal(err)
+		}
+		cur := fmt.Sprintf("%d %d", ack.Sequence-1, created.UnixNano())
+		if _, err := cursors.Put(ctx, contract.CursorKey(user, "phone"), []byte(cur)); err != nil {
+			b.Fatal(err)
+		}
+	}
+	b.StopTimer()
+	fresh := heap()
+	// The settled figure waits for the file store to drop its caches of
+	// the writes: the heap has fallen 5 % below fresh and then held for
+	// three readings (at most 60 s). Once per process, however many times
+	// the framework runs the benchmark.
+	if offlineSettled == 0 {
+		settled, steady := fresh, 0
+		tick := time.NewTicker(2 * time.Second)
+		defer tick.Stop()
+		deadline := time.After(60 * time.Second)
+	wait:
+		for steady < 3 {
+			select {
+			case <-deadline:
+				break wait
+			case <-tick.C:
+			}
+			h := heap()
+			if h+h/100 >= settled && settled < fresh-fresh/20 {
+				steady++
+			} else {
+				steady = 0
+			}
+			settled = min(settled, h)
+		}
+		offlineSettled = float64(int64(settled)-int64(base)) / devices
+	}
+	b.ReportMetric(float64(int64(fresh)-int64(base))/devices, "B/device-fresh")
+	b.ReportMetric(offlineSettled, "B/device-settled")
+}
+
+// offlineSettled is BenchmarkOfflineDeviceMemory's settled figure.
+var offlineSettled float64
