@@ -9,7 +9,6 @@ import (
 	"time"
 
 	"github.com/nats-io/nats.go"
-	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/switchboard-im/switchboard/contract"
 	"github.com/switchboard-im/switchboard/functions/devsync"
@@ -196,15 +195,8 @@ func TestTwoInstancesKeepASendersOrder(t *testing.T) {
 func TestCleanStopHandsOverAtOnce(t *testing.T) {
 	n := tk.StartStreams(t, t.TempDir())
 	start := func() *devsync.Service {
-		nc, err := nats.Connect(n.Server.ClientURL(), tk.TestKeys(t).Options(natsauth.Sync)...)
-		if err != nil {
-			t.Fatal(err)
-		}
+		nc, js := tk.ConnectAs(t, n.Server.ClientURL(), natsauth.Sync)
 		t.Cleanup(nc.Close)
-		js, err := jetstream.New(nc)
-		if err != nil {
-			t.Fatal(err)
-		}
 		s, err := devsync.Start(context.Background(), nc, js, devsync.DefaultConfig(), tk.Logger(t))
 		if err != nil {
 			t.Fatal(err)

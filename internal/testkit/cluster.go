@@ -552,14 +552,24 @@ func StepDown(nc *nats.Conn, stream, consumer string, preferred *Node) error {
 // fails over to them. It closes at the end of the test.
 func (n *Node) Connect(t testing.TB) (*nats.Conn, jetstream.JetStream) {
 	t.Helper()
-	nc, err := nats.Connect(n.ClientURL, append(TestKeys(t).Options(natsauth.Operator),
+	nc, js := ConnectAs(t, n.ClientURL, natsauth.Operator)
+	t.Cleanup(nc.Close)
+	return nc, js
+}
+
+// ConnectAs connects to url in role r, reconnecting for ever as a
+// component's own process would, with the JetStream context on it. The
+// caller closes it.
+func ConnectAs(t testing.TB, url string, r natsauth.Role) (*nats.Conn, jetstream.JetStream) {
+	t.Helper()
+	nc, err := nats.Connect(url, append(TestKeys(t).Options(r),
 		nats.MaxReconnects(-1), nats.ReconnectWait(50*time.Millisecond))...)
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(nc.Close)
 	js, err := jetstream.New(nc)
 	if err != nil {
+		nc.Close()
 		t.Fatal(err)
 	}
 	return nc, js
@@ -574,11 +584,7 @@ func StartGatewayURL(t testing.TB, url string, cfg gateway.Config) *Gateway {
 
 func startGateway(t testing.TB, url string, cfg gateway.Config, log *slog.Logger) *Gateway {
 	t.Helper()
-	nc, err := nats.Connect(url, append(TestKeys(t).Options(natsauth.Gateway),
-		nats.MaxReconnects(-1), nats.ReconnectWait(50*time.Millisecond))...)
-	if err != nil {
-		t.Fatal(err)
-	}
+	nc, _ := ConnectAs(t, url, natsauth.Gateway)
 	keys, err := gateway.NewHS256Keys(Secret)
 	if err != nil {
 		t.Fatal(err)
@@ -623,18 +629,7 @@ func StartFunctionsURL(t testing.TB, url string) *Functions {
 	t.Helper()
 	// Each function on its own connection with its own role, as separate
 	// processes would run them.
-	connect := func(r natsauth.Role) (*nats.Conn, jetstream.JetStream) {
-		nc, err := nats.Connect(url, append(TestKeys(t).Options(r),
-			nats.MaxReconnects(-1), nats.ReconnectWait(50*time.Millisecond))...)
-		if err != nil {
-			t.Fatal(err)
-		}
-		js, err := jetstream.New(nc)
-		if err != nil {
-			t.Fatal(err)
-		}
-		return nc, js
-	}
+	connect := func(r natsauth.Role) (*nats.Conn, jetstream.JetStream) { return ConnectAs(t, url, r) }
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	f := &Functions{}

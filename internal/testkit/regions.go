@@ -262,15 +262,7 @@ func (rs *Regions) Start(t testing.TB, cfg gateway.Config) {
 // reconnecting for ever as a separate process would, until the test ends.
 func startGroups(t testing.TB, url string) *groups.Service {
 	t.Helper()
-	nc, err := nats.Connect(url, append(TestKeys(t).Options(natsauth.Groups),
-		nats.MaxReconnects(-1), nats.ReconnectWait(50*time.Millisecond))...)
-	if err != nil {
-		t.Fatal(err)
-	}
-	js, err := jetstream.New(nc)
-	if err != nil {
-		t.Fatal(err)
-	}
+	nc, js := ConnectAs(t, url, natsauth.Groups)
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	s, err := groups.Start(ctx, nc, js, groups.DefaultConfig(), Logger(t))

@@ -23,21 +23,14 @@ type Sync struct {
 // wait at FunctionAckWait, and stops it at the end of the test.
 func StartSync(t testing.TB, n *NATS) *Sync {
 	t.Helper()
-	nc, err := nats.Connect(n.Server.ClientURL(), append(TestKeys(t).Options(natsauth.Sync),
-		nats.MaxReconnects(-1), nats.ReconnectWait(50*time.Millisecond))...)
-	if err != nil {
-		t.Fatal(err)
-	}
-	js, err := jetstream.New(nc)
-	if err != nil {
-		t.Fatal(err)
-	}
+	nc, js := ConnectAs(t, n.Server.ClientURL(), natsauth.Sync)
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	cfg := devsync.DefaultConfig()
 	cfg.AckWait = FunctionAckWait
 	cfg.PinnedTTL = FunctionAckWait + time.Second
 	s := &Sync{Conn: nc}
+	var err error
 	if s.Service, err = devsync.Start(ctx, nc, js, cfg, Logger(t)); err != nil {
 		t.Fatal(err)
 	}
