@@ -212,17 +212,14 @@ func storedBehind(acked map[string]uint64, window int) int {
 // then answers the request again; Apply is idempotent, so it is repeated.
 func applyStreams(t *testing.T, js jetstream.JetStream) {
 	t.Helper()
-	var err error
-	for attempt := 1; attempt <= 4; attempt++ {
+	// A cluster just up may still count a peer offline for placement
+	// ("no suitable peers") after its meta leader is elected: applied
+	// again until every stream has its three replicas.
+	tk.WaitFor(t, 30*time.Second, func() error {
 		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-		err = streams.Apply(ctx, js, streams.Options{Replicas: 3})
-		cancel()
-		if err == nil {
-			return
-		}
-		t.Logf("applying streams, attempt %d: %v", attempt, err)
-	}
-	t.Fatal(err)
+		defer cancel()
+		return streams.Apply(ctx, js, streams.Options{Replicas: 3})
+	})
 }
 
 // expectOneStoredCopy reads bob's inbox through the INBOX leader and checks
