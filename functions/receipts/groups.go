@@ -208,7 +208,7 @@ func (s *Service) settleGroup(ctx context.Context, g *contract.GroupRecord, mine
 			return nil
 		}
 		s.recomputes.Add(1)
-		pos, err := s.memberPositions(ctx, g)
+		pos, err := s.lowestPositions(ctx, g)
 		if err != nil {
 			return err
 		}
@@ -460,9 +460,27 @@ func (s *Service) scanGroup(ctx context.Context, gid string, lo, hi uint64, each
 // more than a direct get answers (members removed leave theirs), one get
 // per member.
 func (s *Service) memberPositions(ctx context.Context, g *contract.GroupRecord) (map[string]memberPos, error) {
+	return s.readPositions(ctx, g, nil)
+}
+
+// readPositions reads the positions of members of g (nil: all of them)
+// in one batched read, or one by one when the batch is too large.
+func (s *Service) readPositions(ctx context.Context, g *contract.GroupRecord, members []string) (map[string]memberPos, error) {
 	pos := make(map[string]memberPos, len(g.Members))
 	prefix := contract.KVSubject(contract.GroupTicksKV, g.ID+".")
-	status, err := s.directGet(ctx, "KV_"+contract.GroupTicksKV, directGet{MultiLast: []string{prefix + "*"}}, func(m *nats.Msg) {
+	subjects := []string{prefix + "*"}
+	if members != nil {
+		subjects = make([]string, len(members))
+		for i, m := range members {
+			subjects[i] = prefix + m
+		}
+	} else {
+		members = make([]string, 0, len(g.Members))
+		for m := range g.Members {
+			members = append(members, m)
+		}
+	}
+	status, err := s.directGet(ctx, "KV_"+contract.GroupTicksKV, directGet{MultiLast: subjects}, func(m *nats.Msg) {
 		member, ok := strings.CutPrefix(m.Header.Get(contract.HdrSubject), prefix)
 		if !ok || !g.IsMember(member) {
 			return
@@ -485,7 +503,7 @@ func (s *Service) memberPositions(ctx context.Context, g *contract.GroupRecord) 
 	var wg sync.WaitGroup
 	var firstErr error
 	sem := make(chan struct{}, 32)
-	for m := range g.Members {
+	for _, m := range members {
 		wg.Add(1)
 		sem <- struct{}{}
 		go func() {

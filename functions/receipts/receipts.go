@@ -99,7 +99,8 @@ type Service struct {
 	// and their logs (who sent what).
 	groupTicks jetstream.KeyValue
 	groupInfo  jetstream.KeyValue
-	records    *groupRecords // GROUP_INFO's records, decoded
+	records    *groupRecords  // GROUP_INFO's records, decoded
+	bounds     positionBounds // members' positions last read, per group
 	groups     jetstream.Stream
 	inbox      int64 // when INBOX was created: positions from another are void
 	cfg        Config
