@@ -8,6 +8,7 @@ import (
 	"net/http"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -313,11 +314,21 @@ func TestRegionsLinksShowInMetrics(t *testing.T) {
 		}
 		return sourcesUp(us.Gateway, "eu", 1)
 	})
-	time.Sleep(3 * time.Second) // idle: no message crosses
-	links, err := eu.Gateway.Server.Links(ctx)
-	if err != nil || len(links) != 1 || links[0].From != "us" || !links[0].Up() || links[0].Active > 2*time.Second {
-		t.Fatalf("eu's link from us after 3 s idle: %+v %v, want heard from within 2 s (heartbeats)", links, err)
-	}
+	// Idle, no message crossing: eu still hears from us, more than 2.5 s
+	// into the quiet, through the heartbeats alone.
+	idleFrom := time.Now()
+	tk.WaitFor(t, 15*time.Second, func() error {
+		links, err := eu.Gateway.Server.Links(ctx)
+		switch {
+		case err != nil:
+			return err
+		case len(links) != 1 || links[0].From != "us" || !links[0].Up():
+			return tk.Errorf("eu's links %+v, want one up from us", links)
+		case time.Now().Add(-links[0].Active).Before(idleFrom.Add(2500 * time.Millisecond)):
+			return tk.Errorf("nothing heard from us since %s into the quiet", time.Since(idleFrom)-links[0].Active)
+		}
+		return nil
+	})
 
 	us.Cut(t)
 	alice := tk.Dial(t, us.Gateway.URL, "alice", "phone")
@@ -368,7 +379,7 @@ type sentMsg struct {
 
 // sendUntil sends from c to to, paced under the send rate, until stop is
 // closed, and returns what was sent in order; every send must be "sent".
-func sendUntil(ctx context.Context, c *client.Client, from, to string, stop <-chan struct{}) ([]sentMsg, error) {
+func sendUntil(ctx context.Context, c *client.Client, from, to string, stop <-chan struct{}, count *atomic.Int64) ([]sentMsg, error) {
 	var sent []sentMsg
 	for i := 0; ; i++ {
 		select {
@@ -382,14 +393,36 @@ func sendUntil(ctx context.Context, c *client.Client, from, to string, stop <-ch
 			return sent, fmt.Errorf("%s: %w", id, err)
 		}
 		sent = append(sent, sentMsg{id, s.Seq})
+		count.Add(1)
 	}
+}
+
+// traffic counts the sends answered "sent" on each side of a
+// trafficThrough.
+type traffic struct {
+	t          *testing.T
+	alice, bob atomic.Int64
+}
+
+// flowing waits until both sides have had n more sends answered "sent"
+// than when it was called: the fault comes in the middle of traffic, and
+// traffic goes on (or resumes) after it.
+func (tr *traffic) flowing(n int64) {
+	tr.t.Helper()
+	a0, b0 := tr.alice.Load(), tr.bob.Load()
+	tk.WaitFor(tr.t, time.Minute, func() error {
+		if a, b := tr.alice.Load()-a0, tr.bob.Load()-b0; a < n || b < n {
+			return tk.Errorf("%d and %d of %d sends answered on each side", a, b, n)
+		}
+		return nil
+	})
 }
 
 // trafficThrough has alice and bob send to each other while disrupt
 // runs, then checks that everything arrived once and in order, that
 // every message was ticked delivered once under the sequence its sender
 // knows, and, by fences, that nothing more is on its way.
-func trafficThrough(t *testing.T, alice, bob *client.Client, disrupt func()) {
+func trafficThrough(t *testing.T, alice, bob *client.Client, disrupt func(*traffic)) {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
@@ -399,9 +432,10 @@ func trafficThrough(t *testing.T, alice, bob *client.Client, disrupt func()) {
 		err  error
 	}
 	fromAlice, fromBob := make(chan result, 1), make(chan result, 1)
-	go func() { s, err := sendUntil(ctx, alice, "alice", "bob", stop); fromAlice <- result{s, err} }()
-	go func() { s, err := sendUntil(ctx, bob, "bob", "alice", stop); fromBob <- result{s, err} }()
-	disrupt()
+	tr := &traffic{t: t}
+	go func() { s, err := sendUntil(ctx, alice, "alice", "bob", stop, &tr.alice); fromAlice <- result{s, err} }()
+	go func() { s, err := sendUntil(ctx, bob, "bob", "alice", stop, &tr.bob); fromBob <- result{s, err} }()
+	disrupt(tr)
 	close(stop)
 	ra, rb := <-fromAlice, <-fromBob
 	if ra.err != nil || rb.err != nil {
@@ -457,12 +491,12 @@ func TestRegionsHubRestartDuringTraffic(t *testing.T) {
 	rs, us, eu := startRegions(t)
 	alice := tk.Dial(t, us.Gateway.URL, "alice", "phone")
 	bob := tk.Dial(t, eu.Gateway.URL, "bob", "phone")
-	trafficThrough(t, alice, bob, func() {
-		time.Sleep(500 * time.Millisecond)
+	trafficThrough(t, alice, bob, func(tr *traffic) {
+		tr.flowing(10)
 		rs.StopHub(t)
-		time.Sleep(2 * time.Second)
+		tr.flowing(20) // "sent" in their own regions while the hub is down
 		rs.StartHub(t)
-		time.Sleep(500 * time.Millisecond)
+		tr.flowing(10)
 	})
 }
 
@@ -472,13 +506,21 @@ func TestRegionsHubRestartDuringTraffic(t *testing.T) {
 // afterwards everything is delivered once, in order, and ticked once.
 func TestRegionsRegionRestartDuringTraffic(t *testing.T) {
 	_, us, eu := startRegions(t)
+	euBackDuringTraffic(t, us, eu, func() { eu.Restart(t) })
+}
+
+// euBackDuringTraffic has alice in us and bob in eu chat while bounce
+// takes eu's server away and brings it back, once traffic flows and until
+// it flows again, then checks what trafficThrough promises.
+func euBackDuringTraffic(t *testing.T, us, eu *tk.Region, bounce func()) {
+	t.Helper()
 	alice := tk.Dial(t, us.Gateway.URL, "alice", "phone")
 	bob := tk.Dial(t, eu.Gateway.URL, "bob", "phone")
-	trafficThrough(t, alice, bob, func() {
-		time.Sleep(500 * time.Millisecond)
-		eu.Restart(t)
+	trafficThrough(t, alice, bob, func(tr *traffic) {
+		tr.flowing(10)
+		bounce()
 		eu.WaitSourcing(t, 30*time.Second)
-		time.Sleep(500 * time.Millisecond)
+		tr.flowing(10)
 	})
 }
 
@@ -493,14 +535,7 @@ func TestRegionsRegionRestartDuringTraffic(t *testing.T) {
 func TestRegionsRegionCrashDuringTraffic(t *testing.T) {
 	_, us, eu := startRegionsWith(t, tk.RegionsOptions{Processes: []string{"eu"}})
 	t.Cleanup(func() { regionsState(t, us, eu) })
-	alice := tk.Dial(t, us.Gateway.URL, "alice", "phone")
-	bob := tk.Dial(t, eu.Gateway.URL, "bob", "phone")
-	trafficThrough(t, alice, bob, func() {
-		time.Sleep(500 * time.Millisecond)
-		eu.Crash(t)
-		eu.WaitSourcing(t, 30*time.Second)
-		time.Sleep(500 * time.Millisecond)
-	})
+	euBackDuringTraffic(t, us, eu, func() { eu.Crash(t) })
 }
 
 // The partition: us's leaf link is cut for 60 s while alice and
@@ -511,9 +546,9 @@ func TestRegionsSixtySecondPartition(t *testing.T) {
 	t.Cleanup(func() { regionsState(t, us, eu) })
 	alice := tk.Dial(t, us.Gateway.URL, "alice", "phone")
 	bob := tk.Dial(t, eu.Gateway.URL, "bob", "phone")
-	trafficThrough(t, alice, bob, func() {
+	trafficThrough(t, alice, bob, func(*traffic) {
 		us.Cut(t)
-		time.Sleep(60 * time.Second)
+		time.Sleep(60 * time.Second) // the partition's length is what is tested
 		us.Restore()
 	})
 }

@@ -42,7 +42,7 @@ func TestBoundsToReadStopsAtTwoReadAtTheBottom(t *testing.T) {
 	g := &contract.GroupRecord{ID: "g", Members: map[string]contract.GroupMember{}}
 	pos := map[string]memberPos{}
 	for i := range 100 {
-		m := string(rune('A' + i%26)) + string(rune('a'+i/26))
+		m := string(rune('A'+i%26)) + string(rune('a'+i/26))
 		g.Members[m] = contract.GroupMember{}
 		pos[m] = memberPos{p: contract.GroupPosition{Delivered: 3, Read: 3}}
 	}

@@ -7,9 +7,6 @@ import (
 	"sync/atomic"
 	"time"
 
-	"github.com/nats-io/nats.go"
-	"github.com/nats-io/nats.go/jetstream"
-
 	"github.com/switchboard-im/switchboard/client"
 	"github.com/switchboard-im/switchboard/contract"
 )
@@ -336,18 +333,11 @@ type streamSizes struct{ groups, inbox uint64 }
 // streamBytes reads GROUPS' and INBOX's stored bytes.
 func streamBytes(ctx context.Context, t Target) (streamSizes, bool) {
 	var s streamSizes
-	if t.NATSURL == "" {
-		return s, false
-	}
-	nc, err := nats.Connect(t.NATSURL, append(t.NATSOptions, nats.Name("switchboard-bench"))...)
-	if err != nil {
+	nc, js, ok := t.jetStream()
+	if !ok {
 		return s, false
 	}
 	defer nc.Close()
-	js, err := jetstream.New(nc)
-	if err != nil {
-		return s, false
-	}
 	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	defer cancel()
 	for name, into := range map[string]*uint64{contract.GroupsStream: &s.groups, contract.Inbox: &s.inbox} {

@@ -175,19 +175,11 @@ func (e *env) settle(ctx context.Context) {
 // the tail of the work the previous one left. It gives up quietly after
 // 30 s, or at once when the target's NATS is not reachable.
 func (e *env) waitFunctionsIdle(ctx context.Context) {
-	t := e.target
-	if t.NATSURL == "" {
-		return
-	}
-	nc, err := nats.Connect(t.NATSURL, append(t.NATSOptions, nats.Name("switchboard-bench"))...)
-	if err != nil {
+	nc, js, ok := e.target.jetStream()
+	if !ok {
 		return
 	}
 	defer nc.Close()
-	js, err := jetstream.New(nc)
-	if err != nil {
-		return
-	}
 	waitUntil(ctx, 30*time.Second, func() bool {
 		ictx, cancel := context.WithTimeout(ctx, 5*time.Second)
 		defer cancel()
@@ -268,20 +260,31 @@ func (e *env) send(ctx context.Context, d *device, i, n int, to string, at time.
 	e.ledger.confirmed(i, n, s.Seq, time.Now())
 }
 
-// inboxBytes reads INBOX's stored bytes: what a message costs on disk.
-func inboxBytes(ctx context.Context, t Target) (uint64, bool) {
+// jetStream connects to the target's NATS, for the load tool's own
+// reads of its streams; ok is false when there is none to reach. The
+// caller closes nc.
+func (t Target) jetStream() (nc *nats.Conn, js jetstream.JetStream, ok bool) {
 	if t.NATSURL == "" {
-		return 0, false
+		return nil, nil, false
 	}
 	nc, err := nats.Connect(t.NATSURL, append(t.NATSOptions, nats.Name("switchboard-bench"))...)
 	if err != nil {
+		return nil, nil, false
+	}
+	if js, err = jetstream.New(nc); err != nil {
+		nc.Close()
+		return nil, nil, false
+	}
+	return nc, js, true
+}
+
+// inboxBytes reads INBOX's stored bytes: what a message costs on disk.
+func inboxBytes(ctx context.Context, t Target) (uint64, bool) {
+	nc, js, ok := t.jetStream()
+	if !ok {
 		return 0, false
 	}
 	defer nc.Close()
-	js, err := jetstream.New(nc)
-	if err != nil {
-		return 0, false
-	}
 	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	defer cancel()
 	s, err := js.Stream(ctx, contract.Inbox)
