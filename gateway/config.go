@@ -102,6 +102,18 @@ type Config struct {
 	// acked in the last CursorDelay comes again on its next connection
 	// (the SDK drops the repeats). Zero saves at once.
 	CursorDelay time.Duration
+	// TickInterval is how long a busy device's delivered ticks gather
+	// acks: after asking for the ticks of what it acked, a device asks
+	// again only once this has passed, so a steady stream of messages
+	// costs one receipt per sender (and one position per group) per
+	// interval. The first ack after a quiet spell is asked for at once.
+	// Zero asks at once every time.
+	TickInterval time.Duration
+	// GroupTickInterval is TickInterval for a stretch that holds group
+	// copies only: each member's position costs the receipts function a
+	// compare-and-set and a look at the group's lowest, and a group's
+	// tick waits for its last member anyway.
+	GroupTickInterval time.Duration
 	// SharedCatchUps is how many sessions may read their backlogs from the
 	// stream on their own at once; past it they share one reader (see
 	// backlog.go). 0 shares every read.
@@ -133,35 +145,37 @@ type Config struct {
 // DefaultConfig returns the configuration used when nothing is set.
 func DefaultConfig() Config {
 	return Config{
-		Listen:           ":8080",
-		MetricsListen:    "127.0.0.1:9090",
-		JWTMaxTTL:        DefaultJWTMaxTTL,
-		MaxFrameBytes:    64 << 10,
-		PingInterval:     25 * time.Second,
-		PongTimeout:      60 * time.Second,
-		WriteTimeout:     10 * time.Second,
-		HandshakeTimeout: 10 * time.Second,
-		SendRate:         50,
-		SendBurst:        200,
-		FrameRate:        500,
-		FrameBurst:       1000,
-		FloodStrikes:     50,
-		TypingRate:       2,
-		TypingBurst:      5,
-		SettingsRate:     1,
-		SettingsBurst:    5,
-		GroupRate:        2,
-		GroupBurst:       10,
-		MaxPendingSends:  256,
-		OutboundQueue:    1024,
-		ShutdownTimeout:  10 * time.Second,
-		KickTimeout:      3 * time.Second,
-		PresenceTTL:      60 * time.Second,
-		SweepInterval:    2 * time.Minute,
-		CursorDelay:      time.Second,
-		SharedCatchUps:   32,
-		MaxPresenceSubs:  1024,
-		FunctionTimeout:  3 * time.Second,
+		Listen:            ":8080",
+		MetricsListen:     "127.0.0.1:9090",
+		JWTMaxTTL:         DefaultJWTMaxTTL,
+		MaxFrameBytes:     64 << 10,
+		PingInterval:      25 * time.Second,
+		PongTimeout:       60 * time.Second,
+		WriteTimeout:      10 * time.Second,
+		HandshakeTimeout:  10 * time.Second,
+		SendRate:          50,
+		SendBurst:         200,
+		FrameRate:         500,
+		FrameBurst:        1000,
+		FloodStrikes:      50,
+		TypingRate:        2,
+		TypingBurst:       5,
+		SettingsRate:      1,
+		SettingsBurst:     5,
+		GroupRate:         2,
+		GroupBurst:        10,
+		MaxPendingSends:   256,
+		OutboundQueue:     1024,
+		ShutdownTimeout:   10 * time.Second,
+		KickTimeout:       3 * time.Second,
+		PresenceTTL:       60 * time.Second,
+		SweepInterval:     2 * time.Minute,
+		CursorDelay:       time.Second,
+		TickInterval:      250 * time.Millisecond,
+		GroupTickInterval: time.Second,
+		SharedCatchUps:    32,
+		MaxPresenceSubs:   1024,
+		FunctionTimeout:   3 * time.Second,
 
 		MaxConcurrentStarts: 4096,
 		StartTimeout:        30 * time.Second,
@@ -216,6 +230,10 @@ func (c *Config) Validate() error {
 		return bad("SharedCatchUps", "must not be negative")
 	case c.CursorDelay < 0:
 		return bad("CursorDelay", "must not be negative")
+	case c.TickInterval < 0 || c.TickInterval > 10*time.Second:
+		return bad("TickInterval", "must be between 0 and 10s")
+	case c.GroupTickInterval < 0 || c.GroupTickInterval > 10*time.Second:
+		return bad("GroupTickInterval", "must be between 0 and 10s")
 	case c.SweepInterval < time.Second:
 		return bad("SweepInterval", "must be at least 1s")
 	case c.PresenceTTL < time.Second:

@@ -559,6 +559,13 @@ func (f *feed) settleThrough(through uint64) {
 	f.s.cursor.moved(floor)
 }
 
+// unsettledLen is how many messages the device holds unsettled.
+func (f *feed) unsettledLen() int {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return len(f.unsettled)
+}
+
 // lastSeq is the highest sequence handed to the device (or skipped).
 func (f *feed) lastSeq() uint64 {
 	f.mu.Lock()

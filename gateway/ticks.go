@@ -25,7 +25,16 @@ import (
 //
 // One request at a time per session: acks that arrive while one is on its
 // way are gathered into the next, so a device acking 200 messages after a
-// reconnect costs a request or two, and a tick per sender.
+// reconnect costs a request or two, and a tick per sender. A busy device
+// also gathers over time: after a request, the next waits until
+// TickInterval has passed, so a chat delivering a steady stream costs
+// one request (and one receipt to its sender, one position write per
+// group) per interval, not one per message (a stretch of group copies
+// only waits GroupTickInterval). The first ack after a quiet
+// spell is asked for at once, so a conversation at human pace sees each
+// tick without delay; a device holding half its MaxInflight unsettled
+// does not wait, so gathering never stalls its delivery; and a session
+// that stops asks at once.
 //
 // Delivery never waits on the receipts function: when it does not answer
 // in time, the request is stored in TICKS (a work queue it drains when it
@@ -42,7 +51,9 @@ type ticker struct {
 	running  bool       // the runner is running
 	closing  bool       // the session stops: one last attempt, no retries
 	finished chan struct{}
-	wake     chan struct{} // closed by finish: ends the runner's backoff
+	wake     chan struct{} // closed by finish: ends the runner's backoff and gathering
+
+	lastAsk time.Time // when the runner last asked for ticks (the runner's own)
 }
 
 func (t *ticker) init(s *session) {
@@ -104,6 +115,11 @@ func (t *ticker) run() {
 			s.feed.settleThrough(through)
 			continue
 		}
+		if wait := t.gatherFor(len(req.Senders) > 0); wait > 0 && !closing {
+			t.sleep(wait)
+			continue // the stretch may have grown meanwhile
+		}
+		t.lastAsk = time.Now()
 		var err error
 		if len(req.Senders) > 0 {
 			err = t.delivered(req)
@@ -130,11 +146,36 @@ func (t *ticker) run() {
 			t.end()
 			return
 		}
-		select {
-		case <-t.wake:
-		case <-time.After(backoff):
-		}
+		t.sleep(backoff)
 		backoff = min(2*backoff, time.Second)
+	}
+}
+
+// gatherFor is how long the runner waits before asking, gathering the
+// acks that follow: until TickInterval has passed since it last asked
+// when the stretch holds chat messages (direct is true), else
+// GroupTickInterval (group copies only: a group's tick waits for every
+// member anyway, and each member's position costs the receipts function
+// the most); at once if it has not asked yet or the device holds half
+// its MaxInflight unsettled.
+func (t *ticker) gatherFor(direct bool) time.Duration {
+	every := t.s.srv.cfg.GroupTickInterval
+	if direct {
+		every = t.s.srv.cfg.TickInterval
+	}
+	if every <= 0 || t.lastAsk.IsZero() || t.s.feed.unsettledLen() >= t.s.srv.maxInflight/2 {
+		return 0
+	}
+	return time.Until(t.lastAsk.Add(every))
+}
+
+// sleep waits d, or less if the session stops.
+func (t *ticker) sleep(d time.Duration) {
+	timer := time.NewTimer(d)
+	defer timer.Stop()
+	select {
+	case <-t.wake:
+	case <-timer.C:
 	}
 }
 
