@@ -230,10 +230,10 @@ func (c *Config) Validate() error {
 		return bad("SharedCatchUps", "must not be negative")
 	case c.CursorDelay < 0:
 		return bad("CursorDelay", "must not be negative")
-	case c.TickInterval < 0 || c.TickInterval > 10*time.Second:
-		return bad("TickInterval", "must be between 0 and 10s")
-	case c.GroupTickInterval < 0 || c.GroupTickInterval > 10*time.Second:
-		return bad("GroupTickInterval", "must be between 0 and 10s")
+	case c.TickInterval < 0 || c.TickInterval > time.Minute:
+		return bad("TickInterval", "must be between 0 and 1m")
+	case c.GroupTickInterval < 0 || c.GroupTickInterval > time.Minute:
+		return bad("GroupTickInterval", "must be between 0 and 1m")
 	case c.SweepInterval < time.Second:
 		return bad("SweepInterval", "must be at least 1s")
 	case c.PresenceTTL < time.Second:

@@ -1,0 +1,168 @@
+package gateway_test
+
+import (
+	"context"
+	"fmt"
+	"testing"
+	"time"
+
+	"github.com/fasthttp/websocket"
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/switchboard-im/switchboard/contract"
+	tk "github.com/switchboard-im/switchboard/internal/testkit"
+	"github.com/switchboard-im/switchboard/internal/natsauth"
+	"github.com/switchboard-im/switchboard/protocol"
+)
+
+// Tick gathering (ticks.go): a busy device asks for its delivered ticks
+// at most once per interval; a quiet one, one holding half its
+// MaxInflight unsettled, and one that stops, ask at once.
+
+// ackNext reads the next frame, which must be a msg with seq, and acks it.
+func (r *raw) ackNext(seq uint64) {
+	r.t.Helper()
+	if f := r.next(); f.Type != protocol.TypeMsg || f.Seq != seq {
+		r.t.Fatalf("got %+v, want msg %d", *f, seq)
+	}
+	r.write(string(protocol.AppendSeqFrame(nil, protocol.TypeAck, seq)))
+}
+
+// expectReceipt reads the next frame, which must be a delivered receipt
+// of the stretch from..to of the recipient's inbox (a stretch starts just
+// past what was settled before it, so it may start before the first
+// message of this sender's in it).
+func (r *raw) expectReceipt(from, to uint64) {
+	r.t.Helper()
+	f := r.next()
+	if f.Type != protocol.TypeReceipt || f.Status != protocol.StatusDelivered || f.FromSeq != from || f.ToSeq != to {
+		r.t.Fatalf("got %+v, want a delivered receipt for %d..%d", *f, from, to)
+	}
+	r.write(string(protocol.AppendSeqFrame(nil, protocol.TypeAck, f.Seq)))
+}
+
+// closeNormally sends a close frame and waits for the gateway's.
+func (r *raw) closeNormally() {
+	r.t.Helper()
+	_ = r.ws.WriteControl(websocket.CloseMessage, websocket.FormatCloseMessage(websocket.CloseNormalClosure, ""), time.Now().Add(wait))
+	_ = r.ws.SetReadDeadline(time.Now().Add(wait))
+	for {
+		if _, _, err := r.ws.ReadMessage(); err != nil {
+			if !websocket.IsCloseError(err, websocket.CloseNormalClosure) {
+				r.t.Fatalf("close: %v", err)
+			}
+			return
+		}
+	}
+}
+
+// The first ack after a quiet spell is ticked at once; acks that follow
+// within the interval are gathered into one receipt, asked for at once
+// when the session stops.
+func TestBusyDeviceGathersTicksIntoOneReceipt(t *testing.T) {
+	n := tk.StartNATS(t)
+	cfg := tk.TestConfig()
+	cfg.TickInterval = time.Minute
+	g := tk.StartGateway(t, n, cfg)
+	alice := connectRaw(t, g, "alice", "phone")
+	bob := connectRaw(t, g, "bob", "phone")
+
+	s1 := alice.send("bob", "m1").Seq
+	bob.ackNext(s1)
+	alice.expectReceipt(s1, s1)
+
+	// Within the interval: nothing is asked yet, so alice's frames are
+	// her sends' only.
+	var last uint64
+	for i := 2; i <= 4; i++ {
+		last = alice.send("bob", fmt.Sprintf("m%d", i)).Seq
+		bob.ackNext(last)
+	}
+	bob.closeNormally()
+	alice.expectReceipt(s1+1, last)
+}
+
+// A device that holds half its MaxInflight acked but unsettled asks at
+// once, so gathering never holds its delivery back: every message comes
+// and is ticked while the interval is far from over.
+func TestTickGatheringNeverHoldsDeliveryBack(t *testing.T) {
+	n := tk.StartNATS(t)
+	cfg := tk.TestConfig()
+	cfg.TickInterval = time.Minute
+	cfg.MaxInflight = 4
+	g := tk.StartGateway(t, n, cfg)
+	alice := connectRaw(t, g, "alice", "phone")
+	bob := connectRaw(t, g, "bob", "phone")
+
+	s1 := alice.send("bob", "m1").Seq
+	bob.ackNext(s1)
+	alice.expectReceipt(s1, s1)
+
+	// alice's sends are stored first, so her frames are sents until the
+	// receipts begin.
+	var seqs []uint64
+	for i := 2; i <= 13; i++ {
+		seqs = append(seqs, alice.send("bob", fmt.Sprintf("m%d", i)).Seq)
+	}
+	for _, q := range seqs {
+		bob.ackNext(q) // each within wait, though the interval is a minute
+	}
+	next := s1 + 1
+	for next <= seqs[len(seqs)-1] {
+		f := alice.next()
+		if f.Type != protocol.TypeReceipt || f.Status != protocol.StatusDelivered || f.FromSeq != next || f.ToSeq < next {
+			t.Fatalf("got %+v, want a delivered receipt from %d", *f, next)
+		}
+		alice.write(string(protocol.AppendSeqFrame(nil, protocol.TypeAck, f.Seq)))
+		next = f.ToSeq + 1
+	}
+}
+
+// A stretch of group copies only waits GroupTickInterval, even when 1:1
+// ticks are asked at once: the member's position in the group moves once
+// for copies acked within it (a watch sees every write of it).
+func TestGroupPositionsGatherOverTheirOwnInterval(t *testing.T) {
+	n := tk.StartNATS(t)
+	cfg := tk.TestConfig()
+	cfg.TickInterval = 0
+	cfg.GroupTickInterval = time.Minute
+	g := tk.StartGateway(t, n, cfg)
+	putGroup(t, n, "friends", "alice", "bob")
+	groups, err := jetstream.New(n.Connect(t, natsauth.Groups))
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), wait)
+	defer cancel()
+	ticks, err := n.JS.KeyValue(ctx, contract.GroupTicksKV)
+	if err != nil {
+		t.Fatal(err)
+	}
+	w, err := ticks.Watch(ctx, contract.GroupTickKey("friends", "bob"), jetstream.UpdatesOnly())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer w.Stop()
+	position := func() string {
+		t.Helper()
+		select {
+		case e := <-w.Updates():
+			return string(e.Value())
+		case <-ctx.Done():
+			t.Fatal("no position written")
+			return ""
+		}
+	}
+	bob := connectRaw(t, g, "bob", "phone")
+
+	bob.ackNext(copyInto(t, groups, "bob", contract.KindMsg, "alice", "phone", "g1", "friends", 51, []byte(`"one"`)))
+	if p := position(); p != `{"d":51,"r":0}` {
+		t.Fatalf("bob's position %s, want delivered 51 at once", p)
+	}
+	bob.ackNext(copyInto(t, groups, "bob", contract.KindMsg, "alice", "phone", "g2", "friends", 52, []byte(`"two"`)))
+	bob.ackNext(copyInto(t, groups, "bob", contract.KindMsg, "alice", "phone", "g3", "friends", 53, []byte(`"three"`)))
+	bob.closeNormally()
+	if p := position(); p != `{"d":53,"r":0}` {
+		t.Fatalf("bob's position %s, want delivered 53 in one write", p)
+	}
+}
