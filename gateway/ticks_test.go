@@ -10,8 +10,8 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/switchboard-im/switchboard/contract"
-	tk "github.com/switchboard-im/switchboard/internal/testkit"
 	"github.com/switchboard-im/switchboard/internal/natsauth"
+	tk "github.com/switchboard-im/switchboard/internal/testkit"
 	"github.com/switchboard-im/switchboard/protocol"
 )
 
