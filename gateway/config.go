@@ -109,11 +109,6 @@ type Config struct {
 	// interval. The first ack after a quiet spell is asked for at once.
 	// Zero asks at once every time.
 	TickInterval time.Duration
-	// GroupTickInterval is TickInterval for a stretch that holds group
-	// copies only: each member's position costs the receipts function a
-	// compare-and-set and a look at the group's lowest, and a group's
-	// tick waits for its last member anyway.
-	GroupTickInterval time.Duration
 	// SharedCatchUps is how many sessions may read their backlogs from the
 	// stream on their own at once; past it they share one reader (see
 	// backlog.go). 0 shares every read.
@@ -145,37 +140,36 @@ type Config struct {
 // DefaultConfig returns the configuration used when nothing is set.
 func DefaultConfig() Config {
 	return Config{
-		Listen:            ":8080",
-		MetricsListen:     "127.0.0.1:9090",
-		JWTMaxTTL:         DefaultJWTMaxTTL,
-		MaxFrameBytes:     64 << 10,
-		PingInterval:      25 * time.Second,
-		PongTimeout:       60 * time.Second,
-		WriteTimeout:      10 * time.Second,
-		HandshakeTimeout:  10 * time.Second,
-		SendRate:          50,
-		SendBurst:         200,
-		FrameRate:         500,
-		FrameBurst:        1000,
-		FloodStrikes:      50,
-		TypingRate:        2,
-		TypingBurst:       5,
-		SettingsRate:      1,
-		SettingsBurst:     5,
-		GroupRate:         2,
-		GroupBurst:        10,
-		MaxPendingSends:   256,
-		OutboundQueue:     1024,
-		ShutdownTimeout:   10 * time.Second,
-		KickTimeout:       3 * time.Second,
-		PresenceTTL:       60 * time.Second,
-		SweepInterval:     2 * time.Minute,
-		CursorDelay:       time.Second,
-		TickInterval:      250 * time.Millisecond,
-		GroupTickInterval: time.Second,
-		SharedCatchUps:    32,
-		MaxPresenceSubs:   1024,
-		FunctionTimeout:   3 * time.Second,
+		Listen:           ":8080",
+		MetricsListen:    "127.0.0.1:9090",
+		JWTMaxTTL:        DefaultJWTMaxTTL,
+		MaxFrameBytes:    64 << 10,
+		PingInterval:     25 * time.Second,
+		PongTimeout:      60 * time.Second,
+		WriteTimeout:     10 * time.Second,
+		HandshakeTimeout: 10 * time.Second,
+		SendRate:         50,
+		SendBurst:        200,
+		FrameRate:        500,
+		FrameBurst:       1000,
+		FloodStrikes:     50,
+		TypingRate:       2,
+		TypingBurst:      5,
+		SettingsRate:     1,
+		SettingsBurst:    5,
+		GroupRate:        2,
+		GroupBurst:       10,
+		MaxPendingSends:  256,
+		OutboundQueue:    1024,
+		ShutdownTimeout:  10 * time.Second,
+		KickTimeout:      3 * time.Second,
+		PresenceTTL:      60 * time.Second,
+		SweepInterval:    2 * time.Minute,
+		CursorDelay:      time.Second,
+		TickInterval:     time.Second,
+		SharedCatchUps:   32,
+		MaxPresenceSubs:  1024,
+		FunctionTimeout:  3 * time.Second,
 
 		MaxConcurrentStarts: 4096,
 		StartTimeout:        30 * time.Second,
@@ -232,8 +226,6 @@ func (c *Config) Validate() error {
 		return bad("CursorDelay", "must not be negative")
 	case c.TickInterval < 0 || c.TickInterval > time.Minute:
 		return bad("TickInterval", "must be between 0 and 1m")
-	case c.GroupTickInterval < 0 || c.GroupTickInterval > time.Minute:
-		return bad("GroupTickInterval", "must be between 0 and 1m")
 	case c.SweepInterval < time.Second:
 		return bad("SweepInterval", "must be at least 1s")
 	case c.PresenceTTL < time.Second:

@@ -29,8 +29,7 @@ import (
 // also gathers over time: after a request, the next waits until
 // TickInterval has passed, so a chat delivering a steady stream costs
 // one request (and one receipt to its sender, one position write per
-// group) per interval, not one per message (a stretch of group copies
-// only waits GroupTickInterval). The first ack after a quiet
+// group) per interval, not one per message. The first ack after a quiet
 // spell is asked for at once, so a conversation at human pace sees each
 // tick without delay; a device holding half its MaxInflight unsettled
 // does not wait, so gathering never stalls its delivery; and a session
@@ -115,7 +114,7 @@ func (t *ticker) run() {
 			s.feed.settleThrough(through)
 			continue
 		}
-		if wait := t.gatherFor(len(req.Senders) > 0); wait > 0 && !closing {
+		if wait := t.gatherFor(); wait > 0 && !closing {
 			t.sleep(wait)
 			continue // the stretch may have grown meanwhile
 		}
@@ -152,17 +151,11 @@ func (t *ticker) run() {
 }
 
 // gatherFor is how long the runner waits before asking, gathering the
-// acks that follow: until TickInterval has passed since it last asked
-// when the stretch holds chat messages (direct is true), else
-// GroupTickInterval (group copies only: a group's tick waits for every
-// member anyway, and each member's position costs the receipts function
-// the most); at once if it has not asked yet or the device holds half
-// its MaxInflight unsettled.
-func (t *ticker) gatherFor(direct bool) time.Duration {
-	every := t.s.srv.cfg.GroupTickInterval
-	if direct {
-		every = t.s.srv.cfg.TickInterval
-	}
+// acks that follow: until TickInterval has passed since it last asked;
+// at once if it has not asked yet or the device holds half its
+// MaxInflight unsettled.
+func (t *ticker) gatherFor() time.Duration {
+	every := t.s.srv.cfg.TickInterval
 	if every <= 0 || t.lastAsk.IsZero() || t.s.feed.unsettledLen() >= t.s.srv.maxInflight/2 {
 		return 0
 	}
