@@ -7,6 +7,7 @@ import (
 	"math"
 	"os"
 	"path/filepath"
+	"reflect"
 	"slices"
 	"sort"
 	"strings"
@@ -733,4 +734,68 @@ func BenchmarkAppendSent(b *testing.B) {
 		buf = AppendSent(buf[:0], "m-000001", 123456789, 1795582349000, false)
 	}
 	benchBuf = buf
+}
+
+// FuzzSeqFrameFastPath checks that the fast path for ack and read frames
+// decides exactly as the whole decoder: a frame it takes is the frame
+// decodeClientJSON returns for the same bytes.
+func FuzzSeqFrameFastPath(f *testing.F) {
+	for _, s := range []string{
+		`{"type":"ack","seq":42}`,
+		`{"type":"read","seq":7}`,
+		`{"type":"ack","seq":0}`,
+		`{"type":"ack","seq":042}`,
+		`{"type":"ack","seq":18446744073709551615}`,
+		`{"type":"ack","seq":18446744073709551616}`,
+		`{"type":"ack","seq":99999999999999999999}`,
+		`{"type":"ack","seq":1} `,
+		`{"type":"ack","seq":1}}`,
+		`{"type":"ack","seq":-1}`,
+		`{"type":"ack","seq":1.5}`,
+		`{"type":"ack","seq":}`,
+		`{"type":"read","seq":3,"id":"x"}`,
+	} {
+		f.Add([]byte(s))
+	}
+	f.Fuzz(func(t *testing.T, data []byte) {
+		fast := decodeSeqFrame(data)
+		if fast == nil {
+			return
+		}
+		whole, err := decodeClientJSON(data)
+		if err != nil {
+			t.Fatalf("fast path took %q as %+v; the decoder refuses it: %v", data, *fast, err)
+		}
+		if !reflect.DeepEqual(*fast, *whole) {
+			t.Fatalf("fast path took %q as %+v; the decoder as %+v", data, *fast, *whole)
+		}
+	})
+}
+
+func TestSeqFrameFastPathTakesOnlyTheCanonicalForm(t *testing.T) {
+	for in, want := range map[string]uint64{
+		`{"type":"ack","seq":42}`:                   42,
+		`{"type":"read","seq":1}`:                   1,
+		`{"type":"ack","seq":18446744073709551615}`: math.MaxUint64,
+		`{"type":"ack","seq":18446744073709551616}`: 0,
+		`{"type":"ack","seq":0}`:                    0,
+		`{"type":"ack","seq":042}`:                  0,
+		`{"type":"ack", "seq":42}`:                  0,
+		`{"type":"ack","seq":42,"id":"x"}`:          0,
+		`{"type":"ack","seq":4x}`:                   0,
+	} {
+		f := decodeSeqFrame([]byte(in))
+		switch {
+		case want == 0 && f != nil:
+			t.Errorf("%s: fast path took it as %+v", in, *f)
+		case want != 0 && (f == nil || f.Seq != want):
+			t.Errorf("%s: fast path gave %v, want seq %d", in, f, want)
+		}
+		// Whichever way, DecodeClient decides as the whole decoder does.
+		got, gerr := DecodeClient([]byte(in))
+		exp, eerr := decodeClientJSON([]byte(in))
+		if (gerr == nil) != (eerr == nil) || (gerr == nil && !reflect.DeepEqual(*got, *exp)) {
+			t.Errorf("%s: DecodeClient %v %v, the whole decoder %v %v", in, got, gerr, exp, eerr)
+		}
+	}
 }
