@@ -56,20 +56,32 @@ func (r *raw) closeNormally() {
 	}
 }
 
+// firstTick starts a gateway with a one-minute TickInterval (and
+// maxInflight, unless 0), connects alice and bob, and has bob ack alice's
+// first message, s1: its tick comes at once, the first after a quiet
+// spell.
+func firstTick(t *testing.T, maxInflight int) (alice, bob *raw, s1 uint64) {
+	t.Helper()
+	n := tk.StartNATS(t)
+	cfg := tk.TestConfig()
+	cfg.TickInterval = time.Minute
+	if maxInflight > 0 {
+		cfg.MaxInflight = maxInflight
+	}
+	g := tk.StartGateway(t, n, cfg)
+	alice = connectRaw(t, g, "alice", "phone")
+	bob = connectRaw(t, g, "bob", "phone")
+	s1 = alice.send("bob", "m1").Seq
+	bob.ackNext(s1)
+	alice.expectReceipt(s1, s1)
+	return alice, bob, s1
+}
+
 // The first ack after a quiet spell is ticked at once; acks that follow
 // within the interval are gathered into one receipt, asked for at once
 // when the session stops.
 func TestBusyDeviceGathersTicksIntoOneReceipt(t *testing.T) {
-	n := tk.StartNATS(t)
-	cfg := tk.TestConfig()
-	cfg.TickInterval = time.Minute
-	g := tk.StartGateway(t, n, cfg)
-	alice := connectRaw(t, g, "alice", "phone")
-	bob := connectRaw(t, g, "bob", "phone")
-
-	s1 := alice.send("bob", "m1").Seq
-	bob.ackNext(s1)
-	alice.expectReceipt(s1, s1)
+	alice, bob, s1 := firstTick(t, 0)
 
 	// Within the interval: nothing is asked yet, so alice's frames are
 	// her sends' only.
@@ -86,17 +98,7 @@ func TestBusyDeviceGathersTicksIntoOneReceipt(t *testing.T) {
 // once, so gathering never holds its delivery back: every message comes
 // and is ticked while the interval is far from over.
 func TestTickGatheringNeverHoldsDeliveryBack(t *testing.T) {
-	n := tk.StartNATS(t)
-	cfg := tk.TestConfig()
-	cfg.TickInterval = time.Minute
-	cfg.MaxInflight = 4
-	g := tk.StartGateway(t, n, cfg)
-	alice := connectRaw(t, g, "alice", "phone")
-	bob := connectRaw(t, g, "bob", "phone")
-
-	s1 := alice.send("bob", "m1").Seq
-	bob.ackNext(s1)
-	alice.expectReceipt(s1, s1)
+	alice, bob, s1 := firstTick(t, 4)
 
 	// alice's sends are stored first, so her frames are sents until the
 	// receipts begin.
