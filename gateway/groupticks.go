@@ -172,18 +172,22 @@ func (s *session) readGroup(ctx context.Context, seq uint64, h nats.Header) {
 	}
 }
 
-// groupStatus answers a status frame about the message stored at seq in
-// group's log: the receipts function checks that this user sent it there.
+// groupStatus answers a status frame about the message this user sent
+// to group at seq: the receipts function checks that this user sent it
+// there.
 func (s *session) groupStatus(seq uint64, group string) {
 	ok := s.goCall(func() {
 		ctx, cancel := context.WithTimeout(context.Background(), s.srv.cfg.FunctionTimeout)
 		defer cancel()
 		var reply contract.StatusReply
-		err := contract.Call(ctx, s.srv.nc, contract.StatusSubject, contract.StatusRequest{Sender: s.id.User, Group: group, Seq: seq}, &reply)
+		err := s.askGroupStatus(ctx, seq, group, &reply)
 		var fe *contract.FnError
 		switch {
 		case errors.As(err, &fe) && fe.Code == contract.ErrCodeUnknownSeq:
 			s.sendError(protocol.ErrUnknownSeq, "you sent no message with this seq in this group", "", seq, 0)
+			return
+		case errors.Is(err, errInTransit):
+			s.sendError(protocol.ErrUnavailable, err.Error(), "", seq, 0)
 			return
 		case err != nil:
 			s.sendError(protocol.ErrUnavailable, "receipts are unavailable", "", seq, 0)
@@ -200,4 +204,41 @@ func (s *session) groupStatus(seq uint64, group string) {
 	if !ok {
 		s.sendError(protocol.ErrRateLimited, "too many requests in flight", "", seq, 100)
 	}
+}
+
+// errInTransit is a status asked about a send to a group homed in
+// another region that has not reached the group's log yet: nobody can
+// have it, and the home does not know of it until it has.
+var errInTransit = errors.New("the message has not reached its group's region yet; ask again")
+
+// askGroupStatus asks the receipts function about the message this user
+// sent to group at seq. For a group homed here seq is its place in the
+// group's log. For one homed in another region seq is this region's
+// OUTBOX sequence (its "sent": every send to such a group goes through
+// OUTBOX), and the home answers, through this region's receipts function
+// (contract/xrstatus.go). A send still in OUTBOX is not in the log: the
+// home, asked after OUTBOX was looked in, answers unknown_seq, and that
+// is errInTransit.
+func (s *session) askGroupStatus(ctx context.Context, seq uint64, group string, reply *contract.StatusReply) error {
+	home, err := s.groupHomeElsewhere(group)
+	if err != nil {
+		return err
+	}
+	if home == "" {
+		return contract.Call(ctx, s.srv.nc, contract.StatusSubject, contract.StatusRequest{Sender: s.id.User, Group: group, Seq: seq}, reply)
+	}
+	if !contract.IsOutboxSeq(seq) {
+		return &contract.FnError{Status: 404, Code: contract.ErrCodeUnknownSeq}
+	}
+	pending, err := s.srv.regions.inOutbox(ctx, home, group, s.id.User, seq)
+	if err != nil {
+		return err
+	}
+	err = contract.Call(ctx, s.srv.nc, contract.GroupStatusRemoteSubject, contract.GroupStatusRemoteRequest{
+		Sender: s.id.User, Group: group, Seq: seq, Region: s.srv.regions.self, Home: home}, reply)
+	var fe *contract.FnError
+	if pending && errors.As(err, &fe) && fe.Code == contract.ErrCodeUnknownSeq {
+		return errInTransit
+	}
+	return err
 }

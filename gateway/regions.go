@@ -93,9 +93,10 @@ type regions struct {
 	js     jetstream.JetStream
 	wait   func() (context.Context, context.CancelFunc)
 
-	mu    sync.Mutex         // guards homes and dir
-	homes map[string]string  // user -> home region, as read from HOMES
-	dir   jetstream.KeyValue // GROUP_DIR, once opened
+	mu     sync.Mutex         // guards homes, dir and outbox
+	homes  map[string]string  // user -> home region, as read from HOMES
+	dir    jetstream.KeyValue // GROUP_DIR, once opened
+	outbox jetstream.Stream   // OUTBOX, once opened
 }
 
 // errNoHome is a user with no home region, or one the deployment does
@@ -244,6 +245,33 @@ func (r *regions) group(ctx context.Context, gid string) (contract.GroupRecord, 
 	}
 	g, _, err := contract.LoadGroup(ctx, dir, gid)
 	return g, err
+}
+
+// inOutbox reports whether this region's OUTBOX still holds, at seq,
+// user's send to group gid homed in region home: it has not reached the
+// group's log yet (OUTBOX is a work queue: the home's GROUPS takes it
+// out once it has stored it).
+func (r *regions) inOutbox(ctx context.Context, home, gid, user string, seq uint64) (bool, error) {
+	r.mu.Lock()
+	outbox := r.outbox
+	r.mu.Unlock()
+	if outbox == nil {
+		var err error
+		if outbox, err = r.js.Stream(ctx, contract.Outbox); err != nil {
+			return false, fmt.Errorf("%w: stream %s: %w", contract.ErrUnavailable, contract.Outbox, err)
+		}
+		r.mu.Lock()
+		r.outbox = outbox
+		r.mu.Unlock()
+	}
+	m, err := outbox.GetMsg(ctx, seq)
+	switch {
+	case errors.Is(err, jetstream.ErrMsgNotFound):
+		return false, nil
+	case err != nil:
+		return false, err
+	}
+	return m.Subject == contract.OutboxGroupSubject(home, gid) && m.Header.Get(contract.HdrFrom) == user, nil
 }
 
 // elsewhere is g's home region when that is not this one, else "".

@@ -380,3 +380,142 @@ func outboxEmpty(t *testing.T, rs ...*tk.Region) {
 		})
 	}
 }
+
+// recvGroup receives n messages of group gid on c without acking them.
+func recvGroup(t *testing.T, c *client.Client, gid string, n int) []client.Message {
+	t.Helper()
+	var got []client.Message
+	for len(got) < n {
+		m := tk.RecvMsg(t, c, 30*time.Second)
+		if m.Group != gid || m.Event != nil {
+			t.Fatalf("got %+v, want a message of %s", m, gid)
+		}
+		got = append(got, m)
+	}
+	return got
+}
+
+// wantGroupStatus asks c for the status of its message at seq in group
+// gid and checks every member's ticks and the totals.
+func wantGroupStatus(ctx context.Context, t *testing.T, c *client.Client, gid string, seq uint64, members []string, delivered, read bool) {
+	t.Helper()
+	st, err := c.GroupStatus(ctx, gid, seq)
+	if err != nil {
+		t.Fatalf("status of %d in %s: %v", seq, gid, err)
+	}
+	want := protocol.Ticks{Delivered: delivered, Read: read}
+	if len(st.Members) != len(members) || st.AllDelivered != delivered || st.AllRead != read {
+		t.Fatalf("status of %d in %s: %+v, want %v all %+v", seq, gid, st, members, want)
+	}
+	for _, m := range members {
+		if got, ok := st.Members[m]; !ok || got != want {
+			t.Fatalf("status of %d in %s: %s has %+v (listed %v), want %+v", seq, gid, m, got, ok, want)
+		}
+	}
+}
+
+// wantStatusRefused asks c for the status of seq in group gid and wants
+// it refused with code.
+func wantStatusRefused(ctx context.Context, t *testing.T, c *client.Client, gid string, seq uint64, code protocol.ErrorCode) {
+	t.Helper()
+	var se *client.ServerError
+	if st, err := c.GroupStatus(ctx, gid, seq); !errors.As(err, &se) || se.Code != code {
+		t.Fatalf("status of %d in %s: %+v, %v; want %s", seq, gid, st, err, code)
+	}
+}
+
+// "Message info" about a group message sent from another region than
+// the group's. bob and dave (eu) send to a group homed in us among
+// alice's (us) messages, and are "sent" eu's OUTBOX sequences. Asked by
+// such a seq, eu's receipts function passes the question to us's, which
+// finds the log message that came from it (among the others from eu and
+// from us) and answers each member's ticks as they move: nobody, all
+// delivered, all read. Only the sender gets an answer: another member
+// asking about the seq, from eu or us, and bob about dave's message or a
+// seq never sent, get unknown_seq. While us is cut off, bob's question
+// about a send still waiting in eu is unavailable; once it has crossed it
+// is answered.
+func TestRegionsGroupStatusAcrossRegions(t *testing.T) {
+	us, eu, alice, bob, carol, dave := groupRegions(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	if _, err := alice.CreateGroup(ctx, "club", "Club", "bob", "carol", "dave"); err != nil {
+		t.Fatal(err)
+	}
+	for _, c := range []*client.Client{alice, bob, carol, dave} {
+		nextEvent(t, c, "club", "create")
+	}
+	waitGroupEverywhere(t, "club", 4, us, eu)
+
+	const n = 5
+	fromBob, fromDave := map[string]uint64{}, map[string]uint64{}
+	var bobSeqs, daveSeqs []uint64
+	for i := range n {
+		sendGroupAll(ctx, t, alice, "club", []string{"alice-" + strconv.Itoa(i)})
+		for _, w := range []struct {
+			who  string
+			c    *client.Client
+			sent map[string]uint64
+			seqs *[]uint64
+		}{{"bob", bob, fromBob, &bobSeqs}, {"dave", dave, fromDave, &daveSeqs}} {
+			id := w.who + "-" + strconv.Itoa(i)
+			s := sendGroupAll(ctx, t, w.c, "club", []string{id})[id]
+			if !contract.IsOutboxSeq(s) {
+				t.Fatalf("%s sent at %d: not eu's OUTBOX", id, s)
+			}
+			w.sent[id] = s
+			*w.seqs = append(*w.seqs, s)
+		}
+	}
+	// carol has them all: they are in the log. Nobody has acked any.
+	carolGot := recvGroup(t, carol, "club", 3*n)
+	bobSees := []string{"alice", "carol", "dave"}
+	for _, s := range bobSeqs {
+		wantGroupStatus(ctx, t, bob, "club", s, bobSees, false, false)
+	}
+	// Only the sender is answered.
+	wantStatusRefused(ctx, t, dave, "club", bobSeqs[1], protocol.ErrUnknownSeq)
+	wantStatusRefused(ctx, t, alice, "club", bobSeqs[1], protocol.ErrUnknownSeq)
+	wantStatusRefused(ctx, t, bob, "club", daveSeqs[1], protocol.ErrUnknownSeq)
+	wantStatusRefused(ctx, t, bob, "club", daveSeqs[n-1]+1000, protocol.ErrUnknownSeq)
+
+	// Everyone acks: all delivered, nobody has read.
+	for _, m := range carolGot {
+		carol.Ack(m.Seq)
+	}
+	got := map[*client.Client][]client.Message{carol: carolGot,
+		alice: takeGroup(t, alice, "club", 2*n), bob: takeGroup(t, bob, "club", 2*n), dave: takeGroup(t, dave, "club", 2*n)}
+	wantGroupReceipts(t, bob, "club", fromBob, protocol.StatusDelivered)
+	wantGroupReceipts(t, dave, "club", fromDave, protocol.StatusDelivered)
+	for _, s := range bobSeqs {
+		wantGroupStatus(ctx, t, bob, "club", s, bobSees, true, false)
+	}
+	// Everyone reads everything.
+	for c, ms := range got {
+		c.Read(ms[len(ms)-1].Seq)
+	}
+	wantGroupReceipts(t, bob, "club", fromBob, protocol.StatusRead)
+	wantGroupReceipts(t, dave, "club", fromDave, protocol.StatusRead)
+	for _, s := range bobSeqs {
+		wantGroupStatus(ctx, t, bob, "club", s, bobSees, true, true)
+	}
+	for _, s := range daveSeqs {
+		wantGroupStatus(ctx, t, dave, "club", s, []string{"alice", "bob", "carol"}, true, true)
+	}
+	wantStatusRefused(ctx, t, dave, "club", bobSeqs[n-1], protocol.ErrUnknownSeq)
+
+	// us cut off: the home cannot answer, and the send is not in its log
+	// yet. Ask again later.
+	outboxEmpty(t, us, eu)
+	us.Cut(t)
+	cut, err := bob.SendGroup(ctx, "club", "bob-cut", tk.Body("cut"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	wantStatusRefused(ctx, t, bob, "club", cut.Seq, protocol.ErrUnavailable)
+	us.Restore()
+	for _, c := range []*client.Client{alice, carol, dave} {
+		tk.NextMsgIs(t, c, "bob", "bob-cut", 30*time.Second)
+	}
+	wantGroupStatus(ctx, t, bob, "club", cut.Seq, bobSees, false, false)
+}

@@ -571,10 +571,7 @@ func (s *Service) groupStatus(ctx context.Context, req contract.StatusRequest, r
 	if !protocol.ValidID(req.Group) {
 		return badRequest{"group must be a valid id"}
 	}
-	unknown := func() error {
-		b, _ := json.Marshal(map[string]string{"code": contract.ErrCodeUnknownSeq, "message": "you sent no message with this seq in this group"})
-		return r.Error("404", contract.ErrCodeUnknownSeq, b)
-	}
+	unknown := func() error { return unknownSeq(r) }
 	m, err := s.groups.GetMsg(ctx, req.Seq)
 	switch {
 	case errors.Is(err, jetstream.ErrMsgNotFound):
@@ -584,29 +581,47 @@ func (s *Service) groupStatus(ctx context.Context, req contract.StatusRequest, r
 	case m.Subject != contract.GroupMsgSubject(req.Group) || m.Header.Get(contract.HdrFrom) != req.Sender:
 		return unknown()
 	}
-	reply := contract.StatusReply{Recipients: map[string]contract.Ticks{}, AllDelivered: true, AllRead: true}
-	g, err := s.records.get(ctx, req.Group)
-	switch {
-	case errors.Is(err, contract.ErrUnknownGroup), errors.Is(err, contract.ErrBadRecord):
-		return r.RespondJSON(reply)
-	case err != nil:
-		return err
-	}
-	pos, err := s.memberPositions(ctx, g)
+	reply, err := s.groupTicksOf(ctx, req.Group, req.Sender, req.Seq)
 	if err != nil {
 		return err
 	}
+	return r.RespondJSON(reply)
+}
+
+// groupTicksOf is the status of the message sender stored at seq in
+// group gid's log: each member's ticks but the sender's, from their
+// positions.
+func (s *Service) groupTicksOf(ctx context.Context, gid, sender string, seq uint64) (contract.StatusReply, error) {
+	reply := contract.StatusReply{Recipients: map[string]contract.Ticks{}, AllDelivered: true, AllRead: true}
+	g, err := s.records.get(ctx, gid)
+	switch {
+	case errors.Is(err, contract.ErrUnknownGroup), errors.Is(err, contract.ErrBadRecord):
+		return reply, nil
+	case err != nil:
+		return reply, err
+	}
+	pos, err := s.memberPositions(ctx, g)
+	if err != nil {
+		return reply, err
+	}
 	for member := range g.Members {
-		if member == req.Sender {
+		if member == sender {
 			continue
 		}
 		p := pos[member]
-		t := contract.Ticks{Delivered: p.p.Delivered >= req.Seq, Read: p.p.Read >= req.Seq}
+		t := contract.Ticks{Delivered: p.p.Delivered >= seq, Read: p.p.Read >= seq}
 		reply.Recipients[member] = t
 		reply.AllDelivered = reply.AllDelivered && t.Delivered
 		reply.AllRead = reply.AllRead && t.Read
 	}
-	return r.RespondJSON(reply)
+	return reply, nil
+}
+
+// unknownSeq refuses a group status request: the sender sent no message
+// with that seq in that group.
+func unknownSeq(r micro.Request) error {
+	b, _ := json.Marshal(map[string]string{"code": contract.ErrCodeUnknownSeq, "message": "you sent no message with this seq in this group"})
+	return r.Error("404", contract.ErrCodeUnknownSeq, b)
 }
 
 func nowMS() int64 { return time.Now().UnixMilli() }

@@ -102,9 +102,12 @@ type Service struct {
 	records    *groupRecords  // GROUP_INFO's records, decoded
 	bounds     positionBounds // members' positions last read, per group
 	groups     jetstream.Stream
-	inbox      int64 // when INBOX was created: positions from another are void
-	cfg        Config
-	log        *slog.Logger
+	// region is this region (xrstatus.go), "" when the server has no
+	// JetStream domain.
+	region string
+	inbox  int64 // when INBOX was created: positions from another are void
+	cfg    Config
+	log    *slog.Logger
 
 	svc  micro.Service
 	pool *worker.Pool // ticks queued in TICKS
@@ -164,6 +167,10 @@ func Start(ctx context.Context, nc *nats.Conn, js jetstream.JetStream, cfg Confi
 			_ = s.svc.Stop()
 			return nil, fmt.Errorf("receipts: %w", err)
 		}
+	}
+	if err := s.startRegions(ctx); err != nil {
+		_ = s.svc.Stop()
+		return nil, fmt.Errorf("receipts: regions: %w", err)
 	}
 	// Ticks gateways left while no instance answered.
 	ccfg, err := streams.ConsumerConfig("receipts")

@@ -111,7 +111,7 @@ func For(r Role) Rules {
 					kvSubject(contract.DevicesKV) + "*", kvSubject(contract.CursorsKV) + "*.*",
 					kvSubject(contract.PresenceKV) + "lease.*.*", kvSubject(contract.SettingsKV) + "*",
 					subjEvents, subjKick,
-					subjFn + "receipts.delivered", subjFn + "receipts.read", subjFn + "receipts.status", subjFn + "receipts.group", subjFn + "presence.get", subjFn + "presence.announce", subjFn + "media.>",
+					subjFn + "receipts.delivered", subjFn + "receipts.read", subjFn + "receipts.status", subjFn + "receipts.status-remote", subjFn + "receipts.group", subjFn + "presence.get", subjFn + "presence.announce", subjFn + "media.>",
 					subjFn + "groups.>"},
 				streamInfo(contract.Inbox, kvStream(contract.DevicesKV), kvStream(contract.CursorsKV),
 					kvStream(contract.PresenceKV), kvStream(contract.SettingsKV), kvStream(contract.GroupInfoKV)),
@@ -119,8 +119,11 @@ func For(r Role) Rules {
 					kvStream(contract.PresenceKV), kvStream(contract.SettingsKV), kvStream(contract.GroupInfoKV)),
 				// Regions: sends to users homed elsewhere, and the
 				// directory of home regions; sends to and positions in
-				// groups homed elsewhere, and those groups' records.
+				// groups homed elsewhere, and those groups' records; its
+				// own sends still waiting in OUTBOX (a status asked before
+				// a group's home has one).
 				[]string{contract.OutboxPrefix + "*.*", contract.OutboxPrefix + "*.g.*.*", contract.OutboxPrefix + "*.t.*"},
+				reads(contract.Outbox),
 				// And the other sourcing streams' state, for the link metrics.
 				streamInfo(kvStream(contract.HomesKV), contract.Outbox, kvStream(contract.GroupDirKV), contract.GroupsStream, contract.TicksStream),
 				reads(kvStream(contract.HomesKV), kvStream(contract.GroupDirKV)),
@@ -140,13 +143,19 @@ func For(r Role) Rules {
 				// Ticks for senders homed in another region go through
 				// this region's OUTBOX (contract/regions.go).
 				[]string{contract.InboxPrefix + "*", contract.OutboxPrefix + "*.*", kvSubject(contract.ReadsKV) + "*.*",
-					kvSubject(contract.GroupTicksKV) + "*", kvSubject(contract.GroupTicksKV) + "*.*", contract.DLQPrefix + string(r) + ".>"},
+					kvSubject(contract.GroupTicksKV) + "*", kvSubject(contract.GroupTicksKV) + "*.*", contract.DLQPrefix + string(r) + ".>",
+					// Status requests about groups homed in other regions,
+					// asked of those regions' receipts functions, whose
+					// answers come back over the leaf links
+					// (contract/xrstatus.go).
+					contract.ReceiptsForwardSubject("*")},
 				consumer(contract.TicksStream, string(r)),
 				streamInfo(append([]string{contract.Inbox, contract.TicksStream, contract.DLQ}, read...)...),
 				reads(read...),
 			),
-			Subscribe: []string{subjFn + string(r) + ".>", subjMicro, InboxPrefix(r) + ".>"},
-			Respond:   true,
+			Subscribe: []string{subjFn + string(r) + ".>", subjMicro, InboxPrefix(r) + ".>",
+				contract.ReceiptsForwardSubject("*"), contract.ReceiptsForwardReply("*") + ">"},
+			Respond: true,
 		}
 	case Presence:
 		return function(r, kvStream(contract.PresenceKV),

@@ -71,6 +71,8 @@ func TestRolesAreRefusedWhatTheyMustNotDo(t *testing.T) {
 			{true, "_INBOX.>", "read other clients' replies"},
 			{true, "_INBOX_media.>", "read the media function's replies"},
 			{true, "$KV.>", "watch every bucket"},
+			{false, "xr.fn.us.receipts.status", "ask another region's receipts function past its own"},
+			{true, "xr.re.eu.receipts.>", "read the answers other regions send its receipts function"},
 		},
 	}
 	for _, f := range functions {

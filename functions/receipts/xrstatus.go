@@ -1,0 +1,225 @@
+package receipts
+
+// Message info about a group message sent from another region than the
+// group's (contract/xrstatus.go).
+//
+// The sender knows the message by its sequence in their region's OUTBOX
+// ("sent"); its ticks are the members' positions in the group's log, at
+// the group's home. So the sender's region's function passes the request
+// to the home's, which finds the log message that came from that OUTBOX
+// sequence, checks the sender sent it, and answers as for a message sent
+// at home.
+//
+// Finding it. Nothing maps an OUTBOX sequence to a log sequence, and
+// nothing may be kept per message to do so. But the home's GROUPS
+// sources each other region's OUTBOX through one source, and a source
+// stores what it takes in the order of the stream it takes it from
+// (nats-server skips anything not past the last origin sequence it
+// stored): the log messages that came from one region carry, in their
+// Nats-Stream-Source, strictly rising OUTBOX sequences. The home
+// therefore bisects the group's log between its first and last message:
+// at each probe it reads on from the middle, in small batches of the
+// group's subject only, to the first message from that region, and
+// keeps the half the sequence must be in. That is about log2 of the log's
+// length probes, each one small direct get while the region's messages
+// are not rare in the group (and at worst one read of the stretch
+// between them), with nothing stored. The other ways cost more: the
+// sender's own copy in their inbox names both sequences, but finding it
+// there is a scan of everything the sender received, and copies of
+// different groups reach it in no fixed order; a plain scan of the log
+// grows with the log.
+//
+// A message still in the sender's region's OUTBOX has not reached the
+// log yet, and the home answers unknown_seq; the sender's gateway, which
+// looked in OUTBOX before asking, makes that unavailable (ask again).
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"strconv"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+	"github.com/nats-io/nats.go/micro"
+
+	"github.com/switchboard-im/switchboard/contract"
+	"github.com/switchboard-im/switchboard/protocol"
+)
+
+// probeBatch is the most group messages one probe of the bisection reads
+// at once: most probes find a message from the region in the first few.
+const probeBatch = 16
+
+// startRegions binds, when the server has a JetStream domain (its region,
+// in a regions deployment), the endpoints of status requests about
+// groups homed in other regions: the gateways' here, and other regions'
+// receipts functions' about groups homed here.
+func (s *Service) startRegions(ctx context.Context) error {
+	info, err := s.js.AccountInfo(ctx)
+	if err != nil {
+		return err
+	}
+	if info.Domain == "" {
+		return nil
+	}
+	s.region = info.Domain
+	if err := s.svc.AddEndpoint("status-remote", s.async(s.handleStatusRemote), micro.WithEndpointSubject(contract.GroupStatusRemoteSubject),
+		micro.WithEndpointMetadata(map[string]string{"request": `{"sender":"bob","group":"friends","seq":4503599627370500,"region":"eu","home":"us"}`})); err != nil {
+		return err
+	}
+	return s.svc.AddEndpoint("status-forwarded", s.async(s.handleStatusForwarded), micro.WithEndpointSubject(contract.ReceiptsForwardSubject(s.region)))
+}
+
+// handleStatusRemote passes a gateway's status request about a group
+// homed elsewhere to the home's receipts function and relays its answer
+// as is.
+func (s *Service) handleStatusRemote(ctx context.Context, r micro.Request) error {
+	var req contract.GroupStatusRemoteRequest
+	if err := decode(r, &req); err != nil {
+		return err
+	}
+	switch {
+	case !protocol.ValidID(req.Sender) || !protocol.ValidID(req.Group) || !protocol.ValidID(req.Home):
+		return badRequest{"sender, group and home must be valid ids"}
+	case req.Region != s.region || req.Home == s.region:
+		return badRequest{"region must be this region and home another"}
+	case !contract.IsOutboxSeq(req.Seq):
+		return badRequest{"seq must be an OUTBOX sequence"}
+	}
+	m, err := s.forwardStatus(ctx, req.Home, r.Data())
+	if err != nil {
+		return err
+	}
+	if r.Reply() == "" {
+		return nil
+	}
+	return s.nc.PublishMsg(&nats.Msg{Subject: r.Reply(), Data: m.Data, Header: m.Header})
+}
+
+// forwardStatus asks region's receipts function with data and returns
+// its answer. The reply subject crosses the leaf links
+// (contract.ReceiptsForwardReply); the request goes out after the
+// subscription on the same connection, so the interest reaches the other
+// region ahead of the request.
+func (s *Service) forwardStatus(ctx context.Context, region string, data []byte) (*nats.Msg, error) {
+	b := make([]byte, 8)
+	_, _ = rand.Read(b)
+	reply := contract.ReceiptsForwardReply(s.region) + hex.EncodeToString(b)
+	sub, err := s.nc.SubscribeSync(reply)
+	if err != nil {
+		return nil, err
+	}
+	defer func() { _ = sub.Unsubscribe() }()
+	if err := s.nc.PublishMsg(&nats.Msg{Subject: contract.ReceiptsForwardSubject(region), Reply: reply, Data: data}); err != nil {
+		return nil, err
+	}
+	m, err := sub.NextMsgWithContext(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("region %s did not answer: %w", region, err)
+	}
+	if m.Header.Get("Status") == "503" && len(m.Data) == 0 {
+		// The server's "no responders": no receipts function of that
+		// region can be reached (a cut link, or none running there).
+		return nil, fmt.Errorf("region %s unreachable: %w", region, nats.ErrNoResponders)
+	}
+	return m, nil
+}
+
+// handleStatusForwarded answers another region's status request about a
+// message sent from there to a group homed here.
+func (s *Service) handleStatusForwarded(ctx context.Context, r micro.Request) error {
+	var req contract.GroupStatusRemoteRequest
+	if err := decode(r, &req); err != nil {
+		return err
+	}
+	switch {
+	case !protocol.ValidID(req.Sender) || !protocol.ValidID(req.Group) || !protocol.ValidID(req.Region):
+		return badRequest{"sender, group and region must be valid ids"}
+	case req.Home != s.region:
+		return badRequest{"home must be this region"}
+	case !contract.IsOutboxSeq(req.Seq):
+		return unknownSeq(r)
+	}
+	seq, from, err := s.sentFrom(ctx, req.Group, req.Region, req.Seq)
+	switch {
+	case err != nil:
+		return err
+	case seq == 0 || from != req.Sender:
+		return unknownSeq(r)
+	}
+	reply, err := s.groupTicksOf(ctx, req.Group, req.Sender, seq)
+	if err != nil {
+		return err
+	}
+	return r.RespondJSON(reply)
+}
+
+// sentFrom finds the message of group gid's log that came from region's
+// OUTBOX sequence oseq: its log sequence and sender, 0 if there is none.
+// It bisects the log (see the top of this file).
+func (s *Service) sentFrom(ctx context.Context, gid, region string, oseq uint64) (uint64, string, error) {
+	subj := contract.GroupMsgSubject(gid)
+	last, err := s.groups.GetLastMsgForSubject(ctx, subj)
+	switch {
+	case errors.Is(err, jetstream.ErrMsgNotFound):
+		return 0, "", nil
+	case err != nil:
+		return 0, "", err
+	}
+	lo, hi := uint64(1), last.Sequence
+	for lo <= hi {
+		mid := lo + (hi-lo)/2
+		p, err := s.probe(ctx, subj, region, mid, hi)
+		switch {
+		case err != nil:
+			return 0, "", err
+		case p.seq == 0 || p.oseq > oseq:
+			hi = mid - 1 // anything from the region at or past mid is later
+		case p.oseq == oseq:
+			return p.seq, p.from, nil
+		default:
+			lo = p.seq + 1
+		}
+	}
+	return 0, "", nil
+}
+
+// probed is a log message that came from another region: its log
+// sequence, its sequence in that region's OUTBOX, and its sender.
+type probed struct {
+	seq, oseq uint64
+	from      string
+}
+
+// probe reads subject subj of the group log from lo up to hi to the first
+// message that came from region's OUTBOX; none: seq 0.
+func (s *Service) probe(ctx context.Context, subj, region string, lo, hi uint64) (probed, error) {
+	for from := lo; from <= hi; {
+		var p probed
+		var last uint64
+		status, err := s.directGet(ctx, contract.GroupsStream,
+			directGet{Seq: from, NextFor: subj, Batch: probeBatch, MaxBytes: 1 << 20}, func(m *nats.Msg) {
+				seq, _ := strconv.ParseUint(m.Header.Get(contract.HdrSequence), 10, 64)
+				last = max(last, seq)
+				if p.seq != 0 || seq < from || seq > hi || m.Header.Get(contract.HdrOriginRegion) != region {
+					return
+				}
+				if o := contract.OriginSeq(m.Header.Get(contract.HdrStreamSource)); contract.IsOutboxSeq(o) {
+					p = probed{seq: seq, oseq: o, from: m.Header.Get(contract.HdrFrom)}
+				}
+			})
+		switch {
+		case err != nil:
+			return probed{}, err
+		case p.seq != 0:
+			return p, nil
+		case status == "404" || last == 0 || last >= hi:
+			return probed{}, nil
+		}
+		from = last + 1
+	}
+	return probed{}, nil
+}

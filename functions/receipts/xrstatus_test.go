@@ -1,0 +1,176 @@
+package receipts_test
+
+import (
+	"context"
+	"math/rand/v2"
+	"strconv"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/switchboard-im/switchboard/contract"
+)
+
+// sourcedLog is a home's GROUPS sourcing two regions' OUTBOXes, as a
+// regions deployment lays them out (streams/regions.go), in one server:
+// the log messages from eu and ap carry Nats-Stream-Source as the
+// home's do. Each store waits for its message in the log, read in order,
+// so the log holds them in the order stored.
+type sourcedLog struct {
+	e    *env
+	log  jetstream.Consumer
+	next map[string]uint64 // a region's OUTBOX sequence to come
+}
+
+func newSourcedLog(t *testing.T, e *env) *sourcedLog {
+	t.Helper()
+	ctx := context.Background()
+	l := &sourcedLog{e: e, next: map[string]uint64{}}
+	groups, err := e.n.JS.Stream(ctx, contract.GroupsStream)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg := groups.CachedInfo().Config
+	for _, region := range []string{"eu", "ap"} {
+		name := "OUTBOX_" + region
+		if _, err := e.n.JS.CreateStream(ctx, jetstream.StreamConfig{Name: name, FirstSeq: contract.OutboxFirstSeq,
+			Subjects: []string{"out." + region + ".us.g.*.*", "out." + region + ".other"}}); err != nil {
+			t.Fatal(err)
+		}
+		cfg.Sources = append(cfg.Sources, &jetstream.StreamSource{Name: name, SubjectTransforms: []jetstream.SubjectTransformConfig{{
+			Source: "out." + region + ".us.g.*.*", Destination: contract.GroupsPrefix + "{{wildcard(1)}}.{{wildcard(2)}}.m"}}})
+		l.next[region] = contract.OutboxFirstSeq
+	}
+	if _, err := e.n.JS.UpdateStream(ctx, cfg); err != nil {
+		t.Fatal(err)
+	}
+	if l.log, err = e.n.JS.OrderedConsumer(ctx, contract.GroupsStream, jetstream.OrderedConsumerConfig{}); err != nil {
+		t.Fatal(err)
+	}
+	return l
+}
+
+// store stores a chat message from sender in gid's log: sent at home
+// (region ""), or through region's OUTBOX. It returns it as the log has
+// it.
+func (l *sourcedLog) store(t *testing.T, gid, from, region string) logMsg {
+	t.Helper()
+	ctx := context.Background()
+	h := nats.Header{contract.HdrKind: {contract.KindMsg}, contract.HdrFrom: {from}, contract.HdrGroup: {gid}}
+	subject := contract.GroupMsgSubject(gid)
+	if region != "" {
+		h.Set(contract.HdrOriginRegion, region)
+		subject = "out." + region + ".us.g." + contract.GroupPartition(gid) + "." + gid
+	}
+	if _, err := l.e.n.JS.PublishMsg(ctx, &nats.Msg{Subject: subject, Data: []byte(`"hi"`), Header: h}); err != nil {
+		t.Fatal(err)
+	}
+	if region != "" {
+		l.next[region]++
+	}
+	return l.took(t)
+}
+
+// gap stores something else in region's OUTBOX: a sequence that never
+// reaches the log.
+func (l *sourcedLog) gap(t *testing.T, region string) uint64 {
+	t.Helper()
+	if _, err := l.e.n.JS.Publish(context.Background(), "out."+region+".other", nil); err != nil {
+		t.Fatal(err)
+	}
+	l.next[region]++
+	return l.next[region] - 1
+}
+
+// took is the next message of the log.
+func (l *sourcedLog) took(t *testing.T) logMsg {
+	t.Helper()
+	m, err := l.log.Next(jetstream.FetchMaxWait(15 * time.Second))
+	if err != nil {
+		t.Fatal(err)
+	}
+	md, err := m.Metadata()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return logMsg{seq: md.Sequence.Stream, oseq: contract.OriginSeq(m.Headers().Get(contract.HdrStreamSource)),
+		region: m.Headers().Get(contract.HdrOriginRegion), from: m.Headers().Get(contract.HdrFrom)}
+}
+
+// logMsg is a message stored in a group's log for the search's tests.
+type logMsg struct {
+	seq, oseq uint64
+	region    string
+	from      string
+}
+
+// The home finds the log message a region's OUTBOX sequence became, by
+// bisecting the log on the rising OUTBOX sequences of that region's
+// messages: every one of them, wherever it lies among messages sent at
+// home, from a third region and in other groups, dense or sparse; and
+// none for a sequence that did not reach the log (a gap: a 1:1 message or
+// a position in that OUTBOX), one past the last, or of another region.
+func TestSentFromFindsTheLogMessageOfAnOutboxSeq(t *testing.T) {
+	e := newEnv(t)
+	s, _ := e.instance(t)
+	l := newSourcedLog(t, e)
+	ctx := context.Background()
+	rnd := rand.New(rand.NewPCG(1, 2))
+	var eu []logMsg
+	absent := []uint64{contract.OutboxFirstSeq - 1}
+	for i := range 300 {
+		switch r := rnd.IntN(10); {
+		case r < 4:
+			l.store(t, "g", "alice", "")
+		case r < 8:
+			for range rnd.IntN(3) { // others' sends and positions in between
+				absent = append(absent, l.gap(t, "eu"))
+			}
+			m := l.store(t, "g", "bob-"+strconv.Itoa(i%3), "eu")
+			if m.region != "eu" || !contract.IsOutboxSeq(m.oseq) || m.oseq != l.next["eu"]-1 {
+				t.Fatalf("the log took %+v from eu's OUTBOX at %d", m, l.next["eu"]-1)
+			}
+			eu = append(eu, m)
+		case r < 9:
+			l.store(t, "g", "erin", "ap")
+		default:
+			absent = append(absent, l.store(t, "h", "bob-0", "eu").oseq) // another group's
+		}
+	}
+	for _, m := range eu {
+		seq, from, err := s.SentFrom(ctx, "g", "eu", m.oseq)
+		if err != nil || seq != m.seq || from != m.from {
+			t.Fatalf("eu's %d: found %d from %q (%v), want %d from %s", m.oseq, seq, from, err, m.seq, m.from)
+		}
+	}
+	for _, o := range append(absent, l.next["eu"]) {
+		if seq, _, err := s.SentFrom(ctx, "g", "eu", o); err != nil || seq != 0 {
+			t.Fatalf("eu's %d: found %d (%v), want none", o, seq, err)
+		}
+	}
+	if seq, _, err := s.SentFrom(ctx, "g", "us", eu[0].oseq); err != nil || seq != 0 {
+		t.Fatalf("us's %d: found %d (%v), want none", eu[0].oseq, seq, err)
+	}
+
+	// Sparse: one message from eu, then many sent at home, then one more;
+	// and a group with no log.
+	first := l.store(t, "sparse", "bob", "eu")
+	gap := l.gap(t, "eu")
+	for range 100 {
+		l.store(t, "sparse", "alice", "")
+	}
+	last := l.store(t, "sparse", "bob", "eu")
+	for _, m := range []logMsg{first, last} {
+		if seq, _, err := s.SentFrom(ctx, "sparse", "eu", m.oseq); err != nil || seq != m.seq {
+			t.Fatalf("sparse: eu's %d found at %d (%v), want %d", m.oseq, seq, err, m.seq)
+		}
+	}
+	if seq, _, err := s.SentFrom(ctx, "sparse", "eu", gap); err != nil || seq != 0 {
+		t.Fatalf("sparse: eu's gap %d found at %d (%v)", gap, seq, err)
+	}
+	if seq, _, err := s.SentFrom(ctx, "nobody", "eu", first.oseq); err != nil || seq != 0 {
+		t.Fatalf("a group with no log: found %d (%v)", seq, err)
+	}
+}
