@@ -735,8 +735,15 @@ func TestSSEClientThatNeverReadsIsClosedAndLosesNothing(t *testing.T) {
 		t.Fatalf("bob's cursor moved to %d without an ack", floor)
 	}
 
-	// bob comes back over the fallback and reads: everything, in order, once.
-	s := openSSE(t, g.Addr, tok, nil)
+	// bob comes back over the fallback and reads: everything, in order,
+	// once. He comes through a second gateway with the default write
+	// deadline, as TestClientThatNeverReadsIsClosedAndLosesNothing does
+	// over a WebSocket: this one's 300 ms, there to close the stalled
+	// client quickly, would also close a prompt reader whose process a
+	// loaded machine leaves unscheduled for 300 ms while ~20 MB of
+	// backlog is written to it (the POST of its ack then finds no session).
+	g2 := tk.StartGateway(t, n, tk.TestConfig())
+	s := openSSE(t, g2.Addr, tok, nil)
 	var last uint64
 	for i := range count {
 		f, id := s.nextFrame()
