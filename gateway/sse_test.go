@@ -15,6 +15,7 @@ import (
 
 	"github.com/fasthttp/websocket"
 	"github.com/golang-jwt/jwt/v5"
+	"golang.org/x/time/rate"
 
 	"github.com/switchboard-im/switchboard/gateway"
 	tk "github.com/switchboard-im/switchboard/internal/testkit"
@@ -735,8 +736,15 @@ func TestSSEClientThatNeverReadsIsClosedAndLosesNothing(t *testing.T) {
 		t.Fatalf("bob's cursor moved to %d without an ack", floor)
 	}
 
-	// bob comes back over the fallback and reads: everything, in order, once.
-	s := openSSE(t, g.Addr, tok, nil)
+	// bob comes back over the fallback and reads: everything, in order,
+	// once. He comes through a second gateway with the default write
+	// deadline, as TestClientThatNeverReadsIsClosedAndLosesNothing does
+	// over a WebSocket: this one's 300 ms, there to close the stalled
+	// client quickly, would also close a prompt reader whose process a
+	// loaded machine leaves unscheduled for 300 ms while ~20 MB of
+	// backlog is written to it (the POST of its ack then finds no session).
+	g2 := tk.StartGateway(t, n, tk.TestConfig())
+	s := openSSE(t, g2.Addr, tok, nil)
 	var last uint64
 	for i := range count {
 		f, id := s.nextFrame()
@@ -749,6 +757,53 @@ func TestSSEClientThatNeverReadsIsClosedAndLosesNothing(t *testing.T) {
 	send(t, alice, "bob", "fence", "fence")
 	if f, _ := s.nextFrame(); f.ID != "fence" {
 		t.Fatalf("got %s before the fence", f.ID)
+	}
+}
+
+// A client that reads every event as it arrives, on a link slower than
+// the gateway's (2 MB/s here), is not closed as slow when a backlog of
+// 12 MB is written to it at once: WriteTimeout bounds each write of up to
+// 64 KiB of events, as over a WebSocket, not the whole backlog (which this
+// link takes 6 s to carry, three times the deadline).
+func TestSSEPromptReaderWithBacklogIsNotClosedAsSlow(t *testing.T) {
+	cfg := tk.TestConfig()
+	cfg.WriteTimeout = 2 * time.Second
+	cfg.MaxFrameBytes = 256 << 10
+	cfg.SendRate, cfg.SendBurst = 1000, 1000
+	n := tk.StartNATS(t)
+	g := tk.StartGateway(t, n, cfg)
+	alice := tk.Dial(t, g.URL, "alice", "phone")
+	if err := tk.Dial(t, g.URL, "bob", "phone").Close(); err != nil { // registers bob's device
+		t.Fatal(err)
+	}
+	const count = 96
+	body := strings.Repeat("b", 128<<10)
+	for i := range count {
+		send(t, alice, "bob", fmt.Sprintf("s%02d", i), body)
+	}
+
+	throttled := &http.Client{Transport: &http.Transport{
+		DisableCompression: true,
+		DialContext: func(ctx context.Context, network, addr string) (net.Conn, error) {
+			c, err := (&net.Dialer{}).DialContext(ctx, network, addr)
+			if err != nil {
+				return nil, err
+			}
+			_ = c.(*net.TCPConn).SetReadBuffer(16 << 10)
+			return &throttledConn{Conn: c, lim: rate.NewLimiter(2<<20, 16<<10)}, nil
+		},
+	}}
+	tok := tk.Token(t, "bob", "phone", time.Hour)
+	s := openSSEWith(t, g.Addr, tok, "?access_token="+tok, nil, throttled)
+	for i := range count {
+		f, _ := s.nextFrame() // fails if the stream ends: closed as slow
+		if want := fmt.Sprintf("s%02d", i); f.Type != protocol.TypeMsg || f.ID != want {
+			t.Fatalf("event %d is %s %s, want msg %s", i, f.Type, f.ID, want)
+		}
+		s.mustPost(string(protocol.AppendSeqFrame(nil, protocol.TypeAck, f.Seq)))
+	}
+	if m, err := g.Metrics(); err != nil || !strings.Contains(m, `switchboard_gateway_closes_total{code="4001"} 0`) {
+		t.Fatalf("a close 4001 was counted (%v)", err)
 	}
 }
 

@@ -96,11 +96,15 @@ func (c *sseConn) heartbeat() {
 	c.ping.Reset(c.cfg.PingInterval)
 }
 
-// writer writes the queued frames as events, one chunk per batch, until
-// there is nothing to write, then ends. After Close it writes what is
-// queued (bounded by WriteTimeout, and not for a slow or replaced client),
-// then the close event and the end of the response, and closes the socket,
-// which ends the read loop.
+// writer writes the queued frames as events until there is nothing to
+// write, then ends. Events are gathered into chunks of up to maxWrite (a
+// larger event is a chunk of its own), each written under its own
+// WriteTimeout, as the WebSocket's frames are: a batch can be a whole
+// backlog, and one deadline for all of it would close a client that reads
+// steadily but cannot take that much within WriteTimeout. After Close it
+// writes what is queued (bounded by WriteTimeout, and not for a slow or
+// replaced client), then the close event and the end of the response, and
+// closes the socket, which ends the read loop.
 func (c *sseConn) writer() {
 	var batch [][]byte
 	var buf []byte
@@ -114,7 +118,11 @@ func (c *sseConn) writer() {
 		flush := !closing || c.flushOnClose()
 		buf = buf[:0]
 		for i, b := range batch {
-			if flush {
+			if flush && !failed {
+				if len(buf) > 0 && len(buf)+len(b) > maxWrite {
+					failed = !c.writeOrClose(buf)
+					buf = buf[:0]
+				}
 				buf = appendEvent(buf, b)
 			}
 			batch[i] = nil
@@ -123,10 +131,7 @@ func (c *sseConn) writer() {
 			buf = append(buf, ": ping\n\n"...)
 		}
 		if len(buf) > 0 && !failed {
-			if err := c.writeChunk(buf, c.cfg.WriteTimeout); err != nil {
-				failed = true
-				c.Close(protocol.CloseSlow, "write failed")
-			}
+			failed = !c.writeOrClose(buf)
 		}
 		if closing && (c.drained() || failed || !flush) {
 			break
@@ -144,6 +149,16 @@ func (c *sseConn) writer() {
 	}
 	_ = c.nc.Close()
 	close(c.writerDone)
+}
+
+// writeOrClose writes b as one chunk under WriteTimeout and reports
+// whether it was written; when it was not, the client is closed as slow.
+func (c *sseConn) writeOrClose(b []byte) bool {
+	if err := c.writeChunk(b, c.cfg.WriteTimeout); err != nil {
+		c.Close(protocol.CloseSlow, "write failed")
+		return false
+	}
+	return true
 }
 
 // writeChunk writes b as one chunk of the response.

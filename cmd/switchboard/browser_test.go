@@ -449,6 +449,9 @@ func TestBrowserGroupChat(t *testing.T) {
 	dave := signIn(t, b, p, "dave", "laptop")
 	alice.Do(chromedp.SetValue(chromedp.ID("gi-add-users"), "dave"), chromedp.Click(chromedp.CSS("#gi-add button")))
 	bob.WaitFor(seen, "dave's adding on bob's page", notices("Alice added dave")+` === 1`)
+	// Alice's page has the add's answer (it clears the field) and its
+	// notice: nothing of it is left to redraw her member list under a click.
+	alice.WaitFor(seen, "the add on alice's page", notices("You added dave")+` === 1 && document.getElementById('gi-add-users').value === ''`)
 	openGroup(dave, "friends")
 	dave.WaitFor(seen, "dave's adding on his page", notices("Alice added you")+` === 1`)
 	dave.WaitFor(seen, "the group's name on dave's page", `document.getElementById('peer').textContent === 'Friends'`)
@@ -460,12 +463,24 @@ func TestBrowserGroupChat(t *testing.T) {
 	alice.WaitFor(seen, "the promote button", `!!document.querySelector('#gi-members li[data-user="bob"] button.promote')`)
 	alice.Do(chromedp.Click(chromedp.CSS(`#gi-members li[data-user="bob"] button.promote`)))
 	bob.WaitFor(seen, "bob made admin", notices("Alice made you an admin")+` === 1`)
+	alice.WaitFor(seen, "bob an admin on alice's page", notices("You made bob an admin")+` === 1 && document.querySelector('#gi-members li[data-user="bob"]').dataset.admin === 'true'`)
 
 	// A rename shows on the members' pages, in the list and the header;
-	// a removal is a notice.
+	// a removal is a notice. The rows the rename leaves as they were stay
+	// the same elements through its redraws (the answer and the notice):
+	// one made anew between the press and the release of a click loses it.
+	keep := `(() => { window.__kept = document.querySelector(%q); })()`
+	alice.Do(chromedp.Evaluate[chromedp.Void](fmt.Sprintf(keep, `#gi-members li[data-user="dave"]`)))
+	bob.Do(chromedp.Evaluate[chromedp.Void](fmt.Sprintf(keep, `#contacts li[data-group="friends"]`)))
 	alice.Do(chromedp.SetValue(chromedp.ID("gi-rename-name"), "Best Friends"), chromedp.Click(chromedp.CSS("#gi-rename button")))
 	bob.WaitFor(seen, "the rename on bob's page", notices("Alice renamed the group to “Best Friends”")+` === 1`)
 	bob.WaitFor(seen, "the new name on bob's page", `document.getElementById('peer').textContent === 'Best Friends' && document.querySelector('#contacts li[data-group="friends"] .name').textContent === 'Best Friends'`)
+	alice.WaitFor(seen, "the rename on alice's page", notices("You renamed the group to “Best Friends”")+` === 1 && document.getElementById('gi-rename-name').value === ''`)
+	for name, pg := range map[string]*tk.Page{"alice": alice, "bob": bob} {
+		if !tk.Eval[bool](pg, `window.__kept.isConnected`) {
+			t.Fatalf("the rename made %s's unchanged row anew: a click on it then would be lost", name)
+		}
+	}
 	alice.Do(chromedp.Click(chromedp.CSS(`#gi-members li[data-user="dave"] button.remove`)))
 	bob.WaitFor(seen, "dave's removal on bob's page", notices("Alice removed dave")+` === 1`)
 	dave.WaitFor(seen, "dave's removal on his page", notices("Alice removed you")+` === 1 && !document.getElementById('left-note').hidden`)

@@ -35,6 +35,7 @@ const typingUntil = new Map(); // conversation key, NUL, user -> ms until which 
 const mediaURLs = new Map(); // media key -> object URL of the verified bytes
 let lastTyping = 0;
 let settings = null; // this user's settings, once read
+let membersShown = ''; // what the group info panel's member rows show (renderGroup)
 
 // --- tokens ---
 
@@ -749,7 +750,24 @@ function renderGroup(group) {
   $('gi-id').textContent = group;
   $('gi-created').textContent = g.createdBy ? `created by ${who(g.createdBy)}` : '';
   $('gi-count').textContent = `${g.members.length} member${g.members.length === 1 ? '' : 's'}`;
-  $('gi-members').replaceChildren(...g.members.map((x) => {
+  // The rows are made anew only when what they show changed: this runs on
+  // every message of the group while the panel is open, and a button
+  // replaced between the press and the release of a click loses it.
+  const rows = JSON.stringify([group, me.user, admin, g.members]);
+  if (rows !== membersShown) {
+    membersShown = rows;
+    $('gi-members').replaceChildren(...memberRows(g, admin));
+  }
+  $('gi-add').hidden = $('gi-rename').hidden = !admin;
+  $('gi-leave').hidden = !!g.left;
+  renderComposer();
+  renderPeerStatus();
+}
+
+// memberRows makes the info panel's rows of g's members, with the
+// buttons of an admin.
+function memberRows(g, admin) {
+  return g.members.map((x) => {
     const li = document.createElement('li');
     li.dataset.user = x.user;
     li.dataset.admin = String(x.admin);
@@ -761,11 +779,7 @@ function renderGroup(group) {
         button('remove', 'Remove', () => op('remove', { users: [x.user] })));
     }
     return li;
-  }));
-  $('gi-add').hidden = $('gi-rename').hidden = !admin;
-  $('gi-leave').hidden = !!g.left;
-  renderComposer();
-  renderPeerStatus();
+  });
 }
 
 function button(cls, text, onclick) {
@@ -798,35 +812,45 @@ function banner(text) {
   $('banner').hidden = !text;
 }
 
-// renderContacts lists the groups, then the contacts.
+// renderContacts lists the groups, then the contacts. While the list
+// holds the same conversations in the same order its rows are updated in
+// place, not made anew: it is redrawn on every message, and a row replaced
+// between the press and the release of a click loses that click.
 function renderContacts() {
   const ul = $('contacts');
-  const unread = (key, from) => {
-    const read = store.read[key] ?? 0;
-    const n = chat(key).filter((m) => from(m) && m.seq > read).length;
-    return span('badge', n && key !== open ? String(n) : '');
-  };
-  const groups = Object.keys(store.groups).map((group) => {
-    const key = groupKey(group);
-    const li = document.createElement('li');
-    li.dataset.group = group;
-    li.setAttribute('aria-current', String(key === open));
-    li.append(span('dot group', '#'), span('name', groupName(group)),
-      unread(key, (m) => m.from !== me.user && !m.event));
-    li.addEventListener('click', () => openChat(key));
-    return li;
-  });
-  const users = store.contacts.map((user) => {
-    const li = document.createElement('li');
-    li.dataset.user = user;
-    li.setAttribute('aria-current', String(user === open));
-    const dot = span('dot');
-    if (presence.get(user)?.online) dot.classList.add('online');
-    li.append(dot, span('name', user), unread(user, (m) => m.from === user));
-    li.addEventListener('click', () => openChat(user));
-    return li;
-  });
-  ul.replaceChildren(...groups, ...users);
+  const keys = [...Object.keys(store.groups).map(groupKey), ...store.contacts];
+  const shown = [...ul.children].map((li) => (li.dataset.group !== undefined ? groupKey(li.dataset.group) : li.dataset.user));
+  if (shown.length !== keys.length || shown.some((k, i) => k !== keys[i])) ul.replaceChildren(...keys.map(contactRow));
+  keys.forEach((key, i) => fillContactRow(ul.children[i], key));
+}
+
+// contactRow makes the row of the conversation with key; fillContactRow
+// shows its name, unread count and presence.
+function contactRow(key) {
+  const li = document.createElement('li');
+  const group = groupOf(key);
+  if (group) li.dataset.group = group;
+  else li.dataset.user = key;
+  li.append(group ? span('dot group', '#') : span('dot'), span('name'), span('badge'));
+  li.addEventListener('click', () => openChat(key));
+  return li;
+}
+
+function fillContactRow(li, key) {
+  const group = groupOf(key);
+  const read = store.read[key] ?? 0;
+  const counts = group ? (m) => m.from !== me.user && !m.event : (m) => m.from === key;
+  const n = chat(key).filter((m) => counts(m) && m.seq > read).length;
+  li.setAttribute('aria-current', String(key === open));
+  setText(li.querySelector('.name'), group ? groupName(group) : key);
+  setText(li.querySelector('.badge'), n && key !== open ? String(n) : '');
+  if (!group) li.querySelector('.dot').classList.toggle('online', !!presence.get(key)?.online);
+}
+
+// setText changes an element's text only when it differs, so an
+// unchanged element keeps its node.
+function setText(el, text) {
+  if (el.textContent !== text) el.textContent = text;
 }
 
 function openChat(key) {
