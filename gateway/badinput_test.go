@@ -746,6 +746,40 @@ func (c *throttledConn) Read(p []byte) (int, error) {
 	return c.Conn.Read(p)
 }
 
+// throttledDial dials TCP links that read at most bytesPerSec, with a
+// small receive buffer, so the gateway's writes meet a slow reader.
+func throttledDial(bytesPerSec int) func(ctx context.Context, network, addr string) (net.Conn, error) {
+	return func(ctx context.Context, network, addr string) (net.Conn, error) {
+		c, err := (&net.Dialer{}).DialContext(ctx, network, addr)
+		if err != nil {
+			return nil, err
+		}
+		_ = c.(*net.TCPConn).SetReadBuffer(16 << 10)
+		return &throttledConn{Conn: c, lim: rate.NewLimiter(rate.Limit(bytesPerSec), 16<<10)}, nil
+	}
+}
+
+// backlogCount messages of backlogBody wait for bob after startWithBacklog.
+const backlogCount = 96
+
+var backlogBody = strings.Repeat("b", 128<<10) // 12 MB in all
+
+// startWithBacklog starts a gateway with cfg and has alice send bob, who
+// has a device but is offline, backlogCount messages s00, s01, ...
+func startWithBacklog(t *testing.T, cfg gateway.Config) *tk.Gateway {
+	t.Helper()
+	n := tk.StartNATS(t)
+	g := tk.StartGateway(t, n, cfg)
+	alice := tk.Dial(t, g.URL, "alice", "phone")
+	if err := tk.Dial(t, g.URL, "bob", "phone").Close(); err != nil { // registers bob's device
+		t.Fatal(err)
+	}
+	for i := range backlogCount {
+		send(t, alice, "bob", fmt.Sprintf("s%02d", i), backlogBody)
+	}
+	return g
+}
+
 // A client that reads and acks every frame as it arrives, on a link slower
 // than the gateway's (8 MB/s here), must not be closed as slow: 4001 is for
 // clients that stop reading. With a backlog, the gateway pulls up to
@@ -764,35 +798,18 @@ func TestPromptReaderWithBacklogIsNotClosedAsSlow(t *testing.T) {
 	if err := cfg.Validate(); err != nil {
 		t.Fatal(err)
 	}
-	n := tk.StartNATS(t)
-	g := tk.StartGateway(t, n, cfg)
-	alice := tk.Dial(t, g.URL, "alice", "phone")
-	if err := tk.Dial(t, g.URL, "bob", "phone").Close(); err != nil { // registers bob's device
-		t.Fatal(err)
-	}
-	const count = 96
-	body := strings.Repeat("b", 128<<10) // 12 MB in all
-	for i := range count {
-		send(t, alice, "bob", fmt.Sprintf("s%02d", i), body)
-	}
+	g := startWithBacklog(t, cfg)
 
 	throttled := websocket.Dialer{
-		Subprotocols: []string{protocol.Subprotocol},
-		NetDialContext: func(ctx context.Context, network, addr string) (net.Conn, error) {
-			c, err := (&net.Dialer{}).DialContext(ctx, network, addr)
-			if err != nil {
-				return nil, err
-			}
-			_ = c.(*net.TCPConn).SetReadBuffer(16 << 10)
-			return &throttledConn{Conn: c, lim: rate.NewLimiter(8<<20, 16<<10)}, nil
-		},
+		Subprotocols:   []string{protocol.Subprotocol},
+		NetDialContext: throttledDial(8 << 20),
 	}
 	r := dialRaw(t, throttled, g.URL, bearer(tk.Token(t, "bob", "phone", time.Hour)))
-	for i := 0; i < count; {
+	for i := 0; i < backlogCount; {
 		_ = r.ws.SetReadDeadline(time.Now().Add(wait))
 		_, data, err := r.ws.ReadMessage()
 		if err != nil {
-			t.Fatalf("a client reading every frame at once was dropped after %d of %d messages: %v", i, count, err)
+			t.Fatalf("a client reading every frame at once was dropped after %d of %d messages: %v", i, backlogCount, err)
 		}
 		f, err := protocol.DecodeServer(data)
 		if err != nil || f.Type != protocol.TypeMsg {
@@ -804,7 +821,7 @@ func TestPromptReaderWithBacklogIsNotClosedAsSlow(t *testing.T) {
 		i++
 		_ = r.ws.SetWriteDeadline(time.Now().Add(wait))
 		if err := r.ws.WriteMessage(websocket.TextMessage, protocol.AppendSeqFrame(nil, protocol.TypeAck, f.Seq)); err != nil {
-			t.Fatalf("a client reading every frame at once was dropped after %d of %d messages (writing its ack: %v)", i, count, err)
+			t.Fatalf("a client reading every frame at once was dropped after %d of %d messages (writing its ack: %v)", i, backlogCount, err)
 		}
 	}
 }

@@ -27,6 +27,20 @@ func groupRegions(t *testing.T) (us, eu *tk.Region, alice, bob, carol, dave *cli
 		tk.Dial(t, us.Gateway.URL, "carol", "phone"), tk.Dial(t, eu.Gateway.URL, "dave", "phone")
 }
 
+// createClub has alice (us) create group club homed in us with bob,
+// carol and dave, and waits until every member has the create and both
+// regions know the group.
+func createClub(ctx context.Context, t *testing.T, us, eu *tk.Region, alice, bob, carol, dave *client.Client) {
+	t.Helper()
+	if _, err := alice.CreateGroup(ctx, "club", "Club", "bob", "carol", "dave"); err != nil {
+		t.Fatal(err)
+	}
+	for _, c := range []*client.Client{alice, bob, carol, dave} {
+		nextEvent(t, c, "club", "create")
+	}
+	waitGroupEverywhere(t, "club", 4, us, eu)
+}
+
 // waitGroupEverywhere waits until every region reads group gid's record
 // with want members: eu's GROUP_DIR sources it from us's GROUP_INFO.
 func waitGroupEverywhere(t *testing.T, gid string, want int, rs ...*tk.Region) {
@@ -64,16 +78,7 @@ func nextEvent(t *testing.T, c *client.Client, gid, op string) {
 // returns their ids in the order they came.
 func takeGroup(t *testing.T, c *client.Client, gid string, n int) []client.Message {
 	t.Helper()
-	var got []client.Message
-	for len(got) < n {
-		m := tk.RecvMsg(t, c, 30*time.Second)
-		if m.Group != gid || m.Event != nil {
-			t.Fatalf("got %+v, want a message of %s", m, gid)
-		}
-		c.Ack(m.Seq)
-		got = append(got, m)
-	}
-	return got
+	return groupMsgs(t, c, gid, n, true)
 }
 
 func ids(ms []client.Message) []string {
@@ -299,13 +304,7 @@ func TestRegionsGroupPartition(t *testing.T) {
 	us, eu, alice, bob, carol, dave := groupRegions(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
-	if _, err := alice.CreateGroup(ctx, "club", "Club", "bob", "carol", "dave"); err != nil {
-		t.Fatal(err)
-	}
-	for _, c := range []*client.Client{alice, bob, carol, dave} {
-		nextEvent(t, c, "club", "create")
-	}
-	waitGroupEverywhere(t, "club", 4, us, eu)
+	createClub(ctx, t, us, eu, alice, bob, carol, dave)
 
 	const n = 20
 	outboxEmpty(t, us, eu) // the members' acks of the create have crossed
@@ -384,11 +383,20 @@ func outboxEmpty(t *testing.T, rs ...*tk.Region) {
 // recvGroup receives n messages of group gid on c without acking them.
 func recvGroup(t *testing.T, c *client.Client, gid string, n int) []client.Message {
 	t.Helper()
+	return groupMsgs(t, c, gid, n, false)
+}
+
+// groupMsgs receives n messages of group gid on c, acking each if ack.
+func groupMsgs(t *testing.T, c *client.Client, gid string, n int, ack bool) []client.Message {
+	t.Helper()
 	var got []client.Message
 	for len(got) < n {
 		m := tk.RecvMsg(t, c, 30*time.Second)
 		if m.Group != gid || m.Event != nil {
 			t.Fatalf("got %+v, want a message of %s", m, gid)
+		}
+		if ack {
+			c.Ack(m.Seq)
 		}
 		got = append(got, m)
 	}
@@ -439,13 +447,7 @@ func TestRegionsGroupStatusAcrossRegions(t *testing.T) {
 	us, eu, alice, bob, carol, dave := groupRegions(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
-	if _, err := alice.CreateGroup(ctx, "club", "Club", "bob", "carol", "dave"); err != nil {
-		t.Fatal(err)
-	}
-	for _, c := range []*client.Client{alice, bob, carol, dave} {
-		nextEvent(t, c, "club", "create")
-	}
-	waitGroupEverywhere(t, "club", 4, us, eu)
+	createClub(ctx, t, us, eu, alice, bob, carol, dave)
 
 	const n = 5
 	fromBob, fromDave := map[string]uint64{}, map[string]uint64{}

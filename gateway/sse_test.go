@@ -15,7 +15,6 @@ import (
 
 	"github.com/fasthttp/websocket"
 	"github.com/golang-jwt/jwt/v5"
-	"golang.org/x/time/rate"
 
 	"github.com/switchboard-im/switchboard/gateway"
 	tk "github.com/switchboard-im/switchboard/internal/testkit"
@@ -770,32 +769,15 @@ func TestSSEPromptReaderWithBacklogIsNotClosedAsSlow(t *testing.T) {
 	cfg.WriteTimeout = 2 * time.Second
 	cfg.MaxFrameBytes = 256 << 10
 	cfg.SendRate, cfg.SendBurst = 1000, 1000
-	n := tk.StartNATS(t)
-	g := tk.StartGateway(t, n, cfg)
-	alice := tk.Dial(t, g.URL, "alice", "phone")
-	if err := tk.Dial(t, g.URL, "bob", "phone").Close(); err != nil { // registers bob's device
-		t.Fatal(err)
-	}
-	const count = 96
-	body := strings.Repeat("b", 128<<10)
-	for i := range count {
-		send(t, alice, "bob", fmt.Sprintf("s%02d", i), body)
-	}
+	g := startWithBacklog(t, cfg)
 
 	throttled := &http.Client{Transport: &http.Transport{
 		DisableCompression: true,
-		DialContext: func(ctx context.Context, network, addr string) (net.Conn, error) {
-			c, err := (&net.Dialer{}).DialContext(ctx, network, addr)
-			if err != nil {
-				return nil, err
-			}
-			_ = c.(*net.TCPConn).SetReadBuffer(16 << 10)
-			return &throttledConn{Conn: c, lim: rate.NewLimiter(2<<20, 16<<10)}, nil
-		},
+		DialContext:        throttledDial(2 << 20),
 	}}
 	tok := tk.Token(t, "bob", "phone", time.Hour)
 	s := openSSEWith(t, g.Addr, tok, "?access_token="+tok, nil, throttled)
-	for i := range count {
+	for i := range backlogCount {
 		f, _ := s.nextFrame() // fails if the stream ends: closed as slow
 		if want := fmt.Sprintf("s%02d", i); f.Type != protocol.TypeMsg || f.ID != want {
 			t.Fatalf("event %d is %s %s, want msg %s", i, f.Type, f.ID, want)
