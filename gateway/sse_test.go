@@ -318,9 +318,16 @@ func TestSSEChatWithTicksAndEventIDs(t *testing.T) {
 		t.Fatalf("body %q", msg.Body)
 	}
 	alice.mustPost(string(protocol.AppendSeqFrame(nil, protocol.TypeAck, msg.Seq)), string(protocol.AppendSeqFrame(nil, protocol.TypeRead, msg.Seq)))
-	for _, want := range []string{protocol.StatusDelivered, protocol.StatusRead} {
-		if r := tk.RecvReceipt(t, bob, wait); r.ID != "b1" || r.Status != want || r.By != "alice" {
-			t.Fatalf("bob got %+v, want b1 %s by alice", r, want)
+	// The ack's delivered tick and the read are asked for at once, so the
+	// read may be stored first: it implies delivered, and the SDK then
+	// drops the lower tick that follows.
+	r := tk.RecvReceipt(t, bob, wait)
+	if r.ID != "b1" || r.By != "alice" || (r.Status != protocol.StatusDelivered && r.Status != protocol.StatusRead) {
+		t.Fatalf("bob got %+v, want b1 delivered or read by alice", r)
+	}
+	if r.Status == protocol.StatusDelivered {
+		if r := tk.RecvReceipt(t, bob, wait); r.ID != "b1" || r.Status != protocol.StatusRead || r.By != "alice" {
+			t.Fatalf("bob got %+v, want b1 read by alice", r)
 		}
 	}
 
