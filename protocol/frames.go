@@ -327,6 +327,9 @@ func DecodeClient(data []byte) (*Frame, error) {
 	if f := decodeSeqFrame(data); f != nil {
 		return f, nil
 	}
+	if f := decodeSendFrame(data); f != nil {
+		return f, nil
+	}
 	return decodeClientJSON(data)
 }
 
@@ -849,6 +852,9 @@ func EncodeWelcome(user, device, session string, maxFrame int) []byte {
 
 // DecodeServer parses a server-to-client frame (used by the client SDK).
 func DecodeServer(data []byte) (*Frame, error) {
+	if f := decodeServerFast(data); f != nil {
+		return f, nil
+	}
 	var f Frame
 	if err := json.Unmarshal(data, &f); err != nil {
 		return nil, fmt.Errorf("protocol: bad server frame: %w", err)

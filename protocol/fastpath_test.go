@@ -1,0 +1,186 @@
+package protocol
+
+import (
+	"encoding/json"
+	"math"
+	"reflect"
+	"strings"
+	"testing"
+)
+
+// decodeServerJSON is DecodeServer without its fast path.
+func decodeServerJSON(data []byte) (*Frame, error) {
+	var f Frame
+	if err := json.Unmarshal(data, &f); err != nil {
+		return nil, err
+	}
+	return &f, nil
+}
+
+var sendSeeds = []string{
+	`{"type":"send","id":"m1","to":"bob","body":"hi"}`,
+	`{"type":"send","id":"m1","to":"bob","body":{"a":[1,2,3]}}`,
+	`{"type":"send","id":"m1","to":"bob","body":null}`,
+	`{"type":"send","id":"m1","to":"bob","body": "hi"}`,
+	`{"type":"send","id":"m1","to":"bob","body":"hi" }`,
+	`{"type":"send","id":"m1","to":"bob","body":"hi"}}`,
+	`{"type":"send","id":"m1","to":"bob","body":1,"to":"eve"}`,
+	`{"type":"send","id":"m 1","to":"bob","body":1}`,
+	`{"type":"send","id":"m1","to":"","body":1}`,
+	`{"type":"send","id":"m1","to":"bob\u0000","body":1}`,
+	"{\"type\":\"send\",\"id\":\"m1\",\"to\":\"bob\",\"body\":\"\xff\"}",
+	`{"type":"send","id":"m1","to":"bob","body":}`,
+	`{"type":"send","id":"m1","to":"bob","body":"a\"}`,
+}
+
+// FuzzSendFastPath checks that the fast path for sends decides exactly
+// as the whole decoder: a frame it takes is the frame decodeClientJSON
+// returns for the same bytes.
+func FuzzSendFastPath(f *testing.F) {
+	for _, s := range sendSeeds {
+		f.Add([]byte(s))
+	}
+	f.Fuzz(func(t *testing.T, data []byte) {
+		fast := decodeSendFrame(data)
+		if fast == nil {
+			return
+		}
+		whole, err := decodeClientJSON(data)
+		if err != nil {
+			t.Fatalf("fast path took %q as %+v; the decoder refuses it: %v", data, *fast, err)
+		}
+		if !reflect.DeepEqual(*fast, *whole) {
+			t.Fatalf("fast path took %q as %+v; the decoder as %+v", data, *fast, *whole)
+		}
+	})
+}
+
+var serverSeeds = []string{
+	`{"type":"sent","id":"m1","seq":42,"ts":1795582349000}`,
+	`{"type":"sent","id":"m1","seq":42,"ts":1795582349000,"dup":true}`,
+	`{"type":"sent","id":"m1","seq":42,"ts":-5}`,
+	`{"type":"sent","id":"m1","seq":42,"ts":-0}`,
+	`{"type":"sent","id":"m1","seq":042,"ts":1}`,
+	`{"type":"sent","id":"m1","seq":18446744073709551616,"ts":1}`,
+	`{"type":"sent","id":"m1","seq":1,"ts":9223372036854775808}`,
+	`{"type":"sent","id":"m1","seq":1,"ts":-9223372036854775808}`,
+	`{"type":"sent","id":"m1","seq":1.5,"ts":1}`,
+	`{"type":"sent","id":"m1","seq":1e3,"ts":1}`,
+	`{"type":"sent","id":"m1","seq":1,"ts":1,"dup":false}`,
+	`{"type":"sent","id":"m1","seq":1,"ts":1} `,
+	`{"type":"msg","id":"m1","from":"alice","device":"phone","seq":7,"ts":1795582349000,"body":"hi"}`,
+	`{"type":"msg","id":"m1","from":"alice","device":"phone","seq":7,"ts":1,"body":{"k":"v"}}`,
+	`{"type":"msg","id":"m1","from":"alice","device":"phone","seq":7,"ts":1,"body":null}`,
+	`{"type":"msg","id":"m1","from":"alice","device":"phone","seq":7,"ts":1,"body":"hi","seq":8}`,
+	`{"type":"msg","id":"m1","from":"alice","device":"phone","seq":7,"ts":1,"media":{},"body":1}`,
+	"{\"type\":\"msg\",\"id\":\"m1\",\"from\":\"alice\",\"device\":\"phone\",\"seq\":7,\"ts\":1,\"body\":\"\xff\"}",
+}
+
+// FuzzServerFastPath checks that DecodeServer's fast path for sent and
+// msg frames decides exactly as encoding/json: a frame it takes is the
+// frame the whole decoder returns for the same bytes.
+func FuzzServerFastPath(f *testing.F) {
+	for _, s := range serverSeeds {
+		f.Add([]byte(s))
+	}
+	f.Fuzz(func(t *testing.T, data []byte) {
+		fast := decodeServerFast(data)
+		if fast == nil {
+			return
+		}
+		whole, err := decodeServerJSON(data)
+		if err != nil {
+			t.Fatalf("fast path took %q as %+v; encoding/json refuses it: %v", data, *fast, err)
+		}
+		if !reflect.DeepEqual(*fast, *whole) {
+			t.Fatalf("fast path took %q as %+v; encoding/json as %+v", data, *fast, *whole)
+		}
+	})
+}
+
+// The encoders' own output takes the fast paths, and what they take is
+// what the whole decoders give.
+func TestEncodersOutputTakesTheFastPaths(t *testing.T) {
+	body := []byte(`{"text":"hello","n":[1,2]}`)
+	for _, data := range [][]byte{
+		AppendSent(nil, "m-1", 1, 0, false),
+		AppendSent(nil, "m-1", math.MaxUint64, math.MinInt64, true),
+		AppendSent(nil, "m-1", 99, 1795582349000, false),
+		AppendMsg(nil, "m-1", "alice", "phone", 7, 1795582349000, body, nil),
+		AppendMsg(nil, "m-1", "alice", "phone", 7, -1, []byte(`"x"`), nil),
+	} {
+		fast := decodeServerFast(data)
+		if fast == nil {
+			t.Errorf("%s: not taken by the fast path", data)
+			continue
+		}
+		whole, err := decodeServerJSON(data)
+		if err != nil || !reflect.DeepEqual(*fast, *whole) {
+			t.Errorf("%s: fast %+v, whole %+v %v", data, *fast, whole, err)
+		}
+	}
+	// A msg with media, a group's msg or a receipt goes the whole way.
+	for _, data := range [][]byte{
+		AppendMsg(nil, "m-1", "alice", "phone", 7, 1, body, []byte(`{"key":"k"}`)),
+		AppendGroupMsg(nil, "m-1", "alice", "phone", "club", 7, 1, body, nil),
+		AppendReceipt(nil, StatusDelivered, "bob", "phone", 1, 2, 3, 4),
+	} {
+		if f := decodeServerFast(data); f != nil {
+			t.Errorf("%s: taken by the fast path as %+v", data, *f)
+		}
+		if _, err := DecodeServer(data); err != nil {
+			t.Errorf("%s: %v", data, err)
+		}
+	}
+	for _, data := range [][]byte{
+		AppendSend(nil, "m-1", "bob", body),
+		AppendSend(nil, "m-1", "bob", []byte(`"`+strings.Repeat("é", 100)+`"`)),
+	} {
+		fast := decodeSendFrame(data)
+		if fast == nil {
+			t.Errorf("%s: not taken by the fast path", data)
+			continue
+		}
+		whole, err := decodeClientJSON(data)
+		if err != nil || !reflect.DeepEqual(*fast, *whole) {
+			t.Errorf("%s: fast %+v, whole %+v %v", data, *fast, whole, err)
+		}
+	}
+	// The seeds that are not canonical (or not valid) are refused by the
+	// fast path and decided by the whole decoder, the same way.
+	for _, s := range sendSeeds[2:] {
+		if f := decodeSendFrame([]byte(s)); f != nil {
+			t.Errorf("%s: send fast path took it as %+v", s, *f)
+		}
+	}
+	for _, s := range []string{serverSeeds[4], serverSeeds[5], serverSeeds[6], serverSeeds[8], serverSeeds[9], serverSeeds[10], serverSeeds[11], serverSeeds[15], serverSeeds[16]} {
+		if f := decodeServerFast([]byte(s)); f != nil {
+			t.Errorf("%s: server fast path took it as %+v", s, *f)
+		}
+	}
+}
+
+func BenchmarkDecodeServerMsg(b *testing.B) {
+	data := AppendMsg(nil, "m-000001", "alice", "phone", 123456789, 1795582349000, benchBody, nil)
+	b.SetBytes(int64(len(data)))
+	b.ReportAllocs()
+	for b.Loop() {
+		f, err := DecodeServer(data)
+		if err != nil {
+			b.Fatal(err)
+		}
+		benchFrame = f
+	}
+}
+
+func BenchmarkDecodeServerSent(b *testing.B) {
+	data := AppendSent(nil, "m-000001", 123456789, 1795582349000, false)
+	b.ReportAllocs()
+	for b.Loop() {
+		f, err := DecodeServer(data)
+		if err != nil {
+			b.Fatal(err)
+		}
+		benchFrame = f
+	}
+}
