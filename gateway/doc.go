@@ -87,9 +87,9 @@
 //	               takes sseConn.in while holding another lock)
 //
 // Server.mu, sseSessions.mu, replies.mu, backlog.mu, lease.mu, feed.mu,
-// follows.opMu,
-// sessionTimer.mu, groupCache.mu, groupBucket.mu and outQueue.mu
-// are leaves: nothing of this package is locked under them.
+// follows.opMu, regions.mu, sessionTimer.mu, groupCache.mu,
+// groupBucket.mu and outQueue.mu are leaves: nothing of this package is
+// locked under them.
 // No lock of a session's is held while calling the router (router.add,
 // router.remove), the replies' owner callbacks run with replies.mu
 // released, and the session timer runs its ops with its lock released.

@@ -242,7 +242,7 @@ func (c *wsConn) readLoop(handle func([]byte)) error {
 	// would race them on the socket).
 	c.ws.SetCloseHandler(func(int, string) error { c.peerClosed.Store(true); return nil })
 	for {
-		mt, data, err := c.ws.ReadMessage()
+		mt, data, err := c.readFrame()
 		if err != nil {
 			switch {
 			case errors.Is(err, websocket.ErrReadLimit):
@@ -266,18 +266,63 @@ func (c *wsConn) readLoop(handle func([]byte)) error {
 			c.Close(protocol.CloseUnsupported, "binary frames are not part of "+protocol.Subprotocol)
 			return errors.New("gateway: binary frame")
 		}
-		if !utf8.Valid(data) {
+		if !utf8.Valid(*data) {
 			// RFC 6455 §8.1: a text frame that is not UTF-8 fails the
 			// connection. Acted on, its bytes could be stored and passed
 			// on to a browser, which would fail its own connection.
 			c.Close(protocol.CloseInvalidData, "text frame is not valid UTF-8")
 			return errors.New("gateway: text frame is not valid UTF-8")
 		}
-		handle(data)
+		handle(*data)
+		putReadBuf(data)
 		select {
 		case <-c.done:
 			return nil
 		default:
+		}
+	}
+}
+
+// readBufs hold frames while they are handled: handle keeps nothing of
+// the bytes it is given (what it keeps it decodes into copies), so a
+// buffer goes back once it returns. An idle connection holds none.
+var readBufs = sync.Pool{New: func() any { b := make([]byte, 0, 1024); return &b }}
+
+// readBufMax is the largest buffer kept for reuse: one grown by a large
+// frame is left to the collector.
+const readBufMax = 64 << 10
+
+func putReadBuf(b *[]byte) {
+	if cap(*b) <= readBufMax {
+		*b = (*b)[:0]
+		readBufs.Put(b)
+	}
+}
+
+// readFrame waits for the next data frame and reads it into a pooled
+// buffer (give it back with putReadBuf); the library's ReadMessage would
+// allocate one per frame. The read limit holds as for ReadMessage.
+func (c *wsConn) readFrame() (int, *[]byte, error) {
+	mt, r, err := c.ws.NextReader()
+	if err != nil {
+		return mt, nil, err
+	}
+	b := readBufs.Get().(*[]byte)
+	buf := (*b)[:0]
+	for {
+		if len(buf) == cap(buf) {
+			buf = append(buf, 0)[:len(buf)]
+		}
+		n, err := r.Read(buf[len(buf):cap(buf)])
+		buf = buf[:len(buf)+n]
+		if err == io.EOF {
+			*b = buf
+			return mt, b, nil
+		}
+		if err != nil {
+			*b = buf
+			putReadBuf(b)
+			return mt, nil, err
 		}
 	}
 }
