@@ -32,8 +32,8 @@ import (
 // group) per interval, not one per message. The first ack after a quiet
 // spell is asked for at once, so a conversation at human pace sees each
 // tick without delay; a device holding half its MaxInflight unsettled
-// does not wait, so gathering never stalls its delivery; and a session
-// that stops asks at once.
+// does not wait (an ack that brings it there ends the wait), so gathering
+// never stalls its delivery; and a session that stops asks at once.
 //
 // Delivery never waits on the receipts function: when it does not answer
 // in time, the request is stored in TICKS (a work queue it drains when it
@@ -52,6 +52,12 @@ type ticker struct {
 	finished chan struct{}
 	wake     chan struct{} // closed by finish: ends the runner's backoff and gathering
 
+	// gathering: the runner waits for TickInterval to pass; an ack that
+	// brings the unsettled to half MaxInflight meanwhile nudges it (made
+	// on the first wait, so an idle session holds none).
+	gathering bool
+	nudge     chan struct{}
+
 	lastAsk time.Time // when the runner last asked for ticks (the runner's own)
 }
 
@@ -61,14 +67,30 @@ func (t *ticker) init(s *session) {
 	t.wake = make(chan struct{})
 }
 
-// kick has the runner run, unless it is running or the session stops.
+// kick has the runner run, unless it is running or the session stops. A
+// runner gathering acks is nudged once the device holds half its
+// MaxInflight unsettled: it asks then, or delivery would stall at
+// MaxInflight until the interval is over.
 func (t *ticker) kick() {
 	t.mu.Lock()
-	defer t.mu.Unlock()
-	if t.running || t.closing {
+	if t.closing {
+		t.mu.Unlock()
+		return
+	}
+	if t.running {
+		nudge := t.nudge
+		gathering := t.gathering
+		t.mu.Unlock()
+		if gathering && t.s.feed.unsettledLen() >= t.s.srv.maxInflight/2 {
+			select {
+			case nudge <- struct{}{}:
+			default: // nudged already
+			}
+		}
 		return
 	}
 	t.running = true
+	t.mu.Unlock()
 	go t.run()
 }
 
@@ -115,7 +137,7 @@ func (t *ticker) run() {
 			continue
 		}
 		if wait := t.gatherFor(); wait > 0 && !closing {
-			t.sleep(wait)
+			t.gather(wait)
 			continue // the stretch may have grown meanwhile
 		}
 		t.lastAsk = time.Now()
@@ -160,6 +182,35 @@ func (t *ticker) gatherFor() time.Duration {
 		return 0
 	}
 	return time.Until(t.lastAsk.Add(every))
+}
+
+// gather waits d for more acks, or less if the device comes to hold half
+// its MaxInflight unsettled (kick nudges) or the session stops.
+func (t *ticker) gather(d time.Duration) {
+	t.mu.Lock()
+	t.gathering = true
+	if t.nudge == nil {
+		t.nudge = make(chan struct{}, 1)
+	}
+	nudge := t.nudge
+	t.mu.Unlock()
+	// An ack taken before gathering was set did not nudge: look again.
+	if t.gatherFor() > 0 {
+		timer := time.NewTimer(d)
+		select {
+		case <-t.wake:
+		case <-timer.C:
+		case <-nudge:
+		}
+		timer.Stop()
+	}
+	t.mu.Lock()
+	t.gathering = false
+	t.mu.Unlock()
+	select {
+	case <-nudge: // one sent as it stopped: spent
+	default:
+	}
 }
 
 // sleep waits d, or less if the session stops.
