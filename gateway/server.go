@@ -328,7 +328,14 @@ func (s *Server) serveWS(ctx *fasthttp.RequestCtx) {
 	// A request that fasthttp closes before the handler runs (Connection:
 	// close, a failed 101 write) never reaches runConn, so nothing is
 	// counted before it.
-	_ = s.upgrader.Upgrade(ctx, func(ws *websocket.Conn) { s.runConn(ws, id) })
+	//
+	// The connection runs on a goroutine of its own and the upgrade's
+	// handler returns at once: fasthttp holds the request (its context,
+	// the parsed headers and their buffers) until that handler returns,
+	// and with KeepHijackedConns it leaves the socket open. Held for the
+	// connection's life they were 5 KB of the 39 KB an idle device cost.
+	// Nothing of ctx is used past this point: id was read from it above.
+	_ = s.upgrader.Upgrade(ctx, func(ws *websocket.Conn) { go s.runConn(ws, id) })
 }
 
 // refuseToken answers a request whose token verifyToken refused, with
