@@ -40,19 +40,7 @@ func FuzzSendFastPath(f *testing.F) {
 	for _, s := range sendSeeds {
 		f.Add([]byte(s))
 	}
-	f.Fuzz(func(t *testing.T, data []byte) {
-		fast := decodeSendFrame(data)
-		if fast == nil {
-			return
-		}
-		whole, err := decodeClientJSON(data)
-		if err != nil {
-			t.Fatalf("fast path took %q as %+v; the decoder refuses it: %v", data, *fast, err)
-		}
-		if !reflect.DeepEqual(*fast, *whole) {
-			t.Fatalf("fast path took %q as %+v; the decoder as %+v", data, *fast, *whole)
-		}
-	})
+	fuzzFastPath(f, decodeSendFrame, decodeClientJSON)
 }
 
 var serverSeeds = []string{
@@ -83,17 +71,23 @@ func FuzzServerFastPath(f *testing.F) {
 	for _, s := range serverSeeds {
 		f.Add([]byte(s))
 	}
+	fuzzFastPath(f, decodeServerFast, decodeServerJSON)
+}
+
+// fuzzFastPath fuzzes fast against whole: whatever fast takes, whole
+// takes too, as the same frame.
+func fuzzFastPath(f *testing.F, fast func([]byte) *Frame, whole func([]byte) (*Frame, error)) {
 	f.Fuzz(func(t *testing.T, data []byte) {
-		fast := decodeServerFast(data)
-		if fast == nil {
+		got := fast(data)
+		if got == nil {
 			return
 		}
-		whole, err := decodeServerJSON(data)
+		want, err := whole(data)
 		if err != nil {
-			t.Fatalf("fast path took %q as %+v; encoding/json refuses it: %v", data, *fast, err)
+			t.Fatalf("fast path took %q as %+v; the whole decoder refuses it: %v", data, *got, err)
 		}
-		if !reflect.DeepEqual(*fast, *whole) {
-			t.Fatalf("fast path took %q as %+v; encoding/json as %+v", data, *fast, *whole)
+		if !reflect.DeepEqual(*got, *want) {
+			t.Fatalf("fast path took %q as %+v; the whole decoder as %+v", data, *got, *want)
 		}
 	})
 }
@@ -109,15 +103,7 @@ func TestEncodersOutputTakesTheFastPaths(t *testing.T) {
 		AppendMsg(nil, "m-1", "alice", "phone", 7, 1795582349000, body, nil),
 		AppendMsg(nil, "m-1", "alice", "phone", 7, -1, []byte(`"x"`), nil),
 	} {
-		fast := decodeServerFast(data)
-		if fast == nil {
-			t.Errorf("%s: not taken by the fast path", data)
-			continue
-		}
-		whole, err := decodeServerJSON(data)
-		if err != nil || !reflect.DeepEqual(*fast, *whole) {
-			t.Errorf("%s: fast %+v, whole %+v %v", data, *fast, whole, err)
-		}
+		takesFastPath(t, data, decodeServerFast, decodeServerJSON)
 	}
 	// A msg with media, a group's msg or a receipt goes the whole way.
 	for _, data := range [][]byte{
@@ -136,18 +122,10 @@ func TestEncodersOutputTakesTheFastPaths(t *testing.T) {
 		AppendSend(nil, "m-1", "bob", body),
 		AppendSend(nil, "m-1", "bob", []byte(`"`+strings.Repeat("é", 100)+`"`)),
 	} {
-		fast := decodeSendFrame(data)
-		if fast == nil {
-			t.Errorf("%s: not taken by the fast path", data)
-			continue
-		}
-		whole, err := decodeClientJSON(data)
-		if err != nil || !reflect.DeepEqual(*fast, *whole) {
-			t.Errorf("%s: fast %+v, whole %+v %v", data, *fast, whole, err)
-		}
+		takesFastPath(t, data, decodeSendFrame, decodeClientJSON)
 	}
-	// The seeds that are not canonical (or not valid) are refused by the
-	// fast path and decided by the whole decoder, the same way.
+	// The seeds not in the encoders' form (or not valid) are refused by
+	// the fast paths.
 	for _, s := range sendSeeds[2:] {
 		if f := decodeSendFrame([]byte(s)); f != nil {
 			t.Errorf("%s: send fast path took it as %+v", s, *f)
@@ -160,27 +138,35 @@ func TestEncodersOutputTakesTheFastPaths(t *testing.T) {
 	}
 }
 
-func BenchmarkDecodeServerMsg(b *testing.B) {
-	data := AppendMsg(nil, "m-000001", "alice", "phone", 123456789, 1795582349000, benchBody, nil)
-	b.SetBytes(int64(len(data)))
-	b.ReportAllocs()
-	for b.Loop() {
-		f, err := DecodeServer(data)
-		if err != nil {
-			b.Fatal(err)
-		}
-		benchFrame = f
+// takesFastPath checks that fast takes data, as the frame whole gives.
+func takesFastPath(t *testing.T, data []byte, fast func([]byte) *Frame, whole func([]byte) (*Frame, error)) {
+	t.Helper()
+	got := fast(data)
+	if got == nil {
+		t.Errorf("%s: not taken by the fast path", data)
+		return
+	}
+	want, err := whole(data)
+	if err != nil || !reflect.DeepEqual(*got, *want) {
+		t.Errorf("%s: fast path %+v, whole decoder %+v %v", data, *got, want, err)
 	}
 }
 
-func BenchmarkDecodeServerSent(b *testing.B) {
-	data := AppendSent(nil, "m-000001", 123456789, 1795582349000, false)
-	b.ReportAllocs()
-	for b.Loop() {
-		f, err := DecodeServer(data)
-		if err != nil {
-			b.Fatal(err)
-		}
-		benchFrame = f
+func BenchmarkDecodeServer(b *testing.B) {
+	for name, data := range map[string][]byte{
+		"msg":  AppendMsg(nil, "m-000001", "alice", "phone", 123456789, 1795582349000, benchBody, nil),
+		"sent": AppendSent(nil, "m-000001", 123456789, 1795582349000, false),
+	} {
+		b.Run(name, func(b *testing.B) {
+			b.SetBytes(int64(len(data)))
+			b.ReportAllocs()
+			for b.Loop() {
+				f, err := DecodeServer(data)
+				if err != nil {
+					b.Fatal(err)
+				}
+				benchFrame = f
+			}
+		})
 	}
 }
