@@ -299,18 +299,31 @@ func startedSession(t testing.TB, srv *Server, user string, pos uint64) (*sessio
 	return s, ft
 }
 
-// waitFor polls cond every millisecond until it returns nil.
+// waitFor waits up to 5 s for cond to return nil.
 func waitFor(t testing.TB, cond func() error) {
 	t.Helper()
-	deadline := time.Now().Add(5 * time.Second)
+	waitWithin(t, 5*time.Second, cond)
+}
+
+// waitWithin looks at cond every millisecond until it returns nil, and
+// fails t with its last error once within has passed. The conditions are
+// state other goroutines change (a fake's records, a runner's flags, the
+// goroutine count) with nothing to signal on.
+func waitWithin(t testing.TB, within time.Duration, cond func() error) {
+	t.Helper()
+	deadline := time.NewTimer(within)
+	defer deadline.Stop()
+	tick := time.NewTicker(time.Millisecond)
+	defer tick.Stop()
 	for {
 		err := cond()
 		if err == nil {
 			return
 		}
-		if time.Now().After(deadline) {
+		select {
+		case <-deadline.C:
 			t.Fatal(err)
+		case <-tick.C:
 		}
-		time.Sleep(time.Millisecond)
 	}
 }

@@ -92,8 +92,7 @@ func leaseRevs(all []*session) []uint64 {
 // given) and no write is in flight.
 func waitLeases(b testing.TB, all []*session, before []uint64) {
 	b.Helper()
-	deadline := time.Now().Add(time.Minute)
-	for {
+	waitWithin(b, time.Minute, func() error {
 		pending := 0
 		for i, s := range all {
 			s.lease.mu.Lock()
@@ -102,14 +101,11 @@ func waitLeases(b testing.TB, all []*session, before []uint64) {
 			}
 			s.lease.mu.Unlock()
 		}
-		if pending == 0 {
-			return
+		if pending > 0 {
+			return fmt.Errorf("%d of %d leases not written within a minute", pending, len(all))
 		}
-		if time.Now().After(deadline) {
-			b.Fatalf("%d of %d leases not written within a minute", pending, len(all))
-		}
-		time.Sleep(time.Millisecond)
-	}
+		return nil
+	})
 }
 
 // BenchmarkLeaseRefresh is one pass of the lease loop over 15,000 idle

@@ -81,7 +81,7 @@ func (t *ticker) kick() {
 		nudge := t.nudge
 		gathering := t.gathering
 		t.mu.Unlock()
-		if gathering && t.s.feed.unsettledLen() >= t.s.srv.maxInflight/2 {
+		if gathering && t.holdingHalf() {
 			select {
 			case nudge <- struct{}{}:
 			default: // nudged already
@@ -167,7 +167,7 @@ func (t *ticker) run() {
 			t.end()
 			return
 		}
-		t.sleep(backoff)
+		t.sleep(backoff, nil)
 		backoff = min(2*backoff, time.Second)
 	}
 }
@@ -178,10 +178,16 @@ func (t *ticker) run() {
 // MaxInflight unsettled.
 func (t *ticker) gatherFor() time.Duration {
 	every := t.s.srv.cfg.TickInterval
-	if every <= 0 || t.lastAsk.IsZero() || t.s.feed.unsettledLen() >= t.s.srv.maxInflight/2 {
+	if every <= 0 || t.lastAsk.IsZero() || t.holdingHalf() {
 		return 0
 	}
 	return time.Until(t.lastAsk.Add(every))
+}
+
+// holdingHalf reports whether the device holds half its MaxInflight
+// unsettled: past it, gathering would soon stall its delivery.
+func (t *ticker) holdingHalf() bool {
+	return t.s.feed.unsettledLen() >= t.s.srv.maxInflight/2
 }
 
 // gather waits d for more acks, or less if the device comes to hold half
@@ -196,13 +202,7 @@ func (t *ticker) gather(d time.Duration) {
 	t.mu.Unlock()
 	// An ack taken before gathering was set did not nudge: look again.
 	if t.gatherFor() > 0 {
-		timer := time.NewTimer(d)
-		select {
-		case <-t.wake:
-		case <-timer.C:
-		case <-nudge:
-		}
-		timer.Stop()
+		t.sleep(d, nudge)
 	}
 	t.mu.Lock()
 	t.gathering = false
@@ -213,13 +213,15 @@ func (t *ticker) gather(d time.Duration) {
 	}
 }
 
-// sleep waits d, or less if the session stops.
-func (t *ticker) sleep(d time.Duration) {
+// sleep waits d, or less if the session stops or nudge (nil: none)
+// receives.
+func (t *ticker) sleep(d time.Duration, nudge <-chan struct{}) {
 	timer := time.NewTimer(d)
 	defer timer.Stop()
 	select {
 	case <-t.wake:
 	case <-timer.C:
+	case <-nudge:
 	}
 }
 

@@ -1,12 +1,10 @@
 package protocol
 
 import (
-	"bytes"
 	"encoding/base64"
 	"encoding/json"
 	"errors"
 	"fmt"
-	"math"
 	"slices"
 	"strconv"
 	"strings"
@@ -331,44 +329,6 @@ func DecodeClient(data []byte) (*Frame, error) {
 		return f, nil
 	}
 	return decodeClientJSON(data)
-}
-
-// Prefixes of the canonical ack and read frames, as the SDKs write them
-// (AppendSeqFrame).
-var (
-	ackPrefix  = []byte(`{"type":"ack","seq":`)
-	readPrefix = []byte(`{"type":"read","seq":`)
-)
-
-// decodeSeqFrame decodes the frames a device sends most, an ack or a read
-// in exactly their canonical form, without encoding/json: a device acks
-// every message it gets. Anything else, a valid frame written another way
-// included, is nil and goes the whole way (decodeClientJSON), which gives
-// the same frame for the canonical form.
-func decodeSeqFrame(data []byte) *Frame {
-	var typ string
-	var rest []byte
-	switch {
-	case bytes.HasPrefix(data, ackPrefix):
-		typ, rest = TypeAck, data[len(ackPrefix):]
-	case bytes.HasPrefix(data, readPrefix):
-		typ, rest = TypeRead, data[len(readPrefix):]
-	default:
-		return nil
-	}
-	// A positive integer with no leading zero, then the object's end.
-	n := len(rest) - 1
-	if n < 1 || n > 20 || rest[n] != '}' || rest[0] == '0' {
-		return nil
-	}
-	var seq uint64
-	for _, c := range rest[:n] {
-		if c < '0' || c > '9' || seq > (math.MaxUint64-uint64(c-'0'))/10 {
-			return nil
-		}
-		seq = seq*10 + uint64(c-'0')
-	}
-	return &Frame{Type: typ, Seq: seq}
 }
 
 // decodeClientJSON is DecodeClient for any frame.
