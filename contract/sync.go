@@ -84,13 +84,18 @@ func OtherDevice(ctx context.Context, devices jetstream.KeyValue, created time.T
 	if json.Unmarshal(e.Value(), &ds) != nil {
 		return false, nil
 	}
+	return ds.OtherThan(created, device, seq), nil
+}
+
+// OtherThan is OtherDevice on a record already read.
+func (ds Devices) OtherThan(created time.Time, device string, seq uint64) bool {
 	for name, d := range ds.Devices {
 		if name == device || d == nil {
 			continue
 		}
 		if seq == 0 || d.Start <= seq || !d.Stream.Equal(created) {
-			return true, nil
+			return true
 		}
 	}
-	return false, nil
+	return false
 }

@@ -9,7 +9,8 @@ import (
 )
 
 // BenchmarkCopies is one instance copying a backlog of messages from
-// senders with two devices: a KV read and a stored copy each.
+// senders with two devices: a stored copy each, and reads of DEVICES
+// shared by the messages that wait for one at the same time.
 func BenchmarkCopies(b *testing.B) {
 	n := tk.StartStreams(b, b.TempDir())
 	tk.StartSync(b, n).Stop() // the durable starts from new messages: make it first
@@ -37,4 +38,5 @@ func BenchmarkCopies(b *testing.B) {
 		return nil
 	})
 	b.ReportMetric(float64(int64(b.N)-first)/time.Since(start).Seconds(), "copies/s")
+	b.ReportMetric(float64(s.Service.Stats().DeviceReads)/float64(b.N), "device-reads/msg")
 }

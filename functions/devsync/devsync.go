@@ -14,8 +14,11 @@
 //
 // A copy is made only when the sender has another device that is to get
 // it: one that joined at or before the original was stored (a device
-// added later starts from when it joined, as for any message). A user
-// with one device costs one DEVICES read per message and no stored write.
+// added later starts from when it joined, as for any message). An
+// instance keeps the DEVICES records of users with two or more devices
+// (roster.go) and reads the bucket onward once per round of messages, not
+// once per message: a user with one device costs no read of their record
+// and no stored write.
 //
 // Crash safety: a message is acked only once its copy is stored, and the
 // copy's Nats-Msg-Id is the sender and the client's id
@@ -65,6 +68,10 @@ const Name = "sync"
 // copy one sender's messages at once.
 const priorityGroup = "sync"
 
+// rosterTimeout bounds one read of DEVICES by the roster; questions of a
+// round that ran out read their sender's record instead.
+const rosterTimeout = 2 * time.Second
+
 // pinHeader names the pin a pinned consumer's message was handed over
 // under.
 const pinHeader = "Nats-Pin-Id"
@@ -96,8 +103,9 @@ type Service struct {
 	log     *slog.Logger
 	svc     micro.Service
 	pool    *worker.Pool
+	roster  *roster
 
-	copied, single, ignored atomic.Int64
+	copied, single, ignored, fallbacks atomic.Int64
 	// pin is the id the server pinned this instance with, as the last
 	// message it handed over said (Nats-Pin-Id).
 	pin atomic.Pointer[string]
@@ -126,8 +134,12 @@ func Start(ctx context.Context, nc *nats.Conn, js jetstream.JetStream, cfg Confi
 	if s.devices, err = js.KeyValue(ctx, contract.DevicesKV); err != nil {
 		return nil, fmt.Errorf("%s: %w", Name, err)
 	}
+	if s.roster, err = newRoster(ctx, nc, rosterTimeout); err != nil {
+		return nil, fmt.Errorf("%s: devices: %w", Name, err)
+	}
 	ccfg, err := streams.ConsumerConfig(Name)
 	if err != nil {
+		s.roster.close()
 		return nil, err
 	}
 	if cfg.AckWait > 0 {
@@ -138,6 +150,7 @@ func Start(ctx context.Context, nc *nats.Conn, js jetstream.JetStream, cfg Confi
 	}
 	cons, err := js.CreateOrUpdateConsumer(ctx, contract.Inbox, ccfg)
 	if err != nil {
+		s.roster.close()
 		return nil, fmt.Errorf("%s: consumer: %w", Name, err)
 	}
 	s.svc, err = micro.AddService(nc, micro.Config{
@@ -147,6 +160,7 @@ func Start(ctx context.Context, nc *nats.Conn, js jetstream.JetStream, cfg Confi
 		StatsHandler: func(*micro.Endpoint) any { return s.Stats() },
 	})
 	if err != nil {
+		s.roster.close()
 		return nil, fmt.Errorf("%s: %w", Name, err)
 	}
 	s.pool, err = worker.Start(js, cons, worker.Options{Function: Name, Workers: cfg.Workers, MaxAttempts: 100, Timeout: cfg.Timeout,
@@ -154,6 +168,7 @@ func Start(ctx context.Context, nc *nats.Conn, js jetstream.JetStream, cfg Confi
 		Consume: []jetstream.PullConsumeOpt{jetstream.PullPriorityGroup(priorityGroup)}}, s.log, s.apply)
 	if err != nil {
 		_ = s.svc.Stop()
+		s.roster.close()
 		return nil, fmt.Errorf("%s: %w", Name, err)
 	}
 	if err := nc.Flush(); err != nil {
@@ -170,6 +185,7 @@ func Start(ctx context.Context, nc *nats.Conn, js jetstream.JetStream, cfg Confi
 func (s *Service) Stop() {
 	s.pool.Stop()
 	_ = s.svc.Stop()
+	s.roster.close()
 	s.unpin()
 }
 
@@ -198,16 +214,23 @@ func (s *Service) unpin() {
 
 // Stats are an instance's counters: copies stored, messages whose sender
 // had no other device, and messages that needed no copy (receipts, group
-// copies, copies, notes to self).
+// copies, copies, notes to self); the users with two or more devices its
+// copy of DEVICES holds, the direct gets that kept it, and the messages
+// whose sender was read from the bucket because a round failed.
 type Stats struct {
-	Copied  int64 `json:"copied"`
-	Single  int64 `json:"single_device"`
-	Ignored int64 `json:"ignored"`
+	Copied      int64  `json:"copied"`
+	Single      int64  `json:"single_device"`
+	Ignored     int64  `json:"ignored"`
+	MultiDevice int    `json:"multi_device_users"`
+	DeviceReads uint64 `json:"device_reads"`
+	Fallbacks   int64  `json:"device_fallbacks"`
 }
 
 // Stats returns the instance's counters.
 func (s *Service) Stats() Stats {
-	return Stats{Copied: s.copied.Load(), Single: s.single.Load(), Ignored: s.ignored.Load()}
+	users, reads := s.roster.stats()
+	return Stats{Copied: s.copied.Load(), Single: s.single.Load(), Ignored: s.ignored.Load(),
+		MultiDevice: users, DeviceReads: reads, Fallbacks: s.fallbacks.Load()}
 }
 
 // apply copies one INBOX message into its sender's inbox if it needs it.
@@ -234,9 +257,12 @@ func (s *Service) apply(ctx context.Context, m jetstream.Msg) error {
 		return worker.Permanent(err)
 	}
 	seq := meta.Sequence.Stream
-	other, err := contract.OtherDevice(ctx, s.devices, s.created, from, dev, seq)
-	if err != nil {
-		return err
+	other, known := s.roster.otherDevice(ctx, s.created, from, dev, seq)
+	if !known {
+		s.fallbacks.Add(1)
+		if other, err = contract.OtherDevice(ctx, s.devices, s.created, from, dev, seq); err != nil {
+			return err
+		}
 	}
 	if !other {
 		s.single.Add(1)

@@ -5,10 +5,12 @@ import (
 	"encoding/json"
 	"fmt"
 	"strconv"
+	"strings"
 	"testing"
 	"time"
 
 	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/switchboard-im/switchboard/contract"
 	"github.com/switchboard-im/switchboard/functions/devsync"
@@ -114,20 +116,7 @@ func TestKilledMidStreamEachCopyOnce(t *testing.T) {
 	})
 	// Nothing left to copy: the durable has handed out and had acked
 	// every message, so a copy still to come cannot be.
-	tk.WaitFor(t, wait, func() error {
-		cons, err := n.JS.Consumer(context.Background(), contract.Inbox, "sync")
-		if err != nil {
-			return err
-		}
-		info, err := cons.Info(context.Background())
-		if err != nil {
-			return err
-		}
-		if info.NumPending > 0 || info.NumAckPending > 0 {
-			return tk.Errorf("sync durable: %d pending, %d unacked", info.NumPending, info.NumAckPending)
-		}
-		return nil
-	})
+	waitDrained(t, n)
 	if ids, _ := copies(t, n, "bob"); len(ids) != 0 {
 		t.Fatalf("bob's copies %v, want none: he has one device", ids)
 	}
@@ -236,4 +225,82 @@ func TestCleanStopHandsOverAtOnce(t *testing.T) {
 	if ids, _ := copies(t, n, "alice"); len(ids) != 2 || ids[0] != "m1" || ids[1] != "m2" {
 		t.Fatalf("copies %v, want m1 then m2", ids)
 	}
+}
+
+// waitDrained waits until the sync durable has handed out, and had acked,
+// every message stored so far.
+func waitDrained(t *testing.T, n *tk.NATS) {
+	t.Helper()
+	tk.WaitFor(t, wait, func() error {
+		cons, err := n.JS.Consumer(context.Background(), contract.Inbox, "sync")
+		if err != nil {
+			return err
+		}
+		info, err := cons.Info(context.Background())
+		if err != nil {
+			return err
+		}
+		if info.NumPending > 0 || info.NumAckPending > 0 {
+			return tk.Errorf("sync durable: %d pending, %d unacked", info.NumPending, info.NumAckPending)
+		}
+		return nil
+	})
+}
+
+// A device that joins right before its user's next message gets that
+// message's copy, though the instance answers senders from its own copy
+// of DEVICES: each message waits for a read of DEVICES begun after it was
+// stored. Each of 40 users sends once with one device (no copy), gains a
+// second device, and at once sends again (a copy); the instance runs
+// through all of it, and never has to read a sender's record instead.
+func TestDeviceJoinedJustBeforeAMessageGetsItsCopy(t *testing.T) {
+	n := tk.StartStreams(t, t.TempDir())
+	a := tk.StartSync(t, n)
+	inbox, err := n.JS.Stream(context.Background(), contract.Inbox)
+	if err != nil {
+		t.Fatal(err)
+	}
+	const users = 40
+	for i := range users {
+		u := fmt.Sprintf("u%02d", i)
+		register(t, n, u, map[string]uint64{"phone": 0})
+		store(t, n, u, "phone", "bob", u+"-before")
+		info, err := inbox.Info(context.Background())
+		if err != nil {
+			t.Fatal(err)
+		}
+		register(t, n, u, map[string]uint64{"phone": 0, "laptop": info.State.LastSeq + 1})
+		store(t, n, u, "phone", "bob", u+"-after")
+	}
+	waitDrained(t, n)
+	got := map[string][]string{} // user: the ids of the copies in their inbox
+	cons, err := n.JS.OrderedConsumer(context.Background(), contract.Inbox, jetstream.OrderedConsumerConfig{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	info, err := cons.Info(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	for range info.NumPending {
+		m, err := cons.Next(jetstream.FetchMaxWait(5 * time.Second))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if h := m.Headers(); h.Get(contract.HdrTo) != "" {
+			u := strings.TrimPrefix(m.Subject(), contract.InboxPrefix)
+			got[u] = append(got[u], h.Get(contract.HdrID))
+		}
+	}
+	for i := range users {
+		u := fmt.Sprintf("u%02d", i)
+		if ids := got[u]; len(ids) != 1 || ids[0] != u+"-after" {
+			t.Fatalf("%s: copies %v, want only %s-after (the laptop joined after %s-before)", u, ids, u, u)
+		}
+	}
+	st := a.Service.Stats()
+	if st.Fallbacks != 0 || st.MultiDevice != users {
+		t.Fatalf("stats %+v: want every sender answered from the roster, %d users with two devices", st, users)
+	}
+	t.Logf("%d messages, %d reads of DEVICES", 2*users, st.DeviceReads)
 }

@@ -23,10 +23,11 @@
 //     naming another seq is coalesced (acked, no push). A message that
 //     finds its own seq is a later delivery of its own attempt and pushes
 //     only the devices not yet in "sent" (or "dead").
-//  4. Per device (sorted by name): the pending count is NumPending +
-//     NumAckPending of the device consumer <U>~<device> on INBOX (1 when
-//     it does not exist); a device whose consumer already acked the
-//     message is skipped. The webhook is called, and after each success
+//  4. Per device (sorted by name): the device's position is its cursor
+//     in CURSORS (where it joined, before its first save); a device
+//     already past the message is skipped, and the pending count is what
+//     INBOX holds for U past that position (one direct get: its
+//     Nats-Num-Pending, at least 1). The webhook is called, and after each success
 //     the key is rewritten (compare-and-set on its revision) with the
 //     device added to "sent", so a crash, a Stop or a retry never posts
 //     a device twice.
