@@ -51,7 +51,10 @@
 //
 // Concurrency. Server methods are safe from many goroutines. Each
 // connection has one read goroutine, which runs the session's frame
-// handling (session.handle); an event stream's read goroutine only
+// handling (session.handle): the fast paths' frames on itself, any other
+// on a goroutine of its own while it waits, and a WebSocket's is started
+// after the session's start, so an idle one parks on a 4 KiB stack
+// (session.handle and Server.runConn say why); an event stream's read goroutine only
 // watches its socket, and its POSTs run session.handle in their own
 // request goroutines, one at a time (sseConn.in), never after the read
 // loop has ended. Handlers do not block: a media grant is a step of

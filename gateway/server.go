@@ -414,19 +414,43 @@ func (s *Server) checkOrigin(ctx *fasthttp.RequestCtx) bool {
 
 func (s *Server) runConn(ws *websocket.Conn, id Identity) {
 	c := newWSConn(ws, &s.cfg)
-	s.runSession(newSession(s, id, c), c)
+	sess := newSession(s, id, c)
+	if !s.startSession(sess, c) {
+		c.linger()
+		return
+	}
+	// The start went deep (registry, cursor, backlog) and grew this
+	// goroutine's stack, which the runtime halves at a collection only
+	// while a quarter of it is in use: parked in a read under the start's
+	// frames, an idle device kept 8 KiB of stack. The frames are read on
+	// a goroutine of their own, parked shallow: 4 KiB once idle, whatever
+	// the traffic before.
+	go s.readWS(sess, c)
+}
+
+// readWS reads c's frames into sess until c ends, then lingers for the
+// close handshake.
+func (s *Server) readWS(sess *session, c *wsConn) {
+	s.serveSession(sess, c)
 	c.linger()
 }
 
 // runSession runs sess on its connection c, whichever transport it is,
 // until c ends: it starts the session, hands it c's frames and stops it.
 func (s *Server) runSession(sess *session, c conn) {
+	if s.startSession(sess, c) {
+		s.serveSession(sess, c)
+	}
+}
+
+// startSession tracks and starts sess; false when it could not, with c
+// closed and the session over.
+func (s *Server) startSession(sess *session, c conn) bool {
 	if !s.track(sess) {
 		c.Close(protocol.CloseServiceRestart, "gateway shutting down")
 		<-c.finished()
-		return
+		return false
 	}
-	defer s.untrack(sess)
 	// Session starts take turns (MaxConcurrentStarts at once), so a storm
 	// cannot pile up unbounded requests on NATS. A start of a known device
 	// makes no JetStream API call (reads are direct gets, writes are
@@ -447,15 +471,28 @@ func (s *Server) runSession(sess *session, c conn) {
 	if err != nil {
 		sess.log.Error("session start failed", "err", err)
 		c.Close(protocol.CloseInternal, "session start failed")
-	} else {
-		sess.log.Debug("connected")
-		_ = c.readLoop(sess.handle)
+		s.endSession(sess, c)
+		return false
 	}
+	sess.log.Debug("connected")
+	return true
+}
+
+// serveSession hands c's frames to a started sess until c ends, then ends
+// the session.
+func (s *Server) serveSession(sess *session, c conn) {
+	_ = c.readLoop(sess.handle)
+	s.endSession(sess, c)
+}
+
+// endSession stops sess once c has ended and counts how it closed.
+func (s *Server) endSession(sess *session, c conn) {
 	sess.stop()
 	<-c.finished()
 	code, reason := c.closedWith()
 	sess.log.Debug("disconnected", "code", code, "reason", reason)
 	s.metrics.closes.WithLabelValues(strconv.Itoa(code)).Inc()
+	s.untrack(sess)
 }
 
 func (s *Server) track(sess *session) bool {

@@ -339,7 +339,32 @@ func (s *session) listen(kind routeKind, subject string) error {
 }
 
 // handle processes one client frame. It runs on the read loop.
+//
+// Sends, acks and reads in their encoders' form are decoded by the fast
+// paths and handled here. Any other frame is decoded by encoding/json and
+// is most often a request to a function: calls deep enough to grow a
+// stack past 4 KiB, and the read loop's stack, parked in a read between
+// frames, would then stay at 8 KiB for the rest of the session (the
+// runtime halves a parked goroutine's stack only while a quarter of it
+// is in use, and the read path alone is more than that of 4 KiB). So such
+// a frame is handled on a goroutine of its own while the read loop waits
+// for it: frames are still handled one at a time and in order, and the
+// inbound state (s.in) is still touched by one goroutine at a time.
 func (s *session) handle(data []byte) {
+	if f := protocol.DecodeClientFast(data); f != nil {
+		s.handleFrame(f)
+		return
+	}
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		s.handleSlow(data)
+	}()
+	<-done
+}
+
+// handleSlow decodes a frame off the fast paths and handles it.
+func (s *session) handleSlow(data []byte) {
 	f, err := protocol.DecodeClient(data)
 	if err != nil {
 		var de *protocol.DecodeError
@@ -348,6 +373,11 @@ func (s *session) handle(data []byte) {
 		}
 		return
 	}
+	s.handleFrame(f)
+}
+
+// handleFrame handles a decoded client frame.
+func (s *session) handleFrame(f *protocol.Frame) {
 	s.srv.metrics.frameIn[f.Type].Inc() // DecodeClient returns only these types
 	switch f.Type {
 	case protocol.TypeSend:

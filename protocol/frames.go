@@ -322,13 +322,21 @@ type clientFrame struct {
 // DecodeClient parses and validates a client-to-server frame. On error it
 // returns a *DecodeError whose Code is the error frame to send back.
 func DecodeClient(data []byte) (*Frame, error) {
-	if f := decodeSeqFrame(data); f != nil {
-		return f, nil
-	}
-	if f := decodeSendFrame(data); f != nil {
+	if f := DecodeClientFast(data); f != nil {
 		return f, nil
 	}
 	return decodeClientJSON(data)
+}
+
+// DecodeClientFast decodes an ack, a read or a 1:1 send in its encoder's
+// exact form (AppendSeqFrame, AppendSend) without encoding/json: the same
+// frame DecodeClient would return. Anything else is nil: decode it with
+// DecodeClient.
+func DecodeClientFast(data []byte) *Frame {
+	if f := decodeSeqFrame(data); f != nil {
+		return f
+	}
+	return decodeSendFrame(data)
 }
 
 // decodeClientJSON is DecodeClient for any frame.
