@@ -2,7 +2,6 @@ package gateway
 
 import (
 	"encoding/json"
-	"errors"
 	"sort"
 	"strconv"
 	"sync"
@@ -630,21 +629,9 @@ func (srv *Server) directBatch(req directGet, quit <-chan struct{}, each func(ui
 		case <-quit:
 			return false, nil
 		}
-		switch m.Header.Get("Status") {
-		case "":
-		case "404": // nothing stored at or after from
-			return false, nil
-		case "204": // end of batch
-			np, _ := strconv.ParseUint(m.Header.Get(contract.HdrNumPend), 10, 64)
-			return np > 0, nil
-		case "503":
-			return false, nats.ErrNoResponders
-		default:
-			return false, errors.New("direct get: " + m.Header.Get("Status") + " " + m.Header.Get("Description"))
-		}
-		seq, err := strconv.ParseUint(m.Header.Get(contract.HdrSequence), 10, 64)
-		if err != nil {
-			return false, errors.New("direct get: answer without a sequence")
+		seq, end, more, err := contract.DirectAnswer(m)
+		if end || err != nil {
+			return more, err
 		}
 		if !each(seq, m) || req.Batch == 0 {
 			return false, nil

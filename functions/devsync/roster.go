@@ -3,7 +3,6 @@ package devsync
 import (
 	"context"
 	"encoding/json"
-	"errors"
 	"strconv"
 	"strings"
 	"sync"
@@ -169,19 +168,9 @@ func (r *roster) read(ctx context.Context) (more bool, err error) {
 		if m.Subject != reply {
 			continue // an answer to a round that gave up
 		}
-		switch m.Header.Get("Status") {
-		case "":
-		case "404": // nothing stored past the last applied
-			return false, nil
-		case "204": // end of batch
-			np, _ := strconv.ParseUint(m.Header.Get(contract.HdrNumPend), 10, 64)
-			return np > 0, nil
-		default:
-			return false, errors.New("devices: direct get: " + m.Header.Get("Status") + " " + m.Header.Get("Description"))
-		}
-		seq, err := strconv.ParseUint(m.Header.Get(contract.HdrSequence), 10, 64)
-		if err != nil {
-			return false, errors.New("devices: direct get: answer without a sequence")
+		seq, end, more, err := contract.DirectAnswer(m)
+		if end || err != nil {
+			return more, err
 		}
 		r.apply(seq, m)
 	}
