@@ -38,6 +38,7 @@
 package devsync
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -89,6 +90,10 @@ type Config struct {
 	PinnedTTL time.Duration
 	// Timeout bounds one copy.
 	Timeout time.Duration
+	// DevicesCheck is how often the instance looks at the DEVICES
+	// stream itself, to notice one deleted and created again (default
+	// 5s; roster.go).
+	DevicesCheck time.Duration
 }
 
 // DefaultConfig is what the binary runs with.
@@ -134,7 +139,7 @@ func Start(ctx context.Context, nc *nats.Conn, js jetstream.JetStream, cfg Confi
 	if s.devices, err = js.KeyValue(ctx, contract.DevicesKV); err != nil {
 		return nil, fmt.Errorf("%s: %w", Name, err)
 	}
-	if s.roster, err = newRoster(ctx, nc, rosterTimeout); err != nil {
+	if s.roster, err = newRoster(ctx, nc, js, rosterTimeout, cmp.Or(cfg.DevicesCheck, rosterCheck)); err != nil {
 		return nil, fmt.Errorf("%s: devices: %w", Name, err)
 	}
 	ccfg, err := streams.ConsumerConfig(Name)

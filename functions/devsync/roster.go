@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/switchboard-im/switchboard/contract"
 )
@@ -28,18 +29,31 @@ import (
 // asked while a round runs wait for the next one, so under load one get
 // answers many messages where each used to cost one. A round that fails
 // answers its questions with "unknown", and the message's sender is read
-// from the bucket as before.
+// from the bucket as before. On a replicated bucket a direct get may be
+// answered by a replica a little behind its leader, as the read of a
+// sender's record per message could be: a round is no weaker than that.
+//
+// Costs: about 0.7 KB of heap per user with two or more devices, in every
+// instance (standbys too), and a read of the whole bucket when an
+// instance starts (200,000 such users: 2 to 4 s on one machine). A bucket
+// deleted and created again is noticed within Config.DevicesCheck.
 //
 // The roster owns its fields behind mu; rounds run one at a time on their
 // own goroutine.
 type roster struct {
 	nc       *nats.Conn
-	subject  string // direct gets on the bucket's stream
-	prefix   string // subject of a record, before its key
-	replies  string // reply subjects: replies + round number
+	stream   jetstream.Stream // the bucket's, looked at every checkEvery
+	subject  string           // direct gets on the bucket's stream
+	prefix   string           // subject of a record, before its key
+	replies  string           // reply subjects: replies + round number
 	sub      *nats.Subscription
 	timeout  time.Duration
 	batchLen int
+	// checkEvery is how often rounds look at the bucket's stream itself.
+	checkEvery time.Duration
+	// created and checked are the rounds' (one at a time): when the
+	// bucket's stream was created, and when that was last looked at.
+	created, checked time.Time
 
 	mu      sync.Mutex
 	multi   map[string]contract.Devices // users with two or more devices
@@ -59,16 +73,31 @@ type round struct {
 // rosterBatch is how many DEVICES messages one direct get asks for.
 const rosterBatch = 256
 
+// rosterCheck is how often rounds look at the bucket's stream itself by
+// default (Config.DevicesCheck): one
+// deleted and created again (an operator's repair, a restore) numbers its
+// messages from 1 again, below the last one applied, and the copy is then
+// read again from the start.
+const rosterCheck = 5 * time.Second
+
 // newRoster subscribes for its answers and reads DEVICES to the end.
-func newRoster(ctx context.Context, nc *nats.Conn, timeout time.Duration) (*roster, error) {
+func newRoster(ctx context.Context, nc *nats.Conn, js jetstream.JetStream, timeout, checkEvery time.Duration) (*roster, error) {
+	stream, err := js.Stream(ctx, "KV_"+contract.DevicesKV)
+	if err != nil {
+		return nil, err
+	}
 	r := &roster{
-		nc:       nc,
-		subject:  contract.DirectGetSubject("KV_" + contract.DevicesKV),
-		prefix:   contract.KVSubject(contract.DevicesKV, ""),
-		replies:  nc.NewInbox() + ".",
-		timeout:  timeout,
-		batchLen: rosterBatch,
-		multi:    map[string]contract.Devices{},
+		nc:         nc,
+		stream:     stream,
+		checkEvery: checkEvery,
+		created:    stream.CachedInfo().Created,
+		checked:    time.Now(),
+		subject:    contract.DirectGetSubject("KV_" + contract.DevicesKV),
+		prefix:     contract.KVSubject(contract.DevicesKV, ""),
+		replies:    nc.NewInbox() + ".",
+		timeout:    timeout,
+		batchLen:   rosterBatch,
+		multi:      map[string]contract.Devices{},
 	}
 	sub, err := nc.SubscribeSync(r.replies + "*")
 	if err != nil {
@@ -130,9 +159,35 @@ func (r *roster) run() {
 			return
 		}
 		r.mu.Unlock()
-		rd.err = r.catchUp(context.Background())
+		rd.err = r.check()
+		if rd.err == nil {
+			rd.err = r.catchUp(context.Background())
+		}
 		close(rd.done)
 	}
+}
+
+// check starts the copy again from nothing when the bucket's stream is
+// not the one it was read from, looking at most every checkEvery.
+func (r *roster) check() error {
+	if time.Since(r.checked) < r.checkEvery {
+		return nil
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), r.timeout)
+	defer cancel()
+	info, err := r.stream.Info(ctx)
+	if err != nil {
+		return err
+	}
+	r.checked = time.Now()
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if !info.Created.Equal(r.created) || info.State.LastSeq < r.applied {
+		r.created = info.Created
+		r.applied = 0
+		r.multi = map[string]contract.Devices{}
+	}
+	return nil
 }
 
 // catchUp applies DEVICES messages past the last applied until the
