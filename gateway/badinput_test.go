@@ -954,3 +954,42 @@ func TestSendTooBigToStoreIsNotRetryable(t *testing.T) {
 	}
 	w.healthy(t)
 }
+
+// An upgrade refused is answered and its connection closed: the server
+// that takes upgrades streams no request body, so a next request on that
+// connection, an upload say, must come on a new one. A request on any
+// other path keeps its connection.
+func TestRefusedUpgradeClosesItsConnection(t *testing.T) {
+	n := tk.StartNATS(t)
+	g := tk.StartGateway(t, n, tk.TestConfig())
+	for _, c := range []struct {
+		path  string
+		close bool
+	}{{gateway.PathWS, true}, {gateway.PathHealthz, false}} {
+		conn, err := net.DialTimeout("tcp", g.Addr, wait)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer conn.Close()
+		_ = conn.SetDeadline(time.Now().Add(wait))
+		// An upgrade without a token: 401.
+		if _, err := io.WriteString(conn, "GET "+c.path+" HTTP/1.1\r\nHost: "+g.Addr+"\r\n\r\n"); err != nil {
+			t.Fatal(err)
+		}
+		br := bufio.NewReader(conn)
+		resp, err := http.ReadResponse(br, nil)
+		if err != nil {
+			t.Fatalf("%s: %v", c.path, err)
+		}
+		_, _ = io.Copy(io.Discard, resp.Body)
+		resp.Body.Close()
+		if resp.Close != c.close {
+			t.Fatalf("%s answered %d with Connection: close %v, want %v", c.path, resp.StatusCode, resp.Close, c.close)
+		}
+		if c.close {
+			if _, err := br.ReadByte(); !errors.Is(err, io.EOF) {
+				t.Fatalf("%s: the connection is still open after the refusal (%v)", c.path, err)
+			}
+		}
+	}
+}

@@ -26,8 +26,11 @@
 // change, an overflow, the sweep), devices.go (the DEVICES registry and
 // cursors), auth.go, config.go, metrics.go (Prometheus metrics, served on
 // a listener of their own: ServeMetrics), routes.go (mounted HTTP APIs),
-// listener.go, httplog.go (fasthttp's own log lines, without the
-// request's credentials).
+// listener.go (accepting through a full descriptor table; each
+// connection to one of two fasthttp servers by its first request line:
+// WebSocket upgrades to one that keeps no read buffer once it hands the
+// socket over, the rest to one that streams large bodies), httplog.go
+// (fasthttp's own log lines, without the request's credentials).
 //
 // A connection: transport.go (the seam between a session and its socket),
 // transport_ws.go (the WebSocket behind it: the read loop and an

@@ -70,3 +70,63 @@ func TestAcceptWaitsOutDescriptorExhaustion(t *testing.T) {
 		t.Fatalf("accept on a closed listener: %v, want net.ErrClosed", err)
 	}
 }
+
+// Connections go to the upgrades' server only when their request line is
+// a GET of the WebSocket path; everything else, whole, to the other; a
+// connection that says nothing within the handshake timeout is closed.
+func TestConnectionsAreSortedByTheirFirstRequestLine(t *testing.T) {
+	s := &Server{cfg: Config{HandshakeTimeout: 200 * time.Millisecond}}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ws, other := newConnQueue(ln.Addr()), newConnQueue(ln.Addr())
+	go func() { _ = s.sortConns(ln, ws, other) }()
+	defer ln.Close()
+	for _, c := range []struct {
+		first   string
+		upgrade bool
+	}{
+		{"GET /v1/ws HTTP/1.1\r\n", true},
+		{"GET /v1/ws?access_token=x HTTP/1.1\r\n", true},
+		{"GET /v1/wsx HTTP/1.1\r\n", false},
+		{"GET /v1/events HTTP/1.1\r\n", false},
+		{"POST /v1/ws HTTP/1.1\r\n", false},
+		{"G", false}, // then nothing: closed, below
+	} {
+		cl, err := net.Dial("tcp", ln.Addr().String())
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer cl.Close()
+		if _, err := io.WriteString(cl, c.first); err != nil {
+			t.Fatal(err)
+		}
+		if c.first == "G" {
+			// A start of an upgrade, then silence past the timeout.
+			_ = cl.SetReadDeadline(time.Now().Add(10 * time.Second))
+			if _, err := cl.Read(make([]byte, 1)); !errors.Is(err, io.EOF) {
+				t.Fatalf("a silent connection: read %v, want it closed", err)
+			}
+			continue
+		}
+		want, q := "other", other
+		if c.upgrade {
+			want, q = "upgrades", ws
+		}
+		got, err := q.Accept()
+		if err != nil {
+			t.Fatal(err)
+		}
+		b := make([]byte, len(c.first))
+		_ = got.SetReadDeadline(time.Now().Add(10 * time.Second))
+		if _, err := io.ReadFull(got, b); err != nil || string(b) != c.first {
+			t.Fatalf("%q on the %s server reads %q, %v; want it whole", c.first, want, b, err)
+		}
+		got.Close()
+	}
+	ws.Close()
+	if _, err := ws.Accept(); !errors.Is(err, net.ErrClosed) {
+		t.Fatalf("accept after close: %v", err)
+	}
+}

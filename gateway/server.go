@@ -56,15 +56,17 @@ type Server struct {
 	origins   map[string]bool
 	anyOrigin bool
 	upgrader  websocket.FastHTTPUpgrader
-	http      *fasthttp.Server
+	http      *fasthttp.Server // every request but WebSocket upgrades
+	wsHTTP    *fasthttp.Server // WebSocket upgrades (listener.go)
 
 	metrics     *metrics
 	metricsHTTP *http.Server // serves metrics on listeners of their own (ServeMetrics)
 
-	mu       sync.Mutex // guards sessions
-	sessions map[*session]struct{}
-	closing  atomic.Bool
-	sse      sseSessions // event streams by session id, for their POSTs
+	mu        sync.Mutex // guards sessions and listeners
+	sessions  map[*session]struct{}
+	listeners []net.Listener // what Serve accepts on, closed by Shutdown
+	closing   atomic.Bool
+	sse       sseSessions // event streams by session id, for their POSTs
 
 	starts chan struct{} // one token per session start in progress
 
@@ -184,43 +186,17 @@ func New(ctx context.Context, cfg Config, keys *Keys, nc *nats.Conn, log *slog.L
 		Subprotocols:      []string{protocol.Subprotocol},
 		CheckOrigin:       func(*fasthttp.RequestCtx) bool { return true }, // checked before upgrading
 		EnableCompression: false,                                           // no compression bombs
-		// The socket is already read through fasthttp's 4 KiB buffer,
-		// which the hijacked connection keeps; a second large one here
-		// would only copy between them, at 4 KiB per connection.
+		// The upgrade's server hands the socket over without a buffer
+		// of its own (listener.go: wsServer); frames are read through
+		// this small one, and a large frame straight into its buffer.
 		ReadBufferSize:  256,
 		WriteBufferSize: 4096,
 		// Idle connections hold no write buffer: one is taken from the
 		// pool per message and given back after it.
 		WriteBufferPool: &sync.Pool{},
 	}
-	s.http = &fasthttp.Server{
-		Handler:            s.route,
-		HeaderReceived:     s.requestConfig,
-		Name:               "switchboard",
-		ReadTimeout:        cfg.HandshakeTimeout,
-		WriteTimeout:       cfg.WriteTimeout,
-		IdleTimeout:        cfg.PongTimeout,
-		MaxRequestBodySize: 64 << 10,
-		// Media uploads to the embedded store stream into it rather than
-		// being held in memory; see requestConfig.
-		StreamRequestBody: true,
-		// No route takes a multipart form. Parsed ahead of the handler,
-		// one would be read to its declared length, past
-		// MaxRequestBodySize, into temporary files, before any check.
-		DisablePreParseMultipartForm:  true,
-		DisableHeaderNamesNormalizing: false,
-		NoDefaultServerHeader:         false,
-		CloseOnShutdown:               true,
-		// Upgraded connections are closed by the gateway itself; without
-		// this, closing one would be a no-op until its handler returned.
-		KeepHijackedConns: true,
-		// fasthttp's own lines would quote the raw request, credentials
-		// and all; httpLogger keeps only what cannot carry one, and with
-		// SecureErrorLogMessage fasthttp leaves the request out of its
-		// errors in the first place.
-		Logger:                httpLogger{log: s.log},
-		SecureErrorLogMessage: true,
-	}
+	s.http = s.newHTTPServer(true)
+	s.wsHTTP = s.newHTTPServer(false)
 	go s.leaseLoop()
 	go s.sweepLoop()
 	return s, nil
@@ -239,14 +215,79 @@ func (s *Server) stopLeases() {
 	<-s.sweepDone
 }
 
-// Serve accepts connections on ln until Shutdown.
+// newHTTPServer is the fasthttp server of the WebSocket upgrades
+// (streams false) or of every other request (streams true).
+func (s *Server) newHTTPServer(streams bool) *fasthttp.Server {
+	cfg := &s.cfg
+	handler := s.route
+	if !streams {
+		handler = s.routeUpgrade
+	}
+	return &fasthttp.Server{
+		Handler:            handler,
+		HeaderReceived:     s.requestConfig,
+		Name:               "switchboard",
+		ReadTimeout:        cfg.HandshakeTimeout,
+		WriteTimeout:       cfg.WriteTimeout,
+		IdleTimeout:        cfg.PongTimeout,
+		MaxRequestBodySize: 64 << 10,
+		// Media uploads to the embedded store stream into it rather than
+		// being held in memory; see requestConfig. The upgrades' server
+		// streams nothing, so it can let a connection's read buffer go
+		// once its request is read: a hijacked connection then keeps
+		// none (4 KiB of every idle device's memory otherwise).
+		StreamRequestBody: streams,
+		ReduceMemoryUsage: !streams,
+		// No route takes a multipart form. Parsed ahead of the handler,
+		// one would be read to its declared length, past
+		// MaxRequestBodySize, into temporary files, before any check.
+		DisablePreParseMultipartForm:  true,
+		DisableHeaderNamesNormalizing: false,
+		NoDefaultServerHeader:         false,
+		CloseOnShutdown:               true,
+		// Upgraded connections are closed by the gateway itself; without
+		// this, closing one would be a no-op until its handler returned.
+		KeepHijackedConns: true,
+		// fasthttp's own lines would quote the raw request, credentials
+		// and all; httpLogger keeps only what cannot carry one, and with
+		// SecureErrorLogMessage fasthttp leaves the request out of its
+		// errors in the first place.
+		Logger:                httpLogger{log: s.log},
+		SecureErrorLogMessage: true,
+	}
+}
+
+// Serve accepts connections on ln until Shutdown: each goes to the
+// upgrades' server or the other one by its first request line
+// (listener.go).
 func (s *Server) Serve(ln net.Listener) error {
 	s.log.Info("listening", "addr", ln.Addr().String())
-	err := s.http.Serve(patientListener{Listener: ln, log: s.log, onFull: s.metrics.fdFull.Inc, sleep: time.Sleep})
+	ws, other := newConnQueue(ln.Addr()), newConnQueue(ln.Addr())
+	s.mu.Lock()
+	s.listeners = append(s.listeners, ln)
+	s.mu.Unlock()
+	served := make(chan error, 2)
+	go func() { served <- s.wsHTTP.Serve(ws) }()
+	go func() { served <- s.http.Serve(other) }()
+	err := s.sortConns(patientListener{Listener: ln, log: s.log, onFull: s.metrics.fdFull.Inc, sleep: time.Sleep}, ws, other)
+	_ = ws.Close()
+	_ = other.Close()
+	<-served
+	<-served
 	if s.closing.Load() {
 		return nil
 	}
 	return err
+}
+
+// routeUpgrade routes a request on the upgrades' server. An upgrade
+// refused is answered and its connection closed: a next request on it
+// could take a body, which this server does not stream.
+func (s *Server) routeUpgrade(ctx *fasthttp.RequestCtx) {
+	s.route(ctx)
+	if !ctx.Hijacked() {
+		ctx.SetConnectionClose()
+	}
 }
 
 func (s *Server) route(ctx *fasthttp.RequestCtx) {
@@ -541,8 +582,10 @@ func (s *Server) Shutdown(ctx context.Context) error {
 	// Metrics stay readable while the sessions drain.
 	defer func() { _ = s.metricsHTTP.Close() }()
 
-	lnDone := make(chan error, 1)
+	s.closeListeners()
+	lnDone := make(chan error, 2)
 	go func() { lnDone <- s.http.ShutdownWithContext(ctx) }()
+	go func() { lnDone <- s.wsHTTP.ShutdownWithContext(ctx) }()
 
 	var wg sync.WaitGroup
 	for _, sess := range all {
@@ -564,7 +607,18 @@ func (s *Server) Shutdown(ctx context.Context) error {
 		}
 	}
 	s.closeRouting()
-	return <-lnDone
+	return errors.Join(<-lnDone, <-lnDone)
+}
+
+// closeListeners stops accepting connections.
+func (s *Server) closeListeners() {
+	s.mu.Lock()
+	lns := s.listeners
+	s.listeners = nil
+	s.mu.Unlock()
+	for _, ln := range lns {
+		_ = ln.Close()
+	}
 }
 
 // closeRouting ends the router and the replies' subscription.
@@ -584,6 +638,8 @@ func (s *Server) Abort() {
 			c.drop()
 		}
 	}
+	s.closeListeners()
 	go func() { _ = s.http.Shutdown() }()
+	go func() { _ = s.wsHTTP.Shutdown() }()
 	_ = s.metricsHTTP.Close()
 }
