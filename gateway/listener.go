@@ -5,6 +5,7 @@ import (
 	"log/slog"
 	"net"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 )
@@ -56,27 +57,86 @@ func outOfDescriptors(err error) bool {
 // which must keep its buffer. A connection whose first request is an
 // upgrade that fails is closed after the answer (Server.routeUpgrade), so
 // its next request cannot reach the server that does not stream.
+// Shutdown and Abort close the connections still being sorted.
 
-// sortConns accepts from ln until it fails and hands each connection, once
-// its first bytes say which, to ws or other.
-func (s *Server) sortConns(ln net.Listener, ws, other *connQueue) error {
+// sorter accepts connections on one listener and hands each to the
+// upgrades' queue or the other. It owns the connections it is still
+// reading the first bytes of, so closing it closes those too.
+type sorter struct {
+	ln        net.Listener
+	ws, other *connQueue
+	timeout   time.Duration // for the first request line, and the rest of its request
+
+	mu     sync.Mutex
+	conns  map[net.Conn]struct{} // being sorted
+	closed bool
+}
+
+func newSorter(ln net.Listener, timeout time.Duration) *sorter {
+	return &sorter{ln: ln, ws: newConnQueue(ln.Addr()), other: newConnQueue(ln.Addr()),
+		timeout: timeout, conns: map[net.Conn]struct{}{}}
+}
+
+// run accepts until the listener fails or the sorter is closed.
+func (st *sorter) run() error {
 	for {
-		c, err := ln.Accept()
+		c, err := st.ln.Accept()
 		if err != nil {
 			return err
 		}
-		go s.sortConn(c, ws, other)
+		if !st.track(c) {
+			_ = c.Close()
+			return net.ErrClosed
+		}
+		go st.sort(c)
 	}
+}
+
+// close stops accepting, closes the connections not sorted yet, and ends
+// the queues.
+func (st *sorter) close() {
+	st.mu.Lock()
+	st.closed = true
+	conns := st.conns
+	st.conns = map[net.Conn]struct{}{}
+	st.mu.Unlock()
+	_ = st.ln.Close()
+	for c := range conns {
+		_ = c.Close()
+	}
+	_ = st.ws.Close()
+	_ = st.other.Close()
+}
+
+func (st *sorter) track(c net.Conn) bool {
+	st.mu.Lock()
+	defer st.mu.Unlock()
+	if st.closed {
+		return false
+	}
+	st.conns[c] = struct{}{}
+	return true
+}
+
+// untrack reports whether c was still the sorter's (not closed by close).
+func (st *sorter) untrack(c net.Conn) bool {
+	st.mu.Lock()
+	defer st.mu.Unlock()
+	_, ok := st.conns[c]
+	delete(st.conns, c)
+	return ok
 }
 
 // wsRequestLine is how a WebSocket upgrade's request line starts; a space
 // or a query follows it.
 const wsRequestLine = "GET " + PathWS
 
-// sortConn reads c's first bytes, within the handshake timeout, until
-// they show whether it is an upgrade.
-func (s *Server) sortConn(c net.Conn, ws, other *connQueue) {
-	_ = c.SetReadDeadline(time.Now().Add(s.cfg.HandshakeTimeout))
+// sort reads c's first bytes until they show whether it is an upgrade,
+// then hands it on. The time it took comes off its request's: the
+// handshake timeout counts from the accept, as fasthttp counted it.
+func (st *sorter) sort(c net.Conn) {
+	limit := time.Now().Add(st.timeout)
+	_ = c.SetReadDeadline(limit)
 	buf := make([]byte, 0, len(wsRequestLine)+1)
 	upgrade := false
 	for {
@@ -94,16 +154,20 @@ func (s *Server) sortConn(c net.Conn, ws, other *connQueue) {
 		if err != nil {
 			// Gone, or silent past the handshake timeout, before saying
 			// whether it is an upgrade: as fasthttp would, close it.
+			st.untrack(c)
 			_ = c.Close()
 			return
 		}
 	}
-	_ = c.SetReadDeadline(time.Time{})
-	pc := &prefixedConn{Conn: c, prefix: buf}
+	if !st.untrack(c) {
+		return // closed meanwhile
+	}
+	pc := &prefixedConn{Conn: c, prefix: buf, limit: limit}
+	pc.limited.Store(true)
 	if upgrade {
-		ws.push(pc)
+		st.ws.push(pc)
 	} else {
-		other.push(pc)
+		st.other.push(pc)
 	}
 }
 
@@ -113,10 +177,17 @@ func isWSPrefix(b []byte) bool {
 	return string(b[:n]) == wsRequestLine[:n]
 }
 
-// prefixedConn is a connection whose first bytes were already read.
+// prefixedConn is a connection whose first bytes were already read. Until
+// its first request reaches a handler (Server.route calls requestRead),
+// no read deadline set on it goes past limit, the end of the handshake
+// timeout counted from the accept: a client that sends its request a
+// byte at a time gets the timeout once, not once for the sorter and once
+// more for fasthttp.
 type prefixedConn struct {
 	net.Conn
-	prefix []byte
+	prefix  []byte
+	limit   time.Time
+	limited atomic.Bool
 }
 
 func (c *prefixedConn) Read(p []byte) (int, error) {
@@ -129,6 +200,32 @@ func (c *prefixedConn) Read(p []byte) (int, error) {
 		return n, nil
 	}
 	return c.Conn.Read(p)
+}
+
+func (c *prefixedConn) SetReadDeadline(t time.Time) error {
+	if c.limited.Load() && (t.IsZero() || t.After(c.limit)) {
+		t = c.limit
+	}
+	return c.Conn.SetReadDeadline(t)
+}
+
+func (c *prefixedConn) SetDeadline(t time.Time) error {
+	if err := c.SetReadDeadline(t); err != nil {
+		return err
+	}
+	return c.Conn.SetWriteDeadline(t)
+}
+
+// requestRead lifts the limit once a request has been read whole.
+func (c *prefixedConn) requestRead() { c.limited.Store(false) }
+
+// CloseWrite half-closes the connection, which wsConn.halfClose needs so
+// a close frame is not lost to a reset.
+func (c *prefixedConn) CloseWrite() error {
+	if cw, ok := c.Conn.(interface{ CloseWrite() error }); ok {
+		return cw.CloseWrite()
+	}
+	return errors.ErrUnsupported
 }
 
 // connQueue is a listener that accepts the connections pushed to it.

@@ -75,14 +75,14 @@ func TestAcceptWaitsOutDescriptorExhaustion(t *testing.T) {
 // a GET of the WebSocket path; everything else, whole, to the other; a
 // connection that says nothing within the handshake timeout is closed.
 func TestConnectionsAreSortedByTheirFirstRequestLine(t *testing.T) {
-	s := &Server{cfg: Config{HandshakeTimeout: 200 * time.Millisecond}}
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
 	}
-	ws, other := newConnQueue(ln.Addr()), newConnQueue(ln.Addr())
-	go func() { _ = s.sortConns(ln, ws, other) }()
-	defer ln.Close()
+	st := newSorter(ln, 200*time.Millisecond)
+	ws, other := st.ws, st.other
+	go func() { _ = st.run() }()
+	defer st.close()
 	for _, c := range []struct {
 		first   string
 		upgrade bool
@@ -128,5 +128,62 @@ func TestConnectionsAreSortedByTheirFirstRequestLine(t *testing.T) {
 	ws.Close()
 	if _, err := ws.Accept(); !errors.Is(err, net.ErrClosed) {
 		t.Fatalf("accept after close: %v", err)
+	}
+}
+
+// A sorted connection keeps what the sorter needs of the socket: reads
+// replay the bytes already read, a read deadline cannot reach past the
+// handshake's until a request has been read, and it can still half-close
+// (wsConn.halfClose).
+func TestPrefixedConnKeepsTheSocketsAbilities(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	peer, err := net.Dial("tcp", ln.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer peer.Close()
+	raw, err := ln.Accept()
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := &prefixedConn{Conn: raw, prefix: []byte("GET"), limit: time.Now().Add(100 * time.Millisecond)}
+	c.limited.Store(true)
+
+	b := make([]byte, 8)
+	if n, err := c.Read(b); err != nil || string(b[:n]) != "GET" {
+		t.Fatalf("first read %q, %v; want the bytes already read", b[:n], err)
+	}
+	// Asked for an hour, the deadline is the handshake's: the read ends.
+	_ = c.SetReadDeadline(time.Now().Add(time.Hour))
+	var ne net.Error
+	if _, err := c.Read(b); !errors.As(err, &ne) || !ne.Timeout() {
+		t.Fatalf("read past the handshake's deadline: %v, want a timeout", err)
+	}
+	c.requestRead()
+	_ = c.SetReadDeadline(time.Time{})
+	if _, err := io.WriteString(peer, "more"); err != nil {
+		t.Fatal(err)
+	}
+	if n, err := c.Read(b); err != nil || string(b[:n]) != "more" {
+		t.Fatalf("read after the request: %q, %v", b[:n], err)
+	}
+
+	hc, ok := net.Conn(c).(interface{ CloseWrite() error })
+	if !ok || hc.CloseWrite() != nil {
+		t.Fatal("a sorted connection cannot half-close")
+	}
+	_ = peer.SetReadDeadline(time.Now().Add(10 * time.Second))
+	if _, err := peer.Read(b); !errors.Is(err, io.EOF) {
+		t.Fatalf("the peer reads %v after the half-close, want EOF", err)
+	}
+	if _, err := io.WriteString(peer, "bye"); err != nil {
+		t.Fatal(err)
+	}
+	if n, err := c.Read(b); err != nil || string(b[:n]) != "bye" {
+		t.Fatalf("read after the half-close: %q, %v; the read side must stay open", b[:n], err)
 	}
 }

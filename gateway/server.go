@@ -62,11 +62,11 @@ type Server struct {
 	metrics     *metrics
 	metricsHTTP *http.Server // serves metrics on listeners of their own (ServeMetrics)
 
-	mu        sync.Mutex // guards sessions and listeners
-	sessions  map[*session]struct{}
-	listeners []net.Listener // what Serve accepts on, closed by Shutdown
-	closing   atomic.Bool
-	sse       sseSessions // event streams by session id, for their POSTs
+	mu       sync.Mutex // guards sessions and sorters
+	sessions map[*session]struct{}
+	sorters  []*sorter // what Serve accepts with, closed by Shutdown
+	closing  atomic.Bool
+	sse      sseSessions // event streams by session id, for their POSTs
 
 	starts chan struct{} // one token per session start in progress
 
@@ -262,16 +262,15 @@ func (s *Server) newHTTPServer(streams bool) *fasthttp.Server {
 // (listener.go).
 func (s *Server) Serve(ln net.Listener) error {
 	s.log.Info("listening", "addr", ln.Addr().String())
-	ws, other := newConnQueue(ln.Addr()), newConnQueue(ln.Addr())
+	st := newSorter(patientListener{Listener: ln, log: s.log, onFull: s.metrics.fdFull.Inc, sleep: time.Sleep}, s.cfg.HandshakeTimeout)
 	s.mu.Lock()
-	s.listeners = append(s.listeners, ln)
+	s.sorters = append(s.sorters, st)
 	s.mu.Unlock()
 	served := make(chan error, 2)
-	go func() { served <- s.wsHTTP.Serve(ws) }()
-	go func() { served <- s.http.Serve(other) }()
-	err := s.sortConns(patientListener{Listener: ln, log: s.log, onFull: s.metrics.fdFull.Inc, sleep: time.Sleep}, ws, other)
-	_ = ws.Close()
-	_ = other.Close()
+	go func() { served <- s.wsHTTP.Serve(st.ws) }()
+	go func() { served <- s.http.Serve(st.other) }()
+	err := st.run()
+	st.close()
 	<-served
 	<-served
 	if s.closing.Load() {
@@ -291,6 +290,9 @@ func (s *Server) routeUpgrade(ctx *fasthttp.RequestCtx) {
 }
 
 func (s *Server) route(ctx *fasthttp.RequestCtx) {
+	if pc, ok := ctx.Conn().(*prefixedConn); ok {
+		pc.requestRead()
+	}
 	switch string(ctx.Path()) {
 	case PathWS:
 		s.serveWS(ctx)
@@ -610,14 +612,15 @@ func (s *Server) Shutdown(ctx context.Context) error {
 	return errors.Join(<-lnDone, <-lnDone)
 }
 
-// closeListeners stops accepting connections.
+// closeListeners stops accepting connections and closes those not yet
+// handed to a server.
 func (s *Server) closeListeners() {
 	s.mu.Lock()
-	lns := s.listeners
-	s.listeners = nil
+	sts := s.sorters
+	s.sorters = nil
 	s.mu.Unlock()
-	for _, ln := range lns {
-		_ = ln.Close()
+	for _, st := range sts {
+		st.close()
 	}
 }
 
