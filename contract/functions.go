@@ -50,11 +50,18 @@ func LeaseKey(user, device string) string { return "lease." + user + "." + devic
 // get endpoint for each viewer when it is contacts, and show it to no one
 // when it is nobody. A viewer already told the user is hidden is told
 // nothing more, so the update's timing does not show.
+//
+// Rev is the revision of the user's presence record the update was made
+// from: updates of one user can be published out of order (instances
+// publish after their compare-and-set, each in its own time), and a
+// gateway forwards none older than one it forwarded. 0 (a settings
+// change announced) is always forwarded.
 type PresenceUpdate struct {
 	User       string `json:"user"`
 	Online     bool   `json:"online"`
 	LastSeen   int64  `json:"last_seen,omitempty"`
 	Visibility string `json:"visibility"`
+	Rev        uint64 `json:"rev,omitempty"`
 }
 
 // PresenceRequest asks for users' presence as Viewer may see it. The gateway

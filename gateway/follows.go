@@ -51,6 +51,7 @@ type follows struct {
 type presenceSent struct {
 	gen    uint64
 	hidden bool
+	rev    uint64 // the newest update's record revision forwarded
 }
 
 // maxPendingOps bounds the presence frames waiting behind a group's.
@@ -259,16 +260,39 @@ func (f *follows) send(gen uint64, user string, online bool, lastSeen int64, hid
 	if f.sent == nil {
 		f.sent = map[string]presenceSent{}
 	}
-	f.sent[user] = presenceSent{gen: gen, hidden: hidden}
+	f.sent[user] = presenceSent{gen: gen, hidden: hidden, rev: last.rev}
 	if hidden && last.hidden {
 		return
 	}
 	f.s.t.Send(protocol.AppendPresence(nil, user, online, lastSeen, hidden))
 }
 
+// newer reports whether u is no older than the updates of its user
+// forwarded so far, and records its revision.
+func (f *follows) newer(u *contract.PresenceUpdate) bool {
+	if u.Rev == 0 {
+		return true
+	}
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	last, ok := f.sent[u.User]
+	if ok && u.Rev < last.rev {
+		return false
+	}
+	if f.sent == nil {
+		f.sent = map[string]presenceSent{}
+	}
+	last.rev = u.Rev
+	f.sent[u.User] = last
+	return true
+}
+
 // onPresence forwards a presence change as this device's user may see it.
 // It runs on the router's goroutine.
 func (f *follows) onPresence(u *contract.PresenceUpdate) {
+	if !f.newer(u) {
+		return // an update published late, after a newer one
+	}
 	switch u.Visibility {
 	case contract.VisibleEveryone:
 		f.send(f.nextGen(), u.User, u.Online, u.LastSeen, false)

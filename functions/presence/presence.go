@@ -180,7 +180,7 @@ type change struct {
 func (s *Service) apply(ctx context.Context, user, device string, c change) error {
 	var rec contract.PresenceRecord
 	var wasOnline, again, stale bool
-	_, err := contract.Swap(ctx, s.kv, contract.PresenceUserKey(user), func(cur []byte, _ uint64) ([]byte, error) {
+	rev, err := contract.Swap(ctx, s.kv, contract.PresenceUserKey(user), func(cur []byte, _ uint64) ([]byte, error) {
 		rec, again, stale = contract.PresenceRecord{}, false, false
 		if cur != nil && json.Unmarshal(cur, &rec) != nil {
 			rec = contract.PresenceRecord{} // unreadable: rebuilt from the changes to come
@@ -219,23 +219,26 @@ func (s *Service) apply(ctx context.Context, user, device string, c change) erro
 	case err != nil || stale:
 		return err
 	case again:
-		// Publishing the current state again is harmless.
-		s.publish(ctx, user, &rec)
+		// Publishing the current state again is harmless: it carries
+		// the revision it was read at, so a gateway that forwarded a
+		// newer one drops it.
+		s.publish(ctx, user, &rec, rev)
 	case wasOnline != rec.Online():
 		s.changes.Add(1)
-		s.publish(ctx, user, &rec)
+		s.publish(ctx, user, &rec, rev)
 	}
 	return nil
 }
 
-// publish announces a user's new state. It is core NATS: a gateway that
-// misses it still answers correctly from the record on the next get.
-func (s *Service) publish(ctx context.Context, user string, rec *contract.PresenceRecord) {
+// publish announces a user's new state, made from revision rev of their
+// record (0: unknown). It is core NATS: a gateway that misses it still
+// answers correctly from the record on the next get.
+func (s *Service) publish(ctx context.Context, user string, rec *contract.PresenceRecord, rev uint64) {
 	set, _, err := contract.LoadSettings(ctx, s.settings, user)
 	if err != nil {
 		set.LastSeen = contract.VisibleNobody // unreadable: err on the private side
 	}
-	b, _ := json.Marshal(contract.PresenceUpdate{User: user, Online: rec.Online(), LastSeen: rec.LastSeen, Visibility: set.LastSeen})
+	b, _ := json.Marshal(contract.PresenceUpdate{User: user, Online: rec.Online(), LastSeen: rec.LastSeen, Visibility: set.LastSeen, Rev: rev})
 	_ = s.nc.Publish(contract.PresenceSubject(user), b)
 }
 
@@ -275,7 +278,7 @@ func (s *Service) handleAnnounce(r micro.Request) {
 		_ = r.Error("500", "internal: "+err.Error(), nil)
 		return
 	}
-	s.publish(ctx, req.User, &rec)
+	s.publish(ctx, req.User, &rec, 0)
 	_ = r.Respond([]byte("{}"))
 }
 
