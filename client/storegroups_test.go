@@ -306,8 +306,11 @@ func TestGroupReadSyncAcrossDevices(t *testing.T) {
 			for r.Status != protocol.StatusRead {
 				r = tk.RecvReceipt(t, bob, wait) // the delivered ticks come first
 			}
-			if r.ID != id || r.Group != "club" || r.By != "alice" {
-				t.Fatalf("bob's read tick %+v, want %s in club by alice", r, id)
+			// By names the member whose position request made the
+			// receipts function recompute, which may be either member's
+			// when their requests cross (as for delivered ticks).
+			if r.ID != id || r.Group != "club" || (r.By != "alice" && r.By != "bob") {
+				t.Fatalf("bob's read tick %+v, want %s in club by a member", r, id)
 			}
 		}
 	}
