@@ -136,6 +136,10 @@ func TestBrowserStoreKeepsOfflineMessagesAcrossReloads(t *testing.T) {
 	stop()
 	p = start(t, args...)
 	alice.WaitFor(seen, "alice connected", `document.getElementById('conn').dataset.state === 'connected'`)
+	// On a WebSocket: window.__dropSent below drops its frames.
+	if got := tk.Eval[string](alice, `document.getElementById('conn').dataset.transport`); got != "websocket" {
+		t.Fatalf("back after the restart on %q, want websocket", got)
+	}
 	for _, text := range []string{"offline 1", "offline 2", "offline 3"} {
 		alice.WaitFor(seen, text+" sent", outgoing(text)+` === 'sent'`)
 	}

@@ -357,6 +357,35 @@ func TestBrowserChatOverTheHTTPFallback(t *testing.T) {
 	}
 }
 
+// refuseFirstWebSocket makes a page's first WebSocket fail its handshake
+// (it asks for a path the gateway does not serve), as one made while the
+// gateway is down for a restart fails, and every later one go where it
+// was meant to.
+const refuseFirstWebSocket = `(() => {
+	const Real = window.WebSocket;
+	let refused = false;
+	window.WebSocket = class extends Real {
+		constructor(url, protocols) {
+			const u = refused ? url : String(url).replace('/v1/ws', '/v1/refused');
+			refused = true;
+			super(u, protocols);
+		}
+	};
+})();`
+
+// A WebSocket refused by a gateway that then answers plain HTTP (it was
+// restarting) is not a network that blocks WebSockets: the page tries a
+// WebSocket again and stays on it, rather than moving to the HTTP
+// fallback for its whole life.
+func TestBrowserRetriesAWebSocketBeforeTheFallback(t *testing.T) {
+	p := start(t, "--data", t.TempDir(), "--nats-listen", "127.0.0.1:0")
+	b := tk.StartBrowser(t)
+	alice := signIn(t, b, p, "alice", "laptop", refuseFirstWebSocket)
+	if got := tk.Eval[string](alice, `document.getElementById('conn').dataset.transport`); got != "websocket" {
+		t.Fatalf("after one refused WebSocket the page is on %q, want websocket", got)
+	}
+}
+
 // createGroup makes a group from the page's new group form and returns
 // the code of its refusal, or "" once the group is open.
 func createGroup(t *testing.T, pg *tk.Page, group, name, members string) string {

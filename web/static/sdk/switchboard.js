@@ -508,8 +508,9 @@ export function sseTransport() {
  * fails before it opens (refused, dropped, or not open within
  * openTimeout ms), the gateway's WebSocket URL is asked over plain HTTP
  * with the token: if the gateway answers, and not with a refusal (401,
- * 403, 503), it is reachable and something on the way stopped the
- * WebSocket, so the event stream is tried. Once a stream has opened the
+ * 403, 503), a WebSocket is tried once more; if that one fails too
+ * while the gateway still answers, something on the way stops
+ * WebSockets, so the event stream is tried. Once a stream has opened the
  * client stays on it (a new page tries a WebSocket again). The current
  * transport's name is Client.transport.
  */
@@ -520,10 +521,17 @@ export function fallbackTransport({ openTimeout = 6000 } = {}) {
     name: 'fallback',
     async open(url, token, handlers) {
       if (!onSSE) {
-        try {
-          return await openWebSocket(url, token, handlers, openTimeout);
-        } catch (e) {
-          if (!(await reachable(url, token))) throw e;
+        // Twice: a WebSocket refused while the gateway was down (a
+        // restart) and a gateway that answers the probe a moment later
+        // look like a network that stops WebSockets. A second WebSocket,
+        // made after the gateway answered, tells the two apart.
+        for (let tries = 2; ; tries--) {
+          try {
+            return await openWebSocket(url, token, handlers, openTimeout);
+          } catch (e) {
+            if (!(await reachable(url, token))) throw e;
+            if (tries === 1) break;
+          }
         }
       }
       const conn = await sse.open(url, token, handlers);
