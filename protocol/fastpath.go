@@ -8,9 +8,9 @@ import (
 )
 
 // Fast paths for the frames that carry the traffic: ack, read and a 1:1
-// send (client to server), and sent and msg (server to client), each in
-// exactly the form its encoder writes (AppendSeqFrame, AppendSend,
-// AppendSent, AppendMsg). They decode without encoding/json's reflection
+// send (client to server), and sent and msg, 1:1 or a group's
+// (server to client), each in exactly the form its encoder writes
+// (AppendSeqFrame, AppendSend, AppendSent, AppendMsg, AppendGroupMsg). They decode without encoding/json's reflection
 // and allocate only the frame, its ids and its body. Anything else, the
 // same frame written another way included, is nil and goes the whole
 // way, which gives the same frame for the encoders' form
@@ -147,8 +147,8 @@ func decodeSendFrame(data []byte) *Frame {
 	return &Frame{Type: TypeSend, ID: id, To: to, Body: body}
 }
 
-// decodeServerFast decodes a sent or a 1:1 msg frame in its encoder's
-// form; nil for anything else.
+// decodeServerFast decodes a sent or a msg frame (1:1, or a group's chat
+// message) in its encoder's form; nil for anything else.
 func decodeServerFast(data []byte) *Frame {
 	c := cursor{b: data, ok: true}
 	switch {
@@ -175,6 +175,10 @@ func decodeServerFast(data []byte) *Frame {
 		f.From = c.id()
 		c.lit(`,"device":"`)
 		f.Device = c.id()
+		if c.ok && bytes.HasPrefix(c.b, []byte(`,"group":"`)) {
+			c.lit(`,"group":"`)
+			f.Group = c.id()
+		}
 		c.lit(`,"seq":`)
 		f.Seq = c.uint()
 		c.lit(`,"ts":`)

@@ -62,6 +62,10 @@ var serverSeeds = []string{
 	`{"type":"msg","id":"m1","from":"alice","device":"phone","seq":7,"ts":1,"body":"hi","seq":8}`,
 	`{"type":"msg","id":"m1","from":"alice","device":"phone","seq":7,"ts":1,"media":{},"body":1}`,
 	"{\"type\":\"msg\",\"id\":\"m1\",\"from\":\"alice\",\"device\":\"phone\",\"seq\":7,\"ts\":1,\"body\":\"\xff\"}",
+	`{"type":"msg","id":"m1","from":"alice","device":"phone","group":"club","seq":7,"ts":1,"body":"hi"}`,
+	`{"type":"msg","id":"m1","from":"alice","device":"phone","group":"","seq":7,"ts":1,"body":"hi"}`,
+	`{"type":"msg","id":"m1","from":"alice","device":"phone","group":"club","seq":7,"ts":1,"event":{"op":"add"}}`,
+	`{"type":"msg","id":"m1","from":"alice","device":"phone","group":"club","group":"x","seq":7,"ts":1,"body":1}`,
 }
 
 // FuzzServerFastPath checks that DecodeServer's fast path for sent and
@@ -102,13 +106,16 @@ func TestEncodersOutputTakesTheFastPaths(t *testing.T) {
 		AppendSent(nil, "m-1", 99, 1795582349000, false),
 		AppendMsg(nil, "m-1", "alice", "phone", 7, 1795582349000, body, nil),
 		AppendMsg(nil, "m-1", "alice", "phone", 7, -1, []byte(`"x"`), nil),
+		AppendGroupMsg(nil, "m-1", "alice", "phone", "club", 7, 1795582349000, body, nil),
 	} {
 		takesFastPath(t, data, decodeServerFast, decodeServerJSON)
 	}
-	// A msg with media, a group's msg or a receipt goes the whole way.
+	// A msg with media, a group's system message or a receipt goes the
+	// whole way.
 	for _, data := range [][]byte{
 		AppendMsg(nil, "m-1", "alice", "phone", 7, 1, body, []byte(`{"key":"k"}`)),
-		AppendGroupMsg(nil, "m-1", "alice", "phone", "club", 7, 1, body, nil),
+		AppendGroupMsg(nil, "m-1", "alice", "phone", "club", 7, 1, body, []byte(`{"key":"k"}`)),
+		AppendGroupEvent(nil, "ev-7", "alice", "phone", "club", 7, 1, []byte(`{"op":"add"}`)),
 		AppendReceipt(nil, StatusDelivered, "bob", "phone", 1, 2, 3, 4),
 	} {
 		if f := decodeServerFast(data); f != nil {
@@ -131,7 +138,7 @@ func TestEncodersOutputTakesTheFastPaths(t *testing.T) {
 			t.Errorf("%s: send fast path took it as %+v", s, *f)
 		}
 	}
-	for _, s := range []string{serverSeeds[4], serverSeeds[5], serverSeeds[6], serverSeeds[8], serverSeeds[9], serverSeeds[10], serverSeeds[11], serverSeeds[15], serverSeeds[16]} {
+	for _, s := range []string{serverSeeds[4], serverSeeds[5], serverSeeds[6], serverSeeds[8], serverSeeds[9], serverSeeds[10], serverSeeds[11], serverSeeds[15], serverSeeds[16], serverSeeds[19], serverSeeds[20], serverSeeds[21]} {
 		if f := decodeServerFast([]byte(s)); f != nil {
 			t.Errorf("%s: server fast path took it as %+v", s, *f)
 		}
@@ -154,8 +161,9 @@ func takesFastPath(t *testing.T, data []byte, fast func([]byte) *Frame, whole fu
 
 func BenchmarkDecodeServer(b *testing.B) {
 	for name, data := range map[string][]byte{
-		"msg":  AppendMsg(nil, "m-000001", "alice", "phone", 123456789, 1795582349000, benchBody, nil),
-		"sent": AppendSent(nil, "m-000001", 123456789, 1795582349000, false),
+		"msg":       AppendMsg(nil, "m-000001", "alice", "phone", 123456789, 1795582349000, benchBody, nil),
+		"group msg": AppendGroupMsg(nil, "m-000001", "alice", "phone", "club", 123456789, 1795582349000, benchBody, nil),
+		"sent":      AppendSent(nil, "m-000001", 123456789, 1795582349000, false),
 	} {
 		b.Run(name, func(b *testing.B) {
 			b.SetBytes(int64(len(data)))
