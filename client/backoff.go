@@ -64,4 +64,7 @@ type hooks struct {
 	// wait waits d before a reconnect attempt or a resend, and reports
 	// false if ctx ended first.
 	wait func(ctx context.Context, d time.Duration) bool
+	// wrote, when set, sees each write of frames the client framed
+	// itself (gathered acks).
+	wrote func(b []byte)
 }

@@ -122,6 +122,11 @@ type Options struct {
 	OnDisconnect func(err error)
 	// OnError receives error frames that answer no pending send.
 	OnError func(code protocol.ErrorCode, message string, seq uint64)
+	// AckGather is how long acks wait to go out together: an ack made
+	// within AckGather of the last acks written is written with every
+	// ack made until that time is up, in one system call (see acks.go).
+	// Zero means 20ms; negative writes each ack at once.
+	AckGather time.Duration
 	// NetDialContext, when set, makes the TCP connection (a load
 	// generator binds many local source addresses with it, past the
 	// per-address port limit).
@@ -231,6 +236,7 @@ type Client struct {
 	down chan struct{}
 
 	writeMu sync.Mutex // one writer at a time on conn
+	acks    ackQueue   // acks waiting to be written; taken under writeMu
 	storeMu sync.Mutex // see lockStore; taken before mu
 	// sendMu makes choosing send frames to write (under mu) and writing
 	// them one step, so they reach the connection in the order the outbox
@@ -262,6 +268,9 @@ func dialWith(ctx context.Context, opts Options, h hooks) (*Client, error) {
 	}
 	if opts.Buffer <= 0 {
 		opts.Buffer = 1024
+	}
+	if opts.AckGather == 0 {
+		opts.AckGather = defaultAckGather
 	}
 	c := &Client{
 		opts:   opts,
@@ -464,6 +473,10 @@ func (c *Client) detach(conn *websocket.Conn) {
 func (c *Client) write(conn *websocket.Conn, frame []byte) error {
 	c.writeMu.Lock()
 	defer c.writeMu.Unlock()
+	if b, n := c.acks.take(conn, nil); n > 0 {
+		// The acks waiting go first, in the same write.
+		return c.writeRaw(conn, appendClientFrame(b, frame))
+	}
 	_ = conn.SetWriteDeadline(time.Now().Add(10 * time.Second))
 	return conn.WriteMessage(websocket.TextMessage, frame)
 }
@@ -882,14 +895,16 @@ func (c *Client) await(ctx context.Context, o *outgoing) (Sent, error) {
 }
 
 // Ack tells the server this device has the message with this seq; the
-// sender then gets "delivered". Acks lost to a dropped connection are
-// repeated when the message is redelivered.
+// sender then gets "delivered". An ack made soon after others may wait
+// up to Options.AckGather to go out with the ones made meanwhile. Acks
+// lost to a dropped connection are repeated when the message is
+// redelivered.
 func (c *Client) Ack(seq uint64) {
 	c.mu.Lock()
 	c.acked.add(seqKey(seq))
 	c.mu.Unlock()
 	c.storeAcked(seq)
-	c.writeCurrent(protocol.AppendSeqFrame(nil, protocol.TypeAck, seq))
+	c.ack(seq)
 }
 
 // Read tells the sender of the message with this seq that it was read.
@@ -907,10 +922,14 @@ func (c *Client) Close() error {
 	c.mu.Unlock()
 	if conn != nil {
 		c.writeMu.Lock()
+		if b, n := c.acks.take(conn, nil); n > 0 {
+			_ = c.writeRaw(conn, b) // the app's last acks go before the close
+		}
 		_ = conn.WriteControl(websocket.CloseMessage, websocket.FormatCloseMessage(protocol.CloseNormal, ""), time.Now().Add(time.Second))
 		c.writeMu.Unlock()
 		conn.Close()
 	}
+	c.acks.stop()
 	c.wg.Wait()
 	return nil
 }

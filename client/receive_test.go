@@ -1,7 +1,10 @@
 package client
 
 import (
+	"fmt"
+	"sync/atomic"
 	"testing"
+	"time"
 
 	"github.com/switchboard-im/switchboard/protocol"
 )
@@ -123,5 +126,120 @@ func TestTickBeforeSentIsApplied(t *testing.T) {
 		if r := recvReceipt(t, c); r.ID != w.ID || r.Status != w.Status || r.Seq != w.Seq || r.By != "bob" {
 			t.Fatalf("got %+v, want %+v", r, w)
 		}
+	}
+}
+
+// acksTest dials the script with AckGather gather and counts the writes of
+// frames the client framed itself.
+func acksTest(t *testing.T, gather time.Duration) (*script, *Client, *sconn, *atomic.Int32) {
+	t.Helper()
+	s := newScript(t)
+	var writes atomic.Int32
+	s.hooks.wrote = func([]byte) { writes.Add(1) }
+	c := s.dial(t, Options{AckGather: gather}, newWaiter(true))
+	return s, c, s.accept(t), &writes
+}
+
+// Acks made soon after others wait, and go out together: with the frame
+// the app makes next, ahead of it and in the same write, so frames keep
+// their order.
+func TestAcksMadeTogetherGoOutInOneWrite(t *testing.T) {
+	_, c, sc, writes := acksTest(t, time.Hour)
+	for seq := uint64(10); seq < 15; seq++ {
+		sc.msg(fmt.Sprintf("a%d", seq), "alice", seq)
+	}
+	for range 5 {
+		c.Ack(recvMsg(t, c).Seq)
+	}
+	sc.expectAcks(t, 10) // the first after a quiet spell goes at once
+	if err := c.SendTyping("fence"); err != nil {
+		t.Fatal(err)
+	}
+	sc.expectAcks(t, 11, 12, 13, 14)
+	if f := sc.next(t); f.Type != protocol.TypeTyping {
+		t.Fatalf("next frame %s, want the typing frame after the acks", f.Type)
+	}
+	if n := writes.Load(); n != 2 {
+		t.Fatalf("%d writes, want the first ack's and the rest's with the typing frame", n)
+	}
+}
+
+// Acks waiting when nothing else is written go out once AckGather is up.
+func TestGatheredAcksGoOutWhenTheirTimeIsUp(t *testing.T) {
+	_, c, sc, writes := acksTest(t, 20*time.Millisecond)
+	for seq := uint64(10); seq < 13; seq++ {
+		sc.msg(fmt.Sprintf("a%d", seq), "alice", seq)
+	}
+	for range 3 {
+		c.Ack(recvMsg(t, c).Seq)
+	}
+	sc.expectAcks(t, 10, 11, 12)
+	if n := writes.Load(); n > 3 {
+		t.Fatalf("%d writes for 3 acks", n)
+	}
+}
+
+// Acks still waiting when their connection is lost are not written on the
+// next one (the gateway there has not delivered those seqs yet): the
+// messages come again, and the client acks them again.
+func TestAcksWaitingWhenTheConnectionDropsAreMadeAgain(t *testing.T) {
+	s, c, sc, _ := acksTest(t, time.Hour)
+	sc.msg("a1", "alice", 10)
+	sc.msg("a2", "alice", 11)
+	c.Ack(recvMsg(t, c).Seq)
+	c.Ack(recvMsg(t, c).Seq) // waits
+	sc.expectAcks(t, 10)
+	sc.closeWith(protocol.CloseServiceRestart, "restart")
+	for f := range sc.frames { // read until the first connection ended
+		t.Fatalf("the first connection got %s %d after its ack of 10", f.Type, f.Seq)
+	}
+
+	sc2 := s.accept(t)
+	sc2.msg("a2", "alice", 11)
+	sc2.expectAcks(t, 11) // acked again on its redelivery...
+	sc2.fence(t, c)       // ...and only then: the waiting one was dropped
+
+	// An ack made on the new connection while the old one's wait was
+	// still set goes out with the next frame, as ever.
+	sc2.msg("a3", "alice", 12)
+	c.Ack(recvMsg(t, c).Seq)
+	if err := c.SendTyping("fence"); err != nil {
+		t.Fatal(err)
+	}
+	sc2.expectAcks(t, 12)
+	if f := sc2.next(t); f.Type != protocol.TypeTyping {
+		t.Fatalf("next frame %s, want the typing frame after the ack", f.Type)
+	}
+}
+
+// An ack made on a new connection while a wait set on the old one is
+// running goes out when that wait is up, on the new connection.
+func TestAckOnANewConnectionGoesOutWhenAnOldWaitIsUp(t *testing.T) {
+	s, c, sc, _ := acksTest(t, 200*time.Millisecond)
+	sc.msg("a1", "alice", 10)
+	sc.msg("a2", "alice", 11)
+	c.Ack(recvMsg(t, c).Seq)
+	c.Ack(recvMsg(t, c).Seq) // waits up to 200 ms
+	sc.expectAcks(t, 10)
+	sc.closeWith(protocol.CloseServiceRestart, "restart")
+	sc2 := s.accept(t)
+	sc2.msg("a3", "alice", 12)
+	c.Ack(recvMsg(t, c).Seq) // joins the wait set on the first connection
+	sc2.expectAcks(t, 12)
+}
+
+// Acks waiting when the app closes the client go out before the close.
+func TestAcksWaitingWhenTheAppClosesGoOutFirst(t *testing.T) {
+	_, c, sc, _ := acksTest(t, time.Hour)
+	sc.msg("a1", "alice", 10)
+	sc.msg("a2", "alice", 11)
+	c.Ack(recvMsg(t, c).Seq)
+	c.Ack(recvMsg(t, c).Seq) // waits
+	if err := c.Close(); err != nil {
+		t.Fatal(err)
+	}
+	sc.expectAcks(t, 10, 11)
+	for f := range sc.frames { // until the connection ended
+		t.Fatalf("after the acks: %s %d", f.Type, f.Seq)
 	}
 }

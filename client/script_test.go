@@ -35,6 +35,9 @@ type script struct {
 	// refuse is how many upgrades to refuse next, with 503.
 	refuse atomic.Int32
 
+	// hooks are given to the clients dial makes (wait is dial's).
+	hooks hooks
+
 	mu      sync.Mutex // guards open
 	open    []*sconn
 	readers sync.WaitGroup
@@ -138,7 +141,7 @@ func (s *script) dial(t *testing.T, opts Options, w *waiter) *Client {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), stuck)
 	defer cancel()
-	var h hooks
+	h := s.hooks
 	if w != nil {
 		h.wait = w.wait
 	}

@@ -449,8 +449,11 @@ func TestStoreReceiverKilledBeforeAckShowsEachMessageOnce(t *testing.T) {
 	app, _, line = runApp(t, append(env, envUntil+"=m6", envAck+"=m6", envExit+"=1")...)
 	line("ready")
 	send("m6")
-	if got := line("got"); got != "got m6 dups 2" && got != "got m6 dups 5" {
-		t.Fatalf("after the restart: %s, want only m6 (m4 and m5, maybe m1-m3, dropped)", got)
+	// Acks the app made just before the kill may not have left (acks
+	// made together wait to go out together): any of m1-m3 may come
+	// again too, and be dropped.
+	if got := line("got"); got != "got m6 dups 2" && got != "got m6 dups 3" && got != "got m6 dups 4" && got != "got m6 dups 5" {
+		t.Fatalf("after the restart: %s, want only m6 (m4 and m5, maybe some of m1-m3, dropped)", got)
 	} else {
 		t.Logf("after the restart: %s", got)
 	}
