@@ -1,8 +1,8 @@
 package client
 
 import (
+	"crypto/rand"
 	"encoding/binary"
-	"math/rand/v2"
 	"sync"
 	"time"
 
@@ -22,74 +22,94 @@ import (
 // "delivered" as before; a busy one already has its delivered ticks
 // gathered by the gateway (over its tick interval), which is longer.
 //
-// Acks wait for the connection they were made on: a connection lost with
-// acks waiting drops them, and the messages come again on the next one,
-// where the client acks them again (it remembers what the app acked). Any
-// other frame written takes the waiting acks with it, ahead of itself, so
-// frames keep the order the app made them in.
+// Acks wait for the connection they were made on and are written only
+// there: a connection lost with acks waiting drops them, and the messages
+// come again on the next one, where the client acks them again (it
+// remembers what the app acked). Any other frame written on that
+// connection takes the waiting acks with it, ahead of itself, so frames
+// keep the order the app made them in; Close writes them before its close
+// frame, and none after it.
 
 // defaultAckGather is Options.AckGather's default.
 const defaultAckGather = 20 * time.Millisecond
 
+// stopper is a timer as ackQueue uses one (*time.Timer; tests use their
+// own through hooks.afterFunc).
+type stopper interface{ Stop() bool }
+
 // ackQueue holds the acks waiting to be written. It owns its state and
-// lock; it is taken under Client.writeMu, never the other way round.
+// lock; the lock is taken under Client.writeMu, never the other way round.
 type ackQueue struct {
-	mu    sync.Mutex
-	conn  *websocket.Conn // the connection the waiting acks were made on
-	seqs  []uint64
-	last  time.Time // when acks were last written
-	timer *time.Timer
-	armed bool // timer set for the waiting acks
+	mu      sync.Mutex
+	conn    *websocket.Conn // the connection the waiting acks were made on
+	seqs    []uint64
+	last    time.Time // when acks were last written
+	timer   stopper   // set while acks wait for their time
+	stopped bool      // the client closed: nothing more is queued or written
 }
 
 // add queues seq, made on conn, and reports whether the caller should
 // write the waiting acks now; otherwise a write is already due, or add
-// scheduled one (schedule is called with the time left).
-func (q *ackQueue) add(conn *websocket.Conn, seq uint64, gather time.Duration, schedule func(time.Duration) *time.Timer) bool {
+// set one up through after.
+func (q *ackQueue) add(conn *websocket.Conn, seq uint64, gather time.Duration, after func(time.Duration) stopper) bool {
 	q.mu.Lock()
 	defer q.mu.Unlock()
+	if q.stopped {
+		return false
+	}
 	if q.conn != conn {
+		// Acks made on a connection that is gone are dropped (see above),
+		// and so is the wait set for them.
+		q.stopTimerLocked()
 		q.conn, q.seqs = conn, q.seqs[:0]
 	}
 	q.seqs = append(q.seqs, seq)
-	if q.armed {
+	if q.timer != nil {
 		return false
 	}
 	if wait := time.Until(q.last.Add(gather)); wait > 0 {
-		q.armed = true
-		q.timer = schedule(wait)
+		q.timer = after(wait)
 		return false
 	}
 	return true
 }
 
-// take returns the acks waiting for conn as frames appended to b, and
-// counts them as written now.
-func (q *ackQueue) take(conn *websocket.Conn, b []byte) ([]byte, int) {
+// take returns the acks waiting for conn as frames appended to b, with
+// how many there are, and counts them as written now. conn nil takes
+// them whatever connection they were made on, and returns it.
+func (q *ackQueue) take(conn *websocket.Conn, b []byte) ([]byte, int, *websocket.Conn) {
 	q.mu.Lock()
 	defer q.mu.Unlock()
-	q.armed = false
-	if q.conn != conn || len(q.seqs) == 0 {
-		return b, 0
+	if q.stopped || len(q.seqs) == 0 || (conn != nil && q.conn != conn) {
+		return b, 0, nil
 	}
+	q.stopTimerLocked()
 	n := len(q.seqs)
+	keys := make([]byte, 4*n)
+	_, _ = rand.Read(keys) // never fails
 	var frame [32]byte
-	for _, seq := range q.seqs {
-		b = appendClientFrame(b, protocol.AppendSeqFrame(frame[:0], protocol.TypeAck, seq))
+	for i, seq := range q.seqs {
+		b = appendClientFrame(b, protocol.AppendSeqFrame(frame[:0], protocol.TypeAck, seq), [4]byte(keys[4*i:]))
 	}
 	q.seqs = q.seqs[:0]
 	q.last = time.Now()
-	return b, n
+	return b, n, q.conn
 }
 
-// stop stops the timer (the client is closing).
+// stop drops what waits and refuses anything more (the client is
+// closing, and its close frame is the last frame it writes).
 func (q *ackQueue) stop() {
 	q.mu.Lock()
 	defer q.mu.Unlock()
+	q.stopTimerLocked()
+	q.stopped, q.seqs, q.conn = true, nil, nil
+}
+
+func (q *ackQueue) stopTimerLocked() {
 	if q.timer != nil {
 		q.timer.Stop()
+		q.timer = nil
 	}
-	q.seqs, q.conn = nil, nil
 }
 
 // ack queues an ack of seq for the current connection and writes the
@@ -105,25 +125,22 @@ func (c *Client) ack(seq uint64) {
 		c.writeCurrent(protocol.AppendSeqFrame(nil, protocol.TypeAck, seq))
 		return
 	}
-	if c.acks.add(conn, seq, c.opts.AckGather, func(d time.Duration) *time.Timer {
-		return time.AfterFunc(d, c.flushAcks)
-	}) {
+	after := func(d time.Duration) stopper { return time.AfterFunc(d, c.flushAcks) }
+	if c.hooks.afterFunc != nil {
+		after = func(d time.Duration) stopper { return c.hooks.afterFunc(d, c.flushAcks) }
+	}
+	if c.acks.add(conn, seq, c.opts.AckGather, after) {
 		c.flushAcks()
 	}
 }
 
-// flushAcks writes the acks waiting, if the connection they were made on
-// is still the current one.
+// flushAcks writes the acks waiting, on the connection they were made
+// on. If that one is gone, the write fails and closes it again: the
+// messages come again on the next.
 func (c *Client) flushAcks() {
-	c.mu.Lock()
-	conn := c.conn
-	c.mu.Unlock()
-	if conn == nil {
-		return
-	}
 	c.writeMu.Lock()
 	defer c.writeMu.Unlock()
-	b, n := c.acks.take(conn, nil)
+	b, n, conn := c.acks.take(nil, nil)
 	if n == 0 {
 		return
 	}
@@ -136,17 +153,22 @@ func (c *Client) flushAcks() {
 //
 // Lock c.writeMu should be held.
 func (c *Client) writeRaw(conn *websocket.Conn, b []byte) error {
-	_ = conn.SetWriteDeadline(time.Now().Add(10 * time.Second))
-	_, err := conn.NetConn().Write(b)
+	// On the socket itself: the websocket.Conn's own deadline is applied
+	// by its own writes only, and the socket keeps that of its last one.
+	nc := conn.NetConn()
+	if err := nc.SetWriteDeadline(time.Now().Add(10 * time.Second)); err != nil {
+		return err
+	}
+	_, err := nc.Write(b)
 	if c.hooks.wrote != nil {
 		c.hooks.wrote(b)
 	}
 	return err
 }
 
-// appendClientFrame appends p as one final text frame, masked as a
-// client's frames must be (RFC 6455, 5.3), with a fresh random key.
-func appendClientFrame(b, p []byte) []byte {
+// appendClientFrame appends p as one final text frame, masked with key as
+// a client's frames must be (RFC 6455, 5.3).
+func appendClientFrame(b, p []byte, key [4]byte) []byte {
 	const finText = 0x80 | websocket.TextMessage
 	const masked = 0x80
 	switch n := len(p); {
@@ -159,8 +181,6 @@ func appendClientFrame(b, p []byte) []byte {
 		b = append(b, finText, masked|127)
 		b = binary.BigEndian.AppendUint64(b, uint64(n))
 	}
-	var key [4]byte
-	binary.LittleEndian.PutUint32(key[:], rand.Uint32())
 	b = append(b, key[:]...)
 	start := len(b)
 	b = append(b, p...)

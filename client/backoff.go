@@ -67,4 +67,7 @@ type hooks struct {
 	// wrote, when set, sees each write of frames the client framed
 	// itself (gathered acks).
 	wrote func(b []byte)
+	// afterFunc, when set, stands in for time.AfterFunc for the acks'
+	// waits.
+	afterFunc func(d time.Duration, f func()) stopper
 }

@@ -2,6 +2,7 @@ package client
 
 import (
 	"context"
+	"crypto/rand"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -473,9 +474,11 @@ func (c *Client) detach(conn *websocket.Conn) {
 func (c *Client) write(conn *websocket.Conn, frame []byte) error {
 	c.writeMu.Lock()
 	defer c.writeMu.Unlock()
-	if b, n := c.acks.take(conn, nil); n > 0 {
+	if b, n, _ := c.acks.take(conn, nil); n > 0 {
 		// The acks waiting go first, in the same write.
-		return c.writeRaw(conn, appendClientFrame(b, frame))
+		var key [4]byte
+		_, _ = rand.Read(key[:]) // never fails
+		return c.writeRaw(conn, appendClientFrame(b, frame, key))
 	}
 	_ = conn.SetWriteDeadline(time.Now().Add(10 * time.Second))
 	return conn.WriteMessage(websocket.TextMessage, frame)
@@ -497,6 +500,9 @@ func (c *Client) writeCurrent(frame []byte) {
 func (c *Client) readLoop(conn *websocket.Conn) error {
 	conn.SetPingHandler(func(data string) error {
 		_ = conn.SetReadDeadline(time.Now().Add(c.opts.ReadTimeout))
+		// Under writeMu: gathered acks are written to the socket itself.
+		c.writeMu.Lock()
+		defer c.writeMu.Unlock()
 		return conn.WriteControl(websocket.PongMessage, []byte(data), time.Now().Add(5*time.Second))
 	})
 	for {
@@ -920,16 +926,20 @@ func (c *Client) Close() error {
 	c.mu.Lock()
 	conn := c.conn
 	c.mu.Unlock()
+	c.writeMu.Lock()
 	if conn != nil {
-		c.writeMu.Lock()
-		if b, n := c.acks.take(conn, nil); n > 0 {
+		if b, n, _ := c.acks.take(conn, nil); n > 0 {
 			_ = c.writeRaw(conn, b) // the app's last acks go before the close
 		}
+	}
+	c.acks.stop() // and none after it
+	if conn != nil {
 		_ = conn.WriteControl(websocket.CloseMessage, websocket.FormatCloseMessage(protocol.CloseNormal, ""), time.Now().Add(time.Second))
-		c.writeMu.Unlock()
+	}
+	c.writeMu.Unlock()
+	if conn != nil {
 		conn.Close()
 	}
-	c.acks.stop()
 	c.wg.Wait()
 	return nil
 }

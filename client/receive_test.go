@@ -1,7 +1,10 @@
 package client
 
 import (
+	"context"
 	"fmt"
+	"net"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -129,65 +132,139 @@ func TestTickBeforeSentIsApplied(t *testing.T) {
 	}
 }
 
-// acksTest dials the script with AckGather gather and counts the writes of
-// frames the client framed itself.
-func acksTest(t *testing.T, gather time.Duration) (*script, *Client, *sconn, *atomic.Int32) {
+// fakeTimers stand in for the acks' waits: a test says when one is up.
+type fakeTimers struct {
+	mu  sync.Mutex
+	set []*fakeTimer
+}
+
+type fakeTimer struct {
+	mu      sync.Mutex
+	f       func()
+	stopped bool
+}
+
+func (t *fakeTimer) Stop() bool {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	was := !t.stopped
+	t.stopped = true
+	return was
+}
+
+func (ft *fakeTimers) after(_ time.Duration, f func()) stopper {
+	ft.mu.Lock()
+	defer ft.mu.Unlock()
+	t := &fakeTimer{f: f}
+	ft.set = append(ft.set, t)
+	return t
+}
+
+// timer is the i-th wait set, failing the test if there are not that many.
+func (ft *fakeTimers) timer(t *testing.T, i int) *fakeTimer {
 	t.Helper()
-	s := newScript(t)
-	var writes atomic.Int32
+	ft.mu.Lock()
+	defer ft.mu.Unlock()
+	if i >= len(ft.set) {
+		t.Fatalf("%d waits set, want at least %d", len(ft.set), i+1)
+	}
+	return ft.set[i]
+}
+
+func (ft *fakeTimers) count() int {
+	ft.mu.Lock()
+	defer ft.mu.Unlock()
+	return len(ft.set)
+}
+
+// up runs the wait's function, as time.AfterFunc would, unless stopped.
+func (t *fakeTimer) up() {
+	t.mu.Lock()
+	stopped := t.stopped
+	t.stopped = true
+	t.mu.Unlock()
+	if !stopped {
+		t.f()
+	}
+}
+
+// acksTest dials the script with acks gathered over an hour, waits the
+// test ends (timers), and counts the writes of frames the client framed
+// itself (writes).
+func acksTest(t *testing.T, mod ...func(*Options)) (s *script, c *Client, sc *sconn, timers *fakeTimers, writes *atomic.Int32) {
+	t.Helper()
+	s = newScript(t)
+	timers, writes = &fakeTimers{}, &atomic.Int32{}
 	s.hooks.wrote = func([]byte) { writes.Add(1) }
-	c := s.dial(t, Options{AckGather: gather}, newWaiter(true))
-	return s, c, s.accept(t), &writes
+	s.hooks.afterFunc = timers.after
+	opts := Options{AckGather: time.Hour}
+	for _, m := range mod {
+		m(&opts)
+	}
+	c = s.dial(t, opts, newWaiter(true))
+	return s, c, s.accept(t), timers, writes
+}
+
+// msgs has the script deliver a<seq> for each seq from first, n of them,
+// and the app ack each as it gets it.
+func ackAll(t *testing.T, c *Client, sc *sconn, first uint64, n int) {
+	t.Helper()
+	for seq := first; seq < first+uint64(n); seq++ {
+		sc.msg(fmt.Sprintf("a%d", seq), "alice", seq)
+	}
+	for range n {
+		c.Ack(recvMsg(t, c).Seq)
+	}
+}
+
+// expectNext checks that the next frame the client wrote is of type typ.
+func expectNext(t *testing.T, sc *sconn, typ string) {
+	t.Helper()
+	if f := sc.next(t); f.Type != typ {
+		t.Fatalf("next frame %s %d, want %s", f.Type, f.Seq, typ)
+	}
 }
 
 // Acks made soon after others wait, and go out together: with the frame
 // the app makes next, ahead of it and in the same write, so frames keep
 // their order.
 func TestAcksMadeTogetherGoOutInOneWrite(t *testing.T) {
-	_, c, sc, writes := acksTest(t, time.Hour)
-	for seq := uint64(10); seq < 15; seq++ {
-		sc.msg(fmt.Sprintf("a%d", seq), "alice", seq)
-	}
-	for range 5 {
-		c.Ack(recvMsg(t, c).Seq)
-	}
+	_, c, sc, timers, writes := acksTest(t)
+	ackAll(t, c, sc, 10, 5)
 	sc.expectAcks(t, 10) // the first after a quiet spell goes at once
 	if err := c.SendTyping("fence"); err != nil {
 		t.Fatal(err)
 	}
 	sc.expectAcks(t, 11, 12, 13, 14)
-	if f := sc.next(t); f.Type != protocol.TypeTyping {
-		t.Fatalf("next frame %s, want the typing frame after the acks", f.Type)
-	}
+	expectNext(t, sc, protocol.TypeTyping)
 	if n := writes.Load(); n != 2 {
 		t.Fatalf("%d writes, want the first ack's and the rest's with the typing frame", n)
 	}
+	if n := timers.count(); n != 1 {
+		t.Fatalf("%d waits set, want one for the acks after the first", n)
+	}
 }
 
-// Acks waiting when nothing else is written go out once AckGather is up.
+// Acks waiting when nothing else is written go out, together, once their
+// wait is up.
 func TestGatheredAcksGoOutWhenTheirTimeIsUp(t *testing.T) {
-	_, c, sc, writes := acksTest(t, 20*time.Millisecond)
-	for seq := uint64(10); seq < 13; seq++ {
-		sc.msg(fmt.Sprintf("a%d", seq), "alice", seq)
-	}
-	for range 3 {
-		c.Ack(recvMsg(t, c).Seq)
-	}
-	sc.expectAcks(t, 10, 11, 12)
-	if n := writes.Load(); n > 3 {
-		t.Fatalf("%d writes for 3 acks", n)
+	_, c, sc, timers, writes := acksTest(t)
+	ackAll(t, c, sc, 10, 3)
+	sc.expectAcks(t, 10)
+	timers.timer(t, 0).up()
+	sc.expectAcks(t, 11, 12)
+	if n := writes.Load(); n != 2 {
+		t.Fatalf("%d writes, want 2: the first ack, then the two that waited", n)
 	}
 }
 
 // Acks still waiting when their connection is lost are not written on the
-// next one (the gateway there has not delivered those seqs yet): the
-// messages come again, and the client acks them again.
+// next one (the gateway there has not delivered those seqs yet), and the
+// wait set for them ends: the messages come again, the client acks them
+// again, and acks made on the new connection get a wait of their own.
 func TestAcksWaitingWhenTheConnectionDropsAreMadeAgain(t *testing.T) {
-	s, c, sc, _ := acksTest(t, time.Hour)
-	sc.msg("a1", "alice", 10)
-	sc.msg("a2", "alice", 11)
-	c.Ack(recvMsg(t, c).Seq)
-	c.Ack(recvMsg(t, c).Seq) // waits
+	s, c, sc, timers, _ := acksTest(t)
+	ackAll(t, c, sc, 10, 2) // 11 waits
 	sc.expectAcks(t, 10)
 	sc.closeWith(protocol.CloseServiceRestart, "restart")
 	for f := range sc.frames { // read until the first connection ended
@@ -195,51 +272,96 @@ func TestAcksWaitingWhenTheConnectionDropsAreMadeAgain(t *testing.T) {
 	}
 
 	sc2 := s.accept(t)
-	sc2.msg("a2", "alice", 11)
+	sc2.msg("a11", "alice", 11)
 	sc2.expectAcks(t, 11) // acked again on its redelivery...
 	sc2.fence(t, c)       // ...and only then: the waiting one was dropped
 
-	// An ack made on the new connection while the old one's wait was
-	// still set goes out with the next frame, as ever.
-	sc2.msg("a3", "alice", 12)
-	c.Ack(recvMsg(t, c).Seq)
-	if err := c.SendTyping("fence"); err != nil {
-		t.Fatal(err)
+	ackAll(t, c, sc2, 12, 1)
+	old := timers.timer(t, 0)
+	if !old.stopped {
+		t.Fatal("the wait set on the first connection is still on")
 	}
+	old.up() // had it run: nothing to write
+	timers.timer(t, 1).up()
 	sc2.expectAcks(t, 12)
-	if f := sc2.next(t); f.Type != protocol.TypeTyping {
-		t.Fatalf("next frame %s, want the typing frame after the ack", f.Type)
-	}
+	sc2.fence(t, c)
 }
 
-// An ack made on a new connection while a wait set on the old one is
-// running goes out when that wait is up, on the new connection.
-func TestAckOnANewConnectionGoesOutWhenAnOldWaitIsUp(t *testing.T) {
-	s, c, sc, _ := acksTest(t, 200*time.Millisecond)
-	sc.msg("a1", "alice", 10)
-	sc.msg("a2", "alice", 11)
-	c.Ack(recvMsg(t, c).Seq)
-	c.Ack(recvMsg(t, c).Seq) // waits up to 200 ms
-	sc.expectAcks(t, 10)
-	sc.closeWith(protocol.CloseServiceRestart, "restart")
-	sc2 := s.accept(t)
-	sc2.msg("a3", "alice", 12)
-	c.Ack(recvMsg(t, c).Seq) // joins the wait set on the first connection
-	sc2.expectAcks(t, 12)
-}
-
-// Acks waiting when the app closes the client go out before the close.
+// Acks waiting when the app closes the client go out before the close,
+// and nothing after it.
 func TestAcksWaitingWhenTheAppClosesGoOutFirst(t *testing.T) {
-	_, c, sc, _ := acksTest(t, time.Hour)
-	sc.msg("a1", "alice", 10)
-	sc.msg("a2", "alice", 11)
-	c.Ack(recvMsg(t, c).Seq)
-	c.Ack(recvMsg(t, c).Seq) // waits
+	_, c, sc, timers, _ := acksTest(t)
+	ackAll(t, c, sc, 10, 2) // 11 waits
 	if err := c.Close(); err != nil {
 		t.Fatal(err)
 	}
+	c.Ack(12)               // after Close: never written
+	timers.timer(t, 0).up() // stopped by Close: nothing
 	sc.expectAcks(t, 10, 11)
 	for f := range sc.frames { // until the connection ended
 		t.Fatalf("after the acks: %s %d", f.Type, f.Seq)
+	}
+}
+
+// deadlineConn is a client's TCP connection that counts writes made with
+// no write deadline set on the socket since the write before: the
+// websocket library sets one before each of its writes, and the socket
+// keeps the last one, which may have passed by the time of a write of the
+// client's own.
+type deadlineConn struct {
+	net.Conn
+	mu      sync.Mutex
+	set     bool
+	unarmed int
+}
+
+func (d *deadlineConn) SetWriteDeadline(t time.Time) error {
+	d.mu.Lock()
+	d.set = t.After(time.Now())
+	d.mu.Unlock()
+	return d.Conn.SetWriteDeadline(t)
+}
+
+func (d *deadlineConn) SetDeadline(t time.Time) error {
+	d.mu.Lock()
+	d.set = t.After(time.Now())
+	d.mu.Unlock()
+	return d.Conn.SetDeadline(t)
+}
+
+func (d *deadlineConn) Write(b []byte) (int, error) {
+	d.mu.Lock()
+	if !d.set {
+		d.unarmed++
+	}
+	d.set = false
+	d.mu.Unlock()
+	return d.Conn.Write(b)
+}
+
+// Every write of gathered acks sets its own deadline on the socket: one
+// left from the library's last write (a pong's, 5 s) would have failed a
+// write made later, and dropped the connection.
+func TestGatheredAcksSetTheirOwnWriteDeadline(t *testing.T) {
+	var dc *deadlineConn
+	_, c, sc, timers, _ := acksTest(t, func(o *Options) {
+		o.NetDialContext = func(ctx context.Context, network, addr string) (net.Conn, error) {
+			conn, err := (&net.Dialer{}).DialContext(ctx, network, addr)
+			if err == nil {
+				dc = &deadlineConn{Conn: conn}
+				return dc, nil
+			}
+			return nil, err
+		}
+	})
+	ackAll(t, c, sc, 10, 2)
+	sc.expectAcks(t, 10)
+	timers.timer(t, 0).up()
+	sc.expectAcks(t, 11)
+	sc.fence(t, c)
+	dc.mu.Lock()
+	defer dc.mu.Unlock()
+	if dc.unarmed != 0 {
+		t.Fatalf("%d writes went out with no write deadline set for them", dc.unarmed)
 	}
 }
