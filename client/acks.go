@@ -17,10 +17,11 @@ import (
 // frame of its own: a system call here and one at the gateway, one in
 // four of a 1:1 message's frames. An ack made within Options.AckGather of
 // the last acks written waits for that time to pass, and every ack made
-// meanwhile goes out with it, several frames in one write. The first ack
-// after a quiet spell goes at once, so a chat that is not busy ticks
-// "delivered" as before; a busy one already has its delivered ticks
-// gathered by the gateway (over its tick interval), which is longer.
+// meanwhile goes out with it, several frames in one write (at once when
+// ackBatch are waiting). The first ack after a quiet spell goes at once,
+// so a chat that is not busy ticks "delivered" as before; a busy one
+// already has its delivered ticks gathered by the gateway (over its tick
+// interval), which is longer.
 //
 // Acks wait for the connection they were made on and are written only
 // there: a connection lost with acks waiting drops them, and the messages
@@ -31,7 +32,13 @@ import (
 // frame, and none after it.
 
 // defaultAckGather is Options.AckGather's default.
-const defaultAckGather = 20 * time.Millisecond
+const defaultAckGather = 50 * time.Millisecond
+
+// ackBatch is how many waiting acks are written at once, without waiting
+// longer: the gateway stops delivering to a device with --max-inflight
+// (256) messages unacked, and a backlog read must not stall on acks held
+// back.
+const ackBatch = 64
 
 // stopper is a timer as ackQueue uses one (*time.Timer; tests use their
 // own through hooks.afterFunc).
@@ -64,6 +71,9 @@ func (q *ackQueue) add(conn *websocket.Conn, seq uint64, gather time.Duration, a
 		q.conn, q.seqs = conn, q.seqs[:0]
 	}
 	q.seqs = append(q.seqs, seq)
+	if len(q.seqs) >= ackBatch {
+		return true
+	}
 	if q.timer != nil {
 		return false
 	}

@@ -125,8 +125,9 @@ type Options struct {
 	OnError func(code protocol.ErrorCode, message string, seq uint64)
 	// AckGather is how long acks wait to go out together: an ack made
 	// within AckGather of the last acks written is written with every
-	// ack made until that time is up, in one system call (see acks.go).
-	// Zero means 20ms; negative writes each ack at once.
+	// ack made until that time is up, in one system call (see acks.go),
+	// or as soon as 64 are waiting. Zero means 50ms; negative writes each
+	// ack at once.
 	AckGather time.Duration
 	// NetDialContext, when set, makes the TCP connection (a load
 	// generator binds many local source addresses with it, past the

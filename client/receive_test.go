@@ -152,6 +152,12 @@ func (t *fakeTimer) Stop() bool {
 	return was
 }
 
+func (t *fakeTimer) isStopped() bool {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	return t.stopped
+}
+
 func (ft *fakeTimers) after(_ time.Duration, f func()) stopper {
 	ft.mu.Lock()
 	defer ft.mu.Unlock()
@@ -278,7 +284,7 @@ func TestAcksWaitingWhenTheConnectionDropsAreMadeAgain(t *testing.T) {
 
 	ackAll(t, c, sc2, 12, 1)
 	old := timers.timer(t, 0)
-	if !old.stopped {
+	if !old.isStopped() {
 		t.Fatal("the wait set on the first connection is still on")
 	}
 	old.up() // had it run: nothing to write
@@ -363,5 +369,25 @@ func TestGatheredAcksSetTheirOwnWriteDeadline(t *testing.T) {
 	defer dc.mu.Unlock()
 	if dc.unarmed != 0 {
 		t.Fatalf("%d writes went out with no write deadline set for them", dc.unarmed)
+	}
+}
+
+// Once 64 acks are waiting they go out at once, without waiting for their
+// time: a device reading a backlog past the gateway's max-inflight would
+// otherwise stall until it is up.
+func TestManyWaitingAcksGoOutAtOnce(t *testing.T) {
+	_, c, sc, timers, writes := acksTest(t)
+	ackAll(t, c, sc, 1, 1+ackBatch)
+	sc.expectAcks(t, 1) // at once: the first after a quiet spell
+	seqs := make([]uint64, ackBatch)
+	for i := range seqs {
+		seqs[i] = uint64(2 + i)
+	}
+	sc.expectAcks(t, seqs...) // with no wait up
+	if n := writes.Load(); n != 2 {
+		t.Fatalf("%d writes, want 2", n)
+	}
+	if !timers.timer(t, 0).isStopped() {
+		t.Fatal("the wait is still on after its acks went out")
 	}
 }
