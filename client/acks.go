@@ -135,13 +135,17 @@ func (c *Client) ack(seq uint64) {
 		c.writeCurrent(protocol.AppendSeqFrame(nil, protocol.TypeAck, seq))
 		return
 	}
-	after := func(d time.Duration) stopper { return time.AfterFunc(d, c.flushAcks) }
-	if c.hooks.afterFunc != nil {
-		after = func(d time.Duration) stopper { return c.hooks.afterFunc(d, c.flushAcks) }
-	}
-	if c.acks.add(conn, seq, c.opts.AckGather, after) {
+	if c.acks.add(conn, seq, c.opts.AckGather, c.ackAfter) {
 		c.flushAcks()
 	}
+}
+
+// ackAfter sets up a wait for the acks: time.AfterFunc, or the tests'.
+func (c *Client) ackAfter(d time.Duration) stopper {
+	if c.hooks.afterFunc != nil {
+		return c.hooks.afterFunc(d, c.flushAcks)
+	}
+	return time.AfterFunc(d, c.flushAcks)
 }
 
 // flushAcks writes the acks waiting, on the connection they were made

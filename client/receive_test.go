@@ -194,9 +194,9 @@ func (t *fakeTimer) up() {
 	}
 }
 
-// acksTest dials the script with acks gathered over an hour, waits the
-// test ends (timers), and counts the writes of frames the client framed
-// itself (writes).
+// acksTest dials the script with acks gathered over an hour, their waits
+// ended by the test (timers), and counts the writes of frames the client
+// framed itself (writes).
 func acksTest(t *testing.T, mod ...func(*Options)) (s *script, c *Client, sc *sconn, timers *fakeTimers, writes *atomic.Int32) {
 	t.Helper()
 	s = newScript(t)
@@ -211,7 +211,7 @@ func acksTest(t *testing.T, mod ...func(*Options)) (s *script, c *Client, sc *sc
 	return s, c, s.accept(t), timers, writes
 }
 
-// msgs has the script deliver a<seq> for each seq from first, n of them,
+// ackAll has the script deliver a<seq> for each seq from first, n of them,
 // and the app ack each as it gets it.
 func ackAll(t *testing.T, c *Client, sc *sconn, first uint64, n int) {
 	t.Helper()

@@ -8,13 +8,14 @@ import (
 )
 
 // Fast paths for the frames that carry the traffic: ack, read and a 1:1
-// send (client to server), and sent and msg, 1:1 or a group's
-// (server to client), each in exactly the form its encoder writes
-// (AppendSeqFrame, AppendSend, AppendSent, AppendMsg, AppendGroupMsg). They decode without encoding/json's reflection
-// and allocate only the frame, its ids and its body. Anything else, the
-// same frame written another way included, is nil and goes the whole
-// way, which gives the same frame for the encoders' form
-// (FuzzSeqFrameFastPath, FuzzSendFastPath, FuzzServerFastPath).
+// send (client to server), and sent and msg, 1:1 or a group's (server to
+// client), each in exactly the form its encoder writes (AppendSeqFrame,
+// AppendSend, AppendSent, AppendMsg, AppendGroupMsg). They decode without
+// encoding/json's reflection and allocate only the frame, its ids and
+// its body. Anything else, the same frame written another way included,
+// is nil and goes the whole way, which gives the same frame for the
+// encoders' form (FuzzSeqFrameFastPath, FuzzSendFastPath,
+// FuzzServerFastPath).
 
 // cursor reads a frame from the front. Once a step fails, ok stays
 // false and every later step fails too.
