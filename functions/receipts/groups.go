@@ -466,7 +466,11 @@ func (s *Service) memberPositions(ctx context.Context, g *contract.GroupRecord) 
 // readPositions reads the positions of members of g (nil: all of them)
 // in one batched read, or one by one when the batch is too large.
 func (s *Service) readPositions(ctx context.Context, g *contract.GroupRecord, members []string) (map[string]memberPos, error) {
-	pos := make(map[string]memberPos, len(g.Members))
+	n := len(members)
+	if members == nil {
+		n = len(g.Members)
+	}
+	pos := make(map[string]memberPos, n)
 	prefix := contract.KVSubject(contract.GroupTicksKV, g.ID+".")
 	subjects := []string{prefix + "*"}
 	if members != nil {
@@ -519,50 +523,6 @@ func (s *Service) readPositions(ctx context.Context, g *contract.GroupRecord, me
 	}
 	wg.Wait()
 	return pos, firstErr
-}
-
-// directGet is a direct get request (nats-server's JSApiMsgGetRequest).
-type directGet struct {
-	Seq       uint64   `json:"seq,omitempty"`
-	NextFor   string   `json:"next_by_subj,omitempty"`
-	Batch     int      `json:"batch,omitempty"`
-	MaxBytes  int      `json:"max_bytes,omitempty"`
-	MultiLast []string `json:"multi_last,omitempty"`
-}
-
-// directGet sends req to stream's direct get and passes each message
-// answered to each, until the end of the batch. It returns the status
-// that ended it when not the end of a batch: "404" (nothing matched) or
-// "413" (too many to answer at once).
-func (s *Service) directGet(ctx context.Context, stream string, req directGet, each func(*nats.Msg)) (string, error) {
-	inbox := s.nc.NewInbox()
-	sub, err := s.nc.SubscribeSync(inbox)
-	if err != nil {
-		return "", err
-	}
-	defer func() { _ = sub.Unsubscribe() }()
-	body, _ := json.Marshal(req)
-	if err := s.nc.PublishRequest(contract.DirectGetSubject(stream), inbox, body); err != nil {
-		return "", err
-	}
-	for {
-		m, err := sub.NextMsgWithContext(ctx)
-		if err != nil {
-			return "", err
-		}
-		switch st := m.Header.Get("Status"); st {
-		case "":
-			each(m)
-		case "204":
-			return "", nil
-		case "404", "413":
-			return st, nil
-		case "503":
-			return "", nats.ErrNoResponders
-		default:
-			return "", errors.New("receipts: direct get on " + stream + ": " + st + " " + m.Header.Get("Description"))
-		}
-	}
 }
 
 // groupStatus answers a status request for a group message: the sender's

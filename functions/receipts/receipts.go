@@ -102,6 +102,7 @@ type Service struct {
 	records    *groupRecords  // GROUP_INFO's records, decoded
 	bounds     positionBounds // members' positions last read, per group
 	groups     jetstream.Stream
+	gets       getReplies // the answers to direct gets
 	// region is this region (xrstatus.go), "" when the server has no
 	// JetStream domain.
 	region string
@@ -144,6 +145,15 @@ func Start(ctx context.Context, nc *nats.Conn, js jetstream.JetStream, cfg Confi
 		return nil, fmt.Errorf("receipts: %w", err)
 	}
 	s.records = newGroupRecords(s.groupInfo)
+	if err := s.gets.subscribe(nc); err != nil {
+		return nil, fmt.Errorf("receipts: %w", err)
+	}
+	started := false
+	defer func() {
+		if !started {
+			s.gets.unsubscribe()
+		}
+	}()
 	s.svc, err = micro.AddService(nc, micro.Config{
 		Name:         "receipts",
 		Version:      Version,
@@ -189,6 +199,7 @@ func Start(ctx context.Context, nc *nats.Conn, js jetstream.JetStream, cfg Confi
 		_ = s.svc.Stop()
 		return nil, fmt.Errorf("receipts: %w", err)
 	}
+	started = true
 	return s, nil
 }
 
@@ -199,6 +210,7 @@ func (s *Service) Stop() {
 	_ = s.svc.Stop()
 	close(s.stop)
 	s.wg.Wait()
+	s.gets.unsubscribe()
 }
 
 // Stats are an instance's counters.
