@@ -665,16 +665,7 @@ func (c *Client) scheduleProbe(d time.Duration) {
 	}()
 }
 
-func retryable(code protocol.ErrorCode) bool {
-	for _, e := range protocol.Errors {
-		if e.Code == code {
-			return e.Retry
-		}
-	}
-	// A code newer than this SDK: as internal, which the protocol says
-	// to retry (PROTOCOL.md, Versioning).
-	return retryable(protocol.ErrInternal)
-}
+func retryable(code protocol.ErrorCode) bool { return protocol.Retryable(code) }
 
 // onSent resolves the send a sent frame confirms.
 func (c *Client) onSent(f *protocol.Frame) {

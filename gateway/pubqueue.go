@@ -1,6 +1,7 @@
 package gateway
 
 import (
+	"slices"
 	"sort"
 	"sync"
 	"time"
@@ -39,10 +40,12 @@ import (
 // leader change lost goes again after pubAckWait.
 //
 // A send not stored within pubGiveUp of arriving is given up: it is
-// answered store_failed, and so is every send queued behind it (none of
-// them was published), so the client resends them all, in order, with the
-// same ids. Nothing newer of a session is stored before an older send is
-// stored or given up.
+// answered store_failed. A send answered with any code the client resends
+// on (store_failed, given up or refused for good; unavailable from a media
+// grant or a group send's check) takes every send queued behind it along:
+// none of them was published, each is answered store_failed, and the
+// client resends them all, in order, with the same ids. Nothing newer of
+// a session is stored before an older send is stored or answered.
 //
 // Receipts are not written here: delivered ticks are asked of the
 // receipts function once a stretch of the device's messages is acked
@@ -206,8 +209,7 @@ func (q *pubQueue) granted(it *pubItem, ref []byte, code protocol.ErrorCode, mes
 	}
 	it.media = nil
 	if code != "" {
-		q.env.refuse(code, message, it.id, 0)
-		q.removeLocked(it, now)
+		q.refuseLocked(it, code, message, now)
 		return
 	}
 	if ref != nil {
@@ -236,7 +238,7 @@ func (q *pubQueue) publishLocked(it *pubItem, now time.Time) {
 // Lock should be held.
 func (q *pubQueue) failLocked(it *pubItem, err error, now time.Time) {
 	if !transient(err) {
-		q.failedLocked(it, now, false)
+		q.failedLocked(it, now)
 		return
 	}
 	it.refusals++
@@ -272,26 +274,37 @@ func (q *pubQueue) storedLocked(it *pubItem, ack pubAck, now time.Time) {
 	q.removeLocked(it, now)
 }
 
-// failedLocked answers a send that will not be stored with store_failed.
-// A send given up (the store stayed unavailable, not one that
-// refused the message itself) takes every send queued behind it along.
+// failedLocked answers a send that was not stored with store_failed,
+// whether the store stayed unavailable until it was given up or refused
+// the message itself: the client resends it either way.
 //
 // Lock should be held.
-func (q *pubQueue) failedLocked(it *pubItem, now time.Time, givenUp bool) {
-	q.env.refuse(protocol.ErrStoreFailed, "message was not stored; resend with the same id", it.id, 0)
-	q.removeLocked(it, now)
-	if !givenUp {
-		return
-	}
-	// Stored after it, a send behind it would overtake its resend.
-	for i := 0; i < len(q.items); {
-		if b := q.items[i]; b.n > it.n {
-			q.env.refuse(protocol.ErrStoreFailed, "an earlier message was not stored; resend both with the same ids", b.id, 0)
-			q.removeLocked(b, now)
-			continue
+func (q *pubQueue) failedLocked(it *pubItem, now time.Time) {
+	q.refuseLocked(it, protocol.ErrStoreFailed, "message was not stored; resend with the same id", now)
+}
+
+// refuseLocked answers the send first in line with code and takes it off
+// the queue. When the client resends a send refused with code (the
+// protocol marks code retryable), every send queued behind it is taken
+// along first, unpublished, and answered store_failed: stored now, a send
+// behind it would overtake its resend. Otherwise (not a member, media
+// that cannot be shared) the client does not resend it, and the next send
+// is published.
+//
+// Lock should be held.
+func (q *pubQueue) refuseLocked(it *pubItem, code protocol.ErrorCode, message string, now time.Time) {
+	q.env.refuse(code, message, it.id, 0)
+	if protocol.Retryable(code) {
+		for i := 0; i < len(q.items); {
+			if b := q.items[i]; b.n > it.n {
+				q.env.refuse(protocol.ErrStoreFailed, "an earlier message was not stored; resend both with the same ids", b.id, 0)
+				q.removeLocked(b, now) // not first in line: publishes nothing
+				continue
+			}
+			i++
 		}
-		i++
 	}
+	q.removeLocked(it, now)
 }
 
 // removeLocked takes a done write off the queue, gives its slot back and,
@@ -381,7 +394,7 @@ func (q *pubQueue) actLocked(it *pubItem, now time.Time) {
 	}
 	switch {
 	case now.Sub(it.since) >= pubGiveUp:
-		q.failedLocked(it, now, true)
+		q.failedLocked(it, now)
 	case it.state == pubRefused:
 		q.env.republished(republishRefused)
 		q.publishLocked(it, now)
@@ -399,7 +412,12 @@ func (q *pubQueue) recover(reason string) {
 	q.mu.Lock()
 	defer q.mu.Unlock()
 	now := q.clock()
-	for _, it := range q.items {
+	// A publish that fails for good takes items off the queue: go by a
+	// copy, past those gone meanwhile.
+	for _, it := range slices.Clone(q.items) {
+		if q.findLocked(it.n) != it {
+			continue
+		}
 		switch it.state {
 		case pubInFlight, pubRefused:
 			q.env.republished(reason)

@@ -238,15 +238,24 @@ func TestPubQueueRetriesARefusal(t *testing.T) {
 }
 
 // A refusal for good (the stream refuses what the message is) is answered
-// store_failed at once; the next send goes on.
+// store_failed at once. The client resends a send answered store_failed,
+// so the sends queued behind it are answered store_failed too, without
+// being published: stored now, they would overtake its resend. A later
+// send starts afresh.
 func TestPubQueueAnswersAFinalRefusal(t *testing.T) {
 	q, env := newTestQueue(8)
 	now := q.now
 	q.put(t, sendItem("s1"), now)
 	q.put(t, sendItem("s2"), now)
+	q.put(t, sendItem("s3"), now)
 	q.onReply(env.last().n, env.last().a, apiError(400, 10054))
-	expectStrings(t, "answers", env.answers(), []string{"store_failed:s1"})
-	expectStrings(t, "published", env.ids(), []string{"s1", "s2"})
+	expectStrings(t, "answers", env.answers(), []string{"store_failed:s1", "store_failed:s2", "store_failed:s3"})
+	expectStrings(t, "published", env.ids(), []string{"s1"})
+	if q.owed() != 0 || len(q.slots) != 0 {
+		t.Fatalf("%d owed, %d slots taken after the refusal", q.owed(), len(q.slots))
+	}
+	q.put(t, sendItem("s4"), now)
+	expectStrings(t, "published", env.ids(), []string{"s1", "s4"})
 }
 
 // A send not stored within pubGiveUp of arriving is given up, and with it
@@ -268,6 +277,13 @@ func TestPubQueueGivesUpInOrder(t *testing.T) {
 		q.at(at)
 	}
 	expectStrings(t, "answers", env.answers(), []string{"store_failed:s1", "store_failed:s2", "store_failed:s3"})
+	// Had s2 or s3 been published on the way, a store back just then
+	// would keep them, ahead of s1's resend.
+	for _, id := range env.ids() {
+		if id != "s1" {
+			t.Fatalf("published %q: only s1 may be", env.ids())
+		}
+	}
 	if q.owed() != 0 || len(q.slots) != 0 {
 		t.Fatalf("%d owed, %d slots taken after giving up", q.owed(), len(q.slots))
 	}
@@ -339,6 +355,43 @@ func TestPubQueueChecksGroupSendsInOrder(t *testing.T) {
 	q.granted(g2, nil, protocol.ErrNotMember, "not a member")
 	expectStrings(t, "published", env.ids(), []string{"g1", "g1", "s2", "s4"})
 	expectStrings(t, "answers", env.answers(), []string{"sent:g1:7", "sent:s2:8", "not_member:g2"})
+}
+
+// A group send whose check cannot be made now (unavailable, which the
+// client resends) holds the sends behind it back like a store that
+// failed: they are answered store_failed, unpublished, and go again after
+// it.
+func TestPubQueueHoldsTheSendsBehindARetryableRefusal(t *testing.T) {
+	q, env := newTestQueue(8)
+	now := q.now
+	g1 := sendItem("g1")
+	g1.group = "friends"
+	q.put(t, g1, now)
+	q.put(t, sendItem("s2"), now)
+	q.granted(g1, nil, protocol.ErrUnavailable, "groups are unavailable; resend")
+	expectStrings(t, "answers", env.answers(), []string{"unavailable:g1", "store_failed:s2"})
+	expectStrings(t, "published", env.ids(), nil)
+	if q.owed() != 0 || len(q.slots) != 0 {
+		t.Fatalf("%d owed, %d slots taken after the refusal", q.owed(), len(q.slots))
+	}
+}
+
+// A publish that fails for good while the queue publishes again after a
+// reconnect takes its send (and those behind it) off the queue as the
+// queue is gone through: nothing is published or answered twice, and
+// the gateway does not fall over.
+func TestPubQueueRecoversPastAPublishThatFailsForGood(t *testing.T) {
+	q, env := newTestQueue(8)
+	now := q.now
+	q.put(t, sendItem("s1"), now)
+	q.put(t, sendItem("s2"), now)
+	env.failPublish = nats.ErrConnectionClosed
+	q.recover(republishReconnect)
+	expectStrings(t, "answers", env.answers(), []string{"store_failed:s1", "store_failed:s2"})
+	expectStrings(t, "published", env.ids(), []string{"s1"})
+	if q.owed() != 0 {
+		t.Fatalf("%d owed", q.owed())
+	}
 }
 
 // A closed queue takes nothing more but still stores what it holds, in

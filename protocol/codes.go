@@ -62,6 +62,19 @@ var Errors = []ErrorInfo{
 	{ErrUnknownMember, false, "`remove`, `promote` or `demote` names a user who is not a member."},
 }
 
+// Retryable reports whether a frame answered with code may be resent
+// unchanged: the registry's Retry. A code it does not hold (one newer
+// than this build) is taken as internal, which is resent (PROTOCOL.md,
+// Versioning).
+func Retryable(code ErrorCode) bool {
+	for _, e := range Errors {
+		if e.Code == code {
+			return e.Retry
+		}
+	}
+	return code != ErrInternal && Retryable(ErrInternal)
+}
+
 // Close codes sent in the WebSocket close frame. 1000-1015 are RFC 6455's;
 // 4000-4999 are the range RFC 6455 leaves to applications.
 const (
