@@ -2,6 +2,7 @@ package receipts
 
 import (
 	"context"
+	"sync"
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
@@ -36,4 +37,63 @@ func (s *Service) LastValues(ctx context.Context, keys []string) (map[string]str
 		out[m.Header.Get(contract.HdrSubject)] = string(m.Data)
 	})
 	return out, err
+}
+
+// aggregateHookKV calls fn just before writes of one key, so a test can
+// run other requests at the moment a settle writes a group's aggregate.
+type aggregateHookKV struct {
+	jetstream.KeyValue
+	key string
+
+	mu   sync.Mutex
+	n    int
+	busy bool
+	fn   func(n int)
+}
+
+func (h *aggregateHookKV) before(key string) {
+	h.mu.Lock()
+	if key != h.key || h.busy || h.fn == nil {
+		h.mu.Unlock()
+		return
+	}
+	h.n++
+	n, fn := h.n, h.fn
+	h.busy = true
+	h.mu.Unlock()
+	fn(n)
+	h.mu.Lock()
+	h.busy = false
+	h.mu.Unlock()
+}
+
+func (h *aggregateHookKV) Update(ctx context.Context, key string, value []byte, rev uint64) (uint64, error) {
+	h.before(key)
+	return h.KeyValue.Update(ctx, key, value, rev)
+}
+
+func (h *aggregateHookKV) Create(ctx context.Context, key string, value []byte, opts ...jetstream.KVCreateOpt) (uint64, error) {
+	h.before(key)
+	return h.KeyValue.Create(ctx, key, value, opts...)
+}
+
+// HookAggregateWrites calls fn(n) just before the n-th write of group
+// gid's aggregate (not for writes made from inside fn).
+func (s *Service) HookAggregateWrites(gid string, fn func(n int)) {
+	s.groupTicks = &aggregateHookKV{KeyValue: s.groupTicks, key: contract.GroupAggregateKey(gid), fn: fn}
+}
+
+// GroupPosition is the group endpoint's work, called in process.
+func (s *Service) GroupPosition(ctx context.Context, req contract.GroupPositionRequest) error {
+	return s.groupPosition(ctx, req)
+}
+
+// SettleMoved is what a request that moved member to p does after its
+// swap (the check it makes against the aggregate), called on its own.
+func (s *Service) SettleMoved(ctx context.Context, gid, member string, p contract.GroupPosition) error {
+	g, err := s.records.get(ctx, gid)
+	if err != nil {
+		return err
+	}
+	return s.settleGroup(ctx, g, memberPos{p: p}, member, "phone", true, true)
 }

@@ -174,12 +174,17 @@ func (m memberPos) at(read bool) uint64 {
 // the writer that chose it.
 //
 // mine is by's position as this request left it: by's own record is not
-// read again.
+// read in the first round. After a write it is: the witnesses chosen then
+// may include by, chosen from a position read before another request of
+// by's (its read right after its ack, another device) moved it, and that
+// request looked at the aggregate as it was before this write, where by
+// may have been no witness; only this writer can see that move.
 func (s *Service) settleGroup(ctx context.Context, g *contract.GroupRecord, mine memberPos, by, device string, read, moved bool) error {
 	only := ""
 	if moved {
 		only = by
 	}
+	known := by // whose position mine is, "" once it may be stale
 	for range groupSettleRounds {
 		var agg contract.GroupAggregate
 		var rev uint64
@@ -195,12 +200,12 @@ func (s *Service) settleGroup(ctx context.Context, g *contract.GroupRecord, mine
 		}
 		due := rev == 0 || agg.Seq != g.Seq
 		if !due {
-			if due, err = s.witnessMoved(ctx, g, &agg.Delivered, false, only, by, mine); err != nil {
+			if due, err = s.witnessMoved(ctx, g, &agg.Delivered, false, only, known, mine); err != nil {
 				return err
 			}
 		}
 		if !due && read {
-			if due, err = s.witnessMoved(ctx, g, &agg.Read, true, only, by, mine); err != nil {
+			if due, err = s.witnessMoved(ctx, g, &agg.Read, true, only, known, mine); err != nil {
 				return err
 			}
 		}
@@ -232,17 +237,17 @@ func (s *Service) settleGroup(ctx context.Context, g *contract.GroupRecord, mine
 		}
 		// Written or lost to another: either way look again, at every
 		// witness of both tracks (this wrote both), for one that moved
-		// while this was computed.
-		only, read = "", true
+		// while this was computed, by's own record too.
+		only, read, known = "", true, ""
 	}
 	return contract.ErrContended
 }
 
 // witnessMoved reports whether a witness of track t has moved past what
 // was told, or is no longer a member: only then may a sender be owed.
-// With only set, of the witnesses' moves it looks at only's. by's
-// position is known: mine.
-func (s *Service) witnessMoved(ctx context.Context, g *contract.GroupRecord, t *contract.GroupTrack, read bool, only, by string, mine memberPos) (bool, error) {
+// With only set, of the witnesses' moves it looks at only's. known's
+// position is mine (none with known ""); the others' are read.
+func (s *Service) witnessMoved(ctx context.Context, g *contract.GroupRecord, t *contract.GroupTrack, read bool, only, known string, mine memberPos) (bool, error) {
 	for _, w := range []struct {
 		who  string
 		told uint64
@@ -260,7 +265,7 @@ func (s *Service) witnessMoved(ctx context.Context, g *contract.GroupRecord, t *
 			continue
 		}
 		p := mine
-		if w.who != by {
+		if w.who != known {
 			var err error
 			if p, err = s.memberPosition(ctx, g.ID, w.who); err != nil {
 				return false, err
