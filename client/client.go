@@ -564,13 +564,15 @@ func (c *Client) handle(conn *websocket.Conn, f *protocol.Frame) error {
 		return c.onReadSync(conn, f)
 	case protocol.TypeReceipt:
 		// One frame covers many messages: each tick goes to the app once
-		// per message, and never goes back.
-		c.mu.Lock()
-		ids, seqs := c.ticks.apply(f)
-		c.mu.Unlock()
+		// per message, and never goes back. The store records it first: a
+		// write that fails drops the connection and the receipt comes
+		// again, and must then still move the ticks.
 		if err := c.storeReceipt(f); err != nil {
 			return err
 		}
+		c.mu.Lock()
+		ids, seqs := c.ticks.apply(f)
+		c.mu.Unlock()
 		for i, id := range ids {
 			r := Receipt{ID: id, Status: f.Status, Group: f.Group, By: f.By, Device: f.Device, TS: time.UnixMilli(f.TS), Seq: seqs[i]}
 			select {

@@ -1,0 +1,71 @@
+package client
+
+import (
+	"database/sql"
+	"path/filepath"
+	"testing"
+	"time"
+
+	_ "modernc.org/sqlite"
+
+	"github.com/switchboard-im/switchboard/client/localstore"
+	"github.com/switchboard-im/switchboard/protocol"
+)
+
+// A receipt whose ticks the Store fails to record once (a busy or full
+// disk) drops the connection and comes again; the ticks it carries reach
+// the app then. Moved in memory before the failed write, they would not:
+// the receipt that came again would move nothing.
+func TestReceiptWhoseStoreWriteFailsComesAgainToTheApp(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "device.db")
+	st, err := localstore.Open(path) // creates the schema
+	if err != nil {
+		t.Fatal(err)
+	}
+	st.Close()
+	// The store will fail tick writes until a marker message is stored:
+	// one failed write, as a busy or full disk gives, injected with a
+	// trigger (the Store holds its file's lock once open).
+	db, err := sql.Open("sqlite", path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := db.Exec(`CREATE TRIGGER fail_ticks BEFORE UPDATE OF status ON messages
+WHEN NEW.status = 2 AND NOT EXISTS (SELECT 1 FROM messages WHERE id = 'unlock-ticks')
+BEGIN SELECT RAISE(ABORT, 'injected: disk busy'); END`); err != nil {
+		t.Fatal(err)
+	}
+	db.Close()
+	st, err = localstore.Open(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer st.Close()
+	s := newScript(t)
+	c := s.dial(t, Options{Store: st}, newWaiter(true))
+	sc := s.accept(t)
+
+	m1 := queue(t, c, "m1")
+	sc.expectSends(t, "m1")
+	sc.sent("m1", 5)
+	if _, err := outcome(t, c, m1); err != nil {
+		t.Fatal(err)
+	}
+
+	sc.receipt(protocol.StatusDelivered, "bob", 5, 5, 100)
+	// The client drops the connection (storeReceipt failed) and reconnects.
+	sc2 := s.accept(t)
+	if _, err := st.Received(localstore.Message{Conv: "zed", From: "zed", Device: "d", ID: "unlock-ticks", Seq: 1, TS: time.Now(), Body: []byte(`"x"`)}); err != nil {
+		t.Fatal(err)
+	}
+	// The receipt comes again on the new connection, as the gateway does.
+	sc2.receipt(protocol.StatusDelivered, "bob", 5, 5, 100)
+	sc2.expectAcks(t, 100)
+	select {
+	case r := <-c.Receipts():
+		t.Logf("receipt reached the app: %+v", r)
+	case <-time.After(2 * time.Second):
+		got, _, _ := st.Message("", "m1")
+		t.Fatalf("the delivered tick of m1 never reached the app (the store now says status %v)", got.Status)
+	}
+}
