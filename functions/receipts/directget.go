@@ -4,10 +4,12 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"strconv"
 	"sync"
 
 	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/switchboard-im/switchboard/contract"
 )
@@ -146,4 +148,63 @@ func (g *pendingGet) take() []*nats.Msg {
 	msgs := g.msgs
 	g.msgs = nil
 	return msgs
+}
+
+// tickEntry is a GROUP_TICKS record as its stream's leader holds it.
+type tickEntry struct {
+	value []byte
+	rev   uint64
+}
+
+// leaderTick reads key of GROUP_TICKS through the stream's leader:
+// jetstream.ErrKeyNotFound if it holds none (or a delete). The settle
+// decides from what it reads that no sender is owed (the aggregate, a
+// witness's position) and then writes nothing a later request would
+// fail on; a direct get, which a replica may answer from a step behind
+// the leader, could show it the aggregate or a witness as they were
+// before a write it must see, and leave the aggregate stuck below
+// members past it. Reads the settle only bounds with (lowest.go) may
+// lag: a lower position only delays a tick.
+func (s *Service) leaderTick(ctx context.Context, key string) (tickEntry, error) {
+	req, _ := json.Marshal(struct {
+		LastBySubject string `json:"last_by_subj"`
+	}{contract.KVSubject(contract.GroupTicksKV, key)})
+	m, err := s.nc.RequestWithContext(ctx, "$JS.API.STREAM.MSG.GET.KV_"+contract.GroupTicksKV, req)
+	if err != nil {
+		return tickEntry{}, fmt.Errorf("receipts: read %s: %w", key, err)
+	}
+	var resp struct {
+		Message *struct {
+			Seq     uint64 `json:"seq"`
+			Headers []byte `json:"hdrs"`
+			Data    []byte `json:"data"`
+		} `json:"message"`
+		Error *jetstream.APIError `json:"error"`
+	}
+	if err := json.Unmarshal(m.Data, &resp); err != nil {
+		return tickEntry{}, fmt.Errorf("receipts: read %s: %w", key, err)
+	}
+	switch {
+	case resp.Error != nil && resp.Error.Code == 404, resp.Message == nil:
+		return tickEntry{}, jetstream.ErrKeyNotFound
+	case resp.Error != nil:
+		return tickEntry{}, fmt.Errorf("receipts: read %s: %w", key, resp.Error)
+	case kvDeleted(resp.Message.Headers):
+		return tickEntry{}, jetstream.ErrKeyNotFound
+	}
+	return tickEntry{value: resp.Message.Data, rev: resp.Message.Seq}, nil
+}
+
+// kvDeleted reports whether a stored KV entry's headers mark a delete or
+// a purge.
+func kvDeleted(hdrs []byte) bool {
+	if len(hdrs) == 0 {
+		return false
+	}
+	h, err := nats.DecodeHeadersMsg(hdrs)
+	if err != nil {
+		return false
+	}
+	op := h.Get("KV-Operation")
+	return op == "DEL" || op == "PURGE"
 }

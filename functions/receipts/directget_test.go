@@ -2,6 +2,7 @@ package receipts_test
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"sync"
 	"testing"
@@ -72,5 +73,35 @@ func TestDirectGetsAtOnceGetTheirOwnAnswers(t *testing.T) {
 	close(errs)
 	for err := range errs {
 		t.Error(err)
+	}
+}
+
+// The settle's leader reads see a record's value and revision, and no
+// record where there is none or it was deleted.
+func TestLeaderReadsSeeRecordsAndDeletes(t *testing.T) {
+	e := newEnv(t)
+	s, _ := e.instance(t)
+	js, _ := jetstream.New(e.n.Connect(t, natsauth.Receipts))
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	kv, err := js.KeyValue(ctx, contract.GroupTicksKV)
+	if err != nil {
+		t.Fatal(err)
+	}
+	rev, err := kv.PutString(ctx, "g.alice", `{"d":3}`)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if v, got, err := s.LeaderTick(ctx, "g.alice"); err != nil || string(v) != `{"d":3}` || got != rev {
+		t.Fatalf("read %q at %d, %v; want {\"d\":3} at %d", v, got, err, rev)
+	}
+	if _, _, err := s.LeaderTick(ctx, "g.bob"); !errors.Is(err, jetstream.ErrKeyNotFound) {
+		t.Fatalf("a key never written: %v, want not found", err)
+	}
+	if err := kv.Delete(ctx, "g.alice"); err != nil {
+		t.Fatal(err)
+	}
+	if _, _, err := s.LeaderTick(ctx, "g.alice"); !errors.Is(err, jetstream.ErrKeyNotFound) {
+		t.Fatalf("a deleted key: %v, want not found", err)
 	}
 }

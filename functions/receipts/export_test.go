@@ -97,3 +97,10 @@ func (s *Service) SettleMoved(ctx context.Context, gid, member string, p contrac
 	}
 	return s.settleGroup(ctx, g, memberPos{p: p}, member, "phone", true, true)
 }
+
+// LeaderTick reads key of GROUP_TICKS through the stream's leader, for
+// its tests.
+func (s *Service) LeaderTick(ctx context.Context, key string) ([]byte, uint64, error) {
+	e, err := s.leaderTick(ctx, key)
+	return e.value, e.rev, err
+}

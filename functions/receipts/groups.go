@@ -188,11 +188,11 @@ func (s *Service) settleGroup(ctx context.Context, g *contract.GroupRecord, mine
 	for range groupSettleRounds {
 		var agg contract.GroupAggregate
 		var rev uint64
-		e, err := s.groupTicks.Get(ctx, contract.GroupAggregateKey(g.ID))
+		e, err := s.leaderTick(ctx, contract.GroupAggregateKey(g.ID))
 		switch {
 		case err == nil:
-			rev = e.Revision()
-			if json.Unmarshal(e.Value(), &agg) != nil {
+			rev = e.rev
+			if json.Unmarshal(e.value, &agg) != nil {
 				agg = contract.GroupAggregate{}
 			}
 		case !errors.Is(err, jetstream.ErrKeyNotFound):
@@ -279,7 +279,7 @@ func (s *Service) witnessMoved(ctx context.Context, g *contract.GroupRecord, t *
 }
 
 func (s *Service) memberPosition(ctx context.Context, gid, member string) (memberPos, error) {
-	e, err := s.groupTicks.Get(ctx, contract.GroupTickKey(gid, member))
+	e, err := s.leaderTick(ctx, contract.GroupTickKey(gid, member))
 	switch {
 	case errors.Is(err, jetstream.ErrKeyNotFound):
 		return memberPos{}, nil
@@ -287,8 +287,8 @@ func (s *Service) memberPosition(ctx context.Context, gid, member string) (membe
 		return memberPos{}, err
 	}
 	var p contract.GroupPosition
-	_ = json.Unmarshal(e.Value(), &p)
-	return memberPos{p: p, rev: e.Revision()}, nil
+	_ = json.Unmarshal(e.value, &p)
+	return memberPos{p: p, rev: e.rev}, nil
 }
 
 // nextTrack is track old recomputed from the members' positions: the
