@@ -123,6 +123,17 @@ func (p *partition) apply(m jetstream.Msg, seq uint64) error {
 			}
 			return nil
 		}
+		// GROUP_INFO has the change before its members hear of it: the
+		// instance that stored it writes the record at once, but may have
+		// failed to (a timeout, a crash in between), and the gateways check
+		// senders against the record (a send checked against one behind
+		// the log is not stored at all). Taken again until it is written.
+		ctx, cancel := context.WithTimeout(s.ctx, s.cfg.Timeout)
+		err = s.follow(ctx, ev.Group)
+		cancel()
+		if err != nil {
+			return err
+		}
 		to := sortedMembers(&ev.Group)
 		switch {
 		case ev.Op == contract.GroupRemove:

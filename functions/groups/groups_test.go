@@ -637,6 +637,31 @@ func TestRecordRepairedFromTheLog(t *testing.T) {
 	}
 }
 
+// A record left behind with nothing to repair it (no change or request
+// comes for the group) is written by the fan-out of the change it
+// missed, before the members hear of it.
+func TestFanOutBringsTheRecordUpToItsChange(t *testing.T) {
+	e := newEnv(t)
+	const gid = "quiet"
+	deciding := e.instance(t, groups.WithoutFanOut(groups.DefaultConfig()))
+	old := e.must(t, contract.GroupCreate, named("alice", gid, "Quiet", "bob"))
+	cur := e.must(t, contract.GroupAdd, req("alice", gid, "carol"))
+	deciding.Stop()
+	kv, err := e.n.JS.KeyValue(context.Background(), contract.GroupInfoKV)
+	if err != nil {
+		t.Fatal(err)
+	}
+	stale, _ := json.Marshal(old)
+	if _, err := kv.Put(context.Background(), gid, stale); err != nil {
+		t.Fatal(err)
+	}
+	e.instance(t, groups.DefaultConfig())
+	e.settled(t, gid, cur.Seq)
+	if r := e.record(t, gid); !reflect.DeepEqual(r, cur) {
+		t.Fatalf("record %+v after the fan-out, want %+v", r, cur)
+	}
+}
+
 // Instances share the partitions: whichever handles a message, it goes to
 // the members as of the message, though another instance handled the
 // change before it.
