@@ -166,6 +166,18 @@ func (p *partition) apply(m jetstream.Msg, seq uint64) error {
 			return err
 		}
 		if from == "" || !g.g.IsMember(from) {
+			// Taken out of the log too, so nothing counts it as sent to
+			// the group: the receipts function, reading the log for
+			// senders, would tell its sender delivered and read. Gateways
+			// store no such send for a group homed in their region
+			// (gateway/groups.go); one from another region's OUTBOX,
+			// checked there against its copy of the record, can be.
+			ctx, cancel := context.WithTimeout(s.ctx, s.cfg.Timeout)
+			err := s.deleteMsg(ctx, seq)
+			cancel()
+			if err != nil {
+				return err
+			}
 			s.dropped.Add(1)
 			s.log.Info("group message from a non-member dropped", "group", gid, "seq", seq, "from", from)
 			return nil

@@ -512,13 +512,14 @@ func TestMembershipAtTheMessage(t *testing.T) {
 	}
 }
 
-// A message stored by someone who is not a member is dropped.
+// A message stored by someone who is not a member is dropped, and taken
+// out of the log: nothing reading the log counts it as sent.
 func TestNonMemberMessageDropped(t *testing.T) {
 	e := newEnv(t)
 	s := e.instance(t, groups.DefaultConfig())
 	const gid = "quiet"
 	e.must(t, contract.GroupCreate, named("alice", gid, "Quiet", "bob"))
-	e.send(t, gid, "eve", "spam")
+	spam := e.send(t, gid, "eve", "spam")
 	none := e.send(t, "nogroup", "eve", "spam") // no such group at all
 	last := e.send(t, gid, "bob", "hi")
 	e.settled(t, gid, last)
@@ -528,6 +529,18 @@ func TestNonMemberMessageDropped(t *testing.T) {
 	}
 	if st := s.Stats(); st.Dropped != 2 {
 		t.Fatalf("stats %+v: want 2 dropped", st)
+	}
+	st, err := e.n.JS.Stream(context.Background(), contract.GroupsStream)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, seq := range []uint64{spam, none} {
+		if _, err := st.GetMsg(context.Background(), seq); !errors.Is(err, jetstream.ErrMsgNotFound) {
+			t.Errorf("the dropped message at %d is still in the log (%v)", seq, err)
+		}
+	}
+	if _, err := st.GetMsg(context.Background(), last); err != nil {
+		t.Errorf("bob's message at %d: %v", last, err)
 	}
 }
 

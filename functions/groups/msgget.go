@@ -55,3 +55,33 @@ func (s *Service) getMsg(ctx context.Context, req msgGetRequest) (*storedMsg, er
 	}
 	return resp.Message, nil
 }
+
+// deleteMsg takes the message at seq out of GROUPS (one already gone is
+// no error).
+func (s *Service) deleteMsg(ctx context.Context, seq uint64) error {
+	data, _ := json.Marshal(struct {
+		Seq     uint64 `json:"seq"`
+		NoErase bool   `json:"no_erase"`
+	}{seq, true})
+	m, err := s.nc.RequestWithContext(ctx, "$JS.API.STREAM.MSG.DELETE."+contract.GroupsStream, data)
+	if err != nil {
+		return fmt.Errorf("groups: delete %d from GROUPS: %w", seq, err)
+	}
+	var resp struct {
+		Success bool `json:"success"`
+		Error   *struct {
+			Code    int    `json:"code"`
+			ErrCode int    `json:"err_code"`
+			Desc    string `json:"description"`
+		} `json:"error"`
+	}
+	switch err := json.Unmarshal(m.Data, &resp); {
+	case err != nil:
+		return fmt.Errorf("groups: delete %d from GROUPS: %w", seq, err)
+	case resp.Error != nil && resp.Error.Code == 404:
+		return nil // deleted before (a redelivery)
+	case resp.Error != nil:
+		return fmt.Errorf("groups: delete %d from GROUPS: %s (%d)", seq, resp.Error.Desc, resp.Error.ErrCode)
+	}
+	return nil
+}

@@ -200,7 +200,9 @@ func For(r Role) Rules {
 		return Rules{
 			Publish: join(
 				[]string{groupEvents, contract.InboxPrefix + "*", kvSubject(contract.GroupInfoKV) + "*", contract.DLQPrefix + string(r) + ".>",
-					contract.OutboxPrefix + "*.*", contract.GroupsForwardSubject("*", "*")},
+					contract.OutboxPrefix + "*.*", contract.GroupsForwardSubject("*", "*"),
+					// A message from a non-member, out of the log.
+					"$JS.API.STREAM.MSG.DELETE." + contract.GroupsStream},
 				cons,
 				streamInfo(append([]string{contract.DLQ}, read...)...),
 				reads(read...),
