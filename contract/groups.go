@@ -91,11 +91,6 @@ const (
 	// HdrExpectLastSubjSeq makes a store conditional on the subject's last
 	// sequence (0: the subject holds nothing yet).
 	HdrExpectLastSubjSeq = "Nats-Expected-Last-Subject-Sequence"
-	// HdrExpectLastSubjSeqSubject names the subject HdrExpectLastSubjSeq
-	// is about when it is not the one stored on: a group message is
-	// stored only if the group's last change is the one its sender's
-	// check saw.
-	HdrExpectLastSubjSeqSubject = "Nats-Expected-Last-Subject-Sequence-Subject"
 
 	// KindEvent is a membership change (the body is the event, as the wire
 	// protocol's msg frame carries it).

@@ -179,20 +179,7 @@ func (s *session) checkGroupSend(gid string, m *nats.Msg) (protocol.ErrorCode, s
 	if !g.IsMember(s.id.User) {
 		return protocol.ErrNotMember, "you are not a member of this group"
 	}
-	if code, message := s.srv.regions.addressGroup(m, &g); code != "" {
-		return code, message
-	}
-	if m.Header.Get(contract.HdrOriginRegion) == "" && g.Seq > 0 {
-		// Stored only if no change has reached the group's log since the
-		// record checked: a member removed meanwhile is not stored as
-		// sending after the removal (the fan-out would drop the message,
-		// and its sender would see it sent to nobody). A change that came
-		// first has the store refuse it, and the queue checks again
-		// (pubqueue.go).
-		m.Header.Set(contract.HdrExpectLastSubjSeq, strconv.FormatUint(g.Seq, 10))
-		m.Header.Set(contract.HdrExpectLastSubjSeqSubject, contract.GroupEventSubject(gid))
-	}
-	return "", ""
+	return s.srv.regions.addressGroup(m, &g)
 }
 
 // loadGroup reads group gid's record: from GROUP_INFO, or, for a group

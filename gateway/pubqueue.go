@@ -1,14 +1,12 @@
 package gateway
 
 import (
-	"errors"
 	"slices"
 	"sort"
 	"sync"
 	"time"
 
 	"github.com/nats-io/nats.go"
-	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/switchboard-im/switchboard/contract"
 	"github.com/switchboard-im/switchboard/protocol"
@@ -39,9 +37,7 @@ import (
 // A group send is stored in GROUPS the same way, under the same rules;
 // only INBOX's leader changes are watched (the gateway's role may not
 // listen to GROUPS' advisories), so a group send whose PubAck a GROUPS
-// leader change lost goes again after pubAckWait. It is stored only if
-// its group has had no change since its check (groups.go): one the store
-// refuses so is checked again, up to maxGroupRechecks times.
+// leader change lost goes again after pubAckWait.
 //
 // A send not stored within pubGiveUp of arriving is given up: it is
 // answered store_failed. A send answered with any code the client resends
@@ -111,22 +107,6 @@ type pubItem struct {
 	group string
 	ts    int64
 	media *protocol.Media
-	// rechecks counts a group send's checks made again because the group
-	// changed before it was stored.
-	rechecks int
-}
-
-// maxGroupRechecks bounds how often a group send is checked again because
-// its group changed before the store took it; past it, it is answered
-// store_failed and the client resends it.
-const maxGroupRechecks = 3
-
-// changedSinceCheck reports whether the store refused a group send
-// because the group's log has a change its check did not see
-// (groups.go, checkGroupSend).
-func changedSinceCheck(err error) bool {
-	var apiErr *jetstream.APIError
-	return errors.As(err, &apiErr) && apiErr.ErrorCode == jetstream.JSErrCodeStreamWrongLastSequence
 }
 
 // pubEnv is what the queue needs of its session (a fake in tests).
@@ -257,14 +237,6 @@ func (q *pubQueue) publishLocked(it *pubItem, now time.Time) {
 //
 // Lock should be held.
 func (q *pubQueue) failLocked(it *pubItem, err error, now time.Time) {
-	if it.group != "" && it.rechecks < maxGroupRechecks && changedSinceCheck(err) {
-		// The group changed between its check and the store: check again
-		// (a member removed meanwhile is refused not_member now).
-		it.rechecks++
-		it.state = pubGranting
-		q.env.grant(it)
-		return
-	}
 	if !transient(err) {
 		q.failedLocked(it, now)
 		return

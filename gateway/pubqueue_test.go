@@ -376,48 +376,6 @@ func TestPubQueueHoldsTheSendsBehindARetryableRefusal(t *testing.T) {
 	}
 }
 
-// A group send the store refuses because the group changed after its
-// check is checked again, and published after the new check; one whose
-// group keeps changing is answered store_failed after maxGroupRechecks.
-func TestPubQueueChecksAGroupSendAgainAfterAChange(t *testing.T) {
-	q, env := newTestQueue(8)
-	now := q.now
-	g1 := sendItem("g1")
-	g1.group = "friends"
-	q.put(t, g1, now)
-	q.put(t, sendItem("s2"), now)
-	q.granted(g1, nil, "", "")
-	wrongLast := apiError(400, int(jetstream.JSErrCodeStreamWrongLastSequence))
-	for i := range maxGroupRechecks {
-		q.onReply(env.last().n, env.last().a, wrongLast)
-		if len(env.grants) != i+2 || env.grants[i+1] != g1 {
-			t.Fatalf("after refusal %d: %d checks, want g1 checked again", i+1, len(env.grants))
-		}
-		q.granted(g1, nil, "", "")
-	}
-	expectStrings(t, "published", env.ids(), []string{"g1", "g1", "g1", "g1"})
-	q.onReply(env.last().n, env.last().a, wrongLast)
-	expectStrings(t, "answers", env.answers(), []string{"store_failed:g1", "store_failed:s2"})
-
-	// Checked again and found a member still, it is stored.
-	g3 := sendItem("g3")
-	g3.group = "friends"
-	q.put(t, g3, now)
-	q.granted(g3, nil, "", "")
-	q.onReply(env.last().n, env.last().a, wrongLast)
-	q.granted(g3, nil, "", "")
-	q.onReply(env.last().n, env.last().a, ackMsg(9, false))
-	expectStrings(t, "answers", env.answers(), []string{"store_failed:g1", "store_failed:s2", "sent:g3:9"})
-	// Removed meanwhile: the second check refuses it.
-	g4 := sendItem("g4")
-	g4.group = "friends"
-	q.put(t, g4, now)
-	q.granted(g4, nil, "", "")
-	q.onReply(env.last().n, env.last().a, wrongLast)
-	q.granted(g4, nil, protocol.ErrNotMember, "not a member")
-	expectStrings(t, "answers", env.answers(), []string{"store_failed:g1", "store_failed:s2", "sent:g3:9", "not_member:g4"})
-}
-
 // A publish that fails for good while the queue publishes again after a
 // reconnect takes its send (and those behind it) off the queue as the
 // queue is gone through: nothing is published or answered twice, and
