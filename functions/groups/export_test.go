@@ -14,3 +14,6 @@ func WithoutFanOut(c Config) Config {
 	c.noFanOut = true
 	return c
 }
+
+// DeleteMsg takes the message at seq out of GROUPS, for its tests.
+func (s *Service) DeleteMsg(ctx context.Context, seq uint64) error { return s.deleteMsg(ctx, seq) }

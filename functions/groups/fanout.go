@@ -126,13 +126,17 @@ func (p *partition) apply(m jetstream.Msg, seq uint64) error {
 		// GROUP_INFO has the change before its members hear of it: the
 		// instance that stored it writes the record at once, but may have
 		// failed to (a timeout, a crash in between), and the gateways check
-		// senders against the record (a send checked against one behind
-		// the log is not stored at all). Taken again until it is written.
+		// senders against the record. Taken again a few times; past that
+		// the change goes out anyway, rather than hold the partition's
+		// other groups (the next change or request repairs the record).
 		ctx, cancel := context.WithTimeout(s.ctx, s.cfg.Timeout)
 		err = s.follow(ctx, ev.Group)
 		cancel()
 		if err != nil {
-			return err
+			if meta, merr := m.Metadata(); merr == nil && meta.NumDelivered < followTries {
+				return err
+			}
+			s.log.Warn("group record behind its log; its change fanned out anyway", "group", gid, "seq", seq, "err", err)
 		}
 		to := sortedMembers(&ev.Group)
 		switch {
@@ -168,10 +172,12 @@ func (p *partition) apply(m jetstream.Msg, seq uint64) error {
 		if from == "" || !g.g.IsMember(from) {
 			// Taken out of the log too, so nothing counts it as sent to
 			// the group: the receipts function, reading the log for
-			// senders, would tell its sender delivered and read. Gateways
-			// store no such send for a group homed in their region
-			// (gateway/groups.go); one from another region's OUTBOX,
-			// checked there against its copy of the record, can be.
+			// senders, would tell its sender delivered and read. A gateway
+			// stores one when its record was a moment behind a removal,
+			// or for a group homed in another region, checked against its
+			// copy of the record. Deleted before any later message of the
+			// group is fanned out, so before any member's position passes
+			// it.
 			ctx, cancel := context.WithTimeout(s.ctx, s.cfg.Timeout)
 			err := s.deleteMsg(ctx, seq)
 			cancel()
@@ -231,6 +237,10 @@ func (p *partition) apply(m jetstream.Msg, seq uint64) error {
 		return nil
 	}
 }
+
+// followTries is how many deliveries of a change may fail to bring its
+// group's record up to it before the change is fanned out regardless.
+const followTries = 5
 
 func (p *partition) remember(gid string, g *members) {
 	if old, ok := p.cache[gid]; ok {

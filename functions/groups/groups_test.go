@@ -544,6 +544,26 @@ func TestNonMemberMessageDropped(t *testing.T) {
 	}
 }
 
+// Taking a message out of the log twice (a redelivery, two instances) is
+// done the second time too.
+func TestDeletingAMessageTwiceIsDone(t *testing.T) {
+	e := newEnv(t)
+	s := e.instance(t, groups.WithoutFanOut(groups.DefaultConfig()))
+	seq := e.send(t, "quiet", "eve", "spam")
+	for i := range 2 {
+		if err := s.DeleteMsg(context.Background(), seq); err != nil {
+			t.Fatalf("delete %d: %v", i+1, err)
+		}
+	}
+	st, err := e.n.JS.Stream(context.Background(), contract.GroupsStream)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := st.GetMsg(context.Background(), seq); !errors.Is(err, jetstream.ErrMsgNotFound) {
+		t.Fatalf("the message at %d: %v, want gone", seq, err)
+	}
+}
+
 // An instance stopped in the middle of a 1,024-member fan-out hands the
 // message back; the next one fans it out again, and every member's inbox
 // holds exactly one copy.

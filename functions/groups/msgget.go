@@ -78,9 +78,12 @@ func (s *Service) deleteMsg(ctx context.Context, seq uint64) error {
 	switch err := json.Unmarshal(m.Data, &resp); {
 	case err != nil:
 		return fmt.Errorf("groups: delete %d from GROUPS: %w", seq, err)
-	case resp.Error != nil && resp.Error.Code == 404:
-		return nil // deleted before (a redelivery)
 	case resp.Error != nil:
+		// Deleted before (a redelivery, another instance) is done; the
+		// server says so in more than one way, so look.
+		if _, gerr := s.getMsg(ctx, msgGetRequest{Seq: seq}); errors.Is(gerr, errNoMsg) {
+			return nil
+		}
 		return fmt.Errorf("groups: delete %d from GROUPS: %s (%d)", seq, resp.Error.Desc, resp.Error.ErrCode)
 	}
 	return nil
