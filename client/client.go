@@ -707,7 +707,7 @@ func (c *Client) resolve(o *outgoing, r result) {
 	o.done <- r // under mu: whoever finds o gone finds its result
 	// Held with the probe due, and something older than the holder just
 	// answered: the holder may go now.
-	flush := released || (c.ob.holder != nil && c.ob.probeDue)
+	flush := released || (c.ob.holder != nil && c.ob.probeDue) || c.ob.waiting()
 	c.mu.Unlock()
 	if flush {
 		c.flush()

@@ -12,8 +12,10 @@
 // A client's messages are stored in the order of its Send calls (calls
 // made at once from several goroutines are ordered as they enter Send).
 // Sends are pipelined: each is written as soon as it is made, without
-// waiting for the "sent" of those before it, and the gateway stores one
-// connection's sends in the order they arrive. A send answered with an
+// waiting for the "sent" of those before it, up to 64 unanswered (more
+// wait for answers: the gateway's send burst is 200, and hundreds made
+// offline and written at once would be refused past it), and the gateway
+// stores one connection's sends in the order they arrive. A send answered with an
 // error can break that order only if newer sends overtake its resend, so:
 //
 //   - When a send is answered with an error that protocol.Errors marks

@@ -3,6 +3,7 @@ package client
 import (
 	"context"
 	"errors"
+	"fmt"
 	"testing"
 	"time"
 
@@ -300,4 +301,39 @@ func TestRetryableFollowsTheProtocol(t *testing.T) {
 	if !retryable("some_code_from_the_future") {
 		t.Error("an unknown code is not retried, unlike internal")
 	}
+}
+
+// At most sendWindow sends are on the wire unanswered: the rest go out as
+// answers come, in order, on this connection and after a reconnect (a
+// device back with hundreds of sends made offline would otherwise have
+// them refused past the gateway's send burst, and be closed for it).
+func TestSendsBeyondTheWindowWaitForAnswers(t *testing.T) {
+	s := newScript(t)
+	w := newWaiter(false)
+	c := s.dial(t, Options{}, w)
+	sc := s.accept(t)
+
+	ids := make([]string, sendWindow+10)
+	for i := range ids {
+		ids[i] = fmt.Sprintf("m%d", i+1)
+		queue(t, c, ids[i])
+	}
+	sc.expectSends(t, ids[:sendWindow]...)
+	sc.fence(t, c) // nothing more was written
+	sc.sent(ids[0], 1)
+	sc.sent(ids[1], 2)
+	sc.expectSends(t, ids[sendWindow], ids[sendWindow+1])
+	sc.fence(t, c)
+
+	// A reconnect writes the oldest sendWindow unanswered, then the rest
+	// as they are answered.
+	sc.closeWith(protocol.CloseServiceRestart, "gateway shutting down")
+	w.next(t).end()
+	sc2 := s.accept(t)
+	sc2.expectSends(t, ids[2:2+sendWindow]...)
+	sc2.fence(t, c)
+	for i := 2; i < len(ids); i++ {
+		sc2.sent(ids[i], uint64(i+1))
+	}
+	sc2.expectSends(t, ids[2+sendWindow:]...)
 }

@@ -45,13 +45,14 @@ type result struct {
 // them may be written. It does no I/O; Client.mu guards it.
 //
 // In the normal case every send is written as soon as it is made, many in
-// flight at once. A send answered with a retryable error becomes the
+// flight at once, up to sendWindow unanswered. A send answered with a retryable error becomes the
 // holder: from then on no send newer than it is written, and it alone is
 // written again (the probe) once its backoff has passed and nothing older
 // is unanswered. The hold ends when the holder is stored, refused for good
 // or withdrawn; every send not on the wire then goes out, in order. A new
-// connection writes every unconfirmed send in order; a holder among them
-// keeps newer sends made after that waiting until it is answered.
+// connection writes the unconfirmed sends in order (up to sendWindow); a
+// holder among them keeps newer sends made after that waiting until it is
+// answered.
 type outbox struct {
 	byID    map[string]*outgoing
 	order   list.List // of *outgoing, oldest (lowest seq) first
@@ -135,32 +136,56 @@ func (b *outbox) writable() []*outgoing {
 		b.unwritten--
 		return []*outgoing{head}
 	}
+	room := sendWindow - (b.order.Len() - b.unwritten)
+	if room <= 0 {
+		return nil
+	}
 	// Unwritten sends are usually the newest few: walk back from the end
-	// until all are found.
-	out := make([]*outgoing, b.unwritten)
+	// until all are found, and write the oldest of them.
+	all := make([]*outgoing, b.unwritten)
 	n := b.unwritten
 	for e := b.order.Back(); n > 0; e = e.Prev() {
 		if o := e.Value.(*outgoing); !o.written {
 			n--
-			out[n] = o
-			o.written = true
+			all[n] = o
 		}
 	}
-	b.unwritten = 0
+	out := all[:min(room, len(all))]
+	for _, o := range out {
+		o.written = true
+	}
+	b.unwritten -= len(out)
 	return out
 }
 
-// rewriteAll returns every unconfirmed send, in order, for a new
-// connection, and counts them as written. A holder stays the holder until
+// waiting reports whether sends wait for room in the window, with no
+// hold: an answer lets the next go.
+func (b *outbox) waiting() bool { return b.holder == nil && b.unwritten > 0 }
+
+// sendWindow bounds the sends written on a connection and not yet
+// answered; the rest go as answers come. The gateway takes a burst of
+// 200 sends (its send rate limit) and closes a connection whose frames
+// it refused 50 times in a row: a device back with hundreds of sends
+// made offline, all written at once, would be refused and closed, come
+// back and write them all again, and never get through.
+const sendWindow = 64
+
+// rewriteAll returns the unconfirmed sends, oldest first, as many as
+// sendWindow lets go, for a new connection, and counts them as written;
+// the rest go as answers come. A holder stays the holder until
 // it is answered, so sends made after this wait behind it.
 func (b *outbox) rewriteAll() []*outgoing {
-	out := make([]*outgoing, 0, b.order.Len())
+	out := make([]*outgoing, 0, min(b.order.Len(), sendWindow))
+	b.unwritten = 0
 	for e := b.order.Front(); e != nil; e = e.Next() {
 		o := e.Value.(*outgoing)
-		o.written = true
-		out = append(out, o)
+		o.written = len(out) < sendWindow
+		if o.written {
+			out = append(out, o)
+		} else {
+			b.unwritten++
+		}
 	}
-	b.unwritten = 0
 	b.probeDue = false
 	b.probeGen++ // the holder is on the wire: a pending backoff is moot
 	return out

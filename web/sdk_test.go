@@ -758,3 +758,33 @@ func TestSDKGroupReceipts(t *testing.T) {
 		t.Fatalf("groupStatus of another's message: %s", got)
 	}
 }
+
+// At most 64 sends are on the wire unanswered: the rest go out as answers
+// come, in order, and after a reconnect the oldest 64 unanswered go first.
+func TestSDKKeepsSendsBeyondTheWindowForAnswers(t *testing.T) {
+	s := newScript(t)
+	pg, c := startSDK(t, s, "")
+	const window = 64
+	ids := make([]any, window+6)
+	for i := range ids {
+		ids[i] = fmt.Sprintf("m%d", i+1)
+		send(pg, ids[i].(string))
+	}
+	c.expect(t, protocol.TypeSend, ids[:window]...)
+	c.fence(t, pg) // nothing more was written
+	c.sent("m1", 1)
+	c.sent("m2", 2)
+	c.expect(t, protocol.TypeSend, ids[window], ids[window+1])
+	c.fence(t, pg)
+	c.closeWith(protocol.CloseServiceRestart, "restart")
+	c = s.accept(t)
+	c.expect(t, protocol.TypeSend, ids[2:2+window]...)
+	c.fence(t, pg)
+	for i := 2; i < len(ids); i++ {
+		c.sent(ids[i].(string), uint64(i+1))
+	}
+	c.expect(t, protocol.TypeSend, ids[2+window:]...)
+	if got := result(t, pg, ids[len(ids)-1].(string)); got != fmt.Sprintf("seq %d", len(ids)) {
+		t.Fatalf("the last send: %s", got)
+	}
+}

@@ -1067,8 +1067,8 @@ export class Client {
     if (r.err) o.reject(r.err);
     else o.resolve(r.ok);
     // Held with the probe due, and something older than the holder just
-    // answered: the holder may go now.
-    if (released || (ob.holder && ob.probeDue)) this.#flush();
+    // answered: the holder may go now. Or sends wait for the window.
+    if (released || (ob.holder && ob.probeDue) || ob.waiting()) this.#flush();
   }
 
   // flush writes the sends the outbox lets go out now, in order.
@@ -1536,13 +1536,21 @@ function retryWait(n, min, max) {
 // --- the outbox: which sends may be written, in what order ---
 
 // Outbox holds the unconfirmed sends in the order of the send calls. In
-// the normal case each is written as soon as it is made. A send answered
+// the normal case each is written as soon as it is made, up to SEND_WINDOW
+// unanswered. A send answered
 // with a retryable error becomes the holder: no newer send is written, and
 // it alone is written again (the probe) once its wait has passed and
 // nothing older is unanswered. The hold ends when it is stored, refused for
 // good or withdrawn; then every send not on the wire goes out, in order. A
 // new connection writes every unconfirmed send in order; a holder among
 // them keeps newer sends made after that waiting until it is answered.
+// SEND_WINDOW bounds the sends written on a connection and not yet
+// answered; the rest go as answers come. The gateway takes a burst of 200
+// sends and closes a connection whose frames it refused 50 times in a row:
+// a page back with hundreds of sends made offline, all written at once,
+// would be refused and closed, come back and write them all again.
+const SEND_WINDOW = 64;
+
 class Outbox {
   byId = new Map();
   order = []; // oldest first
@@ -1601,20 +1609,29 @@ class Outbox {
       this.unwritten--;
       return [head];
     }
-    const out = this.order.filter((o) => !o.written);
+    const room = SEND_WINDOW - (this.order.length - this.unwritten);
+    if (room <= 0) return [];
+    const out = this.order.filter((o) => !o.written).slice(0, room);
     for (const o of out) o.written = true;
-    this.unwritten = 0;
+    this.unwritten -= out.length;
     return out;
   }
 
-  // rewriteAll returns every unconfirmed send, in order, for a new
-  // connection. A holder stays the holder until it is answered.
+  // waiting says sends wait for room in the window, with no hold: an
+  // answer lets the next go.
+  waiting() {
+    return this.holder === null && this.unwritten > 0;
+  }
+
+  // rewriteAll returns the unconfirmed sends, oldest first, as many as
+  // SEND_WINDOW lets go, for a new connection; the rest go as answers
+  // come. A holder stays the holder until it is answered.
   rewriteAll() {
-    for (const o of this.order) o.written = true;
-    this.unwritten = 0;
+    this.order.forEach((o, i) => { o.written = i < SEND_WINDOW; });
+    this.unwritten = Math.max(0, this.order.length - SEND_WINDOW);
     this.probeDue = false;
     this.probeGen++; // the holder is on the wire: a pending wait is moot
-    return [...this.order];
+    return this.order.slice(0, SEND_WINDOW);
   }
 
   // drain removes and returns every send (the client stopped).
