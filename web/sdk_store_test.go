@@ -246,3 +246,40 @@ func TestSDKStoreQuotaFullSendsNothing(t *testing.T) {
 	}
 	c.fence(t, pg)
 }
+
+// A message whose store write fails (a full disk, say; here the store's
+// write refuses it once) ends the connection, and the messages behind it
+// on that connection are neither given to the app nor stored ahead of
+// it: they come again after the reconnect, behind it, in order.
+func TestSDKStoreKeepsOrderWhenAWriteFails(t *testing.T) {
+	s := newScript(t)
+	pg, c := startSDK(t, s, storeOpt)
+	js(pg, `c.on('message', (m) => c.ack(m.seq));
+		const received = c.store.received.bind(c.store);
+		let failed = false;
+		c.store.received = (m, ...rest) => {
+			if (m.id === 'm-1' && !failed) {
+				failed = true;
+				// As a disk does: the write fails after a while, once the
+				// frames behind it have come in.
+				return new Promise((_, reject) => setTimeout(() => reject(new DOMException('scripted', 'UnknownError')), 300));
+			}
+			return received(m, ...rest);
+		}`)
+	frames := func(c *sconn) {
+		c.msg("m-1", "bob", 5)
+		c.msg("m-2", "bob", 6)
+		c.msg("m-3", "bob", 7)
+	}
+	frames(c)
+	pg.WaitFor(stuck, "the store's error", `log.some(([t, e]) => t === 'error' && e.code === 'local_store')`)
+	c = s.accept(t)
+	frames(c)
+	c.expect(t, protocol.TypeAck, 5, 6, 7)
+	if got := tk.Eval[string](pg, `JSON.stringify(log.filter(([t]) => t === 'message').map(([, m]) => m.id))`); got != `["m-1","m-2","m-3"]` {
+		t.Fatalf("messages given to the app: %s", got)
+	}
+	if got := history(pg, "bob"); got != "m-1@5:sent m-2@6:sent m-3@7:sent" {
+		t.Fatalf("history: %s", got)
+	}
+}

@@ -46,6 +46,11 @@ type script struct {
 	deny atomic.Value
 	// media serves /v1/media/... when set.
 	media http.Handler
+	// badGateway is how many requests to /v1/ws, upgrades or not, to
+	// answer 502 next, as a proxy does while the gateway behind it is
+	// away; sseTries counts the requests for the event stream.
+	badGateway atomic.Int32
+	sseTries   atomic.Int32
 
 	mu   sync.Mutex // guards open
 	open []*sconn
@@ -84,6 +89,10 @@ func newScript(t *testing.T) *script {
 		_, _ = io.Copy(w, f)
 	})
 	mux.HandleFunc("/v1/ws", s.serve)
+	mux.HandleFunc("/v1/sse", func(w http.ResponseWriter, r *http.Request) {
+		s.sseTries.Add(1)
+		http.NotFound(w, r)
+	})
 	mux.HandleFunc("/v1/media/", func(w http.ResponseWriter, r *http.Request) {
 		if s.media == nil {
 			http.NotFound(w, r)
@@ -107,6 +116,11 @@ func newScript(t *testing.T) *script {
 func (s *script) wsURL() string { return "ws" + strings.TrimPrefix(s.srv.URL, "http") + "/v1/ws" }
 
 func (s *script) serve(w http.ResponseWriter, r *http.Request) {
+	if s.badGateway.Load() > 0 {
+		s.badGateway.Add(-1)
+		w.WriteHeader(http.StatusBadGateway)
+		return
+	}
 	if code := s.deny.Load().(string); code != "" {
 		w.Header().Set("Content-Type", "application/json")
 		w.WriteHeader(http.StatusUnauthorized)
@@ -786,5 +800,24 @@ func TestSDKKeepsSendsBeyondTheWindowForAnswers(t *testing.T) {
 	c.expect(t, protocol.TypeSend, ids[2+window:]...)
 	if got := result(t, pg, ids[len(ids)-1].(string)); got != fmt.Sprintf("seq %d", len(ids)) {
 		t.Fatalf("the last send: %s", got)
+	}
+}
+
+// A proxy answering 502 while the gateway behind it restarts is not the
+// gateway saying it would take the token (426): the SDK keeps to
+// WebSockets, and connects over one once the gateway is back, without
+// trying the event stream.
+func TestSDKTakesOnlyTheGatewaysAnswerForABlockedWebSocket(t *testing.T) {
+	s := newScript(t)
+	pg, c := startSDK(t, s, "")
+	s.badGateway.Store(6) // the WebSockets and the probes between them
+	c.closeWith(protocol.CloseServiceRestart, "restart")
+	s.accept(t)
+	pg.WaitFor(stuck, "connected again", `log.filter(([t]) => t === 'connect').length === 2`)
+	if tr := tk.Eval[string](pg, `c.transport`); tr != "websocket" {
+		t.Fatalf("connected over %q, want websocket", tr)
+	}
+	if n := s.sseTries.Load(); n != 0 {
+		t.Fatalf("the SDK asked for the event stream %d times while a proxy answered 502", n)
 	}
 }

@@ -507,8 +507,8 @@ export function sseTransport() {
  * HTTP fallback when a WebSocket cannot get through. When a WebSocket
  * fails before it opens (refused, dropped, or not open within
  * openTimeout ms), the gateway's WebSocket URL is asked over plain HTTP
- * with the token: if the gateway answers, and not with a refusal (401,
- * 403, 503), a WebSocket is tried once more; if that one fails too
+ * with the token: if the gateway answers that it would take it (426
+ * upgrade_required), a WebSocket is tried once more; if that one fails too
  * while the gateway still answers, something on the way stops
  * WebSockets, so the event stream is tried. Once a stream has opened the
  * client stays on it (a new page tries a WebSocket again). The current
@@ -559,11 +559,12 @@ async function probe(url, token) {
   }
 }
 
-// reachable says whether the gateway answers plain HTTP and does not
-// refuse the token there.
+// reachable says whether the gateway itself answers plain HTTP and would
+// take the token there: 426 upgrade_required, and nothing else (a proxy's
+// 502 while the gateway restarts is not the gateway).
 async function reachable(url, token) {
   const p = await probe(url, token);
-  return p !== null && p.status !== 401 && p.status !== 403 && p.status !== 503;
+  return p !== null && p.status === 426;
 }
 
 /** connect makes a Client and resolves once its first connection is up. */
@@ -860,19 +861,26 @@ export class Client {
 
   // take handles a frame from link. With a local store, frames are
   // handled one after another, each once the store writes it asks for are
-  // done; one whose write fails ends the connection (see storeFailed).
+  // done; one whose write fails ends the connection (see storeFailed), and
+  // the frames of that connection still waiting are dropped: handled, a
+  // message after the one that failed would reach the app (and the
+  // store's history) ahead of it, which comes again on the next
+  // connection.
   #take(link, f) {
     if (!this.#store) {
       this.#handle(link, f);
       return;
     }
-    this.#chain = this.#chain.then(() => this.#handle(link, f)).catch((e) => this.#storeFailed(link, e));
+    this.#chain = this.#chain
+      .then(() => (link.storeFailed ? undefined : this.#handle(link, f)))
+      .catch((e) => this.#storeFailed(link, e));
   }
 
   // storeFailed reports a store write that failed while handling a frame
   // from link, and ends that connection unanswered: the frame (a message,
   // a receipt) comes again on the next one, and is stored then.
   #storeFailed(link, e) {
+    link.storeFailed = true;
     const err = storeError(e, this.#store?.name ?? '');
     this.#emit('error', { code: 'local_store', message: err.message, seq: 0, id: '', error: err });
     if (this.#link === link) link.conn.close(4000, 'local store failed');
