@@ -27,7 +27,16 @@ var (
 	// not UTF-8 would make the gateway close the connection (1007), and
 	// the send would be resent, and refused, on every reconnect.
 	ErrBadBody = errors.New("client: body is not valid UTF-8 JSON")
+	// ErrTooLarge: the send's frame is larger than the gateway takes (its
+	// welcome's max_frame, 64 KiB by default). Written, it would close the
+	// connection (1009) and be written first again on every reconnect,
+	// holding every newer send back.
+	ErrTooLarge = errors.New("client: message larger than the gateway takes")
 )
+
+// defaultMaxFrame is the gateway's default max_frame, assumed until a
+// welcome says otherwise.
+const defaultMaxFrame = 64 << 10
 
 // CloseError is the close the server ended the connection with when its
 // code is one after which a client must not reconnect (its row in
@@ -215,6 +224,7 @@ type Client struct {
 	mu       sync.Mutex // guards everything below
 	conn     *websocket.Conn
 	session  string
+	maxFrame int     // the largest frame the gateway takes (its welcome's max_frame)
 	ob       *outbox // unconfirmed sends, in order
 	seenMsg  *lru    // from+id of messages handed to the app
 	acked    *lru    // seqs the app acked (redeliveries of them are acked again)
@@ -275,13 +285,14 @@ func dialWith(ctx context.Context, opts Options, h hooks) (*Client, error) {
 		opts.AckGather = defaultAckGather
 	}
 	c := &Client{
-		opts:   opts,
-		hooks:  h,
-		msgs:   make(chan Message, opts.Buffer),
-		rcpt:   make(chan Receipt, opts.Buffer),
-		rsync:  make(chan ReadSync, opts.Buffer),
-		typing: make(chan Typing, 64),
-		ob:     newOutbox(),
+		maxFrame: defaultMaxFrame,
+		opts:     opts,
+		hooks:    h,
+		msgs:     make(chan Message, opts.Buffer),
+		rcpt:     make(chan Receipt, opts.Buffer),
+		rsync:    make(chan ReadSync, opts.Buffer),
+		typing:   make(chan Typing, 64),
+		ob:       newOutbox(),
 
 		presence:        make(chan Presence, 256),
 		settingsReply:   make(chan Settings, 1),
@@ -391,6 +402,11 @@ func (c *Client) dial(ctx context.Context) (*websocket.Conn, string, error) {
 	if err != nil || f.Type != protocol.TypeWelcome {
 		conn.Close()
 		return nil, "", fmt.Errorf("client: expected welcome, got %.100q", data)
+	}
+	if f.MaxFrame > 0 {
+		c.mu.Lock()
+		c.maxFrame = f.MaxFrame
+		c.mu.Unlock()
 	}
 	return conn, f.Session, nil
 }
@@ -844,6 +860,11 @@ func (c *Client) enqueueTo(d dest, id string, body json.RawMessage, media *proto
 	fresh := o == nil
 	if fresh {
 		o = &outgoing{id: id, to: d.to, group: d.group, body: append([]byte(nil), body...), media: media, done: make(chan result, 1)}
+		if len(o.frame()) > c.maxFrame {
+			c.mu.Unlock()
+			unlock()
+			return nil, ErrTooLarge
+		}
 		if err := c.keep(o); err != nil {
 			c.mu.Unlock()
 			unlock()

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strings"
 	"testing"
 	"time"
 
@@ -336,4 +337,24 @@ func TestSendsBeyondTheWindowWaitForAnswers(t *testing.T) {
 		sc2.sent(ids[i], uint64(i+1))
 	}
 	sc2.expectSends(t, ids[2+sendWindow:]...)
+}
+
+// A send whose frame is larger than the gateway takes is refused at once
+// and never written: written, it would close the connection (1009) and go
+// first again on every reconnect, holding every newer send back.
+func TestSendLargerThanTheGatewayTakesIsRefusedAtOnce(t *testing.T) {
+	s := newScript(t)
+	c := s.dial(t, Options{}, newWaiter(true))
+	sc := s.accept(t)
+	big := []byte(`"` + strings.Repeat("x", 70000) + `"`)
+	if _, err := c.Send(context.Background(), "bob", "big", big); !errors.Is(err, ErrTooLarge) {
+		t.Fatalf("a send past max_frame: %v, want ErrTooLarge", err)
+	}
+	sc.fence(t, c) // nothing was written
+	o := queue(t, c, "m1")
+	sc.expectSends(t, "m1")
+	sc.sent("m1", 1)
+	if _, err := outcome(t, c, o); err != nil {
+		t.Fatal(err)
+	}
 }

@@ -229,7 +229,7 @@ func TestSDKStoreQuotaFullSendsNothing(t *testing.T) {
 		}
 	}
 	quota(new(float64(1)))
-	js(pg, `window.big = 'x'.repeat(200000); c.send('bob', 'big', big).then((v) => { results.big = v; }, (e) => { results.big = { error: e.name, code: e.code, message: e.message }; })`)
+	js(pg, `window.big = 'x'.repeat(60000); c.send('bob', 'big', big).then((v) => { results.big = v; }, (e) => { results.big = { error: e.name, code: e.code, message: e.message }; })`)
 	if got := result(t, pg, "big"); got != "StoreError quota" {
 		t.Fatalf("a send over the quota: %s", got)
 	}

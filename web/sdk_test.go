@@ -821,3 +821,22 @@ func TestSDKTakesOnlyTheGatewaysAnswerForABlockedWebSocket(t *testing.T) {
 		t.Fatalf("the SDK asked for the event stream %d times while a proxy answered 502", n)
 	}
 }
+
+// A send whose frame is larger than the gateway takes (its welcome's
+// max_frame) is rejected at once and never written: written, it would
+// close the connection (1009) and go first again on every reconnect.
+func TestSDKRejectsASendLargerThanTheGatewayTakes(t *testing.T) {
+	s := newScript(t)
+	pg, c := startSDK(t, s, "")
+	js(pg, `c.send('bob', 'big', 'x'.repeat(70000)).then((v) => { results.big = v; }, (e) => { results.big = { error: e.name, code: '' }; })`)
+	if got := result(t, pg, "big"); got != "RangeError " {
+		t.Fatalf("a send past max_frame: %q", got)
+	}
+	c.fence(t, pg) // nothing was written
+	send(pg, "m1")
+	c.expect(t, protocol.TypeSend, "m1")
+	c.sent("m1", 1)
+	if got := result(t, pg, "m1"); got != "seq 1" {
+		t.Fatalf("m1: %s", got)
+	}
+}

@@ -584,6 +584,7 @@ export class Client {
   #link = null; // the current connection: {conn, session}
   #stopped = null; // why the client stopped, once it has
   #outbox = new Outbox();
+  #maxFrame = 65536; // the largest frame the gateway takes: its welcome's max_frame
   #seen = new Lru(MAX_SEEN); // from + '\0' + id -> seq of messages given to the app
   #acked = new Lru(MAX_SEEN); // seqs the app acked
   #ticks = new Ticks();
@@ -746,6 +747,7 @@ export class Client {
     try {
       const w = await Promise.race([welcome, late]);
       link.session = w.session;
+      if (w.max_frame > 0) this.#maxFrame = w.max_frame;
       return link;
     } catch (e) {
       conn.close(1000, '');
@@ -1087,7 +1089,9 @@ export class Client {
 
   /**
    * send stores body (any JSON value but null) for user `to` under message
-   * id `id`, and resolves on "sent" with {id, seq, ts, dup}.
+   * id `id`, and resolves on "sent" with {id, seq, ts, dup}. A message
+   * larger than the gateway takes (its max_frame, 64 KiB by default) is
+   * rejected at once with a RangeError, and nothing is written.
    */
   send(to, id, body, { signal } = {}) {
     if (body === null || body === undefined) return Promise.reject(new TypeError('switchboard: a body is required (any JSON value but null)'));
@@ -1124,6 +1128,11 @@ export class Client {
       frame = sendFrame(id, to, group, body, media);
     } catch (e) {
       return Promise.reject(e);
+    }
+    if (utf8.encode(frame).length > this.#maxFrame) {
+      // The gateway would close the connection (1009), and the send would
+      // be written first on every connection after: nothing newer would go.
+      return Promise.reject(new RangeError(`switchboard: the message is larger than the gateway takes (${this.#maxFrame} bytes a frame)`));
     }
     if (signal?.aborted) return Promise.reject(signal.reason); // given up before it started: write nothing
     if (this.#stopped) return Promise.reject(this.#stopped);
