@@ -461,8 +461,24 @@ func (c *Client) attach(conn *websocket.Conn, sid string) {
 		c.down = nil
 	}
 	c.stats.Connects++
+	// A send made under a larger max_frame, or kept in the store by an
+	// older build, is refused here: written, it would close the connection
+	// (1009) and go first again every time.
+	var tooLarge []*outgoing
+	for e := c.ob.order.Front(); e != nil; {
+		o := e.Value.(*outgoing)
+		e = e.Next()
+		if len(o.frame()) > c.maxFrame {
+			c.ob.remove(o) // rewriteAll writes the rest
+			o.done <- result{err: ErrTooLarge}
+			tooLarge = append(tooLarge, o)
+		}
+	}
 	pending := c.ob.rewriteAll()
 	c.mu.Unlock()
+	for _, o := range tooLarge {
+		c.storeDrop(o)
+	}
 	for _, o := range pending {
 		if err := c.write(conn, o.frame()); err != nil {
 			conn.Close() // the read loop sees it and reconnects
@@ -900,11 +916,13 @@ func (c *Client) await(ctx context.Context, o *outgoing) (Sent, error) {
 	if withdrawn {
 		released = c.ob.remove(o)
 	}
+	// Its room in the window is free too: a send waiting for it may go.
+	flush := released || (withdrawn && c.ob.waiting())
 	c.mu.Unlock()
 	if withdrawn {
 		c.storeDrop(o)
 	}
-	if released {
+	if flush {
 		c.flush()
 	}
 	if resolved { // answered as ctx ended

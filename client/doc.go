@@ -26,9 +26,10 @@
 //     wait: the server's retry_ms if it gave one, otherwise a random time
 //     up to a bound that starts at MinBackoff and doubles with each failure
 //     of the same send, up to MaxBackoff.
-//   - Once it is stored, every send not on the wire goes out at once, in
-//     the original order (those that failed behind it first), and
-//     pipelining resumes. A failure among them starts a new hold.
+//   - Once it is stored, the sends not on the wire go out, in the
+//     original order (those that failed behind it first), as many as the
+//     window of 64 unanswered lets go, and pipelining resumes. A failure
+//     among them starts a new hold.
 //   - It stops holding the others back if its Send fails instead, with an
 //     error resending cannot fix (bad_media, say), or if it is withdrawn.
 //     The sends behind it then go ahead, in order.
@@ -39,8 +40,10 @@
 //     fail to answer after storing); Send again with the same id to find
 //     out (the answer is "sent" with dup) or to store it now, after the
 //     others.
-//   - After a reconnect every unconfirmed send is written again at once, in
-//     order, then the sends made while disconnected. A send that was
+//   - After a reconnect the unconfirmed sends are written again, in
+//     order, then the sends made while disconnected, 64 unanswered at a
+//     time. A send larger than the new connection's max_frame is answered
+//     ErrTooLarge and dropped from the Store, never written. A send that was
 //     holding the others back keeps sends made after the reconnect waiting
 //     until its "sent" comes back.
 //

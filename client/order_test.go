@@ -4,10 +4,12 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/switchboard-im/switchboard/client/localstore"
 	"github.com/switchboard-im/switchboard/protocol"
 )
 
@@ -356,5 +358,60 @@ func TestSendLargerThanTheGatewayTakesIsRefusedAtOnce(t *testing.T) {
 	sc.sent("m1", 1)
 	if _, err := outcome(t, c, o); err != nil {
 		t.Fatal(err)
+	}
+}
+
+// Withdrawing the sends on the wire frees their room in the window: a
+// send waiting for room goes out at once, not at the next send.
+func TestWithdrawnSendsLetTheSendWaitingForRoomGo(t *testing.T) {
+	s := newScript(t)
+	c := s.dial(t, Options{}, newWaiter(true))
+	sc := s.accept(t)
+	outs := make([]*outgoing, sendWindow)
+	ids := make([]string, sendWindow)
+	for i := range outs {
+		ids[i] = fmt.Sprintf("w%d", i+1)
+		outs[i] = queue(t, c, ids[i])
+	}
+	sc.expectSends(t, ids...)
+	queue(t, c, "next")
+	sc.fence(t, c) // waiting for room
+	gone, cancel := context.WithCancel(context.Background())
+	cancel()
+	for _, o := range outs {
+		if _, err := c.await(gone, o); !errors.Is(err, context.Canceled) {
+			t.Fatalf("withdrawn send: %v", err)
+		}
+	}
+	sc.expectSends(t, "next")
+}
+
+// A send kept in the store that is larger than the gateway takes (made
+// under a larger max_frame, or by a build that did not check) is refused
+// when the client connects, dropped from the store, and never written.
+func TestRestoredSendLargerThanTheGatewayTakesIsDropped(t *testing.T) {
+	st, err := localstore.Open(filepath.Join(t.TempDir(), "device.db"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer st.Close()
+	big := []byte(`"` + strings.Repeat("x", 70000) + `"`)
+	if err := st.AddOutgoing(localstore.Outgoing{ID: "big", To: "bob", Body: big}); err != nil {
+		t.Fatal(err)
+	}
+	if err := st.AddOutgoing(localstore.Outgoing{ID: "small", To: "bob", Body: []byte(`"hi"`)}); err != nil {
+		t.Fatal(err)
+	}
+	s := newScript(t)
+	c := s.dial(t, Options{Store: st}, newWaiter(true))
+	sc := s.accept(t)
+	sc.expectSends(t, "small")
+	sc.fence(t, c)
+	left, err := st.Outbox()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(left) != 1 || left[0].ID != "small" {
+		t.Fatalf("the store's outbox holds %+v, want small only", left)
 	}
 }

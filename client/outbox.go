@@ -140,19 +140,13 @@ func (b *outbox) writable() []*outgoing {
 	if room <= 0 {
 		return nil
 	}
-	// Unwritten sends are usually the newest few: walk back from the end
-	// until all are found, and write the oldest of them.
-	all := make([]*outgoing, b.unwritten)
-	n := b.unwritten
-	for e := b.order.Back(); n > 0; e = e.Prev() {
+	// The oldest unwritten, past at most sendWindow written ones.
+	out := make([]*outgoing, 0, min(room, b.unwritten))
+	for e := b.order.Front(); e != nil && len(out) < cap(out); e = e.Next() {
 		if o := e.Value.(*outgoing); !o.written {
-			n--
-			all[n] = o
+			o.written = true
+			out = append(out, o)
 		}
-	}
-	out := all[:min(room, len(all))]
-	for _, o := range out {
-		o.written = true
 	}
 	b.unwritten -= len(out)
 	return out

@@ -283,3 +283,31 @@ func TestSDKStoreKeepsOrderWhenAWriteFails(t *testing.T) {
 		t.Fatalf("history: %s", got)
 	}
 }
+
+// A send made before the page first connected (offline, before any
+// welcome said the gateway's limit) that is larger than the gateway takes
+// is rejected when the page connects, dropped from the store, and never
+// written; the sends behind it go.
+func TestSDKStoreDropsAKeptSendLargerThanTheGatewayTakes(t *testing.T) {
+	s := newScript(t)
+	pg := tk.StartBrowser(t).NewPage(t, "sdk")
+	pg.Navigate(s.srv.URL + "/")
+	pg.WaitFor(stuck, "the SDK imported", `window.ready === true`)
+	js(pg, fmt.Sprintf(`
+		window.c = new sb.Client({ url: %q, token: 'tok', minBackoff: 1, maxBackoff: 20, %s });
+		c.send('bob', 'big', 'x'.repeat(70000)).then((v) => { results.big = v; }, (e) => { results.big = { error: e.name, code: '' }; });
+		c.send('bob', 'small', 'hi').then((v) => { results.small = v; }, (e) => { results.small = { error: e.name, code: e.code }; });
+		c.start()`, s.wsURL(), storeOpt))
+	c := s.accept(t)
+	c.expect(t, protocol.TypeSend, "small")
+	c.sent("small", 1)
+	if got := result(t, pg, "big"); got != "RangeError " {
+		t.Fatalf("the send past max_frame: %q", got)
+	}
+	if got := result(t, pg, "small"); got != "seq 1" {
+		t.Fatalf("small: %s", got)
+	}
+	if got := tk.Eval[int](pg, `c.store.outbox().then((o) => o.length)`); got != 0 {
+		t.Fatalf("the store's outbox holds %d sends, want none", got)
+	}
+}

@@ -840,3 +840,21 @@ func TestSDKRejectsASendLargerThanTheGatewayTakes(t *testing.T) {
 		t.Fatalf("m1: %s", got)
 	}
 }
+
+// Withdrawing the sends on the wire (their signal aborted) frees their
+// room in the window: the send waiting for room goes out at once.
+func TestSDKWithdrawnSendsLetTheSendWaitingForRoomGo(t *testing.T) {
+	s := newScript(t)
+	pg, c := startSDK(t, s, "")
+	js(pg, `window.ac = new AbortController();
+		for (let i = 1; i <= 64; i++) c.send('bob', 'w' + i, 'x', { signal: ac.signal }).catch(() => {})`)
+	ids := make([]any, 64)
+	for i := range ids {
+		ids[i] = fmt.Sprintf("w%d", i+1)
+	}
+	c.expect(t, protocol.TypeSend, ids...)
+	send(pg, "next")
+	c.fence(t, pg) // waiting for room
+	js(pg, `ac.abort()`)
+	c.expect(t, protocol.TypeSend, "next")
+}

@@ -240,7 +240,12 @@ func (p *partition) apply(m jetstream.Msg, seq uint64) error {
 
 // followTries is how many deliveries of a change may fail to bring its
 // group's record up to it before the change is fanned out regardless.
-const followTries = 5
+// With the fan-out's backoff (100 ms doubling to 30 s) that is several
+// minutes: long enough to wait out a bucket's leader election, since
+// members told of a change the record lacks are refused (an added
+// member's sends) or counted (a removed one's position) wrongly until
+// the record catches up.
+const followTries = 20
 
 func (p *partition) remember(gid string, g *members) {
 	if old, ok := p.cache[gid]; ok {

@@ -575,6 +575,8 @@ export async function connect(options) {
 }
 
 const WELCOME_TIMEOUT = 15000;
+// REDELIVERED are the frames a connection's end brings again on the next.
+const REDELIVERED = new Set(['msg', 'receipt', 'read_sync']);
 const MAX_SEEN = 100000;
 
 /** Client is one device's connection to Switchboard. */
@@ -584,7 +586,7 @@ export class Client {
   #link = null; // the current connection: {conn, session}
   #stopped = null; // why the client stopped, once it has
   #outbox = new Outbox();
-  #maxFrame = 65536; // the largest frame the gateway takes: its welcome's max_frame
+  #maxFrame = 0; // the largest frame the gateway takes (its welcome's max_frame), 0 until one came
   #seen = new Lru(MAX_SEEN); // from + '\0' + id -> seq of messages given to the app
   #acked = new Lru(MAX_SEEN); // seqs the app acked
   #ticks = new Ticks();
@@ -827,6 +829,16 @@ export class Client {
     link.live = true;
     this.#link = link;
     this.#stats.connects++;
+    // A send made before this gateway said its max_frame (offline, or
+    // kept in the store), or under a larger one, is refused here: written,
+    // it would close the connection (1009) and go first again every time.
+    for (const o of [...this.#outbox.order]) {
+      if (this.#maxFrame > 0 && utf8.encode(o.frame).length > this.#maxFrame) {
+        this.#outbox.remove(o); // rewriteAll writes the rest: no flush here
+        this.#storeDrop(o);
+        o.reject(tooLarge(this.#maxFrame));
+      }
+    }
     for (const o of this.#outbox.rewriteAll()) this.#write(o.frame);
     const users = [...this.#following].sort();
     for (let i = 0; i < users.length; i += 256) {
@@ -864,17 +876,18 @@ export class Client {
   // take handles a frame from link. With a local store, frames are
   // handled one after another, each once the store writes it asks for are
   // done; one whose write fails ends the connection (see storeFailed), and
-  // the frames of that connection still waiting are dropped: handled, a
+  // the frames of that connection still waiting that come again on the
+  // next one (messages, receipts, read syncs) are dropped: handled, a
   // message after the one that failed would reach the app (and the
-  // store's history) ahead of it, which comes again on the next
-  // connection.
+  // store's history) ahead of it. Answers (sent, status, errors) are
+  // still taken.
   #take(link, f) {
     if (!this.#store) {
       this.#handle(link, f);
       return;
     }
     this.#chain = this.#chain
-      .then(() => (link.storeFailed ? undefined : this.#handle(link, f)))
+      .then(() => (link.storeFailed && REDELIVERED.has(f.type) ? undefined : this.#handle(link, f)))
       .catch((e) => this.#storeFailed(link, e));
   }
 
@@ -1091,7 +1104,8 @@ export class Client {
    * send stores body (any JSON value but null) for user `to` under message
    * id `id`, and resolves on "sent" with {id, seq, ts, dup}. A message
    * larger than the gateway takes (its max_frame, 64 KiB by default) is
-   * rejected at once with a RangeError, and nothing is written.
+   * rejected with a RangeError, and never written: at once once the
+   * gateway has said its max_frame, else when the client connects.
    */
   send(to, id, body, { signal } = {}) {
     if (body === null || body === undefined) return Promise.reject(new TypeError('switchboard: a body is required (any JSON value but null)'));
@@ -1129,10 +1143,11 @@ export class Client {
     } catch (e) {
       return Promise.reject(e);
     }
-    if (utf8.encode(frame).length > this.#maxFrame) {
+    if (this.#maxFrame > 0 && utf8.encode(frame).length > this.#maxFrame) {
       // The gateway would close the connection (1009), and the send would
       // be written first on every connection after: nothing newer would go.
-      return Promise.reject(new RangeError(`switchboard: the message is larger than the gateway takes (${this.#maxFrame} bytes a frame)`));
+      // Before the first welcome the limit is not known: attach checks.
+      return Promise.reject(tooLarge(this.#maxFrame));
     }
     if (signal?.aborted) return Promise.reject(signal.reason); // given up before it started: write nothing
     if (this.#stopped) return Promise.reject(this.#stopped);
@@ -1159,7 +1174,7 @@ export class Client {
         if (o.waiters === 0) {
           const released = ob.remove(o);
           this.#storeDrop(o);
-          if (released) this.#flush();
+          if (released || ob.waiting()) this.#flush();
         }
         reject(signal.reason);
       };
@@ -1204,6 +1219,13 @@ export class Client {
       }
       if (this.#stopped) {
         o.reject(this.#stopped); // kept: the next client sends it
+        return;
+      }
+      if (this.#maxFrame > 0 && utf8.encode(o.frame).length > this.#maxFrame) {
+        // Made before the welcome said the limit, and kept after attach
+        // looked: refused here, as attach would have.
+        this.#storeDrop(o);
+        o.reject(tooLarge(this.#maxFrame));
         return;
       }
       this.#outbox.add(o);
@@ -1500,6 +1522,9 @@ function outgoing(id, to, group, frame) {
 }
 
 // sendFrame is a send's frame, as JSON.
+// tooLarge is the error of a send larger than the gateway takes.
+const tooLarge = (max) => new RangeError(`switchboard: the message is larger than the gateway takes (${max} bytes a frame)`);
+
 function sendFrame(id, to, group, body, media) {
   const f = group ? { type: 'send', id, group } : { type: 'send', id, to };
   if (body !== null && body !== undefined) f.body = body;
@@ -1558,9 +1583,10 @@ function retryWait(n, min, max) {
 // with a retryable error becomes the holder: no newer send is written, and
 // it alone is written again (the probe) once its wait has passed and
 // nothing older is unanswered. The hold ends when it is stored, refused for
-// good or withdrawn; then every send not on the wire goes out, in order. A
-// new connection writes every unconfirmed send in order; a holder among
-// them keeps newer sends made after that waiting until it is answered.
+// good or withdrawn; then the sends not on the wire go out, in order, as
+// the window allows. A new connection writes the unconfirmed sends in
+// order, up to SEND_WINDOW; a holder among them keeps newer sends made
+// after that waiting until it is answered.
 // SEND_WINDOW bounds the sends written on a connection and not yet
 // answered; the rest go as answers come. The gateway takes a burst of 200
 // sends and closes a connection whose frames it refused 50 times in a row:
@@ -1628,8 +1654,15 @@ class Outbox {
     }
     const room = SEND_WINDOW - (this.order.length - this.unwritten);
     if (room <= 0) return [];
-    const out = this.order.filter((o) => !o.written).slice(0, room);
-    for (const o of out) o.written = true;
+    // The oldest unwritten: past at most SEND_WINDOW written ones.
+    const out = [];
+    for (let i = 0; i < this.order.length && out.length < room; i++) {
+      const o = this.order[i];
+      if (!o.written) {
+        o.written = true;
+        out.push(o);
+      }
+    }
     this.unwritten -= out.length;
     return out;
   }
