@@ -20,13 +20,9 @@ import (
 func TestDirectGetsAtOnceGetTheirOwnAnswers(t *testing.T) {
 	e := newEnv(t)
 	s, _ := e.instance(t)
-	js, _ := jetstream.New(e.n.Connect(t, natsauth.Receipts))
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	kv, err := js.KeyValue(ctx, contract.GroupTicksKV)
-	if err != nil {
-		t.Fatal(err)
-	}
+	kv := groupTicksKV(ctx, t, e)
 	const gets, keysPerGet = 64, 5
 	key := func(g, k int) string { return fmt.Sprintf("g%d.m%d", g, k) }
 	for g := range gets {
@@ -81,13 +77,9 @@ func TestDirectGetsAtOnceGetTheirOwnAnswers(t *testing.T) {
 func TestLeaderReadsSeeRecordsAndDeletes(t *testing.T) {
 	e := newEnv(t)
 	s, _ := e.instance(t)
-	js, _ := jetstream.New(e.n.Connect(t, natsauth.Receipts))
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	kv, err := js.KeyValue(ctx, contract.GroupTicksKV)
-	if err != nil {
-		t.Fatal(err)
-	}
+	kv := groupTicksKV(ctx, t, e)
 	rev, err := kv.PutString(ctx, "g.alice", `{"d":3}`)
 	if err != nil {
 		t.Fatal(err)
@@ -104,4 +96,16 @@ func TestLeaderReadsSeeRecordsAndDeletes(t *testing.T) {
 	if _, _, err := s.LeaderTick(ctx, "g.alice"); !errors.Is(err, jetstream.ErrKeyNotFound) {
 		t.Fatalf("a deleted key: %v, want not found", err)
 	}
+}
+
+// groupTicksKV is GROUP_TICKS, on a connection in the receipts
+// function's role.
+func groupTicksKV(ctx context.Context, t *testing.T, e *env) jetstream.KeyValue {
+	t.Helper()
+	js, _ := jetstream.New(e.n.Connect(t, natsauth.Receipts))
+	kv, err := js.KeyValue(ctx, contract.GroupTicksKV)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return kv
 }
