@@ -175,7 +175,11 @@ func For(r Role) Rules {
 				// Its own requests too: its HTTP API (Service.API) asks
 				// whichever instance answers first.
 				[]string{subjFn + "media.>", kvSubject(MediaACL) + ">", kvSubject(MediaUploads) + ">",
-					"$O." + MediaObjects + ".>", "$JS.API.STREAM.CREATE.*", "$JS.API.STREAM.UPDATE.*"},
+					"$O." + MediaObjects + ".>"},
+				// Only its own streams: a stream of its making that
+				// sourced INBOX and republished to its subjects would read
+				// every inbox.
+				createUpdate(own...),
 				streamInfo(own...), reads(own...), manage(own...),
 			),
 			Subscribe: []string{subjFn + "media.>", subjMicro, InboxPrefix(r) + ".>"},
@@ -273,6 +277,16 @@ func streamInfo(names ...string) []string {
 }
 
 // reads are the ways to read a stream's messages without a consumer.
+// createUpdate is creating and updating the named streams (a bucket's
+// owner making it at its start).
+func createUpdate(names ...string) []string {
+	var out []string
+	for _, n := range names {
+		out = append(out, "$JS.API.STREAM.CREATE."+n, "$JS.API.STREAM.UPDATE."+n)
+	}
+	return out
+}
+
 func reads(names ...string) []string {
 	var out []string
 	for _, n := range names {

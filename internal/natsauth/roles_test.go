@@ -110,7 +110,9 @@ func TestRolesAreRefusedWhatTheyMustNotDo(t *testing.T) {
 	// Push reads inboxes: it counts what a device has waiting.
 	refused[natsauth.Push] = slices.DeleteFunc(refused[natsauth.Push], func(a act) bool { return a.subject == "$JS.API.DIRECT.GET.INBOX" })
 	refused[natsauth.Receipts] = append(refused[natsauth.Receipts], act{false, "sb.presence.bob", "forge presence"})
-	refused[natsauth.Media] = append(refused[natsauth.Media], act{false, "sb.presence.bob", "forge presence"})
+	refused[natsauth.Media] = append(refused[natsauth.Media], act{false, "sb.presence.bob", "forge presence"},
+		act{false, "$JS.API.STREAM.CREATE.LEAK", "make a stream that sources INBOX and republishes it"},
+		act{false, "$JS.API.STREAM.UPDATE.INBOX", "change the inboxes' stream"})
 	refused[natsauth.Groups] = append(refused[natsauth.Groups], act{false, "sb.presence.bob", "forge presence"},
 		act{false, "ticks.bob", "forge a delivered tick"}, act{false, "$KV.READS.bob.alice", "forge a read position"},
 		act{false, "$KV.GROUP_TICKS.friends.bob", "forge a member's group position"})
