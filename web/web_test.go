@@ -221,6 +221,7 @@ func TestDevTokens(t *testing.T) {
 		{"POST", PathDevToken, "", "application/json", `{"user":"a"}`, 400, "bad_request"},
 		{"POST", PathDevToken, "", "application/json", `{"user":"a","device":"b","admin":true}`, 400, "bad_request"},
 		{"POST", PathDevToken, "", "application/json", `not json`, 400, "bad_request"},
+		{"POST", PathDevToken, "", "application/json", `{"user":"a","device":"b"}` + strings.Repeat(" ", 5000), 413, "too_large"},
 		{"POST", PathDevToken, "", "application/json", `{"user":"broken","device":"b"}`, 500, "internal"},
 		{"GET", PathDevToken, "", "", "", 405, "method_not_allowed"},
 		{"POST", PrefixDev + "other", "", "application/json", `{"user":"a","device":"b"}`, 404, "not_found"},

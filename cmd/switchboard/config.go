@@ -306,7 +306,9 @@ func logConfig(log *slog.Logger, fs *flag.FlagSet) {
 	log.Info("config", attrs...)
 }
 
-// redactURL hides the user info (user:password or a token) of a URL.
+// redactURL hides what of a URL can hold a credential: the user info
+// (user:password or a token), the query, and the path of one that is
+// not a NATS or MinIO server's (a webhook's path is often its token).
 func redactURL(v string) string {
 	u, err := url.Parse(v)
 	if err != nil {
@@ -314,6 +316,12 @@ func redactURL(v string) string {
 	}
 	if u.User != nil {
 		u.User = url.User("redacted")
+	}
+	if u.RawQuery != "" {
+		u.RawQuery = "redacted"
+	}
+	if (u.Scheme == "http" || u.Scheme == "https") && u.Path != "" && u.Path != "/" {
+		u.Path, u.RawPath = "/redacted", ""
 	}
 	return u.String()
 }
