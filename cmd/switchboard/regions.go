@@ -147,7 +147,21 @@ func runHome(args []string, out io.Writer) error {
 		return fmt.Errorf("home: bucket %s (run setup with --region first, on the directory region): %w", contract.HomesKV, err)
 	}
 	for _, h := range homes {
-		if _, err := kv.PutString(ctx, h.user, h.region); err != nil {
+		// Homes do not move in this version: gateways and functions keep
+		// a user's home once read, so a moved user's messages would be
+		// split between two inboxes. A home given again is no change.
+		_, err := kv.Create(ctx, h.user, []byte(h.region))
+		if errors.Is(err, jetstream.ErrKeyExists) {
+			e, gerr := kv.Get(ctx, h.user)
+			switch {
+			case gerr != nil:
+				return fmt.Errorf("home: %s: %w", h.user, gerr)
+			case string(e.Value()) != h.region:
+				return fmt.Errorf("home: %s is homed in %s already; homes do not move in this version", h.user, e.Value())
+			}
+			err = nil
+		}
+		if err != nil {
 			return fmt.Errorf("home: %s: %w (is --nats the directory region? the others hold a read-only mirror)", h.user, err)
 		}
 		fmt.Fprintf(out, "%s is homed in %s\n", h.user, h.region)

@@ -52,6 +52,14 @@ func TestHomeFillsTheDirectory(t *testing.T) {
 	if !strings.Contains(out, "alice is homed in us") || !strings.Contains(out, "bob is homed in eu") {
 		t.Errorf("home says:\n%s", out)
 	}
+	// The same home again is no change; another is refused (homes do not
+	// move in this version), and alice stays where she was.
+	if out, err := run(t, "home", "--nats", dir, "--nats-keys", keys, "alice=us"); err != nil {
+		t.Errorf("alice's home given again: %v\n%s", err, out)
+	}
+	if out, err := run(t, "home", "--nats", dir, "--nats-keys", keys, "alice=eu"); err == nil || !strings.Contains(out, "homed in us already") {
+		t.Errorf("alice moved to eu: want a refusal, got %v\n%s", err, out)
+	}
 	for _, bad := range [][]string{{"alice"}, {"alice=US"}, {"=eu"}, {"carol=eu", "dave"}, {"carol=eu", "dave=mars"}, {}} {
 		args := append([]string{"home", "--nats", dir, "--nats-keys", keys}, bad...)
 		if out, err := run(t, args...); err == nil {

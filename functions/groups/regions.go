@@ -103,7 +103,11 @@ func (r *regions) inboxOf(ctx context.Context, member string) (subject, origin s
 		e, err := r.homes.Get(ctx, member)
 		switch {
 		case errors.Is(err, jetstream.ErrKeyNotFound):
-			h = r.self // no home: kept where the group is, as in one region
+			// No home (yet): kept where the group is, as in one region,
+			// and not remembered, as the gateways do not: a home given
+			// later, or one the directory's mirror has not caught up
+			// with, is found on the next message.
+			return contract.InboxSubject(member), "", nil
 		case err != nil:
 			return "", "", fmt.Errorf("groups: home of %s: %w", member, err)
 		default:
