@@ -44,12 +44,19 @@ var LeafDeny = []string{
 	"$O.>",                      // object stores
 	"$SRV.>",                    // micro discovery: each region's functions are its own
 	"$JS.EVENT.>",               // advisories: another region's INBOX leader is none of ours
+	// Acks: every region has durables of the same names (receipts on
+	// TICKS, sync and push on INBOX, groups-NN on GROUPS), and an ack's
+	// subject names the stream, the durable and the sequence but no
+	// domain, so one region's ack would ack another's message of that
+	// sequence (on TICKS, a work queue, deleting it unapplied).
+	"$JS.ACK.>",
 	InboxPrefix(Gateway) + ".>",
 	InboxPrefix(Receipts) + ".>",
 	InboxPrefix(Presence) + ".>",
 	InboxPrefix(Push) + ".>",
 	InboxPrefix(Media) + ".>",
 	InboxPrefix(Groups) + ".>",
+	InboxPrefix(Sync) + ".>",
 }
 
 // LeafConfFile is the generated leaf-link fragment in deploy/regions.
