@@ -418,7 +418,41 @@ func (s *embeddedStore) serveGet(ctx *fasthttp.RequestCtx, g blobGrant) {
 	// Keys are never reused, so the bytes never change: the client may
 	// keep them while the URL is valid.
 	ctx.Response.Header.Set("Cache-Control", "private, max-age="+strconv.FormatInt(max(0, (g.expMS-time.Now().UnixMilli())/1000), 10))
-	ctx.SetBodyStream(&closeBoth{ReadCloser: res, cancel: cancel}, int(info.Size))
+	body := &progressBody{ReadCloser: &closeBoth{ReadCloser: res, cancel: cancel}, ctx: ctx, stall: downloadStall}
+	body.moveDeadline()
+	ctx.SetBodyStream(body, int(info.Size))
+}
+
+// downloadStall bounds how long one piece of a download may take to
+// write.
+const downloadStall = 30 * time.Second
+
+// progressBody moves the response's write deadline on as each piece of a
+// download is read to be written. The server's write timeout is set once
+// for the whole response: a client reading steadily, but slower than the
+// object's size over that timeout (a 16 MiB photo below 1.6 MB/s with the
+// gateway's 10 s), was cut off mid-body. A deadline the handler sets
+// replaces the server's, so the timeout bounds a stall, not the download.
+type progressBody struct {
+	io.ReadCloser
+	ctx   *fasthttp.RequestCtx
+	stall time.Duration
+}
+
+func (b *progressBody) Read(p []byte) (int, error) {
+	n, err := b.ReadCloser.Read(p)
+	if n > 0 {
+		b.moveDeadline()
+	}
+	return n, err
+}
+
+// moveDeadline sets the write deadline a stall on. A request served in
+// memory (fasthttp's RequestCtx.Init, in tests) has no connection behind
+// its Conn, whose methods then panic: there is nothing to move.
+func (b *progressBody) moveDeadline() {
+	defer func() { _ = recover() }()
+	_ = b.ctx.SetWriteDeadline(time.Now().Add(b.stall))
 }
 
 // closeBoth closes an object read and cancels its context.
