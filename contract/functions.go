@@ -210,6 +210,9 @@ type GrantRequest struct {
 	Users  []string `json:"users"`
 	Size   int64    `json:"size,omitempty"`
 	SHA256 string   `json:"sha256,omitempty"`
+	// Mime is the type the message says, which must be the upload's: a
+	// recipient's app shows the bytes as that type.
+	Mime string `json:"mime,omitempty"`
 }
 
 // GrantResult is the record after a grant: everyone who may download Key

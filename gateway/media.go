@@ -22,7 +22,7 @@ func (s *session) grantMedia(m protocol.Media, to string) (ref []byte, code prot
 	defer cancel()
 	err := contract.Call(ctx, s.srv.nc, contract.MediaGrantSubject, contract.GrantRequest{
 		User: s.id.User, Key: m.Key, Users: []string{to},
-		Size: m.Size, SHA256: m.SHA256,
+		Size: m.Size, SHA256: m.SHA256, Mime: m.Mime,
 	}, nil)
 	var fe *contract.FnError
 	switch {

@@ -309,10 +309,11 @@ func TestMediaMessageMustMatchTheUpload(t *testing.T) {
 			ctx, cancel := context.WithTimeout(context.Background(), wait)
 			defer cancel()
 			otherSum := sha256.Sum256([]byte("other bytes"))
-			wrongSize, wrongSum := ref, ref
+			wrongSize, wrongSum, wrongMime := ref, ref, ref
 			wrongSize.Size++
 			wrongSum.SHA256 = hex.EncodeToString(otherSum[:])
-			wrong := map[string]protocol.Media{"size": wrongSize}
+			wrongMime.Mime = "text/html" // shown as a page, not an image
+			wrong := map[string]protocol.Media{"size": wrongSize, "mime": wrongMime}
 			if backend == "embedded" {
 				wrong["sha256"] = wrongSum // S3 gives no sha256 without reading the object: see media/doc.go
 			}

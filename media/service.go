@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"mime"
 	"strconv"
 	"sync"
 
@@ -261,7 +262,20 @@ func describes(r contract.GrantRequest, info ObjectInfo) error {
 	if r.SHA256 != "" && info.SHA256 != "" && r.SHA256 != info.SHA256 {
 		return errorf(ErrBadRequest, "the message's sha256 is not that of the bytes uploaded under this key")
 	}
+	if r.Mime != "" && info.ContentType != "" && !sameMediaType(r.Mime, info.ContentType) {
+		// The recipient's app shows the bytes as the message's type: an
+		// upload of one type must not be shown as another (HTML as an
+		// image's page, say).
+		return errorf(ErrBadRequest, "the message's mime is not the type uploaded under this key")
+	}
 	return nil
+}
+
+// sameMediaType compares two media types, ignoring case and parameters.
+func sameMediaType(a, b string) bool {
+	ta, _, errA := mime.ParseMediaType(a)
+	tb, _, errB := mime.ParseMediaType(b)
+	return errA == nil && errB == nil && ta == tb
 }
 
 // Allowed reports whether user may download key: its uploader always may,
