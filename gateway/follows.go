@@ -104,45 +104,54 @@ func (f *follows) runOps() {
 }
 
 // subscribe follows users' presence changes and asks for their current
-// state. It runs on the read loop.
+// state: of every user named, followed already or not, so a device whose
+// answer was refused (unavailable, too many in flight) gets it by asking
+// again, as the protocol tells it to. It runs on the read loop.
 func (f *follows) subscribe(users []string) {
 	f.inOrder(false, func() {
-		added, ok := f.follow(users)
-		if ok && !f.ask(added) {
+		followed, ok := f.follow(users)
+		if ok && !f.ask(followed) {
 			f.s.refuseBusy("")
 		}
 	})
 }
 
 // follow subscribes to the users not followed yet, up to the
-// connection's limit, and returns them; ok is false when the router
-// failed (the device was told).
-func (f *follows) follow(users []string) (added []string, ok bool) {
+// connection's limit, and returns those of users followed now (before or
+// by this call); ok is false when the router failed (the device was
+// told).
+func (f *follows) follow(users []string) (followed []string, ok bool) {
 	s := f.s
 	f.subMu.Lock()
 	defer f.subMu.Unlock()
 	if f.stopped {
 		return nil, false
 	}
+	full := false
 	for _, u := range users {
 		if _, ok := f.users[u]; ok {
+			followed = append(followed, u)
+			continue
+		}
+		if full {
 			continue
 		}
 		if len(f.users) >= s.srv.cfg.MaxPresenceSubs {
 			s.sendError(protocol.ErrTooMany, "at most "+strconv.Itoa(s.srv.cfg.MaxPresenceSubs)+" presence subscriptions per connection", "", 0, 0)
-			break
+			full = true
+			continue
 		}
 		if err := s.srv.router.add(routePresence, contract.PresenceSubject(u), s); err != nil {
 			s.sendError(protocol.ErrInternal, "presence subscription failed", "", 0, 0)
-			return added, false
+			return followed, false
 		}
 		if f.users == nil {
 			f.users = map[string]struct{}{}
 		}
 		f.users[u] = struct{}{}
-		added = append(added, u)
+		followed = append(followed, u)
 	}
-	return added, true
+	return followed, true
 }
 
 // subscribeGroup follows every other member of group gid, as the group
@@ -156,11 +165,11 @@ func (f *follows) subscribeGroup(gid string) {
 		if !ok {
 			return
 		}
-		added, ok := f.follow(members)
+		followed, ok := f.follow(members)
 		if !ok {
 			return
 		}
-		if err := f.fetch(f.nextGen(), added); err != nil {
+		if err := f.fetch(f.nextGen(), followed); err != nil {
 			f.s.sendError(protocol.ErrUnavailable, "presence is unavailable: "+err.Error(), "", 0, 0)
 		}
 	})

@@ -708,3 +708,24 @@ func TestSDKFollowsAGroupsPresence(t *testing.T) {
 	tk.Dial(t, g.URL, "carol", "phone")
 	waitPresence(t, alice, "carol", true)
 }
+
+// Following a user followed already answers with their current state
+// again: a device whose answer was refused (the presence function away,
+// too many in flight) gets it by asking again, as the error tells it to.
+func TestPresenceSubAgainAnswersTheCurrentState(t *testing.T) {
+	n := tk.StartNATS(t)
+	g := tk.StartGateway(t, n, tk.TestConfig())
+	alice := connectRaw(t, g, "alice", "phone")
+	alice.write(`{"type":"presence_sub","users":["bob"]}`)
+	if f := alice.next(); f.Type != protocol.TypePresence || f.User != "bob" {
+		t.Fatalf("first answer %+v", *f)
+	}
+	alice.write(`{"type":"presence_sub","users":["bob"]}`)
+	alice.write(`{"type":"presence_sub","users":["carol"]}`) // the fence: answered after bob's
+	if f := alice.next(); f.Type != protocol.TypePresence || f.User != "bob" {
+		t.Fatalf("presence_sub for bob again: next frame %+v, want bob's state", *f)
+	}
+	if f := alice.next(); f.Type != protocol.TypePresence || f.User != "carol" {
+		t.Fatalf("then %+v, want carol's state", *f)
+	}
+}
