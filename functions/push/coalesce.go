@@ -96,6 +96,47 @@ func acquire(ctx context.Context, js jetstream.JetStream, kv jetstream.KeyValue,
 	return nil, false, errors.New("push: coalescing key too contended")
 }
 
+// close ends the message's part of the window: the claim lives window
+// from now if the message woke a device, and is taken away if it woke
+// none (every device had it, or what was tried was dead-lettered), so
+// the next message for the user opens a window of its own and is pushed:
+// a window is "at most one push", not "none after a message nobody was
+// woken for".
+func (t *ticket) close(ctx context.Context, window time.Duration) error {
+	if len(t.st.Sent) > 0 {
+		return t.save(ctx, window)
+	}
+	return release(ctx, t.kv, t.user, t.rev)
+}
+
+// release deletes the user's claim if it is still at revision rev;
+// another message's claim, or none, is left as it is.
+func release(ctx context.Context, kv jetstream.KeyValue, user string, rev uint64) error {
+	err := kv.Delete(ctx, user, jetstream.LastRevision(rev))
+	if err != nil && !contract.IsConflict(err) && !errors.Is(err, jetstream.ErrKeyNotFound) {
+		return fmt.Errorf("push: coalescing key: %w", err)
+	}
+	return nil
+}
+
+// releaseIdle releases the user's claim if message seq holds it and has
+// woken no device: a delivery that finds the user online again ends its
+// window that way.
+func releaseIdle(ctx context.Context, kv jetstream.KeyValue, user string, seq uint64) error {
+	e, err := kv.Get(ctx, user)
+	if errors.Is(err, jetstream.ErrKeyNotFound) {
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("push: coalescing key: %w", err)
+	}
+	var cur claim
+	if json.Unmarshal(e.Value(), &cur) != nil || cur.Seq != seq || len(cur.Sent) > 0 {
+		return nil
+	}
+	return release(ctx, kv, user, e.Revision())
+}
+
 // save writes the claim with a fresh TTL, if the key is still at the
 // revision read. KeyValue.Update cannot set a TTL, and a value written
 // without one would never expire (the TTL belongs to each revision, not

@@ -309,6 +309,12 @@ func (s *Service) notify(m jetstream.Msg, meta *jetstream.MsgMetadata, n Notific
 	case rec.Online():
 		s.counters.skippedOnline.Add(1)
 		s.log.Debug("online; no push", "user", n.User, "seq", n.Seq)
+		if attempt > 1 {
+			// An earlier attempt may hold the window having woken nobody.
+			if err := releaseIdle(ctx, s.pushKV, n.User, n.Seq); err != nil {
+				s.log.Warn("releasing the claim failed", "user", n.User, "err", err)
+			}
+		}
 		_ = m.Ack()
 		return
 	}
@@ -395,7 +401,7 @@ func (s *Service) notify(m jetstream.Msg, meta *jetstream.MsgMetadata, n Notific
 // finish closes the message's part of the window: the claim lives one
 // window from now, and the message is acked.
 func (s *Service) finish(ctx context.Context, m jetstream.Msg, t *ticket) {
-	if err := t.save(ctx, s.cfg.Window); err != nil {
+	if err := t.close(ctx, s.cfg.Window); err != nil {
 		s.log.Warn("closing the claim failed", "user", t.user, "err", err)
 	}
 	if err := m.DoubleAck(ctx); err != nil {
@@ -450,7 +456,7 @@ func (s *Service) retry(m jetstream.Msg, attempt uint64, t *ticket, failed map[s
 	}
 	s.log.Warn("gave up; dead-lettered", "subject", m.Subject(), "attempts", attempt, "err", lastErr)
 	if t != nil {
-		if err := t.save(ctx, s.cfg.Window); err != nil {
+		if err := t.close(ctx, s.cfg.Window); err != nil {
 			s.log.Warn("closing the claim failed", "user", t.user, "err", err)
 		}
 	}
