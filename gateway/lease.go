@@ -55,7 +55,7 @@ type lease struct {
 // (0: whatever is there).
 //
 // Lock should be held.
-func (l *lease) putLocked(expect uint64) error {
+func (l *lease) putLocked(expect uint64, at time.Time) error {
 	s := l.s
 	val, _ := json.Marshal(contract.Lease{Gateway: s.srv.id, Session: s.sid, Since: s.born / int64(time.Millisecond)})
 	l.n++
@@ -71,7 +71,7 @@ func (l *lease) putLocked(expect uint64) error {
 	if err := s.srv.nc.PublishMsg(m); err != nil {
 		return err
 	}
-	l.writing, l.sentAt = true, time.Now()
+	l.writing, l.sentAt = true, at
 	return nil
 }
 
@@ -85,20 +85,25 @@ func (l *lease) goOnline() {
 		return
 	}
 	l.wanted = true
-	if err := l.putLocked(0); err != nil {
+	if err := l.putLocked(0, time.Now()); err != nil {
 		l.s.log.Warn("presence lease not written", "err", err)
 	}
 }
 
 // refresh extends the lease, unless a write is in flight and not yet
-// overdue (a third of the TTL: then it counts as lost).
+// overdue. A write is stamped with the time of the pass that made it, and
+// counts as lost once a quarter of the TTL has passed: the next pass, a
+// third of the TTL on, always finds a write of the pass before it overdue
+// (stamped with its publish instead, a hair after its pass, it was not,
+// so one lost write made the next pass skip too, and the lease could run
+// out on a live device).
 func (l *lease) refresh(now time.Time) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	if l.done || !l.wanted || (l.writing && now.Sub(l.sentAt) < l.s.srv.cfg.PresenceTTL/3) {
+	if l.done || !l.wanted || (l.writing && now.Sub(l.sentAt) < l.s.srv.cfg.PresenceTTL/4) {
 		return
 	}
-	if err := l.putLocked(l.rev); err != nil {
+	if err := l.putLocked(l.rev, now); err != nil {
 		l.s.log.Debug("presence lease not refreshed", "err", err)
 	}
 }
@@ -161,7 +166,7 @@ func (l *lease) retake() {
 		}
 		expect = e.Revision()
 	}
-	if err := l.putLocked(expect); err != nil {
+	if err := l.putLocked(expect, time.Now()); err != nil {
 		s.log.Debug("presence lease not taken back", "err", err)
 	}
 }

@@ -162,3 +162,27 @@ func TestLeaseLoopRefreshesEveryLease(t *testing.T) {
 		waitLeases(t, all, before)
 	}
 }
+
+// A lease write whose answer is lost counts as lost by the next pass of
+// the refresh loop, a third of the TTL on, which writes again: stamped
+// with its publish, a hair after its own pass, it did not, the next pass
+// skipped too, and the lease could run out on a live device.
+func TestLostLeaseWriteIsWrittenAgainByTheNextPass(t *testing.T) {
+	srv, all := benchServer(t, 1)
+	l := &all[0].lease
+	ttl := srv.cfg.PresenceTTL
+	pass := time.Now()
+	l.refresh(pass) // nothing in flight: written
+	l.mu.Lock()
+	// Its answer lost: one that comes is taken for an older write's.
+	l.n++
+	written := l.n
+	l.writing = true
+	l.mu.Unlock()
+	l.refresh(pass.Add(ttl / 3))
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.n != written+1 {
+		t.Fatalf("%d writes after the pass that followed a lost one, want %d", l.n, written+1)
+	}
+}
