@@ -51,7 +51,7 @@ func TestSlowDownloadIsNotCutOff(t *testing.T) {
 			}
 			break
 		}
-		time.Sleep(60 * time.Millisecond)
+		time.Sleep(60 * time.Millisecond) // the slow link is what is tested, not a wait
 	}
 	if got != len(data) {
 		t.Errorf("a steady reader got %d of %d bytes before the download was cut off (%s)", got, len(data), time.Since(start))
