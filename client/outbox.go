@@ -45,11 +45,12 @@ type result struct {
 // them may be written. It does no I/O; Client.mu guards it.
 //
 // In the normal case every send is written as soon as it is made, many in
-// flight at once, up to sendWindow unanswered. A send answered with a retryable error becomes the
-// holder: from then on no send newer than it is written, and it alone is
-// written again (the probe) once its backoff has passed and nothing older
-// is unanswered. The hold ends when the holder is stored, refused for good
-// or withdrawn; every send not on the wire then goes out, in order. A new
+// flight at once, up to sendWindow unanswered. A send answered with a
+// retryable error becomes the holder: from then on no send newer than it
+// is written, and it alone is written again (the probe) once its backoff
+// has passed and nothing older is unanswered. The hold ends when the
+// holder is stored, refused for good or withdrawn; the sends not on the
+// wire then go out, in order, as the window allows. A new
 // connection writes the unconfirmed sends in order (up to sendWindow); a
 // holder among them keeps newer sends made after that waiting until it is
 // answered.

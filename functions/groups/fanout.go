@@ -126,9 +126,10 @@ func (p *partition) apply(m jetstream.Msg, seq uint64) error {
 		// GROUP_INFO has the change before its members hear of it: the
 		// instance that stored it writes the record at once, but may have
 		// failed to (a timeout, a crash in between), and the gateways check
-		// senders against the record. Taken again a few times; past that
-		// the change goes out anyway, rather than hold the partition's
-		// other groups (the next change or request repairs the record).
+		// senders against the record. Taken again for followTries
+		// deliveries; past that the change goes out anyway, rather than
+		// hold the partition's other groups for good (the next change or
+		// request repairs the record).
 		ctx, cancel := context.WithTimeout(s.ctx, s.cfg.Timeout)
 		err = s.follow(ctx, ev.Group)
 		cancel()

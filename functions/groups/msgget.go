@@ -12,48 +12,24 @@ import (
 // msgGetRequest asks GROUPS for one stored message, by sequence or as
 // the last on a subject.
 type msgGetRequest struct {
-	Seq           uint64 `json:"seq,omitempty"`
-	LastBySubject string `json:"last_by_subj,omitempty"`
+	Seq           uint64
+	LastBySubject string
 }
 
 // storedMsg is a message as GROUPS stored it.
-type storedMsg struct {
-	Subject  string `json:"subject"`
-	Sequence uint64 `json:"seq"`
-	Data     []byte `json:"data"`
-}
+type storedMsg = contract.StoredMsg
 
-var errNoMsg = errors.New("groups: no such message")
+var errNoMsg = contract.ErrNoMsg
 
 // getMsg reads a message through the stream's leader (not a direct get,
 // which a replica may answer from behind the log): a decision or a
 // fan-out must see every event stored before it.
 func (s *Service) getMsg(ctx context.Context, req msgGetRequest) (*storedMsg, error) {
-	data, _ := json.Marshal(req)
-	m, err := s.nc.RequestWithContext(ctx, "$JS.API.STREAM.MSG.GET."+contract.GroupsStream, data)
-	if err != nil {
-		return nil, fmt.Errorf("groups: read GROUPS: %w", err)
+	m, err := contract.GetMsg(ctx, s.nc, contract.GroupsStream, req.Seq, req.LastBySubject)
+	if err != nil && !errors.Is(err, errNoMsg) {
+		return nil, fmt.Errorf("groups: %w", err)
 	}
-	var resp struct {
-		Message *storedMsg `json:"message"`
-		Error   *struct {
-			Code    int    `json:"code"`
-			ErrCode int    `json:"err_code"`
-			Desc    string `json:"description"`
-		} `json:"error"`
-	}
-	if err := json.Unmarshal(m.Data, &resp); err != nil {
-		return nil, fmt.Errorf("groups: read GROUPS: %w", err)
-	}
-	switch {
-	case resp.Error != nil && resp.Error.Code == 404:
-		return nil, errNoMsg
-	case resp.Error != nil:
-		return nil, fmt.Errorf("groups: read GROUPS: %s (%d)", resp.Error.Desc, resp.Error.ErrCode)
-	case resp.Message == nil:
-		return nil, errNoMsg
-	}
-	return resp.Message, nil
+	return m, err
 }
 
 // deleteMsg takes the message at seq out of GROUPS (one already gone is

@@ -166,33 +166,16 @@ type tickEntry struct {
 // members past it. Reads the settle only bounds with (lowest.go) may
 // lag: a lower position only delays a tick.
 func (s *Service) leaderTick(ctx context.Context, key string) (tickEntry, error) {
-	req, _ := json.Marshal(struct {
-		LastBySubject string `json:"last_by_subj"`
-	}{contract.KVSubject(contract.GroupTicksKV, key)})
-	m, err := s.nc.RequestWithContext(ctx, "$JS.API.STREAM.MSG.GET.KV_"+contract.GroupTicksKV, req)
-	if err != nil {
-		return tickEntry{}, fmt.Errorf("receipts: read %s: %w", key, err)
-	}
-	var resp struct {
-		Message *struct {
-			Seq     uint64 `json:"seq"`
-			Headers []byte `json:"hdrs"`
-			Data    []byte `json:"data"`
-		} `json:"message"`
-		Error *jetstream.APIError `json:"error"`
-	}
-	if err := json.Unmarshal(m.Data, &resp); err != nil {
-		return tickEntry{}, fmt.Errorf("receipts: read %s: %w", key, err)
-	}
+	m, err := contract.GetMsg(ctx, s.nc, "KV_"+contract.GroupTicksKV, 0, contract.KVSubject(contract.GroupTicksKV, key))
 	switch {
-	case resp.Error != nil && resp.Error.Code == 404, resp.Message == nil:
+	case errors.Is(err, contract.ErrNoMsg):
 		return tickEntry{}, jetstream.ErrKeyNotFound
-	case resp.Error != nil:
-		return tickEntry{}, fmt.Errorf("receipts: read %s: %w", key, resp.Error)
-	case kvDeleted(resp.Message.Headers):
+	case err != nil:
+		return tickEntry{}, fmt.Errorf("receipts: %w", err)
+	case kvDeleted(m.Header):
 		return tickEntry{}, jetstream.ErrKeyNotFound
 	}
-	return tickEntry{value: resp.Message.Data, rev: resp.Message.Seq}, nil
+	return tickEntry{value: m.Data, rev: m.Sequence}, nil
 }
 
 // kvDeleted reports whether a stored KV entry's headers mark a delete or
