@@ -196,3 +196,56 @@ func TestSlowMediaGrantHoldsOnlyTheSendsBehindIt(t *testing.T) {
 		}
 	}
 }
+
+// A send refused on arrival for its rate holds the sends after it: m3,
+// written before alice could see m2's refusal and arriving once the rate
+// allows it, is refused too rather than stored ahead of m2's resend.
+// Resent in order, both are stored in order.
+func TestSendsBehindARateLimitedSendWaitForItsResend(t *testing.T) {
+	n := tk.StartNATS(t)
+	cfg := tk.TestConfig()
+	cfg.SendRate, cfg.SendBurst = 2, 1 // a send each 500 ms
+	g := tk.StartGateway(t, n, cfg)
+	r := connectRaw(t, g, "alice", "phone")
+	for _, id := range []string{"m1", "m2"} {
+		r.write(string(protocol.AppendSend(nil, id, "bob", tk.Body(id))))
+	}
+	// m2's refusal is answered on arrival, m1's "sent" once it is stored.
+	var first, limited *protocol.Frame
+	for first == nil || limited == nil {
+		f := r.next()
+		switch {
+		case f.Type == protocol.TypeSent && f.ID == "m1" && first == nil:
+			first = f
+		case f.Type == protocol.TypeError && f.Code == protocol.ErrRateLimited && f.ID == "m2" && limited == nil:
+			limited = f
+		default:
+			t.Fatalf("got %+v, want sent for m1 and rate_limited for m2", *f)
+		}
+	}
+	// m3 comes once the limit would let it through (it was on the wire
+	// behind m2): the hold refuses it.
+	retry := time.Duration(limited.RetryMS) * time.Millisecond
+	time.Sleep(retry) // the rate under test
+	r.write(string(protocol.AppendSend(nil, "m3", "bob", tk.Body("m3"))))
+	r.expectError(protocol.ErrStoreFailed, "m3", 0)
+
+	// Resend as the SDKs do: after retry_ms, the oldest first.
+	prev := first.Seq
+	for _, id := range []string{"m2", "m3"} {
+		for {
+			time.Sleep(retry) // the wait the gateway asked for, part of the behaviour under test
+			r.write(string(protocol.AppendSend(nil, id, "bob", tk.Body(id))))
+			f := r.next()
+			if f.Type == protocol.TypeError && f.Code == protocol.ErrRateLimited && f.ID == id {
+				retry = time.Duration(f.RetryMS) * time.Millisecond
+				continue
+			}
+			if f.Type != protocol.TypeSent || f.ID != id || f.Seq <= prev {
+				t.Fatalf("got %+v for %s, want sent after seq %d", *f, id, prev)
+			}
+			prev = f.Seq
+			break
+		}
+	}
+}

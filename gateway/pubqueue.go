@@ -47,6 +47,15 @@ import (
 // client resends them all, in order, with the same ids. Nothing newer of
 // a session is stored before an older send is stored or answered.
 //
+// Sends still on the wire when that answer goes out would otherwise be
+// stored ahead of the resend (a client writes up to 64 sends before the
+// first is answered). So such an answer, here or on arrival (rate_limited,
+// a region's directory unavailable), starts a hold: every send that
+// arrives after it is answered store_failed unqueued, until one the hold
+// refused arrives again, which is the client resending the oldest it
+// holds (both SDKs write nothing else while they hold). A hold lasts for
+// the connection at most.
+//
 // Receipts are not written here: delivered ticks are asked of the
 // receipts function once a stretch of the device's messages is acked
 // (ticks.go), and a read is a request of its own (calls.go).
@@ -150,7 +159,15 @@ type pubQueue struct {
 	timerAt time.Time  // when the session's timer is set for (zero: not set)
 	closed  bool
 	drained chan struct{} // made by close while items remain; closed once none do
+	// held is not nil while sends are held behind one answered with a
+	// retryable code: the ids answered so since (see hold).
+	held map[string]struct{}
 }
+
+// maxHeld bounds the ids a hold remembers. A client that keeps writing
+// new sends past it while held gets no answer it can end the hold with
+// and must reconnect; the SDKs write at most their window of 64.
+const maxHeld = 1024
 
 func (q *pubQueue) init(env pubEnv, slots int) {
 	q.env, q.clock = env, time.Now
@@ -167,12 +184,42 @@ func (q *pubQueue) add(it *pubItem) {
 		<-q.slots
 		return
 	}
+	if q.held != nil {
+		if _, again := q.held[it.id]; !again {
+			q.holdLocked(it.id)
+			q.env.refuse(protocol.ErrStoreFailed, "an earlier message was not stored; resend it first, then this one with the same id", it.id, 0)
+			<-q.slots
+			return
+		}
+		q.held = nil // the client resends what the hold refused
+	}
 	now := q.clock()
 	it.n, it.since = q.next, now
 	q.next++
 	q.items = append(q.items, it)
 	if len(q.items) == 1 {
 		q.startSendLocked(it, now)
+	}
+}
+
+// hold records that the session answered send id with a retryable code
+// before queueing it: sends arriving after it are held back until it, or
+// another send the hold refused, comes again.
+func (q *pubQueue) hold(id string) {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	q.holdLocked(id)
+}
+
+// holdLocked starts a hold, or adds id to the one under way.
+//
+// Lock should be held.
+func (q *pubQueue) holdLocked(id string) {
+	if q.held == nil {
+		q.held = map[string]struct{}{}
+	}
+	if len(q.held) < maxHeld {
+		q.held[id] = struct{}{}
 	}
 }
 
@@ -295,8 +342,10 @@ func (q *pubQueue) failedLocked(it *pubItem, now time.Time) {
 func (q *pubQueue) refuseLocked(it *pubItem, code protocol.ErrorCode, message string, now time.Time) {
 	q.env.refuse(code, message, it.id, 0)
 	if protocol.Retryable(code) {
+		q.holdLocked(it.id)
 		for i := 0; i < len(q.items); {
 			if b := q.items[i]; b.n > it.n {
+				q.holdLocked(b.id)
 				q.env.refuse(protocol.ErrStoreFailed, "an earlier message was not stored; resend both with the same ids", b.id, 0)
 				q.removeLocked(b, now) // not first in line: publishes nothing
 				continue

@@ -240,8 +240,8 @@ func TestPubQueueRetriesARefusal(t *testing.T) {
 // A refusal for good (the stream refuses what the message is) is answered
 // store_failed at once. The client resends a send answered store_failed,
 // so the sends queued behind it are answered store_failed too, without
-// being published: stored now, they would overtake its resend. A later
-// send starts afresh.
+// being published: stored now, they would overtake its resend. So is a
+// later send, until s1 comes again.
 func TestPubQueueAnswersAFinalRefusal(t *testing.T) {
 	q, env := newTestQueue(8)
 	now := q.now
@@ -255,12 +255,14 @@ func TestPubQueueAnswersAFinalRefusal(t *testing.T) {
 		t.Fatalf("%d owed, %d slots taken after the refusal", q.owed(), len(q.slots))
 	}
 	q.put(t, sendItem("s4"), now)
-	expectStrings(t, "published", env.ids(), []string{"s1", "s4"})
+	q.put(t, sendItem("s1"), now)
+	expectStrings(t, "published", env.ids(), []string{"s1", "s1"})
+	expectStrings(t, "answers", env.answers()[3:], []string{"store_failed:s4"})
 }
 
 // A send not stored within pubGiveUp of arriving is given up, and with it
 // every send queued behind it: the client resends them all, in order. A
-// later send starts afresh.
+// later send waits for that resend.
 func TestPubQueueGivesUpInOrder(t *testing.T) {
 	q, env := newTestQueue(8)
 	now := q.now
@@ -287,9 +289,12 @@ func TestPubQueueGivesUpInOrder(t *testing.T) {
 	if q.owed() != 0 || len(q.slots) != 0 {
 		t.Fatalf("%d owed, %d slots taken after giving up", q.owed(), len(q.slots))
 	}
+	// s4 was on the wire: stored now, it would overtake s1's resend.
 	q.put(t, sendItem("s4"), at)
-	if env.last().id != "s4" {
-		t.Fatalf("published %s, want s4 at once", env.last().id)
+	expectStrings(t, "answers", env.answers()[3:], []string{"store_failed:s4"})
+	q.put(t, sendItem("s1"), at)
+	if env.last().id != "s1" {
+		t.Fatalf("published %s, want s1's resend at once", env.last().id)
 	}
 }
 
@@ -457,4 +462,45 @@ func TestParsePubAck(t *testing.T) {
 	if _, err := parsePubAck(apiError(400, 10054)); err == nil || transient(err) {
 		t.Errorf("a 400: %v, want a final API error", err)
 	}
+}
+
+// Sends that arrive after one was answered with a retryable code (they
+// were on the wire) are refused unqueued until the client resends it: a
+// send stored then would overtake the resend. The resend ends the hold.
+func TestPubQueueHoldsLaterArrivalsUntilTheResend(t *testing.T) {
+	q, env := newTestQueue(8)
+	now := q.now
+	g1 := sendItem("g1")
+	g1.group = "friends"
+	q.put(t, g1, now)
+	q.granted(g1, nil, protocol.ErrUnavailable, "groups are unavailable; resend")
+	q.put(t, sendItem("s2"), now)
+	q.put(t, sendItem("s3"), now)
+	expectStrings(t, "answers", env.answers(), []string{"unavailable:g1", "store_failed:s2", "store_failed:s3"})
+	if q.owed() != 0 || len(q.slots) != 0 {
+		t.Fatalf("%d owed, %d slots taken while held", q.owed(), len(q.slots))
+	}
+
+	// The resend of g1 ends the hold; s2 and s3 follow it.
+	g1 = sendItem("g1")
+	g1.group = "friends"
+	q.put(t, g1, now)
+	q.granted(g1, nil, "", "")
+	q.put(t, sendItem("s2"), now)
+	q.onReply(g1.n, g1.attempt, ackMsg(7, false))
+	expectStrings(t, "published", env.ids(), []string{"g1", "s2"})
+}
+
+// A send refused on arrival with a retryable code (rate_limited) holds the
+// sends after it the same way; any send the hold refused ends it when it
+// comes again (the client may have withdrawn the first).
+func TestPubQueueHoldsBehindASendRefusedOnArrival(t *testing.T) {
+	q, env := newTestQueue(8)
+	now := q.now
+	q.hold("s1")
+	q.put(t, sendItem("s2"), now)
+	expectStrings(t, "answers", env.answers(), []string{"store_failed:s2"})
+	expectStrings(t, "published", env.ids(), nil)
+	q.put(t, sendItem("s2"), now)
+	expectStrings(t, "published", env.ids(), []string{"s2"})
 }

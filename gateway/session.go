@@ -383,6 +383,8 @@ func (s *session) handleFrame(f *protocol.Frame) {
 	case protocol.TypeSend:
 		if s.allow(s.in.sendLim, f.ID) {
 			s.send(f)
+		} else {
+			s.pubs.hold(f.ID) // the sends behind it wait for its resend
 		}
 	case protocol.TypeAck:
 		// An ack of a message delivered and unacked is taken at any
@@ -488,7 +490,7 @@ func (s *session) queue(it *pubItem) {
 
 func (s *session) send(f *protocol.Frame) {
 	if s.shutting.Load() {
-		s.sendError(protocol.ErrShuttingDown, "gateway is shutting down", f.ID, 0, 0)
+		s.refuseSend(protocol.ErrShuttingDown, "gateway is shutting down", f.ID)
 		return
 	}
 	if f.Media != nil && protocol.MediaOwner(f.Media.Key) != s.id.User {
@@ -513,10 +515,20 @@ func (s *session) send(f *protocol.Frame) {
 		Data: f.Body,
 	}
 	if code, why := s.srv.regions.address(m, f.To, f.Media != nil); code != "" { // regions.go
-		s.sendError(code, why, f.ID, 0, 0)
+		s.refuseSend(code, why, f.ID)
 		return
 	}
 	s.queue(&pubItem{msg: m, id: f.ID, to: f.To, ts: ts, media: f.Media})
+}
+
+// refuseSend answers send id with code before it is queued. A send the
+// client resends (a retryable code) holds the sends after it back until
+// it comes again (pubqueue.go).
+func (s *session) refuseSend(code protocol.ErrorCode, message, id string) {
+	if protocol.Retryable(code) {
+		s.pubs.hold(id)
+	}
+	s.sendError(code, message, id, 0, 0)
 }
 
 // ack records that the device has the message or receipt at seq. It is
