@@ -209,6 +209,9 @@ func (s *Service) apply(ctx context.Context, user, device string, c change) erro
 			}
 		} else {
 			delete(rec.Devices, device)
+			if err := s.dropMissed(ctx, user, &rec); err != nil {
+				return nil, err
+			}
 			if !rec.Online() {
 				rec.LastSeen = max(rec.LastSeen, c.at.UnixMilli())
 			}
@@ -226,6 +229,28 @@ func (s *Service) apply(ctx context.Context, user, device string, c change) erro
 	case wasOnline != rec.Online():
 		s.changes.Add(1)
 		s.publish(ctx, user, &rec, rev)
+	}
+	return nil
+}
+
+// dropMissed takes out of rec the devices whose lease left no trace at
+// all: it expired, and its expiry marker too, while no instance ran
+// (markers are kept for the bucket's limit_marker_ttl), so no change will
+// ever take them out. Left in, such a device would keep the user online
+// in the record for good, and no update would say the user went offline.
+// A device whose lease key holds anything is kept: a lease, or a delete
+// or marker whose change is still to be applied. Asked only when a device
+// goes and others remain, of the bucket's leader (a replica a step behind
+// could miss a lease just written).
+func (s *Service) dropMissed(ctx context.Context, user string, rec *contract.PresenceRecord) error {
+	for d := range rec.Devices {
+		_, err := contract.GetMsg(ctx, s.nc, "KV_"+contract.PresenceKV, 0, contract.LeaseSubject(user, d))
+		switch {
+		case errors.Is(err, contract.ErrNoMsg):
+			delete(rec.Devices, d)
+		case err != nil:
+			return err
+		}
 	}
 	return nil
 }

@@ -165,6 +165,42 @@ func TestExpiredLeaseTurnsUserOffline(t *testing.T) {
 	t.Logf("offline %s after the online update (TTL 1s)", time.Since(start).Round(time.Millisecond))
 }
 
+// A device whose lease expired while no instance ran long enough for its
+// expiry marker to go too stays in bob's record, and no change will take
+// it out. When his last real device goes, he is still announced offline.
+func TestADeviceWhoseExpiryWasMissedDoesNotKeepTheUserOnline(t *testing.T) {
+	e := newEnv(t)
+	e.instance(t)
+	ups := e.updates(t, "bob")
+	e.lease(t, "bob", "phone", time.Minute)
+	if u := next(t, ups, 10*time.Second); !u.Online {
+		t.Fatalf("update %+v, want online", u)
+	}
+	// The missed expiry: "tablet" is in the record, its lease nowhere.
+	ctx := context.Background()
+	entry, err := e.kv.Get(ctx, contract.PresenceUserKey("bob"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var rec contract.PresenceRecord
+	if err := json.Unmarshal(entry.Value(), &rec); err != nil {
+		t.Fatal(err)
+	}
+	rec.Devices["tablet"], rec.Applied["tablet"] = 1, 1
+	b, _ := json.Marshal(&rec)
+	if _, err := e.kv.Update(ctx, contract.PresenceUserKey("bob"), b, entry.Revision()); err != nil {
+		t.Fatal(err)
+	}
+
+	e.unlease(t, "bob", "phone")
+	if u := next(t, ups, 10*time.Second); u.Online || u.LastSeen == 0 {
+		t.Fatalf("update %+v, want offline with a last seen", u)
+	}
+	if v := e.get(t, "alice", "bob"); v[0].Online {
+		t.Fatalf("get says %+v, want offline", v[0])
+	}
+}
+
 // Every answer honours the owner's last-seen privacy: everyone, contacts
 // (their own list) or nobody. A user always sees their own.
 func TestGetHonoursLastSeenPrivacy(t *testing.T) {
