@@ -209,9 +209,7 @@ func (s *Service) apply(ctx context.Context, user, device string, c change) erro
 			}
 		} else {
 			delete(rec.Devices, device)
-			if err := s.dropMissed(ctx, user, &rec); err != nil {
-				return nil, err
-			}
+			s.dropMissed(ctx, user, &rec)
 			if !rec.Online() {
 				rec.LastSeen = max(rec.LastSeen, c.at.UnixMilli())
 			}
@@ -242,17 +240,17 @@ func (s *Service) apply(ctx context.Context, user, device string, c change) erro
 // or marker whose change is still to be applied. Asked only when a device
 // goes and others remain, of the bucket's leader (a replica a step behind
 // could miss a lease just written).
-func (s *Service) dropMissed(ctx context.Context, user string, rec *contract.PresenceRecord) error {
+func (s *Service) dropMissed(ctx context.Context, user string, rec *contract.PresenceRecord) {
 	for d := range rec.Devices {
 		_, err := contract.GetMsg(ctx, s.nc, "KV_"+contract.PresenceKV, 0, contract.LeaseSubject(user, d))
 		switch {
 		case errors.Is(err, contract.ErrNoMsg):
 			delete(rec.Devices, d)
 		case err != nil:
-			return err
+			// Best effort: the change itself must not wait on it.
+			s.log.Warn("cannot read a lease; the device stays listed", "user", user, "device", d, "err", err)
 		}
 	}
-	return nil
 }
 
 // publish announces a user's new state, made from revision rev of their
