@@ -39,6 +39,30 @@ const (
 	KindReadSync = "read_sync"
 )
 
+// OwnCopy is the copy, for its sender's own inbox, of the 1:1 message
+// with headers h and body sent to user to, stored at sentSeq (the seq its
+// sent frame names). The sync function makes it for messages stored in
+// INBOX, and a gateway for a send to another region (which goes through
+// OUTBOX, where no function sees it); both make the same copy, under one
+// dedup id.
+func OwnCopy(h nats.Header, to string, sentSeq uint64, body []byte) *nats.Msg {
+	from, id := h.Get(HdrFrom), h.Get(HdrID)
+	ch := nats.Header{
+		HdrMsgID:   {OwnCopyDedupID(from, id)},
+		HdrKind:    {KindMsg},
+		HdrFrom:    {from},
+		HdrDevice:  {h.Get(HdrDevice)},
+		HdrID:      {id},
+		HdrTS:      {h.Get(HdrTS)},
+		HdrTo:      {to},
+		HdrSentSeq: {strconv.FormatUint(sentSeq, 10)},
+	}
+	if media := h.Get(HdrMedia); media != "" {
+		ch.Set(HdrMedia, media)
+	}
+	return &nats.Msg{Subject: InboxSubject(from), Header: ch, Data: body}
+}
+
 // OwnCopyDedupID is the Nats-Msg-Id of the copy of from's message id in
 // from's own inbox: a copy made again (an instance died before its ack)
 // is stored once.

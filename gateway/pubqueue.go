@@ -3,6 +3,7 @@ package gateway
 import (
 	"slices"
 	"sort"
+	"strconv"
 	"sync"
 	"time"
 
@@ -116,6 +117,15 @@ type pubItem struct {
 	group string
 	ts    int64
 	media *protocol.Media
+	// own is, for a send to a user homed in another region, the copy for
+	// the sender's own inbox, stored once the send is (it names the
+	// send's seq) and before the send is answered: the send goes through
+	// OUTBOX, which the sync function does not read. ownFrom is the
+	// first attempt that published it (0: not yet), sent the send's own
+	// PubAck.
+	own     *nats.Msg
+	ownFrom uint64
+	sent    pubAck
 }
 
 // pubEnv is what the queue needs of its session (a fake in tests).
@@ -299,8 +309,8 @@ func (q *pubQueue) onReply(n, a uint64, m *nats.Msg) {
 	q.mu.Lock()
 	defer q.mu.Unlock()
 	it := q.findLocked(n)
-	if it == nil || a == 0 || a > it.attempt {
-		return
+	if it == nil || a == 0 || a > it.attempt || a < it.ownFrom {
+		return // unknown, or about the send when its own copy is awaited
 	}
 	now := q.clock()
 	ack, err := parsePubAck(m)
@@ -316,6 +326,18 @@ func (q *pubQueue) onReply(n, a uint64, m *nats.Msg) {
 //
 // Lock should be held.
 func (q *pubQueue) storedLocked(it *pubItem, ack pubAck, now time.Time) {
+	if it.own != nil && it.ownFrom == 0 {
+		// The send is stored; its own copy next, under the same rules
+		// (a resend of the send finds it stored and stores the copy).
+		it.sent, it.msg, it.ownFrom = ack, it.own, it.attempt+1
+		it.msg.Header.Set(contract.HdrSentSeq, strconv.FormatUint(ack.seq, 10))
+		it.refusals = 0
+		q.publishLocked(it, now)
+		return
+	}
+	if it.ownFrom != 0 {
+		ack = it.sent
+	}
 	q.env.stored()
 	q.env.answer(protocol.AppendSent(nil, it.id, ack.seq, it.ts, ack.dup))
 	q.removeLocked(it, now)

@@ -504,3 +504,30 @@ func TestPubQueueHoldsBehindASendRefusedOnArrival(t *testing.T) {
 	q.put(t, sendItem("s2"), now)
 	expectStrings(t, "published", env.ids(), []string{"s2"})
 }
+
+// A send to another region is answered once its copy for the sender's
+// own inbox is stored too, the copy naming the send's seq; an answer
+// about the send that comes late (an earlier attempt's PubAck) is not
+// taken for the copy's, and the next send waits for both.
+func TestPubQueueStoresAnOwnCopyBeforeAnswering(t *testing.T) {
+	q, env := newTestQueue(8)
+	now := q.now
+	x := sendItem("x1")
+	x.msg.Subject = contract.OutboxSubject("eu", "bob")
+	x.msg.Header.Set(contract.HdrFrom, "alice")
+	x.own = contract.OwnCopy(x.msg.Header, "bob", 0, nil)
+	q.put(t, x, now)
+	q.put(t, sendItem("s2"), now)
+	q.at(now.Add(pubAckWait)) // no PubAck: published again
+	q.onReply(x.n, 2, ackMsg(1<<52+5, false))
+	own := env.last()
+	if own.msg.Subject != contract.InboxSubject("alice") || own.msg.Header.Get(contract.HdrSentSeq) != strconv.FormatUint(1<<52+5, 10) ||
+		own.msg.Header.Get(contract.HdrTo) != "bob" {
+		t.Fatalf("published %s %v, want the own copy naming the send's seq", own.msg.Subject, own.msg.Header)
+	}
+	q.onReply(x.n, 1, ackMsg(1<<52+5, true)) // the first attempt's, late
+	expectStrings(t, "answers", env.answers(), nil)
+	q.onReply(own.n, own.a, ackMsg(40, false))
+	expectStrings(t, "answers", env.answers(), []string{fmt.Sprintf("sent:x1:%d", 1<<52+5)})
+	expectStrings(t, "published", env.ids(), []string{"x1", "x1", "x1", "s2"})
+}

@@ -51,11 +51,13 @@ func wantReceipt(t *testing.T, c *client.Client, id, status, by string) client.R
 
 // Users homed in two regions chat as if in one: "sent" comes from the
 // sender's region (an OUTBOX sequence), the message reaches the
-// recipient's home inbox across the leaf link, and the delivered and read
-// ticks come back naming the messages as the sender knows them.
+// recipient's home inbox across the leaf link, the sender's other device
+// gets its own copy, and the delivered and read ticks come back naming
+// the messages as the sender knows them.
 func TestRegionsChatAcrossRegions(t *testing.T) {
 	_, us, eu := startRegions(t)
 	alice := tk.Dial(t, us.Gateway.URL, "alice", "phone")
+	laptop := tk.Dial(t, us.Gateway.URL, "alice", "laptop")
 	bob := tk.Dial(t, eu.Gateway.URL, "bob", "phone")
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
@@ -70,6 +72,12 @@ func TestRegionsChatAcrossRegions(t *testing.T) {
 			t.Fatalf("%s sent at %d: not an OUTBOX sequence", id, s.Seq)
 		}
 		sent = append(sent, s)
+	}
+	// Alice's laptop has her messages to bob, naming where they were sent.
+	for i, id := range []string{"m1", "m2", "m3"} {
+		if m := tk.NextMsgIs(t, laptop, "alice", id, 15*time.Second); m.To != "bob" || m.SentSeq != sent[i].Seq {
+			t.Fatalf("laptop got %+v, want alice's %s to bob sent at %d", m, id, sent[i].Seq)
+		}
 	}
 	var got []client.Message
 	for _, id := range []string{"m1", "m2", "m3"} {

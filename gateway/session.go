@@ -518,7 +518,14 @@ func (s *session) send(f *protocol.Frame) {
 		s.refuseSend(code, why, f.ID)
 		return
 	}
-	s.queue(&pubItem{msg: m, id: f.ID, to: f.To, ts: ts, media: f.Media})
+	it := &pubItem{msg: m, id: f.ID, to: f.To, ts: ts, media: f.Media}
+	if m.Subject != contract.InboxSubject(f.To) {
+		// To another region, through OUTBOX: the sender's other devices
+		// get their copy from here (its seq is set once the send is
+		// stored). Stored whether or not the user has another device.
+		it.own = contract.OwnCopy(m.Header, f.To, 0, f.Body)
+	}
+	s.queue(it)
 }
 
 // refuseSend answers send id with code before it is queued. A send the

@@ -43,7 +43,6 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"strconv"
 	"strings"
 	"sync/atomic"
 	"time"
@@ -273,20 +272,7 @@ func (s *Service) apply(ctx context.Context, m jetstream.Msg) error {
 		s.single.Add(1)
 		return nil
 	}
-	ch := nats.Header{
-		contract.HdrMsgID:   {contract.OwnCopyDedupID(from, id)},
-		contract.HdrKind:    {contract.KindMsg},
-		contract.HdrFrom:    {from},
-		contract.HdrDevice:  {dev},
-		contract.HdrID:      {id},
-		contract.HdrTS:      {h.Get(contract.HdrTS)},
-		contract.HdrTo:      {to},
-		contract.HdrSentSeq: {strconv.FormatUint(seq, 10)},
-	}
-	if media := h.Get(contract.HdrMedia); media != "" {
-		ch.Set(contract.HdrMedia, media)
-	}
-	cp := &nats.Msg{Subject: contract.InboxSubject(from), Header: ch, Data: m.Data()}
+	cp := contract.OwnCopy(h, to, seq, m.Data())
 	for attempt := 1; ; attempt++ {
 		_, err = s.js.PublishMsg(ctx, cp)
 		var api *jetstream.APIError
