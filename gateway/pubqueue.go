@@ -364,6 +364,10 @@ func (q *pubQueue) failedLocked(it *pubItem, now time.Time) {
 func (q *pubQueue) refuseLocked(it *pubItem, code protocol.ErrorCode, message string, now time.Time) {
 	q.env.refuse(code, message, it.id, 0)
 	if protocol.Retryable(code) {
+		// A hold under way refused only sends newer than it (nothing
+		// was queued behind a hold), so only its resend, or the resend
+		// of one behind it, may end the hold: not theirs.
+		q.held = nil
 		q.holdLocked(it.id)
 		for i := 0; i < len(q.items); {
 			if b := q.items[i]; b.n > it.n {

@@ -531,3 +531,25 @@ func TestPubQueueStoresAnOwnCopyBeforeAnswering(t *testing.T) {
 	expectStrings(t, "answers", env.answers(), []string{fmt.Sprintf("sent:x1:%d", 1<<52+5)})
 	expectStrings(t, "published", env.ids(), []string{"x1", "x1", "x1", "s2"})
 }
+
+// A hold that refused newer sends is taken over by an older send refused
+// later: only the older one's resend ends it. (Its client withdrew s2, so
+// it writes s3 next; stored then, s3 would overtake g1's resend.)
+func TestPubQueueHoldFollowsTheOldestRefused(t *testing.T) {
+	q, env := newTestQueue(8)
+	now := q.now
+	g1 := sendItem("g1")
+	g1.group = "friends"
+	q.put(t, g1, now)
+	q.hold("s2")                  // rate_limited on arrival
+	q.put(t, sendItem("s3"), now) // on the wire: refused by the hold
+	q.granted(g1, nil, protocol.ErrUnavailable, "groups are unavailable; resend")
+	q.put(t, sendItem("s3"), now)
+	expectStrings(t, "published", env.ids(), nil)
+	expectStrings(t, "answers", env.answers(), []string{"store_failed:s3", "unavailable:g1", "store_failed:s3"})
+	g1 = sendItem("g1")
+	g1.group = "friends"
+	q.put(t, g1, now)
+	q.granted(g1, nil, "", "")
+	expectStrings(t, "published", env.ids(), []string{"g1"})
+}
