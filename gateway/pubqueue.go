@@ -285,7 +285,7 @@ func (q *pubQueue) publishLocked(it *pubItem, now time.Time) {
 		return
 	}
 	it.state = pubInFlight
-	it.due = now.Add(pubAckWait << min(it.attempt-1, 3))
+	it.due = now.Add(pubAckWait << min(it.attempt-max(it.ownFrom, 1), 3)) // doubling per attempt at this write
 	q.wakeLocked(it.due)
 }
 
@@ -331,7 +331,9 @@ func (q *pubQueue) storedLocked(it *pubItem, ack pubAck, now time.Time) {
 		// (a resend of the send finds it stored and stores the copy).
 		it.sent, it.msg, it.ownFrom = ack, it.own, it.attempt+1
 		it.msg.Header.Set(contract.HdrSentSeq, strconv.FormatUint(ack.seq, 10))
-		it.refusals = 0
+		// A write of its own: its waits start afresh, and so does the
+		// time it has before the send is given up.
+		it.refusals, it.since = 0, now
 		q.publishLocked(it, now)
 		return
 	}

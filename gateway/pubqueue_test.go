@@ -553,3 +553,39 @@ func TestPubQueueHoldFollowsTheOldestRefused(t *testing.T) {
 	q.granted(g1, nil, "", "")
 	expectStrings(t, "published", env.ids(), []string{"g1"})
 }
+
+// The own copy is a write of its own: retried from a fresh wait, and
+// given up only pubGiveUp after it was first published, however long the
+// send took to store.
+func TestPubQueueRetriesAnOwnCopyAfresh(t *testing.T) {
+	q, env := newTestQueue(8)
+	t0 := q.now
+	x := sendItem("x1")
+	x.msg.Subject = contract.OutboxSubject("eu", "bob")
+	x.msg.Header.Set(contract.HdrFrom, "alice")
+	x.own = contract.OwnCopy(x.msg.Header, "bob", 0, nil)
+	q.put(t, x, t0)
+	q.at(t0.Add(pubAckWait))     // attempt 2
+	q.at(t0.Add(3 * pubAckWait)) // attempt 3
+	stored := t0.Add(3*pubAckWait + 100*time.Millisecond)
+	q.now = stored
+	q.onReply(x.n, 3, ackMsg(1<<52+5, false))
+	if d := x.due.Sub(stored); d != pubAckWait {
+		t.Fatalf("the copy's first wait is %s, want %s", d, pubAckWait)
+	}
+	for now := stored; now.Before(stored.Add(pubGiveUp)); now = now.Add(100 * time.Millisecond) {
+		q.at(now) // every PubAck of the copy is lost
+	}
+	expectStrings(t, "answers", env.answers(), nil)
+	copies := 0
+	for _, p := range env.publishes {
+		if p.msg.Subject == contract.InboxSubject("alice") {
+			copies++
+		}
+	}
+	if copies < 3 {
+		t.Fatalf("the copy was published %d times within %s, want its waits doubling from %s", copies, pubGiveUp, pubAckWait)
+	}
+	q.at(stored.Add(pubGiveUp + pubAckWait<<3))
+	expectStrings(t, "answers", env.answers(), []string{"store_failed:x1"})
+}

@@ -666,9 +666,10 @@ func TestRegionsDataStaysWhereItBelongs(t *testing.T) {
 		user, from string
 		want       int
 	}{
-		{eu, "bob", "alice", 1}, // alice's message lives in bob's region
-		{us, "bob", "alice", 0}, // and not in hers
-		{us, "alice", "bob", 0}, // bob's refused send is nowhere
+		{eu, "bob", "alice", 1},   // alice's message lives in bob's region
+		{us, "bob", "alice", 0},   // and not in hers,
+		{us, "alice", "alice", 1}, // where only her own copy of what she wrote is
+		{us, "alice", "bob", 0},   // bob's refused send is nowhere
 		{eu, "alice", "bob", 0},
 	} {
 		if got := inboxHolds(t, c.r, c.user, contract.KindMsg, c.from); got != c.want {
