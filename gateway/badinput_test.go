@@ -638,9 +638,14 @@ func TestFloodGetsRateLimitedThenClosed(t *testing.T) {
 	w.waitSessions(t, 2)
 	w.healthy(t)
 
-	// A new connection starts with a fresh bucket.
+	// Reconnecting does not refill the device's bucket: the first send
+	// of its next connection is refused too. Another device of the same
+	// user has its own.
 	r = connectRaw(t, w.g, "mallory", "flood")
-	r.send("sink", "after-flood")
+	r.write(string(protocol.AppendSend(nil, "after-flood", "sink", tk.Body("flood"))))
+	r.expectError(protocol.ErrRateLimited, "after-flood", 0)
+	r = connectRaw(t, w.g, "mallory", "tablet")
+	r.send("sink", "from-tablet")
 	w.stored++
 	w.checkStored(t)
 }

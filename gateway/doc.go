@@ -50,7 +50,8 @@
 // against GROUP_INFO and stored once in GROUPS, members' copies as group
 // msg frames, typing in a group, and a brief cache of groups' records),
 // groupticks.go (members' positions in their groups from acks and reads,
-// and status about a group message).
+// and status about a group message). ratekeep.go keeps each device's rate
+// limits across its sessions.
 //
 // Concurrency. Server methods are safe from many goroutines. Each
 // connection has one read goroutine, which runs the session's frame
@@ -94,7 +95,7 @@
 //
 // Server.mu, sseSessions.mu, replies.mu, backlog.mu, lease.mu, feed.mu,
 // follows.opMu, regions.mu, sessionTimer.mu, groupCache.mu,
-// groupBucket.mu and outQueue.mu are leaves: nothing of this package is
+// groupBucket.mu, limitKeeper.mu and outQueue.mu are leaves: nothing of this package is
 // locked under them.
 // No lock of a session's is held while calling the router (router.add,
 // router.remove), the replies' owner callbacks run with replies.mu

@@ -270,6 +270,7 @@ func testServer(t testing.TB, cfg Config, fs *fakeStream, fc *fakeCursors) *Serv
 		cursors:     fc,
 	}
 	srv.backlog = newBacklog(srv)
+	srv.limits = newLimitKeeper(&srv.cfg)
 	t.Cleanup(srv.backlog.close)
 	return srv
 }

@@ -70,9 +70,10 @@ type Server struct {
 
 	starts chan struct{} // one token per session start in progress
 
-	router    *router  // sessions' subscriptions: live copies, events, kicks, presence
-	replies   *replies // answers to reads of the stream, PubAcks, lease writes
-	backlog   *backlog // reads shared by many sessions at once (storms)
+	router    *router      // sessions' subscriptions: live copies, events, kicks, presence
+	limits    *limitKeeper // devices' rate limits, kept across their sessions (ratekeep.go)
+	replies   *replies     // answers to reads of the stream, PubAcks, lease writes
+	backlog   *backlog     // reads shared by many sessions at once (storms)
 	leaderSub *nats.Subscription
 	// The seams to JetStream that sessions' parts use, the Server's own
 	// in production and fakes in tests.
@@ -155,6 +156,7 @@ func New(ctx context.Context, cfg Config, keys *Keys, nc *nats.Conn, log *slog.L
 		sweepDone:   make(chan struct{}),
 		router:      newRouter(nc),
 	}
+	s.limits = newLimitKeeper(&s.cfg)
 	s.stream, s.cursors = s, s.devices
 	if s.regions, err = newRegions(ctx, cfg, js); err != nil {
 		return nil, err
@@ -492,6 +494,7 @@ func (s *Server) startSession(sess *session, c conn) bool {
 	if !s.track(sess) {
 		c.Close(protocol.CloseServiceRestart, "gateway shutting down")
 		<-c.finished()
+		s.limits.give(sess.id, sess.in.limits, time.Now())
 		return false
 	}
 	// Session starts take turns (MaxConcurrentStarts at once), so a storm

@@ -77,31 +77,21 @@ type session struct {
 // inbound is what the read loop keeps about the frames it reads: the rate
 // limits. Only the read loop touches it, so it has no lock.
 type inbound struct {
-	sendLim     *rate.Limiter
-	frameLim    *rate.Limiter
-	typingLim   *rate.Limiter
-	settingsLim *rate.Limiter
-	groupLim    *rate.Limiter
-	strikes     int // rate-limited frames in a row
+	*limits     // shared by the device's sessions on this gateway (ratekeep.go)
+	strikes int // rate-limited frames in a row
 }
 
 func newSession(srv *Server, id Identity, t transport) *session {
 	cfg := &srv.cfg
 	sid := nats.NewInbox()[len(nats.InboxPrefix):]
 	s := &session{
-		born: time.Now().UnixNano(),
-		srv:  srv,
-		id:   id,
-		sid:  sid,
-		t:    t,
-		log:  srv.log.With("user", id.User, "device", id.Device, "session", sid),
-		in: inbound{
-			sendLim:     rate.NewLimiter(rate.Limit(cfg.SendRate), cfg.SendBurst),
-			frameLim:    rate.NewLimiter(rate.Limit(cfg.FrameRate), cfg.FrameBurst),
-			typingLim:   rate.NewLimiter(rate.Limit(cfg.TypingRate), cfg.TypingBurst),
-			settingsLim: rate.NewLimiter(rate.Limit(cfg.SettingsRate), cfg.SettingsBurst),
-			groupLim:    rate.NewLimiter(rate.Limit(cfg.groupRate()), cfg.groupBurst()),
-		},
+		born:    time.Now().UnixNano(),
+		srv:     srv,
+		id:      id,
+		sid:     sid,
+		t:       t,
+		log:     srv.log.With("user", id.User, "device", id.Device, "session", sid),
+		in:      inbound{limits: srv.limits.take(id, time.Now())},
 		calls:   make(chan struct{}, maxFunctionCalls),
 		stopped: make(chan struct{}),
 	}
@@ -287,6 +277,7 @@ func (s *session) onKick(m *nats.Msg) {
 // past the cursor; the next session delivers them again.
 func (s *session) stop() {
 	s.stopOnce.Do(func() {
+		s.srv.limits.give(s.id, s.in.limits, time.Now())
 		s.feed.stop()
 		drained := s.pubs.close()
 		wait := time.NewTimer(pubStopWait)
@@ -368,7 +359,7 @@ func (s *session) handleSlow(data []byte) {
 	f, err := protocol.DecodeClient(data)
 	if err != nil {
 		var de *protocol.DecodeError
-		if errors.As(err, &de) && s.allow(s.in.frameLim, de.ID) {
+		if errors.As(err, &de) && s.allow(s.in.frame, de.ID) {
 			s.sendError(de.Code, de.Reason, de.ID, 0, 0)
 		}
 		return
@@ -381,7 +372,7 @@ func (s *session) handleFrame(f *protocol.Frame) {
 	s.srv.metrics.frameIn[f.Type].Inc() // DecodeClient returns only these types
 	switch f.Type {
 	case protocol.TypeSend:
-		if s.allow(s.in.sendLim, f.ID) {
+		if s.allow(s.in.send, f.ID) {
 			s.send(f)
 		} else {
 			s.pubs.hold(f.ID) // the sends behind it wait for its resend
@@ -394,25 +385,25 @@ func (s *session) handleFrame(f *protocol.Frame) {
 		// SDKs do not resend acks). Any other ack counts as a frame.
 		if s.feed.acked(f.Seq) {
 			s.ticks.kick()
-		} else if s.allow(s.in.frameLim, "") {
+		} else if s.allow(s.in.frame, "") {
 			s.ack(f.Seq)
 		}
 	case protocol.TypeRead:
-		if s.allow(s.in.frameLim, "") {
+		if s.allow(s.in.frame, "") {
 			s.read(f.Seq)
 		}
 	case protocol.TypeStatus:
-		if s.allow(s.in.frameLim, "") {
+		if s.allow(s.in.frame, "") {
 			s.status(f.Seq, f.Group)
 		}
 	case protocol.TypeSettings:
 		// Its own bucket: a settings frame can be a KV write of up to a
 		// frame's size.
-		if s.allow(s.in.settingsLim, "") {
+		if s.allow(s.in.settings, "") {
 			s.settings(f)
 		}
 	case protocol.TypePresenceSub:
-		if s.allow(s.in.frameLim, "") {
+		if s.allow(s.in.frame, "") {
 			if f.Group != "" {
 				s.follows.subscribeGroup(f.Group)
 			} else {
@@ -420,7 +411,7 @@ func (s *session) handleFrame(f *protocol.Frame) {
 			}
 		}
 	case protocol.TypePresenceUnsub:
-		if s.allow(s.in.frameLim, "") {
+		if s.allow(s.in.frame, "") {
 			if f.Group != "" {
 				s.follows.unsubscribeGroup(f.Group)
 			} else {
@@ -430,17 +421,17 @@ func (s *session) handleFrame(f *protocol.Frame) {
 	case protocol.TypeGroup:
 		// Its own bucket: each is a request to the groups function, and
 		// a change is fanned out to every member.
-		if s.allow(s.in.groupLim, f.ID) {
+		if s.allow(s.in.group, f.ID) {
 			s.group(f)
 		}
 	case protocol.TypeTyping:
 		if f.Group != "" {
-			if s.allow(s.in.typingLim, "") {
+			if s.allow(s.in.typing, "") {
 				s.typingGroup(f.Group)
 			}
 			return
 		}
-		if s.allow(s.in.typingLim, "") && f.To != s.id.User {
+		if s.allow(s.in.typing, "") && f.To != s.id.User {
 			// Core NATS only: a typing signal is worth nothing later, so
 			// it is never stored.
 			_ = s.srv.nc.Publish(contract.EventSubject(f.To), protocol.AppendTyping(nil, s.id.User, s.id.Device))

@@ -598,8 +598,9 @@ func TestSSEBadInputIsAnsweredAndHarmsNoOne(t *testing.T) {
 
 	// A flood: 3 frames fit the burst, 4 get rate_limited, the 5th
 	// refusal closes with 1008 flood, and the POST says the session ended
-	// partway.
-	s = openSSE(t, w.g.Addr, tok, nil)
+	// partway. (Another device: the one above spent its burst, and its
+	// buckets outlive its sessions.)
+	s = openSSE(t, w.g.Addr, tk.Token(t, "mallory", "flood", time.Hour), nil)
 	var frames []string
 	for i := range 3 + 5 + 2 {
 		frames = append(frames, `{"type":"ack","seq":`+strconv.Itoa(i+1)+`}`)
