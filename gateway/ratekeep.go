@@ -16,17 +16,18 @@ type limits struct {
 // limitKeeper hands a device's buckets from one of its sessions to the
 // next. Were each session to start with full buckets, a client refused for
 // its rate (or closed for flooding) could reconnect and have its whole
-// burst again, as often as it connects. A device's sessions on this
-// gateway share one set of buckets, kept after the last ends for as long
-// as the slowest would take to fill (past that, new ones are the same).
-// Another gateway starts afresh: a client that moves gateways to escape
-// its limits goes through the handshake each time.
+// burst again, as often as it connects. A session that ends leaves its
+// buckets here for as long as the slowest would take to fill (past that,
+// new ones are the same), and the device's next session on this gateway
+// takes them. Only ended sessions' buckets are held, so a connected device
+// costs nothing here. Another gateway starts afresh: a client that moves
+// gateways to escape its limits goes through the handshake each time.
 type limitKeeper struct {
 	cfg  *Config
-	keep time.Duration // how long a set outlives its last session
+	keep time.Duration // how long an ended session's buckets are held
 
 	mu        sync.Mutex
-	byDevice  map[deviceKey]*keptLimits
+	ended     map[deviceKey]keptLimits
 	lastSweep time.Time
 }
 
@@ -34,13 +35,12 @@ type limitKeeper struct {
 type deviceKey struct{ user, device string }
 
 type keptLimits struct {
-	l     *limits
-	live  int       // sessions using it
-	ended time.Time // when the last one ended (live == 0)
+	l  *limits
+	at time.Time // when its session ended
 }
 
 func newLimitKeeper(cfg *Config) *limitKeeper {
-	k := &limitKeeper{cfg: cfg, byDevice: map[deviceKey]*keptLimits{}}
+	k := &limitKeeper{cfg: cfg, ended: map[deviceKey]keptLimits{}}
 	for _, b := range []struct {
 		rate  float64
 		burst int
@@ -53,33 +53,32 @@ func newLimitKeeper(cfg *Config) *limitKeeper {
 	return k
 }
 
-// take returns the buckets of device id for a session starting now.
+// take returns the buckets for device id's session starting now: those
+// its last session left, if they have not filled since.
 func (k *limitKeeper) take(id Identity, now time.Time) *limits {
 	k.mu.Lock()
-	defer k.mu.Unlock()
 	k.sweepLocked(now)
 	key := deviceKey{id.User, id.Device}
-	e := k.byDevice[key]
-	if e == nil || (e.live == 0 && now.Sub(e.ended) > k.keep) {
-		e = &keptLimits{l: k.fresh()}
-		k.byDevice[key] = e
+	e, ok := k.ended[key]
+	if ok {
+		delete(k.ended, key)
 	}
-	e.live++
-	return e.l
+	k.mu.Unlock()
+	if ok && now.Sub(e.at) <= k.keep {
+		return e.l
+	}
+	return k.fresh()
 }
 
-// give hands back a session's buckets as it ends.
+// give leaves an ended session's buckets for the device's next session.
 func (k *limitKeeper) give(id Identity, l *limits, now time.Time) {
 	k.mu.Lock()
 	defer k.mu.Unlock()
-	if e := k.byDevice[deviceKey{id.User, id.Device}]; e != nil && e.l == l {
-		e.live--
-		e.ended = now
-	}
+	k.ended[deviceKey{id.User, id.Device}] = keptLimits{l: l, at: now}
 }
 
-// sweepLocked forgets, at most once per keep, the sets no session uses
-// that have filled since.
+// sweepLocked forgets, at most once per keep, the buckets that have
+// filled since their session ended.
 //
 // Lock should be held.
 func (k *limitKeeper) sweepLocked(now time.Time) {
@@ -87,9 +86,9 @@ func (k *limitKeeper) sweepLocked(now time.Time) {
 		return
 	}
 	k.lastSweep = now
-	for key, e := range k.byDevice {
-		if e.live == 0 && now.Sub(e.ended) > k.keep {
-			delete(k.byDevice, key)
+	for key, e := range k.ended {
+		if now.Sub(e.at) > k.keep {
+			delete(k.ended, key)
 		}
 	}
 }
@@ -98,7 +97,7 @@ func (k *limitKeeper) sweepLocked(now time.Time) {
 func (k *limitKeeper) kept() int {
 	k.mu.Lock()
 	defer k.mu.Unlock()
-	return len(k.byDevice)
+	return len(k.ended)
 }
 
 func (k *limitKeeper) fresh() *limits {

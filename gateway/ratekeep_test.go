@@ -5,9 +5,9 @@ import (
 	"time"
 )
 
-// A device's sessions share one set of buckets, which outlives the last
-// of them until it would have filled; then the device starts afresh and
-// the set is forgotten.
+// An ended session's buckets go to the device's next session until they
+// would have filled; then the device starts afresh and they are
+// forgotten.
 func TestLimitKeeperHandsBucketsOn(t *testing.T) {
 	cfg := DefaultConfig()
 	cfg.SendRate, cfg.SendBurst = 1, 10 // the slowest to fill: 10 s
@@ -23,26 +23,31 @@ func TestLimitKeeperHandsBucketsOn(t *testing.T) {
 			t.Fatal("a fresh bucket refused")
 		}
 	}
-	phone.Expires = now.Add(2 * time.Hour) // another token, the same device
-	b := k.take(phone, now)
-	if a != b {
-		t.Fatal("two sessions of one device got their own buckets")
-	}
 	k.give(phone, a, now)
-	k.give(phone, b, now)
-	if c := k.take(phone, now.Add(time.Second)); c != a || c.send.AllowN(now.Add(time.Second), 2) {
-		t.Fatal("a reconnect got full buckets")
-	} else {
-		k.give(phone, c, now.Add(time.Second))
-	}
-	later := now.Add(time.Second + k.keep + time.Millisecond)
-	laptop := Identity{User: "alice", Device: "laptop"}
-	d := k.take(laptop, later) // sweeps
 	if k.kept() != 1 {
-		t.Fatalf("%d sets kept, want only the laptop's", k.kept())
+		t.Fatalf("%d sets kept after a session ended, want 1", k.kept())
 	}
-	if e := k.take(phone, later); e == a {
-		t.Fatal("the phone's old set came back after it filled")
+	phone.Expires = now.Add(2 * time.Hour) // another token, the same device
+	b := k.take(phone, now.Add(time.Second))
+	if b != a || b.send.AllowN(now.Add(time.Second), 2) {
+		t.Fatal("a reconnect got full buckets")
 	}
-	_ = d
+	if k.kept() != 0 {
+		t.Fatalf("%d sets kept while the device is connected, want 0", k.kept())
+	}
+	if c := k.take(Identity{User: "alice", Device: "laptop"}, now); c == a {
+		t.Fatal("another device got the phone's buckets")
+	}
+	k.give(phone, b, now.Add(time.Second))
+	later := now.Add(time.Second + k.keep + time.Millisecond)
+	k.give(Identity{User: "bob", Device: "phone"}, k.fresh(), later)
+	if c := k.take(Identity{User: "carol", Device: "phone"}, later); c == b { // sweeps
+		t.Fatal("carol got alice's buckets")
+	}
+	if k.kept() != 1 {
+		t.Fatalf("%d sets kept, want only bob's", k.kept())
+	}
+	if d := k.take(phone, later); d == b {
+		t.Fatal("the phone's old buckets came back after they filled")
+	}
 }
