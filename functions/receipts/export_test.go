@@ -104,3 +104,8 @@ func (s *Service) LeaderTick(ctx context.Context, key string) ([]byte, uint64, e
 	e, err := s.leaderTick(ctx, key)
 	return e.value, e.rev, err
 }
+
+// Watch, Stop and Changed drive the cache's watch, for its tests.
+func (g GroupRecords) Watch(ctx context.Context) error { return g.c.watch(ctx) }
+func (g GroupRecords) Stop()                           { g.c.stop() }
+func (g GroupRecords) Changed(gid string, rev uint64)  { g.c.changed(gid, rev) }

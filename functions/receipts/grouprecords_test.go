@@ -4,10 +4,15 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"sync/atomic"
 	"testing"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/switchboard-im/switchboard/contract"
 	"github.com/switchboard-im/switchboard/functions/receipts"
+	"github.com/switchboard-im/switchboard/internal/natsauth"
 	tk "github.com/switchboard-im/switchboard/internal/testkit"
 )
 
@@ -66,5 +71,90 @@ func TestGroupRecordsDecodeEachRevisionOnce(t *testing.T) {
 	}
 	if _, err := cache.Get(ctx, "g1"); !errors.Is(err, contract.ErrUnknownGroup) {
 		t.Fatalf("deleted group: %v, want ErrUnknownGroup", err)
+	}
+}
+
+// countingKV counts the reads of a bucket.
+type countingKV struct {
+	jetstream.KeyValue
+	gets atomic.Int64
+}
+
+func (c *countingKV) Get(ctx context.Context, key string) (jetstream.KeyValueEntry, error) {
+	c.gets.Add(1)
+	return c.KeyValue.Get(ctx, key)
+}
+
+// Watched (with the receipts function's own rights), a record is read
+// once per revision: the positions between two changes read nothing. A
+// change is read once the watch brings it, and a read older than a
+// revision the watch named is not kept.
+func TestWatchedGroupRecordsAreReadOncePerRevision(t *testing.T) {
+	n := tk.StartStreams(t, t.TempDir())
+	ctx := context.Background()
+	js, _ := jetstream.New(n.Connect(t, natsauth.Receipts))
+	kv, err := js.KeyValue(ctx, contract.GroupInfoKV)
+	if err != nil {
+		t.Fatal(err)
+	}
+	admin, err := n.JS.KeyValue(ctx, contract.GroupInfoKV)
+	if err != nil {
+		t.Fatal(err)
+	}
+	put := func(members ...string) {
+		t.Helper()
+		g := contract.GroupRecord{ID: "g1", Members: map[string]contract.GroupMember{}}
+		for _, m := range members {
+			g.Members[m] = contract.GroupMember{}
+		}
+		b, _ := json.Marshal(g)
+		if _, err := admin.Put(ctx, "g1", b); err != nil {
+			t.Fatal(err)
+		}
+	}
+	counted := &countingKV{KeyValue: kv}
+	cache := receipts.NewGroupRecords(counted)
+	if err := cache.Watch(ctx); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(cache.Stop)
+	get := func() *contract.GroupRecord {
+		t.Helper()
+		g, err := cache.Get(ctx, "g1")
+		if err != nil {
+			t.Fatal(err)
+		}
+		return g
+	}
+
+	put("alice", "bob")
+	first := get()
+	for range 10 {
+		if get() != first {
+			t.Fatal("an unchanged record was not served from the cache")
+		}
+	}
+	if r := counted.gets.Load(); r != 1 {
+		t.Fatalf("%d reads for 11 positions without a change, want 1", r)
+	}
+	put("alice", "bob", "carol")
+	tk.WaitFor(t, 10*time.Second, func() error {
+		if g := get(); len(g.Members) != 3 {
+			return tk.Errorf("%d members, want the change's 3", len(g.Members))
+		}
+		return nil
+	})
+	reads := counted.gets.Load()
+	get()
+	if r := counted.gets.Load(); r != reads {
+		t.Fatalf("%d reads after the change was kept, want none", r-reads)
+	}
+	// A revision newer than any read: each position reads until one
+	// brings it.
+	cache.Changed("g1", 1<<40)
+	get()
+	get()
+	if r := counted.gets.Load(); r != reads+2 {
+		t.Fatalf("%d reads while a newer revision is due, want 2", r-reads)
 	}
 }
