@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"sync"
+	"sync/atomic"
 
 	"github.com/nats-io/nats.go/jetstream"
 
@@ -25,13 +26,20 @@ import (
 // changes (headers only: a key and its revision) says when a newer one
 // exists: from then on the group's next position reads it. A membership
 // change therefore counts from the first position after the watch brings
-// it, a few milliseconds after it is stored, where before it counted from
-// the first read after it (which a replica a step behind could miss as
-// well). While the watch is not running, every position reads the
-// record, as before.
+// it, a few milliseconds after it is stored (after a lost watch, such as
+// a server restart, up to the watch's heartbeat check, about 10 s), where
+// before it counted from the first read after it. While the watch is not
+// running, every position reads the record, as before.
 type groupRecords struct {
 	kv  jetstream.KeyValue
 	max int
+	// leader reads a record through the bucket's stream leader; nil:
+	// kv.Get. Records are read this way while the watch runs: a direct
+	// get, which any replica may answer, could bring a revision older
+	// than one stored before the watch began, which the watch never
+	// names, and that record would be served for good.
+	leader func(ctx context.Context, gid string) (value []byte, rev uint64, err error)
+	reads  atomic.Int64 // records read (tests)
 
 	mu sync.Mutex // guards the fields below; a leaf
 	m  map[string]groupEntry
@@ -116,30 +124,42 @@ func (c *groupRecords) get(ctx context.Context, gid string) (*contract.GroupReco
 	if ok && cached.g != nil && cached.watched && watching {
 		return cached.g, nil
 	}
-	e, err := c.kv.Get(ctx, gid)
-	switch {
-	case errors.Is(err, jetstream.ErrKeyNotFound):
-		return nil, contract.ErrUnknownGroup
-	case err != nil:
+	value, rev, err := c.read(ctx, gid, watching)
+	if err != nil {
 		return nil, err
 	}
-	if ok && cached.g != nil && cached.rev == e.Revision() {
-		return cached.g, nil
-	}
-	var g contract.GroupRecord
-	if err := json.Unmarshal(e.Value(), &g); err != nil {
-		return nil, fmt.Errorf("%w: group %s: %w", contract.ErrBadRecord, gid, err)
+	g := cached.g
+	if !ok || g == nil || cached.rev != rev {
+		g = new(contract.GroupRecord)
+		if err := json.Unmarshal(value, g); err != nil {
+			return nil, fmt.Errorf("%w: group %s: %w", contract.ErrBadRecord, gid, err)
+		}
 	}
 	c.mu.Lock()
 	// Kept unless the watch named a newer revision meanwhile (this read
-	// came from a replica a step behind, or just before a change); served
-	// without a read only if the watch ran all along (a change it did
-	// not see would go unnoticed).
-	if old, ok := c.m[gid]; !ok || old.rev <= e.Revision() {
-		c.putLocked(gid, groupEntry{g: &g, rev: e.Revision(), watched: watching && c.watching && c.gen == gen})
+	// came just before a change); served without a read only if the
+	// watch ran all along (a change it did not see would go unnoticed).
+	if old, ok := c.m[gid]; !ok || old.rev < rev || (old.rev == rev && !old.watched) {
+		c.putLocked(gid, groupEntry{g: g, rev: rev, watched: watching && c.watching && c.gen == gen})
 	}
 	c.mu.Unlock()
-	return &g, nil
+	return g, nil
+}
+
+// read reads group gid's record, through the leader while watched.
+func (c *groupRecords) read(ctx context.Context, gid string, watched bool) ([]byte, uint64, error) {
+	c.reads.Add(1)
+	if watched && c.leader != nil {
+		return c.leader(ctx, gid)
+	}
+	e, err := c.kv.Get(ctx, gid)
+	switch {
+	case errors.Is(err, jetstream.ErrKeyNotFound):
+		return nil, 0, contract.ErrUnknownGroup
+	case err != nil:
+		return nil, 0, err
+	}
+	return e.Value(), e.Revision(), nil
 }
 
 // putLocked keeps e for gid, starting over when full.

@@ -145,6 +145,7 @@ func Start(ctx context.Context, nc *nats.Conn, js jetstream.JetStream, cfg Confi
 		return nil, fmt.Errorf("receipts: %w", err)
 	}
 	s.records = newGroupRecords(s.groupInfo)
+	s.records.leader = s.leaderRecord
 	if err := s.records.watch(ctx); err != nil {
 		// Slower, not wrong: every position reads its group's record.
 		s.log.Warn("cannot watch group records; reading them at each position", "err", err)

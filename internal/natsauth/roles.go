@@ -151,6 +151,10 @@ func For(r Role) Rules {
 					contract.ReceiptsForwardSubject("*")},
 				consumer(contract.TicksStream, string(r)),
 				// A watch of the group records' changes (grouprecords.go).
+				// Consumers' names are not subjects a permission can
+				// pattern, so this also reaches GROUP_INFO's durables (the
+				// regions' sourcing): a right of the same weight as the
+				// role's writes into every inbox.
 				watch(kvStream(contract.GroupInfoKV)),
 				streamInfo(append([]string{contract.Inbox, contract.TicksStream, contract.DLQ}, read...)...),
 				reads(read...),
