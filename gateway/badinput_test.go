@@ -998,3 +998,24 @@ func TestRefusedUpgradeClosesItsConnection(t *testing.T) {
 		}
 	}
 }
+
+// A device that takes over its own connection while it is still open
+// (the old one is replaced) gets the old one's buckets, not a fresh
+// burst.
+func TestTakeoverKeepsTheRateLimits(t *testing.T) {
+	cfg := tk.TestConfig()
+	cfg.SendRate, cfg.SendBurst = 0.1, 3 // no refill during the test
+	w := newWorld(t, cfg)
+	a := connectRaw(t, w.g, "mallory", "flood")
+	for i := range 3 {
+		a.send("sink", fmt.Sprintf("a%d", i))
+	}
+	a.write(string(protocol.AppendSend(nil, "a3", "sink", tk.Body("x"))))
+	a.expectError(protocol.ErrRateLimited, "a3", 0)
+	b := connectRaw(t, w.g, "mallory", "flood") // replaces a
+	b.write(string(protocol.AppendSend(nil, "b0", "sink", tk.Body("x"))))
+	b.expectError(protocol.ErrRateLimited, "b0", 0)
+	a.expectClose(protocol.CloseReplaced, "*")
+	w.stored += 3
+	w.checkStored(t)
+}

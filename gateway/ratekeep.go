@@ -56,18 +56,30 @@ func newLimitKeeper(cfg *Config) *limitKeeper {
 // take returns the buckets for device id's session starting now: those
 // its last session left, if they have not filled since.
 func (k *limitKeeper) take(id Identity, now time.Time) *limits {
+	if l := k.takeKept(id, now); l != nil {
+		return l
+	}
+	return k.fresh()
+}
+
+// takeKept returns the buckets device id's last session left, nil if
+// none are held or they have filled since. A session takes them again
+// once its start has replaced an older session of the device, which
+// leaves its buckets as it is replaced.
+func (k *limitKeeper) takeKept(id Identity, now time.Time) *limits {
 	k.mu.Lock()
+	defer k.mu.Unlock()
 	k.sweepLocked(now)
 	key := deviceKey{id.User, id.Device}
 	e, ok := k.ended[key]
-	if ok {
-		delete(k.ended, key)
+	if !ok {
+		return nil
 	}
-	k.mu.Unlock()
-	if ok && now.Sub(e.at) <= k.keep {
-		return e.l
+	delete(k.ended, key)
+	if now.Sub(e.at) > k.keep {
+		return nil
 	}
-	return k.fresh()
+	return e.l
 }
 
 // give leaves an ended session's buckets for the device's next session.

@@ -147,6 +147,10 @@ func (s *session) start(ctx context.Context) error {
 	case string(reply.Data) == kickRefused:
 		return errors.New("gateway: a newer session of this device is connected")
 	}
+	// An older session on this gateway has left its buckets by now.
+	if l := s.srv.limits.takeKept(s.id, time.Now()); l != nil {
+		s.in.limits = l
+	}
 	if err := s.listen(routeKick, subj); err != nil {
 		return err
 	}
@@ -263,6 +267,9 @@ func (s *session) onKick(m *nats.Msg) {
 	}
 	s.feed.stop()
 	s.t.Close(protocol.CloseReplaced, "replaced")
+	// The newer session takes this one's buckets once answered, not
+	// fresh ones (ratekeep.go).
+	s.srv.limits.give(s.id, s.in.limits, time.Now())
 	select {
 	case <-s.feed.finished():
 	case <-time.After(s.srv.cfg.KickTimeout / 2): // answer well within the asker's wait
