@@ -196,8 +196,8 @@ func (f *follows) groupMembers(gid string) ([]string, bool) {
 		s.sendError(code, msg, "", 0, 0)
 		return nil, false
 	}
-	if !g.IsMember(s.id.User) {
-		s.sendError(protocol.ErrNotMember, "you are not a member of this group", "", 0, 0)
+	if code, msg := memberCheck(&g, s.id.User); code != "" {
+		s.sendError(code, msg, "", 0, 0)
 		return nil, false
 	}
 	members := make([]string, 0, len(g.Members))

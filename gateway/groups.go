@@ -176,10 +176,23 @@ func (s *session) checkGroupSend(gid string, m *nats.Msg) (protocol.ErrorCode, s
 		return groupError(err)
 	}
 	s.srv.groups.put(gid, g)
-	if !g.IsMember(s.id.User) {
-		return protocol.ErrNotMember, "you are not a member of this group"
+	if code, msg := memberCheck(&g, s.id.User); code != "" {
+		return code, msg
 	}
 	return s.srv.regions.addressGroup(m, &g)
+}
+
+// memberCheck tells why user may not act in group g: unknown_group for a
+// group everyone left (as the groups function treats it), not_member for
+// a group without user; "" if user is a member.
+func memberCheck(g *contract.GroupRecord, user string) (protocol.ErrorCode, string) {
+	switch {
+	case len(g.Members) == 0:
+		return protocol.ErrUnknownGroup, "no such group"
+	case !g.IsMember(user):
+		return protocol.ErrNotMember, "you are not a member of this group"
+	}
+	return "", ""
 }
 
 // loadGroup reads group gid's record: from GROUP_INFO, or, for a group
@@ -203,8 +216,8 @@ func (s *session) typingGroup(gid string) {
 			s.sendError(code, msg, "", 0, 0)
 			return
 		}
-		if !g.IsMember(s.id.User) {
-			s.sendError(protocol.ErrNotMember, "you are not a member of this group", "", 0, 0)
+		if code, msg := memberCheck(&g, s.id.User); code != "" {
+			s.sendError(code, msg, "", 0, 0)
 			return
 		}
 		frame := protocol.AppendGroupTyping(nil, s.id.User, s.id.Device, gid)

@@ -240,6 +240,17 @@ func TestGroupSendIsStoredOnceInTheGroupLog(t *testing.T) {
 	if _, err := alice.SendGroup(ctx, "strangers", "m2", tk.Body("anyone?")); serverCode(err) != protocol.ErrUnknownGroup {
 		t.Fatalf("send to no group: %v, want unknown_group", err)
 	}
+	// A group everyone left is no group, as the groups function says.
+	kv, err := n.JS.KeyValue(ctx, contract.GroupInfoKV)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := kv.Put(ctx, "gone", []byte(`{"id":"gone","name":"Gone","created_by":"alice","members":{}}`)); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := alice.SendGroup(ctx, "gone", "m2", tk.Body("anyone?")); serverCode(err) != protocol.ErrUnknownGroup {
+		t.Fatalf("send to a group everyone left: %v, want unknown_group", err)
+	}
 	if got := storedCount(t, st); got != before {
 		t.Fatalf("GROUPS holds %d messages after refused sends, want %d", got, before)
 	}

@@ -521,3 +521,37 @@ func TestRegionsGroupStatusAcrossRegions(t *testing.T) {
 	}
 	wantGroupStatus(ctx, t, bob, "club", cut.Seq, bobSees, false, false)
 }
+
+// A group everyone left keeps its home: made again from another region,
+// it is made there, so its members homed there can use it and no region
+// makes a second group of that id.
+func TestRegionsGroupMadeAgainElsewhereKeepsItsHome(t *testing.T) {
+	us, eu, alice, bob, carol, _ := groupRegions(t)
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	if _, err := alice.CreateGroup(ctx, "club", "Club"); err != nil {
+		t.Fatal(err)
+	}
+	nextEvent(t, alice, "club", "create")
+	if _, err := alice.LeaveGroup(ctx, "club"); err != nil {
+		t.Fatal(err)
+	}
+	nextEvent(t, alice, "club", "leave")
+	waitGroupEverywhere(t, "club", 0, us, eu)
+
+	if _, err := bob.CreateGroup(ctx, "club", "Club again", "carol"); err != nil {
+		t.Fatalf("bob's create of the emptied id: %v", err)
+	}
+	nextEvent(t, bob, "club", "create")
+	nextEvent(t, carol, "club", "create")
+	waitGroupEverywhere(t, "club", 2, us, eu)
+	if g, err := carol.GroupInfo(ctx, "club"); err != nil || len(g.Members) != 2 {
+		t.Fatalf("carol (us) asks for the group she was added to: %+v, %v", g, err)
+	}
+	if _, err := carol.SendGroup(ctx, "club", "carol-0", tk.Body("hi")); err != nil {
+		t.Fatalf("carol (us) writes to the group she was added to: %v", err)
+	}
+	if g, err := alice.CreateGroup(ctx, "club", "Mine"); err == nil {
+		t.Fatalf("alice (us) made a second club beside bob's: %+v", g)
+	}
+}

@@ -141,9 +141,11 @@ func (s *Service) homeElsewhere(ctx context.Context, gid string) (string, error)
 		return "", nil
 	case err != nil:
 		return "", err
-	case !exists(&g) || g.Region == "" || g.Region == s.regions.self:
+	case g.Region == "" || g.Region == s.regions.self:
 		return "", nil
 	}
+	// Its home keeps the id even once everyone has left: made again, it
+	// is made there, so no region holds a second group of that id.
 	return g.Region, nil
 }
 
