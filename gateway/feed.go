@@ -398,7 +398,8 @@ func (f *feed) offer(seq, through uint64, m *nats.Msg) bool {
 // message or change (with a group id, and for a change a JSON object as
 // its body) (published by hand, say), or
 // whose frame would not be valid UTF-8 (a body stored by an earlier
-// version, which did not check), is skipped: the device's position moves
+// version, which did not check), or a chat message whose body is not
+// JSON, is skipped: the device's position moves
 // past it, it is counted, and it stays in the stream for an operator to
 // look at. A frame that is not UTF-8 would make a browser fail its
 // connection without acking, and the message would come first again on
@@ -418,7 +419,8 @@ func (f *feed) take(seq uint64, h nats.Header, data []byte) {
 		f.pass(seq) // its own message, or its own read: the device has it
 		return
 	}
-	switch kind := h.Get(contract.HdrKind); {
+	kind := h.Get(contract.HdrKind)
+	switch {
 	case group != "" && !protocol.ValidID(group):
 		// Malformed: skipped below.
 	case kind == contract.KindMsg && group != "":
@@ -455,6 +457,12 @@ func (f *feed) take(seq uint64, h nats.Header, data []byte) {
 	case frame == nil || !protocol.ValidID(from) || !protocol.ValidID(dev) || !protocol.ValidID(id):
 		f.skip(seq, skipMalformed)
 		return
+	case kind == contract.KindMsg && (!json.Valid(data) || !validMedia(h.Get(contract.HdrMedia))):
+		// Not stored through a gateway, which checks both: a frame the
+		// client cannot decode is never acked, and would hold the device
+		// back for good once max_inflight of them were out.
+		f.skip(seq, skipMalformed)
+		return
 	case !utf8.Valid(frame):
 		f.skip(seq, skipInvalidUTF8)
 		return
@@ -473,6 +481,10 @@ func (f *feed) take(seq uint64, h nats.Header, data []byte) {
 
 // isJSONObject reports whether b is one JSON object (a group event as the
 // groups function stores it), with nothing around it.
+// validMedia reports whether a stored media reference can go into a
+// frame: none, or a JSON object.
+func validMedia(ref string) bool { return ref == "" || isJSONObject([]byte(ref)) }
+
 func isJSONObject(b []byte) bool {
 	return len(b) > 1 && b[0] == '{' && b[len(b)-1] == '}' && json.Valid(b)
 }

@@ -216,24 +216,34 @@ func TestFeedWaitsForAcksPastMaxInflight(t *testing.T) {
 
 // A stored message that cannot go out as a valid frame is skipped: the
 // position moves past it, it is counted, and what follows is delivered.
+// A frame the client cannot decode would never be acked, and the device
+// would stop once max_inflight of them were out.
 func TestFeedSkipsWhatItCannotDeliver(t *testing.T) {
 	fs := &fakeStream{}
 	fs.storeRaw("bob", nats.Header{contract.HdrKind: {"something"}}, []byte("x")) // 1: malformed
 	fs.storeRaw("bob", nats.Header{contract.HdrKind: {contract.KindMsg}, contract.HdrFrom: {"alice"},
 		contract.HdrDevice: {"phone"}, contract.HdrID: {"bad"}}, []byte("\"\xff\"")) // 2: not UTF-8
-	fs.store("bob", "alice", "a3") // 3
+	msg := func(id string) nats.Header {
+		return nats.Header{contract.HdrKind: {contract.KindMsg}, contract.HdrFrom: {"alice"},
+			contract.HdrDevice: {"phone"}, contract.HdrID: {id}}
+	}
+	fs.storeRaw("bob", msg("plain"), []byte("hello")) // 3: a body that is not JSON
+	media := msg("media")
+	media.Set(contract.HdrMedia, "photo")
+	fs.storeRaw("bob", media, []byte(`"look"`)) // 4: a media reference that is not a JSON object
+	fs.store("bob", "alice", "a5")              // 5
 	fc := &fakeCursors{}
 	srv := testServer(t, testConfig(), fs, fc)
 	_, ft := startedSession(t, srv, "bob", 0)
-	expectSeqs(t, ft, 3)
-	if v := counted(t, srv.metrics, "switchboard_gateway_inbox_skipped_total", skipMalformed); v != 1 {
-		t.Fatalf("malformed skips %v, want 1", v)
+	expectSeqs(t, ft, 5) // fails on a frame that does not decode
+	if v := counted(t, srv.metrics, "switchboard_gateway_inbox_skipped_total", skipMalformed); v != 3 {
+		t.Fatalf("malformed skips %v, want 3", v)
 	}
 	if v := counted(t, srv.metrics, "switchboard_gateway_inbox_skipped_total", skipInvalidUTF8); v != 1 {
 		t.Fatalf("invalid UTF-8 skips %v, want 1", v)
 	}
-	if saved, _ := fc.saves(); !slices.Equal(saved, []uint64{1, 2}) {
-		t.Fatalf("cursors saved %v, want [1 2]: a skipped message never comes first again", saved)
+	if saved, _ := fc.saves(); !slices.Equal(saved, []uint64{1, 2, 3, 4}) {
+		t.Fatalf("cursors saved %v, want [1 2 3 4]: a skipped message never comes first again", saved)
 	}
 }
 
