@@ -29,6 +29,7 @@ type cursorSaver struct {
 	// mu guards the fields below. Saves are published under it, so they
 	// are stored in the order they were made and a cursor never goes back.
 	mu      sync.Mutex
+	start   uint64 // where the cursor stood when the session started
 	floor   uint64 // the newest floor the feed reported
 	saved   uint64 // the floor last saved
 	waiting bool   // a save is set on the session's timer (opCursor)
@@ -39,7 +40,7 @@ type cursorSaver struct {
 func (c *cursorSaver) init(pos uint64) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	c.floor, c.saved = pos, pos
+	c.start, c.floor, c.saved = pos, pos, pos
 }
 
 // moved takes the feed's new floor and has it saved: at once with no
@@ -85,13 +86,15 @@ func (c *cursorSaver) saveLocked() {
 }
 
 // final saves the floor and waits for it to be stored; no save follows.
+// It is stored whenever the floor moved in this session, even if a save
+// published it already: that one was not waited for, and may be lost.
 func (c *cursorSaver) final() {
 	c.mu.Lock()
-	floor, saved := c.floor, c.saved
+	floor, start := c.floor, c.start
 	c.ended, c.saved = true, floor
 	c.mu.Unlock()
 	c.s.timer.clear(opCursor)
-	if floor <= saved {
+	if floor <= start {
 		return
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)

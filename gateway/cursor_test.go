@@ -43,7 +43,10 @@ func TestCursorGathersMovesAndSavesLast(t *testing.T) {
 	}
 }
 
-// With no CursorDelay every move is saved at once.
+// With no CursorDelay every move is saved at once. The end still stores
+// the floor and waits for it: the saves were not waited for, and the
+// last may have been lost. A session whose floor never moved stores
+// nothing.
 func TestCursorWithoutDelaySavesAtOnce(t *testing.T) {
 	fc := &fakeCursors{}
 	srv := testServer(t, testConfig(), &fakeStream{}, fc)
@@ -52,9 +55,16 @@ func TestCursorWithoutDelaySavesAtOnce(t *testing.T) {
 	s.cursor.init(0)
 	s.cursor.moved(1)
 	s.cursor.moved(2)
-	s.cursor.final() // nothing left to store
-	if saved, stored := fc.saves(); !slices.Equal(saved, []uint64{1, 2}) || len(stored) != 0 {
-		t.Fatalf("saved %v, stored %v; want [1 2] and nothing", saved, stored)
+	s.cursor.final()
+	if saved, stored := fc.saves(); !slices.Equal(saved, []uint64{1, 2}) || !slices.Equal(stored, []uint64{2}) {
+		t.Fatalf("saved %v, stored %v; want [1 2] and, at the end, [2]", saved, stored)
+	}
+	idle := newSession(srv, Identity{User: "bob", Device: "laptop"}, newFakeTransport())
+	defer idle.timer.stop()
+	idle.cursor.init(7)
+	idle.cursor.final()
+	if _, stored := fc.saves(); len(stored) != 1 {
+		t.Fatalf("stored %v: a session that moved nothing stored its cursor", stored)
 	}
 }
 
