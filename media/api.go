@@ -23,12 +23,13 @@ const (
 	PathPrefix   = "/v1/media/"
 	PathUploads  = "/v1/media/uploads"
 	PathDownload = "/v1/media/download"
-	PathGrants   = "/v1/media/grants"
 	PathBlob     = "/v1/media/blob/"
 )
 
-// maxJSONBody bounds a request body on the authenticated routes: a grant
-// to MaxGrantees users of 64-character ids fits with room to spare.
+// maxJSONBody bounds a request body on the authenticated routes. (Grants
+// are not among them: a grant follows a media message the gateway stored,
+// over NATS; one over HTTP would let an uploader share an object with no
+// message and keep it from the orphan sweep.)
 const maxJSONBody = 256 << 10
 
 // API is the media HTTP API as fasthttp handlers for the gateway to mount:
@@ -38,8 +39,6 @@ const maxJSONBody = 256 << 10
 //	GET  /v1/media/download?key=KEY
 //	     200 DownloadURL {"key","url","method","expires","expires_ms"};
 //	     400 bad_request, 403 forbidden (not the uploader nor granted), 404 not_found
-//	POST /v1/media/grants             {"key":KEY,"users":["bob"]}
-//	     200 GrantResult; 400 bad_request, 403 forbidden (not the uploader), 404 not_found, 413 too_large
 //	PUT  /v1/media/blob/KEY?type&max&exp&sig   (embedded store; the Ticket's URL)
 //	     201 UploadResult {"key","size","sha256","mime"}; 400 bad_request (a body that is not its
 //	     Content-Length), 403 bad_signature/url_expired, 409 exists, 411 length_required,
@@ -48,7 +47,7 @@ const maxJSONBody = 256 << 10
 //	     200 the bytes; 403 bad_signature/url_expired, 404 not_found
 //
 // Every route may also answer 405 method_not_allowed, 500 internal and, for
-// the first three, 503 unavailable (the media function did not answer) and
+// the first two, 503 unavailable (the media function did not answer) and
 // 401 unauthorized, which the gateway sends before calling Authenticated.
 // Error bodies are {"code":"...","message":"..."}; Error lists the codes.
 //
@@ -124,19 +123,6 @@ func (a *API) Authenticated(ctx *fasthttp.RequestCtx, user string) {
 		}
 		d, err := a.client.Download(context.Background(), user, key)
 		a.answer(ctx, http.StatusOK, d, err)
-	case PathGrants:
-		if !allowMethod(ctx, method, http.MethodPost) {
-			return
-		}
-		var req struct {
-			Key   string   `json:"key"`
-			Users []string `json:"users"`
-		}
-		if !readJSON(ctx, &req) {
-			return
-		}
-		g, err := a.client.Grant(context.Background(), req.Key, user, req.Users)
-		a.answer(ctx, http.StatusOK, g, err)
 	default:
 		writeError(ctx, errorf(ErrNotFound, "no such route"))
 	}

@@ -6,6 +6,7 @@ import (
 	"crypto/rand"
 	"encoding/hex"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"mime/multipart"
@@ -327,9 +328,23 @@ func (h *harness) get(url string) reply {
 	return h.do(req)
 }
 
+// grant asks the media function, as a gateway does for a media message
+// owner sent to users, and answers as HTTP would have.
 func (h *harness) grant(owner, key string, users ...string) reply {
 	h.t.Helper()
-	return h.api(http.MethodPost, media.PathGrants, owner, map[string]any{"key": key, "users": users})
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	g, err := h.client.Grant(ctx, key, owner, users)
+	var e *media.Error
+	switch {
+	case errors.As(err, &e):
+		b, _ := json.Marshal(e)
+		return reply{status: e.Status, body: b}
+	case err != nil:
+		h.t.Fatalf("grant: %v", err)
+	}
+	b, _ := json.Marshal(g)
+	return reply{status: http.StatusOK, body: b}
 }
 
 // putDirect stores an object behind the service's back, for tests that

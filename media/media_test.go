@@ -197,6 +197,12 @@ func testGrantOutsidePrefix(t *testing.T, b backend) {
 	if r.status != http.StatusForbidden || r.code() != "forbidden" || !strings.Contains(string(r.body), "u/mallory/") {
 		t.Fatalf("mallory granting alice's key: %s", r)
 	}
+	// Nor may alice grant anyone over HTTP: a grant follows a sent media
+	// message, made by the gateway (an HTTP grant would let anyone read
+	// her upload without a message, and keep it from the orphan sweep).
+	if r := h.api(http.MethodPost, "/v1/media/grants", "alice", map[string]any{"key": key, "users": []string{"mallory"}}); r.status != http.StatusNotFound {
+		t.Fatalf("an HTTP grant: %s, want 404", r)
+	}
 	if ok, _ := h.svc.Allowed(context.Background(), key, "mallory"); ok {
 		t.Fatal("the refused grant took effect")
 	}
