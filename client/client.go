@@ -427,6 +427,11 @@ func (c *Client) run(conn *websocket.Conn) {
 			c.shutdown(stop)
 			return
 		}
+		// A connection this client ended because its Store failed: the
+		// next one may well fail the same way (a full disk, a store
+		// closed under it), so the waits keep growing across connects
+		// instead of starting over at MinBackoff after each.
+		local := errors.Is(err, errLocalStore)
 		for {
 			if c.ctx.Err() != nil || !c.hooks.wait(c.ctx, b.next()) {
 				return
@@ -436,7 +441,9 @@ func (c *Client) run(conn *websocket.Conn) {
 			conn, sid, err = c.dial(ctx)
 			cancel()
 			if err == nil {
-				b.reset()
+				if !local {
+					b.reset()
+				}
 				c.attach(conn, sid)
 				break
 			}

@@ -69,3 +69,44 @@ BEGIN SELECT RAISE(ABORT, 'injected: disk busy'); END`); err != nil {
 		t.Fatalf("the delivered tick of m1 never reached the app (the store now says status %v)", got.Status)
 	}
 }
+
+// A Store that fails every write does not make the client reconnect at
+// MinBackoff forever: the waits grow across the connections it ends,
+// as for connects that fail.
+func TestStoreFailuresBackOff(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "device.db")
+	st, err := localstore.Open(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	st.Close()
+	db, err := sql.Open("sqlite", path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := db.Exec(`CREATE TRIGGER fail_all BEFORE INSERT ON messages
+BEGIN SELECT RAISE(ABORT, 'injected: disk full'); END`); err != nil {
+		t.Fatal(err)
+	}
+	db.Close()
+	st, err = localstore.Open(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer st.Close()
+	s := newScript(t)
+	w := newWaiter(false)
+	const minB = 10 * time.Millisecond
+	s.dial(t, Options{Store: st, MinBackoff: minB, MaxBackoff: time.Minute}, w)
+	longest := time.Duration(0)
+	for i := range 8 {
+		sc := s.accept(t)
+		sc.msg("x", "bob", uint64(i+1)) // its write fails: the client ends the connection
+		r := w.next(t)
+		longest = max(longest, r.d)
+		r.end()
+	}
+	if longest <= minB {
+		t.Fatalf("8 connections ended by a failing store, each followed by a wait of at most %s (longest %s): no backoff", minB, longest)
+	}
+}

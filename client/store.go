@@ -1,6 +1,7 @@
 package client
 
 import (
+	"errors"
 	"fmt"
 	"time"
 
@@ -26,7 +27,11 @@ import (
 //   - Ack and Read: the acked flag and cursor hint, the read watermark.
 
 // storeErr wraps an error of the local store.
-func storeErr(err error) error { return fmt.Errorf("client: local store: %w", err) }
+func storeErr(err error) error { return fmt.Errorf("%w: %w", errLocalStore, err) }
+
+// errLocalStore marks a failed write of the Store: the client ends the
+// connection so what it was writing comes again.
+var errLocalStore = errors.New("client: local store")
 
 // restore loads the store's unconfirmed sends into the outbox, in order,
 // under their ids, and the sent messages not yet read into the ticks, so
