@@ -12,35 +12,42 @@ import (
 	"github.com/switchboard-im/switchboard/protocol"
 )
 
-// A receipt whose ticks the Store fails to record once (a busy or full
-// disk) drops the connection and comes again; the ticks it carries reach
-// the app then. Moved in memory before the failed write, they would not:
-// the receipt that came again would move nothing.
-func TestReceiptWhoseStoreWriteFailsComesAgainToTheApp(t *testing.T) {
+// storeWithTrigger opens a new Store whose database has trigger, set
+// before the Store opens it (it holds its file's lock once open): a way
+// to make its writes fail as a busy or full disk would.
+func storeWithTrigger(t *testing.T, trigger string) *localstore.Store {
+	t.Helper()
 	path := filepath.Join(t.TempDir(), "device.db")
 	st, err := localstore.Open(path) // creates the schema
 	if err != nil {
 		t.Fatal(err)
 	}
 	st.Close()
-	// The store will fail tick writes until a marker message is stored:
-	// one failed write, as a busy or full disk gives, injected with a
-	// trigger (the Store holds its file's lock once open).
 	db, err := sql.Open("sqlite", path)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := db.Exec(`CREATE TRIGGER fail_ticks BEFORE UPDATE OF status ON messages
-WHEN NEW.status = 2 AND NOT EXISTS (SELECT 1 FROM messages WHERE id = 'unlock-ticks')
-BEGIN SELECT RAISE(ABORT, 'injected: disk busy'); END`); err != nil {
+	if _, err := db.Exec(trigger); err != nil {
 		t.Fatal(err)
 	}
 	db.Close()
-	st, err = localstore.Open(path)
-	if err != nil {
+	if st, err = localstore.Open(path); err != nil {
 		t.Fatal(err)
 	}
-	defer st.Close()
+	t.Cleanup(func() { st.Close() })
+	return st
+}
+
+// A receipt whose ticks the Store fails to record once (a busy or full
+// disk) drops the connection and comes again; the ticks it carries reach
+// the app then. Moved in memory before the failed write, they would not:
+// the receipt that came again would move nothing.
+func TestReceiptWhoseStoreWriteFailsComesAgainToTheApp(t *testing.T) {
+	// The store will fail tick writes until a marker message is stored:
+	// one failed write, as a busy or full disk gives.
+	st := storeWithTrigger(t, `CREATE TRIGGER fail_ticks BEFORE UPDATE OF status ON messages
+WHEN NEW.status = 2 AND NOT EXISTS (SELECT 1 FROM messages WHERE id = 'unlock-ticks')
+BEGIN SELECT RAISE(ABORT, 'injected: disk busy'); END`)
 	s := newScript(t)
 	c := s.dial(t, Options{Store: st}, newWaiter(true))
 	sc := s.accept(t)
@@ -74,26 +81,8 @@ BEGIN SELECT RAISE(ABORT, 'injected: disk busy'); END`); err != nil {
 // MinBackoff forever: the waits grow across the connections it ends,
 // as for connects that fail.
 func TestStoreFailuresBackOff(t *testing.T) {
-	path := filepath.Join(t.TempDir(), "device.db")
-	st, err := localstore.Open(path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	st.Close()
-	db, err := sql.Open("sqlite", path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := db.Exec(`CREATE TRIGGER fail_all BEFORE INSERT ON messages
-BEGIN SELECT RAISE(ABORT, 'injected: disk full'); END`); err != nil {
-		t.Fatal(err)
-	}
-	db.Close()
-	st, err = localstore.Open(path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer st.Close()
+	st := storeWithTrigger(t, `CREATE TRIGGER fail_all BEFORE INSERT ON messages
+BEGIN SELECT RAISE(ABORT, 'injected: disk full'); END`)
 	s := newScript(t)
 	w := newWaiter(false)
 	const minB = 10 * time.Millisecond

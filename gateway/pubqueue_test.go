@@ -505,6 +505,16 @@ func TestPubQueueHoldsBehindASendRefusedOnArrival(t *testing.T) {
 	expectStrings(t, "published", env.ids(), []string{"s2"})
 }
 
+// crossRegionItem is alice's send id to bob, homed in eu, with its own
+// copy, as the session queues it.
+func crossRegionItem(id string) *pubItem {
+	x := sendItem(id)
+	x.msg.Subject = contract.OutboxSubject("eu", "bob")
+	x.msg.Header.Set(contract.HdrFrom, "alice")
+	x.own = contract.OwnCopy(x.msg.Header, "bob", 0, nil)
+	return x
+}
+
 // A send to another region is answered once its copy for the sender's
 // own inbox is stored too, the copy naming the send's seq; an answer
 // about the send that comes late (an earlier attempt's PubAck) is not
@@ -512,10 +522,7 @@ func TestPubQueueHoldsBehindASendRefusedOnArrival(t *testing.T) {
 func TestPubQueueStoresAnOwnCopyBeforeAnswering(t *testing.T) {
 	q, env := newTestQueue(8)
 	now := q.now
-	x := sendItem("x1")
-	x.msg.Subject = contract.OutboxSubject("eu", "bob")
-	x.msg.Header.Set(contract.HdrFrom, "alice")
-	x.own = contract.OwnCopy(x.msg.Header, "bob", 0, nil)
+	x := crossRegionItem("x1")
 	q.put(t, x, now)
 	q.put(t, sendItem("s2"), now)
 	q.at(now.Add(pubAckWait)) // no PubAck: published again
@@ -560,10 +567,7 @@ func TestPubQueueHoldFollowsTheOldestRefused(t *testing.T) {
 func TestPubQueueRetriesAnOwnCopyAfresh(t *testing.T) {
 	q, env := newTestQueue(8)
 	t0 := q.now
-	x := sendItem("x1")
-	x.msg.Subject = contract.OutboxSubject("eu", "bob")
-	x.msg.Header.Set(contract.HdrFrom, "alice")
-	x.own = contract.OwnCopy(x.msg.Header, "bob", 0, nil)
+	x := crossRegionItem("x1")
 	q.put(t, x, t0)
 	q.at(t0.Add(pubAckWait))     // attempt 2
 	q.at(t0.Add(3 * pubAckWait)) // attempt 3

@@ -16,6 +16,19 @@ import (
 	tk "github.com/switchboard-im/switchboard/internal/testkit"
 )
 
+// putG1 stores group g1's record with members.
+func putG1(t *testing.T, kv jetstream.KeyValue, members ...string) {
+	t.Helper()
+	g := contract.GroupRecord{ID: "g1", Members: map[string]contract.GroupMember{}}
+	for _, m := range members {
+		g.Members[m] = contract.GroupMember{}
+	}
+	b, _ := json.Marshal(g)
+	if _, err := kv.Put(context.Background(), "g1", b); err != nil {
+		t.Fatal(err)
+	}
+}
+
 // The cache of groups' records decodes a revision once and serves it
 // until the record changes; every change shows at the next read, a
 // record that cannot be decoded is reported, and so is one deleted.
@@ -26,17 +39,7 @@ func TestGroupRecordsDecodeEachRevisionOnce(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	put := func(members ...string) {
-		t.Helper()
-		g := contract.GroupRecord{ID: "g1", Members: map[string]contract.GroupMember{}}
-		for _, m := range members {
-			g.Members[m] = contract.GroupMember{}
-		}
-		b, _ := json.Marshal(g)
-		if _, err := kv.Put(ctx, "g1", b); err != nil {
-			t.Fatal(err)
-		}
-	}
+	put := func(members ...string) { t.Helper(); putG1(t, kv, members...) }
 	cache := receipts.NewGroupRecords(kv)
 	get := func() *contract.GroupRecord {
 		t.Helper()
@@ -112,17 +115,7 @@ func TestWatchedGroupRecordsAreReadOncePerRevision(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	put := func(members ...string) {
-		t.Helper()
-		g := contract.GroupRecord{ID: "g1", Members: map[string]contract.GroupMember{}}
-		for _, m := range members {
-			g.Members[m] = contract.GroupMember{}
-		}
-		b, _ := json.Marshal(g)
-		if _, err := admin.Put(ctx, "g1", b); err != nil {
-			t.Fatal(err)
-		}
-	}
+	put := func(members ...string) { t.Helper(); putG1(t, admin, members...) }
 	put("alice", "bob")
 	old, err := kv.Get(ctx, "g1")
 	if err != nil {
