@@ -392,3 +392,59 @@ func TestEmbeddedBlobsAllowOtherOrigins(t *testing.T) {
 		t.Fatalf("tampered download: %s, Access-Control-Allow-Origin %q", r, r.header.Get("Access-Control-Allow-Origin"))
 	}
 }
+
+// stallUpload starts uploading size bytes through ticket t and stops
+// after the headers and 9,000 bytes (past what fasthttp reads before the
+// handler runs), holding the connection open.
+func stallUpload(t *testing.T, tk *media.Ticket, size int64) net.Conn {
+	t.Helper()
+	u, err := url.Parse(tk.URL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c, err := net.Dial("tcp", u.Host)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	fmt.Fprintf(c, "PUT %s HTTP/1.1\r\nHost: %s\r\nContent-Type: %s\r\nContent-Length: %d\r\n\r\n%s", u.RequestURI(), u.Host, tk.Mime, size, bytes.Repeat([]byte("x"), 9000))
+	return c
+}
+
+// Uploads that start and stall hold a slot each: past 8 of one
+// uploader's, the next is refused at once with 429 too_many (and
+// Retry-After) before its body is read, while another uploader goes on;
+// a slot given back lets the refused one through.
+func TestEmbeddedStalledUploadsAreBounded(t *testing.T) {
+	t.Parallel()
+	h := backend{}.start(t)
+	const size = 64 << 20
+	var stalled []net.Conn
+	for range 8 {
+		stalled = append(stalled, stallUpload(t, h.ticket("mallory", "video/mp4", size), size))
+	}
+	testkit.WaitFor(t, 10*time.Second, func() error {
+		if n := media.UploadsInProgress(h.svc); n != 8 {
+			return testkit.Errorf("%d uploads in progress, want the 8 stalled", n)
+		}
+		return nil
+	})
+	ninth := h.ticket("mallory", "application/pdf", 10)
+	data := randomBytes(t, 10)
+	r := h.upload(ninth, data)
+	if r.status != http.StatusTooManyRequests || r.code() != "too_many" || r.header.Get("Retry-After") == "" {
+		t.Fatalf("a 9th upload of mallory's: %s", r)
+	}
+	h.mustUpload("alice", "application/pdf", randomBytes(t, 10))
+
+	stalled[0].Close()
+	testkit.WaitFor(t, 10*time.Second, func() error {
+		if n := media.UploadsInProgress(h.svc); n != 7 {
+			return testkit.Errorf("%d uploads in progress after one stalled connection closed, want 7", n)
+		}
+		return nil
+	})
+	if r := h.upload(ninth, data); r.status != http.StatusCreated {
+		t.Fatalf("the 9th upload once a slot was free: %s", r)
+	}
+}

@@ -27,6 +27,7 @@ import (
 //	length_required     411     an upload without a Content-Length
 //	too_large           413     a declared or sent size above the limit
 //	bad_type            415     a media type the config does not allow, or a Content-Type other than the signed one
+//	too_many            429     an upload (embedded store) while 8 of the uploader's, or 512 in all, are in progress on the instance; Retry-After: 1
 //	internal            500     anything else; the detail goes to the server log only
 //	unavailable         503     the media function did not answer within the timeout
 //
@@ -62,6 +63,7 @@ var (
 	ErrLengthRequired   = &Error{Status: http.StatusLengthRequired, Code: "length_required", Message: "a Content-Length is required"}
 	ErrTooLarge         = &Error{Status: http.StatusRequestEntityTooLarge, Code: "too_large", Message: "too large"}
 	ErrBadType          = &Error{Status: http.StatusUnsupportedMediaType, Code: "bad_type", Message: "media type not allowed"}
+	ErrTooMany          = &Error{Status: http.StatusTooManyRequests, Code: "too_many", Message: "too many uploads in progress"}
 	ErrInternal         = &Error{Status: http.StatusInternalServerError, Code: "internal", Message: "internal error"}
 	ErrUnavailable      = &Error{Status: http.StatusServiceUnavailable, Code: "unavailable", Message: "the media function is unavailable"}
 )
@@ -70,7 +72,7 @@ var (
 // a code (a micro error without data) maps back to its sentinel.
 var codes = []*Error{
 	ErrBadRequest, ErrUnauthorized, ErrForbidden, ErrURLExpired, ErrBadSignature, ErrNotFound,
-	ErrMethodNotAllowed, ErrExists, ErrLengthRequired, ErrTooLarge, ErrBadType, ErrInternal, ErrUnavailable,
+	ErrMethodNotAllowed, ErrExists, ErrLengthRequired, ErrTooLarge, ErrBadType, ErrTooMany, ErrInternal, ErrUnavailable,
 }
 
 // ErrConfig wraps an invalid Config; the message names the field.

@@ -17,6 +17,7 @@ import (
 	"net/url"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -36,6 +37,60 @@ type embeddedStore struct {
 	baseURL string             // scheme://host[:port], no trailing slash
 	key     []byte
 	log     *slog.Logger
+	uploads uploadSlots
+}
+
+// Uploads in progress at once, on one instance. Each holds a chunk of the
+// object store (128 KiB) and its connection for as long as its client
+// takes, up to --media-upload-timeout: without a bound, a client that
+// starts uploads and stalls them holds memory without end (about 177 KiB
+// each, measured).
+const (
+	maxUploads     = 512 // in all
+	maxUserUploads = 8   // per uploader
+)
+
+// uploadSlots counts the uploads in progress, in all and per uploader.
+type uploadSlots struct {
+	mu     sync.Mutex
+	total  int
+	byUser map[string]int
+}
+
+// take reserves a slot for user's upload: ErrTooMany if they or the
+// instance have all they may.
+func (u *uploadSlots) take(user string) *Error {
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	switch {
+	case u.byUser[user] >= maxUserUploads:
+		return errorf(ErrTooMany, "%d uploads of yours are in progress; finish one first", maxUserUploads)
+	case u.total >= maxUploads:
+		return errorf(ErrTooMany, "too many uploads are in progress; retry shortly")
+	}
+	if u.byUser == nil {
+		u.byUser = map[string]int{}
+	}
+	u.byUser[user]++
+	u.total++
+	return nil
+}
+
+// give frees user's slot.
+func (u *uploadSlots) give(user string) {
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	if u.byUser[user]--; u.byUser[user] <= 0 {
+		delete(u.byUser, user)
+	}
+	u.total--
+}
+
+// inProgress is how many uploads hold a slot (tests).
+func (u *uploadSlots) inProgress() int {
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	return u.total
 }
 
 func newEmbeddedStore(ctx context.Context, js jetstream.JetStream, cfg Config, log *slog.Logger) (*embeddedStore, error) {
@@ -311,6 +366,14 @@ func (s *embeddedStore) servePut(ctx *fasthttp.RequestCtx, g blobGrant) {
 		refuse(errorf(ErrTooLarge, "Content-Length %d is above this URL's limit of %d bytes", length, limit))
 		return
 	}
+
+	owner, _ := ParseKey(key) // checked by verify
+	if e := s.uploads.take(owner); e != nil {
+		ctx.Response.Header.Set("Retry-After", "1")
+		refuse(e)
+		return
+	}
+	defer s.uploads.give(owner)
 
 	// A context of its own for the store calls: the request context is
 	// recycled by fasthttp once the handler returns, and nats.go (or a
