@@ -311,3 +311,22 @@ func TestSDKStoreDropsAKeptSendLargerThanTheGatewayTakes(t *testing.T) {
 		t.Fatalf("the store's outbox holds %d sends, want none", got)
 	}
 }
+
+// A store that fails every message write ends each connection (the
+// message comes again on the next), and the waits before connecting
+// again grow as for connects that fail, instead of starting over at
+// minBackoff after each.
+func TestSDKStoreFailuresBackOff(t *testing.T) {
+	s := newScript(t)
+	pg, c := startSDK(t, s, storeOpt)
+	js(pg, `c.on('reconnecting', (d) => log.push(['reconnecting', d]));
+		c.store.received = () => Promise.reject(new DOMException('scripted', 'QuotaExceededError'))`)
+	for i := range 6 {
+		c.msg("m-1", "bob", 5)
+		pg.WaitFor(stuck, "a reconnect", fmt.Sprintf(`log.filter(([t]) => t === 'reconnecting').length > %d`, i))
+		c = s.accept(t)
+	}
+	if got := tk.Eval[float64](pg, `Math.max(...log.filter(([t]) => t === 'reconnecting').map(([, d]) => d.delay))`); got <= 1 {
+		t.Fatalf("6 connections ended by a failing store, each followed by a wait of %v ms at most: no backoff", got)
+	}
+}

@@ -109,6 +109,9 @@
  *              group followed with subscribePresenceGroup(group), followed
  *              again after reconnects.
  *   'connect' {session}, 'disconnect' {code, reason}, 'close' {error}.
+ *   'reconnecting' {delay}: the next connect is tried in delay ms (the
+ *              waits grow while connects fail, or while the local store
+ *              fails what each connection brings).
  *   'error'    {code, message, seq, id}: error frames that answer no call
  *              (an ack or read the gateway refused, say); code
  *              'local_store' (with error, a StoreError) when the local
@@ -791,8 +794,14 @@ export class Client {
         this.#shutdown(new CloseError(code, info[0], reason));
         return;
       }
+      // A connection this client ended because its store failed: the next
+      // may well fail the same way (a full disk, a store closed under it),
+      // so the waits keep growing across connects, not starting over.
+      const local = link.storeFailed;
       for (;;) {
-        await this.#sleep(b.next());
+        const delay = b.next();
+        this.#emit('reconnecting', { delay });
+        await this.#sleep(delay);
         if (this.#stopped) return;
         try {
           link = await this.#dial();
@@ -803,7 +812,7 @@ export class Client {
           link.conn.close(1000, '');
           return;
         }
-        b.reset();
+        if (!local) b.reset();
         this.#attach(link);
         break;
       }
