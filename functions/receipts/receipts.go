@@ -145,20 +145,10 @@ func Start(ctx context.Context, nc *nats.Conn, js jetstream.JetStream, cfg Confi
 		return nil, fmt.Errorf("receipts: %w", err)
 	}
 	s.records = newGroupRecords(s.groupInfo)
-	s.records.leader = s.leaderRecord
-	if err := s.records.watch(ctx); err != nil {
-		// Slower, not wrong: every position reads its group's record.
-		s.log.Warn("cannot watch group records; reading them at each position", "err", err)
-	}
-	started := false
-	defer func() {
-		if !started {
-			s.records.stop()
-		}
-	}()
 	if err := s.gets.subscribe(nc); err != nil {
 		return nil, fmt.Errorf("receipts: %w", err)
 	}
+	started := false
 	defer func() {
 		if !started {
 			s.gets.unsubscribe()
@@ -221,7 +211,6 @@ func (s *Service) Stop() {
 	close(s.stop)
 	s.wg.Wait()
 	s.gets.unsubscribe()
-	s.records.stop()
 }
 
 // Stats are an instance's counters.
