@@ -17,6 +17,13 @@ type StoredMsg struct {
 	Data     []byte `json:"data"`
 }
 
+// APIError is the error of a JetStream API answer.
+type APIError struct {
+	Code    int    `json:"code"`
+	ErrCode int    `json:"err_code"`
+	Desc    string `json:"description"`
+}
+
 // ErrNoMsg is a stream holding no message where GetMsg looked.
 var ErrNoMsg = errors.New("no such message")
 
@@ -36,11 +43,7 @@ func GetMsg(ctx context.Context, nc *nats.Conn, stream string, seq uint64, subje
 	}
 	var resp struct {
 		Message *StoredMsg `json:"message"`
-		Error   *struct {
-			Code    int    `json:"code"`
-			ErrCode int    `json:"err_code"`
-			Desc    string `json:"description"`
-		} `json:"error"`
+		Error   *APIError  `json:"error"`
 	}
 	switch err := json.Unmarshal(m.Data, &resp); {
 	case err != nil:

@@ -75,7 +75,9 @@ type session struct {
 }
 
 // inbound is what the read loop keeps about the frames it reads: the rate
-// limits. Only the read loop touches it, so it has no lock.
+// limits. Only the read loop counts strikes, so it has no lock; the
+// buckets (rate.Limiter has its own) pass to the device's next session
+// (ratekeep.go).
 type inbound struct {
 	*limits     // shared by the device's sessions on this gateway (ratekeep.go)
 	strikes int // rate-limited frames in a row

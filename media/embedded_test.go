@@ -79,10 +79,8 @@ func TestEmbeddedBodyLength(t *testing.T) {
 	}
 }
 
-// rawPut sends a PUT with the framing header length (Content-Length or
-// Transfer-Encoding) and body in one write, half-closes the connection and
-// returns the raw answer.
-func rawPut(t *testing.T, tk *media.Ticket, length, body string) string {
+// dialTicket opens a TCP connection to the server of ticket tk's URL.
+func dialTicket(t *testing.T, tk *media.Ticket) (net.Conn, *url.URL) {
 	t.Helper()
 	u, err := url.Parse(tk.URL)
 	if err != nil {
@@ -92,6 +90,15 @@ func rawPut(t *testing.T, tk *media.Ticket, length, body string) string {
 	if err != nil {
 		t.Fatal(err)
 	}
+	return c, u
+}
+
+// rawPut sends a PUT with the framing header length (Content-Length or
+// Transfer-Encoding) and body in one write, half-closes the connection and
+// returns the raw answer.
+func rawPut(t *testing.T, tk *media.Ticket, length, body string) string {
+	t.Helper()
+	c, u := dialTicket(t, tk)
 	defer c.Close()
 	_ = c.SetDeadline(time.Now().Add(10 * time.Second))
 	_, _ = c.Write([]byte(fmt.Sprintf("PUT %s HTTP/1.1\r\nHost: %s\r\nContent-Type: %s\r\n%s\r\n\r\n%s",
@@ -398,14 +405,7 @@ func TestEmbeddedBlobsAllowOtherOrigins(t *testing.T) {
 // handler runs), holding the connection open.
 func stallUpload(t *testing.T, tk *media.Ticket, size int64) net.Conn {
 	t.Helper()
-	u, err := url.Parse(tk.URL)
-	if err != nil {
-		t.Fatal(err)
-	}
-	c, err := net.Dial("tcp", u.Host)
-	if err != nil {
-		t.Fatal(err)
-	}
+	c, u := dialTicket(t, tk)
 	t.Cleanup(func() { c.Close() })
 	fmt.Fprintf(c, "PUT %s HTTP/1.1\r\nHost: %s\r\nContent-Type: %s\r\nContent-Length: %d\r\n\r\n%s", u.RequestURI(), u.Host, tk.Mime, size, bytes.Repeat([]byte("x"), 9000))
 	return c

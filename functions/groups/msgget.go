@@ -44,12 +44,8 @@ func (s *Service) deleteMsg(ctx context.Context, seq uint64) error {
 		return fmt.Errorf("groups: delete %d from GROUPS: %w", seq, err)
 	}
 	var resp struct {
-		Success bool `json:"success"`
-		Error   *struct {
-			Code    int    `json:"code"`
-			ErrCode int    `json:"err_code"`
-			Desc    string `json:"description"`
-		} `json:"error"`
+		Success bool               `json:"success"`
+		Error   *contract.APIError `json:"error"`
 	}
 	switch err := json.Unmarshal(m.Data, &resp); {
 	case err != nil:
