@@ -454,7 +454,8 @@ func (f *feed) take(seq uint64, h nats.Header, data []byte) {
 		p = pendingMsg{receipt: true}
 	}
 	switch {
-	case frame == nil || !protocol.ValidID(from) || !protocol.ValidID(dev) || !protocol.ValidID(id):
+	case frame == nil || !protocol.ValidID(from) || !(protocol.ValidID(dev) || (dev == "" && kind == contract.KindReceipt && group != "")) || !protocol.ValidID(id):
+		// A group receipt a membership change made due has no device.
 		f.skip(seq, skipMalformed)
 		return
 	case kind == contract.KindMsg && (!json.Valid(data) || !validMedia(h.Get(contract.HdrMedia))):

@@ -658,7 +658,9 @@ func AppendReceipt(b []byte, status, by, device string, fromSeq, toSeq, seq uint
 // AppendGroupReceipt appends a group receipt frame: every member of group
 // but this user has (delivered) or has read (read) this user's messages
 // in the group stored in its log from fromSeq to toSeq; by/device was the
-// last member to get there. seq is the receipt's own sequence.
+// last member to get there (device empty, and left out, when a change of
+// the membership made it due rather than a move). seq is the receipt's
+// own sequence.
 func AppendGroupReceipt(b []byte, status, group, by, device string, fromSeq, toSeq, seq uint64, ts int64) []byte {
 	b = append(b, `{"type":"receipt","status":"`...)
 	b = append(b, status...)
@@ -666,8 +668,10 @@ func AppendGroupReceipt(b []byte, status, group, by, device string, fromSeq, toS
 	b = append(b, group...)
 	b = append(b, `","by":"`...)
 	b = append(b, by...)
-	b = append(b, `","device":"`...)
-	b = append(b, device...)
+	if device != "" {
+		b = append(b, `","device":"`...)
+		b = append(b, device...)
+	}
 	b = append(b, `","from_seq":`...)
 	b = strconv.AppendUint(b, fromSeq, 10)
 	b = append(b, `,"to_seq":`...)

@@ -120,3 +120,56 @@ func TestGroupReceiptsEndToEnd(t *testing.T) {
 		t.Fatalf("bob asking about alice's message: %v, want unknown_seq", err)
 	}
 }
+
+// A member who never gets a message stops holding its tick back once
+// removed, though nobody's position in the group moves after: the
+// sender's delivered tick comes from the removal itself, naming the last
+// member to get there, on no device.
+func TestGroupReceiptAfterARemovalInAQuietGroup(t *testing.T) {
+	data := t.TempDir()
+	p := start(t, "--data", data, "--nats-listen", "127.0.0.1:0")
+	dial := func(user string) *client.Client {
+		return tk.DialToken(t, p.WSURL, token(t, data, user, "phone"))
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	const wait = 15 * time.Second
+
+	alice, bob := dial("alice"), dial("bob") // carol stays away
+	if _, err := alice.CreateGroup(ctx, "club", "Club", "bob", "carol"); err != nil {
+		t.Fatal(err)
+	}
+	if m := tk.RecvMsg(t, bob, wait); m.Event == nil || m.Event.Op != "create" {
+		t.Fatalf("bob got %+v, want the create", m)
+	} else {
+		bob.Ack(m.Seq)
+	}
+	s1, err := alice.SendGroup(ctx, "club", "c1", tk.Body("one"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	m := tk.RecvMsg(t, bob, wait)
+	if m.ID != "c1" {
+		t.Fatalf("bob got %+v, want c1", m)
+	}
+	bob.Ack(m.Seq)
+	tk.WaitFor(t, wait, func() error { // bob's position is in
+		st, err := alice.GroupStatus(ctx, "club", s1.Seq)
+		if err != nil {
+			return err
+		}
+		if !st.Members["bob"].Delivered {
+			return fmt.Errorf("status %+v", st)
+		}
+		return nil
+	})
+	if _, err := alice.RemoveMembers(ctx, "club", "carol"); err != nil {
+		t.Fatal(err)
+	}
+	// Bob's device does not ack the removal's system message: no position
+	// moves in the group from here on.
+	r := tk.RecvReceipt(t, alice, wait)
+	if r.ID != "c1" || r.Status != protocol.StatusDelivered || r.Group != "club" || r.By != "bob" || r.Device != "" {
+		t.Fatalf("alice's receipt %+v, want c1 delivered in club by bob on no device", r)
+	}
+}

@@ -178,6 +178,21 @@ func (s *Service) leaderTick(ctx context.Context, key string) (tickEntry, error)
 	return tickEntry{value: m.Data, rev: m.Sequence}, nil
 }
 
+// leaderRecord reads group gid's record in GROUP_INFO through the
+// stream's leader: contract.ErrUnknownGroup if it has none (or a delete).
+func (s *Service) leaderRecord(ctx context.Context, gid string) ([]byte, uint64, error) {
+	m, err := contract.GetMsg(ctx, s.nc, "KV_"+contract.GroupInfoKV, 0, contract.KVSubject(contract.GroupInfoKV, gid))
+	switch {
+	case errors.Is(err, contract.ErrNoMsg):
+		return nil, 0, contract.ErrUnknownGroup
+	case err != nil:
+		return nil, 0, fmt.Errorf("receipts: %w", err)
+	case kvDeleted(m.Header):
+		return nil, 0, contract.ErrUnknownGroup
+	}
+	return m.Data, m.Sequence, nil
+}
+
 // kvDeleted reports whether a stored KV entry's headers mark a delete or
 // a purge.
 func kvDeleted(hdrs []byte) bool {

@@ -104,3 +104,28 @@ func (s *Service) LeaderTick(ctx context.Context, key string) ([]byte, uint64, e
 	e, err := s.leaderTick(ctx, key)
 	return e.value, e.rev, err
 }
+
+// Watch, Stop and Changed drive the cache's watch, for its tests.
+func (g GroupRecords) Watch(ctx context.Context) error { return g.c.watch(ctx) }
+func (g GroupRecords) Stop()                           { g.c.stop() }
+func (g GroupRecords) Changed(gid string, rev uint64)  { g.c.changed(gid, rev) }
+
+// NewWatchedGroupRecords is the cache as the function makes it: records
+// read through the bucket's leader over nc while the watch runs.
+func NewWatchedGroupRecords(kv jetstream.KeyValue, nc *nats.Conn) GroupRecords {
+	c := newGroupRecords(kv)
+	c.leader = (&Service{nc: nc}).leaderRecord
+	return GroupRecords{c}
+}
+
+// Reads counts the records the cache read.
+func (g GroupRecords) Reads() int64 { return g.c.reads.Load() }
+
+// HoldRecord makes the instance serve g as group g.ID's current record,
+// at revision rev, as it does while the watch's news of a later change
+// is still on its way.
+func (s *Service) HoldRecord(g *contract.GroupRecord, rev uint64) {
+	s.records.mu.Lock()
+	defer s.records.mu.Unlock()
+	s.records.m[g.ID] = groupEntry{g: g, rev: rev, watched: true}
+}

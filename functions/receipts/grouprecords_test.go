@@ -4,12 +4,30 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"sync"
 	"testing"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/switchboard-im/switchboard/contract"
 	"github.com/switchboard-im/switchboard/functions/receipts"
+	"github.com/switchboard-im/switchboard/internal/natsauth"
 	tk "github.com/switchboard-im/switchboard/internal/testkit"
 )
+
+// putG1 stores group g1's record with members.
+func putG1(t *testing.T, kv jetstream.KeyValue, members ...string) {
+	t.Helper()
+	g := contract.GroupRecord{ID: "g1", Members: map[string]contract.GroupMember{}}
+	for _, m := range members {
+		g.Members[m] = contract.GroupMember{}
+	}
+	b, _ := json.Marshal(g)
+	if _, err := kv.Put(context.Background(), "g1", b); err != nil {
+		t.Fatal(err)
+	}
+}
 
 // The cache of groups' records decodes a revision once and serves it
 // until the record changes; every change shows at the next read, a
@@ -21,17 +39,7 @@ func TestGroupRecordsDecodeEachRevisionOnce(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	put := func(members ...string) {
-		t.Helper()
-		g := contract.GroupRecord{ID: "g1", Members: map[string]contract.GroupMember{}}
-		for _, m := range members {
-			g.Members[m] = contract.GroupMember{}
-		}
-		b, _ := json.Marshal(g)
-		if _, err := kv.Put(ctx, "g1", b); err != nil {
-			t.Fatal(err)
-		}
-	}
+	put := func(members ...string) { t.Helper(); putG1(t, kv, members...) }
 	cache := receipts.NewGroupRecords(kv)
 	get := func() *contract.GroupRecord {
 		t.Helper()
@@ -66,5 +74,98 @@ func TestGroupRecordsDecodeEachRevisionOnce(t *testing.T) {
 	}
 	if _, err := cache.Get(ctx, "g1"); !errors.Is(err, contract.ErrUnknownGroup) {
 		t.Fatalf("deleted group: %v, want ErrUnknownGroup", err)
+	}
+}
+
+// laggingKV answers the first read with an older entry, as a replica a
+// step behind the leader may.
+type laggingKV struct {
+	jetstream.KeyValue
+	mu    sync.Mutex
+	stale jetstream.KeyValueEntry
+}
+
+func (l *laggingKV) Get(ctx context.Context, key string) (jetstream.KeyValueEntry, error) {
+	l.mu.Lock()
+	stale := l.stale
+	l.stale = nil
+	l.mu.Unlock()
+	if stale != nil {
+		return stale, nil
+	}
+	return l.KeyValue.Get(ctx, key)
+}
+
+// Watched (with the receipts function's own rights), a record is read
+// once per revision: the positions between two changes read nothing. A
+// change is read once the watch brings it, and a read older than a
+// revision the watch named is not kept. Records are read through the
+// leader: a replica behind a change stored just before the watch began
+// (which the watch never names) would otherwise be served for good.
+func TestWatchedGroupRecordsAreReadOncePerRevision(t *testing.T) {
+	n := tk.StartStreams(t, t.TempDir())
+	ctx := context.Background()
+	nc := n.Connect(t, natsauth.Receipts)
+	js, _ := jetstream.New(nc)
+	kv, err := js.KeyValue(ctx, contract.GroupInfoKV)
+	if err != nil {
+		t.Fatal(err)
+	}
+	admin, err := n.JS.KeyValue(ctx, contract.GroupInfoKV)
+	if err != nil {
+		t.Fatal(err)
+	}
+	put := func(members ...string) { t.Helper(); putG1(t, admin, members...) }
+	put("alice", "bob")
+	old, err := kv.Get(ctx, "g1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	put("alice", "bob", "carol") // stored before the watch begins
+	cache := receipts.NewWatchedGroupRecords(&laggingKV{KeyValue: kv, stale: old}, nc)
+	if err := cache.Watch(ctx); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(cache.Stop)
+	get := func() *contract.GroupRecord {
+		t.Helper()
+		g, err := cache.Get(ctx, "g1")
+		if err != nil {
+			t.Fatal(err)
+		}
+		return g
+	}
+
+	first := get()
+	if len(first.Members) != 3 {
+		t.Fatalf("%d members read, want the 3 stored before the watch", len(first.Members))
+	}
+	for range 10 {
+		if get() != first {
+			t.Fatal("an unchanged record was not served from the cache")
+		}
+	}
+	if r := cache.Reads(); r != 1 {
+		t.Fatalf("%d reads for 11 positions without a change, want 1", r)
+	}
+	put("alice")
+	tk.WaitFor(t, 10*time.Second, func() error {
+		if g := get(); len(g.Members) != 1 {
+			return tk.Errorf("%d members, want the change's 1", len(g.Members))
+		}
+		return nil
+	})
+	reads := cache.Reads()
+	get()
+	if r := cache.Reads(); r != reads {
+		t.Fatalf("%d reads after the change was kept, want none", r-reads)
+	}
+	// A revision newer than any read: each position reads until one
+	// brings it.
+	cache.Changed("g1", 1<<40)
+	get()
+	get()
+	if r := cache.Reads(); r != reads+2 {
+		t.Fatalf("%d reads while a newer revision is due, want 2", r-reads)
 	}
 }

@@ -113,7 +113,18 @@ func (s *Service) groupPosition(ctx context.Context, req contract.GroupPositionR
 	case err != nil:
 		return err
 	case !g.IsMember(req.Member):
-		return nil // removed since: their position counts for nothing
+		// Added since the record in hand was read, or removed: a kept
+		// record may be behind (its change's news still to come), and a
+		// new member's first position must not be lost.
+		if g, err = s.records.fresh(ctx, req.Group); err != nil {
+			if errors.Is(err, contract.ErrUnknownGroup) || errors.Is(err, contract.ErrBadRecord) {
+				return nil
+			}
+			return err
+		}
+		if !g.IsMember(req.Member) {
+			return nil // removed since: their position counts for nothing
+		}
 	}
 	read := req.Status == protocol.StatusRead
 	if read {
@@ -197,6 +208,17 @@ func (s *Service) settleGroup(ctx context.Context, g *contract.GroupRecord, mine
 			}
 		case !errors.Is(err, jetstream.ErrKeyNotFound):
 			return err
+		}
+		if agg.Seq > g.Seq {
+			// Computed from a newer record than the one in hand (kept
+			// until the watch's news of a change): never go back to an
+			// older membership.
+			if g, err = s.records.fresh(ctx, g.ID); err != nil || agg.Seq > g.Seq {
+				if errors.Is(err, contract.ErrUnknownGroup) || errors.Is(err, contract.ErrBadRecord) {
+					err = nil
+				}
+				return err
+			}
 		}
 		due := rev == 0 || agg.Seq != g.Seq
 		if !due {
@@ -398,9 +420,21 @@ func (s *Service) tellSenders(ctx context.Context, gid, status, by, device strin
 	}
 	var futs []jetstream.PubAckFuture
 	for sender, sp := range due {
-		m := groupTick(gid, status, by, device, sender, sp.from, sp.to)
+		who := by
+		if who == "" {
+			// A membership change made it due, not a move: the last to
+			// get there is the member now at the bottom.
+			who = next.Witness
+			if sender == next.Witness {
+				who = next.Witness2
+			}
+			if who == "" {
+				who = sender // nobody else is left
+			}
+		}
+		m := groupTick(gid, status, who, device, sender, sp.from, sp.to)
 		if sp.region != "" {
-			m = groupTick(gid, status, by, device, sender, sp.ofrom, sp.oto)
+			m = groupTick(gid, status, who, device, sender, sp.ofrom, sp.oto)
 			m.Subject = contract.OutboxSubject(sp.region, sender)
 		}
 		f, err := s.js.PublishMsgAsync(m)

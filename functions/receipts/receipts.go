@@ -100,6 +100,7 @@ type Service struct {
 	groupTicks jetstream.KeyValue
 	groupInfo  jetstream.KeyValue
 	records    *groupRecords  // GROUP_INFO's records, decoded
+	news       *groupNews     // groups to settle after their record changed
 	bounds     positionBounds // members' positions last read, per group
 	groups     jetstream.Stream
 	gets       getReplies // the answers to direct gets
@@ -145,10 +146,22 @@ func Start(ctx context.Context, nc *nats.Conn, js jetstream.JetStream, cfg Confi
 		return nil, fmt.Errorf("receipts: %w", err)
 	}
 	s.records = newGroupRecords(s.groupInfo)
+	s.records.leader = s.leaderRecord
+	s.news = newGroupNews(s.settleNews)
+	s.records.news = s.news.add
+	if err := s.records.watch(ctx); err != nil {
+		// Slower, not wrong: every position reads its group's record.
+		s.log.Warn("cannot watch group records; reading them at each position", "err", err)
+	}
+	started := false
+	defer func() {
+		if !started {
+			s.records.stop()
+		}
+	}()
 	if err := s.gets.subscribe(nc); err != nil {
 		return nil, fmt.Errorf("receipts: %w", err)
 	}
-	started := false
 	defer func() {
 		if !started {
 			s.gets.unsubscribe()
@@ -199,6 +212,13 @@ func Start(ctx context.Context, nc *nats.Conn, js jetstream.JetStream, cfg Confi
 		_ = s.svc.Stop()
 		return nil, fmt.Errorf("receipts: %w", err)
 	}
+	s.wg.Add(1)
+	go func() {
+		defer s.wg.Done()
+		s.news.run(s.stop, s.cfg.Timeout, func(gid string, attempt int, err error) {
+			s.log.Warn("cannot settle a group after its record changed; its next position will", "group", gid, "attempts", attempt+1, "err", err)
+		})
+	}()
 	started = true
 	return s, nil
 }
@@ -211,6 +231,7 @@ func (s *Service) Stop() {
 	close(s.stop)
 	s.wg.Wait()
 	s.gets.unsubscribe()
+	s.records.stop()
 }
 
 // Stats are an instance's counters.

@@ -150,6 +150,12 @@ func For(r Role) Rules {
 					// (contract/xrstatus.go).
 					contract.ReceiptsForwardSubject("*")},
 				consumer(contract.TicksStream, string(r)),
+				// A watch of the group records' changes (grouprecords.go).
+				// Consumers' names are not subjects a permission can
+				// pattern, so this also reaches GROUP_INFO's durables (the
+				// regions' sourcing): a right of the same weight as the
+				// role's writes into every inbox.
+				watch(kvStream(contract.GroupInfoKV)),
 				streamInfo(append([]string{contract.Inbox, contract.TicksStream, contract.DLQ}, read...)...),
 				reads(read...),
 			),
@@ -291,6 +297,19 @@ func reads(names ...string) []string {
 	var out []string
 	for _, n := range names {
 		out = append(out, "$JS.API.DIRECT.GET."+n, "$JS.API.DIRECT.GET."+n+".>", "$JS.API.STREAM.MSG.GET."+n)
+	}
+	return out
+}
+
+// watch is keeping an ordered consumer on the named streams, as a KV
+// watch does: creating it (again after a gap), its flow control, and
+// deleting it.
+func watch(names ...string) []string {
+	var out []string
+	for _, n := range names {
+		api := "$JS.API."
+		out = append(out, api+"CONSUMER.CREATE."+n, api+"CONSUMER.CREATE."+n+".>",
+			api+"CONSUMER.DELETE."+n+".>", "$JS.FC."+n+".>")
 	}
 	return out
 }

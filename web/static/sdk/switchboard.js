@@ -970,7 +970,7 @@ export class Client {
         if (this.#store && f.group) await this.#store.applyGroupReceipt(f.group, f.status, f.from_seq ?? 0, f.to_seq);
         else if (this.#store) await this.#store.applyReceipt(f.by, f.status, f.from_seq ?? 0, f.to_seq);
         for (const m of this.#ticks.apply(f)) {
-          this.#emit('receipt', { id: m.id, status: f.status, group: f.group ?? '', by: f.by, device: f.device, ts: f.ts, seq: m.seq });
+          this.#emit('receipt', { id: m.id, status: f.status, group: f.group ?? '', by: f.by, device: f.device ?? '', ts: f.ts, seq: m.seq });
         }
         this.#writeOn(link, { type: 'ack', seq: f.seq });
         break;
