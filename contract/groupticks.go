@@ -24,6 +24,25 @@ const GroupTicksKV = "GROUP_TICKS"
 // raise a member's position in a group.
 const GroupPositionSubject = "sb.fn.receipts.group"
 
+// GroupPositionsSubject is where a gateway asks the receipts function to
+// raise many members' delivered positions at once
+// (GroupPositionsRequest): the positions its sessions asked for while
+// its previous requests were on their way, gathered.
+const GroupPositionsSubject = "sb.fn.receipts.group-positions"
+
+// GroupPositionsRequest is delivered positions gathered by a gateway,
+// each a GroupPositionRequest with Status delivered (reads go one by
+// one, on GroupPositionSubject: each answers its own frame). The
+// function answers once every one is taken; asked again, it changes
+// nothing.
+type GroupPositionsRequest struct {
+	Positions []GroupPositionRequest `json:"positions"`
+}
+
+// GroupPositionsMax is the most positions one GroupPositionsRequest
+// carries (about 100 bytes each).
+const GroupPositionsMax = 512
+
 // GroupPositionRequest says that Member, on Device, has (Status
 // delivered) or has read (Status read) group Group's log up to Seq, a
 // GROUPS sequence: the highest Sb-Group-Seq of the group's copies the

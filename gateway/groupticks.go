@@ -75,30 +75,39 @@ func (f *feed) groupPositions(through uint64) []contract.GroupPositionRequest {
 }
 
 // groupTicks asks for each of reqs, storing in TICKS those the receipts
-// function does not answer.
+// function does not answer. Positions in groups homed here go with other
+// sessions' in the gateway's gathered requests (positions.go).
 func (t *ticker) groupTicks(reqs []contract.GroupPositionRequest) error {
+	here := reqs[:0:0]
 	for _, req := range reqs {
 		home, err := t.s.groupHomeElsewhere(req.Group)
 		if err != nil {
 			return err
 		}
-		if home != "" {
-			if err := t.s.sendPosition(home, req); err != nil {
-				return err
-			}
-			t.s.srv.metrics.ticks.Inc()
+		if home == "" {
+			here = append(here, req)
 			continue
 		}
-		ctx, cancel := context.WithTimeout(context.Background(), t.s.srv.cfg.FunctionTimeout)
-		err = contract.Call(ctx, t.s.srv.nc, contract.GroupPositionSubject, req, nil)
-		cancel()
+		if err := t.s.sendPosition(home, req); err != nil {
+			return err
+		}
+		t.s.srv.metrics.ticks.Inc()
+	}
+	for len(here) > 0 {
+		n := min(len(here), contract.GroupPositionsMax)
+		err := t.s.srv.positions.ask(here[:n])
 		if errors.Is(err, contract.ErrUnavailable) {
-			err = t.queueGroup(req)
+			for _, req := range here[:n] {
+				if err = t.queueGroup(req); err != nil {
+					break
+				}
+			}
 		}
 		if err != nil {
 			return err
 		}
-		t.s.srv.metrics.ticks.Inc()
+		t.s.srv.metrics.ticks.Add(float64(n))
+		here = here[n:]
 	}
 	return nil
 }

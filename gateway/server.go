@@ -72,6 +72,7 @@ type Server struct {
 
 	router    *router      // sessions' subscriptions: live copies, events, kicks, presence
 	limits    *limitKeeper // devices' rate limits, kept across their sessions (ratekeep.go)
+	positions *positions   // group delivered positions, gathered (positions.go)
 	replies   *replies     // answers to reads of the stream, PubAcks, lease writes
 	backlog   *backlog     // reads shared by many sessions at once (storms)
 	leaderSub *nats.Subscription
@@ -157,6 +158,9 @@ func New(ctx context.Context, cfg Config, keys *Keys, nc *nats.Conn, log *slog.L
 		router:      newRouter(nc),
 	}
 	s.limits = newLimitKeeper(&s.cfg)
+	s.positions = newPositions(func(ctx context.Context, req contract.GroupPositionsRequest) error {
+		return contract.Call(ctx, nc, contract.GroupPositionsSubject, req, nil)
+	}, cfg.FunctionTimeout)
 	s.stream, s.cursors = s, s.devices
 	if s.regions, err = newRegions(ctx, cfg, js); err != nil {
 		return nil, err

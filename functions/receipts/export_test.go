@@ -95,7 +95,7 @@ func (s *Service) SettleMoved(ctx context.Context, gid, member string, p contrac
 	if err != nil {
 		return err
 	}
-	return s.settleGroup(ctx, g, memberPos{p: p}, member, "phone", true, true)
+	return s.settleGroup(ctx, g, &settling{known: map[string]memberPos{member: {p: p}}, only: true, by: member, device: "phone", read: true})
 }
 
 // LeaderTick reads key of GROUP_TICKS through the stream's leader, for
@@ -129,3 +129,7 @@ func (s *Service) HoldRecord(g *contract.GroupRecord, rev uint64) {
 	defer s.records.mu.Unlock()
 	s.records.m[g.ID] = groupEntry{g: g, rev: rev, watched: true}
 }
+
+// NewsIdle reports whether no settle of the watch's news is pending or
+// running.
+func (s *Service) NewsIdle() bool { return s.news.idle() }

@@ -23,8 +23,9 @@ type groupNews struct {
 	settle func(ctx context.Context, gid string) error
 	wake   chan struct{} // one pending signal
 
-	mu      sync.Mutex // guards pending; a leaf
+	mu      sync.Mutex // guards the fields below; a leaf
 	pending map[string]int
+	busy    bool // a batch taken from pending is being settled
 }
 
 // groupNewsAttempts bounds the settles tried for one change; past them
@@ -61,7 +62,7 @@ func (n *groupNews) run(stop <-chan struct{}, timeout time.Duration, log func(gi
 		}
 		n.mu.Lock()
 		batch := n.pending
-		n.pending = map[string]int{}
+		n.pending, n.busy = map[string]int{}, true
 		n.mu.Unlock()
 		for gid, attempt := range batch {
 			ctx, cancel := context.WithTimeout(context.Background(), timeout)
@@ -78,7 +79,17 @@ func (n *groupNews) run(stop <-chan struct{}, timeout time.Duration, log func(gi
 			wait := 100 * time.Millisecond << attempt
 			time.AfterFunc(wait, func() { n.retry(gid, attempt+1) })
 		}
+		n.mu.Lock()
+		n.busy = false
+		n.mu.Unlock()
 	}
+}
+
+// idle reports whether no settle is pending or running.
+func (n *groupNews) idle() bool {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	return len(n.pending) == 0 && !n.busy
 }
 
 // settleNews settles group gid after a change of its record: the
@@ -88,9 +99,14 @@ func (s *Service) settleNews(ctx context.Context, gid string) error {
 	g, err := s.records.get(ctx, gid)
 	switch {
 	case errors.Is(err, contract.ErrUnknownGroup), errors.Is(err, contract.ErrBadRecord):
+		s.newsSettled.Add(1)
 		return nil
 	case err != nil:
 		return err
 	}
-	return s.settleGroup(ctx, g, memberPos{}, "", "", true, false)
+	if err := s.settleGroup(ctx, g, &settling{read: true}); err != nil {
+		return err
+	}
+	s.newsSettled.Add(1)
+	return nil
 }

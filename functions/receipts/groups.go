@@ -155,7 +155,8 @@ func (s *Service) groupPosition(ctx context.Context, req contract.GroupPositionR
 	} else {
 		s.groupDelivered.Add(1)
 	}
-	return s.settleGroup(ctx, g, memberPos{p: mine}, req.Member, req.Device, read, changed)
+	return s.settleGroup(ctx, g, &settling{known: map[string]memberPos{req.Member: {p: mine}}, only: changed,
+		by: req.Member, device: req.Device, read: read})
 }
 
 // memberPos is a member's record and its revision (0: none).
@@ -171,9 +172,27 @@ func (m memberPos) at(read bool) uint64 {
 	return m.p.Delivered
 }
 
+// settling is what a settle of a group knows of the request that
+// started it.
+type settling struct {
+	// known are positions the request wrote (or found), by member,
+	// current as of then; others are read.
+	known map[string]memberPos
+	// only: look only at the witnesses among known, which the request
+	// moved; otherwise at every witness.
+	only bool
+	// by, on device, is the member whose move this is: the receipts name
+	// them. With by "" (positions gathered from many members, or a change
+	// of the membership) they name the member now at the bottom, on its
+	// device in devices if there.
+	by, device string
+	devices    map[string]string
+	// read: the read track may have moved too.
+	read bool
+}
+
 // settleGroup recomputes group g's aggregate while it is due, telling
-// the senders what became due each time. by and device are the member
-// whose request this is. read says the read track may have moved too.
+// the senders what became due each time.
 //
 // A request that moved its member recomputes only if its member is a
 // witness: another witness that moved is its own request's to handle, so
@@ -184,18 +203,14 @@ func (m memberPos) at(read bool) uint64 {
 // witness chosen from positions read just before it moved is caught by
 // the writer that chose it.
 //
-// mine is by's position as this request left it: by's own record is not
-// read in the first round. After a write it is: the witnesses chosen then
-// may include by, chosen from a position read before another request of
-// by's (its read right after its ack, another device) moved it, and that
-// request looked at the aggregate as it was before this write, where by
-// may have been no witness; only this writer can see that move.
-func (s *Service) settleGroup(ctx context.Context, g *contract.GroupRecord, mine memberPos, by, device string, read, moved bool) error {
-	only := ""
-	if moved {
-		only = by
-	}
-	known := by // whose position mine is, "" once it may be stale
+// st.known holds the positions as this request left them: those members'
+// records are not read in the first round. After a write they are: the
+// witnesses chosen then may include such a member, chosen from a position
+// read before another request of theirs (a read right after an ack,
+// another device) moved it, and that request looked at the aggregate as
+// it was before this write, where the member may have been no witness;
+// only this writer can see that move.
+func (s *Service) settleGroup(ctx context.Context, g *contract.GroupRecord, st *settling) error {
 	for range groupSettleRounds {
 		var agg contract.GroupAggregate
 		var rev uint64
@@ -222,12 +237,12 @@ func (s *Service) settleGroup(ctx context.Context, g *contract.GroupRecord, mine
 		}
 		due := rev == 0 || agg.Seq != g.Seq
 		if !due {
-			if due, err = s.witnessMoved(ctx, g, &agg.Delivered, false, only, known, mine); err != nil {
+			if due, err = s.witnessMoved(ctx, g, &agg.Delivered, false, st); err != nil {
 				return err
 			}
 		}
-		if !due && read {
-			if due, err = s.witnessMoved(ctx, g, &agg.Read, true, only, known, mine); err != nil {
+		if !due && st.read {
+			if due, err = s.witnessMoved(ctx, g, &agg.Read, true, st); err != nil {
 				return err
 			}
 		}
@@ -242,10 +257,10 @@ func (s *Service) settleGroup(ctx context.Context, g *contract.GroupRecord, mine
 		next := contract.GroupAggregate{Seq: g.Seq,
 			Delivered: nextTrack(g, pos, &agg.Delivered, false),
 			Read:      nextTrack(g, pos, &agg.Read, true)}
-		if err := s.tellSenders(ctx, g.ID, protocol.StatusDelivered, by, device, &agg.Delivered, &next.Delivered); err != nil {
+		if err := s.tellSenders(ctx, g.ID, protocol.StatusDelivered, st, &agg.Delivered, &next.Delivered); err != nil {
 			return err
 		}
-		if err := s.tellSenders(ctx, g.ID, protocol.StatusRead, by, device, &agg.Read, &next.Read); err != nil {
+		if err := s.tellSenders(ctx, g.ID, protocol.StatusRead, st, &agg.Read, &next.Read); err != nil {
 			return err
 		}
 		b, _ := json.Marshal(next)
@@ -259,17 +274,17 @@ func (s *Service) settleGroup(ctx context.Context, g *contract.GroupRecord, mine
 		}
 		// Written or lost to another: either way look again, at every
 		// witness of both tracks (this wrote both), for one that moved
-		// while this was computed, by's own record too.
-		only, read, known = "", true, ""
+		// while this was computed, the request's own members' records too.
+		st = &settling{by: st.by, device: st.device, devices: st.devices, read: true}
 	}
 	return contract.ErrContended
 }
 
 // witnessMoved reports whether a witness of track t has moved past what
 // was told, or is no longer a member: only then may a sender be owed.
-// With only set, of the witnesses' moves it looks at only's. known's
-// position is mine (none with known ""); the others' are read.
-func (s *Service) witnessMoved(ctx context.Context, g *contract.GroupRecord, t *contract.GroupTrack, read bool, only, known string, mine memberPos) (bool, error) {
+// With st.only, of the witnesses' moves it looks at those in st.known.
+// Positions in st.known are taken from there; the others are read.
+func (s *Service) witnessMoved(ctx context.Context, g *contract.GroupRecord, t *contract.GroupTrack, read bool, st *settling) (bool, error) {
 	for _, w := range []struct {
 		who  string
 		told uint64
@@ -283,11 +298,11 @@ func (s *Service) witnessMoved(ctx context.Context, g *contract.GroupRecord, t *
 		if !g.IsMember(w.who) {
 			return true, nil
 		}
-		if only != "" && w.who != only {
+		p, known := st.known[w.who]
+		if st.only && !known {
 			continue
 		}
-		p := mine
-		if w.who != known {
+		if !known {
 			var err error
 			if p, err = s.memberPosition(ctx, g.ID, w.who); err != nil {
 				return false, err
@@ -372,7 +387,7 @@ func toldTo(t *contract.GroupTrack, sender string) uint64 {
 
 // tellSenders stores one receipt per sender of group gid's messages that
 // became due between tracks old and next.
-func (s *Service) tellSenders(ctx context.Context, gid, status, by, device string, old, next *contract.GroupTrack) error {
+func (s *Service) tellSenders(ctx context.Context, gid, status string, st *settling, old, next *contract.GroupTrack) error {
 	// A span is in the log's sequences; for a sender homed in another
 	// region (whose messages came through its region's OUTBOX), also in
 	// the OUTBOX sequences the sender's app knows them by ("sent"), and
@@ -420,17 +435,26 @@ func (s *Service) tellSenders(ctx context.Context, gid, status, by, device strin
 	}
 	var futs []jetstream.PubAckFuture
 	for sender, sp := range due {
-		who := by
+		who, device := st.by, st.device
 		if who == "" {
-			// A membership change made it due, not a move: the last to
-			// get there is the member now at the bottom.
-			who = next.Witness
-			if sender == next.Witness {
-				who = next.Witness2
+			// No one member's request: the witness this sender's told
+			// waited on, if the request moved them (their move completed
+			// it); else (a change of the membership) the member now at
+			// the bottom, the last to get there.
+			who = old.Witness
+			if sender == old.Witness {
+				who = old.Witness2
+			}
+			if _, moved := st.devices[who]; !moved || who == "" {
+				who = next.Witness
+				if sender == next.Witness {
+					who = next.Witness2
+				}
 			}
 			if who == "" {
 				who = sender // nobody else is left
 			}
+			device = st.devices[who]
 		}
 		m := groupTick(gid, status, who, device, sender, sp.from, sp.to)
 		if sp.region != "" {

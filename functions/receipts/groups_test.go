@@ -40,6 +40,24 @@ func changeGroup(t testing.TB, e *env, gid string, seq uint64, members ...string
 	}
 }
 
+// settled waits for group gid's aggregate to be computed from its
+// record as of the change at seq: the settle the watch's news of it
+// starts.
+func settled(t testing.TB, e *env, gid string, seq uint64) {
+	t.Helper()
+	kv, err := e.n.JS.KeyValue(context.Background(), contract.GroupTicksKV)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tk.WaitFor(t, 10*time.Second, func() error {
+		var agg contract.GroupAggregate
+		if v, err := kv.Get(context.Background(), contract.GroupAggregateKey(gid)); err != nil || json.Unmarshal(v.Value(), &agg) != nil || agg.Seq != seq {
+			return tk.Errorf("aggregate %+v (%v), want one from the change at %d", agg, err, seq)
+		}
+		return nil
+	})
+}
+
 // sendGroup stores a chat message from sender in gid's log, as a gateway
 // does, and returns its GROUPS sequence.
 func sendGroup(t testing.TB, e *env, gid, from string) uint64 {
@@ -258,6 +276,12 @@ func TestGroupTicksCostWithAMemberAway(t *testing.T) {
 		members = append(members, fmt.Sprintf("m%02d", i))
 	}
 	makeGroup(t, e, "big", members...)
+	tk.WaitFor(t, 10*time.Second, func() error { // the create's own settle, counted before the first round
+		if n := s.Stats().News; n != 1 {
+			return tk.Errorf("%d settles of news", n)
+		}
+		return nil
+	})
 	var first int64
 	for i := range 5 {
 		seq := sendGroup(t, e, "big", "alice")
@@ -457,17 +481,17 @@ func TestGroupTicksFromARecordBehind(t *testing.T) {
 		"alice": {Admin: true, Joined: 1}, "bob": {Joined: 1}, "carol": {Joined: 1}}}
 	a1 := sendGroup(t, e, "g1", "alice")
 	changeGroup(t, e, "g1", a1+1, "alice", "bob", "dave") // carol out, dave in
+	settled(t, e, "g1", a1+1)                             // the change's news came
+	tk.WaitFor(t, 10*time.Second, func() error {
+		if !s.NewsIdle() {
+			return tk.Errorf("the news still settling")
+		}
+		return nil
+	})
 	kv, err := e.n.JS.KeyValue(context.Background(), contract.GroupTicksKV)
 	if err != nil {
 		t.Fatal(err)
 	}
-	tk.WaitFor(t, 10*time.Second, func() error { // the change's news settled
-		var agg contract.GroupAggregate
-		if v, err := kv.Get(context.Background(), contract.GroupAggregateKey("g1")); err != nil || json.Unmarshal(v.Value(), &agg) != nil || agg.Seq != a1+1 {
-			return tk.Errorf("aggregate %+v (%v), want one from the change at %d", agg, err, a1+1)
-		}
-		return nil
-	})
 
 	s.HoldRecord(old, 1)
 	position(t, e, "g1", "dave", protocol.StatusDelivered, a1)
@@ -483,5 +507,107 @@ func TestGroupTicksFromARecordBehind(t *testing.T) {
 	var agg contract.GroupAggregate
 	if v, err := kv.Get(context.Background(), contract.GroupAggregateKey("g1")); err != nil || json.Unmarshal(v.Value(), &agg) != nil || agg.Seq != a1+1 {
 		t.Fatalf("aggregate %+v (%v), want it still from the change at %d", agg, err, a1+1)
+	}
+}
+
+// Positions a gateway gathered, from several members of two groups: each
+// is taken (the highest of a member's), a non-member's is not, each
+// group is settled once, and a receipt names the member whose move
+// completed it; asked again they write nothing, and what is not a
+// delivered position is refused.
+func TestGatheredGroupPositions(t *testing.T) {
+	e := newEnv(t)
+	s, _ := e.instance(t)
+	makeGroup(t, e, "g1", "alice", "bob", "carol", "dave")
+	makeGroup(t, e, "g2", "alice", "erin")
+	settled(t, e, "g1", 1)
+	settled(t, e, "g2", 1)
+	b0 := sendGroup(t, e, "g1", "bob")
+	a1 := sendGroup(t, e, "g1", "alice")
+	e1 := sendGroup(t, e, "g2", "alice")
+	gathered := func(ps ...contract.GroupPositionRequest) error {
+		t.Helper()
+		for i := range ps {
+			ps[i].Status = protocol.StatusDelivered
+		}
+		return e.call(t, contract.GroupPositionsSubject, contract.GroupPositionsRequest{Positions: ps}, nil)
+	}
+	if err := gathered(
+		contract.GroupPositionRequest{Group: "g1", Member: "bob", Device: "phone", Seq: a1},
+		contract.GroupPositionRequest{Group: "g1", Member: "carol", Device: "laptop", Seq: a1},
+		contract.GroupPositionRequest{Group: "g1", Member: "carol", Device: "phone", Seq: b0},
+		contract.GroupPositionRequest{Group: "g1", Member: "zed", Device: "phone", Seq: a1},
+		contract.GroupPositionRequest{Group: "g2", Member: "erin", Device: "tablet", Seq: e1},
+	); err != nil {
+		t.Fatal(err)
+	}
+	for _, m := range []string{"bob", "carol"} {
+		if p, _ := memberRecord(t, e, "g1", m); p.Delivered != a1 {
+			t.Fatalf("%s's position %+v, want delivered %d", m, p, a1)
+		}
+	}
+	if p, rev := memberRecord(t, e, "g1", "zed"); rev != 0 {
+		t.Fatalf("a non-member's position was taken: %+v", p)
+	}
+	says := func() []string {
+		var out []string
+		for _, m := range e.ticks(t, "alice") {
+			out = append(out, m.Header.Get(contract.HdrGroup)+" "+tickSays(m))
+		}
+		return out
+	}
+	want := []string{fmt.Sprintf("g2 delivered by erin/tablet 1..%d", e1)} // from where alice was told
+	if got := says(); fmt.Sprint(got) != fmt.Sprint(want) {
+		t.Fatalf("alice's receipts %v, want %v (g1 waits for dave)", got, want)
+	}
+
+	if err := gathered(
+		contract.GroupPositionRequest{Group: "g1", Member: "dave", Device: "watch", Seq: a1},
+		contract.GroupPositionRequest{Group: "g1", Member: "bob", Device: "phone", Seq: a1}, // a repeat
+	); err != nil {
+		t.Fatal(err)
+	}
+	want = append(want, fmt.Sprintf("g1 delivered by dave/watch 1..%d", a1))
+	if got := says(); fmt.Sprint(got) != fmt.Sprint(want) {
+		t.Fatalf("alice's receipts %v, want %v", got, want)
+	}
+	if st := s.Stats(); st.GroupDelivered != 5 || st.Gathered != 3 {
+		t.Fatalf("stats %+v: want 5 members' positions taken (carol's once, the non-member's not) in 3 groups' settles", st)
+	}
+
+	// Asked again, as after a lost answer: nothing is written.
+	info, err := e.n.JS.Stream(context.Background(), "KV_"+contract.GroupTicksKV)
+	if err != nil {
+		t.Fatal(err)
+	}
+	before := info.CachedInfo().State.LastSeq
+	if err := gathered(contract.GroupPositionRequest{Group: "g1", Member: "dave", Device: "watch", Seq: a1},
+		contract.GroupPositionRequest{Group: "g2", Member: "erin", Device: "tablet", Seq: e1}); err != nil {
+		t.Fatal(err)
+	}
+	if info, err = e.n.JS.Stream(context.Background(), "KV_"+contract.GroupTicksKV); err != nil {
+		t.Fatal(err)
+	} else if after := info.CachedInfo().State.LastSeq; after != before {
+		t.Fatalf("a repeat wrote %d records", after-before)
+	}
+	if got := says(); len(got) != len(want) {
+		t.Fatalf("a repeat told alice again: %v", got)
+	}
+
+	// Refused: a read (reads go one by one), a bad id, too many.
+	var fe *contract.FnError
+	read := contract.GroupPositionsRequest{Positions: []contract.GroupPositionRequest{{Group: "g1", Member: "bob", Device: "phone", Status: protocol.StatusRead, Seq: a1}}}
+	bad := contract.GroupPositionsRequest{Positions: []contract.GroupPositionRequest{{Group: "g 1", Member: "bob", Device: "phone", Status: protocol.StatusDelivered, Seq: a1}}}
+	many := contract.GroupPositionsRequest{}
+	for range contract.GroupPositionsMax + 1 {
+		many.Positions = append(many.Positions, contract.GroupPositionRequest{Group: "g1", Member: "bob", Device: "phone", Status: protocol.StatusDelivered, Seq: a1})
+	}
+	for name, req := range map[string]contract.GroupPositionsRequest{"read": read, "bad id": bad, "too many": many} {
+		if err := e.call(t, contract.GroupPositionsSubject, req, nil); !errors.As(err, &fe) || fe.Status != 400 {
+			t.Fatalf("%s: %v, want a 400", name, err)
+		}
+	}
+	if p, _ := memberRecord(t, e, "g1", "bob"); p.Read != 0 {
+		t.Fatalf("a refused request moved bob: %+v", p)
 	}
 }

@@ -119,6 +119,8 @@ type Service struct {
 
 	delivered, read, stored, hidden       atomic.Int64
 	groupDelivered, groupRead, recomputes atomic.Int64
+	gathered                              atomic.Int64 // gathered requests' groups taken
+	newsSettled                           atomic.Int64 // settles the watch's news started, finished
 }
 
 // Start binds the micro service. The streams and buckets must exist.
@@ -184,6 +186,7 @@ func Start(ctx context.Context, nc *nats.Conn, js jetstream.JetStream, cfg Confi
 		{"read", contract.ReadSubject, `{"reader":"bob","device":"phone","sender":"alice","seq":45}`, s.handleRead},
 		{"status", contract.StatusSubject, `{"sender":"alice","recipient":"bob","seq":45}`, s.handleStatus},
 		{"group", contract.GroupPositionSubject, `{"group":"friends","member":"bob","device":"phone","status":"delivered","seq":45}`, s.handleGroupPosition},
+		{"group-positions", contract.GroupPositionsSubject, `{"positions":[{"group":"friends","member":"bob","device":"phone","status":"delivered","seq":45}]}`, s.handleGroupPositions},
 	} {
 		if err := s.svc.AddEndpoint(e.name, s.async(e.h), micro.WithEndpointSubject(e.subject),
 			micro.WithEndpointMetadata(map[string]string{"request": e.example})); err != nil {
@@ -238,20 +241,22 @@ func (s *Service) Stop() {
 type Stats struct {
 	Delivered, Read, Stored, Hidden int64
 	// GroupDelivered and GroupRead count members' group positions taken;
-	// Recomputes, the times a group's positions were all read again.
-	GroupDelivered, GroupRead, Recomputes int64
+	// Recomputes, the times a group's positions were all read again;
+	// Gathered, the groups of gathered requests taken (one settle each);
+	// News, the settles of groups whose record changed, finished.
+	GroupDelivered, GroupRead, Recomputes, Gathered, News int64
 }
 
 // Stats returns the instance's counters.
 func (s *Service) Stats() Stats {
 	return Stats{Delivered: s.delivered.Load(), Read: s.read.Load(), Stored: s.stored.Load(), Hidden: s.hidden.Load(),
-		GroupDelivered: s.groupDelivered.Load(), GroupRead: s.groupRead.Load(), Recomputes: s.recomputes.Load()}
+		GroupDelivered: s.groupDelivered.Load(), GroupRead: s.groupRead.Load(), Recomputes: s.recomputes.Load(), Gathered: s.gathered.Load(), News: s.newsSettled.Load()}
 }
 
 func (s *Service) stats(*micro.Endpoint) any {
 	st := s.Stats()
 	return map[string]int64{"delivered": st.Delivered, "read": st.Read, "stored": st.Stored, "hidden": st.Hidden,
-		"group_delivered": st.GroupDelivered, "group_read": st.GroupRead, "group_recomputes": st.Recomputes}
+		"group_delivered": st.GroupDelivered, "group_read": st.GroupRead, "group_recomputes": st.Recomputes, "group_gathered": st.Gathered, "group_news": st.News}
 }
 
 // badRequest is a refusal the asker caused; anything else is the store's.

@@ -111,7 +111,7 @@ func For(r Role) Rules {
 					kvSubject(contract.DevicesKV) + "*", kvSubject(contract.CursorsKV) + "*.*",
 					kvSubject(contract.PresenceKV) + "lease.*.*", kvSubject(contract.SettingsKV) + "*",
 					subjEvents, subjKick,
-					subjFn + "receipts.delivered", subjFn + "receipts.read", subjFn + "receipts.status", subjFn + "receipts.status-remote", subjFn + "receipts.group", subjFn + "presence.get", subjFn + "presence.announce", subjFn + "media.>",
+					subjFn + "receipts.delivered", subjFn + "receipts.read", subjFn + "receipts.status", subjFn + "receipts.status-remote", subjFn + "receipts.group", subjFn + "receipts.group-positions", subjFn + "presence.get", subjFn + "presence.announce", subjFn + "media.>",
 					subjFn + "groups.>"},
 				streamInfo(contract.Inbox, kvStream(contract.DevicesKV), kvStream(contract.CursorsKV),
 					kvStream(contract.PresenceKV), kvStream(contract.SettingsKV), kvStream(contract.GroupInfoKV)),
