@@ -39,6 +39,14 @@ type GroupPositionsRequest struct {
 	Positions []GroupPositionRequest `json:"positions"`
 }
 
+// GroupPositionsReply answers a GroupPositionsRequest: Failed names the
+// groups whose positions were not taken (the store failed for them), which
+// the gateway leaves in TICKS as it does what the function does not answer,
+// so one group's trouble does not hold back the others'.
+type GroupPositionsReply struct {
+	Failed []string `json:"failed,omitempty"`
+}
+
 // GroupPositionsMax is the most positions one GroupPositionsRequest
 // carries (about 100 bytes each).
 const GroupPositionsMax = 512

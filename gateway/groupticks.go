@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"slices"
 	"strconv"
 
 	"github.com/nats-io/nats.go"
@@ -95,19 +96,31 @@ func (t *ticker) groupTicks(reqs []contract.GroupPositionRequest) error {
 	}
 	for len(here) > 0 {
 		n := min(len(here), contract.GroupPositionsMax)
-		err := t.s.srv.positions.ask(here[:n])
+		failed, err := t.s.srv.positions.ask(here[:n])
 		if errors.Is(err, contract.ErrUnavailable) {
-			for _, req := range here[:n] {
-				if err = t.queueGroup(req); err != nil {
-					break
-				}
-			}
+			failed, err = nil, t.queueGroups(here[:n], nil)
+		} else if err == nil && len(failed) > 0 {
+			err = t.queueGroups(here[:n], failed)
 		}
 		if err != nil {
 			return err
 		}
 		t.s.srv.metrics.ticks.Add(float64(n))
 		here = here[n:]
+	}
+	return nil
+}
+
+// queueGroups stores in TICKS those of reqs in the groups named in only
+// (nil: all of them).
+func (t *ticker) queueGroups(reqs []contract.GroupPositionRequest, only []string) error {
+	for _, req := range reqs {
+		if only != nil && !slices.Contains(only, req.Group) {
+			continue
+		}
+		if err := t.queueGroup(req); err != nil {
+			return err
+		}
 	}
 	return nil
 }

@@ -21,11 +21,12 @@ import (
 // Each asker waits for the request that carried its positions and gets
 // its answer, so a session settles its stretch only once its positions
 // are taken, and handles a refusal itself (ErrUnavailable: it stores
-// them in TICKS), as when it asked alone.
+// them in TICKS), as when it asked alone; so are the positions of a
+// group the function names as failed, and only those.
 type positions struct {
 	// call asks the receipts function (contract.Call in a gateway; a
 	// stand-in in the gatherer's own test).
-	call    func(ctx context.Context, req contract.GroupPositionsRequest) error
+	call    func(ctx context.Context, req contract.GroupPositionsRequest) (contract.GroupPositionsReply, error)
 	timeout time.Duration
 	flights int // requests on their way at most
 
@@ -37,7 +38,14 @@ type positions struct {
 // positionAsk is one asker's positions and where its answer goes.
 type positionAsk struct {
 	reqs []contract.GroupPositionRequest
-	done chan error
+	done chan positionAnswer
+}
+
+// positionAnswer is a gathered request's answer: the groups whose
+// positions were not taken, or the request's error.
+type positionAnswer struct {
+	failed []string
+	err    error
 }
 
 // positionFlights is how many gathered requests a gateway has on their
@@ -45,14 +53,15 @@ type positionAsk struct {
 // hold every other group's positions behind it.
 const positionFlights = 4
 
-func newPositions(call func(context.Context, contract.GroupPositionsRequest) error, timeout time.Duration) *positions {
+func newPositions(call func(context.Context, contract.GroupPositionsRequest) (contract.GroupPositionsReply, error), timeout time.Duration) *positions {
 	return &positions{call: call, timeout: timeout, flights: positionFlights}
 }
 
 // ask has reqs taken and returns the answer of the request that carried
-// them (their number must not pass contract.GroupPositionsMax).
-func (p *positions) ask(reqs []contract.GroupPositionRequest) error {
-	done := make(chan error, 1)
+// them (their number must not pass contract.GroupPositionsMax): the
+// groups among them whose positions were not taken, or its error.
+func (p *positions) ask(reqs []contract.GroupPositionRequest) (failed []string, err error) {
+	done := make(chan positionAnswer, 1)
 	p.mu.Lock()
 	p.queue = append(p.queue, positionAsk{reqs: reqs, done: done})
 	if p.flying < p.flights {
@@ -60,7 +69,8 @@ func (p *positions) ask(reqs []contract.GroupPositionRequest) error {
 		go p.fly()
 	}
 	p.mu.Unlock()
-	return <-done
+	a := <-done
+	return a.failed, a.err
 }
 
 // fly sends what is queued, one request at a time, until nothing is.
@@ -86,10 +96,10 @@ func (p *positions) fly() {
 			req.Positions = append(req.Positions, a.reqs...)
 		}
 		ctx, cancel := context.WithTimeout(context.Background(), p.timeout)
-		err := p.call(ctx, req)
+		reply, err := p.call(ctx, req)
 		cancel()
 		for _, a := range asks {
-			a.done <- err
+			a.done <- positionAnswer{failed: reply.Failed, err: err}
 		}
 	}
 }

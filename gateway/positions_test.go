@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"sync"
 	"testing"
 	"time"
@@ -17,14 +18,18 @@ import (
 type gatherRig struct {
 	p       *positions
 	calls   chan []contract.GroupPositionRequest // each request as it arrives
-	answers chan error                           // the answer to the request held
+	answers chan contract.GroupPositionsReply    // the answer to the request held (Failed "boom": refused)
 }
 
 func newGatherRig(flights int) *gatherRig {
-	r := &gatherRig{calls: make(chan []contract.GroupPositionRequest, 16), answers: make(chan error)}
-	r.p = newPositions(func(ctx context.Context, req contract.GroupPositionsRequest) error {
+	r := &gatherRig{calls: make(chan []contract.GroupPositionRequest, 16), answers: make(chan contract.GroupPositionsReply)}
+	r.p = newPositions(func(ctx context.Context, req contract.GroupPositionsRequest) (contract.GroupPositionsReply, error) {
 		r.calls <- req.Positions
-		return <-r.answers
+		a := <-r.answers
+		if slices.Contains(a.Failed, "boom") {
+			return contract.GroupPositionsReply{}, errBoom
+		}
+		return a, nil
 	}, time.Minute)
 	r.p.flights = flights
 	return r
@@ -58,33 +63,42 @@ func posOf(member string, n int) []contract.GroupPositionRequest {
 	return out
 }
 
+var errBoom = errors.New("refused")
+
 // A position asked while no request is on its way goes at once, alone;
 // those asked while one is on its way go together in the next, and each
 // asker gets the answer of the request that carried its positions.
 func TestPositionsGatherWhileARequestIsOnItsWay(t *testing.T) {
 	r := newGatherRig(1)
-	errs := make(chan error, 11)
-	go func() { errs <- r.p.ask(posOf("m0", 1)) }()
+	type answer struct {
+		failed []string
+		err    error
+	}
+	errs := make(chan answer, 11)
+	ask := func(member string) {
+		failed, err := r.p.ask(posOf(member, 1))
+		errs <- answer{failed, err}
+	}
+	go ask("m0")
 	if got := <-r.calls; len(got) != 1 || got[0].Member != "m0" {
 		t.Fatalf("first request %+v, want m0's position alone", got)
 	}
 	for i := 1; i <= 10; i++ {
-		go func() { errs <- r.p.ask(posOf(fmt.Sprintf("m%d", i), 1)) }()
+		go ask(fmt.Sprintf("m%d", i))
 	}
 	r.waitQueued(t, 10)
-	r.answers <- nil
-	if err := <-errs; err != nil {
-		t.Fatalf("m0's answer %v", err)
+	r.answers <- contract.GroupPositionsReply{Failed: []string{"g0"}}
+	if a := <-errs; a.err != nil || fmt.Sprint(a.failed) != "[g0]" {
+		t.Fatalf("m0's answer %+v, want g0 named as failed", a)
 	}
 	got := <-r.calls
 	if len(got) != 10 {
 		t.Fatalf("second request carried %d positions, want the 10 asked meanwhile", len(got))
 	}
-	boom := errors.New("refused")
-	r.answers <- boom
+	r.answers <- contract.GroupPositionsReply{Failed: []string{"boom"}}
 	for range 10 {
-		if err := <-errs; !errors.Is(err, boom) {
-			t.Fatalf("an asker of the second request got %v, want its refusal", err)
+		if a := <-errs; !errors.Is(a.err, errBoom) {
+			t.Fatalf("an asker of the second request got %+v, want its refusal", a)
 		}
 	}
 	if n := r.queued(); n != 0 {
@@ -101,7 +115,7 @@ func TestPositionsRequestsStayWithinTheirBounds(t *testing.T) {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			if err := r.p.ask(posOf(member, n)); err != nil {
+			if _, err := r.p.ask(posOf(member, n)); err != nil {
 				t.Error(err)
 			}
 		}()
@@ -117,13 +131,13 @@ func TestPositionsRequestsStayWithinTheirBounds(t *testing.T) {
 		ask(fmt.Sprintf("m%d", i), 100)
 	}
 	r.waitQueued(t, 600)
-	r.answers <- nil
-	r.answers <- nil
+	r.answers <- contract.GroupPositionsReply{}
+	r.answers <- contract.GroupPositionsReply{}
 	sizes := map[int]int{}
 	for range 2 {
 		got := <-r.calls
 		sizes[len(got)]++
-		r.answers <- nil
+		r.answers <- contract.GroupPositionsReply{}
 	}
 	if sizes[500] != 1 || sizes[100] != 1 {
 		t.Fatalf("request sizes %v, want one of 500 (five askers' within %d) and one of 100", sizes, contract.GroupPositionsMax)

@@ -158,8 +158,10 @@ func New(ctx context.Context, cfg Config, keys *Keys, nc *nats.Conn, log *slog.L
 		router:      newRouter(nc),
 	}
 	s.limits = newLimitKeeper(&s.cfg)
-	s.positions = newPositions(func(ctx context.Context, req contract.GroupPositionsRequest) error {
-		return contract.Call(ctx, nc, contract.GroupPositionsSubject, req, nil)
+	s.positions = newPositions(func(ctx context.Context, req contract.GroupPositionsRequest) (contract.GroupPositionsReply, error) {
+		var reply contract.GroupPositionsReply
+		err := contract.Call(ctx, nc, contract.GroupPositionsSubject, req, &reply)
+		return reply, err
 	}, cfg.FunctionTimeout)
 	s.stream, s.cursors = s, s.devices
 	if s.regions, err = newRegions(ctx, cfg, js); err != nil {

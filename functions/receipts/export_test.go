@@ -2,6 +2,7 @@ package receipts
 
 import (
 	"context"
+	"errors"
 	"sync"
 
 	"github.com/nats-io/nats.go"
@@ -133,3 +134,30 @@ func (s *Service) HoldRecord(g *contract.GroupRecord, rev uint64) {
 // NewsIdle reports whether no settle of the watch's news is pending or
 // running.
 func (s *Service) NewsIdle() bool { return s.news.idle() }
+
+// failingKV fails every write of one key, as a store in trouble would.
+type failingKV struct {
+	jetstream.KeyValue
+	key string
+}
+
+var errStoreTrouble = errors.New("store in trouble")
+
+func (f *failingKV) Update(ctx context.Context, key string, value []byte, rev uint64) (uint64, error) {
+	if key == f.key {
+		return 0, errStoreTrouble
+	}
+	return f.KeyValue.Update(ctx, key, value, rev)
+}
+
+func (f *failingKV) Create(ctx context.Context, key string, value []byte, opts ...jetstream.KVCreateOpt) (uint64, error) {
+	if key == f.key {
+		return 0, errStoreTrouble
+	}
+	return f.KeyValue.Create(ctx, key, value, opts...)
+}
+
+// FailAggregateWrites makes every write of group gid's aggregate fail.
+func (s *Service) FailAggregateWrites(gid string) {
+	s.groupTicks = &failingKV{KeyValue: s.groupTicks, key: contract.GroupAggregateKey(gid)}
+}

@@ -58,9 +58,9 @@ func (s *Service) handleGroupPositions(ctx context.Context, r micro.Request) err
 		byGroup[p.Group] = append(byGroup[p.Group], p)
 	}
 	var (
-		wg       sync.WaitGroup
-		mu       sync.Mutex
-		firstErr error
+		wg    sync.WaitGroup
+		mu    sync.Mutex
+		reply contract.GroupPositionsReply
 	)
 	sem := make(chan struct{}, groupsAtOnce)
 	for _, gid := range order {
@@ -69,19 +69,15 @@ func (s *Service) handleGroupPositions(ctx context.Context, r micro.Request) err
 		go func() {
 			defer func() { <-sem; wg.Done() }()
 			if err := s.gatheredPositions(ctx, gid, byGroup[gid]); err != nil {
+				s.log.Warn("group positions not taken; the gateway queues them", "group", gid, "err", err)
 				mu.Lock()
-				if firstErr == nil {
-					firstErr = err
-				}
+				reply.Failed = append(reply.Failed, gid)
 				mu.Unlock()
 			}
 		}()
 	}
 	wg.Wait()
-	if firstErr != nil {
-		return firstErr
-	}
-	return r.Respond([]byte("{}"))
+	return r.RespondJSON(reply)
 }
 
 // gatheredPositions raises the delivered positions of reqs, all in group

@@ -611,3 +611,46 @@ func TestGatheredGroupPositions(t *testing.T) {
 		t.Fatalf("a refused request moved bob: %+v", p)
 	}
 }
+
+// One group's trouble holds back only its own positions: a gathered
+// request answers with the groups whose positions were not taken (their
+// gateway leaves those in TICKS), and the others' are taken.
+func TestGatheredGroupPositionsNameTheGroupsThatFailed(t *testing.T) {
+	e := newEnv(t)
+	s, _ := e.instance(t)
+	makeGroup(t, e, "g1", "alice", "bob")
+	makeGroup(t, e, "g2", "alice", "bob")
+	settled(t, e, "g1", 1)
+	settled(t, e, "g2", 1)
+	tk.WaitFor(t, 10*time.Second, func() error {
+		if !s.NewsIdle() {
+			return tk.Errorf("the news still settling")
+		}
+		return nil
+	})
+	a1 := sendGroup(t, e, "g1", "alice")
+	a2 := sendGroup(t, e, "g2", "alice")
+	s.FailAggregateWrites("g1")
+	var reply contract.GroupPositionsReply
+	if err := e.call(t, contract.GroupPositionsSubject, contract.GroupPositionsRequest{Positions: []contract.GroupPositionRequest{
+		{Group: "g1", Member: "bob", Device: "phone", Status: protocol.StatusDelivered, Seq: a1},
+		{Group: "g2", Member: "bob", Device: "phone", Status: protocol.StatusDelivered, Seq: a2},
+	}}, &reply); err != nil {
+		t.Fatal(err)
+	}
+	if fmt.Sprint(reply.Failed) != "[g1]" {
+		t.Fatalf("failed %v, want [g1]", reply.Failed)
+	}
+	var g2 []string
+	for _, m := range e.ticks(t, "alice") {
+		if m.Header.Get(contract.HdrGroup) == "g2" {
+			g2 = append(g2, tickSays(m))
+		}
+	}
+	if want := fmt.Sprintf("[delivered by bob/phone 1..%d]", a2); fmt.Sprint(g2) != want {
+		t.Fatalf("alice's receipts in g2 %v, want %s", g2, want)
+	}
+	if p, _ := memberRecord(t, e, "g2", "bob"); p.Delivered != a2 {
+		t.Fatalf("bob's position in g2 %+v", p)
+	}
+}
