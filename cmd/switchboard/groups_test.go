@@ -12,18 +12,25 @@ import (
 	"github.com/switchboard-im/switchboard/protocol"
 )
 
+// allInOne starts the all-in-one on a data dir of its own and returns
+// a dialer of its users' phones, and a context for the test's calls.
+func allInOne(t *testing.T) (dial func(user string) *client.Client, ctx context.Context) {
+	t.Helper()
+	data := t.TempDir()
+	p := start(t, "--data", data, "--nats-listen", "127.0.0.1:0")
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	t.Cleanup(cancel)
+	return func(user string) *client.Client {
+		return tk.DialToken(t, p.WSURL, token(t, data, user, "phone"))
+	}, ctx
+}
+
 // A group on the all-in-one, through the real gateway and the real groups
 // function: members online and offline, a member added and one removed
 // around messages, typing, and the refusals. What a member must not get
 // is proven by a marker that must arrive next.
 func TestGroupsEndToEnd(t *testing.T) {
-	data := t.TempDir()
-	p := start(t, "--data", data, "--nats-listen", "127.0.0.1:0")
-	dial := func(user string) *client.Client {
-		return tk.DialToken(t, p.WSURL, token(t, data, user, "phone"))
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
-	defer cancel()
+	dial, ctx := allInOne(t)
 	const wait = 15 * time.Second
 
 	// next returns c's next message, acked.

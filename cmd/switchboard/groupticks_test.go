@@ -1,7 +1,6 @@
 package main_test
 
 import (
-	"context"
 	"errors"
 	"fmt"
 	"testing"
@@ -17,13 +16,7 @@ import (
 // read (a member with read receipts off included, as WhatsApp does in
 // groups), one event per message; message info for the sender only.
 func TestGroupReceiptsEndToEnd(t *testing.T) {
-	data := t.TempDir()
-	p := start(t, "--data", data, "--nats-listen", "127.0.0.1:0")
-	dial := func(user string) *client.Client {
-		return tk.DialToken(t, p.WSURL, token(t, data, user, "phone"))
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
-	defer cancel()
+	dial, ctx := allInOne(t)
 	const wait = 15 * time.Second
 
 	alice, bob, carol := dial("alice"), dial("bob"), dial("carol")
@@ -126,13 +119,7 @@ func TestGroupReceiptsEndToEnd(t *testing.T) {
 // sender's delivered tick comes from the removal itself, naming the last
 // member to get there, on no device.
 func TestGroupReceiptAfterARemovalInAQuietGroup(t *testing.T) {
-	data := t.TempDir()
-	p := start(t, "--data", data, "--nats-listen", "127.0.0.1:0")
-	dial := func(user string) *client.Client {
-		return tk.DialToken(t, p.WSURL, token(t, data, user, "phone"))
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
-	defer cancel()
+	dial, ctx := allInOne(t)
 	const wait = 15 * time.Second
 
 	alice, bob := dial("alice"), dial("bob") // carol stays away

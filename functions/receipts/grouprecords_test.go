@@ -16,6 +16,16 @@ import (
 	tk "github.com/switchboard-im/switchboard/internal/testkit"
 )
 
+// getG1 reads group g1's record through cache.
+func getG1(t *testing.T, cache receipts.GroupRecords) *contract.GroupRecord {
+	t.Helper()
+	g, err := cache.Get(context.Background(), "g1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	return g
+}
+
 // putG1 stores group g1's record with members.
 func putG1(t *testing.T, kv jetstream.KeyValue, members ...string) {
 	t.Helper()
@@ -41,14 +51,7 @@ func TestGroupRecordsDecodeEachRevisionOnce(t *testing.T) {
 	}
 	put := func(members ...string) { t.Helper(); putG1(t, kv, members...) }
 	cache := receipts.NewGroupRecords(kv)
-	get := func() *contract.GroupRecord {
-		t.Helper()
-		g, err := cache.Get(ctx, "g1")
-		if err != nil {
-			t.Fatal(err)
-		}
-		return g
-	}
+	get := func() *contract.GroupRecord { t.Helper(); return getG1(t, cache) }
 
 	put("alice", "bob")
 	first := get()
@@ -127,14 +130,7 @@ func TestWatchedGroupRecordsAreReadOncePerRevision(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Cleanup(cache.Stop)
-	get := func() *contract.GroupRecord {
-		t.Helper()
-		g, err := cache.Get(ctx, "g1")
-		if err != nil {
-			t.Fatal(err)
-		}
-		return g
-	}
+	get := func() *contract.GroupRecord { t.Helper(); return getG1(t, cache) }
 
 	first := get()
 	if len(first.Members) != 3 {
