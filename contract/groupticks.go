@@ -37,6 +37,9 @@ const GroupPositionsSubject = "sb.fn.receipts.group-positions"
 // nothing.
 type GroupPositionsRequest struct {
 	Positions []GroupPositionRequest `json:"positions"`
+	// WithinMS is how long the asker waits for the answer: the function
+	// answers by then, naming the groups it has not taken yet as failed.
+	WithinMS int64 `json:"within_ms,omitempty"`
 }
 
 // GroupPositionsReply answers a GroupPositionsRequest: Failed names the

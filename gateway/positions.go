@@ -2,6 +2,8 @@ package gateway
 
 import (
 	"context"
+	"fmt"
+	"slices"
 	"sync"
 	"time"
 
@@ -59,7 +61,10 @@ func newPositions(call func(context.Context, contract.GroupPositionsRequest) (co
 
 // ask has reqs taken and returns the answer of the request that carried
 // them (their number must not pass contract.GroupPositionsMax): the
-// groups among them whose positions were not taken, or its error.
+// groups among them whose positions were not taken, or its error. An ask
+// still queued after the timeout (the function answering slowly, every
+// flight taken) leaves the queue with contract.ErrUnavailable, as a
+// request of its own would have, so no session waits longer than that.
 func (p *positions) ask(reqs []contract.GroupPositionRequest) (failed []string, err error) {
 	done := make(chan positionAnswer, 1)
 	p.mu.Lock()
@@ -69,7 +74,23 @@ func (p *positions) ask(reqs []contract.GroupPositionRequest) (failed []string, 
 		go p.fly()
 	}
 	p.mu.Unlock()
-	a := <-done
+	timer := time.NewTimer(p.timeout)
+	defer timer.Stop()
+	select {
+	case a := <-done:
+		return a.failed, a.err
+	case <-timer.C:
+	}
+	p.mu.Lock()
+	for i, a := range p.queue {
+		if a.done == done {
+			p.queue = slices.Delete(p.queue, i, i+1)
+			p.mu.Unlock()
+			return nil, fmt.Errorf("%w: group positions waited %s for a request", contract.ErrUnavailable, p.timeout)
+		}
+	}
+	p.mu.Unlock()
+	a := <-done // on its way: its answer comes within the request's timeout
 	return a.failed, a.err
 }
 
@@ -91,7 +112,9 @@ func (p *positions) fly() {
 		p.queue = p.queue[n:]
 		p.mu.Unlock()
 
-		req := contract.GroupPositionsRequest{Positions: make([]contract.GroupPositionRequest, 0, count)}
+		// The function answers in time with what it took by then.
+		req := contract.GroupPositionsRequest{Positions: make([]contract.GroupPositionRequest, 0, count),
+			WithinMS: (p.timeout * 3 / 4).Milliseconds()}
 		for _, a := range asks {
 			req.Positions = append(req.Positions, a.reqs...)
 		}

@@ -144,3 +144,24 @@ func TestPositionsRequestsStayWithinTheirBounds(t *testing.T) {
 	}
 	wg.Wait()
 }
+
+// An ask still queued when its timeout passes (every flight held by a
+// slow function) leaves the queue unavailable, as a request of its own
+// would have; one already on its way waits for that request's answer.
+func TestPositionsQueuedPastTheTimeoutAreUnavailable(t *testing.T) {
+	r := newGatherRig(1)
+	r.p.timeout = 100 * time.Millisecond // the wait under test
+	first := make(chan error, 1)
+	go func() { _, err := r.p.ask(posOf("m0", 1)); first <- err }()
+	<-r.calls // on its way, held
+	if _, err := r.p.ask(posOf("m1", 1)); !errors.Is(err, contract.ErrUnavailable) {
+		t.Fatalf("queued past the timeout: %v, want ErrUnavailable", err)
+	}
+	if n := r.queued(); n != 0 {
+		t.Fatalf("%d positions still queued", n)
+	}
+	r.answers <- contract.GroupPositionsReply{}
+	if err := <-first; err != nil {
+		t.Fatalf("the ask on its way got %v, want its request's answer", err)
+	}
+}

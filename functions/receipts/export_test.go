@@ -161,3 +161,49 @@ func (f *failingKV) Create(ctx context.Context, key string, value []byte, opts .
 func (s *Service) FailAggregateWrites(gid string) {
 	s.groupTicks = &failingKV{KeyValue: s.groupTicks, key: contract.GroupAggregateKey(gid)}
 }
+
+// OnNews sets what the cache tells of a group whose record the watch saw change.
+func (g GroupRecords) OnNews(f func(gid string)) { g.c.news = f }
+
+// Fresh is the cache's fresh read (groupPosition's path for a member the
+// kept record does not know).
+func (g GroupRecords) Fresh(ctx context.Context, gid string) (*contract.GroupRecord, error) {
+	return g.c.fresh(ctx, gid)
+}
+
+// getCountKV counts Gets of GROUP_TICKS keys.
+type getCountKV struct {
+	jetstream.KeyValue
+	mu   sync.Mutex
+	gets map[string]int
+}
+
+func (c *getCountKV) Get(ctx context.Context, key string) (jetstream.KeyValueEntry, error) {
+	c.mu.Lock()
+	c.gets[key]++
+	c.mu.Unlock()
+	return c.KeyValue.Get(ctx, key)
+}
+
+// CountTickGets counts the instance's Gets of GROUP_TICKS keys from now
+// on (call while nothing runs on the instance).
+func (s *Service) CountTickGets() func() map[string]int {
+	c := &getCountKV{KeyValue: s.groupTicks, gets: map[string]int{}}
+	s.groupTicks = c
+	return func() map[string]int {
+		c.mu.Lock()
+		defer c.mu.Unlock()
+		out := map[string]int{}
+		for k, v := range c.gets {
+			out[k] = v
+		}
+		return out
+	}
+}
+
+// WatchThrough makes instances started with cfg watch group records
+// through wrap's KeyValue.
+func WatchThrough(cfg Config, wrap func(jetstream.KeyValue) jetstream.KeyValue) Config {
+	cfg.watchThrough = wrap
+	return cfg
+}

@@ -26,6 +26,7 @@ type groupNews struct {
 	mu      sync.Mutex // guards the fields below; a leaf
 	pending map[string]int
 	busy    bool // a batch taken from pending is being settled
+	later   int  // retries waiting for their time
 }
 
 // groupNewsAttempts bounds the settles tried for one change; past them
@@ -52,8 +53,18 @@ func (n *groupNews) retry(gid string, attempt int) {
 	}
 }
 
-// run settles pending groups until stop closes.
+// run settles pending groups until stop closes; a settle in hand when
+// it does is cut short.
 func (n *groupNews) run(stop <-chan struct{}, timeout time.Duration, log func(gid string, attempt int, err error)) {
+	base, cancelAll := context.WithCancel(context.Background())
+	defer cancelAll()
+	go func() {
+		select {
+		case <-stop:
+			cancelAll()
+		case <-base.Done():
+		}
+	}()
 	for {
 		select {
 		case <-stop:
@@ -65,7 +76,10 @@ func (n *groupNews) run(stop <-chan struct{}, timeout time.Duration, log func(gi
 		n.pending, n.busy = map[string]int{}, true
 		n.mu.Unlock()
 		for gid, attempt := range batch {
-			ctx, cancel := context.WithTimeout(context.Background(), timeout)
+			if base.Err() != nil {
+				break
+			}
+			ctx, cancel := context.WithTimeout(base, timeout)
 			err := n.settle(ctx, gid)
 			cancel()
 			if err == nil || attempt+1 >= groupNewsAttempts {
@@ -77,7 +91,15 @@ func (n *groupNews) run(stop <-chan struct{}, timeout time.Duration, log func(gi
 			// Again after a wait growing from 100 ms; a newer change
 			// meanwhile settles at once.
 			wait := 100 * time.Millisecond << attempt
-			time.AfterFunc(wait, func() { n.retry(gid, attempt+1) })
+			n.mu.Lock()
+			n.later++
+			n.mu.Unlock()
+			time.AfterFunc(wait, func() {
+				n.retry(gid, attempt+1)
+				n.mu.Lock()
+				n.later--
+				n.mu.Unlock()
+			})
 		}
 		n.mu.Lock()
 		n.busy = false
@@ -89,7 +111,7 @@ func (n *groupNews) run(stop <-chan struct{}, timeout time.Duration, log func(gi
 func (n *groupNews) idle() bool {
 	n.mu.Lock()
 	defer n.mu.Unlock()
-	return len(n.pending) == 0 && !n.busy
+	return len(n.pending) == 0 && !n.busy && n.later == 0
 }
 
 // settleNews settles group gid after a change of its record: the

@@ -19,6 +19,7 @@ import (
 	"errors"
 	"strconv"
 	"sync"
+	"time"
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
@@ -57,26 +58,58 @@ func (s *Service) handleGroupPositions(ctx context.Context, r micro.Request) err
 		}
 		byGroup[p.Group] = append(byGroup[p.Group], p)
 	}
-	var (
-		wg    sync.WaitGroup
-		mu    sync.Mutex
-		reply contract.GroupPositionsReply
-	)
-	sem := make(chan struct{}, groupsAtOnce)
-	for _, gid := range order {
-		wg.Add(1)
-		sem <- struct{}{}
-		go func() {
-			defer func() { <-sem; wg.Done() }()
-			if err := s.gatheredPositions(ctx, gid, byGroup[gid]); err != nil {
-				s.log.Warn("group positions not taken; the gateway queues them", "group", gid, "err", err)
-				mu.Lock()
-				reply.Failed = append(reply.Failed, gid)
-				mu.Unlock()
-			}
-		}()
+	// The answer goes by the asker's deadline with what is done by then:
+	// a group still being taken is named as failed (its gateway queues
+	// its positions; taken twice, they change nothing), so one slow group
+	// does not time out the others'.
+	if req.WithinMS > 0 {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, time.Duration(req.WithinMS)*time.Millisecond)
+		defer cancel()
 	}
-	wg.Wait()
+	var (
+		mu     sync.Mutex
+		taken  = map[string]bool{}
+		wg     sync.WaitGroup
+		allOut = make(chan struct{})
+	)
+	s.wg.Add(1) // while this request's own count is held: Stop waits for the stragglers
+	go func() {
+		defer s.wg.Done()
+		sem := make(chan struct{}, groupsAtOnce)
+		for _, gid := range order {
+			if ctx.Err() != nil {
+				break
+			}
+			sem <- struct{}{}
+			wg.Add(1)
+			s.wg.Add(1)
+			go func() {
+				defer func() { <-sem; wg.Done(); s.wg.Done() }()
+				err := s.gatheredPositions(ctx, gid, byGroup[gid])
+				if err != nil {
+					s.log.Warn("group positions not taken; the gateway queues them", "group", gid, "err", err)
+				}
+				mu.Lock()
+				taken[gid] = err == nil
+				mu.Unlock()
+			}()
+		}
+		wg.Wait()
+		close(allOut)
+	}()
+	select {
+	case <-allOut:
+	case <-ctx.Done():
+	}
+	var reply contract.GroupPositionsReply
+	mu.Lock()
+	for _, gid := range order {
+		if !taken[gid] {
+			reply.Failed = append(reply.Failed, gid)
+		}
+	}
+	mu.Unlock()
 	return r.RespondJSON(reply)
 }
 
@@ -151,6 +184,7 @@ func (s *Service) gatheredPositions(ctx context.Context, gid string, reqs []cont
 	}
 	for _, w := range writes {
 		var ack *jetstream.PubAck
+		err := error(nil)
 		select {
 		case ack = <-w.fut.Ok():
 		case err = <-w.fut.Err():

@@ -47,6 +47,8 @@ type groupRecords struct {
 	// news is told of every group whose record the watch saw change; it
 	// must not block (the watch waits for it).
 	news func(gid string)
+	// ended is told when the watch ends other than by stop.
+	ended func()
 
 	mu sync.Mutex // guards the fields below; a leaf
 	m  map[string]groupEntry
@@ -55,8 +57,9 @@ type groupRecords struct {
 	watching bool
 	// gen changes whenever m is cleared or the watch stops: a read begun
 	// before is not kept, since what would have marked it stale is lost.
-	gen uint64
-	w   jetstream.KeyWatcher
+	gen     uint64
+	w       jetstream.KeyWatcher
+	stopped bool // stop was called
 }
 
 // groupEntry is a decoded record and its revision, or, with g nil, a
@@ -96,7 +99,11 @@ func (c *groupRecords) watch(ctx context.Context) error {
 		c.mu.Lock()
 		c.watching = false
 		c.clearLocked()
+		stopped := c.stopped
 		c.mu.Unlock()
+		if !stopped && c.ended != nil {
+			c.ended()
+		}
 	}()
 	return nil
 }
@@ -104,6 +111,7 @@ func (c *groupRecords) watch(ctx context.Context) error {
 // stop ends the watch.
 func (c *groupRecords) stop() {
 	c.mu.Lock()
+	c.stopped = true
 	w := c.w
 	c.mu.Unlock()
 	if w != nil {
@@ -111,16 +119,18 @@ func (c *groupRecords) stop() {
 	}
 }
 
-// changed takes the watch's word that group gid's record is at rev.
+// changed takes the watch's word that group gid's record is at rev, and
+// tells news of it unless a newer revision is known already (whose own
+// word is still to come). A read may have brought rev first: the group
+// must still be settled, so the news goes out then too.
 func (c *groupRecords) changed(gid string, rev uint64) {
 	c.mu.Lock()
 	old, ok := c.m[gid]
-	newer := !ok || old.rev < rev
-	if newer {
+	if !ok || old.rev < rev {
 		c.putLocked(gid, groupEntry{rev: rev})
 	}
 	c.mu.Unlock()
-	if newer && c.news != nil {
+	if (!ok || old.rev <= rev) && c.news != nil {
 		c.news(gid)
 	}
 }

@@ -211,6 +211,7 @@ type settling struct {
 // it was before this write, where the member may have been no witness;
 // only this writer can see that move.
 func (s *Service) settleGroup(ctx context.Context, g *contract.GroupRecord, st *settling) error {
+	checked := false // the record was read fresh before telling
 	for range groupSettleRounds {
 		var agg contract.GroupAggregate
 		var rev uint64
@@ -257,6 +258,26 @@ func (s *Service) settleGroup(ctx context.Context, g *contract.GroupRecord, st *
 		next := contract.GroupAggregate{Seq: g.Seq,
 			Delivered: nextTrack(g, pos, &agg.Delivered, false),
 			Read:      nextTrack(g, pos, &agg.Read, true)}
+		if !checked && (rises(&agg.Delivered, &next.Delivered) || rises(&agg.Read, &next.Read)) {
+			// Something is to be told: never from a record behind. A
+			// record kept until the watch's news of a change may miss a
+			// member added before the messages now due (their copies
+			// came after the record was written, so a read through the
+			// leader sees it). Read once per settle that tells, not per
+			// position.
+			checked = true
+			cur, err := s.records.fresh(ctx, g.ID)
+			switch {
+			case errors.Is(err, contract.ErrUnknownGroup), errors.Is(err, contract.ErrBadRecord):
+				return nil
+			case err != nil:
+				return err
+			}
+			if cur.Seq != g.Seq {
+				g = cur
+				continue // recomputed with the membership as it is
+			}
+		}
 		if err := s.tellSenders(ctx, g.ID, protocol.StatusDelivered, st, &agg.Delivered, &next.Delivered); err != nil {
 			return err
 		}
@@ -278,6 +299,13 @@ func (s *Service) settleGroup(ctx context.Context, g *contract.GroupRecord, st *
 		st = &settling{by: st.by, device: st.device, devices: st.devices, read: true}
 	}
 	return contract.ErrContended
+}
+
+// rises reports whether next tells any sender more than old did: every
+// sender but next's witness is told up to next.Told (old told them up to
+// old.Told at least), the witness up to next.Told2.
+func rises(old, next *contract.GroupTrack) bool {
+	return next.Told > old.Told || (next.Witness != "" && next.Told2 > toldTo(old, next.Witness))
 }
 
 // witnessMoved reports whether a witness of track t has moved past what

@@ -12,6 +12,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/switchboard-im/switchboard/contract"
+	"github.com/switchboard-im/switchboard/functions/receipts"
 	tk "github.com/switchboard-im/switchboard/internal/testkit"
 	"github.com/switchboard-im/switchboard/protocol"
 )
@@ -53,6 +54,21 @@ func settled(t testing.TB, e *env, gid string, seq uint64) {
 		var agg contract.GroupAggregate
 		if v, err := kv.Get(context.Background(), contract.GroupAggregateKey(gid)); err != nil || json.Unmarshal(v.Value(), &agg) != nil || agg.Seq != seq {
 			return tk.Errorf("aggregate %+v (%v), want one from the change at %d", agg, err, seq)
+		}
+		return nil
+	})
+}
+
+// quiet waits for group gid's aggregate to be computed from its record
+// as of the change at seq and for the instance's settles of the watch's
+// news to be over: a test that then writes or hooks the aggregate races
+// nothing.
+func quiet(t testing.TB, e *env, s *receipts.Service, gid string, seq uint64) {
+	t.Helper()
+	settled(t, e, gid, seq)
+	tk.WaitFor(t, 10*time.Second, func() error {
+		if !s.NewsIdle() {
+			return tk.Errorf("the news still settling")
 		}
 		return nil
 	})
@@ -481,13 +497,7 @@ func TestGroupTicksFromARecordBehind(t *testing.T) {
 		"alice": {Admin: true, Joined: 1}, "bob": {Joined: 1}, "carol": {Joined: 1}}}
 	a1 := sendGroup(t, e, "g1", "alice")
 	changeGroup(t, e, "g1", a1+1, "alice", "bob", "dave") // carol out, dave in
-	settled(t, e, "g1", a1+1)                             // the change's news came
-	tk.WaitFor(t, 10*time.Second, func() error {
-		if !s.NewsIdle() {
-			return tk.Errorf("the news still settling")
-		}
-		return nil
-	})
+	quiet(t, e, s, "g1", a1+1)                            // the change's news settled
 	kv, err := e.n.JS.KeyValue(context.Background(), contract.GroupTicksKV)
 	if err != nil {
 		t.Fatal(err)
@@ -621,13 +631,7 @@ func TestGatheredGroupPositionsNameTheGroupsThatFailed(t *testing.T) {
 	makeGroup(t, e, "g1", "alice", "bob")
 	makeGroup(t, e, "g2", "alice", "bob")
 	settled(t, e, "g1", 1)
-	settled(t, e, "g2", 1)
-	tk.WaitFor(t, 10*time.Second, func() error {
-		if !s.NewsIdle() {
-			return tk.Errorf("the news still settling")
-		}
-		return nil
-	})
+	quiet(t, e, s, "g2", 1)
 	a1 := sendGroup(t, e, "g1", "alice")
 	a2 := sendGroup(t, e, "g2", "alice")
 	s.FailAggregateWrites("g1")

@@ -82,6 +82,10 @@ type Config struct {
 	Workers int
 	// Timeout bounds one request's work.
 	Timeout time.Duration
+
+	// watchThrough, when set, wraps GROUP_INFO for the watch of group
+	// records (a test's watch that lags at will).
+	watchThrough func(jetstream.KeyValue) jetstream.KeyValue
 }
 
 // DefaultConfig is what the binary runs with.
@@ -148,9 +152,15 @@ func Start(ctx context.Context, nc *nats.Conn, js jetstream.JetStream, cfg Confi
 		return nil, fmt.Errorf("receipts: %w", err)
 	}
 	s.records = newGroupRecords(s.groupInfo)
+	if cfg.watchThrough != nil {
+		s.records.kv = cfg.watchThrough(s.groupInfo)
+	}
 	s.records.leader = s.leaderRecord
 	s.news = newGroupNews(s.settleNews)
 	s.records.news = s.news.add
+	s.records.ended = func() {
+		s.log.Warn("the watch of group records ended; every position reads its group's record, and a change counts from the group's next position")
+	}
 	if err := s.records.watch(ctx); err != nil {
 		// Slower, not wrong: every position reads its group's record.
 		s.log.Warn("cannot watch group records; reading them at each position", "err", err)

@@ -35,9 +35,14 @@ func newEnv(t testing.TB) *env {
 // role; kill closes that connection as a crash would.
 func (e *env) instance(t testing.TB) (s *receipts.Service, kill func()) {
 	t.Helper()
+	return e.instanceWith(t, receipts.DefaultConfig())
+}
+
+func (e *env) instanceWith(t testing.TB, cfg receipts.Config) (s *receipts.Service, kill func()) {
+	t.Helper()
 	nc := e.n.Connect(t, natsauth.Receipts)
 	js, _ := jetstream.New(nc)
-	s, err := receipts.Start(context.Background(), nc, js, receipts.DefaultConfig(), tk.Logger(t))
+	s, err := receipts.Start(context.Background(), nc, js, cfg, tk.Logger(t))
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -1,0 +1,277 @@
+package receipts_test
+
+import (
+	"context"
+	"fmt"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/switchboard-im/switchboard/contract"
+	"github.com/switchboard-im/switchboard/functions/receipts"
+	"github.com/switchboard-im/switchboard/internal/natsauth"
+	tk "github.com/switchboard-im/switchboard/internal/testkit"
+	"github.com/switchboard-im/switchboard/protocol"
+)
+
+// laggingWatchKV hands out watches whose events wait while the test
+// holds them: a watch a moment behind the bucket, as any watch is.
+type laggingWatchKV struct {
+	jetstream.KeyValue
+	relayed atomic.Int64
+
+	mu   sync.Mutex
+	open chan struct{} // closed while events may pass
+}
+
+func newLaggingWatchKV(kv jetstream.KeyValue) *laggingWatchKV {
+	l := &laggingWatchKV{KeyValue: kv, open: make(chan struct{})}
+	close(l.open)
+	return l
+}
+
+// hold makes events wait from now on; release lets them go.
+func (l *laggingWatchKV) hold() {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.open = make(chan struct{})
+}
+
+func (l *laggingWatchKV) release() {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	select {
+	case <-l.open:
+	default:
+		close(l.open)
+	}
+}
+
+func (l *laggingWatchKV) gate() chan struct{} {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.open
+}
+
+type laggingWatcher struct {
+	inner jetstream.KeyWatcher
+	out   chan jetstream.KeyValueEntry
+}
+
+func (w *laggingWatcher) Updates() <-chan jetstream.KeyValueEntry { return w.out }
+func (w *laggingWatcher) Stop() error                             { return w.inner.Stop() }
+
+func (l *laggingWatchKV) WatchAll(ctx context.Context, opts ...jetstream.WatchOpt) (jetstream.KeyWatcher, error) {
+	inner, err := l.KeyValue.WatchAll(ctx, opts...)
+	if err != nil {
+		return nil, err
+	}
+	w := &laggingWatcher{inner: inner, out: make(chan jetstream.KeyValueEntry, 256)}
+	go func() {
+		defer close(w.out)
+		for e := range inner.Updates() {
+			<-l.gate()
+			w.out <- e
+			l.relayed.Add(1)
+		}
+	}()
+	return w, nil
+}
+
+// A read that brings a changed record before the watch's news of it
+// (a member the kept record does not know, a status request on a cold
+// cache) makes the cache drop the news: changed() sees a revision no
+// newer than the one kept, and nothing settles the group.
+func TestGroupRecordsTellNewsOfAChangeAReadBroughtFirst(t *testing.T) {
+	n := tk.StartStreams(t, t.TempDir())
+	ctx := context.Background()
+	nc := n.Connect(t, natsauth.Receipts)
+	js, _ := jetstream.New(nc)
+	kv, err := js.KeyValue(ctx, contract.GroupInfoKV)
+	if err != nil {
+		t.Fatal(err)
+	}
+	admin, err := n.JS.KeyValue(ctx, contract.GroupInfoKV)
+	if err != nil {
+		t.Fatal(err)
+	}
+	putG1(t, admin, "alice", "bob", "carol")
+	relay := newLaggingWatchKV(kv)
+	relay.hold()
+	t.Cleanup(relay.release)
+	cache := receipts.NewWatchedGroupRecords(relay, nc)
+	var mu sync.Mutex
+	var news []string
+	cache.OnNews(func(gid string) { mu.Lock(); news = append(news, gid); mu.Unlock() })
+	if err := cache.Watch(ctx); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(cache.Stop)
+	if g, err := cache.Get(ctx, "g1"); err != nil || len(g.Members) != 3 {
+		t.Fatalf("%v %v", g, err)
+	}
+	putG1(t, admin, "alice", "bob") // carol removed; the watch's word of it is on its way
+	if g, err := cache.Fresh(ctx, "g1"); err != nil || len(g.Members) != 2 {
+		t.Fatalf("%v %v", g, err)
+	}
+	relay.release()
+	tk.WaitFor(t, 3*time.Second, func() error {
+		mu.Lock()
+		defer mu.Unlock()
+		if relay.relayed.Load() < 1 || len(news) == 0 {
+			return tk.Errorf("the watch relayed %d changes; news of %v: carol's removal is never settled", relay.relayed.Load(), news)
+		}
+		return nil
+	})
+}
+
+// The same end to end: the record as a read brought it just before the
+// watch's news (HoldRecord at the revision the change is stored at), and
+// carol's removal, in a group gone quiet, never lets alice be told.
+func TestGroupTicksSettleARemovalAReadBroughtFirst(t *testing.T) {
+	e := newEnv(t)
+	s, _ := e.instance(t)
+	ctx := context.Background()
+	makeGroup(t, e, "g1", "alice", "bob", "carol")
+	quiet(t, e, s, "g1", 1)
+	a1 := sendGroup(t, e, "g1", "alice")
+	position(t, e, "g1", "bob", protocol.StatusDelivered, a1) // carol holds alice's tick
+	st, err := e.n.JS.Stream(ctx, "KV_"+contract.GroupInfoKV)
+	if err != nil {
+		t.Fatal(err)
+	}
+	info, err := st.Info(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	next := info.State.LastSeq + 1 // the revision the removal is stored at
+	rec := &contract.GroupRecord{ID: "g1", Name: "g1", CreatedBy: "alice", Seq: a1 + 1, Members: map[string]contract.GroupMember{
+		"alice": {Admin: true, Joined: 1}, "bob": {Joined: 1}}}
+	s.HoldRecord(rec, next) // what load() keeps after a leader read of the new record
+	changeGroup(t, e, "g1", a1+1, "alice", "bob")
+	want := fmt.Sprint([]string{fmt.Sprintf("delivered %d..%d", a1, a1)})
+	tk.WaitFor(t, 5*time.Second, func() error {
+		if got := groupTicks(t, e, "alice"); fmt.Sprint(got) != want {
+			return tk.Errorf("alice has %v, want %v: carol's removal never settled", got, want)
+		}
+		return nil
+	})
+}
+
+// After one conflicting write in a gathered request, the ack loop's
+// outer err keeps the conflict (the Swap's `rev, err :=` shadows it), so
+// every later write that succeeded is taken for a conflict: an extra
+// Swap (a read) each, and only=false. The deleted key of x makes x's
+// write conflict deterministically; the other members' keys must not be
+// read by Swap.
+func TestGatheredGroupPositionsAfterAConflict(t *testing.T) {
+	e := newEnv(t)
+	s, _ := e.instance(t)
+	ctx := context.Background()
+	kv, err := e.n.JS.KeyValue(ctx, contract.GroupTicksKV)
+	if err != nil {
+		t.Fatal(err)
+	}
+	members := []string{"alice", "x", "y1", "y2", "y3", "y4", "y5", "y6", "y7"}
+	groups := []string{"g1", "g2", "g3", "g4"}
+	for _, g := range groups {
+		makeGroup(t, e, g, members...)
+		quiet(t, e, s, g, 1)
+		if _, err := kv.Put(ctx, contract.GroupTickKey(g, "x"), []byte(`{"d":1}`)); err != nil {
+			t.Fatal(err)
+		}
+		if err := kv.Delete(ctx, contract.GroupTickKey(g, "x")); err != nil {
+			t.Fatal(err)
+		}
+	}
+	gets := s.CountTickGets()
+	for _, g := range groups {
+		a := sendGroup(t, e, g, "alice")
+		var ps []contract.GroupPositionRequest
+		for _, m := range members[1:] {
+			ps = append(ps, contract.GroupPositionRequest{Group: g, Member: m, Device: "phone", Status: protocol.StatusDelivered, Seq: a})
+		}
+		var reply contract.GroupPositionsReply
+		if err := e.call(t, contract.GroupPositionsSubject, contract.GroupPositionsRequest{Positions: ps}, &reply); err != nil || len(reply.Failed) != 0 {
+			t.Fatalf("%v %v", reply, err)
+		}
+	}
+	var extra []string
+	for k, n := range gets() {
+		if len(k) < 2 || k[len(k)-2:] != ".x" {
+			extra = append(extra, fmt.Sprintf("%s×%d", k, n))
+		}
+	}
+	if len(extra) > 0 {
+		t.Fatalf("writes that succeeded were swapped again after a conflict: %v", extra)
+	}
+}
+
+// A record kept while the watch's news of a change is on its way misses
+// a member the change added: dave was added before alice sent m, and
+// the other members having m must not make alice told (dave has not got
+// it; a tick never goes back). Before telling, a settle reads the record
+// through the leader.
+func TestGroupTicksNeverToldFromARecordBehind(t *testing.T) {
+	e := newEnv(t)
+	var watch *laggingWatchKV
+	s, _ := e.instanceWith(t, receipts.WatchThrough(receipts.DefaultConfig(), func(kv jetstream.KeyValue) jetstream.KeyValue {
+		watch = newLaggingWatchKV(kv)
+		return watch
+	}))
+	t.Cleanup(watch.release)
+	makeGroup(t, e, "g1", "alice", "bob", "carol")
+	quiet(t, e, s, "g1", 1)
+	sendGroup(t, e, "g1", "bob") // the log past the create's place
+	watch.hold()
+	add := sendGroup(t, e, "g1", "carol") // stands for the add's system message in GROUPS
+	changeGroup(t, e, "g1", add, "alice", "bob", "carol", "dave")
+	m := sendGroup(t, e, "g1", "alice") // after dave's add: dave gets a copy
+	position(t, e, "g1", "bob", protocol.StatusDelivered, m)
+	position(t, e, "g1", "carol", protocol.StatusDelivered, m)
+	if got := groupTicks(t, e, "alice"); len(got) != 0 {
+		t.Fatalf("alice told %v for m=%d while dave (added before m) has nothing", got, m)
+	}
+	watch.release()
+	position(t, e, "g1", "dave", protocol.StatusDelivered, m)
+	if got, want := groupTicks(t, e, "alice"), fmt.Sprintf("[delivered 1..%d]", m); fmt.Sprint(got) != want {
+		t.Fatalf("alice has %v once dave has m, want %s", got, want)
+	}
+}
+
+// One slow group holds back the whole gathered request: the gateway asks
+// with its FunctionTimeout (3 s by default) while the function gives the
+// request its own Timeout (5 s), so g2's position, taken at once, is
+// answered only as a timeout and its gateway queues every position of
+// the request (g2's too) in TICKS.
+func TestGatheredGroupPositionsAnswerInTime(t *testing.T) {
+	e := newEnv(t)
+	s, _ := e.instance(t)
+	ctx := context.Background()
+	makeGroup(t, e, "g1", "alice", "bob")
+	makeGroup(t, e, "g2", "alice", "bob")
+	settled(t, e, "g1", 1)
+	quiet(t, e, s, "g2", 1)
+	a1 := sendGroup(t, e, "g1", "alice")
+	a2 := sendGroup(t, e, "g2", "alice")
+	s.HookAggregateWrites("g1", func(int) { time.Sleep(3500 * time.Millisecond) }) // a slow settle of g1
+	cctx, cancel := context.WithTimeout(ctx, 3*time.Second)                        // gateway.DefaultConfig's FunctionTimeout
+	defer cancel()
+	var reply contract.GroupPositionsReply
+	err := contract.Call(cctx, e.gw, contract.GroupPositionsSubject, contract.GroupPositionsRequest{Positions: []contract.GroupPositionRequest{
+		{Group: "g1", Member: "bob", Device: "phone", Status: protocol.StatusDelivered, Seq: a1},
+		{Group: "g2", Member: "bob", Device: "phone", Status: protocol.StatusDelivered, Seq: a2},
+	}, WithinMS: 2000}, &reply)
+	if err != nil {
+		t.Fatalf("%v: g2's position, taken at once, would be queued with g1's by the gateway", err)
+	}
+	if fmt.Sprint(reply.Failed) != "[g1]" {
+		t.Fatalf("failed %v, want the slow g1 alone", reply.Failed)
+	}
+	if p, _ := memberRecord(t, e, "g2", "bob"); p.Delivered != a2 {
+		t.Fatalf("bob's position in g2 %+v", p)
+	}
+}
