@@ -57,7 +57,7 @@ type outQueue struct {
 	cfg    *Config
 	writer func() // the transport's writer, run on its own goroutine
 
-	mu      sync.Mutex // guards queue, writing, closing and pingDue
+	mu      sync.Mutex // guards queue, writing, closing, pingDue and ping
 	queue   [][]byte
 	writing bool // a writer goroutine is running
 	closing bool // Close was called; the writer writes the close
@@ -97,8 +97,8 @@ func (q *outQueue) Close(code int, reason string) {
 	q.closeOnce.Do(func() {
 		q.closeCode, q.closeReason = code, reason
 		close(q.done)
-		q.ping.Stop()
 		q.mu.Lock()
+		q.ping.Stop()
 		q.closing = true
 		q.startLocked()
 	})

@@ -54,7 +54,11 @@ type sseConn struct {
 func newSSEConn(nc net.Conn, cfg *Config, id Identity) *sseConn {
 	c := &sseConn{nc: nc, id: id, ready: make(chan struct{})}
 	c.outQueue = newOutQueue(cfg, c.writer)
+	// Set under the lock heartbeat reads it under: the timer may fire
+	// before this goroutine's write would otherwise be seen.
+	c.mu.Lock()
 	c.ping = time.AfterFunc(cfg.PingInterval, c.heartbeat)
+	c.mu.Unlock()
 	return c
 }
 

@@ -37,7 +37,11 @@ type wsConn struct {
 func newWSConn(ws *websocket.Conn, cfg *Config) *wsConn {
 	c := &wsConn{ws: ws}
 	c.outQueue = newOutQueue(cfg, c.writer)
+	// Set under the lock sendPing reads it under: the timer may fire
+	// before this goroutine's write would otherwise be seen.
+	c.mu.Lock()
 	c.ping = time.AfterFunc(cfg.PingInterval, c.sendPing)
+	c.mu.Unlock()
 	return c
 }
 
@@ -218,7 +222,10 @@ func (c *wsConn) sendPing() {
 		c.Close(protocol.CloseSlow, "ping failed")
 		return
 	}
-	c.ping.Reset(c.cfg.PingInterval)
+	c.mu.Lock()
+	ping := c.ping
+	c.mu.Unlock()
+	ping.Reset(c.cfg.PingInterval)
 }
 
 // readLoop reads frames until the socket fails or closes, passing each text
