@@ -8,6 +8,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/switchboard-im/switchboard/contract"
@@ -15,6 +16,25 @@ import (
 	"github.com/switchboard-im/switchboard/internal/natsauth"
 	tk "github.com/switchboard-im/switchboard/internal/testkit"
 )
+
+// groupInfoAs starts a server with the streams and returns a connection
+// in the receipts function's role, GROUP_INFO as it sees it, and
+// GROUP_INFO as an admin writes it.
+func groupInfoAs(t *testing.T) (*nats.Conn, jetstream.KeyValue, jetstream.KeyValue) {
+	t.Helper()
+	n := tk.StartStreams(t, t.TempDir())
+	nc := n.Connect(t, natsauth.Receipts)
+	js, _ := jetstream.New(nc)
+	kv, err := js.KeyValue(context.Background(), contract.GroupInfoKV)
+	if err != nil {
+		t.Fatal(err)
+	}
+	admin, err := n.JS.KeyValue(context.Background(), contract.GroupInfoKV)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return nc, kv, admin
+}
 
 // getG1 reads group g1's record through cache.
 func getG1(t *testing.T, cache receipts.GroupRecords) *contract.GroupRecord {
@@ -106,18 +126,8 @@ func (l *laggingKV) Get(ctx context.Context, key string) (jetstream.KeyValueEntr
 // leader: a replica behind a change stored just before the watch began
 // (which the watch never names) would otherwise be served for good.
 func TestWatchedGroupRecordsAreReadOncePerRevision(t *testing.T) {
-	n := tk.StartStreams(t, t.TempDir())
 	ctx := context.Background()
-	nc := n.Connect(t, natsauth.Receipts)
-	js, _ := jetstream.New(nc)
-	kv, err := js.KeyValue(ctx, contract.GroupInfoKV)
-	if err != nil {
-		t.Fatal(err)
-	}
-	admin, err := n.JS.KeyValue(ctx, contract.GroupInfoKV)
-	if err != nil {
-		t.Fatal(err)
-	}
+	nc, kv, admin := groupInfoAs(t)
 	put := func(members ...string) { t.Helper(); putG1(t, admin, members...) }
 	put("alice", "bob")
 	old, err := kv.Get(ctx, "g1")
