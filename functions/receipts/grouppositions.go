@@ -43,13 +43,12 @@ func (s *Service) handleGroupPositions(ctx context.Context, r micro.Request) err
 	byGroup := map[string][]contract.GroupPositionRequest{}
 	var order []string
 	for _, p := range req.Positions {
+		if err := checkPosition(p); err != nil {
+			return err
+		}
 		switch {
-		case !protocol.ValidID(p.Group) || !protocol.ValidID(p.Member) || !protocol.ValidID(p.Device):
-			return badRequest{"group, member and device must be valid ids"}
 		case p.Status != protocol.StatusDelivered:
 			return badRequest{"gathered positions are delivered ones"}
-		case p.Seq == 0:
-			return badRequest{"seq must be a positive sequence"}
 		case p.Region != "" || p.InboxSeq != 0:
 			return badRequest{"gathered positions name no region and no inbox seq"}
 		}
@@ -200,24 +199,12 @@ func (s *Service) gatheredPositions(ctx context.Context, gid string, reqs []cont
 		}
 		// Written meanwhile (another gateway, a read, a replica behind
 		// when read): as a single request does.
-		var mine contract.GroupPosition
-		moved := false
-		rev, err := contract.Swap(ctx, s.groupTicks, contract.GroupTickKey(gid, w.member), func(cur []byte, _ uint64) ([]byte, error) {
-			var p contract.GroupPosition
-			_ = json.Unmarshal(cur, &p)
-			next := p
-			next.Delivered = max(next.Delivered, want[w.member])
-			mine = next
-			if moved = next != p || cur == nil; !moved {
-				return nil, nil
-			}
-			return json.Marshal(next)
-		})
+		mine, moved, err := s.raisePosition(ctx, gid, w.member, want[w.member], false)
 		if err != nil {
 			return err
 		}
 		allMoved = allMoved && moved
-		known[w.member] = memberPos{p: mine, rev: rev}
+		known[w.member] = mine
 	}
 	s.groupDelivered.Add(int64(len(members)))
 	s.gathered.Add(1)

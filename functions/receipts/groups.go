@@ -96,15 +96,8 @@ func (s *Service) handleGroupPosition(ctx context.Context, r micro.Request) erro
 // groupPosition raises req.Member's position in req.Group and tells the
 // senders whatever that makes due.
 func (s *Service) groupPosition(ctx context.Context, req contract.GroupPositionRequest) error {
-	switch {
-	case !protocol.ValidID(req.Group) || !protocol.ValidID(req.Member) || !protocol.ValidID(req.Device):
-		return badRequest{"group, member and device must be valid ids"}
-	case req.Status != protocol.StatusDelivered && req.Status != protocol.StatusRead:
-		return badRequest{"status must be delivered or read"}
-	case req.Seq == 0:
-		return badRequest{"seq must be a positive sequence"}
-	case req.Region != "" && !protocol.ValidID(req.Region):
-		return badRequest{"region must be a valid id"}
+	if err := checkPosition(req); err != nil {
+		return err
 	}
 	g, err := s.records.get(ctx, req.Group)
 	switch {
@@ -132,22 +125,8 @@ func (s *Service) groupPosition(ctx context.Context, req contract.GroupPositionR
 			return err
 		}
 	}
-	changed := false
-	var mine contract.GroupPosition
-	if _, err := contract.Swap(ctx, s.groupTicks, contract.GroupTickKey(req.Group, req.Member), func(cur []byte, _ uint64) ([]byte, error) {
-		var p contract.GroupPosition
-		_ = json.Unmarshal(cur, &p) // unreadable: from nothing
-		next := p
-		next.Delivered = max(next.Delivered, req.Seq)
-		if read {
-			next.Read = max(next.Read, req.Seq)
-		}
-		mine = next
-		if changed = next != p || cur == nil; !changed {
-			return nil, nil // there already: a position never goes back
-		}
-		return json.Marshal(next)
-	}); err != nil {
+	mine, changed, err := s.raisePosition(ctx, req.Group, req.Member, req.Seq, read)
+	if err != nil {
 		return err
 	}
 	if read {
@@ -155,8 +134,46 @@ func (s *Service) groupPosition(ctx context.Context, req contract.GroupPositionR
 	} else {
 		s.groupDelivered.Add(1)
 	}
-	return s.settleGroup(ctx, g, &settling{known: map[string]memberPos{req.Member: {p: mine}}, only: changed,
+	return s.settleGroup(ctx, g, &settling{known: map[string]memberPos{req.Member: mine}, only: changed,
 		by: req.Member, device: req.Device, read: read})
+}
+
+// checkPosition refuses a position request that is not well formed.
+func checkPosition(req contract.GroupPositionRequest) error {
+	switch {
+	case !protocol.ValidID(req.Group) || !protocol.ValidID(req.Member) || !protocol.ValidID(req.Device):
+		return badRequest{"group, member and device must be valid ids"}
+	case req.Status != protocol.StatusDelivered && req.Status != protocol.StatusRead:
+		return badRequest{"status must be delivered or read"}
+	case req.Seq == 0:
+		return badRequest{"seq must be a positive sequence"}
+	case req.Region != "" && !protocol.ValidID(req.Region):
+		return badRequest{"region must be a valid id"}
+	}
+	return nil
+}
+
+// raisePosition raises member's delivered position in group gid to seq,
+// and their read position too when read, with compare-and-set: it
+// returns the position as left and whether this call moved it.
+func (s *Service) raisePosition(ctx context.Context, gid, member string, seq uint64, read bool) (memberPos, bool, error) {
+	changed := false
+	var mine contract.GroupPosition
+	rev, err := contract.Swap(ctx, s.groupTicks, contract.GroupTickKey(gid, member), func(cur []byte, _ uint64) ([]byte, error) {
+		var p contract.GroupPosition
+		_ = json.Unmarshal(cur, &p) // unreadable: from nothing
+		next := p
+		next.Delivered = max(next.Delivered, seq)
+		if read {
+			next.Read = max(next.Read, seq)
+		}
+		mine = next
+		if changed = next != p || cur == nil; !changed {
+			return nil, nil // there already: a position never goes back
+		}
+		return json.Marshal(next)
+	})
+	return memberPos{p: mine, rev: rev}, changed, err
 }
 
 // memberPos is a member's record and its revision (0: none).

@@ -622,18 +622,24 @@ func TestGatheredGroupPositions(t *testing.T) {
 	}
 }
 
+// twoGroups makes groups g1 and g2 of alice and bob, settled, and
+// stores a message from alice in each: their places in the log.
+func twoGroups(t *testing.T, e *env, s *receipts.Service) (a1, a2 uint64) {
+	t.Helper()
+	makeGroup(t, e, "g1", "alice", "bob")
+	makeGroup(t, e, "g2", "alice", "bob")
+	settled(t, e, "g1", 1)
+	quiet(t, e, s, "g2", 1)
+	return sendGroup(t, e, "g1", "alice"), sendGroup(t, e, "g2", "alice")
+}
+
 // One group's trouble holds back only its own positions: a gathered
 // request answers with the groups whose positions were not taken (their
 // gateway leaves those in TICKS), and the others' are taken.
 func TestGatheredGroupPositionsNameTheGroupsThatFailed(t *testing.T) {
 	e := newEnv(t)
 	s, _ := e.instance(t)
-	makeGroup(t, e, "g1", "alice", "bob")
-	makeGroup(t, e, "g2", "alice", "bob")
-	settled(t, e, "g1", 1)
-	quiet(t, e, s, "g2", 1)
-	a1 := sendGroup(t, e, "g1", "alice")
-	a2 := sendGroup(t, e, "g2", "alice")
+	a1, a2 := twoGroups(t, e, s)
 	s.FailAggregateWrites("g1")
 	var reply contract.GroupPositionsReply
 	if err := e.call(t, contract.GroupPositionsSubject, contract.GroupPositionsRequest{Positions: []contract.GroupPositionRequest{

@@ -237,14 +237,11 @@ func TestGatheredGroupPositionsAnswerInTime(t *testing.T) {
 	e := newEnv(t)
 	s, _ := e.instance(t)
 	ctx := context.Background()
-	makeGroup(t, e, "g1", "alice", "bob")
-	makeGroup(t, e, "g2", "alice", "bob")
-	settled(t, e, "g1", 1)
-	quiet(t, e, s, "g2", 1)
-	a1 := sendGroup(t, e, "g1", "alice")
-	a2 := sendGroup(t, e, "g2", "alice")
-	s.HookAggregateWrites("g1", func(int) { time.Sleep(3500 * time.Millisecond) }) // a slow settle of g1
-	cctx, cancel := context.WithTimeout(ctx, 3*time.Second)                        // gateway.DefaultConfig's FunctionTimeout
+	a1, a2 := twoGroups(t, e, s)
+	stuck := make(chan struct{}) // g1's settle waits on it until the test ends
+	t.Cleanup(func() { close(stuck) })
+	s.HookAggregateWrites("g1", func(int) { <-stuck })
+	cctx, cancel := context.WithTimeout(ctx, 3*time.Second) // gateway.DefaultConfig's FunctionTimeout
 	defer cancel()
 	var reply contract.GroupPositionsReply
 	err := contract.Call(cctx, e.gw, contract.GroupPositionsSubject, contract.GroupPositionsRequest{Positions: []contract.GroupPositionRequest{
