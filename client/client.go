@@ -645,7 +645,7 @@ func (c *Client) handle(conn *websocket.Conn, f *protocol.Frame) error {
 }
 
 func (c *Client) onError(f *protocol.Frame) {
-	if f.ID != "" && c.resolveGroup(f.ID, groupResult{err: &ServerError{Code: f.Code, Message: f.Message}}) {
+	if f.ID != "" && c.resolveGroup(f.ID, groupResult{err: &ServerError{Code: f.Code, Message: f.Message}, retry: time.Duration(f.RetryMS) * time.Millisecond}) {
 		return
 	}
 	if f.ID != "" {

@@ -74,9 +74,11 @@
 // GroupStatus is its message info (Status knows only sends to users). A non-member's send fails with a *ServerError
 // (not_member, unknown_group). Group operations (CreateGroup, AddMembers,
 // ..., GroupOp) return the group as it is after them, or a *ServerError
-// with the refusal's code; each is written once and never repeated by the
-// client: a connection lost before the answer fails it with ErrNoAnswer;
-// one asked while reconnecting waits for the connection. Messages sent in
+// with the refusal's code; one whose connection is lost before its
+// answer, or answered unavailable or rate_limited, is asked again under
+// the same request id until answered or its context ends (the server
+// applies a change once however often it is asked); one asked while
+// reconnecting waits for the connection. Messages sent in
 // a group carry Message.Group, and a group's system messages Event (what
 // changed) instead of a Body; repeats are dropped by (group, from, id)
 // and (group, id). SendTypingGroup and Typing.Group are typing in a group.

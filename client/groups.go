@@ -43,24 +43,29 @@ func (g Group) IsAdmin(user string) bool {
 	return false
 }
 
-// ErrNoAnswer is a group operation whose connection was lost before its
-// answer came: it may or may not have been applied. Ask with GroupInfo,
-// or do it again (a second create of the same group is refused with
-// group_exists; a second add, already_member).
+// ErrNoAnswer ends the wait of a group operation whose connection was
+// lost before its answer came; GroupOp then asks again on the next
+// connection, under the same request id.
 var ErrNoAnswer = errors.New("client: the connection was lost before the answer; the operation may have been applied")
 
 type groupResult struct {
 	g   Group
 	err error
+	// retry is how long the server asked to wait before asking again
+	// (retry_ms of a retryable refusal; 0: the client's backoff).
+	retry time.Duration
 }
 
 // GroupOp asks for group operation op (protocol.GroupCreate, ...) on
 // group, with the name and users that op takes, and returns the group as
 // it is after it. A refusal is a *ServerError whose Code says why
-// (protocol.ErrNotAdmin, protocol.ErrUnknownGroup, ...); operations are
-// not repeated by the client, retryable codes (unavailable, rate_limited)
-// included. Asked while the client is reconnecting, it waits for the
-// connection (or ctx).
+// (protocol.ErrNotAdmin, protocol.ErrUnknownGroup, ...). An operation
+// whose connection is lost before its answer, or that is answered with a
+// retryable code (unavailable, rate_limited), is asked again, under the
+// same request id, until it is answered or ctx ends: the server answers
+// a repeat of a change it stored with the group and applies it once, so
+// a lost answer never turns into already_member or group_exists. Asked
+// while the client is reconnecting, it waits for the connection (or ctx).
 func (c *Client) GroupOp(ctx context.Context, op, group, name string, users []string) (Group, error) {
 	if !protocol.ValidID(group) {
 		return Group{}, ErrBadID
@@ -70,6 +75,44 @@ func (c *Client) GroupOp(ctx context.Context, op, group, name string, users []st
 			return Group{}, ErrBadID
 		}
 	}
+	c.mu.Lock()
+	if c.groupWait == nil {
+		c.groupWait = map[string]chan groupResult{}
+		var b [6]byte
+		_, _ = rand.Read(b[:])
+		c.groupPrefix = "q" + hex.EncodeToString(b[:]) + "-"
+	}
+	c.groupNext++
+	id := c.groupPrefix + strconv.FormatUint(c.groupNext, 10)
+	c.mu.Unlock()
+	b, _ := json.Marshal(protocol.Frame{Type: protocol.TypeGroup, ID: id, Op: op, Group: group, Name: name, Users: users})
+	for n := 1; ; n++ {
+		r, err := c.groupAsk(ctx, id, b)
+		if err != nil {
+			return Group{}, err
+		}
+		var se *ServerError
+		switch {
+		case errors.Is(r.err, ErrNoAnswer):
+			continue // asked again on the next connection
+		case errors.As(r.err, &se) && retryable(se.Code):
+			d := r.retry
+			if d <= 0 {
+				d = retryWait(n, c.opts.MinBackoff, c.opts.MaxBackoff)
+			}
+			if !c.hooks.wait(ctx, d) {
+				return Group{}, ctx.Err()
+			}
+			continue
+		}
+		return r.g, r.err
+	}
+}
+
+// groupAsk writes group frame b, request id, on the connection (waiting
+// for one while reconnecting) and waits for its answer, or ErrNoAnswer if
+// the connection goes first. The error is ctx's, or the client's close.
+func (c *Client) groupAsk(ctx context.Context, id string, b []byte) (groupResult, error) {
 	ch := make(chan groupResult, 1)
 	c.mu.Lock()
 	for c.conn == nil && c.closeErr == nil {
@@ -79,43 +122,38 @@ func (c *Client) GroupOp(ctx context.Context, op, group, name string, users []st
 		select {
 		case <-down:
 		case <-ctx.Done():
-			return Group{}, ctx.Err()
+			return groupResult{}, ctx.Err()
 		case <-c.ctx.Done():
 		}
 		c.mu.Lock()
 	}
 	if c.closeErr != nil {
+		err := c.closeErr
 		c.mu.Unlock()
-		return Group{}, c.closeErr
+		return groupResult{}, err
 	}
 	conn := c.conn
-	if c.groupWait == nil {
-		c.groupWait = map[string]chan groupResult{}
-		var b [6]byte
-		_, _ = rand.Read(b[:])
-		c.groupPrefix = "q" + hex.EncodeToString(b[:]) + "-"
-	}
-	c.groupNext++
-	id := c.groupPrefix + strconv.FormatUint(c.groupNext, 10)
 	c.groupWait[id] = ch
 	c.mu.Unlock()
 	defer func() {
 		c.mu.Lock()
-		delete(c.groupWait, id)
+		if c.groupWait[id] == ch {
+			delete(c.groupWait, id)
+		}
 		c.mu.Unlock()
 	}()
-	b, _ := json.Marshal(protocol.Frame{Type: protocol.TypeGroup, ID: id, Op: op, Group: group, Name: name, Users: users})
 	if err := c.write(conn, b); err != nil {
-		conn.Close() // the read loop sees it and reconnects
-		return Group{}, ErrNoAnswer
+		// The read loop sees the close, detaches the connection and
+		// ends this wait with ErrNoAnswer.
+		conn.Close()
 	}
 	select {
 	case r := <-ch:
-		return r.g, r.err
+		return r, nil
 	case <-ctx.Done():
-		return Group{}, ctx.Err()
+		return groupResult{}, ctx.Err()
 	case <-c.ctx.Done():
-		return Group{}, ErrClosed
+		return groupResult{}, ErrClosed
 	}
 }
 

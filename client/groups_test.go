@@ -18,14 +18,14 @@ func groupCall(c *Client, fn func(ctx context.Context) (Group, error)) <-chan gr
 		ctx, cancel := context.WithTimeout(context.Background(), stuck)
 		defer cancel()
 		g, err := fn(ctx)
-		ch <- groupResult{g, err}
+		ch <- groupResult{g: g, err: err}
 	}()
 	return ch
 }
 
 // A group operation is one frame, answered by the group or refused with a
-// code; one whose connection is lost before its answer fails with
-// ErrNoAnswer and is not written again.
+// code; one whose connection is lost before its answer, or answered
+// unavailable, is asked again under the same id until answered.
 func TestGroupOperations(t *testing.T) {
 	s := newScript(t)
 	connected := make(chan string, 4)
@@ -56,17 +56,28 @@ func TestGroupOperations(t *testing.T) {
 		t.Fatalf("add: %v, want not_admin", r.err)
 	}
 
-	res = groupCall(c, func(ctx context.Context) (Group, error) { return c.GroupInfo(ctx, "friends") })
-	if f = sc.next(t); f.Op != protocol.GroupInfo {
-		t.Fatalf("info frame %+v", f)
+	res = groupCall(c, func(ctx context.Context) (Group, error) { return c.AddMembers(ctx, "friends", "erin") })
+	f = sc.next(t)
+	if f.Op != protocol.GroupAdd {
+		t.Fatalf("add frame %+v", f)
 	}
 	sc.closeWith(protocol.CloseServiceRestart, "restart")
-	if r := <-res; !errors.Is(r.err, ErrNoAnswer) {
-		t.Fatalf("info across a lost connection: %v, want ErrNoAnswer", r.err)
-	}
 	sc2 := s.accept(t)
 	<-connected
-	sc2.fence(t, c) // the info was not written again
+	again := sc2.next(t)
+	if again.Type != protocol.TypeGroup || again.ID != f.ID || again.Op != protocol.GroupAdd || fmt.Sprint(again.Users) != "[erin]" {
+		t.Fatalf("after a lost connection %+v, want the add again under id %s", again, f.ID)
+	}
+	sc2.fail(protocol.ErrUnavailable, again.ID, 0)
+	if again = sc2.next(t); again.ID != f.ID || again.Op != protocol.GroupAdd {
+		t.Fatalf("after unavailable %+v, want the add again under id %s", again, f.ID)
+	}
+	members = append(members, protocol.GroupMember{User: "erin"})
+	sc2.write(protocol.EncodeGroup(f.ID, "friends", "Friends", "alice", 1795582349000, members))
+	if r := <-res; r.err != nil || !r.g.IsMember("erin") {
+		t.Fatalf("add across a lost connection and unavailable: %+v, %v", r.g, r.err)
+	}
+	sc2.fence(t, c) // answered: not written again
 
 	if _, err := c.GroupOp(context.Background(), protocol.GroupInfo, "bad.group", "", nil); !errors.Is(err, ErrBadID) {
 		t.Fatalf("bad group id: %v", err)

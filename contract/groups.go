@@ -182,13 +182,19 @@ func GroupSubject(op string) string { return GroupsSubjectPrefix + "." + op }
 // GroupRequest asks the groups function to apply an operation on behalf
 // of Actor (on Device): the gateway fills both in from the token. Name is
 // for create and rename; Users for create (the members besides the
-// creator), add, remove, promote and demote.
+// creator), add, remove, promote and demote. Request is the asker's id
+// for the change (the frame's id): a change asked again with the same
+// Request, by the same device and with the same content, is answered
+// with the group as it is and changes nothing once the first is stored,
+// so an asker that lost an answer (a timeout, a dropped connection) may
+// ask again.
 type GroupRequest struct {
-	Actor  string   `json:"actor"`
-	Device string   `json:"device"`
-	Group  string   `json:"group"`
-	Name   string   `json:"name,omitempty"`
-	Users  []string `json:"users,omitempty"`
+	Actor   string   `json:"actor"`
+	Device  string   `json:"device"`
+	Group   string   `json:"group"`
+	Name    string   `json:"name,omitempty"`
+	Users   []string `json:"users,omitempty"`
+	Request string   `json:"request,omitempty"`
 }
 
 // GroupReply answers a GroupRequest: the group as of the change (or, for

@@ -84,7 +84,7 @@ func (s *session) group(f *protocol.Frame) {
 		s.sendError(protocol.ErrShuttingDown, "gateway is shutting down", f.ID, 0, 0)
 		return
 	}
-	req := contract.GroupRequest{Actor: s.id.User, Device: s.id.Device, Group: f.Group, Name: f.Name, Users: f.Users}
+	req := contract.GroupRequest{Actor: s.id.User, Device: s.id.Device, Group: f.Group, Name: f.Name, Users: f.Users, Request: f.ID}
 	id, op, gid := f.ID, f.Op, f.Group
 	ok := s.goCall(func() {
 		ctx, cancel := context.WithTimeout(context.Background(), s.srv.cfg.FunctionTimeout)

@@ -158,13 +158,56 @@ func TestGroupOpsGoToTheGroupsFunction(t *testing.T) {
 	}
 	<-asked
 
-	// The function stops: the gateway says unavailable.
+	// The function stops: the gateway says unavailable (the SDK would
+	// ask again, so a frame of its own asks).
 	if err := sub.Unsubscribe(); err != nil {
 		t.Fatal(err)
 	}
-	_, err = alice.GroupInfo(ctx, "friends")
-	if code := serverCode(err); code != protocol.ErrUnavailable {
-		t.Fatalf("info with no function: %v, want unavailable", err)
+	r := connectRaw(t, g, "alice", "laptop")
+	r.write(`{"type":"group","id":"q-1","op":"info","group":"friends"}`)
+	r.expectError(protocol.ErrUnavailable, "q-1", 0)
+}
+
+// A group operation reaches the function with its frame's id as the
+// request's, and the SDK asks one answered unavailable again under the
+// same id, so the function can tell a repeat from a new change.
+func TestGroupOpAskedAgainUnderItsID(t *testing.T) {
+	n := tk.StartNATS(t)
+	g := tk.StartGateway(t, n, tk.TestConfig())
+	nc := n.Connect(t, natsauth.Groups)
+	asked := make(chan string, 4)
+	sub, err := nc.Subscribe(contract.GroupSubject(contract.GroupAdd), func(m *nats.Msg) {
+		var req contract.GroupRequest
+		_ = json.Unmarshal(m.Data, &req)
+		asked <- req.Request
+		if len(asked) == 1 { // the first ask: the function is busy
+			r := nats.NewMsg(m.Reply)
+			r.Header.Set(micro.ErrorCodeHeader, "503")
+			r.Header.Set(micro.ErrorHeader, "unavailable: busy")
+			_ = m.RespondMsg(r)
+			return
+		}
+		b, _ := json.Marshal(contract.GroupReply{Group: contract.GroupRecord{ID: req.Group,
+			Members: map[string]contract.GroupMember{req.Actor: {Admin: true, Joined: 1}, req.Users[0]: {Joined: 2}}}})
+		_ = m.Respond(b)
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sub.Unsubscribe()
+	if err := nc.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	alice := tk.Dial(t, g.URL, "alice", "phone")
+	ctx, cancel := context.WithTimeout(context.Background(), wait)
+	defer cancel()
+	grp, err := alice.AddMembers(ctx, "friends", "dave")
+	if err != nil || !grp.IsMember("dave") {
+		t.Fatalf("add answered unavailable once: %+v, %v", grp, err)
+	}
+	first, second := <-asked, <-asked
+	if first == "" || second != first {
+		t.Fatalf("asked under request ids %q then %q, want one id twice", first, second)
 	}
 }
 
@@ -176,19 +219,25 @@ func TestGroupFramesAreRateLimited(t *testing.T) {
 	respondGroups(t, n, func(_ string, req contract.GroupRequest) (contract.GroupRecord, string) {
 		return contract.GroupRecord{ID: req.Group, Members: map[string]contract.GroupMember{req.Actor: {Admin: true}}}, ""
 	})
-	alice := tk.Dial(t, g.URL, "alice", "phone")
-	ctx, cancel := context.WithTimeout(context.Background(), wait)
-	defer cancel()
-	for i := range 2 {
-		if _, err := alice.GroupInfo(ctx, "friends"); err != nil {
-			t.Fatalf("info %d: %v", i, err)
-		}
+	// Frames of its own: the SDK waits out a rate_limited and asks again.
+	r := connectRaw(t, g, "alice", "phone")
+	for i := range 3 {
+		r.write(fmt.Sprintf(`{"type":"group","id":"q-%d","op":"info","group":"friends"}`, i))
 	}
-	if _, err := alice.GroupInfo(ctx, "friends"); serverCode(err) != protocol.ErrRateLimited {
-		t.Fatalf("third info: %v, want rate_limited", err)
+	// The refusal is answered at once, the others once the function has.
+	got := map[string]string{}
+	for range 3 {
+		f := r.next()
+		got[f.ID] = f.Type + " " + string(f.Code)
+	}
+	if want := map[string]string{"q-0": "group ", "q-1": "group ", "q-2": "error rate_limited"}; fmt.Sprint(got) != fmt.Sprint(want) {
+		t.Fatalf("three infos answered %v, want %v", got, want)
 	}
 	// Sends have their own bucket.
-	send(t, alice, "bob", "m1", "still here")
+	r.write(`{"type":"send","id":"m1","to":"bob","body":"still here"}`)
+	if f := r.next(); f.Type != protocol.TypeSent || f.ID != "m1" {
+		t.Fatalf("send after the group bucket emptied answered %+v", *f)
+	}
 }
 
 // A member's group send is stored once in the group's log, with the

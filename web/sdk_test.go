@@ -714,15 +714,30 @@ func TestSDKGroups(t *testing.T) {
 	c.write(protocol.AppendGroupTyping(nil, "bob", "phone", "friends"))
 	pg.WaitFor(stuck, "the typing event", `log.some(([t, d]) => t === 'typing' && d.group === 'friends' && d.from === 'bob')`)
 
-	// A connection lost before the answer rejects the operation.
-	js(pg, `c.group('info', 'friends').then((v) => { results.info = v; }, (e) => { results.info = { error: e.name, message: e.message }; })`)
-	if f = c.next(t); f.Op != protocol.GroupInfo {
-		t.Fatalf("info frame %+v", f)
+	// A connection lost before the answer, or an unavailable answer:
+	// asked again under the same id until answered.
+	js(pg, `c.group('add', 'friends', { users: ['erin'] }).then((v) => { results.erin = v; }, (e) => { results.erin = { error: e.name, message: e.message }; })`)
+	if f = c.next(t); f.Op != protocol.GroupAdd {
+		t.Fatalf("add frame %+v", f)
 	}
 	c.closeWith(protocol.CloseServiceRestart, "restart")
-	pg.WaitFor(stuck, "the info rejection", `results.info !== undefined`)
-	if got := tk.Eval[string](pg, `results.info.error || 'resolved'`); got != "Error" {
-		t.Fatalf("info after a lost connection: %s", got)
+	c = s.accept(t)
+	again := c.next(t)
+	for again.Type == protocol.TypeSend { // sends unanswered when the connection went are written again first
+		again = c.next(t)
+	}
+	if again.Type != protocol.TypeGroup || again.ID != f.ID || again.Op != protocol.GroupAdd || fmt.Sprint(again.Users) != "[erin]" {
+		t.Fatalf("after a lost connection %+v, want the add again under id %s", again, f.ID)
+	}
+	c.write(protocol.EncodeError(protocol.ErrUnavailable, "scripted", f.ID, 0, 0))
+	if again = c.next(t); again.Type != protocol.TypeGroup || again.ID != f.ID {
+		t.Fatalf("after unavailable %+v, want the add again under id %s", again, f.ID)
+	}
+	c.write(protocol.EncodeGroup(f.ID, "friends", "Friends", "alice", 1795582349000,
+		[]protocol.GroupMember{{User: "alice", Admin: true}, {User: "bob"}, {User: "carol"}, {User: "erin"}}))
+	pg.WaitFor(stuck, "the add's answer", `results.erin !== undefined`)
+	if got := tk.Eval[string](pg, `JSON.stringify(results.erin.members)`); got != `[{"user":"alice","admin":true},{"user":"bob"},{"user":"carol"},{"user":"erin"}]` {
+		t.Fatalf("add across a lost connection and unavailable: %s", tk.Eval[string](pg, `JSON.stringify(results.erin)`))
 	}
 }
 

@@ -130,7 +130,7 @@ type Service struct {
 	parts  []*partition
 	pwg    sync.WaitGroup
 
-	changes, refused, fannedOut, copies, dropped, conflicts atomic.Int64
+	changes, refused, fannedOut, copies, dropped, conflicts, repeats atomic.Int64
 }
 
 // Start binds the micro service and the partitions' durables. The GROUPS
@@ -244,9 +244,10 @@ func (s *Service) Stop() {
 
 // Stats are an instance's counters.
 type Stats struct {
-	// Changes stored, requests refused, and changes decided again because
-	// another was stored first.
-	Changes, Refused, Conflicts int64
+	// Changes stored, requests refused, changes decided again because
+	// another was stored first, and repeats of a stored change answered
+	// without applying them again.
+	Changes, Refused, Conflicts, Repeats int64
 	// Group messages fanned out, copies stored (or found stored), and
 	// messages dropped because their sender was not a member.
 	FannedOut, Copies, Dropped int64
@@ -255,13 +256,13 @@ type Stats struct {
 // Stats returns the instance's counters.
 func (s *Service) Stats() Stats {
 	return Stats{Changes: s.changes.Load(), Refused: s.refused.Load(), Conflicts: s.conflicts.Load(),
-		FannedOut: s.fannedOut.Load(), Copies: s.copies.Load(), Dropped: s.dropped.Load()}
+		Repeats: s.repeats.Load(), FannedOut: s.fannedOut.Load(), Copies: s.copies.Load(), Dropped: s.dropped.Load()}
 }
 
 func (s *Service) stats(*micro.Endpoint) any {
 	st := s.Stats()
 	return map[string]int64{"changes": st.Changes, "refused": st.Refused, "conflicts": st.Conflicts,
-		"fanned_out": st.FannedOut, "copies": st.Copies, "dropped": st.Dropped}
+		"repeats": st.Repeats, "fanned_out": st.FannedOut, "copies": st.Copies, "dropped": st.Dropped}
 }
 
 // refusal is an answer the request caused: its code is one of the

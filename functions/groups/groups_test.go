@@ -347,6 +347,69 @@ func TestOperationsAndRefusals(t *testing.T) {
 	e.refused(t, contract.GroupErrNotAdmin, contract.GroupAdd, req("alice", gid, "frank"))
 }
 
+// A change asked again under the same request id (its answer lost to a
+// timeout or a dropped connection) is answered with the group and
+// applied once: where deciding it again would refuse it, and where it
+// would apply it again. The same id with other content, or from another
+// device, is another request.
+func TestRepeatedChangeAnsweredOnce(t *testing.T) {
+	e := newEnv(t)
+	s := e.instance(t, groups.DefaultConfig())
+	const gid = "friends"
+	ask := func(r contract.GroupRequest, id string) contract.GroupRequest {
+		r.Request = id
+		return r
+	}
+	// sameGroup asks and wants the group as it is, with nothing stored.
+	sameGroup := func(op string, r contract.GroupRequest) {
+		t.Helper()
+		before, rec := e.events(t, gid), e.record(t, gid)
+		if g := e.must(t, op, r); !reflect.DeepEqual(g, rec) {
+			t.Fatalf("%s %+v again: %+v, want the group as it is %+v", op, r, g, rec)
+		}
+		if n := e.events(t, gid); n != before {
+			t.Fatalf("%s %+v again stored %d events", op, r, n-before)
+		}
+	}
+
+	create := ask(named("alice", gid, "Friends", "bob"), "q-1")
+	e.must(t, contract.GroupCreate, create)
+	sameGroup(contract.GroupCreate, create) // would be group_exists
+
+	add := ask(req("alice", gid, "dave"), "q-2")
+	e.must(t, contract.GroupAdd, add)
+	sameGroup(contract.GroupAdd, add) // would be already_member
+	// The same id with other users is another request, and so is the
+	// same request from another device.
+	g := e.must(t, contract.GroupAdd, ask(req("alice", gid, "erin"), "q-2"))
+	if !g.IsMember("erin") {
+		t.Fatalf("add erin under a used id: %+v", g)
+	}
+	other := ask(req("alice", gid, "dave"), "q-2")
+	other.Device = "laptop"
+	e.refused(t, contract.GroupErrAlreadyMember, contract.GroupAdd, other)
+	// Found behind a later change of the group.
+	sameGroup(contract.GroupAdd, add)
+
+	// Removed since: asking the add again would add dave again; the
+	// store's duplicate id finds the first ask's change instead.
+	e.must(t, contract.GroupRemove, ask(req("alice", gid, "dave"), "q-3"))
+	sameGroup(contract.GroupAdd, add)
+	if r := e.record(t, gid); r.IsMember("dave") {
+		t.Fatal("a repeated add applied again")
+	}
+
+	leave := ask(req("bob", gid), "q-4")
+	e.must(t, contract.GroupLeave, leave)
+	sameGroup(contract.GroupLeave, leave) // would be not_member
+
+	// Without a request id nothing is taken for a repeat.
+	e.refused(t, contract.GroupErrAlreadyMember, contract.GroupAdd, req("alice", gid, "erin"))
+	if st := s.Stats(); st.Repeats != 5 {
+		t.Fatalf("repeats counted %d, want 5", st.Repeats)
+	}
+}
+
 // Two admins adding at once are both applied, each to the group the
 // other left.
 func TestConcurrentChangesAreAllApplied(t *testing.T) {

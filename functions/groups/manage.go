@@ -31,7 +31,10 @@ type event struct {
 	Promoted []string `json:"promoted,omitempty"`
 	Actor    string   `json:"actor"`
 	Device   string   `json:"device"`
-	TS       int64    `json:"ts"` // ms since epoch
+	// Request is the asker's id for the change (GroupRequest.Request):
+	// a repeat of it is answered, not applied again (repeatOf).
+	Request string `json:"request,omitempty"`
+	TS      int64  `json:"ts"` // ms since epoch
 	// Prev is the sequence of the group's event before this one (0: none):
 	// the events form a chain back to the group's creation.
 	Prev uint64 `json:"prev"`
@@ -71,24 +74,43 @@ func (s *Service) apply(ctx context.Context, op string, req contract.GroupReques
 				return contract.GroupRecord{}, ctx.Err()
 			}
 		}
-		cur, err := s.load(ctx, req.Group)
+		cur, last, err := s.load(ctx, req.Group)
 		if err != nil {
 			return contract.GroupRecord{}, err
 		}
 		ev, err := decide(op, req, cur, s.cfg.MaxMembers, time.Now().UnixMilli())
+		if req.Request != "" && mayRepeat(err) {
+			// A change that no longer holds may be this one, asked again
+			// after its answer was lost: answered, not refused.
+			switch found, rerr := s.repeatOf(ctx, op, req, last, time.Now().UnixMilli()); {
+			case rerr != nil:
+				return contract.GroupRecord{}, rerr
+			case found:
+				s.repeats.Add(1)
+				return cur, nil
+			}
+		}
 		if err != nil || ev == nil {
 			return cur, err // refused, or nothing to change
 		}
 		if op == contract.GroupCreate {
 			ev.Group.Region = s.regions.region() // its home: here (regions.go)
 		}
-		seq, err := s.storeEvent(ctx, req.Group, ev)
+		seq, dup, err := s.storeEvent(ctx, req.Group, ev)
 		if isWrongLastSeq(err) {
 			s.conflicts.Add(1)
 			continue // another change was stored first: decide again
 		}
 		if err != nil {
 			return contract.GroupRecord{}, err
+		}
+		if dup {
+			// This change was stored before, from an earlier ask of the
+			// same request (within the stream's duplicate window): the
+			// group is as that one and those after it left it.
+			s.repeats.Add(1)
+			cur, _, err := s.load(ctx, req.Group)
+			return cur, err
 		}
 		s.changes.Add(1)
 		g := ev.Group
@@ -109,6 +131,8 @@ func (s *Service) validate(op string, req *contract.GroupRequest) error {
 		return refuse(contract.GroupErrBadID, "actor and device must be valid ids")
 	case !protocol.ValidID(req.Group):
 		return refuse(contract.GroupErrBadID, "group: %v", protocol.ErrInvalidID)
+	case req.Request != "" && !protocol.ValidID(req.Request):
+		return refuse(contract.GroupErrBadID, "request: %v", protocol.ErrInvalidID)
 	}
 	switch op {
 	case contract.GroupCreate, contract.GroupRename:
@@ -260,7 +284,7 @@ func decide(op string, req contract.GroupRequest, cur contract.GroupRecord, maxM
 }
 
 func newEvent(op string, req contract.GroupRequest, cur, next contract.GroupRecord, now int64, users, promoted []string) *event {
-	ev := &event{Op: op, Users: users, Promoted: promoted, Actor: req.Actor, Device: req.Device, TS: now, Prev: cur.Seq, Group: next}
+	ev := &event{Op: op, Users: users, Promoted: promoted, Actor: req.Actor, Device: req.Device, Request: req.Request, TS: now, Prev: cur.Seq, Group: next}
 	if op == contract.GroupCreate || op == contract.GroupRename {
 		ev.Name = req.Name
 	}
@@ -305,15 +329,22 @@ func sortedMembers(g *contract.GroupRecord) []string {
 
 // storeEvent stores ev on gid's event subject if the subject's last
 // sequence is still ev.Prev, and returns its sequence. A publish whose
-// answer was lost is sent again as is: its dedup id, unique to this
-// decision, keeps it from being stored twice.
-func (s *Service) storeEvent(ctx context.Context, gid string, ev *event) (uint64, error) {
+// answer was lost is sent again as is: its dedup id keeps it from being
+// stored twice. The id is the request's (its asker, device, id and
+// content) when ev has one, so a repeat of a stored change is not stored
+// again either (dup: the sequence is the first's), else unique to this
+// decision.
+func (s *Service) storeEvent(ctx context.Context, gid string, ev *event) (seq uint64, dup bool, err error) {
 	body, err := json.Marshal(ev)
 	if err != nil {
-		return 0, err
+		return 0, false, err
+	}
+	id := "ge:" + gid + ":" + strconv.FormatUint(ev.Prev, 10) + ":" + nonce()
+	if ev.Request != "" {
+		id = "ge:" + gid + ":r:" + ev.Actor + ":" + ev.Device + ":" + ev.Request + ":" + ev.contentHash()
 	}
 	m := &nats.Msg{Subject: contract.GroupEventSubject(gid), Data: body, Header: nats.Header{
-		contract.HdrMsgID:             {"ge:" + gid + ":" + strconv.FormatUint(ev.Prev, 10) + ":" + nonce()},
+		contract.HdrMsgID:             {id},
 		contract.HdrExpectLastSubjSeq: {strconv.FormatUint(ev.Prev, 10)},
 		contract.HdrKind:              {contract.KindEvent},
 		contract.HdrFrom:              {ev.Actor},
@@ -324,12 +355,83 @@ func (s *Service) storeEvent(ctx context.Context, gid string, ev *event) (uint64
 	for attempt := 1; ; attempt++ {
 		ack, err := s.js.PublishMsg(ctx, m)
 		if err == nil {
-			return ack.Sequence, nil
+			// A duplicate of this very publish (its answer lost, sent
+			// again) is stored after ev.Prev; one at or before it was
+			// stored by an earlier ask of the request: a repeat.
+			return ack.Sequence, ack.Duplicate && ack.Sequence <= ev.Prev, nil
 		}
 		if attempt >= 3 || ctx.Err() != nil || !(errors.Is(err, nats.ErrTimeout) || errors.Is(err, context.DeadlineExceeded) || errors.Is(err, nats.ErrNoResponders)) {
-			return 0, err
+			return 0, false, err
 		}
 	}
+}
+
+// A refused request is looked for among its group's last repeatDepth
+// changes made within repeatWindow (repeatOf): each is a read of a stored
+// change, and an asker resends within its own timeouts and reconnects.
+const (
+	repeatDepth  = 8
+	repeatWindow = 10 * time.Minute
+)
+
+// mayRepeat reports whether err is a refusal that asking a stored change
+// again brings: the change already holds (already_member,
+// unknown_member, group_exists, not_admin after stepping down), or the
+// asker left (not_member, unknown_group after the last member left).
+func mayRepeat(err error) bool {
+	var ref *refusal
+	if !errors.As(err, &ref) {
+		return false
+	}
+	switch ref.code {
+	case contract.GroupErrAlreadyMember, contract.GroupErrUnknownMember, contract.GroupErrExists,
+		contract.GroupErrNotAdmin, contract.GroupErrNotMember, contract.GroupErrUnknown:
+		return true
+	}
+	return false
+}
+
+// repeatOf reports whether req, refused against the group as last left
+// it, is a change already stored among its last repeatDepth of the last
+// repeatWindow before now (ms): the same op, name and users asked by the
+// same device under the same request id. Such a repeat (an ask whose
+// answer was lost) is answered with the group, where deciding it again
+// would refuse it.
+func (s *Service) repeatOf(ctx context.Context, op string, req contract.GroupRequest, last *event, now int64) (bool, error) {
+	want := newEvent(op, req, contract.GroupRecord{}, contract.GroupRecord{}, 0, req.Users, nil)
+	for ev, n := last, 0; ev != nil && n < repeatDepth && ev.TS >= now-repeatWindow.Milliseconds(); n++ {
+		if ev.Request == req.Request && ev.Actor == req.Actor && ev.Device == req.Device && ev.Op == op && ev.contentHash() == want.contentHash() {
+			return true, nil
+		}
+		if ev.Prev == 0 {
+			break
+		}
+		m, err := s.getMsg(ctx, msgGetRequest{Seq: ev.Prev})
+		if errors.Is(err, errNoMsg) {
+			break // the log's start, or aged out
+		}
+		if err != nil {
+			return false, err
+		}
+		if ev, err = parseEvent(m); err != nil {
+			return false, err
+		}
+	}
+	return false, nil
+}
+
+// contentHash sums what a change asked for (op, name, users), so one
+// request id sent with other content is another request.
+func (e *event) contentHash() string {
+	h := fnv.New64a()
+	h.Write([]byte(e.Op))
+	h.Write([]byte{0})
+	h.Write([]byte(e.Name))
+	for _, u := range e.Users {
+		h.Write([]byte{0})
+		h.Write([]byte(u))
+	}
+	return strconv.FormatUint(h.Sum64(), 36)
 }
 
 // isWrongLastSeq reports whether a store was refused because the
@@ -348,23 +450,24 @@ func isWrongLastSeq(err error) bool {
 }
 
 // load returns group gid as of its last event (an empty record with Seq 0
-// when it has none), and brings GROUP_INFO up to it.
-func (s *Service) load(ctx context.Context, gid string) (contract.GroupRecord, error) {
+// when it has none) and that event (nil: none), and brings GROUP_INFO up
+// to it.
+func (s *Service) load(ctx context.Context, gid string) (contract.GroupRecord, *event, error) {
 	m, err := s.getMsg(ctx, msgGetRequest{LastBySubject: contract.GroupEventSubject(gid)})
 	if errors.Is(err, errNoMsg) {
-		return contract.GroupRecord{}, nil
+		return contract.GroupRecord{}, nil, nil
 	}
 	if err != nil {
-		return contract.GroupRecord{}, err
+		return contract.GroupRecord{}, nil, err
 	}
 	ev, err := parseEvent(m)
 	if err != nil {
-		return contract.GroupRecord{}, err
+		return contract.GroupRecord{}, nil, err
 	}
 	if err := s.follow(ctx, ev.Group); err != nil {
 		s.log.Warn("group record behind its log", "group", gid, "seq", m.Sequence, "err", err)
 	}
-	return ev.Group, nil
+	return ev.Group, ev, nil
 }
 
 // follow brings g's key in GROUP_INFO up to g, unless it is there or

@@ -69,9 +69,13 @@
  * operation (create, rename, add, remove, promote, demote, leave, info)
  * and resolves with the group as it then is: {id, name, createdBy,
  * created, members: [{user, admin}]}, members in the order they joined.
- * It rejects with a ServerError (not_admin, unknown_group, ...) and is
- * never repeated by the client; a connection lost before the answer
- * rejects it too (the operation may have been applied).
+ * It rejects with a ServerError (not_admin, unknown_group, ...). One whose
+ * connection is lost before its answer, or answered with a retryable code
+ * (unavailable, rate_limited), is asked again under the same request id
+ * until it is answered or `timeout` ms have passed since the call: the
+ * server applies a change once however often it is asked, and answers a
+ * repeat with the group, so a lost answer never turns into
+ * already_member or group_exists.
  *
  * Receiving (events, with `on(type, fn)`, which returns a function that
  * removes the listener):
@@ -282,6 +286,15 @@ export class ServerError extends Error {
     this.name = 'ServerError';
     this.code = code;
     this.serverMessage = message;
+  }
+}
+
+// LostAnswer ends the wait of a group operation whose connection was lost
+// before its answer; group() asks again on the next connection.
+class LostAnswer extends Error {
+  constructor() {
+    super('switchboard: the connection was lost before the answer');
+    this.name = 'LostAnswer';
   }
 }
 
@@ -864,7 +877,7 @@ export class Client {
       // Their answers went with the connection.
       const ws = [...this.#groupWait.values()];
       this.#groupWait.clear();
-      for (const w of ws) w.reject(new Error('switchboard: the connection was lost before the answer; the operation may have been applied'));
+      for (const w of ws) w.reject(new LostAnswer());
     }
   }
 
@@ -1042,7 +1055,9 @@ export class Client {
     if (f.id && this.#groupWait.has(f.id)) {
       const w = this.#groupWait.get(f.id);
       this.#groupWait.delete(f.id);
-      w.reject(new ServerError(f.code, f.message));
+      const e = new ServerError(f.code, f.message);
+      if (f.retry_ms > 0) e.retryMs = f.retry_ms;
+      w.reject(e);
       return;
     }
     if (f.id) {
@@ -1275,27 +1290,36 @@ export class Client {
   /**
    * group asks for group operation op on group (with name for create and
    * rename, users for create, add, remove, promote and demote) and resolves
-   * with the group as it then is. It waits for a connection, is written
-   * once, and rejects with a ServerError on a refusal.
+   * with the group as it then is. It waits for a connection, asks again
+   * under the same id after a lost connection or a retryable refusal, and
+   * rejects with a ServerError on any other refusal, or once timeout ms
+   * have passed.
    */
-  group(op, group, { name, users, timeout = 10000 } = {}) {
-    if (!validId(group)) return Promise.reject(new TypeError('switchboard: bad group id'));
-    if (users !== undefined && users.length > 0) {
+  async group(op, group, { name, users, timeout = 10000 } = {}) {
+    if (!validId(group)) throw new TypeError('switchboard: bad group id');
+    if (users !== undefined && users.length > 0) checkUsers(users);
+    const id = 'q' + newId();
+    const f = { type: 'group', id, op, group };
+    if (name !== undefined) f.name = name;
+    if (users !== undefined) f.users = users;
+    const deadline = Date.now() + timeout;
+    for (let n = 1; ; n++) {
+      await this.#connected();
+      const left = deadline - Date.now();
+      if (left <= 0) throw new Error('switchboard: no answer in time');
       try {
-        checkUsers(users);
+        return await this.#await(left, (w) => {
+          this.#groupWait.set(id, w);
+          w.id = id;
+          this.#write(f);
+        }, (w) => { this.#groupWait.delete(w.id); });
       } catch (e) {
-        return Promise.reject(e);
+        if (e instanceof LostAnswer) continue; // asked again on the next connection
+        if (!(e instanceof ServerError) || !retryable(e.code)) throw e;
+        const wait = Math.min(e.retryMs > 0 ? e.retryMs : retryWait(n, this.#opts.minBackoff, this.#opts.maxBackoff), deadline - Date.now());
+        if (wait > 0) await new Promise((r) => setTimeout(r, wait));
       }
     }
-    return this.#connected().then(() => this.#await(timeout, (w) => {
-      const id = 'q' + newId();
-      const f = { type: 'group', id, op, group };
-      if (name !== undefined) f.name = name;
-      if (users !== undefined) f.users = users;
-      this.#groupWait.set(id, w);
-      w.id = id;
-      this.#write(f);
-    }, (w) => { this.#groupWait.delete(w.id); }));
   }
 
   /** subscribePresence follows users' presence: their state now, then each change, across reconnects. */
