@@ -193,6 +193,12 @@ type Sent struct {
 	TS  time.Time
 	// Dup is true when the store already held this id (a retry).
 	Dup bool
+	// Tick is protocol.StatusDelivered or StatusRead when that tick came
+	// before this "sent" (ticks and answers travel apart), else empty.
+	// Its Receipt comes too, but on another goroutine: an app that shows
+	// "sent" when Send returns shows Tick instead, so a tick that came
+	// first is never overwritten by the "sent".
+	Tick string
 }
 
 // Typing reports that From (on Device) is typing to this user. Typing
@@ -724,7 +730,7 @@ func (c *Client) onSent(f *protocol.Frame) {
 	c.mu.Unlock()
 	if o != nil {
 		c.storeSent(o, f, early)
-		c.resolve(o, result{sent: Sent{ID: f.ID, Seq: f.Seq, TS: time.UnixMilli(f.TS), Dup: f.Dup}})
+		c.resolve(o, result{sent: Sent{ID: f.ID, Seq: f.Seq, TS: time.UnixMilli(f.TS), Dup: f.Dup, Tick: early}})
 		if early != "" {
 			// Its tick came before its "sent" did.
 			select {

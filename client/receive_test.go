@@ -108,7 +108,7 @@ func TestReceiptsArePositionsHandedOnceAndAllAcked(t *testing.T) {
 
 // A tick can overtake the "sent" of the message it covers (they travel
 // apart): the SDK keeps the receipt's position and applies it when the
-// "sent" comes.
+// "sent" comes, and the send's result names the tick too.
 func TestTickBeforeSentIsApplied(t *testing.T) {
 	s := newScript(t)
 	c := s.dial(t, Options{}, newWaiter(true))
@@ -120,9 +120,13 @@ func TestTickBeforeSentIsApplied(t *testing.T) {
 	sc.expectAcks(t, 40, 41)
 	sc.sent("m1", 20)
 	sc.sent("m2", 21)
-	for _, o := range []*outgoing{o1, o2} {
-		if _, err := outcome(t, c, o); err != nil {
+	for i, o := range []*outgoing{o1, o2} {
+		sent, err := outcome(t, c, o)
+		if err != nil {
 			t.Fatal(err)
+		}
+		if want := []string{protocol.StatusRead, protocol.StatusDelivered}[i]; sent.Tick != want {
+			t.Fatalf("%s sent with tick %q, want %q", sent.ID, sent.Tick, want)
 		}
 	}
 	for _, w := range []Receipt{{ID: "m1", Status: protocol.StatusRead, Seq: 20}, {ID: "m2", Status: protocol.StatusDelivered, Seq: 21}} {

@@ -405,6 +405,12 @@ func TestSDKTurnsReceiptsIntoMessageEvents(t *testing.T) {
 	c.expect(t, protocol.TypeAck, 53)
 	c.sent("d", 13)
 	result(t, pg, "d")
+	if got := tk.Eval[string](pg, `String(results.d.tick)`); got != "read" {
+		t.Fatalf("d resolved with tick %s, want read (it came before its sent)", got)
+	}
+	if got := tk.Eval[string](pg, `String(results.c.tick)`); got != "undefined" {
+		t.Fatalf("c resolved with tick %s, want none", got)
+	}
 	// A message sent in an earlier page load, remembered by the app.
 	js(pg, `c.trackSent('carol', 'old', 7)`)
 	c.write(protocol.AppendReceipt(nil, protocol.StatusDelivered, "carol", "phone", 7, 7, 54, 1795582350000))

@@ -43,7 +43,10 @@
  *
  * Sending. `send(to, id, body, {signal})` stores any JSON value but null
  * for user `to` under the message id `id` (newId() makes one) and
- * resolves with {id, seq, ts, dup} once it is stored ("sent"). It rejects
+ * resolves with {id, seq, ts, dup, tick} once it is stored ("sent"); tick
+ * is 'delivered' or 'read' when that tick came before the "sent" (show it
+ * rather than "sent": its 'receipt' event is emitted before the promise's
+ * continuation runs), else absent. It rejects
  * with a ServerError for an error resending cannot fix (bad_media, ...).
  * Sends are written at once, many in flight, and stored in call order:
  *   - one answered with a retryable error (store_failed, rate_limited,
@@ -1046,7 +1049,13 @@ export class Client {
     // Out of the store's outbox before the send resolves. A failure
     // leaves it there: after a reload it is resent, and answered dup.
     if (this.#store) await this.#store.confirm(f.id, f.seq, f.ts, early, o.group).catch(() => {});
-    this.#resolve(o, { ok: { id: f.id, seq: f.seq, ts: f.ts, dup: !!f.dup } });
+    // A tick that came first is in the result too: an app that shows
+    // "sent" when the promise resolves shows it instead, where the
+    // 'receipt' event below, emitted before the app's continuation
+    // runs, would be overwritten by "sent".
+    const ok = { id: f.id, seq: f.seq, ts: f.ts, dup: !!f.dup };
+    if (early) ok.tick = early;
+    this.#resolve(o, { ok });
     // Its tick came before its "sent" did.
     if (early) this.#emit('receipt', { id: f.id, status: early, group: o.group, by: o.to, device: '', ts: Date.now(), seq: f.seq });
   }
