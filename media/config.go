@@ -123,6 +123,10 @@ type Config struct {
 	// Replicas is the replication factor of the NATS buckets (1, 3 or 5).
 	// Zero means 1.
 	Replicas int
+	// DailyQuota is how many bytes of upload tickets one user may be
+	// issued per UTC day (quota.go). Zero means DefaultDailyQuota;
+	// negative means no quota.
+	DailyQuota int64
 }
 
 // DefaultConfig returns the embedded-store configuration with every default
@@ -169,6 +173,9 @@ func (c Config) withDefaults() Config {
 	}
 	if c.Replicas == 0 {
 		c.Replicas = 1
+	}
+	if c.DailyQuota == 0 {
+		c.DailyQuota = DefaultDailyQuota
 	}
 	return c
 }

@@ -28,6 +28,7 @@ import (
 //	too_large           413     a declared or sent size above the limit
 //	bad_type            415     a media type the config does not allow, or a Content-Type other than the signed one
 //	too_many            429     an upload (embedded store) while 8 of the uploader's, or 512 in all, are in progress on the instance; Retry-After: 1
+//	quota_exceeded      429     an upload ticket past the uploader's daily quota of bytes (the message says when it renews)
 //	internal            500     anything else; the detail goes to the server log only
 //	unavailable         503     the media function did not answer within the timeout
 //
@@ -64,6 +65,7 @@ var (
 	ErrTooLarge         = &Error{Status: http.StatusRequestEntityTooLarge, Code: "too_large", Message: "too large"}
 	ErrBadType          = &Error{Status: http.StatusUnsupportedMediaType, Code: "bad_type", Message: "media type not allowed"}
 	ErrTooMany          = &Error{Status: http.StatusTooManyRequests, Code: "too_many", Message: "too many uploads in progress"}
+	ErrQuota            = &Error{Status: http.StatusTooManyRequests, Code: "quota_exceeded", Message: "the daily upload quota is used up"}
 	ErrInternal         = &Error{Status: http.StatusInternalServerError, Code: "internal", Message: "internal error"}
 	ErrUnavailable      = &Error{Status: http.StatusServiceUnavailable, Code: "unavailable", Message: "the media function is unavailable"}
 )
@@ -72,7 +74,7 @@ var (
 // a code (a micro error without data) maps back to its sentinel.
 var codes = []*Error{
 	ErrBadRequest, ErrUnauthorized, ErrForbidden, ErrURLExpired, ErrBadSignature, ErrNotFound,
-	ErrMethodNotAllowed, ErrExists, ErrLengthRequired, ErrTooLarge, ErrBadType, ErrTooMany, ErrInternal, ErrUnavailable,
+	ErrMethodNotAllowed, ErrExists, ErrLengthRequired, ErrTooLarge, ErrBadType, ErrTooMany, ErrQuota, ErrInternal, ErrUnavailable,
 }
 
 // ErrConfig wraps an invalid Config; the message names the field.

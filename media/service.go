@@ -9,6 +9,7 @@ import (
 	"mime"
 	"strconv"
 	"sync"
+	"time"
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
@@ -32,6 +33,7 @@ const (
 	BucketObjects = "MEDIA"
 	// BucketUploads is the embedded store's upload claims.
 	BucketUploads = "MEDIA_UPLOADS"
+	// BucketQuota (quota.go) counts each user's upload tickets per day.
 )
 
 // Service is the media function: it issues upload tickets and download
@@ -47,6 +49,7 @@ type Service struct {
 	log   *slog.Logger
 	store Store
 	acl   *acl
+	quota *quota // nil: no quota
 	svc   micro.Service
 	api   *API
 
@@ -70,6 +73,11 @@ func New(ctx context.Context, nc *nats.Conn, js jetstream.JetStream, cfg Config,
 		return nil, err
 	}
 	s := &Service{cfg: cfg, log: log, store: store, acl: a}
+	if cfg.DailyQuota > 0 {
+		if s.quota, err = openQuota(ctx, js, cfg); err != nil {
+			return nil, err
+		}
+	}
 	s.api = &API{client: NewClient(nc, cfg.RequestTimeout), blob: blob, log: log}
 
 	backend := "s3"
@@ -161,8 +169,13 @@ func (s *Service) API() *API { return s.api }
 func (s *Service) Info() micro.Info { return s.svc.Info() }
 
 // Upload issues a ticket for user to upload one object of type mime and
-// at most size bytes.
+// at most size bytes, counted against their daily quota.
 func (s *Service) Upload(ctx context.Context, user, mime string, size int64) (*Ticket, error) {
+	return s.upload(ctx, user, mime, size, time.Now())
+}
+
+// upload is Upload as of now.
+func (s *Service) upload(ctx context.Context, user, mime string, size int64, now time.Time) (*Ticket, error) {
 	if !protocol.ValidID(user) {
 		return nil, errorf(ErrBadRequest, "user id must be 1-64 characters of A-Z a-z 0-9 _ -")
 	}
@@ -179,6 +192,11 @@ func (s *Service) Upload(ctx context.Context, user, mime string, size int64) (*T
 	key, err := NewKey(user)
 	if err != nil {
 		return nil, err
+	}
+	if s.quota != nil {
+		if err := s.quota.take(ctx, user, size, now); err != nil {
+			return nil, err
+		}
 	}
 	return s.store.PresignUpload(ctx, key, mt, size, s.cfg.UploadExpiry)
 }

@@ -124,6 +124,7 @@ func bindMediaFlags(fs *flag.FlagSet, c *functionsConfig) {
 	fs.DurationVar(&m.DownloadExpiry, "media-download-expiry", m.DownloadExpiry, "life of a download URL (at most 7 days)")
 	fs.DurationVar(&m.OrphanAge, "media-orphan-age", m.OrphanAge, "remove uploads no message referenced after this")
 	fs.DurationVar(&c.MediaUploadTimeout, "media-upload-timeout", c.MediaUploadTimeout, "bound on one upload to the embedded media store")
+	fs.Int64Var(&m.DailyQuota, "media-daily-quota", m.DailyQuota, "bytes of uploads one user may start per UTC day (negative: no quota)")
 	fs.StringVar(&c.MediaKeyFile, "media-signing-key", c.MediaKeyFile, "file of the embedded store's URL signing key, made on first use; every media instance needs the same one (default: <data>/media.key)")
 	for _, class := range []media.Class{media.ClassImage, media.ClassVideo, media.ClassAudio, media.ClassDocument} {
 		fs.Int64Var(c.MediaLimits[class], "media-max-"+string(class), *c.MediaLimits[class], "largest "+string(class)+" upload in bytes")

@@ -175,12 +175,12 @@ func For(r Role) Rules {
 	case Media:
 		// Its buckets are its own: it creates them, and nothing else may
 		// read them (grants, upload claims, the embedded store's bytes).
-		own := []string{kvStream(MediaACL), kvStream(MediaUploads), "OBJ_" + MediaObjects}
+		own := []string{kvStream(MediaACL), kvStream(MediaUploads), kvStream(MediaQuota), "OBJ_" + MediaObjects}
 		return Rules{
 			Publish: join(
 				// Its own requests too: its HTTP API (Service.API) asks
 				// whichever instance answers first.
-				[]string{subjFn + "media.>", kvSubject(MediaACL) + ">", kvSubject(MediaUploads) + ">",
+				[]string{subjFn + "media.>", kvSubject(MediaACL) + ">", kvSubject(MediaUploads) + ">", kvSubject(MediaQuota) + ">",
 					"$O." + MediaObjects + ".>"},
 				// Only its own streams: a stream of its making that
 				// sourced INBOX and republished to its subjects would read
@@ -241,6 +241,7 @@ func For(r Role) Rules {
 const (
 	MediaACL     = "MEDIA_ACL"
 	MediaUploads = "MEDIA_UPLOADS"
+	MediaQuota   = "MEDIA_QUOTA"
 	MediaObjects = "MEDIA"
 )
 
