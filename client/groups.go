@@ -66,6 +66,9 @@ type groupResult struct {
 // a repeat of a change it stored with the group and applies it once, so
 // a lost answer never turns into already_member or group_exists. Asked
 // while the client is reconnecting, it waits for the connection (or ctx).
+// A frame larger than the gateway takes (more than 256 users, or past its
+// max_frame) fails with ErrTooLarge, unwritten; Close ends it with the
+// close's error.
 func (c *Client) GroupOp(ctx context.Context, op, group, name string, users []string) (Group, error) {
 	if !protocol.ValidID(group) {
 		return Group{}, ErrBadID
@@ -75,6 +78,13 @@ func (c *Client) GroupOp(ctx context.Context, op, group, name string, users []st
 			return Group{}, ErrBadID
 		}
 	}
+	if len(users) > protocol.MaxGroupUsersPerFrame {
+		return Group{}, ErrTooLarge
+	}
+	// Stop asking when the client closes, even while waiting to ask again.
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	defer context.AfterFunc(c.ctx, cancel)()
 	c.mu.Lock()
 	if c.groupWait == nil {
 		c.groupWait = map[string]chan groupResult{}
@@ -89,6 +99,9 @@ func (c *Client) GroupOp(ctx context.Context, op, group, name string, users []st
 	for n := 1; ; n++ {
 		r, err := c.groupAsk(ctx, id, b)
 		if err != nil {
+			if c.ctx.Err() != nil {
+				return Group{}, c.closedErr()
+			}
 			return Group{}, err
 		}
 		var se *ServerError
@@ -101,6 +114,9 @@ func (c *Client) GroupOp(ctx context.Context, op, group, name string, users []st
 				d = retryWait(n, c.opts.MinBackoff, c.opts.MaxBackoff)
 			}
 			if !c.hooks.wait(ctx, d) {
+				if c.ctx.Err() != nil {
+					return Group{}, c.closedErr()
+				}
 				return Group{}, ctx.Err()
 			}
 			continue
@@ -133,6 +149,12 @@ func (c *Client) groupAsk(ctx context.Context, id string, b []byte) (groupResult
 		return groupResult{}, err
 	}
 	conn := c.conn
+	if len(b) > c.maxFrame {
+		// Written, it would close the connection (1009), and be asked
+		// again on every new one.
+		c.mu.Unlock()
+		return groupResult{}, ErrTooLarge
+	}
 	c.groupWait[id] = ch
 	c.mu.Unlock()
 	defer func() {
@@ -264,4 +286,14 @@ func (c *Client) failGroupsLocked() {
 		delete(c.groupWait, id)
 		ch <- groupResult{err: ErrNoAnswer}
 	}
+}
+
+// closedErr is why the client closed.
+func (c *Client) closedErr() error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.closeErr != nil {
+		return c.closeErr
+	}
+	return ErrClosed
 }

@@ -175,3 +175,38 @@ func TestGroupOperationWaitsForTheConnection(t *testing.T) {
 		t.Fatalf("info: %+v, %v", r.g, r.err)
 	}
 }
+
+// A group operation too large for the gateway fails unwritten (written,
+// it would close the connection and go again on every new one); one
+// waiting to ask again ends when the client closes.
+func TestGroupOpTooLargeOrClosed(t *testing.T) {
+	s := newScript(t)
+	w := newWaiter(false)
+	c := s.dial(t, Options{}, w)
+	sc := s.accept(t)
+	ctx, cancel := context.WithTimeout(context.Background(), stuck)
+	defer cancel()
+
+	users := make([]string, protocol.MaxGroupUsersPerFrame+1)
+	for i := range users {
+		users[i] = fmt.Sprintf("u%d", i)
+	}
+	if _, err := c.AddMembers(ctx, "friends", users...); !errors.Is(err, ErrTooLarge) {
+		t.Fatalf("add of %d users: %v, want ErrTooLarge", len(users), err)
+	}
+	sc.fence(t, c) // not written
+
+	res := groupCall(c, func(ctx context.Context) (Group, error) { return c.GroupInfo(ctx, "friends") })
+	f := sc.next(t)
+	sc.fail(protocol.ErrRateLimited, f.ID, 0)
+	w.next(t) // waiting to ask again
+	c.Close()
+	select {
+	case r := <-res:
+		if !errors.Is(r.err, ErrClosed) {
+			t.Fatalf("an operation waiting to ask again when the client closed: %v, want ErrClosed", r.err)
+		}
+	case <-time.After(stuck):
+		t.Fatal("an operation waiting to ask again outlived the client's close")
+	}
+}

@@ -747,6 +747,25 @@ func TestSDKGroups(t *testing.T) {
 	}
 }
 
+// A group operation waits for a connection no longer than its timeout,
+// and rejects then with the last retryable refusal it had.
+func TestSDKGroupOpTimesOutWhileOffline(t *testing.T) {
+	s := newScript(t)
+	pg, c := startSDK(t, s, "")
+	js(pg, `c.group('info', 'friends', { timeout: 500 }).then((v) => { results.info = v; }, (e) => { results.info = { error: e.name, code: e.code }; })`)
+	f := c.next(t)
+	c.write(protocol.EncodeError(protocol.ErrUnavailable, "scripted", f.ID, 0, 0))
+	if again := c.next(t); again.ID != f.ID {
+		t.Fatalf("after unavailable %+v, want the info again under id %s", again, f.ID)
+	}
+	s.refuse.Store(1 << 20) // no connection comes back
+	c.closeWith(protocol.CloseServiceRestart, "restart")
+	pg.WaitFor(stuck, "the info's rejection while offline", `results.info !== undefined`)
+	if got := tk.Eval[string](pg, `JSON.stringify(results.info)`); got != `{"error":"ServerError","code":"unavailable"}` {
+		t.Fatalf("info past its timeout while offline: %s", got)
+	}
+}
+
 // Group receipts tick the client's own messages in that group's range,
 // not its messages to users with the same seqs; groupStatus asks with
 // the group and resolves with the members' ticks and totals, or rejects

@@ -348,10 +348,10 @@ func TestOperationsAndRefusals(t *testing.T) {
 }
 
 // A change asked again under the same request id (its answer lost to a
-// timeout or a dropped connection) is answered with the group and
-// applied once: where deciding it again would refuse it, and where it
-// would apply it again. The same id with other content, or from another
-// device, is another request.
+// timeout or a dropped connection) is answered as the first ask was, with
+// the group as that change left it, and applied once: where deciding it
+// again would refuse it, and where it would apply it again. The same id
+// with other content, or from another device, is another request.
 func TestRepeatedChangeAnsweredOnce(t *testing.T) {
 	e := newEnv(t)
 	s := e.instance(t, groups.DefaultConfig())
@@ -360,12 +360,12 @@ func TestRepeatedChangeAnsweredOnce(t *testing.T) {
 		r.Request = id
 		return r
 	}
-	// sameGroup asks and wants the group as it is, with nothing stored.
-	sameGroup := func(op string, r contract.GroupRequest) {
+	// again asks and wants the first ask's answer, with nothing stored.
+	again := func(op string, r contract.GroupRequest, first contract.GroupRecord) {
 		t.Helper()
-		before, rec := e.events(t, gid), e.record(t, gid)
-		if g := e.must(t, op, r); !reflect.DeepEqual(g, rec) {
-			t.Fatalf("%s %+v again: %+v, want the group as it is %+v", op, r, g, rec)
+		before := e.events(t, gid)
+		if g := e.must(t, op, r); !reflect.DeepEqual(g, first) {
+			t.Fatalf("%s %+v again: %+v, want the first answer %+v", op, r, g, first)
 		}
 		if n := e.events(t, gid); n != before {
 			t.Fatalf("%s %+v again stored %d events", op, r, n-before)
@@ -373,12 +373,11 @@ func TestRepeatedChangeAnsweredOnce(t *testing.T) {
 	}
 
 	create := ask(named("alice", gid, "Friends", "bob"), "q-1")
-	e.must(t, contract.GroupCreate, create)
-	sameGroup(contract.GroupCreate, create) // would be group_exists
+	again(contract.GroupCreate, create, e.must(t, contract.GroupCreate, create)) // would be group_exists
 
 	add := ask(req("alice", gid, "dave"), "q-2")
-	e.must(t, contract.GroupAdd, add)
-	sameGroup(contract.GroupAdd, add) // would be already_member
+	added := e.must(t, contract.GroupAdd, add)
+	again(contract.GroupAdd, add, added) // would be already_member
 	// The same id with other users is another request, and so is the
 	// same request from another device.
 	g := e.must(t, contract.GroupAdd, ask(req("alice", gid, "erin"), "q-2"))
@@ -389,24 +388,30 @@ func TestRepeatedChangeAnsweredOnce(t *testing.T) {
 	other.Device = "laptop"
 	e.refused(t, contract.GroupErrAlreadyMember, contract.GroupAdd, other)
 	// Found behind a later change of the group.
-	sameGroup(contract.GroupAdd, add)
+	again(contract.GroupAdd, add, added)
 
 	// Removed since: asking the add again would add dave again; the
 	// store's duplicate id finds the first ask's change instead.
 	e.must(t, contract.GroupRemove, ask(req("alice", gid, "dave"), "q-3"))
-	sameGroup(contract.GroupAdd, add)
+	again(contract.GroupAdd, add, added)
 	if r := e.record(t, gid); r.IsMember("dave") {
 		t.Fatal("a repeated add applied again")
 	}
 
 	leave := ask(req("bob", gid), "q-4")
-	e.must(t, contract.GroupLeave, leave)
-	sameGroup(contract.GroupLeave, leave) // would be not_member
+	again(contract.GroupLeave, leave, e.must(t, contract.GroupLeave, leave)) // would be not_member
+
+	// The asker removed since gets the answer of then, not the group as
+	// it is now, which only members may see.
+	e.must(t, contract.GroupPromote, ask(req("alice", gid, "erin"), "q-5"))
+	e.must(t, contract.GroupRemove, ask(req("erin", gid, "alice"), "q-6"))
+	e.must(t, contract.GroupAdd, ask(req("erin", gid, "frank"), "q-7"))
+	again(contract.GroupAdd, add, added) // would be not_member
 
 	// Without a request id nothing is taken for a repeat.
-	e.refused(t, contract.GroupErrAlreadyMember, contract.GroupAdd, req("alice", gid, "erin"))
-	if st := s.Stats(); st.Repeats != 5 {
-		t.Fatalf("repeats counted %d, want 5", st.Repeats)
+	e.refused(t, contract.GroupErrNotMember, contract.GroupAdd, req("alice", gid, "dave"))
+	if st := s.Stats(); st.Repeats != 6 {
+		t.Fatalf("repeats counted %d, want 6", st.Repeats)
 	}
 }
 

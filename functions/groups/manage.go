@@ -82,12 +82,12 @@ func (s *Service) apply(ctx context.Context, op string, req contract.GroupReques
 		if req.Request != "" && mayRepeat(err) {
 			// A change that no longer holds may be this one, asked again
 			// after its answer was lost: answered, not refused.
-			switch found, rerr := s.repeatOf(ctx, op, req, last, time.Now().UnixMilli()); {
+			switch first, rerr := s.repeatOf(ctx, op, req, last, time.Now().UnixMilli()); {
 			case rerr != nil:
 				return contract.GroupRecord{}, rerr
-			case found:
+			case first != nil:
 				s.repeats.Add(1)
-				return cur, nil
+				return first.Group, nil
 			}
 		}
 		if err != nil || ev == nil {
@@ -106,11 +106,18 @@ func (s *Service) apply(ctx context.Context, op string, req contract.GroupReques
 		}
 		if dup {
 			// This change was stored before, from an earlier ask of the
-			// same request (within the stream's duplicate window): the
-			// group is as that one and those after it left it.
+			// same request (within the stream's duplicate window): its
+			// answer is that change's group.
 			s.repeats.Add(1)
-			cur, _, err := s.load(ctx, req.Group)
-			return cur, err
+			m, err := s.getMsg(ctx, msgGetRequest{Seq: seq})
+			if err != nil {
+				return contract.GroupRecord{}, err
+			}
+			first, err := parseEvent(m)
+			if err != nil {
+				return contract.GroupRecord{}, err
+			}
+			return first.Group, nil
 		}
 		s.changes.Add(1)
 		g := ev.Group
@@ -391,17 +398,18 @@ func mayRepeat(err error) bool {
 	return false
 }
 
-// repeatOf reports whether req, refused against the group as last left
-// it, is a change already stored among its last repeatDepth of the last
-// repeatWindow before now (ms): the same op, name and users asked by the
-// same device under the same request id. Such a repeat (an ask whose
-// answer was lost) is answered with the group, where deciding it again
-// would refuse it.
-func (s *Service) repeatOf(ctx context.Context, op string, req contract.GroupRequest, last *event, now int64) (bool, error) {
+// repeatOf finds the change req repeats, if req, refused against the
+// group as last left it, is one already stored among its last
+// repeatDepth of the last repeatWindow before now (ms): the same op, name
+// and users asked by the same device under the same request id. Such a
+// repeat (an ask whose answer was lost) is answered as the first was,
+// with the group as that change left it (not as it is now: the asker
+// may have been removed since), where deciding it again would refuse it.
+func (s *Service) repeatOf(ctx context.Context, op string, req contract.GroupRequest, last *event, now int64) (*event, error) {
 	want := newEvent(op, req, contract.GroupRecord{}, contract.GroupRecord{}, 0, req.Users, nil)
 	for ev, n := last, 0; ev != nil && n < repeatDepth && ev.TS >= now-repeatWindow.Milliseconds(); n++ {
 		if ev.Request == req.Request && ev.Actor == req.Actor && ev.Device == req.Device && ev.Op == op && ev.contentHash() == want.contentHash() {
-			return true, nil
+			return ev, nil
 		}
 		if ev.Prev == 0 {
 			break
@@ -411,13 +419,13 @@ func (s *Service) repeatOf(ctx context.Context, op string, req contract.GroupReq
 			break // the log's start, or aged out
 		}
 		if err != nil {
-			return false, err
+			return nil, err
 		}
 		if ev, err = parseEvent(m); err != nil {
-			return false, err
+			return nil, err
 		}
 	}
-	return false, nil
+	return nil, nil
 }
 
 // contentHash sums what a change asked for (op, name, users), so one

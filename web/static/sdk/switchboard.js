@@ -1312,10 +1312,20 @@ export class Client {
     if (name !== undefined) f.name = name;
     if (users !== undefined) f.users = users;
     const deadline = Date.now() + timeout;
+    // late is what the call rejects with once the deadline passes: the
+    // last retryable refusal, if one came, else "no answer in time".
+    let late = null;
+    const overdue = () => late ?? new Error('switchboard: no answer in time');
     for (let n = 1; ; n++) {
-      await this.#connected();
+      if (!this.#link) {
+        // Reconnecting: wait for a connection, but not past the deadline.
+        let timer;
+        const expired = new Promise((resolve) => { timer = setTimeout(resolve, Math.max(0, deadline - Date.now()), 'expired'); });
+        const why = await Promise.race([this.#connected().then(() => 'connected'), expired]).finally(() => clearTimeout(timer));
+        if (why === 'expired') throw overdue();
+      }
       const left = deadline - Date.now();
-      if (left <= 0) throw new Error('switchboard: no answer in time');
+      if (left <= 0) throw overdue();
       try {
         return await this.#await(left, (w) => {
           this.#groupWait.set(id, w);
@@ -1325,6 +1335,7 @@ export class Client {
       } catch (e) {
         if (e instanceof LostAnswer) continue; // asked again on the next connection
         if (!(e instanceof ServerError) || !retryable(e.code)) throw e;
+        late = e;
         const wait = Math.min(e.retryMs > 0 ? e.retryMs : retryWait(n, this.#opts.minBackoff, this.#opts.maxBackoff), deadline - Date.now());
         if (wait > 0) await new Promise((r) => setTimeout(r, wait));
       }
