@@ -119,6 +119,9 @@ func NewWatchedGroupRecords(kv jetstream.KeyValue, nc *nats.Conn) GroupRecords {
 	return GroupRecords{c}
 }
 
+// Restarts counts the watches the cache started again after one ended.
+func (g GroupRecords) Restarts() int64 { return g.c.restarts.Load() }
+
 // Reads counts the records the cache read.
 func (g GroupRecords) Reads() int64 { return g.c.reads.Load() }
 

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"sync"
 	"sync/atomic"
+	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
 
@@ -34,6 +35,13 @@ import (
 // than the one in hand makes the hand read again (groups.go), so an old
 // membership never overwrites a newer one. While the watch is not
 // running, every position reads the record, as before.
+//
+// The server may end a watch on its own: nats.go gives up an ordered
+// consumer whose re-creation the server refuses (a JetStream API queue
+// past its limit, as in a storm of 100,000 first connects). The watch is
+// then started again, with backoff, from the revision after the last it
+// named (or after the bucket's last when it began), so every change made
+// while it was down still comes as news and its group is settled.
 type groupRecords struct {
 	kv  jetstream.KeyValue
 	max int
@@ -60,7 +68,22 @@ type groupRecords struct {
 	gen     uint64
 	w       jetstream.KeyWatcher
 	stopped bool // stop was called
+	// seen is the last revision the watch named, or the bucket's last
+	// when it began: a watch started again resumes after it.
+	seen uint64
+	// life bounds the watches (ended by stop); restarts counts the
+	// watches started again (tests).
+	life     context.Context
+	cancel   context.CancelFunc
+	restarts atomic.Int64
 }
+
+// The wait before a watch that ended is started again: doubling from
+// rewatchMin to rewatchMax while the server refuses it.
+const (
+	rewatchMin = 100 * time.Millisecond
+	rewatchMax = 5 * time.Second
+)
 
 // groupEntry is a decoded record and its revision, or, with g nil, a
 // revision the watch announced and no read has brought yet.
@@ -77,20 +100,43 @@ type groupEntry struct {
 const recordsMax = 4096
 
 func newGroupRecords(kv jetstream.KeyValue) *groupRecords {
-	return &groupRecords{kv: kv, max: recordsMax, m: map[string]groupEntry{}}
+	c := &groupRecords{kv: kv, max: recordsMax, m: map[string]groupEntry{}}
+	c.life, c.cancel = context.WithCancel(context.Background())
+	return c
 }
 
-// watch starts the watch of the bucket's changes. Records are kept
-// between reads only while it runs.
+// watch starts the watch of the bucket's changes, and starts it again
+// whenever it ends before stop. Records are kept between reads only
+// while it runs. ctx bounds the start only.
 func (c *groupRecords) watch(ctx context.Context) error {
-	w, err := c.kv.WatchAll(ctx, jetstream.UpdatesOnly(), jetstream.MetaOnly())
+	st, err := c.kv.Status(ctx)
 	if err != nil {
+		return err
+	}
+	var last uint64
+	if bs, ok := st.(*jetstream.KeyValueBucketStatus); ok {
+		last = bs.StreamInfo().State.LastSeq
+	}
+	c.mu.Lock()
+	c.seen = last
+	c.mu.Unlock()
+	w, err := c.kv.WatchAll(c.life, jetstream.UpdatesOnly(), jetstream.MetaOnly())
+	if err != nil {
+		// Tried again in the background, from where the bucket was.
+		go c.follow(c.rewatch())
 		return err
 	}
 	c.mu.Lock()
 	c.w, c.watching = w, true
 	c.mu.Unlock()
-	go func() {
+	go c.follow(w)
+	return nil
+}
+
+// follow takes w's news until it ends, then starts a watch again, until
+// stop.
+func (c *groupRecords) follow(w jetstream.KeyWatcher) {
+	for w != nil {
 		for e := range w.Updates() {
 			if e != nil {
 				c.changed(e.Key(), e.Revision())
@@ -101,11 +147,47 @@ func (c *groupRecords) watch(ctx context.Context) error {
 		c.clearLocked()
 		stopped := c.stopped
 		c.mu.Unlock()
-		if !stopped && c.ended != nil {
+		if stopped {
+			return
+		}
+		if c.ended != nil {
 			c.ended()
 		}
-	}()
-	return nil
+		w = c.rewatch()
+	}
+}
+
+// rewatch starts the watch again from the revision after the last one
+// seen (every change since, in order), waiting between refusals; nil
+// once stop is called.
+func (c *groupRecords) rewatch() jetstream.KeyWatcher {
+	for wait := rewatchMin; ; wait = min(2*wait, rewatchMax) {
+		t := time.NewTimer(wait)
+		select {
+		case <-c.life.Done():
+			t.Stop()
+			return nil
+		case <-t.C:
+		}
+		c.mu.Lock()
+		from := c.seen + 1
+		c.mu.Unlock()
+		w, err := c.kv.WatchAll(c.life, jetstream.MetaOnly(), jetstream.IncludeHistory(), jetstream.ResumeFromRevision(from))
+		if err != nil {
+			continue
+		}
+		c.mu.Lock()
+		if c.stopped {
+			c.mu.Unlock()
+			_ = w.Stop()
+			return nil
+		}
+		c.w, c.watching = w, true
+		c.gen++
+		c.mu.Unlock()
+		c.restarts.Add(1)
+		return w
+	}
 }
 
 // stop ends the watch.
@@ -114,6 +196,7 @@ func (c *groupRecords) stop() {
 	c.stopped = true
 	w := c.w
 	c.mu.Unlock()
+	c.cancel()
 	if w != nil {
 		_ = w.Stop()
 	}
@@ -125,6 +208,7 @@ func (c *groupRecords) stop() {
 // must still be settled, so the news goes out then too.
 func (c *groupRecords) changed(gid string, rev uint64) {
 	c.mu.Lock()
+	c.seen = max(c.seen, rev)
 	old, ok := c.m[gid]
 	if !ok || old.rev < rev {
 		c.putLocked(gid, groupEntry{rev: rev})

@@ -159,11 +159,12 @@ func Start(ctx context.Context, nc *nats.Conn, js jetstream.JetStream, cfg Confi
 	s.news = newGroupNews(s.settleNews)
 	s.records.news = s.news.add
 	s.records.ended = func() {
-		s.log.Warn("the watch of group records ended; every position reads its group's record, and a change counts from the group's next position")
+		s.log.Warn("the watch of group records ended; starting it again (until then every position reads its group's record)")
 	}
 	if err := s.records.watch(ctx); err != nil {
-		// Slower, not wrong: every position reads its group's record.
-		s.log.Warn("cannot watch group records; reading them at each position", "err", err)
+		// Slower, not wrong: every position reads its group's record
+		// until the watch starts.
+		s.log.Warn("cannot watch group records yet; reading them at each position", "err", err)
 	}
 	started := false
 	defer func() {

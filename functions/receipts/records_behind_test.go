@@ -258,3 +258,83 @@ func TestGatheredGroupPositionsAnswerInTime(t *testing.T) {
 		t.Fatalf("bob's position in g2 %+v", p)
 	}
 }
+
+// endingWatchKV hands out watches the test can end, as the server ends
+// one whose ordered consumer it refuses to re-create, and holds every
+// watch after the first until the test lets it start.
+type endingWatchKV struct {
+	jetstream.KeyValue
+	calls   atomic.Int64
+	asked   chan struct{} // told when a watch after the first is asked for
+	proceed chan struct{} // closed to let it start
+	first   chan struct{} // closed to end the first watch
+}
+
+func (k *endingWatchKV) WatchAll(ctx context.Context, opts ...jetstream.WatchOpt) (jetstream.KeyWatcher, error) {
+	if k.calls.Add(1) > 1 {
+		k.asked <- struct{}{}
+		<-k.proceed
+		return k.KeyValue.WatchAll(ctx, opts...)
+	}
+	inner, err := k.KeyValue.WatchAll(ctx, opts...)
+	if err != nil {
+		return nil, err
+	}
+	w := &laggingWatcher{inner: inner, out: make(chan jetstream.KeyValueEntry, 256)}
+	go func() {
+		defer close(w.out)
+		for {
+			select {
+			case e, ok := <-inner.Updates():
+				if !ok {
+					return
+				}
+				w.out <- e
+			case <-k.first:
+				_ = inner.Stop()
+				return
+			}
+		}
+	}()
+	return w, nil
+}
+
+// A watch the server ends is started again from where it was: a change
+// made while it was down (carol removed) still comes as news, so her
+// removal is settled even in a group where nothing else moves.
+func TestGroupRecordsWatchStartsAgainFromWhereItEnded(t *testing.T) {
+	ctx := context.Background()
+	nc, kv, admin := groupInfoAs(t)
+	putG1(t, admin, "alice", "bob", "carol")
+	k := &endingWatchKV{KeyValue: kv, asked: make(chan struct{}, 4), proceed: make(chan struct{}), first: make(chan struct{})}
+	cache := receipts.NewWatchedGroupRecords(k, nc)
+	var mu sync.Mutex
+	var news []string
+	cache.OnNews(func(gid string) { mu.Lock(); news = append(news, gid); mu.Unlock() })
+	if err := cache.Watch(ctx); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(cache.Stop)
+	if g := getG1(t, cache); len(g.Members) != 3 {
+		t.Fatalf("%+v", g)
+	}
+	close(k.first) // the server ends the watch
+	select {
+	case <-k.asked:
+	case <-time.After(10 * time.Second):
+		t.Fatal("the watch was not started again")
+	}
+	putG1(t, admin, "alice", "bob") // while no watch runs
+	close(k.proceed)
+	tk.WaitFor(t, 10*time.Second, func() error {
+		mu.Lock()
+		defer mu.Unlock()
+		if len(news) == 0 || cache.Restarts() != 1 {
+			return tk.Errorf("news of %v after %d restarts: carol's removal made while the watch was down is never settled", news, cache.Restarts())
+		}
+		return nil
+	})
+	if g := getG1(t, cache); len(g.Members) != 2 {
+		t.Fatalf("after the restart: %+v", g)
+	}
+}
