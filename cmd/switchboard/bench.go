@@ -11,6 +11,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"os/exec"
 	"os/signal"
 	"path/filepath"
 	"strconv"
@@ -32,7 +33,9 @@ are reported).
 
 scenarios:
   idle     --devices N connected devices, no traffic: bytes of server RSS per
-           device (gateway + NATS) and the connect rate (QUALITY.md P3)
+           device (gateway + NATS) and the connect rate (QUALITY.md P3);
+           with --clients K the devices are held by K child processes, for
+           more than one process has sockets for (P10: 100,000 at once)
   pairs    --pairs N sender/recipient pairs for --duration, at a total --rate
            msgs/s or flat out (--rate 0) with --inflight K sends per sender;
            recipients ack, senders wait for the delivered receipt: throughput
@@ -123,6 +126,10 @@ func runBench(args []string, out, errOut io.Writer) error {
 	fs.StringVar(&spawnArgs, "spawn-args", "", "with --spawn: extra flags for the all-in-one, space-separated (e.g. \"--sync-always\")")
 
 	fs.IntVar(&c.Devices, "devices", c.Devices, "idle, storm: devices")
+	fs.IntVar(&c.Clients, "clients", c.Clients, "idle: load-tool processes holding the devices (one holds about 19,000 sockets here; 0: this one)")
+	var holdIdle bool
+	fs.BoolVar(&holdIdle, "hold-idle", false, "(a child of --clients) connect --devices, report them on stdout, hold them until stdin closes")
+	fs.IntVar(&c.FirstDevice, "first-device", c.FirstDevice, "(a child of --clients) the number of this process's first device")
 	fs.IntVar(&c.Pairs, "pairs", c.Pairs, "pairs: sender/recipient pairs")
 	fs.IntVar(&c.GroupSize, "group-size", c.GroupSize, "groups: members of each group, the sender included")
 	fs.IntVar(&c.Groups, "groups", c.Groups, "groups: groups sending at once")
@@ -218,6 +225,40 @@ func runBench(args []string, out, errOut io.Writer) error {
 				Home: benchHomes(natsURL, target.NATSOptions, []string{sendersIn.region, recipsIn.region}),
 			}
 		}
+	}
+
+	if holdIdle {
+		// A child of an idle run with --clients: the parent reads what it
+		// writes and closes its input when done.
+		c.Scenario = load.ScenarioIdle
+		return load.HoldIdle(ctx, c, target, os.Stdin, out)
+	}
+	self, err := os.Executable()
+	if err != nil {
+		self = os.Args[0]
+	}
+	childFlags := []string{"bench", "--hold-idle", "--url", strings.Join(target.URLs, ","),
+		"--per-source", strconv.Itoa(c.PerSource), "--connect-concurrency", strconv.Itoa(c.ConnectConcurrency)}
+	if rules.Audience != "" {
+		childFlags = append(childFlags, "--jwt-audience", rules.Audience)
+	}
+	if rules.Issuer != "" {
+		childFlags = append(childFlags, "--jwt-issuer", rules.Issuer)
+	}
+	childData := dataDir
+	if spawned != nil {
+		childData = spawned.DataDir
+	}
+	target.ChildCommand = func(devices, first int) *exec.Cmd {
+		cmd := exec.CommandContext(ctx, self, append(childFlags, "--devices", strconv.Itoa(devices), "--first-device", strconv.Itoa(first))...)
+		// The secret travels in the environment, never in arguments
+		// other processes can read.
+		cmd.Env = append(os.Environ(), "SWITCHBOARD_DATA="+childData)
+		if secret != "" && spawned == nil {
+			cmd.Env = append(cmd.Env, "SWITCHBOARD_JWT_SECRET="+secret)
+		}
+		cmd.Stderr = errOut
+		return cmd
 	}
 
 	rep, runErr := load.Run(ctx, c, target)

@@ -182,6 +182,25 @@ func TestBenchIdle(t *testing.T) {
 	}
 }
 
+// Devices held by child processes (for more than one process has sockets
+// for) are all connected at once while memory is read, counted by the
+// parent, and closed by their children when it is done.
+func TestBenchIdleInChildProcesses(t *testing.T) {
+	t.Parallel()
+	p, data := startForBench(t)
+	tree, rep := benchJSON(t, p, data, "--scenario", "idle", "--devices", "40", "--clients", "3", "--baseline-consumers", "-1")
+	benchClean(t, tree, rep)
+	benchPositive(t, tree, "idle.bytes_per_device", "idle.connects.per_sec")
+	benchOrdered(t, tree, "idle.connects.latency")
+	if c := rep.Idle.Connects; c.Connected != 40 || c.Latency.Count != 40 {
+		t.Fatalf("connected %d of 40, %d connect latencies", c.Connected, c.Latency.Count)
+	}
+	// Each child closed its devices (1000) when the parent was done.
+	if got := rep.Server.Closes["1000"]; got != 40 {
+		t.Fatalf("closes %v, want 40 normal closes", rep.Server.Closes)
+	}
+}
+
 func TestBenchStorm(t *testing.T) {
 	t.Parallel()
 	p, data := startForBench(t)

@@ -3,6 +3,7 @@ package load
 import (
 	"context"
 	"github.com/nats-io/nats.go"
+	"os/exec"
 
 	"errors"
 	"fmt"
@@ -49,6 +50,11 @@ type Target struct {
 	// Procs are the server processes whose memory and CPU are read from
 	// /proc. Empty: no server-side memory figures.
 	Procs []Proc
+	// ChildCommand makes the command of a child load-tool process for
+	// an idle run with Config.Clients above 1: this binary with flags
+	// that reach this target and run HoldIdle for devices devices
+	// numbered from first. Nil: an idle run has one process.
+	ChildCommand func(devices, first int) *exec.Cmd
 	// Placement, for a pairs run on a regions deployment (README,
 	// "Regions"), homes the senders in one region and the recipients in
 	// another, or the same, and connects each to its own region's
@@ -150,6 +156,17 @@ type Config struct {
 	// SkipBaseline runs no baseline at all (ratios are then absent).
 	SkipBaseline bool
 
+	// Clients, for idle, is how many load-tool processes hold the
+	// devices (Target.ChildCommand starts them; each runs HoldIdle): one
+	// process may hold some 19,000 sockets on this machine kind, so
+	// 100,000 devices at once (QUALITY.md's P10) need six. 0 or 1: this
+	// process holds them.
+	Clients int
+	// FirstDevice numbers this process's devices from it: their gateway
+	// and source address follow the number, so the child processes of
+	// one run share neither a device number nor a source address's ports.
+	FirstDevice int
+
 	// Progress, when set, receives a progress line (a terminal).
 	Progress io.Writer
 	// Args is recorded in the report as the command line that ran.
@@ -212,6 +229,12 @@ func (c *Config) Validate() error {
 		return bad("pending", "must be at least 1")
 	case c.Sample < 0:
 		return bad("sample", "must not be negative")
+	case c.Clients < 0 || c.FirstDevice < 0:
+		return bad("clients", "and the first device must not be negative")
+	case c.Clients > 1 && c.Scenario != ScenarioIdle:
+		return bad("clients", "above 1 is for the idle scenario")
+	case c.Clients > c.Devices && c.Scenario == ScenarioIdle:
+		return bad("clients", "must not be more than the devices")
 	case c.Rate < 0:
 		return bad("rate", "must not be negative")
 	case c.Inflight < 0:

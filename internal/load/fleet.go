@@ -132,6 +132,7 @@ func newFleet(t Target, cfg Config, run string, errs *errorCounts) *fleet {
 	if cfg.PerSource > 0 && t.loopback() {
 		f.perSource = cfg.PerSource
 	}
+	f.next.Store(int64(cfg.FirstDevice))
 	return f
 }
 

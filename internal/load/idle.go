@@ -28,11 +28,25 @@ func runIdle(ctx context.Context, e *env, rep *Report) error {
 	e.prog.set("connecting", int64(cfg.Devices), func() string { return fmt.Sprintf("%d devices", cfg.Devices) })
 	lat := newHist()
 	start := time.Now()
-	// Eight messages of buffer: idle devices get nothing, and thousands
-	// of SDK clients share this process.
-	devs := e.fleet.connectAll(ctx, users, cfg.ConnectConcurrency, 8, nil, lat, func() { e.prog.add(1) })
+	var devs []*device
+	var kids *children
+	if cfg.Clients > 1 {
+		// More devices than one process holds sockets for: child
+		// processes hold them (children.go).
+		n, err := 0, error(nil)
+		kids, n, err = startChildren(ctx, e, lat, func(n int) { e.prog.add(int64(n)) })
+		defer func() { kids.stop() }()
+		if err != nil {
+			e.errs.add("clients", err)
+		}
+		res.Connects.Connected = n
+	} else {
+		// Eight messages of buffer: idle devices get nothing, and
+		// thousands of SDK clients share this process.
+		devs = e.fleet.connectAll(ctx, users, cfg.ConnectConcurrency, 8, nil, lat, func() { e.prog.add(1) })
+		res.Connects.Connected = connected(devs)
+	}
 	res.Connects.Seconds = time.Since(start).Seconds()
-	res.Connects.Connected = connected(devs)
 	res.Connects.PerSec = float64(res.Connects.Connected) / res.Connects.Seconds
 	res.Connects.Latency = lat.summary()
 
@@ -66,6 +80,8 @@ func runIdle(ctx context.Context, e *env, rep *Report) error {
 	}
 	e.prog.set("closing", 0, nil)
 	closeAll(devs)
+	kids.stop()
+	kids = nil
 	// Devices that could not connect are reported (connected, errors),
 	// not fatal: finding where connecting stops is what a big run is for.
 	if res.Connects.Connected == 0 {
