@@ -107,30 +107,67 @@ func newGroupRecords(kv jetstream.KeyValue) *groupRecords {
 
 // watch starts the watch of the bucket's changes, and starts it again
 // whenever it ends before stop. Records are kept between reads only
-// while it runs. ctx bounds the start only.
+// while it runs. ctx bounds the first attempt; one that fails is made
+// again in the background, with backoff, until it starts or stop.
 func (c *groupRecords) watch(ctx context.Context) error {
+	w, err := c.begin(ctx)
+	if err != nil {
+		go func() { c.follow(c.beginAgain()) }()
+		return err
+	}
+	go c.follow(w)
+	return nil
+}
+
+// begin starts the first watch: of changes from now on, with the
+// bucket's last revision as the one a restart resumes after.
+func (c *groupRecords) begin(ctx context.Context) (jetstream.KeyWatcher, error) {
 	st, err := c.kv.Status(ctx)
 	if err != nil {
-		return err
+		return nil, err
 	}
 	var last uint64
 	if bs, ok := st.(*jetstream.KeyValueBucketStatus); ok {
 		last = bs.StreamInfo().State.LastSeq
 	}
-	c.mu.Lock()
-	c.seen = last
-	c.mu.Unlock()
 	w, err := c.kv.WatchAll(c.life, jetstream.UpdatesOnly(), jetstream.MetaOnly())
 	if err != nil {
-		// Tried again in the background, from where the bucket was.
-		go c.follow(c.rewatch())
-		return err
+		return nil, err
 	}
 	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.stopped {
+		_ = w.Stop()
+		return nil, errors.New("receipts: group records: stopped")
+	}
+	c.seen = max(c.seen, last)
 	c.w, c.watching = w, true
-	c.mu.Unlock()
-	go c.follow(w)
-	return nil
+	return w, nil
+}
+
+// beginAgain makes begin's attempt again, waiting between refusals; nil
+// once stop is called.
+func (c *groupRecords) beginAgain() jetstream.KeyWatcher {
+	for wait := rewatchMin; ; wait = min(2*wait, rewatchMax) {
+		if !c.pause(wait) {
+			return nil
+		}
+		if w, err := c.begin(c.life); err == nil {
+			return w
+		}
+	}
+}
+
+// pause waits d, or reports false once stop is called.
+func (c *groupRecords) pause(d time.Duration) bool {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-c.life.Done():
+		return false
+	case <-t.C:
+		return true
+	}
 }
 
 // follow takes w's news until it ends, then starts a watch again, until
@@ -162,12 +199,8 @@ func (c *groupRecords) follow(w jetstream.KeyWatcher) {
 // once stop is called.
 func (c *groupRecords) rewatch() jetstream.KeyWatcher {
 	for wait := rewatchMin; ; wait = min(2*wait, rewatchMax) {
-		t := time.NewTimer(wait)
-		select {
-		case <-c.life.Done():
-			t.Stop()
+		if !c.pause(wait) {
 			return nil
-		case <-t.C:
 		}
 		c.mu.Lock()
 		from := c.seen + 1

@@ -338,3 +338,60 @@ func TestGroupRecordsWatchStartsAgainFromWhereItEnded(t *testing.T) {
 		t.Fatalf("after the restart: %+v", g)
 	}
 }
+
+// refusingStartKV refuses the first status request, as JetStream's API
+// does when its queue is full, and counts the watches started.
+type refusingStartKV struct {
+	jetstream.KeyValue
+	statuses, watches atomic.Int64
+}
+
+func (k *refusingStartKV) Status(ctx context.Context) (jetstream.KeyValueStatus, error) {
+	if k.statuses.Add(1) == 1 {
+		return nil, fmt.Errorf("nats: API error: code=429: refused by the test")
+	}
+	return k.KeyValue.Status(ctx)
+}
+
+func (k *refusingStartKV) WatchAll(ctx context.Context, opts ...jetstream.WatchOpt) (jetstream.KeyWatcher, error) {
+	w, err := k.KeyValue.WatchAll(ctx, opts...)
+	if err == nil {
+		k.watches.Add(1)
+	}
+	return w, err
+}
+
+// A watch the server refuses to start returns at once (the function
+// starts without it) and starts in the background; its news then comes.
+func TestGroupRecordsWatchStartsLaterWhenRefusedAtFirst(t *testing.T) {
+	nc, kv, admin := groupInfoAs(t)
+	putG1(t, admin, "alice", "bob", "carol")
+	k := &refusingStartKV{KeyValue: kv}
+	cache := receipts.NewWatchedGroupRecords(k, nc)
+	var news atomic.Int64
+	cache.OnNews(func(string) { news.Add(1) })
+	t.Cleanup(cache.Stop)
+	done := make(chan error, 1)
+	go func() { done <- cache.Watch(context.Background()) }()
+	select {
+	case err := <-done:
+		if err == nil {
+			t.Fatal("a refused start reported no error")
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("a refused start held its caller")
+	}
+	tk.WaitFor(t, 10*time.Second, func() error {
+		if k.watches.Load() != 1 {
+			return tk.Errorf("%d watches started after the refusal", k.watches.Load())
+		}
+		return nil
+	})
+	putG1(t, admin, "alice", "bob")
+	tk.WaitFor(t, 10*time.Second, func() error {
+		if news.Load() == 0 {
+			return tk.Errorf("no news of carol's removal from the watch started later")
+		}
+		return nil
+	})
+}
