@@ -237,8 +237,10 @@ func runBench(args []string, out, errOut io.Writer) error {
 	if err != nil {
 		self = os.Args[0]
 	}
+	// The children share the dials in flight: K of them dial as many at
+	// once as one process would.
 	childFlags := []string{"bench", "--hold-idle", "--url", strings.Join(target.URLs, ","),
-		"--per-source", strconv.Itoa(c.PerSource), "--connect-concurrency", strconv.Itoa(c.ConnectConcurrency)}
+		"--per-source", strconv.Itoa(c.PerSource), "--connect-concurrency", strconv.Itoa(max(1, c.ConnectConcurrency/max(1, c.Clients)))}
 	if rules.Audience != "" {
 		childFlags = append(childFlags, "--jwt-audience", rules.Audience)
 	}
@@ -251,9 +253,15 @@ func runBench(args []string, out, errOut io.Writer) error {
 	}
 	target.ChildCommand = func(devices, first int) *exec.Cmd {
 		cmd := exec.CommandContext(ctx, self, append(childFlags, "--devices", strconv.Itoa(devices), "--first-device", strconv.Itoa(first))...)
-		// The secret travels in the environment, never in arguments
-		// other processes can read.
-		cmd.Env = append(os.Environ(), "SWITCHBOARD_DATA="+childData)
+		// Flags come from SWITCHBOARD_<FLAG> too: the parent's are not
+		// the child's. The secret travels in the environment, never in
+		// arguments other processes can read.
+		for _, kv := range os.Environ() {
+			if !strings.HasPrefix(kv, "SWITCHBOARD_") {
+				cmd.Env = append(cmd.Env, kv)
+			}
+		}
+		cmd.Env = append(cmd.Env, "SWITCHBOARD_DATA="+childData)
 		if secret != "" && spawned == nil {
 			cmd.Env = append(cmd.Env, "SWITCHBOARD_JWT_SECRET="+secret)
 		}

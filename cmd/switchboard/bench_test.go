@@ -184,11 +184,12 @@ func TestBenchIdle(t *testing.T) {
 
 // Devices held by child processes (for more than one process has sockets
 // for) are all connected at once while memory is read, counted by the
-// parent, and closed by their children when it is done.
+// parent, and closed by their children when it is done. The parent's
+// settings from the environment are its own, not its children's.
 func TestBenchIdleInChildProcesses(t *testing.T) {
-	t.Parallel()
+	t.Setenv("SWITCHBOARD_CLIENTS", "3") // --clients, for the parent only
 	p, data := startForBench(t)
-	tree, rep := benchJSON(t, p, data, "--scenario", "idle", "--devices", "40", "--clients", "3", "--baseline-consumers", "-1")
+	tree, rep := benchJSON(t, p, data, "--scenario", "idle", "--devices", "40", "--baseline-consumers", "-1")
 	benchClean(t, tree, rep)
 	benchPositive(t, tree, "idle.bytes_per_device", "idle.connects.per_sec")
 	benchOrdered(t, tree, "idle.connects.latency")

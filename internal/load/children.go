@@ -21,7 +21,9 @@ import (
 // closes; the parent reads the servers' memory while every child holds
 // its devices, then closes their inputs.
 
-// childReport is the line a child writes once its devices are connected.
+// childReport is the line a child writes once its devices are connected,
+// and again (errors only, all of them) once it has been told to close
+// them: what happened while it held them (disconnects) counts too.
 type childReport struct {
 	Connected int                    `json:"connected"`
 	Errors    map[string]int64       `json:"errors,omitempty"`
@@ -66,6 +68,11 @@ func HoldIdle(ctx context.Context, cfg Config, t Target, in io.Reader, out io.Wr
 	case <-done:
 	case <-ctx.Done():
 	}
+	var end childReport
+	end.Errors, end.Examples = errs.snapshot()
+	if b, err := json.Marshal(end); err == nil {
+		_, _ = fmt.Fprintf(out, "%s\n", b)
+	}
 	closeAll(devs)
 	return nil
 }
@@ -88,16 +95,21 @@ func startChildren(ctx context.Context, e *env, lat *hist, tick func(int)) (*chi
 	}
 	k := &children{}
 	reports := make(chan childReport, cfg.Clients)
-	var failed []error
-	var mu sync.Mutex
-	first := 0
+	fail := func(err error) { e.errs.add("clients", err) }
+	// Each child's devices start on a fresh source address, with one
+	// address to spare for its retries (each dial attempt takes a
+	// number): no two children bind one address's ports.
+	share := (cfg.Devices + cfg.Clients - 1) / cfg.Clients
+	stride := share
+	if cfg.PerSource > 0 {
+		stride = ((share+cfg.PerSource-1)/cfg.PerSource + 1) * cfg.PerSource
+	}
 	for i := range cfg.Clients {
 		n := cfg.Devices / cfg.Clients
 		if i < cfg.Devices%cfg.Clients {
 			n++
 		}
-		cmd := e.target.ChildCommand(n, first)
-		first += n
+		cmd := e.target.ChildCommand(n, i*stride)
 		in, err := cmd.StdinPipe()
 		if err != nil {
 			k.stop()
@@ -121,15 +133,25 @@ func startChildren(ctx context.Context, e *env, lat *hist, tick func(int)) (*chi
 			var rep childReport
 			switch {
 			case !sc.Scan():
-				mu.Lock()
-				failed = append(failed, fmt.Errorf("load: child %d ended before reporting: %v", i, sc.Err()))
-				mu.Unlock()
+				fail(fmt.Errorf("load: child %d ended before reporting: %v", i, sc.Err()))
+				reports <- rep
+				return
 			case json.Unmarshal(sc.Bytes(), &rep) != nil:
-				mu.Lock()
-				failed = append(failed, fmt.Errorf("load: child %d: unreadable report %.200q", i, sc.Text()))
-				mu.Unlock()
+				fail(fmt.Errorf("load: child %d: unreadable report %.200q", i, sc.Text()))
 			}
 			reports <- rep
+			// Its last word, once told to close: errors while it held
+			// its devices, over those already counted.
+			var end childReport
+			if !sc.Scan() || json.Unmarshal(sc.Bytes(), &end) != nil {
+				// Its devices went with it, perhaps while the servers'
+				// memory was read.
+				fail(fmt.Errorf("load: child %d ended while holding its devices", i))
+				return
+			}
+			for kind, n := range end.Errors {
+				addErrors(e.errs, kind, n-rep.Errors[kind], end.Examples[kind])
+			}
 			_, _ = io.Copy(io.Discard, stdout)
 		}()
 	}
@@ -140,9 +162,7 @@ func startChildren(ctx context.Context, e *env, lat *hist, tick func(int)) (*chi
 			total += rep.Connected
 			tick(rep.Connected)
 			for kind, n := range rep.Errors {
-				for range n {
-					e.errs.add(kind, errors.New(rep.Examples[kind]))
-				}
+				addErrors(e.errs, kind, n, rep.Examples[kind])
 			}
 			if rep.Latency != nil {
 				lat.mu.Lock()
@@ -154,10 +174,14 @@ func startChildren(ctx context.Context, e *env, lat *hist, tick func(int)) (*chi
 			return nil, total, ctx.Err()
 		}
 	}
-	mu.Lock()
-	err := errors.Join(failed...)
-	mu.Unlock()
-	return k, total, err
+	return k, total, nil
+}
+
+// addErrors counts n errors of kind, with example.
+func addErrors(errs *errorCounts, kind string, n int64, example string) {
+	for range n {
+		errs.add(kind, errors.New(example))
+	}
 }
 
 // stop closes the children's inputs (they close their devices and exit)

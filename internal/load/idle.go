@@ -37,7 +37,7 @@ func runIdle(ctx context.Context, e *env, rep *Report) error {
 		kids, n, err = startChildren(ctx, e, lat, func(n int) { e.prog.add(int64(n)) })
 		defer func() { kids.stop() }()
 		if err != nil {
-			e.errs.add("clients", err)
+			return err
 		}
 		res.Connects.Connected = n
 	} else {

@@ -2,7 +2,10 @@ package load
 
 import (
 	"context"
+	"fmt"
 	"os"
+	"os/exec"
+	"sync"
 	"testing"
 	"time"
 
@@ -112,5 +115,42 @@ func TestRunOfflineFirstConnect(t *testing.T) {
 	o := r.Offline
 	if !o.Drained || o.Stored != 36 || r.Messages.Delivered != 12 || o.RSSAway <= 0 {
 		t.Fatalf("offline %+v, messages %+v", o, r.Messages)
+	}
+}
+
+// Children of an idle run each report once connected and once told to
+// close: one that fails to report, or that ends while holding its
+// devices, is counted as an error each, and their first device numbers
+// start on distinct source addresses.
+func TestIdleChildrenThatEndEarlyAreCounted(t *testing.T) {
+	tg := target(t)
+	var mu sync.Mutex
+	var firsts []int
+	script := []string{
+		`echo '{"connected":4}'; read _; echo '{}'`, // as a child does: holds until told, then its last word
+		`echo '{"connected":4}'; exit 3`,            // ends while holding its devices
+		`exit 2`,                                    // ends before reporting
+	}
+	tg.ChildCommand = func(devices, first int) *exec.Cmd {
+		mu.Lock()
+		defer mu.Unlock()
+		firsts = append(firsts, first)
+		return exec.Command("sh", "-c", script[len(firsts)-1])
+	}
+	cfg := tiny(ScenarioIdle)
+	cfg.Clients, cfg.Devices, cfg.PerSource, cfg.BaselineConsumers = 3, 12, 3, -1
+	rep, err := Run(context.Background(), cfg, tg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if rep.Idle.Connects.Connected != 8 {
+		t.Fatalf("connected %d, want 8 (two children reported 4 each)", rep.Idle.Connects.Connected)
+	}
+	if n := rep.Errors["clients"]; n != 2 {
+		t.Fatalf("errors %v, want 2 of kind clients (one never reported, one ended while holding)", rep.Errors)
+	}
+	// 4 devices each, 3 per address: 2 addresses and 1 to spare each.
+	if fmt.Sprint(firsts) != "[0 9 18]" {
+		t.Fatalf("first devices %v, want [0 9 18]", firsts)
 	}
 }
