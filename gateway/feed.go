@@ -607,11 +607,12 @@ func (f *feed) settledLocked() uint64 {
 // directGet is a direct get request (nats-server's JSApiMsgGetRequest):
 // a batch from Seq on NextFor, or the last message on LastFor.
 type directGet struct {
-	Seq      uint64 `json:"seq,omitempty"`
-	NextFor  string `json:"next_by_subj,omitempty"`
-	LastFor  string `json:"last_by_subj,omitempty"`
-	Batch    int    `json:"batch,omitempty"`
-	MaxBytes int    `json:"max_bytes,omitempty"`
+	Seq       uint64   `json:"seq,omitempty"`
+	NextFor   string   `json:"next_by_subj,omitempty"`
+	LastFor   string   `json:"last_by_subj,omitempty"`
+	MultiLast []string `json:"multi_last,omitempty"`
+	Batch     int      `json:"batch,omitempty"`
+	MaxBytes  int      `json:"max_bytes,omitempty"`
 }
 
 // streamReader reads INBOX (the Server, with direct gets; a fake in tests).

@@ -37,16 +37,63 @@ func republish(t *testing.T, n *tk.NATS, on bool) {
 // catchUps reads the gateway's catchups_total for one reason.
 func catchUps(t *testing.T, g *tk.Gateway, reason string) int {
 	t.Helper()
+	return counter(t, g, `catchups_total\{reason="`+reason+`"\}`)
+}
+
+// counter reads one of the gateway's counters, named by a pattern after
+// its namespace.
+func counter(t *testing.T, g *tk.Gateway, pattern string) int {
+	t.Helper()
 	b, err := g.Metrics()
 	if err != nil {
 		t.Fatal(err)
 	}
-	m := regexp.MustCompile(`switchboard_gateway_catchups_total\{reason="` + reason + `"\} (\d+)`).FindStringSubmatch(b)
+	m := regexp.MustCompile(`switchboard_gateway_` + pattern + ` (\d+)`).FindStringSubmatch(b)
 	if m == nil {
-		t.Fatalf("/metrics has no catch-up count for %q", reason)
+		t.Fatalf("/metrics has no %s", pattern)
 	}
 	v, _ := strconv.Atoi(m[1])
 	return v
+}
+
+// The sweep asks about many sessions' inboxes in one read and wakes none
+// whose inbox holds nothing past what it delivered (each used to read
+// its own inbox, every sweep, to learn that); a last message whose live
+// copy was lost is still found (TestLostLiveCopyIsReadFromTheStream).
+func TestSweepAsksAboutManyInboxesAtOnce(t *testing.T) {
+	n := tk.StartNATS(t)
+	cfg := tk.TestConfig()
+	cfg.SweepInterval = time.Second
+	cfg.SendRate, cfg.SendBurst = 1000, 1000
+	g := tk.StartGateway(t, n, cfg)
+	alice := tk.Dial(t, g.URL, "alice", "phone")
+	// 120 devices, each with a message delivered and acked: an inbox
+	// that is not empty, with nothing new in it.
+	for i := range 120 {
+		user := fmt.Sprintf("u%d", i)
+		c := tk.Dial(t, g.URL, user, "phone")
+		send(t, alice, user, "m-"+user, "hello")
+		c.Ack(tk.NextMsgIs(t, c, "alice", "m-"+user, wait).Seq)
+	}
+	// alice's delivered ticks are the last thing stored in an inbox: once
+	// she has them all, nothing is on its way.
+	ticked := map[string]bool{}
+	for len(ticked) < 120 {
+		r := tk.RecvReceipt(t, alice, wait)
+		ticked[r.ID] = true
+	}
+	woken, sweeps := catchUps(t, g, "sweep"), counter(t, g, "sweep_reads_total")
+	tk.WaitFor(t, wait, func() error {
+		if d := counter(t, g, "sweep_reads_total") - sweeps; d < 120 {
+			return tk.Errorf("%d sweep reads so far", d)
+		}
+		return nil
+	})
+	// Every session was asked about twice or more (a read per tick that
+	// had sessions due), and none was woken to read its inbox itself.
+	if d := catchUps(t, g, "sweep") - woken; d != 0 {
+		t.Fatalf("the sweep woke %d sessions with nothing new", d)
+	}
 }
 
 // A live copy that never arrives costs nothing but time: the next copy

@@ -60,6 +60,7 @@ type metrics struct {
 	republished  map[string]prometheus.Counter // writes published again, by reason
 	catchUps     *prometheus.CounterVec        // stream reads started off the live path, by reason
 	inboxGets    prometheus.Counter            // batched direct gets of inbox messages
+	sweeps       prometheus.Counter            // the sweep's batched asks of inboxes' newest messages
 	fdFull       prometheus.Counter            // accepts held back: out of file descriptors
 	sharedPasses prometheus.Counter            // passes of the shared backlog reader
 	skipped      *prometheus.CounterVec        // inbox messages skipped, not delivered, by reason
@@ -97,6 +98,8 @@ func newMetrics(sessions func() float64) *metrics {
 			"elected a leader), reconnect (the NATS connection was restored)."}, []string{"reason"})
 	m.inboxGets = prometheus.NewCounter(prometheus.CounterOpts{Namespace: ns, Name: "inbox_reads_total",
 		Help: "Batched reads of device inboxes from the stream (connects and catch-ups)."})
+	m.sweeps = prometheus.NewCounter(prometheus.CounterOpts{Namespace: ns, Name: "sweep_reads_total",
+		Help: "The periodic sweep's batched reads of inboxes' newest messages (up to 512 inboxes each)."})
 	m.fdFull = prometheus.NewCounter(prometheus.CounterOpts{Namespace: ns, Name: "accept_waits_total",
 		Help: "Times accepting connections waited because the process ran out of file descriptors."})
 	m.sharedPasses = prometheus.NewCounter(prometheus.CounterOpts{Namespace: ns, Name: "shared_backlog_passes_total",
@@ -105,7 +108,7 @@ func newMetrics(sessions func() float64) *metrics {
 		Help: "Messages in device inboxes skipped rather than delivered, by reason: malformed (not a chat message or " +
 			"receipt the gateway could have stored), invalid_utf8 (its frame would not be UTF-8). They stay in INBOX."},
 		[]string{"reason"})
-	m.reg.MustRegister(m.sessions, m.refused, m.closes, m.framesIn, m.errors, m.delivered, m.stored, m.ticks, m.ticksQueued, republished, m.catchUps, m.inboxGets, m.fdFull, m.sharedPasses, m.skipped,
+	m.reg.MustRegister(m.sessions, m.refused, m.closes, m.framesIn, m.errors, m.delivered, m.stored, m.ticks, m.ticksQueued, republished, m.catchUps, m.inboxGets, m.sweeps, m.fdFull, m.sharedPasses, m.skipped,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	// Pre-create the label values operators alert on, so they read 0
 	// rather than being absent.
