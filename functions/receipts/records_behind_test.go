@@ -3,11 +3,13 @@ package receipts_test
 import (
 	"context"
 	"fmt"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
 
+	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/switchboard-im/switchboard/contract"
@@ -80,6 +82,25 @@ func (l *laggingWatchKV) WatchAll(ctx context.Context, opts ...jetstream.WatchOp
 	return w, nil
 }
 
+// watched starts a cache over kv as the function makes it, watching, and
+// returns it with a look at the groups its news named so far.
+func watched(t *testing.T, kv jetstream.KeyValue, nc *nats.Conn) (receipts.GroupRecords, func() []string) {
+	t.Helper()
+	cache := receipts.NewWatchedGroupRecords(kv, nc)
+	var mu sync.Mutex
+	var news []string
+	cache.OnNews(func(gid string) { mu.Lock(); news = append(news, gid); mu.Unlock() })
+	if err := cache.Watch(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(cache.Stop)
+	return cache, func() []string {
+		mu.Lock()
+		defer mu.Unlock()
+		return slices.Clone(news)
+	}
+}
+
 // A read that brings a changed record before the watch's news of it
 // (a member the kept record does not know, a status request on a cold
 // cache) does not swallow the news: the group is still settled when it
@@ -91,14 +112,7 @@ func TestGroupRecordsTellNewsOfAChangeAReadBroughtFirst(t *testing.T) {
 	relay := newLaggingWatchKV(kv)
 	relay.hold()
 	t.Cleanup(relay.release)
-	cache := receipts.NewWatchedGroupRecords(relay, nc)
-	var mu sync.Mutex
-	var news []string
-	cache.OnNews(func(gid string) { mu.Lock(); news = append(news, gid); mu.Unlock() })
-	if err := cache.Watch(ctx); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(cache.Stop)
+	cache, newsOf := watched(t, relay, nc)
 	if g, err := cache.Get(ctx, "g1"); err != nil || len(g.Members) != 3 {
 		t.Fatalf("%v %v", g, err)
 	}
@@ -108,9 +122,7 @@ func TestGroupRecordsTellNewsOfAChangeAReadBroughtFirst(t *testing.T) {
 	}
 	relay.release()
 	tk.WaitFor(t, 3*time.Second, func() error {
-		mu.Lock()
-		defer mu.Unlock()
-		if relay.relayed.Load() < 1 || len(news) == 0 {
+		if news := newsOf(); relay.relayed.Load() < 1 || len(news) == 0 {
 			return tk.Errorf("the watch relayed %d changes; news of %v: carol's removal is never settled", relay.relayed.Load(), news)
 		}
 		return nil
@@ -303,18 +315,10 @@ func (k *endingWatchKV) WatchAll(ctx context.Context, opts ...jetstream.WatchOpt
 // made while it was down (carol removed) still comes as news, so her
 // removal is settled even in a group where nothing else moves.
 func TestGroupRecordsWatchStartsAgainFromWhereItEnded(t *testing.T) {
-	ctx := context.Background()
 	nc, kv, admin := groupInfoAs(t)
 	putG1(t, admin, "alice", "bob", "carol")
 	k := &endingWatchKV{KeyValue: kv, asked: make(chan struct{}, 4), proceed: make(chan struct{}), first: make(chan struct{})}
-	cache := receipts.NewWatchedGroupRecords(k, nc)
-	var mu sync.Mutex
-	var news []string
-	cache.OnNews(func(gid string) { mu.Lock(); news = append(news, gid); mu.Unlock() })
-	if err := cache.Watch(ctx); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(cache.Stop)
+	cache, newsOf := watched(t, k, nc)
 	if g := getG1(t, cache); len(g.Members) != 3 {
 		t.Fatalf("%+v", g)
 	}
@@ -327,9 +331,7 @@ func TestGroupRecordsWatchStartsAgainFromWhereItEnded(t *testing.T) {
 	putG1(t, admin, "alice", "bob") // while no watch runs
 	close(k.proceed)
 	tk.WaitFor(t, 10*time.Second, func() error {
-		mu.Lock()
-		defer mu.Unlock()
-		if len(news) == 0 || cache.Restarts() != 1 {
+		if news := newsOf(); len(news) == 0 || cache.Restarts() != 1 {
 			return tk.Errorf("news of %v after %d restarts: carol's removal made while the watch was down is never settled", news, cache.Restarts())
 		}
 		return nil
