@@ -99,6 +99,9 @@ type fakeStream struct {
 	reads []directGet
 	fail  error         // every read fails with it, when set
 	gate  chan struct{} // when set, reads wait until it is closed
+	// cut, when set, cuts a multi_last answer short after that many
+	// messages, as the server does past its byte limit.
+	cut int
 }
 
 // store adds a message for user at the next sequence and returns it.
@@ -180,14 +183,27 @@ func (fs *fakeStream) directBatch(req directGet, quit <-chan struct{}, each func
 	fs.mu.Lock()
 	var found []*nats.Msg
 	more := false
-	if req.LastFor != "" {
+	switch {
+	case len(req.MultiLast) > 0:
+		// Each subject's last message, in stream order.
+		for i, m := range fs.msgs {
+			if !slices.Contains(req.MultiLast, m.Subject) || slices.ContainsFunc(fs.msgs[i+1:], func(n *nats.Msg) bool { return n.Subject == m.Subject }) {
+				continue
+			}
+			if fs.cut > 0 && len(found) == fs.cut {
+				more = true
+				break
+			}
+			found = append(found, m)
+		}
+	case req.LastFor != "":
 		for i := len(fs.msgs) - 1; i >= 0; i-- {
 			if fs.msgs[i].Subject == req.LastFor {
 				found = append(found, fs.msgs[i])
 				break
 			}
 		}
-	} else {
+	default:
 		for _, m := range fs.msgs {
 			seq, _ := strconv.ParseUint(m.Header.Get(contract.HdrSequence), 10, 64)
 			if seq < req.Seq || !matches(req.NextFor, m.Subject) {

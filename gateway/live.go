@@ -129,15 +129,22 @@ func (s *Server) sweepLoop() {
 }
 
 // sweepBatch is the most inboxes one sweep request asks about (the
-// server answers a multi_last with at most 1,024 messages).
-const sweepBatch = 512
+// server answers a multi_last with at most 1,024 messages, and holds the
+// stream's writes back while it loads them), and sweepBytes the most
+// bytes its answer may carry: one cut short wakes the sessions of the
+// inboxes it did not answer.
+const (
+	sweepBatch = 128
+	sweepBytes = 1 << 20
+)
 
 // sweep asks the newest message of the due sessions' inboxes, sweepBatch
 // inboxes to a batched direct get (multi_last), and wakes only the
 // sessions whose inbox holds one past what they delivered: at 100,000
 // idle devices a few requests a second for the whole gateway, where a
 // get per session was some 800 a second, each answered "nothing new". A
-// request that fails wakes its sessions, which read for themselves.
+// request that fails, or an answer cut short, wakes the sessions it did
+// not answer for, which read for themselves.
 func (s *Server) sweep(due []*session) {
 	bySubject := map[string][]*session{}
 	var subjects []string
@@ -152,14 +159,15 @@ func (s *Server) sweep(due []*session) {
 		chunk := subjects[:min(len(subjects), sweepBatch)]
 		subjects = subjects[len(chunk):]
 		newest := make(map[string]uint64, len(chunk))
-		_, err := s.directBatch(directGet{MultiLast: chunk, Batch: len(chunk)}, s.leaseStop, func(seq uint64, m *nats.Msg) bool {
+		more, err := s.stream.directBatch(directGet{MultiLast: chunk, Batch: len(chunk), MaxBytes: sweepBytes}, s.leaseStop, func(seq uint64, m *nats.Msg) bool {
 			newest[m.Header.Get(contract.HdrSubject)] = seq
 			return true
 		})
 		s.metrics.sweeps.Inc()
 		for _, subj := range chunk {
+			n, answered := newest[subj]
 			for _, sess := range bySubject[subj] {
-				if err != nil || newest[subj] > sess.feed.lastSeq() {
+				if err != nil || (more && !answered) || n > sess.feed.lastSeq() {
 					s.metrics.catchUps.WithLabelValues(reasonSweep).Inc()
 					sess.feed.wakeUp()
 				}

@@ -99,7 +99,7 @@ func newMetrics(sessions func() float64) *metrics {
 	m.inboxGets = prometheus.NewCounter(prometheus.CounterOpts{Namespace: ns, Name: "inbox_reads_total",
 		Help: "Batched reads of device inboxes from the stream (connects and catch-ups)."})
 	m.sweeps = prometheus.NewCounter(prometheus.CounterOpts{Namespace: ns, Name: "sweep_reads_total",
-		Help: "The periodic sweep's batched reads of inboxes' newest messages (up to 512 inboxes each)."})
+		Help: "The periodic sweep's batched reads of inboxes' newest messages (up to 128 inboxes each)."})
 	m.fdFull = prometheus.NewCounter(prometheus.CounterOpts{Namespace: ns, Name: "accept_waits_total",
 		Help: "Times accepting connections waited because the process ran out of file descriptors."})
 	m.sharedPasses = prometheus.NewCounter(prometheus.CounterOpts{Namespace: ns, Name: "shared_backlog_passes_total",
