@@ -748,12 +748,22 @@ func TestSDKGroups(t *testing.T) {
 }
 
 // A group operation waits for a connection no longer than its timeout,
-// and rejects then with the last retryable refusal it had.
+// and rejects then with the last retryable refusal it had; one too large
+// for the gateway is refused unwritten (written, it would close the
+// connection and go again on every new one).
 func TestSDKGroupOpTimesOutWhileOffline(t *testing.T) {
 	s := newScript(t)
 	pg, c := startSDK(t, s, "")
+	js(pg, `c.group('rename', 'friends', { name: 'x'.repeat(70000) }).then((v) => { results.big = v; }, (e) => { results.big = { error: e.name }; })`)
+	pg.WaitFor(stuck, "the rename's rejection", `results.big !== undefined`)
+	if got := tk.Eval[string](pg, `JSON.stringify(results.big)`); got != `{"error":"RangeError"}` {
+		t.Fatalf("a rename past the gateway's frame size: %s", got)
+	}
 	js(pg, `c.group('info', 'friends', { timeout: 500 }).then((v) => { results.info = v; }, (e) => { results.info = { error: e.name, code: e.code }; })`)
-	f := c.next(t)
+	f := c.next(t) // the first frame written: the rename was not
+	if f.Op != protocol.GroupInfo {
+		t.Fatalf("first group frame %+v, want the info", f)
+	}
 	c.write(protocol.EncodeError(protocol.ErrUnavailable, "scripted", f.ID, 0, 0))
 	if again := c.next(t); again.ID != f.ID {
 		t.Fatalf("after unavailable %+v, want the info again under id %s", again, f.ID)

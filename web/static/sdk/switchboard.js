@@ -77,8 +77,9 @@
  * (unavailable, rate_limited), is asked again under the same request id
  * until it is answered or `timeout` ms have passed since the call: the
  * server applies a change once however often it is asked, and answers a
- * repeat with the group, so a lost answer never turns into
- * already_member or group_exists.
+ * repeat as the first ask was, so a lost answer never turns into
+ * already_member or group_exists. One whose frame is larger than the
+ * gateway takes rejects with a RangeError, unwritten.
  *
  * Receiving (events, with `on(type, fn)`, which returns a function that
  * removes the listener):
@@ -1311,6 +1312,10 @@ export class Client {
     const f = { type: 'group', id, op, group };
     if (name !== undefined) f.name = name;
     if (users !== undefined) f.users = users;
+    // Written, a frame past the gateway's max_frame would close the
+    // connection (1009) and go again on every new one.
+    const size = utf8.encode(JSON.stringify(f)).length;
+    if (size > (this.#maxFrame || 65536)) throw tooLarge(this.#maxFrame || 65536);
     const deadline = Date.now() + timeout;
     // late is what the call rejects with once the deadline passes: the
     // last retryable refusal, if one came, else "no answer in time".
