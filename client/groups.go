@@ -96,13 +96,17 @@ func (c *Client) GroupOp(ctx context.Context, op, group, name string, users []st
 	id := c.groupPrefix + strconv.FormatUint(c.groupNext, 10)
 	c.mu.Unlock()
 	b, _ := json.Marshal(protocol.Frame{Type: protocol.TypeGroup, ID: id, Op: op, Group: group, Name: name, Users: users})
+	// ended is why asking stopped: the client's close, else err (ctx's).
+	ended := func(err error) (Group, error) {
+		if c.ctx.Err() != nil {
+			return Group{}, c.closedErr()
+		}
+		return Group{}, err
+	}
 	for n := 1; ; n++ {
 		r, err := c.groupAsk(ctx, id, b)
 		if err != nil {
-			if c.ctx.Err() != nil {
-				return Group{}, c.closedErr()
-			}
-			return Group{}, err
+			return ended(err)
 		}
 		var se *ServerError
 		switch {
@@ -114,10 +118,7 @@ func (c *Client) GroupOp(ctx context.Context, op, group, name string, users []st
 				d = retryWait(n, c.opts.MinBackoff, c.opts.MaxBackoff)
 			}
 			if !c.hooks.wait(ctx, d) {
-				if c.ctx.Err() != nil {
-					return Group{}, c.closedErr()
-				}
-				return Group{}, ctx.Err()
+				return ended(ctx.Err())
 			}
 			continue
 		}

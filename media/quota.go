@@ -88,15 +88,9 @@ func (q *quota) take(ctx context.Context, user string, size int64, now time.Time
 		switch {
 		case err == nil:
 			return nil
-		case errors.Is(err, jetstream.ErrKeyExists), errors.Is(err, jetstream.ErrKeyRevisionMismatch):
-			continue // another ticket of theirs was counted first
-		default:
-			var api *jetstream.APIError
-			if errors.As(err, &api) && api.ErrorCode == jetstream.JSErrCodeStreamWrongLastSequence {
-				continue
-			}
+		case !errors.Is(err, jetstream.ErrKeyExists) && !errors.Is(err, jetstream.ErrKeyRevisionMismatch):
 			return err
-		}
+		} // else another ticket of theirs was counted first
 	}
 	return fmt.Errorf("media: quota of %s: changed by others %d times in a row", user, quotaAttempts)
 }

@@ -109,11 +109,7 @@ func (s *Service) apply(ctx context.Context, op string, req contract.GroupReques
 			// same request (within the stream's duplicate window): its
 			// answer is that change's group.
 			s.repeats.Add(1)
-			m, err := s.getMsg(ctx, msgGetRequest{Seq: seq})
-			if err != nil {
-				return contract.GroupRecord{}, err
-			}
-			first, err := parseEvent(m)
+			first, err := s.eventAt(ctx, seq)
 			if err != nil {
 				return contract.GroupRecord{}, err
 			}
@@ -406,22 +402,20 @@ func mayRepeat(err error) bool {
 // with the group as that change left it (not as it is now: the asker
 // may have been removed since), where deciding it again would refuse it.
 func (s *Service) repeatOf(ctx context.Context, op string, req contract.GroupRequest, last *event, now int64) (*event, error) {
-	want := newEvent(op, req, contract.GroupRecord{}, contract.GroupRecord{}, 0, req.Users, nil)
+	want := newEvent(op, req, contract.GroupRecord{}, contract.GroupRecord{}, 0, req.Users, nil).contentHash()
 	for ev, n := last, 0; ev != nil && n < repeatDepth && ev.TS >= now-repeatWindow.Milliseconds(); n++ {
-		if ev.Request == req.Request && ev.Actor == req.Actor && ev.Device == req.Device && ev.Op == op && ev.contentHash() == want.contentHash() {
+		if ev.Request == req.Request && ev.Actor == req.Actor && ev.Device == req.Device && ev.contentHash() == want {
 			return ev, nil
 		}
 		if ev.Prev == 0 {
 			break
 		}
-		m, err := s.getMsg(ctx, msgGetRequest{Seq: ev.Prev})
+		var err error
+		ev, err = s.eventAt(ctx, ev.Prev)
 		if errors.Is(err, errNoMsg) {
-			break // the log's start, or aged out
+			break // aged out
 		}
 		if err != nil {
-			return nil, err
-		}
-		if ev, err = parseEvent(m); err != nil {
 			return nil, err
 		}
 	}
@@ -506,6 +500,15 @@ func (s *Service) follow(ctx context.Context, g contract.GroupRecord) error {
 		}
 	}
 	return fmt.Errorf("groups: record of %s: written by others %d times in a row", g.ID, s.cfg.Attempts)
+}
+
+// eventAt reads the event stored at seq (errNoMsg: none there).
+func (s *Service) eventAt(ctx context.Context, seq uint64) (*event, error) {
+	m, err := s.getMsg(ctx, msgGetRequest{Seq: seq})
+	if err != nil {
+		return nil, err
+	}
+	return parseEvent(m)
 }
 
 // parseEvent reads a stored event, its record's Seq set to its sequence.

@@ -112,7 +112,9 @@ func newGroupRecords(kv jetstream.KeyValue) *groupRecords {
 func (c *groupRecords) watch(ctx context.Context) error {
 	w, err := c.begin(ctx)
 	if err != nil {
-		go func() { c.follow(c.beginAgain()) }()
+		go func() {
+			c.follow(c.retry(func() (jetstream.KeyWatcher, error) { return c.begin(c.life) }))
+		}()
 		return err
 	}
 	go c.follow(w)
@@ -126,47 +128,60 @@ func (c *groupRecords) begin(ctx context.Context) (jetstream.KeyWatcher, error) 
 	if err != nil {
 		return nil, err
 	}
-	var last uint64
 	if bs, ok := st.(*jetstream.KeyValueBucketStatus); ok {
-		last = bs.StreamInfo().State.LastSeq
+		c.mu.Lock()
+		c.seen = max(c.seen, bs.StreamInfo().State.LastSeq)
+		c.mu.Unlock()
 	}
 	w, err := c.kv.WatchAll(c.life, jetstream.UpdatesOnly(), jetstream.MetaOnly())
 	if err != nil {
 		return nil, err
 	}
+	return c.adopt(w)
+}
+
+// resume starts the watch again from the revision after the last one
+// seen: every change since, in order.
+func (c *groupRecords) resume() (jetstream.KeyWatcher, error) {
+	c.mu.Lock()
+	from := c.seen + 1
+	c.mu.Unlock()
+	w, err := c.kv.WatchAll(c.life, jetstream.MetaOnly(), jetstream.IncludeHistory(), jetstream.ResumeFromRevision(from))
+	if err != nil {
+		return nil, err
+	}
+	if w, err = c.adopt(w); err == nil {
+		c.restarts.Add(1)
+	}
+	return w, err
+}
+
+// adopt makes w the running watch, unless stop came first.
+func (c *groupRecords) adopt(w jetstream.KeyWatcher) (jetstream.KeyWatcher, error) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if c.stopped {
 		_ = w.Stop()
 		return nil, errors.New("receipts: group records: stopped")
 	}
-	c.seen = max(c.seen, last)
 	c.w, c.watching = w, true
 	return w, nil
 }
 
-// beginAgain makes begin's attempt again, waiting between refusals; nil
-// once stop is called.
-func (c *groupRecords) beginAgain() jetstream.KeyWatcher {
+// retry calls start until it gives a watch, waiting between refusals
+// (doubling from rewatchMin to rewatchMax); nil once stop is called.
+func (c *groupRecords) retry(start func() (jetstream.KeyWatcher, error)) jetstream.KeyWatcher {
 	for wait := rewatchMin; ; wait = min(2*wait, rewatchMax) {
-		if !c.pause(wait) {
+		t := time.NewTimer(wait)
+		select {
+		case <-c.life.Done():
+			t.Stop()
 			return nil
+		case <-t.C:
 		}
-		if w, err := c.begin(c.life); err == nil {
+		if w, err := start(); err == nil {
 			return w
 		}
-	}
-}
-
-// pause waits d, or reports false once stop is called.
-func (c *groupRecords) pause(d time.Duration) bool {
-	t := time.NewTimer(d)
-	defer t.Stop()
-	select {
-	case <-c.life.Done():
-		return false
-	case <-t.C:
-		return true
 	}
 }
 
@@ -181,7 +196,7 @@ func (c *groupRecords) follow(w jetstream.KeyWatcher) {
 		}
 		c.mu.Lock()
 		c.watching = false
-		c.clearLocked()
+		c.clearLocked() // a read begun before is not kept as watched
 		stopped := c.stopped
 		c.mu.Unlock()
 		if stopped {
@@ -190,36 +205,7 @@ func (c *groupRecords) follow(w jetstream.KeyWatcher) {
 		if c.ended != nil {
 			c.ended()
 		}
-		w = c.rewatch()
-	}
-}
-
-// rewatch starts the watch again from the revision after the last one
-// seen (every change since, in order), waiting between refusals; nil
-// once stop is called.
-func (c *groupRecords) rewatch() jetstream.KeyWatcher {
-	for wait := rewatchMin; ; wait = min(2*wait, rewatchMax) {
-		if !c.pause(wait) {
-			return nil
-		}
-		c.mu.Lock()
-		from := c.seen + 1
-		c.mu.Unlock()
-		w, err := c.kv.WatchAll(c.life, jetstream.MetaOnly(), jetstream.IncludeHistory(), jetstream.ResumeFromRevision(from))
-		if err != nil {
-			continue
-		}
-		c.mu.Lock()
-		if c.stopped {
-			c.mu.Unlock()
-			_ = w.Stop()
-			return nil
-		}
-		c.w, c.watching = w, true
-		c.gen++
-		c.mu.Unlock()
-		c.restarts.Add(1)
-		return w
+		w = c.retry(c.resume)
 	}
 }
 

@@ -4,7 +4,6 @@ import (
 	"bufio"
 	"context"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"io"
 	"os/exec"
@@ -150,7 +149,7 @@ func startChildren(ctx context.Context, e *env, lat *hist, tick func(int)) (*chi
 				return
 			}
 			for kind, n := range end.Errors {
-				addErrors(e.errs, kind, n-rep.Errors[kind], end.Examples[kind])
+				e.errs.addN(kind, n-rep.Errors[kind], end.Examples[kind])
 			}
 			_, _ = io.Copy(io.Discard, stdout)
 		}()
@@ -162,7 +161,7 @@ func startChildren(ctx context.Context, e *env, lat *hist, tick func(int)) (*chi
 			total += rep.Connected
 			tick(rep.Connected)
 			for kind, n := range rep.Errors {
-				addErrors(e.errs, kind, n, rep.Examples[kind])
+				e.errs.addN(kind, n, rep.Examples[kind])
 			}
 			if rep.Latency != nil {
 				lat.mu.Lock()
@@ -175,13 +174,6 @@ func startChildren(ctx context.Context, e *env, lat *hist, tick func(int)) (*chi
 		}
 	}
 	return k, total, nil
-}
-
-// addErrors counts n errors of kind, with example.
-func addErrors(errs *errorCounts, kind string, n int64, example string) {
-	for range n {
-		errs.add(kind, errors.New(example))
-	}
 }
 
 // stop closes the children's inputs (they close their devices and exit)

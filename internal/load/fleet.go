@@ -42,6 +42,19 @@ func (e *errorCounts) add(kind string, err error) {
 	}
 }
 
+// addN counts n errors of kind (another process's), with example.
+func (e *errorCounts) addN(kind string, n int64, example string) {
+	if n <= 0 {
+		return
+	}
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	e.n[kind] += n
+	if _, ok := e.examples[kind]; !ok && example != "" {
+		e.examples[kind] = example
+	}
+}
+
 func (e *errorCounts) snapshot() (map[string]int64, map[string]string) {
 	e.mu.Lock()
 	defer e.mu.Unlock()
