@@ -3,12 +3,14 @@ package load
 import (
 	"context"
 	"fmt"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
 
 	"github.com/switchboard-im/switchboard/client"
 	"github.com/switchboard-im/switchboard/contract"
+	"github.com/switchboard-im/switchboard/protocol"
 )
 
 // runGroups has Groups groups of GroupSize members, every member online,
@@ -32,6 +34,7 @@ func runGroups(ctx context.Context, e *env, rep *Report) error {
 			gr.members[i] = e.fleet.user(fmt.Sprintf("g%dm", g), i)
 		}
 		gr.got = make([]memberLog, size)
+		gr.fencedBy = make([]atomic.Bool, size)
 		gs[g] = gr
 		users = append(users, gr.members...)
 	}
@@ -45,7 +48,8 @@ func runGroups(ctx context.Context, e *env, rep *Report) error {
 		return handlers{msg: func(d *device, m client.Message) {
 			d.c.Ack(m.Seq)
 			if m.Event != nil {
-				return // the create and the adds
+				gr.changed(i, m.Event) // the create and the adds
+				return
 			}
 			n := parseMsgID(m.ID)
 			ts, ok := bodyTime(m.Body)
@@ -80,12 +84,28 @@ func runGroups(ctx context.Context, e *env, rep *Report) error {
 	}
 
 	e.prog.set("making groups", int64(ng), nil)
+	made := time.Now()
 	for g, gr := range gs {
 		if err := gr.create(ctx, devs[g*size].c); err != nil {
 			return fmt.Errorf("load: groups: %w", err)
 		}
 		e.prog.add(1)
 	}
+	// The clock starts once every member has the groups' last change: a
+	// message sent before would wait in the log behind the changes'
+	// fan-out (the create and the adds are system messages to every
+	// member as of each), and its time would be the setup's.
+	if !waitUntil(ctx, cfg.DrainTimeout, func() bool {
+		for _, gr := range gs {
+			if gr.fenced.Load() < int64(size-1) {
+				return false
+			}
+		}
+		return true
+	}) {
+		return fmt.Errorf("load: groups: members did not get their groups' last change within %s", cfg.DrainTimeout)
+	}
+	res.SetupSeconds = time.Since(made).Seconds()
 
 	diskBefore, diskOK := streamBytes(ctx, e.target)
 	note := func() string {
@@ -200,6 +220,12 @@ type groupRun struct {
 	id      string
 	members []string // members[0] creates the group and sends
 	got     []memberLog
+	// last is the first user named by the group's last change (the
+	// create, or the last add); fenced counts the members other than
+	// the creator that got it.
+	last     string
+	fenced   atomic.Int64
+	fencedBy []atomic.Bool
 
 	mu   sync.Mutex // guards msgs
 	msgs []groupMsg
@@ -216,19 +242,41 @@ type groupMsg struct {
 // create makes the group with every member, in adds of at most 256 users
 // (the protocol's bound per frame).
 func (gr *groupRun) create(ctx context.Context, c *client.Client) error {
-	rest := gr.members[1:]
-	first := rest[:min(len(rest), 256)]
-	if _, err := c.CreateGroup(ctx, gr.id, "bench", first...); err != nil {
+	joins := setupChunks(gr.members[1:])
+	gr.last = joins[len(joins)-1][0]
+	if _, err := c.CreateGroup(ctx, gr.id, "bench", joins[0]...); err != nil {
 		return fmt.Errorf("create %s: %w", gr.id, err)
 	}
-	for rest = rest[len(first):]; len(rest) > 0; {
-		chunk := rest[:min(len(rest), 256)]
+	for _, chunk := range joins[1:] {
 		if _, err := c.AddMembers(ctx, gr.id, chunk...); err != nil {
 			return fmt.Errorf("add to %s: %w", gr.id, err)
 		}
-		rest = rest[len(chunk):]
 	}
 	return nil
+}
+
+// setupChunks is how the members besides the creator join a group of
+// the run: the create names the first 256, each add the next 256 (a
+// group frame names at most 256 users).
+func setupChunks(rest []string) [][]string {
+	var chunks [][]string
+	for len(rest) > 0 {
+		n := min(len(rest), 256)
+		chunks = append(chunks, rest[:n])
+		rest = rest[n:]
+	}
+	return chunks
+}
+
+// changed takes member i's system message ev: the group's last change
+// counts the member as having the whole setup.
+func (gr *groupRun) changed(i int, ev *protocol.GroupEvent) {
+	if i == 0 || (ev.Op != protocol.GroupCreate && ev.Op != protocol.GroupAdd) || !slices.Contains(ev.Users, gr.last) {
+		return
+	}
+	if !gr.fencedBy[i].Swap(true) {
+		gr.fenced.Add(1)
+	}
 }
 
 func (gr *groupRun) begin(due time.Time) int {

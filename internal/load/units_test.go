@@ -4,6 +4,8 @@ import (
 	"errors"
 	"math"
 	"os"
+	"slices"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -201,6 +203,29 @@ func TestLoopbackOnlyForLoopbackTargets(t *testing.T) {
 		tg := Target{URLs: c.urls}
 		if got := tg.loopback(); got != c.want {
 			t.Errorf("%v: loopback %v", c.urls, got)
+		}
+	}
+}
+
+func TestGroupSetupChunks(t *testing.T) {
+	for _, n := range []int{1, 255, 256, 257, 512, 513, 1023} {
+		rest := make([]string, n)
+		for i := range rest {
+			rest[i] = strconv.Itoa(i)
+		}
+		chunks := setupChunks(rest)
+		if want := (n + 255) / 256; len(chunks) != want {
+			t.Fatalf("%d members: %d chunks, want %d", n, len(chunks), want)
+		}
+		var all []string
+		for _, c := range chunks {
+			if len(c) == 0 || len(c) > 256 {
+				t.Fatalf("%d members: a chunk of %d", n, len(c))
+			}
+			all = append(all, c...)
+		}
+		if !slices.Equal(all, rest) {
+			t.Fatalf("%d members: chunks %v do not name each once, in order", n, chunks)
 		}
 	}
 }
