@@ -193,10 +193,17 @@ func (c *Client) Status(ctx context.Context, id string) (map[string]protocol.Tic
 }
 
 // StatusOf is Status for the message stored at seq (its Sent.Seq): the
-// server answers only the message's sender.
+// server answers only the message's sender. A message to a user homed in
+// another region is asked about with its recipient, which the client
+// names when it remembers the message (sent from this device, or seen
+// from another of this user's).
 func (c *Client) StatusOf(ctx context.Context, seq uint64) (map[string]protocol.Ticks, error) {
 	ch := make(chan statusResult, 1)
+	var to string
 	c.mu.Lock()
+	if seq >= protocol.OutboxSeqFloor {
+		to = c.ticks.recipientOf(seq)
+	}
 	c.statusWait[seq] = append(c.statusWait[seq], ch)
 	c.mu.Unlock()
 	defer func() {
@@ -207,7 +214,7 @@ func (c *Client) StatusOf(ctx context.Context, seq uint64) (map[string]protocol.
 		}
 		c.mu.Unlock()
 	}()
-	c.writeCurrent(protocol.AppendSeqFrame(nil, protocol.TypeStatus, seq))
+	c.writeCurrent(protocol.AppendStatusFrame(nil, seq, to))
 	select {
 	case r := <-ch:
 		return r.to, r.err

@@ -162,6 +162,21 @@ func (t *ticks) seqOf(id string) uint64 {
 	return 0
 }
 
+// recipientOf is whom the message this client sent at seq went to, ""
+// if it is not known or went to a group.
+func (t *ticks) recipientOf(seq uint64) string {
+	for to, r := range t.to {
+		if strings.HasPrefix(to, "#") {
+			continue
+		}
+		i := sort.Search(len(r.msgs), func(i int) bool { return r.msgs[i].seq >= seq })
+		if i < len(r.msgs) && r.msgs[i].seq == seq {
+			return to
+		}
+	}
+	return ""
+}
+
 // apply takes a receipt frame and returns the ids it moves on, each with
 // the tick it reached (protocol.StatusDelivered or StatusRead).
 func (t *ticks) apply(f *protocol.Frame) (ids []string, seqs []uint64) {

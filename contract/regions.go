@@ -34,7 +34,8 @@ const (
 // another region is its OUTBOX sequence, so OUTBOX numbers from far
 // above anything an INBOX reaches (2^52, still exact in a JavaScript
 // number): a client, or a gateway answering a status frame, can never
-// take one for an INBOX sequence.
+// take one for an INBOX sequence. The wire protocol names the same
+// number (protocol.OutboxSeqFloor).
 const OutboxFirstSeq uint64 = 1 << 52
 
 // IsOutboxSeq reports whether seq is an OUTBOX sequence (see

@@ -2,35 +2,40 @@ package contract
 
 // Message info across regions.
 //
-// A member homed in another region than their group's sends through
-// their own region's OUTBOX and is "sent" an OUTBOX sequence, so that is
-// the seq their status frame names. The answer is the group's home's:
-// the log and the members' positions are there. The gateway asks its own
-// region's receipts function (GroupStatusRemoteSubject), which passes the
-// request to the home's receipts function over the leaf links
-// (ReceiptsForwardSubject, the answer on ReceiptsForwardReply) and
-// relays its answer as is, as groups functions do for membership changes.
+// A sender whose message goes to another region (a recipient homed
+// there, or a group homed there) sends through their own region's OUTBOX
+// and is "sent" an OUTBOX sequence, so that is the seq their status frame
+// names. The answer is the other region's: the recipient's inbox and
+// positions, or the group's log and the members' positions, are there.
+// The gateway asks its own region's receipts function
+// (StatusRemoteSubject), which passes the request to that region's
+// receipts function over the leaf links (ReceiptsForwardSubject, the
+// answer on ReceiptsForwardReply) and relays its answer as is, as groups
+// functions do for membership changes.
 
-// GroupStatusRemoteSubject is where a gateway asks its region's receipts
-// function about a message its user sent to a group homed elsewhere.
-const GroupStatusRemoteSubject = "sb.fn.receipts.status-remote"
+// StatusRemoteSubject is where a gateway asks its region's receipts
+// function about a message its user sent to another region.
+const StatusRemoteSubject = "sb.fn.receipts.status-remote"
 
-// GroupStatusRemoteRequest asks for the status of the message Sender
-// sent to group Group from region Region, where Region's OUTBOX stored
-// it at Seq (its "sent"); Home is the group's home region, which answers
-// with a StatusReply, or refuses with ErrCodeUnknownSeq when Sender sent
-// no such message there.
-type GroupStatusRemoteRequest struct {
+// StatusRemoteRequest asks for the status of the message Sender sent
+// from region Region, where Region's OUTBOX stored it at Seq (its
+// "sent"): to group Group, or (Group empty) to user To; Home is the
+// group's or the recipient's home region, which answers with a
+// StatusReply, or refuses with ErrCodeUnknownSeq when Sender sent no such
+// message there.
+type StatusRemoteRequest struct {
 	Sender string `json:"sender"`
-	Group  string `json:"group"`
+	Group  string `json:"group,omitempty"`
+	To     string `json:"to,omitempty"`
 	Seq    uint64 `json:"seq"`
 	Region string `json:"region"`
 	Home   string `json:"home"`
 }
 
 // ReceiptsForwardSubject is where the receipts function of region
-// answers status requests about groups homed there, asked by other
-// regions' receipts functions: it crosses the leaf links.
+// answers status requests about messages sent there from other regions
+// (to its users or its groups), asked by those regions' receipts
+// functions: it crosses the leaf links.
 func ReceiptsForwardSubject(region string) string {
 	return CrossRegionPrefix + "fn." + region + ".receipts.status"
 }

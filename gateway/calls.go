@@ -2,6 +2,7 @@ package gateway
 
 import (
 	"context"
+	"errors"
 	"strings"
 
 	"github.com/switchboard-im/switchboard/contract"
@@ -39,10 +40,16 @@ func (s *session) refuseBusy(id string) {
 //
 // A status naming a group asks about a message this user sent there,
 // seq being its place in the group's log (groupticks.go); a seq that is
-// a member's copy of a group message gets unknown_seq.
-func (s *session) status(seq uint64, group string) {
-	if group != "" {
+// a member's copy of a group message gets unknown_seq. One naming an
+// OUTBOX sequence asks about a message to a user homed in another region,
+// named by to (remoteStatus).
+func (s *session) status(seq uint64, group, to string) {
+	switch {
+	case group != "":
 		s.groupStatus(seq, group)
+		return
+	case contract.IsOutboxSeq(seq):
+		s.remoteStatus(seq, to)
 		return
 	}
 	ok := s.goCall(func() {
@@ -67,6 +74,55 @@ func (s *session) status(seq uint64, group string) {
 			}
 		}
 		s.t.Send(protocol.EncodeStatus(seq, to))
+	})
+	if !ok {
+		s.sendError(protocol.ErrRateLimited, "too many requests in flight", "", seq, 100)
+	}
+}
+
+// remoteStatus answers a status frame about the message this user sent
+// at seq, an OUTBOX sequence, to user to, homed in another region: that
+// region's receipts function finds where it landed in to's inbox and
+// answers as for a message sent there (contract/xrstatus.go), through
+// this region's. A send still in OUTBOX has not landed: unavailable
+// (ask again), as for a group.
+func (s *session) remoteStatus(seq uint64, to string) {
+	if to == "" || s.srv.regions == nil {
+		s.sendError(protocol.ErrUnknownSeq, "no message sent here has this seq; a message sent to another region is asked about with its recipient (to)", "", seq, 0)
+		return
+	}
+	ok := s.goCall(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), s.srv.cfg.FunctionTimeout)
+		defer cancel()
+		home, err := s.srv.regions.home(to)
+		switch {
+		case errors.Is(err, errNoHome) || (err == nil && home == s.srv.regions.self):
+			s.sendError(protocol.ErrUnknownSeq, "you sent this user no message with this seq", "", seq, 0)
+			return
+		case err != nil:
+			s.sendError(protocol.ErrUnavailable, "the directory of home regions did not answer; ask again", "", seq, 0)
+			return
+		}
+		var reply contract.StatusReply
+		pending, err := s.srv.regions.inOutbox(ctx, contract.OutboxSubject(home, to), s.id.User, seq)
+		if err == nil {
+			err = contract.Call(ctx, s.srv.nc, contract.StatusRemoteSubject, contract.StatusRemoteRequest{
+				Sender: s.id.User, To: to, Seq: seq, Region: s.srv.regions.self, Home: home}, &reply)
+		}
+		var fe *contract.FnError
+		switch {
+		case pending && errors.As(err, &fe) && fe.Code == contract.ErrCodeUnknownSeq:
+			s.sendError(protocol.ErrUnavailable, "the message has not reached its recipient's region yet; ask again", "", seq, 0)
+			return
+		case errors.As(err, &fe) && fe.Code == contract.ErrCodeUnknownSeq:
+			s.sendError(protocol.ErrUnknownSeq, "you sent this user no message with this seq", "", seq, 0)
+			return
+		case err != nil:
+			s.sendError(protocol.ErrUnavailable, "receipts are unavailable", "", seq, 0)
+			return
+		}
+		t := reply.Recipients[to]
+		s.t.Send(protocol.EncodeStatus(seq, map[string]protocol.Ticks{to: {Delivered: t.Delivered, Read: t.Read}}))
 	})
 	if !ok {
 		s.sendError(protocol.ErrRateLimited, "too many requests in flight", "", seq, 100)

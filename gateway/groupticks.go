@@ -252,11 +252,11 @@ func (s *session) askGroupStatus(ctx context.Context, seq uint64, group string, 
 	if !contract.IsOutboxSeq(seq) {
 		return &contract.FnError{Status: 404, Code: contract.ErrCodeUnknownSeq}
 	}
-	pending, err := s.srv.regions.inOutbox(ctx, home, group, s.id.User, seq)
+	pending, err := s.srv.regions.inOutbox(ctx, contract.OutboxGroupSubject(home, group), s.id.User, seq)
 	if err != nil {
 		return err
 	}
-	err = contract.Call(ctx, s.srv.nc, contract.GroupStatusRemoteSubject, contract.GroupStatusRemoteRequest{
+	err = contract.Call(ctx, s.srv.nc, contract.StatusRemoteSubject, contract.StatusRemoteRequest{
 		Sender: s.id.User, Group: group, Seq: seq, Region: s.srv.regions.self, Home: home}, reply)
 	var fe *contract.FnError
 	if pending && errors.As(err, &fe) && fe.Code == contract.ErrCodeUnknownSeq {

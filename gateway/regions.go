@@ -248,10 +248,10 @@ func (r *regions) group(ctx context.Context, gid string) (contract.GroupRecord, 
 }
 
 // inOutbox reports whether this region's OUTBOX still holds, at seq,
-// user's send to group gid homed in region home: it has not reached the
-// group's log yet (OUTBOX is a work queue: the home's GROUPS takes it
-// out once it has stored it).
-func (r *regions) inOutbox(ctx context.Context, home, gid, user string, seq uint64) (bool, error) {
+// user's send on subject (to a group or a user homed elsewhere): it has
+// not reached that region yet (OUTBOX is a work queue: the other region's
+// GROUPS or INBOX takes it out once it has stored it).
+func (r *regions) inOutbox(ctx context.Context, subject, user string, seq uint64) (bool, error) {
 	r.mu.Lock()
 	outbox := r.outbox
 	r.mu.Unlock()
@@ -271,7 +271,7 @@ func (r *regions) inOutbox(ctx context.Context, home, gid, user string, seq uint
 	case err != nil:
 		return false, err
 	}
-	return m.Subject == contract.OutboxGroupSubject(home, gid) && m.Header.Get(contract.HdrFrom) == user, nil
+	return m.Subject == subject && m.Header.Get(contract.HdrFrom) == user, nil
 }
 
 // elsewhere is g's home region when that is not this one, else "".

@@ -680,3 +680,129 @@ func TestRegionsDataStaysWhereItBelongs(t *testing.T) {
 		t.Errorf("us's INBOX holds %d ticks from bob for alice, want 1", got)
 	}
 }
+
+// "Message info" about a message sent to a user homed in another region.
+// alice and carol (us) are "sent" us's OUTBOX sequences for their
+// messages to bob (eu), which land in bob's inbox among dave's, sent in
+// eu. Asked by such a seq and its recipient, us's receipts function
+// passes the question to eu's, which finds where the message landed and
+// answers bob's ticks as they move: neither, delivered, read. alice's
+// laptop, which saw her messages as her own copies, asks the same way.
+// Only the sender is answered: carol asking about alice's message, a seq
+// never sent, and a question that does not name the recipient get
+// unknown_seq. While eu is cut off a send still in us's OUTBOX is
+// unavailable (ask again); once it has crossed it is answered.
+func TestRegionsStatusAcrossRegions(t *testing.T) {
+	rs := tk.StartRegionsWith(t, tk.RegionsOptions{}, "us", "eu")
+	rs.Apply(t, streams.Options{})
+	for u, r := range map[string]string{"alice": "us", "carol": "us", "bob": "eu", "dave": "eu"} {
+		rs.SetHome(t, u, r)
+	}
+	rs.Start(t, tk.TestConfig())
+	us, eu := rs.Region("us"), rs.Region("eu")
+	alice := tk.Dial(t, us.Gateway.URL, "alice", "phone")
+	laptop := tk.Dial(t, us.Gateway.URL, "alice", "laptop")
+	carol := tk.Dial(t, us.Gateway.URL, "carol", "phone")
+	bob := tk.Dial(t, eu.Gateway.URL, "bob", "phone")
+	dave := tk.Dial(t, eu.Gateway.URL, "dave", "phone")
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	send := func(c *client.Client, id string) client.Sent {
+		t.Helper()
+		s, err := c.Send(ctx, "bob", id, tk.Body(id))
+		if err != nil {
+			t.Fatal(err)
+		}
+		return s
+	}
+	wantStatus := func(c *client.Client, seq uint64, delivered, read bool) {
+		t.Helper()
+		tk.WaitFor(t, 15*time.Second, func() error {
+			st, err := c.StatusOf(ctx, seq)
+			if err != nil {
+				return err
+			}
+			if want := (protocol.Ticks{Delivered: delivered, Read: read}); len(st) != 1 || st["bob"] != want {
+				return tk.Errorf("status of %d: %+v, want bob %+v", seq, st, want)
+			}
+			return nil
+		})
+	}
+	wantRefused := func(err error, code protocol.ErrorCode) {
+		t.Helper()
+		var se *client.ServerError
+		if !errors.As(err, &se) || se.Code != code {
+			t.Fatalf("status: %v, want %s", err, code)
+		}
+	}
+
+	const n = 5
+	var fromAlice []client.Sent
+	for i := range n {
+		fromAlice = append(fromAlice, send(alice, "a"+strconv.Itoa(i)))
+		send(carol, "c"+strconv.Itoa(i))
+		send(dave, "d"+strconv.Itoa(i))
+		if !contract.IsOutboxSeq(fromAlice[i].Seq) {
+			t.Fatalf("alice's a%d sent at %d: not us's OUTBOX", i, fromAlice[i].Seq)
+		}
+	}
+	var got []client.Message
+	for range 3 * n {
+		got = append(got, tk.RecvMsg(t, bob, 15*time.Second))
+	}
+	for _, s := range fromAlice {
+		wantStatus(alice, s.Seq, false, false)
+	}
+	for range n {
+		tk.RecvMsg(t, laptop, 15*time.Second) // her own copies: the laptop learns to whom
+	}
+	wantStatus(laptop, fromAlice[2].Seq, false, false)
+
+	// Only the sender, naming the recipient, about a message sent.
+	raw := connectRaw(t, us.Gateway, "carol", "tablet")
+	raw.write(fmt.Sprintf(`{"type":"status","seq":%d,"to":"bob"}`, fromAlice[0].Seq))
+	raw.expectError(protocol.ErrUnknownSeq, "", fromAlice[0].Seq)
+	never := fromAlice[n-1].Seq + 1000
+	_, err := alice.StatusOf(ctx, never)
+	wantRefused(err, protocol.ErrUnknownSeq)
+	mine := connectRaw(t, us.Gateway, "alice", "tablet")
+	mine.write(fmt.Sprintf(`{"type":"status","seq":%d,"to":"bob"}`, never))
+	mine.expectError(protocol.ErrUnknownSeq, "", never)
+	mine.write(fmt.Sprintf(`{"type":"status","seq":%d}`, fromAlice[0].Seq))
+	mine.expectError(protocol.ErrUnknownSeq, "", fromAlice[0].Seq)
+
+	// bob has them all; then he reads up to alice's last.
+	for _, m := range got {
+		bob.Ack(m.Seq)
+	}
+	for i := range n {
+		wantReceipt(t, alice, "a"+strconv.Itoa(i), protocol.StatusDelivered, "bob")
+	}
+	for _, s := range fromAlice {
+		wantStatus(alice, s.Seq, true, false)
+	}
+	var lastFromAlice uint64
+	for _, m := range got {
+		if m.From == "alice" {
+			lastFromAlice = max(lastFromAlice, m.Seq)
+		}
+	}
+	bob.Read(lastFromAlice)
+	for i := range n {
+		wantReceipt(t, alice, "a"+strconv.Itoa(i), protocol.StatusRead, "bob")
+	}
+	for _, s := range fromAlice {
+		wantStatus(alice, s.Seq, true, true)
+	}
+	wantStatus(laptop, fromAlice[2].Seq, true, true)
+
+	// eu cut off: the send waits in us's OUTBOX. Ask again later.
+	outboxEmpty(t, us, eu)
+	eu.Cut(t)
+	cut := send(alice, "a-cut")
+	_, err = alice.StatusOf(ctx, cut.Seq)
+	wantRefused(err, protocol.ErrUnavailable)
+	eu.Restore()
+	tk.NextMsgIs(t, bob, "alice", "a-cut", 30*time.Second)
+	wantStatus(alice, cut.Seq, false, false)
+}

@@ -403,7 +403,7 @@ func (s *session) handleFrame(f *protocol.Frame) {
 		}
 	case protocol.TypeStatus:
 		if s.allow(s.in.frame, "") {
-			s.status(f.Seq, f.Group)
+			s.status(f.Seq, f.Group, f.To)
 		}
 	case protocol.TypeSettings:
 		// Its own bucket: a settings frame can be a KV write of up to a

@@ -63,6 +63,11 @@ const (
 // MaxContacts bounds the contact list of a settings frame.
 const MaxContacts = 2000
 
+// OutboxSeqFloor is where the seqs of a region's outbox start: a `sent`
+// seq at or above it is a message sent to another region (a user or a
+// group homed there), and a status about it names the recipient.
+const OutboxSeqFloor uint64 = 1 << 52
+
 // MaxUsersPerFrame bounds the users of one presence_sub or presence_unsub.
 const MaxUsersPerFrame = 256
 
@@ -416,8 +421,13 @@ func decodeClientJSON(data []byte) (*Frame, error) {
 		if f.Seq == 0 {
 			return nil, decodeErr(ErrBadField, "", "seq is required: the message's seq from its sent frame")
 		}
-		if f.Group != "" && !ValidID(f.Group) {
+		switch {
+		case f.Group != "" && f.To != "":
+			return nil, decodeErr(ErrBadField, "", "a status names a group (group) or a recipient (to), not both")
+		case f.Group != "" && !ValidID(f.Group):
 			return nil, decodeErr(ErrBadID, "", "group: %v", ErrInvalidID)
+		case f.To != "" && !ValidID(f.To):
+			return nil, decodeErr(ErrBadID, "", "to: %v", ErrInvalidID)
 		}
 	case TypePresenceSub, TypePresenceUnsub:
 		if f.Group != "" {
@@ -807,6 +817,21 @@ func AppendSeqFrame(b []byte, typ string, seq uint64) []byte {
 	b = append(b, `","seq":`...)
 	b = strconv.AppendUint(b, seq, 10)
 	return append(b, '}')
+}
+
+// AppendStatusFrame appends a status frame asking about the message
+// stored at seq; to, when not empty, names its recipient (needed for a
+// message sent to another region, whose seq is an OUTBOX one) and must
+// be a valid id.
+func AppendStatusFrame(b []byte, seq uint64, to string) []byte {
+	if to == "" {
+		return AppendSeqFrame(b, TypeStatus, seq)
+	}
+	b = append(b, `{"type":"status","seq":`...)
+	b = strconv.AppendUint(b, seq, 10)
+	b = append(b, `,"to":"`...)
+	b = append(b, to...)
+	return append(b, `"}`...)
 }
 
 // EncodeError returns an error frame. The message is free text, so this one

@@ -91,6 +91,10 @@ func TestDecodeClientValidFrames(t *testing.T) {
 			Frame{Type: TypeGroup, ID: "q1", Op: GroupCreate, Group: "g1", Name: "Me"}},
 		{"group leave", `{"type":"group","id":"q1","op":"leave","group":"g1"}`,
 			Frame{Type: TypeGroup, ID: "q1", Op: GroupLeave, Group: "g1"}},
+		{"status", `{"type":"status","seq":42}`, Frame{Type: TypeStatus, Seq: 42}},
+		{"status to another region", `{"type":"status","seq":4503599627370500,"to":"bob"}`,
+			Frame{Type: TypeStatus, Seq: 4503599627370500, To: "bob"}},
+		{"status in a group", `{"type":"status","seq":7,"group":"g1"}`, Frame{Type: TypeStatus, Seq: 7, Group: "g1"}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			f, err := DecodeClient([]byte(tc.in))
@@ -140,6 +144,8 @@ func TestDecodeClientErrors(t *testing.T) {
 		{"type empty", `{"type":"","seq":1}`, ErrBadField, "", "type"},
 
 		// Send ids.
+		{"status to a bad id", `{"type":"status","seq":4503599627370500,"to":"b.ob"}`, ErrBadID, "", "to"},
+		{"status to a user in a group", `{"type":"status","seq":7,"to":"bob","group":"g1"}`, ErrBadField, "", "not both"},
 		{"send id too long", `{"type":"send","id":"` + long + `","to":"bob","body":1}`, ErrBadID, "", "id"},
 		{"send id with colon", `{"type":"send","id":"m:1","to":"bob","body":1}`, ErrBadID, "", "id"},
 		{"send id with dot", `{"type":"send","id":"m.1","to":"bob","body":1}`, ErrBadID, "", "id"},
@@ -652,8 +658,12 @@ func FuzzDecodeClient(f *testing.F) {
 				t.Fatalf("re-encoded typing to %q read back as %+v, %v", fr.To, again, err)
 			}
 		case TypeStatus:
-			if fr.Seq == 0 {
-				t.Fatal("status accepted without a seq")
+			if fr.Seq == 0 || (fr.To != "" && (fr.Group != "" || !ValidID(fr.To))) {
+				t.Fatalf("status accepted with seq %d, to %q, group %q", fr.Seq, fr.To, fr.Group)
+			}
+			again, err := DecodeClient(AppendStatusFrame(nil, fr.Seq, fr.To))
+			if err != nil || again.Type != TypeStatus || again.Seq != fr.Seq || again.To != fr.To {
+				t.Fatalf("re-encoded status of %d to %q read back as %+v, %v", fr.Seq, fr.To, again, err)
 			}
 		case TypePresenceSub, TypePresenceUnsub:
 			if len(fr.Users) == 0 || len(fr.Users) > MaxUsersPerFrame {

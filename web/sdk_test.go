@@ -908,3 +908,47 @@ func TestSDKWithdrawnSendsLetTheSendWaitingForRoomGo(t *testing.T) {
 	js(pg, `ac.abort()`)
 	c.expect(t, protocol.TypeSend, "next")
 }
+
+// status asks about a message by its seq; one sent to another region (an
+// outbox seq, 2^52 or more) names its recipient, which the SDK remembers
+// from the message's "sent", or the caller names. Without one the
+// gateway could not tell which region to ask.
+func TestSDKStatusNamesTheRecipientAcrossRegions(t *testing.T) {
+	s := newScript(t)
+	pg, c := startSDK(t, s, "")
+	const far = uint64(1)<<52 + 5
+	send(pg, "m-1")
+	c.expect(t, protocol.TypeSend, "m-1")
+	c.sent("m-1", far)
+	result(t, pg, "m-1")
+	send(pg, "m-2")
+	c.expect(t, protocol.TypeSend, "m-2")
+	c.sent("m-2", 42)
+	result(t, pg, "m-2")
+
+	for _, tc := range []struct {
+		call, to string
+		seq      uint64
+	}{
+		{fmt.Sprintf(`c.status(%d)`, far), "bob", far},                        // remembered
+		{`c.status(42)`, "", 42},                                              // sent here: no recipient needed
+		{fmt.Sprintf(`c.status(%d)`, far+1), "", far + 1},                     // not remembered
+		{fmt.Sprintf(`c.status(%d, {to: 'carol'})`, far+1), "carol", far + 1}, // named
+	} {
+		js(pg, `results.st = undefined; `+tc.call+`.then((v) => { results.st = v; }, (e) => { results.st = { error: e.name, code: e.code }; })`)
+		f := c.next(t)
+		if f.Type != protocol.TypeStatus || f.Seq != tc.seq || f.To != tc.to || f.Group != "" {
+			t.Fatalf("%s wrote %+v, want a status of %d to %q", tc.call, f, tc.seq, tc.to)
+		}
+		c.write(protocol.EncodeStatus(tc.seq, map[string]protocol.Ticks{"bob": {Delivered: true}}))
+		pg.WaitFor(stuck, "the status", `results.st !== undefined`)
+		if got := tk.Eval[string](pg, `JSON.stringify(results.st)`); got != `{"bob":{"delivered":true,"read":false}}` {
+			t.Fatalf("%s resolved with %s", tc.call, got)
+		}
+	}
+	js(pg, `c.status(7, {to: 'b.ob'}).then((v) => { results.bad = v; }, (e) => { results.bad = { error: e.name }; })`)
+	pg.WaitFor(stuck, "the refusal", `results.bad !== undefined`)
+	if got := tk.Eval[string](pg, `JSON.stringify(results.bad)`); got != `{"error":"TypeError"}` {
+		t.Fatalf("status to a bad id: %s", got)
+	}
+}

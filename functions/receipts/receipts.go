@@ -107,7 +107,8 @@ type Service struct {
 	news       *groupNews     // groups to settle after their record changed
 	bounds     positionBounds // members' positions last read, per group
 	groups     jetstream.Stream
-	gets       getReplies // the answers to direct gets
+	inboxes    jetstream.Stream // INBOX, for status about messages from other regions
+	gets       getReplies       // the answers to direct gets
 	// region is this region (xrstatus.go), "" when the server has no
 	// JetStream domain.
 	region string
@@ -138,7 +139,7 @@ func Start(ctx context.Context, nc *nats.Conn, js jetstream.JetStream, cfg Confi
 	if err != nil {
 		return nil, fmt.Errorf("receipts: %w", err)
 	}
-	s.inbox = inbox.CachedInfo().Created.UnixNano()
+	s.inbox, s.inboxes = inbox.CachedInfo().Created.UnixNano(), inbox
 	for _, b := range []struct {
 		kv   *jetstream.KeyValue
 		name string
@@ -495,24 +496,34 @@ func (s *Service) handleStatus(ctx context.Context, r micro.Request) error {
 	if !protocol.ValidID(req.Sender) || !protocol.ValidID(req.Recipient) || req.Seq == 0 {
 		return badRequest{"sender and recipient must be valid ids and seq positive"}
 	}
-	var t contract.Ticks
-	var err error
-	if t.Delivered, err = s.deliveredTo(ctx, req.Recipient, req.Seq); err != nil {
-		return err
-	}
-	at, err := s.readPosition(ctx, contract.ReadKey(req.Recipient, req.Sender))
+	t, err := s.ticksOf(ctx, req.Sender, req.Recipient, req.Seq)
 	if err != nil {
 		return err
 	}
-	if at >= req.Seq {
-		on, err := s.readReceiptsOn(ctx, req.Recipient, req.Sender)
+	return r.RespondJSON(contract.StatusReply{Recipients: map[string]contract.Ticks{req.Recipient: t}})
+}
+
+// ticksOf is what sender may know of the message to recipient stored at
+// seq in recipient's inbox here.
+func (s *Service) ticksOf(ctx context.Context, sender, recipient string, seq uint64) (contract.Ticks, error) {
+	var t contract.Ticks
+	var err error
+	if t.Delivered, err = s.deliveredTo(ctx, recipient, seq); err != nil {
+		return t, err
+	}
+	at, err := s.readPosition(ctx, contract.ReadKey(recipient, sender))
+	if err != nil {
+		return t, err
+	}
+	if at >= seq {
+		on, err := s.readReceiptsOn(ctx, recipient, sender)
 		if err != nil {
-			return err
+			return t, err
 		}
 		// Hidden reads still imply delivered: the message was on a device.
 		t.Read, t.Delivered = on, true
 	}
-	return r.RespondJSON(contract.StatusReply{Recipients: map[string]contract.Ticks{req.Recipient: t}})
+	return t, nil
 }
 
 // deliveredTo reports whether any of user's devices has settled seq: it

@@ -1,37 +1,41 @@
 package receipts
 
-// Message info about a group message sent from another region than the
-// group's (contract/xrstatus.go).
+// Message info about a message sent from another region (contract/
+// xrstatus.go): to a group homed here, or to a user homed here.
 //
 // The sender knows the message by its sequence in their region's OUTBOX
-// ("sent"); its ticks are the members' positions in the group's log, at
-// the group's home. So the sender's region's function passes the request
-// to the home's, which finds the log message that came from that OUTBOX
-// sequence, checks the sender sent it, and answers as for a message sent
-// at home.
+// ("sent"); its ticks are the members' positions in the group's log, or
+// the recipient's in their inbox, here. So the sender's region's function
+// passes the request to this region's, which finds the message that came
+// from that OUTBOX sequence, checks the sender sent it, and answers as
+// for a message sent here.
 //
-// Finding it. Nothing maps an OUTBOX sequence to a log sequence, and
-// nothing may be kept per message to do so. But the home's GROUPS
-// sources each other region's OUTBOX through one source, and a source
-// stores what it takes in the order of the stream it takes it from
-// (nats-server skips anything not past the last origin sequence it
-// stored): the log messages that came from one region carry, in their
-// Nats-Stream-Source, strictly rising OUTBOX sequences. The home
-// therefore bisects the group's log between its first and last message:
-// at each probe it reads on from the middle, in small batches of the
-// group's subject only, to the first message from that region, and
-// keeps the half the sequence must be in. That is about log2 of the log's
-// length probes, each one small direct get while the region's messages
-// are not rare in the group (and at worst one read of the stretch
+// Finding it. Nothing maps an OUTBOX sequence to a log or inbox
+// sequence, and nothing may be kept per message to do so. But GROUPS and
+// INBOX here source each other region's OUTBOX through one source each,
+// and a source stores what it takes in the order of the stream it takes
+// it from (nats-server skips anything not past the last origin sequence
+// it stored): the messages on one subject (a group's log, a user's inbox)
+// that came from one region carry, in their Nats-Stream-Source, strictly
+// rising OUTBOX sequences. So the subject is bisected between its first
+// and last message: at each probe it reads on from the middle, in small
+// batches of that subject only, to the first message from that region,
+// and keeps the half the sequence must be in. That is about log2 of the
+// subject's length probes, each one small direct get while the region's
+// messages are not rare on it (and at worst one read of the stretch
 // between them), with nothing stored. The other ways cost more: the
 // sender's own copy in their inbox names both sequences, but finding it
 // there is a scan of everything the sender received, and copies of
-// different groups reach it in no fixed order; a plain scan of the log
-// grows with the log.
+// different groups reach it in no fixed order; a plain scan grows with
+// the log or the inbox.
 //
-// A message still in the sender's region's OUTBOX has not reached the
-// log yet, and the home answers unknown_seq; the sender's gateway, which
-// looked in OUTBOX before asking, makes that unavailable (ask again).
+// Reading a user's inbox to find a message is why this function may read
+// INBOX (only to answer a sender's status: it reads the headers it needs
+// and answers with ticks, never a body).
+//
+// A message still in the sender's region's OUTBOX has not arrived yet,
+// and this region answers unknown_seq; the sender's gateway, which looked
+// in OUTBOX before asking, makes that unavailable (ask again).
 
 import (
 	"context"
@@ -66,7 +70,7 @@ func (s *Service) startRegions(ctx context.Context) error {
 		return nil
 	}
 	s.region = info.Domain
-	if err := s.svc.AddEndpoint("status-remote", s.async(s.handleStatusRemote), micro.WithEndpointSubject(contract.GroupStatusRemoteSubject),
+	if err := s.svc.AddEndpoint("status-remote", s.async(s.handleStatusRemote), micro.WithEndpointSubject(contract.StatusRemoteSubject),
 		micro.WithEndpointMetadata(map[string]string{"request": `{"sender":"bob","group":"friends","seq":4503599627370500,"region":"eu","home":"us"}`})); err != nil {
 		return err
 	}
@@ -77,13 +81,15 @@ func (s *Service) startRegions(ctx context.Context) error {
 // homed elsewhere to the home's receipts function and relays its answer
 // as is.
 func (s *Service) handleStatusRemote(ctx context.Context, r micro.Request) error {
-	var req contract.GroupStatusRemoteRequest
+	var req contract.StatusRemoteRequest
 	if err := decode(r, &req); err != nil {
 		return err
 	}
 	switch {
-	case !protocol.ValidID(req.Sender) || !protocol.ValidID(req.Group) || !protocol.ValidID(req.Home):
-		return badRequest{"sender, group and home must be valid ids"}
+	case !protocol.ValidID(req.Sender) || !protocol.ValidID(req.Home):
+		return badRequest{"sender and home must be valid ids"}
+	case (req.Group == "") == (req.To == "") || (req.Group != "" && !protocol.ValidID(req.Group)) || (req.To != "" && !protocol.ValidID(req.To)):
+		return badRequest{"one of group and to must be a valid id"}
 	case req.Region != s.region || req.Home == s.region:
 		return badRequest{"region must be this region and home another"}
 	case !contract.IsOutboxSeq(req.Seq):
@@ -129,19 +135,24 @@ func (s *Service) forwardStatus(ctx context.Context, region string, data []byte)
 }
 
 // handleStatusForwarded answers another region's status request about a
-// message sent from there to a group homed here.
+// message sent from there to a group or a user homed here.
 func (s *Service) handleStatusForwarded(ctx context.Context, r micro.Request) error {
-	var req contract.GroupStatusRemoteRequest
+	var req contract.StatusRemoteRequest
 	if err := decode(r, &req); err != nil {
 		return err
 	}
 	switch {
-	case !protocol.ValidID(req.Sender) || !protocol.ValidID(req.Group) || !protocol.ValidID(req.Region):
-		return badRequest{"sender, group and region must be valid ids"}
+	case !protocol.ValidID(req.Sender) || !protocol.ValidID(req.Region):
+		return badRequest{"sender and region must be valid ids"}
+	case (req.Group == "") == (req.To == "") || (req.Group != "" && !protocol.ValidID(req.Group)) || (req.To != "" && !protocol.ValidID(req.To)):
+		return badRequest{"one of group and to must be a valid id"}
 	case req.Home != s.region:
 		return badRequest{"home must be this region"}
 	case !contract.IsOutboxSeq(req.Seq):
 		return unknownSeq(r)
+	}
+	if req.To != "" {
+		return s.userStatusForwarded(ctx, req, r)
 	}
 	seq, from, err := s.sentFrom(ctx, req.Group, req.Region, req.Seq)
 	switch {
@@ -157,50 +168,75 @@ func (s *Service) handleStatusForwarded(ctx context.Context, r micro.Request) er
 	return r.RespondJSON(reply)
 }
 
+// userStatusForwarded answers, for the sender in another region, the
+// status of the message it sent to req.To: found in To's inbox, it is
+// answered as a status asked here (handleStatus).
+func (s *Service) userStatusForwarded(ctx context.Context, req contract.StatusRemoteRequest, r micro.Request) error {
+	p, err := s.cameFrom(ctx, s.inboxes, contract.Inbox, contract.InboxSubject(req.To), req.Region, req.Seq)
+	switch {
+	case err != nil:
+		return err
+	case p.seq == 0 || p.kind != contract.KindMsg || p.group != "" || p.from != req.Sender:
+		return unknownSeq(r) // not arrived, not a chat message to the user, or not theirs
+	}
+	t, err := s.ticksOf(ctx, req.Sender, req.To, p.seq)
+	if err != nil {
+		return err
+	}
+	return r.RespondJSON(contract.StatusReply{Recipients: map[string]contract.Ticks{req.To: t}})
+}
+
 // sentFrom finds the message of group gid's log that came from region's
 // OUTBOX sequence oseq: its log sequence and sender, 0 if there is none.
-// It bisects the log (see the top of this file).
 func (s *Service) sentFrom(ctx context.Context, gid, region string, oseq uint64) (uint64, string, error) {
-	subj := contract.GroupMsgSubject(gid)
-	last, err := s.groups.GetLastMsgForSubject(ctx, subj)
+	p, err := s.cameFrom(ctx, s.groups, contract.GroupsStream, contract.GroupMsgSubject(gid), region, oseq)
+	return p.seq, p.from, err
+}
+
+// cameFrom finds the message on subject subj of stream (named name)
+// that came from region's OUTBOX sequence oseq; none: seq 0. It bisects
+// the subject (see the top of this file).
+func (s *Service) cameFrom(ctx context.Context, stream jetstream.Stream, name, subj, region string, oseq uint64) (probed, error) {
+	last, err := stream.GetLastMsgForSubject(ctx, subj)
 	switch {
 	case errors.Is(err, jetstream.ErrMsgNotFound):
-		return 0, "", nil
+		return probed{}, nil
 	case err != nil:
-		return 0, "", err
+		return probed{}, err
 	}
 	lo, hi := uint64(1), last.Sequence
 	for lo <= hi {
 		mid := lo + (hi-lo)/2
-		p, err := s.probe(ctx, subj, region, mid, hi)
+		p, err := s.probe(ctx, name, subj, region, mid, hi)
 		switch {
 		case err != nil:
-			return 0, "", err
+			return probed{}, err
 		case p.seq == 0 || p.oseq > oseq:
 			hi = mid - 1 // anything from the region at or past mid is later
 		case p.oseq == oseq:
-			return p.seq, p.from, nil
+			return p, nil
 		default:
 			lo = p.seq + 1
 		}
 	}
-	return 0, "", nil
+	return probed{}, nil
 }
 
-// probed is a log message that came from another region: its log
-// sequence, its sequence in that region's OUTBOX, and its sender.
+// probed is a message that came from another region: its sequence here,
+// its sequence in that region's OUTBOX, its sender, its kind and its
+// group (a member's copy of a group message).
 type probed struct {
-	seq, oseq uint64
-	from      string
+	seq, oseq         uint64
+	from, kind, group string
 }
 
-// probe reads subject subj of the group log from lo up to hi to the first
+// probe reads subject subj of stream from lo up to hi to the first
 // message that came from region's OUTBOX; none: seq 0.
-func (s *Service) probe(ctx context.Context, subj, region string, lo, hi uint64) (probed, error) {
+func (s *Service) probe(ctx context.Context, stream, subj, region string, lo, hi uint64) (probed, error) {
 	for from := lo; from <= hi; {
 		var p probed
 		var last uint64
-		status, err := s.directGet(ctx, contract.GroupsStream,
+		status, err := s.directGet(ctx, stream,
 			directGet{Seq: from, NextFor: subj, Batch: probeBatch, MaxBytes: 1 << 20}, func(m *nats.Msg) {
 				seq, _ := strconv.ParseUint(m.Header.Get(contract.HdrSequence), 10, 64)
 				last = max(last, seq)
@@ -208,7 +244,8 @@ func (s *Service) probe(ctx context.Context, subj, region string, lo, hi uint64)
 					return
 				}
 				if o := contract.OriginSeq(m.Header.Get(contract.HdrStreamSource)); contract.IsOutboxSeq(o) {
-					p = probed{seq: seq, oseq: o, from: m.Header.Get(contract.HdrFrom)}
+					p = probed{seq: seq, oseq: o, from: m.Header.Get(contract.HdrFrom), kind: m.Header.Get(contract.HdrKind),
+						group: m.Header.Get(contract.HdrGroup)}
 				}
 			})
 		switch {

@@ -134,10 +134,12 @@ func For(r Role) Rules {
 	case Receipts:
 		// Receipts into senders' inboxes, conversations' read positions and
 		// members' group positions; positions and settings read to answer
-		// status and apply read-receipt privacy. Of messages it reads only
-		// the group logs, for who sent what.
+		// status and apply read-receipt privacy. Of messages it reads the
+		// group logs, for who sent what, and inboxes only to find where a
+		// message from another region landed, for its sender's status
+		// (functions/receipts/xrstatus.go).
 		read := []string{kvStream(contract.ReadsKV), kvStream(contract.SettingsKV), kvStream(contract.CursorsKV), kvStream(contract.DevicesKV),
-			kvStream(contract.GroupTicksKV), kvStream(contract.GroupInfoKV), contract.GroupsStream}
+			kvStream(contract.GroupTicksKV), kvStream(contract.GroupInfoKV), contract.GroupsStream, contract.Inbox}
 		return Rules{
 			Publish: join(
 				// Ticks for senders homed in another region go through
@@ -156,7 +158,7 @@ func For(r Role) Rules {
 				// regions' sourcing): a right of the same weight as the
 				// role's writes into every inbox.
 				watch(kvStream(contract.GroupInfoKV)),
-				streamInfo(append([]string{contract.Inbox, contract.TicksStream, contract.DLQ}, read...)...),
+				streamInfo(append([]string{contract.TicksStream, contract.DLQ}, read...)...),
 				reads(read...),
 			),
 			Subscribe: []string{subjFn + string(r) + ".>", subjMicro, InboxPrefix(r) + ".>",

@@ -107,8 +107,12 @@ func TestRolesAreRefusedWhatTheyMustNotDo(t *testing.T) {
 				act{false, "$JS.API.DIRECT.GET.INBOX", "read inboxes"})
 		}
 	}
-	// Push reads inboxes: it counts what a device has waiting.
-	refused[natsauth.Push] = slices.DeleteFunc(refused[natsauth.Push], func(a act) bool { return a.subject == "$JS.API.DIRECT.GET.INBOX" })
+	// Push reads inboxes: it counts what a device has waiting; and so does
+	// receipts, to find where a message from another region landed for
+	// its sender's status.
+	for _, f := range []natsauth.Role{natsauth.Push, natsauth.Receipts} {
+		refused[f] = slices.DeleteFunc(refused[f], func(a act) bool { return a.subject == "$JS.API.DIRECT.GET.INBOX" })
+	}
 	refused[natsauth.Receipts] = append(refused[natsauth.Receipts], act{false, "sb.presence.bob", "forge presence"})
 	refused[natsauth.Media] = append(refused[natsauth.Media], act{false, "sb.presence.bob", "forge presence"},
 		act{false, "$JS.API.STREAM.CREATE.LEAK", "make a stream that sources INBOX and republishes it"},

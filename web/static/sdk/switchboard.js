@@ -125,8 +125,9 @@
  *              'local_store' (with error, a StoreError) when the local
  *              store failed a write.
  * Other calls: typing(to), typingGroup(group), settings(change) resolving with the user's
- * settings, status(seq) resolving with {user: {delivered, read}} for a
- * message this user sent, groupStatus(group, seq) resolving with
+ * settings, status(seq, {to}) resolving with {user: {delivered, read}} for a
+ * message this user sent (to, its recipient, for one sent to another
+ * region when the client does not remember it), groupStatus(group, seq) resolving with
  * {members: {user: {delivered, read}}, allDelivered, allRead} for one it
  * sent in a group (seq from its sent), close().
  *
@@ -1412,12 +1413,20 @@ export class Client {
     return p;
   }
 
-  /** status resolves with each recipient's ticks, {bob: {delivered, read}}, for the message this user sent at seq. */
-  status(seq, { timeout = 10000 } = {}) {
+  /**
+   * status resolves with each recipient's ticks, {bob: {delivered, read}}, for
+   * the message this user sent at seq. A message to a user homed in another
+   * region (seq 2^52 or more) is asked about with its recipient, which the
+   * client names when it remembers the message (sent from here, or seen from
+   * another of this user's devices), or `to` names.
+   */
+  status(seq, { timeout = 10000, to = '' } = {}) {
+    if (!to && seq >= OUTBOX_SEQ_FLOOR) to = this.#ticks.recipientOf(seq);
+    if (to && !validId(to)) return Promise.reject(new TypeError('switchboard: to must be 1-64 characters of A-Z a-z 0-9 _ -'));
     return this.#connected().then(() => this.#await(timeout, (w) => {
       if (!this.#statusWait.has(seq)) this.#statusWait.set(seq, []);
       this.#statusWait.get(seq).push(w);
-      this.#write({ type: 'status', seq });
+      this.#write(to ? { type: 'status', seq, to } : { type: 'status', seq });
     }, (w) => {
       const ws = (this.#statusWait.get(seq) ?? []).filter((x) => x !== w);
       if (ws.length) this.#statusWait.set(seq, ws);
@@ -1759,6 +1768,8 @@ const NONE = 0;
 const DELIVERED = 1;
 const READ = 2;
 const MAX_TRACKED = 100000;
+// Where a region's outbox seqs start: a message sent to another region.
+const OUTBOX_SEQ_FLOOR = 2 ** 52;
 const MAX_SPANS = 32;
 
 // Ticks tracks this client's sent messages by recipient, sorted by seq,
@@ -1817,6 +1828,17 @@ class Ticks {
       this.count--;
     }
     if (r.msgs.length === 0) this.to.delete(to);
+  }
+
+  // recipientOf is whom the message sent at seq went to, '' if it is not
+  // known or went to a group.
+  recipientOf(seq) {
+    for (const [to, r] of this.to) {
+      if (to.startsWith('#')) continue;
+      const i = search(r.msgs, seq);
+      if (i < r.msgs.length && r.msgs[i].seq === seq) return to;
+    }
+    return '';
   }
 
   // apply returns the messages a receipt frame moves on: [{id, seq}].
