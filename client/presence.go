@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"slices"
 	"time"
 
@@ -196,12 +197,22 @@ func (c *Client) Status(ctx context.Context, id string) (map[string]protocol.Tic
 // server answers only the message's sender. A message to a user homed in
 // another region is asked about with its recipient, which the client
 // names when it remembers the message (sent from this device, or seen
-// from another of this user's).
+// from another of this user's, since it started); otherwise StatusTo
+// names it.
 func (c *Client) StatusOf(ctx context.Context, seq uint64) (map[string]protocol.Ticks, error) {
+	return c.StatusTo(ctx, "", seq)
+}
+
+// StatusTo is StatusOf naming the message's recipient, to: needed for a
+// message to a user homed in another region that this client does not
+// remember (sent before it started, say); "" is StatusOf.
+func (c *Client) StatusTo(ctx context.Context, to string, seq uint64) (map[string]protocol.Ticks, error) {
+	if to != "" && !protocol.ValidID(to) {
+		return nil, fmt.Errorf("client: to %q: %w", to, protocol.ErrInvalidID)
+	}
 	ch := make(chan statusResult, 1)
-	var to string
 	c.mu.Lock()
-	if seq >= protocol.OutboxSeqFloor {
+	if to == "" && seq >= protocol.OutboxSeqFloor {
 		to = c.ticks.recipientOf(seq)
 	}
 	c.statusWait[seq] = append(c.statusWait[seq], ch)

@@ -690,8 +690,11 @@ func TestRegionsDataStaysWhereItBelongs(t *testing.T) {
 // laptop, which saw her messages as her own copies, asks the same way.
 // Only the sender is answered: carol asking about alice's message, a seq
 // never sent, and a question that does not name the recipient get
-// unknown_seq. While eu is cut off a send still in us's OUTBOX is
-// unavailable (ask again); once it has crossed it is answered.
+// unknown_seq; a device that does not remember the message names the
+// recipient itself (StatusTo). alice's own read-receipt setting, kept in
+// us, hides bob's read once she turns hers off. A send still in us's
+// OUTBOX (its carrier paused, or eu cut off) is unavailable (ask again);
+// once it has crossed it is answered.
 func TestRegionsStatusAcrossRegions(t *testing.T) {
 	rs := tk.StartRegionsWith(t, tk.RegionsOptions{}, "us", "eu")
 	rs.Apply(t, streams.Options{})
@@ -795,8 +798,77 @@ func TestRegionsStatusAcrossRegions(t *testing.T) {
 		wantStatus(alice, s.Seq, true, true)
 	}
 	wantStatus(laptop, fromAlice[2].Seq, true, true)
+	// A device that does not remember the message names its recipient.
+	tablet := tk.Dial(t, us.Gateway.URL, "alice", "tablet")
+	_, err = tablet.StatusOf(ctx, fromAlice[1].Seq)
+	wantRefused(err, protocol.ErrUnknownSeq)
+	if st, err := tablet.StatusTo(ctx, "bob", fromAlice[1].Seq); err != nil || st["bob"] != (protocol.Ticks{Delivered: true, Read: true}) {
+		t.Fatalf("tablet's status of a1 to bob: %+v, %v", st, err)
+	}
+	// Read receipts need both users: alice's setting is kept in us, so us
+	// applies it to eu's answer.
+	off := false
+	if _, err := alice.Settings(ctx, client.SettingsChange{ReadReceipts: &off}); err != nil {
+		t.Fatal(err)
+	}
+	wantStatus(alice, fromAlice[0].Seq, true, false)
+	// Nor does a read tick reach her now: eu stores it knowing only
+	// bob's setting, and us hides it. Fenced by bob's next message, which
+	// crosses after the tick (eu raises bob's read position once the tick
+	// is stored, and the two share one way across).
+	late := send(alice, "a-late")
+	m := tk.NextMsgIs(t, bob, "alice", "a-late", 15*time.Second)
+	bob.Ack(m.Seq)
+	wantReceipt(t, alice, "a-late", protocol.StatusDelivered, "bob")
+	bob.Read(m.Seq)
+	reads, err := eu.JS.KeyValue(ctx, contract.ReadsKV)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tk.WaitFor(t, 15*time.Second, func() error {
+		e, err := reads.Get(ctx, contract.ReadKey("bob", "alice"))
+		if err != nil {
+			return err
+		}
+		if at, _ := strconv.ParseUint(string(e.Value()), 10, 64); at < m.Seq {
+			return tk.Errorf("bob's read position in alice's chat %d, want %d", at, m.Seq)
+		}
+		return nil
+	})
+	if _, err := bob.Send(ctx, "alice", "fence", tk.Body("fence")); err != nil {
+		t.Fatal(err)
+	}
+	tk.NextMsgIs(t, alice, "bob", "fence", 15*time.Second)
+	for {
+		select {
+		case r := <-alice.Receipts():
+			if r.Status == protocol.StatusRead {
+				t.Fatalf("alice, with read receipts off, was told %+v", r)
+			}
+			continue
+		default:
+		}
+		break
+	}
+	wantStatus(alice, late.Seq, true, false)
 
-	// eu cut off: the send waits in us's OUTBOX. Ask again later.
+	// A send not yet taken from us's OUTBOX (its carrier to eu paused,
+	// the link up): eu does not know it yet. Ask again later.
+	outboxEmpty(t, us, eu)
+	if _, err := us.JS.PauseConsumer(ctx, contract.Outbox, contract.CrossRegionConsumer("eu"), time.Now().Add(time.Hour)); err != nil {
+		t.Fatal(err)
+	}
+	held := send(alice, "a-held")
+	_, err = alice.StatusOf(ctx, held.Seq)
+	wantRefused(err, protocol.ErrUnavailable)
+	if _, err := us.JS.ResumeConsumer(ctx, contract.Outbox, contract.CrossRegionConsumer("eu")); err != nil {
+		t.Fatal(err)
+	}
+	tk.NextMsgIs(t, bob, "alice", "a-held", 30*time.Second)
+	wantStatus(alice, held.Seq, false, false)
+
+	// eu cut off: neither its receipts function nor the send can be
+	// reached. Ask again later.
 	outboxEmpty(t, us, eu)
 	eu.Cut(t)
 	cut := send(alice, "a-cut")

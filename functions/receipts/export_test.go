@@ -26,6 +26,9 @@ func (s *Service) SentFrom(ctx context.Context, gid, region string, oseq uint64)
 	return s.sentFrom(ctx, gid, region, oseq)
 }
 
+// ErrSearchTooLong is a search that read too far, for its tests.
+var ErrSearchTooLong = errSearchTooLong
+
 // LastValues reads the last values of keys of GROUP_TICKS in one
 // batched direct get, for its tests.
 func (s *Service) LastValues(ctx context.Context, keys []string) (map[string]string, error) {

@@ -119,8 +119,11 @@ type Service struct {
 	svc  micro.Service
 	pool *worker.Pool // ticks queued in TICKS
 	sem  chan struct{}
-	wg   sync.WaitGroup
-	stop chan struct{}
+	// forwarded holds a token per status request from another region
+	// being answered (xrstatus.go).
+	forwarded chan struct{}
+	wg        sync.WaitGroup
+	stop      chan struct{}
 
 	delivered, read, stored, hidden       atomic.Int64
 	groupDelivered, groupRead, recomputes atomic.Int64
@@ -134,7 +137,7 @@ func Start(ctx context.Context, nc *nats.Conn, js jetstream.JetStream, cfg Confi
 		return nil, fmt.Errorf("receipts: workers and timeout must be positive")
 	}
 	s := &Service{nc: nc, js: js, cfg: cfg, log: log.With("function", "receipts"),
-		sem: make(chan struct{}, cfg.Workers), stop: make(chan struct{})}
+		sem: make(chan struct{}, cfg.Workers), forwarded: make(chan struct{}, maxForwarded), stop: make(chan struct{})}
 	inbox, err := js.Stream(ctx, contract.Inbox)
 	if err != nil {
 		return nil, fmt.Errorf("receipts: %w", err)

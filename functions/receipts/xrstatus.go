@@ -30,8 +30,11 @@ package receipts
 // the log or the inbox.
 //
 // Reading a user's inbox to find a message is why this function may read
-// INBOX (only to answer a sender's status: it reads the headers it needs
-// and answers with ticks, never a body).
+// INBOX: a direct get returns whole messages, so it reads bodies too,
+// but only to answer a sender's status, which carries ticks and never a
+// body. A search reads at most maxProbeReads batches (answered
+// unavailable past them), and an instance answers at most maxForwarded
+// such requests at once, so one cannot take the workers ticks need.
 //
 // A message still in the sender's region's OUTBOX has not arrived yet,
 // and this region answers unknown_seq; the sender's gateway, which looked
@@ -41,6 +44,7 @@ import (
 	"context"
 	"crypto/rand"
 	"encoding/hex"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"strconv"
@@ -53,9 +57,22 @@ import (
 	"github.com/switchboard-im/switchboard/protocol"
 )
 
-// probeBatch is the most group messages one probe of the bisection reads
-// at once: most probes find a message from the region in the first few.
+// probeBatch is the most messages one probe of the bisection reads at
+// once: most probes find a message from the region in the first few.
 const probeBatch = 16
+
+// maxProbeReads bounds the direct gets of one search (about 256 × 16
+// messages read): past it, where the region's messages are rare on a
+// long subject, the answer is unavailable rather than a read of it all.
+const maxProbeReads = 256
+
+// maxForwarded bounds the status requests from other regions answered at
+// once by an instance.
+const maxForwarded = 8
+
+// errSearchTooLong is a search that read maxProbeReads batches without
+// finding its message or its absence.
+var errSearchTooLong = errors.New("receipts: the search for a message from another region read too far")
 
 // startRegions binds, when the server has a JetStream domain (its region,
 // in a regions deployment), the endpoints of status requests about
@@ -77,9 +94,11 @@ func (s *Service) startRegions(ctx context.Context) error {
 	return s.svc.AddEndpoint("status-forwarded", s.async(s.handleStatusForwarded), micro.WithEndpointSubject(contract.ReceiptsForwardSubject(s.region)))
 }
 
-// handleStatusRemote passes a gateway's status request about a group
-// homed elsewhere to the home's receipts function and relays its answer
-// as is.
+// handleStatusRemote passes a gateway's status request about a message
+// sent to another region to that region's receipts function and relays
+// its answer: as is for a group; for a user, with the sender's own
+// read-receipt setting applied, which is kept here, in the sender's
+// region (the other region applied the recipient's).
 func (s *Service) handleStatusRemote(ctx context.Context, r micro.Request) error {
 	var req contract.StatusRemoteRequest
 	if err := decode(r, &req); err != nil {
@@ -98,6 +117,21 @@ func (s *Service) handleStatusRemote(ctx context.Context, r micro.Request) error
 	m, err := s.forwardStatus(ctx, req.Home, r.Data())
 	if err != nil {
 		return err
+	}
+	if req.To != "" && m.Header.Get(micro.ErrorCodeHeader) == "" {
+		var reply contract.StatusReply
+		if err := json.Unmarshal(m.Data, &reply); err != nil {
+			return fmt.Errorf("region %s answered %q: %w", req.Home, m.Data, err)
+		}
+		on, err := s.readReceiptsOn(ctx, req.Sender)
+		if err != nil {
+			return err
+		}
+		if t, ok := reply.Recipients[req.To]; ok && t.Read && !on {
+			t.Read = false // still delivered: the message was on a device
+			reply.Recipients[req.To] = t
+		}
+		return r.RespondJSON(reply)
 	}
 	if r.Reply() == "" {
 		return nil
@@ -135,8 +169,16 @@ func (s *Service) forwardStatus(ctx context.Context, region string, data []byte)
 }
 
 // handleStatusForwarded answers another region's status request about a
-// message sent from there to a group or a user homed here.
+// message sent from there to a group or a user homed here. At most
+// maxForwarded are answered at once, so a flood of them (each may read a
+// stretch of an inbox) leaves the workers for ticks.
 func (s *Service) handleStatusForwarded(ctx context.Context, r micro.Request) error {
+	select {
+	case s.forwarded <- struct{}{}:
+		defer func() { <-s.forwarded }()
+	case <-ctx.Done():
+		return ctx.Err()
+	}
 	var req contract.StatusRemoteRequest
 	if err := decode(r, &req); err != nil {
 		return err
@@ -205,9 +247,10 @@ func (s *Service) cameFrom(ctx context.Context, stream jetstream.Stream, name, s
 		return probed{}, err
 	}
 	lo, hi := uint64(1), last.Sequence
+	reads := 0
 	for lo <= hi {
 		mid := lo + (hi-lo)/2
-		p, err := s.probe(ctx, name, subj, region, mid, hi)
+		p, err := s.probe(ctx, name, subj, region, mid, hi, &reads)
 		switch {
 		case err != nil:
 			return probed{}, err
@@ -231,9 +274,13 @@ type probed struct {
 }
 
 // probe reads subject subj of stream from lo up to hi to the first
-// message that came from region's OUTBOX; none: seq 0.
-func (s *Service) probe(ctx context.Context, stream, subj, region string, lo, hi uint64) (probed, error) {
+// message that came from region's OUTBOX; none: seq 0. It counts its
+// direct gets in reads, and stops past maxProbeReads.
+func (s *Service) probe(ctx context.Context, stream, subj, region string, lo, hi uint64, reads *int) (probed, error) {
 	for from := lo; from <= hi; {
+		if *reads++; *reads > maxProbeReads {
+			return probed{}, errSearchTooLong
+		}
 		var p probed
 		var last uint64
 		status, err := s.directGet(ctx, stream,

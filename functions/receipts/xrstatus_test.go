@@ -2,6 +2,7 @@ package receipts_test
 
 import (
 	"context"
+	"errors"
 	"math/rand/v2"
 	"strconv"
 	"testing"
@@ -11,6 +12,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/switchboard-im/switchboard/contract"
+	"github.com/switchboard-im/switchboard/functions/receipts"
 )
 
 // sourcedLog is a home's GROUPS sourcing two regions' OUTBOXes, as a
@@ -172,5 +174,31 @@ func TestSentFromFindsTheLogMessageOfAnOutboxSeq(t *testing.T) {
 	}
 	if seq, _, err := s.SentFrom(ctx, "nobody", "eu", first.oseq); err != nil || seq != 0 {
 		t.Fatalf("a group with no log: found %d (%v)", seq, err)
+	}
+
+	// Too sparse: one message from eu, then 5,000 sent at home. The
+	// search gives up past its budget of reads rather than read them all
+	// at every probe.
+	alone := l.store(t, "long", "bob", "eu")
+	for range 10 { // 500 at a time: well inside the client's async window
+		var acks []jetstream.PubAckFuture
+		for range 500 {
+			f, err := e.n.JS.PublishMsgAsync(&nats.Msg{Subject: contract.GroupMsgSubject("long"), Data: []byte(`"hi"`),
+				Header: nats.Header{contract.HdrKind: {contract.KindMsg}, contract.HdrFrom: {"alice"}, contract.HdrGroup: {"long"}}})
+			if err != nil {
+				t.Fatal(err)
+			}
+			acks = append(acks, f)
+		}
+		for _, f := range acks {
+			select {
+			case <-f.Ok():
+			case err := <-f.Err():
+				t.Fatal(err)
+			}
+		}
+	}
+	if seq, _, err := s.SentFrom(ctx, "long", "eu", alone.oseq); !errors.Is(err, receipts.ErrSearchTooLong) {
+		t.Fatalf("a search through 5,000 others: found %d (%v), want it given up", seq, err)
 	}
 }
