@@ -197,8 +197,8 @@ func (c *Client) Status(ctx context.Context, id string) (map[string]protocol.Tic
 // server answers only the message's sender. A message to a user homed in
 // another region is asked about with its recipient, which the client
 // names when it remembers the message (sent from this device, or seen
-// from another of this user's, since it started); otherwise StatusTo
-// names it.
+// from another of this user's, since it started); otherwise it returns
+// ErrUnknownMessage, and StatusTo names the recipient.
 func (c *Client) StatusOf(ctx context.Context, seq uint64) (map[string]protocol.Ticks, error) {
 	return c.StatusTo(ctx, "", seq)
 }
@@ -213,7 +213,12 @@ func (c *Client) StatusTo(ctx context.Context, to string, seq uint64) (map[strin
 	ch := make(chan statusResult, 1)
 	c.mu.Lock()
 	if to == "" && seq >= protocol.OutboxSeqFloor {
-		to = c.ticks.recipientOf(seq)
+		if to = c.ticks.recipientOf(seq); to == "" {
+			// The gateway could only refuse it, and its refusal would
+			// also answer a StatusTo about the same seq under way.
+			c.mu.Unlock()
+			return nil, ErrUnknownMessage
+		}
 	}
 	c.statusWait[seq] = append(c.statusWait[seq], ch)
 	c.mu.Unlock()

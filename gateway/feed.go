@@ -1,9 +1,7 @@
 package gateway
 
 import (
-	"context"
 	"encoding/json"
-	"errors"
 	"sort"
 	"strconv"
 	"sync"
@@ -450,10 +448,6 @@ func (f *feed) take(seq uint64, h nats.Header, data []byte) {
 		fromSeq, _ := strconv.ParseUint(h.Get(contract.HdrSeqFrom), 10, 64)
 		toSeq, _ := strconv.ParseUint(h.Get(contract.HdrSeqTo), 10, 64)
 		st := h.Get(contract.HdrStatus)
-		if st == protocol.StatusRead && f.hiddenRead(h) {
-			f.pass(seq)
-			return
-		}
 		if toSeq > 0 && fromSeq <= toSeq && (st == protocol.StatusRead || (st == protocol.StatusDelivered && fromSeq > 0)) {
 			frame = protocol.AppendReceipt(nil, st, from, dev, fromSeq, toSeq, seq, ts)
 		}
@@ -491,23 +485,6 @@ func (f *feed) take(seq uint64, h nats.Header, data []byte) {
 // validMedia reports whether a stored media reference can go into a
 // frame: none, or a JSON object.
 func validMedia(ref string) bool { return ref == "" || isJSONObject([]byte(ref)) }
-
-// hiddenRead reports whether a read tick that came from another region
-// (its reader is homed there) must not reach this user, who has turned
-// read receipts off: the reader's region stored it knowing only the
-// reader's setting, as settings are kept in each user's home region, so
-// the sender's is applied here, as the tick is delivered. A setting that
-// cannot be read hides it: a lost blue tick rather than a read shown to
-// a user who asked not to see them.
-func (f *feed) hiddenRead(h nats.Header) bool {
-	if f.s.srv.regions == nil || h.Get(contract.HdrStreamSource) == "" {
-		return false // stored here, where both settings were applied
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), f.s.srv.cfg.FunctionTimeout)
-	defer cancel()
-	set, _, err := contract.LoadSettings(ctx, f.s.srv.settingsKV, f.s.id.User)
-	return (err != nil && !errors.Is(err, contract.ErrBadRecord)) || !set.ReadReceipts
-}
 
 func isJSONObject(b []byte) bool {
 	return len(b) > 1 && b[0] == '{' && b[len(b)-1] == '}' && json.Valid(b)

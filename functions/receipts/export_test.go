@@ -213,3 +213,10 @@ func WatchThrough(cfg Config, wrap func(jetstream.KeyValue) jetstream.KeyValue) 
 	cfg.watchThrough = wrap
 	return cfg
 }
+
+// ProbeReads gives instances started with cfg a search budget of n
+// direct gets.
+func ProbeReads(cfg Config, n int) Config {
+	cfg.probeReads = n
+	return cfg
+}

@@ -86,6 +86,9 @@ type Config struct {
 	// watchThrough, when set, wraps GROUP_INFO for the watch of group
 	// records (a test's watch that lags at will).
 	watchThrough func(jetstream.KeyValue) jetstream.KeyValue
+	// probeReads, when set, is a search's budget of direct gets
+	// (xrstatus.go; a test's smaller one).
+	probeReads int
 }
 
 // DefaultConfig is what the binary runs with.

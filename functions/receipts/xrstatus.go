@@ -32,7 +32,7 @@ package receipts
 // Reading a user's inbox to find a message is why this function may read
 // INBOX: a direct get returns whole messages, so it reads bodies too,
 // but only to answer a sender's status, which carries ticks and never a
-// body. A search reads at most maxProbeReads batches (answered
+// body. A search reads at most 2,048 batches of 16 (answered
 // unavailable past them), and an instance answers at most maxForwarded
 // such requests at once, so one cannot take the workers ticks need.
 //
@@ -61,18 +61,26 @@ import (
 // once: most probes find a message from the region in the first few.
 const probeBatch = 16
 
-// maxProbeReads bounds the direct gets of one search (about 256 × 16
-// messages read): past it, where the region's messages are rare on a
-// long subject, the answer is unavailable rather than a read of it all.
-const maxProbeReads = 256
+// defaultProbeReads bounds the direct gets of one search (Config's
+// probeReads; up to 2,048 × 16 messages read): past it, where the
+// region's messages are rare on a very long subject, the answer is
+// unavailable rather than a read of it all.
+const defaultProbeReads = 2048
+
+// probeBytes bounds the bytes of one probe's read.
+const probeBytes = 256 << 10
 
 // maxForwarded bounds the status requests from other regions answered at
-// once by an instance.
+// once by an instance; more are answered unavailable at once.
 const maxForwarded = 8
 
-// errSearchTooLong is a search that read maxProbeReads batches without
+// errSearchTooLong is a search that read its budget of batches without
 // finding its message or its absence.
 var errSearchTooLong = errors.New("receipts: the search for a message from another region read too far")
+
+// errForwardedBusy is a status request from another region that found
+// maxForwarded being answered.
+var errForwardedBusy = errors.New("receipts: too many status requests from other regions at once; ask again")
 
 // startRegions binds, when the server has a JetStream domain (its region,
 // in a regions deployment), the endpoints of status requests about
@@ -176,8 +184,8 @@ func (s *Service) handleStatusForwarded(ctx context.Context, r micro.Request) er
 	select {
 	case s.forwarded <- struct{}{}:
 		defer func() { <-s.forwarded }()
-	case <-ctx.Done():
-		return ctx.Err()
+	default:
+		return errForwardedBusy // at once: a worker waiting here would be one fewer for ticks
 	}
 	var req contract.StatusRemoteRequest
 	if err := decode(r, &req); err != nil {
@@ -275,16 +283,16 @@ type probed struct {
 
 // probe reads subject subj of stream from lo up to hi to the first
 // message that came from region's OUTBOX; none: seq 0. It counts its
-// direct gets in reads, and stops past maxProbeReads.
+// direct gets in reads, and stops past the budget.
 func (s *Service) probe(ctx context.Context, stream, subj, region string, lo, hi uint64, reads *int) (probed, error) {
 	for from := lo; from <= hi; {
-		if *reads++; *reads > maxProbeReads {
+		if *reads++; *reads > s.probeReads() {
 			return probed{}, errSearchTooLong
 		}
 		var p probed
 		var last uint64
 		status, err := s.directGet(ctx, stream,
-			directGet{Seq: from, NextFor: subj, Batch: probeBatch, MaxBytes: 1 << 20}, func(m *nats.Msg) {
+			directGet{Seq: from, NextFor: subj, Batch: probeBatch, MaxBytes: probeBytes}, func(m *nats.Msg) {
 				seq, _ := strconv.ParseUint(m.Header.Get(contract.HdrSequence), 10, 64)
 				last = max(last, seq)
 				if p.seq != 0 || seq < from || seq > hi || m.Header.Get(contract.HdrOriginRegion) != region {
@@ -306,4 +314,12 @@ func (s *Service) probe(ctx context.Context, stream, subj, region string, lo, hi
 		from = last + 1
 	}
 	return probed{}, nil
+}
+
+// probeReads is the direct gets a search may make.
+func (s *Service) probeReads() int {
+	if s.cfg.probeReads > 0 {
+		return s.cfg.probeReads
+	}
+	return defaultProbeReads
 }

@@ -176,9 +176,9 @@ func TestSentFromFindsTheLogMessageOfAnOutboxSeq(t *testing.T) {
 		t.Fatalf("a group with no log: found %d (%v)", seq, err)
 	}
 
-	// Too sparse: one message from eu, then 5,000 sent at home. The
-	// search gives up past its budget of reads rather than read them all
-	// at every probe.
+	// Too sparse: one message from eu, then 5,000 sent at home. A search
+	// with a budget of 256 reads gives up rather than read them all at
+	// every probe; the default budget finds it.
 	alone := l.store(t, "long", "bob", "eu")
 	for range 10 { // 500 at a time: well inside the client's async window
 		var acks []jetstream.PubAckFuture
@@ -198,7 +198,11 @@ func TestSentFromFindsTheLogMessageOfAnOutboxSeq(t *testing.T) {
 			}
 		}
 	}
-	if seq, _, err := s.SentFrom(ctx, "long", "eu", alone.oseq); !errors.Is(err, receipts.ErrSearchTooLong) {
-		t.Fatalf("a search through 5,000 others: found %d (%v), want it given up", seq, err)
+	if seq, _, err := s.SentFrom(ctx, "long", "eu", alone.oseq); err != nil || seq != alone.seq {
+		t.Fatalf("a search through 5,000 others: found %d (%v), want %d", seq, err, alone.seq)
+	}
+	small, _ := e.instanceWith(t, receipts.ProbeReads(receipts.DefaultConfig(), 256))
+	if seq, _, err := small.SentFrom(ctx, "long", "eu", alone.oseq); !errors.Is(err, receipts.ErrSearchTooLong) {
+		t.Fatalf("a search through 5,000 others on 256 reads: found %d (%v), want it given up", seq, err)
 	}
 }
