@@ -124,7 +124,10 @@ func OutboxGroupSubject(region, gid string) string {
 
 // OutboxTicksSubject is where a member's position request (a
 // GroupPositionRequest) for a group homed in region waits for that
-// region's TICKS.
+// region's TICKS; and where a read tick for member, homed in region,
+// does (a KindReceipt message: that region's receipts function applies
+// the member's own read-receipt setting, kept there, before storing it
+// in the member's inbox).
 func OutboxTicksSubject(region, member string) string {
 	return OutboxPrefix + region + ".t." + member
 }

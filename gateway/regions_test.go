@@ -693,7 +693,7 @@ func TestRegionsDataStaysWhereItBelongs(t *testing.T) {
 // unknown_seq; a device that does not remember the message names the
 // recipient itself (StatusTo), and without it is refused by its SDK.
 // alice's own read-receipt setting, kept in us, hides bob's read in the
-// answer once she turns hers off. A send still in us's
+// answer, and her inbox gets no read tick, once she turns hers off. A send still in us's
 // OUTBOX (its carrier paused, or eu cut off) is unavailable (ask again);
 // once it has crossed it is answered.
 func TestRegionsStatusAcrossRegions(t *testing.T) {
@@ -814,6 +814,42 @@ func TestRegionsStatusAcrossRegions(t *testing.T) {
 		t.Fatal(err)
 	}
 	wantStatus(alice, fromAlice[0].Seq, true, false)
+	// Nor does a read tick reach her inbox now: eu makes it knowing only
+	// bob's setting and sends it to us's TICKS, where us's receipts
+	// function applies hers. Fenced on the servers: once bob's read
+	// position is raised in eu the tick is in eu's OUTBOX; once that is
+	// empty it is in us's TICKS; once that is empty it was taken.
+	late := send(alice, "a-late")
+	m := tk.NextMsgIs(t, bob, "alice", "a-late", 15*time.Second)
+	bob.Ack(m.Seq)
+	wantReceipt(t, alice, "a-late", protocol.StatusDelivered, "bob")
+	bob.Read(m.Seq)
+	readPast(ctx, t, eu, "bob", "alice", m.Seq)
+	outboxEmpty(t, eu)
+	ticksTaken(t, us)
+	inbox, err := us.JS.Stream(ctx, contract.Inbox)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if last, err := inbox.GetLastMsgForSubject(ctx, contract.InboxSubject("alice")); err != nil {
+		t.Fatal(err)
+	} else if last.Header.Get(contract.HdrKind) == contract.KindReceipt && last.Header.Get(contract.HdrStatus) == protocol.StatusRead {
+		t.Fatalf("alice, with read receipts off, has a read tick stored: %v", last.Header)
+	}
+	wantStatus(alice, late.Seq, true, false)
+	// Turned on again, the next read reaches her, the same way.
+	on := true
+	if _, err := alice.Settings(ctx, client.SettingsChange{ReadReceipts: &on}); err != nil {
+		t.Fatal(err)
+	}
+	send(alice, "a-late2")
+	m = tk.NextMsgIs(t, bob, "alice", "a-late2", 15*time.Second)
+	bob.Ack(m.Seq)
+	wantReceipt(t, alice, "a-late2", protocol.StatusDelivered, "bob")
+	bob.Read(m.Seq)
+	wantReceipt(t, alice, "a-late", protocol.StatusRead, "bob")
+	wantReceipt(t, alice, "a-late2", protocol.StatusRead, "bob")
+
 	// A send not yet taken from us's OUTBOX (its carrier to eu paused,
 	// the link up): eu does not know it yet. Ask again later.
 	outboxEmpty(t, us, eu)
@@ -821,7 +857,7 @@ func TestRegionsStatusAcrossRegions(t *testing.T) {
 		t.Fatal(err)
 	}
 	held := send(alice, "a-held")
-	_, err := alice.StatusOf(ctx, held.Seq)
+	_, err = alice.StatusOf(ctx, held.Seq)
 	wantRefused(err, protocol.ErrUnavailable)
 	if !strings.Contains(err.Error(), "has not reached") {
 		t.Fatalf("status of a send still in OUTBOX: %v, want it said to be on its way", err)
@@ -848,4 +884,42 @@ func TestRegionsStatusAcrossRegions(t *testing.T) {
 func isServerError(err error, code protocol.ErrorCode) bool {
 	var se *client.ServerError
 	return errors.As(err, &se) && se.Code == code
+}
+
+// readPast waits until reader's read position in their chat with sender
+// is at least seq in region r (raised once the read tick is stored).
+func readPast(ctx context.Context, t *testing.T, r *tk.Region, reader, sender string, seq uint64) {
+	t.Helper()
+	reads, err := r.JS.KeyValue(ctx, contract.ReadsKV)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tk.WaitFor(t, 15*time.Second, func() error {
+		e, err := reads.Get(ctx, contract.ReadKey(reader, sender))
+		if err != nil {
+			return err
+		}
+		if at, _ := strconv.ParseUint(string(e.Value()), 10, 64); at < seq {
+			return tk.Errorf("%s's read position in %s's chat %d, want %d", reader, sender, at, seq)
+		}
+		return nil
+	})
+}
+
+// ticksTaken waits until region r's TICKS holds nothing: what reached it
+// was taken (a work queue drops what its consumer acks).
+func ticksTaken(t *testing.T, r *tk.Region) {
+	t.Helper()
+	tk.WaitFor(t, 15*time.Second, func() error {
+		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+		defer cancel()
+		s, err := r.JS.Stream(ctx, contract.TicksStream)
+		if err != nil {
+			return err
+		}
+		if n := s.CachedInfo().State.Msgs; n != 0 {
+			return tk.Errorf("%s's TICKS holds %d", r.Name, n)
+		}
+		return nil
+	})
 }

@@ -55,6 +55,7 @@ import (
 	"fmt"
 	"log/slog"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -410,16 +411,20 @@ func (s *Service) deliver(ctx context.Context, req contract.DeliveredRequest) er
 	return nil
 }
 
-// applyQueued applies a request a gateway left in TICKS.
+// applyQueued applies a request a gateway left in TICKS, or a read tick
+// another region's receipts function sent there.
 func (s *Service) applyQueued(ctx context.Context, m jetstream.Msg) error {
 	var err error
-	if m.Headers().Get(contract.HdrKind) == contract.KindGroupPosition {
+	switch m.Headers().Get(contract.HdrKind) {
+	case contract.KindReceipt:
+		return s.applyReadTick(ctx, m)
+	case contract.KindGroupPosition:
 		var req contract.GroupPositionRequest
 		if err := json.Unmarshal(m.Data(), &req); err != nil {
 			return worker.Permanent(err)
 		}
 		err = s.groupPosition(ctx, req)
-	} else {
+	default:
 		var req contract.DeliveredRequest
 		if err := json.Unmarshal(m.Data(), &req); err != nil {
 			return worker.Permanent(err)
@@ -431,6 +436,40 @@ func (s *Service) applyQueued(ctx context.Context, m jetstream.Msg) error {
 		return worker.Permanent(err)
 	}
 	return err
+}
+
+// applyReadTick stores a read tick that another region's receipts
+// function made for a sender homed here (ticks.<sender> in TICKS) in the
+// sender's inbox, if the sender has read receipts on: that region knew
+// only the reader's setting. Its dedup id is the one it was made with, so
+// a tick taken twice is stored once.
+func (s *Service) applyReadTick(ctx context.Context, m jetstream.Msg) error {
+	sender := strings.TrimPrefix(m.Subject(), contract.TicksPrefix)
+	h := m.Headers()
+	if !protocol.ValidID(sender) || h.Get(contract.HdrStatus) != protocol.StatusRead || !protocol.ValidID(h.Get(contract.HdrFrom)) {
+		return worker.Permanent(fmt.Errorf("not a read tick for a user: %s", m.Subject()))
+	}
+	on, err := s.readReceiptsOn(ctx, sender)
+	if err != nil {
+		return err
+	}
+	if !on {
+		s.hidden.Add(1)
+		return nil
+	}
+	// The tick as made: its own headers, not those JetStream added on
+	// the way (a publish carrying Nats-Stream-Source is refused).
+	tick := nats.Header{contract.HdrMsgID: {h.Get(contract.HdrMsgID)}}
+	for k, v := range h {
+		if !strings.HasPrefix(k, "Nats-") {
+			tick[k] = v
+		}
+	}
+	if _, err := s.js.PublishMsg(ctx, &nats.Msg{Subject: contract.InboxSubject(sender), Header: tick}); err != nil {
+		return err
+	}
+	s.stored.Add(1)
+	return nil
 }
 
 func (s *Service) handleRead(ctx context.Context, r micro.Request) error {
@@ -462,9 +501,11 @@ func (s *Service) handleRead(ctx context.Context, r micro.Request) error {
 		if on {
 			m := s.tick(protocol.StatusRead, req.Reader, req.Device, req.Sender, 0, req.Seq)
 			if req.Region != "" {
-				// Homed in another region: as for delivered ticks.
+				// Homed in another region, whose settings are kept
+				// there: to that region's TICKS, whose receipts function
+				// applies the sender's own setting (applyReadTick).
 				m = s.tick(protocol.StatusRead, req.Reader, req.Device, req.Sender, 0, req.Origin)
-				m.Subject = contract.OutboxSubject(req.Region, req.Sender)
+				m.Subject = contract.OutboxTicksSubject(req.Region, req.Sender)
 			}
 			if _, err := s.js.PublishMsg(ctx, m); err != nil {
 				return err

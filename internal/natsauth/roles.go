@@ -143,8 +143,10 @@ func For(r Role) Rules {
 		return Rules{
 			Publish: join(
 				// Ticks for senders homed in another region go through
-				// this region's OUTBOX (contract/regions.go).
-				[]string{contract.InboxPrefix + "*", contract.OutboxPrefix + "*.*", kvSubject(contract.ReadsKV) + "*.*",
+				// this region's OUTBOX (contract/regions.go): delivered
+				// ones into their inboxes, read ones into their region's
+				// TICKS.
+				[]string{contract.InboxPrefix + "*", contract.OutboxPrefix + "*.*", contract.OutboxPrefix + "*.t.*", kvSubject(contract.ReadsKV) + "*.*",
 					kvSubject(contract.GroupTicksKV) + "*", kvSubject(contract.GroupTicksKV) + "*.*", contract.DLQPrefix + string(r) + ".>",
 					// Status requests about groups homed in other regions,
 					// asked of those regions' receipts functions, whose
