@@ -365,16 +365,23 @@ func TestRegionsGroupPartition(t *testing.T) {
 // regions took everything.
 func outboxEmpty(t *testing.T, rs ...*tk.Region) {
 	t.Helper()
+	streamEmpty(t, contract.Outbox, rs...)
+}
+
+// streamEmpty waits until stream holds nothing in each region: for a work
+// queue, everything that reached it was taken.
+func streamEmpty(t *testing.T, stream string, rs ...*tk.Region) {
+	t.Helper()
 	for _, r := range rs {
 		tk.WaitFor(t, 15*time.Second, func() error {
 			ctx, cancel := context.WithTimeout(context.Background(), time.Second)
 			defer cancel()
-			s, err := r.JS.Stream(ctx, contract.Outbox)
+			s, err := r.JS.Stream(ctx, stream)
 			if err != nil {
 				return err
 			}
 			if msgs := s.CachedInfo().State.Msgs; msgs != 0 {
-				return tk.Errorf("%s's OUTBOX still holds %d", r.Name, msgs)
+				return tk.Errorf("%s's %s still holds %d", r.Name, stream, msgs)
 			}
 			return nil
 		})
