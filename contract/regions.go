@@ -15,7 +15,9 @@ import (
 // from there across domains (renaming it inbox.<user>): JetStream stores
 // and forwards it, and the transit copy is deleted once taken (OUTBOX is
 // a work queue). Ticks go back the same way, from the reader's region's
-// OUTBOX into the sender's home INBOX.
+// OUTBOX into the sender's home INBOX; read ticks into its TICKS, whose
+// receipts function applies the sender's read-receipt setting first
+// (OutboxTicksSubject).
 
 // Names of the regions' JetStream assets and subjects.
 const (

@@ -38,7 +38,9 @@ import (
 //     other region's OUTBOX out.<this region>.g.<partition>.<group> (a
 //     member's send to a group homed here) as
 //     group.<partition>.<group>.m, and TICKS its out.<this region>.t.<member>
-//     (a member's position in a group homed here) as ticks.<member>, each
+//     (a member's position in a group homed here, or a read tick for a
+//     user homed here, which the receipts function stores in their
+//     inbox if their setting allows) as ticks.<member>, each
 //     through a durable consumer of its own on that OUTBOX, like INBOX;
 //     GROUP_DIR sources every other region's GROUP_INFO, through a durable
 //     consumer there too, so every group's record is read locally.

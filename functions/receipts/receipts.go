@@ -42,10 +42,13 @@
 // sequences in its region's OUTBOX (its "sent"), not by where they landed
 // in the reader's INBOX. The gateway names those (DeliveredRequest's
 // Origins, ReadRequest's Region and Origin), and the tick, naming them, is
-// stored in this region's OUTBOX on out.<region>.<sender>, which the
-// sender's home INBOX sources: it reaches the sender's app as any tick
-// does, once the link is up. READS keeps the read position in this
-// region's terms.
+// stored in this region's OUTBOX: a delivered tick on
+// out.<region>.<sender>, which the sender's home INBOX sources, so it
+// reaches the sender's app as any tick does once the link is up; a read
+// tick on out.<region>.t.<sender>, which the sender's home TICKS sources,
+// where that region's receipts function applies the sender's own
+// read-receipt setting (kept there) before storing it (applyReadTick).
+// READS keeps the read position in this region's terms.
 package receipts
 
 import (

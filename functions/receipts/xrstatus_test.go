@@ -13,6 +13,8 @@ import (
 
 	"github.com/switchboard-im/switchboard/contract"
 	"github.com/switchboard-im/switchboard/functions/receipts"
+	tk "github.com/switchboard-im/switchboard/internal/testkit"
+	"github.com/switchboard-im/switchboard/protocol"
 )
 
 // sourcedLog is a home's GROUPS sourcing two regions' OUTBOXes, as a
@@ -205,4 +207,63 @@ func TestSentFromFindsTheLogMessageOfAnOutboxSeq(t *testing.T) {
 	if seq, _, err := small.SentFrom(ctx, "long", "eu", alone.oseq); !errors.Is(err, receipts.ErrSearchTooLong) {
 		t.Fatalf("a search through 5,000 others on 256 reads: found %d (%v), want it given up", seq, err)
 	}
+}
+
+// A read tick another region made for a user homed here comes through
+// TICKS, and is stored in the user's inbox only if the user has read
+// receipts on: once, however often it comes, under the id it was made
+// with. One for a user with them off is taken and stored nowhere; one
+// that is not a read tick is dead-lettered, stored nowhere either.
+func TestReadTickFromAnotherRegion(t *testing.T) {
+	e := newEnv(t)
+	e.instance(t)
+	ctx := context.Background()
+	setReceipts(t, e, "carol", false)
+	tick := func(user, status string) *nats.Msg {
+		h := nats.Header{contract.HdrMsgID: {"t:read:bob:" + user + ":0:4503599627370500"}, contract.HdrKind: {contract.KindReceipt},
+			contract.HdrFrom: {"bob"}, contract.HdrDevice: {"phone"}, contract.HdrSeqTo: {"4503599627370500"}, contract.HdrTS: {"1796525320273"}}
+		if status != "" {
+			h.Set(contract.HdrStatus, status)
+		}
+		return &nats.Msg{Subject: contract.TicksPrefix + user, Header: h}
+	}
+	for _, m := range []*nats.Msg{tick("alice", protocol.StatusRead), tick("alice", protocol.StatusRead),
+		tick("carol", protocol.StatusRead), tick("dave", "")} {
+		if _, err := e.n.JS.PublishMsg(ctx, m); err != nil {
+			t.Fatal(err)
+		}
+	}
+	stream := func(name string) jetstream.Stream {
+		s, err := e.n.JS.Stream(ctx, name)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return s
+	}
+	tk.WaitFor(t, 15*time.Second, func() error { // all taken
+		if n := stream(contract.TicksStream).CachedInfo().State.Msgs; n != 0 {
+			return tk.Errorf("TICKS holds %d", n)
+		}
+		return nil
+	})
+	inbox := stream(contract.Inbox)
+	if n := inbox.CachedInfo().State.Msgs; n != 1 {
+		t.Fatalf("INBOX holds %d, want alice's one tick", n)
+	}
+	m, err := inbox.GetLastMsgForSubject(ctx, contract.InboxSubject("alice"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := tick("alice", protocol.StatusRead).Header
+	for k := range want {
+		if m.Header.Get(k) != want.Get(k) {
+			t.Fatalf("alice's tick has %s %q, want %q", k, m.Header.Get(k), want.Get(k))
+		}
+	}
+	tk.WaitFor(t, 15*time.Second, func() error {
+		if n := stream(contract.DLQ).CachedInfo().State.Msgs; n != 1 {
+			return tk.Errorf("DLQ holds %d, want dave's one malformed tick", n)
+		}
+		return nil
+	})
 }
