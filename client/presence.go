@@ -210,16 +210,25 @@ func (c *Client) StatusTo(ctx context.Context, to string, seq uint64) (map[strin
 	if to != "" && !protocol.ValidID(to) {
 		return nil, fmt.Errorf("client: to %q: %w", to, protocol.ErrInvalidID)
 	}
-	ch := make(chan statusResult, 1)
-	c.mu.Lock()
 	if to == "" && seq >= protocol.OutboxSeqFloor {
-		if to = c.ticks.recipientOf(seq); to == "" {
+		c.mu.Lock()
+		to = c.ticks.recipientOf(seq)
+		c.mu.Unlock()
+		if to == "" && c.opts.Store != nil {
+			// One already read, from before this client started: the
+			// local store knows whom it went to.
+			if u, ok, err := c.opts.Store.RecipientOf(seq); err == nil && ok {
+				to = u
+			}
+		}
+		if to == "" {
 			// The gateway could only refuse it, and its refusal would
 			// also answer a StatusTo about the same seq under way.
-			c.mu.Unlock()
 			return nil, ErrUnknownMessage
 		}
 	}
+	ch := make(chan statusResult, 1)
+	c.mu.Lock()
 	c.statusWait[seq] = append(c.statusWait[seq], ch)
 	c.mu.Unlock()
 	defer func() {

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"sync/atomic"
@@ -15,6 +16,7 @@ import (
 	"github.com/nats-io/nats.go"
 
 	"github.com/switchboard-im/switchboard/client"
+	"github.com/switchboard-im/switchboard/client/localstore"
 	"github.com/switchboard-im/switchboard/contract"
 	"github.com/switchboard-im/switchboard/gateway"
 	tk "github.com/switchboard-im/switchboard/internal/testkit"
@@ -715,6 +717,12 @@ func TestRegionsStatusAcrossRegions(t *testing.T) {
 	us, eu := rs.Region("us"), rs.Region("eu")
 	alice := tk.Dial(t, us.Gateway.URL, "alice", "phone")
 	laptop := tk.Dial(t, us.Gateway.URL, "alice", "laptop")
+	deskPath := filepath.Join(t.TempDir(), "desk.db")
+	deskStore, err := localstore.Open(deskPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	desk := tk.Dial(t, us.Gateway.URL, "alice", "desk", func(o *client.Options) { o.Store = deskStore })
 	carol := tk.Dial(t, us.Gateway.URL, "carol", "phone")
 	bob := tk.Dial(t, eu.Gateway.URL, "bob", "phone")
 	dave := tk.Dial(t, eu.Gateway.URL, "dave", "phone")
@@ -808,6 +816,30 @@ func TestRegionsStatusAcrossRegions(t *testing.T) {
 		wantStatus(alice, s.Seq, true, true)
 	}
 	wantStatus(laptop, fromAlice[2].Seq, true, true)
+	// A device started again remembers, from its local store, whom a
+	// message it saw as its own, now read, went to.
+	tk.WaitFor(t, 15*time.Second, func() error {
+		ms, err := deskStore.Messages("bob", 0)
+		if err != nil {
+			return err
+		}
+		for _, m := range ms {
+			if m.From == "" && m.Seq == fromAlice[0].Seq && m.Status == localstore.Read {
+				return nil
+			}
+		}
+		return tk.Errorf("the desk's store has not a0 read: %+v", ms)
+	})
+	desk.Close()
+	if err := deskStore.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if deskStore, err = localstore.Open(deskPath); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { deskStore.Close() })
+	desk = tk.Dial(t, us.Gateway.URL, "alice", "desk", func(o *client.Options) { o.Store = deskStore })
+	wantStatus(desk, fromAlice[0].Seq, true, true)
 	// A device that does not remember the message names its recipient.
 	tablet := tk.Dial(t, us.Gateway.URL, "alice", "tablet")
 	if _, err := tablet.StatusOf(ctx, fromAlice[1].Seq); !errors.Is(err, client.ErrUnknownMessage) {
@@ -863,7 +895,7 @@ func TestRegionsStatusAcrossRegions(t *testing.T) {
 		t.Fatal(err)
 	}
 	held := send(alice, "a-held")
-	_, err := alice.StatusOf(ctx, held.Seq)
+	_, err = alice.StatusOf(ctx, held.Seq)
 	wantRefused(err, protocol.ErrUnavailable)
 	if !strings.Contains(err.Error(), "has not reached") {
 		t.Fatalf("status of a send still in OUTBOX: %v, want it said to be on its way", err)

@@ -330,3 +330,31 @@ func TestSDKStoreFailuresBackOff(t *testing.T) {
 		t.Fatalf("6 connections ended by a failing store, each followed by a wait of %v ms at most: no backoff", got)
 	}
 }
+
+// status of a message sent to another region names its recipient after a
+// reload too, when the message is already read (so no longer among those
+// whose ticks the client follows): the local store knows whom it went to.
+func TestSDKStoreNamesTheRecipientOfAnOldMessage(t *testing.T) {
+	s := newScript(t)
+	pg, c := startSDK(t, s, storeOpt)
+	const far = uint64(1)<<52 + 9
+	send(pg, "far")
+	c.expect(t, protocol.TypeSend, "far")
+	c.sent("far", far)
+	result(t, pg, "far")
+	c.write(protocol.AppendReceipt(nil, protocol.StatusRead, "bob", "phone", 0, far, 60, 1795582350000))
+	c.expect(t, protocol.TypeAck, 60)
+	pg.WaitFor(stuck, "the message read in the store", `c.store.messages('bob').then((ms) => ms.length === 1 && ms[0].status === 'read')`)
+
+	c = reloadSDK(t, s, pg, storeOpt)
+	js(pg, fmt.Sprintf(`c.status(%d).then((v) => { results.st = v; }, (e) => { results.st = { error: e.name, code: e.code }; })`, far))
+	f := c.next(t)
+	if f.Type != protocol.TypeStatus || f.Seq != far || f.To != "bob" {
+		t.Fatalf("status after the reload wrote %+v, want a status of %d to bob", f, far)
+	}
+	c.write(protocol.EncodeStatus(far, map[string]protocol.Ticks{"bob": {Delivered: true, Read: true}}))
+	pg.WaitFor(stuck, "the status", `results.st !== undefined`)
+	if got := tk.Eval[string](pg, `JSON.stringify(results.st)`); got != `{"bob":{"delivered":true,"read":true}}` {
+		t.Fatalf("status resolved with %s", got)
+	}
+}

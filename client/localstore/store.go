@@ -593,6 +593,16 @@ func (s *Store) GroupMessage(group, from, id string) (Message, bool, error) {
 	return ms[0], true, nil
 }
 
+// RecipientOf returns whom the own message stored at seq went to, false
+// if none is stored there or it went to a group.
+func (s *Store) RecipientOf(seq uint64) (string, bool, error) {
+	ms, err := s.query(`WHERE grp = '' AND sender = '' AND seq = ?`, int64(seq))
+	if err != nil || len(ms) == 0 {
+		return "", false, err
+	}
+	return ms[0].Conv, true, nil
+}
+
 func (s *Store) query(where string, args ...any) ([]Message, error) {
 	var out []Message
 	err := s.read(func(ctx context.Context, c *sql.Conn) error {

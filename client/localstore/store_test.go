@@ -724,3 +724,37 @@ func TestGroupTraffic(t *testing.T) {
 		t.Fatalf("conversations %s, want %s", strings.Join(got, " "), want)
 	}
 }
+
+// RecipientOf names whom an own message at a seq went to, sent from here
+// or from another device; not a message received at that seq, nor one
+// sent to a group, nor a seq with nothing.
+func TestRecipientOfAnOwnMessage(t *testing.T) {
+	s := openT(t, tmpPath(t))
+	far := uint64(1)<<52 + 3
+	for _, o := range []Outgoing{{ID: "m1", To: "bob", Body: json.RawMessage(`1`)}, {ID: "g1", Group: "club", Body: json.RawMessage(`1`)}} {
+		if err := s.AddOutgoing(o); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := s.Confirm("m1", far, time.UnixMilli(1), Sent); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.ConfirmGroup("club", "g1", 7, time.UnixMilli(1), Sent); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.ReceivedOwn(Message{Conv: "carol", ID: "o1", Device: "laptop", Seq: far + 1, Body: json.RawMessage(`1`)}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.Received(Message{Conv: "dave", From: "dave", ID: "d1", Seq: 9, Body: json.RawMessage(`1`)}); err != nil {
+		t.Fatal(err)
+	}
+	for _, c := range []struct {
+		seq uint64
+		to  string
+	}{{far, "bob"}, {far + 1, "carol"}, {7, ""}, {9, ""}, {far + 2, ""}} {
+		to, ok, err := s.RecipientOf(c.seq)
+		if err != nil || ok != (c.to != "") || to != c.to {
+			t.Fatalf("RecipientOf(%d) = %q, %v, %v; want %q", c.seq, to, ok, err, c.to)
+		}
+	}
+}

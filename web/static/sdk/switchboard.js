@@ -1423,7 +1423,11 @@ export class Client {
   status(seq, { timeout = 10000, to = '' } = {}) {
     if (!to && seq >= OUTBOX_SEQ_FLOOR) to = this.#ticks.recipientOf(seq);
     if (to && !validId(to)) return Promise.reject(new TypeError('switchboard: to must be 1-64 characters of A-Z a-z 0-9 _ -'));
-    return this.#connected().then(() => this.#await(timeout, (w) => {
+    // Not among the messages whose ticks it follows (one already read,
+    // from an earlier page load): the local store, if any, knows it.
+    const named = to || seq < OUTBOX_SEQ_FLOOR || !this.#store ? Promise.resolve(to)
+      : this.#store.recipientOf(seq).catch(() => '');
+    return named.then((to) => this.#connected().then(() => this.#await(timeout, (w) => {
       if (!this.#statusWait.has(seq)) this.#statusWait.set(seq, []);
       this.#statusWait.get(seq).push(w);
       this.#write(to ? { type: 'status', seq, to } : { type: 'status', seq });
@@ -1431,7 +1435,7 @@ export class Client {
       const ws = (this.#statusWait.get(seq) ?? []).filter((x) => x !== w);
       if (ws.length) this.#statusWait.set(seq, ws);
       else this.#statusWait.delete(seq);
-    }));
+    })));
   }
 
   /**
@@ -2495,6 +2499,14 @@ export class Store {
         c.continue();
       }
       return out.reverse();
+    });
+  }
+
+  /** recipientOf resolves with whom the own message stored at seq went to: '' if none is, or it went to a group. */
+  recipientOf(seq) {
+    return this.#read(async (tx) => {
+      const rs = await req(tx.objectStore('messages').index('seq').getAll(seq));
+      return rs.find((r) => r.from === '' && r.grp === '')?.conv ?? '';
     });
   }
 
