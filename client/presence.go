@@ -178,7 +178,9 @@ func (c *Client) Settings(ctx context.Context, change SettingsChange) (Settings,
 }
 
 // ErrUnknownMessage is a Status call about a message this client did not
-// send, or sent so long ago that it no longer remembers its seq.
+// send, or sent so long ago that it no longer remembers its seq; or a
+// StatusOf call about a message sent to another region whose recipient
+// it does not know (StatusTo names it).
 var ErrUnknownMessage = errors.New("client: no message sent with this id")
 
 // Status returns each recipient's ticks for message id that this client

@@ -943,3 +943,11 @@ func readPast(ctx context.Context, t *testing.T, r *tk.Region, reader, sender st
 		return nil
 	})
 }
+
+// The gateway tells an outbox seq from an inbox one by the number the
+// protocol gives the clients.
+func TestOutboxSeqsStartWhereTheProtocolSays(t *testing.T) {
+	if contract.OutboxFirstSeq != protocol.OutboxSeqFloor {
+		t.Fatalf("OUTBOX starts at %d, the protocol says %d", contract.OutboxFirstSeq, protocol.OutboxSeqFloor)
+	}
+}

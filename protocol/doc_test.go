@@ -48,9 +48,45 @@ func TestProtocolDocMatchesRegistry(t *testing.T) {
 		t.Errorf("PROTOCOL.md documents close code %s that the registry lacks", code)
 	}
 
-	for _, typ := range []string{TypeSend, TypeAck, TypeRead, TypeWelcome, TypeSent, TypeMsg, TypeReceipt, TypeError, TypeTyping, TypeGroup, TypeReadSync} {
+	for _, typ := range []string{TypeSend, TypeAck, TypeRead, TypeWelcome, TypeSent, TypeMsg, TypeReceipt, TypeError, TypeTyping, TypeGroup, TypeReadSync, TypeStatus} {
 		if !strings.Contains(doc, "**"+typ+"**") {
 			t.Errorf("PROTOCOL.md does not describe frame %q", typ)
 		}
+	}
+}
+
+// Every example of a frame in PROTOCOL.md decodes as a client frame the
+// gateway takes or a server frame the SDKs take (typing and group frames
+// go both ways).
+func TestProtocolDocExamplesDecode(t *testing.T) {
+	b, err := os.ReadFile("PROTOCOL.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	client := map[string]bool{}
+	for _, typ := range ClientTypes {
+		client[typ] = true
+	}
+	bothWays := map[string]bool{TypeTyping: true, TypeGroup: true, TypeStatus: true}
+	n := 0
+	for _, line := range strings.Split(string(b), "\n") {
+		m := regexp.MustCompile(`^\{"type":"([a-z_]+)"`).FindStringSubmatch(line)
+		if m == nil {
+			continue
+		}
+		n++
+		_, cerr := DecodeClient([]byte(line))
+		_, serr := DecodeServer([]byte(line))
+		switch typ := m[1]; {
+		case bothWays[typ] && cerr != nil && serr != nil:
+			t.Errorf("PROTOCOL.md's example %s: as a client frame: %v; as a server frame: %v", line, cerr, serr)
+		case !bothWays[typ] && client[typ] && cerr != nil:
+			t.Errorf("PROTOCOL.md's example %s: %v", line, cerr)
+		case !client[typ] && serr != nil:
+			t.Errorf("PROTOCOL.md's example %s: %v", line, serr)
+		}
+	}
+	if n < 20 {
+		t.Fatalf("PROTOCOL.md has %d examples of frames", n)
 	}
 }

@@ -65,7 +65,8 @@ const MaxContacts = 2000
 
 // OutboxSeqFloor is where the seqs of a region's outbox start: a `sent`
 // seq at or above it is a message sent to another region (a user or a
-// group homed there), and a status about it names the recipient.
+// group homed there), and a status about it names the recipient (to) or
+// the group.
 const OutboxSeqFloor uint64 = 1 << 52
 
 // MaxUsersPerFrame bounds the users of one presence_sub or presence_unsub.

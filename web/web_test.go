@@ -173,6 +173,9 @@ func TestSDKTablesMatchTheProtocol(t *testing.T) {
 	if !strings.Contains(sdk, `export const SUBPROTOCOL = '`+protocol.Subprotocol+`';`) {
 		t.Errorf("the SDK does not speak %s", protocol.Subprotocol)
 	}
+	if protocol.OutboxSeqFloor != 1<<52 || !strings.Contains(sdk, `const OUTBOX_SEQ_FLOOR = 2 ** 52;`) {
+		t.Errorf("the SDK's outbox seqs do not start where the protocol's do (%d)", protocol.OutboxSeqFloor)
+	}
 }
 
 func TestDevTokens(t *testing.T) {

@@ -26,6 +26,12 @@ func (s *Service) SentFrom(ctx context.Context, gid, region string, oseq uint64)
 	return s.sentFrom(ctx, gid, region, oseq)
 }
 
+// SentTo finds in to's inbox the chat message sender sent from region at
+// OUTBOX sequence oseq, for its tests.
+func (s *Service) SentTo(ctx context.Context, sender, to, region string, oseq uint64) (uint64, error) {
+	return s.sentTo(ctx, sender, to, region, oseq)
+}
+
 // ErrSearchTooLong is a search that read too far, for its tests.
 var ErrSearchTooLong = errSearchTooLong
 

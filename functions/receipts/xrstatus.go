@@ -84,8 +84,9 @@ var errForwardedBusy = errors.New("receipts: too many status requests from other
 
 // startRegions binds, when the server has a JetStream domain (its region,
 // in a regions deployment), the endpoints of status requests about
-// groups homed in other regions: the gateways' here, and other regions'
-// receipts functions' about groups homed here.
+// messages sent to other regions (to a group or a user homed there): the
+// gateways' here, and other regions' receipts functions' about messages
+// sent to groups and users homed here.
 func (s *Service) startRegions(ctx context.Context) error {
 	info, err := s.js.AccountInfo(ctx)
 	if err != nil {
@@ -96,7 +97,8 @@ func (s *Service) startRegions(ctx context.Context) error {
 	}
 	s.region = info.Domain
 	if err := s.svc.AddEndpoint("status-remote", s.async(s.handleStatusRemote), micro.WithEndpointSubject(contract.StatusRemoteSubject),
-		micro.WithEndpointMetadata(map[string]string{"request": `{"sender":"bob","group":"friends","seq":4503599627370500,"region":"eu","home":"us"}`})); err != nil {
+		micro.WithEndpointMetadata(map[string]string{"request": `{"sender":"bob","group":"friends","seq":4503599627370500,"region":"eu","home":"us"}`,
+			"request_to_user": `{"sender":"bob","to":"alice","seq":4503599627370500,"region":"eu","home":"us"}`})); err != nil {
 		return err
 	}
 	return s.svc.AddEndpoint("status-forwarded", s.async(s.handleStatusForwarded), micro.WithEndpointSubject(contract.ReceiptsForwardSubject(s.region)))
@@ -222,18 +224,30 @@ func (s *Service) handleStatusForwarded(ctx context.Context, r micro.Request) er
 // status of the message it sent to req.To: found in To's inbox, it is
 // answered as a status asked here (handleStatus).
 func (s *Service) userStatusForwarded(ctx context.Context, req contract.StatusRemoteRequest, r micro.Request) error {
-	p, err := s.cameFrom(ctx, s.inboxes, contract.Inbox, contract.InboxSubject(req.To), req.Region, req.Seq)
+	seq, err := s.sentTo(ctx, req.Sender, req.To, req.Region, req.Seq)
 	switch {
 	case err != nil:
 		return err
-	case p.seq == 0 || p.kind != contract.KindMsg || p.group != "" || p.from != req.Sender:
-		return unknownSeq(r) // not arrived, not a chat message to the user, or not theirs
+	case seq == 0:
+		return unknownSeq(r)
 	}
-	t, err := s.ticksOf(ctx, req.Sender, req.To, p.seq)
+	t, err := s.ticksOf(ctx, req.Sender, req.To, seq)
 	if err != nil {
 		return err
 	}
 	return r.RespondJSON(contract.StatusReply{Recipients: map[string]contract.Ticks{req.To: t}})
+}
+
+// sentTo finds, in to's inbox, the chat message sender sent to them from
+// region, stored there at OUTBOX sequence oseq: its inbox sequence, 0 if
+// there is none (not arrived, not a chat message to the user, such as a
+// member's copy of a group message or a tick, or not sender's).
+func (s *Service) sentTo(ctx context.Context, sender, to, region string, oseq uint64) (uint64, error) {
+	p, err := s.cameFrom(ctx, s.inboxes, contract.Inbox, contract.InboxSubject(to), region, oseq)
+	if err != nil || p.kind != contract.KindMsg || p.group != "" || p.from != sender {
+		return 0, err
+	}
+	return p.seq, nil
 }
 
 // sentFrom finds the message of group gid's log that came from region's

@@ -211,9 +211,10 @@ func TestSentFromFindsTheLogMessageOfAnOutboxSeq(t *testing.T) {
 
 // A read tick another region made for a user homed here comes through
 // TICKS, and is stored in the user's inbox only if the user has read
-// receipts on: once, however often it comes, under the id it was made
-// with. One for a user with them off is taken and stored nowhere; one
-// that is not a read tick is dead-lettered, stored nowhere either.
+// receipts on, under the id it was made with (sent again, TICKS takes it
+// as a duplicate). One for a user with them off is taken and stored
+// nowhere; one that is not a read tick is dead-lettered, stored nowhere
+// either.
 func TestReadTickFromAnotherRegion(t *testing.T) {
 	e := newEnv(t)
 	e.instance(t)
@@ -227,10 +228,14 @@ func TestReadTickFromAnotherRegion(t *testing.T) {
 		}
 		return &nats.Msg{Subject: contract.TicksPrefix + user, Header: h}
 	}
-	for _, m := range []*nats.Msg{tick("alice", protocol.StatusRead), tick("alice", protocol.StatusRead),
+	for i, m := range []*nats.Msg{tick("alice", protocol.StatusRead), tick("alice", protocol.StatusRead),
 		tick("carol", protocol.StatusRead), tick("dave", "")} {
-		if _, err := e.n.JS.PublishMsg(ctx, m); err != nil {
+		a, err := e.n.JS.PublishMsg(ctx, m)
+		if err != nil {
 			t.Fatal(err)
+		}
+		if a.Duplicate != (i == 1) {
+			t.Fatalf("tick %d taken as a duplicate: %v", i, a.Duplicate)
 		}
 	}
 	stream := func(name string) jetstream.Stream {
@@ -266,4 +271,61 @@ func TestReadTickFromAnotherRegion(t *testing.T) {
 		}
 		return nil
 	})
+}
+
+// In a user's inbox, only a chat message the sender sent them from that
+// region is found by its OUTBOX sequence: not a member's copy of a group
+// message from the same sender and region, not a tick, and not for
+// anyone else asking.
+func TestSentToFindsOnlyTheSendersChatMessage(t *testing.T) {
+	e := newEnv(t)
+	s, _ := e.instance(t)
+	ctx := context.Background()
+	if _, err := e.n.JS.CreateStream(ctx, jetstream.StreamConfig{Name: "OUTBOX_eu", FirstSeq: contract.OutboxFirstSeq,
+		Subjects: []string{"out.eu.us.*"}}); err != nil {
+		t.Fatal(err)
+	}
+	inbox, err := e.n.JS.Stream(ctx, contract.Inbox)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg := inbox.CachedInfo().Config
+	cfg.Sources = append(cfg.Sources, &jetstream.StreamSource{Name: "OUTBOX_eu", SubjectTransforms: []jetstream.SubjectTransformConfig{{
+		Source: "out.eu.us.*", Destination: contract.InboxPrefix + "{{wildcard(1)}}"}}})
+	if _, err := e.n.JS.UpdateStream(ctx, cfg); err != nil {
+		t.Fatal(err)
+	}
+	store := func(h nats.Header) uint64 {
+		t.Helper()
+		h.Set(contract.HdrOriginRegion, "eu")
+		a, err := e.n.JS.PublishMsg(ctx, &nats.Msg{Subject: "out.eu.us.bob", Header: h, Data: []byte(`"hi"`)})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return a.Sequence
+	}
+	chat := store(nats.Header{contract.HdrKind: {contract.KindMsg}, contract.HdrFrom: {"alice"}})
+	copied := store(nats.Header{contract.HdrKind: {contract.KindMsg}, contract.HdrFrom: {"alice"}, contract.HdrGroup: {"club"}})
+	tick := store(nats.Header{contract.HdrKind: {contract.KindReceipt}, contract.HdrFrom: {"alice"}, contract.HdrStatus: {protocol.StatusRead}})
+	tk.WaitFor(t, 15*time.Second, func() error {
+		info, err := inbox.Info(ctx, jetstream.WithSubjectFilter(contract.InboxSubject("bob")))
+		if err != nil {
+			return err
+		}
+		if n := info.State.Msgs; n != 3 {
+			return tk.Errorf("bob's inbox holds %d of 3", n)
+		}
+		return nil
+	})
+	if seq, err := s.SentTo(ctx, "alice", "bob", "eu", chat); err != nil || seq == 0 {
+		t.Fatalf("alice's chat message at %d: found %d (%v)", chat, seq, err)
+	}
+	for _, c := range []struct {
+		sender string
+		oseq   uint64
+	}{{"alice", copied}, {"alice", tick}, {"carol", chat}, {"alice", tick + 1}} {
+		if seq, err := s.SentTo(ctx, c.sender, "bob", "eu", c.oseq); err != nil || seq != 0 {
+			t.Fatalf("%s at %d: found %d (%v), want none", c.sender, c.oseq, seq, err)
+		}
+	}
 }

@@ -148,7 +148,7 @@ func For(r Role) Rules {
 				// TICKS.
 				[]string{contract.InboxPrefix + "*", contract.OutboxPrefix + "*.*", contract.OutboxPrefix + "*.t.*", kvSubject(contract.ReadsKV) + "*.*",
 					kvSubject(contract.GroupTicksKV) + "*", kvSubject(contract.GroupTicksKV) + "*.*", contract.DLQPrefix + string(r) + ".>",
-					// Status requests about groups homed in other regions,
+					// Status requests about messages sent to other regions,
 					// asked of those regions' receipts functions, whose
 					// answers come back over the leaf links
 					// (contract/xrstatus.go).
