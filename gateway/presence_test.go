@@ -721,11 +721,15 @@ func TestPresenceSubAgainAnswersTheCurrentState(t *testing.T) {
 		t.Fatalf("first answer %+v", *f)
 	}
 	alice.write(`{"type":"presence_sub","users":["bob"]}`)
-	alice.write(`{"type":"presence_sub","users":["carol"]}`) // the fence: answered after bob's
-	if f := alice.next(); f.Type != protocol.TypePresence || f.User != "bob" {
-		t.Fatalf("presence_sub for bob again: next frame %+v, want bob's state", *f)
-	}
-	if f := alice.next(); f.Type != protocol.TypePresence || f.User != "carol" {
-		t.Fatalf("then %+v, want carol's state", *f)
+	alice.write(`{"type":"presence_sub","users":["carol"]}`)
+	// Each frame's answer is asked of the presence function on its own,
+	// so the two may come in either order; both come.
+	got := map[string]bool{}
+	for range 2 {
+		f := alice.next()
+		if f.Type != protocol.TypePresence || (f.User != "bob" && f.User != "carol") || got[f.User] {
+			t.Fatalf("presence_sub for bob again, then for carol: got %+v after %v, want each one's state once", *f, got)
+		}
+		got[f.User] = true
 	}
 }
