@@ -104,15 +104,12 @@ func (s *session) remoteStatus(seq uint64, to string) {
 			return
 		}
 		var reply contract.StatusReply
-		pending, err := s.srv.regions.inOutbox(ctx, contract.OutboxSubject(home, to), s.id.User, seq)
-		if err == nil {
-			err = contract.Call(ctx, s.srv.nc, contract.StatusRemoteSubject, contract.StatusRemoteRequest{
-				Sender: s.id.User, To: to, Seq: seq, Region: s.srv.regions.self, Home: home}, &reply)
-		}
+		err = s.askElsewhere(ctx, contract.OutboxSubject(home, to),
+			contract.StatusRemoteRequest{Sender: s.id.User, To: to, Seq: seq, Region: s.srv.regions.self, Home: home}, &reply)
 		var fe *contract.FnError
 		switch {
-		case pending && errors.As(err, &fe) && fe.Code == contract.ErrCodeUnknownSeq:
-			s.sendError(protocol.ErrUnavailable, "the message has not reached its recipient's region yet; ask again", "", seq, 0)
+		case errors.Is(err, errInTransit):
+			s.sendError(protocol.ErrUnavailable, err.Error(), "", seq, 0)
 			return
 		case errors.As(err, &fe) && fe.Code == contract.ErrCodeUnknownSeq:
 			s.sendError(protocol.ErrUnknownSeq, "you sent this user no message with this seq", "", seq, 0)

@@ -228,10 +228,10 @@ func (s *session) groupStatus(seq uint64, group string) {
 	}
 }
 
-// errInTransit is a status asked about a send to a group homed in
-// another region that has not reached the group's log yet: nobody can
-// have it, and the home does not know of it until it has.
-var errInTransit = errors.New("the message has not reached its group's region yet; ask again")
+// errInTransit is a status asked about a send to another region (a group
+// or a user homed there) that has not reached it yet: nobody can have it,
+// and that region does not know of it until it has.
+var errInTransit = errors.New("the message has not reached the other region yet; ask again")
 
 // askGroupStatus asks the receipts function about the message this user
 // sent to group at seq. For a group homed here seq is its place in the
@@ -252,12 +252,21 @@ func (s *session) askGroupStatus(ctx context.Context, seq uint64, group string, 
 	if !contract.IsOutboxSeq(seq) {
 		return &contract.FnError{Status: 404, Code: contract.ErrCodeUnknownSeq}
 	}
-	pending, err := s.srv.regions.inOutbox(ctx, contract.OutboxGroupSubject(home, group), s.id.User, seq)
+	return s.askElsewhere(ctx, contract.OutboxGroupSubject(home, group),
+		contract.StatusRemoteRequest{Sender: s.id.User, Group: group, Seq: seq, Region: s.srv.regions.self, Home: home}, reply)
+}
+
+// askElsewhere asks this region's receipts function, which asks
+// req.Home's, about the send this user stored in OUTBOX at req.Seq on
+// subject (contract/xrstatus.go). The other region answers unknown_seq
+// for a send that has not reached it; one OUTBOX still holds is
+// errInTransit.
+func (s *session) askElsewhere(ctx context.Context, subject string, req contract.StatusRemoteRequest, reply *contract.StatusReply) error {
+	pending, err := s.srv.regions.inOutbox(ctx, subject, s.id.User, req.Seq)
 	if err != nil {
 		return err
 	}
-	err = contract.Call(ctx, s.srv.nc, contract.StatusRemoteSubject, contract.StatusRemoteRequest{
-		Sender: s.id.User, Group: group, Seq: seq, Region: s.srv.regions.self, Home: home}, reply)
+	err = contract.Call(ctx, s.srv.nc, contract.StatusRemoteSubject, req, reply)
 	var fe *contract.FnError
 	if pending && errors.As(err, &fe) && fe.Code == contract.ErrCodeUnknownSeq {
 		return errInTransit

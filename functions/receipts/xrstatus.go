@@ -117,7 +117,7 @@ func (s *Service) handleStatusRemote(ctx context.Context, r micro.Request) error
 	switch {
 	case !protocol.ValidID(req.Sender) || !protocol.ValidID(req.Home):
 		return badRequest{"sender and home must be valid ids"}
-	case (req.Group == "") == (req.To == "") || (req.Group != "" && !protocol.ValidID(req.Group)) || (req.To != "" && !protocol.ValidID(req.To)):
+	case !oneTarget(req):
 		return badRequest{"one of group and to must be a valid id"}
 	case req.Region != s.region || req.Home == s.region:
 		return badRequest{"region must be this region and home another"}
@@ -147,6 +147,19 @@ func (s *Service) handleStatusRemote(ctx context.Context, r micro.Request) error
 		return nil
 	}
 	return s.nc.PublishMsg(&nats.Msg{Subject: r.Reply(), Data: m.Data, Header: m.Header})
+}
+
+// oneTarget reports whether req names a group or a user, as a valid id,
+// and not both.
+func oneTarget(req contract.StatusRemoteRequest) bool {
+	if (req.Group == "") == (req.To == "") {
+		return false
+	}
+	id := req.Group
+	if id == "" {
+		id = req.To
+	}
+	return protocol.ValidID(id)
 }
 
 // forwardStatus asks region's receipts function with data and returns
@@ -196,7 +209,7 @@ func (s *Service) handleStatusForwarded(ctx context.Context, r micro.Request) er
 	switch {
 	case !protocol.ValidID(req.Sender) || !protocol.ValidID(req.Region):
 		return badRequest{"sender and region must be valid ids"}
-	case (req.Group == "") == (req.To == "") || (req.Group != "" && !protocol.ValidID(req.Group)) || (req.To != "" && !protocol.ValidID(req.To)):
+	case !oneTarget(req):
 		return badRequest{"one of group and to must be a valid id"}
 	case req.Home != s.region:
 		return badRequest{"home must be this region"}
