@@ -145,6 +145,7 @@ func runBench(args []string, out, errOut io.Writer) error {
 	fs.IntVar(&c.Senders, "senders", c.Senders, "storm, offline: devices that send the backlogs")
 	fs.IntVar(&c.ConnectConcurrency, "connect-concurrency", c.ConnectConcurrency, "dials in flight while connecting (the storm reconnects all at once)")
 	fs.IntVar(&c.PerSource, "per-source", c.PerSource, "connections per local source address 127.0.0.x on loopback (-1: never bind)")
+	fs.StringVar(&c.Trace, "trace", c.Trace, "groups: write each message's send time and last member's latency to this file (CSV)")
 	fs.DurationVar(&c.DrainTimeout, "drain-timeout", c.DrainTimeout, "bound on waiting for deliveries and receipts after the load")
 	fs.DurationVar(&c.Settle, "settle", c.Settle, "pause before memory is read (negative: none)")
 	fs.IntVar(&c.BaselineMsgs, "baseline-msgs", c.BaselineMsgs, "raw baseline messages (negative: publish for --baseline-duration)")

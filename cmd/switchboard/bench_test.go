@@ -1,6 +1,7 @@
 package main_test
 
 import (
+	"encoding/csv"
 	"encoding/json"
 	"os"
 	"os/exec"
@@ -262,13 +263,29 @@ func TestBenchSpawnWithTwoGateways(t *testing.T) {
 	}
 }
 
+// readCSV reads a CSV file the test made.
+func readCSV(t *testing.T, path string) [][]string {
+	t.Helper()
+	f, err := os.Open(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	rows, err := csv.NewReader(f).ReadAll()
+	if err != nil || len(rows) == 0 {
+		t.Fatalf("%s: %d rows, %v", path, len(rows), err)
+	}
+	return rows
+}
+
 func TestBenchGroups(t *testing.T) {
 	t.Parallel()
 	p, data := startForBench(t)
 	// 260 members: the create names 256 of them and an add the rest, and
 	// the clock starts once every member has that add.
 	const size = 260
-	tree, rep := benchJSON(t, p, data, "--scenario", "groups", "--groups", "2", "--group-size", strconv.Itoa(size), "--duration", "2s", "--inflight", "2")
+	trace := filepath.Join(t.TempDir(), "trace.csv")
+	tree, rep := benchJSON(t, p, data, "--scenario", "groups", "--groups", "2", "--group-size", strconv.Itoa(size), "--duration", "2s", "--inflight", "2", "--trace", trace)
 	benchClean(t, tree, rep)
 	benchPositive(t, tree, "groups.deliveries_per_sec", "groups.sent_per_sec", "ratios.fanout_throughput",
 		"groups.groups_bytes_per_msg", "groups.inbox_bytes_per_msg", "groups.setup_seconds")
@@ -278,8 +295,27 @@ func TestBenchGroups(t *testing.T) {
 	if !g.Complete || m.Sent == 0 || m.Delivered != (size-1)*m.Sent || m.Checked != m.Delivered || g.Foreign != 0 {
 		t.Fatalf("groups %+v, messages %+v", g, m)
 	}
+	// The trace has a line per message sent to a group, each got by
+	// every member, with the time until the last one had it.
+	rows := readCSV(t, trace)
+	if len(rows) != int(m.Attempted)+1 || strings.Join(rows[0], ",") != "group,message,sent_unix_ms,members_got,last_member_ms" {
+		t.Fatalf("trace has %d rows for %d messages; header %q", len(rows), m.Attempted, rows[0])
+	}
+	full := 0
+	for _, r := range rows[1:] {
+		if r[3] != strconv.Itoa(size-1) {
+			continue // never "sent": owed to no one
+		}
+		full++
+		if ms, err := strconv.ParseFloat(r[4], 64); err != nil || ms <= 0 {
+			t.Fatalf("trace row %q: every member has it, so the time until the last did", r)
+		}
+	}
+	if full != int(m.Sent) {
+		t.Fatalf("trace: %d messages every member got, %d sent", full, m.Sent)
+	}
 	help, _ := exec.Command(binary, "bench", "-h").CombinedOutput()
-	for _, want := range []string{"idle", "pairs", "storm", "offline", "groups", "--group-size", "--json"} {
+	for _, want := range []string{"idle", "pairs", "storm", "offline", "groups", "--group-size", "--json", "-trace"} {
 		if !strings.Contains(string(help), want) {
 			t.Errorf("bench -h lacks %q:\n%s", want, help)
 		}

@@ -134,6 +134,11 @@ type Config struct {
 	// address's ephemeral ports are not the limit. Zero: 10000; negative:
 	// never bind a source address.
 	PerSource int
+	// Trace, for the groups scenario, is a file to write one line per
+	// message sent to: its group, its number, when its send was due
+	// (unix ms), how many members got it and, once all had, the time
+	// until the last did (ms). Empty: none.
+	Trace string
 	// DrainTimeout bounds the wait for outstanding deliveries and
 	// receipts after the load stops. Zero: 60s.
 	DrainTimeout time.Duration

@@ -3,7 +3,9 @@ package load
 import (
 	"context"
 	"fmt"
+	"os"
 	"slices"
+	"strconv"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -198,6 +200,11 @@ func runGroups(ctx context.Context, e *env, rep *Report) error {
 		gr.allDelivered(all, size-1)
 	}
 	res.SendAllDelivered = all.summary()
+	if cfg.Trace != "" {
+		if err := writeTrace(cfg.Trace, gs, size-1); err != nil {
+			return err
+		}
+	}
 	var attempted int64
 	for _, gr := range gs {
 		gr.mu.Lock()
@@ -350,6 +357,31 @@ func (gr *groupRun) allDelivered(h *hist, members int) {
 			h.record(time.Duration(m.last - m.at))
 		}
 	}
+}
+
+// writeTrace writes each group's messages, in the order they were sent,
+// as CSV: group, message number, when its send was due (unix ms), how
+// many members got it, and the time from then until the last of them had
+// it (ms; empty unless all members did). The percentiles hide when the
+// slow ones came; this shows it.
+func writeTrace(path string, gs []*groupRun, members int) error {
+	var b []byte
+	b = append(b, "group,message,sent_unix_ms,members_got,last_member_ms\n"...)
+	for _, gr := range gs {
+		gr.mu.Lock()
+		for n, m := range gr.msgs {
+			b = fmt.Appendf(b, "%s,%d,%d,%d,", gr.id, n, m.at/1e6, m.got)
+			if m.got >= members {
+				b = strconv.AppendFloat(b, float64(m.last-m.at)/1e6, 'f', 3, 64)
+			}
+			b = append(b, '\n')
+		}
+		gr.mu.Unlock()
+	}
+	if err := os.WriteFile(path, b, 0o644); err != nil {
+		return fmt.Errorf("load: trace: %w", err)
+	}
+	return nil
 }
 
 // memberLog is what one member got: a bit per message number, and the
