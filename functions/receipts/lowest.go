@@ -102,78 +102,102 @@ func (b *positionBounds) store(g *contract.GroupRecord, pos map[string]memberPos
 // been read. Right after a message, when most members are still at the
 // one before, a sample settles it; as they ack, their bounds rise.
 func (s *Service) lowestPositions(ctx context.Context, g *contract.GroupRecord) (map[string]memberPos, error) {
-	pos := s.bounds.load(g)
-	fresh := make(map[string]bool)
+	b := newMemberBounds(g, s.bounds.load(g))
+	var need []int
 	for {
-		need := boundsToRead(g, pos, fresh)
+		need = b.toRead(need)
 		if len(need) == 0 {
 			break
 		}
 		rand.Shuffle(len(need), func(i, j int) { need[i], need[j] = need[j], need[i] })
 		need = need[:min(len(need), positionSample)]
-		got, err := s.readPositions(ctx, g, need)
+		names := make([]string, len(need))
+		for k, i := range need {
+			names[k] = b.names[i]
+		}
+		got, err := s.readPositions(ctx, g, names)
 		if err != nil {
 			return nil, err
 		}
-		for _, m := range need {
-			pos[m] = got[m]
-			fresh[m] = true
+		for _, i := range need {
+			b.pos[i] = got[b.names[i]]
+			b.fresh[i] = true
 		}
 	}
-	s.bounds.store(g, pos)
-	out := make(map[string]memberPos, len(fresh))
-	for m := range g.Members {
-		if fresh[m] {
-			out[m] = pos[m]
+	pos := make(map[string]memberPos, len(b.names))
+	out := make(map[string]memberPos, len(b.names))
+	for i, m := range b.names {
+		pos[m] = b.pos[i]
+		if b.fresh[i] {
+			out[m] = b.pos[i]
 		} else {
 			out[m] = memberPos{p: contract.GroupPosition{Delivered: math.MaxUint64, Read: math.MaxUint64}}
 		}
 	}
+	s.bounds.store(g, pos)
 	return out, nil
 }
 
 // positionSample is how many members lowestPositions reads at a time.
 const positionSample = 32
 
-// boundsToRead lists the members not read yet that may decide a track:
-// none for a track where two members read are at its lowest bound, else
-// those whose bound is at or below its second lowest bound.
-func boundsToRead(g *contract.GroupRecord, pos map[string]memberPos, fresh map[string]bool) []string {
-	var need []string
-	listed := map[string]bool{}
+// memberBounds are a group's members, each with the position
+// lowestPositions has for them (a bound, or read: fresh), side by side in
+// slices: a recompute goes over every member several times per sample it
+// reads, and over a 1,024-member group looking each one up in maps was
+// most of the recompute's time.
+type memberBounds struct {
+	names  []string
+	pos    []memberPos
+	fresh  []bool
+	listed []bool // toRead's scratch
+}
+
+func newMemberBounds(g *contract.GroupRecord, pos map[string]memberPos) *memberBounds {
+	n := len(g.Members)
+	b := &memberBounds{names: make([]string, 0, n), pos: make([]memberPos, n), fresh: make([]bool, n), listed: make([]bool, n)}
+	for m := range g.Members {
+		b.pos[len(b.names)] = pos[m]
+		b.names = append(b.names, m)
+	}
+	return b
+}
+
+// toRead lists, by index into need (emptied first), the members not read
+// yet that may decide a track: none for a track where two members read
+// are at its lowest bound, else those whose bound is at or below its
+// second lowest bound.
+func (b *memberBounds) toRead(need []int) []int {
+	need = need[:0]
+	clear(b.listed)
+	n := len(b.pos)
 	for _, read := range []bool{false, true} {
 		// The lowest and second lowest bounds, ties counted.
 		var lo1, lo2 uint64
-		n := 0
-		for m := range g.Members {
-			v := pos[m].at(read)
+		for i := range b.pos {
+			v := b.pos[i].at(read)
 			switch {
-			case n == 0 || v < lo1:
+			case i == 0:
+				lo1, lo2 = v, v
+			case v < lo1:
 				lo1, lo2 = v, lo1
-				if n == 0 {
-					lo2 = v
-				}
-			case n == 1 || v < lo2:
+			case i == 1 || v < lo2:
 				lo2 = v
 			}
-			n++
-		}
-		if n == 1 {
-			lo2 = lo1
 		}
 		atBottom := 0
-		for m := range g.Members {
-			if fresh[m] && pos[m].at(read) == lo1 {
+		for i := range b.pos {
+			if b.fresh[i] && b.pos[i].at(read) == lo1 {
 				atBottom++
 			}
 		}
 		if atBottom >= 2 || (atBottom == 1 && n == 1) {
 			continue
 		}
-		for m := range g.Members {
-			if !fresh[m] && !listed[m] && pos[m].at(read) <= lo2 {
-				listed[m] = true
-				need = append(need, m)
+		for i := range b.pos {
+			if !b.fresh[i] && !b.listed[i] && b.pos[i].at(read) <= lo2 {
+				b.listed[i] = true
+				need = append(need, i)
 			}
 		}
 	}

@@ -1,7 +1,9 @@
 package receipts
 
 import (
+	"math/rand/v2"
 	"slices"
+	"strconv"
 	"testing"
 
 	"github.com/switchboard-im/switchboard/contract"
@@ -79,4 +81,111 @@ func TestPositionBoundsFollowMembership(t *testing.T) {
 	if got := b.load(g2); len(got) != 0 {
 		t.Fatalf("a group made again kept bounds %+v", got)
 	}
+}
+
+// boundsToRead is toRead by member name, for the tests.
+func boundsToRead(g *contract.GroupRecord, pos map[string]memberPos, fresh map[string]bool) []string {
+	b := newMemberBounds(g, pos)
+	for i, m := range b.names {
+		b.fresh[i] = fresh[m]
+	}
+	var out []string
+	for _, i := range b.toRead(nil) {
+		out = append(out, b.names[i])
+	}
+	return out
+}
+
+// boundsToReadByMaps is toRead as it was written first, over maps: the
+// rule stated once more, plainly, for toRead to be checked against.
+func boundsToReadByMaps(g *contract.GroupRecord, pos map[string]memberPos, fresh map[string]bool) []string {
+	var need []string
+	listed := map[string]bool{}
+	for _, read := range []bool{false, true} {
+		var lo1, lo2 uint64
+		n := 0
+		for m := range g.Members {
+			v := pos[m].at(read)
+			switch {
+			case n == 0 || v < lo1:
+				lo1, lo2 = v, lo1
+				if n == 0 {
+					lo2 = v
+				}
+			case n == 1 || v < lo2:
+				lo2 = v
+			}
+			n++
+		}
+		atBottom := 0
+		for m := range g.Members {
+			if fresh[m] && pos[m].at(read) == lo1 {
+				atBottom++
+			}
+		}
+		if atBottom >= 2 || (atBottom == 1 && n == 1) {
+			continue
+		}
+		for m := range g.Members {
+			if !fresh[m] && !listed[m] && pos[m].at(read) <= lo2 {
+				listed[m] = true
+				need = append(need, m)
+			}
+		}
+	}
+	return need
+}
+
+// randomBounds is a group of n members with positions from a few values,
+// so ties are common, some members without a bound, and some read.
+func randomBounds(r *rand.Rand, n int) (*contract.GroupRecord, map[string]memberPos, map[string]bool) {
+	g := &contract.GroupRecord{ID: "g", Members: map[string]contract.GroupMember{}}
+	pos, fresh := map[string]memberPos{}, map[string]bool{}
+	for i := range n {
+		m := "m" + strconv.Itoa(i)
+		g.Members[m] = contract.GroupMember{}
+		if r.IntN(8) > 0 {
+			pos[m] = memberPos{p: contract.GroupPosition{Delivered: r.Uint64N(5), Read: r.Uint64N(4)}}
+		}
+		fresh[m] = r.IntN(3) == 0
+	}
+	return g, pos, fresh
+}
+
+// The members toRead lists are those the rule names, for groups of every
+// size from one member up, whatever the ties and reads.
+func TestToReadListsWhatTheRuleNames(t *testing.T) {
+	r := rand.New(rand.NewPCG(1, 2))
+	for k := range 5000 {
+		g, pos, fresh := randomBounds(r, 1+k%40)
+		got, want := boundsToRead(g, pos, fresh), boundsToReadByMaps(g, pos, fresh)
+		slices.Sort(got)
+		slices.Sort(want)
+		if !slices.Equal(got, want) {
+			t.Fatalf("case %d (%d members): toRead lists %v, the rule %v", k, len(g.Members), got, want)
+		}
+	}
+}
+
+// One recompute's pass over a 1,024-member group right after a message:
+// everyone at the bottom, a sample read.
+func BenchmarkToRead(b *testing.B) {
+	r := rand.New(rand.NewPCG(3, 4))
+	g, pos, _ := randomBounds(r, 1024)
+	for m := range g.Members {
+		pos[m] = memberPos{p: contract.GroupPosition{Delivered: 7, Read: 7}}
+	}
+	fresh := map[string]bool{}
+	b.Run("maps", func(b *testing.B) {
+		for b.Loop() {
+			boundsToReadByMaps(g, pos, fresh)
+		}
+	})
+	b.Run("slices", func(b *testing.B) {
+		mb := newMemberBounds(g, pos)
+		var need []int
+		for b.Loop() {
+			need = mb.toRead(need)
+		}
+	})
 }
