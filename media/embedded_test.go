@@ -190,6 +190,37 @@ func TestSigningKeyFile(t *testing.T) {
 	}
 }
 
+// Instances starting together on the same data directory all get the
+// one key one of them made, and no leftover file is left beside it.
+func TestSigningKeyMadeByOneOfManyStarting(t *testing.T) {
+	for round := range 20 {
+		dir := t.TempDir()
+		path := filepath.Join(dir, "media.key")
+		const n = 16
+		keys, errs := make([][]byte, n), make([]error, n)
+		var wg sync.WaitGroup
+		start := make(chan struct{})
+		for i := range n {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				<-start
+				keys[i], errs[i] = media.LoadOrCreateSigningKey(path)
+			}()
+		}
+		close(start)
+		wg.Wait()
+		for i := range n {
+			if errs[i] != nil || !bytes.Equal(keys[i], keys[0]) {
+				t.Fatalf("round %d: instance %d got %x (%v), instance 0 %x", round, i, keys[i], errs[i], keys[0])
+			}
+		}
+		if ents, _ := os.ReadDir(dir); len(ents) != 1 {
+			t.Fatalf("round %d: %d files beside the key", round, len(ents)-1)
+		}
+	}
+}
+
 // With an S3 backend the blob routes do not exist.
 func TestBlobWithoutEmbeddedStore(t *testing.T) {
 	t.Parallel()

@@ -24,18 +24,32 @@ func LoadOrCreateSigningKey(path string) ([]byte, error) {
 		if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
 			return nil, err
 		}
-		f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
+		// Written whole beside it, then linked into place: a process
+		// starting at the same time never reads a key half written, and
+		// a crash never leaves an empty file that fails every start.
+		tmp, err := os.CreateTemp(filepath.Dir(path), ".media.key-*") // 0600
+		if err != nil {
+			return nil, err
+		}
+		defer os.Remove(tmp.Name())
+		_, werr := tmp.WriteString(hex.EncodeToString(raw) + "\n")
+		if serr := tmp.Sync(); werr == nil {
+			werr = serr
+		}
+		if cerr := tmp.Close(); werr == nil {
+			werr = cerr
+		}
+		if werr != nil {
+			return nil, werr
+		}
+		err = os.Link(tmp.Name(), path)
 		if errors.Is(err, fs.ErrExist) {
 			return LoadOrCreateSigningKey(path) // made meanwhile by another process
 		}
 		if err != nil {
 			return nil, err
 		}
-		_, werr := f.WriteString(hex.EncodeToString(raw) + "\n")
-		if cerr := f.Close(); werr == nil {
-			werr = cerr
-		}
-		return raw, werr
+		return raw, nil
 	}
 	if err != nil {
 		return nil, err

@@ -25,6 +25,13 @@ import (
 // made still counts; the day's count is one KV key, <user>.<yyyymmdd>,
 // raised with compare-and-set so instances share it, and the bucket
 // forgets it after two days.
+//
+// A ticket counts at least objectCharge bytes: each object costs the
+// store records of its own besides its bytes (on the embedded store a
+// metadata and a chunk message, about 250 bytes), so counted at its size
+// a day of 1-byte tickets would store hundreds of times the quota. At 4
+// KiB the overhead stays a few percent of the quota, and the quota also
+// bounds the objects one user makes a day (the default: 524,288).
 
 // DefaultDailyQuota is Config.DailyQuota's default: 2 GiB a day, some
 // twenty 100 MiB documents or a hundred 16 MiB photos.
@@ -57,9 +64,14 @@ func openQuota(ctx context.Context, js jetstream.JetStream, cfg Config) (*quota,
 	return &quota{kv: kv, limit: cfg.DailyQuota}, nil
 }
 
-// take counts size bytes against user's quota for now's day, or refuses
-// with ErrQuota when they would go past it (and counts nothing).
+// objectCharge is the least a ticket counts against the quota.
+const objectCharge = 4 << 10
+
+// take counts size bytes (objectCharge at least) against user's quota
+// for now's day, or refuses with ErrQuota when they would go past it
+// (and counts nothing).
 func (q *quota) take(ctx context.Context, user string, size int64, now time.Time) error {
+	size = max(size, objectCharge)
 	day := now.UTC()
 	key := user + "." + day.Format("20060102")
 	for range quotaAttempts {
