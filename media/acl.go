@@ -34,7 +34,9 @@ type acl struct {
 
 // grant merges users into key's record. Concurrent grants to one key (a
 // message to a group fanned out by several workers) are merged with
-// compare-and-set on the KV revision, so none is lost.
+// compare-and-set on the KV revision, so none is lost. The record is
+// written even when it names no one new: each message that references
+// the object starts its ReferenceAge again.
 func (a *acl) grant(ctx context.Context, key, owner string, users []string) (grantRecord, error) {
 	add := make([]string, 0, len(users))
 	for _, u := range users {
@@ -57,9 +59,6 @@ func (a *acl) grant(ctx context.Context, key, owner string, users []string) (gra
 			}
 		}
 		merged := mergeSorted(rec.Users, add)
-		if cur != nil && len(merged) == len(rec.Users) {
-			return nil, nil // nothing new; skip a write
-		}
 		if len(merged) > a.maxGrantees {
 			return nil, errorf(ErrTooLarge, "an object can be granted to at most %d users", a.maxGrantees)
 		}

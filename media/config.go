@@ -109,6 +109,13 @@ type Config struct {
 	// before the sweep removes it. Zero means 24 hours; it must exceed
 	// UploadExpiry, or an upload still in flight could be swept.
 	OrphanAge time.Duration
+	// ReferenceAge is how long a grant keeps its object after the last
+	// message that granted it: the grant records expire then, and the
+	// sweep removes the object like an orphan. Set it past the retention
+	// of messages (the all-in-one takes its --max-age plus a day), so an
+	// object lives while a stored message references it and no longer.
+	// Zero means 31 days (the default retention of 30, plus one).
+	ReferenceAge time.Duration
 	// SweepInterval is how often the service sweeps orphans. Zero means
 	// one hour; negative turns the periodic sweep off (SweepOrphans can
 	// still be called).
@@ -161,6 +168,9 @@ func (c Config) withDefaults() Config {
 	}
 	if c.OrphanAge == 0 {
 		c.OrphanAge = 24 * time.Hour
+	}
+	if c.ReferenceAge == 0 {
+		c.ReferenceAge = 31 * 24 * time.Hour
 	}
 	if c.SweepInterval == 0 {
 		c.SweepInterval = time.Hour
@@ -216,6 +226,9 @@ func (c Config) Validate() error {
 	}
 	if c.OrphanAge <= c.UploadExpiry {
 		return bad("OrphanAge %s must exceed UploadExpiry %s, or uploads still in flight could be swept", c.OrphanAge, c.UploadExpiry)
+	}
+	if c.ReferenceAge < time.Second {
+		return bad("ReferenceAge %s must be at least 1s", c.ReferenceAge)
 	}
 	if c.RequestTimeout < 0 {
 		return bad("RequestTimeout %s is negative", c.RequestTimeout)

@@ -5,6 +5,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"net"
@@ -16,6 +17,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/switchboard-im/switchboard/internal/testkit"
 	"github.com/switchboard-im/switchboard/media"
@@ -477,5 +480,56 @@ func TestEmbeddedStalledUploadsAreBounded(t *testing.T) {
 	})
 	if r := h.upload(ninth, data); r.status != http.StatusCreated {
 		t.Fatalf("the 9th upload once a slot was free: %s", r)
+	}
+}
+
+// An object lives while a message that references it is kept: its grant
+// record expires ReferenceAge after the last grant (each message naming
+// the object starts it again), and the sweep then removes the object as
+// an orphan.
+func TestReferencesExpireAfterTheLastGrant(t *testing.T) {
+	t.Parallel()
+	const age = 2 * time.Second
+	h := backend{}.start(t, func(c *media.Config) { c.ReferenceAge = age })
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	key := h.mustUpload("alice", "image/png", []byte("photo"))
+	if r := h.grant("alice", key, "bob"); r.status != http.StatusOK {
+		t.Fatal(r)
+	}
+	kv, err := h.n.JS.KeyValue(ctx, media.BucketACL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st, err := kv.Status(ctx); err != nil || st.TTL() != age {
+		t.Fatalf("%s keeps records %v (%v), want %v", media.BucketACL, st.TTL(), err, age)
+	}
+	first, err := kv.Get(ctx, key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// The same grant again (the object forwarded) writes the record again.
+	if r := h.grant("alice", key, "bob"); r.status != http.StatusOK {
+		t.Fatal(r)
+	}
+	if again, err := kv.Get(ctx, key); err != nil || again.Revision() <= first.Revision() {
+		t.Fatalf("a second grant left the record at revision %d (was %d): %v", again.Revision(), first.Revision(), err)
+	}
+	// Its age passing is the behaviour under test: wait for the server to
+	// expire it.
+	for {
+		if _, err := kv.Get(ctx, key); errors.Is(err, jetstream.ErrKeyNotFound) {
+			break
+		} else if ctx.Err() != nil {
+			t.Fatalf("the grant record outlived its %v: %v", age, err)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	if ok, err := h.svc.Allowed(ctx, key, "bob"); err != nil || ok {
+		t.Fatalf("bob may still download after the reference expired: %v, %v", ok, err)
+	}
+	res, err := media.SweepOrphansAt(ctx, h.svc, time.Now().Add(h.cfg.OrphanAge+time.Hour))
+	if err != nil || res.Removed != 1 || h.exists(key) {
+		t.Fatalf("sweep after the reference expired: %+v, %v; object still there: %v", res, err, h.exists(key))
 	}
 }

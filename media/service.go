@@ -127,8 +127,9 @@ func open(ctx context.Context, js jetstream.JetStream, cfg Config, log *slog.Log
 	kv, err := js.CreateOrUpdateKeyValue(ctx, jetstream.KeyValueConfig{
 		Bucket: BucketACL,
 		Description: "Switchboard media access: key u/<owner>/<id>, value who besides the owner may download it; " +
-			"a record also marks the object as referenced, so the orphan sweep keeps it",
+			"a record also marks the object as referenced, so the orphan sweep keeps it; it expires ReferenceAge after the last grant",
 		History:  1,
+		TTL:      cfg.ReferenceAge,
 		Storage:  jetstream.FileStorage,
 		Replicas: cfg.Replicas,
 	})

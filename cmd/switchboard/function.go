@@ -123,6 +123,7 @@ func bindMediaFlags(fs *flag.FlagSet, c *functionsConfig) {
 	fs.DurationVar(&m.UploadExpiry, "media-upload-expiry", m.UploadExpiry, "life of an upload URL (at most 7 days)")
 	fs.DurationVar(&m.DownloadExpiry, "media-download-expiry", m.DownloadExpiry, "life of a download URL (at most 7 days)")
 	fs.DurationVar(&m.OrphanAge, "media-orphan-age", m.OrphanAge, "remove uploads no message referenced after this")
+	fs.DurationVar(&m.ReferenceAge, "media-reference-age", m.ReferenceAge, "keep an object this long after the last message that named it (0: a day past --max-age in serve, else 31 days)")
 	fs.DurationVar(&c.MediaUploadTimeout, "media-upload-timeout", c.MediaUploadTimeout, "bound on one upload to the embedded media store")
 	fs.Int64Var(&m.DailyQuota, "media-daily-quota", m.DailyQuota, "bytes of uploads one user may start per UTC day (negative: no quota)")
 	fs.StringVar(&c.MediaKeyFile, "media-signing-key", c.MediaKeyFile, "file of the embedded store's URL signing key, made on first use; every media instance needs the same one (default: <data>/media.key)")

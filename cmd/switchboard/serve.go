@@ -157,6 +157,14 @@ func runServe(args []string, allInOne bool) error {
 	if c.Functions.Media.BaseURL == "" {
 		c.Functions.Media.BaseURL = baseURL(ln.Addr())
 	}
+	if c.Functions.Media.ReferenceAge == 0 {
+		// Objects live as long as the messages that name them, and a day.
+		keep := c.Streams.MaxAge
+		if keep == 0 {
+			keep = 30 * 24 * time.Hour
+		}
+		c.Functions.Media.ReferenceAge = keep + 24*time.Hour
+	}
 	stopFunctions := func() {}
 	var mediaSvc *media.Service
 	if allInOne {
