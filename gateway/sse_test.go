@@ -891,3 +891,84 @@ func TestPlainHTTPToTheWebSocketPathSaysUpgradeRequired(t *testing.T) {
 		t.Fatalf("%d sessions: a plain request started one", s)
 	}
 }
+
+// rawStream opens an event stream with a hand-written request line of
+// version proto, and returns the status line, the headers and the body.
+func rawStream(t *testing.T, addr, tok, proto string) (string, http.Header, *bufio.Reader) {
+	t.Helper()
+	c, err := net.Dial("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	_ = c.SetDeadline(time.Now().Add(wait))
+	if _, err := io.WriteString(c, "GET "+gateway.PathSSE+"?access_token="+tok+" "+proto+"\r\nHost: "+addr+"\r\nAccept: text/event-stream\r\n\r\n"); err != nil {
+		t.Fatal(err)
+	}
+	r := bufio.NewReader(c)
+	status, err := r.ReadString('\n')
+	if err != nil {
+		t.Fatalf("status line: %v", err)
+	}
+	h := http.Header{}
+	for {
+		line, err := r.ReadString('\n')
+		if err != nil {
+			t.Fatalf("headers: %v", err)
+		}
+		line = strings.TrimRight(line, "\r\n")
+		if line == "" {
+			return strings.TrimSpace(status), h, r
+		}
+		k, v, _ := strings.Cut(line, ":")
+		h.Add(k, strings.TrimSpace(v))
+	}
+}
+
+// An HTTP/1.0 client, or a proxy speaking HTTP/1.0 to the gateway (the
+// kind of network the fallback is for), cannot read chunked encoding and
+// must not be sent it: its stream is the events as they are, ended by
+// the connection's close. An HTTP/1.1 client gets chunks.
+func TestSSEToAnHTTP10ClientIsNotChunked(t *testing.T) {
+	n := tk.StartNATS(t)
+	g := tk.StartGateway(t, n, tk.TestConfig())
+	status, h, r := rawStream(t, g.Addr, tk.Token(t, "alice", "laptop", time.Hour), "HTTP/1.0")
+	if !strings.Contains(status, " 200 ") || h.Get("Transfer-Encoding") != "" || h.Get("Connection") != "close" {
+		t.Fatalf("answered %q with %v, want 200, no Transfer-Encoding, Connection: close", status, h)
+	}
+	line := func() string {
+		l, err := r.ReadString('\n')
+		if err != nil {
+			t.Fatal(err)
+		}
+		return strings.TrimRight(l, "\n")
+	}
+	first := line()
+	if f, err := protocol.DecodeServer([]byte(strings.TrimPrefix(first, "data: "))); !strings.HasPrefix(first, "data: ") || err != nil || f.Type != protocol.TypeWelcome {
+		t.Fatalf("the stream's first line is %q (%v), want the welcome's data line", first, err)
+	}
+	// A message comes as its lines, nothing between them.
+	bob := tk.Dial(t, g.URL, "bob", "phone")
+	ctx, cancel := context.WithTimeout(context.Background(), wait)
+	defer cancel()
+	sent, err := bob.Send(ctx, "alice", "b1", tk.Body("hi"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	seq := sent.Seq
+	var lines []string
+	for l := line(); !strings.HasPrefix(l, "data: "); l = line() {
+		if l != "" && !strings.HasPrefix(l, ":") { // a blank line or a heartbeat between events
+			lines = append(lines, l)
+		}
+	}
+	if want := "id: " + strconv.FormatUint(seq, 10); len(lines) != 1 || lines[0] != want {
+		t.Fatalf("lines before the message's data %q, want only %q", lines, want)
+	}
+
+	_, h11, r11 := rawStream(t, g.Addr, tk.Token(t, "carol", "laptop", time.Hour), "HTTP/1.1")
+	size, err := r11.ReadString('\n')
+	if _, perr := strconv.ParseUint(strings.TrimSpace(size), 16, 32); h11.Get("Transfer-Encoding") != "chunked" || err != nil || perr != nil {
+		t.Fatalf("HTTP/1.1: Transfer-Encoding %q, first line %q: want chunks", h11.Get("Transfer-Encoding"), size)
+	}
+}

@@ -39,6 +39,11 @@ const PathSSE = "/v1/sse"
 type sseConn struct {
 	nc net.Conn
 	id Identity // whose stream it is; a POST must carry a token of the same device
+	// chunked: the request was HTTP/1.1, so the stream is sent in chunks.
+	// An HTTP/1.0 client (or a proxy speaking 1.0 to the gateway) cannot
+	// read chunks and must not be sent them (RFC 9112, 6.1): its stream
+	// is the bytes as they are, ended by the connection's close.
+	chunked bool
 
 	// in is the read loop's turn: a POST holds it while its frames run
 	// through handle, so frames are handled one at a time and none after
@@ -51,8 +56,8 @@ type sseConn struct {
 	outQueue
 }
 
-func newSSEConn(nc net.Conn, cfg *Config, id Identity) *sseConn {
-	c := &sseConn{nc: nc, id: id, ready: make(chan struct{})}
+func newSSEConn(nc net.Conn, cfg *Config, id Identity, chunked bool) *sseConn {
+	c := &sseConn{nc: nc, id: id, chunked: chunked, ready: make(chan struct{})}
 	c.outQueue = newOutQueue(cfg, c.writer)
 	// Set under the lock heartbeat reads it under: the timer may fire
 	// before this goroutine's write would otherwise be seen.
@@ -71,8 +76,10 @@ func (c *sseConn) writeHeader(allowOrigin string) error {
 		"Cache-Control: no-cache\r\n" +
 		"X-Accel-Buffering: no\r\n" +
 		"X-Content-Type-Options: nosniff\r\n" +
-		"Transfer-Encoding: chunked\r\n" +
 		"Connection: close\r\n"
+	if c.chunked {
+		h += "Transfer-Encoding: chunked\r\n"
+	}
 	if allowOrigin != "" {
 		h += "Access-Control-Allow-Origin: " + allowOrigin + "\r\nVary: Origin\r\n"
 	}
@@ -149,7 +156,9 @@ func (c *sseConn) writer() {
 	}
 	if !failed {
 		_ = c.writeChunk(appendCloseEvent(buf[:0], c.closeCode, c.closeReason), time.Second)
-		_, _ = io.WriteString(c.nc, "0\r\n\r\n") // the last chunk: the response is complete
+		if c.chunked {
+			_, _ = io.WriteString(c.nc, "0\r\n\r\n") // the last chunk: the response is complete
+		}
 	}
 	_ = c.nc.Close()
 	close(c.writerDone)
@@ -165,9 +174,14 @@ func (c *sseConn) writeOrClose(b []byte) bool {
 	return true
 }
 
-// writeChunk writes b as one chunk of the response.
+// writeChunk writes b as one chunk of the response (as it is, to an
+// HTTP/1.0 client).
 func (c *sseConn) writeChunk(b []byte, timeout time.Duration) error {
 	if err := c.nc.SetWriteDeadline(time.Now().Add(timeout)); err != nil {
+		return err
+	}
+	if !c.chunked {
+		_, err := c.nc.Write(b)
 		return err
 	}
 	chunk := make([]byte, 0, len(b)+12)
@@ -373,15 +387,16 @@ func (s *Server) serveSSE(ctx *fasthttp.RequestCtx) {
 		last = string(ctx.QueryArgs().Peek("last_event_id"))
 	}
 	origin := string(ctx.Request.Header.Peek("Origin"))
+	chunked := ctx.Request.Header.IsHTTP11()
 	ctx.HijackSetNoResponse(true)
-	ctx.Hijack(func(nc net.Conn) { s.runSSE(nc, id, origin, last) })
+	ctx.Hijack(func(nc net.Conn) { s.runSSE(nc, id, origin, last, chunked) })
 }
 
 // runSSE runs a session on a hijacked connection, as runConn does on a
 // WebSocket. The session is findable by its id before its welcome goes
 // out, so the client's first POST finds it.
-func (s *Server) runSSE(nc net.Conn, id Identity, origin, lastEventID string) {
-	c := newSSEConn(nc, &s.cfg, id)
+func (s *Server) runSSE(nc net.Conn, id Identity, origin, lastEventID string, chunked bool) {
+	c := newSSEConn(nc, &s.cfg, id, chunked)
 	if err := c.writeHeader(origin); err != nil {
 		c.ping.Stop()
 		_ = nc.Close()
