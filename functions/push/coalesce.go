@@ -49,9 +49,14 @@ func ttlSeconds(d time.Duration) time.Duration {
 	return max(time.Second, (d + time.Second - 1).Truncate(time.Second))
 }
 
+// errHeld says another message holds the user's window and has woken no
+// device yet: whether this one is coalesced depends on how that ends.
+var errHeld = errors.New("push: the window is held by a message that has woken no device yet")
+
 // acquire tries to open the user's window for message seq. It returns the
 // ticket and true when this message holds the window (new, or an earlier
-// attempt of the same message), or false when another message holds it.
+// attempt of the same message), false when another message holds it and
+// has woken a device, or errHeld when another holds it and has not.
 // hold is the TTL of a fresh key; stale is the age past which a key with
 // no TTL left (written by hand, or by a crashed writer) is taken over
 // rather than blocking the user's pushes forever.
@@ -85,6 +90,12 @@ func acquire(ctx context.Context, js jetstream.JetStream, kv jetstream.KeyValue,
 			return t, !t.lost, nil
 		}
 		if cur.Seq != seq {
+			if len(cur.Sent) == 0 {
+				// The holder has woken no device yet and may end having
+				// woken none (each had it, or was dead-lettered), taking
+				// its claim away: this message cannot count on its push.
+				return nil, false, errHeld
+			}
 			return nil, false, nil
 		}
 		t.st, t.rev = cur, e.Revision()

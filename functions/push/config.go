@@ -87,7 +87,8 @@ func (c Config) Validate() error {
 	}
 	u, err := url.Parse(c.WebhookURL)
 	if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
-		return fmt.Errorf("%w: WebhookURL %q is not an absolute http or https URL", ErrConfig, c.WebhookURL)
+		// Not quoted: it may carry credentials, which would reach a log.
+		return fmt.Errorf("%w: WebhookURL is not an absolute http or https URL", ErrConfig)
 	}
 	if u.User != nil {
 		// Credentials in a URL end up in logs; the secret has its own field.

@@ -20,7 +20,11 @@
 //  3. Coalescing: create key U in the PUSH bucket with a per-key TTL and
 //     value {"seq":<this message's stream seq>,"sent":[]}. Whoever creates
 //     it owns the user's window and pushes; a message that finds the key
-//     naming another seq is coalesced (acked, no push). A message that
+//     naming another seq that has woken a device ("sent" not empty) is
+//     coalesced (acked, no push). One that finds a holder that has woken
+//     none yet is nak'd with backoff and decided again: the holder may end
+//     having woken nobody and take its key away (5), and a message acked
+//     behind it would never be pushed. A message that
 //     finds its own seq is a later delivery of its own attempt and pushes
 //     only the devices not yet in "sent" (or "dead").
 //  4. Per device (sorted by name): the device's position is its cursor
@@ -31,9 +35,13 @@
 //     the key is rewritten (compare-and-set on its revision) with the
 //     device added to "sent", so a crash, a Stop or a retry never posts
 //     a device twice.
-//  5. All devices done: the key is rewritten to live one Window from now,
-//     and the message is acked. Leading edge: the first message of a burst
-//     pushes at once, the rest of the window is quiet.
+//  5. All devices done: the message is acked, then the key is rewritten
+//     to live one Window from now (deleted if the message woke no device).
+//     In that order: a Window may be shorter than the ack wait, and an
+//     instance that dies between the two must leave the longer hold, not
+//     a key that expires before the message comes again. Leading edge:
+//     the first message of a burst pushes at once, the rest of the window
+//     is quiet.
 //
 // While a message is still being worked on (first attempt, waiting for a
 // retry), the key's TTL is its hold: the retry delay + the consumer's ack

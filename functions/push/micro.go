@@ -34,8 +34,11 @@ type NotifyReply struct {
 // endpoint data of `nats micro stats push --json`. Each counts messages, except Pushed and
 // DeadLettered, which count device notifications.
 type Stats struct {
-	Pushed          uint64 `json:"pushed"`
-	Coalesced       uint64 `json:"coalesced"`
+	Pushed    uint64 `json:"pushed"`
+	Coalesced uint64 `json:"coalesced"`
+	// Waited counts deliveries put off because the user's window was held
+	// by a message that had woken no device yet.
+	Waited          uint64 `json:"waited"`
 	SkippedOnline   uint64 `json:"skipped_online"`
 	SkippedNoDevice uint64 `json:"skipped_no_device"`
 	Ignored         uint64 `json:"ignored"`
@@ -44,7 +47,7 @@ type Stats struct {
 }
 
 type counters struct {
-	pushed, coalesced, skippedOnline, skippedNoDevice, ignored, retried, deadLettered atomic.Uint64
+	pushed, coalesced, waited, skippedOnline, skippedNoDevice, ignored, retried, deadLettered atomic.Uint64
 }
 
 // Stats returns the instance's counters.
@@ -53,6 +56,7 @@ func (s *Service) Stats() Stats {
 	return Stats{
 		Pushed:          c.pushed.Load(),
 		Coalesced:       c.coalesced.Load(),
+		Waited:          c.waited.Load(),
 		SkippedOnline:   c.skippedOnline.Load(),
 		SkippedNoDevice: c.skippedNoDevice.Load(),
 		Ignored:         c.ignored.Load(),

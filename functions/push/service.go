@@ -332,7 +332,15 @@ func (s *Service) notify(m jetstream.Msg, meta *jetstream.MsgMetadata, n Notific
 		return
 	}
 	t, ours, err := acquire(ctx, s.js, s.pushKV, n.User, n.Seq, s.hold(0), s.stale())
-	if err != nil {
+	switch {
+	case errors.Is(err, errHeld) && attempt < uint64(s.cfg.MaxAttempts):
+		// Decided again once the holder has: coalesced if it woke a
+		// device, pushed if it took its claim away having woken none.
+		s.counters.waited.Add(1)
+		s.log.Debug("window held by a message that woke no device yet", "user", n.User, "seq", n.Seq)
+		_ = m.NakWithDelay(backoff(attempt, s.cfg.BaseBackoff, s.cfg.MaxBackoff, 0))
+		return
+	case err != nil:
 		s.retry(m, attempt, nil, nil, err)
 		return
 	}
@@ -398,17 +406,21 @@ func (s *Service) notify(m jetstream.Msg, meta *jetstream.MsgMetadata, n Notific
 	s.retry(m, attempt, t, failed, lastErr)
 }
 
-// finish closes the message's part of the window: the claim lives one
-// window from now, and the message is acked.
+// finish acks the message, then closes its part of the window: the claim
+// lives one window from now. In that order: until the ack is confirmed
+// the message may come again, after the ack wait, which can be longer
+// than a window, and must then find the claim with every device done; an
+// instance that dies between the two leaves the claim its longer hold.
 func (s *Service) finish(ctx context.Context, m jetstream.Msg, t *ticket) {
-	if err := t.close(ctx, s.cfg.Window); err != nil {
-		s.log.Warn("closing the claim failed", "user", t.user, "err", err)
-	}
 	if err := m.DoubleAck(ctx); err != nil {
 		// The message may come again after the ack wait; keep the claim
 		// that long so that delivery finds every device done.
 		s.log.Warn("ack not confirmed", "user", t.user, "seq", t.st.Seq, "err", err)
 		_ = t.save(ctx, s.hold(0))
+		return
+	}
+	if err := t.close(ctx, s.cfg.Window); err != nil {
+		s.log.Warn("closing the claim failed", "user", t.user, "err", err)
 	}
 }
 
@@ -455,12 +467,13 @@ func (s *Service) retry(m jetstream.Msg, attempt uint64, t *ticket, failed map[s
 		}
 	}
 	s.log.Warn("gave up; dead-lettered", "subject", m.Subject(), "attempts", attempt, "err", lastErr)
+	// Ended first, then the claim closed, as in finish.
+	_ = m.Term()
 	if t != nil {
 		if err := t.close(ctx, s.cfg.Window); err != nil {
 			s.log.Warn("closing the claim failed", "user", t.user, "err", err)
 		}
 	}
-	_ = m.Term()
 }
 
 // devices returns the names of the user's devices in the DEVICES bucket,
