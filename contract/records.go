@@ -88,11 +88,17 @@ func DevicePosition(ctx context.Context, devices, cursors jetstream.KeyValue, cr
 	return 0, nil
 }
 
+// WaitingTimeout bounds one Waiting.
+const WaitingTimeout = 5 * time.Second
+
 // Waiting asks INBOX what is stored for user past sequence after: how many
 // messages and receipts, and when the first of them was stored. One direct
 // get answers it: Nats-Num-Pending comes from the per-subject index, so
-// counting costs no scan.
+// counting costs no scan. It waits WaitingTimeout at most, whatever ctx
+// allows: a direct get a server never answers must not hold its caller.
 func Waiting(ctx context.Context, nc *nats.Conn, user string, after uint64) (n uint64, first time.Time, err error) {
+	ctx, cancel := context.WithTimeout(ctx, WaitingTimeout)
+	defer cancel()
 	req, _ := json.Marshal(map[string]any{"seq": after + 1, "next_by_subj": InboxSubject(user), "batch": 1})
 	m, err := nc.RequestWithContext(ctx, DirectGetSubject(Inbox), req)
 	if err != nil {
