@@ -306,6 +306,12 @@ func decodeErr(code ErrorCode, id, format string, args ...any) *DecodeError {
 	return &DecodeError{Code: code, ID: id, Reason: fmt.Sprintf(format, args...)}
 }
 
+// SystemIDPrefix starts the id of every group system message (ev-<its
+// place in the group's log>). A group send may not use it: stores that
+// key group messages by (group, from, id) would take a member's system
+// message for a repeat of that member's message of the same id.
+const SystemIDPrefix = "ev-"
+
 // clientFrame holds only the fields a client may send, so a field that
 // only server frames use (ts, dup, ...) is ignored like any unknown field.
 type clientFrame struct {
@@ -392,6 +398,8 @@ func decodeClientJSON(data []byte) (*Frame, error) {
 			return nil, decodeErr(ErrBadID, f.ID, "to: %v", ErrInvalidID)
 		case f.Group != "" && !ValidID(f.Group):
 			return nil, decodeErr(ErrBadID, f.ID, "group: %v", ErrInvalidID)
+		case f.Group != "" && strings.HasPrefix(f.ID, SystemIDPrefix):
+			return nil, decodeErr(ErrBadID, f.ID, "id: ids starting %s name a group's system messages", SystemIDPrefix)
 		}
 		if f.Media != nil {
 			if err := f.Media.validate(); err != nil {

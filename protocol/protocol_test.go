@@ -162,6 +162,7 @@ func TestDecodeClientErrors(t *testing.T) {
 		{"send to a user and a group", `{"type":"send","id":"m1","to":"bob","group":"g1","body":1}`, ErrBadField, "m1", "not both"},
 		{"send group dot", `{"type":"send","id":"m1","group":"g.1","body":1}`, ErrBadID, "m1", "group"},
 		{"send group wildcard", `{"type":"send","id":"m1","group":"*","body":1}`, ErrBadID, "m1", "group"},
+		{"send group with a system message's id", `{"type":"send","id":"ev-11","group":"g1","body":1}`, ErrBadID, "ev-11", "system"},
 
 		// Group frames.
 		{"group id missing", `{"type":"group","op":"info","group":"g1"}`, ErrBadField, "", "id"},

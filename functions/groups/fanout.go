@@ -13,6 +13,7 @@ import (
 
 	"github.com/switchboard-im/switchboard/contract"
 	"github.com/switchboard-im/switchboard/functions/worker"
+	"github.com/switchboard-im/switchboard/protocol"
 )
 
 // partition fans out one partition of the group logs, one message at a
@@ -153,7 +154,7 @@ func (p *partition) apply(m jetstream.Msg, seq uint64) error {
 				contract.HdrKind:     {contract.KindEvent},
 				contract.HdrFrom:     {ev.Actor},
 				contract.HdrDevice:   {ev.Device},
-				contract.HdrID:       {"ev-" + strconv.FormatUint(seq, 10)},
+				contract.HdrID:       {protocol.SystemIDPrefix + strconv.FormatUint(seq, 10)},
 				contract.HdrTS:       {strconv.FormatInt(ev.TS, 10)},
 				contract.HdrGroup:    {gid},
 				contract.HdrGroupSeq: {strconv.FormatUint(seq, 10)},
