@@ -79,6 +79,25 @@ func TestSDKStoreResendsTheOutboxAfterAReload(t *testing.T) {
 	c.fence(t, pg)
 }
 
+// A send made while the store opens, joining one it restored, can still
+// be withdrawn: its abort reaches the restored send, which leaves the
+// outbox with its last caller gone.
+func TestSDKStoreWithdrawsASendThatJoinedARestoredOne(t *testing.T) {
+	s := newScript(t)
+	pg, c := startSDK(t, s, storeOpt)
+	send(pg, "m1")
+	c.expect(t, protocol.TypeSend, "m1")
+	// The page goes away with m1 unconfirmed; the next page's app sends
+	// it again at once, with a signal, before the store is open.
+	c = reloadSDK(t, s, pg, storeOpt, `window.ac = new AbortController(); c.send('bob', 'm1', 'm1', { signal: ac.signal }).then((v) => { results.m1 = v; }, (e) => { results.m1 = { error: e.name }; })`)
+	c.expect(t, protocol.TypeSend, "m1") // the restored send, on connect
+	js(pg, `ac.abort()`)
+	pg.WaitFor(stuck, "the send withdrawn", `results.m1 !== undefined && results.m1.error === 'AbortError'`)
+	pg.WaitFor(stuck, "the outbox empty", `c.store.outbox().then((o) => o.length === 0)`)
+	// Nothing of it is written again: the next frame is the fence's.
+	c.fence(t, pg)
+}
+
 // A message stored by an earlier page load is not given to the app
 // again: its redelivery, acked or not, and a second stored copy are acked
 // by the SDK; the cursor hint is the highest seq acked.

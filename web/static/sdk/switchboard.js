@@ -1204,11 +1204,14 @@ export class Client {
           reject(signal.reason);
           return;
         }
-        if (ob.byId.get(o.id) !== o) return; // answered meanwhile: that answer wins
-        o.waiters--;
-        if (o.waiters === 0) {
-          const released = ob.remove(o);
-          this.#storeDrop(o);
+        // Joined a send the store restored while it opened: withdrawn
+        // from that one, which holds this caller's count.
+        const w = o.joined ?? o;
+        if (ob.byId.get(w.id) !== w) return; // answered meanwhile: that answer wins
+        w.waiters--;
+        if (w.waiters === 0) {
+          const released = ob.remove(w);
+          this.#storeDrop(w);
           if (released || ob.waiting()) this.#flush();
         }
         reject(signal.reason);
@@ -1244,6 +1247,7 @@ export class Client {
         // Sent again while the store was opening, which restored it: its
         // callers wait for the restored one, in its place in the order.
         restored.waiters += o.waiters;
+        o.joined = restored;
         restored.done.then(o.resolve, o.reject);
         return;
       }
