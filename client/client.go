@@ -32,6 +32,9 @@ var (
 	// connection (1009) and be written first again on every reconnect,
 	// holding every newer send back.
 	ErrTooLarge = errors.New("client: message larger than the gateway takes")
+	// ErrWithdrawn: every call that waited for the send gave up, so it
+	// was withdrawn; a Pending's Wait made after that returns it.
+	ErrWithdrawn = errors.New("client: the send was withdrawn")
 )
 
 // defaultMaxFrame is the gateway's default max_frame, assumed until a
@@ -457,8 +460,17 @@ func (c *Client) run(conn *websocket.Conn) {
 	}
 }
 
-// attach makes conn current and resends every unconfirmed send in order.
+// attach makes conn current and resends every unconfirmed send in order,
+// then tells the app (OnConnect), which may send at once.
 func (c *Client) attach(conn *websocket.Conn, sid string) {
+	if c.attachSends(conn, sid) && c.opts.OnConnect != nil {
+		c.opts.OnConnect(sid)
+	}
+}
+
+// attachSends is attach under sendMu, so no send is written between the
+// resends; it reports whether conn became current.
+func (c *Client) attachSends(conn *websocket.Conn, sid string) bool {
 	c.sendMu.Lock()
 	defer c.sendMu.Unlock()
 	c.mu.Lock()
@@ -466,7 +478,7 @@ func (c *Client) attach(conn *websocket.Conn, sid string) {
 		// Closed while dialing: the read loop fails at once and run ends.
 		c.mu.Unlock()
 		conn.Close()
-		return
+		return false
 	}
 	c.conn, c.session = conn, sid
 	if c.down != nil {
@@ -499,9 +511,7 @@ func (c *Client) attach(conn *websocket.Conn, sid string) {
 		}
 	}
 	c.resubscribe()
-	if c.opts.OnConnect != nil {
-		c.opts.OnConnect(sid)
-	}
+	return true
 }
 
 func (c *Client) detach(conn *websocket.Conn) {
@@ -830,6 +840,10 @@ func (c *Client) send(ctx context.Context, to, id string, body json.RawMessage, 
 type Pending struct {
 	c *Client
 	o *outgoing
+	// held: the Queue call's own hold on the send, which keeps it in the
+	// outbox while nobody waits; the first Wait takes it over. Guarded by
+	// Client.mu.
+	held bool
 }
 
 // ID is the send's client message id.
@@ -837,9 +851,22 @@ func (p *Pending) ID() string { return p.o.id }
 
 // Wait returns once the server confirms the send is stored, like Send.
 // If ctx ends first the send is withdrawn (as Send's is), unless another
-// call still waits for it; a client closed first returns its error, and
-// the send stays in the Store's outbox, for the next client.
-func (p *Pending) Wait(ctx context.Context) (Sent, error) { return p.c.await(ctx, p.o) }
+// call still waits for it; a Wait after that returns ErrWithdrawn. A
+// client closed first returns its error, and the send stays in the
+// Store's outbox, for the next client.
+func (p *Pending) Wait(ctx context.Context) (Sent, error) {
+	c := p.c
+	c.mu.Lock()
+	if c.ob.byID[p.o.id] == p.o {
+		p.o.waiters++ // this call, so another that gives up leaves the send to it
+		if p.held {
+			p.held = false
+			p.o.waiters-- // the calls that wait hold it now
+		}
+	}
+	c.mu.Unlock()
+	return c.await(ctx, p.o)
+}
 
 // Queue is Send without the wait: it returns once the send is in the
 // outbox (and in Options.Store, durably, when one is set), in the order
@@ -869,7 +896,7 @@ func (c *Client) queue(d dest, id string, body json.RawMessage) (*Pending, error
 	if err != nil {
 		return nil, err
 	}
-	return &Pending{c: c, o: o}, nil
+	return &Pending{c: c, o: o, held: true}, nil
 }
 
 // dest is where a send goes: a user or a group.
@@ -928,6 +955,11 @@ func (c *Client) await(ctx context.Context, o *outgoing) (Sent, error) {
 	withdrawn := !resolved && o.waiters == 0
 	if withdrawn {
 		released = c.ob.remove(o)
+		// Its outcome, for a Wait that comes later: nothing else answers it.
+		select {
+		case o.done <- result{err: ErrWithdrawn}:
+		default:
+		}
 	}
 	// Its room in the window is free too: a send waiting for it may go.
 	flush := released || (withdrawn && c.ob.waiting())

@@ -117,7 +117,17 @@ func (c *Client) storeMsg(conn *websocket.Conn, f *protocol.Frame, key string) (
 	}
 	var seen localstore.Seen
 	if isOwnCopy(f) {
-		seen, err = c.opts.Store.ReceivedOwn(ownMessage(f))
+		// A tick that came before the copy is stored with it, in one
+		// write: stored apart, a failure of the second would lose it, as
+		// the copy that comes again is a repeat the app has.
+		m := ownMessage(f)
+		c.mu.Lock()
+		early := c.ticks.early(ownTickKey(f), f.SentSeq)
+		c.mu.Unlock()
+		if early != "" {
+			m.Status = max(m.Status, localstore.StatusOf(early))
+		}
+		seen, err = c.opts.Store.ReceivedOwn(m)
 	} else {
 		conv := f.From
 		if f.Group != "" {

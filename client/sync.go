@@ -40,26 +40,28 @@ func (c *Client) ownTicks(f *protocol.Frame) error {
 	if !isOwnCopy(f) {
 		return nil
 	}
-	key := f.To
-	if f.Group != "" {
-		key = groupKey(f.Group)
-	}
 	c.mu.Lock()
-	early := c.ticks.sent(key, f.ID, f.SentSeq)
+	early := c.ticks.sent(ownTickKey(f), f.ID, f.SentSeq)
 	c.mu.Unlock()
 	if early == "" {
 		return nil
 	}
-	// The tick came before the message did: the store records it too.
-	if err := c.storeReceipt(&protocol.Frame{Group: f.Group, By: f.To, Status: early, FromSeq: f.SentSeq, ToSeq: f.SentSeq}); err != nil {
-		return err
-	}
+	// The tick came before the message did (storeMsg stored it with the
+	// message).
 	select {
 	case c.rcpt <- Receipt{ID: f.ID, Status: early, Group: f.Group, By: f.To, Seq: f.SentSeq, TS: time.Now()}:
 		return nil
 	case <-c.ctx.Done():
 		return ErrClosed
 	}
+}
+
+// ownTickKey is where the ticks of own copy f are kept.
+func ownTickKey(f *protocol.Frame) string {
+	if f.Group != "" {
+		return groupKey(f.Group)
+	}
+	return f.To
 }
 
 // onReadSync hands a read_sync frame to the app, records its watermark in

@@ -85,6 +85,21 @@ func tickKey(f *protocol.Frame) string {
 	return f.By
 }
 
+// early is the tick a receipt already gave the message stored at seq to
+// `to` ("" if none), as sent will return it, changing nothing.
+func (t *ticks) early(to string, seq uint64) string {
+	r := t.to[to]
+	switch {
+	case r == nil:
+		return ""
+	case seq <= r.readTo:
+		return protocol.StatusRead
+	case r.covered(seq):
+		return protocol.StatusDelivered
+	}
+	return ""
+}
+
 // sent records that message id to `to` is stored at seq, and returns the
 // tick a receipt already gave it ("" if none).
 func (t *ticks) sent(to, id string, seq uint64) (status string) {
