@@ -175,8 +175,9 @@ type change struct {
 
 // apply merges a lease change into the user's record, unless a later
 // change of the same device was applied already, and publishes the user's
-// new state if they came online or went offline. When the last device
-// goes, the change's time is the user's last seen.
+// new state if they came online or went offline. A device going moves
+// the user's last seen to the change's time if that is later; it is shown
+// once the last device has gone.
 func (s *Service) apply(ctx context.Context, user, device string, c change) error {
 	var rec contract.PresenceRecord
 	var wasOnline, again, stale bool
@@ -184,6 +185,12 @@ func (s *Service) apply(ctx context.Context, user, device string, c change) erro
 		rec, again, stale = contract.PresenceRecord{}, false, false
 		if cur != nil && json.Unmarshal(cur, &rec) != nil {
 			rec = contract.PresenceRecord{} // unreadable: rebuilt from the changes to come
+		}
+		if _, listed := rec.Devices[device]; c.since > 0 && !listed && len(rec.Devices) > 0 {
+			// Another device listed may be one whose expiry was missed
+			// (dropMissed): left in, it would make this device's coming
+			// online no change, and nobody would be told.
+			s.dropMissed(ctx, user, &rec)
 		}
 		wasOnline = rec.Online()
 		switch {
@@ -210,9 +217,11 @@ func (s *Service) apply(ctx context.Context, user, device string, c change) erro
 		} else {
 			delete(rec.Devices, device)
 			s.dropMissed(ctx, user, &rec)
-			if !rec.Online() {
-				rec.LastSeen = max(rec.LastSeen, c.at.UnixMilli())
-			}
+			// Whether or not it was the last device: changes may be
+			// applied out of order (one held by an instance that died),
+			// and the last one applied need not be the latest. Shown only
+			// while the user is offline.
+			rec.LastSeen = max(rec.LastSeen, c.at.UnixMilli())
 		}
 		return json.Marshal(&rec)
 	})
@@ -238,8 +247,9 @@ func (s *Service) apply(ctx context.Context, user, device string, c change) erro
 // in the record for good, and no update would say the user went offline.
 // A device whose lease key holds anything is kept: a lease, or a delete
 // or marker whose change is still to be applied. Asked only when a device
-// goes and others remain, of the bucket's leader (a replica a step behind
-// could miss a lease just written).
+// goes and others remain, or a device not listed comes while others are,
+// of the bucket's leader (a replica a step behind could miss a lease just
+// written).
 func (s *Service) dropMissed(ctx context.Context, user string, rec *contract.PresenceRecord) {
 	for d := range rec.Devices {
 		_, err := contract.GetMsg(ctx, s.nc, "KV_"+contract.PresenceKV, 0, contract.LeaseSubject(user, d))
