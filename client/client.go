@@ -237,8 +237,11 @@ type Client struct {
 	ob       *outbox // unconfirmed sends, in order
 	seenMsg  *lru    // from+id of messages handed to the app
 	acked    *lru    // seqs the app acked (redeliveries of them are acked again)
-	closeErr error
-	stats    Stats
+	// unsentReads are reads made with no connection, or whose write
+	// failed, for the next connection (Read).
+	unsentReads []uint64
+	closeErr    error
+	stats       Stats
 	// following are the users whose presence this client follows.
 	following map[string]bool
 	// followingGroups are the groups whose members' presence it follows.
@@ -500,6 +503,8 @@ func (c *Client) attachSends(conn *websocket.Conn, sid string) bool {
 		}
 	}
 	pending := c.ob.rewriteAll()
+	reads := c.unsentReads
+	c.unsentReads = nil
 	c.mu.Unlock()
 	for _, o := range tooLarge {
 		c.storeDrop(o)
@@ -507,6 +512,15 @@ func (c *Client) attachSends(conn *websocket.Conn, sid string) bool {
 	for _, o := range pending {
 		if err := c.write(conn, o.frame()); err != nil {
 			conn.Close() // the read loop sees it and reconnects
+			break
+		}
+	}
+	for i, seq := range reads {
+		if err := c.write(conn, protocol.AppendSeqFrame(nil, protocol.TypeRead, seq)); err != nil {
+			c.mu.Lock()
+			c.unsentReads = append(reads[i:], c.unsentReads...)
+			c.mu.Unlock()
+			conn.Close()
 			break
 		}
 	}
@@ -992,9 +1006,40 @@ func (c *Client) Ack(seq uint64) {
 }
 
 // Read tells the sender of the message with this seq that it was read.
+// Made while there is no connection, or failing to be written, it is
+// written on the next connection, after the resends (a read is a
+// position: a repeat is harmless); the last 256 such are kept.
 func (c *Client) Read(seq uint64) {
 	c.storeRead(seq)
-	c.writeCurrent(protocol.AppendSeqFrame(nil, protocol.TypeRead, seq))
+	frame := protocol.AppendSeqFrame(nil, protocol.TypeRead, seq)
+	c.mu.Lock()
+	conn := c.conn
+	if conn == nil {
+		c.keepRead(seq)
+	}
+	c.mu.Unlock()
+	if conn == nil {
+		return
+	}
+	if err := c.write(conn, frame); err != nil {
+		c.mu.Lock()
+		c.keepRead(seq)
+		c.mu.Unlock()
+		conn.Close() // the read loop sees it and reconnects
+	}
+}
+
+// maxUnsentReads bounds the reads kept for the next connection.
+const maxUnsentReads = 256
+
+// keepRead keeps a read for the next connection.
+//
+// Lock c.mu should be held.
+func (c *Client) keepRead(seq uint64) {
+	c.unsentReads = append(c.unsentReads, seq)
+	if n := len(c.unsentReads); n > maxUnsentReads {
+		c.unsentReads = c.unsentReads[n-maxUnsentReads:]
+	}
 }
 
 // Close ends the client: the connection closes with 1000 and no reconnect

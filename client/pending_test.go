@@ -182,3 +182,40 @@ BEGIN SELECT RAISE(ABORT, 'injected: disk busy'); END`)
 		t.Fatalf("the store has x1 at %v, want %v", got.Status, localstore.Delivered)
 	}
 }
+
+// A read made while reconnecting is written on the next connection,
+// after the resends: the sender learns of it without another read.
+func TestReadWhileReconnectingIsWrittenOnTheNextConnection(t *testing.T) {
+	s := newScript(t)
+	w := newWaiter(false)
+	connected := make(chan string, 4)
+	c := s.dial(t, Options{AckGather: -1, OnConnect: func(sid string) { connected <- sid }}, w)
+	<-connected
+	sc := s.accept(t)
+	sc.msg("m1", "bob", 5)
+	m := recvMsg(t, c)
+	c.Ack(m.Seq)
+	sc.expectAcks(t, 5)
+	sc.ws.Close()
+	r := w.next(t) // disconnected, waiting to reconnect
+	c.Read(m.Seq)  // the user reads it meanwhile
+	r.end()
+	sc2 := s.accept(t)
+	select {
+	case <-connected:
+	case <-time.After(stuck):
+		t.Fatal("no reconnect")
+	}
+	if err := c.SendTyping("fence"); err != nil {
+		t.Fatal(err)
+	}
+	for {
+		f := sc2.next(t)
+		if f.Type == protocol.TypeRead && f.Seq == 5 {
+			return
+		}
+		if f.Type == protocol.TypeTyping {
+			t.Fatal("the read of seq 5 made while reconnecting was never written")
+		}
+	}
+}

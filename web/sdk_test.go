@@ -308,6 +308,23 @@ func TestSDKResendsInOrderAfterReconnect(t *testing.T) {
 	}
 }
 
+// A read made while there is no connection is written on the next one,
+// after the resends: the sender learns of it without another read.
+func TestSDKWritesAReadMadeOfflineOnTheNextConnection(t *testing.T) {
+	s := newScript(t)
+	pg, c := startSDK(t, s, "")
+	c.msg("m1", "bob", 5)
+	pg.WaitFor(stuck, "the message", `log.some(([t, m]) => t === 'message' && m.seq === 5)`)
+	s.refuse.Store(1 << 30) // the gateway is away until the test lets it back
+	c.closeWith(protocol.CloseServiceRestart, "restart")
+	pg.WaitFor(stuck, "the disconnect", `log.some(([t]) => t === 'disconnect')`)
+	js(pg, `c.read(5)`)
+	s.refuse.Store(0)
+	c = s.accept(t)
+	c.expect(t, protocol.TypeRead, 5)
+	c.fence(t, pg)
+}
+
 // A send answered with a retryable error is resent alone, after the
 // server's retry_ms, and newer sends wait until it is stored; the sends
 // already on the wire behind it are not held.

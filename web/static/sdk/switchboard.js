@@ -613,6 +613,7 @@ export class Client {
   #ticks = new Ticks();
   #following = new Set();
   #followingGroups = new Set(); // groups whose members' presence is followed
+  #unsentReads = []; // reads made with no connection, for the next one
   #statusWait = new Map(); // seq -> [{resolve, reject}]
   #groupStatusWait = new Map(); // group + ' ' + seq -> [{resolve, reject}]
   #groupWait = new Map(); // group request id -> {resolve, reject}
@@ -867,6 +868,7 @@ export class Client {
       }
     }
     for (const o of this.#outbox.rewriteAll()) this.#write(o.frame);
+    for (const seq of this.#unsentReads.splice(0)) this.#write({ type: 'read', seq });
     const users = [...this.#following].sort();
     for (let i = 0; i < users.length; i += 256) {
       this.#write(JSON.stringify({ type: 'presence_sub', users: users.slice(i, i + 256) }));
@@ -1284,10 +1286,17 @@ export class Client {
     this.#write({ type: 'ack', seq });
   }
 
-  /** read tells the sender of the message at seq that it (and every earlier one to this user) was read. */
+  /** read tells the sender of the message at seq that it (and every earlier one to this user) was read; made with no connection, it is written on the next one. */
   read(seq) {
     this.#store?.markRead(seq).catch(() => {});
-    this.#write({ type: 'read', seq });
+    if (this.#link) {
+      this.#write({ type: 'read', seq });
+      return;
+    }
+    // No connection: written after the resends on the next one (a read
+    // is a position, so a repeat is harmless; the oldest go past 256).
+    this.#unsentReads.push(seq);
+    if (this.#unsentReads.length > 256) this.#unsentReads.shift();
   }
 
   /** typing tells user `to`'s online devices that this user is typing; repeat every ~3 s while typing. */
