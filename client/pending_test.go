@@ -21,9 +21,10 @@ func waiters(c *Client, id string) int {
 	return -1
 }
 
-// A Wait that gives up withdraws a queued send; a Wait after that says so
-// at once rather than waiting for an answer that never comes.
-func TestPendingWaitAfterAWithdrawal(t *testing.T) {
+// queuedOnTheWire connects a client to a script and queues send p1, which
+// the script has read.
+func queuedOnTheWire(t *testing.T) (*Client, *sconn, *Pending) {
+	t.Helper()
 	s := newScript(t)
 	c := s.dial(t, Options{}, newWaiter(true))
 	sc := s.accept(t)
@@ -32,6 +33,13 @@ func TestPendingWaitAfterAWithdrawal(t *testing.T) {
 		t.Fatal(err)
 	}
 	sc.expectSends(t, "p1")
+	return c, sc, p
+}
+
+// A Wait that gives up withdraws a queued send; a Wait after that says so
+// at once rather than waiting for an answer that never comes.
+func TestPendingWaitAfterAWithdrawal(t *testing.T) {
+	_, _, p := queuedOnTheWire(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 50*time.Millisecond)
 	defer cancel()
 	if _, err := p.Wait(ctx); !errors.Is(err, context.DeadlineExceeded) {
@@ -55,14 +63,7 @@ func TestPendingWaitAfterAWithdrawal(t *testing.T) {
 // Of two Waits on one queued send, the one that gives up leaves it to the
 // other, which gets its "sent".
 func TestPendingWaitGivingUpLeavesTheSendToAnother(t *testing.T) {
-	s := newScript(t)
-	c := s.dial(t, Options{}, newWaiter(true))
-	sc := s.accept(t)
-	p, err := c.Queue("bob", "p1", []byte(`1`))
-	if err != nil {
-		t.Fatal(err)
-	}
-	sc.expectSends(t, "p1")
+	c, sc, p := queuedOnTheWire(t)
 	type res struct {
 		s   Sent
 		err error
