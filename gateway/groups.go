@@ -99,7 +99,11 @@ func (s *session) group(f *protocol.Frame) {
 			return
 		}
 		g := reply.Group
-		s.srv.groups.put(gid, g)
+		// The group changed: typing reads it again. The answer is not
+		// kept in its place: a change asked again is answered with the
+		// group as that change left it, which may list a member removed
+		// since.
+		s.srv.groups.forget(gid)
 		s.t.Send(protocol.EncodeGroup(id, gid, g.Name, g.CreatedBy, g.Created, groupMembers(g)))
 	})
 	if !ok {
@@ -257,6 +261,13 @@ func (c *groupCache) put(gid string, g contract.GroupRecord) {
 		c.m = make(map[string]cachedGroup)
 	}
 	c.m[gid] = cachedGroup{g, time.Now()}
+}
+
+// forget drops group gid's record, so the next get reads it.
+func (c *groupCache) forget(gid string) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	delete(c.m, gid)
 }
 
 // get returns group gid's record, from the cache if it is fresh enough,

@@ -15,6 +15,7 @@ import (
 
 	"github.com/switchboard-im/switchboard/client"
 	"github.com/switchboard-im/switchboard/contract"
+	"github.com/switchboard-im/switchboard/functions/groups"
 	"github.com/switchboard-im/switchboard/internal/natsauth"
 	tk "github.com/switchboard-im/switchboard/internal/testkit"
 	"github.com/switchboard-im/switchboard/protocol"
@@ -462,6 +463,59 @@ func TestGroupTypingReachesMembers(t *testing.T) {
 	// alice's own device does not hear herself.
 	if ev := recvTyping(t, alice); ev.From != "carol" {
 		t.Fatalf("alice got typing %+v, want carol's only", ev)
+	}
+}
+
+// groupAnswer reads r's frames until the group frame answering id.
+func groupAnswer(t *testing.T, r *raw, id string) {
+	t.Helper()
+	for {
+		f := r.next()
+		if f.Type == protocol.TypeError && f.ID == id {
+			t.Fatalf("%s refused: %+v", id, f)
+		}
+		if f.Type == protocol.TypeGroup && f.ID == id {
+			return
+		}
+	}
+}
+
+// A member removed who asks one of their old changes again (same id) is
+// answered with the group as that change left it, themselves in it (as
+// documented); the gateway must not take that for the group as it is:
+// their typing is still refused.
+func TestRemovedMemberAskingAnOldChangeAgainStaysOut(t *testing.T) {
+	n := tk.StartNATS(t)
+	gnc := n.Connect(t, natsauth.Groups)
+	gjs, _ := jetstream.New(gnc)
+	gs, err := groups.Start(context.Background(), gnc, gjs, groups.DefaultConfig(), tk.Logger(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(gs.Stop)
+	g := tk.StartGateway(t, n, tk.TestConfig())
+	alice := connectRaw(t, g, "alice", "phone")
+	alice.write(`{"type":"group","id":"a-1","op":"create","group":"friends","name":"Friends","users":["bob","dave"]}`)
+	groupAnswer(t, alice, "a-1")
+	alice.write(`{"type":"group","id":"a-2","op":"promote","group":"friends","users":["dave"]}`)
+	groupAnswer(t, alice, "a-2")
+	dave := connectRaw(t, g, "dave", "phone")
+	dave.write(`{"type":"group","id":"d-1","op":"rename","group":"friends","name":"Dave's"}`)
+	groupAnswer(t, dave, "d-1")
+	alice.write(`{"type":"group","id":"a-3","op":"remove","group":"friends","users":["dave"]}`)
+	groupAnswer(t, alice, "a-3")
+
+	dave.write(`{"type":"group","id":"d-1","op":"rename","group":"friends","name":"Dave's"}`)
+	groupAnswer(t, dave, "d-1")
+	dave.write(`{"type":"typing","group":"friends"}`)
+	for {
+		f := dave.next()
+		if f.Type == protocol.TypeError {
+			if f.Code != protocol.ErrNotMember {
+				t.Fatalf("dave's typing: %+v, want not_member", f)
+			}
+			return
+		}
 	}
 }
 
