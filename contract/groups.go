@@ -117,6 +117,11 @@ type GroupRecord struct {
 	Changes uint64 `json:"changes"`
 	// Seq is the GROUPS sequence of the last event applied.
 	Seq uint64 `json:"seq"`
+	// Made is the GROUPS sequence of the create that made this group (0
+	// in a record from before it was kept). A group left empty may be
+	// made again under its id: what its log holds before Made is an
+	// earlier group's, whose members and ticks are not this one's.
+	Made uint64 `json:"made,omitempty"`
 	// Region is the group's home region in a regions deployment, where
 	// it was created and its log is (contract/regions.go); empty in a
 	// single region.

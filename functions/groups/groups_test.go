@@ -792,3 +792,27 @@ func TestInstancesShareThePartitions(t *testing.T) {
 		t.Fatalf("bob's inbox:\n%q\nwant\n%q", got, want)
 	}
 }
+
+// A group's record names the create that made it, and keeps it through
+// later changes; a group left empty and made again names the new create,
+// so what its log holds before is known to be an earlier group's.
+func TestRecordKnowsTheCreateThatMadeIt(t *testing.T) {
+	e := newEnv(t)
+	e.instance(t, groups.DefaultConfig())
+	const gid = "friends"
+	g := e.must(t, contract.GroupCreate, named("alice", gid, "Friends", "bob"))
+	if g.Made == 0 || g.Made != g.Seq {
+		t.Fatalf("created %+v: made %d, want its own seq %d", g, g.Made, g.Seq)
+	}
+	made := g.Made
+	g = e.must(t, contract.GroupRename, named("alice", gid, "Old friends"))
+	if r := e.record(t, gid); g.Made != made || r.Made != made || r.Seq <= made {
+		t.Fatalf("after a rename: answer made %d, record %+v; want made %d", g.Made, r, made)
+	}
+	e.must(t, contract.GroupLeave, req("bob", gid))
+	e.must(t, contract.GroupLeave, req("alice", gid))
+	g = e.must(t, contract.GroupCreate, named("carol", gid, "Mine", "dave"))
+	if g.Made <= made || g.Made != g.Seq {
+		t.Fatalf("made again %+v: made %d, want its own seq past %d", g, g.Made, made)
+	}
+}

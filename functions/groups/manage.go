@@ -118,6 +118,9 @@ func (s *Service) apply(ctx context.Context, op string, req contract.GroupReques
 		s.changes.Add(1)
 		g := ev.Group
 		g.Seq = seq
+		if op == contract.GroupCreate {
+			g.Made = seq
+		}
 		if err := s.follow(ctx, g); err != nil {
 			// The log has the change; the next change repairs the record.
 			s.log.Warn("group record behind its log", "group", g.ID, "seq", seq, "err", err)
@@ -518,6 +521,9 @@ func parseEvent(m *storedMsg) (*event, error) {
 		return nil, fmt.Errorf("groups: event %d on %s: %w", m.Sequence, m.Subject, err)
 	}
 	ev.Group.Seq = m.Sequence
+	if ev.Op == contract.GroupCreate {
+		ev.Group.Made = m.Sequence // its own sequence, unknown when it was written
+	}
 	return &ev, nil
 }
 

@@ -295,10 +295,10 @@ func (s *Service) settleGroup(ctx context.Context, g *contract.GroupRecord, st *
 				continue // recomputed with the membership as it is
 			}
 		}
-		if err := s.tellSenders(ctx, g.ID, protocol.StatusDelivered, st, &agg.Delivered, &next.Delivered); err != nil {
+		if err := s.tellSenders(ctx, g, protocol.StatusDelivered, st, &agg.Delivered, &next.Delivered); err != nil {
 			return err
 		}
-		if err := s.tellSenders(ctx, g.ID, protocol.StatusRead, st, &agg.Read, &next.Read); err != nil {
+		if err := s.tellSenders(ctx, g, protocol.StatusRead, st, &agg.Read, &next.Read); err != nil {
 			return err
 		}
 		b, _ := json.Marshal(next)
@@ -430,9 +430,16 @@ func toldTo(t *contract.GroupTrack, sender string) uint64 {
 	return t.Told
 }
 
-// tellSenders stores one receipt per sender of group gid's messages that
-// became due between tracks old and next.
-func (s *Service) tellSenders(ctx context.Context, gid, status string, st *settling, old, next *contract.GroupTrack) error {
+// before reports whether the message at seq of g's log is from an
+// earlier group of g's id, one left empty and made again since.
+func before(seq uint64, g *contract.GroupRecord) bool { return seq < g.Made }
+
+// tellSenders stores one receipt per sender of group g's messages that
+// became due between tracks old and next. A message of an earlier group
+// of the same id (left empty and made again) is nobody's to tell: its
+// members are gone, and this group's positions say nothing of it.
+func (s *Service) tellSenders(ctx context.Context, g *contract.GroupRecord, status string, st *settling, old, next *contract.GroupTrack) error {
+	gid := g.ID
 	// A span is in the log's sequences; for a sender homed in another
 	// region (whose messages came through its region's OUTBOX), also in
 	// the OUTBOX sequences the sender's app knows them by ("sent"), and
@@ -451,8 +458,11 @@ func (s *Service) tellSenders(ctx context.Context, gid, status string, st *settl
 		if seq <= lo || seq > hi {
 			return
 		}
+		if before(seq, g) {
+			return
+		}
 		sp := due[from]
-		sp.from, sp.to = lo+1, hi
+		sp.from, sp.to = max(lo+1, g.Made), hi // nothing of an earlier group of this id
 		if region, oseq := h.Get(contract.HdrOriginRegion), contract.OriginSeq(h.Get(contract.HdrStreamSource)); protocol.ValidID(region) && contract.IsOutboxSeq(oseq) {
 			sp.region = region
 			if sp.ofrom == 0 || oseq < sp.ofrom {
@@ -649,28 +659,36 @@ func (s *Service) groupStatus(ctx context.Context, req contract.StatusRequest, r
 	case m.Subject != contract.GroupMsgSubject(req.Group) || m.Header.Get(contract.HdrFrom) != req.Sender:
 		return unknown()
 	}
-	reply, err := s.groupTicksOf(ctx, req.Group, req.Sender, req.Seq)
-	if err != nil {
+	reply, ok, err := s.groupTicksOf(ctx, req.Group, req.Sender, req.Seq)
+	switch {
+	case err != nil:
 		return err
+	case !ok:
+		return unknown()
 	}
 	return r.RespondJSON(reply)
 }
 
 // groupTicksOf is the status of the message sender stored at seq in
-// group gid's log: each member's ticks but the sender's, from their
-// positions.
-func (s *Service) groupTicksOf(ctx context.Context, gid, sender string, seq uint64) (contract.StatusReply, error) {
+// group gid's log: each member's ticks but the sender's,
+// from their positions. Not ok when the sender is no longer a member, or
+// the message is from a group of the same id that was left empty and
+// made again: its members are not the message's, and are not the
+// sender's to see.
+func (s *Service) groupTicksOf(ctx context.Context, gid, sender string, seq uint64) (contract.StatusReply, bool, error) {
 	reply := contract.StatusReply{Recipients: map[string]contract.Ticks{}, AllDelivered: true, AllRead: true}
 	g, err := s.records.get(ctx, gid)
 	switch {
 	case errors.Is(err, contract.ErrUnknownGroup), errors.Is(err, contract.ErrBadRecord):
-		return reply, nil
+		return reply, true, nil
 	case err != nil:
-		return reply, err
+		return reply, false, err
+	case !g.IsMember(sender) || before(seq, g):
+		return reply, false, nil
 	}
 	pos, err := s.memberPositions(ctx, g)
 	if err != nil {
-		return reply, err
+		return reply, false, err
 	}
 	for member := range g.Members {
 		if member == sender {
@@ -682,7 +700,7 @@ func (s *Service) groupTicksOf(ctx context.Context, gid, sender string, seq uint
 		reply.AllDelivered = reply.AllDelivered && t.Delivered
 		reply.AllRead = reply.AllRead && t.Read
 	}
-	return reply, nil
+	return reply, true, nil
 }
 
 // unknownSeq refuses a group status request: the sender sent no message

@@ -226,9 +226,12 @@ func (s *Service) handleStatusForwarded(ctx context.Context, r micro.Request) er
 	case seq == 0 || from != req.Sender:
 		return unknownSeq(r)
 	}
-	reply, err := s.groupTicksOf(ctx, req.Group, req.Sender, seq)
-	if err != nil {
+	reply, ok, err := s.groupTicksOf(ctx, req.Group, req.Sender, seq)
+	switch {
+	case err != nil:
 		return err
+	case !ok:
+		return unknownSeq(r)
 	}
 	return r.RespondJSON(reply)
 }
