@@ -3,6 +3,7 @@ package gateway_test
 import (
 	"bufio"
 	"context"
+	"encoding/binary"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -1018,4 +1019,86 @@ func TestTakeoverKeepsTheRateLimits(t *testing.T) {
 	a.expectClose(protocol.CloseReplaced, "*")
 	w.stored += 3
 	w.checkStored(t)
+}
+
+// A frame header claiming 2^63 bytes or more (the 64-bit length's top bit
+// set, which RFC 6455 forbids and the library reads as negative) is
+// closed with a close frame, as an oversized frame is, not a bare FIN.
+func TestHugeLengthHeaderGetsACloseFrame(t *testing.T) {
+	for _, n := range []uint64{1 << 63, ^uint64(0)} {
+		w := newWorld(t, tk.TestConfig())
+		r := connectRaw(t, w.g, "mallory", "huge-hdr")
+		hdr := []byte{0x81, 0x80 | 127}
+		hdr = binary.BigEndian.AppendUint64(hdr, n)
+		hdr = append(hdr, 1, 2, 3, 4) // the mask
+		nc := r.ws.NetConn()
+		_ = nc.SetWriteDeadline(time.Now().Add(wait))
+		if _, err := nc.Write(hdr); err != nil {
+			t.Fatal(err)
+		}
+		_ = r.ws.SetReadDeadline(time.Now().Add(wait))
+		var err error
+		for err == nil {
+			_, _, err = r.ws.ReadMessage()
+		}
+		var ce *websocket.CloseError
+		if !errors.As(err, &ce) || ce.Code != protocol.CloseTooBig {
+			t.Fatalf("length %#x: the connection ended with %v, want close 1009", n, err)
+		}
+	}
+}
+
+// A message of empty fragments never grows past the read limit, and pongs
+// between them used to keep putting the read deadline back: the flood was
+// never closed. A message must now be whole within PongTimeout.
+func TestEmptyFragmentFloodIsClosed(t *testing.T) {
+	cfg := tk.TestConfig()
+	cfg.PingInterval = 200 * time.Millisecond
+	cfg.PongTimeout = time.Second
+	w := newWorld(t, cfg)
+	r := connectRaw(t, w.g, "mallory", "frag")
+	nc := r.ws.NetConn()
+	masked := func(b0 byte) []byte { return []byte{b0, 0x80, 1, 2, 3, 4} }
+	_ = nc.SetWriteDeadline(time.Now().Add(wait))
+	if _, err := nc.Write(masked(0x01)); err != nil { // text, not final, empty
+		t.Fatal(err)
+	}
+	closed := make(chan struct{})
+	var closedByServer atomic.Bool
+	go func() { // what the server writes, to its close (or the test's end)
+		defer close(closed)
+		_ = nc.SetReadDeadline(time.Now().Add(3*cfg.PongTimeout + 2*wait))
+		buf := make([]byte, 4096)
+		for {
+			if _, err := nc.Read(buf); err != nil {
+				if ne := net.Error(nil); !errors.As(err, &ne) || !ne.Timeout() {
+					closedByServer.Store(true)
+				}
+				return
+			}
+		}
+	}()
+	// The flood, paced as a client would send it: a thousand empty
+	// continuations and a pong, again and again, for up to 3 PongTimeouts.
+	end := time.Now().Add(3 * cfg.PongTimeout)
+	for time.Now().Before(end) {
+		var b []byte
+		for range 1000 {
+			b = append(b, masked(0x00)...)
+		}
+		b = append(b, masked(0x8A)...)
+		if _, err := nc.Write(b); err != nil {
+			<-closed // the server closed it: its close is read, or the socket reset
+			return
+		}
+		select {
+		case <-closed:
+			if !closedByServer.Load() {
+				t.Fatal("the test's own read ended first")
+			}
+			return
+		case <-time.After(10 * time.Millisecond):
+		}
+	}
+	t.Fatalf("a flood of empty fragments with pongs between them still held the connection %v after it began (PongTimeout %v)", 3*cfg.PongTimeout, cfg.PongTimeout)
 }

@@ -28,10 +28,17 @@ type wsConn struct {
 	// lingering: the writer half-closed the socket after the close
 	// frame; linger closes it.
 	lingering atomic.Bool
-	// closeSent: the library itself sent the close frame (1009 for an
-	// oversized frame), which no frame may follow; peerClosed: the
-	// client sent its close, which the writer answers with its code.
+	// closeSent: the library refused an oversized frame, and may have
+	// sent close 1009 itself (not for a length past 2^63, which it takes
+	// for negative): no data frame may follow, and the writer's own close
+	// goes out only if the library's did not. peerClosed: the client sent
+	// its close, which the writer answers with its code.
 	closeSent, peerClosed atomic.Bool
+	// inMessage: the frames of a message are being read. Pongs then do
+	// not put the read deadline back: a message must be whole within
+	// PongTimeout, or a flood of empty fragments with pongs between them
+	// would hold the connection for good, below every limit.
+	inMessage atomic.Bool
 }
 
 func newWSConn(ws *websocket.Conn, cfg *Config) *wsConn {
@@ -80,9 +87,8 @@ func (c *wsConn) writer() {
 	case failed:
 		// A write broke off mid-frame: nothing more can be framed.
 		_ = c.ws.Close()
-	case c.closeSent.Load():
-		c.halfClose()
 	default:
+		// After the library's own close it refuses a second one.
 		msg := websocket.FormatCloseMessage(c.closeCode, c.closeReason)
 		_ = c.ws.WriteControl(websocket.CloseMessage, msg, time.Now().Add(time.Second))
 		c.halfClose()
@@ -243,7 +249,12 @@ func (c *wsConn) readLoop(handle func([]byte)) error {
 		}
 	}
 	alive()
-	c.ws.SetPongHandler(func(string) error { alive(); return nil })
+	c.ws.SetPongHandler(func(string) error {
+		if !c.inMessage.Load() {
+			alive()
+		}
+		return nil
+	})
 	// The client's close is answered by the writer, after the frames it
 	// is writing and with nothing after it (the library's own answer
 	// would race them on the socket).
@@ -253,7 +264,7 @@ func (c *wsConn) readLoop(handle func([]byte)) error {
 		if err != nil {
 			switch {
 			case errors.Is(err, websocket.ErrReadLimit):
-				// The library already sent close 1009.
+				// The library may have sent close 1009 already.
 				c.closeSent.Store(true)
 				c.Close(protocol.CloseTooBig, "frame too big")
 			case isTimeout(err):
@@ -314,6 +325,8 @@ func (c *wsConn) readFrame() (int, *[]byte, error) {
 	if err != nil {
 		return mt, nil, err
 	}
+	c.inMessage.Store(true)
+	defer c.inMessage.Store(false)
 	b := readBufs.Get().(*[]byte)
 	buf := (*b)[:0]
 	for {
