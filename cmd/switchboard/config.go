@@ -299,7 +299,12 @@ func logConfig(log *slog.Logger, fs *flag.FlagSet) {
 		case strings.Contains(f.Name, "secret") && v != "":
 			v = "[redacted]"
 		case strings.Contains(v, "://"):
-			v = redactURL(v)
+			// A list of servers (--nats a,b,c): each its own URL.
+			urls := strings.Split(v, ",")
+			for i, u := range urls {
+				urls[i] = redactURL(strings.TrimSpace(u))
+			}
+			v = strings.Join(urls, ",")
 		}
 		attrs = append(attrs, slog.String(f.Name, v))
 	})

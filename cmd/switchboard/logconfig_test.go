@@ -38,3 +38,24 @@ func TestConfigLogHidesURLCredentials(t *testing.T) {
 		}
 	}
 }
+
+// A list of NATS servers (--nats a,b,c) has each server's credentials
+// hidden, not only the first's.
+func TestConfigLogHidesEveryServersCredentials(t *testing.T) {
+	var nats string
+	fs := flag.NewFlagSet("gateway", flag.ContinueOnError)
+	fs.StringVar(&nats, "nats", "", "")
+	if err := fs.Parse([]string{"--nats", "nats://gw:FIRSTPW@127.0.0.1:1,nats://gw:SECONDPW@127.0.0.1:2, nats://THIRDTOKEN@127.0.0.1:3"}); err != nil {
+		t.Fatal(err)
+	}
+	var buf bytes.Buffer
+	logConfig(slog.New(slog.NewTextHandler(&buf, nil)), fs)
+	for _, s := range []string{"FIRSTPW", "SECONDPW", "THIRDTOKEN"} {
+		if strings.Contains(buf.String(), s) {
+			t.Errorf("the config line carries %s: %s", s, buf.String())
+		}
+	}
+	if !strings.Contains(buf.String(), "127.0.0.1:3") {
+		t.Errorf("the config line lost a server: %s", buf.String())
+	}
+}

@@ -37,10 +37,19 @@ func runServe(args []string, allInOne bool) error {
 		name = "gateway"
 	}
 	fs := flag.NewFlagSet(name, flag.ContinueOnError)
+	c.Functions.Media.ReferenceAge = 0 // unless given: a day past --max-age (below)
 	bindFlags(fs, &c, allInOne)
 	var err error
 	if err = parseFlags(fs, args); err != nil {
 		return err
+	}
+	if c.Functions.Media.ReferenceAge == 0 {
+		// Objects live as long as the messages that name them, and a day.
+		keep := c.Streams.MaxAge
+		if keep == 0 {
+			keep = 30 * 24 * time.Hour
+		}
+		c.Functions.Media.ReferenceAge = keep + 24*time.Hour
 	}
 	if c.Gateway.Regions, err = c.Regions.gateway(); err != nil { // regions.go
 		return err
@@ -156,14 +165,6 @@ func runServe(args []string, allInOne bool) error {
 	}
 	if c.Functions.Media.BaseURL == "" {
 		c.Functions.Media.BaseURL = baseURL(ln.Addr())
-	}
-	if c.Functions.Media.ReferenceAge == 0 {
-		// Objects live as long as the messages that name them, and a day.
-		keep := c.Streams.MaxAge
-		if keep == 0 {
-			keep = 30 * 24 * time.Hour
-		}
-		c.Functions.Media.ReferenceAge = keep + 24*time.Hour
 	}
 	stopFunctions := func() {}
 	var mediaSvc *media.Service
