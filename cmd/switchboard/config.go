@@ -371,19 +371,30 @@ func loadKeys(c *appConfig, create bool) (*gateway.Keys, error) {
 		if err := os.MkdirAll(c.DataDir, 0o700); err != nil {
 			return nil, err
 		}
-		f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
-		if errors.Is(err, os.ErrExist) {
-			return loadKeys(c, false) // created meanwhile by another process
-		}
+		// Written whole beside it, then linked into place: a process
+		// starting at the same time never reads a secret half written,
+		// and a crash never leaves an empty file that fails every start.
+		tmp, err := os.CreateTemp(c.DataDir, ".jwt.secret-*") // 0600
 		if err != nil {
 			return nil, err
 		}
-		_, werr := f.Write(b)
-		if cerr := f.Close(); werr == nil {
+		defer os.Remove(tmp.Name())
+		_, werr := tmp.Write(b)
+		if serr := tmp.Sync(); werr == nil {
+			werr = serr
+		}
+		if cerr := tmp.Close(); werr == nil {
 			werr = cerr
 		}
 		if werr != nil {
 			return nil, werr
+		}
+		err = os.Link(tmp.Name(), path)
+		if errors.Is(err, os.ErrExist) {
+			return loadKeys(c, false) // made meanwhile by another process
+		}
+		if err != nil {
+			return nil, err
 		}
 	} else if err != nil {
 		return nil, err
