@@ -7,8 +7,9 @@ import (
 	"fmt"
 	"io/fs"
 	"os"
-	"path/filepath"
 	"strings"
+
+	"github.com/switchboard-im/switchboard/internal/secretfile"
 )
 
 // LoadOrCreateSigningKey reads the embedded store's signing key from path
@@ -21,28 +22,7 @@ func LoadOrCreateSigningKey(path string) ([]byte, error) {
 		if _, err := rand.Read(raw); err != nil {
 			return nil, err
 		}
-		if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
-			return nil, err
-		}
-		// Written whole beside it, then linked into place: a process
-		// starting at the same time never reads a key half written, and
-		// a crash never leaves an empty file that fails every start.
-		tmp, err := os.CreateTemp(filepath.Dir(path), ".media.key-*") // 0600
-		if err != nil {
-			return nil, err
-		}
-		defer os.Remove(tmp.Name())
-		_, werr := tmp.WriteString(hex.EncodeToString(raw) + "\n")
-		if serr := tmp.Sync(); werr == nil {
-			werr = serr
-		}
-		if cerr := tmp.Close(); werr == nil {
-			werr = cerr
-		}
-		if werr != nil {
-			return nil, werr
-		}
-		err = os.Link(tmp.Name(), path)
+		err := secretfile.Create(path, []byte(hex.EncodeToString(raw)+"\n"))
 		if errors.Is(err, fs.ErrExist) {
 			return LoadOrCreateSigningKey(path) // made meanwhile by another process
 		}

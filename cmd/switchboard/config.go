@@ -19,6 +19,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/switchboard-im/switchboard/gateway"
+	"github.com/switchboard-im/switchboard/internal/secretfile"
 	"github.com/switchboard-im/switchboard/streams"
 )
 
@@ -368,28 +369,7 @@ func loadKeys(c *appConfig, create bool) (*gateway.Keys, error) {
 			return nil, err
 		}
 		b = []byte(hex.EncodeToString(raw))
-		if err := os.MkdirAll(c.DataDir, 0o700); err != nil {
-			return nil, err
-		}
-		// Written whole beside it, then linked into place: a process
-		// starting at the same time never reads a secret half written,
-		// and a crash never leaves an empty file that fails every start.
-		tmp, err := os.CreateTemp(c.DataDir, ".jwt.secret-*") // 0600
-		if err != nil {
-			return nil, err
-		}
-		defer os.Remove(tmp.Name())
-		_, werr := tmp.Write(b)
-		if serr := tmp.Sync(); werr == nil {
-			werr = serr
-		}
-		if cerr := tmp.Close(); werr == nil {
-			werr = cerr
-		}
-		if werr != nil {
-			return nil, werr
-		}
-		err = os.Link(tmp.Name(), path)
+		err := secretfile.Create(path, b)
 		if errors.Is(err, os.ErrExist) {
 			return loadKeys(c, false) // made meanwhile by another process
 		}
