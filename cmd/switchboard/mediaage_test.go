@@ -2,12 +2,8 @@ package main_test
 
 import (
 	"context"
-	"path/filepath"
 	"testing"
 	"time"
-
-	"github.com/nats-io/nats.go"
-	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/switchboard-im/switchboard/media"
 )
@@ -18,19 +14,7 @@ import (
 func TestServeMediaReferenceAgeFollowsMaxAge(t *testing.T) {
 	data := t.TempDir()
 	p := start(t, "--data", data, "--nats-listen", "127.0.0.1:0", "--max-age", "1440h")
-	opt, err := nats.NkeyOptionFromSeed(filepath.Join(data, "nats", "operator.nk"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	nc, err := nats.Connect(p.NATSURL, opt)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer nc.Close()
-	js, err := jetstream.New(nc)
-	if err != nil {
-		t.Fatal(err)
-	}
+	js := operatorJS(t, p, data)
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	kv, err := js.KeyValue(ctx, media.BucketACL)

@@ -185,6 +185,13 @@ func TestOwnMessagesAndReadsOnEveryDevice(t *testing.T) {
 // as the operator.
 func countInbox(t *testing.T, p *proc, data, user string, match func(nats.Header) bool) int {
 	t.Helper()
+	return tk.CountInbox(t, operatorJS(t, p, data), user, match)
+}
+
+// operatorJS connects to p's NATS as the operator, with the key in data,
+// until the test ends.
+func operatorJS(t *testing.T, p *proc, data string) jetstream.JetStream {
+	t.Helper()
 	opts, err := natsauth.RoleOptions(natsauth.Operator, filepath.Join(data, "nats"), "")
 	if err != nil {
 		t.Fatal(err)
@@ -193,10 +200,10 @@ func countInbox(t *testing.T, p *proc, data, user string, match func(nats.Header
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer nc.Close()
+	t.Cleanup(nc.Close)
 	js, err := jetstream.New(nc)
 	if err != nil {
 		t.Fatal(err)
 	}
-	return tk.CountInbox(t, js, user, match)
+	return js
 }
