@@ -70,4 +70,7 @@ type hooks struct {
 	// afterFunc, when set, stands in for time.AfterFunc for the acks'
 	// waits.
 	afterFunc func(d time.Duration, f func()) stopper
+	// waiting, when set, is told each Pending.Wait once it is counted
+	// among the send's waiters.
+	waiting func(id string)
 }

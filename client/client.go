@@ -879,6 +879,9 @@ func (p *Pending) Wait(ctx context.Context) (Sent, error) {
 		}
 	}
 	c.mu.Unlock()
+	if c.hooks.waiting != nil {
+		c.hooks.waiting(p.o.id)
+	}
 	return c.await(ctx, p.o)
 }
 

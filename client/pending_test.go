@@ -11,21 +11,12 @@ import (
 	"github.com/switchboard-im/switchboard/protocol"
 )
 
-// waiters is how many calls hold send id, as the client counts them.
-func waiters(c *Client, id string) int {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	if o := c.ob.byID[id]; o != nil {
-		return o.waiters
-	}
-	return -1
-}
-
-// queuedOnTheWire connects a client to a script and queues send p1, which
-// the script has read.
-func queuedOnTheWire(t *testing.T) (*Client, *sconn, *Pending) {
+// queuedOnTheWire connects a client to a script, with hooks h, and
+// queues send p1, which the script has read.
+func queuedOnTheWire(t *testing.T, h hooks) (*Client, *sconn, *Pending) {
 	t.Helper()
 	s := newScript(t)
+	s.hooks = h
 	c := s.dial(t, Options{}, newWaiter(true))
 	sc := s.accept(t)
 	p, err := c.Queue("bob", "p1", []byte(`1`))
@@ -39,7 +30,7 @@ func queuedOnTheWire(t *testing.T) (*Client, *sconn, *Pending) {
 // A Wait that gives up withdraws a queued send; a Wait after that says so
 // at once rather than waiting for an answer that never comes.
 func TestPendingWaitAfterAWithdrawal(t *testing.T) {
-	_, _, p := queuedOnTheWire(t)
+	_, _, p := queuedOnTheWire(t, hooks{})
 	ctx, cancel := context.WithTimeout(context.Background(), 50*time.Millisecond)
 	defer cancel()
 	if _, err := p.Wait(ctx); !errors.Is(err, context.DeadlineExceeded) {
@@ -63,7 +54,8 @@ func TestPendingWaitAfterAWithdrawal(t *testing.T) {
 // Of two Waits on one queued send, the one that gives up leaves it to the
 // other, which gets its "sent".
 func TestPendingWaitGivingUpLeavesTheSendToAnother(t *testing.T) {
-	c, sc, p := queuedOnTheWire(t)
+	counted := make(chan string, 2)
+	_, sc, p := queuedOnTheWire(t, hooks{waiting: func(id string) { counted <- id }})
 	type res struct {
 		s   Sent
 		err error
@@ -73,12 +65,10 @@ func TestPendingWaitGivingUpLeavesTheSendToAnother(t *testing.T) {
 		s, err := p.Wait(context.Background())
 		long <- res{s, err}
 	}()
-	deadline := time.Now().Add(stuck)
-	for waiters(c, "p1") != 1 || p.heldNow() { // the long Wait holds it now
-		if time.Now().After(deadline) {
-			t.Fatal("the long Wait never started waiting")
-		}
-		time.Sleep(time.Millisecond)
+	select {
+	case <-counted: // the long Wait holds it now
+	case <-time.After(stuck):
+		t.Fatal("the long Wait never started waiting")
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Millisecond)
 	defer cancel()
@@ -94,13 +84,6 @@ func TestPendingWaitGivingUpLeavesTheSendToAnother(t *testing.T) {
 	case <-time.After(stuck):
 		t.Fatal("the long Wait never returned: the short one withdrew the send it still waited for")
 	}
-}
-
-// heldNow reports whether the Queue's own hold is still on the send.
-func (p *Pending) heldNow() bool {
-	p.c.mu.Lock()
-	defer p.c.mu.Unlock()
-	return p.held
 }
 
 // OnConnect may send: the resends are written before it is called, and

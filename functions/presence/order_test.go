@@ -6,41 +6,11 @@ import (
 	"testing"
 	"time"
 
-	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/switchboard-im/switchboard/contract"
-	"github.com/switchboard-im/switchboard/functions/presence"
-	"github.com/switchboard-im/switchboard/internal/natsauth"
 	tk "github.com/switchboard-im/switchboard/internal/testkit"
 )
-
-// stoppable starts an instance whose durable redelivers after ackWait,
-// and returns its stop.
-func (e *env) stoppable(t *testing.T, ackWait time.Duration) (stop func()) {
-	t.Helper()
-	nc, err := nats.Connect(e.n.Server.ClientURL(), e.n.Keys.Options(natsauth.Presence)...)
-	if err != nil {
-		t.Fatal(err)
-	}
-	js, _ := jetstream.New(nc)
-	cfg := presence.DefaultConfig()
-	cfg.AckWait = ackWait
-	s, err := presence.Start(context.Background(), nc, js, cfg, tk.Logger(t))
-	if err != nil {
-		t.Fatal(err)
-	}
-	done := false
-	stop = func() {
-		if !done {
-			done = true
-			s.Stop()
-			nc.Close()
-		}
-	}
-	t.Cleanup(stop)
-	return stop
-}
 
 // takeAndHold pulls the next lease change as an instance that then dies
 // would: never acked.
@@ -114,7 +84,7 @@ func TestLastSeenIsTheLatestChangeInAnyOrder(t *testing.T) {
 	e.unlease(t, "bob", "phone")
 	// The two changes' times must differ for the order to show: this gap
 	// is what is under test.
-	time.Sleep(300 * time.Millisecond)
+	time.Sleep(300 * time.Millisecond) // the gap between the two changes is what is tested
 	before := time.Now().UnixMilli()
 	e.unlease(t, "bob", "laptop")
 	e.takeAndHold(t) // the phone's change, by an instance that dies

@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"sync"
 	"testing"
 	"time"
 
@@ -32,18 +33,27 @@ func newEnv(t testing.TB) *env {
 	return &env{n: n, js: n.JS, kv: kv}
 }
 
-func (e *env) instance(t testing.TB) {
+func (e *env) instance(t testing.TB) { e.stoppable(t, 0) }
+
+// stoppable starts an instance whose durable redelivers after ackWait
+// (0: its default), and returns its stop.
+func (e *env) stoppable(t testing.TB, ackWait time.Duration) (stop func()) {
 	t.Helper()
 	nc, err := nats.Connect(e.n.Server.ClientURL(), e.n.Keys.Options(natsauth.Presence)...)
 	if err != nil {
 		t.Fatal(err)
 	}
 	js, _ := jetstream.New(nc)
-	s, err := presence.Start(context.Background(), nc, js, presence.DefaultConfig(), tk.Logger(t))
+	cfg := presence.DefaultConfig()
+	cfg.AckWait = ackWait
+	s, err := presence.Start(context.Background(), nc, js, cfg, tk.Logger(t))
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { s.Stop(); nc.Close() })
+	var once sync.Once
+	stop = func() { once.Do(func() { s.Stop(); nc.Close() }) }
+	t.Cleanup(stop)
+	return stop
 }
 
 // lease writes a device's lease as a gateway does, with a TTL.

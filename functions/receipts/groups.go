@@ -670,11 +670,10 @@ func (s *Service) groupStatus(ctx context.Context, req contract.StatusRequest, r
 }
 
 // groupTicksOf is the status of the message sender stored at seq in
-// group gid's log: each member's ticks but the sender's,
-// from their positions. Not ok when the sender is no longer a member, or
-// the message is from a group of the same id that was left empty and
-// made again: its members are not the message's, and are not the
-// sender's to see.
+// group gid's log: each member's ticks but the sender's, from their
+// positions. Not ok when the sender is no longer a member, or the message
+// is from a group of the same id that was left empty and made again: its
+// members are not the message's, and are not the sender's to see.
 func (s *Service) groupTicksOf(ctx context.Context, gid, sender string, seq uint64) (contract.StatusReply, bool, error) {
 	reply := contract.StatusReply{Recipients: map[string]contract.Ticks{}, AllDelivered: true, AllRead: true}
 	g, err := s.records.get(ctx, gid)
