@@ -112,9 +112,10 @@ type Config struct {
 	// ReferenceAge is how long a grant keeps its object after the last
 	// message that granted it: the grant records expire then, and the
 	// sweep removes the object like an orphan. Set it past the retention
-	// of messages (the all-in-one takes its --max-age plus a day), so an
-	// object lives while a stored message references it and no longer.
-	// Zero means 31 days (the default retention of 30, plus one).
+	// of messages (setup and the all-in-one take --max-age plus a day), so
+	// an object lives while a stored message references it and no longer.
+	// Zero means 31 days (the default retention of 30, plus one). It is
+	// the grant bucket's TTL, so only Setup reads it.
 	ReferenceAge time.Duration
 	// SweepInterval is how often the service sweeps orphans. Zero means
 	// one hour; negative turns the periodic sweep off (SweepOrphans can
@@ -127,8 +128,8 @@ type Config struct {
 	// MaxGrantees caps how many users one object can be granted to, which
 	// keeps a grant record well inside a KV value. Zero means 1024.
 	MaxGrantees int
-	// Replicas is the replication factor of the NATS buckets (1, 3 or 5).
-	// Zero means 1.
+	// Replicas is the replication factor of the NATS buckets (1, 3 or 5),
+	// for Setup. Zero keeps an existing bucket's (1 for a new one).
 	Replicas int
 	// DailyQuota is how many bytes of upload tickets one user may be
 	// issued per UTC day (quota.go). Zero means DefaultDailyQuota;

@@ -106,7 +106,11 @@ func (b backend) start(t testing.TB, mod ...func(*media.Config)) *harness {
 	h.cfg = cfg
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
-	// The function in its own role, and its client as a gateway is.
+	// The operator makes the buckets, the function binds to them in its
+	// own role, and its client asks as a gateway does.
+	if err := media.Setup(ctx, h.n.JS, cfg); err != nil {
+		t.Fatal(err)
+	}
 	h.svcNC = h.n.Connect(t, natsauth.Media)
 	h.svc, err = media.New(ctx, h.svcNC, h.mediaJS(), cfg, testkit.Logger(t))
 	if err != nil {

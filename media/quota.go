@@ -50,16 +50,9 @@ type quota struct {
 }
 
 func openQuota(ctx context.Context, js jetstream.JetStream, cfg Config) (*quota, error) {
-	kv, err := js.CreateOrUpdateKeyValue(ctx, jetstream.KeyValueConfig{
-		Bucket:      BucketQuota,
-		Description: "Switchboard media: bytes of upload tickets issued per user and UTC day, key <user>.<yyyymmdd>",
-		History:     1,
-		TTL:         48 * time.Hour,
-		Storage:     jetstream.FileStorage,
-		Replicas:    cfg.Replicas,
-	})
+	kv, err := bindKV(ctx, js, BucketQuota)
 	if err != nil {
-		return nil, fmt.Errorf("media: bucket %s: %w", BucketQuota, err)
+		return nil, err
 	}
 	return &quota{kv: kv, limit: cfg.DailyQuota}, nil
 }

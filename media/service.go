@@ -59,7 +59,8 @@ type Service struct {
 	stopErr  error
 }
 
-// New creates the buckets (and the S3 bucket) if missing, starts the micro
+// New binds to the buckets the operator made (Setup; ErrNotSetUp when
+// they are missing), creates the S3 bucket if missing, starts the micro
 // service on nc and, unless SweepInterval is negative, the orphan sweep.
 // Stop undoes the last two.
 func New(ctx context.Context, nc *nats.Conn, js jetstream.JetStream, cfg Config, log *slog.Logger) (*Service, error) {
@@ -121,20 +122,13 @@ func New(ctx context.Context, nc *nats.Conn, js jetstream.JetStream, cfg Config,
 	return s, nil
 }
 
-// open creates the buckets the config needs and the store. blob is the
+// open binds to the buckets the config needs (Setup made them) and opens
+// the store. blob is the
 // embedded store when that is the backend, for the signed HTTP routes.
 func open(ctx context.Context, js jetstream.JetStream, cfg Config, log *slog.Logger) (Store, *acl, *embeddedStore, error) {
-	kv, err := js.CreateOrUpdateKeyValue(ctx, jetstream.KeyValueConfig{
-		Bucket: BucketACL,
-		Description: "Switchboard media access: key u/<owner>/<id>, value who besides the owner may download it; " +
-			"a record also marks the object as referenced, so the orphan sweep keeps it; it expires ReferenceAge after the last grant",
-		History:  1,
-		TTL:      cfg.ReferenceAge,
-		Storage:  jetstream.FileStorage,
-		Replicas: cfg.Replicas,
-	})
+	kv, err := bindKV(ctx, js, BucketACL)
 	if err != nil {
-		return nil, nil, nil, fmt.Errorf("media: bucket %s: %w", BucketACL, err)
+		return nil, nil, nil, err
 	}
 	a := &acl{kv: kv, maxGrantees: cfg.MaxGrantees}
 	if cfg.Embedded() {

@@ -94,27 +94,26 @@ func (u *uploadSlots) inProgress() int {
 }
 
 func newEmbeddedStore(ctx context.Context, js jetstream.JetStream, cfg Config, log *slog.Logger) (*embeddedStore, error) {
-	obs, err := js.CreateOrUpdateObjectStore(ctx, jetstream.ObjectStoreConfig{
-		Bucket:      BucketObjects,
-		Description: "Switchboard media bytes, key u/<owner>/<id> (the embedded store, used when no S3 endpoint is configured)",
-		Storage:     jetstream.FileStorage,
-		Replicas:    cfg.Replicas,
-	})
+	obs, err := js.ObjectStore(ctx, BucketObjects)
+	if errors.Is(err, jetstream.ErrBucketNotFound) {
+		return nil, fmt.Errorf("%w: object store %s is missing: run `switchboard setup` as the operator", ErrNotSetUp, BucketObjects)
+	}
 	if err != nil {
 		return nil, fmt.Errorf("media: object store %s: %w", BucketObjects, err)
 	}
-	claims, err := js.CreateOrUpdateKeyValue(ctx, jetstream.KeyValueConfig{
-		Bucket:      BucketUploads,
-		Description: "Switchboard embedded media: one claim per upload key, so a signed PUT URL stores at most one object",
-		History:     1,
-		// A claim must outlive every upload that could race it; those all
-		// start before the URL expires. The margin covers clock skew.
-		TTL:      cfg.UploadExpiry + time.Minute,
-		Storage:  jetstream.FileStorage,
-		Replicas: cfg.Replicas,
-	})
+	claims, err := bindKV(ctx, js, BucketUploads)
+	if err != nil {
+		return nil, err
+	}
+	// A claim must outlive every upload that could race it: a URL that
+	// lives longer than the bucket keeps claims could store twice.
+	st, err := claims.Status(ctx)
 	if err != nil {
 		return nil, fmt.Errorf("media: bucket %s: %w", BucketUploads, err)
+	}
+	if need := cfg.UploadExpiry + claimMargin; st.TTL() < need {
+		return nil, fmt.Errorf("%w: %s keeps an upload claim %s, less than the upload expiry %s and a minute: run `switchboard setup --media-upload-expiry %s`",
+			ErrNotSetUp, BucketUploads, st.TTL(), cfg.UploadExpiry, cfg.UploadExpiry)
 	}
 	// The key is the function's own (a file, Config.SigningKey), never
 	// stored in NATS, so no other component can forge a URL.

@@ -147,6 +147,7 @@ func bindFlags(fs *flag.FlagSet, c *appConfig, withEmbedded bool) {
 	fs.DurationVar(&g.FunctionTimeout, "function-timeout", g.FunctionTimeout, "bound on a request to a worker function")
 	if withEmbedded {
 		bindStreamFlags(fs, &c.Streams)
+		bindMediaBucketFlags(fs, &c.Functions.Media)
 	}
 	bindRegionFlags(fs, &c.Regions)
 	if withEmbedded {

@@ -123,13 +123,19 @@ func bindMediaFlags(fs *flag.FlagSet, c *functionsConfig) {
 	fs.DurationVar(&m.UploadExpiry, "media-upload-expiry", m.UploadExpiry, "life of an upload URL (at most 7 days)")
 	fs.DurationVar(&m.DownloadExpiry, "media-download-expiry", m.DownloadExpiry, "life of a download URL (at most 7 days)")
 	fs.DurationVar(&m.OrphanAge, "media-orphan-age", m.OrphanAge, "remove uploads no message referenced after this")
-	fs.DurationVar(&m.ReferenceAge, "media-reference-age", m.ReferenceAge, "keep an object this long after the last message that named it (0: a day past --max-age in serve, else 31 days)")
 	fs.DurationVar(&c.MediaUploadTimeout, "media-upload-timeout", c.MediaUploadTimeout, "bound on one upload to the embedded media store")
 	fs.Int64Var(&m.DailyQuota, "media-daily-quota", m.DailyQuota, "bytes of uploads one user may start per UTC day (negative: no quota)")
 	fs.StringVar(&c.MediaKeyFile, "media-signing-key", c.MediaKeyFile, "file of the embedded store's URL signing key, made on first use; every media instance needs the same one (default: <data>/media.key)")
 	for _, class := range []media.Class{media.ClassImage, media.ClassVideo, media.ClassAudio, media.ClassDocument} {
 		fs.Int64Var(c.MediaLimits[class], "media-max-"+string(class), *c.MediaLimits[class], "largest "+string(class)+" upload in bytes")
 	}
+}
+
+// bindMediaBucketFlags declares the settings of the media buckets, which
+// the operator makes (setup, the all-in-one): how long an object outlives
+// the last message that named it.
+func bindMediaBucketFlags(fs *flag.FlagSet, m *media.Config) {
+	fs.DurationVar(&m.ReferenceAge, "media-reference-age", m.ReferenceAge, "keep an object this long after the last message that named it (0: a day past --max-age)")
 }
 
 // stopper stops a running function.
@@ -253,7 +259,6 @@ Run "switchboard function NAME -h" for that function's flags.
 		bindGroupsFlags(fs, &c.Functions)
 	case "media":
 		bindMediaFlags(fs, &c.Functions)
-		fs.IntVar(&c.Functions.Media.Replicas, "replicas", 0, "replicas of the media buckets (as the gateways' --replicas; 0: 1)")
 		fs.StringVar(&c.Functions.MediaListen, "media-listen", "", "address to serve the embedded store's signed upload and download URLs on")
 	}
 	if err := parseFlags(fs, args); err != nil {

@@ -37,20 +37,13 @@ func runServe(args []string, allInOne bool) error {
 		name = "gateway"
 	}
 	fs := flag.NewFlagSet(name, flag.ContinueOnError)
-	c.Functions.Media.ReferenceAge = 0 // unless given: a day past --max-age (below)
+	c.Functions.Media.ReferenceAge = 0 // unless given: a day past --max-age (referenceAge)
 	bindFlags(fs, &c, allInOne)
 	var err error
 	if err = parseFlags(fs, args); err != nil {
 		return err
 	}
-	if c.Functions.Media.ReferenceAge == 0 {
-		// Objects live as long as the messages that name them, and a day.
-		keep := c.Streams.MaxAge
-		if keep == 0 {
-			keep = 30 * 24 * time.Hour
-		}
-		c.Functions.Media.ReferenceAge = keep + 24*time.Hour
-	}
+	c.Functions.Media.ReferenceAge = referenceAge(c.Functions.Media.ReferenceAge, c.Streams.MaxAge)
 	if c.Gateway.Regions, err = c.Regions.gateway(); err != nil { // regions.go
 		return err
 	}
@@ -136,7 +129,7 @@ func runServe(args []string, allInOne bool) error {
 		// The all-in-one sets up its streams itself, as the operator; a
 		// gateway has no right to, and finds them made by `switchboard
 		// setup` (or an all-in-one).
-		if err := setupStreams(ctx, connect, c.Streams); err != nil {
+		if err := setupStreams(ctx, connect, c.Streams, c.Functions.mediaConfig()); err != nil {
 			return err
 		}
 	}
@@ -146,8 +139,6 @@ func runServe(args []string, allInOne bool) error {
 	}
 	defer nc.Close()
 
-	// Media's buckets are replicated like the streams.
-	c.Functions.Media.Replicas = c.Streams.Replicas
 	// Listen first: the embedded media store's URLs name this address.
 	ln, err := net.Listen("tcp", c.Gateway.Listen)
 	if err != nil {
@@ -244,9 +235,22 @@ func baseURL(a net.Addr) string {
 	return "http://" + net.JoinHostPort(host, port)
 }
 
+// referenceAge is how long media keeps an object after the last message
+// that named it: as given, else as long as messages are kept (maxAge, 30
+// days when zero) and a day.
+func referenceAge(given, maxAge time.Duration) time.Duration {
+	if given != 0 {
+		return given
+	}
+	if maxAge == 0 {
+		maxAge = 30 * 24 * time.Hour
+	}
+	return maxAge + 24*time.Hour
+}
+
 // setupStreams creates or updates the streams and buckets over an
 // operator connection, closed after.
-func setupStreams(ctx context.Context, connect func(natsauth.Role) (*nats.Conn, error), o streams.Options) error {
+func setupStreams(ctx context.Context, connect func(natsauth.Role) (*nats.Conn, error), o streams.Options, m media.Config) error {
 	nc, err := connect(natsauth.Operator)
 	if err != nil {
 		return fmt.Errorf("nats: %w", err)
@@ -256,7 +260,12 @@ func setupStreams(ctx context.Context, connect func(natsauth.Role) (*nats.Conn, 
 	if err != nil {
 		return err
 	}
-	return streams.Apply(ctx, js, o)
+	if err := streams.Apply(ctx, js, o); err != nil {
+		return err
+	}
+	// Media's buckets, replicated like the streams.
+	m.Replicas = o.Replicas
+	return media.Setup(ctx, js, m)
 }
 
 // exitOnSecondSignal makes a second signal, during a graceful stop, an

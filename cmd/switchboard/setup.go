@@ -13,9 +13,10 @@ import (
 	"github.com/switchboard-im/switchboard/internal/natsauth"
 )
 
-// runSetup creates or updates the streams and buckets on a NATS that
-// gateways and functions will use, as the operator: they themselves have
-// no right to. Safe to run again (on an upgrade, to change --max-age).
+// runSetup creates or updates the streams and buckets (media's too) on a
+// NATS that gateways and functions will use, as the operator: they
+// themselves have no right to. Safe to run again (on an upgrade, to
+// change --max-age).
 func runSetup(args []string, out io.Writer) error {
 	c := defaultAppConfig()
 	fs := flag.NewFlagSet("setup", flag.ContinueOnError)
@@ -24,9 +25,14 @@ func runSetup(args []string, out io.Writer) error {
 	bindNATSAuthFlags(fs, &c)
 	bindStreamFlags(fs, &c.Streams)
 	bindRegionFlags(fs, &c.Regions)
+	m := &c.Functions.Media
+	m.ReferenceAge = 0 // unless given: a day past --max-age (referenceAge)
+	bindMediaBucketFlags(fs, m)
+	fs.DurationVar(&m.UploadExpiry, "media-upload-expiry", m.UploadExpiry, "the longest life of an upload URL the media functions will be given (their --media-upload-expiry): upload claims are kept that long and a minute")
 	if err := parseFlags(fs, args); err != nil {
 		return err
 	}
+	m.ReferenceAge = referenceAge(m.ReferenceAge, c.Streams.MaxAge)
 	var err error
 	if c.Streams.Region, err = c.Regions.layout(); err != nil { // regions.go
 		return fmt.Errorf("setup: %w", err)
@@ -44,7 +50,7 @@ func runSetup(args []string, out io.Writer) error {
 		}
 		return nats.Connect(c.NATSURL, append(ro, nats.Name("switchboard-setup"))...)
 	}
-	if err := setupStreams(ctx, connect, c.Streams); err != nil {
+	if err := setupStreams(ctx, connect, c.Streams, *m); err != nil {
 		return fmt.Errorf("setup: %w", err)
 	}
 	fmt.Fprintln(out, "streams and buckets are in place")

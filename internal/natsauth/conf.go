@@ -24,9 +24,6 @@ func Conf() string {
 		b.WriteString(permVar(r) + " = {\n")
 		writeList(&b, "publish", rules.Publish)
 		writeList(&b, "subscribe", rules.Subscribe)
-		if rules.Respond {
-			b.WriteString("  allow_responses: {max: 1, expires: \"" + responseTTL.String() + "\"}\n")
-		}
 		b.WriteString("}\n\n")
 	}
 	b.WriteString("authorization {\n  users: [\n")

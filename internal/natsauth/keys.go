@@ -11,15 +11,11 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
-	"time"
 
 	"github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nkeys"
 )
-
-// responseTTL is how long a role may answer a request it received.
-const responseTTL = time.Minute
 
 // ErrKeys wraps a missing, unreadable or malformed key.
 var ErrKeys = errors.New("natsauth: keys")

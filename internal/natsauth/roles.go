@@ -70,13 +70,16 @@ func InboxPrefix(r Role) string {
 }
 
 // Rules are a role's publish and subscribe allow lists.
+//
+// No role has nats-server's allow_responses, which would let it publish
+// to whatever reply subject a request named: a requester could then make
+// a function "answer" into a bucket or an inbox (a presence request with
+// the reply $KV.GROUP_INFO.friends would overwrite a group's record). A
+// role answers only the roles that ask it, on their reply prefixes
+// (answers).
 type Rules struct {
 	Publish   []string
 	Subscribe []string
-	// Respond lets a role answer requests it received (micro services,
-	// kicks): it may publish to the reply subject of a message it got,
-	// once, within a minute, whatever its publish list says.
-	Respond bool
 }
 
 // Core NATS subjects, shared between gateways and functions. Names only:
@@ -127,9 +130,10 @@ func For(r Role) Rules {
 				// And the other sourcing streams' state, for the link metrics.
 				streamInfo(kvStream(contract.HomesKV), contract.Outbox, kvStream(contract.GroupDirKV), contract.GroupsStream, contract.TicksStream),
 				reads(kvStream(contract.HomesKV), kvStream(contract.GroupDirKV)),
+				// Its answers to other gateways' kicks.
+				answers(Gateway),
 			),
 			Subscribe: []string{subjLive, subjEvents, subjKick, subjPresence, leaderInbox, InboxPrefix(r) + ".>"},
-			Respond:   true,
 		}
 	case Receipts:
 		// Receipts into senders' inboxes, conversations' read positions and
@@ -162,14 +166,16 @@ func For(r Role) Rules {
 				watch(kvStream(contract.GroupInfoKV)),
 				streamInfo(append([]string{contract.TicksStream, contract.DLQ}, read...)...),
 				reads(read...),
+				// Answers to gateways, the operator, and other regions'
+				// receipts functions.
+				answers(Gateway, Operator), []string{contract.ReceiptsForwardReply("*") + ">"},
 			),
 			Subscribe: []string{subjFn + string(r) + ".>", subjMicro, InboxPrefix(r) + ".>",
 				contract.ReceiptsForwardSubject("*"), contract.ReceiptsForwardReply("*") + ">"},
-			Respond: true,
 		}
 	case Presence:
 		return function(r, kvStream(contract.PresenceKV),
-			[]string{kvSubject(contract.PresenceKV) + "user.*", subjPresence},
+			join([]string{kvSubject(contract.PresenceKV) + "user.*", subjPresence}, answers(Gateway)),
 			[]string{kvStream(contract.PresenceKV), kvStream(contract.SettingsKV)})
 	case Push:
 		return function(r, contract.Inbox,
@@ -177,8 +183,11 @@ func For(r Role) Rules {
 			[]string{contract.Inbox, kvStream(contract.PushKV), kvStream(contract.DevicesKV),
 				kvStream(contract.CursorsKV), kvStream(contract.PresenceKV)})
 	case Media:
-		// Its buckets are its own: it creates them, and nothing else may
-		// read them (grants, upload claims, the embedded store's bytes).
+		// Its buckets are its own: nothing else may read them (grants,
+		// upload claims, the embedded store's bytes). The operator makes
+		// them (media.Setup): a role that may create or update a stream
+		// may give it a source, and a bucket sourcing INBOX and
+		// republishing to media's subjects would read every inbox.
 		own := []string{kvStream(MediaACL), kvStream(MediaUploads), kvStream(MediaQuota), "OBJ_" + MediaObjects}
 		return Rules{
 			Publish: join(
@@ -186,14 +195,11 @@ func For(r Role) Rules {
 				// whichever instance answers first.
 				[]string{subjFn + "media.>", kvSubject(MediaACL) + ">", kvSubject(MediaUploads) + ">", kvSubject(MediaQuota) + ">",
 					"$O." + MediaObjects + ".>"},
-				// Only its own streams: a stream of its making that
-				// sourced INBOX and republished to its subjects would read
-				// every inbox.
-				createUpdate(own...),
 				streamInfo(own...), reads(own...), manage(own...),
+				// Answers to gateways, the operator and its own HTTP API.
+				answers(Gateway, Operator, Media),
 			),
 			Subscribe: []string{subjFn + "media.>", subjMicro, InboxPrefix(r) + ".>"},
-			Respond:   true,
 		}
 	case Groups:
 		// Membership changes into the group logs and the records that
@@ -220,10 +226,12 @@ func For(r Role) Rules {
 				cons,
 				streamInfo(append([]string{contract.DLQ}, read...)...),
 				reads(read...),
+				// Answers to gateways, the operator, and other regions'
+				// groups functions.
+				answers(Gateway, Operator), []string{contract.GroupsForwardReply("*") + ">"},
 			),
 			Subscribe: []string{subjFn + string(r) + ".>", subjMicro, InboxPrefix(r) + ".>",
 				contract.GroupsForwardSubject("*", "*"), contract.GroupsForwardReply("*") + ">"},
-			Respond: true,
 		}
 	case Sync:
 		// Its durable on INBOX, the copies into senders' own inboxes,
@@ -235,7 +243,7 @@ func For(r Role) Rules {
 		rules.Publish = append(rules.Publish, "$JS.API.CONSUMER.UNPIN."+contract.Inbox+"."+string(r))
 		return rules
 	case Operator:
-		return Rules{Publish: []string{">"}, Subscribe: []string{">"}, Respond: true}
+		return Rules{Publish: []string{">"}, Subscribe: []string{">"}}
 	}
 	return Rules{}
 }
@@ -250,9 +258,9 @@ const (
 )
 
 // function is a worker function's rules: its durable consumer on stream
-// (named after the role), its micro service on sb.fn.<role>.>, dead
-// letters on dlq.<role>.>, the extra subjects it publishes, and the
-// streams it reads.
+// (named after the role), its micro service on sb.fn.<role>.> answering
+// the operator (nats micro, the push function's notify), dead letters on
+// dlq.<role>.>, the extra subjects it publishes, and the streams it reads.
 func function(r Role, stream string, publish, read []string) Rules {
 	durable := string(r)
 	return Rules{
@@ -261,10 +269,19 @@ func function(r Role, stream string, publish, read []string) Rules {
 			consumer(stream, durable),
 			streamInfo(append([]string{stream, contract.DLQ}, read...)...),
 			reads(read...),
+			answers(Operator),
 		),
 		Subscribe: []string{subjFn + string(r) + ".>", subjMicro, InboxPrefix(r) + ".>"},
-		Respond:   true,
 	}
+}
+
+// answers is publishing to the reply subjects of the named roles' requests.
+func answers(askers ...Role) []string {
+	var out []string
+	for _, a := range askers {
+		out = append(out, InboxPrefix(a)+".>")
+	}
+	return out
 }
 
 // consumer is what binding and pulling a durable takes.
@@ -288,16 +305,6 @@ func streamInfo(names ...string) []string {
 }
 
 // reads are the ways to read a stream's messages without a consumer.
-// createUpdate is creating and updating the named streams (a bucket's
-// owner making it at its start).
-func createUpdate(names ...string) []string {
-	var out []string
-	for _, n := range names {
-		out = append(out, "$JS.API.STREAM.CREATE."+n, "$JS.API.STREAM.UPDATE."+n)
-	}
-	return out
-}
-
 func reads(names ...string) []string {
 	var out []string
 	for _, n := range names {
@@ -349,12 +356,8 @@ func join(lists ...[]string) []string {
 // Permissions are r's rules in nats-server's terms.
 func Permissions(r Role) *server.Permissions {
 	rules := For(r)
-	p := &server.Permissions{
+	return &server.Permissions{
 		Publish:   &server.SubjectPermission{Allow: rules.Publish},
 		Subscribe: &server.SubjectPermission{Allow: rules.Subscribe},
 	}
-	if rules.Respond {
-		p.Response = &server.ResponsePermission{MaxMsgs: 1, Expires: responseTTL}
-	}
-	return p
 }

@@ -5,6 +5,7 @@ import (
 	"slices"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nkeys"
@@ -116,7 +117,10 @@ func TestRolesAreRefusedWhatTheyMustNotDo(t *testing.T) {
 	refused[natsauth.Receipts] = append(refused[natsauth.Receipts], act{false, "sb.presence.bob", "forge presence"})
 	refused[natsauth.Media] = append(refused[natsauth.Media], act{false, "sb.presence.bob", "forge presence"},
 		act{false, "$JS.API.STREAM.CREATE.LEAK", "make a stream that sources INBOX and republishes it"},
-		act{false, "$JS.API.STREAM.UPDATE.INBOX", "change the inboxes' stream"})
+		act{false, "$JS.API.STREAM.UPDATE.INBOX", "change the inboxes' stream"},
+		act{false, "$JS.API.STREAM.UPDATE.KV_MEDIA_ACL", "give its own bucket INBOX as a source"},
+		act{false, "$JS.API.STREAM.CREATE.KV_MEDIA_ACL", "make its own bucket with INBOX as a source"},
+		act{false, "$JS.API.STREAM.CREATE.OBJ_MEDIA", "make its object store with INBOX as a source"})
 	refused[natsauth.Groups] = append(refused[natsauth.Groups], act{false, "sb.presence.bob", "forge presence"},
 		act{false, "ticks.bob", "forge a delivered tick"}, act{false, "$KV.READS.bob.alice", "forge a read position"},
 		act{false, "$KV.GROUP_TICKS.friends.bob", "forge a member's group position"})
@@ -170,4 +174,65 @@ func verb(sub bool) string {
 		return "subscribe"
 	}
 	return "publish"
+}
+
+// TestAnswersGoOnlyToAskersReplies: a requester names the reply subject,
+// so a gateway could ask a function with the reply of a subject only the
+// function may write (a presence request answered into
+// $KV.GROUP_INFO.friends overwrote a group's record) or only the gateway
+// may (a device's cursor): each function the gateways ask answers on a
+// gateway's reply prefix, and its answer to any subject its own rights do
+// not name is refused.
+func TestAnswersGoOnlyToAskersReplies(t *testing.T) {
+	n := tk.StartStreams(t, t.TempDir())
+	gw := n.Connect(t, natsauth.Gateway)
+	asked := map[natsauth.Role]string{
+		natsauth.Receipts: "sb.fn.receipts.status",
+		natsauth.Presence: "sb.fn.presence.get",
+		natsauth.Media:    "sb.fn.media.grant",
+		natsauth.Groups:   "sb.fn.groups.create",
+	}
+	for role, subject := range asked {
+		fn := n.Connect(t, role)
+		reqs, err := fn.SubscribeSync(subject)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := fn.Flush(); err != nil {
+			t.Fatal(err)
+		}
+		// A hostile reply subject: the answer must be refused.
+		hostile := []string{"$KV.CURSORS.bob.phone", "sb.kick.bob.phone"}
+		if role != natsauth.Groups {
+			hostile = append(hostile, "$KV.GROUP_INFO.friends")
+		}
+		for _, reply := range hostile {
+			if err := gw.PublishRequest(subject, reply, []byte("{}")); err != nil {
+				t.Fatal(err)
+			}
+			m, err := reqs.NextMsg(5 * time.Second)
+			if err != nil {
+				t.Fatalf("%s: %v", role, err)
+			}
+			if err := m.Respond([]byte("{}")); err != nil {
+				t.Fatal(err)
+			}
+			if err := fn.Flush(); err != nil {
+				t.Fatal(err)
+			}
+			if got := fn.LastError(); !errors.Is(got, nats.ErrPermissionViolation) || !strings.Contains(got.Error(), `"`+reply+`"`) {
+				t.Errorf("%s answered into %q: last error %v", role, reply, got)
+			}
+		}
+		// The gateway's own reply prefix is answered.
+		go func() {
+			if m, err := reqs.NextMsg(5 * time.Second); err == nil {
+				_ = m.Respond([]byte("ok"))
+			}
+		}()
+		got, err := gw.Request(subject, []byte("{}"), 5*time.Second)
+		if err != nil || string(got.Data) != "ok" {
+			t.Errorf("%s: gateway's request not answered: %v", role, err)
+		}
+	}
 }

@@ -22,13 +22,17 @@ func StartMedia(t testing.TB, n *NATS, g *Gateway, cfg media.Config) *media.Serv
 	if cfg.Embedded() && cfg.SigningKey == nil {
 		cfg.SigningKey = MediaSigningKey
 	}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	// The operator makes the buckets; the function binds to them.
+	if err := media.Setup(ctx, n.JS, cfg); err != nil {
+		t.Fatal(err)
+	}
 	nc := n.Connect(t, natsauth.Media) // its own role, as a separate process
 	js, err := jetstream.New(nc)
 	if err != nil {
 		t.Fatal(err)
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
 	svc, err := media.New(ctx, nc, js, cfg, Logger(t))
 	if err != nil {
 		t.Fatal(err)

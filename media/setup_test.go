@@ -1,0 +1,92 @@
+package media_test
+
+import (
+	"context"
+	"errors"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/switchboard-im/switchboard/internal/natsauth"
+	"github.com/switchboard-im/switchboard/internal/testkit"
+	"github.com/switchboard-im/switchboard/media"
+)
+
+// The media role may not make streams, so the function binds to buckets
+// the operator made: started before setup, or with upload URLs that would
+// outlive the upload claims setup made room for, it refuses to start and
+// says what to run; after setup it starts.
+func TestFunctionBindsToBucketsTheOperatorMade(t *testing.T) {
+	t.Parallel()
+	n := testkit.StartNATS(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	nc := n.Connect(t, natsauth.Media)
+	js, err := jetstream.New(nc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg := media.DefaultConfig()
+	cfg.BaseURL = "http://127.0.0.1:1"
+	cfg.SigningKey = testkit.MediaSigningKey
+	cfg.SweepInterval = -1
+	start := func(c media.Config) error {
+		svc, err := media.New(ctx, nc, js, c, testkit.Logger(t))
+		if err == nil {
+			_ = svc.Stop()
+		}
+		return err
+	}
+	if err := start(cfg); !errors.Is(err, media.ErrNotSetUp) || !strings.Contains(err.Error(), "switchboard setup") {
+		t.Fatalf("started before setup: %v, want ErrNotSetUp naming setup", err)
+	}
+	setup := cfg
+	setup.UploadExpiry = 15 * time.Minute
+	if err := media.Setup(ctx, n.JS, setup); err != nil {
+		t.Fatal(err)
+	}
+	longer := cfg
+	longer.UploadExpiry = time.Hour
+	if err := start(longer); !errors.Is(err, media.ErrNotSetUp) || !strings.Contains(err.Error(), "--media-upload-expiry 1h0m0s") {
+		t.Fatalf("upload URLs outliving the claims: %v, want ErrNotSetUp", err)
+	}
+	if err := start(cfg); err != nil {
+		t.Fatalf("after setup: %v", err)
+	}
+	// The operator's setup again, with the new expiry, lets it start.
+	if err := media.Setup(ctx, n.JS, longer); err != nil {
+		t.Fatal(err)
+	}
+	if err := start(longer); err != nil {
+		t.Fatalf("after setup for the longer expiry: %v", err)
+	}
+}
+
+// Setup sets the grant bucket's TTL from ReferenceAge, and a run again
+// with another changes it.
+func TestSetupAppliesReferenceAge(t *testing.T) {
+	t.Parallel()
+	n := testkit.StartNATS(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	for _, age := range []time.Duration{48 * time.Hour, 72 * time.Hour} {
+		cfg := media.DefaultConfig()
+		cfg.ReferenceAge = age
+		if err := media.Setup(ctx, n.JS, cfg); err != nil {
+			t.Fatal(err)
+		}
+		kv, err := n.JS.KeyValue(ctx, media.BucketACL)
+		if err != nil {
+			t.Fatal(err)
+		}
+		st, err := kv.Status(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if st.TTL() != age {
+			t.Fatalf("%s keeps records %s, want %s", media.BucketACL, st.TTL(), age)
+		}
+	}
+}
