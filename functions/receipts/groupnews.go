@@ -3,30 +3,39 @@ package receipts
 import (
 	"context"
 	"errors"
+	"strings"
 	"sync"
 	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/switchboard-im/switchboard/contract"
 )
 
-// groupNews settles the groups whose record the watch saw change, once
-// each, on a goroutine of its own: a membership change counts at once,
-// whether or not anyone's position in the group moves after it. Without
-// it a removal would count only from the group's next position, and in a
+// groupNews settles the groups whose record changed, once each, on a
+// goroutine of its own: a membership change counts at once, whether or
+// not anyone's position in the group moves after it. Without it a
+// removal would count only from the group's next position, and in a
 // group gone quiet the removed member would hold the senders' ticks back
 // for good.
 //
-// Every instance watches, so every instance settles each change; the
-// aggregate's compare-and-set makes them agree, at a recompute each per
-// change (changes are few: `group` frames are rate limited).
+// The changes come from one durable consumer of GROUP_INFO shared by
+// every instance (consumers/receipts-news.json), so each is settled by
+// one instance, and one made while no instance ran is settled when one
+// starts. A change is acked once a settle of its group that began after
+// it came has finished (or given up); an instance that dies first leaves
+// it to be delivered again.
 type groupNews struct {
 	settle func(ctx context.Context, gid string) error
 	wake   chan struct{} // one pending signal
 
 	mu      sync.Mutex // guards the fields below; a leaf
 	pending map[string]int
-	busy    bool // a batch taken from pending is being settled
-	later   int  // retries waiting for their time
+	// held are the changes of each group waiting for a settle to begin,
+	// acked when it ends.
+	held  map[string][]jetstream.Msg
+	busy  bool // a batch taken from pending is being settled
+	later int  // retries waiting for their time
 }
 
 // groupNewsAttempts bounds the settles tried for one change; past them
@@ -35,16 +44,29 @@ type groupNews struct {
 const groupNewsAttempts = 6
 
 func newGroupNews(settle func(ctx context.Context, gid string) error) *groupNews {
-	return &groupNews{settle: settle, wake: make(chan struct{}, 1), pending: map[string]int{}}
+	return &groupNews{settle: settle, wake: make(chan struct{}, 1), pending: map[string]int{}, held: map[string][]jetstream.Msg{}}
 }
 
 // add asks for group gid to be settled. It never blocks.
-func (n *groupNews) add(gid string) { n.retry(gid, 0) }
+func (n *groupNews) add(gid string) { n.retry(gid, 0, nil) }
 
-func (n *groupNews) retry(gid string, attempt int) {
+// take is add for a change delivered by the durable, acked once settled.
+func (n *groupNews) take(m jetstream.Msg) {
+	gid, ok := strings.CutPrefix(m.Subject(), "$KV."+contract.GroupInfoKV+".")
+	if !ok || gid == "" {
+		_ = m.Ack() // not a record's change: nothing to settle
+		return
+	}
+	n.retry(gid, 0, []jetstream.Msg{m})
+}
+
+func (n *groupNews) retry(gid string, attempt int, msgs []jetstream.Msg) {
 	n.mu.Lock()
 	if a, ok := n.pending[gid]; !ok || attempt < a {
 		n.pending[gid] = attempt
+	}
+	if len(msgs) > 0 {
+		n.held[gid] = append(n.held[gid], msgs...)
 	}
 	n.mu.Unlock()
 	select {
@@ -54,10 +76,12 @@ func (n *groupNews) retry(gid string, attempt int) {
 }
 
 // run settles pending groups until stop closes; a settle in hand when
-// it does is cut short.
+// it does is cut short, and the changes not settled are handed back for
+// another instance.
 func (n *groupNews) run(stop <-chan struct{}, timeout time.Duration, log func(gid string, attempt int, err error)) {
 	base, cancelAll := context.WithCancel(context.Background())
 	defer cancelAll()
+	defer n.handBack()
 	go func() {
 		select {
 		case <-stop:
@@ -72,12 +96,15 @@ func (n *groupNews) run(stop <-chan struct{}, timeout time.Duration, log func(gi
 		case <-n.wake:
 		}
 		n.mu.Lock()
-		batch := n.pending
-		n.pending, n.busy = map[string]int{}, true
+		batch, held := n.pending, n.held
+		n.pending, n.held, n.busy = map[string]int{}, map[string][]jetstream.Msg{}, true
 		n.mu.Unlock()
 		for gid, attempt := range batch {
+			msgs := held[gid]
+			delete(held, gid)
 			if base.Err() != nil {
-				break
+				n.retry(gid, attempt, msgs) // handed back below
+				continue
 			}
 			ctx, cancel := context.WithTimeout(base, timeout)
 			err := n.settle(ctx, gid)
@@ -86,16 +113,22 @@ func (n *groupNews) run(stop <-chan struct{}, timeout time.Duration, log func(gi
 				if err != nil {
 					log(gid, attempt, err)
 				}
+				for _, m := range msgs {
+					_ = m.Ack()
+				}
 				continue
 			}
 			// Again after a wait growing from 100 ms; a newer change
 			// meanwhile settles at once.
+			for _, m := range msgs {
+				_ = m.InProgress()
+			}
 			wait := 100 * time.Millisecond << attempt
 			n.mu.Lock()
 			n.later++
 			n.mu.Unlock()
 			time.AfterFunc(wait, func() {
-				n.retry(gid, attempt+1)
+				n.retry(gid, attempt+1, msgs)
 				n.mu.Lock()
 				n.later--
 				n.mu.Unlock()
@@ -104,6 +137,21 @@ func (n *groupNews) run(stop <-chan struct{}, timeout time.Duration, log func(gi
 		n.mu.Lock()
 		n.busy = false
 		n.mu.Unlock()
+	}
+}
+
+// handBack naks the changes not settled, so another instance takes them
+// without waiting out the ack wait. A retry still waiting for its time
+// holds its changes until the ack wait gives them back.
+func (n *groupNews) handBack() {
+	n.mu.Lock()
+	held := n.held
+	n.held = map[string][]jetstream.Msg{}
+	n.mu.Unlock()
+	for _, msgs := range held {
+		for _, m := range msgs {
+			_ = m.Nak()
+		}
 	}
 }
 
@@ -116,9 +164,11 @@ func (n *groupNews) idle() bool {
 
 // settleNews settles group gid after a change of its record: the
 // aggregate was computed with another membership, so it is recomputed
-// and the senders told what that makes due.
+// and the senders told what that makes due. The record is read through
+// the leader: the durable may bring the change before this instance's
+// watch says the record it keeps is behind.
 func (s *Service) settleNews(ctx context.Context, gid string) error {
-	g, err := s.records.get(ctx, gid)
+	g, err := s.records.fresh(ctx, gid)
 	switch {
 	case errors.Is(err, contract.ErrUnknownGroup), errors.Is(err, contract.ErrBadRecord):
 		s.newsSettled.Add(1)

@@ -25,16 +25,18 @@ import (
 //
 // So a record is read once per revision, and a watch of the bucket's
 // changes (headers only: a key and its revision) says when a newer one
-// exists: from then on the group's next position reads it, and the watch
-// hands the group to news (the function settles it at once, so a removal
-// counts even in a group where no position moves after it). A position
-// that comes between a change and the watch's news of it is judged
-// against the record before the change, as one read just before the
-// change would have been; the settle the news starts then corrects
-// whatever it decided, and an aggregate computed from a newer record
-// than the one in hand makes the hand read again (groups.go), so an old
-// membership never overwrites a newer one. While the watch is not
-// running, every position reads the record, as before.
+// exists: from then on the group's next position reads it. Settling a
+// group after a change (so a removal counts even in a group where no
+// position moves after it) is groupnews.go's, from a durable of the same
+// changes shared by the instances; news, when set, is also told of each
+// change the watch names (tests). A position that comes between a change
+// and the watch's word of it is judged against the record before the
+// change, as one read just before the change would have been; the settle
+// of the change then corrects whatever it decided, and an aggregate
+// computed from a newer record than the one in hand makes the hand read
+// again (groups.go), so an old membership never overwrites a newer one.
+// While the watch is not running, every position reads the record, as
+// before.
 //
 // The server may end a watch on its own: nats.go gives up an ordered
 // consumer whose re-creation the server refuses (a JetStream API queue
@@ -52,8 +54,8 @@ type groupRecords struct {
 	// names, and that record would be served for good.
 	leader func(ctx context.Context, gid string) (value []byte, rev uint64, err error)
 	reads  atomic.Int64 // records read (tests)
-	// news is told of every group whose record the watch saw change; it
-	// must not block (the watch waits for it).
+	// news, when set, is told of every group whose record the watch saw
+	// change; it must not block (the watch waits for it).
 	news func(gid string)
 	// ended is told when the watch ends other than by stop.
 	ended func()

@@ -664,3 +664,29 @@ func TestGatheredGroupPositionsNameTheGroupsThatFailed(t *testing.T) {
 		t.Fatalf("bob's position in g2 %+v", p)
 	}
 }
+
+// A membership change stored while no instance runs is settled when one
+// starts, with no position moving after it: the changes come from a
+// durable, which keeps the ones nobody took (a watch begun at the start
+// would begin after it, and the removed member would hold the sender's
+// tick back until someone moved).
+func TestGroupChangeWhileNoInstanceRanIsSettled(t *testing.T) {
+	e := newEnv(t)
+	_, kill := e.instance(t)
+	makeGroup(t, e, "g1", "alice", "bob", "carol")
+	a1 := sendGroup(t, e, "g1", "alice")
+	position(t, e, "g1", "bob", protocol.StatusDelivered, a1)
+	if got := groupTicks(t, e, "alice"); len(got) != 0 {
+		t.Fatalf("alice told before carol had it: %v", got)
+	}
+	kill()
+	changeGroup(t, e, "g1", a1+1, "alice", "bob") // carol removed, nobody running
+	e.instance(t)
+	want := []string{fmt.Sprintf("delivered %d..%d", a1, a1)}
+	tk.WaitFor(t, 10*time.Second, func() error {
+		if got := groupTicks(t, e, "alice"); fmt.Sprint(got) != fmt.Sprint(want) {
+			return tk.Errorf("after carol's removal alice has %v, want %v", got, want)
+		}
+		return nil
+	})
+}

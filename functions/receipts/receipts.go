@@ -125,7 +125,9 @@ type Service struct {
 
 	svc  micro.Service
 	pool *worker.Pool // ticks queued in TICKS
-	sem  chan struct{}
+	// newsFeed pulls the changes of group records for news.
+	newsFeed jetstream.ConsumeContext
+	sem      chan struct{}
 	// forwarded holds a token per status request from another region
 	// being answered (xrstatus.go).
 	forwarded chan struct{}
@@ -168,7 +170,6 @@ func Start(ctx context.Context, nc *nats.Conn, js jetstream.JetStream, cfg Confi
 	}
 	s.records.leader = s.leaderRecord
 	s.news = newGroupNews(s.settleNews)
-	s.records.news = s.news.add
 	s.records.ended = func() {
 		s.log.Warn("the watch of group records ended; starting it again (until then every position reads its group's record)")
 	}
@@ -232,7 +233,21 @@ func Start(ctx context.Context, nc *nats.Conn, js jetstream.JetStream, cfg Confi
 		_ = s.svc.Stop()
 		return nil, fmt.Errorf("receipts: queued ticks: %w", err)
 	}
+	// Changes of group records, each settled once (groupnews.go).
+	ncfg, err := streams.ConsumerConfig("receipts-news")
+	if err == nil {
+		var cons jetstream.Consumer
+		if cons, err = js.CreateOrUpdateConsumer(ctx, "KV_"+contract.GroupInfoKV, ncfg); err == nil {
+			s.newsFeed, err = cons.Consume(s.news.take, jetstream.PullMaxMessages(64))
+		}
+	}
+	if err != nil {
+		s.pool.Stop()
+		_ = s.svc.Stop()
+		return nil, fmt.Errorf("receipts: group changes: %w", err)
+	}
 	if err := nc.Flush(); err != nil {
+		s.newsFeed.Stop()
 		s.pool.Stop()
 		_ = s.svc.Stop()
 		return nil, fmt.Errorf("receipts: %w", err)
@@ -251,6 +266,7 @@ func Start(ctx context.Context, nc *nats.Conn, js jetstream.JetStream, cfg Confi
 // Stop stops answering and waits for the requests in hand. A request not
 // answered is asked again by its gateway, of another instance.
 func (s *Service) Stop() {
+	s.newsFeed.Stop()
 	s.pool.Stop()
 	_ = s.svc.Stop()
 	close(s.stop)

@@ -158,6 +158,9 @@ func For(r Role) Rules {
 					// (contract/xrstatus.go).
 					contract.ReceiptsForwardSubject("*")},
 				consumer(contract.TicksStream, string(r)),
+				// The durable of group records' changes, each settled
+				// once (groupnews.go).
+				consumer(kvStream(contract.GroupInfoKV), string(r)+"-news"),
 				// A watch of the group records' changes (grouprecords.go).
 				// Consumers' names are not subjects a permission can
 				// pattern, so this also reaches GROUP_INFO's durables (the
