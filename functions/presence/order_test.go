@@ -118,3 +118,25 @@ func TestMissedExpiryDoesNotHideTheNextOnline(t *testing.T) {
 		t.Fatalf("devices %v, want the phone alone", got)
 	}
 }
+
+// A user whose last device's lease expired while no instance ran for
+// longer than the bucket keeps expiry markers (so no change will ever
+// come for it) goes offline, to followers too, when an instance starts:
+// it sweeps the records after such a gap. Here the durable never took a
+// change at all.
+func TestExpiryMissedWhileDownIsSweptAtStart(t *testing.T) {
+	e := newEnv(t)
+	ups := e.updates(t, "bob")
+	rec := contract.PresenceRecord{Devices: map[string]int64{"tablet": 1}, Applied: map[string]uint64{"tablet": 1}, LastSeen: 1}
+	b, _ := json.Marshal(&rec)
+	if _, err := e.kv.Create(context.Background(), contract.PresenceUserKey("bob"), b); err != nil {
+		t.Fatal(err)
+	}
+	e.instance(t)
+	if u := next(t, ups, 10*time.Second); u.Online || u.User != "bob" {
+		t.Fatalf("update %+v, want bob offline", u)
+	}
+	if got := e.record(t, "bob"); len(got.Devices) != 0 || got.LastSeen != 1 {
+		t.Fatalf("record %+v, want no device and last seen kept", got)
+	}
+}

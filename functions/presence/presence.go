@@ -31,6 +31,7 @@ import (
 	"fmt"
 	"log/slog"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -70,6 +71,10 @@ type Service struct {
 	pool *worker.Pool
 
 	changes atomic.Int64
+	sweeps  atomic.Int64 // sweeps after a gap in lease changes (missedExpiries)
+	// sweeping runs the sweep; stopSweep ends it.
+	sweeping  sync.WaitGroup
+	stopSweep context.CancelFunc
 }
 
 // Start binds the durable consumer and the micro service. The streams and
@@ -86,6 +91,9 @@ func Start(ctx context.Context, nc *nats.Conn, js jetstream.JetStream, cfg Confi
 	if s.settings, err = js.KeyValue(ctx, contract.SettingsKV); err != nil {
 		return nil, fmt.Errorf("presence: %w", err)
 	}
+	// Asked before this instance takes any change, which would make it
+	// recent.
+	missed, lastTaken := s.missedExpiries(ctx)
 	s.svc, s.pool, err = worker.Serve(ctx, nc, js, worker.Service{
 		Stream:  "KV_" + contract.PresenceKV,
 		AckWait: cfg.AckWait,
@@ -113,12 +121,104 @@ func Start(ctx context.Context, nc *nats.Conn, js jetstream.JetStream, cfg Confi
 	if err != nil {
 		return nil, err
 	}
+	if missed {
+		s.sweeps.Add(1)
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
+		s.stopSweep = cancel
+		s.sweeping.Add(1)
+		go func() {
+			defer s.sweeping.Done()
+			defer cancel()
+			s.sweepMissed(ctx, lastTaken)
+		}()
+	}
 	return s, nil
+}
+
+// missedExpiries reports whether expiries may have left no trace the
+// durable could deliver: no instance took a lease change for longer
+// than the bucket keeps expiry markers (or for half of it, for clock
+// skew; an unknown durable counts as never). A user whose last device's
+// lease expired then would stay online in their record, and to the
+// followers told so, for good. It also returns when a change was last
+// taken (zero: never), the earliest any such device can have gone.
+func (s *Service) missedExpiries(ctx context.Context) (bool, time.Time) {
+	st, err := s.js.Stream(ctx, "KV_"+contract.PresenceKV)
+	if err != nil {
+		return true, time.Time{}
+	}
+	keep := st.CachedInfo().Config.SubjectDeleteMarkerTTL
+	cons, err := s.js.Consumer(ctx, "KV_"+contract.PresenceKV, "presence")
+	if err != nil {
+		return true, time.Time{}
+	}
+	last := cons.CachedInfo().Delivered.Last
+	if last == nil {
+		return true, time.Time{}
+	}
+	return time.Since(*last) > keep/2, *last
+}
+
+// sweepMissed takes out of every record the devices whose lease left no
+// trace (dropMissed), and publishes each user that went offline so, with
+// last seen at least lastTaken. Run once, in the background, by an
+// instance starting after such a gap.
+func (s *Service) sweepMissed(ctx context.Context, lastTaken time.Time) {
+	keys, err := s.kv.ListKeysFiltered(ctx, contract.PresenceUserKey("*"))
+	if err != nil {
+		s.log.Warn("cannot list presence records to sweep", "err", err)
+		return
+	}
+	defer func() { _ = keys.Stop() }()
+	n := 0
+	for key := range keys.Keys() {
+		user := strings.TrimPrefix(key, contract.PresenceUserKey(""))
+		gone, err := s.dropGone(ctx, user, lastTaken)
+		if err != nil {
+			s.log.Warn("cannot sweep a presence record", "user", user, "err", err)
+		}
+		if gone {
+			n++
+		}
+	}
+	s.log.Info("swept presence records after a gap in lease changes", "offline", n)
+}
+
+// dropGone takes user's devices whose lease left no trace out of their
+// record and reports whether that took the user offline (published).
+func (s *Service) dropGone(ctx context.Context, user string, lastTaken time.Time) (bool, error) {
+	var rec contract.PresenceRecord
+	var gone bool
+	rev, err := contract.Swap(ctx, s.kv, contract.PresenceUserKey(user), func(cur []byte, _ uint64) ([]byte, error) {
+		rec, gone = contract.PresenceRecord{}, false
+		if cur == nil || json.Unmarshal(cur, &rec) != nil || !rec.Online() {
+			return nil, nil
+		}
+		listed := len(rec.Devices)
+		s.dropMissed(ctx, user, &rec)
+		if len(rec.Devices) == listed {
+			return nil, nil
+		}
+		if gone = !rec.Online(); gone {
+			rec.LastSeen = max(rec.LastSeen, lastTaken.UnixMilli())
+		}
+		return json.Marshal(&rec)
+	})
+	if err != nil || !gone {
+		return false, err
+	}
+	s.changes.Add(1)
+	s.publish(ctx, user, &rec, rev)
+	return true, nil
 }
 
 // Stop stops pulling, finishes the events in hand and hands the rest back
 // for another instance.
 func (s *Service) Stop() {
+	if s.stopSweep != nil {
+		s.stopSweep()
+	}
+	s.sweeping.Wait()
 	s.pool.Stop()
 	_ = s.svc.Stop()
 }
@@ -127,6 +227,7 @@ func (s *Service) stats(*micro.Endpoint) any {
 	return map[string]int64{
 		"applied":       s.pool.Applied.Load(),
 		"changes":       s.changes.Load(),
+		"sweeps":        s.sweeps.Load(),
 		"retried":       s.pool.Retried.Load(),
 		"dead_lettered": s.pool.DeadLettered.Load(),
 	}

@@ -50,6 +50,7 @@ func (e *env) stoppable(t testing.TB, ackWait time.Duration) (stop func()) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	s.WaitSweep() // a first start's, over what the test has not written yet
 	var once sync.Once
 	stop = func() { once.Do(func() { s.Stop(); nc.Close() }) }
 	t.Cleanup(stop)

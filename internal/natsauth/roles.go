@@ -177,8 +177,10 @@ func For(r Role) Rules {
 				contract.ReceiptsForwardSubject("*"), contract.ReceiptsForwardReply("*") + ">"},
 		}
 	case Presence:
+		// A listing of the records (an ordered consumer), for the sweep
+		// after a gap in lease changes (functions/presence).
 		return function(r, kvStream(contract.PresenceKV),
-			join([]string{kvSubject(contract.PresenceKV) + "user.*", subjPresence}, answers(Gateway)),
+			join([]string{kvSubject(contract.PresenceKV) + "user.*", subjPresence}, answers(Gateway), watch(kvStream(contract.PresenceKV))),
 			[]string{kvStream(contract.PresenceKV), kvStream(contract.SettingsKV)})
 	case Push:
 		return function(r, contract.Inbox,
