@@ -24,9 +24,15 @@ const maxReasonLength = 512
 func DeadLetter(ctx context.Context, js jetstream.JetStream, function string, m jetstream.Msg, reason string) error {
 	h := nats.Header{}
 	for k, v := range m.Headers() {
-		if k != contract.HdrMsgID {
-			h[k] = v
+		if strings.HasPrefix(strings.ToLower(k), "nats-") {
+			// A directive to the server (a per-message TTL, an expected
+			// last sequence, a rollup, a dedup id): DLQ would obey it
+			// or, as for a TTL, refuse the copy. Kept for the operator
+			// under another name.
+			h["Orig-"+k] = v
+			continue
 		}
+		h[k] = v
 	}
 	if len(reason) > maxReasonLength {
 		reason = reason[:maxReasonLength]

@@ -66,6 +66,8 @@ type Pool struct {
 	work []chan jetstream.Msg
 	quit chan struct{}
 	wg   sync.WaitGroup
+	// draining is closed once Stop has stopped the pulls (tests).
+	draining chan struct{}
 
 	Applied, Retried, DeadLettered atomic.Int64
 }
@@ -78,7 +80,7 @@ func Start(js jetstream.JetStream, cons jetstream.Consumer, o Options, log *slog
 	if o.Timeout <= 0 {
 		o.Timeout = 10 * time.Second
 	}
-	p := &Pool{js: js, o: o, h: h, log: log, quit: make(chan struct{})}
+	p := &Pool{js: js, o: o, h: h, log: log, quit: make(chan struct{}), draining: make(chan struct{})}
 	queues := 1
 	if o.Key != nil {
 		queues = o.Workers
@@ -100,10 +102,18 @@ func Start(js jetstream.JetStream, cons jetstream.Consumer, o Options, log *slog
 	return p, nil
 }
 
-// Stop stops pulling and finishes the messages being applied. Messages
-// fetched but not started are handed back (nak) for another instance.
+// Stop stops pulling and finishes the messages being applied and those
+// already fetched (a pull's buffer, which stopping the pull outright
+// would drop, leaving them to the ack wait). Past a bound, the ones not
+// started are handed back (nak) for another instance.
 func (p *Pool) Stop() {
-	p.cc.Stop()
+	p.cc.Drain()
+	close(p.draining)
+	select {
+	case <-p.cc.Closed():
+	case <-time.After(2 * p.o.Timeout):
+		p.cc.Stop()
+	}
 	close(p.quit)
 	p.wg.Wait()
 }
