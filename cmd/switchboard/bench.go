@@ -175,7 +175,11 @@ func runBench(args []string, out, errOut io.Writer) error {
 	if err := c.Validate(); err != nil {
 		return err
 	}
-	c.Args = append([]string{"bench"}, args...)
+	// The flags as given, secrets hidden: the report is a file to share.
+	c.Args = []string{"bench"}
+	fs.Visit(func(f *flag.Flag) {
+		c.Args = append(c.Args, "--"+f.Name+"="+redactFlag(f.Name, f.Value.String()))
+	})
 	if !quiet && isTerminal(os.Stderr) {
 		c.Progress = errOut
 	}

@@ -296,21 +296,26 @@ func newLogger(c *appConfig, w io.Writer) (*slog.Logger, error) {
 func logConfig(log *slog.Logger, fs *flag.FlagSet) {
 	var attrs []any
 	fs.VisitAll(func(f *flag.Flag) {
-		v := f.Value.String()
-		switch {
-		case strings.Contains(f.Name, "secret") && v != "":
-			v = "[redacted]"
-		case strings.Contains(v, "://"):
-			// A list of servers (--nats a,b,c): each its own URL.
-			urls := strings.Split(v, ",")
-			for i, u := range urls {
-				urls[i] = redactURL(strings.TrimSpace(u))
-			}
-			v = strings.Join(urls, ",")
-		}
-		attrs = append(attrs, slog.String(f.Name, v))
+		attrs = append(attrs, slog.String(f.Name, redactFlag(f.Name, f.Value.String())))
 	})
 	log.Info("config", attrs...)
+}
+
+// redactFlag is flag name's value v as it may be shown: a secret's
+// hidden, a URL's credentials hidden.
+func redactFlag(name, v string) string {
+	switch {
+	case strings.Contains(name, "secret") && v != "":
+		return "[redacted]"
+	case strings.Contains(v, "://"):
+		// A list of servers (--nats a,b,c): each its own URL.
+		urls := strings.Split(v, ",")
+		for i, u := range urls {
+			urls[i] = redactURL(strings.TrimSpace(u))
+		}
+		return strings.Join(urls, ",")
+	}
+	return v
 }
 
 // redactURL hides what of a URL can hold a credential: the user info
