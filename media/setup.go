@@ -23,7 +23,8 @@ const claimMargin = time.Minute
 // store's bytes and upload claims (made whatever the backend, so moving
 // between S3 and the embedded store needs no setup run). A zero
 // cfg.Replicas keeps an existing bucket's replicas (one for a new one), so
-// a run without it does not scale a cluster's buckets back to one.
+// a run without it does not scale a cluster's buckets back to one, and
+// the upload claims are never kept shorter than they were.
 //
 // The operator runs it (`switchboard setup`, the all-in-one), not the
 // media function: a role that may create or update a stream may give it
@@ -41,12 +42,25 @@ func Setup(ctx context.Context, js jetstream.JetStream, cfg Config) error {
 	if cfg.UploadExpiry < MinExpiry || cfg.UploadExpiry > MaxExpiry {
 		return fmt.Errorf("%w: UploadExpiry %s must be between 1s and 7 days", ErrConfig, cfg.UploadExpiry)
 	}
-	kept := func(stream string) int {
-		if replicas > 0 {
-			return replicas
+	// What the buckets have: a run without replicas keeps theirs, and one
+	// read that fails is an error rather than a guess of one replica.
+	existing := func(stream string) (*jetstream.StreamConfig, error) {
+		s, err := js.Stream(ctx, stream)
+		switch {
+		case errors.Is(err, jetstream.ErrStreamNotFound):
+			return nil, nil
+		case err != nil:
+			return nil, fmt.Errorf("media: read %s: %w", stream, err)
 		}
-		if s, err := js.Stream(ctx, stream); err == nil {
-			return s.CachedInfo().Config.Replicas
+		c := s.CachedInfo().Config
+		return &c, nil
+	}
+	kept := func(old *jetstream.StreamConfig) int {
+		switch {
+		case replicas > 0:
+			return replicas
+		case old != nil:
+			return old.Replicas
 		}
 		return 1
 	}
@@ -68,17 +82,31 @@ func Setup(ctx context.Context, js jetstream.JetStream, cfg Config) error {
 		// A claim must outlive every upload that could race it.
 		TTL: cfg.UploadExpiry + claimMargin,
 	}} {
+		old, err := existing("KV_" + kv.Bucket)
+		if err != nil {
+			return err
+		}
+		if kv.Bucket == BucketUploads && old != nil && old.MaxAge > kv.TTL {
+			// Never shorter under functions already running: their upload
+			// URLs may outlive claims cut back (a run of setup without
+			// --media-upload-expiry after one with a longer).
+			kv.TTL = old.MaxAge
+		}
 		kv.Storage = jetstream.FileStorage
-		kv.Replicas = kept("KV_" + kv.Bucket)
+		kv.Replicas = kept(old)
 		if _, err := js.CreateOrUpdateKeyValue(ctx, kv); err != nil {
 			return fmt.Errorf("media: bucket %s: %w", kv.Bucket, err)
 		}
 	}
-	_, err := js.CreateOrUpdateObjectStore(ctx, jetstream.ObjectStoreConfig{
+	old, err := existing("OBJ_" + BucketObjects)
+	if err != nil {
+		return err
+	}
+	_, err = js.CreateOrUpdateObjectStore(ctx, jetstream.ObjectStoreConfig{
 		Bucket:      BucketObjects,
 		Description: "Switchboard media bytes, key u/<owner>/<id> (the embedded store, used when no S3 endpoint is configured)",
 		Storage:     jetstream.FileStorage,
-		Replicas:    kept("OBJ_" + BucketObjects),
+		Replicas:    kept(old),
 	})
 	if err != nil {
 		return fmt.Errorf("media: object store %s: %w", BucketObjects, err)

@@ -290,7 +290,9 @@ func applyRegion(ctx context.Context, js jetstream.JetStream, opts Options) erro
 	if err != nil {
 		return err
 	}
-	keepReplicas(ctx, js, cfg.Name, opts.Replicas, &cfg.Replicas)
+	if err := keepOperators(ctx, js, opts, &cfg); err != nil {
+		return err
+	}
 	outbox, err := js.CreateOrUpdateStream(ctx, cfg)
 	if err != nil {
 		return fmt.Errorf("streams: apply %s: %w", cfg.Name, err)
@@ -330,7 +332,9 @@ func applyRegion(ctx context.Context, js jetstream.JetStream, opts Options) erro
 		return err
 	}
 	for _, kv := range []jetstream.KeyValueConfig{homes, dir} {
-		keepReplicas(ctx, js, "KV_"+kv.Bucket, opts.Replicas, &kv.Replicas)
+		if err := keepReplicas(ctx, js, "KV_"+kv.Bucket, opts.Replicas, &kv.Replicas); err != nil {
+			return err
+		}
 		if _, err := js.CreateOrUpdateKeyValue(ctx, kv); err != nil {
 			return fmt.Errorf("streams: apply KV %s: %w", kv.Bucket, err)
 		}

@@ -144,7 +144,9 @@ func Apply(ctx context.Context, js jetstream.JetStream, opts Options) error {
 		if err != nil {
 			return err
 		}
-		keepReplicas(ctx, js, cfg.Name, opts.Replicas, &cfg.Replicas)
+		if err := keepOperators(ctx, js, opts, &cfg); err != nil {
+			return err
+		}
 		if _, err := js.CreateOrUpdateStream(ctx, cfg); err != nil {
 			return fmt.Errorf("streams: apply %s: %w", cfg.Name, err)
 		}
@@ -154,7 +156,9 @@ func Apply(ctx context.Context, js jetstream.JetStream, opts Options) error {
 		if err != nil {
 			return err
 		}
-		keepReplicas(ctx, js, "KV_"+kv.Bucket, opts.Replicas, &kv.Replicas)
+		if err := keepReplicas(ctx, js, "KV_"+kv.Bucket, opts.Replicas, &kv.Replicas); err != nil {
+			return err
+		}
 		if _, err := js.CreateOrUpdateKeyValue(ctx, kv); err != nil {
 			return fmt.Errorf("streams: apply KV %s: %w", kv.Bucket, err)
 		}
@@ -166,13 +170,55 @@ func Apply(ctx context.Context, js jetstream.JetStream, opts Options) error {
 }
 
 // keepReplicas leaves an existing stream's replica count alone when none
-// was asked for: a gateway started without --replicas must not scale a
-// cluster's R3 streams back to one replica.
-func keepReplicas(ctx context.Context, js jetstream.JetStream, stream string, asked int, replicas *int) {
+// was asked for: a setup without --replicas must not scale a cluster's
+// R3 streams back to one replica. A stream it cannot read is an error:
+// guessing one replica would do just that.
+func keepReplicas(ctx context.Context, js jetstream.JetStream, stream string, asked int, replicas *int) error {
 	if asked > 0 {
-		return
+		return nil
 	}
-	if s, err := js.Stream(ctx, stream); err == nil {
-		*replicas = s.CachedInfo().Config.Replicas
+	s, err := js.Stream(ctx, stream)
+	switch {
+	case errors.Is(err, jetstream.ErrStreamNotFound):
+		return nil
+	case err != nil:
+		return fmt.Errorf("streams: read %s's replicas: %w", stream, err)
 	}
+	*replicas = s.CachedInfo().Config.Replicas
+	return nil
+}
+
+// keepOperators leaves what an operator chose on an existing stream
+// alone where this run does not ask otherwise: its replicas
+// (keepReplicas), INBOX's max age and dedup window (the flags' zero), and
+// a byte limit or a placement where the file sets none (`nats stream
+// edit INBOX --max-bytes 50GB`), so setup run again on an upgrade, or the
+// all-in-one's restart, undoes none of it.
+func keepOperators(ctx context.Context, js jetstream.JetStream, opts Options, cfg *jetstream.StreamConfig) error {
+	if err := keepReplicas(ctx, js, cfg.Name, opts.Replicas, &cfg.Replicas); err != nil {
+		return err
+	}
+	s, err := js.Stream(ctx, cfg.Name)
+	switch {
+	case errors.Is(err, jetstream.ErrStreamNotFound):
+		return nil
+	case err != nil:
+		return fmt.Errorf("streams: read %s: %w", cfg.Name, err)
+	}
+	old := s.CachedInfo().Config
+	if cfg.Name == contract.Inbox {
+		if opts.MaxAge == 0 {
+			cfg.MaxAge = old.MaxAge
+		}
+		if opts.DuplicateWindow == 0 {
+			cfg.Duplicates = old.Duplicates
+		}
+	}
+	if cfg.MaxBytes <= 0 && old.MaxBytes > 0 {
+		cfg.MaxBytes = old.MaxBytes
+	}
+	if cfg.Placement == nil && old.Placement != nil {
+		cfg.Placement = old.Placement
+	}
+	return nil
 }

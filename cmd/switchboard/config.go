@@ -201,8 +201,8 @@ func (c *appConfig) devTokens(allInOne bool) bool {
 // bindStreamFlags declares the stream settings: the all-in-one and
 // `switchboard setup` apply them; gateways only use the streams.
 func bindStreamFlags(fs *flag.FlagSet, o *streams.Options) {
-	fs.DurationVar(&o.MaxAge, "max-age", o.MaxAge, "keep messages this long (0: 30 days)")
-	fs.DurationVar(&o.DuplicateWindow, "dedup-window", o.DuplicateWindow, "remember message ids this long (0: 2m)")
+	fs.DurationVar(&o.MaxAge, "max-age", o.MaxAge, "keep messages this long (0: keep what INBOX has, 30 days for a new one)")
+	fs.DurationVar(&o.DuplicateWindow, "dedup-window", o.DuplicateWindow, "remember message ids this long (0: keep what INBOX has, 2m for a new one)")
 	fs.IntVar(&o.Replicas, "replicas", o.Replicas, "stream replicas (0: keep what the streams have, 1 for new ones)")
 }
 
