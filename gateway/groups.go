@@ -279,6 +279,15 @@ func (c *groupCache) get(srv *Server, gid string) (contract.GroupRecord, error) 
 	if ok && time.Since(e.at) < groupCacheTTL {
 		return e.g, nil
 	}
+	return c.read(srv, gid)
+}
+
+// read returns group gid's record read from GROUP_INFO, and keeps it:
+// for what must follow the membership as it is now, not up to the
+// cache's age ago (presence_sub of a group, which a member sends again
+// after a change to follow the newcomers, and which a removed member
+// must be refused).
+func (c *groupCache) read(srv *Server, gid string) (contract.GroupRecord, error) {
 	ctx, cancel := context.WithTimeout(context.Background(), srv.cfg.FunctionTimeout)
 	defer cancel()
 	g, err := srv.loadGroup(ctx, gid)

@@ -15,7 +15,6 @@ import (
 
 	"github.com/switchboard-im/switchboard/client"
 	"github.com/switchboard-im/switchboard/contract"
-	"github.com/switchboard-im/switchboard/functions/groups"
 	"github.com/switchboard-im/switchboard/internal/natsauth"
 	tk "github.com/switchboard-im/switchboard/internal/testkit"
 	"github.com/switchboard-im/switchboard/protocol"
@@ -486,13 +485,7 @@ func groupAnswer(t *testing.T, r *raw, id string) {
 // their typing is still refused.
 func TestRemovedMemberAskingAnOldChangeAgainStaysOut(t *testing.T) {
 	n := tk.StartNATS(t)
-	gnc := n.Connect(t, natsauth.Groups)
-	gjs, _ := jetstream.New(gnc)
-	gs, err := groups.Start(context.Background(), gnc, gjs, groups.DefaultConfig(), tk.Logger(t))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(gs.Stop)
+	startGroupsFunction(t, n)
 	g := tk.StartGateway(t, n, tk.TestConfig())
 	alice := connectRaw(t, g, "alice", "phone")
 	alice.write(`{"type":"group","id":"a-1","op":"create","group":"friends","name":"Friends","users":["bob","dave"]}`)
