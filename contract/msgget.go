@@ -7,6 +7,7 @@ import (
 	"fmt"
 
 	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
 )
 
 // StoredMsg is one message as a stream's leader holds it.
@@ -24,7 +25,8 @@ type APIError struct {
 	Desc    string `json:"description"`
 }
 
-// ErrNoMsg is a stream holding no message where GetMsg looked.
+// ErrNoMsg is a stream holding no message where GetMsg looked. A stream
+// that does not exist is another error.
 var ErrNoMsg = errors.New("no such message")
 
 // GetMsg reads one message of stream through the stream's leader
@@ -48,7 +50,8 @@ func GetMsg(ctx context.Context, nc *nats.Conn, stream string, seq uint64, subje
 	switch err := json.Unmarshal(m.Data, &resp); {
 	case err != nil:
 		return nil, fmt.Errorf("read %s: %w", stream, err)
-	case resp.Error != nil && resp.Error.Code == 404, resp.Error == nil && resp.Message == nil:
+	case resp.Error != nil && resp.Error.ErrCode == int(jetstream.JSErrCodeMessageNotFound),
+		resp.Error == nil && resp.Message == nil:
 		return nil, ErrNoMsg
 	case resp.Error != nil:
 		return nil, fmt.Errorf("read %s: %s (%d)", stream, resp.Error.Desc, resp.Error.ErrCode)

@@ -105,16 +105,17 @@ func (l *ledger) confirmed(sender, n int, seq uint64, now time.Time) {
 	l.sendSent.record(now.Sub(time.Unix(0, at)))
 }
 
-// deliver records that the recipient's app got message n of sender,
+// deliver records that recipient to's app got message n of sender,
 // stamped at (from the body). known is false for a message this run did
-// not send; first is true the first time the app gets it.
-func (l *ledger) deliver(sender, n int, at int64, now time.Time) (known, first bool) {
+// not send to that recipient (one sent to another recipient is not
+// counted as delivered); first is true the first time the app gets it.
+func (l *ledger) deliver(sender, n, to int, at int64, now time.Time) (known, first bool) {
 	if sender < 0 || sender >= len(l.senders) || n < 0 {
 		return false, false
 	}
 	o := l.senders[sender]
 	o.mu.Lock()
-	if n >= len(o.msgs) {
+	if n >= len(o.msgs) || int(o.msgs[n].to) != to {
 		o.mu.Unlock()
 		return false, false
 	}
@@ -234,15 +235,18 @@ type inbox struct {
 	last map[int]uint64 // highest sequence seen per sender
 }
 
-// order records seq from sender and reports whether it came out of order.
+// order records seq from sender and reports whether it came out of
+// order: lower than one seen before. The same sequence again is a
+// duplicate, which the ledger counts, not a reordering.
 func (in *inbox) order(sender int, seq uint64) bool {
 	if in.last == nil {
 		in.last = map[int]uint64{}
 	}
-	if seq <= in.last[sender] {
+	last := in.last[sender]
+	if seq < last {
 		return true
 	}
-	in.last[sender] = seq
+	in.last[sender] = max(last, seq)
 	return false
 }
 

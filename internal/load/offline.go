@@ -90,8 +90,8 @@ func runOffline(ctx context.Context, e *env, rep *Report) error {
 	})
 	lat := newHist()
 	drainStart := time.Now()
-	devs := e.fleet.connectAll(ctx, users[:cfg.Sample], cfg.ConnectConcurrency, 64, func(int) handlers {
-		return e.recipientHandlers(index, &inbox{}, nil)
+	devs := e.fleet.connectAll(ctx, users[:cfg.Sample], cfg.ConnectConcurrency, 64, func(j int) handlers {
+		return e.recipientHandlers(j, index, &inbox{}, nil)
 	}, lat, func() { e.prog.add(1) })
 	res.Drain.Seconds = time.Since(drainStart).Seconds()
 	res.Drain.Connected = connected(devs)

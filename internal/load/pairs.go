@@ -38,8 +38,8 @@ func runPairs(ctx context.Context, e *env, rep *Report) error {
 	e.prog.set("connecting", int64(2*n), nil)
 	lat := newHist()
 	start := time.Now()
-	rdevs := e.fleet.connectAll(ctx, recips, cfg.ConnectConcurrency, 256, func(int) handlers {
-		return e.recipientHandlers(index, &inbox{}, nil)
+	rdevs := e.fleet.connectAll(ctx, recips, cfg.ConnectConcurrency, 256, func(i int) handlers {
+		return e.recipientHandlers(i, index, &inbox{}, nil)
 	}, lat, func() { e.prog.add(1) })
 	sdevs := e.fleet.connectAll(ctx, senders, cfg.ConnectConcurrency, 256, e.senderHandlers, lat, func() { e.prog.add(1) })
 	res.Connects.Seconds = time.Since(start).Seconds()

@@ -211,10 +211,12 @@ func (e *env) waitSessionsBelow(ctx context.Context, n int) {
 	})
 }
 
-// recipientHandlers are what a device that receives the run's messages
-// does: check each against the ledger, then ack it (which sends the
-// delivered receipt). done, if set, is called on each first delivery.
-func (e *env) recipientHandlers(senders map[string]int, in *inbox, done func()) handlers {
+// recipientHandlers are what a device of recipient to (its index in the
+// ledger) does with the run's messages: check each against the ledger,
+// then ack it (which sends the delivered receipt). A message the run did
+// not send to this recipient is counted as a "foreign_message" error, not
+// as delivered. done, if set, is called on each first delivery.
+func (e *env) recipientHandlers(to int, senders map[string]int, in *inbox, done func()) handlers {
 	l := e.ledger
 	return handlers{msg: func(d *device, m client.Message) {
 		now := time.Now()
@@ -222,11 +224,11 @@ func (e *env) recipientHandlers(senders map[string]int, in *inbox, done func()) 
 		ts, okT := bodyTime(m.Body)
 		known, first := false, false
 		if okS && okT {
-			known, first = l.deliver(s, parseMsgID(m.ID), ts, now)
+			known, first = l.deliver(s, parseMsgID(m.ID), to, ts, now)
 		}
 		switch {
 		case !known:
-			e.errs.add("foreign_message", fmt.Errorf("%s from %s (seq %d) was not sent by this run", m.ID, m.From, m.Seq))
+			e.errs.add("foreign_message", fmt.Errorf("%s from %s (seq %d) to %s was not sent to it by this run", m.ID, m.From, m.Seq, d.user))
 		case in.order(s, m.Seq):
 			l.reordered.Add(1)
 		}

@@ -35,7 +35,7 @@ func runStorm(ctx context.Context, e *env, rep *Report) error {
 		inboxes[j] = &inbox{}
 	}
 	hfor := func(j int) handlers {
-		return e.recipientHandlers(index, inboxes[j], func() {
+		return e.recipientHandlers(j, index, inboxes[j], func() {
 			if storming.Load() && got[j].Add(1) == expected[j] {
 				backlog.record(time.Since(start))
 			}

@@ -65,7 +65,7 @@ func TestLedgerCountsLikeAQueueChecker(t *testing.T) {
 	now := time.Now()
 	at := now.UnixNano()
 	n0 := l.begin(0, 0, now, true) // delivered before its "sent"
-	if known, first := l.deliver(0, n0, at, now); !known || !first {
+	if known, first := l.deliver(0, n0, 0, at, now); !known || !first {
 		t.Fatal("first delivery not recognised")
 	}
 	l.confirmed(0, n0, 10, now)
@@ -73,21 +73,24 @@ func TestLedgerCountsLikeAQueueChecker(t *testing.T) {
 	l.confirmed(0, n1, 11, now)
 	n2 := l.begin(0, 0, now, true) // delivered twice
 	l.confirmed(0, n2, 12, now)
-	l.deliver(0, n2, at, now)
-	if _, first := l.deliver(0, n2, at, now); first {
+	l.deliver(0, n2, 0, at, now)
+	if _, first := l.deliver(0, n2, 0, at, now); first {
 		t.Fatal("second delivery counted as first")
 	}
 	n3 := l.begin(1, 0, now, true) // never confirmed, still delivered
-	l.deliver(1, n3, at, now)
+	l.deliver(1, n3, 0, at, now)
 	n4 := l.begin(1, 5, now, false) // confirmed for a user not checked
 	l.confirmed(1, n4, 13, now)
 	l.receipt(0, n0, now)
 	l.receipt(0, n0, now) // a receipt twice counts once
-	if known, _ := l.deliver(1, 99, at, now); known {
+	if known, _ := l.deliver(1, 99, 0, at, now); known {
 		t.Fatal("a message never begun is known")
 	}
-	if known, _ := l.deliver(7, 0, at, now); known {
+	if known, _ := l.deliver(7, 0, 0, at, now); known {
 		t.Fatal("an unknown sender is known")
+	}
+	if known, _ := l.deliver(0, n1, 1, at, now); known { // n1 is to recipient 0
+		t.Fatal("a message delivered to another recipient is known")
 	}
 
 	c := l.count()
@@ -104,13 +107,15 @@ func TestLedgerCountsLikeAQueueChecker(t *testing.T) {
 	}
 }
 
+// A sequence lower than one seen before from the same sender is out of
+// order; the same sequence again is a duplicate, not a reordering.
 func TestInboxFlagsOutOfOrderPerSender(t *testing.T) {
 	var in inbox
 	for _, c := range []struct {
 		sender int
 		seq    uint64
 		out    bool
-	}{{0, 5, false}, {1, 3, false}, {0, 7, false}, {0, 6, true}, {1, 4, false}, {1, 4, true}} {
+	}{{0, 5, false}, {1, 3, false}, {0, 7, false}, {0, 6, true}, {1, 4, false}, {1, 4, false}, {1, 3, true}} {
 		if got := in.order(c.sender, c.seq); got != c.out {
 			t.Fatalf("sender %d seq %d: out of order = %v", c.sender, c.seq, got)
 		}
