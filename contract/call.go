@@ -35,7 +35,7 @@ func (e *FnError) Error() string {
 // decodes the JSON answer into reply (nil: ignore the body). A refusal is
 // a *FnError; a function that is not running or does not answer before
 // ctx ends is ErrUnavailable.
-func Call(ctx context.Context, nc *nats.Conn, subject string, req, reply any) error {
+func Call(ctx context.Context, nc Requester, subject string, req, reply any) error {
 	data, err := json.Marshal(req)
 	if err != nil {
 		return err

@@ -63,7 +63,7 @@ func (s *session) status(seq uint64, group, to string) {
 		}
 		var reply contract.StatusReply
 		req := contract.StatusRequest{Sender: s.id.User, Recipient: strings.TrimPrefix(rm.Subject, contract.InboxPrefix), Seq: seq}
-		if err := contract.Call(ctx, s.srv.nc, contract.StatusSubject, req, &reply); err != nil {
+		if err := contract.Call(ctx, s.srv.calls, contract.StatusSubject, req, &reply); err != nil {
 			s.sendError(protocol.ErrUnavailable, "receipts are unavailable", "", seq, 0)
 			return
 		}
@@ -158,7 +158,7 @@ func (s *session) read(seq uint64) {
 		}
 		req := contract.ReadRequest{Reader: s.id.User, Device: s.id.Device, Sender: rm.Header.Get(contract.HdrFrom), Seq: seq}
 		req.Region, req.Origin = s.srv.regions.origin(rm.Header) // a sender homed elsewhere: regions.go
-		if err := contract.Call(ctx, s.srv.nc, contract.ReadSubject, req, nil); err != nil {
+		if err := contract.Call(ctx, s.srv.calls, contract.ReadSubject, req, nil); err != nil {
 			s.sendError(protocol.ErrUnavailable, "read receipt not taken; resend", "", seq, 0)
 		}
 	})
@@ -207,7 +207,7 @@ func (s *session) settings(f *protocol.Frame) {
 		go func() {
 			ctx, cancel := context.WithTimeout(context.Background(), s.srv.cfg.FunctionTimeout)
 			defer cancel()
-			if err := contract.Call(ctx, s.srv.nc, contract.PresenceAnnounceSubject, contract.AnnounceRequest{User: s.id.User}, nil); err != nil {
+			if err := contract.Call(ctx, s.srv.calls, contract.PresenceAnnounceSubject, contract.AnnounceRequest{User: s.id.User}, nil); err != nil {
 				s.log.Debug("presence not announced after a privacy change", "err", err)
 			}
 		}()

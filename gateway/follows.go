@@ -350,7 +350,7 @@ func (f *follows) fetch(gen uint64, users []string) error {
 		ctx, cancel := context.WithTimeout(context.Background(), s.srv.cfg.FunctionTimeout)
 		var reply contract.PresenceReply
 		req := contract.PresenceRequest{Viewer: s.id.User, Users: chunk}
-		err := contract.Call(ctx, s.srv.nc, contract.PresenceGetSubject, req, &reply)
+		err := contract.Call(ctx, s.srv.calls, contract.PresenceGetSubject, req, &reply)
 		cancel()
 		if err != nil {
 			return err

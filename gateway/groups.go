@@ -90,7 +90,7 @@ func (s *session) group(f *protocol.Frame) {
 		ctx, cancel := context.WithTimeout(context.Background(), s.srv.cfg.FunctionTimeout)
 		defer cancel()
 		var reply contract.GroupReply
-		if err := contract.Call(ctx, s.srv.nc, contract.GroupSubject(op), req, &reply); err != nil {
+		if err := contract.Call(ctx, s.srv.calls, contract.GroupSubject(op), req, &reply); err != nil {
 			code, msg := groupError(err)
 			if code == protocol.ErrInternal {
 				s.log.Warn("group operation failed", "op", op, "err", err)

@@ -187,7 +187,7 @@ func (s *session) readGroup(ctx context.Context, seq uint64, h nats.Header) {
 	if err == nil && home != "" {
 		err = s.sendPosition(home, req)
 	} else if err == nil {
-		err = contract.Call(ctx, s.srv.nc, contract.GroupPositionSubject, req, nil)
+		err = contract.Call(ctx, s.srv.calls, contract.GroupPositionSubject, req, nil)
 	}
 	if err != nil {
 		s.sendError(protocol.ErrUnavailable, "read receipt not taken; resend", "", seq, 0)
@@ -247,7 +247,7 @@ func (s *session) askGroupStatus(ctx context.Context, seq uint64, group string, 
 		return err
 	}
 	if home == "" {
-		return contract.Call(ctx, s.srv.nc, contract.StatusSubject, contract.StatusRequest{Sender: s.id.User, Group: group, Seq: seq}, reply)
+		return contract.Call(ctx, s.srv.calls, contract.StatusSubject, contract.StatusRequest{Sender: s.id.User, Group: group, Seq: seq}, reply)
 	}
 	if !contract.IsOutboxSeq(seq) {
 		return &contract.FnError{Status: 404, Code: contract.ErrCodeUnknownSeq}
@@ -266,7 +266,7 @@ func (s *session) askElsewhere(ctx context.Context, subject string, req contract
 	if err != nil {
 		return err
 	}
-	err = contract.Call(ctx, s.srv.nc, contract.StatusRemoteSubject, req, reply)
+	err = contract.Call(ctx, s.srv.calls, contract.StatusRemoteSubject, req, reply)
 	var fe *contract.FnError
 	if pending && errors.As(err, &fe) && fe.Code == contract.ErrCodeUnknownSeq {
 		return errInTransit

@@ -20,7 +20,7 @@ import (
 func (s *session) grantMedia(m protocol.Media, to string) (ref []byte, code protocol.ErrorCode, message string) {
 	ctx, cancel := context.WithTimeout(context.Background(), s.srv.cfg.FunctionTimeout)
 	defer cancel()
-	err := contract.Call(ctx, s.srv.nc, contract.MediaGrantSubject, contract.GrantRequest{
+	err := contract.Call(ctx, s.srv.calls, contract.MediaGrantSubject, contract.GrantRequest{
 		User: s.id.User, Key: m.Key, Users: []string{to},
 		Size: m.Size, SHA256: m.SHA256, Mime: m.Mime,
 	}, nil)

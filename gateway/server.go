@@ -74,7 +74,11 @@ type Server struct {
 	limits    *limitKeeper // devices' rate limits, kept across their sessions (ratekeep.go)
 	positions *positions   // group delivered positions, gathered (positions.go)
 	replies   *replies     // answers to reads of the stream, PubAcks, lease writes
-	backlog   *backlog     // reads shared by many sessions at once (storms)
+	// calls asks the worker functions, whose answers come on a prefix of
+	// their own (contract.CallPrefix): a function may answer there, and
+	// may not publish where JetStream answers this gateway.
+	calls     *contract.Caller
+	backlog   *backlog // reads shared by many sessions at once (storms)
 	leaderSub *nats.Subscription
 	// The seams to JetStream that sessions' parts use, the Server's own
 	// in production and fakes in tests.
@@ -158,13 +162,19 @@ func New(ctx context.Context, cfg Config, keys *Keys, nc *nats.Conn, log *slog.L
 		router:      newRouter(nc),
 	}
 	s.limits = newLimitKeeper(&s.cfg)
+	if s.calls, err = contract.NewCaller(nc, contract.CallPrefix("gateway")); err != nil {
+		s.router.close()
+		return nil, err
+	}
 	s.positions = newPositions(func(ctx context.Context, req contract.GroupPositionsRequest) (contract.GroupPositionsReply, error) {
 		var reply contract.GroupPositionsReply
-		err := contract.Call(ctx, nc, contract.GroupPositionsSubject, req, &reply)
+		err := contract.Call(ctx, s.calls, contract.GroupPositionsSubject, req, &reply)
 		return reply, err
 	}, cfg.FunctionTimeout)
 	s.stream, s.cursors = s, s.devices
 	if s.regions, err = newRegions(ctx, cfg, js); err != nil {
+		s.router.close()
+		s.calls.Close()
 		return nil, err
 	}
 	s.metrics = newMetrics(func() float64 { return float64(s.Sessions()) })
@@ -174,6 +184,7 @@ func New(ctx context.Context, cfg Config, keys *Keys, nc *nats.Conn, log *slog.L
 	s.metricsHTTP = newMetricsHTTP(s.metrics, &s.cfg)
 	if s.replies, err = newReplies(nc); err != nil {
 		s.router.close()
+		s.calls.Close()
 		return nil, err
 	}
 	s.backlog = newBacklog(s)
@@ -633,11 +644,16 @@ func (s *Server) closeListeners() {
 	}
 }
 
+// Calls asks the worker functions for this gateway (the media API
+// mounted on it, say), with their answers on the call prefix.
+func (s *Server) Calls() contract.Requester { return s.calls }
+
 // closeRouting ends the router and the replies' subscription.
 func (s *Server) closeRouting() {
 	s.backlog.close()
 	s.router.close()
 	s.replies.close()
+	s.calls.Close()
 }
 
 // Abort drops every connection at once with no close frame and no

@@ -261,7 +261,7 @@ func (t *ticker) endLocked() {
 // stopped one, costs a second stored write, not the session.
 func (t *ticker) delivered(req contract.DeliveredRequest) error {
 	ctx, cancel := context.WithTimeout(context.Background(), t.s.srv.cfg.FunctionTimeout)
-	err := contract.Call(ctx, t.s.srv.nc, contract.DeliveredSubject, req, nil)
+	err := contract.Call(ctx, t.s.srv.calls, contract.DeliveredSubject, req, nil)
 	cancel()
 	if errors.Is(err, contract.ErrUnavailable) {
 		err = t.queue(req)

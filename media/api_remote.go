@@ -3,7 +3,7 @@ package media
 import (
 	"log/slog"
 
-	"github.com/nats-io/nats.go"
+	"github.com/switchboard-im/switchboard/contract"
 )
 
 // NewRemoteAPI is the HTTP API of a process that does not run the media
@@ -12,7 +12,10 @@ import (
 // function may read. The embedded store's blob URLs are served where the
 // function runs (the all-in-one, or `switchboard function media
 // --media-listen`); here Blob answers not_found.
-func NewRemoteAPI(nc *nats.Conn, cfg Config, log *slog.Logger) *API {
+//
+// nc asks the function: a gateway passes its contract.Caller, whose answers
+// come on the prefix the media function may answer on.
+func NewRemoteAPI(nc contract.Requester, cfg Config, log *slog.Logger) *API {
 	cfg = cfg.withDefaults()
 	return &API{client: NewClient(nc, cfg.RequestTimeout), log: log.WithGroup("media")}
 }

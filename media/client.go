@@ -6,8 +6,6 @@ import (
 	"fmt"
 	"time"
 
-	"github.com/nats-io/nats.go"
-
 	"github.com/switchboard-im/switchboard/contract"
 )
 
@@ -18,13 +16,15 @@ import (
 //
 // A Client is safe from many goroutines.
 type Client struct {
-	nc      *nats.Conn
+	nc      contract.Requester
 	timeout time.Duration
 }
 
-// NewClient returns a client whose calls time out after timeout unless the
-// context's deadline is sooner. Zero means 5 seconds.
-func NewClient(nc *nats.Conn, timeout time.Duration) *Client {
+// NewClient returns a client asking through nc (a gateway's
+// contract.Caller, or a connection answered on its own inbox), whose calls
+// time out after timeout unless the context's deadline is sooner. Zero
+// means 5 seconds.
+func NewClient(nc contract.Requester, timeout time.Duration) *Client {
 	if timeout <= 0 {
 		timeout = 5 * time.Second
 	}

@@ -23,6 +23,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/valyala/fasthttp"
 
+	"github.com/switchboard-im/switchboard/contract"
 	"github.com/switchboard-im/switchboard/internal/natsauth"
 	"github.com/switchboard-im/switchboard/internal/testkit"
 	"github.com/switchboard-im/switchboard/media"
@@ -117,7 +118,11 @@ func (b backend) start(t testing.TB, mod ...func(*media.Config)) *harness {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { _ = h.svc.Stop() })
-	h.client = media.NewClient(h.n.Connect(t, natsauth.Gateway), 5*time.Second)
+	calls, err := contract.NewCaller(h.n.Connect(t, natsauth.Gateway), contract.CallPrefix(string(natsauth.Gateway)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	h.client = media.NewClient(calls, 5*time.Second)
 
 	api := h.svc.API()
 	srv := &fasthttp.Server{

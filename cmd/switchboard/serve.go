@@ -180,7 +180,7 @@ func runServe(args []string, allInOne bool) error {
 	// The media API on the gateway's listener: its own routes when the
 	// function runs here, else only the token-checked ones, which ask the
 	// function over NATS.
-	api := media.NewRemoteAPI(nc, c.Functions.mediaConfig(), log)
+	api := media.NewRemoteAPI(gw.Calls(), c.Functions.mediaConfig(), log)
 	if mediaSvc != nil {
 		api = mediaSvc.API()
 	}

@@ -25,9 +25,10 @@ import (
 // env is a bare server with the streams applied and no function running;
 // gw asks and stores group messages as a gateway does.
 type env struct {
-	n    *tk.NATS
-	gw   *nats.Conn
-	gwJS jetstream.JetStream
+	n     *tk.NATS
+	gw    *nats.Conn
+	gwJS  jetstream.JetStream
+	calls *contract.Caller
 }
 
 func newEnv(t testing.TB) *env {
@@ -38,7 +39,7 @@ func newEnv(t testing.TB) *env {
 	if err != nil {
 		t.Fatal(err)
 	}
-	return &env{n: n, gw: gw, gwJS: js}
+	return &env{n: n, gw: gw, gwJS: js, calls: n.Caller(t, natsauth.Gateway)}
 }
 
 // instance starts a groups function on its own connection in its own
@@ -64,7 +65,7 @@ func (e *env) do(t testing.TB, op string, req contract.GroupRequest) (contract.G
 		req.Device = "phone"
 	}
 	var r contract.GroupReply
-	err := contract.Call(ctx, e.gw, contract.GroupSubject(op), req, &r)
+	err := contract.Call(ctx, e.calls, contract.GroupSubject(op), req, &r)
 	return r.Group, err
 }
 

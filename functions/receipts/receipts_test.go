@@ -8,7 +8,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/switchboard-im/switchboard/contract"
@@ -22,13 +21,13 @@ import (
 // so each test starts the instances it needs; gw asks as a gateway does.
 type env struct {
 	n  *tk.NATS
-	gw *nats.Conn
+	gw *contract.Caller
 }
 
 func newEnv(t testing.TB) *env {
 	t.Helper()
 	n := tk.StartStreams(t, t.TempDir())
-	return &env{n: n, gw: n.Connect(t, natsauth.Gateway)}
+	return &env{n: n, gw: n.Caller(t, natsauth.Gateway)}
 }
 
 // instance starts a receipts function on its own connection in its own
@@ -272,7 +271,9 @@ func TestBadRequestsAndNoInstance(t *testing.T) {
 			t.Errorf("%s %+v: %v, want a 400", req.subject, req.req, err)
 		}
 	}
-	m, err := e.gw.Request(contract.StatusSubject, []byte("not json"), 5*time.Second)
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	m, err := e.gw.RequestWithContext(ctx, contract.StatusSubject, []byte("not json"))
 	if err != nil || m.Header.Get("Nats-Service-Error-Code") != "400" {
 		t.Errorf("a request that is not JSON: %v %v", err, m)
 	}

@@ -51,6 +51,7 @@ var LeafDeny = []string{
 	// sequence (on TICKS, a work queue, deleting it unapplied).
 	"$JS.ACK.>",
 	InboxPrefix(Gateway) + ".>",
+	contract.CallPrefix(string(Gateway)) + ".>",
 	InboxPrefix(Receipts) + ".>",
 	InboxPrefix(Presence) + ".>",
 	InboxPrefix(Push) + ".>",

@@ -76,7 +76,7 @@ func InboxPrefix(r Role) string {
 // a function "answer" into a bucket or an inbox (a presence request with
 // the reply $KV.GROUP_INFO.friends would overwrite a group's record). A
 // role answers only the roles that ask it, on their reply prefixes
-// (answers).
+// (calls, answers).
 type Rules struct {
 	Publish   []string
 	Subscribe []string
@@ -133,7 +133,7 @@ func For(r Role) Rules {
 				// Its answers to other gateways' kicks.
 				answers(Gateway),
 			),
-			Subscribe: []string{subjLive, subjEvents, subjKick, subjPresence, leaderInbox, InboxPrefix(r) + ".>"},
+			Subscribe: []string{subjLive, subjEvents, subjKick, subjPresence, leaderInbox, InboxPrefix(r) + ".>", contract.CallPrefix(string(r)) + ".>"},
 		}
 	case Receipts:
 		// Receipts into senders' inboxes, conversations' read positions and
@@ -171,7 +171,7 @@ func For(r Role) Rules {
 				reads(read...),
 				// Answers to gateways, the operator, and other regions'
 				// receipts functions.
-				answers(Gateway, Operator), []string{contract.ReceiptsForwardReply("*") + ">"},
+				calls(Gateway), answers(Operator), []string{contract.ReceiptsForwardReply("*") + ">"},
 			),
 			Subscribe: []string{subjFn + string(r) + ".>", subjMicro, InboxPrefix(r) + ".>",
 				contract.ReceiptsForwardSubject("*"), contract.ReceiptsForwardReply("*") + ">"},
@@ -180,7 +180,7 @@ func For(r Role) Rules {
 		// A listing of the records (an ordered consumer), for the sweep
 		// after a gap in lease changes (functions/presence).
 		return function(r, kvStream(contract.PresenceKV),
-			join([]string{kvSubject(contract.PresenceKV) + "user.*", subjPresence}, answers(Gateway), watch(kvStream(contract.PresenceKV))),
+			join([]string{kvSubject(contract.PresenceKV) + "user.*", subjPresence}, calls(Gateway), watch(kvStream(contract.PresenceKV))),
 			[]string{kvStream(contract.PresenceKV), kvStream(contract.SettingsKV)})
 	case Push:
 		return function(r, contract.Inbox,
@@ -202,7 +202,7 @@ func For(r Role) Rules {
 					"$O." + MediaObjects + ".>"},
 				streamInfo(own...), reads(own...), manage(own...),
 				// Answers to gateways, the operator and its own HTTP API.
-				answers(Gateway, Operator, Media),
+				calls(Gateway), answers(Operator, Media),
 			),
 			Subscribe: []string{subjFn + "media.>", subjMicro, InboxPrefix(r) + ".>"},
 		}
@@ -233,7 +233,7 @@ func For(r Role) Rules {
 				reads(read...),
 				// Answers to gateways, the operator, and other regions'
 				// groups functions.
-				answers(Gateway, Operator), []string{contract.GroupsForwardReply("*") + ">"},
+				calls(Gateway), answers(Operator), []string{contract.GroupsForwardReply("*") + ">"},
 			),
 			Subscribe: []string{subjFn + string(r) + ".>", subjMicro, InboxPrefix(r) + ".>",
 				contract.GroupsForwardSubject("*", "*"), contract.GroupsForwardReply("*") + ">"},
@@ -280,7 +280,21 @@ func function(r Role, stream string, publish, read []string) Rules {
 	}
 }
 
-// answers is publishing to the reply subjects of the named roles' requests.
+// calls is publishing to the reply subjects of the named roles' requests
+// to the functions (contract.Caller): the functions' answers, apart from
+// where JetStream answers those roles, so no function can forge a PubAck
+// or a stream read's answer for them.
+func calls(askers ...Role) []string {
+	var out []string
+	for _, a := range askers {
+		out = append(out, contract.CallPrefix(string(a))+".>")
+	}
+	return out
+}
+
+// answers is publishing to the reply subjects of the named roles'
+// requests made on their connection inbox (the operator's nats CLI, a
+// gateway's kicks, the media function's API asking itself).
 func answers(askers ...Role) []string {
 	var out []string
 	for _, a := range askers {

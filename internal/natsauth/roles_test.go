@@ -1,6 +1,7 @@
 package natsauth_test
 
 import (
+	"context"
 	"errors"
 	"slices"
 	"strings"
@@ -10,6 +11,7 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nkeys"
 
+	"github.com/switchboard-im/switchboard/contract"
 	"github.com/switchboard-im/switchboard/internal/natsauth"
 	tk "github.com/switchboard-im/switchboard/internal/testkit"
 )
@@ -180,12 +182,16 @@ func verb(sub bool) string {
 // so a gateway could ask a function with the reply of a subject only the
 // function may write (a presence request answered into
 // $KV.GROUP_INFO.friends overwrote a group's record) or only the gateway
-// may (a device's cursor): each function the gateways ask answers on a
-// gateway's reply prefix, and its answer to any subject its own rights do
-// not name is refused.
+// may (a device's cursor): each function the gateways ask answers on the
+// gateways' call prefix (contract.Caller), and its answer to any subject
+// its own rights do not name is refused.
 func TestAnswersGoOnlyToAskersReplies(t *testing.T) {
 	n := tk.StartStreams(t, t.TempDir())
 	gw := n.Connect(t, natsauth.Gateway)
+	calls, err := contract.NewCaller(gw, contract.CallPrefix(string(natsauth.Gateway)))
+	if err != nil {
+		t.Fatal(err)
+	}
 	asked := map[natsauth.Role]string{
 		natsauth.Receipts: "sb.fn.receipts.status",
 		natsauth.Presence: "sb.fn.presence.get",
@@ -224,15 +230,55 @@ func TestAnswersGoOnlyToAskersReplies(t *testing.T) {
 				t.Errorf("%s answered into %q: last error %v", role, reply, got)
 			}
 		}
-		// The gateway's own reply prefix is answered.
+		// The gateway's calls are answered, on their own prefix.
 		go func() {
 			if m, err := reqs.NextMsg(5 * time.Second); err == nil {
 				_ = m.Respond([]byte("ok"))
 			}
 		}()
-		got, err := gw.Request(subject, []byte("{}"), 5*time.Second)
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		got, err := calls.RequestWithContext(ctx, subject, []byte("{}"))
+		cancel()
 		if err != nil || string(got.Data) != "ok" {
-			t.Errorf("%s: gateway's request not answered: %v", role, err)
+			t.Errorf("%s: gateway's call not answered: %v", role, err)
 		}
+	}
+}
+
+// A function answers a gateway's calls on their own prefix, and may not
+// publish where JetStream answers the gateway: else one never asked could
+// forge a PubAck (a message the gateway would answer "sent" and never
+// stored) or a stream read's answer, whose reply subjects the gateway
+// names predictably.
+func TestFunctionsMayNotForgeGatewaysJetStreamAnswers(t *testing.T) {
+	n := tk.StartStreams(t, t.TempDir())
+	gw := n.Connect(t, natsauth.Gateway)
+	reply := gw.NewInbox() + ".1.q1.0" // as gateway/replies.go names a PubAck
+	acks, err := gw.SubscribeSync(reply)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := gw.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	for _, role := range []natsauth.Role{natsauth.Receipts, natsauth.Presence, natsauth.Push, natsauth.Media, natsauth.Groups, natsauth.Sync} {
+		fn := n.Connect(t, role)
+		if err := fn.Publish(reply, []byte(`{"stream":"INBOX","seq":424242}`)); err != nil {
+			t.Fatal(err)
+		}
+		if err := fn.Flush(); err != nil {
+			t.Fatal(err)
+		}
+		if got := fn.LastError(); !errors.Is(got, nats.ErrPermissionViolation) || !strings.Contains(got.Error(), `"`+reply+`"`) {
+			t.Errorf("%s may publish on a gateway's JetStream reply %s: last error %v", role, reply, got)
+		}
+	}
+	// Refused at the server: nothing reached the gateway. Its own
+	// publish there is the fence.
+	if err := gw.Publish(reply, []byte("fence")); err != nil {
+		t.Fatal(err)
+	}
+	if m, err := acks.NextMsg(5 * time.Second); err != nil || string(m.Data) != "fence" {
+		t.Fatalf("the gateway's reply got %v (%v), want only the fence", m, err)
 	}
 }

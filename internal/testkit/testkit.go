@@ -23,6 +23,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/switchboard-im/switchboard/client"
+	"github.com/switchboard-im/switchboard/contract"
 	"github.com/switchboard-im/switchboard/gateway"
 	"github.com/switchboard-im/switchboard/internal/embednats"
 	"github.com/switchboard-im/switchboard/internal/natsauth"
@@ -183,6 +184,17 @@ func (n *NATS) Connect(t testing.TB, r natsauth.Role, opts ...nats.Option) *nats
 	}
 	t.Cleanup(nc.Close)
 	return nc
+}
+
+// Caller asks the worker functions as role r's components do: a
+// connection in role r with its answers on r's call prefix.
+func (n *NATS) Caller(t testing.TB, r natsauth.Role) *contract.Caller {
+	t.Helper()
+	c, err := contract.NewCaller(n.Connect(t, r), contract.CallPrefix(string(r)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return c
 }
 
 // Stop shuts the server down (idempotent).
