@@ -47,17 +47,9 @@ func TestSetupRunAgainKeepsClaimsForRunningFunctions(t *testing.T) {
 	if err := media.Setup(ctx, n.JS, again); err != nil {
 		t.Fatal(err)
 	}
-	kv, err := n.JS.KeyValue(ctx, media.BucketUploads)
-	if err != nil {
-		t.Fatal(err)
-	}
-	st, err := kv.Status(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if need := cfg.UploadExpiry + time.Minute; st.TTL() < need {
+	if got, need := bucketTTL(t, n.JS, media.BucketUploads), cfg.UploadExpiry+time.Minute; got < need {
 		t.Errorf("a setup run again cut %s to %s under a running function whose upload URLs live %s (needs %s)",
-			media.BucketUploads, st.TTL(), cfg.UploadExpiry, need)
+			media.BucketUploads, got, cfg.UploadExpiry, need)
 	}
 	if _, err := media.New(ctx, nc, js, cfg, testkit.Logger(t)); err != nil {
 		t.Errorf("the same function restarted: %v", err)

@@ -77,16 +77,24 @@ func TestSetupAppliesReferenceAge(t *testing.T) {
 		if err := media.Setup(ctx, n.JS, cfg); err != nil {
 			t.Fatal(err)
 		}
-		kv, err := n.JS.KeyValue(ctx, media.BucketACL)
-		if err != nil {
-			t.Fatal(err)
-		}
-		st, err := kv.Status(ctx)
-		if err != nil {
-			t.Fatal(err)
-		}
-		if st.TTL() != age {
-			t.Fatalf("%s keeps records %s, want %s", media.BucketACL, st.TTL(), age)
+		if got := bucketTTL(t, n.JS, media.BucketACL); got != age {
+			t.Fatalf("%s keeps records %s, want %s", media.BucketACL, got, age)
 		}
 	}
+}
+
+// bucketTTL is how long KV bucket keeps a record.
+func bucketTTL(t testing.TB, js jetstream.JetStream, bucket string) time.Duration {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	kv, err := js.KeyValue(ctx, bucket)
+	if err != nil {
+		t.Fatal(err)
+	}
+	st, err := kv.Status(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return st.TTL()
 }
