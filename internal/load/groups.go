@@ -65,7 +65,7 @@ func runGroups(ctx context.Context, e *env, rep *Report) error {
 				return
 			}
 			deliveries.Add(1)
-			lastDeliver.Store(now)
+			atomicMax(&lastDeliver, now)
 			gr.delivered(n, now)
 			hmu.Lock()
 			perDeliver.record(time.Duration(now - ts))
@@ -130,7 +130,7 @@ func runGroups(ctx context.Context, e *env, rep *Report) error {
 		}
 		gr.confirm(n, s.Seq)
 		sent.Add(1)
-		lastSent.Store(time.Now().UnixNano())
+		atomicMax(&lastSent, time.Now().UnixNano())
 	}
 	var wg sync.WaitGroup
 	if cfg.Rate == 0 {
