@@ -612,35 +612,3 @@ func TestGroupSendsWaitForTheBucket(t *testing.T) {
 		t.Fatalf("got %+v, want sent for g1", *f)
 	}
 }
-
-// A send stored while its sender was a member and resent under the same
-// id after their removal (its "sent" lost) is answered as the duplicate
-// it is: the message is in the log and reaches every member, so refusing
-// it as never stored would show it failed in the sender's app alone. A
-// new send from them is still refused, and nothing more is stored.
-func TestGroupSendResentAfterRemovalIsAnsweredDup(t *testing.T) {
-	n := tk.StartNATS(t)
-	g := tk.StartGateway(t, n, tk.TestConfig())
-	putGroup(t, n, "friends", "alice", "bob")
-	st := groupsStream(t, n)
-	alice := connectRaw(t, g, "alice", "phone")
-	alice.write(string(protocol.AppendGroupSend(nil, "g1", "friends", tk.Body("hi all"))))
-	first := alice.next()
-	if first.Type != protocol.TypeSent || first.ID != "g1" {
-		t.Fatalf("got %+v, want sent for g1", *first)
-	}
-	putGroup(t, n, "friends", "bob") // alice removed (by an admin elsewhere)
-	alice.write(string(protocol.AppendGroupSend(nil, "g1", "friends", tk.Body("hi all"))))
-	f := alice.next()
-	if f.Type != protocol.TypeSent || !f.Dup || f.Seq != first.Seq {
-		t.Fatalf("resend of g1 (stored at %d, GROUPS holds %d messages) answered %+v, want sent dup of seq %d",
-			first.Seq, storedCount(t, st), *f, first.Seq)
-	}
-	alice.write(string(protocol.AppendGroupSend(nil, "g2", "friends", tk.Body("still here?"))))
-	if f := alice.next(); f.Type != protocol.TypeError || f.Code != protocol.ErrNotMember || f.ID != "g2" {
-		t.Fatalf("a new send after the removal answered %+v, want not_member", *f)
-	}
-	if got := storedCount(t, st); got != 1 {
-		t.Fatalf("GROUPS holds %d messages, want the one stored while alice was a member", got)
-	}
-}

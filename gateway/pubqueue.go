@@ -1,7 +1,6 @@
 package gateway
 
 import (
-	"errors"
 	"slices"
 	"sort"
 	"strconv"
@@ -9,7 +8,6 @@ import (
 	"time"
 
 	"github.com/nats-io/nats.go"
-	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/switchboard-im/switchboard/contract"
 	"github.com/switchboard-im/switchboard/protocol"
@@ -128,22 +126,7 @@ type pubItem struct {
 	own     *nats.Msg
 	ownFrom uint64
 	sent    pubAck
-	// probe, for a group send refused because its sender is no longer a
-	// member, is that refusal, answered only once a probe publish shows
-	// the send was not stored before (probeGroupSend).
-	probe    protocol.ErrorCode
-	probeMsg string
 }
-
-// probeNever is an id no message in a group's log has, named as the last
-// message id a probe publish expects: JetStream answers a publish whose
-// Nats-Msg-Id it stored within its dedup window as a duplicate before it
-// checks that expectation, and refuses anything else unstored.
-const probeNever = "-"
-
-// errWrongLastMsgID is JetStream's refusal of a publish whose expected
-// last message id is not the stream's.
-const errWrongLastMsgID = 10070
 
 // pubEnv is what the queue needs of its session (a fake in tests).
 type pubEnv interface {
@@ -282,10 +265,6 @@ func (q *pubQueue) granted(it *pubItem, ref []byte, code protocol.ErrorCode, mes
 		return // given up or dropped meanwhile
 	}
 	it.media = nil
-	if (code == protocol.ErrNotMember || code == protocol.ErrUnknownGroup) && it.group != "" {
-		q.probeGroupSendLocked(it, code, message, now)
-		return
-	}
 	if code != "" {
 		q.refuseLocked(it, code, message, now)
 		return
@@ -293,22 +272,6 @@ func (q *pubQueue) granted(it *pubItem, ref []byte, code protocol.ErrorCode, mes
 	if ref != nil {
 		it.msg.Header.Set(contract.HdrMedia, string(ref))
 	}
-	q.publishLocked(it, now)
-}
-
-// probeGroupSendLocked finds out whether a group send its sender may no
-// longer make (removed, or the group emptied, since) was stored while
-// they could: a resend after a lost "sent" must be answered as the
-// duplicate it is, the message being in the log and with every member,
-// not refused as never stored. The send is published once more expecting
-// a last message id the log never has: a duplicate is answered "sent"
-// with its seq, anything else is refused unstored and answered with the
-// membership refusal.
-//
-// Lock should be held.
-func (q *pubQueue) probeGroupSendLocked(it *pubItem, code protocol.ErrorCode, message string, now time.Time) {
-	it.probe, it.probeMsg = code, message
-	it.msg.Header.Set(jetstream.ExpectedLastMsgIDHeader, probeNever)
 	q.publishLocked(it, now)
 }
 
@@ -351,13 +314,9 @@ func (q *pubQueue) onReply(n, a uint64, m *nats.Msg) {
 	}
 	now := q.clock()
 	ack, err := parsePubAck(m)
-	var apiErr *jetstream.APIError
 	switch {
 	case err == nil:
 		q.storedLocked(it, ack, now)
-	case a == it.attempt && it.state == pubInFlight && it.probe != "" &&
-		errors.As(err, &apiErr) && apiErr.ErrorCode == errWrongLastMsgID:
-		q.refuseLocked(it, it.probe, it.probeMsg, now) // not stored before
 	case a == it.attempt && it.state == pubInFlight:
 		q.failLocked(it, err, now)
 	}
