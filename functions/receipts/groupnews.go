@@ -109,6 +109,10 @@ func (n *groupNews) run(stop <-chan struct{}, timeout time.Duration, log func(gi
 			ctx, cancel := context.WithTimeout(base, timeout)
 			err := n.settle(ctx, gid)
 			cancel()
+			if err != nil && base.Err() != nil {
+				n.retry(gid, attempt, msgs) // cut short by the stop: handed back below
+				continue
+			}
 			if err == nil || attempt+1 >= groupNewsAttempts {
 				if err != nil {
 					log(gid, attempt, err)

@@ -266,7 +266,13 @@ func Start(ctx context.Context, nc *nats.Conn, js jetstream.JetStream, cfg Confi
 // Stop stops answering and waits for the requests in hand. A request not
 // answered is asked again by its gateway, of another instance.
 func (s *Service) Stop() {
-	s.newsFeed.Stop()
+	// The changes already pulled reach news, which hands back what it
+	// has not settled when it stops below.
+	s.newsFeed.Drain()
+	select {
+	case <-s.newsFeed.Closed():
+	case <-time.After(5 * time.Second):
+	}
 	s.pool.Stop()
 	_ = s.svc.Stop()
 	close(s.stop)
