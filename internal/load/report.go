@@ -441,6 +441,8 @@ func (r *Report) WriteTable(w io.Writer) error {
 	switch {
 	case b != nil && b.Error != "":
 		fmt.Fprintf(w, "raw baseline failed: %s\n", b.Error)
+	case b != nil && b.PublishErrors > 0:
+		fmt.Fprintf(w, "raw baseline: %d publishes failed, so its rate and the ratios are suspect\n", b.PublishErrors)
 	case r.Pairs != nil && r.Config.Rate > 0 && r.Pairs.Throughput.SentPerSec < 0.95*r.Pairs.OfferedPerSec:
 		fmt.Fprintf(w, "the system did not keep up: %s sent of %s offered, so its latencies are a growing queue's\n",
 			num(r.Pairs.Throughput.SentPerSec, "/s"), num(r.Pairs.OfferedPerSec, "/s"))
