@@ -44,23 +44,32 @@ func skipToEvent(r *raw, op string) *protocol.Frame {
 	}
 }
 
+// memberSeenOnAnotherGateway makes group friends (alice, on one gateway,
+// its creator, with members), connects member on a second gateway and
+// has them type, so that gateway keeps the group's record; it returns
+// alice, the member, and when the record was read.
+func memberSeenOnAnotherGateway(t *testing.T, member string, members string) (alice, m *raw, read time.Time) {
+	t.Helper()
+	n := tk.StartNATS(t)
+	startGroupsFunction(t, n)
+	g1 := tk.StartGateway(t, n, tk.TestConfig())
+	g2 := tk.StartGateway(t, n, tk.TestConfig())
+	alice = connectRaw(t, g1, "alice", "phone")
+	alice.write(`{"type":"group","id":"a-1","op":"create","group":"friends","name":"Friends","users":` + members + `}`)
+	groupAnswer(t, alice, "a-1")
+	m = connectRaw(t, g2, member, "phone")
+	read = time.Now()
+	m.write(`{"type":"typing","group":"friends"}`)
+	skipTo(alice, protocol.TypeTyping)
+	return alice, m, read
+}
+
 // PROTOCOL.md: presence_sub with group "follows the members as the group
 // is when the frame arrives; send it again after a membership change to
 // follow newcomers". bob follows the group again once he has the system
 // message of carol's add; carol must be among those followed.
 func TestGroupPresenceSubAfterAnAddFollowsTheNewcomer(t *testing.T) {
-	n := tk.StartNATS(t)
-	startGroupsFunction(t, n)
-	g1 := tk.StartGateway(t, n, tk.TestConfig())
-	g2 := tk.StartGateway(t, n, tk.TestConfig())
-	alice := connectRaw(t, g1, "alice", "phone")
-	alice.write(`{"type":"group","id":"a-1","op":"create","group":"friends","name":"Friends","users":["bob"]}`)
-	groupAnswer(t, alice, "a-1")
-	bob := connectRaw(t, g2, "bob", "phone")
-	// bob types: his gateway reads the group's record (alice hears him).
-	start := time.Now()
-	bob.write(`{"type":"typing","group":"friends"}`)
-	skipTo(alice, protocol.TypeTyping)
+	alice, bob, start := memberSeenOnAnotherGateway(t, "bob", `["bob"]`)
 
 	alice.write(`{"type":"group","id":"a-2","op":"add","group":"friends","users":["carol"]}`)
 	groupAnswer(t, alice, "a-2")
@@ -91,17 +100,7 @@ func TestGroupPresenceSubAfterAnAddFollowsTheNewcomer(t *testing.T) {
 // A member removed (on another gateway) who then sends presence_sub with
 // the group must get not_member: "one this user is not in not_member".
 func TestGroupPresenceSubAfterRemovalIsRefused(t *testing.T) {
-	n := tk.StartNATS(t)
-	startGroupsFunction(t, n)
-	g1 := tk.StartGateway(t, n, tk.TestConfig())
-	g2 := tk.StartGateway(t, n, tk.TestConfig())
-	alice := connectRaw(t, g1, "alice", "phone")
-	alice.write(`{"type":"group","id":"a-1","op":"create","group":"friends","name":"Friends","users":["bob","dave"]}`)
-	groupAnswer(t, alice, "a-1")
-	dave := connectRaw(t, g2, "dave", "phone")
-	start := time.Now()
-	dave.write(`{"type":"typing","group":"friends"}`)
-	skipTo(alice, protocol.TypeTyping)
+	alice, dave, start := memberSeenOnAnotherGateway(t, "dave", `["bob","dave"]`)
 
 	alice.write(`{"type":"group","id":"a-2","op":"remove","group":"friends","users":["dave"]}`)
 	groupAnswer(t, alice, "a-2")

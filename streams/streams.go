@@ -189,15 +189,13 @@ func keepReplicas(ctx context.Context, js jetstream.JetStream, stream string, as
 }
 
 // keepOperators leaves what an operator chose on an existing stream
-// alone where this run does not ask otherwise: its replicas
-// (keepReplicas), INBOX's max age and dedup window (the flags' zero), and
-// a byte limit or a placement where the file sets none (`nats stream
-// edit INBOX --max-bytes 50GB`), so setup run again on an upgrade, or the
-// all-in-one's restart, undoes none of it.
+// alone where this run does not ask otherwise: its replicas (as
+// keepReplicas, a stream it cannot read being an error), INBOX's max age
+// and dedup window (the flags' zero), and a byte limit or a placement
+// where the file sets none (`nats stream edit INBOX --max-bytes 50GB`),
+// so setup run again on an upgrade, or the all-in-one's restart, undoes
+// none of it.
 func keepOperators(ctx context.Context, js jetstream.JetStream, opts Options, cfg *jetstream.StreamConfig) error {
-	if err := keepReplicas(ctx, js, cfg.Name, opts.Replicas, &cfg.Replicas); err != nil {
-		return err
-	}
 	s, err := js.Stream(ctx, cfg.Name)
 	switch {
 	case errors.Is(err, jetstream.ErrStreamNotFound):
@@ -206,6 +204,9 @@ func keepOperators(ctx context.Context, js jetstream.JetStream, opts Options, cf
 		return fmt.Errorf("streams: read %s: %w", cfg.Name, err)
 	}
 	old := s.CachedInfo().Config
+	if opts.Replicas == 0 {
+		cfg.Replicas = old.Replicas
+	}
 	if cfg.Name == contract.Inbox {
 		if opts.MaxAge == 0 {
 			cfg.MaxAge = old.MaxAge

@@ -47,10 +47,8 @@ func newGroupNews(settle func(ctx context.Context, gid string) error) *groupNews
 	return &groupNews{settle: settle, wake: make(chan struct{}, 1), pending: map[string]int{}, held: map[string][]jetstream.Msg{}}
 }
 
-// add asks for group gid to be settled. It never blocks.
-func (n *groupNews) add(gid string) { n.retry(gid, 0, nil) }
-
-// take is add for a change delivered by the durable, acked once settled.
+// take asks for the group of a change delivered by the durable to be
+// settled, and acks the change once it is. It never blocks.
 func (n *groupNews) take(m jetstream.Msg) {
 	gid, ok := strings.CutPrefix(m.Subject(), "$KV."+contract.GroupInfoKV+".")
 	if !ok || gid == "" {
