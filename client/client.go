@@ -138,7 +138,7 @@ type Options struct {
 	// AckGather is how long acks wait to go out together: an ack made
 	// within AckGather of the last acks written is written with every
 	// ack made until that time is up, in one system call (see acks.go),
-	// or as soon as 64 are waiting. Zero means 50ms; negative writes each
+	// or as soon as 64 are waiting. Zero means 250ms; negative writes each
 	// ack at once.
 	AckGather time.Duration
 	// NetDialContext, when set, makes the TCP connection (a load

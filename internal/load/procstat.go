@@ -17,6 +17,8 @@ const clockTicks = 100
 type procSample struct {
 	rss, hwm int64 // resident and peak resident bytes
 	cpu      time.Duration
+	sysr     int64 // read system calls so far (syscr), -1 unknown
+	sysw     int64 // write system calls so far (syscw), -1 unknown
 	at       time.Time
 }
 
@@ -38,7 +40,37 @@ func readProc(pid int) (procSample, error) {
 		return s, fmt.Errorf("/proc/%d/stat: %w", pid, err)
 	}
 	s.cpu = time.Duration(ticks) * time.Second / clockTicks
+	s.sysr, s.sysw = -1, -1
+	if io, err := os.ReadFile(fmt.Sprintf("/proc/%d/io", pid)); err == nil {
+		s.sysr, s.sysw = parseIO(string(io))
+	}
 	return s, nil
+}
+
+// parseIO returns syscr and syscw from /proc/PID/io (-1 for one not
+// there). The counts are of read- and write-like system calls (read,
+// recvfrom, write, sendmsg...), epoll and futex not among them: the
+// cost of a frame or a NATS message that a CPU figure on a noisy machine
+// cannot show reliably, it counts exactly.
+func parseIO(io string) (syscr, syscw int64) {
+	syscr, syscw = -1, -1
+	for _, line := range strings.Split(io, "\n") {
+		name, v, ok := strings.Cut(line, ":")
+		if !ok {
+			continue
+		}
+		n, err := strconv.ParseInt(strings.TrimSpace(v), 10, 64)
+		if err != nil {
+			continue
+		}
+		switch name {
+		case "syscr":
+			syscr = n
+		case "syscw":
+			syscw = n
+		}
+	}
+	return syscr, syscw
 }
 
 // parseStatus returns VmRSS and VmHWM in bytes.
@@ -93,7 +125,12 @@ type ProcStat struct {
 	// CPUPercent is CPU time over wall time: 200 is both cores of a
 	// two-core machine.
 	CPUPercent float64 `json:"cpu_percent"`
-	Error      string  `json:"error,omitempty"`
+	// ReadSyscalls and WriteSyscalls are the read- and write-like system
+	// calls the process made over the phase (-1 where /proc/PID/io could
+	// not be read).
+	ReadSyscalls  int64  `json:"read_syscalls"`
+	WriteSyscalls int64  `json:"write_syscalls"`
+	Error         string `json:"error,omitempty"`
 }
 
 // watch reads a set of processes at the start and the end of a phase.
@@ -128,6 +165,10 @@ func (w *watch) stop() []ProcStat {
 		b := w.before[i]
 		st.RSSBefore, st.RSSAfter, st.PeakRSS = b.rss, after.rss, after.hwm
 		st.CPUSeconds = (after.cpu - b.cpu).Seconds()
+		st.ReadSyscalls, st.WriteSyscalls = -1, -1
+		if b.sysr >= 0 && after.sysr >= 0 {
+			st.ReadSyscalls, st.WriteSyscalls = after.sysr-b.sysr, after.sysw-b.sysw
+		}
 		if wall := after.at.Sub(b.at).Seconds(); wall > 0 {
 			st.CPUPercent = 100 * st.CPUSeconds / wall
 		}

@@ -480,8 +480,12 @@ func (r *Report) WriteTable(w io.Writer) error {
 			fmt.Fprintf(w, "%s pid %d: %s\n", p.Role, p.PID, p.Error)
 			continue
 		}
-		fmt.Fprintf(w, "%s pid %d: RSS %s → %s (peak %s), CPU %.1fs (%.0f%%)\n", p.Role, p.PID,
-			num(float64(p.RSSBefore), "B"), num(float64(p.RSSAfter), "B"), num(float64(p.PeakRSS), "B"), p.CPUSeconds, p.CPUPercent)
+		sys := ""
+		if p.ReadSyscalls >= 0 {
+			sys = fmt.Sprintf(", system calls %s read %s write", num(float64(p.ReadSyscalls), ""), num(float64(p.WriteSyscalls), ""))
+		}
+		fmt.Fprintf(w, "%s pid %d: RSS %s → %s (peak %s), CPU %.1fs (%.0f%%)%s\n", p.Role, p.PID,
+			num(float64(p.RSSBefore), "B"), num(float64(p.RSSAfter), "B"), num(float64(p.PeakRSS), "B"), p.CPUSeconds, p.CPUPercent, sys)
 	}
 	if len(r.ServerLogs) > 0 {
 		fmt.Fprintf(w, "server log warnings: %s\n", kv(r.ServerLogs))

@@ -146,9 +146,19 @@ func TestProcParsing(t *testing.T) {
 	if rss != 1024<<10 || hwm != 2048<<10 {
 		t.Fatalf("rss %d hwm %d", rss, hwm)
 	}
+	r, w := parseIO("rchar: 10\nwchar: 20\nsyscr: 7\nsyscw: 9\nread_bytes: 0\n")
+	if r != 7 || w != 9 {
+		t.Fatalf("syscr %d syscw %d; want 7 and 9", r, w)
+	}
+	if r, w := parseIO("rchar: 10\n"); r != -1 || w != -1 {
+		t.Fatalf("missing counts read as %d and %d; want -1", r, w)
+	}
 	s, err := readProc(os.Getpid())
 	if err != nil || s.rss <= 0 || s.hwm < s.rss {
 		t.Fatalf("own process: %+v, %v", s, err)
+	}
+	if s.sysr <= 0 || s.sysw < 0 {
+		t.Fatalf("own process's system calls: read %d, write %d", s.sysr, s.sysw)
 	}
 }
 
