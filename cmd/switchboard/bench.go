@@ -293,7 +293,7 @@ func runBench(args []string, out, errOut io.Writer) error {
 			return errors.Join(runErr, err)
 		}
 	}
-	return runErr
+	return errors.Join(runErr, rep.Faults())
 }
 
 // benchTarget assembles a target from the flags for a running system.

@@ -12,6 +12,8 @@ import (
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/switchboard-im/switchboard/contract"
 )
 
 // Baseline is plain JetStream on the same server: what Switchboard's
@@ -23,10 +25,12 @@ type Baseline struct {
 	Messages int64 `json:"messages"`
 	// PublishErrors are publishes whose PubAck was an error (not counted
 	// in Messages; a baseline with any is suspect).
-	PublishErrors int64   `json:"publish_errors,omitempty"`
-	Size          int     `json:"size"`
-	Seconds       float64 `json:"seconds"`
-	MsgsPerSec    float64 `json:"msgs_per_sec"`
+	PublishErrors int64 `json:"publish_errors,omitempty"`
+	Size          int   `json:"size"`
+	// Replicas is the baseline stream's, INBOX's own.
+	Replicas   int     `json:"replicas"`
+	Seconds    float64 `json:"seconds"`
+	MsgsPerSec float64 `json:"msgs_per_sec"`
 	// PublishAck is publish to PubAck; PublishConsume publish to the
 	// consumer's callback. Flat out, so they include queueing.
 	PublishAck     Latency `json:"publish_ack"`
@@ -60,11 +64,12 @@ type ConsumerBaseline struct {
 
 // rawStream is the baseline's own stream, deleted when done.
 type rawStream struct {
-	nc      *nats.Conn
-	js      jetstream.JetStream
-	stream  jetstream.Stream
-	name    string
-	subject string // prefix: subjects are subject.<pass>
+	nc       *nats.Conn
+	js       jetstream.JetStream
+	stream   jetstream.Stream
+	name     string
+	subject  string // prefix: subjects are subject.<pass>
+	replicas int
 }
 
 func openRaw(ctx context.Context, t Target, run string) (*rawStream, error) {
@@ -78,13 +83,21 @@ func openRaw(ctx context.Context, t Target, run string) (*rawStream, error) {
 		return nil, err
 	}
 	r := &rawStream{nc: nc, js: js, name: "SBBENCH_" + strings.ToUpper(run), subject: "sbbench." + run}
+	// As many replicas as INBOX, where every message is stored: on a
+	// cluster an R1 baseline would set R3 stores against R1 ones.
+	replicas := 1
+	if inbox, err := js.Stream(ctx, contract.Inbox); err == nil {
+		replicas = max(1, inbox.CachedInfo().Config.Replicas)
+	}
 	r.stream, err = js.CreateStream(ctx, jetstream.StreamConfig{
 		Name:         r.name,
 		Description:  "switchboard bench: raw baseline, deleted after the run",
 		Subjects:     []string{r.subject + ".>"},
 		Storage:      jetstream.FileStorage,
+		Replicas:     replicas,
 		MaxConsumers: -1,
 	})
+	r.replicas = replicas
 	if err != nil {
 		nc.Close()
 		return nil, fmt.Errorf("load: baseline stream: %w", err)
@@ -303,7 +316,7 @@ func runBaseline(ctx context.Context, cfg Config, t Target, run string, prog *pr
 		return nil, err
 	}
 	defer r.close()
-	b := &Baseline{Size: cfg.Size}
+	b := &Baseline{Size: cfg.Size, Replicas: r.replicas}
 	total := int64(cfg.BaselineMsgs)
 	if cfg.BaselineMsgs < 0 {
 		total = 0

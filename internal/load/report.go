@@ -1,6 +1,7 @@
 package load
 
 import (
+	"errors"
 	"fmt"
 	"io"
 	"runtime"
@@ -433,7 +434,11 @@ func (r *Report) WriteTable(w io.Writer) error {
 		connects(g.Connects, 0, "")
 	}
 	if b != nil {
-		row("raw JetStream async publish + consume", b.MsgsPerSec, "/s", 0, "")
+		label := "raw JetStream async publish + consume"
+		if b.Replicas > 1 {
+			label += fmt.Sprintf(" (R%d, as INBOX)", b.Replicas)
+		}
+		row(label, b.MsgsPerSec, "/s", 0, "")
 	}
 	if err := tw.Flush(); err != nil {
 		return err
@@ -584,4 +589,25 @@ func kv(m map[string]int64) string {
 		parts[i] = fmt.Sprintf("%s=%d", k, m[k])
 	}
 	return strings.Join(parts, " ")
+}
+
+// ErrFaults is what a run that lost, duplicated, reordered or misdelivered
+// a message returns (wrapped with the counts), after its report is
+// written: the figures are still there, and a script or CI job running
+// the load tool sees the failure in its exit status.
+var ErrFaults = errors.New("the run lost, duplicated, reordered or misdelivered messages")
+
+// Faults returns ErrFaults, with the counts, when the run broke a promise
+// the system makes (nothing lost, once, in order, to its recipient), and
+// nil otherwise.
+func (r *Report) Faults() error {
+	m := r.Messages
+	lost, dup, reord, foreign := m.Lost, m.Duplicated, m.Reordered, r.Errors["foreign_message"]
+	if r.Groups != nil { // its counts are in Messages too, but for this one
+		foreign += r.Groups.Foreign
+	}
+	if lost+dup+reord+foreign == 0 {
+		return nil
+	}
+	return fmt.Errorf("%w: lost %d, duplicated %d, reordered %d, misdelivered %d", ErrFaults, lost, dup, reord, foreign)
 }

@@ -244,3 +244,21 @@ func TestGroupSetupChunks(t *testing.T) {
 		}
 	}
 }
+
+func TestFaultsFailTheRun(t *testing.T) {
+	clean := &Report{Messages: Counts{Sent: 10, Delivered: 10, Unconfirmed: 2, MissingReceipts: 1}}
+	if err := clean.Faults(); err != nil {
+		t.Fatalf("a run that kept every promise: %v", err)
+	}
+	for want, r := range map[string]*Report{
+		"lost 1,":        {Messages: Counts{Lost: 1}},
+		"duplicated 1,":  {Messages: Counts{Duplicated: 1}},
+		"reordered 1,":   {Messages: Counts{Reordered: 1}},
+		"misdelivered 1": {Errors: map[string]int64{"foreign_message": 1}},
+		"misdelivered 2": {Errors: map[string]int64{"foreign_message": 1}, Groups: &GroupsResult{Foreign: 1}},
+	} {
+		if err := r.Faults(); !errors.Is(err, ErrFaults) || !strings.Contains(err.Error(), want) {
+			t.Errorf("want %q: %v", want, err)
+		}
+	}
+}
