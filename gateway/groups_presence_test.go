@@ -120,3 +120,40 @@ func TestGroupPresenceSubAfterRemovalIsRefused(t *testing.T) {
 		}
 	}
 }
+
+// A presence_sub naming a group reads its record and may ask the presence
+// function about up to MaxPresenceSubs members, 256 at a time: it costs
+// the frame tokens of those calls (PROTOCOL.md, limits), not one.
+func TestGroupPresenceSubCostsTheCallsItMakes(t *testing.T) {
+	n := tk.StartNATS(t)
+	startGroupsFunction(t, n)
+	cfg := tk.TestConfig()
+	cfg.FrameRate, cfg.FrameBurst = 0.01, 7 // no refill during the test
+	cfg.MaxPresenceSubs = 1024              // a group frame costs 1 + 1024/256 = 5
+	g := tk.StartGateway(t, n, cfg)
+	alice := connectRaw(t, g, "alice", "phone")
+	alice.write(`{"type":"group","id":"a-1","op":"create","group":"friends","name":"Friends","users":["bob"]}`)
+	groupAnswer(t, alice, "a-1")
+
+	alice.write(`{"type":"presence_sub","group":"friends"}`) // 5 of 7
+	alice.write(`{"type":"presence_sub","group":"friends"}`) // refused: 2 left
+	alice.write(`{"type":"presence_sub","users":["zed"]}`)   // 1 of the 2
+	var bob, limited int
+	for {
+		f := alice.next()
+		switch {
+		case f.Type == protocol.TypePresence && f.User == "bob":
+			bob++
+		case f.Type == protocol.TypeError && f.Code == protocol.ErrRateLimited:
+			limited++
+		case f.Type == protocol.TypeError:
+			t.Fatalf("unexpected error %+v", *f)
+		}
+		if f.Type == protocol.TypePresence && f.User == "zed" {
+			break
+		}
+	}
+	if bob != 1 || limited != 1 {
+		t.Fatalf("bob's state came %d times and %d frames were refused; want the first group frame taken, the second refused, the users frame taken", bob, limited)
+	}
+}

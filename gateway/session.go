@@ -412,7 +412,7 @@ func (s *session) handleFrame(f *protocol.Frame) {
 			s.settings(f)
 		}
 	case protocol.TypePresenceSub:
-		if s.allow(s.in.frame, "") {
+		if s.allowN(s.in.frame, s.presenceCost(f), "") {
 			if f.Group != "" {
 				s.follows.subscribeGroup(f.Group)
 			} else {
@@ -420,7 +420,7 @@ func (s *session) handleFrame(f *protocol.Frame) {
 			}
 		}
 	case protocol.TypePresenceUnsub:
-		if s.allow(s.in.frame, "") {
+		if s.allowN(s.in.frame, s.presenceCost(f), "") {
 			if f.Group != "" {
 				s.follows.unsubscribeGroup(f.Group)
 			} else {
@@ -461,7 +461,13 @@ func (s *session) onEvent(m *nats.Msg) {
 // allow applies a rate limit. An over-limit frame gets rate_limited; too
 // many in a row close the connection with 1008 "flood".
 func (s *session) allow(l *rate.Limiter, id string) bool {
-	r := l.Reserve()
+	return s.allowN(l, 1, id)
+}
+
+// allowN is allow for a frame that costs n frames' tokens (at most the
+// bucket's burst, so it can always be let through once the bucket is full).
+func (s *session) allowN(l *rate.Limiter, n int, id string) bool {
+	r := l.ReserveN(time.Now(), min(n, l.Burst()))
 	if d := r.Delay(); d > 0 {
 		r.Cancel()
 		s.in.strikes++
@@ -474,6 +480,19 @@ func (s *session) allow(l *rate.Limiter, id string) bool {
 	}
 	s.in.strikes = 0
 	return true
+}
+
+// presenceCost is what a presence_sub or presence_unsub frame takes from
+// the frame bucket. One naming users is one presence request at most
+// (256 users); one naming a group reads the group's record and may follow
+// up to MaxPresenceSubs members, asked about MaxPresenceGet at a time, so
+// it costs the record's read and each request it may make: otherwise one
+// frame token bought five calls.
+func (s *session) presenceCost(f *protocol.Frame) int {
+	if f.Group == "" {
+		return 1
+	}
+	return 1 + (s.srv.cfg.MaxPresenceSubs+contract.MaxPresenceGet-1)/contract.MaxPresenceGet
 }
 
 // queue hands a write to the PubAck queue, waiting for a slot while
