@@ -5,6 +5,7 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	"github.com/switchboard-im/switchboard/contract"
 	"github.com/switchboard-im/switchboard/gateway"
 	"github.com/valyala/fasthttp"
 	"log/slog"
@@ -286,8 +287,7 @@ Run "switchboard function NAME -h" for that function's flags.
 		if err != nil {
 			return nil, err
 		}
-		return nats.Connect(c.NATSURL, append(ro, nats.MaxReconnects(-1), nats.ReconnectWait(250*time.Millisecond),
-			nats.Name("switchboard-"+string(r)))...)
+		return nats.Connect(c.NATSURL, append(append(ro, contract.ReconnectOptions()...), nats.Name("switchboard-"+string(r)))...)
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()

@@ -21,6 +21,7 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
+	"github.com/switchboard-im/switchboard/contract"
 	"github.com/switchboard-im/switchboard/gateway"
 	"github.com/switchboard-im/switchboard/internal/embednats"
 	"github.com/switchboard-im/switchboard/internal/natsauth"
@@ -75,7 +76,7 @@ func runServe(args []string, allInOne bool) error {
 	}
 
 	var ns *server.Server
-	opts := []nats.Option{nats.MaxReconnects(-1), nats.ReconnectWait(250 * time.Millisecond)}
+	opts := contract.ReconnectOptions()
 	// connect opens a connection in one role: every component has its
 	// own key and only its role's rights (internal/natsauth).
 	var connect func(role natsauth.Role) (*nats.Conn, error)

@@ -23,6 +23,7 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
+	"github.com/switchboard-im/switchboard/contract"
 	"github.com/switchboard-im/switchboard/functions/presence"
 	"github.com/switchboard-im/switchboard/functions/receipts"
 	"github.com/switchboard-im/switchboard/gateway"
@@ -562,8 +563,10 @@ func (n *Node) Connect(t testing.TB) (*nats.Conn, jetstream.JetStream) {
 // caller closes it.
 func ConnectAs(t testing.TB, url string, r natsauth.Role) (*nats.Conn, jetstream.JetStream) {
 	t.Helper()
-	nc, err := nats.Connect(url, append(TestKeys(t).Options(r),
-		nats.MaxReconnects(-1), nats.ReconnectWait(50*time.Millisecond))...)
+	// The components' own policy (contract.ReconnectOptions), with a
+	// shorter wait.
+	opts := append(append(TestKeys(t).Options(r), contract.ReconnectOptions()...), nats.ReconnectWait(50*time.Millisecond))
+	nc, err := nats.Connect(url, opts...)
 	if err != nil {
 		t.Fatal(err)
 	}
