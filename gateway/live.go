@@ -35,6 +35,12 @@ const sweepTicks = 60
 func (s *Server) watchLive() error {
 	nc := s.nc
 	prevErr, prevRe := nc.Opts.AsyncErrorCB, nc.Opts.ReconnectedCB
+	s.router.setWake(func(sessions []*session) {
+		for _, sess := range sessions {
+			s.metrics.catchUps.WithLabelValues(reasonOverflow).Inc()
+			sess.feed.wakeUp()
+		}
+	})
 	nc.SetErrorHandler(func(c *nats.Conn, sub *nats.Subscription, err error) {
 		if prevErr != nil {
 			prevErr(c, sub, err)
@@ -42,10 +48,7 @@ func (s *Server) watchLive() error {
 		if sub != nil && errors.Is(err, nats.ErrSlowConsumer) {
 			// The router fell behind and NATS dropped a message: if it
 			// was a live copy, its readers must read the stream.
-			for _, sess := range s.router.liveOwners(sub) {
-				s.metrics.catchUps.WithLabelValues(reasonOverflow).Inc()
-				sess.feed.wakeUp()
-			}
+			s.router.dropped(sub)
 		}
 	})
 	nc.SetReconnectHandler(func(c *nats.Conn) {

@@ -12,7 +12,8 @@ import (
 
 // routerBuffer is how many messages wait for the router's goroutine. Past
 // it NATS drops them and reports the subscription as slow (see watchLive).
-const routerBuffer = 16384
+// A variable for the tests.
+var routerBuffer = 16384
 
 // routeKind is what the messages on a route are, and so which part of its
 // sessions takes them.
@@ -42,9 +43,18 @@ type router struct {
 	ch       chan *nats.Msg
 	stop     chan struct{}
 	done     chan struct{}
-	mu       sync.Mutex // guards subjects and bySub
+	mu       sync.Mutex // guards the fields below
 	subjects map[string]*route
 	bySub    map[*nats.Subscription]*route
+	// slow holds the live subscriptions NATS reported dropping copies of,
+	// with how many it had dropped when their sessions were last woken.
+	// NATS reports a subscription once per streak of drops (until one of
+	// its messages gets through), so later drops of the streak are found
+	// by the count: when the router has caught up, and when a message of
+	// the subscription gets through.
+	slow map[*nats.Subscription]int
+	// wake has sessions that may have lost live copies read their inbox.
+	wake func([]*session)
 }
 
 type route struct {
@@ -98,19 +108,66 @@ func (r *router) remove(subject string, s *session) {
 		_ = rt.sub.Unsubscribe()
 		delete(r.subjects, subject)
 		delete(r.bySub, rt.sub)
+		delete(r.slow, rt.sub)
 	}
 }
 
-// liveOwners returns the sessions whose live copies come through sub
-// (none if sub carries anything else).
-func (r *router) liveOwners(sub *nats.Subscription) []*session {
+// setWake sets what wakes sessions that may have lost live copies.
+func (r *router) setWake(wake func([]*session)) {
+	r.mu.Lock()
+	r.wake = wake
+	r.mu.Unlock()
+}
+
+// dropped takes NATS's report that sub dropped a message: if sub carries
+// live copies, its sessions are woken now, and again whenever the count
+// of drops has grown by the time the router has caught up or a message
+// of sub gets through.
+func (r *router) dropped(sub *nats.Subscription) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	rt := r.bySub[sub]
 	if rt == nil || rt.kind != routeLive {
-		return nil
+		return
 	}
-	return append([]*session(nil), rt.owners...)
+	n, err := sub.Dropped()
+	if err != nil {
+		return
+	}
+	if r.slow == nil {
+		r.slow = map[*nats.Subscription]int{}
+	}
+	r.slow[sub] = n
+	r.wakeLocked(rt)
+}
+
+// wakeLocked wakes rt's sessions.
+//
+// Lock should be held.
+func (r *router) wakeLocked(rt *route) {
+	if r.wake != nil && len(rt.owners) > 0 {
+		r.wake(append([]*session(nil), rt.owners...))
+	}
+}
+
+// recheckLocked wakes the sessions of sub again if NATS has dropped more
+// of its messages since they were last woken; through says a message of
+// sub got through, after which NATS reports the next drop itself.
+//
+// Lock should be held.
+func (r *router) recheckLocked(sub *nats.Subscription, through bool) {
+	last, ok := r.slow[sub]
+	if !ok {
+		return
+	}
+	n, err := sub.Dropped()
+	if rt := r.bySub[sub]; err == nil && rt != nil && n > last {
+		r.slow[sub] = n
+		r.wakeLocked(rt)
+	}
+	if through || err != nil {
+		delete(r.slow, sub)
+	}
 }
 
 func (r *router) run() {
@@ -121,13 +178,30 @@ func (r *router) run() {
 			return
 		case m := <-r.ch:
 			r.dispatch(m)
+			if len(r.ch) == 0 {
+				r.caughtUp()
+			}
 		}
+	}
+}
+
+// caughtUp looks again at the subscriptions that dropped copies, once
+// the router has nothing waiting: a drop of the streak after their
+// sessions were woken is found there.
+func (r *router) caughtUp() {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	for sub := range r.slow {
+		r.recheckLocked(sub, false)
 	}
 }
 
 func (r *router) dispatch(m *nats.Msg) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
+	if len(r.slow) > 0 && m.Sub != nil {
+		r.recheckLocked(m.Sub, true)
+	}
 	rt := r.subjects[m.Subject]
 	if rt == nil || len(rt.owners) == 0 {
 		// Its listener left while the message waited here. A request
