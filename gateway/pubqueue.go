@@ -285,8 +285,18 @@ func (q *pubQueue) publishLocked(it *pubItem, now time.Time) {
 		return
 	}
 	it.state = pubInFlight
-	it.due = now.Add(pubAckWait << min(it.attempt-max(it.ownFrom, 1), 3)) // doubling per attempt at this write
+	it.due = dueBy(it, now.Add(pubAckWait<<min(it.attempt-max(it.ownFrom, 1), 3))) // doubling per attempt at this write
 	q.wakeLocked(it.due)
+}
+
+// dueBy is at, or it's give-up time if that comes first: a wait between
+// attempts never carries a send past pubGiveUp (the waits double to 8 s,
+// and 1+2+4+8 s would have given it up at 15).
+func dueBy(it *pubItem, at time.Time) time.Time {
+	if giveUp := it.since.Add(pubGiveUp); at.After(giveUp) {
+		return giveUp
+	}
+	return at
 }
 
 // failLocked handles a write refused, or a publish that failed: published
@@ -300,7 +310,7 @@ func (q *pubQueue) failLocked(it *pubItem, err error, now time.Time) {
 	}
 	it.refusals++
 	it.state = pubRefused
-	it.due = now.Add(min(pubRetryMin<<min(it.refusals-1, 10), pubAckWait))
+	it.due = dueBy(it, now.Add(min(pubRetryMin<<min(it.refusals-1, 10), pubAckWait)))
 	q.wakeLocked(it.due)
 }
 

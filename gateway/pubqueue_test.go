@@ -593,3 +593,23 @@ func TestPubQueueRetriesAnOwnCopyAfresh(t *testing.T) {
 	q.at(stored.Add(pubGiveUp + pubAckWait<<3))
 	expectStrings(t, "answers", env.answers(), []string{"store_failed:x1"})
 }
+
+// A send whose PubAcks never come is answered store_failed pubGiveUp
+// after it arrived, as PROTOCOL.md says, not at the end of the doubling
+// wait that carries it past that.
+func TestPubQueueGivesUpOnTime(t *testing.T) {
+	q, env := newTestQueue(8)
+	start := q.now
+	q.put(t, sendItem("s1"), start)
+	for len(env.frames) == 0 {
+		next := env.wakes[len(env.wakes)-1]
+		if next.Sub(start) > pubGiveUp {
+			t.Fatalf("next attempt %v after arrival, past the give-up at %v", next.Sub(start), pubGiveUp)
+		}
+		q.at(next)
+	}
+	expectStrings(t, "answers", env.answers(), []string{"store_failed:s1"})
+	if got := q.now.Sub(start); got != pubGiveUp {
+		t.Fatalf("given up %v after arrival, want %v", got, pubGiveUp)
+	}
+}
