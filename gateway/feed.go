@@ -469,6 +469,12 @@ func (f *feed) take(seq uint64, h nats.Header, data []byte) {
 		return
 	}
 	f.mu.Lock()
+	if f.stopping {
+		// The backlog reader's offer saw the feed delivering, and it
+		// stopped since: nothing goes out once it has (finished).
+		f.mu.Unlock()
+		return
+	}
 	f.last = seq
 	if f.pending == nil {
 		f.pending = make(map[uint64]pendingMsg)

@@ -302,6 +302,24 @@ func TestFeedStopsWhileReading(t *testing.T) {
 	<-s.feed.finished() // the read waiting on the gate ends with the feed
 }
 
+// The shared backlog reader checks that a feed is still delivering, then
+// hands it a message; a stop in between must not let that message out
+// once the feed has said it finished (a takeover waits for that).
+func TestFeedTakesNothingOnceFinished(t *testing.T) {
+	fs := &fakeStream{}
+	srv := testServer(t, testConfig(), fs, &fakeCursors{})
+	s, ft := startedSession(t, srv, "bob", 0)
+	waitIdle(t, s)
+	seq := fs.store("bob", "alice", "a1")
+	m := liveCopy(seq, 0, "bob", "alice", "a1")
+	s.feed.stop()
+	<-s.feed.finished()
+	s.feed.take(seq, m.Header, m.Data) // the reader, its check made before the stop
+	if got := ft.seqs(t); len(got) != 0 {
+		t.Fatalf("delivered %v after the feed finished", got)
+	}
+}
+
 // settle acks seq and settles everything up to it, as the ticker does once
 // the ticks are stored (tests settle in order).
 func (f *feed) settle(seq uint64) {
