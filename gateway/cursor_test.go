@@ -6,6 +6,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/nats-io/nats.go"
 )
 
 // The cursor is saved CursorDelay after the floor first moves, with every
@@ -108,4 +110,34 @@ func (o *opLog) list() []timerOp {
 	o.mu.Lock()
 	defer o.mu.Unlock()
 	return slices.Clone(o.ops)
+}
+
+// A session replaced by a newer one of the same device answers the kick
+// once it has stored the device's cursor, so the newer one, reading the
+// cursor next, delivers nothing the device had acked and was settled.
+func TestKickIsAnsweredOnceTheCursorIsStored(t *testing.T) {
+	storing, gate := make(chan uint64, 1), make(chan struct{})
+	fs := &fakeStream{}
+	seq := fs.store("bob", "alice", "a1")
+	srv := testServer(t, testConfig(), fs, &fakeCursors{storing: storing, gate: gate})
+	srv.replies = &replies{}
+	s, ft := startedSession(t, srv, "bob", 0)
+	expectSeqs(t, ft, seq)
+	s.feed.settle(seq) // acked, its tick stored: the floor moved
+
+	answered := make(chan struct{})
+	kick := &nats.Msg{Data: []byte(fmt.Sprintf("%d newer", time.Now().Add(time.Hour).UnixNano()))}
+	go func() { s.onKick(kick); close(answered) }()
+	<-s.feed.finished()
+	go s.stop() // as the close, which ends the read loop, does
+	if floor := <-storing; floor != seq {
+		t.Fatalf("stored cursor %d, want %d", floor, seq)
+	}
+	select {
+	case <-answered:
+		t.Fatal("the kick was answered before the device's cursor was stored")
+	default:
+	}
+	close(gate)
+	<-answered
 }

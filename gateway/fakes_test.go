@@ -251,6 +251,10 @@ type fakeCursors struct {
 	mu     sync.Mutex
 	saved  []uint64
 	stored []uint64 // waited for
+	// storing, if set, is told of each storeCursor, which then waits
+	// for gate.
+	storing chan<- uint64
+	gate    <-chan struct{}
 }
 
 func (fc *fakeCursors) saveCursor(_, _ string, floor uint64) error {
@@ -261,6 +265,10 @@ func (fc *fakeCursors) saveCursor(_, _ string, floor uint64) error {
 }
 
 func (fc *fakeCursors) storeCursor(_ context.Context, _, _ string, floor uint64) error {
+	if fc.storing != nil {
+		fc.storing <- floor
+		<-fc.gate
+	}
 	fc.mu.Lock()
 	defer fc.mu.Unlock()
 	fc.stored = append(fc.stored, floor)

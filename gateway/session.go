@@ -72,6 +72,9 @@ type session struct {
 	shutting atomic.Bool
 	stopOnce sync.Once
 	stopped  chan struct{}
+	// saved is closed once stop has stored the device's cursor: a newer
+	// session of the device, answered then, starts right after it.
+	saved chan struct{}
 }
 
 // inbound is what the read loop keeps about the frames it reads: the rate
@@ -96,6 +99,7 @@ func newSession(srv *Server, id Identity, t transport) *session {
 		in:      inbound{limits: srv.limits.take(id, time.Now())},
 		calls:   make(chan struct{}, maxFunctionCalls),
 		stopped: make(chan struct{}),
+		saved:   make(chan struct{}),
 	}
 	s.feed.init(s)
 	s.cursor.s = s
@@ -242,7 +246,8 @@ const kickRefused = "refused"
 
 // onKick runs when another session of the same device announces itself.
 // The older of the two closes: if that is this one, it stops delivering at
-// once, closes, waits until it has stopped, then answers.
+// once, closes, waits until it has stopped and stored the device's cursor,
+// then answers.
 func (s *session) onKick(m *nats.Msg) {
 	bornStr, sid, ok := strings.Cut(string(m.Data), " ")
 	born, err := strconv.ParseInt(bornStr, 10, 64)
@@ -272,8 +277,11 @@ func (s *session) onKick(m *nats.Msg) {
 	// The newer session takes this one's buckets once answered, not
 	// fresh ones (ratekeep.go).
 	s.srv.limits.give(s.id, s.in.limits, time.Now())
+	// Answered once this session has settled what the device acked and
+	// stored its cursor (stop, which the close brings), so the newer one
+	// reads that cursor and delivers nothing settled again.
 	select {
-	case <-s.feed.finished():
+	case <-s.saved:
 	case <-time.After(s.srv.cfg.KickTimeout / 2): // answer well within the asker's wait
 	}
 	if m.Reply != "" {
@@ -306,6 +314,7 @@ func (s *session) stop() {
 		}
 		s.ticks.finish()
 		s.cursor.final()
+		close(s.saved)
 		s.follows.dropAll()
 		s.lease.goOffline()
 		s.srv.replies.unregister(s.owner)
