@@ -1,6 +1,8 @@
 package contract
 
 import (
+	"context"
+	"errors"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -22,4 +24,24 @@ const ReconnectWait = 250 * time.Millisecond
 // write, on a failed publish.
 func ReconnectOptions() []nats.Option {
 	return []nats.Option{nats.MaxReconnects(-1), nats.ReconnectWait(ReconnectWait), nats.ReconnectBufSize(-1)}
+}
+
+// PublishThroughReconnect publishes data on subj, waiting out a reconnect
+// (ReconnectOptions hold nothing for the next connection): while the
+// connection is down it tries again every ReconnectWait until ctx is
+// done. For an announcement whose loss nothing later repairs.
+func PublishThroughReconnect(ctx context.Context, nc *nats.Conn, subj string, data []byte) error {
+	for {
+		err := nc.Publish(subj, data)
+		if !errors.Is(err, nats.ErrReconnectBufExceeded) {
+			return err
+		}
+		t := time.NewTimer(ReconnectWait)
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return err
+		case <-t.C:
+		}
+	}
 }

@@ -366,14 +366,19 @@ func (s *Service) dropMissed(ctx context.Context, user string, rec *contract.Pre
 
 // publish announces a user's new state, made from revision rev of their
 // record (0: unknown). It is core NATS: a gateway that misses it still
-// answers correctly from the record on the next get.
+// answers correctly from the record on the next get. The record is
+// written by then, so a change comes only once: a connection lost before
+// the announcement is waited out (within the handler's time), or
+// followers already told keep the old state until the user's next change.
 func (s *Service) publish(ctx context.Context, user string, rec *contract.PresenceRecord, rev uint64) {
 	set, _, err := contract.LoadSettings(ctx, s.settings, user)
 	if err != nil {
 		set.LastSeen = contract.VisibleNobody // unreadable: err on the private side
 	}
 	b, _ := json.Marshal(contract.PresenceUpdate{User: user, Online: rec.Online(), LastSeen: rec.LastSeen, Visibility: set.LastSeen, Rev: rev})
-	_ = s.nc.Publish(contract.PresenceSubject(user), b)
+	if err := contract.PublishThroughReconnect(ctx, s.nc, contract.PresenceSubject(user), b); err != nil {
+		s.log.Warn("presence change not announced", "user", user, "err", err)
+	}
 }
 
 // Views returns users' presence as viewer may see it.
