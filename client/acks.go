@@ -50,7 +50,8 @@ const ackBatch = 64
 type stopper interface{ Stop() bool }
 
 // ackQueue holds the acks waiting to be written. It owns its state and
-// lock; the lock is taken under Client.writeMu, never the other way round.
+// lock; the lock is taken under Client.writeMu or Client.mu, never the other
+// way round.
 type ackQueue struct {
 	mu      sync.Mutex
 	conn    *websocket.Conn // the connection the waiting acks were made on
@@ -66,14 +67,11 @@ type ackQueue struct {
 func (q *ackQueue) add(conn *websocket.Conn, seq uint64, gather time.Duration, after func(time.Duration) stopper) bool {
 	q.mu.Lock()
 	defer q.mu.Unlock()
-	if q.stopped {
+	if q.stopped || q.conn != conn {
+		// Made on a connection that is gone (see above): an Ack that read
+		// the connection just before it went may get here after the next
+		// one is current, and must not take that one's acks with it.
 		return false
-	}
-	if q.conn != conn {
-		// Acks made on a connection that is gone are dropped (see above),
-		// and so is the wait set for them.
-		q.stopTimerLocked()
-		q.conn, q.seqs = conn, q.seqs[:0]
 	}
 	q.seqs = append(q.seqs, seq)
 	if len(q.seqs) >= ackBatch {
@@ -87,6 +85,17 @@ func (q *ackQueue) add(conn *websocket.Conn, seq uint64, gather time.Duration, a
 		return false
 	}
 	return true
+}
+
+// attach makes conn the connection acks are queued for: those waiting for
+// the one before are dropped, with their wait (the messages come again).
+func (q *ackQueue) attach(conn *websocket.Conn) {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	if q.conn != conn {
+		q.stopTimerLocked()
+		q.conn, q.seqs = conn, q.seqs[:0]
+	}
 }
 
 // take returns the acks waiting for conn as frames appended to b, with

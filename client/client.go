@@ -484,6 +484,7 @@ func (c *Client) attachSends(conn *websocket.Conn, sid string) bool {
 		return false
 	}
 	c.conn, c.session = conn, sid
+	c.acks.attach(conn)
 	if c.down != nil {
 		close(c.down)
 		c.down = nil

@@ -395,3 +395,49 @@ func TestManyWaitingAcksGoOutAtOnce(t *testing.T) {
 		t.Fatal("the wait is still on after its acks went out")
 	}
 }
+
+// An Ack that read the connection (A) just before A dropped may reach the
+// ack queue after the client reconnected (B) and the app acked messages
+// on B. It must not drop B's waiting acks: B delivers nothing twice in a
+// session, so those messages would never settle, and past max_inflight
+// unsettled the gateway would stop delivering to the device.
+func TestStaleAckLeavesTheNewConnectionsAcks(t *testing.T) {
+	s, c, sc, timers, _ := acksTest(t)
+	ackAll(t, c, sc, 10, 1)
+	sc.expectAcks(t, 10)
+
+	// The app gets 11 on A and calls Ack(11): Ack's first half, and
+	// ack()'s read of c.conn, happen while A is current...
+	sc.msg("a11", "alice", 11)
+	m := recvMsg(t, c)
+	c.mu.Lock()
+	c.acked.add(seqKey(m.Seq))
+	connA := c.conn
+	c.mu.Unlock()
+
+	// ...then A drops and B comes up before that goroutine runs on.
+	sc.closeWith(protocol.CloseServiceRestart, "restart")
+	for range sc.frames {
+	}
+	sc2 := s.accept(t)
+	sc2.msg("a11", "alice", 11) // redelivered, acked: acked again at once
+	sc2.expectAcks(t, 11)
+	ackAll(t, c, sc2, 12, 2) // the app acks 12 and 13 on B: they wait
+
+	// The stalled Ack goroutine runs on: ack() calls add with conn A.
+	if c.acks.add(connA, m.Seq, c.opts.AckGather, c.ackAfter) {
+		c.flushAcks()
+	}
+	for i := 0; i < timers.count(); i++ {
+		timers.timer(t, i).up()
+	}
+	// B must still get 12 and 13 (the fence's write takes waiting acks
+	// ahead of itself).
+	if err := c.SendTyping("fence"); err != nil {
+		t.Fatal(err)
+	}
+	f := sc2.next(t)
+	if f.Type != protocol.TypeAck || f.Seq != 12 {
+		t.Fatalf("B's next frame is %s seq %d: the acks of 12 and 13 made on B were dropped and are never written on B", f.Type, f.Seq)
+	}
+}
