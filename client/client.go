@@ -131,6 +131,12 @@ type Options struct {
 	Store *localstore.Store
 	// OnConnect is called after each successful (re)connect with the
 	// session id; OnDisconnect after each lost connection.
+	//
+	// These callbacks and OnError run on the goroutine that reads the
+	// connection, which waits for them: they must return promptly, and
+	// must not call Close (it waits for that goroutine) or wait for a
+	// send to be answered (the answer is read by that goroutine). Queue a
+	// send from them, or hand the work to a goroutine of the app's.
 	OnConnect    func(session string)
 	OnDisconnect func(err error)
 	// OnError receives error frames that answer no pending send.
@@ -464,7 +470,7 @@ func (c *Client) run(conn *websocket.Conn) {
 }
 
 // attach makes conn current and resends every unconfirmed send in order,
-// then tells the app (OnConnect), which may send at once.
+// then tells the app (OnConnect), which may queue sends at once.
 func (c *Client) attach(conn *websocket.Conn, sid string) {
 	if c.attachSends(conn, sid) && c.opts.OnConnect != nil {
 		c.opts.OnConnect(sid)
@@ -539,6 +545,8 @@ func (c *Client) detach(conn *websocket.Conn) {
 		}
 	}
 	c.mu.Unlock()
+	c.writeMu.Lock() // after Close's last frames, if it is closing
+	c.writeMu.Unlock()
 	conn.Close()
 }
 
@@ -1049,11 +1057,14 @@ func (c *Client) keepRead(seq uint64) {
 // Close ends the client: the connection closes with 1000 and no reconnect
 // follows. Unconfirmed sends fail with ErrClosed.
 func (c *Client) Close() error {
-	c.shutdown(ErrClosed)
+	// The connection is taken, and the context ended, under writeMu:
+	// the read loop, ending with it, closes the connection only once
+	// the waiting acks and the close frame are written (detach).
+	c.writeMu.Lock()
 	c.mu.Lock()
 	conn := c.conn
 	c.mu.Unlock()
-	c.writeMu.Lock()
+	c.shutdown(ErrClosed)
 	if conn != nil {
 		if b, n, _ := c.acks.take(conn, nil); n > 0 {
 			_ = c.writeRaw(conn, b) // the app's last acks go before the close

@@ -441,3 +441,33 @@ func TestStaleAckLeavesTheNewConnectionsAcks(t *testing.T) {
 		t.Fatalf("B's next frame is %s seq %d: the acks of 12 and 13 made on B were dropped and are never written on B", f.Type, f.Seq)
 	}
 }
+
+// The app stops draining Messages (its buffer full, the read loop blocked
+// handing on the next) and calls Close with an ack waiting: the ack, and
+// then the close frame, still go out (the read loop, ending with the
+// client, used to close the connection under them).
+func TestCloseWritesWaitingAcksWhileTheReadLoopIsBlocked(t *testing.T) {
+	_, c, sc, _, _ := acksTest(t, func(o *Options) { o.Buffer = 1 })
+	ackAll(t, c, sc, 10, 2) // 10 at once, 11 waits
+	sc.expectAcks(t, 10)
+	sc.msg("a12", "alice", 12) // fills the buffer
+	sc.msg("a13", "alice", 13) // the read loop blocks handing it on
+	deadline := time.Now().Add(5 * time.Second)
+	for len(c.Messages()) < 1 {
+		if time.Now().After(deadline) {
+			t.Fatal("the buffer never filled")
+		}
+		time.Sleep(time.Millisecond)
+	}
+	if err := c.Close(); err != nil {
+		t.Fatal(err)
+	}
+	var got []string
+	for f := range sc.frames {
+		got = append(got, f.Type)
+		if f.Type == protocol.TypeAck && f.Seq == 11 {
+			return
+		}
+	}
+	t.Fatalf("the ack of 11, made before Close, never went out (frames after ack 10: %v)", got)
+}
