@@ -12,6 +12,10 @@ import (
 // NATS again.
 const ReconnectWait = 250 * time.Millisecond
 
+// ReconnectGiveUp bounds ThroughReconnect's wait when its context does
+// not.
+const ReconnectGiveUp = 10 * time.Second
+
 // ReconnectOptions are every component's reconnect policy: try again for
 // ever, and hold nothing for the next connection. nats.go would keep what
 // is published while the connection is down (up to 8 MiB) and send it
@@ -26,13 +30,20 @@ func ReconnectOptions() []nats.Option {
 	return []nats.Option{nats.MaxReconnects(-1), nats.ReconnectWait(ReconnectWait), nats.ReconnectBufSize(-1)}
 }
 
-// PublishThroughReconnect publishes data on subj, waiting out a reconnect
-// (ReconnectOptions hold nothing for the next connection): while the
-// connection is down it tries again every ReconnectWait until ctx is
-// done. For an announcement whose loss nothing later repairs.
-func PublishThroughReconnect(ctx context.Context, nc *nats.Conn, subj string, data []byte) error {
+// ThroughReconnect runs op, a write to NATS, again every ReconnectWait
+// while it fails because the connection is down (ReconnectOptions hold
+// nothing for the next connection, so it was not sent), until ctx is
+// done, or ReconnectGiveUp has passed if ctx has no deadline. For a write
+// whose loss nothing later repairs, or whose failure would have its work
+// done twice.
+func ThroughReconnect(ctx context.Context, op func() error) error {
+	if _, ok := ctx.Deadline(); !ok {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, ReconnectGiveUp)
+		defer cancel()
+	}
 	for {
-		err := nc.Publish(subj, data)
+		err := op()
 		if !errors.Is(err, nats.ErrReconnectBufExceeded) {
 			return err
 		}
@@ -44,4 +55,10 @@ func PublishThroughReconnect(ctx context.Context, nc *nats.Conn, subj string, da
 		case <-t.C:
 		}
 	}
+}
+
+// PublishThroughReconnect publishes data on subj through a reconnect
+// (ThroughReconnect).
+func PublishThroughReconnect(ctx context.Context, nc *nats.Conn, subj string, data []byte) error {
+	return ThroughReconnect(ctx, func() error { return nc.Publish(subj, data) })
 }

@@ -160,8 +160,14 @@ func (t *ticket) save(ctx context.Context, ttl time.Duration) error {
 	for range 5 {
 		b, _ := json.Marshal(t.st)
 		m := &nats.Msg{Subject: contract.KVSubject(contract.PushKV, t.user), Data: b}
-		ack, err := t.js.PublishMsg(ctx, m,
-			jetstream.WithExpectLastSequencePerSubject(t.rev), jetstream.WithMsgTTL(ttlSeconds(ttl)))
+		// Through a reconnect: a device pushed and not recorded would be
+		// pushed again when the message comes again.
+		var ack *jetstream.PubAck
+		err := contract.ThroughReconnect(ctx, func() (err error) {
+			ack, err = t.js.PublishMsg(ctx, m,
+				jetstream.WithExpectLastSequencePerSubject(t.rev), jetstream.WithMsgTTL(ttlSeconds(ttl)))
+			return err
+		})
 		if err == nil {
 			t.rev = ack.Sequence
 			return nil

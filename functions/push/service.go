@@ -412,7 +412,7 @@ func (s *Service) notify(m jetstream.Msg, meta *jetstream.MsgMetadata, n Notific
 // than a window, and must then find the claim with every device done; an
 // instance that dies between the two leaves the claim its longer hold.
 func (s *Service) finish(ctx context.Context, m jetstream.Msg, t *ticket) {
-	if err := m.DoubleAck(ctx); err != nil {
+	if err := contract.ThroughReconnect(ctx, func() error { return m.DoubleAck(ctx) }); err != nil {
 		// The message may come again after the ack wait; keep the claim
 		// that long so that delivery finds every device done.
 		s.log.Warn("ack not confirmed", "user", t.user, "seq", t.st.Seq, "err", err)
@@ -438,7 +438,9 @@ func (s *Service) retry(m jetstream.Msg, attempt uint64, t *ticket, failed map[s
 		}
 		s.counters.retried.Add(1)
 		s.log.Info("will retry", "subject", m.Subject(), "attempt", attempt, "delay", delay, "err", lastErr)
-		_ = m.NakWithDelay(delay)
+		nakCtx, cancel := context.WithTimeout(ctx, s.cfg.Timeout)
+		_ = contract.ThroughReconnect(nakCtx, func() error { return m.NakWithDelay(delay) })
+		cancel()
 		return
 	}
 	if failed == nil {
