@@ -41,13 +41,8 @@ func TestOnlineChangeIsAnnouncedThroughAConnectionBlip(t *testing.T) {
 	e := newEnv(t)
 	addr := strings.TrimPrefix(e.n.Server.ClientURL(), "nats://")
 	proxy := tk.StartProxy(t, addr)
-	opts := append(append(e.n.Keys.Options(natsauth.Presence), contract.ReconnectOptions()...), nats.ReconnectWait(50*time.Millisecond))
-	nc, err := nats.Connect("nats://"+proxy.Addr, opts...)
-	if err != nil {
-		t.Fatal(err)
-	}
+	nc, js := tk.ConnectAs(t, "nats://"+proxy.Addr, natsauth.Presence) // as the function connects
 	defer nc.Close()
-	js, _ := jetstream.New(nc)
 	cfg := presence.DefaultConfig()
 	cfg.AckWait = 2 * time.Second
 	s, err := presence.Start(context.Background(), nc, js, cfg, tk.Logger(t))
@@ -57,12 +52,8 @@ func TestOnlineChangeIsAnnouncedThroughAConnectionBlip(t *testing.T) {
 	defer s.Stop()
 	s.WaitSweep()
 	cs := &cutSettings{cut: func() {
-		proxy.SetTarget("127.0.0.1:1")
-		proxy.DropAll()
-		for nc.Status() == nats.CONNECTED {
-			time.Sleep(time.Millisecond)
-		}
-		time.AfterFunc(300*time.Millisecond, func() { proxy.SetTarget(addr) })
+		restore := proxy.CutNATS(nc)
+		time.AfterFunc(300*time.Millisecond, restore)
 	}}
 	s.WrapSettings(func(kv jetstream.KeyValue) jetstream.KeyValue { cs.KeyValue = kv; return cs })
 	ch := e.updates(t, "bob")

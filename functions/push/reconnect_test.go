@@ -8,9 +8,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/nats-io/nats.go"
-	"github.com/nats-io/nats.go/jetstream"
-
 	"github.com/switchboard-im/switchboard/contract"
 	"github.com/switchboard-im/switchboard/internal/natsauth"
 	tk "github.com/switchboard-im/switchboard/internal/testkit"
@@ -25,25 +22,13 @@ func TestPushIsRecordedAndAckedThroughAConnectionBlip(t *testing.T) {
 	n := tk.StartNATS(t)
 	addr := strings.TrimPrefix(n.Server.ClientURL(), "nats://")
 	proxy := tk.StartProxy(t, addr)
-	opts := append(append(n.Keys.Options(natsauth.Push), contract.ReconnectOptions()...), nats.ReconnectWait(50*time.Millisecond))
-	nc, err := nats.Connect("nats://"+proxy.Addr, opts...)
-	if err != nil {
-		t.Fatal(err)
-	}
+	nc, js := tk.ConnectAs(t, "nats://"+proxy.Addr, natsauth.Push) // as the function connects
 	defer nc.Close()
-	js, err := jetstream.New(nc)
-	if err != nil {
-		t.Fatal(err)
-	}
 	var cut sync.Once
 	h := newHook(t, func(Notification, int) int {
 		cut.Do(func() {
-			proxy.SetTarget("127.0.0.1:1") // nothing listens: no reconnect
-			proxy.DropAll()
-			for nc.Status() == nats.CONNECTED {
-				time.Sleep(time.Millisecond)
-			}
-			time.AfterFunc(300*time.Millisecond, func() { proxy.SetTarget(addr) })
+			restore := proxy.CutNATS(nc)
+			time.AfterFunc(300*time.Millisecond, restore)
 		})
 		return 200
 	})

@@ -5,6 +5,9 @@ import (
 	"net"
 	"sync"
 	"testing"
+	"time"
+
+	"github.com/nats-io/nats.go"
 )
 
 // Proxy forwards TCP connections to a target and can cut them all at once,
@@ -80,4 +83,20 @@ func (p *Proxy) DropAll() {
 		c.Close()
 		delete(p.conns, c)
 	}
+}
+
+// CutNATS cuts every connection through p and sends new ones nowhere
+// (they fail), until restore is called; it returns once nc, a NATS
+// connection through p, has seen its connection drop. restore sends new
+// connections to p's target again.
+func (p *Proxy) CutNATS(nc *nats.Conn) (restore func()) {
+	p.mu.Lock()
+	target := p.target
+	p.target = "127.0.0.1:1" // nothing listens there
+	p.mu.Unlock()
+	p.DropAll()
+	for nc.Status() == nats.CONNECTED {
+		time.Sleep(time.Millisecond)
+	}
+	return func() { p.SetTarget(target) }
 }
