@@ -47,14 +47,32 @@ type router struct {
 	subjects map[string]*route
 	bySub    map[*nats.Subscription]*route
 	// slow holds the live subscriptions NATS reported dropping copies of,
-	// with how many it had dropped when their sessions were last woken.
-	// NATS reports a subscription once per streak of drops (until one of
-	// its messages gets through), so later drops of the streak are found
-	// by the count: when the router has caught up, and when a message of
-	// the subscription gets through.
-	slow map[*nats.Subscription]int
+	// with their counts when their sessions were last woken. NATS reports
+	// a subscription once per streak of drops, which ends when one of its
+	// copies gets into the buffer; later drops of the streak are found by
+	// the count, looked at when the router has caught up and when a copy
+	// of the subscription comes out of the buffer.
+	slow map[*nats.Subscription]slowCounts
 	// wake has sessions that may have lost live copies read their inbox.
 	wake func([]*session)
+}
+
+// slowCounts are a subscription's drops and copies let into the buffer.
+type slowCounts struct {
+	dropped   int
+	delivered int64
+}
+
+// countsOf reads sub's counts.
+func countsOf(sub *nats.Subscription) (slowCounts, error) {
+	n, err := sub.Dropped()
+	if err != nil {
+		return slowCounts{}, err
+	}
+	// After the drops: a copy let in after this read ended the streak,
+	// and a drop after that is NATS's to report.
+	d, err := sub.Delivered()
+	return slowCounts{dropped: n, delivered: d}, err
 }
 
 type route struct {
@@ -130,14 +148,14 @@ func (r *router) dropped(sub *nats.Subscription) {
 	if rt == nil || rt.kind != routeLive {
 		return
 	}
-	n, err := sub.Dropped()
+	c, err := countsOf(sub)
 	if err != nil {
 		return
 	}
 	if r.slow == nil {
-		r.slow = map[*nats.Subscription]int{}
+		r.slow = map[*nats.Subscription]slowCounts{}
 	}
-	r.slow[sub] = n
+	r.slow[sub] = c
 	r.wakeLocked(rt)
 }
 
@@ -151,21 +169,26 @@ func (r *router) wakeLocked(rt *route) {
 }
 
 // recheckLocked wakes the sessions of sub again if NATS has dropped more
-// of its messages since they were last woken; through says a message of
-// sub got through, after which NATS reports the next drop itself.
+// of its copies since they were last woken, and stops watching sub once
+// a copy got into the buffer after the last drop it knows of: the streak
+// is over, and NATS reports the next drop itself. A copy coming out of
+// the buffer says nothing: it may have gone in before the drops.
 //
 // Lock should be held.
-func (r *router) recheckLocked(sub *nats.Subscription, through bool) {
+func (r *router) recheckLocked(sub *nats.Subscription) {
 	last, ok := r.slow[sub]
 	if !ok {
 		return
 	}
-	n, err := sub.Dropped()
-	if rt := r.bySub[sub]; err == nil && rt != nil && n > last {
-		r.slow[sub] = n
+	c, err := countsOf(sub)
+	rt := r.bySub[sub]
+	switch {
+	case err != nil || rt == nil:
+		delete(r.slow, sub)
+	case c.dropped > last.dropped:
+		r.slow[sub] = c
 		r.wakeLocked(rt)
-	}
-	if through || err != nil {
+	case c.delivered > last.delivered:
 		delete(r.slow, sub)
 	}
 }
@@ -192,7 +215,7 @@ func (r *router) caughtUp() {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	for sub := range r.slow {
-		r.recheckLocked(sub, false)
+		r.recheckLocked(sub)
 	}
 }
 
@@ -200,7 +223,7 @@ func (r *router) dispatch(m *nats.Msg) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	if len(r.slow) > 0 && m.Sub != nil {
-		r.recheckLocked(m.Sub, true)
+		r.recheckLocked(m.Sub)
 	}
 	rt := r.subjects[m.Subject]
 	if rt == nil || len(rt.owners) == 0 {

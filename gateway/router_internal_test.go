@@ -10,45 +10,56 @@ import (
 	"github.com/nats-io/nats.go"
 )
 
-// NATS reports a subscription's dropped messages once per streak, until
-// one of its messages gets through. A live copy dropped after the first
-// report's wake, in the same streak, must wake its session again once the
-// router has caught up: nothing else would (the next copy that would name
-// it as its predecessor may never come), and it would wait for the sweep.
-func TestRouterWakesAgainForALaterDropOfTheSameStreak(t *testing.T) {
+// routerTest is a router on a real nats-server with two live routes, bob's
+// and carol's (their sessions' feeds only queue what comes), and a second
+// connection to publish their copies.
+type routerTest struct {
+	t                *testing.T
+	r                *router
+	pub              *nats.Conn
+	bob, carol       *session
+	bobSub, carolSub *nats.Subscription
+	woken            chan []*session
+}
+
+// newRouterTest makes a router whose buffer holds buffer copies: run
+// starts its goroutine, else the test steps it (step).
+func newRouterTest(t *testing.T, buffer int, run bool) *routerTest {
 	ns, err := server.NewServer(&server.Options{Host: "127.0.0.1", Port: -1, NoLog: true, NoSigs: true})
 	if err != nil {
 		t.Fatal(err)
 	}
 	go ns.Start()
-	defer ns.Shutdown()
+	t.Cleanup(ns.Shutdown)
 	if !ns.ReadyForConnections(10 * time.Second) {
 		t.Fatal("nats-server not ready")
 	}
-	nc, err := nats.Connect(ns.ClientURL())
-	if err != nil {
-		t.Fatal(err)
+	conns := make([]*nats.Conn, 2)
+	for i := range conns {
+		if conns[i], err = nats.Connect(ns.ClientURL()); err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(conns[i].Close)
 	}
-	defer nc.Close()
-	pub, err := nats.Connect(ns.ClientURL())
-	if err != nil {
-		t.Fatal(err)
+	nc := conns[0]
+	rt := &routerTest{t: t, pub: conns[1], bob: &session{}, carol: &session{}, woken: make(chan []*session, 64)}
+	if run {
+		defer func(n int) { routerBuffer = n }(routerBuffer)
+		routerBuffer = buffer
+		rt.r = newRouter(nc)
+		t.Cleanup(rt.r.close)
+	} else {
+		rt.r = &router{nc: nc, ch: make(chan *nats.Msg, buffer), stop: make(chan struct{}), done: make(chan struct{}),
+			subjects: map[string]*route{}, bySub: map[*nats.Subscription]*route{}}
 	}
-	defer pub.Close()
-
-	defer func(n int) { routerBuffer = n }(routerBuffer)
-	routerBuffer = 1
-	r := newRouter(nc)
-	defer r.close()
-	woken := make(chan []*session, 8)
-	r.setWake(func(ss []*session) { woken <- ss })
+	r := rt.r
+	r.setWake(func(ss []*session) { rt.woken <- ss })
 	nc.SetErrorHandler(func(_ *nats.Conn, sub *nats.Subscription, err error) {
 		if sub != nil && errors.Is(err, nats.ErrSlowConsumer) {
 			r.dropped(sub)
 		}
 	})
-	bob, carol := &session{}, &session{} // their feeds only queue what comes
-	for subj, s := range map[string]*session{"sb.live.bob": bob, "sb.live.carol": carol} {
+	for subj, s := range map[string]*session{"sb.live.bob": rt.bob, "sb.live.carol": rt.carol} {
 		if err := r.add(routeLive, subj, s); err != nil {
 			t.Fatal(err)
 		}
@@ -56,78 +67,134 @@ func TestRouterWakesAgainForALaterDropOfTheSameStreak(t *testing.T) {
 	if err := nc.Flush(); err != nil {
 		t.Fatal(err)
 	}
-	bobSub, carolSub := r.subjects["sb.live.bob"].sub, r.subjects["sb.live.carol"].sub
+	rt.bobSub, rt.carolSub = r.subjects["sb.live.bob"].sub, r.subjects["sb.live.carol"].sub
+	return rt
+}
 
-	waitFor := func(what string, ok func() bool) {
-		t.Helper()
-		deadline := time.Now().Add(10 * time.Second)
-		for !ok() {
-			if time.Now().After(deadline) {
-				t.Fatalf("timed out waiting until %s", what)
+// step is one turn of the router's loop, for a router the test drives.
+func (rt *routerTest) step() {
+	rt.r.dispatch(<-rt.r.ch)
+	if len(rt.r.ch) == 0 {
+		rt.r.caughtUp()
+	}
+}
+
+func (rt *routerTest) waitFor(what string, ok func() bool) {
+	rt.t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for !ok() {
+		if time.Now().After(deadline) {
+			rt.t.Fatalf("timed out waiting until %s", what)
+		}
+		time.Sleep(time.Millisecond)
+	}
+}
+
+func delivered(sub *nats.Subscription) int64 { n, _ := sub.Delivered(); return n }
+func dropped(sub *nats.Subscription) int     { n, _ := sub.Dropped(); return n }
+
+// publish sends a copy on sub's subject and waits until it went into the
+// buffer or was dropped.
+func (rt *routerTest) publish(sub *nats.Subscription) {
+	rt.t.Helper()
+	arrived := func() int64 { return delivered(sub) + int64(dropped(sub)) }
+	before := arrived()
+	if err := rt.pub.Publish(sub.Subject, nil); err != nil {
+		rt.t.Fatal(err)
+	}
+	rt.waitFor("the copy on "+sub.Subject+" arrived", func() bool { return arrived() > before })
+}
+
+// bobWoken waits up to within for a wake of bob's session (carol's
+// dropped copies wake hers, which the tests do not look at).
+func (rt *routerTest) bobWoken(within time.Duration) bool {
+	deadline := time.After(within)
+	for {
+		select {
+		case ss := <-rt.woken:
+			if slices.Contains(ss, rt.bob) {
+				return true
 			}
-			time.Sleep(time.Millisecond)
+		case <-deadline:
+			return false
 		}
 	}
-	delivered := func(sub *nats.Subscription) int64 { n, _ := sub.Delivered(); return n }
-	dropped := func(sub *nats.Subscription) int { n, _ := sub.Dropped(); return n }
-	arrived := func(sub *nats.Subscription) int64 { return delivered(sub) + int64(dropped(sub)) }
-	publish := func(sub *nats.Subscription) {
-		t.Helper()
-		before := arrived(sub)
-		if err := pub.Publish(sub.Subject, nil); err != nil {
-			t.Fatal(err)
-		}
-		waitFor("the copy on "+sub.Subject+" arrived", func() bool { return arrived(sub) > before })
-	}
+}
+
+// NATS reports a subscription's dropped messages once per streak, until
+// one of its messages gets into the buffer. A live copy dropped after the
+// first report's wake, in the same streak, must wake its session again
+// once the router has caught up: nothing else would (the next copy that
+// would name it as its predecessor may never come), and it would wait for
+// the sweep.
+func TestRouterWakesAgainForALaterDropOfTheSameStreak(t *testing.T) {
+	rt := newRouterTest(t, 1, true)
+	r := rt.r
 	// fill holds the router and sends carol's copies until its buffer is
 	// full (one is dropped), then one of bob's, which is dropped too.
 	fill := func() {
 		t.Helper()
 		r.mu.Lock()
 		defer r.mu.Unlock() // a failure too: t.Fatal runs it
-		for before := dropped(carolSub); dropped(carolSub) == before; {
-			publish(carolSub)
+		for before := dropped(rt.carolSub); dropped(rt.carolSub) == before; {
+			rt.publish(rt.carolSub)
 		}
-		before := dropped(bobSub)
-		publish(bobSub)
-		if dropped(bobSub) != before+1 {
+		before := dropped(rt.bobSub)
+		rt.publish(rt.bobSub)
+		if dropped(rt.bobSub) != before+1 {
 			t.Fatal("bob's copy got through a full buffer")
-		}
-	}
-	// expectWake waits for a wake of bob's session (carol's dropped copies
-	// wake hers, which this test does not look at).
-	expectWake := func(why string) {
-		t.Helper()
-		deadline := time.After(10 * time.Second)
-		for {
-			select {
-			case ss := <-woken:
-				if slices.Contains(ss, bob) {
-					return
-				}
-			case <-deadline:
-				t.Fatalf("%s: bob's session was not woken", why)
-			}
 		}
 	}
 
 	fill() // NATS reports this one
-	expectWake("the first drop")
-	fill() // not this one: no copy of bob's got through in between
-	expectWake("a drop of the same streak")
+	if !rt.bobWoken(10 * time.Second) {
+		t.Fatal("the first drop did not wake bob")
+	}
+	fill() // not this one: no copy of bob's got in between
+	if !rt.bobWoken(10 * time.Second) {
+		t.Fatal("a drop of the same streak did not wake bob")
+	}
 
-	// A copy of bob's gets through: NATS reports the next drop itself, and
-	// the router stops watching.
-	publish(bobSub)
-	waitFor("the router no longer watches bob", func() bool {
+	// A copy of bob's gets in: NATS reports the next drop itself, and the
+	// router stops watching.
+	rt.publish(rt.bobSub)
+	rt.waitFor("the router no longer watches bob", func() bool {
 		r.mu.Lock()
 		defer r.mu.Unlock()
-		_, watched := r.slow[bobSub]
-		return !watched && delivered(bobSub) > 0
+		_, watched := r.slow[rt.bobSub]
+		return !watched && delivered(rt.bobSub) > 0
 	})
-	for len(woken) > 0 {
-		if ss := <-woken; slices.Contains(ss, bob) {
+	for len(rt.woken) > 0 {
+		if ss := <-rt.woken; slices.Contains(ss, rt.bob) {
 			t.Fatal("bob's session woken again with nothing of his dropped")
 		}
+	}
+}
+
+// A copy of bob's that went into the buffer before the streak's first
+// drop comes out after it: that does not end the streak (NATS ends it when
+// a copy goes in), so a later drop of the streak, which NATS does not
+// report, must still wake bob's session.
+func TestRouterKeepsWatchingPastACopyFromBeforeTheDrops(t *testing.T) {
+	rt := newRouterTest(t, 2, false)
+	rt.publish(rt.bobSub)   // b0 goes in
+	rt.publish(rt.carolSub) // c0: the buffer is full
+	rt.publish(rt.bobSub)   // b1 dropped: NATS reports it, bob's streak begins
+	if dropped(rt.bobSub) != 1 {
+		t.Fatal("b1 not dropped")
+	}
+	if !rt.bobWoken(5 * time.Second) {
+		t.Fatal("the first drop did not wake bob")
+	}
+	rt.step()               // b0 comes out: it went in before the drop
+	rt.publish(rt.carolSub) // c1: full again
+	rt.publish(rt.bobSub)   // b2 dropped: same streak (no copy of bob's went in since b1), not reported
+	if dropped(rt.bobSub) != 2 {
+		t.Fatal("b2 not dropped")
+	}
+	rt.step()
+	rt.step() // caught up
+	if !rt.bobWoken(2 * time.Second) {
+		t.Fatal("b2, dropped later in bob's streak, woke nobody: it waits for the sweep")
 	}
 }
