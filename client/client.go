@@ -1059,12 +1059,17 @@ func (c *Client) keepRead(seq uint64) {
 func (c *Client) Close() error {
 	// The connection is taken, and the context ended, under writeMu:
 	// the read loop, ending with it, closes the connection only once
-	// the waiting acks and the close frame are written (detach).
+	// the waiting acks and the close frame are written (detach). Both in
+	// one hold of mu: a reconnect's attach in between would make a
+	// connection current that nobody closes.
 	c.writeMu.Lock()
 	c.mu.Lock()
 	conn := c.conn
+	if c.closeErr == nil {
+		c.closeErr = ErrClosed
+	}
+	c.cancel() // under mu, so attach sees it
 	c.mu.Unlock()
-	c.shutdown(ErrClosed)
 	if conn != nil {
 		if b, n, _ := c.acks.take(conn, nil); n > 0 {
 			_ = c.writeRaw(conn, b) // the app's last acks go before the close
