@@ -141,3 +141,21 @@ func TestKickIsAnsweredOnceTheCursorIsStored(t *testing.T) {
 	close(gate)
 	<-answered
 }
+
+// A replaced session whose socket's writer hangs (a device gone to another
+// network) reaches stop only after WriteTimeout: the kick's answer must
+// not wait for that, and still comes once the cursor is stored.
+func TestKickIsAnsweredWithTheCursorStoredBeforeStop(t *testing.T) {
+	fs := &fakeStream{}
+	seq := fs.store("bob", "alice", "a1")
+	fc := &fakeCursors{}
+	srv := testServer(t, testConfig(), fs, fc)
+	s, ft := startedSession(t, srv, "bob", 0)
+	expectSeqs(t, ft, seq)
+	s.feed.settle(seq)
+
+	s.onKick(&nats.Msg{Data: []byte(fmt.Sprintf("%d newer", time.Now().Add(time.Hour).UnixNano()))}) // no stop
+	if _, stored := fc.saves(); !slices.Equal(stored, []uint64{seq}) {
+		t.Fatalf("answered with the cursors stored %v, want [%d]", stored, seq)
+	}
+}

@@ -72,9 +72,10 @@ type session struct {
 	shutting atomic.Bool
 	stopOnce sync.Once
 	stopped  chan struct{}
-	// saved is closed once stop has stored the device's cursor: a newer
-	// session of the device, answered then, starts right after it.
-	saved chan struct{}
+	// saved is closed once settle has stored the device's cursor: a
+	// newer session of the device, answered then, starts right after it.
+	saved      chan struct{}
+	settleOnce sync.Once
 }
 
 // inbound is what the read loop keeps about the frames it reads: the rate
@@ -277,9 +278,16 @@ func (s *session) onKick(m *nats.Msg) {
 	// The newer session takes this one's buckets once answered, not
 	// fresh ones (ratekeep.go).
 	s.srv.limits.give(s.id, s.in.limits, time.Now())
-	// Answered once this session has settled what the device acked and
-	// stored its cursor (stop, which the close brings), so the newer one
-	// reads that cursor and delivers nothing settled again.
+	// Answered once this session has stopped delivering, settled what the
+	// device acked and stored its cursor, so the newer one reads that
+	// cursor and delivers nothing settled again. Settled here, not left to
+	// stop, which comes after the socket's writer ends: on a connection
+	// the device left for another network, a write can hang for
+	// WriteTimeout.
+	go func() {
+		<-s.feed.finished()
+		s.settle()
+	}()
 	select {
 	case <-s.saved:
 	case <-time.After(s.srv.cfg.KickTimeout / 2): // answer well within the asker's wait
@@ -312,12 +320,23 @@ func (s *session) stop() {
 		for _, subj := range s.routed {
 			s.srv.router.remove(subj, s)
 		}
-		s.ticks.finish()
-		s.cursor.final()
-		close(s.saved)
+		s.settle()
 		s.follows.dropAll()
 		s.lease.goOffline()
 		s.srv.replies.unregister(s.owner)
+	})
+}
+
+// settle, once delivery has stopped, has the acked stretches ticked and
+// settled and the cursor stored; it runs once, from stop or from a kick
+// that replaces the session, whichever comes first. Acks that arrive
+// after it are not settled: their messages come again on the device's
+// next session.
+func (s *session) settle() {
+	s.settleOnce.Do(func() {
+		s.ticks.finish()
+		s.cursor.final()
+		close(s.saved)
 	})
 }
 
