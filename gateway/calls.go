@@ -135,8 +135,15 @@ func (s *session) remoteStatus(seq uint64, to string) {
 // (groupticks.go).
 func (s *session) read(seq uint64) {
 	if seq > s.feed.lastSeq() {
-		s.sendError(protocol.ErrUnknownSeq, "no message with this seq was delivered to this device", "", seq, 0)
-		return
+		// A read made on the device's last connection, of a message
+		// that comes again in this one, waits for it.
+		switch s.feed.waitRead(seq) {
+		case readHeld:
+			return
+		case readRefused:
+			s.sendError(protocol.ErrUnknownSeq, "no message with this seq was delivered to this device", "", seq, 0)
+			return
+		}
 	}
 	ok := s.goCall(func() {
 		ctx, cancel := context.WithTimeout(context.Background(), s.srv.cfg.FunctionTimeout)

@@ -536,3 +536,44 @@ func TestGatewayKilledBetweenAckAndTick(t *testing.T) {
 		t.Fatalf("alice got %+v before m2's tick", r)
 	}
 }
+
+// A device reads, on a new connection, a message it got on its last one
+// and did not ack there: the new session has not delivered it again yet
+// (here it may hold one unacked, and the first of the backlog is out), so
+// the read waits for it instead of being refused, and the sender gets its
+// read tick once the message has come again.
+func TestReadOfAMessageFromTheLastConnectionWaitsForIt(t *testing.T) {
+	n := tk.StartNATS(t)
+	g1 := tk.StartGateway(t, n, tk.TestConfig())
+	cfg := tk.TestConfig()
+	cfg.MaxInflight = 1
+	g2 := tk.StartGateway(t, n, cfg)
+	alice := tk.Dial(t, g1.URL, "alice", "phone")
+	s1 := send(t, alice, "bob", "m1", "first")
+	s2 := send(t, alice, "bob", "m2", "second")
+
+	bob := connectRaw(t, g1, "bob", "phone")
+	skipTo(bob, protocol.TypeMsg)
+	if f := skipTo(bob, protocol.TypeMsg); f.Seq != s2.Seq {
+		t.Fatalf("bob got seq %d, want m2 at %d", f.Seq, s2.Seq)
+	}
+	_ = bob.ws.Close() // neither acked
+
+	bob = connectRaw(t, g2, "bob", "phone")
+	if f := skipTo(bob, protocol.TypeMsg); f.Seq != s1.Seq {
+		t.Fatalf("bob got seq %d again first, want m1 at %d", f.Seq, s1.Seq)
+	}
+	bob.write(fmt.Sprintf(`{"type":"read","seq":%d}`, s2.Seq)) // m2, read on the last connection
+	bob.write(fmt.Sprintf(`{"type":"ack","seq":%d}`, s1.Seq))  // room for m2
+	for f := bob.next(); f.Type != protocol.TypeMsg; f = bob.next() {
+		if f.Type == protocol.TypeError {
+			t.Fatalf("bob's read refused: %+v", *f)
+		}
+	}
+	for {
+		r := tk.RecvReceipt(t, alice, wait)
+		if r.Status == protocol.StatusRead && r.ID == "m2" {
+			return
+		}
+	}
+}

@@ -102,6 +102,13 @@ type feed struct {
 	ended     bool          // done is closed
 	quit      chan struct{} // closed when delivery stops
 	done      chan struct{} // closed once the runner has returned for good, or never ran
+	// caughtUp: the device's backlog from its cursor has been delivered
+	// once. Until then a read past last may be of a message the device had
+	// on its last connection and gets again in this one: readWait holds
+	// the highest such read until the message is delivered (then it is
+	// taken) or the backlog is through without it (then refused).
+	caughtUp bool
+	readWait uint64
 }
 
 func (f *feed) init(s *session) {
@@ -219,6 +226,7 @@ func (f *feed) run() {
 			f.wake = false
 			f.mu.Unlock()
 			f.catchUp(0)
+			f.backlogRead()
 			continue
 		}
 		m := f.liveQ[0]
@@ -226,6 +234,50 @@ func (f *feed) run() {
 		f.liveQ = f.liveQ[1:]
 		f.mu.Unlock()
 		f.live(m)
+	}
+}
+
+// What waitRead did with a read.
+const (
+	readNow     = iota // delivered meanwhile: take it
+	readHeld           // held for the backlog (see readWait)
+	readRefused        // past what was delivered, and the backlog is through
+)
+
+// waitRead holds a read of seq, past what this session had delivered,
+// until the device's backlog has come again (see readWait).
+func (f *feed) waitRead(seq uint64) int {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	switch {
+	case seq <= f.last:
+		return readNow
+	case f.caughtUp || f.stopping:
+		return readRefused
+	}
+	f.readWait = max(f.readWait, seq)
+	return readHeld
+}
+
+// backlogRead runs after each read of the stream: the first one that was
+// not cut short by max_inflight has delivered the device's backlog, and
+// a read held for it is taken or refused.
+func (f *feed) backlogRead() {
+	f.mu.Lock()
+	if f.caughtUp || f.behind || f.stopping {
+		f.mu.Unlock()
+		return
+	}
+	f.caughtUp = true
+	seq, last := f.readWait, f.last
+	f.readWait = 0
+	f.mu.Unlock()
+	switch {
+	case seq == 0:
+	case seq <= last:
+		f.s.read(seq)
+	default:
+		f.s.sendError(protocol.ErrUnknownSeq, "no message with this seq was delivered to this device", "", seq, 0)
 	}
 }
 
@@ -481,9 +533,18 @@ func (f *feed) take(seq uint64, h nats.Header, data []byte) {
 	}
 	f.pending[seq] = p
 	f.unsettled = append(f.unsettled, seq)
+	read := f.readWait
+	if read > seq {
+		read = 0
+	} else {
+		f.readWait = 0
+	}
 	f.mu.Unlock()
 	f.s.srv.metrics.delivered.Inc()
 	f.s.t.Send(frame)
+	if read != 0 {
+		f.s.read(read) // held until its message came again: after it
+	}
 }
 
 // isJSONObject reports whether b is one JSON object (a group event as the
