@@ -537,11 +537,11 @@ func TestGatewayKilledBetweenAckAndTick(t *testing.T) {
 	}
 }
 
-// A device reads, on a new connection, a message it got on its last one
-// and did not ack there: the new session has not delivered it again yet
+// A device reads, on a new connection, messages it got on its last one
+// and did not ack there: the new session has not delivered them again yet
 // (here it may hold one unacked, and the first of the backlog is out), so
-// the read waits for it instead of being refused, and the sender gets its
-// read tick once the message has come again.
+// the reads wait for them instead of being refused, and each sender gets
+// its read tick once its message has come again.
 func TestReadOfAMessageFromTheLastConnectionWaitsForIt(t *testing.T) {
 	n := tk.StartNATS(t)
 	g1 := tk.StartGateway(t, n, tk.TestConfig())
@@ -549,31 +549,41 @@ func TestReadOfAMessageFromTheLastConnectionWaitsForIt(t *testing.T) {
 	cfg.MaxInflight = 1
 	g2 := tk.StartGateway(t, n, cfg)
 	alice := tk.Dial(t, g1.URL, "alice", "phone")
+	carol := tk.Dial(t, g1.URL, "carol", "phone")
 	s1 := send(t, alice, "bob", "m1", "first")
+	sc := send(t, carol, "bob", "c1", "from carol")
 	s2 := send(t, alice, "bob", "m2", "second")
 
 	bob := connectRaw(t, g1, "bob", "phone")
-	skipTo(bob, protocol.TypeMsg)
-	if f := skipTo(bob, protocol.TypeMsg); f.Seq != s2.Seq {
-		t.Fatalf("bob got seq %d, want m2 at %d", f.Seq, s2.Seq)
+	for _, want := range []uint64{s1.Seq, sc.Seq, s2.Seq} {
+		if f := skipTo(bob, protocol.TypeMsg); f.Seq != want {
+			t.Fatalf("bob got seq %d, want %d", f.Seq, want)
+		}
 	}
-	_ = bob.ws.Close() // neither acked
+	_ = bob.ws.Close() // none acked
 
 	bob = connectRaw(t, g2, "bob", "phone")
 	if f := skipTo(bob, protocol.TypeMsg); f.Seq != s1.Seq {
 		t.Fatalf("bob got seq %d again first, want m1 at %d", f.Seq, s1.Seq)
 	}
-	bob.write(fmt.Sprintf(`{"type":"read","seq":%d}`, s2.Seq)) // m2, read on the last connection
-	bob.write(fmt.Sprintf(`{"type":"ack","seq":%d}`, s1.Seq))  // room for m2
-	for f := bob.next(); f.Type != protocol.TypeMsg; f = bob.next() {
-		if f.Type == protocol.TypeError {
-			t.Fatalf("bob's read refused: %+v", *f)
+	// Read on the last connection, written on this one (as the SDKs write
+	// reads made offline): two conversations, each its own position.
+	bob.write(fmt.Sprintf(`{"type":"read","seq":%d}`, sc.Seq))
+	bob.write(fmt.Sprintf(`{"type":"read","seq":%d}`, s2.Seq))
+	for _, seq := range []uint64{s1.Seq, sc.Seq} {
+		bob.write(fmt.Sprintf(`{"type":"ack","seq":%d}`, seq)) // room for the next
+		for f := bob.next(); f.Type != protocol.TypeMsg; f = bob.next() {
+			if f.Type == protocol.TypeError {
+				t.Fatalf("bob's read refused: %s %s (seq %d)", f.Code, f.Message, f.Seq)
+			}
 		}
 	}
-	for {
-		r := tk.RecvReceipt(t, alice, wait)
-		if r.Status == protocol.StatusRead && r.ID == "m2" {
-			return
+	for sender, c := range map[string]*client.Client{"m2": alice, "c1": carol} {
+		for {
+			r := tk.RecvReceipt(t, c, wait)
+			if r.Status == protocol.StatusRead && r.ID == sender {
+				break
+			}
 		}
 	}
 }

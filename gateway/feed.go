@@ -105,11 +105,16 @@ type feed struct {
 	// caughtUp: the device's backlog from its cursor has been delivered
 	// once. Until then a read past last may be of a message the device had
 	// on its last connection and gets again in this one: readWait holds
-	// the highest such read until the message is delivered (then it is
-	// taken) or the backlog is through without it (then refused).
+	// such reads (each a position in its own conversation) until their
+	// message is delivered (then they are taken) or the backlog is through
+	// without it (then refused).
 	caughtUp bool
-	readWait uint64
+	readWait []uint64
 }
+
+// maxReadWait bounds the reads a session holds for its backlog, as the
+// SDKs bound the reads they keep while offline.
+const maxReadWait = 256
 
 func (f *feed) init(s *session) {
 	f.s = s
@@ -252,11 +257,30 @@ func (f *feed) waitRead(seq uint64) int {
 	switch {
 	case seq <= f.last:
 		return readNow
-	case f.caughtUp || f.stopping:
+	case f.caughtUp || f.stopping || len(f.readWait) >= maxReadWait:
 		return readRefused
 	}
-	f.readWait = max(f.readWait, seq)
+	f.readWait = append(f.readWait, seq)
 	return readHeld
+}
+
+// dueReadsLocked takes the held reads of messages delivered by now.
+//
+// Lock should be held.
+func (f *feed) dueReadsLocked() (due []uint64) {
+	if len(f.readWait) == 0 {
+		return nil
+	}
+	kept := f.readWait[:0]
+	for _, seq := range f.readWait {
+		if seq <= f.last {
+			due = append(due, seq)
+		} else {
+			kept = append(kept, seq)
+		}
+	}
+	f.readWait = kept
+	return due
 }
 
 // backlogRead runs after each read of the stream: the first one that was
@@ -269,14 +293,14 @@ func (f *feed) backlogRead() {
 		return
 	}
 	f.caughtUp = true
-	seq, last := f.readWait, f.last
-	f.readWait = 0
+	due := f.dueReadsLocked()
+	refused := f.readWait
+	f.readWait = nil
 	f.mu.Unlock()
-	switch {
-	case seq == 0:
-	case seq <= last:
+	for _, seq := range due {
 		f.s.read(seq)
-	default:
+	}
+	for _, seq := range refused {
 		f.s.sendError(protocol.ErrUnknownSeq, "no message with this seq was delivered to this device", "", seq, 0)
 	}
 }
@@ -533,17 +557,12 @@ func (f *feed) take(seq uint64, h nats.Header, data []byte) {
 	}
 	f.pending[seq] = p
 	f.unsettled = append(f.unsettled, seq)
-	read := f.readWait
-	if read > seq {
-		read = 0
-	} else {
-		f.readWait = 0
-	}
+	due := f.dueReadsLocked()
 	f.mu.Unlock()
 	f.s.srv.metrics.delivered.Inc()
 	f.s.t.Send(frame)
-	if read != 0 {
-		f.s.read(read) // held until its message came again: after it
+	for _, seq := range due {
+		f.s.read(seq) // held until its message came again: after it
 	}
 }
 
