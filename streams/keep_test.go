@@ -27,7 +27,9 @@ func TestApplyAgainKeepsOperatorsLimits(t *testing.T) {
 		t.Fatal(err)
 	}
 	cfg := s.CachedInfo().Config
-	cfg.MaxBytes = 50 << 30 // nats stream edit INBOX --max-bytes 50GB
+	// nats stream edit INBOX --max-bytes 1GB (small: JetStream reserves
+	// it against the test machine's free disk)
+	cfg.MaxBytes = 1 << 30
 	if _, err := n.JS.UpdateStream(ctx, cfg); err != nil {
 		t.Fatal(err)
 	}
@@ -36,8 +38,8 @@ func TestApplyAgainKeepsOperatorsLimits(t *testing.T) {
 	}
 	s, _ = n.JS.Stream(ctx, contract.Inbox)
 	got := s.CachedInfo().Config
-	if got.MaxAge != 7*24*time.Hour || got.MaxBytes != 50<<30 {
-		t.Fatalf("after setup again INBOX has max age %s, max bytes %d (operator set 168h, %d)", got.MaxAge, got.MaxBytes, int64(50<<30))
+	if got.MaxAge != 7*24*time.Hour || got.MaxBytes != 1<<30 {
+		t.Fatalf("after setup again INBOX has max age %s, max bytes %d (operator set 168h, %d)", got.MaxAge, got.MaxBytes, int64(1<<30))
 	}
 }
 
