@@ -2,6 +2,7 @@ package gateway
 
 import (
 	"encoding/json"
+	"slices"
 	"sort"
 	"strconv"
 	"sync"
@@ -94,6 +95,7 @@ type feed struct {
 	last      uint64 // highest sequence delivered or skipped
 	floor     uint64 // everything at or below it is settled
 	behind    bool   // live copies are let go: too many unacked
+	behinds   uint64 // how many times behind was set: a read of the stream it cut short is told by this
 	stopping  bool   // delivery was stopped on purpose
 	liveQ     []*nats.Msg
 	wake      bool          // a read of the stream is asked for
@@ -229,9 +231,10 @@ func (f *feed) run() {
 		}
 		if f.wake {
 			f.wake = false
+			behinds := f.behinds
 			f.mu.Unlock()
 			f.catchUp(0)
-			f.backlogRead()
+			f.backlogRead(behinds)
 			continue
 		}
 		m := f.liveQ[0]
@@ -283,12 +286,23 @@ func (f *feed) dueReadsLocked() (due []uint64) {
 	return due
 }
 
-// backlogRead runs after each read of the stream: the first one that was
-// not cut short by max_inflight has delivered the device's backlog, and
-// a read held for it is taken or refused.
-func (f *feed) backlogRead() {
+// fallBehindLocked marks the device as holding as many unacked as it may.
+//
+// Lock should be held.
+func (f *feed) fallBehindLocked() {
+	f.behind = true
+	f.behinds++
+}
+
+// backlogRead runs after each read of the stream (behinds is the count
+// before it): the first one that was not cut short by max_inflight has
+// delivered the device's backlog, and a read held for it is taken or
+// refused. By the count, not by behind alone: a settle may have cleared
+// behind between the read's end and this (it then asks for the next
+// read, which decides).
+func (f *feed) backlogRead(behinds uint64) {
 	f.mu.Lock()
-	if f.caughtUp || f.behind || f.stopping {
+	if f.caughtUp || f.behind || f.behinds != behinds || f.stopping {
 		f.mu.Unlock()
 		return
 	}
@@ -315,7 +329,7 @@ func (f *feed) live(m *nats.Msg) {
 	f.mu.Lock()
 	last := f.last
 	if seq > last && len(f.unsettled) >= f.s.srv.maxInflight {
-		f.behind = true
+		f.fallBehindLocked()
 	}
 	behind := f.behind
 	f.mu.Unlock()
@@ -368,7 +382,7 @@ func (f *feed) catchUp(through uint64) {
 		f.mu.Lock()
 		from, room, stopping := f.last+1, srv.maxInflight-len(f.unsettled), f.stopping
 		if room <= 0 {
-			f.behind = true
+			f.fallBehindLocked()
 		}
 		f.mu.Unlock()
 		if stopping || room <= 0 {
@@ -457,7 +471,7 @@ func (f *feed) offer(seq, through uint64, m *nats.Msg) bool {
 	stale, stopping := seq <= f.last, f.stopping
 	full := !stale && len(f.unsettled) >= f.s.srv.maxInflight
 	if full {
-		f.behind = true
+		f.fallBehindLocked()
 	}
 	f.mu.Unlock()
 	switch {
@@ -596,8 +610,16 @@ func (f *feed) skip(seq uint64, reason string) {
 		f.floor = seq
 	}
 	floor := f.floor
+	// A read held for this message is refused: it was not delivered.
+	held := slices.Contains(f.readWait, seq)
+	if held {
+		f.readWait = slices.DeleteFunc(f.readWait, func(s uint64) bool { return s == seq })
+	}
 	f.mu.Unlock()
 	f.s.cursor.moved(floor)
+	if held {
+		f.s.sendError(protocol.ErrUnknownSeq, "no message with this seq was delivered to this device", "", seq, 0)
+	}
 }
 
 // acked marks seq acked by the device; false if nothing with this seq is

@@ -5,6 +5,7 @@ import (
 	"reflect"
 	"slices"
 	"testing"
+	"time"
 
 	"github.com/nats-io/nats.go"
 
@@ -325,4 +326,70 @@ func TestFeedTakesNothingOnceFinished(t *testing.T) {
 func (f *feed) settle(seq uint64) {
 	f.acked(seq)
 	f.settleThrough(seq)
+}
+
+// unknownSeqs lists the seqs of the unknown_seq errors sent so far.
+func unknownSeqs(t *testing.T, ft *fakeTransport) (out []uint64) {
+	for _, f := range ft.sent(t) {
+		if f.Type == protocol.TypeError && f.Code == protocol.ErrUnknownSeq {
+			out = append(out, f.Seq)
+		}
+	}
+	return out
+}
+
+// A read held for the backlog (a message from the device's last
+// connection) is not refused because a settle cleared behind between the
+// end of a read of the stream cut short by max_inflight and the look at
+// it: the message is still to come. The runner's steps in their order,
+// on the test goroutine, with the ticker's settle between them.
+func TestHeldReadOutlivesACutShortBacklogRead(t *testing.T) {
+	fs := &fakeStream{}
+	fs.store("bob", "alice", "a1") // 1
+	fs.store("bob", "carol", "c1") // 2
+	fs.store("bob", "alice", "a2") // 3
+	cfg := testConfig()
+	cfg.MaxInflight = 1
+	srv := testServer(t, cfg, fs, &fakeCursors{})
+	ft := newFakeTransport()
+	s := newSession(srv, Identity{User: "bob", Device: "phone", Expires: time.Now().Add(time.Hour)}, ft)
+	s.feed.begin(0)
+	s.cursor.init(0)
+	s.read(3) // made on the last connection, written on this one
+	s.feed.mu.Lock()
+	behinds := s.feed.behinds
+	s.feed.mu.Unlock()
+	s.feed.catchUp(0) // delivers 1, then the device may hold no more
+	s.feed.settle(1)  // clears behind, asks for the next read
+	s.feed.backlogRead(behinds)
+	if r := unknownSeqs(t, ft); len(r) > 0 {
+		t.Fatalf("read of 3 refused %v with only %v delivered: 3 is still in the backlog", r, ft.seqs(t))
+	}
+}
+
+// A read held for a message that turns out to be skipped (a chat message
+// whose body is not JSON) is refused: the device was never given it.
+func TestHeldReadOfASkippedMessageIsRefused(t *testing.T) {
+	fs := &fakeStream{gate: make(chan struct{})}
+	fs.storeRaw("bob", nats.Header{contract.HdrKind: {contract.KindMsg}, contract.HdrFrom: {"alice"},
+		contract.HdrDevice: {"phone"}, contract.HdrID: {"plain"}}, []byte("hello")) // 1: skipped
+	fs.store("bob", "carol", "c1") // 2
+	srv := testServer(t, testConfig(), fs, &fakeCursors{})
+	s, ft := startedSession(t, srv, "bob", 0)
+	waitFor(t, func() error {
+		if fs.readCount() == 0 {
+			return fmt.Errorf("no read yet")
+		}
+		return nil
+	})
+	for range maxFunctionCalls { // a read taken would answer rate_limited: no call here
+		s.calls <- struct{}{}
+	}
+	s.read(1)
+	close(fs.gate)
+	expectSeqs(t, ft, 2)
+	waitIdle(t, s)
+	if r := unknownSeqs(t, ft); !slices.Equal(r, []uint64{1}) {
+		t.Fatalf("unknown_seq for %v, want the read of the skipped 1 refused", r)
+	}
 }
