@@ -679,7 +679,17 @@ func TestGroupChangeWhileNoInstanceRanIsSettled(t *testing.T) {
 	if got := groupTicks(t, e, "alice"); len(got) != 0 {
 		t.Fatalf("alice told before carol had it: %v", got)
 	}
+	clients := e.n.Server.NumClients()
 	kill()
+	// Until the server has seen the connection go, the dead instance's
+	// pull may still take the change, which would then come again only
+	// after the ack wait (30 s).
+	tk.WaitFor(t, 10*time.Second, func() error {
+		if n := e.n.Server.NumClients(); n >= clients {
+			return tk.Errorf("%d clients, the killed instance's among them", n)
+		}
+		return nil
+	})
 	changeGroup(t, e, "g1", a1+1, "alice", "bob") // carol removed, nobody running
 	e.instance(t)
 	want := []string{fmt.Sprintf("delivered %d..%d", a1, a1)}

@@ -23,11 +23,16 @@ func TestBaselineKeepsAsManyReplicasAsINBOX(t *testing.T) {
 	}
 	c := tk.StartCluster(t, files...)
 	_, js := c.Nodes[0].Connect(t)
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	// Stream creates go through the meta leader, which a loaded machine
+	// may still be settling: wait for a healthy cluster and for INBOX's
+	// leader, as the cluster tests in deploy do.
+	c.WaitHealthy(t, 30*time.Second)
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
 	if _, err := js.CreateStream(ctx, jetstream.StreamConfig{Name: contract.Inbox, Subjects: []string{"inbox.>"}, Replicas: 3}); err != nil {
 		t.Fatal(err)
 	}
+	c.WaitForLeader(t, 30*time.Second, nil, tk.StreamInfo(js, contract.Inbox))
 	target := Target{NATSURL: c.Nodes[1].ClientURL, NATSOptions: tk.TestKeys(t).Options(natsauth.Operator)}
 	r, err := openRaw(ctx, target, "replicas")
 	if err != nil {
