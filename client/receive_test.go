@@ -452,12 +452,15 @@ func TestCloseWritesWaitingAcksWhileTheReadLoopIsBlocked(t *testing.T) {
 	sc.expectAcks(t, 10)
 	sc.msg("a12", "alice", 12) // fills the buffer
 	sc.msg("a13", "alice", 13) // the read loop blocks handing it on
-	deadline := time.Now().Add(5 * time.Second)
+	// Nothing signals a full buffer: look at it until it is.
+	filled, tick := time.After(5*time.Second), time.NewTicker(time.Millisecond)
+	defer tick.Stop()
 	for len(c.Messages()) < 1 {
-		if time.Now().After(deadline) {
+		select {
+		case <-filled:
 			t.Fatal("the buffer never filled")
+		case <-tick.C:
 		}
-		time.Sleep(time.Millisecond)
 	}
 	if err := c.Close(); err != nil {
 		t.Fatal(err)

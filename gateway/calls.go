@@ -141,7 +141,7 @@ func (s *session) read(seq uint64) {
 		case readHeld:
 			return
 		case readRefused:
-			s.sendError(protocol.ErrUnknownSeq, "no message with this seq was delivered to this device", "", seq, 0)
+			s.refuseRead(seq)
 			return
 		}
 	}
@@ -231,4 +231,9 @@ func dedupe(users []string) []string {
 		}
 	}
 	return out
+}
+
+// refuseRead answers a read of a seq this session did not deliver.
+func (s *session) refuseRead(seq uint64) {
+	s.sendError(protocol.ErrUnknownSeq, "no message with this seq was delivered to this device", "", seq, 0)
 }

@@ -315,7 +315,7 @@ func (f *feed) backlogRead(behinds uint64) {
 		f.s.read(seq)
 	}
 	for _, seq := range refused {
-		f.s.sendError(protocol.ErrUnknownSeq, "no message with this seq was delivered to this device", "", seq, 0)
+		f.s.refuseRead(seq)
 	}
 }
 
@@ -618,7 +618,7 @@ func (f *feed) skip(seq uint64, reason string) {
 	f.mu.Unlock()
 	f.s.cursor.moved(floor)
 	if held {
-		f.s.sendError(protocol.ErrUnknownSeq, "no message with this seq was delivered to this device", "", seq, 0)
+		f.s.refuseRead(seq)
 	}
 }
 

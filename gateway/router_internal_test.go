@@ -81,13 +81,12 @@ func (rt *routerTest) step() {
 
 func (rt *routerTest) waitFor(what string, ok func() bool) {
 	rt.t.Helper()
-	deadline := time.Now().Add(10 * time.Second)
-	for !ok() {
-		if time.Now().After(deadline) {
-			rt.t.Fatalf("timed out waiting until %s", what)
+	waitWithin(rt.t, 10*time.Second, func() error {
+		if !ok() {
+			return errors.New("timed out waiting until " + what)
 		}
-		time.Sleep(time.Millisecond)
-	}
+		return nil
+	})
 }
 
 func delivered(sub *nats.Subscription) int64 { n, _ := sub.Delivered(); return n }

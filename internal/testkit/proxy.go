@@ -95,8 +95,10 @@ func (p *Proxy) CutNATS(nc *nats.Conn) (restore func()) {
 	p.target = "127.0.0.1:1" // nothing listens there
 	p.mu.Unlock()
 	p.DropAll()
+	tick := time.NewTicker(time.Millisecond) // nothing signals the drop to wait on
+	defer tick.Stop()
 	for nc.Status() == nats.CONNECTED {
-		time.Sleep(time.Millisecond)
+		<-tick.C
 	}
 	return func() { p.SetTarget(target) }
 }
