@@ -145,32 +145,57 @@ func (s *session) read(seq uint64) {
 			return
 		}
 	}
-	ok := s.goCall(func() {
-		ctx, cancel := context.WithTimeout(context.Background(), s.srv.cfg.FunctionTimeout)
-		defer cancel()
-		rm, err := s.srv.inbox.GetMsg(ctx, seq)
-		if err == nil && rm.Subject == contract.InboxSubject(s.id.User) && rm.Header.Get(contract.HdrGroup) != "" {
-			switch rm.Header.Get(contract.HdrKind) {
-			case contract.KindMsg, contract.KindEvent:
-				s.readGroup(ctx, seq, rm.Header)
-				return
-			}
-		}
-		if err == nil && rm.Subject == contract.InboxSubject(s.id.User) && contract.IsOwnCopy(s.id.User, rm.Header) {
-			return // this user's own message: taken, and it changes nothing
-		}
-		if err != nil || rm.Subject != contract.InboxSubject(s.id.User) || rm.Header.Get(contract.HdrKind) != contract.KindMsg {
-			s.sendError(protocol.ErrUnknownSeq, "no message to you with this seq", "", seq, 0)
+	if !s.goCall(func() { s.readNow(seq) }) {
+		s.sendError(protocol.ErrRateLimited, "too many requests in flight", "", seq, 100)
+	}
+}
+
+// readsDue makes the reads held for the backlog (feed.waitRead) whose
+// messages have come again, in order, on one goroutine that waits for a
+// call slot rather than being refused: their frames were taken long ago,
+// and a backlog can bring more of them due at once than a connection may
+// have calls in flight. They are bounded by maxReadWait.
+func (s *session) readsDue(seqs []uint64) {
+	if len(seqs) == 0 {
+		return
+	}
+	go func() {
+		select {
+		case s.calls <- struct{}{}:
+		case <-s.t.Done():
 			return
 		}
-		req := contract.ReadRequest{Reader: s.id.User, Device: s.id.Device, Sender: rm.Header.Get(contract.HdrFrom), Seq: seq}
-		req.Region, req.Origin = s.srv.regions.origin(rm.Header) // a sender homed elsewhere: regions.go
-		if err := contract.Call(ctx, s.srv.calls, contract.ReadSubject, req, nil); err != nil {
-			s.sendError(protocol.ErrUnavailable, "read receipt not taken; resend", "", seq, 0)
+		defer func() { <-s.calls }()
+		for _, seq := range seqs {
+			s.readNow(seq)
 		}
-	})
-	if !ok {
-		s.sendError(protocol.ErrRateLimited, "too many requests in flight", "", seq, 100)
+	}()
+}
+
+// readNow makes the read of seq, delivered to this device: it asks the
+// receipts function to move the user's read position.
+func (s *session) readNow(seq uint64) {
+	ctx, cancel := context.WithTimeout(context.Background(), s.srv.cfg.FunctionTimeout)
+	defer cancel()
+	rm, err := s.srv.inbox.GetMsg(ctx, seq)
+	if err == nil && rm.Subject == contract.InboxSubject(s.id.User) && rm.Header.Get(contract.HdrGroup) != "" {
+		switch rm.Header.Get(contract.HdrKind) {
+		case contract.KindMsg, contract.KindEvent:
+			s.readGroup(ctx, seq, rm.Header)
+			return
+		}
+	}
+	if err == nil && rm.Subject == contract.InboxSubject(s.id.User) && contract.IsOwnCopy(s.id.User, rm.Header) {
+		return // this user's own message: taken, and it changes nothing
+	}
+	if err != nil || rm.Subject != contract.InboxSubject(s.id.User) || rm.Header.Get(contract.HdrKind) != contract.KindMsg {
+		s.sendError(protocol.ErrUnknownSeq, "no message to you with this seq", "", seq, 0)
+		return
+	}
+	req := contract.ReadRequest{Reader: s.id.User, Device: s.id.Device, Sender: rm.Header.Get(contract.HdrFrom), Seq: seq}
+	req.Region, req.Origin = s.srv.regions.origin(rm.Header) // a sender homed elsewhere: regions.go
+	if err := contract.Call(ctx, s.srv.calls, contract.ReadSubject, req, nil); err != nil {
+		s.sendError(protocol.ErrUnavailable, "read receipt not taken; resend", "", seq, 0)
 	}
 }
 

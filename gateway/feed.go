@@ -311,9 +311,7 @@ func (f *feed) backlogRead(behinds uint64) {
 	refused := f.readWait
 	f.readWait = nil
 	f.mu.Unlock()
-	for _, seq := range due {
-		f.s.read(seq)
-	}
+	f.s.readsDue(due)
 	for _, seq := range refused {
 		f.s.refuseRead(seq)
 	}
@@ -575,9 +573,7 @@ func (f *feed) take(seq uint64, h nats.Header, data []byte) {
 	f.mu.Unlock()
 	f.s.srv.metrics.delivered.Inc()
 	f.s.t.Send(frame)
-	for _, seq := range due {
-		f.s.read(seq) // held until its message came again: after it
-	}
+	f.s.readsDue(due) // held until its message came again: after it
 }
 
 // isJSONObject reports whether b is one JSON object (a group event as the

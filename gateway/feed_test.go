@@ -1,13 +1,16 @@
 package gateway
 
 import (
+	"context"
 	"fmt"
 	"reflect"
 	"slices"
+	"sync"
 	"testing"
 	"time"
 
 	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/switchboard-im/switchboard/contract"
 	"github.com/switchboard-im/switchboard/protocol"
@@ -382,7 +385,7 @@ func TestHeldReadOfASkippedMessageIsRefused(t *testing.T) {
 		}
 		return nil
 	})
-	for range maxFunctionCalls { // a read taken would answer rate_limited: no call here
+	for range maxFunctionCalls { // a read taken would wait for a slot: no call here
 		s.calls <- struct{}{}
 	}
 	s.read(1)
@@ -391,5 +394,69 @@ func TestHeldReadOfASkippedMessageIsRefused(t *testing.T) {
 	waitIdle(t, s)
 	if r := unknownSeqs(t, ft); !slices.Equal(r, []uint64{1}) {
 		t.Fatalf("unknown_seq for %v, want the read of the skipped 1 refused", r)
+	}
+}
+
+// askedInbox is INBOX as reads see it: it records the seqs asked for and
+// holds none of them (each read is then answered unknown_seq).
+type askedInbox struct {
+	jetstream.Stream
+	mu    sync.Mutex
+	asked []uint64
+}
+
+func (a *askedInbox) GetMsg(_ context.Context, seq uint64, _ ...jetstream.GetMsgOpt) (*jetstream.RawStreamMsg, error) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	a.asked = append(a.asked, seq)
+	return nil, jetstream.ErrMsgNotFound
+}
+
+// Reads held for the backlog that come due together, more of them than
+// a connection may have calls in flight, are each made once a call slot
+// is free, none refused rate_limited: their frames were taken long ago,
+// and neither SDK writes a read again.
+func TestHeldReadsDueTogetherWaitForACallSlot(t *testing.T) {
+	fs := &fakeStream{gate: make(chan struct{})}
+	const n = 3 * maxFunctionCalls
+	for i := range n {
+		fs.store("bob", "alice", fmt.Sprintf("a%d", i))
+	}
+	srv := testServer(t, testConfig(), fs, &fakeCursors{})
+	inbox := &askedInbox{}
+	srv.inbox = inbox
+	s, ft := startedSession(t, srv, "bob", 0)
+	waitFor(t, func() error {
+		if fs.readCount() == 0 {
+			return fmt.Errorf("no read yet")
+		}
+		return nil
+	})
+	for range maxFunctionCalls { // every slot busy
+		s.calls <- struct{}{}
+	}
+	var want []uint64
+	for seq := uint64(1); seq <= n; seq++ {
+		s.read(seq) // made on the last connection, written on this one
+		want = append(want, seq)
+	}
+	close(fs.gate)
+	expectSeqs(t, ft, want...)
+	waitIdle(t, s)
+	for range maxFunctionCalls {
+		<-s.calls
+	}
+	waitFor(t, func() error {
+		inbox.mu.Lock()
+		defer inbox.mu.Unlock()
+		if got := slices.Sorted(slices.Values(inbox.asked)); !slices.Equal(got, want) {
+			return fmt.Errorf("reads made of %v, want %v", got, want)
+		}
+		return nil
+	})
+	for _, f := range ft.sent(t) {
+		if f.Type == protocol.TypeError && f.Code == protocol.ErrRateLimited {
+			t.Fatalf("a held read was refused: %s (seq %d)", f.Message, f.Seq)
+		}
 	}
 }
