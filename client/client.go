@@ -246,8 +246,11 @@ type Client struct {
 	// unsentReads are reads made with no connection, or whose write
 	// failed, for the next connection (Read).
 	unsentReads []uint64
-	closeErr    error
-	stats       Stats
+	// readsOut are the reads written lately, each with the times it was
+	// answered with a retryable code: such an answer writes it again.
+	readsOut *lru
+	closeErr error
+	stats    Stats
 	// following are the users whose presence this client follows.
 	following map[string]bool
 	// followingGroups are the groups whose members' presence it follows.
@@ -320,6 +323,7 @@ func dialWith(ctx context.Context, opts Options, h hooks) (*Client, error) {
 		ticks:           newTicks(),
 		seenMsg:         newLRU(100000),
 		acked:           newLRU(100000),
+		readsOut:        newLRU(maxUnsentReads),
 	}
 	if err := c.restore(); err != nil {
 		return nil, err
@@ -523,6 +527,9 @@ func (c *Client) attachSends(conn *websocket.Conn, sid string) bool {
 		}
 	}
 	for i, seq := range reads {
+		c.mu.Lock()
+		c.noteRead(seq, 0)
+		c.mu.Unlock()
 		if err := c.write(conn, protocol.AppendSeqFrame(nil, protocol.TypeRead, seq)); err != nil {
 			c.mu.Lock()
 			c.unsentReads = append(reads[i:], c.unsentReads...)
@@ -714,6 +721,9 @@ func (c *Client) onError(f *protocol.Frame) {
 		return
 	}
 	if f.Seq > 0 && c.failGroupStatus(f.Seq, &ServerError{Code: f.Code, Message: f.Message}) {
+		return
+	}
+	if c.retryRead(f) {
 		return
 	}
 	if c.opts.OnError != nil {
@@ -1021,13 +1031,29 @@ func (c *Client) Ack(seq uint64) {
 // Made while there is no connection, or failing to be written, it is
 // written on the next connection, after the resends (a read is a
 // position: a repeat is harmless); the last 256 such are kept.
+//
+// A read the server answers with a retryable code (rate_limited,
+// unavailable) is written again after the wait it names, or a backoff:
+// up to maxReadRetries times, then the error goes to OnError.
 func (c *Client) Read(seq uint64) {
 	c.storeRead(seq)
+	c.writeRead(seq, 0)
+}
+
+// maxReadRetries bounds the writes of one read answered with retryable
+// codes in a row.
+const maxReadRetries = 5
+
+// writeRead writes the read of seq, refused retries times so far, or
+// keeps it for the next connection.
+func (c *Client) writeRead(seq uint64, retries int) {
 	frame := protocol.AppendSeqFrame(nil, protocol.TypeRead, seq)
 	c.mu.Lock()
 	conn := c.conn
 	if conn == nil {
 		c.keepRead(seq)
+	} else {
+		c.noteRead(seq, retries) // before the write: its answer may come at once
 	}
 	c.mu.Unlock()
 	if conn == nil {
@@ -1039,6 +1065,43 @@ func (c *Client) Read(seq uint64) {
 		c.mu.Unlock()
 		conn.Close() // the read loop sees it and reconnects
 	}
+}
+
+// noteRead records the read of seq as written, refused retries times so
+// far.
+//
+// Lock c.mu should be held.
+func (c *Client) noteRead(seq uint64, retries int) {
+	k := seqKey(seq)
+	c.readsOut.remove(k)
+	c.readsOut.put(k, uint64(retries))
+}
+
+// retryRead writes again, after the wait f names or a backoff, a read
+// that error frame f refused with a retryable code, and reports whether
+// it will. An error with a seq and a retryable code that answers no
+// status request can only be a read's (acks are refused unknown_seq).
+func (c *Client) retryRead(f *protocol.Frame) bool {
+	if f.Seq == 0 || !retryable(f.Code) {
+		return false
+	}
+	k := seqKey(f.Seq)
+	c.mu.Lock()
+	n, ok := c.readsOut.get(k)
+	if ok {
+		c.readsOut.remove(k)
+	}
+	c.mu.Unlock()
+	if !ok || n >= maxReadRetries {
+		return false
+	}
+	delay := time.Duration(f.RetryMS) * time.Millisecond
+	if delay <= 0 {
+		delay = retryWait(int(n)+1, c.opts.MinBackoff, c.opts.MaxBackoff)
+	}
+	seq := f.Seq
+	time.AfterFunc(delay, func() { c.writeRead(seq, int(n)+1) })
+	return true
 }
 
 // maxUnsentReads bounds the reads kept for the next connection.

@@ -331,3 +331,53 @@ func recvReceipt(t *testing.T, c *Client) Receipt {
 		return Receipt{}
 	}
 }
+
+// A read the gateway answers with a retryable code (too many calls in
+// flight, receipts unavailable) is written again after the wait the
+// answer names, up to maxReadRetries times; then, and for an error that
+// is final or names a seq the device did not read, the app's OnError is
+// told.
+func TestReadRefusedForNowIsWrittenAgain(t *testing.T) {
+	s := newScript(t)
+	errs := make(chan string, 16)
+	connected := make(chan string, 4)
+	c := s.dial(t, Options{OnConnect: func(sid string) { connected <- sid }, OnError: func(code protocol.ErrorCode, _ string, seq uint64) {
+		errs <- fmt.Sprintf("%s:%d", code, seq)
+	}}, newWaiter(true))
+	conn := s.accept(t)
+	<-connected
+	c.Read(7)
+	codes := []protocol.ErrorCode{protocol.ErrRateLimited, protocol.ErrUnavailable}
+	for i := range maxReadRetries + 1 {
+		if f := conn.next(t); f.Type != protocol.TypeRead || f.Seq != 7 {
+			t.Fatalf("write %d: %s seq %d, want the read of 7", i+1, f.Type, f.Seq)
+		}
+		conn.write(protocol.EncodeError(codes[i%2], "busy", "", 7, 1))
+	}
+	select {
+	case e := <-errs:
+		if want := fmt.Sprintf("%s:7", codes[maxReadRetries%2]); e != want {
+			t.Fatalf("OnError got %s, want %s once the retries ran out", e, want)
+		}
+	case <-time.After(stuck):
+		t.Fatal("OnError never told of the read refused for good")
+	}
+	// Final, or about a seq not read: told at once, written again never.
+	conn.write(protocol.EncodeError(protocol.ErrUnknownSeq, "no", "", 8, 0))
+	conn.write(protocol.EncodeError(protocol.ErrUnavailable, "no", "", 9, 0))
+	for _, want := range []string{"unknown_seq:8", "unavailable:9"} {
+		select {
+		case e := <-errs:
+			if e != want {
+				t.Fatalf("OnError got %s, want %s", e, want)
+			}
+		case <-time.After(stuck):
+			t.Fatalf("OnError never got %s", want)
+		}
+	}
+	// Fence: the next frame the client writes is this read, not a repeat.
+	c.Read(10)
+	if f := conn.next(t); f.Type != protocol.TypeRead || f.Seq != 10 {
+		t.Fatalf("next frame %s seq %d, want the read of 10", f.Type, f.Seq)
+	}
+}

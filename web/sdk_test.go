@@ -325,6 +325,28 @@ func TestSDKWritesAReadMadeOfflineOnTheNextConnection(t *testing.T) {
 	c.fence(t, pg)
 }
 
+// A read the gateway answers with a retryable code (too many calls in
+// flight, receipts unavailable) is written again after the wait the
+// answer names, up to five times; then, and for a final error, the app
+// gets an error event.
+func TestSDKWritesAgainAReadRefusedForNow(t *testing.T) {
+	s := newScript(t)
+	pg, c := startSDK(t, s, "")
+	js(pg, `c.read(7)`)
+	codes := []protocol.ErrorCode{protocol.ErrRateLimited, protocol.ErrUnavailable}
+	for i := range 6 {
+		c.expect(t, protocol.TypeRead, 7)
+		c.write(protocol.EncodeError(codes[i%2], "busy", "", 7, 1))
+	}
+	pg.WaitFor(stuck, "the error event", `log.some(([t]) => t === 'error')`)
+	c.write(protocol.EncodeError(protocol.ErrUnknownSeq, "no", "", 8, 0))
+	pg.WaitFor(stuck, "the second error event", `log.filter(([t]) => t === 'error').length === 2`)
+	if got := events(pg, "error"); got != `[{"code":"unavailable","message":"busy","seq":7,"id":""},{"code":"unknown_seq","message":"no","seq":8,"id":""}]` {
+		t.Fatalf("errors: %s", got)
+	}
+	c.fence(t, pg)
+}
+
 // A send answered with a retryable error is resent alone, after the
 // server's retry_ms, and newer sends wait until it is stored; the sends
 // already on the wire behind it are not held.

@@ -614,6 +614,7 @@ export class Client {
   #following = new Set();
   #followingGroups = new Set(); // groups whose members' presence is followed
   #unsentReads = []; // reads made with no connection, for the next one
+  #readsOut = new Map(); // reads written lately: seq -> times refused with a retryable code
   #statusWait = new Map(); // seq -> [{resolve, reject}]
   #groupStatusWait = new Map(); // group + ' ' + seq -> [{resolve, reject}]
   #groupWait = new Map(); // group request id -> {resolve, reject}
@@ -868,7 +869,7 @@ export class Client {
       }
     }
     for (const o of this.#outbox.rewriteAll()) this.#write(o.frame);
-    for (const seq of this.#unsentReads.splice(0)) this.#write({ type: 'read', seq });
+    for (const seq of this.#unsentReads.splice(0)) this.#writeRead(seq, 0);
     const users = [...this.#following].sort();
     for (let i = 0; i < users.length; i += 256) {
       this.#write(JSON.stringify({ type: 'presence_sub', users: users.slice(i, i + 256) }));
@@ -1102,6 +1103,7 @@ export class Client {
       }
       if (any) return;
     }
+    if (this.#retryRead(f)) return;
     this.#emit('error', { code: f.code, message: f.message, seq: f.seq ?? 0, id: f.id ?? '' });
   }
 
@@ -1289,14 +1291,41 @@ export class Client {
   /** read tells the sender of the message at seq that it (and every earlier one to this user) was read; made with no connection, it is written on the next one. */
   read(seq) {
     this.#store?.markRead(seq).catch(() => {});
+    this.#writeRead(seq, 0);
+  }
+
+  // writeRead writes the read of seq, refused `retries` times so far with
+  // a retryable code. With no connection it is written after the resends
+  // on the next one (a read is a position, so a repeat is harmless; the
+  // oldest go past 256).
+  #writeRead(seq, retries) {
     if (this.#link) {
+      this.#readsOut.delete(seq);
+      this.#readsOut.set(seq, retries);
+      if (this.#readsOut.size > 256) this.#readsOut.delete(this.#readsOut.keys().next().value);
       this.#write({ type: 'read', seq });
       return;
     }
-    // No connection: written after the resends on the next one (a read
-    // is a position, so a repeat is harmless; the oldest go past 256).
     this.#unsentReads.push(seq);
     if (this.#unsentReads.length > 256) this.#unsentReads.shift();
+  }
+
+  // retryRead writes again, after the wait f names or a backoff, a read
+  // that error frame f refused with a retryable code (rate_limited,
+  // unavailable), up to MAX_READ_RETRIES times, and reports whether it
+  // will. An error with a seq and a retryable code that answers no status
+  // request can only be a read's (acks are refused unknown_seq).
+  #retryRead(f) {
+    if (!f.seq || !retryable(f.code)) return false;
+    const n = this.#readsOut.get(f.seq);
+    if (n === undefined) return false;
+    this.#readsOut.delete(f.seq);
+    if (n >= MAX_READ_RETRIES) return false;
+    const delay = f.retry_ms > 0 ? f.retry_ms : retryWait(n + 1, this.#opts.minBackoff, this.#opts.maxBackoff);
+    setTimeout(() => {
+      if (!this.#stopped) this.#writeRead(f.seq, n + 1);
+    }, delay);
+    return true;
   }
 
   /** typing tells user `to`'s online devices that this user is typing; repeat every ~3 s while typing. */
@@ -1650,6 +1679,10 @@ class Backoff {
   next() { const d = jitter(this.bound); this.bound = Math.min(this.bound * 2, this.max); return d; }
   reset() { this.bound = this.min; }
 }
+
+// MAX_READ_RETRIES bounds the writes of one read answered with retryable
+// codes in a row; then the error is an 'error' event.
+const MAX_READ_RETRIES = 5;
 
 // retryWait is the wait before resending a send answered with a
 // retryable error for the n-th time, unless the server gave retry_ms.
