@@ -136,17 +136,13 @@ func (q *ackQueue) stopTimerLocked() {
 	}
 }
 
-// ack queues an ack of seq for the current connection and writes the
+// ack queues an ack of seq for conn, which delivered it, and writes the
 // waiting acks now or when their time comes.
-func (c *Client) ack(seq uint64) {
-	c.mu.Lock()
-	conn := c.conn
-	c.mu.Unlock()
-	if conn == nil {
-		return // the message comes again, and is acked again
-	}
+func (c *Client) ack(conn *websocket.Conn, seq uint64) {
 	if c.opts.AckGather < 0 {
-		c.writeCurrent(protocol.AppendSeqFrame(nil, protocol.TypeAck, seq))
+		if err := c.write(conn, protocol.AppendSeqFrame(nil, protocol.TypeAck, seq)); err != nil {
+			conn.Close() // the read loop sees it and reconnects
+		}
 		return
 	}
 	if c.acks.add(conn, seq, c.opts.AckGather, c.ackAfter) {

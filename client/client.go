@@ -246,6 +246,10 @@ type Client struct {
 	// unsentReads are reads made with no connection, or whose write
 	// failed, for the next connection (Read).
 	unsentReads []uint64
+	// delivered are the seqs of messages the current connection gave the
+	// app and the app has not acked yet: an Ack of any other seq waits
+	// for its message to come again on this connection (see Ack).
+	delivered map[uint64]struct{}
 	// readsOut are the reads written lately, each with the times it was
 	// answered with a retryable code: such an answer writes it again.
 	readsOut *lru
@@ -494,6 +498,7 @@ func (c *Client) attachSends(conn *websocket.Conn, sid string) bool {
 		return false
 	}
 	c.conn, c.session = conn, sid
+	c.delivered = map[uint64]struct{}{}
 	c.acks.attach(conn)
 	if c.down != nil {
 		close(c.down)
@@ -620,6 +625,11 @@ func (c *Client) handle(conn *websocket.Conn, f *protocol.Frame) error {
 			c.seenMsg.put(key, f.Seq)
 		} else {
 			c.stats.DuplicatesDropped++
+		}
+		if (!dup || firstSeq == f.Seq) && !wasAcked && c.conn == conn {
+			// Under the lock Ack takes: either Ack saw this and writes
+			// the ack, or it came first and the ack is written below.
+			c.delivered[f.Seq] = struct{}{}
 		}
 		c.mu.Unlock()
 		if dup {
@@ -1019,12 +1029,23 @@ func (c *Client) await(ctx context.Context, o *outgoing) (Sent, error) {
 // up to Options.AckGather to go out with the ones made meanwhile. Acks
 // lost to a dropped connection are repeated when the message is
 // redelivered.
+//
+// An ack is written on the connection that delivered the message: one
+// the app got on an earlier connection is written when the message comes
+// again on this one (the client acks it then by itself); written before,
+// the gateway, which has not delivered it yet on this connection, would
+// answer unknown_seq.
 func (c *Client) Ack(seq uint64) {
 	c.mu.Lock()
 	c.acked.add(seqKey(seq))
+	conn := c.conn
+	_, here := c.delivered[seq]
+	delete(c.delivered, seq)
 	c.mu.Unlock()
 	c.storeAcked(seq)
-	c.ack(seq)
+	if here {
+		c.ack(conn, seq)
+	}
 }
 
 // Read tells the sender of the message with this seq that it was read.

@@ -381,3 +381,35 @@ func TestReadRefusedForNowIsWrittenAgain(t *testing.T) {
 		t.Fatalf("next frame %s seq %d, want the read of 10", f.Type, f.Seq)
 	}
 }
+
+// An ack the app makes, after a reconnect, of a message it got on the
+// last connection is not written before the message comes again on this
+// one (the gateway would answer unknown_seq: it has not delivered it
+// here yet); the client acks it by itself when it does. An ack of a
+// message this connection delivered is written at once.
+func TestAckOfAMessageFromTheLastConnectionWaitsForItToComeAgain(t *testing.T) {
+	s := newScript(t)
+	connected := make(chan string, 4)
+	c := s.dial(t, Options{OnConnect: func(sid string) { connected <- sid }}, newWaiter(true))
+	conn := s.accept(t)
+	<-connected
+	conn.msg("m1", "bob", 5)
+	m := <-c.Messages()
+	conn.closeWith(protocol.CloseServiceRestart, "restart")
+	conn = s.accept(t)
+	<-connected
+
+	c.Ack(m.Seq)
+	if err := c.SendTyping("fence"); err != nil {
+		t.Fatal(err)
+	}
+	if f := conn.next(t); f.Type != protocol.TypeTyping {
+		t.Fatalf("next frame %s seq %d, want the typing fence: the ack of 5 went before 5 came again", f.Type, f.Seq)
+	}
+	conn.msg("m1", "bob", 5) // again, as the gateway redelivers it
+	conn.expectAcks(t, 5)
+	conn.msg("m2", "bob", 6)
+	m = <-c.Messages()
+	c.Ack(m.Seq)
+	conn.expectAcks(t, 6)
+}

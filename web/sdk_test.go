@@ -325,6 +325,28 @@ func TestSDKWritesAReadMadeOfflineOnTheNextConnection(t *testing.T) {
 	c.fence(t, pg)
 }
 
+// An ack the app makes, after a reconnect, of a message it got on the
+// last connection waits for the message to come again on this one (the
+// gateway would answer unknown_seq), and the SDK acks it then by itself;
+// an ack of a message this connection gave is written at once.
+func TestSDKAcksAMessageFromTheLastConnectionWhenItComesAgain(t *testing.T) {
+	s := newScript(t)
+	pg, c := startSDK(t, s, "")
+	c.msg("m1", "bob", 5)
+	pg.WaitFor(stuck, "the message", `log.some(([t, m]) => t === 'message' && m.seq === 5)`)
+	c.closeWith(protocol.CloseServiceRestart, "restart")
+	c = s.accept(t)
+	pg.WaitFor(stuck, "the second connect", `log.filter(([t]) => t === 'connect').length === 2`)
+	js(pg, `c.ack(5)`)
+	c.fence(t, pg)
+	c.msg("m1", "bob", 5)
+	c.expect(t, protocol.TypeAck, 5)
+	c.msg("m2", "bob", 6)
+	pg.WaitFor(stuck, "the next message", `log.some(([t, m]) => t === 'message' && m.seq === 6)`)
+	js(pg, `c.ack(6)`)
+	c.expect(t, protocol.TypeAck, 6)
+}
+
 // A read the gateway answers with a retryable code (too many calls in
 // flight, receipts unavailable) is written again after the wait the
 // answer names, up to five times; then, and for a final error, the app

@@ -856,6 +856,7 @@ export class Client {
   // order, then follows the users followed before.
   #attach(link) {
     link.live = true;
+    link.delivered = new Set(); // seqs given to the app on this link, not yet acked by it
     this.#link = link;
     this.#stats.connects++;
     // A send made before this gateway said its max_frame (offline, or
@@ -949,6 +950,7 @@ export class Client {
           // acked it, that ack was lost with the old connection, so ack
           // again; otherwise the app still holds it and will ack it.
           if (first !== f.seq || this.#acked.has(f.seq)) this.#writeOn(link, { type: 'ack', seq: f.seq });
+          else (link.delivered ??= new Set()).add(f.seq); // the app's ack goes on this link
           return;
         }
         this.#seen.set(key, f.seq);
@@ -961,6 +963,7 @@ export class Client {
           this.#writeOn(link, { type: 'ack', seq: f.seq });
           return;
         }
+        (link.delivered ??= new Set()).add(f.seq);
         this.#emit('message', {
           id: f.id, from: f.from, device: f.device, seq: f.seq, ts: f.ts,
           body: f.body === undefined ? null : f.body, media: f.media ?? null,
@@ -1281,11 +1284,17 @@ export class Client {
     if (this.#store) this.#store.drop(o.id, o.group).catch(() => {});
   }
 
-  /** ack tells the gateway this device has stored the message at seq. */
+  /**
+   * ack tells the gateway this device has stored the message at seq. An
+   * ack of a message given on an earlier connection is written when the
+   * message comes again on this one (the SDK acks it then by itself):
+   * written before, the gateway would answer unknown_seq.
+   */
   ack(seq) {
     this.#acked.set(String(seq), 0);
     this.#store?.acked(seq).catch(() => {});
-    this.#write({ type: 'ack', seq });
+    const link = this.#link;
+    if (link?.delivered?.delete(seq)) this.#writeOn(link, { type: 'ack', seq });
   }
 
   /** read tells the sender of the message at seq that it (and every earlier one to this user) was read; made with no connection, it is written on the next one. */
