@@ -178,6 +178,12 @@ func (s *session) readNow(seq uint64) {
 	ctx, cancel := context.WithTimeout(context.Background(), s.srv.cfg.FunctionTimeout)
 	defer cancel()
 	rm, err := s.srv.inbox.GetMsg(ctx, seq)
+	if err == nil && rm.Subject == contract.InboxSubject(s.id.User) && !deliverable(rm.Header, rm.Data) {
+		// Skipped by the feed (malformed, stored by hand or by an
+		// earlier version): never delivered, so never read.
+		s.sendError(protocol.ErrUnknownSeq, "no message delivered to you with this seq", "", seq, 0)
+		return
+	}
 	if err == nil && rm.Subject == contract.InboxSubject(s.id.User) && rm.Header.Get(contract.HdrGroup) != "" {
 		switch rm.Header.Get(contract.HdrKind) {
 		case contract.KindMsg, contract.KindEvent:

@@ -576,6 +576,29 @@ func (f *feed) take(seq uint64, h nats.Header, data []byte) {
 	f.s.readsDue(due) // held until its message came again: after it
 }
 
+// deliverable reports whether a stored chat message or group copy (h, data)
+// goes out as a frame, rather than being skipped by offer: from, device,
+// id and group safe tokens, the body (and media reference) valid UTF-8,
+// a message's body JSON and an event's a JSON object. A read of one
+// skipped names a message the device never had, and ticks nothing.
+func deliverable(h nats.Header, data []byte) bool {
+	media := h.Get(contract.HdrMedia)
+	if !protocol.ValidID(h.Get(contract.HdrFrom)) || !protocol.ValidID(h.Get(contract.HdrDevice)) || !protocol.ValidID(h.Get(contract.HdrID)) ||
+		!utf8.Valid(data) || !utf8.ValidString(media) {
+		return false
+	}
+	if g := h.Get(contract.HdrGroup); g != "" && !protocol.ValidID(g) {
+		return false
+	}
+	switch h.Get(contract.HdrKind) {
+	case contract.KindMsg:
+		return json.Valid(data) && validMedia(media)
+	case contract.KindEvent:
+		return isJSONObject(data)
+	}
+	return false
+}
+
 // isJSONObject reports whether b is one JSON object (a group event as the
 // groups function stores it), with nothing around it.
 // validMedia reports whether a stored media reference can go into a

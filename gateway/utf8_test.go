@@ -140,3 +140,29 @@ func TestStoredInvalidUTF8IsSkippedAndBlocksNothing(t *testing.T) {
 		t.Fatalf("victim's inbox holds %d (%v), want all 7", stored, err)
 	}
 }
+
+// A read naming a message the session skipped (stored by hand with a
+// body that is not JSON, here) is refused unknown_seq and ticks nothing:
+// the device never had it. A client cannot make the server tell a sender
+// their message was read when it was never delivered.
+func TestReadOfASkippedMessageTicksNothing(t *testing.T) {
+	n := tk.StartNATS(t)
+	g := tk.StartGateway(t, n, tk.TestConfig())
+	alice := connectRaw(t, g, "alice", "phone")
+	bob := connectRaw(t, g, "bob", "phone")
+	bad := storeByHand(t, n, "bob", "plain", []byte("not json"), "")
+	good := storeByHand(t, n, "bob", "good", tk.Body("hi"), "")
+	bob.expectMsg("good", good)
+	bob.write(string(protocol.AppendSeqFrame(nil, protocol.TypeAck, good)))
+	if r := skipTo(alice, protocol.TypeReceipt); r.Status != protocol.StatusDelivered || r.ToSeq != good {
+		t.Fatalf("alice got %s up to %d, want delivered up to %d", r.Status, r.ToSeq, good)
+	}
+
+	bob.write(string(protocol.AppendSeqFrame(nil, protocol.TypeRead, bad)))
+	bob.expectError(protocol.ErrUnknownSeq, "", bad)
+	// Fence: the read of good is the first read alice hears of.
+	bob.write(string(protocol.AppendSeqFrame(nil, protocol.TypeRead, good)))
+	if r := skipTo(alice, protocol.TypeReceipt); r.Status != protocol.StatusRead || r.ToSeq != good {
+		t.Fatalf("alice got %s up to %d first, want read up to %d", r.Status, r.ToSeq, good)
+	}
+}
