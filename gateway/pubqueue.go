@@ -94,14 +94,7 @@ const (
 	pubGranting                 // a media send whose recipient is being let download its object
 	pubInFlight                 // published; its PubAck is awaited until due
 	pubRefused                  // refused for now; published again at due
-	pubProbing                  // refused for good; asking the store whether an earlier attempt was stored
 )
-
-// probeLastMsgID is the Nats-Expected-Last-Msg-Id a probe carries: no
-// stored message has it (ids are safe tokens), so JetStream stores
-// nothing, and answers a probe whose Nats-Msg-Id it already holds with
-// that message's PubAck (duplicate), since it looks for duplicates first.
-const probeLastMsgID = "!probe"
 
 // pubItem is one write and what to do once it is stored.
 type pubItem struct {
@@ -119,9 +112,6 @@ type pubItem struct {
 	// time it was accepted (ms) and, for a media message, the object to
 	// grant first. A group send's sender is checked to be a member first,
 	// the same way.
-	//
-	// refusal is, while it is probed (pubProbing), the final answer to
-	// give unless the store already holds the send.
 	id    string
 	to    string
 	group string
@@ -136,8 +126,6 @@ type pubItem struct {
 	own     *nats.Msg
 	ownFrom uint64
 	sent    pubAck
-
-	refusal, refusalMsg string
 }
 
 // pubEnv is what the queue needs of its session (a fake in tests).
@@ -277,10 +265,6 @@ func (q *pubQueue) granted(it *pubItem, ref []byte, code protocol.ErrorCode, mes
 		return // given up or dropped meanwhile
 	}
 	it.media = nil
-	if code != "" && !protocol.Retryable(code) {
-		q.probeLocked(it, code, message, now)
-		return
-	}
 	if code != "" {
 		q.refuseLocked(it, code, message, now)
 		return
@@ -289,34 +273,6 @@ func (q *pubQueue) granted(it *pubItem, ref []byte, code protocol.ErrorCode, mes
 		it.msg.Header.Set(contract.HdrMedia, string(ref))
 	}
 	q.publishLocked(it, now)
-}
-
-// probeLocked asks the store whether it holds send it already before
-// refusing it for good with code: a send stored while its sender was a
-// member (or while its media could be shared) and resent after that
-// changed, because its "sent" was lost with a connection, is answered
-// "sent" (dup) with its seq, as every resend of a stored send is, rather
-// than refused while every recipient has it. The probe is the send's own
-// Nats-Msg-Id on its own subject with an expected last id no message
-// has: JetStream answers a duplicate with the stored copy's seq and
-// refuses anything else, storing nothing. A probe that fails, or is not
-// answered within pubAckWait, gives the refusal.
-//
-// A send that went to another region through OUTBOX is probed in this
-// region's stream, which does not hold it: it is refused as before.
-//
-// Lock should be held.
-func (q *pubQueue) probeLocked(it *pubItem, code protocol.ErrorCode, message string, now time.Time) {
-	it.refusal, it.refusalMsg = string(code), message
-	it.msg.Header.Set(nats.ExpectedLastMsgIdHdr, probeLastMsgID)
-	it.attempt++
-	if err := q.env.publish(it.msg, it.n, it.attempt); err != nil {
-		q.refuseLocked(it, code, message, now)
-		return
-	}
-	it.state = pubProbing
-	it.due = now.Add(pubAckWait)
-	q.wakeLocked(it.due)
 }
 
 // publishLocked publishes it (again).
@@ -369,10 +325,6 @@ func (q *pubQueue) onReply(n, a uint64, m *nats.Msg) {
 	now := q.clock()
 	ack, err := parsePubAck(m)
 	switch {
-	case it.state == pubProbing && err != nil:
-		if a == it.attempt {
-			q.refuseLocked(it, protocol.ErrorCode(it.refusal), it.refusalMsg, now)
-		}
 	case err == nil:
 		q.storedLocked(it, ack, now)
 	case a == it.attempt && it.state == pubInFlight:
@@ -528,8 +480,6 @@ func (q *pubQueue) actLocked(it *pubItem, now time.Time) {
 		return // the one before it, or a grant's own timeout, decides
 	}
 	switch {
-	case it.state == pubProbing:
-		q.refuseLocked(it, protocol.ErrorCode(it.refusal), it.refusalMsg, now)
 	case now.Sub(it.since) >= pubGiveUp:
 		q.failedLocked(it, now)
 	case it.state == pubRefused:
@@ -556,7 +506,7 @@ func (q *pubQueue) recover(reason string) {
 			continue
 		}
 		switch it.state {
-		case pubInFlight, pubRefused: // a probe is not published again: its due gives the refusal
+		case pubInFlight, pubRefused:
 			q.env.republished(reason)
 			q.publishLocked(it, now)
 		}

@@ -322,10 +322,7 @@ func TestPubQueueGrantsBeforeMedia(t *testing.T) {
 		t.Fatalf("%d grants, want p2's next", len(env.grants))
 	}
 	q.granted(p2, nil, protocol.ErrBadMedia, "not uploaded")
-	// Refused for good: the store is asked whether it holds p2 already.
-	expectStrings(t, "published", env.ids(), []string{"p1", "p2"})
-	q.onReply(env.last().n, env.last().a, apiError(400, 10070))
-	expectStrings(t, "published", env.ids(), []string{"p1", "p2", "s3"})
+	expectStrings(t, "published", env.ids(), []string{"p1", "s3"})
 	expectStrings(t, "answers", env.answers(), []string{"sent:p1:1", "bad_media:p2"})
 }
 
@@ -361,8 +358,7 @@ func TestPubQueueChecksGroupSendsInOrder(t *testing.T) {
 		t.Fatalf("%d checks, want g2's next", len(env.grants))
 	}
 	q.granted(g2, nil, protocol.ErrNotMember, "not a member")
-	q.onReply(env.last().n, env.last().a, apiError(400, 10070)) // g2's probe: not stored
-	expectStrings(t, "published", env.ids(), []string{"g1", "g1", "s2", "g2", "s4"})
+	expectStrings(t, "published", env.ids(), []string{"g1", "g1", "s2", "s4"})
 	expectStrings(t, "answers", env.answers(), []string{"sent:g1:7", "sent:s2:8", "not_member:g2"})
 }
 
@@ -615,55 +611,5 @@ func TestPubQueueGivesUpOnTime(t *testing.T) {
 	expectStrings(t, "answers", env.answers(), []string{"store_failed:s1"})
 	if got := q.now.Sub(start); got != pubGiveUp {
 		t.Fatalf("given up %v after arrival, want %v", got, pubGiveUp)
-	}
-}
-
-// A send refused for good after its check (not a member now, media that
-// can no longer be shared) is first probed: its own id on its own
-// subject, with an expected last id no message has. A probe the store
-// answers as a duplicate is the send stored by an earlier attempt (its
-// "sent" lost with a connection), answered "sent"; a probe refused, lost
-// or unpublishable gives the refusal. The sends behind wait meanwhile.
-func TestPubQueueProbesASendBeforeRefusingItForGood(t *testing.T) {
-	q, env := newTestQueue(8)
-	now := q.now
-	var items []*pubItem
-	for _, id := range []string{"g1", "g2", "g3", "g4"} {
-		it := sendItem(id)
-		it.group = "friends"
-		items = append(items, it)
-		q.put(t, it, now)
-	}
-	q.put(t, sendItem("s5"), now)
-
-	// g1: stored before, by an attempt whose answer was lost.
-	q.granted(items[0], nil, protocol.ErrNotMember, "not a member")
-	probe := env.last()
-	if probe.id != "g1" || probe.msg.Header.Get(nats.ExpectedLastMsgIdHdr) != probeLastMsgID {
-		t.Fatalf("probe %s with expected last id %q", probe.id, probe.msg.Header.Get(nats.ExpectedLastMsgIdHdr))
-	}
-	if len(env.grants) != 1 {
-		t.Fatalf("%d checks while g1 is probed, want g1's only", len(env.grants))
-	}
-	q.onReply(probe.n, probe.a, ackMsg(41, true))
-
-	// g2: the store holds nothing of it.
-	q.granted(items[1], nil, protocol.ErrNotMember, "not a member")
-	q.onReply(env.last().n, env.last().a, apiError(400, 10070))
-
-	// g3: the probe's answer never comes.
-	q.granted(items[2], nil, protocol.ErrNotMember, "not a member")
-	q.recover(republishReconnect) // a probe is not published again
-	expectStrings(t, "published", env.ids(), []string{"g1", "g2", "g3"})
-	q.at(now.Add(pubAckWait))
-
-	// g4: the probe cannot be published.
-	env.failPublish = nats.ErrConnectionClosed
-	q.granted(items[3], nil, protocol.ErrBadMedia, "gone")
-
-	expectStrings(t, "published", env.ids(), []string{"g1", "g2", "g3", "s5"})
-	expectStrings(t, "answers", env.answers(), []string{"sent:g1:41", "not_member:g2", "not_member:g3", "bad_media:g4"})
-	if !env.frames[0].Dup {
-		t.Fatal("g1's sent is not marked dup")
 	}
 }
