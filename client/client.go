@@ -626,9 +626,12 @@ func (c *Client) handle(conn *websocket.Conn, f *protocol.Frame) error {
 		} else {
 			c.stats.DuplicatesDropped++
 		}
-		if (!dup || firstSeq == f.Seq) && !wasAcked && c.conn == conn {
+		if (!dup || (firstSeq == f.Seq && !wasAcked)) && c.conn == conn {
 			// Under the lock Ack takes: either Ack saw this and writes
-			// the ack, or it came first and the ack is written below.
+			// the ack, or it came first and the ack is written below. A
+			// first delivery goes to the app, which acks it, even if an
+			// ack of its seq came before (an app acking what it kept
+			// across a restart, say).
 			c.delivered[f.Seq] = struct{}{}
 		}
 		c.mu.Unlock()
@@ -1121,7 +1124,11 @@ func (c *Client) retryRead(f *protocol.Frame) bool {
 		delay = retryWait(int(n)+1, c.opts.MinBackoff, c.opts.MaxBackoff)
 	}
 	seq := f.Seq
-	time.AfterFunc(delay, func() { c.writeRead(seq, int(n)+1) })
+	time.AfterFunc(delay, func() {
+		if c.ctx.Err() == nil { // closed: nothing more is written
+			c.writeRead(seq, int(n)+1)
+		}
+	})
 	return true
 }
 
