@@ -11,6 +11,7 @@ import (
 	"net"
 	"net/http"
 	"net/url"
+	"slices"
 	"strconv"
 	"strings"
 	"sync/atomic"
@@ -636,6 +637,28 @@ func TestFloodGetsRateLimitedThenClosed(t *testing.T) {
 	if bad != 3 || limitedGarbage != 4 {
 		t.Fatalf("%d bad_json and %d rate_limited answers, want 3 and 4", bad, limitedGarbage)
 	}
+	w.waitSessions(t, 2)
+	w.healthy(t)
+
+	// A read refused by the bucket names its seq, so a client knows which
+	// read to resend (the SDKs do).
+	r = connectRaw(t, w.g, "mallory", "reader")
+	for seq := 1001; seq <= 1005; seq++ {
+		r.write(fmt.Sprintf(`{"type":"read","seq":%d}`, seq))
+	}
+	answers := map[string][]uint64{}
+	for range 5 {
+		f := r.next()
+		if f.Type != protocol.TypeError {
+			t.Fatalf("unexpected frame %+v", *f)
+		}
+		answers[string(f.Code)] = append(answers[string(f.Code)], f.Seq)
+	}
+	slices.Sort(answers[string(protocol.ErrUnknownSeq)])
+	if got := fmt.Sprint(answers); got != "map[rate_limited:[1004 1005] unknown_seq:[1001 1002 1003]]" {
+		t.Fatalf("answers to five reads: %s", got)
+	}
+	_ = r.ws.Close()
 	w.waitSessions(t, 2)
 	w.healthy(t)
 

@@ -151,10 +151,12 @@ func (s *session) read(seq uint64) {
 }
 
 // readsDue makes the reads held for the backlog (feed.waitRead) whose
-// messages have come again, in order, on one goroutine that waits for a
-// call slot rather than being refused: their frames were taken long ago,
-// and a backlog can bring more of them due at once than a connection may
-// have calls in flight. They are bounded by maxReadWait.
+// messages have come again, on one goroutine that waits for a call slot
+// rather than being refused: their frames were taken long ago, and a
+// backlog can bring more of them due at once than a connection may have
+// calls in flight. They are bounded by maxReadWait. Reads due in separate
+// batches may be made in any order: a read is a position, and the
+// receipts function keeps the highest.
 func (s *session) readsDue(seqs []uint64) {
 	if len(seqs) == 0 {
 		return

@@ -426,11 +426,11 @@ func (s *session) handleFrame(f *protocol.Frame) {
 			s.ack(f.Seq)
 		}
 	case protocol.TypeRead:
-		if s.allow(s.in.frame, "") {
+		if s.allowSeq(s.in.frame, f.Seq) { // refused with its seq, which the SDKs resend by
 			s.read(f.Seq)
 		}
 	case protocol.TypeStatus:
-		if s.allow(s.in.frame, "") {
+		if s.allowSeq(s.in.frame, f.Seq) {
 			s.status(f.Seq, f.Group, f.To)
 		}
 	case protocol.TypeSettings:
@@ -489,12 +489,24 @@ func (s *session) onEvent(m *nats.Msg) {
 // allow applies a rate limit. An over-limit frame gets rate_limited; too
 // many in a row close the connection with 1008 "flood".
 func (s *session) allow(l *rate.Limiter, id string) bool {
-	return s.allowN(l, 1, id)
+	return s.allowFor(l, 1, id, 0)
+}
+
+// allowSeq is allow for a frame named by its seq (read, status): the
+// refusal carries it, so the client knows which frame to resend.
+func (s *session) allowSeq(l *rate.Limiter, seq uint64) bool {
+	return s.allowFor(l, 1, "", seq)
 }
 
 // allowN is allow for a frame that costs n frames' tokens (at most the
 // bucket's burst, so it can always be let through once the bucket is full).
 func (s *session) allowN(l *rate.Limiter, n int, id string) bool {
+	return s.allowFor(l, n, id, 0)
+}
+
+// allowFor takes n tokens from l for a frame named by id or seq, or
+// refuses it rate_limited under those names.
+func (s *session) allowFor(l *rate.Limiter, n int, id string, seq uint64) bool {
 	r := l.ReserveN(time.Now(), min(n, l.Burst()))
 	if d := r.Delay(); d > 0 {
 		r.Cancel()
@@ -503,7 +515,7 @@ func (s *session) allowN(l *rate.Limiter, n int, id string) bool {
 			s.t.Close(protocol.ClosePolicy, protocol.ReasonFlood)
 			return false
 		}
-		s.sendError(protocol.ErrRateLimited, "too many frames", id, 0, d.Milliseconds()+1)
+		s.sendError(protocol.ErrRateLimited, "too many frames", id, seq, d.Milliseconds()+1)
 		return false
 	}
 	s.in.strikes = 0
