@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"slices"
 	"testing"
 	"time"
 
@@ -124,7 +125,7 @@ func BenchmarkLeaseRefresh(b *testing.B) {
 				if mode == "sync" {
 					syncPass(b, srv, all)
 				} else {
-					srv.refreshLeases(time.Now())
+					srv.refreshLeases(time.Now().Add(srv.cfg.PresenceTTL)) // every lease due
 				}
 				waitLeases(b, all, before)
 			}
@@ -151,15 +152,59 @@ func syncPass(b *testing.B, srv *Server, all []*session) {
 	}
 }
 
-// Every lease is refreshed by one pass of the loop: none is left to
-// expire, and a pass right after it skips none either. (How long a pass
-// takes is BenchmarkLeaseRefresh's to say.)
+// Every lease is refreshed by the loop's first pass at or after a third
+// of the TTL since its write: none is left to expire, and a pass a third
+// of the TTL after that skips none either. (How long a pass takes is
+// BenchmarkLeaseRefresh's to say.)
 func TestLeaseLoopRefreshesEveryLease(t *testing.T) {
 	srv, all := benchServer(t, 500)
+	pass := time.Now()
 	for range 2 {
+		pass = pass.Add(srv.cfg.PresenceTTL / 3)
 		before := leaseRevs(all)
-		srv.refreshLeases(time.Now())
+		srv.refreshLeases(pass)
 		waitLeases(t, all, before)
+	}
+}
+
+// Leases written together are refreshed apart: each is due at its own
+// time, between a sixth and a third of the TTL after its write, and a
+// pass before that writes nothing. (A pass over every session at once
+// every third of the TTL made a burst of writes that held up 1:1
+// messages: lease.go.)
+func TestLeaseRefreshesAreSpreadOverTheInterval(t *testing.T) {
+	srv, all := benchServer(t, 500)
+	ttl := srv.cfg.PresenceTTL
+	var first, last time.Time
+	for _, s := range all {
+		s.lease.mu.Lock()
+		due, sent := s.lease.due, s.lease.sentAt
+		s.lease.mu.Unlock()
+		if d := due.Sub(sent); d < ttl/6 || d >= ttl/3 {
+			t.Fatalf("refresh due %s after the write, want within [%s, %s)", d, ttl/6, ttl/3)
+		}
+		if first.IsZero() || due.Before(first) {
+			first = due
+		}
+		if due.After(last) {
+			last = due
+		}
+	}
+	if spread := last.Sub(first); spread < ttl/12 {
+		t.Fatalf("500 refreshes due within %s of each other, want them spread over about %s", spread, ttl/6)
+	}
+	writes := func() (n []uint64) {
+		for _, s := range all {
+			s.lease.mu.Lock()
+			n = append(n, s.lease.n)
+			s.lease.mu.Unlock()
+		}
+		return n
+	}
+	before := writes()
+	srv.refreshLeases(first.Add(-time.Millisecond))
+	if !slices.Equal(writes(), before) {
+		t.Fatal("a pass before any refresh was due wrote one")
 	}
 }
 
@@ -171,8 +216,8 @@ func TestLostLeaseWriteIsWrittenAgainByTheNextPass(t *testing.T) {
 	srv, all := benchServer(t, 1)
 	l := &all[0].lease
 	ttl := srv.cfg.PresenceTTL
-	pass := time.Now()
-	l.refresh(pass) // nothing in flight: written
+	pass := time.Now().Add(ttl / 3)
+	l.refresh(pass) // due, nothing in flight: written
 	l.mu.Lock()
 	// Its answer lost: one that comes is taken for an older write's.
 	l.n++

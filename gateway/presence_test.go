@@ -335,7 +335,7 @@ func leaseOf(t *testing.T, n *tk.NATS, user, device string) (contract.Lease, uin
 func TestLeaseIsTakenBackAfterItVanished(t *testing.T) {
 	n := tk.StartNATS(t)
 	cfg := tk.TestConfig()
-	cfg.PresenceTTL = 3 * time.Second // refreshed every second
+	cfg.PresenceTTL = 3 * time.Second // refreshed within a second
 	g := tk.StartGateway(t, n, cfg)
 	alice := tk.Dial(t, g.URL, "alice", "phone")
 	bob := tk.Dial(t, g.URL, "bob", "phone")
