@@ -8,6 +8,7 @@ import (
 
 	"github.com/switchboard-im/switchboard/gateway"
 	tk "github.com/switchboard-im/switchboard/internal/testkit"
+	"github.com/switchboard-im/switchboard/protocol"
 )
 
 func TestMetricsCountWhatHappened(t *testing.T) {
@@ -19,7 +20,10 @@ func TestMetricsCountWhatHappened(t *testing.T) {
 	m := tk.RecvMsg(t, bob, wait)
 	bob.Ack(m.Seq)
 	tk.RecvReceipt(t, alice, wait)
-	bob.Ack(999)                                         // answered unknown_seq
+	carol := connectRaw(t, g, "carol", "phone")
+	carol.write(`{"type":"ack","seq":999}`)
+	carol.expectError(protocol.ErrUnknownSeq, "", 999)
+	_ = carol.ws.Close()
 	resp, err := http.Get("http://" + g.Addr + "/v1/ws") // refused: no token
 	if err != nil {
 		t.Fatal(err)
@@ -35,7 +39,7 @@ func TestMetricsCountWhatHappened(t *testing.T) {
 			"switchboard_gateway_sessions 2",
 			"switchboard_gateway_sends_stored_total 1",
 			`switchboard_gateway_frames_in_total{type="send"} 1`,
-			`switchboard_gateway_frames_in_total{type="ack"} 3`, // bob's two, alice's receipt ack
+			`switchboard_gateway_frames_in_total{type="ack"} 3`, // bob's, carol's, alice's receipt ack
 			`switchboard_gateway_error_frames_total{code="unknown_seq"} 1`,
 			`switchboard_gateway_error_frames_total{code="bad_json"} 0`,
 			`switchboard_gateway_handshakes_refused_total{code="no_token"} 1`,
