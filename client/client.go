@@ -626,12 +626,9 @@ func (c *Client) handle(conn *websocket.Conn, f *protocol.Frame) error {
 		} else {
 			c.stats.DuplicatesDropped++
 		}
-		if (!dup || (firstSeq == f.Seq && !wasAcked)) && c.conn == conn {
+		if (firstSeq == f.Seq || !dup) && !wasAcked && c.conn == conn {
 			// Under the lock Ack takes: either Ack saw this and writes
-			// the ack, or it came first and the ack is written below. A
-			// first delivery goes to the app, which acks it, even if an
-			// ack of its seq came before (an app acking what it kept
-			// across a restart, say).
+			// the ack, or it came first and the ack is written here.
 			c.delivered[f.Seq] = struct{}{}
 		}
 		c.mu.Unlock()
@@ -649,6 +646,14 @@ func (c *Client) handle(conn *websocket.Conn, f *protocol.Frame) error {
 		}
 		if known, err := c.storeMsg(conn, f, key); known || err != nil {
 			return err
+		}
+		if wasAcked {
+			// Acked by the app before it came (what it kept across a
+			// restart, say): acked here, as a redelivery would be. The
+			// app gets it all the same; its ack of it writes nothing.
+			if err := c.write(conn, protocol.AppendSeqFrame(nil, protocol.TypeAck, f.Seq)); err != nil {
+				return err
+			}
 		}
 		m := Message{ID: f.ID, From: f.From, Device: f.Device, Seq: f.Seq, TS: time.UnixMilli(f.TS), Body: f.Body, Media: f.Media,
 			Group: f.Group, Event: f.Event, To: f.To, SentSeq: f.SentSeq}
@@ -1046,7 +1051,7 @@ func (c *Client) Ack(seq uint64) {
 	delete(c.delivered, seq)
 	c.mu.Unlock()
 	c.storeAcked(seq)
-	if here {
+	if here && conn != nil {
 		c.ack(conn, seq)
 	}
 }

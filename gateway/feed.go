@@ -582,17 +582,17 @@ func (f *feed) take(seq uint64, h nats.Header, data []byte) {
 // a message's body JSON and an event's a JSON object. A read of one
 // skipped names a message the device never had, and ticks nothing.
 func deliverable(h nats.Header, data []byte) bool {
-	media := h.Get(contract.HdrMedia)
 	if !protocol.ValidID(h.Get(contract.HdrFrom)) || !protocol.ValidID(h.Get(contract.HdrDevice)) || !protocol.ValidID(h.Get(contract.HdrID)) ||
-		!utf8.Valid(data) || !utf8.ValidString(media) {
+		!utf8.Valid(data) {
 		return false
 	}
 	if g := h.Get(contract.HdrGroup); g != "" && !protocol.ValidID(g) {
 		return false
 	}
 	switch h.Get(contract.HdrKind) {
-	case contract.KindMsg:
-		return json.Valid(data) && validMedia(media)
+	case contract.KindMsg: // its frame carries the media reference; an event's does not
+		media := h.Get(contract.HdrMedia)
+		return json.Valid(data) && validMedia(media) && utf8.ValidString(media)
 	case contract.KindEvent:
 		return isJSONObject(data)
 	}

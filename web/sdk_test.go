@@ -345,6 +345,14 @@ func TestSDKAcksAMessageFromTheLastConnectionWhenItComesAgain(t *testing.T) {
 	pg.WaitFor(stuck, "the next message", `log.some(([t, m]) => t === 'message' && m.seq === 6)`)
 	js(pg, `c.ack(6)`)
 	c.expect(t, protocol.TypeAck, 6)
+	// Acked before it first came (kept across a reload, say): the SDK
+	// acks it when it comes; the app's ack of it then writes nothing.
+	js(pg, `c.ack('7')`)
+	c.msg("m3", "bob", 7)
+	c.expect(t, protocol.TypeAck, 7)
+	pg.WaitFor(stuck, "the third message", `log.some(([t, m]) => t === 'message' && m.seq === 7)`)
+	js(pg, `c.ack(7)`)
+	c.fence(t, pg)
 }
 
 // A read the gateway answers with a retryable code (too many calls in

@@ -66,7 +66,7 @@ func TestOnlineChangeIsAnnouncedThroughAConnectionBlip(t *testing.T) {
 		return nil
 	})
 	// The gateway's lease loop refreshes the lease (every
-	// PresenceTTL/3, 20 s, under the durable's 30 s ack wait).
+	// 15 to 20 s, under the durable's 30 s ack wait).
 	e.lease(t, "bob", "phone", time.Minute)
 	deadline := time.After(3 * cfg.AckWait)
 	for {

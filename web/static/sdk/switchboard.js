@@ -963,7 +963,14 @@ export class Client {
           this.#writeOn(link, { type: 'ack', seq: f.seq });
           return;
         }
-        (link.delivered ??= new Set()).add(f.seq);
+        if (this.#acked.has(f.seq)) {
+          // Acked by the app before it came (what it kept across a
+          // reload, say): acked here, as a redelivery would be. The app
+          // gets it all the same; its ack of it writes nothing.
+          this.#writeOn(link, { type: 'ack', seq: f.seq });
+        } else {
+          (link.delivered ??= new Set()).add(f.seq);
+        }
         this.#emit('message', {
           id: f.id, from: f.from, device: f.device, seq: f.seq, ts: f.ts,
           body: f.body === undefined ? null : f.body, media: f.media ?? null,
@@ -1291,6 +1298,7 @@ export class Client {
    * written before, the gateway would answer unknown_seq.
    */
   ack(seq) {
+    seq = Number(seq);
     this.#acked.set(String(seq), 0);
     this.#store?.acked(seq).catch(() => {});
     const link = this.#link;
