@@ -74,6 +74,13 @@ func leaseInterval(ttl time.Duration) time.Duration {
 	return ttl/4 + rand.N(ttl/12)
 }
 
+// leaseRetry is how soon a lease write that failed (not published, or
+// refused by the store) is tried again: sooner than the next refresh,
+// which could leave a lease written a third of the TTL ago waiting
+// another third, and not on every tick, which during a NATS outage would
+// try every session's lease each second.
+func leaseRetry(ttl time.Duration) time.Duration { return ttl / 12 }
+
 // leaseTick is how often the lease loop looks for refreshes due.
 func leaseTick(ttl time.Duration) time.Duration { return min(time.Second, ttl/12) }
 
@@ -95,6 +102,7 @@ func (l *lease) putLocked(expect uint64, at time.Time) error {
 		m.Header.Set(jetstream.ExpectedLastSubjSeqHeader, strconv.FormatUint(expect, 10))
 	}
 	if err := s.srv.nc.PublishMsg(m); err != nil {
+		l.due = at.Add(leaseRetry(s.srv.cfg.PresenceTTL))
 		return err
 	}
 	l.writing, l.sentAt = true, at
@@ -153,6 +161,7 @@ func (l *lease) onReply(n uint64, m *nats.Msg) {
 		go l.retake()
 	default:
 		l.s.log.Debug("presence lease not written", "err", err)
+		l.due = l.sentAt.Add(leaseRetry(l.s.srv.cfg.PresenceTTL)) // refused (no leader, say): again soon
 	}
 	l.settleLocked()
 }

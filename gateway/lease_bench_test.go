@@ -231,3 +231,41 @@ func TestLostLeaseWriteIsWrittenAgainByTheNextPass(t *testing.T) {
 		t.Fatalf("%d writes after the pass that followed a lost one, want %d", l.n, written+1)
 	}
 }
+
+// A lease write that fails is tried again a twelfth of the TTL on: one
+// the store refuses (no leader, say) rather than at the next refresh, a
+// quarter to a third of the TTL on, and one that cannot be published
+// (NATS gone) not on every pass of the loop either.
+func TestFailedLeaseWriteIsTriedAgainSoon(t *testing.T) {
+	srv, all := benchServer(t, 1)
+	l := &all[0].lease
+	ttl := srv.cfg.PresenceTTL
+	pass := time.Now().Add(ttl / 3)
+	l.refresh(pass) // due: written
+	l.mu.Lock()
+	n := l.n
+	l.mu.Unlock()
+	l.onReply(n, noResponders())
+	l.mu.Lock()
+	due := l.due
+	l.mu.Unlock()
+	if want := pass.Add(ttl / 12); !due.Equal(want) {
+		t.Fatalf("refused write due again at +%s, want +%s", due.Sub(pass), ttl/12)
+	}
+
+	srv.nc.Close()
+	pass = due
+	l.refresh(pass) // cannot be published
+	l.mu.Lock()
+	due, again := l.due, l.n
+	l.mu.Unlock()
+	if want := pass.Add(ttl / 12); !due.Equal(want) {
+		t.Fatalf("unpublished write due again at +%s, want +%s", due.Sub(pass), ttl/12)
+	}
+	l.refresh(pass.Add(time.Second)) // the next pass: not yet
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.n != again {
+		t.Fatal("the next pass tried the unpublished write again at once")
+	}
+}
