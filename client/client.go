@@ -735,18 +735,36 @@ func (c *Client) onError(f *protocol.Frame) {
 			return
 		}
 	}
-	if f.Seq > 0 && c.resolveStatus(f.Seq, statusResult{err: &ServerError{Code: f.Code, Message: f.Message}}) {
-		return
-	}
-	if f.Seq > 0 && c.failGroupStatus(f.Seq, &ServerError{Code: f.Code, Message: f.Message}) {
-		return
-	}
-	if c.retryRead(f) {
+	if c.onRefusal(f) {
 		return
 	}
 	if c.opts.OnError != nil {
 		c.opts.OnError(f.Code, f.Message, f.Seq)
 	}
+}
+
+// onRefusal hands an error naming a seq to what waits on it: a status
+// request, or a read to write again. The frame says which kind of frame
+// it refuses (For, and Group for a group's status); from a gateway that
+// does not, any status waiting on the seq takes it first. It reports
+// whether anything did.
+func (c *Client) onRefusal(f *protocol.Frame) bool {
+	if f.Seq == 0 {
+		return false
+	}
+	err := &ServerError{Code: f.Code, Message: f.Message}
+	switch f.For {
+	case protocol.TypeRead:
+		return c.retryRead(f)
+	case protocol.TypeStatus:
+		if f.Group != "" {
+			return c.failGroupStatus(f.Group, f.Seq, err)
+		}
+		return c.resolveStatus(f.Seq, statusResult{err: err})
+	case protocol.TypeAck:
+		return false
+	}
+	return c.resolveStatus(f.Seq, statusResult{err: err}) || c.failGroupStatus("", f.Seq, err) || c.retryRead(f)
 }
 
 // scheduleProbe lets the holder be written again after d. A later call,

@@ -72,13 +72,13 @@ func (c *Client) resolveGroupStatus(group string, seq uint64, r groupStatusResul
 }
 
 // failGroupStatus hands an error frame about seq to the GroupStatus
-// calls for seq (an error frame names no group), and reports whether
-// there were any.
-func (c *Client) failGroupStatus(seq uint64, err error) bool {
+// calls for seq in group ("": in any group, for an error frame from a
+// gateway that names none), and reports whether there were any.
+func (c *Client) failGroupStatus(group string, seq uint64, err error) bool {
 	c.mu.Lock()
 	var waiting []chan groupStatusResult
 	for k, ws := range c.groupStatusWait {
-		if k.seq == seq {
+		if k.seq == seq && (group == "" || k.group == group) {
 			waiting = append(waiting, ws...)
 			delete(c.groupStatusWait, k)
 		}

@@ -2,6 +2,7 @@ package client
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"net/http"
 	"net/http/httptest"
@@ -434,5 +435,45 @@ func TestAckBeforeTheFirstDeliveryIsWrittenWhenItComes(t *testing.T) {
 	}
 	if f := conn.next(t); f.Type != protocol.TypeTyping {
 		t.Fatalf("next frame %s seq %d, want the typing fence", f.Type, f.Seq)
+	}
+}
+
+// An error frame names the frame it refuses: a read refused for now while
+// a group status is asked at the same number (an inbox seq and a group
+// log seq can be equal) is written again, and the status waits for its
+// own answer; a status refusal naming the group fails that call.
+func TestRefusalsGoToTheFrameTheyName(t *testing.T) {
+	s := newScript(t)
+	connected := make(chan string, 4)
+	errs := make(chan string, 4)
+	c := s.dial(t, Options{OnConnect: func(sid string) { connected <- sid }, OnError: func(code protocol.ErrorCode, _ string, seq uint64) {
+		errs <- fmt.Sprintf("%s:%d", code, seq)
+	}}, newWaiter(true))
+	conn := s.accept(t)
+	<-connected
+	res := make(chan error, 1)
+	go func() { _, err := c.GroupStatus(context.Background(), "g1", 7); res <- err }()
+	if f := conn.next(t); f.Type != protocol.TypeStatus || f.Seq != 7 || f.Group != "g1" {
+		t.Fatalf("got %s %d in %q, want the status of 7 in g1", f.Type, f.Seq, f.Group)
+	}
+	readOf7 := func() {
+		t.Helper()
+		if f := conn.next(t); f.Type != protocol.TypeRead || f.Seq != 7 {
+			t.Fatalf("got %s %d, want the read of 7", f.Type, f.Seq)
+		}
+	}
+	c.Read(7)
+	readOf7()
+	conn.write(protocol.EncodeRefusal(protocol.ErrRateLimited, "too many frames", protocol.TypeRead, "", 7, 1))
+	readOf7() // written again
+	conn.write(protocol.EncodeRefusal(protocol.ErrUnavailable, "receipts are unavailable", protocol.TypeStatus, "g1", 7, 0))
+	var se *ServerError
+	if err := <-res; !errors.As(err, &se) || se.Code != protocol.ErrUnavailable {
+		t.Fatalf("GroupStatus: %v, want its own refusal, unavailable", err)
+	}
+	// An ack's refusal goes to the app.
+	conn.write(protocol.EncodeRefusal(protocol.ErrUnknownSeq, "no", protocol.TypeAck, "", 9, 0))
+	if e := <-errs; e != "unknown_seq:9" {
+		t.Fatalf("OnError got %s, want unknown_seq:9", e)
 	}
 }

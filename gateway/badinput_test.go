@@ -640,8 +640,8 @@ func TestFloodGetsRateLimitedThenClosed(t *testing.T) {
 	w.waitSessions(t, 2)
 	w.healthy(t)
 
-	// A read refused by the bucket names its seq, so a client knows which
-	// read to resend (the SDKs do).
+	// A read refused by the bucket names its seq and that it is a read, so
+	// a client knows which read to resend (the SDKs do).
 	r = connectRaw(t, w.g, "mallory", "reader")
 	for seq := 1001; seq <= 1005; seq++ {
 		r.write(fmt.Sprintf(`{"type":"read","seq":%d}`, seq))
@@ -649,8 +649,8 @@ func TestFloodGetsRateLimitedThenClosed(t *testing.T) {
 	answers := map[string][]uint64{}
 	for range 5 {
 		f := r.next()
-		if f.Type != protocol.TypeError {
-			t.Fatalf("unexpected frame %+v", *f)
+		if f.Type != protocol.TypeError || f.For != protocol.TypeRead {
+			t.Fatalf("unexpected frame %+v, want a refusal of a read", *f)
 		}
 		answers[string(f.Code)] = append(answers[string(f.Code)], f.Seq)
 	}

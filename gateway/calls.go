@@ -58,13 +58,13 @@ func (s *session) status(seq uint64, group, to string) {
 		rm, err := s.srv.inbox.GetMsg(ctx, seq)
 		if err != nil || rm.Header.Get(contract.HdrKind) != contract.KindMsg || rm.Header.Get(contract.HdrFrom) != s.id.User ||
 			rm.Header.Get(contract.HdrGroup) != "" || rm.Header.Get(contract.HdrTo) != "" {
-			s.sendError(protocol.ErrUnknownSeq, "you sent no message with this seq", "", seq, 0)
+			s.refuseFrame(protocol.TypeStatus, "", protocol.ErrUnknownSeq, "you sent no message with this seq", seq, 0)
 			return
 		}
 		var reply contract.StatusReply
 		req := contract.StatusRequest{Sender: s.id.User, Recipient: strings.TrimPrefix(rm.Subject, contract.InboxPrefix), Seq: seq}
 		if err := contract.Call(ctx, s.srv.calls, contract.StatusSubject, req, &reply); err != nil {
-			s.sendError(protocol.ErrUnavailable, "receipts are unavailable", "", seq, 0)
+			s.refuseFrame(protocol.TypeStatus, "", protocol.ErrUnavailable, "receipts are unavailable", seq, 0)
 			return
 		}
 		to := make(map[string]protocol.Ticks, len(reply.Recipients))
@@ -76,7 +76,7 @@ func (s *session) status(seq uint64, group, to string) {
 		s.t.Send(protocol.EncodeStatus(seq, to))
 	})
 	if !ok {
-		s.sendError(protocol.ErrRateLimited, "too many requests in flight", "", seq, 100)
+		s.refuseFrame(protocol.TypeStatus, "", protocol.ErrRateLimited, "too many requests in flight", seq, 100)
 	}
 }
 
@@ -88,7 +88,7 @@ func (s *session) status(seq uint64, group, to string) {
 // (ask again), as for a group.
 func (s *session) remoteStatus(seq uint64, to string) {
 	if to == "" || s.srv.regions == nil {
-		s.sendError(protocol.ErrUnknownSeq, "no message sent here has this seq; a message sent to another region is asked about with its recipient (to)", "", seq, 0)
+		s.refuseFrame(protocol.TypeStatus, "", protocol.ErrUnknownSeq, "no message sent here has this seq; a message sent to another region is asked about with its recipient (to)", seq, 0)
 		return
 	}
 	ok := s.goCall(func() {
@@ -97,10 +97,10 @@ func (s *session) remoteStatus(seq uint64, to string) {
 		home, err := s.srv.regions.home(to)
 		switch {
 		case errors.Is(err, errNoHome) || (err == nil && home == s.srv.regions.self):
-			s.sendError(protocol.ErrUnknownSeq, "you sent this user no message with this seq", "", seq, 0)
+			s.refuseFrame(protocol.TypeStatus, "", protocol.ErrUnknownSeq, "you sent this user no message with this seq", seq, 0)
 			return
 		case err != nil:
-			s.sendError(protocol.ErrUnavailable, "the directory of home regions did not answer; ask again", "", seq, 0)
+			s.refuseFrame(protocol.TypeStatus, "", protocol.ErrUnavailable, "the directory of home regions did not answer; ask again", seq, 0)
 			return
 		}
 		var reply contract.StatusReply
@@ -109,20 +109,20 @@ func (s *session) remoteStatus(seq uint64, to string) {
 		var fe *contract.FnError
 		switch {
 		case errors.Is(err, errInTransit):
-			s.sendError(protocol.ErrUnavailable, err.Error(), "", seq, 0)
+			s.refuseFrame(protocol.TypeStatus, "", protocol.ErrUnavailable, err.Error(), seq, 0)
 			return
 		case errors.As(err, &fe) && fe.Code == contract.ErrCodeUnknownSeq:
-			s.sendError(protocol.ErrUnknownSeq, "you sent this user no message with this seq", "", seq, 0)
+			s.refuseFrame(protocol.TypeStatus, "", protocol.ErrUnknownSeq, "you sent this user no message with this seq", seq, 0)
 			return
 		case err != nil:
-			s.sendError(protocol.ErrUnavailable, "receipts are unavailable", "", seq, 0)
+			s.refuseFrame(protocol.TypeStatus, "", protocol.ErrUnavailable, "receipts are unavailable", seq, 0)
 			return
 		}
 		t := reply.Recipients[to]
 		s.t.Send(protocol.EncodeStatus(seq, map[string]protocol.Ticks{to: {Delivered: t.Delivered, Read: t.Read}}))
 	})
 	if !ok {
-		s.sendError(protocol.ErrRateLimited, "too many requests in flight", "", seq, 100)
+		s.refuseFrame(protocol.TypeStatus, "", protocol.ErrRateLimited, "too many requests in flight", seq, 100)
 	}
 }
 
@@ -146,7 +146,7 @@ func (s *session) read(seq uint64) {
 		}
 	}
 	if !s.goCall(func() { s.readNow(seq) }) {
-		s.sendError(protocol.ErrRateLimited, "too many requests in flight", "", seq, 100)
+		s.refuseFrame(protocol.TypeRead, "", protocol.ErrRateLimited, "too many requests in flight", seq, 100)
 	}
 }
 
@@ -183,7 +183,7 @@ func (s *session) readNow(seq uint64) {
 	if err == nil && rm.Subject == contract.InboxSubject(s.id.User) && !deliverable(rm.Header, rm.Data) {
 		// Skipped by the feed (malformed, stored by hand or by an
 		// earlier version): never delivered, so never read.
-		s.sendError(protocol.ErrUnknownSeq, "no message delivered to you with this seq", "", seq, 0)
+		s.refuseFrame(protocol.TypeRead, "", protocol.ErrUnknownSeq, "no message delivered to you with this seq", seq, 0)
 		return
 	}
 	if err == nil && rm.Subject == contract.InboxSubject(s.id.User) && rm.Header.Get(contract.HdrGroup) != "" {
@@ -197,13 +197,13 @@ func (s *session) readNow(seq uint64) {
 		return // this user's own message: taken, and it changes nothing
 	}
 	if err != nil || rm.Subject != contract.InboxSubject(s.id.User) || rm.Header.Get(contract.HdrKind) != contract.KindMsg {
-		s.sendError(protocol.ErrUnknownSeq, "no message to you with this seq", "", seq, 0)
+		s.refuseFrame(protocol.TypeRead, "", protocol.ErrUnknownSeq, "no message to you with this seq", seq, 0)
 		return
 	}
 	req := contract.ReadRequest{Reader: s.id.User, Device: s.id.Device, Sender: rm.Header.Get(contract.HdrFrom), Seq: seq}
 	req.Region, req.Origin = s.srv.regions.origin(rm.Header) // a sender homed elsewhere: regions.go
 	if err := contract.Call(ctx, s.srv.calls, contract.ReadSubject, req, nil); err != nil {
-		s.sendError(protocol.ErrUnavailable, "read receipt not taken; resend", "", seq, 0)
+		s.refuseFrame(protocol.TypeRead, "", protocol.ErrUnavailable, "read receipt not taken; resend", seq, 0)
 	}
 }
 
@@ -268,5 +268,5 @@ func dedupe(users []string) []string {
 
 // refuseRead answers a read of a seq this session did not deliver.
 func (s *session) refuseRead(seq uint64) {
-	s.sendError(protocol.ErrUnknownSeq, "no message with this seq was delivered to this device", "", seq, 0)
+	s.refuseFrame(protocol.TypeRead, "", protocol.ErrUnknownSeq, "no message with this seq was delivered to this device", seq, 0)
 }

@@ -179,7 +179,7 @@ func (s *session) groupHomeElsewhere(gid string) (string, error) {
 func (s *session) readGroup(ctx context.Context, seq uint64, h nats.Header) {
 	gid, at := h.Get(contract.HdrGroup), groupSeq(h)
 	if !protocol.ValidID(gid) || at == 0 {
-		s.sendError(protocol.ErrUnknownSeq, "no message to you with this seq", "", seq, 0)
+		s.refuseFrame(protocol.TypeRead, "", protocol.ErrUnknownSeq, "no message to you with this seq", seq, 0)
 		return
 	}
 	req := contract.GroupPositionRequest{Group: gid, Member: s.id.User, Device: s.id.Device, Status: protocol.StatusRead, Seq: at, InboxSeq: seq}
@@ -190,7 +190,7 @@ func (s *session) readGroup(ctx context.Context, seq uint64, h nats.Header) {
 		err = contract.Call(ctx, s.srv.calls, contract.GroupPositionSubject, req, nil)
 	}
 	if err != nil {
-		s.sendError(protocol.ErrUnavailable, "read receipt not taken; resend", "", seq, 0)
+		s.refuseFrame(protocol.TypeRead, "", protocol.ErrUnavailable, "read receipt not taken; resend", seq, 0)
 	}
 }
 
@@ -206,13 +206,13 @@ func (s *session) groupStatus(seq uint64, group string) {
 		var fe *contract.FnError
 		switch {
 		case errors.As(err, &fe) && fe.Code == contract.ErrCodeUnknownSeq:
-			s.sendError(protocol.ErrUnknownSeq, "you sent no message with this seq in this group", "", seq, 0)
+			s.refuseFrame(protocol.TypeStatus, group, protocol.ErrUnknownSeq, "you sent no message with this seq in this group", seq, 0)
 			return
 		case errors.Is(err, errInTransit):
-			s.sendError(protocol.ErrUnavailable, err.Error(), "", seq, 0)
+			s.refuseFrame(protocol.TypeStatus, group, protocol.ErrUnavailable, err.Error(), seq, 0)
 			return
 		case err != nil:
-			s.sendError(protocol.ErrUnavailable, "receipts are unavailable", "", seq, 0)
+			s.refuseFrame(protocol.TypeStatus, group, protocol.ErrUnavailable, "receipts are unavailable", seq, 0)
 			return
 		}
 		to := make(map[string]protocol.Ticks, len(reply.Recipients))
@@ -224,7 +224,7 @@ func (s *session) groupStatus(seq uint64, group string) {
 		s.t.Send(protocol.EncodeGroupStatus(seq, group, to, reply.AllDelivered, reply.AllRead))
 	})
 	if !ok {
-		s.sendError(protocol.ErrRateLimited, "too many requests in flight", "", seq, 100)
+		s.refuseFrame(protocol.TypeStatus, group, protocol.ErrRateLimited, "too many requests in flight", seq, 100)
 	}
 }
 

@@ -426,11 +426,11 @@ func (s *session) handleFrame(f *protocol.Frame) {
 			s.ack(f.Seq)
 		}
 	case protocol.TypeRead:
-		if s.allowSeq(s.in.frame, f.Seq) { // refused with its seq, which the SDKs resend by
+		if s.allowSeq(s.in.frame, f) { // refused with its seq, which the SDKs resend by
 			s.read(f.Seq)
 		}
 	case protocol.TypeStatus:
-		if s.allowSeq(s.in.frame, f.Seq) {
+		if s.allowSeq(s.in.frame, f) {
 			s.status(f.Seq, f.Group, f.To)
 		}
 	case protocol.TypeSettings:
@@ -489,24 +489,25 @@ func (s *session) onEvent(m *nats.Msg) {
 // allow applies a rate limit. An over-limit frame gets rate_limited; too
 // many in a row close the connection with 1008 "flood".
 func (s *session) allow(l *rate.Limiter, id string) bool {
-	return s.allowFor(l, 1, id, 0)
+	return s.allowFor(l, 1, id, nil)
 }
 
 // allowSeq is allow for a frame named by its seq (read, status): the
-// refusal carries it, so the client knows which frame to resend.
-func (s *session) allowSeq(l *rate.Limiter, seq uint64) bool {
-	return s.allowFor(l, 1, "", seq)
+// refusal names it (type, seq, group), so the client knows which frame
+// to resend.
+func (s *session) allowSeq(l *rate.Limiter, f *protocol.Frame) bool {
+	return s.allowFor(l, 1, "", f)
 }
 
 // allowN is allow for a frame that costs n frames' tokens (at most the
 // bucket's burst, so it can always be let through once the bucket is full).
 func (s *session) allowN(l *rate.Limiter, n int, id string) bool {
-	return s.allowFor(l, n, id, 0)
+	return s.allowFor(l, n, id, nil)
 }
 
-// allowFor takes n tokens from l for a frame named by id or seq, or
-// refuses it rate_limited under those names.
-func (s *session) allowFor(l *rate.Limiter, n int, id string, seq uint64) bool {
+// allowFor takes n tokens from l for a frame named by id, or by seq (f),
+// or refuses it rate_limited under those names.
+func (s *session) allowFor(l *rate.Limiter, n int, id string, f *protocol.Frame) bool {
 	r := l.ReserveN(time.Now(), min(n, l.Burst()))
 	if d := r.Delay(); d > 0 {
 		r.Cancel()
@@ -515,7 +516,11 @@ func (s *session) allowFor(l *rate.Limiter, n int, id string, seq uint64) bool {
 			s.t.Close(protocol.ClosePolicy, protocol.ReasonFlood)
 			return false
 		}
-		s.sendError(protocol.ErrRateLimited, "too many frames", id, seq, d.Milliseconds()+1)
+		if f != nil {
+			s.refuseFrame(f.Type, f.Group, protocol.ErrRateLimited, "too many frames", f.Seq, d.Milliseconds()+1)
+		} else {
+			s.sendError(protocol.ErrRateLimited, "too many frames", id, 0, d.Milliseconds()+1)
+		}
 		return false
 	}
 	s.in.strikes = 0
@@ -602,10 +607,18 @@ func (s *session) refuseSend(code protocol.ErrorCode, message, id string) {
 // chat messages, their senders' delivered ticks are stored (ticks.go).
 func (s *session) ack(seq uint64) {
 	if !s.feed.acked(seq) {
-		s.sendError(protocol.ErrUnknownSeq, "nothing delivered and unacked with this seq", "", seq, 0)
+		s.refuseFrame(protocol.TypeAck, "", protocol.ErrUnknownSeq, "nothing delivered and unacked with this seq", seq, 0)
 		return
 	}
 	s.ticks.kick()
+}
+
+// refuseFrame answers a frame of type of named by seq (an ack, a read, a
+// status; group for a status naming one) with an error frame naming it,
+// and counts it.
+func (s *session) refuseFrame(of, group string, code protocol.ErrorCode, message string, seq uint64, retryMS int64) {
+	s.srv.metrics.errors.WithLabelValues(string(code)).Inc()
+	s.t.Send(protocol.EncodeRefusal(code, message, of, group, seq, retryMS))
 }
 
 // sendError answers a frame with an error frame and counts it.

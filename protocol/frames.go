@@ -122,9 +122,13 @@ type Frame struct {
 	Peer    string `json:"peer,omitempty"`
 
 	// Code and Message describe an error; RetryMS hints when to resend.
+	// For names the type of the frame an error refuses when that frame
+	// is named by its seq (ack, read, status), with Group for a status
+	// naming a group: seqs of different streams can be equal.
 	Code    ErrorCode `json:"code,omitempty"`
 	Message string    `json:"message,omitempty"`
 	RetryMS int64     `json:"retry_ms,omitempty"`
+	For     string    `json:"for,omitempty"`
 
 	// Users are the users of a presence_sub or presence_unsub.
 	Users []string `json:"users,omitempty"`
@@ -847,6 +851,14 @@ func AppendStatusFrame(b []byte, seq uint64, to string) []byte {
 // goes through encoding/json.
 func EncodeError(code ErrorCode, message, id string, seq uint64, retryMS int64) []byte {
 	b, _ := json.Marshal(Frame{Type: TypeError, Code: code, Message: message, ID: id, Seq: seq, RetryMS: retryMS})
+	return b
+}
+
+// EncodeRefusal returns the error frame refusing a client frame of type
+// of named by seq (an ack, a read, a status), with group for a status
+// naming a group.
+func EncodeRefusal(code ErrorCode, message, of, group string, seq uint64, retryMS int64) []byte {
+	b, _ := json.Marshal(Frame{Type: TypeError, Code: code, Message: message, For: of, Group: group, Seq: seq, RetryMS: retryMS})
 	return b
 }
 

@@ -355,6 +355,27 @@ func TestSDKAcksAMessageFromTheLastConnectionWhenItComesAgain(t *testing.T) {
 	c.fence(t, pg)
 }
 
+// An error frame names the frame it refuses: a read refused for now while
+// a group status is asked at the same number is written again, and the
+// status waits for its own answer, a refusal naming its group.
+func TestSDKRoutesRefusalsToTheFrameTheyName(t *testing.T) {
+	s := newScript(t)
+	pg, c := startSDK(t, s, "")
+	js(pg, `c.groupStatus('g1', 7).then(() => { window.gs = 'answered'; }, (e) => { window.gs = e.code; })`)
+	if f := c.next(t); f.Type != protocol.TypeStatus || f.Seq != 7 || f.Group != "g1" {
+		t.Fatalf("got %s %d in %q, want the status of 7 in g1", f.Type, f.Seq, f.Group)
+	}
+	js(pg, `c.read(7)`)
+	c.expect(t, protocol.TypeRead, 7)
+	c.write(protocol.EncodeRefusal(protocol.ErrRateLimited, "too many frames", protocol.TypeRead, "", 7, 1))
+	c.expect(t, protocol.TypeRead, 7) // written again
+	if got := tk.Eval[string](pg, `String(window.gs)`); got != "undefined" {
+		t.Fatalf("group status settled by the read's refusal: %s", got)
+	}
+	c.write(protocol.EncodeRefusal(protocol.ErrUnavailable, "receipts are unavailable", protocol.TypeStatus, "g1", 7, 0))
+	pg.WaitFor(stuck, "the status refused", `window.gs === 'unavailable'`)
+}
+
 // A read the gateway answers with a retryable code (too many calls in
 // flight, receipts unavailable) is written again after the wait the
 // answer names, up to five times; then, and for a final error, the app

@@ -1101,20 +1101,35 @@ export class Client {
         return;
       }
     }
-    if (f.seq && this.#resolveStatus(f.seq, (w) => w.reject(new ServerError(f.code, f.message)))) return;
-    if (f.seq) {
-      // An error frame names no group: every group status asked at seq.
+    if (f.seq && this.#onRefusal(f)) return;
+    this.#emit('error', { code: f.code, message: f.message, seq: f.seq ?? 0, id: f.id ?? '' });
+  }
+
+  // onRefusal hands an error naming a seq to what waits on it: a status
+  // request, or a read to write again. The frame says which kind of frame
+  // it refuses (for, and group for a group's status); from a gateway that
+  // does not, any status waiting on the seq takes it first.
+  #onRefusal(f) {
+    const fail = (w) => w.reject(new ServerError(f.code, f.message));
+    const failGroups = (group) => {
       let any = false;
       for (const [k, ws] of [...this.#groupStatusWait]) {
-        if (!k.endsWith(' ' + f.seq)) continue;
+        if (!k.endsWith(' ' + f.seq) || (group && k !== group + ' ' + f.seq)) continue;
         this.#groupStatusWait.delete(k);
-        ws.forEach((w) => w.reject(new ServerError(f.code, f.message)));
+        ws.forEach(fail);
         any = true;
       }
-      if (any) return;
+      return any;
+    };
+    switch (f.for) {
+      case 'read':
+        return this.#retryRead(f);
+      case 'status':
+        return f.group ? failGroups(f.group) : this.#resolveStatus(f.seq, fail);
+      case 'ack':
+        return false;
     }
-    if (this.#retryRead(f)) return;
-    this.#emit('error', { code: f.code, message: f.message, seq: f.seq ?? 0, id: f.id ?? '' });
+    return this.#resolveStatus(f.seq, fail) || failGroups('') || this.#retryRead(f);
   }
 
   // scheduleProbe lets the send holding the others back be written again
