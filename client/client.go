@@ -626,9 +626,10 @@ func (c *Client) handle(conn *websocket.Conn, f *protocol.Frame) error {
 		} else {
 			c.stats.DuplicatesDropped++
 		}
-		if (firstSeq == f.Seq || !dup) && !wasAcked && c.conn == conn {
-			// Under the lock Ack takes: either Ack saw this and writes
-			// the ack, or it came first and the ack is written here.
+		if dup && firstSeq == f.Seq && !wasAcked && c.conn == conn {
+			// A redelivery the app holds: under the lock Ack takes,
+			// either Ack sees this and writes the ack, or it came first
+			// and the ack is written below.
 			c.delivered[f.Seq] = struct{}{}
 		}
 		c.mu.Unlock()
@@ -645,12 +646,20 @@ func (c *Client) handle(conn *websocket.Conn, f *protocol.Frame) error {
 			return nil
 		}
 		if known, err := c.storeMsg(conn, f, key); known || err != nil {
-			return err
+			return err // known: acked by storeMsg
 		}
+		// New here: the app acks it, unless it acked its seq before it
+		// came (what it kept across a restart, say), when it is acked
+		// here, as a redelivery would be (the app still gets it; its ack
+		// of it writes nothing). Decided under the lock Ack takes, after
+		// the store: an Ack made meanwhile is seen either way.
+		c.mu.Lock()
+		wasAcked = c.acked.has(seqKey(f.Seq))
+		if !wasAcked && c.conn == conn {
+			c.delivered[f.Seq] = struct{}{}
+		}
+		c.mu.Unlock()
 		if wasAcked {
-			// Acked by the app before it came (what it kept across a
-			// restart, say): acked here, as a redelivery would be. The
-			// app gets it all the same; its ack of it writes nothing.
 			if err := c.write(conn, protocol.AppendSeqFrame(nil, protocol.TypeAck, f.Seq)); err != nil {
 				return err
 			}

@@ -150,7 +150,6 @@ func (c *Client) storeMsg(conn *websocket.Conn, f *protocol.Frame, key string) (
 	c.mu.Lock()
 	c.stats.DuplicatesDropped++
 	c.acked.add(seqKey(f.Seq)) // a later redelivery is acked again
-	delete(c.delivered, f.Seq) // acked here, not by the app
 	c.mu.Unlock()
 	c.storeAcked(f.Seq)
 	return true, c.write(conn, protocol.AppendSeqFrame(nil, protocol.TypeAck, f.Seq))

@@ -2,10 +2,16 @@ package client
 
 import (
 	"context"
+	"database/sql"
+	"database/sql/driver"
 	"errors"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
+	"time"
+
+	"modernc.org/sqlite"
 
 	"github.com/switchboard-im/switchboard/client/localstore"
 	"github.com/switchboard-im/switchboard/protocol"
@@ -162,5 +168,95 @@ func TestStoreRecordsEachStepAndANewClientResumesFromIt(t *testing.T) {
 	sc2.expectAcks(t, 50)
 	if m := storedMsg(t, st, "", "m2"); m.Status != localstore.Read {
 		t.Fatalf("m2 after the read: %+v", m)
+	}
+}
+
+// storeGate, run by a trigger on the local store's messages table, holds
+// the store's write of a message until the test lets it go: newStoreGate
+// sets up a test's.
+var storeGate struct {
+	mu               sync.Mutex
+	entered, release chan struct{}
+}
+
+func newStoreGate() (entered, release chan struct{}) {
+	storeGate.mu.Lock()
+	defer storeGate.mu.Unlock()
+	storeGate.entered, storeGate.release = make(chan struct{}, 1), make(chan struct{})
+	return storeGate.entered, storeGate.release
+}
+
+func init() {
+	sqlite.MustRegisterScalarFunction("test_store_gate", 0, func(*sqlite.FunctionContext, []driver.Value) (driver.Value, error) {
+		storeGate.mu.Lock()
+		entered, release := storeGate.entered, storeGate.release
+		storeGate.mu.Unlock()
+		entered <- struct{}{}
+		<-release
+		return int64(0), nil
+	})
+}
+
+// A message an earlier process stored comes again, and the app acks its
+// seq (from what it kept) while the store is being asked about it: the
+// seq is acked once, by the client, and the app's ack writes nothing.
+func TestKnownMessageAckedByTheAppMeanwhileIsAckedOnce(t *testing.T) {
+	entered, release := newStoreGate()
+	path := filepath.Join(t.TempDir(), "device.db")
+	st, err := localstore.Open(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := st.Received(localstore.Message{Conv: "bob", From: "bob", Device: "phone", ID: "m1", Seq: 5, TS: time.UnixMilli(1795582349000), Body: []byte(`"hi"`)}); err != nil {
+		t.Fatal(err)
+	}
+	st.Close()
+	db, err := sql.Open("sqlite", path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := db.Exec(`CREATE TRIGGER gate BEFORE INSERT ON messages WHEN NEW.id = 'm1' BEGIN SELECT test_store_gate(); END`); err != nil {
+		t.Fatal(err)
+	}
+	db.Close()
+	if st, err = localstore.Open(path); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { st.Close() })
+
+	s := newScript(t)
+	connected := make(chan string, 4)
+	c := s.dial(t, Options{Store: st, AckGather: -1, OnConnect: func(sid string) { connected <- sid }}, newWaiter(true))
+	conn := s.accept(t)
+	<-connected
+	conn.msg("m1", "bob", 5)
+	<-entered // the read loop is asking the store
+	acked := make(chan struct{})
+	go func() { c.Ack(5); close(acked) }() // the app acks what it kept (its own store write waits for the gate)
+	deadline := time.NewTimer(stuck)
+	defer deadline.Stop()
+	tick := time.NewTicker(time.Millisecond)
+	defer tick.Stop()
+	for {
+		c.mu.Lock()
+		taken := c.acked.has(seqKey(5))
+		c.mu.Unlock()
+		if taken {
+			break
+		}
+		select {
+		case <-tick.C:
+		case <-deadline.C:
+			t.Fatal("the app's ack was never taken")
+		}
+	}
+	close(release)
+	<-acked
+	conn.expectAcks(t, 5)
+	if err := c.SendTyping("fence"); err != nil {
+		t.Fatal(err)
+	}
+	if f := conn.next(t); f.Type != protocol.TypeTyping {
+		t.Fatalf("next frame %s seq %d, want the typing fence: seq 5 acked twice", f.Type, f.Seq)
 	}
 }
