@@ -51,6 +51,9 @@ func TestAcksOfDeliveredMessagesAreNotRateLimited(t *testing.T) {
 	}
 	for {
 		if f := raw.next(); f.Code == protocol.ErrRateLimited {
+			if f.Seq != 1<<40 || f.For != protocol.TypeAck {
+				t.Fatalf("refusal %+v, want it to name the ack of %d", *f, uint64(1)<<40)
+			}
 			break
 		}
 	}

@@ -74,11 +74,11 @@ func leaseInterval(ttl time.Duration) time.Duration {
 	return ttl/4 + rand.N(ttl/12)
 }
 
-// leaseRetry is how soon a lease write that failed (not published, or
-// refused by the store) is tried again: sooner than the next refresh,
-// which could leave a lease written a third of the TTL ago waiting
-// another third, and not on every tick, which during a NATS outage would
-// try every session's lease each second.
+// leaseRetry is how soon a lease write the store refused (no leader, say)
+// is tried again: sooner than the next refresh, which could leave a lease
+// written a third of the TTL ago waiting another third. (One that could
+// not be published, NATS being away, is tried on every pass of the loop,
+// so it is written as soon as NATS is back.)
 func leaseRetry(ttl time.Duration) time.Duration { return ttl / 12 }
 
 // leaseTick is how often the lease loop looks for refreshes due.
@@ -102,8 +102,7 @@ func (l *lease) putLocked(expect uint64, at time.Time) error {
 		m.Header.Set(jetstream.ExpectedLastSubjSeqHeader, strconv.FormatUint(expect, 10))
 	}
 	if err := s.srv.nc.PublishMsg(m); err != nil {
-		l.due = at.Add(leaseRetry(s.srv.cfg.PresenceTTL))
-		return err
+		return err // due stays: tried again on the loop's next pass, as soon as NATS is back
 	}
 	l.writing, l.sentAt = true, at
 	l.due = at.Add(leaseInterval(s.srv.cfg.PresenceTTL))

@@ -22,7 +22,9 @@ func TestMetricsCountWhatHappened(t *testing.T) {
 	tk.RecvReceipt(t, alice, wait)
 	carol := connectRaw(t, g, "carol", "phone")
 	carol.write(`{"type":"ack","seq":999}`)
-	carol.expectError(protocol.ErrUnknownSeq, "", 999)
+	if f := carol.expectError(protocol.ErrUnknownSeq, "", 999); f.For != protocol.TypeAck {
+		t.Fatalf("refusal for %q, want ack", f.For)
+	}
 	_ = carol.ws.Close()
 	resp, err := http.Get("http://" + g.Addr + "/v1/ws") // refused: no token
 	if err != nil {

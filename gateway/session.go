@@ -422,7 +422,7 @@ func (s *session) handleFrame(f *protocol.Frame) {
 		// SDKs do not resend acks). Any other ack counts as a frame.
 		if s.feed.acked(f.Seq) {
 			s.ticks.kick()
-		} else if s.allow(s.in.frame, "") {
+		} else if s.allowSeq(s.in.frame, f) {
 			s.ack(f.Seq)
 		}
 	case protocol.TypeRead:
@@ -492,9 +492,9 @@ func (s *session) allow(l *rate.Limiter, id string) bool {
 	return s.allowFor(l, 1, id, nil)
 }
 
-// allowSeq is allow for a frame named by its seq (read, status): the
-// refusal names it (type, seq, group), so the client knows which frame
-// to resend.
+// allowSeq is allow for a frame named by its seq (ack, read, status):
+// the refusal names it (type, seq, and a status's group), so the client
+// knows which frame to resend.
 func (s *session) allowSeq(l *rate.Limiter, f *protocol.Frame) bool {
 	return s.allowFor(l, 1, "", f)
 }
@@ -517,7 +517,11 @@ func (s *session) allowFor(l *rate.Limiter, n int, id string, f *protocol.Frame)
 			return false
 		}
 		if f != nil {
-			s.refuseFrame(f.Type, f.Group, protocol.ErrRateLimited, "too many frames", f.Seq, d.Milliseconds()+1)
+			group := "" // named by a status only
+			if f.Type == protocol.TypeStatus {
+				group = f.Group
+			}
+			s.refuseFrame(f.Type, group, protocol.ErrRateLimited, "too many frames", f.Seq, d.Milliseconds()+1)
 		} else {
 			s.sendError(protocol.ErrRateLimited, "too many frames", id, 0, d.Milliseconds()+1)
 		}
