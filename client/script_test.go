@@ -154,6 +154,31 @@ func (s *script) dial(t *testing.T, opts Options, w *waiter) *Client {
 	return c
 }
 
+// dialConnected dials through an automatic waiter and returns once the
+// client is connected: the client, its connection as the script sees it,
+// and the channel its later connects are told on.
+func (s *script) dialConnected(t *testing.T, opts Options) (*Client, *sconn, <-chan string) {
+	t.Helper()
+	connected := make(chan string, 4)
+	opts.OnConnect = func(sid string) { connected <- sid }
+	c := s.dial(t, opts, newWaiter(true))
+	conn := s.accept(t)
+	select {
+	case <-connected:
+	case <-time.After(stuck):
+		t.Fatal("the client never said it was connected")
+	}
+	return c, conn, connected
+}
+
+// errorsTo has opts.OnError tell each error on the returned channel, as
+// "code:seq".
+func errorsTo(opts *Options) <-chan string {
+	errs := make(chan string, 16)
+	opts.OnError = func(code protocol.ErrorCode, _ string, seq uint64) { errs <- fmt.Sprintf("%s:%d", code, seq) }
+	return errs
+}
+
 func (c *sconn) write(frame []byte) {
 	c.wmu.Lock()
 	defer c.wmu.Unlock()
@@ -340,13 +365,9 @@ func recvReceipt(t *testing.T, c *Client) Receipt {
 // told.
 func TestReadRefusedForNowIsWrittenAgain(t *testing.T) {
 	s := newScript(t)
-	errs := make(chan string, 16)
-	connected := make(chan string, 4)
-	c := s.dial(t, Options{OnConnect: func(sid string) { connected <- sid }, OnError: func(code protocol.ErrorCode, _ string, seq uint64) {
-		errs <- fmt.Sprintf("%s:%d", code, seq)
-	}}, newWaiter(true))
-	conn := s.accept(t)
-	<-connected
+	var opts Options
+	errs := errorsTo(&opts)
+	c, conn, _ := s.dialConnected(t, opts)
 	c.Read(7)
 	codes := []protocol.ErrorCode{protocol.ErrRateLimited, protocol.ErrUnavailable}
 	for i := range maxReadRetries + 1 {
@@ -390,10 +411,7 @@ func TestReadRefusedForNowIsWrittenAgain(t *testing.T) {
 // message this connection delivered is written at once.
 func TestAckOfAMessageFromTheLastConnectionWaitsForItToComeAgain(t *testing.T) {
 	s := newScript(t)
-	connected := make(chan string, 4)
-	c := s.dial(t, Options{OnConnect: func(sid string) { connected <- sid }}, newWaiter(true))
-	conn := s.accept(t)
-	<-connected
+	c, conn, connected := s.dialConnected(t, Options{})
 	conn.msg("m1", "bob", 5)
 	m := <-c.Messages()
 	conn.closeWith(protocol.CloseServiceRestart, "restart")
@@ -421,10 +439,7 @@ func TestAckOfAMessageFromTheLastConnectionWaitsForItToComeAgain(t *testing.T) {
 // the message, and its second ack writes nothing more.
 func TestAckBeforeTheFirstDeliveryIsWrittenWhenItComes(t *testing.T) {
 	s := newScript(t)
-	connected := make(chan string, 4)
-	c := s.dial(t, Options{AckGather: -1, OnConnect: func(sid string) { connected <- sid }}, newWaiter(true))
-	conn := s.accept(t)
-	<-connected
+	c, conn, _ := s.dialConnected(t, Options{AckGather: -1})
 	c.Ack(5) // not delivered here yet: recorded, not written
 	conn.msg("m1", "bob", 5)
 	conn.expectAcks(t, 5)
@@ -444,13 +459,9 @@ func TestAckBeforeTheFirstDeliveryIsWrittenWhenItComes(t *testing.T) {
 // own answer; a status refusal naming the group fails that call.
 func TestRefusalsGoToTheFrameTheyName(t *testing.T) {
 	s := newScript(t)
-	connected := make(chan string, 4)
-	errs := make(chan string, 4)
-	c := s.dial(t, Options{OnConnect: func(sid string) { connected <- sid }, OnError: func(code protocol.ErrorCode, _ string, seq uint64) {
-		errs <- fmt.Sprintf("%s:%d", code, seq)
-	}}, newWaiter(true))
-	conn := s.accept(t)
-	<-connected
+	var opts Options
+	errs := errorsTo(&opts)
+	c, conn, _ := s.dialConnected(t, opts)
 	res := make(chan error, 1)
 	go func() { _, err := c.GroupStatus(context.Background(), "g1", 7); res <- err }()
 	if f := conn.next(t); f.Type != protocol.TypeStatus || f.Seq != 7 || f.Group != "g1" {

@@ -225,10 +225,7 @@ func TestKnownMessageAckedByTheAppMeanwhileIsAckedOnce(t *testing.T) {
 	t.Cleanup(func() { st.Close() })
 
 	s := newScript(t)
-	connected := make(chan string, 4)
-	c := s.dial(t, Options{Store: st, AckGather: -1, OnConnect: func(sid string) { connected <- sid }}, newWaiter(true))
-	conn := s.accept(t)
-	<-connected
+	c, conn, _ := s.dialConnected(t, Options{Store: st, AckGather: -1})
 	conn.msg("m1", "bob", 5)
 	<-entered // the read loop is asking the store
 	acked := make(chan struct{})
