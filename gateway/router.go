@@ -13,7 +13,7 @@ import (
 // routerBuffer is how many messages wait for the router's goroutine. Past
 // it NATS drops them and reports the subscription as slow (see watchLive).
 // A variable for the tests.
-var routerBuffer = 16384
+const routerBuffer = 16384
 
 // routeKind is what the messages on a route are, and so which part of its
 // sessions takes them.

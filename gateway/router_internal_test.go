@@ -22,9 +22,10 @@ type routerTest struct {
 	woken            chan []*session
 }
 
-// newRouterTest makes a router whose buffer holds buffer copies: run
-// starts its goroutine, else the test steps it (step).
-func newRouterTest(t *testing.T, buffer int, run bool) *routerTest {
+// newRouterTest makes a router whose buffer holds buffer copies. Its
+// goroutine is not started: the test steps it (step), so whether the
+// buffer is full when a copy comes never depends on the scheduler.
+func newRouterTest(t *testing.T, buffer int) *routerTest {
 	ns, err := server.NewServer(&server.Options{Host: "127.0.0.1", Port: -1, NoLog: true, NoSigs: true})
 	if err != nil {
 		t.Fatal(err)
@@ -43,15 +44,8 @@ func newRouterTest(t *testing.T, buffer int, run bool) *routerTest {
 	}
 	nc := conns[0]
 	rt := &routerTest{t: t, pub: conns[1], bob: &session{}, carol: &session{}, woken: make(chan []*session, 64)}
-	if run {
-		defer func(n int) { routerBuffer = n }(routerBuffer)
-		routerBuffer = buffer
-		rt.r = newRouter(nc)
-		t.Cleanup(rt.r.close)
-	} else {
-		rt.r = &router{nc: nc, ch: make(chan *nats.Msg, buffer), stop: make(chan struct{}), done: make(chan struct{}),
-			subjects: map[string]*route{}, bySub: map[*nats.Subscription]*route{}}
-	}
+	rt.r = &router{nc: nc, ch: make(chan *nats.Msg, buffer), stop: make(chan struct{}), done: make(chan struct{}),
+		subjects: map[string]*route{}, bySub: map[*nats.Subscription]*route{}}
 	r := rt.r
 	r.setWake(func(ss []*session) { rt.woken <- ss })
 	nc.SetErrorHandler(func(_ *nats.Conn, sub *nats.Subscription, err error) {
@@ -127,14 +121,12 @@ func (rt *routerTest) bobWoken(within time.Duration) bool {
 // would name it as its predecessor may never come), and it would wait for
 // the sweep.
 func TestRouterWakesAgainForALaterDropOfTheSameStreak(t *testing.T) {
-	rt := newRouterTest(t, 1, true)
+	rt := newRouterTest(t, 1)
 	r := rt.r
-	// fill holds the router and sends carol's copies until its buffer is
-	// full (one is dropped), then one of bob's, which is dropped too.
+	// fill sends carol's copies until the buffer is full (one is
+	// dropped), then one of bob's, which is dropped too.
 	fill := func() {
 		t.Helper()
-		r.mu.Lock()
-		defer r.mu.Unlock() // a failure too: t.Fatal runs it
 		for before := dropped(rt.carolSub); dropped(rt.carolSub) == before; {
 			rt.publish(rt.carolSub)
 		}
@@ -144,12 +136,21 @@ func TestRouterWakesAgainForALaterDropOfTheSameStreak(t *testing.T) {
 			t.Fatal("bob's copy got through a full buffer")
 		}
 	}
+	// catchUp steps the router until its buffer is empty: the last step
+	// finds it caught up.
+	catchUp := func() {
+		for len(r.ch) > 0 {
+			rt.step()
+		}
+	}
 
 	fill() // NATS reports this one
 	if !rt.bobWoken(10 * time.Second) {
 		t.Fatal("the first drop did not wake bob")
 	}
+	catchUp()
 	fill() // not this one: no copy of bob's got in between
+	catchUp()
 	if !rt.bobWoken(10 * time.Second) {
 		t.Fatal("a drop of the same streak did not wake bob")
 	}
@@ -157,12 +158,16 @@ func TestRouterWakesAgainForALaterDropOfTheSameStreak(t *testing.T) {
 	// A copy of bob's gets in: NATS reports the next drop itself, and the
 	// router stops watching.
 	rt.publish(rt.bobSub)
-	rt.waitFor("the router no longer watches bob", func() bool {
-		r.mu.Lock()
-		defer r.mu.Unlock()
-		_, watched := r.slow[rt.bobSub]
-		return !watched && delivered(rt.bobSub) > 0
-	})
+	if delivered(rt.bobSub) == 0 {
+		t.Fatal("bob's copy did not get into an empty buffer")
+	}
+	catchUp()
+	r.mu.Lock()
+	_, watched := r.slow[rt.bobSub]
+	r.mu.Unlock()
+	if watched {
+		t.Fatal("the router still watches bob after a copy of his got in")
+	}
 	for len(rt.woken) > 0 {
 		if ss := <-rt.woken; slices.Contains(ss, rt.bob) {
 			t.Fatal("bob's session woken again with nothing of his dropped")
@@ -175,7 +180,7 @@ func TestRouterWakesAgainForALaterDropOfTheSameStreak(t *testing.T) {
 // a copy goes in), so a later drop of the streak, which NATS does not
 // report, must still wake bob's session.
 func TestRouterKeepsWatchingPastACopyFromBeforeTheDrops(t *testing.T) {
-	rt := newRouterTest(t, 2, false)
+	rt := newRouterTest(t, 2)
 	rt.publish(rt.bobSub)   // b0 goes in
 	rt.publish(rt.carolSub) // c0: the buffer is full
 	rt.publish(rt.bobSub)   // b1 dropped: NATS reports it, bob's streak begins
