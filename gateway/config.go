@@ -44,7 +44,9 @@ type Config struct {
 	// PingInterval is how often the server pings each connection.
 	PingInterval time.Duration
 	// PongTimeout closes a connection from which nothing (pong or frame) has
-	// arrived for this long. Must exceed PingInterval.
+	// arrived for this long. Must exceed PingInterval. On Linux it also
+	// bounds how long bytes the gateway sent may go unacknowledged before
+	// the kernel drops the connection (listener.go).
 	PongTimeout time.Duration
 	// WriteTimeout bounds one write to the socket (the frames queued
 	// together, up to 64 KiB); a client that does not read for this long

@@ -17,18 +17,28 @@ import (
 // off from 5 ms to 1 s as net/http does, until a descriptor is free; the
 // connections waiting meanwhile sit in the kernel's backlog or are refused
 // there, and the sessions already open carry on.
+//
+// It also bounds how long data the gateway sent may go unacknowledged on
+// each connection it accepts (peerTimeout; see setPeerTimeout).
 type patientListener struct {
 	net.Listener
-	log    *slog.Logger
-	onFull func() // counts each time the limit was hit
-	sleep  func(time.Duration)
+	log         *slog.Logger
+	onFull      func() // counts each time the limit was hit
+	sleep       func(time.Duration)
+	peerTimeout time.Duration // zero: the kernel's own (about 15 minutes)
 }
 
 func (l patientListener) Accept() (net.Conn, error) {
 	var wait time.Duration
 	for {
 		c, err := l.Listener.Accept()
-		if err == nil || !outOfDescriptors(err) {
+		if err == nil {
+			if l.peerTimeout > 0 {
+				setPeerTimeout(c, l.peerTimeout)
+			}
+			return c, nil
+		}
+		if !outOfDescriptors(err) {
 			return c, err
 		}
 		if wait == 0 {

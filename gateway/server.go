@@ -281,7 +281,8 @@ func (s *Server) newHTTPServer(streams bool) *fasthttp.Server {
 // (listener.go).
 func (s *Server) Serve(ln net.Listener) error {
 	s.log.Info("listening", "addr", ln.Addr().String())
-	st := newSorter(patientListener{Listener: ln, log: s.log, onFull: s.metrics.fdFull.Inc, sleep: time.Sleep}, s.cfg.HandshakeTimeout)
+	st := newSorter(patientListener{Listener: ln, log: s.log, onFull: s.metrics.fdFull.Inc, sleep: time.Sleep,
+		peerTimeout: s.cfg.PongTimeout}, s.cfg.HandshakeTimeout)
 	s.mu.Lock()
 	s.sorters = append(s.sorters, st)
 	s.mu.Unlock()
