@@ -61,8 +61,9 @@ func sleep(ctx context.Context, d time.Duration) bool {
 // hooks are seams for the package's own tests; the zero value is the real
 // behaviour.
 type hooks struct {
-	// wait waits d before a reconnect attempt or a resend, and reports
-	// false if ctx ended first.
+	// wait waits d before a reconnect attempt, a resend or a frame
+	// written again after a refusal for now, and reports false if ctx
+	// ended first.
 	wait func(ctx context.Context, d time.Duration) bool
 	// wrote, when set, sees each write of frames the client framed
 	// itself (gathered acks).

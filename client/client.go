@@ -259,11 +259,10 @@ type Client struct {
 	following map[string]bool
 	// followingGroups are the groups whose members' presence it follows.
 	followingGroups map[string]bool
-	statusWait      map[uint64][]chan statusResult
-	// groupStatusWait: GroupStatus calls awaiting their answers, by
-	// group and seq (groupticks.go).
-	groupStatusWait map[groupSeq][]chan groupStatusResult
-	ticks           *ticks // sent messages by recipient, for their receipts
+	// statusWait: the status questions (Status, GroupStatus) awaiting
+	// their answers (presence.go).
+	statusWait map[statusKey]*statusAsk
+	ticks      *ticks // sent messages by recipient, for their receipts
 	// groupWait: group operations awaiting their answers, by request id
 	// (groups.go).
 	groupWait   map[string]chan groupResult
@@ -319,15 +318,14 @@ func dialWith(ctx context.Context, opts Options, h hooks) (*Client, error) {
 		typing:   make(chan Typing, 64),
 		ob:       newOutbox(),
 
-		presence:        make(chan Presence, 256),
-		settingsReply:   make(chan Settings, 1),
-		following:       map[string]bool{},
-		statusWait:      map[uint64][]chan statusResult{},
-		groupStatusWait: map[groupSeq][]chan groupStatusResult{},
-		ticks:           newTicks(),
-		seenMsg:         newLRU(100000),
-		acked:           newLRU(100000),
-		readsOut:        newLRU(maxUnsentReads),
+		presence:      make(chan Presence, 256),
+		settingsReply: make(chan Settings, 1),
+		following:     map[string]bool{},
+		statusWait:    map[statusKey]*statusAsk{},
+		ticks:         newTicks(),
+		seenMsg:       newLRU(100000),
+		acked:         newLRU(100000),
+		readsOut:      newLRU(maxUnsentReads),
 	}
 	if err := c.restore(); err != nil {
 		return nil, err
@@ -704,11 +702,7 @@ func (c *Client) handle(conn *websocket.Conn, f *protocol.Frame) error {
 	case protocol.TypeSettings:
 		c.onSettings(f)
 	case protocol.TypeStatus:
-		if f.Group != "" {
-			c.resolveGroupStatus(f.Group, f.Seq, groupStatusResult{st: GroupStatus{Members: f.Recipients, AllDelivered: f.AllDelivered, AllRead: f.AllRead}})
-		} else {
-			c.resolveStatus(f.Seq, statusResult{to: f.Recipients})
-		}
+		c.answerStatus(statusKey{f.Group, f.Seq}, statusResult{recipients: f.Recipients, allDelivered: f.AllDelivered, allRead: f.AllRead})
 	case protocol.TypeGroup:
 		c.onGroup(f)
 	case protocol.TypeError:
@@ -753,7 +747,7 @@ func (c *Client) onError(f *protocol.Frame) {
 }
 
 // onRefusal hands an error naming a seq to what waits on it: a status
-// request, or a read to write again. The frame says which kind of frame
+// question, or a read to write again. The frame says which kind of frame
 // it refuses (For, and Group for a group's status); from a gateway that
 // does not, any status waiting on the seq takes it first. It reports
 // whether anything did.
@@ -761,19 +755,15 @@ func (c *Client) onRefusal(f *protocol.Frame) bool {
 	if f.Seq == 0 {
 		return false
 	}
-	err := &ServerError{Code: f.Code, Message: f.Message}
 	switch f.For {
 	case protocol.TypeRead:
 		return c.retryRead(f)
 	case protocol.TypeStatus:
-		if f.Group != "" {
-			return c.failGroupStatus(f.Group, f.Seq, err)
-		}
-		return c.resolveStatus(f.Seq, statusResult{err: err})
+		return c.statusRefused(f)
 	case protocol.TypeAck:
 		return false
 	}
-	return c.resolveStatus(f.Seq, statusResult{err: err}) || c.failGroupStatus("", f.Seq, err) || c.retryRead(f)
+	return c.statusRefused(f) || c.retryRead(f)
 }
 
 // scheduleProbe lets the holder be written again after d. A later call,
@@ -1090,15 +1080,15 @@ func (c *Client) Ack(seq uint64) {
 //
 // A read the server answers with a retryable code (rate_limited,
 // unavailable) is written again after the wait it names, or a backoff:
-// up to maxReadRetries times, then the error goes to OnError.
+// up to maxRetries times, then the error goes to OnError.
 func (c *Client) Read(seq uint64) {
 	c.storeRead(seq)
 	c.writeRead(seq, 0)
 }
 
-// maxReadRetries bounds the writes of one read answered with retryable
-// codes in a row.
-const maxReadRetries = 5
+// maxRetries bounds the writes again of one read, or one status
+// question, answered with retryable codes in a row.
+const maxRetries = 5
 
 // writeRead writes the read of seq, refused retries times so far, or
 // keeps it for the next connection.
@@ -1148,20 +1138,31 @@ func (c *Client) retryRead(f *protocol.Frame) bool {
 		c.readsOut.remove(k)
 	}
 	c.mu.Unlock()
-	if !ok || n >= maxReadRetries {
+	if !ok || n >= maxRetries {
 		return false
 	}
-	delay := time.Duration(f.RetryMS) * time.Millisecond
-	if delay <= 0 {
-		delay = retryWait(int(n)+1, c.opts.MinBackoff, c.opts.MaxBackoff)
-	}
 	seq := f.Seq
-	time.AfterFunc(delay, func() {
-		if c.ctx.Err() == nil { // closed: nothing more is written
-			c.writeRead(seq, int(n)+1)
-		}
-	})
+	c.retryLater(f, int(n)+1, func() { c.writeRead(seq, int(n)+1) })
 	return true
+}
+
+// retryLater calls again, which writes a refused frame again, after the
+// wait that error frame f, the frame's n-th retryable refusal in a row,
+// names (retry_ms), or else a backoff. Close ends the wait, and again is
+// not called. Called from the read loop, so run holds wg above zero and
+// Add cannot race Close's Wait.
+func (c *Client) retryLater(f *protocol.Frame, n int, again func()) {
+	d := time.Duration(f.RetryMS) * time.Millisecond
+	if d <= 0 {
+		d = retryWait(n, c.opts.MinBackoff, c.opts.MaxBackoff)
+	}
+	c.wg.Add(1)
+	go func() {
+		defer c.wg.Done()
+		if c.hooks.wait(c.ctx, d) {
+			again()
+		}
+	}()
 }
 
 // maxUnsentReads bounds the reads kept for the next connection.

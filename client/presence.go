@@ -185,6 +185,11 @@ var ErrUnknownMessage = errors.New("client: no message sent with this id")
 
 // Status returns each recipient's ticks for message id that this client
 // sent: whether any of their devices has it, and whether they read it.
+// Calls asking about one message at once share its answer. A question
+// the gateway refuses for now (rate_limited, unavailable) is asked again
+// after the wait the refusal names, or a backoff, while a call waits for
+// it, up to five times in a row; then, or refused with any other code,
+// the calls get the refusal, a *ServerError.
 func (c *Client) Status(ctx context.Context, id string) (map[string]protocol.Ticks, error) {
 	c.mu.Lock()
 	seq := c.ticks.seqOf(id)
@@ -229,45 +234,153 @@ func (c *Client) StatusTo(ctx context.Context, to string, seq uint64) (map[strin
 			return nil, ErrUnknownMessage
 		}
 	}
+	r, err := c.askStatus(ctx, statusKey{seq: seq}, protocol.AppendStatusFrame(nil, seq, to))
+	return r.recipients, err
+}
+
+// statusKey names a status question: about the message at seq sent to a
+// user (group ""), or at seq in group's log.
+type statusKey struct {
+	group string
+	seq   uint64
+}
+
+// statusAsk is a status question and the calls waiting for its answer.
+// Each call writes its own frame; one answer, or one refusal for good,
+// ends them all.
+type statusAsk struct {
+	waiting []chan statusResult
+	frame   []byte // what a refusal for now writes again: the first call's
+	refused int    // refusals for now so far, each written again
+	again   bool   // written again soon: refusals meanwhile wait for it
+}
+
+// statusResult is a status answer: each recipient's (member's) ticks,
+// and for a group's whether all have it, and have read it; or the error.
+type statusResult struct {
+	recipients   map[string]protocol.Ticks
+	allDelivered bool
+	allRead      bool
+	err          error
+}
+
+// askStatus writes frame, status question k, and waits for its answer,
+// or for ctx or the client to end. Calls asking k at once share the
+// answer.
+func (c *Client) askStatus(ctx context.Context, k statusKey, frame []byte) (statusResult, error) {
 	ch := make(chan statusResult, 1)
 	c.mu.Lock()
-	c.statusWait[seq] = append(c.statusWait[seq], ch)
+	a := c.statusWait[k]
+	if a == nil {
+		a = &statusAsk{frame: frame}
+		c.statusWait[k] = a
+	}
+	a.waiting = append(a.waiting, ch)
 	c.mu.Unlock()
 	defer func() {
 		c.mu.Lock()
-		c.statusWait[seq] = slices.DeleteFunc(c.statusWait[seq], func(w chan statusResult) bool { return w == ch })
-		if len(c.statusWait[seq]) == 0 {
-			delete(c.statusWait, seq)
+		a.waiting = slices.DeleteFunc(a.waiting, func(w chan statusResult) bool { return w == ch })
+		if len(a.waiting) == 0 && c.statusWait[k] == a {
+			delete(c.statusWait, k) // nobody waits: never written again
 		}
 		c.mu.Unlock()
 	}()
-	c.writeCurrent(protocol.AppendStatusFrame(nil, seq, to))
+	c.writeCurrent(frame)
 	select {
 	case r := <-ch:
-		return r.to, r.err
+		return r, r.err
 	case <-ctx.Done():
-		return nil, ctx.Err()
+		return statusResult{}, ctx.Err()
 	case <-c.ctx.Done():
-		return nil, ErrClosed
+		return statusResult{}, ErrClosed
 	}
 }
 
-type statusResult struct {
-	to  map[string]protocol.Ticks
-	err error
-}
-
-// resolveStatus hands a status answer (or error) to the calls waiting for
-// it, and reports whether there were any.
-func (c *Client) resolveStatus(seq uint64, r statusResult) bool {
+// answerStatus hands a status answer to the calls waiting for it.
+func (c *Client) answerStatus(k statusKey, r statusResult) {
 	c.mu.Lock()
-	waiting := c.statusWait[seq]
-	delete(c.statusWait, seq)
+	var waiting []chan statusResult
+	if a := c.statusWait[k]; a != nil {
+		waiting, a.waiting = a.waiting, nil
+		delete(c.statusWait, k)
+	}
 	c.mu.Unlock()
 	for _, ch := range waiting {
 		ch <- r
 	}
-	return len(waiting) > 0
+}
+
+// statusRefused hands error frame f to the status questions it refuses,
+// and reports whether there were any. f names one (For "status", and
+// Group for a group's); from a gateway that names none, it refuses the
+// status of a message to a user at f.Seq, if one is asked, else those
+// of group messages at f.Seq in any group.
+//
+// A refusal for now (a retryable code: rate_limited, unavailable) writes
+// the question again after the wait f names, or a backoff, and its calls
+// go on waiting, up to maxRetries times in a row; any other refusal, or
+// one past those, ends them with the error.
+func (c *Client) statusRefused(f *protocol.Frame) bool {
+	type redo struct {
+		k statusKey
+		a *statusAsk
+		n int // its refusals for now in a row
+	}
+	var (
+		found   bool
+		failing []chan statusResult
+		again   []redo
+	)
+	c.mu.Lock()
+	keys := []statusKey{{f.Group, f.Seq}}
+	if f.For == "" && c.statusWait[keys[0]] == nil {
+		keys = keys[:0]
+		for k := range c.statusWait {
+			if k.seq == f.Seq {
+				keys = append(keys, k)
+			}
+		}
+	}
+	for _, k := range keys {
+		a := c.statusWait[k]
+		if a == nil {
+			continue
+		}
+		found = true
+		switch {
+		case retryable(f.Code) && a.again:
+			// Another call's frame refused too: the write again
+			// already due answers for it.
+		case retryable(f.Code) && a.refused < maxRetries:
+			a.refused++
+			a.again = true
+			again = append(again, redo{k, a, a.refused})
+		default:
+			failing = append(failing, a.waiting...)
+			a.waiting = nil
+			delete(c.statusWait, k)
+		}
+	}
+	c.mu.Unlock()
+	for _, ch := range failing {
+		ch <- statusResult{err: &ServerError{Code: f.Code, Message: f.Message}}
+	}
+	for _, r := range again {
+		c.retryLater(f, r.n, func() { c.askAgain(r.k, r.a) })
+	}
+	return found
+}
+
+// askAgain writes status question a, k, again, unless it was answered,
+// or nobody waits for it, meanwhile.
+func (c *Client) askAgain(k statusKey, a *statusAsk) {
+	c.mu.Lock()
+	due := c.statusWait[k] == a
+	a.again = false
+	c.mu.Unlock()
+	if due {
+		c.writeCurrent(a.frame)
+	}
 }
 
 func (c *Client) onPresence(f *protocol.Frame) {

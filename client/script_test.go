@@ -159,9 +159,15 @@ func (s *script) dial(t *testing.T, opts Options, w *waiter) *Client {
 // and the channel its later connects are told on.
 func (s *script) dialConnected(t *testing.T, opts Options) (*Client, *sconn, <-chan string) {
 	t.Helper()
+	return s.dialConnectedWith(t, opts, newWaiter(true))
+}
+
+// dialConnectedWith is dialConnected through waiter w.
+func (s *script) dialConnectedWith(t *testing.T, opts Options, w *waiter) (*Client, *sconn, <-chan string) {
+	t.Helper()
 	connected := make(chan string, 4)
 	opts.OnConnect = func(sid string) { connected <- sid }
-	c := s.dial(t, opts, newWaiter(true))
+	c := s.dial(t, opts, w)
 	conn := s.accept(t)
 	select {
 	case <-connected:
@@ -360,7 +366,7 @@ func recvReceipt(t *testing.T, c *Client) Receipt {
 
 // A read the gateway answers with a retryable code (too many calls in
 // flight, receipts unavailable) is written again after the wait the
-// answer names, up to maxReadRetries times; then, and for an error that
+// answer names, up to maxRetries times; then, and for an error that
 // is final or names a seq the device did not read, the app's OnError is
 // told.
 func TestReadRefusedForNowIsWrittenAgain(t *testing.T) {
@@ -370,7 +376,7 @@ func TestReadRefusedForNowIsWrittenAgain(t *testing.T) {
 	c, conn, _ := s.dialConnected(t, opts)
 	c.Read(7)
 	codes := []protocol.ErrorCode{protocol.ErrRateLimited, protocol.ErrUnavailable}
-	for i := range maxReadRetries + 1 {
+	for i := range maxRetries + 1 {
 		if f := conn.next(t); f.Type != protocol.TypeRead || f.Seq != 7 {
 			t.Fatalf("write %d: %s seq %d, want the read of 7", i+1, f.Type, f.Seq)
 		}
@@ -378,7 +384,7 @@ func TestReadRefusedForNowIsWrittenAgain(t *testing.T) {
 	}
 	select {
 	case e := <-errs:
-		if want := fmt.Sprintf("%s:7", codes[maxReadRetries%2]); e != want {
+		if want := fmt.Sprintf("%s:7", codes[maxRetries%2]); e != want {
 			t.Fatalf("OnError got %s, want %s once the retries ran out", e, want)
 		}
 	case <-time.After(stuck):
@@ -456,7 +462,8 @@ func TestAckBeforeTheFirstDeliveryIsWrittenWhenItComes(t *testing.T) {
 // An error frame names the frame it refuses: a read refused for now while
 // a group status is asked at the same number (an inbox seq and a group
 // log seq can be equal) is written again, and the status waits for its
-// own answer; a status refusal naming the group fails that call.
+// own answer; a status refusal naming the group is that status's: asked
+// again when refused for now, failing the call when refused for good.
 func TestRefusalsGoToTheFrameTheyName(t *testing.T) {
 	s := newScript(t)
 	var opts Options
@@ -478,13 +485,153 @@ func TestRefusalsGoToTheFrameTheyName(t *testing.T) {
 	conn.write(protocol.EncodeRefusal(protocol.ErrRateLimited, "too many frames", protocol.TypeRead, "", 7, 1))
 	readOf7() // written again
 	conn.write(protocol.EncodeRefusal(protocol.ErrUnavailable, "receipts are unavailable", protocol.TypeStatus, "g1", 7, 0))
+	if f := conn.next(t); f.Type != protocol.TypeStatus || f.Seq != 7 || f.Group != "g1" {
+		t.Fatalf("got %s %d in %q, want the status of 7 in g1 asked again", f.Type, f.Seq, f.Group)
+	}
+	conn.write(protocol.EncodeRefusal(protocol.ErrUnknownSeq, "not yours", protocol.TypeStatus, "g1", 7, 0))
 	var se *ServerError
-	if err := <-res; !errors.As(err, &se) || se.Code != protocol.ErrUnavailable {
-		t.Fatalf("GroupStatus: %v, want its own refusal, unavailable", err)
+	select {
+	case err := <-res:
+		if !errors.As(err, &se) || se.Code != protocol.ErrUnknownSeq {
+			t.Fatalf("GroupStatus: %v, want its own refusal, unknown_seq", err)
+		}
+	case <-time.After(stuck):
+		t.Fatal("GroupStatus never ended")
 	}
 	// An ack's refusal goes to the app.
 	conn.write(protocol.EncodeRefusal(protocol.ErrUnknownSeq, "no", protocol.TypeAck, "", 9, 0))
 	if e := <-errs; e != "unknown_seq:9" {
 		t.Fatalf("OnError got %s, want unknown_seq:9", e)
+	}
+}
+
+// statusCall is the outcome of a status call made in the background.
+type statusCall struct {
+	to  map[string]protocol.Ticks
+	err error
+}
+
+// askStatusOf calls StatusOf(seq) in the background.
+func askStatusOf(c *Client, seq uint64) <-chan statusCall {
+	ch := make(chan statusCall, 1)
+	go func() {
+		ctx, cancel := context.WithTimeout(context.Background(), stuck)
+		defer cancel()
+		to, err := c.StatusOf(ctx, seq)
+		ch <- statusCall{to, err}
+	}()
+	return ch
+}
+
+// outcomeOf waits for a status call's outcome.
+func outcomeOf(t *testing.T, ch <-chan statusCall) statusCall {
+	t.Helper()
+	select {
+	case r := <-ch:
+		return r
+	case <-time.After(stuck):
+		t.Fatal("the status call never ended")
+		return statusCall{}
+	}
+}
+
+// A status the gateway refuses for now (too many frames, receipts
+// unavailable) is asked again after the wait the refusal names, or a
+// backoff, and every call waiting on it gets the answer to the frame
+// written again. One refused for good, or refused for now past
+// maxRetries times, fails its calls with the refusal; one waiting to be
+// asked again ends with the client's Close.
+func TestStatusRefusedForNowIsAskedAgain(t *testing.T) {
+	s := newScript(t)
+	w := newWaiter(false)
+	c, conn, _ := s.dialConnectedWith(t, Options{}, w)
+	expectStatus := func(group string, seq uint64) {
+		t.Helper()
+		if f := conn.next(t); f.Type != protocol.TypeStatus || f.Seq != seq || f.Group != group {
+			t.Fatalf("got %s %d in %q, want the status of %d in %q", f.Type, f.Seq, f.Group, seq, group)
+		}
+	}
+
+	// Two calls about one message, one refusal: both wait for the
+	// status asked again, and both get its answer.
+	a := askStatusOf(c, 7)
+	expectStatus("", 7)
+	b := askStatusOf(c, 7)
+	expectStatus("", 7)
+	conn.write(protocol.EncodeRefusal(protocol.ErrRateLimited, "too many frames", protocol.TypeStatus, "", 7, 30))
+	r := w.next(t)
+	if r.d != 30*time.Millisecond {
+		t.Fatalf("asked again after %v, want the refusal's retry_ms, 30ms", r.d)
+	}
+	for _, ch := range []<-chan statusCall{a, b} {
+		select {
+		case got := <-ch:
+			t.Fatalf("a call ended on the refusal for now: %+v", got)
+		default:
+		}
+	}
+	r.end()
+	expectStatus("", 7)
+	conn.write(protocol.EncodeStatus(7, map[string]protocol.Ticks{"bob": {Delivered: true}}))
+	for _, ch := range []<-chan statusCall{a, b} {
+		if got := outcomeOf(t, ch); got.err != nil || got.to["bob"] != (protocol.Ticks{Delivered: true}) || len(got.to) != 1 {
+			t.Fatalf("status of 7: %+v, want bob delivered", got)
+		}
+	}
+
+	// Refused for good (by a gateway that does not say what it
+	// refuses): the call fails at once.
+	d := askStatusOf(c, 8)
+	expectStatus("", 8)
+	conn.write(protocol.EncodeError(protocol.ErrUnknownSeq, "not yours", "", 8, 0))
+	var se *ServerError
+	if got := outcomeOf(t, d); !errors.As(got.err, &se) || se.Code != protocol.ErrUnknownSeq {
+		t.Fatalf("status of 8: %+v, want unknown_seq", got)
+	}
+
+	// A group's, refused for now each time it is asked: asked again
+	// after a growing backoff (no retry_ms), maxRetries times, then
+	// the call gets the last refusal.
+	g := make(chan error, 1)
+	go func() {
+		ctx, cancel := context.WithTimeout(context.Background(), stuck)
+		defer cancel()
+		_, err := c.GroupStatus(ctx, "g1", 9)
+		g <- err
+	}()
+	expectStatus("g1", 9)
+	for n := 1; n <= maxRetries; n++ {
+		conn.write(protocol.EncodeRefusal(protocol.ErrUnavailable, "receipts are unavailable", protocol.TypeStatus, "g1", 9, 0))
+		r := w.next(t)
+		if bound := min(c.opts.MinBackoff<<(n-1), c.opts.MaxBackoff); r.d <= 0 || r.d > bound {
+			t.Fatalf("refusal %d: asked again after %v, want a backoff up to %v", n, r.d, bound)
+		}
+		r.end()
+		expectStatus("g1", 9)
+	}
+	conn.write(protocol.EncodeRefusal(protocol.ErrUnavailable, "receipts are unavailable", protocol.TypeStatus, "g1", 9, 0))
+	select {
+	case err := <-g:
+		if !errors.As(err, &se) || se.Code != protocol.ErrUnavailable {
+			t.Fatalf("GroupStatus: %v, want unavailable once the retries ran out", err)
+		}
+	case <-time.After(stuck):
+		t.Fatal("GroupStatus never ended")
+	}
+
+	// Close ends a wait to ask again, and the call waiting on it.
+	e := askStatusOf(c, 10)
+	expectStatus("", 10)
+	conn.write(protocol.EncodeRefusal(protocol.ErrRateLimited, "too many frames", protocol.TypeStatus, "", 10, 60000))
+	w.next(t) // never ended
+	closed := make(chan error, 1)
+	go func() { closed <- c.Close() }()
+	select {
+	case <-closed:
+	case <-time.After(stuck):
+		t.Fatal("Close waited for the status to be asked again")
+	}
+	if got := outcomeOf(t, e); !errors.Is(got.err, ErrClosed) {
+		t.Fatalf("status of 10: %+v, want ErrClosed", got)
 	}
 }
