@@ -357,7 +357,8 @@ func TestSDKAcksAMessageFromTheLastConnectionWhenItComesAgain(t *testing.T) {
 
 // An error frame names the frame it refuses: a read refused for now while
 // a group status is asked at the same number is written again, and the
-// status waits for its own answer, a refusal naming its group.
+// status waits for its own answer, a refusal naming its group: asked
+// again when refused for now, rejected when refused for good.
 func TestSDKRoutesRefusalsToTheFrameTheyName(t *testing.T) {
 	s := newScript(t)
 	pg, c := startSDK(t, s, "")
@@ -373,7 +374,11 @@ func TestSDKRoutesRefusalsToTheFrameTheyName(t *testing.T) {
 		t.Fatalf("group status settled by the read's refusal: %s", got)
 	}
 	c.write(protocol.EncodeRefusal(protocol.ErrUnavailable, "receipts are unavailable", protocol.TypeStatus, "g1", 7, 0))
-	pg.WaitFor(stuck, "the status refused", `window.gs === 'unavailable'`)
+	if f := c.next(t); f.Type != protocol.TypeStatus || f.Seq != 7 || f.Group != "g1" {
+		t.Fatalf("got %s %d in %q, want the status of 7 in g1 asked again", f.Type, f.Seq, f.Group)
+	}
+	c.write(protocol.EncodeRefusal(protocol.ErrUnknownSeq, "not yours", protocol.TypeStatus, "g1", 7, 0))
+	pg.WaitFor(stuck, "the status refused", `window.gs === 'unknown_seq'`)
 }
 
 // A read the gateway answers with a retryable code (too many calls in
@@ -396,6 +401,74 @@ func TestSDKWritesAgainAReadRefusedForNow(t *testing.T) {
 		t.Fatalf("errors: %s", got)
 	}
 	c.fence(t, pg)
+}
+
+// A status the gateway refuses for now (too many requests in flight,
+// receipts unavailable) is asked again after the wait the refusal names,
+// or a backoff, and every call waiting on it gets the answer to the frame
+// written again; refused for now past five times in a row, or refused
+// for good, its calls reject with the refusal.
+func TestSDKAsksAgainAStatusRefusedForNow(t *testing.T) {
+	s := newScript(t)
+	pg, c := startSDK(t, s, "")
+	ask := func(name, call string) {
+		js(pg, fmt.Sprintf(`%s.then((v) => { results[%q] = v; }, (e) => { results[%q] = { error: e.name, code: e.code }; })`, call, name, name))
+	}
+	outcome := func(name string) string {
+		t.Helper()
+		pg.WaitFor(stuck, "the outcome of "+name, fmt.Sprintf(`results[%q] !== undefined`, name))
+		return tk.Eval[string](pg, fmt.Sprintf(`JSON.stringify(results[%q])`, name))
+	}
+	expectStatus := func(group string, seq uint64) {
+		t.Helper()
+		if f := c.next(t); f.Type != protocol.TypeStatus || f.Seq != seq || f.Group != group {
+			t.Fatalf("got %s %d in %q, want the status of %d in %q", f.Type, f.Seq, f.Group, seq, group)
+		}
+	}
+
+	// Two calls about one message, one refusal: both wait for the
+	// status asked again, and both get its answer.
+	ask("a", `c.status(7)`)
+	expectStatus("", 7)
+	ask("b", `c.status(7)`)
+	expectStatus("", 7)
+	c.write(protocol.EncodeRefusal(protocol.ErrRateLimited, "too many requests in flight", protocol.TypeStatus, "", 7, 30))
+	expectStatus("", 7) // asked again
+	if got := tk.Eval[string](pg, `JSON.stringify([results.a, results.b])`); got != `[null,null]` {
+		t.Fatalf("calls settled by the refusal for now: %s", got)
+	}
+	c.write(protocol.EncodeStatus(7, map[string]protocol.Ticks{"bob": {Delivered: true}}))
+	for _, name := range []string{"a", "b"} {
+		if got := outcome(name); got != `{"bob":{"delivered":true,"read":false}}` {
+			t.Fatalf("status %s: %s", name, got)
+		}
+	}
+
+	// A group's, refused for now each time (no retry_ms: a backoff):
+	// asked again five times, then the call rejects with the refusal.
+	ask("g", `c.groupStatus('g1', 9)`)
+	expectStatus("g1", 9)
+	for range 5 {
+		c.write(protocol.EncodeRefusal(protocol.ErrUnavailable, "receipts are unavailable", protocol.TypeStatus, "g1", 9, 0))
+		expectStatus("g1", 9)
+	}
+	c.write(protocol.EncodeRefusal(protocol.ErrUnavailable, "receipts are unavailable", protocol.TypeStatus, "g1", 9, 0))
+	if got := outcome("g"); got != `{"error":"ServerError","code":"unavailable"}` {
+		t.Fatalf("group status: %s", got)
+	}
+
+	// Refused for good, by a gateway that does not say what it
+	// refuses: the call rejects at once.
+	ask("d", `c.status(8)`)
+	expectStatus("", 8)
+	c.write(protocol.EncodeError(protocol.ErrUnknownSeq, "not yours", "", 8, 0))
+	if got := outcome("d"); got != `{"error":"ServerError","code":"unknown_seq"}` {
+		t.Fatalf("status of 8: %s", got)
+	}
+	c.fence(t, pg)
+	if got := events(pg, "error"); got != `[]` {
+		t.Fatalf("error events: %s", got)
+	}
 }
 
 // A send answered with a retryable error is resent alone, after the

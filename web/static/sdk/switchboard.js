@@ -129,7 +129,10 @@
  * message this user sent (to, its recipient, for one sent to another
  * region when the client does not remember it), groupStatus(group, seq) resolving with
  * {members: {user: {delivered, read}}, allDelivered, allRead} for one it
- * sent in a group (seq from its sent), close().
+ * sent in a group (seq from its sent), close(). A status the gateway
+ * refuses for now (rate_limited, unavailable) is asked again after its
+ * retry_ms, or a backoff, up to five times in a row, while a call waits
+ * for it; calls asking about one message at once share the answer.
  *
  * Media (over HTTP, with the same token): upload(blob, {mime}) asks for an
  * upload ticket, uploads the bytes as the ticket says (PUT to the embedded
@@ -615,8 +618,10 @@ export class Client {
   #followingGroups = new Set(); // groups whose members' presence is followed
   #unsentReads = []; // reads made with no connection, for the next one
   #readsOut = new Map(); // reads written lately: seq -> times refused with a retryable code
-  #statusWait = new Map(); // seq -> [{resolve, reject}]
-  #groupStatusWait = new Map(); // group + ' ' + seq -> [{resolve, reject}]
+  // Status questions awaiting their answers: statusKey(group, seq) ->
+  // {frame, waiting: [{resolve, reject}], refused, again}; see askStatus.
+  #statusWait = new Map();
+  #retryTimers = new Set(); // waits before writing a refused read or status again
   #groupWait = new Map(); // group request id -> {resolve, reject}
   #settingsChain = Promise.resolve();
   #settingsWait = null;
@@ -1018,14 +1023,9 @@ export class Client {
         break;
       }
       case 'status':
-        if (f.group) {
-          const k = f.group + ' ' + f.seq;
-          const ws = this.#groupStatusWait.get(k) ?? [];
-          this.#groupStatusWait.delete(k);
-          ws.forEach((w) => w.resolve({ members: f.recipients ?? {}, allDelivered: !!f.all_delivered, allRead: !!f.all_read }));
-        } else {
-          this.#resolveStatus(f.seq, (w) => w.resolve(f.recipients ?? {}));
-        }
+        this.#answerStatus(statusKey(f.group, f.seq), f.group
+          ? { members: f.recipients ?? {}, allDelivered: !!f.all_delivered, allRead: !!f.all_read }
+          : f.recipients ?? {});
         break;
       case 'group': {
         const w = this.#groupWait.get(f.id);
@@ -1106,30 +1106,67 @@ export class Client {
   }
 
   // onRefusal hands an error naming a seq to what waits on it: a status
-  // request, or a read to write again. The frame says which kind of frame
+  // question, or a read to write again. The frame says which kind of frame
   // it refuses (for, and group for a group's status); from a gateway that
   // does not, any status waiting on the seq takes it first.
   #onRefusal(f) {
-    const fail = (w) => w.reject(new ServerError(f.code, f.message));
-    const failGroups = (group) => {
-      let any = false;
-      for (const [k, ws] of [...this.#groupStatusWait]) {
-        if (!k.endsWith(' ' + f.seq) || (group && k !== group + ' ' + f.seq)) continue;
-        this.#groupStatusWait.delete(k);
-        ws.forEach(fail);
-        any = true;
-      }
-      return any;
-    };
     switch (f.for) {
       case 'read':
         return this.#retryRead(f);
       case 'status':
-        return f.group ? failGroups(f.group) : this.#resolveStatus(f.seq, fail);
+        return this.#statusRefused(f);
       case 'ack':
         return false;
     }
-    return this.#resolveStatus(f.seq, fail) || failGroups('') || this.#retryRead(f);
+    return this.#statusRefused(f) || this.#retryRead(f);
+  }
+
+  // statusRefused hands error frame f to the status questions it refuses,
+  // and reports whether there were any. f names one (for 'status', and
+  // group for a group's); from a gateway that names none, it refuses the
+  // status of a message to a user at f.seq, if one is asked, else those
+  // of group messages at f.seq in any group. A refusal for now (a
+  // retryable code: rate_limited, unavailable) writes the question again
+  // after f's retry_ms, or a backoff, and its calls go on waiting, up to
+  // MAX_RETRIES times in a row; any other refusal, or one past those,
+  // rejects them.
+  #statusRefused(f) {
+    let keys = [statusKey(f.group, f.seq)];
+    if (!f.for && !this.#statusWait.has(keys[0])) keys = [...this.#statusWait.keys()].filter((k) => k.endsWith(' ' + f.seq));
+    let found = false;
+    for (const k of keys) {
+      const a = this.#statusWait.get(k);
+      if (!a) continue;
+      found = true;
+      // Another call's frame refused too: the write again already due
+      // answers for it.
+      if (retryable(f.code) && a.again) continue;
+      if (retryable(f.code) && a.refused < MAX_RETRIES) {
+        a.refused++;
+        a.again = true;
+        this.#retryLater(f, a.refused, () => {
+          a.again = false;
+          // Not if answered, or given up by every call, meanwhile.
+          if (this.#statusWait.get(k) === a) this.#write(a.frame);
+        });
+        continue;
+      }
+      this.#statusWait.delete(k);
+      a.waiting.forEach((w) => w.reject(new ServerError(f.code, f.message)));
+    }
+    return found;
+  }
+
+  // retryLater calls again, which writes a refused frame again, after
+  // error frame f's retry_ms, or the backoff of the frame's n-th
+  // retryable refusal in a row. close clears the wait.
+  #retryLater(f, n, again) {
+    const ms = f.retry_ms > 0 ? f.retry_ms : retryWait(n, this.#opts.minBackoff, this.#opts.maxBackoff);
+    const t = setTimeout(() => {
+      this.#retryTimers.delete(t);
+      if (!this.#stopped) again();
+    }, ms);
+    this.#retryTimers.add(t);
   }
 
   // scheduleProbe lets the send holding the others back be written again
@@ -1344,19 +1381,16 @@ export class Client {
 
   // retryRead writes again, after the wait f names or a backoff, a read
   // that error frame f refused with a retryable code (rate_limited,
-  // unavailable), up to MAX_READ_RETRIES times, and reports whether it
+  // unavailable), up to MAX_RETRIES times, and reports whether it
   // will. An error with a seq and a retryable code that answers no status
-  // request can only be a read's (acks are refused unknown_seq).
+  // question can only be a read's (acks are refused unknown_seq).
   #retryRead(f) {
     if (!f.seq || !retryable(f.code)) return false;
     const n = this.#readsOut.get(f.seq);
     if (n === undefined) return false;
     this.#readsOut.delete(f.seq);
-    if (n >= MAX_READ_RETRIES) return false;
-    const delay = f.retry_ms > 0 ? f.retry_ms : retryWait(n + 1, this.#opts.minBackoff, this.#opts.maxBackoff);
-    setTimeout(() => {
-      if (!this.#stopped) this.#writeRead(f.seq, n + 1);
-    }, delay);
+    if (n >= MAX_RETRIES) return false;
+    this.#retryLater(f, n + 1, () => this.#writeRead(f.seq, n + 1));
     return true;
   }
 
@@ -1501,15 +1535,8 @@ export class Client {
     // from an earlier page load): the local store, if any, knows it.
     const named = to || seq < OUTBOX_SEQ_FLOOR || !this.#store ? Promise.resolve(to)
       : this.#store.recipientOf(seq).catch(() => '');
-    return named.then((to) => this.#connected().then(() => this.#await(timeout, (w) => {
-      if (!this.#statusWait.has(seq)) this.#statusWait.set(seq, []);
-      this.#statusWait.get(seq).push(w);
-      this.#write(to ? { type: 'status', seq, to } : { type: 'status', seq });
-    }, (w) => {
-      const ws = (this.#statusWait.get(seq) ?? []).filter((x) => x !== w);
-      if (ws.length) this.#statusWait.set(seq, ws);
-      else this.#statusWait.delete(seq);
-    })));
+    return named.then((to) => this.#connected().then(() =>
+      this.#askStatus(statusKey('', seq), to ? { type: 'status', seq, to } : { type: 'status', seq }, timeout)));
   }
 
   /**
@@ -1519,24 +1546,35 @@ export class Client {
    */
   groupStatus(group, seq, { timeout = 10000 } = {}) {
     if (!validId(group)) return Promise.reject(new TypeError('switchboard: group must be 1-64 characters of A-Z a-z 0-9 _ -'));
-    const k = group + ' ' + seq;
-    return this.#connected().then(() => this.#await(timeout, (w) => {
-      if (!this.#groupStatusWait.has(k)) this.#groupStatusWait.set(k, []);
-      this.#groupStatusWait.get(k).push(w);
-      this.#write({ type: 'status', group, seq });
-    }, (w) => {
-      const ws = (this.#groupStatusWait.get(k) ?? []).filter((x) => x !== w);
-      if (ws.length) this.#groupStatusWait.set(k, ws);
-      else this.#groupStatusWait.delete(k);
-    }));
+    return this.#connected().then(() => this.#askStatus(statusKey(group, seq), { type: 'status', group, seq }, timeout));
   }
 
-  #resolveStatus(seq, fn) {
-    const ws = this.#statusWait.get(seq);
-    if (!ws) return false;
-    this.#statusWait.delete(seq);
-    ws.forEach(fn);
-    return true;
+  // askStatus writes frame, status question k, and resolves with its
+  // answer, or rejects after timeout ms or when the client stops. Each
+  // call writes its frame; calls asking k at once share one answer, or
+  // one refusal for good, and what a refusal for now writes again is
+  // the first call's frame (see statusRefused).
+  #askStatus(k, frame, timeout) {
+    return this.#await(timeout, (w) => {
+      let a = this.#statusWait.get(k);
+      if (!a) this.#statusWait.set(k, (a = { frame, waiting: [], refused: 0, again: false }));
+      a.waiting.push(w);
+      this.#write(frame);
+    }, (w) => {
+      const a = this.#statusWait.get(k);
+      const i = a ? a.waiting.indexOf(w) : -1;
+      if (i < 0) return;
+      a.waiting.splice(i, 1);
+      if (!a.waiting.length) this.#statusWait.delete(k); // nobody waits: never written again
+    });
+  }
+
+  // answerStatus resolves the calls waiting for status question k with v.
+  #answerStatus(k, v) {
+    const a = this.#statusWait.get(k);
+    if (!a) return;
+    this.#statusWait.delete(k);
+    a.waiting.forEach((w) => w.resolve(v));
   }
 
   // await runs start with a waiter {resolve, reject} and settles with it,
@@ -1578,6 +1616,8 @@ export class Client {
     this.#stopped = err;
     globalThis.removeEventListener?.('online', this.#onOnline);
     this.#wake?.();
+    for (const t of this.#retryTimers) clearTimeout(t); // nothing is written again
+    this.#retryTimers.clear();
     const link = this.#link;
     if (link) {
       this.#detach(link);
@@ -1712,9 +1752,14 @@ class Backoff {
   reset() { this.bound = this.min; }
 }
 
-// MAX_READ_RETRIES bounds the writes of one read answered with retryable
-// codes in a row; then the error is an 'error' event.
-const MAX_READ_RETRIES = 5;
+// MAX_RETRIES bounds the writes again of one read, or one status
+// question, answered with retryable codes in a row; then a read's error
+// is an 'error' event, a status's its calls' rejection.
+const MAX_RETRIES = 5;
+
+// statusKey names a status question: about the message at seq sent to a
+// user (group ''), or at seq in group's log.
+const statusKey = (group, seq) => (group ?? '') + ' ' + seq;
 
 // retryWait is the wait before resending a send answered with a
 // retryable error for the n-th time, unless the server gave retry_ms.
