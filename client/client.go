@@ -519,6 +519,7 @@ func (c *Client) attachSends(conn *websocket.Conn, sid string) bool {
 	pending := c.ob.rewriteAll()
 	reads := c.unsentReads
 	c.unsentReads = nil
+	statuses := c.statusesToAskLocked()
 	c.mu.Unlock()
 	for _, o := range tooLarge {
 		c.storeDrop(o)
@@ -537,6 +538,12 @@ func (c *Client) attachSends(conn *websocket.Conn, sid string) bool {
 			c.mu.Lock()
 			c.unsentReads = append(reads[i:], c.unsentReads...)
 			c.mu.Unlock()
+			conn.Close()
+			break
+		}
+	}
+	for _, f := range statuses {
+		if err := c.write(conn, f); err != nil {
 			conn.Close()
 			break
 		}

@@ -249,10 +249,27 @@ type statusKey struct {
 // Each call writes its own frame; one answer, or one refusal for good,
 // ends them all.
 type statusAsk struct {
-	waiting []chan statusResult
-	frame   []byte // what a refusal for now writes again: the first call's
-	refused int    // refusals for now so far, each written again
-	again   bool   // written again soon: refusals meanwhile wait for it
+	waiting []statusWaiter
+	refused int  // refusals for now so far, each written again
+	again   bool // written again soon: refusals meanwhile wait for it
+}
+
+// statusWaiter is one call waiting for a status answer, and the frame it
+// wrote: a question written again is a waiting call's (StatusTo calls
+// about one seq may name different recipients).
+type statusWaiter struct {
+	ch    chan statusResult
+	frame []byte
+}
+
+// frameLocked is the frame that asks a again: the oldest waiting call's.
+//
+// Lock (mu) should be held.
+func (a *statusAsk) frameLocked() []byte {
+	if len(a.waiting) == 0 {
+		return nil
+	}
+	return a.waiting[0].frame
 }
 
 // statusResult is a status answer: each recipient's (member's) ticks,
@@ -272,14 +289,14 @@ func (c *Client) askStatus(ctx context.Context, k statusKey, frame []byte) (stat
 	c.mu.Lock()
 	a := c.statusWait[k]
 	if a == nil {
-		a = &statusAsk{frame: frame}
+		a = &statusAsk{}
 		c.statusWait[k] = a
 	}
-	a.waiting = append(a.waiting, ch)
+	a.waiting = append(a.waiting, statusWaiter{ch, frame})
 	c.mu.Unlock()
 	defer func() {
 		c.mu.Lock()
-		a.waiting = slices.DeleteFunc(a.waiting, func(w chan statusResult) bool { return w == ch })
+		a.waiting = slices.DeleteFunc(a.waiting, func(w statusWaiter) bool { return w.ch == ch })
 		if len(a.waiting) == 0 && c.statusWait[k] == a {
 			delete(c.statusWait, k) // nobody waits: never written again
 		}
@@ -299,14 +316,14 @@ func (c *Client) askStatus(ctx context.Context, k statusKey, frame []byte) (stat
 // answerStatus hands a status answer to the calls waiting for it.
 func (c *Client) answerStatus(k statusKey, r statusResult) {
 	c.mu.Lock()
-	var waiting []chan statusResult
+	var waiting []statusWaiter
 	if a := c.statusWait[k]; a != nil {
 		waiting, a.waiting = a.waiting, nil
 		delete(c.statusWait, k)
 	}
 	c.mu.Unlock()
-	for _, ch := range waiting {
-		ch <- r
+	for _, w := range waiting {
+		w.ch <- r
 	}
 }
 
@@ -328,7 +345,7 @@ func (c *Client) statusRefused(f *protocol.Frame) bool {
 	}
 	var (
 		found   bool
-		failing []chan statusResult
+		failing []statusWaiter
 		again   []redo
 	)
 	c.mu.Lock()
@@ -362,8 +379,8 @@ func (c *Client) statusRefused(f *protocol.Frame) bool {
 		}
 	}
 	c.mu.Unlock()
-	for _, ch := range failing {
-		ch <- statusResult{err: &ServerError{Code: f.Code, Message: f.Message}}
+	for _, w := range failing {
+		w.ch <- statusResult{err: &ServerError{Code: f.Code, Message: f.Message}}
 	}
 	for _, r := range again {
 		c.retryLater(f, r.n, func() { c.askAgain(r.k, r.a) })
@@ -372,15 +389,36 @@ func (c *Client) statusRefused(f *protocol.Frame) bool {
 }
 
 // askAgain writes status question a, k, again, unless it was answered,
-// or nobody waits for it, meanwhile.
+// or nobody waits for it, meanwhile. Without a connection nothing is
+// written: the reconnect asks every question still waiting
+// (statusesToAskLocked).
 func (c *Client) askAgain(k statusKey, a *statusAsk) {
 	c.mu.Lock()
-	due := c.statusWait[k] == a
+	var frame []byte
+	if c.statusWait[k] == a {
+		frame = a.frameLocked()
+	}
 	a.again = false
 	c.mu.Unlock()
-	if due {
-		c.writeCurrent(a.frame)
+	if frame != nil {
+		c.writeCurrent(frame)
 	}
+}
+
+// statusesToAskLocked is a frame for each status question still waiting,
+// for a new connection to ask again: an answer, or a write again after a
+// refusal for now, that the last connection lost would otherwise leave
+// its calls waiting until their contexts end.
+//
+// Lock (mu) should be held.
+func (c *Client) statusesToAskLocked() [][]byte {
+	var frames [][]byte
+	for _, a := range c.statusWait {
+		if f := a.frameLocked(); f != nil {
+			frames = append(frames, f)
+		}
+	}
+	return frames
 }
 
 func (c *Client) onPresence(f *protocol.Frame) {

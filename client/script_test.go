@@ -635,3 +635,100 @@ func TestStatusRefusedForNowIsAskedAgain(t *testing.T) {
 		t.Fatalf("status of 10: %+v, want ErrClosed", got)
 	}
 }
+
+// Status questions still waiting when the connection drops (their answer
+// lost with it, or a write again after a refusal for now that came due
+// with no connection) are asked again on the new connection. A question
+// asked again is a waiting call's: a call that gave up does not have its
+// frame (naming another recipient) written again.
+func TestStatusesWaitingAreAskedAgainOnTheNextConnection(t *testing.T) {
+	s := newScript(t)
+	w := newWaiter(false)
+	c, conn, connected := s.dialConnectedWith(t, Options{}, w)
+
+	// Asked, then the connection drops before the answer.
+	a := askStatusOf(c, 7)
+	if f := conn.next(t); f.Type != protocol.TypeStatus || f.Seq != 7 {
+		t.Fatalf("got %s %d, want the status of 7", f.Type, f.Seq)
+	}
+	// Refused for now, and the connection drops before it is asked again.
+	g := make(chan error, 1)
+	go func() {
+		ctx, cancel := context.WithTimeout(context.Background(), stuck)
+		defer cancel()
+		_, err := c.GroupStatus(ctx, "g1", 9)
+		g <- err
+	}()
+	if f := conn.next(t); f.Type != protocol.TypeStatus || f.Seq != 9 || f.Group != "g1" {
+		t.Fatalf("got %s %d in %q, want the status of 9 in g1", f.Type, f.Seq, f.Group)
+	}
+	conn.write(protocol.EncodeRefusal(protocol.ErrRateLimited, "too many frames", protocol.TypeStatus, "g1", 9, 50))
+	retry := w.next(t)
+	conn.closeWith(protocol.CloseServiceRestart, "restart")
+	w.next(t).end() // the reconnect's own wait
+	conn = s.accept(t)
+	<-connected
+	asked := map[string]bool{}
+	for range 2 {
+		f := conn.next(t)
+		if f.Type != protocol.TypeStatus {
+			t.Fatalf("got %s, want the statuses still waiting asked again", f.Type)
+		}
+		asked[fmt.Sprintf("%s/%d", f.Group, f.Seq)] = true
+	}
+	if !asked["/7"] || !asked["g1/9"] {
+		t.Fatalf("asked again %v, want /7 and g1/9", asked)
+	}
+	conn.write(protocol.EncodeStatus(7, map[string]protocol.Ticks{"bob": {Delivered: true}}))
+	if got := outcomeOf(t, a); got.err != nil || !got.to["bob"].Delivered {
+		t.Fatalf("status of 7: %+v, want bob delivered", got)
+	}
+	conn.write(protocol.EncodeGroupStatus(9, "g1", map[string]protocol.Ticks{"bob": {Delivered: true}}, true, false))
+	select {
+	case err := <-g:
+		if err != nil {
+			t.Fatalf("GroupStatus: %v, want the answer on the new connection", err)
+		}
+	case <-time.After(stuck):
+		t.Fatal("GroupStatus never ended")
+	}
+	retry.end() // answered meanwhile: nothing is written
+	conn.fence(t, c)
+
+	// Two calls about 11 naming different recipients; the first gives up
+	// while the refusal's wait runs: the question asked again is the
+	// second's.
+	ctx1, cancel1 := context.WithCancel(context.Background())
+	first := make(chan error, 1)
+	go func() {
+		_, err := c.StatusTo(ctx1, "carol", 11)
+		first <- err
+	}()
+	if f := conn.next(t); f.Type != protocol.TypeStatus || f.Seq != 11 || f.To != "carol" {
+		t.Fatalf("got %s %d to %q, want the status of 11 to carol", f.Type, f.Seq, f.To)
+	}
+	second := make(chan statusCall, 1)
+	go func() {
+		ctx, cancel := context.WithTimeout(context.Background(), stuck)
+		defer cancel()
+		to, err := c.StatusTo(ctx, "bob", 11)
+		second <- statusCall{to, err}
+	}()
+	if f := conn.next(t); f.Type != protocol.TypeStatus || f.Seq != 11 || f.To != "bob" {
+		t.Fatalf("got %s %d to %q, want the status of 11 to bob", f.Type, f.Seq, f.To)
+	}
+	conn.write(protocol.EncodeRefusal(protocol.ErrRateLimited, "too many frames", protocol.TypeStatus, "", 11, 50))
+	retry = w.next(t)
+	cancel1()
+	if err := <-first; !errors.Is(err, context.Canceled) {
+		t.Fatalf("the first call: %v, want its context's end", err)
+	}
+	retry.end()
+	if f := conn.next(t); f.Type != protocol.TypeStatus || f.Seq != 11 || f.To != "bob" {
+		t.Fatalf("asked again %s %d to %q, want the waiting call's, to bob", f.Type, f.Seq, f.To)
+	}
+	conn.write(protocol.EncodeStatus(11, map[string]protocol.Ticks{"bob": {Delivered: true}}))
+	if got := outcomeOf(t, second); got.err != nil || !got.to["bob"].Delivered {
+		t.Fatalf("status of 11: %+v, want bob delivered", got)
+	}
+}

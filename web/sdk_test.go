@@ -407,7 +407,9 @@ func TestSDKWritesAgainAReadRefusedForNow(t *testing.T) {
 // receipts unavailable) is asked again after the wait the refusal names,
 // or a backoff, and every call waiting on it gets the answer to the frame
 // written again; refused for now past five times in a row, or refused
-// for good, its calls reject with the refusal.
+// for good, its calls reject with the refusal. What is asked again is a
+// waiting call's question, and a question still waiting when the
+// connection drops is asked again on the next.
 func TestSDKAsksAgainAStatusRefusedForNow(t *testing.T) {
 	s := newScript(t)
 	pg, c := startSDK(t, s, "")
@@ -464,6 +466,42 @@ func TestSDKAsksAgainAStatusRefusedForNow(t *testing.T) {
 	c.write(protocol.EncodeError(protocol.ErrUnknownSeq, "not yours", "", 8, 0))
 	if got := outcome("d"); got != `{"error":"ServerError","code":"unknown_seq"}` {
 		t.Fatalf("status of 8: %s", got)
+	}
+
+	// Two calls about 11 naming different recipients; the first gives
+	// up (its timeout is due before the refusal's retry_ms): the
+	// question asked again is the second's.
+	ask("x", `c.status(11, { to: 'carol', timeout: 100 })`)
+	if f := c.next(t); f.Type != protocol.TypeStatus || f.Seq != 11 || f.To != "carol" {
+		t.Fatalf("got %s %d to %q, want the status of 11 to carol", f.Type, f.Seq, f.To)
+	}
+	ask("y", `c.status(11, { to: 'bob' })`)
+	if f := c.next(t); f.Type != protocol.TypeStatus || f.Seq != 11 || f.To != "bob" {
+		t.Fatalf("got %s %d to %q, want the status of 11 to bob", f.Type, f.Seq, f.To)
+	}
+	c.write(protocol.EncodeRefusal(protocol.ErrRateLimited, "too many requests in flight", protocol.TypeStatus, "", 11, 1000))
+	if got := outcome("x"); got != `{"error":"Error"}` {
+		t.Fatalf("the first call: %s, want its timeout", got)
+	}
+	if f := c.next(t); f.Type != protocol.TypeStatus || f.Seq != 11 || f.To != "bob" {
+		t.Fatalf("asked again %s %d to %q, want the waiting call's, to bob", f.Type, f.Seq, f.To)
+	}
+	c.write(protocol.EncodeStatus(11, map[string]protocol.Ticks{"bob": {Delivered: true}}))
+	if got := outcome("y"); got != `{"bob":{"delivered":true,"read":false}}` {
+		t.Fatalf("status of 11: %s", got)
+	}
+
+	// Asked, then the connection drops before the answer: asked again
+	// on the next connection.
+	ask("r", `c.status(12)`)
+	expectStatus("", 12)
+	c.closeWith(protocol.CloseServiceRestart, "restart")
+	c = s.accept(t)
+	pg.WaitFor(stuck, "the second connect", `log.filter(([t]) => t === 'connect').length === 2`)
+	expectStatus("", 12)
+	c.write(protocol.EncodeStatus(12, map[string]protocol.Ticks{"bob": {Delivered: true}}))
+	if got := outcome("r"); got != `{"bob":{"delivered":true,"read":false}}` {
+		t.Fatalf("status of 12: %s", got)
 	}
 	c.fence(t, pg)
 	if got := events(pg, "error"); got != `[]` {

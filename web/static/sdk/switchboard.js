@@ -876,6 +876,9 @@ export class Client {
     }
     for (const o of this.#outbox.rewriteAll()) this.#write(o.frame);
     for (const seq of this.#unsentReads.splice(0)) this.#writeRead(seq, 0);
+    // Status questions still waiting: their answers, or their writes
+    // again after a refusal for now, may have been lost with the link.
+    for (const a of this.#statusWait.values()) if (a.waiting.length) this.#write(a.waiting[0].frame);
     const users = [...this.#following].sort();
     for (let i = 0; i < users.length; i += 256) {
       this.#write(JSON.stringify({ type: 'presence_sub', users: users.slice(i, i + 256) }));
@@ -1147,7 +1150,7 @@ export class Client {
         this.#retryLater(f, a.refused, () => {
           a.again = false;
           // Not if answered, or given up by every call, meanwhile.
-          if (this.#statusWait.get(k) === a) this.#write(a.frame);
+          if (this.#statusWait.get(k) === a && a.waiting.length) this.#write(a.waiting[0].frame);
         });
         continue;
       }
@@ -1552,12 +1555,14 @@ export class Client {
   // askStatus writes frame, status question k, and resolves with its
   // answer, or rejects after timeout ms or when the client stops. Each
   // call writes its frame; calls asking k at once share one answer, or
-  // one refusal for good, and what a refusal for now writes again is
-  // the first call's frame (see statusRefused).
+  // one refusal for good, and what a refusal for now, or a new
+  // connection, writes again is the frame of the oldest call still
+  // waiting (calls about one seq may name different recipients).
   #askStatus(k, frame, timeout) {
     return this.#await(timeout, (w) => {
       let a = this.#statusWait.get(k);
-      if (!a) this.#statusWait.set(k, (a = { frame, waiting: [], refused: 0, again: false }));
+      if (!a) this.#statusWait.set(k, (a = { waiting: [], refused: 0, again: false }));
+      w.frame = frame;
       a.waiting.push(w);
       this.#write(frame);
     }, (w) => {
