@@ -355,12 +355,20 @@ func recvMsg(t *testing.T, c *Client) Message {
 
 func recvReceipt(t *testing.T, c *Client) Receipt {
 	t.Helper()
+	return recvWithin(t, c.Receipts(), "no receipt")
+}
+
+// recvWithin returns the next value on ch, failing the test with what
+// if none comes.
+func recvWithin[T any](t *testing.T, ch <-chan T, what string) T {
+	t.Helper()
 	select {
-	case r := <-c.Receipts():
-		return r
+	case v := <-ch:
+		return v
 	case <-time.After(stuck):
-		t.Fatal("no receipt")
-		return Receipt{}
+		t.Fatal(what)
+		var none T
+		return none
 	}
 }
 
@@ -526,13 +534,7 @@ func askStatusOf(c *Client, seq uint64) <-chan statusCall {
 // outcomeOf waits for a status call's outcome.
 func outcomeOf(t *testing.T, ch <-chan statusCall) statusCall {
 	t.Helper()
-	select {
-	case r := <-ch:
-		return r
-	case <-time.After(stuck):
-		t.Fatal("the status call never ended")
-		return statusCall{}
-	}
+	return recvWithin(t, ch, "the status call never ended")
 }
 
 // A status the gateway refuses for now (too many frames, receipts
