@@ -575,9 +575,9 @@ func TestBadFramesAreAnsweredAndHarmNoOne(t *testing.T) {
 
 func TestFloodGetsRateLimitedThenClosed(t *testing.T) {
 	cfg := tk.TestConfig()
-	cfg.SendRate = 0.1 // no refill during the test
+	cfg.SendRate = 0.001 // no refill during the test
 	cfg.SendBurst = 3
-	cfg.FrameRate = 0.1
+	cfg.FrameRate = 0.001
 	cfg.FrameBurst = 3
 	cfg.FloodStrikes = 5
 	w := newWorld(t, cfg)
@@ -681,7 +681,7 @@ func TestClientThatNeverReadsIsClosedAndLosesNothing(t *testing.T) {
 	cfg.OutboundQueue = 80
 	// With only 8 in flight the socket buffers may hold them all; then it
 	// is the unanswered pings (the client reads nothing) that close it.
-	cfg.PingInterval, cfg.PongTimeout = 200*time.Millisecond, 1500*time.Millisecond
+	cfg.PingInterval, cfg.PongTimeout = 200*time.Millisecond, 3*time.Second
 	cfg.MaxFrameBytes = 256 << 10
 	cfg.SendRate, cfg.SendBurst = 1000, 1000
 	n := tk.StartNATS(t)
@@ -858,7 +858,10 @@ func TestPromptReaderWithBacklogIsNotClosedAsSlow(t *testing.T) {
 func TestPeerThatIgnoresPingsIsClosed(t *testing.T) {
 	cfg := tk.TestConfig()
 	cfg.PingInterval = 100 * time.Millisecond
-	cfg.PongTimeout = 500 * time.Millisecond
+	// Long beside the interval: alice and bob answer about 30 pings
+	// before the mute peer is closed, and a test goroutine held up on a
+	// busy machine does not cost them their connections.
+	cfg.PongTimeout = 3 * time.Second
 	w := newWorld(t, cfg)
 
 	r := connectRaw(t, w.g, "mallory", "mute")
@@ -888,7 +891,7 @@ func TestPeerThatIgnoresPingsIsClosed(t *testing.T) {
 	}
 	w.waitSessions(t, 2)
 	// alice and bob's SDK clients answer pings: they were never dropped
-	// although several pong timeouts passed (healthy checks Connects).
+	// although they were pinged all along (healthy checks Connects).
 	w.healthy(t)
 }
 
@@ -1028,7 +1031,7 @@ func TestRefusedUpgradeClosesItsConnection(t *testing.T) {
 // burst.
 func TestTakeoverKeepsTheRateLimits(t *testing.T) {
 	cfg := tk.TestConfig()
-	cfg.SendRate, cfg.SendBurst = 0.1, 3 // no refill during the test
+	cfg.SendRate, cfg.SendBurst = 0.001, 3 // no refill during the test
 	w := newWorld(t, cfg)
 	a := connectRaw(t, w.g, "mallory", "flood")
 	for i := range 3 {
@@ -1090,7 +1093,7 @@ func TestEmptyFragmentFloodIsClosed(t *testing.T) {
 	var closedByServer atomic.Bool
 	go func() { // what the server writes, to its close (or the test's end)
 		defer close(closed)
-		_ = nc.SetReadDeadline(time.Now().Add(3*cfg.PongTimeout + 2*wait))
+		_ = nc.SetReadDeadline(time.Now().Add(3 * wait))
 		buf := make([]byte, 4096)
 		for {
 			if _, err := nc.Read(buf); err != nil {
@@ -1102,8 +1105,9 @@ func TestEmptyFragmentFloodIsClosed(t *testing.T) {
 		}
 	}()
 	// The flood, paced as a client would send it: a thousand empty
-	// continuations and a pong, again and again, for up to 3 PongTimeouts.
-	end := time.Now().Add(3 * cfg.PongTimeout)
+	// continuations and a pong, again and again, until the server closes
+	// it (due after one PongTimeout) or the test gives up, many later.
+	end := time.Now().Add(wait)
 	for time.Now().Before(end) {
 		var b []byte
 		for range 1000 {
@@ -1123,5 +1127,5 @@ func TestEmptyFragmentFloodIsClosed(t *testing.T) {
 		case <-time.After(10 * time.Millisecond):
 		}
 	}
-	t.Fatalf("a flood of empty fragments with pongs between them still held the connection %v after it began (PongTimeout %v)", 3*cfg.PongTimeout, cfg.PongTimeout)
+	t.Fatalf("a flood of empty fragments with pongs between them still held the connection %v after it began (PongTimeout %v)", wait, cfg.PongTimeout)
 }

@@ -127,6 +127,10 @@ type Config struct {
 	// FunctionTimeout bounds a request to a worker function (presence,
 	// receipts status, media grant) and a settings write.
 	FunctionTimeout time.Duration
+	// PubAckWait is how long a write to JetStream waits for its PubAck,
+	// when nothing says the stream changed leader, before it is published
+	// again (doubling per attempt; see pubqueue.go). Zero is 1 s.
+	PubAckWait time.Duration
 	// MaxConcurrentStarts bounds the sessions starting at once (kick,
 	// cursor, subscriptions, welcome); the rest wait their turn, up to
 	// StartTimeout.
@@ -236,6 +240,8 @@ func (c *Config) Validate() error {
 		return bad("MaxPresenceSubs", "must be positive")
 	case c.FunctionTimeout <= 0:
 		return bad("FunctionTimeout", "must be positive")
+	case c.PubAckWait < 0:
+		return bad("PubAckWait", "must not be negative")
 	case c.MaxConcurrentStarts < 1:
 		return bad("MaxConcurrentStarts", "must be positive")
 	case c.StartTimeout <= 0:

@@ -1,6 +1,7 @@
 package gateway
 
 import (
+	"cmp"
 	"slices"
 	"sort"
 	"strconv"
@@ -63,7 +64,7 @@ import (
 const (
 	// pubAckWait is how long a PubAck may take before the write is
 	// published again (doubling per attempt), when nothing said the
-	// stream changed leader.
+	// stream changed leader, unless Config.PubAckWait says otherwise.
 	pubAckWait = time.Second
 	// pubRetryMin is the first wait after a write was refused for now.
 	pubRetryMin = 50 * time.Millisecond
@@ -153,8 +154,9 @@ type pubEnv interface {
 // leader and reconnect watches publish again (onTimer, recover). None of
 // them blocks.
 type pubQueue struct {
-	env   pubEnv
-	clock func() time.Time // time.Now; a test's own clock in tests
+	env     pubEnv
+	clock   func() time.Time // time.Now; a test's own clock in tests
+	ackWait time.Duration    // pubAckWait, or Config.PubAckWait
 	// slots holds one token per write queued: MaxPendingSends at most.
 	// The read loop takes one before add, so a full queue stops it
 	// reading from the socket: backpressure on a sender that outruns the
@@ -179,8 +181,8 @@ type pubQueue struct {
 // and must reconnect; the SDKs write at most their window of 64.
 const maxHeld = 1024
 
-func (q *pubQueue) init(env pubEnv, slots int) {
-	q.env, q.clock = env, time.Now
+func (q *pubQueue) init(env pubEnv, slots int, ackWait time.Duration) {
+	q.env, q.clock, q.ackWait = env, time.Now, cmp.Or(ackWait, pubAckWait)
 	q.slots = make(chan struct{}, slots)
 	q.next = 1
 }
@@ -285,7 +287,7 @@ func (q *pubQueue) publishLocked(it *pubItem, now time.Time) {
 		return
 	}
 	it.state = pubInFlight
-	it.due = dueBy(it, now.Add(pubAckWait<<min(it.attempt-max(it.ownFrom, 1), 3))) // doubling per attempt at this write
+	it.due = dueBy(it, now.Add(q.ackWait<<min(it.attempt-max(it.ownFrom, 1), 3))) // doubling per attempt at this write
 	q.wakeLocked(it.due)
 }
 
@@ -310,7 +312,7 @@ func (q *pubQueue) failLocked(it *pubItem, err error, now time.Time) {
 	}
 	it.refusals++
 	it.state = pubRefused
-	it.due = dueBy(it, now.Add(min(pubRetryMin<<min(it.refusals-1, 10), pubAckWait)))
+	it.due = dueBy(it, now.Add(min(pubRetryMin<<min(it.refusals-1, 10), q.ackWait)))
 	q.wakeLocked(it.due)
 }
 

@@ -95,7 +95,7 @@ type testQueue struct {
 func newTestQueue(slots int) (*testQueue, *fakePubEnv) {
 	env := &fakePubEnv{}
 	q := &testQueue{pubQueue: &pubQueue{}, now: time.Now()}
-	q.init(env, slots)
+	q.init(env, slots, 0)
 	q.clock = func() time.Time { return q.now }
 	return q, env
 }

@@ -105,7 +105,7 @@ func newSession(srv *Server, id Identity, t transport) *session {
 	s.feed.init(s)
 	s.cursor.s = s
 	s.ticks.init(s)
-	s.pubs.init(s, cfg.MaxPendingSends)
+	s.pubs.init(s, cfg.MaxPendingSends, cfg.PubAckWait)
 	s.lease.s = s
 	s.follows.s = s
 	s.timer.owner = s

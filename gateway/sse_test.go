@@ -564,7 +564,7 @@ func TestSSERefusesWhatTheWebSocketRefuses(t *testing.T) {
 func TestSSEBadInputIsAnsweredAndHarmsNoOne(t *testing.T) {
 	cfg := tk.TestConfig()
 	cfg.MaxFrameBytes = 1024
-	cfg.FrameRate, cfg.FrameBurst = 0.1, 3 // no refill during the test
+	cfg.FrameRate, cfg.FrameBurst = 0.001, 3 // no refill during the test
 	cfg.FloodStrikes = 5
 	w := newWorld(t, cfg)
 	tok := tk.Token(t, "mallory", "x", time.Hour)

@@ -174,7 +174,15 @@ func TestTwoInstancesKeepASendersOrder(t *testing.T) {
 			t.Fatalf("copy %s stored after %s", ids[i], ids[i-1])
 		}
 	}
-	ca, cb := a.Service.Stats().Copied, b.Service.Stats().Copied
+	// An instance counts a copy once its PubAck is back, after the copy
+	// is in the stream: wait for the counts to catch up.
+	var ca, cb int64
+	tk.WaitFor(t, wait, func() error {
+		if ca, cb = a.Service.Stats().Copied, b.Service.Stats().Copied; ca+cb < total {
+			return tk.Errorf("%d and %d copies counted of %d", ca, cb, total)
+		}
+		return nil
+	})
 	if ca+cb != total || (ca != 0 && cb != 0) {
 		t.Fatalf("copies made: %d and %d, want all %d by one pinned instance", ca, cb, total)
 	}

@@ -121,7 +121,7 @@ func TestGroupRecordsTellNewsOfAChangeAReadBroughtFirst(t *testing.T) {
 		t.Fatalf("%v %v", g, err)
 	}
 	relay.release()
-	tk.WaitFor(t, 3*time.Second, func() error {
+	tk.WaitFor(t, 10*time.Second, func() error {
 		if news := newsOf(); relay.relayed.Load() < 1 || len(news) == 0 {
 			return tk.Errorf("the watch relayed %d changes; news of %v: carol's removal is never settled", relay.relayed.Load(), news)
 		}
