@@ -587,6 +587,18 @@ func StartGatewayURL(t testing.TB, url string, cfg gateway.Config) *Gateway {
 
 func startGateway(t testing.TB, url string, cfg gateway.Config, log *slog.Logger) *Gateway {
 	t.Helper()
+	ln, err := net.Listen("tcp", cfg.Listen)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return startGatewayOn(t, url, cfg, log, ln)
+}
+
+// startGatewayOn is startGateway serving on ln, which it closes when the
+// gateway stops (or the start fails).
+func startGatewayOn(t testing.TB, url string, cfg gateway.Config, log *slog.Logger, ln net.Listener) *Gateway {
+	t.Helper()
+	t.Cleanup(func() { _ = ln.Close() })
 	nc, _ := ConnectAs(t, url, natsauth.Gateway)
 	keys, err := gateway.NewHS256Keys(Secret)
 	if err != nil {
@@ -595,10 +607,6 @@ func startGateway(t testing.TB, url string, cfg gateway.Config, log *slog.Logger
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	srv, err := gateway.New(ctx, cfg, keys, nc, log)
-	if err != nil {
-		t.Fatal(err)
-	}
-	ln, err := net.Listen("tcp", cfg.Listen)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -239,22 +239,26 @@ func (rs *Regions) SetHome(t testing.TB, user, region string) {
 // region's URL known to each.
 func (rs *Regions) Start(t testing.TB, cfg gateway.Config) {
 	t.Helper()
+	// Every gateway names every region's URL, so each one's listener is
+	// bound before any starts (a port picked and bound later could be
+	// taken meanwhile by another test process).
 	urls := map[string]string{}
-	addrs := map[string]string{}
+	lns := map[string]net.Listener{}
 	for _, r := range rs.Regions {
-		addr, err := freePort()
+		ln, err := net.Listen("tcp", "127.0.0.1:0")
 		if err != nil {
 			t.Fatal(err)
 		}
-		addrs[r.Name], urls[r.Name] = addr, "ws://"+addr+gateway.PathWS
+		t.Cleanup(func() { _ = ln.Close() })
+		lns[r.Name], urls[r.Name] = ln, "ws://"+ln.Addr().String()+gateway.PathWS
 	}
 	for _, r := range rs.Regions {
 		r.Functions = StartFunctionsURL(t, r.URL())
 		r.Groups = startGroups(t, r.URL())
 		c := cfg
-		c.Listen = addrs[r.Name]
+		c.Listen = lns[r.Name].Addr().String()
 		c.Regions = gateway.RegionsConfig{Region: r.Name, URLs: urls}
-		r.Gateway = StartGatewayURL(t, r.URL(), c)
+		r.Gateway = startGatewayOn(t, r.URL(), c, Logger(t), lns[r.Name])
 	}
 }
 
