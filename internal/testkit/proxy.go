@@ -17,8 +17,11 @@ type Proxy struct {
 	target string
 	ln     net.Listener
 
-	mu    sync.Mutex // guards conns
+	mu    sync.Mutex // guards conns, gen and target
 	conns map[net.Conn]struct{}
+	// gen counts the cuts and changes of target: a connection dialed
+	// across one is closed, not let through to the old target.
+	gen uint64
 }
 
 // StartProxy listens on a random loopback port and forwards to target.
@@ -38,6 +41,7 @@ func StartProxy(t testing.TB, target string) *Proxy {
 func (p *Proxy) SetTarget(target string) {
 	p.mu.Lock()
 	p.target = target
+	p.gen++
 	p.mu.Unlock()
 }
 
@@ -48,25 +52,35 @@ func (p *Proxy) accept() {
 			return
 		}
 		p.mu.Lock()
-		target := p.target
+		target, gen := p.target, p.gen
 		p.mu.Unlock()
 		u, err := net.Dial("tcp", target)
 		if err != nil {
 			c.Close()
 			continue
 		}
-		p.track(c, u)
+		if !p.track(gen, c, u) {
+			c.Close()
+			u.Close()
+			continue
+		}
 		go p.pipe(c, u)
 		go p.pipe(u, c)
 	}
 }
 
-func (p *Proxy) track(cs ...net.Conn) {
+// track records a forwarded connection's two ends, unless the proxy was
+// cut or retargeted since generation gen, while it was being dialed.
+func (p *Proxy) track(gen uint64, cs ...net.Conn) bool {
 	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.gen != gen {
+		return false
+	}
 	for _, c := range cs {
 		p.conns[c] = struct{}{}
 	}
-	p.mu.Unlock()
+	return true
 }
 
 func (p *Proxy) pipe(dst, src net.Conn) {
@@ -79,6 +93,7 @@ func (p *Proxy) pipe(dst, src net.Conn) {
 func (p *Proxy) DropAll() {
 	p.mu.Lock()
 	defer p.mu.Unlock()
+	p.gen++
 	for c := range p.conns {
 		c.Close()
 		delete(p.conns, c)
