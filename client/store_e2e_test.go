@@ -39,7 +39,7 @@ const (
 const (
 	forward int32 = iota
 	discard       // read and throw away: the other end never sees it
-	hold          // stop reading: it stays in the socket buffers
+	hold          // stop reading: it stays in the socket buffers (what a read under way got is dropped)
 )
 
 // mutingProxy forwards TCP to a gateway, and can throw away what flows
@@ -92,7 +92,12 @@ func (p *mutingProxy) pipe(dst, src net.Conn, mode *atomic.Int32) {
 			return
 		}
 		n, err := src.Read(buf)
-		if n > 0 && mode.Load() != discard {
+		switch m := mode.Load(); {
+		case m == hold:
+			// Set while the read was blocked: what it read is held too.
+			<-p.closed
+			return
+		case n > 0 && m != discard:
 			if _, werr := dst.Write(buf[:n]); werr != nil {
 				return
 			}
