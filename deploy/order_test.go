@@ -38,10 +38,11 @@ func TestClusterSendOrderThroughStepDown(t *testing.T) {
 
 	cfg := tk.TestConfig()
 	cfg.SendRate, cfg.SendBurst = 100000, 100000
-	// Long beside any PubAck on a busy machine (0.3–0.7 s seen), so a
-	// send published again as overdue can only be one whose PubAck the
+	// Long beside any PubAck on a busy machine (0.3–0.7 s seen), and
+	// short of the 10 s a send has before it is given up, so a send
+	// published again as overdue can only be one whose PubAck the
 	// handover lost and the leader's election did not recover.
-	cfg.PubAckWait = 10 * time.Second
+	cfg.PubAckWait = 4 * time.Second
 	g := tk.StartGatewayURL(t, others[0].ClientURL, cfg)
 	p := dialPipelined(t, g.URL, "alice", "phone")
 

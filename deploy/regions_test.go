@@ -54,9 +54,12 @@ func TestRegionsLeafLinksCarryOnlySourcing(t *testing.T) {
 	for _, d := range natsauth.LeafDeny {
 		denied = append(denied, strings.Replace(d, ">", "leak.x", 1))
 	}
+	// One channel for every subscription: the connection hands it the
+	// messages in the order they came (callbacks would each run on a
+	// goroutine of their own, in no order between subscriptions).
 	got := make(chan *nats.Msg, 64)
 	for _, subj := range append(denied, fence) {
-		sub, err := eu.Conn.Subscribe(subj, func(m *nats.Msg) { got <- m })
+		sub, err := eu.Conn.ChanSubscribe(subj, got)
 		if err != nil {
 			t.Fatal(err)
 		}

@@ -66,8 +66,10 @@ const (
 	// published again (doubling per attempt), when nothing said the
 	// stream changed leader, unless Config.PubAckWait says otherwise.
 	pubAckWait = time.Second
-	// pubRetryMin is the first wait after a write was refused for now.
+	// pubRetryMin is the first wait after a write was refused for now,
+	// doubling up to pubRetryMax.
 	pubRetryMin = 50 * time.Millisecond
+	pubRetryMax = time.Second
 	// pubGiveUp is how long a write may go unstored from when it arrived
 	// before it is given up.
 	pubGiveUp = 10 * time.Second
@@ -312,7 +314,7 @@ func (q *pubQueue) failLocked(it *pubItem, err error, now time.Time) {
 	}
 	it.refusals++
 	it.state = pubRefused
-	it.due = dueBy(it, now.Add(min(pubRetryMin<<min(it.refusals-1, 10), q.ackWait)))
+	it.due = dueBy(it, now.Add(min(pubRetryMin<<min(it.refusals-1, 10), pubRetryMax)))
 	q.wakeLocked(it.due)
 }
 

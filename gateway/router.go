@@ -12,7 +12,6 @@ import (
 
 // routerBuffer is how many messages wait for the router's goroutine. Past
 // it NATS drops them and reports the subscription as slow (see watchLive).
-// A variable for the tests.
 const routerBuffer = 16384
 
 // routeKind is what the messages on a route are, and so which part of its
@@ -200,11 +199,17 @@ func (r *router) run() {
 		case <-r.stop:
 			return
 		case m := <-r.ch:
-			r.dispatch(m)
-			if len(r.ch) == 0 {
-				r.caughtUp()
-			}
+			r.take(m)
 		}
+	}
+}
+
+// take is one turn of the loop: m dispatched, and the slow subscriptions
+// looked at again if nothing else waits.
+func (r *router) take(m *nats.Msg) {
+	r.dispatch(m)
+	if len(r.ch) == 0 {
+		r.caughtUp()
 	}
 }
 

@@ -67,10 +67,7 @@ func newRouterTest(t *testing.T, buffer int) *routerTest {
 
 // step is one turn of the router's loop, for a router the test drives.
 func (rt *routerTest) step() {
-	rt.r.dispatch(<-rt.r.ch)
-	if len(rt.r.ch) == 0 {
-		rt.r.caughtUp()
-	}
+	rt.r.take(<-rt.r.ch)
 }
 
 func (rt *routerTest) waitFor(what string, ok func() bool) {
