@@ -228,7 +228,7 @@ type settling struct {
 // it was before this write, where the member may have been no witness;
 // only this writer can see that move.
 func (s *Service) settleGroup(ctx context.Context, g *contract.GroupRecord, st *settling) error {
-	checked := false // the record was read fresh before telling
+	checked := false // the record was read fresh before telling, this round
 	for range groupSettleRounds {
 		var agg contract.GroupAggregate
 		var rev uint64
@@ -313,7 +313,10 @@ func (s *Service) settleGroup(ctx context.Context, g *contract.GroupRecord, st *
 		// Written or lost to another: either way look again, at every
 		// witness of both tracks (this wrote both), for one that moved
 		// while this was computed, the request's own members' records too.
+		// What that round tells is checked against the record again: it
+		// may have changed since this one read it.
 		st = &settling{by: st.by, device: st.device, devices: st.devices, read: true}
+		checked = false
 	}
 	return contract.ErrContended
 }
