@@ -477,8 +477,7 @@ func TestRefusalsGoToTheFrameTheyName(t *testing.T) {
 	var opts Options
 	errs := errorsTo(&opts)
 	c, conn, _ := s.dialConnected(t, opts)
-	res := make(chan error, 1)
-	go func() { _, err := c.GroupStatus(context.Background(), "g1", 7); res <- err }()
+	res := askGroupStatus(c, "g1", 7)
 	if f := conn.next(t); f.Type != protocol.TypeStatus || f.Seq != 7 || f.Group != "g1" {
 		t.Fatalf("got %s %d in %q, want the status of 7 in g1", f.Type, f.Seq, f.Group)
 	}
@@ -498,13 +497,8 @@ func TestRefusalsGoToTheFrameTheyName(t *testing.T) {
 	}
 	conn.write(protocol.EncodeRefusal(protocol.ErrUnknownSeq, "not yours", protocol.TypeStatus, "g1", 7, 0))
 	var se *ServerError
-	select {
-	case err := <-res:
-		if !errors.As(err, &se) || se.Code != protocol.ErrUnknownSeq {
-			t.Fatalf("GroupStatus: %v, want its own refusal, unknown_seq", err)
-		}
-	case <-time.After(stuck):
-		t.Fatal("GroupStatus never ended")
+	if err := recvWithin(t, res, "GroupStatus never ended"); !errors.As(err, &se) || se.Code != protocol.ErrUnknownSeq {
+		t.Fatalf("GroupStatus: %v, want its own refusal, unknown_seq", err)
 	}
 	// An ack's refusal goes to the app.
 	conn.write(protocol.EncodeRefusal(protocol.ErrUnknownSeq, "no", protocol.TypeAck, "", 9, 0))
@@ -527,6 +521,19 @@ func askStatusOf(c *Client, seq uint64) <-chan statusCall {
 		defer cancel()
 		to, err := c.StatusOf(ctx, seq)
 		ch <- statusCall{to, err}
+	}()
+	return ch
+}
+
+// askGroupStatus calls GroupStatus(group, seq) in the background; its
+// error comes on the channel.
+func askGroupStatus(c *Client, group string, seq uint64) <-chan error {
+	ch := make(chan error, 1)
+	go func() {
+		ctx, cancel := context.WithTimeout(context.Background(), stuck)
+		defer cancel()
+		_, err := c.GroupStatus(ctx, group, seq)
+		ch <- err
 	}()
 	return ch
 }
@@ -594,13 +601,7 @@ func TestStatusRefusedForNowIsAskedAgain(t *testing.T) {
 	// A group's, refused for now each time it is asked: asked again
 	// after a growing backoff (no retry_ms), maxRetries times, then
 	// the call gets the last refusal.
-	g := make(chan error, 1)
-	go func() {
-		ctx, cancel := context.WithTimeout(context.Background(), stuck)
-		defer cancel()
-		_, err := c.GroupStatus(ctx, "g1", 9)
-		g <- err
-	}()
+	g := askGroupStatus(c, "g1", 9)
 	expectStatus("g1", 9)
 	for n := 1; n <= maxRetries; n++ {
 		conn.write(protocol.EncodeRefusal(protocol.ErrUnavailable, "receipts are unavailable", protocol.TypeStatus, "g1", 9, 0))
@@ -612,13 +613,8 @@ func TestStatusRefusedForNowIsAskedAgain(t *testing.T) {
 		expectStatus("g1", 9)
 	}
 	conn.write(protocol.EncodeRefusal(protocol.ErrUnavailable, "receipts are unavailable", protocol.TypeStatus, "g1", 9, 0))
-	select {
-	case err := <-g:
-		if !errors.As(err, &se) || se.Code != protocol.ErrUnavailable {
-			t.Fatalf("GroupStatus: %v, want unavailable once the retries ran out", err)
-		}
-	case <-time.After(stuck):
-		t.Fatal("GroupStatus never ended")
+	if err := recvWithin(t, g, "GroupStatus never ended"); !errors.As(err, &se) || se.Code != protocol.ErrUnavailable {
+		t.Fatalf("GroupStatus: %v, want unavailable once the retries ran out", err)
 	}
 
 	// Close ends a wait to ask again, and the call waiting on it.
@@ -654,13 +650,7 @@ func TestStatusesWaitingAreAskedAgainOnTheNextConnection(t *testing.T) {
 		t.Fatalf("got %s %d, want the status of 7", f.Type, f.Seq)
 	}
 	// Refused for now, and the connection drops before it is asked again.
-	g := make(chan error, 1)
-	go func() {
-		ctx, cancel := context.WithTimeout(context.Background(), stuck)
-		defer cancel()
-		_, err := c.GroupStatus(ctx, "g1", 9)
-		g <- err
-	}()
+	g := askGroupStatus(c, "g1", 9)
 	if f := conn.next(t); f.Type != protocol.TypeStatus || f.Seq != 9 || f.Group != "g1" {
 		t.Fatalf("got %s %d in %q, want the status of 9 in g1", f.Type, f.Seq, f.Group)
 	}
@@ -686,13 +676,8 @@ func TestStatusesWaitingAreAskedAgainOnTheNextConnection(t *testing.T) {
 		t.Fatalf("status of 7: %+v, want bob delivered", got)
 	}
 	conn.write(protocol.EncodeGroupStatus(9, "g1", map[string]protocol.Ticks{"bob": {Delivered: true}}, true, false))
-	select {
-	case err := <-g:
-		if err != nil {
-			t.Fatalf("GroupStatus: %v, want the answer on the new connection", err)
-		}
-	case <-time.After(stuck):
-		t.Fatal("GroupStatus never ended")
+	if err := recvWithin(t, g, "GroupStatus never ended"); err != nil {
+		t.Fatalf("GroupStatus: %v, want the answer on the new connection", err)
 	}
 	retry.end() // answered meanwhile: nothing is written
 	conn.fence(t, c)
