@@ -14,8 +14,10 @@ import (
 // 15 minutes on. A WebSocket's pings find it within PongTimeout anyway;
 // the HTTP fallback's event stream carries nothing from the client, so
 // without this its session, and the user's presence, would outlive the
-// client by those 15 minutes. Best effort: a socket that refuses the
-// option keeps the kernel's default.
+// client by those 15 minutes. It reaches the client only when the client
+// is the peer: a proxy in front (one terminating TLS) acknowledges for
+// it, and needs the same timeout of its own. Best effort: a socket that
+// refuses the option keeps the kernel's default.
 func setPeerTimeout(c net.Conn, d time.Duration) {
 	tc, ok := c.(*net.TCPConn)
 	if !ok {
