@@ -110,8 +110,17 @@ func (d *devices) storeCursor(ctx context.Context, user, device string, floor ui
 
 // register records the device if it is new and returns the first sequence
 // it is to receive (0: everything retained).
+//
+// A device added to a user with others starts past what INBOX held when
+// its record was written, read after the write: a message the user sends
+// from another device and stored from there on finds the record when the
+// sending gateway checks for other devices (owncheck.go), so the device
+// gets its copy. Its start is first set from a read before the write and
+// moved past whatever was stored in between.
 func (d *devices) register(ctx context.Context, user, device string) (start uint64, err error) {
+	var added bool
 	_, err = contract.Swap(ctx, d.kv, user, func(cur []byte, _ uint64) ([]byte, error) {
+		added = false
 		rec := contract.Devices{Devices: map[string]*contract.Device{}}
 		if cur != nil {
 			if err := json.Unmarshal(cur, &rec); err != nil {
@@ -132,14 +141,47 @@ func (d *devices) register(ctx context.Context, user, device string) (start uint
 		}
 		start = 0
 		if len(rec.Devices) > 0 {
-			info, err := d.inbox.Info(ctx)
+			next, err := d.nextSeq(ctx)
 			if err != nil {
-				return nil, fmt.Errorf("gateway: stream info: %w", err)
+				return nil, err
 			}
-			start = info.State.LastSeq + 1
+			start, added = next, true
 		}
 		rec.Devices[device] = &contract.Device{Joined: time.Now().UTC(), Start: start, Stream: d.created}
 		return json.Marshal(&rec)
 	})
+	if err != nil || !added {
+		return start, err
+	}
+	next, err := d.nextSeq(ctx)
+	if err != nil || next == start {
+		return start, err
+	}
+	first := start
+	_, err = contract.Swap(ctx, d.kv, user, func(cur []byte, _ uint64) ([]byte, error) {
+		var rec contract.Devices
+		if err := json.Unmarshal(cur, &rec); err != nil {
+			return nil, fmt.Errorf("gateway: device registry record %q: %w", user, err)
+		}
+		dr := rec.Devices[device]
+		if dr == nil || dr.Start != first || !dr.Stream.Equal(d.created) {
+			start = first // changed meanwhile (another session of it, told apart by the kick): leave it
+			if dr != nil {
+				start = dr.Start
+			}
+			return nil, nil
+		}
+		dr.Start, start = next, next
+		return json.Marshal(&rec)
+	})
 	return start, err
+}
+
+// nextSeq is the sequence INBOX gives the next message it stores.
+func (d *devices) nextSeq(ctx context.Context) (uint64, error) {
+	info, err := d.inbox.Info(ctx)
+	if err != nil {
+		return 0, fmt.Errorf("gateway: stream info: %w", err)
+	}
+	return info.State.LastSeq + 1, nil
 }

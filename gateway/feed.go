@@ -752,13 +752,18 @@ type streamReader interface {
 }
 
 func (srv *Server) directBatch(req directGet, quit <-chan struct{}, each func(uint64, *nats.Msg) bool) (more bool, err error) {
+	srv.metrics.inboxGets.Inc()
+	return srv.directBatchOn(contract.Inbox, req, quit, each)
+}
+
+// directBatchOn is directBatch on the named stream.
+func (srv *Server) directBatchOn(stream string, req directGet, quit <-chan struct{}, each func(uint64, *nats.Msg) bool) (more bool, err error) {
 	reply, answers, done := srv.replies.open(req.Batch + 1) // the messages and the end of batch
 	defer done()
 	body, _ := json.Marshal(req)
-	if err := srv.nc.PublishRequest(contract.DirectGetSubject(contract.Inbox), reply, body); err != nil {
+	if err := srv.nc.PublishRequest(contract.DirectGetSubject(stream), reply, body); err != nil {
 		return false, err
 	}
-	srv.metrics.inboxGets.Inc()
 	timeout := time.NewTimer(catchUpTimeout)
 	defer timeout.Stop()
 	for {

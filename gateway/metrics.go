@@ -64,6 +64,8 @@ type metrics struct {
 	fdFull       prometheus.Counter            // accepts held back: out of file descriptors
 	sharedPasses prometheus.Counter            // passes of the shared backlog reader
 	skipped      *prometheus.CounterVec        // inbox messages skipped, not delivered, by reason
+	ownReads     prometheus.Counter            // batched reads of senders' device records (owncheck.go)
+	ownCopies    prometheus.Counter            // copies stored in senders' own inboxes
 }
 
 // newMetrics makes the metrics; sessions counts the connected devices.
@@ -108,7 +110,12 @@ func newMetrics(sessions func() float64) *metrics {
 		Help: "Messages in device inboxes skipped rather than delivered, by reason: malformed (not a chat message or " +
 			"receipt the gateway could have stored), invalid_utf8 (its frame would not be UTF-8). They stay in INBOX."},
 		[]string{"reason"})
+	m.ownReads = prometheus.NewCounter(prometheus.CounterOpts{Namespace: ns, Name: "device_record_reads_total",
+		Help: "Batched reads of senders' DEVICES records, each asking whether the senders of the 1:1 sends stored since the last one have another device."})
+	m.ownCopies = prometheus.NewCounter(prometheus.CounterOpts{Namespace: ns, Name: "own_copies_total",
+		Help: "Copies of 1:1 sends stored in their senders' own inboxes, for the senders' other devices."})
 	m.reg.MustRegister(m.sessions, m.refused, m.closes, m.framesIn, m.errors, m.delivered, m.stored, m.ticks, m.ticksQueued, republished, m.catchUps, m.inboxGets, m.sweeps, m.fdFull, m.sharedPasses, m.skipped,
+		m.ownReads, m.ownCopies,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	// Pre-create the label values operators alert on, so they read 0
 	// rather than being absent.

@@ -11,8 +11,9 @@ import (
 
 // Own messages and read state on every device.
 //
-// The sync function copies each message a user sends to another user
-// into the sender's own inbox (contract.HdrTo names the recipient), and
+// The sending session copies each message a user sends to another user
+// into the sender's own inbox when the user has another device
+// (owncheck.go; contract.HdrTo names the recipient), and
 // the groups function a group message into its sender's inbox too; the
 // receipts function stores a read_sync marker in a reader's inbox when
 // the reader's read position in a conversation rises. Every device of the

@@ -1,7 +1,10 @@
 package gateway_test
 
 import (
+	"context"
+	"encoding/json"
 	"fmt"
+	"sync"
 	"testing"
 	"time"
 
@@ -25,7 +28,6 @@ func TestOwnSyncCostPerDeviceCount(t *testing.T) {
 	for _, d := range []int{1, 2, 5} {
 		t.Run(fmt.Sprintf("%d devices each", d), func(t *testing.T) {
 			n := tk.StartNATS(t)
-			s := tk.StartSync(t, n)
 			g := tk.StartGateway(t, n, tk.TestConfig())
 			alice, bob := make([]*client.Client, d), make([]*client.Client, d)
 			for i := range d {
@@ -72,13 +74,6 @@ func TestOwnSyncCostPerDeviceCount(t *testing.T) {
 					t.Fatal("no read_sync")
 				}
 			}
-			tk.WaitFor(t, wait, func() error {
-				st := s.Service.Stats()
-				if st.Copied+st.Single < msgs {
-					return tk.Errorf("sync function: %+v of %d messages", st, msgs)
-				}
-				return nil
-			})
 			for _, c := range append(alice, bob...) {
 				_ = c.Close()
 			}
@@ -100,8 +95,8 @@ func TestOwnSyncCostPerDeviceCount(t *testing.T) {
 			if copies != want {
 				t.Fatalf("%d own copies stored, want %d", copies, want)
 			}
-			if st := s.Service.Stats(); st.Copied != int64(want) {
-				t.Fatalf("sync function stats %+v, want %d copied", st, want)
+			if got := metricValue(t, g, "switchboard_gateway_own_copies_total"); got != float64(want) {
+				t.Fatalf("own_copies_total %v, want %d", got, want)
 			}
 		})
 	}
@@ -117,6 +112,101 @@ func waitTicks(t *testing.T, c *client.Client, status string, ids []string) {
 	for len(want) > 0 {
 		if r := tk.RecvReceipt(t, c, wait); r.Status == status {
 			delete(want, r.ID)
+		}
+	}
+}
+
+// A device that joins while its user sends from another gets the copy of
+// every message stored from where it starts on: its record is in DEVICES
+// before it takes its start, so the sending gateway's check after each
+// PubAck finds it. The phone sends without pause while the laptop
+// connects and for a while after, then a last message; the laptop gets
+// each copy from its start on, in order, through the last (a copy of one
+// stored just before its start may come too).
+func TestDeviceJoiningWhileItsUserSendsGetsEveryLaterCopy(t *testing.T) {
+	n := tk.StartNATS(t)
+	g := tk.StartGateway(t, n, tk.TestConfig())
+	phone := tk.Dial(t, g.URL, "alice", "phone")
+	var mu sync.Mutex
+	var sent []client.Sent
+	stop, done := make(chan struct{}), make(chan struct{})
+	go func() {
+		defer close(done)
+		for i := 0; ; i++ {
+			select {
+			case <-stop:
+				return
+			default:
+			}
+			ctx, cancel := context.WithTimeout(context.Background(), wait)
+			s, err := phone.Send(ctx, "bob", fmt.Sprintf("p%05d", i), tk.Body("hi"))
+			cancel()
+			if err != nil {
+				t.Errorf("send %d: %v", i, err)
+				return
+			}
+			mu.Lock()
+			sent = append(sent, s)
+			mu.Unlock()
+		}
+	}()
+	count := func(at int) func() error {
+		return func() error {
+			mu.Lock()
+			defer mu.Unlock()
+			if len(sent) < at {
+				return tk.Errorf("%d sent, waiting for %d", len(sent), at)
+			}
+			return nil
+		}
+	}
+	tk.WaitFor(t, wait, count(20))
+	laptop := tk.Dial(t, g.URL, "alice", "laptop")
+	mu.Lock()
+	joined := len(sent)
+	mu.Unlock()
+	tk.WaitFor(t, wait, count(joined+20))
+	close(stop)
+	<-done
+	last := send(t, phone, "bob", "last", "after the laptop joined")
+
+	ctx, cancel := context.WithTimeout(context.Background(), wait)
+	defer cancel()
+	kv, err := n.JS.KeyValue(ctx, contract.DevicesKV)
+	if err != nil {
+		t.Fatal(err)
+	}
+	e, err := kv.Get(ctx, "alice")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var ds contract.Devices
+	if err := json.Unmarshal(e.Value(), &ds); err != nil || ds.Devices["laptop"] == nil {
+		t.Fatalf("alice's devices %s: %v", e.Value(), err)
+	}
+	start := ds.Devices["laptop"].Start
+	var want []string
+	for _, s := range append(sent, last) {
+		if s.Seq >= start {
+			want = append(want, s.ID)
+		}
+	}
+	if len(want) < 21 {
+		t.Fatalf("only %d sends stored from the laptop's start %d on", len(want), start)
+	}
+	for _, id := range want {
+		for {
+			m := tk.RecvMsg(t, laptop, wait)
+			laptop.Ack(m.Seq)
+			if m.To != "bob" || m.From != "alice" || m.Device != "phone" {
+				t.Fatalf("laptop got %+v, want alice's own messages", m)
+			}
+			if m.SentSeq >= start || m.ID == id {
+				if m.ID != id {
+					t.Fatalf("laptop got the copy of %s (seq %d), want %s's next (start %d)", m.ID, m.SentSeq, id, start)
+				}
+				break
+			}
 		}
 	}
 }

@@ -97,6 +97,7 @@ const (
 	pubGranting                 // a media send whose recipient is being let download its object
 	pubInFlight                 // published; its PubAck is awaited until due
 	pubRefused                  // refused for now; published again at due
+	pubOwnCheck                 // stored; whether its sender needs an own copy is being read (owncheck.go)
 )
 
 // pubItem is one write and what to do once it is stored.
@@ -120,15 +121,19 @@ type pubItem struct {
 	group string
 	ts    int64
 	media *protocol.Media
-	// own is, for a send to a user homed in another region, the copy for
-	// the sender's own inbox, stored once the send is (it names the
-	// send's seq) and before the send is answered: the send goes through
-	// OUTBOX, which the sync function does not read. ownFrom is the
-	// first attempt that published it (0: not yet), sent the send's own
-	// PubAck.
+	// own is the copy of a 1:1 send for the sender's own inbox, stored
+	// once the send is (it names the send's seq) and before the send is
+	// answered: for a send to a user homed in another region always, for
+	// one here when the sender has another device (checkOwn). ownFrom is
+	// the first attempt that published it (0: not yet), sent the send's
+	// own PubAck.
 	own     *nats.Msg
 	ownFrom uint64
 	sent    pubAck
+	// checkOwn is set on a 1:1 send to another user of this region:
+	// once it is stored, own is made if the sender has another device
+	// that is to get it (owncheck.go).
+	checkOwn bool
 }
 
 // pubEnv is what the queue needs of its session (a fake in tests).
@@ -140,6 +145,11 @@ type pubEnv interface {
 	// that a group send's sender is a member, off the caller's goroutine,
 	// and then calls the queue's granted.
 	grant(it *pubItem)
+	// checkOwn asks whether the sender of send it, stored at seq, has
+	// another device that is to get it: at once when the answer is known
+	// (known), else off the caller's goroutine, and then the queue's
+	// ownChecked has it.
+	checkOwn(it *pubItem, seq uint64) (other, known bool)
 	// answer sends the device a frame; refuse an error frame.
 	answer(frame []byte)
 	refuse(code protocol.ErrorCode, message, id string, seq uint64)
@@ -340,6 +350,20 @@ func (q *pubQueue) onReply(n, a uint64, m *nats.Msg) {
 //
 // Lock should be held.
 func (q *pubQueue) storedLocked(it *pubItem, ack pubAck, now time.Time) {
+	if it.state == pubOwnCheck {
+		return // the PubAck of an earlier attempt, late
+	}
+	if it.checkOwn {
+		it.checkOwn = false
+		other, known := q.env.checkOwn(it, ack.seq)
+		if !known {
+			it.state, it.sent = pubOwnCheck, ack
+			return
+		}
+		if other {
+			it.own = contract.OwnCopy(it.msg.Header, it.to, 0, it.msg.Data)
+		}
+	}
 	if it.own != nil && it.ownFrom == 0 {
 		// The send is stored; its own copy next, under the same rules
 		// (a resend of the send finds it stored and stores the copy).
@@ -357,6 +381,21 @@ func (q *pubQueue) storedLocked(it *pubItem, ack pubAck, now time.Time) {
 	q.env.stored()
 	q.env.answer(protocol.AppendSent(nil, it.id, ack.seq, it.ts, ack.dup))
 	q.removeLocked(it, now)
+}
+
+// ownChecked takes the answer to checkOwn for send it: its own copy is
+// stored before it is answered if other, else it is answered now.
+func (q *pubQueue) ownChecked(it *pubItem, other bool) {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	if it.state != pubOwnCheck || q.findLocked(it.n) != it {
+		return // dropped meanwhile
+	}
+	it.state = pubInFlight
+	if other {
+		it.own = contract.OwnCopy(it.msg.Header, it.to, 0, it.msg.Data)
+	}
+	q.storedLocked(it, it.sent, q.clock())
 }
 
 // failedLocked answers a send that was not stored with store_failed,
@@ -464,8 +503,8 @@ func (q *pubQueue) onTimer() {
 	}
 	var next time.Time
 	for _, it := range q.items {
-		if it.state == pubWaiting || it.state == pubGranting {
-			continue // the one before it decides when it goes
+		if it.state == pubWaiting || it.state == pubGranting || it.state == pubOwnCheck {
+			continue // the one before it, or the check, decides when it goes
 		}
 		if next.IsZero() || it.due.Before(next) {
 			next = it.due
@@ -480,8 +519,8 @@ func (q *pubQueue) onTimer() {
 //
 // Lock should be held.
 func (q *pubQueue) actLocked(it *pubItem, now time.Time) {
-	if it.state == pubWaiting || it.state == pubGranting || now.Before(it.due) {
-		return // the one before it, or a grant's own timeout, decides
+	if it.state == pubWaiting || it.state == pubGranting || it.state == pubOwnCheck || now.Before(it.due) {
+		return // the one before it, or a grant's or check's own timeout, decides
 	}
 	switch {
 	case now.Sub(it.since) >= pubGiveUp:

@@ -20,10 +20,16 @@ type fakePubEnv struct {
 	publishes   []published // every publish, in order
 	failPublish error       // the next publish fails with it
 	grants      []*pubItem
+	ownChecks   []ownAsked        // checkOwn calls, answered by the test
 	frames      []*protocol.Frame // answers and refusals
 	wakes       []time.Time
 	stores      int
 	republishes []string
+}
+
+type ownAsked struct {
+	it  *pubItem
+	seq uint64
 }
 
 type published struct {
@@ -42,6 +48,11 @@ func (e *fakePubEnv) publish(m *nats.Msg, n, a uint64) error {
 }
 
 func (e *fakePubEnv) grant(it *pubItem) { e.grants = append(e.grants, it) }
+
+func (e *fakePubEnv) checkOwn(it *pubItem, seq uint64) (other, known bool) {
+	e.ownChecks = append(e.ownChecks, ownAsked{it, seq})
+	return false, false
+}
 
 func (e *fakePubEnv) answer(frame []byte) {
 	f, err := protocol.DecodeServer(frame)
@@ -611,5 +622,69 @@ func TestPubQueueGivesUpOnTime(t *testing.T) {
 	expectStrings(t, "answers", env.answers(), []string{"store_failed:s1"})
 	if got := q.now.Sub(start); got != pubGiveUp {
 		t.Fatalf("given up %v after arrival, want %v", got, pubGiveUp)
+	}
+}
+
+// localItem is a 1:1 send from alice to bob in this region, whose own
+// copy depends on alice's devices.
+func localItem(id string) *pubItem {
+	x := sendItem(id)
+	x.msg.Header.Set(contract.HdrFrom, "alice")
+	x.checkOwn = true
+	return x
+}
+
+// A 1:1 send is answered once it is known whether its sender has another
+// device that is to get it, asked with the seq it was stored at: with a
+// copy stored in the sender's inbox first if so, at once if not. The
+// sends behind it wait for the answer, and a late PubAck of an earlier
+// attempt asks nothing again.
+func TestPubQueueAsksWhetherASendNeedsAnOwnCopy(t *testing.T) {
+	q, env := newTestQueue(8)
+	now := q.now
+	l1, l2 := localItem("l1"), localItem("l2")
+	q.put(t, l1, now)
+	q.put(t, l2, now)
+	q.at(now.Add(pubAckWait)) // no PubAck: published again
+	q.onReply(l1.n, 2, ackMsg(5, false))
+	q.onReply(l1.n, 1, ackMsg(5, true)) // the first attempt's, late
+	if len(env.ownChecks) != 1 || env.ownChecks[0].it != l1 || env.ownChecks[0].seq != 5 {
+		t.Fatalf("checks %+v, want one for l1 at seq 5", env.ownChecks)
+	}
+	q.at(now.Add(10 * pubAckWait)) // the check has no deadline of its own here
+	expectStrings(t, "published", env.ids(), []string{"l1", "l1"})
+	expectStrings(t, "answers", env.answers(), nil)
+
+	q.ownChecked(l1, true)
+	own := env.last()
+	if own.msg.Subject != contract.InboxSubject("alice") || own.msg.Header.Get(contract.HdrSentSeq) != "5" ||
+		own.msg.Header.Get(contract.HdrTo) != "bob" || own.msg.Header.Get(contract.HdrMsgID) != contract.OwnCopyDedupID("alice", "l1") {
+		t.Fatalf("published %s %v, want alice's own copy naming seq 5", own.msg.Subject, own.msg.Header)
+	}
+	q.ownChecked(l1, true) // asked once, answered once: a second answer changes nothing
+	q.onReply(own.n, own.a, ackMsg(6, false))
+	expectStrings(t, "answers", env.answers(), []string{"sent:l1:5"})
+	expectStrings(t, "published", env.ids(), []string{"l1", "l1", "l1", "l2"})
+
+	q.onReply(env.last().n, env.last().a, ackMsg(7, false))
+	q.ownChecked(l2, false)
+	expectStrings(t, "answers", env.answers(), []string{"sent:l1:5", "sent:l2:7"})
+	expectStrings(t, "published", env.ids(), []string{"l1", "l1", "l1", "l2"})
+}
+
+// A resend of a send already stored (the store answers duplicate: its
+// "sent" was lost, perhaps with a gateway that died before the copy) is
+// asked about and copied like the first: the copy's own dedup id keeps
+// one.
+func TestPubQueueCopiesAResendFoundStored(t *testing.T) {
+	q, env := newTestQueue(8)
+	l1 := localItem("l1")
+	q.put(t, l1, q.now)
+	q.onReply(l1.n, 1, ackMsg(5, true))
+	q.ownChecked(l1, true)
+	q.onReply(env.last().n, env.last().a, ackMsg(6, true))
+	expectStrings(t, "answers", env.answers(), []string{"sent:l1:5"})
+	if !env.frames[0].Dup {
+		t.Fatal("the resend's sent frame does not say dup")
 	}
 }

@@ -78,7 +78,8 @@ type Server struct {
 	// their own (contract.CallPrefix): a function may answer there, and
 	// may not publish where JetStream answers this gateway.
 	calls     *contract.Caller
-	backlog   *backlog // reads shared by many sessions at once (storms)
+	backlog   *backlog  // reads shared by many sessions at once (storms)
+	own       *ownCheck // whether senders have other devices, for own copies
 	leaderSub *nats.Subscription
 	// The seams to JetStream that sessions' parts use, the Server's own
 	// in production and fakes in tests.
@@ -188,6 +189,7 @@ func New(ctx context.Context, cfg Config, keys *Keys, nc *nats.Conn, log *slog.L
 		return nil, err
 	}
 	s.backlog = newBacklog(s)
+	s.own = &ownCheck{read: s.readDevices, created: s.devices.created}
 	if err := s.watchLive(); err != nil {
 		s.closeRouting()
 		return nil, err

@@ -70,8 +70,12 @@ type session struct {
 	// gateway's router (start and stop only).
 	routed   []string
 	shutting atomic.Bool
-	stopOnce sync.Once
-	stopped  chan struct{}
+	// otherDevice is set once a check found this user has another
+	// device: devices are only ever added, so every later send is
+	// copied without asking (owncheck.go).
+	otherDevice atomic.Bool
+	stopOnce    sync.Once
+	stopped     chan struct{}
 	// saved is closed once settle has stored the device's cursor: a
 	// newer session of the device, answered then, starts right after it.
 	saved      chan struct{}
@@ -587,11 +591,15 @@ func (s *session) send(f *protocol.Frame) {
 		return
 	}
 	it := &pubItem{msg: m, id: f.ID, to: f.To, ts: ts, media: f.Media}
-	if m.Subject != contract.InboxSubject(f.To) {
-		// To another region, through OUTBOX: the sender's other devices
-		// get their copy from here (its seq is set once the send is
-		// stored). Stored whether or not the user has another device.
+	switch {
+	case m.Subject != contract.InboxSubject(f.To):
+		// To another region, through OUTBOX: stored whether or not the
+		// user has another device (its seq is set once the send is
+		// stored).
 		it.own = contract.OwnCopy(m.Header, f.To, 0, f.Body)
+	case f.To != s.id.User:
+		// Copied if the user has another device (owncheck.go).
+		it.checkOwn = true
 	}
 	s.queue(it)
 }
@@ -652,6 +660,21 @@ func (s *session) grant(it *pubItem) {
 		ref, code, message := s.grantMedia(media, to)
 		s.pubs.granted(it, ref, code, message)
 	}()
+}
+
+func (s *session) checkOwn(it *pubItem, seq uint64) (other, known bool) {
+	if s.otherDevice.Load() {
+		s.srv.metrics.ownCopies.Inc()
+		return true, true
+	}
+	s.srv.own.ask(ownQuestion{user: s.id.User, device: s.id.Device, seq: seq, answer: func(other bool) {
+		if other {
+			s.otherDevice.Store(true)
+			s.srv.metrics.ownCopies.Inc()
+		}
+		s.pubs.ownChecked(it, other)
+	}})
+	return false, false
 }
 
 func (s *session) answer(frame []byte) { s.t.Send(frame) }
