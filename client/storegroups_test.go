@@ -155,7 +155,6 @@ func TestStoreResumesGroupSendsAfterKill9(t *testing.T) {
 // ticks them.
 func TestStoreKeepsGroupTraffic(t *testing.T) {
 	n := tk.StartNATS(t)
-	tk.StartSync(t, n)
 	startGroups(t, n)
 	g := tk.StartGateway(t, n, tk.TestConfig())
 	path := t.TempDir() + "/laptop.db"
@@ -268,7 +267,6 @@ func TestStoreKeepsGroupTraffic(t *testing.T) {
 // absence is proven by what must come next.
 func TestGroupReadSyncAcrossDevices(t *testing.T) {
 	n := tk.StartNATS(t)
-	tk.StartSync(t, n)
 	startGroups(t, n)
 	g1 := tk.StartGateway(t, n, tk.TestConfig())
 	g2 := tk.StartGateway(t, n, tk.TestConfig())

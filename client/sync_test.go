@@ -17,7 +17,6 @@ import (
 // made on another device as the conversation's read watermark.
 func TestStoreKeepsOwnMessagesAndReadsFromOtherDevices(t *testing.T) {
 	n := tk.StartNATS(t)
-	tk.StartSync(t, n)
 	g := tk.StartGateway(t, n, tk.TestConfig())
 	st, err := localstore.Open(t.TempDir() + "/laptop.db")
 	if err != nil {

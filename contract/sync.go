@@ -15,8 +15,8 @@ import (
 // Own messages on every device, and read state shared between them.
 //
 // A message a user sends is stored in the recipient's inbox only. The
-// sync function copies each 1:1 chat message into its sender's own inbox,
-// so every device of the sender reads it there, in order, online or later:
+// sender's gateway copies each 1:1 chat message into its sender's own
+// inbox, so every device of the sender reads it there, in order, online or later:
 // the copy has the original's headers plus HdrTo (the recipient) and
 // HdrSentSeq (where the original is stored, the seq its sent frame and its
 // receipts name). It is made only when the sender has a device other than
@@ -41,10 +41,9 @@ const (
 
 // OwnCopy is the copy, for its sender's own inbox, of the 1:1 message
 // with headers h and body sent to user to, stored at sentSeq (the seq its
-// sent frame names). The sync function makes it for messages stored in
-// INBOX, and a gateway for a send to another region (which goes through
-// OUTBOX, where no function sees it); both make the same copy, under one
-// dedup id.
+// sent frame names). The sending gateway makes it once the original is
+// stored (in INBOX, or for a send to another region in OUTBOX), under a
+// dedup id of its own.
 func OwnCopy(h nats.Header, to string, sentSeq uint64, body []byte) *nats.Msg {
 	from, id := h.Get(HdrFrom), h.Get(HdrID)
 	ch := nats.Header{

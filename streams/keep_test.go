@@ -73,3 +73,25 @@ func TestApplyDoesNotGuessReplicasWhenLookupFails(t *testing.T) {
 		t.Fatalf("Apply could not read INBOX's replicas, applied Replicas=%d from the file and returned nil", r)
 	}
 }
+
+// A setup run over an INBOX that still has the durable its senders' own
+// copies were once made through deletes it: left, it would count every
+// message as pending for good.
+func TestApplyDeletesTheRetiredCopiesDurable(t *testing.T) {
+	n := tk.StartBareNATS(t, t.TempDir())
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	if err := streams.Apply(ctx, n.JS, streams.Options{}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := n.JS.CreateOrUpdateConsumer(ctx, contract.Inbox, jetstream.ConsumerConfig{
+		Durable: "sync", AckPolicy: jetstream.AckExplicitPolicy, FilterSubject: contract.InboxPrefix + "*"}); err != nil {
+		t.Fatal(err)
+	}
+	if err := streams.Apply(ctx, n.JS, streams.Options{}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := n.JS.Consumer(ctx, contract.Inbox, "sync"); !errors.Is(err, jetstream.ErrConsumerNotFound) {
+		t.Fatalf("the retired durable after setup: %v, want it gone", err)
+	}
+}

@@ -163,11 +163,20 @@ func Apply(ctx context.Context, js jetstream.JetStream, opts Options) error {
 			return fmt.Errorf("streams: apply KV %s: %w", kv.Bucket, err)
 		}
 	}
+	// Own copies of 1:1 sends were once made by a worker function with a
+	// durable of its own on INBOX; the gateways make them now. Left, the
+	// durable would count every message as pending for good.
+	if err := js.DeleteConsumer(ctx, contract.Inbox, retiredSyncDurable); err != nil && !errors.Is(err, jetstream.ErrConsumerNotFound) {
+		return fmt.Errorf("streams: delete the retired %s durable: %w", retiredSyncDurable, err)
+	}
 	if opts.Region != nil {
 		return applyRegion(ctx, js, opts)
 	}
 	return nil
 }
+
+// retiredSyncDurable is the durable the sync function read INBOX with.
+const retiredSyncDurable = "sync"
 
 // keepReplicas leaves an existing stream's replica count alone when none
 // was asked for: a setup without --replicas must not scale a cluster's

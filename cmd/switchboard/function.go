@@ -20,7 +20,6 @@ import (
 
 	"github.com/nats-io/nats.go"
 
-	"github.com/switchboard-im/switchboard/functions/devsync"
 	"github.com/switchboard-im/switchboard/functions/groups"
 	"github.com/switchboard-im/switchboard/functions/presence"
 	"github.com/switchboard-im/switchboard/functions/push"
@@ -31,7 +30,7 @@ import (
 
 // functionNames are the worker functions this binary can run, in start
 // order.
-var functionNames = []string{"receipts", "presence", "push", "media", "groups", "sync"}
+var functionNames = []string{"receipts", "presence", "push", "media", "groups"}
 
 // functionsConfig is what the worker functions are told.
 type functionsConfig struct {
@@ -90,7 +89,7 @@ func bindFunctionFlags(fs *flag.FlagSet, c *functionsConfig, withRun bool) {
 				c.Run = append(c.Run, n)
 			}
 			return nil
-		}}, "functions", "worker functions to run in-process, comma-separated (receipts,presence,push,media,groups,sync; \"none\" for none)")
+		}}, "functions", "worker functions to run in-process, comma-separated (receipts,presence,push,media,groups; \"none\" for none)")
 	}
 	bindPushFlags(fs, c)
 	bindGroupsFlags(fs, c)
@@ -199,8 +198,6 @@ func startFunctions(ctx context.Context, connect func(natsauth.Role) (*nats.Conn
 			s, err = push.Start(ctx, nc, js, c.Push, log)
 		case "groups":
 			s, err = groups.Start(ctx, nc, js, c.Groups, log)
-		case "sync":
-			s, err = devsync.Start(ctx, nc, js, devsync.DefaultConfig(), log)
 		default:
 			err = fmt.Errorf("unknown function %q", name)
 		}
@@ -232,7 +229,6 @@ Runs one worker function alone; any number of instances share the work.
   media     upload tickets and download URLs (--media-listen serves the
             embedded store's signed URLs)
   groups    groups' membership, and their messages fanned out to members
-  sync      a user's messages sent from one device copied for their others
 
 Run "switchboard function NAME -h" for that function's flags.
 `)

@@ -40,7 +40,7 @@ func TestFunctionsAreVisibleWithTheNATSCLI(t *testing.T) {
 	op := filepath.Join(data, "nats", "operator.nk")
 
 	ls := tk.Run(t, cli, "-s", core.NATSURL, "--nkey", op, "micro", "ls")
-	for _, name := range []string{"receipts", "presence", "push", "media", "groups", "sync"} {
+	for _, name := range []string{"receipts", "presence", "push", "media", "groups"} {
 		if !strings.Contains(ls, name) {
 			t.Errorf("nats micro ls lacks %s:\n%s", name, ls)
 		}

@@ -169,8 +169,8 @@ func (e *env) settle(ctx context.Context) {
 	}
 }
 
-// waitFunctionsIdle waits until the worker functions reading INBOX (the
-// sync function's durable, and push's with a webhook) have caught up
+// waitFunctionsIdle waits until the worker functions reading INBOX (push's
+// durable, with a webhook) have caught up
 // with what was stored, so a scenario's next phase measures itself, not
 // the tail of the work the previous one left. It gives up quietly after
 // 30 s, or at once when the target's NATS is not reachable.

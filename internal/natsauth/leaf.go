@@ -57,7 +57,6 @@ var LeafDeny = []string{
 	InboxPrefix(Push) + ".>",
 	InboxPrefix(Media) + ".>",
 	InboxPrefix(Groups) + ".>",
-	InboxPrefix(Sync) + ".>",
 }
 
 // LeafConfFile is the generated leaf-link fragment in deploy/regions.

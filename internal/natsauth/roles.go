@@ -47,16 +47,13 @@ const (
 	// Groups keeps groups' membership and fans their messages out to the
 	// members' inboxes.
 	Groups Role = "groups"
-	// Sync copies each 1:1 message into its sender's own inbox, for the
-	// sender's other devices.
-	Sync Role = "sync"
 	// Operator is for the nats CLI, the load tool and setup (creating the
 	// streams): everything, as an administrator of the system.
 	Operator Role = "operator"
 )
 
 // Roles lists every role, components first.
-var Roles = []Role{Gateway, Receipts, Presence, Push, Media, Groups, Sync, Operator}
+var Roles = []Role{Gateway, Receipts, Presence, Push, Media, Groups, Operator}
 
 // InboxPrefix is the prefix of a role's reply subjects. Each role may
 // subscribe only under its own, so no component reads another's replies
@@ -238,15 +235,6 @@ func For(r Role) Rules {
 			Subscribe: []string{subjFn + string(r) + ".>", subjMicro, InboxPrefix(r) + ".>",
 				contract.GroupsForwardSubject("*", "*"), contract.GroupsForwardReply("*") + ">"},
 		}
-	case Sync:
-		// Its durable on INBOX, the copies into senders' own inboxes,
-		// and the senders' devices, to copy only for a user with another.
-		// A clean stop unpins the durable, so a standby takes over at once.
-		rules := function(r, contract.Inbox,
-			[]string{contract.InboxPrefix + "*"},
-			[]string{kvStream(contract.DevicesKV)})
-		rules.Publish = append(rules.Publish, "$JS.API.CONSUMER.UNPIN."+contract.Inbox+"."+string(r))
-		return rules
 	case Operator:
 		return Rules{Publish: []string{">"}, Subscribe: []string{">"}}
 	}

@@ -48,7 +48,7 @@ func TestAnonymousAndUnknownClientsAreRefused(t *testing.T) {
 // the operator are not refused, so the check can fail.
 func TestRolesAreRefusedWhatTheyMustNotDo(t *testing.T) {
 	n := tk.StartStreams(t, t.TempDir())
-	functions := []natsauth.Role{natsauth.Receipts, natsauth.Presence, natsauth.Push, natsauth.Media, natsauth.Groups, natsauth.Sync}
+	functions := []natsauth.Role{natsauth.Receipts, natsauth.Presence, natsauth.Push, natsauth.Media, natsauth.Groups}
 	type act struct {
 		sub     bool // subscribe rather than publish
 		subject string
@@ -90,11 +90,10 @@ func TestRolesAreRefusedWhatTheyMustNotDo(t *testing.T) {
 			act{true, "sb.kick.*.*", "see who connects"},
 			act{true, "_INBOX_gateway.>", "read the gateway's replies"},
 		)
-		if f != natsauth.Receipts && f != natsauth.Groups && f != natsauth.Sync {
-			// Only the receipts function (receipts for senders), the
-			// groups function (members' copies) and the sync function
-			// (senders' own copies) store into inboxes; no other
-			// function may write there at all.
+		if f != natsauth.Receipts && f != natsauth.Groups {
+			// Only the receipts function (receipts for senders) and the
+			// groups function (members' copies) store into inboxes; no
+			// other function may write there at all.
 			refused[f] = append(refused[f], act{false, "inbox.bob", "store a message as anyone"})
 		}
 		// Chat messages into a group's log are the gateways' alone.
@@ -126,9 +125,6 @@ func TestRolesAreRefusedWhatTheyMustNotDo(t *testing.T) {
 	refused[natsauth.Groups] = append(refused[natsauth.Groups], act{false, "sb.presence.bob", "forge presence"},
 		act{false, "ticks.bob", "forge a delivered tick"}, act{false, "$KV.READS.bob.alice", "forge a read position"},
 		act{false, "$KV.GROUP_TICKS.friends.bob", "forge a member's group position"})
-	refused[natsauth.Sync] = append(refused[natsauth.Sync], act{false, "sb.presence.bob", "forge presence"},
-		act{false, "ticks.bob", "forge a delivered tick"}, act{false, "$KV.READS.bob.alice", "forge a read position"},
-		act{false, "$JS.API.CONSUMER.CREATE.INBOX.push", "take the push function's durable"})
 
 	op := n.Connect(t, natsauth.Operator)
 	for role, acts := range refused {
@@ -261,7 +257,7 @@ func TestFunctionsMayNotForgeGatewaysJetStreamAnswers(t *testing.T) {
 	if err := gw.Flush(); err != nil {
 		t.Fatal(err)
 	}
-	for _, role := range []natsauth.Role{natsauth.Receipts, natsauth.Presence, natsauth.Push, natsauth.Media, natsauth.Groups, natsauth.Sync} {
+	for _, role := range []natsauth.Role{natsauth.Receipts, natsauth.Presence, natsauth.Push, natsauth.Media, natsauth.Groups} {
 		fn := n.Connect(t, role)
 		if err := fn.Publish(reply, []byte(`{"stream":"INBOX","seq":424242}`)); err != nil {
 			t.Fatal(err)
