@@ -758,11 +758,18 @@ func (srv *Server) directBatch(req directGet, quit <-chan struct{}, each func(ui
 
 // directBatchOn is directBatch on the named stream.
 func (srv *Server) directBatchOn(stream string, req directGet, quit <-chan struct{}, each func(uint64, *nats.Msg) bool) (more bool, err error) {
+	_, more, err = srv.directGetOn(stream, req, quit, each)
+	return more, err
+}
+
+// directGetOn is directBatchOn that also returns the answer that ended
+// the batch (nil when each or quit ended it).
+func (srv *Server) directGetOn(stream string, req directGet, quit <-chan struct{}, each func(uint64, *nats.Msg) bool) (end *nats.Msg, more bool, err error) {
 	reply, answers, done := srv.replies.open(req.Batch + 1) // the messages and the end of batch
 	defer done()
 	body, _ := json.Marshal(req)
 	if err := srv.nc.PublishRequest(contract.DirectGetSubject(stream), reply, body); err != nil {
-		return false, err
+		return nil, false, err
 	}
 	timeout := time.NewTimer(catchUpTimeout)
 	defer timeout.Stop()
@@ -771,16 +778,16 @@ func (srv *Server) directBatchOn(stream string, req directGet, quit <-chan struc
 		select {
 		case m = <-answers:
 		case <-timeout.C:
-			return false, nats.ErrTimeout
+			return nil, false, nats.ErrTimeout
 		case <-quit:
-			return false, nil
+			return nil, false, nil
 		}
-		seq, end, more, err := contract.DirectAnswer(m)
-		if end || err != nil {
-			return more, err
+		seq, last, more, err := contract.DirectAnswer(m)
+		if last || err != nil {
+			return m, more, err
 		}
 		if !each(seq, m) || req.Batch == 0 {
-			return false, nil
+			return nil, false, nil
 		}
 	}
 }

@@ -64,7 +64,7 @@ type metrics struct {
 	fdFull       prometheus.Counter            // accepts held back: out of file descriptors
 	sharedPasses prometheus.Counter            // passes of the shared backlog reader
 	skipped      *prometheus.CounterVec        // inbox messages skipped, not delivered, by reason
-	ownReads     prometheus.Counter            // batched reads of senders' device records (owncheck.go)
+	ownReads     prometheus.Counter            // reads of DEVICES for own copies (owncheck.go)
 	ownCopies    prometheus.Counter            // copies stored in senders' own inboxes
 }
 
@@ -111,7 +111,7 @@ func newMetrics(sessions func() float64) *metrics {
 			"receipt the gateway could have stored), invalid_utf8 (its frame would not be UTF-8). They stay in INBOX."},
 		[]string{"reason"})
 	m.ownReads = prometheus.NewCounter(prometheus.CounterOpts{Namespace: ns, Name: "device_record_reads_total",
-		Help: "Batched reads of senders' DEVICES records, each asking whether the senders of the 1:1 sends stored since the last one have another device."})
+		Help: "Batched reads of DEVICES asking whether the senders of 1:1 sends stored meanwhile have another device (only records written since each sender was last found alone are sent)."})
 	m.ownCopies = prometheus.NewCounter(prometheus.CounterOpts{Namespace: ns, Name: "own_copies_total",
 		Help: "Copies of 1:1 sends stored in their senders' own inboxes, for the senders' other devices."})
 	m.reg.MustRegister(m.sessions, m.refused, m.closes, m.framesIn, m.errors, m.delivered, m.stored, m.ticks, m.ticksQueued, republished, m.catchUps, m.inboxGets, m.sweeps, m.fdFull, m.sharedPasses, m.skipped,

@@ -3,6 +3,7 @@ package gateway
 import (
 	"encoding/json"
 	"errors"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -31,16 +32,19 @@ import (
 // INBOX sequence it starts at (devices.register), so a device that is to
 // get a message has its record written before the message is stored, and
 // a read begun after the PubAck finds it. The reads are gathered per
-// gateway: sends whose PubAck came while a read was under way wait for
-// the next, which asks for the records of all their senders at once (one
-// batched direct get, multi_last), so under load one read answers many
-// sends. Devices are only ever added: a session that found another
-// device once copies its later sends without asking. A read that fails
-// is answered "copy": a copy no device needs costs a stored write, a
-// copy missing would cost a device a message. On a replicated bucket a
-// direct get may be answered by a replica a step behind its leader; a
-// device whose record was written in that step misses the copies of the
-// messages stored in it.
+// gateway, in rounds: sends whose PubAck came while a round was under
+// way wait for the next, which reads the records of all their senders at
+// once (one batched direct get, multi_last), and only those written
+// since the oldest read the asking sessions remember: a session that
+// found its user alone as of DEVICES' sequence N asks again from N+1,
+// and a record not written since is not sent, so a round of one-device
+// senders costs one small request and no record. Devices are only ever
+// added: a session that found another device once copies its later sends
+// without asking. A read that fails is answered "copy": a copy no device
+// needs costs a stored write, a copy missing would cost a device a
+// message. On a replicated bucket a direct get may be answered by a
+// replica a step behind its leader; a device whose record was written in
+// that step misses the copies of the messages stored in it.
 //
 // The copies were made by a worker function reading every INBOX message
 // through a durable consumer, group copies and receipts included, only
@@ -48,9 +52,10 @@ import (
 // of the all-in-one's CPU at 5,000 sends a second and at a 1,024-member
 // group's fan-out.
 type ownCheck struct {
-	// read returns the DEVICES records of the given users, by user; a
-	// user without one is left out.
-	read    func(users []string) (map[string][]byte, error)
+	// read returns the DEVICES records of users written at or after
+	// sequence from, by user, and the sequence of the bucket's newest
+	// record as of the read (0: not known).
+	read    func(users []string, from uint64) (records map[string][]byte, newest uint64, err error)
 	created time.Time // INBOX's, which devices' starts count in
 
 	mu      sync.Mutex
@@ -59,12 +64,15 @@ type ownCheck struct {
 }
 
 // ownQuestion asks whether user has a device other than device that is
-// to get the message stored at seq; answer takes the reply, on the
-// checker's goroutine.
+// to get the message stored at seq. alone is the DEVICES sequence as of
+// which the asking session found its user had no other (0: never).
+// answer takes the reply, on the checker's goroutine: other, or the
+// sequence as of which the user is alone.
 type ownQuestion struct {
 	user, device string
 	seq          uint64
-	answer       func(other bool)
+	alone        uint64
+	answer       func(other bool, alone uint64)
 }
 
 // ownBatch is the most senders one read asks about.
@@ -99,22 +107,29 @@ func (c *ownCheck) run() {
 	}
 }
 
-// round answers qs from one read per ownBatch senders.
+// round answers qs from one read per ownBatch senders, of the records
+// written since the oldest point any of them was found alone.
 func (c *ownCheck) round(qs []ownQuestion) {
 	var users []string
 	seen := map[string]bool{}
-	for _, q := range qs {
+	from := uint64(0)
+	for i, q := range qs {
+		if i == 0 || q.alone < from {
+			from = q.alone
+		}
 		if !seen[q.user] {
 			seen[q.user] = true
 			users = append(users, q.user)
 		}
 	}
+	from++
 	records := map[string]contract.Devices{}
 	failed := map[string]bool{}
+	asOf := map[string]uint64{}
 	for len(users) > 0 {
 		chunk := users[:min(len(users), ownBatch)]
 		users = users[len(chunk):]
-		got, err := c.read(chunk)
+		got, newest, err := c.read(chunk, from)
 		for _, u := range chunk {
 			b, ok := got[u]
 			switch {
@@ -126,24 +141,33 @@ func (c *ownCheck) round(qs []ownQuestion) {
 					records[u] = ds
 				}
 			}
+			asOf[u] = newest
 		}
 	}
 	for _, q := range qs {
-		ds, ok := records[q.user]
-		q.answer(failed[q.user] || (ok && ds.OtherThan(c.created, q.device, q.seq)))
+		// A record not sent is older than from, so not written since
+		// the asking session found its user alone (or there is none).
+		ds, written := records[q.user]
+		if failed[q.user] || (written && ds.OtherThan(c.created, q.device, q.seq)) {
+			q.answer(true, 0)
+			continue
+		}
+		q.answer(false, asOf[q.user])
 	}
 }
 
-// readDevices reads users' DEVICES records with one batched direct get.
-func (srv *Server) readDevices(users []string) (map[string][]byte, error) {
+// readDevices reads the DEVICES records of users written at or after
+// sequence from, with one batched direct get; its end of batch names the
+// bucket's newest sequence.
+func (srv *Server) readDevices(users []string, from uint64) (map[string][]byte, uint64, error) {
 	subjects := make([]string, len(users))
 	for i, u := range users {
 		subjects[i] = contract.KVSubject(contract.DevicesKV, u)
 	}
 	prefix := contract.KVSubject(contract.DevicesKV, "")
-	out := make(map[string][]byte, len(users))
+	out := map[string][]byte{}
 	srv.metrics.ownReads.Inc()
-	more, err := srv.directBatchOn("KV_"+contract.DevicesKV, directGet{MultiLast: subjects, Batch: len(subjects)}, nil, func(_ uint64, m *nats.Msg) bool {
+	end, more, err := srv.directGetOn("KV_"+contract.DevicesKV, directGet{MultiLast: subjects, Seq: from, Batch: len(subjects)}, nil, func(_ uint64, m *nats.Msg) bool {
 		if op := m.Header.Get("KV-Operation"); op == "" {
 			out[strings.TrimPrefix(m.Header.Get(contract.HdrSubject), prefix)] = m.Data
 		}
@@ -152,8 +176,16 @@ func (srv *Server) readDevices(users []string) (map[string][]byte, error) {
 	if err == nil && more {
 		err = errCutShort // the users it did not answer are unknown
 	}
-	return out, err
+	var newest uint64
+	if end != nil {
+		newest, _ = strconv.ParseUint(end.Header.Get(hdrUpTo), 10, 64)
+	}
+	return out, newest, err
 }
+
+// hdrUpTo is where a batched direct get's end of batch names the
+// sequence it read up to: the stream's newest when it was asked.
+const hdrUpTo = "Nats-UpTo-Sequence"
 
 // errCutShort is a batched read whose answer stopped before the end.
 var errCutShort = errors.New("gateway: a batched read was cut short")

@@ -3,99 +3,143 @@ package gateway
 import (
 	"encoding/json"
 	"errors"
+	"fmt"
 	"slices"
+	"sync"
 	"testing"
 	"time"
 
 	"github.com/switchboard-im/switchboard/contract"
 )
 
-// A checker's reads: each blocks until the test lets it answer.
-type heldReads struct {
-	asked chan []string
-	give  chan readResult
+// fakeDevices is DEVICES for a checker: each read reports what it was
+// asked and waits until the test lets it answer from the records then
+// held, as the server does (only those written at or after from).
+type fakeDevices struct {
+	created time.Time
+	asked   chan readAsked
+	give    chan error
+
+	mu      sync.Mutex
+	records map[string]fakeRecord
+	newest  uint64
 }
 
-type readResult struct {
-	records map[string][]byte
-	err     error
+type readAsked struct {
+	users []string
+	from  uint64
 }
 
-func (h *heldReads) read(users []string) (map[string][]byte, error) {
-	h.asked <- users
-	r := <-h.give
-	return r.records, r.err
+type fakeRecord struct {
+	seq  uint64
+	body []byte
 }
 
-func devicesRecord(t *testing.T, created time.Time, starts map[string]uint64) []byte {
+func (d *fakeDevices) read(users []string, from uint64) (map[string][]byte, uint64, error) {
+	d.asked <- readAsked{users, from}
+	if err := <-d.give; err != nil {
+		return nil, 0, err
+	}
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	out := map[string][]byte{}
+	for _, u := range users {
+		if r, ok := d.records[u]; ok && r.seq >= from {
+			out[u] = r.body
+		}
+	}
+	return out, d.newest, nil
+}
+
+// put writes user's record with devices joined at starts.
+func (d *fakeDevices) put(t *testing.T, user string, starts map[string]uint64) {
 	t.Helper()
 	ds := contract.Devices{Devices: map[string]*contract.Device{}}
-	for d, s := range starts {
-		ds.Devices[d] = &contract.Device{Start: s, Stream: created}
+	for dev, s := range starts {
+		ds.Devices[dev] = &contract.Device{Start: s, Stream: d.created}
 	}
 	b, err := json.Marshal(ds)
 	if err != nil {
 		t.Fatal(err)
 	}
-	return b
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	d.newest++
+	d.records[user] = fakeRecord{d.newest, b}
 }
 
 // Questions asked while a read is under way wait for the next read, which
-// asks once for every sender among them; each is answered from its
-// sender's record and its own seq: another device counts if it joined at
-// or before the message.
+// asks once for every sender among them, from the oldest point any of
+// them was found alone; each is answered from its sender's record, if
+// one was written since, and its own seq: another device counts if it
+// joined at or before the message.
 func TestOwnCheckGathersQuestionsIntoTheNextRead(t *testing.T) {
-	created := time.Now()
-	h := &heldReads{asked: make(chan []string), give: make(chan readResult)}
-	c := &ownCheck{read: h.read, created: created}
+	d := &fakeDevices{created: time.Now(), asked: make(chan readAsked), give: make(chan error), records: map[string]fakeRecord{}}
+	d.put(t, "alice", map[string]uint64{"phone": 0, "laptop": 10}) // 1
+	d.put(t, "bob", map[string]uint64{"phone": 0, "laptop": 13})   // 2
+	d.put(t, "carol", map[string]uint64{"phone": 0})               // 3
+	c := &ownCheck{read: d.read, created: d.created}
 	answers := make(chan string, 8)
-	ask := func(user, device string, seq uint64) {
-		c.ask(ownQuestion{user: user, device: device, seq: seq, answer: func(other bool) {
+	ask := func(user, device string, seq, alone uint64) {
+		c.ask(ownQuestion{user: user, device: device, seq: seq, alone: alone, answer: func(other bool, alone uint64) {
 			if other {
 				answers <- user + "/" + device + ": copy"
 			} else {
-				answers <- user + "/" + device + ": none"
+				answers <- fmt.Sprintf("%s/%s: alone as of %d", user, device, alone)
 			}
 		}})
 	}
-	ask("alice", "phone", 10)
-	if got := <-h.asked; !slices.Equal(got, []string{"alice"}) {
-		t.Fatalf("first read asks %v, want alice", got)
+	expectRead := func(users []string, from uint64) {
+		t.Helper()
+		if got := <-d.asked; !slices.Equal(got.users, users) || got.from != from {
+			t.Fatalf("read asks %v from %d, want %v from %d", got.users, got.from, users, from)
+		}
 	}
+	expectAnswers := func(want ...string) {
+		t.Helper()
+		var got []string
+		for range want {
+			got = append(got, <-answers)
+		}
+		if !slices.Equal(got, want) {
+			t.Fatalf("answers %q, want %q", got, want)
+		}
+	}
+
+	ask("alice", "phone", 10, 0)
+	expectRead([]string{"alice"}, 1)
 	// Asked while that read is under way: the next read's.
-	ask("bob", "phone", 12)
-	ask("carol", "phone", 12)
-	ask("bob", "laptop", 13)
-	ask("dave", "phone", 14)
-	h.give <- readResult{records: map[string][]byte{"alice": devicesRecord(t, created, map[string]uint64{"phone": 0, "laptop": 10})}}
-	if a := <-answers; a != "alice/phone: copy" {
-		t.Fatalf("answer %q: the laptop joined at the message's seq", a)
-	}
-	if got := <-h.asked; !slices.Equal(got, []string{"bob", "carol", "dave"}) {
-		t.Fatalf("second read asks %v, want bob, carol and dave once each", got)
-	}
-	h.give <- readResult{records: map[string][]byte{
-		"bob":   devicesRecord(t, created, map[string]uint64{"phone": 0, "laptop": 13}),
-		"carol": devicesRecord(t, created, map[string]uint64{"phone": 0}),
-	}}
-	var got []string
-	for range 4 {
-		got = append(got, <-answers)
-	}
-	want := []string{
-		"bob/phone: none",   // the laptop joined after seq 12
-		"carol/phone: none", // one device
-		"bob/laptop: copy",  // the phone was there
-		"dave/phone: none",  // no record
-	}
-	if !slices.Equal(got, want) {
-		t.Fatalf("answers %q, want %q", got, want)
-	}
-	// A read that fails answers "copy" for the senders it did not read.
-	ask("erin", "phone", 20)
-	<-h.asked
-	h.give <- readResult{err: errors.New("no answer")}
-	if a := <-answers; a != "erin/phone: copy" {
-		t.Fatalf("answer %q after a failed read, want a copy", a)
-	}
+	ask("bob", "phone", 12, 0)
+	ask("carol", "phone", 12, 3)
+	ask("bob", "laptop", 13, 0)
+	ask("dave", "phone", 14, 0)
+	d.give <- nil
+	expectAnswers("alice/phone: copy") // the laptop joined at the message's seq
+	expectRead([]string{"bob", "carol", "dave"}, 1)
+	d.give <- nil
+	expectAnswers(
+		"bob/phone: alone as of 3",   // the laptop joined after seq 12
+		"carol/phone: alone as of 3", // one device
+		"bob/laptop: copy",           // the phone was there
+		"dave/phone: alone as of 3",  // no record
+	)
+
+	// From where the sessions found their users alone: a record not
+	// written since is not sent, and its user is still alone.
+	ask("carol", "phone", 15, 3)
+	expectRead([]string{"carol"}, 4)
+	d.give <- nil
+	expectAnswers("carol/phone: alone as of 3")
+	d.put(t, "erin", map[string]uint64{"phone": 0})                // 4: another user's device
+	d.put(t, "carol", map[string]uint64{"phone": 0, "tablet": 16}) // 5: carol's second
+	ask("carol", "phone", 16, 3)
+	expectRead([]string{"carol"}, 4)
+	d.give <- nil
+	expectAnswers("carol/phone: copy")
+
+	// A read that fails answers "copy".
+	ask("erin", "phone", 20, 0)
+	expectRead([]string{"erin"}, 1)
+	d.give <- errors.New("no answer")
+	expectAnswers("erin/phone: copy")
 }

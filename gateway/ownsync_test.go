@@ -37,6 +37,7 @@ func TestOwnSyncCostPerDeviceCount(t *testing.T) {
 			streamsCounted := []string{contract.Inbox, contract.TicksStream, "KV_" + contract.ReadsKV}
 			before := storedWrites(t, n, streamsCounted...)
 			framesBefore := metricValue(t, g, "switchboard_gateway_deliveries_total")
+			readsBefore := metricValue(t, g, "switchboard_gateway_device_record_reads_total")
 
 			ids := make([]string, msgs)
 			for i := range msgs {
@@ -97,6 +98,14 @@ func TestOwnSyncCostPerDeviceCount(t *testing.T) {
 			}
 			if got := metricValue(t, g, "switchboard_gateway_own_copies_total"); got != float64(want) {
 				t.Fatalf("own_copies_total %v, want %d", got, want)
+			}
+			// Alone, each of alice's sends (one at a time) reads DEVICES
+			// once, for records written since: none after the first; with
+			// other devices, nothing after the first send.
+			reads := metricValue(t, g, "switchboard_gateway_device_record_reads_total") - readsBefore
+			t.Logf("%v reads of DEVICES for %d sends", reads, msgs)
+			if (d == 1 && reads > msgs+1) || (d > 1 && reads > 2) {
+				t.Fatalf("%v reads of DEVICES for %d sends from %d devices", reads, msgs, d)
 			}
 		})
 	}

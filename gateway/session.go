@@ -72,8 +72,10 @@ type session struct {
 	shutting atomic.Bool
 	// otherDevice is set once a check found this user has another
 	// device: devices are only ever added, so every later send is
-	// copied without asking (owncheck.go).
+	// copied without asking; alone is the DEVICES sequence as of which a
+	// check found none (owncheck.go).
 	otherDevice atomic.Bool
+	alone       atomic.Uint64
 	stopOnce    sync.Once
 	stopped     chan struct{}
 	// saved is closed once settle has stored the device's cursor: a
@@ -667,10 +669,12 @@ func (s *session) checkOwn(it *pubItem, seq uint64) (other, known bool) {
 		s.srv.metrics.ownCopies.Inc()
 		return true, true
 	}
-	s.srv.own.ask(ownQuestion{user: s.id.User, device: s.id.Device, seq: seq, answer: func(other bool) {
+	s.srv.own.ask(ownQuestion{user: s.id.User, device: s.id.Device, seq: seq, alone: s.alone.Load(), answer: func(other bool, alone uint64) {
 		if other {
 			s.otherDevice.Store(true)
 			s.srv.metrics.ownCopies.Inc()
+		} else {
+			s.alone.Store(alone)
 		}
 		s.pubs.ownChecked(it, other)
 	}})
