@@ -373,7 +373,9 @@ func TestHandshakeRefusesBadTokensAndSubprotocols(t *testing.T) {
 		}
 	})
 	t.Run("no subprotocol means v1", func(t *testing.T) {
-		r := dialRaw(t, websocket.Dialer{}, wsURL, bearer(tk.Token(t, "sp", "d3", time.Hour)))
+		// A user of its own: sp has a device already, and a send of a
+		// user with another device has its own copy stored too.
+		r := dialRaw(t, websocket.Dialer{}, wsURL, bearer(tk.Token(t, "np", "d3", time.Hour)))
 		r.send("sink", "np-1")
 		w.stored++
 	})
@@ -472,9 +474,11 @@ func TestBadFramesAreAnsweredAndHarmNoOne(t *testing.T) {
 	cfg.MaxFrameBytes = 1024
 	w := newWorld(t, cfg)
 	w.healthy(t)
+	// Each case is a user of its own, with one device: a user with
+	// another would have each send's own copy stored too.
 
 	t.Run("bad json", func(t *testing.T) {
-		r := connectRaw(t, w.g, "mallory", "json")
+		r := connectRaw(t, w.g, "mallory-json", "json")
 		for _, f := range []string{`{"type":"send","id":"m1",`, `not json`, `[1,2]`, `"send"`, ``} {
 			r.write(f)
 			r.expectError(protocol.ErrBadJSON, "", 0)
@@ -485,7 +489,7 @@ func TestBadFramesAreAnsweredAndHarmNoOne(t *testing.T) {
 	})
 
 	t.Run("unknown type", func(t *testing.T) {
-		r := connectRaw(t, w.g, "mallory", "type")
+		r := connectRaw(t, w.g, "mallory-type", "type")
 		r.write(`{"type":"hello","id":"x1"}`)
 		r.expectError(protocol.ErrUnknownType, "", 0)
 		r.write(`{"type":"msg","id":"x2","from":"alice","device":"phone","seq":1,"body":"forged"}`)
@@ -496,7 +500,7 @@ func TestBadFramesAreAnsweredAndHarmNoOne(t *testing.T) {
 	})
 
 	t.Run("bad ids", func(t *testing.T) {
-		r := connectRaw(t, w.g, "mallory", "ids")
+		r := connectRaw(t, w.g, "mallory-ids", "ids")
 		for i, to := range []string{"bob.phone", "bob.*", "*", ">", "bob>", "bob carol", " bob", "bob\n", "inbox.bob"} {
 			id := fmt.Sprintf("bad-to-%d", i)
 			r.writeJSON(map[string]any{"type": "send", "id": id, "to": to, "body": "x"})
@@ -510,7 +514,7 @@ func TestBadFramesAreAnsweredAndHarmNoOne(t *testing.T) {
 	})
 
 	t.Run("missing fields", func(t *testing.T) {
-		r := connectRaw(t, w.g, "mallory", "fields")
+		r := connectRaw(t, w.g, "mallory-fields", "fields")
 		r.write(`{"type":"send","id":"nobody","to":"bob"}`)
 		r.expectError(protocol.ErrBadField, "nobody", 0)
 		r.write(`{"type":"send","id":"nullbody","to":"bob","body":null}`)
@@ -525,7 +529,7 @@ func TestBadFramesAreAnsweredAndHarmNoOne(t *testing.T) {
 	})
 
 	t.Run("unknown seq", func(t *testing.T) {
-		r := connectRaw(t, w.g, "mallory", "seq")
+		r := connectRaw(t, w.g, "mallory-seq", "seq")
 		own := r.send("sink", "to-sink") // a message TO someone else
 		w.stored++
 		for _, seq := range []uint64{999999, w.lastSeq, own.Seq} {
@@ -541,7 +545,7 @@ func TestBadFramesAreAnsweredAndHarmNoOne(t *testing.T) {
 	})
 
 	t.Run("frame too big", func(t *testing.T) {
-		r := connectRaw(t, w.g, "mallory", "big")
+		r := connectRaw(t, w.g, "mallory-big", "big")
 		if r.welcome.MaxFrame != cfg.MaxFrameBytes {
 			t.Fatalf("welcome announces max_frame %d, want %d", r.welcome.MaxFrame, cfg.MaxFrameBytes)
 		}
@@ -562,7 +566,7 @@ func TestBadFramesAreAnsweredAndHarmNoOne(t *testing.T) {
 	})
 
 	t.Run("binary frame", func(t *testing.T) {
-		r := connectRaw(t, w.g, "mallory", "binary")
+		r := connectRaw(t, w.g, "mallory-binary", "binary")
 		_ = r.ws.SetWriteDeadline(time.Now().Add(wait))
 		if err := r.ws.WriteMessage(websocket.BinaryMessage, protocol.AppendSend(nil, "bin", "sink", tk.Body("x"))); err != nil {
 			t.Fatal(err)
@@ -670,7 +674,7 @@ func TestFloodGetsRateLimitedThenClosed(t *testing.T) {
 	r.expectError(protocol.ErrRateLimited, "after-flood", 0)
 	r = connectRaw(t, w.g, "mallory", "tablet")
 	r.send("sink", "from-tablet")
-	w.stored++
+	w.stored += 2 // and its own copy: mallory has other devices
 	w.checkStored(t)
 }
 

@@ -6,6 +6,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/switchboard-im/switchboard/contract"
 	tk "github.com/switchboard-im/switchboard/internal/testkit"
 )
 
@@ -22,9 +23,20 @@ func TestGatewayMessageWakesOfflineDevice(t *testing.T) {
 	if err := bob.Close(); err != nil {
 		t.Fatal(err)
 	}
-	alice := tk.Dial(t, g.URL, "alice", "phone")
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
+	// Left: the gateway drops the phone's lease once its session has
+	// ended, after Close returns; until then the function takes bob for
+	// online and wakes nobody.
+	presence := kv(t, n.JS, contract.PresenceKV)
+	tk.WaitFor(t, 10*time.Second, func() error {
+		rec, err := contract.LoadLivePresence(ctx, presence, "bob")
+		if err != nil || rec.Online() {
+			return tk.Errorf("bob still online (%+v, %v)", rec, err)
+		}
+		return nil
+	})
+	alice := tk.Dial(t, g.URL, "alice", "phone")
 	sent, err := alice.Send(ctx, "bob", "m1", tk.Body("secret"))
 	if err != nil {
 		t.Fatal(err)
