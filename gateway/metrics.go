@@ -113,7 +113,7 @@ func newMetrics(sessions func() float64) *metrics {
 	m.ownReads = prometheus.NewCounter(prometheus.CounterOpts{Namespace: ns, Name: "device_record_reads_total",
 		Help: "Batched reads of DEVICES asking whether the senders of 1:1 sends stored meanwhile have another device (only records written since each sender was last found alone are sent)."})
 	m.ownCopies = prometheus.NewCounter(prometheus.CounterOpts{Namespace: ns, Name: "own_copies_total",
-		Help: "Copies of 1:1 sends stored in their senders' own inboxes, for the senders' other devices."})
+		Help: "1:1 sends found to need a copy in their senders' own inboxes, for the senders' other devices (or copied because the check could not be made)."})
 	m.reg.MustRegister(m.sessions, m.refused, m.closes, m.framesIn, m.errors, m.delivered, m.stored, m.ticks, m.ticksQueued, republished, m.catchUps, m.inboxGets, m.sweeps, m.fdFull, m.sharedPasses, m.skipped,
 		m.ownReads, m.ownCopies,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))

@@ -34,17 +34,21 @@ import (
 // a read begun after the PubAck finds it. The reads are gathered per
 // gateway, in rounds: sends whose PubAck came while a round was under
 // way wait for the next, which reads the records of all their senders at
-// once (one batched direct get, multi_last), and only those written
-// since the oldest read the asking sessions remember: a session that
-// found its user alone as of DEVICES' sequence N asks again from N+1,
-// and a record not written since is not sent, so a round of one-device
-// senders costs one small request and no record. Devices are only ever
-// added: a session that found another device once copies its later sends
-// without asking. A read that fails is answered "copy": a copy no device
-// needs costs a stored write, a copy missing would cost a device a
-// message. On a replicated bucket a direct get may be answered by a
-// replica a step behind its leader; a device whose record was written in
-// that step misses the copies of the messages stored in it.
+// once (one batched direct get, multi_last per 256 senders, answered as
+// each ends). A session that found its user with no other device at all
+// as of DEVICES' sequence N asks from N+1, and a record not written
+// since is not sent: a round of one-device senders costs one small
+// request and no record (sessions that never found their users alone ask
+// in a request of their own, for whole records). A session whose user
+// has a device that joined after its message is not alone: it asks again
+// with its next send, until that send is one the device is to get.
+// Devices are only ever added: a session that found another device that
+// is to get its message copies its later sends without asking. A read
+// that fails is answered "copy" and teaches the session nothing: a copy
+// no device needs costs a stored write, a copy missing would cost a
+// device a message. On a replicated bucket a direct get may be answered
+// by a replica a step behind its leader; a device whose record was
+// written in that step misses the copies of the messages stored in it.
 //
 // The copies were made by a worker function reading every INBOX message
 // through a durable consumer, group copies and receipts included, only
@@ -65,14 +69,26 @@ type ownCheck struct {
 
 // ownQuestion asks whether user has a device other than device that is
 // to get the message stored at seq. alone is the DEVICES sequence as of
-// which the asking session found its user had no other (0: never).
-// answer takes the reply, on the checker's goroutine: other, or the
-// sequence as of which the user is alone.
+// which the asking session found its user had no other device at all
+// (0: never). answer takes the reply, on the checker's goroutine.
 type ownQuestion struct {
 	user, device string
 	seq          uint64
 	alone        uint64
-	answer       func(other bool, alone uint64)
+	answer       func(ownAnswer)
+}
+
+// ownAnswer is the reply to an ownQuestion.
+type ownAnswer struct {
+	// copy: the message is to be copied.
+	copy bool
+	// other: the user has another device that is to get this message,
+	// and so every later one (copy is set too). Not set when the read
+	// failed: that copy is made to be safe, and the next send asks again.
+	other bool
+	// alone, when not 0, is the DEVICES sequence as of which the user
+	// has no other device at all, for the session to ask from next time.
+	alone uint64
 }
 
 // ownBatch is the most senders one read asks about.
@@ -107,54 +123,80 @@ func (c *ownCheck) run() {
 	}
 }
 
-// round answers qs from one read per ownBatch senders, of the records
-// written since the oldest point any of them was found alone.
+// round answers qs. Sessions that never found their user alone ask for
+// their users' whole records; the others from the oldest point any of
+// them did: a read for each, of ownBatch senders at most, its questions
+// answered as soon as it ends.
 func (c *ownCheck) round(qs []ownQuestion) {
-	var users []string
-	seen := map[string]bool{}
-	from := uint64(0)
-	for i, q := range qs {
-		if i == 0 || q.alone < from {
-			from = q.alone
-		}
-		if !seen[q.user] {
-			seen[q.user] = true
-			users = append(users, q.user)
+	var fresh, known []ownQuestion
+	for _, q := range qs {
+		if q.alone == 0 {
+			fresh = append(fresh, q)
+		} else {
+			known = append(known, q)
 		}
 	}
+	c.answer(fresh)
+	c.answer(known)
+}
+
+// answer reads for qs, from the oldest point any of them found its user
+// alone, and answers them.
+func (c *ownCheck) answer(qs []ownQuestion) {
+	if len(qs) == 0 {
+		return
+	}
+	var users []string
+	byUser := map[string][]ownQuestion{}
+	from := qs[0].alone
+	for _, q := range qs {
+		from = min(from, q.alone)
+		if byUser[q.user] == nil {
+			users = append(users, q.user)
+		}
+		byUser[q.user] = append(byUser[q.user], q)
+	}
 	from++
-	records := map[string]contract.Devices{}
-	failed := map[string]bool{}
-	asOf := map[string]uint64{}
 	for len(users) > 0 {
 		chunk := users[:min(len(users), ownBatch)]
 		users = users[len(chunk):]
 		got, newest, err := c.read(chunk, from)
 		for _, u := range chunk {
-			b, ok := got[u]
-			switch {
-			case err != nil && !ok:
-				failed[u] = true
-			case ok:
-				var ds contract.Devices
-				if json.Unmarshal(b, &ds) == nil {
-					records[u] = ds
-				}
+			b, written := got[u]
+			var ds contract.Devices
+			uerr := err
+			if written && json.Unmarshal(b, &ds) != nil {
+				written, uerr = false, errBadRecord
 			}
-			asOf[u] = newest
+			for _, q := range byUser[u] {
+				q.answer(c.decide(q, ds, written, uerr, newest))
+			}
 		}
-	}
-	for _, q := range qs {
-		// A record not sent is older than from, so not written since
-		// the asking session found its user alone (or there is none).
-		ds, written := records[q.user]
-		if failed[q.user] || (written && ds.OtherThan(c.created, q.device, q.seq)) {
-			q.answer(true, 0)
-			continue
-		}
-		q.answer(false, asOf[q.user])
 	}
 }
+
+// decide answers q from its user's record ds if one was written since
+// from (written), or the read's error, and the bucket's newest sequence.
+func (c *ownCheck) decide(q ownQuestion, ds contract.Devices, written bool, err error, newest uint64) ownAnswer {
+	switch {
+	case !written && err != nil:
+		return ownAnswer{copy: true} // unknown: copied to be safe
+	case !written:
+		// Not written since the asking session found its user alone
+		// (or there is none): alone still.
+		return ownAnswer{alone: newest}
+	case ds.OtherThan(c.created, q.device, q.seq):
+		return ownAnswer{copy: true, other: true}
+	case ds.OtherThan(c.created, q.device, 0):
+		// Another device, joined after this message: not alone, so the
+		// next send asks again and reads the record again.
+		return ownAnswer{alone: q.alone}
+	}
+	return ownAnswer{alone: newest}
+}
+
+// errBadRecord is a DEVICES record that does not decode.
+var errBadRecord = errors.New("gateway: a DEVICES record does not decode")
 
 // readDevices reads the DEVICES records of users written at or after
 // sequence from, with one batched direct get; its end of batch names the
@@ -177,8 +219,13 @@ func (srv *Server) readDevices(users []string, from uint64) (map[string][]byte, 
 		err = errCutShort // the users it did not answer are unknown
 	}
 	var newest uint64
-	if end != nil {
+	if end != nil && err == nil {
 		newest, _ = strconv.ParseUint(end.Header.Get(hdrUpTo), 10, 64)
+		// A record that failed to load ends the answer with a 404 too;
+		// only "No Results" means none of the users has one.
+		if end.Header.Get("Status") == "404" && end.Header.Get("Description") != "No Results" {
+			err = errors.New("gateway: reading DEVICES: " + end.Header.Get("Description"))
+		}
 	}
 	return out, newest, err
 }

@@ -68,11 +68,13 @@ func (d *fakeDevices) put(t *testing.T, user string, starts map[string]uint64) {
 	d.records[user] = fakeRecord{d.newest, b}
 }
 
-// Questions asked while a read is under way wait for the next read, which
-// asks once for every sender among them, from the oldest point any of
-// them was found alone; each is answered from its sender's record, if
-// one was written since, and its own seq: another device counts if it
-// joined at or before the message.
+// Questions asked while a read is under way wait for the next round,
+// which reads once for every sender among them: those of sessions that
+// never found their users alone for whole records, the others from the
+// oldest point any of them did. Each is answered from its sender's
+// record, if one was written since, and its own seq: another device
+// counts if it joined at or before the message. A session learns it is
+// alone only when its user has no other device at all.
 func TestOwnCheckGathersQuestionsIntoTheNextRead(t *testing.T) {
 	d := &fakeDevices{created: time.Now(), asked: make(chan readAsked), give: make(chan error), records: map[string]fakeRecord{}}
 	d.put(t, "alice", map[string]uint64{"phone": 0, "laptop": 10}) // 1
@@ -81,11 +83,14 @@ func TestOwnCheckGathersQuestionsIntoTheNextRead(t *testing.T) {
 	c := &ownCheck{read: d.read, created: d.created}
 	answers := make(chan string, 8)
 	ask := func(user, device string, seq, alone uint64) {
-		c.ask(ownQuestion{user: user, device: device, seq: seq, alone: alone, answer: func(other bool, alone uint64) {
-			if other {
-				answers <- user + "/" + device + ": copy"
-			} else {
-				answers <- fmt.Sprintf("%s/%s: alone as of %d", user, device, alone)
+		c.ask(ownQuestion{user: user, device: device, seq: seq, alone: alone, answer: func(a ownAnswer) {
+			switch {
+			case a.other:
+				answers <- user + "/" + device + ": copy, another device"
+			case a.copy:
+				answers <- user + "/" + device + ": copy, unknown"
+			default:
+				answers <- fmt.Sprintf("%s/%s: no copy, alone as of %d", user, device, a.alone)
 			}
 		}})
 	}
@@ -108,38 +113,42 @@ func TestOwnCheckGathersQuestionsIntoTheNextRead(t *testing.T) {
 
 	ask("alice", "phone", 10, 0)
 	expectRead([]string{"alice"}, 1)
-	// Asked while that read is under way: the next read's.
+	// Asked while that read is under way: the next round's.
 	ask("bob", "phone", 12, 0)
 	ask("carol", "phone", 12, 3)
 	ask("bob", "laptop", 13, 0)
 	ask("dave", "phone", 14, 0)
 	d.give <- nil
-	expectAnswers("alice/phone: copy") // the laptop joined at the message's seq
-	expectRead([]string{"bob", "carol", "dave"}, 1)
+	expectAnswers("alice/phone: copy, another device") // the laptop joined at the message's seq
+	expectRead([]string{"bob", "dave"}, 1)
 	d.give <- nil
 	expectAnswers(
-		"bob/phone: alone as of 3",   // the laptop joined after seq 12
-		"carol/phone: alone as of 3", // one device
-		"bob/laptop: copy",           // the phone was there
-		"dave/phone: alone as of 3",  // no record
+		"bob/phone: no copy, alone as of 0",  // the laptop joined after seq 12: not alone
+		"bob/laptop: copy, another device",   // the phone was there
+		"dave/phone: no copy, alone as of 3", // no record
 	)
-
-	// From where the sessions found their users alone: a record not
-	// written since is not sent, and its user is still alone.
-	ask("carol", "phone", 15, 3)
 	expectRead([]string{"carol"}, 4)
 	d.give <- nil
-	expectAnswers("carol/phone: alone as of 3")
+	expectAnswers("carol/phone: no copy, alone as of 3") // not written since
+
+	// bob's phone, not alone, reads the record again: its next message
+	// is the laptop's first.
+	ask("bob", "phone", 13, 0)
+	expectRead([]string{"bob"}, 1)
+	d.give <- nil
+	expectAnswers("bob/phone: copy, another device")
+
+	// A record written since the session found its user alone is read.
 	d.put(t, "erin", map[string]uint64{"phone": 0})                // 4: another user's device
 	d.put(t, "carol", map[string]uint64{"phone": 0, "tablet": 16}) // 5: carol's second
 	ask("carol", "phone", 16, 3)
 	expectRead([]string{"carol"}, 4)
 	d.give <- nil
-	expectAnswers("carol/phone: copy")
+	expectAnswers("carol/phone: copy, another device")
 
-	// A read that fails answers "copy".
-	ask("erin", "phone", 20, 0)
-	expectRead([]string{"erin"}, 1)
+	// A read that fails: copied, and nothing learnt.
+	ask("erin", "phone", 20, 4)
+	expectRead([]string{"erin"}, 5)
 	d.give <- errors.New("no answer")
-	expectAnswers("erin/phone: copy")
+	expectAnswers("erin/phone: copy, unknown")
 }

@@ -219,3 +219,58 @@ func TestDeviceJoiningWhileItsUserSendsGetsEveryLaterCopy(t *testing.T) {
 		}
 	}
 }
+
+// A device whose record is written between a message's store and the
+// check of it, with a start past that message (a registration racing the
+// send), gets no copy of that message and a copy of every later one: the
+// check that found it joined too late does not take the user for alone.
+func TestDeviceStartingJustPastASendGetsTheNextOnesCopy(t *testing.T) {
+	n := tk.StartNATS(t)
+	g := tk.StartGateway(t, n, tk.TestConfig())
+	phone := tk.Dial(t, g.URL, "alice", "phone")
+	send(t, phone, "bob", "m1", "one")
+	ctx, cancel := context.WithTimeout(context.Background(), wait)
+	defer cancel()
+	inbox, err := n.JS.Stream(ctx, contract.Inbox)
+	if err != nil {
+		t.Fatal(err)
+	}
+	info, err := inbox.Info(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	kv, err := n.JS.KeyValue(ctx, contract.DevicesKV)
+	if err != nil {
+		t.Fatal(err)
+	}
+	e, err := kv.Get(ctx, "alice")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var ds contract.Devices
+	if err := json.Unmarshal(e.Value(), &ds); err != nil {
+		t.Fatal(err)
+	}
+	// As a laptop registering while m2 is stored would be written: m2
+	// goes at the next sequence, the laptop starts just past it.
+	start := info.State.LastSeq + 2
+	ds.Devices["laptop"] = &contract.Device{Joined: time.Now().UTC(), Start: start, Stream: info.Created}
+	b, err := json.Marshal(ds)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := kv.Update(ctx, "alice", b, e.Revision()); err != nil {
+		t.Fatal(err)
+	}
+	s2 := send(t, phone, "bob", "m2", "two")
+	s3 := send(t, phone, "bob", "m3", "three")
+	if s2.Seq >= start || s3.Seq < start {
+		t.Fatalf("m2 at %d, m3 at %d: want them either side of the laptop's start %d", s2.Seq, s3.Seq, start)
+	}
+	for id, want := range map[string]int{"m2": 0, "m3": 1} {
+		got := tk.CountInbox(t, n.JS, "alice", func(h nats.Header) bool { return h.Get(contract.HdrTo) == "bob" && h.Get(contract.HdrID) == id })
+		if got != want {
+			t.Errorf("%d copies of %s in alice's inbox, want %d (the laptop starts at %d)", got, id, want, start)
+		}
+	}
+}

@@ -71,9 +71,10 @@ type session struct {
 	routed   []string
 	shutting atomic.Bool
 	// otherDevice is set once a check found this user has another
-	// device: devices are only ever added, so every later send is
-	// copied without asking; alone is the DEVICES sequence as of which a
-	// check found none (owncheck.go).
+	// device that is to get a message: devices are only ever added, so
+	// every later send is copied without asking; alone is the DEVICES
+	// sequence as of which a check found no other device at all
+	// (owncheck.go).
 	otherDevice atomic.Bool
 	alone       atomic.Uint64
 	stopOnce    sync.Once
@@ -669,14 +670,17 @@ func (s *session) checkOwn(it *pubItem, seq uint64) (other, known bool) {
 		s.srv.metrics.ownCopies.Inc()
 		return true, true
 	}
-	s.srv.own.ask(ownQuestion{user: s.id.User, device: s.id.Device, seq: seq, alone: s.alone.Load(), answer: func(other bool, alone uint64) {
-		if other {
+	s.srv.own.ask(ownQuestion{user: s.id.User, device: s.id.Device, seq: seq, alone: s.alone.Load(), answer: func(a ownAnswer) {
+		switch {
+		case a.other:
 			s.otherDevice.Store(true)
-			s.srv.metrics.ownCopies.Inc()
-		} else {
-			s.alone.Store(alone)
+		case a.alone != 0:
+			s.alone.Store(a.alone)
 		}
-		s.pubs.ownChecked(it, other)
+		if a.copy {
+			s.srv.metrics.ownCopies.Inc()
+		}
+		s.pubs.ownChecked(it, a.copy)
 	}})
 	return false, false
 }
