@@ -75,8 +75,9 @@ func TestApplyDoesNotGuessReplicasWhenLookupFails(t *testing.T) {
 }
 
 // A setup run over an INBOX that still has the durable its senders' own
-// copies were once made through deletes it: left, it would count every
-// message as pending for good.
+// copies were once made through deletes it once it holds nothing (left,
+// it would count every message as pending for good), and leaves it while
+// it does, for the function still running to finish.
 func TestApplyDeletesTheRetiredCopiesDurable(t *testing.T) {
 	n := tk.StartBareNATS(t, t.TempDir())
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
@@ -87,6 +88,25 @@ func TestApplyDeletesTheRetiredCopiesDurable(t *testing.T) {
 	if _, err := n.JS.CreateOrUpdateConsumer(ctx, contract.Inbox, jetstream.ConsumerConfig{
 		Durable: "sync", AckPolicy: jetstream.AckExplicitPolicy, FilterSubject: contract.InboxPrefix + "*"}); err != nil {
 		t.Fatal(err)
+	}
+	if _, err := n.JS.Publish(ctx, contract.InboxSubject("bob"), []byte(`"hi"`)); err != nil {
+		t.Fatal(err)
+	}
+	if err := streams.Apply(ctx, n.JS, streams.Options{}); err != nil {
+		t.Fatal(err)
+	}
+	c, err := n.JS.Consumer(ctx, contract.Inbox, "sync")
+	if err != nil {
+		t.Fatalf("the retired durable holding a message after setup: %v, want it kept", err)
+	}
+	msgs, err := c.Fetch(1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for m := range msgs.Messages() {
+		if err := m.DoubleAck(ctx); err != nil {
+			t.Fatal(err)
+		}
 	}
 	if err := streams.Apply(ctx, n.JS, streams.Options{}); err != nil {
 		t.Fatal(err)

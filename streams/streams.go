@@ -163,11 +163,8 @@ func Apply(ctx context.Context, js jetstream.JetStream, opts Options) error {
 			return fmt.Errorf("streams: apply KV %s: %w", kv.Bucket, err)
 		}
 	}
-	// Own copies of 1:1 sends were once made by a worker function with a
-	// durable of its own on INBOX; the gateways make them now. Left, the
-	// durable would count every message as pending for good.
-	if err := js.DeleteConsumer(ctx, contract.Inbox, retiredSyncDurable); err != nil && !errors.Is(err, jetstream.ErrConsumerNotFound) {
-		return fmt.Errorf("streams: delete the retired %s durable: %w", retiredSyncDurable, err)
+	if err := deleteRetiredSync(ctx, js); err != nil {
+		return err
 	}
 	if opts.Region != nil {
 		return applyRegion(ctx, js, opts)
@@ -177,6 +174,29 @@ func Apply(ctx context.Context, js jetstream.JetStream, opts Options) error {
 
 // retiredSyncDurable is the durable the sync function read INBOX with.
 const retiredSyncDurable = "sync"
+
+// deleteRetiredSync deletes the durable own copies of 1:1 sends were
+// once made through, by a worker function; the gateways make them now.
+// Left, it would count every message as pending for good. One that still
+// holds messages is left for a function still running to finish (an
+// upgrade that stopped it first leaves those messages without copies,
+// whatever is done here), and deleted by a later setup.
+func deleteRetiredSync(ctx context.Context, js jetstream.JetStream) error {
+	c, err := js.Consumer(ctx, contract.Inbox, retiredSyncDurable)
+	if errors.Is(err, jetstream.ErrConsumerNotFound) {
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("streams: the retired %s durable: %w", retiredSyncDurable, err)
+	}
+	if i := c.CachedInfo(); i.NumPending > 0 || i.NumAckPending > 0 {
+		return nil
+	}
+	if err := js.DeleteConsumer(ctx, contract.Inbox, retiredSyncDurable); err != nil && !errors.Is(err, jetstream.ErrConsumerNotFound) {
+		return fmt.Errorf("streams: delete the retired %s durable: %w", retiredSyncDurable, err)
+	}
+	return nil
+}
 
 // keepReplicas leaves an existing stream's replica count alone when none
 // was asked for: a setup without --replicas must not scale a cluster's

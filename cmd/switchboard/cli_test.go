@@ -41,6 +41,12 @@ func TestCLIGuides(t *testing.T) {
 	if out, _ := run(t, "function", "push", "-h"); !strings.Contains(out, "push-webhook") || strings.Contains(out, "media-s3") {
 		t.Errorf("function push -h:\n%s", out)
 	}
+	// A deployment still naming the retired sync function is told why.
+	for _, args := range [][]string{{"function", "sync", "--nats", "nats://127.0.0.1:1"}, {"serve", "--functions", "receipts,sync"}} {
+		if out, err := run(t, args...); err == nil || !strings.Contains(out, "retired") {
+			t.Errorf("%v: %v\n%s", args, err, out)
+		}
+	}
 
 	// Without the server's secret, token and a gateway refuse, naming it,
 	// rather than make a new one nobody else accepts.

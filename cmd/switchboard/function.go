@@ -32,6 +32,12 @@ import (
 // order.
 var functionNames = []string{"receipts", "presence", "push", "media", "groups"}
 
+// retiredSync is the function that made senders' own copies before the
+// gateways did; naming it gets errRetiredSync.
+const retiredSync = "sync"
+
+var errRetiredSync = errors.New(`the "sync" function is retired: gateways store senders' own copies now; stop running it`)
+
 // functionsConfig is what the worker functions are told.
 type functionsConfig struct {
 	// Run lists the functions the all-in-one runs in-process.
@@ -83,6 +89,9 @@ func bindFunctionFlags(fs *flag.FlagSet, c *functionsConfig, withRun bool) {
 				return nil
 			}
 			for _, n := range splitList(v) {
+				if n == retiredSync {
+					return errRetiredSync
+				}
 				if !slices.Contains(functionNames, n) {
 					return fmt.Errorf("unknown function %q", n)
 				}
@@ -238,6 +247,9 @@ Run "switchboard function NAME -h" for that function's flags.
 		return fmt.Errorf("function: name one of %v: switchboard function NAME --nats URL", functionNames)
 	}
 	name, args := args[0], args[1:]
+	if name == retiredSync {
+		return fmt.Errorf("function: %w", errRetiredSync)
+	}
 	if !slices.Contains(functionNames, name) {
 		return fmt.Errorf("function: unknown function %q (one of %v)", name, functionNames)
 	}

@@ -64,7 +64,7 @@ func usage() {
 commands:
   serve      (default) embedded NATS with JetStream, streams, worker functions and gateway in one process
   gateway    a gateway only, against --nats URL (it needs the all-in-one's token key: --data or --jwt-secret)
-  function   run one worker function: switchboard function receipts|presence|push|media|groups|sync --nats URL
+  function   run one worker function: switchboard function receipts|presence|push|media|groups --nats URL
   setup      create or update the streams on a NATS, as the operator: switchboard setup --nats URL
   home       give users their home regions (a regions deployment): switchboard home --nats URL alice=us bob=eu
   nats-keys  make a NATS key per role for deploy/*.conf: switchboard nats-keys --out DIR

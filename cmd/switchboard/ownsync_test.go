@@ -18,7 +18,7 @@ import (
 )
 
 // Every device of a user tells the same story, on the all-in-one with
-// the real sync, receipts and groups functions: what alice sends from her
+// its gateway, receipts and groups functions: what alice sends from her
 // phone reaches her laptop as hers, in order, online and after the laptop
 // was away, with its ticks; her phone does not get it back; reading on
 // bob's phone marks the chat read on bob's laptop once and sends alice one
