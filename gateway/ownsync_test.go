@@ -179,19 +179,9 @@ func TestDeviceJoiningWhileItsUserSendsGetsEveryLaterCopy(t *testing.T) {
 	<-done
 	last := send(t, phone, "bob", "last", "after the laptop joined")
 
-	ctx, cancel := context.WithTimeout(context.Background(), wait)
-	defer cancel()
-	kv, err := n.JS.KeyValue(ctx, contract.DevicesKV)
-	if err != nil {
-		t.Fatal(err)
-	}
-	e, err := kv.Get(ctx, "alice")
-	if err != nil {
-		t.Fatal(err)
-	}
-	var ds contract.Devices
-	if err := json.Unmarshal(e.Value(), &ds); err != nil || ds.Devices["laptop"] == nil {
-		t.Fatalf("alice's devices %s: %v", e.Value(), err)
+	ds, _ := devicesOf(t, n, "alice")
+	if ds.Devices["laptop"] == nil {
+		t.Fatalf("alice's devices %+v, want her laptop", ds.Devices)
 	}
 	start := ds.Devices["laptop"].Start
 	var want []string
@@ -239,18 +229,7 @@ func TestDeviceStartingJustPastASendGetsTheNextOnesCopy(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	kv, err := n.JS.KeyValue(ctx, contract.DevicesKV)
-	if err != nil {
-		t.Fatal(err)
-	}
-	e, err := kv.Get(ctx, "alice")
-	if err != nil {
-		t.Fatal(err)
-	}
-	var ds contract.Devices
-	if err := json.Unmarshal(e.Value(), &ds); err != nil {
-		t.Fatal(err)
-	}
+	ds, rev := devicesOf(t, n, "alice")
 	// As a laptop registering while m2 is stored would be written: m2
 	// goes at the next sequence, the laptop starts just past it.
 	start := info.State.LastSeq + 2
@@ -259,7 +238,11 @@ func TestDeviceStartingJustPastASendGetsTheNextOnesCopy(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := kv.Update(ctx, "alice", b, e.Revision()); err != nil {
+	kv, err := n.JS.KeyValue(ctx, contract.DevicesKV)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := kv.Update(ctx, "alice", b, rev); err != nil {
 		t.Fatal(err)
 	}
 	s2 := send(t, phone, "bob", "m2", "two")
@@ -273,4 +256,24 @@ func TestDeviceStartingJustPastASendGetsTheNextOnesCopy(t *testing.T) {
 			t.Errorf("%d copies of %s in alice's inbox, want %d (the laptop starts at %d)", got, id, want, start)
 		}
 	}
+}
+
+// devicesOf reads user's DEVICES record and its revision.
+func devicesOf(t *testing.T, n *tk.NATS, user string) (contract.Devices, uint64) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), wait)
+	defer cancel()
+	kv, err := n.JS.KeyValue(ctx, contract.DevicesKV)
+	if err != nil {
+		t.Fatal(err)
+	}
+	e, err := kv.Get(ctx, user)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var ds contract.Devices
+	if err := json.Unmarshal(e.Value(), &ds); err != nil {
+		t.Fatalf("%s's devices %s: %v", user, e.Value(), err)
+	}
+	return ds, e.Revision()
 }
