@@ -29,8 +29,22 @@ func TestBaselineKeepsAsManyReplicasAsINBOX(t *testing.T) {
 	c.WaitHealthy(t, 30*time.Second)
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
-	if _, err := js.CreateStream(ctx, jetstream.StreamConfig{Name: contract.Inbox, Subjects: []string{"inbox.>"}, Replicas: 3}); err != nil {
-		t.Fatal(err)
+	// Asked again while routes still settle: a create whose answer was
+	// lost with a route (the stream made, the reply gone) is answered by
+	// the next ask, which finds it made.
+	cfg := jetstream.StreamConfig{Name: contract.Inbox, Subjects: []string{"inbox.>"}, Replicas: 3}
+	for {
+		actx, acancel := context.WithTimeout(ctx, 10*time.Second)
+		_, err := js.CreateOrUpdateStream(actx, cfg)
+		acancel()
+		if err == nil {
+			break
+		}
+		select {
+		case <-ctx.Done():
+			t.Fatal(err)
+		case <-time.After(100 * time.Millisecond): // a retry's backoff
+		}
 	}
 	c.WaitForLeader(t, 30*time.Second, nil, tk.StreamInfo(js, contract.Inbox))
 	target := Target{NATSURL: c.Nodes[1].ClientURL, NATSOptions: tk.TestKeys(t).Options(natsauth.Operator)}
