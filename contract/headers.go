@@ -53,4 +53,5 @@ const (
 	HdrNumPend  = "Nats-Num-Pending"   // matching messages after this one (batched direct get)
 	HdrStamp    = "Nats-Time-Stamp"    // when it was stored, RFC 3339
 	HdrSubject  = "Nats-Subject"       // the subject it was stored under
+	HdrUpTo     = "Nats-UpTo-Sequence" // on a batched direct get's end: the stream's newest sequence when asked
 )

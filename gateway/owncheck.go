@@ -220,7 +220,7 @@ func (srv *Server) readDevices(users []string, from uint64) (map[string][]byte, 
 	}
 	var newest uint64
 	if end != nil && err == nil {
-		newest, _ = strconv.ParseUint(end.Header.Get(hdrUpTo), 10, 64)
+		newest, _ = strconv.ParseUint(end.Header.Get(contract.HdrUpTo), 10, 64)
 		// A record that failed to load ends the answer with a 404 too;
 		// only "No Results" means none of the users has one.
 		if end.Header.Get("Status") == "404" && end.Header.Get("Description") != "No Results" {
@@ -229,10 +229,6 @@ func (srv *Server) readDevices(users []string, from uint64) (map[string][]byte, 
 	}
 	return out, newest, err
 }
-
-// hdrUpTo is where a batched direct get's end of batch names the
-// sequence it read up to: the stream's newest when it was asked.
-const hdrUpTo = "Nats-UpTo-Sequence"
 
 // errCutShort is a batched read whose answer stopped before the end.
 var errCutShort = errors.New("gateway: a batched read was cut short")
