@@ -19,6 +19,10 @@ const (
 	TicksPrefix = "ticks."
 )
 
+// PushGoneDurable is the push function's durable on KV_PRESENCE: the
+// leases' changes, read for the devices that go (functions/push/gone.go).
+const PushGoneDurable = "push-gone"
+
 // InboxSubject is the subject of a user's inbox. The caller must have
 // validated user as a safe id.
 func InboxSubject(user string) string { return InboxPrefix + user }

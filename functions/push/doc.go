@@ -43,6 +43,12 @@
 //     the first message of a burst pushes at once, the rest of the window
 //     is quiet.
 //
+// A second durable, push-gone on KV_PRESENCE (headers only), reads the
+// leases' changes: a lease gone, of a user left with no device online,
+// sends the newest chat message waiting for their devices down the same
+// path, once its own delivery is decided, for a message that found the
+// user online through a lease that outlived its connection (gone.go).
+//
 // While a message is still being worked on (first attempt, waiting for a
 // retry), the key's TTL is its hold: the retry delay + the consumer's ack
 // wait + Window. It must outlive the next delivery of the message, or that

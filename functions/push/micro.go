@@ -44,10 +44,13 @@ type Stats struct {
 	Ignored         uint64 `json:"ignored"`
 	Retried         uint64 `json:"retried"`
 	DeadLettered    uint64 `json:"dead_lettered"`
+	// Gone counts leases gone that found a chat message waiting for the
+	// user's devices and sent it down the push path (gone.go).
+	Gone uint64 `json:"gone"`
 }
 
 type counters struct {
-	pushed, coalesced, waited, skippedOnline, skippedNoDevice, ignored, retried, deadLettered atomic.Uint64
+	pushed, coalesced, waited, skippedOnline, skippedNoDevice, ignored, retried, deadLettered, gone atomic.Uint64
 }
 
 // Stats returns the instance's counters.
@@ -62,6 +65,7 @@ func (s *Service) Stats() Stats {
 		Ignored:         c.ignored.Load(),
 		Retried:         c.retried.Load(),
 		DeadLettered:    c.deadLettered.Load(),
+		Gone:            c.gone.Load(),
 	}
 }
 

@@ -35,7 +35,6 @@ type Service struct {
 	hook *webhook
 
 	inbox      jetstream.Stream
-	consCfg    jetstream.ConsumerConfig
 	devicesKV  jetstream.KeyValue
 	cursorsKV  jetstream.KeyValue
 	presenceKV jetstream.KeyValue
@@ -51,19 +50,29 @@ type Service struct {
 	stopping atomic.Bool
 	stopOnce sync.Once
 
-	// mu guards iter and stopped, and orders wg.Add by the notify
-	// endpoint before Stop's wg.Wait.
+	// sources are the durables pulled from: new INBOX messages, and
+	// lease changes (gone.go).
+	sources []*source
+	// mu guards the sources' iterators and stopped, and orders wg.Add
+	// by the notify endpoint before Stop's wg.Wait.
 	mu      sync.Mutex
-	iter    jetstream.MessagesContext
 	stopped bool
-	// wg counts the pull loop, the messages in hand and notify requests.
+	// wg counts the pull loops, the messages in hand and notify requests.
 	wg sync.WaitGroup
 
 	counters counters
 }
 
-// Start checks cfg, binds the durable consumer `push` on INBOX and the
-// micro service, and begins pulling. The streams and buckets must exist
+// source is one durable consumer an instance pulls from.
+type source struct {
+	stream string
+	cfg    jetstream.ConsumerConfig
+	handle func(jetstream.Msg)
+	iter   jetstream.MessagesContext // guarded by Service.mu
+}
+
+// Start checks cfg, binds the durable consumers `push` on INBOX and
+// `push-gone` on KV_PRESENCE and the micro service, and begins pulling. The streams and buckets must exist
 // (streams.Apply). ctx bounds only the setup; the instance runs until
 // Stop. An empty WebhookURL returns ErrNotConfigured.
 func Start(ctx context.Context, nc *nats.Conn, js jetstream.JetStream, cfg Config, log *slog.Logger) (*Service, error) {
@@ -108,23 +117,42 @@ func Start(ctx context.Context, nc *nats.Conn, js jetstream.JetStream, cfg Confi
 		// would be pushed once, ever.
 		return nil, fmt.Errorf("push: bucket %s has no limit_marker_ttl, so per-key TTLs are off", contract.PushKV)
 	}
-	if s.consCfg, err = streams.ConsumerConfig("push"); err != nil {
-		return nil, err
+	s.sources = []*source{
+		{stream: contract.Inbox, handle: s.handle},
+		{stream: "KV_" + contract.PresenceKV, handle: s.handleGone},
 	}
-	cons, err := js.CreateOrUpdateConsumer(ctx, contract.Inbox, s.consCfg)
-	if err != nil {
-		return nil, fmt.Errorf("push: consumer: %w", err)
+	var conses []jetstream.Consumer
+	for i, name := range []string{"push", contract.PushGoneDurable} {
+		src := s.sources[i]
+		if src.cfg, err = streams.ConsumerConfig(name); err != nil {
+			return nil, err
+		}
+		cons, err := js.CreateOrUpdateConsumer(ctx, src.stream, src.cfg)
+		if err != nil {
+			return nil, fmt.Errorf("push: consumer %s: %w", name, err)
+		}
+		// A claim's hold must outlive the next delivery of whichever
+		// message made it.
+		s.ackWait = max(s.ackWait, cons.CachedInfo().Config.AckWait)
+		conses = append(conses, cons)
 	}
-	s.ackWait = cons.CachedInfo().Config.AckWait
 	if s.svc, err = s.addService(); err != nil {
 		return nil, err
 	}
-	if s.iter, err = cons.Messages(jetstream.PullMaxMessages(workers)); err != nil {
-		_ = s.svc.Stop()
-		return nil, fmt.Errorf("push: consume: %w", err)
+	for i, cons := range conses {
+		src := s.sources[i]
+		if src.iter, err = cons.Messages(jetstream.PullMaxMessages(workers)); err != nil {
+			_ = s.svc.Stop()
+			for _, src := range s.sources[:i] {
+				src.iter.Stop()
+			}
+			return nil, fmt.Errorf("push: consume %s: %w", src.cfg.Durable, err)
+		}
 	}
-	s.wg.Add(1)
-	go s.pull()
+	for _, src := range s.sources {
+		s.wg.Add(1)
+		go s.pull(src)
+	}
 	s.log.Info("started", "window", cfg.Window, "max_attempts", cfg.MaxAttempts)
 	return s, nil
 }
@@ -141,7 +169,9 @@ func (s *Service) Stop() {
 		_ = s.svc.Stop()
 		s.mu.Lock()
 		s.stopped = true
-		s.iter.Drain()
+		for _, src := range s.sources {
+			src.iter.Drain()
+		}
 		s.mu.Unlock()
 		s.wg.Wait()
 		s.log.Info("stopped")
@@ -159,15 +189,16 @@ func (s *Service) enter() bool {
 	return true
 }
 
-// pull hands messages to workers, and makes a new iterator when the one it
-// has dies (consumer deleted by an operator, connection lost for good).
-func (s *Service) pull() {
+// pull hands src's messages to workers, and makes a new iterator when the
+// one it has dies (consumer deleted by an operator, connection lost for
+// good).
+func (s *Service) pull(src *source) {
 	defer s.wg.Done()
 	for {
 		s.mu.Lock()
-		iter := s.iter
+		iter := src.iter
 		s.mu.Unlock()
-		s.dispatch(iter)
+		s.dispatch(iter, src.handle)
 		if s.stopping.Load() || s.nc.IsClosed() {
 			return
 		}
@@ -178,7 +209,7 @@ func (s *Service) pull() {
 		case <-time.After(time.Second):
 		}
 		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-		cons, err := s.js.CreateOrUpdateConsumer(ctx, contract.Inbox, s.consCfg)
+		cons, err := s.js.CreateOrUpdateConsumer(ctx, src.stream, src.cfg)
 		cancel()
 		if err != nil {
 			s.log.Error("rebinding the consumer failed", "err", err)
@@ -193,13 +224,13 @@ func (s *Service) pull() {
 		if s.stopped {
 			it.Stop()
 		} else {
-			s.iter = it
+			src.iter = it
 		}
 		s.mu.Unlock()
 	}
 }
 
-func (s *Service) dispatch(iter jetstream.MessagesContext) {
+func (s *Service) dispatch(iter jetstream.MessagesContext, handle func(jetstream.Msg)) {
 	for {
 		m, err := iter.Next()
 		if errors.Is(err, jetstream.ErrMsgIteratorClosed) {
@@ -219,7 +250,7 @@ func (s *Service) dispatch(iter jetstream.MessagesContext) {
 		go func() {
 			defer s.wg.Done()
 			defer func() { <-s.sem }()
-			s.handle(m)
+			handle(m)
 		}()
 	}
 }
@@ -263,7 +294,7 @@ func (s *Service) handle(m jetstream.Msg) {
 		s.reject(m, meta, n, err)
 		return
 	}
-	s.notify(m, meta, n)
+	s.notify(m, meta.NumDelivered, m.Subject(), n)
 }
 
 // reject dead-letters a message that can never become a notification.
@@ -291,10 +322,11 @@ func (s *Service) hold(delay time.Duration) time.Duration {
 // than hold(MaxBackoff), so a key older than twice that lost its TTL.
 func (s *Service) stale() time.Duration { return 2 * s.hold(s.cfg.MaxBackoff) }
 
-// notify is the push path of one chat message.
-func (s *Service) notify(m jetstream.Msg, meta *jetstream.MsgMetadata, n Notification) {
+// notify is the push path of one chat message, n, stored on subject. m
+// is what asked for it, delivered for the attempt'th time: the message
+// itself, or a lease gone (gone.go); it is acked once n is done with.
+func (s *Service) notify(m jetstream.Msg, attempt uint64, subject string, n Notification) {
 	ctx := context.Background()
-	attempt := meta.NumDelivered
 	rec, err := contract.LoadLivePresence(ctx, s.presenceKV, n.User)
 	var syntax *json.SyntaxError
 	var typ *json.UnmarshalTypeError
@@ -304,7 +336,7 @@ func (s *Service) notify(m jetstream.Msg, meta *jetstream.MsgMetadata, n Notific
 		// a push too many than a message nobody hears about.
 		s.log.Warn("unreadable presence record; treating the user as offline", "user", n.User, "err", err)
 	case err != nil:
-		s.retry(m, attempt, nil, nil, fmt.Errorf("push: presence: %w", err))
+		s.retry(m, attempt, subject, n, nil, nil, fmt.Errorf("push: presence: %w", err))
 		return
 	case rec.Online():
 		s.counters.skippedOnline.Add(1)
@@ -320,7 +352,7 @@ func (s *Service) notify(m jetstream.Msg, meta *jetstream.MsgMetadata, n Notific
 	}
 	devices, err := s.devices(ctx, n.User)
 	if err != nil {
-		s.retry(m, attempt, nil, nil, err)
+		s.retry(m, attempt, subject, n, nil, nil, err)
 		return
 	}
 	if len(devices) == 0 {
@@ -341,7 +373,7 @@ func (s *Service) notify(m jetstream.Msg, meta *jetstream.MsgMetadata, n Notific
 		_ = m.NakWithDelay(backoff(attempt, s.cfg.BaseBackoff, s.cfg.MaxBackoff, 0))
 		return
 	case err != nil:
-		s.retry(m, attempt, nil, nil, err)
+		s.retry(m, attempt, subject, n, nil, nil, err)
 		return
 	}
 	if !ours {
@@ -382,7 +414,7 @@ func (s *Service) notify(m jetstream.Msg, meta *jetstream.MsgMetadata, n Notific
 			s.log.Debug("pushed", "user", n.User, "device", d, "seq", n.Seq, "pending", pending)
 			t.st.Sent = append(t.st.Sent, d)
 		case isPermanent(err):
-			if dlErr := deadLetter(ctx, s.js, dn, m.Subject(), err.Error(), attempt); dlErr != nil {
+			if dlErr := deadLetter(ctx, s.js, dn, subject, err.Error(), attempt); dlErr != nil {
 				failed[d], lastErr = dn, dlErr
 				continue
 			}
@@ -403,7 +435,7 @@ func (s *Service) notify(m jetstream.Msg, meta *jetstream.MsgMetadata, n Notific
 		s.finish(ctx, m, t)
 		return
 	}
-	s.retry(m, attempt, t, failed, lastErr)
+	s.retry(m, attempt, subject, n, t, failed, lastErr)
 }
 
 // finish acks the message, then closes its part of the window: the claim
@@ -424,10 +456,10 @@ func (s *Service) finish(ctx context.Context, m jetstream.Msg, t *ticket) {
 	}
 }
 
-// retry schedules the next attempt, or dead-letters the failed devices'
-// notifications once the attempts are spent. t and failed are nil when no
-// device was tried yet.
-func (s *Service) retry(m jetstream.Msg, attempt uint64, t *ticket, failed map[string]Notification, lastErr error) {
+// retry schedules the next attempt of n, stored on subject, or
+// dead-letters the failed devices' notifications once the attempts are
+// spent. t and failed are nil when no device was tried yet.
+func (s *Service) retry(m jetstream.Msg, attempt uint64, subject string, n Notification, t *ticket, failed map[string]Notification, lastErr error) {
 	ctx := context.Background()
 	if attempt < uint64(s.cfg.MaxAttempts) {
 		delay := backoff(attempt, s.cfg.BaseBackoff, s.cfg.MaxBackoff, retryAfter(lastErr))
@@ -437,7 +469,7 @@ func (s *Service) retry(m jetstream.Msg, attempt uint64, t *ticket, failed map[s
 			}
 		}
 		s.counters.retried.Add(1)
-		s.log.Info("will retry", "subject", m.Subject(), "attempt", attempt, "delay", delay, "err", lastErr)
+		s.log.Info("will retry", "subject", subject, "attempt", attempt, "delay", delay, "err", lastErr)
 		nakCtx, cancel := context.WithTimeout(ctx, s.cfg.Timeout)
 		_ = contract.ThroughReconnect(nakCtx, func() error { return m.NakWithDelay(delay) })
 		cancel()
@@ -446,8 +478,6 @@ func (s *Service) retry(m jetstream.Msg, attempt uint64, t *ticket, failed map[s
 	if failed == nil {
 		// Nothing was tried: dead-letter the message's notification as a
 		// whole, with no device.
-		meta, _ := m.Metadata()
-		n, _ := fromInbox(m.Subject(), m.Headers(), meta.Sequence.Stream)
 		failed = map[string]Notification{"": n}
 	}
 	devices := slices.Sorted(func(yield func(string) bool) {
@@ -458,8 +488,8 @@ func (s *Service) retry(m jetstream.Msg, attempt uint64, t *ticket, failed map[s
 		}
 	})
 	for _, d := range devices {
-		if err := deadLetter(ctx, s.js, failed[d], m.Subject(), lastErr.Error(), attempt); err != nil {
-			s.log.Error("dead-lettering failed; will retry", "subject", m.Subject(), "err", err)
+		if err := deadLetter(ctx, s.js, failed[d], subject, lastErr.Error(), attempt); err != nil {
+			s.log.Error("dead-lettering failed; will retry", "subject", subject, "err", err)
 			_ = m.NakWithDelay(backoff(attempt, s.cfg.BaseBackoff, s.cfg.MaxBackoff, 0))
 			return
 		}
@@ -468,7 +498,7 @@ func (s *Service) retry(m jetstream.Msg, attempt uint64, t *ticket, failed map[s
 			t.st.Dead = append(t.st.Dead, d)
 		}
 	}
-	s.log.Warn("gave up; dead-lettered", "subject", m.Subject(), "attempts", attempt, "err", lastErr)
+	s.log.Warn("gave up; dead-lettered", "subject", subject, "attempts", attempt, "err", lastErr)
 	// Ended first, then the claim closed, as in finish.
 	_ = m.Term()
 	if t != nil {

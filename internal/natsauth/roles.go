@@ -180,8 +180,10 @@ func For(r Role) Rules {
 			join([]string{kvSubject(contract.PresenceKV) + "user.*", subjPresence}, calls(Gateway), watch(kvStream(contract.PresenceKV))),
 			[]string{kvStream(contract.PresenceKV), kvStream(contract.SettingsKV)})
 	case Push:
+		// Its second durable reads the leases' changes: a device gone
+		// may leave a message nobody woke it for (functions/push/gone.go).
 		return function(r, contract.Inbox,
-			[]string{kvSubject(contract.PushKV) + "*"},
+			join([]string{kvSubject(contract.PushKV) + "*"}, consumer(kvStream(contract.PresenceKV), contract.PushGoneDurable)),
 			[]string{contract.Inbox, kvStream(contract.PushKV), kvStream(contract.DevicesKV),
 				kvStream(contract.CursorsKV), kvStream(contract.PresenceKV)})
 	case Media:
