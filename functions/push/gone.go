@@ -22,27 +22,33 @@ import (
 // the session, and a message stored meanwhile went to a socket nobody
 // reads; one stored while the session was ending found the lease too.
 // Once the lease goes (deleted by the gateway at the session's end, or
-// expired by the server after a gateway died) nothing else would wake the
-// device for it, and the user would hear of it only on opening the app.
+// expired by the server after its gateway died) nothing else would wake
+// the device for it, and its user would hear of it only on opening the
+// app.
 //
-// So the function reads every lease change too, through its second
+// So the function reads the leases' changes too, through its second
 // durable (push-gone on KV_PRESENCE, headers only, shared by the
 // instances). A lease taken or refreshed is acked. A lease gone, of a
-// user with no other device online, sends the newest chat message waiting
-// for any of the user's devices down the push path as if it had just
-// landed: the same window and claim, so a device already woken for it, or
-// past it, is not woken again, and a message that landed once the user
-// was offline was pushed on its own. It waits until the message's own
-// delivery to the function is decided (the push durable's ack floor has
-// passed it): that delivery may have found the user online a moment
-// before the lease went, and deciding both at once could post a device
-// twice. Nothing waiting: acked. A device that merely went while its
-// user has read everything costs a read of the user's devices, their
-// positions and the inbox's newest message.
+// user left with no device online, wakes that device, and only that one,
+// for what waits for it: the message of the user's claim if the device
+// is past neither it nor done in it (an attempt, the message's own or an
+// earlier delivery of this change, that has still to wake it), otherwise
+// the newest chat message past the device's position. It goes down the
+// push path with that message's claim, so the device is woken once per
+// window however many attempts come to it at once (the reservations in
+// coalesce.go), and a device that acked everything before going costs a
+// read of the presence record and leases, the device's position and the
+// inbox's newest message.
+//
+// Only the device that went: the user's other devices, offline all along,
+// were skipped by the same rule (no push while the user is online) and
+// are left to it, and a device behind for good (a phone no longer used)
+// is not woken again each time another goes.
 
 // goneScanMax bounds how much of an inbox a lease gone reads looking for
-// the newest chat message past receipts and own copies; past it, the
-// newest one found is the notification's.
+// the newest chat message past receipts and own copies: past it, the
+// device is woken for the newest found (its pending count is still the
+// whole backlog).
 const goneScanMax = 4096
 
 // handleGone is the path of one lease change.
@@ -51,7 +57,7 @@ func (s *Service) handleGone(m jetstream.Msg) {
 		_ = m.Nak()
 		return
 	}
-	user, ok := leaseUser(m.Subject())
+	user, device, ok := leaseOf(m.Subject())
 	if !ok {
 		s.log.Error("not a lease", "subject", m.Subject())
 		_ = m.Term()
@@ -68,87 +74,81 @@ func (s *Service) handleGone(m jetstream.Msg) {
 		_ = m.Term()
 		return
 	}
+	s.counters.leasesGone.Add(1)
 	ctx := context.Background()
-	n, found, err := s.newestWaiting(ctx, user)
+	// Most leases gone in a gateway's restart find their user back on
+	// another gateway already: one read, nothing else.
+	if rec, err := contract.LoadLivePresence(ctx, s.presenceKV, user); err == nil && rec.Online() {
+		_ = m.Ack()
+		return
+	}
+	n, found, err := s.waitingFor(ctx, user, device)
 	switch {
 	case err != nil && meta.NumDelivered < uint64(s.cfg.MaxAttempts):
 		s.counters.retried.Add(1)
-		s.log.Info("will retry a lease gone", "user", user, "err", err)
+		s.log.Info("will retry a lease gone", "user", user, "device", device, "err", err)
 		_ = m.NakWithDelay(backoff(meta.NumDelivered, s.cfg.BaseBackoff, s.cfg.MaxBackoff, 0))
 		return
 	case err != nil:
-		// Nothing to dead-letter: no notification was made.
-		s.log.Warn("gave up on a lease gone", "user", user, "err", err)
+		// No notification was made: there is nothing to dead-letter.
+		s.counters.goneGaveUp.Add(1)
+		s.log.Warn("gave up on a lease gone", "user", user, "device", device, "err", err)
 		_ = m.Term()
 		return
 	case !found:
 		_ = m.Ack()
 		return
 	}
-	if done, err := s.settled(ctx, n.Seq); err != nil || !done {
-		// The message's own delivery is still being decided (or it
-		// cannot be told): decided after it, never beside it, as two
-		// attempts at one message on one claim could each post a device.
-		if meta.NumDelivered >= uint64(s.cfg.MaxAttempts) {
-			s.log.Warn("gave up on a lease gone: its message is still being decided", "user", user, "seq", n.Seq, "err", err)
-			_ = m.Term()
-			return
-		}
-		s.counters.retried.Add(1)
-		_ = m.NakWithDelay(backoff(meta.NumDelivered, s.cfg.BaseBackoff, s.cfg.MaxBackoff, 0))
-		return
-	}
 	s.counters.gone.Add(1)
-	s.notify(m, meta.NumDelivered, contract.InboxSubject(user), n)
+	s.notify(m, meta.NumDelivered, contract.InboxSubject(user), n, device)
 }
 
-// settled reports whether the push durable has acked every INBOX message
-// up to seq: their push is decided.
-func (s *Service) settled(ctx context.Context, seq uint64) (bool, error) {
-	ctx, cancel := context.WithTimeout(ctx, s.cfg.Timeout)
-	defer cancel()
-	c, err := s.js.Consumer(ctx, contract.Inbox, "push")
-	if err != nil {
-		return false, fmt.Errorf("push: %w", err)
-	}
-	return c.CachedInfo().AckFloor.Stream >= seq, nil
-}
-
-// leaseUser is the user of a lease key's subject,
+// leaseOf is the user and device of a lease key's subject,
 // $KV.PRESENCE.lease.<user>.<device>.
-func leaseUser(subject string) (string, bool) {
+func leaseOf(subject string) (user, device string, ok bool) {
 	rest, ok := strings.CutPrefix(subject, contract.KVSubject(contract.PresenceKV, "lease."))
 	user, device, cut := strings.Cut(rest, ".")
-	return user, ok && cut && protocol.ValidID(user) && protocol.ValidID(device)
+	return user, device, ok && cut && protocol.ValidID(user) && protocol.ValidID(device)
 }
 
-// newestWaiting finds the newest chat message in user's inbox past the
-// lowest position of their devices, not their own: what a device gone
-// may not have had. found is false when nothing is waiting, the user has
-// no device, or only receipts and own copies wait.
-func (s *Service) newestWaiting(ctx context.Context, user string) (Notification, bool, error) {
-	devices, err := s.devices(ctx, user)
-	if err != nil || len(devices) == 0 {
-		return Notification{}, false, err
-	}
-	floor := uint64(0)
-	for i, d := range devices {
-		p, err := contract.DevicePosition(ctx, s.devicesKV, s.cursorsKV, s.inbox.CachedInfo().Created, user, d)
-		if err != nil {
-			return Notification{}, false, fmt.Errorf("push: %w", err)
-		}
-		if i == 0 || p < floor {
-			floor = p
-		}
+// waitingFor finds the message to wake device for: its user's claim's, if
+// the device is past neither it nor done in it, else the newest chat
+// message from someone else past the device's position. found is false
+// when nothing of the kind waits.
+func (s *Service) waitingFor(ctx context.Context, user, device string) (Notification, bool, error) {
+	pos, err := contract.DevicePosition(ctx, s.devicesKV, s.cursorsKV, s.inbox.CachedInfo().Created, user, device)
+	if err != nil {
+		return Notification{}, false, fmt.Errorf("push: %w", err)
 	}
 	subject := contract.InboxSubject(user)
+	e, err := s.pushKV.Get(ctx, user)
+	switch {
+	case err == nil:
+		var c claim
+		if json.Unmarshal(e.Value(), &c) == nil && c.Seq > pos && !c.done(device) {
+			sm, err := contract.GetMsg(ctx, s.nc, contract.Inbox, c.Seq, "")
+			switch {
+			case err == nil && sm.Subject == subject:
+				if h, err := nats.DecodeHeadersMsg(sm.Header); err == nil {
+					if n, ok := waitingChat(user, c.Seq, h); ok {
+						return n, true, nil
+					}
+				}
+			case err != nil && !errors.Is(err, contract.ErrNoMsg):
+				return Notification{}, false, fmt.Errorf("push: inbox: %w", err)
+			}
+			// Gone from the stream: what waits is found below.
+		}
+	case !errors.Is(err, jetstream.ErrKeyNotFound):
+		return Notification{}, false, fmt.Errorf("push: coalescing key: %w", err)
+	}
 	last, err := contract.GetMsg(ctx, s.nc, contract.Inbox, 0, subject)
 	switch {
 	case errors.Is(err, contract.ErrNoMsg):
 		return Notification{}, false, nil
 	case err != nil:
 		return Notification{}, false, fmt.Errorf("push: inbox of %s: %w", user, err)
-	case last.Sequence <= floor:
+	case last.Sequence <= pos:
 		return Notification{}, false, nil
 	}
 	if h, err := nats.DecodeHeadersMsg(last.Header); err == nil {
@@ -156,10 +156,10 @@ func (s *Service) newestWaiting(ctx context.Context, user string) (Notification,
 			return n, true, nil
 		}
 	}
-	// The newest is a receipt or an own copy: read from the floor on.
+	// The newest is a receipt or an own copy: read from the position on.
 	var newest Notification
 	found := false
-	err = scanInbox(ctx, s.nc, user, floor+1, last.Sequence, func(seq uint64, h nats.Header) {
+	err = scanInbox(ctx, s.nc, user, pos+1, last.Sequence, func(seq uint64, h nats.Header) {
 		if n, ok := waitingChat(user, seq, h); ok {
 			newest, found = n, true
 		}
@@ -178,22 +178,22 @@ func waitingChat(user string, seq uint64, h nats.Header) (Notification, bool) {
 }
 
 // scanInbox passes each message of user's inbox from sequence from up to
-// sequence to to each, with batched direct gets of up to 256, reading at
-// most goneScanMax.
+// sequence to to each, in order, with batched direct gets of up to 256,
+// reading at most goneScanMax.
 func scanInbox(ctx context.Context, nc *nats.Conn, user string, from, to uint64, each func(seq uint64, h nats.Header)) error {
 	ctx, cancel := context.WithTimeout(ctx, contract.WaitingTimeout)
 	defer cancel()
-	sub, err := nc.SubscribeSync(nc.NewRespInbox())
+	sub, err := nc.SubscribeSync(nc.NewInbox())
 	if err != nil {
 		return err
 	}
 	defer func() { _ = sub.Unsubscribe() }()
-	read := 0
-	for from <= to && read < goneScanMax {
-		req, _ := json.Marshal(map[string]any{"seq": from, "next_by_subj": contract.InboxSubject(user), "batch": 256})
+	for read := 0; from <= to && read < goneScanMax; {
+		req, _ := json.Marshal(map[string]any{"seq": from, "next_by_subj": contract.InboxSubject(user), "batch": min(256, goneScanMax-read)})
 		if err := nc.PublishRequest(contract.DirectGetSubject(contract.Inbox), sub.Subject, req); err != nil {
 			return err
 		}
+		start := from
 		for {
 			m, err := sub.NextMsgWithContext(ctx)
 			if err != nil {
@@ -204,7 +204,7 @@ func scanInbox(ctx context.Context, nc *nats.Conn, user string, from, to uint64,
 				return fmt.Errorf("push: inbox of %s: %w", user, err)
 			}
 			if end {
-				if !more {
+				if !more || from == start {
 					return nil
 				}
 				break

@@ -3,6 +3,8 @@ package push
 import (
 	"context"
 	"errors"
+	"fmt"
+	"net/http"
 	"testing"
 	"time"
 
@@ -43,8 +45,9 @@ func waitGoneDrained(t testing.TB, js jetstream.JetStream) {
 	})
 }
 
-// waitOnline waits until user is online or not, as the function sees it.
-func waitOnline(t testing.TB, js jetstream.JetStream, user string, want bool) {
+// waitOnline waits until user is online or not, as the function sees it,
+// and online on each of devices.
+func waitOnline(t testing.TB, js jetstream.JetStream, user string, want bool, devices ...string) {
 	t.Helper()
 	presence := kv(t, js, contract.PresenceKV)
 	tk.WaitFor(t, 10*time.Second, func() error {
@@ -55,14 +58,21 @@ func waitOnline(t testing.TB, js jetstream.JetStream, user string, want bool) {
 		if rec.Online() != want {
 			return tk.Errorf("%s online: %v, want %v", user, rec.Online(), want)
 		}
+		for _, d := range devices {
+			if _, ok := rec.Devices[d]; !ok {
+				return tk.Errorf("%s's %s not online yet", user, d)
+			}
+		}
 		return nil
 	})
 }
 
 // A message delivered to devices that never acked it (a socket nobody
-// read) woke nobody while they were online; once the last of them has
-// gone, each is woken for it, once. While one stays, none is.
-func TestDevicesGoneWithAMessageWaitingAreWoken(t *testing.T) {
+// read) woke nobody while they were online. The phone goes while the
+// laptop stays: bob is still online, nobody is woken. The laptop goes:
+// it is woken for the message, once; the phone, gone while bob was
+// online, is left to the rule that skipped it.
+func TestDeviceGoneWithAMessageWaitingIsWoken(t *testing.T) {
 	n := tk.StartNATS(t)
 	h := newHook(t, nil)
 	svc := startPush(t, n, testConfig(h.URL))
@@ -72,7 +82,7 @@ func TestDevicesGoneWithAMessageWaitingAreWoken(t *testing.T) {
 
 	phone := tk.Dial(t, g.URL, "bob", "phone")
 	laptop := tk.Dial(t, g.URL, "bob", "laptop")
-	waitOnline(t, n.JS, "bob", true)
+	waitOnline(t, n.JS, "bob", true, "phone", "laptop")
 	alice := tk.Dial(t, g.URL, "alice", "phone")
 	sent, err := alice.Send(ctx, "bob", "m1", tk.Body("secret"))
 	if err != nil {
@@ -88,10 +98,10 @@ func TestDevicesGoneWithAMessageWaitingAreWoken(t *testing.T) {
 		t.Fatalf("stats %+v, want the message skipped for bob online", st)
 	}
 
-	// The phone goes; the laptop is still online: nobody is woken.
 	if err := phone.Close(); err != nil {
 		t.Fatal(err)
 	}
+	waitOnline(t, n.JS, "bob", true, "laptop")
 	tk.WaitFor(t, 10*time.Second, func() error {
 		if _, err := kv(t, n.JS, contract.PresenceKV).Get(ctx, contract.LeaseKey("bob", "phone")); !errors.Is(err, jetstream.ErrKeyNotFound) && !errors.Is(err, jetstream.ErrKeyDeleted) {
 			return tk.Errorf("the phone's lease: %v", err)
@@ -99,35 +109,197 @@ func TestDevicesGoneWithAMessageWaitingAreWoken(t *testing.T) {
 		return nil
 	})
 	waitGoneDrained(t, n.JS)
-	if st := svc.Stats(); st.Gone != 1 || st.SkippedOnline != 2 || len(h.Calls()) != 0 {
-		t.Fatalf("stats %+v, calls %+v: want the phone's going to find m1 and bob still online", st, h.Calls())
+	if st := svc.Stats(); st.LeasesGone != 1 || st.Gone != 0 || len(h.Calls()) != 0 {
+		t.Fatalf("stats %+v, calls %+v: want the phone's going read, and bob still online", st, h.Calls())
 	}
 
-	// The laptop goes too: both are woken for m1.
 	if err := laptop.Close(); err != nil {
 		t.Fatal(err)
 	}
 	waitOnline(t, n.JS, "bob", false)
 	tk.WaitFor(t, 20*time.Second, func() error {
-		if len(h.Calls()) < 2 {
-			return tk.Errorf("calls %+v, stats %+v", h.Calls(), svc.Stats())
+		if len(h.Calls()) == 0 {
+			return tk.Errorf("no push yet; stats %+v", svc.Stats())
 		}
 		return nil
 	})
 	waitGoneDrained(t, n.JS)
 	waitDrained(t, n.JS, 10*time.Second)
 	calls := h.Calls()
-	if len(calls) != 2 {
-		t.Fatalf("%d calls, want one per device: %+v", len(calls), calls)
+	if len(calls) != 1 {
+		t.Fatalf("%d calls, want the laptop's: %+v", len(calls), calls)
 	}
-	for i, dev := range []string{"laptop", "phone"} {
-		got := calls[i].N
-		if got.User != "bob" || got.Device != dev || got.MessageID != "m1" || got.From != "alice" || got.Seq != sent.Seq || got.Pending != 1 {
-			t.Errorf("call %d: %s, want m1 (seq %d) for bob's %s", i, calls[i].Raw, sent.Seq, dev)
+	if got := calls[0].N; got.User != "bob" || got.Device != "laptop" || got.MessageID != "m1" || got.From != "alice" || got.Seq != sent.Seq || got.Pending != 1 {
+		t.Errorf("call %s, want m1 (seq %d) for bob's laptop", calls[0].Raw, sent.Seq)
+	}
+	if st := svc.Stats(); st.LeasesGone != 2 || st.Gone != 1 || st.Pushed != 1 {
+		t.Errorf("stats %+v", st)
+	}
+}
+
+// Both of bob's devices go at once, each with the message unacked: each
+// is woken at most once (both, if each lease went with the other gone
+// too), and the last to go at least.
+func TestDevicesGoingTogetherAreWokenOnceEach(t *testing.T) {
+	n := tk.StartNATS(t)
+	h := newHook(t, nil)
+	svc := startPush(t, n, testConfig(h.URL))
+	g := tk.StartGateway(t, n, tk.TestConfig())
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	phone := tk.Dial(t, g.URL, "bob", "phone")
+	laptop := tk.Dial(t, g.URL, "bob", "laptop")
+	waitOnline(t, n.JS, "bob", true, "phone", "laptop")
+	alice := tk.Dial(t, g.URL, "alice", "phone")
+	if _, err := alice.Send(ctx, "bob", "m1", tk.Body("hi")); err != nil {
+		t.Fatal(err)
+	}
+	tk.RecvMsg(t, phone, 10*time.Second)
+	tk.RecvMsg(t, laptop, 10*time.Second)
+	waitDrained(t, n.JS, 10*time.Second)
+	done := make(chan error, 2)
+	for _, c := range []*client.Client{phone, laptop} {
+		go func() { done <- c.Close() }()
+	}
+	for range 2 {
+		if err := <-done; err != nil {
+			t.Fatal(err)
 		}
 	}
-	if st := svc.Stats(); st.Gone != 2 || st.Pushed != 2 {
-		t.Errorf("stats %+v", st)
+	waitOnline(t, n.JS, "bob", false)
+	tk.WaitFor(t, 20*time.Second, func() error {
+		if st := svc.Stats(); st.LeasesGone != 2 {
+			return tk.Errorf("stats %+v", st)
+		}
+		return nil
+	})
+	waitGoneDrained(t, n.JS)
+	calls := h.Calls()
+	seen := map[string]int{}
+	for _, c := range calls {
+		seen[c.N.Device]++
+	}
+	if len(calls) == 0 || seen["phone"] > 1 || seen["laptop"] > 1 {
+		t.Fatalf("calls %+v, want each device woken at most once and one at least; stats %+v", calls, svc.Stats())
+	}
+}
+
+// A device behind for good (the laptop, woken once for m1) is not woken
+// again each time another device goes: the phone reads m1 and goes, and
+// nothing more is posted.
+func TestAnotherDeviceGoingDoesNotWakeOneBehind(t *testing.T) {
+	n := tk.StartNATS(t)
+	h := newHook(t, nil)
+	cfg := testConfig(h.URL)
+	svc := startPush(t, n, cfg)
+	g := tk.StartGateway(t, n, tk.TestConfig())
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	for _, dev := range []string{"phone", "laptop"} {
+		if err := tk.Dial(t, g.URL, "bob", dev).Close(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	waitOnline(t, n.JS, "bob", false)
+	alice := tk.Dial(t, g.URL, "alice", "phone")
+	if _, err := alice.Send(ctx, "bob", "m1", tk.Body("hi")); err != nil {
+		t.Fatal(err)
+	}
+	tk.WaitFor(t, 20*time.Second, func() error {
+		if len(h.Calls()) != 2 {
+			return tk.Errorf("calls %+v", h.Calls())
+		}
+		return nil
+	})
+	// Past the window, so no claim holds m1 any more.
+	if err := kv(t, n.JS, contract.PushKV).Purge(ctx, "bob"); err != nil {
+		t.Fatal(err)
+	}
+	phone := tk.Dial(t, g.URL, "bob", "phone")
+	phone.Ack(tk.RecvMsg(t, phone, 10*time.Second).Seq)
+	if err := phone.Close(); err != nil {
+		t.Fatal(err)
+	}
+	waitOnline(t, n.JS, "bob", false)
+	tk.WaitFor(t, 20*time.Second, func() error {
+		if st := svc.Stats(); st.LeasesGone != 3 {
+			return tk.Errorf("stats %+v", st)
+		}
+		return nil
+	})
+	waitGoneDrained(t, n.JS)
+	waitDrained(t, n.JS, 10*time.Second)
+	if calls := h.Calls(); len(calls) != 2 {
+		t.Fatalf("calls %+v, want only m1's two; stats %+v", calls, svc.Stats())
+	}
+}
+
+// The newest in the inbox is a receipt: the device is woken for the chat
+// message before it, with both counted as pending.
+func TestGoneFindsTheMessageBehindAReceipt(t *testing.T) {
+	n := tk.StartNATS(t)
+	h := newHook(t, nil)
+	svc := startPush(t, n, testConfig(h.URL))
+	putDevices(t, n.JS, "bob", "phone")
+	setOnline(t, n.JS, "bob", "phone")
+	seq := publish(t, n.JS, "bob", "alice", "m1")
+	for i := range 300 { // more than one batch of the scan
+		r := receiptMsg("bob", "alice", "m0")
+		r.Header.Set(contract.HdrMsgID, fmt.Sprintf("r%d", i))
+		if _, err := n.JS.PublishMsg(context.Background(), r); err != nil {
+			t.Fatal(err)
+		}
+	}
+	waitDrained(t, n.JS, 10*time.Second)
+	if err := kv(t, n.JS, contract.PresenceKV).Delete(context.Background(), contract.LeaseKey("bob", "phone")); err != nil {
+		t.Fatal(err)
+	}
+	tk.WaitFor(t, 20*time.Second, func() error {
+		if len(h.Calls()) == 0 {
+			return tk.Errorf("no push yet; stats %+v", svc.Stats())
+		}
+		return nil
+	})
+	waitGoneDrained(t, n.JS)
+	calls := h.Calls()
+	if len(calls) != 1 || calls[0].N.Seq != seq || calls[0].N.MessageID != "m1" || calls[0].N.Pending != 301 {
+		t.Fatalf("calls %+v, want one for m1 (seq %d) with 301 pending", calls, seq)
+	}
+}
+
+// A webhook that fails the first time: the lease gone is tried again and
+// the phone is woken, for the same message, once.
+func TestGoneRetriesAFailedPost(t *testing.T) {
+	n := tk.StartNATS(t)
+	h := newHook(t, func(_ Notification, prior int) int {
+		if prior == 0 {
+			return http.StatusServiceUnavailable
+		}
+		return http.StatusOK
+	})
+	svc := startPush(t, n, testConfig(h.URL))
+	putDevices(t, n.JS, "bob", "phone")
+	setOnline(t, n.JS, "bob", "phone")
+	seq := publish(t, n.JS, "bob", "alice", "m1")
+	waitDrained(t, n.JS, 10*time.Second)
+	if err := kv(t, n.JS, contract.PresenceKV).Delete(context.Background(), contract.LeaseKey("bob", "phone")); err != nil {
+		t.Fatal(err)
+	}
+	tk.WaitFor(t, 20*time.Second, func() error {
+		if _, ok := h.count("bob", "phone"); ok == 0 {
+			return tk.Errorf("not woken yet; stats %+v", svc.Stats())
+		}
+		return nil
+	})
+	waitGoneDrained(t, n.JS)
+	all, ok := h.count("bob", "phone")
+	if all != 2 || ok != 1 {
+		t.Fatalf("%d calls, %d answered 2xx: want a 503, then one push", all, ok)
+	}
+	for _, c := range h.Calls() {
+		if c.N.Seq != seq {
+			t.Errorf("call for seq %d, want m1's %d", c.N.Seq, seq)
+		}
 	}
 }
 
@@ -154,8 +326,8 @@ func TestDeviceGoneHavingAckedEverythingWakesNobody(t *testing.T) {
 	waitOnline(t, n.JS, "bob", false)
 	waitGoneDrained(t, n.JS)
 	waitDrained(t, n.JS, 10*time.Second)
-	if st := svc.Stats(); st.Gone != 0 || st.Pushed != 0 || len(h.Calls()) != 0 {
-		t.Fatalf("stats %+v, calls %+v: the phone had acked m1", st, h.Calls())
+	if st := svc.Stats(); st.LeasesGone != 1 || st.Gone != 0 || st.Pushed != 0 || len(h.Calls()) != 0 {
+		t.Fatalf("stats %+v, calls %+v: want the phone's going read, and nothing waiting (it had acked m1)", st, h.Calls())
 	}
 }
 

@@ -44,13 +44,19 @@ type Stats struct {
 	Ignored         uint64 `json:"ignored"`
 	Retried         uint64 `json:"retried"`
 	DeadLettered    uint64 `json:"dead_lettered"`
-	// Gone counts leases gone that found a chat message waiting for the
-	// user's devices and sent it down the push path (gone.go).
-	Gone uint64 `json:"gone"`
+	// LeasesGone counts the leases gone read (gone.go); Gone those that
+	// found a message waiting for their device, offline, and sent it
+	// down the push path (where it is counted again as pushed, coalesced
+	// and so on); GoneGaveUp those given up after MaxAttempts failed
+	// reads.
+	LeasesGone uint64 `json:"leases_gone"`
+	Gone       uint64 `json:"gone"`
+	GoneGaveUp uint64 `json:"gone_gave_up"`
 }
 
 type counters struct {
-	pushed, coalesced, waited, skippedOnline, skippedNoDevice, ignored, retried, deadLettered, gone atomic.Uint64
+	pushed, coalesced, waited, skippedOnline, skippedNoDevice, ignored, retried, deadLettered atomic.Uint64
+	leasesGone, gone, goneGaveUp                                                              atomic.Uint64
 }
 
 // Stats returns the instance's counters.
@@ -65,7 +71,9 @@ func (s *Service) Stats() Stats {
 		Ignored:         c.ignored.Load(),
 		Retried:         c.retried.Load(),
 		DeadLettered:    c.deadLettered.Load(),
+		LeasesGone:      c.leasesGone.Load(),
 		Gone:            c.gone.Load(),
+		GoneGaveUp:      c.goneGaveUp.Load(),
 	}
 }
 

@@ -294,7 +294,7 @@ func (s *Service) handle(m jetstream.Msg) {
 		s.reject(m, meta, n, err)
 		return
 	}
-	s.notify(m, meta.NumDelivered, m.Subject(), n)
+	s.notify(m, meta.NumDelivered, m.Subject(), n, "")
 }
 
 // reject dead-letters a message that can never become a notification.
@@ -318,14 +318,21 @@ func (s *Service) hold(delay time.Duration) time.Duration {
 	return delay + s.ackWait + s.cfg.Window
 }
 
+// reserveFor is how long a device reserved by an attempt is left alone by
+// another attempt at the same message: longer than a webhook call and
+// its recording, so only an abandoned reservation (its instance died) is
+// taken over.
+func (s *Service) reserveFor() time.Duration { return 2*s.cfg.Timeout + 5*time.Second }
+
 // stale is the age past which a claim cannot be live: no hold is longer
 // than hold(MaxBackoff), so a key older than twice that lost its TTL.
 func (s *Service) stale() time.Duration { return 2 * s.hold(s.cfg.MaxBackoff) }
 
-// notify is the push path of one chat message, n, stored on subject. m
-// is what asked for it, delivered for the attempt'th time: the message
-// itself, or a lease gone (gone.go); it is acked once n is done with.
-func (s *Service) notify(m jetstream.Msg, attempt uint64, subject string, n Notification) {
+// notify is the push path of one chat message, n, stored on subject, for
+// each of its user's devices, or only the device named. m is what asked
+// for it, delivered for the attempt'th time: the message itself, or a
+// lease gone (gone.go); it is acked once n is done with.
+func (s *Service) notify(m jetstream.Msg, attempt uint64, subject string, n Notification, only string) {
 	ctx := context.Background()
 	rec, err := contract.LoadLivePresence(ctx, s.presenceKV, n.User)
 	var syntax *json.SyntaxError
@@ -386,7 +393,7 @@ func (s *Service) notify(m jetstream.Msg, attempt uint64, subject string, n Noti
 	failed := map[string]Notification{}
 	var lastErr error
 	for _, d := range devices {
-		if t.st.done(d) {
+		if t.st.done(d) || (only != "" && d != only) {
 			continue
 		}
 		if s.stopping.Load() {
@@ -406,24 +413,33 @@ func (s *Service) notify(m jetstream.Msg, attempt uint64, subject string, n Noti
 			s.log.Debug("device has the message; not woken", "user", n.User, "device", d, "seq", n.Seq)
 			continue
 		}
+		if ok, err := t.reserve(ctx, d, s.reserveFor(), s.hold(0)); err != nil {
+			// Another attempt at the message is posting it (errBusy):
+			// the retry finds it done, or its reservation abandoned.
+			failed[d], lastErr = dn, err
+			continue
+		} else if !ok {
+			continue // done by another attempt, or the window moved on
+		}
 		dn.Pending = pending
 		err = s.hook.post(ctx, dn)
 		switch {
 		case err == nil:
 			s.counters.pushed.Add(1)
 			s.log.Debug("pushed", "user", n.User, "device", d, "seq", n.Seq, "pending", pending)
-			t.st.Sent = append(t.st.Sent, d)
+			t.end(d, true, false)
 		case isPermanent(err):
 			if dlErr := deadLetter(ctx, s.js, dn, subject, err.Error(), attempt); dlErr != nil {
+				t.end(d, false, false)
 				failed[d], lastErr = dn, dlErr
-				continue
+				break
 			}
 			s.counters.deadLettered.Add(1)
 			s.log.Warn("webhook refused the notification; dead-lettered", "user", n.User, "device", d, "seq", n.Seq, "err", err)
-			t.st.Dead = append(t.st.Dead, d)
+			t.end(d, false, true)
 		default:
+			t.end(d, false, false)
 			failed[d], lastErr = dn, err
-			continue
 		}
 		if err := t.save(ctx, s.hold(0)); err != nil {
 			// The final save below tries again with the same state.
@@ -495,7 +511,7 @@ func (s *Service) retry(m jetstream.Msg, attempt uint64, subject string, n Notif
 		}
 		s.counters.deadLettered.Add(1)
 		if t != nil && d != "" {
-			t.st.Dead = append(t.st.Dead, d)
+			t.end(d, false, true)
 		}
 	}
 	s.log.Warn("gave up; dead-lettered", "subject", subject, "attempts", attempt, "err", lastErr)
