@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"time"
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
@@ -12,10 +13,11 @@ import (
 
 // StoredMsg is one message as a stream's leader holds it.
 type StoredMsg struct {
-	Subject  string `json:"subject"`
-	Sequence uint64 `json:"seq"`
-	Header   []byte `json:"hdrs"` // as stored, NATS/1.0 form
-	Data     []byte `json:"data"`
+	Subject  string    `json:"subject"`
+	Sequence uint64    `json:"seq"`
+	Header   []byte    `json:"hdrs"` // as stored, NATS/1.0 form
+	Data     []byte    `json:"data"`
+	Time     time.Time `json:"time"` // when it was stored
 }
 
 // APIError is the error of a JetStream API answer.

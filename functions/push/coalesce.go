@@ -5,7 +5,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"maps"
 	"slices"
 	"time"
 
@@ -19,21 +18,12 @@ import (
 // the user's window and which devices it has finished with. Sent and Dead
 // are written after each device, so an attempt taken over by another
 // instance (crash, stop, retry) skips what is done.
-//
-// Two attempts at one message can run at once: the message's own
-// delivery and a lease gone that came to the same message (gone.go), or
-// a delivery whose ack wait ran out while it worked. So a device is
-// reserved in Posting before it is posted: another attempt leaves a
-// device reserved less than reserveFor ago alone (and tries again later,
-// when it is done or its reservation abandoned).
 type claim struct {
 	Seq  uint64   `json:"seq"`
 	Sent []string `json:"sent"`
 	// Dead lists devices whose notification was dead-lettered, so a later
 	// attempt does not post it again.
 	Dead []string `json:"dead,omitempty"`
-	// Posting: device → when an attempt reserved it (unix ms).
-	Posting map[string]int64 `json:"posting,omitempty"`
 }
 
 func (c *claim) done(device string) bool {
@@ -51,153 +41,6 @@ type ticket struct {
 	// lost is set when the key turned out to belong to another message:
 	// the window was taken over, and this attempt no longer records.
 	lost bool
-	// ended holds the reservations this attempt made and has ended
-	// (posted, dead-lettered or given back): a merge with what another
-	// attempt wrote must not bring them back.
-	ended map[string]int64
-}
-
-// errBusy says another attempt at the same message is posting a device.
-var errBusy = errors.New("push: another attempt is posting this device")
-
-// reserve reserves device d for this attempt to post, writing the claim
-// with a TTL of hold. It reports false with no error when d is done (by
-// another attempt) or the window moved on to another message, and
-// errBusy when another attempt reserved d less than reserveFor ago.
-func (t *ticket) reserve(ctx context.Context, d string, reserveFor, hold time.Duration) (bool, error) {
-	for range 5 {
-		if t.lost || t.st.done(d) {
-			return false, nil
-		}
-		now := time.Now()
-		if at, ok := t.st.Posting[d]; ok && now.Sub(time.UnixMilli(at)) < reserveFor {
-			return false, errBusy
-		}
-		st := t.st
-		st.Posting = maps.Clone(t.st.Posting)
-		if st.Posting == nil {
-			st.Posting = map[string]int64{}
-		}
-		st.Posting[d] = now.UnixMilli()
-		rev, err := t.write(ctx, st, hold)
-		if err == nil {
-			t.st, t.rev = st, rev
-			return true, nil
-		}
-		if !errors.Is(err, errStale) {
-			return false, fmt.Errorf("push: coalescing key: %w", err)
-		}
-		if err := t.reload(ctx); err != nil {
-			return false, err
-		}
-	}
-	return false, errors.New("push: coalescing key too contended")
-}
-
-// end ends this attempt's reservation of d: posted (sent), dead-lettered
-// (dead), or neither, given back for a later attempt.
-func (t *ticket) end(d string, sent, dead bool) {
-	if at, ok := t.st.Posting[d]; ok {
-		if t.ended == nil {
-			t.ended = map[string]int64{}
-		}
-		t.ended[d] = at
-		delete(t.st.Posting, d)
-	}
-	switch {
-	case sent:
-		t.st.Sent = append(t.st.Sent, d)
-	case dead:
-		t.st.Dead = append(t.st.Dead, d)
-	}
-}
-
-// errStale says the key is no longer at the revision read.
-var errStale = errors.New("push: coalescing key written by another")
-
-// write publishes st as the claim if the key is still at the revision
-// read (t.rev; 0: the key is gone), with a TTL of ttl, and returns the
-// new revision, or errStale. KeyValue.Update cannot set a TTL, and a
-// value written without one would never expire (the TTL belongs to each
-// revision, not to the key), so it is a raw publish on the bucket's
-// subject with the same compare-and-set header Update uses.
-func (t *ticket) write(ctx context.Context, st claim, ttl time.Duration) (uint64, error) {
-	b, _ := json.Marshal(st)
-	if t.rev == 0 {
-		// Create, not a publish expecting nothing: an expired key
-		// leaves a marker that a raw compare-and-set would trip on.
-		rev, err := t.kv.Create(ctx, t.user, b, jetstream.KeyTTL(ttlSeconds(ttl)))
-		if errors.Is(err, jetstream.ErrKeyExists) {
-			return 0, errStale
-		}
-		return rev, err
-	}
-	m := &nats.Msg{Subject: contract.KVSubject(contract.PushKV, t.user), Data: b}
-	// Through a reconnect: a device pushed and not recorded would be
-	// pushed again when the message comes again.
-	var ack *jetstream.PubAck
-	err := contract.ThroughReconnect(ctx, func() (err error) {
-		ack, err = t.js.PublishMsg(ctx, m,
-			jetstream.WithExpectLastSequencePerSubject(t.rev), jetstream.WithMsgTTL(ttlSeconds(ttl)))
-		return err
-	})
-	if contract.IsConflict(err) {
-		return 0, errStale
-	}
-	if err != nil {
-		return 0, err
-	}
-	return ack.Sequence, nil
-}
-
-// reload reads the claim another attempt wrote and merges this attempt's
-// own progress into it. A key gone (expired) keeps this attempt's state,
-// with nothing to compare against (rev 0 makes the next write a create);
-// another message's key means the window moved on (lost).
-func (t *ticket) reload(ctx context.Context) error {
-	e, err := t.kv.Get(ctx, t.user)
-	switch {
-	case errors.Is(err, jetstream.ErrKeyNotFound):
-		t.rev = 0
-		return nil
-	case err != nil:
-		return fmt.Errorf("push: coalescing key: %w", err)
-	}
-	var cur claim
-	if json.Unmarshal(e.Value(), &cur) != nil || cur.Seq != t.st.Seq {
-		t.lost = true
-		return nil
-	}
-	for _, d := range t.st.Sent {
-		if !slices.Contains(cur.Sent, d) {
-			cur.Sent = append(cur.Sent, d)
-		}
-	}
-	for _, d := range t.st.Dead {
-		if !slices.Contains(cur.Dead, d) {
-			cur.Dead = append(cur.Dead, d)
-		}
-	}
-	if cur.Sent == nil {
-		cur.Sent = []string{}
-	}
-	// Reservations: theirs as they wrote them, less what is done and
-	// what this attempt ended; this attempt's own still open.
-	for d, at := range cur.Posting {
-		if cur.done(d) || t.ended[d] == at {
-			delete(cur.Posting, d)
-		}
-	}
-	for d, at := range t.st.Posting {
-		if !cur.done(d) {
-			if cur.Posting == nil {
-				cur.Posting = map[string]int64{}
-			}
-			cur.Posting[d] = at
-		}
-	}
-	t.st, t.rev = cur, e.Revision()
-	return nil
 }
 
 // ttlSeconds rounds d up to whole seconds, the server's TTL unit, so a
@@ -271,8 +114,7 @@ func acquire(ctx context.Context, js jetstream.JetStream, kv jetstream.KeyValue,
 // a window is "at most one push", not "none after a message nobody was
 // woken for".
 func (t *ticket) close(ctx context.Context, window time.Duration) error {
-	if len(t.st.Sent) > 0 || len(t.st.Posting) > 0 {
-		// Woke a device, or another attempt is posting one now.
+	if len(t.st.Sent) > 0 {
 		return t.save(ctx, window)
 	}
 	return release(ctx, t.kv, t.user, t.rev)
@@ -307,24 +149,68 @@ func releaseIdle(ctx context.Context, kv jetstream.KeyValue, user string, seq ui
 }
 
 // save writes the claim with a fresh TTL, if the key is still at the
-// revision read, merging what another attempt at the same message wrote
-// meanwhile; a key gone is created again.
+// revision read. KeyValue.Update cannot set a TTL, and a value written
+// without one would never expire (the TTL belongs to each revision, not
+// to the key), so it is a raw publish on the bucket's subject with the
+// same compare-and-set header Update uses.
 func (t *ticket) save(ctx context.Context, ttl time.Duration) error {
+	if t.lost {
+		return nil
+	}
 	for range 5 {
-		if t.lost {
-			return nil
-		}
-		rev, err := t.write(ctx, t.st, ttl)
+		b, _ := json.Marshal(t.st)
+		m := &nats.Msg{Subject: contract.KVSubject(contract.PushKV, t.user), Data: b}
+		// Through a reconnect: a device pushed and not recorded would be
+		// pushed again when the message comes again.
+		var ack *jetstream.PubAck
+		err := contract.ThroughReconnect(ctx, func() (err error) {
+			ack, err = t.js.PublishMsg(ctx, m,
+				jetstream.WithExpectLastSequencePerSubject(t.rev), jetstream.WithMsgTTL(ttlSeconds(ttl)))
+			return err
+		})
 		if err == nil {
-			t.rev = rev
+			t.rev = ack.Sequence
 			return nil
 		}
-		if !errors.Is(err, errStale) {
+		if !contract.IsConflict(err) {
 			return fmt.Errorf("push: coalescing key: %w", err)
 		}
-		if err := t.reload(ctx); err != nil {
-			return err
+		// Someone else wrote the key. The same message on another instance
+		// (its ack wait ran out while this one worked) merges; a missing
+		// key is recreated; another message's key means the window moved on.
+		e, err := t.kv.Get(ctx, t.user)
+		switch {
+		case errors.Is(err, jetstream.ErrKeyNotFound):
+			// Create, not a publish expecting nothing: an expired key
+			// leaves a marker that a raw compare-and-set would trip on.
+			rev, err := t.kv.Create(ctx, t.user, b, jetstream.KeyTTL(ttlSeconds(ttl)))
+			if err == nil {
+				t.rev = rev
+				return nil
+			}
+			if !errors.Is(err, jetstream.ErrKeyExists) {
+				return fmt.Errorf("push: coalescing key: %w", err)
+			}
+			continue
+		case err != nil:
+			return fmt.Errorf("push: coalescing key: %w", err)
 		}
+		var cur claim
+		if json.Unmarshal(e.Value(), &cur) != nil || cur.Seq != t.st.Seq {
+			t.lost = true
+			return nil
+		}
+		for _, d := range cur.Sent {
+			if !slices.Contains(t.st.Sent, d) {
+				t.st.Sent = append(t.st.Sent, d)
+			}
+		}
+		for _, d := range cur.Dead {
+			if !slices.Contains(t.st.Dead, d) {
+				t.st.Dead = append(t.st.Dead, d)
+			}
+		}
+		t.rev = e.Revision()
 	}
 	return errors.New("push: coalescing key too contended")
 }

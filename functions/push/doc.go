@@ -31,15 +31,10 @@
 //     in CURSORS (where it joined, before its first save); a device
 //     already past the message is skipped, and the pending count is what
 //     INBOX holds for U past that position (one direct get: its
-//     Nats-Num-Pending, at least 1). The device is reserved in the key
-//     ("posting", compare-and-set on its revision), the webhook is
-//     called, and after each success the key is rewritten with the
-//     device moved to "sent", so a Stop or a retry never posts a device
-//     twice, nor do two attempts at once (a device reserved by another
-//     less than twice the webhook timeout plus 5 s ago is left to it and
-//     tried again later); an instance that dies between the call and
-//     the rewrite leaves the device to be posted again once its
-//     reservation is old.
+//     Nats-Num-Pending, at least 1). The webhook is called, and after each success
+//     the key is rewritten (compare-and-set on its revision) with the
+//     device added to "sent", so a crash, a Stop or a retry never posts
+//     a device twice.
 //  5. All devices done: the message is acked, then the key is rewritten
 //     to live one Window from now (deleted if the message woke no device).
 //     In that order: a Window may be shorter than the ack wait, and an
@@ -50,11 +45,9 @@
 //
 // A second durable, push-gone on KV_PRESENCE (headers only), reads the
 // leases' changes: a lease gone, of a user left with no device online,
-// wakes that device for what waits for it, down the same path, for a
-// message that found the user online through a lease that outlived its
-// connection (gone.go). Two attempts at one message may then run at
-// once, so each device is reserved in the claim before it is posted
-// (coalesce.go).
+// wakes that device for the newest message it lacks, if that was stored
+// before the lease went (gone.go): a message that found the user online
+// through a lease that outlived its connection.
 //
 // While a message is still being worked on (first attempt, waiting for a
 // retry), the key's TTL is its hold: the retry delay + the consumer's ack
@@ -128,5 +121,6 @@
 //
 // Start and Stop may be called from any goroutine; Stop is idempotent and
 // waits for the messages in hand. An instance works on up to 32 messages
-// at once; webhook calls are not made under any lock.
+// and 32 lease changes at once; webhook calls are not made under any
+// lock.
 package push

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"strings"
+	"time"
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
@@ -28,28 +29,46 @@ import (
 //
 // So the function reads the leases' changes too, through its second
 // durable (push-gone on KV_PRESENCE, headers only, shared by the
-// instances). A lease taken or refreshed is acked. A lease gone, of a
-// user left with no device online, wakes that device, and only that one,
-// for what waits for it: the message of the user's claim if the device
-// is past neither it nor done in it (an attempt, the message's own or an
-// earlier delivery of this change, that has still to wake it), otherwise
-// the newest chat message past the device's position. It goes down the
-// push path with that message's claim, so the device is woken once per
-// window however many attempts come to it at once (the reservations in
-// coalesce.go), and a device that acked everything before going costs a
-// read of the presence record and leases, the device's position and the
+// instances, with worker slots of their own). A lease taken or refreshed
+// is acked. A lease gone, of a user left with no device online, wakes
+// that device, and only that one, for the newest chat message past its
+// position, if it was stored before the lease went: a newer one is the
+// message's own path's, which finds the user offline. Unless the
+// device was woken within the user's window already (the user's claim
+// lists it), or by another lease gone of its own: each such wake holds
+// key <user>=<device> in PUSH, created before the webhook call (so two
+// instances never both make it) and marked sent after it, for the ack
+// wait plus a window. A device that acked everything before it went
+// costs a read of the presence record and leases, its position, and the
 // inbox's newest message.
 //
 // Only the device that went: the user's other devices, offline all along,
 // were skipped by the same rule (no push while the user is online) and
 // are left to it, and a device behind for good (a phone no longer used)
 // is not woken again each time another goes.
+//
+// A limit: a message stored just before the lease went, whose own turn
+// in the push durable comes only after it went (a backlog there), is
+// decided by both paths, and its device can be posted twice (a second
+// wake-up with the same collapse id, which FCM and APNs fold into the
+// first).
 
 // goneScanMax bounds how much of an inbox a lease gone reads looking for
-// the newest chat message past receipts and own copies: past it, the
-// device is woken for the newest found (its pending count is still the
-// whole backlog).
+// the newest chat message before it past receipts and own copies: past
+// it, the device is woken for the newest found (its pending count is
+// still the whole backlog).
 const goneScanMax = 4096
+
+// goneMark is the value of key <user>=<device> in the PUSH bucket.
+type goneMark struct {
+	Lease uint64 `json:"lease"` // the lease change's sequence in KV_PRESENCE
+	Seq   uint64 `json:"seq"`   // the message the device is woken for
+	Sent  bool   `json:"sent"`  // posted, or dead-lettered
+}
+
+// goneKey is a device's key in PUSH for a lease gone. "=" is in no id, so
+// no two devices share it, and it is one token of the bucket's subjects.
+func goneKey(user, device string) string { return user + "=" + device }
 
 // handleGone is the path of one lease change.
 func (s *Service) handleGone(m jetstream.Msg) {
@@ -74,7 +93,10 @@ func (s *Service) handleGone(m jetstream.Msg) {
 		_ = m.Term()
 		return
 	}
-	s.counters.leasesGone.Add(1)
+	attempt := meta.NumDelivered
+	if attempt == 1 {
+		s.counters.leasesGone.Add(1)
+	}
 	ctx := context.Background()
 	// Most leases gone in a gateway's restart find their user back on
 	// another gateway already: one read, nothing else.
@@ -82,12 +104,15 @@ func (s *Service) handleGone(m jetstream.Msg) {
 		_ = m.Ack()
 		return
 	}
-	n, found, err := s.waitingFor(ctx, user, device)
+	n, found, err := s.waitingFor(ctx, user, device, meta.Timestamp)
+	if err == nil && found {
+		found, err = s.wokenSince(ctx, user, device, meta.Sequence.Stream, n.Seq)
+	}
 	switch {
-	case err != nil && meta.NumDelivered < uint64(s.cfg.MaxAttempts):
+	case err != nil && attempt < uint64(s.cfg.MaxAttempts):
 		s.counters.retried.Add(1)
 		s.log.Info("will retry a lease gone", "user", user, "device", device, "err", err)
-		_ = m.NakWithDelay(backoff(meta.NumDelivered, s.cfg.BaseBackoff, s.cfg.MaxBackoff, 0))
+		_ = m.NakWithDelay(backoff(attempt, s.cfg.BaseBackoff, s.cfg.MaxBackoff, 0))
 		return
 	case err != nil:
 		// No notification was made: there is nothing to dead-letter.
@@ -99,8 +124,93 @@ func (s *Service) handleGone(m jetstream.Msg) {
 		_ = m.Ack()
 		return
 	}
-	s.counters.gone.Add(1)
-	s.notify(m, meta.NumDelivered, contract.InboxSubject(user), n, device)
+	s.wake(ctx, m, attempt, meta.Sequence.Stream, n, device)
+}
+
+// wokenSince takes the device's wake for lease change lease: false when
+// the device was woken within the user's window already, by a message's
+// push or another lease gone of its own, or this change's wake is done.
+func (s *Service) wokenSince(ctx context.Context, user, device string, lease, seq uint64) (bool, error) {
+	e, err := s.pushKV.Get(ctx, user)
+	switch {
+	case err == nil:
+		var c claim
+		if json.Unmarshal(e.Value(), &c) == nil && c.done(device) {
+			s.counters.coalesced.Add(1)
+			return false, nil
+		}
+	case !errors.Is(err, jetstream.ErrKeyNotFound):
+		return false, fmt.Errorf("push: coalescing key: %w", err)
+	}
+	b, _ := json.Marshal(goneMark{Lease: lease, Seq: seq})
+	_, err = s.pushKV.Create(ctx, goneKey(user, device), b, jetstream.KeyTTL(ttlSeconds(s.hold(0))))
+	if err == nil {
+		return true, nil
+	}
+	if !errors.Is(err, jetstream.ErrKeyExists) {
+		return false, fmt.Errorf("push: wake key: %w", err)
+	}
+	e, err = s.pushKV.Get(ctx, goneKey(user, device))
+	if err != nil {
+		// Expired between the two: the next delivery decides afresh.
+		return false, fmt.Errorf("push: wake key: %w", err)
+	}
+	var mark goneMark
+	if json.Unmarshal(e.Value(), &mark) != nil || mark.Lease != lease {
+		s.counters.coalesced.Add(1)
+		return false, nil
+	}
+	return !mark.Sent, nil // a later delivery of this change
+}
+
+// wake posts the device's notification for n and records it: sent or
+// dead-lettered, the wake's key is marked and the change acked; a
+// failure the webhook may get over is tried again with backoff.
+func (s *Service) wake(ctx context.Context, m jetstream.Msg, attempt, lease uint64, n Notification, device string) {
+	subject := contract.InboxSubject(n.User)
+	mark := func(ttl time.Duration) error {
+		b, _ := json.Marshal(goneMark{Lease: lease, Seq: n.Seq, Sent: true})
+		msg := &nats.Msg{Subject: contract.KVSubject(contract.PushKV, goneKey(n.User, device)), Data: b}
+		_, err := s.js.PublishMsg(ctx, msg, jetstream.WithMsgTTL(ttlSeconds(ttl)))
+		return err
+	}
+	dn := n
+	dn.Device = device
+	pending, delivered, err := s.pending(ctx, n.User, device, n.Seq)
+	if err == nil && delivered {
+		_ = s.pushKV.Delete(ctx, goneKey(n.User, device))
+		_ = m.Ack()
+		return
+	}
+	if err == nil {
+		dn.Pending = pending
+		err = s.hook.post(ctx, dn)
+	}
+	switch {
+	case err == nil:
+		s.counters.gone.Add(1)
+		s.counters.pushed.Add(1)
+		s.log.Debug("pushed for a lease gone", "user", n.User, "device", device, "seq", n.Seq, "pending", pending)
+	case isPermanent(err) || attempt >= uint64(s.cfg.MaxAttempts):
+		if dlErr := deadLetter(ctx, s.js, dn, subject, err.Error(), attempt); dlErr != nil {
+			s.log.Error("dead-lettering failed; will retry", "user", n.User, "device", device, "err", dlErr)
+			_ = m.NakWithDelay(backoff(attempt, s.cfg.BaseBackoff, s.cfg.MaxBackoff, 0))
+			return
+		}
+		s.counters.deadLettered.Add(1)
+		s.log.Warn("wake for a lease gone dead-lettered", "user", n.User, "device", device, "seq", n.Seq, "err", err)
+	default:
+		delay := backoff(attempt, s.cfg.BaseBackoff, s.cfg.MaxBackoff, retryAfter(err))
+		s.counters.retried.Add(1)
+		s.log.Info("will retry a wake for a lease gone", "user", n.User, "device", device, "attempt", attempt, "delay", delay, "err", err)
+		_ = m.NakWithDelay(delay) // the key stays this change's: the retry finds it unsent
+		return
+	}
+	// Marked before the ack: a delivery after a lost ack finds it done.
+	if err := contract.ThroughReconnect(ctx, func() error { return mark(s.hold(0)) }); err != nil {
+		s.log.Warn("recording a wake failed", "user", n.User, "device", device, "err", err)
+	}
+	_ = m.Ack()
 }
 
 // leaseOf is the user and device of a lease key's subject,
@@ -111,38 +221,17 @@ func leaseOf(subject string) (user, device string, ok bool) {
 	return user, device, ok && cut && protocol.ValidID(user) && protocol.ValidID(device)
 }
 
-// waitingFor finds the message to wake device for: its user's claim's, if
-// the device is past neither it nor done in it, else the newest chat
-// message from someone else past the device's position. found is false
-// when nothing of the kind waits.
-func (s *Service) waitingFor(ctx context.Context, user, device string) (Notification, bool, error) {
+// waitingFor finds the newest chat message from someone else past the
+// device's position, if it was stored by before: a newer one is its own
+// path's, which finds the user offline and wakes the device (or, in the
+// user's window, has woken it). found is false when nothing of the kind
+// waits, or what waits is not this path's.
+func (s *Service) waitingFor(ctx context.Context, user, device string, before time.Time) (Notification, bool, error) {
 	pos, err := contract.DevicePosition(ctx, s.devicesKV, s.cursorsKV, s.inbox.CachedInfo().Created, user, device)
 	if err != nil {
 		return Notification{}, false, fmt.Errorf("push: %w", err)
 	}
-	subject := contract.InboxSubject(user)
-	e, err := s.pushKV.Get(ctx, user)
-	switch {
-	case err == nil:
-		var c claim
-		if json.Unmarshal(e.Value(), &c) == nil && c.Seq > pos && !c.done(device) {
-			sm, err := contract.GetMsg(ctx, s.nc, contract.Inbox, c.Seq, "")
-			switch {
-			case err == nil && sm.Subject == subject:
-				if h, err := nats.DecodeHeadersMsg(sm.Header); err == nil {
-					if n, ok := waitingChat(user, c.Seq, h); ok {
-						return n, true, nil
-					}
-				}
-			case err != nil && !errors.Is(err, contract.ErrNoMsg):
-				return Notification{}, false, fmt.Errorf("push: inbox: %w", err)
-			}
-			// Gone from the stream: what waits is found below.
-		}
-	case !errors.Is(err, jetstream.ErrKeyNotFound):
-		return Notification{}, false, fmt.Errorf("push: coalescing key: %w", err)
-	}
-	last, err := contract.GetMsg(ctx, s.nc, contract.Inbox, 0, subject)
+	last, err := contract.GetMsg(ctx, s.nc, contract.Inbox, 0, contract.InboxSubject(user))
 	switch {
 	case errors.Is(err, contract.ErrNoMsg):
 		return Notification{}, false, nil
@@ -151,20 +240,24 @@ func (s *Service) waitingFor(ctx context.Context, user, device string) (Notifica
 	case last.Sequence <= pos:
 		return Notification{}, false, nil
 	}
+	newest, stored, found := Notification{}, last.Time, false
 	if h, err := nats.DecodeHeadersMsg(last.Header); err == nil {
-		if n, ok := waitingChat(user, last.Sequence, h); ok {
-			return n, true, nil
-		}
+		newest, found = waitingChat(user, last.Sequence, h)
 	}
-	// The newest is a receipt or an own copy: read from the position on.
-	var newest Notification
-	found := false
-	err = scanInbox(ctx, s.nc, user, pos+1, last.Sequence, func(seq uint64, h nats.Header) {
-		if n, ok := waitingChat(user, seq, h); ok {
-			newest, found = n, true
-		}
-	})
-	return newest, found, err
+	if !found {
+		// The newest is a receipt or an own copy: read from the
+		// position on.
+		err = scanInbox(ctx, s.nc, user, pos+1, last.Sequence, func(seq uint64, h nats.Header) {
+			if n, ok := waitingChat(user, seq, h); ok {
+				newest, found = n, true
+				stored, _ = time.Parse(time.RFC3339Nano, h.Get(contract.HdrStamp))
+			}
+		})
+	}
+	if err != nil || !found || stored.After(before) {
+		return Notification{}, false, err
+	}
+	return newest, true, nil
 }
 
 // waitingChat makes the notification of a message stored at seq with

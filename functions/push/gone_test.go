@@ -392,3 +392,68 @@ func TestGoneAndMessageTogetherWakeOnce(t *testing.T) {
 		t.Fatalf("calls %+v, want one for m1 (seq %d); stats %+v", calls, sent.Seq, svc.Stats())
 	}
 }
+
+// A device woken within the user's window (for m1, bob offline) that then
+// connects and goes without acking m1 is not woken a second time in that
+// window.
+func TestDeviceWokenInTheWindowIsNotWokenAgainWhenItGoes(t *testing.T) {
+	n := tk.StartNATS(t)
+	h := newHook(t, nil)
+	cfg := testConfig(h.URL)
+	cfg.Window = time.Minute
+	svc := startPush(t, n, cfg)
+	putDevices(t, n.JS, "bob", "phone")
+	seq := publish(t, n.JS, "bob", "alice", "m1")
+	waitDrained(t, n.JS, 10*time.Second)
+	if calls := h.Calls(); len(calls) != 1 || calls[0].N.Seq != seq {
+		t.Fatalf("calls %+v, want the phone woken for m1", calls)
+	}
+	setOnline(t, n.JS, "bob", "phone")
+	if err := kv(t, n.JS, contract.PresenceKV).Delete(context.Background(), contract.LeaseKey("bob", "phone")); err != nil {
+		t.Fatal(err)
+	}
+	tk.WaitFor(t, 20*time.Second, func() error {
+		if st := svc.Stats(); st.LeasesGone != 1 {
+			return tk.Errorf("stats %+v", st)
+		}
+		return nil
+	})
+	waitGoneDrained(t, n.JS)
+	if calls := h.Calls(); len(calls) != 1 {
+		t.Fatalf("calls %+v, want the first wake only; stats %+v", calls, svc.Stats())
+	}
+	if st := svc.Stats(); st.Gone != 0 || st.Coalesced != 1 {
+		t.Errorf("stats %+v, want the lease gone coalesced", st)
+	}
+}
+
+// The phone's lease goes twice in a row (a reconnect that failed again):
+// the phone is woken once for what waits.
+func TestDeviceGoneTwiceIsWokenOnce(t *testing.T) {
+	n := tk.StartNATS(t)
+	h := newHook(t, nil)
+	svc := startPush(t, n, testConfig(h.URL))
+	putDevices(t, n.JS, "bob", "phone")
+	setOnline(t, n.JS, "bob", "phone")
+	publish(t, n.JS, "bob", "alice", "m1")
+	waitDrained(t, n.JS, 10*time.Second)
+	presence := kv(t, n.JS, contract.PresenceKV)
+	for range 2 {
+		if _, err := presence.Put(context.Background(), contract.LeaseKey("bob", "phone"), []byte(`{"since":1}`)); err != nil {
+			t.Fatal(err)
+		}
+		if err := presence.Delete(context.Background(), contract.LeaseKey("bob", "phone")); err != nil {
+			t.Fatal(err)
+		}
+	}
+	tk.WaitFor(t, 20*time.Second, func() error {
+		if st := svc.Stats(); st.LeasesGone != 2 {
+			return tk.Errorf("stats %+v", st)
+		}
+		return nil
+	})
+	waitGoneDrained(t, n.JS)
+	if calls := h.Calls(); len(calls) != 1 {
+		t.Fatalf("calls %+v, want one; stats %+v", calls, svc.Stats())
+	}
+}

@@ -113,7 +113,7 @@ func TestCrashAtTheAckLeavesTheClaimHeldForTheRedelivery(t *testing.T) {
 	ctx := context.Background()
 	c := cfg.withDefaults()
 	a := &Service{nc: n.Conn, js: n.JS, cfg: c, log: slog.New(slog.DiscardHandler), hook: newWebhook(c),
-		sem: make(chan struct{}, workers), stop: make(chan struct{})}
+		stop: make(chan struct{})}
 	var err error
 	if a.inbox, err = n.JS.Stream(ctx, contract.Inbox); err != nil {
 		t.Fatal(err)

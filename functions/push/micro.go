@@ -44,11 +44,9 @@ type Stats struct {
 	Ignored         uint64 `json:"ignored"`
 	Retried         uint64 `json:"retried"`
 	DeadLettered    uint64 `json:"dead_lettered"`
-	// LeasesGone counts the leases gone read (gone.go); Gone those that
-	// found a message waiting for their device, offline, and sent it
-	// down the push path (where it is counted again as pushed, coalesced
-	// and so on); GoneGaveUp those given up after MaxAttempts failed
-	// reads.
+	// LeasesGone counts the leases gone read (gone.go), Gone the devices
+	// they woke (counted in Pushed too), GoneGaveUp those given up after
+	// MaxAttempts failed reads.
 	LeasesGone uint64 `json:"leases_gone"`
 	Gone       uint64 `json:"gone"`
 	GoneGaveUp uint64 `json:"gone_gave_up"`

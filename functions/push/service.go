@@ -44,7 +44,6 @@ type Service struct {
 	ackWait time.Duration
 
 	svc micro.Service
-	sem chan struct{} // one slot per message being worked on
 	// stop is closed by Stop; stopping mirrors it for the hot path.
 	stop     chan struct{}
 	stopping atomic.Bool
@@ -63,17 +62,20 @@ type Service struct {
 	counters counters
 }
 
-// source is one durable consumer an instance pulls from.
+// source is one durable consumer an instance pulls from, with slots of
+// its own: a storm of leases gone (a gateway restarting) does not hold
+// new messages back.
 type source struct {
 	stream string
 	cfg    jetstream.ConsumerConfig
 	handle func(jetstream.Msg)
+	sem    chan struct{}             // one slot per message being worked on
 	iter   jetstream.MessagesContext // guarded by Service.mu
 }
 
 // Start checks cfg, binds the durable consumers `push` on INBOX and
-// `push-gone` on KV_PRESENCE and the micro service, and begins pulling. The streams and buckets must exist
-// (streams.Apply). ctx bounds only the setup; the instance runs until
+// `push-gone` on KV_PRESENCE and the micro service, and begins pulling.
+// The streams and buckets must exist (streams.Apply). ctx bounds only the setup; the instance runs until
 // Stop. An empty WebhookURL returns ErrNotConfigured.
 func Start(ctx context.Context, nc *nats.Conn, js jetstream.JetStream, cfg Config, log *slog.Logger) (*Service, error) {
 	if err := cfg.Validate(); err != nil {
@@ -89,7 +91,6 @@ func Start(ctx context.Context, nc *nats.Conn, js jetstream.JetStream, cfg Confi
 		cfg:  cfg,
 		log:  log.WithGroup("push"),
 		hook: newWebhook(cfg),
-		sem:  make(chan struct{}, workers),
 		stop: make(chan struct{}),
 	}
 	var err error
@@ -118,8 +119,8 @@ func Start(ctx context.Context, nc *nats.Conn, js jetstream.JetStream, cfg Confi
 		return nil, fmt.Errorf("push: bucket %s has no limit_marker_ttl, so per-key TTLs are off", contract.PushKV)
 	}
 	s.sources = []*source{
-		{stream: contract.Inbox, handle: s.handle},
-		{stream: "KV_" + contract.PresenceKV, handle: s.handleGone},
+		{stream: contract.Inbox, handle: s.handle, sem: make(chan struct{}, workers)},
+		{stream: "KV_" + contract.PresenceKV, handle: s.handleGone, sem: make(chan struct{}, workers)},
 	}
 	var conses []jetstream.Consumer
 	for i, name := range []string{"push", contract.PushGoneDurable} {
@@ -198,11 +199,11 @@ func (s *Service) pull(src *source) {
 		s.mu.Lock()
 		iter := src.iter
 		s.mu.Unlock()
-		s.dispatch(iter, src.handle)
+		s.dispatch(iter, src)
 		if s.stopping.Load() || s.nc.IsClosed() {
 			return
 		}
-		s.log.Warn("message iterator ended; rebinding the consumer")
+		s.log.Warn("message iterator ended; rebinding the consumer", "durable", src.cfg.Durable)
 		select {
 		case <-s.stop:
 			return
@@ -212,12 +213,12 @@ func (s *Service) pull(src *source) {
 		cons, err := s.js.CreateOrUpdateConsumer(ctx, src.stream, src.cfg)
 		cancel()
 		if err != nil {
-			s.log.Error("rebinding the consumer failed", "err", err)
+			s.log.Error("rebinding the consumer failed", "durable", src.cfg.Durable, "err", err)
 			continue
 		}
 		it, err := cons.Messages(jetstream.PullMaxMessages(workers))
 		if err != nil {
-			s.log.Error("consume failed", "err", err)
+			s.log.Error("consume failed", "durable", src.cfg.Durable, "err", err)
 			continue
 		}
 		s.mu.Lock()
@@ -230,7 +231,7 @@ func (s *Service) pull(src *source) {
 	}
 }
 
-func (s *Service) dispatch(iter jetstream.MessagesContext, handle func(jetstream.Msg)) {
+func (s *Service) dispatch(iter jetstream.MessagesContext, src *source) {
 	for {
 		m, err := iter.Next()
 		if errors.Is(err, jetstream.ErrMsgIteratorClosed) {
@@ -245,12 +246,12 @@ func (s *Service) dispatch(iter jetstream.MessagesContext, handle func(jetstream
 			_ = m.Nak()
 			continue
 		}
-		s.sem <- struct{}{}
+		src.sem <- struct{}{}
 		s.wg.Add(1)
 		go func() {
 			defer s.wg.Done()
-			defer func() { <-s.sem }()
-			handle(m)
+			defer func() { <-src.sem }()
+			src.handle(m)
 		}()
 	}
 }
@@ -294,7 +295,7 @@ func (s *Service) handle(m jetstream.Msg) {
 		s.reject(m, meta, n, err)
 		return
 	}
-	s.notify(m, meta.NumDelivered, m.Subject(), n, "")
+	s.notify(m, meta.NumDelivered, m.Subject(), n)
 }
 
 // reject dead-letters a message that can never become a notification.
@@ -318,21 +319,13 @@ func (s *Service) hold(delay time.Duration) time.Duration {
 	return delay + s.ackWait + s.cfg.Window
 }
 
-// reserveFor is how long a device reserved by an attempt is left alone by
-// another attempt at the same message: longer than a webhook call and
-// its recording, so only an abandoned reservation (its instance died) is
-// taken over.
-func (s *Service) reserveFor() time.Duration { return 2*s.cfg.Timeout + 5*time.Second }
-
 // stale is the age past which a claim cannot be live: no hold is longer
 // than hold(MaxBackoff), so a key older than twice that lost its TTL.
 func (s *Service) stale() time.Duration { return 2 * s.hold(s.cfg.MaxBackoff) }
 
-// notify is the push path of one chat message, n, stored on subject, for
-// each of its user's devices, or only the device named. m is what asked
-// for it, delivered for the attempt'th time: the message itself, or a
-// lease gone (gone.go); it is acked once n is done with.
-func (s *Service) notify(m jetstream.Msg, attempt uint64, subject string, n Notification, only string) {
+// notify is the push path of one chat message, n, stored on subject and
+// delivered as m for the attempt'th time; m is acked once n is done with.
+func (s *Service) notify(m jetstream.Msg, attempt uint64, subject string, n Notification) {
 	ctx := context.Background()
 	rec, err := contract.LoadLivePresence(ctx, s.presenceKV, n.User)
 	var syntax *json.SyntaxError
@@ -393,7 +386,7 @@ func (s *Service) notify(m jetstream.Msg, attempt uint64, subject string, n Noti
 	failed := map[string]Notification{}
 	var lastErr error
 	for _, d := range devices {
-		if t.st.done(d) || (only != "" && d != only) {
+		if t.st.done(d) {
 			continue
 		}
 		if s.stopping.Load() {
@@ -413,33 +406,24 @@ func (s *Service) notify(m jetstream.Msg, attempt uint64, subject string, n Noti
 			s.log.Debug("device has the message; not woken", "user", n.User, "device", d, "seq", n.Seq)
 			continue
 		}
-		if ok, err := t.reserve(ctx, d, s.reserveFor(), s.hold(0)); err != nil {
-			// Another attempt at the message is posting it (errBusy):
-			// the retry finds it done, or its reservation abandoned.
-			failed[d], lastErr = dn, err
-			continue
-		} else if !ok {
-			continue // done by another attempt, or the window moved on
-		}
 		dn.Pending = pending
 		err = s.hook.post(ctx, dn)
 		switch {
 		case err == nil:
 			s.counters.pushed.Add(1)
 			s.log.Debug("pushed", "user", n.User, "device", d, "seq", n.Seq, "pending", pending)
-			t.end(d, true, false)
+			t.st.Sent = append(t.st.Sent, d)
 		case isPermanent(err):
 			if dlErr := deadLetter(ctx, s.js, dn, subject, err.Error(), attempt); dlErr != nil {
-				t.end(d, false, false)
 				failed[d], lastErr = dn, dlErr
-				break
+				continue
 			}
 			s.counters.deadLettered.Add(1)
 			s.log.Warn("webhook refused the notification; dead-lettered", "user", n.User, "device", d, "seq", n.Seq, "err", err)
-			t.end(d, false, true)
+			t.st.Dead = append(t.st.Dead, d)
 		default:
-			t.end(d, false, false)
 			failed[d], lastErr = dn, err
+			continue
 		}
 		if err := t.save(ctx, s.hold(0)); err != nil {
 			// The final save below tries again with the same state.
@@ -511,7 +495,7 @@ func (s *Service) retry(m jetstream.Msg, attempt uint64, subject string, n Notif
 		}
 		s.counters.deadLettered.Add(1)
 		if t != nil && d != "" {
-			t.end(d, false, true)
+			t.st.Dead = append(t.st.Dead, d)
 		}
 	}
 	s.log.Warn("gave up; dead-lettered", "subject", subject, "attempts", attempt, "err", lastErr)
