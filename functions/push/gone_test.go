@@ -67,21 +67,65 @@ func waitOnline(t testing.TB, js jetstream.JetStream, user string, want bool, de
 	})
 }
 
-// A message delivered to devices that never acked it (a socket nobody
-// read) woke nobody while they were online. The phone goes while the
-// laptop stays: bob is still online, nobody is woken. The laptop goes:
-// it is woken for the message, once; the phone, gone while bob was
-// online, is left to the rule that skipped it.
-func TestDeviceGoneWithAMessageWaitingIsWoken(t *testing.T) {
+// waitLeasesGone waits until svc has read n leases gone and the durable
+// has settled every lease change: what they were to wake is woken.
+func waitLeasesGone(t testing.TB, js jetstream.JetStream, svc *Service, n uint64) {
+	t.Helper()
+	tk.WaitFor(t, 20*time.Second, func() error {
+		if st := svc.Stats(); st.LeasesGone != n {
+			return tk.Errorf("stats %+v, want %d leases gone", st, n)
+		}
+		return nil
+	})
+	waitGoneDrained(t, js)
+}
+
+// waitWoken waits until the webhook has had a call and every lease change
+// is settled, and returns the calls.
+func waitWoken(t testing.TB, js jetstream.JetStream, h *hook, svc *Service) []call {
+	t.Helper()
+	tk.WaitFor(t, 20*time.Second, func() error {
+		if len(h.Calls()) == 0 {
+			return tk.Errorf("no push yet; stats %+v", svc.Stats())
+		}
+		return nil
+	})
+	waitGoneDrained(t, js)
+	return h.Calls()
+}
+
+// phoneGotM1Online is the start of the tests driven without a gateway:
+// the push function on a webhook answering with respond (nil: 200), bob's
+// phone online, alice's m1 stored for it and skipped by the function for
+// bob online. It returns m1's sequence.
+func phoneGotM1Online(t testing.TB, respond func(Notification, int) int) (*tk.NATS, *hook, *Service, uint64) {
+	t.Helper()
 	n := tk.StartNATS(t)
-	h := newHook(t, nil)
+	h := newHook(t, respond)
 	svc := startPush(t, n, testConfig(h.URL))
+	putDevices(t, n.JS, "bob", "phone")
+	setOnline(t, n.JS, "bob", "phone")
+	seq := publish(t, n.JS, "bob", "alice", "m1")
+	waitDrained(t, n.JS, 10*time.Second)
+	if st := svc.Stats(); st.SkippedOnline != 1 {
+		t.Fatalf("stats %+v, want m1 skipped for bob online", st)
+	}
+	return n, h, svc, seq
+}
+
+// bothGotM1 is the start of the tests through a real gateway: bob's phone
+// and laptop online, alice's m1 delivered to both and acked by neither,
+// and skipped by the function for bob online.
+func bothGotM1(t testing.TB) (n *tk.NATS, h *hook, svc *Service, phone, laptop *client.Client, sent client.Sent) {
+	t.Helper()
+	n = tk.StartNATS(t)
+	h = newHook(t, nil)
+	svc = startPush(t, n, testConfig(h.URL))
 	g := tk.StartGateway(t, n, tk.TestConfig())
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-
-	phone := tk.Dial(t, g.URL, "bob", "phone")
-	laptop := tk.Dial(t, g.URL, "bob", "laptop")
+	phone = tk.Dial(t, g.URL, "bob", "phone")
+	laptop = tk.Dial(t, g.URL, "bob", "laptop")
 	waitOnline(t, n.JS, "bob", true, "phone", "laptop")
 	alice := tk.Dial(t, g.URL, "alice", "phone")
 	sent, err := alice.Send(ctx, "bob", "m1", tk.Body("secret"))
@@ -97,6 +141,18 @@ func TestDeviceGoneWithAMessageWaitingIsWoken(t *testing.T) {
 	if st := svc.Stats(); st.SkippedOnline != 1 || st.Pushed != 0 {
 		t.Fatalf("stats %+v, want the message skipped for bob online", st)
 	}
+	return n, h, svc, phone, laptop, sent
+}
+
+// A message delivered to devices that never acked it (a socket nobody
+// read) woke nobody while they were online. The phone goes while the
+// laptop stays: bob is still online, nobody is woken. The laptop goes:
+// it is woken for the message, once; the phone, gone while bob was
+// online, is left to the rule that skipped it.
+func TestDeviceGoneWithAMessageWaitingIsWoken(t *testing.T) {
+	n, h, svc, phone, laptop, sent := bothGotM1(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
 
 	if err := phone.Close(); err != nil {
 		t.Fatal(err)
@@ -141,22 +197,7 @@ func TestDeviceGoneWithAMessageWaitingIsWoken(t *testing.T) {
 // is woken at most once (both, if each lease went with the other gone
 // too), and the last to go at least.
 func TestDevicesGoingTogetherAreWokenOnceEach(t *testing.T) {
-	n := tk.StartNATS(t)
-	h := newHook(t, nil)
-	svc := startPush(t, n, testConfig(h.URL))
-	g := tk.StartGateway(t, n, tk.TestConfig())
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
-	phone := tk.Dial(t, g.URL, "bob", "phone")
-	laptop := tk.Dial(t, g.URL, "bob", "laptop")
-	waitOnline(t, n.JS, "bob", true, "phone", "laptop")
-	alice := tk.Dial(t, g.URL, "alice", "phone")
-	if _, err := alice.Send(ctx, "bob", "m1", tk.Body("hi")); err != nil {
-		t.Fatal(err)
-	}
-	tk.RecvMsg(t, phone, 10*time.Second)
-	tk.RecvMsg(t, laptop, 10*time.Second)
-	waitDrained(t, n.JS, 10*time.Second)
+	n, h, svc, phone, laptop, _ := bothGotM1(t)
 	done := make(chan error, 2)
 	for _, c := range []*client.Client{phone, laptop} {
 		go func() { done <- c.Close() }()
@@ -167,13 +208,7 @@ func TestDevicesGoingTogetherAreWokenOnceEach(t *testing.T) {
 		}
 	}
 	waitOnline(t, n.JS, "bob", false)
-	tk.WaitFor(t, 20*time.Second, func() error {
-		if st := svc.Stats(); st.LeasesGone != 2 {
-			return tk.Errorf("stats %+v", st)
-		}
-		return nil
-	})
-	waitGoneDrained(t, n.JS)
+	waitLeasesGone(t, n.JS, svc, 2)
 	calls := h.Calls()
 	seen := map[string]int{}
 	for _, c := range calls {
@@ -221,13 +256,7 @@ func TestAnotherDeviceGoingDoesNotWakeOneBehind(t *testing.T) {
 		t.Fatal(err)
 	}
 	waitOnline(t, n.JS, "bob", false)
-	tk.WaitFor(t, 20*time.Second, func() error {
-		if st := svc.Stats(); st.LeasesGone != 3 {
-			return tk.Errorf("stats %+v", st)
-		}
-		return nil
-	})
-	waitGoneDrained(t, n.JS)
+	waitLeasesGone(t, n.JS, svc, 3)
 	waitDrained(t, n.JS, 10*time.Second)
 	if calls := h.Calls(); len(calls) != 2 {
 		t.Fatalf("calls %+v, want only m1's two; stats %+v", calls, svc.Stats())
@@ -237,12 +266,7 @@ func TestAnotherDeviceGoingDoesNotWakeOneBehind(t *testing.T) {
 // The newest in the inbox is a receipt: the device is woken for the chat
 // message before it, with both counted as pending.
 func TestGoneFindsTheMessageBehindAReceipt(t *testing.T) {
-	n := tk.StartNATS(t)
-	h := newHook(t, nil)
-	svc := startPush(t, n, testConfig(h.URL))
-	putDevices(t, n.JS, "bob", "phone")
-	setOnline(t, n.JS, "bob", "phone")
-	seq := publish(t, n.JS, "bob", "alice", "m1")
+	n, h, svc, seq := phoneGotM1Online(t, nil)
 	for i := range 300 { // more than one batch of the scan
 		r := receiptMsg("bob", "alice", "m0")
 		r.Header.Set(contract.HdrMsgID, fmt.Sprintf("r%d", i))
@@ -254,14 +278,7 @@ func TestGoneFindsTheMessageBehindAReceipt(t *testing.T) {
 	if err := kv(t, n.JS, contract.PresenceKV).Delete(context.Background(), contract.LeaseKey("bob", "phone")); err != nil {
 		t.Fatal(err)
 	}
-	tk.WaitFor(t, 20*time.Second, func() error {
-		if len(h.Calls()) == 0 {
-			return tk.Errorf("no push yet; stats %+v", svc.Stats())
-		}
-		return nil
-	})
-	waitGoneDrained(t, n.JS)
-	calls := h.Calls()
+	calls := waitWoken(t, n.JS, h, svc)
 	if len(calls) != 1 || calls[0].N.Seq != seq || calls[0].N.MessageID != "m1" || calls[0].N.Pending != 301 {
 		t.Fatalf("calls %+v, want one for m1 (seq %d) with 301 pending", calls, seq)
 	}
@@ -270,18 +287,12 @@ func TestGoneFindsTheMessageBehindAReceipt(t *testing.T) {
 // A webhook that fails the first time: the lease gone is tried again and
 // the phone is woken, for the same message, once.
 func TestGoneRetriesAFailedPost(t *testing.T) {
-	n := tk.StartNATS(t)
-	h := newHook(t, func(_ Notification, prior int) int {
+	n, h, svc, seq := phoneGotM1Online(t, func(_ Notification, prior int) int {
 		if prior == 0 {
 			return http.StatusServiceUnavailable
 		}
 		return http.StatusOK
 	})
-	svc := startPush(t, n, testConfig(h.URL))
-	putDevices(t, n.JS, "bob", "phone")
-	setOnline(t, n.JS, "bob", "phone")
-	seq := publish(t, n.JS, "bob", "alice", "m1")
-	waitDrained(t, n.JS, 10*time.Second)
 	if err := kv(t, n.JS, contract.PresenceKV).Delete(context.Background(), contract.LeaseKey("bob", "phone")); err != nil {
 		t.Fatal(err)
 	}
@@ -333,30 +344,14 @@ func TestDeviceGoneHavingAckedEverythingWakesNobody(t *testing.T) {
 
 // A lease the server expires (its gateway died) is a device gone too.
 func TestExpiredLeaseWakesForWhatWaits(t *testing.T) {
-	n := tk.StartNATS(t)
-	h := newHook(t, nil)
-	svc := startPush(t, n, testConfig(h.URL))
-	putDevices(t, n.JS, "bob", "phone")
-	setOnline(t, n.JS, "bob", "phone")
-	seq := publish(t, n.JS, "bob", "alice", "m1")
-	waitDrained(t, n.JS, 10*time.Second)
-	if st := svc.Stats(); st.SkippedOnline != 1 {
-		t.Fatalf("stats %+v", st)
-	}
+	n, h, svc, seq := phoneGotM1Online(t, nil)
 	// The lease refreshed with a TTL, as a gateway writes it, and no
 	// gateway left to refresh it again.
 	lease := &nats.Msg{Subject: contract.KVSubject(contract.PresenceKV, contract.LeaseKey("bob", "phone")), Data: []byte(`{"since":1}`)}
 	if _, err := n.JS.PublishMsg(context.Background(), lease, jetstream.WithMsgTTL(time.Second)); err != nil {
 		t.Fatal(err)
 	}
-	tk.WaitFor(t, 20*time.Second, func() error {
-		if len(h.Calls()) == 0 {
-			return tk.Errorf("no push yet; stats %+v", svc.Stats())
-		}
-		return nil
-	})
-	waitGoneDrained(t, n.JS)
-	calls := h.Calls()
+	calls := waitWoken(t, n.JS, h, svc)
 	if len(calls) != 1 || calls[0].N.Seq != seq || calls[0].N.Device != "phone" {
 		t.Fatalf("calls %+v, want one for m1 (seq %d)", calls, seq)
 	}
@@ -412,13 +407,7 @@ func TestDeviceWokenInTheWindowIsNotWokenAgainWhenItGoes(t *testing.T) {
 	if err := kv(t, n.JS, contract.PresenceKV).Delete(context.Background(), contract.LeaseKey("bob", "phone")); err != nil {
 		t.Fatal(err)
 	}
-	tk.WaitFor(t, 20*time.Second, func() error {
-		if st := svc.Stats(); st.LeasesGone != 1 {
-			return tk.Errorf("stats %+v", st)
-		}
-		return nil
-	})
-	waitGoneDrained(t, n.JS)
+	waitLeasesGone(t, n.JS, svc, 1)
 	if calls := h.Calls(); len(calls) != 1 {
 		t.Fatalf("calls %+v, want the first wake only; stats %+v", calls, svc.Stats())
 	}
@@ -430,13 +419,7 @@ func TestDeviceWokenInTheWindowIsNotWokenAgainWhenItGoes(t *testing.T) {
 // The phone's lease goes twice in a row (a reconnect that failed again):
 // the phone is woken once for what waits.
 func TestDeviceGoneTwiceIsWokenOnce(t *testing.T) {
-	n := tk.StartNATS(t)
-	h := newHook(t, nil)
-	svc := startPush(t, n, testConfig(h.URL))
-	putDevices(t, n.JS, "bob", "phone")
-	setOnline(t, n.JS, "bob", "phone")
-	publish(t, n.JS, "bob", "alice", "m1")
-	waitDrained(t, n.JS, 10*time.Second)
+	n, h, svc, _ := phoneGotM1Online(t, nil)
 	presence := kv(t, n.JS, contract.PresenceKV)
 	for range 2 {
 		if _, err := presence.Put(context.Background(), contract.LeaseKey("bob", "phone"), []byte(`{"since":1}`)); err != nil {
@@ -446,13 +429,7 @@ func TestDeviceGoneTwiceIsWokenOnce(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	tk.WaitFor(t, 20*time.Second, func() error {
-		if st := svc.Stats(); st.LeasesGone != 2 {
-			return tk.Errorf("stats %+v", st)
-		}
-		return nil
-	})
-	waitGoneDrained(t, n.JS)
+	waitLeasesGone(t, n.JS, svc, 2)
 	if calls := h.Calls(); len(calls) != 1 {
 		t.Fatalf("calls %+v, want one; stats %+v", calls, svc.Stats())
 	}
