@@ -33,25 +33,32 @@ import (
 // is acked. A lease gone, of a user left with no device online, wakes
 // that device, and only that one, for the newest chat message past its
 // position, if it was stored before the lease went: a newer one is the
-// message's own path's, which finds the user offline. Unless the
-// device was woken within the user's window already (the user's claim
-// lists it), or by another lease gone of its own: each such wake holds
-// key <user>=<device> in PUSH, created before the webhook call (so two
-// instances never both make it) and marked sent after it, for the ack
-// wait plus a window. A device that acked everything before it went
-// costs a read of the presence record and leases, its position, and the
-// inbox's newest message.
+// message's own path's, which finds the user offline. Not if the device
+// was woken within the user's window already: the user's claim lists it,
+// or a wake of its own for this message or a newer one. A wake holds key
+// <user>=<device> in PUSH ({lease, seq, sent}), created before the
+// webhook call, so two instances never both make it, marked sent after
+// it, and kept one window past the change's ack, as a message's claim is;
+// a message's push leaves out a device whose key says sent, as it leaves
+// out one its claim lists. A key another change left unsent (its retry
+// will not come: the lease was put again since, and the bucket keeps a
+// key's latest change only) or sent for an older message is taken over.
+// A device that acked everything before it went costs a read of the
+// presence record and leases, its position, and the inbox's newest
+// message.
 //
 // Only the device that went: the user's other devices, offline all along,
 // were skipped by the same rule (no push while the user is online) and
 // are left to it, and a device behind for good (a phone no longer used)
 // is not woken again each time another goes.
 //
-// A limit: a message stored just before the lease went, whose own turn
-// in the push durable comes only after it went (a backlog there), is
-// decided by both paths, and its device can be posted twice (a second
-// wake-up with the same collapse id, which FCM and APNs fold into the
-// first).
+// Limits: a message stored just before the lease went, whose own turn in
+// the push durable comes only after it went (a backlog there) and at the
+// same moment as the lease's, is decided by both paths at once, and its
+// device can be posted twice. And on a cluster the inbox's leader and the
+// leases' may be two servers: a message stored within their clocks'
+// difference of the lease going can be taken for one stored after it,
+// and then woken for by neither path. Both are windows of milliseconds.
 
 // goneScanMax bounds how much of an inbox a lease gone reads looking for
 // the newest chat message before it past receipts and own copies: past
@@ -105,8 +112,10 @@ func (s *Service) handleGone(m jetstream.Msg) {
 		return
 	}
 	n, found, err := s.waitingFor(ctx, user, device, meta.Timestamp)
+	var rev uint64
 	if err == nil && found {
-		found, err = s.wokenSince(ctx, user, device, meta.Sequence.Stream, n.Seq)
+		rev, err = s.takeWake(ctx, user, device, meta.Sequence.Stream, n.Seq)
+		found = rev > 0
 	}
 	switch {
 	case err != nil && attempt < uint64(s.cfg.MaxAttempts):
@@ -124,66 +133,113 @@ func (s *Service) handleGone(m jetstream.Msg) {
 		_ = m.Ack()
 		return
 	}
-	s.wake(ctx, m, attempt, meta.Sequence.Stream, n, device)
+	s.wake(ctx, m, attempt, meta.Sequence.Stream, rev, n, device)
 }
 
-// wokenSince takes the device's wake for lease change lease: false when
-// the device was woken within the user's window already, by a message's
-// push or another lease gone of its own, or this change's wake is done.
-func (s *Service) wokenSince(ctx context.Context, user, device string, lease, seq uint64) (bool, error) {
+// takeWake takes the device's wake key for lease change lease and
+// message seq, and returns its revision, or 0 when there is nothing to
+// do: the device was woken within the user's window already (by a
+// message's push, or a lease gone of its own for this message or a newer
+// one), a newer change of the device has the key, or this change's wake
+// is done. Another change's key that woke nobody (its change will not
+// come again: the lease was put again since) or woke the device for an
+// older message is taken over.
+func (s *Service) takeWake(ctx context.Context, user, device string, lease, seq uint64) (uint64, error) {
 	e, err := s.pushKV.Get(ctx, user)
 	switch {
 	case err == nil:
 		var c claim
 		if json.Unmarshal(e.Value(), &c) == nil && c.done(device) {
 			s.counters.coalesced.Add(1)
-			return false, nil
+			return 0, nil
 		}
 	case !errors.Is(err, jetstream.ErrKeyNotFound):
-		return false, fmt.Errorf("push: coalescing key: %w", err)
+		return 0, fmt.Errorf("push: coalescing key: %w", err)
 	}
+	key := goneKey(user, device)
 	b, _ := json.Marshal(goneMark{Lease: lease, Seq: seq})
-	_, err = s.pushKV.Create(ctx, goneKey(user, device), b, jetstream.KeyTTL(ttlSeconds(s.hold(0))))
-	if err == nil {
-		return true, nil
+	for range 5 {
+		rev, err := s.pushKV.Create(ctx, key, b, jetstream.KeyTTL(ttlSeconds(s.hold(0))))
+		if err == nil {
+			return rev, nil
+		}
+		if !errors.Is(err, jetstream.ErrKeyExists) {
+			return 0, fmt.Errorf("push: wake key: %w", err)
+		}
+		e, err := s.pushKV.Get(ctx, key)
+		if errors.Is(err, jetstream.ErrKeyNotFound) {
+			continue // expired between the two
+		}
+		if err != nil {
+			return 0, fmt.Errorf("push: wake key: %w", err)
+		}
+		var mark goneMark
+		if json.Unmarshal(e.Value(), &mark) == nil {
+			switch {
+			case mark.Lease == lease && mark.Sent:
+				return 0, nil // a later delivery of this change, done
+			case mark.Lease == lease:
+				return e.Revision(), nil // a later delivery of this change
+			case mark.Lease > lease:
+				return 0, nil // a newer change of the device has it
+			case mark.Sent && mark.Seq >= seq:
+				s.counters.coalesced.Add(1)
+				return 0, nil
+			}
+		}
+		rev, err = s.writeWake(ctx, key, b, e.Revision(), s.hold(0))
+		if err == nil {
+			return rev, nil
+		}
+		if !contract.IsConflict(err) {
+			return 0, fmt.Errorf("push: wake key: %w", err)
+		}
 	}
-	if !errors.Is(err, jetstream.ErrKeyExists) {
-		return false, fmt.Errorf("push: wake key: %w", err)
-	}
-	e, err = s.pushKV.Get(ctx, goneKey(user, device))
+	return 0, errors.New("push: wake key too contended")
+}
+
+// writeWake writes a wake key's value if the key is still at revision
+// rev, with a TTL (KeyValue.Update cannot set one).
+func (s *Service) writeWake(ctx context.Context, key string, b []byte, rev uint64, ttl time.Duration) (uint64, error) {
+	m := &nats.Msg{Subject: contract.KVSubject(contract.PushKV, key), Data: b}
+	ack, err := s.js.PublishMsg(ctx, m, jetstream.WithExpectLastSequencePerSubject(rev), jetstream.WithMsgTTL(ttlSeconds(ttl)))
 	if err != nil {
-		// Expired between the two: the next delivery decides afresh.
-		return false, fmt.Errorf("push: wake key: %w", err)
+		return 0, err
+	}
+	return ack.Sequence, nil
+}
+
+// wokenByGone reports whether device was woken by a lease gone of its
+// own within the window (its wake key says sent): a message's push
+// leaves it out, as it leaves out a device its window's claim lists.
+func (s *Service) wokenByGone(ctx context.Context, user, device string) bool {
+	e, err := s.pushKV.Get(ctx, goneKey(user, device))
+	if err != nil {
+		return false // none, or unreadable: better a push too many
 	}
 	var mark goneMark
-	if json.Unmarshal(e.Value(), &mark) != nil || mark.Lease != lease {
-		s.counters.coalesced.Add(1)
-		return false, nil
-	}
-	return !mark.Sent, nil // a later delivery of this change
+	return json.Unmarshal(e.Value(), &mark) == nil && mark.Sent
 }
 
 // wake posts the device's notification for n and records it: sent or
-// dead-lettered, the wake's key is marked and the change acked; a
-// failure the webhook may get over is tried again with backoff.
-func (s *Service) wake(ctx context.Context, m jetstream.Msg, attempt, lease uint64, n Notification, device string) {
+// dead-lettered, the wake's key (at revision rev) is marked and the
+// change acked, and the key then lives one window; a failure the webhook
+// may get over is tried again with backoff, the key kept unsent.
+func (s *Service) wake(ctx context.Context, m jetstream.Msg, attempt, lease, rev uint64, n Notification, device string) {
 	subject := contract.InboxSubject(n.User)
-	mark := func(ttl time.Duration) error {
-		b, _ := json.Marshal(goneMark{Lease: lease, Seq: n.Seq, Sent: true})
-		msg := &nats.Msg{Subject: contract.KVSubject(contract.PushKV, goneKey(n.User, device)), Data: b}
-		_, err := s.js.PublishMsg(ctx, msg, jetstream.WithMsgTTL(ttlSeconds(ttl)))
-		return err
-	}
+	key := goneKey(n.User, device)
 	dn := n
 	dn.Device = device
+	_ = m.InProgress() // slow reads must not hand the change to another instance
 	pending, delivered, err := s.pending(ctx, n.User, device, n.Seq)
 	if err == nil && delivered {
-		_ = s.pushKV.Delete(ctx, goneKey(n.User, device))
+		_ = s.pushKV.Delete(ctx, key, jetstream.LastRevision(rev))
 		_ = m.Ack()
 		return
 	}
 	if err == nil {
 		dn.Pending = pending
+		_ = m.InProgress()
 		err = s.hook.post(ctx, dn)
 	}
 	switch {
@@ -206,11 +262,23 @@ func (s *Service) wake(ctx context.Context, m jetstream.Msg, attempt, lease uint
 		_ = m.NakWithDelay(delay) // the key stays this change's: the retry finds it unsent
 		return
 	}
-	// Marked before the ack: a delivery after a lost ack finds it done.
-	if err := contract.ThroughReconnect(ctx, func() error { return mark(s.hold(0)) }); err != nil {
+	// Marked before the ack, living past the ack wait: a delivery after
+	// a lost ack finds it done. Then one window, as a message's claim.
+	b, _ := json.Marshal(goneMark{Lease: lease, Seq: n.Seq, Sent: true})
+	err = contract.ThroughReconnect(ctx, func() error {
+		var err error
+		rev, err = s.writeWake(ctx, key, b, rev, s.hold(0))
+		return err
+	})
+	if err != nil {
 		s.log.Warn("recording a wake failed", "user", n.User, "device", device, "err", err)
 	}
-	_ = m.Ack()
+	if err := contract.ThroughReconnect(ctx, func() error { return m.DoubleAck(ctx) }); err != nil || rev == 0 {
+		return
+	}
+	if _, err := s.writeWake(ctx, key, b, rev, s.cfg.Window); err != nil && !contract.IsConflict(err) {
+		s.log.Warn("closing a wake's window failed", "user", n.User, "device", device, "err", err)
+	}
 }
 
 // leaseOf is the user and device of a lease key's subject,
@@ -247,12 +315,18 @@ func (s *Service) waitingFor(ctx context.Context, user, device string, before ti
 	if !found {
 		// The newest is a receipt or an own copy: read from the
 		// position on.
-		err = scanInbox(ctx, s.nc, user, pos+1, last.Sequence, func(seq uint64, h nats.Header) {
+		var reached uint64
+		reached, err = scanInbox(ctx, s.nc, user, pos+1, last.Sequence, func(seq uint64, h nats.Header) {
 			if n, ok := waitingChat(user, seq, h); ok {
 				newest, found = n, true
 				stored, _ = time.Parse(time.RFC3339Nano, h.Get(contract.HdrStamp))
 			}
 		})
+		if err == nil && reached < last.Sequence {
+			// Direct gets may be answered by a replica, one behind the
+			// leader that had the newest: read again later.
+			err = fmt.Errorf("push: inbox of %s read up to %d of %d", user, reached, last.Sequence)
+		}
 	}
 	if err != nil || !found || stored.After(before) {
 		return Notification{}, false, err
@@ -272,33 +346,38 @@ func waitingChat(user string, seq uint64, h nats.Header) (Notification, bool) {
 
 // scanInbox passes each message of user's inbox from sequence from up to
 // sequence to to each, in order, with batched direct gets of up to 256,
-// reading at most goneScanMax.
-func scanInbox(ctx context.Context, nc *nats.Conn, user string, from, to uint64, each func(seq uint64, h nats.Header)) error {
+// reading at most goneScanMax. It returns how far it has read: to, or
+// past it, unless the stream answering ended before (or it stopped at
+// goneScanMax, which counts as to).
+func scanInbox(ctx context.Context, nc *nats.Conn, user string, from, to uint64, each func(seq uint64, h nats.Header)) (uint64, error) {
 	ctx, cancel := context.WithTimeout(ctx, contract.WaitingTimeout)
 	defer cancel()
 	sub, err := nc.SubscribeSync(nc.NewInbox())
 	if err != nil {
-		return err
+		return 0, err
 	}
 	defer func() { _ = sub.Unsubscribe() }()
-	for read := 0; from <= to && read < goneScanMax; {
+	for read := 0; from <= to; {
+		if read >= goneScanMax {
+			return to, nil
+		}
 		req, _ := json.Marshal(map[string]any{"seq": from, "next_by_subj": contract.InboxSubject(user), "batch": min(256, goneScanMax-read)})
 		if err := nc.PublishRequest(contract.DirectGetSubject(contract.Inbox), sub.Subject, req); err != nil {
-			return err
+			return 0, err
 		}
 		start := from
 		for {
 			m, err := sub.NextMsgWithContext(ctx)
 			if err != nil {
-				return fmt.Errorf("push: inbox of %s: %w", user, err)
+				return 0, fmt.Errorf("push: inbox of %s: %w", user, err)
 			}
 			seq, end, more, err := contract.DirectAnswer(m)
 			if err != nil {
-				return fmt.Errorf("push: inbox of %s: %w", user, err)
+				return 0, fmt.Errorf("push: inbox of %s: %w", user, err)
 			}
 			if end {
 				if !more || from == start {
-					return nil
+					return from - 1, nil
 				}
 				break
 			}
@@ -309,5 +388,5 @@ func scanInbox(ctx context.Context, nc *nats.Conn, user string, from, to uint64,
 			}
 		}
 	}
-	return nil
+	return from - 1, nil
 }

@@ -236,6 +236,8 @@ func TestAnotherDeviceGoingDoesNotWakeOneBehind(t *testing.T) {
 		}
 	}
 	waitOnline(t, n.JS, "bob", false)
+	// Both leases gone and read: m1 comes after, and is its own path's.
+	waitLeasesGone(t, n.JS, svc, 2)
 	alice := tk.Dial(t, g.URL, "alice", "phone")
 	if _, err := alice.Send(ctx, "bob", "m1", tk.Body("hi")); err != nil {
 		t.Fatal(err)
@@ -264,23 +266,29 @@ func TestAnotherDeviceGoingDoesNotWakeOneBehind(t *testing.T) {
 }
 
 // The newest in the inbox is a receipt: the device is woken for the chat
-// message before it, with both counted as pending.
+// message before it, m2, past a batch of the scan of receipts, with all
+// counted as pending.
 func TestGoneFindsTheMessageBehindAReceipt(t *testing.T) {
-	n, h, svc, seq := phoneGotM1Online(t, nil)
-	for i := range 300 { // more than one batch of the scan
+	n, h, svc, _ := phoneGotM1Online(t, nil)
+	receipt := func(i int) {
 		r := receiptMsg("bob", "alice", "m0")
 		r.Header.Set(contract.HdrMsgID, fmt.Sprintf("r%d", i))
 		if _, err := n.JS.PublishMsg(context.Background(), r); err != nil {
 			t.Fatal(err)
 		}
 	}
+	for i := range 300 {
+		receipt(i)
+	}
+	seq := publish(t, n.JS, "bob", "alice", "m2")
+	receipt(300)
 	waitDrained(t, n.JS, 10*time.Second)
 	if err := kv(t, n.JS, contract.PresenceKV).Delete(context.Background(), contract.LeaseKey("bob", "phone")); err != nil {
 		t.Fatal(err)
 	}
 	calls := waitWoken(t, n.JS, h, svc)
-	if len(calls) != 1 || calls[0].N.Seq != seq || calls[0].N.MessageID != "m1" || calls[0].N.Pending != 301 {
-		t.Fatalf("calls %+v, want one for m1 (seq %d) with 301 pending", calls, seq)
+	if len(calls) != 1 || calls[0].N.Seq != seq || calls[0].N.MessageID != "m2" || calls[0].N.Pending != 303 {
+		t.Fatalf("calls %+v, want one for m2 (seq %d) with 303 pending", calls, seq)
 	}
 }
 
@@ -421,16 +429,59 @@ func TestDeviceWokenInTheWindowIsNotWokenAgainWhenItGoes(t *testing.T) {
 func TestDeviceGoneTwiceIsWokenOnce(t *testing.T) {
 	n, h, svc, _ := phoneGotM1Online(t, nil)
 	presence := kv(t, n.JS, contract.PresenceKV)
-	for range 2 {
+	for i := range uint64(2) {
 		if _, err := presence.Put(context.Background(), contract.LeaseKey("bob", "phone"), []byte(`{"since":1}`)); err != nil {
 			t.Fatal(err)
 		}
 		if err := presence.Delete(context.Background(), contract.LeaseKey("bob", "phone")); err != nil {
 			t.Fatal(err)
 		}
+		// Read before the lease is put again: the bucket keeps only a
+		// key's latest change.
+		waitLeasesGone(t, n.JS, svc, i+1)
 	}
-	waitLeasesGone(t, n.JS, svc, 2)
 	if calls := h.Calls(); len(calls) != 1 {
 		t.Fatalf("calls %+v, want one; stats %+v", calls, svc.Stats())
+	}
+	if st := svc.Stats(); st.Gone != 1 || st.Coalesced != 1 {
+		t.Errorf("stats %+v, want the second going coalesced", st)
+	}
+}
+
+// A wake key another change of the device left unsent (its retry will
+// never come: the lease was put again since, and the bucket keeps a
+// key's latest change only), or left for an older message, does not keep
+// the device from its wake.
+func TestStaleWakeKeysAreTakenOver(t *testing.T) {
+	for _, mark := range []string{`{"lease":1,"seq":1,"sent":false}`, `{"lease":1,"seq":0,"sent":true}`} {
+		t.Run(mark, func(t *testing.T) {
+			n, h, svc, seq := phoneGotM1Online(t, nil)
+			if _, err := kv(t, n.JS, contract.PushKV).Put(context.Background(), goneKey("bob", "phone"), []byte(mark)); err != nil {
+				t.Fatal(err)
+			}
+			if err := kv(t, n.JS, contract.PresenceKV).Delete(context.Background(), contract.LeaseKey("bob", "phone")); err != nil {
+				t.Fatal(err)
+			}
+			if calls := waitWoken(t, n.JS, h, svc); len(calls) != 1 || calls[0].N.Seq != seq {
+				t.Fatalf("calls %+v, want the phone woken for m1 (seq %d)", calls, seq)
+			}
+		})
+	}
+}
+
+// A device woken when its lease went is not woken again within the window
+// by the next message's own push.
+func TestWakeForALeaseGoneCountsInTheWindow(t *testing.T) {
+	n, h, svc, _ := phoneGotM1Online(t, nil)
+	if err := kv(t, n.JS, contract.PresenceKV).Delete(context.Background(), contract.LeaseKey("bob", "phone")); err != nil {
+		t.Fatal(err)
+	}
+	if calls := waitWoken(t, n.JS, h, svc); len(calls) != 1 {
+		t.Fatalf("calls %+v", calls)
+	}
+	publish(t, n.JS, "bob", "alice", "m2")
+	waitDrained(t, n.JS, 10*time.Second)
+	if calls := h.Calls(); len(calls) != 1 {
+		t.Fatalf("calls %+v, want m2 to wake nobody within the window", calls)
 	}
 }

@@ -389,6 +389,11 @@ func (s *Service) notify(m jetstream.Msg, attempt uint64, subject string, n Noti
 		if t.st.done(d) {
 			continue
 		}
+		if s.wokenByGone(ctx, n.User, d) {
+			// Woken within the window when its lease went (gone.go).
+			s.log.Debug("woken for its lease gone; not again", "user", n.User, "device", d, "seq", n.Seq)
+			continue
+		}
 		if s.stopping.Load() {
 			// The claim records what is done; the next delivery does the rest.
 			_ = m.Nak()
