@@ -19,8 +19,8 @@ import (
 // BenchmarkPush measures notifications per second from stored messages to
 // a local webhook: one instance, one device per user, every message for a
 // different user so none is coalesced. Each notification costs a presence
-// read, a device read, a claim create, a consumer info, the HTTP call, a
-// claim rewrite and a confirmed ack.
+// read, a device read, a claim create, a wake key read (gone.go), a
+// consumer info, the HTTP call, a claim rewrite and a confirmed ack.
 func BenchmarkPush(b *testing.B) {
 	n := tk.StartNATS(b)
 	var got atomic.Int64

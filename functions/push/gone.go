@@ -55,7 +55,10 @@ import (
 // Limits: a message stored just before the lease went, whose own turn in
 // the push durable comes only after it went (a backlog there) and at the
 // same moment as the lease's, is decided by both paths at once, and its
-// device can be posted twice. And on a cluster the inbox's leader and the
+// device can be posted twice; so can a device to which a message comes
+// while its wake for a lease gone is being posted (a webhook call's
+// time: the key says sent only after it), or that comes back and goes
+// again within that time (the newer change takes the key over). And on a cluster the inbox's leader and the
 // leases' may be two servers: a message stored within their clocks'
 // difference of the lease going can be taken for one stored after it,
 // and then woken for by neither path. Both are windows of milliseconds.
@@ -70,7 +73,10 @@ const goneScanMax = 4096
 type goneMark struct {
 	Lease uint64 `json:"lease"` // the lease change's sequence in KV_PRESENCE
 	Seq   uint64 `json:"seq"`   // the message the device is woken for
-	Sent  bool   `json:"sent"`  // posted, or dead-lettered
+	Sent  bool   `json:"sent"`  // posted
+	// Dead: the notification was dead-lettered. The change is done, but
+	// nobody was woken: it opens no window.
+	Dead bool `json:"dead,omitempty"`
 }
 
 // goneKey is a device's key in PUSH for a lease gone. "=" is in no id, so
@@ -176,10 +182,12 @@ func (s *Service) takeWake(ctx context.Context, user, device string, lease, seq 
 		var mark goneMark
 		if json.Unmarshal(e.Value(), &mark) == nil {
 			switch {
-			case mark.Lease == lease && mark.Sent:
+			case mark.Lease == lease && (mark.Sent || mark.Dead):
 				return 0, nil // a later delivery of this change, done
 			case mark.Lease == lease:
-				return e.Revision(), nil // a later delivery of this change
+				// A later delivery of this change: its key lives on
+				// from now.
+				return s.writeWake(ctx, key, e.Value(), e.Revision(), s.hold(0))
 			case mark.Lease > lease:
 				return 0, nil // a newer change of the device has it
 			case mark.Sent && mark.Seq >= seq:
@@ -210,8 +218,9 @@ func (s *Service) writeWake(ctx context.Context, key string, b []byte, rev uint6
 }
 
 // wokenByGone reports whether device was woken by a lease gone of its
-// own within the window (its wake key says sent): a message's push
-// leaves it out, as it leaves out a device its window's claim lists.
+// own within the window (its wake key says sent; a dead-lettered one
+// woke nobody): a message's push leaves it out, as it leaves out a
+// device its window's claim lists.
 func (s *Service) wokenByGone(ctx context.Context, user, device string) bool {
 	e, err := s.pushKV.Get(ctx, goneKey(user, device))
 	if err != nil {
@@ -242,6 +251,7 @@ func (s *Service) wake(ctx context.Context, m jetstream.Msg, attempt, lease, rev
 		_ = m.InProgress()
 		err = s.hook.post(ctx, dn)
 	}
+	dead := false
 	switch {
 	case err == nil:
 		s.counters.gone.Add(1)
@@ -255,6 +265,7 @@ func (s *Service) wake(ctx context.Context, m jetstream.Msg, attempt, lease, rev
 		}
 		s.counters.deadLettered.Add(1)
 		s.log.Warn("wake for a lease gone dead-lettered", "user", n.User, "device", device, "seq", n.Seq, "err", err)
+		dead = true
 	default:
 		delay := backoff(attempt, s.cfg.BaseBackoff, s.cfg.MaxBackoff, retryAfter(err))
 		s.counters.retried.Add(1)
@@ -264,7 +275,7 @@ func (s *Service) wake(ctx context.Context, m jetstream.Msg, attempt, lease, rev
 	}
 	// Marked before the ack, living past the ack wait: a delivery after
 	// a lost ack finds it done. Then one window, as a message's claim.
-	b, _ := json.Marshal(goneMark{Lease: lease, Seq: n.Seq, Sent: true})
+	b, _ := json.Marshal(goneMark{Lease: lease, Seq: n.Seq, Sent: !dead, Dead: dead})
 	err = contract.ThroughReconnect(ctx, func() error {
 		var err error
 		rev, err = s.writeWake(ctx, key, b, rev, s.hold(0))

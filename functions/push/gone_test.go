@@ -485,3 +485,26 @@ func TestWakeForALeaseGoneCountsInTheWindow(t *testing.T) {
 		t.Fatalf("calls %+v, want m2 to wake nobody within the window", calls)
 	}
 }
+
+// A wake for a lease gone that the webhook refused (dead-lettered) woke
+// nobody: the next message's push is not held back by it.
+func TestDeadLetteredWakeOpensNoWindow(t *testing.T) {
+	n, h, svc, _ := phoneGotM1Online(t, func(nt Notification, _ int) int {
+		if nt.MessageID == "m1" {
+			return http.StatusBadRequest
+		}
+		return http.StatusOK
+	})
+	if err := kv(t, n.JS, contract.PresenceKV).Delete(context.Background(), contract.LeaseKey("bob", "phone")); err != nil {
+		t.Fatal(err)
+	}
+	waitWoken(t, n.JS, h, svc)
+	if dl := deadLetters(t, n.JS); len(dl) != 1 {
+		t.Fatalf("%d dead letters, want m1's", len(dl))
+	}
+	publish(t, n.JS, "bob", "alice", "m2")
+	waitDrained(t, n.JS, 10*time.Second)
+	if all, ok := h.count("bob", "phone"); all != 2 || ok != 1 {
+		t.Fatalf("%d calls, %d answered 2xx: want m1 refused, then m2 pushed; stats %+v", all, ok, svc.Stats())
+	}
+}
