@@ -508,3 +508,55 @@ func TestDeadLetteredWakeOpensNoWindow(t *testing.T) {
 		t.Fatalf("%d calls, %d answered 2xx: want m1 refused, then m2 pushed; stats %+v", all, ok, svc.Stats())
 	}
 }
+
+// The durable of lease changes cannot be bound when the function starts
+// (here a consumer of that name made otherwise by hand; on an upgrade,
+// the push role without its new rights): messages are pushed all the
+// same, and once the durable can be bound the function binds it and
+// wakes for leases gone.
+func TestPushRunsWithoutTheLeaseDurableAndBindsItLater(t *testing.T) {
+	n := tk.StartNATS(t)
+	h := newHook(t, nil)
+	ctx := context.Background()
+	stream := "KV_" + contract.PresenceKV
+	if _, err := n.JS.CreateConsumer(ctx, stream, jetstream.ConsumerConfig{Durable: contract.PushGoneDurable, AckPolicy: jetstream.AckExplicitPolicy, DeliverPolicy: jetstream.DeliverAllPolicy}); err != nil {
+		t.Fatal(err)
+	}
+	svc := startPush(t, n, testConfig(h.URL))
+	putDevices(t, n.JS, "bob", "phone")
+	publish(t, n.JS, "bob", "alice", "m1")
+	waitDrained(t, n.JS, 10*time.Second)
+	if calls := h.Calls(); len(calls) != 1 {
+		t.Fatalf("calls %+v, want bob's phone woken for m1", calls)
+	}
+	if err := n.JS.DeleteConsumer(ctx, stream, contract.PushGoneDurable); err != nil {
+		t.Fatal(err)
+	}
+	tk.WaitFor(t, 20*time.Second, func() error {
+		c, err := n.JS.Consumer(ctx, stream, contract.PushGoneDurable)
+		if err != nil {
+			return err
+		}
+		if c.CachedInfo().Config.DeliverPolicy != jetstream.DeliverNewPolicy {
+			return tk.Errorf("the durable is not the function's yet")
+		}
+		return nil
+	})
+	putDevices(t, n.JS, "carol", "phone")
+	setOnline(t, n.JS, "carol", "phone")
+	seq := publish(t, n.JS, "carol", "alice", "m2")
+	waitDrained(t, n.JS, 10*time.Second)
+	if err := kv(t, n.JS, contract.PresenceKV).Delete(ctx, contract.LeaseKey("carol", "phone")); err != nil {
+		t.Fatal(err)
+	}
+	tk.WaitFor(t, 20*time.Second, func() error {
+		if len(h.Calls()) < 2 {
+			return tk.Errorf("calls %+v, stats %+v", h.Calls(), svc.Stats())
+		}
+		return nil
+	})
+	waitGoneDrained(t, n.JS)
+	if calls := h.Calls(); len(calls) != 2 || calls[1].N.User != "carol" || calls[1].N.Seq != seq {
+		t.Fatalf("calls %+v, want carol's phone woken for m2 (seq %d)", calls, seq)
+	}
+}

@@ -75,7 +75,9 @@ type source struct {
 
 // Start checks cfg, binds the durable consumers `push` on INBOX and
 // `push-gone` on KV_PRESENCE and the micro service, and begins pulling.
-// The streams and buckets must exist (streams.Apply). ctx bounds only the setup; the instance runs until
+// The streams and buckets must exist (streams.Apply). A `push-gone` that
+// cannot be bound is logged and bound later (pull): messages are pushed
+// meanwhile. ctx bounds only the setup; the instance runs until
 // Stop. An empty WebhookURL returns ErrNotConfigured.
 func Start(ctx context.Context, nc *nats.Conn, js jetstream.JetStream, cfg Config, log *slog.Logger) (*Service, error) {
 	if err := cfg.Validate(); err != nil {
@@ -122,33 +124,31 @@ func Start(ctx context.Context, nc *nats.Conn, js jetstream.JetStream, cfg Confi
 		{stream: contract.Inbox, handle: s.handle, sem: make(chan struct{}, workers)},
 		{stream: "KV_" + contract.PresenceKV, handle: s.handleGone, sem: make(chan struct{}, workers)},
 	}
-	var conses []jetstream.Consumer
 	for i, name := range []string{"push", contract.PushGoneDurable} {
-		src := s.sources[i]
-		if src.cfg, err = streams.ConsumerConfig(name); err != nil {
+		if s.sources[i].cfg, err = streams.ConsumerConfig(name); err != nil {
 			return nil, err
-		}
-		cons, err := js.CreateOrUpdateConsumer(ctx, src.stream, src.cfg)
-		if err != nil {
-			return nil, fmt.Errorf("push: consumer %s: %w", name, err)
 		}
 		// A claim's hold must outlive the next delivery of whichever
 		// message made it.
-		s.ackWait = max(s.ackWait, cons.CachedInfo().Config.AckWait)
-		conses = append(conses, cons)
+		s.ackWait = max(s.ackWait, s.sources[i].cfg.AckWait)
 	}
-	if s.svc, err = s.addService(); err != nil {
+	inbox, gone := s.sources[0], s.sources[1]
+	if inbox.iter, err = s.bind(ctx, inbox); err != nil {
 		return nil, err
 	}
-	for i, cons := range conses {
-		src := s.sources[i]
-		if src.iter, err = cons.Messages(jetstream.PullMaxMessages(workers)); err != nil {
-			_ = s.svc.Stop()
-			for _, src := range s.sources[:i] {
+	if gone.iter, err = s.bind(ctx, gone); err != nil {
+		// Messages are still pushed; wakes for leases gone wait for the
+		// durable, which pull binds as soon as it may (an upgrade that
+		// came before the push role's new rights, say).
+		s.log.Error("lease changes are not read: no wake for a lease gone until the durable is bound; trying again", "durable", gone.cfg.Durable, "err", err)
+	}
+	if s.svc, err = s.addService(); err != nil {
+		for _, src := range s.sources {
+			if src.iter != nil {
 				src.iter.Stop()
 			}
-			return nil, fmt.Errorf("push: consume %s: %w", src.cfg.Durable, err)
 		}
+		return nil, err
 	}
 	for _, src := range s.sources {
 		s.wg.Add(1)
@@ -171,7 +171,9 @@ func (s *Service) Stop() {
 		s.mu.Lock()
 		s.stopped = true
 		for _, src := range s.sources {
-			src.iter.Drain()
+			if src.iter != nil {
+				src.iter.Drain()
+			}
 		}
 		s.mu.Unlock()
 		s.wg.Wait()
@@ -190,37 +192,53 @@ func (s *Service) enter() bool {
 	return true
 }
 
-// pull hands src's messages to workers, and makes a new iterator when the
-// one it has dies (consumer deleted by an operator, connection lost for
-// good).
+// bind creates or updates src's durable and starts pulling from it.
+func (s *Service) bind(ctx context.Context, src *source) (jetstream.MessagesContext, error) {
+	cons, err := s.js.CreateOrUpdateConsumer(ctx, src.stream, src.cfg)
+	if err != nil {
+		return nil, fmt.Errorf("push: consumer %s: %w", src.cfg.Durable, err)
+	}
+	it, err := cons.Messages(jetstream.PullMaxMessages(workers))
+	if err != nil {
+		return nil, fmt.Errorf("push: consume %s: %w", src.cfg.Durable, err)
+	}
+	return it, nil
+}
+
+// pull hands src's messages to workers, and binds the durable again when
+// its iterator dies (consumer deleted by an operator, connection lost for
+// good) or was never made, waiting longer after each failure (up to 30 s).
 func (s *Service) pull(src *source) {
 	defer s.wg.Done()
+	wait := time.Second
 	for {
 		s.mu.Lock()
 		iter := src.iter
 		s.mu.Unlock()
-		s.dispatch(iter, src)
-		if s.stopping.Load() || s.nc.IsClosed() {
-			return
+		if iter != nil {
+			s.dispatch(iter, src)
+			if s.stopping.Load() || s.nc.IsClosed() {
+				return
+			}
+			s.log.Warn("message iterator ended; rebinding the consumer", "durable", src.cfg.Durable)
 		}
-		s.log.Warn("message iterator ended; rebinding the consumer", "durable", src.cfg.Durable)
 		select {
 		case <-s.stop:
 			return
-		case <-time.After(time.Second):
+		case <-time.After(wait):
 		}
 		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-		cons, err := s.js.CreateOrUpdateConsumer(ctx, src.stream, src.cfg)
+		it, err := s.bind(ctx, src)
 		cancel()
 		if err != nil {
-			s.log.Error("rebinding the consumer failed", "durable", src.cfg.Durable, "err", err)
+			wait = min(2*wait, 30*time.Second)
+			s.log.Error("binding the consumer failed", "durable", src.cfg.Durable, "err", err, "next_try", wait)
+			s.mu.Lock()
+			src.iter = nil
+			s.mu.Unlock()
 			continue
 		}
-		it, err := cons.Messages(jetstream.PullMaxMessages(workers))
-		if err != nil {
-			s.log.Error("consume failed", "durable", src.cfg.Durable, "err", err)
-			continue
-		}
+		wait = time.Second
 		s.mu.Lock()
 		if s.stopped {
 			it.Stop()
