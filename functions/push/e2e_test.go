@@ -2,9 +2,12 @@ package push
 
 import (
 	"context"
+	"errors"
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/switchboard-im/switchboard/contract"
 	tk "github.com/switchboard-im/switchboard/internal/testkit"
@@ -33,6 +36,11 @@ func TestGatewayMessageWakesOfflineDevice(t *testing.T) {
 		rec, err := contract.LoadLivePresence(ctx, presence, "bob")
 		if err != nil || rec.Online() {
 			return tk.Errorf("bob still online (%+v, %v)", rec, err)
+		}
+		// And the lease itself gone (the record may not have listed the
+		// phone yet): m1 then comes after it, and is its own path's.
+		if _, err := presence.Get(ctx, contract.LeaseKey("bob", "phone")); !errors.Is(err, jetstream.ErrKeyNotFound) && !errors.Is(err, jetstream.ErrKeyDeleted) {
+			return tk.Errorf("the phone's lease: %v", err)
 		}
 		return nil
 	})

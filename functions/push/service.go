@@ -345,6 +345,17 @@ func (s *Service) stale() time.Duration { return 2 * s.hold(s.cfg.MaxBackoff) }
 // delivered as m for the attempt'th time; m is acked once n is done with.
 func (s *Service) notify(m jetstream.Msg, attempt uint64, subject string, n Notification) {
 	ctx := context.Background()
+	online := func() {
+		s.counters.skippedOnline.Add(1)
+		s.log.Debug("online; no push", "user", n.User, "seq", n.Seq)
+		if attempt > 1 {
+			// An earlier attempt may hold the window having woken nobody.
+			if err := releaseIdle(ctx, s.pushKV, n.User, n.Seq); err != nil {
+				s.log.Warn("releasing the claim failed", "user", n.User, "err", err)
+			}
+		}
+		_ = m.Ack()
+	}
 	rec, err := contract.LoadLivePresence(ctx, s.presenceKV, n.User)
 	var syntax *json.SyntaxError
 	var typ *json.UnmarshalTypeError
@@ -357,15 +368,7 @@ func (s *Service) notify(m jetstream.Msg, attempt uint64, subject string, n Noti
 		s.retry(m, attempt, subject, n, nil, nil, fmt.Errorf("push: presence: %w", err))
 		return
 	case rec.Online():
-		s.counters.skippedOnline.Add(1)
-		s.log.Debug("online; no push", "user", n.User, "seq", n.Seq)
-		if attempt > 1 {
-			// An earlier attempt may hold the window having woken nobody.
-			if err := releaseIdle(ctx, s.pushKV, n.User, n.Seq); err != nil {
-				s.log.Warn("releasing the claim failed", "user", n.User, "err", err)
-			}
-		}
-		_ = m.Ack()
+		online()
 		return
 	}
 	devices, err := s.devices(ctx, n.User)
@@ -379,6 +382,17 @@ func (s *Service) notify(m jetstream.Msg, attempt uint64, subject string, n Noti
 		s.counters.skippedNoDevice.Add(1)
 		s.log.Debug("no device to wake", "user", n.User, "seq", n.Seq)
 		_ = m.Ack()
+		return
+	}
+	// A device may hold a lease its user's record does not list yet (the
+	// presence function applies changes in its own time): it is online
+	// all the same, and a message stored before its lease goes is that
+	// lease's to wake for (gone.go), not this path's.
+	if leased, err := s.leased(ctx, n.User, devices, rec); err != nil {
+		s.retry(m, attempt, subject, n, nil, nil, err)
+		return
+	} else if leased {
+		online()
 		return
 	}
 	t, ours, err := acquire(ctx, s.js, s.pushKV, n.User, n.Seq, s.hold(0), s.stale())
@@ -529,6 +543,24 @@ func (s *Service) retry(m jetstream.Msg, attempt uint64, subject string, n Notif
 			s.log.Warn("closing the claim failed", "user", t.user, "err", err)
 		}
 	}
+}
+
+// leased reports whether any of the user's devices that rec does not
+// list holds a lease.
+func (s *Service) leased(ctx context.Context, user string, devices []string, rec contract.PresenceRecord) (bool, error) {
+	for _, d := range devices {
+		if _, listed := rec.Devices[d]; listed {
+			continue // LoadLivePresence read its lease
+		}
+		_, err := s.presenceKV.Get(ctx, contract.LeaseKey(user, d))
+		switch {
+		case err == nil:
+			return true, nil
+		case !errors.Is(err, jetstream.ErrKeyNotFound) && !errors.Is(err, jetstream.ErrKeyDeleted):
+			return false, fmt.Errorf("push: lease of %s/%s: %w", user, d, err)
+		}
+	}
+	return false, nil
 }
 
 // devices returns the names of the user's devices in the DEVICES bucket,
