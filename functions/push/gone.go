@@ -30,9 +30,10 @@ import (
 // So the function reads the leases' changes too, through its second
 // durable (push-gone on KV_PRESENCE, headers only, shared by the
 // instances, with worker slots of their own). A lease taken or refreshed
-// is acked. A lease gone, of a user left with no device online, wakes
-// that device, and only that one, for the newest chat message past its
-// position, if it was stored before the lease went: a newer one is the
+// is acked. A lease gone, of a user left with no device online (as
+// notify sees it: the presence record, or a lease the record does not
+// list yet), wakes that device, and only that one, for the newest chat
+// message past its position, if it was stored before the lease went: a newer one is the
 // message's own path's, which finds the user offline. Not if the device
 // was woken within the user's window already: the user's claim lists it,
 // or a wake of its own for this message or a newer one. A wake holds key
@@ -58,10 +59,10 @@ import (
 // device can be posted twice; so can a device to which a message comes
 // while its wake for a lease gone is being posted (a webhook call's
 // time: the key says sent only after it), or that comes back and goes
-// again within that time (the newer change takes the key over). And on a cluster the inbox's leader and the
-// leases' may be two servers: a message stored within their clocks'
-// difference of the lease going can be taken for one stored after it,
-// and then woken for by neither path. Both are windows of milliseconds.
+// again within that time (the newer change takes the key over). And on a
+// cluster the inbox's leader and the leases' may be two servers: a
+// message stored within their clocks' difference of the lease going can
+// be taken for one stored after it, and then woken for by neither path.
 
 // goneScanMax bounds how much of an inbox a lease gone reads looking for
 // the newest chat message before it past receipts and own copies: past
