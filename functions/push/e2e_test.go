@@ -2,12 +2,9 @@ package push
 
 import (
 	"context"
-	"errors"
 	"strings"
 	"testing"
 	"time"
-
-	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/switchboard-im/switchboard/contract"
 	tk "github.com/switchboard-im/switchboard/internal/testkit"
@@ -39,10 +36,7 @@ func TestGatewayMessageWakesOfflineDevice(t *testing.T) {
 		}
 		// And the lease itself gone (the record may not have listed the
 		// phone yet): m1 then comes after it, and is its own path's.
-		if _, err := presence.Get(ctx, contract.LeaseKey("bob", "phone")); !errors.Is(err, jetstream.ErrKeyNotFound) && !errors.Is(err, jetstream.ErrKeyDeleted) {
-			return tk.Errorf("the phone's lease: %v", err)
-		}
-		return nil
+		return leaseGone(ctx, presence, "bob", "phone")
 	})
 	alice := tk.Dial(t, g.URL, "alice", "phone")
 	sent, err := alice.Send(ctx, "bob", "m1", tk.Body("secret"))

@@ -113,21 +113,10 @@ func (s *Service) handleGone(m jetstream.Msg) {
 	}
 	ctx := context.Background()
 	// Most leases gone in a gateway's restart find their user back on
-	// another gateway already: one read, nothing else.
-	if rec, err := contract.LoadLivePresence(ctx, s.presenceKV, user); err == nil {
-		if rec.Online() {
-			_ = m.Ack()
-			return
-		}
-		// Online as the message path sees it (notify): a device's lease
-		// its record does not list yet counts too.
-		devices, err := s.devices(ctx, user)
-		if err == nil {
-			if leased, err := s.leased(ctx, user, devices, rec); err == nil && leased {
-				_ = m.Ack()
-				return
-			}
-		}
+	// another gateway already: a read or two, nothing else.
+	if online, _, err := s.online(ctx, user); err == nil && online {
+		_ = m.Ack()
+		return
 	}
 	n, found, err := s.waitingFor(ctx, user, device, meta.Timestamp)
 	var rev uint64

@@ -67,6 +67,14 @@ func waitOnline(t testing.TB, js jetstream.JetStream, user string, want bool, de
 	})
 }
 
+// leaseGone says whether the device's lease is gone from the bucket.
+func leaseGone(ctx context.Context, presence jetstream.KeyValue, user, device string) error {
+	if _, err := presence.Get(ctx, contract.LeaseKey(user, device)); !errors.Is(err, jetstream.ErrKeyNotFound) && !errors.Is(err, jetstream.ErrKeyDeleted) {
+		return tk.Errorf("%s's %s lease: %v", user, device, err)
+	}
+	return nil
+}
+
 // waitLeasesGone waits until svc has read n leases gone and the durable
 // has settled every lease change: what they were to wake is woken.
 func waitLeasesGone(t testing.TB, js jetstream.JetStream, svc *Service, n uint64) {
@@ -158,12 +166,7 @@ func TestDeviceGoneWithAMessageWaitingIsWoken(t *testing.T) {
 		t.Fatal(err)
 	}
 	waitOnline(t, n.JS, "bob", true, "laptop")
-	tk.WaitFor(t, 10*time.Second, func() error {
-		if _, err := kv(t, n.JS, contract.PresenceKV).Get(ctx, contract.LeaseKey("bob", "phone")); !errors.Is(err, jetstream.ErrKeyNotFound) && !errors.Is(err, jetstream.ErrKeyDeleted) {
-			return tk.Errorf("the phone's lease: %v", err)
-		}
-		return nil
-	})
+	tk.WaitFor(t, 10*time.Second, func() error { return leaseGone(ctx, kv(t, n.JS, contract.PresenceKV), "bob", "phone") })
 	waitGoneDrained(t, n.JS)
 	if st := svc.Stats(); st.LeasesGone != 1 || st.Gone != 0 || len(h.Calls()) != 0 {
 		t.Fatalf("stats %+v, calls %+v: want the phone's going read, and bob still online", st, h.Calls())

@@ -345,7 +345,12 @@ func (s *Service) stale() time.Duration { return 2 * s.hold(s.cfg.MaxBackoff) }
 // delivered as m for the attempt'th time; m is acked once n is done with.
 func (s *Service) notify(m jetstream.Msg, attempt uint64, subject string, n Notification) {
 	ctx := context.Background()
-	online := func() {
+	online, devices, err := s.online(ctx, n.User)
+	switch {
+	case err != nil:
+		s.retry(m, attempt, subject, n, nil, nil, err)
+		return
+	case online:
 		s.counters.skippedOnline.Add(1)
 		s.log.Debug("online; no push", "user", n.User, "seq", n.Seq)
 		if attempt > 1 {
@@ -355,44 +360,13 @@ func (s *Service) notify(m jetstream.Msg, attempt uint64, subject string, n Noti
 			}
 		}
 		_ = m.Ack()
-	}
-	rec, err := contract.LoadLivePresence(ctx, s.presenceKV, n.User)
-	var syntax *json.SyntaxError
-	var typ *json.UnmarshalTypeError
-	switch {
-	case errors.As(err, &syntax) || errors.As(err, &typ):
-		// An unreadable record is the presence function's to fix; better
-		// a push too many than a message nobody hears about.
-		s.log.Warn("unreadable presence record; treating the user as offline", "user", n.User, "err", err)
-	case err != nil:
-		s.retry(m, attempt, subject, n, nil, nil, fmt.Errorf("push: presence: %w", err))
 		return
-	case rec.Online():
-		online()
-		return
-	}
-	devices, err := s.devices(ctx, n.User)
-	if err != nil {
-		s.retry(m, attempt, subject, n, nil, nil, err)
-		return
-	}
-	if len(devices) == 0 {
+	case len(devices) == 0:
 		// Never connected: there is no device to wake, and its first
 		// connection delivers everything anyway.
 		s.counters.skippedNoDevice.Add(1)
 		s.log.Debug("no device to wake", "user", n.User, "seq", n.Seq)
 		_ = m.Ack()
-		return
-	}
-	// A device may hold a lease its user's record does not list yet (the
-	// presence function applies changes in its own time): it is online
-	// all the same, and a message stored before its lease goes is that
-	// lease's to wake for (gone.go), not this path's.
-	if leased, err := s.leased(ctx, n.User, devices, rec); err != nil {
-		s.retry(m, attempt, subject, n, nil, nil, err)
-		return
-	} else if leased {
-		online()
 		return
 	}
 	t, ours, err := acquire(ctx, s.js, s.pushKV, n.User, n.Seq, s.hold(0), s.stale())
@@ -545,9 +519,30 @@ func (s *Service) retry(m jetstream.Msg, attempt uint64, subject string, n Notif
 	}
 }
 
-// leased reports whether any of the user's devices that rec does not
-// list holds a lease.
-func (s *Service) leased(ctx context.Context, user string, devices []string, rec contract.PresenceRecord) (bool, error) {
+// online reports whether user is online as both push paths read it, and,
+// when the presence record alone does not say so, their devices. Online
+// is a device the record lists with its lease, or one holding a lease the
+// record does not list yet (the presence function applies changes in its
+// own time): it is online all the same, and a message stored before its
+// lease goes is that lease's to wake for (gone.go), not a message's push.
+func (s *Service) online(ctx context.Context, user string) (bool, []string, error) {
+	rec, err := contract.LoadLivePresence(ctx, s.presenceKV, user)
+	var syntax *json.SyntaxError
+	var typ *json.UnmarshalTypeError
+	switch {
+	case errors.As(err, &syntax) || errors.As(err, &typ):
+		// An unreadable record is the presence function's to fix; better
+		// a push too many than a message nobody hears about.
+		s.log.Warn("unreadable presence record; treating the user as offline", "user", user, "err", err)
+	case err != nil:
+		return false, nil, fmt.Errorf("push: presence: %w", err)
+	case rec.Online():
+		return true, nil, nil
+	}
+	devices, err := s.devices(ctx, user)
+	if err != nil {
+		return false, nil, err
+	}
 	for _, d := range devices {
 		if _, listed := rec.Devices[d]; listed {
 			continue // LoadLivePresence read its lease
@@ -555,12 +550,12 @@ func (s *Service) leased(ctx context.Context, user string, devices []string, rec
 		_, err := s.presenceKV.Get(ctx, contract.LeaseKey(user, d))
 		switch {
 		case err == nil:
-			return true, nil
+			return true, devices, nil
 		case !errors.Is(err, jetstream.ErrKeyNotFound) && !errors.Is(err, jetstream.ErrKeyDeleted):
-			return false, fmt.Errorf("push: lease of %s/%s: %w", user, d, err)
+			return false, nil, fmt.Errorf("push: lease of %s/%s: %w", user, d, err)
 		}
 	}
-	return false, nil
+	return false, devices, nil
 }
 
 // devices returns the names of the user's devices in the DEVICES bucket,
