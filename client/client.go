@@ -524,11 +524,8 @@ func (c *Client) attachSends(conn *websocket.Conn, sid string) bool {
 	for _, o := range tooLarge {
 		c.storeDrop(o)
 	}
-	for _, o := range pending {
-		if err := c.write(conn, o.frame()); err != nil {
-			conn.Close() // the read loop sees it and reconnects
-			break
-		}
+	if len(pending) > 0 && c.writeSends(conn, pending) != nil {
+		conn.Close() // the read loop sees it and reconnects
 	}
 	for i, seq := range reads {
 		c.mu.Lock()
@@ -856,12 +853,43 @@ func (c *Client) flush() {
 		batch = c.ob.writable()
 	}
 	c.mu.Unlock()
-	for _, o := range batch {
-		if err := c.write(conn, o.frame()); err != nil {
-			conn.Close() // the read loop sees it; the next connection writes them again
-			return
-		}
+	if len(batch) > 0 && c.writeSends(conn, batch) != nil {
+		conn.Close() // the read loop sees it; the next connection writes them again
 	}
+}
+
+// maxBatchWrite bounds one write of several sends: past it they go in
+// more than one.
+const maxBatchWrite = 64 << 10
+
+// maxClientFrameHeader is the longest header of a masked frame: 10 bytes
+// and the 4 of its key.
+const maxClientFrameHeader = 14
+
+// writeSends writes sends, in order, after any acks waiting. Several go
+// out in one write (up to maxBatchWrite each), not one each: sends made
+// while the last write was under way, and those a reconnect writes again,
+// cost one system call here and, mostly, one read on the gateway's side.
+func (c *Client) writeSends(conn *websocket.Conn, batch []*outgoing) error {
+	if len(batch) == 1 {
+		return c.write(conn, batch[0].frame())
+	}
+	c.writeMu.Lock()
+	defer c.writeMu.Unlock()
+	b, _, _ := c.acks.take(conn, nil)
+	keys := make([]byte, 4*len(batch))
+	_, _ = rand.Read(keys) // never fails
+	for i, o := range batch {
+		f := o.frame()
+		if len(b) > 0 && len(b)+len(f)+maxClientFrameHeader > maxBatchWrite {
+			if err := c.writeRaw(conn, b); err != nil {
+				return err
+			}
+			b = b[:0]
+		}
+		b = appendClientFrame(b, f, [4]byte(keys[4*i:]))
+	}
+	return c.writeRaw(conn, b)
 }
 
 // Send stores body (any JSON value) for user to, under the client message

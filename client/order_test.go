@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"path/filepath"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -413,5 +414,37 @@ func TestRestoredSendLargerThanTheGatewayTakesIsDropped(t *testing.T) {
 	}
 	if len(left) != 1 || left[0].ID != "small" {
 		t.Fatalf("the store's outbox holds %+v, want small only", left)
+	}
+}
+
+// Sends made while the client is away go out together once it is back:
+// one write for all of them, in their order, where each was a write on
+// both sides.
+func TestSendsMadeAwayGoOutInOneWrite(t *testing.T) {
+	s := newScript(t)
+	var writes atomic.Int32
+	s.hooks.wrote = func([]byte) { writes.Add(1) }
+	w := newWaiter(false)
+	c := s.dial(t, Options{}, w)
+	sc := s.accept(t)
+	sc.closeWith(protocol.CloseServiceRestart, "restart")
+	r := w.next(t) // disconnected, waiting to reconnect
+	var outs []*outgoing
+	for _, id := range []string{"a1", "a2", "a3", "a4"} {
+		outs = append(outs, queue(t, c, id))
+	}
+	r.end()
+	sc2 := s.accept(t)
+	sc2.expectSends(t, "a1", "a2", "a3", "a4")
+	if n := writes.Load(); n != 1 {
+		t.Fatalf("%d writes of sends, want the four in one", n)
+	}
+	for i, o := range outs {
+		sc2.sent(o.id, uint64(i+1))
+	}
+	for i, o := range outs {
+		if s, err := outcome(t, c, o); err != nil || s.Seq != uint64(i+1) {
+			t.Fatalf("%s: %+v %v", o.id, s, err)
+		}
 	}
 }
