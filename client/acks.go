@@ -177,6 +177,9 @@ func (c *Client) flushAcks() {
 //
 // Lock c.writeMu should be held.
 func (c *Client) writeRaw(conn *websocket.Conn, b []byte) error {
+	if c.closeSent == conn {
+		return websocket.ErrCloseSent
+	}
 	// On the socket itself: the websocket.Conn's own deadline is applied
 	// by its own writes only, and the socket keeps that of its last one.
 	nc := conn.NetConn()

@@ -272,8 +272,13 @@ type Client struct {
 	down chan struct{}
 
 	writeMu sync.Mutex // one writer at a time on conn
-	acks    ackQueue   // acks waiting to be written; taken under writeMu
-	storeMu sync.Mutex // see lockStore; taken before mu
+	// closeSent is the connection whose close frame this client wrote
+	// (its own, or its answer to the server's); guarded by writeMu. The
+	// frames written on the socket itself (writeRaw) go around the
+	// library's own record of it, and no data frame may follow a close.
+	closeSent *websocket.Conn
+	acks      ackQueue   // acks waiting to be written; taken under writeMu
+	storeMu   sync.Mutex // see lockStore; taken before mu
 	// sendMu makes choosing send frames to write (under mu) and writing
 	// them one step, so they reach the connection in the order the outbox
 	// chose them. Lock order: sendMu, then mu or writeMu.
@@ -597,6 +602,15 @@ func (c *Client) readLoop(conn *websocket.Conn) error {
 		c.writeMu.Lock()
 		defer c.writeMu.Unlock()
 		return conn.WriteControl(websocket.PongMessage, []byte(data), time.Now().Add(5*time.Second))
+	})
+	conn.SetCloseHandler(func(code int, _ string) error {
+		// The library's answer, under writeMu so that no frame written on
+		// the socket itself follows it.
+		c.writeMu.Lock()
+		defer c.writeMu.Unlock()
+		c.closeSent = conn
+		_ = conn.WriteControl(websocket.CloseMessage, websocket.FormatCloseMessage(code, ""), time.Now().Add(time.Second))
+		return nil
 	})
 	for {
 		_ = conn.SetReadDeadline(time.Now().Add(c.opts.ReadTimeout))
@@ -1236,6 +1250,7 @@ func (c *Client) Close() error {
 	}
 	c.acks.stop() // and none after it
 	if conn != nil {
+		c.closeSent = conn
 		_ = conn.WriteControl(websocket.CloseMessage, websocket.FormatCloseMessage(protocol.CloseNormal, ""), time.Now().Add(time.Second))
 	}
 	c.writeMu.Unlock()

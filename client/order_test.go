@@ -10,6 +10,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/fasthttp/websocket"
+
 	"github.com/switchboard-im/switchboard/client/localstore"
 	"github.com/switchboard-im/switchboard/protocol"
 )
@@ -446,5 +448,46 @@ func TestSendsMadeAwayGoOutInOneWrite(t *testing.T) {
 		if s, err := outcome(t, c, o); err != nil || s.Seq != uint64(i+1) {
 			t.Fatalf("%s: %+v %v", o.id, s, err)
 		}
+	}
+}
+
+// No frame follows the client's close frame, whether it answered the
+// server's close or closed itself: sends written together (on the socket
+// itself) are refused like the library's own writes, and stay in the
+// outbox for the next connection.
+func TestNoSendFrameAfterTheCloseFrame(t *testing.T) {
+	s := newScript(t)
+	var writes atomic.Int32
+	s.hooks.wrote = func([]byte) { writes.Add(1) }
+	w := newWaiter(false)
+	c, sc, connected := s.dialConnectedWith(t, Options{}, w)
+	current := func() *websocket.Conn {
+		c.mu.Lock()
+		defer c.mu.Unlock()
+		return c.conn
+	}
+	conn := current()
+	two := []*outgoing{{id: "m-1", to: "bob", body: []byte(`1`)}, {id: "m-2", to: "bob", body: []byte(`2`)}}
+	sc.closeWith(protocol.CloseServiceRestart, "restart")
+	r := w.next(t) // the read loop has answered the close and ended
+	if err := c.writeSends(conn, two); !errors.Is(err, websocket.ErrCloseSent) {
+		t.Fatalf("sends after answering the server's close: %v, want ErrCloseSent", err)
+	}
+	r.end()
+	s.accept(t)
+	select {
+	case <-connected:
+	case <-time.After(stuck):
+		t.Fatal("the client did not connect again")
+	}
+	conn = current()
+	if err := c.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.writeSends(conn, two); !errors.Is(err, websocket.ErrCloseSent) {
+		t.Fatalf("sends after Close: %v, want ErrCloseSent", err)
+	}
+	if n := writes.Load(); n != 0 {
+		t.Fatalf("%d writes on the socket itself after a close frame", n)
 	}
 }
