@@ -74,4 +74,7 @@ type hooks struct {
 	// waiting, when set, is told each Pending.Wait once it is counted
 	// among the send's waiters.
 	waiting func(id string)
+	// dropping, when set, is told of a withdrawn send just before the
+	// store marks it dropped.
+	dropping func(id string)
 }

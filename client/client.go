@@ -1068,6 +1068,11 @@ func (c *Client) await(ctx context.Context, o *outgoing) (Sent, error) {
 	case <-c.ctx.Done():
 		return Sent{}, c.Err()
 	}
+	// Under the store's lock until the store has the withdrawal: a Send
+	// or Queue of the same id made meanwhile keeps it again after it, not
+	// before (a drop after its keep would leave a live send marked
+	// dropped, never resent after a crash, its "sent" never recorded).
+	unlock := c.lockStore()
 	c.mu.Lock()
 	resolved := c.ob.byID[o.id] != o
 	o.waiters--
@@ -1085,8 +1090,12 @@ func (c *Client) await(ctx context.Context, o *outgoing) (Sent, error) {
 	flush := released || (withdrawn && c.ob.waiting())
 	c.mu.Unlock()
 	if withdrawn {
+		if c.hooks.dropping != nil {
+			c.hooks.dropping(o.id)
+		}
 		c.storeDrop(o)
 	}
+	unlock()
 	if flush {
 		c.flush()
 	}

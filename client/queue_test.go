@@ -64,3 +64,46 @@ func TestQueueKeepsSendsInOrderWithoutWaiting(t *testing.T) {
 		t.Fatalf("q3 stored as %+v, want dropped", m)
 	}
 }
+
+// A send withdrawn (its only waiter gave up) is marked dropped in the
+// store under the store's lock, so a Send or Queue of the same id made
+// meanwhile keeps it again after the drop: it stays in the store's
+// outbox, to be resent after a crash, while it is live.
+func TestWithdrawnSendDroppedUnderTheStoreLock(t *testing.T) {
+	st, err := localstore.Open(t.TempDir() + "/w.db")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer st.Close()
+	s := newScript(t)
+	c, sc, _ := s.dialConnected(t, Options{Store: st})
+	p, err := c.Queue("bob", "m-9", []byte(`"x"`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	sc.expectSends(t, "m-9")
+	var locked bool
+	c.hooks.dropping = func(string) {
+		locked = !c.storeMu.TryLock()
+		if !locked {
+			c.storeMu.Unlock()
+		}
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	if _, err := p.Wait(ctx); !errors.Is(err, context.Canceled) {
+		t.Fatalf("wait with its context ended: %v", err)
+	}
+	if !locked {
+		t.Fatal("the withdrawal was marked dropped without the store's lock: a same-id send could be kept before it")
+	}
+	if ob, _ := st.Outbox(); len(ob) != 0 {
+		t.Fatalf("store's outbox after the withdrawal: %+v", ob)
+	}
+	if _, err := c.Queue("bob", "m-9", []byte(`"x"`)); err != nil {
+		t.Fatal(err)
+	}
+	if ob, _ := st.Outbox(); len(ob) != 1 || ob[0].ID != "m-9" {
+		t.Fatalf("store's outbox after the same id is sent again: %+v", ob)
+	}
+}
