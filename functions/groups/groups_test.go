@@ -826,3 +826,45 @@ func TestRecordKnowsTheCreateThatMadeIt(t *testing.T) {
 		t.Fatalf("made again %+v: made %d, want its own seq past %d", g, g.Made, made)
 	}
 }
+
+// A change is not answered before GROUP_INFO has its record: the
+// gateways check senders against it, so a create answered done with no
+// record would have its members' sends refused unknown_group. It is
+// answered unavailable, and asked again under the same id, answered as
+// the change once the record can be written, stored once.
+func TestAChangeIsAnsweredOnceItsRecordIsWritten(t *testing.T) {
+	e := newEnv(t)
+	e.instance(t, groups.WithoutFanOut(groups.DefaultConfig())) // no fan-out to write the record later
+	ctx := context.Background()
+	st, err := e.n.JS.Stream(ctx, "KV_"+contract.GroupInfoKV)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg := st.CachedInfo().Config
+	writable := cfg.MaxMsgSize
+	cfg.MaxMsgSize = 8 // every record refused, reads still answered
+	if _, err := e.n.JS.UpdateStream(ctx, cfg); err != nil {
+		t.Fatal(err)
+	}
+	create := named("alice", "g1", "G", "bob")
+	create.Request = "q-1"
+	_, err = e.do(t, contract.GroupCreate, create)
+	var fe *contract.FnError
+	if !errors.As(err, &fe) || fe.Status != 503 || fe.Code != "" {
+		t.Fatalf("create with no record written: %v, want unavailable", err)
+	}
+	if g := e.record(t, "g1"); len(g.Members) != 0 {
+		t.Fatalf("record %+v", g)
+	}
+	cfg.MaxMsgSize = writable
+	if _, err := e.n.JS.UpdateStream(ctx, cfg); err != nil {
+		t.Fatal(err)
+	}
+	g := e.must(t, contract.GroupCreate, create)
+	if members(g) == nil || !slices.Equal(members(g), []string{"alice", "bob"}) || !slices.Equal(members(e.record(t, "g1")), []string{"alice", "bob"}) {
+		t.Fatalf("asked again: %+v, record %+v", g, e.record(t, "g1"))
+	}
+	if n := e.events(t, "g1"); n != 1 {
+		t.Fatalf("%d events stored, want the create once", n)
+	}
+}

@@ -87,7 +87,7 @@ func (s *Service) apply(ctx context.Context, op string, req contract.GroupReques
 				return contract.GroupRecord{}, rerr
 			case first != nil:
 				s.repeats.Add(1)
-				return first.Group, nil
+				return s.answered(ctx, first.Group)
 			}
 		}
 		if err != nil || ev == nil {
@@ -113,7 +113,7 @@ func (s *Service) apply(ctx context.Context, op string, req contract.GroupReques
 			if err != nil {
 				return contract.GroupRecord{}, err
 			}
-			return first.Group, nil
+			return s.answered(ctx, first.Group)
 		}
 		s.changes.Add(1)
 		g := ev.Group
@@ -121,13 +121,23 @@ func (s *Service) apply(ctx context.Context, op string, req contract.GroupReques
 		if op == contract.GroupCreate {
 			g.Made = seq
 		}
-		if err := s.follow(ctx, g); err != nil {
-			// The log has the change; the next change repairs the record.
-			s.log.Warn("group record behind its log", "group", g.ID, "seq", seq, "err", err)
-		}
-		return g, nil
+		return s.answered(ctx, g)
 	}
 	return contract.GroupRecord{}, fmt.Errorf("groups: %s: changed by others %d times in a row", req.Group, s.cfg.Attempts)
+}
+
+// answered is g, the group as a stored change left it, once GROUP_INFO
+// has it: the gateways check senders against the record, so a change
+// answered before it (a bucket without a leader, a timeout) would have
+// the members it made refused unknown_group or not_member, for good, until
+// its fan-out caught the record up. It is answered unavailable instead:
+// the asker asks again under the same id, and the repeat is answered as
+// the change, once the record is written.
+func (s *Service) answered(ctx context.Context, g contract.GroupRecord) (contract.GroupRecord, error) {
+	if err := s.follow(ctx, g); err != nil {
+		return contract.GroupRecord{}, fmt.Errorf("groups: %s: change %d stored, its record not written: %w", g.ID, g.Seq, err)
+	}
+	return g, nil
 }
 
 // validate checks what the request says before anything is read.
