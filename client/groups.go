@@ -49,8 +49,9 @@ func (g Group) IsAdmin(user string) bool {
 var ErrNoAnswer = errors.New("client: the connection was lost before the answer; the operation may have been applied")
 
 type groupResult struct {
-	g   Group
-	err error
+	g    Group
+	list []GroupEntry // a list's answer
+	err  error
 	// retry is how long the server asked to wait before asking again
 	// (retry_ms of a retryable refusal; 0: the client's backoff).
 	retry time.Duration
@@ -81,6 +82,34 @@ func (c *Client) GroupOp(ctx context.Context, op, group, name string, users []st
 	if len(users) > protocol.MaxGroupUsersPerFrame {
 		return Group{}, ErrTooLarge
 	}
+	r, err := c.groupRequest(ctx, protocol.Frame{Type: protocol.TypeGroup, Op: op, Group: group, Name: name, Users: users})
+	if err != nil {
+		return Group{}, err
+	}
+	return r.g, r.err
+}
+
+// GroupEntry is one of this user's groups, as Groups lists them.
+type GroupEntry = protocol.GroupEntry
+
+// Groups lists the groups this user is in, by id, with each one's name
+// and Since, the place in the group's log where the user joined: what a
+// device added later needs to show the user's groups before any of them
+// says anything. It is asked again like GroupOp's operations. A group
+// joined or left a moment ago may be missing or still listed, for as long
+// as its change takes to reach the members (the change's system message
+// comes after it is listed).
+func (c *Client) Groups(ctx context.Context) ([]GroupEntry, error) {
+	r, err := c.groupRequest(ctx, protocol.Frame{Type: protocol.TypeGroup, Op: protocol.GroupList})
+	if err != nil {
+		return nil, err
+	}
+	return r.list, r.err
+}
+
+// groupRequest asks group frame f (its id set here) until it is answered,
+// as GroupOp says.
+func (c *Client) groupRequest(ctx context.Context, f protocol.Frame) (groupResult, error) {
 	// Stop asking when the client closes, even while waiting to ask again.
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
@@ -93,15 +122,16 @@ func (c *Client) GroupOp(ctx context.Context, op, group, name string, users []st
 		c.groupPrefix = "q" + hex.EncodeToString(b[:]) + "-"
 	}
 	c.groupNext++
-	id := c.groupPrefix + strconv.FormatUint(c.groupNext, 10)
+	f.ID = c.groupPrefix + strconv.FormatUint(c.groupNext, 10)
 	c.mu.Unlock()
-	b, _ := json.Marshal(protocol.Frame{Type: protocol.TypeGroup, ID: id, Op: op, Group: group, Name: name, Users: users})
+	id := f.ID
+	b, _ := json.Marshal(f)
 	// ended is why asking stopped: the client's close, else err (ctx's).
-	ended := func(err error) (Group, error) {
+	ended := func(err error) (groupResult, error) {
 		if c.ctx.Err() != nil {
-			return Group{}, c.closedErr()
+			return groupResult{}, c.closedErr()
 		}
-		return Group{}, err
+		return groupResult{}, err
 	}
 	for n := 1; ; n++ {
 		r, err := c.groupAsk(ctx, id, b)
@@ -122,7 +152,7 @@ func (c *Client) GroupOp(ctx context.Context, op, group, name string, users []st
 			}
 			continue
 		}
-		return r.g, r.err
+		return r, nil
 	}
 }
 
@@ -259,6 +289,14 @@ func (c *Client) SendTypingGroup(group string) error {
 
 // onGroup resolves the group operation a group frame answers.
 func (c *Client) onGroup(f *protocol.Frame) {
+	if f.Op == protocol.GroupList {
+		list := f.Groups
+		if list == nil {
+			list = []GroupEntry{}
+		}
+		c.resolveGroup(f.ID, groupResult{list: list})
+		return
+	}
 	g := Group{ID: f.Group, Name: f.Name, CreatedBy: f.CreatedBy, Created: time.UnixMilli(f.Created), Members: f.Members}
 	c.resolveGroup(f.ID, groupResult{g: g})
 }

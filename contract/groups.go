@@ -208,6 +208,73 @@ type GroupReply struct {
 	Group GroupRecord `json:"group"`
 }
 
+// GroupList asks for the groups the actor is in: not a change, and not
+// about one group (GroupRequest.Group is empty). Answered by the groups
+// function of the actor's region from its own buckets, never passed on
+// to another region.
+const GroupList = "list"
+
+// Each user's groups.
+//
+// A user's groups homed in one region are one key in that region's
+// GROUP_INFO, MembershipsKey(user, region): a map from group id to
+// Membership. The groups function's fan-out keeps it, in each group's
+// log order, before it tells the members of the change (so a device told
+// it was added finds the group in its list), with a compare-and-set per
+// user (changes of several groups meet there). GROUP_DIR sources the
+// keys of the other regions with their records, so a region lists every
+// group of its users from its own buckets: multi_last over
+// MembershipsFilter in both. The keys have two tokens, a group's record
+// one: a reader of records alone filters on GroupRecordKeys.
+//
+// Keys are kept since the fan-out kept them; on its first start a groups
+// function fills them in for the groups already there (MembershipsBuilt
+// says it finished), with Since the record's last change.
+func MembershipsKey(user, region string) string {
+	if region == "" {
+		region = "_"
+	}
+	return "m." + user + "." + region
+}
+
+// MembershipsFilter is the KV filter of user's keys, one per region.
+func MembershipsFilter(user string) string { return "m." + user + ".*" }
+
+// GroupRecordKeys filters GROUP_INFO (or GROUP_DIR) to the groups'
+// records, without the users' memberships.
+const GroupRecordKeys = "*"
+
+// MembershipsBuilt is GROUP_INFO's key saying the memberships of every
+// group stored before they were kept have been filled in.
+const MembershipsBuilt = "m=built"
+
+// Memberships is the value of a MembershipsKey: the user's groups homed
+// in one region, by id.
+type Memberships struct {
+	Groups map[string]Membership `json:"groups"`
+}
+
+// Membership is a user's place in a group: Since is the GROUPS sequence
+// of the change that made them a member (for one filled in for a group
+// from before memberships were kept: a change they were a member at),
+// Name the group's name as of its last change.
+type Membership struct {
+	Since uint64 `json:"since"`
+	Name  string `json:"name"`
+}
+
+// GroupListReply answers GroupList: the actor's groups, by id.
+type GroupListReply struct {
+	Groups []GroupListEntry `json:"groups"`
+}
+
+// GroupListEntry is one of a user's groups.
+type GroupListEntry struct {
+	Group string `json:"group"`
+	Name  string `json:"name"`
+	Since uint64 `json:"since"`
+}
+
 // The groups function's refusals: the Code of its FnError. Each is the
 // wire protocol's error code of the same name.
 const (

@@ -86,6 +86,10 @@ func (s *session) group(f *protocol.Frame) {
 	}
 	req := contract.GroupRequest{Actor: s.id.User, Device: s.id.Device, Group: f.Group, Name: f.Name, Users: f.Users, Request: f.ID}
 	id, op, gid := f.ID, f.Op, f.Group
+	if op == protocol.GroupList {
+		s.listGroups(id, req)
+		return
+	}
 	ok := s.goCall(func() {
 		ctx, cancel := context.WithTimeout(context.Background(), s.srv.cfg.FunctionTimeout)
 		defer cancel()
@@ -105,6 +109,32 @@ func (s *session) group(f *protocol.Frame) {
 		// since.
 		s.srv.groups.forget(gid)
 		s.t.Send(protocol.EncodeGroup(id, gid, g.Name, g.CreatedBy, g.Created, groupMembers(g)))
+	})
+	if !ok {
+		s.refuseBusy(id)
+	}
+}
+
+// listGroups answers a list frame, request id: this user's groups.
+func (s *session) listGroups(id string, req contract.GroupRequest) {
+	req.Request = ""
+	ok := s.goCall(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), s.srv.cfg.FunctionTimeout)
+		defer cancel()
+		var reply contract.GroupListReply
+		if err := contract.Call(ctx, s.srv.calls, contract.GroupSubject(contract.GroupList), req, &reply); err != nil {
+			code, msg := groupError(err)
+			if code == protocol.ErrInternal {
+				s.log.Warn("group list failed", "err", err)
+			}
+			s.sendError(code, msg, id, 0, 0)
+			return
+		}
+		out := make([]protocol.GroupEntry, 0, len(reply.Groups))
+		for _, g := range reply.Groups {
+			out = append(out, protocol.GroupEntry{Group: g.Group, Name: g.Name, Since: g.Since})
+		}
+		s.t.Send(protocol.EncodeGroupList(id, out))
 	})
 	if !ok {
 		s.refuseBusy(id)

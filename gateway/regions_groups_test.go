@@ -563,3 +563,52 @@ func TestRegionsGroupMadeAgainElsewhereKeepsItsHome(t *testing.T) {
 		t.Fatalf("alice (us) made a second club beside bob's: %+v", g)
 	}
 }
+
+// A user lists their groups from their home region whatever the groups'
+// homes: those homed in another region come from GROUP_DIR, sourced with
+// the records; a group left there is gone from the list too.
+func TestRegionsGroupsListedFromEveryHome(t *testing.T) {
+	us, eu, alice, bob, _, dave := groupRegions(t)
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	if _, err := alice.CreateGroup(ctx, "club", "Club", "bob"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := dave.CreateGroup(ctx, "chess", "Chess", "bob"); err != nil {
+		t.Fatal(err)
+	}
+	nextEvent(t, bob, "club", "create")
+	nextEvent(t, bob, "chess", "create")
+	waitGroupEverywhere(t, "club", 2, us, eu)
+	names := func(c *client.Client) []string {
+		list, err := c.Groups(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var out []string
+		for _, g := range list {
+			out = append(out, g.Group+":"+g.Name)
+		}
+		return out
+	}
+	// The record is there: its member's key may be a moment behind it.
+	tk.WaitFor(t, 15*time.Second, func() error {
+		if got := names(bob); !slices.Equal(got, []string{"chess:Chess", "club:Club"}) {
+			return tk.Errorf("bob (eu) lists %q", got)
+		}
+		return nil
+	})
+	if got := names(alice); !slices.Equal(got, []string{"club:Club"}) {
+		t.Fatalf("alice (us) lists %q", got)
+	}
+	if _, err := bob.LeaveGroup(ctx, "club"); err != nil {
+		t.Fatal(err)
+	}
+	nextEvent(t, bob, "club", "leave")
+	tk.WaitFor(t, 15*time.Second, func() error {
+		if got := names(bob); !slices.Equal(got, []string{"chess:Chess"}) {
+			return tk.Errorf("bob (eu) lists %q after leaving club", got)
+		}
+		return nil
+	})
+}

@@ -160,6 +160,8 @@ type Frame struct {
 	CreatedBy string        `json:"created_by,omitempty"`
 	Created   int64         `json:"created,omitempty"`
 	Members   []GroupMember `json:"members,omitempty"`
+	// Groups answers a list: this user's groups, by id.
+	Groups []GroupEntry `json:"groups,omitempty"`
 	// Event is set on a msg that is a group's system message: a change of
 	// its membership or name, made by From.
 	Event *GroupEvent `json:"event,omitempty"`
@@ -237,10 +239,13 @@ const (
 	GroupDemote  = "demote"
 	GroupLeave   = "leave"
 	GroupInfo    = "info"
+	// GroupList asks for this user's groups: a frame with no group,
+	// answered with groups.
+	GroupList = "list"
 )
 
 // GroupOps lists the group operations, in documentation order.
-var GroupOps = []string{GroupCreate, GroupRename, GroupAdd, GroupRemove, GroupPromote, GroupDemote, GroupLeave, GroupInfo}
+var GroupOps = []string{GroupCreate, GroupRename, GroupAdd, GroupRemove, GroupPromote, GroupDemote, GroupLeave, GroupInfo, GroupList}
 
 // MaxGroupUsersPerFrame bounds the users of one group frame: 256 ids of
 // 64 characters fit a 64 KiB frame. A bigger group is built with several
@@ -254,6 +259,14 @@ const MaxGroupName = 128
 type GroupMember struct {
 	User  string `json:"user"`
 	Admin bool   `json:"admin,omitempty"`
+}
+
+// GroupEntry is one of a user's groups in a list answer: its name, and
+// Since, the place in the group's log where the user became a member.
+type GroupEntry struct {
+	Group string `json:"group"`
+	Name  string `json:"name"`
+	Since uint64 `json:"since"`
 }
 
 // GroupEvent is a group's system message: what changed. Op is the
@@ -500,6 +513,11 @@ func validateGroupFrame(f *Frame) error {
 		return decodeErr(ErrBadID, "", "id: %v", ErrInvalidID)
 	case !slices.Contains(GroupOps, f.Op):
 		return decodeErr(ErrBadField, f.ID, "op must be one of %s", strings.Join(GroupOps, ", "))
+	case f.Op == GroupList:
+		if f.Group != "" || f.Name != "" || len(f.Users) > 0 {
+			return decodeErr(ErrBadField, f.ID, "list takes no group, name or users")
+		}
+		return nil
 	case f.Group == "":
 		return decodeErr(ErrBadField, f.ID, "group is required")
 	case !ValidID(f.Group):
@@ -639,6 +657,22 @@ func EncodeGroup(id, group, name, createdBy string, created int64, members []Gro
 		Created   int64         `json:"created"`
 		Members   []GroupMember `json:"members"`
 	}{TypeGroup, id, group, name, createdBy, created, members})
+	return b
+}
+
+// EncodeGroupList returns a server group frame answering list request
+// id: the user's groups, by id. Names are free text, so this goes through
+// encoding/json.
+func EncodeGroupList(id string, groups []GroupEntry) []byte {
+	if groups == nil {
+		groups = []GroupEntry{}
+	}
+	b, _ := json.Marshal(struct {
+		Type   string       `json:"type"`
+		ID     string       `json:"id"`
+		Op     string       `json:"op"`
+		Groups []GroupEntry `json:"groups"`
+	}{TypeGroup, id, GroupList, groups})
 	return b
 }
 

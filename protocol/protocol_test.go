@@ -89,6 +89,7 @@ func TestDecodeClientValidFrames(t *testing.T) {
 			Frame{Type: TypeGroup, ID: "q1", Op: GroupCreate, Group: "g1", Name: "Friends ❤", Users: []string{"bob"}}},
 		{"group create alone", `{"type":"group","id":"q1","op":"create","group":"g1","name":"Me"}`,
 			Frame{Type: TypeGroup, ID: "q1", Op: GroupCreate, Group: "g1", Name: "Me"}},
+		{"group list", `{"type":"group","id":"q1","op":"list"}`, Frame{Type: TypeGroup, ID: "q1", Op: GroupList}},
 		{"group leave", `{"type":"group","id":"q1","op":"leave","group":"g1"}`,
 			Frame{Type: TypeGroup, ID: "q1", Op: GroupLeave, Group: "g1"}},
 		{"status", `{"type":"status","seq":42}`, Frame{Type: TypeStatus, Seq: 42}},
@@ -179,6 +180,8 @@ func TestDecodeClientErrors(t *testing.T) {
 		{"group add twice", `{"type":"group","id":"q1","op":"add","group":"g1","users":["bob","bob"]}`, ErrBadField, "q1", "twice"},
 		{"group add too many", `{"type":"group","id":"q1","op":"add","group":"g1","users":[` + strings.Repeat(`"u",`, MaxGroupUsersPerFrame) + `"v"]}`, ErrBadField, "q1", "users"},
 		{"group leave with users", `{"type":"group","id":"q1","op":"leave","group":"g1","users":["bob"]}`, ErrBadField, "q1", "users"},
+		{"group list of a group", `{"type":"group","id":"q1","op":"list","group":"g1"}`, ErrBadField, "q1", "list"},
+		{"group list with users", `{"type":"group","id":"q1","op":"list","users":["bob"]}`, ErrBadField, "q1", "list"},
 
 		// Send body.
 		{"send body missing", `{"type":"send","id":"m1","to":"bob"}`, ErrBadField, "m1", "body"},
@@ -483,6 +486,18 @@ func TestEncodersRoundTrip(t *testing.T) {
 		}
 	})
 
+	t.Run("group list", func(t *testing.T) {
+		groups := []GroupEntry{{Group: "club", Name: "The \"club\" ❤", Since: 7}, {Group: "friends", Name: "Friends", Since: 51}}
+		f := decodeServer(t, EncodeGroupList("q-1", groups))
+		if f.Type != TypeGroup || f.ID != "q-1" || f.Op != GroupList || !slices.Equal(f.Groups, groups) {
+			t.Errorf("EncodeGroupList read back as %+v", *f)
+		}
+		none := EncodeGroupList("q-2", nil)
+		if got := keys(t, none); !slices.Equal(got, []string{"groups", "id", "op", "type"}) || !bytes.Contains(none, []byte(`"groups":[]`)) {
+			t.Errorf("an empty list is %s, want groups as []", none)
+		}
+	})
+
 	t.Run("send", func(t *testing.T) {
 		for _, body := range bodies {
 			if body == "null" {
@@ -692,7 +707,10 @@ func FuzzDecodeClient(f *testing.F) {
 				}
 			}
 		case TypeGroup:
-			if !ValidID(fr.ID) || !ValidID(fr.Group) || !slices.Contains(GroupOps, fr.Op) || len(fr.Users) > MaxGroupUsersPerFrame {
+			if fr.Op == GroupList && (fr.Group != "" || fr.Name != "" || len(fr.Users) > 0) {
+				t.Fatalf("list accepted with a group, a name or users: %+v", *fr)
+			}
+			if !ValidID(fr.ID) || (fr.Op != GroupList && !ValidID(fr.Group)) || !slices.Contains(GroupOps, fr.Op) || len(fr.Users) > MaxGroupUsersPerFrame {
 				t.Fatalf("group frame accepted: %+v", *fr)
 			}
 			if (fr.Op == GroupCreate || fr.Op == GroupRename) && !ValidGroupName(fr.Name) {

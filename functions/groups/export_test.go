@@ -17,3 +17,10 @@ func WithoutFanOut(c Config) Config {
 
 // DeleteMsg takes the message at seq out of GROUPS, for its tests.
 func (s *Service) DeleteMsg(ctx context.Context, seq uint64) error { return s.deleteMsg(ctx, seq) }
+
+// WithoutMemberships returns c keeping no user's list of groups, as the
+// function did before it kept them.
+func WithoutMemberships(c Config) Config {
+	c.noMemberships = true
+	return c
+}

@@ -140,6 +140,16 @@ func (p *partition) apply(m jetstream.Msg, seq uint64) error {
 			}
 			s.log.Warn("group record behind its log; its change fanned out anyway", "group", gid, "seq", seq, "err", err)
 		}
+		// Each user's list of groups first: a member told of the change
+		// finds it there.
+		if !s.cfg.noMemberships {
+			ctx, cancel := context.WithTimeout(s.ctx, s.cfg.Timeout)
+			err := s.changeMemberships(ctx, gid, seq, ev)
+			cancel()
+			if err != nil {
+				return err
+			}
+		}
 		to := sortedMembers(&ev.Group)
 		switch {
 		case ev.Op == contract.GroupRemove:

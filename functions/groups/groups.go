@@ -100,6 +100,9 @@ type Config struct {
 	afterCopy func(ctx context.Context, stored int)
 	// noFanOut, for tests, answers requests and consumes nothing.
 	noFanOut bool
+	// noMemberships, for tests, keeps no user's list of groups, as the
+	// function did before it kept them.
+	noMemberships bool
 }
 
 // DefaultConfig is what the binary runs with.
@@ -205,7 +208,18 @@ func Start(ctx context.Context, nc *nats.Conn, js jetstream.JetStream, cfg Confi
 			return nil, fmt.Errorf("groups: %w", err)
 		}
 	}
+	// A user's groups are read here, in this region, whatever their
+	// homes: never passed on.
+	if err := s.svc.AddEndpoint(contract.GroupList, s.handler(contract.GroupList), micro.WithEndpointSubject(contract.GroupSubject(contract.GroupList)),
+		micro.WithEndpointMetadata(map[string]string{"request": `{"actor":"bob","device":"laptop"}`})); err != nil {
+		_ = s.svc.Stop()
+		return nil, fmt.Errorf("groups: %w", err)
+	}
 	s.ctx, s.cancel = context.WithCancel(context.Background())
+	if !cfg.noFanOut && !cfg.noMemberships {
+		s.pwg.Add(1)
+		go s.fillMembershipsUntilDone()
+	}
 	for p := range contract.GroupPartitions {
 		if cfg.noFanOut {
 			break
@@ -325,10 +339,14 @@ func (s *Service) handlerFrom(op string, forwarded bool) micro.HandlerFunc {
 func (s *Service) answer(ctx context.Context, op string, data []byte, forwarded bool) *nats.Msg {
 	var req contract.GroupRequest
 	var g contract.GroupRecord
+	var list contract.GroupListReply
 	err := json.Unmarshal(data, &req)
-	if err != nil {
+	switch {
+	case err != nil:
 		err = refuse(contract.GroupErrBadField, "the request is not valid JSON")
-	} else if !forwarded && protocol.ValidID(req.Group) {
+	case op == contract.GroupList:
+		list, err = s.list(ctx, req)
+	case !forwarded && protocol.ValidID(req.Group):
 		var home string
 		if home, err = s.homeElsewhere(ctx, req.Group); err == nil && home != "" {
 			m, ferr := s.forward(ctx, home, op, data)
@@ -338,12 +356,14 @@ func (s *Service) answer(ctx context.Context, op string, data []byte, forwarded 
 			err = ferr
 		}
 	}
-	if err == nil {
+	if err == nil && op != contract.GroupList {
 		g, err = s.apply(ctx, op, req)
 	}
 	reply := &nats.Msg{}
 	var ref *refusal
 	switch {
+	case err == nil && op == contract.GroupList:
+		reply.Data, _ = json.Marshal(list)
 	case err == nil:
 		reply.Data, _ = json.Marshal(contract.GroupReply{Group: g})
 	case errors.As(err, &ref):

@@ -10,6 +10,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/switchboard-im/switchboard/contract"
+	"github.com/switchboard-im/switchboard/protocol"
 )
 
 // groupNews settles the groups whose record changed, once each, on a
@@ -51,8 +52,8 @@ func newGroupNews(settle func(ctx context.Context, gid string) error) *groupNews
 // settled, and acks the change once it is. It never blocks.
 func (n *groupNews) take(m jetstream.Msg) {
 	gid, ok := strings.CutPrefix(m.Subject(), "$KV."+contract.GroupInfoKV+".")
-	if !ok || gid == "" {
-		_ = m.Ack() // not a record's change: nothing to settle
+	if !ok || !protocol.ValidID(gid) {
+		_ = m.Ack() // not a record's change (a user's groups): nothing to settle
 		return
 	}
 	n.retry(gid, 0, []jetstream.Msg{m})

@@ -135,7 +135,8 @@ func (c *groupRecords) begin(ctx context.Context) (jetstream.KeyWatcher, error) 
 		c.seen = max(c.seen, bs.StreamInfo().State.LastSeq)
 		c.mu.Unlock()
 	}
-	w, err := c.kv.WatchAll(c.life, jetstream.UpdatesOnly(), jetstream.MetaOnly())
+	// Records alone: users' lists of groups share the bucket.
+	w, err := c.kv.Watch(c.life, contract.GroupRecordKeys, jetstream.UpdatesOnly(), jetstream.MetaOnly())
 	if err != nil {
 		return nil, err
 	}
@@ -148,7 +149,7 @@ func (c *groupRecords) resume() (jetstream.KeyWatcher, error) {
 	c.mu.Lock()
 	from := c.seen + 1
 	c.mu.Unlock()
-	w, err := c.kv.WatchAll(c.life, jetstream.MetaOnly(), jetstream.IncludeHistory(), jetstream.ResumeFromRevision(from))
+	w, err := c.kv.Watch(c.life, contract.GroupRecordKeys, jetstream.MetaOnly(), jetstream.IncludeHistory(), jetstream.ResumeFromRevision(from))
 	if err != nil {
 		return nil, err
 	}

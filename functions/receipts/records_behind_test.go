@@ -65,8 +65,8 @@ type laggingWatcher struct {
 func (w *laggingWatcher) Updates() <-chan jetstream.KeyValueEntry { return w.out }
 func (w *laggingWatcher) Stop() error                             { return w.inner.Stop() }
 
-func (l *laggingWatchKV) WatchAll(ctx context.Context, opts ...jetstream.WatchOpt) (jetstream.KeyWatcher, error) {
-	inner, err := l.KeyValue.WatchAll(ctx, opts...)
+func (l *laggingWatchKV) Watch(ctx context.Context, keys string, opts ...jetstream.WatchOpt) (jetstream.KeyWatcher, error) {
+	inner, err := l.KeyValue.Watch(ctx, keys, opts...)
 	if err != nil {
 		return nil, err
 	}
@@ -282,13 +282,13 @@ type endingWatchKV struct {
 	first   chan struct{} // closed to end the first watch
 }
 
-func (k *endingWatchKV) WatchAll(ctx context.Context, opts ...jetstream.WatchOpt) (jetstream.KeyWatcher, error) {
+func (k *endingWatchKV) Watch(ctx context.Context, keys string, opts ...jetstream.WatchOpt) (jetstream.KeyWatcher, error) {
 	if k.calls.Add(1) > 1 {
 		k.asked <- struct{}{}
 		<-k.proceed
-		return k.KeyValue.WatchAll(ctx, opts...)
+		return k.KeyValue.Watch(ctx, keys, opts...)
 	}
-	inner, err := k.KeyValue.WatchAll(ctx, opts...)
+	inner, err := k.KeyValue.Watch(ctx, keys, opts...)
 	if err != nil {
 		return nil, err
 	}
@@ -355,8 +355,8 @@ func (k *refusingStartKV) Status(ctx context.Context) (jetstream.KeyValueStatus,
 	return k.KeyValue.Status(ctx)
 }
 
-func (k *refusingStartKV) WatchAll(ctx context.Context, opts ...jetstream.WatchOpt) (jetstream.KeyWatcher, error) {
-	w, err := k.KeyValue.WatchAll(ctx, opts...)
+func (k *refusingStartKV) Watch(ctx context.Context, keys string, opts ...jetstream.WatchOpt) (jetstream.KeyWatcher, error) {
+	w, err := k.KeyValue.Watch(ctx, keys, opts...)
 	if err == nil {
 		k.watches.Add(1)
 	}
