@@ -64,6 +64,7 @@ import (
 	"github.com/nats-io/nats.go/micro"
 
 	"github.com/switchboard-im/switchboard/contract"
+	"github.com/switchboard-im/switchboard/functions/worker"
 	"github.com/switchboard-im/switchboard/protocol"
 	"github.com/switchboard-im/switchboard/streams"
 )
@@ -124,9 +125,7 @@ type Service struct {
 
 	svc   micro.Service
 	locks [lockStripes]sync.Mutex // a group's decisions, one at a time per instance
-	sem   chan struct{}
-	wg    sync.WaitGroup // requests in hand
-	stop  chan struct{}
+	reqs  *worker.Requests        // requests in hand, Workers at most
 
 	ctx    context.Context // ends when the instance stops: fan-outs give their message back
 	cancel context.CancelFunc
@@ -150,7 +149,7 @@ func Start(ctx context.Context, nc *nats.Conn, js jetstream.JetStream, cfg Confi
 		return nil, fmt.Errorf("groups: %w", err)
 	}
 	s := &Service{nc: nc, js: pub, cfg: cfg, log: log.With("function", "groups"),
-		sem: make(chan struct{}, cfg.Workers), stop: make(chan struct{})}
+		reqs: worker.NewRequests(cfg.Workers)}
 	if _, err := js.Stream(ctx, contract.GroupsStream); err != nil {
 		return nil, fmt.Errorf("groups: %w", err)
 	}
@@ -248,12 +247,7 @@ func (s *Service) Stop() {
 	}
 	s.pwg.Wait()
 	_ = s.svc.Stop()
-	select {
-	case <-s.stop:
-	default:
-		close(s.stop)
-	}
-	s.wg.Wait()
+	s.reqs.Close()
 }
 
 // Stats are an instance's counters.
@@ -313,14 +307,11 @@ func (s *Service) handler(op string) micro.HandlerFunc { return s.handlerFrom(op
 // passed on again, so no request goes round the regions.
 func (s *Service) handlerFrom(op string, forwarded bool) micro.HandlerFunc {
 	return func(r micro.Request) {
-		select {
-		case s.sem <- struct{}{}:
-		case <-s.stop:
-			return
+		if !s.reqs.Enter() {
+			return // stopping: unanswered, the gateway asks again
 		}
-		s.wg.Add(1)
 		go func() {
-			defer func() { <-s.sem; s.wg.Done() }()
+			defer s.reqs.Leave()
 			ctx, cancel := context.WithTimeout(context.Background(), s.cfg.Timeout)
 			defer cancel()
 			// Answered straight on the connection: micro's Respond, called

@@ -127,12 +127,14 @@ type Service struct {
 	pool *worker.Pool // ticks queued in TICKS
 	// newsFeed pulls the changes of group records for news.
 	newsFeed jetstream.ConsumeContext
-	sem      chan struct{}
+	reqs     *worker.Requests // requests in hand, Workers at most
 	// forwarded holds a token per status request from another region
 	// being answered (xrstatus.go).
 	forwarded chan struct{}
-	wg        sync.WaitGroup
-	stop      chan struct{}
+	// wg counts the rest (the news runner, a request's stragglers,
+	// added while the request is in hand), ended by stop.
+	wg   sync.WaitGroup
+	stop chan struct{}
 
 	delivered, read, stored, hidden       atomic.Int64
 	groupDelivered, groupRead, recomputes atomic.Int64
@@ -146,7 +148,7 @@ func Start(ctx context.Context, nc *nats.Conn, js jetstream.JetStream, cfg Confi
 		return nil, fmt.Errorf("receipts: workers and timeout must be positive")
 	}
 	s := &Service{nc: nc, js: js, cfg: cfg, log: log.With("function", "receipts"),
-		sem: make(chan struct{}, cfg.Workers), forwarded: make(chan struct{}, maxForwarded), stop: make(chan struct{})}
+		reqs: worker.NewRequests(cfg.Workers), forwarded: make(chan struct{}, maxForwarded), stop: make(chan struct{})}
 	inbox, err := js.Stream(ctx, contract.Inbox)
 	if err != nil {
 		return nil, fmt.Errorf("receipts: %w", err)
@@ -275,6 +277,7 @@ func (s *Service) Stop() {
 	}
 	s.pool.Stop()
 	_ = s.svc.Stop()
+	s.reqs.Close()
 	close(s.stop)
 	s.wg.Wait()
 	s.gets.unsubscribe()
@@ -314,14 +317,11 @@ func (e badRequest) Error() string { return e.msg }
 // names: 400 for a bad request, 503 when the store failed.
 func (s *Service) async(h func(context.Context, micro.Request) error) micro.HandlerFunc {
 	return func(r micro.Request) {
-		select {
-		case s.sem <- struct{}{}:
-		case <-s.stop:
-			return
+		if !s.reqs.Enter() {
+			return // stopping: unanswered, the gateway stores it in TICKS or asks again
 		}
-		s.wg.Add(1)
 		go func() {
-			defer func() { <-s.sem; s.wg.Done() }()
+			defer s.reqs.Leave()
 			ctx, cancel := context.WithTimeout(context.Background(), s.cfg.Timeout)
 			defer cancel()
 			r := direct{r, s.nc}
