@@ -227,9 +227,7 @@ type Client struct {
 	rsync  chan ReadSync
 	typing chan Typing
 
-	presence      chan Presence
-	settingsReply chan Settings
-	settingsMu    sync.Mutex // one Settings call at a time
+	presence chan Presence
 
 	hooks  hooks
 	ctx    context.Context
@@ -323,14 +321,13 @@ func dialWith(ctx context.Context, opts Options, h hooks) (*Client, error) {
 		typing:   make(chan Typing, 64),
 		ob:       newOutbox(),
 
-		presence:      make(chan Presence, 256),
-		settingsReply: make(chan Settings, 1),
-		following:     map[string]bool{},
-		statusWait:    map[statusKey]*statusAsk{},
-		ticks:         newTicks(),
-		seenMsg:       newLRU(100000),
-		acked:         newLRU(100000),
-		readsOut:      newLRU(maxUnsentReads),
+		presence:   make(chan Presence, 256),
+		following:  map[string]bool{},
+		statusWait: map[statusKey]*statusAsk{},
+		ticks:      newTicks(),
+		seenMsg:    newLRU(100000),
+		acked:      newLRU(100000),
+		readsOut:   newLRU(maxUnsentReads),
 	}
 	if err := c.restore(); err != nil {
 		return nil, err

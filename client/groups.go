@@ -48,10 +48,13 @@ func (g Group) IsAdmin(user string) bool {
 // connection, under the same request id.
 var ErrNoAnswer = errors.New("client: the connection was lost before the answer; the operation may have been applied")
 
+// groupResult is the answer to a request asked by id (request): a group
+// operation's, a list's or a settings change's.
 type groupResult struct {
-	g    Group
-	list []GroupEntry // a list's answer
-	err  error
+	g        Group
+	list     []GroupEntry // a list's answer
+	settings Settings     // a settings change's
+	err      error
 	// retry is how long the server asked to wait before asking again
 	// (retry_ms of a retryable refusal; 0: the client's backoff).
 	retry time.Duration
@@ -82,7 +85,7 @@ func (c *Client) GroupOp(ctx context.Context, op, group, name string, users []st
 	if len(users) > protocol.MaxGroupUsersPerFrame {
 		return Group{}, ErrTooLarge
 	}
-	r, err := c.groupRequest(ctx, protocol.Frame{Type: protocol.TypeGroup, Op: op, Group: group, Name: name, Users: users})
+	r, err := c.request(ctx, protocol.Frame{Type: protocol.TypeGroup, Op: op, Group: group, Name: name, Users: users})
 	if err != nil {
 		return Group{}, err
 	}
@@ -100,16 +103,16 @@ type GroupEntry = protocol.GroupEntry
 // as its change takes to reach the members (the change's system message
 // comes after it is listed).
 func (c *Client) Groups(ctx context.Context) ([]GroupEntry, error) {
-	r, err := c.groupRequest(ctx, protocol.Frame{Type: protocol.TypeGroup, Op: protocol.GroupList})
+	r, err := c.request(ctx, protocol.Frame{Type: protocol.TypeGroup, Op: protocol.GroupList})
 	if err != nil {
 		return nil, err
 	}
 	return r.list, r.err
 }
 
-// groupRequest asks group frame f (its id set here) until it is answered,
-// as GroupOp says.
-func (c *Client) groupRequest(ctx context.Context, f protocol.Frame) (groupResult, error) {
+// request asks frame f (a group or settings frame; its id set here)
+// until it is answered, as GroupOp says.
+func (c *Client) request(ctx context.Context, f protocol.Frame) (groupResult, error) {
 	// Stop asking when the client closes, even while waiting to ask again.
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()

@@ -155,27 +155,39 @@ func (c *Client) resubscribe() {
 }
 
 // Settings changes this user's settings (an empty change just reads them)
-// and returns them as stored.
+// and returns them as stored. It is asked like GroupOp's operations: under
+// an id of its own, which the answer and a refusal carry, again on the
+// next connection when the answer is lost with this one, and again after
+// a refusal for now (rate_limited, store_failed); a change asked twice
+// stores the same settings. A change the gateway would refuse (an unknown
+// LastSeenPrivacy, a contact that is not a valid id, more than
+// protocol.MaxContacts) fails with ErrBadSettings, unwritten.
 func (c *Client) Settings(ctx context.Context, change SettingsChange) (Settings, error) {
-	c.settingsMu.Lock()
-	defer c.settingsMu.Unlock()
-	// Drop a reply a cancelled call left behind.
-	select {
-	case <-c.settingsReply:
+	switch change.LastSeenPrivacy {
+	case "", protocol.PrivacyEveryone, protocol.PrivacyContacts, protocol.PrivacyNobody:
 	default:
+		return Settings{}, ErrBadSettings
 	}
-	b, _ := json.Marshal(protocol.Frame{Type: protocol.TypeSettings, ReadReceipts: change.ReadReceipts,
+	if change.Contacts != nil {
+		if len(*change.Contacts) > protocol.MaxContacts {
+			return Settings{}, ErrBadSettings
+		}
+		for _, u := range *change.Contacts {
+			if !protocol.ValidID(u) {
+				return Settings{}, ErrBadSettings
+			}
+		}
+	}
+	r, err := c.request(ctx, protocol.Frame{Type: protocol.TypeSettings, ReadReceipts: change.ReadReceipts,
 		LastSeenPrivacy: change.LastSeenPrivacy, Contacts: change.Contacts})
-	c.writeCurrent(b)
-	select {
-	case s := <-c.settingsReply:
-		return s, nil
-	case <-ctx.Done():
-		return Settings{}, ctx.Err()
-	case <-c.ctx.Done():
-		return Settings{}, ErrClosed
+	if err != nil {
+		return Settings{}, err
 	}
+	return r.settings, r.err
 }
+
+// ErrBadSettings is a settings change the gateway would refuse.
+var ErrBadSettings = errors.New("client: last_seen_privacy must be everyone, contacts or nobody, and contacts valid ids, at most protocol.MaxContacts")
 
 // ErrUnknownMessage is a Status call about a message this client did not
 // send, or sent so long ago that it no longer remembers its seq; or a
@@ -440,8 +452,7 @@ func (c *Client) onSettings(f *protocol.Frame) {
 	if f.Contacts != nil {
 		s.Contacts = *f.Contacts
 	}
-	select {
-	case c.settingsReply <- s:
-	default:
+	if f.ID != "" {
+		c.resolveGroup(f.ID, groupResult{settings: s})
 	}
 }

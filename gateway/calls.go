@@ -234,10 +234,10 @@ func (s *session) settings(f *protocol.Frame) {
 		})
 	}
 	if err != nil {
-		s.sendError(protocol.ErrStoreFailed, "settings were not stored; resend", "", 0, 0)
+		s.sendError(protocol.ErrStoreFailed, "settings were not stored; resend", f.ID, 0, 0)
 		return
 	}
-	s.t.Send(protocol.EncodeSettings(set.ReadReceipts, set.LastSeen, set.Contacts))
+	s.t.Send(protocol.EncodeSettings(f.ID, set.ReadReceipts, set.LastSeen, set.Contacts))
 	if f.LastSeenPrivacy != "" || f.Contacts != nil {
 		// Followers see the new privacy at once, not at the user's next
 		// change: the current state goes out under it. The presence

@@ -292,8 +292,22 @@ func TestBadPresenceAndSettingsFrames(t *testing.T) {
 		}
 	}
 	raw.write(`{"type":"settings"}`)
-	if f := nextOfType(raw, protocol.TypeSettings); f.LastSeenPrivacy != protocol.PrivacyEveryone || f.ReadReceipts == nil || !*f.ReadReceipts {
+	if f := nextOfType(raw, protocol.TypeSettings); f.LastSeenPrivacy != protocol.PrivacyEveryone || f.ReadReceipts == nil || !*f.ReadReceipts || f.ID != "" {
 		t.Fatalf("settings after bad frames: %+v", f)
+	}
+	// A settings frame with an id has it echoed, in the answer and in a
+	// refusal; a bad id is refused naming none.
+	raw.write(`{"type":"settings","id":"q-1","last_seen_privacy":"friends"}`)
+	if f := nextOfType(raw, protocol.TypeError); f.Code != protocol.ErrBadField || f.ID != "q-1" {
+		t.Fatalf("a bad change with an id: %+v, want bad_field naming q-1", f)
+	}
+	raw.write(`{"type":"settings","id":"q 2"}`)
+	if f := nextOfType(raw, protocol.TypeError); f.Code != protocol.ErrBadID || f.ID != "" {
+		t.Fatalf("a settings frame with a bad id: %+v, want bad_id", f)
+	}
+	raw.write(`{"type":"settings","id":"q-3"}`)
+	if f := nextOfType(raw, protocol.TypeSettings); f.ID != "q-3" || f.ReadReceipts == nil {
+		t.Fatalf("settings asked under q-3: %+v", f)
 	}
 }
 
@@ -568,15 +582,20 @@ func TestSettingsFramesHaveTheirOwnRateLimit(t *testing.T) {
 	const frames = 10
 	start := time.Now()
 	for i := range frames {
-		r.write(fmt.Sprintf(`{"type":"settings","read_receipts":%v}`, i%2 == 0))
+		r.write(fmt.Sprintf(`{"type":"settings","id":"q-%d","read_receipts":%v}`, i, i%2 == 0))
 	}
 	answered, limited := 0, 0
+	seen := map[string]bool{}
 	for range frames {
 		switch f := r.next(); {
+		case seen[f.ID] || f.ID == "":
+			t.Fatalf("%+v: every answer and refusal names its own request", *f)
 		case f.Type == protocol.TypeSettings:
 			answered++
+			seen[f.ID] = true
 		case f.Type == protocol.TypeError && f.Code == protocol.ErrRateLimited && f.RetryMS > 0:
 			limited++
+			seen[f.ID] = true
 		default:
 			t.Fatalf("got %+v, want settings or rate_limited", *f)
 		}

@@ -443,7 +443,7 @@ func (s *session) handleFrame(f *protocol.Frame) {
 	case protocol.TypeSettings:
 		// Its own bucket: a settings frame can be a KV write of up to a
 		// frame's size.
-		if s.allow(s.in.settings, "") {
+		if s.allow(s.in.settings, f.ID) {
 			s.settings(f)
 		}
 	case protocol.TypePresenceSub:

@@ -476,18 +476,23 @@ func decodeClientJSON(data []byte) (*Frame, error) {
 			}
 		}
 	case TypeSettings:
+		// id is optional: the request's own, echoed in the answer and in
+		// a refusal.
+		if f.ID != "" && !ValidID(f.ID) {
+			return nil, decodeErr(ErrBadID, "", "id: %v", ErrInvalidID)
+		}
 		switch f.LastSeenPrivacy {
 		case "", PrivacyEveryone, PrivacyContacts, PrivacyNobody:
 		default:
-			return nil, decodeErr(ErrBadField, "", "last_seen_privacy must be everyone, contacts or nobody")
+			return nil, decodeErr(ErrBadField, f.ID, "last_seen_privacy must be everyone, contacts or nobody")
 		}
 		if f.Contacts != nil {
 			if len(*f.Contacts) > MaxContacts {
-				return nil, decodeErr(ErrBadField, "", "contacts may list at most %d users", MaxContacts)
+				return nil, decodeErr(ErrBadField, f.ID, "contacts may list at most %d users", MaxContacts)
 			}
 			for _, u := range *f.Contacts {
 				if !ValidID(u) {
-					return nil, decodeErr(ErrBadID, "", "contacts: %v", ErrInvalidID)
+					return nil, decodeErr(ErrBadID, f.ID, "contacts: %v", ErrInvalidID)
 				}
 			}
 		}
@@ -781,12 +786,13 @@ func AppendPresence(b []byte, user string, online bool, lastSeen int64, hidden b
 	return append(b, '}')
 }
 
-// EncodeSettings returns a server settings frame with every setting.
-func EncodeSettings(readReceipts bool, lastSeenPrivacy string, contacts []string) []byte {
+// EncodeSettings returns a server settings frame with every setting,
+// answering the settings frame of request id ("" when it had none).
+func EncodeSettings(id string, readReceipts bool, lastSeenPrivacy string, contacts []string) []byte {
 	if contacts == nil {
 		contacts = []string{}
 	}
-	b, _ := json.Marshal(Frame{Type: TypeSettings, ReadReceipts: &readReceipts, LastSeenPrivacy: lastSeenPrivacy, Contacts: &contacts})
+	b, _ := json.Marshal(Frame{Type: TypeSettings, ID: id, ReadReceipts: &readReceipts, LastSeenPrivacy: lastSeenPrivacy, Contacts: &contacts})
 	return b
 }
 

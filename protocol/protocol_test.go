@@ -90,6 +90,7 @@ func TestDecodeClientValidFrames(t *testing.T) {
 		{"group create alone", `{"type":"group","id":"q1","op":"create","group":"g1","name":"Me"}`,
 			Frame{Type: TypeGroup, ID: "q1", Op: GroupCreate, Group: "g1", Name: "Me"}},
 		{"group list", `{"type":"group","id":"q1","op":"list"}`, Frame{Type: TypeGroup, ID: "q1", Op: GroupList}},
+		{"settings asked under an id", `{"type":"settings","id":"q-5","last_seen_privacy":"nobody"}`, Frame{Type: TypeSettings, ID: "q-5", LastSeenPrivacy: PrivacyNobody}},
 		{"group leave", `{"type":"group","id":"q1","op":"leave","group":"g1"}`,
 			Frame{Type: TypeGroup, ID: "q1", Op: GroupLeave, Group: "g1"}},
 		{"status", `{"type":"status","seq":42}`, Frame{Type: TypeStatus, Seq: 42}},
@@ -181,6 +182,8 @@ func TestDecodeClientErrors(t *testing.T) {
 		{"group add too many", `{"type":"group","id":"q1","op":"add","group":"g1","users":[` + strings.Repeat(`"u",`, MaxGroupUsersPerFrame) + `"v"]}`, ErrBadField, "q1", "users"},
 		{"group leave with users", `{"type":"group","id":"q1","op":"leave","group":"g1","users":["bob"]}`, ErrBadField, "q1", "users"},
 		{"group list of a group", `{"type":"group","id":"q1","op":"list","group":"g1"}`, ErrBadField, "q1", "list"},
+		{"settings with a bad id", `{"type":"settings","id":"q 5"}`, ErrBadID, "", "id"},
+		{"settings refused under its id", `{"type":"settings","id":"q-5","last_seen_privacy":"friends"}`, ErrBadField, "q-5", "last_seen_privacy"},
 		{"group list with users", `{"type":"group","id":"q1","op":"list","users":["bob"]}`, ErrBadField, "q1", "list"},
 
 		// Send body.
@@ -691,6 +694,9 @@ func FuzzDecodeClient(f *testing.F) {
 				}
 			}
 		case TypeSettings:
+			if fr.ID != "" && !ValidID(fr.ID) {
+				t.Fatalf("settings accepted id %q", fr.ID)
+			}
 			switch fr.LastSeenPrivacy {
 			case "", PrivacyEveryone, PrivacyContacts, PrivacyNobody:
 			default:
