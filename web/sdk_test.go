@@ -946,6 +946,32 @@ func TestSDKGroups(t *testing.T) {
 	if got := tk.Eval[string](pg, `JSON.stringify(results.erin.members)`); got != `[{"user":"alice","admin":true},{"user":"bob"},{"user":"carol"},{"user":"erin"}]` {
 		t.Fatalf("add across a lost connection and unavailable: %s", tk.Eval[string](pg, `JSON.stringify(results.erin)`))
 	}
+
+	// The user's groups, and a settings change, each asked under an id of
+	// its own and answered by it; a refusal for now has it asked again.
+	js(pg, `c.groups().then((v) => { results.list = v; })`)
+	if f = c.next(t); f.Type != protocol.TypeGroup || f.Op != protocol.GroupList || f.Group != "" || f.ID == "" {
+		t.Fatalf("list frame %+v", f)
+	}
+	c.write(protocol.EncodeGroupList(f.ID, []protocol.GroupEntry{{Group: "friends", Name: "Friends", Since: 3}}))
+	pg.WaitFor(stuck, "the list", `results.list !== undefined`)
+	if got := tk.Eval[string](pg, `JSON.stringify(results.list)`); got != `[{"group":"friends","name":"Friends","since":3}]` {
+		t.Fatalf("groups resolved with %s", got)
+	}
+	js(pg, `c.settings({ readReceipts: false }).then((v) => { results.settings = v; })`)
+	if f = c.next(t); f.Type != protocol.TypeSettings || f.ID == "" || f.ReadReceipts == nil || *f.ReadReceipts {
+		t.Fatalf("settings frame %+v", f)
+	}
+	c.write(protocol.EncodeError(protocol.ErrRateLimited, "scripted", f.ID, 0, 10))
+	if again = c.next(t); again.Type != protocol.TypeSettings || again.ID != f.ID {
+		t.Fatalf("after rate_limited %+v, want the settings change again under id %s", again, f.ID)
+	}
+	c.write(protocol.EncodeSettings("q-other", true, protocol.PrivacyNobody, nil)) // not this call's
+	c.write(protocol.EncodeSettings(f.ID, false, protocol.PrivacyEveryone, nil))
+	pg.WaitFor(stuck, "the settings", `results.settings !== undefined`)
+	if got := tk.Eval[string](pg, `JSON.stringify(results.settings)`); got != `{"readReceipts":false,"lastSeenPrivacy":"everyone","contacts":[]}` {
+		t.Fatalf("settings resolved with %s", got)
+	}
 }
 
 // A group operation waits for a connection no longer than its timeout,

@@ -79,7 +79,8 @@
  * server applies a change once however often it is asked, and answers a
  * repeat as the first ask was, so a lost answer never turns into
  * already_member or group_exists. One whose frame is larger than the
- * gateway takes rejects with a RangeError, unwritten.
+ * gateway takes rejects with a RangeError, unwritten. `groups({timeout})`
+ * resolves with this user's groups, [{group, name, since}], by id.
  *
  * Receiving (events, with `on(type, fn)`, which returns a function that
  * removes the listener):
@@ -622,9 +623,7 @@ export class Client {
   // {frame, waiting: [{resolve, reject}], refused, again}; see askStatus.
   #statusWait = new Map();
   #retryTimers = new Set(); // waits before writing a refused read or status again
-  #groupWait = new Map(); // group request id -> {resolve, reject}
-  #settingsChain = Promise.resolve();
-  #settingsWait = null;
+  #groupWait = new Map(); // request id (a group operation's, a settings change's) -> {resolve, reject}
   #wake = null; // ends the current reconnect wait early
   #onOnline = () => this.#wake?.();
   #stats = { connects: 0, duplicatesDropped: 0 };
@@ -1020,8 +1019,8 @@ export class Client {
         this.#emit('presence', { user: f.user, online: !!f.online, lastSeen: f.last_seen ?? 0, hidden: !!f.hidden });
         break;
       case 'settings': {
-        const w = this.#settingsWait;
-        this.#settingsWait = null;
+        const w = this.#groupWait.get(f.id);
+        this.#groupWait.delete(f.id);
         w?.resolve({ readReceipts: !!f.read_receipts, lastSeenPrivacy: f.last_seen_privacy ?? '', contacts: f.contacts ?? [] });
         break;
       }
@@ -1033,7 +1032,8 @@ export class Client {
       case 'group': {
         const w = this.#groupWait.get(f.id);
         this.#groupWait.delete(f.id);
-        w?.resolve({ id: f.group, name: f.name ?? '', createdBy: f.created_by ?? '', created: f.created ?? 0, members: f.members ?? [] });
+        if (f.op === 'list') w?.resolve((f.groups ?? []).map((g) => ({ group: g.group, name: g.name ?? '', since: g.since ?? 0 })));
+        else w?.resolve({ id: f.group, name: f.name ?? '', createdBy: f.created_by ?? '', created: f.created ?? 0, members: f.members ?? [] });
         break;
       }
       case 'error':
@@ -1420,10 +1420,29 @@ export class Client {
   async group(op, group, { name, users, timeout = 10000 } = {}) {
     if (!validId(group)) throw new TypeError('switchboard: bad group id');
     if (users !== undefined && users.length > 0) checkUsers(users);
-    const id = 'q' + newId();
-    const f = { type: 'group', id, op, group };
+    const f = { type: 'group', op, group };
     if (name !== undefined) f.name = name;
     if (users !== undefined) f.users = users;
+    return this.#ask(f, timeout);
+  }
+
+  /**
+   * groups resolves with this user's groups, by id: [{group, name, since}],
+   * since being the place in the group's log where the user joined. What
+   * a device added later shows before any group says anything. Asked like
+   * group()'s operations.
+   */
+  async groups({ timeout = 10000 } = {}) {
+    return this.#ask({ type: 'group', op: 'list' }, timeout);
+  }
+
+  // ask writes request frame f under an id of its own and resolves with
+  // its answer: it waits for a connection, asks again under the same id
+  // after a lost connection or a retryable refusal, and rejects with a
+  // ServerError on any other refusal, or once timeout ms have passed.
+  async #ask(f, timeout) {
+    const id = 'q' + newId();
+    f.id = id;
     // Written, a frame past the gateway's max_frame would close the
     // connection (1009) and go again on every new one.
     const size = utf8.encode(JSON.stringify(f)).length;
@@ -1505,23 +1524,15 @@ export class Client {
   /**
    * settings changes this user's settings ({readReceipts, lastSeenPrivacy,
    * contacts}: what is left out stays; {} just reads them) and resolves
-   * with all of them. Calls take turns; each waits for a connection.
+   * with all of them. Asked like group()'s operations, under an id its
+   * answer and refusals carry (a change asked twice stores the same).
    */
   settings(change = {}, { timeout = 10000 } = {}) {
-    const run = async () => {
-      await this.#connected();
-      const f = { type: 'settings' };
-      if (change.readReceipts !== undefined) f.read_receipts = !!change.readReceipts;
-      if (change.lastSeenPrivacy) f.last_seen_privacy = change.lastSeenPrivacy;
-      if (change.contacts) f.contacts = change.contacts;
-      return this.#await(timeout, (w) => {
-        this.#settingsWait = w;
-        this.#write(f);
-      }, () => { this.#settingsWait = null; });
-    };
-    const p = this.#settingsChain.then(run, run);
-    this.#settingsChain = p.catch(() => {});
-    return p;
+    const f = { type: 'settings' };
+    if (change.readReceipts !== undefined) f.read_receipts = !!change.readReceipts;
+    if (change.lastSeenPrivacy) f.last_seen_privacy = change.lastSeenPrivacy;
+    if (change.contacts) f.contacts = change.contacts;
+    return this.#ask(f, timeout);
   }
 
   /**
