@@ -111,6 +111,12 @@ type Config struct {
 	// interval. The first ack after a quiet spell is asked for at once.
 	// Zero asks at once every time.
 	TickInterval time.Duration
+	// TickQuiet ends the gathering early once no ack has come for this
+	// long: the last messages of a burst are ticked soon after it, not
+	// up to TickInterval later. Acks a client gathers (the SDKs' 250 ms)
+	// come well inside this while messages flow, so a steady stream still
+	// costs one request per interval. Zero waits out the interval.
+	TickQuiet time.Duration
 	// SharedCatchUps is how many sessions may read their backlogs from the
 	// stream on their own at once; past it they share one reader (see
 	// backlog.go). 0 shares every read.
@@ -173,6 +179,7 @@ func DefaultConfig() Config {
 		SweepInterval:    2 * time.Minute,
 		CursorDelay:      time.Second,
 		TickInterval:     time.Second,
+		TickQuiet:        500 * time.Millisecond,
 		SharedCatchUps:   32,
 		MaxPresenceSubs:  1024,
 		FunctionTimeout:  3 * time.Second,
@@ -232,6 +239,8 @@ func (c *Config) Validate() error {
 		return bad("CursorDelay", "must not be negative")
 	case c.TickInterval < 0 || c.TickInterval > time.Minute:
 		return bad("TickInterval", "must be between 0 and 1m")
+	case c.TickQuiet < 0:
+		return bad("TickQuiet", "must not be negative")
 	case c.SweepInterval < time.Second:
 		return bad("SweepInterval", "must be at least 1s")
 	case c.PresenceTTL < time.Second:

@@ -31,9 +31,11 @@ import (
 // one request (and one receipt to its sender, one position write per
 // group) per interval, not one per message. The first ack after a quiet
 // spell is asked for at once, so a conversation at human pace sees each
-// tick without delay; a device holding half its MaxInflight unsettled
-// does not wait (an ack that brings it there ends the wait), so gathering
-// never stalls its delivery; and a session that stops asks at once.
+// tick without delay; the gathering ends once the acks stop for
+// TickQuiet, so a burst's last messages are ticked soon after it; a
+// device holding half its MaxInflight unsettled does not wait (an ack
+// that brings it there ends the wait), so gathering never stalls its
+// delivery; and a session that stops asks at once.
 //
 // Delivery never waits on the receipts function: when it does not answer
 // in time, the request is stored in TICKS (a work queue it drains when it
@@ -59,6 +61,7 @@ type ticker struct {
 	nudge     chan struct{}
 
 	lastAsk time.Time // when the runner last asked for ticks (the runner's own)
+	lastAck time.Time // when an ack last came (kick); guarded by mu
 }
 
 func (t *ticker) init(s *session) {
@@ -73,6 +76,7 @@ func (t *ticker) init(s *session) {
 // MaxInflight until the interval is over.
 func (t *ticker) kick() {
 	t.mu.Lock()
+	t.lastAck = time.Now()
 	if t.closing {
 		t.mu.Unlock()
 		return
@@ -173,15 +177,26 @@ func (t *ticker) run() {
 }
 
 // gatherFor is how long the runner waits before asking, gathering the
-// acks that follow: until TickInterval has passed since it last asked;
-// at once if it has not asked yet or the device holds half its
-// MaxInflight unsettled.
+// acks that follow: until TickInterval has passed since it last asked,
+// or TickQuiet since the last ack if that comes first (the burst is
+// over); at once if it has not asked yet or the device holds half its
+// MaxInflight unsettled. An ack that comes while it waits moves the
+// quiet end: the runner, woken at the old one, waits again.
 func (t *ticker) gatherFor() time.Duration {
 	every := t.s.srv.cfg.TickInterval
 	if every <= 0 || t.lastAsk.IsZero() || t.holdingHalf() {
 		return 0
 	}
-	return time.Until(t.lastAsk.Add(every))
+	until := t.lastAsk.Add(every)
+	if quiet := t.s.srv.cfg.TickQuiet; quiet > 0 {
+		t.mu.Lock()
+		lastAck := t.lastAck
+		t.mu.Unlock()
+		if q := lastAck.Add(quiet); q.Before(until) {
+			until = q
+		}
+	}
+	return time.Until(until)
 }
 
 // holdingHalf reports whether the device holds half its MaxInflight

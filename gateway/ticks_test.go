@@ -62,9 +62,17 @@ func (r *raw) closeNormally() {
 // spell.
 func firstTick(t *testing.T, maxInflight int) (alice, bob *raw, s1 uint64) {
 	t.Helper()
+	return firstTickQuiet(t, maxInflight, 0)
+}
+
+// firstTickQuiet is firstTick with TickQuiet quiet (0: the interval is
+// waited out).
+func firstTickQuiet(t *testing.T, maxInflight int, quiet time.Duration) (alice, bob *raw, s1 uint64) {
+	t.Helper()
 	n := tk.StartNATS(t)
 	cfg := tk.TestConfig()
 	cfg.TickInterval = time.Minute
+	cfg.TickQuiet = quiet
 	if maxInflight > 0 {
 		cfg.MaxInflight = maxInflight
 	}
@@ -95,6 +103,34 @@ func TestBusyDeviceGathersTicksIntoOneReceipt(t *testing.T) {
 	}
 	bob.closeNormally()
 	alice.expectReceipt(s1, first, last)
+}
+
+// Gathering ends once the acks stop for TickQuiet: a burst's last
+// messages are ticked soon after it, though the interval (a minute) is
+// far from over and the session goes on.
+func TestBurstTickedOnceItsAcksStop(t *testing.T) {
+	alice, bob, s1 := firstTickQuiet(t, 0, 50*time.Millisecond)
+	var seqs []uint64
+	for i := 2; i <= 4; i++ {
+		seqs = append(seqs, alice.send("bob", fmt.Sprintf("m%d", i)).Seq)
+	}
+	for _, q := range seqs {
+		bob.ackNext(q)
+	}
+	// One receipt, or more if the acks came further apart than the quiet
+	// (a slow machine): together from just past s1 to the last.
+	covered := s1
+	for covered < seqs[len(seqs)-1] {
+		f := alice.next()
+		if f.Type != protocol.TypeReceipt || f.Status != protocol.StatusDelivered || f.FromSeq <= covered || f.ToSeq < f.FromSeq {
+			t.Fatalf("got %+v, want a delivered receipt from after %d", *f, covered)
+		}
+		alice.write(string(protocol.AppendSeqFrame(nil, protocol.TypeAck, f.Seq)))
+		covered = f.ToSeq
+	}
+	if covered != seqs[len(seqs)-1] {
+		t.Fatalf("receipts up to %d, want %d", covered, seqs[len(seqs)-1])
+	}
 }
 
 // A device that holds half its MaxInflight acked but unsettled asks at
@@ -139,6 +175,7 @@ func TestGroupPositionsGatherToo(t *testing.T) {
 	n := tk.StartNATS(t)
 	cfg := tk.TestConfig()
 	cfg.TickInterval = time.Minute
+	cfg.TickQuiet = 0
 	g := tk.StartGateway(t, n, cfg)
 	putGroup(t, n, "friends", "alice", "bob")
 	groups, err := jetstream.New(n.Connect(t, natsauth.Groups))
