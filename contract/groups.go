@@ -218,18 +218,23 @@ const GroupList = "list"
 //
 // A user's groups homed in one region are one key in that region's
 // GROUP_INFO, MembershipsKey(user, region): a map from group id to
-// Membership. The groups function's fan-out keeps it, in each group's
-// log order, before it tells the members of the change (so a device told
-// it was added finds the group in its list), with a compare-and-set per
-// user (changes of several groups meet there). GROUP_DIR sources the
-// keys of the other regions with their records, so a region lists every
-// group of its users from its own buckets: multi_last over
-// MembershipsFilter in both. The keys have two tokens, a group's record
-// one: a reader of records alone filters on GroupRecordKeys.
+// Membership, at most MaxMemberships of them. The groups function's
+// fan-out keeps it, in each group's log order, before it tells the
+// members of the change (so a device told it was added finds the group
+// in its list), with a compare-and-set per user (changes of several
+// groups meet there). Each group's name is a key of its own,
+// GroupNameKey, written with the changes that set it, so a rename
+// rewrites no member's key. GROUP_DIR sources the keys of the other
+// regions with their records, so a region lists every group of its
+// users from its own buckets: multi_last over MembershipsFilter in both,
+// then over the groups' names. The keys have two or three tokens, a
+// group's record one: a reader of records alone filters on
+// GroupRecordKeys.
 //
-// Keys are kept since the fan-out kept them; on its first start a groups
-// function fills them in for the groups already there (MembershipsBuilt
-// says it finished), with Since the record's last change.
+// Keys are kept since the fan-out kept them; on its first start in a
+// region a groups function fills them in for the groups already there
+// (MembershipsBuilt says it finished), with Since the record's last
+// change.
 func MembershipsKey(user, region string) string {
 	if region == "" {
 		region = "_"
@@ -240,13 +245,29 @@ func MembershipsKey(user, region string) string {
 // MembershipsFilter is the KV filter of user's keys, one per region.
 func MembershipsFilter(user string) string { return "m." + user + ".*" }
 
+// GroupNameKey is the key of group gid's name in GROUP_INFO (and
+// GROUP_DIR).
+func GroupNameKey(gid string) string { return "n." + gid }
+
 // GroupRecordKeys filters GROUP_INFO (or GROUP_DIR) to the groups'
-// records, without the users' memberships.
+// records, without the users' memberships and the groups' names.
 const GroupRecordKeys = "*"
 
+// MaxMemberships bounds the groups one user's key lists in one region:
+// past it a group the user joins is not listed (the key would grow past
+// a message's size, and anyone can add anyone to a group).
+const MaxMemberships = 4096
+
 // MembershipsBuilt is GROUP_INFO's key saying the memberships of every
-// group stored before they were kept have been filled in.
-const MembershipsBuilt = "m=built"
+// group stored before they were kept have been filled in, in region
+// (one key per region, so a deployment that becomes one of several
+// regions fills them in again under its region's name).
+func MembershipsBuilt(region string) string {
+	if region == "" {
+		region = "_"
+	}
+	return "m=built." + region
+}
 
 // Memberships is the value of a MembershipsKey: the user's groups homed
 // in one region, by id.
@@ -256,12 +277,15 @@ type Memberships struct {
 
 // Membership is a user's place in a group: Since is the GROUPS sequence
 // of the change that made them a member (for one filled in for a group
-// from before memberships were kept: a change they were a member at),
-// Name the group's name as of its last change.
+// from before memberships were kept: a later change they were a member
+// at).
 type Membership struct {
 	Since uint64 `json:"since"`
-	Name  string `json:"name"`
 }
+
+// MaxListedGroups bounds a list's answer: the first of the user's groups
+// by id.
+const MaxListedGroups = 1000
 
 // GroupListReply answers GroupList: the actor's groups, by id.
 type GroupListReply struct {

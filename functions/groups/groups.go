@@ -94,6 +94,9 @@ type Config struct {
 	// all its groups; past it the partition forgets them all and reads
 	// each group back from the log as its messages come.
 	CacheMembers int
+	// MaxMemberships bounds the groups one user's list keeps in a region
+	// (contract.MaxMemberships by default).
+	MaxMemberships int
 
 	// afterCopy, for tests, is called after each copy of a fan-out is
 	// stored, with how many of that message's copies are; ctx ends when
@@ -108,7 +111,8 @@ type Config struct {
 
 // DefaultConfig is what the binary runs with.
 func DefaultConfig() Config {
-	return Config{MaxMembers: 1024, Workers: 64, Timeout: 5 * time.Second, InFlight: 256, Attempts: 10, CacheMembers: 1 << 16}
+	return Config{MaxMembers: 1024, Workers: 64, Timeout: 5 * time.Second, InFlight: 256, Attempts: 10, CacheMembers: 1 << 16,
+		MaxMemberships: contract.MaxMemberships}
 }
 
 // Service is one running instance.
@@ -133,13 +137,15 @@ type Service struct {
 	pwg    sync.WaitGroup
 
 	changes, refused, fannedOut, copies, dropped, conflicts, repeats atomic.Int64
+	unlisted                                                         atomic.Int64 // joins left out of a user's list (too many)
 }
 
 // Start binds the micro service and the partitions' durables. The GROUPS
 // stream and the GROUP_INFO bucket must exist.
 func Start(ctx context.Context, nc *nats.Conn, js jetstream.JetStream, cfg Config, log *slog.Logger) (*Service, error) {
-	if cfg.MaxMembers <= 0 || cfg.Workers <= 0 || cfg.Timeout <= 0 || cfg.InFlight <= 0 || cfg.Attempts <= 0 || cfg.CacheMembers <= 0 {
-		return nil, fmt.Errorf("groups: max members, workers, timeout, in-flight, attempts and cache must be positive")
+	if cfg.MaxMembers <= 0 || cfg.Workers <= 0 || cfg.Timeout <= 0 || cfg.InFlight <= 0 || cfg.Attempts <= 0 || cfg.CacheMembers <= 0 ||
+		cfg.MaxMemberships <= 0 || cfg.MaxMemberships > contract.MaxMemberships {
+		return nil, fmt.Errorf("groups: max members, workers, timeout, in-flight, attempts and cache must be positive, and max memberships 1 to %d", contract.MaxMemberships)
 	}
 	// A JetStream context of its own, whose async window holds every
 	// partition's copies in flight at once.
@@ -259,18 +265,22 @@ type Stats struct {
 	// Group messages fanned out, copies stored (or found stored), and
 	// messages dropped because their sender was not a member.
 	FannedOut, Copies, Dropped int64
+	// Unlisted counts memberships left out of a user's list of groups:
+	// the user was in contract.MaxMemberships groups already.
+	Unlisted int64
 }
 
 // Stats returns the instance's counters.
 func (s *Service) Stats() Stats {
 	return Stats{Changes: s.changes.Load(), Refused: s.refused.Load(), Conflicts: s.conflicts.Load(),
-		Repeats: s.repeats.Load(), FannedOut: s.fannedOut.Load(), Copies: s.copies.Load(), Dropped: s.dropped.Load()}
+		Repeats: s.repeats.Load(), FannedOut: s.fannedOut.Load(), Copies: s.copies.Load(), Dropped: s.dropped.Load(),
+		Unlisted: s.unlisted.Load()}
 }
 
 func (s *Service) stats(*micro.Endpoint) any {
 	st := s.Stats()
 	return map[string]int64{"changes": st.Changes, "refused": st.Refused, "conflicts": st.Conflicts,
-		"repeats": st.Repeats, "fanned_out": st.FannedOut, "copies": st.Copies, "dropped": st.Dropped}
+		"repeats": st.Repeats, "fanned_out": st.FannedOut, "copies": st.Copies, "dropped": st.Dropped, "unlisted": st.Unlisted}
 }
 
 // refusal is an answer the request caused: its code is one of the

@@ -26,11 +26,15 @@ const membershipWorkers = 16
 
 // changeMemberships applies ev, stored at seq in group gid, to the
 // memberships of the users it concerns: a create or an add makes them
-// members from seq, a remove or a leave takes them out, a rename renames
-// the group in every member's list. Applying it again writes nothing new,
+// members from seq, a remove or a leave takes them out; a create or a
+// rename writes the group's name. Applying it again writes nothing new,
 // so a fan-out run again after a crash may.
 func (s *Service) changeMemberships(ctx context.Context, gid string, seq uint64, ev *event) error {
-	name := ev.Group.Name
+	if ev.Op == contract.GroupCreate || ev.Op == contract.GroupRename {
+		if _, err := s.info.Put(ctx, contract.GroupNameKey(gid), []byte(ev.Group.Name)); err != nil {
+			return fmt.Errorf("groups: name of %s: %w", gid, err)
+		}
+	}
 	var users []string
 	var change func(m map[string]contract.Membership) bool
 	switch ev.Op {
@@ -40,7 +44,7 @@ func (s *Service) changeMemberships(ctx context.Context, gid string, seq uint64,
 			users = sortedMembers(&ev.Group)
 		}
 		change = func(m map[string]contract.Membership) bool {
-			want := contract.Membership{Since: seq, Name: name}
+			want := contract.Membership{Since: seq}
 			if m[gid] == want {
 				return false
 			}
@@ -59,22 +63,8 @@ func (s *Service) changeMemberships(ctx context.Context, gid string, seq uint64,
 			delete(m, gid)
 			return true
 		}
-	case contract.GroupRename:
-		users = sortedMembers(&ev.Group)
-		change = func(m map[string]contract.Membership) bool {
-			e, ok := m[gid]
-			if ok && e.Name == name {
-				return false
-			}
-			if !ok {
-				e.Since = seq // a member as of this change, kept from before memberships were
-			}
-			e.Name = name
-			m[gid] = e
-			return true
-		}
 	default:
-		return nil // promote, demote: nobody's groups change
+		return nil // rename, promote, demote: nobody's groups change
 	}
 	return s.eachUser(ctx, users, func(u string) error {
 		_, err := s.updateMemberships(ctx, u, change)
@@ -128,7 +118,16 @@ func (s *Service) updateMemberships(ctx context.Context, user string, change fun
 		if err != nil {
 			return false, err
 		}
+		before := len(ms.Groups)
 		if !change(ms.Groups) {
+			return false, nil
+		}
+		if len(ms.Groups) > before && before >= s.cfg.MaxMemberships {
+			// In too many groups to list another: anyone can add anyone,
+			// and the key must stay a message's size. Skipped, not
+			// retried: a fan-out waiting on it would hold its partition.
+			s.unlisted.Add(1)
+			s.log.Warn("a user in too many groups: a group they joined is not listed", "user", user, "groups", before)
 			return false, nil
 		}
 		b, _ := json.Marshal(ms)
@@ -142,11 +141,27 @@ func (s *Service) updateMemberships(ctx context.Context, user string, change fun
 			return true, nil
 		case errors.Is(err, jetstream.ErrKeyExists) || isWrongLastSeq(err):
 			continue // another group's change came first: apply to it
+		case errors.Is(err, nats.ErrMaxPayload) || isTooLarge(err):
+			// Never stored, however often asked: skipped, not retried.
+			s.unlisted.Add(1)
+			s.log.Warn("a user's groups are past a message's size: a change is not listed", "user", user, "err", err)
+			return false, nil
 		default:
 			return false, fmt.Errorf("groups: memberships of %s: %w", user, err)
 		}
 	}
 	return false, fmt.Errorf("groups: memberships of %s: changed by others %d times in a row", user, s.cfg.Attempts*3)
+}
+
+// isTooLarge reports whether err is the store refusing a message past its
+// size limit.
+func isTooLarge(err error) bool {
+	var api *jetstream.APIError
+	if errors.As(err, &api) {
+		return api.ErrorCode == jetstream.JSErrCodeStreamMessageExceedsMaximum
+	}
+	var jse jetstream.JetStreamError
+	return errors.As(err, &jse) && jse.APIError() != nil && jse.APIError().ErrorCode == jetstream.JSErrCodeStreamMessageExceedsMaximum
 }
 
 // leaderMemberships reads key through the stream's leader, with its
@@ -180,30 +195,37 @@ func (s *Service) leaderMemberships(ctx context.Context, key string) (contract.M
 // leader afterwards (the fan-out updates it before it takes anyone out),
 // and what this put in for someone no longer a member is taken out again.
 func (s *Service) fillMemberships(ctx context.Context) error {
-	switch _, err := s.info.Get(ctx, contract.MembershipsBuilt); {
+	built := contract.MembershipsBuilt(s.regions.region())
+	switch _, err := s.info.Get(ctx, built); {
 	case err == nil:
 		return nil
 	case !errors.Is(err, jetstream.ErrKeyNotFound):
 		return err
 	}
-	var gids []string
-	keys, err := s.info.ListKeysFiltered(ctx, contract.GroupRecordKeys)
-	if err != nil && !errors.Is(err, jetstream.ErrNoKeysFound) {
+	// The records' keys, from the stream's own count of its subjects
+	// (no consumer, which would need the right to make and delete them).
+	st, err := s.js.Stream(ctx, "KV_"+contract.GroupInfoKV)
+	if err != nil {
 		return err
 	}
-	if err == nil {
-		for k := range keys.Keys() {
-			if protocol.ValidID(k) {
-				gids = append(gids, k)
-			}
+	prefix := contract.KVSubject(contract.GroupInfoKV, "")
+	info, err := st.Info(ctx, jetstream.WithSubjectFilter(contract.KVSubject(contract.GroupInfoKV, contract.GroupRecordKeys)))
+	if err != nil {
+		return err
+	}
+	gids := make([]string, 0, len(info.State.Subjects))
+	for subj := range info.State.Subjects {
+		if gid := strings.TrimPrefix(subj, prefix); protocol.ValidID(gid) {
+			gids = append(gids, gid)
 		}
 	}
+	slices.Sort(gids)
 	for _, gid := range gids {
 		if err := s.fillGroup(ctx, gid); err != nil {
 			return err
 		}
 	}
-	_, err = s.info.Put(ctx, contract.MembershipsBuilt, []byte(time.Now().UTC().Format(time.RFC3339)))
+	_, err = s.info.Put(ctx, built, []byte(time.Now().UTC().Format(time.RFC3339)))
 	return err
 }
 
@@ -216,7 +238,13 @@ func (s *Service) fillGroup(ctx context.Context, gid string) error {
 	if err != nil {
 		return err
 	}
-	since := contract.Membership{Since: g.Seq, Name: g.Name}
+	if len(g.Members) == 0 {
+		return nil // emptied: nobody's
+	}
+	if _, err := s.info.Create(ctx, contract.GroupNameKey(gid), []byte(g.Name)); err != nil && !errors.Is(err, jetstream.ErrKeyExists) {
+		return fmt.Errorf("groups: name of %s: %w", gid, err)
+	}
+	since := contract.Membership{Since: g.Seq}
 	var mu sync.Mutex
 	var put []string
 	err = s.eachUser(ctx, sortedMembers(&g), func(u string) error {
@@ -243,18 +271,10 @@ func (s *Service) fillGroup(ctx context.Context, gid string) error {
 	}
 	return s.eachUser(ctx, put, func(u string) error {
 		_, err := s.updateMemberships(ctx, u, func(m map[string]contract.Membership) bool {
-			e, ok := m[gid]
-			switch {
-			case !ok || e.Since != since.Since:
-				return false // the fan-out's since
-			case !now.IsMember(u):
-				delete(m, gid)
-			case e.Name != now.Name:
-				e.Name = now.Name
-				m[gid] = e
-			default:
-				return false
+			if e, ok := m[gid]; !ok || e != since || now.IsMember(u) {
+				return false // the fan-out's, or still a member
 			}
+			delete(m, gid)
 			return true
 		})
 		return err
@@ -299,7 +319,8 @@ func (s *Service) fillMembershipsUntilDone() {
 }
 
 // list answers contract.GroupList: the actor's groups homed here
-// (GROUP_INFO) and, in a regions deployment, elsewhere (GROUP_DIR), by id.
+// (GROUP_INFO) and, in a regions deployment, elsewhere (GROUP_DIR), by
+// id, the first MaxListedGroups, with their names.
 func (s *Service) list(ctx context.Context, req contract.GroupRequest) (contract.GroupListReply, error) {
 	switch {
 	case !protocol.ValidID(req.Actor) || !protocol.ValidID(req.Device):
@@ -312,10 +333,17 @@ func (s *Service) list(ctx context.Context, req contract.GroupRequest) (contract
 		buckets = append(buckets, contract.GroupDirKV)
 	}
 	all := map[string]contract.Membership{}
+	// A deployment that became one of several regions filled its users'
+	// keys in again under its region's name: the single region's are
+	// left as they were, so no longer read.
+	single := contract.MembershipsKey(req.Actor, "")
 	for _, b := range buckets {
-		err := s.lastOf(ctx, "KV_"+b, contract.KVSubject(b, contract.MembershipsFilter(req.Actor)), func(m *nats.Msg) error {
+		err := s.lastOf(ctx, "KV_"+b, []string{contract.KVSubject(b, contract.MembershipsFilter(req.Actor))}, func(m *nats.Msg) error {
 			if len(m.Data) == 0 {
 				return nil // a delete
+			}
+			if s.regions != nil && m.Header.Get("Nats-Subject") == contract.KVSubject(b, single) {
+				return nil
 			}
 			var ms contract.Memberships
 			if err := json.Unmarshal(m.Data, &ms); err != nil {
@@ -332,18 +360,43 @@ func (s *Service) list(ctx context.Context, req contract.GroupRequest) (contract
 			return contract.GroupListReply{}, err
 		}
 	}
-	out := contract.GroupListReply{Groups: make([]contract.GroupListEntry, 0, len(all))}
-	for gid, e := range all {
-		out.Groups = append(out.Groups, contract.GroupListEntry{Group: gid, Name: e.Name, Since: e.Since})
+	gids := make([]string, 0, len(all))
+	for gid := range all {
+		gids = append(gids, gid)
 	}
-	slices.SortFunc(out.Groups, func(a, b contract.GroupListEntry) int { return strings.Compare(a.Group, b.Group) })
+	slices.Sort(gids)
+	gids = gids[:min(len(gids), contract.MaxListedGroups)]
+	names := map[string]string{}
+	for _, b := range buckets {
+		subjects := make([]string, len(gids))
+		for i, gid := range gids {
+			subjects[i] = contract.KVSubject(b, contract.GroupNameKey(gid))
+		}
+		prefix := contract.KVSubject(b, contract.GroupNameKey(""))
+		err := s.lastOf(ctx, "KV_"+b, subjects, func(m *nats.Msg) error {
+			if gid := strings.TrimPrefix(m.Header.Get("Nats-Subject"), prefix); len(m.Data) > 0 {
+				names[gid] = string(m.Data)
+			}
+			return nil
+		})
+		if err != nil {
+			return contract.GroupListReply{}, err
+		}
+	}
+	out := contract.GroupListReply{Groups: make([]contract.GroupListEntry, 0, len(gids))}
+	for _, gid := range gids {
+		out.Groups = append(out.Groups, contract.GroupListEntry{Group: gid, Name: names[gid], Since: all[gid].Since})
+	}
 	return out, nil
 }
 
-// lastOf passes each key's last message among those filter matches in
-// stream to each: one batched direct get (multi_last), answered by any
-// replica.
-func (s *Service) lastOf(ctx context.Context, stream, filter string, each func(*nats.Msg) error) error {
+// lastOf passes the last message of each key subjects match in stream
+// (at most 1,024 keys: the server's bound) to each: one batched direct
+// get (multi_last), answered by any replica.
+func (s *Service) lastOf(ctx context.Context, stream string, subjects []string, each func(*nats.Msg) error) error {
+	if len(subjects) == 0 {
+		return nil
+	}
 	sub, err := s.nc.SubscribeSync(s.nc.NewInbox())
 	if err != nil {
 		return err
@@ -352,7 +405,7 @@ func (s *Service) lastOf(ctx context.Context, stream, filter string, each func(*
 	body, _ := json.Marshal(struct {
 		MultiLast []string `json:"multi_last"`
 		Batch     int      `json:"batch"`
-	}{[]string{filter}, 1024})
+	}{subjects, contract.MaxListedGroups + 1})
 	if err := s.nc.PublishRequest(contract.DirectGetSubject(stream), sub.Subject, body); err != nil {
 		return err
 	}

@@ -125,7 +125,7 @@ func TestListFilledInForGroupsFromBefore(t *testing.T) {
 		t.Fatal(err)
 	}
 	tk.WaitFor(t, 30*time.Second, func() error {
-		_, err := kv.Get(context.Background(), contract.MembershipsBuilt)
+		_, err := kv.Get(context.Background(), contract.MembershipsBuilt(""))
 		return err
 	})
 	want := map[string][]string{
@@ -152,5 +152,41 @@ func TestListFilledInForGroupsFromBefore(t *testing.T) {
 	}
 	if _, err := kv.Get(context.Background(), contract.MembershipsKey("alice", "")); !errors.Is(err, jetstream.ErrKeyDeleted) && !errors.Is(err, jetstream.ErrKeyNotFound) {
 		t.Fatalf("alice's key: %v", err)
+	}
+}
+
+// A user in MaxMemberships groups is listed in no more: anyone can add
+// anyone to a group, and the user's key must stay a message's size. The
+// join is left out, counted, and the fan-out goes on: the change's
+// system message reaches the user.
+func TestListOfAUserInTooManyGroups(t *testing.T) {
+	e := newEnv(t)
+	cfg := groups.DefaultConfig()
+	cfg.MaxMemberships = 2
+	s := e.instance(t, cfg)
+	var want []string
+	for i, gid := range []string{"g1", "g2", "g3"} {
+		g := e.must(t, contract.GroupCreate, named("mallory", gid, "G", "bob"))
+		e.settled(t, gid, g.Seq)
+		if i < 2 {
+			want = append(want, fmt.Sprintf("%s:G:%d", gid, g.Seq))
+		}
+	}
+	if got := inboxSays(t, e, "bob"); len(got) != 3 {
+		t.Fatalf("bob's inbox %q: want the three creates, the third too", got)
+	}
+	if got := e.list(t, "bob"); !slices.Equal(got, want) {
+		t.Fatalf("bob's groups %q, want the first two %q", got, want)
+	}
+	if n := s.Stats().Unlisted; n != 2 {
+		t.Fatalf("%d joins unlisted, want bob's and mallory's in g3", n)
+	}
+	// Leaving one makes room again.
+	left := e.must(t, contract.GroupLeave, req("bob", "g1"))
+	e.settled(t, "g1", left.Seq)
+	g4 := e.must(t, contract.GroupCreate, named("mallory", "g4", "G", "bob"))
+	e.settled(t, "g4", g4.Seq)
+	if got := e.list(t, "bob"); len(got) != 2 || got[1] != fmt.Sprintf("g4:G:%d", g4.Seq) {
+		t.Fatalf("after leaving g1: bob's groups %q, want g2 and g4", got)
 	}
 }

@@ -223,16 +223,16 @@ func For(r Role) Rules {
 			kvStream(contract.HomesKV), kvStream(contract.GroupDirKV)}
 		return Rules{
 			Publish: join(
-				// Records, and each user's groups (m.<user>.<region>).
-				[]string{groupEvents, contract.InboxPrefix + "*", kvSubject(contract.GroupInfoKV) + "*", kvSubject(contract.GroupInfoKV) + "m.>", contract.DLQPrefix + string(r) + ".>",
+				// Records, each user's groups (m.<user>.<region>, and the
+				// mark that they were filled in) and each group's name.
+				[]string{groupEvents, contract.InboxPrefix + "*", kvSubject(contract.GroupInfoKV) + "*", kvSubject(contract.GroupInfoKV) + "m.*.*",
+					kvSubject(contract.GroupInfoKV) + "m=built.*", kvSubject(contract.GroupInfoKV) + "n.*", contract.DLQPrefix + string(r) + ".>",
 					contract.OutboxPrefix + "*.*", contract.GroupsForwardSubject("*", "*"),
 					// A message from a non-member, out of the log.
 					"$JS.API.STREAM.MSG.DELETE." + contract.GroupsStream},
 				cons,
 				streamInfo(append([]string{contract.DLQ}, read...)...),
 				reads(read...),
-				// Listing the records once, to fill in users' groups.
-				watch(kvStream(contract.GroupInfoKV)),
 				// Answers to gateways, the operator, and other regions'
 				// groups functions.
 				calls(Gateway), answers(Operator), []string{contract.GroupsForwardReply("*") + ">"},
