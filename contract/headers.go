@@ -19,6 +19,10 @@ const (
 	// only HdrSeqTo: everything up to it).
 	HdrSeqFrom = "Sb-Seq-From"
 	HdrSeqTo   = "Sb-Seq-To"
+	// HdrExpectLastMsgID makes a store conditional on the stream's last
+	// message's Nats-Msg-Id; the store answers a duplicate before it
+	// checks it.
+	HdrExpectLastMsgID = "Nats-Expected-Last-Msg-Id"
 
 	KindMsg     = "msg"
 	KindReceipt = "receipt"

@@ -612,3 +612,31 @@ func TestGroupSendsWaitForTheBucket(t *testing.T) {
 		t.Fatalf("got %+v, want sent for g1", *f)
 	}
 }
+
+// A resend of a group send stored before (its answer lost), made after
+// its sender was removed, is answered as stored, with its seq, not
+// refused not_member: the app must not show as failed a message the
+// members got. What was never stored is refused as before, and asking
+// the store stores nothing.
+func TestResendOfAStoredGroupSendAfterRemoval(t *testing.T) {
+	n := tk.StartNATS(t)
+	g := tk.StartGateway(t, n, tk.TestConfig())
+	putGroup(t, n, "friends", "alice", "bob")
+	st := groupsStream(t, n)
+	alice := connectRaw(t, g, "alice", "phone")
+	alice.write(string(protocol.AppendGroupSend(nil, "g1", "friends", tk.Body("hi all"))))
+	f := alice.next()
+	if f.Type != protocol.TypeSent || f.ID != "g1" || f.Seq == 0 || f.Dup {
+		t.Fatalf("got %+v, want sent for g1", *f)
+	}
+	putGroup(t, n, "friends", "bob") // alice removed
+	alice.write(string(protocol.AppendGroupSend(nil, "g1", "friends", tk.Body("hi all"))))
+	if again := alice.next(); again.Type != protocol.TypeSent || again.ID != "g1" || again.Seq != f.Seq || !again.Dup {
+		t.Fatalf("resend after removal: %+v, want sent dup at %d", *again, f.Seq)
+	}
+	alice.write(string(protocol.AppendGroupSend(nil, "g2", "friends", tk.Body("still here?"))))
+	alice.expectError(protocol.ErrNotMember, "g2", 0)
+	if got := storedCount(t, st); got != 1 {
+		t.Fatalf("GROUPS holds %d messages, want g1 only", got)
+	}
+}

@@ -271,7 +271,7 @@ func (q *pubQueue) startSendLocked(it *pubItem, now time.Time) {
 // granted takes the outcome of a media send's grant, or of a group
 // send's check: the message is published (with its media reference, if
 // ref is not nil), or refused with code.
-func (q *pubQueue) granted(it *pubItem, ref []byte, code protocol.ErrorCode, message string) {
+func (q *pubQueue) granted(it *pubItem, ref []byte, code protocol.ErrorCode, message string, storedAt uint64) {
 	q.mu.Lock()
 	defer q.mu.Unlock()
 	now := q.clock()
@@ -279,6 +279,13 @@ func (q *pubQueue) granted(it *pubItem, ref []byte, code protocol.ErrorCode, mes
 		return // given up or dropped meanwhile
 	}
 	it.media = nil
+	if code != "" && storedAt != 0 {
+		// Refused now, but a resend of a send stored before: answered
+		// as stored (session.storedAlready).
+		it.state = pubInFlight
+		q.storedLocked(it, pubAck{seq: storedAt, dup: true}, now)
+		return
+	}
 	if code != "" {
 		q.refuseLocked(it, code, message, now)
 		return

@@ -324,7 +324,7 @@ func TestPubQueueGrantsBeforeMedia(t *testing.T) {
 	if len(env.grants) != 1 || len(env.publishes) != 0 {
 		t.Fatalf("%d grants, %d publishes: want p1's grant only", len(env.grants), len(env.publishes))
 	}
-	q.granted(p1, []byte(`{"key":"u/alice/x"}`), "", "")
+	q.granted(p1, []byte(`{"key":"u/alice/x"}`), "", "", 0)
 	if got := env.last(); got.id != "p1" || got.msg.Header.Get(contract.HdrMedia) != `{"key":"u/alice/x"}` {
 		t.Fatalf("published %s with media %q", got.id, got.msg.Header.Get(contract.HdrMedia))
 	}
@@ -332,7 +332,7 @@ func TestPubQueueGrantsBeforeMedia(t *testing.T) {
 	if len(env.grants) != 2 {
 		t.Fatalf("%d grants, want p2's next", len(env.grants))
 	}
-	q.granted(p2, nil, protocol.ErrBadMedia, "not uploaded")
+	q.granted(p2, nil, protocol.ErrBadMedia, "not uploaded", 0)
 	expectStrings(t, "published", env.ids(), []string{"p1", "s3"})
 	expectStrings(t, "answers", env.answers(), []string{"sent:p1:1", "bad_media:p2"})
 }
@@ -355,7 +355,7 @@ func TestPubQueueChecksGroupSendsInOrder(t *testing.T) {
 	if len(env.grants) != 1 || len(env.publishes) != 0 {
 		t.Fatalf("%d checks, %d publishes: want g1's check only", len(env.grants), len(env.publishes))
 	}
-	q.granted(g1, nil, "", "")
+	q.granted(g1, nil, "", "", 0)
 	if got := env.last(); got.id != "g1" || got.msg.Header.Get(contract.HdrMedia) != "" {
 		t.Fatalf("published %s with media %q", got.id, got.msg.Header.Get(contract.HdrMedia))
 	}
@@ -368,7 +368,7 @@ func TestPubQueueChecksGroupSendsInOrder(t *testing.T) {
 	if len(env.grants) != 2 || env.grants[1] != g2 {
 		t.Fatalf("%d checks, want g2's next", len(env.grants))
 	}
-	q.granted(g2, nil, protocol.ErrNotMember, "not a member")
+	q.granted(g2, nil, protocol.ErrNotMember, "not a member", 0)
 	expectStrings(t, "published", env.ids(), []string{"g1", "g1", "s2", "s4"})
 	expectStrings(t, "answers", env.answers(), []string{"sent:g1:7", "sent:s2:8", "not_member:g2"})
 }
@@ -384,7 +384,7 @@ func TestPubQueueHoldsTheSendsBehindARetryableRefusal(t *testing.T) {
 	g1.group = "friends"
 	q.put(t, g1, now)
 	q.put(t, sendItem("s2"), now)
-	q.granted(g1, nil, protocol.ErrUnavailable, "groups are unavailable; resend")
+	q.granted(g1, nil, protocol.ErrUnavailable, "groups are unavailable; resend", 0)
 	expectStrings(t, "answers", env.answers(), []string{"unavailable:g1", "store_failed:s2"})
 	expectStrings(t, "published", env.ids(), nil)
 	if q.owed() != 0 || len(q.slots) != 0 {
@@ -484,7 +484,7 @@ func TestPubQueueHoldsLaterArrivalsUntilTheResend(t *testing.T) {
 	g1 := sendItem("g1")
 	g1.group = "friends"
 	q.put(t, g1, now)
-	q.granted(g1, nil, protocol.ErrUnavailable, "groups are unavailable; resend")
+	q.granted(g1, nil, protocol.ErrUnavailable, "groups are unavailable; resend", 0)
 	q.put(t, sendItem("s2"), now)
 	q.put(t, sendItem("s3"), now)
 	expectStrings(t, "answers", env.answers(), []string{"unavailable:g1", "store_failed:s2", "store_failed:s3"})
@@ -496,7 +496,7 @@ func TestPubQueueHoldsLaterArrivalsUntilTheResend(t *testing.T) {
 	g1 = sendItem("g1")
 	g1.group = "friends"
 	q.put(t, g1, now)
-	q.granted(g1, nil, "", "")
+	q.granted(g1, nil, "", "", 0)
 	q.put(t, sendItem("s2"), now)
 	q.onReply(g1.n, g1.attempt, ackMsg(7, false))
 	expectStrings(t, "published", env.ids(), []string{"g1", "s2"})
@@ -561,14 +561,14 @@ func TestPubQueueHoldFollowsTheOldestRefused(t *testing.T) {
 	q.put(t, g1, now)
 	q.hold("s2")                  // rate_limited on arrival
 	q.put(t, sendItem("s3"), now) // on the wire: refused by the hold
-	q.granted(g1, nil, protocol.ErrUnavailable, "groups are unavailable; resend")
+	q.granted(g1, nil, protocol.ErrUnavailable, "groups are unavailable; resend", 0)
 	q.put(t, sendItem("s3"), now)
 	expectStrings(t, "published", env.ids(), nil)
 	expectStrings(t, "answers", env.answers(), []string{"store_failed:s3", "unavailable:g1", "store_failed:s3"})
 	g1 = sendItem("g1")
 	g1.group = "friends"
 	q.put(t, g1, now)
-	q.granted(g1, nil, "", "")
+	q.granted(g1, nil, "", "", 0)
 	expectStrings(t, "published", env.ids(), []string{"g1"})
 }
 

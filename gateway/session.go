@@ -650,19 +650,60 @@ func (s *session) publish(m *nats.Msg, n, a uint64) error {
 }
 
 func (s *session) grant(it *pubItem) {
+	m := it.msg
 	if it.media == nil {
-		gid, m := it.group, it.msg
+		gid := it.group
 		go func() {
 			code, message := s.checkGroupSend(gid, m)
-			s.pubs.granted(it, nil, code, message)
+			s.pubs.granted(it, nil, code, message, s.storedAlready(code, m))
 		}()
 		return
 	}
 	media, to := *it.media, it.to
 	go func() {
 		ref, code, message := s.grantMedia(media, to)
-		s.pubs.granted(it, ref, code, message)
+		s.pubs.granted(it, ref, code, message, s.storedAlready(code, m))
 	}()
+}
+
+// neverAMsgID is a Nats-Msg-Id no message is stored under (the dedup ids
+// have a kind and a colon): expected as the stream's last, it makes a
+// store refuse whatever its duplicate check lets through.
+const neverAMsgID = "-"
+
+// storedAlready tells whether send m, refused by a check (code) that no
+// longer lets it through, was stored before, and under which seq (0: it
+// was not, or the code is not such a refusal): a resend of a send stored
+// whose answer was lost (a dropped connection), made after its sender
+// was removed from the group, or after its media's grant changed. Such a
+// resend is answered "sent" with the seq it has, not refused, as a
+// resend of a send stored is anywhere else: the app must not show as
+// failed a message its recipients got. The store is asked with the send
+// itself under its dedup id, expecting a last message id no message has:
+// it answers a duplicate before it checks that, and refuses anything
+// else unstored. Within the store's duplicate window (2 minutes), as any
+// resend's answer.
+func (s *session) storedAlready(code protocol.ErrorCode, m *nats.Msg) uint64 {
+	switch code {
+	case protocol.ErrNotMember, protocol.ErrUnknownGroup, protocol.ErrBadMedia:
+	default:
+		return 0
+	}
+	h := nats.Header{}
+	for k, v := range m.Header {
+		h[k] = v
+	}
+	h.Set(contract.HdrExpectLastMsgID, neverAMsgID)
+	ctx, cancel := context.WithTimeout(context.Background(), s.srv.cfg.FunctionTimeout)
+	defer cancel()
+	ack, err := s.srv.js.PublishMsg(ctx, &nats.Msg{Subject: m.Subject, Header: h})
+	switch {
+	case err == nil && ack.Duplicate:
+		return ack.Sequence
+	case err == nil:
+		s.log.Error("a probe for a stored send was stored", "subject", m.Subject, "seq", ack.Sequence)
+	}
+	return 0
 }
 
 func (s *session) checkOwn(it *pubItem, seq uint64) (other, known bool) {
