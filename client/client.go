@@ -269,7 +269,11 @@ type Client struct {
 	// down is closed by the next connect; nil while connected.
 	down chan struct{}
 
-	writeMu sync.Mutex // one writer at a time on conn
+	// settingsTurn holds a token while a Settings call asks: one change
+	// at a time. settingsAsked is the id of the last one asked (mu).
+	settingsTurn  chan struct{}
+	settingsAsked string
+	writeMu       sync.Mutex // one writer at a time on conn
 	// closeSent is the connection whose close frame this client wrote
 	// (its own, or its answer to the server's); guarded by writeMu. The
 	// frames written on the socket itself (writeRaw) go around the
@@ -328,6 +332,8 @@ func dialWith(ctx context.Context, opts Options, h hooks) (*Client, error) {
 		seenMsg:    newLRU(100000),
 		acked:      newLRU(100000),
 		readsOut:   newLRU(maxUnsentReads),
+
+		settingsTurn: make(chan struct{}, 1),
 	}
 	if err := c.restore(); err != nil {
 		return nil, err

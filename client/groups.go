@@ -110,14 +110,10 @@ func (c *Client) Groups(ctx context.Context) ([]GroupEntry, error) {
 	return r.list, r.err
 }
 
-// request asks frame f (a group or settings frame; its id set here)
-// until it is answered, as GroupOp says.
-func (c *Client) request(ctx context.Context, f protocol.Frame) (groupResult, error) {
-	// Stop asking when the client closes, even while waiting to ask again.
-	ctx, cancel := context.WithCancel(ctx)
-	defer cancel()
-	defer context.AfterFunc(c.ctx, cancel)()
+// requestID is a new request id of this client's.
+func (c *Client) requestID() string {
 	c.mu.Lock()
+	defer c.mu.Unlock()
 	if c.groupWait == nil {
 		c.groupWait = map[string]chan groupResult{}
 		var b [6]byte
@@ -125,8 +121,19 @@ func (c *Client) request(ctx context.Context, f protocol.Frame) (groupResult, er
 		c.groupPrefix = "q" + hex.EncodeToString(b[:]) + "-"
 	}
 	c.groupNext++
-	f.ID = c.groupPrefix + strconv.FormatUint(c.groupNext, 10)
-	c.mu.Unlock()
+	return c.groupPrefix + strconv.FormatUint(c.groupNext, 10)
+}
+
+// request asks frame f (a group or settings frame; its id set here
+// unless it has one) until it is answered, as GroupOp says.
+func (c *Client) request(ctx context.Context, f protocol.Frame) (groupResult, error) {
+	// Stop asking when the client closes, even while waiting to ask again.
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	defer context.AfterFunc(c.ctx, cancel)()
+	if f.ID == "" {
+		f.ID = c.requestID()
+	}
 	id := f.ID
 	b, _ := json.Marshal(f)
 	// ended is why asking stopped: the client's close, else err (ctx's).

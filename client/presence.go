@@ -178,7 +178,22 @@ func (c *Client) Settings(ctx context.Context, change SettingsChange) (Settings,
 			}
 		}
 	}
-	r, err := c.request(ctx, protocol.Frame{Type: protocol.TypeSettings, ReadReceipts: change.ReadReceipts,
+	// One change at a time, in the order of the calls: one asked again
+	// (refused for now, its connection lost) must not land after a later
+	// one. A call that gives up while waiting its turn leaves the queue.
+	select {
+	case c.settingsTurn <- struct{}{}:
+	case <-ctx.Done():
+		return Settings{}, ctx.Err()
+	case <-c.ctx.Done():
+		return Settings{}, c.closedErr()
+	}
+	defer func() { <-c.settingsTurn }()
+	id := c.requestID()
+	c.mu.Lock()
+	c.settingsAsked = id
+	c.mu.Unlock()
+	r, err := c.request(ctx, protocol.Frame{Type: protocol.TypeSettings, ID: id, ReadReceipts: change.ReadReceipts,
 		LastSeenPrivacy: change.LastSeenPrivacy, Contacts: change.Contacts})
 	if err != nil {
 		return Settings{}, err
@@ -452,7 +467,15 @@ func (c *Client) onSettings(f *protocol.Frame) {
 	if f.Contacts != nil {
 		s.Contacts = *f.Contacts
 	}
-	if f.ID != "" {
-		c.resolveGroup(f.ID, groupResult{settings: s})
+	id := f.ID
+	if id == "" {
+		// A gateway from before settings frames had ids answers without
+		// one: the change asked (one at a time) is the one it answers.
+		c.mu.Lock()
+		id = c.settingsAsked
+		c.mu.Unlock()
+	}
+	if id != "" {
+		c.resolveGroup(id, groupResult{settings: s})
 	}
 }

@@ -110,3 +110,33 @@ func TestSettingsAskedAgainOnTheNextConnection(t *testing.T) {
 		t.Fatal(err)
 	}
 }
+
+// Settings changes go one at a time, in the order of the calls: one
+// asked again (refused for now) is stored before a later one is written,
+// so it never undoes it. A gateway that answers without the id (from
+// before settings frames had ids) answers the one change asked.
+func TestSettingsChangesInTheOrderOfTheCalls(t *testing.T) {
+	s := newScript(t)
+	w := newWaiter(false)
+	c, sc, _ := s.dialConnectedWith(t, Options{}, w)
+	first := settingsCall(c, context.Background(), SettingsChange{LastSeenPrivacy: protocol.PrivacyNobody})
+	f := sc.next(t)
+	second := settingsCall(c, context.Background(), SettingsChange{LastSeenPrivacy: protocol.PrivacyEveryone})
+	sc.write(protocol.EncodeError(protocol.ErrRateLimited, "too many frames", f.ID, 0, 50))
+	w.next(t).end()
+	if again := sc.next(t); again.ID != f.ID || again.LastSeenPrivacy != protocol.PrivacyNobody {
+		t.Fatalf("next frame %+v, want the first change again before the second", again)
+	}
+	sc.write(protocol.EncodeSettings("", true, protocol.PrivacyNobody, nil)) // an older gateway's answer
+	if err := ended(t, first); err != nil {
+		t.Fatal(err)
+	}
+	if next := sc.next(t); next.Type != protocol.TypeSettings || next.LastSeenPrivacy != protocol.PrivacyEveryone {
+		t.Fatalf("next frame %+v, want the second change", next)
+	} else {
+		sc.write(protocol.EncodeSettings(next.ID, true, protocol.PrivacyEveryone, nil))
+	}
+	if err := ended(t, second); err != nil {
+		t.Fatal(err)
+	}
+}

@@ -624,6 +624,8 @@ export class Client {
   #statusWait = new Map();
   #retryTimers = new Set(); // waits before writing a refused read or status again
   #groupWait = new Map(); // request id (a group operation's, a settings change's) -> {resolve, reject}
+  #settingsChain = Promise.resolve(); // settings changes, one at a time
+  #settingsAsked = ''; // the id of the last settings change asked
   #wake = null; // ends the current reconnect wait early
   #onOnline = () => this.#wake?.();
   #stats = { connects: 0, duplicatesDropped: 0 };
@@ -1019,8 +1021,11 @@ export class Client {
         this.#emit('presence', { user: f.user, online: !!f.online, lastSeen: f.last_seen ?? 0, hidden: !!f.hidden });
         break;
       case 'settings': {
-        const w = this.#groupWait.get(f.id);
-        this.#groupWait.delete(f.id);
+        // A gateway from before settings frames had ids answers without
+        // one: the change asked (one at a time) is the one it answers.
+        const id = f.id ?? this.#settingsAsked;
+        const w = this.#groupWait.get(id);
+        this.#groupWait.delete(id);
         w?.resolve({ readReceipts: !!f.read_receipts, lastSeenPrivacy: f.last_seen_privacy ?? '', contacts: f.contacts ?? [] });
         break;
       }
@@ -1441,7 +1446,7 @@ export class Client {
   // after a lost connection or a retryable refusal, and rejects with a
   // ServerError on any other refusal, or once timeout ms have passed.
   async #ask(f, timeout) {
-    const id = 'q' + newId();
+    const id = f.id ?? 'q' + newId();
     f.id = id;
     // Written, a frame past the gateway's max_frame would close the
     // connection (1009) and go again on every new one.
@@ -1524,15 +1529,24 @@ export class Client {
   /**
    * settings changes this user's settings ({readReceipts, lastSeenPrivacy,
    * contacts}: what is left out stays; {} just reads them) and resolves
-   * with all of them. Asked like group()'s operations, under an id its
-   * answer and refusals carry (a change asked twice stores the same).
+   * with all of them. Calls take turns; each is asked like group()'s
+   * operations, under an id its answer and refusals carry.
    */
   settings(change = {}, { timeout = 10000 } = {}) {
-    const f = { type: 'settings' };
+    const f = { type: 'settings', id: 'q' + newId() };
     if (change.readReceipts !== undefined) f.read_receipts = !!change.readReceipts;
     if (change.lastSeenPrivacy) f.last_seen_privacy = change.lastSeenPrivacy;
     if (change.contacts) f.contacts = change.contacts;
-    return this.#ask(f, timeout);
+    // One change at a time, in the order of the calls: one asked again
+    // (refused for now, its connection lost) must not land after a later
+    // one.
+    const run = () => {
+      this.#settingsAsked = f.id;
+      return this.#ask(f, timeout);
+    };
+    const p = this.#settingsChain.then(run, run);
+    this.#settingsChain = p.catch(() => {});
+    return p;
   }
 
   /**
