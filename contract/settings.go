@@ -35,6 +35,11 @@ type Settings struct {
 	// means nothing else: a user being in your contacts gives you no rights
 	// over theirs.
 	Contacts []string `json:"contacts,omitempty"`
+	// Applied is, per device, the request id of the last change the
+	// device asked that was applied: the same change asked again (its
+	// answer lost) is answered, not applied again over a change made
+	// since.
+	Applied map[string]string `json:"applied,omitempty"`
 }
 
 // DefaultSettings are those of a user who never set any.

@@ -221,6 +221,15 @@ func (s *session) settings(f *protocol.Frame) {
 		set, _, err = contract.LoadSettings(ctx, s.srv.settingsKV, s.id.User)
 	} else {
 		set, err = contract.UpdateSettings(ctx, s.srv.settingsKV, s.id.User, func(set *contract.Settings) error {
+			if f.ID != "" {
+				if set.Applied[s.id.Device] == f.ID {
+					return errRepeat // applied before: answered as it is now
+				}
+				if set.Applied == nil {
+					set.Applied = map[string]string{}
+				}
+				set.Applied[s.id.Device] = f.ID
+			}
 			if f.ReadReceipts != nil {
 				set.ReadReceipts = *f.ReadReceipts
 			}
@@ -232,6 +241,9 @@ func (s *session) settings(f *protocol.Frame) {
 			}
 			return set.Validate(protocol.ValidID)
 		})
+	}
+	if errors.Is(err, errRepeat) {
+		set, _, err = contract.LoadSettings(ctx, s.srv.settingsKV, s.id.User)
 	}
 	if err != nil {
 		s.sendError(protocol.ErrStoreFailed, "settings were not stored; resend", f.ID, 0, 0)
@@ -253,6 +265,9 @@ func (s *session) settings(f *protocol.Frame) {
 		}()
 	}
 }
+
+// errRepeat ends a settings change asked again after it was applied.
+var errRepeat = errors.New("gateway: settings change applied before")
 
 func dedupe(users []string) []string {
 	seen := make(map[string]bool, len(users))

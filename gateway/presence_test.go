@@ -752,3 +752,29 @@ func TestPresenceSubAgainAnswersTheCurrentState(t *testing.T) {
 		got[f.User] = true
 	}
 }
+
+// A settings change asked again under its id after it was applied (its
+// answer lost) is answered with the settings as they are, not applied
+// again over a change made since, here from another device.
+func TestSettingsChangeAskedAgainIsNotAppliedAgain(t *testing.T) {
+	n := tk.StartNATS(t)
+	g := tk.StartGateway(t, n, tk.TestConfig())
+	phone := connectRaw(t, g, "alice", "phone")
+	laptop := connectRaw(t, g, "alice", "laptop")
+	phone.write(`{"type":"settings","id":"q-7","read_receipts":false}`)
+	if f := nextOfType(phone, protocol.TypeSettings); f.ID != "q-7" || f.ReadReceipts == nil || *f.ReadReceipts {
+		t.Fatalf("the phone's change: %+v", f)
+	}
+	laptop.write(`{"type":"settings","id":"q-7","read_receipts":true}`) // the same id from another device is another change
+	if f := nextOfType(laptop, protocol.TypeSettings); f.ID != "q-7" || f.ReadReceipts == nil || !*f.ReadReceipts {
+		t.Fatalf("the laptop's change: %+v", f)
+	}
+	phone.write(`{"type":"settings","id":"q-7","read_receipts":false}`)
+	if f := nextOfType(phone, protocol.TypeSettings); f.ID != "q-7" || f.ReadReceipts == nil || !*f.ReadReceipts {
+		t.Fatalf("the phone's change asked again: %+v, want the laptop's later change kept", f)
+	}
+	phone.write(`{"type":"settings","id":"q-8","read_receipts":false}`)
+	if f := nextOfType(phone, protocol.TypeSettings); f.ID != "q-8" || f.ReadReceipts == nil || *f.ReadReceipts {
+		t.Fatalf("a new change: %+v", f)
+	}
+}
