@@ -32,3 +32,28 @@ func DirectAnswer(m *nats.Msg) (seq uint64, end, more bool, err error) {
 	}
 	return seq, false, false, nil
 }
+
+// ErrBatchGap is a batched direct get whose answers came with one
+// missing: each answer, and the end of the batch, names the sequence of
+// the answer before it (Nats-Last-Sequence, 0 for the first), and one
+// named was not received (dropped on the way: a slow subscription).
+var ErrBatchGap = errors.New("direct get: an answer of the batch was lost on the way")
+
+// DirectBatchChain checks that answer m of a batch, or its end, follows
+// the answer received before it, at sequence prev (0: none yet). A 404
+// ends a batch with nothing to name.
+func DirectBatchChain(m *nats.Msg, prev uint64) error {
+	if m.Header.Get("Status") == "404" {
+		return nil
+	}
+	// The server appends it to the stored headers: the last one is its.
+	vals := m.Header.Values(HdrLastSeq)
+	if len(vals) == 0 {
+		return ErrBatchGap
+	}
+	named, err := strconv.ParseUint(vals[len(vals)-1], 10, 64)
+	if err != nil || named != prev {
+		return ErrBatchGap
+	}
+	return nil
+}

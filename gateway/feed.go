@@ -98,12 +98,16 @@ type feed struct {
 	behinds   uint64 // how many times behind was set: a read of the stream it cut short is told by this
 	stopping  bool   // delivery was stopped on purpose
 	liveQ     []*nats.Msg
-	wake      bool          // a read of the stream is asked for
-	running   bool          // the runner is running
-	started   bool          // the runner may start: the welcome went out
-	ended     bool          // done is closed
-	quit      chan struct{} // closed when delivery stops
-	done      chan struct{} // closed once the runner has returned for good, or never ran
+	wake      bool // a read of the stream is asked for
+	// letGo is the highest sequence of a live copy let go (past
+	// liveBuffer, or behind): the read that follows reads through it,
+	// asking again a replica that answers from before it.
+	letGo   uint64
+	running bool          // the runner is running
+	started bool          // the runner may start: the welcome went out
+	ended   bool          // done is closed
+	quit    chan struct{} // closed when delivery stops
+	done    chan struct{} // closed once the runner has returned for good, or never ran
 	// caughtUp: the device's backlog from its cursor has been delivered
 	// once. Until then a read past last may be of a message the device had
 	// on its last connection and gets again in this one: readWait holds
@@ -186,6 +190,9 @@ func (f *feed) onLive(m *nats.Msg) {
 			f.s.srv.metrics.catchUps.WithLabelValues(reasonOverflow).Inc()
 		}
 		f.wake = true
+		if seq, err := strconv.ParseUint(m.Header.Get(contract.HdrSequence), 10, 64); err == nil {
+			f.letGo = max(f.letGo, seq)
+		}
 	} else {
 		f.liveQ = append(f.liveQ, m)
 	}
@@ -330,6 +337,9 @@ func (f *feed) live(m *nats.Msg) {
 		f.fallBehindLocked()
 	}
 	behind := f.behind
+	if behind && seq > last {
+		f.letGo = max(f.letGo, seq)
+	}
 	f.mu.Unlock()
 	switch {
 	case seq <= last || behind:
@@ -357,17 +367,23 @@ func (f *feed) live(m *nats.Msg) {
 func (f *feed) catchUp(through uint64) {
 	srv := f.s.srv
 	if through == 0 {
+		// A live copy let go is known stored: read through it, whatever
+		// a replica answers for the newest.
+		f.mu.Lock()
+		letGo := f.letGo
+		f.mu.Unlock()
 		newest, err := f.newestStored()
 		if err == nil {
 			f.mu.Lock()
 			had := f.last
 			f.mu.Unlock()
-			if newest <= had {
+			if max(newest, letGo) <= had {
 				return
 			}
-			through = newest
+			through = max(newest, letGo)
+		} else {
+			through = letGo // on an error the read below tries, and retries, itself
 		}
-		// On an error the read below tries, and retries, itself.
 	}
 	srv.backlog.reading.Add(1)
 	defer srv.backlog.reading.Add(-1)
@@ -773,6 +789,11 @@ func (srv *Server) directGetOn(stream string, req directGet, quit <-chan struct{
 	}
 	timeout := time.NewTimer(catchUpTimeout)
 	defer timeout.Stop()
+	// prev is the batch's answer before this one: each names it, so an
+	// answer lost on the way (the replies subscription past its pending
+	// limit drops one and goes on) is noticed, and the read fails rather
+	// than hand on the one after it, past which the cursor would move.
+	var prev uint64
 	for {
 		var m *nats.Msg
 		select {
@@ -783,11 +804,15 @@ func (srv *Server) directGetOn(stream string, req directGet, quit <-chan struct{
 			return nil, false, nil
 		}
 		seq, last, more, err := contract.DirectAnswer(m)
+		if err == nil && req.Batch > 0 {
+			err = contract.DirectBatchChain(m, prev)
+		}
 		if last || err != nil {
 			return m, more, err
 		}
 		if !each(seq, m) || req.Batch == 0 {
 			return nil, false, nil
 		}
+		prev = seq
 	}
 }

@@ -460,3 +460,54 @@ func TestHeldReadsDueTogetherWaitForACallSlot(t *testing.T) {
 		}
 	}
 }
+
+// laggingStream answers the next last_by_subj as a replica that has not
+// stored the newest message yet.
+type laggingStream struct {
+	*fakeStream
+	mu     sync.Mutex
+	behind uint64
+}
+
+func (ls *laggingStream) directBatch(req directGet, quit <-chan struct{}, each func(uint64, *nats.Msg) bool) (bool, error) {
+	ls.mu.Lock()
+	upTo := ls.behind
+	if req.LastFor != "" {
+		ls.behind = 0
+	}
+	ls.mu.Unlock()
+	if req.LastFor == "" || upTo == 0 {
+		return ls.fakeStream.directBatch(req, quit, each)
+	}
+	ls.fakeStream.mu.Lock()
+	m := ls.fakeStream.msgs[upTo-1]
+	ls.fakeStream.mu.Unlock()
+	each(upTo, m)
+	return false, nil
+}
+
+// A live copy let go while the device holds as many unacked as it may is
+// read back through its own sequence once the device acks: a replica
+// that answers for the newest from before it is asked again, not taken
+// for "nothing new" (which would leave it for the next message or the
+// sweep).
+func TestCopyLetGoWhileBehindSurvivesALaggingReplica(t *testing.T) {
+	fs := &fakeStream{}
+	fs.store("bob", "alice", "a1")
+	fs.store("bob", "alice", "a2")
+	cfg := testConfig()
+	cfg.MaxInflight = 2
+	srv := testServer(t, cfg, fs, &fakeCursors{})
+	ls := &laggingStream{fakeStream: fs}
+	srv.stream = ls
+	s, ft := startedSession(t, srv, "bob", 0)
+	expectSeqs(t, ft, 1, 2)
+	seq := fs.store("bob", "alice", "a3")
+	s.feed.onLive(liveCopy(seq, seq-1, "bob", "alice", "a3")) // let go: behind
+	waitIdle(t, s)
+	ls.mu.Lock()
+	ls.behind = 2 // the replica asked next has not stored 3 yet
+	ls.mu.Unlock()
+	s.feed.settle(1) // half settled: the feed reads again
+	expectSeqs(t, ft, 1, 2, 3)
+}

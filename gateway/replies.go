@@ -45,7 +45,9 @@ func newReplies(nc *nats.Conn) (*replies, error) {
 		return nil, err
 	}
 	// A slow answer is better than a dropped one: a dropped PubAck costs
-	// a publish again (pubAckWait), a dropped read answer a read again.
+	// a publish again (pubAckWait), a dropped read answer a read again
+	// (the end of a batch missing times out; one missing in the middle
+	// breaks the batch's chain of sequences, directGetOn).
 	_ = sub.SetPendingLimits(-1, 64<<20)
 	r.sub = sub
 	return r, nil
