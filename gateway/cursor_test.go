@@ -142,6 +142,33 @@ func TestKickIsAnsweredOnceTheCursorIsStored(t *testing.T) {
 	<-answered
 }
 
+// A session whose connection ended, still storing the device's cursor
+// when a newer session of the device asks, answers once it is stored
+// (the newer one reads it next), not at once because it stopped: the
+// common way a device comes back (its connection dropped, it reconnects).
+func TestKickDuringStopIsAnsweredOnceTheCursorIsStored(t *testing.T) {
+	storing, gate := make(chan uint64, 1), make(chan struct{})
+	fs := &fakeStream{}
+	seq := fs.store("bob", "alice", "a1")
+	fc := &fakeCursors{storing: storing, gate: gate}
+	cfg := testConfig()
+	cfg.KickTimeout = time.Minute // its wait's bound: far beyond the store's
+	srv := testServer(t, cfg, fs, fc)
+	srv.replies = &replies{}
+	s, ft := startedSession(t, srv, "bob", 0)
+	expectSeqs(t, ft, seq)
+	s.feed.settle(seq) // acked, its tick stored: the floor moved
+	go s.stop()        // the connection ended
+	if floor := <-storing; floor != seq {
+		t.Fatalf("storing cursor %d, want %d", floor, seq)
+	}
+	time.AfterFunc(50*time.Millisecond, func() { close(gate) }) // the store takes a while
+	s.onKick(&nats.Msg{Data: []byte(fmt.Sprintf("%d newer", time.Now().Add(time.Hour).UnixNano()))})
+	if _, stored := fc.saves(); !slices.Equal(stored, []uint64{seq}) {
+		t.Fatalf("the kick was answered with the cursors stored %v, want [%d]", stored, seq)
+	}
+}
+
 // A replaced session whose socket's writer hangs (a device gone to another
 // network) reaches stop only after WriteTimeout: the kick's answer must
 // not wait for that, and still comes once the cursor is stored.

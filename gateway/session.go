@@ -264,7 +264,14 @@ func (s *session) onKick(m *nats.Msg) {
 	}
 	select {
 	case <-s.stopped:
-		// Gone already (a drained kick): never stand in a live one's way.
+		// Stopped (its connection ended), perhaps still settling what the
+		// device acked: answered once the cursor is stored, as a live one
+		// is, so the newer session reads that cursor; never standing in
+		// its way longer.
+		select {
+		case <-s.saved:
+		case <-time.After(s.srv.cfg.KickTimeout / 2):
+		}
 		if m.Reply != "" {
 			_ = m.Respond(nil)
 		}
@@ -322,12 +329,14 @@ func (s *session) stop() {
 		s.timer.stop()
 		<-s.feed.finished()
 		close(s.stopped)
-		// Unrouted last: a kick that arrives after this is answered empty
-		// by the router, at once, as this stopped session would.
+		// Settled before it leaves the kick's subject: a newer session of
+		// the device asking meanwhile waits for the cursor (onKick). A
+		// kick that arrives after the unrouting is answered empty by the
+		// router, at once, with the cursor stored.
+		s.settle()
 		for _, subj := range s.routed {
 			s.srv.router.remove(subj, s)
 		}
-		s.settle()
 		s.follows.dropAll()
 		s.lease.goOffline()
 		s.srv.replies.unregister(s.owner)
