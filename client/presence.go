@@ -155,28 +155,17 @@ func (c *Client) resubscribe() {
 }
 
 // Settings changes this user's settings (an empty change just reads them)
-// and returns them as stored. It is asked like GroupOp's operations: under
-// an id of its own, which the answer and a refusal carry, again on the
-// next connection when the answer is lost with this one, and again after
-// a refusal for now (rate_limited, store_failed); a change asked twice
-// stores the same settings. A change the gateway would refuse (an unknown
+// and returns them as stored. Calls take turns, in the order they are
+// made; each is asked like GroupOp's operations: under an id of its own,
+// which the answer and a refusal carry, again on the next connection when
+// the answer is lost with this one, and again after a refusal for now
+// (rate_limited, store_failed); the server applies a change asked again
+// once. A change the gateway would refuse (an unknown
 // LastSeenPrivacy, a contact that is not a valid id, more than
 // protocol.MaxContacts) fails with ErrBadSettings, unwritten.
 func (c *Client) Settings(ctx context.Context, change SettingsChange) (Settings, error) {
-	switch change.LastSeenPrivacy {
-	case "", protocol.PrivacyEveryone, protocol.PrivacyContacts, protocol.PrivacyNobody:
-	default:
+	if code, _ := protocol.CheckSettings(change.LastSeenPrivacy, change.Contacts); code != "" {
 		return Settings{}, ErrBadSettings
-	}
-	if change.Contacts != nil {
-		if len(*change.Contacts) > protocol.MaxContacts {
-			return Settings{}, ErrBadSettings
-		}
-		for _, u := range *change.Contacts {
-			if !protocol.ValidID(u) {
-				return Settings{}, ErrBadSettings
-			}
-		}
 	}
 	// One change at a time, in the order of the calls: one asked again
 	// (refused for now, its connection lost) must not land after a later

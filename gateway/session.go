@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
 	"strconv"
 	"strings"
 	"sync"
@@ -698,10 +699,7 @@ func (s *session) storedAlready(code protocol.ErrorCode, m *nats.Msg) uint64 {
 	default:
 		return 0
 	}
-	h := nats.Header{}
-	for k, v := range m.Header {
-		h[k] = v
-	}
+	h := maps.Clone(m.Header)
 	h.Set(contract.HdrExpectLastMsgID, neverAMsgID)
 	ctx, cancel := context.WithTimeout(context.Background(), s.srv.cfg.FunctionTimeout)
 	defer cancel()

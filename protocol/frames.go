@@ -281,6 +281,28 @@ type GroupEvent struct {
 	Promoted []string `json:"promoted,omitempty"`
 }
 
+// CheckSettings is what a settings frame's change is refused with, if
+// anything: the error code and why ("" when the change may be made). The
+// SDKs check a change with it before they write it.
+func CheckSettings(lastSeenPrivacy string, contacts *[]string) (ErrorCode, string) {
+	switch lastSeenPrivacy {
+	case "", PrivacyEveryone, PrivacyContacts, PrivacyNobody:
+	default:
+		return ErrBadField, "last_seen_privacy must be everyone, contacts or nobody"
+	}
+	if contacts != nil {
+		if len(*contacts) > MaxContacts {
+			return ErrBadField, fmt.Sprintf("contacts may list at most %d users", MaxContacts)
+		}
+		for _, u := range *contacts {
+			if !ValidID(u) {
+				return ErrBadID, fmt.Sprintf("contacts: %v", ErrInvalidID)
+			}
+		}
+	}
+	return "", ""
+}
+
 // ValidGroupName reports whether name may name a group: 1 to MaxGroupName
 // bytes of UTF-8 with no control characters.
 func ValidGroupName(name string) bool {
@@ -481,20 +503,8 @@ func decodeClientJSON(data []byte) (*Frame, error) {
 		if f.ID != "" && !ValidID(f.ID) {
 			return nil, decodeErr(ErrBadID, "", "id: %v", ErrInvalidID)
 		}
-		switch f.LastSeenPrivacy {
-		case "", PrivacyEveryone, PrivacyContacts, PrivacyNobody:
-		default:
-			return nil, decodeErr(ErrBadField, f.ID, "last_seen_privacy must be everyone, contacts or nobody")
-		}
-		if f.Contacts != nil {
-			if len(*f.Contacts) > MaxContacts {
-				return nil, decodeErr(ErrBadField, f.ID, "contacts may list at most %d users", MaxContacts)
-			}
-			for _, u := range *f.Contacts {
-				if !ValidID(u) {
-					return nil, decodeErr(ErrBadID, f.ID, "contacts: %v", ErrInvalidID)
-				}
-			}
+		if code, reason := CheckSettings(f.LastSeenPrivacy, f.Contacts); code != "" {
+			return nil, decodeErr(code, f.ID, "%s", reason)
 		}
 	case TypeGroup:
 		if err := validateGroupFrame(&f); err != nil {
