@@ -84,6 +84,11 @@ func GroupsDurable(p int) string { return "groups-" + partitionToken(p) }
 const (
 	HdrGroup    = "Sb-Group"     // the group's id
 	HdrGroupSeq = "Sb-Group-Seq" // the message's sequence in GROUPS (on copies)
+	// HdrGroupLog, on the copy of a change of a group whose members read
+	// its log, tells the user it is copied to to read the group's log
+	// after that change (its GROUPS sequence): the change that switched
+	// the group to its log, or the one that added the user.
+	HdrGroupLog = "Sb-Group-Log"
 	// HdrTTL is JetStream's per-message TTL: group messages need to stay in
 	// GROUPS only as long as INBOX keeps their copies; membership changes
 	// stay, since they make up the group.
@@ -126,6 +131,10 @@ type GroupRecord struct {
 	// it was created and its log is (contract/regions.go); empty in a
 	// single region.
 	Region string `json:"region,omitempty"`
+	// Log: the group's members read its log rather than get copies
+	// (docs/GROUP-LOG.md), from the first change that set it; it stays
+	// set. Members homed in another region still get copies.
+	Log bool `json:"log,omitempty"`
 }
 
 // GroupMember is one member of a group.

@@ -157,9 +157,17 @@ func (p *partition) apply(m jetstream.Msg, seq uint64) error {
 		case ev.Op == contract.GroupLeave:
 			to = append(to, ev.Actor)
 		}
+		// A group on its log: who starts reading it at this change.
+		var readers map[string]bool
+		if ev.Group.Log {
+			var err error
+			if to, readers, err = p.logCopies(gid, seq, ev, to); err != nil {
+				return err
+			}
+		}
 		body, _ := json.Marshal(ev.systemMessage())
 		h := func(member string) nats.Header {
-			return nats.Header{
+			hdr := nats.Header{
 				contract.HdrMsgID:    {contract.GroupCopyDedupID(gid, seq, member)},
 				contract.HdrKind:     {contract.KindEvent},
 				contract.HdrFrom:     {ev.Actor},
@@ -169,6 +177,10 @@ func (p *partition) apply(m jetstream.Msg, seq uint64) error {
 				contract.HdrGroup:    {gid},
 				contract.HdrGroupSeq: {strconv.FormatUint(seq, 10)},
 			}
+			if readers[member] {
+				hdr.Set(contract.HdrGroupLog, strconv.FormatUint(seq, 10))
+			}
+			return hdr
 		}
 		if err := p.fanOut(m, to, body, h); err != nil {
 			return err
@@ -213,12 +225,16 @@ func (p *partition) apply(m jetstream.Msg, seq uint64) error {
 		// there: they get it whatever.
 		ctx, cancel := context.WithTimeout(s.ctx, s.cfg.Timeout)
 		other, err := s.otherDevice(ctx, from, src.Get(contract.HdrDevice))
+		if err == nil && other {
+			to = append(to, from)
+		}
+		if err == nil && g.g.Log {
+			// Members here read the log, the sender's devices too.
+			to, err = s.elsewhere(ctx, to)
+		}
 		cancel()
 		if err != nil {
 			return err
-		}
-		if other {
-			to = append(to, from)
 		}
 		// A sender homed in another region knows the message by its
 		// sequence in their region's OUTBOX ("sent"), and so must their
@@ -248,6 +264,66 @@ func (p *partition) apply(m jetstream.Msg, seq uint64) error {
 		s.log.Error("not a group subject", "subject", m.Subject())
 		return nil
 	}
+}
+
+// logCopies is who of to (the members after change ev stored at seq, and
+// those it took out) gets a copy of it in a group on its log, and which
+// of them start reading the log after it: at the switch (the first change
+// on the log) every member here, else the users an add brings in; members
+// homed in another region get a copy of every change, as of every
+// message, and read no log here.
+func (p *partition) logCopies(gid string, seq uint64, ev *event, to []string) (copies []string, readers map[string]bool, err error) {
+	prev, err := p.membersAt(gid, seq)
+	if err != nil {
+		return nil, nil, err
+	}
+	ctx, cancel := context.WithTimeout(p.s.ctx, p.s.cfg.Timeout)
+	defer cancel()
+	remote, err := p.s.elsewhere(ctx, to)
+	if err != nil {
+		return nil, nil, err
+	}
+	away := make(map[string]bool, len(remote))
+	for _, u := range remote {
+		away[u] = true
+	}
+	readers = map[string]bool{}
+	switch {
+	case !prev.g.Log:
+		for _, u := range to {
+			if ev.Group.IsMember(u) && !away[u] {
+				readers[u] = true
+			}
+		}
+	case ev.Op == contract.GroupAdd:
+		for _, u := range ev.Users {
+			if !away[u] {
+				readers[u] = true
+			}
+		}
+	}
+	copies = remote
+	for _, u := range to {
+		if readers[u] {
+			copies = append(copies, u)
+		}
+	}
+	return copies, readers, nil
+}
+
+// elsewhere is those of users homed in another region than this one.
+func (s *Service) elsewhere(ctx context.Context, users []string) ([]string, error) {
+	var out []string
+	for _, u := range users {
+		_, origin, err := s.regions.inboxOf(ctx, u)
+		if err != nil {
+			return nil, err
+		}
+		if origin != "" {
+			out = append(out, u)
+		}
+	}
+	return out, nil
 }
 
 // followTries is how many deliveries of a change may fail to bring its

@@ -97,6 +97,14 @@ type Config struct {
 	// MaxMemberships bounds the groups one user's list keeps in a region
 	// (contract.MaxMemberships by default).
 	MaxMemberships int
+	// LogMembers, when not 0, switches a group to its log
+	// (docs/GROUP-LOG.md) at its first change that leaves it with at
+	// least this many members: from then on its messages are copied only
+	// to members homed in another region, and its changes only to those
+	// and to the users they add, the switch itself to every member. The
+	// gateways do not read group logs yet, so it is for tests until they
+	// do; 0 (the default) keeps every group on copies.
+	LogMembers int
 
 	// afterCopy, for tests, is called after each copy of a fan-out is
 	// stored, with how many of that message's copies are; ctx ends when

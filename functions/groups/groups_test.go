@@ -868,3 +868,71 @@ func TestAChangeIsAnsweredOnceItsRecordIsWritten(t *testing.T) {
 		t.Fatalf("%d events stored, want the create once", n)
 	}
 }
+
+// A group on its log (Config.LogMembers): switched at the first change
+// that leaves it with that many members, for good; from there no message
+// is copied, and a change only to the users who start reading the log
+// after it (every member at the switch, an added user at their add),
+// marked with where they start. The same whether the function runs as
+// the log is stored or starts afterwards.
+func TestGroupOnItsLog(t *testing.T) {
+	for _, late := range []bool{false, true} {
+		t.Run(map[bool]string{false: "live", true: "from the log"}[late], func(t *testing.T) {
+			e := newEnv(t)
+			cfg := groups.DefaultConfig()
+			cfg.LogMembers = 3
+			answer := cfg
+			if late {
+				answer = groups.WithoutFanOut(cfg)
+			}
+			e.instance(t, answer)
+			const gid = "crowd"
+			if g := e.must(t, contract.GroupCreate, named("alice", gid, "Crowd", "bob")); g.Log {
+				t.Fatal("a group of 2 is on its log at 3")
+			}
+			e.send(t, gid, "alice", "m1")
+			if g := e.must(t, contract.GroupAdd, req("alice", gid, "carol")); !g.Log {
+				t.Fatal("a group of 3 is not on its log at 3")
+			}
+			e.send(t, gid, "alice", "m2")
+			e.must(t, contract.GroupAdd, req("alice", gid, "dave"))
+			e.must(t, contract.GroupRemove, req("alice", gid, "bob", "carol"))
+			last := e.send(t, gid, "dave", "m3")
+			if late {
+				e.instance(t, cfg)
+			}
+			e.settled(t, gid, last)
+			if g := e.record(t, gid); !g.Log || len(g.Members) != 2 {
+				t.Fatalf("record %+v: a group stays on its log when it shrinks", g)
+			}
+			want := map[string][]string{
+				"alice": {"event create [bob] by alice", "event add [carol] by alice"},
+				"bob":   {"event create [bob] by alice", "msg m1 from alice", "event add [carol] by alice"},
+				"carol": {"event add [carol] by alice"},
+				"dave":  {"event add [dave] by alice"},
+			}
+			for u, w := range want {
+				in := e.inbox(t, u)
+				var got []string
+				for _, m := range in {
+					got = append(got, says(m))
+				}
+				if !slices.Equal(got, w) {
+					t.Errorf("%s's inbox:\n%q\nwant\n%q", u, got, w)
+					continue
+				}
+				for i, m := range in {
+					reads := m.Header.Get(contract.HdrGroupLog)
+					switch {
+					case i < len(in)-1:
+						if reads != "" {
+							t.Errorf("%s's copy %q starts the log at %s: before the switch", u, got[i], reads)
+						}
+					case reads != m.Header.Get(contract.HdrGroupSeq):
+						t.Errorf("%s's copy %q: %s %q, want its own place in the log %s", u, got[i], contract.HdrGroupLog, reads, m.Header.Get(contract.HdrGroupSeq))
+					}
+				}
+			}
+		})
+	}
+}

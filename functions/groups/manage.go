@@ -96,6 +96,9 @@ func (s *Service) apply(ctx context.Context, op string, req contract.GroupReques
 		if op == contract.GroupCreate {
 			ev.Group.Region = s.regions.region() // its home: here (regions.go)
 		}
+		if s.cfg.LogMembers > 0 && len(ev.Group.Members) >= s.cfg.LogMembers {
+			ev.Group.Log = true // and stays so: decide keeps it
+		}
 		seq, dup, err := s.storeEvent(ctx, req.Group, ev)
 		if isWrongLastSeq(err) {
 			s.conflicts.Add(1)
