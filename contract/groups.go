@@ -71,6 +71,19 @@ func GroupEventSubject(gid string) string {
 	return GroupsPrefix + GroupPartition(gid) + "." + gid + ".e"
 }
 
+// GroupLogFilter is every subject of group gid's log: its messages and
+// its changes, in the order stored.
+func GroupLogFilter(gid string) string {
+	return GroupsPrefix + GroupPartition(gid) + "." + gid + ".*"
+}
+
+// GroupBellPrefix is where GROUPS rings for each message it stores: the
+// headers only, on GroupBellSubject of its group (docs/GROUP-LOG.md).
+const GroupBellPrefix = "sb.glive."
+
+// GroupBellSubject is where GROUPS rings for group gid's log.
+func GroupBellSubject(gid string) string { return GroupBellPrefix + gid }
+
 // GroupPartitionFilter is every subject of partition p (0 to
 // GroupPartitions-1).
 func GroupPartitionFilter(p int) string { return GroupsPrefix + partitionToken(p) + ".>" }

@@ -1,0 +1,200 @@
+package gateway
+
+import (
+	"log/slog"
+	"slices"
+	"sync"
+
+	"github.com/nats-io/nats.go"
+
+	"github.com/switchboard-im/switchboard/contract"
+)
+
+// Group logs.
+//
+// A group on its log (contract.GroupRecord.Log, docs/GROUP-LOG.md) is not
+// copied into its members' inboxes: they are handed its messages from
+// GROUPS. A gateway reads each such group once for all its devices in it:
+// one reader per group, which listens for the group's bell (GROUPS rings
+// contract.GroupBellSubject, headers only, for every message it stores)
+// and on each ring reads the log from where it stands (batched direct
+// gets filtered on the group's subjects, so the log's own order and no
+// chain of sequences to check), handing every message to each device
+// following the group (a groupSink). A device that is behind the reader
+// (it just connected, or holds as many unacked as it may) reads for
+// itself until it has caught up: each message comes with the one the
+// reader handed before it, so a device knows when it is caught up.
+//
+// A lost bell (the subscription dropped it, the connection was restored)
+// is made up by the next one, or by the sweep (ringAll), which has every
+// reader read again.
+//
+// Not yet in use: the sessions do not follow group logs yet.
+
+// groupSink takes a group's log as its reader reads it: a device's feed
+// of that group.
+type groupSink interface {
+	// offer hands on the message stored at seq, the reader having handed
+	// on the group's log through prev before it (0: where it started).
+	// It runs on the reader's goroutine and must not block.
+	offer(prev, seq uint64, m *nats.Msg)
+}
+
+// logRead reads a stream with a direct get (Server.directBatchOn on
+// GROUPS).
+type logRead func(req directGet, quit <-chan struct{}, each func(uint64, *nats.Msg) bool) (more bool, err error)
+
+// groupLogs is the gateway's readers of group logs, by group.
+type groupLogs struct {
+	nc   *nats.Conn
+	read logRead
+	log  *slog.Logger
+	quit chan struct{} // closed when the gateway stops
+
+	mu      sync.Mutex // guards readers
+	readers map[string]*groupReader
+}
+
+func newGroupLogs(nc *nats.Conn, read logRead, log *slog.Logger, quit chan struct{}) *groupLogs {
+	return &groupLogs{nc: nc, read: read, log: log, quit: quit, readers: map[string]*groupReader{}}
+}
+
+// groupReader reads one group's log for the gateway's sinks of it.
+type groupReader struct {
+	logs *groupLogs
+	gid  string
+	sub  *nats.Subscription
+
+	mu      sync.Mutex // guards the fields below
+	sinks   []groupSink
+	last    uint64 // handed on through here
+	wake    bool   // a read is asked for
+	running bool   // the reading goroutine runs
+	closed  bool   // the last sink left: no read follows
+}
+
+// join has sink follow group gid's log. A new reader starts past from,
+// the sink's position; a reader there already may be ahead of the sink
+// or behind it, which the sink tells from what it is offered. The log is
+// read at once, for what was stored before the bell was listened to.
+func (l *groupLogs) join(gid string, sink groupSink, from uint64) error {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	r := l.readers[gid]
+	if r == nil {
+		r = &groupReader{logs: l, gid: gid, last: from}
+		sub, err := l.nc.Subscribe(contract.GroupBellSubject(gid), func(*nats.Msg) { r.ring() })
+		if err != nil {
+			return err
+		}
+		r.sub = sub
+		l.readers[gid] = r
+	}
+	r.mu.Lock()
+	r.sinks = append(r.sinks, sink)
+	r.mu.Unlock()
+	r.ring()
+	return nil
+}
+
+// leave ends sink's following of gid's log: it is offered nothing once
+// leave returns. The reader stops with its last sink.
+func (l *groupLogs) leave(gid string, sink groupSink) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	r := l.readers[gid]
+	if r == nil {
+		return
+	}
+	r.mu.Lock()
+	r.sinks = slices.DeleteFunc(r.sinks, func(s groupSink) bool { return s == sink })
+	empty := len(r.sinks) == 0
+	if empty {
+		r.closed = true
+	}
+	r.mu.Unlock()
+	if empty {
+		_ = r.sub.Unsubscribe()
+		delete(l.readers, gid)
+	}
+}
+
+// ringAll has every reader read its log again: the sweep, for bells that
+// were lost.
+func (l *groupLogs) ringAll() {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	for _, r := range l.readers {
+		r.ring()
+	}
+}
+
+// ring asks for a read of the log, starting the reading goroutine if it
+// is not running. Rings that come while it reads make one more read.
+func (r *groupReader) ring() {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.closed {
+		return
+	}
+	r.wake = true
+	if !r.running {
+		r.running = true
+		go r.run()
+	}
+}
+
+func (r *groupReader) run() {
+	for {
+		r.mu.Lock()
+		if !r.wake || r.closed {
+			r.running = false
+			r.mu.Unlock()
+			return
+		}
+		r.wake = false
+		r.mu.Unlock()
+		r.readOn()
+	}
+}
+
+// groupReadBatch is the most messages one read of a group's log returns.
+const groupReadBatch = 256
+
+// readOn reads the log past last until it has no more, handing each
+// message to every sink. On an error it stops: the next ring or sweep
+// reads again from where it stopped.
+func (r *groupReader) readOn() {
+	for {
+		r.mu.Lock()
+		from, closed := r.last+1, r.closed
+		r.mu.Unlock()
+		if closed {
+			return
+		}
+		req := directGet{Seq: from, NextFor: contract.GroupLogFilter(r.gid), Batch: groupReadBatch, MaxBytes: catchUpBytes}
+		more, err := r.logs.read(req, r.logs.quit, func(seq uint64, m *nats.Msg) bool {
+			r.mu.Lock()
+			if r.closed {
+				r.mu.Unlock()
+				return false
+			}
+			prev := r.last
+			r.last = seq
+			// Offered under the lock, so a sink that left gets nothing
+			// after leave returns, and every sink sees the log in order.
+			for _, s := range r.sinks {
+				s.offer(prev, seq, m)
+			}
+			r.mu.Unlock()
+			return true
+		})
+		if err != nil {
+			r.logs.log.Debug("reading a group's log", "group", r.gid, "err", err)
+			return
+		}
+		if !more {
+			return
+		}
+	}
+}

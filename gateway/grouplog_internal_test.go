@@ -1,0 +1,185 @@
+package gateway
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"slices"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats-server/v2/server"
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/switchboard-im/switchboard/contract"
+	"github.com/switchboard-im/switchboard/streams"
+)
+
+// logSink records what a group's reader offers it.
+type logSink struct {
+	mu     sync.Mutex
+	offers [][2]uint64 // prev, seq
+	ids    []string
+}
+
+func (s *logSink) offer(prev, seq uint64, m *nats.Msg) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.offers = append(s.offers, [2]uint64{prev, seq})
+	s.ids = append(s.ids, m.Header.Get(contract.HdrID))
+}
+
+func (s *logSink) got() ([][2]uint64, []string) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return slices.Clone(s.offers), slices.Clone(s.ids)
+}
+
+// groupLogTest is a server with the streams as setup makes them (GROUPS
+// and its bell included) and the gateway's readers of group logs on it.
+type groupLogTest struct {
+	js   jetstream.JetStream
+	logs *groupLogs
+}
+
+func newGroupLogTest(t *testing.T) *groupLogTest {
+	t.Helper()
+	ns, err := server.NewServer(&server.Options{Host: "127.0.0.1", Port: -1, NoLog: true, NoSigs: true, JetStream: true, StoreDir: t.TempDir()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	go ns.Start()
+	t.Cleanup(ns.Shutdown)
+	if !ns.ReadyForConnections(10 * time.Second) {
+		t.Fatal("nats-server not ready")
+	}
+	nc, err := nats.Connect(ns.ClientURL())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(nc.Close)
+	js, _ := jetstream.New(nc)
+	if err := streams.Apply(context.Background(), js, streams.Options{}); err != nil {
+		t.Fatal(err)
+	}
+	srv := &Server{nc: nc}
+	if srv.replies, err = newReplies(nc); err != nil {
+		t.Fatal(err)
+	}
+	quit := make(chan struct{})
+	t.Cleanup(func() { close(quit) })
+	read := func(req directGet, q <-chan struct{}, each func(uint64, *nats.Msg) bool) (bool, error) {
+		return srv.directBatchOn(contract.GroupsStream, req, q, each)
+	}
+	return &groupLogTest{js: js, logs: newGroupLogs(nc, read, slog.New(slog.DiscardHandler), quit)}
+}
+
+// store stores a message of group gid with id, a change when event.
+func (g *groupLogTest) store(t *testing.T, gid, id string, event bool) uint64 {
+	t.Helper()
+	subj := contract.GroupMsgSubject(gid)
+	if event {
+		subj = contract.GroupEventSubject(gid)
+	}
+	ack, err := g.js.PublishMsg(context.Background(), &nats.Msg{Subject: subj, Data: []byte(`{}`),
+		Header: nats.Header{contract.HdrID: {id}, contract.HdrGroup: {gid}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return ack.Sequence
+}
+
+// until waits for sink to have been offered n messages.
+func until(t *testing.T, sink *logSink, n int) ([][2]uint64, []string) {
+	t.Helper()
+	waitFor(t, func() error {
+		if offers, _ := sink.got(); len(offers) < n {
+			return fmt.Errorf("%d offered, want %d", len(offers), n)
+		}
+		return nil
+	})
+	return sink.got()
+}
+
+// Each sink of a group is offered the group's log in order, messages and
+// changes, nothing of other groups, each message with the one before it;
+// one that joins later is offered from where the reader stands, and can
+// tell it is behind; one that left is offered nothing more.
+func TestGroupLogReader(t *testing.T) {
+	g := newGroupLogTest(t)
+	before := g.store(t, "crowd", "m0", false) // stored before anyone follows: read on join
+	a := &logSink{}
+	if err := g.logs.join("crowd", a, before-1); err != nil {
+		t.Fatal(err)
+	}
+	until(t, a, 1)
+	var want []uint64
+	want = append(want, before)
+	for i := 1; i <= 5; i++ {
+		g.store(t, "other", fmt.Sprintf("x%d", i), false)
+		want = append(want, g.store(t, "crowd", fmt.Sprintf("m%d", i), i == 3))
+	}
+	offers, ids := until(t, a, 6)
+	if !slices.Equal(ids, []string{"m0", "m1", "m2", "m3", "m4", "m5"}) {
+		t.Fatalf("offered %q", ids)
+	}
+	prev := before - 1
+	for i, o := range offers {
+		if o[1] != want[i] || o[0] != prev {
+			t.Fatalf("offer %d: prev %d seq %d, want %d %d", i, o[0], o[1], prev, want[i])
+		}
+		prev = o[1]
+	}
+
+	// b joins at the start of the log: the reader is ahead of it.
+	b := &logSink{}
+	if err := g.logs.join("crowd", b, 0); err != nil {
+		t.Fatal(err)
+	}
+	m6 := g.store(t, "crowd", "m6", false)
+	offers, _ = until(t, b, 1)
+	if offers[0] != [2]uint64{want[5], m6} {
+		t.Fatalf("b was offered %v first, want m6 after m5 (%d %d): it tells it is behind from prev", offers[0], want[5], m6)
+	}
+
+	// a leaves; b, still there, is offered the next message, and a
+	// nothing after it left.
+	g.logs.leave("crowd", a)
+	g.store(t, "crowd", "m7", false)
+	until(t, b, 2)
+	if _, ids := a.got(); len(ids) != 7 {
+		t.Fatalf("a was offered %q: after it left", ids)
+	}
+}
+
+// A bell lost (here: the reader's subscription gone) is made up by the
+// sweep's ring; the last sink's leave stops the reader and its bell.
+func TestGroupLogReaderSweep(t *testing.T) {
+	g := newGroupLogTest(t)
+	s := &logSink{}
+	if err := g.logs.join("crowd", s, 0); err != nil {
+		t.Fatal(err)
+	}
+	g.store(t, "crowd", "m1", false)
+	until(t, s, 1)
+	g.logs.mu.Lock()
+	r := g.logs.readers["crowd"]
+	g.logs.mu.Unlock()
+	if err := r.sub.Unsubscribe(); err != nil {
+		t.Fatal(err)
+	}
+	g.store(t, "crowd", "m2", false)
+	g.logs.ringAll()
+	if _, ids := until(t, s, 2); !slices.Equal(ids, []string{"m1", "m2"}) {
+		t.Fatalf("offered %q", ids)
+	}
+	g.logs.leave("crowd", s)
+	g.logs.mu.Lock()
+	n := len(g.logs.readers)
+	g.logs.mu.Unlock()
+	if n != 0 || !r.closed {
+		t.Fatalf("%d readers left, closed %v: the last sink's leave stops its reader", n, r.closed)
+	}
+}
