@@ -577,8 +577,19 @@ func TestRegionsGroupsListedFromEveryHome(t *testing.T) {
 	if _, err := dave.CreateGroup(ctx, "chess", "Chess", "bob"); err != nil {
 		t.Fatal(err)
 	}
-	nextEvent(t, bob, "club", "create")
-	nextEvent(t, bob, "chess", "create")
+	// Each from its home region: in either order.
+	var creates []string
+	for range 2 {
+		m := tk.RecvMsg(t, bob, 15*time.Second)
+		if m.Event == nil || m.Event.Op != "create" {
+			t.Fatalf("bob got %+v, want a create", m)
+		}
+		bob.Ack(m.Seq)
+		creates = append(creates, m.Group)
+	}
+	if slices.Sort(creates); !slices.Equal(creates, []string{"chess", "club"}) {
+		t.Fatalf("bob got the creates of %q", creates)
+	}
 	waitGroupEverywhere(t, "club", 2, us, eu)
 	names := func(c *client.Client) []string {
 		list, err := c.Groups(ctx)
