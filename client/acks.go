@@ -3,6 +3,7 @@ package client
 import (
 	"crypto/rand"
 	"encoding/binary"
+	"slices"
 	"sync"
 	"time"
 
@@ -56,9 +57,16 @@ type ackQueue struct {
 	mu      sync.Mutex
 	conn    *websocket.Conn // the connection the waiting acks were made on
 	seqs    []uint64
-	last    time.Time // when acks were last written
-	timer   stopper   // set while acks wait for their time
-	stopped bool      // the client closed: nothing more is queued or written
+	groups  []groupAck // of groups read from their logs: one per group, the highest
+	last    time.Time  // when acks were last written
+	timer   stopper    // set while acks wait for their time
+	stopped bool       // the client closed: nothing more is queued or written
+}
+
+// groupAck is an ack of a group read from its log, up to gseq.
+type groupAck struct {
+	group string
+	gseq  uint64
 }
 
 // add queues seq, made on conn, and reports whether the caller should
@@ -74,7 +82,32 @@ func (q *ackQueue) add(conn *websocket.Conn, seq uint64, gather time.Duration, a
 		return false
 	}
 	q.seqs = append(q.seqs, seq)
-	if len(q.seqs) >= ackBatch {
+	return q.dueLocked(gather, after)
+}
+
+// addGroup queues an ack of group up to gseq, made on conn, as add does:
+// one waiting for the same group is raised instead.
+func (q *ackQueue) addGroup(conn *websocket.Conn, group string, gseq uint64, gather time.Duration, after func(time.Duration) stopper) bool {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	if q.stopped || q.conn != conn {
+		return false
+	}
+	i := slices.IndexFunc(q.groups, func(a groupAck) bool { return a.group == group })
+	if i < 0 {
+		q.groups = append(q.groups, groupAck{group, gseq})
+	} else {
+		q.groups[i].gseq = max(q.groups[i].gseq, gseq)
+	}
+	return q.dueLocked(gather, after)
+}
+
+// dueLocked reports whether the waiting acks are to be written now, or
+// sets up their wait.
+//
+// Lock should be held.
+func (q *ackQueue) dueLocked(gather time.Duration, after func(time.Duration) stopper) bool {
+	if len(q.seqs)+len(q.groups) >= ackBatch {
 		return true
 	}
 	if q.timer != nil {
@@ -94,7 +127,7 @@ func (q *ackQueue) attach(conn *websocket.Conn) {
 	defer q.mu.Unlock()
 	if q.conn != conn {
 		q.stopTimerLocked()
-		q.conn, q.seqs = conn, q.seqs[:0]
+		q.conn, q.seqs, q.groups = conn, q.seqs[:0], q.groups[:0]
 	}
 }
 
@@ -104,18 +137,22 @@ func (q *ackQueue) attach(conn *websocket.Conn) {
 func (q *ackQueue) take(conn *websocket.Conn, b []byte) ([]byte, int, *websocket.Conn) {
 	q.mu.Lock()
 	defer q.mu.Unlock()
-	if q.stopped || len(q.seqs) == 0 || (conn != nil && q.conn != conn) {
+	if q.stopped || len(q.seqs)+len(q.groups) == 0 || (conn != nil && q.conn != conn) {
 		return b, 0, nil
 	}
 	q.stopTimerLocked()
-	n := len(q.seqs)
+	n := len(q.seqs) + len(q.groups)
 	keys := make([]byte, 4*n)
 	_, _ = rand.Read(keys) // never fails
-	var frame [32]byte
+	var frame [128]byte
 	for i, seq := range q.seqs {
 		b = appendClientFrame(b, protocol.AppendSeqFrame(frame[:0], protocol.TypeAck, seq), [4]byte(keys[4*i:]))
 	}
-	q.seqs = q.seqs[:0]
+	for i, a := range q.groups {
+		k := 4 * (len(q.seqs) + i)
+		b = appendClientFrame(b, protocol.AppendGroupSeqFrame(frame[:0], protocol.TypeAck, a.group, a.gseq), [4]byte(keys[k:]))
+	}
+	q.seqs, q.groups = q.seqs[:0], q.groups[:0]
 	q.last = time.Now()
 	return b, n, q.conn
 }
@@ -126,7 +163,7 @@ func (q *ackQueue) stop() {
 	q.mu.Lock()
 	defer q.mu.Unlock()
 	q.stopTimerLocked()
-	q.stopped, q.seqs, q.conn = true, nil, nil
+	q.stopped, q.seqs, q.groups, q.conn = true, nil, nil, nil
 }
 
 func (q *ackQueue) stopTimerLocked() {
@@ -146,6 +183,19 @@ func (c *Client) ack(conn *websocket.Conn, seq uint64) {
 		return
 	}
 	if c.acks.add(conn, seq, c.opts.AckGather, c.ackAfter) {
+		c.flushAcks()
+	}
+}
+
+// ackGroup queues an ack of group up to gseq for conn, as ack does.
+func (c *Client) ackGroup(conn *websocket.Conn, group string, gseq uint64) {
+	if c.opts.AckGather < 0 {
+		if err := c.write(conn, protocol.AppendGroupSeqFrame(nil, protocol.TypeAck, group, gseq)); err != nil {
+			conn.Close()
+		}
+		return
+	}
+	if c.acks.addGroup(conn, group, gseq, c.opts.AckGather, c.ackAfter) {
 		c.flushAcks()
 	}
 }

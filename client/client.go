@@ -178,6 +178,10 @@ type Message struct {
 	// its group receipts name.
 	To      string
 	SentSeq uint64
+	// GSeq is, instead of Seq, the message's place in its group's log,
+	// for a group whose members read its log (a big one): acked with
+	// AckGroup.
+	GSeq uint64
 }
 
 // Receipt reports that By (on Device) received or read message ID. For
@@ -248,6 +252,10 @@ type Client struct {
 	// app and the app has not acked yet: an Ack of any other seq waits
 	// for its message to come again on this connection (see Ack).
 	delivered map[uint64]struct{}
+	// handed is, per group read from its log, the highest place in it
+	// the current connection gave the app: an AckGroup past it waits for
+	// those messages to come again on this connection.
+	handed map[string]uint64
 	// readsOut are the reads written lately, each with the times it was
 	// answered with a retryable code: such an answer writes it again.
 	readsOut *lru
@@ -505,6 +513,7 @@ func (c *Client) attachSends(conn *websocket.Conn, sid string) bool {
 	}
 	c.conn, c.session = conn, sid
 	c.delivered = map[uint64]struct{}{}
+	c.handed = map[string]uint64{}
 	c.acks.attach(conn)
 	if c.down != nil {
 		close(c.down)
@@ -636,6 +645,9 @@ func (c *Client) handle(conn *websocket.Conn, f *protocol.Frame) error {
 	case protocol.TypeSent:
 		c.onSent(f)
 	case protocol.TypeMsg:
+		if f.GSeq != 0 {
+			return c.onLogMsg(conn, f)
+		}
 		key := msgKey(f)
 		c.mu.Lock()
 		firstSeq, dup := c.seenMsg.get(key)
@@ -1307,3 +1319,51 @@ func msgKey(f *protocol.Frame) string {
 }
 
 func validUTF8(b []byte) bool { return utf8.Valid(b) }
+
+// onLogMsg takes a msg of a group read from its log (GSeq, no Seq): once
+// to the app; one that comes again was handed before, and its ack was
+// lost with a connection, so it is acked again here.
+func (c *Client) onLogMsg(conn *websocket.Conn, f *protocol.Frame) error {
+	if !protocol.ValidID(f.Group) {
+		return nil
+	}
+	key := msgKey(f)
+	c.mu.Lock()
+	_, dup := c.seenMsg.get(key)
+	if dup {
+		c.stats.DuplicatesDropped++
+	} else {
+		c.seenMsg.put(key, 0)
+	}
+	if c.conn == conn {
+		c.handed[f.Group] = max(c.handed[f.Group], f.GSeq)
+	}
+	c.mu.Unlock()
+	if dup {
+		c.ackGroup(conn, f.Group, f.GSeq)
+		return nil
+	}
+	m := Message{ID: f.ID, From: f.From, Device: f.Device, GSeq: f.GSeq, TS: time.UnixMilli(f.TS), Body: f.Body, Media: f.Media,
+		Group: f.Group, Event: f.Event}
+	select {
+	case c.msgs <- m:
+	case <-c.ctx.Done():
+		return ErrClosed
+	}
+	return nil
+}
+
+// AckGroup acks everything of group, a group read from its log, up to
+// gseq that this connection gave the app (Message.GSeq). Acks of one
+// group gathered together go out as one frame, of the highest. Made on
+// a connection that did not give the app gseq (one that came since), it
+// is not written: those messages come again and are acked then.
+func (c *Client) AckGroup(group string, gseq uint64) {
+	c.mu.Lock()
+	conn := c.conn
+	ok := conn != nil && gseq <= c.handed[group]
+	c.mu.Unlock()
+	if ok {
+		c.ackGroup(conn, group, gseq)
+	}
+}

@@ -36,6 +36,11 @@ func LiveSubject(user string) string { return LivePrefix + user }
 // CursorKey is a device's key in the CURSORS bucket.
 func CursorKey(user, device string) string { return user + "." + device }
 
+// GroupCursorKey is a device's key in the CURSORS bucket for its places in
+// the groups it reads from their logs (GroupCursors). "=" is in no id, so
+// it is no device's CursorKey.
+func GroupCursorKey(user, device string) string { return user + "." + device + "=g" }
+
 // KickSubject is where a new session of a device asks any older one, on
 // any gateway, to close (core NATS, request and reply): one session per
 // device.

@@ -44,6 +44,22 @@ func ParseCursor(v []byte) (c Cursor, ok bool) {
 	return Cursor{Floor: floor, Stream: created}, err1 == nil && err2 == nil
 }
 
+// GroupCursors is a device's places in the groups it reads from their
+// logs (docs/GROUP-LOG.md), in CURSORS under GroupCursorKey, as JSON:
+// group id to the GROUPS sequence up to which everything of the group is
+// settled for the device. Only the device's session writes it.
+type GroupCursors map[string]uint64
+
+// ParseGroupCursors reads a device's GroupCursors; a malformed value is
+// an error.
+func ParseGroupCursors(v []byte) (GroupCursors, error) {
+	var g GroupCursors
+	if err := json.Unmarshal(v, &g); err != nil {
+		return nil, fmt.Errorf("contract: group cursors: %w", err)
+	}
+	return g, nil
+}
+
 // Device is one device in a user's DEVICES record.
 type Device struct {
 	Joined time.Time `json:"joined"`

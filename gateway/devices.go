@@ -108,6 +108,39 @@ func (d *devices) storeCursor(ctx context.Context, user, device string, floor ui
 	return err
 }
 
+// loadGroupCursors reads the device's places in the groups it reads from
+// their logs; none when it has no record (or a malformed one, logged by
+// the caller's error).
+func (d *devices) loadGroupCursors(ctx context.Context, user, device string) (contract.GroupCursors, error) {
+	e, err := d.cursors.Get(ctx, contract.GroupCursorKey(user, device))
+	if errors.Is(err, jetstream.ErrKeyNotFound) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, err
+	}
+	return contract.ParseGroupCursors(e.Value())
+}
+
+// groupCursorsMsg is the publish that saves a device's places in group
+// logs.
+func groupCursorsMsg(user, device string, rec contract.GroupCursors) *nats.Msg {
+	b, _ := json.Marshal(rec)
+	return &nats.Msg{Subject: contract.KVSubject(contract.CursorsKV, contract.GroupCursorKey(user, device)), Data: b}
+}
+
+// saveGroupCursors publishes the device's places in group logs with no
+// reply.
+func (d *devices) saveGroupCursors(user, device string, rec contract.GroupCursors) error {
+	return d.nc.PublishMsg(groupCursorsMsg(user, device, rec))
+}
+
+// storeGroupCursors publishes them and waits until they are stored.
+func (d *devices) storeGroupCursors(ctx context.Context, user, device string, rec contract.GroupCursors) error {
+	_, err := d.js.PublishMsg(ctx, groupCursorsMsg(user, device, rec))
+	return err
+}
+
 // register records the device if it is new and returns the first sequence
 // it is to receive (0: everything retained).
 //

@@ -517,6 +517,7 @@ func (f *feed) take(seq uint64, h nats.Header, data []byte) {
 	}
 	from, dev, id := h.Get(contract.HdrFrom), h.Get(contract.HdrDevice), h.Get(contract.HdrID)
 	var frame []byte
+	var follow func() // after the frame: the group's log read on past it (groupfeed.go)
 	p := pendingMsg{from: from}
 	group := h.Get(contract.HdrGroup)
 	if f.fromThisDevice(h) {
@@ -535,6 +536,12 @@ func (f *feed) take(seq uint64, h nats.Header, data []byte) {
 			frame = protocol.AppendGroupEvent(nil, id, from, dev, group, seq, ts, data)
 		}
 		p.group, p.gid, p.gseq = true, group, groupSeq(h)
+		if at := h.Get(contract.HdrGroupLog); frame != nil && at != "" {
+			var ok bool
+			if follow, ok = f.beginLog(group, at); !ok {
+				return
+			}
+		}
 	case kind == contract.KindReceipt && group != "":
 		id = "r"
 		frame = groupReceiptFrame(h, group, from, dev, seq, ts)
@@ -589,6 +596,9 @@ func (f *feed) take(seq uint64, h nats.Header, data []byte) {
 	f.mu.Unlock()
 	f.s.srv.metrics.delivered.Inc()
 	f.s.t.Send(frame)
+	if follow != nil {
+		follow()
+	}
 	f.s.readsDue(due) // held until its message came again: after it
 }
 

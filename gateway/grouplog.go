@@ -28,8 +28,6 @@ import (
 // A lost bell (the subscription dropped it, the connection was restored)
 // is made up by the next one, or by the sweep (ringAll), which has every
 // reader read again.
-//
-// Not yet in use: the sessions do not follow group logs yet.
 
 // groupSink takes a group's log as its reader reads it: a device's feed
 // of that group.

@@ -121,10 +121,14 @@ func (s *Server) sweepLoop() {
 			return
 		case <-t.C:
 		}
+		if tick%sweepTicks == 0 {
+			s.groupLogs.ringAll()
+		}
 		var due []*session
 		for _, sess := range s.snapshot() {
 			if maphash.String(seed, sess.sid)%sweepTicks == tick%sweepTicks {
 				due = append(due, sess)
+				sess.groups.sweep()
 			}
 		}
 		s.sweep(due)

@@ -78,8 +78,9 @@ type Server struct {
 	// their own (contract.CallPrefix): a function may answer there, and
 	// may not publish where JetStream answers this gateway.
 	calls     *contract.Caller
-	backlog   *backlog  // reads shared by many sessions at once (storms)
-	own       *ownCheck // whether senders have other devices, for own copies
+	backlog   *backlog   // reads shared by many sessions at once (storms)
+	groupLogs *groupLogs // readers of group logs, one per group followed here (grouplog.go)
+	own       *ownCheck  // whether senders have other devices, for own copies
 	leaderSub *nats.Subscription
 	// The seams to JetStream that sessions' parts use, the Server's own
 	// in production and fakes in tests.
@@ -189,6 +190,9 @@ func New(ctx context.Context, cfg Config, keys *Keys, nc *nats.Conn, log *slog.L
 		return nil, err
 	}
 	s.backlog = newBacklog(s)
+	s.groupLogs = newGroupLogs(nc, func(req directGet, quit <-chan struct{}, each func(uint64, *nats.Msg) bool) (bool, error) {
+		return s.directBatchOn(contract.GroupsStream, req, quit, each)
+	}, log, s.leaseStop)
 	s.own = &ownCheck{read: s.readDevices, created: s.devices.created}
 	if err := s.watchLive(); err != nil {
 		s.closeRouting()

@@ -58,6 +58,7 @@ type session struct {
 	pubs    pubQueue
 	lease   lease
 	follows follows
+	groups  groupFeeds // the groups it reads from their logs (groupfeed.go)
 	timer   sessionTimer
 
 	// calls bounds the worker-function requests in flight (goCall).
@@ -116,6 +117,7 @@ func newSession(srv *Server, id Identity, t transport) *session {
 	s.pubs.init(s, cfg.MaxPendingSends, cfg.PubAckWait)
 	s.lease.s = s
 	s.follows.s = s
+	s.groups.init(s)
 	s.timer.owner = s
 	return s
 }
@@ -177,6 +179,9 @@ func (s *session) start(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
+	if err := s.groups.load(ctx); err != nil {
+		return fmt.Errorf("gateway: the device's places in group logs: %w", err)
+	}
 	s.feed.begin(pos)
 	s.cursor.init(pos)
 	// Events and live copies are subscribed, and the server has the
@@ -199,6 +204,9 @@ func (s *session) start(ctx context.Context) error {
 	s.evMu.Unlock()
 	s.lease.goOnline()
 
+	// The groups read from their logs first: a copy in the inbox that
+	// starts another rewrites the record, which must then hold them.
+	s.groups.start()
 	// The first read of the stream, from the device's position.
 	if !s.feed.start() {
 		return nil
@@ -289,6 +297,7 @@ func (s *session) onKick(m *nats.Msg) {
 		return
 	}
 	s.feed.stop()
+	s.groups.stop()
 	s.t.Close(protocol.CloseReplaced, "replaced")
 	// The newer session takes this one's buckets once answered, not
 	// fresh ones (ratekeep.go).
@@ -319,6 +328,7 @@ func (s *session) stop() {
 	s.stopOnce.Do(func() {
 		s.srv.limits.give(s.id, s.in.limits, time.Now())
 		s.feed.stop()
+		s.groups.stop()
 		drained := s.pubs.close()
 		wait := time.NewTimer(pubStopWait)
 		select {
@@ -352,6 +362,7 @@ func (s *session) stop() {
 func (s *session) settle() {
 	s.settleOnce.Do(func() {
 		s.ticks.finish()
+		s.groups.final()
 		s.cursor.final()
 		close(s.saved)
 	})
@@ -362,6 +373,7 @@ func (s *session) settle() {
 func (s *session) beginShutdown(ctx context.Context) {
 	s.shutting.Store(true)
 	s.feed.stop()
+	s.groups.stop()
 	for s.pubs.owed() > 0 && ctx.Err() == nil {
 		select {
 		case <-ctx.Done():
@@ -432,6 +444,13 @@ func (s *session) handleFrame(f *protocol.Frame) {
 			s.pubs.hold(f.ID) // the sends behind it wait for its resend
 		}
 	case protocol.TypeAck:
+		if f.Group != "" {
+			// Of a group read from its log: taken at any rate, as below.
+			if !s.groups.ack(f.Group, f.GSeq) && s.allowSeq(s.in.frame, f) {
+				s.refuseFrame(protocol.TypeAck, f.Group, protocol.ErrUnknownSeq, "nothing of this group delivered and unacked up to this gseq", f.GSeq, 0)
+			}
+			return
+		}
 		// An ack of a message delivered and unacked is taken at any
 		// rate: there are never more of them than deliveries, and one
 		// dropped would leave its message unsettled for the rest of
@@ -443,7 +462,11 @@ func (s *session) handleFrame(f *protocol.Frame) {
 			s.ack(f.Seq)
 		}
 	case protocol.TypeRead:
-		if s.allowSeq(s.in.frame, f) { // refused with its seq, which the SDKs resend by
+		switch {
+		case !s.allowSeq(s.in.frame, f): // refused with its seq, which the SDKs resend by
+		case f.Group != "":
+			s.readGroupLog(f.Group, f.GSeq)
+		default:
 			s.read(f.Seq)
 		}
 	case protocol.TypeStatus:
@@ -534,11 +557,14 @@ func (s *session) allowFor(l *rate.Limiter, n int, id string, f *protocol.Frame)
 			return false
 		}
 		if f != nil {
-			group := "" // named by a status only
-			if f.Type == protocol.TypeStatus {
+			group, seq := "", f.Seq // named by a status, or an ack or read of a group's log
+			switch {
+			case f.GSeq != 0:
+				group, seq = f.Group, f.GSeq
+			case f.Type == protocol.TypeStatus:
 				group = f.Group
 			}
-			s.refuseFrame(f.Type, group, protocol.ErrRateLimited, "too many frames", f.Seq, d.Milliseconds()+1)
+			s.refuseFrame(f.Type, group, protocol.ErrRateLimited, "too many frames", seq, d.Milliseconds()+1)
 		} else {
 			s.sendError(protocol.ErrRateLimited, "too many frames", id, 0, d.Milliseconds()+1)
 		}

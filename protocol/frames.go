@@ -96,6 +96,10 @@ type Frame struct {
 	Body json.RawMessage `json:"body,omitempty"`
 	// Seq is the JetStream stream sequence of a stored message.
 	Seq uint64 `json:"seq,omitempty"`
+	// GSeq is, instead of Seq, the place in its group's log of a message
+	// of a group whose members read its log, and what an ack or read of
+	// such messages names, with Group (docs/GROUP-LOG.md).
+	GSeq uint64 `json:"gseq,omitempty"`
 	// TS is milliseconds since the Unix epoch when the gateway accepted the
 	// message (or the receipt).
 	TS int64 `json:"ts,omitempty"`
@@ -360,6 +364,7 @@ type clientFrame struct {
 	Group string          `json:"group"`
 	Body  json.RawMessage `json:"body"`
 	Seq   uint64          `json:"seq"`
+	GSeq  uint64          `json:"gseq"`
 	Op    string          `json:"op"`
 	Name  string          `json:"name"`
 
@@ -420,7 +425,7 @@ func decodeClientJSON(data []byte) (*Frame, error) {
 	if len(data) == 0 || firstNonSpace(data) != '{' {
 		return nil, decodeErr(ErrBadJSON, "", "frame is not a JSON object")
 	}
-	f := Frame{Type: cf.Type, ID: cf.ID, To: cf.To, Group: cf.Group, Body: cf.Body, Seq: cf.Seq, Op: cf.Op, Name: cf.Name,
+	f := Frame{Type: cf.Type, ID: cf.ID, To: cf.To, Group: cf.Group, Body: cf.Body, Seq: cf.Seq, GSeq: cf.GSeq, Op: cf.Op, Name: cf.Name,
 		Media: cf.Media, Users: cf.Users, ReadReceipts: cf.ReadReceipts, LastSeenPrivacy: cf.LastSeenPrivacy, Contacts: cf.Contacts}
 	switch f.Type {
 	case TypeSend:
@@ -462,7 +467,16 @@ func decodeClientJSON(data []byte) (*Frame, error) {
 			return nil, decodeErr(ErrBadID, "", "to: %v", ErrInvalidID)
 		}
 	case TypeAck, TypeRead:
-		if f.Seq == 0 {
+		switch {
+		case f.Group != "" || f.GSeq != 0:
+			// Of a group read from its log: its place there.
+			switch {
+			case !ValidID(f.Group):
+				return nil, decodeErr(ErrBadID, "", "group: %v", ErrInvalidID)
+			case f.GSeq == 0 || f.Seq != 0:
+				return nil, decodeErr(ErrBadField, "", "with group, gseq is required, a positive integer, and seq is not")
+			}
+		case f.Seq == 0:
 			return nil, decodeErr(ErrBadField, "", "seq is required and must be a positive integer")
 		}
 	case TypeStatus:
@@ -641,7 +655,29 @@ func AppendGroupEvent(b []byte, id, from, device, group string, seq uint64, ts i
 	return append(b, '}')
 }
 
+// AppendGroupLogMsg appends a msg frame for a message sent in group and
+// read from its log, where it is at gseq.
+func AppendGroupLogMsg(b []byte, id, from, device, group string, gseq uint64, ts int64, body, media []byte) []byte {
+	b = appendGroupHead(b, id, from, device, group, `","gseq":`, gseq, ts)
+	return appendMsgTail(b, body, media)
+}
+
+// AppendGroupLogEvent appends a msg frame that is group's system message,
+// read from its log, where it is at gseq.
+func AppendGroupLogEvent(b []byte, id, from, device, group string, gseq uint64, ts int64, event []byte) []byte {
+	b = appendGroupHead(b, id, from, device, group, `","gseq":`, gseq, ts)
+	b = append(b, `,"event":`...)
+	b = append(b, event...)
+	return append(b, '}')
+}
+
 func appendGroupMsgHead(b []byte, id, from, device, group string, seq uint64, ts int64) []byte {
+	return appendGroupHead(b, id, from, device, group, `","seq":`, seq, ts)
+}
+
+// appendGroupHead is a group msg frame's head; seqField names its place,
+// in the member's inbox or in the group's log.
+func appendGroupHead(b []byte, id, from, device, group, seqField string, seq uint64, ts int64) []byte {
 	b = append(b, `{"type":"msg","id":"`...)
 	b = append(b, id...)
 	b = append(b, `","from":"`...)
@@ -650,7 +686,7 @@ func appendGroupMsgHead(b []byte, id, from, device, group string, seq uint64, ts
 	b = append(b, device...)
 	b = append(b, `","group":"`...)
 	b = append(b, group...)
-	b = append(b, `","seq":`...)
+	b = append(b, seqField...)
 	b = strconv.AppendUint(b, seq, 10)
 	b = append(b, `,"ts":`...)
 	return strconv.AppendInt(b, ts, 10)
@@ -879,6 +915,18 @@ func AppendSeqFrame(b []byte, typ string, seq uint64) []byte {
 	b = append(b, typ...)
 	b = append(b, `","seq":`...)
 	b = strconv.AppendUint(b, seq, 10)
+	return append(b, '}')
+}
+
+// AppendGroupSeqFrame appends a client ack or read of a group read from
+// its log, up to gseq there.
+func AppendGroupSeqFrame(b []byte, typ, group string, gseq uint64) []byte {
+	b = append(b, `{"type":"`...)
+	b = append(b, typ...)
+	b = append(b, `","group":"`...)
+	b = append(b, group...)
+	b = append(b, `","gseq":`...)
+	b = strconv.AppendUint(b, gseq, 10)
 	return append(b, '}')
 }
 

@@ -822,3 +822,31 @@ func TestSeqFrameFastPathTakesOnlyTheCanonicalForm(t *testing.T) {
 		}
 	}
 }
+
+// Frames of a group read from its log carry its place there (gseq), not
+// an inbox seq; an ack or read of one names the group and gseq, and only
+// those.
+func TestGroupLogFrames(t *testing.T) {
+	b := AppendGroupLogMsg(nil, "m-1", "alice", "phone", "crowd", 42, 1795582349000, []byte(`"hi"`), nil)
+	f, err := DecodeServer(b)
+	if err != nil || f.GSeq != 42 || f.Seq != 0 || f.Group != "crowd" || f.ID != "m-1" || string(f.Body) != `"hi"` {
+		t.Fatalf("%s: %+v %v", b, f, err)
+	}
+	b = AppendGroupLogEvent(nil, "ev-43", "alice", "phone", "crowd", 43, 1795582349000, []byte(`{"op":"add","users":["bob"]}`))
+	f, err = DecodeServer(b)
+	if err != nil || f.GSeq != 43 || f.Seq != 0 || f.Event == nil || f.Event.Op != "add" {
+		t.Fatalf("%s: %+v %v", b, f, err)
+	}
+	for _, typ := range []string{TypeAck, TypeRead} {
+		c, err := DecodeClient(AppendGroupSeqFrame(nil, typ, "crowd", 42))
+		if err != nil || c.Type != typ || c.GSeq != 42 || c.Group != "crowd" || c.Seq != 0 {
+			t.Fatalf("%s: %+v %v", typ, c, err)
+		}
+	}
+	for _, bad := range []string{`{"type":"ack","group":"crowd"}`, `{"type":"ack","gseq":3}`,
+		`{"type":"ack","group":"crowd","gseq":3,"seq":4}`, `{"type":"read","group":"a b","gseq":3}`} {
+		if _, err := DecodeClient([]byte(bad)); err == nil {
+			t.Fatalf("%s decoded", bad)
+		}
+	}
+}

@@ -227,6 +227,16 @@ func (f *fleet) dial(ctx context.Context, user string, buffer int, h handlers) (
 	return d, nil
 }
 
+// ack acks m: by its seq, or for a group read from its log by its place
+// there.
+func (d *device) ack(m client.Message) {
+	if m.GSeq != 0 {
+		d.c.AckGroup(m.Group, m.GSeq)
+		return
+	}
+	d.c.Ack(m.Seq)
+}
+
 func (d *device) drain(h handlers) {
 	defer close(d.drained)
 	for {
@@ -235,7 +245,7 @@ func (d *device) drain(h handlers) {
 			if h.msg != nil {
 				h.msg(d, m)
 			} else {
-				d.c.Ack(m.Seq)
+				d.ack(m)
 			}
 		case r := <-d.c.Receipts():
 			if h.receipt != nil {

@@ -48,7 +48,7 @@ func runGroups(ctx context.Context, e *env, rep *Report) error {
 	hfor := func(k int) handlers {
 		gr, i := gs[k/size], k%size
 		return handlers{msg: func(d *device, m client.Message) {
-			d.c.Ack(m.Seq)
+			d.ack(m)
 			if m.Event != nil {
 				gr.changed(i, m.Event) // the create and the adds
 				return

@@ -232,7 +232,7 @@ func (e *env) recipientHandlers(to int, senders map[string]int, in *inbox, done 
 		case in.order(s, m.Seq):
 			l.reordered.Add(1)
 		}
-		d.c.Ack(m.Seq)
+		d.ack(m)
 		if first && done != nil {
 			done()
 		}

@@ -117,6 +117,9 @@ func For(r Role) Rules {
 					kvStream(contract.PresenceKV), kvStream(contract.SettingsKV), kvStream(contract.GroupInfoKV)),
 				reads(contract.Inbox, kvStream(contract.DevicesKV), kvStream(contract.CursorsKV),
 					kvStream(contract.PresenceKV), kvStream(contract.SettingsKV), kvStream(contract.GroupInfoKV)),
+				// The logs of groups whose members read them
+				// (docs/GROUP-LOG.md).
+				reads(contract.GroupsStream),
 				// Regions: sends to users homed elsewhere, and the
 				// directory of home regions; sends to and positions in
 				// groups homed elsewhere, and those groups' records; its
@@ -130,7 +133,7 @@ func For(r Role) Rules {
 				// Its answers to other gateways' kicks.
 				answers(Gateway),
 			),
-			Subscribe: []string{subjLive, subjEvents, subjKick, subjPresence, leaderInbox, InboxPrefix(r) + ".>", contract.CallPrefix(string(r)) + ".>"},
+			Subscribe: []string{subjLive, contract.GroupBellPrefix + "*", subjEvents, subjKick, subjPresence, leaderInbox, InboxPrefix(r) + ".>", contract.CallPrefix(string(r)) + ".>"},
 		}
 	case Receipts:
 		// Receipts into senders' inboxes, conversations' read positions and

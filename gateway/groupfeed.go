@@ -1,0 +1,536 @@
+package gateway
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"slices"
+	"strconv"
+	"sync"
+	"time"
+	"unicode/utf8"
+
+	"github.com/nats-io/nats.go"
+
+	"github.com/switchboard-im/switchboard/contract"
+	"github.com/switchboard-im/switchboard/protocol"
+)
+
+// A session's groups read from their logs (docs/GROUP-LOG.md).
+//
+// A device reads a group's log from the change that told it to (a copy
+// in its inbox with Sb-Group-Log: the switch of the group to its log, or
+// the add of this user), until the change that takes this user out,
+// which it is handed last. Its place in each is in CURSORS
+// (contract.GroupCursors): everything up to it acked, and its delivered
+// position asked of the receipts function; the record is written before
+// the inbox moves past the change that started the group, so a crash
+// never leaves a group the device forgets.
+//
+// The gateway's reader of the group (grouplog.go) hands each message to
+// every device that has had the one before it; a device behind reads for
+// itself (a batched direct get from its place) until it has caught up.
+// Frames carry gseq, the place in the log, and the device acks with it
+// (an ack covers everything of the group up to it).
+//
+// Not yet: read_sync of reads by gseq to the user's other devices, push
+// to offline members, members in other regions (they get copies).
+
+// groupFeeds is a session's delivery of the groups its device reads from
+// their logs.
+type groupFeeds struct {
+	s *session
+
+	mu      sync.Mutex // guards the fields below; taken before a groupFeed's
+	feeds   map[string]*groupFeed
+	loaded  contract.GroupCursors // the record as the session found it, until start
+	stopped bool
+	// saveMu orders the writes of the record, so a later one is never
+	// overtaken by an earlier one; none follows the session's last
+	// (final), which a newer session of the device reads.
+	saveMu sync.Mutex
+	ended  bool // guarded by saveMu
+}
+
+// groupFeed is one group's log for a device: what it was handed, acked,
+// settled.
+type groupFeed struct {
+	g   *groupFeeds
+	gid string
+
+	mu      sync.Mutex // guards the fields below
+	last    uint64     // handed on (or passed) through here
+	unacked []uint64   // handed on, not yet acked, in order
+	acked   uint64     // the device acked everything through here
+	floor   uint64     // settled: acked, its position asked, through here
+	ends    uint64     // the change that took this user out (0: none yet): nothing after it
+	resume  uint64     // taken out, then added again at this change: read on after it
+	reading bool       // reading the log itself (behind the reader)
+	again   bool       // read once more when done: the reader offered something meanwhile
+	behind  bool       // held as many unacked as it may: reads on once half are acked
+	settle  bool       // a settle is set (settleAfter)
+	left    bool       // no longer followed
+}
+
+func (g *groupFeeds) init(s *session) {
+	g.s = s
+	g.feeds = map[string]*groupFeed{}
+}
+
+// load reads the device's record, before the welcome.
+func (g *groupFeeds) load(ctx context.Context) error {
+	cur, err := g.s.srv.devices.loadGroupCursors(ctx, g.s.id.User, g.s.id.Device)
+	if err != nil {
+		return err
+	}
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	g.loaded = cur
+	return nil
+}
+
+// start begins the groups the device's record names, once the welcome
+// is out.
+func (g *groupFeeds) start() {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	for gid, at := range g.loaded {
+		if protocol.ValidID(gid) && !g.stopped {
+			g.followLocked(gid, at)
+		}
+	}
+	g.loaded = nil
+}
+
+// followLocked has the device read gid's log past at.
+//
+// Lock should be held.
+func (g *groupFeeds) followLocked(gid string, at uint64) {
+	f := &groupFeed{g: g, gid: gid, last: at, acked: at, floor: at}
+	g.feeds[gid] = f
+	if err := g.s.srv.groupLogs.join(gid, f, at); err != nil {
+		g.s.log.Warn("cannot follow a group's log", "group", gid, "err", err)
+	}
+	// What the log holds past at, which the reader, further on, may
+	// never offer; and all of it, if the reader could not be joined,
+	// until the sweep.
+	f.wakeRead()
+}
+
+// begin is a copy in the inbox telling the device to read gid's log past
+// at (contract.HdrGroupLog). The record has it before the copy goes out,
+// so the inbox cursor never passes the copy without it; the log is read
+// once the copy is out (follow), so the device has the change that put
+// it in the group before the group's messages. ok false: it could not be
+// stored, and the copy is not to be handed on (it comes again).
+func (g *groupFeeds) begin(gid string, at uint64) (follow func(), ok bool) {
+	g.mu.Lock()
+	if g.stopped {
+		g.mu.Unlock()
+		return nil, false
+	}
+	if f := g.feeds[gid]; f != nil {
+		g.mu.Unlock()
+		f.readd(at)
+		return nil, true
+	}
+	g.mu.Unlock()
+	ctx, cancel := context.WithTimeout(context.Background(), g.s.srv.cfg.FunctionTimeout)
+	defer cancel()
+	if err := g.store(ctx, gid, at, false); err != nil {
+		g.s.log.Warn("cannot store the device's places in group logs", "err", err)
+		return nil, false
+	}
+	return func() {
+		g.mu.Lock()
+		defer g.mu.Unlock()
+		if !g.stopped && g.feeds[gid] == nil {
+			g.followLocked(gid, at)
+		}
+	}, true
+}
+
+// readd is this user added again at the change at, while the device
+// still reads the group: a change between its place and at took the
+// user out, and the device reads on after at once it has that one.
+func (f *groupFeed) readd(at uint64) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if at > f.last {
+		f.resume = max(f.resume, at)
+	}
+}
+
+// stop ends every group's delivery: nothing is handed on after it.
+func (g *groupFeeds) stop() {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	g.stopped = true
+	for gid, f := range g.feeds {
+		g.s.srv.groupLogs.leave(gid, f)
+		f.mu.Lock()
+		f.left = true
+		f.mu.Unlock()
+	}
+}
+
+// final settles what was acked and stores the record, waiting for it.
+func (g *groupFeeds) final() {
+	g.mu.Lock()
+	feeds := make([]*groupFeed, 0, len(g.feeds))
+	for _, f := range g.feeds {
+		feeds = append(feeds, f)
+	}
+	g.mu.Unlock()
+	if len(feeds) == 0 {
+		return
+	}
+	for _, f := range feeds {
+		f.settleNow()
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	defer cancel()
+	if err := g.store(ctx, "", 0, true); err != nil {
+		g.s.log.Debug("storing the device's places in group logs failed", "err", err)
+	}
+}
+
+// record is the device's places, with gid at at when gid is not "".
+func (g *groupFeeds) record(gid string, at uint64) contract.GroupCursors {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	rec := contract.GroupCursors{}
+	for id, f := range g.feeds {
+		f.mu.Lock()
+		done := f.ends != 0 && f.floor >= f.ends && f.resume == 0
+		floor := f.floor
+		f.mu.Unlock()
+		if !done {
+			rec[id] = floor
+		}
+	}
+	if gid != "" {
+		rec[gid] = max(rec[gid], at)
+	}
+	return rec
+}
+
+// store writes the record and waits until it is stored; last, it is the
+// session's final one.
+func (g *groupFeeds) store(ctx context.Context, gid string, at uint64, last bool) error {
+	g.saveMu.Lock()
+	defer g.saveMu.Unlock()
+	if g.ended {
+		return errors.New("gateway: the session's places in group logs were stored for the last time")
+	}
+	g.ended = last
+	return g.s.srv.devices.storeGroupCursors(ctx, g.s.id.User, g.s.id.Device, g.record(gid, at))
+}
+
+// save writes the record without waiting: a place that lags only means
+// a few messages come again, dropped by id by the SDKs.
+func (g *groupFeeds) save() {
+	g.saveMu.Lock()
+	defer g.saveMu.Unlock()
+	if g.ended {
+		return
+	}
+	if err := g.s.srv.devices.saveGroupCursors(g.s.id.User, g.s.id.Device, g.record("", 0)); err != nil {
+		g.s.log.Debug("saving the device's places in group logs failed", "err", err)
+	}
+}
+
+// ack takes the device's ack of gid up to gseq; false if nothing of gid
+// up to gseq is handed on and unacked.
+func (g *groupFeeds) ack(gid string, gseq uint64) bool {
+	g.mu.Lock()
+	f := g.feeds[gid]
+	g.mu.Unlock()
+	return f != nil && f.ack(gseq)
+}
+
+// read takes the device's read of gid up to gseq: its read position in
+// the group, as the read of a copy would. false if gseq was not handed
+// on.
+func (g *groupFeeds) read(gid string, gseq uint64) bool {
+	g.mu.Lock()
+	f := g.feeds[gid]
+	g.mu.Unlock()
+	if f == nil {
+		return false
+	}
+	f.mu.Lock()
+	ok := gseq <= f.last && gseq > 0
+	f.mu.Unlock()
+	return ok
+}
+
+// offer is the reader's: the message stored at seq, after prev.
+func (f *groupFeed) offer(prev, seq uint64, m *nats.Msg) {
+	f.mu.Lock()
+	switch {
+	case f.left || seq <= f.last:
+		f.mu.Unlock()
+	case f.full():
+		f.behind = true
+		f.mu.Unlock()
+	case f.reading || prev > f.last:
+		// Behind the reader: read for itself, through this one.
+		f.again = true
+		f.mu.Unlock()
+		f.wakeRead()
+	default:
+		f.mu.Unlock()
+		f.take(seq, m.Header, m.Data)
+	}
+}
+
+// full reports whether the device holds as many unacked as it may.
+//
+// Lock should be held.
+func (f *groupFeed) full() bool { return len(f.unacked) >= f.g.s.srv.maxInflight }
+
+// wakeRead starts reading the log from the device's place, unless a read
+// runs (it then reads once more).
+func (f *groupFeed) wakeRead() {
+	f.mu.Lock()
+	if f.reading || f.left {
+		f.again = f.again || f.reading
+		f.mu.Unlock()
+		return
+	}
+	f.reading, f.again = true, false
+	f.mu.Unlock()
+	go f.readOn()
+}
+
+// readOn reads the log past the device's place until nothing is left,
+// the device holds as many unacked as it may, or delivery stops; and
+// once more if the reader offered something meanwhile.
+func (f *groupFeed) readOn() {
+	srv := f.g.s.srv
+	for {
+		f.mu.Lock()
+		from, room, stop := f.last+1, srv.maxInflight-len(f.unacked), f.left || f.ended()
+		f.mu.Unlock()
+		more := false
+		if !stop && room > 0 {
+			req := directGet{Seq: from, NextFor: contract.GroupLogFilter(f.gid), Batch: min(room, groupReadBatch), MaxBytes: catchUpBytes}
+			var err error
+			more, err = srv.directBatchOn(contract.GroupsStream, req, f.g.s.feed.quit, func(seq uint64, m *nats.Msg) bool {
+				f.mu.Lock()
+				stale, stop := seq <= f.last, f.left || f.ended()
+				f.mu.Unlock()
+				if stop {
+					return false
+				}
+				if !stale {
+					f.take(seq, m.Header, m.Data)
+				}
+				return true
+			})
+			if err != nil {
+				f.g.s.log.Debug("reading a group's log", "group", f.gid, "err", err)
+				more = false // the sweep's ring reads again
+			}
+		}
+		f.mu.Lock()
+		if more && !f.left {
+			f.mu.Unlock()
+			continue
+		}
+		if f.again && !f.left && !f.full() {
+			f.again = false
+			f.mu.Unlock()
+			continue
+		}
+		f.reading = false
+		f.mu.Unlock()
+		return
+	}
+}
+
+// ended reports whether the device was handed the change that took this
+// user out, and is not to read on.
+//
+// Lock should be held.
+func (f *groupFeed) ended() bool { return f.ends != 0 && f.last >= f.ends && f.resume == 0 }
+
+// take hands the device the log's message stored at seq (headers h, body
+// data), or passes it: its own send, a message from before the device's
+// place, anything malformed.
+func (f *groupFeed) take(seq uint64, h nats.Header, data []byte) {
+	s := f.g.s
+	from, dev, id := h.Get(contract.HdrFrom), h.Get(contract.HdrDevice), h.Get(contract.HdrID)
+	ts, _ := strconv.ParseInt(h.Get(contract.HdrTS), 10, 64)
+	var frame []byte
+	out := false // this change takes this user out
+	switch h.Get(contract.HdrKind) {
+	case contract.KindMsg:
+		if from == s.id.User && dev == s.id.Device {
+			break // its own send: the device has it
+		}
+		media := h.Get(contract.HdrMedia)
+		if json.Valid(data) && validMedia(media) {
+			frame = protocol.AppendGroupLogMsg(nil, id, from, dev, f.gid, seq, ts, data, []byte(media))
+		}
+	case contract.KindEvent:
+		var ev protocol.GroupEvent // the stored change's op, users, name and promoted
+		if json.Unmarshal(data, &ev) != nil || ev.Op == "" {
+			break
+		}
+		out = ev.Op == contract.GroupRemove && slices.Contains(ev.Users, s.id.User) || ev.Op == contract.GroupLeave && from == s.id.User
+		body, _ := json.Marshal(ev)
+		id = protocol.SystemIDPrefix + strconv.FormatUint(seq, 10)
+		frame = protocol.AppendGroupLogEvent(nil, id, from, dev, f.gid, seq, ts, body)
+	}
+	if frame != nil && (!protocol.ValidID(from) || !protocol.ValidID(dev) || !protocol.ValidID(id) || !utf8.Valid(frame)) {
+		frame = nil
+	}
+	f.mu.Lock()
+	if f.left || seq <= f.last {
+		f.mu.Unlock()
+		return
+	}
+	if f.ends != 0 && f.last >= f.ends {
+		// Taken out: nothing more, or if added again at resume, nothing
+		// up to it.
+		if f.resume == 0 || seq <= f.resume {
+			f.last = max(f.last, min(seq, f.resume))
+			f.mu.Unlock()
+			return
+		}
+		f.ends, f.resume = 0, 0
+	}
+	f.last = seq
+	if out {
+		f.ends = seq
+	}
+	if frame == nil {
+		if len(f.unacked) == 0 {
+			f.acked = seq // nothing to ack before it: passed as acked
+		}
+		f.mu.Unlock()
+		return
+	}
+	f.unacked = append(f.unacked, seq)
+	f.mu.Unlock()
+	s.srv.metrics.delivered.Inc()
+	s.t.Send(frame)
+}
+
+// ack takes the device's ack up to gseq.
+func (f *groupFeed) ack(gseq uint64) bool {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if len(f.unacked) == 0 || gseq < f.unacked[0] || gseq > f.last {
+		return false
+	}
+	i, _ := slices.BinarySearch(f.unacked, gseq+1)
+	f.unacked = f.unacked[i:]
+	f.acked = gseq
+	if len(f.unacked) == 0 {
+		f.acked = f.last // what was passed after it too
+	}
+	if !f.settle {
+		f.settle = true
+		time.AfterFunc(f.g.s.srv.cfg.TickQuiet, f.settleNow)
+	}
+	if f.behind && len(f.unacked) <= f.g.s.srv.maxInflight/2 {
+		f.behind = false
+		go f.wakeRead() // let go while it held too many: read on
+	}
+	return true
+}
+
+// settleNow asks the receipts function to raise the member's delivered
+// position in the group to what the device acked, then makes that the
+// device's place and has the record saved.
+func (f *groupFeed) settleNow() {
+	f.mu.Lock()
+	f.settle = false
+	through, floor := f.acked, f.floor
+	f.mu.Unlock()
+	if through <= floor {
+		return
+	}
+	s := f.g.s
+	req := contract.GroupPositionRequest{Group: f.gid, Member: s.id.User, Device: s.id.Device, Status: protocol.StatusDelivered, Seq: through}
+	if err := s.ticks.groupTicks([]contract.GroupPositionRequest{req}); err != nil {
+		s.log.Debug("group position not asked; asked again with the next ack", "group", f.gid, "err", err)
+		return
+	}
+	f.mu.Lock()
+	f.floor = max(f.floor, through)
+	done := f.ends != 0 && f.floor >= f.ends && f.resume == 0
+	f.mu.Unlock()
+	f.g.save()
+	if done {
+		f.g.drop(f)
+	}
+}
+
+// drop ends the device's reading of f's group: the change that took
+// the user out is settled, and the record no longer names the group.
+func (g *groupFeeds) drop(f *groupFeed) {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	if g.feeds[f.gid] != f {
+		return
+	}
+	delete(g.feeds, f.gid)
+	g.s.srv.groupLogs.leave(f.gid, f)
+	f.mu.Lock()
+	f.left = true
+	f.mu.Unlock()
+}
+
+// sweep is the periodic check's: every group reads on from its place,
+// in case a bell was lost.
+func (g *groupFeeds) sweep() {
+	g.mu.Lock()
+	feeds := make([]*groupFeed, 0, len(g.feeds))
+	for _, f := range g.feeds {
+		feeds = append(feeds, f)
+	}
+	g.mu.Unlock()
+	for _, f := range feeds {
+		f.wakeRead()
+	}
+}
+
+// beginLog is the feed's, for a copy telling the device to read group's
+// log past at (contract.HdrGroupLog): what to do once the copy is out,
+// or false when it could not be recorded, and the session closes so the
+// copy comes again.
+func (f *feed) beginLog(group, at string) (follow func(), ok bool) {
+	n, err := strconv.ParseUint(at, 10, 64)
+	if err != nil || n == 0 {
+		return nil, true // malformed: an ordinary copy
+	}
+	if follow, ok = f.s.groups.begin(group, n); ok {
+		return follow, true
+	}
+	f.s.t.Close(protocol.CloseServiceRestart, "group logs unavailable")
+	return nil, false
+}
+
+// readGroupLog takes a read of gid's log up to gseq: the member's read
+// position in the group rises, as with the read of a copy.
+func (s *session) readGroupLog(gid string, gseq uint64) {
+	if !s.groups.read(gid, gseq) {
+		s.refuseFrame(protocol.TypeRead, gid, protocol.ErrUnknownSeq, "nothing of this group delivered up to this gseq", gseq, 0)
+		return
+	}
+	req := contract.GroupPositionRequest{Group: gid, Member: s.id.User, Device: s.id.Device, Status: protocol.StatusRead, Seq: gseq}
+	ok := s.goCall(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), s.srv.cfg.FunctionTimeout)
+		defer cancel()
+		if err := contract.Call(ctx, s.srv.calls, contract.GroupPositionSubject, req, nil); err != nil {
+			s.refuseFrame(protocol.TypeRead, gid, protocol.ErrUnavailable, "read receipt not taken; resend", gseq, 0)
+		}
+	})
+	if !ok {
+		s.refuseFrame(protocol.TypeRead, gid, protocol.ErrRateLimited, "too many requests in flight", gseq, 100)
+	}
+}

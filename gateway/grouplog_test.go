@@ -1,0 +1,163 @@
+package gateway_test
+
+import (
+	"context"
+	"testing"
+
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/switchboard-im/switchboard/functions/groups"
+	"github.com/switchboard-im/switchboard/internal/natsauth"
+	tk "github.com/switchboard-im/switchboard/internal/testkit"
+	"github.com/switchboard-im/switchboard/protocol"
+)
+
+// startGroupsOnLog runs the groups function with groups switching to
+// their log at logMembers members.
+func startGroupsOnLog(t *testing.T, n *tk.NATS, logMembers int) {
+	t.Helper()
+	gnc := n.Connect(t, natsauth.Groups)
+	gjs, _ := jetstream.New(gnc)
+	cfg := groups.DefaultConfig()
+	cfg.LogMembers = logMembers
+	gs, err := groups.Start(context.Background(), gnc, gjs, cfg, tk.Logger(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(gs.Stop)
+}
+
+// groupSend sends body in group gid and returns its place in the log
+// (the seq of its sent).
+func groupSend(t *testing.T, r *raw, gid, id string) uint64 {
+	t.Helper()
+	r.write(string(protocol.AppendGroupSend(nil, id, gid, tk.Body(id))))
+	f := skipTo(r, protocol.TypeSent)
+	if f.ID != id || f.Seq == 0 {
+		t.Fatalf("got %+v, want sent for %s", *f, id)
+	}
+	return f.Seq
+}
+
+// nextGroupFrame reads r's frames until a msg of group gid, acking each
+// msg it passes, and returns it.
+func nextGroupFrame(t *testing.T, r *raw, gid string) *protocol.Frame {
+	t.Helper()
+	for {
+		f := r.next()
+		if f.Type != protocol.TypeMsg {
+			continue
+		}
+		if f.Group == gid {
+			return f
+		}
+		r.write(string(protocol.AppendSeqFrame(nil, protocol.TypeAck, f.Seq)))
+	}
+}
+
+// ackGroup acks f, a msg of a group: by its inbox seq (a copy) or its
+// place in the group's log.
+func ackGroup(r *raw, f *protocol.Frame) {
+	if f.GSeq != 0 {
+		r.write(string(protocol.AppendGroupSeqFrame(nil, protocol.TypeAck, f.Group, f.GSeq)))
+		return
+	}
+	r.write(string(protocol.AppendSeqFrame(nil, protocol.TypeAck, f.Seq)))
+}
+
+// expectGroupMsg reads the next msg of group gid, which must be id from
+// the log at gseq (a copy, with an inbox seq, when gseq is 0), and acks it.
+func expectGroupMsg(t *testing.T, r *raw, gid, id string, gseq uint64) {
+	t.Helper()
+	f := nextGroupFrame(t, r, gid)
+	switch {
+	case f.ID != id:
+		t.Fatalf("got %s %+v, want %s", f.ID, *f, id)
+	case gseq == 0 && (f.GSeq != 0 || f.Seq == 0):
+		t.Fatalf("%s: gseq %d seq %d, want a copy from the inbox", id, f.GSeq, f.Seq)
+	case gseq != 0 && (f.GSeq != gseq || f.Seq != 0):
+		t.Fatalf("%s: gseq %d seq %d, want from the log at %d", id, f.GSeq, f.Seq, gseq)
+	}
+	ackGroup(r, f)
+}
+
+// A group past the size read from its log (docs/GROUP-LOG.md), through a
+// real gateway and the functions: messages before the switch come as
+// copies, after it from the log with their place there, the switch
+// itself as a copy; a member who joins later reads from their add; a
+// device back after a disconnect resumes where it acked; a member taken
+// out gets that change and nothing after it, and added again reads on
+// after the add; the sender hears delivered once every member acked;
+// an ack of what was never handed is refused.
+func TestGroupReadFromItsLog(t *testing.T) {
+	n := tk.StartNATS(t)
+	startGroupsOnLog(t, n, 3)
+	tk.StartFunctions(t, n)
+	g := tk.StartGateway(t, n, tk.TestConfig())
+	const gid = "crowd"
+
+	alice := connectRaw(t, g, "alice", "phone")
+	bob := connectRaw(t, g, "bob", "phone")
+	alice.write(`{"type":"group","id":"a-1","op":"create","group":"crowd","name":"Crowd","users":["bob"]}`)
+	groupAnswer(t, alice, "a-1")
+	expectGroupMsg(t, bob, gid, "ev-1", 0)
+	m1 := groupSend(t, alice, gid, "m1")
+	expectGroupMsg(t, bob, gid, "m1", 0)
+
+	alice.write(`{"type":"group","id":"a-2","op":"add","group":"crowd","users":["carol"]}`)
+	groupAnswer(t, alice, "a-2")
+	sw := nextGroupFrame(t, bob, gid)
+	if sw.Event == nil || sw.Event.Op != "add" || sw.Seq == 0 || sw.GSeq != 0 {
+		t.Fatalf("the switch: %+v, want the add as a copy", *sw)
+	}
+	ackGroup(bob, sw)
+	m2 := groupSend(t, alice, gid, "m2")
+	if m2 <= m1 {
+		t.Fatalf("m2 at %d, m1 at %d", m2, m1)
+	}
+	expectGroupMsg(t, bob, gid, "m2", m2)
+
+	carol := connectRaw(t, g, "carol", "phone")
+	expectGroupMsg(t, carol, gid, sw.ID, 0) // her add, as a copy
+	expectGroupMsg(t, carol, gid, "m2", m2)
+
+	// Delivered once bob and carol acked m2 (and m1 before it).
+	for {
+		f := alice.next()
+		if f.Type == protocol.TypeReceipt && f.Group == gid && f.Status == protocol.StatusDelivered && f.ToSeq >= m2 {
+			break
+		}
+	}
+
+	// An ack of what was never handed: refused, nothing changes.
+	bob.write(string(protocol.AppendGroupSeqFrame(nil, protocol.TypeAck, gid, m2+1000)))
+	if f := skipTo(bob, protocol.TypeError); f.Code != protocol.ErrUnknownSeq || f.For != protocol.TypeAck || f.Group != gid || f.Seq != m2+1000 {
+		t.Fatalf("got %+v, want unknown_seq for the ack", *f)
+	}
+
+	// bob away: m3 waits for him; back, he resumes after m2.
+	bob.closeNormally()
+	m3 := groupSend(t, alice, gid, "m3")
+	bob = connectRaw(t, g, "bob", "phone")
+	expectGroupMsg(t, bob, gid, "m3", m3)
+
+	// bob taken out: he gets that, then nothing until added again; m5,
+	// sent in between, would come before m6 on the log if at all.
+	alice.write(`{"type":"group","id":"a-3","op":"remove","group":"crowd","users":["bob"]}`)
+	groupAnswer(t, alice, "a-3")
+	out := nextGroupFrame(t, bob, gid)
+	if out.Event == nil || out.Event.Op != "remove" || out.GSeq == 0 {
+		t.Fatalf("bob's removal: %+v, want it from the log", *out)
+	}
+	ackGroup(bob, out)
+	groupSend(t, alice, gid, "m5")
+	alice.write(`{"type":"group","id":"a-4","op":"add","group":"crowd","users":["bob"]}`)
+	groupAnswer(t, alice, "a-4")
+	back := nextGroupFrame(t, bob, gid)
+	if back.Event == nil || back.Event.Op != "add" || back.Seq == 0 {
+		t.Fatalf("bob's add: %+v, want the copy", *back)
+	}
+	ackGroup(bob, back)
+	m6 := groupSend(t, alice, gid, "m6")
+	expectGroupMsg(t, bob, gid, "m6", m6)
+}
