@@ -50,6 +50,7 @@ type groupFeeds struct {
 	// (final), which a newer session of the device reads.
 	saveMu sync.Mutex
 	ended  bool // guarded by saveMu
+	saving bool // a save is set (saveSoon), guarded by mu
 }
 
 // groupFeed is one group's log for a device: what it was handed, acked,
@@ -68,7 +69,9 @@ type groupFeed struct {
 	reading bool       // reading the log itself (behind the reader)
 	again   bool       // read once more when done: the reader offered something meanwhile
 	behind  bool       // held as many unacked as it may: reads on once half are acked
-	settle  bool       // a settle is set (settleAfter)
+	settle  bool       // a settle is set (settleDue)
+	first   time.Time  // when the first ack not yet settled came
+	lastAck time.Time  // when the last ack came
 	left    bool       // no longer followed
 }
 
@@ -225,6 +228,23 @@ func (g *groupFeeds) store(ctx context.Context, gid string, at uint64, last bool
 	}
 	g.ended = last
 	return g.s.srv.devices.storeGroupCursors(ctx, g.s.id.User, g.s.id.Device, g.record(gid, at))
+}
+
+// saveSoon has the record saved CursorDelay from now, with whatever
+// settles meanwhile, as the inbox cursor is (cursor.go).
+func (g *groupFeeds) saveSoon() {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	if g.saving {
+		return
+	}
+	g.saving = true
+	time.AfterFunc(g.s.srv.cfg.CursorDelay, func() {
+		g.mu.Lock()
+		g.saving = false
+		g.mu.Unlock()
+		g.save()
+	})
 }
 
 // save writes the record without waiting: a place that lags only means
@@ -432,15 +452,45 @@ func (f *groupFeed) ack(gseq uint64) bool {
 	if len(f.unacked) == 0 {
 		f.acked = f.last // what was passed after it too
 	}
+	now := time.Now()
+	f.lastAck = now
 	if !f.settle {
-		f.settle = true
-		time.AfterFunc(f.g.s.srv.cfg.TickQuiet, f.settleNow)
+		f.settle, f.first = true, now
+		time.AfterFunc(f.quiet(), f.settleDue)
 	}
 	if f.behind && len(f.unacked) <= f.g.s.srv.maxInflight/2 {
 		f.behind = false
 		go f.wakeRead() // let go while it held too many: read on
 	}
 	return true
+}
+
+// quiet is how long acks must stop before a settle: TickQuiet, or with
+// none TickInterval.
+func (f *groupFeed) quiet() time.Duration {
+	cfg := &f.g.s.srv.cfg
+	if cfg.TickQuiet > 0 {
+		return cfg.TickQuiet
+	}
+	return cfg.TickInterval
+}
+
+// settleDue settles once acks have stopped for quiet, or TickInterval
+// after the first of them, as the inbox's acked stretches are (ticks.go):
+// a busy device's positions are asked once per interval, and the
+// members of a group that ack together are asked together.
+func (f *groupFeed) settleDue() {
+	cfg := &f.g.s.srv.cfg
+	f.mu.Lock()
+	now := time.Now()
+	quietFor, pendingFor := now.Sub(f.lastAck), now.Sub(f.first)
+	if quietFor < f.quiet() && pendingFor < cfg.TickInterval {
+		time.AfterFunc(min(f.quiet()-quietFor, cfg.TickInterval-pendingFor), f.settleDue)
+		f.mu.Unlock()
+		return
+	}
+	f.mu.Unlock()
+	f.settleNow()
 }
 
 // settleNow asks the receipts function to raise the member's delivered
@@ -464,10 +514,10 @@ func (f *groupFeed) settleNow() {
 	f.floor = max(f.floor, through)
 	done := f.ends != 0 && f.floor >= f.ends && f.resume == 0
 	f.mu.Unlock()
-	f.g.save()
 	if done {
 		f.g.drop(f)
 	}
+	f.g.saveSoon()
 }
 
 // drop ends the device's reading of f's group: the change that took
