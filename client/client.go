@@ -180,7 +180,8 @@ type Message struct {
 	SentSeq uint64
 	// GSeq is, instead of Seq, the message's place in its group's log,
 	// for a group whose members read its log (a big one): acked with
-	// AckGroup.
+	// AckGroup and read with ReadGroup (Ack and Read of its Seq, 0, do
+	// nothing). Such messages are not kept in Options.Store yet.
 	GSeq uint64
 }
 
@@ -256,6 +257,10 @@ type Client struct {
 	// the current connection gave the app: an AckGroup past it waits for
 	// those messages to come again on this connection.
 	handed map[string]uint64
+	// groupAcked is, per group read from its log, the highest place the
+	// app acked, on any connection: one that comes again at or below it
+	// is acked by the client, one above it the app still holds.
+	groupAcked map[string]uint64
 	// readsOut are the reads written lately, each with the times it was
 	// answered with a retryable code: such an answer writes it again.
 	readsOut *lru
@@ -1338,10 +1343,13 @@ func (c *Client) onLogMsg(conn *websocket.Conn, f *protocol.Frame) error {
 	if c.conn == conn {
 		c.handed[f.Group] = max(c.handed[f.Group], f.GSeq)
 	}
+	appAcked := f.GSeq <= c.groupAcked[f.Group]
 	c.mu.Unlock()
 	if dup {
-		c.ackGroup(conn, f.Group, f.GSeq)
-		return nil
+		if appAcked {
+			c.ackGroup(conn, f.Group, f.GSeq) // its ack was lost with a connection
+		}
+		return nil // else the app still holds it, and acks it
 	}
 	m := Message{ID: f.ID, From: f.From, Device: f.Device, GSeq: f.GSeq, TS: time.UnixMilli(f.TS), Body: f.Body, Media: f.Media,
 		Group: f.Group, Event: f.Event}
@@ -1360,10 +1368,29 @@ func (c *Client) onLogMsg(conn *websocket.Conn, f *protocol.Frame) error {
 // is not written: those messages come again and are acked then.
 func (c *Client) AckGroup(group string, gseq uint64) {
 	c.mu.Lock()
+	if c.groupAcked == nil {
+		c.groupAcked = map[string]uint64{}
+	}
+	c.groupAcked[group] = max(c.groupAcked[group], gseq)
 	conn := c.conn
 	ok := conn != nil && gseq <= c.handed[group]
 	c.mu.Unlock()
 	if ok {
 		c.ackGroup(conn, group, gseq)
+	}
+}
+
+// ReadGroup tells the senders of group, a group read from its log, that
+// this user read it up to gseq (Message.GSeq). Written on the current
+// connection only; with none it is dropped (a read is a position: the
+// next one covers it).
+func (c *Client) ReadGroup(group string, gseq uint64) {
+	c.mu.Lock()
+	conn := c.conn
+	c.mu.Unlock()
+	if conn != nil {
+		if err := c.write(conn, protocol.AppendGroupSeqFrame(nil, protocol.TypeRead, group, gseq)); err != nil {
+			conn.Close()
+		}
 	}
 }

@@ -29,6 +29,7 @@ func TestSDKReadsGroupLog(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Cleanup(s.Stop)
+	tk.StartFunctions(t, n)
 	g := tk.StartGateway(t, n, tk.TestConfig())
 	alice := tk.Dial(t, g.URL, "alice", "phone")
 	bob := tk.Dial(t, g.URL, "bob", "phone")
@@ -67,7 +68,25 @@ func TestSDKReadsGroupLog(t *testing.T) {
 	}
 	at = send("m2")
 	bob = tk.Dial(t, g.URL, "bob", "phone")
-	if m := tk.RecvMsg(t, bob, 15*time.Second); m.ID != "m2" || m.GSeq != at {
+	m := tk.RecvMsg(t, bob, 15*time.Second)
+	if m.ID != "m2" || m.GSeq != at {
 		t.Fatalf("bob back got %+v, want m2 at %d: m1 was acked", m, at)
+	}
+	// Read by its place: alice hears that every member read m2 (and so
+	// m1), after the delivered ticks.
+	bob.AckGroup(m.Group, m.GSeq)
+	bob.ReadGroup(m.Group, m.GSeq)
+	read := map[string]bool{}
+	for !read["m2"] {
+		r := tk.RecvReceipt(t, alice, 15*time.Second)
+		if r.Group != "crowd" {
+			t.Fatalf("alice got %+v", r)
+		}
+		if r.Status == "read" {
+			read[r.ID] = true
+		}
+	}
+	if !read["m1"] {
+		t.Fatalf("alice heard m2 read before m1: %v", read)
 	}
 }

@@ -45,10 +45,22 @@ func ParseCursor(v []byte) (c Cursor, ok bool) {
 }
 
 // GroupCursors is a device's places in the groups it reads from their
-// logs (docs/GROUP-LOG.md), in CURSORS under GroupCursorKey, as JSON:
-// group id to the GROUPS sequence up to which everything of the group is
-// settled for the device. Only the device's session writes it.
-type GroupCursors map[string]uint64
+// logs (docs/GROUP-LOG.md), in CURSORS under GroupCursorKey, as JSON, by
+// group id. Only the device's sessions write it.
+type GroupCursors map[string]GroupCursor
+
+// GroupCursor is a device's place in one group's log.
+type GroupCursor struct {
+	// At is the GROUPS sequence up to which everything of the group is
+	// settled for the device.
+	At uint64 `json:"at"`
+	// Out, when not 0, is the change that took the user out of the
+	// group, handed to the device: nothing after it is the device's,
+	// but after each of Resume, changes that added the user back (in
+	// order), up to the next change that takes them out.
+	Out    uint64   `json:"out,omitempty"`
+	Resume []uint64 `json:"resume,omitempty"`
+}
 
 // ParseGroupCursors reads a device's GroupCursors; a malformed value is
 // an error.

@@ -43,8 +43,9 @@ type devices struct {
 }
 
 // position returns the sequence after which the device's delivery starts:
-// its cursor, or for a device without one, where it joined.
-func (d *devices) position(ctx context.Context, user, device string) (uint64, error) {
+// its cursor, or for a device without one, where it joined. joining runs
+// for a device without one, before it is registered.
+func (d *devices) position(ctx context.Context, user, device string, joining func(context.Context) error) (uint64, error) {
 	key := contract.CursorKey(user, device)
 	e, err := d.cursors.Get(ctx, key)
 	missing := errors.Is(err, jetstream.ErrKeyNotFound)
@@ -57,6 +58,11 @@ func (d *devices) position(ctx context.Context, user, device string) (uint64, er
 		// that too.
 	case !missing:
 		return 0, fmt.Errorf("gateway: cursor: %w", err)
+	}
+	if missing && joining != nil {
+		if err := joining(ctx); err != nil {
+			return 0, err
+		}
 	}
 	start, err := d.register(ctx, user, device)
 	if err != nil {
@@ -108,10 +114,9 @@ func (d *devices) storeCursor(ctx context.Context, user, device string, floor ui
 	return err
 }
 
-// loadGroupCursors reads the device's places in the groups it reads from
-// their logs; none when it has no record (or a malformed one, logged by
-// the caller's error).
-func (d *devices) loadGroupCursors(ctx context.Context, user, device string) (contract.GroupCursors, error) {
+// loadGroupCursors reads the device's record of its places in the
+// groups it reads from their logs: nil when it has none.
+func (d *devices) loadGroupCursors(ctx context.Context, user, device string) ([]byte, error) {
 	e, err := d.cursors.Get(ctx, contract.GroupCursorKey(user, device))
 	if errors.Is(err, jetstream.ErrKeyNotFound) {
 		return nil, nil
@@ -119,7 +124,28 @@ func (d *devices) loadGroupCursors(ctx context.Context, user, device string) (co
 	if err != nil {
 		return nil, err
 	}
-	return contract.ParseGroupCursors(e.Value())
+	return e.Value(), nil
+}
+
+// others reports whether user has a device registered besides device.
+func (d *devices) others(ctx context.Context, user, device string) (bool, error) {
+	e, err := d.kv.Get(ctx, user)
+	if errors.Is(err, jetstream.ErrKeyNotFound) {
+		return false, nil
+	}
+	if err != nil {
+		return false, err
+	}
+	var rec contract.Devices
+	if err := json.Unmarshal(e.Value(), &rec); err != nil {
+		return false, fmt.Errorf("gateway: device registry record %q: %w", user, err)
+	}
+	for name := range rec.Devices {
+		if name != device {
+			return true, nil
+		}
+	}
+	return false, nil
 }
 
 // groupCursorsMsg is the publish that saves a device's places in group

@@ -20,21 +20,32 @@ import (
 //
 // A device reads a group's log from the change that told it to (a copy
 // in its inbox with Sb-Group-Log: the switch of the group to its log, or
-// the add of this user), until the change that takes this user out,
-// which it is handed last. Its place in each is in CURSORS
-// (contract.GroupCursors): everything up to it acked, and its delivered
-// position asked of the receipts function; the record is written before
-// the inbox moves past the change that started the group, so a crash
-// never leaves a group the device forgets.
+// the add of this user), or, for a device's first session, from the end
+// of the log of each group on its log that the user's list of groups
+// names (as a new device gets its inbox from where it joined). It reads
+// until the change that takes the user out, which it is handed last, and
+// on after each change that adds them back. Its place in each is in
+// CURSORS (contract.GroupCursors), with where it was taken out and the
+// adds that bring it back: everything up to the place acked, and the
+// member's delivered position asked of the receipts function. The record
+// is written before the inbox moves past a copy that starts or resumes a
+// group.
 //
 // The gateway's reader of the group (grouplog.go) hands each message to
 // every device that has had the one before it; a device behind reads for
 // itself (a batched direct get from its place) until it has caught up.
 // Frames carry gseq, the place in the log, and the device acks with it
-// (an ack covers everything of the group up to it).
+// (an ack covers everything of the group up to it). A device holds at
+// most groupWindow unacked per group.
 //
 // Not yet: read_sync of reads by gseq to the user's other devices, push
 // to offline members, members in other regions (they get copies).
+
+// groupWindow bounds what a device holds unacked of one group's log (or
+// MaxInflight, if lower): with the inbox's MaxInflight, a device coming
+// back to several busy groups must not owe more than its connection's
+// outbound queue holds.
+const groupWindow = 64
 
 // groupFeeds is a session's delivery of the groups its device reads from
 // their logs.
@@ -45,12 +56,13 @@ type groupFeeds struct {
 	feeds   map[string]*groupFeed
 	loaded  contract.GroupCursors // the record as the session found it, until start
 	stopped bool
+	saving  bool // a save is set (saveSoon)
+
 	// saveMu orders the writes of the record, so a later one is never
 	// overtaken by an earlier one; none follows the session's last
 	// (final), which a newer session of the device reads.
 	saveMu sync.Mutex
 	ended  bool // guarded by saveMu
-	saving bool // a save is set (saveSoon), guarded by mu
 }
 
 // groupFeed is one group's log for a device: what it was handed, acked,
@@ -64,15 +76,18 @@ type groupFeed struct {
 	unacked []uint64   // handed on, not yet acked, in order
 	acked   uint64     // the device acked everything through here
 	floor   uint64     // settled: acked, its position asked, through here
-	ends    uint64     // the change that took this user out (0: none yet): nothing after it
-	resume  uint64     // taken out, then added again at this change: read on after it
-	reading bool       // reading the log itself (behind the reader)
-	again   bool       // read once more when done: the reader offered something meanwhile
-	behind  bool       // held as many unacked as it may: reads on once half are acked
-	settle  bool       // a settle is set (settleDue)
-	first   time.Time  // when the first ack not yet settled came
-	lastAck time.Time  // when the last ack came
-	left    bool       // no longer followed
+	// out is the change that took the user out, handed on (0: a member);
+	// resume, the changes that add them back after a removal, in order.
+	out       uint64
+	resume    []uint64
+	following bool      // joined to the gateway's reader
+	reading   bool      // reading the log itself (behind the reader)
+	again     bool      // read once more when done: the reader offered something meanwhile
+	behind    bool      // held as many unacked as it may: reads on once half are acked
+	settle    bool      // a settle is set (settleDue)
+	first     time.Time // when the first ack not yet settled came
+	lastAck   time.Time // when the last ack came
+	left      bool      // no longer followed
 }
 
 func (g *groupFeeds) init(s *session) {
@@ -80,16 +95,82 @@ func (g *groupFeeds) init(s *session) {
 	g.feeds = map[string]*groupFeed{}
 }
 
+func (g *groupFeeds) newFeed(gid string, c contract.GroupCursor) *groupFeed {
+	return &groupFeed{g: g, gid: gid, last: c.At, acked: c.At, floor: c.At, out: c.Out, resume: slices.Clone(c.Resume)}
+}
+
 // load reads the device's record, before the welcome.
 func (g *groupFeeds) load(ctx context.Context) error {
-	cur, err := g.s.srv.devices.loadGroupCursors(ctx, g.s.id.User, g.s.id.Device)
-	if err != nil {
+	v, err := g.s.srv.devices.loadGroupCursors(ctx, g.s.id.User, g.s.id.Device)
+	if err != nil || v == nil {
 		return err
+	}
+	cur, err := contract.ParseGroupCursors(v)
+	if err != nil {
+		// Not written by a gateway: read as none, rather than keep the
+		// device from connecting; its groups start again with their
+		// next change that names the user.
+		g.s.log.Warn("the device's places in group logs are malformed; taken as none", "err", err)
 	}
 	g.mu.Lock()
 	defer g.mu.Unlock()
-	g.loaded = cur
+	for gid, c := range cur {
+		if g.loaded == nil {
+			g.loaded = contract.GroupCursors{}
+		}
+		g.loaded[gid] = c
+	}
 	return nil
+}
+
+// joining finds, for a device's first session (before it is registered,
+// as its inbox starts after what INBOX held then), the groups on their
+// logs that the user is in, with the end of each log as its place. A
+// user's first device gets their whole inbox, and so the copies that
+// start their groups: it needs none.
+func (g *groupFeeds) joining(ctx context.Context) error {
+	srv := g.s.srv
+	if others, err := srv.devices.others(ctx, g.s.id.User, g.s.id.Device); err != nil || !others {
+		return err
+	}
+	region := ""
+	if srv.regions != nil {
+		region = srv.regions.self
+	}
+	list, err := srv.groupInfo.memberships(ctx, contract.MembershipsKey(g.s.id.User, region))
+	if err != nil || len(list.Groups) == 0 {
+		return err
+	}
+	places := contract.GroupCursors{}
+	for gid := range list.Groups {
+		rec, err := srv.groups.get(srv, gid)
+		switch {
+		case errors.Is(err, contract.ErrUnknownGroup):
+			continue
+		case err != nil:
+			return err
+		case !rec.Log || !rec.IsMember(g.s.id.User) || srv.regions.elsewhere(&rec) != "":
+			continue
+		}
+		end, err := srv.groupLogEnd(gid)
+		if err != nil {
+			return err
+		}
+		places[gid] = contract.GroupCursor{At: end}
+	}
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	g.loaded = places
+	return nil
+}
+
+// groupLogEnd is the sequence of the newest message in group gid's log.
+func (srv *Server) groupLogEnd(gid string) (end uint64, err error) {
+	_, err = srv.directBatchOn(contract.GroupsStream, directGet{LastFor: contract.GroupLogFilter(gid)}, srv.leaseStop, func(seq uint64, _ *nats.Msg) bool {
+		end = seq
+		return false
+	})
+	return end, err // a 404 (an empty log) ends the batch: 0
 }
 
 // start begins the groups the device's record names, once the welcome
@@ -97,70 +178,83 @@ func (g *groupFeeds) load(ctx context.Context) error {
 func (g *groupFeeds) start() {
 	g.mu.Lock()
 	defer g.mu.Unlock()
-	for gid, at := range g.loaded {
+	for gid, c := range g.loaded {
 		if protocol.ValidID(gid) && !g.stopped {
-			g.followLocked(gid, at)
+			f := g.newFeed(gid, c)
+			g.feeds[gid] = f
+			g.followLocked(f)
 		}
 	}
 	g.loaded = nil
 }
 
-// followLocked has the device read gid's log past at.
+// followLocked joins f to the gateway's reader of its group and has it
+// read what the log holds past its place, which the reader, further on,
+// may never offer (all of it, if the reader could not be joined: then
+// until the sweep joins it again).
 //
 // Lock should be held.
-func (g *groupFeeds) followLocked(gid string, at uint64) {
-	f := &groupFeed{g: g, gid: gid, last: at, acked: at, floor: at}
-	g.feeds[gid] = f
-	if err := g.s.srv.groupLogs.join(gid, f, at); err != nil {
-		g.s.log.Warn("cannot follow a group's log", "group", gid, "err", err)
+func (g *groupFeeds) followLocked(f *groupFeed) {
+	if err := g.s.srv.groupLogs.join(f.gid, f, f.last); err != nil {
+		g.s.log.Warn("cannot follow a group's log", "group", f.gid, "err", err)
+	} else {
+		f.mu.Lock()
+		f.following = true
+		f.mu.Unlock()
 	}
-	// What the log holds past at, which the reader, further on, may
-	// never offer; and all of it, if the reader could not be joined,
-	// until the sweep.
 	f.wakeRead()
 }
 
 // begin is a copy in the inbox telling the device to read gid's log past
-// at (contract.HdrGroupLog). The record has it before the copy goes out,
-// so the inbox cursor never passes the copy without it; the log is read
-// once the copy is out (follow), so the device has the change that put
-// it in the group before the group's messages. ok false: it could not be
-// stored, and the copy is not to be handed on (it comes again).
+// at (contract.HdrGroupLog): the change that put the group on its log or
+// added this user. The record has it before the copy goes out, so the
+// inbox cursor never passes the copy without it; the log is read once
+// the copy is out (follow), so the device has the change before the
+// group's messages. ok false: it could not be stored, and the copy is
+// not to be handed on (it comes again).
 func (g *groupFeeds) begin(gid string, at uint64) (follow func(), ok bool) {
 	g.mu.Lock()
 	if g.stopped {
 		g.mu.Unlock()
 		return nil, false
 	}
-	if f := g.feeds[gid]; f != nil {
-		g.mu.Unlock()
+	f, known := g.feeds[gid]
+	if known {
 		f.readd(at)
-		return nil, true
+	} else {
+		f = g.newFeed(gid, contract.GroupCursor{At: at})
+		g.feeds[gid] = f
 	}
 	g.mu.Unlock()
 	ctx, cancel := context.WithTimeout(context.Background(), g.s.srv.cfg.FunctionTimeout)
 	defer cancel()
-	if err := g.store(ctx, gid, at, false); err != nil {
+	if err := g.store(ctx, false); err != nil {
 		g.s.log.Warn("cannot store the device's places in group logs", "err", err)
 		return nil, false
+	}
+	if known {
+		return nil, true
 	}
 	return func() {
 		g.mu.Lock()
 		defer g.mu.Unlock()
-		if !g.stopped && g.feeds[gid] == nil {
-			g.followLocked(gid, at)
+		if !g.stopped && g.feeds[gid] == f {
+			g.followLocked(f)
 		}
 	}, true
 }
 
-// readd is this user added again at the change at, while the device
-// still reads the group: a change between its place and at took the
-// user out, and the device reads on after at once it has that one.
+// readd is this user added again at the change at while the device still
+// reads the group: a change before at took the user out (handed on, or
+// still ahead), and the device reads on after at once it has that one.
+//
+// Lock g.mu should be held.
 func (f *groupFeed) readd(at uint64) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	if at > f.last {
-		f.resume = max(f.resume, at)
+	if at > f.last && !slices.Contains(f.resume, at) {
+		f.resume = append(f.resume, at)
+		slices.Sort(f.resume)
 	}
 }
 
@@ -193,41 +287,41 @@ func (g *groupFeeds) final() {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
 	defer cancel()
-	if err := g.store(ctx, "", 0, true); err != nil {
+	if err := g.store(ctx, true); err != nil {
 		g.s.log.Debug("storing the device's places in group logs failed", "err", err)
 	}
 }
 
-// record is the device's places, with gid at at when gid is not "".
-func (g *groupFeeds) record(gid string, at uint64) contract.GroupCursors {
+// record is the device's places as the record keeps them.
+func (g *groupFeeds) record() contract.GroupCursors {
 	g.mu.Lock()
 	defer g.mu.Unlock()
 	rec := contract.GroupCursors{}
 	for id, f := range g.feeds {
 		f.mu.Lock()
-		done := f.ends != 0 && f.floor >= f.ends && f.resume == 0
-		floor := f.floor
+		c := contract.GroupCursor{At: f.floor, Resume: slices.Clone(f.resume)}
+		if f.out != 0 && f.floor >= f.out {
+			c.Out = f.out // settled: read again, it would not be
+		}
+		done := f.ended() && f.floor >= f.out
 		f.mu.Unlock()
 		if !done {
-			rec[id] = floor
+			rec[id] = c
 		}
-	}
-	if gid != "" {
-		rec[gid] = max(rec[gid], at)
 	}
 	return rec
 }
 
 // store writes the record and waits until it is stored; last, it is the
 // session's final one.
-func (g *groupFeeds) store(ctx context.Context, gid string, at uint64, last bool) error {
+func (g *groupFeeds) store(ctx context.Context, last bool) error {
 	g.saveMu.Lock()
 	defer g.saveMu.Unlock()
 	if g.ended {
 		return errors.New("gateway: the session's places in group logs were stored for the last time")
 	}
 	g.ended = last
-	return g.s.srv.devices.storeGroupCursors(ctx, g.s.id.User, g.s.id.Device, g.record(gid, at))
+	return g.s.srv.devices.storeGroupCursors(ctx, g.s.id.User, g.s.id.Device, g.record())
 }
 
 // saveSoon has the record saved CursorDelay from now, with whatever
@@ -255,41 +349,42 @@ func (g *groupFeeds) save() {
 	if g.ended {
 		return
 	}
-	if err := g.s.srv.devices.saveGroupCursors(g.s.id.User, g.s.id.Device, g.record("", 0)); err != nil {
+	if err := g.s.srv.devices.saveGroupCursors(g.s.id.User, g.s.id.Device, g.record()); err != nil {
 		g.s.log.Debug("saving the device's places in group logs failed", "err", err)
 	}
+}
+
+// feed returns gid's feed, nil if the device does not read gid.
+func (g *groupFeeds) feed(gid string) *groupFeed {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	return g.feeds[gid]
 }
 
 // ack takes the device's ack of gid up to gseq; false if nothing of gid
 // up to gseq is handed on and unacked.
 func (g *groupFeeds) ack(gid string, gseq uint64) bool {
-	g.mu.Lock()
-	f := g.feeds[gid]
-	g.mu.Unlock()
+	f := g.feed(gid)
 	return f != nil && f.ack(gseq)
 }
 
-// read takes the device's read of gid up to gseq: its read position in
-// the group, as the read of a copy would. false if gseq was not handed
-// on.
+// read reports whether gseq of gid was handed on to the device, which
+// may then read it.
 func (g *groupFeeds) read(gid string, gseq uint64) bool {
-	g.mu.Lock()
-	f := g.feeds[gid]
-	g.mu.Unlock()
+	f := g.feed(gid)
 	if f == nil {
 		return false
 	}
 	f.mu.Lock()
-	ok := gseq <= f.last && gseq > 0
-	f.mu.Unlock()
-	return ok
+	defer f.mu.Unlock()
+	return gseq > 0 && gseq <= f.last
 }
 
 // offer is the reader's: the message stored at seq, after prev.
 func (f *groupFeed) offer(prev, seq uint64, m *nats.Msg) {
 	f.mu.Lock()
 	switch {
-	case f.left || seq <= f.last:
+	case f.left || seq <= f.last || f.ended():
 		f.mu.Unlock()
 	case f.full():
 		f.behind = true
@@ -305,10 +400,19 @@ func (f *groupFeed) offer(prev, seq uint64, m *nats.Msg) {
 	}
 }
 
+// window is the most the device may hold unacked of the group.
+func (f *groupFeed) window() int { return min(f.g.s.srv.maxInflight, groupWindow) }
+
 // full reports whether the device holds as many unacked as it may.
 //
 // Lock should be held.
-func (f *groupFeed) full() bool { return len(f.unacked) >= f.g.s.srv.maxInflight }
+func (f *groupFeed) full() bool { return len(f.unacked) >= f.window() }
+
+// ended reports whether the change that took the user out is handed on,
+// and nothing brings them back.
+//
+// Lock should be held.
+func (f *groupFeed) ended() bool { return f.out != 0 && len(f.resume) == 0 }
 
 // wakeRead starts reading the log from the device's place, unless a read
 // runs (it then reads once more).
@@ -325,13 +429,17 @@ func (f *groupFeed) wakeRead() {
 }
 
 // readOn reads the log past the device's place until nothing is left,
-// the device holds as many unacked as it may, or delivery stops; and
-// once more if the reader offered something meanwhile.
+// the device holds as many unacked as it may (it reads on once half are
+// acked), or delivery stops; and once more if the reader offered
+// something meanwhile.
 func (f *groupFeed) readOn() {
 	srv := f.g.s.srv
 	for {
 		f.mu.Lock()
-		from, room, stop := f.last+1, srv.maxInflight-len(f.unacked), f.left || f.ended()
+		from, room, stop := f.last+1, f.window()-len(f.unacked), f.left || f.ended()
+		if room <= 0 && !stop {
+			f.behind = true
+		}
 		f.mu.Unlock()
 		more := false
 		if !stop && room > 0 {
@@ -351,15 +459,17 @@ func (f *groupFeed) readOn() {
 			})
 			if err != nil {
 				f.g.s.log.Debug("reading a group's log", "group", f.gid, "err", err)
-				more = false // the sweep's ring reads again
+				more = false // the sweep reads again
 			}
 		}
 		f.mu.Lock()
-		if more && !f.left {
+		if f.left || f.ended() || f.full() {
+			f.behind = f.behind || f.full()
+			f.reading = false
 			f.mu.Unlock()
-			continue
+			return
 		}
-		if f.again && !f.left && !f.full() {
+		if more || f.again {
 			f.again = false
 			f.mu.Unlock()
 			continue
@@ -370,15 +480,9 @@ func (f *groupFeed) readOn() {
 	}
 }
 
-// ended reports whether the device was handed the change that took this
-// user out, and is not to read on.
-//
-// Lock should be held.
-func (f *groupFeed) ended() bool { return f.ends != 0 && f.last >= f.ends && f.resume == 0 }
-
 // take hands the device the log's message stored at seq (headers h, body
-// data), or passes it: its own send, a message from before the device's
-// place, anything malformed.
+// data), or passes it: its own send, anything malformed, anything while
+// the user is out of the group.
 func (f *groupFeed) take(seq uint64, h nats.Header, data []byte) {
 	s := f.g.s
 	from, dev, id := h.Get(contract.HdrFrom), h.Get(contract.HdrDevice), h.Get(contract.HdrID)
@@ -408,35 +512,51 @@ func (f *groupFeed) take(seq uint64, h nats.Header, data []byte) {
 		frame = nil
 	}
 	f.mu.Lock()
+	defer f.mu.Unlock()
 	if f.left || seq <= f.last {
-		f.mu.Unlock()
 		return
 	}
-	if f.ends != 0 && f.last >= f.ends {
-		// Taken out: nothing more, or if added again at resume, nothing
-		// up to it.
-		if f.resume == 0 || seq <= f.resume {
-			f.last = max(f.last, min(seq, f.resume))
-			f.mu.Unlock()
+	if f.out != 0 {
+		// Out of the group: nothing, or up to the add that brings the
+		// user back (whose copy the inbox hands on), nothing.
+		for len(f.resume) > 0 && f.resume[0] <= f.out {
+			f.resume = f.resume[1:]
+		}
+		if len(f.resume) == 0 {
 			return
 		}
-		f.ends, f.resume = 0, 0
+		if seq <= f.resume[0] {
+			f.passLocked(seq)
+			return
+		}
+		f.out, f.resume = 0, f.resume[1:]
 	}
-	f.last = seq
 	if out {
-		f.ends = seq
+		f.out = seq
 	}
 	if frame == nil {
-		if len(f.unacked) == 0 {
-			f.acked = seq // nothing to ack before it: passed as acked
-		}
-		f.mu.Unlock()
+		f.passLocked(seq)
 		return
 	}
+	f.last = seq
 	f.unacked = append(f.unacked, seq)
-	f.mu.Unlock()
 	s.srv.metrics.delivered.Inc()
+	// Sent under the lock (Send only queues): frames go out in the
+	// order taken, whichever of the reader and the feed's own read took
+	// them.
 	s.t.Send(frame)
+}
+
+// passLocked moves the device's place past seq without a frame, as an ack
+// of it would.
+//
+// Lock should be held.
+func (f *groupFeed) passLocked(seq uint64) {
+	f.last = seq
+	if len(f.unacked) == 0 {
+		f.acked = seq
+		f.settleLaterLocked(time.Now())
+	}
 }
 
 // ack takes the device's ack up to gseq.
@@ -454,15 +574,22 @@ func (f *groupFeed) ack(gseq uint64) bool {
 	}
 	now := time.Now()
 	f.lastAck = now
-	if !f.settle {
-		f.settle, f.first = true, now
-		time.AfterFunc(f.quiet(), f.settleDue)
-	}
-	if f.behind && len(f.unacked) <= f.g.s.srv.maxInflight/2 {
+	f.settleLaterLocked(now)
+	if f.behind && len(f.unacked) <= f.window()/2 {
 		f.behind = false
 		go f.wakeRead() // let go while it held too many: read on
 	}
 	return true
+}
+
+// settleLaterLocked sets a settle, unless one is set.
+//
+// Lock should be held.
+func (f *groupFeed) settleLaterLocked(now time.Time) {
+	if !f.settle {
+		f.settle, f.first = true, now
+		time.AfterFunc(f.quiet(), f.settleDue)
+	}
 }
 
 // quiet is how long acks must stop before a settle: TickQuiet, or with
@@ -512,7 +639,7 @@ func (f *groupFeed) settleNow() {
 	}
 	f.mu.Lock()
 	f.floor = max(f.floor, through)
-	done := f.ends != 0 && f.floor >= f.ends && f.resume == 0
+	done := f.ended() && f.floor >= f.out
 	f.mu.Unlock()
 	if done {
 		f.g.drop(f)
@@ -520,39 +647,55 @@ func (f *groupFeed) settleNow() {
 	f.g.saveSoon()
 }
 
-// drop ends the device's reading of f's group: the change that took
-// the user out is settled, and the record no longer names the group.
+// drop ends the device's reading of f's group once the change that took
+// the user out is settled and nothing brings them back, so the record no
+// longer names it.
 func (g *groupFeeds) drop(f *groupFeed) {
 	g.mu.Lock()
 	defer g.mu.Unlock()
 	if g.feeds[f.gid] != f {
 		return
 	}
-	delete(g.feeds, f.gid)
-	g.s.srv.groupLogs.leave(f.gid, f)
 	f.mu.Lock()
-	f.left = true
+	done := f.ended() && f.floor >= f.out // again: an add may have come since
+	if done {
+		f.left = true
+	}
 	f.mu.Unlock()
+	if done {
+		delete(g.feeds, f.gid)
+		g.s.srv.groupLogs.leave(f.gid, f)
+	}
 }
 
-// sweep is the periodic check's: every group reads on from its place,
-// in case a bell was lost.
+// sweep is the periodic check's: a group not joined to its reader joins
+// it, one behind reads on (the reader's own sweep covers the others).
 func (g *groupFeeds) sweep() {
 	g.mu.Lock()
-	feeds := make([]*groupFeed, 0, len(g.feeds))
+	var wake []*groupFeed
 	for _, f := range g.feeds {
-		feeds = append(feeds, f)
+		f.mu.Lock()
+		following, behind := f.following, f.behind || f.again
+		f.mu.Unlock()
+		switch {
+		case g.stopped:
+		case !following:
+			g.followLocked(f)
+		case behind:
+			wake = append(wake, f)
+		}
 	}
 	g.mu.Unlock()
-	for _, f := range feeds {
+	for _, f := range wake {
 		f.wakeRead()
 	}
 }
 
 // beginLog is the feed's, for a copy telling the device to read group's
-// log past at (contract.HdrGroupLog): what to do once the copy is out,
-// or false when it could not be recorded, and the session closes so the
-// copy comes again.
+// log past at (contract.HdrGroupLog): what to do once the copy is out, or
+// false when it could not be recorded. Delivery then stops, so nothing
+// after the copy moves the inbox cursor past it, and the session closes:
+// the copy comes again on the next one.
 func (f *feed) beginLog(group, at string) (follow func(), ok bool) {
 	n, err := strconv.ParseUint(at, 10, 64)
 	if err != nil || n == 0 {
@@ -561,6 +704,7 @@ func (f *feed) beginLog(group, at string) (follow func(), ok bool) {
 	if follow, ok = f.s.groups.begin(group, n); ok {
 		return follow, true
 	}
+	f.stop()
 	f.s.t.Close(protocol.CloseServiceRestart, "group logs unavailable")
 	return nil, false
 }

@@ -7,6 +7,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/switchboard-im/switchboard/functions/groups"
+	"github.com/switchboard-im/switchboard/gateway"
 	"github.com/switchboard-im/switchboard/internal/natsauth"
 	tk "github.com/switchboard-im/switchboard/internal/testkit"
 	"github.com/switchboard-im/switchboard/protocol"
@@ -160,4 +161,110 @@ func TestGroupReadFromItsLog(t *testing.T) {
 	ackGroup(bob, back)
 	m6 := groupSend(t, alice, gid, "m6")
 	expectGroupMsg(t, bob, gid, "m6", m6)
+}
+
+// startLogGroup starts a server with the functions, groups on their log
+// from 3 members, and a gateway with cfg; alice makes group crowd with
+// bob and carol (on its log from its create) and bob, connected, acks
+// its create.
+func startLogGroup(t *testing.T, cfg gateway.Config) (g *tk.Gateway, alice, bob *raw) {
+	t.Helper()
+	n := tk.StartNATS(t)
+	startGroupsOnLog(t, n, 3)
+	tk.StartFunctions(t, n)
+	g = tk.StartGateway(t, n, cfg)
+	alice = connectRaw(t, g, "alice", "phone")
+	bob = connectRaw(t, g, "bob", "phone")
+	alice.write(`{"type":"group","id":"a-1","op":"create","group":"crowd","name":"Crowd","users":["bob","carol"]}`)
+	groupAnswer(t, alice, "a-1")
+	create := nextGroupFrame(t, bob, "crowd")
+	if create.Event == nil || create.Event.Op != "create" || create.Seq == 0 {
+		t.Fatalf("bob got %+v, want the create as a copy", *create)
+	}
+	ackGroup(bob, create)
+	return g, alice, bob
+}
+
+// A device a member adds after the group went on its log gets what comes
+// after it joined, as it would its inbox: it never had the copy that
+// started the group for the member's other device.
+func TestGroupLogSecondDevice(t *testing.T) {
+	g, alice, bob := startLogGroup(t, tk.TestConfig())
+	laptop := connectRaw(t, g, "bob", "laptop")
+	m1 := groupSend(t, alice, "crowd", "m1")
+	expectGroupMsg(t, bob, "crowd", "m1", m1)
+	expectGroupMsg(t, laptop, "crowd", "m1", m1)
+}
+
+// A member taken out and added back, across a reconnect: the add, kept
+// with the device's place, brings them back after it, and nothing sent
+// while they were out reaches them, whether the removal was acked before
+// the device went or comes again after.
+func TestGroupLogAddedBackAcrossReconnect(t *testing.T) {
+	for _, ackRemoval := range []bool{true, false} {
+		t.Run(map[bool]string{true: "removal acked", false: "removal unacked"}[ackRemoval], func(t *testing.T) {
+			g, alice, bob := startLogGroup(t, tk.TestConfig())
+			alice.write(`{"type":"group","id":"a-2","op":"remove","group":"crowd","users":["bob"]}`)
+			groupAnswer(t, alice, "a-2")
+			groupSend(t, alice, "crowd", "m5") // while bob is out
+			alice.write(`{"type":"group","id":"a-3","op":"add","group":"crowd","users":["bob"]}`)
+			groupAnswer(t, alice, "a-3")
+			// The removal from the log and the add's copy from the inbox,
+			// in either order.
+			var removal, add *protocol.Frame
+			for removal == nil || add == nil {
+				f := nextGroupFrame(t, bob, "crowd")
+				switch {
+				case f.Event != nil && f.Event.Op == "remove" && f.GSeq != 0:
+					removal = f
+				case f.Event != nil && f.Event.Op == "add" && f.Seq != 0:
+					add = f
+				default:
+					t.Fatalf("bob got %+v", *f)
+				}
+			}
+			ackGroup(bob, add)
+			if ackRemoval {
+				ackGroup(bob, removal)
+			}
+			bob.closeNormally()
+			bob = connectRaw(t, g, "bob", "phone")
+			m6 := groupSend(t, alice, "crowd", "m6")
+			for {
+				f := nextGroupFrame(t, bob, "crowd")
+				if f.ID == "m5" {
+					t.Fatalf("bob got m5, sent while he was out of the group")
+				}
+				ackGroup(bob, f)
+				if f.ID == "m6" {
+					if f.GSeq != m6 {
+						t.Fatalf("m6 at %d, want %d", f.GSeq, m6)
+					}
+					break
+				}
+			}
+		})
+	}
+}
+
+// A device back to more than it may hold unacked of a group gets the
+// rest as soon as it acks, not at the next message or sweep.
+func TestGroupLogWindowRefills(t *testing.T) {
+	cfg := tk.TestConfig()
+	cfg.MaxInflight = 2
+	g, alice, bob := startLogGroup(t, cfg)
+	bob.closeNormally()
+	var at []uint64
+	for _, id := range []string{"m1", "m2", "m3", "m4"} {
+		at = append(at, groupSend(t, alice, "crowd", id))
+	}
+	bob = connectRaw(t, g, "bob", "phone")
+	first := nextGroupFrame(t, bob, "crowd")
+	second := nextGroupFrame(t, bob, "crowd")
+	if first.ID != "m1" || second.ID != "m2" {
+		t.Fatalf("bob got %s %s, want m1 m2", first.ID, second.ID)
+	}
+	ackGroup(bob, second) // both
+	expectGroupMsg(t, bob, "crowd", "m3", at[2])
+	expectGroupMsg(t, bob, "crowd", "m4", at[3])
 }

@@ -2,6 +2,7 @@ package gateway
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"slices"
@@ -337,20 +338,48 @@ type groupBucket struct {
 	kv jetstream.KeyValue
 }
 
-// load returns group gid's record.
-func (b *groupBucket) load(ctx context.Context, gid string) (contract.GroupRecord, error) {
+// bucket returns GROUP_INFO, opening it if it was not yet.
+func (b *groupBucket) bucket(ctx context.Context) (jetstream.KeyValue, error) {
 	b.mu.Lock()
 	kv := b.kv
 	b.mu.Unlock()
 	if kv == nil {
 		var err error
 		if kv, err = b.js.KeyValue(ctx, contract.GroupInfoKV); err != nil {
-			return contract.GroupRecord{}, fmt.Errorf("%w: bucket %s: %w", contract.ErrUnavailable, contract.GroupInfoKV, err)
+			return nil, fmt.Errorf("%w: bucket %s: %w", contract.ErrUnavailable, contract.GroupInfoKV, err)
 		}
 		b.mu.Lock()
 		b.kv = kv
 		b.mu.Unlock()
 	}
+	return kv, nil
+}
+
+// load returns group gid's record.
+func (b *groupBucket) load(ctx context.Context, gid string) (contract.GroupRecord, error) {
+	kv, err := b.bucket(ctx)
+	if err != nil {
+		return contract.GroupRecord{}, err
+	}
 	g, _, err := contract.LoadGroup(ctx, kv, gid)
 	return g, err
+}
+
+// memberships returns a user's list of groups under key
+// (contract.MembershipsKey): none if there is none.
+func (b *groupBucket) memberships(ctx context.Context, key string) (contract.Memberships, error) {
+	var list contract.Memberships
+	kv, err := b.bucket(ctx)
+	if err != nil {
+		return list, err
+	}
+	e, err := kv.Get(ctx, key)
+	if errors.Is(err, jetstream.ErrKeyNotFound) {
+		return list, nil
+	}
+	if err != nil {
+		return list, err
+	}
+	err = json.Unmarshal(e.Value(), &list)
+	return list, err
 }

@@ -175,7 +175,7 @@ func (s *session) start(ctx context.Context) error {
 		return err
 	}
 
-	pos, err := s.srv.devices.position(ctx, s.id.User, s.id.Device)
+	pos, err := s.srv.devices.position(ctx, s.id.User, s.id.Device, s.groups.joining)
 	if err != nil {
 		return err
 	}

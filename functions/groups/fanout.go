@@ -269,9 +269,11 @@ func (p *partition) apply(m jetstream.Msg, seq uint64) error {
 // logCopies is who of to (the members after change ev stored at seq, and
 // those it took out) gets a copy of it in a group on its log, and which
 // of them start reading the log after it: at the switch (the first change
-// on the log) every member here, else the users an add brings in; members
-// homed in another region get a copy of every change, as of every
-// message, and read no log here.
+// on the log, or a create: a group made again under an emptied one's id
+// starts afresh) every member here, and those it takes out get a copy
+// that starts nothing; else the users an add brings in. Members homed in
+// another region get a copy of every change, as of every message, and
+// read no log here.
 func (p *partition) logCopies(gid string, seq uint64, ev *event, to []string) (copies []string, readers map[string]bool, err error) {
 	prev, err := p.membersAt(gid, seq)
 	if err != nil {
@@ -288,8 +290,9 @@ func (p *partition) logCopies(gid string, seq uint64, ev *event, to []string) (c
 		away[u] = true
 	}
 	readers = map[string]bool{}
+	switched := !prev.g.Log || ev.Op == contract.GroupCreate // a create: a new group, maybe under an old one's id
 	switch {
-	case !prev.g.Log:
+	case switched:
 		for _, u := range to {
 			if ev.Group.IsMember(u) && !away[u] {
 				readers[u] = true
@@ -304,7 +307,9 @@ func (p *partition) logCopies(gid string, seq uint64, ev *event, to []string) (c
 	}
 	copies = remote
 	for _, u := range to {
-		if readers[u] {
+		// At the switch those it takes out are told by copy: they never
+		// read the log.
+		if readers[u] || switched && !away[u] && !ev.Group.IsMember(u) {
 			copies = append(copies, u)
 		}
 	}

@@ -101,9 +101,9 @@ type Config struct {
 	// (docs/GROUP-LOG.md) at its first change that leaves it with at
 	// least this many members: from then on its messages are copied only
 	// to members homed in another region, and its changes only to those
-	// and to the users they add, the switch itself to every member. The
-	// gateways do not read group logs yet, so it is for tests until they
-	// do; 0 (the default) keeps every group on copies.
+	// and to the users they add, the switch itself to every member
+	// (docs/GROUP-LOG.md: not yet for push or the web SDK, so 0, the
+	// default, keeps every group on copies).
 	LogMembers int
 
 	// afterCopy, for tests, is called after each copy of a fan-out is

@@ -936,3 +936,39 @@ func TestGroupOnItsLog(t *testing.T) {
 		})
 	}
 }
+
+// Two edges of the switch to the log: at a removal (the setting turned
+// on for a group that is big already), the user taken out is told by
+// copy, as they never read the log; and a group made again under the id
+// of one on its log that everyone left starts afresh, its members
+// starting to read at its create.
+func TestGroupOnItsLogEdges(t *testing.T) {
+	e := newEnv(t)
+	old := e.instance(t, groups.DefaultConfig())
+	const gid = "crowd"
+	e.must(t, contract.GroupCreate, named("alice", gid, "Crowd", "bob", "carol", "dave"))
+	old.Stop()
+	cfg := groups.DefaultConfig()
+	cfg.LogMembers = 3
+	e.instance(t, cfg)
+	if g := e.must(t, contract.GroupRemove, req("alice", gid, "dave")); !g.Log {
+		t.Fatal("a group of 3 is not on its log at 3")
+	}
+	for _, u := range []string{"alice", "bob", "carol"} {
+		e.must(t, contract.GroupLeave, req(u, gid))
+	}
+	e.must(t, contract.GroupCreate, named("erin", gid, "Again", "frank", "gina"))
+	last := e.send(t, gid, "erin", "m1")
+	e.settled(t, gid, last)
+	in := e.inbox(t, "dave")
+	if got := inboxSays(t, e, "dave"); !slices.Equal(got, []string{"event create [bob carol dave] by alice", "event remove [dave] by alice"}) ||
+		in[1].Header.Get(contract.HdrGroupLog) != "" {
+		t.Errorf("dave's inbox: %q (the removal starting the log at %q)", got, in[len(in)-1].Header.Get(contract.HdrGroupLog))
+	}
+	for _, u := range []string{"frank", "gina"} {
+		in := e.inbox(t, u)
+		if len(in) != 1 || says(in[0]) != "event create [frank gina] by erin" || in[0].Header.Get(contract.HdrGroupLog) != in[0].Header.Get(contract.HdrGroupSeq) {
+			t.Errorf("%s's inbox: %d copies, want the create starting the log", u, len(in))
+		}
+	}
+}
