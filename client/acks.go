@@ -46,6 +46,12 @@ const defaultAckGather = 250 * time.Millisecond
 // back.
 const ackBatch = 64
 
+// groupAckBatch is how many messages of groups read from their logs,
+// acked, make their acks go out at once: half of what the gateway lets a
+// device hold unacked of one group (64), so a busy group's messages
+// keep coming while the acks are on their way.
+const groupAckBatch = 32
+
 // stopper is a timer as ackQueue uses one (*time.Timer; tests use their
 // own through hooks.afterFunc).
 type stopper interface{ Stop() bool }
@@ -58,6 +64,7 @@ type ackQueue struct {
 	conn    *websocket.Conn // the connection the waiting acks were made on
 	seqs    []uint64
 	groups  []groupAck // of groups read from their logs: one per group, the highest
+	grouped int        // messages those cover (AckGroup calls since the last write)
 	last    time.Time  // when acks were last written
 	timer   stopper    // set while acks wait for their time
 	stopped bool       // the client closed: nothing more is queued or written
@@ -99,6 +106,10 @@ func (q *ackQueue) addGroup(conn *websocket.Conn, group string, gseq uint64, gat
 	} else {
 		q.groups[i].gseq = max(q.groups[i].gseq, gseq)
 	}
+	q.grouped++
+	if q.grouped >= groupAckBatch {
+		return true
+	}
 	return q.dueLocked(gather, after)
 }
 
@@ -127,7 +138,7 @@ func (q *ackQueue) attach(conn *websocket.Conn) {
 	defer q.mu.Unlock()
 	if q.conn != conn {
 		q.stopTimerLocked()
-		q.conn, q.seqs, q.groups = conn, q.seqs[:0], q.groups[:0]
+		q.conn, q.seqs, q.groups, q.grouped = conn, q.seqs[:0], q.groups[:0], 0
 	}
 }
 
@@ -152,7 +163,7 @@ func (q *ackQueue) take(conn *websocket.Conn, b []byte) ([]byte, int, *websocket
 		k := 4 * (len(q.seqs) + i)
 		b = appendClientFrame(b, protocol.AppendGroupSeqFrame(frame[:0], protocol.TypeAck, a.group, a.gseq), [4]byte(keys[k:]))
 	}
-	q.seqs, q.groups = q.seqs[:0], q.groups[:0]
+	q.seqs, q.groups, q.grouped = q.seqs[:0], q.groups[:0], 0
 	q.last = time.Now()
 	return b, n, q.conn
 }
