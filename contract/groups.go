@@ -67,6 +67,9 @@ func GroupMsgSubject(gid string) string {
 }
 
 // GroupEventSubject is where group gid's membership changes are stored.
+// A change's body is a JSON object with the system message's fields (op,
+// users, name, promoted) and group, the GroupRecord as the change left it
+// (Seq aside): members reading the log take both from it.
 func GroupEventSubject(gid string) string {
 	return GroupsPrefix + GroupPartition(gid) + "." + gid + ".e"
 }

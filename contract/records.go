@@ -55,11 +55,9 @@ type GroupCursor struct {
 	// settled for the device.
 	At uint64 `json:"at"`
 	// Out, when not 0, is the change that took the user out of the
-	// group, handed to the device: nothing after it is the device's,
-	// but after each of Resume, changes that added the user back (in
-	// order), up to the next change that takes them out.
-	Out    uint64   `json:"out,omitempty"`
-	Resume []uint64 `json:"resume,omitempty"`
+	// group, handed to the device and settled: nothing after it is the
+	// device's until a change in the log adds the user back.
+	Out uint64 `json:"out,omitempty"`
 }
 
 // ParseGroupCursors reads a device's GroupCursors; a malformed value is

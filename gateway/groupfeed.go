@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"slices"
 	"strconv"
 	"sync"
@@ -23,13 +24,14 @@ import (
 // the add of this user), or, for a device's first session, from the end
 // of the log of each group on its log that the user's list of groups
 // names (as a new device gets its inbox from where it joined). It reads
-// until the change that takes the user out, which it is handed last, and
-// on after each change that adds them back. Its place in each is in
-// CURSORS (contract.GroupCursors), with where it was taken out and the
-// adds that bring it back: everything up to the place acked, and the
-// member's delivered position asked of the receipts function. The record
-// is written before the inbox moves past a copy that starts or resumes a
-// group.
+// until the change that takes the user out, which it is handed last;
+// while out it passes the log, handing nothing, until a change adds the
+// user back (whose copy the inbox hands on), or it has settled the
+// removal and stops reading. Its place in each is in CURSORS
+// (contract.GroupCursors), with, when it is out, the removal: everything
+// up to the place acked, and the member's delivered position asked of
+// the receipts function. The record is written before the inbox moves
+// past a copy that starts a group.
 //
 // The gateway's reader of the group (grouplog.go) hands each message to
 // every device that has had the one before it; a device behind reads for
@@ -76,10 +78,8 @@ type groupFeed struct {
 	unacked []uint64   // handed on, not yet acked, in order
 	acked   uint64     // the device acked everything through here
 	floor   uint64     // settled: acked, its position asked, through here
-	// out is the change that took the user out, handed on (0: a member);
-	// resume, the changes that add them back after a removal, in order.
+	// out is the change that took the user out, handed on (0: a member).
 	out       uint64
-	resume    []uint64
 	following bool      // joined to the gateway's reader
 	reading   bool      // reading the log itself (behind the reader)
 	again     bool      // read once more when done: the reader offered something meanwhile
@@ -96,7 +96,7 @@ func (g *groupFeeds) init(s *session) {
 }
 
 func (g *groupFeeds) newFeed(gid string, c contract.GroupCursor) *groupFeed {
-	return &groupFeed{g: g, gid: gid, last: c.At, acked: c.At, floor: c.At, out: c.Out, resume: slices.Clone(c.Resume)}
+	return &groupFeed{g: g, gid: gid, last: c.At, acked: c.At, floor: c.At, out: c.Out}
 }
 
 // load reads the device's record, before the welcome.
@@ -125,9 +125,10 @@ func (g *groupFeeds) load(ctx context.Context) error {
 
 // joining finds, for a device's first session (before it is registered,
 // as its inbox starts after what INBOX held then), the groups on their
-// logs that the user is in, with the end of each log as its place. A
-// user's first device gets their whole inbox, and so the copies that
-// start their groups: it needs none.
+// logs that the user is in, with the end of each log as its place, and
+// stores them before the device's cursor is made: a session that fails
+// after would not look again. A user's first device gets their whole
+// inbox, and so the copies that start their groups: it needs none.
 func (g *groupFeeds) joining(ctx context.Context) error {
 	srv := g.s.srv
 	if others, err := srv.devices.others(ctx, g.s.id.User, g.s.id.Device); err != nil || !others {
@@ -143,20 +144,22 @@ func (g *groupFeeds) joining(ctx context.Context) error {
 	}
 	places := contract.GroupCursors{}
 	for gid := range list.Groups {
-		rec, err := srv.groups.get(srv, gid)
-		switch {
-		case errors.Is(err, contract.ErrUnknownGroup):
-			continue
-		case err != nil:
-			return err
-		case !rec.Log || !rec.IsMember(g.s.id.User) || srv.regions.elsewhere(&rec) != "":
+		if !protocol.ValidID(gid) {
 			continue
 		}
-		end, err := srv.groupLogEnd(gid)
+		end, rec, err := srv.groupLogAt(gid)
 		if err != nil {
 			return err
 		}
-		places[gid] = contract.GroupCursor{At: end}
+		if rec.Log && rec.IsMember(g.s.id.User) && srv.regions.elsewhere(&rec) == "" {
+			places[gid] = contract.GroupCursor{At: end}
+		}
+	}
+	if len(places) == 0 {
+		return nil
+	}
+	if err := srv.devices.storeGroupCursors(ctx, g.s.id.User, g.s.id.Device, places); err != nil {
+		return err
 	}
 	g.mu.Lock()
 	defer g.mu.Unlock()
@@ -164,7 +167,42 @@ func (g *groupFeeds) joining(ctx context.Context) error {
 	return nil
 }
 
-// groupLogEnd is the sequence of the newest message in group gid's log.
+// groupLogAt is the end of group gid's log and the group as of there, as
+// its last change before it left it (the log, not GROUP_INFO, which may
+// be behind it). A change stored between the two reads has them read
+// again.
+func (srv *Server) groupLogAt(gid string) (end uint64, g contract.GroupRecord, err error) {
+	for range 3 {
+		if end, err = srv.groupLogEnd(gid); err != nil {
+			return 0, g, err
+		}
+		var at uint64
+		var body []byte
+		_, err = srv.directBatchOn(contract.GroupsStream, directGet{LastFor: contract.GroupEventSubject(gid)}, srv.leaseStop, func(seq uint64, m *nats.Msg) bool {
+			at, body = seq, m.Data
+			return false
+		})
+		switch {
+		case err != nil:
+			return 0, g, err
+		case at == 0:
+			return end, g, nil // no change: no group
+		case at > end:
+			continue // changed since the end was read
+		}
+		var ev struct {
+			Group contract.GroupRecord `json:"group"`
+		}
+		if err := json.Unmarshal(body, &ev); err != nil {
+			return 0, g, fmt.Errorf("gateway: group %s's last change: %w", gid, err)
+		}
+		return end, ev.Group, nil
+	}
+	return 0, g, fmt.Errorf("%w: group %s changes faster than it can be read", contract.ErrUnavailable, gid)
+}
+
+// groupLogEnd is the sequence of the newest message in group gid's log
+// (0: none).
 func (srv *Server) groupLogEnd(gid string) (end uint64, err error) {
 	_, err = srv.directBatchOn(contract.GroupsStream, directGet{LastFor: contract.GroupLogFilter(gid)}, srv.leaseStop, func(seq uint64, _ *nats.Msg) bool {
 		end = seq
@@ -220,20 +258,24 @@ func (g *groupFeeds) begin(gid string, at uint64) (follow func(), ok bool) {
 	}
 	f, known := g.feeds[gid]
 	if known {
-		f.readd(at)
-	} else {
-		f = g.newFeed(gid, contract.GroupCursor{At: at})
-		g.feeds[gid] = f
+		// Still reading it, out or not: the add is in the log too, and
+		// brings the user back as the feed reads on to it.
+		g.mu.Unlock()
+		return f.wakeRead, true
 	}
+	f = g.newFeed(gid, contract.GroupCursor{At: at})
+	g.feeds[gid] = f
 	g.mu.Unlock()
 	ctx, cancel := context.WithTimeout(context.Background(), g.s.srv.cfg.FunctionTimeout)
 	defer cancel()
 	if err := g.store(ctx, false); err != nil {
 		g.s.log.Warn("cannot store the device's places in group logs", "err", err)
+		g.mu.Lock()
+		if g.feeds[gid] == f {
+			delete(g.feeds, gid)
+		}
+		g.mu.Unlock()
 		return nil, false
-	}
-	if known {
-		return nil, true
 	}
 	return func() {
 		g.mu.Lock()
@@ -242,20 +284,6 @@ func (g *groupFeeds) begin(gid string, at uint64) (follow func(), ok bool) {
 			g.followLocked(f)
 		}
 	}, true
-}
-
-// readd is this user added again at the change at while the device still
-// reads the group: a change before at took the user out (handed on, or
-// still ahead), and the device reads on after at once it has that one.
-//
-// Lock g.mu should be held.
-func (f *groupFeed) readd(at uint64) {
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	if at > f.last && !slices.Contains(f.resume, at) {
-		f.resume = append(f.resume, at)
-		slices.Sort(f.resume)
-	}
 }
 
 // stop ends every group's delivery: nothing is handed on after it.
@@ -299,11 +327,11 @@ func (g *groupFeeds) record() contract.GroupCursors {
 	rec := contract.GroupCursors{}
 	for id, f := range g.feeds {
 		f.mu.Lock()
-		c := contract.GroupCursor{At: f.floor, Resume: slices.Clone(f.resume)}
+		c := contract.GroupCursor{At: f.floor}
 		if f.out != 0 && f.floor >= f.out {
 			c.Out = f.out // settled: read again, it would not be
 		}
-		done := f.ended() && f.floor >= f.out
+		done := f.done()
 		f.mu.Unlock()
 		if !done {
 			rec[id] = c
@@ -384,7 +412,7 @@ func (g *groupFeeds) read(gid string, gseq uint64) bool {
 func (f *groupFeed) offer(prev, seq uint64, m *nats.Msg) {
 	f.mu.Lock()
 	switch {
-	case f.left || seq <= f.last || f.ended():
+	case f.left || seq <= f.last:
 		f.mu.Unlock()
 	case f.full():
 		f.behind = true
@@ -408,11 +436,12 @@ func (f *groupFeed) window() int { return min(f.g.s.srv.maxInflight, groupWindow
 // Lock should be held.
 func (f *groupFeed) full() bool { return len(f.unacked) >= f.window() }
 
-// ended reports whether the change that took the user out is handed on,
-// and nothing brings them back.
+// done reports whether the device is through with the group: the change
+// that took the user out is settled, and the log after it, as far as
+// read, did not bring them back.
 //
 // Lock should be held.
-func (f *groupFeed) ended() bool { return f.out != 0 && len(f.resume) == 0 }
+func (f *groupFeed) done() bool { return f.out != 0 && f.floor >= f.out }
 
 // wakeRead starts reading the log from the device's place, unless a read
 // runs (it then reads once more).
@@ -436,7 +465,7 @@ func (f *groupFeed) readOn() {
 	srv := f.g.s.srv
 	for {
 		f.mu.Lock()
-		from, room, stop := f.last+1, f.window()-len(f.unacked), f.left || f.ended()
+		from, room, stop := f.last+1, f.window()-len(f.unacked), f.left
 		if room <= 0 && !stop {
 			f.behind = true
 		}
@@ -447,7 +476,7 @@ func (f *groupFeed) readOn() {
 			var err error
 			more, err = srv.directBatchOn(contract.GroupsStream, req, f.g.s.feed.quit, func(seq uint64, m *nats.Msg) bool {
 				f.mu.Lock()
-				stale, stop := seq <= f.last, f.left || f.ended()
+				stale, stop := seq <= f.last, f.left
 				f.mu.Unlock()
 				if stop {
 					return false
@@ -459,11 +488,14 @@ func (f *groupFeed) readOn() {
 			})
 			if err != nil {
 				f.g.s.log.Debug("reading a group's log", "group", f.gid, "err", err)
-				more = false // the sweep reads again
+				f.mu.Lock()
+				f.behind, f.reading = true, false // the sweep (or the next ack) reads again
+				f.mu.Unlock()
+				return
 			}
 		}
 		f.mu.Lock()
-		if f.left || f.ended() || f.full() {
+		if f.left || f.full() {
 			f.behind = f.behind || f.full()
 			f.reading = false
 			f.mu.Unlock()
@@ -488,7 +520,7 @@ func (f *groupFeed) take(seq uint64, h nats.Header, data []byte) {
 	from, dev, id := h.Get(contract.HdrFrom), h.Get(contract.HdrDevice), h.Get(contract.HdrID)
 	ts, _ := strconv.ParseInt(h.Get(contract.HdrTS), 10, 64)
 	var frame []byte
-	out := false // this change takes this user out
+	out, in := false, false // this change takes this user out, or brings them in
 	switch h.Get(contract.HdrKind) {
 	case contract.KindMsg:
 		if from == s.id.User && dev == s.id.Device {
@@ -504,6 +536,7 @@ func (f *groupFeed) take(seq uint64, h nats.Header, data []byte) {
 			break
 		}
 		out = ev.Op == contract.GroupRemove && slices.Contains(ev.Users, s.id.User) || ev.Op == contract.GroupLeave && from == s.id.User
+		in = (ev.Op == contract.GroupAdd || ev.Op == contract.GroupCreate) && slices.Contains(ev.Users, s.id.User)
 		body, _ := json.Marshal(ev)
 		id = protocol.SystemIDPrefix + strconv.FormatUint(seq, 10)
 		frame = protocol.AppendGroupLogEvent(nil, id, from, dev, f.gid, seq, ts, body)
@@ -517,19 +550,13 @@ func (f *groupFeed) take(seq uint64, h nats.Header, data []byte) {
 		return
 	}
 	if f.out != 0 {
-		// Out of the group: nothing, or up to the add that brings the
-		// user back (whose copy the inbox hands on), nothing.
-		for len(f.resume) > 0 && f.resume[0] <= f.out {
-			f.resume = f.resume[1:]
+		// Out of the group: nothing, up to a change that brings the user
+		// back, itself passed too (its copy, the inbox hands on).
+		if in {
+			f.out = 0
 		}
-		if len(f.resume) == 0 {
-			return
-		}
-		if seq <= f.resume[0] {
-			f.passLocked(seq)
-			return
-		}
-		f.out, f.resume = 0, f.resume[1:]
+		f.passLocked(seq)
+		return
 	}
 	if out {
 		f.out = seq
@@ -639,7 +666,7 @@ func (f *groupFeed) settleNow() {
 	}
 	f.mu.Lock()
 	f.floor = max(f.floor, through)
-	done := f.ended() && f.floor >= f.out
+	done := f.done()
 	f.mu.Unlock()
 	if done {
 		f.g.drop(f)
@@ -648,8 +675,8 @@ func (f *groupFeed) settleNow() {
 }
 
 // drop ends the device's reading of f's group once the change that took
-// the user out is settled and nothing brings them back, so the record no
-// longer names it.
+// the user out is settled and the log read since did not bring them back,
+// so the record no longer names it (a later add starts it again).
 func (g *groupFeeds) drop(f *groupFeed) {
 	g.mu.Lock()
 	defer g.mu.Unlock()
@@ -657,7 +684,7 @@ func (g *groupFeeds) drop(f *groupFeed) {
 		return
 	}
 	f.mu.Lock()
-	done := f.ended() && f.floor >= f.out // again: an add may have come since
+	done := f.done() // again: the log may have brought the user back since
 	if done {
 		f.left = true
 	}

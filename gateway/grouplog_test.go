@@ -227,18 +227,23 @@ func TestGroupLogAddedBackAcrossReconnect(t *testing.T) {
 			if ackRemoval {
 				ackGroup(bob, removal)
 			}
+			// One after the add, handed on and left unacked.
+			m6 := groupSend(t, alice, "crowd", "m6")
+			if f := nextGroupFrame(t, bob, "crowd"); f.ID != "m6" || f.GSeq != m6 {
+				t.Fatalf("bob got %+v, want m6 at %d", *f, m6)
+			}
 			bob.closeNormally()
 			bob = connectRaw(t, g, "bob", "phone")
-			m6 := groupSend(t, alice, "crowd", "m6")
+			m7 := groupSend(t, alice, "crowd", "m7")
 			for {
 				f := nextGroupFrame(t, bob, "crowd")
 				if f.ID == "m5" {
 					t.Fatalf("bob got m5, sent while he was out of the group")
 				}
 				ackGroup(bob, f)
-				if f.ID == "m6" {
-					if f.GSeq != m6 {
-						t.Fatalf("m6 at %d, want %d", f.GSeq, m6)
+				if f.ID == "m7" {
+					if f.GSeq != m7 {
+						t.Fatalf("m7 at %d, want %d", f.GSeq, m7)
 					}
 					break
 				}
@@ -267,4 +272,35 @@ func TestGroupLogWindowRefills(t *testing.T) {
 	ackGroup(bob, second) // both
 	expectGroupMsg(t, bob, "crowd", "m3", at[2])
 	expectGroupMsg(t, bob, "crowd", "m4", at[3])
+}
+
+// A device a member adds right after being taken out of a group starts
+// nothing of it, whatever GROUP_INFO says yet: the group's log decides.
+// Added back, it reads from the add: m8, sent while the user was out,
+// would come before m9 on the group's log if it came at all.
+func TestGroupLogNewDeviceAfterRemoval(t *testing.T) {
+	g, alice, bob := startLogGroup(t, tk.TestConfig())
+	alice.write(`{"type":"group","id":"a-2","op":"remove","group":"crowd","users":["bob"]}`)
+	groupAnswer(t, alice, "a-2")
+	if f := nextGroupFrame(t, bob, "crowd"); f.Event == nil || f.Event.Op != "remove" {
+		t.Fatalf("bob got %+v, want his removal", *f)
+	}
+	laptop := connectRaw(t, g, "bob", "laptop")
+	groupSend(t, alice, "crowd", "m8")
+	alice.write(`{"type":"group","id":"a-3","op":"add","group":"crowd","users":["bob"]}`)
+	groupAnswer(t, alice, "a-3")
+	m9 := groupSend(t, alice, "crowd", "m9")
+	for {
+		f := nextGroupFrame(t, laptop, "crowd")
+		if f.ID == "m8" {
+			t.Fatalf("bob's laptop got m8, sent while he was out of the group")
+		}
+		ackGroup(laptop, f)
+		if f.ID == "m9" {
+			if f.GSeq != m9 {
+				t.Fatalf("m9 at %d, want %d", f.GSeq, m9)
+			}
+			return
+		}
+	}
 }
