@@ -235,19 +235,7 @@ func TestGroupLogAddedBackAcrossReconnect(t *testing.T) {
 			bob.closeNormally()
 			bob = connectRaw(t, g, "bob", "phone")
 			m7 := groupSend(t, alice, "crowd", "m7")
-			for {
-				f := nextGroupFrame(t, bob, "crowd")
-				if f.ID == "m5" {
-					t.Fatalf("bob got m5, sent while he was out of the group")
-				}
-				ackGroup(bob, f)
-				if f.ID == "m7" {
-					if f.GSeq != m7 {
-						t.Fatalf("m7 at %d, want %d", f.GSeq, m7)
-					}
-					break
-				}
-			}
+			readUntil(t, bob, "crowd", "m7", m7, "m5") // m6 may come again: unacked
 		})
 	}
 }
@@ -290,15 +278,23 @@ func TestGroupLogNewDeviceAfterRemoval(t *testing.T) {
 	alice.write(`{"type":"group","id":"a-3","op":"add","group":"crowd","users":["bob"]}`)
 	groupAnswer(t, alice, "a-3")
 	m9 := groupSend(t, alice, "crowd", "m9")
+	readUntil(t, laptop, "crowd", "m9", m9, "m8")
+}
+
+// readUntil reads r's msgs of group gid, acking each, until id, which
+// must be at gseq in the log; never, sent while the user was out of the
+// group, must not come before it (the log's order puts it before id).
+func readUntil(t *testing.T, r *raw, gid, id string, gseq uint64, never string) {
+	t.Helper()
 	for {
-		f := nextGroupFrame(t, laptop, "crowd")
-		if f.ID == "m8" {
-			t.Fatalf("bob's laptop got m8, sent while he was out of the group")
+		f := nextGroupFrame(t, r, gid)
+		if f.ID == never {
+			t.Fatalf("got %s, sent while the user was out of the group", never)
 		}
-		ackGroup(laptop, f)
-		if f.ID == "m9" {
-			if f.GSeq != m9 {
-				t.Fatalf("m9 at %d, want %d", f.GSeq, m9)
+		ackGroup(r, f)
+		if f.ID == id {
+			if f.GSeq != gseq {
+				t.Fatalf("%s at %d, want %d", id, f.GSeq, gseq)
 			}
 			return
 		}
