@@ -834,7 +834,7 @@ func retryable(code protocol.ErrorCode) bool { return protocol.Retryable(code) }
 func (c *Client) onSent(f *protocol.Frame) {
 	c.mu.Lock()
 	o := c.ob.byID[f.ID]
-	var early string
+	var early, device string
 	switch {
 	case o != nil && o.group != "":
 		// A group message's seq is its place in the group's log: its
@@ -842,6 +842,7 @@ func (c *Client) onSent(f *protocol.Frame) {
 		early = c.ticks.sent(groupKey(o.group), f.ID, f.Seq)
 	case o != nil:
 		early = c.ticks.sent(o.to, f.ID, f.Seq)
+		device = c.ticks.earlyDevice(o.to, f.Seq, early)
 	}
 	c.mu.Unlock()
 	if o != nil {
@@ -850,7 +851,7 @@ func (c *Client) onSent(f *protocol.Frame) {
 		if early != "" {
 			// Its tick came before its "sent" did.
 			select {
-			case c.rcpt <- Receipt{ID: f.ID, Status: early, Group: o.group, By: o.to, Seq: f.Seq, TS: time.Now()}:
+			case c.rcpt <- Receipt{ID: f.ID, Status: early, Group: o.group, By: o.to, Device: device, Seq: f.Seq, TS: time.Now()}:
 			case <-c.ctx.Done():
 			}
 		}

@@ -107,8 +107,8 @@ func TestReceiptsArePositionsHandedOnceAndAllAcked(t *testing.T) {
 }
 
 // A tick can overtake the "sent" of the message it covers (they travel
-// apart): the SDK keeps the receipt's position and applies it when the
-// "sent" comes, and the send's result names the tick too.
+// apart): the SDK keeps the receipt's position and device and applies
+// them when the "sent" comes, and the send's result names the tick too.
 func TestTickBeforeSentIsApplied(t *testing.T) {
 	s := newScript(t)
 	c := s.dial(t, Options{}, newWaiter(true))
@@ -130,8 +130,8 @@ func TestTickBeforeSentIsApplied(t *testing.T) {
 		}
 	}
 	for _, w := range []Receipt{{ID: "m1", Status: protocol.StatusRead, Seq: 20}, {ID: "m2", Status: protocol.StatusDelivered, Seq: 21}} {
-		if r := recvReceipt(t, c); r.ID != w.ID || r.Status != w.Status || r.Seq != w.Seq || r.By != "bob" {
-			t.Fatalf("got %+v, want %+v", r, w)
+		if r := recvReceipt(t, c); r.ID != w.ID || r.Status != w.Status || r.Seq != w.Seq || r.By != "bob" || r.Device != "phone" {
+			t.Fatalf("got %+v, want %+v by bob on phone (the receipts' device)", r, w)
 		}
 	}
 }

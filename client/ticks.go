@@ -48,6 +48,9 @@ type recipientTicks struct {
 	// position, and the latest delivered ranges.
 	readTo    uint64
 	delivered []span
+	// The devices those receipts named (the latest of each status), for
+	// the tick a late "sent" reports.
+	readDevice, deliveredDevice string
 }
 
 type span struct{ from, to uint64 }
@@ -83,6 +86,21 @@ func tickKey(f *protocol.Frame) string {
 		return groupKey(f.Group)
 	}
 	return f.By
+}
+
+// earlyDevice is the device of the receipt that gave the message stored
+// at seq to `to` its early tick status (early, sent), "" if unknown.
+func (t *ticks) earlyDevice(to string, seq uint64, status string) string {
+	r := t.to[to]
+	switch {
+	case r == nil:
+		return ""
+	case status == protocol.StatusRead:
+		return r.readDevice
+	case status == protocol.StatusDelivered:
+		return r.deliveredDevice
+	}
+	return ""
 }
 
 // early is the tick a receipt already gave the message stored at seq to
@@ -203,6 +221,9 @@ func (t *ticks) apply(f *protocol.Frame) (ids []string, seqs []uint64) {
 	}
 	switch f.Status {
 	case protocol.StatusRead:
+		if f.ToSeq >= r.readTo {
+			r.readDevice = f.Device
+		}
 		r.readTo = max(r.readTo, f.ToSeq)
 		for ; r.read < len(r.msgs) && r.msgs[r.read].seq <= f.ToSeq; r.read++ {
 			if m := &r.msgs[r.read]; m.tick < tickRead {
@@ -212,6 +233,7 @@ func (t *ticks) apply(f *protocol.Frame) (ids []string, seqs []uint64) {
 		}
 	case protocol.StatusDelivered:
 		r.delivered = append(r.delivered, span{f.FromSeq, f.ToSeq})
+		r.deliveredDevice = f.Device
 		if len(r.delivered) > maxSpans {
 			r.delivered = r.delivered[1:]
 		}
