@@ -1179,3 +1179,39 @@ func TestSDKStatusNamesTheRecipientAcrossRegions(t *testing.T) {
 		t.Fatalf("status to a bad id: %s", got)
 	}
 }
+
+// A group read from its log (docs/GROUP-LOG.md): its messages come with
+// gseq and no seq, and the app acks and reads them by group and gseq.
+// After a reconnect, one the app acked comes again and is acked by the
+// SDK, not given to the app twice; one it still holds is not acked for
+// it, and the app's own ack goes on the connection that gave it again.
+func TestSDKGroupLog(t *testing.T) {
+	s := newScript(t)
+	pg, c := startSDK(t, s, "")
+	js(pg, `c.on('message', (m) => { if (m.gseq && m.id !== 'b2') { c.ackGroup(m.group, m.gseq); c.readGroup(m.group, m.gseq); } })`)
+	b1 := protocol.AppendGroupLogMsg(nil, "b1", "bob", "phone", "crowd", 70, 1795582349000, []byte(`"hi all"`), nil)
+	b2 := protocol.AppendGroupLogMsg(nil, "b2", "bob", "phone", "crowd", 71, 1795582349000, []byte(`"later"`), nil)
+	groupFrame := func(typ string, gseq uint64) {
+		t.Helper()
+		if f := c.next(t); f.Type != typ || f.Group != "crowd" || f.GSeq != gseq || f.Seq != 0 {
+			t.Fatalf("next frame %+v, want %s of crowd at %d", *f, typ, gseq)
+		}
+	}
+	c.write(b1)
+	groupFrame(protocol.TypeAck, 70)
+	groupFrame(protocol.TypeRead, 70)
+	c.write(b2)
+	c.fence(t, pg) // the app holds b2: nothing acked for it
+
+	c.closeWith(protocol.CloseServiceRestart, "restart")
+	c = s.accept(t)
+	c.write(b1)
+	groupFrame(protocol.TypeAck, 70) // acked by the app before: acked again by the SDK
+	c.write(b2)
+	c.fence(t, pg) // still held by the app
+	js(pg, `c.ackGroup('crowd', 71)`)
+	groupFrame(protocol.TypeAck, 71)
+	if got := events(pg, "message"); got != `[{"id":"b1","from":"bob","device":"phone","seq":0,"gseq":70,"ts":1795582349000,"body":"hi all","media":null,"group":"crowd","event":null,"to":"","sentSeq":0},{"id":"b2","from":"bob","device":"phone","seq":0,"gseq":71,"ts":1795582349000,"body":"later","media":null,"group":"crowd","event":null,"to":"","sentSeq":0}]` {
+		t.Fatalf("the app got %s", got)
+	}
+}

@@ -405,7 +405,17 @@ function tick(m, status, note = '') {
 // message of the group's; this user's other devices clear their badge.
 function markRead() {
   if (!open || !sb?.connected || document.visibilityState !== 'visible') return;
-  const last = chat(open).findLast((m) => (isGroup(open) ? m.from !== me.user && m.seq : m.from === open));
+  const last = chat(open).findLast((m) => (isGroup(open) ? m.from !== me.user && (m.seq || m.gseq) : m.from === open));
+  if (last?.gseq) {
+    // Read from the group's log: its own watermark, in the log's places.
+    store.readLog ??= {};
+    if (last.gseq <= (store.readLog[open] ?? 0)) return;
+    sb.readGroup(open, last.gseq);
+    store.readLog[open] = last.gseq;
+    save();
+    renderContacts();
+    return;
+  }
   if (!last || last.seq <= (store.read[open] ?? 0)) return;
   sb.read(last.seq);
   store.read[open] = last.seq;
@@ -628,7 +638,7 @@ function onGroupMessage(m) {
     // Ours from another device is one of ours, at the seq its ticks name.
     msgs.push(m.from === me.user && m.sentSeq
       ? { id: m.id, from: m.from, group: m.group, seq: m.sentSeq, ts: m.ts, body: m.body, tick: 'sent' }
-      : { id: m.id, from: m.from, group: m.group, seq: m.seq, ts: m.ts, body: m.body, event: m.event ?? undefined });
+      : { id: m.id, from: m.from, group: m.group, seq: m.seq, gseq: m.gseq || undefined, ts: m.ts, body: m.body, event: m.event ?? undefined });
     if (m.event) applyEvent(m.group, m.from, m.event);
     else if (isNew) {
       store.groups[m.group] = { name: '', createdBy: '', members: [], left: false };
@@ -636,7 +646,9 @@ function onGroupMessage(m) {
     }
     save();
   }
-  sb.ack(m.seq);
+  // A big group's messages come from its log, with their place there.
+  if (m.gseq) sb.ackGroup(m.group, m.gseq);
+  else sb.ack(m.seq);
   if (!m.event) typingUntil.delete(key + '\0' + m.from);
   if (fresh && key === open) {
     appendMessage(msgs.at(-1));

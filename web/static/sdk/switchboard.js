@@ -614,6 +614,10 @@ export class Client {
   #maxFrame = 0; // the largest frame the gateway takes (its welcome's max_frame), 0 until one came
   #seen = new Lru(MAX_SEEN); // from + '\0' + id -> seq of messages given to the app
   #acked = new Lru(MAX_SEEN); // seqs the app acked
+  // Per group read from its log, the highest place the app acked: one
+  // that comes again at or below it is acked here, one above it the app
+  // still holds (docs/GROUP-LOG.md).
+  #groupAcked = new Map();
   #ticks = new Ticks();
   #following = new Set();
   #followingGroups = new Set(); // groups whose members' presence is followed
@@ -949,6 +953,10 @@ export class Client {
         await this.#onSent(f);
         break;
       case 'msg': {
+        if (f.gseq) {
+          this.#onLogMsg(link, f);
+          break;
+        }
         const key = msgKey(f);
         const first = this.#seen.get(key);
         if (first !== undefined) {
@@ -1363,6 +1371,46 @@ export class Client {
     this.#store?.acked(seq).catch(() => {});
     const link = this.#link;
     if (link?.delivered?.delete(seq)) this.#writeOn(link, { type: 'ack', seq });
+  }
+
+  // onLogMsg takes a message of a group read from its log (gseq, no seq):
+  // once to the app. One that comes again was given to the app before;
+  // if the app acked it, that ack was lost with a connection, so it is
+  // acked again here. Not kept in the store yet.
+  #onLogMsg(link, f) {
+    if (!validId(f.group)) return;
+    const handed = (link.handed ??= new Map());
+    handed.set(f.group, Math.max(handed.get(f.group) ?? 0, f.gseq));
+    const key = msgKey(f);
+    if (this.#seen.get(key) !== undefined) {
+      this.#stats.duplicatesDropped++;
+      if (f.gseq <= (this.#groupAcked.get(f.group) ?? 0)) this.#writeOn(link, { type: 'ack', group: f.group, gseq: f.gseq });
+      return;
+    }
+    this.#seen.set(key, 0);
+    this.#emit('message', {
+      id: f.id, from: f.from, device: f.device, seq: 0, gseq: f.gseq, ts: f.ts,
+      body: f.body === undefined ? null : f.body, media: f.media ?? null,
+      group: f.group, event: f.event ?? null, to: '', sentSeq: 0,
+    });
+  }
+
+  /**
+   * ackGroup tells the gateway this device has every message of group, a
+   * group read from its log, up to gseq (a message's gseq) that this
+   * connection gave the app. Made for messages an earlier connection
+   * gave, it is written when they come again (the SDK acks them then).
+   */
+  ackGroup(group, gseq) {
+    gseq = Number(gseq);
+    this.#groupAcked.set(group, Math.max(this.#groupAcked.get(group) ?? 0, gseq));
+    const link = this.#link;
+    if (link && gseq <= (link.handed?.get(group) ?? 0)) this.#writeOn(link, { type: 'ack', group, gseq });
+  }
+
+  /** readGroup tells the senders of group, a group read from its log, that this user read it up to gseq; with no connection it is dropped (the next read covers it). */
+  readGroup(group, gseq) {
+    if (this.#link) this.#writeOn(this.#link, { type: 'read', group, gseq: Number(gseq) });
   }
 
   /** read tells the sender of the message at seq that it (and every earlier one to this user) was read; made with no connection, it is written on the next one. */
