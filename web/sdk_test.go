@@ -599,7 +599,7 @@ func TestSDKTurnsReceiptsIntoMessageEvents(t *testing.T) {
 	c.write(protocol.AppendReceipt(nil, protocol.StatusDelivered, "bob", "laptop", 10, 12, 52, 1795582350000))
 	c.expect(t, protocol.TypeAck, 52)
 	// A tick that comes before its message's "sent" is given once the
-	// "sent" is in.
+	// "sent" is in, with the device of its receipt.
 	send(pg, "d")
 	c.expect(t, protocol.TypeSend, "d")
 	c.write(protocol.AppendReceipt(nil, protocol.StatusRead, "bob", "phone", 0, 13, 53, 1795582350000))
@@ -616,8 +616,8 @@ func TestSDKTurnsReceiptsIntoMessageEvents(t *testing.T) {
 	js(pg, `c.trackSent('carol', 'old', 7)`)
 	c.write(protocol.AppendReceipt(nil, protocol.StatusDelivered, "carol", "phone", 7, 7, 54, 1795582350000))
 	c.expect(t, protocol.TypeAck, 54)
-	got := tk.Eval[string](pg, `JSON.stringify(log.filter(([t]) => t === 'receipt').map(([, r]) => r.status + ' ' + r.id + '@' + r.seq + ' by ' + r.by))`)
-	want := `["delivered a@10 by bob","delivered b@11 by bob","read a@10 by bob","read b@11 by bob","read c@12 by bob","read d@13 by bob","delivered old@7 by carol"]`
+	got := tk.Eval[string](pg, `JSON.stringify(log.filter(([t]) => t === 'receipt').map(([, r]) => r.status + ' ' + r.id + '@' + r.seq + ' by ' + r.by + '/' + r.device))`)
+	want := `["delivered a@10 by bob/phone","delivered b@11 by bob/phone","read a@10 by bob/phone","read b@11 by bob/phone","read c@12 by bob/phone","read d@13 by bob/phone","delivered old@7 by carol/phone"]`
 	if got != want {
 		t.Fatalf("receipt events:\n%s\nwant\n%s", got, want)
 	}

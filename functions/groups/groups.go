@@ -102,7 +102,7 @@ type Config struct {
 	// least this many members: from then on its messages are copied only
 	// to members homed in another region, and its changes only to those
 	// and to the users they add, the switch itself to every member
-	// (docs/GROUP-LOG.md: not yet for push or the web SDK, so 0, the
+	// (docs/GROUP-LOG.md: no push to offline members yet, so 0, the
 	// default, keeps every group on copies).
 	LogMembers int
 

@@ -1088,7 +1088,10 @@ export class Client {
     if (early) ok.tick = early;
     this.#resolve(o, { ok });
     // Its tick came before its "sent" did.
-    if (early) this.#emit('receipt', { id: f.id, status: early, group: o.group, by: o.to, device: '', ts: Date.now(), seq: f.seq });
+    if (early) {
+      const device = o.group ? '' : this.#ticks.earlyDevice(o.to, early);
+      this.#emit('receipt', { id: f.id, status: early, group: o.group, by: o.to, device, ts: Date.now(), seq: f.seq });
+    }
   }
 
   #onError(f) {
@@ -1982,7 +1985,8 @@ const MAX_SPANS = 32;
 // messages it moves on, each tick once. What receipts said is kept for a
 // message whose "sent" comes after its tick (the two travel apart).
 class Ticks {
-  to = new Map(); // recipient -> {msgs: [{seq, id, tick}], read, readTo, delivered: [[from, to]]}
+  // recipient -> {msgs: [{seq, id, tick}], read, readTo, delivered: [[from, to]], readDevice, deliveredDevice}
+  to = new Map();
   count = 0;
   order = []; // [to, seq], oldest first, to forget the oldest past MAX_TRACKED
   head = 0;
@@ -1990,7 +1994,7 @@ class Ticks {
   #recipient(to) {
     let r = this.to.get(to);
     if (!r) {
-      r = { msgs: [], read: 0, readTo: 0, delivered: [] };
+      r = { msgs: [], read: 0, readTo: 0, delivered: [], readDevice: '', deliveredDevice: '' };
       this.to.set(to, r);
     }
     return r;
@@ -2023,6 +2027,14 @@ class Ticks {
     return status;
   }
 
+  // earlyDevice is the device of the receipt that gave the message sent at
+  // seq to `to` its early tick status ('' if unknown).
+  earlyDevice(to, status) {
+    const r = this.to.get(to);
+    if (!r) return '';
+    return status === 'read' ? r.readDevice : status === 'delivered' ? r.deliveredDevice : '';
+  }
+
   #forget(to, seq) {
     const r = this.to.get(to);
     if (!r) return;
@@ -2052,6 +2064,7 @@ class Ticks {
     const r = this.#recipient(f.group ? '#' + f.group : f.by);
     const out = [];
     if (f.status === 'read') {
+      if (f.to_seq >= r.readTo) r.readDevice = f.device ?? '';
       r.readTo = Math.max(r.readTo, f.to_seq);
       for (; r.read < r.msgs.length && r.msgs[r.read].seq <= f.to_seq; r.read++) {
         const m = r.msgs[r.read];
@@ -2063,6 +2076,7 @@ class Ticks {
     } else if (f.status === 'delivered') {
       const from = f.from_seq ?? 0;
       r.delivered.push([from, f.to_seq]);
+      r.deliveredDevice = f.device ?? '';
       if (r.delivered.length > MAX_SPANS) r.delivered.shift();
       for (let i = search(r.msgs, from); i < r.msgs.length && r.msgs[i].seq <= f.to_seq; i++) {
         const m = r.msgs[i];
