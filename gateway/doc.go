@@ -30,7 +30,9 @@
 // connection to one of two fasthttp servers by its first request line:
 // WebSocket upgrades to one that keeps no read buffer once it hands the
 // socket over, the rest to one that streams large bodies), httplog.go
-// (fasthttp's own log lines, without the request's credentials).
+// (fasthttp's own log lines, without the request's credentials),
+// grouplog.go (one reader per group read from its log, for all the
+// gateway's devices in it, docs/GROUP-LOG.md).
 //
 // A connection: transport.go (the seam between a session and its socket),
 // transport_ws.go (the WebSocket behind it: the read loop and an
@@ -50,8 +52,10 @@
 // against GROUP_INFO and stored once in GROUPS, members' copies as group
 // msg frames, typing in a group, and a brief cache of groups' records),
 // groupticks.go (members' positions in their groups from acks and reads,
-// and status about a group message). ratekeep.go keeps each device's rate
-// limits across its sessions.
+// and status about a group message), groupfeed.go (the groups the device
+// reads from their logs: its place in each, frames with gseq, acks and
+// reads by gseq). ratekeep.go keeps each device's rate limits across its
+// sessions.
 //
 // Concurrency. Server methods are safe from many goroutines. Each
 // connection has one read goroutine, which runs the session's frame

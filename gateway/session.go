@@ -31,6 +31,8 @@ import (
 //   - lease: its presence lease (lease.go);
 //   - follows: the users it follows and the presence frames it got
 //     (follows.go);
+//   - groups: the groups it reads from their logs, its place in each
+//     (groupfeed.go);
 //   - timer: its one timer, for the token's expiry, the second look, the
 //     cursor delay and overdue PubAcks (timer.go).
 //
