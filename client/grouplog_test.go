@@ -68,6 +68,7 @@ func TestSDKReadsGroupLog(t *testing.T) {
 	}
 	at = send("m2")
 	bob = tk.Dial(t, g.URL, "bob", "phone")
+	laptop := tk.Dial(t, g.URL, "bob", "laptop") // a second device, for the read_sync below
 	m := tk.RecvMsg(t, bob, 15*time.Second)
 	if m.ID != "m2" || m.GSeq != at {
 		t.Fatalf("bob back got %+v, want m2 at %d: m1 was acked", m, at)
@@ -88,5 +89,14 @@ func TestSDKReadsGroupLog(t *testing.T) {
 	}
 	if !read["m1"] {
 		t.Fatalf("alice heard m2 read before m1: %v", read)
+	}
+	// bob's other device hears of the read by its place in the log.
+	select {
+	case rs := <-laptop.ReadSyncs():
+		if rs.Group != "crowd" || rs.GSeq != m.GSeq || rs.Seq != 0 || rs.Device != "phone" {
+			t.Fatalf("bob's laptop got %+v, want a read of crowd up to %d on the phone", rs, m.GSeq)
+		}
+	case <-time.After(15 * time.Second):
+		t.Fatal("bob's laptop heard nothing of the read")
 	}
 }

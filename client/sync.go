@@ -26,7 +26,10 @@ type ReadSync struct {
 	Group  string
 	Device string
 	Seq    uint64
-	TS     time.Time
+	// GSeq is, instead of Seq, the place read up to in Group's log, for a
+	// group read from its log (Message.GSeq).
+	GSeq uint64
+	TS   time.Time
 }
 
 // ReadSyncs delivers each read made on another device of this user, in
@@ -70,6 +73,8 @@ func (c *Client) onReadSync(conn *websocket.Conn, f *protocol.Frame) error {
 	if c.opts.Store != nil {
 		var err error
 		switch {
+		case f.GSeq != 0:
+			// A group read from its log: not in the store yet.
 		case f.Group != "":
 			err = c.opts.Store.SetGroupReadWatermark(f.Group, f.ToSeq)
 		case f.Peer != "":
@@ -80,7 +85,7 @@ func (c *Client) onReadSync(conn *websocket.Conn, f *protocol.Frame) error {
 		}
 	}
 	select {
-	case c.rsync <- ReadSync{Peer: f.Peer, Group: f.Group, Device: f.Device, Seq: f.ToSeq, TS: time.UnixMilli(f.TS)}:
+	case c.rsync <- ReadSync{Peer: f.Peer, Group: f.Group, Device: f.Device, Seq: f.ToSeq, GSeq: f.GSeq, TS: time.UnixMilli(f.TS)}:
 	case <-c.ctx.Done():
 		return ErrClosed
 	}

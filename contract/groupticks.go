@@ -67,6 +67,10 @@ type GroupPositionRequest struct {
 	Status   string `json:"status"`
 	Seq      uint64 `json:"seq"`
 	InboxSeq uint64 `json:"inbox_seq,omitempty"`
+	// Log marks a read of a group the member reads from its log
+	// (docs/GROUP-LOG.md): no copy, so no InboxSeq; the member's other
+	// devices are told of it by Seq.
+	Log bool `json:"log,omitempty"`
 	// Region is the member's home region when it is not the group's (a
 	// regions deployment, contract/regions.go): their inbox, and so their
 	// read_sync, is there.

@@ -40,8 +40,8 @@ import (
 // (an ack covers everything of the group up to it). A device holds at
 // most groupWindow unacked per group.
 //
-// Not yet: read_sync of reads by gseq to the user's other devices, push
-// to offline members, members in other regions (they get copies).
+// Not yet: push to offline members. Members homed in other regions get
+// copies, not the log.
 
 // groupWindow bounds what a device holds unacked of one group's log (or
 // MaxInflight, if lower): with the inbox's MaxInflight, a device coming
@@ -743,7 +743,7 @@ func (s *session) readGroupLog(gid string, gseq uint64) {
 		s.refuseFrame(protocol.TypeRead, gid, protocol.ErrUnknownSeq, "nothing of this group delivered up to this gseq", gseq, 0)
 		return
 	}
-	req := contract.GroupPositionRequest{Group: gid, Member: s.id.User, Device: s.id.Device, Status: protocol.StatusRead, Seq: gseq}
+	req := contract.GroupPositionRequest{Group: gid, Member: s.id.User, Device: s.id.Device, Status: protocol.StatusRead, Seq: gseq, Log: true}
 	ok := s.goCall(func() {
 		ctx, cancel := context.WithTimeout(context.Background(), s.srv.cfg.FunctionTimeout)
 		defer cancel()

@@ -300,3 +300,19 @@ func readUntil(t *testing.T, r *raw, gid, id string, gseq uint64, never string) 
 		}
 	}
 }
+
+// A read of a group read from its log, on one of the member's devices,
+// reaches their other devices as a read_sync naming the group and the
+// place read in its log (no inbox seq: there is no copy).
+func TestGroupLogReadSync(t *testing.T) {
+	g, alice, bob := startLogGroup(t, tk.TestConfig())
+	laptop := connectRaw(t, g, "bob", "laptop")
+	m1 := groupSend(t, alice, "crowd", "m1")
+	expectGroupMsg(t, bob, "crowd", "m1", m1)
+	expectGroupMsg(t, laptop, "crowd", "m1", m1)
+	bob.write(string(protocol.AppendGroupSeqFrame(nil, protocol.TypeRead, "crowd", m1)))
+	f := skipTo(laptop, protocol.TypeReadSync)
+	if f.Group != "crowd" || f.Device != "phone" || f.GSeq != m1 || f.ToSeq != 0 || f.Seq == 0 {
+		t.Fatalf("the laptop got %+v, want a read_sync of crowd up to %d on the phone", *f, m1)
+	}
+}

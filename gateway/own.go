@@ -80,6 +80,12 @@ func (f *feed) groupMsgFrame(seq uint64, ts int64, id, from, dev, group string, 
 // this user.
 func (f *feed) readSyncFrame(seq uint64, ts int64, from, dev string, h nats.Header) ([]byte, pendingMsg) {
 	peer, group := h.Get(contract.HdrPeer), h.Get(contract.HdrGroup)
+	if h.Get(contract.HdrSeqTo) == "" && group != "" && protocol.ValidID(group) && from == f.s.id.User {
+		// A read of a group read from its log: its place there.
+		if at := groupSeq(h); at != 0 {
+			return protocol.AppendGroupLogReadSync(nil, group, dev, at, seq, ts), pendingMsg{receipt: true}
+		}
+	}
 	to, err := strconv.ParseUint(h.Get(contract.HdrSeqTo), 10, 64)
 	if err != nil || to == 0 || from != f.s.id.User {
 		return nil, pendingMsg{receipt: true}

@@ -57,6 +57,22 @@ func AppendGroupReadSync(b []byte, group, device string, toSeq, seq uint64, ts i
 	return appendReadSyncTail(b, device, toSeq, seq, ts)
 }
 
+// AppendGroupLogReadSync appends a read_sync frame: this user read group,
+// a group read from its log, up to gseq there, on device.
+func AppendGroupLogReadSync(b []byte, group, device string, gseq, seq uint64, ts int64) []byte {
+	b = append(b, `{"type":"read_sync","group":"`...)
+	b = append(b, group...)
+	b = append(b, `","device":"`...)
+	b = append(b, device...)
+	b = append(b, `","gseq":`...)
+	b = strconv.AppendUint(b, gseq, 10)
+	b = append(b, `,"seq":`...)
+	b = strconv.AppendUint(b, seq, 10)
+	b = append(b, `,"ts":`...)
+	b = strconv.AppendInt(b, ts, 10)
+	return append(b, '}')
+}
+
 // appendReadSyncTail ends a read_sync frame after its peer or group.
 func appendReadSyncTail(b []byte, device string, toSeq, seq uint64, ts int64) []byte {
 	b = append(b, `","device":"`...)

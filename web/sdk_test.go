@@ -1214,4 +1214,11 @@ func TestSDKGroupLog(t *testing.T) {
 	if got := events(pg, "message"); got != `[{"id":"b1","from":"bob","device":"phone","seq":0,"gseq":70,"ts":1795582349000,"body":"hi all","media":null,"group":"crowd","event":null,"to":"","sentSeq":0},{"id":"b2","from":"bob","device":"phone","seq":0,"gseq":71,"ts":1795582349000,"body":"later","media":null,"group":"crowd","event":null,"to":"","sentSeq":0}]` {
 		t.Fatalf("the app got %s", got)
 	}
+	// A read of it on another device of this user: a read_sync by gseq.
+	js(pg, `c.on('read_sync', (d) => log.push(['read_sync', d]))`)
+	c.write(protocol.AppendGroupLogReadSync(nil, "crowd", "laptop", 71, 90, 1795582352000))
+	c.expect(t, protocol.TypeAck, 90)
+	if got := events(pg, "read_sync"); got != `[{"peer":"","group":"crowd","device":"laptop","seq":0,"gseq":71,"ts":1795582352000}]` {
+		t.Fatalf("read_sync events: %s", got)
+	}
 }

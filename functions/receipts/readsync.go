@@ -58,10 +58,11 @@ func (s *Service) syncRead(ctx context.Context, req contract.ReadRequest) error 
 // is stored before the position, so a request asked again after a crash
 // stores it once (its dedup id is member, group and place). The senders
 // hear of the read only through the group's receipts, once: the marker
-// ticks nothing. A request without InboxSeq (from an older gateway)
+// ticks nothing. A read of a group read from its log (Log) names only
+// its place in the log. A request with neither (from an older gateway)
 // stores none.
 func (s *Service) syncGroupRead(ctx context.Context, req contract.GroupPositionRequest) error {
-	if req.InboxSeq == 0 {
+	if req.InboxSeq == 0 && !req.Log {
 		return nil
 	}
 	e, err := s.groupTicks.Get(ctx, contract.GroupTickKey(req.Group, req.Member))
@@ -92,10 +93,12 @@ func (s *Service) syncGroupRead(ctx context.Context, req contract.GroupPositionR
 		contract.HdrFrom:     {req.Member},
 		contract.HdrDevice:   {req.Device},
 		contract.HdrGroup:    {req.Group},
-		contract.HdrSeqTo:    {strconv.FormatUint(req.InboxSeq, 10)},
 		contract.HdrGroupSeq: {strconv.FormatUint(req.Seq, 10)},
 		contract.HdrTS:       {strconv.FormatInt(time.Now().UnixMilli(), 10)},
 	}}
+	if req.InboxSeq != 0 {
+		m.Header.Set(contract.HdrSeqTo, strconv.FormatUint(req.InboxSeq, 10))
+	}
 	if _, err := s.js.PublishMsg(ctx, m); err != nil {
 		return err
 	}

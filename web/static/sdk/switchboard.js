@@ -1007,9 +1007,12 @@ export class Client {
         break;
       }
       case 'read_sync':
-        if (this.#store && f.group) await this.#store.setGroupReadWatermark(f.group, f.to_seq);
+        // One with gseq is of a group read from its log: not in the store yet.
+        if (this.#store && f.group && !f.gseq) await this.#store.setGroupReadWatermark(f.group, f.to_seq);
         else if (this.#store && f.peer) await this.#store.setReadWatermark(f.peer, f.to_seq);
-        this.#emit('read_sync', { peer: f.peer ?? '', group: f.group ?? '', device: f.device, seq: f.to_seq, ts: f.ts });
+        this.#emit('read_sync', f.gseq
+          ? { peer: '', group: f.group, device: f.device, seq: 0, gseq: f.gseq, ts: f.ts }
+          : { peer: f.peer ?? '', group: f.group ?? '', device: f.device, seq: f.to_seq, ts: f.ts });
         this.#writeOn(link, { type: 'ack', seq: f.seq });
         break;
       case 'receipt':
