@@ -68,8 +68,10 @@ func GroupMsgSubject(gid string) string {
 
 // GroupEventSubject is where group gid's membership changes are stored.
 // A change's body is a JSON object with the system message's fields (op,
-// users, name, promoted) and group, the GroupRecord as the change left it
-// (Seq aside): members reading the log take both from it.
+// users, name, promoted), group, the GroupRecord as the change left it
+// (Seq aside), and prev, the sequence of the group's change before it (0:
+// none): members reading the log take the first two from it, and a
+// reader after the group as of a message walks back by prev.
 func GroupEventSubject(gid string) string {
 	return GroupsPrefix + GroupPartition(gid) + "." + gid + ".e"
 }

@@ -23,6 +23,11 @@ const (
 // leases' changes, read for the devices that go (functions/push/gone.go).
 const PushGoneDurable = "push-gone"
 
+// PushGroupsDurable is the push function's durable on GROUPS: the group
+// messages, read for the members of groups whose members read the log,
+// which no inbox holds (functions/push/groups.go).
+const PushGroupsDurable = "push-groups"
+
 // InboxSubject is the subject of a user's inbox. The caller must have
 // validated user as a safe id.
 func InboxSubject(user string) string { return InboxPrefix + user }

@@ -123,19 +123,29 @@ const WaitingTimeout = 5 * time.Second
 // counting costs no scan. It waits WaitingTimeout at most, whatever ctx
 // allows: a direct get a server never answers must not hold its caller.
 func Waiting(ctx context.Context, nc *nats.Conn, user string, after uint64) (n uint64, first time.Time, err error) {
-	ctx, cancel := context.WithTimeout(ctx, WaitingTimeout)
-	defer cancel()
-	req, _ := json.Marshal(map[string]any{"seq": after + 1, "next_by_subj": InboxSubject(user), "batch": 1})
-	m, err := nc.RequestWithContext(ctx, DirectGetSubject(Inbox), req)
+	n, first, err = WaitingOn(ctx, nc, Inbox, InboxSubject(user), after)
 	if err != nil {
 		return 0, time.Time{}, fmt.Errorf("contract: inbox of %s: %w", user, err)
+	}
+	return n, first, nil
+}
+
+// WaitingOn is Waiting for any subject of any stream (one with direct
+// gets allowed): what it holds past sequence after.
+func WaitingOn(ctx context.Context, nc *nats.Conn, stream, subject string, after uint64) (n uint64, first time.Time, err error) {
+	ctx, cancel := context.WithTimeout(ctx, WaitingTimeout)
+	defer cancel()
+	req, _ := json.Marshal(map[string]any{"seq": after + 1, "next_by_subj": subject, "batch": 1})
+	m, err := nc.RequestWithContext(ctx, DirectGetSubject(stream), req)
+	if err != nil {
+		return 0, time.Time{}, err
 	}
 	switch m.Header.Get("Status") {
 	case "":
 	case "404":
 		return 0, time.Time{}, nil
 	default:
-		return 0, time.Time{}, fmt.Errorf("contract: inbox of %s: %s %s", user, m.Header.Get("Status"), m.Header.Get("Description"))
+		return 0, time.Time{}, fmt.Errorf("%s %s", m.Header.Get("Status"), m.Header.Get("Description"))
 	}
 	more, _ := strconv.ParseUint(m.Header.Get(HdrNumPend), 10, 64)
 	first, _ = time.Parse(time.RFC3339Nano, m.Header.Get(HdrStamp))

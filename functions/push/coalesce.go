@@ -19,12 +19,24 @@ import (
 // are written after each device, so an attempt taken over by another
 // instance (crash, stop, retry) skips what is done.
 type claim struct {
-	Seq  uint64   `json:"seq"`
-	Sent []string `json:"sent"`
+	Seq uint64 `json:"seq"`
+	// Group is set for a message of a group read from its log: Seq is
+	// then its place in GROUPS, not in INBOX.
+	Group string   `json:"group,omitempty"`
+	Sent  []string `json:"sent"`
 	// Dead lists devices whose notification was dead-lettered, so a later
 	// attempt does not post it again.
 	Dead []string `json:"dead,omitempty"`
 }
+
+// ref names the message a claim is for: its INBOX sequence, or its
+// group and place in GROUPS.
+type ref struct {
+	group string
+	seq   uint64
+}
+
+func (c *claim) ref() ref { return ref{c.Group, c.Seq} }
 
 func (c *claim) done(device string) bool {
 	return slices.Contains(c.Sent, device) || slices.Contains(c.Dead, device)
@@ -53,17 +65,17 @@ func ttlSeconds(d time.Duration) time.Duration {
 // device yet: whether this one is coalesced depends on how that ends.
 var errHeld = errors.New("push: the window is held by a message that has woken no device yet")
 
-// acquire tries to open the user's window for message seq. It returns the
+// acquire tries to open the user's window for message r. It returns the
 // ticket and true when this message holds the window (new, or an earlier
 // attempt of the same message), false when another message holds it and
 // has woken a device, or errHeld when another holds it and has not.
 // hold is the TTL of a fresh key; stale is the age past which a key with
 // no TTL left (written by hand, or by a crashed writer) is taken over
 // rather than blocking the user's pushes forever.
-func acquire(ctx context.Context, js jetstream.JetStream, kv jetstream.KeyValue, user string, seq uint64, hold, stale time.Duration) (*ticket, bool, error) {
+func acquire(ctx context.Context, js jetstream.JetStream, kv jetstream.KeyValue, user string, r ref, hold, stale time.Duration) (*ticket, bool, error) {
 	t := &ticket{kv: kv, js: js, user: user}
 	for range 5 {
-		t.st = claim{Seq: seq, Sent: []string{}}
+		t.st = claim{Seq: r.seq, Group: r.group, Sent: []string{}}
 		b, _ := json.Marshal(t.st)
 		rev, err := kv.Create(ctx, user, b, jetstream.KeyTTL(ttlSeconds(hold)))
 		if err == nil {
@@ -89,7 +101,7 @@ func acquire(ctx context.Context, js jetstream.JetStream, kv jetstream.KeyValue,
 			}
 			return t, !t.lost, nil
 		}
-		if cur.Seq != seq {
+		if cur.ref() != r {
 			if len(cur.Sent) == 0 {
 				// The holder has woken no device yet and may end having
 				// woken none (each had it, or was dead-lettered), taking
@@ -130,10 +142,10 @@ func release(ctx context.Context, kv jetstream.KeyValue, user string, rev uint64
 	return nil
 }
 
-// releaseIdle releases the user's claim if message seq holds it and has
+// releaseIdle releases the user's claim if message r holds it and has
 // woken no device: a delivery that finds the user online again ends its
 // window that way.
-func releaseIdle(ctx context.Context, kv jetstream.KeyValue, user string, seq uint64) error {
+func releaseIdle(ctx context.Context, kv jetstream.KeyValue, user string, r ref) error {
 	e, err := kv.Get(ctx, user)
 	if errors.Is(err, jetstream.ErrKeyNotFound) {
 		return nil
@@ -142,7 +154,7 @@ func releaseIdle(ctx context.Context, kv jetstream.KeyValue, user string, seq ui
 		return fmt.Errorf("push: coalescing key: %w", err)
 	}
 	var cur claim
-	if json.Unmarshal(e.Value(), &cur) != nil || cur.Seq != seq || len(cur.Sent) > 0 {
+	if json.Unmarshal(e.Value(), &cur) != nil || cur.ref() != r || len(cur.Sent) > 0 {
 		return nil
 	}
 	return release(ctx, kv, user, e.Revision())
@@ -196,7 +208,7 @@ func (t *ticket) save(ctx context.Context, ttl time.Duration) error {
 			return fmt.Errorf("push: coalescing key: %w", err)
 		}
 		var cur claim
-		if json.Unmarshal(e.Value(), &cur) != nil || cur.Seq != t.st.Seq {
+		if json.Unmarshal(e.Value(), &cur) != nil || cur.ref() != t.st.ref() {
 			t.lost = true
 			return nil
 		}

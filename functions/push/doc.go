@@ -49,6 +49,22 @@
 // before the lease went (gone.go): a message that found the user online
 // through a lease that outlived its connection.
 //
+// A third durable, push-groups on GROUPS (group.*.*.m, headers only),
+// reads group messages. A group still on copies is acked at once: each
+// member's copy is an INBOX message, pushed as above. A group whose
+// members read its log (docs/GROUP-LOG.md) has its messages in no inbox:
+// each member as of the message (the group's last change stored before
+// it, read through the stream's leader), the sender aside, goes through
+// steps 1 to 5 as one message's recipient, up to 16 members at a time,
+// with two differences. The claim names the message by group and GROUPS
+// sequence ({"seq":<gseq>,"group":"<group>","sent":[...]}), so group and
+// 1:1 messages share one window per user. And a device is skipped once
+// its place in the group's log (CURSORS <user>.<device>=g) has passed
+// the message; its pending count is its inbox's plus what the group's
+// log holds past its place (1, the message, if it has none yet). The
+// message is acked when every member is done with, and a retry or a
+// dead letter is per member and device, as for one recipient's devices.
+//
 // While a message is still being worked on (first attempt, waiting for a
 // retry), the key's TTL is its hold: the retry delay + the consumer's ack
 // wait + Window. It must outlive the next delivery of the message, or that
@@ -68,8 +84,13 @@
 // user and device say whom to wake; message_id (Sb-Id) and from (Sb-From)
 // name the newest message; pending is how many messages wait for the
 // device; seq is the INBOX stream sequence; ts is Sb-Ts, ms since epoch
-// when the gateway accepted the message. seq 0 marks a test push from the
-// notify endpoint (its message_id and from are empty).
+// when the gateway accepted the message. A message of a group read from
+// its log adds "group" and "gseq", its place in GROUPS, with seq 0:
+//
+//	{"user":"bob","device":"phone","message_id":"m-2","from":"alice","pending":1,"seq":0,"ts":1795582349000,"group":"crew","gseq":77}
+//
+// seq 0 with no gseq marks a test push from the notify endpoint (its
+// message_id and from are empty).
 //
 // A 2xx answer is success. 429, 5xx and transport errors are retried: the
 // message is nak'd with exponential backoff and jitter (BaseBackoff
@@ -98,6 +119,7 @@
 //	from        data.sender ("from" is reserved by FCM) sb.from
 //	pending     data.pending (as a string)             sb.pending
 //	seq         data.seq (as a string)                 sb.seq
+//	group, gseq data.group, data.gseq (when set)       sb.group, sb.gseq
 //	ts          data.ts (as a string); apns-expiration  sb.ts; apns-expiration
 //	            = ts + ProviderTTL, android.ttl
 //
@@ -120,7 +142,7 @@
 // # Concurrency
 //
 // Start and Stop may be called from any goroutine; Stop is idempotent and
-// waits for the messages in hand. An instance works on up to 32 messages
-// and 32 lease changes at once; webhook calls are not made under any
-// lock.
+// waits for the messages in hand. An instance works on up to 32 messages,
+// 32 lease changes and 8 group messages (16 members of each) at once;
+// webhook calls are not made under any lock.
 package push

@@ -28,6 +28,19 @@ type Notification struct {
 	Seq uint64 `json:"seq"`
 	// TS is when the gateway accepted the message, ms since epoch.
 	TS int64 `json:"ts"`
+	// Group and GSeq name a message of a group whose members read its
+	// log (docs/GROUP-LOG.md): the group, and the message's place in
+	// GROUPS. Seq is then 0; no inbox holds the message.
+	Group string `json:"group,omitempty"`
+	GSeq  uint64 `json:"gseq,omitempty"`
+}
+
+// ref names the message n is about in the PUSH bucket's claims.
+func (n *Notification) ref() ref {
+	if n.Group != "" {
+		return ref{n.Group, n.GSeq}
+	}
+	return ref{"", n.Seq}
 }
 
 // fromInbox reads a stored chat message's subject and headers. On error the

@@ -38,6 +38,8 @@ type fcmData struct {
 	Pending   string `json:"pending"`
 	Seq       string `json:"seq"`
 	TS        string `json:"ts"`
+	Group     string `json:"group,omitempty"`
+	GSeq      string `json:"gseq,omitempty"`
 }
 
 type fcmMessage struct {
@@ -89,6 +91,10 @@ func FCMRequest(projectID, deviceToken, accessToken string, n Notification) (*ht
 		Pending:   strconv.FormatUint(n.Pending, 10),
 		Seq:       strconv.FormatUint(n.Seq, 10),
 		TS:        strconv.FormatInt(n.TS, 10),
+		Group:     n.Group,
+	}
+	if n.GSeq > 0 {
+		m.Message.Data.GSeq = strconv.FormatUint(n.GSeq, 10)
 	}
 	m.Message.Android.Priority = "high"
 	m.Message.Android.CollapseKey = n.User

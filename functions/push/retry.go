@@ -15,8 +15,10 @@ import (
 )
 
 // HdrSeq on a dead letter is the INBOX sequence of the message whose
-// notification failed (also in Sb-Origin-Seq, which every function's dead
-// letters carry; this one is the push contract's name for it).
+// notification failed, or its GROUPS sequence for a message of a group
+// read from its log (also in Sb-Origin-Seq, which every function's dead
+// letters carry, with Sb-Origin-Stream naming the stream; this one is the
+// push contract's name for it).
 const HdrSeq = "Sb-Seq"
 
 // maxReason bounds Sb-Reason, as streams.DeadLetter does.
@@ -60,15 +62,20 @@ func deadLetter(ctx context.Context, js jetstream.JetStream, n Notification, sub
 	if len(reason) > maxReason {
 		reason = reason[:maxReason]
 	}
-	seq := strconv.FormatUint(n.Seq, 10)
+	stream, seq, user, dedup := contract.Inbox, strconv.FormatUint(n.Seq, 10), lastToken(subject), ""
+	if n.Group != "" {
+		// A group's message, on the group's subject: filed under the
+		// member, once per member and device.
+		stream, seq, user, dedup = contract.GroupsStream, strconv.FormatUint(n.GSeq, 10), n.User, n.User+":"
+	}
 	m := &nats.Msg{
-		Subject: DeadLetterSubject(lastToken(subject)),
+		Subject: DeadLetterSubject(user),
 		Header: nats.Header{
-			contract.HdrMsgID:       {"dlq:push:" + contract.Inbox + ":" + seq + ":" + n.Device},
+			contract.HdrMsgID:       {"dlq:push:" + stream + ":" + seq + ":" + dedup + n.Device},
 			contract.HdrReason:      {reason},
 			contract.HdrAttempts:    {strconv.FormatUint(attempts, 10)},
 			HdrSeq:                  {seq},
-			contract.HdrOrigStream:  {contract.Inbox},
+			contract.HdrOrigStream:  {stream},
 			contract.HdrOrigSubject: {subject},
 			contract.HdrOrigSeq:     {seq},
 		},

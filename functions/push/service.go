@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
 	"slices"
 	"sync"
 	"sync/atomic"
@@ -25,6 +26,10 @@ import (
 // is well above the core count; the durable's max_ack_pending bounds all
 // instances together.
 const workers = 32
+
+// groupMessages is how many group messages one instance works on at once,
+// each by up to groupWorkers members at a time.
+const groupMessages = 8
 
 // Service is one running instance. Its methods are safe for concurrent use.
 type Service struct {
@@ -49,8 +54,8 @@ type Service struct {
 	stopping atomic.Bool
 	stopOnce sync.Once
 
-	// sources are the durables pulled from: new INBOX messages, and
-	// lease changes (gone.go).
+	// sources are the durables pulled from: new INBOX messages, lease
+	// changes (gone.go) and new group messages (groups.go).
 	sources []*source
 	// mu guards the sources' iterators and stopped, and orders wg.Add
 	// by the notify endpoint before Stop's wg.Wait.
@@ -73,11 +78,11 @@ type source struct {
 	iter   jetstream.MessagesContext // guarded by Service.mu
 }
 
-// Start checks cfg, binds the durable consumers `push` on INBOX and
-// `push-gone` on KV_PRESENCE and the micro service, and begins pulling.
-// The streams and buckets must exist (streams.Apply). A `push-gone` that
-// cannot be bound is logged and bound later (pull): messages are pushed
-// meanwhile. ctx bounds only the setup; the instance runs until
+// Start checks cfg, binds the durable consumers `push` on INBOX,
+// `push-gone` on KV_PRESENCE and `push-groups` on GROUPS and the micro
+// service, and begins pulling. The streams and buckets must exist
+// (streams.Apply). A `push-gone` or `push-groups` that cannot be bound is
+// logged and bound later (pull): chat messages are pushed meanwhile. ctx bounds only the setup; the instance runs until
 // Stop. An empty WebhookURL returns ErrNotConfigured.
 func Start(ctx context.Context, nc *nats.Conn, js jetstream.JetStream, cfg Config, log *slog.Logger) (*Service, error) {
 	if err := cfg.Validate(); err != nil {
@@ -123,8 +128,10 @@ func Start(ctx context.Context, nc *nats.Conn, js jetstream.JetStream, cfg Confi
 	s.sources = []*source{
 		{stream: contract.Inbox, handle: s.handle, sem: make(chan struct{}, workers)},
 		{stream: "KV_" + contract.PresenceKV, handle: s.handleGone, sem: make(chan struct{}, workers)},
+		// A group message is worked on by up to groupWorkers at once.
+		{stream: contract.GroupsStream, handle: s.handleGroup, sem: make(chan struct{}, groupMessages)},
 	}
-	for i, name := range []string{"push", contract.PushGoneDurable} {
+	for i, name := range []string{"push", contract.PushGoneDurable, contract.PushGroupsDurable} {
 		if s.sources[i].cfg, err = streams.ConsumerConfig(name); err != nil {
 			return nil, err
 		}
@@ -132,7 +139,7 @@ func Start(ctx context.Context, nc *nats.Conn, js jetstream.JetStream, cfg Confi
 		// message made it.
 		s.ackWait = max(s.ackWait, s.sources[i].cfg.AckWait)
 	}
-	inbox, gone := s.sources[0], s.sources[1]
+	inbox, gone, groups := s.sources[0], s.sources[1], s.sources[2]
 	if inbox.iter, err = s.bind(ctx, inbox); err != nil {
 		return nil, err
 	}
@@ -141,6 +148,10 @@ func Start(ctx context.Context, nc *nats.Conn, js jetstream.JetStream, cfg Confi
 		// durable, which pull binds as soon as it may (an upgrade that
 		// came before the push role's new rights, say).
 		s.log.Error("lease changes are not read: no wake for a lease gone until the durable is bound; trying again", "durable", gone.cfg.Durable, "err", err)
+	}
+	if groups.iter, err = s.bind(ctx, groups); err != nil {
+		// As above: chat messages are pushed meanwhile.
+		s.log.Error("group messages are not read: no push for groups read from their log until the durable is bound; trying again", "durable", groups.cfg.Durable, "err", err)
 	}
 	if s.svc, err = s.addService(); err != nil {
 		for _, src := range s.sources {
@@ -344,77 +355,99 @@ func (s *Service) stale() time.Duration { return 2 * s.hold(s.cfg.MaxBackoff) }
 // notify is the push path of one chat message, n, stored on subject and
 // delivered as m for the attempt'th time; m is acked once n is done with.
 func (s *Service) notify(m jetstream.Msg, attempt uint64, subject string, n Notification) {
-	ctx := context.Background()
+	s.settle(m, attempt, subject, []woken{{n, s.wakeUser(context.Background(), m, attempt, n)}})
+}
+
+// waking is what one attempt at waking a user's devices for a message
+// came to.
+type waking struct {
+	// t is the user's window, when this message holds it; nil when the
+	// user was online, had no device, or the message was coalesced.
+	t *ticket
+	// failed are the devices to try again, and err the last error: of a
+	// failed device, or of the attempt as a whole when t is nil.
+	failed map[string]Notification
+	err    error
+	// held: the window is held by a message that has woken no device
+	// yet (errHeld, also in err); decided again later.
+	held bool
+	// stopped: the instance is stopping; the claim records what is done.
+	stopped bool
+}
+
+// wakeUser decides whether n's user is woken for n and wakes their devices
+// that lack it, delivered as m for the attempt'th time. It neither acks
+// nor naks m: a chat message is one user's, a group's message many.
+func (s *Service) wakeUser(ctx context.Context, m jetstream.Msg, attempt uint64, n Notification) (w waking) {
 	online, devices, err := s.online(ctx, n.User)
 	switch {
 	case err != nil:
-		s.retry(m, attempt, subject, n, nil, nil, err)
-		return
+		w.err = err
+		return w
 	case online:
 		s.counters.skippedOnline.Add(1)
-		s.log.Debug("online; no push", "user", n.User, "seq", n.Seq)
+		s.log.Debug("online; no push", "user", n.User, "seq", n.Seq, "gseq", n.GSeq)
 		if attempt > 1 {
 			// An earlier attempt may hold the window having woken nobody.
-			if err := releaseIdle(ctx, s.pushKV, n.User, n.Seq); err != nil {
+			if err := releaseIdle(ctx, s.pushKV, n.User, n.ref()); err != nil {
 				s.log.Warn("releasing the claim failed", "user", n.User, "err", err)
 			}
 		}
-		_ = m.Ack()
-		return
+		return w
 	case len(devices) == 0:
 		// Never connected: there is no device to wake, and its first
 		// connection delivers everything anyway.
 		s.counters.skippedNoDevice.Add(1)
-		s.log.Debug("no device to wake", "user", n.User, "seq", n.Seq)
-		_ = m.Ack()
-		return
+		s.log.Debug("no device to wake", "user", n.User, "seq", n.Seq, "gseq", n.GSeq)
+		return w
 	}
-	t, ours, err := acquire(ctx, s.js, s.pushKV, n.User, n.Seq, s.hold(0), s.stale())
+	t, ours, err := acquire(ctx, s.js, s.pushKV, n.User, n.ref(), s.hold(0), s.stale())
 	switch {
-	case errors.Is(err, errHeld) && attempt < uint64(s.cfg.MaxAttempts):
-		// Decided again once the holder has: coalesced if it woke a
-		// device, pushed if it took its claim away having woken none.
-		s.counters.waited.Add(1)
-		s.log.Debug("window held by a message that woke no device yet", "user", n.User, "seq", n.Seq)
-		_ = m.NakWithDelay(backoff(attempt, s.cfg.BaseBackoff, s.cfg.MaxBackoff, 0))
-		return
+	case errors.Is(err, errHeld):
+		if attempt < uint64(s.cfg.MaxAttempts) {
+			s.counters.waited.Add(1)
+			s.log.Debug("window held by a message that woke no device yet", "user", n.User, "seq", n.Seq, "gseq", n.GSeq)
+		}
+		w.held, w.err = true, err
+		return w
 	case err != nil:
-		s.retry(m, attempt, subject, n, nil, nil, err)
-		return
-	}
-	if !ours {
+		w.err = err
+		return w
+	case !ours:
 		s.counters.coalesced.Add(1)
-		s.log.Debug("coalesced", "user", n.User, "seq", n.Seq)
-		_ = m.Ack()
-		return
+		s.log.Debug("coalesced", "user", n.User, "seq", n.Seq, "gseq", n.GSeq)
+		return w
 	}
-
-	failed := map[string]Notification{}
-	var lastErr error
+	w.t = t
 	for _, d := range devices {
 		if t.st.done(d) {
 			continue
 		}
 		if s.wokenByGone(ctx, n.User, d) {
 			// Woken within the window when its lease went (gone.go).
-			s.log.Debug("woken for its lease gone; not again", "user", n.User, "device", d, "seq", n.Seq)
+			s.log.Debug("woken for its lease gone; not again", "user", n.User, "device", d, "seq", n.Seq, "gseq", n.GSeq)
 			continue
 		}
 		if s.stopping.Load() {
-			// The claim records what is done; the next delivery does the rest.
-			_ = m.Nak()
-			return
+			w.stopped = true
+			return w
 		}
 		_ = m.InProgress() // one slow device must not hand the message to another instance
 		dn := n
 		dn.Device = d
-		pending, delivered, err := s.pending(ctx, n.User, d, n.Seq)
+		fail := func(err error) {
+			if w.failed == nil {
+				w.failed = map[string]Notification{}
+			}
+			w.failed[d], w.err = dn, err
+		}
+		pending, delivered, err := s.pendingOf(ctx, n, d)
 		if err != nil {
-			failed[d], lastErr = dn, err
+			fail(err)
 			continue
 		}
 		if delivered {
-			s.log.Debug("device has the message; not woken", "user", n.User, "device", d, "seq", n.Seq)
+			s.log.Debug("device has the message; not woken", "user", n.User, "device", d, "seq", n.Seq, "gseq", n.GSeq)
 			continue
 		}
 		dn.Pending = pending
@@ -422,97 +455,136 @@ func (s *Service) notify(m jetstream.Msg, attempt uint64, subject string, n Noti
 		switch {
 		case err == nil:
 			s.counters.pushed.Add(1)
-			s.log.Debug("pushed", "user", n.User, "device", d, "seq", n.Seq, "pending", pending)
+			s.log.Debug("pushed", "user", n.User, "device", d, "seq", n.Seq, "gseq", n.GSeq, "pending", pending)
 			t.st.Sent = append(t.st.Sent, d)
 		case isPermanent(err):
-			if dlErr := deadLetter(ctx, s.js, dn, subject, err.Error(), attempt); dlErr != nil {
-				failed[d], lastErr = dn, dlErr
+			if dlErr := deadLetter(ctx, s.js, dn, m.Subject(), err.Error(), attempt); dlErr != nil {
+				fail(dlErr)
 				continue
 			}
 			s.counters.deadLettered.Add(1)
-			s.log.Warn("webhook refused the notification; dead-lettered", "user", n.User, "device", d, "seq", n.Seq, "err", err)
+			s.log.Warn("webhook refused the notification; dead-lettered", "user", n.User, "device", d, "seq", n.Seq, "gseq", n.GSeq, "err", err)
 			t.st.Dead = append(t.st.Dead, d)
 		default:
-			failed[d], lastErr = dn, err
+			fail(err)
 			continue
 		}
 		if err := t.save(ctx, s.hold(0)); err != nil {
-			// The final save below tries again with the same state.
+			// The final save tries again with the same state.
 			s.log.Warn("recording a pushed device failed", "user", n.User, "device", d, "err", err)
 		}
 	}
-
-	if len(failed) == 0 {
-		s.finish(ctx, m, t)
-		return
-	}
-	s.retry(m, attempt, subject, n, t, failed, lastErr)
+	return w
 }
 
-// finish acks the message, then closes its part of the window: the claim
-// lives one window from now. In that order: until the ack is confirmed
-// the message may come again, after the ack wait, which can be longer
-// than a window, and must then find the claim with every device done; an
-// instance that dies between the two leaves the claim its longer hold.
-func (s *Service) finish(ctx context.Context, m jetstream.Msg, t *ticket) {
-	if err := contract.ThroughReconnect(ctx, func() error { return m.DoubleAck(ctx) }); err != nil {
-		// The message may come again after the ack wait; keep the claim
-		// that long so that delivery finds every device done.
-		s.log.Warn("ack not confirmed", "user", t.user, "seq", t.st.Seq, "err", err)
-		_ = t.save(ctx, s.hold(0))
-		return
-	}
-	if err := t.close(ctx, s.cfg.Window); err != nil {
-		s.log.Warn("closing the claim failed", "user", t.user, "err", err)
-	}
+// woken is one user's part of a message: their notification, and what
+// the attempt at waking them came to.
+type woken struct {
+	n Notification
+	w waking
 }
 
-// retry schedules the next attempt of n, stored on subject, or
-// dead-letters the failed devices' notifications once the attempts are
-// spent. t and failed are nil when no device was tried yet.
-func (s *Service) retry(m jetstream.Msg, attempt uint64, subject string, n Notification, t *ticket, failed map[string]Notification, lastErr error) {
+// settle ends the attempt'th delivery of m, stored on subject, from what
+// waking each of its users came to: nak'd if the instance is stopping;
+// acked when every user is done with, after which each user's window
+// closes (finish); else the next attempt is scheduled, or, once the
+// attempts are spent, what failed is dead-lettered and m terminated.
+func (s *Service) settle(m jetstream.Msg, attempt uint64, subject string, users []woken) {
 	ctx := context.Background()
-	if attempt < uint64(s.cfg.MaxAttempts) {
+	var open []*ticket
+	var todo []woken
+	held := true // every user left to do waits on a held window
+	var lastErr error
+	for _, u := range users {
+		if u.w.stopped {
+			// The claims record what is done; the next delivery does the rest.
+			_ = m.Nak()
+			return
+		}
+		if u.w.t != nil {
+			open = append(open, u.w.t)
+		}
+		if u.w.err != nil {
+			todo = append(todo, u)
+			held = held && u.w.held
+			if !u.w.held || lastErr == nil {
+				lastErr = u.w.err
+			}
+		}
+	}
+	switch {
+	case len(todo) == 0:
+		s.finish(ctx, m, open)
+	case attempt < uint64(s.cfg.MaxAttempts):
+		// Decided again later: a held window once its holder has (coalesced
+		// if it woke a device, pushed if it took its claim away having
+		// woken none); a failure after backoff.
 		delay := backoff(attempt, s.cfg.BaseBackoff, s.cfg.MaxBackoff, retryAfter(lastErr))
-		if t != nil {
+		for _, t := range open {
 			if err := t.save(ctx, s.hold(delay)); err != nil {
 				s.log.Warn("extending the claim failed", "user", t.user, "err", err)
 			}
 		}
-		s.counters.retried.Add(1)
-		s.log.Info("will retry", "subject", subject, "attempt", attempt, "delay", delay, "err", lastErr)
+		if !held {
+			s.counters.retried.Add(1)
+			s.log.Info("will retry", "subject", subject, "attempt", attempt, "delay", delay, "err", lastErr)
+		}
 		nakCtx, cancel := context.WithTimeout(ctx, s.cfg.Timeout)
 		_ = contract.ThroughReconnect(nakCtx, func() error { return m.NakWithDelay(delay) })
 		cancel()
+	default:
+		s.giveUp(ctx, m, attempt, subject, todo, open, lastErr)
+	}
+}
+
+// finish acks the message, then closes each user's part of the window:
+// a claim lives one window from now. In that order: until the ack is
+// confirmed the message may come again, after the ack wait, which can be
+// longer than a window, and must then find the claim with every device
+// done; an instance that dies between the two leaves the claim its longer
+// hold.
+func (s *Service) finish(ctx context.Context, m jetstream.Msg, open []*ticket) {
+	if err := contract.ThroughReconnect(ctx, func() error { return m.DoubleAck(ctx) }); err != nil {
+		// The message may come again after the ack wait; keep the claims
+		// that long so that delivery finds every device done.
+		s.log.Warn("ack not confirmed", "subject", m.Subject(), "err", err)
+		for _, t := range open {
+			_ = t.save(ctx, s.hold(0))
+		}
 		return
 	}
-	if failed == nil {
-		// Nothing was tried: dead-letter the message's notification as a
-		// whole, with no device.
-		failed = map[string]Notification{"": n}
+	for _, t := range open {
+		if err := t.close(ctx, s.cfg.Window); err != nil {
+			s.log.Warn("closing the claim failed", "user", t.user, "err", err)
+		}
 	}
-	devices := slices.Sorted(func(yield func(string) bool) {
-		for d := range failed {
-			if !yield(d) {
+}
+
+// giveUp dead-letters what is left to do once the attempts are spent:
+// each failed device's notification, or a user's as a whole, with no
+// device, when none was tried. Then m is terminated and the windows
+// closed, in finish's order.
+func (s *Service) giveUp(ctx context.Context, m jetstream.Msg, attempt uint64, subject string, todo []woken, open []*ticket, lastErr error) {
+	for _, u := range todo {
+		failed := u.w.failed
+		if failed == nil {
+			failed = map[string]Notification{"": u.n}
+		}
+		for _, d := range slices.Sorted(maps.Keys(failed)) {
+			if err := deadLetter(ctx, s.js, failed[d], subject, u.w.err.Error(), attempt); err != nil {
+				s.log.Error("dead-lettering failed; will retry", "subject", subject, "err", err)
+				_ = m.NakWithDelay(backoff(attempt, s.cfg.BaseBackoff, s.cfg.MaxBackoff, 0))
 				return
 			}
-		}
-	})
-	for _, d := range devices {
-		if err := deadLetter(ctx, s.js, failed[d], subject, lastErr.Error(), attempt); err != nil {
-			s.log.Error("dead-lettering failed; will retry", "subject", subject, "err", err)
-			_ = m.NakWithDelay(backoff(attempt, s.cfg.BaseBackoff, s.cfg.MaxBackoff, 0))
-			return
-		}
-		s.counters.deadLettered.Add(1)
-		if t != nil && d != "" {
-			t.st.Dead = append(t.st.Dead, d)
+			s.counters.deadLettered.Add(1)
+			if u.w.t != nil && d != "" {
+				u.w.t.st.Dead = append(u.w.t.st.Dead, d)
+			}
 		}
 	}
 	s.log.Warn("gave up; dead-lettered", "subject", subject, "attempts", attempt, "err", lastErr)
-	// Ended first, then the claim closed, as in finish.
 	_ = m.Term()
-	if t != nil {
+	for _, t := range open {
 		if err := t.close(ctx, s.cfg.Window); err != nil {
 			s.log.Warn("closing the claim failed", "user", t.user, "err", err)
 		}
@@ -582,21 +654,47 @@ func (s *Service) devices(ctx context.Context, user string) ([]string, error) {
 	return names, nil
 }
 
+// pendingOf is pending for n's message: its INBOX sequence, or its place
+// in a group's log (pendingGroup).
+func (s *Service) pendingOf(ctx context.Context, n Notification, device string) (uint64, bool, error) {
+	if n.Group != "" {
+		return s.pendingGroup(ctx, n.User, device, n.Group, n.GSeq)
+	}
+	return s.pending(ctx, n.User, device, n.Seq)
+}
+
 // pending counts what waits for a device in its inbox (messages and
 // receipts past its position) and reports whether the device has already
 // settled seq (0: do not ask), so a device that read a message on another
 // path is not woken for it.
 func (s *Service) pending(ctx context.Context, user, device string, seq uint64) (uint64, bool, error) {
+	n, err := s.inboxWaiting(ctx, user, device, seq)
+	if errors.Is(err, errSettled) {
+		return 0, true, nil
+	}
+	if err != nil {
+		return 0, false, err
+	}
+	return max(1, n), false, nil // settled meanwhile, or purged: it still was news
+}
+
+// errSettled is a device whose position has passed the message asked of
+// inboxWaiting.
+var errSettled = errors.New("push: the device has settled the message")
+
+// inboxWaiting counts what waits for a device in its inbox past its
+// position, or returns errSettled if that has passed seq (0: do not ask).
+func (s *Service) inboxWaiting(ctx context.Context, user, device string, seq uint64) (uint64, error) {
 	floor, err := contract.DevicePosition(ctx, s.devicesKV, s.cursorsKV, s.inbox.CachedInfo().Created, user, device)
 	if err != nil {
-		return 0, false, fmt.Errorf("push: %w", err)
+		return 0, fmt.Errorf("push: %w", err)
 	}
 	if seq > 0 && floor >= seq {
-		return 0, true, nil
+		return 0, errSettled
 	}
 	n, _, err := contract.Waiting(ctx, s.nc, user, floor)
 	if err != nil {
-		return 0, false, fmt.Errorf("push: %w", err)
+		return 0, fmt.Errorf("push: %w", err)
 	}
-	return max(1, n), false, nil // settled meanwhile, or purged: it still was news
+	return n, nil
 }

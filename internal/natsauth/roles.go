@@ -185,10 +185,14 @@ func For(r Role) Rules {
 	case Push:
 		// Its second durable reads the leases' changes: a device gone
 		// may leave a message nobody woke it for (functions/push/gone.go).
+		// Its third reads group messages' headers, and the group logs'
+		// changes, for groups whose members read the log
+		// (functions/push/groups.go).
 		return function(r, contract.Inbox,
-			join([]string{kvSubject(contract.PushKV) + "*"}, consumer(kvStream(contract.PresenceKV), contract.PushGoneDurable)),
+			join([]string{kvSubject(contract.PushKV) + "*"}, consumer(kvStream(contract.PresenceKV), contract.PushGoneDurable),
+				consumer(contract.GroupsStream, contract.PushGroupsDurable)),
 			[]string{contract.Inbox, kvStream(contract.PushKV), kvStream(contract.DevicesKV),
-				kvStream(contract.CursorsKV), kvStream(contract.PresenceKV)})
+				kvStream(contract.CursorsKV), kvStream(contract.PresenceKV), contract.GroupsStream})
 	case Media:
 		// Its buckets are its own: nothing else may read them (grants,
 		// upload claims, the embedded store's bytes). The operator makes
