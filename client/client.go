@@ -181,7 +181,7 @@ type Message struct {
 	// GSeq is, instead of Seq, the message's place in its group's log,
 	// for a group whose members read its log (a big one): acked with
 	// AckGroup and read with ReadGroup (Ack and Read of its Seq, 0, do
-	// nothing). Such messages are not kept in Options.Store yet.
+	// nothing).
 	GSeq uint64
 }
 
@@ -243,6 +243,7 @@ type Client struct {
 	conn     *websocket.Conn
 	session  string
 	maxFrame int     // the largest frame the gateway takes (its welcome's max_frame)
+	self     string  // this user, as the welcome names them
 	ob       *outbox // unconfirmed sends, in order
 	seenMsg  *lru    // from+id of messages handed to the app
 	acked    *lru    // seqs the app acked (redeliveries of them are acked again)
@@ -448,11 +449,12 @@ func (c *Client) dial(ctx context.Context) (*websocket.Conn, string, error) {
 		conn.Close()
 		return nil, "", fmt.Errorf("client: expected welcome, got %.100q", data)
 	}
+	c.mu.Lock()
 	if f.MaxFrame > 0 {
-		c.mu.Lock()
 		c.maxFrame = f.MaxFrame
-		c.mu.Unlock()
 	}
+	c.self = f.User
+	c.mu.Unlock()
 	return conn, f.Session, nil
 }
 
@@ -1352,6 +1354,18 @@ func (c *Client) onLogMsg(conn *websocket.Conn, f *protocol.Frame) error {
 		}
 		return nil // else the app still holds it, and acks it
 	}
+	if known, err := c.storeLogMsg(conn, f, key); known || err != nil {
+		return err // known: acked by storeLogMsg
+	}
+	c.mu.Lock()
+	own := f.From == c.self && f.Event == nil
+	c.mu.Unlock()
+	if own {
+		// Sent from another device: its receipts name its place in the log.
+		if err := c.ownTicksAt(f, f.GSeq); err != nil {
+			return err
+		}
+	}
 	m := Message{ID: f.ID, From: f.From, Device: f.Device, GSeq: f.GSeq, TS: time.UnixMilli(f.TS), Body: f.Body, Media: f.Media,
 		Group: f.Group, Event: f.Event}
 	select {
@@ -1376,6 +1390,7 @@ func (c *Client) AckGroup(group string, gseq uint64) {
 	conn := c.conn
 	ok := conn != nil && gseq <= c.handed[group]
 	c.mu.Unlock()
+	c.storeAckedGroup(group, gseq)
 	if ok {
 		c.ackGroup(conn, group, gseq)
 	}
@@ -1386,6 +1401,7 @@ func (c *Client) AckGroup(group string, gseq uint64) {
 // connection only; with none it is dropped (a read is a position: the
 // next one covers it).
 func (c *Client) ReadGroup(group string, gseq uint64) {
+	c.storeReadGroup(group, gseq)
 	c.mu.Lock()
 	conn := c.conn
 	c.mu.Unlock()

@@ -109,7 +109,11 @@
 // Store.Messages, or Store.GroupMessages for a group's, its system
 // messages included). Receipts' ticks, a group's too, are stored before
 // the receipt is acked, Ack and Read record the cursor hint and the read
-// watermark. Queue and QueueGroup return once a send is kept, without
+// watermark. Messages of a group read from its log are kept with their
+// place in it (Message.GSeq; Store.AckedGroup and Store.SetGroupReadPlace
+// by AckGroup, ReadGroup and a read_sync by place), and one this user
+// sent from another device as their own, at that place. Queue and
+// QueueGroup return once a send is kept, without
 // waiting for its "sent" (Pending.Wait does), for an app that keeps what
 // its user types whether or not it is online.
 //

@@ -24,7 +24,10 @@ import (
 //   - msg: stored before it is handed to the app; one an earlier process
 //     stored is dropped and acked (storeMsg).
 //   - receipt: ticks stored before the receipt is acked (storeReceipt).
-//   - Ack and Read: the acked flag and cursor hint, the read watermark.
+//   - Ack and Read: the acked flag and cursor hint, the read watermark;
+//     AckGroup and ReadGroup, for a group read from its log, the acked
+//     flags up to the place and the group's read place (storeLogMsg
+//     keeps its messages with their place).
 
 // storeErr wraps an error of the local store.
 func storeErr(err error) error { return fmt.Errorf("%w: %w", errLocalStore, err) }
@@ -155,6 +158,52 @@ func (c *Client) storeMsg(conn *websocket.Conn, f *protocol.Frame, key string) (
 	return true, c.write(conn, protocol.AppendSeqFrame(nil, protocol.TypeAck, f.Seq))
 }
 
+// storeLogMsg is storeMsg for a message of a group read from its log
+// (GSeq, no Seq): an incoming one kept with its place in the log, one
+// this user sent from another device kept as their own at that place
+// (what its receipts name). One an earlier process stored is acked, with
+// everything of the group before it: the log hands a device its messages
+// in order, and each was stored before the app had it.
+func (c *Client) storeLogMsg(conn *websocket.Conn, f *protocol.Frame, key string) (known bool, err error) {
+	if c.opts.Store == nil {
+		return false, nil
+	}
+	c.mu.Lock()
+	own := f.From == c.self && f.Event == nil
+	early := ""
+	if own {
+		early = c.ticks.early(groupKey(f.Group), f.GSeq)
+	}
+	c.mu.Unlock()
+	var seen localstore.Seen
+	if own {
+		seen, err = c.opts.Store.ReceivedOwn(localstore.Message{Group: f.Group, Conv: f.Group, Device: f.Device, ID: f.ID, Seq: f.GSeq,
+			TS: time.UnixMilli(f.TS), Body: f.Body, Media: f.Media, Status: max(localstore.Sent, localstore.StatusOf(early))})
+	} else {
+		seen, err = c.opts.Store.Received(localstore.Message{Group: f.Group, Conv: f.Group, From: f.From, Device: f.Device, ID: f.ID,
+			GSeq: f.GSeq, TS: time.UnixMilli(f.TS), Body: f.Body, Media: f.Media, Event: f.Event})
+	}
+	if err != nil {
+		c.mu.Lock()
+		c.seenMsg.remove(key)
+		c.mu.Unlock()
+		return false, storeErr(err)
+	}
+	if !seen.Dup {
+		return false, nil
+	}
+	c.mu.Lock()
+	c.stats.DuplicatesDropped++
+	if c.groupAcked == nil {
+		c.groupAcked = map[string]uint64{}
+	}
+	c.groupAcked[f.Group] = max(c.groupAcked[f.Group], f.GSeq) // a later redelivery is acked again
+	c.mu.Unlock()
+	c.storeAckedGroup(f.Group, f.GSeq)
+	c.ackGroup(conn, f.Group, f.GSeq)
+	return true, nil
+}
+
 // storeReceipt records the ticks a receipt frame gives, before it is
 // acked: on an error the connection is dropped and the receipt comes
 // again.
@@ -186,5 +235,19 @@ func (c *Client) storeAcked(seq uint64) {
 func (c *Client) storeRead(seq uint64) {
 	if c.opts.Store != nil {
 		_, _ = c.opts.Store.MarkRead(seq)
+	}
+}
+
+// storeAckedGroup and storeReadGroup are storeAcked and storeRead for a
+// group read from its log, by place in the log.
+func (c *Client) storeAckedGroup(group string, gseq uint64) {
+	if c.opts.Store != nil {
+		_ = c.opts.Store.AckedGroup(group, gseq)
+	}
+}
+
+func (c *Client) storeReadGroup(group string, gseq uint64) {
+	if c.opts.Store != nil {
+		_ = c.opts.Store.SetGroupReadPlace(group, gseq)
 	}
 }

@@ -43,8 +43,14 @@ func (c *Client) ownTicks(f *protocol.Frame) error {
 	if !isOwnCopy(f) {
 		return nil
 	}
+	return c.ownTicksAt(f, f.SentSeq)
+}
+
+// ownTicksAt is ownTicks for own message f, whose receipts name seq: its
+// SentSeq, or its place in a group's log when it came from there.
+func (c *Client) ownTicksAt(f *protocol.Frame, seq uint64) error {
 	c.mu.Lock()
-	early := c.ticks.sent(ownTickKey(f), f.ID, f.SentSeq)
+	early := c.ticks.sent(ownTickKey(f), f.ID, seq)
 	c.mu.Unlock()
 	if early == "" {
 		return nil
@@ -52,7 +58,7 @@ func (c *Client) ownTicks(f *protocol.Frame) error {
 	// The tick came before the message did (storeMsg stored it with the
 	// message).
 	select {
-	case c.rcpt <- Receipt{ID: f.ID, Status: early, Group: f.Group, By: f.To, Seq: f.SentSeq, TS: time.Now()}:
+	case c.rcpt <- Receipt{ID: f.ID, Status: early, Group: f.Group, By: f.To, Seq: seq, TS: time.Now()}:
 		return nil
 	case <-c.ctx.Done():
 		return ErrClosed
@@ -74,7 +80,7 @@ func (c *Client) onReadSync(conn *websocket.Conn, f *protocol.Frame) error {
 		var err error
 		switch {
 		case f.GSeq != 0:
-			// A group read from its log: not in the store yet.
+			err = c.opts.Store.SetGroupReadPlace(f.Group, f.GSeq)
 		case f.Group != "":
 			err = c.opts.Store.SetGroupReadWatermark(f.Group, f.ToSeq)
 		case f.Peer != "":

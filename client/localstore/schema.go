@@ -8,7 +8,7 @@ import (
 
 // SchemaVersion is the schema this package writes: the number of
 // migrations it knows. It is kept in the file's PRAGMA user_version.
-const SchemaVersion = 2
+const SchemaVersion = 3
 
 // migrations[i] takes a store from version i to version i+1. A migration
 // is never edited once released: a change is a new entry. Each one runs,
@@ -88,6 +88,14 @@ CREATE TABLE conversations_v2 (
 INSERT INTO conversations_v2 (conv, read_seq) SELECT conv, read_seq FROM conversations;
 DROP TABLE conversations;
 ALTER TABLE conversations_v2 RENAME TO conversations;
+`,
+	// 3: groups read from their log (a big group's messages come with
+	// their place in the log, not an inbox seq): that place on incoming
+	// messages, and the read watermark in the log per group.
+	`
+ALTER TABLE messages ADD COLUMN gseq INTEGER NOT NULL DEFAULT 0; -- incoming from a group's log: its place there (seq 0)
+CREATE INDEX messages_gseq ON messages (grp, gseq) WHERE gseq > 0;
+ALTER TABLE conversations ADD COLUMN read_gseq INTEGER NOT NULL DEFAULT 0; -- read up to this place in the group's log
 `,
 }
 

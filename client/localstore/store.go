@@ -157,7 +157,11 @@ type Message struct {
 	// in this user's inbox (what Ack and Read name), for an own one the
 	// seq its ticks name (its sent frame's: in a group, its place in the
 	// group's log); 0 while Pending.
-	Seq    uint64
+	Seq uint64
+	// GSeq is, for an incoming message of a group read from its log
+	// (Seq 0), its place in the log: what AckedGroup and
+	// SetGroupReadPlace name.
+	GSeq   uint64
 	TS     time.Time
 	Body   json.RawMessage
 	Media  *protocol.Media
@@ -425,9 +429,9 @@ type Seen struct {
 func (s *Store) Received(m Message) (Seen, error) {
 	var seen Seen
 	err := s.tx(func(ctx context.Context, c *sql.Conn) error {
-		r, err := c.ExecContext(ctx, `INSERT INTO messages (grp, conv, sender, device, id, seq, ts, body, media, event, status)
-VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 1) ON CONFLICT (grp, sender, id) DO NOTHING`,
-			m.Group, m.Conv, m.From, m.Device, m.ID, int64(m.Seq), m.TS.UnixMilli(), []byte(m.Body), mediaJSON(m.Media), eventJSON(m.Event))
+		r, err := c.ExecContext(ctx, `INSERT INTO messages (grp, conv, sender, device, id, seq, gseq, ts, body, media, event, status)
+VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 1) ON CONFLICT (grp, sender, id) DO NOTHING`,
+			m.Group, m.Conv, m.From, m.Device, m.ID, int64(m.Seq), int64(m.GSeq), m.TS.UnixMilli(), []byte(m.Body), mediaJSON(m.Media), eventJSON(m.Event))
 		if err != nil {
 			return err
 		}
@@ -454,6 +458,27 @@ func (s *Store) Acked(seq uint64) error {
 ON CONFLICT (key) DO UPDATE SET value = max(value, excluded.value)`, int64(seq))
 		return err
 	})
+}
+
+// AckedGroup records that this device acked everything of group, a
+// group read from its log, up to its place gseq there.
+func (s *Store) AckedGroup(group string, gseq uint64) error {
+	_, err := s.exec(`UPDATE messages SET acked = 1 WHERE grp = ? AND gseq > 0 AND gseq <= ? AND sender <> ''`, group, int64(gseq))
+	return err
+}
+
+// SetGroupReadPlace raises the read watermark of group, a group read
+// from its log, to its place gseq there.
+func (s *Store) SetGroupReadPlace(group string, gseq uint64) error {
+	_, err := s.exec(`INSERT INTO conversations (grp, conv, read_gseq) VALUES (?, ?, ?)
+ON CONFLICT (grp, conv) DO UPDATE SET read_gseq = max(read_gseq, excluded.read_gseq)`, group, group, int64(gseq))
+	return err
+}
+
+// GroupReadPlace returns the place in group's log up to which this user
+// read it (0 if none), for a group read from its log.
+func (s *Store) GroupReadPlace(group string) (uint64, error) {
+	return s.scalar(`SELECT coalesce((SELECT read_gseq FROM conversations WHERE grp = ? AND conv = ?), 0)`, group, group)
 }
 
 // CursorHint returns the highest seq this device acked (0 if none). The
@@ -520,6 +545,7 @@ type Conversation struct {
 	Messages int    // stored, both directions (dropped sends included)
 	Unread   int    // incoming above the read watermark (system messages left out)
 	ReadSeq  uint64 // the read watermark
+	ReadGSeq uint64 // the read watermark in the group's log, for one read from its log
 	LastN    int64  // local order of its newest message
 }
 
@@ -532,8 +558,8 @@ func (s *Store) Conversations() ([]Conversation, error) {
 )
 SELECT v.grp, v.conv, v.msgs,
 	(SELECT count(*) FROM messages m WHERE m.grp = v.grp AND m.conv = v.conv AND m.sender <> ''
-		AND m.event IS NULL AND m.seq > coalesce(c.read_seq, 0)),
-	coalesce(c.read_seq, 0), v.last
+		AND m.event IS NULL AND (m.gseq = 0 AND m.seq > coalesce(c.read_seq, 0) OR m.gseq > coalesce(c.read_gseq, 0))),
+	coalesce(c.read_seq, 0), coalesce(c.read_gseq, 0), v.last
 FROM convs v LEFT JOIN conversations c ON c.grp = v.grp AND c.conv = v.conv
 ORDER BY v.last DESC`)
 		if err != nil {
@@ -542,11 +568,11 @@ ORDER BY v.last DESC`)
 		defer rows.Close()
 		for rows.Next() {
 			var c Conversation
-			var read int64
-			if err := rows.Scan(&c.Group, &c.Conv, &c.Messages, &c.Unread, &read, &c.LastN); err != nil {
+			var read, readG int64
+			if err := rows.Scan(&c.Group, &c.Conv, &c.Messages, &c.Unread, &read, &readG, &c.LastN); err != nil {
 				return err
 			}
-			c.ReadSeq = uint64(read)
+			c.ReadSeq, c.ReadGSeq = uint64(read), uint64(readG)
 			out = append(out, c)
 		}
 		return rows.Err()
@@ -606,17 +632,17 @@ func (s *Store) RecipientOf(seq uint64) (string, bool, error) {
 func (s *Store) query(where string, args ...any) ([]Message, error) {
 	var out []Message
 	err := s.read(func(ctx context.Context, c *sql.Conn) error {
-		rows, err := c.QueryContext(ctx, `SELECT n, grp, conv, sender, device, id, seq, ts, body, media, event, status, acked FROM messages `+where, args...)
+		rows, err := c.QueryContext(ctx, `SELECT n, grp, conv, sender, device, id, seq, gseq, ts, body, media, event, status, acked FROM messages `+where, args...)
 		if err != nil {
 			return err
 		}
 		defer rows.Close()
 		for rows.Next() {
 			var m Message
-			var seq, ts int64
+			var seq, gseq, ts int64
 			var body []byte
 			var media, event sql.NullString
-			if err := rows.Scan(&m.N, &m.Group, &m.Conv, &m.From, &m.Device, &m.ID, &seq, &ts, &body, &media, &event, &m.Status, &m.Acked); err != nil {
+			if err := rows.Scan(&m.N, &m.Group, &m.Conv, &m.From, &m.Device, &m.ID, &seq, &gseq, &ts, &body, &media, &event, &m.Status, &m.Acked); err != nil {
 				return err
 			}
 			if event.Valid {
@@ -625,7 +651,7 @@ func (s *Store) query(where string, args ...any) ([]Message, error) {
 					return fmt.Errorf("%w (message %s: event: %v)", ErrCorrupt, m.ID, err)
 				}
 			}
-			m.Seq, m.TS, m.Body = uint64(seq), time.UnixMilli(ts), body
+			m.Seq, m.GSeq, m.TS, m.Body = uint64(seq), uint64(gseq), time.UnixMilli(ts), body
 			if media.Valid {
 				m.Media = new(protocol.Media)
 				if err := json.Unmarshal([]byte(media.String), m.Media); err != nil {

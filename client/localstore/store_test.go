@@ -85,6 +85,15 @@ func TestMigrationsStepAndAreAllOrNothing(t *testing.T) {
 	if got := pragma(t, s, "user_version"); got != "2" {
 		t.Fatalf("user_version = %s after the second migration, want 2", got)
 	}
+	s.Close()
+	// Version 3: places in groups' logs; what this package reads.
+	s, err = open(path, migrations[:3])
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := pragma(t, s, "user_version"); got != "3" {
+		t.Fatalf("user_version = %s after the third migration, want 3", got)
+	}
 	if ob, err := s.Outbox(); err != nil || len(ob) != 1 || ob[0].ID != "m1" || ob[0].To != "bob" {
 		t.Fatalf("outbox after migrating: %v %v", ob, err)
 	}
@@ -96,19 +105,19 @@ func TestMigrationsStepAndAreAllOrNothing(t *testing.T) {
 	}
 	s.Close()
 
-	// Version 3 creates a table, then fails: neither the table nor the
+	// Version 4 creates a table, then fails: neither the table nor the
 	// version bump may stay.
-	v3 := append(append([]string{}, v2...), `CREATE TABLE half (a); INSERT INTO no_such_table VALUES (1);`)
-	if _, err := open(path, v3); err == nil || !strings.Contains(err.Error(), "migration to version 3") {
+	v4 := append(append([]string{}, migrations[:3]...), `CREATE TABLE half (a); INSERT INTO no_such_table VALUES (1);`)
+	if _, err := open(path, v4); err == nil || !strings.Contains(err.Error(), "migration to version 4") {
 		t.Fatalf("a failing migration opened: %v", err)
 	}
-	s, err = open(path, v2)
+	s, err = open(path, migrations[:3])
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer s.Close()
-	if got := pragma(t, s, "user_version"); got != "2" {
-		t.Fatalf("user_version = %s after a failed migration, want 2", got)
+	if got := pragma(t, s, "user_version"); got != "3" {
+		t.Fatalf("user_version = %s after a failed migration, want 3", got)
 	}
 	if _, err := s.scalar(`SELECT count(*) FROM half`); err == nil {
 		t.Fatal("the failed migration's table is there")
@@ -499,7 +508,7 @@ func TestReadWatermarks(t *testing.T) {
 		t.Fatal(err)
 	}
 	got := fmt.Sprint(cs)
-	want := "[{ alice 3 1 11 4} { carol 1 0 12 3}]"
+	want := "[{ alice 3 1 11 0 4} { carol 1 0 12 0 3}]"
 	if got != want {
 		t.Fatalf("conversations = %s, want %s", got, want)
 	}
