@@ -150,10 +150,11 @@ const v1Store = `new Promise((res, rej) => {
 	r.onsuccess = () => { r.result.close(); res(true); };
 })`
 
-// A version-1 store is migrated to version 2 in its upgrade transaction
-// with its data intact: its history, outbox (resent first), ticks (moved
-// by receipts after the migration), read watermark, cursor hint and
-// dedup keys; group traffic is kept beside it afterwards.
+// A version-1 store is migrated to the latest version (through 2, then
+// 3) in its upgrade transaction with its data intact: its history,
+// outbox (resent first), ticks (moved by receipts after the migration),
+// read watermark, cursor hint and dedup keys; group traffic is kept
+// beside it afterwards.
 func TestSDKStoreMigratesVersion1(t *testing.T) {
 	s := newScript(t)
 	pg := tk.StartBrowser(t).NewPage(t, "sdk")
@@ -164,8 +165,8 @@ func TestSDKStoreMigratesVersion1(t *testing.T) {
 	}
 	c := reloadSDK(t, s, pg, storeOpt, `c.on('message', (m) => c.ack(m.seq))`)
 	c.expect(t, protocol.TypeSend, "p")
-	if v := tk.Eval[int](pg, `c.store.version`); v != 2 {
-		t.Fatalf("the store is at version %d, want 2", v)
+	if v := tk.Eval[int](pg, `c.store.version`); v != 3 {
+		t.Fatalf("the store is at version %d, want 3", v)
 	}
 	if got, want := history(pg, "bob"), ">a@10:sent >b@11:delivered m@50:sent >p@0:pending"; got != want {
 		t.Fatalf("bob's history after the migration:\n%s\nwant\n%s", got, want)
@@ -241,5 +242,67 @@ func TestSDKGroupReadSyncAndPresence(t *testing.T) {
 	c.fence(t, pg)
 	if got := tk.Eval[string](pg, `(() => { try { c.subscribePresenceGroup('no good'); return 'taken'; } catch (e) { return e.name; } })()`); got != "TypeError" {
 		t.Fatalf("a bad group id: %s", got)
+	}
+}
+
+// The store keeps the messages of a group read from its log with their
+// place in it: acked by place (one ack covers the group up to it), read
+// by place from this page and from another device (read_sync with
+// gseq), counted unread against that place; one this user sent from
+// another device as their own at its place. After a reload, one an
+// earlier page stored comes again: dropped, and acked by place.
+func TestSDKStoreKeepsGroupLog(t *testing.T) {
+	s := newScript(t)
+	pg, c := startSDK(t, s, storeOpt)
+	js(pg, `c.on('message', (m) => { if (m.id === 'b1') c.ackGroup(m.group, m.gseq); })`)
+	groupFrame := func(typ string, gseq uint64) {
+		t.Helper()
+		if f := c.next(t); f.Type != typ || f.Group != "crowd" || f.GSeq != gseq || f.Seq != 0 {
+			t.Fatalf("next frame %+v, want %s of crowd at %d", *f, typ, gseq)
+		}
+	}
+	b1 := protocol.AppendGroupLogMsg(nil, "b1", "bob", "phone", "crowd", 70, 1795582349000, []byte(`"hi all"`), nil)
+	b2 := protocol.AppendGroupLogMsg(nil, "b2", "bob", "phone", "crowd", 71, 1795582350000, []byte(`"later"`), nil)
+	o1 := protocol.AppendGroupLogMsg(nil, "o1", "alice", "laptop", "crowd", 72, 1795582351000, []byte(`"from my laptop"`), nil)
+	c.write(b1)
+	groupFrame(protocol.TypeAck, 70)
+	c.write(b2)
+	c.write(o1)
+	c.fence(t, pg) // b2 and o1 held by the app
+	js(pg, `c.readGroup('crowd', 70)`)
+	groupFrame(protocol.TypeRead, 70)
+
+	logHistory := func() string {
+		return tk.Eval[string](pg, `c.store.groupMessages('crowd').then((ms) => ms.map((m) =>
+			(m.own ? '>' : '') + m.id + '@' + m.seq + '/' + m.gseq + (m.acked ? ':acked' : '')).join(' '))`)
+	}
+	// Written by the handler (ack and read are not waited for): waited for.
+	pg.WaitFor(stuck, "b1 acked in the store", `c.store.groupMessage('crowd', 'bob', 'b1').then((m) => m?.acked)`)
+	if got, want := logHistory(), "b1@0/70:acked b2@0/71 >o1@72/0"; got != want {
+		t.Fatalf("the group's history:\n%s\nwant\n%s", got, want)
+	}
+	pg.WaitFor(stuck, "the read place at 70", `c.store.groupReadPlace('crowd').then((p) => p === 70)`)
+	if got := tk.Eval[string](pg, `c.store.conversations().then((cs) => JSON.stringify(cs.map((x) => [x.group, x.unread, x.readSeq, x.readGSeq])))`); got != `[["crowd",1,0,70]]` {
+		t.Fatalf("conversations: %s, want crowd with b2 unread, read up to 70 in its log", got)
+	}
+	c.write(protocol.AppendGroupLogReadSync(nil, "crowd", "laptop", 71, 90, 1795582352000))
+	c.expect(t, protocol.TypeAck, 90)
+	if p := tk.Eval[int](pg, `c.store.groupReadPlace('crowd')`); p != 71 {
+		t.Fatalf("read place %d after the read_sync, want 71", p)
+	}
+
+	// The reload: b2 and b1 come again; both were stored, so neither is
+	// an event, and each is acked by its place.
+	c = reloadSDK(t, s, pg, storeOpt, `c.on('message', (m) => log.push(['late', m.id]))`)
+	c.write(b2)
+	groupFrame(protocol.TypeAck, 71)
+	c.write(b1)
+	groupFrame(protocol.TypeAck, 70)
+	c.fence(t, pg)
+	if got := tk.Eval[string](pg, `JSON.stringify(log.filter(([t]) => t === 'late'))`); got != `[]` {
+		t.Fatalf("the app got again: %s", got)
+	}
+	if got, want := logHistory(), "b1@0/70:acked b2@0/71:acked >o1@72/0"; got != want {
+		t.Fatalf("the group's history after the reload:\n%s\nwant\n%s", got, want)
 	}
 }

@@ -196,7 +196,7 @@ func TestSDKStoreRefusesANewerVersion(t *testing.T) {
 	pg.WaitFor(stuck, "the newer database made", `window.made === true`)
 	got := tk.Eval[string](pg, fmt.Sprintf(`new sb.Client({ url: %q, token: 'tok', store: 'sb-test' }).start().then(() => 'started',
 		(e) => [e.name, e.code, e.found, e.known, e.message].join(' | '))`, s.wsURL()))
-	want := "StoreError | newer_version | 7 | 2 | switchboard: local store \"sb-test\" is at schema version 7, written by a newer SDK; this SDK knows up to 2: use the newer SDK, or delete the database (it was not changed)"
+	want := "StoreError | newer_version | 7 | 3 | switchboard: local store \"sb-test\" is at schema version 7, written by a newer SDK; this SDK knows up to 3: use the newer SDK, or delete the database (it was not changed)"
 	if got != want {
 		t.Fatalf("start: %s\nwant %s", got, want)
 	}

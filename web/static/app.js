@@ -635,9 +635,10 @@ function onGroupMessage(m) {
   const fresh = !msgs.some((x) => sameMessage(x, m));
   if (fresh) {
     const isNew = !store.groups[m.group];
-    // Ours from another device is one of ours, at the seq its ticks name.
-    msgs.push(m.from === me.user && m.sentSeq
-      ? { id: m.id, from: m.from, group: m.group, seq: m.sentSeq, ts: m.ts, body: m.body, tick: 'sent' }
+    // Ours from another device is one of ours, at the seq its ticks name
+    // (from a group's log: its place there).
+    msgs.push(m.from === me.user && !m.event && (m.sentSeq || m.gseq)
+      ? { id: m.id, from: m.from, group: m.group, seq: m.sentSeq || m.gseq, ts: m.ts, body: m.body, tick: 'sent' }
       : { id: m.id, from: m.from, group: m.group, seq: m.seq, gseq: m.gseq || undefined, ts: m.ts, body: m.body, event: m.event ?? undefined });
     if (m.event) applyEvent(m.group, m.from, m.event);
     else if (isNew) {

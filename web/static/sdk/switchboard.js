@@ -169,7 +169,12 @@
  *     events and acked.
  *   - ack(seq) and read(seq): the acked flag and cursor hint, the read
  *     watermark (their write errors are not reported: the server keeps
- *     the real ones).
+ *     the real ones); ackGroup and readGroup, for a group read from its
+ *     log, the acked flags up to the place and the group's read place
+ *     (readGSeq), which a read_sync with gseq raises too. Such a group's
+ *     messages are kept with their place (gseq, seq 0); one this user
+ *     sent from another device as their own at that place (seq, what
+ *     its receipts name).
  * A write that fails while a frame is handled is an 'error' event with
  * code 'local_store' (and the StoreError as error), and ends the
  * connection unanswered: the frame comes again after the reconnect. The
@@ -612,6 +617,7 @@ export class Client {
   #stopped = null; // why the client stopped, once it has
   #outbox = new Outbox();
   #maxFrame = 0; // the largest frame the gateway takes (its welcome's max_frame), 0 until one came
+  #self = ''; // this user, as the welcome names them
   #seen = new Lru(MAX_SEEN); // from + '\0' + id -> seq of messages given to the app
   #acked = new Lru(MAX_SEEN); // seqs the app acked
   // Per group read from its log, the highest place the app acked: one
@@ -783,6 +789,7 @@ export class Client {
       const w = await Promise.race([welcome, late]);
       link.session = w.session;
       if (w.max_frame > 0) this.#maxFrame = w.max_frame;
+      this.#self = typeof w.user === 'string' ? w.user : '';
       return link;
     } catch (e) {
       conn.close(1000, '');
@@ -954,7 +961,7 @@ export class Client {
         break;
       case 'msg': {
         if (f.gseq) {
-          this.#onLogMsg(link, f);
+          await this.#onLogMsg(link, f);
           break;
         }
         const key = msgKey(f);
@@ -1007,8 +1014,9 @@ export class Client {
         break;
       }
       case 'read_sync':
-        // One with gseq is of a group read from its log: not in the store yet.
-        if (this.#store && f.group && !f.gseq) await this.#store.setGroupReadWatermark(f.group, f.to_seq);
+        // One with gseq is of a group read from its log: a place in it.
+        if (this.#store && f.gseq) await this.#store.setGroupReadPlace(f.group, f.gseq);
+        else if (this.#store && f.group) await this.#store.setGroupReadWatermark(f.group, f.to_seq);
         else if (this.#store && f.peer) await this.#store.setReadWatermark(f.peer, f.to_seq);
         this.#emit('read_sync', f.gseq
           ? { peer: '', group: f.group, device: f.device, seq: 0, gseq: f.gseq, ts: f.ts }
@@ -1383,7 +1391,7 @@ export class Client {
   // once to the app. One that comes again was given to the app before;
   // if the app acked it, that ack was lost with a connection, so it is
   // acked again here. Not kept in the store yet.
-  #onLogMsg(link, f) {
+  async #onLogMsg(link, f) {
     if (!validId(f.group)) return;
     const handed = (link.handed ??= new Map());
     handed.set(f.group, Math.max(handed.get(f.group) ?? 0, f.gseq));
@@ -1394,11 +1402,45 @@ export class Client {
       return;
     }
     this.#seen.set(key, 0);
+    // Sent by this user from another device: its receipts name its place
+    // in the log, and the store keeps it as one of its own there.
+    const own = f.from === this.#self && !f.event;
+    if (this.#store && (await this.#storeLogMsg(f, key, own))) {
+      // Stored by an earlier page: given to the app then. Acked, with
+      // everything of the group before it (the log hands a device its
+      // messages in order, each stored before the app had it).
+      this.#stats.duplicatesDropped++;
+      this.#groupAcked.set(f.group, Math.max(this.#groupAcked.get(f.group) ?? 0, f.gseq));
+      this.#store.ackedGroup(f.group, f.gseq).catch(() => {});
+      this.#writeOn(link, { type: 'ack', group: f.group, gseq: f.gseq });
+      return;
+    }
     this.#emit('message', {
       id: f.id, from: f.from, device: f.device, seq: 0, gseq: f.gseq, ts: f.ts,
       body: f.body === undefined ? null : f.body, media: f.media ?? null,
       group: f.group, event: f.event ?? null, to: '', sentSeq: 0,
     });
+    if (own) {
+      const early = this.#ticks.sent('#' + f.group, f.id, f.gseq);
+      if (early && this.#store) await this.#store.applyGroupReceipt(f.group, early, f.gseq, f.gseq);
+      if (early) this.#emit('receipt', { id: f.id, status: early, group: f.group, by: '', device: '', ts: Date.now(), seq: f.gseq });
+    }
+  }
+
+  // storeLogMsg is storeMsg for a message of a group read from its log:
+  // an incoming one kept with its place there, an own one (sent from
+  // another device) as this user's at that place.
+  async #storeLogMsg(f, key, own) {
+    const m = { group: f.group, device: f.device, id: f.id, ts: f.ts, body: f.body ?? null, media: f.media ?? null };
+    try {
+      const seen = own
+        ? await this.#store.receivedOwn({ ...m, seq: f.gseq })
+        : await this.#store.received({ ...m, from: f.from, seq: 0, gseq: f.gseq, event: f.event ?? null });
+      return seen.dup;
+    } catch (e) {
+      this.#seen.delete(key);
+      throw e;
+    }
   }
 
   /**
@@ -1410,12 +1452,14 @@ export class Client {
   ackGroup(group, gseq) {
     gseq = Number(gseq);
     this.#groupAcked.set(group, Math.max(this.#groupAcked.get(group) ?? 0, gseq));
+    this.#store?.ackedGroup(group, gseq).catch(() => {});
     const link = this.#link;
     if (link && gseq <= (link.handed?.get(group) ?? 0)) this.#writeOn(link, { type: 'ack', group, gseq });
   }
 
   /** readGroup tells the senders of group, a group read from its log, that this user read it up to gseq; with no connection it is dropped (the next read covers it). */
   readGroup(group, gseq) {
+    this.#store?.setGroupReadPlace(group, Number(gseq)).catch(() => {});
     if (this.#link) this.#writeOn(this.#link, { type: 'read', group, gseq: Number(gseq) });
   }
 
@@ -2121,7 +2165,7 @@ class Lru {
 // --- the local store: IndexedDB ---
 
 /** The local store's schema version this SDK writes: the number of migrations it knows. */
-export const STORE_VERSION = 2;
+export const STORE_VERSION = 3;
 
 /**
  * A local store could not be opened or written. code says why:
@@ -2220,6 +2264,14 @@ const MIGRATIONS = [
       cs.name = 'conversations';
     };
   },
+  // 3: groups read from their log, as the Go store's version 3: a
+  // received message of such a group has gseq, its place in the log, and
+  // seq 0; it is counted unread by a sparse index of its own, against the
+  // conversation's readGSeq. No record of version 2 has a gseq: nothing
+  // is rewritten.
+  (db, tx) => {
+    tx.objectStore('messages').createIndex('logged', 'logged'); // [grp, conv, gseq] of received log messages, system messages left out
+  },
 ];
 const OBJECT_STORES = ['messages', 'conversations', 'meta'];
 const MIGRATION_BATCH = 2000; // records read at once by a migration that rewrites them
@@ -2230,8 +2282,12 @@ function indexed(r) {
   delete r.pending;
   delete r.tickable;
   delete r.incoming;
+  delete r.logged;
   if (r.from !== '') {
-    if (!r.event) r.incoming = [r.grp, r.conv, r.seq];
+    if (r.event) {
+      // System messages are not counted unread.
+    } else if (r.gseq) r.logged = [r.grp, r.conv, r.gseq];
+    else r.incoming = [r.grp, r.conv, r.seq];
   } else if (r.status === PENDING) r.pending = 1;
   else if (r.status === SENT || r.status === DELIVERED_) r.tickable = [r.grp, r.conv, r.seq];
   return r;
@@ -2242,7 +2298,7 @@ function indexed(r) {
 // message.
 function record(r) {
   return {
-    n: r.n, group: r.grp, conv: r.conv, from: r.from, own: r.from === '', device: r.device, id: r.id, seq: r.seq, ts: r.ts,
+    n: r.n, group: r.grp, conv: r.conv, from: r.from, own: r.from === '', device: r.device, id: r.id, seq: r.seq, gseq: r.gseq ?? 0, ts: r.ts,
     body: r.body ?? null, media: r.media ?? null, event: r.event ?? null, status: STATUS_NAMES[r.status] ?? 'sent', acked: !!r.acked,
   };
 }
@@ -2582,9 +2638,10 @@ export class Store {
    */
   received(m) {
     const grp = m.group ?? '';
-    const r = { grp, conv: grp || (m.conv ?? m.from), from: m.from, device: m.device ?? '', id: m.id, seq: m.seq, ts: m.ts ?? 0,
+    const r = { grp, conv: grp || (m.conv ?? m.from), from: m.from, device: m.device ?? '', id: m.id, seq: m.seq ?? 0, ts: m.ts ?? 0,
       body: m.body ?? null, media: m.media ?? null, status: SENT, acked: false };
     if (m.event) r.event = m.event;
+    if (m.gseq) r.gseq = m.gseq;
     return this.#receive(r);
   }
 
@@ -2631,10 +2688,10 @@ export class Store {
     });
   }
 
-  async #raise(tx, grp, conv, seq) {
+  async #raise(tx, grp, conv, seq, field = 'readSeq') {
     const cs = tx.objectStore('conversations');
     const c = await req(cs.get([grp, conv]));
-    if (!c || c.readSeq < seq) await req(cs.put({ grp, conv, readSeq: seq }));
+    if (!c || (c[field] ?? 0) < seq) await req(cs.put({ readSeq: 0, ...c, grp, conv, [field]: seq }));
   }
 
   /** setReadWatermark raises the read watermark of the conversation with user conv to seq (a read made on another device). */
@@ -2645,6 +2702,27 @@ export class Store {
   /** setGroupReadWatermark raises group's read watermark to seq, a seq of this user's messages (a group read_sync). */
   setGroupReadWatermark(group, seq) {
     return this.#write((tx) => this.#raise(tx, group, group, seq));
+  }
+
+  /**
+   * ackedGroup records that this device acked every message of group, a
+   * group read from its log, up to its place gseq there.
+   */
+  ackedGroup(group, gseq) {
+    return this.#write(async (tx) => {
+      const rs = await req(tx.objectStore('messages').index('logged').getAll(IDBKeyRange.bound([group, group, 0], [group, group, gseq])));
+      await this.#update(tx, rs.filter((r) => !r.acked), (r) => { r.acked = true; });
+    });
+  }
+
+  /** setGroupReadPlace raises the read watermark of group, a group read from its log, to its place gseq there. */
+  setGroupReadPlace(group, gseq) {
+    return this.#write((tx) => this.#raise(tx, group, group, gseq, 'readGSeq'));
+  }
+
+  /** groupReadPlace resolves with the place in group's log up to which this user read it (0 if none). */
+  groupReadPlace(group) {
+    return this.#read(async (tx) => (await req(tx.objectStore('conversations').get([group, group])))?.readGSeq ?? 0);
   }
 
   /** readWatermark resolves with the seq up to which this user read the conversation with user conv (0 if none). */
@@ -2669,10 +2747,11 @@ export class Store {
   /**
    * conversations resolves with a summary of each conversation, the most
    * recently active first: [{group, conv, messages, unread, readSeq,
-   * lastN}] (group and conv the group for a group's, group '' with a
-   * user; messages counts both directions, dropped sends and system
-   * messages included; unread the received ones above the read
-   * watermark, system messages left out).
+   * readGSeq, lastN}] (group and conv the group for a group's, group ''
+   * with a user; messages counts both directions, dropped sends and
+   * system messages included; unread the received ones above the read
+   * watermark, or, read from a group's log, above readGSeq, the place
+   * read up to there; system messages left out).
    */
   conversations() {
     return this.#read(async (tx) => {
@@ -2686,13 +2765,17 @@ export class Store {
       const out = [];
       for (const [grp, conv] of convs) {
         const all = IDBKeyRange.bound([grp, conv, -Infinity], [grp, conv, Infinity]);
-        const readSeq = (await req(tx.objectStore('conversations').get([grp, conv])))?.readSeq ?? 0;
-        const [messages, last, unread] = await Promise.all([
+        const cv = await req(tx.objectStore('conversations').get([grp, conv]));
+        const readSeq = cv?.readSeq ?? 0;
+        const readGSeq = cv?.readGSeq ?? 0;
+        const ms = tx.objectStore('messages');
+        const [messages, last, unread, unreadLog] = await Promise.all([
           req(ix.count(all)),
           req(ix.openKeyCursor(all, 'prev')),
-          req(tx.objectStore('messages').index('incoming').count(IDBKeyRange.bound([grp, conv, readSeq], [grp, conv, Infinity], true))),
+          req(ms.index('incoming').count(IDBKeyRange.bound([grp, conv, readSeq], [grp, conv, Infinity], true))),
+          req(ms.index('logged').count(IDBKeyRange.bound([grp, conv, readGSeq], [grp, conv, Infinity], true))),
         ]);
-        out.push({ group: grp, conv, messages, unread, readSeq, lastN: last.key[2] });
+        out.push({ group: grp, conv, messages, unread: unread + unreadLog, readSeq, readGSeq, lastN: last.key[2] });
       }
       return out.sort((a, b) => b.lastN - a.lastN);
     });
