@@ -108,7 +108,7 @@ func bindFunctionFlags(fs *flag.FlagSet, c *functionsConfig, withRun bool) {
 func bindGroupsFlags(fs *flag.FlagSet, c *functionsConfig) {
 	fs.IntVar(&c.Groups.MaxMembers, "group-max-members", c.Groups.MaxMembers, "most members a group may have")
 	fs.IntVar(&c.Groups.LogMembers, "group-log-members", c.Groups.LogMembers,
-		"groups reaching this many members are read from their log, not copied (docs/GROUP-LOG.md; being built: no push to offline members yet; 0: never)")
+		"groups reaching this many members are read from their log, not copied into each member's inbox (docs/GROUP-LOG.md; 0: never)")
 }
 
 // bindPushFlags declares the push function's flags.
