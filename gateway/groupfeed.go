@@ -9,7 +9,6 @@ import (
 	"strconv"
 	"sync"
 	"time"
-	"unicode/utf8"
 
 	"github.com/nats-io/nats.go"
 
@@ -408,11 +407,11 @@ func (g *groupFeeds) read(gid string, gseq uint64) bool {
 	return gseq > 0 && gseq <= f.last
 }
 
-// offer is the reader's: the message stored at seq, after prev.
-func (f *groupFeed) offer(prev, seq uint64, m *nats.Msg) {
+// offer is the reader's: the log's message e, after prev.
+func (f *groupFeed) offer(prev uint64, e *logEntry) {
 	f.mu.Lock()
 	switch {
-	case f.left || seq <= f.last:
+	case f.left || e.seq <= f.last:
 		f.mu.Unlock()
 	case f.full():
 		f.behind = true
@@ -424,7 +423,7 @@ func (f *groupFeed) offer(prev, seq uint64, m *nats.Msg) {
 		f.wakeRead()
 	default:
 		f.mu.Unlock()
-		f.take(seq, m.Header, m.Data)
+		f.take(e)
 	}
 }
 
@@ -482,7 +481,7 @@ func (f *groupFeed) readOn() {
 					return false
 				}
 				if !stale {
-					f.take(seq, m.Header, m.Data)
+					f.take(newLogEntry(f.gid, seq, m.Header, m.Data))
 				}
 				return true
 			})
@@ -512,37 +511,20 @@ func (f *groupFeed) readOn() {
 	}
 }
 
-// take hands the device the log's message stored at seq (headers h, body
-// data), or passes it: its own send, anything malformed, anything while
-// the user is out of the group.
-func (f *groupFeed) take(seq uint64, h nats.Header, data []byte) {
+// take hands the device the log's message e, or passes it: its own send,
+// anything malformed, anything while the user is out of the group.
+func (f *groupFeed) take(e *logEntry) {
 	s := f.g.s
-	from, dev, id := h.Get(contract.HdrFrom), h.Get(contract.HdrDevice), h.Get(contract.HdrID)
-	ts, _ := strconv.ParseInt(h.Get(contract.HdrTS), 10, 64)
-	var frame []byte
+	seq, frame := e.seq, e.frame
 	out, in := false, false // this change takes this user out, or brings them in
-	switch h.Get(contract.HdrKind) {
+	switch e.kind {
 	case contract.KindMsg:
-		if from == s.id.User && dev == s.id.Device {
-			break // its own send: the device has it
-		}
-		media := h.Get(contract.HdrMedia)
-		if json.Valid(data) && validMedia(media) {
-			frame = protocol.AppendGroupLogMsg(nil, id, from, dev, f.gid, seq, ts, data, []byte(media))
+		if e.from == s.id.User && e.dev == s.id.Device {
+			frame = nil // its own send: the device has it
 		}
 	case contract.KindEvent:
-		var ev protocol.GroupEvent // the stored change's op, users, name and promoted
-		if json.Unmarshal(data, &ev) != nil || ev.Op == "" {
-			break
-		}
-		out = ev.Op == contract.GroupRemove && slices.Contains(ev.Users, s.id.User) || ev.Op == contract.GroupLeave && from == s.id.User
-		in = (ev.Op == contract.GroupAdd || ev.Op == contract.GroupCreate) && slices.Contains(ev.Users, s.id.User)
-		body, _ := json.Marshal(ev)
-		id = protocol.SystemIDPrefix + strconv.FormatUint(seq, 10)
-		frame = protocol.AppendGroupLogEvent(nil, id, from, dev, f.gid, seq, ts, body)
-	}
-	if frame != nil && (!protocol.ValidID(from) || !protocol.ValidID(dev) || !protocol.ValidID(id) || !utf8.Valid(frame)) {
-		frame = nil
+		out = e.op == contract.GroupRemove && slices.Contains(e.users, s.id.User) || e.op == contract.GroupLeave && e.from == s.id.User
+		in = (e.op == contract.GroupAdd || e.op == contract.GroupCreate) && slices.Contains(e.users, s.id.User)
 	}
 	f.mu.Lock()
 	defer f.mu.Unlock()

@@ -1,13 +1,17 @@
 package gateway
 
 import (
+	"encoding/json"
 	"log/slog"
 	"slices"
+	"strconv"
 	"sync"
+	"unicode/utf8"
 
 	"github.com/nats-io/nats.go"
 
 	"github.com/switchboard-im/switchboard/contract"
+	"github.com/switchboard-im/switchboard/protocol"
 )
 
 // Group logs.
@@ -32,10 +36,54 @@ import (
 // groupSink takes a group's log as its reader reads it: a device's feed
 // of that group.
 type groupSink interface {
-	// offer hands on the message stored at seq, the reader having handed
-	// on the group's log through prev before it (0: where it started).
-	// It runs on the reader's goroutine and must not block.
-	offer(prev, seq uint64, m *nats.Msg)
+	// offer hands on the log's message e, the reader having handed on
+	// the group's log through prev before it (0: where it started). It
+	// runs on the reader's goroutine and must not block.
+	offer(prev uint64, e *logEntry)
+}
+
+// logEntry is one message of a group's log as every device's feed takes
+// it, worked out once per gateway by the reader (or by a feed reading
+// for itself): what differs per device (its own send, a change that
+// takes its user out or brings them in) is the feed's.
+type logEntry struct {
+	seq       uint64
+	kind      string // contract.KindMsg, contract.KindEvent, or anything else (passed)
+	from, dev string
+	id        string // the message's id; a change's system id
+	// frame is the msg frame every device gets (shared: never written
+	// to), nil for a message that is passed (malformed).
+	frame []byte
+	// op and users are a change's.
+	op    string
+	users []string
+}
+
+// newLogEntry reads group gid's log message stored at seq, headers h and
+// body data.
+func newLogEntry(gid string, seq uint64, h nats.Header, data []byte) *logEntry {
+	e := &logEntry{seq: seq, kind: h.Get(contract.HdrKind), from: h.Get(contract.HdrFrom), dev: h.Get(contract.HdrDevice), id: h.Get(contract.HdrID)}
+	ts, _ := strconv.ParseInt(h.Get(contract.HdrTS), 10, 64)
+	switch e.kind {
+	case contract.KindMsg:
+		media := h.Get(contract.HdrMedia)
+		if json.Valid(data) && validMedia(media) {
+			e.frame = protocol.AppendGroupLogMsg(nil, e.id, e.from, e.dev, gid, seq, ts, data, []byte(media))
+		}
+	case contract.KindEvent:
+		var ev protocol.GroupEvent // the stored change's op, users, name and promoted
+		if json.Unmarshal(data, &ev) != nil || ev.Op == "" {
+			break
+		}
+		e.op, e.users = ev.Op, ev.Users
+		body, _ := json.Marshal(ev)
+		e.id = protocol.SystemIDPrefix + strconv.FormatUint(seq, 10)
+		e.frame = protocol.AppendGroupLogEvent(nil, e.id, e.from, e.dev, gid, seq, ts, body)
+	}
+	if e.frame != nil && (!protocol.ValidID(e.from) || !protocol.ValidID(e.dev) || !protocol.ValidID(e.id) || !utf8.Valid(e.frame)) {
+		e.frame = nil
+	}
+	return e
 }
 
 // logRead reads a stream with a direct get (Server.directBatchOn on
@@ -181,8 +229,11 @@ func (r *groupReader) readOn() {
 			r.last = seq
 			// Offered under the lock, so a sink that left gets nothing
 			// after leave returns, and every sink sees the log in order.
-			for _, s := range r.sinks {
-				s.offer(prev, seq, m)
+			if len(r.sinks) > 0 {
+				e := newLogEntry(r.gid, seq, m.Header, m.Data)
+				for _, s := range r.sinks {
+					s.offer(prev, e)
+				}
 			}
 			r.mu.Unlock()
 			return true

@@ -24,11 +24,11 @@ type logSink struct {
 	ids    []string
 }
 
-func (s *logSink) offer(prev, seq uint64, m *nats.Msg) {
+func (s *logSink) offer(prev uint64, e *logEntry) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	s.offers = append(s.offers, [2]uint64{prev, seq})
-	s.ids = append(s.ids, m.Header.Get(contract.HdrID))
+	s.offers = append(s.offers, [2]uint64{prev, e.seq})
+	s.ids = append(s.ids, e.id)
 }
 
 func (s *logSink) got() ([][2]uint64, []string) {
