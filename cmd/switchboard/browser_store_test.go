@@ -214,7 +214,7 @@ func TestBrowserStoreRefusesANewerVersion(t *testing.T) {
 		chromedp.SetValue(chromedp.ID("dev-device"), "laptop"),
 		chromedp.Click(chromedp.ID("dev-signin")),
 	)
-	const want = "This browser's chat store for alice on laptop was written by a newer version of Switchboard (schema 9; this page knows 2), and was left as it is. Reload to get the newer page, or clear this site's data to start over."
+	const want = "This browser's chat store for alice on laptop was written by a newer version of Switchboard (schema 9; this page knows 3), and was left as it is. Reload to get the newer page, or clear this site's data to start over."
 	pg.WaitFor(seen, "the refusal", fmt.Sprintf(`document.getElementById('signin-error').textContent === %q`, want))
 	if got := tk.Eval[string](pg, `new Promise((res) => { const r = indexedDB.open('switchboard.alice.laptop');
 		r.onsuccess = () => { const db = r.result; res(db.version + ' ' + [...db.objectStoreNames].join(',')); db.close(); }; })`); got != "9 from-the-future" {
