@@ -21,6 +21,9 @@ type Group struct {
 	Created   time.Time
 	// Members are in the order they joined, the longest-standing first.
 	Members []protocol.GroupMember
+	// History is how many of the group's latest messages a member added
+	// gets (SetGroupHistory; 0: none).
+	History int
 }
 
 // IsMember reports whether user is one of g's members.
@@ -231,6 +234,22 @@ func (c *Client) RenameGroup(ctx context.Context, group, name string) (Group, er
 	return c.GroupOp(ctx, protocol.GroupRename, group, name, nil)
 }
 
+// SetGroupHistory sets how many of group's latest messages a member
+// added from now on gets, 0 to protocol.MaxGroupHistory (admins only; 0,
+// a new group's setting, gives none, as a new device gets none). The
+// change is a system message in the group. It is asked again like
+// GroupOp's operations.
+func (c *Client) SetGroupHistory(ctx context.Context, group string, n int) (Group, error) {
+	if !protocol.ValidID(group) {
+		return Group{}, ErrBadID
+	}
+	r, err := c.request(ctx, protocol.Frame{Type: protocol.TypeGroup, Op: protocol.GroupHistory, Group: group, History: &n})
+	if err != nil {
+		return Group{}, err
+	}
+	return r.g, r.err
+}
+
 // AddMembers adds users to group (admins only).
 func (c *Client) AddMembers(ctx context.Context, group string, users ...string) (Group, error) {
 	return c.GroupOp(ctx, protocol.GroupAdd, group, "", users)
@@ -308,6 +327,9 @@ func (c *Client) onGroup(f *protocol.Frame) {
 		return
 	}
 	g := Group{ID: f.Group, Name: f.Name, CreatedBy: f.CreatedBy, Created: time.UnixMilli(f.Created), Members: f.Members}
+	if f.History != nil {
+		g.History = *f.History
+	}
 	c.resolveGroup(f.ID, groupResult{g: g})
 }
 

@@ -210,3 +210,25 @@ func TestGroupOpTooLargeOrClosed(t *testing.T) {
 		t.Fatal("an operation waiting to ask again outlived the client's close")
 	}
 }
+
+// SetGroupHistory is one history frame with the setting, 0 included, and
+// the answer's setting is the Group's History.
+func TestSetGroupHistory(t *testing.T) {
+	s := newScript(t)
+	connected := make(chan string, 4)
+	c := s.dial(t, Options{OnConnect: func(sid string) { connected <- sid }}, newWaiter(true))
+	sc := s.accept(t)
+	<-connected
+	members := []protocol.GroupMember{{User: "alice", Admin: true}, {User: "bob"}}
+	for _, n := range []int{20, 0} {
+		res := groupCall(c, func(ctx context.Context) (Group, error) { return c.SetGroupHistory(ctx, "friends", n) })
+		f := sc.next(t)
+		if f.Type != protocol.TypeGroup || f.Op != protocol.GroupHistory || f.Group != "friends" || f.History == nil || *f.History != n {
+			t.Fatalf("history frame %+v, want history %d", f, n)
+		}
+		sc.write(protocol.EncodeGroupWithHistory(f.ID, "friends", "Friends", "alice", 1795582349000, members, n))
+		if r := <-res; r.err != nil || r.g.History != n {
+			t.Fatalf("history %d: %+v, %v", n, r.g, r.err)
+		}
+	}
+}

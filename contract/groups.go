@@ -149,6 +149,9 @@ type GroupRecord struct {
 	// it was created and its log is (contract/regions.go); empty in a
 	// single region.
 	Region string `json:"region,omitempty"`
+	// History is how many of the group's latest messages a member added
+	// gets (protocol.MaxGroupHistory at most; 0: none).
+	History int `json:"history,omitempty"`
 	// Log: the group's members read its log rather than get copies
 	// (docs/GROUP-LOG.md), from the first change that set it; it stays
 	// set. Members homed in another region still get copies.
@@ -197,6 +200,7 @@ const GroupsSubjectPrefix = "sb.fn.groups"
 const (
 	GroupCreate  = "create"
 	GroupRename  = "rename"
+	GroupHistory = "history"
 	GroupAdd     = "add"
 	GroupRemove  = "remove"
 	GroupPromote = "promote"
@@ -206,15 +210,15 @@ const (
 )
 
 // GroupOps lists the operations, in documentation order.
-var GroupOps = []string{GroupCreate, GroupRename, GroupAdd, GroupRemove, GroupPromote, GroupDemote, GroupLeave, GroupInfo}
+var GroupOps = []string{GroupCreate, GroupRename, GroupHistory, GroupAdd, GroupRemove, GroupPromote, GroupDemote, GroupLeave, GroupInfo}
 
 // GroupSubject is the request subject of op.
 func GroupSubject(op string) string { return GroupsSubjectPrefix + "." + op }
 
 // GroupRequest asks the groups function to apply an operation on behalf
 // of Actor (on Device): the gateway fills both in from the token. Name is
-// for create and rename; Users for create (the members besides the
-// creator), add, remove, promote and demote. Request is the asker's id
+// for create and rename; History for history; Users for create (the
+// members besides the creator), add, remove, promote and demote. Request is the asker's id
 // for the change (the frame's id): a change asked again with the same
 // Request, by the same device and with the same content, is answered
 // with the group as it is and changes nothing once the first is stored,
@@ -227,6 +231,8 @@ type GroupRequest struct {
 	Name    string   `json:"name,omitempty"`
 	Users   []string `json:"users,omitempty"`
 	Request string   `json:"request,omitempty"`
+	// History is for history: the setting to make.
+	History *int `json:"history,omitempty"`
 }
 
 // GroupReply answers a GroupRequest: the group as of the change (or, for

@@ -316,3 +316,46 @@ func TestGroupLogReadSync(t *testing.T) {
 		t.Fatalf("the laptop got %+v, want a read_sync of crowd up to %d on the phone", *f, m1)
 	}
 }
+
+// A group on its log that shares its history (the history op, admins
+// only): a member added afterwards gets its latest messages, from the
+// log, after the copy that tells them of the add; as many as the setting
+// says, none from before them.
+func TestGroupLogHistory(t *testing.T) {
+	g, alice, bob := startLogGroup(t, tk.TestConfig())
+	bob.write(`{"type":"group","id":"b-1","op":"history","group":"crowd","history":2}`)
+	if f := skipTo(bob, protocol.TypeError); f.Code != protocol.ErrNotAdmin || f.ID != "b-1" {
+		t.Fatalf("bob's history change: %+v, want not_admin", *f)
+	}
+	alice.write(`{"type":"group","id":"a-2","op":"history","group":"crowd","history":2}`)
+	if f := groupAnswer(t, alice, "a-2"); f.History == nil || *f.History != 2 {
+		t.Fatalf("the answer %+v, want history 2", *f)
+	}
+	if f := nextGroupFrame(t, bob, "crowd"); f.Event == nil || f.Event.Op != "history" || f.Event.History == nil || *f.Event.History != 2 {
+		t.Fatalf("bob got %+v, want the history change", *f)
+	} else {
+		ackGroup(bob, f)
+	}
+	groupSend(t, alice, "crowd", "m1")
+	m2 := groupSend(t, alice, "crowd", "m2")
+	m3 := groupSend(t, alice, "crowd", "m3")
+	alice.write(`{"type":"group","id":"a-3","op":"add","group":"crowd","users":["dave"]}`)
+	groupAnswer(t, alice, "a-3")
+	dave := connectRaw(t, g, "dave", "phone")
+	add := nextGroupFrame(t, dave, "crowd")
+	if add.Event == nil || add.Event.Op != "add" || add.Seq == 0 {
+		t.Fatalf("dave got %+v first, want the add's copy", *add)
+	}
+	ackGroup(dave, add)
+	expectGroupMsg(t, dave, "crowd", "m2", m2)
+	expectGroupMsg(t, dave, "crowd", "m3", m3)
+	// Then the add again, from the log (the same system id: the SDKs
+	// drop it), and what comes next.
+	if f := nextGroupFrame(t, dave, "crowd"); f.ID != add.ID || f.GSeq == 0 {
+		t.Fatalf("dave got %+v, want the add from the log", *f)
+	} else {
+		ackGroup(dave, f)
+	}
+	m4 := groupSend(t, alice, "crowd", "m4")
+	expectGroupMsg(t, dave, "crowd", "m4", m4)
+}

@@ -85,7 +85,7 @@ func (s *session) group(f *protocol.Frame) {
 		s.sendError(protocol.ErrShuttingDown, "gateway is shutting down", f.ID, 0, 0)
 		return
 	}
-	req := contract.GroupRequest{Actor: s.id.User, Device: s.id.Device, Group: f.Group, Name: f.Name, Users: f.Users, Request: f.ID}
+	req := contract.GroupRequest{Actor: s.id.User, Device: s.id.Device, Group: f.Group, Name: f.Name, Users: f.Users, Request: f.ID, History: f.History}
 	id, op, gid := f.ID, f.Op, f.Group
 	if op == protocol.GroupList {
 		s.listGroups(id, req)
@@ -109,7 +109,7 @@ func (s *session) group(f *protocol.Frame) {
 		// group as that change left it, which may list a member removed
 		// since.
 		s.srv.groups.forget(gid)
-		s.t.Send(protocol.EncodeGroup(id, gid, g.Name, g.CreatedBy, g.Created, groupMembers(g)))
+		s.t.Send(protocol.EncodeGroupWithHistory(id, gid, g.Name, g.CreatedBy, g.Created, groupMembers(g), g.History))
 	})
 	if !ok {
 		s.refuseBusy(id)

@@ -466,7 +466,7 @@ func TestGroupTypingReachesMembers(t *testing.T) {
 }
 
 // groupAnswer reads r's frames until the group frame answering id.
-func groupAnswer(t *testing.T, r *raw, id string) {
+func groupAnswer(t *testing.T, r *raw, id string) *protocol.Frame {
 	t.Helper()
 	for {
 		f := r.next()
@@ -474,7 +474,7 @@ func groupAnswer(t *testing.T, r *raw, id string) {
 			t.Fatalf("%s refused: %+v", id, f)
 		}
 		if f.Type == protocol.TypeGroup && f.ID == id {
-			return
+			return f
 		}
 	}
 }

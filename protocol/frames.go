@@ -164,6 +164,11 @@ type Frame struct {
 	CreatedBy string        `json:"created_by,omitempty"`
 	Created   int64         `json:"created,omitempty"`
 	Members   []GroupMember `json:"members,omitempty"`
+	// History, on a history frame, is how many of the group's latest
+	// messages a member added from then on gets (0 to MaxGroupHistory:
+	// 0, the default, is none, as a new device gets none); in an answer,
+	// the group's setting (absent: 0).
+	History *int `json:"history,omitempty"`
 	// Groups answers a list: this user's groups, by id.
 	Groups []GroupEntry `json:"groups,omitempty"`
 	// Event is set on a msg that is a group's system message: a change of
@@ -237,6 +242,7 @@ func isLowerHex(s string) bool {
 const (
 	GroupCreate  = "create"
 	GroupRename  = "rename"
+	GroupHistory = "history"
 	GroupAdd     = "add"
 	GroupRemove  = "remove"
 	GroupPromote = "promote"
@@ -249,7 +255,11 @@ const (
 )
 
 // GroupOps lists the group operations, in documentation order.
-var GroupOps = []string{GroupCreate, GroupRename, GroupAdd, GroupRemove, GroupPromote, GroupDemote, GroupLeave, GroupInfo, GroupList}
+var GroupOps = []string{GroupCreate, GroupRename, GroupHistory, GroupAdd, GroupRemove, GroupPromote, GroupDemote, GroupLeave, GroupInfo, GroupList}
+
+// MaxGroupHistory bounds a group's history setting: how many of its
+// latest messages a member added gets.
+const MaxGroupHistory = 100
 
 // MaxGroupUsersPerFrame bounds the users of one group frame: 256 ids of
 // 64 characters fit a 64 KiB frame. A bigger group is built with several
@@ -283,6 +293,8 @@ type GroupEvent struct {
 	Users    []string `json:"users,omitempty"`
 	Name     string   `json:"name,omitempty"`
 	Promoted []string `json:"promoted,omitempty"`
+	// History is the setting a history change made.
+	History *int `json:"history,omitempty"`
 }
 
 // CheckSettings is what a settings frame's change is refused with, if
@@ -367,6 +379,9 @@ type clientFrame struct {
 	GSeq  uint64          `json:"gseq"`
 	Op    string          `json:"op"`
 	Name  string          `json:"name"`
+	// History is a JSON number that must fit an int: an out-of-range one
+	// is refused as the wrong type.
+	History *int `json:"history"`
 
 	Media           *Media    `json:"media"`
 	Users           []string  `json:"users"`
@@ -425,7 +440,7 @@ func decodeClientJSON(data []byte) (*Frame, error) {
 	if len(data) == 0 || firstNonSpace(data) != '{' {
 		return nil, decodeErr(ErrBadJSON, "", "frame is not a JSON object")
 	}
-	f := Frame{Type: cf.Type, ID: cf.ID, To: cf.To, Group: cf.Group, Body: cf.Body, Seq: cf.Seq, GSeq: cf.GSeq, Op: cf.Op, Name: cf.Name,
+	f := Frame{Type: cf.Type, ID: cf.ID, To: cf.To, Group: cf.Group, Body: cf.Body, Seq: cf.Seq, GSeq: cf.GSeq, Op: cf.Op, Name: cf.Name, History: cf.History,
 		Media: cf.Media, Users: cf.Users, ReadReceipts: cf.ReadReceipts, LastSeenPrivacy: cf.LastSeenPrivacy, Contacts: cf.Contacts}
 	switch f.Type {
 	case TypeSend:
@@ -557,6 +572,12 @@ func validateGroupFrame(f *Frame) error {
 		if !ValidGroupName(f.Name) {
 			return decodeErr(ErrBadField, f.ID, "name must be 1 to %d bytes with no control characters", MaxGroupName)
 		}
+	}
+	switch {
+	case f.Op == GroupHistory && (f.History == nil || *f.History < 0 || *f.History > MaxGroupHistory):
+		return decodeErr(ErrBadField, f.ID, "history must be 0 to %d: how many of the group's latest messages a member added gets", MaxGroupHistory)
+	case f.Op != GroupHistory && f.History != nil:
+		return decodeErr(ErrBadField, f.ID, "history is taken by op history only")
 	}
 	switch f.Op {
 	case GroupAdd, GroupRemove, GroupPromote, GroupDemote:
@@ -696,6 +717,12 @@ func appendGroupHead(b []byte, id, from, device, group, seqField string, seq uin
 // group as it now is. The name is free text, so this goes through
 // encoding/json.
 func EncodeGroup(id, group, name, createdBy string, created int64, members []GroupMember) []byte {
+	return EncodeGroupWithHistory(id, group, name, createdBy, created, members, 0)
+}
+
+// EncodeGroupWithHistory is EncodeGroup for a group whose history setting
+// is history (omitted when 0).
+func EncodeGroupWithHistory(id, group, name, createdBy string, created int64, members []GroupMember, history int) []byte {
 	if members == nil {
 		members = []GroupMember{}
 	}
@@ -707,7 +734,8 @@ func EncodeGroup(id, group, name, createdBy string, created int64, members []Gro
 		CreatedBy string        `json:"created_by"`
 		Created   int64         `json:"created"`
 		Members   []GroupMember `json:"members"`
-	}{TypeGroup, id, group, name, createdBy, created, members})
+		History   int           `json:"history,omitempty"`
+	}{TypeGroup, id, group, name, createdBy, created, members, history})
 	return b
 }
 

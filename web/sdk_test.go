@@ -875,8 +875,19 @@ func TestSDKGroups(t *testing.T) {
 	c.write(protocol.EncodeGroup(f.ID, "friends", "Friends", "alice", 1795582349000,
 		[]protocol.GroupMember{{User: "alice", Admin: true}, {User: "bob"}, {User: "carol"}}))
 	pg.WaitFor(stuck, "the create answer", `results.create !== undefined`)
-	if got := tk.Eval[string](pg, `JSON.stringify(results.create)`); got != `{"id":"friends","name":"Friends","createdBy":"alice","created":1795582349000,"members":[{"user":"alice","admin":true},{"user":"bob"},{"user":"carol"}]}` {
+	if got := tk.Eval[string](pg, `JSON.stringify(results.create)`); got != `{"id":"friends","name":"Friends","createdBy":"alice","created":1795582349000,"members":[{"user":"alice","admin":true},{"user":"bob"},{"user":"carol"}],"history":0}` {
 		t.Fatalf("create resolved with %s", got)
+	}
+	// The history setting: asked with the number, 0 too; answered with it.
+	for _, n := range []int{3, 0} {
+		js(pg, fmt.Sprintf(`c.group('history', 'friends', { history: %d }).then((v) => { results.history = v; })`, n))
+		f = c.next(t)
+		if f.Op != protocol.GroupHistory || f.History == nil || *f.History != n {
+			t.Fatalf("history frame %+v, want %d", f, n)
+		}
+		c.write(protocol.EncodeGroupWithHistory(f.ID, "friends", "Friends", "alice", 1795582349000, []protocol.GroupMember{{User: "alice", Admin: true}}, n))
+		pg.WaitFor(stuck, "the history answer", fmt.Sprintf(`results.history?.history === %d`, n))
+		js(pg, `delete results.history`)
 	}
 	js(pg, `c.group('add', 'friends', { users: ['dave'] }).then((v) => { results.add = v; }, (e) => { results.add = { error: e.name, code: e.code }; })`)
 	f = c.next(t)

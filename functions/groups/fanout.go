@@ -4,6 +4,8 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -165,6 +167,32 @@ func (p *partition) apply(m jetstream.Msg, seq uint64) error {
 				return err
 			}
 		}
+		// An add in a group that shares its history: the users it adds
+		// get its latest messages, before they are told of the add (by
+		// copy), or read the log from the first of them.
+		start := seq
+		if ev.Op == contract.GroupAdd && ev.Group.History > 0 {
+			ctx, cancel := context.WithTimeout(s.ctx, s.cfg.Timeout)
+			hist, err := s.recent(ctx, gid, seq, ev.Group.Made, ev.Group.History)
+			cancel()
+			if err != nil {
+				return err
+			}
+			if len(hist) > 0 {
+				start = hist[0].seq - 1
+			}
+			var added []string
+			for _, u := range to {
+				if slices.Contains(ev.Users, u) && !readers[u] {
+					added = append(added, u)
+				}
+			}
+			for _, hm := range hist {
+				if err := p.fanOut(m, added, hm.m.Data, msgCopyHeader(gid, hm.seq, hm.m.Header, "")); err != nil {
+					return err
+				}
+			}
+		}
 		body, _ := json.Marshal(ev.systemMessage())
 		h := func(member string) nats.Header {
 			hdr := nats.Header{
@@ -178,7 +206,7 @@ func (p *partition) apply(m jetstream.Msg, seq uint64) error {
 				contract.HdrGroupSeq: {strconv.FormatUint(seq, 10)},
 			}
 			if readers[member] {
-				hdr.Set(contract.HdrGroupLog, strconv.FormatUint(seq, 10))
+				hdr.Set(contract.HdrGroupLog, strconv.FormatUint(start, 10))
 			}
 			return hdr
 		}
@@ -243,27 +271,112 @@ func (p *partition) apply(m jetstream.Msg, seq uint64) error {
 		if contract.IsOutboxSeq(contract.OriginSeq(src.Get(contract.HdrStreamSource))) && src.Get(contract.HdrOriginRegion) != "" {
 			sentAt = strconv.FormatUint(contract.OriginSeq(src.Get(contract.HdrStreamSource)), 10)
 		}
-		h := func(member string) nats.Header {
-			hdr := nats.Header{
-				contract.HdrMsgID:    {contract.GroupCopyDedupID(gid, seq, member)},
-				contract.HdrKind:     {contract.KindMsg},
-				contract.HdrFrom:     {from},
-				contract.HdrDevice:   {src.Get(contract.HdrDevice)},
-				contract.HdrID:       {src.Get(contract.HdrID)},
-				contract.HdrTS:       {src.Get(contract.HdrTS)},
-				contract.HdrGroup:    {gid},
-				contract.HdrGroupSeq: {strconv.FormatUint(seq, 10)},
-			}
-			if member == from && sentAt != "" {
-				hdr.Set(contract.HdrSentSeq, sentAt)
-			}
-			return hdr
-		}
-		return p.fanOut(m, to, m.Data(), h)
+		return p.fanOut(m, to, m.Data(), msgCopyHeader(gid, seq, src, sentAt))
 	default:
 		s.log.Error("not a group subject", "subject", m.Subject())
 		return nil
 	}
+}
+
+// msgCopyHeader gives the headers of a member's copy of group gid's
+// message stored at seq with headers src; sentAt, when set, is where
+// the sender's region stored it (its sent seq), for the sender's copy.
+func msgCopyHeader(gid string, seq uint64, src nats.Header, sentAt string) func(member string) nats.Header {
+	from := src.Get(contract.HdrFrom)
+	return func(member string) nats.Header {
+		hdr := nats.Header{
+			contract.HdrMsgID:    {contract.GroupCopyDedupID(gid, seq, member)},
+			contract.HdrKind:     {contract.KindMsg},
+			contract.HdrFrom:     {from},
+			contract.HdrDevice:   {src.Get(contract.HdrDevice)},
+			contract.HdrID:       {src.Get(contract.HdrID)},
+			contract.HdrTS:       {src.Get(contract.HdrTS)},
+			contract.HdrGroup:    {gid},
+			contract.HdrGroupSeq: {strconv.FormatUint(seq, 10)},
+		}
+		if media := src.Get(contract.HdrMedia); media != "" {
+			hdr.Set(contract.HdrMedia, media)
+		}
+		if member == from && sentAt != "" {
+			hdr.Set(contract.HdrSentSeq, sentAt)
+		}
+		return hdr
+	}
+}
+
+// logMsg is a message of a group's log, with its sequence.
+type logMsg struct {
+	seq uint64
+	m   *nats.Msg
+}
+
+// recent reads group gid's latest n messages stored before seq and after
+// made (the group's create), oldest first: forward reads of the group's
+// message subject (batched direct gets), each from further back, until n
+// are found or made is reached.
+func (s *Service) recent(ctx context.Context, gid string, seq, made uint64, n int) ([]logMsg, error) {
+	var found []logMsg // oldest first, all before end
+	end := seq
+	for span := uint64(4 * n); end > made+1 && len(found) < n; span *= 4 {
+		from := made + 1
+		if end > span && end-span > from {
+			from = end - span
+		}
+		var got []logMsg
+		err := s.readLog(ctx, contract.GroupMsgSubject(gid), from, end, func(lm logMsg) { got = append(got, lm) })
+		if err != nil {
+			return nil, err
+		}
+		found = append(got, found...)
+		end = from
+	}
+	if len(found) > n {
+		found = found[len(found)-n:]
+	}
+	return found, nil
+}
+
+// readLog passes each message on subject stored from from up to (not
+// including) end to each, in order.
+func (s *Service) readLog(ctx context.Context, subject string, from, end uint64, each func(logMsg)) error {
+	for from < end {
+		sub, err := s.nc.SubscribeSync(s.nc.NewInbox())
+		if err != nil {
+			return err
+		}
+		body, _ := json.Marshal(map[string]any{"seq": from, "next_by_subj": subject, "batch": 256})
+		if err := s.nc.PublishRequest(contract.DirectGetSubject(contract.GroupsStream), sub.Subject, body); err != nil {
+			_ = sub.Unsubscribe()
+			return err
+		}
+		next, done := from, false
+		for !done {
+			m, err := sub.NextMsgWithContext(ctx)
+			if err != nil {
+				_ = sub.Unsubscribe()
+				return fmt.Errorf("groups: read GROUPS: %w", err)
+			}
+			seq, last, more, err := contract.DirectAnswer(m)
+			switch {
+			case err != nil:
+				_ = sub.Unsubscribe()
+				return fmt.Errorf("groups: read GROUPS: %w", err)
+			case last:
+				done = true
+				if !more {
+					next = end // nothing further on the subject
+				}
+			case seq >= end:
+				next = end
+			default:
+				each(logMsg{seq, m})
+				next = seq + 1
+			}
+		}
+		_ = sub.Unsubscribe()
+		from = next
+	}
+	return nil
 }
 
 // logCopies is who of to (the members after change ev stored at seq, and

@@ -210,6 +210,7 @@ func Start(ctx context.Context, nc *nats.Conn, js jetstream.JetStream, cfg Confi
 	examples := map[string]string{
 		contract.GroupCreate:  `{"actor":"alice","device":"phone","group":"friends","name":"Friends","users":["bob","carol"]}`,
 		contract.GroupRename:  `{"actor":"alice","device":"phone","group":"friends","name":"Old friends"}`,
+		contract.GroupHistory: `{"actor":"alice","device":"phone","group":"friends","history":50}`,
 		contract.GroupAdd:     `{"actor":"alice","device":"phone","group":"friends","users":["dave"]}`,
 		contract.GroupRemove:  `{"actor":"alice","device":"phone","group":"friends","users":["dave"]}`,
 		contract.GroupPromote: `{"actor":"alice","device":"phone","group":"friends","users":["bob"]}`,

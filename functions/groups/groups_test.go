@@ -219,6 +219,9 @@ func says(m *jetstream.RawStreamMsg) string {
 		if len(ev.Promoted) > 0 {
 			s += fmt.Sprintf(" promoted %v", ev.Promoted)
 		}
+		if ev.History != nil {
+			s += fmt.Sprintf(" history %d", *ev.History)
+		}
 		return s
 	}
 	return "msg " + m.Header.Get(contract.HdrID) + " from " + m.Header.Get(contract.HdrFrom)
@@ -980,4 +983,73 @@ func copiesConfig() groups.Config {
 	cfg := groups.DefaultConfig()
 	cfg.LogMembers = 0
 	return cfg
+}
+
+// A group's history setting: only admins set it, 0 to 100, as a change
+// the members are told of. A user added afterwards gets that many of the
+// group's latest messages before they are told of the add (on copies),
+// or reads the log from the first of them (on its log); one added while
+// it is 0 gets nothing from before.
+func TestGroupHistory(t *testing.T) {
+	for _, onLog := range []bool{false, true} {
+		t.Run(map[bool]string{false: "copies", true: "log"}[onLog], func(t *testing.T) {
+			e := newEnv(t)
+			cfg := copiesConfig()
+			if onLog {
+				cfg.LogMembers = 2
+			}
+			e.instance(t, cfg)
+			const gid = "crew"
+			e.must(t, contract.GroupCreate, named("alice", gid, "Crew", "bob"))
+			history := func(actor string, n int) contract.GroupRequest {
+				r := req(actor, gid)
+				r.History = &n
+				return r
+			}
+			e.refused(t, contract.GroupErrNotAdmin, contract.GroupHistory, history("bob", 5))
+			e.refused(t, contract.GroupErrBadField, contract.GroupHistory, history("alice", 101))
+			e.refused(t, contract.GroupErrBadField, contract.GroupHistory, history("alice", -1))
+			e.refused(t, contract.GroupErrBadField, contract.GroupHistory, req("alice", gid))
+			e.refused(t, contract.GroupErrBadField, contract.GroupRename, history("alice", 5))
+
+			e.send(t, gid, "alice", "m1")
+			e.must(t, contract.GroupAdd, req("alice", gid, "carol")) // history 0: nothing from before
+			if g := e.must(t, contract.GroupHistory, history("alice", 2)); g.History != 2 {
+				t.Fatalf("history %d after setting 2", g.History)
+			}
+			e.send(t, gid, "bob", "m2")
+			m3 := e.send(t, gid, "carol", "m3")
+			e.send(t, gid, "alice", "m4")
+			add := e.must(t, contract.GroupAdd, req("alice", gid, "dave"))
+			last := e.send(t, gid, "bob", "m5")
+			e.settled(t, gid, last)
+			if g := e.record(t, gid); g.History != 2 {
+				t.Fatalf("record %+v", g)
+			}
+
+			carol, dave := inboxSays(t, e, "carol"), inboxSays(t, e, "dave")
+			want := map[bool][2][]string{
+				false: {
+					{"event add [carol] by alice", "event history [] by alice history 2", "msg m2 from bob", "msg m4 from alice", "event add [dave] by alice", "msg m5 from bob"},
+					{"msg m3 from carol", "msg m4 from alice", "event add [dave] by alice", "msg m5 from bob"},
+				},
+				true: {{"event add [carol] by alice"}, {"event add [dave] by alice"}},
+			}[onLog]
+			if !slices.Equal(carol, want[0]) || !slices.Equal(dave, want[1]) {
+				t.Fatalf("carol's inbox %q\nwant %q\ndave's %q\nwant %q", carol, want[0], dave, want[1])
+			}
+			in := e.inbox(t, "dave")
+			addCopy := in[len(in)-1]
+			if onLog {
+				// dave reads the log from m3: the place before it.
+				if got := addCopy.Header.Get(contract.HdrGroupLog); got != strconv.FormatUint(m3-1, 10) {
+					t.Fatalf("dave starts the log after %s, want %d (m3 at %d, the add at %d)", got, m3-1, m3, add.Seq)
+				}
+				return
+			}
+			if got := in[0].Header.Get(contract.HdrGroupSeq); got != strconv.FormatUint(m3, 10) {
+				t.Fatalf("dave's copy of m3 names %s in the log, want %d", got, m3)
+			}
+		})
+	}
 }

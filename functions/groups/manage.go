@@ -29,6 +29,7 @@ type event struct {
 	Users    []string `json:"users,omitempty"`
 	Name     string   `json:"name,omitempty"`
 	Promoted []string `json:"promoted,omitempty"`
+	History  *int     `json:"history,omitempty"` // a history change's setting
 	Actor    string   `json:"actor"`
 	Device   string   `json:"device"`
 	// Request is the asker's id for the change (GroupRequest.Request):
@@ -45,7 +46,7 @@ type event struct {
 
 // systemMessage is what members are told: the wire protocol's event.
 func (e *event) systemMessage() protocol.GroupEvent {
-	return protocol.GroupEvent{Op: e.Op, Users: e.Users, Name: e.Name, Promoted: e.Promoted}
+	return protocol.GroupEvent{Op: e.Op, Users: e.Users, Name: e.Name, Promoted: e.Promoted, History: e.History}
 }
 
 // exists reports whether g is a group: one with members. A group whose
@@ -159,6 +160,12 @@ func (s *Service) validate(op string, req *contract.GroupRequest) error {
 			return refuse(contract.GroupErrBadField, "name must be 1 to %d bytes with no control characters", protocol.MaxGroupName)
 		}
 	}
+	switch {
+	case op == contract.GroupHistory && (req.History == nil || *req.History < 0 || *req.History > protocol.MaxGroupHistory):
+		return refuse(contract.GroupErrBadField, "history must be 0 to %d", protocol.MaxGroupHistory)
+	case op != contract.GroupHistory && req.History != nil:
+		return refuse(contract.GroupErrBadField, "history is taken by op history only")
+	}
 	switch op {
 	case contract.GroupAdd, contract.GroupRemove, contract.GroupPromote, contract.GroupDemote:
 		if len(req.Users) == 0 {
@@ -234,6 +241,12 @@ func decide(op string, req contract.GroupRequest, cur contract.GroupRecord, maxM
 		}
 		next.Name = req.Name
 		return newEvent(op, req, cur, next, now, nil, nil), nil
+	case contract.GroupHistory:
+		if *req.History == cur.History {
+			return nil, nil
+		}
+		next.History = *req.History
+		return newEvent(op, req, cur, next, now, nil, nil), nil
 	case contract.GroupAdd:
 		for _, u := range req.Users {
 			if cur.IsMember(u) {
@@ -306,6 +319,10 @@ func newEvent(op string, req contract.GroupRequest, cur, next contract.GroupReco
 	ev := &event{Op: op, Users: users, Promoted: promoted, Actor: req.Actor, Device: req.Device, Request: req.Request, TS: now, Prev: cur.Seq, Group: next}
 	if op == contract.GroupCreate || op == contract.GroupRename {
 		ev.Name = req.Name
+	}
+	if op == contract.GroupHistory && req.History != nil {
+		h := *req.History
+		ev.History = &h
 	}
 	return ev
 }
@@ -438,13 +455,17 @@ func (s *Service) repeatOf(ctx context.Context, op string, req contract.GroupReq
 	return nil, nil
 }
 
-// contentHash sums what a change asked for (op, name, users), so one
-// request id sent with other content is another request.
+// contentHash sums what a change asked for (op, name, history, users),
+// so one request id sent with other content is another request.
 func (e *event) contentHash() string {
 	h := fnv.New64a()
 	h.Write([]byte(e.Op))
 	h.Write([]byte{0})
 	h.Write([]byte(e.Name))
+	if e.History != nil {
+		h.Write([]byte{0})
+		h.Write([]byte(strconv.Itoa(*e.History)))
+	}
 	for _, u := range e.Users {
 		h.Write([]byte{0})
 		h.Write([]byte(u))

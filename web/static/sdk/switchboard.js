@@ -68,10 +68,13 @@
  * group's: 'delivered' once every other member has it, 'read' once every
  * one read it (not_member and unknown_group reject it).
  *
- * Groups. `group(op, group, {name, users, timeout})` asks for a group
- * operation (create, rename, add, remove, promote, demote, leave, info)
- * and resolves with the group as it then is: {id, name, createdBy,
- * created, members: [{user, admin}]}, members in the order they joined.
+ * Groups. `group(op, group, {name, users, history, timeout})` asks for a
+ * group operation (create, rename, history, add, remove, promote, demote,
+ * leave, info) and resolves with the group as it then is: {id, name,
+ * createdBy, created, members: [{user, admin}], history}, members in the
+ * order they joined; history is how many of the group's latest messages
+ * a member added gets (0 to 100; 0, a new group's, none), set by
+ * `group('history', group, {history: n})` (admins).
  * It rejects with a ServerError (not_admin, unknown_group, ...). One whose
  * connection is lost before its answer, or answered with a retryable code
  * (unavailable, rate_limited), is asked again under the same request id
@@ -1057,7 +1060,7 @@ export class Client {
         const w = this.#groupWait.get(f.id);
         this.#groupWait.delete(f.id);
         if (f.op === 'list') w?.resolve((f.groups ?? []).map((g) => ({ group: g.group, name: g.name ?? '', since: g.since ?? 0 })));
-        else w?.resolve({ id: f.group, name: f.name ?? '', createdBy: f.created_by ?? '', created: f.created ?? 0, members: f.members ?? [] });
+        else w?.resolve({ id: f.group, name: f.name ?? '', createdBy: f.created_by ?? '', created: f.created ?? 0, members: f.members ?? [], history: f.history ?? 0 });
         break;
       }
       case 'error':
@@ -1514,18 +1517,20 @@ export class Client {
 
   /**
    * group asks for group operation op on group (with name for create and
-   * rename, users for create, add, remove, promote and demote) and resolves
+   * rename, history for history, users for create, add, remove, promote
+   * and demote) and resolves
    * with the group as it then is. It waits for a connection, asks again
    * under the same id after a lost connection or a retryable refusal, and
    * rejects with a ServerError on any other refusal, or once timeout ms
    * have passed.
    */
-  async group(op, group, { name, users, timeout = 10000 } = {}) {
+  async group(op, group, { name, users, history, timeout = 10000 } = {}) {
     if (!validId(group)) throw new TypeError('switchboard: bad group id');
     if (users !== undefined && users.length > 0) checkUsers(users);
     const f = { type: 'group', op, group };
     if (name !== undefined) f.name = name;
     if (users !== undefined) f.users = users;
+    if (history !== undefined) f.history = history;
     return this.#ask(f, timeout);
   }
 
