@@ -450,6 +450,9 @@ VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 1) ON CONFLICT (grp, sender, id) DO NOT
 // Acked records that this device acked the message at seq, and raises
 // the cursor hint to it.
 func (s *Store) Acked(seq uint64) error {
+	if seq == 0 {
+		return nil // a message with no inbox seq (one of a group's log): AckedGroup
+	}
 	return s.tx(func(ctx context.Context, c *sql.Conn) error {
 		if _, err := c.ExecContext(ctx, `UPDATE messages SET acked = 1 WHERE seq = ? AND sender <> ''`, int64(seq)); err != nil {
 			return err
@@ -492,6 +495,9 @@ func (s *Store) CursorHint() (uint64, error) {
 // message at seq (with a user or in a group) to seq. It reports false if
 // no incoming message is stored at seq.
 func (s *Store) MarkRead(seq uint64) (bool, error) {
+	if seq == 0 {
+		return false, nil // a message with no inbox seq (one of a group's log): SetGroupReadPlace
+	}
 	r, err := s.exec(`INSERT INTO conversations (grp, conv, read_seq)
 SELECT grp, conv, seq FROM messages WHERE seq = ? AND sender <> ''
 ON CONFLICT (grp, conv) DO UPDATE SET read_seq = max(read_seq, excluded.read_seq)`, int64(seq))

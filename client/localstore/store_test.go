@@ -767,3 +767,66 @@ func TestRecipientOfAnOwnMessage(t *testing.T) {
 		}
 	}
 }
+
+// Messages of a group read from its log have no inbox seq (0): they are
+// acked and read by their place in the log, cumulatively, counted unread
+// against the group's read place; an Ack or MarkRead of seq 0 changes
+// none of them.
+func TestGroupLogPlaces(t *testing.T) {
+	s, err := Open(tmpPath(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	for i, id := range []string{"g1", "g2", "g3"} {
+		m := Message{Group: "crowd", Conv: "crowd", From: "bob", Device: "phone", ID: id, GSeq: uint64(70 + i), TS: time.UnixMilli(1795582349000), Body: json.RawMessage(`1`)}
+		if seen, err := s.Received(m); err != nil || seen.Dup {
+			t.Fatalf("%s: %+v %v", id, seen, err)
+		}
+	}
+	if seen, err := s.Received(Message{Group: "crowd", Conv: "crowd", From: "bob", ID: "g2", GSeq: 71}); err != nil || !seen.Dup {
+		t.Fatalf("g2 again: %+v %v, want a repeat", seen, err)
+	}
+	if err := s.Acked(0); err != nil {
+		t.Fatal(err)
+	}
+	if read, err := s.MarkRead(0); err != nil || read {
+		t.Fatalf("MarkRead(0): %v %v, want nothing read", read, err)
+	}
+	acked := func() string {
+		ms, err := s.GroupMessages("crowd", 0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		out := ""
+		for _, m := range ms {
+			out += fmt.Sprintf("%s@%d:%v ", m.ID, m.GSeq, m.Acked)
+		}
+		return out
+	}
+	if got := acked(); got != "g1@70:false g2@71:false g3@72:false " {
+		t.Fatalf("after Acked(0): %s", got)
+	}
+	if err := s.AckedGroup("crowd", 71); err != nil {
+		t.Fatal(err)
+	}
+	if got := acked(); got != "g1@70:true g2@71:true g3@72:false " {
+		t.Fatalf("after AckedGroup(71): %s", got)
+	}
+	if err := s.SetGroupReadPlace("crowd", 70); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.SetGroupReadPlace("crowd", 69); err != nil { // never back
+		t.Fatal(err)
+	}
+	cs, err := s.Conversations()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(cs) != 1 || cs[0].ReadGSeq != 70 || cs[0].Unread != 2 || cs[0].ReadSeq != 0 {
+		t.Fatalf("conversations %+v, want crowd read up to 70, g2 and g3 unread", cs)
+	}
+	if p, err := s.GroupReadPlace("crowd"); err != nil || p != 70 {
+		t.Fatalf("read place %d %v", p, err)
+	}
+}

@@ -205,8 +205,13 @@ func (p *partition) apply(m jetstream.Msg, seq uint64) error {
 				contract.HdrGroup:    {gid},
 				contract.HdrGroupSeq: {strconv.FormatUint(seq, 10)},
 			}
-			if readers[member] {
+			switch {
+			case readers[member] && slices.Contains(ev.Users, member):
 				hdr.Set(contract.HdrGroupLog, strconv.FormatUint(start, 10))
+			case readers[member]:
+				// A member already (this add is the switch): they had
+				// what came before it.
+				hdr.Set(contract.HdrGroupLog, strconv.FormatUint(seq, 10))
 			}
 			return hdr
 		}
@@ -311,72 +316,37 @@ type logMsg struct {
 }
 
 // recent reads group gid's latest n messages stored before seq and after
-// made (the group's create), oldest first: forward reads of the group's
-// message subject (batched direct gets), each from further back, until n
-// are found or made is reached.
+// made (the group's create), oldest first: each the last on the group's
+// message subject up to the one before (a direct get, multi_last up to a
+// sequence), so it reads n messages however long the group has been
+// quiet, and none stored after seq.
 func (s *Service) recent(ctx context.Context, gid string, seq, made uint64, n int) ([]logMsg, error) {
-	var found []logMsg // oldest first, all before end
-	end := seq
-	for span := uint64(4 * n); end > made+1 && len(found) < n; span *= 4 {
-		from := made + 1
-		if end > span && end-span > from {
-			from = end - span
-		}
-		var got []logMsg
-		err := s.readLog(ctx, contract.GroupMsgSubject(gid), from, end, func(lm logMsg) { got = append(got, lm) })
+	subject := contract.GroupMsgSubject(gid)
+	var found []logMsg // newest first
+	for upTo := seq - 1; len(found) < n && upTo > made; {
+		var got *nats.Msg
+		err := s.lastOf(ctx, contract.GroupsStream, []string{subject}, upTo, func(m *nats.Msg) error {
+			got = m
+			return nil
+		})
 		if err != nil {
 			return nil, err
 		}
-		found = append(got, found...)
-		end = from
+		if got == nil {
+			break
+		}
+		at, err := strconv.ParseUint(got.Header.Get(contract.HdrSequence), 10, 64)
+		if err != nil || at > upTo {
+			return nil, fmt.Errorf("groups: read GROUPS: an answer at %q for up to %d", got.Header.Get(contract.HdrSequence), upTo)
+		}
+		if at <= made {
+			break // an earlier group's, under the same id
+		}
+		found = append(found, logMsg{at, got})
+		upTo = at - 1
 	}
-	if len(found) > n {
-		found = found[len(found)-n:]
-	}
+	slices.Reverse(found)
 	return found, nil
-}
-
-// readLog passes each message on subject stored from from up to (not
-// including) end to each, in order.
-func (s *Service) readLog(ctx context.Context, subject string, from, end uint64, each func(logMsg)) error {
-	for from < end {
-		sub, err := s.nc.SubscribeSync(s.nc.NewInbox())
-		if err != nil {
-			return err
-		}
-		body, _ := json.Marshal(map[string]any{"seq": from, "next_by_subj": subject, "batch": 256})
-		if err := s.nc.PublishRequest(contract.DirectGetSubject(contract.GroupsStream), sub.Subject, body); err != nil {
-			_ = sub.Unsubscribe()
-			return err
-		}
-		next, done := from, false
-		for !done {
-			m, err := sub.NextMsgWithContext(ctx)
-			if err != nil {
-				_ = sub.Unsubscribe()
-				return fmt.Errorf("groups: read GROUPS: %w", err)
-			}
-			seq, last, more, err := contract.DirectAnswer(m)
-			switch {
-			case err != nil:
-				_ = sub.Unsubscribe()
-				return fmt.Errorf("groups: read GROUPS: %w", err)
-			case last:
-				done = true
-				if !more {
-					next = end // nothing further on the subject
-				}
-			case seq >= end:
-				next = end
-			default:
-				each(logMsg{seq, m})
-				next = seq + 1
-			}
-		}
-		_ = sub.Unsubscribe()
-		from = next
-	}
-	return nil
 }
 
 // logCopies is who of to (the members after change ev stored at seq, and

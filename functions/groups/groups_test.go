@@ -989,14 +989,19 @@ func copiesConfig() groups.Config {
 // the members are told of. A user added afterwards gets that many of the
 // group's latest messages before they are told of the add (on copies),
 // or reads the log from the first of them (on its log); one added while
-// it is 0 gets nothing from before.
+// it is 0 gets nothing from before. An add that switches the group to its
+// log starts only the users it adds at the history: the members had it.
 func TestGroupHistory(t *testing.T) {
-	for _, onLog := range []bool{false, true} {
-		t.Run(map[bool]string{false: "copies", true: "log"}[onLog], func(t *testing.T) {
+	for _, mode := range []string{"copies", "log", "switch"} {
+		t.Run(mode, func(t *testing.T) {
 			e := newEnv(t)
 			cfg := copiesConfig()
-			if onLog {
+			onLog := mode != "copies"
+			switch mode {
+			case "log":
 				cfg.LogMembers = 2
+			case "switch":
+				cfg.LogMembers = 4 // the add of dave, the fourth
 			}
 			e.instance(t, cfg)
 			const gid = "crew"
@@ -1028,13 +1033,17 @@ func TestGroupHistory(t *testing.T) {
 			}
 
 			carol, dave := inboxSays(t, e, "carol"), inboxSays(t, e, "dave")
-			want := map[bool][2][]string{
-				false: {
+			want := map[string][2][]string{
+				"copies": {
 					{"event add [carol] by alice", "event history [] by alice history 2", "msg m2 from bob", "msg m4 from alice", "event add [dave] by alice", "msg m5 from bob"},
 					{"msg m3 from carol", "msg m4 from alice", "event add [dave] by alice", "msg m5 from bob"},
 				},
-				true: {{"event add [carol] by alice"}, {"event add [dave] by alice"}},
-			}[onLog]
+				"log": {{"event add [carol] by alice"}, {"event add [dave] by alice"}},
+				"switch": {
+					{"event add [carol] by alice", "event history [] by alice history 2", "msg m2 from bob", "msg m4 from alice", "event add [dave] by alice"},
+					{"event add [dave] by alice"},
+				},
+			}[mode]
 			if !slices.Equal(carol, want[0]) || !slices.Equal(dave, want[1]) {
 				t.Fatalf("carol's inbox %q\nwant %q\ndave's %q\nwant %q", carol, want[0], dave, want[1])
 			}
@@ -1044,6 +1053,12 @@ func TestGroupHistory(t *testing.T) {
 				// dave reads the log from m3: the place before it.
 				if got := addCopy.Header.Get(contract.HdrGroupLog); got != strconv.FormatUint(m3-1, 10) {
 					t.Fatalf("dave starts the log after %s, want %d (m3 at %d, the add at %d)", got, m3-1, m3, add.Seq)
+				}
+				if mode == "switch" {
+					in := e.inbox(t, "carol")
+					if got := in[len(in)-1].Header.Get(contract.HdrGroupLog); got != strconv.FormatUint(add.Seq, 10) {
+						t.Fatalf("carol starts the log after %s, want the add at %d: she had what came before", got, add.Seq)
+					}
 				}
 				return
 			}

@@ -338,7 +338,7 @@ func (s *Service) list(ctx context.Context, req contract.GroupRequest) (contract
 	// left as they were, so no longer read.
 	single := contract.MembershipsKey(req.Actor, "")
 	for _, b := range buckets {
-		err := s.lastOf(ctx, "KV_"+b, []string{contract.KVSubject(b, contract.MembershipsFilter(req.Actor))}, func(m *nats.Msg) error {
+		err := s.lastOf(ctx, "KV_"+b, []string{contract.KVSubject(b, contract.MembershipsFilter(req.Actor))}, 0, func(m *nats.Msg) error {
 			if len(m.Data) == 0 {
 				return nil // a delete
 			}
@@ -373,7 +373,7 @@ func (s *Service) list(ctx context.Context, req contract.GroupRequest) (contract
 			subjects[i] = contract.KVSubject(b, contract.GroupNameKey(gid))
 		}
 		prefix := contract.KVSubject(b, contract.GroupNameKey(""))
-		err := s.lastOf(ctx, "KV_"+b, subjects, func(m *nats.Msg) error {
+		err := s.lastOf(ctx, "KV_"+b, subjects, 0, func(m *nats.Msg) error {
 			if gid := strings.TrimPrefix(m.Header.Get("Nats-Subject"), prefix); len(m.Data) > 0 {
 				names[gid] = string(m.Data)
 			}
@@ -391,9 +391,10 @@ func (s *Service) list(ctx context.Context, req contract.GroupRequest) (contract
 }
 
 // lastOf passes the last message of each key subjects match in stream
-// (at most 1,024 keys: the server's bound) to each: one batched direct
-// get (multi_last), answered by any replica.
-func (s *Service) lastOf(ctx context.Context, stream string, subjects []string, each func(*nats.Msg) error) error {
+// (at most 1,024 keys: the server's bound), stored at or before upTo when
+// that is not 0, to each: one batched direct get (multi_last), answered
+// by any replica.
+func (s *Service) lastOf(ctx context.Context, stream string, subjects []string, upTo uint64, each func(*nats.Msg) error) error {
 	if len(subjects) == 0 {
 		return nil
 	}
@@ -405,7 +406,8 @@ func (s *Service) lastOf(ctx context.Context, stream string, subjects []string, 
 	body, _ := json.Marshal(struct {
 		MultiLast []string `json:"multi_last"`
 		Batch     int      `json:"batch"`
-	}{subjects, contract.MaxListedGroups + 1})
+		UpToSeq   uint64   `json:"up_to_seq,omitempty"`
+	}{subjects, contract.MaxListedGroups + 1, upTo})
 	if err := s.nc.PublishRequest(contract.DirectGetSubject(stream), sub.Subject, body); err != nil {
 		return err
 	}

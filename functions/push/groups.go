@@ -69,7 +69,9 @@ func (s *Service) handleGroup(m jetstream.Msg) {
 		s.log.Warn("reading the group failed; will retry", "group", n.Group, "gseq", gseq, "err", err)
 		_ = m.NakWithDelay(backoff(meta.NumDelivered, s.cfg.BaseBackoff, s.cfg.MaxBackoff, 0))
 		return
-	case !g.Log:
+	case !g.Log, !g.IsMember(n.From):
+		// On copies: each copy is pushed from INBOX. From a non-member:
+		// the groups function takes it out of the log; nobody gets it.
 		s.counters.ignored.Add(1)
 		_ = m.Ack()
 		return

@@ -513,6 +513,10 @@ func (s *Service) settle(m jetstream.Msg, attempt uint64, subject string, users 
 		}
 	}
 	switch {
+	case len(todo) == 0 && len(open) == 0:
+		// Online, no device, coalesced: no window of this message's to
+		// keep through a redelivery.
+		_ = m.Ack()
 	case len(todo) == 0:
 		s.finish(ctx, m, open)
 	case attempt < uint64(s.cfg.MaxAttempts):
@@ -520,9 +524,22 @@ func (s *Service) settle(m jetstream.Msg, attempt uint64, subject string, users 
 		// if it woke a device, pushed if it took its claim away having
 		// woken none); a failure after backoff.
 		delay := backoff(attempt, s.cfg.BaseBackoff, s.cfg.MaxBackoff, retryAfter(lastErr))
-		for _, t := range open {
-			if err := t.save(ctx, s.hold(delay)); err != nil {
-				s.log.Warn("extending the claim failed", "user", t.user, "err", err)
+		for _, u := range users {
+			t := u.w.t
+			switch {
+			case t == nil:
+			case u.w.err == nil && len(t.st.Sent) == 0:
+				// Done, having woken nobody (another member of a group
+				// message is what is tried again): its window is not
+				// held for that member's sake, or the user's next
+				// messages would wait on it.
+				if err := t.close(ctx, s.cfg.Window); err != nil {
+					s.log.Warn("closing the claim failed", "user", t.user, "err", err)
+				}
+			default:
+				if err := t.save(ctx, s.hold(delay)); err != nil {
+					s.log.Warn("extending the claim failed", "user", t.user, "err", err)
+				}
 			}
 		}
 		if !held {

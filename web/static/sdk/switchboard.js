@@ -2664,6 +2664,7 @@ export class Store {
 
   /** acked records that this device acked the message at seq, and raises the cursor hint to it. */
   acked(seq) {
+    if (!seq) return Promise.resolve(); // no inbox seq (a group's log): ackedGroup
     return this.#write(async (tx) => {
       const rs = await req(tx.objectStore('messages').index('seq').getAll(seq));
       await this.#update(tx, rs.filter((r) => r.from !== '' && !r.acked), (r) => { r.acked = true; });
@@ -2684,6 +2685,7 @@ export class Store {
    * none is stored at seq.
    */
   markRead(seq) {
+    if (!seq) return Promise.resolve(false); // no inbox seq (a group's log): setGroupReadPlace
     return this.#write(async (tx) => {
       const rs = await req(tx.objectStore('messages').index('seq').getAll(seq));
       const m = rs.find((r) => r.from !== '');
