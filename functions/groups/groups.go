@@ -118,15 +118,19 @@ type Config struct {
 }
 
 // DefaultLogMembers is the size from which a group is read from its log.
-// Measured (README, P7; one sender flat out, every member online, member
-// deliveries a second against the raw publish rate of the same run),
-// the log's lead over copies grows with the group: 1.4 times the copies'
-// rate at 10 members, 2–2.5 at 100, 4.4 at 1,024, where copies also miss
-// the latency bar. Below this size a copy per member costs little in
-// absolute terms, needs no reader on each gateway a member is on, and is
-// the path every feature was first built on; from it the copies' cost
-// (a stored write, a live copy and a position per member per message)
-// is what the log saves.
+// Measured (README, P7; flat out, every member online, member deliveries
+// a second against the raw publish rate of the same run), the log's lead
+// over copies grows with the group: 1.6–2 times the copies' rate at 10
+// members (ten groups at once), 2–2.5 at 100, 4–6 at 1,024, where copies
+// also miss the latency bar. But each log group a user is in costs each
+// of their devices a feed (a place in its record, a share of its
+// gateway's reader, a read of the log at every connect, where copies are
+// one inbox read for all of them), which grows with the number of groups
+// a user is in, not their size. Small groups are the many (a user is in
+// dozens), big ones the few, and below this size a copy per member costs
+// little in absolute terms; from it the copies' cost (a stored write, a
+// live copy and a position per member per message) is what the log
+// saves.
 const DefaultLogMembers = 64
 
 // DefaultConfig is what the binary runs with.
