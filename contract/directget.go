@@ -1,7 +1,10 @@
 package contract
 
 import (
+	"context"
+	"encoding/json"
 	"errors"
+	"fmt"
 	"strconv"
 
 	"github.com/nats-io/nats.go"
@@ -56,4 +59,45 @@ func DirectBatchChain(m *nats.Msg, prev uint64) error {
 		return ErrBatchGap
 	}
 	return nil
+}
+
+// LastPerSubject passes the last message of each subject that subjects
+// match in stream, stored at or before upTo when that is not 0, to each:
+// one batched direct get (multi_last; at most 1,024 subjects, the
+// server's bound, and at most max answers), answered by any replica.
+func LastPerSubject(ctx context.Context, nc *nats.Conn, stream string, subjects []string, upTo uint64, max int, each func(*nats.Msg) error) error {
+	if len(subjects) == 0 {
+		return nil
+	}
+	sub, err := nc.SubscribeSync(nc.NewInbox())
+	if err != nil {
+		return err
+	}
+	defer func() { _ = sub.Unsubscribe() }()
+	body, _ := json.Marshal(struct {
+		MultiLast []string `json:"multi_last"`
+		Batch     int      `json:"batch"`
+		UpToSeq   uint64   `json:"up_to_seq,omitempty"`
+	}{subjects, max, upTo})
+	if err := nc.PublishRequest(DirectGetSubject(stream), sub.Subject, body); err != nil {
+		return err
+	}
+	for {
+		m, err := sub.NextMsgWithContext(ctx)
+		if err != nil {
+			return fmt.Errorf("read %s: %w", stream, err)
+		}
+		switch st := m.Header.Get("Status"); st {
+		case "":
+			if err := each(m); err != nil {
+				return err
+			}
+		case "204", "404":
+			return nil // the end; nothing matched
+		case "503":
+			return fmt.Errorf("read %s: %w", stream, nats.ErrNoResponders)
+		default:
+			return fmt.Errorf("read %s: %s %s", stream, st, m.Header.Get("Description"))
+		}
+	}
 }

@@ -391,42 +391,11 @@ func (s *Service) list(ctx context.Context, req contract.GroupRequest) (contract
 }
 
 // lastOf passes the last message of each key subjects match in stream
-// (at most 1,024 keys: the server's bound), stored at or before upTo when
-// that is not 0, to each: one batched direct get (multi_last), answered
-// by any replica.
+// (at most 1,024 keys), stored at or before upTo when that is not 0, to
+// each (contract.LastPerSubject).
 func (s *Service) lastOf(ctx context.Context, stream string, subjects []string, upTo uint64, each func(*nats.Msg) error) error {
-	if len(subjects) == 0 {
-		return nil
+	if err := contract.LastPerSubject(ctx, s.nc, stream, subjects, upTo, contract.MaxListedGroups+1, each); err != nil {
+		return fmt.Errorf("groups: %w", err)
 	}
-	sub, err := s.nc.SubscribeSync(s.nc.NewInbox())
-	if err != nil {
-		return err
-	}
-	defer func() { _ = sub.Unsubscribe() }()
-	body, _ := json.Marshal(struct {
-		MultiLast []string `json:"multi_last"`
-		Batch     int      `json:"batch"`
-		UpToSeq   uint64   `json:"up_to_seq,omitempty"`
-	}{subjects, contract.MaxListedGroups + 1, upTo})
-	if err := s.nc.PublishRequest(contract.DirectGetSubject(stream), sub.Subject, body); err != nil {
-		return err
-	}
-	for {
-		m, err := sub.NextMsgWithContext(ctx)
-		if err != nil {
-			return fmt.Errorf("groups: read %s: %w", stream, err)
-		}
-		switch st := m.Header.Get("Status"); st {
-		case "":
-			if err := each(m); err != nil {
-				return err
-			}
-		case "204", "404":
-			return nil // the end; nothing matched
-		case "503":
-			return fmt.Errorf("groups: read %s: %w", stream, nats.ErrNoResponders)
-		default:
-			return fmt.Errorf("groups: read %s: %s %s", stream, st, m.Header.Get("Description"))
-		}
-	}
+	return nil
 }

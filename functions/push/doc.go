@@ -47,7 +47,9 @@
 // leases' changes: a lease gone, of a user left with no device online,
 // wakes that device for the newest message it lacks, if that was stored
 // before the lease went (gone.go): a message that found the user online
-// through a lease that outlived its connection.
+// through a lease that outlived its connection. It looks in the inbox and
+// in the logs of the groups the device reads from there (each group's
+// last message past the device's place, one batched direct get).
 //
 // A third durable, push-groups on GROUPS (group.*.*.m, headers only),
 // reads group messages. A group still on copies is acked at once: each

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"strconv"
 	"strings"
 	"time"
 
@@ -74,7 +75,10 @@ const goneScanMax = 4096
 type goneMark struct {
 	Lease uint64 `json:"lease"` // the lease change's sequence in KV_PRESENCE
 	Seq   uint64 `json:"seq"`   // the message the device is woken for
-	Sent  bool   `json:"sent"`  // posted
+	// Group is set when that message is a group's read from its log: Seq
+	// is then its place in GROUPS.
+	Group string `json:"group,omitempty"`
+	Sent  bool   `json:"sent"` // posted
 	// Dead: the notification was dead-lettered. The change is done, but
 	// nobody was woken: it opens no window.
 	Dead bool `json:"dead,omitempty"`
@@ -121,7 +125,7 @@ func (s *Service) handleGone(m jetstream.Msg) {
 	n, found, err := s.waitingFor(ctx, user, device, meta.Timestamp)
 	var rev uint64
 	if err == nil && found {
-		rev, err = s.takeWake(ctx, user, device, meta.Sequence.Stream, n.Seq)
+		rev, err = s.takeWake(ctx, user, device, meta.Sequence.Stream, n.ref())
 		found = rev > 0
 	}
 	switch {
@@ -151,7 +155,7 @@ func (s *Service) handleGone(m jetstream.Msg) {
 // is done. Another change's key that woke nobody (its change will not
 // come again: the lease was put again since) or woke the device for an
 // older message is taken over.
-func (s *Service) takeWake(ctx context.Context, user, device string, lease, seq uint64) (uint64, error) {
+func (s *Service) takeWake(ctx context.Context, user, device string, lease uint64, r ref) (uint64, error) {
 	e, err := s.pushKV.Get(ctx, user)
 	switch {
 	case err == nil:
@@ -164,7 +168,7 @@ func (s *Service) takeWake(ctx context.Context, user, device string, lease, seq 
 		return 0, fmt.Errorf("push: coalescing key: %w", err)
 	}
 	key := goneKey(user, device)
-	b, _ := json.Marshal(goneMark{Lease: lease, Seq: seq})
+	b, _ := json.Marshal(goneMark{Lease: lease, Seq: r.seq, Group: r.group})
 	for range 5 {
 		rev, err := s.pushKV.Create(ctx, key, b, jetstream.KeyTTL(ttlSeconds(s.hold(0))))
 		if err == nil {
@@ -191,7 +195,7 @@ func (s *Service) takeWake(ctx context.Context, user, device string, lease, seq 
 				return s.writeWake(ctx, key, e.Value(), e.Revision(), s.hold(0))
 			case mark.Lease > lease:
 				return 0, nil // a newer change of the device has it
-			case mark.Sent && mark.Seq >= seq:
+			case mark.Sent && mark.Group == r.group && mark.Seq >= r.seq:
 				s.counters.coalesced.Add(1)
 				return 0, nil
 			}
@@ -241,7 +245,7 @@ func (s *Service) wake(ctx context.Context, m jetstream.Msg, attempt, lease, rev
 	dn := n
 	dn.Device = device
 	_ = m.InProgress() // slow reads must not hand the change to another instance
-	pending, delivered, err := s.pending(ctx, n.User, device, n.Seq)
+	pending, delivered, err := s.pendingOf(ctx, n, device)
 	if err == nil && delivered {
 		_ = s.pushKV.Delete(ctx, key, jetstream.LastRevision(rev))
 		_ = m.Ack()
@@ -276,7 +280,8 @@ func (s *Service) wake(ctx context.Context, m jetstream.Msg, attempt, lease, rev
 	}
 	// Marked before the ack, living past the ack wait: a delivery after
 	// a lost ack finds it done. Then one window, as a message's claim.
-	b, _ := json.Marshal(goneMark{Lease: lease, Seq: n.Seq, Sent: !dead, Dead: dead})
+	r := n.ref()
+	b, _ := json.Marshal(goneMark{Lease: lease, Seq: r.seq, Group: r.group, Sent: !dead, Dead: dead})
 	err = contract.ThroughReconnect(ctx, func() error {
 		var err error
 		rev, err = s.writeWake(ctx, key, b, rev, s.hold(0))
@@ -302,23 +307,41 @@ func leaseOf(subject string) (user, device string, ok bool) {
 }
 
 // waitingFor finds the newest chat message from someone else past the
-// device's position, if it was stored by before: a newer one is its own
-// path's, which finds the user offline and wakes the device (or, in the
-// user's window, has woken it). found is false when nothing of the kind
-// waits, or what waits is not this path's.
+// device's position, if it was stored by before, in its inbox or in the
+// logs of the groups it reads from there: a newer one is its own path's,
+// which finds the user offline and wakes the device (or, in the user's
+// window, has woken it). found is false when nothing of the kind waits,
+// or what waits is not this path's.
 func (s *Service) waitingFor(ctx context.Context, user, device string, before time.Time) (Notification, bool, error) {
+	newest, stored, found, err := s.waitingInInbox(ctx, user, device, before)
+	if err != nil {
+		return Notification{}, false, err
+	}
+	logged, at, inLog, err := s.waitingInLogs(ctx, user, device, before)
+	if err != nil {
+		return Notification{}, false, err
+	}
+	if inLog && (!found || at.After(stored)) {
+		return logged, true, nil
+	}
+	return newest, found, nil
+}
+
+// waitingInInbox is waitingFor in the device's inbox, with when the
+// message was stored.
+func (s *Service) waitingInInbox(ctx context.Context, user, device string, before time.Time) (Notification, time.Time, bool, error) {
 	pos, err := contract.DevicePosition(ctx, s.devicesKV, s.cursorsKV, s.inbox.CachedInfo().Created, user, device)
 	if err != nil {
-		return Notification{}, false, fmt.Errorf("push: %w", err)
+		return Notification{}, time.Time{}, false, fmt.Errorf("push: %w", err)
 	}
 	last, err := contract.GetMsg(ctx, s.nc, contract.Inbox, 0, contract.InboxSubject(user))
 	switch {
 	case errors.Is(err, contract.ErrNoMsg):
-		return Notification{}, false, nil
+		return Notification{}, time.Time{}, false, nil
 	case err != nil:
-		return Notification{}, false, fmt.Errorf("push: inbox of %s: %w", user, err)
+		return Notification{}, time.Time{}, false, fmt.Errorf("push: inbox of %s: %w", user, err)
 	case last.Sequence <= pos:
-		return Notification{}, false, nil
+		return Notification{}, time.Time{}, false, nil
 	}
 	newest, stored, found := Notification{}, last.Time, false
 	if h, err := nats.DecodeHeadersMsg(last.Header); err == nil {
@@ -341,10 +364,61 @@ func (s *Service) waitingFor(ctx context.Context, user, device string, before ti
 		}
 	}
 	if err != nil || !found || stored.After(before) {
-		return Notification{}, false, err
+		return Notification{}, time.Time{}, false, err
 	}
-	return newest, true, nil
+	return newest, stored, true, nil
 }
+
+// waitingInLogs finds, among the groups the device reads from their logs
+// (its places in CURSORS), the newest group's last message, from someone
+// else, past the device's place there and stored by before, with when it
+// was stored: one batched direct get of each group's last message. A
+// group whose last message is the user's own is passed: they were there.
+func (s *Service) waitingInLogs(ctx context.Context, user, device string, before time.Time) (Notification, time.Time, bool, error) {
+	e, err := s.cursorsKV.Get(ctx, contract.GroupCursorKey(user, device))
+	if errors.Is(err, jetstream.ErrKeyNotFound) {
+		return Notification{}, time.Time{}, false, nil
+	}
+	if err != nil {
+		return Notification{}, time.Time{}, false, fmt.Errorf("push: places of %s/%s: %w", user, device, err)
+	}
+	places, err := contract.ParseGroupCursors(e.Value())
+	if err != nil {
+		return Notification{}, time.Time{}, false, nil // the gateway's to fix; nothing to go by
+	}
+	var subjects []string
+	for gid, c := range places {
+		if c.Out == 0 && protocol.ValidID(gid) && len(subjects) < maxLoggedGroups {
+			subjects = append(subjects, contract.GroupMsgSubject(gid))
+		}
+	}
+	var newest Notification
+	var stored time.Time
+	found := false
+	err = contract.LastPerSubject(ctx, s.nc, contract.GroupsStream, subjects, 0, len(subjects)+1, func(m *nats.Msg) error {
+		seq, err := strconv.ParseUint(m.Header.Get(contract.HdrSequence), 10, 64)
+		if err != nil {
+			return nil
+		}
+		n, err := fromGroup(m.Header.Get(contract.HdrSubject), m.Header, seq)
+		at, terr := time.Parse(time.RFC3339Nano, m.Header.Get(contract.HdrStamp))
+		switch {
+		case err != nil, terr != nil, n.From == user, seq <= places[n.Group].At, at.After(before):
+		case !found || at.After(stored):
+			n.User = user
+			newest, stored, found = n, at, true
+		}
+		return nil
+	})
+	if err != nil {
+		return Notification{}, time.Time{}, false, fmt.Errorf("push: logs of %s/%s: %w", user, device, err)
+	}
+	return newest, stored, found, nil
+}
+
+// maxLoggedGroups bounds the groups a lease gone looks at in one read (the
+// server's multi_last bound).
+const maxLoggedGroups = 1024
 
 // waitingChat makes the notification of a message stored at seq with
 // headers h if it is a chat message from someone else.

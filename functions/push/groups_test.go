@@ -240,3 +240,54 @@ func TestGroupPushFollowsTheLog(t *testing.T) {
 		t.Errorf("woken for m1: %v, want %v", woken, want)
 	}
 }
+
+// A device that goes with a message of a group read from its log handed
+// to it and never acked (the message found its user online, so nobody was
+// woken) is woken for it when its lease goes, as for an inbox message.
+func TestLeaseGoneWakesForAGroupLogMessage(t *testing.T) {
+	n := tk.StartNATS(t)
+	h := newHook(t, nil)
+	svc := startPushAs(t, n, testConfig(h.URL))
+	startGroupsOnLog(t, n, 2)
+	tk.StartFunctions(t, n)
+	g := tk.StartGateway(t, n, tk.TestConfig())
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+
+	alice := tk.Dial(t, g.URL, "alice", "phone")
+	bob := tk.Dial(t, g.URL, "bob", "phone")
+	if _, err := alice.CreateGroup(ctx, "crowd", "Crowd", "bob"); err != nil {
+		t.Fatal(err)
+	}
+	if m := tk.RecvMsg(t, bob, 15*time.Second); m.Event == nil {
+		t.Fatalf("bob got %+v, want the create", m)
+	} else {
+		bob.Ack(m.Seq)
+	}
+	m1, err := alice.SendGroup(ctx, "crowd", "m1", tk.Body("one"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if m := tk.RecvMsg(t, bob, 15*time.Second); m.ID != "m1" || m.GSeq != m1.Seq {
+		t.Fatalf("bob got %+v, want m1 from the log", m)
+	}
+	// Decided while bob was online: nobody woken.
+	waitGroupsSettled(t, n.JS, m1.Seq)
+	if calls := h.Calls(); len(calls) != 0 {
+		t.Fatalf("woken while online: %+v", calls)
+	}
+	leasesBefore := svc.Stats().LeasesGone
+	if err := bob.Close(); err != nil { // m1 never acked
+		t.Fatal(err)
+	}
+	calls := waitWoken(t, n.JS, h, svc)
+	if len(calls) != 1 {
+		t.Fatalf("%d calls: %+v", len(calls), calls)
+	}
+	if c := calls[0].N; c.User != "bob" || c.Device != "phone" || c.Group != "crowd" || c.GSeq != m1.Seq || c.MessageID != "m1" || c.From != "alice" || c.Seq != 0 {
+		t.Fatalf("bob's wake %s, want m1 of crowd at %d", calls[0].Raw, m1.Seq)
+	}
+	if st := svc.Stats(); st.LeasesGone <= leasesBefore || st.Gone != 1 {
+		t.Fatalf("stats %+v", st)
+	}
+}
