@@ -6,7 +6,6 @@ import (
 	"errors"
 	"fmt"
 	"slices"
-	"strconv"
 	"strings"
 	"sync"
 
@@ -112,18 +111,10 @@ func fromGroup(subject string, h nats.Header, gseq uint64) (Notification, error)
 		return n, fmt.Errorf("%w: subject %q does not name a group's message", ErrMalformed, subject)
 	}
 	n.Group = tok[2]
-	n.From, n.MessageID = h.Get(contract.HdrFrom), h.Get(contract.HdrID)
-	if !protocol.ValidID(n.From) {
-		return n, fmt.Errorf("%w: missing or invalid %s header", ErrMalformed, contract.HdrFrom)
+	if err := n.readHeaders(h); err != nil {
+		return n, err
 	}
-	if !protocol.ValidID(n.MessageID) {
-		return n, fmt.Errorf("%w: missing or invalid %s header", ErrMalformed, contract.HdrID)
-	}
-	ts, err := strconv.ParseInt(h.Get(contract.HdrTS), 10, 64)
-	if err != nil || ts <= 0 {
-		return n, fmt.Errorf("%w: missing or invalid %s header", ErrMalformed, contract.HdrTS)
-	}
-	n.TS, n.User = ts, ""
+	n.User = ""
 	return n, nil
 }
 

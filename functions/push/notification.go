@@ -53,19 +53,25 @@ func fromInbox(subject string, h nats.Header, seq uint64) (Notification, error) 
 	if !ok || !protocol.ValidID(user) {
 		return n, fmt.Errorf("%w: subject %q does not name a valid user", ErrMalformed, subject)
 	}
+	return n, n.readHeaders(h)
+}
+
+// readHeaders fills in a stored message's sender, id and time from its
+// headers h, as far as they are valid.
+func (n *Notification) readHeaders(h nats.Header) error {
 	n.From, n.MessageID = h.Get(contract.HdrFrom), h.Get(contract.HdrID)
 	if !protocol.ValidID(n.From) {
-		return n, fmt.Errorf("%w: missing or invalid %s header", ErrMalformed, contract.HdrFrom)
+		return fmt.Errorf("%w: missing or invalid %s header", ErrMalformed, contract.HdrFrom)
 	}
 	if !protocol.ValidID(n.MessageID) {
-		return n, fmt.Errorf("%w: missing or invalid %s header", ErrMalformed, contract.HdrID)
+		return fmt.Errorf("%w: missing or invalid %s header", ErrMalformed, contract.HdrID)
 	}
 	ts, err := strconv.ParseInt(h.Get(contract.HdrTS), 10, 64)
 	if err != nil || ts <= 0 {
-		return n, fmt.Errorf("%w: missing or invalid %s header", ErrMalformed, contract.HdrTS)
+		return fmt.Errorf("%w: missing or invalid %s header", ErrMalformed, contract.HdrTS)
 	}
 	n.TS = ts
-	return n, nil
+	return nil
 }
 
 // lastToken is the subject's last token: the user of inbox.<user>, even
