@@ -115,16 +115,17 @@ func (d *devices) storeCursor(ctx context.Context, user, device string, floor ui
 }
 
 // loadGroupCursors reads the device's record of its places in the
-// groups it reads from their logs: nil when it has none.
-func (d *devices) loadGroupCursors(ctx context.Context, user, device string) ([]byte, error) {
+// groups it reads from their logs, and its revision: nil and 0 when it
+// has none.
+func (d *devices) loadGroupCursors(ctx context.Context, user, device string) ([]byte, uint64, error) {
 	e, err := d.cursors.Get(ctx, contract.GroupCursorKey(user, device))
 	if errors.Is(err, jetstream.ErrKeyNotFound) {
-		return nil, nil
+		return nil, 0, nil
 	}
 	if err != nil {
-		return nil, err
+		return nil, 0, err
 	}
-	return e.Value(), nil
+	return e.Value(), e.Revision(), nil
 }
 
 // others reports whether user has a device registered besides device.
@@ -155,16 +156,15 @@ func groupCursorsMsg(user, device string, rec contract.GroupCursors) *nats.Msg {
 	return &nats.Msg{Subject: contract.KVSubject(contract.CursorsKV, contract.GroupCursorKey(user, device)), Data: b}
 }
 
-// saveGroupCursors publishes the device's places in group logs with no
-// reply.
-func (d *devices) saveGroupCursors(user, device string, rec contract.GroupCursors) error {
-	return d.nc.PublishMsg(groupCursorsMsg(user, device, rec))
-}
-
-// storeGroupCursors publishes them and waits until they are stored.
-func (d *devices) storeGroupCursors(ctx context.Context, user, device string, rec contract.GroupCursors) error {
-	_, err := d.js.PublishMsg(ctx, groupCursorsMsg(user, device, rec))
-	return err
+// storeGroupCursors stores the device's places in group logs if their
+// record is still at revision rev (0: none), and returns the new
+// revision; another writer since is a conflict (contract.IsConflict).
+func (d *devices) storeGroupCursors(ctx context.Context, user, device string, rec contract.GroupCursors, rev uint64) (uint64, error) {
+	ack, err := d.js.PublishMsg(ctx, groupCursorsMsg(user, device, rec), jetstream.WithExpectLastSequencePerSubject(rev))
+	if err != nil {
+		return 0, err
+	}
+	return ack.Sequence, nil
 }
 
 // register records the device if it is new and returns the first sequence

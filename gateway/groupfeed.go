@@ -63,7 +63,8 @@ type groupFeeds struct {
 	// overtaken by an earlier one; none follows the session's last
 	// (final), which a newer session of the device reads.
 	saveMu sync.Mutex
-	ended  bool // guarded by saveMu
+	ended  bool   // guarded by saveMu
+	rev    uint64 // guarded by saveMu: the record's revision as this session last read or wrote it
 }
 
 // groupFeed is one group's log for a device: what it was handed, acked,
@@ -100,10 +101,13 @@ func (g *groupFeeds) newFeed(gid string, c contract.GroupCursor) *groupFeed {
 
 // load reads the device's record, before the welcome.
 func (g *groupFeeds) load(ctx context.Context) error {
-	v, err := g.s.srv.devices.loadGroupCursors(ctx, g.s.id.User, g.s.id.Device)
+	v, rev, err := g.s.srv.devices.loadGroupCursors(ctx, g.s.id.User, g.s.id.Device)
 	if err != nil || v == nil {
 		return err
 	}
+	g.saveMu.Lock()
+	g.rev = rev
+	g.saveMu.Unlock()
 	cur, err := contract.ParseGroupCursors(v)
 	if err != nil {
 		// Not written by a gateway: read as none, rather than keep the
@@ -157,7 +161,12 @@ func (g *groupFeeds) joining(ctx context.Context) error {
 	if len(places) == 0 {
 		return nil
 	}
-	if err := srv.devices.storeGroupCursors(ctx, g.s.id.User, g.s.id.Device, places); err != nil {
+	// A record there is not this device's (a device of the same name
+	// removed before): written over.
+	g.saveMu.Lock()
+	err = g.writeLocked(ctx, places, false)
+	g.saveMu.Unlock()
+	if err != nil {
 		return err
 	}
 	g.mu.Lock()
@@ -348,7 +357,46 @@ func (g *groupFeeds) store(ctx context.Context, last bool) error {
 		return errors.New("gateway: the session's places in group logs were stored for the last time")
 	}
 	g.ended = last
-	return g.s.srv.devices.storeGroupCursors(ctx, g.s.id.User, g.s.id.Device, g.record())
+	return g.writeLocked(ctx, g.record(), true)
+}
+
+// writeLocked stores rec as the device's record, compare-and-set on the
+// revision this session last saw. With merge, another session of the
+// device may have written since (a replaced one's last write, slower than the kick's
+// wait, or the newer one's after this one was replaced): then the groups
+// the stored record has and rec lacks are kept in it, so no session's
+// write drops a group another one started (a group a session begins is
+// stored before its copy is handed on, so the inbox cursor may pass that
+// copy only once the record has the group). A place kept from the other
+// record can only be behind or ahead by what some device acked: at worst
+// a few messages come again, dropped by id by the SDKs.
+//
+// saveMu should be held.
+func (g *groupFeeds) writeLocked(ctx context.Context, rec contract.GroupCursors, merge bool) error {
+	d := g.s.srv.devices
+	for range 3 {
+		rev, err := d.storeGroupCursors(ctx, g.s.id.User, g.s.id.Device, rec, g.rev)
+		if err == nil {
+			g.rev = rev
+			return nil
+		}
+		if !contract.IsConflict(err) {
+			return err
+		}
+		v, rev, err := d.loadGroupCursors(ctx, g.s.id.User, g.s.id.Device)
+		if err != nil {
+			return err
+		}
+		if theirs, err := contract.ParseGroupCursors(v); err == nil && merge {
+			for gid, c := range theirs {
+				if _, ok := rec[gid]; !ok {
+					rec[gid] = c
+				}
+			}
+		}
+		g.rev = rev
+	}
+	return errors.New("gateway: the device's places in group logs are being written by another session")
 }
 
 // saveSoon has the record saved CursorDelay from now, with whatever
@@ -368,15 +416,18 @@ func (g *groupFeeds) saveSoon() {
 	})
 }
 
-// save writes the record without waiting: a place that lags only means
-// a few messages come again, dropped by id by the SDKs.
+// save writes the record, off the session's paths (a timer's): a place
+// that lags only means a few messages come again, dropped by id by the
+// SDKs, so a failure is logged and the next save writes it.
 func (g *groupFeeds) save() {
 	g.saveMu.Lock()
 	defer g.saveMu.Unlock()
 	if g.ended {
 		return
 	}
-	if err := g.s.srv.devices.saveGroupCursors(g.s.id.User, g.s.id.Device, g.record()); err != nil {
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	defer cancel()
+	if err := g.writeLocked(ctx, g.record(), true); err != nil {
 		g.s.log.Debug("saving the device's places in group logs failed", "err", err)
 	}
 }

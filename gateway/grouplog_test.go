@@ -3,9 +3,11 @@ package gateway_test
 import (
 	"context"
 	"testing"
+	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
 
+	"github.com/switchboard-im/switchboard/contract"
 	"github.com/switchboard-im/switchboard/functions/groups"
 	"github.com/switchboard-im/switchboard/gateway"
 	"github.com/switchboard-im/switchboard/internal/natsauth"
@@ -358,4 +360,49 @@ func TestGroupLogHistory(t *testing.T) {
 	}
 	m4 := groupSend(t, alice, "crowd", "m4")
 	expectGroupMsg(t, dave, "crowd", "m4", m4)
+}
+
+// Another session of the device writing its record meanwhile (a replaced
+// session's last write, slower than the kick's wait): this session's
+// next write keeps the groups that record has and its own lacks, so no
+// session drops a group another one started.
+func TestGroupLogRecordKeepsAnotherSessionsGroups(t *testing.T) {
+	n := tk.StartNATS(t)
+	startGroupsOnLog(t, n, 3)
+	tk.StartFunctions(t, n)
+	g := tk.StartGateway(t, n, tk.TestConfig())
+	alice := connectRaw(t, g, "alice", "phone")
+	bob := connectRaw(t, g, "bob", "phone")
+	alice.write(`{"type":"group","id":"a-1","op":"create","group":"crowd","name":"Crowd","users":["bob","carol"]}`)
+	groupAnswer(t, alice, "a-1")
+	ackGroup(bob, nextGroupFrame(t, bob, "crowd"))
+
+	ctx := context.Background()
+	kv, err := n.JS.KeyValue(ctx, contract.CursorsKV)
+	if err != nil {
+		t.Fatal(err)
+	}
+	key := contract.GroupCursorKey("bob", "phone")
+	if _, err := kv.Put(ctx, key, []byte(`{"crowd":{"at":1},"other":{"at":5}}`)); err != nil {
+		t.Fatal(err)
+	}
+	m1 := groupSend(t, alice, "crowd", "m1")
+	expectGroupMsg(t, bob, "crowd", "m1", m1) // acked: its place is saved
+	tk.WaitFor(t, 10*time.Second, func() error {
+		e, err := kv.Get(ctx, key)
+		if err != nil {
+			return err
+		}
+		rec, err := contract.ParseGroupCursors(e.Value())
+		if err != nil {
+			return err
+		}
+		if rec["crowd"].At < m1 {
+			return tk.Errorf("record %s: crowd not saved past m1 at %d yet", e.Value(), m1)
+		}
+		if rec["other"].At != 5 {
+			t.Fatalf("record %s: the other session's group was dropped", e.Value())
+		}
+		return nil
+	})
 }
