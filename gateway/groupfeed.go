@@ -399,8 +399,16 @@ func (g *groupFeeds) writeLocked(ctx context.Context, rec contract.GroupCursors,
 	return errors.New("gateway: the device's places in group logs are being written by another session")
 }
 
-// saveSoon has the record saved CursorDelay from now, with whatever
-// settles meanwhile, as the inbox cursor is (cursor.go).
+// groupSaveDelays is how many CursorDelays a device's group record waits
+// to be saved after a place moves: each save is a compare-and-set waited
+// for, and one record holds every group's place, so a busy device writes
+// it at most every few seconds (a lagging place only means a few
+// messages come again, dropped by id by the SDKs; the session's last
+// write has every place).
+const groupSaveDelays = 5
+
+// saveSoon has the record saved groupSaveDelays CursorDelays from now,
+// with whatever settles meanwhile, as the inbox cursor is (cursor.go).
 func (g *groupFeeds) saveSoon() {
 	g.mu.Lock()
 	defer g.mu.Unlock()
@@ -408,7 +416,7 @@ func (g *groupFeeds) saveSoon() {
 		return
 	}
 	g.saving = true
-	time.AfterFunc(g.s.srv.cfg.CursorDelay, func() {
+	time.AfterFunc(groupSaveDelays*g.s.srv.cfg.CursorDelay, func() {
 		g.mu.Lock()
 		g.saving = false
 		g.mu.Unlock()
