@@ -149,22 +149,15 @@ func (d *devices) others(ctx context.Context, user, device string) (bool, error)
 	return false, nil
 }
 
-// groupCursorsMsg is the publish that saves a device's places in group
-// logs.
-func groupCursorsMsg(user, device string, rec contract.GroupCursors) *nats.Msg {
-	b, _ := json.Marshal(rec)
-	return &nats.Msg{Subject: contract.KVSubject(contract.CursorsKV, contract.GroupCursorKey(user, device)), Data: b}
-}
-
 // storeGroupCursors stores the device's places in group logs if their
-// record is still at revision rev (0: none), and returns the new
-// revision; another writer since is a conflict (contract.IsConflict).
+// record is still at revision rev (0: none, or deleted), and returns the
+// new revision; another writer since is a conflict (contract.IsConflict).
 func (d *devices) storeGroupCursors(ctx context.Context, user, device string, rec contract.GroupCursors, rev uint64) (uint64, error) {
-	ack, err := d.js.PublishMsg(ctx, groupCursorsMsg(user, device, rec), jetstream.WithExpectLastSequencePerSubject(rev))
-	if err != nil {
-		return 0, err
+	b, _ := json.Marshal(rec)
+	if rev == 0 {
+		return d.cursors.Create(ctx, contract.GroupCursorKey(user, device), b)
 	}
-	return ack.Sequence, nil
+	return d.cursors.Update(ctx, contract.GroupCursorKey(user, device), b, rev)
 }
 
 // register records the device if it is new and returns the first sequence

@@ -405,4 +405,20 @@ func TestGroupLogRecordKeepsAnotherSessionsGroups(t *testing.T) {
 		}
 		return nil
 	})
+	// Deleted meanwhile (by an operator, say): written again.
+	if err := kv.Delete(ctx, key); err != nil {
+		t.Fatal(err)
+	}
+	m2 := groupSend(t, alice, "crowd", "m2")
+	expectGroupMsg(t, bob, "crowd", "m2", m2)
+	tk.WaitFor(t, 10*time.Second, func() error {
+		e, err := kv.Get(ctx, key)
+		if err != nil {
+			return err
+		}
+		if rec, err := contract.ParseGroupCursors(e.Value()); err != nil || rec["crowd"].At < m2 {
+			return tk.Errorf("record %s (%v): not saved past m2 at %d yet", e.Value(), err, m2)
+		}
+		return nil
+	})
 }
