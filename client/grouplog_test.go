@@ -9,12 +9,8 @@ import (
 	"testing"
 	"time"
 
-	"github.com/nats-io/nats.go/jetstream"
-
 	"github.com/switchboard-im/switchboard/client"
 	"github.com/switchboard-im/switchboard/client/localstore"
-	"github.com/switchboard-im/switchboard/functions/groups"
-	"github.com/switchboard-im/switchboard/internal/natsauth"
 	tk "github.com/switchboard-im/switchboard/internal/testkit"
 )
 
@@ -25,15 +21,7 @@ import (
 // SDK would drop it by id).
 func TestSDKReadsGroupLog(t *testing.T) {
 	n := tk.StartNATS(t)
-	nc := n.Connect(t, natsauth.Groups)
-	js, _ := jetstream.New(nc)
-	cfg := groups.DefaultConfig()
-	cfg.LogMembers = 2 // on its log from its create
-	s, err := groups.Start(context.Background(), nc, js, cfg, tk.Logger(t))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(s.Stop)
+	tk.StartGroupsOnLog(t, n, 2) // on its log from its create
 	tk.StartFunctions(t, n)
 	g := tk.StartGateway(t, n, tk.TestConfig())
 	alice := tk.Dial(t, g.URL, "alice", "phone")
@@ -114,15 +102,7 @@ func TestSDKReadsGroupLog(t *testing.T) {
 // acked.
 func TestSDKStoreKeepsGroupLog(t *testing.T) {
 	n := tk.StartNATS(t)
-	nc := n.Connect(t, natsauth.Groups)
-	js, _ := jetstream.New(nc)
-	cfg := groups.DefaultConfig()
-	cfg.LogMembers = 2
-	s, err := groups.Start(context.Background(), nc, js, cfg, tk.Logger(t))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(s.Stop)
+	tk.StartGroupsOnLog(t, n, 2)
 	tk.StartFunctions(t, n)
 	g := tk.StartGateway(t, n, tk.TestConfig())
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)

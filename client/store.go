@@ -141,17 +141,10 @@ func (c *Client) storeMsg(conn *websocket.Conn, f *protocol.Frame, key string) (
 			TS: time.UnixMilli(f.TS), Body: f.Body, Media: f.Media, Event: f.Event,
 		})
 	}
-	if err != nil {
-		c.mu.Lock()
-		c.seenMsg.remove(key)
-		c.mu.Unlock()
-		return false, storeErr(err)
-	}
-	if !seen.Dup {
-		return false, nil
+	if known, err := c.kept(seen, err, key); !known || err != nil {
+		return false, err
 	}
 	c.mu.Lock()
-	c.stats.DuplicatesDropped++
 	c.acked.add(seqKey(f.Seq)) // a later redelivery is acked again
 	c.mu.Unlock()
 	c.storeAcked(f.Seq)
@@ -183,17 +176,10 @@ func (c *Client) storeLogMsg(conn *websocket.Conn, f *protocol.Frame, key string
 		seen, err = c.opts.Store.Received(localstore.Message{Group: f.Group, Conv: f.Group, From: f.From, Device: f.Device, ID: f.ID,
 			GSeq: f.GSeq, TS: time.UnixMilli(f.TS), Body: f.Body, Media: f.Media, Event: f.Event})
 	}
-	if err != nil {
-		c.mu.Lock()
-		c.seenMsg.remove(key)
-		c.mu.Unlock()
-		return false, storeErr(err)
-	}
-	if !seen.Dup {
-		return false, nil
+	if known, err := c.kept(seen, err, key); !known || err != nil {
+		return false, err
 	}
 	c.mu.Lock()
-	c.stats.DuplicatesDropped++
 	if c.groupAcked == nil {
 		c.groupAcked = map[string]uint64{}
 	}
@@ -202,6 +188,22 @@ func (c *Client) storeLogMsg(conn *websocket.Conn, f *protocol.Frame, key string
 	c.storeAckedGroup(f.Group, f.GSeq)
 	c.ackGroup(conn, f.Group, f.GSeq)
 	return true, nil
+}
+
+// kept ends the store of a received message (key its dedup key): on an
+// error the message is forgotten, so its redelivery is tried again; one
+// an earlier process stored (known) is counted as a repeat dropped.
+func (c *Client) kept(seen localstore.Seen, err error, key string) (known bool, _ error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if err != nil {
+		c.seenMsg.remove(key)
+		return false, storeErr(err)
+	}
+	if seen.Dup {
+		c.stats.DuplicatesDropped++
+	}
+	return seen.Dup, nil
 }
 
 // storeReceipt records the ticks a receipt frame gives, before it is

@@ -5,30 +5,11 @@ import (
 	"testing"
 	"time"
 
-	"github.com/nats-io/nats.go/jetstream"
-
 	"github.com/switchboard-im/switchboard/contract"
-	"github.com/switchboard-im/switchboard/functions/groups"
 	"github.com/switchboard-im/switchboard/gateway"
-	"github.com/switchboard-im/switchboard/internal/natsauth"
 	tk "github.com/switchboard-im/switchboard/internal/testkit"
 	"github.com/switchboard-im/switchboard/protocol"
 )
-
-// startGroupsOnLog runs the groups function with groups switching to
-// their log at logMembers members.
-func startGroupsOnLog(t *testing.T, n *tk.NATS, logMembers int) {
-	t.Helper()
-	gnc := n.Connect(t, natsauth.Groups)
-	gjs, _ := jetstream.New(gnc)
-	cfg := groups.DefaultConfig()
-	cfg.LogMembers = logMembers
-	gs, err := groups.Start(context.Background(), gnc, gjs, cfg, tk.Logger(t))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(gs.Stop)
-}
 
 // groupSend sends body in group gid and returns its place in the log
 // (the seq of its sent).
@@ -94,7 +75,7 @@ func expectGroupMsg(t *testing.T, r *raw, gid, id string, gseq uint64) {
 // an ack of what was never handed is refused.
 func TestGroupReadFromItsLog(t *testing.T) {
 	n := tk.StartNATS(t)
-	startGroupsOnLog(t, n, 3)
+	tk.StartGroupsOnLog(t, n, 3)
 	tk.StartFunctions(t, n)
 	g := tk.StartGateway(t, n, tk.TestConfig())
 	const gid = "crowd"
@@ -172,7 +153,7 @@ func TestGroupReadFromItsLog(t *testing.T) {
 func startLogGroup(t *testing.T, cfg gateway.Config) (g *tk.Gateway, alice, bob *raw) {
 	t.Helper()
 	n := tk.StartNATS(t)
-	startGroupsOnLog(t, n, 3)
+	tk.StartGroupsOnLog(t, n, 3)
 	tk.StartFunctions(t, n)
 	g = tk.StartGateway(t, n, cfg)
 	alice = connectRaw(t, g, "alice", "phone")
@@ -368,7 +349,7 @@ func TestGroupLogHistory(t *testing.T) {
 // session drops a group another one started.
 func TestGroupLogRecordKeepsAnotherSessionsGroups(t *testing.T) {
 	n := tk.StartNATS(t)
-	startGroupsOnLog(t, n, 3)
+	tk.StartGroupsOnLog(t, n, 3)
 	tk.StartFunctions(t, n)
 	g := tk.StartGateway(t, n, tk.TestConfig())
 	alice := connectRaw(t, g, "alice", "phone")

@@ -11,7 +11,6 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/switchboard-im/switchboard/contract"
-	"github.com/switchboard-im/switchboard/functions/groups"
 	"github.com/switchboard-im/switchboard/internal/natsauth"
 	tk "github.com/switchboard-im/switchboard/internal/testkit"
 )
@@ -32,19 +31,32 @@ func startPushAs(t *testing.T, n *tk.NATS, cfg Config) *Service {
 	return s
 }
 
-// startGroupsOnLog runs the groups function with groups switching to
-// their log at logMembers members.
-func startGroupsOnLog(t *testing.T, n *tk.NATS, logMembers int) {
+// logStack is a server with the push function (in its role, on a
+// recording webhook), the groups function with groups on their log from
+// logMembers, the receipts and presence functions and a gateway.
+type logStack struct {
+	n   *tk.NATS
+	h   *hook
+	cfg Config // the push function's
+	svc *Service
+	g   *tk.Gateway
+}
+
+// startLogStack starts a logStack; tune, when set, changes the push
+// function's config first.
+func startLogStack(t *testing.T, logMembers int, tune func(*Config)) *logStack {
 	t.Helper()
-	nc := n.Connect(t, natsauth.Groups)
-	js, _ := jetstream.New(nc)
-	cfg := groups.DefaultConfig()
-	cfg.LogMembers = logMembers
-	gs, err := groups.Start(context.Background(), nc, js, cfg, tk.Logger(t))
-	if err != nil {
-		t.Fatal(err)
+	st := &logStack{n: tk.StartNATS(t)}
+	st.h = newHook(t, nil)
+	st.cfg = testConfig(st.h.URL)
+	if tune != nil {
+		tune(&st.cfg)
 	}
-	t.Cleanup(gs.Stop)
+	st.svc = startPushAs(t, st.n, st.cfg)
+	tk.StartGroupsOnLog(t, st.n, logMembers)
+	tk.StartFunctions(t, st.n)
+	st.g = tk.StartGateway(t, st.n, tk.TestConfig())
+	return st
 }
 
 // waitGroupsSettled waits until the push-groups durable has settled
@@ -85,16 +97,10 @@ func offline(t *testing.T, g *tk.Gateway, presence jetstream.KeyValue, user, dev
 // sender are not woken; a group still on copies is pushed once, by its
 // copies.
 func TestGroupOnItsLogWakesOfflineMembers(t *testing.T) {
-	n := tk.StartNATS(t)
-	h := newHook(t, nil)
-	cfg := testConfig(h.URL)
 	// One window for the whole test: bob's second message is coalesced
 	// however slow the machine.
-	cfg.Window = time.Minute
-	svc := startPushAs(t, n, cfg)
-	startGroupsOnLog(t, n, 3)
-	tk.StartFunctions(t, n)
-	g := tk.StartGateway(t, n, tk.TestConfig())
+	st := startLogStack(t, 3, func(c *Config) { c.Window = time.Minute })
+	n, h, svc, g := st.n, st.h, st.svc, st.g
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	presence := kv(t, n.JS, contract.PresenceKV)
@@ -188,13 +194,8 @@ func TestGroupOnItsLogWakesOfflineMembers(t *testing.T) {
 // after it is still woken, one added after it is not; and a device whose
 // place in the group's log has passed the message is not woken.
 func TestGroupPushFollowsTheLog(t *testing.T) {
-	n := tk.StartNATS(t)
-	h := newHook(t, nil)
-	cfg := testConfig(h.URL)
-	svc := startPushAs(t, n, cfg)
-	startGroupsOnLog(t, n, 2)
-	tk.StartFunctions(t, n)
-	g := tk.StartGateway(t, n, tk.TestConfig())
+	st := startLogStack(t, 2, nil)
+	n, h, cfg, svc, g := st.n, st.h, st.cfg, st.svc, st.g
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	presence := kv(t, n.JS, contract.PresenceKV)
@@ -245,12 +246,8 @@ func TestGroupPushFollowsTheLog(t *testing.T) {
 // to it and never acked (the message found its user online, so nobody was
 // woken) is woken for it when its lease goes, as for an inbox message.
 func TestLeaseGoneWakesForAGroupLogMessage(t *testing.T) {
-	n := tk.StartNATS(t)
-	h := newHook(t, nil)
-	svc := startPushAs(t, n, testConfig(h.URL))
-	startGroupsOnLog(t, n, 2)
-	tk.StartFunctions(t, n)
-	g := tk.StartGateway(t, n, tk.TestConfig())
+	st := startLogStack(t, 2, nil)
+	n, h, svc, g := st.n, st.h, st.svc, st.g
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 

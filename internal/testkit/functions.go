@@ -1,13 +1,17 @@
 package testkit
 
 import (
+	"context"
 	"testing"
 	"time"
 
 	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
 
+	"github.com/switchboard-im/switchboard/functions/groups"
 	"github.com/switchboard-im/switchboard/functions/presence"
 	"github.com/switchboard-im/switchboard/functions/receipts"
+	"github.com/switchboard-im/switchboard/internal/natsauth"
 )
 
 // FunctionAckWait is the durable ack wait the test functions run with:
@@ -51,4 +55,21 @@ func (f *Functions) Kill() {
 	f.PresenceConn.Close()
 	f.Receipts.Stop()
 	f.Presence.Stop()
+}
+
+// StartGroupsOnLog starts the groups function against n on a connection
+// in its own role, with groups read from their log from logMembers
+// members (0: never), and stops it at the end of the test.
+func StartGroupsOnLog(t testing.TB, n *NATS, logMembers int) *groups.Service {
+	t.Helper()
+	nc := n.Connect(t, natsauth.Groups)
+	js, _ := jetstream.New(nc)
+	cfg := groups.DefaultConfig()
+	cfg.LogMembers = logMembers
+	s, err := groups.Start(context.Background(), nc, js, cfg, Logger(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(s.Stop)
+	return s
 }
