@@ -98,13 +98,13 @@
 //	               takes sseConn.in while holding another lock)
 //
 // Server.mu, sseSessions.mu, replies.mu, backlog.mu, lease.mu, feed.mu,
-// follows.opMu, regions.mu, sessionTimer.mu, groupCache.mu,
-// groupBucket.mu, limitKeeper.mu and outQueue.mu are leaves: nothing of this package is
-// locked under them.
+// follows.opMu, regions.mu, sessionTimer.mu, groupRecords.mu, fence.mu,
+// groupBucket.mu, limitKeeper.mu and outQueue.mu are leaves: nothing of
+// this package is locked under them.
 // No lock of a session's is held while calling the router (router.add,
 // router.remove), the replies' owner callbacks run with replies.mu
 // released, and the session timer runs its ops with its lock released.
 // NATS calls (publishes, subscribes) are made under pubQueue.mu,
-// cursorSaver.mu, lease.mu and router.mu: nats.go calls back into this
+// cursorSaver.mu, lease.mu, router.mu and groupRecords.mu: nats.go calls back into this
 // package only from goroutines of its own, holding none of its locks.
 package gateway

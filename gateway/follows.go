@@ -190,7 +190,7 @@ func (f *follows) unsubscribeGroup(gid string) {
 // user is one of them; else it tells the device why not.
 func (f *follows) groupMembers(gid string) ([]string, bool) {
 	s := f.s
-	g, err := s.srv.groups.read(s.srv, gid)
+	g, err := s.srv.groups.read(gid)
 	if err != nil {
 		code, msg := groupError(err)
 		s.sendError(code, msg, "", 0, 0)

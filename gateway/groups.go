@@ -195,22 +195,19 @@ func (s *session) sendGroup(f *protocol.Frame, ts int64) {
 	s.queue(&pubItem{msg: m, id: f.ID, group: f.Group, ts: ts})
 }
 
-// checkGroupSend tells whether this user may send to group gid now: a
-// fresh read of its record (no cache: a member removed a moment ago is
-// refused). It returns the error to answer the send with, if any. A
-// group homed in another region is sent to through OUTBOX (m is pointed
-// there, regions.go).
+// checkGroupSend tells whether this user may send to group gid now,
+// against its record as fresh as a read (groupRecords.check: a member
+// removed a moment ago is refused). It returns the error to answer the
+// send with, if any. A group homed in another region is sent to through
+// OUTBOX (m is pointed there, regions.go).
 func (s *session) checkGroupSend(gid string, m *nats.Msg) (protocol.ErrorCode, string) {
-	ctx, cancel := context.WithTimeout(context.Background(), s.srv.cfg.FunctionTimeout)
-	defer cancel()
-	g, err := s.srv.loadGroup(ctx, gid)
+	g, err := s.srv.groups.check(gid, s.id.User)
 	if err != nil {
 		if !errors.Is(err, contract.ErrUnknownGroup) {
 			s.log.Warn("cannot read a group's record", "group", gid, "err", err)
 		}
 		return groupError(err)
 	}
-	s.srv.groups.put(gid, g)
 	if code, msg := memberCheck(&g, s.id.User); code != "" {
 		return code, msg
 	}
@@ -230,22 +227,12 @@ func memberCheck(g *contract.GroupRecord, user string) (protocol.ErrorCode, stri
 	return "", ""
 }
 
-// loadGroup reads group gid's record: from GROUP_INFO, or, for a group
-// homed in another region, from GROUP_DIR.
-func (srv *Server) loadGroup(ctx context.Context, gid string) (contract.GroupRecord, error) {
-	g, err := srv.groupInfo.load(ctx, gid)
-	if errors.Is(err, contract.ErrUnknownGroup) && srv.regions != nil {
-		return srv.regions.group(ctx, gid)
-	}
-	return g, err
-}
-
 // typingGroup relays a typing frame in group gid to the online devices of
 // its other members (core NATS, as typing to a user), if this user is one
-// of them. The members come from a record at most groupCacheTTL old.
+// of them. The members come from a kept record (groupRecords.get).
 func (s *session) typingGroup(gid string) {
 	ok := s.goCall(func() {
-		g, err := s.srv.groups.get(s.srv, gid)
+		g, err := s.srv.groups.get(gid)
 		if err != nil {
 			code, msg := groupError(err)
 			s.sendError(code, msg, "", 0, 0)
@@ -263,70 +250,6 @@ func (s *session) typingGroup(gid string) {
 		}
 	})
 	_ = ok // typing is worth nothing later: with too many requests in flight it is dropped
-}
-
-// groupCacheTTL is how long a group's record serves typing frames.
-const groupCacheTTL = 2 * time.Second
-
-// groupCacheMax bounds the records kept; past it the cache starts over.
-const groupCacheMax = 4096
-
-// groupCache keeps groups' records briefly, for typing: a member typing
-// sends a frame every few seconds, and each would otherwise read
-// GROUP_INFO. Its lock is a leaf.
-type groupCache struct {
-	mu sync.Mutex
-	m  map[string]cachedGroup
-}
-
-type cachedGroup struct {
-	g  contract.GroupRecord
-	at time.Time
-}
-
-// put keeps g as group gid's record as of now.
-func (c *groupCache) put(gid string, g contract.GroupRecord) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	if c.m == nil || len(c.m) >= groupCacheMax {
-		c.m = make(map[string]cachedGroup)
-	}
-	c.m[gid] = cachedGroup{g, time.Now()}
-}
-
-// forget drops group gid's record, so the next get reads it.
-func (c *groupCache) forget(gid string) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	delete(c.m, gid)
-}
-
-// get returns group gid's record, from the cache if it is fresh enough,
-// else read from GROUP_INFO.
-func (c *groupCache) get(srv *Server, gid string) (contract.GroupRecord, error) {
-	c.mu.Lock()
-	e, ok := c.m[gid]
-	c.mu.Unlock()
-	if ok && time.Since(e.at) < groupCacheTTL {
-		return e.g, nil
-	}
-	return c.read(srv, gid)
-}
-
-// read returns group gid's record read from GROUP_INFO, and keeps it:
-// for what must follow the membership as it is now, not up to the
-// cache's age ago (presence_sub of a group, which a member sends again
-// after a change to follow the newcomers, and which a removed member
-// must be refused).
-func (c *groupCache) read(srv *Server, gid string) (contract.GroupRecord, error) {
-	ctx, cancel := context.WithTimeout(context.Background(), srv.cfg.FunctionTimeout)
-	defer cancel()
-	g, err := srv.loadGroup(ctx, gid)
-	if err != nil {
-		return g, err
-	}
-	c.put(gid, g)
-	return g, nil
 }
 
 // groupBucket is GROUP_INFO, opened at start or, when it did not exist

@@ -164,7 +164,7 @@ func (s *session) groupHomeElsewhere(gid string) (string, error) {
 	if s.srv.regions == nil {
 		return "", nil
 	}
-	g, err := s.srv.groups.get(s.srv, gid)
+	g, err := s.srv.groups.get(gid)
 	switch {
 	case errors.Is(err, contract.ErrUnknownGroup):
 		return "", nil

@@ -45,6 +45,10 @@ func (s *Server) watchLive() error {
 		if prevErr != nil {
 			prevErr(c, sub, err)
 		}
+		if s.groups.watches(err) {
+			s.log.Warn("the gateway's NATS user may not subscribe to $KV.GROUP_INFO.* (deploy/permissions.conf has it): every group send reads its group's record")
+			s.groups.deny()
+		}
 		if sub != nil && errors.Is(err, nats.ErrSlowConsumer) {
 			// The router fell behind and NATS dropped a message: if it
 			// was a live copy, its readers must read the stream.
@@ -55,6 +59,7 @@ func (s *Server) watchLive() error {
 		if prevRe != nil {
 			prevRe(c)
 		}
+		s.groups.forgetAll() // writes made while it was down were not seen
 		s.recoverAll(republishReconnect)
 		s.wakeAll(reasonReconnect)
 	})

@@ -45,10 +45,10 @@ type Server struct {
 	routes     []Route // mounted APIs: see Mount
 	settingsKV jetstream.KeyValue
 	// groupInfo is GROUP_INFO, for members' checks (see groupBucket);
-	// groups caches its records briefly for typing; groupTTL is the
+	// groups keeps its records (grouprecords.go); groupTTL is the
 	// Nats-TTL of a stored group message (empty: none).
 	groupInfo   groupBucket
-	groups      groupCache
+	groups      *groupRecords
 	groupTTL    string
 	maxInflight int
 	// id names this gateway in presence leases.
@@ -190,6 +190,11 @@ func New(ctx context.Context, cfg Config, keys *Keys, nc *nats.Conn, log *slog.L
 		return nil, err
 	}
 	s.backlog = newBacklog(s)
+	var remote func(context.Context, string) (contract.GroupRecord, error)
+	if s.regions != nil {
+		remote = s.regions.group
+	}
+	s.groups = newGroupRecords(nc, s.groupInfo.load, remote, cfg.FunctionTimeout)
 	s.groupLogs = newGroupLogs(nc, func(req directGet, quit <-chan struct{}, each func(uint64, *nats.Msg) bool) (bool, error) {
 		return s.directBatchOn(contract.GroupsStream, req, quit, each)
 	}, log, s.leaseStop)
@@ -235,6 +240,7 @@ func (s *Server) stopLeases() {
 		if s.leaderSub != nil {
 			_ = s.leaderSub.Unsubscribe()
 		}
+		s.groups.close()
 	})
 	<-s.leaseDone
 	<-s.sweepDone

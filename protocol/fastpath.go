@@ -10,7 +10,8 @@ import (
 // Fast paths for the frames that carry the traffic: ack, read and a 1:1
 // send (client to server), and sent and msg, 1:1 or a group's (server to
 // client), each in exactly the form its encoder writes (AppendSeqFrame,
-// AppendSend, AppendSent, AppendMsg, AppendGroupMsg). They decode without
+// AppendSend, AppendSent, AppendMsg, AppendGroupMsg, AppendGroupLogMsg).
+// They decode without
 // encoding/json's reflection and allocate only the frame, its ids and
 // its body. Anything else, the same frame written another way included,
 // is nil and goes the whole way, which gives the same frame for the
@@ -180,8 +181,13 @@ func decodeServerFast(data []byte) *Frame {
 			c.lit(`,"group":"`)
 			f.Group = c.id()
 		}
-		c.lit(`,"seq":`)
-		f.Seq = c.uint()
+		if f.Group != "" && c.ok && bytes.HasPrefix(c.b, []byte(`,"gseq":`)) {
+			c.lit(`,"gseq":`)
+			f.GSeq = c.uint()
+		} else {
+			c.lit(`,"seq":`)
+			f.Seq = c.uint()
+		}
 		c.lit(`,"ts":`)
 		f.TS = c.int()
 		c.lit(`,"body":`)

@@ -66,6 +66,10 @@ var serverSeeds = []string{
 	`{"type":"msg","id":"m1","from":"alice","device":"phone","group":"","seq":7,"ts":1,"body":"hi"}`,
 	`{"type":"msg","id":"m1","from":"alice","device":"phone","group":"club","seq":7,"ts":1,"event":{"op":"add"}}`,
 	`{"type":"msg","id":"m1","from":"alice","device":"phone","group":"club","group":"x","seq":7,"ts":1,"body":1}`,
+	`{"type":"msg","id":"m1","from":"alice","device":"phone","group":"club","gseq":7,"ts":1,"body":"hi"}`,
+	`{"type":"msg","id":"m1","from":"alice","device":"phone","gseq":7,"ts":1,"body":"hi"}`,
+	`{"type":"msg","id":"m1","from":"alice","device":"phone","group":"club","gseq":7,"seq":8,"ts":1,"body":"hi"}`,
+	`{"type":"msg","id":"m1","from":"alice","device":"phone","group":"club","gseq":-1,"ts":1,"body":"hi"}`,
 }
 
 // FuzzServerFastPath checks that DecodeServer's fast path for sent and
@@ -107,6 +111,7 @@ func TestEncodersOutputTakesTheFastPaths(t *testing.T) {
 		AppendMsg(nil, "m-1", "alice", "phone", 7, 1795582349000, body, nil),
 		AppendMsg(nil, "m-1", "alice", "phone", 7, -1, []byte(`"x"`), nil),
 		AppendGroupMsg(nil, "m-1", "alice", "phone", "club", 7, 1795582349000, body, nil),
+		AppendGroupLogMsg(nil, "m-1", "alice", "phone", "club", 7, 1795582349000, body, nil),
 	} {
 		takesFastPath(t, data, decodeServerFast, decodeServerJSON)
 	}

@@ -252,18 +252,21 @@ func (p *partition) apply(m jetstream.Msg, seq uint64) error {
 			}
 		}
 		src := m.Headers()
-		// The sender's own copy, for their other devices (the gateway
-		// skips it on the device that sent it): only for a sender who
-		// has another. A sender homed in another region has their devices
-		// there: they get it whatever.
 		ctx, cancel := context.WithTimeout(s.ctx, s.cfg.Timeout)
-		other, err := s.otherDevice(ctx, from, src.Get(contract.HdrDevice))
-		if err == nil && other {
-			to = append(to, from)
-		}
-		if err == nil && g.g.Log {
-			// Members here read the log, the sender's devices too.
-			to, err = s.elsewhere(ctx, to)
+		if g.g.Log {
+			// Members here read the log, the sender's devices too: copies
+			// go only to those homed in another region, the sender
+			// whatever their devices there.
+			to, err = s.elsewhere(ctx, append(to, from))
+		} else {
+			// The sender's own copy, for their other devices (the gateway
+			// skips it on the device that sent it): only for a sender who
+			// has another. A sender homed in another region has their
+			// devices there: they get it whatever.
+			var other bool
+			if other, err = s.otherDevice(ctx, from, src.Get(contract.HdrDevice)); err == nil && other {
+				to = append(to, from)
+			}
 		}
 		cancel()
 		if err != nil {

@@ -133,7 +133,10 @@ func For(r Role) Rules {
 				// Its answers to other gateways' kicks.
 				answers(Gateway),
 			),
-			Subscribe: []string{subjLive, contract.GroupBellPrefix + "*", subjEvents, subjKick, subjPresence, leaderInbox, InboxPrefix(r) + ".>", contract.CallPrefix(string(r)) + ".>"},
+			// Group records' writes as they are made (the records it
+			// keeps, gateway/grouprecords.go: it reads them anyway).
+			Subscribe: []string{subjLive, contract.GroupBellPrefix + "*", subjEvents, subjKick, subjPresence, leaderInbox, InboxPrefix(r) + ".>", contract.CallPrefix(string(r)) + ".>",
+				kvSubject(contract.GroupInfoKV) + "*"},
 		}
 	case Receipts:
 		// Receipts into senders' inboxes, conversations' read positions and

@@ -1,0 +1,339 @@
+package gateway
+
+import (
+	"context"
+	"errors"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/nats-io/nats.go"
+
+	"github.com/switchboard-im/switchboard/contract"
+)
+
+// Group records, kept.
+//
+// Every group send is checked against its group's record (is the sender
+// a member, is the group homed here), as are typing, presence and ticks.
+// A read of GROUP_INFO per send was a tenth of an all-in-one's CPU with
+// groups of 10 flat out, so a gateway keeps the records its users use,
+// each watched: a core subscription to the record's own subject in
+// GROUP_INFO ($KV.GROUP_INFO.<group>) sees every write to it, stored or
+// refused, and a write seen drops the kept record. The subscriptions
+// share one channel, drained before every look-up, so what the
+// connection had read before a look-up is applied to it.
+//
+// A look-up that must be as fresh as a read (check: a send's) first
+// waits for a round trip to the NATS server (a flush, shared by the
+// look-ups that wait together): the server sends its own messages for a
+// connection in order, so every write it handled before the look-up
+// began has reached the channel when the round trip ends. On one server
+// that makes a kept record exactly as fresh as a read: a member removed
+// a moment ago (their removal answered, or told to the group) is
+// refused, one added is taken. In a cluster a write whose server is
+// another one may still be on its way between servers, as a read may
+// race a write today.
+//
+// What could leave a record kept that is not the latest is bounded: a
+// write handled just before the record's subscription but stored after
+// its read, a subscription that dropped messages (it is made again), a
+// restored connection (everything is read again) are each covered by
+// the record's age limit (watchedMaxAge), and a look-up that finds the
+// user not a member reads the record again before refusing. A group
+// homed in another region (read from GROUP_DIR) is kept unwatched, for
+// typing only (groupCacheTTL).
+
+// groupCacheTTL is how long an unwatched record serves typing frames.
+const groupCacheTTL = 2 * time.Second
+
+// watchedMaxAge is how long a watched record is used before it is read
+// again whatever its subscription saw.
+const watchedMaxAge = 10 * time.Second
+
+// groupCacheMax bounds the records kept; past it one is let go per record
+// taken.
+const groupCacheMax = 4096
+
+// groupRecords keeps group records. Its lock is a leaf, never held over a
+// request.
+type groupRecords struct {
+	nc      *nats.Conn
+	load    func(ctx context.Context, gid string) (contract.GroupRecord, error) // GROUP_INFO
+	remote  func(ctx context.Context, gid string) (contract.GroupRecord, error) // GROUP_DIR; nil in one region
+	prefix  string                                                              // $KV.GROUP_INFO.
+	writes  chan *nats.Msg                                                      // every watched record's writes
+	timeout time.Duration
+	fence   fence
+
+	mu     sync.Mutex // guards the fields below
+	m      map[string]*keptGroup
+	closed bool
+	denied bool // the connection may not watch records: kept unwatched
+}
+
+type keptGroup struct {
+	g   contract.GroupRecord
+	at  time.Time
+	ok  bool               // g is the record as last read, and no write was seen since
+	gen uint64             // writes seen
+	sub *nats.Subscription // nil: unwatched (homed in another region)
+}
+
+func newGroupRecords(nc *nats.Conn, load, remote func(context.Context, string) (contract.GroupRecord, error), timeout time.Duration) *groupRecords {
+	return &groupRecords{
+		nc: nc, load: load, remote: remote, timeout: timeout,
+		prefix: "$KV." + contract.GroupInfoKV + ".",
+		writes: make(chan *nats.Msg, 1024),
+		fence:  fence{nc: nc},
+		m:      map[string]*keptGroup{},
+	}
+}
+
+// get returns group gid's record for typing, ticks and the like: a
+// watched record as the connection last heard of it, an unwatched one
+// up to groupCacheTTL old.
+func (c *groupRecords) get(gid string) (contract.GroupRecord, error) {
+	c.mu.Lock()
+	c.drainLocked()
+	if e := c.m[gid]; e != nil && e.ok && time.Since(e.at) < c.maxAge(e) {
+		g := e.g
+		c.mu.Unlock()
+		return g, nil
+	}
+	c.mu.Unlock()
+	return c.read(gid)
+}
+
+// check returns group gid's record for a send by user: as fresh as a
+// read (see above).
+func (c *groupRecords) check(gid, user string) (contract.GroupRecord, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), c.timeout)
+	defer cancel()
+	if err := c.fence.wait(ctx); err != nil {
+		return c.read(gid)
+	}
+	c.mu.Lock()
+	c.drainLocked()
+	e := c.m[gid]
+	if e == nil || e.sub == nil || !e.ok || time.Since(e.at) >= watchedMaxAge || !e.g.IsMember(user) {
+		c.mu.Unlock()
+		return c.read(gid)
+	}
+	g := e.g
+	c.mu.Unlock()
+	return g, nil
+}
+
+func (c *groupRecords) maxAge(e *keptGroup) time.Duration {
+	if e.sub == nil {
+		return groupCacheTTL
+	}
+	return watchedMaxAge
+}
+
+// read returns group gid's record read now, and keeps it.
+func (c *groupRecords) read(gid string) (contract.GroupRecord, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), c.timeout)
+	defer cancel()
+	c.mu.Lock()
+	if c.closed {
+		c.mu.Unlock()
+		return c.readUnkept(ctx, gid)
+	}
+	e := c.m[gid]
+	if e != nil && e.sub != nil {
+		if n, err := e.sub.Dropped(); err != nil || n > 0 {
+			// It missed writes: watch again.
+			_ = e.sub.Unsubscribe()
+			e.sub = nil
+		}
+	}
+	if e == nil {
+		if len(c.m) >= groupCacheMax {
+			c.evictLocked()
+		}
+		e = &keptGroup{}
+		c.m[gid] = e
+	}
+	if e.sub == nil && !c.denied {
+		// Watched before the read: a write after the read is seen.
+		sub, err := c.nc.ChanSubscribe(c.prefix+gid, c.writes)
+		if err == nil {
+			e.sub = sub
+		}
+	}
+	gen, watched := e.gen, e.sub != nil
+	c.mu.Unlock()
+
+	g, err := c.load(ctx, gid)
+	if errors.Is(err, contract.ErrUnknownGroup) && c.remote != nil {
+		g, err = c.remote(ctx, gid)
+		watched = false
+	}
+
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.drainLocked()
+	if c.m[gid] != e {
+		return g, err // let go meanwhile
+	}
+	if err != nil {
+		e.ok = false
+		return g, err
+	}
+	if !watched && e.sub != nil {
+		_ = e.sub.Unsubscribe()
+		e.sub = nil
+	}
+	e.g, e.at = g, time.Now()
+	// A write seen during the read may or may not be in what it read.
+	e.ok = e.gen == gen && (e.sub != nil) == watched
+	return g, nil
+}
+
+func (c *groupRecords) readUnkept(ctx context.Context, gid string) (contract.GroupRecord, error) {
+	g, err := c.load(ctx, gid)
+	if errors.Is(err, contract.ErrUnknownGroup) && c.remote != nil {
+		return c.remote(ctx, gid)
+	}
+	return g, err
+}
+
+// forget drops group gid's record, so the next look-up reads it.
+func (c *groupRecords) forget(gid string) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if e := c.m[gid]; e != nil {
+		e.ok = false
+	}
+}
+
+// forgetAll drops every record: the connection was restored, and writes
+// made while it was down were not seen.
+func (c *groupRecords) forgetAll() {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	for _, e := range c.m {
+		e.ok = false
+	}
+}
+
+// deny ends every watch for good: the connection may not subscribe to
+// GROUP_INFO's subjects (a permissions file from before this gateway
+// watched them). Records are kept unwatched, as for typing, and sends
+// are checked by a read each.
+func (c *groupRecords) deny() {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.denied {
+		return
+	}
+	c.denied = true
+	for gid, e := range c.m {
+		if e.sub != nil {
+			_ = e.sub.Unsubscribe()
+		}
+		delete(c.m, gid)
+	}
+}
+
+// watches tells whether err is the server refusing a watch of a record.
+func (c *groupRecords) watches(err error) bool {
+	return errors.Is(err, nats.ErrPermissionViolation) && strings.Contains(err.Error(), `Subscription to "`+c.prefix)
+}
+
+// close ends every watch; records are read each time from then on.
+func (c *groupRecords) close() {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.closed = true
+	for gid, e := range c.m {
+		if e.sub != nil {
+			_ = e.sub.Unsubscribe()
+		}
+		delete(c.m, gid)
+	}
+}
+
+// drainLocked applies the writes the connection has read.
+func (c *groupRecords) drainLocked() {
+	for {
+		select {
+		case m := <-c.writes:
+			if e := c.m[strings.TrimPrefix(m.Subject, c.prefix)]; e != nil {
+				e.ok = false
+				e.gen++
+			}
+		default:
+			return
+		}
+	}
+}
+
+// evictLocked lets one record go (any: map order).
+func (c *groupRecords) evictLocked() {
+	for gid, e := range c.m {
+		if e.sub != nil {
+			_ = e.sub.Unsubscribe()
+		}
+		delete(c.m, gid)
+		return
+	}
+}
+
+// fence waits for a round trip to the NATS server begun after it was
+// called: everything the server had sent the connection before then has
+// been read. Callers that wait together share one round trip.
+type fence struct {
+	nc *nats.Conn
+
+	mu      sync.Mutex
+	next    *fenceRound // the round callers join; sent when the one in flight ends
+	running bool
+}
+
+type fenceRound struct {
+	done chan struct{}
+	err  error
+}
+
+func (f *fence) wait(ctx context.Context) error {
+	f.mu.Lock()
+	if f.next == nil {
+		f.next = &fenceRound{done: make(chan struct{})}
+	}
+	r := f.next
+	if !f.running {
+		f.running = true
+		go f.run()
+	}
+	f.mu.Unlock()
+	select {
+	case <-r.done:
+		return r.err
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+// run sends rounds until none is waiting.
+func (f *fence) run() {
+	for {
+		f.mu.Lock()
+		r := f.next
+		f.next = nil
+		if r == nil {
+			f.running = false
+			f.mu.Unlock()
+			return
+		}
+		f.mu.Unlock()
+		r.err = f.nc.FlushTimeout(fenceTimeout)
+		close(r.done)
+	}
+}
+
+// fenceTimeout bounds one round trip; a look-up that waits longer reads
+// the record instead.
+const fenceTimeout = 5 * time.Second
