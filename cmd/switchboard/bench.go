@@ -49,6 +49,10 @@ scenarios:
            sender each, for --duration at a total --rate or flat out: member
            deliveries/s against raw publish (P7), send→each member and
            send→last member latencies, stored bytes per group message
+  groupstorm --groups G groups of --group-size N, each member user in
+           --memberships K of them; members go away, each group's sender sends
+           --pending P, all members reconnect at once: time until all are
+           back and have every message of every group (P5 for groups)
 
 target (one of):
   --spawn                start the all-in-one from this binary in a temp dir
@@ -100,7 +104,7 @@ func runBench(args []string, out, errOut io.Writer) error {
 		sendersIn   regionURLs
 		recipsIn    regionURLs
 	)
-	fs.StringVar(&c.Scenario, "scenario", c.Scenario, "idle, pairs, storm, offline or groups")
+	fs.StringVar(&c.Scenario, "scenario", c.Scenario, "idle, pairs, storm, offline, groups or groupstorm")
 	fs.Func("url", "gateway WebSocket URL (repeat or comma-separate; devices round-robin)", func(v string) error {
 		urls = append(urls, splitList(v)...)
 		return nil
@@ -131,11 +135,12 @@ func runBench(args []string, out, errOut io.Writer) error {
 	fs.BoolVar(&holdIdle, "hold-idle", false, "(a child of --clients) connect --devices, report them on stdout, hold them until stdin closes")
 	fs.IntVar(&c.FirstDevice, "first-device", c.FirstDevice, "(a child of --clients) the number of this process's first device")
 	fs.IntVar(&c.Pairs, "pairs", c.Pairs, "pairs: sender/recipient pairs")
-	fs.IntVar(&c.GroupSize, "group-size", c.GroupSize, "groups: members of each group, the sender included")
-	fs.IntVar(&c.Groups, "groups", c.Groups, "groups: groups sending at once")
+	fs.IntVar(&c.GroupSize, "group-size", c.GroupSize, "groups, groupstorm: members of each group, the sender included")
+	fs.IntVar(&c.Groups, "groups", c.Groups, "groups, groupstorm: groups sending at once")
+	fs.IntVar(&c.Memberships, "memberships", c.Memberships, "groupstorm: groups each member user is in")
 	fs.IntVar(&c.Users, "users", c.Users, "offline: users who receive while away")
 	fs.IntVar(&c.Messages, "messages", c.Messages, "offline: messages per user")
-	fs.IntVar(&c.Pending, "pending", c.Pending, "storm: messages per device while it is away")
+	fs.IntVar(&c.Pending, "pending", c.Pending, "storm: messages per device while it is away; groupstorm: per group")
 	fs.IntVar(&c.Sample, "sample", c.Sample, "offline: users who then connect and drain (0: all)")
 	fs.BoolVar(&c.FirstConnect, "first-connect", c.FirstConnect, "offline: connect each user once first (a device that went away)")
 	fs.Float64Var(&c.Rate, "rate", c.Rate, "pairs, groups: total sends per second (0: flat out)")

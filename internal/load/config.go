@@ -23,10 +23,12 @@ const (
 	ScenarioStorm   = "storm"
 	ScenarioOffline = "offline"
 	ScenarioGroups  = "groups"
+	// ScenarioGroupStorm is the storm for users in many small groups.
+	ScenarioGroupStorm = "groupstorm"
 )
 
 // Scenarios lists the scenarios in the order the help text gives them.
-var Scenarios = []string{ScenarioIdle, ScenarioPairs, ScenarioStorm, ScenarioOffline, ScenarioGroups}
+var Scenarios = []string{ScenarioIdle, ScenarioPairs, ScenarioStorm, ScenarioOffline, ScenarioGroups, ScenarioGroupStorm}
 
 // Target is the system under load.
 type Target struct {
@@ -95,7 +97,8 @@ type Config struct {
 	Users int
 	// Messages is what each offline user receives.
 	Messages int
-	// Pending is what each storm device receives while disconnected.
+	// Pending is what each storm device receives while disconnected;
+	// in a groupstorm, what each group's sender sends meanwhile.
 	Pending int
 	// Sample is how many offline users reconnect and drain. Zero: all.
 	Sample int
@@ -105,10 +108,13 @@ type Config struct {
 	FirstConnect bool
 
 	// GroupSize is the members of each group, the sender included
-	// (groups).
+	// (groups, groupstorm).
 	GroupSize int
-	// Groups is how many groups send at once (groups).
+	// Groups is how many groups send at once (groups, groupstorm).
 	Groups int
+	// Memberships is how many groups each member user is in
+	// (groupstorm; each group's sender is in its own only).
+	Memberships int
 
 	// Rate is the total sends per second across all senders (pairs,
 	// groups).
@@ -186,6 +192,7 @@ func DefaultConfig() Config {
 		Pairs:              100,
 		GroupSize:          100,
 		Groups:             1,
+		Memberships:        10,
 		Users:              2000,
 		Messages:           5,
 		Pending:            10,
@@ -230,8 +237,13 @@ func (c *Config) Validate() error {
 		return bad("users", "must be at least 1")
 	case c.Scenario == ScenarioOffline && c.Messages < 1:
 		return bad("messages", "must be at least 1")
-	case c.Scenario == ScenarioStorm && c.Pending < 1:
+	case c.Scenario == ScenarioStorm && c.Pending < 1,
+		c.Scenario == ScenarioGroupStorm && c.Pending < 1:
 		return bad("pending", "must be at least 1")
+	case c.Scenario == ScenarioGroupStorm && (c.GroupSize < 2 || c.Groups < 1 || c.Memberships < 1):
+		return bad("group-size", "must be at least 2, groups and memberships at least 1")
+	case c.Scenario == ScenarioGroupStorm && (c.Groups*(c.GroupSize-1)%c.Memberships != 0 || c.Groups*(c.GroupSize-1)/c.Memberships < c.GroupSize-1):
+		return bad("memberships", "must divide groups × (group-size − 1), leaving at least group-size − 1 users")
 	case c.Sample < 0:
 		return bad("sample", "must not be negative")
 	case c.Clients < 0 || c.FirstDevice < 0:

@@ -33,6 +33,8 @@ type Report struct {
 	Storm   *StormResult   `json:"storm,omitempty"`
 	Offline *OfflineResult `json:"offline,omitempty"`
 	Groups  *GroupsResult  `json:"groups,omitempty"`
+	// GroupStorm is groupstorm's.
+	GroupStorm *GroupStormResult `json:"group_storm,omitempty"`
 
 	Messages Counts `json:"messages"`
 	// Errors are what the devices met, by kind (see errorCounts);
@@ -84,6 +86,7 @@ type ConfigInfo struct {
 	Pairs              int     `json:"pairs"`
 	GroupSize          int     `json:"group_size,omitempty"`
 	Groups             int     `json:"groups,omitempty"`
+	Memberships        int     `json:"memberships,omitempty"`
 	Users              int     `json:"users"`
 	Messages           int     `json:"messages"`
 	Pending            int     `json:"pending"`
@@ -105,7 +108,7 @@ type ConfigInfo struct {
 
 func configInfo(c Config) ConfigInfo {
 	return ConfigInfo{
-		Devices: c.Devices, Pairs: c.Pairs, GroupSize: c.GroupSize, Groups: c.Groups, Users: c.Users, Messages: c.Messages, Pending: c.Pending,
+		Devices: c.Devices, Pairs: c.Pairs, GroupSize: c.GroupSize, Groups: c.Groups, Memberships: c.Memberships, Users: c.Users, Messages: c.Messages, Pending: c.Pending,
 		Sample: c.Sample, FirstConnect: c.FirstConnect, Rate: c.Rate, Inflight: c.Inflight,
 		DurationSeconds: c.Duration.Seconds(), Size: c.Size, Senders: c.Senders,
 		ConnectConcurrency: c.ConnectConcurrency, PerSource: c.PerSource,
@@ -256,6 +259,35 @@ type GroupsResult struct {
 	Complete          bool    `json:"complete"`
 }
 
+// GroupStormResult is Users member users, each in Memberships of Groups
+// small groups, reconnecting at once to what their groups' senders sent
+// while they were away.
+type GroupStormResult struct {
+	GroupSize    int      `json:"group_size"`
+	Groups       int      `json:"groups"`
+	Memberships  int      `json:"memberships"`
+	Users        int      `json:"users"`
+	Connects     Connects `json:"connects"`
+	SetupSeconds float64  `json:"setup_seconds"`
+	// Sent group messages; Backlog the member deliveries they owe.
+	FeedSeconds float64 `json:"feed_seconds"`
+	Sent        int64   `json:"sent"`
+	Backlog     int64   `json:"backlog_deliveries"`
+	// As StormResult's, from the moment all were told to reconnect.
+	Reconnected      int     `json:"reconnected"`
+	ReconnectSeconds float64 `json:"reconnect_seconds"`
+	StormSeconds     float64 `json:"storm_seconds"`
+	DeliveredPerSec  float64 `json:"delivered_per_sec"`
+	Complete         bool    `json:"complete"`
+	Reconnect        Latency `json:"reconnect"`
+	BacklogDone      Latency `json:"backlog_done"`
+	// As GroupsResult's, per member.
+	Lost       int64 `json:"lost"`
+	Duplicated int64 `json:"duplicated"`
+	Reordered  int64 `json:"reordered"`
+	Foreign    int64 `json:"foreign"`
+}
+
 // ratios fills Report.Ratios from the results and the baseline.
 func (r *Report) ratios() {
 	r.Ratios = map[string]float64{}
@@ -298,6 +330,8 @@ func (r *Report) ratios() {
 	case r.Storm != nil:
 		put("feed_rate", r.Storm.FeedPerSec, b.MsgsPerSec)
 		put("storm_delivered_rate", r.Storm.DeliveredPerSec, b.MsgsPerSec)
+	case r.GroupStorm != nil:
+		put("group_storm_delivered_rate", r.GroupStorm.DeliveredPerSec, b.MsgsPerSec)
 	case r.Groups != nil:
 		put("fanout_throughput", r.Groups.DeliveriesPerSec, b.MsgsPerSec)
 		put("stream_bytes_per_msg", r.Groups.InboxBytesPerMsg, b.StreamBytesPerMsg)
@@ -396,6 +430,23 @@ func (r *Report) WriteTable(w io.Writer) error {
 		row("backlog done p50", s.BacklogDone.P50, "ms", 0, "")
 		row("backlog done p99", s.BacklogDone.P99, "ms", 0, "")
 		row("backlog done max", s.BacklogDone.Max, "ms", 0, "")
+	case r.GroupStorm != nil:
+		s := r.GroupStorm
+		row(fmt.Sprintf("users, each in %d groups", s.Memberships), float64(s.Users), "", 0, "")
+		row("backlog member deliveries", float64(s.Backlog), "", 0, "")
+		row(fmt.Sprintf("reconnected (of %d)", s.Users), float64(s.Reconnected), "", 0, "")
+		row("all reconnected after", s.ReconnectSeconds, "s", 0, "")
+		if s.Complete {
+			row("all backlogs delivered after", s.StormSeconds, "s", 0, "")
+		} else {
+			row("last delivery (incomplete)", s.StormSeconds, "s", 0, "")
+		}
+		row("member deliveries/s in the storm", s.DeliveredPerSec, "/s", rawRate, "group_storm_delivered_rate")
+		row("reconnect p50", s.Reconnect.P50, "ms", 0, "")
+		row("reconnect p99", s.Reconnect.P99, "ms", 0, "")
+		row("backlog done p50", s.BacklogDone.P50, "ms", 0, "")
+		row("backlog done p99", s.BacklogDone.P99, "ms", 0, "")
+		row("backlog done max", s.BacklogDone.Max, "ms", 0, "")
 	case r.Offline != nil:
 		o := r.Offline
 		var rawBytes float64
@@ -456,7 +507,8 @@ func (r *Report) WriteTable(w io.Writer) error {
 	}
 	m := r.Messages
 	incomplete := (r.Pairs != nil && !r.Pairs.Complete) || (r.Storm != nil && !r.Storm.Complete) ||
-		(r.Offline != nil && !r.Offline.Drained) || (r.Groups != nil && !r.Groups.Complete)
+		(r.Offline != nil && !r.Offline.Drained) || (r.Groups != nil && !r.Groups.Complete) ||
+		(r.GroupStorm != nil && !r.GroupStorm.Complete)
 	if incomplete && r.Error == "" {
 		fmt.Fprintf(w, "incomplete: %d of %d confirmed messages arrived within --drain-timeout (%.0fs); "+
 			"\"lost\" counts the rest, which JetStream may still hold\n", m.Checked-m.Lost, m.Checked, r.Config.DrainTimeout)
@@ -530,6 +582,8 @@ func (r *Report) describe() string {
 			mode = fmt.Sprintf("%.0f msgs/s in total", c.Rate)
 		}
 		return fmt.Sprintf("groups, %d × %d members, %s, %.0fs", c.Groups, c.GroupSize, mode, c.DurationSeconds)
+	case ScenarioGroupStorm:
+		return fmt.Sprintf("groupstorm, %d × %d members, each member in %d, %d pending per group", c.Groups, c.GroupSize, c.Memberships, c.Pending)
 	}
 	return r.Scenario
 }

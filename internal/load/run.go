@@ -62,7 +62,7 @@ func Run(ctx context.Context, cfg Config, t Target) (*Report, error) {
 	if e.fleet.perSource > 0 {
 		rep.Target.SourceAddrs = min((e.cfg.devicesTotal()+e.fleet.perSource-1)/e.fleet.perSource, 254)
 	}
-	baselineFirst := cfg.Scenario == ScenarioPairs || cfg.Scenario == ScenarioStorm || cfg.Scenario == ScenarioGroups
+	baselineFirst := cfg.Scenario == ScenarioPairs || cfg.Scenario == ScenarioStorm || cfg.Scenario == ScenarioGroups || cfg.Scenario == ScenarioGroupStorm
 	wantBaseline := !cfg.SkipBaseline && t.NATSURL != ""
 	if wantBaseline && baselineFirst {
 		rep.Baseline = e.baseline(ctx)
@@ -80,6 +80,8 @@ func Run(ctx context.Context, cfg Config, t Target) (*Report, error) {
 		err = runOffline(ctx, e, rep)
 	case ScenarioGroups:
 		err = runGroups(ctx, e, rep)
+	case ScenarioGroupStorm:
+		err = runGroupStorm(ctx, e, rep)
 	}
 	e.fleet.closeRest()
 	if e.ledger != nil {
@@ -132,6 +134,8 @@ func (c Config) devicesTotal() int {
 		return 2*c.Devices + c.Senders
 	case ScenarioGroups:
 		return c.GroupSize * c.Groups
+	case ScenarioGroupStorm:
+		return 2*c.Groups*(c.GroupSize-1)/max(c.Memberships, 1) + c.Groups
 	case ScenarioOffline:
 		n := c.Senders + c.Sample
 		if c.FirstConnect {
