@@ -130,7 +130,10 @@ type Config struct {
 // dozens), big ones the few, and below this size a copy per member costs
 // little in absolute terms; from it the copies' cost (a stored write, a
 // live copy and a position per member per message) is what the log
-// saves.
+// saves. Measured (README, P5 for groups): users each in 20 groups of
+// 10 coming back at once took 147.5 s on the log against 8.8 s by
+// copies (each log group is a read at connect, which nats-server answers
+// by walking the stream: docs/GROUP-LOG.md, Switch point).
 const DefaultLogMembers = 64
 
 // DefaultConfig is what the binary runs with.
