@@ -27,17 +27,8 @@ type recordsTest struct {
 
 func newRecordsTest(t *testing.T, opts *server.Options, gwUser string) *recordsTest {
 	t.Helper()
-	opts.Host, opts.Port, opts.NoLog, opts.NoSigs = "127.0.0.1", -1, true, true
-	opts.JetStream, opts.StoreDir = true, t.TempDir()
-	ns, err := server.NewServer(opts)
-	if err != nil {
-		t.Fatal(err)
-	}
-	go ns.Start()
-	t.Cleanup(ns.Shutdown)
-	if !ns.ReadyForConnections(10 * time.Second) {
-		t.Fatal("nats-server not ready")
-	}
+	opts.JetStream = true
+	ns := startServer(t, opts)
 	connect := func(user string) *nats.Conn {
 		var o []nats.Option
 		if user != "" {

@@ -22,11 +22,16 @@ type routerTest struct {
 	woken            chan []*session
 }
 
-// newRouterTest makes a router whose buffer holds buffer copies. Its
-// goroutine is not started: the test steps it (step), so whether the
-// buffer is full when a copy comes never depends on the scheduler.
-func newRouterTest(t *testing.T, buffer int) *routerTest {
-	ns, err := server.NewServer(&server.Options{Host: "127.0.0.1", Port: -1, NoLog: true, NoSigs: true})
+// startServer starts a nats-server with opts on a loopback port of its
+// own (JetStream's store, if on, in a temp dir) and stops it at the end
+// of the test.
+func startServer(t *testing.T, opts *server.Options) *server.Server {
+	t.Helper()
+	opts.Host, opts.Port, opts.NoLog, opts.NoSigs = "127.0.0.1", -1, true, true
+	if opts.JetStream {
+		opts.StoreDir = t.TempDir()
+	}
+	ns, err := server.NewServer(opts)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -35,8 +40,17 @@ func newRouterTest(t *testing.T, buffer int) *routerTest {
 	if !ns.ReadyForConnections(10 * time.Second) {
 		t.Fatal("nats-server not ready")
 	}
+	return ns
+}
+
+// newRouterTest makes a router whose buffer holds buffer copies. Its
+// goroutine is not started: the test steps it (step), so whether the
+// buffer is full when a copy comes never depends on the scheduler.
+func newRouterTest(t *testing.T, buffer int) *routerTest {
+	ns := startServer(t, &server.Options{})
 	conns := make([]*nats.Conn, 2)
 	for i := range conns {
+		var err error
 		if conns[i], err = nats.Connect(ns.ClientURL()); err != nil {
 			t.Fatal(err)
 		}

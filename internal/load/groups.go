@@ -85,29 +85,14 @@ func runGroups(ctx context.Context, e *env, rep *Report) error {
 		return fmt.Errorf("load: groups: %d of %d devices connected", res.Connects.Connected, len(users))
 	}
 
-	e.prog.set("making groups", int64(ng), nil)
-	made := time.Now()
-	for g, gr := range gs {
-		if err := gr.create(ctx, devs[g*size].c); err != nil {
-			return fmt.Errorf("load: groups: %w", err)
-		}
-		e.prog.add(1)
-	}
 	// The clock starts once every member has the groups' last change: a
 	// message sent before would wait in the log behind the changes'
 	// fan-out (the create and the adds are system messages to every
 	// member as of each), and its time would be the setup's.
-	if !waitUntil(ctx, cfg.DrainTimeout, func() bool {
-		for _, gr := range gs {
-			if gr.fenced.Load() < int64(size-1) {
-				return false
-			}
-		}
-		return true
-	}) {
-		return fmt.Errorf("load: groups: members did not get their groups' last change within %s", cfg.DrainTimeout)
+	var err error
+	if res.SetupSeconds, err = makeGroups(ctx, e, gs, func(g int) *client.Client { return devs[g*size].c }); err != nil {
+		return fmt.Errorf("load: groups: %w", err)
 	}
-	res.SetupSeconds = time.Since(made).Seconds()
 
 	diskBefore, diskOK := streamBytes(ctx, e.target)
 	note := func() string {
@@ -220,6 +205,31 @@ func runGroups(ctx context.Context, e *env, rep *Report) error {
 		res.InboxBytesPerMsg = float64(diskAfter.inbox-diskBefore.inbox) / float64(res.Sent)
 	}
 	return nil
+}
+
+// makeGroups has each group of gs created by its member 0 (creator(g) is
+// their client) and waits until every other member has the group's last
+// change; it returns how long that took.
+func makeGroups(ctx context.Context, e *env, gs []*groupRun, creator func(g int) *client.Client) (float64, error) {
+	e.prog.set("making groups", int64(len(gs)), nil)
+	made := time.Now()
+	for g, gr := range gs {
+		if err := gr.create(ctx, creator(g)); err != nil {
+			return 0, err
+		}
+		e.prog.add(1)
+	}
+	if !waitUntil(ctx, e.cfg.DrainTimeout, func() bool {
+		for _, gr := range gs {
+			if gr.fenced.Load() < int64(len(gr.members)-1) {
+				return false
+			}
+		}
+		return true
+	}) {
+		return 0, fmt.Errorf("members did not get their groups' last change within %s", e.cfg.DrainTimeout)
+	}
+	return time.Since(made).Seconds(), nil
 }
 
 // groupRun is one group of the run and the messages its sender sent.

@@ -57,16 +57,8 @@ func runGroupStorm(ctx context.Context, e *env, rep *Report) error {
 		byID[gr.id] = g
 	}
 
-	var (
-		storming            atomic.Bool
-		start               time.Time // set before storming
-		dups, foreign       atomic.Int64
-		deliveries, lastDel atomic.Int64
-		expected            = make([]int64, nu)
-		got                 = make([]atomic.Int64, nu)
-		backlog             = newHist()
-		reconnect           = newHist()
-	)
+	clock := newStormClock(nu)
+	var dups, foreign, deliveries, lastDel atomic.Int64
 	hfor := func(u int) handlers {
 		return handlers{msg: func(d *device, m client.Message) {
 			d.ack(m)
@@ -97,9 +89,7 @@ func runGroupStorm(ctx context.Context, e *env, rep *Report) error {
 			deliveries.Add(1)
 			atomicMax(&lastDel, now)
 			gr.delivered(n, now)
-			if storming.Load() && got[u].Add(1) == expected[u] {
-				backlog.record(time.Since(start))
-			}
+			clock.delivered(u)
 		}}
 	}
 
@@ -118,25 +108,10 @@ func runGroupStorm(ctx context.Context, e *env, rep *Report) error {
 		return fmt.Errorf("load: groupstorm: %d of %d devices connected", c, nu+ng)
 	}
 
-	e.prog.set("making groups", int64(ng), nil)
-	made := time.Now()
-	for g, gr := range gs {
-		if err := gr.create(ctx, sdevs[g].c); err != nil {
-			return fmt.Errorf("load: groupstorm: %w", err)
-		}
-		e.prog.add(1)
+	var err error
+	if res.SetupSeconds, err = makeGroups(ctx, e, gs, func(g int) *client.Client { return sdevs[g].c }); err != nil {
+		return fmt.Errorf("load: groupstorm: %w", err)
 	}
-	if !waitUntil(ctx, cfg.DrainTimeout, func() bool {
-		for _, gr := range gs {
-			if gr.fenced.Load() < int64(size-1) {
-				return false
-			}
-		}
-		return true
-	}) {
-		return fmt.Errorf("load: groupstorm: members did not get their groups' last change within %s", cfg.DrainTimeout)
-	}
-	res.SetupSeconds = time.Since(made).Seconds()
 
 	e.prog.set("disconnecting", 0, nil)
 	closeAll(devs)
@@ -185,9 +160,9 @@ func runGroupStorm(ctx context.Context, e *env, rep *Report) error {
 	}
 	for u := range pool {
 		for g := range slots[u] {
-			expected[u] += confirmed[g]
+			clock.expected[u] += confirmed[g]
 		}
-		res.Backlog += expected[u]
+		res.Backlog += clock.expected[u]
 	}
 	owed := func() int64 {
 		var o int64
@@ -200,47 +175,7 @@ func runGroupStorm(ctx context.Context, e *env, rep *Report) error {
 	e.prog.set("storm", int64(nu), func() string {
 		return fmt.Sprintf("delivered %d of %d", deliveries.Load(), res.Backlog)
 	})
-	w := startWatch(e.procs)
-	var reconnected, lastConnect atomic.Int64
-	start = time.Now()
-	storming.Store(true)
-	sctx, cancel := context.WithTimeout(ctx, cfg.DrainTimeout)
-	defer cancel()
-	for u := range pool {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			if _, err := e.fleet.dialRetry(sctx, pool[u], 64, hfor(u)); err != nil {
-				return
-			}
-			now := time.Now()
-			reconnect.record(now.Sub(start))
-			reconnected.Add(1)
-			atomicMax(&lastConnect, now.UnixNano())
-			if expected[u] == 0 {
-				backlog.record(now.Sub(start))
-			}
-			e.prog.add(1)
-		}()
-	}
-	res.Complete = waitUntil(sctx, cfg.DrainTimeout, func() bool {
-		return reconnected.Load() == int64(nu) && owed() <= 0
-	})
-	cancel()
-	wg.Wait()
-	rep.Processes = w.stop()
-
-	res.Reconnected = int(reconnected.Load())
-	if lc := lastConnect.Load(); lc > 0 {
-		res.ReconnectSeconds = time.Unix(0, lc).Sub(start).Seconds()
-	}
-	if end := max(lastConnect.Load(), lastDel.Load()); end > 0 {
-		res.StormSeconds = time.Unix(0, end).Sub(start).Seconds()
-	}
-	if res.StormSeconds > 0 {
-		res.DeliveredPerSec = float64(res.Backlog) / res.StormSeconds
-	}
-	res.Reconnect, res.BacklogDone = reconnect.summary(), backlog.summary()
+	res.StormTimes, rep.Processes = clock.run(ctx, e, pool, hfor, func() bool { return owed() <= 0 }, lastDel.Load, res.Backlog)
 	res.Lost = owed()
 	var reordered int64
 	for _, gr := range gs {

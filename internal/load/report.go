@@ -183,8 +183,14 @@ type StormResult struct {
 	FeedSeconds float64 `json:"feed_seconds"`
 	FeedPerSec  float64 `json:"feed_per_sec"`
 	Backlog     int64   `json:"backlog_messages"`
+	StormTimes
+}
+
+// StormTimes is a storm's reconnect, from the moment all devices were
+// told to reconnect.
+type StormTimes struct {
 	// Reconnected devices and the time until the last one had its
-	// welcome, from the moment all were told to reconnect.
+	// welcome.
 	Reconnected      int     `json:"reconnected"`
 	ReconnectSeconds float64 `json:"reconnect_seconds"`
 	// StormSeconds is until every device was reconnected and had its
@@ -193,7 +199,7 @@ type StormResult struct {
 	DeliveredPerSec float64 `json:"delivered_per_sec"`
 	Complete        bool    `json:"complete"`
 	// Reconnect is each device's time to welcome; BacklogDone its time
-	// until its last pending message, both from the storm's start.
+	// until its last pending message.
 	Reconnect   Latency `json:"reconnect"`
 	BacklogDone Latency `json:"backlog_done"`
 }
@@ -273,14 +279,7 @@ type GroupStormResult struct {
 	FeedSeconds float64 `json:"feed_seconds"`
 	Sent        int64   `json:"sent"`
 	Backlog     int64   `json:"backlog_deliveries"`
-	// As StormResult's, from the moment all were told to reconnect.
-	Reconnected      int     `json:"reconnected"`
-	ReconnectSeconds float64 `json:"reconnect_seconds"`
-	StormSeconds     float64 `json:"storm_seconds"`
-	DeliveredPerSec  float64 `json:"delivered_per_sec"`
-	Complete         bool    `json:"complete"`
-	Reconnect        Latency `json:"reconnect"`
-	BacklogDone      Latency `json:"backlog_done"`
+	StormTimes
 	// As GroupsResult's, per member.
 	Lost       int64 `json:"lost"`
 	Duplicated int64 `json:"duplicated"`
@@ -378,6 +377,22 @@ func (r *Report) WriteTable(w io.Writer) error {
 			rawAck, rawCons = b.Paced.PublishAck, b.Paced.PublishConsume
 		}
 	}
+	// stormRows are a storm's reconnect, of n devices.
+	stormRows := func(t StormTimes, n int, rateName, ratio string) {
+		row(fmt.Sprintf("reconnected (of %d)", n), float64(t.Reconnected), "", 0, "")
+		row("all reconnected after", t.ReconnectSeconds, "s", 0, "")
+		if t.Complete {
+			row("all backlogs delivered after", t.StormSeconds, "s", 0, "")
+		} else {
+			row("last delivery (incomplete)", t.StormSeconds, "s", 0, "")
+		}
+		row(rateName, t.DeliveredPerSec, "/s", rawRate, ratio)
+		row("reconnect p50", t.Reconnect.P50, "ms", 0, "")
+		row("reconnect p99", t.Reconnect.P99, "ms", 0, "")
+		row("backlog done p50", t.BacklogDone.P50, "ms", 0, "")
+		row("backlog done p99", t.BacklogDone.P99, "ms", 0, "")
+		row("backlog done max", t.BacklogDone.Max, "ms", 0, "")
+	}
 	connects := func(c Connects, raw float64, ratio string) {
 		row(fmt.Sprintf("connected (of %d)", c.Devices), float64(c.Connected), "", 0, "")
 		row("connects/s", c.PerSec, "/s", raw, ratio)
@@ -417,36 +432,12 @@ func (r *Report) WriteTable(w io.Writer) error {
 		s := r.Storm
 		row("backlog messages", float64(s.Backlog), "", 0, "")
 		row("feed msgs/s", s.FeedPerSec, "/s", rawRate, "feed_rate")
-		row(fmt.Sprintf("reconnected (of %d)", s.Connects.Devices), float64(s.Reconnected), "", 0, "")
-		row("all reconnected after", s.ReconnectSeconds, "s", 0, "")
-		if s.Complete {
-			row("all backlogs delivered after", s.StormSeconds, "s", 0, "")
-		} else {
-			row("last delivery (incomplete)", s.StormSeconds, "s", 0, "")
-		}
-		row("delivered msgs/s in the storm", s.DeliveredPerSec, "/s", rawRate, "storm_delivered_rate")
-		row("reconnect p50", s.Reconnect.P50, "ms", 0, "")
-		row("reconnect p99", s.Reconnect.P99, "ms", 0, "")
-		row("backlog done p50", s.BacklogDone.P50, "ms", 0, "")
-		row("backlog done p99", s.BacklogDone.P99, "ms", 0, "")
-		row("backlog done max", s.BacklogDone.Max, "ms", 0, "")
+		stormRows(s.StormTimes, s.Connects.Devices, "delivered msgs/s in the storm", "storm_delivered_rate")
 	case r.GroupStorm != nil:
 		s := r.GroupStorm
 		row(fmt.Sprintf("users, each in %d groups", s.Memberships), float64(s.Users), "", 0, "")
 		row("backlog member deliveries", float64(s.Backlog), "", 0, "")
-		row(fmt.Sprintf("reconnected (of %d)", s.Users), float64(s.Reconnected), "", 0, "")
-		row("all reconnected after", s.ReconnectSeconds, "s", 0, "")
-		if s.Complete {
-			row("all backlogs delivered after", s.StormSeconds, "s", 0, "")
-		} else {
-			row("last delivery (incomplete)", s.StormSeconds, "s", 0, "")
-		}
-		row("member deliveries/s in the storm", s.DeliveredPerSec, "/s", rawRate, "group_storm_delivered_rate")
-		row("reconnect p50", s.Reconnect.P50, "ms", 0, "")
-		row("reconnect p99", s.Reconnect.P99, "ms", 0, "")
-		row("backlog done p50", s.BacklogDone.P50, "ms", 0, "")
-		row("backlog done p99", s.BacklogDone.P99, "ms", 0, "")
-		row("backlog done max", s.BacklogDone.Max, "ms", 0, "")
+		stormRows(s.StormTimes, s.Users, "member deliveries/s in the storm", "group_storm_delivered_rate")
 	case r.Offline != nil:
 		o := r.Offline
 		var rawBytes float64

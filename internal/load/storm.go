@@ -22,24 +22,13 @@ func runStorm(ctx context.Context, e *env, rep *Report) error {
 	res := &StormResult{Connects: Connects{Devices: n}}
 	rep.Storm = res
 
-	var (
-		storming  atomic.Bool
-		start     time.Time // set before storming
-		expected  = make([]int64, n)
-		got       = make([]atomic.Int64, n)
-		inboxes   = make([]*inbox, n)
-		backlog   = newHist()
-		reconnect = newHist()
-	)
+	clock := newStormClock(n)
+	inboxes := make([]*inbox, n)
 	for j := range inboxes {
 		inboxes[j] = &inbox{}
 	}
 	hfor := func(j int) handlers {
-		return e.recipientHandlers(j, index, inboxes[j], func() {
-			if storming.Load() && got[j].Add(1) == expected[j] {
-				backlog.record(time.Since(start))
-			}
-		})
+		return e.recipientHandlers(j, index, inboxes[j], func() { clock.delivered(j) })
 	}
 
 	e.prog.set("connecting", int64(n+nf), nil)
@@ -72,7 +61,7 @@ func runStorm(ctx context.Context, e *env, rep *Report) error {
 		o.mu.Lock()
 		for _, r := range o.msgs {
 			if r.seq != 0 {
-				expected[r.to]++
+				clock.expected[r.to]++
 			}
 		}
 		o.mu.Unlock()
@@ -81,52 +70,7 @@ func runStorm(ctx context.Context, e *env, rep *Report) error {
 	e.prog.set("storm", int64(n), func() string {
 		return fmt.Sprintf("delivered %d of %d", l.delivered.Load(), res.Backlog)
 	})
-	w := startWatch(e.procs)
-	var (
-		wg          sync.WaitGroup
-		reconnected atomic.Int64
-		lastConnect atomic.Int64
-	)
-	start = time.Now()
-	storming.Store(true)
-	sctx, cancel := context.WithTimeout(ctx, cfg.DrainTimeout)
-	defer cancel()
-	for j := range users {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			if _, err := e.fleet.dialRetry(sctx, users[j], 64, hfor(j)); err != nil {
-				return
-			}
-			now := time.Now()
-			reconnect.record(now.Sub(start))
-			reconnected.Add(1)
-			atomicMax(&lastConnect, now.UnixNano())
-			if expected[j] == 0 {
-				backlog.record(now.Sub(start))
-			}
-			e.prog.add(1)
-		}()
-	}
-	res.Complete = waitUntil(sctx, cfg.DrainTimeout, func() bool {
-		return reconnected.Load() == int64(n) && l.owedMsgs.Load() <= 0
-	})
-	cancel() // stop dialing what has not connected by now
-	wg.Wait()
-	rep.Processes = w.stop()
-
-	res.Reconnected = int(reconnected.Load())
-	if lc := lastConnect.Load(); lc > 0 {
-		res.ReconnectSeconds = time.Unix(0, lc).Sub(start).Seconds()
-	}
-	end := max(lastConnect.Load(), l.lastDeliver.Load())
-	if end > 0 {
-		res.StormSeconds = time.Unix(0, end).Sub(start).Seconds()
-	}
-	if res.StormSeconds > 0 {
-		res.DeliveredPerSec = float64(res.Backlog) / res.StormSeconds
-	}
-	res.Reconnect, res.BacklogDone = reconnect.summary(), backlog.summary()
+	res.StormTimes, rep.Processes = clock.run(ctx, e, users, hfor, func() bool { return l.owedMsgs.Load() <= 0 }, l.lastDeliver.Load, res.Backlog)
 
 	// Receipts are not part of the storm's time, but every one must come.
 	e.prog.set("receipts", 0, nil)
@@ -175,4 +119,82 @@ feeding:
 		close(c)
 	}
 	wg.Wait()
+}
+
+// stormClock times a storm of n devices from its start: each device's
+// reconnect, and the moment it has its whole backlog (expected[j]
+// messages, counted by its handlers through delivered).
+type stormClock struct {
+	on        atomic.Bool
+	start     time.Time // set before on
+	expected  []int64
+	got       []atomic.Int64
+	backlog   *hist
+	reconnect *hist
+}
+
+func newStormClock(n int) *stormClock {
+	return &stormClock{expected: make([]int64, n), got: make([]atomic.Int64, n), backlog: newHist(), reconnect: newHist()}
+}
+
+// delivered counts one of device j's messages; before the storm, none.
+func (c *stormClock) delivered(j int) {
+	if c.on.Load() && c.got[j].Add(1) == c.expected[j] {
+		c.backlog.record(time.Since(c.start))
+	}
+}
+
+// run has every one of users reconnect at the same instant and waits
+// until all are back and done() holds, or the drain timeout; lastDeliver
+// is the unix ns of the last delivery, backlog the messages delivered in
+// the storm. It returns the storm's times and the servers' and the load
+// tool's process figures over it.
+func (c *stormClock) run(ctx context.Context, e *env, users []string, hfor func(int) handlers, done func() bool, lastDeliver func() int64, backlog int64) (StormTimes, []ProcStat) {
+	w := startWatch(e.procs)
+	var (
+		t           StormTimes
+		wg          sync.WaitGroup
+		reconnected atomic.Int64
+		lastConnect atomic.Int64
+	)
+	c.start = time.Now()
+	c.on.Store(true)
+	sctx, cancel := context.WithTimeout(ctx, e.cfg.DrainTimeout)
+	defer cancel()
+	for j := range users {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if _, err := e.fleet.dialRetry(sctx, users[j], 64, hfor(j)); err != nil {
+				return
+			}
+			now := time.Now()
+			c.reconnect.record(now.Sub(c.start))
+			reconnected.Add(1)
+			atomicMax(&lastConnect, now.UnixNano())
+			if c.expected[j] == 0 {
+				c.backlog.record(now.Sub(c.start))
+			}
+			e.prog.add(1)
+		}()
+	}
+	t.Complete = waitUntil(sctx, e.cfg.DrainTimeout, func() bool {
+		return reconnected.Load() == int64(len(users)) && done()
+	})
+	cancel() // stop dialing what has not connected by now
+	wg.Wait()
+	procs := w.stop()
+
+	t.Reconnected = int(reconnected.Load())
+	if lc := lastConnect.Load(); lc > 0 {
+		t.ReconnectSeconds = time.Unix(0, lc).Sub(c.start).Seconds()
+	}
+	if end := max(lastConnect.Load(), lastDeliver()); end > 0 {
+		t.StormSeconds = time.Unix(0, end).Sub(c.start).Seconds()
+	}
+	if t.StormSeconds > 0 {
+		t.DeliveredPerSec = float64(backlog) / t.StormSeconds
+	}
+	t.Reconnect, t.BacklogDone = c.reconnect.summary(), c.backlog.summary()
+	return t, procs
 }
