@@ -35,14 +35,17 @@ import (
 // another one may still be on its way between servers, as a read may
 // race a write today.
 //
-// What could leave a record kept that is not the latest is bounded: a
-// write handled just before the record's subscription but stored after
-// its read, a subscription that dropped messages (it is made again), a
-// restored connection (everything is read again) are each covered by
-// the record's age limit (watchedMaxAge), and a look-up that finds the
-// user not a member reads the record again before refusing. A group
-// homed in another region (read from GROUP_DIR) is kept unwatched, for
-// typing only (groupCacheTTL).
+// A record is read again when its subscription dropped messages (it is
+// made again, the new one first), when the connection was restored
+// since it was read (counted by nats.go's reconnects, not by the
+// reconnect callback, which comes later), and past watchedMaxAge, which
+// bounds what nothing above sees: a write handled just before the
+// record's subscription but stored after its read, or in a cluster a
+// write on another server before that server heard of the
+// subscription. A look-up that finds the user not a member reads the
+// record again before refusing. A group homed in another region (read
+// from GROUP_DIR) is kept unwatched, for typing only (groupCacheTTL),
+// and a read that fails keeps nothing (a made-up id holds no watch).
 
 // groupCacheTTL is how long an unwatched record serves typing frames.
 const groupCacheTTL = 2 * time.Second
@@ -73,11 +76,34 @@ type groupRecords struct {
 }
 
 type keptGroup struct {
-	g   contract.GroupRecord
-	at  time.Time
-	ok  bool               // g is the record as last read, and no write was seen since
-	gen uint64             // writes seen
-	sub *nats.Subscription // nil: unwatched (homed in another region)
+	g      contract.GroupRecord
+	at     time.Time
+	ok     bool               // g is the record as last read, and no write was seen since
+	gen    uint64             // writes seen
+	epoch  uint64             // the connection's reconnects when g was read
+	sub    *nats.Subscription // nil: unwatched
+	remote bool               // homed in another region: kept unwatched
+}
+
+// epoch counts the connection's reconnects: a record read before the
+// last one may have missed writes while the connection was down. (The
+// reconnect callback's forgetAll comes later, from nats.go's callback
+// goroutine: a send waiting on the fence may look first.)
+func (c *groupRecords) epoch() uint64 { return c.nc.Stats().Reconnects }
+
+// freshLocked tells whether e may be used without a read: ok, read on
+// this connection, within its age, its watch whole.
+func (c *groupRecords) freshLocked(e *keptGroup, watched bool) bool {
+	if e == nil || !e.ok || e.epoch != c.epoch() {
+		return false
+	}
+	if e.sub == nil {
+		return !watched && time.Since(e.at) < groupCacheTTL
+	}
+	if n, err := e.sub.Dropped(); err != nil || n > 0 {
+		return false
+	}
+	return time.Since(e.at) < watchedMaxAge
 }
 
 func newGroupRecords(nc *nats.Conn, load, remote func(context.Context, string) (contract.GroupRecord, error), timeout time.Duration) *groupRecords {
@@ -96,7 +122,7 @@ func newGroupRecords(nc *nats.Conn, load, remote func(context.Context, string) (
 func (c *groupRecords) get(gid string) (contract.GroupRecord, error) {
 	c.mu.Lock()
 	c.drainLocked()
-	if e := c.m[gid]; e != nil && e.ok && time.Since(e.at) < c.maxAge(e) {
+	if e := c.m[gid]; c.freshLocked(e, false) {
 		g := e.g
 		c.mu.Unlock()
 		return g, nil
@@ -116,20 +142,13 @@ func (c *groupRecords) check(gid, user string) (contract.GroupRecord, error) {
 	c.mu.Lock()
 	c.drainLocked()
 	e := c.m[gid]
-	if e == nil || e.sub == nil || !e.ok || time.Since(e.at) >= watchedMaxAge || !e.g.IsMember(user) {
+	if !c.freshLocked(e, true) || !e.g.IsMember(user) {
 		c.mu.Unlock()
 		return c.read(gid)
 	}
 	g := e.g
 	c.mu.Unlock()
 	return g, nil
-}
-
-func (c *groupRecords) maxAge(e *keptGroup) time.Duration {
-	if e.sub == nil {
-		return groupCacheTTL
-	}
-	return watchedMaxAge
 }
 
 // read returns group gid's record read now, and keeps it.
@@ -142,13 +161,6 @@ func (c *groupRecords) read(gid string) (contract.GroupRecord, error) {
 		return c.readUnkept(ctx, gid)
 	}
 	e := c.m[gid]
-	if e != nil && e.sub != nil {
-		if n, err := e.sub.Dropped(); err != nil || n > 0 {
-			// It missed writes: watch again.
-			_ = e.sub.Unsubscribe()
-			e.sub = nil
-		}
-	}
 	if e == nil {
 		if len(c.m) >= groupCacheMax {
 			c.evictLocked()
@@ -156,20 +168,28 @@ func (c *groupRecords) read(gid string) (contract.GroupRecord, error) {
 		e = &keptGroup{}
 		c.m[gid] = e
 	}
-	if e.sub == nil && !c.denied {
-		// Watched before the read: a write after the read is seen.
-		sub, err := c.nc.ChanSubscribe(c.prefix+gid, c.writes)
-		if err == nil {
-			e.sub = sub
+	if e.sub != nil {
+		if n, err := e.sub.Dropped(); err != nil || n > 0 {
+			// It missed writes: watched again, the new watch first.
+			old := e.sub
+			e.sub, e.ok = nil, false
+			e.gen++
+			c.watchLocked(e, gid)
+			_ = old.Unsubscribe()
 		}
 	}
-	gen, watched := e.gen, e.sub != nil
+	if e.sub == nil && !e.remote {
+		// Watched before the read: a write after the read is seen.
+		c.watchLocked(e, gid)
+	}
+	gen, epoch, watched := e.gen, c.epoch(), e.sub != nil
 	c.mu.Unlock()
 
 	g, err := c.load(ctx, gid)
+	remote := false
 	if errors.Is(err, contract.ErrUnknownGroup) && c.remote != nil {
 		g, err = c.remote(ctx, gid)
-		watched = false
+		remote = err == nil
 	}
 
 	c.mu.Lock()
@@ -179,17 +199,33 @@ func (c *groupRecords) read(gid string) (contract.GroupRecord, error) {
 		return g, err // let go meanwhile
 	}
 	if err != nil {
-		e.ok = false
+		// Not kept: a group that is not (a made-up id) holds no watch.
+		if e.sub != nil {
+			_ = e.sub.Unsubscribe()
+		}
+		delete(c.m, gid)
 		return g, err
 	}
-	if !watched && e.sub != nil {
+	if e.remote = remote; remote && e.sub != nil {
 		_ = e.sub.Unsubscribe()
 		e.sub = nil
+		watched = false
 	}
-	e.g, e.at = g, time.Now()
+	e.g, e.at, e.epoch = g, time.Now(), epoch
 	// A write seen during the read may or may not be in what it read.
 	e.ok = e.gen == gen && (e.sub != nil) == watched
 	return g, nil
+}
+
+// watchLocked subscribes to group gid's record for e, unless the
+// connection may not.
+func (c *groupRecords) watchLocked(e *keptGroup, gid string) {
+	if c.denied {
+		return
+	}
+	if sub, err := c.nc.ChanSubscribe(c.prefix+gid, c.writes); err == nil {
+		e.sub = sub
+	}
 }
 
 func (c *groupRecords) readUnkept(ctx context.Context, gid string) (contract.GroupRecord, error) {

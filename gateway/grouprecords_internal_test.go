@@ -21,6 +21,7 @@ import (
 // kept records on a connection of their own, counting their reads.
 type recordsTest struct {
 	kv      jetstream.KeyValue // the operator's
+	gw      *nats.Conn         // the gateway's
 	records *groupRecords
 	reads   atomic.Int64
 }
@@ -54,8 +55,8 @@ func newRecordsTest(t *testing.T, opts *server.Options, gwUser string) *recordsT
 	if err != nil {
 		t.Fatal(err)
 	}
-	rt := &recordsTest{kv: kv}
 	gw := connect(gwUser)
+	rt := &recordsTest{kv: kv, gw: gw}
 	gjs, _ := jetstream.New(gw)
 	bucket := &groupBucket{js: gjs}
 	rt.records = newGroupRecords(gw, func(ctx context.Context, gid string) (contract.GroupRecord, error) {
@@ -163,4 +164,31 @@ func (rt *recordsTest) denied() bool {
 	rt.records.mu.Lock()
 	defer rt.records.mu.Unlock()
 	return rt.records.denied
+}
+
+// A record kept before the connection was restored is read again at the
+// next check, before the reconnect callback (not set here) could say so:
+// writes made while it was down were not seen.
+func TestKeptGroupRecordsAfterAReconnect(t *testing.T) {
+	rt := newRecordsTest(t, &server.Options{}, "")
+	rt.put(t, "club", "alice", "bob")
+	rt.checkMember(t, "club", "alice", true)
+	rt.checkMember(t, "club", "alice", true)
+	if n := rt.reads.Load(); n != 1 {
+		t.Fatalf("%d reads, want 1", n)
+	}
+	before := rt.gw.Stats().Reconnects
+	if err := rt.gw.ForceReconnect(); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, func() error {
+		if rt.gw.Stats().Reconnects == before || !rt.gw.IsConnected() {
+			return errors.New("not reconnected yet")
+		}
+		return nil
+	})
+	rt.checkMember(t, "club", "alice", true)
+	if n := rt.reads.Load(); n != 2 {
+		t.Fatalf("%d reads after the reconnect, want 2", n)
+	}
 }

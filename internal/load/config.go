@@ -192,7 +192,7 @@ func DefaultConfig() Config {
 		Pairs:              100,
 		GroupSize:          100,
 		Groups:             1,
-		Memberships:        10,
+		Memberships:        1,
 		Users:              2000,
 		Messages:           5,
 		Pending:            10,

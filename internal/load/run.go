@@ -174,10 +174,11 @@ func (e *env) settle(ctx context.Context) {
 }
 
 // waitFunctionsIdle waits until the worker functions reading INBOX (push's
-// durable, with a webhook) have caught up
-// with what was stored, so a scenario's next phase measures itself, not
-// the tail of the work the previous one left. It gives up quietly after
-// 30 s, or at once when the target's NATS is not reachable.
+// durable, with a webhook) and GROUPS (the groups function's fan-out,
+// push's) have caught up with what was stored, so a scenario's next
+// phase measures itself, not the tail of the work the previous one left.
+// It gives up quietly after 30 s, or at once when the target's NATS is
+// not reachable.
 func (e *env) waitFunctionsIdle(ctx context.Context) {
 	nc, js, ok := e.target.jetStream()
 	if !ok {
@@ -187,17 +188,19 @@ func (e *env) waitFunctionsIdle(ctx context.Context) {
 	waitUntil(ctx, 30*time.Second, func() bool {
 		ictx, cancel := context.WithTimeout(ctx, 5*time.Second)
 		defer cancel()
-		st, err := js.Stream(ictx, contract.Inbox)
-		if err != nil {
-			return true
-		}
-		for name := range st.ConsumerNames(ictx).Name() {
-			c, err := st.Consumer(ictx, name)
+		for _, stream := range []string{contract.Inbox, contract.GroupsStream} {
+			st, err := js.Stream(ictx, stream)
 			if err != nil {
 				continue
 			}
-			if i := c.CachedInfo(); i.NumPending > 0 || i.NumAckPending > 0 {
-				return false
+			for name := range st.ConsumerNames(ictx).Name() {
+				c, err := st.Consumer(ictx, name)
+				if err != nil {
+					continue
+				}
+				if i := c.CachedInfo(); i.NumPending > 0 || i.NumAckPending > 0 {
+					return false
+				}
 			}
 		}
 		return true
