@@ -530,9 +530,8 @@ func (f *groupFeed) readOn() {
 		f.mu.Unlock()
 		more := false
 		if !stop && room > 0 {
-			req := directGet{Seq: from, NextFor: contract.GroupLogFilter(f.gid), Batch: min(room, groupReadBatch), MaxBytes: catchUpBytes}
 			var err error
-			more, err = srv.directBatchOn(contract.GroupsStream, req, f.g.s.feed.quit, func(seq uint64, m *nats.Msg) bool {
+			more, err = srv.readGroupLog(f.gid, from, 0, min(room, groupReadBatch), f.g.s.feed.quit, func(seq uint64, m *nats.Msg) bool {
 				f.mu.Lock()
 				stale, stop := seq <= f.last, f.left
 				f.mu.Unlock()

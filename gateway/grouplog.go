@@ -22,8 +22,8 @@ import (
 // one reader per group, which listens for the group's bell (GROUPS rings
 // contract.GroupBellSubject, headers only, for every message it stores)
 // and on each ring reads the log from where it stands (batched direct
-// gets filtered on the group's subjects, so the log's own order and no
-// chain of sequences to check), handing every message to each device
+// gets of the group's subjects, in the log's own order:
+// grouplogread.go), handing every message to each device
 // following the group (a groupSink). A device that is behind the reader
 // (it just connected, or holds as many unacked as it may) reads for
 // itself until it has caught up: each message comes with the one the
@@ -86,9 +86,9 @@ func newLogEntry(gid string, seq uint64, h nats.Header, data []byte) *logEntry {
 	return e
 }
 
-// logRead reads a stream with a direct get (Server.directBatchOn on
-// GROUPS).
-type logRead func(req directGet, quit <-chan struct{}, each func(uint64, *nats.Msg) bool) (more bool, err error)
+// logRead reads a group's log from a sequence on, up to a batch, the
+// newest message known of being near (Server.readGroupLog).
+type logRead func(gid string, from, near uint64, batch int, quit <-chan struct{}, each func(uint64, *nats.Msg) bool) (more bool, err error)
 
 // groupLogs is the gateway's readers of group logs, by group.
 type groupLogs struct {
@@ -114,6 +114,7 @@ type groupReader struct {
 	mu      sync.Mutex // guards the fields below
 	sinks   []groupSink
 	last    uint64 // handed on through here
+	rung    uint64 // the newest message a bell rang for
 	wake    bool   // a read is asked for
 	running bool   // the reading goroutine runs
 	closed  bool   // the last sink left: no read follows
@@ -129,7 +130,10 @@ func (l *groupLogs) join(gid string, sink groupSink, from uint64) error {
 	r := l.readers[gid]
 	if r == nil {
 		r = &groupReader{logs: l, gid: gid, last: from}
-		sub, err := l.nc.Subscribe(contract.GroupBellSubject(gid), func(*nats.Msg) { r.ring() })
+		sub, err := l.nc.Subscribe(contract.GroupBellSubject(gid), func(m *nats.Msg) {
+			seq, _ := strconv.ParseUint(m.Header.Get(contract.HdrSequence), 10, 64)
+			r.ringAt(seq)
+		})
 		if err != nil {
 			return err
 		}
@@ -175,6 +179,14 @@ func (l *groupLogs) ringAll() {
 	}
 }
 
+// ringAt is the bell for the message stored at seq.
+func (r *groupReader) ringAt(seq uint64) {
+	r.mu.Lock()
+	r.rung = max(r.rung, seq)
+	r.mu.Unlock()
+	r.ring()
+}
+
 // ring asks for a read of the log, starting the reading goroutine if it
 // is not running. Rings that come while it reads make one more read.
 func (r *groupReader) ring() {
@@ -213,13 +225,12 @@ const groupReadBatch = 256
 func (r *groupReader) readOn() {
 	for {
 		r.mu.Lock()
-		from, closed := r.last+1, r.closed
+		from, near, closed := r.last+1, r.rung, r.closed
 		r.mu.Unlock()
 		if closed {
 			return
 		}
-		req := directGet{Seq: from, NextFor: contract.GroupLogFilter(r.gid), Batch: groupReadBatch, MaxBytes: catchUpBytes}
-		more, err := r.logs.read(req, r.logs.quit, func(seq uint64, m *nats.Msg) bool {
+		more, err := r.logs.read(r.gid, from, near, groupReadBatch, r.logs.quit, func(seq uint64, m *nats.Msg) bool {
 			r.mu.Lock()
 			if r.closed {
 				r.mu.Unlock()

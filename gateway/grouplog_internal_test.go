@@ -40,10 +40,11 @@ func (s *logSink) got() ([][2]uint64, []string) {
 // and its bell included) and the gateway's readers of group logs on it.
 type groupLogTest struct {
 	js   jetstream.JetStream
+	srv  *Server
 	logs *groupLogs
 }
 
-func newGroupLogTest(t *testing.T) *groupLogTest {
+func newGroupLogTest(t *testing.T, literal bool) *groupLogTest {
 	t.Helper()
 	ns := startServer(t, &server.Options{JetStream: true})
 	nc, err := nats.Connect(ns.ClientURL())
@@ -55,16 +56,13 @@ func newGroupLogTest(t *testing.T) *groupLogTest {
 	if err := streams.Apply(context.Background(), js, streams.Options{}); err != nil {
 		t.Fatal(err)
 	}
-	srv := &Server{nc: nc}
+	srv := &Server{nc: nc, literalLogs: literal}
 	if srv.replies, err = newReplies(nc); err != nil {
 		t.Fatal(err)
 	}
 	quit := make(chan struct{})
 	t.Cleanup(func() { close(quit) })
-	read := func(req directGet, q <-chan struct{}, each func(uint64, *nats.Msg) bool) (bool, error) {
-		return srv.directBatchOn(contract.GroupsStream, req, q, each)
-	}
-	return &groupLogTest{js: js, logs: newGroupLogs(nc, read, slog.New(slog.DiscardHandler), quit)}
+	return &groupLogTest{js: js, srv: srv, logs: newGroupLogs(nc, srv.readGroupLog, slog.New(slog.DiscardHandler), quit)}
 }
 
 // store stores a message of group gid with id, a change when event.
@@ -99,7 +97,13 @@ func until(t *testing.T, sink *logSink, n int) ([][2]uint64, []string) {
 // one that joins later is offered from where the reader stands, and can
 // tell it is behind; one that left is offered nothing more.
 func TestGroupLogReader(t *testing.T) {
-	g := newGroupLogTest(t)
+	for _, literal := range []bool{false, true} {
+		t.Run(fmt.Sprintf("literal=%v", literal), func(t *testing.T) { testGroupLogReader(t, literal) })
+	}
+}
+
+func testGroupLogReader(t *testing.T, literal bool) {
+	g := newGroupLogTest(t, literal)
 	before := g.store(t, "crowd", "m0", false) // stored before anyone follows: read on join
 	a := &logSink{}
 	if err := g.logs.join("crowd", a, before-1); err != nil {
@@ -148,7 +152,7 @@ func TestGroupLogReader(t *testing.T) {
 // A bell lost (here: the reader's subscription gone) is made up by the
 // sweep's ring; the last sink's leave stops the reader and its bell.
 func TestGroupLogReaderSweep(t *testing.T) {
-	g := newGroupLogTest(t)
+	g := newGroupLogTest(t, true)
 	s := &logSink{}
 	if err := g.logs.join("crowd", s, 0); err != nil {
 		t.Fatal(err)
@@ -172,5 +176,71 @@ func TestGroupLogReaderSweep(t *testing.T) {
 	g.logs.mu.Unlock()
 	if n != 0 || !r.closed {
 		t.Fatalf("%d readers left, closed %v: the last sink's leave stops its reader", n, r.closed)
+	}
+}
+
+// readAll reads group gid's whole log, batch at a time, by the gateway's
+// read: the ids in the order handed on.
+func (g *groupLogTest) readAll(t *testing.T, gid string, batch int) []string {
+	t.Helper()
+	var ids []string
+	var last uint64
+	for {
+		more, err := g.srv.readGroupLog(gid, last+1, 0, batch, nil, func(seq uint64, m *nats.Msg) bool {
+			if seq <= last {
+				t.Fatalf("handed %d after %d", seq, last)
+			}
+			last = seq
+			ids = append(ids, m.Header.Get(contract.HdrID))
+			return true
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !more {
+			return ids
+		}
+	}
+}
+
+// Read by its two subjects, a group's log comes whole and in order,
+// messages and changes interleaved, through batches that cut either
+// subject short, as the one filtered read gives it; and a message
+// stored between the read of messages and the read of changes, before a
+// change stored after it, is not stepped over.
+func TestGroupLogReadBySubject(t *testing.T) {
+	g := newGroupLogTest(t, true)
+	var want []string
+	for i := range 12 {
+		g.store(t, "other", fmt.Sprintf("x%d", i), i%3 == 0)
+		id := fmt.Sprintf("c%d", i)
+		g.store(t, "crowd", id, i%4 == 1 || i%4 == 2) // runs of changes and of messages
+		want = append(want, id)
+	}
+	for _, batch := range []int{1, 2, 3, 256} {
+		if got := g.readAll(t, "crowd", batch); !slices.Equal(got, want) {
+			t.Fatalf("batch %d: %q, want %q", batch, got, want)
+		}
+	}
+	g.srv.literalLogs = false
+	if got := g.readAll(t, "crowd", 2); !slices.Equal(got, want) {
+		t.Fatalf("the filtered read: %q, want %q", got, want)
+	}
+	g.srv.literalLogs = true
+
+	// Between the two reads: a message, then a change.
+	from := g.store(t, "crowd", "m1", false)
+	g.srv.afterMsgsRead = func() {
+		g.srv.afterMsgsRead = nil
+		g.store(t, "crowd", "m2", false)
+		g.store(t, "crowd", "e3", true)
+	}
+	var got []string
+	more, err := g.srv.readGroupLog("crowd", from, 0, 256, nil, func(_ uint64, m *nats.Msg) bool {
+		got = append(got, m.Header.Get(contract.HdrID))
+		return true
+	})
+	if err != nil || more || !slices.Equal(got, []string{"m1", "m2", "e3"}) {
+		t.Fatalf("read %q (more %v, %v), want m1 m2 e3", got, more, err)
 	}
 }

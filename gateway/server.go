@@ -47,10 +47,16 @@ type Server struct {
 	// groupInfo is GROUP_INFO, for members' checks (see groupBucket);
 	// groups keeps its records (grouprecords.go); groupTTL is the
 	// Nats-TTL of a stored group message (empty: none).
-	groupInfo   groupBucket
-	groups      *groupRecords
-	groupTTL    string
-	maxInflight int
+	groupInfo groupBucket
+	groups    *groupRecords
+	// literalLogs says a group's log is read by its two subjects (GROUPS
+	// has one replica: grouplogread.go).
+	literalLogs bool
+	// afterMsgsRead, for tests, runs between a literal log read's read of
+	// messages and its read of changes.
+	afterMsgsRead func()
+	groupTTL      string
+	maxInflight   int
 	// id names this gateway in presence leases.
 	id        string
 	origins   map[string]bool
@@ -141,7 +147,15 @@ func New(ctx context.Context, cfg Config, keys *Keys, nc *nats.Conn, log *slog.L
 		log.Warn("no GROUP_INFO bucket: group sends and typing are unavailable until it is made")
 		groupInfo = nil
 	}
+	// GROUPS' replicas as of the start: a stream an operator replicates
+	// later is read the literal way until the gateway restarts, by then
+	// from replicas made current before they answer.
+	literalLogs := false
+	if gs, err := js.Stream(ctx, contract.GroupsStream); err == nil {
+		literalLogs = gs.CachedInfo().Config.Replicas <= 1
+	}
 	s := &Server{
+		literalLogs: literalLogs,
 		cfg:         cfg,
 		keys:        keys,
 		log:         log.WithGroup("gateway"),
@@ -195,9 +209,7 @@ func New(ctx context.Context, cfg Config, keys *Keys, nc *nats.Conn, log *slog.L
 		remote = s.regions.group
 	}
 	s.groups = newGroupRecords(nc, s.groupInfo.load, remote, cfg.FunctionTimeout)
-	s.groupLogs = newGroupLogs(nc, func(req directGet, quit <-chan struct{}, each func(uint64, *nats.Msg) bool) (bool, error) {
-		return s.directBatchOn(contract.GroupsStream, req, quit, each)
-	}, log, s.leaseStop)
+	s.groupLogs = newGroupLogs(nc, s.readGroupLog, log, s.leaseStop)
 	s.own = &ownCheck{read: s.readDevices, created: s.devices.created}
 	if err := s.watchLive(); err != nil {
 		s.closeRouting()
