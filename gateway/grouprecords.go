@@ -259,11 +259,12 @@ func (c *groupRecords) forgetAll() {
 // GROUP_INFO's subjects (a permissions file from before this gateway
 // watched them). Records are kept unwatched, as for typing, and sends
 // are checked by a read each.
-func (c *groupRecords) deny() {
+// It says whether the records were watched until now.
+func (c *groupRecords) deny() bool {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if c.denied {
-		return
+		return false
 	}
 	c.denied = true
 	for gid, e := range c.m {
@@ -272,11 +273,30 @@ func (c *groupRecords) deny() {
 		}
 		delete(c.m, gid)
 	}
+	return true
 }
 
-// watches tells whether err is the server refusing a watch of a record.
-func (c *groupRecords) watches(err error) bool {
-	return errors.Is(err, nats.ErrPermissionViolation) && strings.Contains(err.Error(), `Subscription to "`+c.prefix)
+// refused tells whether err is the server refusing a watch of a record:
+// the user may not subscribe to its subject, or no more subscriptions
+// (which does not say which one it refused).
+func (c *groupRecords) refused(err error) bool {
+	return errors.Is(err, nats.ErrPermissionViolation) && strings.Contains(err.Error(), `Subscription to "`+c.prefix) ||
+		errors.Is(err, nats.ErrMaxSubscriptionsExceeded)
+}
+
+// probe asks the server once, at the start, whether this connection may
+// watch records, before any look-up trusts a watch: a refusal comes
+// back on its own, later than the subscription (the error callback, from
+// nats.go's callback goroutine), but before the answer to a round trip.
+func (c *groupRecords) probe() {
+	sub, err := c.nc.SubscribeSync(c.prefix + "_")
+	if err != nil {
+		return
+	}
+	defer func() { _ = sub.Unsubscribe() }()
+	if err := c.nc.FlushTimeout(fenceTimeout); err == nil && c.refused(c.nc.LastError()) {
+		c.deny()
+	}
 }
 
 // close ends every watch; records are read each time from then on.

@@ -45,9 +45,8 @@ func (s *Server) watchLive() error {
 		if prevErr != nil {
 			prevErr(c, sub, err)
 		}
-		if s.groups.watches(err) {
-			s.log.Warn("the gateway's NATS user may not subscribe to $KV.GROUP_INFO.* (deploy/permissions.conf has it): every group send reads its group's record")
-			s.groups.deny()
+		if s.groups.refused(err) && s.groups.deny() {
+			s.log.Warn("the gateway's NATS user may not subscribe to $KV.GROUP_INFO.* (deploy/permissions.conf has it) or to more subjects: every group send reads its group's record", "err", err)
 		}
 		if sub != nil && errors.Is(err, nats.ErrSlowConsumer) {
 			// The router fell behind and NATS dropped a message: if it
@@ -68,6 +67,9 @@ func (s *Server) watchLive() error {
 		s.wakeAll(reasonLeader)
 	})
 	s.leaderSub = sub
+	if err == nil {
+		s.groups.probe()
+	}
 	return err
 }
 
