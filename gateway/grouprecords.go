@@ -33,7 +33,7 @@ import (
 // a moment ago (their removal answered, or told to the group) is
 // refused, one added is taken. In a cluster a write whose server is
 // another one may still be on its way between servers, as a read may
-// race a write today.
+// race a write.
 //
 // A record is read again when its subscription dropped messages (it is
 // made again, the new one first), when the connection was restored
@@ -45,7 +45,8 @@ import (
 // subscription. A look-up that finds the user not a member reads the
 // record again before refusing. A group homed in another region (read
 // from GROUP_DIR) is kept unwatched, for typing only (groupCacheTTL),
-// and a read that fails keeps nothing (a made-up id holds no watch).
+// and a read that fails keeps nothing (a made-up id holds no watch). A
+// connection that may not watch (probe, deny) keeps records unwatched.
 
 // groupCacheTTL is how long an unwatched record serves typing frames.
 const groupCacheTTL = 2 * time.Second

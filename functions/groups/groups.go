@@ -131,7 +131,7 @@ type Config struct {
 // little in absolute terms; from it the copies' cost (a stored write, a
 // live copy and a position per member per message) is what the log
 // saves. Measured (README, P5 for groups): users each in 20 groups of
-// 10 coming back at once took 14.1 s on the log against 6.3 s by copies,
+// 10 coming back at once took 14.1–18.0 s on the log against 6.3–8.6 s by copies,
 // with twice the serve CPU (each log group is a read at connect:
 // docs/GROUP-LOG.md, Switch point); at 5 groups each, the same.
 const DefaultLogMembers = 64
