@@ -87,9 +87,9 @@ type keptGroup struct {
 }
 
 // epoch counts the connection's reconnects: a record read before the
-// last one may have missed writes while the connection was down. (The
-// reconnect callback's forgetAll comes later, from nats.go's callback
-// goroutine: a send waiting on the fence may look first.)
+// last one may have missed writes while the connection was down. (Not
+// the reconnect callback: it comes later, from nats.go's callback
+// goroutine, and a send waiting on the fence may look first.)
 func (c *groupRecords) epoch() uint64 { return c.nc.Stats().Reconnects }
 
 // freshLocked tells whether e may be used without a read: ok, read on
@@ -159,7 +159,8 @@ func (c *groupRecords) read(gid string) (contract.GroupRecord, error) {
 	c.mu.Lock()
 	if c.closed {
 		c.mu.Unlock()
-		return c.readUnkept(ctx, gid)
+		g, _, err := c.loadAny(ctx, gid)
+		return g, err
 	}
 	e := c.m[gid]
 	if e == nil {
@@ -186,12 +187,7 @@ func (c *groupRecords) read(gid string) (contract.GroupRecord, error) {
 	gen, epoch, watched := e.gen, c.epoch(), e.sub != nil
 	c.mu.Unlock()
 
-	g, err := c.load(ctx, gid)
-	remote := false
-	if errors.Is(err, contract.ErrUnknownGroup) && c.remote != nil {
-		g, err = c.remote(ctx, gid)
-		remote = err == nil
-	}
+	g, remote, err := c.loadAny(ctx, gid)
 
 	c.mu.Lock()
 	defer c.mu.Unlock()
@@ -229,12 +225,15 @@ func (c *groupRecords) watchLocked(e *keptGroup, gid string) {
 	}
 }
 
-func (c *groupRecords) readUnkept(ctx context.Context, gid string) (contract.GroupRecord, error) {
-	g, err := c.load(ctx, gid)
+// loadAny reads group gid's record from GROUP_INFO or, for a group
+// homed in another region (remote), from GROUP_DIR.
+func (c *groupRecords) loadAny(ctx context.Context, gid string) (g contract.GroupRecord, remote bool, err error) {
+	g, err = c.load(ctx, gid)
 	if errors.Is(err, contract.ErrUnknownGroup) && c.remote != nil {
-		return c.remote(ctx, gid)
+		g, err = c.remote(ctx, gid)
+		return g, err == nil, err
 	}
-	return g, err
+	return g, false, err
 }
 
 // forget drops group gid's record, so the next look-up reads it.
@@ -242,16 +241,6 @@ func (c *groupRecords) forget(gid string) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if e := c.m[gid]; e != nil {
-		e.ok = false
-	}
-}
-
-// forgetAll drops every record: the connection was restored, and writes
-// made while it was down were not seen.
-func (c *groupRecords) forgetAll() {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	for _, e := range c.m {
 		e.ok = false
 	}
 }

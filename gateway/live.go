@@ -58,7 +58,6 @@ func (s *Server) watchLive() error {
 		if prevRe != nil {
 			prevRe(c)
 		}
-		s.groups.forgetAll() // writes made while it was down were not seen
 		s.recoverAll(republishReconnect)
 		s.wakeAll(reasonReconnect)
 	})
