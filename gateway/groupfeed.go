@@ -234,21 +234,28 @@ func (g *groupFeeds) start() {
 	g.loaded = nil
 }
 
-// followLocked joins f to the gateway's reader of its group and has it
-// read what the log holds past its place, which the reader, further on,
-// may never offer (all of it, if the reader could not be joined: then
-// until the sweep joins it again).
+// followLocked joins f to the gateway's reader of its group and, unless
+// the reader hands it everything past its place, has it read what the
+// log holds past its place, which the reader, further on, may never
+// offer (all of it, if the reader could not be joined: then until the
+// sweep joins it again).
 //
 // Lock should be held.
 func (g *groupFeeds) followLocked(f *groupFeed) {
-	if err := g.s.srv.groupLogs.join(f.gid, f, f.last); err != nil {
+	f.mu.Lock()
+	from := f.last
+	f.mu.Unlock()
+	caughtUp, err := g.s.srv.groupLogs.join(f.gid, f, from)
+	if err != nil {
 		g.s.log.Warn("cannot follow a group's log", "group", f.gid, "err", err)
 	} else {
 		f.mu.Lock()
 		f.following = true
 		f.mu.Unlock()
 	}
-	f.wakeRead()
+	if !caughtUp {
+		f.wakeRead()
+	}
 }
 
 // begin is a copy in the inbox telling the device to read gid's log past

@@ -6,6 +6,7 @@ import (
 	"slices"
 	"strconv"
 	"sync"
+	"time"
 	"unicode/utf8"
 
 	"github.com/nats-io/nats.go"
@@ -32,6 +33,13 @@ import (
 // A lost bell (the subscription dropped it, the connection was restored)
 // is made up by the next one, or by the sweep (ringAll), which has every
 // reader read again.
+//
+// A reader keeps the last readerTail messages it handed on. A device
+// that joins it behind, but no further behind than those, is handed them
+// at once rather than reading the log for itself: the devices coming
+// back together after a network blip, a deploy or a night (each a few
+// messages behind in each of its groups) cost the gateway one read per
+// group rather than one per device per group.
 
 // groupSink takes a group's log as its reader reads it: a device's feed
 // of that group.
@@ -117,34 +125,79 @@ type groupReader struct {
 	rung    uint64 // the newest message a bell rang for
 	wake    bool   // a read is asked for
 	running bool   // the reading goroutine runs
+	failed  bool   // the last read failed: the next ring or sweep reads again
 	closed  bool   // the last sink left: no read follows
+	// tail is the last messages handed on, oldest first, each after the
+	// one before it, the last at last.
+	tail []tailEntry
 }
 
-// join has sink follow group gid's log. A new reader starts past from,
-// the sink's position; a reader there already may be ahead of the sink
-// or behind it, which the sink tells from what it is offered. The log is
-// read at once, for what was stored before the bell was listened to.
-func (l *groupLogs) join(gid string, sink groupSink, from uint64) error {
+// tailEntry is a message a reader handed on, after prev, at (unix ns).
+type tailEntry struct {
+	prev uint64
+	e    *logEntry
+	at   int64
+}
+
+// readerTail is how many of the messages a reader handed on it keeps for
+// the devices that join it behind: a device more behind than that reads
+// the log itself. A kept message is its frame, shared with every device
+// that had it: at most this many frames per group a gateway's devices
+// follow, and only those handed on within readerTailAge (the sweep lets
+// go of older ones): what a gateway keeps is bounded by its groups'
+// recent traffic, not by how many groups it reads.
+const readerTail = 32
+
+// readerTailAge is how long a reader keeps a message it handed on, at
+// least: the devices coming back together after a blip or a restart do
+// so within seconds.
+const readerTailAge = time.Minute
+
+// join has sink follow group gid's log, sink's place in it being from.
+// A new reader starts there, and reads the log at once, for what was
+// stored before the bell was listened to. A reader there already may be
+// behind the sink (it drops what it had) or ahead of it: then it hands
+// the sink what it kept of the messages past from, as it handed them
+// before. caughtUp says that the sink is offered everything past from
+// this way; otherwise the sink must read the log for itself up to where
+// it is offered a message after one it had (docs/GROUP-LOG.md).
+func (l *groupLogs) join(gid string, sink groupSink, from uint64) (caughtUp bool, err error) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	r := l.readers[gid]
-	if r == nil {
+	fresh := r == nil
+	if fresh {
 		r = &groupReader{logs: l, gid: gid, last: from}
 		sub, err := l.nc.Subscribe(contract.GroupBellSubject(gid), func(m *nats.Msg) {
 			seq, _ := strconv.ParseUint(m.Header.Get(contract.HdrSequence), 10, 64)
 			r.ringAt(seq)
 		})
 		if err != nil {
-			return err
+			return false, err
 		}
 		r.sub = sub
 		l.readers[gid] = r
 	}
 	r.mu.Lock()
+	caughtUp = r.last <= from
+	if !caughtUp && len(r.tail) > 0 && r.tail[0].prev <= from {
+		// Under the lock, as the reader offers: nothing comes between.
+		for _, t := range r.tail {
+			if t.e.seq > from {
+				sink.offer(t.prev, t.e)
+			}
+		}
+		caughtUp = true
+	}
 	r.sinks = append(r.sinks, sink)
+	// A reader that keeps up needs no read for a new sink: its bell
+	// rings for anything stored since it started.
+	behind := fresh || r.failed || r.rung > r.last
 	r.mu.Unlock()
-	r.ring()
-	return nil
+	if behind {
+		r.ring()
+	}
+	return caughtUp, nil
 }
 
 // leave ends sink's following of gid's log: it is offered nothing once
@@ -170,11 +223,13 @@ func (l *groupLogs) leave(gid string, sink groupSink) {
 }
 
 // ringAll has every reader read its log again: the sweep, for bells that
-// were lost.
+// were lost. Each reader lets go of what it kept before readerTailAge.
 func (l *groupLogs) ringAll() {
 	l.mu.Lock()
 	defer l.mu.Unlock()
+	cutoff := time.Now().Add(-readerTailAge).UnixNano()
 	for _, r := range l.readers {
+		r.trim(cutoff)
 		r.ring()
 	}
 }
@@ -240,15 +295,17 @@ func (r *groupReader) readOn() {
 			r.last = seq
 			// Offered under the lock, so a sink that left gets nothing
 			// after leave returns, and every sink sees the log in order.
-			if len(r.sinks) > 0 {
-				e := newLogEntry(r.gid, seq, m.Header, m.Data)
-				for _, s := range r.sinks {
-					s.offer(prev, e)
-				}
+			e := newLogEntry(r.gid, seq, m.Header, m.Data)
+			for _, s := range r.sinks {
+				s.offer(prev, e)
 			}
+			r.keep(prev, e)
 			r.mu.Unlock()
 			return true
 		})
+		r.mu.Lock()
+		r.failed = err != nil
+		r.mu.Unlock()
 		if err != nil {
 			r.logs.log.Debug("reading a group's log", "group", r.gid, "err", err)
 			return
@@ -256,5 +313,36 @@ func (r *groupReader) readOn() {
 		if !more {
 			return
 		}
+	}
+}
+
+// keep adds e, handed on after prev, to the tail, dropping the oldest
+// past readerTail.
+//
+// Lock should be held.
+func (r *groupReader) keep(prev uint64, e *logEntry) {
+	if n := len(r.tail); n > 0 && r.tail[n-1].e.seq != prev {
+		r.tail = r.tail[:0] // not after the last kept (cannot happen): start again
+	}
+	if len(r.tail) == readerTail {
+		copy(r.tail, r.tail[1:])
+		r.tail = r.tail[:readerTail-1]
+	}
+	r.tail = append(r.tail, tailEntry{prev: prev, e: e, at: time.Now().UnixNano()})
+}
+
+// trim lets go of the messages kept before cutoff (unix ns).
+func (r *groupReader) trim(cutoff int64) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	i := 0
+	for i < len(r.tail) && r.tail[i].at < cutoff {
+		i++
+	}
+	switch {
+	case i == len(r.tail):
+		r.tail = nil
+	case i > 0:
+		r.tail = slices.Clone(r.tail[i:])
 	}
 }

@@ -7,6 +7,7 @@ import (
 	"slices"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nats.go"
@@ -104,10 +105,11 @@ func TestGroupLogReader(t *testing.T) {
 
 func testGroupLogReader(t *testing.T, literal bool) {
 	g := newGroupLogTest(t, literal)
+	g.store(t, "other", "x0", false)
 	before := g.store(t, "crowd", "m0", false) // stored before anyone follows: read on join
 	a := &logSink{}
-	if err := g.logs.join("crowd", a, before-1); err != nil {
-		t.Fatal(err)
+	if caughtUp, err := g.logs.join("crowd", a, before-1); err != nil || !caughtUp {
+		t.Fatalf("the first sink: caught up %v, %v; a new reader starts at its place", caughtUp, err)
 	}
 	until(t, a, 1)
 	var want []uint64
@@ -128,15 +130,28 @@ func testGroupLogReader(t *testing.T, literal bool) {
 		prev = o[1]
 	}
 
-	// b joins at the start of the log: the reader is ahead of it.
+	// b joins at the start of the log, before what the reader kept: the
+	// reader is ahead of it.
 	b := &logSink{}
-	if err := g.logs.join("crowd", b, 0); err != nil {
-		t.Fatal(err)
+	if caughtUp, err := g.logs.join("crowd", b, 0); err != nil || caughtUp {
+		t.Fatalf("b: caught up %v, %v; it is behind what the reader kept", caughtUp, err)
+	}
+	// c joins after m0: within what the reader kept, which it is handed
+	// before join returns, in order, each after the one before.
+	c := &logSink{}
+	if caughtUp, err := g.logs.join("crowd", c, before); err != nil || !caughtUp {
+		t.Fatalf("c: caught up %v, %v; the reader kept what it lacks", caughtUp, err)
+	}
+	if offers, ids := c.got(); !slices.Equal(ids, []string{"m1", "m2", "m3", "m4", "m5"}) || offers[0][0] != before {
+		t.Fatalf("c was handed %q (%v) at join, want m1 to m5 after m0", ids, offers)
 	}
 	m6 := g.store(t, "crowd", "m6", false)
 	offers, _ = until(t, b, 1)
 	if offers[0] != [2]uint64{want[5], m6} {
 		t.Fatalf("b was offered %v first, want m6 after m5 (%d %d): it tells it is behind from prev", offers[0], want[5], m6)
+	}
+	if offers, _ := until(t, c, 6); offers[5] != [2]uint64{want[5], m6} {
+		t.Fatalf("c was offered %v after the kept ones, want m6 after m5", offers[5])
 	}
 
 	// a leaves; b, still there, is offered the next message, and a
@@ -154,7 +169,7 @@ func testGroupLogReader(t *testing.T, literal bool) {
 func TestGroupLogReaderSweep(t *testing.T) {
 	g := newGroupLogTest(t, true)
 	s := &logSink{}
-	if err := g.logs.join("crowd", s, 0); err != nil {
+	if _, err := g.logs.join("crowd", s, 0); err != nil {
 		t.Fatal(err)
 	}
 	g.store(t, "crowd", "m1", false)
@@ -242,5 +257,49 @@ func TestGroupLogReadBySubject(t *testing.T) {
 	})
 	if err != nil || more || !slices.Equal(got, []string{"m1", "m2", "e3"}) {
 		t.Fatalf("read %q (more %v, %v), want m1 m2 e3", got, more, err)
+	}
+}
+
+// A reader keeps the last readerTail messages it handed on: a sink that
+// joins behind it by no more than that is handed them at join, one
+// further behind is not (it reads the log itself), and once the sweep
+// finds them older than readerTailAge none is kept.
+func TestGroupLogReaderTail(t *testing.T) {
+	g := newGroupLogTest(t, true)
+	a := &logSink{}
+	if _, err := g.logs.join("crowd", a, 0); err != nil {
+		t.Fatal(err)
+	}
+	var seqs []uint64
+	for i := range readerTail + 3 {
+		seqs = append(seqs, g.store(t, "crowd", fmt.Sprintf("m%d", i), false))
+	}
+	until(t, a, len(seqs))
+
+	// The reader kept m3 onwards, each after the one before: m2 is the
+	// earliest place it can hand on from.
+	early := &logSink{}
+	if caughtUp, err := g.logs.join("crowd", early, seqs[1]); err != nil || caughtUp {
+		t.Fatalf("joined after m1: caught up %v, %v; m2 is no longer kept", caughtUp, err)
+	}
+	if offers, _ := early.got(); len(offers) != 0 {
+		t.Fatalf("joined after m1 and was handed %v", offers)
+	}
+	kept := &logSink{}
+	if caughtUp, err := g.logs.join("crowd", kept, seqs[2]); err != nil || !caughtUp {
+		t.Fatalf("joined after m2: caught up %v, %v", caughtUp, err)
+	}
+	offers, ids := kept.got()
+	if len(ids) != readerTail || ids[0] != "m3" || offers[0][0] != seqs[2] || offers[readerTail-1][1] != seqs[len(seqs)-1] {
+		t.Fatalf("joined after m2 and was handed %d: %q first after %d", len(ids), ids[0], offers[0][0])
+	}
+
+	g.logs.mu.Lock()
+	r := g.logs.readers["crowd"]
+	g.logs.mu.Unlock()
+	r.trim(time.Now().Add(time.Second).UnixNano())
+	late := &logSink{}
+	if caughtUp, err := g.logs.join("crowd", late, seqs[len(seqs)-2]); err != nil || caughtUp {
+		t.Fatalf("joined one behind after the sweep let go: caught up %v, %v", caughtUp, err)
 	}
 }
