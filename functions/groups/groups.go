@@ -122,19 +122,20 @@ type Config struct {
 // a second against the raw publish rate of the same run), the log's lead
 // over copies grows with the group: 1.6–2 times the copies' rate at 10
 // members (ten groups at once), 2–2.5 at 100, 4–6 at 1,024, where copies
-// also miss the latency bar. But each log group a user is in costs each
-// of their devices a feed (a place in its record, a share of its
-// gateway's reader, a read of the log at every connect, where copies are
-// one inbox read for all of them), which grows with the number of groups
-// a user is in, not their size. Small groups are the many (a user is in
-// dozens), big ones the few, and below this size a copy per member costs
-// little in absolute terms; from it the copies' cost (a stored write, a
-// live copy and a position per member per message) is what the log
-// saves. Measured (README, P5 for groups): users each in 20 groups of
-// 10 coming back at once took 14.1–18.0 s on the log against 6.3–8.6 s by copies,
-// with twice the serve CPU (each log group is a read at connect:
-// docs/GROUP-LOG.md, Switch point); at 5 groups each, the same.
-const DefaultLogMembers = 64
+// also miss the latency bar. Each log group a user is in gives each of
+// their devices a feed (a place in its record, a share of its gateway's
+// reader), and its coming back was a read of each group's log, where
+// copies are one inbox read for all: users each in 20 groups of 10
+// coming back at once took twice the copies' time and CPU. Since a
+// group's reader keeps its last messages for the devices that join it
+// behind (gateway/grouplog.go), that storm takes 0.8 s on the log against
+// 7.3 s by copies, at 1 s of serve CPU against 11 s (README, P5 for
+// groups). Groups of 3 and 5 favour the log too (1.1 and 1.4–1.7 times
+// the copies' rate, the copies seconds behind); below 10 they stay on
+// copies for now, because each log group also costs each gateway with a
+// member online a subscription to its bell, which for the many smallest
+// groups is not measured yet.
+const DefaultLogMembers = 10
 
 // DefaultConfig is what the binary runs with.
 func DefaultConfig() Config {
