@@ -247,10 +247,10 @@ func (c *Client) writeRaw(conn *websocket.Conn, b []byte) error {
 	if err := nc.SetWriteDeadline(time.Now().Add(10 * time.Second)); err != nil {
 		return err
 	}
-	_, err := nc.Write(b)
 	if c.hooks.wrote != nil {
-		c.hooks.wrote(b)
+		c.hooks.wrote(b) // before: the peer may act on the bytes before Write returns
 	}
+	_, err := nc.Write(b)
 	return err
 }
 
