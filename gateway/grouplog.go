@@ -5,6 +5,7 @@ import (
 	"log/slog"
 	"slices"
 	"strconv"
+	"strings"
 	"sync"
 	"time"
 	"unicode/utf8"
@@ -104,13 +105,60 @@ type groupLogs struct {
 	read logRead
 	log  *slog.Logger
 	quit chan struct{} // closed when the gateway stops
+	// bells is every reader's bell subscription's channel, rung by one
+	// goroutine (ringing): a subscription with a callback would be a
+	// goroutine of its own per group a gateway's devices follow.
+	bells chan *nats.Msg
 
 	mu      sync.Mutex // guards readers
 	readers map[string]*groupReader
 }
 
+// bellQueue is how many bells wait for ringing at most; past it NATS
+// drops them, and dropped reports the groups concerned.
+const bellQueue = 8192
+
 func newGroupLogs(nc *nats.Conn, read logRead, log *slog.Logger, quit chan struct{}) *groupLogs {
-	return &groupLogs{nc: nc, read: read, log: log, quit: quit, readers: map[string]*groupReader{}}
+	l := &groupLogs{nc: nc, read: read, log: log, quit: quit, bells: make(chan *nats.Msg, bellQueue), readers: map[string]*groupReader{}}
+	go l.ringing()
+	return l
+}
+
+// ringing rings, for each bell, its group's reader, until the gateway
+// stops.
+func (l *groupLogs) ringing() {
+	for {
+		select {
+		case <-l.quit:
+			return
+		case m := <-l.bells:
+			seq, _ := strconv.ParseUint(m.Header.Get(contract.HdrSequence), 10, 64)
+			if r := l.reader(m.Subject); r != nil {
+				r.ringAt(seq)
+			}
+		}
+	}
+}
+
+// reader is the reader whose bell is subject, nil if none.
+func (l *groupLogs) reader(subject string) *groupReader {
+	gid, ok := strings.CutPrefix(subject, contract.GroupBellPrefix)
+	if !ok {
+		return nil
+	}
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.readers[gid]
+}
+
+// dropped is told of a subscription that NATS dropped messages of: if a
+// reader's bell, the reader reads its log again, as a ring would have
+// had it. Bells dropped after this one are made up by the next ring of
+// the group, or by the sweep.
+func (l *groupLogs) dropped(sub *nats.Subscription) {
+	if r := l.reader(sub.Subject); r != nil {
+		r.ring()
+	}
 }
 
 // groupReader reads one group's log for the gateway's sinks of it.
@@ -168,10 +216,7 @@ func (l *groupLogs) join(gid string, sink groupSink, from uint64) (caughtUp bool
 	fresh := r == nil
 	if fresh {
 		r = &groupReader{logs: l, gid: gid, last: from}
-		sub, err := l.nc.Subscribe(contract.GroupBellSubject(gid), func(m *nats.Msg) {
-			seq, _ := strconv.ParseUint(m.Header.Get(contract.HdrSequence), 10, 64)
-			r.ringAt(seq)
-		})
+		sub, err := l.nc.ChanSubscribe(contract.GroupBellSubject(gid), l.bells)
 		if err != nil {
 			return false, err
 		}

@@ -164,8 +164,9 @@ func testGroupLogReader(t *testing.T, literal bool) {
 	}
 }
 
-// A bell lost (here: the reader's subscription gone) is made up by the
-// sweep's ring; the last sink's leave stops the reader and its bell.
+// A bell lost (here: the reader's subscription gone) is made up by a
+// ring when NATS tells of it, or by the sweep's; the last sink's leave
+// stops the reader and its bell.
 func TestGroupLogReaderSweep(t *testing.T) {
 	g := newGroupLogTest(t, true)
 	s := &logSink{}
@@ -180,9 +181,15 @@ func TestGroupLogReaderSweep(t *testing.T) {
 	if err := r.sub.Unsubscribe(); err != nil {
 		t.Fatal(err)
 	}
+	// NATS telling of a bell dropped has the reader read too.
 	g.store(t, "crowd", "m2", false)
-	g.logs.ringAll()
+	g.logs.dropped(r.sub)
 	if _, ids := until(t, s, 2); !slices.Equal(ids, []string{"m1", "m2"}) {
+		t.Fatalf("offered %q", ids)
+	}
+	g.store(t, "crowd", "m3", false)
+	g.logs.ringAll()
+	if _, ids := until(t, s, 3); !slices.Equal(ids, []string{"m1", "m2", "m3"}) {
 		t.Fatalf("offered %q", ids)
 	}
 	g.logs.leave("crowd", s)

@@ -50,8 +50,10 @@ func (s *Server) watchLive() error {
 		}
 		if sub != nil && errors.Is(err, nats.ErrSlowConsumer) {
 			// The router fell behind and NATS dropped a message: if it
-			// was a live copy, its readers must read the stream.
+			// was a live copy, its readers must read the stream; if a
+			// group's bell, its reader its log.
 			s.router.dropped(sub)
+			s.groupLogs.dropped(sub)
 		}
 	})
 	nc.SetReconnectHandler(func(c *nats.Conn) {
