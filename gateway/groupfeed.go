@@ -536,9 +536,22 @@ func (f *groupFeed) readOn() {
 		}
 		f.mu.Unlock()
 		more := false
+		n := min(room, groupReadBatch)
+		var es []*logEntry
+		kept := false
 		if !stop && room > 0 {
+			es, kept = srv.groupLogs.kept(f.gid, from-1, n)
+		}
+		if kept {
+			// What the gateway's reader kept: no read. Whatever it reads
+			// meanwhile it offers, which has this loop go round again.
+			for _, e := range es {
+				f.take(e)
+			}
+			more = len(es) == n
+		} else if !stop && room > 0 {
 			var err error
-			more, err = srv.readGroupLog(f.gid, from, 0, min(room, groupReadBatch), f.g.s.feed.quit, func(seq uint64, m *nats.Msg) bool {
+			more, err = srv.readGroupLog(f.gid, from, 0, n, f.g.s.feed.quit, func(seq uint64, m *nats.Msg) bool {
 				f.mu.Lock()
 				stale, stop := seq <= f.last, f.left
 				f.mu.Unlock()

@@ -180,25 +180,32 @@ type groupReader struct {
 	tail []tailEntry
 }
 
-// tailEntry is a message a reader handed on, after prev, at (unix ns).
+// tailEntry is a message a reader handed on, after prev, at (since
+// monoStart, so a step of the wall clock does not age it).
 type tailEntry struct {
 	prev uint64
 	e    *logEntry
-	at   int64
+	at   time.Duration
 }
 
+// monoStart is what tail entries' times count from.
+var monoStart = time.Now()
+
 // readerTail is how many of the messages a reader handed on it keeps for
-// the devices that join it behind: a device more behind than that reads
-// the log itself. A kept message is its frame, shared with every device
-// that had it: at most this many frames per group a gateway's devices
-// follow, and only those handed on within readerTailAge (the sweep lets
-// go of older ones): what a gateway keeps is bounded by its groups'
-// recent traffic, not by how many groups it reads.
-const readerTail = 32
+// the devices behind it (joining it, or reading for themselves): a device
+// more behind than that reads the log. As many as a device may hold
+// unacked of a group (groupWindow). A kept message is its frame, shared
+// with every device that had it: at most this many frames per group a
+// gateway's devices follow (each at most MaxFrameBytes, a few hundred
+// bytes for a chat message), and only those handed on within
+// readerTailAge, up to a sweep later: what a gateway keeps is bounded
+// by its groups' recent traffic, not by how many groups it reads.
+const readerTail = groupWindow
 
 // readerTailAge is how long a reader keeps a message it handed on, at
-// least: the devices coming back together after a blip or a restart do
-// so within seconds.
+// least: the devices of a group that come back together after a blip
+// (to a reader still there, kept by another member's device) do so
+// within seconds.
 const readerTailAge = time.Minute
 
 // join has sink follow group gid's log, sink's place in it being from.
@@ -224,8 +231,10 @@ func (l *groupLogs) join(gid string, sink groupSink, from uint64) (caughtUp bool
 		l.readers[gid] = r
 	}
 	r.mu.Lock()
-	caughtUp = r.last <= from
-	if !caughtUp && len(r.tail) > 0 && r.tail[0].prev <= from {
+	switch {
+	case r.last == from:
+		caughtUp = true
+	case r.last > from && len(r.tail) > 0 && r.tail[0].prev <= from:
 		// Under the lock, as the reader offers: nothing comes between.
 		for _, t := range r.tail {
 			if t.e.seq > from {
@@ -233,6 +242,11 @@ func (l *groupLogs) join(gid string, sink groupSink, from uint64) (caughtUp bool
 			}
 		}
 		caughtUp = true
+	case r.last < from:
+		// The log holds the sink's place, which the reader has not
+		// read: it missed bells, or reads a backlog. It reads on, and
+		// the sink reads for itself meanwhile.
+		r.rung = max(r.rung, from)
 	}
 	r.sinks = append(r.sinks, sink)
 	// A reader that keeps up needs no read for a new sink: its bell
@@ -243,6 +257,33 @@ func (l *groupLogs) join(gid string, sink groupSink, from uint64) (caughtUp bool
 		r.ring()
 	}
 	return caughtUp, nil
+}
+
+// kept is what group gid's reader kept of its log past from, oldest
+// first, at most n; ok false when it did not keep all of what it read
+// past from (or read nothing past it): the log must be read. A device
+// reading for itself takes these rather than read them again.
+func (l *groupLogs) kept(gid string, from uint64, n int) (es []*logEntry, ok bool) {
+	l.mu.Lock()
+	r := l.readers[gid]
+	l.mu.Unlock()
+	if r == nil {
+		return nil, false
+	}
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if len(r.tail) == 0 || r.tail[0].prev > from || r.last <= from {
+		return nil, false
+	}
+	for _, t := range r.tail {
+		if t.e.seq > from {
+			es = append(es, t.e)
+			if len(es) == n {
+				break
+			}
+		}
+	}
+	return es, true
 }
 
 // leave ends sink's following of gid's log: it is offered nothing once
@@ -272,7 +313,7 @@ func (l *groupLogs) leave(gid string, sink groupSink) {
 func (l *groupLogs) ringAll() {
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	cutoff := time.Now().Add(-readerTailAge).UnixNano()
+	cutoff := time.Since(monoStart) - readerTailAge
 	for _, r := range l.readers {
 		r.trim(cutoff)
 		r.ring()
@@ -373,11 +414,11 @@ func (r *groupReader) keep(prev uint64, e *logEntry) {
 		copy(r.tail, r.tail[1:])
 		r.tail = r.tail[:readerTail-1]
 	}
-	r.tail = append(r.tail, tailEntry{prev: prev, e: e, at: time.Now().UnixNano()})
+	r.tail = append(r.tail, tailEntry{prev: prev, e: e, at: time.Since(monoStart)})
 }
 
-// trim lets go of the messages kept before cutoff (unix ns).
-func (r *groupReader) trim(cutoff int64) {
+// trim lets go of the messages kept before cutoff (since monoStart).
+func (r *groupReader) trim(cutoff time.Duration) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	i := 0

@@ -2,10 +2,12 @@ package gateway
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
 	"slices"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -301,12 +303,91 @@ func TestGroupLogReaderTail(t *testing.T) {
 		t.Fatalf("joined after m2 and was handed %d: %q first after %d", len(ids), ids[0], offers[0][0])
 	}
 
+	// A device reading for itself takes what was kept, as far as kept.
+	if es, ok := g.logs.kept("crowd", seqs[2], 5); !ok || len(es) != 5 || es[0].seq != seqs[3] || es[4].seq != seqs[7] {
+		t.Fatalf("kept after m2: %d, %v; want m3 to m7", len(es), ok)
+	}
+	if es, ok := g.logs.kept("crowd", seqs[1], 5); ok {
+		t.Fatalf("kept after m1: %d, want none: m2 is no longer kept", len(es))
+	}
+	if es, ok := g.logs.kept("crowd", seqs[len(seqs)-1], 5); ok {
+		t.Fatalf("kept after the last: %d, want none: the log is to be read", len(es))
+	}
+
 	g.logs.mu.Lock()
 	r := g.logs.readers["crowd"]
 	g.logs.mu.Unlock()
-	r.trim(time.Now().Add(time.Second).UnixNano())
+	r.trim(time.Since(monoStart) - time.Hour)
+	if caughtUp, err := g.logs.join("crowd", &logSink{}, seqs[2]); err != nil || !caughtUp {
+		t.Fatalf("after a sweep that found nothing old: caught up %v, %v", caughtUp, err)
+	}
+	r.mu.Lock()
+	r.tail[0].at -= 2 * readerTailAge // the oldest kept long ago
+	r.mu.Unlock()
+	g.logs.ringAll()
+	if caughtUp, _ := g.logs.join("crowd", &logSink{}, seqs[2]); caughtUp {
+		t.Fatal("joined after m2 once the sweep let m3 go: caught up")
+	}
+	if caughtUp, _ := g.logs.join("crowd", &logSink{}, seqs[3]); !caughtUp {
+		t.Fatal("joined after m3: not caught up; the sweep let go of more than m3")
+	}
+	r.trim(time.Since(monoStart) + time.Second)
 	late := &logSink{}
 	if caughtUp, err := g.logs.join("crowd", late, seqs[len(seqs)-2]); err != nil || caughtUp {
 		t.Fatalf("joined one behind after the sweep let go: caught up %v, %v", caughtUp, err)
+	}
+}
+
+// A reader rings (reads its log) for a new sink when it must: its last
+// read failed, or the sink's place is past it (the reader missed bells);
+// such a sink reads for itself meanwhile.
+func TestGroupLogReaderRingsWhenBehind(t *testing.T) {
+	g := newGroupLogTest(t, true)
+	var fail atomic.Bool
+	read := g.logs.read
+	g.logs.read = func(gid string, from, near uint64, batch int, quit <-chan struct{}, each func(uint64, *nats.Msg) bool) (bool, error) {
+		if fail.Swap(false) {
+			return false, errors.New("made to fail")
+		}
+		return read(gid, from, near, batch, quit, each)
+	}
+	reader := func() *groupReader {
+		g.logs.mu.Lock()
+		defer g.logs.mu.Unlock()
+		return g.logs.readers["crowd"]
+	}
+	m0 := g.store(t, "crowd", "m0", false)
+	fail.Store(true)
+	a := &logSink{}
+	if _, err := g.logs.join("crowd", a, m0-1); err != nil {
+		t.Fatal(err)
+	}
+	r := reader()
+	waitFor(t, func() error {
+		r.mu.Lock()
+		defer r.mu.Unlock()
+		if !r.failed || r.running {
+			return errors.New("the first read has not failed yet")
+		}
+		return nil
+	})
+	if err := r.sub.Unsubscribe(); err != nil { // no bell from here on
+		t.Fatal(err)
+	}
+	// The read failed: a sink joining has it read again.
+	if _, err := g.logs.join("crowd", &logSink{}, m0-1); err != nil {
+		t.Fatal(err)
+	}
+	until(t, a, 1)
+
+	// Stored unheard (no bell): a sink whose place is past the reader
+	// has it read up to there and on, and reads for itself.
+	m1 := g.store(t, "crowd", "m1", false)
+	m2 := g.store(t, "crowd", "m2", false)
+	if caughtUp, err := g.logs.join("crowd", &logSink{}, m1); err != nil || caughtUp {
+		t.Fatalf("joined past the reader: caught up %v, %v; it must read for itself", caughtUp, err)
+	}
+	if offers, ids := until(t, a, 3); !slices.Equal(ids, []string{"m0", "m1", "m2"}) || offers[2][1] != m2 {
+		t.Fatalf("a was offered %q", ids)
 	}
 }

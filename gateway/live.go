@@ -62,6 +62,7 @@ func (s *Server) watchLive() error {
 		}
 		s.recoverAll(republishReconnect)
 		s.wakeAll(reasonReconnect)
+		s.groupLogs.ringAll() // bells rung while away were lost
 	})
 	sub, err := nc.Subscribe(contract.LeaderSubject, func(*nats.Msg) {
 		s.recoverAll(republishLeader)
