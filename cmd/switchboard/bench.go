@@ -138,6 +138,7 @@ func runBench(args []string, out, errOut io.Writer) error {
 	fs.IntVar(&c.GroupSize, "group-size", c.GroupSize, "groups, groupstorm: members of each group, the sender included")
 	fs.IntVar(&c.Groups, "groups", c.Groups, "groups, groupstorm: groups sending at once")
 	fs.IntVar(&c.Memberships, "memberships", c.Memberships, "groupstorm: groups each member user is in")
+	fs.BoolVar(&c.SendersAway, "senders-away", c.SendersAway, "groupstorm: the groups' senders go away too before the members come back")
 	fs.IntVar(&c.Users, "users", c.Users, "offline: users who receive while away")
 	fs.IntVar(&c.Messages, "messages", c.Messages, "offline: messages per user")
 	fs.IntVar(&c.Pending, "pending", c.Pending, "storm: messages per device while it is away; groupstorm: per group")

@@ -270,18 +270,21 @@ func TestBenchGroupStorm(t *testing.T) {
 	t.Parallel()
 	const groups, size, memberships, pending = 6, 4, 2, 5
 	users := groups * (size - 1) / memberships
-	for _, logMembers := range []string{"0", "2"} {
+	for _, run := range []struct {
+		logMembers string
+		away       bool // the senders go away too
+	}{{"0", false}, {"2", false}, {"2", true}} {
 		data := t.TempDir()
-		args := append([]string{"--data", data, "--nats-listen", "127.0.0.1:0", "--group-log-members", logMembers}, load.LiftedLimits...)
+		args := append([]string{"--data", data, "--nats-listen", "127.0.0.1:0", "--group-log-members", run.logMembers}, load.LiftedLimits...)
 		p := start(t, args...)
 		tree, rep := benchJSON(t, p, data, "--scenario", "groupstorm", "--groups", strconv.Itoa(groups), "--group-size", strconv.Itoa(size),
-			"--memberships", strconv.Itoa(memberships), "--pending", strconv.Itoa(pending))
+			"--memberships", strconv.Itoa(memberships), "--pending", strconv.Itoa(pending), "--senders-away="+strconv.FormatBool(run.away))
 		benchClean(t, tree, rep)
 		benchPositive(t, tree, "group_storm.storm_seconds", "group_storm.delivered_per_sec", "ratios.group_storm_delivered_rate")
 		s, m := rep.GroupStorm, rep.Messages
 		want := int64(groups * pending * (size - 1))
-		if !s.Complete || s.Users != users || s.Reconnected != users || s.Backlog != want || m.Delivered != want || s.Foreign != 0 || s.BacklogDone.Count != int64(users) {
-			t.Fatalf("log from %s members: group storm %+v, messages %+v", logMembers, s, m)
+		if !s.Complete || s.Users != users || s.Reconnected != users || s.Backlog != want || m.Delivered != want || s.Foreign != 0 || s.BacklogDone.Count != int64(users) || s.SendersAway != run.away {
+			t.Fatalf("log from %s members, senders away %v: group storm %+v, messages %+v", run.logMembers, run.away, s, m)
 		}
 		p.kill()
 	}

@@ -115,6 +115,10 @@ type Config struct {
 	// Memberships is how many groups each member user is in
 	// (groupstorm; each group's sender is in its own only).
 	Memberships int
+	// SendersAway has the groups' senders go away too once they have
+	// sent, before the members come back (groupstorm): no device of a
+	// group is left on a gateway, as after a gateway's restart.
+	SendersAway bool
 
 	// Rate is the total sends per second across all senders (pairs,
 	// groups).

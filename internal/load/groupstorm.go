@@ -15,7 +15,8 @@ import (
 // Groups×(GroupSize−1)/Memberships users, besides a sender per group who
 // stays online). Every member connects and gets its groups' setup, then
 // goes away; each group's sender sends it Pending messages; then every
-// member reconnects at the same instant. The figures are the time until
+// member reconnects at the same instant (with SendersAway, the senders
+// having gone away too). The figures are the time until
 // all are back and every member has every message of every group it is
 // in, the servers' CPU meanwhile, and what was lost, duplicated or
 // reordered per member. It compares how a group's messages reach a
@@ -25,7 +26,7 @@ func runGroupStorm(ctx context.Context, e *env, rep *Report) error {
 	cfg := e.cfg
 	size, ng, k := cfg.GroupSize, cfg.Groups, cfg.Memberships
 	nu := ng * (size - 1) / k
-	res := &GroupStormResult{GroupSize: size, Groups: ng, Memberships: k, Users: nu, Connects: Connects{Devices: nu + ng}}
+	res := &GroupStormResult{GroupSize: size, Groups: ng, Memberships: k, SendersAway: cfg.SendersAway, Users: nu, Connects: Connects{Devices: nu + ng}}
 	rep.GroupStorm = res
 
 	// Member slot i ≥ 1 of group g is pool user (g×(size−1) + i−1) mod
@@ -148,6 +149,10 @@ func runGroupStorm(ctx context.Context, e *env, rep *Report) error {
 	res.FeedSeconds = time.Since(feedStart).Seconds()
 	res.Sent = sent.Load()
 	e.waitFunctionsIdle(ctx)
+	if cfg.SendersAway {
+		closeAll(sdevs)
+		e.waitSessionsBelow(ctx, 0)
+	}
 	confirmed := make([]int64, ng)
 	for g, gr := range gs {
 		gr.mu.Lock()

@@ -272,6 +272,7 @@ type GroupStormResult struct {
 	GroupSize    int      `json:"group_size"`
 	Groups       int      `json:"groups"`
 	Memberships  int      `json:"memberships"`
+	SendersAway  bool     `json:"senders_away,omitempty"`
 	Users        int      `json:"users"`
 	Connects     Connects `json:"connects"`
 	SetupSeconds float64  `json:"setup_seconds"`
