@@ -37,10 +37,12 @@ import (
 //
 // A reader keeps the last readerTail messages it handed on. A device
 // that joins it behind, but no further behind than those, is handed them
-// at once rather than reading the log for itself: the devices coming
-// back together after a network blip, a deploy or a night (each a few
-// messages behind in each of its groups) cost the gateway one read per
-// group rather than one per device per group.
+// at once, and a device reading for itself takes them, rather than read
+// the log: the members of a group coming back to a gateway together (a
+// blip, or every one of them after a restart, where the first one back
+// starts the reader at its place) cost it about one read per group
+// rather than one per device per group. A device further behind, or
+// behind where the reader started, reads the log.
 
 // groupSink takes a group's log as its reader reads it: a device's feed
 // of that group.

@@ -130,11 +130,12 @@ type Config struct {
 // group's reader keeps its last messages for the devices that join it
 // behind (gateway/grouplog.go), that storm takes 0.8 s on the log against
 // 7.3 s by copies, at 1 s of serve CPU against 11 s (README, P5 for
-// groups). Groups of 3 and 5 favour the log too (1.1 and 1.4–1.7 times
+// groups; 2.0 s against 5.7 s with no device of the groups left on the
+// gateway). Groups of 3 and 5 favour the log too (1.1 and 1.3–1.7 times
 // the copies' rate, the copies seconds behind); below 10 they stay on
 // copies for now, because each log group also costs each gateway with a
-// member online a subscription to its bell, which for the many smallest
-// groups is not measured yet.
+// member online a subscription to its bell and, while busy, up to 64
+// kept frames, which for the many smallest groups is not measured yet.
 const DefaultLogMembers = 10
 
 // DefaultConfig is what the binary runs with.
