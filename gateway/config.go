@@ -289,6 +289,15 @@ func (c *Config) minOutboundQueue() int {
 	return c.maxInflight() + c.MaxPendingSends + 64
 }
 
+// groupBudget is what a device may hold unacked of all the groups it
+// reads from their logs together (each at most groupWindow): what the
+// outbound queue holds past all else the gateway can owe a client
+// (minOutboundQueue), and at least one group's window, which the
+// queue's margin takes.
+func (c *Config) groupBudget() int {
+	return max(groupWindow, c.OutboundQueue-c.minOutboundQueue())
+}
+
 // DefaultMaxInflight is MaxInflight when not set.
 const DefaultMaxInflight = 256
 

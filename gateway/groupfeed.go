@@ -8,6 +8,7 @@ import (
 	"slices"
 	"strconv"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -37,10 +38,11 @@ import (
 // itself (a batched direct get from its place) until it has caught up.
 // Frames carry gseq, the place in the log, and the device acks with it
 // (an ack covers everything of the group up to it). A device holds at
-// most groupWindow unacked per group.
+// most groupWindow unacked per group, and at most the server's
+// groupBudget across all of them (Config.groupBudget).
 //
-// Not yet: push to offline members. Members homed in other regions get
-// copies, not the log.
+// Members homed in other regions get copies, not the log; push to
+// offline members reads the log in the push function.
 
 // groupWindow bounds what a device holds unacked of one group's log (or
 // MaxInflight, if lower): with the inbox's MaxInflight, a device coming
@@ -58,6 +60,14 @@ type groupFeeds struct {
 	loaded  contract.GroupCursors // the record as the session found it, until start
 	stopped bool
 	saving  bool // a save is set (saveSoon)
+
+	// held is what the device holds unacked of all its groups: at most
+	// the server's groupBudget, so a device coming back to many busy
+	// groups is not handed more at once than its outbound queue takes.
+	held atomic.Int64
+	// starved: a feed went behind on the budget, and is woken once acks
+	// bring held to half of it.
+	starved atomic.Bool
 
 	// saveMu orders the writes of the record, so a later one is never
 	// overtaken by an earlier one; none follows the session's last
@@ -458,7 +468,44 @@ func (g *groupFeeds) feed(gid string) *groupFeed {
 // up to gseq is handed on and unacked.
 func (g *groupFeeds) ack(gid string, gseq uint64) bool {
 	f := g.feed(gid)
-	return f != nil && f.ack(gseq)
+	if f == nil || !f.ack(gseq) {
+		return false
+	}
+	g.release()
+	return true
+}
+
+// room is how many more group messages the device may be handed before
+// it holds the session's budget; at none, the feeds that stop on it are
+// woken by release.
+func (g *groupFeeds) room() int {
+	n := int64(g.s.srv.groupBudget) - g.held.Load()
+	if n <= 0 {
+		g.starved.Store(true)
+	}
+	return int(max(n, 0))
+}
+
+// release, after an ack, wakes the feeds that stopped on the session's
+// budget once the device holds half of it or less.
+func (g *groupFeeds) release() {
+	if !g.starved.Load() || g.held.Load() > int64(g.s.srv.groupBudget/2) || !g.starved.CompareAndSwap(true, false) {
+		return
+	}
+	g.mu.Lock()
+	var wake []*groupFeed
+	for _, f := range g.feeds {
+		f.mu.Lock()
+		if f.behind {
+			f.behind = false
+			wake = append(wake, f)
+		}
+		f.mu.Unlock()
+	}
+	g.mu.Unlock()
+	for _, f := range wake {
+		f.wakeRead()
+	}
 }
 
 // read reports whether gseq of gid was handed on to the device, which
@@ -499,7 +546,7 @@ func (f *groupFeed) window() int { return min(f.g.s.srv.maxInflight, groupWindow
 // full reports whether the device holds as many unacked as it may.
 //
 // Lock should be held.
-func (f *groupFeed) full() bool { return len(f.unacked) >= f.window() }
+func (f *groupFeed) full() bool { return len(f.unacked) >= f.window() || f.g.room() == 0 }
 
 // done reports whether the device is through with the group: the change
 // that took the user out is settled, and the log after it, as far as
@@ -530,7 +577,7 @@ func (f *groupFeed) readOn() {
 	srv := f.g.s.srv
 	for {
 		f.mu.Lock()
-		from, room, stop := f.last+1, f.window()-len(f.unacked), f.left
+		from, room, stop := f.last+1, min(f.window()-len(f.unacked), f.g.room()), f.left
 		if room <= 0 && !stop {
 			f.behind = true
 		}
@@ -545,7 +592,11 @@ func (f *groupFeed) readOn() {
 		if kept {
 			// What the gateway's reader kept: no read. Whatever it reads
 			// meanwhile it offers, which has this loop go round again.
-			for _, e := range es {
+			for i, e := range es {
+				if f.g.room() == 0 {
+					es = es[:i] // held as many as it may: behind, below
+					break
+				}
 				f.take(e)
 			}
 			more = len(es) == n
@@ -555,8 +606,8 @@ func (f *groupFeed) readOn() {
 				f.mu.Lock()
 				stale, stop := seq <= f.last, f.left
 				f.mu.Unlock()
-				if stop {
-					return false
+				if stop || f.g.room() == 0 {
+					return false // left, or holds as many as it may: behind, below
 				}
 				if !stale {
 					f.take(newLogEntry(f.gid, seq, m.Header, m.Data))
@@ -627,6 +678,7 @@ func (f *groupFeed) take(e *logEntry) {
 	}
 	f.last = seq
 	f.unacked = append(f.unacked, seq)
+	f.g.held.Add(1)
 	s.srv.metrics.delivered.Inc()
 	// Sent under the lock (Send only queues): frames go out in the
 	// order taken, whichever of the reader and the feed's own read took
@@ -655,6 +707,7 @@ func (f *groupFeed) ack(gseq uint64) bool {
 	}
 	i, _ := slices.BinarySearch(f.unacked, gseq+1)
 	f.unacked = f.unacked[i:]
+	f.g.held.Add(-int64(i))
 	f.acked = gseq
 	if len(f.unacked) == 0 {
 		f.acked = f.last // what was passed after it too

@@ -2,6 +2,8 @@ package gateway_test
 
 import (
 	"context"
+	"fmt"
+	"slices"
 	"testing"
 	"time"
 
@@ -402,4 +404,103 @@ func TestGroupLogRecordKeepsAnotherSessionsGroups(t *testing.T) {
 		}
 		return nil
 	})
+}
+
+// A device coming back to several busy log groups is handed at most its
+// budget of their messages unacked across all of them (what its outbound
+// queue holds past everything else; here one group's window, 64), not
+// a window per group; once its acks (of any group) bring what it holds
+// to half the budget, the groups that stopped on it go on, each in its
+// log's order.
+func TestGroupLogBudgetAcrossGroups(t *testing.T) {
+	cfg := tk.TestConfig()
+	cfg.MaxInflight, cfg.MaxPendingSends = 256, 256
+	cfg.OutboundQueue = cfg.MaxInflight + cfg.MaxPendingSends + 64 // the least: a budget of 64
+	cfg.SweepInterval = time.Hour                                  // no sweep wakes a group
+	n := tk.StartNATS(t)
+	tk.StartGroupsOnLog(t, n, 3)
+	tk.StartFunctions(t, n)
+	g := tk.StartGateway(t, n, cfg)
+	alice := connectRaw(t, g, "alice", "phone")
+	bob := connectRaw(t, g, "bob", "phone")
+	gids := []string{"busy1", "busy2"}
+	for i, gid := range gids {
+		id := "c-" + gid
+		alice.write(`{"type":"group","id":"` + id + `","op":"create","group":"` + gid + `","name":"Busy","users":["bob","carol"]}`)
+		groupAnswer(t, alice, id)
+		f := nextGroupFrame(t, bob, gid)
+		if f.Event == nil || f.Event.Op != "create" {
+			t.Fatalf("group %d: %+v, want its create", i, *f)
+		}
+		ackGroup(bob, f)
+	}
+	bob.closeNormally()
+
+	const each = 40
+	sent := map[string][]uint64{}
+	for _, gid := range gids {
+		for i := range each {
+			sent[gid] = append(sent[gid], groupSend(t, alice, gid, fmt.Sprintf("%s-%d", gid, i)))
+		}
+	}
+
+	bob = connectRaw(t, g, "bob", "phone")
+	got := map[string][]uint64{}
+	last := map[string]*protocol.Frame{}
+	take := func(f *protocol.Frame) {
+		if f.GSeq == 0 || (len(got[f.Group]) > 0 && f.GSeq <= got[f.Group][len(got[f.Group])-1]) {
+			t.Fatalf("%+v: out of order or not from the log after %v", *f, got[f.Group])
+		}
+		got[f.Group] = append(got[f.Group], f.GSeq)
+		last[f.Group] = f
+	}
+	for held := 0; held < 64; {
+		if f := bob.next(); f.Type == protocol.TypeMsg {
+			take(f)
+			held++
+		}
+	}
+	// A fence: an ack past what was handed is refused, the answer queued
+	// after anything handed before it was read. Nothing of the groups
+	// comes before it: bob holds his budget.
+	bob.write(string(protocol.AppendGroupSeqFrame(nil, protocol.TypeAck, gids[1], sent[gids[1]][each-1]+1000)))
+	for {
+		f := bob.next()
+		if f.Type == protocol.TypeMsg {
+			t.Fatalf("%+v handed past the budget of 64", *f)
+		}
+		if f.Type == protocol.TypeError {
+			if f.Code != protocol.ErrUnknownSeq {
+				t.Fatalf("the fence: %+v", *f)
+			}
+			break
+		}
+	}
+	// Acks of a group that has all it is owed leave what bob holds at
+	// half the budget or less (the other holds 64 − 40): that other goes
+	// on, though none of its own was acked. Else both are acked.
+	acked := 0
+	for _, gid := range gids {
+		if len(got[gid]) == each {
+			ackGroup(bob, last[gid])
+			acked++
+			break
+		}
+	}
+	for _, gid := range gids {
+		if f := last[gid]; acked == 0 && f != nil {
+			ackGroup(bob, f)
+		}
+	}
+	for len(got[gids[0]])+len(got[gids[1]]) < 2*each {
+		if f := bob.next(); f.Type == protocol.TypeMsg {
+			take(f)
+			ackGroup(bob, f)
+		}
+	}
+	for _, gid := range gids {
+		if !slices.Equal(got[gid], sent[gid]) {
+			t.Fatalf("%s: handed %v, want %v", gid, got[gid], sent[gid])
+		}
+	}
 }

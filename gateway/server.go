@@ -57,6 +57,7 @@ type Server struct {
 	afterMsgsRead func()
 	groupTTL      string
 	maxInflight   int
+	groupBudget   int // what a device may hold unacked of all its log groups (Config.groupBudget)
 	// id names this gateway in presence leases.
 	id        string
 	origins   map[string]bool
@@ -168,6 +169,7 @@ func New(ctx context.Context, cfg Config, keys *Keys, nc *nats.Conn, log *slog.L
 		groupInfo:   groupBucket{js: js, kv: groupInfo},
 		groupTTL:    groupTTL(inbox.CachedInfo().Config.MaxAge),
 		maxInflight: cfg.maxInflight(),
+		groupBudget: cfg.groupBudget(),
 		id:          nats.NewInbox()[len(nats.InboxPrefix):],
 		origins:     map[string]bool{},
 		sessions:    map[*session]struct{}{},
