@@ -486,6 +486,23 @@ func (g *groupFeeds) room() int {
 	return int(max(n, 0))
 }
 
+// claim takes up to n of the session's budget for a read of a group's
+// log, and returns how many; the read gives back what it did not hold.
+// At none, the feed is woken by release.
+func (g *groupFeeds) claim(n int) int {
+	for {
+		cur := g.held.Load()
+		k := min(int64(n), int64(g.s.srv.groupBudget)-cur)
+		if k <= 0 {
+			g.starved.Store(true)
+			return 0
+		}
+		if g.held.CompareAndSwap(cur, cur+k) {
+			return int(k)
+		}
+	}
+}
+
 // release, after an ack, wakes the feeds that stopped on the session's
 // budget once the device holds half of it or less.
 func (g *groupFeeds) release() {
@@ -536,7 +553,7 @@ func (f *groupFeed) offer(prev uint64, e *logEntry) {
 		f.wakeRead()
 	default:
 		f.mu.Unlock()
-		f.take(e)
+		f.take(e, false)
 	}
 }
 
@@ -577,43 +594,50 @@ func (f *groupFeed) readOn() {
 	srv := f.g.s.srv
 	for {
 		f.mu.Lock()
-		from, room, stop := f.last+1, min(f.window()-len(f.unacked), f.g.room()), f.left
-		if room <= 0 && !stop {
-			f.behind = true
-		}
+		from, room, stop := f.last+1, min(f.window()-len(f.unacked), groupReadBatch), f.left
 		f.mu.Unlock()
-		more := false
-		n := min(room, groupReadBatch)
+		// Claimed of the session's budget before the read, so feeds
+		// reading at once do not each read what only one can take.
+		n := 0
+		if !stop && room > 0 {
+			n = f.g.claim(room)
+		}
+		if n == 0 && !stop {
+			f.mu.Lock()
+			f.behind = true
+			f.mu.Unlock()
+		}
+		more, taken := false, 0
 		var es []*logEntry
 		kept := false
-		if !stop && room > 0 {
+		if n > 0 {
 			es, kept = srv.groupLogs.kept(f.gid, from-1, n)
 		}
 		if kept {
 			// What the gateway's reader kept: no read. Whatever it reads
 			// meanwhile it offers, which has this loop go round again.
-			for i, e := range es {
-				if f.g.room() == 0 {
-					es = es[:i] // held as many as it may: behind, below
-					break
+			for _, e := range es {
+				if f.take(e, true) {
+					taken++
 				}
-				f.take(e)
 			}
 			more = len(es) == n
-		} else if !stop && room > 0 {
+			f.g.held.Add(int64(taken - n))
+		} else if n > 0 {
 			var err error
 			more, err = srv.readGroupLog(f.gid, from, 0, n, f.g.s.feed.quit, func(seq uint64, m *nats.Msg) bool {
 				f.mu.Lock()
 				stale, stop := seq <= f.last, f.left
 				f.mu.Unlock()
-				if stop || f.g.room() == 0 {
-					return false // left, or holds as many as it may: behind, below
+				if stop {
+					return false
 				}
-				if !stale {
-					f.take(newLogEntry(f.gid, seq, m.Header, m.Data))
+				if !stale && f.take(newLogEntry(f.gid, seq, m.Header, m.Data), true) {
+					taken++
 				}
 				return true
 			})
+			f.g.held.Add(int64(taken - n)) // what was claimed and not held
 			if err != nil {
 				f.g.s.log.Debug("reading a group's log", "group", f.gid, "err", err)
 				f.mu.Lock()
@@ -641,8 +665,10 @@ func (f *groupFeed) readOn() {
 }
 
 // take hands the device the log's message e, or passes it: its own send,
-// anything malformed, anything while the user is out of the group.
-func (f *groupFeed) take(e *logEntry) {
+// anything malformed, anything while the user is out of the group. held:
+// e is handed on, and holds a place of the session's budget (claimed
+// already, or taken here).
+func (f *groupFeed) take(e *logEntry, claimed bool) (held bool) {
 	s := f.g.s
 	seq, frame := e.seq, e.frame
 	out, in := false, false // this change takes this user out, or brings them in
@@ -678,12 +704,15 @@ func (f *groupFeed) take(e *logEntry) {
 	}
 	f.last = seq
 	f.unacked = append(f.unacked, seq)
-	f.g.held.Add(1)
+	if !claimed {
+		f.g.held.Add(1)
+	}
 	s.srv.metrics.delivered.Inc()
 	// Sent under the lock (Send only queues): frames go out in the
 	// order taken, whichever of the reader and the feed's own read took
 	// them.
 	s.t.Send(frame)
+	return true
 }
 
 // passLocked moves the device's place past seq without a frame, as an ack
