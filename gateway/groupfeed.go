@@ -606,6 +606,15 @@ func (f *groupFeed) readOn() {
 			f.mu.Lock()
 			f.behind = true
 			f.mu.Unlock()
+			if room > 0 {
+				// Stopped on the budget: marked after behind, so a release
+				// from here on wakes this feed; one that came between the
+				// claim and behind freed room, so read on.
+				f.g.starved.Store(true)
+				if f.g.room() > 0 {
+					continue
+				}
+			}
 		}
 		more, taken := false, 0
 		var es []*logEntry
