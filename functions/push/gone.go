@@ -60,8 +60,11 @@ import (
 // device can be posted twice; so can a device to which a message comes
 // while its wake for a lease gone is being posted (a webhook call's
 // time: the key says sent only after it), or that comes back and goes
-// again within that time (the newer change takes the key over). And on a
-// cluster the inbox's leader and the leases' may be two servers: a
+// again within that time (the newer change takes the key over). A lease
+// that expired (its session's delete lost to a refresh) is told by the
+// server's marker, which can be written a moment after the key reads as
+// gone: a message stored in that moment is decided by both paths too.
+// And on a cluster the inbox's leader and the leases' may be two servers: a
 // message stored within their clocks' difference of the lease going can
 // be taken for one stored after it, and then woken for by neither path.
 
