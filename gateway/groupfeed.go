@@ -618,6 +618,7 @@ func (f *groupFeed) readOn() {
 		}
 		more, taken := false, 0
 		var es []*logEntry
+		var err error
 		kept := false
 		if n > 0 {
 			es, kept = srv.groupLogs.kept(f.gid, from-1, n)
@@ -631,9 +632,7 @@ func (f *groupFeed) readOn() {
 				}
 			}
 			more = len(es) == n
-			f.g.held.Add(int64(taken - n))
 		} else if n > 0 {
-			var err error
 			more, err = srv.readGroupLog(f.gid, from, 0, n, f.g.s.feed.quit, func(seq uint64, m *nats.Msg) bool {
 				f.mu.Lock()
 				stale, stop := seq <= f.last, f.left
@@ -646,14 +645,14 @@ func (f *groupFeed) readOn() {
 				}
 				return true
 			})
-			f.g.held.Add(int64(taken - n)) // what was claimed and not held
-			if err != nil {
-				f.g.s.log.Debug("reading a group's log", "group", f.gid, "err", err)
-				f.mu.Lock()
-				f.behind, f.reading = true, false // the sweep (or the next ack) reads again
-				f.mu.Unlock()
-				return
-			}
+		}
+		f.g.held.Add(int64(taken - n)) // what was claimed and not held
+		if err != nil {
+			f.g.s.log.Debug("reading a group's log", "group", f.gid, "err", err)
+			f.mu.Lock()
+			f.behind, f.reading = true, false // the sweep (or the next ack) reads again
+			f.mu.Unlock()
+			return
 		}
 		f.mu.Lock()
 		if f.left || f.full() {

@@ -1,6 +1,7 @@
 package gateway
 
 import (
+	"cmp"
 	"encoding/json"
 	"log/slog"
 	"slices"
@@ -236,14 +237,14 @@ func (l *groupLogs) join(gid string, sink groupSink, from uint64) (caughtUp bool
 	switch {
 	case r.last == from:
 		caughtUp = true
-	case r.last > from && len(r.tail) > 0 && r.tail[0].prev <= from:
+	case r.last > from:
 		// Under the lock, as the reader offers: nothing comes between.
-		for _, t := range r.tail {
-			if t.e.seq > from {
+		var past []tailEntry
+		if past, caughtUp = r.keptLocked(from); caughtUp {
+			for _, t := range past {
 				sink.offer(t.prev, t.e)
 			}
 		}
-		caughtUp = true
 	case r.last < from:
 		// The log holds the sink's place, which the reader has not
 		// read: it missed bells, or reads a backlog. It reads on, and
@@ -274,18 +275,26 @@ func (l *groupLogs) kept(gid string, from uint64, n int) (es []*logEntry, ok boo
 	}
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	if len(r.tail) == 0 || r.tail[0].prev > from || r.last <= from {
+	past, ok := r.keptLocked(from)
+	if !ok || len(past) == 0 {
 		return nil, false
 	}
-	for _, t := range r.tail {
-		if t.e.seq > from {
-			es = append(es, t.e)
-			if len(es) == n {
-				break
-			}
-		}
+	for _, t := range past[:min(n, len(past))] {
+		es = append(es, t.e)
 	}
 	return es, true
+}
+
+// keptLocked is the kept messages past from, ok false if the reader did
+// not keep all it handed on past from.
+//
+// Lock should be held.
+func (r *groupReader) keptLocked(from uint64) (past []tailEntry, ok bool) {
+	if len(r.tail) == 0 || r.tail[0].prev > from {
+		return nil, false
+	}
+	i, _ := slices.BinarySearchFunc(r.tail, from+1, func(t tailEntry, seq uint64) int { return cmp.Compare(t.e.seq, seq) })
+	return r.tail[i:], true
 }
 
 // leave ends sink's following of gid's log: it is offered nothing once

@@ -177,9 +177,7 @@ func TestGroupLogReaderSweep(t *testing.T) {
 	}
 	g.store(t, "crowd", "m1", false)
 	until(t, s, 1)
-	g.logs.mu.Lock()
-	r := g.logs.readers["crowd"]
-	g.logs.mu.Unlock()
+	r := g.logs.reader(contract.GroupBellSubject("crowd"))
 	if err := r.sub.Unsubscribe(); err != nil {
 		t.Fatal(err)
 	}
@@ -314,9 +312,7 @@ func TestGroupLogReaderTail(t *testing.T) {
 		t.Fatalf("kept after the last: %d, want none: the log is to be read", len(es))
 	}
 
-	g.logs.mu.Lock()
-	r := g.logs.readers["crowd"]
-	g.logs.mu.Unlock()
+	r := g.logs.reader(contract.GroupBellSubject("crowd"))
 	r.trim(time.Since(monoStart) - time.Hour)
 	if caughtUp, err := g.logs.join("crowd", &logSink{}, seqs[2]); err != nil || !caughtUp {
 		t.Fatalf("after a sweep that found nothing old: caught up %v, %v", caughtUp, err)
@@ -351,18 +347,13 @@ func TestGroupLogReaderRingsWhenBehind(t *testing.T) {
 		}
 		return read(gid, from, near, batch, quit, each)
 	}
-	reader := func() *groupReader {
-		g.logs.mu.Lock()
-		defer g.logs.mu.Unlock()
-		return g.logs.readers["crowd"]
-	}
 	m0 := g.store(t, "crowd", "m0", false)
 	fail.Store(true)
 	a := &logSink{}
 	if _, err := g.logs.join("crowd", a, m0-1); err != nil {
 		t.Fatal(err)
 	}
-	r := reader()
+	r := g.logs.reader(contract.GroupBellSubject("crowd"))
 	waitFor(t, func() error {
 		r.mu.Lock()
 		defer r.mu.Unlock()

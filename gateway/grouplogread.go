@@ -27,8 +27,9 @@ import (
 // read whose bell rang for a message within logWalk of where it starts
 // is the one filtered read. Other reads (a device catching up, a reader
 // starting or behind) are where the walk is long: where GROUPS has one
-// replica, such a read asks for each subject on its own, literally, which the server answers from the subject's own index,
-// and merges the two: the messages first, then the changes; a change
+// replica, such a read asks for each subject on its own, literally,
+// which the server answers from the subject's own index, and merges the
+// two: the messages first, then the changes; a change
 // past the last message read calls for a second read of messages after
 // it (one stored between the first two reads would come before it).
 // Each read is the store as of one instant, and the reads follow one
