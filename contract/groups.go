@@ -114,6 +114,11 @@ const (
 	// HdrExpectLastSubjSeq makes a store conditional on the subject's last
 	// sequence (0: the subject holds nothing yet).
 	HdrExpectLastSubjSeq = "Nats-Expected-Last-Subject-Sequence"
+	// HdrExpectLastSubjSeqSubject names the subject whose last sequence
+	// HdrExpectLastSubjSeq is checked on, when not the message's own: a
+	// gateway stores a group message only if the group's event subject
+	// still ends at the change its check read (GroupEventSubject).
+	HdrExpectLastSubjSeqSubject = "Nats-Expected-Last-Subject-Sequence-Subject"
 
 	// KindEvent is a membership change (the body is the event, as the wire
 	// protocol's msg frame carries it).

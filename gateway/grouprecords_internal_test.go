@@ -75,12 +75,21 @@ func newRecordsTest(t *testing.T, opts *server.Options, gwUser string) *recordsT
 // put writes group gid's record with members.
 func (rt *recordsTest) put(t *testing.T, gid string, members ...string) {
 	t.Helper()
-	g := contract.GroupRecord{ID: gid, Members: map[string]contract.GroupMember{}}
+	g := contract.GroupRecord{ID: gid, Members: map[string]contract.GroupMember{}, Seq: 1}
 	for i, m := range members {
 		g.Members[m] = contract.GroupMember{Joined: uint64(i + 1)}
 	}
 	b, _ := json.Marshal(g)
 	if _, err := rt.kv.Put(context.Background(), gid, b); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// seen waits until the gateway's connection has read everything the
+// server sent it before now: every write made so far is in its channel.
+func (rt *recordsTest) seen(t *testing.T) {
+	t.Helper()
+	if err := rt.gw.Flush(); err != nil {
 		t.Fatal(err)
 	}
 }
@@ -98,9 +107,11 @@ func (rt *recordsTest) checkMember(t *testing.T, gid, user string, member bool) 
 }
 
 // A send's check reads a group's record once and then uses it kept,
-// until the record is written: the next check has the write, at once
-// (the check waits for a round trip to the server, so the write's own
-// message has reached the gateway's connection), whoever wrote it.
+// until the record is written: a check after the gateway's connection
+// has read the write's own message has the write, whoever wrote it. (A
+// check does not wait for that: the send's store is conditional on the
+// group's log, TestGroupSendCheckedAgainstTheLogAfterAChange. Here the
+// test makes the round trip to the server itself.)
 func TestKeptGroupRecordsFollowTheirWrites(t *testing.T) {
 	rt := newRecordsTest(t, &server.Options{}, "")
 	rt.put(t, "club", "alice", "bob")
@@ -112,7 +123,11 @@ func TestKeptGroupRecordsFollowTheirWrites(t *testing.T) {
 		t.Fatalf("%d reads of the record for 6 checks, want 1", n)
 	}
 	rt.put(t, "club", "bob") // alice removed
+	rt.seen(t)
 	rt.checkMember(t, "club", "alice", false)
+	if n := rt.reads.Load(); n != 2 {
+		t.Fatalf("%d reads after a write, want 2", n)
+	}
 	rt.put(t, "club", "bob", "carol") // carol added
 	rt.checkMember(t, "club", "carol", true)
 	rt.checkMember(t, "club", "alice", false)
@@ -132,6 +147,7 @@ func TestKeptGroupRecordsFollowTheirWrites(t *testing.T) {
 	if err := rt.kv.Delete(context.Background(), "club"); err != nil {
 		t.Fatal(err)
 	}
+	rt.seen(t)
 	if _, err := rt.records.check("club", "bob"); !errors.Is(err, contract.ErrUnknownGroup) {
 		t.Fatalf("check of a deleted group: %v, want unknown group", err)
 	}

@@ -197,11 +197,31 @@ func (s *session) sendGroup(f *protocol.Frame, ts int64) {
 
 // checkGroupSend tells whether this user may send to group gid now,
 // against its record as fresh as a read (groupRecords.check: a member
-// removed a moment ago is refused). It returns the error to answer the
-// send with, if any. A group homed in another region is sent to through
-// OUTBOX (m is pointed there, regions.go).
-func (s *session) checkGroupSend(gid string, m *nats.Msg) (protocol.ErrorCode, string) {
-	g, err := s.srv.groups.check(gid, s.id.User)
+// removed a moment ago is refused) or, again after the store refused it
+// (again), as the group's log has it now (groupRecords.latest). It
+// returns the error to answer the send with, if any. A group homed in
+// another region is sent to through OUTBOX (m is pointed there,
+// regions.go).
+//
+// A send to a group homed here is stored only if no change of the group
+// was stored after the one the record is as of: m is made conditional
+// on the group's event subject still ending at the record's Seq. A
+// removal stored between the check and the store (the check's round
+// trip narrows that to a moment, but does not close it) makes the store
+// refuse the send, which is then checked again, and a removed sender
+// gets not_member rather than "sent" for a message no member gets. So
+// nothing from a non-member enters a log its members read (the groups
+// function takes one out of the log too, but only after the gateways
+// reading it may have handed it on). Any other change refuses it the
+// same way and costs the send one read of the log.
+func (s *session) checkGroupSend(gid string, m *nats.Msg, again bool) (protocol.ErrorCode, string) {
+	var g contract.GroupRecord
+	var err error
+	if again {
+		g, err = s.srv.groups.latest(gid)
+	} else {
+		g, err = s.srv.groups.check(gid, s.id.User)
+	}
 	if err != nil {
 		if !errors.Is(err, contract.ErrUnknownGroup) {
 			s.log.Warn("cannot read a group's record", "group", gid, "err", err)
@@ -211,7 +231,14 @@ func (s *session) checkGroupSend(gid string, m *nats.Msg) (protocol.ErrorCode, s
 	if code, msg := memberCheck(&g, s.id.User); code != "" {
 		return code, msg
 	}
-	return s.srv.regions.addressGroup(m, &g)
+	if code, msg := s.srv.regions.addressGroup(m, &g); code != "" {
+		return code, msg
+	}
+	if m.Subject == contract.GroupMsgSubject(gid) && g.Seq > 0 {
+		m.Header.Set(contract.HdrExpectLastSubjSeq, strconv.FormatUint(g.Seq, 10))
+		m.Header.Set(contract.HdrExpectLastSubjSeqSubject, contract.GroupEventSubject(gid))
+	}
+	return "", ""
 }
 
 // memberCheck tells why user may not act in group g: unknown_group for a

@@ -640,3 +640,102 @@ func TestResendOfAStoredGroupSendAfterRemoval(t *testing.T) {
 		t.Fatalf("GROUPS holds %d messages, want g1 only", got)
 	}
 }
+
+// storeChange stores a change of group gid in its log, as the groups
+// function does before it writes the record: the group as the change
+// left it, members in the order given. It returns the change's sequence.
+func storeChange(t *testing.T, n *tk.NATS, gid, op string, members ...string) uint64 {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), wait)
+	defer cancel()
+	g := contract.GroupRecord{ID: gid, Name: "The " + gid, CreatedBy: "alice", Members: map[string]contract.GroupMember{}}
+	for i, m := range members {
+		g.Members[m] = contract.GroupMember{Admin: i == 0, Joined: uint64(i + 1)}
+	}
+	b, _ := json.Marshal(map[string]any{"op": op, "actor": "alice", "device": "phone", "group": g})
+	ack, err := n.JS.Publish(ctx, contract.GroupEventSubject(gid), b)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return ack.Sequence
+}
+
+// putGroupAt writes group gid's record into GROUP_INFO as of the change
+// stored at seq.
+func putGroupAt(t *testing.T, n *tk.NATS, gid string, seq uint64, members ...string) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), wait)
+	defer cancel()
+	kv, err := n.JS.KeyValue(ctx, contract.GroupInfoKV)
+	if err != nil {
+		t.Fatal(err)
+	}
+	g := contract.GroupRecord{ID: gid, Name: "The " + gid, CreatedBy: "alice", Members: map[string]contract.GroupMember{}, Seq: seq}
+	for i, m := range members {
+		g.Members[m] = contract.GroupMember{Admin: i == 0, Joined: uint64(i + 1)}
+	}
+	b, _ := json.Marshal(g)
+	if _, err := kv.Put(ctx, gid, b); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// loggedMsgs counts the chat messages in group gid's log.
+func loggedMsgs(t *testing.T, st jetstream.Stream, gid string) uint64 {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), wait)
+	defer cancel()
+	info, err := st.Info(ctx, jetstream.WithSubjectFilter(contract.GroupMsgSubject(gid)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return info.State.Subjects[contract.GroupMsgSubject(gid)]
+}
+
+// A group send is stored only if no change of the group was stored after
+// the record its check used. Here the groups function has stored a
+// change in the log and not yet written the record (GROUP_INFO follows
+// the log): a sender that change removed is refused not_member, with
+// nothing stored, though the record the gateway holds still lists them;
+// a resend of what they sent before is still answered as stored; and a
+// member's send that a change which leaves them in overtook is stored,
+// once, after a check against the log.
+func TestGroupSendCheckedAgainstTheLogAfterAChange(t *testing.T) {
+	n := tk.StartNATS(t)
+	g := tk.StartGateway(t, n, tk.TestConfig())
+	st := groupsStream(t, n)
+	made := storeChange(t, n, "friends", "create", "alice", "bob")
+	putGroupAt(t, n, "friends", made, "alice", "bob")
+	alice := connectRaw(t, g, "alice", "phone")
+	bob := connectRaw(t, g, "bob", "laptop")
+
+	alice.write(string(protocol.AppendGroupSend(nil, "g1", "friends", tk.Body("hi all"))))
+	f := alice.next()
+	if f.Type != protocol.TypeSent || f.ID != "g1" || f.Seq <= made || f.Dup {
+		t.Fatalf("got %+v, want sent for g1", *f)
+	}
+
+	// Alice removed in the log; the record, and the gateway's copy of
+	// it, still list her.
+	storeChange(t, n, "friends", "remove", "bob")
+	alice.write(string(protocol.AppendGroupSend(nil, "g2", "friends", tk.Body("still here?"))))
+	alice.expectError(protocol.ErrNotMember, "g2", 0)
+	if got := loggedMsgs(t, st, "friends"); got != 1 {
+		t.Fatalf("the log holds %d messages, want g1 only", got)
+	}
+	alice.write(string(protocol.AppendGroupSend(nil, "g1", "friends", tk.Body("hi all"))))
+	if again := alice.next(); again.Type != protocol.TypeSent || again.ID != "g1" || again.Seq != f.Seq || !again.Dup {
+		t.Fatalf("resend after removal: %+v, want sent dup at %d", *again, f.Seq)
+	}
+
+	// A rename overtakes bob's check: stored once, after it.
+	renamed := storeChange(t, n, "friends", "rename", "bob")
+	bob.write(string(protocol.AppendGroupSend(nil, "b1", "friends", tk.Body("just us"))))
+	b := bob.next()
+	if b.Type != protocol.TypeSent || b.ID != "b1" || b.Seq <= renamed || b.Dup {
+		t.Fatalf("got %+v, want sent for b1 after the rename at %d", *b, renamed)
+	}
+	if got := loggedMsgs(t, st, "friends"); got != 2 {
+		t.Fatalf("the log holds %d messages, want g1 and b1", got)
+	}
+}

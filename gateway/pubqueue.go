@@ -2,6 +2,7 @@ package gateway
 
 import (
 	"cmp"
+	"errors"
 	"slices"
 	"sort"
 	"strconv"
@@ -9,6 +10,7 @@ import (
 	"time"
 
 	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/switchboard-im/switchboard/contract"
 	"github.com/switchboard-im/switchboard/protocol"
@@ -39,7 +41,13 @@ import (
 // A group send is stored in GROUPS the same way, under the same rules;
 // only INBOX's leader changes are watched (the gateway's role may not
 // listen to GROUPS' advisories), so a group send whose PubAck a GROUPS
-// leader change lost goes again after pubAckWait.
+// leader change lost goes again after pubAckWait. Its store is
+// conditional on the group's last change (session.checkGroupSend): one
+// refused because a change came after the record it was checked against
+// is checked again against the group's log (up to maxRechecks times) and
+// published again or refused; one a replicated GROUPS refused because
+// another conditional store to the group was in flight goes again after
+// busyRetryMin, doubling.
 //
 // A send not stored within pubGiveUp of arriving is given up: it is
 // answered store_failed. A send answered with any code the client resends
@@ -81,7 +89,7 @@ const (
 // Why a write was published again (the republished_total metric's
 // reason label).
 const (
-	republishRefused   = "refused"   // the stream answered 503 or had no responders
+	republishRefused   = "refused"   // the stream answered 503 or had no responders, or its group was busy
 	republishOverdue   = "overdue"   // its PubAck did not come within pubAckWait
 	republishLeader    = "leader"    // INBOX elected a leader
 	republishReconnect = "reconnect" // the gateway's NATS connection was restored
@@ -130,6 +138,10 @@ type pubItem struct {
 	own     *nats.Msg
 	ownFrom uint64
 	sent    pubAck
+	// rechecks counts the group send's checks made again after the
+	// store refused it for a change of the group stored after the
+	// record its check used (maxRechecks at most).
+	rechecks int
 	// checkOwn is set on a 1:1 send to another user of this region:
 	// once it is stored, own is made if the sender has another device
 	// that is to get it (owncheck.go).
@@ -325,6 +337,25 @@ func dueBy(it *pubItem, at time.Time) time.Time {
 //
 // Lock should be held.
 func (q *pubQueue) failLocked(it *pubItem, err error, now time.Time) {
+	if it.group != "" {
+		switch {
+		case groupChanged(err) && it.rechecks < maxRechecks:
+			// Checked against a record a change has overtaken: checked
+			// again, against the group's log (session.checkGroupSend).
+			it.rechecks++
+			it.state = pubGranting
+			q.env.grant(it)
+			return
+		case groupBusy(err):
+			// Another store conditional on the group's changes was in
+			// flight: again shortly, as checked.
+			it.refusals++
+			it.state = pubRefused
+			it.due = dueBy(it, now.Add(min(busyRetryMin<<min(it.refusals-1, 10), pubRetryMin)))
+			q.wakeLocked(it.due)
+			return
+		}
+	}
 	if !transient(err) {
 		q.failedLocked(it, now)
 		return
@@ -333,6 +364,35 @@ func (q *pubQueue) failLocked(it *pubItem, err error, now time.Time) {
 	it.state = pubRefused
 	it.due = dueBy(it, now.Add(min(pubRetryMin<<min(it.refusals-1, 10), pubRetryMax)))
 	q.wakeLocked(it.due)
+}
+
+// maxRechecks bounds how often one group send is checked again because
+// changes of its group kept overtaking its checks; past it the send is
+// answered store_failed, and the client resends it.
+const maxRechecks = 4
+
+// busyRetryMin is the first wait of a group send refused because another
+// store conditional on its group's changes was in flight (groupBusy),
+// doubling up to pubRetryMin: that store is done within a round of the
+// stream's replicas.
+const busyRetryMin = time.Millisecond
+
+// groupChanged tells whether err is the store refusing a group send
+// because the group's event subject no longer ends where the send's
+// check read it: a change was stored since.
+func groupChanged(err error) bool {
+	var apiErr *jetstream.APIError
+	return errors.As(err, &apiErr) && apiErr.ErrorCode == jetstream.JSErrCodeStreamWrongLastSequence
+}
+
+// groupBusy tells whether err is a replicated stream refusing a group
+// send because another store conditional on the same group's changes
+// (a send of another member, a change) was in flight: nats-server
+// proposes one such store per subject at a time. Nothing is known to
+// have changed.
+func groupBusy(err error) bool {
+	var apiErr *jetstream.APIError
+	return errors.As(err, &apiErr) && apiErr.ErrorCode == jetstream.JSErrCodeStreamWrongLastSequenceConstant
 }
 
 // onReply takes the answer to item n's attempt a: a PubAck or a refusal.

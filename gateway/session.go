@@ -690,9 +690,9 @@ func (s *session) publish(m *nats.Msg, n, a uint64) error {
 func (s *session) grant(it *pubItem) {
 	m := it.msg
 	if it.media == nil {
-		gid := it.group
+		gid, again := it.group, it.rechecks > 0
 		go func() {
-			code, message := s.checkGroupSend(gid, m)
+			code, message := s.checkGroupSend(gid, m, again)
 			s.pubs.granted(it, nil, code, message, s.storedAlready(code, m))
 		}()
 		return
@@ -729,6 +729,10 @@ func (s *session) storedAlready(code protocol.ErrorCode, m *nats.Msg) uint64 {
 	}
 	h := maps.Clone(m.Header)
 	h.Set(contract.HdrExpectLastMsgID, neverAMsgID)
+	// A group send's condition on the group's changes may be checked
+	// before the duplicate is (on one server it is).
+	h.Del(contract.HdrExpectLastSubjSeq)
+	h.Del(contract.HdrExpectLastSubjSeqSubject)
 	ctx, cancel := context.WithTimeout(context.Background(), s.srv.cfg.FunctionTimeout)
 	defer cancel()
 	ack, err := s.srv.js.PublishMsg(ctx, &nats.Msg{Subject: m.Subject, Header: h})

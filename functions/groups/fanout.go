@@ -230,11 +230,13 @@ func (p *partition) apply(m jetstream.Msg, seq uint64) error {
 			// Taken out of the log too, so nothing counts it as sent to
 			// the group: the receipts function, reading the log for
 			// senders, would tell its sender delivered and read. A gateway
-			// stores one when its record was a moment behind a removal,
-			// or for a group homed in another region, checked against its
-			// copy of the record. Deleted before any later message of the
-			// group is fanned out, so before any member's position passes
-			// it.
+			// stores one for a group homed in another region, checked
+			// against its copy of the record, or checked against a record
+			// without its change's sequence; a send to a group homed here
+			// is stored only if no change came after the record it was
+			// checked against (the gateway's checkGroupSend). Deleted
+			// before any later message of the group is fanned out, so
+			// before any member's position passes it.
 			ctx, cancel := context.WithTimeout(s.ctx, s.cfg.Timeout)
 			err := s.deleteMsg(ctx, seq)
 			cancel()
