@@ -83,7 +83,7 @@ func GroupLogFilter(gid string) string {
 }
 
 // GroupBellPrefix is where GROUPS rings for each message it stores: the
-// headers only, on GroupBellSubject of its group (docs/GROUP-LOG.md).
+// message itself, on GroupBellSubject of its group (docs/GROUP-LOG.md).
 const GroupBellPrefix = "sb.glive."
 
 // GroupBellSubject is where GROUPS rings for group gid's log.

@@ -23,14 +23,16 @@ import (
 // copied into its members' inboxes: they are handed its messages from
 // GROUPS. A gateway reads each such group once for all its devices in it:
 // one reader per group, which listens for the group's bell (GROUPS rings
-// contract.GroupBellSubject, headers only, for every message it stores)
-// and on each ring reads the log from where it stands (batched direct
-// gets of the group's subjects, in the log's own order:
-// grouplogread.go), handing every message to each device
-// following the group (a groupSink). A device that is behind the reader
-// (it just connected, or holds as many unacked as it may) reads for
-// itself until it has caught up: each message comes with the one the
-// reader handed before it, so a device knows when it is caught up.
+// contract.GroupBellSubject with every message it stores) and on each
+// ring reads the log from where it stands (batched direct gets of the
+// group's subjects, in the log's own order: grouplogread.go), handing
+// every message to each device following the group (a groupSink). Where
+// GROUPS has one replica, a reader whose last read reached the log's end
+// takes each later message from its bell instead (take). A device that
+// is behind the reader (it just connected, or holds as many unacked as
+// it may) reads for itself until it has caught up: each message comes
+// with the one the reader handed before it, so a device knows when it is
+// caught up.
 //
 // A lost bell (the subscription dropped it, the connection was restored)
 // is made up by the next one, or by the sweep (ringAll), which has every
@@ -50,7 +52,8 @@ import (
 type groupSink interface {
 	// offer hands on the log's message e, the reader having handed on
 	// the group's log through prev before it (0: where it started). It
-	// runs on the reader's goroutine and must not block.
+	// runs on the reader's goroutine, or on the bells' (take), under
+	// the reader's lock, and must not block.
 	offer(prev uint64, e *logEntry)
 }
 
@@ -106,8 +109,13 @@ type logRead func(gid string, from, near uint64, batch int, quit <-chan struct{}
 type groupLogs struct {
 	nc   *nats.Conn
 	read logRead
-	log  *slog.Logger
-	quit chan struct{} // closed when the gateway stops
+	// bellsWhole: GROUPS has one replica, so no bell is lost but those
+	// the bells' subscription drops (a leader change loses the
+	// republish of what the old leader stored), and a reader may take
+	// a message from its bell.
+	bellsWhole bool
+	log        *slog.Logger
+	quit       chan struct{} // closed when the gateway stops
 	// bells is every reader's bell subscription's channel, rung by one
 	// goroutine (ringing): a subscription with a callback would be a
 	// goroutine of its own per group a gateway's devices follow.
@@ -121,8 +129,10 @@ type groupLogs struct {
 // drops them, and dropped reports the groups concerned.
 const bellQueue = 8192
 
-func newGroupLogs(nc *nats.Conn, read logRead, log *slog.Logger, quit chan struct{}) *groupLogs {
-	l := &groupLogs{nc: nc, read: read, log: log, quit: quit, bells: make(chan *nats.Msg, bellQueue), readers: map[string]*groupReader{}}
+// newGroupLogs starts the readers' ringing; queue is how many bells
+// wait (bellQueue).
+func newGroupLogs(nc *nats.Conn, read logRead, log *slog.Logger, quit chan struct{}, queue int) *groupLogs {
+	l := &groupLogs{nc: nc, read: read, log: log, quit: quit, bells: make(chan *nats.Msg, queue), readers: map[string]*groupReader{}}
 	go l.ringing()
 	return l
 }
@@ -136,7 +146,7 @@ func (l *groupLogs) ringing() {
 			return
 		case m := <-l.bells:
 			seq, _ := strconv.ParseUint(m.Header.Get(contract.HdrSequence), 10, 64)
-			if r := l.reader(m.Subject); r != nil {
+			if r := l.reader(m.Subject); r != nil && !r.take(seq, m) {
 				r.ringAt(seq)
 			}
 		}
@@ -177,7 +187,11 @@ type groupReader struct {
 	wake    bool   // a read is asked for
 	running bool   // the reading goroutine runs
 	failed  bool   // the last read failed: the next ring or sweep reads again
-	closed  bool   // the last sink left: no read follows
+	// dropped and epoch are the bell subscription's dropped bells and
+	// the connection's reconnects as of the last read (take).
+	dropped int
+	epoch   uint64
+	closed  bool // the last sink left: no read follows
 	// tail is the last messages handed on, oldest first, each after the
 	// one before it, the last at last.
 	tail []tailEntry
@@ -368,6 +382,51 @@ func (r *groupReader) run() {
 	}
 }
 
+// take hands on the message a bell carries, stored at seq, if it is the
+// log's next, and tells whether the bell needs no read: it was taken, or
+// it rang for a message handed on already.
+//
+// The log's next it is when the reader's last read read the log to its
+// end (it is not reading, none is asked for, the last did not fail) and
+// every bell since was taken: bells come in the order GROUPS stored
+// their messages, on one subscription made before the reader's first
+// read, so each message stored since that read rang before this one.
+// Unless a bell was lost: the subscription dropped one (counted by
+// nats.go before it hands on the next) or the connection was restored
+// (bells published meanwhile are gone), both compared with the last
+// read; or a leader change lost the republish of what the old leader
+// stored, which is why only a GROUPS of one replica is trusted
+// (bellsWhole). Then the reader reads, as for a bell with headers only.
+func (r *groupReader) take(seq uint64, m *nats.Msg) bool {
+	if !r.logs.bellsWhole || m.Header.Get(hdrMsgSize) != "" {
+		return false // the bell has the headers only
+	}
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	switch {
+	case r.closed:
+		return true
+	case seq <= r.last && !r.running && !r.wake:
+		return true
+	case r.running || r.wake || r.failed || r.rung > r.last || seq <= r.last:
+		return false
+	}
+	if n, err := r.sub.Dropped(); err != nil || n != r.dropped || r.logs.nc.Stats().Reconnects != r.epoch {
+		return false
+	}
+	prev := r.last
+	r.last, r.rung = seq, seq
+	e := newLogEntry(r.gid, seq, m.Header, m.Data)
+	for _, s := range r.sinks {
+		s.offer(prev, e)
+	}
+	r.keep(prev, e)
+	return true
+}
+
+// hdrMsgSize is set on a message republished with its headers only.
+const hdrMsgSize = "Nats-Msg-Size"
+
 // groupReadBatch is the most messages one read of a group's log returns.
 const groupReadBatch = 256
 
@@ -378,6 +437,8 @@ func (r *groupReader) readOn() {
 	for {
 		r.mu.Lock()
 		from, near, closed := r.last+1, r.rung, r.closed
+		r.dropped, _ = r.sub.Dropped()
+		r.epoch = r.logs.nc.Stats().Reconnects
 		r.mu.Unlock()
 		if closed {
 			return

@@ -65,7 +65,9 @@ func newGroupLogTest(t *testing.T, literal bool) *groupLogTest {
 	}
 	quit := make(chan struct{})
 	t.Cleanup(func() { close(quit) })
-	return &groupLogTest{js: js, srv: srv, logs: newGroupLogs(nc, srv.readGroupLog, slog.New(slog.DiscardHandler), quit)}
+	logs := newGroupLogs(nc, srv.readGroupLog, slog.New(slog.DiscardHandler), quit, bellQueue)
+	logs.bellsWhole = literal // as the server sets it
+	return &groupLogTest{js: js, srv: srv, logs: logs}
 }
 
 // store stores a message of group gid with id, a change when event.
@@ -380,5 +382,112 @@ func TestGroupLogReaderRingsWhenBehind(t *testing.T) {
 	}
 	if offers, ids := until(t, a, 3); !slices.Equal(ids, []string{"m0", "m1", "m2"}) || offers[2][1] != m2 {
 		t.Fatalf("a was offered %q", ids)
+	}
+}
+
+// countReads has g's readers count their reads of the log.
+func (g *groupLogTest) countReads() *atomic.Int64 {
+	var n atomic.Int64
+	read := g.logs.read
+	g.logs.read = func(gid string, from, near uint64, batch int, quit <-chan struct{}, each func(uint64, *nats.Msg) bool) (bool, error) {
+		n.Add(1)
+		return read(gid, from, near, batch, quit, each)
+	}
+	return &n
+}
+
+// idle waits until r is not reading and has nothing to read.
+func idle(t *testing.T, r *groupReader) {
+	t.Helper()
+	waitFor(t, func() error {
+		r.mu.Lock()
+		defer r.mu.Unlock()
+		if r.running || r.wake || r.failed {
+			return errors.New("the reader reads")
+		}
+		return nil
+	})
+}
+
+// inOrder checks that sink was offered exactly ids, each after the one
+// before it.
+func inOrder(t *testing.T, sink *logSink, ids ...string) {
+	t.Helper()
+	offers, got := until(t, sink, len(ids))
+	if !slices.Equal(got, ids) {
+		t.Fatalf("offered %q, want %q", got, ids)
+	}
+	for i := 1; i < len(offers); i++ {
+		if offers[i][0] != offers[i-1][1] {
+			t.Fatalf("offer %d after %d, want after %d", offers[i][1], offers[i][0], offers[i-1][1])
+		}
+	}
+}
+
+// Where GROUPS has one replica, a reader that read the log to its end
+// takes each later message from its bell, which carries it, with no read
+// of the log; a bell after one the bell subscription dropped, or after
+// the connection was restored, is not taken: the reader reads, and the
+// sinks still get the log whole and in order.
+func TestGroupLogReaderTakesBells(t *testing.T) {
+	g := newGroupLogTest(t, true)
+	// Few bells wait, so a stalled ringing drops some.
+	quit := make(chan struct{})
+	t.Cleanup(func() { close(quit) })
+	logs := newGroupLogs(g.srv.nc, g.srv.readGroupLog, slog.New(slog.DiscardHandler), quit, 1)
+	logs.bellsWhole = true
+	g.logs = logs
+	reads := g.countReads()
+	m0 := g.store(t, "crowd", "m0", false)
+	s := &logSink{}
+	if _, err := g.logs.join("crowd", s, m0-1); err != nil {
+		t.Fatal(err)
+	}
+	inOrder(t, s, "m0")
+	r := g.logs.reader(contract.GroupBellSubject("crowd"))
+	idle(t, r)
+	first := reads.Load()
+	g.store(t, "crowd", "m1", false)
+	g.store(t, "crowd", "c2", true)
+	g.store(t, "other", "x", false)
+	g.store(t, "crowd", "m3", false)
+	inOrder(t, s, "m0", "m1", "c2", "m3")
+	if n := reads.Load(); n != first {
+		t.Fatalf("%d reads for three messages that rang, want none", n-first)
+	}
+
+	// Ringing stalls (the reader's lock held): of the bells of m4 to m7,
+	// one waits, one is held, and the subscription drops the rest.
+	r.mu.Lock()
+	for _, id := range []string{"m4", "m5", "m6", "m7"} {
+		g.store(t, "crowd", id, false)
+	}
+	waitFor(t, func() error {
+		if n, _ := r.sub.Dropped(); n == 0 {
+			return errors.New("no bell dropped yet")
+		}
+		return nil
+	})
+	r.mu.Unlock()
+	g.store(t, "crowd", "m8", false)
+	inOrder(t, s, "m0", "m1", "c2", "m3", "m4", "m5", "m6", "m7", "m8")
+	idle(t, r)
+
+	// A restored connection may have lost bells: the next is not taken.
+	before := reads.Load()
+	reconnects := g.srv.nc.Stats().Reconnects
+	if err := g.srv.nc.ForceReconnect(); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, func() error {
+		if g.srv.nc.Stats().Reconnects == reconnects || !g.srv.nc.IsConnected() {
+			return errors.New("not reconnected yet")
+		}
+		return nil
+	})
+	g.store(t, "crowd", "m9", false)
+	inOrder(t, s, "m0", "m1", "c2", "m3", "m4", "m5", "m6", "m7", "m8", "m9")
+	if reads.Load() == before {
+		t.Fatal("the first bell after a reconnect was taken without a read")
 	}
 }

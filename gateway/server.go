@@ -211,7 +211,8 @@ func New(ctx context.Context, cfg Config, keys *Keys, nc *nats.Conn, log *slog.L
 		remote = s.regions.group
 	}
 	s.groups = newGroupRecords(nc, s.groupInfo.load, remote, cfg.FunctionTimeout)
-	s.groupLogs = newGroupLogs(nc, s.readGroupLog, log, s.leaseStop)
+	s.groupLogs = newGroupLogs(nc, s.readGroupLog, log, s.leaseStop, bellQueue)
+	s.groupLogs.bellsWhole = s.literalLogs
 	s.own = &ownCheck{read: s.readDevices, created: s.devices.created}
 	if err := s.watchLive(); err != nil {
 		s.closeRouting()
