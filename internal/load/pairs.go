@@ -64,13 +64,19 @@ func runPairs(ctx context.Context, e *env, rep *Report) error {
 				wg.Add(1)
 				go func() {
 					defer wg.Done()
+					// One bound for all this goroutine's sends (each has at
+					// least sendTimeout): a context per send had every send
+					// register with ctx under its lock, and 800 goroutines
+					// contending for it cost the load tool a tenth of its CPU.
+					sctx, cancel := context.WithDeadline(ctx, deadline.Add(sendTimeout))
+					defer cancel()
 					buf := make([]byte, cfg.Size)
 					for ctx.Err() == nil {
 						at := time.Now()
 						if !at.Before(deadline) {
 							return
 						}
-						e.send(ctx, sdevs[i], i, l.begin(i, i, at, true), recips[i], at, buf)
+						e.sendBounded(sctx, sdevs[i], i, l.begin(i, i, at, true), recips[i], at, buf)
 					}
 				}()
 			}

@@ -259,9 +259,18 @@ func (e *env) senderHandlers(i int) handlers {
 // send sends message n of sender i to user to, stamped at, and records
 // the outcome. buf is the caller's body buffer (the SDK copies it).
 func (e *env) send(ctx context.Context, d *device, i, n int, to string, at time.Time, buf []byte) {
-	sctx, cancel := context.WithTimeout(ctx, 30*time.Second)
-	s, err := d.c.Send(sctx, to, msgID(n), putBody(buf, at))
-	cancel()
+	sctx, cancel := context.WithTimeout(ctx, sendTimeout)
+	defer cancel()
+	e.sendBounded(sctx, d, i, n, to, at, buf)
+}
+
+// sendTimeout is how long a send may wait for "sent" before it counts
+// as an error.
+const sendTimeout = 30 * time.Second
+
+// sendBounded is send under ctx's own deadline.
+func (e *env) sendBounded(ctx context.Context, d *device, i, n int, to string, at time.Time, buf []byte) {
+	s, err := d.c.Send(ctx, to, msgID(n), putBody(buf, at))
 	if err != nil {
 		e.errs.add(sendKind(err), err)
 		return
