@@ -26,21 +26,7 @@ import (
 // the first an admin.
 func putGroup(t *testing.T, n *tk.NATS, gid string, members ...string) {
 	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), wait)
-	defer cancel()
-	kv, err := n.JS.KeyValue(ctx, contract.GroupInfoKV)
-	if err != nil {
-		t.Fatal(err)
-	}
-	g := contract.GroupRecord{ID: gid, Name: "The " + gid, CreatedBy: members[0], Created: 1795582349000,
-		Members: map[string]contract.GroupMember{}, Changes: uint64(len(members))}
-	for i, m := range members {
-		g.Members[m] = contract.GroupMember{Admin: i == 0, Joined: uint64(i + 1)}
-	}
-	b, _ := json.Marshal(g)
-	if _, err := kv.Put(ctx, gid, b); err != nil {
-		t.Fatal(err)
-	}
+	putGroupAt(t, n, gid, 0, members...)
 }
 
 // groupsStream is GROUPS, read as an operator.
@@ -661,7 +647,7 @@ func storeChange(t *testing.T, n *tk.NATS, gid, op string, members ...string) ui
 }
 
 // putGroupAt writes group gid's record into GROUP_INFO as of the change
-// stored at seq.
+// stored at seq (0: not known), members as for putGroup.
 func putGroupAt(t *testing.T, n *tk.NATS, gid string, seq uint64, members ...string) {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), wait)
@@ -670,7 +656,8 @@ func putGroupAt(t *testing.T, n *tk.NATS, gid string, seq uint64, members ...str
 	if err != nil {
 		t.Fatal(err)
 	}
-	g := contract.GroupRecord{ID: gid, Name: "The " + gid, CreatedBy: "alice", Members: map[string]contract.GroupMember{}, Seq: seq}
+	g := contract.GroupRecord{ID: gid, Name: "The " + gid, CreatedBy: members[0], Created: 1795582349000,
+		Members: map[string]contract.GroupMember{}, Changes: uint64(len(members)), Seq: seq}
 	for i, m := range members {
 		g.Members[m] = contract.GroupMember{Admin: i == 0, Joined: uint64(i + 1)}
 	}
