@@ -45,7 +45,12 @@ func TestGatewayMessageWakesOfflineDevice(t *testing.T) {
 	// limit gone.go names). This test is m1's own path.
 	waitLeasesGone(t, n.JS, svc, 1)
 	alice := tk.Dial(t, g.URL, "alice", "phone")
-	sent, err := alice.Send(ctx, "bob", "m1", tk.Body("secret"))
+	// A context of its own: the waits above may have used up most of
+	// ctx's time on a busy machine (a lease that expired rather than
+	// being deleted goes only with its TTL).
+	sendCtx, cancelSend := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancelSend()
+	sent, err := alice.Send(sendCtx, "bob", "m1", tk.Body("secret"))
 	if err != nil {
 		t.Fatal(err)
 	}
