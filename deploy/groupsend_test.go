@@ -22,6 +22,10 @@ import (
 // members' sends refuse each other while one is in flight. Each refused
 // send goes again shortly (the gateway's busy retry), so every send is
 // answered "sent" at the first try, stored once, in each sender's order.
+// The group's own changes meet the same refusal while the members send:
+// the owner renames the group meanwhile, and each rename is stored, the
+// groups function's busy retry not taking the refusal for another
+// change first.
 func TestClusterGroupSendersAtOnce(t *testing.T) {
 	c := tk.StartCluster(t, clusterFiles(t)...)
 	_, setupJS := c.Nodes[0].Connect(t)
@@ -70,9 +74,24 @@ func TestClusterGroupSendersAtOnce(t *testing.T) {
 			}
 		})
 	}
+	const renames = 10
+	wg.Go(func() {
+		for j := range renames {
+			if _, err := owner.RenameGroup(ctx, "busy", fmt.Sprintf("Busy %d", j)); err != nil {
+				t.Errorf("rename %d: %v", j, err)
+				return
+			}
+		}
+	})
 	wg.Wait()
 	if t.Failed() {
 		return
+	}
+	// One instance decides the group's changes under its lock, so none
+	// of its stores can meet another change first: a conflict counted
+	// is a busy refusal taken for one.
+	if st := gs.Stats(); st.Conflicts != 0 || st.Changes != renames+1 {
+		t.Fatalf("groups function stats %+v: want %d changes, no conflict", st, renames+1)
 	}
 	m, err := g.Metrics()
 	if err != nil {

@@ -388,6 +388,7 @@ func (s *Service) storeEvent(ctx context.Context, gid string, ev *event) (seq ui
 		contract.HdrTS:                {strconv.FormatInt(ev.TS, 10)},
 		contract.HdrGroup:             {gid},
 	}}
+	busy := busyRetryMin
 	for attempt := 1; ; attempt++ {
 		ack, err := s.js.PublishMsg(ctx, m)
 		if err == nil {
@@ -395,6 +396,22 @@ func (s *Service) storeEvent(ctx context.Context, gid string, ev *event) (seq ui
 			// again) is stored after ev.Prev; one at or before it was
 			// stored by an earlier ask of the request: a repeat.
 			return ack.Sequence, ack.Duplicate && ack.Sequence <= ev.Prev, nil
+		}
+		if isBusy(err) && ctx.Err() == nil {
+			// On a replicated GROUPS another store conditional on this
+			// subject is in flight (a member's send, checked against
+			// the group's last change): no change came first, so the
+			// same change goes again shortly, not counted as an attempt.
+			t := time.NewTimer(busy/2 + time.Duration(mrand.Int64N(int64(busy))))
+			select {
+			case <-t.C:
+			case <-ctx.Done():
+				t.Stop()
+				return 0, false, ctx.Err()
+			}
+			busy = min(2*busy, busyRetryMax)
+			attempt--
+			continue
 		}
 		if attempt >= 3 || ctx.Err() != nil || !(errors.Is(err, nats.ErrTimeout) || errors.Is(err, context.DeadlineExceeded) || errors.Is(err, nats.ErrNoResponders)) {
 			return 0, false, err
@@ -475,6 +492,30 @@ func (e *event) contentHash() string {
 
 // isWrongLastSeq reports whether a store was refused because the
 // subject's last sequence was not the one expected.
+// busyRetryMin and busyRetryMax bound the wait before a store refused
+// as busy (isBusy) goes again: doubling from the first to the second,
+// each with a random spread of half either way.
+const (
+	busyRetryMin = time.Millisecond
+	busyRetryMax = 50 * time.Millisecond
+)
+
+// isBusy tells whether err is nats-server's refusal of a store
+// conditional on a subject while another such store of it is in flight
+// (replicated streams only), rather than of a condition that failed.
+func isBusy(err error) bool {
+	var api *jetstream.APIError
+	if errors.As(err, &api) {
+		return api.ErrorCode == jetstream.JSErrCodeStreamWrongLastSequenceConstant
+	}
+	var jse jetstream.JetStreamError
+	return errors.As(err, &jse) && jse.APIError() != nil &&
+		jse.APIError().ErrorCode == jetstream.JSErrCodeStreamWrongLastSequenceConstant
+}
+
+// isWrongLastSeq tells whether a change's store was refused on its
+// condition: another change was stored first (or one stayed in flight
+// until the request's time ran out: isBusy).
 func isWrongLastSeq(err error) bool {
 	var api *jetstream.APIError
 	if errors.As(err, &api) {
