@@ -2,16 +2,19 @@ package gateway
 
 import (
 	"cmp"
+	"context"
 	"encoding/json"
 	"log/slog"
 	"slices"
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 	"unicode/utf8"
 
 	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/switchboard-im/switchboard/contract"
 	"github.com/switchboard-im/switchboard/protocol"
@@ -109,13 +112,19 @@ type logRead func(gid string, from, near uint64, batch int, quit <-chan struct{}
 type groupLogs struct {
 	nc   *nats.Conn
 	read logRead
-	// bellsWhole: GROUPS has one replica, so no bell is lost but those
-	// the bells' subscription drops (a leader change loses the
-	// republish of what the old leader stored), and a reader may take
-	// a message from its bell.
-	bellsWhole bool
-	log        *slog.Logger
-	quit       chan struct{} // closed when the gateway stops
+	// hosted tells whether GROUPS has one replica, on the server the
+	// connection is on (nil: never trusted). Then no bell is lost but
+	// those the bells' subscription drops or a reconnect loses, both
+	// counted, and a reader may take a message from its bell. On
+	// another server a bell crosses a route, which can drop it
+	// unseen; with replicas a leader change loses the republish of
+	// what the old leader stored.
+	hosted func(context.Context) (bool, error)
+	// whole is 1 + the connection's reconnects when hosted last said
+	// yes, 0 when it said no (checkBells).
+	whole atomic.Uint64
+	log   *slog.Logger
+	quit  chan struct{} // closed when the gateway stops
 	// bells is every reader's bell subscription's channel, rung by one
 	// goroutine (ringing): a subscription with a callback would be a
 	// goroutine of its own per group a gateway's devices follow.
@@ -135,6 +144,46 @@ func newGroupLogs(nc *nats.Conn, read logRead, log *slog.Logger, quit chan struc
 	l := &groupLogs{nc: nc, read: read, log: log, quit: quit, bells: make(chan *nats.Msg, queue), readers: map[string]*groupReader{}}
 	go l.ringing()
 	return l
+}
+
+// checkBells asks hosted whether bells may be taken now. Run at the
+// start, after a reconnect, on a stream leader's change and with each
+// sweep; an answer from before a reconnect counts for nothing after it.
+func (l *groupLogs) checkBells() {
+	if l.hosted == nil {
+		return
+	}
+	epoch := l.nc.Stats().Reconnects // before the question: see take
+	ctx, cancel := context.WithTimeout(context.Background(), bellsCheckTimeout)
+	defer cancel()
+	if ok, err := l.hosted(ctx); err == nil && ok {
+		l.whole.Store(epoch + 1)
+	} else {
+		l.whole.Store(0)
+	}
+}
+
+// bellsCheckTimeout bounds checkBells' question.
+const bellsCheckTimeout = 5 * time.Second
+
+// groupsHosted is groupLogs.hosted for GROUPS as js finds it, nc being
+// the connection the bells come on.
+func groupsHosted(js jetstream.JetStream, nc *nats.Conn) func(context.Context) (bool, error) {
+	return func(ctx context.Context) (bool, error) {
+		st, err := js.Stream(ctx, contract.GroupsStream)
+		if err != nil {
+			return false, err
+		}
+		return bellsHosted(st.CachedInfo(), nc.ConnectedServerName()), nil
+	}
+}
+
+// bellsHosted is hosted's answer from GROUPS' info: one replica, whose
+// server (the leader; a server outside a cluster names itself) is
+// server.
+func bellsHosted(info *jetstream.StreamInfo, server string) bool {
+	return info != nil && info.Config.Replicas <= 1 && info.Cluster != nil &&
+		info.Cluster.Leader != "" && info.Cluster.Leader == server
 }
 
 // ringing rings, for each bell, its group's reader, until the gateway
@@ -394,12 +443,22 @@ func (r *groupReader) run() {
 // Unless a bell was lost: the subscription dropped one (counted by
 // nats.go before it hands on the next) or the connection was restored
 // (bells published meanwhile are gone), both compared with the last
-// read; or a leader change lost the republish of what the old leader
-// stored, which is why only a GROUPS of one replica is trusted
-// (bellsWhole). Then the reader reads, as for a bell with headers only.
+// read; or a bell was lost where nothing counts it (a route between
+// servers, a leader change), which is why bells are trusted only from a
+// GROUPS of one replica on the gateway's own server (hosted, asked
+// again after each reconnect). Then the reader reads, as for a bell
+// with headers only.
 func (r *groupReader) take(seq uint64, m *nats.Msg) bool {
-	if !r.logs.bellsWhole || m.Header.Get(hdrMsgSize) != "" {
+	if seq == 0 || m.Header.Get(hdrMsgSize) != "" {
 		return false // the bell has the headers only
+	}
+	// Counted after this bell came and before the lock (nats.go's
+	// Stats waits for a reconnect's dial): a bell lost before this one
+	// was counted before it was queued.
+	reconnects := r.logs.nc.Stats().Reconnects
+	dropped, err := r.sub.Dropped()
+	if err != nil || r.logs.whole.Load() != reconnects+1 {
+		return false
 	}
 	r.mu.Lock()
 	defer r.mu.Unlock()
@@ -411,7 +470,7 @@ func (r *groupReader) take(seq uint64, m *nats.Msg) bool {
 	case r.running || r.wake || r.failed || r.rung > r.last || seq <= r.last:
 		return false
 	}
-	if n, err := r.sub.Dropped(); err != nil || n != r.dropped || r.logs.nc.Stats().Reconnects != r.epoch {
+	if dropped != r.dropped || reconnects != r.epoch {
 		return false
 	}
 	prev := r.last
@@ -435,10 +494,12 @@ const groupReadBatch = 256
 // reads again from where it stopped.
 func (r *groupReader) readOn() {
 	for {
+		// Counted before the read, outside the lock (take).
+		dropped, _ := r.sub.Dropped()
+		epoch := r.logs.nc.Stats().Reconnects
 		r.mu.Lock()
 		from, near, closed := r.last+1, r.rung, r.closed
-		r.dropped, _ = r.sub.Dropped()
-		r.epoch = r.logs.nc.Stats().Reconnects
+		r.dropped, r.epoch = dropped, epoch
 		r.mu.Unlock()
 		if closed {
 			return

@@ -66,8 +66,21 @@ func newGroupLogTest(t *testing.T, literal bool) *groupLogTest {
 	quit := make(chan struct{})
 	t.Cleanup(func() { close(quit) })
 	logs := newGroupLogs(nc, srv.readGroupLog, slog.New(slog.DiscardHandler), quit, bellQueue)
-	logs.bellsWhole = literal // as the server sets it
+	if literal { // GROUPS of one replica, as the server finds it
+		trustBells(t, logs, js)
+	}
 	return &groupLogTest{js: js, srv: srv, logs: logs}
+}
+
+// trustBells asks, as the server does, whether l may take bells, and
+// fails unless it may.
+func trustBells(t *testing.T, l *groupLogs, js jetstream.JetStream) {
+	t.Helper()
+	l.hosted = groupsHosted(js, l.nc)
+	l.checkBells()
+	if l.whole.Load() == 0 {
+		t.Fatal("bells not trusted from a GROUPS of one replica on the connection's own server")
+	}
 }
 
 // store stores a message of group gid with id, a change when event.
@@ -435,7 +448,7 @@ func TestGroupLogReaderTakesBells(t *testing.T) {
 	quit := make(chan struct{})
 	t.Cleanup(func() { close(quit) })
 	logs := newGroupLogs(g.srv.nc, g.srv.readGroupLog, slog.New(slog.DiscardHandler), quit, 1)
-	logs.bellsWhole = true
+	trustBells(t, logs, g.js)
 	g.logs = logs
 	reads := g.countReads()
 	m0 := g.store(t, "crowd", "m0", false)
@@ -485,9 +498,72 @@ func TestGroupLogReaderTakesBells(t *testing.T) {
 		}
 		return nil
 	})
+	// Asked again, as after each reconnect: bells are trusted, but the
+	// reader has not read since.
+	logs.checkBells()
+	if logs.whole.Load() == 0 {
+		t.Fatal("bells not trusted after the reconnect")
+	}
 	g.store(t, "crowd", "m9", false)
 	inOrder(t, s, "m0", "m1", "c2", "m3", "m4", "m5", "m6", "m7", "m8", "m9")
 	if reads.Load() == before {
 		t.Fatal("the first bell after a reconnect was taken without a read")
+	}
+	idle(t, r)
+	before = reads.Load()
+	g.store(t, "crowd", "m10", false)
+	inOrder(t, s, "m0", "m1", "c2", "m3", "m4", "m5", "m6", "m7", "m8", "m9", "m10")
+	if n := reads.Load(); n != before {
+		t.Fatalf("%d reads for a bell after the reader read again, want none", n-before)
+	}
+
+	// An answer from before a reconnect counts for nothing after it.
+	reconnects = g.srv.nc.Stats().Reconnects
+	if err := g.srv.nc.ForceReconnect(); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, func() error {
+		if g.srv.nc.Stats().Reconnects == reconnects || !g.srv.nc.IsConnected() {
+			return errors.New("not reconnected yet")
+		}
+		return nil
+	})
+	g.store(t, "crowd", "m11", false)
+	inOrder(t, s, "m0", "m1", "c2", "m3", "m4", "m5", "m6", "m7", "m8", "m9", "m10", "m11")
+	idle(t, r)
+	before = reads.Load()
+	g.store(t, "crowd", "m12", false)
+	inOrder(t, s, "m0", "m1", "c2", "m3", "m4", "m5", "m6", "m7", "m8", "m9", "m10", "m11", "m12")
+	if reads.Load() == before {
+		t.Fatal("a bell was taken on an answer from before the reconnect")
+	}
+}
+
+// Bells are trusted only from a GROUPS of one replica on the server the
+// gateway is connected to: from another, a bell crosses a route, which
+// can drop it unseen; with replicas, a leader change loses some.
+func TestBellsHostedOnlyOnTheirServer(t *testing.T) {
+	info := func(replicas int, leader string) *jetstream.StreamInfo {
+		i := &jetstream.StreamInfo{Config: jetstream.StreamConfig{Replicas: replicas}}
+		if leader != "-" {
+			i.Cluster = &jetstream.ClusterInfo{Leader: leader}
+		}
+		return i
+	}
+	for _, c := range []struct {
+		info *jetstream.StreamInfo
+		want bool
+	}{
+		{info(1, "a"), true},
+		{info(0, "a"), true}, // replicas unset: one
+		{info(1, "b"), false},
+		{info(3, "a"), false},
+		{info(1, ""), false},
+		{info(1, "-"), false},
+		{nil, false},
+	} {
+		if got := bellsHosted(c.info, "a"); got != c.want {
+			t.Errorf("bellsHosted(%+v, a) = %v, want %v", c.info, got, c.want)
+		}
 	}
 }

@@ -62,11 +62,13 @@ func (s *Server) watchLive() error {
 		}
 		s.recoverAll(republishReconnect)
 		s.wakeAll(reasonReconnect)
-		s.groupLogs.ringAll() // bells rung while away were lost
+		s.groupLogs.ringAll()       // bells rung while away were lost
+		go s.groupLogs.checkBells() // perhaps on another server now
 	})
 	sub, err := nc.Subscribe(contract.LeaderSubject, func(*nats.Msg) {
 		s.recoverAll(republishLeader)
 		s.wakeAll(reasonLeader)
+		go s.groupLogs.checkBells() // the cluster changed: GROUPS may have moved too
 	})
 	s.leaderSub = sub
 	if err == nil {
@@ -131,6 +133,7 @@ func (s *Server) sweepLoop() {
 		case <-t.C:
 		}
 		if tick%sweepTicks == 0 {
+			s.groupLogs.checkBells()
 			s.groupLogs.ringAll()
 		}
 		var due []*session

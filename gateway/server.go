@@ -212,7 +212,8 @@ func New(ctx context.Context, cfg Config, keys *Keys, nc *nats.Conn, log *slog.L
 	}
 	s.groups = newGroupRecords(nc, s.groupInfo.load, remote, cfg.FunctionTimeout)
 	s.groupLogs = newGroupLogs(nc, s.readGroupLog, log, s.leaseStop, bellQueue)
-	s.groupLogs.bellsWhole = s.literalLogs
+	s.groupLogs.hosted = groupsHosted(js, nc)
+	s.groupLogs.checkBells()
 	s.own = &ownCheck{read: s.readDevices, created: s.devices.created}
 	if err := s.watchLive(); err != nil {
 		s.closeRouting()
