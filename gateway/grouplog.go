@@ -38,8 +38,9 @@ import (
 // caught up.
 //
 // A lost bell (the subscription dropped it, the connection was restored)
-// is made up by the next one, or by the sweep (ringAll), which has every
-// reader read again.
+// is made up by the next one, read for rather than taken (take can tell
+// that bells may have been lost), or by the sweep (ringAll), which has
+// every reader read again.
 //
 // A reader keeps the last readerTail messages it handed on. A device
 // that joins it behind, but no further behind than those, is handed them

@@ -206,9 +206,9 @@ func (s *session) sendGroup(f *protocol.Frame, ts int64) {
 // A send to a group homed here is stored only if no change of the group
 // was stored after the one the record is as of: m is made conditional
 // on the group's event subject still ending at the record's Seq. A
-// removal stored between the check and the store (the check's round
-// trip narrows that to a moment, but does not close it) makes the store
-// refuse the send, which is then checked again, and a removed sender
+// removal stored between the check and the store (the record, kept
+// from GROUP_INFO's writes, may be a moment behind the log) makes the
+// store refuse the send, which is then checked again, and a removed sender
 // gets not_member rather than "sent" for a message no member gets. So
 // nothing from a non-member enters a log its members read (the groups
 // function takes one out of the log too, but only after the gateways
@@ -237,6 +237,11 @@ func (s *session) checkGroupSend(gid string, m *nats.Msg, again bool) (protocol.
 	if m.Subject == contract.GroupMsgSubject(gid) && g.Seq > 0 {
 		m.Header.Set(contract.HdrExpectLastSubjSeq, strconv.FormatUint(g.Seq, 10))
 		m.Header.Set(contract.HdrExpectLastSubjSeqSubject, contract.GroupEventSubject(gid))
+	} else {
+		// Checked again against a record that cannot say (or a group
+		// now elsewhere): no condition from the check before.
+		m.Header.Del(contract.HdrExpectLastSubjSeq)
+		m.Header.Del(contract.HdrExpectLastSubjSeqSubject)
 	}
 	return "", ""
 }

@@ -76,12 +76,12 @@ target (one of):
 flags:
 `
 
-// runBench parses the bench flags, starts or finds the target, runs the
-// scenario and writes the table to out and the report to --json.
 // benchGCPercent is the load tool's own GOGC, unless the environment
 // sets one.
 const benchGCPercent = 400
 
+// runBench parses the bench flags, starts or finds the target, runs the
+// scenario and writes the table to out and the report to --json.
 func runBench(args []string, out, errOut io.Writer) error {
 	c := load.DefaultConfig()
 	fs := flag.NewFlagSet("bench", flag.ContinueOnError)

@@ -67,7 +67,7 @@ func runPairs(ctx context.Context, e *env, rep *Report) error {
 					// One bound for all this goroutine's sends (each has at
 					// least sendTimeout): a context per send had every send
 					// register with ctx under its lock, and 800 goroutines
-					// contending for it cost the load tool a tenth of its CPU.
+					// contending for it cost the load tool 7% of its CPU.
 					sctx, cancel := context.WithDeadline(ctx, deadline.Add(sendTimeout))
 					defer cancel()
 					buf := make([]byte, cfg.Size)
