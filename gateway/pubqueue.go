@@ -368,8 +368,13 @@ func (q *pubQueue) failLocked(it *pubItem, err error, now time.Time) {
 
 // maxRechecks bounds how often one group send is checked again because
 // changes of its group kept overtaking its checks; past it the send is
-// answered store_failed, and the client resends it.
-const maxRechecks = 4
+// answered store_failed, and the client resends it. Each check again
+// reads the group's latest change, so each refusal is a change stored
+// after the one before: only a group changing faster than its sends are
+// stored, all along, comes to it. (A send that waits out busy
+// refusals, up to 50 ms each, on a replicated GROUPS can meet several
+// changes of an admin's burst.)
+const maxRechecks = 16
 
 // busyRetryMin is the first wait of a group send refused because another
 // store conditional on its group's changes was in flight (groupBusy),

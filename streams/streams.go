@@ -147,6 +147,7 @@ func Apply(ctx context.Context, js jetstream.JetStream, opts Options) error {
 		if err := keepOperators(ctx, js, opts, &cfg); err != nil {
 			return err
 		}
+		bellsFor(&cfg)
 		if _, err := js.CreateOrUpdateStream(ctx, cfg); err != nil {
 			return fmt.Errorf("streams: apply %s: %w", cfg.Name, err)
 		}
@@ -215,6 +216,16 @@ func keepReplicas(ctx context.Context, js jetstream.JetStream, stream string, as
 	}
 	*replicas = s.CachedInfo().Config.Replicas
 	return nil
+}
+
+// bellsFor has a replicated GROUPS ring its bells with headers only: a
+// gateway takes a bell's message only from a GROUPS of one replica on
+// its own server (a leader change loses bells unseen), and reads the log
+// for every other bell, so the bodies would cross to it twice.
+func bellsFor(cfg *jetstream.StreamConfig) {
+	if cfg.Name == contract.GroupsStream && cfg.RePublish != nil {
+		cfg.RePublish.HeadersOnly = cfg.Replicas > 1
+	}
 }
 
 // keepOperators leaves what an operator chose on an existing stream
