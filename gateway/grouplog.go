@@ -136,7 +136,12 @@ type groupLogs struct {
 }
 
 // bellQueue is how many bells wait for ringing at most; past it NATS
-// drops them, and dropped reports the groups concerned.
+// drops them, and dropped reports the groups concerned. Where GROUPS
+// rings with whole messages, a full queue holds that many bodies (up to
+// the gateway's frame limit each, 64 KiB by default: 512 MiB if every
+// one were that large, against about 2.5 MB of headers); 1,024 would
+// bound that to 64 MiB, but dropped and read for more bells: ten groups
+// of 10 flat out gave 0.61-0.64x raw against 0.68-0.73x, alternating.
 const bellQueue = 8192
 
 // newGroupLogs starts the readers' ringing; queue is how many bells
