@@ -57,5 +57,6 @@ const (
 	HdrNumPend  = "Nats-Num-Pending"   // matching messages after this one (batched direct get)
 	HdrStamp    = "Nats-Time-Stamp"    // when it was stored, RFC 3339
 	HdrSubject  = "Nats-Subject"       // the subject it was stored under
+	HdrStream   = "Nats-Stream"        // the stream it was stored in
 	HdrUpTo     = "Nats-UpTo-Sequence" // on a batched direct get's end: the stream's newest sequence when asked
 )

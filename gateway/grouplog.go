@@ -458,6 +458,10 @@ func (r *groupReader) take(seq uint64, m *nats.Msg) bool {
 	if seq == 0 || m.Header.Get(hdrMsgSize) != "" {
 		return false // the bell has the headers only
 	}
+	if subj := m.Header.Get(contract.HdrSubject); m.Header.Get(contract.HdrStream) != contract.GroupsStream ||
+		subj != contract.GroupMsgSubject(r.gid) && subj != contract.GroupEventSubject(r.gid) {
+		return false // not a republish of this group's log: read it
+	}
 	// Counted after this bell came and before the lock (nats.go's
 	// Stats waits for a reconnect's dial): a bell lost before this one
 	// was counted before it was queued.

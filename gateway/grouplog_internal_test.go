@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 	"slices"
+	"strconv"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -532,11 +533,27 @@ func TestGroupLogReaderTakesBells(t *testing.T) {
 	inOrder(t, s, "m0", "m1", "c2", "m3", "m4", "m5", "m6", "m7", "m8", "m9", "m10", "m11")
 	idle(t, r)
 	before = reads.Load()
-	g.store(t, "crowd", "m12", false)
+	m12 := g.store(t, "crowd", "m12", false)
 	inOrder(t, s, "m0", "m1", "c2", "m3", "m4", "m5", "m6", "m7", "m8", "m9", "m10", "m11", "m12")
 	if reads.Load() == before {
 		t.Fatal("a bell was taken on an answer from before the reconnect")
 	}
+
+	// A publish on the bell's subject that is not GROUPS' republish of
+	// this group's log is read for, not taken, though it names the
+	// log's next sequence.
+	logs.checkBells()
+	idle(t, r)
+	forged := nats.NewMsg(contract.GroupBellSubject("crowd"))
+	forged.Header.Set(contract.HdrSequence, strconv.FormatUint(m12+1, 10))
+	forged.Header.Set(contract.HdrSubject, contract.GroupMsgSubject("crowd"))
+	forged.Header.Set(contract.HdrID, "forged")
+	forged.Data = []byte(`{}`)
+	if err := g.srv.nc.PublishMsg(forged); err != nil {
+		t.Fatal(err)
+	}
+	g.store(t, "crowd", "m13", false)
+	inOrder(t, s, "m0", "m1", "c2", "m3", "m4", "m5", "m6", "m7", "m8", "m9", "m10", "m11", "m12", "m13")
 }
 
 // Bells are trusted only from a GROUPS of one replica on the server the

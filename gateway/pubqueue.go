@@ -3,6 +3,7 @@ package gateway
 import (
 	"cmp"
 	"errors"
+	mrand "math/rand/v2"
 	"slices"
 	"sort"
 	"strconv"
@@ -349,9 +350,12 @@ func (q *pubQueue) failLocked(it *pubItem, err error, now time.Time) {
 		case groupBusy(err):
 			// Another store conditional on the group's changes was in
 			// flight: again shortly, as checked.
+			// Spread half either way, so sends refused by one store in
+			// flight do not all meet again at the same moment.
 			it.refusals++
 			it.state = pubRefused
-			it.due = dueBy(it, now.Add(min(busyRetryMin<<min(it.refusals-1, 10), pubRetryMin)))
+			wait := min(busyRetryMin<<min(it.refusals-1, 10), pubRetryMin)
+			it.due = dueBy(it, now.Add(wait/2+time.Duration(mrand.Int64N(int64(wait)))))
 			q.wakeLocked(it.due)
 			return
 		}
