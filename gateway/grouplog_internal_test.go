@@ -489,16 +489,7 @@ func TestGroupLogReaderTakesBells(t *testing.T) {
 
 	// A restored connection may have lost bells: the next is not taken.
 	before := reads.Load()
-	reconnects := g.srv.nc.Stats().Reconnects
-	if err := g.srv.nc.ForceReconnect(); err != nil {
-		t.Fatal(err)
-	}
-	waitFor(t, func() error {
-		if g.srv.nc.Stats().Reconnects == reconnects || !g.srv.nc.IsConnected() {
-			return errors.New("not reconnected yet")
-		}
-		return nil
-	})
+	reconnect(t, g.srv.nc)
 	// Asked again, as after each reconnect: bells are trusted, but the
 	// reader has not read since.
 	logs.checkBells()
@@ -519,16 +510,7 @@ func TestGroupLogReaderTakesBells(t *testing.T) {
 	}
 
 	// An answer from before a reconnect counts for nothing after it.
-	reconnects = g.srv.nc.Stats().Reconnects
-	if err := g.srv.nc.ForceReconnect(); err != nil {
-		t.Fatal(err)
-	}
-	waitFor(t, func() error {
-		if g.srv.nc.Stats().Reconnects == reconnects || !g.srv.nc.IsConnected() {
-			return errors.New("not reconnected yet")
-		}
-		return nil
-	})
+	reconnect(t, g.srv.nc)
 	g.store(t, "crowd", "m11", false)
 	inOrder(t, s, "m0", "m1", "c2", "m3", "m4", "m5", "m6", "m7", "m8", "m9", "m10", "m11")
 	idle(t, r)
@@ -554,6 +536,22 @@ func TestGroupLogReaderTakesBells(t *testing.T) {
 	}
 	g.store(t, "crowd", "m13", false)
 	inOrder(t, s, "m0", "m1", "c2", "m3", "m4", "m5", "m6", "m7", "m8", "m9", "m10", "m11", "m12", "m13")
+}
+
+// reconnect has nc drop its connection and waits until it has made
+// another.
+func reconnect(t *testing.T, nc *nats.Conn) {
+	t.Helper()
+	reconnects := nc.Stats().Reconnects
+	if err := nc.ForceReconnect(); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, func() error {
+		if nc.Stats().Reconnects == reconnects || !nc.IsConnected() {
+			return errors.New("not reconnected yet")
+		}
+		return nil
+	})
 }
 
 // Bells are trusted only from a GROUPS of one replica on the server the
