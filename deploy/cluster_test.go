@@ -112,16 +112,8 @@ type leaderChange struct {
 // third of the way into a stream of sends, with a window of them in flight.
 func runLeaderChange(t *testing.T, lc leaderChange) {
 	start := time.Now()
-	c := tk.StartCluster(t, clusterFiles(t)...)
+	c, setupJS := startClusterWithStreams(t)
 	t.Logf("cluster up in %s, meta leader %s", time.Since(start).Round(time.Millisecond), c.MetaLeader())
-
-	_, setupJS := c.Nodes[0].Connect(t)
-	applyStreams(t, setupJS)
-	// New buckets answer reads only once their replicas are current and
-	// every node knows where they are.
-	c.WaitHealthy(t, 20*time.Second)
-	c.WaitKVReadable(t, 20*time.Second, contract.DevicesKV, contract.CursorsKV, contract.ReadsKV, contract.PresenceKV,
-		contract.SettingsKV, contract.PushKV)
 	leader := c.WaitForLeader(t, 10*time.Second, nil, tk.StreamInfo(setupJS, contract.Inbox))
 	others := c.Others(leader)
 	// Off the node that changes, so its requests never wait on it.
@@ -205,6 +197,22 @@ func storedBehind(acked map[string]uint64, window int) int {
 		latest = max(latest, i)
 	}
 	return n
+}
+
+// startClusterWithStreams starts the three-node cluster of
+// deploy/cluster with the streams applied, and returns it with a
+// JetStream handle on its first node, once every bucket answers reads
+// (new buckets do only once their replicas are current and every node
+// knows where they are).
+func startClusterWithStreams(t *testing.T) (*tk.Cluster, jetstream.JetStream) {
+	t.Helper()
+	c := tk.StartCluster(t, clusterFiles(t)...)
+	_, js := c.Nodes[0].Connect(t)
+	applyStreams(t, js)
+	c.WaitHealthy(t, 20*time.Second)
+	c.WaitKVReadable(t, 20*time.Second, contract.DevicesKV, contract.CursorsKV, contract.ReadsKV, contract.PresenceKV,
+		contract.SettingsKV, contract.PushKV, contract.GroupInfoKV)
+	return c, js
 }
 
 // applyStreams applies the streams with three replicas. A JetStream API

@@ -29,12 +29,7 @@ import (
 // the log, at most once per rename (fewer than maxRechecks), so none
 // is answered store_failed for that either.
 func TestClusterGroupSendersAtOnce(t *testing.T) {
-	c := tk.StartCluster(t, clusterFiles(t)...)
-	_, setupJS := c.Nodes[0].Connect(t)
-	applyStreams(t, setupJS)
-	c.WaitHealthy(t, 20*time.Second)
-	c.WaitKVReadable(t, 20*time.Second, contract.DevicesKV, contract.CursorsKV, contract.ReadsKV, contract.PresenceKV,
-		contract.SettingsKV, contract.PushKV, contract.GroupInfoKV)
+	c, setupJS := startClusterWithStreams(t)
 	tk.StartFunctionsURL(t, c.Nodes[1].ClientURL)
 	gnc, gjs := tk.ConnectAs(t, c.Nodes[1].ClientURL, natsauth.Groups)
 	gs, err := groups.Start(context.Background(), gnc, gjs, groups.DefaultConfig(), tk.Logger(t))

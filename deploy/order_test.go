@@ -25,12 +25,7 @@ import (
 // "sent", the sequences "sent" gives rise in the order the frames were
 // sent, and no send waits for the gateway to give up on a lost PubAck.
 func TestClusterSendOrderThroughStepDown(t *testing.T) {
-	c := tk.StartCluster(t, clusterFiles(t)...)
-	_, setupJS := c.Nodes[0].Connect(t)
-	applyStreams(t, setupJS)
-	c.WaitHealthy(t, 20*time.Second)
-	c.WaitKVReadable(t, 20*time.Second, contract.DevicesKV, contract.CursorsKV, contract.ReadsKV, contract.PresenceKV,
-		contract.SettingsKV, contract.PushKV)
+	c, setupJS := startClusterWithStreams(t)
 	leader := c.WaitForLeader(t, 10*time.Second, nil, tk.StreamInfo(setupJS, contract.Inbox))
 	others := c.Others(leader)
 	admin, adminJS := others[0].Connect(t)

@@ -30,12 +30,12 @@ import (
 // ring reads the log from where it stands (batched direct gets of the
 // group's subjects, in the log's own order: grouplogread.go), handing
 // every message to each device following the group (a groupSink). Where
-// GROUPS has one replica, a reader whose last read reached the log's end
-// takes each later message from its bell instead (take). A device that
-// is behind the reader (it just connected, or holds as many unacked as
-// it may) reads for itself until it has caught up: each message comes
-// with the one the reader handed before it, so a device knows when it is
-// caught up.
+// GROUPS has one replica, on the gateway's own server, a reader whose
+// last read reached the log's end takes each later message from its bell
+// instead (take). A device that is behind the reader (it just
+// connected, or holds as many unacked as it may) reads for itself until
+// it has caught up: each message comes with the one the reader handed
+// before it, so a device knows when it is caught up.
 //
 // A lost bell (the subscription dropped it, the connection was restored)
 // is made up by the next one, read for rather than taken (take can tell
@@ -477,7 +477,7 @@ func (r *groupReader) take(seq uint64, m *nats.Msg) bool {
 		return true
 	case seq <= r.last && !r.running && !r.wake:
 		return true
-	case r.running || r.wake || r.failed || r.rung > r.last || seq <= r.last:
+	case r.running || r.wake || r.failed || r.rung > r.last:
 		return false
 	}
 	if dropped != r.dropped || reconnects != r.epoch {

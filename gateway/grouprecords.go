@@ -33,12 +33,13 @@ import (
 // against the log. A look-up that finds the user not a member reads the
 // record again before refusing (below), so one added a moment ago is
 // taken. A record without the sequence of its change (Seq: from a
-// groups function before it kept one) cannot make the store conditional,
-// so it is read for every send. Until the store was conditional, a check waited for a round
-// trip to the NATS server first, to have every write the server had
-// handled; measured with ten groups of 10 flat out, dropping that round
-// trip more than paid for the condition (32,300–32,800 member
-// deliveries/s against 29,800–31,600/s for the build before both).
+// groups function before it kept one) cannot make the store
+// conditional, so it is read for every send. Until the store was
+// conditional, a check waited for a round trip to the NATS server
+// first, to have every write the server had handled; measured with ten
+// groups of 10 flat out, dropping that round trip more than paid for
+// the condition (32,300–32,800 member deliveries/s against
+// 29,800–31,600/s for the build before both).
 //
 // A record is read again when its subscription dropped messages (it is
 // made again, the new one first), when the connection was restored

@@ -349,9 +349,9 @@ func (q *pubQueue) failLocked(it *pubItem, err error, now time.Time) {
 			return
 		case groupBusy(err):
 			// Another store conditional on the group's changes was in
-			// flight: again shortly, as checked.
-			// Spread half either way, so sends refused by one store in
-			// flight do not all meet again at the same moment.
+			// flight: again shortly, as checked, each wait spread half
+			// either way so that sends refused by one store in flight
+			// do not all meet again at the same moment.
 			it.refusals++
 			it.state = pubRefused
 			wait := min(busyRetryMin<<min(it.refusals-1, 10), pubRetryMin)

@@ -490,8 +490,6 @@ func (e *event) contentHash() string {
 	return strconv.FormatUint(h.Sum64(), 36)
 }
 
-// isWrongLastSeq reports whether a store was refused because the
-// subject's last sequence was not the one expected.
 // busyRetryMin and busyRetryMax bound the wait before a store refused
 // as busy (isBusy) goes again: doubling from the first to the second,
 // each with a random spread of half either way.
@@ -504,29 +502,29 @@ const (
 // conditional on a subject while another such store of it is in flight
 // (replicated streams only), rather than of a condition that failed.
 func isBusy(err error) bool {
-	var api *jetstream.APIError
-	if errors.As(err, &api) {
-		return api.ErrorCode == jetstream.JSErrCodeStreamWrongLastSequenceConstant
-	}
-	var jse jetstream.JetStreamError
-	return errors.As(err, &jse) && jse.APIError() != nil &&
-		jse.APIError().ErrorCode == jetstream.JSErrCodeStreamWrongLastSequenceConstant
+	return apiCode(err) == jetstream.JSErrCodeStreamWrongLastSequenceConstant
 }
 
 // isWrongLastSeq tells whether a change's store was refused on its
 // condition: another change was stored first (or one stayed in flight
 // until the request's time ran out: isBusy).
 func isWrongLastSeq(err error) bool {
+	c := apiCode(err)
+	return c == jetstream.JSErrCodeStreamWrongLastSequence || c == jetstream.JSErrCodeStreamWrongLastSequenceConstant
+}
+
+// apiCode is the JetStream error code err carries, as an API error or
+// wrapped in a JetStream error (0: none).
+func apiCode(err error) jetstream.ErrorCode {
 	var api *jetstream.APIError
 	if errors.As(err, &api) {
-		return api.ErrorCode == jetstream.JSErrCodeStreamWrongLastSequence || api.ErrorCode == jetstream.JSErrCodeStreamWrongLastSequenceConstant
+		return api.ErrorCode
 	}
 	var jse jetstream.JetStreamError
 	if errors.As(err, &jse) && jse.APIError() != nil {
-		c := jse.APIError().ErrorCode
-		return c == jetstream.JSErrCodeStreamWrongLastSequence || c == jetstream.JSErrCodeStreamWrongLastSequenceConstant
+		return jse.APIError().ErrorCode
 	}
-	return false
+	return 0
 }
 
 // load returns group gid as of its last event (an empty record with Seq 0

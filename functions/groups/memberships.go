@@ -156,12 +156,7 @@ func (s *Service) updateMemberships(ctx context.Context, user string, change fun
 // isTooLarge reports whether err is the store refusing a message past its
 // size limit.
 func isTooLarge(err error) bool {
-	var api *jetstream.APIError
-	if errors.As(err, &api) {
-		return api.ErrorCode == jetstream.JSErrCodeStreamMessageExceedsMaximum
-	}
-	var jse jetstream.JetStreamError
-	return errors.As(err, &jse) && jse.APIError() != nil && jse.APIError().ErrorCode == jetstream.JSErrCodeStreamMessageExceedsMaximum
+	return apiCode(err) == jetstream.JSErrCodeStreamMessageExceedsMaximum
 }
 
 // leaderMemberships reads key through the stream's leader, with its
