@@ -332,13 +332,19 @@ func (c *groupRecords) drainLocked() {
 	for {
 		select {
 		case m := <-c.writes:
-			if e := c.m[strings.TrimPrefix(m.Subject, c.prefix)]; e != nil {
-				e.ok = false
-				e.gen++
-			}
+			c.applyLocked(m)
 		default:
 			return
 		}
+	}
+}
+
+// applyLocked applies one write the connection has read: its record, if
+// kept, is read again at the next look-up.
+func (c *groupRecords) applyLocked(m *nats.Msg) {
+	if e := c.m[strings.TrimPrefix(m.Subject, c.prefix)]; e != nil {
+		e.ok = false
+		e.gen++
 	}
 }
 
