@@ -962,7 +962,7 @@ func (c *Client) send(ctx context.Context, to, id string, body json.RawMessage, 
 	if !protocol.ValidID(to) || !protocol.ValidID(id) {
 		return Sent{}, ErrBadID
 	}
-	if !json.Valid(body) || !utf8.Valid(body) {
+	if !protocol.ValidJSON(body) || !utf8.Valid(body) {
 		return Sent{}, ErrBadBody
 	}
 	if err := ctx.Err(); err != nil {
@@ -1032,7 +1032,7 @@ func (c *Client) QueueGroup(group, id string, body json.RawMessage) (*Pending, e
 }
 
 func (c *Client) queue(d dest, id string, body json.RawMessage) (*Pending, error) {
-	if !json.Valid(body) || !utf8.Valid(body) {
+	if !protocol.ValidJSON(body) || !utf8.Valid(body) {
 		return nil, ErrBadBody
 	}
 	o, err := c.enqueueTo(d, id, body, nil)

@@ -292,7 +292,7 @@ func (c *Client) SendGroup(ctx context.Context, group, id string, body json.RawM
 	if !protocol.ValidID(group) || !protocol.ValidID(id) {
 		return Sent{}, ErrBadID
 	}
-	if !json.Valid(body) || !validUTF8(body) {
+	if !protocol.ValidJSON(body) || !validUTF8(body) {
 		return Sent{}, ErrBadBody
 	}
 	if err := ctx.Err(); err != nil {

@@ -569,7 +569,7 @@ func (f *feed) take(seq uint64, h nats.Header, data []byte) {
 		// A group receipt a membership change made due has no device.
 		f.skip(seq, skipMalformed)
 		return
-	case kind == contract.KindMsg && (!json.Valid(data) || !validMedia(h.Get(contract.HdrMedia))):
+	case kind == contract.KindMsg && (!protocol.ValidJSON(data) || !validMedia(h.Get(contract.HdrMedia))):
 		// Not stored through a gateway, which checks both: a frame the
 		// client cannot decode is never acked, and would hold the device
 		// back for good once max_inflight of them were out.
@@ -618,7 +618,7 @@ func deliverable(h nats.Header, data []byte) bool {
 	switch h.Get(contract.HdrKind) {
 	case contract.KindMsg: // its frame carries the media reference; an event's does not
 		media := h.Get(contract.HdrMedia)
-		return json.Valid(data) && validMedia(media) && utf8.ValidString(media)
+		return protocol.ValidJSON(data) && validMedia(media) && utf8.ValidString(media)
 	case contract.KindEvent:
 		return isJSONObject(data)
 	}
@@ -632,7 +632,7 @@ func deliverable(h nats.Header, data []byte) bool {
 func validMedia(ref string) bool { return ref == "" || isJSONObject([]byte(ref)) }
 
 func isJSONObject(b []byte) bool {
-	return len(b) > 1 && b[0] == '{' && b[len(b)-1] == '}' && json.Valid(b)
+	return len(b) > 1 && b[0] == '{' && b[len(b)-1] == '}' && protocol.ValidJSON(b)
 }
 
 // Reasons a stored message is skipped, as counted.

@@ -86,7 +86,7 @@ func newLogEntry(gid string, seq uint64, h nats.Header, data []byte) *logEntry {
 	switch e.kind {
 	case contract.KindMsg:
 		media := h.Get(contract.HdrMedia)
-		if json.Valid(data) && validMedia(media) {
+		if protocol.ValidJSON(data) && validMedia(media) {
 			e.frame = protocol.AppendGroupLogMsg(nil, e.id, e.from, e.dev, gid, seq, ts, data, []byte(media))
 		}
 	case contract.KindEvent:

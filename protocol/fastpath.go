@@ -101,7 +101,7 @@ func (c *cursor) body() json.RawMessage {
 		return nil
 	}
 	v := c.b[:len(c.b)-1]
-	if isSpace(v[0]) || isSpace(v[len(v)-1]) || !json.Valid(v) {
+	if isSpace(v[0]) || isSpace(v[len(v)-1]) || !ValidJSON(v) {
 		c.ok = false
 		return nil
 	}
