@@ -64,8 +64,10 @@ func Run(ctx context.Context, cfg Config, t Target) (*Report, error) {
 	}
 	baselineFirst := cfg.Scenario == ScenarioPairs || cfg.Scenario == ScenarioStorm || cfg.Scenario == ScenarioGroups || cfg.Scenario == ScenarioGroupStorm
 	wantBaseline := !cfg.SkipBaseline && t.NATSURL != ""
+	settleDisk()
 	if wantBaseline && baselineFirst {
 		rep.Baseline = e.baseline(ctx)
+		settleDisk()
 	}
 	e.ctrs = startCounters(ctx, t.MetricsURLs)
 	var err error
@@ -97,6 +99,7 @@ func Run(ctx context.Context, cfg Config, t Target) (*Report, error) {
 	rep.Server = e.ctrs.delta(ctx)
 
 	if err == nil && wantBaseline && !baselineFirst {
+		settleDisk()
 		rep.Baseline = e.baseline(ctx)
 	}
 	if e.consumers != nil {
