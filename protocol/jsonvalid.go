@@ -60,9 +60,9 @@ func (v *validator) value(depth int) bool {
 	case c == '"':
 		return v.str()
 	case c == '{':
-		return v.object(depth + 1)
+		return v.container(depth+1, '}')
 	case c == '[':
-		return v.array(depth + 1)
+		return v.container(depth+1, ']')
 	case c == '-' || c >= '0' && c <= '9':
 		return v.number()
 	case c == 't':
@@ -170,27 +170,23 @@ func digits(b []byte, i int) int {
 	return i
 }
 
-func (v *validator) object(depth int) bool {
+// container consumes an object (close '}') or an array (close ']'),
+// v.b[v.i] being its opening.
+func (v *validator) container(depth int, close byte) bool {
 	if depth > maxFastDepth {
 		v.deep = true
 		return false
 	}
-	v.i++ // {
+	v.i++
 	v.space()
-	if v.i < len(v.b) && v.b[v.i] == '}' {
+	if v.i < len(v.b) && v.b[v.i] == close {
 		v.i++
 		return true
 	}
 	for {
-		if v.i >= len(v.b) || v.b[v.i] != '"' || !v.str() {
+		if close == '}' && !v.key() {
 			return false
 		}
-		v.space()
-		if v.i >= len(v.b) || v.b[v.i] != ':' {
-			return false
-		}
-		v.i++
-		v.space()
 		if !v.value(depth) {
 			return false
 		}
@@ -202,7 +198,7 @@ func (v *validator) object(depth int) bool {
 		case ',':
 			v.i++
 			v.space()
-		case '}':
+		case close:
 			v.i++
 			return true
 		default:
@@ -211,34 +207,16 @@ func (v *validator) object(depth int) bool {
 	}
 }
 
-func (v *validator) array(depth int) bool {
-	if depth > maxFastDepth {
-		v.deep = true
+// key consumes an object's key, its colon and the space around them.
+func (v *validator) key() bool {
+	if v.i >= len(v.b) || v.b[v.i] != '"' || !v.str() {
 		return false
 	}
-	v.i++ // [
 	v.space()
-	if v.i < len(v.b) && v.b[v.i] == ']' {
-		v.i++
-		return true
+	if v.i >= len(v.b) || v.b[v.i] != ':' {
+		return false
 	}
-	for {
-		if !v.value(depth) {
-			return false
-		}
-		v.space()
-		if v.i >= len(v.b) {
-			return false
-		}
-		switch v.b[v.i] {
-		case ',':
-			v.i++
-			v.space()
-		case ']':
-			v.i++
-			return true
-		default:
-			return false
-		}
-	}
+	v.i++
+	v.space()
+	return true
 }
