@@ -48,7 +48,11 @@ import (
 // is checked again against the group's log (up to maxRechecks times) and
 // published again or refused; one a replicated GROUPS refused because
 // another conditional store to the group was in flight goes again after
-// busyRetryMin, doubling.
+// busyRetryMin, doubling. Busy refusals and refusals of the stream's
+// (unavailable) count apart, each from the first in a row: an answer
+// of the other kind starts the count afresh, so a send that waited out
+// a burst of busy refusals does not then wait a second for a stream
+// that answered 503 once.
 //
 // A send not stored within pubGiveUp of arriving is given up: it is
 // answered store_failed. A send answered with any code the client resends
@@ -120,6 +124,7 @@ type pubItem struct {
 	since    time.Time // when it arrived
 	due      time.Time // when to act if nothing was heard: publish again
 	refusals int       // refused for now, in a row
+	busy     int       // a group send refused as busy, in a row (its own waits)
 
 	// For a send: the client's id, the recipient (or the group), the
 	// time it was accepted (ms) and, for a media message, the object to
@@ -352,14 +357,16 @@ func (q *pubQueue) failLocked(it *pubItem, err error, now time.Time) {
 			// flight: again shortly, as checked, each wait spread half
 			// either way so that sends refused by one store in flight
 			// do not all meet again at the same moment.
-			it.refusals++
+			it.busy++
+			it.refusals = 0 // the stream answered: it is there
 			it.state = pubRefused
-			wait := min(busyRetryMin<<min(it.refusals-1, 10), pubRetryMin)
+			wait := min(busyRetryMin<<min(it.busy-1, 10), pubRetryMin)
 			it.due = dueBy(it, now.Add(wait/2+time.Duration(mrand.Int64N(int64(wait)))))
 			q.wakeLocked(it.due)
 			return
 		}
 	}
+	it.busy = 0
 	if !transient(err) {
 		q.failedLocked(it, now)
 		return

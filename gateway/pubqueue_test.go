@@ -688,3 +688,45 @@ func TestPubQueueCopiesAResendFoundStored(t *testing.T) {
 		t.Fatal("the resend's sent frame does not say dup")
 	}
 }
+
+// A group send refused as busy (another store conditional on the group's
+// changes in flight) waits about a millisecond, doubling with each busy
+// refusal in a row, and an unavailable stream's waits start at
+// pubRetryMin: each kind counts its own, and an answer of the other kind
+// starts it afresh, so neither backs the other off.
+func TestPubQueueBusyAndUnavailableWaitApart(t *testing.T) {
+	q, env := newTestQueue(8)
+	g := sendItem("g1")
+	g.group = "friends"
+	q.put(t, g, q.now)
+	q.granted(g, nil, "", "", 0)
+	refuse := func(m *nats.Msg) time.Duration {
+		t.Helper()
+		published := len(env.publishes)
+		q.onReply(env.last().n, env.last().a, m)
+		wait := g.due.Sub(q.now)
+		q.at(g.due)
+		if len(env.publishes) != published+1 {
+			t.Fatalf("not published again when due")
+		}
+		return wait
+	}
+	busy := func() *nats.Msg { return apiError(400, int(jetstream.JSErrCodeStreamWrongLastSequenceConstant)) }
+	spread := func(w, want time.Duration) bool { return w >= want/2 && w < want*3/2 }
+	for i := range 6 {
+		if w, want := refuse(busy()), busyRetryMin<<i; !spread(w, want) {
+			t.Fatalf("busy refusal %d: waited %v, want %v spread half either way", i+1, w, want)
+		}
+	}
+	if w := refuse(noResponders()); w != pubRetryMin {
+		t.Fatalf("unavailable after busy refusals: waited %v, want %v", w, pubRetryMin)
+	}
+	if w := refuse(busy()); !spread(w, busyRetryMin) {
+		t.Fatalf("busy after unavailable: waited %v, want %v spread", w, busyRetryMin)
+	}
+	if w := refuse(noResponders()); w != pubRetryMin {
+		t.Fatalf("unavailable after a busy answer: waited %v, want %v", w, pubRetryMin)
+	}
+	q.onReply(env.last().n, env.last().a, ackMsg(9, false))
+	expectStrings(t, "answers", env.answers(), []string{"sent:g1:9"})
+}
