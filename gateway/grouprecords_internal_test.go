@@ -137,7 +137,7 @@ func (rt *recordsTest) checkMember(t *testing.T, gid, user string, member bool) 
 // has read the write's own message has the write, whoever wrote it. (A
 // check does not wait for that: the send's store is conditional on the
 // group's log, TestGroupSendCheckedAgainstTheLogAfterAChange. Here the
-// test makes the round trip to the server itself.)
+// test waits for the write to reach the watch itself.)
 func TestKeptGroupRecordsFollowTheirWrites(t *testing.T) {
 	rt := newRecordsTest(t, &server.Options{}, "")
 	rt.put(t, "club", "alice", "bob")

@@ -50,9 +50,9 @@ import (
 // another conditional store to the group was in flight goes again after
 // busyRetryMin, doubling. Busy refusals and refusals of the stream's
 // (unavailable) count apart, each from the first in a row: an answer
-// of the other kind starts the count afresh, so a send that waited out
-// a burst of busy refusals does not then wait a second for a stream
-// that answered 503 once.
+// of any other kind starts a count afresh, so a send that waited out a
+// burst of busy refusals does not then wait a second for a stream that
+// answered 503 once.
 //
 // A send not stored within pubGiveUp of arriving is given up: it is
 // answered store_failed. A send answered with any code the client resends
@@ -349,6 +349,7 @@ func (q *pubQueue) failLocked(it *pubItem, err error, now time.Time) {
 			// Checked against a record a change has overtaken: checked
 			// again, against the group's log (session.checkGroupSend).
 			it.rechecks++
+			it.busy, it.refusals = 0, 0
 			it.state = pubGranting
 			q.env.grant(it)
 			return

@@ -1012,13 +1012,14 @@ func DecodeServer(data []byte) (*Frame, error) {
 	return &f, nil
 }
 
-// appendMsgTail ends a msg frame: its media reference, if any, and body.
 // msgFrameFixed bounds a msg frame's bytes other than its strings, body
-// and media: its keys, punctuation and two numbers. A frame is made with
-// its length known, not grown append by append (a copy of the body each
-// time, a quarter of what handing a live message to its socket cost).
-const msgFrameFixed = len(`{"type":"msg","id":"","from":"","device":"","seq":,"ts":,"media":,"body":}`) + 2*20
+// and media: its keys, punctuation and two numbers (a log's "gseq" the
+// longer key). A frame is made with its length known, not grown append by
+// append (a copy of the body each time, a quarter of what handing a live
+// message to its socket cost).
+const msgFrameFixed = len(`{"type":"msg","id":"","from":"","device":"","gseq":,"ts":,"media":,"body":}`) + 2*20
 
+// appendMsgTail ends a msg frame: its media reference, if any, and body.
 func appendMsgTail(b, body, media []byte) []byte {
 	if len(media) > 0 {
 		b = append(b, `,"media":`...)
