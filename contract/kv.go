@@ -4,6 +4,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	mrand "math/rand/v2"
+	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
 )
@@ -18,10 +20,43 @@ const swapAttempts = 50
 // that exists, an Update from a stale revision, or a raw publish whose
 // expected last sequence did not match.
 func IsConflict(err error) bool {
-	var apiErr *jetstream.APIError
+	c := APICode(err)
 	return errors.Is(err, jetstream.ErrKeyExists) || errors.Is(err, jetstream.ErrKeyRevisionMismatch) ||
-		(errors.As(err, &apiErr) && (apiErr.ErrorCode == jetstream.JSErrCodeStreamWrongLastSequence ||
-			apiErr.ErrorCode == jetstream.JSErrCodeStreamWrongLastSequenceConstant))
+		c == jetstream.JSErrCodeStreamWrongLastSequence || c == jetstream.JSErrCodeStreamWrongLastSequenceConstant
+}
+
+// APICode is the JetStream error code err carries (0: none), wrapped or
+// not.
+func APICode(err error) jetstream.ErrorCode {
+	var apiErr *jetstream.APIError
+	if errors.As(err, &apiErr) {
+		return apiErr.ErrorCode
+	}
+	return 0
+}
+
+// IsBusy reports a store conditional on a subject's last sequence that
+// a replicated stream refused because another such store of the subject
+// was in flight: no condition failed, and the same store goes again
+// after BusyWait.
+func IsBusy(err error) bool {
+	return APICode(err) == jetstream.JSErrCodeStreamWrongLastSequenceConstant
+}
+
+// BusyRetryMin and BusyRetryMax bound BusyWait: the store in flight is
+// done within a round of the stream's replicas.
+const (
+	BusyRetryMin = time.Millisecond
+	BusyRetryMax = 50 * time.Millisecond
+)
+
+// BusyWait is the wait after the n-th busy refusal in a row (n from 1):
+// BusyRetryMin doubling to BusyRetryMax, spread half either way, so that
+// stores refused by the one in flight do not all meet again at the same
+// moment.
+func BusyWait(n int) time.Duration {
+	wait := min(BusyRetryMin<<min(max(n, 1)-1, 10), BusyRetryMax)
+	return wait/2 + time.Duration(mrand.Int64N(int64(wait)))
 }
 
 // Swap changes the record under key with compare-and-set: it reads the

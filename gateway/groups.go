@@ -198,10 +198,9 @@ func (s *session) sendGroup(f *protocol.Frame, ts int64) {
 // checkGroupSend tells whether this user may send to group gid now,
 // against its kept record (groupRecords.check) or, again after the store
 // refused it (again), as the group's log has it now
-// (groupRecords.latest). It
-// returns the error to answer the send with, if any. A group homed in
-// another region is sent to through OUTBOX (m is pointed there,
-// regions.go).
+// (groupRecords.latest). It returns the error to answer the send with,
+// if any. A group homed in another region is sent to through OUTBOX (m
+// is pointed there, regions.go).
 //
 // A send to a group homed here is stored only if no change of the group
 // was stored after the one the record is as of: m is made conditional

@@ -2,8 +2,6 @@ package gateway
 
 import (
 	"cmp"
-	"errors"
-	mrand "math/rand/v2"
 	"slices"
 	"sort"
 	"strconv"
@@ -48,11 +46,11 @@ import (
 // is checked again against the group's log (up to maxRechecks times) and
 // published again or refused; one a replicated GROUPS refused because
 // another conditional store to the group was in flight goes again after
-// busyRetryMin, doubling. Busy refusals and refusals of the stream's
-// (unavailable) count apart, each from the first in a row: an answer
-// of any other kind starts a count afresh, so a send that waited out a
-// burst of busy refusals does not then wait a second for a stream that
-// answered 503 once.
+// contract.BusyWait, as the groups function's changes do. Busy refusals
+// and refusals of the stream's (unavailable) count apart, each from the
+// first in a row: an answer of any other kind starts a count afresh, so
+// a send that waited out a burst of busy refusals does not then wait a
+// second for a stream that answered 503 once.
 //
 // A send not stored within pubGiveUp of arriving is given up: it is
 // answered store_failed. A send answered with any code the client resends
@@ -353,16 +351,15 @@ func (q *pubQueue) failLocked(it *pubItem, err error, now time.Time) {
 			it.state = pubGranting
 			q.env.grant(it)
 			return
-		case groupBusy(err):
+		case contract.IsBusy(err):
 			// Another store conditional on the group's changes was in
-			// flight: again shortly, as checked, each wait spread half
-			// either way so that sends refused by one store in flight
-			// do not all meet again at the same moment.
+			// flight (a send of another member, a change; nats-server
+			// proposes one such store per subject at a time): nothing
+			// is known to have changed, so again shortly, as checked.
 			it.busy++
 			it.refusals = 0 // the stream answered: it is there
 			it.state = pubRefused
-			wait := min(busyRetryMin<<min(it.busy-1, 10), pubRetryMin)
-			it.due = dueBy(it, now.Add(wait/2+time.Duration(mrand.Int64N(int64(wait)))))
+			it.due = dueBy(it, now.Add(contract.BusyWait(it.busy)))
 			q.wakeLocked(it.due)
 			return
 		}
@@ -388,28 +385,11 @@ func (q *pubQueue) failLocked(it *pubItem, err error, now time.Time) {
 // changes of an admin's burst.)
 const maxRechecks = 16
 
-// busyRetryMin is the first wait of a group send refused because another
-// store conditional on its group's changes was in flight (groupBusy),
-// doubling up to pubRetryMin: that store is done within a round of the
-// stream's replicas.
-const busyRetryMin = time.Millisecond
-
 // groupChanged tells whether err is the store refusing a group send
 // because the group's event subject no longer ends where the send's
 // check read it: a change was stored since.
 func groupChanged(err error) bool {
-	var apiErr *jetstream.APIError
-	return errors.As(err, &apiErr) && apiErr.ErrorCode == jetstream.JSErrCodeStreamWrongLastSequence
-}
-
-// groupBusy tells whether err is a replicated stream refusing a group
-// send because another store conditional on the same group's changes
-// (a send of another member, a change) was in flight: nats-server
-// proposes one such store per subject at a time. Nothing is known to
-// have changed.
-func groupBusy(err error) bool {
-	var apiErr *jetstream.APIError
-	return errors.As(err, &apiErr) && apiErr.ErrorCode == jetstream.JSErrCodeStreamWrongLastSequenceConstant
+	return contract.APICode(err) == jetstream.JSErrCodeStreamWrongLastSequence
 }
 
 // onReply takes the answer to item n's attempt a: a PubAck or a refusal.

@@ -714,15 +714,15 @@ func TestPubQueueBusyAndUnavailableWaitApart(t *testing.T) {
 	busy := func() *nats.Msg { return apiError(400, int(jetstream.JSErrCodeStreamWrongLastSequenceConstant)) }
 	spread := func(w, want time.Duration) bool { return w >= want/2 && w < want*3/2 }
 	for i := range 6 {
-		if w, want := refuse(busy()), busyRetryMin<<i; !spread(w, want) {
+		if w, want := refuse(busy()), contract.BusyRetryMin<<i; !spread(w, want) {
 			t.Fatalf("busy refusal %d: waited %v, want %v spread half either way", i+1, w, want)
 		}
 	}
 	if w := refuse(noResponders()); w != pubRetryMin {
 		t.Fatalf("unavailable after busy refusals: waited %v, want %v", w, pubRetryMin)
 	}
-	if w := refuse(busy()); !spread(w, busyRetryMin) {
-		t.Fatalf("busy after unavailable: waited %v, want %v spread", w, busyRetryMin)
+	if w := refuse(busy()); !spread(w, contract.BusyRetryMin) {
+		t.Fatalf("busy after unavailable: waited %v, want %v spread", w, contract.BusyRetryMin)
 	}
 	if w := refuse(noResponders()); w != pubRetryMin {
 		t.Fatalf("unavailable after a busy answer: waited %v, want %v", w, pubRetryMin)

@@ -388,7 +388,7 @@ func (s *Service) storeEvent(ctx context.Context, gid string, ev *event) (seq ui
 		contract.HdrTS:                {strconv.FormatInt(ev.TS, 10)},
 		contract.HdrGroup:             {gid},
 	}}
-	busy := busyRetryMin
+	busy := 0 // busy refusals in a row
 	for attempt := 1; ; attempt++ {
 		ack, err := s.js.PublishMsg(ctx, m)
 		if err == nil {
@@ -397,19 +397,19 @@ func (s *Service) storeEvent(ctx context.Context, gid string, ev *event) (seq ui
 			// stored by an earlier ask of the request: a repeat.
 			return ack.Sequence, ack.Duplicate && ack.Sequence <= ev.Prev, nil
 		}
-		if isBusy(err) && ctx.Err() == nil {
+		if contract.IsBusy(err) && ctx.Err() == nil {
 			// On a replicated GROUPS another store conditional on this
 			// subject is in flight (a member's send, checked against
 			// the group's last change): no change came first, so the
 			// same change goes again shortly, not counted as an attempt.
-			t := time.NewTimer(busy/2 + time.Duration(mrand.Int64N(int64(busy))))
+			busy++
+			t := time.NewTimer(contract.BusyWait(busy))
 			select {
 			case <-t.C:
 			case <-ctx.Done():
 				t.Stop()
 				return 0, false, ctx.Err()
 			}
-			busy = min(2*busy, busyRetryMax)
 			attempt--
 			continue
 		}
@@ -490,41 +490,12 @@ func (e *event) contentHash() string {
 	return strconv.FormatUint(h.Sum64(), 36)
 }
 
-// busyRetryMin and busyRetryMax bound the wait before a store refused
-// as busy (isBusy) goes again: doubling from the first to the second,
-// each with a random spread of half either way.
-const (
-	busyRetryMin = time.Millisecond
-	busyRetryMax = 50 * time.Millisecond
-)
-
-// isBusy tells whether err is nats-server's refusal of a store
-// conditional on a subject while another such store of it is in flight
-// (replicated streams only), rather than of a condition that failed.
-func isBusy(err error) bool {
-	return apiCode(err) == jetstream.JSErrCodeStreamWrongLastSequenceConstant
-}
-
 // isWrongLastSeq tells whether a change's store was refused on its
 // condition: another change was stored first (or one stayed in flight
-// until the request's time ran out: isBusy).
+// until the request's time ran out: contract.IsBusy).
 func isWrongLastSeq(err error) bool {
-	c := apiCode(err)
+	c := contract.APICode(err)
 	return c == jetstream.JSErrCodeStreamWrongLastSequence || c == jetstream.JSErrCodeStreamWrongLastSequenceConstant
-}
-
-// apiCode is the JetStream error code err carries, as an API error or
-// wrapped in a JetStream error (0: none).
-func apiCode(err error) jetstream.ErrorCode {
-	var api *jetstream.APIError
-	if errors.As(err, &api) {
-		return api.ErrorCode
-	}
-	var jse jetstream.JetStreamError
-	if errors.As(err, &jse) && jse.APIError() != nil {
-		return jse.APIError().ErrorCode
-	}
-	return 0
 }
 
 // load returns group gid as of its last event (an empty record with Seq 0

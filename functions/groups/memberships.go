@@ -156,7 +156,7 @@ func (s *Service) updateMemberships(ctx context.Context, user string, change fun
 // isTooLarge reports whether err is the store refusing a message past its
 // size limit.
 func isTooLarge(err error) bool {
-	return apiCode(err) == jetstream.JSErrCodeStreamMessageExceedsMaximum
+	return contract.APICode(err) == jetstream.JSErrCodeStreamMessageExceedsMaximum
 }
 
 // leaderMemberships reads key through the stream's leader, with its
