@@ -38,8 +38,10 @@ import (
 // each ends). A session that found its user with no other device at all
 // as of DEVICES' sequence N asks from N+1, and a record not written
 // since is not sent: a round of one-device senders costs one small
-// request and no record (sessions that never found their users alone ask
-// in a request of their own, for whole records). A session whose user
+// request and no record, and when no device record at all was written
+// since, one lookup of the bucket's next sequence (sessions that never
+// found their users alone ask in a request of their own, for whole
+// records). A session whose user
 // has a device that joined after its message is not alone: it asks again
 // with its next send, until that send is one the device is to get.
 // Devices are only ever added: a session that found another device that
@@ -59,7 +61,11 @@ type ownCheck struct {
 	// read returns the DEVICES records of users written at or after
 	// sequence from, by user, and the sequence of the bucket's newest
 	// record as of the read (0: not known).
-	read    func(users []string, from uint64) (records map[string][]byte, newest uint64, err error)
+	read func(users []string, from uint64) (records map[string][]byte, newest uint64, err error)
+	// changed, when set, reports whether any record was written or
+	// deleted at or after sequence from: the cheap first look of a round
+	// whose sessions all found their users alone (see answer).
+	changed func(from uint64) (bool, error)
 	created time.Time // INBOX's, which devices' starts count in
 
 	mu      sync.Mutex
@@ -142,9 +148,29 @@ func (c *ownCheck) round(qs []ownQuestion) {
 
 // answer reads for qs, from the oldest point any of them found its user
 // alone, and answers them.
+//
+// A round of sessions that all found their users alone first asks
+// whether DEVICES holds any record written since the oldest of those
+// points: mostly none is (devices join far less often than users send),
+// and then each user is alone still, as of the point its session found,
+// at the cost of one lookup of the bucket's next sequence instead of a
+// search of each sender's subject. A look that fails, or finds a record,
+// reads the senders' records as before.
 func (c *ownCheck) answer(qs []ownQuestion) {
 	if len(qs) == 0 {
 		return
+	}
+	if c.changed != nil && qs[0].alone != 0 {
+		from := qs[0].alone
+		for _, q := range qs {
+			from = min(from, q.alone)
+		}
+		if changed, err := c.changed(from + 1); err == nil && !changed {
+			for _, q := range qs {
+				q.answer(ownAnswer{alone: q.alone})
+			}
+			return
+		}
 	}
 	var users []string
 	byUser := map[string][]ownQuestion{}
@@ -228,6 +254,19 @@ func (srv *Server) readDevices(users []string, from uint64) (map[string][]byte, 
 		}
 	}
 	return out, newest, err
+}
+
+// devicesChanged reports whether DEVICES holds a record, or a delete,
+// at or after sequence from: one direct get of the first message there
+// on any key.
+func (srv *Server) devicesChanged(from uint64) (bool, error) {
+	found := false
+	srv.metrics.ownReads.Inc()
+	_, _, err := srv.directGetOn("KV_"+contract.DevicesKV, directGet{Seq: from, NextFor: contract.KVSubject(contract.DevicesKV, ">")}, nil, func(uint64, *nats.Msg) bool {
+		found = true
+		return false
+	})
+	return found, err
 }
 
 // errCutShort is a batched read whose answer stopped before the end.

@@ -152,3 +152,104 @@ func TestOwnCheckGathersQuestionsIntoTheNextRead(t *testing.T) {
 	d.give <- errors.New("no answer")
 	expectAnswers("erin/phone: copy, unknown")
 }
+
+// changed is the checker's first look for a round of sessions that found
+// their users alone: it reports the sequence asked from and answers from
+// the records then held, or fails with fail.
+func (d *fakeDevices) changed(looked chan<- uint64, fail *error) func(uint64) (bool, error) {
+	return func(from uint64) (bool, error) {
+		looked <- from
+		d.mu.Lock()
+		defer d.mu.Unlock()
+		if *fail != nil {
+			return false, *fail
+		}
+		return d.newest >= from, nil
+	}
+}
+
+// A round of sessions that all found their users alone first looks for
+// any record written since the oldest of their points: with none, each
+// is answered alone as of its own point and no sender's record is read;
+// with one (whoever's), or when the look fails, the senders' records are
+// read as before. Sessions that never found their users alone skip it.
+func TestOwnCheckLooksForAnyChangeFirst(t *testing.T) {
+	d := &fakeDevices{created: time.Now(), asked: make(chan readAsked), give: make(chan error), records: map[string]fakeRecord{}}
+	d.put(t, "alice", map[string]uint64{"phone": 0}) // 1
+	d.put(t, "bob", map[string]uint64{"phone": 0})   // 2
+	looked := make(chan uint64, 8)
+	var fail error
+	c := &ownCheck{read: d.read, changed: d.changed(looked, &fail), created: d.created}
+	answers := make(chan string, 8)
+	ask := func(user string, seq, alone uint64) {
+		c.ask(ownQuestion{user: user, device: "phone", seq: seq, alone: alone, answer: func(a ownAnswer) {
+			switch {
+			case a.other:
+				answers <- user + ": copy, another device"
+			case a.copy:
+				answers <- user + ": copy, unknown"
+			default:
+				answers <- fmt.Sprintf("%s: no copy, alone as of %d", user, a.alone)
+			}
+		}})
+	}
+	expectLook := func(from uint64) {
+		t.Helper()
+		if got := <-looked; got != from {
+			t.Fatalf("looked from %d, want %d", got, from)
+		}
+	}
+	expectRead := func(users []string, from uint64) {
+		t.Helper()
+		if got := <-d.asked; !slices.Equal(got.users, users) || got.from != from {
+			t.Fatalf("read asks %v from %d, want %v from %d", got.users, got.from, users, from)
+		}
+	}
+	expectAnswer := func(want string) {
+		t.Helper()
+		if got := <-answers; got != want {
+			t.Fatalf("answer %q, want %q", got, want)
+		}
+	}
+
+	// Never found alone: no look, the whole record is read.
+	ask("alice", 5, 0)
+	expectRead([]string{"alice"}, 1)
+	d.give <- nil
+	expectAnswer("alice: no copy, alone as of 2")
+
+	// Alone as of 2, nothing written since: answered from the look.
+	ask("alice", 6, 2)
+	expectLook(3)
+	expectAnswer("alice: no copy, alone as of 2")
+
+	// Another user's device joins: the look finds it, and alice's record
+	// is read, from the same point.
+	d.put(t, "carol", map[string]uint64{"phone": 0}) // 3
+	ask("alice", 7, 2)
+	expectLook(3)
+	expectRead([]string{"alice"}, 3)
+	d.give <- nil
+	expectAnswer("alice: no copy, alone as of 3")
+
+	// alice's laptop joins at seq 8: found and read.
+	d.put(t, "alice", map[string]uint64{"phone": 0, "laptop": 8}) // 4
+	ask("alice", 8, 3)
+	expectLook(4)
+	expectRead([]string{"alice"}, 4)
+	d.give <- nil
+	expectAnswer("alice: copy, another device")
+
+	// A look that fails: the record is read.
+	fail = errors.New("no answer")
+	ask("bob", 9, 4)
+	expectLook(5)
+	expectRead([]string{"bob"}, 5)
+	d.give <- nil
+	expectAnswer("bob: no copy, alone as of 4")
+	select {
+	case from := <-looked:
+		t.Fatalf("an extra look from %d", from)
+	default:
+	}
+}

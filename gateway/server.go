@@ -214,7 +214,7 @@ func New(ctx context.Context, cfg Config, keys *Keys, nc *nats.Conn, log *slog.L
 	s.groupLogs = newGroupLogs(nc, s.readGroupLog, log, s.leaseStop, bellQueue)
 	s.groupLogs.hosted = groupsHosted(js, nc)
 	s.groupLogs.checkBells()
-	s.own = &ownCheck{read: s.readDevices, created: s.devices.created}
+	s.own = &ownCheck{read: s.readDevices, changed: s.devicesChanged, created: s.devices.created}
 	if err := s.watchLive(); err != nil {
 		s.closeRouting()
 		return nil, err
