@@ -117,15 +117,18 @@ func (r *replies) unregister(id uint64) {
 // subject is the reply subject of owner's request named by kind and
 // numbers: <prefix>.<owner>.<kind><n>.<a>.
 func (r *replies) subject(owner uint64, kind byte, n, a uint64) string {
-	b := make([]byte, 0, len(r.prefix)+48)
-	b = append(b, r.prefix...)
-	b = append(b, '.')
-	b = strconv.AppendUint(b, owner, 10)
-	b = append(b, '.', kind)
-	b = strconv.AppendUint(b, n, 10)
-	b = append(b, '.')
-	b = strconv.AppendUint(b, a, 10)
-	return string(b)
+	var num [20]byte
+	var b strings.Builder // one allocation: the subject itself
+	b.Grow(len(r.prefix) + 3 + 3*len(num))
+	b.WriteString(r.prefix)
+	b.WriteByte('.')
+	b.Write(strconv.AppendUint(num[:0], owner, 10))
+	b.WriteByte('.')
+	b.WriteByte(kind)
+	b.Write(strconv.AppendUint(num[:0], n, 10))
+	b.WriteByte('.')
+	b.Write(strconv.AppendUint(num[:0], a, 10))
+	return b.String()
 }
 
 // parseToken reads a token made by subject.

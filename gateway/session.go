@@ -615,15 +615,19 @@ func (s *session) send(f *protocol.Frame) {
 		s.sendGroup(f, ts)
 		return
 	}
+	inbox := contract.InboxSubject(f.To)
+	// The header's values share one array, each capped at its own: one
+	// allocation for the six.
+	vals := &[6]string{contract.MsgDedupID(s.id.User, f.ID), contract.KindMsg, s.id.User, s.id.Device, f.ID, strconv.FormatInt(ts, 10)}
 	m := &nats.Msg{
-		Subject: contract.InboxSubject(f.To),
+		Subject: inbox,
 		Header: nats.Header{
-			contract.HdrMsgID:  {contract.MsgDedupID(s.id.User, f.ID)},
-			contract.HdrKind:   {contract.KindMsg},
-			contract.HdrFrom:   {s.id.User},
-			contract.HdrDevice: {s.id.Device},
-			contract.HdrID:     {f.ID},
-			contract.HdrTS:     {strconv.FormatInt(ts, 10)},
+			contract.HdrMsgID:  vals[0:1:1],
+			contract.HdrKind:   vals[1:2:2],
+			contract.HdrFrom:   vals[2:3:3],
+			contract.HdrDevice: vals[3:4:4],
+			contract.HdrID:     vals[4:5:5],
+			contract.HdrTS:     vals[5:6:6],
 		},
 		Data: f.Body,
 	}
@@ -633,7 +637,7 @@ func (s *session) send(f *protocol.Frame) {
 	}
 	it := &pubItem{msg: m, id: f.ID, to: f.To, ts: ts, media: f.Media}
 	switch {
-	case m.Subject != contract.InboxSubject(f.To):
+	case m.Subject != inbox:
 		// To another region, through OUTBOX: stored whether or not the
 		// user has another device (its seq is set once the send is
 		// stored).

@@ -120,6 +120,10 @@ func (q *outQueue) finished() <-chan struct{} { return q.writerDone }
 
 func (q *outQueue) closedWith() (int, string) { return q.closeCode, q.closeReason }
 
+// keptBatch is the most frames an idle connection's emptied batch holds
+// room for, kept for its next frames (its writer drops larger ones).
+const keptBatch = 4
+
 // take hands the writer everything queued, swapping in batch (emptied)
 // for the next frames, and says whether Close was called and a
 // heartbeat is due. stop is true when there is nothing to write: the
@@ -131,6 +135,10 @@ func (q *outQueue) take(batch [][]byte) (next [][]byte, closing, ping, stop bool
 	q.pingDue = false
 	if len(q.queue) == 0 && !closing && !ping {
 		q.writing = false
+		if cap(q.queue) == 0 && cap(batch) <= keptBatch {
+			// The next Send appends here rather than to a new array.
+			q.queue = batch[:0]
+		}
 		return batch, false, false, true
 	}
 	next, q.queue = q.queue, batch[:0]
