@@ -409,11 +409,19 @@ func (s *session) listen(kind routeKind, subject string) error {
 // a frame is handled on a goroutine of its own while the read loop waits
 // for it: frames are still handled one at a time and in order, and the
 // inbound state (s.in) is still touched by one goroutine at a time.
+//
+// The fast paths decode into a Frame from fastFrames, given back once it
+// is handled: handleFrame keeps fields of an ack, a read or a 1:1 send,
+// never the Frame itself.
 func (s *session) handle(data []byte) {
-	if f := protocol.DecodeClientFast(data); f != nil {
+	f := fastFrames.Get().(*protocol.Frame)
+	if protocol.DecodeClientFastInto(data, f) {
 		s.handleFrame(f)
+		*f = protocol.Frame{}
+		fastFrames.Put(f)
 		return
 	}
+	fastFrames.Put(f)
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
@@ -421,6 +429,10 @@ func (s *session) handle(data []byte) {
 	}()
 	<-done
 }
+
+// fastFrames are the Frames the fast paths decode into: a Frame is
+// larger than most frames, and sends and acks are most of them.
+var fastFrames = sync.Pool{New: func() any { return new(protocol.Frame) }}
 
 // handleSlow decodes a frame off the fast paths and handles it.
 func (s *session) handleSlow(data []byte) {

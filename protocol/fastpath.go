@@ -114,6 +114,17 @@ func isSpace(b byte) bool { return b == ' ' || b == '\t' || b == '\n' || b == '\
 // decodeSeqFrame decodes the frames a device sends most, an ack or a read
 // in AppendSeqFrame's form: a device acks every message it gets.
 func decodeSeqFrame(data []byte) *Frame {
+	var f Frame
+	if !decodeSeqInto(data, &f) {
+		return nil
+	}
+	out := f // on the heap only once decoded
+	return &out
+}
+
+// decodeSeqInto is decodeSeqFrame into f, which it sets only if it
+// reports true.
+func decodeSeqInto(data []byte, f *Frame) bool {
 	c := cursor{b: data, ok: true}
 	var typ string
 	switch {
@@ -122,20 +133,32 @@ func decodeSeqFrame(data []byte) *Frame {
 	case bytes.HasPrefix(data, []byte(`{"type":"read","seq":`)):
 		typ = TypeRead
 	default:
-		return nil
+		return false
 	}
 	c.lit(`{"type":"` + typ + `","seq":`)
 	seq := c.uint()
 	c.lit(`}`)
 	if !c.ok || len(c.b) != 0 || seq == 0 {
-		return nil
+		return false
 	}
-	return &Frame{Type: typ, Seq: seq}
+	*f = Frame{Type: typ, Seq: seq}
+	return true
 }
 
 // decodeSendFrame decodes a 1:1 send in AppendSend's form, valid as
 // decodeClientJSON would find it; nil for anything else.
 func decodeSendFrame(data []byte) *Frame {
+	var f Frame
+	if !decodeSendInto(data, &f) {
+		return nil
+	}
+	out := f // on the heap only once decoded
+	return &out
+}
+
+// decodeSendInto is decodeSendFrame into f, which it sets only if it
+// reports true.
+func decodeSendInto(data []byte, f *Frame) bool {
 	c := cursor{b: data, ok: true}
 	c.lit(`{"type":"send","id":"`)
 	id := c.id()
@@ -144,9 +167,10 @@ func decodeSendFrame(data []byte) *Frame {
 	c.lit(`,"body":`)
 	body := c.body()
 	if !c.ok || string(body) == "null" || !utf8.Valid(body) {
-		return nil
+		return false
 	}
-	return &Frame{Type: TypeSend, ID: id, To: to, Body: body}
+	*f = Frame{Type: TypeSend, ID: id, To: to, Body: body}
+	return true
 }
 
 // decodeServerFast decodes a sent or a msg frame (1:1, or a group's chat

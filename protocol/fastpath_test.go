@@ -183,3 +183,30 @@ func BenchmarkDecodeServer(b *testing.B) {
 		})
 	}
 }
+
+// DecodeClientFastInto overwrites every field of a reused Frame with the
+// frame DecodeClientFast gives, and leaves it as it was for a frame off
+// the fast paths.
+func TestDecodeClientFastIntoReusesAFrame(t *testing.T) {
+	used := Frame{Type: TypeGroup, ID: "old", To: "eve", Group: "club", Body: []byte(`1`), Seq: 9, GSeq: 3,
+		TS: 5, Dup: true, From: "x", Device: "y", Status: StatusRead, Users: []string{"u"}, Online: true}
+	for _, data := range []string{
+		`{"type":"ack","seq":12}`,
+		`{"type":"read","seq":7}`,
+		`{"type":"send","id":"m1","to":"bob","body":{"a":[1,2,3]}}`,
+		`{"type":"send","id":"m1","to":"bob","body":null}`,
+		`{"type":"typing","to":"bob"}`,
+	} {
+		f := used
+		took := DecodeClientFastInto([]byte(data), &f)
+		want := DecodeClientFast([]byte(data))
+		switch {
+		case took != (want != nil):
+			t.Errorf("%s: taken %v, DecodeClientFast %+v", data, took, want)
+		case took && !reflect.DeepEqual(f, *want):
+			t.Errorf("%s: into a used Frame %+v, want %+v", data, f, *want)
+		case !took && !reflect.DeepEqual(f, used):
+			t.Errorf("%s: not taken, and the Frame changed to %+v", data, f)
+		}
+	}
+}

@@ -404,10 +404,19 @@ func DecodeClient(data []byte) (*Frame, error) {
 // frame DecodeClient would return. Anything else is nil: decode it with
 // DecodeClient.
 func DecodeClientFast(data []byte) *Frame {
-	if f := decodeSeqFrame(data); f != nil {
-		return f
+	var f Frame
+	if !DecodeClientFastInto(data, &f) {
+		return nil
 	}
-	return decodeSendFrame(data)
+	out := f // on the heap only once decoded
+	return &out
+}
+
+// DecodeClientFastInto is DecodeClientFast into f, overwriting all of it,
+// for a caller that reuses its Frames: it reports whether data took a
+// fast path, and leaves f as it was if not.
+func DecodeClientFastInto(data []byte, f *Frame) bool {
+	return decodeSeqInto(data, f) || decodeSendInto(data, f)
 }
 
 // decodeClientJSON is DecodeClient for any frame.
