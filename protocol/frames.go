@@ -940,6 +940,7 @@ func AppendTypingGroup(b []byte, group string) []byte {
 
 // AppendSend appends a client send frame. body must be valid JSON.
 func AppendSend(b []byte, id, to string, body []byte) []byte {
+	b = slices.Grow(b, len(`{"type":"send","id":"","to":"","body":}`)+len(id)+len(to)+len(body))
 	b = append(b, `{"type":"send","id":"`...)
 	b = append(b, id...)
 	b = append(b, `","to":"`...)

@@ -66,7 +66,10 @@ func (l *ledger) begin(sender, to int, at time.Time, checked bool) int {
 	return n
 }
 
-func msgID(n int) string { return "m" + strconv.Itoa(n) }
+func msgID(n int) string {
+	var b [24]byte
+	return string(strconv.AppendInt(append(b[:0], 'm'), int64(n), 10))
+}
 
 // parseMsgID is msgID's inverse; -1 for an id this run did not make.
 func parseMsgID(id string) int {
