@@ -71,6 +71,10 @@ type ownCheck struct {
 	mu      sync.Mutex
 	asked   []ownQuestion // since the read under way began
 	running bool
+
+	// The runner's own (one runs at a time): the last round's questions,
+	// emptied, to gather the next round's in, and the round's two kinds.
+	spare, fresh, known []ownQuestion
 }
 
 // ownQuestion asks whether user has a device other than device that is
@@ -118,7 +122,7 @@ func (c *ownCheck) run() {
 	for {
 		c.mu.Lock()
 		qs := c.asked
-		c.asked = nil
+		c.asked, c.spare = c.spare, nil
 		if len(qs) == 0 {
 			c.running = false
 			c.mu.Unlock()
@@ -126,6 +130,7 @@ func (c *ownCheck) run() {
 		}
 		c.mu.Unlock()
 		c.round(qs)
+		c.spare = keepQuestions(qs)
 	}
 }
 
@@ -134,7 +139,7 @@ func (c *ownCheck) run() {
 // them did: a read for each, of ownBatch senders at most, its questions
 // answered as soon as it ends.
 func (c *ownCheck) round(qs []ownQuestion) {
-	var fresh, known []ownQuestion
+	fresh, known := c.fresh[:0], c.known[:0]
 	for _, q := range qs {
 		if q.alone == 0 {
 			fresh = append(fresh, q)
@@ -144,7 +149,20 @@ func (c *ownCheck) round(qs []ownQuestion) {
 	}
 	c.answer(fresh)
 	c.answer(known)
+	c.fresh, c.known = keepQuestions(fresh), keepQuestions(known)
 }
+
+// keepQuestions empties qs for reuse, or lets it go past ownKept.
+func keepQuestions(qs []ownQuestion) []ownQuestion {
+	if cap(qs) > ownKept {
+		return nil
+	}
+	clear(qs) // its answers hold their sessions
+	return qs[:0]
+}
+
+// ownKept is the most questions a checker keeps room for between rounds.
+const ownKept = 4 * ownBatch
 
 // answer reads for qs, from the oldest point any of them found its user
 // alone, and answers them.
