@@ -44,13 +44,15 @@ type Config struct {
 	// PingInterval is how often the server pings each connection.
 	PingInterval time.Duration
 	// PongTimeout closes a connection from which nothing (pong or frame) has
-	// arrived for this long. Must exceed PingInterval. On Linux it also
+	// arrived for this long (or from 7/8 of it: a busy connection's
+	// deadline is moved only once it has run down an eighth). Must exceed
+	// PingInterval. On Linux it also
 	// bounds how long bytes the gateway sent may go unacknowledged before
 	// the kernel drops the connection (listener.go).
 	PongTimeout time.Duration
 	// WriteTimeout bounds one write to the socket (the frames queued
-	// together, up to 64 KiB); a client that does not read for this long
-	// is closed with 4001 (slow).
+	// together, up to 64 KiB; from 7/8 of it, as PongTimeout); a client
+	// that does not read for this long is closed with 4001 (slow).
 	WriteTimeout time.Duration
 	// HandshakeTimeout bounds reading the HTTP upgrade request (slowloris).
 	HandshakeTimeout time.Duration

@@ -160,3 +160,19 @@ func TestFrameWriterFramesAreReadBack(t *testing.T) {
 		t.Fatal(err)
 	}
 }
+
+// A deadline moves only once the one set last has run down an eighth of
+// its timeout: a read or write is bounded by 7/8 of it at least.
+func TestPushDeadlineMovesOnlyOnceAnEighthHasRunDown(t *testing.T) {
+	const d = time.Hour
+	set, push := pushDeadline(time.Time{}, d)
+	if !push {
+		t.Fatal("no deadline set yet: not pushed")
+	}
+	if _, push := pushDeadline(set, d); push {
+		t.Fatal("pushed again at once")
+	}
+	if next, push := pushDeadline(set.Add(-d/8), d); !push || next.Before(set) {
+		t.Fatalf("an eighth run down: pushed %v, to %v (was %v)", push, next, set)
+	}
+}
