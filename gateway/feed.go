@@ -76,9 +76,9 @@ type pendingMsg struct {
 // stream order, from live copies and reads of the stream, and keeps what
 // the device holds unacked and unsettled.
 //
-// Its runner (run) is a goroutine started when there is work (a live copy,
-// a read asked for) and ended when there is none, so an idle feed holds no
-// goroutine. The router hands it live copies; the backlog reader, while the
+// Its runner (run) is started when there is work (a live copy, a read
+// asked for) and ends when there is none, so an idle feed holds no
+// goroutine (it runs on one of the gateway's runners: workers.go). The router hands it live copies; the backlog reader, while the
 // runner waits on it, hands it messages read for many sessions at once
 // (nextFrom, offer), so a device's messages are still handed on by one
 // goroutine at a time.
@@ -218,7 +218,7 @@ func (f *feed) runLocked() {
 		return
 	}
 	f.running = true
-	go f.run()
+	runners.Go(f.run)
 }
 
 // run delivers the device's messages in stream order: a read of the

@@ -114,7 +114,7 @@ func (c *ownCheck) ask(q ownQuestion) {
 	}
 	c.running = true
 	c.mu.Unlock()
-	go c.run()
+	runners.Go(c.run)
 }
 
 // run reads for the questions asked, round after round, until none wait.

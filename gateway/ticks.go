@@ -43,8 +43,9 @@ import (
 // write, only while the function is away, and loses nothing.
 
 // ticker settles a session's acked stretches (feed.ackedStretch), asking
-// for their ticks first. Its runner is a goroutine started by an ack and
-// ended when nothing acked is left, so an idle session holds none.
+// for their ticks first. Its runner is started by an ack (on one of the
+// gateway's runners: workers.go) and ends when nothing acked is left, so
+// an idle session holds no goroutine.
 type ticker struct {
 	s *session
 
@@ -95,7 +96,7 @@ func (t *ticker) kick() {
 	}
 	t.running = true
 	t.mu.Unlock()
-	go t.run()
+	runners.Go(t.run)
 }
 
 // finish settles what the device acked before its cursor is saved for the

@@ -55,7 +55,7 @@ type conn interface {
 // closing, asks drained whether it is done.
 type outQueue struct {
 	cfg    *Config
-	writer func() // the transport's writer, run on its own goroutine
+	writer func() // the transport's writer, run on a runner (workers.go)
 
 	mu      sync.Mutex // guards queue, writing, closing, pingDue and ping
 	queue   [][]byte
@@ -110,7 +110,7 @@ func (q *outQueue) startLocked() {
 	q.writing = true
 	q.mu.Unlock()
 	if start {
-		go q.writer()
+		runners.Go(q.writer)
 	}
 }
 
