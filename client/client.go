@@ -116,7 +116,8 @@ type Options struct {
 	// retry_ms).
 	MinBackoff, MaxBackoff time.Duration
 	// ReadTimeout reconnects when nothing, not even a ping, has arrived for
-	// this long. Zero means 90s.
+	// this long (or from 7/8 of it: a busy connection's deadline moves
+	// only once it has run down an eighth). Zero means 90s.
 	ReadTimeout time.Duration
 	// Buffer is the capacity of the Messages and Receipts channels; zero
 	// means 1024.
@@ -615,8 +616,18 @@ func (c *Client) writeCurrent(frame []byte) {
 }
 
 func (c *Client) readLoop(conn *websocket.Conn) error {
+	// The deadline moves once the one set last has run down an eighth,
+	// not with every frame (a runtime timer update each): nothing for
+	// 7/8 of ReadTimeout at least. The ping handler runs here too.
+	var readBy time.Time
+	alive := func() {
+		if t := time.Now().Add(c.opts.ReadTimeout); t.Sub(readBy) >= c.opts.ReadTimeout/8 {
+			readBy = t
+			_ = conn.SetReadDeadline(t)
+		}
+	}
 	conn.SetPingHandler(func(data string) error {
-		_ = conn.SetReadDeadline(time.Now().Add(c.opts.ReadTimeout))
+		alive()
 		// Under writeMu: gathered acks are written to the socket itself.
 		c.writeMu.Lock()
 		defer c.writeMu.Unlock()
@@ -632,7 +643,7 @@ func (c *Client) readLoop(conn *websocket.Conn) error {
 		return nil
 	})
 	for {
-		_ = conn.SetReadDeadline(time.Now().Add(c.opts.ReadTimeout))
+		alive()
 		_, data, err := conn.ReadMessage()
 		if err != nil {
 			return err
