@@ -38,9 +38,11 @@ import (
 // each ends). A session that found its user with no other device at all
 // as of DEVICES' sequence N asks from N+1, and a record not written
 // since is not sent: a round of one-device senders costs one small
-// request and no record, and when no device record at all was written
-// since, one lookup of the bucket's next sequence (sessions that never
-// found their users alone ask in a request of their own, for whole
+// request and no record of theirs. Before it, such a round asks for the
+// bucket's records from the oldest of those points on, two at most: the
+// one there alone means no device record at all was written since, and
+// the round is answered without the search (see answer; sessions that
+// never found their users alone ask in a request of their own, for whole
 // records). A session whose user
 // has a device that joined after its message is not alone: it asks again
 // with its next send, until that send is one the device is to get.
@@ -63,9 +65,12 @@ type ownCheck struct {
 	// record as of the read (0: not known).
 	read func(users []string, from uint64) (records map[string][]byte, newest uint64, err error)
 	// changed, when set, reports whether any record was written or
-	// deleted at or after sequence from: the cheap first look of a round
-	// whose sessions all found their users alone (see answer).
-	changed func(from uint64) (bool, error)
+	// deleted past sequence since, the oldest point the round's sessions
+	// found their users alone as of: the cheap first look of a round
+	// whose sessions all did (see answer). It reports a change too when
+	// it cannot tell (the record at since is gone), and an error when the
+	// bucket did not answer.
+	changed func(since uint64) (bool, error)
 	created time.Time // INBOX's, which devices' starts count in
 
 	mu      sync.Mutex
@@ -171,21 +176,27 @@ const ownKept = 4 * ownBatch
 // whether DEVICES holds any record written since the oldest of those
 // points: mostly none is (devices join far less often than users send),
 // and then each user is alone still, as of the point its session found,
-// at the cost of one lookup of the bucket's next sequence instead of a
-// search of each sender's subject. A look that fails, or finds a record,
-// reads the senders' records as before.
+// at the cost of one small read instead of a search of each sender's
+// subject. A look that finds a record, or cannot tell, reads the
+// senders' records as before; one the bucket did not answer is answered
+// "copy", as a failed read is, rather than waiting on a read as well.
 func (c *ownCheck) answer(qs []ownQuestion) {
 	if len(qs) == 0 {
 		return
 	}
 	if c.changed != nil && qs[0].alone != 0 {
-		from := qs[0].alone
+		since := qs[0].alone
 		for _, q := range qs {
-			from = min(from, q.alone)
+			since = min(since, q.alone)
 		}
-		if changed, err := c.changed(from + 1); err == nil && !changed {
+		changed, err := c.changed(since)
+		if err != nil || !changed {
 			for _, q := range qs {
-				q.answer(ownAnswer{alone: q.alone})
+				if err != nil {
+					q.answer(ownAnswer{copy: true})
+				} else {
+					q.answer(ownAnswer{alone: q.alone})
+				}
 			}
 			return
 		}
@@ -275,16 +286,30 @@ func (srv *Server) readDevices(users []string, from uint64) (map[string][]byte, 
 }
 
 // devicesChanged reports whether DEVICES holds a record, or a delete,
-// at or after sequence from: one direct get of the first message there
-// on any key.
-func (srv *Server) devicesChanged(from uint64) (bool, error) {
-	found := false
+// past sequence since, which a read found the bucket's newest: one
+// batched direct get of the first two messages from since on. The bucket
+// answers a direct get it fails to load as it answers one that finds
+// nothing (404), so "nothing past since" is taken only from an answer
+// that holds the record at since itself and ends there. One that starts
+// past since (that record gone), or has a second message, is a change;
+// no record at all is one too, since it cannot tell. The filter is the
+// whole stream's (">"), which the server follows sequence by sequence
+// rather than matching each key.
+func (srv *Server) devicesChanged(since uint64) (bool, error) {
+	var seqs [2]uint64
+	n := 0
 	srv.metrics.ownReads.Inc()
-	_, _, err := srv.directGetOn("KV_"+contract.DevicesKV, directGet{Seq: from, NextFor: contract.KVSubject(contract.DevicesKV, ">")}, nil, func(uint64, *nats.Msg) bool {
-		found = true
-		return false
+	_, _, err := srv.directGetOn("KV_"+contract.DevicesKV, directGet{Seq: since, NextFor: ">", Batch: len(seqs)}, nil, func(seq uint64, _ *nats.Msg) bool {
+		if n < len(seqs) {
+			seqs[n] = seq
+			n++
+		}
+		return true
 	})
-	return found, err
+	if err != nil {
+		return false, err
+	}
+	return n != 1 || seqs[0] != since, nil
 }
 
 // errCutShort is a batched read whose answer stopped before the end.

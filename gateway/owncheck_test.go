@@ -154,25 +154,26 @@ func TestOwnCheckGathersQuestionsIntoTheNextRead(t *testing.T) {
 }
 
 // changed is the checker's first look for a round of sessions that found
-// their users alone: it reports the sequence asked from and answers from
-// the records then held, or fails with fail.
+// their users alone: it reports the point asked from (since) and answers
+// from the records then held, or fails with fail.
 func (d *fakeDevices) changed(looked chan<- uint64, fail *error) func(uint64) (bool, error) {
-	return func(from uint64) (bool, error) {
-		looked <- from
+	return func(since uint64) (bool, error) {
+		looked <- since
 		d.mu.Lock()
 		defer d.mu.Unlock()
 		if *fail != nil {
 			return false, *fail
 		}
-		return d.newest >= from, nil
+		return d.newest > since, nil
 	}
 }
 
 // A round of sessions that all found their users alone first looks for
 // any record written since the oldest of their points: with none, each
 // is answered alone as of its own point and no sender's record is read;
-// with one (whoever's), or when the look fails, the senders' records are
-// read as before. Sessions that never found their users alone skip it.
+// with one (whoever's), the senders' records are read as before; a look
+// the bucket did not answer is answered "copy", as a failed read is.
+// Sessions that never found their users alone skip it.
 func TestOwnCheckLooksForAnyChangeFirst(t *testing.T) {
 	d := &fakeDevices{created: time.Now(), asked: make(chan readAsked), give: make(chan error), records: map[string]fakeRecord{}}
 	d.put(t, "alice", map[string]uint64{"phone": 0}) // 1
@@ -193,10 +194,10 @@ func TestOwnCheckLooksForAnyChangeFirst(t *testing.T) {
 			}
 		}})
 	}
-	expectLook := func(from uint64) {
+	expectLook := func(since uint64) {
 		t.Helper()
-		if got := <-looked; got != from {
-			t.Fatalf("looked from %d, want %d", got, from)
+		if got := <-looked; got != since {
+			t.Fatalf("looked past %d, want %d", got, since)
 		}
 	}
 	expectRead := func(users []string, from uint64) {
@@ -220,14 +221,14 @@ func TestOwnCheckLooksForAnyChangeFirst(t *testing.T) {
 
 	// Alone as of 2, nothing written since: answered from the look.
 	ask("alice", 6, 2)
-	expectLook(3)
+	expectLook(2)
 	expectAnswer("alice: no copy, alone as of 2")
 
 	// Another user's device joins: the look finds it, and alice's record
 	// is read, from the same point.
 	d.put(t, "carol", map[string]uint64{"phone": 0}) // 3
 	ask("alice", 7, 2)
-	expectLook(3)
+	expectLook(2)
 	expectRead([]string{"alice"}, 3)
 	d.give <- nil
 	expectAnswer("alice: no copy, alone as of 3")
@@ -235,21 +236,21 @@ func TestOwnCheckLooksForAnyChangeFirst(t *testing.T) {
 	// alice's laptop joins at seq 8: found and read.
 	d.put(t, "alice", map[string]uint64{"phone": 0, "laptop": 8}) // 4
 	ask("alice", 8, 3)
-	expectLook(4)
+	expectLook(3)
 	expectRead([]string{"alice"}, 4)
 	d.give <- nil
 	expectAnswer("alice: copy, another device")
 
-	// A look that fails: the record is read.
+	// A look the bucket did not answer: copied, nothing read or learnt.
 	fail = errors.New("no answer")
 	ask("bob", 9, 4)
-	expectLook(5)
-	expectRead([]string{"bob"}, 5)
-	d.give <- nil
-	expectAnswer("bob: no copy, alone as of 4")
+	expectLook(4)
+	expectAnswer("bob: copy, unknown")
 	select {
 	case from := <-looked:
-		t.Fatalf("an extra look from %d", from)
+		t.Fatalf("an extra look past %d", from)
+	case r := <-d.asked:
+		t.Fatalf("a read of %v after the look failed", r.users)
 	default:
 	}
 }

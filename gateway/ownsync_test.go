@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/switchboard-im/switchboard/client"
 	"github.com/switchboard-im/switchboard/contract"
@@ -276,4 +277,47 @@ func devicesOf(t *testing.T, n *tk.NATS, user string) (contract.Devices, uint64)
 		t.Fatalf("%s's devices %s: %v", user, e.Value(), err)
 	}
 	return ds, e.Revision()
+}
+
+// The own-copy checker's first look, against the real DEVICES bucket:
+// nothing past the newest record is no change; a record past the point
+// asked from is one; and where no record at that point comes back (the
+// point past the bucket's end here; a record gone, or a load that
+// failed, which the bucket answers as it answers "nothing"), the look
+// cannot tell, so it reports a change and the round reads the senders'
+// records.
+func TestOwnCheckFirstLookAgainstDevices(t *testing.T) {
+	n := tk.StartNATS(t)
+	g := tk.StartGateway(t, n, tk.TestConfig())
+	alice := tk.Dial(t, g.URL, "alice", "phone")
+	_ = tk.Dial(t, g.URL, "bob", "phone")
+	send(t, alice, "bob", "m1", "hi")
+	ctx, cancel := context.WithTimeout(context.Background(), wait)
+	defer cancel()
+	kv, err := n.JS.KeyValue(ctx, contract.DevicesKV)
+	if err != nil {
+		t.Fatal(err)
+	}
+	st, err := kv.Status(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, bobRev := devicesOf(t, n, "bob")
+	_, aliceRev := devicesOf(t, n, "alice")
+	newest := max(bobRev, aliceRev)
+	if got := st.(interface{ StreamInfo() *jetstream.StreamInfo }).StreamInfo().State.LastSeq; got != newest {
+		t.Fatalf("DEVICES ends at %d, its newest record is at %d", got, newest)
+	}
+	look := func(since uint64, want bool) {
+		t.Helper()
+		changed, err := g.Server.DevicesChanged(since)
+		if err != nil || changed != want {
+			t.Fatalf("look past %d (newest %d): changed %v, %v; want %v", since, newest, changed, err, want)
+		}
+	}
+	look(newest, false)
+	look(newest-1, true)
+	// Past the end, as where the record there is gone: no record comes
+	// back to vouch for the 404, which a failed load also gives.
+	look(newest+5, true)
 }

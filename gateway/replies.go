@@ -118,8 +118,8 @@ func (r *replies) unregister(id uint64) {
 // numbers: <prefix>.<owner>.<kind><n>.<a>.
 func (r *replies) subject(owner uint64, kind byte, n, a uint64) string {
 	var num [20]byte
-	var b strings.Builder // one allocation: the subject itself
-	b.Grow(len(r.prefix) + 3 + 3*len(num))
+	var b strings.Builder                  // one allocation: the subject itself
+	b.Grow(len(r.prefix) + 4 + 3*len(num)) // three dots and the kind
 	b.WriteString(r.prefix)
 	b.WriteByte('.')
 	b.Write(strconv.AppendUint(num[:0], owner, 10))

@@ -85,6 +85,11 @@ func (c *wsConn) writer() {
 		// library refused an oversized frame with 1009 no data frame
 		// may follow.
 		flush := !closing || (c.flushOnClose() && !c.peerClosed.Load() && !c.closeSent.Load())
+		if closing {
+			// The library may have written a close of its own, with its
+			// own deadline: the last writes take a full one again.
+			c.writeBy = time.Time{}
+		}
 		if flush && !failed && w.write(c, batch) != nil {
 			failed = true
 			c.Close(protocol.CloseSlow, "write failed")
@@ -180,8 +185,9 @@ func (w *frameWriter) write(c *wsConn, frames [][]byte) error {
 	}
 	conn := c.ws.NetConn()
 	// WriteTimeout bounds each write, as it bounded each frame's (less
-	// up to an eighth: pushDeadline). A ping's write moves the deadline
-	// only later, by the same timeout.
+	// up to an eighth: pushDeadline). Pings and pongs, the gateway's and
+	// its answers to the client's, move the deadline only later, by the
+	// same timeout; the last writes before a close set their own.
 	flush := func(b []byte) error {
 		if t, push := pushDeadline(c.writeBy, c.cfg.WriteTimeout); push {
 			if err := conn.SetWriteDeadline(t); err != nil {
@@ -282,6 +288,17 @@ func (c *wsConn) readLoop(handle func([]byte)) error {
 	// is writing and with nothing after it (the library's own answer
 	// would race them on the socket).
 	c.ws.SetCloseHandler(func(int, string) error { c.peerClosed.Store(true); return nil })
+	// A client's ping is answered with the write timeout, as the gateway's
+	// own pings are: the library's own answer gives its write a second,
+	// and leaves the socket's write deadline that near for the writer,
+	// which takes the one it set last for still in force (pushDeadline).
+	c.ws.SetPingHandler(func(data string) error {
+		err := c.ws.WriteControl(websocket.PongMessage, []byte(data), time.Now().Add(c.cfg.WriteTimeout))
+		if err == nil || errors.Is(err, websocket.ErrCloseSent) || isTimeout(err) {
+			return nil // as the library's: a pong that could not go is no reason to stop reading
+		}
+		return err
+	})
 	for {
 		mt, data, err := c.readFrame()
 		if err != nil {

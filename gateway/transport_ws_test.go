@@ -176,3 +176,45 @@ func TestPushDeadlineMovesOnlyOnceAnEighthHasRunDown(t *testing.T) {
 		t.Fatalf("an eighth run down: pushed %v, to %v (was %v)", push, next, set)
 	}
 }
+
+// A client's ping is answered without cutting the writer's deadline
+// short: the library's own answer set the socket's write deadline a
+// second ahead, which the writer, moving its deadline only once an
+// eighth of WriteTimeout has run down, took for its own, so a frame
+// written more than a second after the ping failed and the connection
+// was closed with 4001. The sleep is the behaviour under test: time
+// passing beyond that second, within the eighth (60 s / 8).
+func TestClientPingLeavesTheWriteDeadline(t *testing.T) {
+	cfg := testConfig()
+	cfg.WriteTimeout = time.Minute
+	c, client, _ := pipeConn(t, cfg)
+	ponged := make(chan struct{}, 1)
+	client.SetPongHandler(func(string) error { ponged <- struct{}{}; return nil })
+	got := make(chan string, 4)
+	go func() {
+		for {
+			_, data, err := client.ReadMessage()
+			if err != nil {
+				got <- "read failed: " + err.Error()
+				return
+			}
+			got <- string(data)
+		}
+	}()
+	expect := func(want string) {
+		t.Helper()
+		if s := <-got; s != want {
+			code, reason := c.closedWith()
+			t.Fatalf("got %s, want %s (closed with %d %q)", s, want, code, reason)
+		}
+	}
+	c.Send([]byte(`{"n":1}`))
+	expect(`{"n":1}`)
+	if err := client.WriteControl(websocket.PingMessage, []byte("p"), time.Now().Add(time.Second)); err != nil {
+		t.Fatal(err)
+	}
+	<-ponged
+	time.Sleep(1100 * time.Millisecond)
+	c.Send([]byte(`{"n":2}`))
+	expect(`{"n":2}`)
+}
