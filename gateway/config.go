@@ -46,9 +46,9 @@ type Config struct {
 	// PongTimeout closes a connection from which nothing (pong or frame) has
 	// arrived for this long (or from 7/8 of it: a busy connection's
 	// deadline is moved only once it has run down an eighth). Must exceed
-	// PingInterval. On Linux it also
-	// bounds how long bytes the gateway sent may go unacknowledged before
-	// the kernel drops the connection (listener.go).
+	// PingInterval. On Linux it also bounds how long bytes the gateway
+	// sent may go unacknowledged before the kernel drops the connection
+	// (listener.go).
 	PongTimeout time.Duration
 	// WriteTimeout bounds one write to the socket (the frames queued
 	// together, up to 64 KiB; from 7/8 of it, as PongTimeout); a client

@@ -78,10 +78,11 @@ type pendingMsg struct {
 //
 // Its runner (run) is started when there is work (a live copy, a read
 // asked for) and ends when there is none, so an idle feed holds no
-// goroutine (it runs on one of the gateway's runners: workers.go). The router hands it live copies; the backlog reader, while the
-// runner waits on it, hands it messages read for many sessions at once
-// (nextFrom, offer), so a device's messages are still handed on by one
-// goroutine at a time.
+// goroutine (it runs on one of the gateway's runners: workers.go). The
+// router hands it live copies; the backlog reader, while the runner waits
+// on it, hands it messages read for many sessions at once (nextFrom,
+// offer), so a device's messages are still handed on by one goroutine at
+// a time.
 type feed struct {
 	s *session
 

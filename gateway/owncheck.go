@@ -43,9 +43,9 @@ import (
 // one there alone means no device record at all was written since, and
 // the round is answered without the search (see answer; sessions that
 // never found their users alone ask in a request of their own, for whole
-// records). A session whose user
-// has a device that joined after its message is not alone: it asks again
-// with its next send, until that send is one the device is to get.
+// records). A session whose user has a device that joined after its
+// message is not alone: it asks again with its next send, until that send
+// is one the device is to get.
 // Devices are only ever added: a session that found another device that
 // is to get its message copies its later sends without asking. A read
 // that fails is answered "copy" and teaches the session nothing: a copy
@@ -184,11 +184,11 @@ func (c *ownCheck) answer(qs []ownQuestion) {
 	if len(qs) == 0 {
 		return
 	}
-	if c.changed != nil && qs[0].alone != 0 {
-		since := qs[0].alone
-		for _, q := range qs {
-			since = min(since, q.alone)
-		}
+	since := qs[0].alone // the oldest point any of them found its user alone
+	for _, q := range qs {
+		since = min(since, q.alone)
+	}
+	if c.changed != nil && since != 0 {
 		changed, err := c.changed(since)
 		if err != nil || !changed {
 			for _, q := range qs {
@@ -203,15 +203,13 @@ func (c *ownCheck) answer(qs []ownQuestion) {
 	}
 	var users []string
 	byUser := map[string][]ownQuestion{}
-	from := qs[0].alone
 	for _, q := range qs {
-		from = min(from, q.alone)
 		if byUser[q.user] == nil {
 			users = append(users, q.user)
 		}
 		byUser[q.user] = append(byUser[q.user], q)
 	}
-	from++
+	from := since + 1
 	for len(users) > 0 {
 		chunk := users[:min(len(users), ownBatch)]
 		users = users[len(chunk):]

@@ -19,9 +19,9 @@ import (
 // that called serve. Writes need no goroutine of their own while there is
 // nothing to write: Send queues a frame and, if no writer is running,
 // starts one (on one of the gateway's runners: workers.go), which writes
-// until the queue is empty and ends. Pings are a
-// timer. So an idle connection holds one goroutine (its read loop), an
-// empty queue and no write buffer. Close and ping go through WriteControl,
+// until the queue is empty and ends. Pings are a timer. So an idle
+// connection holds one goroutine (its read loop), an empty queue and no
+// write buffer. Close and ping go through WriteControl,
 // which gorilla-style connections allow concurrently with a writer.
 type wsConn struct {
 	ws *websocket.Conn

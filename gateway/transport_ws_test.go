@@ -214,7 +214,7 @@ func TestClientPingLeavesTheWriteDeadline(t *testing.T) {
 		t.Fatal(err)
 	}
 	<-ponged
-	time.Sleep(1100 * time.Millisecond)
+	time.Sleep(1100 * time.Millisecond) // past the library's one second: the behaviour under test
 	c.Send([]byte(`{"n":2}`))
 	expect(`{"n":2}`)
 }

@@ -111,19 +111,9 @@ func (c *cursor) body() json.RawMessage {
 
 func isSpace(b byte) bool { return b == ' ' || b == '\t' || b == '\n' || b == '\r' }
 
-// decodeSeqFrame decodes the frames a device sends most, an ack or a read
-// in AppendSeqFrame's form: a device acks every message it gets.
-func decodeSeqFrame(data []byte) *Frame {
-	var f Frame
-	if !decodeSeqInto(data, &f) {
-		return nil
-	}
-	out := f // on the heap only once decoded
-	return &out
-}
-
-// decodeSeqInto is decodeSeqFrame into f, which it sets only if it
-// reports true.
+// decodeSeqInto decodes into f the frames a device sends most, an ack or
+// a read in AppendSeqFrame's form (a device acks every message it gets);
+// it sets f only if it reports true.
 func decodeSeqInto(data []byte, f *Frame) bool {
 	c := cursor{b: data, ok: true}
 	var typ string
@@ -145,19 +135,8 @@ func decodeSeqInto(data []byte, f *Frame) bool {
 	return true
 }
 
-// decodeSendFrame decodes a 1:1 send in AppendSend's form, valid as
-// decodeClientJSON would find it; nil for anything else.
-func decodeSendFrame(data []byte) *Frame {
-	var f Frame
-	if !decodeSendInto(data, &f) {
-		return nil
-	}
-	out := f // on the heap only once decoded
-	return &out
-}
-
-// decodeSendInto is decodeSendFrame into f, which it sets only if it
-// reports true.
+// decodeSendInto decodes into f a 1:1 send in AppendSend's form, valid as
+// decodeClientJSON would find it; it sets f only if it reports true.
 func decodeSendInto(data []byte, f *Frame) bool {
 	c := cursor{b: data, ok: true}
 	c.lit(`{"type":"send","id":"`)

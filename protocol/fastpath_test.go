@@ -210,3 +210,20 @@ func TestDecodeClientFastIntoReusesAFrame(t *testing.T) {
 		}
 	}
 }
+
+// decodeSeqFrame and decodeSendFrame are the fast paths as functions
+// returning the frame, nil when they do not take it.
+var (
+	decodeSeqFrame  = fastDecoder(decodeSeqInto)
+	decodeSendFrame = fastDecoder(decodeSendInto)
+)
+
+func fastDecoder(into func([]byte, *Frame) bool) func([]byte) *Frame {
+	return func(data []byte) *Frame {
+		var f Frame
+		if !into(data, &f) {
+			return nil
+		}
+		return &f
+	}
+}
