@@ -117,7 +117,10 @@ type Config struct {
 	// long: the last messages of a burst are ticked soon after it, not
 	// up to TickInterval later. Acks a client gathers (the SDKs' 250 ms)
 	// come well inside this while messages flow, so a steady stream still
-	// costs one request per interval. Zero waits out the interval.
+	// costs one request per interval; a device whose acks come further
+	// apart waits twice their usual gap instead (ackCadence), so a
+	// stream of a message every 600 ms is not ticked after each. Zero
+	// waits out the interval.
 	TickQuiet time.Duration
 	// SharedCatchUps is how many sessions may read their backlogs from the
 	// stream on their own at once; past it they share one reader (see

@@ -90,14 +90,14 @@ type groupFeed struct {
 	floor   uint64     // settled: acked, its position asked, through here
 	// out is the change that took the user out, handed on (0: a member).
 	out       uint64
-	following bool      // joined to the gateway's reader
-	reading   bool      // reading the log itself (behind the reader)
-	again     bool      // read once more when done: the reader offered something meanwhile
-	behind    bool      // held as many unacked as it may: reads on once half are acked
-	settle    bool      // a settle is set (settleDue)
-	first     time.Time // when the first ack not yet settled came
-	lastAck   time.Time // when the last ack came
-	left      bool      // no longer followed
+	following bool       // joined to the gateway's reader
+	reading   bool       // reading the log itself (behind the reader)
+	again     bool       // read once more when done: the reader offered something meanwhile
+	behind    bool       // held as many unacked as it may: reads on once half are acked
+	settle    bool       // a settle is set (settleDue)
+	first     time.Time  // when the first ack not yet settled came
+	acks      ackCadence // when the acks came
+	left      bool       // no longer followed
 }
 
 func (g *groupFeeds) init(s *session) {
@@ -750,7 +750,7 @@ func (f *groupFeed) ack(gseq uint64) bool {
 		f.acked = f.last // what was passed after it too
 	}
 	now := time.Now()
-	f.lastAck = now
+	f.acks.note(now, f.g.s.srv.cfg.TickInterval)
 	f.settleLaterLocked(now)
 	if f.behind && len(f.unacked) <= f.window()/2 {
 		f.behind = false
@@ -769,12 +769,15 @@ func (f *groupFeed) settleLaterLocked(now time.Time) {
 	}
 }
 
-// quiet is how long acks must stop before a settle: TickQuiet, or with
-// none TickInterval.
+// quiet is how long acks must stop before a settle: TickQuiet, longer
+// for acks that come further apart (ackCadence), or with none
+// TickInterval.
+//
+// Lock should be held.
 func (f *groupFeed) quiet() time.Duration {
 	cfg := &f.g.s.srv.cfg
 	if cfg.TickQuiet > 0 {
-		return cfg.TickQuiet
+		return f.acks.quiet(cfg.TickQuiet)
 	}
 	return cfg.TickInterval
 }
@@ -787,7 +790,7 @@ func (f *groupFeed) settleDue() {
 	cfg := &f.g.s.srv.cfg
 	f.mu.Lock()
 	now := time.Now()
-	quietFor, pendingFor := now.Sub(f.lastAck), now.Sub(f.first)
+	quietFor, pendingFor := now.Sub(f.acks.last), now.Sub(f.first)
 	if quietFor < f.quiet() && pendingFor < cfg.TickInterval {
 		time.AfterFunc(min(f.quiet()-quietFor, cfg.TickInterval-pendingFor), f.settleDue)
 		f.mu.Unlock()
