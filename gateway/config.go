@@ -115,12 +115,14 @@ type Config struct {
 	TickInterval time.Duration
 	// TickQuiet ends the gathering early once no ack has come for this
 	// long: the last messages of a burst are ticked soon after it, not
-	// up to TickInterval later. Acks a client gathers (the SDKs' 250 ms)
-	// come well inside this while messages flow, so a steady stream still
-	// costs one request per interval; a device whose acks come further
-	// apart waits twice their usual gap instead (ackCadence), so a
-	// stream of a message every 600 ms is not ticked after each. Zero
-	// waits out the interval.
+	// up to TickInterval later. Acks the Go SDK gathers (250 ms) come
+	// well inside this while messages flow, so a steady stream still
+	// costs one request per interval; a device whose acks come more
+	// than half of it apart waits twice their usual gap instead
+	// (cadence), so a stream of a message every 600 ms is not ticked
+	// after each. A device that has acked all it was given ends its
+	// burst sooner, once its deliveries pause for 100 ms (at most this)
+	// or four times their usual gap. Zero waits out the interval.
 	TickQuiet time.Duration
 	// SharedCatchUps is how many sessions may read their backlogs from the
 	// stream on their own at once; past it they share one reader (see

@@ -117,6 +117,12 @@ type feed struct {
 	// without it (then refused).
 	caughtUp bool
 	readWait []uint64
+	// unacked is how many of pending the device has not acked; acks
+	// and deliveries are when it acked, and was given, what ticks (not
+	// receipts): burstEnd.
+	unacked    int
+	acks       cadence
+	deliveries cadence
 }
 
 // maxReadWait bounds the reads a session holds for its backlog, as the
@@ -593,6 +599,10 @@ func (f *feed) take(seq uint64, h nats.Header, data []byte) {
 	}
 	f.pending[seq] = p
 	f.unsettled = append(f.unsettled, seq)
+	f.unacked++
+	if !p.receipt {
+		f.deliveries.note(time.Now(), f.s.srv.cfg.TickInterval)
+	}
 	due := f.dueReadsLocked()
 	f.mu.Unlock()
 	f.s.srv.metrics.delivered.Inc()
@@ -680,7 +690,41 @@ func (f *feed) acked(seq uint64) bool {
 	}
 	p.acked = true
 	f.pending[seq] = p
+	f.unacked--
+	if !p.receipt {
+		f.acks.note(time.Now(), f.s.srv.cfg.TickInterval)
+	}
 	return true
+}
+
+// allAcked reports whether the device has acked everything it was given.
+func (f *feed) allAcked() bool {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.unacked == 0
+}
+
+// burstEnd is when the device's burst of messages is over, as of now,
+// quiet being TickQuiet: once its acks have stopped for quiet, or twice
+// their usual gap if longer (cadence); or, if it has acked everything it
+// was given and has nothing on the way, once its deliveries have paused
+// for streamPause (at most quiet), or four times their usual gap if
+// longer. Its last acks come up to the Go SDK's 250 ms after its last
+// message, so the second ends a burst sooner than quiet past them; a
+// stream of a message every 200 ms, even at random, seldom pauses for
+// 800 ms.
+func (f *feed) burstEnd(now time.Time, quiet time.Duration) time.Time {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	end := f.acks.last.Add(f.acks.quiet(now, quiet, ackGaps))
+	if f.unacked > 0 || f.running || f.wake || f.behind || len(f.liveQ) > 0 || f.deliveries.last.IsZero() {
+		return end
+	}
+	pause := f.deliveries.quiet(now, min(quiet, streamPause), deliveryGaps)
+	if e := f.deliveries.last.Add(pause); e.Before(end) {
+		end = e
+	}
+	return end
 }
 
 // ackedStretch is the run of acked messages at the front of the unsettled

@@ -185,6 +185,65 @@ func TestFeedSettlesAckedStretches(t *testing.T) {
 	}
 }
 
+// A burst is over a quiet after the device's last ack while it holds
+// anything unacked; once it has acked everything it was given, at its
+// last delivery and a pause (or four usual gaps between deliveries, if
+// longer), which is sooner.
+func TestFeedBurstEndsSoonerOnceAllIsAcked(t *testing.T) {
+	fs := &fakeStream{}
+	fs.store("bob", "alice", "a1") // 1
+	fs.store("bob", "alice", "a2") // 2
+	srv := testServer(t, testConfig(), fs, &fakeCursors{})
+	s, ft := startedSession(t, srv, "bob", 0)
+	expectSeqs(t, ft, 1, 2)
+	waitIdle(t, s)
+
+	const quiet = time.Minute // TickQuiet: the deliveries' pause is streamPause
+	type marks struct{ lastAck, lastDelivery, deliveryGap time.Duration }
+	base := time.Now()
+	mark := func() marks {
+		s.feed.mu.Lock()
+		defer s.feed.mu.Unlock()
+		return marks{s.feed.acks.last.Sub(base), s.feed.deliveries.last.Sub(base), s.feed.deliveries.gap}
+	}
+	endsAt := func() time.Duration { return s.feed.burstEnd(time.Now(), quiet).Sub(base) }
+
+	s.feed.acked(1)
+	m := mark()
+	if got, want := endsAt(), m.lastAck+quiet; got != want {
+		t.Fatalf("with 2 unacked: over at %v, want a quiet past the last ack, %v", got, want)
+	}
+	s.feed.acked(2)
+	m = mark()
+	if got, want := endsAt(), m.lastDelivery+max(streamPause, deliveryGaps*m.deliveryGap); got != want {
+		t.Fatalf("with everything acked: over at %v, want a pause past the last delivery, %v", got, want)
+	}
+
+	// An ack of what was acked counts once: the next delivery is unacked.
+	if s.feed.acked(2) {
+		t.Fatal("2 acked twice")
+	}
+	fs.store("bob", "alice", "a3") // 3
+	s.feed.onLive(liveCopy(3, 2, "bob", "alice", "a3"))
+	expectSeqs(t, ft, 1, 2, 3)
+	waitIdle(t, s)
+	if s.feed.allAcked() {
+		t.Fatal("3 delivered, and everything acked")
+	}
+	m = mark()
+	if got, want := endsAt(), m.lastAck+quiet; got != want {
+		t.Fatalf("with 3 unacked: over at %v, want a quiet past the last ack, %v", got, want)
+	}
+	s.feed.acked(3)
+	if !s.feed.allAcked() {
+		t.Fatal("3 acked, and not everything acked")
+	}
+	m = mark()
+	if got, want := endsAt(), m.lastDelivery+max(streamPause, deliveryGaps*m.deliveryGap); got != want {
+		t.Fatalf("with 3 acked: over at %v, want a pause past the last delivery, %v", got, want)
+	}
+}
+
 // A device holds at most MaxInflight messages unsettled. Past it, live
 // copies are let go; once it settled half, the feed reads on from the
 // stream where it stopped.

@@ -90,14 +90,14 @@ type groupFeed struct {
 	floor   uint64     // settled: acked, its position asked, through here
 	// out is the change that took the user out, handed on (0: a member).
 	out       uint64
-	following bool       // joined to the gateway's reader
-	reading   bool       // reading the log itself (behind the reader)
-	again     bool       // read once more when done: the reader offered something meanwhile
-	behind    bool       // held as many unacked as it may: reads on once half are acked
-	settle    bool       // a settle is set (settleDue)
-	first     time.Time  // when the first ack not yet settled came
-	acks      ackCadence // when the acks came
-	left      bool       // no longer followed
+	following bool      // joined to the gateway's reader
+	reading   bool      // reading the log itself (behind the reader)
+	again     bool      // read once more when done: the reader offered something meanwhile
+	behind    bool      // held as many unacked as it may: reads on once half are acked
+	settle    bool      // a settle is set (settleDue)
+	first     time.Time // when the first ack not yet settled came
+	acks      cadence   // when the acks came
+	left      bool      // no longer followed
 }
 
 func (g *groupFeeds) init(s *session) {
@@ -765,19 +765,23 @@ func (f *groupFeed) ack(gseq uint64) bool {
 func (f *groupFeed) settleLaterLocked(now time.Time) {
 	if !f.settle {
 		f.settle, f.first = true, now
-		time.AfterFunc(f.quiet(), f.settleDue)
+		wait := f.quiet(now)
+		if every := f.g.s.srv.cfg.TickInterval; every > 0 {
+			wait = min(wait, every) // the interval bounds the wait, as settleDue's
+		}
+		time.AfterFunc(wait, f.settleDue)
 	}
 }
 
-// quiet is how long acks must stop before a settle: TickQuiet, longer
-// for acks that come further apart (ackCadence), or with none
-// TickInterval.
+// quiet is how long acks must stop before a settle, as of now:
+// TickQuiet, longer for acks that come more than half of it apart
+// (cadence), or with none TickInterval.
 //
 // Lock should be held.
-func (f *groupFeed) quiet() time.Duration {
+func (f *groupFeed) quiet(now time.Time) time.Duration {
 	cfg := &f.g.s.srv.cfg
 	if cfg.TickQuiet > 0 {
-		return f.acks.quiet(cfg.TickQuiet)
+		return f.acks.quiet(now, cfg.TickQuiet, ackGaps)
 	}
 	return cfg.TickInterval
 }
@@ -790,9 +794,9 @@ func (f *groupFeed) settleDue() {
 	cfg := &f.g.s.srv.cfg
 	f.mu.Lock()
 	now := time.Now()
-	quietFor, pendingFor := now.Sub(f.acks.last), now.Sub(f.first)
-	if quietFor < f.quiet() && pendingFor < cfg.TickInterval {
-		time.AfterFunc(min(f.quiet()-quietFor, cfg.TickInterval-pendingFor), f.settleDue)
+	quiet, quietFor, pendingFor := f.quiet(now), now.Sub(f.acks.last), now.Sub(f.first)
+	if quietFor < quiet && pendingFor < cfg.TickInterval {
+		time.AfterFunc(min(quiet-quietFor, cfg.TickInterval-pendingFor), f.settleDue)
 		f.mu.Unlock()
 		return
 	}

@@ -32,8 +32,10 @@ import (
 // group) per interval, not one per message. The first ack after a quiet
 // spell is asked for at once, so a conversation at human pace sees each
 // tick without delay; the gathering ends once the acks stop for
-// TickQuiet (or twice their usual gap, if longer: ackCadence), so a
-// burst's last messages are ticked soon after it; a device holding half
+// TickQuiet (or twice their usual gap, if longer: cadence), or once the
+// device has acked all it was given and its deliveries have paused for
+// four times their usual gap (streamPause at least), so a burst's last
+// messages are ticked soon after it; a device holding half
 // its MaxInflight unsettled does not wait (an ack that brings it there
 // ends the wait), so gathering never stalls its delivery; and a session
 // that stops asks at once.
@@ -62,8 +64,7 @@ type ticker struct {
 	gathering bool
 	nudge     chan struct{}
 
-	lastAsk time.Time  // when the runner last asked for ticks (the runner's own)
-	acks    ackCadence // when acks came (kick); guarded by mu
+	lastAsk time.Time // when the runner last asked for ticks (the runner's own)
 }
 
 func (t *ticker) init(s *session) {
@@ -75,10 +76,11 @@ func (t *ticker) init(s *session) {
 // kick has the runner run, unless it is running or the session stops. A
 // runner gathering acks is nudged once the device holds half its
 // MaxInflight unsettled: it asks then, or delivery would stall at
-// MaxInflight until the interval is over.
+// MaxInflight until the interval is over. It is nudged too once the
+// device has acked all it was given, to look whether its stream is over
+// (feed.burstEnd).
 func (t *ticker) kick() {
 	t.mu.Lock()
-	t.acks.note(time.Now(), t.s.srv.cfg.TickInterval)
 	if t.closing {
 		t.mu.Unlock()
 		return
@@ -87,7 +89,7 @@ func (t *ticker) kick() {
 		nudge := t.nudge
 		gathering := t.gathering
 		t.mu.Unlock()
-		if gathering && t.holdingHalf() {
+		if gathering && (t.holdingHalf() || t.s.feed.allAcked()) {
 			select {
 			case nudge <- struct{}{}:
 			default: // nudged already
@@ -180,70 +182,101 @@ func (t *ticker) run() {
 
 // gatherFor is how long the runner waits before asking, gathering the
 // acks that follow: until TickInterval has passed since it last asked,
-// or TickQuiet since the last ack if that comes first (the burst is
-// over); at once if it has not asked yet or the device holds half its
-// MaxInflight unsettled. An ack that comes while it waits moves the
-// quiet end: the runner, woken at the old one, waits again.
+// or sooner once the burst is over: its acks stopped for TickQuiet (or
+// twice their usual gap, if longer), or the device acked all it was
+// given and its deliveries paused (feed.burstEnd). At once if it has
+// not asked yet or the device holds half its MaxInflight unsettled. An
+// ack that comes while it waits moves the ends: the runner, woken at
+// the old ones (or nudged), looks again.
 func (t *ticker) gatherFor() time.Duration {
-	every := t.s.srv.cfg.TickInterval
-	if every <= 0 || t.lastAsk.IsZero() || t.holdingHalf() {
+	cfg := &t.s.srv.cfg
+	if cfg.TickInterval <= 0 || t.lastAsk.IsZero() || t.holdingHalf() {
 		return 0
 	}
-	until := t.lastAsk.Add(every)
-	if quiet := t.s.srv.cfg.TickQuiet; quiet > 0 {
-		t.mu.Lock()
-		lastAck, quiet := t.acks.last, t.acks.quiet(quiet)
-		t.mu.Unlock()
-		if q := lastAck.Add(quiet); q.Before(until) {
-			until = q
+	until := t.lastAsk.Add(cfg.TickInterval)
+	if cfg.TickQuiet > 0 {
+		if end := t.s.feed.burstEnd(time.Now(), cfg.TickQuiet); end.Before(until) {
+			until = end
 		}
 	}
 	return time.Until(until)
 }
 
-// ackCadence tells the end of a device's stream of acks from the pause
-// between two of them. TickQuiet alone could not: a device acking a
-// message every 600 ms (a busy group at 1.5 messages a second) paused
-// past it after each ack, so each asked for a tick or position of its
-// own, up to 1.5 times what TickInterval allows, and a group of 100 at
-// that rate cost the all-in-one 60% more CPU than with TickInterval
-// alone. A stream is over once its acks stop for twice their usual gap,
-// if that is longer than TickQuiet: a device that acks every 250 ms, as
-// the SDKs gather acks in a busy stream, still ends its burst after
-// TickQuiet (500 ms), and one acking every 600 ms waits out the
-// interval. The owner guards it.
-type ackCadence struct {
-	last time.Time // the last ack
-	// gap is the usual time between acks that came apart, smoothed
-	// over the last few (a quarter each); 0 when none has yet, or the
-	// last pause was past TickInterval (a new stream).
+// streamPause is the shortest pause in a device's deliveries, with all
+// it was given acked, that ends its stream (feed.burstEnd): well past
+// the gaps of a busy stream (4 ms at 250 messages a second), and far
+// shorter than waiting TickQuiet past the last of the acks, which the
+// Go SDK gathers for 250 ms.
+const streamPause = 100 * time.Millisecond
+
+// cadence tells the end of a device's stream from a pause within it, by
+// how far apart its events (acks, deliveries) usually come. TickQuiet
+// alone could not: a device acking a message every 600 ms (a busy group
+// at 1.5 messages a second) paused past it after each ack, so each asked
+// for a tick or position of its own, up to 1.5 times what TickInterval
+// allows; ten groups of 100 at that rate cost the all-in-one 2.7 s of CPU
+// in a 10 s run, against 1.7 s with TickQuiet off. A stream of acks is
+// over once they stop for twice their usual gap (ackGaps), if that is
+// longer than TickQuiet: a device that acks every 250 ms, as the Go SDK
+// gathers acks in a busy stream, ends its burst after about TickQuiet
+// (500 ms), and one acking more than TickQuiet/2 apart waits longer, up
+// to the interval. The owner guards it.
+type cadence struct {
+	last  time.Time // the last event
+	batch time.Time // the first event of those that came with the last
+	// gap is the usual time between events that came apart: a moving
+	// average, each new gap a quarter of it. 0 when none has yet, or
+	// when the last pause was past streamGap (a new stream).
 	gap time.Duration
 }
 
-// ackTogether is how close acks come and count as one: a client writes
-// its gathered acks together, and the gateway reads them frame by frame.
-const ackTogether = 20 * time.Millisecond
+// together is how close events come and count as one: a client writes
+// its gathered acks together, and the gateway reads them frame by frame;
+// a backlog is delivered at once.
+const together = 20 * time.Millisecond
 
-// note records an ack at now; interval is TickInterval.
-func (c *ackCadence) note(now time.Time, interval time.Duration) {
+// ackGaps and deliveryGaps are how many usual gaps between acks, and
+// between deliveries, a stream must pause for to be over. Deliveries
+// are the stream as the senders make it, with no client's gathering to
+// even it out, so they need the wider margin: at 5 messages a second
+// (gaps of 200 ms at random) one pause in 50 is past 800 ms, against one
+// in 7 past 400.
+const (
+	ackGaps      = 2
+	deliveryGaps = 4
+)
+
+// streamGap is the longest pause within a stream: past it (or past
+// TickInterval, if shorter) the next event starts a new one, whose
+// quiet is the base again. A chat at human pace is not a stream, so a
+// long TickInterval does not hold its ticks back.
+const streamGap = 2 * time.Second
+
+// note records an event at now; interval is TickInterval.
+func (c *cadence) note(now time.Time, interval time.Duration) {
 	d := now.Sub(c.last)
 	switch {
-	case c.last.IsZero() || d > interval:
-		c.gap = 0
-	case d < ackTogether:
-		// One of the acks written with the last: no gap.
+	case c.last.IsZero() || d > min(interval, streamGap):
+		c.gap, c.batch = 0, now
+	case now.Sub(c.batch) < together:
+		// Came with the last: no gap. Measured from the first of them,
+		// so a run of events each close to the one before still counts.
 	case c.gap == 0:
-		c.gap = d
+		c.gap, c.batch = d, now
 	default:
-		c.gap = (3*c.gap + d) / 4
+		c.gap, c.batch = (3*c.gap+d)/4, now
 	}
 	c.last = now
 }
 
-// quiet is how long the acks must stop for the stream to be over, at
-// least base (TickQuiet).
-func (c *ackCadence) quiet(base time.Duration) time.Duration {
-	return max(base, 2*c.gap)
+// quiet is how long the events must stop for the stream to be over at
+// now: gaps usual gaps, at least base. A stream whose last event is a
+// pause past streamGap behind is over anyway: base.
+func (c *cadence) quiet(now time.Time, base time.Duration, gaps int) time.Duration {
+	if now.Sub(c.last) > streamGap {
+		return base
+	}
+	return max(base, time.Duration(gaps)*c.gap)
 }
 
 // holdingHalf reports whether the device holds half its MaxInflight

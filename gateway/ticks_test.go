@@ -133,6 +133,35 @@ func TestBurstTickedOnceItsAcksStop(t *testing.T) {
 	}
 }
 
+// A device that has acked everything it was given, and whose deliveries
+// have paused, is past its stream's end: its ticks are asked for then,
+// though its acks stopped far less than TickQuiet ago (a minute, as is
+// the interval) and the session goes on.
+func TestBurstTickedOnceItsDeliveriesStop(t *testing.T) {
+	alice, bob, s1 := firstTickQuiet(t, 0, time.Minute)
+	var seqs []uint64
+	for i := 2; i <= 4; i++ {
+		seqs = append(seqs, alice.send("bob", fmt.Sprintf("m%d", i)).Seq)
+	}
+	for _, q := range seqs {
+		bob.ackNext(q)
+	}
+	// One receipt, or more if the deliveries came further apart than the
+	// pause (a slow machine): together from just past s1 to the last.
+	covered := s1
+	for covered < seqs[len(seqs)-1] {
+		f := alice.next()
+		if f.Type != protocol.TypeReceipt || f.Status != protocol.StatusDelivered || f.FromSeq <= covered || f.ToSeq < f.FromSeq {
+			t.Fatalf("got %+v, want a delivered receipt from after %d", *f, covered)
+		}
+		alice.write(string(protocol.AppendSeqFrame(nil, protocol.TypeAck, f.Seq)))
+		covered = f.ToSeq
+	}
+	if covered != seqs[len(seqs)-1] {
+		t.Fatalf("receipts up to %d, want %d", covered, seqs[len(seqs)-1])
+	}
+}
+
 // A device that holds half its MaxInflight acked but unsettled asks at
 // once, so gathering never holds its delivery back: three times
 // MaxInflight messages come while the interval is far from over, each
