@@ -121,8 +121,9 @@ type Config struct {
 	// than half of it apart waits twice their usual gap instead
 	// (cadence), so a stream of a message every 600 ms is not ticked
 	// after each. A device that has acked all it was given ends its
-	// burst sooner, once its deliveries pause for 100 ms (at most this)
-	// or four times their usual gap. Zero waits out the interval.
+	// burst sooner, once its deliveries pause for 100 ms (at most this),
+	// or four times their usual gap if longer. Zero waits out the
+	// interval.
 	TickQuiet time.Duration
 	// SharedCatchUps is how many sessions may read their backlogs from the
 	// stream on their own at once; past it they share one reader (see

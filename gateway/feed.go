@@ -237,10 +237,17 @@ func (f *feed) run() {
 		if f.stopping || (len(f.liveQ) == 0 && !f.wake) {
 			f.running = false
 			f.liveQ = nil
-			if f.stopping {
+			stopping := f.stopping
+			if stopping {
 				f.endLocked()
 			}
+			drained := f.unacked == 0 && !f.behind
 			f.mu.Unlock()
+			if !stopping && drained {
+				// Acked all before the runner was done: the burst may
+				// be over (burstEnd), which the last ack could not say.
+				f.s.ticks.mayEnd()
+			}
 			return
 		}
 		if f.wake {

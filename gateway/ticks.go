@@ -58,11 +58,13 @@ type ticker struct {
 	finished chan struct{}
 	wake     chan struct{} // closed by finish: ends the runner's backoff and gathering
 
-	// gathering: the runner waits for TickInterval to pass; an ack that
-	// brings the unsettled to half MaxInflight meanwhile nudges it (made
-	// on the first wait, so an idle session holds none).
-	gathering bool
-	nudge     chan struct{}
+	// gathering: the runner waits until gatherUntil; an ack that brings
+	// the unsettled to half MaxInflight meanwhile nudges it, as does one
+	// that ends the burst sooner (mayEnd). nudge is made on the first
+	// wait, so an idle session holds none.
+	gathering   bool
+	gatherUntil time.Time
+	nudge       chan struct{}
 
 	lastAsk time.Time // when the runner last asked for ticks (the runner's own)
 }
@@ -76,9 +78,9 @@ func (t *ticker) init(s *session) {
 // kick has the runner run, unless it is running or the session stops. A
 // runner gathering acks is nudged once the device holds half its
 // MaxInflight unsettled: it asks then, or delivery would stall at
-// MaxInflight until the interval is over. It is nudged too once the
-// device has acked all it was given, to look whether its stream is over
-// (feed.burstEnd).
+// MaxInflight until the interval is over. Once the device has acked all
+// it was given, its burst may end sooner than the runner waits for
+// (mayEnd).
 func (t *ticker) kick() {
 	t.mu.Lock()
 	if t.closing {
@@ -86,20 +88,51 @@ func (t *ticker) kick() {
 		return
 	}
 	if t.running {
-		nudge := t.nudge
 		gathering := t.gathering
 		t.mu.Unlock()
-		if gathering && (t.holdingHalf() || t.s.feed.allAcked()) {
-			select {
-			case nudge <- struct{}{}:
-			default: // nudged already
-			}
+		switch {
+		case !gathering:
+		case t.holdingHalf():
+			t.nudgeRunner()
+		case t.s.feed.allAcked():
+			t.mayEnd()
 		}
 		return
 	}
 	t.running = true
 	t.mu.Unlock()
 	runners.Go(t.run)
+}
+
+// mayEnd nudges a runner gathering acks if the device's burst now ends
+// before the runner's wait does (feed.burstEnd): the device has acked
+// all it was given (kick), or its feed went idle with nothing unacked
+// (feed.run).
+func (t *ticker) mayEnd() {
+	quiet := t.s.srv.cfg.TickQuiet
+	if quiet <= 0 {
+		return
+	}
+	t.mu.Lock()
+	gathering, until := t.gathering, t.gatherUntil
+	t.mu.Unlock()
+	if gathering && t.s.feed.burstEnd(time.Now(), quiet).Before(until) {
+		t.nudgeRunner()
+	}
+}
+
+// nudgeRunner ends a gathering runner's wait: it looks again.
+func (t *ticker) nudgeRunner() {
+	t.mu.Lock()
+	nudge := t.nudge
+	t.mu.Unlock()
+	if nudge == nil {
+		return
+	}
+	select {
+	case nudge <- struct{}{}:
+	default: // nudged already
+	}
 }
 
 // finish settles what the device acked before its cursor is saved for the
@@ -226,8 +259,11 @@ type cadence struct {
 	batch time.Time // the first event of those that came with the last
 	// gap is the usual time between events that came apart: a moving
 	// average, each new gap a quarter of it. 0 when none has yet, or
-	// when the last pause was past streamGap (a new stream).
+	// when the last pause was past within (a new stream).
 	gap time.Duration
+	// within is the longest pause within a stream: streamGap, or
+	// TickInterval if shorter.
+	within time.Duration
 }
 
 // together is how close events come and count as one: a client writes
@@ -247,16 +283,17 @@ const (
 )
 
 // streamGap is the longest pause within a stream: past it (or past
-// TickInterval, if shorter) the next event starts a new one, whose
-// quiet is the base again. A chat at human pace is not a stream, so a
-// long TickInterval does not hold its ticks back.
+// TickInterval, if shorter) the stream is over, and the next event
+// starts a new one, whose quiet is the base again. A chat at human pace
+// is not a stream, so a long TickInterval does not hold its ticks back.
 const streamGap = 2 * time.Second
 
 // note records an event at now; interval is TickInterval.
 func (c *cadence) note(now time.Time, interval time.Duration) {
+	c.within = min(interval, streamGap)
 	d := now.Sub(c.last)
 	switch {
-	case c.last.IsZero() || d > min(interval, streamGap):
+	case c.last.IsZero() || d > c.within:
 		c.gap, c.batch = 0, now
 	case now.Sub(c.batch) < together:
 		// Came with the last: no gap. Measured from the first of them,
@@ -270,13 +307,14 @@ func (c *cadence) note(now time.Time, interval time.Duration) {
 }
 
 // quiet is how long the events must stop for the stream to be over at
-// now: gaps usual gaps, at least base. A stream whose last event is a
-// pause past streamGap behind is over anyway: base.
+// now: gaps usual gaps, at least base. A pause past the longest within a
+// stream ends it anyway, so the quiet is never longer than that (but
+// for base), and is base once the last event is that far behind.
 func (c *cadence) quiet(now time.Time, base time.Duration, gaps int) time.Duration {
-	if now.Sub(c.last) > streamGap {
+	if now.Sub(c.last) > c.within {
 		return base
 	}
-	return max(base, time.Duration(gaps)*c.gap)
+	return max(base, min(time.Duration(gaps)*c.gap, c.within))
 }
 
 // holdingHalf reports whether the device holds half its MaxInflight
@@ -289,14 +327,19 @@ func (t *ticker) holdingHalf() bool {
 // its MaxInflight unsettled (kick nudges) or the session stops.
 func (t *ticker) gather(d time.Duration) {
 	t.mu.Lock()
-	t.gathering = true
+	t.gathering, t.gatherUntil = true, time.Now().Add(d)
 	if t.nudge == nil {
 		t.nudge = make(chan struct{}, 1)
 	}
 	nudge := t.nudge
 	t.mu.Unlock()
-	// An ack taken before gathering was set did not nudge: look again.
-	if t.gatherFor() > 0 {
+	// An ack taken before gathering was set did not nudge, and may have
+	// ended the burst sooner: look again. One taken from here on nudges
+	// if it ends the burst before gatherUntil, which is at most d.
+	if d = t.gatherFor(); d > 0 {
+		t.mu.Lock()
+		t.gatherUntil = time.Now().Add(d)
+		t.mu.Unlock()
 		t.sleep(d, nudge)
 	}
 	t.mu.Lock()
