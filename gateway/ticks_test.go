@@ -105,32 +105,14 @@ func TestBusyDeviceGathersTicksIntoOneReceipt(t *testing.T) {
 	alice.expectReceipt(s1, first, last)
 }
 
-// Gathering ends once the acks stop for TickQuiet: a burst's last
-// messages are ticked soon after it, though the interval (a minute) is
-// far from over and the session goes on.
+// Gathering ends once the acks stop for TickQuiet: a burst's last acked
+// messages are ticked soon after it, though the device still holds one
+// unacked (so its stream has not ended), the interval (a minute) is far
+// from over and the session goes on.
 func TestBurstTickedOnceItsAcksStop(t *testing.T) {
 	alice, bob, s1 := firstTickQuiet(t, 0, 50*time.Millisecond)
-	var seqs []uint64
-	for i := 2; i <= 4; i++ {
-		seqs = append(seqs, alice.send("bob", fmt.Sprintf("m%d", i)).Seq)
-	}
-	for _, q := range seqs {
-		bob.ackNext(q)
-	}
-	// One receipt, or more if the acks came further apart than the quiet
-	// (a slow machine): together from just past s1 to the last.
-	covered := s1
-	for covered < seqs[len(seqs)-1] {
-		f := alice.next()
-		if f.Type != protocol.TypeReceipt || f.Status != protocol.StatusDelivered || f.FromSeq <= covered || f.ToSeq < f.FromSeq {
-			t.Fatalf("got %+v, want a delivered receipt from after %d", *f, covered)
-		}
-		alice.write(string(protocol.AppendSeqFrame(nil, protocol.TypeAck, f.Seq)))
-		covered = f.ToSeq
-	}
-	if covered != seqs[len(seqs)-1] {
-		t.Fatalf("receipts up to %d, want %d", covered, seqs[len(seqs)-1])
-	}
+	seqs := burst(alice, bob, 2)
+	expectTickedThrough(t, alice, s1, seqs[1])
 }
 
 // A device that has acked everything it was given, and whose deliveries
@@ -139,17 +121,31 @@ func TestBurstTickedOnceItsAcksStop(t *testing.T) {
 // the interval) and the session goes on.
 func TestBurstTickedOnceItsDeliveriesStop(t *testing.T) {
 	alice, bob, s1 := firstTickQuiet(t, 0, time.Minute)
+	seqs := burst(alice, bob, 3)
+	expectTickedThrough(t, alice, s1, seqs[2])
+}
+
+// burst has alice send bob three messages and bob ack the first acked
+// of them, and returns their seqs.
+func burst(alice, bob *raw, acked int) []uint64 {
 	var seqs []uint64
 	for i := 2; i <= 4; i++ {
 		seqs = append(seqs, alice.send("bob", fmt.Sprintf("m%d", i)).Seq)
 	}
-	for _, q := range seqs {
+	for _, q := range seqs[:acked] {
 		bob.ackNext(q)
 	}
-	// One receipt, or more if the deliveries came further apart than the
-	// pause (a slow machine): together from just past s1 to the last.
-	covered := s1
-	for covered < seqs[len(seqs)-1] {
+	return seqs
+}
+
+// expectTickedThrough reads alice's delivered receipts, acking each,
+// until they cover everything from just past after to through: one
+// receipt, or more if the acks or deliveries came further apart than the
+// quiet (a slow machine), each from just past the one before.
+func expectTickedThrough(t *testing.T, alice *raw, after, through uint64) {
+	t.Helper()
+	covered := after
+	for covered < through {
 		f := alice.next()
 		if f.Type != protocol.TypeReceipt || f.Status != protocol.StatusDelivered || f.FromSeq <= covered || f.ToSeq < f.FromSeq {
 			t.Fatalf("got %+v, want a delivered receipt from after %d", *f, covered)
@@ -157,8 +153,8 @@ func TestBurstTickedOnceItsDeliveriesStop(t *testing.T) {
 		alice.write(string(protocol.AppendSeqFrame(nil, protocol.TypeAck, f.Seq)))
 		covered = f.ToSeq
 	}
-	if covered != seqs[len(seqs)-1] {
-		t.Fatalf("receipts up to %d, want %d", covered, seqs[len(seqs)-1])
+	if covered != through {
+		t.Fatalf("receipts up to %d, want %d", covered, through)
 	}
 }
 
