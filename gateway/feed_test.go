@@ -207,11 +207,10 @@ func TestFeedBurstEndsSoonerOnceAllIsAcked(t *testing.T) {
 		d := &s.feed.deliveries
 		return marks{s.feed.acks.last.Sub(base), d.last.Sub(base), d.gap, d.within}
 	}
-	// As of the last event, so a machine that stalls between the marks
-	// and the look does not make the stream's pauses stale.
+	// As of the last delivery, so a machine that stalls between it and
+	// the ack or the look does not make the stream's pauses stale.
 	endsAt := func() time.Duration {
-		m := mark()
-		return s.feed.burstEnd(base.Add(max(m.lastAck, m.lastDelivery)), quiet).Sub(base)
+		return s.feed.burstEnd(base.Add(mark().lastDelivery), quiet).Sub(base)
 	}
 
 	s.feed.acked(1)

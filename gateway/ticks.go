@@ -58,10 +58,10 @@ type ticker struct {
 	finished chan struct{}
 	wake     chan struct{} // closed by finish: ends the runner's backoff and gathering
 
-	// gathering: the runner waits until gatherUntil; an ack that brings
-	// the unsettled to half MaxInflight meanwhile nudges it, as does one
-	// that ends the burst sooner (mayEnd). nudge is made on the first
-	// wait, so an idle session holds none.
+	// gathering: the runner waits until gatherUntil (or less); an ack
+	// that brings the unsettled to half MaxInflight meanwhile nudges it,
+	// as does one that ends the burst sooner (mayEnd). nudge is made on
+	// the first wait, so an idle session holds none.
 	gathering   bool
 	gatherUntil time.Time
 	nudge       chan struct{}
@@ -78,9 +78,9 @@ func (t *ticker) init(s *session) {
 // kick has the runner run, unless it is running or the session stops. A
 // runner gathering acks is nudged once the device holds half its
 // MaxInflight unsettled: it asks then, or delivery would stall at
-// MaxInflight until the interval is over. Once the device has acked all
-// it was given, its burst may end sooner than the runner waits for
-// (mayEnd).
+// MaxInflight until the interval is over. Otherwise the ack may end the
+// burst sooner than the runner waits for (mayEnd): above all once the
+// device has acked all it was given.
 func (t *ticker) kick() {
 	t.mu.Lock()
 	if t.closing {
@@ -94,7 +94,7 @@ func (t *ticker) kick() {
 		case !gathering:
 		case t.holdingHalf():
 			t.nudgeRunner()
-		case t.s.feed.allAcked():
+		default:
 			t.mayEnd()
 		}
 		return
@@ -105,9 +105,8 @@ func (t *ticker) kick() {
 }
 
 // mayEnd nudges a runner gathering acks if the device's burst now ends
-// before the runner's wait does (feed.burstEnd): the device has acked
-// all it was given (kick), or its feed went idle with nothing unacked
-// (feed.run).
+// before the runner's wait does (feed.burstEnd), after an ack (kick) or
+// once its feed went idle with nothing unacked (feed.run).
 func (t *ticker) mayEnd() {
 	quiet := t.s.srv.cfg.TickQuiet
 	if quiet <= 0 {
@@ -323,19 +322,21 @@ func (t *ticker) holdingHalf() bool {
 	return t.s.feed.unsettledLen() >= t.s.srv.maxInflight/2
 }
 
-// gather waits d for more acks, or less if the device comes to hold half
-// its MaxInflight unsettled (kick nudges) or the session stops.
+// gather waits up to d for more acks, less if the burst ends sooner (an
+// ack or the feed going idle nudges), the device comes to hold half its
+// MaxInflight unsettled (kick nudges) or the session stops.
 func (t *ticker) gather(d time.Duration) {
 	t.mu.Lock()
-	t.gathering, t.gatherUntil = true, time.Now().Add(d)
+	// Until the look below, any wait ends by the interval: an ack that
+	// ends the burst before it nudges.
+	t.gathering, t.gatherUntil = true, t.lastAsk.Add(t.s.srv.cfg.TickInterval)
 	if t.nudge == nil {
 		t.nudge = make(chan struct{}, 1)
 	}
 	nudge := t.nudge
 	t.mu.Unlock()
 	// An ack taken before gathering was set did not nudge, and may have
-	// ended the burst sooner: look again. One taken from here on nudges
-	// if it ends the burst before gatherUntil, which is at most d.
+	// ended the burst sooner: look again.
 	if d = t.gatherFor(); d > 0 {
 		t.mu.Lock()
 		t.gatherUntil = time.Now().Add(d)

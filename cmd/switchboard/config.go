@@ -140,7 +140,7 @@ func bindFlags(fs *flag.FlagSet, c *appConfig, withEmbedded bool) {
 	fs.IntVar(&g.MaxConcurrentStarts, "max-concurrent-starts", g.MaxConcurrentStarts, "sessions starting at once; the rest wait their turn (reconnect storms)")
 	fs.DurationVar(&g.CursorDelay, "cursor-delay", g.CursorDelay, "how long a device's cursor save gathers further acks (0: save at once)")
 	fs.DurationVar(&g.TickInterval, "tick-interval", g.TickInterval, "a busy device asks for delivered ticks at most once per interval, gathering its acks (0: at once)")
-	fs.DurationVar(&g.TickQuiet, "tick-quiet", g.TickQuiet, "a device that has acked nothing for this long (or twice its usual gap between acks, if longer), or has acked all it was given and had nothing new for 100ms (at most this), or four times its usual gap between messages if longer, asks for its gathered ticks before the interval is over (0: wait it out)")
+	fs.DurationVar(&g.TickQuiet, "tick-quiet", g.TickQuiet, "a device that has acked nothing for this long (or twice its usual gap between acks, if longer), or has acked all it was given and had nothing new for 100ms (at most this) or four times its usual gap between messages if longer, asks for its gathered ticks before the interval is over (0: wait it out)")
 	fs.IntVar(&g.SharedCatchUps, "shared-catchups", g.SharedCatchUps, "sessions that may read their backlogs on their own at once; past it they share one reader (0: always share)")
 	fs.DurationVar(&g.SweepInterval, "sweep-interval", g.SweepInterval, "how often each session checks its inbox for a lost live copy")
 	fs.DurationVar(&g.PresenceTTL, "presence-ttl", g.PresenceTTL, "a device's presence lease: a dead gateway's devices go offline within it")
