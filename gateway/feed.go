@@ -704,13 +704,6 @@ func (f *feed) acked(seq uint64) bool {
 	return true
 }
 
-// allAcked reports whether the device has acked everything it was given.
-func (f *feed) allAcked() bool {
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	return f.unacked == 0
-}
-
 // burstEnd is when the device's burst of messages is over, as of now,
 // quiet being TickQuiet: once its acks have stopped for quiet, or twice
 // their usual gap if longer (cadence); or, if it has acked everything it

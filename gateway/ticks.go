@@ -35,10 +35,10 @@ import (
 // TickQuiet (or twice their usual gap, if longer: cadence), or once the
 // device has acked all it was given and its deliveries have paused for
 // four times their usual gap (streamPause at least), so a burst's last
-// messages are ticked soon after it; a device holding half
-// its MaxInflight unsettled does not wait (an ack that brings it there
-// ends the wait), so gathering never stalls its delivery; and a session
-// that stops asks at once.
+// messages are ticked soon after it; a device holding half its
+// MaxInflight unsettled does not wait (an ack that brings it there ends
+// the wait), so gathering never stalls its delivery; and a session that
+// stops asks at once.
 //
 // Delivery never waits on the receipts function: when it does not answer
 // in time, the request is stored in TICKS (a work queue it drains when it
@@ -176,8 +176,8 @@ func (t *ticker) run() {
 			s.feed.settleThrough(through)
 			continue
 		}
-		if wait := t.gatherFor(); wait > 0 && !closing {
-			t.gather(wait)
+		if !closing && t.gatherFor() > 0 {
+			t.gather()
 			continue // the stretch may have grown meanwhile
 		}
 		t.lastAsk = time.Now()
@@ -322,10 +322,11 @@ func (t *ticker) holdingHalf() bool {
 	return t.s.feed.unsettledLen() >= t.s.srv.maxInflight/2
 }
 
-// gather waits up to d for more acks, less if the burst ends sooner (an
-// ack or the feed going idle nudges), the device comes to hold half its
-// MaxInflight unsettled (kick nudges) or the session stops.
-func (t *ticker) gather(d time.Duration) {
+// gather waits for more acks until gatherFor's end, or less if the burst
+// ends sooner (an ack or the feed going idle nudges), the device comes
+// to hold half its MaxInflight unsettled (kick nudges) or the session
+// stops.
+func (t *ticker) gather() {
 	t.mu.Lock()
 	// Until the look below, any wait ends by the interval: an ack that
 	// ends the burst before it nudges.
@@ -337,7 +338,7 @@ func (t *ticker) gather(d time.Duration) {
 	t.mu.Unlock()
 	// An ack taken before gathering was set did not nudge, and may have
 	// ended the burst sooner: look again.
-	if d = t.gatherFor(); d > 0 {
+	if d := t.gatherFor(); d > 0 {
 		t.mu.Lock()
 		t.gatherUntil = time.Now().Add(d)
 		t.mu.Unlock()

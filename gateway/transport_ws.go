@@ -21,8 +21,8 @@ import (
 // starts one (on one of the gateway's runners: workers.go), which writes
 // until the queue is empty and ends. Pings are a timer. So an idle
 // connection holds one goroutine (its read loop), an empty queue and no
-// write buffer. Close and ping go through WriteControl,
-// which gorilla-style connections allow concurrently with a writer.
+// write buffer. Close and ping go through WriteControl, which
+// gorilla-style connections allow concurrently with a writer.
 type wsConn struct {
 	ws *websocket.Conn
 	outQueue
